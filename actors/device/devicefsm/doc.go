@@ -1,0 +1,87 @@
+// Package devicefsm is the upgrade state machine of one device: one sub-task
+// attempt (a job) at a time, for the three flows of the spec — MQTT (spec
+// 2.10), LwM2M FOTA over object 5 (3.3, 3.5, 3.6) and LwM2M SOTA over PCP (4.9).
+// It performs no I/O and reads no clock: time arrives inside each input, and
+// deadlines are absolute times kept in State, so they survive restarts.
+//
+// Step(cfg, state, input) decides: it returns the new state, the events to
+// journal (past tense, one batch) and the effects to run afterwards
+// (downlinks, deadlines to arm, cell slot requests and releases, the outcome
+// for the task). Evolve applies one event and is what recovery folds over the
+// journal; Step builds its result by emitting events through Evolve, so the
+// live state always equals the replayed one. Resume lists the work to redo
+// after recovery. A State is a value owned by one actor: Step may reuse its
+// slices, so callers keep only the returned State and never share one between
+// goroutines.
+//
+// # Stages and deadlines
+//
+// A job walks WAIT_ONLINE (T1) → VERSION_QUERY (T2) → [LwM2M: RADIO_QUERY (T3)
+// → CELL_QUERY (T4) → WAIT_PERMIT] → NOTIFIED (T5; MQTT T7) → DOWNLOADING (T6
+// from the notification; MQTT T7) → DOWNLOADED (T8) → UPGRADING (T9) →
+// [VERIFYING (T10)] and ends with JobFinished. Each stage with a deadline arms
+// it with a new generation; DeadlineFired whose step or generation does not
+// match the current stage is stale and ignored. Every timeout of spec 6.1 ends
+// the job with its exact failure string (messages.ReasonText), except T3, which
+// falls back to the cell-ID query, and T9, which first reads the version: a
+// device that runs the target version after all succeeds, any other version
+// fails with T9's string, and no answer within T10 fails with "Updating timeout
+// and query device version for check timeout".
+//
+// # Decisions (spec [P] items and silences)
+//
+//   - Task conflict (6.2): a StartJob for another task while a job is active is
+//     rejected at once with "Task Conflict"; a StartJob for the task already
+//     running (any attempt) is a duplicate and ignored. The device is "locked"
+//     from JobAccepted to JobFinished.
+//   - "Device Abnormal is not online" is the rejection of a job on a device
+//     marked abnormal (SetAbnormal: frozen, inactive); an offline device is not
+//     abnormal, it is waited for (T1).
+//   - A device that reports a version not in the package's non-empty source
+//     list fails with "The current version is not a supported source version of
+//     the package" (6.3 is silent on the string).
+//   - Reachability: a downlink goes out when the device is online and, in queue
+//     mode (binding UQ), awake; otherwise it waits in the outbox, journaled, and
+//     goes out with the next uplink, within the step's own deadline (6.6). Any
+//     report proves the device online and awake. While a job waits for the
+//     version, a plain LwM2M uplink re-sends the version query (6.6).
+//   - A new session (Connected: MQTT CONNECT, LwM2M Register) mid-job is a
+//     reboot cue: FOTA re-observes /5/0/3 and /5/0/5 and, before the update,
+//     re-writes the same URI so the device resumes; after Execute the
+//     observations' first values carry the outcome. PCP re-observes /19/0/0 and
+//     repeats the idempotent request of its stage. MQTT resends the upgrade
+//     event while no progress report has ended the job (spec 7, question 10).
+//   - FOTA ignores object 5 reports between writing /5/0/1 and the device's
+//     2.04 for that write: until then State and Update Result are the previous
+//     attempt's values (a stale "2 Downloaded" must never trigger Execute). A
+//     refused write fails with "Invalid URI"; a refused Execute with "Firmware
+//     update failed"; Update Result 11 (deferred) keeps waiting within T9.
+//   - Version checks (project decision 6): FOTA reads /3/0/3 after Update
+//     Result 1, PCP takes the version of 0x18, MQTT that of the progress report;
+//     a different version fails with "Device version after upgrade does not
+//     match the target version". skip_version_check turns the read into a
+//     timeline note. A version read that times out after a successful result
+//     fails with "Waiting for report device firmware version timeout".
+//   - MQTT result_code 0 with progress 100 and another version fails as a
+//     version mismatch; result_code 3 succeeds only when the version equals the
+//     target; other codes fail with the code's text (spec 2.6, one wording
+//     shared with PCP's 4.6) and the device's description as detail. A
+//     version_report showing the target version while the MQTT job waits for
+//     its result ends it as a success.
+//   - PCP 0x14 answered 0x03 (already latest) is checked with a 0x13: the
+//     target version succeeds as "The current version is the same as the target
+//     version", another fails with "Already at the latest version". A 0x15 or a
+//     0x16 implies the 0x14 was accepted. 0x15 for another version, or before
+//     the notification, is answered 0x80; past the last segment 0x81.
+//     Repeated 0x15 requests journal nothing (the download is resumable and the
+//     platform keeps no per-segment state).
+//   - Stop (6.6) ends the job as Stopped; FOTA devices that hold a URI they
+//     have not installed get an empty write of /5/0/1. Every end of a job
+//     releases the cell slot asked for or held, revokes the MQTT download
+//     token and cancels FOTA's observations; PCP keeps /19/0/0 observed, since
+//     it also carries business data.
+//   - A cell grant the device does not wait for is handed straight back, so a
+//     cell never keeps a slot for a device that will not use it.
+//   - Progress reports older than the recorded progress, reports for stages
+//     already left, and any report after the job ended are ignored (6.6).
+package devicefsm

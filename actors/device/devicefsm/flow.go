@@ -1,0 +1,399 @@
+package devicefsm
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/otafleet/otafleet/messages"
+)
+
+func (d *decider) proto() messages.Protocol { return d.s.Job.GetProtocol() }
+func (d *decider) target() string           { return d.s.Job.GetPackage().GetVersion() }
+func (d *decider) is(p messages.Protocol, stages ...messages.Stage) bool {
+	return d.s.Job != nil && d.s.Job.GetProtocol() == p && slices.Contains(stages, d.s.Stage)
+}
+
+// ---- job start and stop ----
+
+func (d *decider) startJob(j *messages.Job) {
+	if cur := d.s.Job; cur != nil {
+		if cur.GetTaskId() == j.GetTaskId() {
+			return // the same task again (a task actor's Resume): already running
+		}
+		d.reject(j, messages.Reason_REASON_TASK_CONFLICT,
+			fmt.Sprintf("task %s attempt %d is active on the device", cur.GetTaskId(), cur.GetAttempt()))
+		return
+	}
+	if d.s.Abnormal {
+		d.reject(j, messages.Reason_REASON_DEVICE_ABNORMAL, "the device is marked abnormal")
+		return
+	}
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_JobAccepted{JobAccepted: &messages.JobAccepted{Job: j}}})
+	if d.s.Reachable() {
+		d.queryVersion()
+		return
+	}
+	t := d.cfg.Online
+	if j.GetProtocol() == protoMQTT {
+		t = d.cfg.OnlineMQTT
+	}
+	d.enter(stWaitOnline, d.at.Add(t), 0)
+}
+
+func (d *decider) reject(j *messages.Job, r messages.Reason, detail string) {
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_JobRejected{JobRejected: &messages.JobRejected{
+		TaskId: j.GetTaskId(), Attempt: j.GetAttempt(), Reason: r, Detail: detail,
+	}}})
+	d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReportOutcome{ReportOutcome: &messages.ReportOutcome{
+		TaskId: j.GetTaskId(), DeviceId: d.s.DeviceID, Attempt: j.GetAttempt(),
+		Status: statusFail, Reason: r, Detail: detail,
+	}}})
+}
+
+func (d *decider) stopJob(taskID string) {
+	if d.s.Job == nil || d.s.Job.GetTaskId() != taskID {
+		return
+	}
+	stage := d.s.Stage
+	d.finish(statusStopped, messages.Reason_REASON_STOPPED, "stopped in stage "+shortStage(stage), 0)
+	// Spec 6.6 [P]: reset the device's object 5 when it holds a URI it has not installed yet.
+	if d.s.Last.Protocol == protoFOTA && (stage == stNotified || stage == stDownloading || stage == stDownloaded) {
+		d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MWrite{Lwm2MWrite: &messages.Lwm2MWrite{Path: PathPackageURI, Value: ""}}})
+	}
+}
+
+// finish ends the active job: journal the outcome, give the cell slot back,
+// revoke the download token, drop observations, tell the task.
+func (d *decider) finish(status messages.SubtaskStatus, r messages.Reason, detail string, code int32) {
+	j := d.s.Job
+	stage := d.s.Stage
+	cell := d.s.PermitCell
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_JobFinished{JobFinished: &messages.JobFinished{
+		Status: status, Reason: r, Detail: detail, ResultCode: code,
+	}}})
+	if cell != "" {
+		d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PermitReleased{PermitReleased: &messages.PermitReleased{CellId: cell}}})
+		d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReleasePermit{ReleasePermit: &messages.ReleasePermit{CellId: cell, DeviceId: d.s.DeviceID}}})
+	}
+	if j.GetProtocol() == protoMQTT && stage >= stNotified {
+		d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_RevokeToken{RevokeToken: &messages.RevokeToken{
+			TaskId: j.GetTaskId(), DeviceId: d.s.DeviceID, Attempt: j.GetAttempt(),
+		}}})
+	}
+	if j.GetProtocol() == protoFOTA && stage >= stNotified {
+		for _, p := range []string{PathFotaState, PathUpdateResult} {
+			d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MCancelObserve{Lwm2MCancelObserve: &messages.Lwm2MCancelObserve{Path: p}}})
+		}
+	}
+	d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReportOutcome{ReportOutcome: cloneOutcome(d.s.Last.Outcome)}})
+}
+
+func (d *decider) succeed(r messages.Reason, detail string) { d.finish(statusSuccess, r, detail, 0) }
+func (d *decider) fail(r messages.Reason, detail string, code int32) {
+	d.finish(statusFail, r, detail, code)
+}
+
+// ---- presence ----
+
+func (d *decider) presence(online, awake, queue bool) {
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PresenceChanged{PresenceChanged: &messages.PresenceChanged{
+		Online: online, Awake: awake, QueueMode: queue,
+	}}})
+}
+
+// markOnline records that the device is online and awake and flushes its outbox.
+func (d *decider) markOnline(queue bool) {
+	if !d.s.Online || !d.s.Awake || d.s.QueueMode != queue {
+		d.presence(true, true, queue)
+	}
+	d.flush()
+}
+
+// reportArrived: any report proves the device online and awake; a job waiting
+// for it to come online starts.
+func (d *decider) reportArrived() {
+	d.markOnline(d.s.QueueMode)
+	if d.s.Job != nil && d.s.Stage == stWaitOnline {
+		d.queryVersion()
+	}
+}
+
+// connected: a new session. Observations of the old one are gone, so the flow
+// re-establishes what the current stage needs (the reboot cue of spec 3.3).
+func (d *decider) connected(queue bool) {
+	d.markOnline(queue)
+	if d.s.Job == nil {
+		return
+	}
+	switch st := d.s.Stage; {
+	case st == stWaitOnline:
+		d.queryVersion()
+	case st == stVersion:
+		d.sendOnce(versionQuery(d.proto()))
+	case d.proto() == protoMQTT:
+		if st == stNotified || st == stDownloading {
+			// Spec 7 question 10: resend the upgrade event (the transport mints a fresh token).
+			d.send(mqttUpgrade(d.s.Job))
+			d.note("device reconnected before its final report: upgrade event sent again")
+		}
+	case d.proto() == protoFOTA:
+		d.fotaReconnected()
+	case d.proto() == protoPCP:
+		d.pcpReconnected()
+	}
+}
+
+// uplink: traffic that is not a report. While a job waits for the version, an
+// LwM2M device gets the query again on each uplink (spec 6.6).
+func (d *decider) uplink() {
+	d.markOnline(d.s.QueueMode)
+	if d.s.Job == nil {
+		return
+	}
+	switch {
+	case d.s.Stage == stWaitOnline:
+		d.queryVersion()
+	case d.s.Stage == stVersion && d.proto() != protoMQTT:
+		d.sendOnce(versionQuery(d.proto()))
+	}
+}
+
+// ---- version ----
+
+func versionQuery(p messages.Protocol) *messages.Downlink {
+	switch p {
+	case protoMQTT:
+		return &messages.Downlink{Kind: &messages.Downlink_MqttVersionQuery{MqttVersionQuery: &messages.MqttVersionQuery{}}}
+	case protoPCP:
+		return &messages.Downlink{Kind: &messages.Downlink_PcpQueryVersion{PcpQueryVersion: &messages.PcpQueryVersion{}}}
+	default:
+		return &messages.Downlink{Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: PathFirmwareVersion}}}
+	}
+}
+
+func observe(path string) *messages.Downlink {
+	return &messages.Downlink{Kind: &messages.Downlink_Lwm2MObserve{Lwm2MObserve: &messages.Lwm2MObserve{Path: path}}}
+}
+
+func read(path string) *messages.Downlink {
+	return &messages.Downlink{Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: path}}}
+}
+
+func mqttUpgrade(j *messages.Job) *messages.Downlink {
+	return &messages.Downlink{Kind: &messages.Downlink_MqttUpgrade{MqttUpgrade: &messages.MqttUpgrade{Job: j}}}
+}
+
+// queryVersion starts the version step (T2). PCP first subscribes to the
+// device's uplink channel, which PCP itself travels on (spec 4.9).
+func (d *decider) queryVersion() {
+	if d.proto() == protoPCP {
+		d.send(observe(PathPCPUplink))
+	}
+	d.send(versionQuery(d.proto()))
+	d.enter(stVersion, d.at.Add(d.cfg.VersionReport), 0)
+}
+
+// reportedVersion picks the version the job compares: fw for firmware, sw for software.
+func (d *decider) reportedVersion(v *messages.VersionReported) (string, bool) {
+	if d.s.Job.GetTaskType() == messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE {
+		return v.GetSwVersion(), v.SwVersion != nil
+	}
+	return v.GetFwVersion(), v.FwVersion != nil
+}
+
+func (d *decider) recordVersion(fw, sw *string) {
+	rec := &messages.VersionRecorded{}
+	if fw != nil && (!d.s.HasFw || d.s.FwVersion != *fw) {
+		rec.FwVersion = fw
+	}
+	if sw != nil && (!d.s.HasSw || d.s.SwVersion != *sw) {
+		rec.SwVersion = sw
+	}
+	if rec.FwVersion != nil || rec.SwVersion != nil {
+		d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_VersionRecorded{VersionRecorded: rec}})
+	}
+}
+
+func (d *decider) versionReported(v *messages.VersionReported) {
+	d.recordVersion(v.FwVersion, v.SwVersion)
+	if d.s.Job == nil || d.proto() == protoPCP {
+		return
+	}
+	ver, ok := d.reportedVersion(v)
+	if !ok {
+		return
+	}
+	switch d.s.Stage {
+	case stVersion:
+		d.decideVersion(ver)
+	case stVerifying:
+		d.verified(ver)
+	case stNotified, stDownloading:
+		// An MQTT device that reports the target version has upgraded (spec 6.3).
+		if d.proto() == protoMQTT && ver == d.target() {
+			d.succeed(messages.Reason_REASON_NONE, "version_report shows the target version")
+		}
+	}
+}
+
+// decideVersion is spec 6.3: equal → success; not an allowed source → fail;
+// else go on (MQTT: notify; LwM2M: radio query).
+func (d *decider) decideVersion(ver string) {
+	pkg := d.s.Job.GetPackage()
+	switch {
+	case ver == pkg.GetVersion():
+		d.succeed(messages.Reason_REASON_SAME_VERSION, "reported "+ver)
+	case len(pkg.GetSourceVersions()) > 0 && !slices.Contains(pkg.GetSourceVersions(), ver):
+		d.fail(messages.Reason_REASON_SOURCE_VERSION_NOT_ALLOWED,
+			fmt.Sprintf("reported %q, package accepts %q", ver, pkg.GetSourceVersions()), 0)
+	case d.proto() == protoMQTT:
+		d.send(mqttUpgrade(d.s.Job))
+		d.enter(stNotified, d.at.Add(d.cfg.MQTTResult), 0)
+	default:
+		d.send(read(PathConnMon))
+		d.enter(stRadio, d.at.Add(d.cfg.RadioQuery), 0)
+	}
+}
+
+// verified handles the version read of STAGE_VERIFYING.
+func (d *decider) verified(ver string) {
+	if ver == d.target() {
+		switch d.s.VerifyCause {
+		case causeAlreadyLatest:
+			d.succeed(messages.Reason_REASON_SAME_VERSION, "device reported already latest; version "+ver)
+		case causeResultTimeout:
+			d.succeed(messages.Reason_REASON_NONE, "no result reported, but the device runs the target version")
+		default:
+			d.succeed(messages.Reason_REASON_NONE, "")
+		}
+		return
+	}
+	detail := fmt.Sprintf("device reports %q, target %q", ver, d.target())
+	switch d.s.VerifyCause {
+	case causeAlreadyLatest:
+		d.fail(messages.Reason_REASON_ALREADY_LATEST, detail, pcpAlreadyLatest)
+	case causeResultTimeout:
+		d.fail(messages.Reason_REASON_RESULT_TIMEOUT, detail, 0)
+	default:
+		d.fail(messages.Reason_REASON_VERSION_MISMATCH, detail, 0)
+	}
+}
+
+// verify starts STAGE_VERIFYING: read the version again (T10).
+func (d *decider) verify(cause messages.VerifyCause) {
+	d.send(versionQuery(d.proto()))
+	d.enter(stVerifying, d.at.Add(d.cfg.VersionCheck), cause)
+}
+
+// ---- radio and cell ----
+
+func (d *decider) radioReported(r *messages.RadioReported) {
+	old := d.s.Radio
+	nr := Radio{RSRP: r.GetRsrp(), HasRSRP: r.Rsrp != nil, SINR: r.GetSinr(), HasSINR: r.Sinr != nil, CellID: r.GetCellId()}
+	if nr != old {
+		d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_RadioRecorded{RadioRecorded: &messages.RadioRecorded{
+			Rsrp: r.Rsrp, Sinr: r.Sinr, CellId: r.GetCellId(),
+		}}})
+	}
+	if d.s.Job == nil || d.proto() == protoMQTT {
+		return
+	}
+	full := r.Rsrp != nil && r.Sinr != nil && r.GetCellId() != ""
+	switch {
+	case d.s.Stage == stRadio && full:
+		d.requestPermit(r, false)
+	case d.s.Stage == stRadio && r.GetCellId() != "":
+		// RSRP or SINR missing: the radio query failed, the cell ID fallback holds (spec 3.2).
+		d.requestPermit(r, true)
+	case d.s.Stage == stRadio:
+		d.queryCell()
+	case d.s.Stage == stCell && r.GetCellId() != "":
+		d.requestPermit(r, !full)
+	}
+}
+
+func (d *decider) queryCell() {
+	d.send(read(PathCellID))
+	d.enter(stCell, d.at.Add(d.cfg.CellQuery), 0)
+}
+
+func (d *decider) requestPermit(r *messages.RadioReported, cellOnly bool) {
+	cell := r.GetCellId()
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PermitRequested{PermitRequested: &messages.PermitRequested{CellId: cell, CellOnly: cellOnly}}})
+	d.enter(stWaitPermit, timeZero, 0)
+	req := &messages.RequestPermit{CellId: cell, DeviceId: d.s.DeviceID, CellOnly: cellOnly}
+	if !cellOnly {
+		req.Rsrp, req.Sinr = r.Rsrp, r.Sinr
+	}
+	d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_RequestPermit{RequestPermit: req}})
+}
+
+func (d *decider) permitGranted(cell string) {
+	if d.s.Job == nil || d.s.PermitCell != cell {
+		// Not asked for (or no longer wanted): hand it straight back so the cell
+		// never keeps a slot for a device that does not use it.
+		d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReleasePermit{ReleasePermit: &messages.ReleasePermit{CellId: cell, DeviceId: d.s.DeviceID}}})
+		return
+	}
+	if d.s.PermitHeld || d.s.Stage != stWaitPermit {
+		return // a duplicate grant (the cell's Resume)
+	}
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PermitHeld{PermitHeld: &messages.PermitHeld{CellId: cell}}})
+	switch d.proto() {
+	case protoFOTA:
+		d.send(observe(PathFotaState))
+		d.send(observe(PathUpdateResult))
+		d.writePackageURI()
+	case protoPCP:
+		d.send(pcpNotify(d.s.Job.GetPackage()))
+	}
+	d.enter(stNotified, d.at.Add(d.cfg.DownloadStart), 0)
+}
+
+// ---- deadlines ----
+
+func (d *decider) deadlineFired(f *messages.DeadlineFired) {
+	if d.s.Job == nil || d.s.Deadline.IsZero() || f.GetGeneration() != d.s.Generation || f.GetStep() != DeadlineStep(d.s.Stage) {
+		return // stale
+	}
+	mqtt := d.proto() == protoMQTT
+	switch d.s.Stage {
+	case stWaitOnline:
+		d.fail(messages.Reason_REASON_ONLINE_TIMEOUT, "", 0)
+	case stVersion:
+		d.fail(messages.Reason_REASON_VERSION_REPORT_TIMEOUT, "", 0)
+	case stRadio:
+		d.queryCell()
+	case stCell:
+		d.fail(messages.Reason_REASON_CELL_ID_TIMEOUT, "", 0)
+	case stNotified:
+		if mqtt {
+			d.fail(messages.Reason_REASON_RESULT_TIMEOUT, "", 0)
+		} else {
+			d.fail(messages.Reason_REASON_DOWNLOAD_START_TIMEOUT, "", 0)
+		}
+	case stDownloading:
+		if mqtt {
+			d.fail(messages.Reason_REASON_RESULT_TIMEOUT, fmt.Sprintf("last progress %d%%", d.s.Progress), 0)
+		} else {
+			d.fail(messages.Reason_REASON_DOWNLOAD_TIMEOUT, "", 0)
+		}
+	case stDownloaded:
+		d.fail(messages.Reason_REASON_UPDATE_START_TIMEOUT, "", 0)
+	case stUpgrading:
+		if d.s.Job.GetSkipVersionCheck() {
+			d.fail(messages.Reason_REASON_RESULT_TIMEOUT, "", 0)
+			return
+		}
+		d.verify(causeResultTimeout)
+	case stVerifying:
+		switch d.s.VerifyCause {
+		case causeResultTimeout:
+			d.fail(messages.Reason_REASON_VERSION_CHECK_TIMEOUT, "", 0)
+		case causeAlreadyLatest:
+			d.fail(messages.Reason_REASON_ALREADY_LATEST, "version check after the refusal timed out", pcpAlreadyLatest)
+		default:
+			d.fail(messages.Reason_REASON_VERSION_REPORT_TIMEOUT, "update result was success; the version read timed out", 0)
+		}
+	}
+}

@@ -1,0 +1,391 @@
+package devicefsm
+
+import (
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/messages"
+)
+
+func cloneOutcome(o *messages.ReportOutcome) *messages.ReportOutcome {
+	return proto.Clone(o).(*messages.ReportOutcome)
+}
+
+func shortStage(st messages.Stage) string {
+	return strings.TrimPrefix(st.String(), "STAGE_")
+}
+
+// ---- result-code mapping ----
+
+// UpdateResultReason maps an LwM2M object 5 Update Result (spec 3.6) to a
+// failure reason; ok is false for codes that are not failures (0, 1, 11).
+func UpdateResultReason(code int32) (r messages.Reason, ok bool) {
+	switch code {
+	case 2:
+		return messages.Reason_REASON_FW_NOT_ENOUGH_STORAGE, true
+	case 3:
+		return messages.Reason_REASON_FW_OUT_OF_MEMORY, true
+	case 4:
+		return messages.Reason_REASON_FW_CONNECTION_LOST, true
+	case 5:
+		return messages.Reason_REASON_FW_INTEGRITY_CHECK, true
+	case 6:
+		return messages.Reason_REASON_FW_UNSUPPORTED_PACKAGE_TYPE, true
+	case 7:
+		return messages.Reason_REASON_FW_INVALID_URI, true
+	case 8:
+		return messages.Reason_REASON_FW_UPDATE_FAILED, true
+	case 9:
+		return messages.Reason_REASON_FW_UNSUPPORTED_PROTOCOL, true
+	case 10:
+		return messages.Reason_REASON_FW_CANCELLED, true
+	case 0, fotaResultSuccess, fotaResultDeferred:
+		return messages.Reason_REASON_NONE, false
+	default:
+		return messages.Reason_REASON_UNKNOWN_RESULT_CODE, true
+	}
+}
+
+// DeviceCodeReason maps a device result code shared by MQTT result_code
+// (spec 2.6) and PCP (spec 4.6; 0x7F there is 255 in MQTT) to a reason. Code 0
+// is not a failure.
+func DeviceCodeReason(code int32) messages.Reason {
+	switch code {
+	case 0:
+		return messages.Reason_REASON_NONE
+	case 1:
+		return messages.Reason_REASON_DEVICE_BUSY
+	case 2:
+		return messages.Reason_REASON_POOR_SIGNAL
+	case 3:
+		return messages.Reason_REASON_ALREADY_LATEST
+	case 4:
+		return messages.Reason_REASON_LOW_BATTERY
+	case 5:
+		return messages.Reason_REASON_INSUFFICIENT_STORAGE
+	case 6:
+		return messages.Reason_REASON_DEVICE_DOWNLOAD_TIMEOUT
+	case 7:
+		return messages.Reason_REASON_PACKAGE_VERIFICATION_FAILED
+	case 8:
+		return messages.Reason_REASON_PACKAGE_TYPE_UNSUPPORTED
+	case 9:
+		return messages.Reason_REASON_DEVICE_OUT_OF_MEMORY
+	case 10:
+		return messages.Reason_REASON_INSTALL_FAILED
+	case 255, 0x7F:
+		return messages.Reason_REASON_INTERNAL_ERROR
+	default:
+		return messages.Reason_REASON_UNKNOWN_RESULT_CODE
+	}
+}
+
+// ---- MQTT (spec 2.6, 2.10) ----
+
+func (d *decider) mqttProgress(p *messages.MqttProgress) {
+	if !d.is(protoMQTT, stNotified, stDownloading) {
+		return // no MQTT job waiting for progress: a late or duplicate report
+	}
+	code := p.GetResultCode()
+	ver := p.GetVersion()
+	switch {
+	case code == 0 && ver == d.target():
+		d.recordJobVersion(ver)
+		d.succeed(messages.Reason_REASON_NONE, "")
+	case code == 0 && p.Progress != nil && p.GetProgress() == 100:
+		d.recordJobVersion(ver)
+		d.fail(messages.Reason_REASON_VERSION_MISMATCH, fmt.Sprintf("progress 100%% with version %q, target %q", ver, d.target()), 0)
+	case code == 0:
+		if p.Progress != nil && p.GetProgress() < d.s.Progress {
+			return // older than what we know: reordered
+		}
+		if d.s.Stage == stNotified {
+			d.enter(stDownloading, d.s.Deadline, 0)
+		}
+		if p.Progress != nil && p.GetProgress() != d.s.Progress {
+			d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_ProgressRecorded{ProgressRecorded: &messages.ProgressRecorded{Progress: p.GetProgress()}}})
+		}
+	case code == 3 && ver == d.target():
+		d.recordJobVersion(ver)
+		d.succeed(messages.Reason_REASON_SAME_VERSION, "device reported already latest")
+	default:
+		detail := p.GetDescription()
+		d.fail(DeviceCodeReason(code), detail, code)
+	}
+}
+
+// recordJobVersion records a version reported inside a progress report under
+// the job's kind (fw for firmware, sw for software).
+func (d *decider) recordJobVersion(v string) {
+	if v == "" {
+		return
+	}
+	if d.s.Job.GetTaskType() == messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE {
+		d.recordVersion(nil, &v)
+	} else {
+		d.recordVersion(&v, nil)
+	}
+}
+
+// ---- LwM2M FOTA (spec 3.3, 3.5, 3.6) ----
+
+func (d *decider) writePackageURI() {
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PackageUriSent{PackageUriSent: &messages.PackageUriSent{}}})
+	d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: d.s.Job}}})
+}
+
+func (d *decider) lwm2mResponse(r *messages.Lwm2MResponse) {
+	if d.s.Job == nil || d.proto() == protoMQTT {
+		return
+	}
+	path, op := r.GetPath(), r.GetOp()
+	detail := fmt.Sprintf("%s %s answered %s", strings.TrimPrefix(op.String(), "LWM2M_OP_"), path, r.GetCode())
+	if r.GetSuccess() {
+		if op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == PathPackageURI && d.is(protoFOTA, stNotified, stDownloading) && !d.s.UriAcked {
+			d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PackageUriAccepted{PackageUriAccepted: &messages.PackageUriAccepted{}}})
+		}
+		return
+	}
+	switch {
+	case d.s.Stage == stVersion && path == PathFirmwareVersion:
+		// The device cannot report its version: waiting longer cannot help.
+		d.fail(messages.Reason_REASON_VERSION_REPORT_TIMEOUT, detail, 0)
+	case d.s.Stage == stRadio && strings.HasPrefix(path, PathConnMon):
+		d.queryCell()
+	case d.s.Stage == stCell && path == PathCellID:
+		d.fail(messages.Reason_REASON_CELL_ID_TIMEOUT, detail, 0)
+	case d.is(protoFOTA, stNotified, stDownloading) && op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == PathPackageURI:
+		d.fail(messages.Reason_REASON_FW_INVALID_URI, detail, 0)
+	case d.is(protoFOTA, stDownloaded) && op == messages.Lwm2MOp_LWM2M_OP_EXECUTE && path == PathUpdate:
+		d.fail(messages.Reason_REASON_FW_UPDATE_FAILED, detail, 0)
+	case d.s.Stage == stVerifying && path == PathFirmwareVersion:
+		if d.s.VerifyCause == causeResultTimeout {
+			d.fail(messages.Reason_REASON_VERSION_CHECK_TIMEOUT, detail, 0)
+		} else {
+			d.fail(messages.Reason_REASON_VERSION_REPORT_TIMEOUT, detail, 0)
+		}
+	}
+}
+
+func (d *decider) fotaStatus(f *messages.FotaStatus) {
+	if d.s.Job == nil || d.proto() != protoFOTA {
+		return
+	}
+	st := d.s.Stage
+	if (st == stNotified || st == stDownloading) && !d.s.UriAcked {
+		return // object 5 still shows the state from before our write
+	}
+	if st < stNotified || st > stUpgrading {
+		return
+	}
+	if f.UpdateResult != nil {
+		res := f.GetUpdateResult()
+		if r, failed := UpdateResultReason(res); failed && f.GetState() != fotaStateUpdating {
+			d.fail(r, fmt.Sprintf("update result %d", res), res)
+			return
+		}
+		if res == fotaResultSuccess && (st == stDownloaded || st == stUpgrading) && f.GetState() == fotaStateIdle {
+			d.updated()
+			return
+		}
+	}
+	if f.State == nil {
+		return
+	}
+	switch state := f.GetState(); {
+	case state == fotaStateDownload && st == stNotified:
+		d.enter(stDownloading, d.s.NotifiedAt.Add(d.cfg.Download), 0)
+	case state == fotaStateReady && (st == stNotified || st == stDownloading):
+		d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: PathUpdate}}})
+		d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
+	case state == fotaStateUpdating && (st == stDownloading || st == stDownloaded):
+		d.enter(stUpgrading, d.at.Add(d.cfg.UpdateResult), 0)
+	case state == fotaStateIdle && (st == stDownloading || st == stUpgrading) && f.UpdateResult == nil:
+		// Back to idle without the result in the same message: read it.
+		d.send(read(PathUpdateResult))
+	}
+}
+
+// updated: Update Result 1. Verify the version unless the product skips it.
+func (d *decider) updated() {
+	if d.s.Job.GetSkipVersionCheck() {
+		d.note("version check skipped (product option skip_version_check)")
+		d.succeed(messages.Reason_REASON_NONE, "")
+		return
+	}
+	d.verify(causeResult)
+}
+
+func (d *decider) fotaReconnected() {
+	switch d.s.Stage {
+	case stNotified, stDownloading:
+		// Re-observe and write the same URI again: the client resumes (spec 3.7).
+		d.send(observe(PathFotaState))
+		d.send(observe(PathUpdateResult))
+		d.writePackageURI()
+	case stDownloaded, stUpgrading:
+		// A reboot after Execute: the first notifications carry state and result.
+		d.send(observe(PathFotaState))
+		d.send(observe(PathUpdateResult))
+	case stRadio:
+		d.sendOnce(read(PathConnMon))
+	case stCell:
+		d.sendOnce(read(PathCellID))
+	case stVerifying:
+		d.sendOnce(versionQuery(protoFOTA))
+	}
+}
+
+// ---- LwM2M SOTA over PCP (spec 4.5, 4.9) ----
+
+func pcpNotify(p *messages.Package) *messages.Downlink {
+	return &messages.Downlink{Kind: &messages.Downlink_PcpNotifyNewVersion{PcpNotifyNewVersion: &messages.PcpNotifyNewVersion{
+		Version: p.GetVersion(), SegmentSize: p.GetSegmentSize(), SegmentCount: uint32(segmentCount(p)), CheckCode: p.GetCheckCode(),
+	}}}
+}
+
+func (d *decider) pcpJob() bool { return d.s.Job != nil && d.proto() == protoPCP }
+
+func (d *decider) pcpReconnected() {
+	d.send(observe(PathPCPUplink))
+	switch d.s.Stage {
+	case stRadio:
+		d.sendOnce(read(PathConnMon))
+	case stCell:
+		d.sendOnce(read(PathCellID))
+	case stNotified:
+		d.send(pcpNotify(d.s.Job.GetPackage())) // same version and check code: the device resumes
+	case stVerifying:
+		d.sendOnce(versionQuery(protoPCP))
+	}
+}
+
+func (d *decider) pcpVersion(v *messages.PcpVersion) {
+	if !d.pcpJob() {
+		return
+	}
+	if v.GetResult() == pcpOK {
+		ver := v.GetVersion()
+		d.recordVersion(nil, &ver)
+	}
+	if d.s.Stage != stVersion && d.s.Stage != stVerifying {
+		return
+	}
+	if code := int32(v.GetResult()); code != pcpOK {
+		d.fail(DeviceCodeReason(code), "0x13 answered with an error", code)
+		return
+	}
+	if d.s.Stage == stVersion {
+		d.decideVersion(v.GetVersion())
+	} else {
+		d.verified(v.GetVersion())
+	}
+}
+
+func (d *decider) pcpNotifyResponse(result uint32) {
+	if !d.pcpJob() || (d.s.Stage != stNotified && d.s.Stage != stDownloading) {
+		return
+	}
+	switch result {
+	case pcpOK:
+		// Accepted; segment requests follow.
+	case pcpAlreadyLatest:
+		d.verify(causeAlreadyLatest)
+	default:
+		d.fail(DeviceCodeReason(int32(result)), "0x14 refused", int32(result))
+	}
+}
+
+func (d *decider) pcpSegmentResponse(result, seg uint32) {
+	r := &messages.PcpSegmentResponse{Result: result, SegmentNo: seg}
+	if result == pcpOK {
+		r.PackageId = d.s.Job.GetPackage().GetPackageId()
+		r.SegmentSize = d.s.Job.GetPackage().GetSegmentSize()
+	}
+	d.send(&messages.Downlink{Kind: &messages.Downlink_PcpSegmentResponse{PcpSegmentResponse: r}})
+}
+
+func (d *decider) pcpSegmentRequest(r *messages.PcpSegmentRequest) {
+	if !d.pcpJob() || d.s.Stage < stNotified || d.s.Stage > stDownloaded || r.GetVersion() != d.target() {
+		d.pcpSegmentResponse(pcpNoSuchTask, r.GetSegmentNo())
+		return
+	}
+	if int64(r.GetSegmentNo()) >= segmentCount(d.s.Job.GetPackage()) {
+		d.pcpSegmentResponse(pcpNoSuchSegment, r.GetSegmentNo())
+		return
+	}
+	if d.s.Stage == stNotified {
+		// A 0x15 implies acceptance of the 0x14 (spec 4.5); T6 runs from the notification.
+		d.enter(stDownloading, d.s.NotifiedAt.Add(d.cfg.Download), 0)
+	}
+	d.pcpSegmentResponse(pcpOK, r.GetSegmentNo())
+}
+
+func (d *decider) pcpAck(m proto.Message) {
+	switch a := m.(type) {
+	case *messages.PcpDownloadResultAck:
+		d.send(&messages.Downlink{Kind: &messages.Downlink_PcpDownloadResultAck{PcpDownloadResultAck: a}})
+	case *messages.PcpUpgradeResultAck:
+		d.send(&messages.Downlink{Kind: &messages.Downlink_PcpUpgradeResultAck{PcpUpgradeResultAck: a}})
+	}
+}
+
+func (d *decider) pcpDownloadResult(status uint32) {
+	if !d.pcpJob() || d.s.Stage < stNotified || d.s.Stage > stDownloaded {
+		d.pcpAck(&messages.PcpDownloadResultAck{Result: pcpNoSuchTask})
+		return
+	}
+	d.pcpAck(&messages.PcpDownloadResultAck{Result: pcpOK})
+	if d.s.Stage == stDownloaded {
+		return // duplicate
+	}
+	if status != pcpOK {
+		d.fail(DeviceCodeReason(int32(status)), "0x16 download result", int32(status))
+		return
+	}
+	d.send(&messages.Downlink{Kind: &messages.Downlink_PcpExecute{PcpExecute: &messages.PcpExecute{}}})
+	d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
+}
+
+func (d *decider) pcpExecuteResponse(result uint32) {
+	if !d.pcpJob() || d.s.Stage != stDownloaded {
+		return
+	}
+	if result != pcpOK {
+		d.fail(DeviceCodeReason(int32(result)), "0x17 refused", int32(result))
+		return
+	}
+	d.enter(stUpgrading, d.at.Add(d.cfg.UpdateResult), 0)
+}
+
+func (d *decider) pcpUpgradeResult(r *messages.PcpUpgradeResult) {
+	if !d.pcpJob() || d.s.Stage < stDownloaded {
+		// A duplicate of the result we already accepted is acknowledged as
+		// handled; anything else has no task (spec 4.5, 0x80).
+		last := d.s.Last
+		if d.s.Job == nil && last != nil && last.Protocol == protoPCP && last.Outcome.GetStatus() != statusStopped {
+			d.pcpAck(&messages.PcpUpgradeResultAck{Result: pcpOK})
+		} else {
+			d.pcpAck(&messages.PcpUpgradeResultAck{Result: pcpNoSuchTask})
+		}
+		return
+	}
+	d.pcpAck(&messages.PcpUpgradeResultAck{Result: pcpOK})
+	ver := r.GetVersion()
+	if code := int32(r.GetResult()); code != pcpOK {
+		d.fail(DeviceCodeReason(code), "0x18 upgrade result", code)
+		return
+	}
+	d.recordVersion(nil, &ver)
+	switch {
+	case d.s.Job.GetSkipVersionCheck():
+		d.note("version check skipped (product option skip_version_check)")
+		d.succeed(messages.Reason_REASON_NONE, "")
+	case ver == d.target():
+		d.succeed(messages.Reason_REASON_NONE, "")
+	default:
+		d.fail(messages.Reason_REASON_VERSION_MISMATCH, fmt.Sprintf("0x18 reports %q, target %q", ver, d.target()), 0)
+	}
+}

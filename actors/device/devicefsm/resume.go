@@ -1,0 +1,79 @@
+package devicefsm
+
+import (
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/messages"
+)
+
+// Resume returns the work a device must redo after its state was rebuilt from
+// the journal. It derives everything from s alone:
+//
+//   - the armed deadline of the current stage, at its absolute time and generation;
+//   - the current request when it is idempotent (a version query, a radio or
+//     cell read, the permit request, the PCP 0x14 notification), unless it waits
+//     in the outbox anyway; never a second Execute, never a second MQTT
+//     upgrade event;
+//   - the observations a FOTA or PCP flow relies on (a restarted server has
+//     lost them);
+//   - for an idle device, the last outcome and the release of its cell slot,
+//     in case the crash came between journaling them and sending them (tasks
+//     and cells ignore duplicates).
+func Resume(s State) []*messages.DeviceEffect {
+	var out []*messages.DeviceEffect
+	if s.Job == nil {
+		if s.Last != nil {
+			if s.Last.PermitCell != "" {
+				out = append(out, &messages.DeviceEffect{Kind: &messages.DeviceEffect_ReleasePermit{ReleasePermit: &messages.ReleasePermit{
+					CellId: s.Last.PermitCell, DeviceId: s.DeviceID,
+				}}})
+			}
+			out = append(out, &messages.DeviceEffect{Kind: &messages.DeviceEffect_ReportOutcome{ReportOutcome: cloneOutcome(s.Last.Outcome)}})
+		}
+		return out
+	}
+	if !s.Deadline.IsZero() {
+		out = append(out, armEffect(s))
+	}
+	if s.Stage == stWaitPermit {
+		req := &messages.RequestPermit{CellId: s.PermitCell, DeviceId: s.DeviceID, CellOnly: s.PermitCellOnly}
+		if !s.PermitCellOnly {
+			rsrp, sinr := s.Radio.RSRP, s.Radio.SINR
+			req.Rsrp, req.Sinr = &rsrp, &sinr
+		}
+		return append(out, &messages.DeviceEffect{Kind: &messages.DeviceEffect_RequestPermit{RequestPermit: req}})
+	}
+	if !s.Reachable() {
+		return out // queued downlinks go out with the next uplink
+	}
+	send := func(dl *messages.Downlink) {
+		dl.DeviceId = s.DeviceID
+		for _, q := range s.Outbox {
+			if proto.Equal(q, dl) {
+				return
+			}
+		}
+		out = append(out, &messages.DeviceEffect{Kind: &messages.DeviceEffect_Downlink{Downlink: dl}})
+	}
+	p := s.Job.GetProtocol()
+	if p == protoPCP && s.Stage >= stVersion {
+		send(observe(PathPCPUplink))
+	}
+	if p == protoFOTA && s.Stage >= stNotified && s.Stage <= stUpgrading {
+		send(observe(PathFotaState))
+		send(observe(PathUpdateResult))
+	}
+	switch s.Stage {
+	case stVersion, stVerifying:
+		send(versionQuery(p))
+	case stRadio:
+		send(read(PathConnMon))
+	case stCell:
+		send(read(PathCellID))
+	case stNotified:
+		if p == protoPCP {
+			send(pcpNotify(s.Job.GetPackage()))
+		}
+	}
+	return out
+}

@@ -1,0 +1,362 @@
+package devicefsm
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/messages"
+)
+
+var timeZero time.Time
+
+// LwM2M resource paths the flows use (spec 3.2).
+const (
+	PathFirmwareVersion = "/3/0/3"
+	PathConnMon         = "/4/0"
+	PathCellID          = "/4/0/8"
+	PathPackageURI      = "/5/0/1"
+	PathUpdate          = "/5/0/2"
+	PathFotaState       = "/5/0/3"
+	PathUpdateResult    = "/5/0/5"
+	PathPCPUplink       = "/19/0/0"
+)
+
+// Stage shorthands.
+const (
+	stIdle        = messages.Stage_STAGE_IDLE
+	stWaitOnline  = messages.Stage_STAGE_WAIT_ONLINE
+	stVersion     = messages.Stage_STAGE_VERSION_QUERY
+	stRadio       = messages.Stage_STAGE_RADIO_QUERY
+	stCell        = messages.Stage_STAGE_CELL_QUERY
+	stWaitPermit  = messages.Stage_STAGE_WAIT_PERMIT
+	stNotified    = messages.Stage_STAGE_NOTIFIED
+	stDownloading = messages.Stage_STAGE_DOWNLOADING
+	stDownloaded  = messages.Stage_STAGE_DOWNLOADED
+	stUpgrading   = messages.Stage_STAGE_UPGRADING
+	stVerifying   = messages.Stage_STAGE_VERIFYING
+
+	protoMQTT = messages.Protocol_PROTOCOL_MQTT
+	protoFOTA = messages.Protocol_PROTOCOL_LWM2M_FOTA
+	protoPCP  = messages.Protocol_PROTOCOL_LWM2M_PCP
+
+	causeResult        = messages.VerifyCause_VERIFY_CAUSE_RESULT
+	causeResultTimeout = messages.VerifyCause_VERIFY_CAUSE_RESULT_TIMEOUT
+	causeAlreadyLatest = messages.VerifyCause_VERIFY_CAUSE_ALREADY_LATEST
+
+	statusSuccess = messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS
+	statusFail    = messages.SubtaskStatus_SUBTASK_STATUS_FAIL
+	statusStopped = messages.SubtaskStatus_SUBTASK_STATUS_STOPPED
+)
+
+// PCP platform result codes (spec 4.6).
+const (
+	pcpOK              = 0x00
+	pcpAlreadyLatest   = 0x03
+	pcpNoSuchTask      = 0x80
+	pcpNoSuchSegment   = 0x81
+	pcpMinSegmentSize  = 32
+	pcpMaxSegmentSize  = 500
+	fotaStateIdle      = 0
+	fotaStateDownload  = 1
+	fotaStateReady     = 2
+	fotaStateUpdating  = 3
+	fotaResultSuccess  = 1
+	fotaResultDeferred = 11
+)
+
+// decider accumulates the events and effects of one Step. Every event is
+// applied to s as soon as it is emitted, so later decisions see its effect and
+// the returned state is exactly the fold of Evolve over the returned events.
+type decider struct {
+	cfg Config
+	s   State
+	at  time.Time
+	in  *messages.DeviceInput
+	res Result
+}
+
+func (d *decider) emit(e *messages.DeviceEvent) {
+	e.AtUnixNano = messages.UnixNano(d.at)
+	d.s = Evolve(d.s, e)
+	d.res.Events = append(d.res.Events, e)
+}
+
+func (d *decider) effect(e *messages.DeviceEffect) { d.res.Effects = append(d.res.Effects, e) }
+
+// send delivers a downlink now when the device is reachable, or queues it.
+func (d *decider) send(dl *messages.Downlink) {
+	dl.DeviceId = d.s.DeviceID
+	if d.s.Reachable() {
+		d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_Downlink{Downlink: dl}})
+		return
+	}
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_DownlinkQueued{DownlinkQueued: &messages.DownlinkQueued{Downlink: dl}}})
+}
+
+// flush sends every queued downlink once the device is reachable.
+func (d *decider) flush() {
+	if !d.s.Reachable() || len(d.s.Outbox) == 0 {
+		return
+	}
+	out := d.s.Outbox
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_OutboxFlushed{OutboxFlushed: &messages.OutboxFlushed{}}})
+	for _, dl := range out {
+		d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_Downlink{Downlink: dl}})
+	}
+}
+
+// sendOnce sends dl unless an identical downlink is already queued or was just
+// sent in this step (a flushed outbox).
+func (d *decider) sendOnce(dl *messages.Downlink) {
+	dl.DeviceId = d.s.DeviceID
+	for _, q := range d.s.Outbox {
+		if proto.Equal(q, dl) {
+			return
+		}
+	}
+	for _, e := range d.res.Effects {
+		if q := e.GetDownlink(); q != nil && proto.Equal(q, dl) {
+			return
+		}
+	}
+	d.send(dl)
+}
+
+// enter moves the job to stage; a positive timeout arms a deadline at at+timeout,
+// an absolute non-zero deadline is kept as given.
+func (d *decider) enter(stage messages.Stage, deadline time.Time, cause messages.VerifyCause) {
+	ev := &messages.StageEntered{Stage: stage, VerifyCause: cause}
+	if !deadline.IsZero() {
+		ev.DeadlineUnixNano = messages.UnixNano(deadline)
+		ev.Generation = d.s.Generation + 1
+	}
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_StageEntered{StageEntered: ev}})
+	if !deadline.IsZero() {
+		d.effect(armEffect(d.s))
+	}
+}
+
+func armEffect(s State) *messages.DeviceEffect {
+	return &messages.DeviceEffect{Kind: &messages.DeviceEffect_ArmDeadline{ArmDeadline: &messages.ArmDeadline{
+		Step:       DeadlineStep(s.Stage),
+		Generation: s.Generation,
+		AtUnixNano: messages.UnixNano(s.Deadline),
+	}}}
+}
+
+func (d *decider) note(text string) {
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_Noted{Noted: &messages.Noted{Text: text}}})
+}
+
+// Step feeds one input to the device. It returns the new state and what the
+// caller must persist and do, or an error wrapping ErrInvalidInput (and the
+// unchanged state) when the input is malformed. Inputs that are valid but
+// pointless now (a stale deadline, a duplicate or late report) are ignored:
+// no events, no effects.
+func Step(cfg Config, s State, in *messages.DeviceInput) (State, Result, error) {
+	if err := validate(s, in); err != nil {
+		return s, Result{}, err
+	}
+	d := &decider{cfg: cfg, s: s, at: messages.Time(in.GetAtUnixNano()), in: in}
+	switch k := in.Kind.(type) {
+	case *messages.DeviceInput_StartJob:
+		d.startJob(k.StartJob.GetJob())
+	case *messages.DeviceInput_StopJob:
+		d.stopJob(k.StopJob.GetTaskId())
+	case *messages.DeviceInput_PermitGranted:
+		d.permitGranted(k.PermitGranted.GetCellId())
+	case *messages.DeviceInput_DeadlineFired:
+		d.deadlineFired(k.DeadlineFired)
+	case *messages.DeviceInput_SetAbnormal:
+		if s.Abnormal != k.SetAbnormal.GetAbnormal() {
+			d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_AbnormalChanged{AbnormalChanged: &messages.AbnormalChanged{Abnormal: k.SetAbnormal.GetAbnormal()}}})
+		}
+	case *messages.DeviceInput_Connected:
+		d.connected(k.Connected.GetQueueMode())
+	case *messages.DeviceInput_Disconnected:
+		if s.Online || s.Awake {
+			d.presence(false, false, s.QueueMode)
+		}
+	case *messages.DeviceInput_Uplink:
+		d.uplink()
+	case *messages.DeviceInput_Asleep:
+		if s.QueueMode && s.Awake {
+			d.presence(s.Online, false, true)
+		}
+	case *messages.DeviceInput_VersionReported:
+		d.reportArrived()
+		d.versionReported(k.VersionReported)
+	case *messages.DeviceInput_RadioReported:
+		d.reportArrived()
+		d.radioReported(k.RadioReported)
+	case *messages.DeviceInput_Lwm2MResponse:
+		d.reportArrived()
+		d.lwm2mResponse(k.Lwm2MResponse)
+	case *messages.DeviceInput_FotaStatus:
+		d.reportArrived()
+		d.fotaStatus(k.FotaStatus)
+	case *messages.DeviceInput_MqttProgress:
+		d.reportArrived()
+		d.mqttProgress(k.MqttProgress)
+	case *messages.DeviceInput_PcpVersion:
+		d.reportArrived()
+		d.pcpVersion(k.PcpVersion)
+	case *messages.DeviceInput_PcpNotifyResponse:
+		d.reportArrived()
+		d.pcpNotifyResponse(k.PcpNotifyResponse.GetResult())
+	case *messages.DeviceInput_PcpSegmentRequest:
+		d.reportArrived()
+		d.pcpSegmentRequest(k.PcpSegmentRequest)
+	case *messages.DeviceInput_PcpDownloadResult:
+		d.reportArrived()
+		d.pcpDownloadResult(k.PcpDownloadResult.GetStatus())
+	case *messages.DeviceInput_PcpExecuteResponse:
+		d.reportArrived()
+		d.pcpExecuteResponse(k.PcpExecuteResponse.GetResult())
+	case *messages.DeviceInput_PcpUpgradeResult:
+		d.reportArrived()
+		d.pcpUpgradeResult(k.PcpUpgradeResult)
+	}
+	return d.s, d.res, nil
+}
+
+func validate(s State, in *messages.DeviceInput) error {
+	if in == nil || in.Kind == nil {
+		return fmt.Errorf("%w: input has no kind", ErrInvalidInput)
+	}
+	if in.GetAtUnixNano() <= 0 {
+		return fmt.Errorf("%w: at_unix_nano must be set", ErrInvalidInput)
+	}
+	switch k := in.Kind.(type) {
+	case *messages.DeviceInput_StartJob:
+		if id := k.StartJob.GetDeviceId(); id != "" && id != s.DeviceID {
+			return fmt.Errorf("%w: start_job.device_id %q is not this device (%q)", ErrInvalidInput, id, s.DeviceID)
+		}
+		return validateJob(k.StartJob.GetJob())
+	case *messages.DeviceInput_StopJob:
+		if k.StopJob.GetTaskId() == "" {
+			return fmt.Errorf("%w: stop_job.task_id is empty", ErrInvalidInput)
+		}
+	case *messages.DeviceInput_PermitGranted:
+		if k.PermitGranted.GetCellId() == "" {
+			return fmt.Errorf("%w: permit_granted.cell_id is empty", ErrInvalidInput)
+		}
+	case *messages.DeviceInput_DeadlineFired:
+		if k.DeadlineFired.GetStep() == "" {
+			return fmt.Errorf("%w: deadline_fired.step is empty", ErrInvalidInput)
+		}
+	case *messages.DeviceInput_VersionReported:
+		v := k.VersionReported
+		if v.FwVersion == nil && v.SwVersion == nil {
+			return fmt.Errorf("%w: version_reported has neither fw_version nor sw_version", ErrInvalidInput)
+		}
+	case *messages.DeviceInput_FotaStatus:
+		f := k.FotaStatus
+		if f.State == nil && f.UpdateResult == nil {
+			return fmt.Errorf("%w: fota_status has neither state nor update_result", ErrInvalidInput)
+		}
+		if f.State != nil && (f.GetState() < 0 || f.GetState() > 3) {
+			return fmt.Errorf("%w: fota_status.state %d is outside 0..3", ErrInvalidInput, f.GetState())
+		}
+		if f.UpdateResult != nil && f.GetUpdateResult() < 0 {
+			return fmt.Errorf("%w: fota_status.update_result %d is negative", ErrInvalidInput, f.GetUpdateResult())
+		}
+	case *messages.DeviceInput_MqttProgress:
+		if p := k.MqttProgress; p.Progress != nil && (p.GetProgress() < 0 || p.GetProgress() > 100) {
+			return fmt.Errorf("%w: mqtt_progress.progress %d is outside 0..100", ErrInvalidInput, p.GetProgress())
+		}
+	case *messages.DeviceInput_Lwm2MResponse:
+		if k.Lwm2MResponse.GetPath() == "" {
+			return fmt.Errorf("%w: lwm2m_response.path is empty", ErrInvalidInput)
+		}
+	case *messages.DeviceInput_PcpVersion, *messages.DeviceInput_PcpNotifyResponse, *messages.DeviceInput_PcpSegmentRequest,
+		*messages.DeviceInput_PcpDownloadResult, *messages.DeviceInput_PcpExecuteResponse, *messages.DeviceInput_PcpUpgradeResult:
+		if err := validatePCPCodes(in); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validatePCPCodes(in *messages.DeviceInput) error {
+	var code uint32
+	switch k := in.Kind.(type) {
+	case *messages.DeviceInput_PcpVersion:
+		code = k.PcpVersion.GetResult()
+	case *messages.DeviceInput_PcpNotifyResponse:
+		code = k.PcpNotifyResponse.GetResult()
+	case *messages.DeviceInput_PcpDownloadResult:
+		code = k.PcpDownloadResult.GetStatus()
+	case *messages.DeviceInput_PcpExecuteResponse:
+		code = k.PcpExecuteResponse.GetResult()
+	case *messages.DeviceInput_PcpUpgradeResult:
+		code = k.PcpUpgradeResult.GetResult()
+	case *messages.DeviceInput_PcpSegmentRequest:
+		if k.PcpSegmentRequest.GetSegmentNo() > 0xFFFF {
+			return fmt.Errorf("%w: pcp_segment_request.segment_no %d exceeds a WORD", ErrInvalidInput, k.PcpSegmentRequest.GetSegmentNo())
+		}
+	}
+	if code > 0xFF {
+		return fmt.Errorf("%w: PCP result code %d exceeds a BYTE", ErrInvalidInput, code)
+	}
+	return nil
+}
+
+func validateJob(j *messages.Job) error {
+	switch {
+	case j == nil:
+		return fmt.Errorf("%w: start_job.job is missing", ErrInvalidInput)
+	case j.GetTaskId() == "":
+		return fmt.Errorf("%w: job.task_id is empty", ErrInvalidInput)
+	case j.GetAttempt() == 0:
+		return fmt.Errorf("%w: job.attempt must be at least 1", ErrInvalidInput)
+	case j.GetPackage() == nil:
+		return fmt.Errorf("%w: job.package is missing", ErrInvalidInput)
+	case j.GetPackage().GetVersion() == "":
+		return fmt.Errorf("%w: job.package.version is empty", ErrInvalidInput)
+	}
+	tt := j.GetTaskType()
+	if tt != messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE && tt != messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE {
+		return fmt.Errorf("%w: job.task_type %v is not an upgrade", ErrInvalidInput, tt)
+	}
+	switch j.GetProtocol() {
+	case protoMQTT:
+	case protoFOTA:
+		if tt != messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE {
+			return fmt.Errorf("%w: job.protocol LwM2M FOTA carries firmware only, not %v", ErrInvalidInput, tt)
+		}
+	case protoPCP:
+		if tt != messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE {
+			return fmt.Errorf("%w: job.protocol PCP carries software only, not %v", ErrInvalidInput, tt)
+		}
+		p := j.GetPackage()
+		if ss := p.GetSegmentSize(); ss < pcpMinSegmentSize || ss > pcpMaxSegmentSize {
+			return fmt.Errorf("%w: job.package.segment_size %d is outside %d..%d", ErrInvalidInput, ss, pcpMinSegmentSize, pcpMaxSegmentSize)
+		}
+		if p.GetSize() <= 0 {
+			return fmt.Errorf("%w: job.package.size must be positive for PCP", ErrInvalidInput)
+		}
+		if n := segmentCount(p); n > 0xFFFF {
+			return fmt.Errorf("%w: job.package needs %d PCP segments, more than a WORD holds", ErrInvalidInput, n)
+		}
+		if len(p.GetVersion()) > 16 {
+			return fmt.Errorf("%w: job.package.version %q is longer than PCP's 16 bytes", ErrInvalidInput, p.GetVersion())
+		}
+		if p.GetCheckCode() > 0xFFFF {
+			return fmt.Errorf("%w: job.package.check_code %d exceeds a WORD", ErrInvalidInput, p.GetCheckCode())
+		}
+	default:
+		return fmt.Errorf("%w: job.protocol %v is not a device flow", ErrInvalidInput, j.GetProtocol())
+	}
+	return nil
+}
+
+func segmentCount(p *messages.Package) int64 {
+	ss := int64(p.GetSegmentSize())
+	if ss == 0 {
+		return 0
+	}
+	return (p.GetSize() + ss - 1) / ss
+}

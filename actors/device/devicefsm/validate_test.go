@@ -1,0 +1,139 @@
+package devicefsm
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/messages"
+)
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("default config: %v", err)
+	}
+	c := DefaultConfig()
+	c.Download = 0
+	err := c.Validate()
+	if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "Download") {
+		t.Fatalf("zero Download: %v", err)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	s := New("d")
+	if s.Status() != messages.SubtaskStatus_SUBTASK_STATUS_UNSPECIFIED {
+		t.Fatal("idle device has a sub-task status")
+	}
+	s.Job = testJob(protoMQTT)
+	if s.Status() != messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING {
+		t.Fatal("active job is not PROCESSING")
+	}
+}
+
+// TestInvalidInputs: every malformed input is a clear ErrInvalidInput naming
+// the field, and changes nothing.
+func TestInvalidInputs(t *testing.T) {
+	at := messages.UnixNano(epoch)
+	job := func(mut func(j *messages.Job)) *messages.DeviceInput {
+		j := proto.Clone(testJob(protoPCP)).(*messages.Job)
+		mut(j)
+		return &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_StartJob{StartJob: &messages.StartJob{Job: j}}}
+	}
+	in := func(k any) *messages.DeviceInput {
+		m := &messages.DeviceInput{AtUnixNano: at}
+		switch v := k.(type) {
+		case *messages.DeviceInput_StopJob:
+			m.Kind = v
+		case *messages.DeviceInput_PermitGranted:
+			m.Kind = v
+		case *messages.DeviceInput_DeadlineFired:
+			m.Kind = v
+		case *messages.DeviceInput_VersionReported:
+			m.Kind = v
+		case *messages.DeviceInput_FotaStatus:
+			m.Kind = v
+		case *messages.DeviceInput_MqttProgress:
+			m.Kind = v
+		case *messages.DeviceInput_Lwm2MResponse:
+			m.Kind = v
+		case *messages.DeviceInput_PcpVersion:
+			m.Kind = v
+		case *messages.DeviceInput_PcpSegmentRequest:
+			m.Kind = v
+		case *messages.DeviceInput_PcpUpgradeResult:
+			m.Kind = v
+		}
+		return m
+	}
+	cases := []struct {
+		name string
+		in   *messages.DeviceInput
+		want string
+	}{
+		{"nil input", nil, "no kind"},
+		{"no kind", &messages.DeviceInput{AtUnixNano: at}, "no kind"},
+		{"no time", &messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}}, "at_unix_nano"},
+		{"other device", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_StartJob{StartJob: &messages.StartJob{DeviceId: "other", Job: testJob(protoMQTT)}}}, "not this device"},
+		{"no job", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_StartJob{StartJob: &messages.StartJob{}}}, "job is missing"},
+		{"no task", job(func(j *messages.Job) { j.TaskId = "" }), "task_id"},
+		{"attempt 0", job(func(j *messages.Job) { j.Attempt = 0 }), "attempt"},
+		{"no package", job(func(j *messages.Job) { j.Package = nil }), "package is missing"},
+		{"no version", job(func(j *messages.Job) { j.Package = &messages.Package{} }), "version is empty"},
+		{"bad task type", job(func(j *messages.Job) { j.TaskType = 9 }), "task_type"},
+		{"bad protocol", job(func(j *messages.Job) { j.Protocol = 0 }), "protocol"},
+		{"fota software", job(func(j *messages.Job) { j.Protocol = protoFOTA }), "firmware only"},
+		{"pcp firmware", job(func(j *messages.Job) { j.TaskType = messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE }), "software only"},
+		{"pcp segment 31", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 31} }), "segment_size"},
+		{"pcp segment 501", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 501} }), "segment_size"},
+		{"pcp empty", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", SegmentSize: 100} }), "size must be positive"},
+		{"pcp too many segments", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 32 * 70000, SegmentSize: 32} }), "segments"},
+		{"pcp long version", job(func(j *messages.Job) { j.Package = &messages.Package{Version: strings.Repeat("v", 17), Size: 10, SegmentSize: 32} }), "16 bytes"},
+		{"pcp check code", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 32, CheckCode: 1 << 16} }), "check_code"},
+		{"stop no task", in(&messages.DeviceInput_StopJob{StopJob: &messages.StopJob{}}), "task_id"},
+		{"grant no cell", in(&messages.DeviceInput_PermitGranted{PermitGranted: &messages.PermitGranted{}}), "cell_id"},
+		{"deadline no step", in(&messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{}}), "step"},
+		{"version none", in(&messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{}}), "neither"},
+		{"fota none", in(&messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{}}), "neither"},
+		{"fota state 4", in(&messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32p(4)}}), "0..3"},
+		{"fota result -1", in(&messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{UpdateResult: i32p(-1)}}), "negative"},
+		{"progress 101", in(&messages.DeviceInput_MqttProgress{MqttProgress: &messages.MqttProgress{Progress: i32p(101)}}), "0..100"},
+		{"response no path", in(&messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{}}), "path"},
+		{"pcp code 256", in(&messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: 256}}), "BYTE"},
+		{"pcp result 300", in(&messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: 300}}), "BYTE"},
+		{"pcp segment 70000", in(&messages.DeviceInput_PcpSegmentRequest{PcpSegmentRequest: &messages.PcpSegmentRequest{SegmentNo: 70000}}), "WORD"},
+	}
+	for _, c := range cases {
+		s := New("dev-1")
+		next, res, err := Step(DefaultConfig(), s, c.in)
+		if !errors.Is(err, ErrInvalidInput) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want ErrInvalidInput mentioning %q", c.name, err, c.want)
+		}
+		if len(res.Events)+len(res.Effects) != 0 || dumpState(next) != dumpState(s) {
+			t.Errorf("%s: an invalid input changed something", c.name)
+		}
+	}
+}
+
+// TestDayOfProtocolTime runs a device through a 24-hour online wait and a full
+// MQTT upgrade at protocol speed: time exists only in the inputs.
+func TestDayOfProtocolTime(t *testing.T) {
+	h := newHarness(t)
+	h.job = testJob(protoMQTT)
+	h.job.Package = &messages.Package{Version: "2.0"}
+	h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_StartJob{StartJob: &messages.StartJob{Job: h.job}}})
+	h.advance(24*time.Hour + 59*time.Minute)
+	if h.s.Job == nil {
+		t.Fatal("the 25 h MQTT online wait ended early")
+	}
+	h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{}}})
+	h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{FwVersion: strp("1.0")}}})
+	h.advance(23 * time.Hour)
+	h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_MqttProgress{MqttProgress: &messages.MqttProgress{Progress: i32p(100), Version: "2.0"}}})
+	if h.s.Last == nil || h.s.Last.Outcome.GetStatus() != statusSuccess {
+		t.Fatalf("not a success after 48 h of protocol time: %s", dumpState(h.s))
+	}
+}

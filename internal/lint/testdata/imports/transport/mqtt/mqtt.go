@@ -1,0 +1,8 @@
+// Package mqtt is a fixture transport.
+package mqtt
+
+import "net"
+
+const Topic = "t"
+
+var _ net.Conn

@@ -1,0 +1,2 @@
+// Tool is the wrong name for badtool.
+package main

@@ -1,0 +1,2 @@
+// Tool does one thing for the fixture.
+package main

@@ -1,0 +1,2 @@
+// Package gen has a doc; its generated files do not count.
+package gen

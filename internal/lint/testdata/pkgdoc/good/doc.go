@@ -1,0 +1,2 @@
+// Package good has its doc in doc.go.
+package good

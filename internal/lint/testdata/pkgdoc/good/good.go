@@ -1,0 +1,3 @@
+// This comment is separated from the package clause, so it is no doc.
+
+package good

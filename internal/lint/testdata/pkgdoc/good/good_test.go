@@ -1,0 +1,2 @@
+// Package good's tests may say what they like.
+package good

@@ -1,0 +1,2 @@
+// Package ignoredgen has a generator helper excluded from builds.
+package ignoredgen

@@ -1,0 +1,4 @@
+//go:build ignore
+
+// Gen writes tables; it is run by go generate.
+package main

@@ -1,0 +1,2 @@
+// Package two has one doc here,
+package two

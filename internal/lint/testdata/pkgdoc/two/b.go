@@ -1,0 +1,2 @@
+// Package two and another here.
+package two

@@ -1,0 +1,2 @@
+// This package starts its doc wrongly.
+package wrong

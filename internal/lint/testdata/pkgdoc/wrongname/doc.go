@@ -1,0 +1,2 @@
+// Package other names the wrong package.
+package wrongname

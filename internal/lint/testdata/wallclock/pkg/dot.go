@@ -1,0 +1,5 @@
+package pkg
+
+import . "time"
+
+var epoch = Unix(0, 0)
