@@ -21,7 +21,7 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 		s.Progress = 0
 		s.UriAcked = false
 		s.PermitCell, s.PermitHeld, s.PermitCellOnly = "", false, false
-		s.Outbox = nil
+		// The outbox keeps what an earlier job left queued (a reset, a cancel).
 	case *messages.DeviceEvent_StageEntered:
 		if s.Job == nil {
 			return s

@@ -128,6 +128,8 @@ func (d *decider) connected(queue bool) {
 	switch st := d.s.Stage; {
 	case st == stWaitOnline:
 		d.queryVersion()
+	case d.proto() == protoPCP:
+		d.pcpReconnected()
 	case st == stVersion:
 		d.sendOnce(versionQuery(d.proto()))
 	case d.proto() == protoMQTT:
@@ -138,8 +140,6 @@ func (d *decider) connected(queue bool) {
 		}
 	case d.proto() == protoFOTA:
 		d.fotaReconnected()
-	case d.proto() == protoPCP:
-		d.pcpReconnected()
 	}
 }
 

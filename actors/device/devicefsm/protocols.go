@@ -251,14 +251,14 @@ func (d *decider) pcpJob() bool { return d.s.Job != nil && d.proto() == protoPCP
 func (d *decider) pcpReconnected() {
 	d.send(observe(PathPCPUplink))
 	switch d.s.Stage {
+	case stVersion, stVerifying:
+		d.sendOnce(versionQuery(protoPCP))
 	case stRadio:
 		d.sendOnce(read(PathConnMon))
 	case stCell:
 		d.sendOnce(read(PathCellID))
 	case stNotified:
 		d.send(pcpNotify(d.s.Job.GetPackage())) // same version and check code: the device resumes
-	case stVerifying:
-		d.sendOnce(versionQuery(protoPCP))
 	}
 }
 

@@ -91,8 +91,12 @@ func TestInvalidInputs(t *testing.T) {
 		{"pcp segment 501", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 501} }), "segment_size"},
 		{"pcp empty", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", SegmentSize: 100} }), "size must be positive"},
 		{"pcp too many segments", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 32 * 70000, SegmentSize: 32} }), "segments"},
-		{"pcp long version", job(func(j *messages.Job) { j.Package = &messages.Package{Version: strings.Repeat("v", 17), Size: 10, SegmentSize: 32} }), "16 bytes"},
-		{"pcp check code", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 32, CheckCode: 1 << 16} }), "check_code"},
+		{"pcp long version", job(func(j *messages.Job) {
+			j.Package = &messages.Package{Version: strings.Repeat("v", 17), Size: 10, SegmentSize: 32}
+		}), "16 bytes"},
+		{"pcp check code", job(func(j *messages.Job) {
+			j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 32, CheckCode: 1 << 16}
+		}), "check_code"},
 		{"stop no task", in(&messages.DeviceInput_StopJob{StopJob: &messages.StopJob{}}), "task_id"},
 		{"grant no cell", in(&messages.DeviceInput_PermitGranted{PermitGranted: &messages.PermitGranted{}}), "cell_id"},
 		{"deadline no step", in(&messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{}}), "step"},
