@@ -42,7 +42,11 @@
 //     the package" (6.3 is silent on the string).
 //   - Reachability: a downlink goes out when the device is online and, in queue
 //     mode (binding UQ), awake; otherwise it waits in the outbox, journaled, and
-//     goes out with the next uplink, within the step's own deadline (6.6). Any
+//     goes out with the next uplink, within the step's own deadline (6.6): a
+//     step's deadline counts from the moment the job enters it, not from the
+//     delivery of its request, so a queue-mode device that sleeps longer than
+//     T5 or T8 in the middle of an upgrade fails that step (raise those
+//     timeouts for such fleets). Any
 //     report proves the device online and awake. While a job waits for the
 //     version, a plain LwM2M uplink re-sends the version query (6.6).
 //   - A new session (Connected: MQTT CONNECT, LwM2M Register) mid-job is a
