@@ -290,54 +290,6 @@ func (h *harness) run(d *datadriven.TestData) string {
 
 func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 	t := h.t
-	in := func(k any) string {
-		m := &messages.DeviceInput{}
-		switch v := k.(type) {
-		case *messages.DeviceInput_StartJob:
-			m.Kind = v
-		case *messages.DeviceInput_StopJob:
-			m.Kind = v
-		case *messages.DeviceInput_PermitGranted:
-			m.Kind = v
-		case *messages.DeviceInput_DeadlineFired:
-			m.Kind = v
-		case *messages.DeviceInput_SetAbnormal:
-			m.Kind = v
-		case *messages.DeviceInput_Connected:
-			m.Kind = v
-		case *messages.DeviceInput_Disconnected:
-			m.Kind = v
-		case *messages.DeviceInput_Uplink:
-			m.Kind = v
-		case *messages.DeviceInput_Asleep:
-			m.Kind = v
-		case *messages.DeviceInput_VersionReported:
-			m.Kind = v
-		case *messages.DeviceInput_RadioReported:
-			m.Kind = v
-		case *messages.DeviceInput_Lwm2MResponse:
-			m.Kind = v
-		case *messages.DeviceInput_FotaStatus:
-			m.Kind = v
-		case *messages.DeviceInput_MqttProgress:
-			m.Kind = v
-		case *messages.DeviceInput_PcpVersion:
-			m.Kind = v
-		case *messages.DeviceInput_PcpNotifyResponse:
-			m.Kind = v
-		case *messages.DeviceInput_PcpSegmentRequest:
-			m.Kind = v
-		case *messages.DeviceInput_PcpDownloadResult:
-			m.Kind = v
-		case *messages.DeviceInput_PcpExecuteResponse:
-			m.Kind = v
-		case *messages.DeviceInput_PcpUpgradeResult:
-			m.Kind = v
-		default:
-			t.Fatalf("unknown input %T", k)
-		}
-		return h.step(m)
-	}
 	switch d.Cmd {
 	case "config":
 		for k, v := range a {
@@ -386,56 +338,56 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 		if v := i32(t, a, "attempt"); v != nil {
 			j.Attempt = uint32(*v)
 		}
-		return in(&messages.DeviceInput_StartJob{StartJob: &messages.StartJob{DeviceId: h.s.DeviceID, Job: j}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_StartJob{StartJob: &messages.StartJob{DeviceId: h.s.DeviceID, Job: j}}})
 	case "stop":
 		task := "task-1"
 		if v, ok := a["task"]; ok {
 			task = v
 		}
-		return in(&messages.DeviceInput_StopJob{StopJob: &messages.StopJob{DeviceId: h.s.DeviceID, TaskId: task}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_StopJob{StopJob: &messages.StopJob{DeviceId: h.s.DeviceID, TaskId: task}}})
 	case "grant":
-		return in(&messages.DeviceInput_PermitGranted{PermitGranted: &messages.PermitGranted{CellId: a["cell"], DeviceId: h.s.DeviceID}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_PermitGranted{PermitGranted: &messages.PermitGranted{CellId: a["cell"], DeviceId: h.s.DeviceID}}})
 	case "fire":
-		return in(&messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{Step: "STAGE_" + a["step"], Generation: uint64(u32(t, a, "gen"))}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{Step: "STAGE_" + a["step"], Generation: uint64(u32(t, a, "gen"))}}})
 	case "abnormal":
-		return in(&messages.DeviceInput_SetAbnormal{SetAbnormal: &messages.SetAbnormal{Abnormal: !has(a, "off")}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_SetAbnormal{SetAbnormal: &messages.SetAbnormal{Abnormal: !has(a, "off")}}})
 	case "connected":
-		return in(&messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: has(a, "queue")}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: has(a, "queue")}}})
 	case "disconnected":
-		return in(&messages.DeviceInput_Disconnected{Disconnected: &messages.Disconnected{}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Disconnected{Disconnected: &messages.Disconnected{}}})
 	case "uplink":
-		return in(&messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}})
 	case "asleep":
-		return in(&messages.DeviceInput_Asleep{Asleep: &messages.Asleep{}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Asleep{Asleep: &messages.Asleep{}}})
 	case "version":
-		return in(&messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{FwVersion: str(a, "fw"), SwVersion: str(a, "sw")}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{FwVersion: str(a, "fw"), SwVersion: str(a, "sw")}}})
 	case "radio":
-		return in(&messages.DeviceInput_RadioReported{RadioReported: &messages.RadioReported{Rsrp: i32(t, a, "rsrp"), Sinr: i32(t, a, "sinr"), CellId: a["cell"]}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_RadioReported{RadioReported: &messages.RadioReported{Rsrp: i32(t, a, "rsrp"), Sinr: i32(t, a, "sinr"), CellId: a["cell"]}}})
 	case "response":
 		op := map[string]messages.Lwm2MOp{"read": messages.Lwm2MOp_LWM2M_OP_READ, "write": messages.Lwm2MOp_LWM2M_OP_WRITE,
 			"execute": messages.Lwm2MOp_LWM2M_OP_EXECUTE, "observe": messages.Lwm2MOp_LWM2M_OP_OBSERVE}[a["op"]]
 		code := a["code"]
-		return in(&messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{Op: op, Path: a["path"], Success: strings.HasPrefix(code, "2."), Code: code}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{Op: op, Path: a["path"], Success: strings.HasPrefix(code, "2."), Code: code}}})
 	case "fota":
-		return in(&messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32(t, a, "state"), UpdateResult: i32(t, a, "result")}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32(t, a, "state"), UpdateResult: i32(t, a, "result")}}})
 	case "progress":
 		c := i32(t, a, "code")
 		if c == nil {
 			c = new(int32)
 		}
-		return in(&messages.DeviceInput_MqttProgress{MqttProgress: &messages.MqttProgress{ResultCode: *c, Progress: i32(t, a, "pct"), Version: a["version"], Description: a["desc"]}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_MqttProgress{MqttProgress: &messages.MqttProgress{ResultCode: *c, Progress: i32(t, a, "pct"), Version: a["version"], Description: a["desc"]}}})
 	case "pcp-version":
-		return in(&messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: u32(t, a, "result"), Version: a["version"]}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: u32(t, a, "result"), Version: a["version"]}}})
 	case "pcp-notify-rsp":
-		return in(&messages.DeviceInput_PcpNotifyResponse{PcpNotifyResponse: &messages.PcpNotifyResponse{Result: u32(t, a, "result")}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_PcpNotifyResponse{PcpNotifyResponse: &messages.PcpNotifyResponse{Result: u32(t, a, "result")}}})
 	case "pcp-segment":
-		return in(&messages.DeviceInput_PcpSegmentRequest{PcpSegmentRequest: &messages.PcpSegmentRequest{Version: a["version"], SegmentNo: u32(t, a, "no")}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_PcpSegmentRequest{PcpSegmentRequest: &messages.PcpSegmentRequest{Version: a["version"], SegmentNo: u32(t, a, "no")}}})
 	case "pcp-download":
-		return in(&messages.DeviceInput_PcpDownloadResult{PcpDownloadResult: &messages.PcpDownloadResult{Status: u32(t, a, "status")}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_PcpDownloadResult{PcpDownloadResult: &messages.PcpDownloadResult{Status: u32(t, a, "status")}}})
 	case "pcp-execute-rsp":
-		return in(&messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: u32(t, a, "result")}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: u32(t, a, "result")}}})
 	case "pcp-result":
-		return in(&messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: u32(t, a, "result"), Version: a["version"]}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: u32(t, a, "result"), Version: a["version"]}}})
 	case "advance":
 		dur, err := time.ParseDuration(d.CmdArgs[0].Key)
 		if err != nil {

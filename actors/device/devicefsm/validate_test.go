@@ -43,32 +43,6 @@ func TestInvalidInputs(t *testing.T) {
 		mut(j)
 		return &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_StartJob{StartJob: &messages.StartJob{Job: j}}}
 	}
-	in := func(k any) *messages.DeviceInput {
-		m := &messages.DeviceInput{AtUnixNano: at}
-		switch v := k.(type) {
-		case *messages.DeviceInput_StopJob:
-			m.Kind = v
-		case *messages.DeviceInput_PermitGranted:
-			m.Kind = v
-		case *messages.DeviceInput_DeadlineFired:
-			m.Kind = v
-		case *messages.DeviceInput_VersionReported:
-			m.Kind = v
-		case *messages.DeviceInput_FotaStatus:
-			m.Kind = v
-		case *messages.DeviceInput_MqttProgress:
-			m.Kind = v
-		case *messages.DeviceInput_Lwm2MResponse:
-			m.Kind = v
-		case *messages.DeviceInput_PcpVersion:
-			m.Kind = v
-		case *messages.DeviceInput_PcpSegmentRequest:
-			m.Kind = v
-		case *messages.DeviceInput_PcpUpgradeResult:
-			m.Kind = v
-		}
-		return m
-	}
 	cases := []struct {
 		name string
 		in   *messages.DeviceInput
@@ -97,18 +71,18 @@ func TestInvalidInputs(t *testing.T) {
 		{"pcp check code", job(func(j *messages.Job) {
 			j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 32, CheckCode: 1 << 16}
 		}), "check_code"},
-		{"stop no task", in(&messages.DeviceInput_StopJob{StopJob: &messages.StopJob{}}), "task_id"},
-		{"grant no cell", in(&messages.DeviceInput_PermitGranted{PermitGranted: &messages.PermitGranted{}}), "cell_id"},
-		{"deadline no step", in(&messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{}}), "step"},
-		{"version none", in(&messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{}}), "neither"},
-		{"fota none", in(&messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{}}), "neither"},
-		{"fota state 4", in(&messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32p(4)}}), "0..3"},
-		{"fota result -1", in(&messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{UpdateResult: i32p(-1)}}), "negative"},
-		{"progress 101", in(&messages.DeviceInput_MqttProgress{MqttProgress: &messages.MqttProgress{Progress: i32p(101)}}), "0..100"},
-		{"response no path", in(&messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{}}), "path"},
-		{"pcp code 256", in(&messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: 256}}), "BYTE"},
-		{"pcp result 300", in(&messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: 300}}), "BYTE"},
-		{"pcp segment 70000", in(&messages.DeviceInput_PcpSegmentRequest{PcpSegmentRequest: &messages.PcpSegmentRequest{SegmentNo: 70000}}), "WORD"},
+		{"stop no task", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_StopJob{StopJob: &messages.StopJob{}}}, "task_id"},
+		{"grant no cell", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_PermitGranted{PermitGranted: &messages.PermitGranted{}}}, "cell_id"},
+		{"deadline no step", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{}}}, "step"},
+		{"version none", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{}}}, "neither"},
+		{"fota none", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{}}}, "neither"},
+		{"fota state 4", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32p(4)}}}, "0..3"},
+		{"fota result -1", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{UpdateResult: i32p(-1)}}}, "negative"},
+		{"progress 101", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_MqttProgress{MqttProgress: &messages.MqttProgress{Progress: i32p(101)}}}, "0..100"},
+		{"response no path", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{}}}, "path"},
+		{"pcp code 256", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: 256}}}, "BYTE"},
+		{"pcp result 300", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: 300}}}, "BYTE"},
+		{"pcp segment 70000", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_PcpSegmentRequest{PcpSegmentRequest: &messages.PcpSegmentRequest{SegmentNo: 70000}}}, "WORD"},
 	}
 	for _, c := range cases {
 		s := New("dev-1")
