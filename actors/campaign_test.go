@@ -14,6 +14,8 @@ import (
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
+	// Registers -rewrite, so that "go test ./actors/... -rewrite" works here too.
+	_ "github.com/otafleet/otafleet/internal/goldentest"
 	"github.com/otafleet/otafleet/messages"
 )
 

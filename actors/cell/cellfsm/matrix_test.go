@@ -1,12 +1,11 @@
 package cellfsm
 
 import (
-	"flag"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 
+	"github.com/otafleet/otafleet/internal/goldentest"
 	"github.com/otafleet/otafleet/messages"
 )
 
@@ -105,18 +104,5 @@ func TestMatrix(t *testing.T) {
 			fmt.Fprintf(&b, "%-20s %-15s %s\n", st.name, kind, classifyOutcome(res, err))
 		}
 	}
-	got := b.String()
-	if f := flag.Lookup("rewrite"); f != nil && f.Value.String() == "true" {
-		if err := os.WriteFile(matrixFile, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(matrixFile)
-	if err != nil {
-		t.Fatalf("%v (run with -rewrite)", err)
-	}
-	if got != string(want) {
-		t.Errorf("matrix differs from %s (run with -rewrite and review):\ngot:\n%s\nwant:\n%s", matrixFile, got, want)
-	}
+	goldentest.Check(t, matrixFile, b.String())
 }

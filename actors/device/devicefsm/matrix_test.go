@@ -2,16 +2,13 @@ package devicefsm
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/pmezard/go-difflib/difflib"
-
+	"github.com/otafleet/otafleet/internal/goldentest"
 	"github.com/otafleet/otafleet/messages"
 )
 
@@ -259,18 +256,6 @@ func checkInvariants(t *testing.T, s State, r Result) {
 	}
 }
 
-var rewrite = func() *bool {
-	if f := flag.Lookup("rewrite"); f != nil {
-		if g, ok := f.Value.(flag.Getter); ok {
-			if b, ok := g.Get().(bool); ok {
-				return &b
-			}
-		}
-	}
-	b := false
-	return &b
-}
-
 // TestMatrix exercises every (state, input kind) pair and compares the table
 // with testdata/matrix.txt (regenerate with -rewrite).
 func TestMatrix(t *testing.T) {
@@ -282,22 +267,7 @@ func TestMatrix(t *testing.T) {
 			fmt.Fprintf(&b, "%-22s %-21s %s\n", cls.name, kind, classify(t, cls, kind))
 		}
 	}
-	const golden = "testdata/matrix.txt"
-	got := b.String()
-	if *rewrite() {
-		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -rewrite to create it)", err)
-	}
-	if got != string(want) {
-		diff, _ := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{A: difflib.SplitLines(string(want)), B: difflib.SplitLines(got), FromFile: golden, ToFile: "got", Context: 1})
-		t.Errorf("matrix changed (review, then -rewrite):\n%s", diff)
-	}
+	goldentest.Check(t, "testdata/matrix.txt", b.String())
 }
 
 // TestRandomWalk feeds long random input sequences: no panic, replay equals

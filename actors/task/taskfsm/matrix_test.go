@@ -1,13 +1,12 @@
 package taskfsm
 
 import (
-	"flag"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/otafleet/otafleet/internal/goldentest"
 	"github.com/otafleet/otafleet/messages"
 )
 
@@ -121,18 +120,5 @@ func TestMatrix(t *testing.T) {
 		}
 	}
 	got := b.String()
-	const path = "testdata/matrix.txt"
-	if f := flag.Lookup("rewrite"); f != nil && f.Value.String() == "true" {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -rewrite to create it)", err)
-	}
-	if string(want) != got {
-		t.Errorf("matrix differs from %s (run with -rewrite and review the diff):\n%s", path, got)
-	}
+	goldentest.Check(t, "testdata/matrix.txt", got)
 }
