@@ -820,6 +820,7 @@ type SubtaskFinished struct {
 	Reason          Reason                 `protobuf:"varint,4,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
 	Detail          string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
 	RetryAtUnixNano int64                  `protobuf:"varint,6,opt,name=retry_at_unix_nano,json=retryAtUnixNano,proto3" json:"retry_at_unix_nano,omitempty"`
+	ResultCode      int32                  `protobuf:"varint,7,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"` // the device's own code (MQTT result_code, PCP, Update Result); 0 if none
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -892,6 +893,13 @@ func (x *SubtaskFinished) GetDetail() string {
 func (x *SubtaskFinished) GetRetryAtUnixNano() int64 {
 	if x != nil {
 		return x.RetryAtUnixNano
+	}
+	return 0
+}
+
+func (x *SubtaskFinished) GetResultCode() int32 {
+	if x != nil {
+		return x.ResultCode
 	}
 	return 0
 }
@@ -1195,14 +1203,16 @@ const file_messages_task_proto_rawDesc = "" +
 	"\x06policy\x18\t \x01(\v2\x1c.otafleet.messages.v1.PolicyR\x06policy\"G\n" +
 	"\x0eSubtaskStarted\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\rR\aattempt\"\x80\x02\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\"\xa1\x02\n" +
 	"\x0fSubtaskFinished\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12;\n" +
 	"\x06status\x18\x03 \x01(\x0e2#.otafleet.messages.v1.SubtaskStatusR\x06status\x124\n" +
 	"\x06reason\x18\x04 \x01(\x0e2\x1c.otafleet.messages.v1.ReasonR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x05 \x01(\tR\x06detail\x12+\n" +
-	"\x12retry_at_unix_nano\x18\x06 \x01(\x03R\x0fretryAtUnixNano\"\x0f\n" +
+	"\x12retry_at_unix_nano\x18\x06 \x01(\x03R\x0fretryAtUnixNano\x12\x1f\n" +
+	"\vresult_code\x18\a \x01(\x05R\n" +
+	"resultCode\"\x0f\n" +
 	"\rStopRequested\"/\n" +
 	"\x0eRetryRequested\x12\x1d\n" +
 	"\n" +

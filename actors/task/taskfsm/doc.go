@@ -59,8 +59,8 @@
 //   - An outcome whose attempt is not the sub-task's current one, or for a
 //     sub-task that is not PROCESSING, is stale or a duplicate and ignored.
 //     An outcome for a device that is not a target, or naming another task,
-//     is an error. Its result_code is not journaled (SubtaskFinished has no
-//     field for it); its reason is recorded as reported.
+//     is an error. Its reason, detail and result_code are recorded as
+//     reported.
 //   - Stop is allowed while the task is WAITING or PROCESSING. WAITING and
 //     FAIL_WAIT_RETRY sub-tasks stop at once (reason REASON_STOPPED);
 //     PROCESSING ones get StopJob and the task is STOPPING until each

@@ -92,6 +92,7 @@ func (s *State) evolveFinished(e *messages.SubtaskFinished) {
 	sub := &s.subs[i]
 	sub.reason = e.GetReason()
 	sub.detail = e.GetDetail()
+	sub.resultCode = e.GetResultCode()
 	sub.retryAt = 0
 	if st == messages.SubtaskStatus_SUBTASK_STATUS_FAIL_WAIT_RETRY {
 		sub.retryAt = e.GetRetryAtUnixNano()

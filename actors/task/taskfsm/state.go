@@ -46,6 +46,7 @@ type subtask struct {
 	ver         uint32 // bumped on every status change; validates queue entries
 	reason      messages.Reason
 	detail      string
+	resultCode  int32
 	retryAt     int64
 }
 
@@ -67,6 +68,8 @@ type Subtask struct {
 	// Reason and Detail explain the last outcome (REASON_STOPPED on a stop).
 	Reason messages.Reason
 	Detail string
+	// ResultCode is the device's own code of the last outcome (0 if none).
+	ResultCode int32
 	// RetryAt is when a FAIL_WAIT_RETRY sub-task runs again; zero otherwise.
 	RetryAt time.Time
 }
@@ -154,6 +157,7 @@ func (st *subtask) view() Subtask {
 		AutoRetries: st.autoRetries,
 		Reason:      st.reason,
 		Detail:      st.detail,
+		ResultCode:  st.resultCode,
 		RetryAt:     messages.Time(st.retryAt),
 	}
 }
