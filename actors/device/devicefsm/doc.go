@@ -32,8 +32,10 @@
 //
 //   - Task conflict (6.2): a StartJob for another task while a job is active is
 //     rejected at once with "Task Conflict"; a StartJob for the task already
-//     running (any attempt) is a duplicate and ignored. The device is "locked"
-//     from JobAccepted to JobFinished.
+//     running (any attempt) is a duplicate and ignored, and one for an attempt
+//     of the task whose job ended last that is not newer than it is answered
+//     with that job's outcome again instead of a second upgrade. The device is
+//     "locked" from JobAccepted to JobFinished.
 //   - "Device Abnormal is not online" is the rejection of a job on a device
 //     marked abnormal (SetAbnormal: frozen, inactive); an offline device is not
 //     abnormal, it is waited for (T1).

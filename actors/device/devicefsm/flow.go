@@ -24,6 +24,12 @@ func (d *decider) startJob(j *messages.Job) {
 			fmt.Sprintf("task %s attempt %d is active on the device", cur.GetTaskId(), cur.GetAttempt()))
 		return
 	}
+	if l := d.s.Last; l != nil && l.Outcome.GetTaskId() == j.GetTaskId() && j.GetAttempt() <= l.Outcome.GetAttempt() {
+		// A late copy of a job that already ended (a task re-sending after a
+		// restart): repeat its outcome instead of upgrading again.
+		d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReportOutcome{ReportOutcome: cloneOutcome(l.Outcome)}})
+		return
+	}
 	if d.s.Abnormal {
 		d.reject(j, messages.Reason_REASON_DEVICE_ABNORMAL, "the device is marked abnormal")
 		return

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/otafleet/otafleet/internal/goldentest"
 	"github.com/otafleet/otafleet/messages"
 )
@@ -251,7 +253,9 @@ func checkInvariants(t *testing.T, s State, r Result) {
 			reported++
 		}
 	}
-	if finished != reported {
+	repeat := finished == 0 && len(r.Events) == 0 && reported == 1 && s.Last != nil &&
+		proto.Equal(r.Effects[0].GetReportOutcome(), s.Last.Outcome)
+	if finished != reported && !repeat {
 		t.Errorf("%d jobs ended but %d outcomes reported", finished, reported)
 	}
 }
