@@ -1,0 +1,186 @@
+// Package memstore is an in-memory persistence.EventStore for tests: the same
+// contract as pebblestore (persistence/persistencetest), nothing durable. It is
+// safe for concurrent use.
+package memstore
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/otafleet/otafleet/persistence"
+)
+
+// Store is an in-memory event store.
+type Store struct {
+	mu        sync.Mutex
+	closed    bool
+	events    map[persistence.Stream][]persistence.Event
+	snapshots map[persistence.Stream]persistence.Snapshot
+	active    map[persistence.Kind]map[string]bool
+	appends   int
+}
+
+// New returns an empty store.
+func New() *Store {
+	return &Store{
+		events:    map[persistence.Stream][]persistence.Event{},
+		snapshots: map[persistence.Stream]persistence.Snapshot{},
+		active:    map[persistence.Kind]map[string]bool{},
+	}
+}
+
+var _ persistence.EventStore = (*Store)(nil)
+
+func (s *Store) check(ctx context.Context) error {
+	if s.closed {
+		return persistence.ErrClosed
+	}
+	return ctx.Err()
+}
+
+// Append implements persistence.EventStore.
+func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error) {
+	if err := a.Stream.Validate(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return 0, err
+	}
+	evs := s.events[a.Stream]
+	last := uint64(len(evs))
+	if last != a.Expected {
+		return 0, fmt.Errorf("%w: stream %s ends at %d, writer expected %d", persistence.ErrConflict, a.Stream, last, a.Expected)
+	}
+	for _, e := range a.Events {
+		last++
+		e.Seq = last
+		e.Payload = slices.Clone(e.Payload)
+		evs = append(evs, e)
+	}
+	s.events[a.Stream] = evs
+	if a.Active != nil {
+		m := s.active[a.Stream.Kind]
+		if m == nil {
+			m = map[string]bool{}
+			s.active[a.Stream.Kind] = m
+		}
+		if *a.Active {
+			m[a.Stream.ID] = true
+		} else {
+			delete(m, a.Stream.ID)
+		}
+	}
+	s.appends++
+	return last, nil
+}
+
+// Load implements persistence.EventStore.
+func (s *Store) Load(ctx context.Context, st persistence.Stream, after uint64, fn func(persistence.Event) error) error {
+	if err := st.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if err := s.check(ctx); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	evs := s.events[st]
+	var tail []persistence.Event
+	if after < uint64(len(evs)) {
+		tail = slices.Clone(evs[after:])
+	}
+	s.mu.Unlock()
+	for _, e := range tail {
+		e.Payload = slices.Clone(e.Payload)
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LastSeq implements persistence.EventStore.
+func (s *Store) LastSeq(ctx context.Context, st persistence.Stream) (uint64, error) {
+	if err := st.Validate(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return 0, err
+	}
+	return uint64(len(s.events[st])), nil
+}
+
+// SaveSnapshot implements persistence.EventStore.
+func (s *Store) SaveSnapshot(ctx context.Context, st persistence.Stream, snap persistence.Snapshot) error {
+	if err := st.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if snap.Seq > uint64(len(s.events[st])) {
+		return fmt.Errorf("%w: snapshot of %s at %d is past its last event %d", persistence.ErrInvalid, st, snap.Seq, len(s.events[st]))
+	}
+	snap.Payload = slices.Clone(snap.Payload)
+	s.snapshots[st] = snap
+	return nil
+}
+
+// LoadSnapshot implements persistence.EventStore.
+func (s *Store) LoadSnapshot(ctx context.Context, st persistence.Stream) (persistence.Snapshot, bool, error) {
+	if err := st.Validate(); err != nil {
+		return persistence.Snapshot{}, false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return persistence.Snapshot{}, false, err
+	}
+	snap, ok := s.snapshots[st]
+	snap.Payload = slices.Clone(snap.Payload)
+	return snap, ok, nil
+}
+
+// Active implements persistence.EventStore; IDs come in byte order.
+func (s *Store) Active(ctx context.Context, kind persistence.Kind, fn func(string) error) error {
+	s.mu.Lock()
+	if err := s.check(ctx); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	var ids []string
+	for id := range s.active[kind] {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	slices.Sort(ids)
+	for _, id := range ids {
+		if err := fn(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close implements persistence.EventStore.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return nil
+}
+
+// Appends returns how many appends succeeded (for tests and benchmarks).
+func (s *Store) Appends() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appends
+}
