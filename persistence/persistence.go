@@ -99,12 +99,19 @@ func ValidateID(id string) error {
 	return nil
 }
 
+// Validate checks that k is one of the journaled kinds.
+func (k Kind) Validate() error {
+	switch k {
+	case KindDevice, KindCell, KindTask:
+		return nil
+	}
+	return fmt.Errorf("%w: stream kind %q", ErrInvalid, k)
+}
+
 // Validate checks the stream's kind and ID.
 func (s Stream) Validate() error {
-	switch s.Kind {
-	case KindDevice, KindCell, KindTask:
-	default:
-		return fmt.Errorf("%w: stream kind %q", ErrInvalid, s.Kind)
+	if err := s.Kind.Validate(); err != nil {
+		return err
 	}
 	return ValidateID(s.ID)
 }

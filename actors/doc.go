@@ -1,0 +1,33 @@
+// Package actors is the engine: one protoactor-go actor per device, per radio
+// cell and per batch task, each a thin shell around its pure state machine
+// (devicefsm, cellfsm, taskfsm).
+//
+// For every input a shell runs Step, appends the resulting events to its
+// journal stream in one synced batch (persistence.EventStore; concurrent
+// actors share group commits), keeps the new state only once the batch is
+// durable, and then carries out the effects: downlinks through the transport
+// seam (transport.Downlinks), messages to other actors by address, and
+// deadlines as timers of the injected clock that deliver DeadlineFired with
+// the step and generation they were armed for (a stale one is ignored by the
+// machine). protoactor's SetReceiveTimeout is not used.
+//
+// Actors are reached only by Address (kind + ID) through one small directory,
+// which spawns an actor on demand and recovers it from its snapshot and
+// journal. Idle device and cell actors, and finished tasks, passivate after
+// Config.PassivateAfter; the directory guarantees that no message sent to a
+// passivating actor is lost and that no two actors ever run for one address.
+//
+// Recovery (Engine.Start) re-activates every stream with its active mark set —
+// tasks not finished, cells with holders or waiters, devices with a job — and
+// each calls its machine's Resume: deadlines come back at their absolute
+// times, idempotent requests are repeated, and nothing that was done (an
+// Execute, an MQTT upgrade event) is done again. Cross-actor consistency after
+// a crash is restored by idempotent repetition: a cell re-grants its holders
+// and devices hand back grants they do not want; a task re-sends StartJob for
+// running sub-tasks and devices answer a finished job with its outcome.
+//
+// A write that fails leaves the actor's state untouched, runs no effect, and
+// stops the actor so that its successor rebuilds from what is durable; an
+// actor whose journal does not decode refuses all input and reports the
+// corrupt key.
+package actors

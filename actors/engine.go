@@ -1,0 +1,369 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/actors/cell/cellfsm"
+	"github.com/otafleet/otafleet/actors/device/devicefsm"
+	"github.com/otafleet/otafleet/actors/task/taskfsm"
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/transport"
+)
+
+// requestTimeout bounds a request to an actor (an API call waiting for its
+// reply). It is real time inside protoactor's futures, not protocol time.
+const requestTimeout = 30 * time.Second
+
+// Errors of the engine API. Errors from the state machines (invalid input,
+// invalid transition) pass through wrapped; match them with errors.Is.
+var (
+	ErrClosed   = errors.New("actors: engine stopped")
+	ErrNotFound = errors.New("actors: not found")
+	ErrTimeout  = errors.New("actors: request timed out")
+)
+
+// Config is the engine's configuration; Default fills what is zero.
+type Config struct {
+	Device devicefsm.Config
+	Cell   cellfsm.Config
+	Task   taskfsm.Config
+	// PassivateAfter is how long an idle device or cell actor stays in
+	// memory after its last message (default 1 minute of clock time).
+	PassivateAfter time.Duration
+	// SnapshotEvery is the number of events after which an actor snapshots
+	// its state (default 200); 0 keeps the default, negative disables.
+	SnapshotEvery int
+}
+
+// Default returns cfg with every unset field at its default.
+func (c Config) Default() Config {
+	if c.Device == (devicefsm.Config{}) {
+		c.Device = devicefsm.DefaultConfig()
+	}
+	if c.Cell == (cellfsm.Config{}) {
+		c.Cell = cellfsm.DefaultConfig()
+	}
+	if c.Task == (taskfsm.Config{}) {
+		c.Task = taskfsm.DefaultConfig()
+	}
+	if c.PassivateAfter <= 0 {
+		c.PassivateAfter = time.Minute
+	}
+	if c.SnapshotEvery == 0 {
+		c.SnapshotEvery = 200
+	}
+	return c
+}
+
+// Validate checks the machines' configurations.
+func (c Config) Validate() error {
+	if err := c.Device.Validate(); err != nil {
+		return err
+	}
+	if err := c.Cell.Validate(); err != nil {
+		return err
+	}
+	return c.Task.Validate()
+}
+
+// Deps are the engine's collaborators, passed explicitly.
+type Deps struct {
+	Store     persistence.EventStore
+	Clock     clock.Clock
+	Transport transport.Downlinks
+	Logger    *slog.Logger
+	// Metrics receives the engine's collectors; nil keeps them private.
+	Metrics prometheus.Registerer
+	// CellStepped, when set, is called after every cell step with the cell's
+	// new state (tests check the budget invariant with it). It runs on the
+	// cell actor's goroutine and must be quick.
+	CellStepped func(cellID string, s cellfsm.State)
+	// Activated, when set, is called each time an actor has recovered its
+	// state (on its own goroutine).
+	Activated func(a Address)
+	// Deactivated, when set, is called when an actor has stopped (passivated).
+	Deactivated func(a Address)
+}
+
+// Engine runs one actor per device, cell and task over a journal.
+type Engine struct {
+	recovered atomic.Pointer[chan error] // set while Start waits for recovered actors
+	cfg       Config
+	deps      Deps
+	log       *slog.Logger
+	system    *actor.ActorSystem
+	dir       *directory
+	metrics   *metrics
+}
+
+// New builds an engine; Start recovers it.
+func New(cfg Config, deps Deps) (*Engine, error) {
+	cfg = cfg.Default()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Store == nil || deps.Clock == nil || deps.Transport == nil {
+		return nil, errors.New("actors: Deps.Store, Deps.Clock and Deps.Transport are required")
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(deps.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quiet }))
+	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m}
+	e.dir = newDirectory(system.Root, e.props)
+	return e, nil
+}
+
+func (e *Engine) props(a Address, recovering bool) *actor.Props {
+	return actor.PropsFromProducer(func() actor.Actor {
+		return &shell{e: e, addr: a, recovering: recovering, machine: e.machineFor(a)}
+	})
+}
+
+func (e *Engine) machineFor(a Address) machine {
+	switch a.Kind {
+	case persistence.KindDevice:
+		return &deviceMachine{e: e, s: devicefsm.New(a.ID)}
+	case persistence.KindCell:
+		return &cellMachine{e: e, s: cellfsm.New(a.ID)}
+	default:
+		return &taskMachine{e: e}
+	}
+}
+
+// Start recovers every task, cell and in-flight device from the journal and
+// resumes them: their deadlines are re-armed at their absolute times and
+// their idempotent requests repeated. It returns once every recovered actor
+// has rebuilt its state, with an error naming each one that could not (a
+// corrupt journal entry, with its key): the engine must not run silently
+// wrong.
+func (e *Engine) Start(ctx context.Context) error {
+	var addrs []Address
+	for _, kind := range []persistence.Kind{persistence.KindTask, persistence.KindCell, persistence.KindDevice} {
+		n := 0
+		err := e.deps.Store.Active(ctx, kind, func(id string) error {
+			n++
+			addrs = append(addrs, Address{Kind: kind, ID: id})
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("actors: listing %s streams to recover: %w", kindName(kind), err)
+		}
+		e.log.Info("recovering actors", "kind", kindName(kind), "count", n)
+	}
+	results := make(chan error, len(addrs))
+	e.recovered.Store(&results)
+	defer e.recovered.Store(nil)
+	for _, a := range addrs {
+		e.dir.activate(a, true)
+	}
+	var errs []error
+	for range addrs {
+		select {
+		case err := <-results:
+			if err != nil {
+				errs = append(errs, err)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Stop stops every actor (they finish the message at hand) and the actor
+// system. Timers that fire afterwards are dropped.
+func (e *Engine) Stop() {
+	e.dir.stopAll()
+	e.system.Shutdown()
+}
+
+// Settle waits until every message sent to an actor has been handled. With
+// the fake clock nothing else moves until the clock is advanced, so tests
+// alternate clock.Advance and Settle.
+func (e *Engine) Settle() { e.dir.settle() }
+
+// Deliver hands an uplink to a device's actor (transport.Uplinks). The time
+// of arrival is stamped by the actor's clock unless the input carries one.
+func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.DeviceInput) error {
+	if err := persistence.ValidateID(deviceID); err != nil {
+		return err
+	}
+	if e.dir.closed.Load() {
+		return ErrClosed
+	}
+	e.dir.send(Address{Kind: persistence.KindDevice, ID: deviceID}, in)
+	return nil
+}
+
+// CreateTask creates a batch task. The task's validation errors come back
+// (wrapping taskfsm.ErrInvalidInput or ErrInvalidTransition).
+func (e *Engine) CreateTask(ctx context.Context, c *messages.CreateTask) error {
+	if err := persistence.ValidateID(c.GetTaskId()); err != nil {
+		return fmt.Errorf("task_id: %w", err)
+	}
+	return e.taskCommand(ctx, c.GetTaskId(), &messages.TaskInput{Kind: &messages.TaskInput_Create{Create: c}})
+}
+
+// StopTask stops a task (taskfsm.ErrInvalidTransition when it has finished).
+func (e *Engine) StopTask(ctx context.Context, taskID string) error {
+	return e.taskCommand(ctx, taskID, &messages.TaskInput{Kind: &messages.TaskInput_Stop{Stop: &messages.StopTask{}}})
+}
+
+// RetryTask re-runs a task's failed and stopped sub-tasks (all when deviceIDs is empty).
+func (e *Engine) RetryTask(ctx context.Context, taskID string, deviceIDs []string) error {
+	return e.taskCommand(ctx, taskID, &messages.TaskInput{Kind: &messages.TaskInput_Retry{Retry: &messages.RetryTask{DeviceIds: deviceIDs}}})
+}
+
+// command is an API call to an actor, answered with an error (nil on success).
+type command struct{ in proto.Message }
+
+// query asks an actor for a view of its state.
+type query struct{}
+
+func (e *Engine) taskCommand(ctx context.Context, taskID string, in *messages.TaskInput) error {
+	if err := persistence.ValidateID(taskID); err != nil {
+		return fmt.Errorf("task_id: %w", err)
+	}
+	res, err := e.ask(ctx, Address{Kind: persistence.KindTask, ID: taskID}, command{in: in})
+	if err != nil {
+		return err
+	}
+	if res == nil {
+		return nil
+	}
+	return res.(error)
+}
+
+// ask sends msg to the actor at a and waits for its answer.
+func (e *Engine) ask(ctx context.Context, a Address, msg any) (any, error) {
+	if e.dir.closed.Load() {
+		return nil, ErrClosed
+	}
+	f := e.dir.request(a, msg, func(pid *actor.PID) *actor.Future {
+		return e.system.Root.RequestFuture(pid, msg, requestTimeout)
+	})
+	done := make(chan struct{})
+	var res any
+	var err error
+	go func() {
+		res, err = f.Result()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if errors.Is(err, actor.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrTimeout, a)
+	}
+	return res, err
+}
+
+// TaskView is a task's state for the API.
+type TaskView struct {
+	Task     *messages.TaskCreated
+	Status   messages.TaskStatus
+	Progress taskfsm.Progress
+	// Subtasks is filled by TaskDevices, not by Task.
+	Subtasks []taskfsm.Subtask
+}
+
+type taskQuery struct {
+	offset, limit int
+	status        messages.SubtaskStatus
+}
+
+// Task returns a task's status and counters; ErrNotFound if it does not exist.
+func (e *Engine) Task(ctx context.Context, taskID string) (TaskView, error) {
+	return e.TaskDevices(ctx, taskID, 0, 0, 0)
+}
+
+// TaskDevices returns a task with a page of its sub-tasks in target order,
+// optionally only those with status (0: any).
+func (e *Engine) TaskDevices(ctx context.Context, taskID string, offset, limit int, status messages.SubtaskStatus) (TaskView, error) {
+	if err := persistence.ValidateID(taskID); err != nil {
+		return TaskView{}, fmt.Errorf("task_id: %w", err)
+	}
+	res, err := e.ask(ctx, Address{Kind: persistence.KindTask, ID: taskID}, taskQuery{offset: offset, limit: limit, status: status})
+	if err != nil {
+		return TaskView{}, err
+	}
+	if err, ok := res.(error); ok {
+		return TaskView{}, err
+	}
+	return res.(TaskView), nil
+}
+
+// DeviceView is a device's state for the API.
+type DeviceView struct {
+	State devicefsm.State
+}
+
+// Device returns the device actor's state (activating it if passivated).
+func (e *Engine) Device(ctx context.Context, deviceID string) (DeviceView, error) {
+	if err := persistence.ValidateID(deviceID); err != nil {
+		return DeviceView{}, fmt.Errorf("device_id: %w", err)
+	}
+	res, err := e.ask(ctx, Address{Kind: persistence.KindDevice, ID: deviceID}, query{})
+	if err != nil {
+		return DeviceView{}, err
+	}
+	if err, ok := res.(error); ok {
+		return DeviceView{}, err
+	}
+	return res.(DeviceView), nil
+}
+
+// Cell returns a cell's budget state.
+func (e *Engine) Cell(ctx context.Context, cellID string) (cellfsm.State, error) {
+	if err := persistence.ValidateID(cellID); err != nil {
+		return cellfsm.State{}, fmt.Errorf("cell_id: %w", err)
+	}
+	res, err := e.ask(ctx, Address{Kind: persistence.KindCell, ID: cellID}, query{})
+	if err != nil {
+		return cellfsm.State{}, err
+	}
+	if err, ok := res.(error); ok {
+		return cellfsm.State{}, err
+	}
+	return res.(cellfsm.State), nil
+}
+
+// Live returns the number of live actors per kind ("device", "cell", "task").
+func (e *Engine) Live() map[string]int {
+	out := map[string]int{}
+	for k, n := range e.dir.count() {
+		out[kindName(k)] = n
+	}
+	return out
+}
+
+func kindName(k persistence.Kind) string {
+	switch k {
+	case persistence.KindDevice:
+		return "device"
+	case persistence.KindCell:
+		return "cell"
+	case persistence.KindTask:
+		return "task"
+	}
+	return string(k)
+}

@@ -1,0 +1,298 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/actors/cell/cellfsm"
+	"github.com/otafleet/otafleet/actors/device/devicefsm"
+	"github.com/otafleet/otafleet/actors/task/taskfsm"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+)
+
+// ---- device ----
+
+type deviceMachine struct {
+	e *Engine
+	s devicefsm.State
+}
+
+func (m *deviceMachine) eventType() uint32 { return persistence.EventTypeDevice }
+
+func (m *deviceMachine) apply(b []byte) error {
+	ev := &messages.DeviceEvent{}
+	if err := proto.Unmarshal(b, ev); err != nil {
+		return err
+	}
+	m.s = devicefsm.Evolve(m.s, ev)
+	return nil
+}
+
+func (m *deviceMachine) restore(snap persistence.Snapshot) error { return restoreDevice(m, snap) }
+func (m *deviceMachine) snapshot() (persistence.Snapshot, error) { return snapshotDevice(m.s) }
+func (m *deviceMachine) commit(next any)                         { m.s = next.(devicefsm.State) }
+func (m *deviceMachine) active(next any) bool                    { return next.(devicefsm.State).Job != nil }
+func (m *deviceMachine) idle() bool                              { return m.s.Job == nil }
+func (m *deviceMachine) view(any) any                            { return DeviceView{State: m.s} }
+func (m *deviceMachine) deadline(step string, gen uint64) proto.Message {
+	return &messages.DeviceInput{Kind: &messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{Step: step, Generation: gen}}}
+}
+
+func (m *deviceMachine) step(in proto.Message) (any, []proto.Message, []proto.Message, error) {
+	di, ok := in.(*messages.DeviceInput)
+	if !ok {
+		return nil, nil, nil, fmt.Errorf("actors: a device takes DeviceInput, not %T", in)
+	}
+	next, res, err := devicefsm.Step(m.e.cfg.Device, m.s, di)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return next, protos(res.Events), protos(res.Effects), nil
+}
+
+// resume redoes pending work. An idle device activated on demand has nothing
+// to redo; one found by recovery repeats its last outcome (idempotent).
+func (m *deviceMachine) resume(recovering bool) (any, []proto.Message, []proto.Message, error) {
+	if m.s.Job == nil && !recovering {
+		return nil, nil, nil, nil
+	}
+	return nil, nil, protos(devicefsm.Resume(m.s)), nil
+}
+
+func (m *deviceMachine) run(sh *shell, effects []proto.Message) {
+	ctx := context.Background()
+	for _, eff := range effects {
+		switch k := eff.(*messages.DeviceEffect).Kind.(type) {
+		case *messages.DeviceEffect_Downlink:
+			if err := m.e.deps.Transport.Send(ctx, k.Downlink); err != nil {
+				m.e.log.Warn("downlink not sent", "device", m.s.DeviceID, "error", err)
+			}
+		case *messages.DeviceEffect_ArmDeadline:
+			sh.armDeadline(k.ArmDeadline)
+		case *messages.DeviceEffect_RequestPermit:
+			m.e.dir.send(Address{Kind: persistence.KindCell, ID: k.RequestPermit.GetCellId()},
+				&messages.CellInput{Kind: &messages.CellInput_RequestPermit{RequestPermit: k.RequestPermit}})
+		case *messages.DeviceEffect_ReleasePermit:
+			m.e.dir.send(Address{Kind: persistence.KindCell, ID: k.ReleasePermit.GetCellId()},
+				&messages.CellInput{Kind: &messages.CellInput_ReleasePermit{ReleasePermit: k.ReleasePermit}})
+		case *messages.DeviceEffect_ReportOutcome:
+			m.e.dir.send(Address{Kind: persistence.KindTask, ID: k.ReportOutcome.GetTaskId()},
+				&messages.TaskInput{Kind: &messages.TaskInput_Outcome{Outcome: k.ReportOutcome}})
+		case *messages.DeviceEffect_RevokeToken:
+			if err := m.e.deps.Transport.RevokeToken(ctx, k.RevokeToken); err != nil {
+				m.e.log.Warn("token not revoked", "device", m.s.DeviceID, "error", err)
+			}
+		}
+	}
+}
+
+// ---- cell ----
+
+type cellMachine struct {
+	e *Engine
+	s cellfsm.State
+}
+
+func (m *cellMachine) eventType() uint32 { return persistence.EventTypeCell }
+
+func (m *cellMachine) apply(b []byte) error {
+	ev := &messages.CellEvent{}
+	if err := proto.Unmarshal(b, ev); err != nil {
+		return err
+	}
+	m.s = cellfsm.Evolve(m.s, ev)
+	return nil
+}
+
+func (m *cellMachine) restore(snap persistence.Snapshot) error { return restoreCell(m, snap) }
+func (m *cellMachine) snapshot() (persistence.Snapshot, error) { return snapshotCell(m.s) }
+func (m *cellMachine) active(next any) bool {
+	s := next.(cellfsm.State)
+	return s.Holders() > 0 || s.Waiting() > 0
+}
+func (m *cellMachine) idle() bool                            { return m.s.Holders() == 0 && m.s.Waiting() == 0 }
+func (m *cellMachine) view(any) any                          { return m.s }
+func (m *cellMachine) deadline(string, uint64) proto.Message { return nil }
+
+func (m *cellMachine) commit(next any) {
+	s := next.(cellfsm.State)
+	m.e.metrics.budget.Add(float64(int64(s.Used()) - int64(m.s.Used())))
+	m.e.metrics.waiting.Add(float64(s.Waiting() - m.s.Waiting()))
+	m.s = s
+	if err := s.Check(m.e.cfg.Cell); err != nil {
+		m.e.log.Error("cell budget invariant broken", "cell", s.Cell, "error", err)
+	}
+	if m.e.deps.CellStepped != nil {
+		m.e.deps.CellStepped(s.Cell, s)
+	}
+}
+
+func (m *cellMachine) step(in proto.Message) (any, []proto.Message, []proto.Message, error) {
+	ci, ok := in.(*messages.CellInput)
+	if !ok {
+		return nil, nil, nil, fmt.Errorf("actors: a cell takes CellInput, not %T", in)
+	}
+	next, res, err := cellfsm.Step(m.e.cfg.Cell, m.s, ci)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return next, protos(res.Events), protos(res.Effects), nil
+}
+
+// resume re-grants every holder (a device that no longer wants its slot
+// hands it back) and admits whoever fits a budget raised since the crash.
+func (m *cellMachine) resume(bool) (any, []proto.Message, []proto.Message, error) {
+	effects := protos(cellfsm.Resume(m.s))
+	next, res, err := cellfsm.Admit(m.e.cfg.Cell, m.s, messages.UnixNano(m.e.deps.Clock.Now()))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return next, protos(res.Events), append(effects, protos(res.Effects)...), nil
+}
+
+func (m *cellMachine) run(_ *shell, effects []proto.Message) {
+	for _, eff := range effects {
+		if g := eff.(*messages.CellEffect).GetGrant(); g != nil {
+			m.e.dir.send(Address{Kind: persistence.KindDevice, ID: g.GetDeviceId()},
+				&messages.DeviceInput{Kind: &messages.DeviceInput_PermitGranted{PermitGranted: g}})
+		}
+	}
+}
+
+// ---- task ----
+
+type taskMachine struct {
+	e *Engine
+	s taskfsm.State
+}
+
+func (m *taskMachine) eventType() uint32 { return persistence.EventTypeTask }
+
+func (m *taskMachine) apply(b []byte) error {
+	ev := &messages.TaskEvent{}
+	if err := proto.Unmarshal(b, ev); err != nil {
+		return err
+	}
+	m.s = taskfsm.Evolve(m.s, ev)
+	return nil
+}
+
+func (m *taskMachine) restore(snap persistence.Snapshot) error { return restoreTask(m, snap) }
+func (m *taskMachine) snapshot() (persistence.Snapshot, error) { return snapshotTask(m.s) }
+
+func finished(st messages.TaskStatus) bool {
+	switch st {
+	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
+		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
+		return true
+	}
+	return false
+}
+
+func (m *taskMachine) active(next any) bool {
+	s := next.(taskfsm.State)
+	return s.Created() && !finished(s.Status())
+}
+func (m *taskMachine) idle() bool { return !m.s.Created() || finished(m.s.Status()) }
+func (m *taskMachine) deadline(step string, gen uint64) proto.Message {
+	return &messages.TaskInput{Kind: &messages.TaskInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{Step: step, Generation: gen}}}
+}
+
+func (m *taskMachine) commit(next any) {
+	s := next.(taskfsm.State)
+	m.e.metrics.addProgress(m.s.Progress(), -1)
+	m.e.metrics.addProgress(s.Progress(), +1)
+	m.s = s
+}
+
+func (m *taskMachine) step(in proto.Message) (any, []proto.Message, []proto.Message, error) {
+	ti, ok := in.(*messages.TaskInput)
+	if !ok {
+		return nil, nil, nil, fmt.Errorf("actors: a task takes TaskInput, not %T", in)
+	}
+	next, res, err := taskfsm.Step(m.e.cfg.Task, m.s, ti)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return next, protos(res.Events), protos(res.Effects), nil
+}
+
+func (m *taskMachine) resume(bool) (any, []proto.Message, []proto.Message, error) {
+	return nil, nil, protos(taskfsm.Resume(m.s)), nil
+}
+
+// The gauges count the state of live actors: a recovered state joins them,
+// a stopped actor's leaves.
+func (m *taskMachine) activated()   { m.e.metrics.addProgress(m.s.Progress(), +1) }
+func (m *taskMachine) deactivated() { m.e.metrics.addProgress(m.s.Progress(), -1) }
+
+func (m *cellMachine) activated() {
+	m.e.metrics.budget.Add(float64(m.s.Used()))
+	m.e.metrics.waiting.Add(float64(m.s.Waiting()))
+}
+
+func (m *cellMachine) deactivated() {
+	m.e.metrics.budget.Sub(float64(m.s.Used()))
+	m.e.metrics.waiting.Sub(float64(m.s.Waiting()))
+}
+
+func (m *deviceMachine) activated()   {}
+func (m *deviceMachine) deactivated() {}
+
+func (m *taskMachine) view(q any) any {
+	if !m.s.Created() {
+		return fmt.Errorf("%w: task", ErrNotFound)
+	}
+	v := TaskView{Task: m.s.Task(), Status: m.s.Status(), Progress: m.s.Progress()}
+	tq, ok := q.(taskQuery)
+	if !ok || tq.limit <= 0 {
+		return v
+	}
+	skipped := 0
+	for off := 0; len(v.Subtasks) < tq.limit; off += 512 {
+		page := m.s.Subtasks(off, 512)
+		if len(page) == 0 {
+			break
+		}
+		for _, st := range page {
+			if tq.status != 0 && st.Status != tq.status {
+				continue
+			}
+			if skipped < tq.offset {
+				skipped++
+				continue
+			}
+			if len(v.Subtasks) < tq.limit {
+				v.Subtasks = append(v.Subtasks, st)
+			}
+		}
+	}
+	return v
+}
+
+func (m *taskMachine) run(sh *shell, effects []proto.Message) {
+	for _, eff := range effects {
+		switch k := eff.(*messages.TaskEffect).Kind.(type) {
+		case *messages.TaskEffect_StartJob:
+			m.e.dir.send(Address{Kind: persistence.KindDevice, ID: k.StartJob.GetDeviceId()},
+				&messages.DeviceInput{Kind: &messages.DeviceInput_StartJob{StartJob: k.StartJob}})
+		case *messages.TaskEffect_StopJob:
+			m.e.dir.send(Address{Kind: persistence.KindDevice, ID: k.StopJob.GetDeviceId()},
+				&messages.DeviceInput{Kind: &messages.DeviceInput_StopJob{StopJob: k.StopJob}})
+		case *messages.TaskEffect_ArmDeadline:
+			sh.armDeadline(k.ArmDeadline)
+		}
+	}
+}
+
+// protos converts a slice of generated messages to []proto.Message.
+func protos[T proto.Message](in []T) []proto.Message {
+	out := make([]proto.Message, len(in))
+	for i, m := range in {
+		out[i] = m
+	}
+	return out
+}

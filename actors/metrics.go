@@ -1,0 +1,68 @@
+package actors
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/otafleet/otafleet/actors/task/taskfsm"
+)
+
+// metrics are the engine's Prometheus collectors.
+type metrics struct {
+	alive    *prometheus.GaugeVec
+	appended *prometheus.CounterVec
+	commit   prometheus.Histogram
+	subtasks *prometheus.GaugeVec
+	budget   prometheus.Gauge
+	waiting  prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		alive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "otafleet_actors_alive", Help: "Live actors by kind (device, cell, task).",
+		}, []string{"kind"}),
+		appended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "otafleet_events_appended_total", Help: "Events appended to the journal, by actor kind.",
+		}, []string{"kind"}),
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "otafleet_journal_commit_seconds", Help: "Latency of one synced journal append.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		subtasks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "otafleet_subtasks", Help: "Sub-tasks of live tasks by status.",
+		}, []string{"status"}),
+		budget: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "otafleet_cell_budget_units_in_use", Help: "Radio budget units held, summed over live cells.",
+		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "otafleet_cell_devices_waiting", Help: "Devices queued for a cell slot, summed over live cells.",
+		}),
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	for _, c := range []prometheus.Collector{m.alive, m.appended, m.commit, m.subtasks, m.budget, m.waiting} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				return nil, errors.New("actors: metrics already registered: use one registry per engine")
+			}
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// addProgress adds (sign +1) or removes (-1) a task's counters from the gauges.
+func (m *metrics) addProgress(p taskfsm.Progress, sign float64) {
+	for status, n := range map[string]int{
+		"waiting": p.Waiting, "processing": p.Processing, "success": p.Success, "fail": p.Fail,
+		"fail_wait_retry": p.FailWaitRetry, "stopped": p.Stopped,
+	} {
+		if n != 0 {
+			m.subtasks.WithLabelValues(status).Add(sign * float64(n))
+		}
+	}
+}

@@ -1,0 +1,312 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+)
+
+// machine adapts one pure state machine to the shell.
+type machine interface {
+	// eventType is the envelope type of the machine's events.
+	eventType() uint32
+	// apply folds one journaled event (replay).
+	apply(payload []byte) error
+	// restore loads a snapshot; snapshot encodes the current state.
+	restore(snap persistence.Snapshot) error
+	snapshot() (persistence.Snapshot, error)
+	// step decides on an input: the new state is kept by commit, after the
+	// events are durable; run carries out the effects afterwards.
+	step(in proto.Message) (next any, events []proto.Message, effects []proto.Message, err error)
+	commit(next any)
+	// resume lists what to redo after recovery; events (if any) are
+	// persisted like a step's before the effects run.
+	resume(recovering bool) (next any, events []proto.Message, effects []proto.Message, err error)
+	run(sh *shell, effects []proto.Message)
+	// active: the stream's recovery mark; idle: the actor may passivate.
+	active(next any) bool
+	idle() bool
+	view(q any) any
+	// input wraps a fired deadline as this machine's input.
+	deadline(step string, gen uint64) proto.Message
+	// activated runs once the state is recovered; deactivated when the actor stops.
+	activated()
+	deactivated()
+}
+
+// shell is the protoactor actor around a machine: recover, then for each
+// input step, persist (one synced append), commit, run effects.
+type shell struct {
+	e          *Engine
+	addr       Address
+	machine    machine
+	recovering bool
+
+	self      *actor.PID
+	seq       uint64 // last journaled sequence number
+	snapSeq   uint64 // sequence number of the last snapshot
+	broken    error  // set when recovery or a write failed: the actor only reports it
+	deadline  clock.Timer
+	passivate clock.Timer
+	passGen   uint64
+}
+
+// passivateCheck asks an idle actor whether it may stop.
+type passivateCheck struct{ gen uint64 }
+
+func (sh *shell) Receive(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case activation, command, query, taskQuery, proto.Message:
+		defer sh.e.dir.done()
+	}
+	switch msg := ctx.Message().(type) {
+	case *actor.Started:
+		sh.self = ctx.Self()
+		sh.e.metrics.alive.WithLabelValues(kindName(sh.addr.Kind)).Inc()
+		sh.recover()
+	case *actor.Stopping:
+		sh.stopTimers()
+	case *actor.Stopped:
+		sh.machine.deactivated()
+		sh.e.metrics.alive.WithLabelValues(kindName(sh.addr.Kind)).Dec()
+		sh.e.dir.stopped(sh.addr, sh.self)
+		if sh.e.deps.Deactivated != nil {
+			sh.e.deps.Deactivated(sh.addr)
+		}
+	case *actor.Restarting:
+		sh.stopTimers()
+	case activation:
+		// Recovery ran in Started; nothing else to do.
+	case passivateCheck:
+		if msg.gen == sh.passGen && sh.machine.idle() {
+			sh.e.dir.passivate(sh.addr, sh.self)
+		}
+		return
+	case command:
+		err := sh.input(msg.in)
+		sh.schedulePassivation() // before the reply, so a caller that saw it sees the timer armed
+		if err != nil {
+			ctx.Respond(err)
+		} else {
+			ctx.Respond(nil)
+		}
+		return
+	case query, taskQuery:
+		sh.schedulePassivation()
+		if sh.broken != nil {
+			ctx.Respond(sh.broken)
+		} else {
+			ctx.Respond(sh.machine.view(msg))
+		}
+		return
+	case proto.Message:
+		if err := sh.input(msg); err != nil {
+			sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
+		}
+	default:
+		return // lifecycle and system messages
+	}
+	sh.schedulePassivation()
+}
+
+// recover rebuilds the state from the snapshot and journal, then resumes.
+func (sh *shell) recover() {
+	ctx := context.Background()
+	st := sh.addr.stream()
+	snap, ok, err := sh.e.deps.Store.LoadSnapshot(ctx, st)
+	if err == nil && ok {
+		err = sh.machine.restore(snap)
+		sh.seq, sh.snapSeq = snap.Seq, snap.Seq
+	}
+	if err == nil {
+		err = sh.e.deps.Store.Load(ctx, st, sh.seq, func(ev persistence.Event) error {
+			if ev.Seq != sh.seq+1 {
+				return &persistence.CorruptError{Key: persistence.EventKey(st, ev.Seq), Reason: fmt.Sprintf("expected sequence %d", sh.seq+1)}
+			}
+			if ev.Type != sh.machine.eventType() {
+				return &persistence.CorruptError{Key: persistence.EventKey(st, ev.Seq), Reason: fmt.Sprintf("event type %d in a stream of type %d", ev.Type, sh.machine.eventType())}
+			}
+			if err := sh.machine.apply(ev.Payload); err != nil {
+				return &persistence.CorruptError{Key: persistence.EventKey(st, ev.Seq), Reason: err.Error()}
+			}
+			sh.seq = ev.Seq
+			return nil
+		})
+	}
+	if sh.recovering {
+		if ch := sh.e.recovered.Load(); ch != nil {
+			defer func() { *ch <- sh.broken }()
+		}
+	}
+	if err != nil {
+		sh.broken = fmt.Errorf("actors: recovering %s: %w", sh.addr, err)
+		sh.e.log.Error("actor cannot recover; it refuses all input", "actor", sh.addr.String(), "error", err)
+		return
+	}
+	sh.machine.activated()
+	if sh.e.deps.Activated != nil {
+		sh.e.deps.Activated(sh.addr)
+	}
+	next, events, effects, err := sh.machine.resume(sh.recovering)
+	if err != nil {
+		sh.e.log.Error("resume failed", "actor", sh.addr.String(), "error", err)
+		return
+	}
+	if len(events) > 0 {
+		if err := sh.persist(next, events); err != nil {
+			return
+		}
+	}
+	if next != nil {
+		sh.machine.commit(next)
+	}
+	sh.machine.run(sh, effects)
+}
+
+// input runs one step: decide, persist, commit, act.
+func (sh *shell) input(in proto.Message) error {
+	if sh.broken != nil {
+		return sh.broken
+	}
+	stamp(in, sh.e.deps.Clock.Now())
+	next, events, effects, err := sh.machine.step(in)
+	if err != nil {
+		return err
+	}
+	if len(events) > 0 {
+		if err := sh.persist(next, events); err != nil {
+			return err
+		}
+	}
+	sh.machine.commit(next)
+	sh.maybeSnapshot()
+	sh.machine.run(sh, effects)
+	return nil
+}
+
+// persist appends events in one synced batch. On failure the actor stops so
+// that its successor rebuilds from what is durable; the state is not committed
+// and no effect runs.
+func (sh *shell) persist(next any, events []proto.Message) error {
+	evs := make([]persistence.Event, len(events))
+	for i, ev := range events {
+		b, err := proto.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("actors: encoding event of %s: %w", sh.addr, err)
+		}
+		evs[i] = persistence.Event{Type: sh.machine.eventType(), Version: 1, At: eventTime(ev), Payload: b}
+	}
+	active := sh.machine.active(next)
+	start := sh.e.deps.Clock.Now()
+	seq, err := sh.e.deps.Store.Append(context.Background(), persistence.Append{
+		Stream: sh.addr.stream(), Expected: sh.seq, Events: evs, Active: &active,
+	})
+	sh.e.metrics.commit.Observe(sh.e.deps.Clock.Since(start).Seconds())
+	if err != nil {
+		sh.broken = fmt.Errorf("actors: journal write of %s failed: %w", sh.addr, err)
+		sh.e.log.Error("journal write failed; the actor restarts from its journal", "actor", sh.addr.String(), "error", err)
+		sh.e.dir.passivate(sh.addr, sh.self)
+		return sh.broken
+	}
+	sh.seq = seq
+	sh.e.metrics.appended.WithLabelValues(kindName(sh.addr.Kind)).Add(float64(len(evs)))
+	return nil
+}
+
+func (sh *shell) maybeSnapshot() {
+	every := sh.e.cfg.SnapshotEvery
+	if every < 0 || sh.seq-sh.snapSeq < uint64(every) {
+		return
+	}
+	snap, err := sh.machine.snapshot()
+	if errors.Is(err, errNoSnapshot) {
+		return
+	}
+	if err == nil {
+		snap.Seq = sh.seq
+		err = sh.e.deps.Store.SaveSnapshot(context.Background(), sh.addr.stream(), snap)
+	}
+	if err != nil {
+		sh.e.log.Warn("snapshot failed; replay stays longer", "actor", sh.addr.String(), "error", err)
+		return
+	}
+	sh.snapSeq = sh.seq
+}
+
+// errNoSnapshot: the machine has no snapshot encoding (replay only).
+var errNoSnapshot = errors.New("actors: no snapshot encoding")
+
+// armDeadline replaces the actor's deadline timer.
+func (sh *shell) armDeadline(a *messages.ArmDeadline) {
+	if sh.deadline != nil {
+		sh.deadline.Stop()
+	}
+	d := messages.Time(a.GetAtUnixNano()).Sub(sh.e.deps.Clock.Now())
+	in := sh.machine.deadline(a.GetStep(), a.GetGeneration())
+	addr := sh.addr
+	sh.deadline = sh.e.deps.Clock.AfterFunc(max(d, 0), func() { sh.e.dir.send(addr, in) })
+}
+
+func (sh *shell) schedulePassivation() {
+	if !sh.machine.idle() || sh.broken != nil {
+		return
+	}
+	sh.passGen++
+	if sh.passivate != nil {
+		sh.passivate.Stop()
+	}
+	gen, pid, root := sh.passGen, sh.self, sh.e.system.Root
+	sh.passivate = sh.e.deps.Clock.AfterFunc(sh.e.cfg.PassivateAfter, func() {
+		if !sh.e.dir.closed.Load() {
+			root.Send(pid, passivateCheck{gen: gen})
+		}
+	})
+}
+
+func (sh *shell) stopTimers() {
+	if sh.deadline != nil {
+		sh.deadline.Stop()
+	}
+	if sh.passivate != nil {
+		sh.passivate.Stop()
+	}
+}
+
+// stamp sets an input's time when its sender left it out.
+func stamp(in proto.Message, now time.Time) {
+	ns := messages.UnixNano(now)
+	switch m := in.(type) {
+	case *messages.DeviceInput:
+		if m.AtUnixNano == 0 {
+			m.AtUnixNano = ns
+		}
+	case *messages.CellInput:
+		if m.AtUnixNano == 0 {
+			m.AtUnixNano = ns
+		}
+	case *messages.TaskInput:
+		if m.AtUnixNano == 0 {
+			m.AtUnixNano = ns
+		}
+	}
+}
+
+func eventTime(ev proto.Message) int64 {
+	switch m := ev.(type) {
+	case *messages.DeviceEvent:
+		return m.GetAtUnixNano()
+	case *messages.CellEvent:
+		return m.GetAtUnixNano()
+	case *messages.TaskEvent:
+		return m.GetAtUnixNano()
+	}
+	return 0
+}
