@@ -37,7 +37,7 @@ type directory struct {
 	idleMu   sync.Mutex
 	idle     *sync.Cond
 	root     *actor.RootContext
-	spawn    func(Address, bool) *actor.Props // bool: spawned by recovery
+	spawn    func(Address) *actor.Props
 	seed     maphash.Seed
 	shards   [64]shard
 }
@@ -53,7 +53,7 @@ type entry struct {
 	pending  []any
 }
 
-func newDirectory(root *actor.RootContext, spawn func(Address, bool) *actor.Props) *directory {
+func newDirectory(root *actor.RootContext, spawn func(Address) *actor.Props) *directory {
 	d := &directory{root: root, spawn: spawn, seed: maphash.MakeSeed()}
 	d.idle = sync.NewCond(&d.idleMu)
 	for i := range d.shards {
@@ -71,15 +71,11 @@ func (d *directory) shard(a Address) *shard {
 }
 
 // send delivers msg to the actor at a, spawning it if needed.
-func (d *directory) send(a Address, msg any) { d.deliver(a, msg, false) }
+func (d *directory) send(a Address, msg any) { d.deliver(a, msg) }
 
-// activate makes sure the actor at a runs; recovery marks it so its shell
-// resumes even an idle state.
-func (d *directory) activate(a Address, recovering bool) { d.deliver(a, activation{}, recovering) }
-
-// activation is the no-op message that wakes an actor; it counts as in
-// flight until the actor has recovered.
-type activation struct{}
+// activation wakes an actor (which recovers when it starts) and, when report
+// is set, receives the outcome of its recovery: nil, or why it cannot run.
+type activation struct{ report chan<- error }
 
 // done marks one user message handled.
 func (d *directory) done() {
@@ -99,7 +95,7 @@ func (d *directory) settle() {
 	d.idleMu.Unlock()
 }
 
-func (d *directory) deliver(a Address, msg any, recovering bool) {
+func (d *directory) deliver(a Address, msg any) {
 	if d.closed.Load() {
 		return
 	}
@@ -110,7 +106,7 @@ func (d *directory) deliver(a Address, msg any, recovering bool) {
 	e := s.live[a]
 	switch {
 	case e == nil:
-		e = &entry{pid: d.root.Spawn(d.spawn(a, recovering))}
+		e = &entry{pid: d.root.Spawn(d.spawn(a))}
 		s.live[a] = e
 	case e.stopping:
 		e.pending = append(e.pending, msg)
@@ -126,7 +122,7 @@ func (d *directory) request(a Address, msg any, wait func(*actor.PID) *actor.Fut
 	d.inflight.Add(1)
 	e := s.live[a]
 	if e == nil {
-		e = &entry{pid: d.root.Spawn(d.spawn(a, false))}
+		e = &entry{pid: d.root.Spawn(d.spawn(a))}
 		s.live[a] = e
 	}
 	if e.stopping {
@@ -176,7 +172,7 @@ func (d *directory) stopped(a Address, pid *actor.PID) {
 	if len(e.pending) == 0 {
 		return
 	}
-	ne := &entry{pid: d.root.Spawn(d.spawn(a, false))}
+	ne := &entry{pid: d.root.Spawn(d.spawn(a))}
 	s.live[a] = ne
 	for _, m := range e.pending {
 		if fr, ok := m.(forwardRequest); ok {

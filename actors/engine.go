@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -98,13 +97,12 @@ type Deps struct {
 
 // Engine runs one actor per device, cell and task over a journal.
 type Engine struct {
-	recovered atomic.Pointer[chan error] // set while Start waits for recovered actors
-	cfg       Config
-	deps      Deps
-	log       *slog.Logger
-	system    *actor.ActorSystem
-	dir       *directory
-	metrics   *metrics
+	cfg     Config
+	deps    Deps
+	log     *slog.Logger
+	system  *actor.ActorSystem
+	dir     *directory
+	metrics *metrics
 }
 
 // New builds an engine; Start recovers it.
@@ -130,9 +128,9 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	return e, nil
 }
 
-func (e *Engine) props(a Address, recovering bool) *actor.Props {
+func (e *Engine) props(a Address) *actor.Props {
 	return actor.PropsFromProducer(func() actor.Actor {
-		return &shell{e: e, addr: a, recovering: recovering, machine: e.machineFor(a)}
+		return &shell{e: e, addr: a, machine: e.machineFor(a)}
 	})
 }
 
@@ -168,10 +166,8 @@ func (e *Engine) Start(ctx context.Context) error {
 		e.log.Info("recovering actors", "kind", kindName(kind), "count", n)
 	}
 	results := make(chan error, len(addrs))
-	e.recovered.Store(&results)
-	defer e.recovered.Store(nil)
 	for _, a := range addrs {
-		e.dir.activate(a, true)
+		e.dir.send(a, activation{report: results})
 	}
 	var errs []error
 	for range addrs {

@@ -53,10 +53,11 @@ func (m *deviceMachine) step(in proto.Message) (any, []proto.Message, []proto.Me
 	return next, protos(res.Events), protos(res.Effects), nil
 }
 
-// resume redoes pending work. An idle device activated on demand has nothing
-// to redo; one found by recovery repeats its last outcome (idempotent).
-func (m *deviceMachine) resume(recovering bool) (any, []proto.Message, []proto.Message, error) {
-	if m.s.Job == nil && !recovering {
+// resume redoes the pending work of a device with a job. An idle device has
+// none: if a crash lost its last outcome, the task's re-sent StartJob gets it
+// repeated (devicefsm answers a finished job's StartJob with its outcome).
+func (m *deviceMachine) resume() (any, []proto.Message, []proto.Message, error) {
+	if m.s.Job == nil {
 		return nil, nil, nil, nil
 	}
 	return nil, nil, protos(devicefsm.Resume(m.s)), nil
@@ -144,7 +145,7 @@ func (m *cellMachine) step(in proto.Message) (any, []proto.Message, []proto.Mess
 
 // resume re-grants every holder (a device that no longer wants its slot
 // hands it back) and admits whoever fits a budget raised since the crash.
-func (m *cellMachine) resume(bool) (any, []proto.Message, []proto.Message, error) {
+func (m *cellMachine) resume() (any, []proto.Message, []proto.Message, error) {
 	effects := protos(cellfsm.Resume(m.s))
 	next, res, err := cellfsm.Admit(m.e.cfg.Cell, m.s, messages.UnixNano(m.e.deps.Clock.Now()))
 	if err != nil {
@@ -220,7 +221,7 @@ func (m *taskMachine) step(in proto.Message) (any, []proto.Message, []proto.Mess
 	return next, protos(res.Events), protos(res.Effects), nil
 }
 
-func (m *taskMachine) resume(bool) (any, []proto.Message, []proto.Message, error) {
+func (m *taskMachine) resume() (any, []proto.Message, []proto.Message, error) {
 	return nil, nil, protos(taskfsm.Resume(m.s)), nil
 }
 

@@ -29,7 +29,7 @@ type machine interface {
 	commit(next any)
 	// resume lists what to redo after recovery; events (if any) are
 	// persisted like a step's before the effects run.
-	resume(recovering bool) (next any, events []proto.Message, effects []proto.Message, err error)
+	resume() (next any, events []proto.Message, effects []proto.Message, err error)
 	run(sh *shell, effects []proto.Message)
 	// active: the stream's recovery mark; idle: the actor may passivate.
 	active(next any) bool
@@ -45,10 +45,9 @@ type machine interface {
 // shell is the protoactor actor around a machine: recover, then for each
 // input step, persist (one synced append), commit, run effects.
 type shell struct {
-	e          *Engine
-	addr       Address
-	machine    machine
-	recovering bool
+	e       *Engine
+	addr    Address
+	machine machine
 
 	self      *actor.PID
 	seq       uint64 // last journaled sequence number
@@ -84,7 +83,10 @@ func (sh *shell) Receive(ctx actor.Context) {
 	case *actor.Restarting:
 		sh.stopTimers()
 	case activation:
-		// Recovery ran in Started; nothing else to do.
+		// Recovery ran in Started; report how it went.
+		if msg.report != nil {
+			msg.report <- sh.broken
+		}
 	case passivateCheck:
 		if msg.gen == sh.passGen && sh.machine.idle() {
 			sh.e.dir.passivate(sh.addr, sh.self)
@@ -141,11 +143,6 @@ func (sh *shell) recover() {
 			return nil
 		})
 	}
-	if sh.recovering {
-		if ch := sh.e.recovered.Load(); ch != nil {
-			defer func() { *ch <- sh.broken }()
-		}
-	}
 	if err != nil {
 		sh.broken = fmt.Errorf("actors: recovering %s: %w", sh.addr, err)
 		sh.e.log.Error("actor cannot recover; it refuses all input", "actor", sh.addr.String(), "error", err)
@@ -155,7 +152,7 @@ func (sh *shell) recover() {
 	if sh.e.deps.Activated != nil {
 		sh.e.deps.Activated(sh.addr)
 	}
-	next, events, effects, err := sh.machine.resume(sh.recovering)
+	next, events, effects, err := sh.machine.resume()
 	if err != nil {
 		sh.e.log.Error("resume failed", "actor", sh.addr.String(), "error", err)
 		return

@@ -18,6 +18,11 @@
 // lets recovery find the actors with work in flight without scanning every
 // registered device.
 //
+// The registry (see Registry) keeps products, devices (their credentials
+// write-only), groups and package metadata as records listed a page at a
+// time by ID, and package files as blobs streamed in and read at any offset.
+// Store is both interfaces together: what memstore and pebblestore provide.
+//
 // Implementations are safe for concurrent use; appends to different streams
 // from many goroutines are grouped into shared synced commits.
 package persistence

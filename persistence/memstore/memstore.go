@@ -1,6 +1,7 @@
-// Package memstore is an in-memory persistence.EventStore for tests: the same
-// contract as pebblestore (persistence/persistencetest), nothing durable. It is
-// safe for concurrent use.
+// Package memstore is an in-memory persistence.Store (journal and registry)
+// for tests: the same contract as pebblestore (persistence/persistencetest),
+// nothing durable. Blobs are held in memory whole. It is safe for concurrent
+// use.
 package memstore
 
 import (
@@ -20,6 +21,13 @@ type Store struct {
 	snapshots map[persistence.Stream]persistence.Snapshot
 	active    map[persistence.Kind]map[string]bool
 	appends   int
+
+	products map[string]persistence.Product
+	devices  map[string]persistence.Device // with credentials
+	groups   map[string]persistence.Group
+	packages map[string]persistence.Package
+	blobs    map[string]*blob
+	writing  map[string]bool // blobs being written
 }
 
 // New returns an empty store.
@@ -28,10 +36,16 @@ func New() *Store {
 		events:    map[persistence.Stream][]persistence.Event{},
 		snapshots: map[persistence.Stream]persistence.Snapshot{},
 		active:    map[persistence.Kind]map[string]bool{},
+		products:  map[string]persistence.Product{},
+		devices:   map[string]persistence.Device{},
+		groups:    map[string]persistence.Group{},
+		packages:  map[string]persistence.Package{},
+		blobs:     map[string]*blob{},
+		writing:   map[string]bool{},
 	}
 }
 
-var _ persistence.EventStore = (*Store)(nil)
+var _ persistence.Store = (*Store)(nil)
 
 func (s *Store) check(ctx context.Context) error {
 	if s.closed {
@@ -151,6 +165,9 @@ func (s *Store) LoadSnapshot(ctx context.Context, st persistence.Stream) (persis
 
 // Active implements persistence.EventStore; IDs come in byte order.
 func (s *Store) Active(ctx context.Context, kind persistence.Kind, fn func(string) error) error {
+	if err := kind.Validate(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	if err := s.check(ctx); err != nil {
 		s.mu.Unlock()

@@ -287,7 +287,13 @@ func (d *device) count(c ctr) {
 }
 
 func (d *device) record() record {
+	var mqttDl string
+	var mqttSw bool
+	if d.spec.Protocol == protoMQTT && d.dl != nil {
+		mqttDl, mqttSw = d.dl.target, d.dl.sw
+	}
 	return record{
+		MQTTDownload: mqttDl, MQTTDownloadSw: mqttSw,
 		ID: d.id, Fw: d.fw, Sw: d.sw,
 		Upgrades: d.cnt[cUpgrades], Executes: d.cnt[cExecutes], PCPExecutes: d.cnt[cPCPExecutes],
 		UpgradeEvents: d.cnt[cUpgradeEvents], URIWrites: d.cnt[cURIWrites], Downloads: d.cnt[cDownloads],
@@ -306,6 +312,9 @@ func (d *device) restore(r record) {
 	d.fotaResult = r.FotaResult
 	if r.PCPResultPending {
 		d.pcp.phase = pcpAwaitResultAck
+	}
+	if r.MQTTDownload != "" && d.spec.Protocol == protoMQTT {
+		d.dl = &download{target: r.MQTTDownload, sw: r.MQTTDownloadSw, ordinal: r.Downloads}
 	}
 }
 
@@ -406,9 +415,19 @@ func (d *device) connect() {
 	clear(d.observed)
 	d.held = nil
 	if d.dl != nil {
-		d.dl.active = false // the old session's steps are gone; resumes when asked
+		d.dl.active = false // the old session's steps are gone
 	}
 	d.presence(&messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: d.spec.QueueMode}}})
+	if dl := d.dl; dl != nil && d.spec.Protocol == protoMQTT {
+		// An MQTT device keeps the URL and token of its upgrade event and
+		// resumes the download by itself (LwM2M devices wait for the platform).
+		dl.active = true
+		d.after(d.t.delays.Response, true, func() {
+			if d.dl == dl {
+				d.progress()
+			}
+		})
+	}
 	if d.mqttPending != nil {
 		d.reply(func() *messages.DeviceInput {
 			p := d.mqttPending

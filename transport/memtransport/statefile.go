@@ -46,6 +46,11 @@ type record struct {
 	// PCPResultPending: a 0x18 was sent and not acknowledged; the device
 	// repeats it when /19/0/0 is observed again.
 	PCPResultPending bool `json:"pcp_result_pending,omitempty"`
+	// MQTTDownload is the version an MQTT device is downloading: it keeps the
+	// URL and token of the upgrade event, and resumes after a reconnect or a
+	// restart as device SDKs do (HTTP Range).
+	MQTTDownload   string `json:"mqtt_download,omitempty"`
+	MQTTDownloadSw bool   `json:"mqtt_download_sw,omitempty"`
 }
 
 // stateFile is an append-only log of records, each line synced before the

@@ -55,8 +55,15 @@
 //     reboot cue: FOTA re-observes /5/0/3 and /5/0/5 and, before the update,
 //     re-writes the same URI so the device resumes; after Execute the
 //     observations' first values carry the outcome. PCP re-observes /19/0/0 and
-//     repeats the idempotent request of its stage. MQTT resends the upgrade
-//     event while no progress report has ended the job (spec 7, question 10).
+//     repeats the idempotent request of its stage (before 0x16, the 0x14 with
+//     the same version and check code, from which the device resumes). MQTT resends the upgrade
+//     event only while no progress report has arrived (spec 7, question 10):
+//     a device that reported progress got the event, and after a server
+//     restart every MQTT device reconnects, so a broader rule would send
+//     in-flight devices a second upgrade event. A device that reconnects
+//     after reporting progress is asked for its version instead: its final
+//     report may have been lost with the old session, and a version_report
+//     showing the target version ends the job as a success.
 //   - FOTA ignores object 5 reports between writing /5/0/1 and the device's
 //     2.04 for that write: until then State and Update Result are the previous
 //     attempt's values (a stale "2 Downloaded" must never trigger Execute). A

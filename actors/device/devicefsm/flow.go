@@ -139,10 +139,19 @@ func (d *decider) connected(queue bool) {
 	case st == stVersion:
 		d.sendOnce(versionQuery(d.proto()))
 	case d.proto() == protoMQTT:
-		if st == stNotified || st == stDownloading {
-			// Spec 7 question 10: resend the upgrade event (the transport mints a fresh token).
+		if st == stNotified {
+			// Spec 7 question 10: a device that reconnects before any progress
+			// report may never have received the event: send it again (the
+			// transport mints a fresh token). One that reported progress got it;
+			// it is not sent twice.
 			d.send(mqttUpgrade(d.s.Job))
-			d.note("device reconnected before its final report: upgrade event sent again")
+			d.note("device reconnected before reporting progress: upgrade event sent again")
+		}
+		if st == stDownloading {
+			// Its final report may have been lost with the old session (or
+			// with a server restart): ask for the version, which ends the job
+			// if it already runs the target; otherwise the download goes on.
+			d.sendOnce(versionQuery(protoMQTT))
 		}
 	case d.proto() == protoFOTA:
 		d.fotaReconnected()

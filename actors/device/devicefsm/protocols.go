@@ -257,8 +257,10 @@ func (d *decider) pcpReconnected() {
 		d.sendOnce(read(PathConnMon))
 	case stCell:
 		d.sendOnce(read(PathCellID))
-	case stNotified:
-		d.send(pcpNotify(d.s.Job.GetPackage())) // same version and check code: the device resumes
+	case stNotified, stDownloading:
+		// The same version and check code again: the device resumes from its
+		// next missing segment (spec 4.8), or starts over if it lost them.
+		d.send(pcpNotify(d.s.Job.GetPackage()))
 	}
 }
 

@@ -11,7 +11,8 @@ import (
 //
 //   - the armed deadline of the current stage, at its absolute time and generation;
 //   - the current request when it is idempotent (a version query, a radio or
-//     cell read, the permit request, the PCP 0x14 notification), unless it waits
+//     cell read, the permit request, the PCP 0x14 notification while the
+//     download has not finished), unless it waits
 //     in the outbox anyway; never a second Execute, never a second MQTT
 //     upgrade event;
 //   - the observations a FOTA or PCP flow relies on (a restarted server has
@@ -70,8 +71,8 @@ func Resume(s State) []*messages.DeviceEffect {
 		send(read(PathConnMon))
 	case stCell:
 		send(read(PathCellID))
-	case stNotified:
-		if p == protoPCP {
+	case stNotified, stDownloading:
+		if p == protoPCP { // idempotent: same version and check code resume (spec 4.8)
 			send(pcpNotify(s.Job.GetPackage()))
 		}
 	}

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
+
+	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/actors/device/devicefsm"
+)
+
+// serveConfig is everything `otafleet serve` takes: flags, or keys of the same
+// names in a --config file (YAML or TOML, by extension); flags given on the
+// command line win over the file.
+type serveConfig struct {
+	DataDir   string `yaml:"data-dir" toml:"data-dir"`
+	APIAddr   string `yaml:"api-addr" toml:"api-addr"`
+	LogFormat string `yaml:"log-format" toml:"log-format"`
+	LogLevel  string `yaml:"log-level" toml:"log-level"`
+
+	// The protocol timeouts of spec 6.1 (T1..T11).
+	TimeoutOnline        time.Duration `yaml:"timeout-online" toml:"timeout-online"`
+	TimeoutVersionReport time.Duration `yaml:"timeout-version-report" toml:"timeout-version-report"`
+	TimeoutRadioQuery    time.Duration `yaml:"timeout-radio-query" toml:"timeout-radio-query"`
+	TimeoutCellQuery     time.Duration `yaml:"timeout-cell-query" toml:"timeout-cell-query"`
+	TimeoutDownloadStart time.Duration `yaml:"timeout-download-start" toml:"timeout-download-start"`
+	TimeoutDownload      time.Duration `yaml:"timeout-download" toml:"timeout-download"`
+	TimeoutMQTTResult    time.Duration `yaml:"timeout-mqtt-result" toml:"timeout-mqtt-result"`
+	TimeoutUpdateStart   time.Duration `yaml:"timeout-update-start" toml:"timeout-update-start"`
+	TimeoutUpdateResult  time.Duration `yaml:"timeout-update-result" toml:"timeout-update-result"`
+	TimeoutVersionCheck  time.Duration `yaml:"timeout-version-check" toml:"timeout-version-check"`
+	TokenTTL             time.Duration `yaml:"token-ttl" toml:"token-ttl"`
+
+	PassivateAfter time.Duration `yaml:"passivate-after" toml:"passivate-after"`
+
+	// Simulation (until the real transports land): in-process scripted devices.
+	Simulate         int           `yaml:"simulate" toml:"simulate"`
+	SimulateProtocol string        `yaml:"simulate-protocol" toml:"simulate-protocol"`
+	SimulateCells    int           `yaml:"simulate-cells" toml:"simulate-cells"`
+	SimulateCampaign bool          `yaml:"simulate-campaign" toml:"simulate-campaign"`
+	SimulateDelay    time.Duration `yaml:"simulate-delay" toml:"simulate-delay"`
+}
+
+func defaultServeConfig() serveConfig {
+	d := devicefsm.DefaultConfig()
+	return serveConfig{
+		DataDir:              "otafleet-data",
+		APIAddr:              "127.0.0.1:8080",
+		LogFormat:            "text",
+		LogLevel:             "info",
+		TimeoutOnline:        d.Online,
+		TimeoutVersionReport: d.VersionReport,
+		TimeoutRadioQuery:    d.RadioQuery,
+		TimeoutCellQuery:     d.CellQuery,
+		TimeoutDownloadStart: d.DownloadStart,
+		TimeoutDownload:      d.Download,
+		TimeoutMQTTResult:    d.MQTTResult,
+		TimeoutUpdateStart:   d.UpdateStart,
+		TimeoutUpdateResult:  d.UpdateResult,
+		TimeoutVersionCheck:  d.VersionCheck,
+		TokenTTL:             24 * time.Hour,
+		PassivateAfter:       time.Minute,
+		SimulateProtocol:     "fota",
+		SimulateCells:        10,
+		SimulateDelay:        50 * time.Millisecond,
+	}
+}
+
+func (c *serveConfig) flags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "folder of the journal, registry, api-token and addrs.json")
+	fs.StringVar(&c.APIAddr, "api-addr", c.APIAddr, "address of the API, gRPC health and /metrics (HTTP/1.1 and h2c); port 0 picks one")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+	fs.DurationVar(&c.TimeoutOnline, "timeout-online", c.TimeoutOnline, "T1: wait for the device to come online (LwM2M; MQTT waits one hour more)")
+	fs.DurationVar(&c.TimeoutVersionReport, "timeout-version-report", c.TimeoutVersionReport, "T2: wait for the version report")
+	fs.DurationVar(&c.TimeoutRadioQuery, "timeout-radio-query", c.TimeoutRadioQuery, "T3: wait for RSRP, SINR and cell ID")
+	fs.DurationVar(&c.TimeoutCellQuery, "timeout-cell-query", c.TimeoutCellQuery, "T4: wait for the cell ID alone")
+	fs.DurationVar(&c.TimeoutDownloadStart, "timeout-download-start", c.TimeoutDownloadStart, "T5: wait for the device to start downloading")
+	fs.DurationVar(&c.TimeoutDownload, "timeout-download", c.TimeoutDownload, "T6: download window, from the notification")
+	fs.DurationVar(&c.TimeoutMQTTResult, "timeout-mqtt-result", c.TimeoutMQTTResult, "T7: MQTT download, upgrade and report, from the notification")
+	fs.DurationVar(&c.TimeoutUpdateStart, "timeout-update-start", c.TimeoutUpdateStart, "T8: wait for the device to start updating")
+	fs.DurationVar(&c.TimeoutUpdateResult, "timeout-update-result", c.TimeoutUpdateResult, "T9: wait for the upgrade result")
+	fs.DurationVar(&c.TimeoutVersionCheck, "timeout-version-check", c.TimeoutVersionCheck, "T10: version re-check after the result")
+	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "T11: download token lifetime (used by the download server)")
+	fs.DurationVar(&c.PassivateAfter, "passivate-after", c.PassivateAfter, "idle device and cell actors leave memory after this long")
+	fs.IntVar(&c.Simulate, "simulate", c.Simulate, "run N in-process simulated devices (demo and tests, until the real transports arrive)")
+	fs.StringVar(&c.SimulateProtocol, "simulate-protocol", c.SimulateProtocol, "protocol of simulated devices: mqtt, fota, pcp or mixed")
+	fs.IntVar(&c.SimulateCells, "simulate-cells", c.SimulateCells, "radio cells the simulated devices are spread over")
+	fs.BoolVar(&c.SimulateCampaign, "simulate-campaign", c.SimulateCampaign, "on first start, create a task upgrading every simulated device")
+	fs.DurationVar(&c.SimulateDelay, "simulate-delay", c.SimulateDelay, "how long a simulated device takes per protocol step")
+}
+
+// loadFile reads a YAML or TOML config file into c; flags set on the command
+// line are re-applied afterwards by the caller.
+func (c *serveConfig) loadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	switch ext := strings.ToLower(filepath.Ext(path)); ext {
+	case ".yaml", ".yml":
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+	case ".toml":
+		md, err := toml.Decode(string(b), c)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if u := md.Undecoded(); len(u) > 0 {
+			return fmt.Errorf("%s: unknown keys %v", path, u)
+		}
+	default:
+		return fmt.Errorf("%s: config files are .yaml, .yml or .toml, not %q", path, ext)
+	}
+	return nil
+}
+
+// merge takes every field from file whose flag was not given on the command
+// line (changed reports that), so command-line flags win over the file.
+func (c *serveConfig) merge(file serveConfig, changed func(name string) bool) {
+	dst, src := reflect.ValueOf(c).Elem(), reflect.ValueOf(file)
+	for i := 0; i < dst.NumField(); i++ {
+		if name := dst.Type().Field(i).Tag.Get("yaml"); name != "" && !changed(name) {
+			dst.Field(i).Set(src.Field(i))
+		}
+	}
+}
+
+func (c serveConfig) validate() error {
+	if c.DataDir == "" {
+		return errors.New("--data-dir must not be empty")
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("--log-format must be text or json, not %q", c.LogFormat)
+	}
+	switch c.SimulateProtocol {
+	case "mqtt", "fota", "pcp", "mixed":
+	default:
+		return fmt.Errorf("--simulate-protocol must be mqtt, fota, pcp or mixed, not %q", c.SimulateProtocol)
+	}
+	if c.Simulate < 0 || c.SimulateCells < 1 {
+		return errors.New("--simulate must be >= 0 and --simulate-cells >= 1")
+	}
+	if c.TokenTTL <= 0 || c.PassivateAfter <= 0 || c.SimulateDelay < 0 {
+		return errors.New("--token-ttl and --passivate-after must be positive, --simulate-delay not negative")
+	}
+	_, err := c.engineConfig()
+	return err
+}
+
+// engineConfig maps the timeouts onto the engine's configuration.
+func (c serveConfig) engineConfig() (actors.Config, error) {
+	cfg := actors.Config{}.Default()
+	d := &cfg.Device
+	d.Online, d.OnlineMQTT = c.TimeoutOnline, c.TimeoutOnline+time.Hour
+	d.VersionReport, d.RadioQuery, d.CellQuery = c.TimeoutVersionReport, c.TimeoutRadioQuery, c.TimeoutCellQuery
+	d.DownloadStart, d.Download, d.MQTTResult = c.TimeoutDownloadStart, c.TimeoutDownload, c.TimeoutMQTTResult
+	d.UpdateStart, d.UpdateResult, d.VersionCheck = c.TimeoutUpdateStart, c.TimeoutUpdateResult, c.TimeoutVersionCheck
+	cfg.PassivateAfter = c.PassivateAfter
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("timeouts: %w", err)
+	}
+	return cfg, nil
+}

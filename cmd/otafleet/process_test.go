@@ -1,0 +1,319 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/actors/device/devicefsm"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/persistence/pebblestore"
+)
+
+// TestMain lets the test binary act as the otafleet binary for the process
+// tests: with OTAFLEET_TEST_MAIN=1 it runs the command line and exits.
+func TestMain(m *testing.M) {
+	if os.Getenv("OTAFLEET_TEST_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// server is a child `otafleet serve` process whose JSON log lines are read.
+type server struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	lines chan map[string]any
+	exit  chan error
+}
+
+func startServer(t *testing.T, args ...string) *server {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"serve"}, args...)...)
+	cmd.Env = append(os.Environ(), "OTAFLEET_TEST_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, cmd: cmd, lines: make(chan map[string]any, 4096), exit: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				m = map[string]any{"msg": "raw", "text": sc.Text()}
+			}
+			s.lines <- m
+		}
+		close(s.lines)
+		s.exit <- cmd.Wait()
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	return s
+}
+
+// await reads log lines until match returns true; it fails on timeout or exit.
+func (s *server) await(ctx context.Context, what string, match func(map[string]any) bool) map[string]any {
+	s.t.Helper()
+	for {
+		select {
+		case m, ok := <-s.lines:
+			if !ok {
+				s.t.Fatalf("server exited while waiting for %s", what)
+			}
+			if match(m) {
+				return m
+			}
+		case <-ctx.Done():
+			s.t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// awaitOr is await that runs onTimeout (diagnostics) before failing.
+func (s *server) awaitOr(ctx context.Context, what string, match func(map[string]any) bool, onTimeout func()) map[string]any {
+	s.t.Helper()
+	for {
+		select {
+		case m, ok := <-s.lines:
+			if !ok {
+				s.t.Fatalf("server exited while waiting for %s", what)
+			}
+			if match(m) {
+				return m
+			}
+		case <-ctx.Done():
+			onTimeout()
+			s.t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// dumpInFlight logs the devices that still have a job, from the journal.
+func dumpInFlight(t *testing.T, dir string) {
+	st, err := pebblestore.Open(dir, pebblestore.Options{})
+	if err != nil {
+		t.Logf("dump: %v", err)
+		return
+	}
+	defer st.Close()
+	ctx := context.Background()
+	n := 0
+	_ = st.Active(ctx, persistence.KindDevice, func(id string) error {
+		s := devicefsm.New(id)
+		var tail []string
+		_ = st.Load(ctx, persistence.Stream{Kind: persistence.KindDevice, ID: id}, 0, func(e persistence.Event) error {
+			ev := &messages.DeviceEvent{}
+			if proto.Unmarshal(e.Payload, ev) == nil {
+				s = devicefsm.Evolve(s, ev)
+				tail = append(tail, ev.String())
+			}
+			return nil
+		})
+		if n++; n <= 5 {
+			t.Logf("in flight: %s %v %v permit=%q held=%v online=%v outbox=%d; last events:\n  %s", id, s.Job.GetProtocol(), s.Stage,
+				s.PermitCell, s.PermitHeld, s.Online, len(s.Outbox), strings.Join(tail[max(0, len(tail)-5):], "\n  "))
+		}
+		return nil
+	})
+	t.Logf("%d devices in flight", n)
+}
+
+// wait drains the log and returns the exit error.
+func (s *server) wait(ctx context.Context) (error, []map[string]any) {
+	var all []map[string]any
+	for {
+		select {
+		case m, ok := <-s.lines:
+			if !ok {
+				return <-s.exit, all
+			}
+			all = append(all, m)
+		case <-ctx.Done():
+			s.t.Fatal("server did not exit")
+		}
+	}
+}
+
+func msg(name string) func(map[string]any) bool {
+	return func(m map[string]any) bool { return m["msg"] == name }
+}
+
+// TestProcessKillNine is the real-process crash test: a campaign over 300
+// simulated devices (MQTT, FOTA, PCP) runs in `otafleet serve`, which is
+// killed with SIGKILL mid-way and started again on the same data dir. The
+// campaign finishes with every device succeeded exactly once — no second
+// upgrade, Execute or upgrade event. Health and metrics answer; SIGTERM exits 0.
+func TestProcessKillNine(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	// Short step timeouts: a downlink lost in the crash (say, a PCP 0x17 that
+	// was journaled but never reached its device) is never sent twice; the
+	// step times out and the task's retry (1 minute later) runs the device
+	// again. With the default 3 minutes that would take longer than this test.
+	short := "3s"
+	args := []string{"--data-dir", dir, "--api-addr", "127.0.0.1:0", "--log-format", "json",
+		"--simulate", "300", "--simulate-protocol", "mixed", "--simulate-cells", "6", "--simulate-campaign", "--simulate-delay", "30ms",
+		"--timeout-version-report", short, "--timeout-radio-query", short, "--timeout-cell-query", short,
+		"--timeout-download-start", short, "--timeout-update-start", short, "--timeout-version-check", short}
+
+	first := startServer(t, args...)
+	upgraded := 0
+	first.await(ctx, "100 upgrades", func(m map[string]any) bool {
+		if m["msg"] == "simulated device upgraded" {
+			upgraded++
+		}
+		return upgraded >= 100
+	})
+	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err, _ := first.wait(ctx); err == nil {
+		t.Fatal("a killed server exited cleanly?")
+	}
+
+	second := startServer(t, args...)
+	rec := second.await(ctx, "recovery", func(m map[string]any) bool { return m["msg"] == "recovering actors" && m["kind"] == "device" })
+	t.Logf("recovered devices in flight: %v", rec["count"])
+	fin := second.awaitOr(ctx, "campaign end", msg("simulated campaign finished"), func() {
+		_ = second.cmd.Process.Signal(syscall.SIGKILL)
+		second.wait(context.Background())
+		dumpInFlight(t, filepath.Join(dir, "store"))
+	})
+	if fin["succeeded"] != 300.0 || fin["devices"] != 300.0 || fin["devices_upgraded_twice"] != 0.0 || fin["upgrades"] != 300.0 {
+		t.Fatalf("campaign after kill -9: %v", fin)
+	}
+
+	// Health (Connect JSON) and metrics on the API address.
+	var addrs map[string]string
+	b, err := os.ReadFile(filepath.Join(dir, "addrs.json"))
+	if err != nil || json.Unmarshal(b, &addrs) != nil || addrs["api"] == "" {
+		t.Fatalf("addrs.json: %s %v", b, err)
+	}
+	resp, err := http.Post("http://"+addrs["api"]+"/grpc.health.v1.Health/Check", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(body, []byte("SERVING")) {
+		t.Fatalf("health: %d %s", resp.StatusCode, body)
+	}
+	resp, err = http.Get("http://" + addrs["api"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, name := range []string{"otafleet_events_appended_total", "otafleet_actors_alive", "otafleet_journal_commit_seconds", "otafleet_subtasks", "otafleet_cell_budget_units_in_use"} {
+		if !bytes.Contains(body, []byte(name)) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	if tok, err := os.ReadFile(filepath.Join(dir, "api-token")); err != nil || len(bytes.TrimSpace(tok)) != 64 {
+		t.Errorf("api-token: %q %v", tok, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "api-token")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("api-token mode: %v %v", fi.Mode(), err)
+	}
+
+	if err := second.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err, _ := second.wait(ctx); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+}
+
+// TestProcessCorruptJournal: a journal entry of an in-flight device is
+// damaged while the server is down; the next start refuses to run, names the
+// key, and exits non-zero.
+func TestProcessCorruptJournal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	args := []string{"--data-dir", dir, "--api-addr", "127.0.0.1:0", "--log-format", "json",
+		"--simulate", "100", "--simulate-protocol", "fota", "--simulate-campaign", "--simulate-delay", "200ms"}
+	s := startServer(t, args...)
+	s.await(ctx, "a first upgrade", msg("simulated device upgraded"))
+	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	s.wait(ctx)
+
+	// Damage the last event of one device that still has a job.
+	db, err := pebble.Open(filepath.Join(dir, "store"), &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iter, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte("a/d/"), UpperBound: []byte("a/d0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !iter.First() {
+		t.Fatal("no device in flight to damage")
+	}
+	device := string(iter.Key()[len("a/d/"):])
+	iter.Close()
+	prefix := []byte("e/d/" + device + "/")
+	iter, err = db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: append(bytes.Clone(prefix), 0xff)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !iter.Last() {
+		t.Fatal("device has no events")
+	}
+	key := bytes.Clone(iter.Key())
+	iter.Close()
+	if err := db.Set(key, []byte{1, 2, 3, 4, 5, 6}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	again := startServer(t, args...)
+	err, lines := again.wait(ctx)
+	var exit *exec.ExitError
+	if err == nil || !errors.As(err, &exit) || exit.ExitCode() == 0 {
+		t.Fatalf("a corrupt journal started: %v", err)
+	}
+	found := false
+	for _, m := range lines {
+		if strings.Contains(fmt.Sprint(m), device) && strings.Contains(fmt.Sprint(m), "corrupt") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no log line names the corrupt entry of %s: %v", device, lines)
+	}
+}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"connectrpc.com/grpchealth"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/persistence/pebblestore"
+)
+
+func serveCommand(stdout, stderr io.Writer) *cobra.Command {
+	cfg := defaultServeConfig()
+	var configFile string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the engine with embedded defaults (journal and registry in --data-dir)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				fileCfg := defaultServeConfig()
+				if err := fileCfg.loadFile(configFile); err != nil {
+					return &exitError{code: 2, err: err}
+				}
+				cfg.merge(fileCfg, cmd.Flags().Changed)
+			}
+			if err := cfg.validate(); err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			return serve(cmd.Context(), cfg, stdout, stderr)
+		},
+	}
+	cfg.flags(cmd.Flags())
+	cmd.Flags().StringVar(&configFile, "config", "", "YAML or TOML file with any of these flags as keys")
+	return cmd
+}
+
+// serve runs until ctx is cancelled (SIGTERM or SIGINT), then shuts down:
+// the API stops accepting, the actors finish the message at hand, the store closes.
+func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error {
+	logger := newLogger(cfg, stderr)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	token, err := apiToken(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	store, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: logger})
+	if err != nil {
+		return fmt.Errorf("opening the store: %w", err)
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			logger.Error("closing the store", "error", err)
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	engCfg, err := cfg.engineConfig()
+	if err != nil {
+		return err
+	}
+	clk := clock.Real()
+	downlinks := &lateDownlinks{}
+	engine, err := actors.New(engCfg, actors.Deps{Store: store, Clock: clk, Transport: downlinks, Logger: logger, Metrics: reg})
+	if err != nil {
+		return err
+	}
+	defer engine.Stop()
+	var sim *simulation
+	if cfg.Simulate > 0 {
+		// The devices exist before recovery, so that resumed actors reach them.
+		if sim, err = startSimulation(cfg, engine, downlinks, clk, logger); err != nil {
+			return err
+		}
+		defer sim.Close()
+	}
+	if err := engine.Start(ctx); err != nil {
+		return fmt.Errorf("recovery: %w", err)
+	}
+	if sim != nil {
+		if err := sim.run(ctx, cfg, engine, logger); err != nil {
+			return err
+		}
+	}
+
+	lis, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("--api-addr: %w", err)
+	}
+	addrs := map[string]string{"api": lis.Addr().String()}
+	if err := writeAddrs(cfg.DataDir, addrs); err != nil {
+		lis.Close()
+		return err
+	}
+	fmt.Fprintf(stdout, "otafleet serving: api=%s data-dir=%s\n", addrs["api"], cfg.DataDir)
+
+	mux := http.NewServeMux()
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker()))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	_ = token // every API method (next issue) checks it; health and metrics are open
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	logger.Info("serving", "api", addrs["api"], "data_dir", cfg.DataDir, "simulated_devices", cfg.Simulate)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("api server: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Warn("api shutdown", "error", err)
+	}
+	return nil
+}
+
+func newLogger(cfg serveConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// apiToken reads DIR/api-token, creating it (mode 0600) on first start.
+func apiToken(dir string) (string, error) {
+	path := filepath.Join(dir, "api-token")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		tok := strings.TrimSpace(string(b))
+		if len(tok) < 32 {
+			return "", fmt.Errorf("%s holds no usable token (delete it to make a new one)", path)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(raw)
+	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return tok, nil
+}
+
+// writeAddrs writes DIR/addrs.json with the addresses actually listened on.
+func writeAddrs(dir string, addrs map[string]string) error {
+	b, err := json.Marshal(addrs)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, "addrs.json"), append(b, '\n'), 0o644)
+}
+
+// writeFileAtomic writes via a temporary file and a rename, so readers never
+// see half a file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

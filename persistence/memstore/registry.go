@@ -1,0 +1,509 @@
+package memstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/otafleet/otafleet/persistence"
+)
+
+// list returns the values of m whose keys sort after `after`, in key order,
+// at most persistence.ListLimit(limit) of them, each passed through clone.
+func list[T any](m map[string]T, after string, limit int, clone func(T) T) []T {
+	ids := make([]string, 0, len(m))
+	for id := range m {
+		if id > after {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	if n := persistence.ListLimit(limit); len(ids) > n {
+		ids = ids[:n]
+	}
+	out := make([]T, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, clone(m[id]))
+	}
+	return out
+}
+
+func notFound(what, id string) error {
+	return fmt.Errorf("%w: %s %q", persistence.ErrNotFound, what, id)
+}
+
+func cloneProduct(p persistence.Product) persistence.Product { return p }
+
+// publicDevice is d as reads return it: credentials replaced by flags.
+func publicDevice(d persistence.Device) persistence.Device {
+	d.HasSecret, d.HasPSK = d.Secret != "", len(d.PSK) > 0
+	d.Secret, d.PSK = "", nil
+	return d
+}
+
+func cloneGroup(g persistence.Group) persistence.Group {
+	g.DeviceIDs = slices.Clone(g.DeviceIDs)
+	return g
+}
+
+func clonePackage(p persistence.Package) persistence.Package {
+	p.SourceVersions = slices.Clone(p.SourceVersions)
+	return p
+}
+
+// PutProduct implements persistence.Registry.
+func (s *Store) PutProduct(ctx context.Context, p persistence.Product) error {
+	if err := persistence.ValidateProduct(p); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	s.products[p.ID] = p
+	return nil
+}
+
+// GetProduct implements persistence.Registry.
+func (s *Store) GetProduct(ctx context.Context, id string) (persistence.Product, error) {
+	if err := persistence.ValidateID(id); err != nil {
+		return persistence.Product{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return persistence.Product{}, err
+	}
+	p, ok := s.products[id]
+	if !ok {
+		return persistence.Product{}, notFound("product", id)
+	}
+	return p, nil
+}
+
+// ListProducts implements persistence.Registry.
+func (s *Store) ListProducts(ctx context.Context, after string, limit int) ([]persistence.Product, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	return list(s.products, after, limit, cloneProduct), nil
+}
+
+// DeleteProduct implements persistence.Registry.
+func (s *Store) DeleteProduct(ctx context.Context, id string) error {
+	if err := persistence.ValidateID(id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := s.products[id]; !ok {
+		return notFound("product", id)
+	}
+	for _, d := range s.devices {
+		if d.ProductID == id {
+			return fmt.Errorf("%w: product %q has devices (device %q)", persistence.ErrInUse, id, d.ID)
+		}
+	}
+	for _, p := range s.packages {
+		if p.ProductID == id {
+			return fmt.Errorf("%w: product %q has packages (package %q)", persistence.ErrInUse, id, p.ID)
+		}
+	}
+	delete(s.products, id)
+	return nil
+}
+
+// PutDevice implements persistence.Registry.
+func (s *Store) PutDevice(ctx context.Context, d persistence.Device) error {
+	if err := persistence.ValidateDevice(d); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := s.products[d.ProductID]; !ok {
+		return fmt.Errorf("device %q: %w", d.ID, notFound("product", d.ProductID))
+	}
+	old := s.devices[d.ID]
+	if d.Secret == "" {
+		d.Secret = old.Secret
+	}
+	if len(d.PSK) == 0 {
+		d.PSK = old.PSK
+	}
+	d.PSK = slices.Clone(d.PSK)
+	d.HasSecret, d.HasPSK = false, false
+	s.devices[d.ID] = d
+	return nil
+}
+
+// CreateDevices implements persistence.Registry.
+func (s *Store) CreateDevices(ctx context.Context, ds []persistence.Device) error {
+	if err := persistence.ValidateNewDevices(ds); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	for _, d := range ds {
+		if _, ok := s.products[d.ProductID]; !ok {
+			return fmt.Errorf("device %q: %w", d.ID, notFound("product", d.ProductID))
+		}
+		if _, ok := s.devices[d.ID]; ok {
+			return fmt.Errorf("%w: device %q", persistence.ErrExists, d.ID)
+		}
+	}
+	for _, d := range ds {
+		d.PSK = slices.Clone(d.PSK)
+		d.HasSecret, d.HasPSK = false, false
+		s.devices[d.ID] = d
+	}
+	return nil
+}
+
+// GetDevice implements persistence.Registry.
+func (s *Store) GetDevice(ctx context.Context, id string) (persistence.Device, error) {
+	d, err := s.device(ctx, id)
+	return publicDevice(d), err
+}
+
+func (s *Store) device(ctx context.Context, id string) (persistence.Device, error) {
+	if err := persistence.ValidateID(id); err != nil {
+		return persistence.Device{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return persistence.Device{}, err
+	}
+	d, ok := s.devices[id]
+	if !ok {
+		return persistence.Device{}, notFound("device", id)
+	}
+	return d, nil
+}
+
+// ListDevices implements persistence.Registry.
+func (s *Store) ListDevices(ctx context.Context, after string, limit int) ([]persistence.Device, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	return list(s.devices, after, limit, publicDevice), nil
+}
+
+// DeleteDevice implements persistence.Registry.
+func (s *Store) DeleteDevice(ctx context.Context, id string) error {
+	if err := persistence.ValidateID(id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := s.devices[id]; !ok {
+		return notFound("device", id)
+	}
+	delete(s.devices, id)
+	return nil
+}
+
+// DeviceCredentials implements persistence.Registry.
+func (s *Store) DeviceCredentials(ctx context.Context, id string) (persistence.Credentials, error) {
+	d, err := s.device(ctx, id)
+	if err != nil {
+		return persistence.Credentials{}, err
+	}
+	return persistence.Credentials{Secret: d.Secret, PSK: slices.Clone(d.PSK)}, nil
+}
+
+// PutGroup implements persistence.Registry.
+func (s *Store) PutGroup(ctx context.Context, g persistence.Group) error {
+	if err := persistence.ValidateGroup(g); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	s.groups[g.ID] = cloneGroup(g)
+	return nil
+}
+
+// GetGroup implements persistence.Registry.
+func (s *Store) GetGroup(ctx context.Context, id string) (persistence.Group, error) {
+	if err := persistence.ValidateID(id); err != nil {
+		return persistence.Group{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return persistence.Group{}, err
+	}
+	g, ok := s.groups[id]
+	if !ok {
+		return persistence.Group{}, notFound("group", id)
+	}
+	return cloneGroup(g), nil
+}
+
+// ListGroups implements persistence.Registry.
+func (s *Store) ListGroups(ctx context.Context, after string, limit int) ([]persistence.Group, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	return list(s.groups, after, limit, cloneGroup), nil
+}
+
+// DeleteGroup implements persistence.Registry.
+func (s *Store) DeleteGroup(ctx context.Context, id string) error {
+	if err := persistence.ValidateID(id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := s.groups[id]; !ok {
+		return notFound("group", id)
+	}
+	delete(s.groups, id)
+	return nil
+}
+
+// PutPackage implements persistence.Registry.
+func (s *Store) PutPackage(ctx context.Context, p persistence.Package) error {
+	if err := persistence.ValidatePackage(p); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := s.products[p.ProductID]; !ok {
+		return fmt.Errorf("package %q: %w", p.ID, notFound("product", p.ProductID))
+	}
+	s.packages[p.ID] = clonePackage(p)
+	return nil
+}
+
+// GetPackage implements persistence.Registry.
+func (s *Store) GetPackage(ctx context.Context, id string) (persistence.Package, error) {
+	if err := persistence.ValidateID(id); err != nil {
+		return persistence.Package{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return persistence.Package{}, err
+	}
+	p, ok := s.packages[id]
+	if !ok {
+		return persistence.Package{}, notFound("package", id)
+	}
+	return clonePackage(p), nil
+}
+
+// ListPackages implements persistence.Registry.
+func (s *Store) ListPackages(ctx context.Context, after string, limit int) ([]persistence.Package, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	return list(s.packages, after, limit, clonePackage), nil
+}
+
+// DeletePackage implements persistence.Registry.
+func (s *Store) DeletePackage(ctx context.Context, id string) error {
+	if err := persistence.ValidateID(id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := s.packages[id]; !ok {
+		return notFound("package", id)
+	}
+	delete(s.packages, id)
+	return nil
+}
+
+// blob is a stored blob: immutable once written.
+type blob struct {
+	data []byte
+	sum  [sha256.Size]byte
+}
+
+// WriteBlob implements persistence.Registry. Unlike pebblestore it holds the
+// blob in memory.
+func (s *Store) WriteBlob(ctx context.Context, id string, r io.Reader, maxBytes int64) (int64, [sha256.Size]byte, error) {
+	var none [sha256.Size]byte
+	if err := persistence.ValidateID(id); err != nil {
+		return 0, none, err
+	}
+	if maxBytes < 0 {
+		return 0, none, fmt.Errorf("%w: blob %q: negative maxBytes %d", persistence.ErrInvalid, id, maxBytes)
+	}
+	s.mu.Lock()
+	if err := s.check(ctx); err != nil {
+		s.mu.Unlock()
+		return 0, none, err
+	}
+	if _, ok := s.blobs[id]; ok || s.writing[id] {
+		s.mu.Unlock()
+		return 0, none, fmt.Errorf("%w: blob %q", persistence.ErrExists, id)
+	}
+	s.writing[id] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.writing, id)
+		s.mu.Unlock()
+	}()
+
+	var buf bytes.Buffer
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(&buf, h), &ctxReader{ctx: ctx, r: io.LimitReader(r, maxBytes+1)})
+	if err != nil {
+		return 0, none, fmt.Errorf("blob %q: %w", id, err)
+	}
+	if n > maxBytes {
+		return 0, none, fmt.Errorf("%w: blob %q is longer than %d bytes", persistence.ErrTooLarge, id, maxBytes)
+	}
+	b := &blob{data: buf.Bytes()}
+	h.Sum(b.sum[:0])
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return 0, none, err
+	}
+	s.blobs[id] = b
+	return n, b.sum, nil
+}
+
+// ctxReader stops a copy when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// OpenBlob implements persistence.Registry.
+func (s *Store) OpenBlob(ctx context.Context, id string) (persistence.Blob, error) {
+	if err := persistence.ValidateID(id); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	b, ok := s.blobs[id]
+	if !ok {
+		return nil, notFound("blob", id)
+	}
+	return &openBlob{s: s, b: b, r: bytes.NewReader(b.data)}, nil
+}
+
+// DeleteBlob implements persistence.Registry.
+func (s *Store) DeleteBlob(ctx context.Context, id string) error {
+	if err := persistence.ValidateID(id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := s.blobs[id]; !ok {
+		return notFound("blob", id)
+	}
+	delete(s.blobs, id)
+	return nil
+}
+
+// errBlobClosed is returned by reads of a closed Blob.
+var errBlobClosed = fmt.Errorf("%w (blob closed)", persistence.ErrClosed)
+
+// openBlob is a Blob over a stored blob's bytes.
+type openBlob struct {
+	s      *Store
+	b      *blob
+	r      *bytes.Reader // offset for Read and Seek
+	closed bool          // guarded by s.mu
+}
+
+func (o *openBlob) usable() error {
+	o.s.mu.Lock()
+	defer o.s.mu.Unlock()
+	if o.s.closed {
+		return persistence.ErrClosed
+	}
+	if o.closed {
+		return errBlobClosed
+	}
+	return nil
+}
+
+func (o *openBlob) ReadAt(p []byte, off int64) (int, error) {
+	if err := o.usable(); err != nil {
+		return 0, err
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("%w: negative offset %d", persistence.ErrInvalid, off)
+	}
+	return bytes.NewReader(o.b.data).ReadAt(p, off)
+}
+
+func (o *openBlob) Read(p []byte) (int, error) {
+	if err := o.usable(); err != nil {
+		return 0, err
+	}
+	return o.r.Read(p)
+}
+
+func (o *openBlob) Seek(offset int64, whence int) (int64, error) {
+	if err := o.usable(); err != nil {
+		return 0, err
+	}
+	return o.r.Seek(offset, whence)
+}
+
+func (o *openBlob) Size() int64               { return int64(len(o.b.data)) }
+func (o *openBlob) SHA256() [sha256.Size]byte { return o.b.sum }
+
+func (o *openBlob) Close() error {
+	o.s.mu.Lock()
+	defer o.s.mu.Unlock()
+	o.closed = true
+	return nil
+}

@@ -1,0 +1,63 @@
+// Package pebblestore is otafleet's embedded store: the journal
+// (persistence.EventStore) and the registry with package blobs
+// (persistence.Registry) in one Pebble database
+// (github.com/cockroachdb/pebble/v2). A Store is safe for concurrent use.
+//
+// # Keys
+//
+//	e/<kind>/<id>/<seq:8 BE>   event (persistence.EncodeEvent envelope)
+//	s/<kind>/<id>              snapshot (persistence.EncodeSnapshot envelope)
+//	a/<kind>/<id>              active mark (empty value)
+//	r/p/<id>                   product  \
+//	r/d/<id>                   device    |
+//	r/g/<id>                   group     | registrypb record inside the
+//	r/k/<id>                   package   | persistence envelope (type
+//	r/b/<id>                   blob header (written last)  | 200-204, version 1)
+//	r/w/<id>                   blob write in progress (empty value)
+//	r/i/d/<product>/<device>   index: the product's devices (empty value)
+//	r/i/k/<product>/<package>  index: the product's packages (empty value)
+//	b/<id>/<chunk:8 BE>        blob chunk: CRC-32C (4 bytes, little-endian) + up to 64 KiB
+//	m/format                   store format (uvarint; this build writes and reads 1)
+//	m/seal                     1 + 32-byte seal key, or 2 + 32-byte key check
+//
+// # Writes
+//
+// Append and SaveSnapshot write one batch committed with pebble.Sync. They
+// take a lock per stream (striped) only to check Expected against the
+// stream's last key, so appends to different streams run concurrently and
+// Pebble groups their WAL syncs (group commit). Registry writes take one
+// registry lock (they check references) and are synced too.
+//
+// A blob is streamed: chunks go out in unsynced batches of about 1 MiB under
+// an r/w/<id> marker, so memory stays bounded whatever the file size; the
+// final synced batch writes the header and drops the marker. A failed, too
+// large or cancelled write deletes its chunks; Open deletes the chunks of
+// any marker left by a crash. Readers (OpenBlob) read through a Pebble
+// snapshot, so a concurrent DeleteBlob does not disturb them.
+//
+// # Credentials
+//
+// A device's secret and PSK are sealed with AES-256-GCM (random nonce, the
+// device ID in the additional data) under a 32-byte seal key. By default the
+// key is generated on creation and kept in the store (m/seal): it keeps
+// credentials out of reads, logs and record dumps, not from someone who holds
+// the whole data directory. Options.SealKey keeps the key outside the store
+// instead (the store then keeps only a check value, so a wrong key fails
+// Open).
+//
+// # Corruption and failures
+//
+// An entry that does not decode (bad envelope, CRC mismatch, a gap in a
+// stream's sequence numbers, a key of the wrong shape, a blob chunk with a
+// bad CRC or length) is reported as a *persistence.CorruptError naming its
+// key, by the call that meets it and by Verify, which scans the whole store.
+// Open checks the format marker (and fails with ErrFormat on a store of an
+// unknown format or on a non-empty database without one), the seal key and
+// leftover blob writes; Options.Verify makes it run Verify too.
+//
+// Pebble treats a failed WAL write or sync as fatal (it would exit the
+// process). The store instead turns it into a failed state: the append that
+// met it and every later call return an error wrapping ErrFailed, and the
+// process should close the store and reopen it (restart). Nothing that was
+// not acknowledged is visible after reopening as a partial batch.
+package pebblestore
