@@ -73,6 +73,7 @@ func (sh *shell) Receive(ctx actor.Context) {
 		sh.recover()
 	case *actor.Stopping:
 		sh.stopTimers()
+		return
 	case *actor.Stopped:
 		sh.machine.deactivated()
 		sh.e.metrics.alive.WithLabelValues(kindName(sh.addr.Kind)).Dec()
@@ -80,8 +81,10 @@ func (sh *shell) Receive(ctx actor.Context) {
 		if sh.e.deps.Deactivated != nil {
 			sh.e.deps.Deactivated(sh.addr)
 		}
+		return
 	case *actor.Restarting:
 		sh.stopTimers()
+		return
 	case activation:
 		// Recovery ran in Started; report how it went.
 		if msg.report != nil {
