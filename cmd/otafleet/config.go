@@ -42,6 +42,7 @@ type serveConfig struct {
 	TokenTTL             time.Duration `yaml:"token-ttl" toml:"token-ttl"`
 
 	PassivateAfter time.Duration `yaml:"passivate-after" toml:"passivate-after"`
+	VerifyStore    bool          `yaml:"verify-store" toml:"verify-store"`
 
 	// Simulation (until the real transports land): in-process scripted devices.
 	Simulate         int           `yaml:"simulate" toml:"simulate"`
@@ -93,6 +94,7 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.TimeoutVersionCheck, "timeout-version-check", c.TimeoutVersionCheck, "T10: version re-check after the result")
 	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "T11: download token lifetime (used by the download server)")
 	fs.DurationVar(&c.PassivateAfter, "passivate-after", c.PassivateAfter, "idle device and cell actors leave memory after this long")
+	fs.BoolVar(&c.VerifyStore, "verify-store", c.VerifyStore, "check every journal entry, record and blob at start (a full scan); without it, entries are checked when read, and those of actors with work in flight at every start")
 	fs.IntVar(&c.Simulate, "simulate", c.Simulate, "run N in-process simulated devices (demo and tests, until the real transports arrive)")
 	fs.StringVar(&c.SimulateProtocol, "simulate-protocol", c.SimulateProtocol, "protocol of simulated devices: mqtt, fota, pcp or mixed")
 	fs.IntVar(&c.SimulateCells, "simulate-cells", c.SimulateCells, "radio cells the simulated devices are spread over")

@@ -64,7 +64,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	store, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: logger})
+	store, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: logger, Verify: cfg.VerifyStore})
 	if err != nil {
 		return fmt.Errorf("opening the store: %w", err)
 	}
