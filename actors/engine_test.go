@@ -357,3 +357,62 @@ func TestEngineRecovery(t *testing.T) {
 		}
 	}
 }
+
+// TestRecoveryNeverRepeatsExecute stops the engine right after it journaled a
+// FOTA or PCP device's DOWNLOADED stage and sent its Execute (or 0x17), or an
+// MQTT device's DOWNLOADING stage (it has its upgrade event), then recovers
+// while the devices reconnect: no device gets a second Execute, 0x17 or
+// upgrade event, and the job still succeeds.
+func TestRecoveryNeverRepeatsExecute(t *testing.T) {
+	for _, p := range []messages.Protocol{messages.Protocol_PROTOCOL_LWM2M_FOTA, messages.Protocol_PROTOCOL_LWM2M_PCP, messages.Protocol_PROTOCOL_MQTT} {
+		t.Run(p.String(), func(t *testing.T) {
+			clk := clocktest.New(epoch)
+			up := &lateUplinks{}
+			tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			specs := fleet(1, 1, p)
+			if err := tr.Add(specs[0]); err != nil {
+				t.Fatal(err)
+			}
+			store := memstore.New()
+			r := newRig(t, clk, store, tr, up)
+			ctx := context.Background()
+			if err := tr.ConnectAll(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.e.CreateTask(ctx, createTask("t", p, ids(specs), nil)); err != nil {
+				t.Fatal(err)
+			}
+			id := specs[0].ID
+			stage := messages.Stage_STAGE_DOWNLOADED
+			if p == messages.Protocol_PROTOCOL_MQTT {
+				stage = messages.Stage_STAGE_DOWNLOADING
+			}
+			r.runUntil(func() bool {
+				v, err := r.e.Device(ctx, id)
+				return err == nil && v.State.Stage == stage
+			}, time.Hour)
+			r.e.Stop()
+			up.e.Store(nil)
+			clk.Advance(2 * time.Second) // the Execute reaches the device; its answers are lost
+
+			r2 := newRig(t, clk, store, tr, up)
+			defer r2.e.Stop()
+			if err := tr.ConnectAll(ctx); err != nil { // devices reconnect to the restarted server
+				t.Fatal(err)
+			}
+			r2.runUntil(r2.finished("t"), 2*time.Hour)
+			if v := r2.task("t"); v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS {
+				t.Fatalf("task: %v %+v", v.Status, v.Progress)
+			}
+			d, _ := tr.Device(id)
+			c := d.Counters
+			if c.Executes+c.PCPExecutes+c.UpgradeEvents != 1 || c.Upgrades != 1 {
+				t.Fatalf("%s: %d Executes, %d PCP 0x17, %d upgrade events, %d upgrades; want exactly one", id, c.Executes, c.PCPExecutes, c.UpgradeEvents, c.Upgrades)
+			}
+		})
+	}
+}
