@@ -236,8 +236,30 @@ func TestProcessKillNine(t *testing.T) {
 			t.Errorf("/metrics lacks %s", name)
 		}
 	}
-	if tok, err := os.ReadFile(filepath.Join(dir, "api-token")); err != nil || len(bytes.TrimSpace(tok)) != 64 {
+	tok, err := os.ReadFile(filepath.Join(dir, "api-token"))
+	if err != nil || len(bytes.TrimSpace(tok)) != 64 {
 		t.Errorf("api-token: %q %v", tok, err)
+	}
+	// The API answers with the token (Connect JSON, as curl would) and refuses without it.
+	call := func(token string) int {
+		req, _ := http.NewRequest("POST", "http://"+addrs["api"]+"/otafleet.v1.ProductService/CreateProduct",
+			strings.NewReader(`{"name":"meters","protocol":"PROTOCOL_LWM2M"}`))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := call(""); code != http.StatusUnauthorized {
+		t.Errorf("CreateProduct without a token: HTTP %d", code)
+	}
+	if code := call(string(bytes.TrimSpace(tok))); code != http.StatusOK {
+		t.Errorf("CreateProduct with the token: HTTP %d", code)
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "api-token")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("api-token mode: %v %v", fi.Mode(), err)

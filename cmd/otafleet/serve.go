@@ -25,6 +25,7 @@ import (
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
+	"github.com/otafleet/otafleet/rpc"
 )
 
 func serveCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -115,10 +116,15 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "otafleet serving: api=%s data-dir=%s\n", addrs["api"], cfg.DataDir)
 
+	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Engine: engine, Token: token, Logger: logger, Clock: clk})
+	if err != nil {
+		lis.Close()
+		return err
+	}
 	mux := http.NewServeMux()
+	mux.Handle("/", api) // every API method checks the bearer token
 	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker()))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	_ = token // every API method (next issue) checks it; health and metrics are open
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)

@@ -1,0 +1,20 @@
+// Package rpc serves otafleet's Connect API (protobuf package otafleet.v1):
+// the ProductService, DeviceService, GroupService and PackageService handlers
+// over a persistence.Registry, with the live device state read from the
+// actors.Engine.
+//
+// NewHandler returns an http.Handler that mounts every service at
+// /otafleet.v1.<Service>/<Method>. Each call must carry
+// "Authorization: Bearer <token>"; without it, or with another token, it fails
+// with unauthenticated. Request bodies are bounded (see MaxRequestBytes).
+//
+// Errors map to Connect codes in one place (errors.go): validation failures
+// are invalid_argument naming the offending field (devices[3].device_id: ...),
+// unknown IDs not_found, duplicates already_exists, records still referenced
+// failed_precondition, oversized files resource_exhausted, and anything else
+// internal, logged but never described to the client.
+//
+// The handler speaks Connect, gRPC and gRPC-Web; serve it over HTTP/1.1 and
+// h2c (http.Server.Protocols with SetUnencryptedHTTP2) so that gRPC clients
+// work without TLS.
+package rpc

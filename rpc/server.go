@@ -1,0 +1,234 @@
+package rpc
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"connectrpc.com/connect"
+
+	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+)
+
+// Size limits of the API.
+const (
+	// MaxInlineContent bounds CreatePackageRequest.content.
+	MaxInlineContent = 8 << 20
+	// MaxUploadBytes bounds the file of an UploadPackage stream.
+	MaxUploadBytes = 1 << 30
+	// MaxChunkBytes bounds one UploadPackage chunk.
+	MaxChunkBytes = 4 << 20
+	// MaxRequestBytes bounds one request message (one stream message for
+	// UploadPackage): the inline content plus room for the other fields.
+	// Larger bodies fail with resource_exhausted before they are decoded.
+	MaxRequestBytes = MaxInlineContent + 256<<10
+)
+
+// Deps is what the handler needs.
+type Deps struct {
+	// Registry stores products, devices, groups, packages and their files.
+	Registry persistence.Registry
+	// Engine answers GetDevice's live state (online, versions, radio). It
+	// may be nil (tests): GetDevice then returns only the registry record.
+	Engine *actors.Engine
+	// Token is the bearer token every call must carry; required.
+	Token string
+	// Logger receives internal errors; nil discards them.
+	Logger *slog.Logger
+	// Clock stamps creation times; nil means clock.Real().
+	Clock clock.Clock
+}
+
+// server holds what every service shares.
+type server struct {
+	reg    persistence.Registry
+	engine *actors.Engine
+	log    *slog.Logger
+	clock  clock.Clock
+}
+
+// NewHandler returns the API handler: the Connect (and gRPC, gRPC-Web)
+// handlers of ProductService, DeviceService, GroupService and
+// PackageService on one mux, each behind the bearer-token check.
+func NewHandler(d Deps) (http.Handler, error) {
+	if d.Registry == nil {
+		return nil, errors.New("rpc: Deps.Registry is nil")
+	}
+	if d.Token == "" {
+		return nil, errors.New("rpc: Deps.Token is empty")
+	}
+	s := newServer(d)
+	opts := []connect.HandlerOption{
+		connect.WithInterceptors(newAuthInterceptor(d.Token)),
+		connect.WithReadMaxBytes(MaxRequestBytes),
+		connect.WithRecover(func(_ context.Context, spec connect.Spec, _ http.Header, p any) error {
+			s.log.Error("rpc: handler panicked", "procedure", spec.Procedure, "panic", fmt.Sprint(p))
+			return connect.NewError(connect.CodeInternal, errInternal)
+		}),
+	}
+	mux := http.NewServeMux()
+	mux.Handle(otafleetv1connect.NewProductServiceHandler(&productServer{server: s}, opts...))
+	mux.Handle(otafleetv1connect.NewDeviceServiceHandler(&deviceServer{server: s}, opts...))
+	mux.Handle(otafleetv1connect.NewGroupServiceHandler(&groupServer{server: s}, opts...))
+	mux.Handle(otafleetv1connect.NewPackageServiceHandler(&packageServer{server: s}, opts...))
+	return mux, nil
+}
+
+func newServer(d Deps) *server {
+	s := &server{reg: d.Registry, engine: d.Engine, log: d.Logger, clock: d.Clock}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.clock == nil {
+		s.clock = clock.Real()
+	}
+	return s
+}
+
+// authInterceptor checks the bearer token of every call.
+type authInterceptor struct {
+	want [sha256.Size]byte
+}
+
+func newAuthInterceptor(token string) *authInterceptor {
+	return &authInterceptor{want: sha256.Sum256([]byte(token))}
+}
+
+var (
+	errNoToken    = errors.New("rpc: missing bearer token: send the header \"Authorization: Bearer <token>\"")
+	errWrongToken = errors.New("rpc: invalid bearer token")
+)
+
+// check returns nil when h carries the token. Both sides are hashed so the
+// constant-time compare does not depend on the length either.
+func (a *authInterceptor) check(h http.Header) error {
+	v := h.Get("Authorization")
+	tok, ok := strings.CutPrefix(v, "Bearer ")
+	if !ok || tok == "" {
+		return connect.NewError(connect.CodeUnauthenticated, errNoToken)
+	}
+	got := sha256.Sum256([]byte(tok))
+	if subtle.ConstantTimeCompare(got[:], a.want[:]) != 1 {
+		return connect.NewError(connect.CodeUnauthenticated, errWrongToken)
+	}
+	return nil
+}
+
+func (a *authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IsClient {
+			return next(ctx, req)
+		}
+		if err := a.check(req.Header()); err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (a *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (a *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if err := a.check(conn.RequestHeader()); err != nil {
+			return err
+		}
+		return next(ctx, conn)
+	}
+}
+
+// newID returns a fresh server-assigned ID: 24 lowercase hex digits.
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
+}
+
+// checkID validates a client-supplied record ID.
+func checkID(field, id string) error {
+	if err := persistence.ValidateID(id); err != nil {
+		return invalid(field, "%v", err)
+	}
+	return nil
+}
+
+// checkText validates a display name or free text: at most maxRunes
+// characters (at least one when required), valid UTF-8; control characters
+// are refused unless allowControl.
+func checkText(field, s string, required bool, maxRunes int, allowControl bool) error {
+	if required && s == "" {
+		return invalid(field, "required")
+	}
+	if !utf8.ValidString(s) {
+		return invalid(field, "not valid UTF-8")
+	}
+	if n := utf8.RuneCountInString(s); n > maxRunes {
+		return invalid(field, "%d characters, at most %d", n, maxRunes)
+	}
+	if !allowControl {
+		for _, r := range s {
+			if unicode.IsControl(r) {
+				return invalid(field, "contains the control character %U", r)
+			}
+		}
+	}
+	return nil
+}
+
+// listPage fetches one page of records after token: list(after, limit)
+// returns at most limit records in ID order. The next-page token is the last
+// record's ID when more records follow, probed with a one-record listing.
+func listPage[T any](ctx context.Context, pageSize int32, token string, list func(context.Context, string, int) ([]T, error), id func(T) string) ([]T, string, error) {
+	limit := persistence.ListLimit(int(pageSize))
+	recs, err := list(ctx, token, limit)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(recs) < limit {
+		return recs, "", nil
+	}
+	last := id(recs[len(recs)-1])
+	more, err := list(ctx, last, 1)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(more) == 0 {
+		return recs, "", nil
+	}
+	return recs, last, nil
+}
+
+// checkPageToken validates a page token: empty or a record ID.
+func checkPageToken(token string) error {
+	if token == "" {
+		return nil
+	}
+	if err := persistence.ValidateID(token); err != nil {
+		return invalid("page_token", "not a token this server returned")
+	}
+	return nil
+}
+
+// product returns the product a request names in its product_id field;
+// not_found names the field.
+func (s *server) product(ctx context.Context, op, id string) (persistence.Product, error) {
+	p, err := s.reg.GetProduct(ctx, id)
+	if errors.Is(err, persistence.ErrNotFound) {
+		return p, notFound("product_id", "product", id)
+	}
+	return p, toConnect(s.log, op, err)
+}
