@@ -362,8 +362,10 @@ func firstErr(errs ...error) error {
 // (which Pebble expects to end the process) into the failed state.
 type pebbleLogger struct{ s *Store }
 
+// Infof logs Pebble's routine messages (WAL replay, flushes, compactions) at
+// debug level: they are many and rarely useful to an operator.
 func (l pebbleLogger) Infof(format string, args ...any) {
-	l.s.log.Info(fmt.Sprintf(format, args...), "component", "pebble")
+	l.s.log.Debug(fmt.Sprintf(format, args...), "component", "pebble")
 }
 
 func (l pebbleLogger) Errorf(format string, args ...any) {
