@@ -18,8 +18,8 @@ const (
 	maxPSKBytes    = 64
 )
 
-// deviceServer implements DeviceService; GetDeviceTimeline is served by the
-// embedded Unimplemented handler until the timeline is wired in.
+// deviceServer implements DeviceService; GetDeviceTimeline is in
+// timeline.go.
 type deviceServer struct {
 	otafleetv1connect.UnimplementedDeviceServiceHandler
 	*server

@@ -1,7 +1,9 @@
 // Package rpc serves otafleet's Connect API (protobuf package otafleet.v1):
 // the ProductService, DeviceService, GroupService and PackageService handlers
 // over a persistence.Registry, with the live device state read from the
-// actors.Engine.
+// actors.Engine; TaskService (tasks.go) over the engine when Deps.Engine is
+// set; and GetDeviceTimeline (timeline.go), rendered from the device's
+// journal in Deps.Store. ListTasks is not implemented yet (no task index).
 //
 // NewHandler returns an http.Handler that mounts every service at
 // /otafleet.v1.<Service>/<Method>. Each call must carry

@@ -47,21 +47,28 @@ type Deps struct {
 	Token string
 	// Logger receives internal errors; nil discards them.
 	Logger *slog.Logger
-	// Clock stamps creation times; nil means clock.Real().
+	// Clock stamps creation times and paces WatchTask; nil means
+	// clock.Real().
 	Clock clock.Clock
+	// Store is the actors' journal, read by GetDeviceTimeline (and for task
+	// creation times). It may be nil: GetDeviceTimeline then answers
+	// unavailable.
+	Store persistence.EventStore
 }
 
 // server holds what every service shares.
 type server struct {
 	reg    persistence.Registry
 	engine *actors.Engine
+	store  persistence.EventStore
 	log    *slog.Logger
 	clock  clock.Clock
 }
 
 // NewHandler returns the API handler: the Connect (and gRPC, gRPC-Web)
-// handlers of ProductService, DeviceService, GroupService and
-// PackageService on one mux, each behind the bearer-token check.
+// handlers of ProductService, DeviceService, GroupService, PackageService
+// and, when Deps.Engine is set, TaskService on one mux, each behind the
+// bearer-token check.
 func NewHandler(d Deps) (http.Handler, error) {
 	if d.Registry == nil {
 		return nil, errors.New("rpc: Deps.Registry is nil")
@@ -83,11 +90,14 @@ func NewHandler(d Deps) (http.Handler, error) {
 	mux.Handle(otafleetv1connect.NewDeviceServiceHandler(&deviceServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewGroupServiceHandler(&groupServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewPackageServiceHandler(&packageServer{server: s}, opts...))
+	if d.Engine != nil {
+		mux.Handle(otafleetv1connect.NewTaskServiceHandler(&taskServer{server: s}, opts...))
+	}
 	return mux, nil
 }
 
 func newServer(d Deps) *server {
-	s := &server{reg: d.Registry, engine: d.Engine, log: d.Logger, clock: d.Clock}
+	s := &server{reg: d.Registry, engine: d.Engine, store: d.Store, log: d.Logger, clock: d.Clock}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -116,7 +116,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "otafleet serving: api=%s data-dir=%s\n", addrs["api"], cfg.DataDir)
 
-	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Engine: engine, Token: token, Logger: logger, Clock: clk})
+	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Logger: logger, Clock: clk})
 	if err != nil {
 		lis.Close()
 		return err

@@ -1,0 +1,590 @@
+package rpc
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/actors/task/taskfsm"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
+	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+)
+
+// Task limits (spec 5.1, 5.6).
+const (
+	// MaxTaskDevices bounds the devices of one task: device_ids and the
+	// members of group_ids together.
+	MaxTaskDevices          = 30000
+	maxTaskNameRunes        = 128
+	maxTaskGroups           = 1000
+	maxRetryCount           = 5
+	maxRetryIntervalMinutes = 1440
+	// defaultRetryIntervalMinutes applies when retry_count is set and
+	// retry_interval_minutes is not (task.proto).
+	defaultRetryIntervalMinutes = 5
+	scheduleHorizon             = 7 * 24 * time.Hour
+	// defaultSegmentSize is the PCP segment size of a package without one.
+	defaultSegmentSize = 500
+	// watchInterval is how often WatchTask polls the task.
+	watchInterval = 500 * time.Millisecond
+)
+
+// taskServer implements TaskService over the engine. ListTasks stays on the
+// Unimplemented handler: neither the registry nor the engine keeps an index
+// of tasks to list them from.
+type taskServer struct {
+	otafleetv1connect.UnimplementedTaskServiceHandler
+	*server
+}
+
+var _ otafleetv1connect.TaskServiceHandler = (*taskServer)(nil)
+
+// engineErr maps an engine error: invalid input → invalid_argument, an
+// invalid transition (e.g. stopping a finished task) → failed_precondition,
+// an unknown task → not_found; the rest as toConnect.
+func engineErr(log *slog.Logger, op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, taskfsm.ErrInvalidInput):
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	case errors.Is(err, taskfsm.ErrInvalidTransition):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
+	case errors.Is(err, actors.ErrNotFound):
+		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, actors.ErrClosed):
+		return connect.NewError(connect.CodeUnavailable, err)
+	case errors.Is(err, actors.ErrTimeout):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	}
+	return toConnect(log, op, err)
+}
+
+// taskNotFound turns the engine's not-found into one naming task_id.
+func (s *taskServer) taskErr(op, id string, err error) error {
+	if errors.Is(err, actors.ErrNotFound) {
+		return notFound("task_id", "task", id)
+	}
+	return engineErr(s.log, op, err)
+}
+
+// createdTime returns when the task was created: the time of the first
+// event of its journal; zero without an event store.
+func (s *taskServer) createdTime(ctx context.Context, id string) time.Time {
+	if s.store == nil {
+		return time.Time{}
+	}
+	var at int64
+	stop := errors.New("stop")
+	err := s.store.Load(ctx, persistence.Stream{Kind: persistence.KindTask, ID: id}, 0, func(ev persistence.Event) error {
+		at = ev.At
+		return stop
+	})
+	if err != nil && !errors.Is(err, stop) {
+		return time.Time{}
+	}
+	if at == 0 {
+		return time.Time{}
+	}
+	return messages.Time(at)
+}
+
+func taskToProto(v actors.TaskView, created time.Time) *v1.Task {
+	t := v.Task
+	p := v.Progress
+	out := &v1.Task{
+		TaskId:    t.GetTaskId(),
+		Name:      t.GetName(),
+		TaskType:  v1.TaskType(t.GetTaskType()),
+		PackageId: t.GetPackage().GetPackageId(),
+		GroupIds:  slices.Clone(t.GetGroupIds()),
+		Status:    v1.TaskStatus(v.Status),
+		Progress: &v1.TaskProgress{
+			Total:         uint32(p.Total),
+			Waiting:       uint32(p.Waiting),
+			Processing:    uint32(p.Processing),
+			Success:       uint32(p.Success),
+			Fail:          uint32(p.Fail),
+			FailWaitRetry: uint32(p.FailWaitRetry),
+			Stopped:       uint32(p.Stopped),
+		},
+	}
+	pol := &v1.Policy{}
+	if mp := t.GetPolicy(); mp != nil {
+		if at := mp.GetScheduleTimeUnixNano(); at != 0 {
+			pol.ScheduleTime = timestamppb.New(messages.Time(at))
+		}
+		rc, ri := mp.GetRetryCount(), mp.GetRetryIntervalMinutes()
+		pol.RetryCount, pol.RetryIntervalMinutes = &rc, &ri
+		if w := mp.GetWindow(); w != nil {
+			pol.Window = &v1.Window{StartMinute: w.GetStartMinute(), EndMinute: w.GetEndMinute(), TimeZone: w.GetTimeZone()}
+		}
+	} else {
+		var zero uint32
+		pol.RetryCount, pol.RetryIntervalMinutes = &zero, &zero
+	}
+	out.Policy = pol
+	if !created.IsZero() {
+		out.CreateTime = timestamppb.New(created)
+	}
+	return out
+}
+
+// finished reports whether a task status is final.
+func finished(st messages.TaskStatus) bool {
+	switch st {
+	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
+		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
+		return true
+	}
+	return false
+}
+
+// validatePolicy checks the request's policy and converts it, filling the
+// default retry interval.
+func validatePolicy(p *v1.Policy, now time.Time) (*messages.Policy, error) {
+	out := &messages.Policy{}
+	if p == nil {
+		return out, nil
+	}
+	if p.RetryCount != nil {
+		if rc := p.GetRetryCount(); rc > maxRetryCount {
+			return nil, invalid("policy.retry_count", "%d, at most %d", rc, maxRetryCount)
+		}
+		out.RetryCount = p.GetRetryCount()
+	}
+	if p.RetryIntervalMinutes != nil {
+		ri := p.GetRetryIntervalMinutes()
+		if ri > maxRetryIntervalMinutes {
+			return nil, invalid("policy.retry_interval_minutes", "%d, at most %d", ri, maxRetryIntervalMinutes)
+		}
+		if ri > 0 && out.RetryCount == 0 {
+			return nil, invalid("policy.retry_interval_minutes", "set without a retry_count")
+		}
+		if ri == 0 && out.RetryCount > 0 {
+			return nil, invalid("policy.retry_interval_minutes", "0 with a retry_count; leave it unset for %d minutes", defaultRetryIntervalMinutes)
+		}
+		out.RetryIntervalMinutes = ri
+	} else if out.RetryCount > 0 {
+		out.RetryIntervalMinutes = defaultRetryIntervalMinutes
+	}
+	if ts := p.GetScheduleTime(); ts != nil {
+		if err := ts.CheckValid(); err != nil {
+			return nil, invalid("policy.schedule_time", "%v", err)
+		}
+		at := ts.AsTime()
+		if at.After(now.Add(scheduleHorizon)) {
+			return nil, invalid("policy.schedule_time", "%s is more than 7 days ahead", at.UTC().Format(time.RFC3339))
+		}
+		if at.After(now) {
+			out.ScheduleTimeUnixNano = at.UnixNano()
+		}
+	}
+	if w := p.GetWindow(); w != nil {
+		if w.GetStartMinute() >= 1440 {
+			return nil, invalid("policy.window.start_minute", "%d, at most 1439", w.GetStartMinute())
+		}
+		if w.GetEndMinute() >= 1440 {
+			return nil, invalid("policy.window.end_minute", "%d, at most 1439", w.GetEndMinute())
+		}
+		if w.GetStartMinute() == w.GetEndMinute() {
+			return nil, invalid("policy.window.end_minute", "equals start_minute; leave the window unset for any time of day")
+		}
+		if tz := w.GetTimeZone(); tz != "" {
+			if err := checkText("policy.window.time_zone", tz, false, 64, false); err != nil {
+				return nil, err
+			}
+			if _, err := time.LoadLocation(tz); err != nil || strings.EqualFold(tz, "local") {
+				return nil, invalid("policy.window.time_zone", "%q is not an IANA time zone", tz)
+			}
+		}
+		out.Window = &messages.Window{StartMinute: w.GetStartMinute(), EndMinute: w.GetEndMinute(), TimeZone: w.GetTimeZone()}
+	}
+	return out, nil
+}
+
+// taskProtocol resolves the flow a product's devices run for a task type.
+func taskProtocol(p persistence.Product, tt v1.TaskType) (messages.Protocol, error) {
+	switch p.Protocol {
+	case persistence.ProtocolMQTT:
+		return messages.Protocol_PROTOCOL_MQTT, nil
+	case persistence.ProtocolLWM2M:
+		if tt == v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE {
+			return messages.Protocol_PROTOCOL_LWM2M_FOTA, nil
+		}
+		if p.SoftwarePCP {
+			return messages.Protocol_PROTOCOL_LWM2M_PCP, nil
+		}
+		return 0, connect.NewError(connect.CodeFailedPrecondition,
+			fmt.Errorf("package_id: product %q has no software upgrade protocol", p.ID))
+	}
+	return 0, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("package_id: product %q has protocol %v", p.ID, p.Protocol))
+}
+
+// packageMessage is what a job needs of a registry package.
+func packageMessage(p persistence.Package) *messages.Package {
+	seg := p.SegmentSize
+	if seg == 0 {
+		seg = defaultSegmentSize
+	}
+	check := p.CheckCode
+	if check == 0 {
+		// Spec 4.8: the first two bytes of the SHA-256, big-endian.
+		check = uint32(binary.BigEndian.Uint16(p.SHA256[:2]))
+	}
+	return &messages.Package{
+		PackageId:      p.ID,
+		Version:        p.Version,
+		SourceVersions: slices.Clone(p.SourceVersions),
+		Size:           p.Size,
+		FileName:       p.FileName,
+		Sha256:         hex.EncodeToString(p.SHA256[:]),
+		SegmentSize:    seg,
+		CheckCode:      check,
+		CustomInfo:     p.CustomInfo,
+		OmitSign:       p.OmitSign,
+	}
+}
+
+// targetDevice checks that device id (named field) is registered and of
+// product; missing reports a device that does not resolve.
+func (s *taskServer) targetDevice(ctx context.Context, field, id, product string) (missing bool, err error) {
+	d, err := s.reg.GetDevice(ctx, id)
+	if errors.Is(err, persistence.ErrNotFound) {
+		return true, notFound(field, "device", id)
+	}
+	if err != nil {
+		return false, toConnect(s.log, "CreateTask", err)
+	}
+	if d.ProductID != product {
+		return false, invalid(field, "device %q belongs to product %q, not the package's product %q", id, d.ProductID, product)
+	}
+	return false, nil
+}
+
+func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[v1.CreateTaskRequest]) (*connect.Response[v1.CreateTaskResponse], error) {
+	m := req.Msg
+	if err := checkText("name", m.GetName(), true, maxTaskNameRunes, false); err != nil {
+		return nil, err
+	}
+	for _, r := range m.GetName() {
+		if r != '_' && !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+			return nil, invalid("name", "contains %q: only letters, digits and '_' are allowed", r)
+		}
+	}
+	tt := m.GetTaskType()
+	if tt != v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE && tt != v1.TaskType_TASK_TYPE_SOFTWARE_UPGRADE {
+		return nil, invalid("task_type", "%d is not TASK_TYPE_FIRMWARE_UPGRADE or TASK_TYPE_SOFTWARE_UPGRADE", int32(tt))
+	}
+	if err := checkID("package_id", m.GetPackageId()); err != nil {
+		return nil, err
+	}
+	if n := len(m.GetDeviceIds()); n > MaxTaskDevices {
+		return nil, invalid("device_ids", "%d devices, at most %d", n, MaxTaskDevices)
+	}
+	if n := len(m.GetGroupIds()); n > maxTaskGroups {
+		return nil, invalid("group_ids", "%d groups, at most %d", n, maxTaskGroups)
+	}
+	if len(m.GetDeviceIds()) == 0 && len(m.GetGroupIds()) == 0 {
+		return nil, invalid("device_ids", "at least one device_ids or group_ids entry is required")
+	}
+	for i, id := range m.GetDeviceIds() {
+		if err := checkID(fmt.Sprintf("device_ids[%d]", i), id); err != nil {
+			return nil, err
+		}
+	}
+	for i, id := range m.GetGroupIds() {
+		if err := checkID(fmt.Sprintf("group_ids[%d]", i), id); err != nil {
+			return nil, err
+		}
+	}
+	now := s.clock.Now()
+	policy, err := validatePolicy(m.GetPolicy(), now)
+	if err != nil {
+		return nil, err
+	}
+
+	pkg, err := s.reg.GetPackage(ctx, m.GetPackageId())
+	if errors.Is(err, persistence.ErrNotFound) {
+		return nil, notFound("package_id", "package", m.GetPackageId())
+	}
+	if err != nil {
+		return nil, toConnect(s.log, "CreateTask", err)
+	}
+	if int32(pkg.Type) != int32(tt) {
+		return nil, invalid("package_id", "package %q is a %v package, task_type is %v", pkg.ID, pkg.Type, tt)
+	}
+	prod, err := s.reg.GetProduct(ctx, pkg.ProductID)
+	if err != nil {
+		if errors.Is(err, persistence.ErrNotFound) {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("package_id: the package's product %q no longer exists", pkg.ProductID))
+		}
+		return nil, toConnect(s.log, "CreateTask", err)
+	}
+	protocol, err := taskProtocol(prod, tt)
+	if err != nil {
+		return nil, err
+	}
+
+	// Targets: the explicit devices and the groups' members, each checked
+	// once, sorted so the task lists its devices in ID order.
+	seen := make(map[string]bool, len(m.GetDeviceIds()))
+	var targets []string
+	for i, id := range m.GetDeviceIds() {
+		if seen[id] {
+			continue
+		}
+		if _, err := s.targetDevice(ctx, fmt.Sprintf("device_ids[%d]", i), id, prod.ID); err != nil {
+			return nil, err
+		}
+		seen[id] = true
+		targets = append(targets, id)
+	}
+	var members []string
+	for i, gid := range m.GetGroupIds() {
+		field := fmt.Sprintf("group_ids[%d]", i)
+		g, err := s.reg.GetGroup(ctx, gid)
+		if errors.Is(err, persistence.ErrNotFound) {
+			return nil, notFound(field, "group", gid)
+		}
+		if err != nil {
+			return nil, toConnect(s.log, "CreateTask", err)
+		}
+		for _, id := range g.DeviceIDs {
+			if seen[id] {
+				continue
+			}
+			missing, err := s.targetDevice(ctx, field, id, prod.ID)
+			if missing {
+				continue // deleted since it joined the group
+			}
+			if err != nil {
+				return nil, err
+			}
+			seen[id] = true
+			targets = append(targets, id)
+			members = append(members, id)
+			if len(targets) > MaxTaskDevices {
+				return nil, invalid("group_ids", "more than %d devices with device_ids", MaxTaskDevices)
+			}
+		}
+	}
+	if len(targets) == 0 {
+		return nil, invalid("group_ids", "the groups have no devices")
+	}
+	slices.Sort(targets)
+	slices.Sort(members)
+
+	c := &messages.CreateTask{
+		TaskId:           newID(),
+		Name:             m.GetName(),
+		TaskType:         messages.TaskType(tt),
+		Protocol:         protocol,
+		Package:          packageMessage(pkg),
+		SkipVersionCheck: prod.SkipVersionCheck,
+		DeviceIds:        targets,
+		GroupIds:         slices.Clone(m.GetGroupIds()),
+		GroupMembers:     members,
+		Policy:           policy,
+	}
+	if err := s.engine.CreateTask(ctx, c); err != nil {
+		return nil, engineErr(s.log, "CreateTask", err)
+	}
+	v, err := s.engine.Task(ctx, c.GetTaskId())
+	if err != nil {
+		return nil, engineErr(s.log, "CreateTask", err)
+	}
+	return connect.NewResponse(&v1.CreateTaskResponse{Task: taskToProto(v, s.createdTime(ctx, c.GetTaskId()))}), nil
+}
+
+// task returns task id's view as the API's Task.
+func (s *taskServer) task(ctx context.Context, op, id string) (*v1.Task, actors.TaskView, error) {
+	if err := checkID("task_id", id); err != nil {
+		return nil, actors.TaskView{}, err
+	}
+	v, err := s.engine.Task(ctx, id)
+	if err != nil {
+		return nil, v, s.taskErr(op, id, err)
+	}
+	return taskToProto(v, s.createdTime(ctx, id)), v, nil
+}
+
+func (s *taskServer) GetTask(ctx context.Context, req *connect.Request[v1.GetTaskRequest]) (*connect.Response[v1.GetTaskResponse], error) {
+	t, _, err := s.task(ctx, "GetTask", req.Msg.GetTaskId())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&v1.GetTaskResponse{Task: t}), nil
+}
+
+func (s *taskServer) StopTask(ctx context.Context, req *connect.Request[v1.StopTaskRequest]) (*connect.Response[v1.StopTaskResponse], error) {
+	id := req.Msg.GetTaskId()
+	if err := checkID("task_id", id); err != nil {
+		return nil, err
+	}
+	// The engine answers an unknown task with an invalid transition;
+	// the API says not_found.
+	if _, _, err := s.task(ctx, "StopTask", id); err != nil {
+		return nil, err
+	}
+	if err := s.engine.StopTask(ctx, id); err != nil {
+		return nil, s.taskErr("StopTask", id, err)
+	}
+	t, _, err := s.task(ctx, "StopTask", id)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&v1.StopTaskResponse{Task: t}), nil
+}
+
+func (s *taskServer) RetryTask(ctx context.Context, req *connect.Request[v1.RetryTaskRequest]) (*connect.Response[v1.RetryTaskResponse], error) {
+	id := req.Msg.GetTaskId()
+	if err := checkID("task_id", id); err != nil {
+		return nil, err
+	}
+	if n := len(req.Msg.GetDeviceIds()); n > MaxTaskDevices {
+		return nil, invalid("device_ids", "%d devices, at most %d", n, MaxTaskDevices)
+	}
+	for i, d := range req.Msg.GetDeviceIds() {
+		if err := checkID(fmt.Sprintf("device_ids[%d]", i), d); err != nil {
+			return nil, err
+		}
+	}
+	// The engine answers an unknown task with an invalid transition;
+	// the API says not_found.
+	if _, _, err := s.task(ctx, "RetryTask", id); err != nil {
+		return nil, err
+	}
+	if err := s.engine.RetryTask(ctx, id, req.Msg.GetDeviceIds()); err != nil {
+		return nil, s.taskErr("RetryTask", id, err)
+	}
+	t, _, err := s.task(ctx, "RetryTask", id)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&v1.RetryTaskResponse{Task: t}), nil
+}
+
+// stageName is the spec 5.9 name of a stage; "" when idle.
+func stageName(st messages.Stage) string {
+	if st == messages.Stage_STAGE_IDLE {
+		return ""
+	}
+	return strings.TrimPrefix(st.String(), "STAGE_")
+}
+
+func (s *taskServer) ListTaskDevices(ctx context.Context, req *connect.Request[v1.ListTaskDevicesRequest]) (*connect.Response[v1.ListTaskDevicesResponse], error) {
+	m := req.Msg
+	id := m.GetTaskId()
+	if err := checkID("task_id", id); err != nil {
+		return nil, err
+	}
+	var status messages.SubtaskStatus
+	if m.Status != nil {
+		st := m.GetStatus()
+		if st <= v1.SubtaskStatus_SUBTASK_STATUS_UNSPECIFIED || st > v1.SubtaskStatus_SUBTASK_STATUS_STOPPED {
+			return nil, invalid("status", "%d is not a sub-task status", int32(st))
+		}
+		status = messages.SubtaskStatus(st)
+	}
+	offset := 0
+	if tok := m.GetPageToken(); tok != "" {
+		n, err := strconv.Atoi(tok)
+		if err != nil || n < 0 || n > MaxTaskDevices || strconv.Itoa(n) != tok {
+			return nil, invalid("page_token", "not a token this server returned")
+		}
+		offset = n
+	}
+	limit := persistence.ListLimit(int(m.GetPageSize()))
+	v, err := s.engine.TaskDevices(ctx, id, offset, limit+1, status)
+	if err != nil {
+		return nil, s.taskErr("ListTaskDevices", id, err)
+	}
+	subs := v.Subtasks
+	out := &v1.ListTaskDevicesResponse{}
+	if len(subs) > limit {
+		subs = subs[:limit]
+		out.NextPageToken = strconv.Itoa(offset + limit)
+	}
+	out.Devices = make([]*v1.TaskDevice, len(subs))
+	for i, st := range subs {
+		d := &v1.TaskDevice{
+			DeviceId:      st.DeviceID,
+			Status:        v1.SubtaskStatus(st.Status),
+			FailureReason: messages.ReasonText(st.Reason),
+			Attempts:      st.Attempt,
+		}
+		if st.Reason == messages.Reason_REASON_NONE && st.Detail != "" && st.Status != messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS {
+			d.FailureReason = st.Detail
+		}
+		if st.Status == messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS {
+			d.FailureReason = ""
+		}
+		if st.Status == messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING {
+			// The stage is the device's: ask its actor, only for the
+			// running devices of this page.
+			if dv, err := s.engine.Device(ctx, st.DeviceID); err == nil && dv.State.Job.GetTaskId() == id {
+				d.Stage = stageName(dv.State.Stage)
+			}
+		}
+		out.Devices[i] = d
+	}
+	return connect.NewResponse(out), nil
+}
+
+// sameState reports whether two views show the same status and progress.
+func sameState(a, b actors.TaskView) bool {
+	return a.Status == b.Status && a.Progress == b.Progress
+}
+
+func (s *taskServer) WatchTask(ctx context.Context, req *connect.Request[v1.WatchTaskRequest], stream *connect.ServerStream[v1.WatchTaskResponse]) error {
+	id := req.Msg.GetTaskId()
+	t, last, err := s.task(ctx, "WatchTask", id)
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&v1.WatchTaskResponse{Task: t}); err != nil {
+		return err
+	}
+	created := t.GetCreateTime()
+	timer := s.clock.NewTimer(watchInterval)
+	defer timer.Stop()
+	for !finished(last.Status) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C():
+		}
+		v, err := s.engine.Task(ctx, id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return s.taskErr("WatchTask", id, err)
+		}
+		if !sameState(v, last) {
+			t := taskToProto(v, time.Time{})
+			t.CreateTime = created
+			if err := stream.Send(&v1.WatchTaskResponse{Task: t}); err != nil {
+				return err
+			}
+			last = v
+		}
+		timer.Reset(watchInterval)
+	}
+	return nil
+}
