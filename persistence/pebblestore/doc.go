@@ -55,9 +55,10 @@
 // unknown format or on a non-empty database without one), the seal key and
 // leftover blob writes; Options.Verify makes it run Verify too.
 //
-// Pebble treats a failed WAL write or sync as fatal (it would exit the
-// process). The store instead turns it into a failed state: the append that
-// met it and every later call return an error wrapping ErrFailed, and the
-// process should close the store and reopen it (restart). Nothing that was
-// not acknowledged is visible after reopening as a partial batch.
+// Pebble treats a failed WAL write or sync as fatal and does not expect to
+// go on after it (continuing left commits blocked forever in tests). The
+// store marks itself failed (calls racing it get ErrFailed), calls
+// Options.OnFatal, and otherwise exits the process with status 70: a restart
+// recovers every acknowledged append from the journal, and nothing that was
+// not acknowledged is visible as a partial batch.
 package pebblestore

@@ -12,6 +12,7 @@ import (
 	"hash/maphash"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -52,12 +53,19 @@ type Options struct {
 	// Tune, if set, adjusts the Pebble options before Open (tests shrink the
 	// memtable to exercise flushes).
 	Tune func(*pebble.Options)
+	// OnFatal is called after Pebble reported a fatal storage error (a failed
+	// WAL write or sync). Pebble's code does not expect to continue after
+	// one, so OnFatal must not return; nil logs the error and exits the
+	// process with status 70, after which a restart recovers from what was
+	// synced (every acknowledged append).
+	OnFatal func(error)
 }
 
 // Store is a persistence.Store on Pebble.
 type Store struct {
-	db  *pebble.DB
-	log *slog.Logger
+	db      *pebble.DB
+	log     *slog.Logger
+	onFatal func(error)
 
 	mu       sync.Mutex // guards closed and blobs; Close releases blobs (their snapMu) under it
 	closed   bool
@@ -83,6 +91,7 @@ var _ persistence.Store = (*Store)(nil)
 // Open opens (creating it if need be) the store in directory dir.
 func Open(dir string, opts Options) (*Store, error) {
 	s := &Store{
+		onFatal:    opts.OnFatal,
 		log:        opts.Logger,
 		blobs:      map[*blob]struct{}{},
 		streamSeed: maphash.MakeSeed(),
@@ -373,5 +382,10 @@ func (l pebbleLogger) Errorf(format string, args ...any) {
 }
 
 func (l pebbleLogger) Fatalf(format string, args ...any) {
-	l.s.fail(fmt.Errorf(format, args...))
+	err := fmt.Errorf(format, args...)
+	l.s.fail(err)
+	if l.s.onFatal != nil {
+		l.s.onFatal(err)
+	}
+	os.Exit(70) // Pebble must not go on after a fatal error; the journal recovers on restart
 }
