@@ -124,6 +124,7 @@ func newFleetRig(t *testing.T, specs []memtransport.DeviceSpec) *rig {
 func (r *rig) runUntil(done func() bool, limit time.Duration) {
 	r.t.Helper()
 	end := r.clk.Now().Add(limit)
+	r.e.Settle() // what was just sent (a reconnect, a command) may still be in flight
 	for !done() {
 		next, ok := r.clk.NextDeadline()
 		if !ok || next.After(end) {
@@ -397,7 +398,9 @@ func TestRecoveryNeverRepeatsExecute(t *testing.T) {
 			}, time.Hour)
 			r.e.Stop()
 			up.e.Store(nil)
-			clk.Advance(2 * time.Second) // the Execute reaches the device; its answers are lost
+			// The server is down long enough for the devices to finish what they
+			// were told (Execute, download, install); their reports are lost.
+			clk.Advance(10 * time.Second)
 
 			r2 := newRig(t, clk, store, tr, up)
 			defer r2.e.Stop()

@@ -82,6 +82,7 @@ func newTaskEnv(t *testing.T, specs []memtransport.DeviceSpec) *taskEnv {
 // step advances the fake clock to its next timer and lets the actors
 // settle; false when no timer is armed.
 func (te *taskEnv) step() bool {
+	te.eng.Settle() // what a call just sent may still be in flight
 	next, ok := te.clk.NextDeadline()
 	if !ok {
 		return false
