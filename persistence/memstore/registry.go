@@ -31,6 +31,58 @@ func list[T any](m map[string]T, after string, limit int, clone func(T) T) []T {
 	return out
 }
 
+// get returns a copy of m[id] under the store's lock. The maps are made by New
+// and never replaced, so passing one in before locking is safe.
+func get[T any](s *Store, ctx context.Context, m map[string]T, what, id string, clone func(T) T) (T, error) {
+	var zero T
+	if err := persistence.ValidateID(id); err != nil {
+		return zero, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return zero, err
+	}
+	v, ok := m[id]
+	if !ok {
+		return zero, notFound(what, id)
+	}
+	return clone(v), nil
+}
+
+// listLocked is list under the store's lock.
+func listLocked[T any](s *Store, ctx context.Context, m map[string]T, after string, limit int, clone func(T) T) ([]T, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	return list(m, after, limit, clone), nil
+}
+
+// remove deletes m[id] under the store's lock, unless inUse (when set) says
+// the record is still referenced.
+func remove[T any](s *Store, ctx context.Context, m map[string]T, what, id string, inUse func() error) error {
+	if err := persistence.ValidateID(id); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := m[id]; !ok {
+		return notFound(what, id)
+	}
+	if inUse != nil {
+		if err := inUse(); err != nil {
+			return err
+		}
+	}
+	delete(m, id)
+	return nil
+}
+
 func notFound(what, id string) error {
 	return fmt.Errorf("%w: %s %q", persistence.ErrNotFound, what, id)
 }
@@ -70,56 +122,29 @@ func (s *Store) PutProduct(ctx context.Context, p persistence.Product) error {
 
 // GetProduct implements persistence.Registry.
 func (s *Store) GetProduct(ctx context.Context, id string) (persistence.Product, error) {
-	if err := persistence.ValidateID(id); err != nil {
-		return persistence.Product{}, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return persistence.Product{}, err
-	}
-	p, ok := s.products[id]
-	if !ok {
-		return persistence.Product{}, notFound("product", id)
-	}
-	return p, nil
+	return get(s, ctx, s.products, "product", id, cloneProduct)
 }
 
 // ListProducts implements persistence.Registry.
 func (s *Store) ListProducts(ctx context.Context, after string, limit int) ([]persistence.Product, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	return list(s.products, after, limit, cloneProduct), nil
+	return listLocked(s, ctx, s.products, after, limit, cloneProduct)
 }
 
 // DeleteProduct implements persistence.Registry.
 func (s *Store) DeleteProduct(ctx context.Context, id string) error {
-	if err := persistence.ValidateID(id); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return err
-	}
-	if _, ok := s.products[id]; !ok {
-		return notFound("product", id)
-	}
-	for _, d := range s.devices {
-		if d.ProductID == id {
-			return fmt.Errorf("%w: product %q has devices (device %q)", persistence.ErrInUse, id, d.ID)
+	return remove(s, ctx, s.products, "product", id, func() error {
+		for _, d := range s.devices {
+			if d.ProductID == id {
+				return fmt.Errorf("%w: product %q has devices (device %q)", persistence.ErrInUse, id, d.ID)
+			}
 		}
-	}
-	for _, p := range s.packages {
-		if p.ProductID == id {
-			return fmt.Errorf("%w: product %q has packages (package %q)", persistence.ErrInUse, id, p.ID)
+		for _, p := range s.packages {
+			if p.ProductID == id {
+				return fmt.Errorf("%w: product %q has packages (package %q)", persistence.ErrInUse, id, p.ID)
+			}
 		}
-	}
-	delete(s.products, id)
-	return nil
+		return nil
+	})
 }
 
 // PutDevice implements persistence.Registry.
@@ -181,46 +206,17 @@ func (s *Store) GetDevice(ctx context.Context, id string) (persistence.Device, e
 }
 
 func (s *Store) device(ctx context.Context, id string) (persistence.Device, error) {
-	if err := persistence.ValidateID(id); err != nil {
-		return persistence.Device{}, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return persistence.Device{}, err
-	}
-	d, ok := s.devices[id]
-	if !ok {
-		return persistence.Device{}, notFound("device", id)
-	}
-	return d, nil
+	return get(s, ctx, s.devices, "device", id, func(d persistence.Device) persistence.Device { return d })
 }
 
 // ListDevices implements persistence.Registry.
 func (s *Store) ListDevices(ctx context.Context, after string, limit int) ([]persistence.Device, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	return list(s.devices, after, limit, publicDevice), nil
+	return listLocked(s, ctx, s.devices, after, limit, publicDevice)
 }
 
 // DeleteDevice implements persistence.Registry.
 func (s *Store) DeleteDevice(ctx context.Context, id string) error {
-	if err := persistence.ValidateID(id); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return err
-	}
-	if _, ok := s.devices[id]; !ok {
-		return notFound("device", id)
-	}
-	delete(s.devices, id)
-	return nil
+	return remove(s, ctx, s.devices, "device", id, nil)
 }
 
 // DeviceCredentials implements persistence.Registry.
@@ -248,46 +244,17 @@ func (s *Store) PutGroup(ctx context.Context, g persistence.Group) error {
 
 // GetGroup implements persistence.Registry.
 func (s *Store) GetGroup(ctx context.Context, id string) (persistence.Group, error) {
-	if err := persistence.ValidateID(id); err != nil {
-		return persistence.Group{}, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return persistence.Group{}, err
-	}
-	g, ok := s.groups[id]
-	if !ok {
-		return persistence.Group{}, notFound("group", id)
-	}
-	return cloneGroup(g), nil
+	return get(s, ctx, s.groups, "group", id, cloneGroup)
 }
 
 // ListGroups implements persistence.Registry.
 func (s *Store) ListGroups(ctx context.Context, after string, limit int) ([]persistence.Group, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	return list(s.groups, after, limit, cloneGroup), nil
+	return listLocked(s, ctx, s.groups, after, limit, cloneGroup)
 }
 
 // DeleteGroup implements persistence.Registry.
 func (s *Store) DeleteGroup(ctx context.Context, id string) error {
-	if err := persistence.ValidateID(id); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return err
-	}
-	if _, ok := s.groups[id]; !ok {
-		return notFound("group", id)
-	}
-	delete(s.groups, id)
-	return nil
+	return remove(s, ctx, s.groups, "group", id, nil)
 }
 
 // PutPackage implements persistence.Registry.
@@ -309,46 +276,17 @@ func (s *Store) PutPackage(ctx context.Context, p persistence.Package) error {
 
 // GetPackage implements persistence.Registry.
 func (s *Store) GetPackage(ctx context.Context, id string) (persistence.Package, error) {
-	if err := persistence.ValidateID(id); err != nil {
-		return persistence.Package{}, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return persistence.Package{}, err
-	}
-	p, ok := s.packages[id]
-	if !ok {
-		return persistence.Package{}, notFound("package", id)
-	}
-	return clonePackage(p), nil
+	return get(s, ctx, s.packages, "package", id, clonePackage)
 }
 
 // ListPackages implements persistence.Registry.
 func (s *Store) ListPackages(ctx context.Context, after string, limit int) ([]persistence.Package, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return nil, err
-	}
-	return list(s.packages, after, limit, clonePackage), nil
+	return listLocked(s, ctx, s.packages, after, limit, clonePackage)
 }
 
 // DeletePackage implements persistence.Registry.
 func (s *Store) DeletePackage(ctx context.Context, id string) error {
-	if err := persistence.ValidateID(id); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.check(ctx); err != nil {
-		return err
-	}
-	if _, ok := s.packages[id]; !ok {
-		return notFound("package", id)
-	}
-	delete(s.packages, id)
-	return nil
+	return remove(s, ctx, s.packages, "package", id, nil)
 }
 
 // blob is a stored blob: immutable once written.
