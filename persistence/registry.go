@@ -128,6 +128,16 @@ type Package struct {
 	Created        time.Time
 }
 
+// TaskRecord is a task's entry in the registry's task index: what listing
+// tasks and checking a package's users need. The task itself (targets,
+// policy, progress) lives in its actor's journal.
+type TaskRecord struct {
+	ID        string
+	Name      string
+	PackageID string
+	Created   time.Time
+}
+
 // Listing limits: List* return at most limit records; a limit ≤ 0 means
 // DefaultListLimit and one above MaxListLimit means MaxListLimit.
 const (
@@ -153,8 +163,8 @@ const MaxCreateDevices = 10000
 // shorter).
 const BlobChunkSize = 64 << 10
 
-// Registry holds products, devices, groups, package metadata and package
-// files (blobs). Records are listed in ID byte order, a page at a time:
+// Registry holds products, devices, groups, package metadata, package
+// files (blobs) and the index of tasks. Records are listed in ID byte order, a page at a time:
 // List*(after, limit) returns the records whose ID sorts after `after` ("" for
 // the first page). Get and Delete of a missing record fail with ErrNotFound;
 // invalid IDs (see ValidateID) or fields with ErrInvalid.
@@ -198,6 +208,12 @@ type Registry interface {
 	GetPackage(ctx context.Context, id string) (Package, error)
 	ListPackages(ctx context.Context, after string, limit int) ([]Package, error)
 	DeletePackage(ctx context.Context, id string) error
+
+	// PutTask creates or replaces a task's index entry.
+	PutTask(ctx context.Context, t TaskRecord) error
+	GetTask(ctx context.Context, id string) (TaskRecord, error)
+	ListTasks(ctx context.Context, after string, limit int) ([]TaskRecord, error)
+	DeleteTask(ctx context.Context, id string) error
 
 	// WriteBlob stores r's bytes, read to EOF, as blob id and returns their
 	// size and SHA-256. It is all or nothing: when r fails, ctx ends or r
@@ -274,6 +290,17 @@ func ValidatePackage(p Package) error {
 	}
 	if p.Size < 0 {
 		return fmt.Errorf("%w: package %q has size %d", ErrInvalid, p.ID, p.Size)
+	}
+	return nil
+}
+
+// ValidateTask checks t's IDs.
+func ValidateTask(t TaskRecord) error {
+	if err := ValidateID(t.ID); err != nil {
+		return fmt.Errorf("task: %w", err)
+	}
+	if err := ValidateID(t.PackageID); err != nil {
+		return fmt.Errorf("task %q: package: %w", t.ID, err)
 	}
 	return nil
 }

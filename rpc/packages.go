@@ -431,6 +431,13 @@ func (s *packageServer) DeletePackage(ctx context.Context, req *connect.Request[
 	if err := checkID("package_id", id); err != nil {
 		return nil, err
 	}
+	// Running tasks download it: refuse while one has not finished.
+	if task, st, err := s.packageInUse(ctx, id); err != nil {
+		return nil, engineErr(s.log, "DeletePackage", err)
+	} else if task != "" {
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			fmt.Errorf("package_id: task %q (%v) installs package %q; stop the task or let it finish first", task, st, id))
+	}
 	if err := s.reg.DeletePackage(ctx, id); err != nil {
 		return nil, toConnect(s.log, "DeletePackage", err)
 	}

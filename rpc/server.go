@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpcreflect"
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock"
@@ -67,8 +68,8 @@ type server struct {
 
 // NewHandler returns the API handler: the Connect (and gRPC, gRPC-Web)
 // handlers of ProductService, DeviceService, GroupService, PackageService
-// and, when Deps.Engine is set, TaskService on one mux, each behind the
-// bearer-token check.
+// and, when Deps.Engine is set, TaskService on one mux, with gRPC server
+// reflection, each behind the bearer-token check.
 func NewHandler(d Deps) (http.Handler, error) {
 	if d.Registry == nil {
 		return nil, errors.New("rpc: Deps.Registry is nil")
@@ -90,9 +91,19 @@ func NewHandler(d Deps) (http.Handler, error) {
 	mux.Handle(otafleetv1connect.NewDeviceServiceHandler(&deviceServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewGroupServiceHandler(&groupServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewPackageServiceHandler(&packageServer{server: s}, opts...))
+	services := []string{
+		otafleetv1connect.ProductServiceName, otafleetv1connect.DeviceServiceName,
+		otafleetv1connect.GroupServiceName, otafleetv1connect.PackageServiceName,
+	}
 	if d.Engine != nil {
 		mux.Handle(otafleetv1connect.NewTaskServiceHandler(&taskServer{server: s}, opts...))
+		services = append(services, otafleetv1connect.TaskServiceName)
 	}
+	// gRPC server reflection (grpcurl, buf curl), behind the same token.
+	reflector := grpcreflect.NewStaticReflector(services...)
+	ropts := []connect.HandlerOption{connect.WithInterceptors(newAuthInterceptor(d.Token)), connect.WithReadMaxBytes(64 << 10)}
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, ropts...))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, ropts...))
 	return mux, nil
 }
 

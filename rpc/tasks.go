@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -43,11 +44,9 @@ const (
 	watchInterval = 500 * time.Millisecond
 )
 
-// taskServer implements TaskService over the engine. ListTasks stays on the
-// Unimplemented handler: neither the registry nor the engine keeps an index
-// of tasks to list them from.
+// taskServer implements TaskService over the engine and the registry's
+// task index.
 type taskServer struct {
-	otafleetv1connect.UnimplementedTaskServiceHandler
 	*server
 }
 
@@ -82,28 +81,50 @@ func (s *taskServer) taskErr(op, id string, err error) error {
 	return engineErr(s.log, op, err)
 }
 
-// createdTime returns when the task was created: the time of the first
-// event of its journal; zero without an event store.
-func (s *taskServer) createdTime(ctx context.Context, id string) time.Time {
-	if s.store == nil {
-		return time.Time{}
-	}
-	var at int64
-	stop := errors.New("stop")
-	err := s.store.Load(ctx, persistence.Stream{Kind: persistence.KindTask, ID: id}, 0, func(ev persistence.Event) error {
-		at = ev.At
-		return stop
-	})
-	if err != nil && !errors.Is(err, stop) {
-		return time.Time{}
-	}
-	if at == 0 {
-		return time.Time{}
-	}
-	return messages.Time(at)
+// newTaskID returns a fresh task ID, 24 lowercase hex digits that sort
+// newest first: the bitwise complement of the creation time in nanoseconds,
+// then 32 random bits.
+func newTaskID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return fmt.Sprintf("%016x%s", ^uint64(now.UnixNano()), hex.EncodeToString(b[:]))
 }
 
-func taskToProto(v actors.TaskView, created time.Time) *v1.Task {
+// taskTimes returns when the task was created (its index entry, else the
+// first event of its journal) and, when it has finished, when (the time of
+// its journal's last event). Unknown times are zero.
+func (s *taskServer) taskTimes(ctx context.Context, id string, done bool) (created, finishedAt time.Time) {
+	if r, err := s.reg.GetTask(ctx, id); err == nil {
+		created = r.Created
+	}
+	if s.store == nil {
+		return created, time.Time{}
+	}
+	stream := persistence.Stream{Kind: persistence.KindTask, ID: id}
+	at := func(after uint64) time.Time {
+		var t int64
+		stop := errors.New("stop")
+		err := s.store.Load(ctx, stream, after, func(ev persistence.Event) error {
+			t = ev.At
+			return stop
+		})
+		if t == 0 || (err != nil && !errors.Is(err, stop)) {
+			return time.Time{}
+		}
+		return messages.Time(t)
+	}
+	if created.IsZero() {
+		created = at(0)
+	}
+	if done {
+		if last, err := s.store.LastSeq(ctx, stream); err == nil && last > 0 {
+			finishedAt = at(last - 1)
+		}
+	}
+	return created, finishedAt
+}
+
+func taskToProto(v actors.TaskView, created, finishedAt time.Time) *v1.Task {
 	t := v.Task
 	p := v.Progress
 	out := &v1.Task{
@@ -140,6 +161,9 @@ func taskToProto(v actors.TaskView, created time.Time) *v1.Task {
 	out.Policy = pol
 	if !created.IsZero() {
 		out.CreateTime = timestamppb.New(created)
+	}
+	if !finishedAt.IsZero() && finished(v.Status) {
+		out.FinishTime = timestamppb.New(finishedAt)
 	}
 	return out
 }
@@ -390,7 +414,7 @@ func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[v1.Cre
 	slices.Sort(members)
 
 	c := &messages.CreateTask{
-		TaskId:           newID(),
+		TaskId:           newTaskID(now),
 		Name:             m.GetName(),
 		TaskType:         messages.TaskType(tt),
 		Protocol:         protocol,
@@ -401,14 +425,24 @@ func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[v1.Cre
 		GroupMembers:     members,
 		Policy:           policy,
 	}
+	// The index entry first: a crash between the two leaves an entry
+	// without a task, which ListTasks skips, rather than a task nobody can
+	// list.
+	rec := persistence.TaskRecord{ID: c.GetTaskId(), Name: c.GetName(), PackageID: pkg.ID, Created: now}
+	if err := s.reg.PutTask(ctx, rec); err != nil {
+		return nil, toConnect(s.log, "CreateTask", err)
+	}
 	if err := s.engine.CreateTask(ctx, c); err != nil {
+		if derr := s.reg.DeleteTask(context.WithoutCancel(ctx), rec.ID); derr != nil {
+			s.log.Warn("rpc: CreateTask: removing the index entry of a task not created", "task", rec.ID, "error", derr)
+		}
 		return nil, engineErr(s.log, "CreateTask", err)
 	}
 	v, err := s.engine.Task(ctx, c.GetTaskId())
 	if err != nil {
 		return nil, engineErr(s.log, "CreateTask", err)
 	}
-	return connect.NewResponse(&v1.CreateTaskResponse{Task: taskToProto(v, s.createdTime(ctx, c.GetTaskId()))}), nil
+	return connect.NewResponse(&v1.CreateTaskResponse{Task: taskToProto(v, now, time.Time{})}), nil
 }
 
 // task returns task id's view as the API's Task.
@@ -420,7 +454,8 @@ func (s *taskServer) task(ctx context.Context, op, id string) (*v1.Task, actors.
 	if err != nil {
 		return nil, v, s.taskErr(op, id, err)
 	}
-	return taskToProto(v, s.createdTime(ctx, id)), v, nil
+	created, finishedAt := s.taskTimes(ctx, id, finished(v.Status))
+	return taskToProto(v, created, finishedAt), v, nil
 }
 
 func (s *taskServer) GetTask(ctx context.Context, req *connect.Request[v1.GetTaskRequest]) (*connect.Response[v1.GetTaskResponse], error) {
@@ -469,6 +504,13 @@ func (s *taskServer) RetryTask(ctx context.Context, req *connect.Request[v1.Retr
 	if _, _, err := s.task(ctx, "RetryTask", id); err != nil {
 		return nil, err
 	}
+	// A retry downloads the package again: it must still exist.
+	if rec, err := s.reg.GetTask(ctx, id); err == nil {
+		if _, err := s.reg.GetPackage(ctx, rec.PackageID); errors.Is(err, persistence.ErrNotFound) {
+			return nil, connect.NewError(connect.CodeFailedPrecondition,
+				fmt.Errorf("task_id: the task's package %q has been deleted; create a new task", rec.PackageID))
+		}
+	}
 	if err := s.engine.RetryTask(ctx, id, req.Msg.GetDeviceIds()); err != nil {
 		return nil, s.taskErr("RetryTask", id, err)
 	}
@@ -477,6 +519,100 @@ func (s *taskServer) RetryTask(ctx context.Context, req *connect.Request[v1.Retr
 		return nil, err
 	}
 	return connect.NewResponse(&v1.RetryTaskResponse{Task: t}), nil
+}
+
+func (s *taskServer) ListTasks(ctx context.Context, req *connect.Request[v1.ListTasksRequest]) (*connect.Response[v1.ListTasksResponse], error) {
+	m := req.Msg
+	var want *messages.TaskStatus
+	if m.Status != nil {
+		st := m.GetStatus()
+		if st <= v1.TaskStatus_TASK_STATUS_UNSPECIFIED || st > v1.TaskStatus_TASK_STATUS_STOPPED {
+			return nil, invalid("status", "%d is not a task status", int32(st))
+		}
+		ms := messages.TaskStatus(st)
+		want = &ms
+	}
+	after := m.GetPageToken()
+	if after != "" {
+		if err := persistence.ValidateID(after); err != nil {
+			return nil, invalid("page_token", "not a token this server returned")
+		}
+	}
+	limit := persistence.ListLimit(int(m.GetPageSize()))
+	out := &v1.ListTasksResponse{}
+	// Index entries are read a page at a time until this page is full; a
+	// status filter may read many entries for a few tasks.
+	for len(out.Tasks) < limit {
+		recs, err := s.reg.ListTasks(ctx, after, limit)
+		if err != nil {
+			return nil, toConnect(s.log, "ListTasks", err)
+		}
+		for _, r := range recs {
+			after = r.ID
+			v, err := s.engine.Task(ctx, r.ID)
+			if errors.Is(err, actors.ErrNotFound) {
+				// An index entry whose task was never created (a crash
+				// inside CreateTask).
+				s.log.Debug("rpc: ListTasks: index entry without a task", "task", r.ID)
+				continue
+			}
+			if err != nil {
+				return nil, engineErr(s.log, "ListTasks", err)
+			}
+			if want != nil && v.Status != *want {
+				continue
+			}
+			var finishedAt time.Time
+			if finished(v.Status) {
+				_, finishedAt = s.taskTimes(ctx, r.ID, true)
+			}
+			out.Tasks = append(out.Tasks, taskToProto(v, r.Created, finishedAt))
+			if len(out.Tasks) == limit {
+				break
+			}
+		}
+		if len(recs) < limit {
+			return connect.NewResponse(out), nil // the index is exhausted
+		}
+	}
+	// The page is full; the next one starts after its last entry read (an
+	// empty next page is possible, as with every store listing).
+	out.NextPageToken = after
+	return connect.NewResponse(out), nil
+}
+
+// packageInUse returns the first unfinished task that installs package id,
+// or "".
+func (s *server) packageInUse(ctx context.Context, id string) (string, messages.TaskStatus, error) {
+	if s.engine == nil {
+		return "", 0, nil
+	}
+	after := ""
+	for {
+		recs, err := s.reg.ListTasks(ctx, after, persistence.MaxListLimit)
+		if err != nil {
+			return "", 0, err
+		}
+		for _, r := range recs {
+			after = r.ID
+			if r.PackageID != id {
+				continue
+			}
+			v, err := s.engine.Task(ctx, r.ID)
+			if errors.Is(err, actors.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return "", 0, err
+			}
+			if !finished(v.Status) {
+				return r.ID, v.Status, nil
+			}
+		}
+		if len(recs) < persistence.MaxListLimit {
+			return "", 0, nil
+		}
+	}
 }
 
 // stageName is the spec 5.9 name of a stage; "" when idle.
@@ -577,7 +713,11 @@ func (s *taskServer) WatchTask(ctx context.Context, req *connect.Request[v1.Watc
 			return s.taskErr("WatchTask", id, err)
 		}
 		if !sameState(v, last) {
-			t := taskToProto(v, time.Time{})
+			var finishedAt time.Time
+			if finished(v.Status) {
+				_, finishedAt = s.taskTimes(ctx, id, true)
+			}
+			t := taskToProto(v, time.Time{}, finishedAt)
 			t.CreateTime = created
 			if err := stream.Send(&v1.WatchTaskResponse{Task: t}); err != nil {
 				return err

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpcreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/otafleet/otafleet/actors"
@@ -546,4 +548,120 @@ func TestStopTask(t *testing.T) {
 		t.Errorf("message for an unknown task")
 	}
 	wantCode(t, bad.Err(), connect.CodeNotFound)
+}
+
+func TestListTasksAndPackageInUse(t *testing.T) {
+	te := newTaskEnv(t, fwSpecs())
+	f := te.fixture(t)
+	ctx := context.Background()
+	create := func(name string, devs []string, pol *v1.Policy) string {
+		t.Helper()
+		res, err := te.tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+			Name: name, TaskType: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, PackageId: f.pkg, DeviceIds: devs, Policy: pol,
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		te.clk.Advance(time.Second) // creation order is time order
+		return res.Msg.GetTask().GetTaskId()
+	}
+	failing := create("failing", []string{"fw-2"}, nil)
+	te.runTask(t, failing, 24*time.Hour)
+	later := create("later", []string{"fw-0"}, &v1.Policy{ScheduleTime: timestamppb.New(te.clk.Now().Add(48 * time.Hour))})
+	ok := create("ok", []string{"fw-1"}, nil)
+	if got := te.runTask(t, ok, 24*time.Hour); got.GetStatus() != v1.TaskStatus_TASK_STATUS_SUCCESS || got.GetFinishTime() == nil ||
+		!got.GetFinishTime().AsTime().After(got.GetCreateTime().AsTime()) {
+		t.Fatalf("ok task %v", got)
+	}
+
+	list := func(req *v1.ListTasksRequest) ([]string, string) {
+		t.Helper()
+		res, err := te.tasks.ListTasks(ctx, connect.NewRequest(req))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, task := range res.Msg.GetTasks() {
+			names = append(names, task.GetName()+":"+strings.TrimPrefix(task.GetStatus().String(), "TASK_STATUS_"))
+		}
+		return names, res.Msg.GetNextPageToken()
+	}
+	if got, next := list(&v1.ListTasksRequest{}); fmt.Sprint(got) != "[ok:SUCCESS later:WAITING failing:FAIL]" || next != "" {
+		t.Fatalf("ListTasks = %v, %q", got, next)
+	}
+	var paged []string
+	for tok := ""; ; {
+		got, next := list(&v1.ListTasksRequest{PageSize: 1, PageToken: tok})
+		paged = append(paged, got...)
+		if next == "" {
+			break
+		}
+		tok = next
+	}
+	if fmt.Sprint(paged) != "[ok:SUCCESS later:WAITING failing:FAIL]" {
+		t.Fatalf("paged = %v", paged)
+	}
+	if got, _ := list(&v1.ListTasksRequest{Status: v1.TaskStatus_TASK_STATUS_FAIL.Enum()}); fmt.Sprint(got) != "[failing:FAIL]" {
+		t.Fatalf("failed tasks = %v", got)
+	}
+	_, err := te.tasks.ListTasks(ctx, connect.NewRequest(&v1.ListTasksRequest{Status: v1.TaskStatus(42).Enum()}))
+	wantCode(t, err, connect.CodeInvalidArgument)
+	_, err = te.tasks.ListTasks(ctx, connect.NewRequest(&v1.ListTasksRequest{PageToken: "../x"}))
+	wantCode(t, err, connect.CodeInvalidArgument)
+
+	// The waiting task holds the package; once it stops, it can go.
+	_, err = te.packages.DeletePackage(ctx, connect.NewRequest(&v1.DeletePackageRequest{PackageId: f.pkg}))
+	wantCode(t, err, connect.CodeFailedPrecondition)
+	if err == nil || !strings.Contains(err.Error(), later) {
+		t.Fatalf("DeletePackage error %v does not name task %s", err, later)
+	}
+	if _, err := te.tasks.StopTask(ctx, connect.NewRequest(&v1.StopTaskRequest{TaskId: later})); err != nil {
+		t.Fatal(err)
+	}
+	te.eng.Settle()
+	if _, err := te.packages.DeletePackage(ctx, connect.NewRequest(&v1.DeletePackageRequest{PackageId: f.pkg})); err != nil {
+		t.Fatal(err)
+	}
+	// Retrying needs the package again.
+	_, err = te.tasks.RetryTask(ctx, connect.NewRequest(&v1.RetryTaskRequest{TaskId: failing}))
+	wantCode(t, err, connect.CodeFailedPrecondition)
+	if got := te.getTask(t, failing); got.GetStatus() != v1.TaskStatus_TASK_STATUS_FAIL {
+		t.Fatalf("failing task after a refused retry: %v", got)
+	}
+}
+
+// TestReflection lists the services over gRPC reflection (what grpcurl and
+// buf curl do), with the token and without.
+func TestReflection(t *testing.T) {
+	te := newTaskEnv(t, nil)
+	ctx := context.Background()
+	list := func(token string) ([]string, error) {
+		c := grpcreflect.NewClient(te.client(token), te.url, connect.WithGRPC())
+		s := c.NewStream(ctx)
+		defer s.Close()
+		names, err := s.ListServices()
+		var out []string
+		for _, n := range names {
+			out = append(out, string(n))
+		}
+		slices.Sort(out)
+		return out, err
+	}
+	got, err := list(testToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"otafleet.v1.DeviceService", "otafleet.v1.GroupService", "otafleet.v1.PackageService", "otafleet.v1.ProductService", "otafleet.v1.TaskService"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("services %v, want %v", got, want)
+	}
+	c := grpcreflect.NewClient(te.client(testToken), te.url, connect.WithGRPC())
+	s := c.NewStream(ctx)
+	defer s.Close()
+	files, err := s.FileContainingSymbol("otafleet.v1.TaskService")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("FileContainingSymbol: %v, %d files", err, len(files))
+	}
+	_, err = list("wrong")
+	wantCode(t, err, connect.CodeUnauthenticated)
 }

@@ -100,7 +100,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		return fmt.Errorf("recovery: %w", err)
 	}
 	if sim != nil {
-		if err := sim.run(ctx, cfg, engine, logger); err != nil {
+		if err := sim.run(ctx, cfg, engine, store, clk, logger); err != nil {
 			return err
 		}
 	}

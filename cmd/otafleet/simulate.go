@@ -13,6 +13,7 @@ import (
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/memtransport"
 )
@@ -99,6 +100,10 @@ func startSimulation(cfg serveConfig, engine *actors.Engine, downlinks *lateDown
 	return &simulation{tr: tr, byProtocol: byProtocol}, nil
 }
 
+// simPackageID names the campaign's package. The simulated devices do not
+// download it, so it has no registry entry.
+const simPackageID = "sim-package"
+
 // simulation is the running --simulate fleet.
 type simulation struct {
 	tr         *memtransport.Transport
@@ -110,7 +115,7 @@ func (s *simulation) Close() error { return s.tr.Close() }
 // run connects the devices (as devices reconnect to a restarted server) and,
 // with --simulate-campaign, creates the campaign once and watches it. It runs
 // after the engine recovered, so recovered actors find their devices.
-func (s *simulation) run(ctx context.Context, cfg serveConfig, engine *actors.Engine, logger *slog.Logger) error {
+func (s *simulation) run(ctx context.Context, cfg serveConfig, engine *actors.Engine, reg persistence.Registry, clk clock.Clock, logger *slog.Logger) error {
 	tr, byProtocol := s.tr, s.byProtocol
 	if err := tr.ConnectAll(ctx); err != nil {
 		return fmt.Errorf("simulation: %w", err)
@@ -128,13 +133,17 @@ func (s *simulation) run(ctx context.Context, cfg serveConfig, engine *actors.En
 		} else if !errors.Is(err, actors.ErrNotFound) {
 			return err
 		}
+		// Listed by ListTasks like the API's tasks (index entry first).
+		if err := reg.PutTask(ctx, persistence.TaskRecord{ID: id, Name: id, PackageID: simPackageID, Created: clk.Now()}); err != nil {
+			return fmt.Errorf("simulation: indexing %s: %w", id, err)
+		}
 		tt := messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE
 		if p == messages.Protocol_PROTOCOL_LWM2M_PCP {
 			tt = messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE
 		}
 		err := engine.CreateTask(ctx, &messages.CreateTask{
 			TaskId: id, Name: id, TaskType: tt, Protocol: p, DeviceIds: devs,
-			Package: &messages.Package{PackageId: "sim-package", Version: "2.0", Size: 4000, FileName: "sim.bin", SegmentSize: 500, CheckCode: 1},
+			Package: &messages.Package{PackageId: simPackageID, Version: "2.0", Size: 4000, FileName: "sim.bin", SegmentSize: 500, CheckCode: 1},
 			Policy:  &messages.Policy{RetryCount: 2, RetryIntervalMinutes: 1},
 		})
 		if err != nil {

@@ -26,6 +26,7 @@ type Store struct {
 	devices  map[string]persistence.Device // with credentials
 	groups   map[string]persistence.Group
 	packages map[string]persistence.Package
+	tasks    map[string]persistence.TaskRecord
 	blobs    map[string]*blob
 	writing  map[string]bool // blobs being written
 }
@@ -40,6 +41,7 @@ func New() *Store {
 		devices:   map[string]persistence.Device{},
 		groups:    map[string]persistence.Group{},
 		packages:  map[string]persistence.Package{},
+		tasks:     map[string]persistence.TaskRecord{},
 		blobs:     map[string]*blob{},
 		writing:   map[string]bool{},
 	}

@@ -257,6 +257,37 @@ func (s *Store) DeleteGroup(ctx context.Context, id string) error {
 	return remove(s, ctx, s.groups, "group", id, nil)
 }
 
+func cloneTask(t persistence.TaskRecord) persistence.TaskRecord { return t }
+
+// PutTask implements persistence.Registry.
+func (s *Store) PutTask(ctx context.Context, t persistence.TaskRecord) error {
+	if err := persistence.ValidateTask(t); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	s.tasks[t.ID] = t
+	return nil
+}
+
+// GetTask implements persistence.Registry.
+func (s *Store) GetTask(ctx context.Context, id string) (persistence.TaskRecord, error) {
+	return get(s, ctx, s.tasks, "task", id, cloneTask)
+}
+
+// ListTasks implements persistence.Registry.
+func (s *Store) ListTasks(ctx context.Context, after string, limit int) ([]persistence.TaskRecord, error) {
+	return listLocked(s, ctx, s.tasks, after, limit, cloneTask)
+}
+
+// DeleteTask implements persistence.Registry.
+func (s *Store) DeleteTask(ctx context.Context, id string) error {
+	return remove(s, ctx, s.tasks, "task", id, nil)
+}
+
 // PutPackage implements persistence.Registry.
 func (s *Store) PutPackage(ctx context.Context, p persistence.Package) error {
 	if err := persistence.ValidatePackage(p); err != nil {

@@ -18,6 +18,7 @@ var (
 	prefixDevice      = []byte("r/d/")
 	prefixGroup       = []byte("r/g/")
 	prefixPackage     = []byte("r/k/")
+	prefixTask        = []byte("r/t/")
 	prefixBlobHeader  = []byte("r/b/")
 	prefixBlobWriting = []byte("r/w/")
 	prefixProductDevs = []byte("r/i/d/")
@@ -45,6 +46,7 @@ const (
 	recGroup      uint32 = 202
 	recPackage    uint32 = 203
 	recBlobHeader uint32 = 204
+	recTask       uint32 = 205
 	recVersion    uint32 = 1
 )
 

@@ -31,6 +31,7 @@ var goldenRecords = []struct {
 		FileName: "fw.bin", Size: 1234, Sha256: bytes.Repeat([]byte{0xab}, 32), Description: "d", CustomInfo: "c",
 		OmitSign: true, SegmentSize: 500, CheckCode: 0x3132, CreatedUnixNano: 1744592400000000003,
 	}},
+	{"task", recTask, &registrypb.Task{Id: "t1", Name: "spring_rollout", PackageId: "k1", CreatedUnixNano: 1744592400000000004}},
 	{"blob", recBlobHeader, &registrypb.Blob{Size: 200000, Sha256: bytes.Repeat([]byte{0xcd}, 32), ChunkSize: 65536}},
 }
 

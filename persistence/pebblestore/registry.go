@@ -481,6 +481,61 @@ func (s *Store) DeleteGroup(ctx context.Context, id string) error {
 	return s.deleteRecord(ctx, prefixGroup, "group", id)
 }
 
+// Tasks.
+
+func taskFrom(r *registrypb.Task) persistence.TaskRecord {
+	return persistence.TaskRecord{ID: r.Id, Name: r.Name, PackageID: r.PackageId, Created: fromNanos(r.CreatedUnixNano)}
+}
+
+// PutTask implements persistence.Registry.
+func (s *Store) PutTask(ctx context.Context, t persistence.TaskRecord) error {
+	if err := persistence.ValidateTask(t); err != nil {
+		return err
+	}
+	v, err := encodeRecord(recTask, &registrypb.Task{Id: t.ID, Name: t.Name, PackageId: t.PackageID, CreatedUnixNano: nanos(t.Created)})
+	if err != nil {
+		return err
+	}
+	return s.write(ctx, func(b *pebble.Batch) error {
+		return b.Set(join(prefixTask, t.ID), v, nil)
+	})
+}
+
+// GetTask implements persistence.Registry.
+func (s *Store) GetTask(ctx context.Context, id string) (persistence.TaskRecord, error) {
+	if err := persistence.ValidateID(id); err != nil {
+		return persistence.TaskRecord{}, err
+	}
+	if err := s.enter(ctx); err != nil {
+		return persistence.TaskRecord{}, err
+	}
+	defer s.exit()
+	var r registrypb.Task
+	if err := s.getRecord(prefixTask, "task", id, recTask, &r); err != nil {
+		return persistence.TaskRecord{}, err
+	}
+	return taskFrom(&r), nil
+}
+
+// ListTasks implements persistence.Registry.
+func (s *Store) ListTasks(ctx context.Context, after string, limit int) ([]persistence.TaskRecord, error) {
+	var out []persistence.TaskRecord
+	err := s.list(ctx, prefixTask, after, limit, func(k, v []byte) error {
+		var r registrypb.Task
+		if err := decodeRecord(k, v, recTask, &r); err != nil {
+			return err
+		}
+		out = append(out, taskFrom(&r))
+		return nil
+	})
+	return out, err
+}
+
+// DeleteTask implements persistence.Registry.
+func (s *Store) DeleteTask(ctx context.Context, id string) error {
+	return s.deleteRecord(ctx, prefixTask, "task", id)
+}
+
 // deleteRecord deletes an unindexed record.
 func (s *Store) deleteRecord(ctx context.Context, prefix []byte, what, id string) error {
 	if err := persistence.ValidateID(id); err != nil {

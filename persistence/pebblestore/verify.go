@@ -281,6 +281,7 @@ func (v *verifier) record(k, val []byte) error {
 		g registrypb.Group
 		c registrypb.Package
 		b registrypb.Blob
+		t registrypb.Task
 	)
 	for _, r := range []struct {
 		prefix []byte
@@ -293,6 +294,7 @@ func (v *verifier) record(k, val []byte) error {
 		{prefixGroup, recGroup, &g, func() string { return g.Id }},
 		{prefixPackage, recPackage, &c, func() string { return c.Id }},
 		{prefixBlobHeader, recBlobHeader, &b, nil},
+		{prefixTask, recTask, &t, func() string { return t.Id }},
 	} {
 		ok, err := check(r.prefix, r.typ, r.m, r.id)
 		if !ok {

@@ -52,6 +52,7 @@ func Run(t *testing.T, open Open) {
 		{"CreateDevices", testCreateDevices},
 		{"CreateDevicesMax", testCreateDevicesMax},
 		{"Groups", testGroups},
+		{"Tasks", testTasks},
 		{"Packages", testPackages},
 		{"Paging", testPaging},
 		{"Blobs", testBlobs},
@@ -402,6 +403,8 @@ func testInvalidIDs(t *testing.T, s persistence.Store) {
 		isErr(t, what+" PutDevice product", s.PutDevice(ctx, persistence.Device{ID: "d", ProductID: id}), persistence.ErrInvalid)
 		isErr(t, what+" CreateDevices", s.CreateDevices(ctx, []persistence.Device{{ID: "d", ProductID: "p"}, {ID: id, ProductID: "p"}}), persistence.ErrInvalid)
 		isErr(t, what+" PutGroup", s.PutGroup(ctx, persistence.Group{ID: id}), persistence.ErrInvalid)
+		isErr(t, what+" PutTask", s.PutTask(ctx, persistence.TaskRecord{ID: id, PackageID: "k"}), persistence.ErrInvalid)
+		isErr(t, what+" PutTask package", s.PutTask(ctx, persistence.TaskRecord{ID: "t", PackageID: id}), persistence.ErrInvalid)
 		isErr(t, what+" PutGroup member", s.PutGroup(ctx, persistence.Group{ID: "g", DeviceIDs: []string{"d", id}}), persistence.ErrInvalid)
 		isErr(t, what+" PutPackage", s.PutPackage(ctx, persistence.Package{ID: id, ProductID: "p", Type: persistence.PackageFirmware, Version: "1"}), persistence.ErrInvalid)
 		_, err := s.GetProduct(ctx, id)
@@ -634,6 +637,32 @@ func testGroups(t *testing.T, s persistence.Store) {
 	isErr(t, "DeleteGroup again", s.DeleteGroup(ctx, "g1"), persistence.ErrNotFound)
 	_, err = s.GetGroup(ctx, "g1")
 	isErr(t, "GetGroup after delete", err, persistence.ErrNotFound)
+}
+
+func testTasks(t *testing.T, s persistence.Store) {
+	ctx := context.Background()
+	for _, id := range []string{"t2", "t1", "t3"} {
+		ok(t, "PutTask", s.PutTask(ctx, persistence.TaskRecord{ID: id, Name: "n" + id, PackageID: "k1", Created: created}))
+	}
+	got, err := s.GetTask(ctx, "t2")
+	ok(t, "GetTask", err)
+	if got.Name != "nt2" || got.PackageID != "k1" || !got.Created.Equal(created) {
+		t.Fatalf("GetTask = %+v", got)
+	}
+	page, err := s.ListTasks(ctx, "t1", 1)
+	ok(t, "ListTasks", err)
+	if len(page) != 1 || page[0].ID != "t2" {
+		t.Fatalf("ListTasks(after t1, 1) = %+v", page)
+	}
+	ok(t, "DeleteTask", s.DeleteTask(ctx, "t2"))
+	isErr(t, "DeleteTask again", s.DeleteTask(ctx, "t2"), persistence.ErrNotFound)
+	_, err = s.GetTask(ctx, "t2")
+	isErr(t, "GetTask after delete", err, persistence.ErrNotFound)
+	page, err = s.ListTasks(ctx, "", 0)
+	ok(t, "ListTasks", err)
+	if len(page) != 2 || page[0].ID != "t1" || page[1].ID != "t3" {
+		t.Fatalf("ListTasks = %+v", page)
+	}
 }
 
 func testPackages(t *testing.T, s persistence.Store) {

@@ -564,6 +564,75 @@ func (x *Blob) GetChunkSize() uint32 {
 	return 0
 }
 
+// Task is a task's index entry; the task itself is its actor's journal.
+type Task struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name            string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	PackageId       string                 `protobuf:"bytes,3,opt,name=package_id,json=packageId,proto3" json:"package_id,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,4,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Task) Reset() {
+	*x = Task{}
+	mi := &file_persistence_registrypb_registry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Task) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Task) ProtoMessage() {}
+
+func (x *Task) ProtoReflect() protoreflect.Message {
+	mi := &file_persistence_registrypb_registry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Task.ProtoReflect.Descriptor instead.
+func (*Task) Descriptor() ([]byte, []int) {
+	return file_persistence_registrypb_registry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Task) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Task) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Task) GetPackageId() string {
+	if x != nil {
+		return x.PackageId
+	}
+	return ""
+}
+
+func (x *Task) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
 var File_persistence_registrypb_registry_proto protoreflect.FileDescriptor
 
 const file_persistence_registrypb_registry_proto_rawDesc = "" +
@@ -613,7 +682,13 @@ const file_persistence_registrypb_registry_proto_rawDesc = "" +
 	"\x04size\x18\x01 \x01(\x03R\x04size\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\fR\x06sha256\x12\x1d\n" +
 	"\n" +
-	"chunk_size\x18\x03 \x01(\rR\tchunkSize*K\n" +
+	"chunk_size\x18\x03 \x01(\rR\tchunkSize\"u\n" +
+	"\x04Task\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"package_id\x18\x03 \x01(\tR\tpackageId\x12*\n" +
+	"\x11created_unix_nano\x18\x04 \x01(\x03R\x0fcreatedUnixNano*K\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPROTOCOL_MQTT\x10\x01\x12\x12\n" +
@@ -636,7 +711,7 @@ func file_persistence_registrypb_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_persistence_registrypb_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_persistence_registrypb_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_persistence_registrypb_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_persistence_registrypb_registry_proto_goTypes = []any{
 	(Protocol)(0),    // 0: otafleet.persistence.v1.Protocol
 	(PackageType)(0), // 1: otafleet.persistence.v1.PackageType
@@ -645,6 +720,7 @@ var file_persistence_registrypb_registry_proto_goTypes = []any{
 	(*Group)(nil),    // 4: otafleet.persistence.v1.Group
 	(*Package)(nil),  // 5: otafleet.persistence.v1.Package
 	(*Blob)(nil),     // 6: otafleet.persistence.v1.Blob
+	(*Task)(nil),     // 7: otafleet.persistence.v1.Task
 }
 var file_persistence_registrypb_registry_proto_depIdxs = []int32{
 	0, // 0: otafleet.persistence.v1.Product.protocol:type_name -> otafleet.persistence.v1.Protocol
@@ -667,7 +743,7 @@ func file_persistence_registrypb_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_persistence_registrypb_registry_proto_rawDesc), len(file_persistence_registrypb_registry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
