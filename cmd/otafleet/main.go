@@ -45,6 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetErr(stderr)
 	root.SetArgs(args)
 	root.AddCommand(serveCommand(stdout, stderr))
+	root.AddCommand(clientCommands(stdout, stderr)...)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: 2, err: err} })
 	err := root.ExecuteContext(ctx)
 	if err == nil {

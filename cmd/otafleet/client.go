@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+)
+
+// Environment variables the client verbs read.
+const (
+	envAPI     = "OTAFLEET_API"
+	envToken   = "OTAFLEET_TOKEN"
+	envDataDir = "OTAFLEET_DATA_DIR"
+)
+
+// clientOpts are the flags every client verb shares.
+type clientOpts struct {
+	api      string
+	token    string
+	dataDir  string
+	json     bool
+	timeout  time.Duration
+	progress string
+
+	stdout, stderr io.Writer
+}
+
+// register adds the shared flags to a resource command (inherited by its
+// verbs).
+func (o *clientOpts) register(cmd *cobra.Command) {
+	fs := cmd.PersistentFlags()
+	fs.StringVar(&o.api, "api", "", "API address (host:port or http(s)://...); default: $"+envAPI+", else the \"api\" entry of DATA-DIR/addrs.json, else 127.0.0.1:8080")
+	fs.StringVar(&o.token, "token", "", "API bearer token; default: $"+envToken+", else DATA-DIR/api-token")
+	fs.StringVar(&o.dataDir, "data-dir", "", "the server's data folder, for its addrs.json and api-token; default: $"+envDataDir+", else otafleet-data")
+	fs.BoolVar(&o.json, "json", false, "print the server's answer as JSON (the Connect JSON of the response message) instead of a table")
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline of each call (not of uploads and watches)")
+	fs.StringVar(&o.progress, "progress", "auto", "progress bars: auto (when stderr is a terminal), always or never")
+}
+
+// client is a connection to the API.
+type client struct {
+	opts     *clientOpts
+	products otafleetv1connect.ProductServiceClient
+	devices  otafleetv1connect.DeviceServiceClient
+	groups   otafleetv1connect.GroupServiceClient
+	packages otafleetv1connect.PackageServiceClient
+	tasks    otafleetv1connect.TaskServiceClient
+}
+
+// bearerTransport adds the token to every request.
+type bearerTransport struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
+}
+
+func (o *clientOpts) resolvedDataDir() string {
+	if o.dataDir != "" {
+		return o.dataDir
+	}
+	if d := os.Getenv(envDataDir); d != "" {
+		return d
+	}
+	return defaultServeConfig().DataDir
+}
+
+// baseURL resolves the API address.
+func (o *clientOpts) baseURL() (string, error) {
+	addr := o.api
+	if addr == "" {
+		addr = os.Getenv(envAPI)
+	}
+	if addr == "" {
+		path := filepath.Join(o.resolvedDataDir(), "addrs.json")
+		b, err := os.ReadFile(path)
+		switch {
+		case err == nil:
+			var addrs map[string]string
+			if err := json.Unmarshal(b, &addrs); err != nil {
+				return "", fmt.Errorf("%s: %w", path, err)
+			}
+			addr = addrs["api"]
+		case !errors.Is(err, os.ErrNotExist):
+			return "", err
+		}
+	}
+	if addr == "" {
+		addr = defaultServeConfig().APIAddr
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	if !strings.HasPrefix(addr, "http://") && !strings.HasPrefix(addr, "https://") {
+		return "", &exitError{code: 2, err: fmt.Errorf("--api %q: want host:port, http://host:port or https://host:port", addr)}
+	}
+	return strings.TrimSuffix(addr, "/"), nil
+}
+
+// resolvedToken finds the token: --token, $OTAFLEET_TOKEN, DATA-DIR/api-token.
+func (o *clientOpts) resolvedToken() (string, error) {
+	if o.token != "" {
+		return o.token, nil
+	}
+	if t := os.Getenv(envToken); t != "" {
+		return t, nil
+	}
+	path := filepath.Join(o.resolvedDataDir(), "api-token")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", &exitError{code: 2, err: fmt.Errorf("no API token: pass --token, set %s, or point --data-dir at the server's data folder (%s does not exist)", envToken, path)}
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading the API token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// connect builds the API clients: Connect protocol, over h2c for http://
+// and HTTP/2 over TLS for https://.
+func (o *clientOpts) connect() (*client, error) {
+	base, err := o.baseURL()
+	if err != nil {
+		return nil, err
+	}
+	token, err := o.resolvedToken()
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if strings.HasPrefix(base, "http://") {
+		p := new(http.Protocols)
+		p.SetUnencryptedHTTP2(true)
+		tr.Protocols = p
+	}
+	hc := &http.Client{Transport: bearerTransport{token: token, next: tr}}
+	opts := []connect.ClientOption{connect.WithSendMaxBytes(64 << 20)}
+	return &client{
+		opts:     o,
+		products: otafleetv1connect.NewProductServiceClient(hc, base, opts...),
+		devices:  otafleetv1connect.NewDeviceServiceClient(hc, base, opts...),
+		groups:   otafleetv1connect.NewGroupServiceClient(hc, base, opts...),
+		packages: otafleetv1connect.NewPackageServiceClient(hc, base, opts...),
+		tasks:    otafleetv1connect.NewTaskServiceClient(hc, base, opts...),
+	}, nil
+}
+
+// call returns a context bounded by --timeout for one unary call.
+func (o *clientOpts) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	if o.timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, o.timeout)
+}
+
+// showProgress reports whether progress bars are drawn.
+func (o *clientOpts) showProgress() bool {
+	switch o.progress {
+	case "always":
+		return true
+	case "never":
+		return false
+	}
+	f, ok := o.stderr.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// printJSON writes m as Connect JSON (lowerCamelCase names, enum names).
+func (o *clientOpts) printJSON(m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(o.stdout, "%s\n", b)
+	return err
+}
+
+// table writes rows under a header, aligned.
+func (o *clientOpts) table(header []string, rows [][]string) error {
+	w := tabwriter.NewWriter(o.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(w, strings.Join(r, "\t"))
+	}
+	return w.Flush()
+}
+
+// fields writes name/value pairs of one record, aligned.
+func (o *clientOpts) fields(pairs ...string) error {
+	w := tabwriter.NewWriter(o.stdout, 0, 0, 2, ' ', 0)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		fmt.Fprintf(w, "%s:\t%s\n", pairs[i], pairs[i+1])
+	}
+	return w.Flush()
+}
+
+// show prints m as JSON with --json, else calls human.
+func (o *clientOpts) show(m proto.Message, human func() error) error {
+	if o.json {
+		return o.printJSON(m)
+	}
+	return human()
+}
+
+// fmtTime formats a timestamp for tables; "-" when unset.
+func fmtTime(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return "-"
+	}
+	return ts.AsTime().UTC().Format(time.RFC3339)
+}
+
+// orDash returns s, or "-" when empty.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// enumName strips an enum value's type prefix: TASK_STATUS_SUCCESS → SUCCESS.
+func enumName(full, prefix string) string {
+	return strings.TrimPrefix(full, prefix)
+}
+
+// parseEnum maps a user's word (any case, '-' or '_', with or without the
+// prefix) to an enum value among names (the full value names, without
+// UNSPECIFIED).
+func parseEnum(flag, word, prefix string, values map[string]int32) (int32, error) {
+	w := strings.ToUpper(strings.ReplaceAll(word, "-", "_"))
+	w = strings.TrimPrefix(w, prefix)
+	if v, ok := values[prefix+w]; ok && v != 0 {
+		return v, nil
+	}
+	var names []string
+	for n, v := range values {
+		if v != 0 {
+			names = append(names, strings.ToLower(strings.TrimPrefix(n, prefix)))
+		}
+	}
+	slices.Sort(names)
+	return 0, &exitError{code: 2, err: fmt.Errorf("%s %q: want one of %s", flag, word, strings.Join(names, ", "))}
+}
+
+// listFlags are the paging flags of list verbs.
+type listFlags struct {
+	pageSize  int32
+	pageToken string
+	all       bool
+}
+
+func (l *listFlags) register(cmd *cobra.Command) {
+	cmd.Flags().Int32Var(&l.pageSize, "page-size", 0, "at most this many entries per page (server default 100, at most 1000)")
+	cmd.Flags().StringVar(&l.pageToken, "page-token", "", "continue after an earlier page (its next_page_token)")
+	cmd.Flags().BoolVar(&l.all, "all", false, "read every page")
+}
+
+// pages calls fetch from l.pageToken on, once, or until the last page with
+// --all; fetch returns the next page token.
+func (l *listFlags) pages(fetch func(token string) (string, error)) (string, error) {
+	token := l.pageToken
+	for {
+		next, err := fetch(token)
+		if err != nil {
+			return "", err
+		}
+		if !l.all || next == "" {
+			return next, nil
+		}
+		token = next
+	}
+}
+
+// nextPageHint tells the user how to read on, on stderr.
+func (o *clientOpts) nextPageHint(next string) {
+	if next != "" && !o.json {
+		fmt.Fprintf(o.stderr, "more: --page-token %s (or --all)\n", next)
+	}
+}

@@ -1,0 +1,361 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
+	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+)
+
+// e2e is a running `otafleet serve` with Go clients and the CLI binary.
+type e2e struct {
+	t        *testing.T
+	dir, api string
+	token    string
+	http     *http.Client
+	products otafleetv1connect.ProductServiceClient
+	devices  otafleetv1connect.DeviceServiceClient
+	groups   otafleetv1connect.GroupServiceClient
+	packages otafleetv1connect.PackageServiceClient
+	tasks    otafleetv1connect.TaskServiceClient
+}
+
+// startE2E starts the server on port 0 with n simulated MQTT devices
+// (sim-0 ... sim-n-1) and waits for its addresses.
+func startE2E(t *testing.T, n int) *e2e {
+	t.Helper()
+	dir := t.TempDir()
+	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--log-format", "json",
+		"--simulate", fmt.Sprint(n), "--simulate-protocol", "mqtt", "--simulate-delay", "20ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv.await(ctx, "serving", msg("serving"))
+	go func() { // keep the log pipe drained
+		for range srv.lines {
+		}
+	}()
+	var addrs map[string]string
+	b, err := os.ReadFile(filepath.Join(dir, "addrs.json"))
+	if err != nil || json.Unmarshal(b, &addrs) != nil || addrs["api"] == "" {
+		t.Fatalf("addrs.json: %s %v", b, err)
+	}
+	tok, err := os.ReadFile(filepath.Join(dir, "api-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &e2e{t: t, dir: dir, api: "http://" + addrs["api"], token: strings.TrimSpace(string(tok))}
+	e.http = h2cClient(e.token)
+	e.products = otafleetv1connect.NewProductServiceClient(e.http, e.api)
+	e.devices = otafleetv1connect.NewDeviceServiceClient(e.http, e.api)
+	e.groups = otafleetv1connect.NewGroupServiceClient(e.http, e.api)
+	e.packages = otafleetv1connect.NewPackageServiceClient(e.http, e.api)
+	e.tasks = otafleetv1connect.NewTaskServiceClient(e.http, e.api)
+	return e
+}
+
+// h2cClient speaks HTTP/2 without TLS and sends token ("" for none).
+func h2cClient(token string) *http.Client {
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	var rt http.RoundTripper = &http.Transport{Protocols: p}
+	if token != "" {
+		rt = bearerTransport{token: token, next: rt}
+	}
+	return &http.Client{Transport: rt}
+}
+
+// cli runs the otafleet binary with args (and --data-dir) and returns its
+// stdout, stderr and exit code.
+func (e *e2e) cli(args ...string) (string, string, int) {
+	e.t.Helper()
+	cmd := exec.Command(os.Args[0], append(args, "--data-dir", e.dir)...)
+	cmd.Env = append(os.Environ(), "OTAFLEET_TEST_MAIN=1", envToken+"=", envAPI+"=")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// cliJSON runs the CLI with --json, wants exit 0 and decodes stdout.
+func (e *e2e) cliJSON(out any, args ...string) {
+	e.t.Helper()
+	stdout, stderr, code := e.cli(append(args, "--json")...)
+	if code != 0 {
+		e.t.Fatalf("otafleet %s: exit %d: %s", strings.Join(args, " "), code, stderr)
+	}
+	if err := json.Unmarshal([]byte(stdout), out); err != nil {
+		e.t.Fatalf("otafleet %s: %v in %q", strings.Join(args, " "), err, stdout)
+	}
+}
+
+func wantConnectCode(t *testing.T, what string, err error, code connect.Code) {
+	t.Helper()
+	if connect.CodeOf(err) != code {
+		t.Fatalf("%s: got %v, want %v", what, err, code)
+	}
+}
+
+// TestEndToEndGoClient drives the API of a real server with the Connect Go
+// client: registry, a task to simulated devices watched to its end, its
+// devices and a timeline; then the requests that must fail and change
+// nothing.
+func TestEndToEndGoClient(t *testing.T) {
+	e := startE2E(t, 6)
+	ctx := context.Background()
+	prod, err := e.products.CreateProduct(ctx, connect.NewRequest(&v1.CreateProductRequest{Name: "Tracker", Protocol: v1.Protocol_PROTOCOL_MQTT}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := prod.Msg.GetProduct().GetProductId()
+	var devs []*v1.NewDevice
+	for i := range 6 {
+		secret := fmt.Sprintf("secret-%d", i)
+		devs = append(devs, &v1.NewDevice{DeviceId: fmt.Sprintf("sim-%d", i), Secret: &secret})
+	}
+	if _, err := e.devices.CreateDevices(ctx, connect.NewRequest(&v1.CreateDevicesRequest{ProductId: pid, Devices: devs})); err != nil {
+		t.Fatal(err)
+	}
+	grp, err := e.groups.CreateGroup(ctx, connect.NewRequest(&v1.CreateGroupRequest{Name: "first", DeviceIds: []string{"sim-0", "sim-1", "sim-2"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkg, err := e.packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
+		ProductId: pid, PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "2.0", SourceVersions: []string{"1.0"},
+		FileName: "tracker-2.0.bin", Content: bytes.Repeat([]byte("fw"), 5000),
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := e.tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+		Name: "tracker_2_0", TaskType: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, PackageId: pkg.Msg.GetPackage().GetPackageId(),
+		DeviceIds: []string{"sim-3", "sim-4", "sim-5"}, GroupIds: []string{grp.Msg.GetGroup().GetGroupId()},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := task.Msg.GetTask().GetTaskId()
+
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	stream, err := e.tasks.WatchTask(wctx, connect.NewRequest(&v1.WatchTaskRequest{TaskId: id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *v1.Task
+	for stream.Receive() {
+		last = stream.Msg().GetTask()
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if last.GetStatus() != v1.TaskStatus_TASK_STATUS_SUCCESS || last.GetProgress().GetSuccess() != 6 || last.GetFinishTime() == nil {
+		t.Fatalf("watched to %v", last)
+	}
+	ld, err := e.tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id}))
+	if err != nil || len(ld.Msg.GetDevices()) != 6 {
+		t.Fatalf("ListTaskDevices: %v %v", ld, err)
+	}
+	for _, d := range ld.Msg.GetDevices() {
+		if d.GetStatus() != v1.SubtaskStatus_SUBTASK_STATUS_SUCCESS || d.GetAttempts() != 1 {
+			t.Errorf("device %v", d)
+		}
+	}
+	dev, err := e.devices.GetDevice(ctx, connect.NewRequest(&v1.GetDeviceRequest{DeviceId: "sim-4"}))
+	if err != nil || dev.Msg.GetDevice().GetFwVersion() != "2.0" || !dev.Msg.GetDevice().GetOnline() || !dev.Msg.GetDevice().GetHasSecret() {
+		t.Fatalf("GetDevice: %v %v", dev, err)
+	}
+	tl, err := e.devices.GetDeviceTimeline(ctx, connect.NewRequest(&v1.GetDeviceTimelineRequest{DeviceId: "sim-4", TaskId: &id}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, en := range tl.Msg.GetEntries() {
+		kinds = append(kinds, en.GetKind()+": "+en.GetDetail())
+	}
+	if got := strings.Join(kinds, "\n"); !strings.Contains(got, "reported fw_version 2.0") || !strings.Contains(got, "finished SUCCESS") {
+		t.Fatalf("timeline of sim-4:\n%s", got)
+	}
+
+	// Requests that must fail, and change nothing.
+	before := e.snapshot(ctx)
+	_, err = h2cProducts(e, "").ListProducts(ctx, connect.NewRequest(&v1.ListProductsRequest{}))
+	wantConnectCode(t, "no token", err, connect.CodeUnauthenticated)
+	_, err = h2cProducts(e, "wrong-token").CreateProduct(ctx, connect.NewRequest(&v1.CreateProductRequest{Name: "x", Protocol: v1.Protocol_PROTOCOL_MQTT}))
+	wantConnectCode(t, "wrong token", err, connect.CodeUnauthenticated)
+	_, err = e.packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
+		ProductId: pid, PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "3.0", FileName: "big.bin", Content: make([]byte, 9<<20),
+	}))
+	wantConnectCode(t, "9 MiB inline package", err, connect.CodeResourceExhausted)
+	many := make([]string, 30001)
+	for i := range many {
+		many[i] = fmt.Sprintf("sim-%d", i)
+	}
+	_, err = e.tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+		Name: "too_many", TaskType: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, PackageId: pkg.Msg.GetPackage().GetPackageId(), DeviceIds: many,
+	}))
+	wantConnectCode(t, "30,001 targets", err, connect.CodeInvalidArgument)
+	_, err = e.tasks.StopTask(ctx, connect.NewRequest(&v1.StopTaskRequest{TaskId: id}))
+	wantConnectCode(t, "stopping a finished task", err, connect.CodeFailedPrecondition)
+	_, err = e.tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: "no-such-task"}))
+	wantConnectCode(t, "unknown task", err, connect.CodeNotFound)
+	for _, c := range []struct{ what, path, body, code string }{
+		{"malformed JSON", "ProductService/CreateProduct", `{"name": "x", "protocol": `, "invalid_argument"},
+		{"unknown enum", "ProductService/CreateProduct", `{"name": "x", "protocol": "PROTOCOL_COAP"}`, "invalid_argument"},
+		{"unknown enum number", "TaskService/ListTasks", `{"status": 99}`, "invalid_argument"},
+		{"wrong field type", "DeviceService/CreateDevices", `{"productId": ["x"]}`, "invalid_argument"},
+	} {
+		if got := e.postJSON(c.path, c.body); got != c.code {
+			t.Errorf("%s: code %q, want %q", c.what, got, c.code)
+		}
+	}
+	if after := e.snapshot(ctx); after != before {
+		t.Fatalf("the failed requests changed the registry:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+func h2cProducts(e *e2e, token string) otafleetv1connect.ProductServiceClient {
+	return otafleetv1connect.NewProductServiceClient(h2cClient(token), e.api)
+}
+
+// postJSON posts a Connect JSON body with the token and returns the error
+// code of the answer ("" for success).
+func (e *e2e) postJSON(path, body string) string {
+	e.t.Helper()
+	req, err := http.NewRequest("POST", e.api+"/otafleet.v1."+path, strings.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusOK {
+		return ""
+	}
+	var ce struct{ Code string }
+	_ = json.Unmarshal(b, &ce)
+	return ce.Code
+}
+
+// snapshot summarises the registry and the tasks, to compare.
+func (e *e2e) snapshot(ctx context.Context) string {
+	e.t.Helper()
+	p, err1 := e.products.ListProducts(ctx, connect.NewRequest(&v1.ListProductsRequest{PageSize: 1000}))
+	d, err2 := e.devices.ListDevices(ctx, connect.NewRequest(&v1.ListDevicesRequest{PageSize: 1000}))
+	k, err3 := e.packages.ListPackages(ctx, connect.NewRequest(&v1.ListPackagesRequest{PageSize: 1000}))
+	g, err4 := e.groups.ListGroups(ctx, connect.NewRequest(&v1.ListGroupsRequest{PageSize: 1000}))
+	ts, err5 := e.tasks.ListTasks(ctx, connect.NewRequest(&v1.ListTasksRequest{PageSize: 1000}))
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+		e.t.Fatal(err)
+	}
+	var tasks []string
+	for _, t := range ts.Msg.GetTasks() {
+		tasks = append(tasks, t.GetTaskId()+":"+t.GetStatus().String())
+	}
+	return fmt.Sprintf("products %d devices %d packages %d groups %d tasks %v",
+		len(p.Msg.GetProducts()), len(d.Msg.GetDevices()), len(k.Msg.GetPackages()), len(g.Msg.GetGroups()), tasks)
+}
+
+// TestEndToEndCLI drives the same server with the CLI binary, as the
+// README's tour does.
+func TestEndToEndCLI(t *testing.T) {
+	e := startE2E(t, 8)
+	var prod struct{ Product struct{ ProductID string } }
+	e.cliJSON(&prod, "product", "create", "--name", "Meter", "--protocol", "mqtt")
+	pid := prod.Product.ProductID
+	if pid == "" {
+		t.Fatal("no product ID")
+	}
+	var created struct{ DeviceIDs []string }
+	e.cliJSON(&created, "device", "create", "--product", pid, "--prefix", "sim-", "--count", "8", "--secret", "s3cret")
+	if len(created.DeviceIDs) != 8 {
+		t.Fatalf("created %v", created)
+	}
+	var grp struct{ Group struct{ GroupID string } }
+	e.cliJSON(&grp, "group", "create", "--name", "north", "sim-0", "sim-1")
+	if out, errOut, code := e.cli("group", "add", grp.Group.GroupID, "sim-2", "sim-3"); code != 0 || !strings.Contains(out, "4: sim-0 sim-1 sim-2 sim-3") {
+		t.Fatalf("group add: %d %s %s", code, out, errOut)
+	}
+
+	file := filepath.Join(t.TempDir(), "meter-2.0.bin")
+	if err := os.WriteFile(file, bytes.Repeat([]byte("0123456789abcdef"), 300_000), 0o600); err != nil { // 4.8 MB: five chunks
+		t.Fatal(err)
+	}
+	out, errOut, code := e.cli("package", "upload", "--product", pid, "--type", "firmware", "--version", "2.0", "--source-version", "1.0", "--progress", "always", file)
+	if code != 0 || !strings.Contains(out, "meter-2.0.bin") || !strings.Contains(errOut, "100%") {
+		t.Fatalf("package upload: exit %d\nstdout %s\nstderr %s", code, out, errOut)
+	}
+	var pkgs struct{ Packages []struct{ PackageID, Size, Sha256 string } }
+	e.cliJSON(&pkgs, "package", "list")
+	if len(pkgs.Packages) != 1 || pkgs.Packages[0].Size != "4800000" {
+		t.Fatalf("packages %+v", pkgs)
+	}
+
+	var task struct{ Task struct{ TaskID string } }
+	e.cliJSON(&task, "task", "create", "--name", "meter_2_0", "--type", "firmware", "--package", pkgs.Packages[0].PackageID,
+		"--group", grp.Group.GroupID, "--device", "sim-4,sim-5", "--device", "sim-6", "--retry-count", "1")
+	id := task.Task.TaskID
+	out, errOut, code = e.cli("task", "watch", id)
+	if code != 0 || !strings.Contains(out, "ended SUCCESS: success 7, fail 0") {
+		t.Fatalf("task watch: exit %d\nstdout %s\nstderr %s", code, out, errOut)
+	}
+	out, _, code = e.cli("task", "devices", id, "--status", "success")
+	if code != 0 || strings.Count(out, "SUCCESS") != 7 {
+		t.Fatalf("task devices: %d\n%s", code, out)
+	}
+	out, _, code = e.cli("task", "list")
+	if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "meter_2_0") {
+		t.Fatalf("task list: %d\n%s", code, out)
+	}
+	out, _, code = e.cli("device", "timeline", "sim-6", "--task", id)
+	if code != 0 || !strings.Contains(out, "finished SUCCESS") {
+		t.Fatalf("device timeline: %d\n%s", code, out)
+	}
+	out, _, code = e.cli("device", "get", "sim-6")
+	if code != 0 || !strings.Contains(out, "2.0") {
+		t.Fatalf("device get: %d\n%s", code, out)
+	}
+
+	// Errors: the server's message and a non-zero exit.
+	_, errOut, code = e.cli("task", "stop", id)
+	if code != 1 || !strings.Contains(errOut, "failed_precondition") {
+		t.Fatalf("task stop of a finished task: exit %d, %s", code, errOut)
+	}
+	_, errOut, code = e.cli("task", "get", "nope")
+	if code != 1 || !strings.Contains(errOut, `not_found: task_id: task "nope" not found`) {
+		t.Fatalf("task get nope: exit %d, %s", code, errOut)
+	}
+	_, errOut, code = e.cli("product", "list", "--token", "wrong")
+	if code != 1 || !strings.Contains(errOut, "unauthenticated") {
+		t.Fatalf("wrong token: exit %d, %s", code, errOut)
+	}
+	_, errOut, code = e.cli("task", "create", "--name", "x", "--type", "bogus", "--package", "p", "--device", "d")
+	if code != 2 || !strings.Contains(errOut, "--type") {
+		t.Fatalf("bad --type: exit %d, %s", code, errOut)
+	}
+}
