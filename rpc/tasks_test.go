@@ -260,8 +260,9 @@ func TestCreateTaskInvalid(t *testing.T) {
 	wantCode(t, err, connect.CodeNotFound)
 	_, err = te.tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{}))
 	wantCode(t, err, connect.CodeInvalidArgument)
-	_, err = te.tasks.ListTasks(ctx, connect.NewRequest(&v1.ListTasksRequest{}))
-	wantCode(t, err, connect.CodeUnimplemented)
+	if l, err := te.tasks.ListTasks(ctx, connect.NewRequest(&v1.ListTasksRequest{})); err != nil || len(l.Msg.GetTasks()) != 0 {
+		t.Fatalf("ListTasks before any task: %v %v", l, err)
+	}
 
 	// A valid task with defaults filled in; scheduled, so it waits.
 	sched := taskEpoch.Add(24 * time.Hour)

@@ -310,7 +310,9 @@ func TestEndToEndCLI(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "meter-2.0.bin") || !strings.Contains(errOut, "100%") {
 		t.Fatalf("package upload: exit %d\nstdout %s\nstderr %s", code, out, errOut)
 	}
-	var pkgs struct{ Packages []struct{ PackageID, Size, Sha256 string } }
+	var pkgs struct {
+		Packages []struct{ PackageID, Size, Sha256 string }
+	}
 	e.cliJSON(&pkgs, "package", "list")
 	if len(pkgs.Packages) != 1 || pkgs.Packages[0].Size != "4800000" {
 		t.Fatalf("packages %+v", pkgs)
