@@ -50,6 +50,9 @@ type Options struct {
 	// Verify runs Verify during Open: a full scan that refuses a store with a
 	// corrupt entry.
 	Verify bool
+	// CacheBytes is the size of Pebble's block cache; 0 means
+	// DefaultCacheBytes. The registry's and the actors' reads hit it.
+	CacheBytes int64
 	// Tune, if set, adjusts the Pebble options before Open (tests shrink the
 	// memtable to exercise flushes).
 	Tune func(*pebble.Options)
@@ -88,6 +91,12 @@ type Store struct {
 
 var _ persistence.Store = (*Store)(nil)
 
+// DefaultCacheBytes is the block cache of a store opened without
+// Options.CacheBytes. Pebble's own default (8 MiB) is evicted by the
+// compactions of a burst of device events, and every registry read then
+// goes to disk.
+const DefaultCacheBytes = 64 << 20
+
 // Open opens (creating it if need be) the store in directory dir.
 func Open(dir string, opts Options) (*Store, error) {
 	s := &Store{
@@ -109,6 +118,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		FS:                 fs,
 		Logger:             pebbleLogger{s},
 		FormatMajorVersion: pebble.FormatNewest,
+		CacheSize:          opts.CacheBytes,
 		EventListener: &pebble.EventListener{
 			BackgroundError: func(err error) { s.log.Error("pebble background error", "err", err.Error()) },
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
@@ -118,6 +128,9 @@ func Open(dir string, opts Options) (*Store, error) {
 				s.log.Warn("pebble write stall", "reason", info.Reason)
 			},
 		},
+	}
+	if popts.CacheSize <= 0 {
+		popts.CacheSize = DefaultCacheBytes
 	}
 	if opts.Tune != nil {
 		opts.Tune(popts)
