@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
@@ -37,6 +38,7 @@ type clientOpts struct {
 	token    string
 	dataDir  string
 	json     bool
+	quiet    bool
 	timeout  time.Duration
 	progress string
 
@@ -51,6 +53,7 @@ func (o *clientOpts) register(cmd *cobra.Command) {
 	fs.StringVar(&o.token, "token", "", "API bearer token; default: $"+envToken+", else DATA-DIR/api-token")
 	fs.StringVar(&o.dataDir, "data-dir", "", "the server's data folder, for its addrs.json and api-token; default: $"+envDataDir+", else otafleet-data")
 	fs.BoolVar(&o.json, "json", false, "print the server's answer as JSON (the Connect JSON of the response message) instead of a table")
+	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print only the IDs of the answer, one per line (for scripts: P=$(otafleet product create ... -q))")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline of each call (not of uploads and watches)")
 	fs.StringVar(&o.progress, "progress", "auto", "progress bars: auto (when stderr is a terminal), always or never")
 }
@@ -216,12 +219,53 @@ func (o *clientOpts) fields(pairs ...string) error {
 	return w.Flush()
 }
 
-// show prints m as JSON with --json, else calls human.
+// show prints m as JSON with --json, its IDs with --quiet, else calls
+// human.
 func (o *clientOpts) show(m proto.Message, human func() error) error {
-	if o.json {
+	switch {
+	case o.json:
 		return o.printJSON(m)
+	case o.quiet:
+		for _, id := range recordIDs(m.ProtoReflect()) {
+			if _, err := fmt.Fprintln(o.stdout, id); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	return human()
+}
+
+// recordIDs returns the IDs an answer names: a record's first string field
+// called *_id, else those of the records it holds (single or repeated) and
+// the entries of repeated string fields called *_ids, in field order.
+func recordIDs(m protoreflect.Message) []string {
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		f := fields.Get(i)
+		if f.Kind() == protoreflect.StringKind && !f.IsList() && strings.HasSuffix(string(f.Name()), "_id") {
+			return []string{m.Get(f).String()}
+		}
+	}
+	var out []string
+	for i := range fields.Len() {
+		f := fields.Get(i)
+		switch {
+		case f.Kind() == protoreflect.MessageKind && f.IsList():
+			l := m.Get(f).List()
+			for j := range l.Len() {
+				out = append(out, recordIDs(l.Get(j).Message())...)
+			}
+		case f.Kind() == protoreflect.MessageKind && !f.IsMap() && m.Has(f):
+			out = append(out, recordIDs(m.Get(f).Message())...)
+		case f.Kind() == protoreflect.StringKind && f.IsList() && strings.HasSuffix(string(f.Name()), "_ids"):
+			l := m.Get(f).List()
+			for j := range l.Len() {
+				out = append(out, l.Get(j).String())
+			}
+		}
+	}
+	return out
 }
 
 // fmtTime formats a timestamp for tables; "-" when unset.

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 )
@@ -91,5 +94,23 @@ func TestClientResolution(t *testing.T) {
 	t.Setenv(envToken, "")
 	if _, err := (&clientOpts{dataDir: t.TempDir()}).resolvedToken(); err == nil {
 		t.Error("no token anywhere, but no error")
+	}
+}
+
+func TestRecordIDs(t *testing.T) {
+	for _, c := range []struct {
+		m    interface{ ProtoReflect() protoreflect.Message }
+		want string
+	}{
+		{&v1.CreateProductResponse{Product: &v1.Product{ProductId: "p1", Name: "n"}}, "[p1]"},
+		{&v1.CreateDevicesResponse{DeviceIds: []string{"a", "b"}}, "[a b]"},
+		{&v1.ListTasksResponse{Tasks: []*v1.Task{{TaskId: "t2", PackageId: "k"}, {TaskId: "t1"}}, NextPageToken: "x"}, "[t2 t1]"},
+		{&v1.ListTaskDevicesResponse{Devices: []*v1.TaskDevice{{DeviceId: "d1"}}}, "[d1]"},
+		{&v1.UploadPackageResponse{Package: &v1.Package{PackageId: "k1", ProductId: "p"}}, "[k1]"},
+		{&v1.DeleteGroupResponse{}, "[]"},
+	} {
+		if got := fmt.Sprint(recordIDs(c.m.ProtoReflect())); got != c.want {
+			t.Errorf("%T: %s, want %s", c.m, got, c.want)
+		}
 	}
 }
