@@ -278,6 +278,9 @@ type TaskView struct {
 	Task     *messages.TaskCreated
 	Status   messages.TaskStatus
 	Progress taskfsm.Progress
+	// CreatedAt is when the task was created; FinishedAt when it reached its
+	// final status (zero while it has not).
+	CreatedAt, FinishedAt time.Time
 	// Subtasks is filled by TaskDevices, not by Task.
 	Subtasks []taskfsm.Subtask
 }

@@ -247,7 +247,7 @@ func (m *taskMachine) view(q any) any {
 	if !m.s.Created() {
 		return fmt.Errorf("%w: task", ErrNotFound)
 	}
-	v := TaskView{Task: m.s.Task(), Status: m.s.Status(), Progress: m.s.Progress()}
+	v := TaskView{Task: m.s.Task(), Status: m.s.Status(), Progress: m.s.Progress(), CreatedAt: m.s.CreatedAt(), FinishedAt: m.s.FinishedAt()}
 	tq, ok := q.(taskQuery)
 	if !ok || tq.limit <= 0 {
 		return v

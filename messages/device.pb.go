@@ -1879,8 +1879,11 @@ type StageEntered struct {
 	DeadlineUnixNano int64                  `protobuf:"varint,2,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
 	Generation       uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
 	VerifyCause      VerifyCause            `protobuf:"varint,4,opt,name=verify_cause,json=verifyCause,proto3,enum=otafleet.messages.v1.VerifyCause" json:"verify_cause,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The version the job's version check compared, on the stage entered
+	// right after it; "" otherwise.
+	SourceVersion string `protobuf:"bytes,5,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StageEntered) Reset() {
@@ -1939,6 +1942,13 @@ func (x *StageEntered) GetVerifyCause() VerifyCause {
 		return x.VerifyCause
 	}
 	return VerifyCause_VERIFY_CAUSE_UNSPECIFIED
+}
+
+func (x *StageEntered) GetSourceVersion() string {
+	if x != nil {
+		return x.SourceVersion
+	}
+	return ""
 }
 
 type PresenceChanged struct {
@@ -2548,11 +2558,14 @@ func (*PackageUriAccepted) Descriptor() ([]byte, []int) {
 
 // JobFinished: the active job ended; the device is free for another.
 type JobFinished struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Status        SubtaskStatus          `protobuf:"varint,1,opt,name=status,proto3,enum=otafleet.messages.v1.SubtaskStatus" json:"status,omitempty"`
-	Reason        Reason                 `protobuf:"varint,2,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
-	Detail        string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
-	ResultCode    int32                  `protobuf:"varint,4,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Status     SubtaskStatus          `protobuf:"varint,1,opt,name=status,proto3,enum=otafleet.messages.v1.SubtaskStatus" json:"status,omitempty"`
+	Reason     Reason                 `protobuf:"varint,2,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
+	Detail     string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	ResultCode int32                  `protobuf:"varint,4,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`
+	// The version the job's version check compared, when the job ended in
+	// that check (already at the target, source not allowed); "" otherwise.
+	SourceVersion string `protobuf:"bytes,5,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2613,6 +2626,13 @@ func (x *JobFinished) GetResultCode() int32 {
 		return x.ResultCode
 	}
 	return 0
+}
+
+func (x *JobFinished) GetSourceVersion() string {
+	if x != nil {
+		return x.SourceVersion
+	}
+	return ""
 }
 
 // Downlink is a message to a device, in the device's own protocol.
@@ -3682,14 +3702,17 @@ func (x *ReleasePermit) GetDeviceId() string {
 
 // ReportOutcome tells a task how one attempt of its sub-task on one device ended.
 type ReportOutcome struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	DeviceId      string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Attempt       uint32                 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	Status        SubtaskStatus          `protobuf:"varint,4,opt,name=status,proto3,enum=otafleet.messages.v1.SubtaskStatus" json:"status,omitempty"`
-	Reason        Reason                 `protobuf:"varint,5,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
-	Detail        string                 `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"`
-	ResultCode    int32                  `protobuf:"varint,7,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TaskId     string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	DeviceId   string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Attempt    uint32                 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Status     SubtaskStatus          `protobuf:"varint,4,opt,name=status,proto3,enum=otafleet.messages.v1.SubtaskStatus" json:"status,omitempty"`
+	Reason     Reason                 `protobuf:"varint,5,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
+	Detail     string                 `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"`
+	ResultCode int32                  `protobuf:"varint,7,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`
+	// The version the device ran when the job checked it; "" when the job
+	// ended before its version check.
+	SourceVersion string `protobuf:"bytes,8,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3771,6 +3794,13 @@ func (x *ReportOutcome) GetResultCode() int32 {
 		return x.ResultCode
 	}
 	return 0
+}
+
+func (x *ReportOutcome) GetSourceVersion() string {
+	if x != nil {
+		return x.SourceVersion
+	}
+	return ""
 }
 
 // RevokeToken invalidates the download token of a device's job (spec 6.5).
@@ -4108,14 +4138,15 @@ const file_messages_device_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x124\n" +
 	"\x06reason\x18\x03 \x01(\x0e2\x1c.otafleet.messages.v1.ReasonR\x06reason\x12\x16\n" +
-	"\x06detail\x18\x04 \x01(\tR\x06detail\"\xd5\x01\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\xfc\x01\n" +
 	"\fStageEntered\x121\n" +
 	"\x05stage\x18\x01 \x01(\x0e2\x1b.otafleet.messages.v1.StageR\x05stage\x12,\n" +
 	"\x12deadline_unix_nano\x18\x02 \x01(\x03R\x10deadlineUnixNano\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x03 \x01(\x04R\n" +
 	"generation\x12D\n" +
-	"\fverify_cause\x18\x04 \x01(\x0e2!.otafleet.messages.v1.VerifyCauseR\vverifyCause\"^\n" +
+	"\fverify_cause\x18\x04 \x01(\x0e2!.otafleet.messages.v1.VerifyCauseR\vverifyCause\x12%\n" +
+	"\x0esource_version\x18\x05 \x01(\tR\rsourceVersion\"^\n" +
 	"\x0fPresenceChanged\x12\x16\n" +
 	"\x06online\x18\x01 \x01(\bR\x06online\x12\x14\n" +
 	"\x05awake\x18\x02 \x01(\bR\x05awake\x12\x1d\n" +
@@ -4152,13 +4183,14 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x05Noted\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"\x10\n" +
 	"\x0ePackageUriSent\"\x14\n" +
-	"\x12PackageUriAccepted\"\xb9\x01\n" +
+	"\x12PackageUriAccepted\"\xe0\x01\n" +
 	"\vJobFinished\x12;\n" +
 	"\x06status\x18\x01 \x01(\x0e2#.otafleet.messages.v1.SubtaskStatusR\x06status\x124\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x1c.otafleet.messages.v1.ReasonR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x1f\n" +
 	"\vresult_code\x18\x04 \x01(\x05R\n" +
-	"resultCode\"\xd0\t\n" +
+	"resultCode\x12%\n" +
+	"\x0esource_version\x18\x05 \x01(\tR\rsourceVersion\"\xd0\t\n" +
 	"\bDownlink\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12V\n" +
 	"\x12mqtt_version_query\x18\x02 \x01(\v2&.otafleet.messages.v1.MqttVersionQueryH\x00R\x10mqttVersionQuery\x12F\n" +
@@ -4227,7 +4259,7 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x05_sinr\"E\n" +
 	"\rReleasePermit\x12\x17\n" +
 	"\acell_id\x18\x01 \x01(\tR\x06cellId\x12\x1b\n" +
-	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\"\x8b\x02\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\"\xb2\x02\n" +
 	"\rReportOutcome\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x18\n" +
@@ -4236,7 +4268,8 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\x0e2\x1c.otafleet.messages.v1.ReasonR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x06 \x01(\tR\x06detail\x12\x1f\n" +
 	"\vresult_code\x18\a \x01(\x05R\n" +
-	"resultCode\"]\n" +
+	"resultCode\x12%\n" +
+	"\x0esource_version\x18\b \x01(\tR\rsourceVersion\"]\n" +
 	"\vRevokeToken\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x18\n" +

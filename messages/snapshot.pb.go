@@ -61,7 +61,9 @@ type DeviceSnapshot struct {
 	// Downlinks waiting for the device to become reachable, oldest first.
 	Outbox []*Downlink `protobuf:"bytes,22,rep,name=outbox,proto3" json:"outbox,omitempty"`
 	// The outcome of the last finished job; unset before the first one.
-	Last          *DeviceSnapshot_Last `protobuf:"bytes,23,opt,name=last,proto3" json:"last,omitempty"`
+	Last *DeviceSnapshot_Last `protobuf:"bytes,23,opt,name=last,proto3" json:"last,omitempty"`
+	// The version the active or last job's version check compared; "" before it.
+	SourceVersion string `protobuf:"bytes,24,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -257,6 +259,13 @@ func (x *DeviceSnapshot) GetLast() *DeviceSnapshot_Last {
 	return nil
 }
 
+func (x *DeviceSnapshot) GetSourceVersion() string {
+	if x != nil {
+		return x.SourceVersion
+	}
+	return ""
+}
+
 // CellSnapshot is a cellfsm.State.
 type CellSnapshot struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -347,9 +356,11 @@ type TaskSnapshot struct {
 	WakeGeneration uint64                 `protobuf:"varint,7,opt,name=wake_generation,json=wakeGeneration,proto3" json:"wake_generation,omitempty"`
 	// Positions (in subtasks) of the WAITING sub-tasks in start order: the
 	// order they entered WAITING. Each WAITING sub-task appears exactly once.
-	Waiting       []uint32 `protobuf:"varint,8,rep,packed,name=waiting,proto3" json:"waiting,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Waiting            []uint32 `protobuf:"varint,8,rep,packed,name=waiting,proto3" json:"waiting,omitempty"`
+	CreatedAtUnixNano  int64    `protobuf:"varint,9,opt,name=created_at_unix_nano,json=createdAtUnixNano,proto3" json:"created_at_unix_nano,omitempty"`     // the time of TaskCreated
+	FinishedAtUnixNano int64    `protobuf:"varint,10,opt,name=finished_at_unix_nano,json=finishedAtUnixNano,proto3" json:"finished_at_unix_nano,omitempty"` // when the task last reached a final status; 0 while it has not
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *TaskSnapshot) Reset() {
@@ -436,6 +447,20 @@ func (x *TaskSnapshot) GetWaiting() []uint32 {
 		return x.Waiting
 	}
 	return nil
+}
+
+func (x *TaskSnapshot) GetCreatedAtUnixNano() int64 {
+	if x != nil {
+		return x.CreatedAtUnixNano
+	}
+	return 0
+}
+
+func (x *TaskSnapshot) GetFinishedAtUnixNano() int64 {
+	if x != nil {
+		return x.FinishedAtUnixNano
+	}
+	return 0
 }
 
 type DeviceSnapshot_Last struct {
@@ -560,17 +585,19 @@ func (x *CellSnapshot_Member) GetCost() uint32 {
 }
 
 type TaskSnapshot_Subtask struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Status          SubtaskStatus          `protobuf:"varint,1,opt,name=status,proto3,enum=otafleet.messages.v1.SubtaskStatus" json:"status,omitempty"`
-	Attempt         uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	AutoRetries     uint32                 `protobuf:"varint,3,opt,name=auto_retries,json=autoRetries,proto3" json:"auto_retries,omitempty"`
-	StatusChanges   uint32                 `protobuf:"varint,4,opt,name=status_changes,json=statusChanges,proto3" json:"status_changes,omitempty"` // bumped on every status change
-	Reason          Reason                 `protobuf:"varint,5,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
-	Detail          string                 `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"`
-	ResultCode      int32                  `protobuf:"varint,7,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`
-	RetryAtUnixNano int64                  `protobuf:"varint,8,opt,name=retry_at_unix_nano,json=retryAtUnixNano,proto3" json:"retry_at_unix_nano,omitempty"` // set exactly when FAIL_WAIT_RETRY
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Status            SubtaskStatus          `protobuf:"varint,1,opt,name=status,proto3,enum=otafleet.messages.v1.SubtaskStatus" json:"status,omitempty"`
+	Attempt           uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	AutoRetries       uint32                 `protobuf:"varint,3,opt,name=auto_retries,json=autoRetries,proto3" json:"auto_retries,omitempty"`
+	StatusChanges     uint32                 `protobuf:"varint,4,opt,name=status_changes,json=statusChanges,proto3" json:"status_changes,omitempty"` // bumped on every status change
+	Reason            Reason                 `protobuf:"varint,5,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
+	Detail            string                 `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"`
+	ResultCode        int32                  `protobuf:"varint,7,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`
+	RetryAtUnixNano   int64                  `protobuf:"varint,8,opt,name=retry_at_unix_nano,json=retryAtUnixNano,proto3" json:"retry_at_unix_nano,omitempty"`        // set exactly when FAIL_WAIT_RETRY
+	SourceVersion     string                 `protobuf:"bytes,9,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`                   // as the device reported it before the last attempt; "" when unknown
+	UpdatedAtUnixNano int64                  `protobuf:"varint,10,opt,name=updated_at_unix_nano,json=updatedAtUnixNano,proto3" json:"updated_at_unix_nano,omitempty"` // when the status last changed; 0 before the first change
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *TaskSnapshot_Subtask) Reset() {
@@ -655,6 +682,20 @@ func (x *TaskSnapshot_Subtask) GetResultCode() int32 {
 func (x *TaskSnapshot_Subtask) GetRetryAtUnixNano() int64 {
 	if x != nil {
 		return x.RetryAtUnixNano
+	}
+	return 0
+}
+
+func (x *TaskSnapshot_Subtask) GetSourceVersion() string {
+	if x != nil {
+		return x.SourceVersion
+	}
+	return ""
+}
+
+func (x *TaskSnapshot_Subtask) GetUpdatedAtUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedAtUnixNano
 	}
 	return 0
 }
@@ -755,7 +796,7 @@ var File_messages_snapshot_proto protoreflect.FileDescriptor
 
 const file_messages_snapshot_proto_rawDesc = "" +
 	"\n" +
-	"\x17messages/snapshot.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\x1a\x15messages/device.proto\x1a\x13messages/task.proto\"\xcc\b\n" +
+	"\x17messages/snapshot.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\x1a\x15messages/device.proto\x1a\x13messages/task.proto\"\xf3\b\n" +
 	"\x0eDeviceSnapshot\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12\x14\n" +
@@ -787,7 +828,8 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"permitHeld\x12(\n" +
 	"\x10permit_cell_only\x18\x15 \x01(\bR\x0epermitCellOnly\x126\n" +
 	"\x06outbox\x18\x16 \x03(\v2\x1e.otafleet.messages.v1.DownlinkR\x06outbox\x12=\n" +
-	"\x04last\x18\x17 \x01(\v2).otafleet.messages.v1.DeviceSnapshot.LastR\x04last\x1a\xa2\x01\n" +
+	"\x04last\x18\x17 \x01(\v2).otafleet.messages.v1.DeviceSnapshot.LastR\x04last\x12%\n" +
+	"\x0esource_version\x18\x18 \x01(\tR\rsourceVersion\x1a\xa2\x01\n" +
 	"\x04Last\x12=\n" +
 	"\aoutcome\x18\x01 \x01(\v2#.otafleet.messages.v1.ReportOutcomeR\aoutcome\x12:\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x1e.otafleet.messages.v1.ProtocolR\bprotocol\x12\x1f\n" +
@@ -805,7 +847,7 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\x06Member\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x129\n" +
 	"\x05level\x18\x02 \x01(\x0e2#.otafleet.messages.v1.CoverageLevelR\x05level\x12\x12\n" +
-	"\x04cost\x18\x03 \x01(\rR\x04cost\"\x9b\a\n" +
+	"\x04cost\x18\x03 \x01(\rR\x04cost\"\xd7\b\n" +
 	"\fTaskSnapshot\x125\n" +
 	"\x04task\x18\x01 \x01(\v2!.otafleet.messages.v1.TaskCreatedR\x04task\x12F\n" +
 	"\bsubtasks\x18\x02 \x03(\v2*.otafleet.messages.v1.TaskSnapshot.SubtaskR\bsubtasks\x12G\n" +
@@ -814,7 +856,10 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\x0estop_requested\x18\x05 \x01(\bR\rstopRequested\x12)\n" +
 	"\x11wake_at_unix_nano\x18\x06 \x01(\x03R\x0ewakeAtUnixNano\x12'\n" +
 	"\x0fwake_generation\x18\a \x01(\x04R\x0ewakeGeneration\x12\x18\n" +
-	"\awaiting\x18\b \x03(\rR\awaiting\x1a\xc6\x02\n" +
+	"\awaiting\x18\b \x03(\rR\awaiting\x12/\n" +
+	"\x14created_at_unix_nano\x18\t \x01(\x03R\x11createdAtUnixNano\x121\n" +
+	"\x15finished_at_unix_nano\x18\n" +
+	" \x01(\x03R\x12finishedAtUnixNano\x1a\x9e\x03\n" +
 	"\aSubtask\x12;\n" +
 	"\x06status\x18\x01 \x01(\x0e2#.otafleet.messages.v1.SubtaskStatusR\x06status\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12!\n" +
@@ -824,7 +869,10 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\x06detail\x18\x06 \x01(\tR\x06detail\x12\x1f\n" +
 	"\vresult_code\x18\a \x01(\x05R\n" +
 	"resultCode\x12+\n" +
-	"\x12retry_at_unix_nano\x18\b \x01(\x03R\x0fretryAtUnixNano\x1a\xca\x01\n" +
+	"\x12retry_at_unix_nano\x18\b \x01(\x03R\x0fretryAtUnixNano\x12%\n" +
+	"\x0esource_version\x18\t \x01(\tR\rsourceVersion\x12/\n" +
+	"\x14updated_at_unix_nano\x18\n" +
+	" \x01(\x03R\x11updatedAtUnixNano\x1a\xca\x01\n" +
 	"\bProgress\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\rR\x05total\x12\x18\n" +
 	"\awaiting\x18\x02 \x01(\rR\awaiting\x12\x1e\n" +

@@ -820,7 +820,8 @@ type SubtaskFinished struct {
 	Reason          Reason                 `protobuf:"varint,4,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
 	Detail          string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
 	RetryAtUnixNano int64                  `protobuf:"varint,6,opt,name=retry_at_unix_nano,json=retryAtUnixNano,proto3" json:"retry_at_unix_nano,omitempty"`
-	ResultCode      int32                  `protobuf:"varint,7,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"` // the device's own code (MQTT result_code, PCP, Update Result); 0 if none
+	ResultCode      int32                  `protobuf:"varint,7,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`         // the device's own code (MQTT result_code, PCP, Update Result); 0 if none
+	SourceVersion   string                 `protobuf:"bytes,8,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"` // the version the attempt's version check read; "" when it ended before
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -902,6 +903,13 @@ func (x *SubtaskFinished) GetResultCode() int32 {
 		return x.ResultCode
 	}
 	return 0
+}
+
+func (x *SubtaskFinished) GetSourceVersion() string {
+	if x != nil {
+		return x.SourceVersion
+	}
+	return ""
 }
 
 type StopRequested struct {
@@ -1203,7 +1211,7 @@ const file_messages_task_proto_rawDesc = "" +
 	"\x06policy\x18\t \x01(\v2\x1c.otafleet.messages.v1.PolicyR\x06policy\"G\n" +
 	"\x0eSubtaskStarted\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\rR\aattempt\"\xa1\x02\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\"\xc8\x02\n" +
 	"\x0fSubtaskFinished\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12;\n" +
@@ -1212,7 +1220,8 @@ const file_messages_task_proto_rawDesc = "" +
 	"\x06detail\x18\x05 \x01(\tR\x06detail\x12+\n" +
 	"\x12retry_at_unix_nano\x18\x06 \x01(\x03R\x0fretryAtUnixNano\x12\x1f\n" +
 	"\vresult_code\x18\a \x01(\x05R\n" +
-	"resultCode\"\x0f\n" +
+	"resultCode\x12%\n" +
+	"\x0esource_version\x18\b \x01(\tR\rsourceVersion\"\x0f\n" +
 	"\rStopRequested\"/\n" +
 	"\x0eRetryRequested\x12\x1d\n" +
 	"\n" +

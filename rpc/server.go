@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 
 	"github.com/otafleet/otafleet/actors"
@@ -99,8 +100,9 @@ func NewHandler(d Deps) (http.Handler, error) {
 		mux.Handle(otafleetv1connect.NewTaskServiceHandler(&taskServer{server: s}, opts...))
 		services = append(services, otafleetv1connect.TaskServiceName)
 	}
-	// gRPC server reflection (grpcurl, buf curl), behind the same token.
-	reflector := grpcreflect.NewStaticReflector(services...)
+	// gRPC server reflection (grpcurl, buf curl), behind the same token. It
+	// describes the health service too, which the caller serves.
+	reflector := grpcreflect.NewStaticReflector(append(services, grpchealth.HealthV1ServiceName)...)
 	ropts := []connect.HandlerOption{connect.WithInterceptors(newAuthInterceptor(d.Token)), connect.WithReadMaxBytes(64 << 10)}
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, ropts...))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, ropts...))

@@ -90,41 +90,7 @@ func newTaskID(now time.Time) string {
 	return fmt.Sprintf("%016x%s", ^uint64(now.UnixNano()), hex.EncodeToString(b[:]))
 }
 
-// taskTimes returns when the task was created (its index entry, else the
-// first event of its journal) and, when it has finished, when (the time of
-// its journal's last event). Unknown times are zero.
-func (s *taskServer) taskTimes(ctx context.Context, id string, done bool) (created, finishedAt time.Time) {
-	if r, err := s.reg.GetTask(ctx, id); err == nil {
-		created = r.Created
-	}
-	if s.store == nil {
-		return created, time.Time{}
-	}
-	stream := persistence.Stream{Kind: persistence.KindTask, ID: id}
-	at := func(after uint64) time.Time {
-		var t int64
-		stop := errors.New("stop")
-		err := s.store.Load(ctx, stream, after, func(ev persistence.Event) error {
-			t = ev.At
-			return stop
-		})
-		if t == 0 || (err != nil && !errors.Is(err, stop)) {
-			return time.Time{}
-		}
-		return messages.Time(t)
-	}
-	if created.IsZero() {
-		created = at(0)
-	}
-	if done {
-		if last, err := s.store.LastSeq(ctx, stream); err == nil && last > 0 {
-			finishedAt = at(last - 1)
-		}
-	}
-	return created, finishedAt
-}
-
-func taskToProto(v actors.TaskView, created, finishedAt time.Time) *v1.Task {
+func taskToProto(v actors.TaskView) *v1.Task {
 	t := v.Task
 	p := v.Progress
 	out := &v1.Task{
@@ -159,11 +125,11 @@ func taskToProto(v actors.TaskView, created, finishedAt time.Time) *v1.Task {
 		pol.RetryCount, pol.RetryIntervalMinutes = &zero, &zero
 	}
 	out.Policy = pol
-	if !created.IsZero() {
-		out.CreateTime = timestamppb.New(created)
+	if !v.CreatedAt.IsZero() {
+		out.CreateTime = timestamppb.New(v.CreatedAt)
 	}
-	if !finishedAt.IsZero() && finished(v.Status) {
-		out.FinishTime = timestamppb.New(finishedAt)
+	if !v.FinishedAt.IsZero() && finished(v.Status) {
+		out.FinishTime = timestamppb.New(v.FinishedAt)
 	}
 	return out
 }
@@ -442,7 +408,7 @@ func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[v1.Cre
 	if err != nil {
 		return nil, engineErr(s.log, "CreateTask", err)
 	}
-	return connect.NewResponse(&v1.CreateTaskResponse{Task: taskToProto(v, now, time.Time{})}), nil
+	return connect.NewResponse(&v1.CreateTaskResponse{Task: taskToProto(v)}), nil
 }
 
 // task returns task id's view as the API's Task.
@@ -454,8 +420,7 @@ func (s *taskServer) task(ctx context.Context, op, id string) (*v1.Task, actors.
 	if err != nil {
 		return nil, v, s.taskErr(op, id, err)
 	}
-	created, finishedAt := s.taskTimes(ctx, id, finished(v.Status))
-	return taskToProto(v, created, finishedAt), v, nil
+	return taskToProto(v), v, nil
 }
 
 func (s *taskServer) GetTask(ctx context.Context, req *connect.Request[v1.GetTaskRequest]) (*connect.Response[v1.GetTaskResponse], error) {
@@ -562,11 +527,7 @@ func (s *taskServer) ListTasks(ctx context.Context, req *connect.Request[v1.List
 			if want != nil && v.Status != *want {
 				continue
 			}
-			var finishedAt time.Time
-			if finished(v.Status) {
-				_, finishedAt = s.taskTimes(ctx, r.ID, true)
-			}
-			out.Tasks = append(out.Tasks, taskToProto(v, r.Created, finishedAt))
+			out.Tasks = append(out.Tasks, taskToProto(v))
 			if len(out.Tasks) == limit {
 				break
 			}
@@ -663,6 +624,14 @@ func (s *taskServer) ListTaskDevices(ctx context.Context, req *connect.Request[v
 			Status:        v1.SubtaskStatus(st.Status),
 			FailureReason: messages.ReasonText(st.Reason),
 			Attempts:      st.Attempt,
+			SourceVersion: st.SourceVersion,
+			ResultCode:    st.ResultCode,
+		}
+		if !st.UpdatedAt.IsZero() {
+			d.UpdateTime = timestamppb.New(st.UpdatedAt)
+		}
+		if !st.RetryAt.IsZero() {
+			d.NextRetryTime = timestamppb.New(st.RetryAt)
 		}
 		if st.Reason == messages.Reason_REASON_NONE && st.Detail != "" && st.Status != messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS {
 			d.FailureReason = st.Detail
@@ -673,8 +642,12 @@ func (s *taskServer) ListTaskDevices(ctx context.Context, req *connect.Request[v
 		if st.Status == messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING {
 			// The stage is the device's: ask its actor, only for the
 			// running devices of this page.
-			if dv, err := s.engine.Device(ctx, st.DeviceID); err == nil && dv.State.Job.GetTaskId() == id {
+			if dv, err := s.engine.Device(ctx, st.DeviceID); err == nil && dv.State.Job.GetTaskId() == id && dv.State.Job.GetAttempt() == st.Attempt {
 				d.Stage = stageName(dv.State.Stage)
+				d.Progress = dv.State.Progress
+				if v := dv.State.SourceVersion; v != "" {
+					d.SourceVersion = v // this attempt has checked the version already
+				}
 			}
 		}
 		out.Devices[i] = d
@@ -696,7 +669,6 @@ func (s *taskServer) WatchTask(ctx context.Context, req *connect.Request[v1.Watc
 	if err := stream.Send(&v1.WatchTaskResponse{Task: t}); err != nil {
 		return err
 	}
-	created := t.GetCreateTime()
 	timer := s.clock.NewTimer(watchInterval)
 	defer timer.Stop()
 	for !finished(last.Status) {
@@ -713,12 +685,7 @@ func (s *taskServer) WatchTask(ctx context.Context, req *connect.Request[v1.Watc
 			return s.taskErr("WatchTask", id, err)
 		}
 		if !sameState(v, last) {
-			var finishedAt time.Time
-			if finished(v.Status) {
-				_, finishedAt = s.taskTimes(ctx, id, true)
-			}
-			t := taskToProto(v, time.Time{}, finishedAt)
-			t.CreateTime = created
+			t := taskToProto(v)
 			if err := stream.Send(&v1.WatchTaskResponse{Task: t}); err != nil {
 				return err
 			}

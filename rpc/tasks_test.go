@@ -377,7 +377,8 @@ func TestTaskLifecycle(t *testing.T) {
 	}
 	want := messages.ReasonText(messages.Reason_REASON_FW_INTEGRITY_CHECK)
 	if ds := fails.Msg.GetDevices(); len(ds) != 1 || ds[0].GetDeviceId() != "fw-2" || ds[0].GetFailureReason() != want ||
-		ds[0].GetAttempts() != 1 || ds[0].GetStage() != "" || fails.Msg.GetNextPageToken() != "" {
+		ds[0].GetAttempts() != 1 || ds[0].GetStage() != "" || fails.Msg.GetNextPageToken() != "" ||
+		ds[0].GetSourceVersion() != "1.0" || ds[0].GetUpdateTime() == nil || ds[0].GetNextRetryTime() != nil {
 		t.Fatalf("failed devices %v", fails.Msg)
 	}
 	var pages [][]string
@@ -652,7 +653,7 @@ func TestReflection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"otafleet.v1.DeviceService", "otafleet.v1.GroupService", "otafleet.v1.PackageService", "otafleet.v1.ProductService", "otafleet.v1.TaskService"}
+	want := []string{"grpc.health.v1.Health", "otafleet.v1.DeviceService", "otafleet.v1.GroupService", "otafleet.v1.PackageService", "otafleet.v1.ProductService", "otafleet.v1.TaskService"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("services %v, want %v", got, want)
 	}

@@ -177,7 +177,8 @@ func TestEndToEndGoClient(t *testing.T) {
 		t.Fatalf("ListTaskDevices: %v %v", ld, err)
 	}
 	for _, d := range ld.Msg.GetDevices() {
-		if d.GetStatus() != v1.SubtaskStatus_SUBTASK_STATUS_SUCCESS || d.GetAttempts() != 1 {
+		if d.GetStatus() != v1.SubtaskStatus_SUBTASK_STATUS_SUCCESS || d.GetAttempts() != 1 || d.GetSourceVersion() != "1.0" ||
+			d.GetUpdateTime() == nil || d.GetUpdateTime().AsTime().After(last.GetFinishTime().AsTime()) {
 			t.Errorf("device %v", d)
 		}
 	}

@@ -317,10 +317,21 @@ func taskDevices(o *clientOpts) *cobra.Command {
 			return o.show(all, func() error {
 				rows := make([][]string, len(all.Devices))
 				for i, d := range all.Devices {
-					rows[i] = []string{d.GetDeviceId(), enumName(d.GetStatus().String(), "SUBTASK_STATUS_"), orDash(d.GetStage()),
-						strconv.FormatUint(uint64(d.GetAttempts()), 10), orDash(d.GetFailureReason())}
+					stage := orDash(d.GetStage())
+					if d.GetStage() != "" && d.GetProgress() > 0 {
+						stage = fmt.Sprintf("%s %d%%", d.GetStage(), d.GetProgress())
+					}
+					failure := orDash(d.GetFailureReason())
+					if d.GetResultCode() != 0 {
+						failure = fmt.Sprintf("%s (code %d)", failure, d.GetResultCode())
+					}
+					if d.GetNextRetryTime() != nil {
+						failure += ", retry at " + fmtTime(d.GetNextRetryTime())
+					}
+					rows[i] = []string{d.GetDeviceId(), enumName(d.GetStatus().String(), "SUBTASK_STATUS_"), stage,
+						strconv.FormatUint(uint64(d.GetAttempts()), 10), orDash(d.GetSourceVersion()), fmtTime(d.GetUpdateTime()), failure}
 				}
-				return o.table([]string{"DEVICE", "STATUS", "STAGE", "ATTEMPTS", "FAILURE"}, rows)
+				return o.table([]string{"DEVICE", "STATUS", "STAGE", "ATTEMPTS", "SOURCE", "UPDATED", "FAILURE"}, rows)
 			})
 		},
 	}

@@ -956,10 +956,19 @@ type TaskDevice struct {
 	FailureReason string `protobuf:"bytes,4,opt,name=failure_reason,json=failureReason,proto3" json:"failure_reason,omitempty"`
 	// Attempts started so far (1 + retries); 0 before the first.
 	Attempts uint32 `protobuf:"varint,5,opt,name=attempts,proto3" json:"attempts,omitempty"`
-	// The version the device reported before upgrading; empty when unknown.
+	// The version the device ran when its latest attempt checked it (spec
+	// 5.9 source_version); empty before any attempt reached its version check.
 	SourceVersion string `protobuf:"bytes,6,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
 	// When the device's status last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The device's own code of its last outcome: the MQTT result_code, the PCP
+	// result code or the LwM2M Update Result; 0 when none.
+	ResultCode int32 `protobuf:"varint,8,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`
+	// When a SUBTASK_STATUS_FAIL_WAIT_RETRY device runs again; unset otherwise.
+	NextRetryTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=next_retry_time,json=nextRetryTime,proto3" json:"next_retry_time,omitempty"`
+	// Download progress the device reported, 0..100, while it is processing;
+	// 0 otherwise.
+	Progress      int32 `protobuf:"varint,10,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1041,6 +1050,27 @@ func (x *TaskDevice) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *TaskDevice) GetResultCode() int32 {
+	if x != nil {
+		return x.ResultCode
+	}
+	return 0
+}
+
+func (x *TaskDevice) GetNextRetryTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRetryTime
+	}
+	return nil
+}
+
+func (x *TaskDevice) GetProgress() int32 {
+	if x != nil {
+		return x.Progress
+	}
+	return 0
 }
 
 // ListTaskDevicesRequest asks for one page of a task's devices.
@@ -1339,7 +1369,7 @@ const file_otafleet_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"device_ids\x18\x02 \x03(\tR\tdeviceIds\":\n" +
 	"\x11RetryTaskResponse\x12%\n" +
-	"\x04task\x18\x01 \x01(\v2\x11.otafleet.v1.TaskR\x04task\"\x9a\x02\n" +
+	"\x04task\x18\x01 \x01(\v2\x11.otafleet.v1.TaskR\x04task\"\x9b\x03\n" +
 	"\n" +
 	"TaskDevice\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x122\n" +
@@ -1349,7 +1379,12 @@ const file_otafleet_v1_task_proto_rawDesc = "" +
 	"\battempts\x18\x05 \x01(\rR\battempts\x12%\n" +
 	"\x0esource_version\x18\x06 \x01(\tR\rsourceVersion\x12;\n" +
 	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xb1\x01\n" +
+	"updateTime\x12\x1f\n" +
+	"\vresult_code\x18\b \x01(\x05R\n" +
+	"resultCode\x12B\n" +
+	"\x0fnext_retry_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\rnextRetryTime\x12\x1a\n" +
+	"\bprogress\x18\n" +
+	" \x01(\x05R\bprogress\"\xb1\x01\n" +
 	"\x16ListTaskDevicesRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x127\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1a.otafleet.v1.SubtaskStatusH\x00R\x06status\x88\x01\x01\x12\x1b\n" +
@@ -1431,28 +1466,29 @@ var file_otafleet_v1_task_proto_depIdxs = []int32{
 	3,  // 15: otafleet.v1.RetryTaskResponse.task:type_name -> otafleet.v1.Task
 	22, // 16: otafleet.v1.TaskDevice.status:type_name -> otafleet.v1.SubtaskStatus
 	19, // 17: otafleet.v1.TaskDevice.update_time:type_name -> google.protobuf.Timestamp
-	22, // 18: otafleet.v1.ListTaskDevicesRequest.status:type_name -> otafleet.v1.SubtaskStatus
-	14, // 19: otafleet.v1.ListTaskDevicesResponse.devices:type_name -> otafleet.v1.TaskDevice
-	3,  // 20: otafleet.v1.WatchTaskResponse.task:type_name -> otafleet.v1.Task
-	4,  // 21: otafleet.v1.TaskService.CreateTask:input_type -> otafleet.v1.CreateTaskRequest
-	6,  // 22: otafleet.v1.TaskService.GetTask:input_type -> otafleet.v1.GetTaskRequest
-	8,  // 23: otafleet.v1.TaskService.ListTasks:input_type -> otafleet.v1.ListTasksRequest
-	10, // 24: otafleet.v1.TaskService.StopTask:input_type -> otafleet.v1.StopTaskRequest
-	12, // 25: otafleet.v1.TaskService.RetryTask:input_type -> otafleet.v1.RetryTaskRequest
-	15, // 26: otafleet.v1.TaskService.ListTaskDevices:input_type -> otafleet.v1.ListTaskDevicesRequest
-	17, // 27: otafleet.v1.TaskService.WatchTask:input_type -> otafleet.v1.WatchTaskRequest
-	5,  // 28: otafleet.v1.TaskService.CreateTask:output_type -> otafleet.v1.CreateTaskResponse
-	7,  // 29: otafleet.v1.TaskService.GetTask:output_type -> otafleet.v1.GetTaskResponse
-	9,  // 30: otafleet.v1.TaskService.ListTasks:output_type -> otafleet.v1.ListTasksResponse
-	11, // 31: otafleet.v1.TaskService.StopTask:output_type -> otafleet.v1.StopTaskResponse
-	13, // 32: otafleet.v1.TaskService.RetryTask:output_type -> otafleet.v1.RetryTaskResponse
-	16, // 33: otafleet.v1.TaskService.ListTaskDevices:output_type -> otafleet.v1.ListTaskDevicesResponse
-	18, // 34: otafleet.v1.TaskService.WatchTask:output_type -> otafleet.v1.WatchTaskResponse
-	28, // [28:35] is the sub-list for method output_type
-	21, // [21:28] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	19, // 18: otafleet.v1.TaskDevice.next_retry_time:type_name -> google.protobuf.Timestamp
+	22, // 19: otafleet.v1.ListTaskDevicesRequest.status:type_name -> otafleet.v1.SubtaskStatus
+	14, // 20: otafleet.v1.ListTaskDevicesResponse.devices:type_name -> otafleet.v1.TaskDevice
+	3,  // 21: otafleet.v1.WatchTaskResponse.task:type_name -> otafleet.v1.Task
+	4,  // 22: otafleet.v1.TaskService.CreateTask:input_type -> otafleet.v1.CreateTaskRequest
+	6,  // 23: otafleet.v1.TaskService.GetTask:input_type -> otafleet.v1.GetTaskRequest
+	8,  // 24: otafleet.v1.TaskService.ListTasks:input_type -> otafleet.v1.ListTasksRequest
+	10, // 25: otafleet.v1.TaskService.StopTask:input_type -> otafleet.v1.StopTaskRequest
+	12, // 26: otafleet.v1.TaskService.RetryTask:input_type -> otafleet.v1.RetryTaskRequest
+	15, // 27: otafleet.v1.TaskService.ListTaskDevices:input_type -> otafleet.v1.ListTaskDevicesRequest
+	17, // 28: otafleet.v1.TaskService.WatchTask:input_type -> otafleet.v1.WatchTaskRequest
+	5,  // 29: otafleet.v1.TaskService.CreateTask:output_type -> otafleet.v1.CreateTaskResponse
+	7,  // 30: otafleet.v1.TaskService.GetTask:output_type -> otafleet.v1.GetTaskResponse
+	9,  // 31: otafleet.v1.TaskService.ListTasks:output_type -> otafleet.v1.ListTasksResponse
+	11, // 32: otafleet.v1.TaskService.StopTask:output_type -> otafleet.v1.StopTaskResponse
+	13, // 33: otafleet.v1.TaskService.RetryTask:output_type -> otafleet.v1.RetryTaskResponse
+	16, // 34: otafleet.v1.TaskService.ListTaskDevices:output_type -> otafleet.v1.ListTaskDevicesResponse
+	18, // 35: otafleet.v1.TaskService.WatchTask:output_type -> otafleet.v1.WatchTaskResponse
+	29, // [29:36] is the sub-list for method output_type
+	22, // [22:29] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_otafleet_v1_task_proto_init() }

@@ -21,6 +21,7 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 		s.Progress = 0
 		s.UriAcked = false
 		s.PermitCell, s.PermitHeld, s.PermitCellOnly = "", false, false
+		s.SourceVersion = ""
 		// The outbox keeps what an earlier job left queued (a reset, a cancel).
 	case *messages.DeviceEvent_StageEntered:
 		if s.Job == nil {
@@ -36,6 +37,9 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 			s.Generation = ev.GetGeneration()
 		}
 		s.VerifyCause = ev.GetVerifyCause()
+		if v := ev.GetSourceVersion(); v != "" {
+			s.SourceVersion = v
+		}
 	case *messages.DeviceEvent_PresenceChanged:
 		s.Online = k.PresenceChanged.GetOnline()
 		s.Awake = k.PresenceChanged.GetAwake()
@@ -90,15 +94,19 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 			return s
 		}
 		f := k.JobFinished
+		if v := f.GetSourceVersion(); v != "" {
+			s.SourceVersion = v
+		}
 		s.Last = &Last{
 			Outcome: &messages.ReportOutcome{
-				TaskId:     s.Job.GetTaskId(),
-				DeviceId:   s.DeviceID,
-				Attempt:    s.Job.GetAttempt(),
-				Status:     f.GetStatus(),
-				Reason:     f.GetReason(),
-				Detail:     f.GetDetail(),
-				ResultCode: f.GetResultCode(),
+				TaskId:        s.Job.GetTaskId(),
+				DeviceId:      s.DeviceID,
+				Attempt:       s.Job.GetAttempt(),
+				Status:        f.GetStatus(),
+				Reason:        f.GetReason(),
+				Detail:        f.GetDetail(),
+				ResultCode:    f.GetResultCode(),
+				SourceVersion: s.SourceVersion,
 			},
 			Protocol:   s.Job.GetProtocol(),
 			PermitCell: s.PermitCell,

@@ -75,8 +75,9 @@ func (d *decider) finish(status messages.SubtaskStatus, r messages.Reason, detai
 	stage := d.s.Stage
 	cell := d.s.PermitCell
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_JobFinished{JobFinished: &messages.JobFinished{
-		Status: status, Reason: r, Detail: detail, ResultCode: code,
+		Status: status, Reason: r, Detail: detail, ResultCode: code, SourceVersion: d.srcVer,
 	}}})
+	d.srcVer = ""
 	if cell != "" {
 		d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PermitReleased{PermitReleased: &messages.PermitReleased{CellId: cell}}})
 		d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReleasePermit{ReleasePermit: &messages.ReleasePermit{CellId: cell, DeviceId: d.s.DeviceID}}})
@@ -255,6 +256,7 @@ func (d *decider) versionReported(v *messages.VersionReported) {
 // else go on (MQTT: notify; LwM2M: radio query).
 func (d *decider) decideVersion(ver string) {
 	pkg := d.s.Job.GetPackage()
+	d.srcVer = ver
 	switch {
 	case ver == pkg.GetVersion():
 		d.succeed(messages.Reason_REASON_SAME_VERSION, "reported "+ver)

@@ -37,6 +37,7 @@ func Snapshot(s State) *messages.DeviceSnapshot {
 		PermitHeld:         s.PermitHeld,
 		PermitCellOnly:     s.PermitCellOnly,
 		Outbox:             s.Outbox,
+		SourceVersion:      s.SourceVersion,
 	}
 	if s.HasFw {
 		p.FwVersion = &s.FwVersion
@@ -94,6 +95,7 @@ func FromSnapshot(p *messages.DeviceSnapshot) (State, error) {
 		PermitHeld:     p.GetPermitHeld(),
 		PermitCellOnly: p.GetPermitCellOnly(),
 		Outbox:         p.GetOutbox(),
+		SourceVersion:  p.GetSourceVersion(),
 	}
 	if l := p.GetLast(); l != nil {
 		s.Last = &Last{Outcome: l.GetOutcome(), Protocol: l.GetProtocol(), PermitCell: l.GetPermitCell()}

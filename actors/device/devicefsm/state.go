@@ -98,6 +98,9 @@ type State struct {
 	PermitHeld  bool   // the cell granted it
 	// PermitCellOnly: the slot was asked with the cell ID alone (radio query failed).
 	PermitCellOnly bool
+	// SourceVersion is the version the job's version check compared ("" until
+	// then); the job's outcome carries it to the task.
+	SourceVersion string
 
 	// Outbox holds downlinks waiting for the device to become reachable.
 	Outbox []*messages.Downlink

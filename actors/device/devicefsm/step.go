@@ -75,6 +75,9 @@ type decider struct {
 	at  time.Time
 	in  *messages.DeviceInput
 	res Result
+	// srcVer is the version decideVersion compared in this step, carried by
+	// the event that ends the check (StageEntered or JobFinished).
+	srcVer string
 }
 
 func (d *decider) emit(e *messages.DeviceEvent) {
@@ -127,7 +130,8 @@ func (d *decider) sendOnce(dl *messages.Downlink) {
 // enter moves the job to stage; a positive timeout arms a deadline at at+timeout,
 // an absolute non-zero deadline is kept as given.
 func (d *decider) enter(stage messages.Stage, deadline time.Time, cause messages.VerifyCause) {
-	ev := &messages.StageEntered{Stage: stage, VerifyCause: cause}
+	ev := &messages.StageEntered{Stage: stage, VerifyCause: cause, SourceVersion: d.srcVer}
+	d.srcVer = ""
 	if !deadline.IsZero() {
 		ev.DeadlineUnixNano = messages.UnixNano(deadline)
 		ev.Generation = d.s.Generation + 1

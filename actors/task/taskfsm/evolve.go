@@ -12,34 +12,44 @@ import (
 // goes into a sorted list by binary search; with one interval per task retry
 // times arrive in order, so the insertion is an append.
 func Evolve(s State, e *messages.TaskEvent) State {
+	at := e.GetAtUnixNano()
 	switch k := e.GetKind().(type) {
 	case *messages.TaskEvent_Created:
-		s.evolveCreated(k.Created)
+		s.evolveCreated(k.Created, at)
 	case *messages.TaskEvent_SubtaskStarted:
-		s.evolveStarted(k.SubtaskStarted)
+		s.evolveStarted(k.SubtaskStarted, at)
 	case *messages.TaskEvent_SubtaskFinished:
-		s.evolveFinished(k.SubtaskFinished)
+		s.evolveFinished(k.SubtaskFinished, at)
 	case *messages.TaskEvent_StopRequested:
 		if s.task != nil && k.StopRequested != nil {
 			s.stopRequested = true
 			s.wakeAt = 0 // a stopped task needs no wake; a later fire is stale
 		}
 	case *messages.TaskEvent_RetryRequested:
-		s.evolveRetry(k.RetryRequested)
+		s.evolveRetry(k.RetryRequested, at)
 	case *messages.TaskEvent_WakeArmed:
 		if s.task != nil && k.WakeArmed != nil {
 			s.wakeAt = k.WakeArmed.GetAtUnixNano()
 			s.wakeGen = k.WakeArmed.GetGeneration()
 		}
 	}
+	if s.task != nil {
+		switch done := finished(s.Status()); {
+		case done && s.finishedAt == 0:
+			s.finishedAt = at
+		case !done:
+			s.finishedAt = 0 // a retry reopened it
+		}
+	}
 	return s
 }
 
-func (s *State) evolveCreated(c *messages.TaskCreated) {
+func (s *State) evolveCreated(c *messages.TaskCreated, at int64) {
 	if s.task != nil || c == nil {
 		return
 	}
 	s.task = c
+	s.createdAt = at
 	s.subs = make([]subtask, 0, len(c.GetTargets()))
 	s.index = make(map[string]int32, len(c.GetTargets()))
 	s.waiting = make([]queued, 0, len(c.GetTargets()))
@@ -51,7 +61,7 @@ func (s *State) evolveCreated(c *messages.TaskCreated) {
 		s.index[id] = i
 		s.subs = append(s.subs, subtask{id: id})
 		s.prog.Total++
-		s.setStatus(i, messages.SubtaskStatus_SUBTASK_STATUS_WAITING)
+		s.setStatus(i, messages.SubtaskStatus_SUBTASK_STATUS_WAITING, at)
 	}
 }
 
@@ -60,7 +70,7 @@ func (s *State) lookup(id string) (int32, bool) {
 	return i, ok
 }
 
-func (s *State) evolveStarted(e *messages.SubtaskStarted) {
+func (s *State) evolveStarted(e *messages.SubtaskStarted, at int64) {
 	i, ok := s.lookup(e.GetDeviceId())
 	if !ok {
 		return
@@ -71,10 +81,10 @@ func (s *State) evolveStarted(e *messages.SubtaskStarted) {
 	sub.detail = ""
 	sub.retryAt = 0
 	s.started = true
-	s.setStatus(i, messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING)
+	s.setStatus(i, messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING, at)
 }
 
-func (s *State) evolveFinished(e *messages.SubtaskFinished) {
+func (s *State) evolveFinished(e *messages.SubtaskFinished, at int64) {
 	i, ok := s.lookup(e.GetDeviceId())
 	if !ok {
 		return
@@ -93,11 +103,14 @@ func (s *State) evolveFinished(e *messages.SubtaskFinished) {
 	sub.reason = e.GetReason()
 	sub.detail = e.GetDetail()
 	sub.resultCode = e.GetResultCode()
+	if v := e.GetSourceVersion(); v != "" {
+		sub.sourceVersion = v // an attempt that ended before its version check keeps the last one known
+	}
 	sub.retryAt = 0
 	if st == messages.SubtaskStatus_SUBTASK_STATUS_FAIL_WAIT_RETRY {
 		sub.retryAt = e.GetRetryAtUnixNano()
 	}
-	s.setStatus(i, st)
+	s.setStatus(i, st, at)
 }
 
 // retryable: the sub-task statuses an on-demand retry re-runs (spec 5.4).
@@ -111,7 +124,7 @@ func retryable(st messages.SubtaskStatus) bool {
 	return false
 }
 
-func (s *State) evolveRetry(e *messages.RetryRequested) {
+func (s *State) evolveRetry(e *messages.RetryRequested, at int64) {
 	if s.task == nil || e == nil {
 		return
 	}
@@ -124,7 +137,7 @@ func (s *State) evolveRetry(e *messages.RetryRequested) {
 		sub.reason = messages.Reason_REASON_NONE
 		sub.detail = ""
 		sub.retryAt = 0
-		s.setStatus(i, messages.SubtaskStatus_SUBTASK_STATUS_WAITING)
+		s.setStatus(i, messages.SubtaskStatus_SUBTASK_STATUS_WAITING, at)
 	}
 	if len(e.GetDeviceIds()) == 0 {
 		for i := range s.subs {

@@ -272,6 +272,9 @@ func fmtEvent(e *messages.TaskEvent) string {
 		if f.GetRetryAtUnixNano() != 0 {
 			s += " retry_at=" + fmtTime(f.GetRetryAtUnixNano())
 		}
+		if f.GetSourceVersion() != "" {
+			s += fmt.Sprintf(" source=%q", f.GetSourceVersion())
+		}
 		return s
 	case *messages.TaskEvent_StopRequested:
 		return "StopRequested"
@@ -368,6 +371,12 @@ func fmtSubtask(st Subtask) string {
 	}
 	if !st.RetryAt.IsZero() {
 		s += " retry_at=" + st.RetryAt.Format(time.RFC3339)
+	}
+	if st.SourceVersion != "" {
+		s += fmt.Sprintf(" source=%q", st.SourceVersion)
+	}
+	if !st.UpdatedAt.IsZero() {
+		s += " updated=" + st.UpdatedAt.Format(time.RFC3339)
 	}
 	return s
 }

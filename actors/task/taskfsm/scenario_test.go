@@ -208,6 +208,13 @@ func (r *runner) state() string {
 	} else {
 		fmt.Fprintf(&b, "wake: none gen=%d\n", gen)
 	}
+	if c, f := r.s.CreatedAt(), r.s.FinishedAt(); !c.IsZero() {
+		fin := "-"
+		if !f.IsZero() {
+			fin = f.Format(time.RFC3339)
+		}
+		fmt.Fprintf(&b, "created: %s finished: %s\n", c.Format(time.RFC3339), fin)
+	}
 	subs := r.s.Subtasks(0, 0)
 	if len(subs) > 20 {
 		fmt.Fprintf(&b, "(%d sub-tasks)\n", len(subs))
@@ -280,6 +287,8 @@ func (r *runner) outcome(t *testing.T, a map[string]string) *messages.ReportOutc
 		DeviceId: a["dev"],
 		Status:   enumArg(t, getOr(a, "status", "success"), statuses),
 		Detail:   a["detail"],
+		// source=V: the version the device's version check read.
+		SourceVersion: a["source"],
 	}
 	if st, ok := r.s.Subtask(o.DeviceId); ok {
 		o.Attempt = st.Attempt

@@ -37,23 +37,27 @@ func Snapshot(s State) *messages.TaskSnapshot {
 			FailWaitRetry: uint32(s.prog.FailWaitRetry),
 			Stopped:       uint32(s.prog.Stopped),
 		},
-		Started:        s.started,
-		StopRequested:  s.stopRequested,
-		WakeAtUnixNano: s.wakeAt,
-		WakeGeneration: s.wakeGen,
-		Waiting:        make([]uint32, 0, s.prog.Waiting),
+		Started:            s.started,
+		StopRequested:      s.stopRequested,
+		WakeAtUnixNano:     s.wakeAt,
+		WakeGeneration:     s.wakeGen,
+		Waiting:            make([]uint32, 0, s.prog.Waiting),
+		CreatedAtUnixNano:  s.createdAt,
+		FinishedAtUnixNano: s.finishedAt,
 	}
 	for i := range s.subs {
 		sub := &s.subs[i]
 		p.Subtasks[i] = &messages.TaskSnapshot_Subtask{
-			Status:          sub.status,
-			Attempt:         sub.attempt,
-			AutoRetries:     sub.autoRetries,
-			StatusChanges:   sub.ver,
-			Reason:          sub.reason,
-			Detail:          sub.detail,
-			ResultCode:      sub.resultCode,
-			RetryAtUnixNano: sub.retryAt,
+			Status:            sub.status,
+			Attempt:           sub.attempt,
+			AutoRetries:       sub.autoRetries,
+			StatusChanges:     sub.ver,
+			Reason:            sub.reason,
+			Detail:            sub.detail,
+			ResultCode:        sub.resultCode,
+			RetryAtUnixNano:   sub.retryAt,
+			SourceVersion:     sub.sourceVersion,
+			UpdatedAtUnixNano: sub.updatedAt,
 		}
 	}
 	for _, q := range s.waiting[s.waitHead:] {
@@ -81,7 +85,8 @@ func FromSnapshot(p *messages.TaskSnapshot) (State, error) {
 	task := p.GetTask()
 	if task == nil {
 		if len(p.GetSubtasks()) > 0 || p.GetProgress() != nil || p.GetStarted() || p.GetStopRequested() ||
-			p.GetWakeAtUnixNano() != 0 || p.GetWakeGeneration() != 0 || len(p.GetWaiting()) > 0 {
+			p.GetWakeAtUnixNano() != 0 || p.GetWakeGeneration() != 0 || len(p.GetWaiting()) > 0 ||
+			p.GetCreatedAtUnixNano() != 0 || p.GetFinishedAtUnixNano() != 0 {
 			return State{}, invalidSnapshot("fields set without a task")
 		}
 		return State{}, nil
@@ -92,6 +97,8 @@ func FromSnapshot(p *messages.TaskSnapshot) (State, error) {
 		stopRequested: p.GetStopRequested(),
 		wakeAt:        p.GetWakeAtUnixNano(),
 		wakeGen:       p.GetWakeGeneration(),
+		createdAt:     p.GetCreatedAtUnixNano(),
+		finishedAt:    p.GetFinishedAtUnixNano(),
 	}
 	if err := s.checkTask(); err != nil {
 		return State{}, err
@@ -185,15 +192,17 @@ func subtaskFromSnapshot(id string, p *messages.TaskSnapshot_Subtask) (subtask, 
 		return subtask{}, invalidSnapshot("sub-task %q is %v with retry_at %d", id, st, p.GetRetryAtUnixNano())
 	}
 	return subtask{
-		id:          id,
-		status:      st,
-		attempt:     p.GetAttempt(),
-		autoRetries: p.GetAutoRetries(),
-		ver:         p.GetStatusChanges(),
-		reason:      p.GetReason(),
-		detail:      p.GetDetail(),
-		resultCode:  p.GetResultCode(),
-		retryAt:     p.GetRetryAtUnixNano(),
+		id:            id,
+		status:        st,
+		attempt:       p.GetAttempt(),
+		autoRetries:   p.GetAutoRetries(),
+		ver:           p.GetStatusChanges(),
+		reason:        p.GetReason(),
+		detail:        p.GetDetail(),
+		resultCode:    p.GetResultCode(),
+		retryAt:       p.GetRetryAtUnixNano(),
+		sourceVersion: p.GetSourceVersion(),
+		updatedAt:     p.GetUpdatedAtUnixNano(),
 	}, nil
 }
 

@@ -19,6 +19,8 @@ type State struct {
 	prog          Progress
 	started       bool // a sub-task has started at least once
 	stopRequested bool
+	createdAt     int64 // unix nanos of TaskCreated
+	finishedAt    int64 // unix nanos of the event that made the status final; 0 while not final
 
 	wakeAt  int64  // unix nanos of the armed wake; 0: none pending
 	wakeGen uint64 // generation of the last WakeArmed
@@ -48,6 +50,10 @@ type subtask struct {
 	detail      string
 	resultCode  int32
 	retryAt     int64
+	// sourceVersion is the version the last attempt that reached its version
+	// check read; updatedAt is when the status last changed (unix nanos).
+	sourceVersion string
+	updatedAt     int64
 }
 
 type queued struct {
@@ -72,6 +78,11 @@ type Subtask struct {
 	ResultCode int32
 	// RetryAt is when a FAIL_WAIT_RETRY sub-task runs again; zero otherwise.
 	RetryAt time.Time
+	// SourceVersion is the version the device ran when an attempt last
+	// checked it; "" before any check.
+	SourceVersion string
+	// UpdatedAt is when the status last changed.
+	UpdatedAt time.Time
 }
 
 // Progress counts sub-tasks by status (spec 5.5 TaskProgress).
@@ -112,6 +123,13 @@ func (s State) TaskID() string { return s.task.GetTaskId() }
 // order); nil until created. Callers must not modify it.
 func (s State) Task() *messages.TaskCreated { return s.task }
 
+// CreatedAt is when the task was created; zero until it is.
+func (s State) CreatedAt() time.Time { return messages.Time(s.createdAt) }
+
+// FinishedAt is when the task reached its final status (SUCCESS, FAIL,
+// PARTIAL_SUCCESS or STOPPED); zero while it has not (again, after a retry).
+func (s State) FinishedAt() time.Time { return messages.Time(s.finishedAt) }
+
 // StopRequested reports whether the task has been stopped.
 func (s State) StopRequested() bool { return s.stopRequested }
 
@@ -151,14 +169,16 @@ func (s State) Status() messages.TaskStatus {
 
 func (st *subtask) view() Subtask {
 	return Subtask{
-		DeviceID:    st.id,
-		Status:      st.status,
-		Attempt:     st.attempt,
-		AutoRetries: st.autoRetries,
-		Reason:      st.reason,
-		Detail:      st.detail,
-		ResultCode:  st.resultCode,
-		RetryAt:     messages.Time(st.retryAt),
+		DeviceID:      st.id,
+		Status:        st.status,
+		Attempt:       st.attempt,
+		AutoRetries:   st.autoRetries,
+		Reason:        st.reason,
+		Detail:        st.detail,
+		ResultCode:    st.resultCode,
+		RetryAt:       messages.Time(st.retryAt),
+		SourceVersion: st.sourceVersion,
+		UpdatedAt:     messages.Time(st.updatedAt),
 	}
 }
 
@@ -193,8 +213,9 @@ func (s State) Subtasks(offset, limit int) []Subtask {
 
 // setStatus moves sub-task i to st, keeping the counters and the queues'
 // head invariants.
-func (s *State) setStatus(i int32, st messages.SubtaskStatus) {
+func (s *State) setStatus(i int32, st messages.SubtaskStatus, at int64) {
 	sub := &s.subs[i]
+	sub.updatedAt = at
 	s.prog.add(sub.status, -1)
 	s.prog.add(st, 1)
 	sub.status = st
