@@ -343,3 +343,51 @@ func (o *clientOpts) nextPageHint(next string) {
 		fmt.Fprintf(o.stderr, "more: --page-token %s (or --all)\n", next)
 	}
 }
+
+// protoPtr is *T for a generated message type T.
+type protoPtr[T any] interface {
+	*T
+	proto.Message
+}
+
+// callShow makes one unary call bounded by --timeout and prints its answer:
+// JSON, IDs or human (see show).
+func callShow[T any, PT protoPtr[T]](o *clientOpts, cmd *cobra.Command, call func(context.Context, *client) (*connect.Response[T], error), human func(PT) error) error {
+	c, err := o.connect()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := o.call(cmd.Context())
+	defer cancel()
+	res, err := call(ctx, c)
+	if err != nil {
+		return err
+	}
+	msg := PT(res.Msg)
+	return o.show(msg, func() error { return human(msg) })
+}
+
+// listShow reads pages (one, or every one with --all) and prints them as
+// one answer. merge appends a page to all, sets all's next page token and
+// returns it.
+func listShow[T any, PT protoPtr[T]](o *clientOpts, cmd *cobra.Command, l *listFlags, page func(ctx context.Context, c *client, token string) (*connect.Response[T], error), merge func(all, page PT) string, human func(PT) error) error {
+	c, err := o.connect()
+	if err != nil {
+		return err
+	}
+	all := PT(new(T))
+	next, err := l.pages(func(token string) (string, error) {
+		ctx, cancel := o.call(cmd.Context())
+		defer cancel()
+		res, err := page(ctx, c, token)
+		if err != nil {
+			return "", err
+		}
+		return merge(all, PT(res.Msg)), nil
+	})
+	if err != nil {
+		return err
+	}
+	defer o.nextPageHint(next)
+	return o.show(all, func() error { return human(all) })
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -16,7 +17,6 @@ import (
 	"connectrpc.com/connect"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/rpc"
@@ -86,17 +86,11 @@ func productCreate(o *clientOpts) *cobra.Command {
 			if cmd.Flags().Changed("skip-version-check") {
 				req.SkipVersionCheck = &skip
 			}
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.products.CreateProduct(ctx, connect.NewRequest(req))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { return o.table(productHeader, [][]string{productRow(res.Msg.GetProduct())}) })
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.CreateProductResponse], error) {
+				return c.products.CreateProduct(ctx, connect.NewRequest(req))
+			}, func(res *v1.CreateProductResponse) error {
+				return o.table(productHeader, [][]string{productRow(res.GetProduct())})
+			})
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "display name")
@@ -111,17 +105,11 @@ func productGet(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "get PRODUCT_ID", Short: "Show a product", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.products.GetProduct(ctx, connect.NewRequest(&v1.GetProductRequest{ProductId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { return o.table(productHeader, [][]string{productRow(res.Msg.GetProduct())}) })
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.GetProductResponse], error) {
+				return c.products.GetProduct(ctx, connect.NewRequest(&v1.GetProductRequest{ProductId: args[0]}))
+			}, func(res *v1.GetProductResponse) error {
+				return o.table(productHeader, [][]string{productRow(res.GetProduct())})
+			})
 		},
 	}
 }
@@ -131,27 +119,12 @@ func productList(o *clientOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "list", Short: "List products", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			all := &v1.ListProductsResponse{}
-			next, err := l.pages(func(token string) (string, error) {
-				ctx, cancel := o.call(cmd.Context())
-				defer cancel()
-				res, err := c.products.ListProducts(ctx, connect.NewRequest(&v1.ListProductsRequest{PageSize: l.pageSize, PageToken: token}))
-				if err != nil {
-					return "", err
-				}
-				all.Products = append(all.Products, res.Msg.GetProducts()...)
-				return res.Msg.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			all.NextPageToken = next
-			defer o.nextPageHint(next)
-			return o.show(all, func() error {
+			return listShow(o, cmd, &l, func(ctx context.Context, c *client, token string) (*connect.Response[v1.ListProductsResponse], error) {
+				return c.products.ListProducts(ctx, connect.NewRequest(&v1.ListProductsRequest{PageSize: l.pageSize, PageToken: token}))
+			}, func(all, page *v1.ListProductsResponse) string {
+				all.Products, all.NextPageToken = append(all.Products, page.GetProducts()...), page.GetNextPageToken()
+				return all.NextPageToken
+			}, func(all *v1.ListProductsResponse) error {
 				rows := make([][]string, len(all.Products))
 				for i, p := range all.Products {
 					rows[i] = productRow(p)
@@ -168,17 +141,12 @@ func productDelete(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "delete PRODUCT_ID", Short: "Delete a product without devices or packages", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.DeleteProductResponse], error) {
+				return c.products.DeleteProduct(ctx, connect.NewRequest(&v1.DeleteProductRequest{ProductId: args[0]}))
+			}, func(res *v1.DeleteProductResponse) error {
+				_, err := fmt.Fprintf(o.stdout, "deleted product %s\n", args[0])
 				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.products.DeleteProduct(ctx, connect.NewRequest(&v1.DeleteProductRequest{ProductId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { _, err := fmt.Fprintf(o.stdout, "deleted product %s\n", args[0]); return err })
+			})
 		},
 	}
 }
@@ -325,18 +293,10 @@ func deviceGet(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "get DEVICE_ID", Short: "Show a device with its live state", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.devices.GetDevice(ctx, connect.NewRequest(&v1.GetDeviceRequest{DeviceId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error {
-				d := res.Msg.GetDevice()
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.GetDeviceResponse], error) {
+				return c.devices.GetDevice(ctx, connect.NewRequest(&v1.GetDeviceRequest{DeviceId: args[0]}))
+			}, func(res *v1.GetDeviceResponse) error {
+				d := res.GetDevice()
 				row := deviceRow(d)
 				return o.fields("device", row[0], "product", row[1], "online", row[2], "firmware", row[3], "software", row[4],
 					"cell", row[5], "rsrp", row[6], "sinr", row[7], "last seen", row[8],
@@ -351,27 +311,12 @@ func deviceList(o *clientOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "list", Short: "List devices in ID order", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			all := &v1.ListDevicesResponse{}
-			next, err := l.pages(func(token string) (string, error) {
-				ctx, cancel := o.call(cmd.Context())
-				defer cancel()
-				res, err := c.devices.ListDevices(ctx, connect.NewRequest(&v1.ListDevicesRequest{PageSize: l.pageSize, PageToken: token}))
-				if err != nil {
-					return "", err
-				}
-				all.Devices = append(all.Devices, res.Msg.GetDevices()...)
-				return res.Msg.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			all.NextPageToken = next
-			defer o.nextPageHint(next)
-			return o.show(all, func() error {
+			return listShow(o, cmd, &l, func(ctx context.Context, c *client, token string) (*connect.Response[v1.ListDevicesResponse], error) {
+				return c.devices.ListDevices(ctx, connect.NewRequest(&v1.ListDevicesRequest{PageSize: l.pageSize, PageToken: token}))
+			}, func(all, page *v1.ListDevicesResponse) string {
+				all.Devices, all.NextPageToken = append(all.Devices, page.GetDevices()...), page.GetNextPageToken()
+				return all.NextPageToken
+			}, func(all *v1.ListDevicesResponse) error {
 				rows := make([][]string, len(all.Devices))
 				for i, d := range all.Devices {
 					rows[i] = deviceRow(d)
@@ -388,17 +333,12 @@ func deviceDelete(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "delete DEVICE_ID", Short: "Delete a device", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.DeleteDeviceResponse], error) {
+				return c.devices.DeleteDevice(ctx, connect.NewRequest(&v1.DeleteDeviceRequest{DeviceId: args[0]}))
+			}, func(res *v1.DeleteDeviceResponse) error {
+				_, err := fmt.Fprintf(o.stdout, "deleted device %s\n", args[0])
 				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.devices.DeleteDevice(ctx, connect.NewRequest(&v1.DeleteDeviceRequest{DeviceId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { _, err := fmt.Fprintf(o.stdout, "deleted device %s\n", args[0]); return err })
+			})
 		},
 	}
 }
@@ -409,31 +349,16 @@ func deviceTimeline(o *clientOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "timeline DEVICE_ID [--task TASK_ID]", Short: "Show every decision and report of a device, oldest first", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			all := &v1.GetDeviceTimelineResponse{}
-			next, err := l.pages(func(token string) (string, error) {
+			return listShow(o, cmd, &l, func(ctx context.Context, c *client, token string) (*connect.Response[v1.GetDeviceTimelineResponse], error) {
 				req := &v1.GetDeviceTimelineRequest{DeviceId: args[0], PageSize: l.pageSize, PageToken: token}
 				if task != "" {
 					req.TaskId = &task
 				}
-				ctx, cancel := o.call(cmd.Context())
-				defer cancel()
-				res, err := c.devices.GetDeviceTimeline(ctx, connect.NewRequest(req))
-				if err != nil {
-					return "", err
-				}
-				all.Entries = append(all.Entries, res.Msg.GetEntries()...)
-				return res.Msg.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			all.NextPageToken = next
-			defer o.nextPageHint(next)
-			return o.show(all, func() error {
+				return c.devices.GetDeviceTimeline(ctx, connect.NewRequest(req))
+			}, func(all, page *v1.GetDeviceTimelineResponse) string {
+				all.Entries, all.NextPageToken = append(all.Entries, page.GetEntries()...), page.GetNextPageToken()
+				return all.NextPageToken
+			}, func(all *v1.GetDeviceTimelineResponse) error {
 				rows := make([][]string, len(all.Entries))
 				for i, e := range all.Entries {
 					rows[i] = []string{fmtTime(e.GetTime()), orDash(e.GetTaskId()), e.GetKind(), e.GetDetail()}
@@ -455,13 +380,10 @@ func groupRow(g *v1.Group) []string {
 	return []string{g.GetGroupId(), g.GetName(), strconv.Itoa(len(g.GetDeviceIds())), fmtTime(g.GetCreateTime())}
 }
 
-// showGroup prints a group with its members.
-func (o *clientOpts) showGroup(m interface{ GetGroup() *v1.Group }, msg proto.Message) error {
-	return o.show(msg, func() error {
-		g := m.GetGroup()
-		return o.fields("group", g.GetGroupId(), "name", g.GetName(), "created", fmtTime(g.GetCreateTime()),
-			"devices", fmt.Sprintf("%d: %s", len(g.GetDeviceIds()), strings.Join(g.GetDeviceIds(), " ")))
-	})
+// groupFields prints a group with its members.
+func (o *clientOpts) groupFields(g *v1.Group) error {
+	return o.fields("group", g.GetGroupId(), "name", g.GetName(), "created", fmtTime(g.GetCreateTime()),
+		"devices", fmt.Sprintf("%d: %s", len(g.GetDeviceIds()), strings.Join(g.GetDeviceIds(), " ")))
 }
 
 func groupCreate(o *clientOpts) *cobra.Command {
@@ -469,17 +391,9 @@ func groupCreate(o *clientOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "create --name NAME [DEVICE_ID...]", Short: "Create a group", Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.groups.CreateGroup(ctx, connect.NewRequest(&v1.CreateGroupRequest{Name: name, DeviceIds: args}))
-			if err != nil {
-				return err
-			}
-			return o.showGroup(res.Msg, res.Msg)
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.CreateGroupResponse], error) {
+				return c.groups.CreateGroup(ctx, connect.NewRequest(&v1.CreateGroupRequest{Name: name, DeviceIds: args}))
+			}, func(res *v1.CreateGroupResponse) error { return o.groupFields(res.GetGroup()) })
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "display name")
@@ -490,17 +404,9 @@ func groupAdd(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "add GROUP_ID DEVICE_ID...", Short: "Add devices to a group", Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.groups.AddDevices(ctx, connect.NewRequest(&v1.AddDevicesRequest{GroupId: args[0], DeviceIds: args[1:]}))
-			if err != nil {
-				return err
-			}
-			return o.showGroup(res.Msg, res.Msg)
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.AddDevicesResponse], error) {
+				return c.groups.AddDevices(ctx, connect.NewRequest(&v1.AddDevicesRequest{GroupId: args[0], DeviceIds: args[1:]}))
+			}, func(res *v1.AddDevicesResponse) error { return o.groupFields(res.GetGroup()) })
 		},
 	}
 }
@@ -509,17 +415,9 @@ func groupRemove(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "remove GROUP_ID DEVICE_ID...", Short: "Remove devices from a group", Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.groups.RemoveDevices(ctx, connect.NewRequest(&v1.RemoveDevicesRequest{GroupId: args[0], DeviceIds: args[1:]}))
-			if err != nil {
-				return err
-			}
-			return o.showGroup(res.Msg, res.Msg)
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.RemoveDevicesResponse], error) {
+				return c.groups.RemoveDevices(ctx, connect.NewRequest(&v1.RemoveDevicesRequest{GroupId: args[0], DeviceIds: args[1:]}))
+			}, func(res *v1.RemoveDevicesResponse) error { return o.groupFields(res.GetGroup()) })
 		},
 	}
 }
@@ -528,17 +426,9 @@ func groupGet(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "get GROUP_ID", Short: "Show a group with its devices", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.groups.GetGroup(ctx, connect.NewRequest(&v1.GetGroupRequest{GroupId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.showGroup(res.Msg, res.Msg)
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.GetGroupResponse], error) {
+				return c.groups.GetGroup(ctx, connect.NewRequest(&v1.GetGroupRequest{GroupId: args[0]}))
+			}, func(res *v1.GetGroupResponse) error { return o.groupFields(res.GetGroup()) })
 		},
 	}
 }
@@ -548,27 +438,12 @@ func groupList(o *clientOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "list", Short: "List groups", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			all := &v1.ListGroupsResponse{}
-			next, err := l.pages(func(token string) (string, error) {
-				ctx, cancel := o.call(cmd.Context())
-				defer cancel()
-				res, err := c.groups.ListGroups(ctx, connect.NewRequest(&v1.ListGroupsRequest{PageSize: l.pageSize, PageToken: token}))
-				if err != nil {
-					return "", err
-				}
-				all.Groups = append(all.Groups, res.Msg.GetGroups()...)
-				return res.Msg.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			all.NextPageToken = next
-			defer o.nextPageHint(next)
-			return o.show(all, func() error {
+			return listShow(o, cmd, &l, func(ctx context.Context, c *client, token string) (*connect.Response[v1.ListGroupsResponse], error) {
+				return c.groups.ListGroups(ctx, connect.NewRequest(&v1.ListGroupsRequest{PageSize: l.pageSize, PageToken: token}))
+			}, func(all, page *v1.ListGroupsResponse) string {
+				all.Groups, all.NextPageToken = append(all.Groups, page.GetGroups()...), page.GetNextPageToken()
+				return all.NextPageToken
+			}, func(all *v1.ListGroupsResponse) error {
 				rows := make([][]string, len(all.Groups))
 				for i, g := range all.Groups {
 					rows[i] = groupRow(g)
@@ -585,17 +460,12 @@ func groupDelete(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "delete GROUP_ID", Short: "Delete a group (its devices stay)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.DeleteGroupResponse], error) {
+				return c.groups.DeleteGroup(ctx, connect.NewRequest(&v1.DeleteGroupRequest{GroupId: args[0]}))
+			}, func(res *v1.DeleteGroupResponse) error {
+				_, err := fmt.Fprintf(o.stdout, "deleted group %s\n", args[0])
 				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.groups.DeleteGroup(ctx, connect.NewRequest(&v1.DeleteGroupRequest{GroupId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { _, err := fmt.Fprintf(o.stdout, "deleted group %s\n", args[0]); return err })
+			})
 		},
 	}
 }
@@ -681,20 +551,14 @@ func packageCreate(o *clientOpts) *cobra.Command {
 			if len(content) > rpc.MaxInlineContent {
 				return &exitError{code: 2, err: fmt.Errorf("%s is larger than 8 MiB: use otafleet package upload", args[0])}
 			}
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
-				ProductId: md.ProductId, PackageType: md.PackageType, Version: md.Version, SourceVersions: md.SourceVersions,
-				FileName: md.FileName, Content: content, Description: md.Description, CustomInfo: md.CustomInfo, OmitSign: md.OmitSign,
-			}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { return o.table(packageHeader, [][]string{packageRow(res.Msg.GetPackage())}) })
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.CreatePackageResponse], error) {
+				return c.packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
+					ProductId: md.ProductId, PackageType: md.PackageType, Version: md.Version, SourceVersions: md.SourceVersions,
+					FileName: md.FileName, Content: content, Description: md.Description, CustomInfo: md.CustomInfo, OmitSign: md.OmitSign,
+				}))
+			}, func(res *v1.CreatePackageResponse) error {
+				return o.table(packageHeader, [][]string{packageRow(res.GetPackage())})
+			})
 		},
 	}
 	pf.register(cmd)
@@ -793,18 +657,10 @@ func packageGet(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "get PACKAGE_ID", Short: "Show a package", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.packages.GetPackage(ctx, connect.NewRequest(&v1.GetPackageRequest{PackageId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error {
-				p := res.Msg.GetPackage()
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.GetPackageResponse], error) {
+				return c.packages.GetPackage(ctx, connect.NewRequest(&v1.GetPackageRequest{PackageId: args[0]}))
+			}, func(res *v1.GetPackageResponse) error {
+				p := res.GetPackage()
 				row := packageRow(p)
 				return o.fields("package", row[0], "product", row[1], "type", row[2], "version", row[3], "source versions", row[4],
 					"file", row[5], "size", row[6], "sha256", row[7], "description", orDash(p.GetDescription()),
@@ -819,27 +675,12 @@ func packageList(o *clientOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "list", Short: "List packages", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			all := &v1.ListPackagesResponse{}
-			next, err := l.pages(func(token string) (string, error) {
-				ctx, cancel := o.call(cmd.Context())
-				defer cancel()
-				res, err := c.packages.ListPackages(ctx, connect.NewRequest(&v1.ListPackagesRequest{PageSize: l.pageSize, PageToken: token}))
-				if err != nil {
-					return "", err
-				}
-				all.Packages = append(all.Packages, res.Msg.GetPackages()...)
-				return res.Msg.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			all.NextPageToken = next
-			defer o.nextPageHint(next)
-			return o.show(all, func() error {
+			return listShow(o, cmd, &l, func(ctx context.Context, c *client, token string) (*connect.Response[v1.ListPackagesResponse], error) {
+				return c.packages.ListPackages(ctx, connect.NewRequest(&v1.ListPackagesRequest{PageSize: l.pageSize, PageToken: token}))
+			}, func(all, page *v1.ListPackagesResponse) string {
+				all.Packages, all.NextPageToken = append(all.Packages, page.GetPackages()...), page.GetNextPageToken()
+				return all.NextPageToken
+			}, func(all *v1.ListPackagesResponse) error {
 				rows := make([][]string, len(all.Packages))
 				for i, p := range all.Packages {
 					rows[i] = packageRow(p)
@@ -856,17 +697,12 @@ func packageDelete(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "delete PACKAGE_ID", Short: "Delete a package and its file (refused while an unfinished task installs it)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.DeletePackageResponse], error) {
+				return c.packages.DeletePackage(ctx, connect.NewRequest(&v1.DeletePackageRequest{PackageId: args[0]}))
+			}, func(res *v1.DeletePackageResponse) error {
+				_, err := fmt.Fprintf(o.stdout, "deleted package %s\n", args[0])
 				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.packages.DeletePackage(ctx, connect.NewRequest(&v1.DeletePackageRequest{PackageId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { _, err := fmt.Fprintf(o.stdout, "deleted package %s\n", args[0]); return err })
+			})
 		},
 	}
 }

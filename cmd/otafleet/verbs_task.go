@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -139,17 +140,9 @@ func taskCreate(o *clientOpts) *cobra.Command {
 			} else if tz != "" {
 				return &exitError{code: 2, err: errors.New("--time-zone needs --window")}
 			}
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.tasks.CreateTask(ctx, connect.NewRequest(req))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { return o.table(taskHeader, [][]string{taskRow(res.Msg.GetTask())}) })
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.CreateTaskResponse], error) {
+				return c.tasks.CreateTask(ctx, connect.NewRequest(req))
+			}, func(res *v1.CreateTaskResponse) error { return o.table(taskHeader, [][]string{taskRow(res.GetTask())}) })
 		},
 	}
 	f := cmd.Flags()
@@ -174,17 +167,9 @@ func taskGet(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "get TASK_ID", Short: "Show a task with its progress", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { return o.showTask(res.Msg.GetTask()) })
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.GetTaskResponse], error) {
+				return c.tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: args[0]}))
+			}, func(res *v1.GetTaskResponse) error { return o.showTask(res.GetTask()) })
 		},
 	}
 }
@@ -203,28 +188,13 @@ func taskList(o *clientOpts) *cobra.Command {
 				}
 				req.Status = v1.TaskStatus(st).Enum()
 			}
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			all := &v1.ListTasksResponse{}
-			next, err := l.pages(func(token string) (string, error) {
+			return listShow(o, cmd, &l, func(ctx context.Context, c *client, token string) (*connect.Response[v1.ListTasksResponse], error) {
 				req.PageToken = token
-				ctx, cancel := o.call(cmd.Context())
-				defer cancel()
-				res, err := c.tasks.ListTasks(ctx, connect.NewRequest(req))
-				if err != nil {
-					return "", err
-				}
-				all.Tasks = append(all.Tasks, res.Msg.GetTasks()...)
-				return res.Msg.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			all.NextPageToken = next
-			defer o.nextPageHint(next)
-			return o.show(all, func() error {
+				return c.tasks.ListTasks(ctx, connect.NewRequest(req))
+			}, func(all, page *v1.ListTasksResponse) string {
+				all.Tasks, all.NextPageToken = append(all.Tasks, page.GetTasks()...), page.GetNextPageToken()
+				return all.NextPageToken
+			}, func(all *v1.ListTasksResponse) error {
 				rows := make([][]string, len(all.Tasks))
 				for i, t := range all.Tasks {
 					rows[i] = taskRow(t)
@@ -242,17 +212,9 @@ func taskStop(o *clientOpts) *cobra.Command {
 	return &cobra.Command{
 		Use: "stop TASK_ID", Short: "Stop a task (running devices are told to stop)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.tasks.StopTask(ctx, connect.NewRequest(&v1.StopTaskRequest{TaskId: args[0]}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { return o.table(taskHeader, [][]string{taskRow(res.Msg.GetTask())}) })
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.StopTaskResponse], error) {
+				return c.tasks.StopTask(ctx, connect.NewRequest(&v1.StopTaskRequest{TaskId: args[0]}))
+			}, func(res *v1.StopTaskResponse) error { return o.table(taskHeader, [][]string{taskRow(res.GetTask())}) })
 		},
 	}
 }
@@ -262,17 +224,9 @@ func taskRetry(o *clientOpts) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "retry TASK_ID [--device ID]...", Short: "Retry a task's failed and stopped devices now", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.call(cmd.Context())
-			defer cancel()
-			res, err := c.tasks.RetryTask(ctx, connect.NewRequest(&v1.RetryTaskRequest{TaskId: args[0], DeviceIds: devices}))
-			if err != nil {
-				return err
-			}
-			return o.show(res.Msg, func() error { return o.table(taskHeader, [][]string{taskRow(res.Msg.GetTask())}) })
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.RetryTaskResponse], error) {
+				return c.tasks.RetryTask(ctx, connect.NewRequest(&v1.RetryTaskRequest{TaskId: args[0], DeviceIds: devices}))
+			}, func(res *v1.RetryTaskResponse) error { return o.table(taskHeader, [][]string{taskRow(res.GetTask())}) })
 		},
 	}
 	cmd.Flags().StringSliceVar(&devices, "device", nil, "only this device (repeat or comma-separate); default: every failed or stopped one")
@@ -293,43 +247,16 @@ func taskDevices(o *clientOpts) *cobra.Command {
 				}
 				req.Status = v1.SubtaskStatus(st).Enum()
 			}
-			c, err := o.connect()
-			if err != nil {
-				return err
-			}
-			all := &v1.ListTaskDevicesResponse{}
-			next, err := l.pages(func(token string) (string, error) {
+			return listShow(o, cmd, &l, func(ctx context.Context, c *client, token string) (*connect.Response[v1.ListTaskDevicesResponse], error) {
 				req.PageToken = token
-				ctx, cancel := o.call(cmd.Context())
-				defer cancel()
-				res, err := c.tasks.ListTaskDevices(ctx, connect.NewRequest(req))
-				if err != nil {
-					return "", err
-				}
-				all.Devices = append(all.Devices, res.Msg.GetDevices()...)
-				return res.Msg.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			all.NextPageToken = next
-			defer o.nextPageHint(next)
-			return o.show(all, func() error {
+				return c.tasks.ListTaskDevices(ctx, connect.NewRequest(req))
+			}, func(all, page *v1.ListTaskDevicesResponse) string {
+				all.Devices, all.NextPageToken = append(all.Devices, page.GetDevices()...), page.GetNextPageToken()
+				return all.NextPageToken
+			}, func(all *v1.ListTaskDevicesResponse) error {
 				rows := make([][]string, len(all.Devices))
 				for i, d := range all.Devices {
-					stage := orDash(d.GetStage())
-					if d.GetStage() != "" && d.GetProgress() > 0 {
-						stage = fmt.Sprintf("%s %d%%", d.GetStage(), d.GetProgress())
-					}
-					failure := orDash(d.GetFailureReason())
-					if d.GetResultCode() != 0 {
-						failure = fmt.Sprintf("%s (code %d)", failure, d.GetResultCode())
-					}
-					if d.GetNextRetryTime() != nil {
-						failure += ", retry at " + fmtTime(d.GetNextRetryTime())
-					}
-					rows[i] = []string{d.GetDeviceId(), enumName(d.GetStatus().String(), "SUBTASK_STATUS_"), stage,
-						strconv.FormatUint(uint64(d.GetAttempts()), 10), orDash(d.GetSourceVersion()), fmtTime(d.GetUpdateTime()), failure}
+					rows[i] = taskDeviceRow(d)
 				}
 				return o.table([]string{"DEVICE", "STATUS", "STAGE", "ATTEMPTS", "SOURCE", "UPDATED", "FAILURE"}, rows)
 			})
@@ -338,6 +265,22 @@ func taskDevices(o *clientOpts) *cobra.Command {
 	cmd.Flags().StringVar(&status, "status", "", "only devices with this status: waiting, processing, success, fail, fail_wait_retry or stopped")
 	l.register(cmd)
 	return cmd
+}
+
+func taskDeviceRow(d *v1.TaskDevice) []string {
+	stage := orDash(d.GetStage())
+	if d.GetStage() != "" && d.GetProgress() > 0 {
+		stage = fmt.Sprintf("%s %d%%", d.GetStage(), d.GetProgress())
+	}
+	failure := orDash(d.GetFailureReason())
+	if d.GetResultCode() != 0 {
+		failure = fmt.Sprintf("%s (code %d)", failure, d.GetResultCode())
+	}
+	if d.GetNextRetryTime() != nil {
+		failure += ", retry at " + fmtTime(d.GetNextRetryTime())
+	}
+	return []string{d.GetDeviceId(), enumName(d.GetStatus().String(), "SUBTASK_STATUS_"), stage,
+		strconv.FormatUint(uint64(d.GetAttempts()), 10), orDash(d.GetSourceVersion()), fmtTime(d.GetUpdateTime()), failure}
 }
 
 // counters is a one-line summary of a task's progress.
