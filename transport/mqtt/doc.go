@@ -1,0 +1,8 @@
+// Package mqtt connects IoTDA-style MQTT devices to the engine (spec section
+// 2). The embedded broker (Broker, on mochi-mqtt) logs devices in with their
+// client ID and HMAC password, confines each to its own topics, subscribes
+// it to its down topic itself (devices built for IoTDA never SUBSCRIBE),
+// reports presence from the connection, takes uplinks in process through a
+// broker hook so none can be dropped by a subscriber queue, and publishes the
+// engine's downlinks. The wire format lives in the pure subpackage iotda.
+package mqtt
