@@ -81,9 +81,9 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 		cfg.TimestampSkew = time.Hour
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumQos = 1          // spec 2.1: no QoS 2
-	caps.RetainAvailable = 0     // no retained messages
-	caps.SharedSubAvailable = 0  // devices subscribe only to their own topic
+	caps.MaximumQos = 1         // spec 2.1: no QoS 2
+	caps.RetainAvailable = 0    // no retained messages
+	caps.SharedSubAvailable = 0 // devices subscribe only to their own topic
 	caps.WildcardSubAvailable = 0
 	caps.MaximumPacketSize = iotda.MaxPayload + 64<<10
 	caps.MaximumSessionExpiryInterval = 0 // sessions end with the connection

@@ -101,7 +101,7 @@ func (e *env) connect(t *testing.T, device, secret, clientID string, keepAlive t
 	if clientID == "" {
 		clientID = c.String()
 	}
-	o := paho.NewClientOptions().AddBroker("tcp://"+e.b.Addr("mqtt")).SetClientID(clientID).
+	o := paho.NewClientOptions().AddBroker("tcp://" + e.b.Addr("mqtt")).SetClientID(clientID).
 		SetUsername(device).SetPassword(iotda.Password(secret, c.Timestamp)).SetKeepAlive(keepAlive).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).SetProtocolVersion(4)
 	if onMessage != nil {
@@ -286,7 +286,7 @@ func TestOneConnectionPerDevice(t *testing.T) {
 	lost := make(chan error, 1)
 	o := func(id string) *paho.ClientOptions {
 		c := iotda.NewClientID("d1", epoch)
-		return paho.NewClientOptions().AddBroker("tcp://"+e.b.Addr("mqtt")).SetClientID(id).SetUsername("d1").
+		return paho.NewClientOptions().AddBroker("tcp://" + e.b.Addr("mqtt")).SetClientID(id).SetUsername("d1").
 			SetPassword(iotda.Password("secret-1", c.Timestamp)).SetKeepAlive(60 * time.Second).SetAutoReconnect(false)
 	}
 	ts := iotda.NewClientID("d1", epoch).Timestamp
