@@ -107,6 +107,7 @@ type DeviceInput struct {
 	//	*DeviceInput_PcpDownloadResult
 	//	*DeviceInput_PcpExecuteResponse
 	//	*DeviceInput_PcpUpgradeResult
+	//	*DeviceInput_DownloadServed
 	Kind          isDeviceInput_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -336,6 +337,15 @@ func (x *DeviceInput) GetPcpUpgradeResult() *PcpUpgradeResult {
 	return nil
 }
 
+func (x *DeviceInput) GetDownloadServed() *DownloadServed {
+	if x != nil {
+		if x, ok := x.Kind.(*DeviceInput_DownloadServed); ok {
+			return x.DownloadServed
+		}
+	}
+	return nil
+}
+
 type isDeviceInput_Kind interface {
 	isDeviceInput_Kind()
 }
@@ -423,6 +433,11 @@ type DeviceInput_PcpUpgradeResult struct {
 	PcpUpgradeResult *PcpUpgradeResult `protobuf:"bytes,35,opt,name=pcp_upgrade_result,json=pcpUpgradeResult,proto3,oneof"`
 }
 
+type DeviceInput_DownloadServed struct {
+	// Package delivery, from the download servers.
+	DownloadServed *DownloadServed `protobuf:"bytes,40,opt,name=download_served,json=downloadServed,proto3,oneof"`
+}
+
 func (*DeviceInput_StartJob) isDeviceInput_Kind() {}
 
 func (*DeviceInput_StopJob) isDeviceInput_Kind() {}
@@ -463,6 +478,86 @@ func (*DeviceInput_PcpExecuteResponse) isDeviceInput_Kind() {}
 
 func (*DeviceInput_PcpUpgradeResult) isDeviceInput_Kind() {}
 
+func (*DeviceInput_DownloadServed) isDeviceInput_Kind() {}
+
+// DownloadServed: the package server sent bytes [offset, offset+bytes) of a
+// size-byte package to a job's download (one HTTP request, one block run).
+type DownloadServed struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Offset        int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	Bytes         int64                  `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Size          int64                  `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DownloadServed) Reset() {
+	*x = DownloadServed{}
+	mi := &file_messages_device_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DownloadServed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DownloadServed) ProtoMessage() {}
+
+func (x *DownloadServed) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_device_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DownloadServed.ProtoReflect.Descriptor instead.
+func (*DownloadServed) Descriptor() ([]byte, []int) {
+	return file_messages_device_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DownloadServed) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *DownloadServed) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *DownloadServed) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *DownloadServed) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *DownloadServed) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 // StartJob asks a device to run one attempt of a sub-task.
 type StartJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -474,7 +569,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_messages_device_proto_msgTypes[1]
+	mi := &file_messages_device_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +581,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[1]
+	mi := &file_messages_device_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +594,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{1}
+	return file_messages_device_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *StartJob) GetDeviceId() string {
@@ -527,7 +622,7 @@ type StopJob struct {
 
 func (x *StopJob) Reset() {
 	*x = StopJob{}
-	mi := &file_messages_device_proto_msgTypes[2]
+	mi := &file_messages_device_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +634,7 @@ func (x *StopJob) String() string {
 func (*StopJob) ProtoMessage() {}
 
 func (x *StopJob) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[2]
+	mi := &file_messages_device_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +647,7 @@ func (x *StopJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopJob.ProtoReflect.Descriptor instead.
 func (*StopJob) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{2}
+	return file_messages_device_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StopJob) GetDeviceId() string {
@@ -580,7 +675,7 @@ type PermitGranted struct {
 
 func (x *PermitGranted) Reset() {
 	*x = PermitGranted{}
-	mi := &file_messages_device_proto_msgTypes[3]
+	mi := &file_messages_device_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +687,7 @@ func (x *PermitGranted) String() string {
 func (*PermitGranted) ProtoMessage() {}
 
 func (x *PermitGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[3]
+	mi := &file_messages_device_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +700,7 @@ func (x *PermitGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitGranted.ProtoReflect.Descriptor instead.
 func (*PermitGranted) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{3}
+	return file_messages_device_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PermitGranted) GetCellId() string {
@@ -632,7 +727,7 @@ type SetAbnormal struct {
 
 func (x *SetAbnormal) Reset() {
 	*x = SetAbnormal{}
-	mi := &file_messages_device_proto_msgTypes[4]
+	mi := &file_messages_device_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +739,7 @@ func (x *SetAbnormal) String() string {
 func (*SetAbnormal) ProtoMessage() {}
 
 func (x *SetAbnormal) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[4]
+	mi := &file_messages_device_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +752,7 @@ func (x *SetAbnormal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAbnormal.ProtoReflect.Descriptor instead.
 func (*SetAbnormal) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{4}
+	return file_messages_device_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SetAbnormal) GetAbnormal() bool {
@@ -678,7 +773,7 @@ type Connected struct {
 
 func (x *Connected) Reset() {
 	*x = Connected{}
-	mi := &file_messages_device_proto_msgTypes[5]
+	mi := &file_messages_device_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +785,7 @@ func (x *Connected) String() string {
 func (*Connected) ProtoMessage() {}
 
 func (x *Connected) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[5]
+	mi := &file_messages_device_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +798,7 @@ func (x *Connected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Connected.ProtoReflect.Descriptor instead.
 func (*Connected) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{5}
+	return file_messages_device_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Connected) GetQueueMode() bool {
@@ -722,7 +817,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_messages_device_proto_msgTypes[6]
+	mi := &file_messages_device_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -734,7 +829,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[6]
+	mi := &file_messages_device_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -747,7 +842,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{6}
+	return file_messages_device_proto_rawDescGZIP(), []int{7}
 }
 
 // Uplink: any other traffic from the device (LwM2M registration update, a
@@ -760,7 +855,7 @@ type Uplink struct {
 
 func (x *Uplink) Reset() {
 	*x = Uplink{}
-	mi := &file_messages_device_proto_msgTypes[7]
+	mi := &file_messages_device_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +867,7 @@ func (x *Uplink) String() string {
 func (*Uplink) ProtoMessage() {}
 
 func (x *Uplink) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[7]
+	mi := &file_messages_device_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +880,7 @@ func (x *Uplink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Uplink.ProtoReflect.Descriptor instead.
 func (*Uplink) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{7}
+	return file_messages_device_proto_rawDescGZIP(), []int{8}
 }
 
 // Asleep: a queue-mode device is no longer reachable until its next uplink.
@@ -797,7 +892,7 @@ type Asleep struct {
 
 func (x *Asleep) Reset() {
 	*x = Asleep{}
-	mi := &file_messages_device_proto_msgTypes[8]
+	mi := &file_messages_device_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +904,7 @@ func (x *Asleep) String() string {
 func (*Asleep) ProtoMessage() {}
 
 func (x *Asleep) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[8]
+	mi := &file_messages_device_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +917,7 @@ func (x *Asleep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Asleep.ProtoReflect.Descriptor instead.
 func (*Asleep) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{8}
+	return file_messages_device_proto_rawDescGZIP(), []int{9}
 }
 
 // VersionReported: MQTT version_report or a read of /3/0/3.
@@ -836,7 +931,7 @@ type VersionReported struct {
 
 func (x *VersionReported) Reset() {
 	*x = VersionReported{}
-	mi := &file_messages_device_proto_msgTypes[9]
+	mi := &file_messages_device_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +943,7 @@ func (x *VersionReported) String() string {
 func (*VersionReported) ProtoMessage() {}
 
 func (x *VersionReported) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[9]
+	mi := &file_messages_device_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +956,7 @@ func (x *VersionReported) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionReported.ProtoReflect.Descriptor instead.
 func (*VersionReported) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{9}
+	return file_messages_device_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *VersionReported) GetFwVersion() string {
@@ -890,7 +985,7 @@ type RadioReported struct {
 
 func (x *RadioReported) Reset() {
 	*x = RadioReported{}
-	mi := &file_messages_device_proto_msgTypes[10]
+	mi := &file_messages_device_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +997,7 @@ func (x *RadioReported) String() string {
 func (*RadioReported) ProtoMessage() {}
 
 func (x *RadioReported) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[10]
+	mi := &file_messages_device_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1010,7 @@ func (x *RadioReported) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RadioReported.ProtoReflect.Descriptor instead.
 func (*RadioReported) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{10}
+	return file_messages_device_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RadioReported) GetRsrp() int32 {
@@ -954,7 +1049,7 @@ type Lwm2MResponse struct {
 
 func (x *Lwm2MResponse) Reset() {
 	*x = Lwm2MResponse{}
-	mi := &file_messages_device_proto_msgTypes[11]
+	mi := &file_messages_device_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1061,7 @@ func (x *Lwm2MResponse) String() string {
 func (*Lwm2MResponse) ProtoMessage() {}
 
 func (x *Lwm2MResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[11]
+	mi := &file_messages_device_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1074,7 @@ func (x *Lwm2MResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MResponse.ProtoReflect.Descriptor instead.
 func (*Lwm2MResponse) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{11}
+	return file_messages_device_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Lwm2MResponse) GetOp() Lwm2MOp {
@@ -1021,7 +1116,7 @@ type FotaStatus struct {
 
 func (x *FotaStatus) Reset() {
 	*x = FotaStatus{}
-	mi := &file_messages_device_proto_msgTypes[12]
+	mi := &file_messages_device_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1128,7 @@ func (x *FotaStatus) String() string {
 func (*FotaStatus) ProtoMessage() {}
 
 func (x *FotaStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[12]
+	mi := &file_messages_device_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1141,7 @@ func (x *FotaStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FotaStatus.ProtoReflect.Descriptor instead.
 func (*FotaStatus) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{12}
+	return file_messages_device_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FotaStatus) GetState() int32 {
@@ -1076,7 +1171,7 @@ type MqttProgress struct {
 
 func (x *MqttProgress) Reset() {
 	*x = MqttProgress{}
-	mi := &file_messages_device_proto_msgTypes[13]
+	mi := &file_messages_device_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1183,7 @@ func (x *MqttProgress) String() string {
 func (*MqttProgress) ProtoMessage() {}
 
 func (x *MqttProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[13]
+	mi := &file_messages_device_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1196,7 @@ func (x *MqttProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MqttProgress.ProtoReflect.Descriptor instead.
 func (*MqttProgress) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{13}
+	return file_messages_device_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MqttProgress) GetResultCode() int32 {
@@ -1143,7 +1238,7 @@ type PcpVersion struct {
 
 func (x *PcpVersion) Reset() {
 	*x = PcpVersion{}
-	mi := &file_messages_device_proto_msgTypes[14]
+	mi := &file_messages_device_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1250,7 @@ func (x *PcpVersion) String() string {
 func (*PcpVersion) ProtoMessage() {}
 
 func (x *PcpVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[14]
+	mi := &file_messages_device_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1263,7 @@ func (x *PcpVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpVersion.ProtoReflect.Descriptor instead.
 func (*PcpVersion) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{14}
+	return file_messages_device_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PcpVersion) GetResult() uint32 {
@@ -1195,7 +1290,7 @@ type PcpNotifyResponse struct {
 
 func (x *PcpNotifyResponse) Reset() {
 	*x = PcpNotifyResponse{}
-	mi := &file_messages_device_proto_msgTypes[15]
+	mi := &file_messages_device_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1302,7 @@ func (x *PcpNotifyResponse) String() string {
 func (*PcpNotifyResponse) ProtoMessage() {}
 
 func (x *PcpNotifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[15]
+	mi := &file_messages_device_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1315,7 @@ func (x *PcpNotifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpNotifyResponse.ProtoReflect.Descriptor instead.
 func (*PcpNotifyResponse) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{15}
+	return file_messages_device_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PcpNotifyResponse) GetResult() uint32 {
@@ -1241,7 +1336,7 @@ type PcpSegmentRequest struct {
 
 func (x *PcpSegmentRequest) Reset() {
 	*x = PcpSegmentRequest{}
-	mi := &file_messages_device_proto_msgTypes[16]
+	mi := &file_messages_device_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1348,7 @@ func (x *PcpSegmentRequest) String() string {
 func (*PcpSegmentRequest) ProtoMessage() {}
 
 func (x *PcpSegmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[16]
+	mi := &file_messages_device_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1361,7 @@ func (x *PcpSegmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpSegmentRequest.ProtoReflect.Descriptor instead.
 func (*PcpSegmentRequest) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{16}
+	return file_messages_device_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PcpSegmentRequest) GetVersion() string {
@@ -1293,7 +1388,7 @@ type PcpDownloadResult struct {
 
 func (x *PcpDownloadResult) Reset() {
 	*x = PcpDownloadResult{}
-	mi := &file_messages_device_proto_msgTypes[17]
+	mi := &file_messages_device_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1400,7 @@ func (x *PcpDownloadResult) String() string {
 func (*PcpDownloadResult) ProtoMessage() {}
 
 func (x *PcpDownloadResult) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[17]
+	mi := &file_messages_device_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1413,7 @@ func (x *PcpDownloadResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpDownloadResult.ProtoReflect.Descriptor instead.
 func (*PcpDownloadResult) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{17}
+	return file_messages_device_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PcpDownloadResult) GetStatus() uint32 {
@@ -1338,7 +1433,7 @@ type PcpExecuteResponse struct {
 
 func (x *PcpExecuteResponse) Reset() {
 	*x = PcpExecuteResponse{}
-	mi := &file_messages_device_proto_msgTypes[18]
+	mi := &file_messages_device_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1445,7 @@ func (x *PcpExecuteResponse) String() string {
 func (*PcpExecuteResponse) ProtoMessage() {}
 
 func (x *PcpExecuteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[18]
+	mi := &file_messages_device_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1458,7 @@ func (x *PcpExecuteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpExecuteResponse.ProtoReflect.Descriptor instead.
 func (*PcpExecuteResponse) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{18}
+	return file_messages_device_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PcpExecuteResponse) GetResult() uint32 {
@@ -1384,7 +1479,7 @@ type PcpUpgradeResult struct {
 
 func (x *PcpUpgradeResult) Reset() {
 	*x = PcpUpgradeResult{}
-	mi := &file_messages_device_proto_msgTypes[19]
+	mi := &file_messages_device_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1491,7 @@ func (x *PcpUpgradeResult) String() string {
 func (*PcpUpgradeResult) ProtoMessage() {}
 
 func (x *PcpUpgradeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[19]
+	mi := &file_messages_device_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1504,7 @@ func (x *PcpUpgradeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpUpgradeResult.ProtoReflect.Descriptor instead.
 func (*PcpUpgradeResult) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{19}
+	return file_messages_device_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PcpUpgradeResult) GetResult() uint32 {
@@ -1456,7 +1551,7 @@ type DeviceEvent struct {
 
 func (x *DeviceEvent) Reset() {
 	*x = DeviceEvent{}
-	mi := &file_messages_device_proto_msgTypes[20]
+	mi := &file_messages_device_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1468,7 +1563,7 @@ func (x *DeviceEvent) String() string {
 func (*DeviceEvent) ProtoMessage() {}
 
 func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[20]
+	mi := &file_messages_device_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1481,7 +1576,7 @@ func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceEvent.ProtoReflect.Descriptor instead.
 func (*DeviceEvent) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{20}
+	return file_messages_device_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeviceEvent) GetAtUnixNano() int64 {
@@ -1767,7 +1862,7 @@ type JobAccepted struct {
 
 func (x *JobAccepted) Reset() {
 	*x = JobAccepted{}
-	mi := &file_messages_device_proto_msgTypes[21]
+	mi := &file_messages_device_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1874,7 @@ func (x *JobAccepted) String() string {
 func (*JobAccepted) ProtoMessage() {}
 
 func (x *JobAccepted) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[21]
+	mi := &file_messages_device_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1887,7 @@ func (x *JobAccepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobAccepted.ProtoReflect.Descriptor instead.
 func (*JobAccepted) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{21}
+	return file_messages_device_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *JobAccepted) GetJob() *Job {
@@ -1815,7 +1910,7 @@ type JobRejected struct {
 
 func (x *JobRejected) Reset() {
 	*x = JobRejected{}
-	mi := &file_messages_device_proto_msgTypes[22]
+	mi := &file_messages_device_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +1922,7 @@ func (x *JobRejected) String() string {
 func (*JobRejected) ProtoMessage() {}
 
 func (x *JobRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[22]
+	mi := &file_messages_device_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +1935,7 @@ func (x *JobRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRejected.ProtoReflect.Descriptor instead.
 func (*JobRejected) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{22}
+	return file_messages_device_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JobRejected) GetTaskId() string {
@@ -1888,7 +1983,7 @@ type StageEntered struct {
 
 func (x *StageEntered) Reset() {
 	*x = StageEntered{}
-	mi := &file_messages_device_proto_msgTypes[23]
+	mi := &file_messages_device_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +1995,7 @@ func (x *StageEntered) String() string {
 func (*StageEntered) ProtoMessage() {}
 
 func (x *StageEntered) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[23]
+	mi := &file_messages_device_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2008,7 @@ func (x *StageEntered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageEntered.ProtoReflect.Descriptor instead.
 func (*StageEntered) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{23}
+	return file_messages_device_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StageEntered) GetStage() Stage {
@@ -1962,7 +2057,7 @@ type PresenceChanged struct {
 
 func (x *PresenceChanged) Reset() {
 	*x = PresenceChanged{}
-	mi := &file_messages_device_proto_msgTypes[24]
+	mi := &file_messages_device_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2069,7 @@ func (x *PresenceChanged) String() string {
 func (*PresenceChanged) ProtoMessage() {}
 
 func (x *PresenceChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[24]
+	mi := &file_messages_device_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2082,7 @@ func (x *PresenceChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceChanged.ProtoReflect.Descriptor instead.
 func (*PresenceChanged) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{24}
+	return file_messages_device_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PresenceChanged) GetOnline() bool {
@@ -2020,7 +2115,7 @@ type AbnormalChanged struct {
 
 func (x *AbnormalChanged) Reset() {
 	*x = AbnormalChanged{}
-	mi := &file_messages_device_proto_msgTypes[25]
+	mi := &file_messages_device_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2127,7 @@ func (x *AbnormalChanged) String() string {
 func (*AbnormalChanged) ProtoMessage() {}
 
 func (x *AbnormalChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[25]
+	mi := &file_messages_device_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2140,7 @@ func (x *AbnormalChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbnormalChanged.ProtoReflect.Descriptor instead.
 func (*AbnormalChanged) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{25}
+	return file_messages_device_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AbnormalChanged) GetAbnormal() bool {
@@ -2065,7 +2160,7 @@ type VersionRecorded struct {
 
 func (x *VersionRecorded) Reset() {
 	*x = VersionRecorded{}
-	mi := &file_messages_device_proto_msgTypes[26]
+	mi := &file_messages_device_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2077,7 +2172,7 @@ func (x *VersionRecorded) String() string {
 func (*VersionRecorded) ProtoMessage() {}
 
 func (x *VersionRecorded) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[26]
+	mi := &file_messages_device_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2090,7 +2185,7 @@ func (x *VersionRecorded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRecorded.ProtoReflect.Descriptor instead.
 func (*VersionRecorded) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{26}
+	return file_messages_device_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VersionRecorded) GetFwVersion() string {
@@ -2118,7 +2213,7 @@ type RadioRecorded struct {
 
 func (x *RadioRecorded) Reset() {
 	*x = RadioRecorded{}
-	mi := &file_messages_device_proto_msgTypes[27]
+	mi := &file_messages_device_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2225,7 @@ func (x *RadioRecorded) String() string {
 func (*RadioRecorded) ProtoMessage() {}
 
 func (x *RadioRecorded) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[27]
+	mi := &file_messages_device_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2238,7 @@ func (x *RadioRecorded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RadioRecorded.ProtoReflect.Descriptor instead.
 func (*RadioRecorded) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{27}
+	return file_messages_device_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RadioRecorded) GetRsrp() int32 {
@@ -2177,7 +2272,7 @@ type DownlinkQueued struct {
 
 func (x *DownlinkQueued) Reset() {
 	*x = DownlinkQueued{}
-	mi := &file_messages_device_proto_msgTypes[28]
+	mi := &file_messages_device_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2189,7 +2284,7 @@ func (x *DownlinkQueued) String() string {
 func (*DownlinkQueued) ProtoMessage() {}
 
 func (x *DownlinkQueued) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[28]
+	mi := &file_messages_device_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2202,7 +2297,7 @@ func (x *DownlinkQueued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownlinkQueued.ProtoReflect.Descriptor instead.
 func (*DownlinkQueued) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{28}
+	return file_messages_device_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DownlinkQueued) GetDownlink() *Downlink {
@@ -2221,7 +2316,7 @@ type OutboxFlushed struct {
 
 func (x *OutboxFlushed) Reset() {
 	*x = OutboxFlushed{}
-	mi := &file_messages_device_proto_msgTypes[29]
+	mi := &file_messages_device_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2328,7 @@ func (x *OutboxFlushed) String() string {
 func (*OutboxFlushed) ProtoMessage() {}
 
 func (x *OutboxFlushed) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[29]
+	mi := &file_messages_device_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2341,7 @@ func (x *OutboxFlushed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutboxFlushed.ProtoReflect.Descriptor instead.
 func (*OutboxFlushed) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{29}
+	return file_messages_device_proto_rawDescGZIP(), []int{30}
 }
 
 // PermitRequested: the device asked its cell for a slot.
@@ -2260,7 +2355,7 @@ type PermitRequested struct {
 
 func (x *PermitRequested) Reset() {
 	*x = PermitRequested{}
-	mi := &file_messages_device_proto_msgTypes[30]
+	mi := &file_messages_device_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2367,7 @@ func (x *PermitRequested) String() string {
 func (*PermitRequested) ProtoMessage() {}
 
 func (x *PermitRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[30]
+	mi := &file_messages_device_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2380,7 @@ func (x *PermitRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitRequested.ProtoReflect.Descriptor instead.
 func (*PermitRequested) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{30}
+	return file_messages_device_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PermitRequested) GetCellId() string {
@@ -2312,7 +2407,7 @@ type PermitHeld struct {
 
 func (x *PermitHeld) Reset() {
 	*x = PermitHeld{}
-	mi := &file_messages_device_proto_msgTypes[31]
+	mi := &file_messages_device_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2419,7 @@ func (x *PermitHeld) String() string {
 func (*PermitHeld) ProtoMessage() {}
 
 func (x *PermitHeld) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[31]
+	mi := &file_messages_device_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2432,7 @@ func (x *PermitHeld) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitHeld.ProtoReflect.Descriptor instead.
 func (*PermitHeld) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{31}
+	return file_messages_device_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PermitHeld) GetCellId() string {
@@ -2357,7 +2452,7 @@ type PermitReleased struct {
 
 func (x *PermitReleased) Reset() {
 	*x = PermitReleased{}
-	mi := &file_messages_device_proto_msgTypes[32]
+	mi := &file_messages_device_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2464,7 @@ func (x *PermitReleased) String() string {
 func (*PermitReleased) ProtoMessage() {}
 
 func (x *PermitReleased) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[32]
+	mi := &file_messages_device_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2477,7 @@ func (x *PermitReleased) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitReleased.ProtoReflect.Descriptor instead.
 func (*PermitReleased) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{32}
+	return file_messages_device_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PermitReleased) GetCellId() string {
@@ -2401,7 +2496,7 @@ type ProgressRecorded struct {
 
 func (x *ProgressRecorded) Reset() {
 	*x = ProgressRecorded{}
-	mi := &file_messages_device_proto_msgTypes[33]
+	mi := &file_messages_device_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2413,7 +2508,7 @@ func (x *ProgressRecorded) String() string {
 func (*ProgressRecorded) ProtoMessage() {}
 
 func (x *ProgressRecorded) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[33]
+	mi := &file_messages_device_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2426,7 +2521,7 @@ func (x *ProgressRecorded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressRecorded.ProtoReflect.Descriptor instead.
 func (*ProgressRecorded) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{33}
+	return file_messages_device_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ProgressRecorded) GetProgress() int32 {
@@ -2446,7 +2541,7 @@ type Noted struct {
 
 func (x *Noted) Reset() {
 	*x = Noted{}
-	mi := &file_messages_device_proto_msgTypes[34]
+	mi := &file_messages_device_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2458,7 +2553,7 @@ func (x *Noted) String() string {
 func (*Noted) ProtoMessage() {}
 
 func (x *Noted) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[34]
+	mi := &file_messages_device_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2471,7 +2566,7 @@ func (x *Noted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noted.ProtoReflect.Descriptor instead.
 func (*Noted) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{34}
+	return file_messages_device_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Noted) GetText() string {
@@ -2491,7 +2586,7 @@ type PackageUriSent struct {
 
 func (x *PackageUriSent) Reset() {
 	*x = PackageUriSent{}
-	mi := &file_messages_device_proto_msgTypes[35]
+	mi := &file_messages_device_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +2598,7 @@ func (x *PackageUriSent) String() string {
 func (*PackageUriSent) ProtoMessage() {}
 
 func (x *PackageUriSent) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[35]
+	mi := &file_messages_device_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2516,7 +2611,7 @@ func (x *PackageUriSent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PackageUriSent.ProtoReflect.Descriptor instead.
 func (*PackageUriSent) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{35}
+	return file_messages_device_proto_rawDescGZIP(), []int{36}
 }
 
 // PackageUriAccepted: the device acknowledged the write of /5/0/1 (2.04).
@@ -2528,7 +2623,7 @@ type PackageUriAccepted struct {
 
 func (x *PackageUriAccepted) Reset() {
 	*x = PackageUriAccepted{}
-	mi := &file_messages_device_proto_msgTypes[36]
+	mi := &file_messages_device_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +2635,7 @@ func (x *PackageUriAccepted) String() string {
 func (*PackageUriAccepted) ProtoMessage() {}
 
 func (x *PackageUriAccepted) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[36]
+	mi := &file_messages_device_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +2648,7 @@ func (x *PackageUriAccepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PackageUriAccepted.ProtoReflect.Descriptor instead.
 func (*PackageUriAccepted) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{36}
+	return file_messages_device_proto_rawDescGZIP(), []int{37}
 }
 
 // JobFinished: the active job ended; the device is free for another.
@@ -2572,7 +2667,7 @@ type JobFinished struct {
 
 func (x *JobFinished) Reset() {
 	*x = JobFinished{}
-	mi := &file_messages_device_proto_msgTypes[37]
+	mi := &file_messages_device_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2584,7 +2679,7 @@ func (x *JobFinished) String() string {
 func (*JobFinished) ProtoMessage() {}
 
 func (x *JobFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[37]
+	mi := &file_messages_device_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2597,7 +2692,7 @@ func (x *JobFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobFinished.ProtoReflect.Descriptor instead.
 func (*JobFinished) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{37}
+	return file_messages_device_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *JobFinished) GetStatus() SubtaskStatus {
@@ -2662,7 +2757,7 @@ type Downlink struct {
 
 func (x *Downlink) Reset() {
 	*x = Downlink{}
-	mi := &file_messages_device_proto_msgTypes[38]
+	mi := &file_messages_device_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +2769,7 @@ func (x *Downlink) String() string {
 func (*Downlink) ProtoMessage() {}
 
 func (x *Downlink) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[38]
+	mi := &file_messages_device_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +2782,7 @@ func (x *Downlink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Downlink.ProtoReflect.Descriptor instead.
 func (*Downlink) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{38}
+	return file_messages_device_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Downlink) GetDeviceId() string {
@@ -2926,7 +3021,7 @@ type MqttVersionQuery struct {
 
 func (x *MqttVersionQuery) Reset() {
 	*x = MqttVersionQuery{}
-	mi := &file_messages_device_proto_msgTypes[39]
+	mi := &file_messages_device_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2938,7 +3033,7 @@ func (x *MqttVersionQuery) String() string {
 func (*MqttVersionQuery) ProtoMessage() {}
 
 func (x *MqttVersionQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[39]
+	mi := &file_messages_device_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2951,7 +3046,7 @@ func (x *MqttVersionQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MqttVersionQuery.ProtoReflect.Descriptor instead.
 func (*MqttVersionQuery) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{39}
+	return file_messages_device_proto_rawDescGZIP(), []int{40}
 }
 
 // MqttUpgrade: publish firmware_upgrade or software_upgrade; the transport mints
@@ -2965,7 +3060,7 @@ type MqttUpgrade struct {
 
 func (x *MqttUpgrade) Reset() {
 	*x = MqttUpgrade{}
-	mi := &file_messages_device_proto_msgTypes[40]
+	mi := &file_messages_device_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2977,7 +3072,7 @@ func (x *MqttUpgrade) String() string {
 func (*MqttUpgrade) ProtoMessage() {}
 
 func (x *MqttUpgrade) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[40]
+	mi := &file_messages_device_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2990,7 +3085,7 @@ func (x *MqttUpgrade) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MqttUpgrade.ProtoReflect.Descriptor instead.
 func (*MqttUpgrade) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{40}
+	return file_messages_device_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MqttUpgrade) GetJob() *Job {
@@ -3009,7 +3104,7 @@ type Lwm2MRead struct {
 
 func (x *Lwm2MRead) Reset() {
 	*x = Lwm2MRead{}
-	mi := &file_messages_device_proto_msgTypes[41]
+	mi := &file_messages_device_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3021,7 +3116,7 @@ func (x *Lwm2MRead) String() string {
 func (*Lwm2MRead) ProtoMessage() {}
 
 func (x *Lwm2MRead) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[41]
+	mi := &file_messages_device_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3034,7 +3129,7 @@ func (x *Lwm2MRead) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MRead.ProtoReflect.Descriptor instead.
 func (*Lwm2MRead) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{41}
+	return file_messages_device_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Lwm2MRead) GetPath() string {
@@ -3053,7 +3148,7 @@ type Lwm2MObserve struct {
 
 func (x *Lwm2MObserve) Reset() {
 	*x = Lwm2MObserve{}
-	mi := &file_messages_device_proto_msgTypes[42]
+	mi := &file_messages_device_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3065,7 +3160,7 @@ func (x *Lwm2MObserve) String() string {
 func (*Lwm2MObserve) ProtoMessage() {}
 
 func (x *Lwm2MObserve) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[42]
+	mi := &file_messages_device_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3078,7 +3173,7 @@ func (x *Lwm2MObserve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MObserve.ProtoReflect.Descriptor instead.
 func (*Lwm2MObserve) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{42}
+	return file_messages_device_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Lwm2MObserve) GetPath() string {
@@ -3097,7 +3192,7 @@ type Lwm2MCancelObserve struct {
 
 func (x *Lwm2MCancelObserve) Reset() {
 	*x = Lwm2MCancelObserve{}
-	mi := &file_messages_device_proto_msgTypes[43]
+	mi := &file_messages_device_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3109,7 +3204,7 @@ func (x *Lwm2MCancelObserve) String() string {
 func (*Lwm2MCancelObserve) ProtoMessage() {}
 
 func (x *Lwm2MCancelObserve) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[43]
+	mi := &file_messages_device_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3122,7 +3217,7 @@ func (x *Lwm2MCancelObserve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MCancelObserve.ProtoReflect.Descriptor instead.
 func (*Lwm2MCancelObserve) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{43}
+	return file_messages_device_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Lwm2MCancelObserve) GetPath() string {
@@ -3142,7 +3237,7 @@ type Lwm2MWrite struct {
 
 func (x *Lwm2MWrite) Reset() {
 	*x = Lwm2MWrite{}
-	mi := &file_messages_device_proto_msgTypes[44]
+	mi := &file_messages_device_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3154,7 +3249,7 @@ func (x *Lwm2MWrite) String() string {
 func (*Lwm2MWrite) ProtoMessage() {}
 
 func (x *Lwm2MWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[44]
+	mi := &file_messages_device_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3167,7 +3262,7 @@ func (x *Lwm2MWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MWrite.ProtoReflect.Descriptor instead.
 func (*Lwm2MWrite) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{44}
+	return file_messages_device_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Lwm2MWrite) GetPath() string {
@@ -3194,7 +3289,7 @@ type Lwm2MWritePackageUri struct {
 
 func (x *Lwm2MWritePackageUri) Reset() {
 	*x = Lwm2MWritePackageUri{}
-	mi := &file_messages_device_proto_msgTypes[45]
+	mi := &file_messages_device_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3206,7 +3301,7 @@ func (x *Lwm2MWritePackageUri) String() string {
 func (*Lwm2MWritePackageUri) ProtoMessage() {}
 
 func (x *Lwm2MWritePackageUri) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[45]
+	mi := &file_messages_device_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3219,7 +3314,7 @@ func (x *Lwm2MWritePackageUri) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MWritePackageUri.ProtoReflect.Descriptor instead.
 func (*Lwm2MWritePackageUri) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{45}
+	return file_messages_device_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Lwm2MWritePackageUri) GetJob() *Job {
@@ -3238,7 +3333,7 @@ type Lwm2MExecute struct {
 
 func (x *Lwm2MExecute) Reset() {
 	*x = Lwm2MExecute{}
-	mi := &file_messages_device_proto_msgTypes[46]
+	mi := &file_messages_device_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3250,7 +3345,7 @@ func (x *Lwm2MExecute) String() string {
 func (*Lwm2MExecute) ProtoMessage() {}
 
 func (x *Lwm2MExecute) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[46]
+	mi := &file_messages_device_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3263,7 +3358,7 @@ func (x *Lwm2MExecute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MExecute.ProtoReflect.Descriptor instead.
 func (*Lwm2MExecute) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{46}
+	return file_messages_device_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Lwm2MExecute) GetPath() string {
@@ -3281,7 +3376,7 @@ type PcpQueryVersion struct {
 
 func (x *PcpQueryVersion) Reset() {
 	*x = PcpQueryVersion{}
-	mi := &file_messages_device_proto_msgTypes[47]
+	mi := &file_messages_device_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3293,7 +3388,7 @@ func (x *PcpQueryVersion) String() string {
 func (*PcpQueryVersion) ProtoMessage() {}
 
 func (x *PcpQueryVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[47]
+	mi := &file_messages_device_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3306,7 +3401,7 @@ func (x *PcpQueryVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpQueryVersion.ProtoReflect.Descriptor instead.
 func (*PcpQueryVersion) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{47}
+	return file_messages_device_proto_rawDescGZIP(), []int{48}
 }
 
 type PcpNotifyNewVersion struct {
@@ -3321,7 +3416,7 @@ type PcpNotifyNewVersion struct {
 
 func (x *PcpNotifyNewVersion) Reset() {
 	*x = PcpNotifyNewVersion{}
-	mi := &file_messages_device_proto_msgTypes[48]
+	mi := &file_messages_device_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3333,7 +3428,7 @@ func (x *PcpNotifyNewVersion) String() string {
 func (*PcpNotifyNewVersion) ProtoMessage() {}
 
 func (x *PcpNotifyNewVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[48]
+	mi := &file_messages_device_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3346,7 +3441,7 @@ func (x *PcpNotifyNewVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpNotifyNewVersion.ProtoReflect.Descriptor instead.
 func (*PcpNotifyNewVersion) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{48}
+	return file_messages_device_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PcpNotifyNewVersion) GetVersion() string {
@@ -3390,7 +3485,7 @@ type PcpSegmentResponse struct {
 
 func (x *PcpSegmentResponse) Reset() {
 	*x = PcpSegmentResponse{}
-	mi := &file_messages_device_proto_msgTypes[49]
+	mi := &file_messages_device_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3402,7 +3497,7 @@ func (x *PcpSegmentResponse) String() string {
 func (*PcpSegmentResponse) ProtoMessage() {}
 
 func (x *PcpSegmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[49]
+	mi := &file_messages_device_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3415,7 +3510,7 @@ func (x *PcpSegmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpSegmentResponse.ProtoReflect.Descriptor instead.
 func (*PcpSegmentResponse) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{49}
+	return file_messages_device_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PcpSegmentResponse) GetResult() uint32 {
@@ -3455,7 +3550,7 @@ type PcpDownloadResultAck struct {
 
 func (x *PcpDownloadResultAck) Reset() {
 	*x = PcpDownloadResultAck{}
-	mi := &file_messages_device_proto_msgTypes[50]
+	mi := &file_messages_device_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +3562,7 @@ func (x *PcpDownloadResultAck) String() string {
 func (*PcpDownloadResultAck) ProtoMessage() {}
 
 func (x *PcpDownloadResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[50]
+	mi := &file_messages_device_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +3575,7 @@ func (x *PcpDownloadResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpDownloadResultAck.ProtoReflect.Descriptor instead.
 func (*PcpDownloadResultAck) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{50}
+	return file_messages_device_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PcpDownloadResultAck) GetResult() uint32 {
@@ -3498,7 +3593,7 @@ type PcpExecute struct {
 
 func (x *PcpExecute) Reset() {
 	*x = PcpExecute{}
-	mi := &file_messages_device_proto_msgTypes[51]
+	mi := &file_messages_device_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3510,7 +3605,7 @@ func (x *PcpExecute) String() string {
 func (*PcpExecute) ProtoMessage() {}
 
 func (x *PcpExecute) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[51]
+	mi := &file_messages_device_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3523,7 +3618,7 @@ func (x *PcpExecute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpExecute.ProtoReflect.Descriptor instead.
 func (*PcpExecute) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{51}
+	return file_messages_device_proto_rawDescGZIP(), []int{52}
 }
 
 type PcpUpgradeResultAck struct {
@@ -3535,7 +3630,7 @@ type PcpUpgradeResultAck struct {
 
 func (x *PcpUpgradeResultAck) Reset() {
 	*x = PcpUpgradeResultAck{}
-	mi := &file_messages_device_proto_msgTypes[52]
+	mi := &file_messages_device_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3547,7 +3642,7 @@ func (x *PcpUpgradeResultAck) String() string {
 func (*PcpUpgradeResultAck) ProtoMessage() {}
 
 func (x *PcpUpgradeResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[52]
+	mi := &file_messages_device_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3560,7 +3655,7 @@ func (x *PcpUpgradeResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpUpgradeResultAck.ProtoReflect.Descriptor instead.
 func (*PcpUpgradeResultAck) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{52}
+	return file_messages_device_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PcpUpgradeResultAck) GetResult() uint32 {
@@ -3584,7 +3679,7 @@ type RequestPermit struct {
 
 func (x *RequestPermit) Reset() {
 	*x = RequestPermit{}
-	mi := &file_messages_device_proto_msgTypes[53]
+	mi := &file_messages_device_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3596,7 +3691,7 @@ func (x *RequestPermit) String() string {
 func (*RequestPermit) ProtoMessage() {}
 
 func (x *RequestPermit) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[53]
+	mi := &file_messages_device_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3609,7 +3704,7 @@ func (x *RequestPermit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestPermit.ProtoReflect.Descriptor instead.
 func (*RequestPermit) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{53}
+	return file_messages_device_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RequestPermit) GetCellId() string {
@@ -3658,7 +3753,7 @@ type ReleasePermit struct {
 
 func (x *ReleasePermit) Reset() {
 	*x = ReleasePermit{}
-	mi := &file_messages_device_proto_msgTypes[54]
+	mi := &file_messages_device_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3670,7 +3765,7 @@ func (x *ReleasePermit) String() string {
 func (*ReleasePermit) ProtoMessage() {}
 
 func (x *ReleasePermit) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[54]
+	mi := &file_messages_device_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3683,7 +3778,7 @@ func (x *ReleasePermit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleasePermit.ProtoReflect.Descriptor instead.
 func (*ReleasePermit) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{54}
+	return file_messages_device_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ReleasePermit) GetCellId() string {
@@ -3719,7 +3814,7 @@ type ReportOutcome struct {
 
 func (x *ReportOutcome) Reset() {
 	*x = ReportOutcome{}
-	mi := &file_messages_device_proto_msgTypes[55]
+	mi := &file_messages_device_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3731,7 +3826,7 @@ func (x *ReportOutcome) String() string {
 func (*ReportOutcome) ProtoMessage() {}
 
 func (x *ReportOutcome) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[55]
+	mi := &file_messages_device_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3744,7 +3839,7 @@ func (x *ReportOutcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportOutcome.ProtoReflect.Descriptor instead.
 func (*ReportOutcome) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{55}
+	return file_messages_device_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ReportOutcome) GetTaskId() string {
@@ -3815,7 +3910,7 @@ type RevokeToken struct {
 
 func (x *RevokeToken) Reset() {
 	*x = RevokeToken{}
-	mi := &file_messages_device_proto_msgTypes[56]
+	mi := &file_messages_device_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3827,7 +3922,7 @@ func (x *RevokeToken) String() string {
 func (*RevokeToken) ProtoMessage() {}
 
 func (x *RevokeToken) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[56]
+	mi := &file_messages_device_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3840,7 +3935,7 @@ func (x *RevokeToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeToken.ProtoReflect.Descriptor instead.
 func (*RevokeToken) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{56}
+	return file_messages_device_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RevokeToken) GetTaskId() string {
@@ -3882,7 +3977,7 @@ type DeviceEffect struct {
 
 func (x *DeviceEffect) Reset() {
 	*x = DeviceEffect{}
-	mi := &file_messages_device_proto_msgTypes[57]
+	mi := &file_messages_device_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3894,7 +3989,7 @@ func (x *DeviceEffect) String() string {
 func (*DeviceEffect) ProtoMessage() {}
 
 func (x *DeviceEffect) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[57]
+	mi := &file_messages_device_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3907,7 +4002,7 @@ func (x *DeviceEffect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceEffect.ProtoReflect.Descriptor instead.
 func (*DeviceEffect) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{57}
+	return file_messages_device_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *DeviceEffect) GetKind() isDeviceEffect_Kind {
@@ -4015,7 +4110,7 @@ var File_messages_device_proto protoreflect.FileDescriptor
 
 const file_messages_device_proto_rawDesc = "" +
 	"\n" +
-	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\x9d\f\n" +
+	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\xee\f\n" +
 	"\vDeviceInput\x12 \n" +
 	"\fat_unix_nano\x18\x01 \x01(\x03R\n" +
 	"atUnixNano\x12=\n" +
@@ -4041,8 +4136,15 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x13pcp_segment_request\x18  \x01(\v2'.otafleet.messages.v1.PcpSegmentRequestH\x00R\x11pcpSegmentRequest\x12Y\n" +
 	"\x13pcp_download_result\x18! \x01(\v2'.otafleet.messages.v1.PcpDownloadResultH\x00R\x11pcpDownloadResult\x12\\\n" +
 	"\x14pcp_execute_response\x18\" \x01(\v2(.otafleet.messages.v1.PcpExecuteResponseH\x00R\x12pcpExecuteResponse\x12V\n" +
-	"\x12pcp_upgrade_result\x18# \x01(\v2&.otafleet.messages.v1.PcpUpgradeResultH\x00R\x10pcpUpgradeResultB\x06\n" +
-	"\x04kind\"T\n" +
+	"\x12pcp_upgrade_result\x18# \x01(\v2&.otafleet.messages.v1.PcpUpgradeResultH\x00R\x10pcpUpgradeResult\x12O\n" +
+	"\x0fdownload_served\x18( \x01(\v2$.otafleet.messages.v1.DownloadServedH\x00R\x0edownloadServedB\x06\n" +
+	"\x04kind\"\x85\x01\n" +
+	"\x0eDownloadServed\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x03R\x04size\"T\n" +
 	"\bStartJob\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12+\n" +
 	"\x03job\x18\x02 \x01(\v2\x19.otafleet.messages.v1.JobR\x03job\"?\n" +
@@ -4302,151 +4404,153 @@ func file_messages_device_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_device_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_messages_device_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_messages_device_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_messages_device_proto_goTypes = []any{
 	(Lwm2MOp)(0),                 // 0: otafleet.messages.v1.Lwm2mOp
 	(*DeviceInput)(nil),          // 1: otafleet.messages.v1.DeviceInput
-	(*StartJob)(nil),             // 2: otafleet.messages.v1.StartJob
-	(*StopJob)(nil),              // 3: otafleet.messages.v1.StopJob
-	(*PermitGranted)(nil),        // 4: otafleet.messages.v1.PermitGranted
-	(*SetAbnormal)(nil),          // 5: otafleet.messages.v1.SetAbnormal
-	(*Connected)(nil),            // 6: otafleet.messages.v1.Connected
-	(*Disconnected)(nil),         // 7: otafleet.messages.v1.Disconnected
-	(*Uplink)(nil),               // 8: otafleet.messages.v1.Uplink
-	(*Asleep)(nil),               // 9: otafleet.messages.v1.Asleep
-	(*VersionReported)(nil),      // 10: otafleet.messages.v1.VersionReported
-	(*RadioReported)(nil),        // 11: otafleet.messages.v1.RadioReported
-	(*Lwm2MResponse)(nil),        // 12: otafleet.messages.v1.Lwm2mResponse
-	(*FotaStatus)(nil),           // 13: otafleet.messages.v1.FotaStatus
-	(*MqttProgress)(nil),         // 14: otafleet.messages.v1.MqttProgress
-	(*PcpVersion)(nil),           // 15: otafleet.messages.v1.PcpVersion
-	(*PcpNotifyResponse)(nil),    // 16: otafleet.messages.v1.PcpNotifyResponse
-	(*PcpSegmentRequest)(nil),    // 17: otafleet.messages.v1.PcpSegmentRequest
-	(*PcpDownloadResult)(nil),    // 18: otafleet.messages.v1.PcpDownloadResult
-	(*PcpExecuteResponse)(nil),   // 19: otafleet.messages.v1.PcpExecuteResponse
-	(*PcpUpgradeResult)(nil),     // 20: otafleet.messages.v1.PcpUpgradeResult
-	(*DeviceEvent)(nil),          // 21: otafleet.messages.v1.DeviceEvent
-	(*JobAccepted)(nil),          // 22: otafleet.messages.v1.JobAccepted
-	(*JobRejected)(nil),          // 23: otafleet.messages.v1.JobRejected
-	(*StageEntered)(nil),         // 24: otafleet.messages.v1.StageEntered
-	(*PresenceChanged)(nil),      // 25: otafleet.messages.v1.PresenceChanged
-	(*AbnormalChanged)(nil),      // 26: otafleet.messages.v1.AbnormalChanged
-	(*VersionRecorded)(nil),      // 27: otafleet.messages.v1.VersionRecorded
-	(*RadioRecorded)(nil),        // 28: otafleet.messages.v1.RadioRecorded
-	(*DownlinkQueued)(nil),       // 29: otafleet.messages.v1.DownlinkQueued
-	(*OutboxFlushed)(nil),        // 30: otafleet.messages.v1.OutboxFlushed
-	(*PermitRequested)(nil),      // 31: otafleet.messages.v1.PermitRequested
-	(*PermitHeld)(nil),           // 32: otafleet.messages.v1.PermitHeld
-	(*PermitReleased)(nil),       // 33: otafleet.messages.v1.PermitReleased
-	(*ProgressRecorded)(nil),     // 34: otafleet.messages.v1.ProgressRecorded
-	(*Noted)(nil),                // 35: otafleet.messages.v1.Noted
-	(*PackageUriSent)(nil),       // 36: otafleet.messages.v1.PackageUriSent
-	(*PackageUriAccepted)(nil),   // 37: otafleet.messages.v1.PackageUriAccepted
-	(*JobFinished)(nil),          // 38: otafleet.messages.v1.JobFinished
-	(*Downlink)(nil),             // 39: otafleet.messages.v1.Downlink
-	(*MqttVersionQuery)(nil),     // 40: otafleet.messages.v1.MqttVersionQuery
-	(*MqttUpgrade)(nil),          // 41: otafleet.messages.v1.MqttUpgrade
-	(*Lwm2MRead)(nil),            // 42: otafleet.messages.v1.Lwm2mRead
-	(*Lwm2MObserve)(nil),         // 43: otafleet.messages.v1.Lwm2mObserve
-	(*Lwm2MCancelObserve)(nil),   // 44: otafleet.messages.v1.Lwm2mCancelObserve
-	(*Lwm2MWrite)(nil),           // 45: otafleet.messages.v1.Lwm2mWrite
-	(*Lwm2MWritePackageUri)(nil), // 46: otafleet.messages.v1.Lwm2mWritePackageUri
-	(*Lwm2MExecute)(nil),         // 47: otafleet.messages.v1.Lwm2mExecute
-	(*PcpQueryVersion)(nil),      // 48: otafleet.messages.v1.PcpQueryVersion
-	(*PcpNotifyNewVersion)(nil),  // 49: otafleet.messages.v1.PcpNotifyNewVersion
-	(*PcpSegmentResponse)(nil),   // 50: otafleet.messages.v1.PcpSegmentResponse
-	(*PcpDownloadResultAck)(nil), // 51: otafleet.messages.v1.PcpDownloadResultAck
-	(*PcpExecute)(nil),           // 52: otafleet.messages.v1.PcpExecute
-	(*PcpUpgradeResultAck)(nil),  // 53: otafleet.messages.v1.PcpUpgradeResultAck
-	(*RequestPermit)(nil),        // 54: otafleet.messages.v1.RequestPermit
-	(*ReleasePermit)(nil),        // 55: otafleet.messages.v1.ReleasePermit
-	(*ReportOutcome)(nil),        // 56: otafleet.messages.v1.ReportOutcome
-	(*RevokeToken)(nil),          // 57: otafleet.messages.v1.RevokeToken
-	(*DeviceEffect)(nil),         // 58: otafleet.messages.v1.DeviceEffect
-	(*DeadlineFired)(nil),        // 59: otafleet.messages.v1.DeadlineFired
-	(*Job)(nil),                  // 60: otafleet.messages.v1.Job
-	(Reason)(0),                  // 61: otafleet.messages.v1.Reason
-	(Stage)(0),                   // 62: otafleet.messages.v1.Stage
-	(VerifyCause)(0),             // 63: otafleet.messages.v1.VerifyCause
-	(SubtaskStatus)(0),           // 64: otafleet.messages.v1.SubtaskStatus
-	(*ArmDeadline)(nil),          // 65: otafleet.messages.v1.ArmDeadline
+	(*DownloadServed)(nil),       // 2: otafleet.messages.v1.DownloadServed
+	(*StartJob)(nil),             // 3: otafleet.messages.v1.StartJob
+	(*StopJob)(nil),              // 4: otafleet.messages.v1.StopJob
+	(*PermitGranted)(nil),        // 5: otafleet.messages.v1.PermitGranted
+	(*SetAbnormal)(nil),          // 6: otafleet.messages.v1.SetAbnormal
+	(*Connected)(nil),            // 7: otafleet.messages.v1.Connected
+	(*Disconnected)(nil),         // 8: otafleet.messages.v1.Disconnected
+	(*Uplink)(nil),               // 9: otafleet.messages.v1.Uplink
+	(*Asleep)(nil),               // 10: otafleet.messages.v1.Asleep
+	(*VersionReported)(nil),      // 11: otafleet.messages.v1.VersionReported
+	(*RadioReported)(nil),        // 12: otafleet.messages.v1.RadioReported
+	(*Lwm2MResponse)(nil),        // 13: otafleet.messages.v1.Lwm2mResponse
+	(*FotaStatus)(nil),           // 14: otafleet.messages.v1.FotaStatus
+	(*MqttProgress)(nil),         // 15: otafleet.messages.v1.MqttProgress
+	(*PcpVersion)(nil),           // 16: otafleet.messages.v1.PcpVersion
+	(*PcpNotifyResponse)(nil),    // 17: otafleet.messages.v1.PcpNotifyResponse
+	(*PcpSegmentRequest)(nil),    // 18: otafleet.messages.v1.PcpSegmentRequest
+	(*PcpDownloadResult)(nil),    // 19: otafleet.messages.v1.PcpDownloadResult
+	(*PcpExecuteResponse)(nil),   // 20: otafleet.messages.v1.PcpExecuteResponse
+	(*PcpUpgradeResult)(nil),     // 21: otafleet.messages.v1.PcpUpgradeResult
+	(*DeviceEvent)(nil),          // 22: otafleet.messages.v1.DeviceEvent
+	(*JobAccepted)(nil),          // 23: otafleet.messages.v1.JobAccepted
+	(*JobRejected)(nil),          // 24: otafleet.messages.v1.JobRejected
+	(*StageEntered)(nil),         // 25: otafleet.messages.v1.StageEntered
+	(*PresenceChanged)(nil),      // 26: otafleet.messages.v1.PresenceChanged
+	(*AbnormalChanged)(nil),      // 27: otafleet.messages.v1.AbnormalChanged
+	(*VersionRecorded)(nil),      // 28: otafleet.messages.v1.VersionRecorded
+	(*RadioRecorded)(nil),        // 29: otafleet.messages.v1.RadioRecorded
+	(*DownlinkQueued)(nil),       // 30: otafleet.messages.v1.DownlinkQueued
+	(*OutboxFlushed)(nil),        // 31: otafleet.messages.v1.OutboxFlushed
+	(*PermitRequested)(nil),      // 32: otafleet.messages.v1.PermitRequested
+	(*PermitHeld)(nil),           // 33: otafleet.messages.v1.PermitHeld
+	(*PermitReleased)(nil),       // 34: otafleet.messages.v1.PermitReleased
+	(*ProgressRecorded)(nil),     // 35: otafleet.messages.v1.ProgressRecorded
+	(*Noted)(nil),                // 36: otafleet.messages.v1.Noted
+	(*PackageUriSent)(nil),       // 37: otafleet.messages.v1.PackageUriSent
+	(*PackageUriAccepted)(nil),   // 38: otafleet.messages.v1.PackageUriAccepted
+	(*JobFinished)(nil),          // 39: otafleet.messages.v1.JobFinished
+	(*Downlink)(nil),             // 40: otafleet.messages.v1.Downlink
+	(*MqttVersionQuery)(nil),     // 41: otafleet.messages.v1.MqttVersionQuery
+	(*MqttUpgrade)(nil),          // 42: otafleet.messages.v1.MqttUpgrade
+	(*Lwm2MRead)(nil),            // 43: otafleet.messages.v1.Lwm2mRead
+	(*Lwm2MObserve)(nil),         // 44: otafleet.messages.v1.Lwm2mObserve
+	(*Lwm2MCancelObserve)(nil),   // 45: otafleet.messages.v1.Lwm2mCancelObserve
+	(*Lwm2MWrite)(nil),           // 46: otafleet.messages.v1.Lwm2mWrite
+	(*Lwm2MWritePackageUri)(nil), // 47: otafleet.messages.v1.Lwm2mWritePackageUri
+	(*Lwm2MExecute)(nil),         // 48: otafleet.messages.v1.Lwm2mExecute
+	(*PcpQueryVersion)(nil),      // 49: otafleet.messages.v1.PcpQueryVersion
+	(*PcpNotifyNewVersion)(nil),  // 50: otafleet.messages.v1.PcpNotifyNewVersion
+	(*PcpSegmentResponse)(nil),   // 51: otafleet.messages.v1.PcpSegmentResponse
+	(*PcpDownloadResultAck)(nil), // 52: otafleet.messages.v1.PcpDownloadResultAck
+	(*PcpExecute)(nil),           // 53: otafleet.messages.v1.PcpExecute
+	(*PcpUpgradeResultAck)(nil),  // 54: otafleet.messages.v1.PcpUpgradeResultAck
+	(*RequestPermit)(nil),        // 55: otafleet.messages.v1.RequestPermit
+	(*ReleasePermit)(nil),        // 56: otafleet.messages.v1.ReleasePermit
+	(*ReportOutcome)(nil),        // 57: otafleet.messages.v1.ReportOutcome
+	(*RevokeToken)(nil),          // 58: otafleet.messages.v1.RevokeToken
+	(*DeviceEffect)(nil),         // 59: otafleet.messages.v1.DeviceEffect
+	(*DeadlineFired)(nil),        // 60: otafleet.messages.v1.DeadlineFired
+	(*Job)(nil),                  // 61: otafleet.messages.v1.Job
+	(Reason)(0),                  // 62: otafleet.messages.v1.Reason
+	(Stage)(0),                   // 63: otafleet.messages.v1.Stage
+	(VerifyCause)(0),             // 64: otafleet.messages.v1.VerifyCause
+	(SubtaskStatus)(0),           // 65: otafleet.messages.v1.SubtaskStatus
+	(*ArmDeadline)(nil),          // 66: otafleet.messages.v1.ArmDeadline
 }
 var file_messages_device_proto_depIdxs = []int32{
-	2,  // 0: otafleet.messages.v1.DeviceInput.start_job:type_name -> otafleet.messages.v1.StartJob
-	3,  // 1: otafleet.messages.v1.DeviceInput.stop_job:type_name -> otafleet.messages.v1.StopJob
-	4,  // 2: otafleet.messages.v1.DeviceInput.permit_granted:type_name -> otafleet.messages.v1.PermitGranted
-	59, // 3: otafleet.messages.v1.DeviceInput.deadline_fired:type_name -> otafleet.messages.v1.DeadlineFired
-	5,  // 4: otafleet.messages.v1.DeviceInput.set_abnormal:type_name -> otafleet.messages.v1.SetAbnormal
-	6,  // 5: otafleet.messages.v1.DeviceInput.connected:type_name -> otafleet.messages.v1.Connected
-	7,  // 6: otafleet.messages.v1.DeviceInput.disconnected:type_name -> otafleet.messages.v1.Disconnected
-	8,  // 7: otafleet.messages.v1.DeviceInput.uplink:type_name -> otafleet.messages.v1.Uplink
-	9,  // 8: otafleet.messages.v1.DeviceInput.asleep:type_name -> otafleet.messages.v1.Asleep
-	10, // 9: otafleet.messages.v1.DeviceInput.version_reported:type_name -> otafleet.messages.v1.VersionReported
-	11, // 10: otafleet.messages.v1.DeviceInput.radio_reported:type_name -> otafleet.messages.v1.RadioReported
-	12, // 11: otafleet.messages.v1.DeviceInput.lwm2m_response:type_name -> otafleet.messages.v1.Lwm2mResponse
-	13, // 12: otafleet.messages.v1.DeviceInput.fota_status:type_name -> otafleet.messages.v1.FotaStatus
-	14, // 13: otafleet.messages.v1.DeviceInput.mqtt_progress:type_name -> otafleet.messages.v1.MqttProgress
-	15, // 14: otafleet.messages.v1.DeviceInput.pcp_version:type_name -> otafleet.messages.v1.PcpVersion
-	16, // 15: otafleet.messages.v1.DeviceInput.pcp_notify_response:type_name -> otafleet.messages.v1.PcpNotifyResponse
-	17, // 16: otafleet.messages.v1.DeviceInput.pcp_segment_request:type_name -> otafleet.messages.v1.PcpSegmentRequest
-	18, // 17: otafleet.messages.v1.DeviceInput.pcp_download_result:type_name -> otafleet.messages.v1.PcpDownloadResult
-	19, // 18: otafleet.messages.v1.DeviceInput.pcp_execute_response:type_name -> otafleet.messages.v1.PcpExecuteResponse
-	20, // 19: otafleet.messages.v1.DeviceInput.pcp_upgrade_result:type_name -> otafleet.messages.v1.PcpUpgradeResult
-	60, // 20: otafleet.messages.v1.StartJob.job:type_name -> otafleet.messages.v1.Job
-	0,  // 21: otafleet.messages.v1.Lwm2mResponse.op:type_name -> otafleet.messages.v1.Lwm2mOp
-	22, // 22: otafleet.messages.v1.DeviceEvent.job_accepted:type_name -> otafleet.messages.v1.JobAccepted
-	23, // 23: otafleet.messages.v1.DeviceEvent.job_rejected:type_name -> otafleet.messages.v1.JobRejected
-	24, // 24: otafleet.messages.v1.DeviceEvent.stage_entered:type_name -> otafleet.messages.v1.StageEntered
-	25, // 25: otafleet.messages.v1.DeviceEvent.presence_changed:type_name -> otafleet.messages.v1.PresenceChanged
-	26, // 26: otafleet.messages.v1.DeviceEvent.abnormal_changed:type_name -> otafleet.messages.v1.AbnormalChanged
-	27, // 27: otafleet.messages.v1.DeviceEvent.version_recorded:type_name -> otafleet.messages.v1.VersionRecorded
-	28, // 28: otafleet.messages.v1.DeviceEvent.radio_recorded:type_name -> otafleet.messages.v1.RadioRecorded
-	29, // 29: otafleet.messages.v1.DeviceEvent.downlink_queued:type_name -> otafleet.messages.v1.DownlinkQueued
-	30, // 30: otafleet.messages.v1.DeviceEvent.outbox_flushed:type_name -> otafleet.messages.v1.OutboxFlushed
-	31, // 31: otafleet.messages.v1.DeviceEvent.permit_requested:type_name -> otafleet.messages.v1.PermitRequested
-	32, // 32: otafleet.messages.v1.DeviceEvent.permit_held:type_name -> otafleet.messages.v1.PermitHeld
-	33, // 33: otafleet.messages.v1.DeviceEvent.permit_released:type_name -> otafleet.messages.v1.PermitReleased
-	34, // 34: otafleet.messages.v1.DeviceEvent.progress_recorded:type_name -> otafleet.messages.v1.ProgressRecorded
-	35, // 35: otafleet.messages.v1.DeviceEvent.noted:type_name -> otafleet.messages.v1.Noted
-	38, // 36: otafleet.messages.v1.DeviceEvent.job_finished:type_name -> otafleet.messages.v1.JobFinished
-	36, // 37: otafleet.messages.v1.DeviceEvent.package_uri_sent:type_name -> otafleet.messages.v1.PackageUriSent
-	37, // 38: otafleet.messages.v1.DeviceEvent.package_uri_accepted:type_name -> otafleet.messages.v1.PackageUriAccepted
-	60, // 39: otafleet.messages.v1.JobAccepted.job:type_name -> otafleet.messages.v1.Job
-	61, // 40: otafleet.messages.v1.JobRejected.reason:type_name -> otafleet.messages.v1.Reason
-	62, // 41: otafleet.messages.v1.StageEntered.stage:type_name -> otafleet.messages.v1.Stage
-	63, // 42: otafleet.messages.v1.StageEntered.verify_cause:type_name -> otafleet.messages.v1.VerifyCause
-	39, // 43: otafleet.messages.v1.DownlinkQueued.downlink:type_name -> otafleet.messages.v1.Downlink
-	64, // 44: otafleet.messages.v1.JobFinished.status:type_name -> otafleet.messages.v1.SubtaskStatus
-	61, // 45: otafleet.messages.v1.JobFinished.reason:type_name -> otafleet.messages.v1.Reason
-	40, // 46: otafleet.messages.v1.Downlink.mqtt_version_query:type_name -> otafleet.messages.v1.MqttVersionQuery
-	41, // 47: otafleet.messages.v1.Downlink.mqtt_upgrade:type_name -> otafleet.messages.v1.MqttUpgrade
-	42, // 48: otafleet.messages.v1.Downlink.lwm2m_read:type_name -> otafleet.messages.v1.Lwm2mRead
-	43, // 49: otafleet.messages.v1.Downlink.lwm2m_observe:type_name -> otafleet.messages.v1.Lwm2mObserve
-	44, // 50: otafleet.messages.v1.Downlink.lwm2m_cancel_observe:type_name -> otafleet.messages.v1.Lwm2mCancelObserve
-	45, // 51: otafleet.messages.v1.Downlink.lwm2m_write:type_name -> otafleet.messages.v1.Lwm2mWrite
-	46, // 52: otafleet.messages.v1.Downlink.lwm2m_write_package_uri:type_name -> otafleet.messages.v1.Lwm2mWritePackageUri
-	47, // 53: otafleet.messages.v1.Downlink.lwm2m_execute:type_name -> otafleet.messages.v1.Lwm2mExecute
-	48, // 54: otafleet.messages.v1.Downlink.pcp_query_version:type_name -> otafleet.messages.v1.PcpQueryVersion
-	49, // 55: otafleet.messages.v1.Downlink.pcp_notify_new_version:type_name -> otafleet.messages.v1.PcpNotifyNewVersion
-	50, // 56: otafleet.messages.v1.Downlink.pcp_segment_response:type_name -> otafleet.messages.v1.PcpSegmentResponse
-	51, // 57: otafleet.messages.v1.Downlink.pcp_download_result_ack:type_name -> otafleet.messages.v1.PcpDownloadResultAck
-	52, // 58: otafleet.messages.v1.Downlink.pcp_execute:type_name -> otafleet.messages.v1.PcpExecute
-	53, // 59: otafleet.messages.v1.Downlink.pcp_upgrade_result_ack:type_name -> otafleet.messages.v1.PcpUpgradeResultAck
-	60, // 60: otafleet.messages.v1.MqttUpgrade.job:type_name -> otafleet.messages.v1.Job
-	60, // 61: otafleet.messages.v1.Lwm2mWritePackageUri.job:type_name -> otafleet.messages.v1.Job
-	64, // 62: otafleet.messages.v1.ReportOutcome.status:type_name -> otafleet.messages.v1.SubtaskStatus
-	61, // 63: otafleet.messages.v1.ReportOutcome.reason:type_name -> otafleet.messages.v1.Reason
-	39, // 64: otafleet.messages.v1.DeviceEffect.downlink:type_name -> otafleet.messages.v1.Downlink
-	65, // 65: otafleet.messages.v1.DeviceEffect.arm_deadline:type_name -> otafleet.messages.v1.ArmDeadline
-	54, // 66: otafleet.messages.v1.DeviceEffect.request_permit:type_name -> otafleet.messages.v1.RequestPermit
-	55, // 67: otafleet.messages.v1.DeviceEffect.release_permit:type_name -> otafleet.messages.v1.ReleasePermit
-	56, // 68: otafleet.messages.v1.DeviceEffect.report_outcome:type_name -> otafleet.messages.v1.ReportOutcome
-	57, // 69: otafleet.messages.v1.DeviceEffect.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
-	70, // [70:70] is the sub-list for method output_type
-	70, // [70:70] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	3,  // 0: otafleet.messages.v1.DeviceInput.start_job:type_name -> otafleet.messages.v1.StartJob
+	4,  // 1: otafleet.messages.v1.DeviceInput.stop_job:type_name -> otafleet.messages.v1.StopJob
+	5,  // 2: otafleet.messages.v1.DeviceInput.permit_granted:type_name -> otafleet.messages.v1.PermitGranted
+	60, // 3: otafleet.messages.v1.DeviceInput.deadline_fired:type_name -> otafleet.messages.v1.DeadlineFired
+	6,  // 4: otafleet.messages.v1.DeviceInput.set_abnormal:type_name -> otafleet.messages.v1.SetAbnormal
+	7,  // 5: otafleet.messages.v1.DeviceInput.connected:type_name -> otafleet.messages.v1.Connected
+	8,  // 6: otafleet.messages.v1.DeviceInput.disconnected:type_name -> otafleet.messages.v1.Disconnected
+	9,  // 7: otafleet.messages.v1.DeviceInput.uplink:type_name -> otafleet.messages.v1.Uplink
+	10, // 8: otafleet.messages.v1.DeviceInput.asleep:type_name -> otafleet.messages.v1.Asleep
+	11, // 9: otafleet.messages.v1.DeviceInput.version_reported:type_name -> otafleet.messages.v1.VersionReported
+	12, // 10: otafleet.messages.v1.DeviceInput.radio_reported:type_name -> otafleet.messages.v1.RadioReported
+	13, // 11: otafleet.messages.v1.DeviceInput.lwm2m_response:type_name -> otafleet.messages.v1.Lwm2mResponse
+	14, // 12: otafleet.messages.v1.DeviceInput.fota_status:type_name -> otafleet.messages.v1.FotaStatus
+	15, // 13: otafleet.messages.v1.DeviceInput.mqtt_progress:type_name -> otafleet.messages.v1.MqttProgress
+	16, // 14: otafleet.messages.v1.DeviceInput.pcp_version:type_name -> otafleet.messages.v1.PcpVersion
+	17, // 15: otafleet.messages.v1.DeviceInput.pcp_notify_response:type_name -> otafleet.messages.v1.PcpNotifyResponse
+	18, // 16: otafleet.messages.v1.DeviceInput.pcp_segment_request:type_name -> otafleet.messages.v1.PcpSegmentRequest
+	19, // 17: otafleet.messages.v1.DeviceInput.pcp_download_result:type_name -> otafleet.messages.v1.PcpDownloadResult
+	20, // 18: otafleet.messages.v1.DeviceInput.pcp_execute_response:type_name -> otafleet.messages.v1.PcpExecuteResponse
+	21, // 19: otafleet.messages.v1.DeviceInput.pcp_upgrade_result:type_name -> otafleet.messages.v1.PcpUpgradeResult
+	2,  // 20: otafleet.messages.v1.DeviceInput.download_served:type_name -> otafleet.messages.v1.DownloadServed
+	61, // 21: otafleet.messages.v1.StartJob.job:type_name -> otafleet.messages.v1.Job
+	0,  // 22: otafleet.messages.v1.Lwm2mResponse.op:type_name -> otafleet.messages.v1.Lwm2mOp
+	23, // 23: otafleet.messages.v1.DeviceEvent.job_accepted:type_name -> otafleet.messages.v1.JobAccepted
+	24, // 24: otafleet.messages.v1.DeviceEvent.job_rejected:type_name -> otafleet.messages.v1.JobRejected
+	25, // 25: otafleet.messages.v1.DeviceEvent.stage_entered:type_name -> otafleet.messages.v1.StageEntered
+	26, // 26: otafleet.messages.v1.DeviceEvent.presence_changed:type_name -> otafleet.messages.v1.PresenceChanged
+	27, // 27: otafleet.messages.v1.DeviceEvent.abnormal_changed:type_name -> otafleet.messages.v1.AbnormalChanged
+	28, // 28: otafleet.messages.v1.DeviceEvent.version_recorded:type_name -> otafleet.messages.v1.VersionRecorded
+	29, // 29: otafleet.messages.v1.DeviceEvent.radio_recorded:type_name -> otafleet.messages.v1.RadioRecorded
+	30, // 30: otafleet.messages.v1.DeviceEvent.downlink_queued:type_name -> otafleet.messages.v1.DownlinkQueued
+	31, // 31: otafleet.messages.v1.DeviceEvent.outbox_flushed:type_name -> otafleet.messages.v1.OutboxFlushed
+	32, // 32: otafleet.messages.v1.DeviceEvent.permit_requested:type_name -> otafleet.messages.v1.PermitRequested
+	33, // 33: otafleet.messages.v1.DeviceEvent.permit_held:type_name -> otafleet.messages.v1.PermitHeld
+	34, // 34: otafleet.messages.v1.DeviceEvent.permit_released:type_name -> otafleet.messages.v1.PermitReleased
+	35, // 35: otafleet.messages.v1.DeviceEvent.progress_recorded:type_name -> otafleet.messages.v1.ProgressRecorded
+	36, // 36: otafleet.messages.v1.DeviceEvent.noted:type_name -> otafleet.messages.v1.Noted
+	39, // 37: otafleet.messages.v1.DeviceEvent.job_finished:type_name -> otafleet.messages.v1.JobFinished
+	37, // 38: otafleet.messages.v1.DeviceEvent.package_uri_sent:type_name -> otafleet.messages.v1.PackageUriSent
+	38, // 39: otafleet.messages.v1.DeviceEvent.package_uri_accepted:type_name -> otafleet.messages.v1.PackageUriAccepted
+	61, // 40: otafleet.messages.v1.JobAccepted.job:type_name -> otafleet.messages.v1.Job
+	62, // 41: otafleet.messages.v1.JobRejected.reason:type_name -> otafleet.messages.v1.Reason
+	63, // 42: otafleet.messages.v1.StageEntered.stage:type_name -> otafleet.messages.v1.Stage
+	64, // 43: otafleet.messages.v1.StageEntered.verify_cause:type_name -> otafleet.messages.v1.VerifyCause
+	40, // 44: otafleet.messages.v1.DownlinkQueued.downlink:type_name -> otafleet.messages.v1.Downlink
+	65, // 45: otafleet.messages.v1.JobFinished.status:type_name -> otafleet.messages.v1.SubtaskStatus
+	62, // 46: otafleet.messages.v1.JobFinished.reason:type_name -> otafleet.messages.v1.Reason
+	41, // 47: otafleet.messages.v1.Downlink.mqtt_version_query:type_name -> otafleet.messages.v1.MqttVersionQuery
+	42, // 48: otafleet.messages.v1.Downlink.mqtt_upgrade:type_name -> otafleet.messages.v1.MqttUpgrade
+	43, // 49: otafleet.messages.v1.Downlink.lwm2m_read:type_name -> otafleet.messages.v1.Lwm2mRead
+	44, // 50: otafleet.messages.v1.Downlink.lwm2m_observe:type_name -> otafleet.messages.v1.Lwm2mObserve
+	45, // 51: otafleet.messages.v1.Downlink.lwm2m_cancel_observe:type_name -> otafleet.messages.v1.Lwm2mCancelObserve
+	46, // 52: otafleet.messages.v1.Downlink.lwm2m_write:type_name -> otafleet.messages.v1.Lwm2mWrite
+	47, // 53: otafleet.messages.v1.Downlink.lwm2m_write_package_uri:type_name -> otafleet.messages.v1.Lwm2mWritePackageUri
+	48, // 54: otafleet.messages.v1.Downlink.lwm2m_execute:type_name -> otafleet.messages.v1.Lwm2mExecute
+	49, // 55: otafleet.messages.v1.Downlink.pcp_query_version:type_name -> otafleet.messages.v1.PcpQueryVersion
+	50, // 56: otafleet.messages.v1.Downlink.pcp_notify_new_version:type_name -> otafleet.messages.v1.PcpNotifyNewVersion
+	51, // 57: otafleet.messages.v1.Downlink.pcp_segment_response:type_name -> otafleet.messages.v1.PcpSegmentResponse
+	52, // 58: otafleet.messages.v1.Downlink.pcp_download_result_ack:type_name -> otafleet.messages.v1.PcpDownloadResultAck
+	53, // 59: otafleet.messages.v1.Downlink.pcp_execute:type_name -> otafleet.messages.v1.PcpExecute
+	54, // 60: otafleet.messages.v1.Downlink.pcp_upgrade_result_ack:type_name -> otafleet.messages.v1.PcpUpgradeResultAck
+	61, // 61: otafleet.messages.v1.MqttUpgrade.job:type_name -> otafleet.messages.v1.Job
+	61, // 62: otafleet.messages.v1.Lwm2mWritePackageUri.job:type_name -> otafleet.messages.v1.Job
+	65, // 63: otafleet.messages.v1.ReportOutcome.status:type_name -> otafleet.messages.v1.SubtaskStatus
+	62, // 64: otafleet.messages.v1.ReportOutcome.reason:type_name -> otafleet.messages.v1.Reason
+	40, // 65: otafleet.messages.v1.DeviceEffect.downlink:type_name -> otafleet.messages.v1.Downlink
+	66, // 66: otafleet.messages.v1.DeviceEffect.arm_deadline:type_name -> otafleet.messages.v1.ArmDeadline
+	55, // 67: otafleet.messages.v1.DeviceEffect.request_permit:type_name -> otafleet.messages.v1.RequestPermit
+	56, // 68: otafleet.messages.v1.DeviceEffect.release_permit:type_name -> otafleet.messages.v1.ReleasePermit
+	57, // 69: otafleet.messages.v1.DeviceEffect.report_outcome:type_name -> otafleet.messages.v1.ReportOutcome
+	58, // 70: otafleet.messages.v1.DeviceEffect.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
+	71, // [71:71] is the sub-list for method output_type
+	71, // [71:71] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_messages_device_proto_init() }
@@ -4476,12 +4580,13 @@ func file_messages_device_proto_init() {
 		(*DeviceInput_PcpDownloadResult)(nil),
 		(*DeviceInput_PcpExecuteResponse)(nil),
 		(*DeviceInput_PcpUpgradeResult)(nil),
+		(*DeviceInput_DownloadServed)(nil),
 	}
-	file_messages_device_proto_msgTypes[9].OneofWrappers = []any{}
 	file_messages_device_proto_msgTypes[10].OneofWrappers = []any{}
-	file_messages_device_proto_msgTypes[12].OneofWrappers = []any{}
+	file_messages_device_proto_msgTypes[11].OneofWrappers = []any{}
 	file_messages_device_proto_msgTypes[13].OneofWrappers = []any{}
-	file_messages_device_proto_msgTypes[20].OneofWrappers = []any{
+	file_messages_device_proto_msgTypes[14].OneofWrappers = []any{}
+	file_messages_device_proto_msgTypes[21].OneofWrappers = []any{
 		(*DeviceEvent_JobAccepted)(nil),
 		(*DeviceEvent_JobRejected)(nil),
 		(*DeviceEvent_StageEntered)(nil),
@@ -4500,9 +4605,9 @@ func file_messages_device_proto_init() {
 		(*DeviceEvent_PackageUriSent)(nil),
 		(*DeviceEvent_PackageUriAccepted)(nil),
 	}
-	file_messages_device_proto_msgTypes[26].OneofWrappers = []any{}
 	file_messages_device_proto_msgTypes[27].OneofWrappers = []any{}
-	file_messages_device_proto_msgTypes[38].OneofWrappers = []any{
+	file_messages_device_proto_msgTypes[28].OneofWrappers = []any{}
+	file_messages_device_proto_msgTypes[39].OneofWrappers = []any{
 		(*Downlink_MqttVersionQuery)(nil),
 		(*Downlink_MqttUpgrade)(nil),
 		(*Downlink_Lwm2MRead)(nil),
@@ -4518,8 +4623,8 @@ func file_messages_device_proto_init() {
 		(*Downlink_PcpExecute)(nil),
 		(*Downlink_PcpUpgradeResultAck)(nil),
 	}
-	file_messages_device_proto_msgTypes[53].OneofWrappers = []any{}
-	file_messages_device_proto_msgTypes[57].OneofWrappers = []any{
+	file_messages_device_proto_msgTypes[54].OneofWrappers = []any{}
+	file_messages_device_proto_msgTypes[58].OneofWrappers = []any{
 		(*DeviceEffect_Downlink)(nil),
 		(*DeviceEffect_ArmDeadline)(nil),
 		(*DeviceEffect_RequestPermit)(nil),
@@ -4533,7 +4638,7 @@ func file_messages_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_device_proto_rawDesc), len(file_messages_device_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   58,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -376,6 +376,20 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 			c = new(int32)
 		}
 		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_MqttProgress{MqttProgress: &messages.MqttProgress{ResultCode: *c, Progress: i32(t, a, "pct"), Version: a["version"], Description: a["desc"]}}})
+	case "served":
+		task := "task-1"
+		if v, ok := a["task"]; ok {
+			task = v
+		}
+		num := func(k string) int64 {
+			if p := i32(t, a, k); p != nil {
+				return int64(*p)
+			}
+			return 0
+		}
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{DownloadServed: &messages.DownloadServed{
+			TaskId: task, Attempt: u32(t, a, "attempt"), Offset: num("offset"), Bytes: num("bytes"), Size: num("size"),
+		}}})
 	case "pcp-version":
 		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: u32(t, a, "result"), Version: a["version"]}}})
 	case "pcp-notify-rsp":

@@ -150,6 +150,17 @@ func armEffect(s State) *messages.DeviceEffect {
 	}}}
 }
 
+// downloadServed notes package bytes the server sent to the running job
+// (timeline: how far the download got, and where a resume started). Bytes
+// served to an earlier job are ignored.
+func (d *decider) downloadServed(v *messages.DownloadServed) {
+	if d.s.Job == nil || d.s.Job.GetTaskId() != v.GetTaskId() || d.s.Job.GetAttempt() != v.GetAttempt() {
+		return
+	}
+	end := v.GetOffset() + v.GetBytes()
+	d.note(fmt.Sprintf("package bytes %d-%d of %d served (%d%%)", v.GetOffset(), end-1, v.GetSize(), end*100/v.GetSize()))
+}
+
 func (d *decider) note(text string) {
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_Noted{Noted: &messages.Noted{Text: text}}})
 }
@@ -222,6 +233,8 @@ func Step(cfg Config, s State, in *messages.DeviceInput) (State, Result, error) 
 	case *messages.DeviceInput_PcpUpgradeResult:
 		d.reportArrived()
 		d.pcpUpgradeResult(k.PcpUpgradeResult)
+	case *messages.DeviceInput_DownloadServed:
+		d.downloadServed(k.DownloadServed)
 	}
 	return d.s, d.res, nil
 }
@@ -270,6 +283,10 @@ func validate(s State, in *messages.DeviceInput) error {
 	case *messages.DeviceInput_MqttProgress:
 		if p := k.MqttProgress; p.Progress != nil && (p.GetProgress() < 0 || p.GetProgress() > 100) {
 			return fmt.Errorf("%w: mqtt_progress.progress %d is outside 0..100", ErrInvalidInput, p.GetProgress())
+		}
+	case *messages.DeviceInput_DownloadServed:
+		if v := k.DownloadServed; v.GetOffset() < 0 || v.GetBytes() <= 0 || v.GetSize() <= 0 || v.GetOffset()+v.GetBytes() > v.GetSize() {
+			return fmt.Errorf("%w: download_served: bytes %d at %d of %d", ErrInvalidInput, v.GetBytes(), v.GetOffset(), v.GetSize())
 		}
 	case *messages.DeviceInput_Lwm2MResponse:
 		if k.Lwm2MResponse.GetPath() == "" {
