@@ -41,6 +41,16 @@ type serveConfig struct {
 	TimeoutVersionCheck  time.Duration `yaml:"timeout-version-check" toml:"timeout-version-check"`
 	TokenTTL             time.Duration `yaml:"token-ttl" toml:"token-ttl"`
 
+	// Device transports: the embedded MQTT broker and the package download
+	// server ("" disables a listener).
+	MQTTAddr     string `yaml:"mqtt-addr" toml:"mqtt-addr"`
+	MQTTSAddr    string `yaml:"mqtts-addr" toml:"mqtts-addr"`
+	DownloadAddr string `yaml:"download-addr" toml:"download-addr"`
+	DownloadTLS  bool   `yaml:"download-tls" toml:"download-tls"`
+	DownloadURL  string `yaml:"download-url" toml:"download-url"`
+	TLSCert      string `yaml:"tls-cert" toml:"tls-cert"`
+	TLSKey       string `yaml:"tls-key" toml:"tls-key"`
+
 	PassivateAfter time.Duration `yaml:"passivate-after" toml:"passivate-after"`
 	VerifyStore    bool          `yaml:"verify-store" toml:"verify-store"`
 
@@ -70,6 +80,9 @@ func defaultServeConfig() serveConfig {
 		TimeoutUpdateResult:  d.UpdateResult,
 		TimeoutVersionCheck:  d.VersionCheck,
 		TokenTTL:             24 * time.Hour,
+		MQTTAddr:             "127.0.0.1:1883",
+		DownloadAddr:         "127.0.0.1:8943",
+		DownloadTLS:          true,
 		PassivateAfter:       time.Minute,
 		SimulateProtocol:     "fota",
 		SimulateCells:        10,
@@ -93,6 +106,13 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.TimeoutUpdateResult, "timeout-update-result", c.TimeoutUpdateResult, "T9: wait for the upgrade result")
 	fs.DurationVar(&c.TimeoutVersionCheck, "timeout-version-check", c.TimeoutVersionCheck, "T10: version re-check after the result")
 	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "T11: download token lifetime (used by the download server)")
+	fs.StringVar(&c.MQTTAddr, "mqtt-addr", c.MQTTAddr, "embedded MQTT broker, plain (IoTDA devices use plain MQTT only on a port containing 1883); \"\" turns it off")
+	fs.StringVar(&c.MQTTSAddr, "mqtts-addr", c.MQTTSAddr, "embedded MQTT broker over TLS (e.g. 127.0.0.1:8883), with the --tls-cert certificate; \"\" (default) turns it off")
+	fs.StringVar(&c.DownloadAddr, "download-addr", c.DownloadAddr, "package download server for MQTT devices (HTTP range requests, bearer tokens); \"\" turns it off")
+	fs.BoolVar(&c.DownloadTLS, "download-tls", c.DownloadTLS, "serve downloads over HTTPS (false: plain HTTP)")
+	fs.StringVar(&c.DownloadURL, "download-url", c.DownloadURL, "base URL devices download from (e.g. https://ota.example.com:8943); default: the --download-addr listener's address")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate for HTTPS downloads and MQTTS; default: a self-signed one kept in the data dir")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of --tls-cert")
 	fs.DurationVar(&c.PassivateAfter, "passivate-after", c.PassivateAfter, "idle device and cell actors leave memory after this long")
 	fs.BoolVar(&c.VerifyStore, "verify-store", c.VerifyStore, "check every journal entry, record and blob at start (a full scan); without it, entries are checked when read, and those of actors with work in flight at every start")
 	fs.IntVar(&c.Simulate, "simulate", c.Simulate, "run N in-process simulated devices (demo and tests, until the real transports arrive)")
@@ -157,6 +177,12 @@ func (c serveConfig) validate() error {
 	}
 	if c.Simulate < 0 || c.SimulateCells < 1 {
 		return errors.New("--simulate must be >= 0 and --simulate-cells >= 1")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if c.DownloadURL != "" && !strings.HasPrefix(c.DownloadURL, "http://") && !strings.HasPrefix(c.DownloadURL, "https://") {
+		return fmt.Errorf("--download-url %q: want http://host:port or https://host:port", c.DownloadURL)
 	}
 	if c.TokenTTL <= 0 || c.PassivateAfter <= 0 || c.SimulateDelay < 0 {
 		return errors.New("--token-ttl and --passivate-after must be positive, --simulate-delay not negative")

@@ -39,7 +39,7 @@ type e2e struct {
 func startE2E(t *testing.T, n int) *e2e {
 	t.Helper()
 	dir := t.TempDir()
-	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--log-format", "json",
+	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
 		"--simulate", fmt.Sprint(n), "--simulate-protocol", "mqtt", "--simulate-delay", "20ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -50,7 +50,7 @@ func startE2E(t *testing.T, n int) *e2e {
 	}()
 	var addrs map[string]string
 	b, err := os.ReadFile(filepath.Join(dir, "addrs.json"))
-	if err != nil || json.Unmarshal(b, &addrs) != nil || addrs["api"] == "" {
+	if err != nil || json.Unmarshal(b, &addrs) != nil || addrs["api"] == "" || addrs["mqtt"] == "" || addrs["download"] == "" {
 		t.Fatalf("addrs.json: %s %v", b, err)
 	}
 	tok, err := os.ReadFile(filepath.Join(dir, "api-token"))

@@ -88,16 +88,31 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		return err
 	}
 	defer engine.Stop()
+	// The devices' transports exist before recovery, so that resumed actors
+	// reach them; the listeners accept devices after it.
+	route := &router{}
 	var sim *simulation
 	if cfg.Simulate > 0 {
-		// The devices exist before recovery, so that resumed actors reach them.
-		if sim, err = startSimulation(cfg, engine, downlinks, clk, logger); err != nil {
+		if sim, err = startSimulation(cfg, engine, clk, logger); err != nil {
 			return err
 		}
 		defer sim.Close()
+		route.sim = sim.tr
 	}
+	devs, err := newDeviceTransports(cfg, store, engine, clk, logger)
+	if err != nil {
+		return err
+	}
+	defer devs.Close()
+	if devs.broker != nil {
+		route.mqtt = devs.broker
+	}
+	downlinks.set(route)
 	if err := engine.Start(ctx); err != nil {
 		return fmt.Errorf("recovery: %w", err)
+	}
+	if err := devs.start(); err != nil {
+		return err
 	}
 	if sim != nil {
 		if err := sim.run(ctx, cfg, engine, store, clk, logger); err != nil {
@@ -110,11 +125,15 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		return fmt.Errorf("--api-addr: %w", err)
 	}
 	addrs := map[string]string{"api": lis.Addr().String()}
+	for k, v := range devs.addrs {
+		addrs[k] = v
+	}
 	if err := writeAddrs(cfg.DataDir, addrs); err != nil {
 		lis.Close()
 		return err
 	}
-	fmt.Fprintf(stdout, "otafleet serving: api=%s data-dir=%s\n", addrs["api"], cfg.DataDir)
+	fmt.Fprintf(stdout, "otafleet serving: api=%s mqtt=%s mqtts=%s download=%s data-dir=%s\n",
+		addrs["api"], orDash(addrs["mqtt"]), orDash(addrs["mqtts"]), orDash(addrs["download"]), cfg.DataDir)
 
 	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Logger: logger, Clock: clk})
 	if err != nil {
@@ -131,7 +150,8 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	logger.Info("serving", "api", addrs["api"], "data_dir", cfg.DataDir, "simulated_devices", cfg.Simulate)
+	logger.Info("serving", "api", addrs["api"], "mqtt", addrs["mqtt"], "mqtts", addrs["mqtts"], "download", addrs["download"],
+		"data_dir", cfg.DataDir, "simulated_devices", cfg.Simulate)
 
 	select {
 	case err := <-errc:

@@ -40,7 +40,7 @@ func (l *lateDownlinks) RevokeToken(ctx context.Context, r *messages.RevokeToken
 	return nil
 }
 
-var errNoTransport = errors.New("no device transport yet: the MQTT and LwM2M adapters arrive with their issues; run with --simulate for in-process devices")
+var errNoTransport = errors.New("the device transports are not set up yet")
 
 // simProtocols maps --simulate-protocol to the devices' flows.
 func simProtocol(kind string, i int) messages.Protocol {
@@ -62,7 +62,7 @@ func simProtocol(kind string, i int) messages.Protocol {
 // same devices. With --simulate-campaign it creates, once, one task per
 // protocol upgrading them to version 2.0, and logs the campaign's progress
 // until it ends.
-func startSimulation(cfg serveConfig, engine *actors.Engine, downlinks *lateDownlinks, clk clock.Clock, logger *slog.Logger) (*simulation, error) {
+func startSimulation(cfg serveConfig, engine *actors.Engine, clk clock.Clock, logger *slog.Logger) (*simulation, error) {
 	d := cfg.SimulateDelay
 	tr, err := memtransport.New(memtransport.Config{
 		Delays:    memtransport.Delays{Network: d / 5, Response: d, Download: 4 * d, Segment: d / 4, Install: 2 * d, Reconnect: 4 * d},
@@ -96,7 +96,6 @@ func startSimulation(cfg serveConfig, engine *actors.Engine, downlinks *lateDown
 		}
 		byProtocol[p] = append(byProtocol[p], spec.ID)
 	}
-	downlinks.set(tr)
 	return &simulation{tr: tr, byProtocol: byProtocol}, nil
 }
 

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/transport"
+	"github.com/otafleet/otafleet/transport/download"
+	"github.com/otafleet/otafleet/transport/memtransport"
+	"github.com/otafleet/otafleet/transport/mqtt"
+)
+
+// deviceTransports are the real device-facing servers: the embedded MQTT
+// broker and the package download server.
+type deviceTransports struct {
+	broker *mqtt.Broker
+	dl     *download.Server
+	dlHTTP *http.Server
+	dlLis  net.Listener
+	addrs  map[string]string
+	log    *slog.Logger
+}
+
+// start serves the listeners: after the engine's recovery, so that devices
+// connecting meet their recovered actors.
+func (t *deviceTransports) start() error {
+	if t.dlHTTP != nil {
+		go func() {
+			if err := t.dlHTTP.Serve(t.dlLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				t.log.Error("download server stopped", "error", err)
+			}
+		}()
+	}
+	if t.broker != nil {
+		if err := t.broker.Start(); err != nil {
+			return fmt.Errorf("mqtt broker: %w", err)
+		}
+	}
+	return nil
+}
+
+// newDeviceTransports opens the listeners of --mqtt-addr, --mqtts-addr and
+// --download-addr (each "" is off); start serves them. The engine receives
+// what devices send. Close stops them.
+func newDeviceTransports(cfg serveConfig, reg persistence.Registry, engine *actors.Engine, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
+	t := &deviceTransports{addrs: map[string]string{}}
+	var cert *tls.Certificate
+	needCert := (cfg.DownloadAddr != "" && cfg.DownloadTLS) || cfg.MQTTSAddr != ""
+	if needCert {
+		c, err := loadCert(cfg)
+		if err != nil {
+			return nil, err
+		}
+		cert = &c
+	}
+
+	key, err := download.LoadOrCreateKey(filepath.Join(cfg.DataDir, "download-key"))
+	if err != nil {
+		return nil, fmt.Errorf("download token key: %w", err)
+	}
+	t.dl, err = download.New(download.Config{
+		Packages: reg, Key: key, TTL: cfg.TokenTTL, Clock: clk, Logger: logger.With("component", "download"),
+		Authorize: func(ctx context.Context, g download.Grant) error {
+			v, err := engine.Device(ctx, g.DeviceID)
+			if err != nil {
+				return err
+			}
+			if j := v.State.Job; j == nil || j.GetTaskId() != g.TaskID || j.GetAttempt() != g.Attempt {
+				return errors.New("the upgrade this token was issued for has ended or was stopped")
+			}
+			return nil
+		},
+		OnServed: func(g download.Grant, offset, n, size int64) {
+			err := engine.Deliver(context.Background(), g.DeviceID, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{DownloadServed: &messages.DownloadServed{
+				TaskId: g.TaskID, Attempt: g.Attempt, Offset: offset, Bytes: n, Size: size,
+			}}})
+			if err != nil {
+				logger.Warn("download: reporting bytes served", "device", g.DeviceID, "error", err)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	base := cfg.DownloadURL
+	if cfg.DownloadAddr != "" {
+		lis, err := net.Listen("tcp", cfg.DownloadAddr)
+		if err != nil {
+			return nil, fmt.Errorf("--download-addr: %w", err)
+		}
+		t.addrs["download"] = lis.Addr().String()
+		scheme := "http"
+		t.dlHTTP = &http.Server{Handler: t.dl.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
+		if cfg.DownloadTLS {
+			scheme = "https"
+			t.dlHTTP.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
+			lis = tls.NewListener(lis, t.dlHTTP.TLSConfig)
+		}
+		if base == "" {
+			base = scheme + "://" + t.addrs["download"]
+		}
+		t.dlLis = lis
+		t.log = logger
+	}
+
+	if cfg.MQTTAddr != "" || cfg.MQTTSAddr != "" {
+		if base == "" {
+			t.Close()
+			return nil, errors.New("MQTT devices need a package download server: set --download-addr or --download-url")
+		}
+		bc := mqtt.BrokerConfig{
+			Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTSAddr, Credentials: reg, Uplinks: engine,
+			Downloads: mintURL{s: t.dl, base: base}, Clock: clk, Logger: logger,
+		}
+		if cfg.MQTTSAddr != "" {
+			bc.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
+		}
+		t.broker, err = mqtt.NewBroker(bc)
+		if err != nil {
+			t.Close()
+			return nil, err
+		}
+		for _, l := range []string{"mqtt", "mqtts"} {
+			if a := t.broker.Addr(l); a != "" {
+				t.addrs[l] = a
+			}
+		}
+	}
+	return t, nil
+}
+
+// loadCert is --tls-cert/--tls-key, or a self-signed certificate kept in the
+// data dir.
+func loadCert(cfg serveConfig) (tls.Certificate, error) {
+	if cfg.TLSCert != "" {
+		c, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return c, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		return c, nil
+	}
+	c, err := download.LoadOrCreateCert(cfg.DataDir, nil)
+	if err != nil {
+		return c, fmt.Errorf("self-signed certificate: %w", err)
+	}
+	return c, nil
+}
+
+// Close stops the broker and the download server.
+func (t *deviceTransports) Close() {
+	if t.broker != nil {
+		_ = t.broker.Close()
+	}
+	if t.dlHTTP != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = t.dlHTTP.Shutdown(ctx)
+		_ = t.dlLis.Close() // when it was never served
+	}
+}
+
+// mintURL gives the broker the download URL and token of a job.
+type mintURL struct {
+	s    *download.Server
+	base string
+}
+
+func (m mintURL) Mint(taskID, deviceID string, attempt uint32, packageID string) (string, string, time.Time) {
+	tok, exp := m.s.Mint(download.Grant{TaskID: taskID, DeviceID: deviceID, Attempt: attempt, PackageID: packageID})
+	return m.base + download.Path(packageID), tok, exp
+}
+
+// router sends each downlink to the transport that reaches the device:
+// in-process simulated devices first, then MQTT downlinks to the broker.
+// LwM2M devices get theirs once the LwM2M server exists (issue 6).
+type router struct {
+	sim  *memtransport.Transport // nil without --simulate
+	mqtt transport.Downlinks     // nil without a broker
+}
+
+func (r *router) pick(dl *messages.Downlink) (transport.Downlinks, error) {
+	if r.sim != nil {
+		if _, ok := r.sim.Device(dl.GetDeviceId()); ok {
+			return r.sim, nil
+		}
+	}
+	switch dl.GetKind().(type) {
+	case *messages.Downlink_MqttVersionQuery, *messages.Downlink_MqttUpgrade:
+		if r.mqtt != nil {
+			return r.mqtt, nil
+		}
+		return nil, errors.New("no MQTT broker (--mqtt-addr is off)")
+	}
+	return nil, fmt.Errorf("no transport for %T yet: the LwM2M server arrives with its issue; run with --simulate for in-process LwM2M devices", dl.GetKind())
+}
+
+func (r *router) Send(ctx context.Context, dl *messages.Downlink) error {
+	t, err := r.pick(dl)
+	if err != nil {
+		return err
+	}
+	return t.Send(ctx, dl)
+}
+
+func (r *router) RevokeToken(ctx context.Context, rt *messages.RevokeToken) error {
+	if r.sim != nil {
+		if _, ok := r.sim.Device(rt.GetDeviceId()); ok {
+			return r.sim.RevokeToken(ctx, rt)
+		}
+	}
+	if r.mqtt != nil {
+		return r.mqtt.RevokeToken(ctx, rt)
+	}
+	return nil
+}

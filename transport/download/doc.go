@@ -1,0 +1,42 @@
+// Package download serves upgrade packages to MQTT devices over HTTPS (or
+// plain HTTP) with resumable downloads (spec 2.7 and 6.4, project decision 5).
+//
+// A device receives, in its firmware_upgrade or software_upgrade event, the URL
+// of a package (Path) and an access token that it sends back as
+// "Authorization: Bearer <token>". A token is minted per sub-task attempt
+// (Server.Mint) and names a Grant: one attempt of one device's sub-task
+// downloading one package. Tokens are stateless and signed with HMAC-SHA256:
+//
+//	token   = base64url(payload) "." base64url(HMAC-SHA256(key, payload))
+//	payload = version (1 byte, 1)
+//	          expiry seconds since the Unix epoch (8 bytes, big-endian, signed)
+//	          expiry nanoseconds (4 bytes, big-endian, < 1e9)
+//	          attempt (4 bytes, big-endian)
+//	          task ID, device ID, package ID (each a uvarint length and the bytes)
+//
+// (base64url without padding). A server that restarts with the same key
+// accepts the tokens it minted before. The encoding is canonical: a token is
+// accepted only if it is exactly what Mint would produce for its grant and
+// expiry. A token expires after Config.TTL (24 h by default, as the spec's
+// "expires": 86400); revocation before that, when the sub-task reached a final
+// result or was stopped (spec 6.5), is the job of Config.Authorize, asked on
+// every request.
+//
+// The Handler answers GET and HEAD on /packages/{package_id} through
+// http.ServeContent over a blob opened per request, so ranges ("Range:
+// bytes=N-", 206 Partial Content), If-Range, conditional requests and HEAD
+// follow RFC 9110. Each answer carries Content-Length, a strong ETag (the
+// package's SHA-256 in hex), Last-Modified (the package's creation time) and
+// "Content-Disposition: attachment; filename=..." (project decision 7: devices
+// take the file name from it).
+//
+// Refusals, in the order they are checked: a path other than
+// /packages/{package_id} is 404; a method other than GET and HEAD is 405; a
+// missing, malformed, forged or expired token is 401 with a WWW-Authenticate
+// challenge; a token for another package is 403; a grant that Authorize
+// refuses is 403; an unknown package is 404. Each refusal is logged with its
+// reason, never with the token.
+//
+// A Server is safe for concurrent use. It judges token expiry by its
+// clock.Clock (Config.Clock), never by the time package's wall clock.
+package download

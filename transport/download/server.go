@@ -1,0 +1,348 @@
+package download
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/persistence"
+)
+
+// Packages is what the server reads: persistence.Registry satisfies it. A
+// package's file is the blob under the package's ID.
+type Packages interface {
+	GetPackage(ctx context.Context, id string) (persistence.Package, error)
+	OpenBlob(ctx context.Context, id string) (persistence.Blob, error)
+}
+
+// Config configures a Server.
+type Config struct {
+	Packages Packages
+	Key      []byte        // HMAC-SHA256 key of the tokens, at least 32 bytes (required)
+	TTL      time.Duration // token lifetime; 0 means 24h
+	Clock    clock.Clock   // github.com/otafleet/otafleet/internal/clock; nil means clock.Real()
+	// Authorize is asked on every request with a valid, unexpired token: nil means the grant's
+	// sub-task still runs; an error means it ended or was stopped (the token is revoked) → 403.
+	// nil Authorize allows every valid token.
+	Authorize func(ctx context.Context, g Grant) error
+	// OnServed, if set, is called after each request that sent package bytes: the grant, the first
+	// offset sent, the number of bytes actually written, and the package size.
+	//
+	// n counts the response body bytes written to the connection, so for a
+	// request of several ranges (multipart/byteranges) it includes the parts'
+	// headers. OnServed runs in the request's goroutine, after the answer.
+	OnServed func(g Grant, offset, n, size int64)
+	Logger   *slog.Logger // nil: discard
+}
+
+// defaultTTL is the token lifetime when Config.TTL is 0 (spec 2.7).
+const defaultTTL = 24 * time.Hour
+
+// minKeyLen is the shortest Config.Key New accepts.
+const minKeyLen = 32
+
+// Server mints download tokens and serves packages. Create one with New.
+type Server struct {
+	packages  Packages
+	signer    signer
+	ttl       time.Duration
+	clock     clock.Clock
+	authorize func(ctx context.Context, g Grant) error
+	onServed  func(g Grant, offset, n, size int64)
+	log       *slog.Logger
+}
+
+// New returns a Server for cfg. It fails if Packages is nil, the key is
+// shorter than 32 bytes or the TTL is negative.
+func New(cfg Config) (*Server, error) {
+	switch {
+	case cfg.Packages == nil:
+		return nil, errors.New("download: Config.Packages is nil")
+	case len(cfg.Key) < minKeyLen:
+		return nil, fmt.Errorf("download: Config.Key has %d bytes, want at least %d", len(cfg.Key), minKeyLen)
+	case cfg.TTL < 0:
+		return nil, fmt.Errorf("download: Config.TTL is negative (%v)", cfg.TTL)
+	}
+	s := &Server{
+		packages:  cfg.Packages,
+		signer:    signer{key: append([]byte(nil), cfg.Key...)},
+		ttl:       cfg.TTL,
+		clock:     cfg.Clock,
+		authorize: cfg.Authorize,
+		onServed:  cfg.OnServed,
+		log:       cfg.Logger,
+	}
+	if s.ttl == 0 {
+		s.ttl = defaultTTL
+	}
+	if s.clock == nil {
+		s.clock = clock.Real()
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	return s, nil
+}
+
+// Mint returns a token for g and when it expires (now + TTL). Tokens are stateless:
+// base64url(payload) "." base64url(HMAC-SHA256(Key, payload)), payload encoding the grant and the expiry,
+// so they survive a server restart with the same key. Revocation is Authorize's job.
+//
+// The grant's IDs are registry IDs (at most persistence.MaxIDLen bytes); a
+// grant with IDs of kilobytes would make a token too long to be accepted.
+func (s *Server) Mint(g Grant) (token string, expires time.Time) {
+	expires = s.clock.Now().Add(s.ttl)
+	return s.signer.mint(g, expires), expires
+}
+
+// pathPrefix is the URL path of the packages, followed by a package ID.
+const pathPrefix = "/packages/"
+
+// Path is the URL path of a package: "/packages/" + url.PathEscape(packageID).
+func Path(packageID string) string {
+	return pathPrefix + url.PathEscape(packageID)
+}
+
+// Handler serves GET and HEAD on /packages/{package_id}.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(s.serveHTTP)
+}
+
+// packageID returns the package ID of a request's path, which must be
+// "/packages/" followed by one escaped path segment. It works on the escaped
+// path, so that an ID with an escaped '/' cannot pass for two segments, and
+// does not clean it: "." and ".." are IDs like any other.
+func packageID(u *url.URL) (string, bool) {
+	rest, ok := strings.CutPrefix(u.EscapedPath(), pathPrefix)
+	if !ok || rest == "" || strings.Contains(rest, "/") {
+		return "", false
+	}
+	id, err := url.PathUnescape(rest)
+	if err != nil {
+		return "", false
+	}
+	return id, true
+}
+
+// Bodies of the refusals. They tell a person with curl what went wrong, and
+// no more.
+const (
+	msgNoToken      = "download token required (Authorization: Bearer)\n"
+	msgInvalidToken = "invalid or expired download token\n"
+	msgWrongPackage = "the download token is for another package\n"
+	msgRevoked      = "the upgrade this download token was issued for has ended or was stopped\n"
+)
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	log := s.log.With("remote", r.RemoteAddr, "method", r.Method)
+
+	id, ok := packageID(r.URL)
+	if !ok {
+		log.LogAttrs(ctx, slog.LevelDebug, "download refused: not a package path", slog.String("path", r.URL.EscapedPath()))
+		http.NotFound(w, r)
+		return
+	}
+	log = log.With("package", id)
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		log.LogAttrs(ctx, slog.LevelDebug, "download refused: method not allowed")
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, http.StatusText(http.StatusMethodNotAllowed), http.StatusMethodNotAllowed)
+		return
+	}
+
+	tok, present, err := bearerToken(r.Header.Values("Authorization"))
+	if !present {
+		log.LogAttrs(ctx, slog.LevelDebug, "download refused: no bearer token")
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		http.Error(w, msgNoToken, http.StatusUnauthorized)
+		return
+	}
+	var g Grant
+	if err == nil {
+		g, _, err = s.signer.verify(tok, s.clock.Now())
+	}
+	if err != nil {
+		if errors.Is(err, errExpired) {
+			// An expired token has a verified grant, worth naming.
+			log = log.With(grantArgs(g)...)
+		}
+		log.LogAttrs(ctx, slog.LevelInfo, "download refused: invalid token", slog.String("reason", err.Error()))
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		http.Error(w, msgInvalidToken, http.StatusUnauthorized)
+		return
+	}
+	log = log.With(grantArgs(g)...)
+	if g.PackageID != id {
+		log.LogAttrs(ctx, slog.LevelInfo, "download refused: token for another package", slog.String("token_package", g.PackageID))
+		http.Error(w, msgWrongPackage, http.StatusForbidden)
+		return
+	}
+	if s.authorize != nil {
+		if err := s.authorize(ctx, g); err != nil {
+			log.LogAttrs(ctx, slog.LevelInfo, "download refused: token revoked", slog.String("reason", err.Error()))
+			http.Error(w, msgRevoked, http.StatusForbidden)
+			return
+		}
+	}
+
+	pkg, err := s.packages.GetPackage(ctx, id)
+	if err != nil {
+		s.refuseLookup(w, r, log, "package", err)
+		return
+	}
+	blob, err := s.packages.OpenBlob(ctx, pkg.ID)
+	if err != nil {
+		s.refuseLookup(w, r, log, "package file", err)
+		return
+	}
+	defer blob.Close()
+	// The metadata is what the device was told (file_size, sign) and what
+	// the ETag names: a file that differs would only fail the device's check.
+	if blob.Size() != pkg.Size || blob.SHA256() != pkg.SHA256 {
+		log.LogAttrs(ctx, slog.LevelError, "download failed: package file does not match its metadata",
+			slog.Int64("size", pkg.Size), slog.Int64("file_size", blob.Size()))
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+		return
+	}
+
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("ETag", `"`+hex.EncodeToString(pkg.SHA256[:])+`"`)
+	h.Set("Cache-Control", "private")
+	name := pkg.FileName
+	if name == "" {
+		name = pkg.ID
+	}
+	h.Set("Content-Disposition", contentDisposition(name))
+
+	content := &trackedBlob{r: blob, first: -1}
+	cw := &countingWriter{ResponseWriter: w}
+	// ServeContent sets Last-Modified, unless Created is zero, and handles
+	// Range, If-Range, If-None-Match, If-Modified-Since and HEAD.
+	http.ServeContent(cw, r, "", pkg.Created, content)
+	// With several ranges ServeContent reads the blob in a goroutine that
+	// may outlive it when the client goes away: stop it before the deferred
+	// Close.
+	first := content.stop()
+
+	n := cw.sent()
+	log.LogAttrs(ctx, slog.LevelDebug, "download served",
+		slog.Int("status", cw.status), slog.String("range", r.Header.Get("Range")),
+		slog.Int64("offset", first), slog.Int64("bytes", n), slog.Int64("size", pkg.Size))
+	if n > 0 && s.onServed != nil {
+		s.onServed(g, first, n, pkg.Size)
+	}
+}
+
+// refuseLookup answers a failed package or blob lookup: 404 for a package
+// that does not exist (or whose ID cannot exist), 500 otherwise.
+func (s *Server) refuseLookup(w http.ResponseWriter, r *http.Request, log *slog.Logger, what string, err error) {
+	if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
+		log.LogAttrs(r.Context(), slog.LevelInfo, "download refused: unknown "+what, slog.String("reason", err.Error()))
+		http.NotFound(w, r)
+		return
+	}
+	log.LogAttrs(r.Context(), slog.LevelError, "download failed: reading the "+what, slog.String("error", err.Error()))
+	http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+}
+
+// grantArgs are the log attributes naming a grant's sub-task attempt.
+func grantArgs(g Grant) []any {
+	return []any{"task", g.TaskID, "device", g.DeviceID, "attempt", g.Attempt}
+}
+
+// countingWriter counts the body bytes of a successful (200 or 206) answer
+// that reached the client's connection. It deliberately does not implement
+// io.ReaderFrom, so that every byte goes through Write.
+type countingWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// sent returns the package bytes written: error bodies (416, 500) do not
+// count.
+func (c *countingWriter) sent() int64 {
+	if c.status != http.StatusOK && c.status != http.StatusPartialContent {
+		return 0
+	}
+	return c.n
+}
+
+// trackedBlob is the io.ReadSeeker given to ServeContent. It records the
+// offset of the first read, which is the first offset sent, and can be
+// stopped: after stop, reads and seeks fail, so a multipart writer goroutine
+// that outlives ServeContent never touches a closed blob.
+type trackedBlob struct {
+	mu      sync.Mutex
+	r       io.ReadSeeker
+	pos     int64 // offset of the next Read
+	first   int64 // offset of the first Read, -1 before it
+	stopped bool
+}
+
+var errStopped = errors.New("download: request finished")
+
+func (t *trackedBlob) Read(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return 0, errStopped
+	}
+	if t.first < 0 {
+		t.first = t.pos
+	}
+	n, err := t.r.Read(p)
+	t.pos += int64(n)
+	return n, err
+}
+
+func (t *trackedBlob) Seek(offset int64, whence int) (int64, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return 0, errStopped
+	}
+	pos, err := t.r.Seek(offset, whence)
+	if err == nil {
+		t.pos = pos
+	}
+	return pos, err
+}
+
+// stop ends the reads and returns the offset of the first one (-1 if none).
+func (t *trackedBlob) stop() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stopped = true
+	return t.first
+}
