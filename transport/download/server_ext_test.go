@@ -55,6 +55,7 @@ type fixture struct {
 	mu     sync.Mutex
 	served []served
 	denied map[download.Grant]error // Authorize's answers
+	notify chan struct{}            // a signal per OnServed call
 }
 
 // syncBuffer is a bytes.Buffer safe for the concurrent writes of the
@@ -84,6 +85,7 @@ func newFixture(t *testing.T) *fixture {
 		clock:  clocktest.New(t0),
 		logs:   &syncBuffer{},
 		denied: map[download.Grant]error{},
+		notify: make(chan struct{}, 1),
 	}
 	ctx := context.Background()
 	if err := f.store.PutProduct(ctx, persistence.Product{ID: "p", Name: "p", Protocol: persistence.ProtocolMQTT}); err != nil {
@@ -116,6 +118,10 @@ func (f *fixture) newServer(key []byte) *download.Server {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			f.served = append(f.served, served{g, offset, n, size})
+			select {
+			case f.notify <- struct{}{}:
+			default:
+			}
 		},
 		Logger: slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
@@ -143,13 +149,27 @@ func (f *fixture) addPackage(id, fileName string, content []byte) persistence.Pa
 	return p
 }
 
-// takeServed returns and forgets the OnServed calls so far.
-func (f *fixture) takeServed() []served {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	s := f.served
-	f.served = nil
-	return s
+// takeServed waits until at least n OnServed calls have come (the server
+// makes the call after the last byte went out, so it may trail the client's
+// read), then returns and forgets them all.
+func (f *fixture) takeServed(n int) []served {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		f.mu.Lock()
+		if len(f.served) >= n {
+			s := f.served
+			f.served = nil
+			f.mu.Unlock()
+			return s
+		}
+		f.mu.Unlock()
+		select {
+		case <-f.notify:
+		case <-ctx.Done():
+			f.t.Fatalf("waited for %d OnServed calls", n)
+		}
+	}
 }
 
 // startTLS serves h over HTTPS on loopback with a certificate from
@@ -244,7 +264,7 @@ func TestFullDownloadTLS(t *testing.T) {
 		}
 	}
 	want := []served{{f.grant, 0, int64(len(f.content)), int64(len(f.content))}}
-	if got := f.takeServed(); !equalServed(got, want) {
+	if got := f.takeServed(len(want)); !equalServed(got, want) {
 		t.Errorf("OnServed calls %+v, want %+v", got, want)
 	}
 }
@@ -316,7 +336,7 @@ func TestRanges(t *testing.T) {
 				t.Errorf("Content-Length %s, want %d", got, tc.to-tc.from)
 			}
 			want := []served{{f.grant, tc.from, tc.to - tc.from, size}}
-			if got := f.takeServed(); !equalServed(got, want) {
+			if got := f.takeServed(len(want)); !equalServed(got, want) {
 				t.Errorf("OnServed calls %+v, want %+v", got, want)
 			}
 		})
@@ -327,7 +347,7 @@ func TestRanges(t *testing.T) {
 		if r.status != http.StatusRequestedRangeNotSatisfiable {
 			t.Fatalf("status %d, want 416", r.status)
 		}
-		if got := f.takeServed(); len(got) != 0 {
+		if got := f.takeServed(0); len(got) != 0 {
 			t.Errorf("OnServed after a 416: %+v", got)
 		}
 	})
@@ -337,7 +357,7 @@ func TestRanges(t *testing.T) {
 		if r.status != http.StatusNotModified || len(r.body) != 0 {
 			t.Fatalf("status %d with %d bytes, want 304 and none", r.status, len(r.body))
 		}
-		if got := f.takeServed(); len(got) != 0 {
+		if got := f.takeServed(0); len(got) != 0 {
 			t.Errorf("OnServed after a 304: %+v", got)
 		}
 	})
@@ -370,7 +390,7 @@ func TestRanges(t *testing.T) {
 		}
 		// n counts the whole body, part headers included.
 		want := []served{{f.grant, 10, int64(len(r.body)), size}}
-		if got := f.takeServed(); !equalServed(got, want) {
+		if got := f.takeServed(len(want)); !equalServed(got, want) {
 			t.Errorf("OnServed calls %+v, want %+v", got, want)
 		}
 	})
@@ -390,7 +410,7 @@ func TestHead(t *testing.T) {
 	if got := r.header.Get("Content-Disposition"); got != `attachment; filename="fw-2.0.bin"` {
 		t.Errorf("Content-Disposition %q", got)
 	}
-	if got := f.takeServed(); len(got) != 0 {
+	if got := f.takeServed(0); len(got) != 0 {
 		t.Errorf("OnServed after HEAD: %+v", got)
 	}
 }
@@ -472,7 +492,7 @@ func TestRefusals(t *testing.T) {
 			}
 		})
 	}
-	if got := f.takeServed(); len(got) != 0 {
+	if got := f.takeServed(0); len(got) != 0 {
 		t.Errorf("OnServed after refusals: %+v", got)
 	}
 	logs := f.logs.String()

@@ -51,6 +51,11 @@
 //     timeouts for such fleets). Any
 //     report proves the device online and awake. While a job waits for the
 //     version, a plain LwM2M uplink re-sends the version query (6.6).
+//   - An MQTT job that starts waiting for its device sends one version_query
+//     at once, outside the outbox (and Resume repeats it): with an external
+//     broker otafleet cannot see connections, so it probes; a device that
+//     answers proves itself online, and its report starts the job. The
+//     embedded broker delivers it only to a connected device.
 //   - A new session (Connected: MQTT CONNECT, LwM2M Register) mid-job is a
 //     reboot cue: FOTA re-observes /5/0/3 and /5/0/5 and, before the update,
 //     re-writes the same URI so the device resumes; after Execute the

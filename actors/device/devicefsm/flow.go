@@ -44,6 +44,21 @@ func (d *decider) startJob(j *messages.Job) {
 		t = d.cfg.OnlineMQTT
 	}
 	d.enter(stWaitOnline, d.at.Add(t), 0)
+	if j.GetProtocol() == protoMQTT {
+		d.effect(mqttProbe(d.s.DeviceID))
+	}
+}
+
+// mqttProbe is the version_query an MQTT job sends when it starts waiting for
+// its device: a device on an external broker, whose connection otafleet
+// cannot see, answers it, and its report starts the job. The transport
+// decides what to do with it (the external-broker one repeats it while the
+// device is awaited; the embedded broker has no subscriber for a device that
+// is not connected). It is not queued in the outbox.
+func mqttProbe(deviceID string) *messages.DeviceEffect {
+	return &messages.DeviceEffect{Kind: &messages.DeviceEffect_Downlink{Downlink: &messages.Downlink{
+		DeviceId: deviceID, Kind: &messages.Downlink_MqttVersionQuery{MqttVersionQuery: &messages.MqttVersionQuery{}},
+	}}}
 }
 
 func (d *decider) reject(j *messages.Job, r messages.Reason, detail string) {

@@ -44,6 +44,9 @@ func Resume(s State) []*messages.DeviceEffect {
 		}
 		return append(out, &messages.DeviceEffect{Kind: &messages.DeviceEffect_RequestPermit{RequestPermit: req}})
 	}
+	if s.Stage == stWaitOnline && s.Job.GetProtocol() == protoMQTT {
+		out = append(out, mqttProbe(s.DeviceID)) // the probe of an awaited MQTT device
+	}
 	if !s.Reachable() {
 		return out // queued downlinks go out with the next uplink
 	}
