@@ -36,18 +36,22 @@ import (
 // wait for one, and the timeout paths advance it.
 
 // lateDownlinks lets the engine exist before the broker that needs it.
-type lateDownlinks struct{ b atomic.Pointer[mqtt.Broker] }
+type lateDownlinks struct {
+	b atomic.Pointer[transport.Downlinks]
+}
+
+func (l *lateDownlinks) set(d transport.Downlinks) { l.b.Store(&d) }
 
 func (l *lateDownlinks) Send(ctx context.Context, dl *messages.Downlink) error {
 	if b := l.b.Load(); b != nil {
-		return b.Send(ctx, dl)
+		return (*b).Send(ctx, dl)
 	}
 	return errors.New("no broker yet")
 }
 
 func (l *lateDownlinks) RevokeToken(ctx context.Context, r *messages.RevokeToken) error {
 	if b := l.b.Load(); b != nil {
-		return b.RevokeToken(ctx, r)
+		return (*b).RevokeToken(ctx, r)
 	}
 	return nil
 }
@@ -70,7 +74,8 @@ type stack struct {
 	clk     *clocktest.Clock
 	store   *memstore.Store
 	eng     *actors.Engine
-	broker  *mqtt.Broker
+	broker  *mqtt.Broker // embedded mode
+	ext     string       // external mode: the broker's URL
 	dl      *download.Server
 	dlURL   string
 	client  *http.Client
@@ -82,7 +87,11 @@ type stack struct {
 	requests []string // Range headers the download server saw
 }
 
-func newStack(t *testing.T, packageSize int) *stack {
+func newStack(t *testing.T, packageSize int) *stack { return newStackOn(t, packageSize, "") }
+
+// newStackOn is newStack with an external broker at brokerURL ("" for the
+// embedded one).
+func newStackOn(t *testing.T, packageSize int, brokerURL string) *stack {
 	t.Helper()
 	ctx := context.Background()
 	s := &stack{t: t, clk: clocktest.New(time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)), store: memstore.New()}
@@ -153,12 +162,21 @@ func newStack(t *testing.T, packageSize int) *stack {
 	pool.AddCert(leaf)
 	s.client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 
+	if brokerURL != "" {
+		s.ext = brokerURL
+		ext, err := mqtt.NewExternal(ctx, mqtt.ExternalConfig{Broker: brokerURL, ClientID: "otafleet-" + t.Name(), Uplinks: s.eng,
+			Downloads: mint{s: dl, base: srv.URL}, Clock: s.clk})
+		must(err)
+		t.Cleanup(func() { ext.Close() })
+		late.set(ext)
+		return s
+	}
 	s.broker, err = mqtt.NewBroker(mqtt.BrokerConfig{Addr: "127.0.0.1:0", Credentials: s.store, Uplinks: s.eng,
 		Downloads: mint{s: dl, base: srv.URL}, Clock: s.clk})
 	must(err)
 	must(s.broker.Start())
 	t.Cleanup(func() { s.broker.Close() })
-	late.b.Store(s.broker)
+	late.set(s.broker)
 	return s
 }
 
@@ -185,8 +203,12 @@ func (s *stack) devices(prefix string, n int, b func(i int) mqttsim.Behaviour) [
 			if b != nil {
 				beh = b(i)
 			}
+			broker, subscribe := s.ext, true // devices on an external broker subscribe themselves
+			if broker == "" {
+				broker, subscribe = "tcp://"+s.broker.Addr("mqtt"), false
+			}
 			d, err := mqttsim.Start(ctx, mqttsim.Config{
-				Broker: "tcp://" + s.broker.Addr("mqtt"), DeviceID: regs[i].ID, Secret: regs[i].Secret,
+				Broker: broker, Subscribe: subscribe, DeviceID: regs[i].ID, Secret: regs[i].Secret,
 				FwVersion: "1.0", SwVersion: "app-1", HTTPClient: s.client, Behaviour: beh, Clock: s.clk,
 			})
 			if err != nil {
