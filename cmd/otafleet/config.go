@@ -45,6 +45,10 @@ type serveConfig struct {
 	// server ("" disables a listener).
 	MQTTAddr     string `yaml:"mqtt-addr" toml:"mqtt-addr"`
 	MQTTSAddr    string `yaml:"mqtts-addr" toml:"mqtts-addr"`
+	// External broker mode.
+	MQTTBroker        string        `yaml:"mqtt-broker" toml:"mqtt-broker"`
+	MQTTClientID      string        `yaml:"mqtt-client-id" toml:"mqtt-client-id"`
+	MQTTProbeInterval time.Duration `yaml:"mqtt-probe-interval" toml:"mqtt-probe-interval"`
 	DownloadAddr string `yaml:"download-addr" toml:"download-addr"`
 	DownloadTLS  bool   `yaml:"download-tls" toml:"download-tls"`
 	DownloadURL  string `yaml:"download-url" toml:"download-url"`
@@ -83,6 +87,8 @@ func defaultServeConfig() serveConfig {
 		MQTTAddr:             "127.0.0.1:1883",
 		DownloadAddr:         "127.0.0.1:8943",
 		DownloadTLS:          true,
+		MQTTClientID:         "otafleet",
+		MQTTProbeInterval:    time.Minute,
 		PassivateAfter:       time.Minute,
 		SimulateProtocol:     "fota",
 		SimulateCells:        10,
@@ -108,6 +114,9 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "T11: download token lifetime (used by the download server)")
 	fs.StringVar(&c.MQTTAddr, "mqtt-addr", c.MQTTAddr, "embedded MQTT broker, plain (IoTDA devices use plain MQTT only on a port containing 1883); \"\" turns it off")
 	fs.StringVar(&c.MQTTSAddr, "mqtts-addr", c.MQTTSAddr, "embedded MQTT broker over TLS (e.g. 127.0.0.1:8883), with the --tls-cert certificate; \"\" (default) turns it off")
+	fs.StringVar(&c.MQTTBroker, "mqtt-broker", c.MQTTBroker, "use this external MQTT 3.1.1 broker (tcp://[user:pass@]host:port or ssl://...) instead of the embedded one; see the README for its required settings")
+	fs.StringVar(&c.MQTTClientID, "mqtt-client-id", c.MQTTClientID, "with --mqtt-broker: the client ID of otafleet's persistent session")
+	fs.DurationVar(&c.MQTTProbeInterval, "mqtt-probe-interval", c.MQTTProbeInterval, "with --mqtt-broker: how often a device a job waits for is sent version_query again")
 	fs.StringVar(&c.DownloadAddr, "download-addr", c.DownloadAddr, "package download server for MQTT devices (HTTP range requests, bearer tokens); \"\" turns it off")
 	fs.BoolVar(&c.DownloadTLS, "download-tls", c.DownloadTLS, "serve downloads over HTTPS (false: plain HTTP)")
 	fs.StringVar(&c.DownloadURL, "download-url", c.DownloadURL, "base URL devices download from (e.g. https://ota.example.com:8943); default: the --download-addr listener's address")
@@ -177,6 +186,9 @@ func (c serveConfig) validate() error {
 	}
 	if c.Simulate < 0 || c.SimulateCells < 1 {
 		return errors.New("--simulate must be >= 0 and --simulate-cells >= 1")
+	}
+	if c.MQTTBroker != "" && (c.MQTTClientID == "" || c.MQTTProbeInterval <= 0) {
+		return errors.New("--mqtt-broker needs a --mqtt-client-id and a positive --mqtt-probe-interval")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")

@@ -104,8 +104,11 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		return err
 	}
 	defer devs.Close()
-	if devs.broker != nil {
+	switch {
+	case devs.broker != nil:
 		route.mqtt = devs.broker
+	case devs.ext != nil:
+		route.mqtt = devs.ext
 	}
 	downlinks.set(route)
 	if err := engine.Start(ctx); err != nil {

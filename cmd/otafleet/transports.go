@@ -24,7 +24,8 @@ import (
 // deviceTransports are the real device-facing servers: the embedded MQTT
 // broker and the package download server.
 type deviceTransports struct {
-	broker *mqtt.Broker
+	broker *mqtt.Broker   // the embedded broker, or
+	ext    *mqtt.External // the adapter to --mqtt-broker
 	dl     *download.Server
 	dlHTTP *http.Server
 	dlLis  net.Listener
@@ -114,6 +115,24 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Registry, engine *acto
 		t.log = logger
 	}
 
+	if cfg.MQTTBroker != "" {
+		if base == "" {
+			t.Close()
+			return nil, errors.New("MQTT devices need a package download server: set --download-addr or --download-url")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		t.ext, err = mqtt.NewExternal(ctx, mqtt.ExternalConfig{
+			Broker: cfg.MQTTBroker, ClientID: cfg.MQTTClientID, Uplinks: engine, Downloads: mintURL{s: t.dl, base: base},
+			ProbeInterval: cfg.MQTTProbeInterval, ProbeFor: cfg.TimeoutOnline + 2*time.Hour, Clock: clk, Logger: logger,
+		})
+		if err != nil {
+			t.Close()
+			return nil, fmt.Errorf("--mqtt-broker: %w", err)
+		}
+		t.addrs["mqtt-broker"] = cfg.MQTTBroker
+		return t, nil
+	}
 	if cfg.MQTTAddr != "" || cfg.MQTTSAddr != "" {
 		if base == "" {
 			t.Close()
@@ -161,6 +180,9 @@ func loadCert(cfg serveConfig) (tls.Certificate, error) {
 func (t *deviceTransports) Close() {
 	if t.broker != nil {
 		_ = t.broker.Close()
+	}
+	if t.ext != nil {
+		_ = t.ext.Close()
 	}
 	if t.dlHTTP != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
