@@ -61,7 +61,7 @@ type Broker struct {
 	addrs  map[string]string
 
 	mu       sync.Mutex
-	sessions map[string]*mqtt.Client // device ID → its current connection
+	sessions map[string]map[*mqtt.Client]bool // device ID → its connections
 }
 
 var _ transport.Downlinks = (*Broker)(nil)
@@ -92,7 +92,7 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		addrs:    map[string]string{},
-		sessions: map[string]*mqtt.Client{},
+		sessions: map[string]map[*mqtt.Client]bool{},
 	}
 	b.server = mqtt.New(&mqtt.Options{
 		InlineClient: true,
@@ -133,7 +133,27 @@ func (b *Broker) Addr(listener string) string { return b.addrs[listener] }
 func (b *Broker) Start() error { return b.server.Serve() }
 
 // Close disconnects every device and closes the listeners.
-func (b *Broker) Close() error { return b.server.Close() }
+//
+// mochi's own Close lists a listener's clients under a read lock that it
+// takes twice (Clients.GetByListener calls Len), which deadlocks against a
+// client disconnecting at the same moment (a waiting writer). So each
+// listener is closed here first with a closer that takes the lock once;
+// mochi's Close then finds them closed and skips that step.
+func (b *Broker) Close() error {
+	for id := range b.addrs {
+		b.server.Listeners.Close(id, b.closeClients)
+	}
+	return b.server.Close()
+}
+
+// closeClients disconnects the clients of one listener.
+func (b *Broker) closeClients(listener string) {
+	for _, cl := range b.server.Clients.GetAll() {
+		if cl.Net.Listener == listener && !cl.Closed() {
+			_ = b.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
+}
 
 // Send publishes a downlink on the device's down topic (QoS 1). A device
 // that is not connected misses it; the device machine's deadlines cover that.
@@ -162,7 +182,7 @@ func encodeDownlink(dl *messages.Downlink, d Downloads, now time.Time) ([]byte, 
 		url, token, expires := d.Mint(job.GetTaskId(), id, job.GetAttempt(), pkg.GetPackageId())
 		p := iotda.UpgradeParas{
 			Version: pkg.GetVersion(), URL: url, FileSize: pkg.GetSize(), FileName: pkg.GetFileName(),
-			AccessToken: token, Expires: int64(math.Ceil(expires.Sub(now).Seconds())), CustomInfo: pkg.GetCustomInfo(),
+			AccessToken: token, Expires: int64(expires.Sub(now).Round(time.Second) / time.Second), CustomInfo: pkg.GetCustomInfo(),
 		}
 		if !pkg.GetOmitSign() {
 			p.Sign = pkg.GetSha256()
@@ -261,8 +281,14 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // OnSessionEstablished subscribes the device to its down topic (devices
-// built for IoTDA never SUBSCRIBE), makes it the device's one connection and
-// reports it online.
+// built for IoTDA never SUBSCRIBE) and reports it online.
+//
+// A connection with the client ID of an existing one replaces it (MQTT's
+// session takeover). IoTDA allows one connection per device (spec 2.9);
+// otafleet accepts several with different client IDs (the sign type 0 and 1
+// forms, or another hour), so that a debugging client such as mosquitto_sub
+// can listen beside the device: each gets the downlinks, and the device is
+// online while any of them is connected.
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	id := deviceOf(cl)
 	sub := packets.Subscription{Filter: iotda.DownTopic(id), Qos: 1}
@@ -270,33 +296,35 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	cl.State.Subscriptions.Add(sub.Filter, sub)
 
 	h.b.mu.Lock()
-	old := h.b.sessions[id]
-	h.b.sessions[id] = cl
-	h.b.mu.Unlock()
-	if old != nil && old != cl {
-		// One connection per device (spec 2.9): the newest wins.
-		_ = h.b.server.DisconnectClient(old, packets.ErrSessionTakenOver)
+	if h.b.sessions[id] == nil {
+		h.b.sessions[id] = map[*mqtt.Client]bool{}
 	}
+	h.b.sessions[id][cl] = true
+	h.b.mu.Unlock()
 	h.b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{}}})
 }
 
-// OnDisconnect reports the device offline, unless a newer connection of the
-// same device has taken over.
+// OnDisconnect reports the device offline when its last connection ends.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	id := deviceOf(cl)
 	if id == "" {
 		return
 	}
 	h.b.mu.Lock()
-	current := h.b.sessions[id] == cl
-	if current {
+	conns := h.b.sessions[id]
+	if !conns[cl] {
+		h.b.mu.Unlock()
+		return // refused at login, or already counted
+	}
+	delete(conns, cl)
+	last := len(conns) == 0
+	if last {
 		delete(h.b.sessions, id)
 	}
 	h.b.mu.Unlock()
-	if !current {
-		return
+	if last {
+		h.b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Disconnected{Disconnected: &messages.Disconnected{}}})
 	}
-	h.b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Disconnected{Disconnected: &messages.Disconnected{}}})
 }
 
 // OnPublish takes a device's uplink in process (no subscriber queue that

@@ -281,41 +281,55 @@ func TestTopicACL(t *testing.T) {
 	}
 }
 
-func TestOneConnectionPerDevice(t *testing.T) {
+// TestConnectionsOfOneDevice: a second connection with another client ID
+// joins the first (both get downlinks); the same client ID takes the old
+// connection over; the device is offline when the last one ends.
+func TestConnectionsOfOneDevice(t *testing.T) {
 	e := newEnv(t)
-	lost := make(chan error, 1)
-	o := func(id string) *paho.ClientOptions {
-		c := iotda.NewClientID("d1", epoch)
-		return paho.NewClientOptions().AddBroker("tcp://" + e.b.Addr("mqtt")).SetClientID(id).SetUsername("d1").
-			SetPassword(iotda.Password("secret-1", c.Timestamp)).SetKeepAlive(60 * time.Second).SetAutoReconnect(false)
-	}
 	ts := iotda.NewClientID("d1", epoch).Timestamp
-	first := paho.NewClient(o("d1_0_1_" + ts).SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err }))
-	if tok := first.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
+	dial := func(clientID string, lost chan error, down chan paho.Message) paho.Client {
+		t.Helper()
+		o := paho.NewClientOptions().AddBroker("tcp://" + e.b.Addr("mqtt")).SetClientID(clientID).SetUsername("d1").
+			SetPassword(iotda.Password("secret-1", ts)).SetKeepAlive(60 * time.Second).SetAutoReconnect(false).
+			SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err }).
+			SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { down <- m })
+		cl := paho.NewClient(o)
+		if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+		return cl
 	}
+	lost1, lost2, lost3 := make(chan error, 1), make(chan error, 1), make(chan error, 1)
+	down1, down2, down3 := make(chan paho.Message, 4), make(chan paho.Message, 4), make(chan paho.Message, 4)
+	dial("d1_0_1_"+ts, lost1, down1)
 	e.rec.next(t)
-	// A second connection with another client ID (sign type 0) replaces it.
-	second := paho.NewClient(o("d1_0_0_" + ts))
-	if tok := second.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
+	second := dial("d1_0_0_"+ts, lost2, down2)
 	if got := e.rec.next(t); got != "d1 connected:{}" {
 		t.Fatalf("second connection: %q", got)
 	}
+	// Both listen.
+	if err := e.b.Send(context.Background(), &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_MqttVersionQuery{MqttVersionQuery: &messages.MqttVersionQuery{}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitMsg(t, down1)
+	waitMsg(t, down2)
+	// The first client ID again: it takes the first connection over.
+	third := dial("d1_0_1_"+ts, lost3, down3)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	select {
-	case <-lost:
+	case <-lost1:
 	case <-ctx.Done():
-		t.Fatal("the first connection was not closed")
+		t.Fatal("the taken-over connection was not closed")
 	}
-	// The old connection's end does not make the device offline; the new
-	// one's does.
+	e.rec.next(t) // connected (the third)
 	second.Disconnect(0)
+	third.Disconnect(0)
 	if got := e.rec.next(t); got != "d1 disconnected:{}" {
-		t.Fatalf("got %q", got)
+		t.Fatalf("after the last disconnect: %q", got)
 	}
+	e.rec.mu.Lock()
+	defer e.rec.mu.Unlock()
 	if n := strings.Count(strings.Join(e.rec.got, "\n"), "disconnected"); n != 1 {
 		t.Fatalf("%d disconnects delivered: %v", n, e.rec.got)
 	}
@@ -331,6 +345,6 @@ func TestEncodeDownlinkExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	if d, _, _ := iotda.DecodeDownlink(p); d.Upgrade.Expires != 1 {
-		t.Fatalf("expires %d, want 1 (rounded up)", d.Upgrade.Expires)
+		t.Fatalf("expires %d, want 1 (rounded)", d.Upgrade.Expires)
 	}
 }

@@ -35,14 +35,17 @@ import (
 // (paho). The engine's deadlines run on a fake clock: the happy paths never
 // wait for one, and the timeout paths advance it.
 
-// lateDownlinks lets the engine exist before the broker that needs it.
+// lateDownlinks lets the engine exist before the broker that needs it; it
+// counts the downlinks sent.
 type lateDownlinks struct {
-	b atomic.Pointer[transport.Downlinks]
+	b    atomic.Pointer[transport.Downlinks]
+	sent atomic.Int64
 }
 
 func (l *lateDownlinks) set(d transport.Downlinks) { l.b.Store(&d) }
 
 func (l *lateDownlinks) Send(ctx context.Context, dl *messages.Downlink) error {
+	l.sent.Add(1)
 	if b := l.b.Load(); b != nil {
 		return (*b).Send(ctx, dl)
 	}
@@ -70,7 +73,7 @@ func (m mint) Mint(taskID, deviceID string, attempt uint32, packageID string) (s
 
 // stack is one otafleet: registry, engine, download server, broker.
 type stack struct {
-	t       *testing.T
+	t       testing.TB
 	clk     *clocktest.Clock
 	store   *memstore.Store
 	eng     *actors.Engine
@@ -82,16 +85,19 @@ type stack struct {
 	pkg     persistence.Package // firmware 2.0 from 1.0
 	swPkg   persistence.Package // software app-2 from app-1
 	content []byte
+	late    *lateDownlinks
+	counter *countingUplinks // what the transports hand the engine
+	sims    []*mqttsim.Device
 
 	mu       sync.Mutex
 	requests []string // Range headers the download server saw
 }
 
-func newStack(t *testing.T, packageSize int) *stack { return newStackOn(t, packageSize, "") }
+func newStack(t testing.TB, packageSize int) *stack { return newStackOn(t, packageSize, "") }
 
 // newStackOn is newStack with an external broker at brokerURL ("" for the
 // embedded one).
-func newStackOn(t *testing.T, packageSize int, brokerURL string) *stack {
+func newStackOn(t testing.TB, packageSize int, brokerURL string) *stack {
 	t.Helper()
 	ctx := context.Background()
 	s := &stack{t: t, clk: clocktest.New(time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)), store: memstore.New()}
@@ -116,10 +122,12 @@ func newStackOn(t *testing.T, packageSize int, brokerURL string) *stack {
 	must(s.store.PutPackage(ctx, s.swPkg))
 
 	late := &lateDownlinks{}
+	s.late = late
 	s.eng, err = actors.New(actors.Config{}, actors.Deps{Store: s.store, Clock: s.clk, Transport: late})
 	must(err)
 	must(s.eng.Start(ctx))
 	t.Cleanup(s.eng.Stop)
+	s.counter = &countingUplinks{next: s.eng}
 
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
@@ -164,14 +172,14 @@ func newStackOn(t *testing.T, packageSize int, brokerURL string) *stack {
 
 	if brokerURL != "" {
 		s.ext = brokerURL
-		ext, err := mqtt.NewExternal(ctx, mqtt.ExternalConfig{Broker: brokerURL, ClientID: "otafleet-" + t.Name(), Uplinks: s.eng,
+		ext, err := mqtt.NewExternal(ctx, mqtt.ExternalConfig{Broker: brokerURL, ClientID: "otafleet-" + t.Name(), Uplinks: s.counter,
 			Downloads: mint{s: dl, base: srv.URL}, Clock: s.clk})
 		must(err)
 		t.Cleanup(func() { ext.Close() })
 		late.set(ext)
 		return s
 	}
-	s.broker, err = mqtt.NewBroker(mqtt.BrokerConfig{Addr: "127.0.0.1:0", Credentials: s.store, Uplinks: s.eng,
+	s.broker, err = mqtt.NewBroker(mqtt.BrokerConfig{Addr: "127.0.0.1:0", Credentials: s.store, Uplinks: s.counter,
 		Downloads: mint{s: dl, base: srv.URL}, Clock: s.clk})
 	must(err)
 	must(s.broker.Start())
@@ -228,6 +236,7 @@ func (s *stack) devices(prefix string, n int, b func(i int) mqttsim.Behaviour) [
 			d.Stop()
 		}
 	})
+	s.sims = append(s.sims, devs...)
 	return devs
 }
 
@@ -255,7 +264,7 @@ func (s *stack) createTaskOf(id string, p persistence.Package, deviceIDs []strin
 
 // waitFor polls cond (real time, every 10 ms, at most limit): the devices
 // act on their own goroutines.
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
@@ -360,12 +369,15 @@ func TestResumeAfterDrop(t *testing.T) {
 	})
 	s.createTask("t1", []string{"r0"}, nil)
 	// The device drops mid-download; its reconnect delay runs on the fake
-	// clock: once the broker saw it go, let the delay pass.
-	waitFor(t, "r0 offline", 30*time.Second, func() bool {
-		d, err := s.eng.Device(context.Background(), "r0")
-		return err == nil && d.State.Job != nil && !d.State.Online
+	// clock, which moves in small steps until it has resumed (no deadline
+	// of the engine comes near).
+	waitFor(t, "r0 to resume", 30*time.Second, func() bool {
+		if devs[0].Stats().Resumes > 0 {
+			return true
+		}
+		s.clk.Advance(20 * time.Millisecond)
+		return false
 	})
-	s.clk.Advance(20 * time.Millisecond)
 	v := s.waitTask("t1")
 	if v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS {
 		t.Fatalf("task %v: %v", v.Status, outcomes(v))
