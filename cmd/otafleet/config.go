@@ -43,17 +43,17 @@ type serveConfig struct {
 
 	// Device transports: the embedded MQTT broker and the package download
 	// server ("" disables a listener).
-	MQTTAddr     string `yaml:"mqtt-addr" toml:"mqtt-addr"`
-	MQTTSAddr    string `yaml:"mqtts-addr" toml:"mqtts-addr"`
+	MQTTAddr  string `yaml:"mqtt-addr" toml:"mqtt-addr"`
+	MQTTSAddr string `yaml:"mqtts-addr" toml:"mqtts-addr"`
 	// External broker mode.
 	MQTTBroker        string        `yaml:"mqtt-broker" toml:"mqtt-broker"`
 	MQTTClientID      string        `yaml:"mqtt-client-id" toml:"mqtt-client-id"`
 	MQTTProbeInterval time.Duration `yaml:"mqtt-probe-interval" toml:"mqtt-probe-interval"`
-	DownloadAddr string `yaml:"download-addr" toml:"download-addr"`
-	DownloadTLS  bool   `yaml:"download-tls" toml:"download-tls"`
-	DownloadURL  string `yaml:"download-url" toml:"download-url"`
-	TLSCert      string `yaml:"tls-cert" toml:"tls-cert"`
-	TLSKey       string `yaml:"tls-key" toml:"tls-key"`
+	DownloadAddr      string        `yaml:"download-addr" toml:"download-addr"`
+	DownloadTLS       bool          `yaml:"download-tls" toml:"download-tls"`
+	DownloadURL       string        `yaml:"download-url" toml:"download-url"`
+	TLSCert           string        `yaml:"tls-cert" toml:"tls-cert"`
+	TLSKey            string        `yaml:"tls-key" toml:"tls-key"`
 
 	PassivateAfter time.Duration `yaml:"passivate-after" toml:"passivate-after"`
 	VerifyStore    bool          `yaml:"verify-store" toml:"verify-store"`
