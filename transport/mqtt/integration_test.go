@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/internal/clock"
@@ -27,6 +29,7 @@ import (
 	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/mqtt"
+	"github.com/otafleet/otafleet/transport/mqtt/iotda"
 	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
 )
 
@@ -495,5 +498,88 @@ func TestStoppedTaskRevokesDownload(t *testing.T) {
 	s.eng.Settle()
 	if code := req(); code != http.StatusForbidden {
 		t.Fatalf("token of a stopped job: %d, want 403", code)
+	}
+}
+
+// rawDevice is a device played with a plain paho client: it answers
+// version_query with fw 1.0 and calls onUpgrade for an upgrade event.
+func (s *stack) rawDevice(id string, onUpgrade func(c paho.Client, p *iotda.UpgradeParas)) {
+	s.t.Helper()
+	if err := s.store.CreateDevices(context.Background(), []persistence.Device{{ID: id, ProductID: "meter", Secret: "raw"}}); err != nil {
+		s.t.Fatal(err)
+	}
+	c := iotda.NewClientID(id, s.clk.Now())
+	o := paho.NewClientOptions().AddBroker("tcp://" + s.broker.Addr("mqtt")).SetClientID(c.String()).SetUsername(id).
+		SetPassword(iotda.Password("raw", c.Timestamp)).SetKeepAlive(60 * time.Second).SetAutoReconnect(false)
+	o.SetDefaultPublishHandler(func(cl paho.Client, m paho.Message) {
+		d, ok, err := iotda.DecodeDownlink(m.Payload())
+		if err != nil || !ok {
+			return
+		}
+		switch d.EventType {
+		case iotda.EventVersionQuery:
+			fw := "1.0"
+			cl.Publish(iotda.UpTopic(id), 1, false, iotda.EncodeVersionReport(id, &fw, nil, s.clk.Now()))
+		case iotda.EventFirmwareUpgrade:
+			onUpgrade(cl, d.Upgrade)
+		}
+	})
+	cl := paho.NewClient(o)
+	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		s.t.Fatal(tok.Error())
+	}
+	s.t.Cleanup(func() { cl.Disconnect(0) })
+}
+
+// TestVersionPaths: the version decisions and the result timeout of spec
+// 2.10 end with their exact reasons.
+func TestVersionPaths(t *testing.T) {
+	s := newStack(t, 4<<10)
+	ctx := context.Background()
+	for id, fw := range map[string]string{"same": "2.0", "old": "0.9"} {
+		if err := s.store.CreateDevices(ctx, []persistence.Device{{ID: id, ProductID: "meter", Secret: "x"}}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := mqttsim.Start(ctx, mqttsim.Config{Broker: "tcp://" + s.broker.Addr("mqtt"), DeviceID: id, Secret: "x",
+			FwVersion: fw, HTTPClient: s.client, Clock: s.clk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(d.Stop)
+	}
+	notified := make(chan struct{}, 1)
+	s.rawDevice("silent", func(paho.Client, *iotda.UpgradeParas) { notified <- struct{}{} })
+	s.rawDevice("liar", func(c paho.Client, p *iotda.UpgradeParas) {
+		pr := 100
+		c.Publish(iotda.UpTopic("liar"), 1, false, iotda.EncodeProgress("liar", iotda.Progress{Progress: &pr, Version: "1.5"}, s.clk.Now()))
+	})
+	s.createTask("t1", []string{"same", "old", "silent", "liar"}, nil)
+	ctxw, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	select {
+	case <-notified:
+	case <-ctxw.Done():
+		t.Fatal("the silent device got no upgrade event")
+	}
+	waitFor(t, "three outcomes", 30*time.Second, func() bool {
+		p := s.task("t1").Progress
+		return p.Success+p.Fail == 3
+	})
+	// 25 hours pass: the silent device's result never comes.
+	for range 25 * 60 {
+		s.eng.Settle()
+		s.clk.Advance(time.Minute)
+	}
+	got := outcomes(s.waitTask("t1"))
+	want := map[string]string{
+		"same":   "SUCCESS: " + messages.ReasonText(messages.Reason_REASON_SAME_VERSION),
+		"old":    "FAIL: " + messages.ReasonText(messages.Reason_REASON_SOURCE_VERSION_NOT_ALLOWED),
+		"silent": "FAIL: " + messages.ReasonText(messages.Reason_REASON_RESULT_TIMEOUT),
+		"liar":   "FAIL: " + messages.ReasonText(messages.Reason_REASON_VERSION_MISMATCH),
+	}
+	for id, w := range want {
+		if got[id] != w {
+			t.Errorf("%s: %q, want %q", id, got[id], w)
+		}
 	}
 }
