@@ -16,6 +16,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport/mqtt"
 	"github.com/otafleet/otafleet/transport/mqtt/iotda"
 	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
@@ -205,4 +206,68 @@ func publishRaw(url, clientID, topic string, payload []byte) error {
 		return fmt.Errorf("publish: %v", tok.Error())
 	}
 	return nil
+}
+
+// mosquittoTool finds a mosquitto-clients program (Debian
+// mosquitto-clients, which .ci/run installs).
+func mosquittoTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("OTAFLEET_SKIP_MOSQUITTO") == "1" {
+			t.Skipf("%s is not installed and OTAFLEET_SKIP_MOSQUITTO=1", name)
+		}
+		t.Fatalf("%s is not installed: apt-get install mosquitto-clients (.ci/run does), or set OTAFLEET_SKIP_MOSQUITTO=1", name)
+	}
+	return p
+}
+
+// TestMosquittoClientsAsDevice: mosquitto_pub and mosquitto_sub play a
+// device against the embedded broker, as the README shows.
+func TestMosquittoClientsAsDevice(t *testing.T) {
+	pub, sub := mosquittoTool(t, "mosquitto_pub"), mosquittoTool(t, "mosquitto_sub")
+	s := newStack(t, 4<<10)
+	ctx := context.Background()
+	if err := s.store.CreateDevices(ctx, []persistence.Device{{ID: "meter-1", ProductID: "meter", Secret: "s3cret"}}); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(s.broker.Addr("mqtt"))
+	c := iotda.NewClientID("meter-1", s.clk.Now())
+	dev := []string{"-h", host, "-p", port, "-u", "meter-1", "-P", iotda.Password("s3cret", c.Timestamp), "-k", "120"}
+
+	// Listen as the device (sign type 0) for one downlink.
+	var subOut bytes.Buffer
+	subCmd := exec.Command(sub, append(dev, "-i", "meter-1_0_0_"+c.Timestamp, "-t", iotda.DownTopic("meter-1"), "-C", "1", "-W", "20")...)
+	subCmd.Stdout, subCmd.Stderr = &subOut, &subOut
+	if err := subCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "mosquitto_sub online", 10*time.Second, func() bool {
+		d, err := s.eng.Device(ctx, "meter-1")
+		return err == nil && d.State.Online
+	})
+	// Report the version as the device (sign type 1).
+	out, err := exec.Command(pub, append(dev, "-i", c.String(), "-q", "1", "-t", iotda.UpTopic("meter-1"),
+		"-m", `{"services":[{"service_id":"$ota","event_type":"version_report","paras":{"fw_version":"1.0"}}]}`)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub: %v: %s", err, out)
+	}
+	waitFor(t, "the reported version", 10*time.Second, func() bool {
+		d, err := s.eng.Device(ctx, "meter-1")
+		return err == nil && d.State.FwVersion == "1.0"
+	})
+	// A task asks the listening device for its version.
+	s.createTask("t1", []string{"meter-1"}, nil)
+	if err := subCmd.Wait(); err != nil {
+		t.Fatalf("mosquitto_sub: %v: %s", err, subOut.String())
+	}
+	if d, ok, err := iotda.DecodeDownlink(bytes.TrimSpace(subOut.Bytes())); err != nil || !ok || d.EventType != iotda.EventVersionQuery {
+		t.Fatalf("mosquitto_sub got %q (%v)", subOut.String(), err)
+	}
+	// A wrong password is refused.
+	bad := append([]string{}, dev...)
+	bad[7] = strings.Repeat("0", 64)
+	if out, err := exec.Command(pub, append(bad, "-i", c.String(), "-t", iotda.UpTopic("meter-1"), "-m", "{}")...).CombinedOutput(); err == nil {
+		t.Fatalf("a wrong password was accepted: %s", out)
+	}
 }

@@ -2,6 +2,7 @@ package iotda
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -73,6 +74,18 @@ func FuzzDecodeDownlink(f *testing.F) {
 		d, ok, err := DecodeDownlink(payload)
 		if err == nil && ok && (d.EventType == EventFirmwareUpgrade || d.EventType == EventSoftwareUpgrade) && d.Upgrade == nil {
 			t.Fatal("upgrade event without paras")
+		}
+	})
+}
+
+// FuzzCheckPassword: any password bytes are checked without a panic, and
+// only the right one passes.
+func FuzzCheckPassword(f *testing.F) {
+	f.Add("s3cret", "2026112312", []byte(Password("s3cret", "2026112312")))
+	f.Add("", "", []byte("zz"))
+	f.Fuzz(func(t *testing.T, secret, ts string, password []byte) {
+		if CheckPassword(secret, ts, password) && !strings.EqualFold(string(password), Password(secret, ts)) {
+			t.Fatalf("password %q accepted for %q at %q", password, secret, ts)
 		}
 	})
 }
