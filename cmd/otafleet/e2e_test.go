@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +21,7 @@ import (
 
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
 )
 
 // e2e is a running `otafleet serve` with Go clients and the CLI binary.
@@ -360,5 +363,120 @@ func TestEndToEndCLI(t *testing.T) {
 	_, errOut, code = e.cli("task", "create", "--name", "x", "--type", "bogus", "--package", "p", "--device", "d")
 	if code != 2 || !strings.Contains(errOut, "--type") {
 		t.Fatalf("bad --type: exit %d, %s", code, errOut)
+	}
+}
+
+// TestEndToEndMQTT: otafleet serve with its embedded broker and HTTPS
+// download server, devices that speak IoTDA MQTT over loopback (simulated
+// with paho), driven through the API: they download, verify and install
+// the package, and the timeline shows the bytes served.
+func TestEndToEndMQTT(t *testing.T) {
+	dir := t.TempDir()
+	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0",
+		"--download-addr", "127.0.0.1:0", "--log-format", "json")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv.await(ctx, "serving", msg("serving"))
+	go func() {
+		for range srv.lines {
+		}
+	}()
+	var addrs map[string]string
+	b, err := os.ReadFile(filepath.Join(dir, "addrs.json"))
+	if err != nil || json.Unmarshal(b, &addrs) != nil {
+		t.Fatalf("addrs.json: %s %v", b, err)
+	}
+	tok, _ := os.ReadFile(filepath.Join(dir, "api-token"))
+	hc := h2cClient(strings.TrimSpace(string(tok)))
+	api := "http://" + addrs["api"]
+	products := otafleetv1connect.NewProductServiceClient(hc, api)
+	devices := otafleetv1connect.NewDeviceServiceClient(hc, api)
+	packages := otafleetv1connect.NewPackageServiceClient(hc, api)
+	tasks := otafleetv1connect.NewTaskServiceClient(hc, api)
+
+	prod, err := products.CreateProduct(ctx, connect.NewRequest(&v1.CreateProductRequest{Name: "Meter", Protocol: v1.Protocol_PROTOCOL_MQTT}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := prod.Msg.GetProduct().GetProductId()
+	const n = 10
+	var news []*v1.NewDevice
+	for i := range n {
+		secret := fmt.Sprintf("secret-%d", i)
+		news = append(news, &v1.NewDevice{DeviceId: fmt.Sprintf("m-%d", i), Secret: &secret})
+	}
+	if _, err := devices.CreateDevices(ctx, connect.NewRequest(&v1.CreateDevicesRequest{ProductId: pid, Devices: news})); err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("firmware-2.0 "), 20000) // 260 kB
+	pkg, err := packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
+		ProductId: pid, PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "2.0", SourceVersions: []string{"1.0"},
+		FileName: "meter-2.0.bin", Content: content,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The devices trust the server's self-signed certificate.
+	pem, err := os.ReadFile(filepath.Join(dir, "download-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatal("download-cert.pem holds no certificate")
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	sims := make([]*mqttsim.Device, n)
+	for i := range n {
+		d, err := mqttsim.Start(ctx, mqttsim.Config{Broker: "tcp://" + addrs["mqtt"], DeviceID: news[i].GetDeviceId(),
+			Secret: news[i].GetSecret(), FwVersion: "1.0", HTTPClient: client})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Stop()
+		sims[i] = d
+	}
+	var ids []string
+	for _, d := range news {
+		ids = append(ids, d.GetDeviceId())
+	}
+	task, err := tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+		Name: "meter_2_0", TaskType: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, PackageId: pkg.Msg.GetPackage().GetPackageId(), DeviceIds: ids,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := tasks.WatchTask(ctx, connect.NewRequest(&v1.WatchTaskRequest{TaskId: task.Msg.GetTask().GetTaskId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *v1.Task
+	for stream.Receive() {
+		last = stream.Msg().GetTask()
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if last.GetStatus() != v1.TaskStatus_TASK_STATUS_SUCCESS || last.GetProgress().GetSuccess() != n {
+		t.Fatalf("task ended %v", last)
+	}
+	for i, d := range sims {
+		if fw, _ := d.Versions(); fw != "2.0" || d.Stats().BytesDownloaded != int64(len(content)) {
+			t.Fatalf("device %d: fw %s, %+v", i, fw, d.Stats())
+		}
+	}
+	tl, err := devices.GetDeviceTimeline(ctx, connect.NewRequest(&v1.GetDeviceTimelineRequest{DeviceId: "m-3", PageSize: 1000}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := false
+	for _, e := range tl.Msg.GetEntries() {
+		if strings.Contains(e.GetDetail(), fmt.Sprintf("of %d served (100%%)", len(content))) {
+			served = true
+		}
+	}
+	if !served {
+		t.Fatalf("the timeline of m-3 shows no served bytes: %v", tl.Msg.GetEntries())
 	}
 }
