@@ -1,10 +1,20 @@
 package mqtt_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,8 +27,11 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
+	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
 )
 
 // The MQTT benchmark runs, in one process, otafleet (engine, embedded
@@ -53,13 +66,105 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// The devices run in a child process (this test binary, re-executed), so
+// that otafleet's CPU (this process) and the devices' (the child's) are
+// measured apart.
+const fleetEnv = "OTAFLEET_BENCH_FLEET" // broker address,device count,cert dir,epoch unix seconds
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(fleetEnv); spec != "" {
+		os.Exit(runFleet(spec))
+	}
+	os.Exit(m.Run())
+}
+
+// runFleet is the child: it starts the devices b0..b(n-1) (secret-i), says
+// "ready", and when its stdin closes stops them and prints the reports they
+// sent.
+func runFleet(spec string) int {
+	var addr, certDir string
+	var n int
+	var epoch int64
+	parts := strings.Split(spec, ",")
+	if len(parts) != 4 {
+		fmt.Fprintln(os.Stderr, "fleet: bad spec", spec)
+		return 2
+	}
+	addr, certDir = parts[0], parts[2]
+	n, _ = strconv.Atoi(parts[1])
+	epoch, _ = strconv.ParseInt(parts[3], 10, 64)
+	pemBytes, err := os.ReadFile(filepath.Join(certDir, "download-cert.pem"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fleet:", err)
+		return 1
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemBytes)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 64}}
+	clk := clocktest.New(time.Unix(epoch, 0)) // the broker's clock: client ID timestamps agree
+	devs := make([]*mqttsim.Device, n)
+	var wg sync.WaitGroup
+	var failed atomic.Bool
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := mqttsim.Start(context.Background(), mqttsim.Config{Broker: "tcp://" + addr, DeviceID: fmt.Sprintf("b%d", i),
+				Secret: fmt.Sprintf("secret-%d", i), FwVersion: "1.0", HTTPClient: client, Clock: clk})
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "fleet:", err)
+				failed.Store(true)
+				return
+			}
+			devs[i] = d
+		}()
+	}
+	wg.Wait()
+	if failed.Load() {
+		return 1
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	var sent int64
+	for _, d := range devs {
+		st := d.Stats()
+		sent += int64(st.VersionReports + st.ProgressReports)
+		d.Stop()
+	}
+	fmt.Println(sent)
+	return 0
+}
+
 func BenchmarkMQTTUpgrades(b *testing.B) {
 	var upgrades, messagesSeen, sent, handled int64
-	var elapsed, cpu time.Duration
+	var elapsed, cpu, fleetCPU time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		s := newStack(b, 1<<10)
-		s.devices("b", benchDevices, nil)
+		var regs []persistence.Device
+		for j := range benchDevices {
+			regs = append(regs, persistence.Device{ID: fmt.Sprintf("b%d", j), ProductID: "meter", Secret: fmt.Sprintf("secret-%d", j)})
+		}
+		if err := s.store.CreateDevices(context.Background(), regs); err != nil {
+			b.Fatal(err)
+		}
+		fleet := exec.Command(os.Args[0], "-test.run=^$")
+		fleet.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%s,%d", fleetEnv, s.broker.Addr("mqtt"), benchDevices, s.certDir, s.clk.Now().Unix()))
+		stdin, _ := fleet.StdinPipe()
+		stdout, _ := fleet.StdoutPipe()
+		fleet.Stderr = os.Stderr
+		childBefore := childCPU()
+		if err := fleet.Start(); err != nil {
+			b.Fatal(err)
+		}
+		out := bufio.NewScanner(stdout)
+		if !out.Scan() || out.Text() != "ready" {
+			b.Fatalf("the device fleet did not start: %q", out.Text())
+		}
+		waitFor(b, "the devices online", 60*time.Second, func() bool {
+			d, err := s.eng.Device(context.Background(), fmt.Sprintf("b%d", benchDevices-1))
+			return err == nil && d.State.Online
+		})
 		b.StartTimer()
 		rc := clock.Real()
 		startCPU, start := cpuTime(), rc.Now()
@@ -71,11 +176,15 @@ func BenchmarkMQTTUpgrades(b *testing.B) {
 		if v := s.task("bench"); v.Progress.Success != benchDevices {
 			b.Fatalf("task: %+v", v.Progress)
 		}
-		var devSent int64
-		for _, d := range s.sims {
-			st := d.Stats()
-			devSent += int64(st.VersionReports + st.ProgressReports)
+		stdin.Close()
+		if !out.Scan() {
+			b.Fatal("the device fleet did not report")
 		}
+		devSent, _ := strconv.ParseInt(out.Text(), 10, 64)
+		if err := fleet.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		fleetCPU += childCPU() - childBefore
 		upgrades += benchDevices
 		sent += devSent
 		handled += s.counter.reports.Load()
@@ -90,11 +199,19 @@ func BenchmarkMQTTUpgrades(b *testing.B) {
 	perUpgrade := float64(messagesSeen) / float64(upgrades)
 	relay := relayRate(b, int(messagesSeen/int64(b.N)))
 	b.ReportMetric(upRate, "upgrades/s")
-	b.ReportMetric(float64(cpu.Microseconds())/float64(upgrades), "cpu-µs/upgrade")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(upgrades), "otafleet-cpu-µs/upgrade")
+	b.ReportMetric(float64(fleetCPU.Microseconds())/float64(upgrades), "devices-cpu-µs/upgrade")
 	b.ReportMetric(perUpgrade, "msgs/upgrade")
 	b.ReportMetric(relay/perUpgrade, "relay-upgrades/s")
 	b.ReportMetric(upRate/(relay/perUpgrade), "ratio")
 	b.ReportMetric(float64(sent-handled), "reports-lost")
+}
+
+// childCPU is the CPU time of the waited-for child processes so far.
+func childCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // relayRate measures the broker alone: QoS 1 messages per second from

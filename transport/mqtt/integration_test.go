@@ -89,6 +89,7 @@ type stack struct {
 	swPkg   persistence.Package // software app-2 from app-1
 	content []byte
 	late    *lateDownlinks
+	certDir string // download-cert.pem of the download server
 	counter *countingUplinks // what the transports hand the engine
 	sims    []*mqttsim.Device
 
@@ -154,7 +155,8 @@ func newStackOn(t testing.TB, packageSize int, brokerURL string) *stack {
 	})
 	must(err)
 	s.dl = dl
-	cert, err := download.LoadOrCreateCert(t.TempDir(), nil)
+	s.certDir = t.TempDir()
+	cert, err := download.LoadOrCreateCert(s.certDir, nil)
 	must(err)
 	h := dl.Handler()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
