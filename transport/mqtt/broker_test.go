@@ -2,7 +2,8 @@ package mqtt
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/mqtt/iotda"
 )
 
@@ -52,8 +54,7 @@ func (r *recorder) next(t *testing.T) string {
 	}
 }
 
-// none fails if an input is delivered before the next one the test causes:
-// it publishes a marker (a version report of device d) and expects it first.
+// fakeDownloads mints predictable URLs and tokens.
 type fakeDownloads struct{}
 
 func (fakeDownloads) Mint(taskID, deviceID string, attempt uint32, packageID string) (string, string, time.Time) {
@@ -336,8 +337,6 @@ func TestConnectionsOfOneDevice(t *testing.T) {
 }
 
 func TestEncodeDownlinkExpires(t *testing.T) {
-	b, _ := json.Marshal(nil)
-	_ = b
 	now := time.Date(2026, 11, 24, 11, 59, 59, 500_000_000, time.UTC)
 	p, err := encodeDownlink(&messages.Downlink{DeviceId: "d", Kind: &messages.Downlink_MqttUpgrade{MqttUpgrade: &messages.MqttUpgrade{Job: &messages.Job{
 		TaskId: "t", Attempt: 1, Package: &messages.Package{PackageId: "k", Version: "2"}}}}}, fakeDownloads{}, now)
@@ -346,5 +345,52 @@ func TestEncodeDownlinkExpires(t *testing.T) {
 	}
 	if d, _, _ := iotda.DecodeDownlink(p); d.Upgrade.Expires != 1 {
 		t.Fatalf("expires %d, want 1 (rounded)", d.Upgrade.Expires)
+	}
+}
+
+// TestLoginOverTLS: the MQTTS listener logs devices in the same way.
+func TestLoginOverTLS(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	if err := st.PutProduct(ctx, persistence.Product{ID: "p", Name: "p", Protocol: persistence.ProtocolMQTT}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateDevices(ctx, []persistence.Device{{ID: "d1", ProductID: "p", Secret: "secret-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := download.LoadOrCreateCert(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	b, err := NewBroker(BrokerConfig{TLSAddr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+		Credentials: st, Uplinks: rec, Downloads: fakeDownloads{}, Clock: clocktest.New(epoch)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Addr("mqtt") != "" || b.Addr("mqtts") == "" {
+		t.Fatalf("listeners: plain %q, tls %q", b.Addr("mqtt"), b.Addr("mqtts"))
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	c := iotda.NewClientID("d1", epoch)
+	o := paho.NewClientOptions().AddBroker("ssl://" + b.Addr("mqtts")).SetClientID(c.String()).SetUsername("d1").
+		SetPassword(iotda.Password("secret-1", c.Timestamp)).SetKeepAlive(60 * time.Second).SetAutoReconnect(false).
+		SetTLSConfig(&tls.Config{RootCAs: pool})
+	cl := paho.NewClient(o)
+	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("TLS login: %v", tok.Error())
+	}
+	defer cl.Disconnect(0)
+	if got := rec.next(t); got != "d1 connected:{}" {
+		t.Fatalf("got %q", got)
 	}
 }
