@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/prototext"
-
-	"github.com/otafleet/otafleet/messages"
 )
 
 func TestPasswordVector(t *testing.T) {
@@ -180,5 +178,4 @@ func TestEncodeAndDecodeDownlink(t *testing.T) {
 	if _, _, err := DecodeDownlink([]byte(`{"services":[{"service_id":"$ota","event_type":"firmware_upgrade"}]}`)); err == nil {
 		t.Error("upgrade without paras decoded")
 	}
-	_ = messages.Protocol_PROTOCOL_MQTT
 }
