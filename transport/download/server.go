@@ -346,3 +346,40 @@ func (t *trackedBlob) stop() int64 {
 	t.stopped = true
 	return t.first
 }
+
+// Errors of Check.
+var (
+	// ErrInvalidToken: the token is malformed, forged or expired (CoAP 4.01,
+	// HTTP 401).
+	ErrInvalidToken = errors.New("download: invalid or expired token")
+	// ErrForbidden: the token is for another package, or the upgrade it was
+	// issued for has ended or was stopped (CoAP 4.03, HTTP 403).
+	ErrForbidden = errors.New("download: token for another package, or its upgrade has ended")
+)
+
+// Check verifies a token for a download of packageID that does not go
+// through Handler (the LwM2M endpoint serves packages block-wise over
+// CoAP): it returns the grant, or an error wrapping ErrInvalidToken or
+// ErrForbidden. Authorize is asked as for an HTTP request.
+func (s *Server) Check(ctx context.Context, token, packageID string) (Grant, error) {
+	g, _, err := s.signer.verify(token, s.clock.Now())
+	if err != nil {
+		return Grant{}, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+	}
+	if g.PackageID != packageID {
+		return g, fmt.Errorf("%w: the token is for package %q", ErrForbidden, g.PackageID)
+	}
+	if s.authorize != nil {
+		if err := s.authorize(ctx, g); err != nil {
+			return g, fmt.Errorf("%w: %v", ErrForbidden, err)
+		}
+	}
+	return g, nil
+}
+
+// Served reports bytes of a package sent outside Handler to OnServed.
+func (s *Server) Served(g Grant, offset, n, size int64) {
+	if n > 0 && s.onServed != nil {
+		s.onServed(g, offset, n, size)
+	}
+}

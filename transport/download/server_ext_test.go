@@ -736,3 +736,33 @@ func TestClientGoesAway(t *testing.T) {
 		t.Errorf("OnServed reports %d bytes written, want at least the 4096 read and less than the %d of the range", s.n, len(big)-1000)
 	}
 }
+
+// TestCheck: the token check for downloads outside HTTP (CoAP).
+func TestCheck(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	tok, _ := f.srv.Mint(f.grant)
+	if g, err := f.srv.Check(ctx, tok, "fw"); err != nil || g != f.grant {
+		t.Fatalf("Check = %+v, %v", g, err)
+	}
+	if _, err := f.srv.Check(ctx, tok, "other"); !errors.Is(err, download.ErrForbidden) {
+		t.Errorf("another package: %v", err)
+	}
+	if _, err := f.srv.Check(ctx, "garbage", "fw"); !errors.Is(err, download.ErrInvalidToken) {
+		t.Errorf("garbage: %v", err)
+	}
+	f.mu.Lock()
+	f.denied[f.grant] = errors.New("stopped")
+	f.mu.Unlock()
+	if _, err := f.srv.Check(ctx, tok, "fw"); !errors.Is(err, download.ErrForbidden) {
+		t.Errorf("revoked: %v", err)
+	}
+	f.clock.Advance(25 * time.Hour)
+	if _, err := f.srv.Check(ctx, tok, "fw"); !errors.Is(err, download.ErrInvalidToken) {
+		t.Errorf("expired: %v", err)
+	}
+	f.srv.Served(f.grant, 10, 20, 300)
+	if got := f.takeServed(1); len(got) != 1 || got[0].offset != 10 || got[0].n != 20 {
+		t.Errorf("Served: %+v", got)
+	}
+}
