@@ -50,6 +50,8 @@ type serveConfig struct {
 	MQTTClientID      string        `yaml:"mqtt-client-id" toml:"mqtt-client-id"`
 	MQTTProbeInterval time.Duration `yaml:"mqtt-probe-interval" toml:"mqtt-probe-interval"`
 	DownloadAddr      string        `yaml:"download-addr" toml:"download-addr"`
+	CoAPAddr          string        `yaml:"coap-addr" toml:"coap-addr"`
+	CoAPPublic        string        `yaml:"coap-public-addr" toml:"coap-public-addr"`
 	DownloadTLS       bool          `yaml:"download-tls" toml:"download-tls"`
 	DownloadURL       string        `yaml:"download-url" toml:"download-url"`
 	TLSCert           string        `yaml:"tls-cert" toml:"tls-cert"`
@@ -86,6 +88,7 @@ func defaultServeConfig() serveConfig {
 		TokenTTL:             24 * time.Hour,
 		MQTTAddr:             "127.0.0.1:1883",
 		DownloadAddr:         "127.0.0.1:8943",
+		CoAPAddr:             "127.0.0.1:5683",
 		DownloadTLS:          true,
 		MQTTClientID:         "otafleet",
 		MQTTProbeInterval:    time.Minute,
@@ -117,6 +120,8 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MQTTBroker, "mqtt-broker", c.MQTTBroker, "use this external MQTT 3.1.1 broker (tcp://[user:pass@]host:port or ssl://...) instead of the embedded one; see the README for its required settings")
 	fs.StringVar(&c.MQTTClientID, "mqtt-client-id", c.MQTTClientID, "with --mqtt-broker: the client ID of otafleet's persistent session")
 	fs.DurationVar(&c.MQTTProbeInterval, "mqtt-probe-interval", c.MQTTProbeInterval, "with --mqtt-broker: how often a device a job waits for is sent version_query again")
+	fs.StringVar(&c.CoAPAddr, "coap-addr", c.CoAPAddr, "LwM2M server over CoAP/UDP (registration, device management, firmware packages block-wise); \"\" turns it off")
+	fs.StringVar(&c.CoAPPublic, "coap-public-addr", c.CoAPPublic, "host:port LwM2M devices reach --coap-addr under, written into package URIs; default: the listener's address")
 	fs.StringVar(&c.DownloadAddr, "download-addr", c.DownloadAddr, "package download server for MQTT devices (HTTP range requests, bearer tokens); \"\" turns it off")
 	fs.BoolVar(&c.DownloadTLS, "download-tls", c.DownloadTLS, "serve downloads over HTTPS (false: plain HTTP)")
 	fs.StringVar(&c.DownloadURL, "download-url", c.DownloadURL, "base URL devices download from (e.g. https://ota.example.com:8943); default: the --download-addr listener's address")

@@ -110,6 +110,9 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	case devs.ext != nil:
 		route.mqtt = devs.ext
 	}
+	if devs.lwm2m != nil {
+		route.lwm2m = devs.lwm2m
+	}
 	downlinks.set(route)
 	if err := engine.Start(ctx); err != nil {
 		return fmt.Errorf("recovery: %w", err)
@@ -135,8 +138,8 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		lis.Close()
 		return err
 	}
-	fmt.Fprintf(stdout, "otafleet serving: api=%s mqtt=%s mqtts=%s download=%s data-dir=%s\n",
-		addrs["api"], orDash(addrs["mqtt"]), orDash(addrs["mqtts"]), orDash(addrs["download"]), cfg.DataDir)
+	fmt.Fprintf(stdout, "otafleet serving: api=%s mqtt=%s mqtts=%s coap=%s download=%s data-dir=%s\n",
+		addrs["api"], orDash(addrs["mqtt"]), orDash(addrs["mqtts"]), orDash(addrs["coap"]), orDash(addrs["download"]), cfg.DataDir)
 
 	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Logger: logger, Clock: clk})
 	if err != nil {
@@ -153,7 +156,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	logger.Info("serving", "api", addrs["api"], "mqtt", addrs["mqtt"], "mqtts", addrs["mqtts"], "download", addrs["download"],
+	logger.Info("serving", "api", addrs["api"], "mqtt", addrs["mqtt"], "mqtts", addrs["mqtts"], "coap", addrs["coap"], "download", addrs["download"],
 		"data_dir", cfg.DataDir, "simulated_devices", cfg.Simulate)
 
 	select {

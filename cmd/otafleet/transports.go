@@ -17,6 +17,7 @@ import (
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/download"
+	"github.com/otafleet/otafleet/transport/lwm2m"
 	"github.com/otafleet/otafleet/transport/memtransport"
 	"github.com/otafleet/otafleet/transport/mqtt"
 )
@@ -24,6 +25,7 @@ import (
 // deviceTransports are the real device-facing servers: the embedded MQTT
 // broker and the package download server.
 type deviceTransports struct {
+	lwm2m  *lwm2m.Server  // the LwM2M server, when --coap-addr is set
 	broker *mqtt.Broker   // the embedded broker, or
 	ext    *mqtt.External // the adapter to --mqtt-broker
 	dl     *download.Server
@@ -36,6 +38,9 @@ type deviceTransports struct {
 // start serves the listeners: after the engine's recovery, so that devices
 // connecting meet their recovered actors.
 func (t *deviceTransports) start() error {
+	if t.lwm2m != nil {
+		t.lwm2m.Start()
+	}
 	if t.dlHTTP != nil {
 		go func() {
 			if err := t.dlHTTP.Serve(t.dlLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -115,6 +120,17 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Registry, engine *acto
 		t.log = logger
 	}
 
+	if cfg.CoAPAddr != "" {
+		t.lwm2m, err = lwm2m.New(lwm2m.Config{
+			Addr: cfg.CoAPAddr, PublicAddr: cfg.CoAPPublic, Devices: reg, Packages: reg, Tokens: t.dl, Uplinks: engine,
+			Clock: clk, Logger: logger,
+		})
+		if err != nil {
+			t.Close()
+			return nil, fmt.Errorf("--coap-addr: %w", err)
+		}
+		t.addrs["coap"] = t.lwm2m.Addr()
+	}
 	if cfg.MQTTBroker != "" {
 		if base == "" {
 			t.Close()
@@ -178,6 +194,9 @@ func loadCert(cfg serveConfig) (tls.Certificate, error) {
 
 // Close stops the broker and the download server.
 func (t *deviceTransports) Close() {
+	if t.lwm2m != nil {
+		_ = t.lwm2m.Close()
+	}
 	if t.broker != nil {
 		_ = t.broker.Close()
 	}
@@ -204,11 +223,12 @@ func (m mintURL) Mint(taskID, deviceID string, attempt uint32, packageID string)
 }
 
 // router sends each downlink to the transport that reaches the device:
-// in-process simulated devices first, then MQTT downlinks to the broker.
-// LwM2M devices get theirs once the LwM2M server exists (issue 6).
+// in-process simulated devices first, then MQTT downlinks to the broker and
+// the others (LwM2M, PCP) to the LwM2M server.
 type router struct {
-	sim  *memtransport.Transport // nil without --simulate
-	mqtt transport.Downlinks     // nil without a broker
+	sim   *memtransport.Transport // nil without --simulate
+	mqtt  transport.Downlinks     // nil without a broker
+	lwm2m transport.Downlinks     // nil without --coap-addr
 }
 
 func (r *router) pick(dl *messages.Downlink) (transport.Downlinks, error) {
@@ -224,7 +244,10 @@ func (r *router) pick(dl *messages.Downlink) (transport.Downlinks, error) {
 		}
 		return nil, errors.New("no MQTT broker (--mqtt-addr is off)")
 	}
-	return nil, fmt.Errorf("no transport for %T yet: the LwM2M server arrives with its issue; run with --simulate for in-process LwM2M devices", dl.GetKind())
+	if r.lwm2m != nil {
+		return r.lwm2m, nil
+	}
+	return nil, errors.New("no LwM2M server (--coap-addr is off)")
 }
 
 func (r *router) Send(ctx context.Context, dl *messages.Downlink) error {

@@ -89,7 +89,7 @@ type stack struct {
 	swPkg   persistence.Package // software app-2 from app-1
 	content []byte
 	late    *lateDownlinks
-	certDir string // download-cert.pem of the download server
+	certDir string           // download-cert.pem of the download server
 	counter *countingUplinks // what the transports hand the engine
 	sims    []*mqttsim.Device
 

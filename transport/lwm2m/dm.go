@@ -1,0 +1,416 @@
+package lwm2m
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/message/pool"
+
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/transport/download"
+	"github.com/otafleet/otafleet/transport/lwm2m/lwm2mcodec"
+	"github.com/otafleet/otafleet/transport/pcp"
+)
+
+// Paths the device machine uses (devicefsm's constants).
+const (
+	pathFirmwareVersion = "/3/0/3"
+	pathConnMon         = "/4/0"
+	pathCellID          = "/4/0/8"
+	pathRSRP            = "/4/0/2"
+	pathSINR            = "/4/0/11"
+	pathPackageURI      = "/5/0/1"
+	pathFotaState       = "/5/0/3"
+	pathUpdateResult    = "/5/0/5"
+	pathPCPDown         = "/19/1/0"
+	pathPCPUp           = "/19/0/0"
+)
+
+func parseLinks(s string) ([]lwm2mcodec.Link, error) { return lwm2mcodec.ParseLinkFormat(s) }
+
+// uintOpt is a CoAP uint option value (minimal big-endian bytes).
+func uintOpt(id message.OptionID, v uint32) message.Option {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], v)
+	i := 0
+	for i < 4 && b[i] == 0 {
+		i++
+	}
+	return message.Option{ID: id, Value: b[i:]}
+}
+
+// singleResource reports whether path names one resource (/o/i/r).
+func singleResource(path string) bool { return strings.Count(strings.Trim(path, "/"), "/") == 2 }
+
+// do runs one downlink against the device and delivers what it answered.
+func (s *Server) do(reg *registration, dl *messages.Downlink) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	go func() { // a de-registration ends the request at once
+		select {
+		case <-reg.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	switch k := dl.GetKind().(type) {
+	case *messages.Downlink_Lwm2MRead:
+		s.read(ctx, reg, k.Lwm2MRead.GetPath())
+	case *messages.Downlink_Lwm2MObserve:
+		s.observe(ctx, reg, k.Lwm2MObserve.GetPath())
+	case *messages.Downlink_Lwm2MCancelObserve:
+		s.cancelObserve(ctx, reg, k.Lwm2MCancelObserve.GetPath())
+	case *messages.Downlink_Lwm2MWrite:
+		w := k.Lwm2MWrite
+		res, err := reg.conn.Put(ctx, w.GetPath(), message.TextPlain, strings.NewReader(w.GetValue()))
+		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, w.GetPath(), res, err)
+	case *messages.Downlink_Lwm2MWritePackageUri:
+		s.writePackageURI(ctx, reg, k.Lwm2MWritePackageUri.GetJob())
+	case *messages.Downlink_Lwm2MExecute:
+		path := k.Lwm2MExecute.GetPath()
+		res, err := reg.conn.Post(ctx, path, message.TextPlain, nil)
+		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, res, err)
+	default:
+		frame, err := s.pcpFrame(ctx, dl)
+		if err != nil {
+			s.log.Error("lwm2m: downlink not sent", "device", reg.device, "kind", fmt.Sprintf("%T", dl.GetKind()), "error", err)
+			return
+		}
+		res, err := reg.conn.Put(ctx, pathPCPDown, message.AppOctets, bytes.NewReader(frame))
+		if err != nil || !success(res.Code()) {
+			s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPCPDown, res, err)
+		} else {
+			s.awake(reg)
+		}
+	}
+}
+
+func success(c codes.Code) bool { return c>>5 == 2 }
+
+// codeText is a CoAP code as "4.04".
+func codeText(c codes.Code) string { return fmt.Sprintf("%d.%02d", c>>5, c&0x1f) }
+
+// answered delivers the outcome of a write or execute, or of a failed read:
+// nothing when the device did not answer (the step's deadline covers it).
+func (s *Server) answered(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, err error) {
+	if err != nil {
+		s.log.Debug("lwm2m: no answer", "device", reg.device, "op", op.String(), "path", path, "error", err)
+		return
+	}
+	s.awake(reg)
+	s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+		Op: op, Path: path, Success: success(res.Code()), Code: codeText(res.Code()),
+	}}})
+}
+
+// read reads path; a single resource is asked as text/plain first and
+// again without Accept if the device will not give it (project decision 7).
+func (s *Server) read(ctx context.Context, reg *registration, path string) {
+	var opts []message.Option
+	if singleResource(path) {
+		opts = append(opts, uintOpt(message.Accept, uint32(message.TextPlain)))
+	}
+	res, err := reg.conn.Get(ctx, path, opts...)
+	if err == nil && res.Code() == codes.NotAcceptable && len(opts) > 0 {
+		res, err = reg.conn.Get(ctx, path)
+	}
+	if err != nil {
+		s.log.Debug("lwm2m: read unanswered", "device", reg.device, "path", path, "error", err)
+		return
+	}
+	s.value(reg, messages.Lwm2MOp_LWM2M_OP_READ, path, res)
+}
+
+// observe starts observing path: the first answer and every notification
+// are delivered like reads.
+func (s *Server) observe(ctx context.Context, reg *registration, path string) {
+	reg.mu.Lock()
+	old := reg.obs[path]
+	reg.mu.Unlock()
+	if old != nil && !old.Canceled() {
+		_ = old.Cancel(ctx) // a new observation (the device may have rebooted)
+	}
+	first := true
+	obs, err := reg.conn.Observe(context.WithoutCancel(ctx), path, func(n *pool.Message) {
+		op := messages.Lwm2MOp_LWM2M_OP_OBSERVE
+		if !first {
+			op = messages.Lwm2MOp_LWM2M_OP_READ // a notification: a value like a read's
+		}
+		first = false
+		s.value(reg, op, path, n)
+	})
+	if err != nil {
+		s.log.Debug("lwm2m: observe unanswered", "device", reg.device, "path", path, "error", err)
+		return
+	}
+	reg.mu.Lock()
+	if reg.gone {
+		reg.mu.Unlock()
+		_ = obs.Cancel(ctx)
+		return
+	}
+	reg.obs[path] = obs
+	reg.mu.Unlock()
+}
+
+func (s *Server) cancelObserve(ctx context.Context, reg *registration, path string) {
+	reg.mu.Lock()
+	obs := reg.obs[path]
+	delete(reg.obs, path)
+	reg.mu.Unlock()
+	if obs != nil && !obs.Canceled() {
+		if err := obs.Cancel(ctx); err != nil {
+			s.log.Debug("lwm2m: cancelling an observation", "device", reg.device, "path", path, "error", err)
+		}
+	}
+}
+
+// value delivers a read's or notification's answer as the inputs the device
+// machine expects.
+func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message) {
+	s.awake(reg)
+	fail := func(code string) {
+		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+			Op: op, Path: path, Success: false, Code: code,
+		}}})
+	}
+	if !success(res.Code()) {
+		fail(codeText(res.Code()))
+		return
+	}
+	body, err := readBody(res)
+	if err != nil {
+		s.log.Warn("lwm2m: unreadable answer", "device", reg.device, "path", path, "error", err)
+		fail(codeText(res.Code()))
+		return
+	}
+	if path == pathPCPUp {
+		s.pcpUplink(reg, body)
+		return
+	}
+	cf := message.TextPlain
+	if f, err := res.ContentFormat(); err == nil {
+		cf = f
+	}
+	p, err := lwm2mcodec.ParsePath(path)
+	if err != nil {
+		s.log.Warn("lwm2m: answer for a malformed path", "device", reg.device, "path", path, "error", err)
+		return
+	}
+	vs, err := lwm2mcodec.Decode(uint16(cf), p, body)
+	if err != nil {
+		s.log.Warn("lwm2m: undecodable answer", "device", reg.device, "path", path, "content_format", cf, "error", err)
+		fail(codeText(res.Code()) + " undecodable")
+		return
+	}
+	in := inputFor(path, vs)
+	if in == nil {
+		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+			Op: op, Path: path, Success: true, Code: codeText(res.Code()),
+		}}})
+		return
+	}
+	s.deliver(reg.device, in)
+}
+
+// inputFor maps the values of a path the device machine reads to its input;
+// nil for other paths or values it lacks.
+func inputFor(path string, vs []lwm2mcodec.Value) *messages.DeviceInput {
+	at := func(p string) lwm2mcodec.Path { pp, _ := lwm2mcodec.ParsePath(p); return pp }
+	i32 := func(p string) *int32 {
+		v, ok := lwm2mcodec.IntAt(vs, at(p))
+		if !ok || v < -1<<31 || v > 1<<31-1 {
+			return nil
+		}
+		n := int32(v)
+		return &n
+	}
+	cell := func() string {
+		if v, ok := lwm2mcodec.IntAt(vs, at(pathCellID)); ok {
+			return strconv.FormatInt(v, 10)
+		}
+		s, _ := lwm2mcodec.StringAt(vs, at(pathCellID))
+		return s
+	}
+	switch path {
+	case pathFirmwareVersion:
+		if v, ok := lwm2mcodec.StringAt(vs, at(path)); ok {
+			return &messages.DeviceInput{Kind: &messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{FwVersion: &v}}}
+		}
+	case pathConnMon:
+		return &messages.DeviceInput{Kind: &messages.DeviceInput_RadioReported{RadioReported: &messages.RadioReported{
+			Rsrp: i32(pathRSRP), Sinr: i32(pathSINR), CellId: cell(),
+		}}}
+	case pathCellID:
+		return &messages.DeviceInput{Kind: &messages.DeviceInput_RadioReported{RadioReported: &messages.RadioReported{CellId: cell()}}}
+	case pathFotaState, pathUpdateResult, "/5/0":
+		f := &messages.FotaStatus{State: i32(pathFotaState), UpdateResult: i32(pathUpdateResult)}
+		if f.State == nil && f.UpdateResult == nil {
+			return nil
+		}
+		return &messages.DeviceInput{Kind: &messages.DeviceInput_FotaStatus{FotaStatus: f}}
+	}
+	return nil
+}
+
+func readBody(res *pool.Message) ([]byte, error) {
+	if res.Body() == nil {
+		return nil, nil
+	}
+	if _, err := res.Body().Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(io.LimitReader(res.Body(), 1<<20))
+}
+
+// writePackageURI writes /5/0/1 with the coap:// URI of the job's package on
+// this endpoint, with a download token bound to the attempt.
+func (s *Server) writePackageURI(ctx context.Context, reg *registration, job *messages.Job) {
+	pkg := job.GetPackage().GetPackageId()
+	tok, _ := s.cfg.Tokens.Mint(download.Grant{TaskID: job.GetTaskId(), DeviceID: reg.device, Attempt: job.GetAttempt(), PackageID: pkg})
+	uri := PackageURI(s.cfg.PublicAddr, pkg, tok)
+	res, err := reg.conn.Put(ctx, pathPackageURI, message.TextPlain, strings.NewReader(uri))
+	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPackageURI, res, err)
+}
+
+// PackageURI is the URI a device downloads a package from.
+func PackageURI(addr, packageID, token string) string {
+	return "coap://" + addr + "/fw/" + url.PathEscape(packageID) + "?t=" + token
+}
+
+// pcpFrame encodes a PCP downlink; a segment response carries the
+// segment's bytes read from the package file.
+func (s *Server) pcpFrame(ctx context.Context, dl *messages.Downlink) ([]byte, error) {
+	u16 := func(field string, v uint32) (uint16, error) {
+		if v > 0xFFFF {
+			return 0, fmt.Errorf("%s %d does not fit PCP's 16 bits", field, v)
+		}
+		return uint16(v), nil
+	}
+	u8 := func(field string, v uint32) (byte, error) {
+		if v > 0xFF {
+			return 0, fmt.Errorf("%s %d does not fit PCP's 8 bits", field, v)
+		}
+		return byte(v), nil
+	}
+	switch k := dl.GetKind().(type) {
+	case *messages.Downlink_PcpQueryVersion:
+		return pcp.EncodeQueryVersion(), nil
+	case *messages.Downlink_PcpNotifyNewVersion:
+		n := k.PcpNotifyNewVersion
+		size, err := u16("segment_size", n.GetSegmentSize())
+		if err != nil {
+			return nil, err
+		}
+		count, err := u16("segment_count", n.GetSegmentCount())
+		if err != nil {
+			return nil, err
+		}
+		check, err := u16("check_code", n.GetCheckCode())
+		if err != nil {
+			return nil, err
+		}
+		return pcp.EncodeNotify(pcp.NotifyNewVersion{Version: n.GetVersion(), SegmentSize: size, SegmentCount: count, CheckCode: check})
+	case *messages.Downlink_PcpSegmentResponse:
+		r := k.PcpSegmentResponse
+		result, err := u8("result", r.GetResult())
+		if err != nil {
+			return nil, err
+		}
+		no, err := u16("segment_no", r.GetSegmentNo())
+		if err != nil {
+			return nil, err
+		}
+		m := pcp.SegmentResponse{Result: result, SegmentNo: no}
+		if result == pcp.ResultOK {
+			if m.Data, err = s.segment(ctx, r); err != nil {
+				return nil, err
+			}
+		}
+		return pcp.EncodeSegmentResponse(m)
+	case *messages.Downlink_PcpDownloadResultAck:
+		result, err := u8("result", k.PcpDownloadResultAck.GetResult())
+		if err != nil {
+			return nil, err
+		}
+		return pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{Result: result}), nil
+	case *messages.Downlink_PcpExecute:
+		return pcp.EncodeExecute(), nil
+	case *messages.Downlink_PcpUpgradeResultAck:
+		result, err := u8("result", k.PcpUpgradeResultAck.GetResult())
+		if err != nil {
+			return nil, err
+		}
+		return pcp.EncodeUpgradeResultAck(pcp.UpgradeResultAck{Result: result}), nil
+	}
+	return nil, fmt.Errorf("not an LwM2M downlink: %T", dl.GetKind())
+}
+
+// segment reads segment r.SegmentNo of the package file.
+func (s *Server) segment(ctx context.Context, r *messages.PcpSegmentResponse) ([]byte, error) {
+	blob, err := s.cfg.Packages.OpenBlob(ctx, r.GetPackageId())
+	if err != nil {
+		return nil, fmt.Errorf("package %q: %w", r.GetPackageId(), err)
+	}
+	defer blob.Close()
+	size := r.GetSegmentSize()
+	if size == 0 || size > 0xFFFF {
+		return nil, fmt.Errorf("segment size %d", size)
+	}
+	off, n, ok := pcp.SegmentRange(blob.Size(), uint16(size), uint16(r.GetSegmentNo()))
+	if !ok {
+		return nil, fmt.Errorf("segment %d of a %d-byte package in %d-byte segments does not exist", r.GetSegmentNo(), blob.Size(), size)
+	}
+	buf := make([]byte, n)
+	if _, err := blob.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// pcpUplink delivers a PCP frame the device notified on /19/0/0. Other
+// data on that resource is the device's business data (spec 4.7): it shows
+// the device awake, nothing more.
+func (s *Server) pcpUplink(reg *registration, b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	if !pcp.IsPCP(b) {
+		s.log.Debug("lwm2m: business data on /19/0/0", "device", reg.device, "bytes", len(b))
+		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}})
+		return
+	}
+	m, err := pcp.DecodeUplink(b)
+	if err != nil {
+		s.log.Warn("lwm2m: malformed PCP frame ignored", "device", reg.device, "error", err)
+		return
+	}
+	var in *messages.DeviceInput
+	switch v := m.(type) {
+	case pcp.VersionResponse:
+		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: uint32(v.Result), Version: v.Version}}}
+	case pcp.NotifyResponse:
+		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpNotifyResponse{PcpNotifyResponse: &messages.PcpNotifyResponse{Result: uint32(v.Result)}}}
+	case pcp.SegmentRequest:
+		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpSegmentRequest{PcpSegmentRequest: &messages.PcpSegmentRequest{Version: v.Version, SegmentNo: uint32(v.SegmentNo)}}}
+	case pcp.DownloadResult:
+		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpDownloadResult{PcpDownloadResult: &messages.PcpDownloadResult{Status: uint32(v.Status)}}}
+	case pcp.ExecuteResponse:
+		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: uint32(v.Result)}}}
+	case pcp.UpgradeResult:
+		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: uint32(v.Result), Version: v.Version}}}
+	default:
+		s.log.Warn("lwm2m: unexpected PCP message from a device", "device", reg.device, "code", m.Code().String())
+		return
+	}
+	s.deliver(reg.device, in)
+}

@@ -1,0 +1,34 @@
+// Package lwm2m is otafleet's LwM2M server over CoAP/UDP (go-coap v3): the
+// registration interface, device management on the device's own CoAP
+// conversation, the firmware package served block-wise on the same endpoint,
+// and PCP (software upgrades) carried on object 19. Like every transport it
+// only translates: CoAP requests and answers become messages inputs for the
+// engine, and the engine's downlinks become CoAP requests. It makes no
+// upgrade decisions.
+//
+// Registration (OMA LwM2M 1.1 core, section 6.2):
+//
+//	POST   /rd?ep={device}&lt={s}&lwm2m={1.0|1.1|1.2}&b={U|UQ}  </1/0>,</3/0>,...  → 2.01 Location-Path rd/{id}
+//	POST   /rd/{id}[?lt=&b=]                                                     → 2.04 (update)
+//	DELETE /rd/{id}                                                              → 2.02 (de-register)
+//
+// An endpoint that is not a registered device gets 4.03, a malformed request
+// 4.00. A registration that outlives its lifetime without an update is gone:
+// the device is offline. In queue mode (b=UQ) the device is reachable for
+// QueueAwake after each message it sends.
+//
+// Downlinks: reads (single resources ask text/plain first, spec project
+// decision 7), observations, writes (the package URI on /5/0/1), executes,
+// and PCP frames written to /19/1/0. Answers become the inputs the device
+// machine expects: a read of /3/0/3 a VersionReported, of /4/0 or /4/0/8 a
+// RadioReported, of /5/0/3 and /5/0/5 a FotaStatus; anything else, and every
+// failure, an Lwm2mResponse with the CoAP code. Notifications of /19/0/0
+// carry PCP frames from the device.
+//
+// Packages: GET /fw/{package_id}?t={token} answers one Block2 block at a time
+// straight from the stored file (no copy of the package per request, the
+// block size the client asks for, an ETag per package), so any block can be
+// asked first and a device resumes where it stopped. The token is the
+// download server's (transport/download): bound to the device's running
+// attempt, refused once it ended.
+package lwm2m

@@ -1,0 +1,559 @@
+package lwm2m
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	coapnet "github.com/plgd-dev/go-coap/v3/net"
+	"github.com/plgd-dev/go-coap/v3/net/blockwise"
+	"github.com/plgd-dev/go-coap/v3/options"
+	"github.com/plgd-dev/go-coap/v3/udp"
+	udpserver "github.com/plgd-dev/go-coap/v3/udp/server"
+
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/transport"
+	"github.com/otafleet/otafleet/transport/download"
+)
+
+// Devices tells registered devices; persistence.Registry satisfies it.
+type Devices interface {
+	GetDevice(ctx context.Context, id string) (persistence.Device, error)
+}
+
+// Packages reads package files; persistence.Registry satisfies it.
+type Packages interface {
+	GetPackage(ctx context.Context, id string) (persistence.Package, error)
+	OpenBlob(ctx context.Context, id string) (persistence.Blob, error)
+}
+
+// Tokens mints and checks the package download tokens;
+// *download.Server satisfies it.
+type Tokens interface {
+	Mint(g download.Grant) (string, time.Time)
+	Check(ctx context.Context, token, packageID string) (download.Grant, error)
+	Served(g download.Grant, offset, n, size int64)
+}
+
+// Config configures the server.
+type Config struct {
+	// Addr is the UDP address ("127.0.0.1:5683"; port 0 picks one).
+	Addr string
+	// PublicAddr is the host:port written into coap:// package URIs;
+	// default: the listener's address.
+	PublicAddr string
+	// Devices, Packages, Tokens and Uplinks are required.
+	Devices  Devices
+	Packages Packages
+	Tokens   Tokens
+	Uplinks  transport.Uplinks
+	// QueueAwake is how long a queue-mode device (b=UQ) stays reachable
+	// after each message it sends; default 93 s (the LwM2M 1.1 default of
+	// the client's awake time).
+	QueueAwake time.Duration
+	// RequestTimeout bounds one request to a device, retransmissions
+	// included; default 2 minutes.
+	RequestTimeout time.Duration
+	Clock          clock.Clock  // nil: clock.Real()
+	Logger         *slog.Logger // nil: discard
+}
+
+// Server is the LwM2M server. It implements transport.Downlinks for LwM2M
+// and PCP downlinks.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	srv    *udpserver.Server
+	lis    *coapnet.UDPConn
+	addr   string
+	served chan struct{}
+
+	mu     sync.Mutex
+	byID   map[string]*registration // registration ID → registration
+	byDev  map[string]*registration // device ID → its registration
+	byPeer map[string]*registration // remote address → registration
+	dl     map[download.Grant]int64 // bytes reported as served, per download
+}
+
+var _ transport.Downlinks = (*Server)(nil)
+
+// registration is one registered device.
+type registration struct {
+	id, device string
+	conn       mux.Conn
+	peer       string
+	lifetime   time.Duration
+	queue      bool
+	expiry     clock.Timer
+	asleep     clock.Timer
+	work       chan *messages.Downlink
+	done       chan struct{}
+
+	mu   sync.Mutex
+	obs  map[string]mux.Observation // path → observation
+	gone bool
+}
+
+// New opens the UDP listener; Start serves it.
+func New(cfg Config) (*Server, error) {
+	if cfg.Devices == nil || cfg.Packages == nil || cfg.Tokens == nil || cfg.Uplinks == nil {
+		return nil, errors.New("lwm2m: Config needs Devices, Packages, Tokens and Uplinks")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.QueueAwake <= 0 {
+		cfg.QueueAwake = 93 * time.Second
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 2 * time.Minute
+	}
+	lis, err := coapnet.NewListenUDP("udp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("lwm2m: listening on %s: %w", cfg.Addr, err)
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"), lis: lis, addr: lis.LocalAddr().String(),
+		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
+		dl: map[download.Grant]int64{}, served: make(chan struct{}),
+	}
+	if s.cfg.PublicAddr == "" {
+		s.cfg.PublicAddr = s.addr
+	}
+	router := mux.NewRouter()
+	router.DefaultHandleFunc(s.handle)
+	s.srv = udp.NewServer(
+		options.WithMux(router),
+		// Block2 of the package is answered here, a block per request from
+		// the stored file: go-coap's own block-wise layer would keep a copy
+		// of every transfer per token until it times out.
+		options.WithBlockwise(false, blockwise.SZX1024, time.Minute),
+		options.WithErrors(func(err error) { s.log.Debug("lwm2m: coap", "error", err) }),
+	)
+	return s, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.addr }
+
+// Start serves in the background.
+func (s *Server) Start() {
+	go func() {
+		defer close(s.served)
+		if err := s.srv.Serve(s.lis); err != nil {
+			s.log.Error("lwm2m: server stopped", "error", err)
+		}
+	}()
+}
+
+// Close stops serving; registered devices are forgotten (not reported
+// offline: the engine's next start meets them re-registering).
+func (s *Server) Close() error {
+	s.srv.Stop()
+	err := s.lis.Close()
+	<-s.served
+	s.mu.Lock()
+	regs := make([]*registration, 0, len(s.byID))
+	for _, r := range s.byID {
+		regs = append(regs, r)
+	}
+	s.mu.Unlock()
+	for _, r := range regs {
+		s.drop(r, false)
+	}
+	return err
+}
+
+// handle dispatches the requests devices send.
+func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
+	path, _ := r.Path()
+	path = strings.Trim(path, "/")
+	switch {
+	case path == "rd" && r.Code() == codes.POST:
+		s.register(w, r)
+	case strings.HasPrefix(path, "rd/") && r.Code() == codes.POST:
+		s.update(w, r, strings.TrimPrefix(path, "rd/"))
+	case strings.HasPrefix(path, "rd/") && r.Code() == codes.DELETE:
+		s.deregister(w, strings.TrimPrefix(path, "rd/"))
+	case strings.HasPrefix(path, "fw/") && r.Code() == codes.GET:
+		s.servePackage(w, r, strings.TrimPrefix(path, "fw/"))
+	default:
+		s.answer(w, codes.NotFound, "")
+	}
+}
+
+func (s *Server) answer(w mux.ResponseWriter, c codes.Code, text string, opts ...message.Option) {
+	var body io.ReadSeeker
+	if text != "" {
+		body = strings.NewReader(text)
+	}
+	if err := w.SetResponse(c, message.TextPlain, body, opts...); err != nil {
+		s.log.Debug("lwm2m: answering", "error", err)
+	}
+}
+
+// queries parses the URI-Query options into a map; a repeated key is an
+// error.
+func queries(r *mux.Message) (map[string]string, error) {
+	qs, err := r.Queries()
+	if err != nil && !errors.Is(err, message.ErrOptionNotFound) {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, q := range qs {
+		k, v, _ := strings.Cut(q, "=")
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("query %q given twice", k)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// lifetime parses lt (seconds); def when absent.
+func lifetime(q map[string]string, def time.Duration) (time.Duration, error) {
+	v, ok := q["lt"]
+	if !ok {
+		return def, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("lt=%q: want seconds, at least 1", v)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+// binding parses b: U (default) or UQ; other bindings are refused.
+func binding(q map[string]string) (queue bool, err error) {
+	switch b := q["b"]; b {
+	case "", "U":
+		return false, nil
+	case "UQ":
+		return true, nil
+	default:
+		return false, fmt.Errorf("binding %q: this server speaks U and UQ", b)
+	}
+}
+
+func newRegID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// regParams are a registration request's parameters.
+type regParams struct {
+	endpoint string
+	lifetime time.Duration
+	queue    bool
+}
+
+// parseRegistration checks a registration's query and link-format body
+// (OMA LwM2M 1.1 core 6.2.1): ep is required; lt, lwm2m and b are checked
+// when present; other query parameters are accepted and ignored.
+func parseRegistration(qs []string, body []byte) (regParams, error) {
+	q := map[string]string{}
+	for _, kv := range qs {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, dup := q[k]; dup {
+			return regParams{}, fmt.Errorf("query %q given twice", k)
+		}
+		q[k] = v
+	}
+	var p regParams
+	if p.endpoint = q["ep"]; p.endpoint == "" {
+		return p, errors.New("no endpoint name (ep)")
+	}
+	if v := q["lwm2m"]; v != "" && v != "1.0" && v != "1.1" && v != "1.2" {
+		return p, fmt.Errorf("lwm2m=%q: this server speaks 1.0, 1.1 and 1.2", v)
+	}
+	var err error
+	if p.lifetime, err = lifetime(q, 86400*time.Second); err != nil {
+		return p, err
+	}
+	if p.queue, err = binding(q); err != nil {
+		return p, err
+	}
+	if b := bytes.TrimSpace(body); len(b) > 0 {
+		if _, err := parseLinks(string(b)); err != nil {
+			return p, fmt.Errorf("link format: %v", err)
+		}
+	}
+	return p, nil
+}
+
+// register handles POST /rd.
+func (s *Server) register(w mux.ResponseWriter, r *mux.Message) {
+	bad := func(why string) {
+		s.log.Info("lwm2m: registration refused", "peer", w.Conn().RemoteAddr().String(), "reason", why)
+		s.answer(w, codes.BadRequest, why)
+	}
+	qs, err := r.Queries()
+	if err != nil && !errors.Is(err, message.ErrOptionNotFound) {
+		bad(err.Error())
+		return
+	}
+	body, err := readRequestBody(r)
+	if err != nil {
+		bad(err.Error())
+		return
+	}
+	p, err := parseRegistration(qs, body)
+	if err != nil {
+		bad(err.Error())
+		return
+	}
+	ep, lt, queue := p.endpoint, p.lifetime, p.queue
+	if _, err := s.cfg.Devices.GetDevice(r.Context(), ep); err != nil {
+		if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
+			s.log.Info("lwm2m: registration refused", "endpoint", ep, "reason", err.Error())
+			s.answer(w, codes.Forbidden, "unknown endpoint")
+			return
+		}
+		s.log.Error("lwm2m: registration: looking the device up", "endpoint", ep, "error", err)
+		s.answer(w, codes.ServiceUnavailable, "")
+		return
+	}
+	reg := &registration{
+		id: newRegID(), device: ep, conn: w.Conn(), peer: w.Conn().RemoteAddr().String(), lifetime: lt, queue: queue,
+		work: make(chan *messages.Downlink, 256), done: make(chan struct{}), obs: map[string]mux.Observation{},
+	}
+	s.mu.Lock()
+	old := s.byDev[ep]
+	s.byID[reg.id], s.byDev[ep], s.byPeer[reg.peer] = reg, reg, reg
+	s.mu.Unlock()
+	if old != nil {
+		s.drop(old, false) // a new registration replaces it (a reboot)
+	}
+	reg.expiry = s.cfg.Clock.AfterFunc(lt, func() { s.expire(reg) })
+	go s.worker(reg)
+	s.answer(w, codes.Created, "", message.Option{ID: message.LocationPath, Value: []byte("rd")},
+		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})
+	s.log.Info("lwm2m: registered", "device", ep, "registration", reg.id, "lifetime", lt, "queue_mode", queue, "peer", reg.peer)
+	s.deliver(ep, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
+	s.awake(reg)
+}
+
+// readRequestBody reads a request's body, at most 64 KiB.
+func readRequestBody(r *mux.Message) ([]byte, error) {
+	if r.Body() == nil {
+		return nil, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body(), 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("body: %v", err)
+	}
+	return b, nil
+}
+
+// checkLinks validates an update's link-format body, when present.
+func checkLinks(r *mux.Message) error {
+	b, err := readRequestBody(r)
+	if err != nil {
+		return err
+	}
+	if b = bytes.TrimSpace(b); len(b) == 0 {
+		return nil
+	}
+	if _, err := parseLinks(string(b)); err != nil {
+		return fmt.Errorf("link format: %v", err)
+	}
+	return nil
+}
+
+// update handles POST /rd/{id}.
+func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
+	reg := s.lookup(id)
+	if reg == nil {
+		s.answer(w, codes.NotFound, "unknown registration")
+		return
+	}
+	q, err := queries(r)
+	if err != nil {
+		s.answer(w, codes.BadRequest, err.Error())
+		return
+	}
+	lt, err := lifetime(q, reg.lifetime)
+	if err != nil {
+		s.answer(w, codes.BadRequest, err.Error())
+		return
+	}
+	queue := reg.queue
+	if _, ok := q["b"]; ok {
+		if queue, err = binding(q); err != nil {
+			s.answer(w, codes.BadRequest, err.Error())
+			return
+		}
+	}
+	if err := checkLinks(r); err != nil {
+		s.answer(w, codes.BadRequest, err.Error())
+		return
+	}
+	s.mu.Lock()
+	reg.lifetime = lt
+	if peer := w.Conn().RemoteAddr().String(); peer != reg.peer {
+		// A new address (NAT rebinding): requests go to the new one.
+		delete(s.byPeer, reg.peer)
+		reg.peer, reg.conn = peer, w.Conn()
+		s.byPeer[peer] = reg
+	}
+	changed := queue != reg.queue
+	reg.queue = queue
+	s.mu.Unlock()
+	reg.expiry.Reset(lt)
+	s.answer(w, codes.Changed, "")
+	if changed {
+		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
+	} else {
+		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}})
+	}
+	s.awake(reg)
+}
+
+// deregister handles DELETE /rd/{id}.
+func (s *Server) deregister(w mux.ResponseWriter, id string) {
+	reg := s.lookup(id)
+	if reg == nil {
+		s.answer(w, codes.NotFound, "unknown registration")
+		return
+	}
+	s.answer(w, codes.Deleted, "")
+	s.log.Info("lwm2m: de-registered", "device", reg.device, "registration", reg.id)
+	s.drop(reg, true)
+}
+
+func (s *Server) lookup(id string) *registration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byID[id]
+}
+
+// expire ends a registration whose lifetime passed without an update.
+func (s *Server) expire(reg *registration) {
+	s.log.Info("lwm2m: registration expired", "device", reg.device, "registration", reg.id)
+	s.drop(reg, true)
+}
+
+// drop forgets a registration; offline reports the device offline (unless a
+// newer registration of the device exists).
+func (s *Server) drop(reg *registration, offline bool) {
+	s.mu.Lock()
+	if s.byID[reg.id] == reg {
+		delete(s.byID, reg.id)
+	}
+	if s.byPeer[reg.peer] == reg {
+		delete(s.byPeer, reg.peer)
+	}
+	current := s.byDev[reg.device] == reg
+	if current {
+		delete(s.byDev, reg.device)
+	}
+	s.mu.Unlock()
+	reg.mu.Lock()
+	if reg.gone {
+		reg.mu.Unlock()
+		return
+	}
+	reg.gone = true
+	obs := reg.obs
+	reg.obs = nil
+	reg.mu.Unlock()
+	close(reg.done)
+	if reg.expiry != nil {
+		reg.expiry.Stop()
+	}
+	if reg.asleep != nil {
+		reg.asleep.Stop()
+	}
+	for _, o := range obs {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = o.Cancel(ctx)
+		cancel()
+	}
+	if offline && current {
+		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Disconnected{Disconnected: &messages.Disconnected{}}})
+	}
+}
+
+// awake notes traffic from a queue-mode device: it is reachable for
+// QueueAwake, then asleep.
+func (s *Server) awake(reg *registration) {
+	if !reg.queue {
+		return
+	}
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if reg.gone {
+		return
+	}
+	if reg.asleep != nil {
+		reg.asleep.Stop()
+	}
+	reg.asleep = s.cfg.Clock.AfterFunc(s.cfg.QueueAwake, func() {
+		reg.mu.Lock()
+		gone := reg.gone
+		reg.mu.Unlock()
+		if !gone {
+			s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Asleep{Asleep: &messages.Asleep{}}})
+		}
+	})
+}
+
+func (s *Server) deliver(id string, in *messages.DeviceInput) {
+	if err := s.cfg.Uplinks.Deliver(context.Background(), id, in); err != nil {
+		s.log.Warn("lwm2m: delivering to the engine", "device", id, "error", err)
+	}
+}
+
+// Send queues a downlink for the device's registration; its requests go out
+// one at a time, in order. A device that is not registered misses it (the
+// device machine's deadlines cover that).
+func (s *Server) Send(ctx context.Context, dl *messages.Downlink) error {
+	s.mu.Lock()
+	reg := s.byDev[dl.GetDeviceId()]
+	s.mu.Unlock()
+	if reg == nil {
+		return fmt.Errorf("lwm2m: device %q is not registered", dl.GetDeviceId())
+	}
+	select {
+	case reg.work <- dl:
+		return nil
+	case <-reg.done:
+		return fmt.Errorf("lwm2m: device %q de-registered", dl.GetDeviceId())
+	default:
+		return fmt.Errorf("lwm2m: device %q has %d requests waiting; downlink dropped", dl.GetDeviceId(), cap(reg.work))
+	}
+}
+
+// RevokeToken: tokens are checked against the running attempt on every
+// block, so there is nothing to revoke.
+func (s *Server) RevokeToken(context.Context, *messages.RevokeToken) error { return nil }
+
+// worker sends a registration's downlinks in order.
+func (s *Server) worker(reg *registration) {
+	for {
+		select {
+		case <-reg.done:
+			return
+		case dl := <-reg.work:
+			s.do(reg, dl)
+		}
+	}
+}

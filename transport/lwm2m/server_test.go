@@ -1,0 +1,532 @@
+package lwm2m_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/message/pool"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	"github.com/plgd-dev/go-coap/v3/net/blockwise"
+	"github.com/plgd-dev/go-coap/v3/options"
+	"github.com/plgd-dev/go-coap/v3/udp"
+	"github.com/plgd-dev/go-coap/v3/udp/client"
+	"google.golang.org/protobuf/encoding/prototext"
+
+	"github.com/otafleet/otafleet/internal/clock/clocktest"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport/download"
+	"github.com/otafleet/otafleet/transport/lwm2m"
+	"github.com/otafleet/otafleet/transport/lwm2m/lwm2mcodec"
+	"github.com/otafleet/otafleet/transport/pcp"
+)
+
+var epoch = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+// recorder is the engine's side: every delivered input as text.
+type recorder struct {
+	mu  sync.Mutex
+	got []string
+	ch  chan string
+}
+
+func (r *recorder) Deliver(_ context.Context, id string, in *messages.DeviceInput) error {
+	s := id + " " + strings.NewReplacer(": ", ":", "{ ", "{", " }", "}").Replace(strings.Join(strings.Fields(prototext.Format(in)), " "))
+	r.mu.Lock()
+	r.got = append(r.got, s)
+	r.mu.Unlock()
+	r.ch <- s
+	return nil
+}
+
+func (r *recorder) next(t *testing.T) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	select {
+	case s := <-r.ch:
+		return s
+	case <-ctx.Done():
+		t.Fatal("no input delivered")
+		return ""
+	}
+}
+
+type env struct {
+	srv     *lwm2m.Server
+	rec     *recorder
+	clk     *clocktest.Clock
+	dl      *download.Server
+	content []byte
+	sum     [32]byte
+	served  chan [3]int64
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	st := memstore.New()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(st.PutProduct(ctx, persistence.Product{ID: "p", Name: "p", Protocol: persistence.ProtocolLWM2M, SoftwarePCP: true}))
+	must(st.CreateDevices(ctx, []persistence.Device{{ID: "d1", ProductID: "p"}, {ID: "d2", ProductID: "p"}}))
+	e := &env{rec: &recorder{ch: make(chan string, 1000)}, clk: clocktest.New(epoch), served: make(chan [3]int64, 100)}
+	e.content = make([]byte, 10_000)
+	_, _ = rand.Read(e.content)
+	size, sum, err := st.WriteBlob(ctx, "fw", bytes.NewReader(e.content), 1<<20)
+	must(err)
+	e.sum = sum
+	must(st.PutPackage(ctx, persistence.Package{ID: "fw", ProductID: "p", Type: persistence.PackageFirmware, Version: "2.0", FileName: "fw.bin", Size: size, SHA256: sum}))
+	key := bytes.Repeat([]byte{7}, 32)
+	e.dl, err = download.New(download.Config{Packages: st, Key: key, Clock: e.clk,
+		OnServed: func(g download.Grant, off, n, size int64) { e.served <- [3]int64{off, n, size} }})
+	must(err)
+	e.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", Devices: st, Packages: st, Tokens: e.dl, Uplinks: e.rec, Clock: e.clk, QueueAwake: 30 * time.Second})
+	must(err)
+	e.srv.Start()
+	t.Cleanup(func() { e.srv.Close() })
+	return e
+}
+
+// device is a hand-written LwM2M client: it answers the server's requests
+// from a map of path → (content format, body).
+type device struct {
+	conn *client.Conn
+	loc  string
+
+	mu       sync.Mutex
+	values   map[string]resource
+	writes   map[string]string
+	executed []string
+	obsToken map[string]message.Token
+	pcpDown  [][]byte
+}
+
+type resource struct {
+	cf   message.MediaType
+	body []byte
+}
+
+func dial(t *testing.T, e *env) *device {
+	t.Helper()
+	d := &device{values: map[string]resource{}, writes: map[string]string{}, obsToken: map[string]message.Token{}}
+	router := mux.NewRouter()
+	router.DefaultHandleFunc(d.handle)
+	conn, err := udp.Dial(e.srv.Addr(), options.WithMux(router), options.WithBlockwise(false, blockwise.SZX1024, time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	d.conn = conn
+	return d
+}
+
+func (d *device) handle(w mux.ResponseWriter, r *mux.Message) {
+	path, _ := r.Path()
+	path = "/" + strings.Trim(path, "/")
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch r.Code() {
+	case codes.GET:
+		v, ok := d.values[path]
+		if !ok {
+			_ = w.SetResponse(codes.NotFound, message.TextPlain, nil)
+			return
+		}
+		var opts []message.Option
+		if obs, err := r.Observe(); err == nil && obs == 0 {
+			d.obsToken[path] = r.Token()
+			opts = append(opts, message.Option{ID: message.Observe, Value: []byte{1}})
+		}
+		_ = w.SetResponse(codes.Content, v.cf, bytes.NewReader(v.body), opts...)
+	case codes.PUT:
+		b, _ := io.ReadAll(r.Body())
+		if path == "/19/1/0" {
+			d.pcpDown = append(d.pcpDown, b)
+		} else {
+			d.writes[path] = string(b)
+		}
+		_ = w.SetResponse(codes.Changed, message.TextPlain, nil)
+	case codes.POST:
+		d.executed = append(d.executed, path)
+		_ = w.SetResponse(codes.Changed, message.TextPlain, nil)
+	}
+}
+
+func (d *device) set(path string, r resource) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.values[path] = r
+}
+
+// notify sends a notification of an observed path.
+func (d *device) notify(t *testing.T, path string, seq uint32, cf message.MediaType, body []byte) {
+	t.Helper()
+	d.mu.Lock()
+	tok, ok := d.obsToken[path]
+	d.mu.Unlock()
+	if !ok {
+		t.Fatalf("%s is not observed", path)
+	}
+	m := d.conn.AcquireMessage(context.Background())
+	defer d.conn.ReleaseMessage(m)
+	m.SetCode(codes.Content)
+	m.SetToken(tok)
+	m.SetObserve(seq)
+	m.SetContentFormat(cf)
+	m.SetBody(bytes.NewReader(body))
+	m.SetType(message.Confirmable)
+	if err := d.conn.WriteMessage(m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (d *device) register(t *testing.T, query string, links string) (*pool.Message, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := d.conn.NewPostRequest(ctx, "/rd", message.AppLinkFormat, strings.NewReader(links))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range strings.Split(query, "&") {
+		req.AddOptionString(message.URIQuery, q)
+	}
+	res, err := d.conn.Do(req)
+	if err == nil && res.Code() == codes.Created {
+		lp, _ := res.Options().LocationPath()
+		d.loc = lp
+	}
+	return res, err
+}
+
+const links = `</>;rt="oma.lwm2m";ct=11543,</1/0>,</3/0>,</4/0>,</5/0>,</19/0>,</19/1>`
+
+func TestRegistrationInterface(t *testing.T) {
+	e := newEnv(t)
+	d := dial(t, e)
+	for _, c := range []struct {
+		query string
+		links string
+		want  codes.Code
+	}{
+		{"ep=ghost&lt=60&lwm2m=1.1&b=U", links, codes.Forbidden},
+		{"lt=60&lwm2m=1.1", links, codes.BadRequest},
+		{"ep=d1&lt=abc", links, codes.BadRequest},
+		{"ep=d1&b=S", links, codes.BadRequest},
+		{"ep=d1&lwm2m=9.9", links, codes.BadRequest},
+		{"ep=d1", `</3/0`, codes.BadRequest},
+	} {
+		res, err := d.register(t, c.query, c.links)
+		if err != nil || res.Code() != c.want {
+			t.Errorf("register ?%s %q: %v %v, want %v", c.query, c.links, res.Code(), err, c.want)
+		}
+	}
+	res, err := d.register(t, "ep=d1&lt=60&lwm2m=1.1&b=U", links)
+	if err != nil || res.Code() != codes.Created || !strings.HasPrefix(d.loc, "/rd/") {
+		t.Fatalf("register: %v %v, location %q", res, err, d.loc)
+	}
+	if got := e.rec.next(t); got != "d1 connected:{}" {
+		t.Fatalf("got %q", got)
+	}
+	ctx := context.Background()
+	res, err = d.conn.Post(ctx, d.loc, message.TextPlain, nil)
+	if err != nil || res.Code() != codes.Changed {
+		t.Fatalf("update: %v %v", res, err)
+	}
+	if got := e.rec.next(t); got != "d1 uplink:{}" {
+		t.Fatalf("after the update: %q", got)
+	}
+	if res, _ := d.conn.Post(ctx, "/rd/nope", message.TextPlain, nil); res.Code() != codes.NotFound {
+		t.Errorf("update of an unknown registration: %v", res.Code())
+	}
+	// The lifetime passes without an update: offline.
+	e.clk.Advance(61 * time.Second)
+	if got := e.rec.next(t); got != "d1 disconnected:{}" {
+		t.Fatalf("after the lifetime: %q", got)
+	}
+	// Register again, then de-register.
+	if res, err := d.register(t, "ep=d1&lt=60&b=UQ", links); err != nil || res.Code() != codes.Created {
+		t.Fatalf("register: %v %v", res, err)
+	}
+	if got := e.rec.next(t); got != "d1 connected:{queue_mode:true}" {
+		t.Fatalf("got %q", got)
+	}
+	// Queue mode: asleep after the awake window.
+	e.clk.Advance(31 * time.Second)
+	if got := e.rec.next(t); got != "d1 asleep:{}" {
+		t.Fatalf("queue mode: %q", got)
+	}
+	res, err = d.conn.Delete(ctx, d.loc)
+	if err != nil || res.Code() != codes.Deleted {
+		t.Fatalf("de-register: %v %v", res, err)
+	}
+	if got := e.rec.next(t); got != "d1 disconnected:{}" {
+		t.Fatalf("after de-registering: %q", got)
+	}
+}
+
+func TestDeviceManagement(t *testing.T) {
+	e := newEnv(t)
+	d := dial(t, e)
+	tlv, err := lwm2mcodec.EncodeTLV([]lwm2mcodec.Value{
+		lwm2mcodec.IntValue(lwm2mcodec.ResourcePath(4, 0, 2), -95),
+		lwm2mcodec.IntValue(lwm2mcodec.ResourcePath(4, 0, 11), 12),
+		lwm2mcodec.IntValue(lwm2mcodec.ResourcePath(4, 0, 8), 12345),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})
+	d.set("/4/0", resource{message.AppLwm2mTLV, tlv})
+	d.set("/5/0/3", resource{message.TextPlain, []byte("0")})
+	if _, err := d.register(t, "ep=d1&lt=600", links); err != nil {
+		t.Fatal(err)
+	}
+	e.rec.next(t)
+	ctx := context.Background()
+	send := func(k any) {
+		t.Helper()
+		dl := &messages.Downlink{DeviceId: "d1"}
+		switch v := k.(type) {
+		case *messages.Downlink_Lwm2MRead:
+			dl.Kind = v
+		case *messages.Downlink_Lwm2MObserve:
+			dl.Kind = v
+		case *messages.Downlink_Lwm2MWrite:
+			dl.Kind = v
+		case *messages.Downlink_Lwm2MWritePackageUri:
+			dl.Kind = v
+		case *messages.Downlink_Lwm2MExecute:
+			dl.Kind = v
+		case *messages.Downlink_PcpQueryVersion:
+			dl.Kind = v
+		case *messages.Downlink_PcpSegmentResponse:
+			dl.Kind = v
+		}
+		if err := e.srv.Send(ctx, dl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(path string) { send(&messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: path}}) }
+	read("/3/0/3")
+	if got := e.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"}` {
+		t.Fatalf("read /3/0/3: %q", got)
+	}
+	read("/4/0")
+	if got := e.rec.next(t); got != `d1 radio_reported:{rsrp:-95 sinr:12 cell_id:"12345"}` {
+		t.Fatalf("read /4/0: %q", got)
+	}
+	read("/4/0/8")
+	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_READ path:"/4/0/8" code:"4.04"}` {
+		t.Fatalf("read of a missing resource: %q", got)
+	}
+	send(&messages.Downlink_Lwm2MObserve{Lwm2MObserve: &messages.Lwm2MObserve{Path: "/5/0/3"}})
+	if got := e.rec.next(t); got != `d1 fota_status:{state:0}` {
+		t.Fatalf("observe /5/0/3: %q", got)
+	}
+	d.notify(t, "/5/0/3", 2, message.TextPlain, []byte("1"))
+	if got := e.rec.next(t); got != `d1 fota_status:{state:1}` {
+		t.Fatalf("notification: %q", got)
+	}
+	send(&messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: &messages.Job{
+		TaskId: "t1", Attempt: 1, Package: &messages.Package{PackageId: "fw", Version: "2.0"}}}})
+	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04"}` {
+		t.Fatalf("package URI write: %q", got)
+	}
+	d.mu.Lock()
+	uri := d.writes["/5/0/1"]
+	d.mu.Unlock()
+	if !strings.HasPrefix(uri, "coap://"+e.srv.Addr()+"/fw/fw?t=") {
+		t.Fatalf("package URI %q", uri)
+	}
+	send(&messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: "/5/0/2"}})
+	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_EXECUTE path:"/5/0/2" success:true code:"2.04"}` {
+		t.Fatalf("execute: %q", got)
+	}
+
+	// PCP: a frame notified on /19/0/0 becomes its input; downlinks are
+	// PUT on /19/1/0; a segment response carries the package's bytes.
+	frame, _ := pcp.EncodeVersionResponse(pcp.VersionResponse{Version: "V1.0"})
+	d.set("/19/0/0", resource{message.AppOctets, frame})
+	send(&messages.Downlink_Lwm2MObserve{Lwm2MObserve: &messages.Lwm2MObserve{Path: "/19/0/0"}})
+	if got := e.rec.next(t); got != `d1 pcp_version:{version:"V1.0"}` {
+		t.Fatalf("PCP uplink: %q", got)
+	}
+	req, _ := pcp.EncodeSegmentRequest(pcp.SegmentRequest{Version: "V2.0", SegmentNo: 3})
+	d.notify(t, "/19/0/0", 2, message.AppOctets, req)
+	if got := e.rec.next(t); got != `d1 pcp_segment_request:{version:"V2.0" segment_no:3}` {
+		t.Fatalf("PCP segment request: %q", got)
+	}
+	d.notify(t, "/19/0/0", 3, message.AppOctets, []byte(`{"temp":21}`))
+	if got := e.rec.next(t); got != `d1 uplink:{}` {
+		t.Fatalf("business data: %q", got)
+	}
+	send(&messages.Downlink_PcpSegmentResponse{PcpSegmentResponse: &messages.PcpSegmentResponse{SegmentNo: 3, PackageId: "fw", SegmentSize: 500}})
+	send(&messages.Downlink_PcpQueryVersion{PcpQueryVersion: &messages.PcpQueryVersion{}})
+	waitDevice(t, d, func() bool { return len(d.pcpDown) == 2 })
+	d.mu.Lock()
+	seg, q := d.pcpDown[0], d.pcpDown[1]
+	d.mu.Unlock()
+	m, err := pcp.DecodeDownlink(seg)
+	if sr, ok := m.(pcp.SegmentResponse); err != nil || !ok || sr.SegmentNo != 3 || !bytes.Equal(sr.Data, e.content[1500:2000]) {
+		t.Fatalf("segment response %v %v", m, err)
+	}
+	if !bytes.Equal(q, pcp.EncodeQueryVersion()) {
+		t.Fatalf("query %x", q)
+	}
+}
+
+// waitDevice polls the device's state (it is written by go-coap's
+// goroutines) until cond holds.
+func waitDevice(t *testing.T, d *device, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		d.mu.Lock()
+		ok := cond()
+		d.mu.Unlock()
+		if ok {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatal("timed out")
+		}
+		// A ping is a round trip to the server: a wait without a timer.
+		_ = d.conn.Ping(ctx)
+	}
+}
+
+// TestPackageBlocks: the package is served a Block2 block at a time, any
+// block first, in the client's block size, with a token.
+func TestPackageBlocks(t *testing.T) {
+	e := newEnv(t)
+	d := dial(t, e)
+	tok, _ := e.dl.Mint(download.Grant{TaskID: "t1", DeviceID: "d1", Attempt: 1, PackageID: "fw"})
+	path := "/fw/fw"
+	get := func(num, szx uint32, token string) (*pool.Message, []byte) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, err := d.conn.NewGetRequest(ctx, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.AddOptionString(message.URIQuery, "t="+token)
+		buf := make([]byte, 4)
+		n, _ := message.EncodeUint32(buf, num<<4|szx)
+		req.AddOptionBytes(message.Block2, buf[:n])
+		res, err := d.conn.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body())
+		return res, b
+	}
+	var all []byte
+	for num := uint32(0); ; num++ {
+		res, b := get(num, 6, tok)
+		if res.Code() != codes.Content {
+			t.Fatalf("block %d: %v", num, res.Code())
+		}
+		all = append(all, b...)
+		v, err := res.Options().GetUint32(message.Block2)
+		if err != nil || v>>4 != num || v&7 != 6 {
+			t.Fatalf("block %d: Block2 %x %v", num, v, err)
+		}
+		if etag, err := res.Options().GetBytes(message.ETag); err != nil || !bytes.Equal(etag, e.sum[:8]) {
+			t.Fatalf("ETag %x %v", etag, err)
+		}
+		if v&8 == 0 {
+			break
+		}
+	}
+	if sha256.Sum256(all) != e.sum {
+		t.Fatalf("downloaded %d bytes with another SHA-256", len(all))
+	}
+	// Block 7 of 64 bytes alone: exactly those bytes.
+	if res, b := get(7, 2, tok); res.Code() != codes.Content || !bytes.Equal(b, e.content[7*64:8*64]) {
+		t.Fatalf("block 7 of 64 bytes: %v, %d bytes", res.Code(), len(b))
+	}
+	if res, _ := get(1000, 6, tok); res.Code() != codes.BadOption {
+		t.Errorf("a block past the end: %v", res.Code())
+	}
+	if res, _ := get(0, 6, "forged"); res.Code() != codes.Unauthorized {
+		t.Errorf("a forged token: %v", res.Code())
+	}
+	other, _ := e.dl.Mint(download.Grant{TaskID: "t1", DeviceID: "d1", Attempt: 1, PackageID: "other"})
+	if res, _ := get(0, 6, other); res.Code() != codes.Forbidden {
+		t.Errorf("another package's token: %v", res.Code())
+	}
+	// Progress: reported in tenths, the whole package in all.
+	var total int64
+	for total < int64(len(e.content)) {
+		select {
+		case s := <-e.served:
+			total += s[1]
+		default:
+			t.Fatalf("served %d of %d bytes", total, len(e.content))
+		}
+	}
+	_ = fmt.Sprint
+}
+
+// TestCoapClient: libcoap's coap-client (Debian libcoap3-bin, installed by
+// .ci/run) downloads the package block-wise, and fetches block N alone.
+func TestCoapClient(t *testing.T) {
+	bin := ""
+	for _, name := range []string{"coap-client-notls", "coap-client", "coap-client-openssl", "coap-client-gnutls"} {
+		if p, err := exec.LookPath(name); err == nil {
+			bin = p
+			break
+		}
+	}
+	if bin == "" {
+		if os.Getenv("OTAFLEET_SKIP_COAP_CLIENT") == "1" {
+			t.Skip("no coap-client and OTAFLEET_SKIP_COAP_CLIENT=1")
+		}
+		t.Fatal("coap-client is not installed: apt-get install libcoap3-bin (.ci/run does), or set OTAFLEET_SKIP_COAP_CLIENT=1")
+	}
+	e := newEnv(t)
+	tok, _ := e.dl.Mint(download.Grant{TaskID: "t1", DeviceID: "d1", Attempt: 1, PackageID: "fw"})
+	uri := lwm2m.PackageURI(e.srv.Addr(), "fw", tok)
+	fetch := func(block string) []byte {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "fw.bin")
+		cmd := exec.Command(bin, "-m", "get", "-b", block, "-o", out, uri)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("coap-client -b %s: %v: %s", block, err, b)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if got := fetch("1024"); sha256.Sum256(got) != e.sum {
+		t.Fatalf("coap-client downloaded %d bytes with another SHA-256", len(got))
+	}
+	// Block 5 of 256 bytes: exactly those bytes.
+	if got := fetch("5,256"); !bytes.Equal(got, e.content[5*256:6*256]) {
+		t.Fatalf("block 5 of 256 bytes: got %d bytes, not those of the block", len(got))
+	}
+}
