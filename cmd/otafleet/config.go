@@ -52,6 +52,7 @@ type serveConfig struct {
 	DownloadAddr      string        `yaml:"download-addr" toml:"download-addr"`
 	CoAPAddr          string        `yaml:"coap-addr" toml:"coap-addr"`
 	CoAPPublic        string        `yaml:"coap-public-addr" toml:"coap-public-addr"`
+	CoAPSAddr         string        `yaml:"coaps-addr" toml:"coaps-addr"`
 	DownloadTLS       bool          `yaml:"download-tls" toml:"download-tls"`
 	DownloadURL       string        `yaml:"download-url" toml:"download-url"`
 	TLSCert           string        `yaml:"tls-cert" toml:"tls-cert"`
@@ -89,6 +90,7 @@ func defaultServeConfig() serveConfig {
 		MQTTAddr:             "127.0.0.1:1883",
 		DownloadAddr:         "127.0.0.1:8943",
 		CoAPAddr:             "127.0.0.1:5683",
+		CoAPSAddr:            "127.0.0.1:5684",
 		DownloadTLS:          true,
 		MQTTClientID:         "otafleet",
 		MQTTProbeInterval:    time.Minute,
@@ -121,6 +123,7 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MQTTClientID, "mqtt-client-id", c.MQTTClientID, "with --mqtt-broker: the client ID of otafleet's persistent session")
 	fs.DurationVar(&c.MQTTProbeInterval, "mqtt-probe-interval", c.MQTTProbeInterval, "with --mqtt-broker: how often a device a job waits for is sent version_query again")
 	fs.StringVar(&c.CoAPAddr, "coap-addr", c.CoAPAddr, "LwM2M server over CoAP/UDP (registration, device management, firmware packages block-wise); \"\" turns it off")
+	fs.StringVar(&c.CoAPSAddr, "coaps-addr", c.CoAPSAddr, "LwM2M server over DTLS 1.2 with pre-shared keys (identity: the device ID); \"\" turns it off")
 	fs.StringVar(&c.CoAPPublic, "coap-public-addr", c.CoAPPublic, "host:port LwM2M devices reach --coap-addr under, written into package URIs; default: the listener's address")
 	fs.StringVar(&c.DownloadAddr, "download-addr", c.DownloadAddr, "package download server for MQTT devices (HTTP range requests, bearer tokens); \"\" turns it off")
 	fs.BoolVar(&c.DownloadTLS, "download-tls", c.DownloadTLS, "serve downloads over HTTPS (false: plain HTTP)")

@@ -42,7 +42,7 @@ type e2e struct {
 func startE2E(t *testing.T, n int) *e2e {
 	t.Helper()
 	dir := t.TempDir()
-	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
+	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
 		"--simulate", fmt.Sprint(n), "--simulate-protocol", "mqtt", "--simulate-delay", "20ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -372,7 +372,7 @@ func TestEndToEndCLI(t *testing.T) {
 // the package, and the timeline shows the bytes served.
 func TestEndToEndMQTT(t *testing.T) {
 	dir := t.TempDir()
-	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0",
+	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--coaps-addr", "127.0.0.1:0",
 		"--download-addr", "127.0.0.1:0", "--log-format", "json")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

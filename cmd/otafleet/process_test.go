@@ -178,7 +178,7 @@ func TestProcessKillNine(t *testing.T) {
 	// step times out and the task's retry (1 minute later) runs the device
 	// again. With the default 3 minutes that would take longer than this test.
 	short := "3s"
-	args := []string{"--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
+	args := []string{"--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
 		"--simulate", "300", "--simulate-protocol", "mixed", "--simulate-cells", "6", "--simulate-campaign", "--simulate-delay", "30ms",
 		"--timeout-version-report", short, "--timeout-radio-query", short, "--timeout-cell-query", short,
 		"--timeout-download-start", short, "--timeout-update-start", short, "--timeout-version-check", short}
@@ -283,7 +283,7 @@ func TestProcessCorruptJournal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	args := []string{"--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
+	args := []string{"--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
 		"--simulate", "100", "--simulate-protocol", "fota", "--simulate-campaign", "--simulate-delay", "200ms"}
 	s := startServer(t, args...)
 	s.await(ctx, "a first upgrade", msg("simulated device upgraded"))

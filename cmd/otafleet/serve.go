@@ -138,8 +138,8 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		lis.Close()
 		return err
 	}
-	fmt.Fprintf(stdout, "otafleet serving: api=%s mqtt=%s mqtts=%s coap=%s download=%s data-dir=%s\n",
-		addrs["api"], orDash(addrs["mqtt"]), orDash(addrs["mqtts"]), orDash(addrs["coap"]), orDash(addrs["download"]), cfg.DataDir)
+	fmt.Fprintf(stdout, "otafleet serving: api=%s mqtt=%s mqtts=%s coap=%s coaps=%s download=%s data-dir=%s\n",
+		addrs["api"], orDash(addrs["mqtt"]), orDash(addrs["mqtts"]), orDash(addrs["coap"]), orDash(addrs["coaps"]), orDash(addrs["download"]), cfg.DataDir)
 
 	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Logger: logger, Clock: clk})
 	if err != nil {
@@ -156,7 +156,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	logger.Info("serving", "api", addrs["api"], "mqtt", addrs["mqtt"], "mqtts", addrs["mqtts"], "coap", addrs["coap"], "download", addrs["download"],
+	logger.Info("serving", "api", addrs["api"], "mqtt", addrs["mqtt"], "mqtts", addrs["mqtts"], "coap", addrs["coap"], "coaps", addrs["coaps"], "download", addrs["download"],
 		"data_dir", cfg.DataDir, "simulated_devices", cfg.Simulate)
 
 	select {

@@ -120,16 +120,21 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Registry, engine *acto
 		t.log = logger
 	}
 
-	if cfg.CoAPAddr != "" {
+	if cfg.CoAPAddr != "" || cfg.CoAPSAddr != "" {
 		t.lwm2m, err = lwm2m.New(lwm2m.Config{
-			Addr: cfg.CoAPAddr, PublicAddr: cfg.CoAPPublic, Devices: reg, Packages: reg, Tokens: t.dl, Uplinks: engine,
-			Clock: clk, Logger: logger,
+			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, Devices: reg, Packages: reg, Tokens: t.dl,
+			Uplinks: engine, Clock: clk, Logger: logger,
 		})
 		if err != nil {
 			t.Close()
-			return nil, fmt.Errorf("--coap-addr: %w", err)
+			return nil, fmt.Errorf("--coap-addr/--coaps-addr: %w", err)
 		}
-		t.addrs["coap"] = t.lwm2m.Addr()
+		if a := t.lwm2m.Addr(); a != "" {
+			t.addrs["coap"] = a
+		}
+		if a := t.lwm2m.DTLSAddr(); a != "" {
+			t.addrs["coaps"] = a
+		}
 	}
 	if cfg.MQTTBroker != "" {
 		if base == "" {

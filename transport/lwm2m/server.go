@@ -14,6 +14,9 @@ import (
 	"sync"
 	"time"
 
+	piondtls "github.com/pion/dtls/v3"
+	"github.com/plgd-dev/go-coap/v3/dtls"
+	dtlsserver "github.com/plgd-dev/go-coap/v3/dtls/server"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/mux"
@@ -30,9 +33,10 @@ import (
 	"github.com/otafleet/otafleet/transport/download"
 )
 
-// Devices tells registered devices; persistence.Registry satisfies it.
+// Devices tells registered devices and their PSKs; persistence.Registry
+// satisfies it.
 type Devices interface {
-	GetDevice(ctx context.Context, id string) (persistence.Device, error)
+	DeviceCredentials(ctx context.Context, id string) (persistence.Credentials, error)
 }
 
 // Packages reads package files; persistence.Registry satisfies it.
@@ -51,8 +55,13 @@ type Tokens interface {
 
 // Config configures the server.
 type Config struct {
-	// Addr is the UDP address ("127.0.0.1:5683"; port 0 picks one).
+	// Addr is the UDP address ("127.0.0.1:5683"; port 0 picks one); ""
+	// serves no plain CoAP.
 	Addr string
+	// DTLSAddr is the DTLS 1.2 address with pre-shared keys ("127.0.0.1:5684");
+	// "" serves no DTLS. A device's PSK identity is its device ID; a device
+	// that has a PSK registers only over DTLS, as itself.
+	DTLSAddr string
 	// PublicAddr is the host:port written into coap:// package URIs;
 	// default: the listener's address.
 	PublicAddr string
@@ -75,12 +84,15 @@ type Config struct {
 // Server is the LwM2M server. It implements transport.Downlinks for LwM2M
 // and PCP downlinks.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	srv    *udpserver.Server
-	lis    *coapnet.UDPConn
-	addr   string
-	served chan struct{}
+	cfg      Config
+	log      *slog.Logger
+	srv      *udpserver.Server
+	lis      *coapnet.UDPConn
+	addr     string
+	dtlsSrv  *dtlsserver.Server
+	dtlsLis  *coapnet.DTLSListener
+	dtlsAddr string
+	serving  sync.WaitGroup
 
 	mu     sync.Mutex
 	byID   map[string]*registration // registration ID → registration
@@ -125,50 +137,130 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 2 * time.Minute
 	}
-	lis, err := coapnet.NewListenUDP("udp", cfg.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("lwm2m: listening on %s: %w", cfg.Addr, err)
+	if cfg.Addr == "" && cfg.DTLSAddr == "" {
+		return nil, errors.New("lwm2m: Config needs Addr or DTLSAddr")
 	}
 	s := &Server{
-		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"), lis: lis, addr: lis.LocalAddr().String(),
+		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"),
 		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
-		dl: map[download.Grant]int64{}, served: make(chan struct{}),
-	}
-	if s.cfg.PublicAddr == "" {
-		s.cfg.PublicAddr = s.addr
+		dl: map[download.Grant]int64{},
 	}
 	router := mux.NewRouter()
 	router.DefaultHandleFunc(s.handle)
-	s.srv = udp.NewServer(
-		options.WithMux(router),
-		// Block2 of the package is answered here, a block per request from
-		// the stored file: go-coap's own block-wise layer would keep a copy
-		// of every transfer per token until it times out.
-		options.WithBlockwise(false, blockwise.SZX1024, time.Minute),
-		options.WithErrors(func(err error) { s.log.Debug("lwm2m: coap", "error", err) }),
-	)
+	onErr := func(err error) { s.log.Debug("lwm2m: coap", "error", err) }
+	if cfg.Addr != "" {
+		lis, err := coapnet.NewListenUDP("udp", cfg.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("lwm2m: listening on %s: %w", cfg.Addr, err)
+		}
+		s.lis, s.addr = lis, lis.LocalAddr().String()
+		s.srv = udp.NewServer(
+			options.WithMux(router),
+			// Block2 of the package is answered here, a block per request
+			// from the stored file: go-coap's own block-wise layer would keep
+			// a copy of every transfer per token until it times out.
+			options.WithBlockwise(false, blockwise.SZX1024, time.Minute),
+			options.WithErrors(onErr),
+		)
+	}
+	if cfg.DTLSAddr != "" {
+		dcfg := &piondtls.Config{
+			PSK:             s.psk,
+			PSKIdentityHint: []byte("otafleet"),
+			CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8, piondtls.TLS_PSK_WITH_AES_128_GCM_SHA256},
+		}
+		lis, err := coapnet.NewDTLSListener("udp", cfg.DTLSAddr, dcfg)
+		if err != nil {
+			if s.lis != nil {
+				s.lis.Close()
+			}
+			return nil, fmt.Errorf("lwm2m: listening on %s (DTLS): %w", cfg.DTLSAddr, err)
+		}
+		s.dtlsLis, s.dtlsAddr = lis, lis.Addr().String()
+		s.dtlsSrv = dtls.NewServer(options.WithMux(router), options.WithBlockwise(false, blockwise.SZX1024, time.Minute), options.WithErrors(onErr))
+	}
+	if s.cfg.PublicAddr == "" {
+		s.cfg.PublicAddr = s.addr
+		if s.addr == "" {
+			s.cfg.PublicAddr = s.dtlsAddr
+		}
+	}
 	return s, nil
 }
 
-// Addr is the address the server listens on.
+// psk returns the pre-shared key of the device whose ID is the identity a
+// DTLS client presents; an unknown device or one without a PSK fails the
+// handshake.
+func (s *Server) psk(identity []byte) ([]byte, error) {
+	id := string(identity)
+	creds, err := s.cfg.Devices.DeviceCredentials(context.Background(), id)
+	if err != nil {
+		s.log.Info("lwm2m: DTLS handshake refused", "identity", id, "reason", err.Error())
+		return nil, fmt.Errorf("unknown PSK identity %q", id)
+	}
+	if len(creds.PSK) == 0 {
+		s.log.Info("lwm2m: DTLS handshake refused", "identity", id, "reason", "the device has no PSK")
+		return nil, fmt.Errorf("device %q has no PSK", id)
+	}
+	return creds.PSK, nil
+}
+
+// pskIdentity is the PSK identity of a DTLS peer; false for plain CoAP.
+func pskIdentity(c mux.Conn) (string, bool) {
+	st, ok := c.NetConn().(interface {
+		ConnectionState() (piondtls.State, bool)
+	})
+	if !ok {
+		return "", false
+	}
+	state, ok := st.ConnectionState()
+	if !ok {
+		return "", false
+	}
+	return string(state.IdentityHint), true
+}
+
+// Addr is the plain CoAP address the server listens on ("" without one).
 func (s *Server) Addr() string { return s.addr }
+
+// DTLSAddr is the DTLS address the server listens on ("" without one).
+func (s *Server) DTLSAddr() string { return s.dtlsAddr }
 
 // Start serves in the background.
 func (s *Server) Start() {
-	go func() {
-		defer close(s.served)
-		if err := s.srv.Serve(s.lis); err != nil {
-			s.log.Error("lwm2m: server stopped", "error", err)
-		}
-	}()
+	if s.srv != nil {
+		s.serving.Add(1)
+		go func() {
+			defer s.serving.Done()
+			if err := s.srv.Serve(s.lis); err != nil {
+				s.log.Error("lwm2m: server stopped", "error", err)
+			}
+		}()
+	}
+	if s.dtlsSrv != nil {
+		s.serving.Add(1)
+		go func() {
+			defer s.serving.Done()
+			if err := s.dtlsSrv.Serve(s.dtlsLis); err != nil {
+				s.log.Error("lwm2m: DTLS server stopped", "error", err)
+			}
+		}()
+	}
 }
 
 // Close stops serving; registered devices are forgotten (not reported
 // offline: the engine's next start meets them re-registering).
 func (s *Server) Close() error {
-	s.srv.Stop()
-	err := s.lis.Close()
-	<-s.served
+	var err error
+	if s.srv != nil {
+		s.srv.Stop()
+		err = s.lis.Close()
+	}
+	if s.dtlsSrv != nil {
+		s.dtlsSrv.Stop()
+		err = errors.Join(err, s.dtlsLis.Close())
+	}
+	s.serving.Wait()
 	s.mu.Lock()
 	regs := make([]*registration, 0, len(s.byID))
 	for _, r := range s.byID {
@@ -321,14 +413,28 @@ func (s *Server) register(w mux.ResponseWriter, r *mux.Message) {
 		return
 	}
 	ep, lt, queue := p.endpoint, p.lifetime, p.queue
-	if _, err := s.cfg.Devices.GetDevice(r.Context(), ep); err != nil {
+	forbid := func(why string) {
+		s.log.Info("lwm2m: registration refused", "endpoint", ep, "reason", why)
+		s.answer(w, codes.Forbidden, why)
+	}
+	creds, err := s.cfg.Devices.DeviceCredentials(r.Context(), ep)
+	if err != nil {
 		if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
-			s.log.Info("lwm2m: registration refused", "endpoint", ep, "reason", err.Error())
-			s.answer(w, codes.Forbidden, "unknown endpoint")
+			forbid("unknown endpoint")
 			return
 		}
 		s.log.Error("lwm2m: registration: looking the device up", "endpoint", ep, "error", err)
 		s.answer(w, codes.ServiceUnavailable, "")
+		return
+	}
+	// Over DTLS the endpoint is the PSK identity; a device with a PSK may
+	// not register over plain CoAP.
+	switch identity, secure := pskIdentity(w.Conn()); {
+	case secure && identity != ep:
+		forbid(fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity))
+		return
+	case !secure && len(creds.PSK) > 0:
+		forbid("this device has a PSK: it registers over DTLS")
 		return
 	}
 	reg := &registration{

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	piondtls "github.com/pion/dtls/v3"
+	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
@@ -87,7 +89,7 @@ func newEnv(t *testing.T) *env {
 		}
 	}
 	must(st.PutProduct(ctx, persistence.Product{ID: "p", Name: "p", Protocol: persistence.ProtocolLWM2M, SoftwarePCP: true}))
-	must(st.CreateDevices(ctx, []persistence.Device{{ID: "d1", ProductID: "p"}, {ID: "d2", ProductID: "p"}}))
+	must(st.CreateDevices(ctx, []persistence.Device{{ID: "d1", ProductID: "p"}, {ID: "d2", ProductID: "p"}, {ID: "d3", ProductID: "p", PSK: []byte("psk-of-d3")}}))
 	e := &env{rec: &recorder{ch: make(chan string, 1000)}, clk: clocktest.New(epoch), served: make(chan [3]int64, 100)}
 	e.content = make([]byte, 10_000)
 	_, _ = rand.Read(e.content)
@@ -99,7 +101,7 @@ func newEnv(t *testing.T) *env {
 	e.dl, err = download.New(download.Config{Packages: st, Key: key, Clock: e.clk,
 		OnServed: func(g download.Grant, off, n, size int64) { e.served <- [3]int64{off, n, size} }})
 	must(err)
-	e.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", Devices: st, Packages: st, Tokens: e.dl, Uplinks: e.rec, Clock: e.clk, QueueAwake: 30 * time.Second})
+	e.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", DTLSAddr: "127.0.0.1:0", Devices: st, Packages: st, Tokens: e.dl, Uplinks: e.rec, Clock: e.clk, QueueAwake: 30 * time.Second})
 	must(err)
 	e.srv.Start()
 	t.Cleanup(func() { e.srv.Close() })
@@ -528,5 +530,73 @@ func TestCoapClient(t *testing.T) {
 	// Block 5 of 256 bytes: exactly those bytes.
 	if got := fetch("5,256"); !bytes.Equal(got, e.content[5*256:6*256]) {
 		t.Fatalf("block 5 of 256 bytes: got %d bytes, not those of the block", len(got))
+	}
+}
+
+// TestDTLS: a device with a PSK registers over DTLS as itself; a wrong PSK
+// never gets a session, and plain CoAP is refused to it.
+func TestDTLS(t *testing.T) {
+	e := newEnv(t)
+	dialPSK := func(identity string, key []byte) (*client.Conn, error) {
+		cfg := &piondtls.Config{
+			PSK:             func([]byte) ([]byte, error) { return key, nil },
+			PSKIdentityHint: []byte(identity),
+			CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8},
+		}
+		return coapdtls.Dial(e.srv.DTLSAddr(), cfg, options.WithBlockwise(false, blockwise.SZX1024, time.Minute))
+	}
+	register := func(conn interface {
+		NewPostRequest(context.Context, string, message.MediaType, io.ReadSeeker, ...message.Option) (*pool.Message, error)
+		Do(*pool.Message) (*pool.Message, error)
+	}, ep string) codes.Code {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, err := conn.NewPostRequest(ctx, "/rd", message.AppLinkFormat, strings.NewReader(links))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.AddOptionString(message.URIQuery, "ep="+ep)
+		res, err := conn.Do(req)
+		if err != nil {
+			t.Fatalf("register %s: %v", ep, err)
+		}
+		return res.Code()
+	}
+	conn, err := dialPSK("d3", []byte("psk-of-d3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if c := register(conn, "d1"); c != codes.Forbidden {
+		t.Errorf("another endpoint over d3's session: %v", c)
+	}
+	if c := register(conn, "d3"); c != codes.Created {
+		t.Fatalf("d3 over DTLS: %v", c)
+	}
+	if got := e.rec.next(t); got != "d3 connected:{}" {
+		t.Fatalf("got %q", got)
+	}
+	// Plain CoAP: d3 has a PSK and is refused.
+	d := dial(t, e)
+	if res, err := d.register(t, "ep=d3", links); err != nil || res.Code() != codes.Forbidden {
+		t.Errorf("d3 over plain CoAP: %v %v", res, err)
+	}
+	// A wrong PSK: no session, so no registration.
+	bad, err := dialPSK("d3", []byte("wrong"))
+	if err == nil {
+		defer bad.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		req, _ := bad.NewPostRequest(ctx, "/rd", message.AppLinkFormat, strings.NewReader(links))
+		req.AddOptionString(message.URIQuery, "ep=d3")
+		if res, err := bad.Do(req); err == nil {
+			t.Fatalf("a wrong PSK registered: %v", res.Code())
+		}
+	}
+	e.rec.mu.Lock()
+	defer e.rec.mu.Unlock()
+	if n := strings.Count(strings.Join(e.rec.got, "\n"), "connected"); n != 1 {
+		t.Fatalf("%d registrations delivered: %v", n, e.rec.got)
 	}
 }
