@@ -1,0 +1,298 @@
+package lwm2m_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/actors/cell/cellfsm"
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/internal/clock/clocktest"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport"
+	"github.com/otafleet/otafleet/transport/download"
+	"github.com/otafleet/otafleet/transport/lwm2m"
+	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
+	"github.com/otafleet/otafleet/transport/pcp"
+)
+
+// The integration tests run the real LwM2M server over UDP on loopback,
+// the real engine (its deadlines on a fake clock: the happy paths never
+// wait for one) and simulated LwM2M devices, each on its own socket.
+
+type lateDownlinks struct{ d atomic.Pointer[transport.Downlinks] }
+
+func (l *lateDownlinks) set(d transport.Downlinks) { l.d.Store(&d) }
+
+func (l *lateDownlinks) Send(ctx context.Context, dl *messages.Downlink) error {
+	if d := l.d.Load(); d != nil {
+		return (*d).Send(ctx, dl)
+	}
+	return errors.New("no server yet")
+}
+
+func (l *lateDownlinks) RevokeToken(ctx context.Context, r *messages.RevokeToken) error { return nil }
+
+type stack struct {
+	t      *testing.T
+	clk    *clocktest.Clock
+	store  *memstore.Store
+	eng    *actors.Engine
+	srv    *lwm2m.Server
+	fw, sw persistence.Package
+
+	maxUsed    atomic.Uint32 // the most budget units any cell had in use
+	violations atomic.Int64  // cell steps with more than the budget in use
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	ctx := context.Background()
+	s := &stack{t: t, clk: clocktest.New(epoch), store: memstore.New()}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.store.PutProduct(ctx, persistence.Product{ID: "meter", Name: "meter", Protocol: persistence.ProtocolLWM2M, SoftwarePCP: true}))
+	put := func(id string, typ persistence.PackageType, version, source string, size int) persistence.Package {
+		content := make([]byte, size)
+		_, _ = rand.Read(content)
+		n, sum, err := s.store.WriteBlob(ctx, id, bytes.NewReader(content), int64(size))
+		must(err)
+		p := persistence.Package{ID: id, ProductID: "meter", Type: typ, Version: version, SourceVersions: []string{source},
+			FileName: id + ".bin", Size: n, SHA256: sum}
+		must(s.store.PutPackage(ctx, p))
+		return p
+	}
+	s.fw = put("fw-2.0", persistence.PackageFirmware, "2.0", "1.0", 6000)
+	s.sw = put("app-2", persistence.PackageSoftware, "V2.0", "V1.0", 3000)
+
+	late := &lateDownlinks{}
+	cellCfg := cellfsm.DefaultConfig()
+	var err error
+	s.eng, err = actors.New(actors.Config{}, actors.Deps{Store: s.store, Clock: s.clk, Transport: late,
+		CellStepped: func(_ string, st cellfsm.State) {
+			u := st.Used()
+			if u > cellCfg.Budget {
+				s.violations.Add(1)
+			}
+			for {
+				m := s.maxUsed.Load()
+				if u <= m || s.maxUsed.CompareAndSwap(m, u) {
+					break
+				}
+			}
+		}})
+	must(err)
+	must(s.eng.Start(ctx))
+	t.Cleanup(s.eng.Stop)
+	dl, err := download.New(download.Config{Packages: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
+		Authorize: func(ctx context.Context, g download.Grant) error {
+			v, err := s.eng.Device(ctx, g.DeviceID)
+			if err != nil {
+				return err
+			}
+			if j := v.State.Job; j == nil || j.GetTaskId() != g.TaskID || j.GetAttempt() != g.Attempt {
+				return errors.New("ended")
+			}
+			return nil
+		},
+		OnServed: func(g download.Grant, off, n, size int64) {
+			_ = s.eng.Deliver(context.Background(), g.DeviceID, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{
+				DownloadServed: &messages.DownloadServed{TaskId: g.TaskID, Attempt: g.Attempt, Offset: off, Bytes: n, Size: size}}})
+		}})
+	must(err)
+	s.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", Devices: s.store, Packages: s.store, Tokens: dl, Uplinks: s.eng, Clock: s.clk})
+	must(err)
+	s.srv.Start()
+	t.Cleanup(func() { s.srv.Close() })
+	late.set(s.srv)
+	return s
+}
+
+// coverage spreads devices over good, medium and poor radio.
+func coverage(i int) (rsrp, sinr *int32) {
+	v := func(x int32) *int32 { return &x }
+	switch q := i % 20; {
+	case q < 14:
+		return v(-90), v(12)
+	case q < 18:
+		return v(-110), v(2)
+	default:
+		return v(-121), v(-5)
+	}
+}
+
+// devices registers n devices prefix0.. in the registry and starts them,
+// spread over cells 1000..1009.
+func (s *stack) devices(prefix string, n int, withPCP bool, b func(i int) lwm2msim.Behaviour) []*lwm2msim.Device {
+	s.t.Helper()
+	ctx := context.Background()
+	var regs []persistence.Device
+	for i := range n {
+		regs = append(regs, persistence.Device{ID: fmt.Sprintf("%s%d", prefix, i), ProductID: "meter"})
+	}
+	if err := s.store.CreateDevices(ctx, regs); err != nil {
+		s.t.Fatal(err)
+	}
+	devs := make([]*lwm2msim.Device, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rsrp, sinr := coverage(i)
+			cfg := lwm2msim.Config{
+				Server: s.srv.Addr(), Endpoint: regs[i].ID, FwVersion: "1.0", SwVersion: "V1.0",
+				RSRP: rsrp, SINR: sinr, CellID: int64(1000 + i%10), ObjectsPCP: withPCP,
+				NewVersion: func(string) string { return "2.0" },
+			}
+			if b != nil {
+				cfg.Behaviour = b(i)
+			}
+			d, err := lwm2msim.Start(ctx, cfg)
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", regs[i].ID, err)
+				return
+			}
+			devs[i] = d
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() {
+		for _, d := range devs {
+			d.Stop()
+		}
+	})
+	return devs
+}
+
+func (s *stack) createTask(id string, p persistence.Package, devices []string) {
+	s.t.Helper()
+	tt, proto := messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, messages.Protocol_PROTOCOL_LWM2M_FOTA
+	if p.Type == persistence.PackageSoftware {
+		tt, proto = messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE, messages.Protocol_PROTOCOL_LWM2M_PCP
+	}
+	err := s.eng.CreateTask(context.Background(), &messages.CreateTask{
+		TaskId: id, Name: id, TaskType: tt, Protocol: proto, DeviceIds: devices,
+		Package: &messages.Package{PackageId: p.ID, Version: p.Version, SourceVersions: p.SourceVersions, Size: p.Size,
+			FileName: p.FileName, Sha256: hex.EncodeToString(p.SHA256[:]), SegmentSize: 500, CheckCode: uint32(pcp.CheckCode(p.SHA256))},
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	for !cond() {
+		tm := clock.Real().NewTimer(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			t.Fatalf("timed out waiting for %s", what)
+		case <-tm.C():
+		}
+	}
+}
+
+func finished(st messages.TaskStatus) bool {
+	switch st {
+	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
+		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
+		return true
+	}
+	return false
+}
+
+func (s *stack) waitTask(id string) actors.TaskView {
+	s.t.Helper()
+	waitFor(s.t, "task "+id, 120*time.Second, func() bool {
+		v, err := s.eng.Task(context.Background(), id)
+		return err == nil && finished(v.Status)
+	})
+	v, err := s.eng.TaskDevices(context.Background(), id, 0, 1000, 0)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return v
+}
+
+func ids(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%d", prefix, i)
+	}
+	return out
+}
+
+func outcomes(v actors.TaskView) map[string]string {
+	out := map[string]string{}
+	for _, st := range v.Subtasks {
+		s := st.Status.String()
+		if r := messages.ReasonText(st.Reason); r != "" {
+			s += ": " + r
+		}
+		out[st.DeviceID] = s
+	}
+	return out
+}
+
+// TestFOTAAndPCPOverUDP: a 500-device FOTA task and a 200-device PCP SOTA
+// task complete across 10 cells with mixed coverage; no cell ever has more
+// than its budget in use.
+func TestFOTAAndPCPOverUDP(t *testing.T) {
+	s := newStack(t)
+	const nFOTA, nPCP = 500, 200
+	fota := s.devices("f", nFOTA, false, nil)
+	pcpDevs := s.devices("p", nPCP, true, nil)
+	s.createTask("fota", s.fw, ids("f", nFOTA))
+	s.createTask("sota", s.sw, ids("p", nPCP))
+	for _, c := range []struct {
+		id   string
+		n    int
+		devs []*lwm2msim.Device
+		fw   bool
+	}{{"fota", nFOTA, fota, true}, {"sota", nPCP, pcpDevs, false}} {
+		v := s.waitTask(c.id)
+		if v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS || v.Progress.Success != c.n {
+			t.Fatalf("task %s ended %v %+v: %v", c.id, v.Status, v.Progress, outcomes(v))
+		}
+		for i, d := range c.devs {
+			fw, sw := d.Versions()
+			st := d.Stats()
+			want := hex.EncodeToString(s.fw.SHA256[:])
+			if !c.fw {
+				want = hex.EncodeToString(s.sw.SHA256[:])
+			}
+			if (c.fw && fw != "2.0") || (!c.fw && sw != "V2.0") || st.SHA256 != want {
+				t.Fatalf("%s device %d: fw %s sw %s, %+v", c.id, i, fw, sw, st)
+			}
+		}
+	}
+	if n := s.violations.Load(); n != 0 {
+		t.Fatalf("%d cell steps over budget (max used %d)", n, s.maxUsed.Load())
+	}
+	if s.maxUsed.Load() == 0 {
+		t.Fatal("no cell budget was ever used")
+	}
+}

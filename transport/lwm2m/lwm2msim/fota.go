@@ -1,0 +1,378 @@
+package lwm2msim
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"net/url"
+	"strings"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/net/blockwise"
+
+	"github.com/otafleet/otafleet/internal/clock"
+)
+
+// Object 5 States (spec 3.5) and the Update Results the device uses (3.6).
+const (
+	stateIdle        = 0
+	stateDownloading = 1
+	stateDownloaded  = 2
+	stateUpdating    = 3
+
+	resultSuccess        = 1
+	resultConnectionLost = 4
+	resultIntegrity      = 5
+	resultInvalidURI     = 7
+	resultUnsupported    = 9
+)
+
+// maxBlockRetries bounds the repeated requests for one block (timeouts,
+// 5.xx answers) before the download fails with Update Result 4.
+const maxBlockRetries = 3
+
+// fotaState is object 5. Guarded by Device.mu.
+type fotaState struct {
+	state, result int
+	uri           string
+	job           *fotaJob // the download (State 1) or the downloaded package (2, 3)
+	partial       *fotaJob // a download the network broke (result 4): the same URI resumes it
+	timer         clock.Timer
+}
+
+// fotaJob is the download of one Package URI. Its progress fields belong to
+// the download goroutine while it runs.
+type fotaJob struct {
+	uri, path, pkgID string
+	queries          []string
+	ctx              context.Context
+	cancel           context.CancelFunc
+
+	offset int64 // bytes received and hashed
+	szx    blockwise.SZX
+	etag   []byte
+	size   int64 // the server's Size2; -1 unknown
+	h      hash.Hash
+	blocks int // blocks received by this job
+}
+
+func (j *fotaJob) reset(szx blockwise.SZX) {
+	j.offset, j.szx, j.etag, j.size, j.h = 0, szx, nil, -1, sha256.New()
+}
+
+// downloadPhaseFailure reports whether an Update Result of Behaviour fails
+// the download rather than the update.
+func downloadPhaseFailure(code int) bool {
+	return code >= 2 && code <= 7 || code == resultUnsupported
+}
+
+// writePackageURI handles a Write of /5/0/1.
+func (d *Device) writePackageURI(uri string) codes.Code {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f := &d.fota
+	if uri == "" {
+		d.log.Info("lwm2msim: Package URI reset")
+		d.stopFotaLocked()
+		f.partial = nil
+		f.uri, f.state, f.result = "", stateIdle, 0
+		d.changedLocked(pathPackageURI, pathResult, pathState)
+		return codes.Changed
+	}
+	if f.state == stateUpdating {
+		return codes.MethodNotAllowed
+	}
+	if f.job != nil && f.job.uri == uri && (f.state == stateDownloading || f.state == stateDownloaded) {
+		d.log.Info("lwm2msim: same Package URI written again, continuing", "uri", uri, "state", f.state)
+		return codes.Changed
+	}
+	d.stopFotaLocked()
+	f.uri = uri
+	code := 0
+	u, err := url.Parse(uri)
+	switch {
+	case err != nil || u.Host == "" || strings.Trim(u.Path, "/") == "":
+		code = resultInvalidURI
+	case !strings.EqualFold(u.Scheme, "coap"):
+		code = resultUnsupported // coaps, http...: this device speaks plain CoAP only
+	}
+	if bu := d.cfg.Behaviour.UpdateResult; bu == resultInvalidURI || bu == resultUnsupported {
+		code = bu
+	}
+	if code != 0 {
+		d.log.Info("lwm2msim: Package URI refused", "uri", uri, "result", code)
+		f.partial = nil
+		f.state, f.result = stateIdle, code
+		d.changedLocked(pathPackageURI, pathResult, pathState)
+		return codes.Changed
+	}
+	szx, _ := szxOf(d.cfg.BlockSize)
+	j := f.partial
+	if j == nil || j.uri != uri {
+		j = &fotaJob{uri: uri, path: u.Path, pkgID: packageID(u.Path)}
+		if u.RawQuery != "" {
+			j.queries = strings.Split(u.RawQuery, "&")
+		}
+		j.reset(szx)
+	} else {
+		d.log.Info("lwm2msim: resuming the broken download", "uri", uri, "at", j.offset)
+	}
+	f.partial = nil
+	j.ctx, j.cancel = context.WithCancel(d.ctx)
+	f.job = j
+	f.state, f.result = stateDownloading, 0
+	d.changedLocked(pathPackageURI, pathResult, pathState)
+	d.goTrackedLocked(func() { d.download(j) })
+	return codes.Changed
+}
+
+// stopFotaLocked cancels the download and the pending installation.
+func (d *Device) stopFotaLocked() {
+	f := &d.fota
+	if f.job != nil && f.job.cancel != nil {
+		f.job.cancel()
+	}
+	f.job = nil
+	if f.timer != nil {
+		f.timer.Stop()
+		f.timer = nil
+	}
+}
+
+// codeError ends a download with an Update Result.
+type codeError struct {
+	result int
+	err    error
+}
+
+func (e *codeError) Error() string { return fmt.Sprintf("update result %d: %v", e.result, e.err) }
+
+// download fetches the job's package block by block over the registered
+// session, across restarts, until it is complete, fails, or is cancelled.
+func (d *Device) download(j *fotaJob) {
+	retries := 0
+	for {
+		s, err := d.waitSession(j.ctx)
+		if err != nil {
+			return // cancelled or stopped
+		}
+		done, err := d.fetchBlock(s, j)
+		if j.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			var ce *codeError
+			if errors.As(err, &ce) {
+				d.downloadFailed(j, ce.result, ce.err)
+				return
+			}
+			d.mu.Lock()
+			dead := s.dead
+			d.mu.Unlock()
+			if dead {
+				continue // a restart: go on with the next session
+			}
+			retries++
+			d.log.Info("lwm2msim: block request failed", "at", j.offset, "try", retries, "err", err)
+			if retries > maxBlockRetries {
+				d.downloadFailed(j, resultConnectionLost, err)
+				return
+			}
+			continue
+		}
+		retries = 0
+		if done {
+			d.downloaded(j)
+			return
+		}
+		d.mu.Lock()
+		if b := d.cfg.Behaviour; b.StopAfterBlocks > 0 && !d.restarted && j.blocks >= b.StopAfterBlocks {
+			d.restarted = true
+			d.restartLocked(fmt.Sprintf("StopAfterBlocks after %d blocks", j.blocks))
+		}
+		d.mu.Unlock()
+	}
+}
+
+// fetchBlock asks for the block at the job's offset, in the current block
+// size, and takes in the answer. done reports the last block.
+func (d *Device) fetchBlock(s *session, j *fotaJob) (done bool, err error) {
+	for j.szx > blockwise.SZX16 && j.offset%j.szx.Size() != 0 {
+		j.szx-- // the server answered a larger block than asked: stay aligned
+	}
+	if j.offset%j.szx.Size() != 0 {
+		szx, _ := szxOf(d.cfg.BlockSize)
+		j.reset(szx)
+	}
+	num := j.offset / j.szx.Size()
+	ctx, cancel := d.reqCtx(j.ctx)
+	defer cancel()
+	req, err := s.conn.NewGetRequest(ctx, j.path)
+	if err != nil {
+		return false, &codeError{resultInvalidURI, err}
+	}
+	defer s.conn.ReleaseMessage(req)
+	for _, q := range j.queries {
+		req.AddQuery(q)
+	}
+	blk, err := blockwise.EncodeBlockOption(j.szx, num, false)
+	if err != nil {
+		return false, &codeError{resultInvalidURI, err} // more blocks than Block2 can number
+	}
+	req.SetOptionUint32(message.Block2, blk)
+	d.markUplink()
+	resp, err := s.conn.Do(req)
+	if err != nil {
+		return false, err
+	}
+	defer s.conn.ReleaseMessage(resp)
+	switch c := resp.Code(); {
+	case c == codes.Content:
+	case c >= codes.InternalServerError:
+		return false, fmt.Errorf("block %d answered %v", num, c)
+	default:
+		return false, &codeError{resultInvalidURI, fmt.Errorf("block %d answered %v", num, c)}
+	}
+	body, err := resp.ReadBody()
+	if err != nil {
+		return false, err
+	}
+	etag, _ := resp.ETag()
+	opt, err := resp.Options().GetUint32(message.Block2)
+	if err != nil {
+		// No Block2: the whole resource in one answer.
+		szx := j.szx
+		j.reset(szx)
+		j.h.Write(body)
+		j.offset = int64(len(body))
+		j.size = j.offset
+		d.countBlock(j)
+		return true, nil
+	}
+	rszx, rnum, more, err := blockwise.DecodeBlockOption(opt)
+	if err != nil || rszx > blockwise.SZX1024 {
+		return false, fmt.Errorf("block %d: bad Block2 option %#x", num, opt)
+	}
+	if rnum*rszx.Size() != j.offset {
+		return false, fmt.Errorf("asked block %d of %d bytes (offset %d), got block %d of %d bytes", num, j.szx.Size(), j.offset, rnum, rszx.Size())
+	}
+	if more && int64(len(body)) != rszx.Size() {
+		return false, fmt.Errorf("block %d: %d bytes with more to come, want %d", rnum, len(body), rszx.Size())
+	}
+	if j.etag != nil && etag != nil && string(j.etag) != string(etag) {
+		d.log.Info("lwm2msim: the package's ETag changed, downloading it again", "uri", j.uri)
+		szx, _ := szxOf(d.cfg.BlockSize)
+		j.reset(szx)
+		return false, nil
+	}
+	if etag != nil {
+		j.etag = append([]byte(nil), etag...)
+	}
+	if size2, err := resp.Options().GetUint32(message.Size2); err == nil {
+		j.size = int64(size2)
+	}
+	j.h.Write(body)
+	j.offset += int64(len(body))
+	j.szx = rszx
+	d.countBlock(j)
+	return !more, nil
+}
+
+func (d *Device) countBlock(j *fotaJob) {
+	j.blocks++
+	d.mu.Lock()
+	d.stats.BlocksFetched++
+	d.mu.Unlock()
+}
+
+// downloaded ends a complete download: State 2, or the failure Behaviour
+// asks for.
+func (d *Device) downloaded(j *fotaJob) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f := &d.fota
+	if f.job != j {
+		return
+	}
+	sum := hex.EncodeToString(j.h.Sum(nil))
+	d.stats.SHA256 = sum
+	switch bu := d.cfg.Behaviour.UpdateResult; {
+	case j.size >= 0 && j.offset != j.size:
+		d.log.Info("lwm2msim: package size mismatch", "got", j.offset, "size2", j.size)
+		f.job, f.state, f.result = nil, stateIdle, resultIntegrity
+	case downloadPhaseFailure(bu):
+		d.log.Info("lwm2msim: download fails on purpose", "result", bu)
+		f.job, f.state, f.result = nil, stateIdle, bu
+	default:
+		d.log.Info("lwm2msim: downloaded", "uri", j.uri, "bytes", j.offset, "sha256", sum)
+		f.state = stateDownloaded
+	}
+	d.changedLocked(pathResult, pathState)
+}
+
+// downloadFailed ends a download that could not complete.
+func (d *Device) downloadFailed(j *fotaJob, result int, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f := &d.fota
+	if f.job != j {
+		return
+	}
+	d.log.Info("lwm2msim: download failed", "uri", j.uri, "at", j.offset, "result", result, "err", err)
+	f.job = nil
+	if result == resultConnectionLost {
+		f.partial = j
+	}
+	f.state, f.result = stateIdle, result
+	d.changedLocked(pathResult, pathState)
+}
+
+// executeUpdate handles an Execute of /5/0/2.
+func (d *Device) executeUpdate() codes.Code {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f := &d.fota
+	if f.state != stateDownloaded || f.job == nil {
+		return codes.MethodNotAllowed
+	}
+	f.state, f.result = stateUpdating, 0
+	d.stats.Executes++
+	d.changedLocked(pathResult, pathState)
+	f.timer = d.clk.AfterFunc(d.cfg.Behaviour.UpdateDelay, d.install)
+	d.log.Info("lwm2msim: updating", "in", d.cfg.Behaviour.UpdateDelay)
+	return codes.Changed
+}
+
+// install ends the update: the package's version, Update Result 1, State 0;
+// or the failure Behaviour asks for.
+func (d *Device) install() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f := &d.fota
+	if d.stopped || f.state != stateUpdating || f.job == nil {
+		return
+	}
+	f.timer = nil
+	if bu := d.cfg.Behaviour.UpdateResult; bu != 0 && bu != resultSuccess && !downloadPhaseFailure(bu) {
+		d.log.Info("lwm2msim: update fails on purpose", "result", bu)
+		f.state, f.result = stateDownloaded, bu
+		d.changedLocked(pathResult, pathState)
+		return
+	}
+	v := d.cfg.NewVersion(f.job.pkgID)
+	d.fw = v
+	d.stats.Upgrades++
+	f.job = nil
+	d.log.Info("lwm2msim: firmware updated", "version", v, "reboot", d.cfg.Behaviour.RebootOnUpdate)
+	if d.cfg.Behaviour.RebootOnUpdate {
+		d.restartLocked("reboot to install the firmware")
+		f.state, f.result = stateIdle, resultSuccess
+		return
+	}
+	f.state, f.result = stateIdle, resultSuccess
+	d.changedLocked(pathFwVersion, pathResult, pathState)
+}
