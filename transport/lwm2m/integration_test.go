@@ -30,7 +30,9 @@ import (
 // the real engine (its deadlines on a fake clock: the happy paths never
 // wait for one) and simulated LwM2M devices, each on its own socket.
 
-type lateDownlinks struct{ d atomic.Pointer[transport.Downlinks] }
+type lateDownlinks struct {
+	d atomic.Pointer[transport.Downlinks]
+}
 
 func (l *lateDownlinks) set(d transport.Downlinks) { l.d.Store(&d) }
 
