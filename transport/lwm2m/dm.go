@@ -71,14 +71,20 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 		s.cancelObserve(ctx, reg, k.Lwm2MCancelObserve.GetPath())
 	case *messages.Downlink_Lwm2MWrite:
 		w := k.Lwm2MWrite
+		release := reg.holdFota(w.GetPath())
 		res, err := reg.conn.Put(ctx, w.GetPath(), message.TextPlain, strings.NewReader(w.GetValue()))
 		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, w.GetPath(), res, err)
+		release()
 	case *messages.Downlink_Lwm2MWritePackageUri:
+		release := reg.holdFota(pathPackageURI)
 		s.writePackageURI(ctx, reg, k.Lwm2MWritePackageUri.GetJob())
+		release()
 	case *messages.Downlink_Lwm2MExecute:
 		path := k.Lwm2MExecute.GetPath()
+		release := reg.holdFota(path)
 		res, err := reg.conn.Post(ctx, path, message.TextPlain, nil)
 		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, res, err)
+		release()
 	default:
 		frame, err := s.pcpFrame(ctx, dl)
 		if err != nil {
@@ -146,6 +152,14 @@ func (s *Server) observe(ctx context.Context, reg *registration, path string) {
 			op = messages.Lwm2MOp_LWM2M_OP_READ // a notification: a value like a read's
 		}
 		first = false
+		if strings.HasPrefix(path, "/5/") {
+			// Decode now (the message is reused), deliver in order.
+			deliver := s.prepareValue(reg, op, path, n)
+			if !reg.holdOrRun(deliver) {
+				deliver()
+			}
+			return
+		}
 		s.value(reg, op, path, n)
 	})
 	if err != nil {
@@ -174,28 +188,72 @@ func (s *Server) cancelObserve(ctx context.Context, reg *registration, path stri
 	}
 }
 
+// holdFota starts holding object 5 notifications while a request on
+// object 5 (path) waits for its answer; the returned func delivers what was
+// held, in order, and stops holding.
+func (reg *registration) holdFota(path string) func() {
+	if !strings.HasPrefix(path, "/5/") {
+		return func() {}
+	}
+	reg.mu.Lock()
+	reg.hold = true
+	reg.mu.Unlock()
+	return func() {
+		for {
+			reg.mu.Lock()
+			held := reg.held
+			reg.held = nil
+			if len(held) == 0 {
+				reg.hold = false
+				reg.mu.Unlock()
+				return
+			}
+			reg.mu.Unlock()
+			for _, f := range held {
+				f()
+			}
+		}
+	}
+}
+
+// holdOrRun queues f while notifications are held; false when they are not
+// (the caller runs f).
+func (reg *registration) holdOrRun(f func()) bool {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if !reg.hold {
+		return false
+	}
+	reg.held = append(reg.held, f)
+	return true
+}
+
 // value delivers a read's or notification's answer as the inputs the device
 // machine expects.
 func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message) {
+	s.prepareValue(reg, op, path, res)()
+}
+
+// prepareValue decodes an answer now (go-coap reuses the message) and
+// returns the delivery of its inputs.
+func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message) func() {
 	s.awake(reg)
-	fail := func(code string) {
-		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+	fail := func(code string) func() {
+		in := &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
 			Op: op, Path: path, Success: false, Code: code,
-		}}})
+		}}}
+		return func() { s.deliver(reg.device, in) }
 	}
 	if !success(res.Code()) {
-		fail(codeText(res.Code()))
-		return
+		return fail(codeText(res.Code()))
 	}
 	body, err := readBody(res)
 	if err != nil {
 		s.log.Warn("lwm2m: unreadable answer", "device", reg.device, "path", path, "error", err)
-		fail(codeText(res.Code()))
-		return
+		return fail(codeText(res.Code()))
 	}
 	if path == pathPCPUp {
-		s.pcpUplink(reg, body)
-		return
+		return func() { s.pcpUplink(reg, body) }
 	}
 	cf := message.TextPlain
 	if f, err := res.ContentFormat(); err == nil {
@@ -204,22 +262,20 @@ func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res 
 	p, err := lwm2mcodec.ParsePath(path)
 	if err != nil {
 		s.log.Warn("lwm2m: answer for a malformed path", "device", reg.device, "path", path, "error", err)
-		return
+		return func() {}
 	}
 	vs, err := lwm2mcodec.Decode(uint16(cf), p, body)
 	if err != nil {
 		s.log.Warn("lwm2m: undecodable answer", "device", reg.device, "path", path, "content_format", cf, "error", err)
-		fail(codeText(res.Code()) + " undecodable")
-		return
+		return fail(codeText(res.Code()) + " undecodable")
 	}
 	in := inputFor(path, vs)
 	if in == nil {
-		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+		in = &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
 			Op: op, Path: path, Success: true, Code: codeText(res.Code()),
-		}}})
-		return
+		}}}
 	}
-	s.deliver(reg.device, in)
+	return func() { s.deliver(reg.device, in) }
 }
 
 // inputFor maps the values of a path the device machine reads to its input;

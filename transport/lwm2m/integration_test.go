@@ -14,6 +14,7 @@ import (
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
+	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
@@ -228,15 +229,39 @@ func finished(st messages.TaskStatus) bool {
 
 func (s *stack) waitTask(id string) actors.TaskView {
 	s.t.Helper()
-	waitFor(s.t, "task "+id, 120*time.Second, func() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
 		v, err := s.eng.Task(context.Background(), id)
-		return err == nil && finished(v.Status)
-	})
+		if err == nil && finished(v.Status) {
+			break
+		}
+		if ctx.Err() != nil {
+			s.dumpStuck(id)
+			s.t.Fatalf("timed out waiting for task %s", id)
+		}
+		tm := clock.Real().NewTimer(10 * time.Millisecond)
+		<-tm.C()
+	}
 	v, err := s.eng.TaskDevices(context.Background(), id, 0, 1000, 0)
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	return v
+}
+
+// dumpStuck logs the devices of a task that still run, with their stage.
+func (s *stack) dumpStuck(id string) {
+	v, err := s.eng.TaskDevices(context.Background(), id, 0, 1000, messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING)
+	if err != nil {
+		return
+	}
+	for _, st := range v.Subtasks {
+		d, err := s.eng.Device(context.Background(), st.DeviceID)
+		if err == nil {
+			s.t.Logf("still running: %s stage %v online %v", st.DeviceID, d.State.Stage, d.State.Online)
+		}
+	}
 }
 
 func ids(prefix string, n int) []string {
@@ -296,5 +321,68 @@ func TestFOTAAndPCPOverUDP(t *testing.T) {
 	}
 	if s.maxUsed.Load() == 0 {
 		t.Fatal("no cell budget was ever used")
+	}
+}
+
+// TestFailurePaths: every Update Result 2–9 and a PCP failure at each step
+// end their devices with the exact reasons.
+func TestFailurePaths(t *testing.T) {
+	s := newStack(t)
+	results := []int{2, 3, 4, 5, 6, 7, 8, 9}
+	s.devices("u", len(results), false, func(i int) lwm2msim.Behaviour { return lwm2msim.Behaviour{UpdateResult: results[i]} })
+	steps := []struct {
+		at     pcp.Code
+		result byte
+	}{{pcp.CodeNotifyNewVersion, pcp.ResultLowBattery}, {pcp.CodeReportDownloadResult, pcp.ResultVerificationFailed},
+		{pcp.CodeExecuteUpgrade, pcp.ResultBusy}, {pcp.CodeReportUpgradeResult, pcp.ResultInstallFailed}}
+	s.devices("q", len(steps), true, func(i int) lwm2msim.Behaviour {
+		return lwm2msim.Behaviour{PCPFailAt: steps[i].at, PCPResult: steps[i].result}
+	})
+	s.createTask("fota", s.fw, ids("u", len(results)))
+	s.createTask("sota", s.sw, ids("q", len(steps)))
+	got := outcomes(s.waitTask("fota"))
+	for i, r := range results {
+		reason, _ := devicefsm.UpdateResultReason(int32(r))
+		want := messages.SubtaskStatus_SUBTASK_STATUS_FAIL.String() + ": " + messages.ReasonText(reason)
+		if id := fmt.Sprintf("u%d", i); got[id] != want {
+			t.Errorf("Update Result %d: %s %q, want %q", r, id, got[id], want)
+		}
+	}
+	got = outcomes(s.waitTask("sota"))
+	for i, st := range steps {
+		want := messages.SubtaskStatus_SUBTASK_STATUS_FAIL.String() + ": " + messages.ReasonText(devicefsm.DeviceCodeReason(int32(st.result)))
+		if id := fmt.Sprintf("q%d", i); got[id] != want {
+			t.Errorf("PCP 0x%02x at %v: %s %q, want %q", st.result, st.at, id, got[id], want)
+		}
+	}
+}
+
+// TestRestartsAndQueueMode: devices that restart mid-download resume at
+// the next block or segment and complete; a queue-mode device upgrades.
+func TestRestartsAndQueueMode(t *testing.T) {
+	s := newStack(t)
+	fw := s.devices("r", 2, false, func(i int) lwm2msim.Behaviour {
+		return lwm2msim.Behaviour{StopAfterBlocks: 3, RestartDelay: 20 * time.Millisecond, QueueMode: i == 1}
+	})
+	sw := s.devices("s", 1, true, func(int) lwm2msim.Behaviour {
+		return lwm2msim.Behaviour{StopAfterBlocks: 2, RestartDelay: 20 * time.Millisecond}
+	})
+	s.createTask("fota", s.fw, ids("r", 2))
+	s.createTask("sota", s.sw, ids("s", 1))
+	for _, id := range []string{"fota", "sota"} {
+		if v := s.waitTask(id); v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS {
+			t.Fatalf("%s: %v", id, outcomes(v))
+		}
+	}
+	blocks := int((s.fw.Size + 1023) / 1024)
+	for i, d := range fw {
+		st := d.Stats()
+		if st.Restarts != 1 || st.Upgrades != 1 || st.BlocksFetched != blocks || st.SHA256 != hex.EncodeToString(s.fw.SHA256[:]) {
+			t.Errorf("FOTA device %d: %+v (the package has %d blocks: none fetched twice)", i, st, blocks)
+		}
+	}
+	segments := int(pcp.SegmentCount(s.sw.Size, 500))
+	if st := sw[0].Stats(); st.Restarts != 1 || st.Upgrades != 1 || st.SegmentsFetched != segments {
+		t.Errorf("PCP device: %+v (the package has %d segments)", st, segments)
 	}
 }

@@ -118,6 +118,12 @@ type registration struct {
 	mu   sync.Mutex
 	obs  map[string]mux.Observation // path → observation
 	gone bool
+	// While a write or execute on object 5 waits for its answer, object 5
+	// notifications are held (hold) and delivered after the answer: the
+	// device machine reads them in the order the device meant them, even
+	// when go-coap hands over the notification before the response.
+	hold bool
+	held []func()
 }
 
 // New opens the UDP listener; Start serves it.
