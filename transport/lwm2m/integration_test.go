@@ -117,7 +117,7 @@ func newStack(t *testing.T) *stack {
 				DownloadServed: &messages.DownloadServed{TaskId: g.TaskID, Attempt: g.Attempt, Offset: off, Bytes: n, Size: size}}})
 		}})
 	must(err)
-	s.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", Devices: s.store, Packages: s.store, Tokens: dl, Uplinks: s.eng, Clock: s.clk})
+	s.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", DTLSAddr: "127.0.0.1:0", Devices: s.store, Packages: s.store, Tokens: dl, Uplinks: s.eng, Clock: s.clk})
 	must(err)
 	s.srv.Start()
 	t.Cleanup(func() { s.srv.Close() })
@@ -384,5 +384,47 @@ func TestRestartsAndQueueMode(t *testing.T) {
 	segments := int(pcp.SegmentCount(s.sw.Size, 500))
 	if st := sw[0].Stats(); st.Restarts != 1 || st.Upgrades != 1 || st.SegmentsFetched != segments {
 		t.Errorf("PCP device: %+v (the package has %d segments)", st, segments)
+	}
+}
+
+// TestDTLSDevicesUpgrade: devices with PSKs upgrade their firmware over
+// DTLS; a device with the wrong PSK never registers.
+func TestDTLSDevicesUpgrade(t *testing.T) {
+	s := newStack(t)
+	ctx := context.Background()
+	const n = 5
+	var regs []persistence.Device
+	for i := range n {
+		regs = append(regs, persistence.Device{ID: fmt.Sprintf("k%d", i), ProductID: "meter", PSK: []byte(fmt.Sprintf("psk-%d", i))})
+	}
+	if err := s.store.CreateDevices(ctx, regs); err != nil {
+		t.Fatal(err)
+	}
+	start := func(id string, psk []byte) (*lwm2msim.Device, error) {
+		rsrp, sinr := coverage(0)
+		return lwm2msim.Start(ctx, lwm2msim.Config{Server: s.srv.DTLSAddr(), PSK: psk, Endpoint: id, FwVersion: "1.0",
+			RSRP: rsrp, SINR: sinr, CellID: 2000, NewVersion: func(string) string { return "2.0" }, RequestTimeout: 3 * time.Second})
+	}
+	var devs []*lwm2msim.Device
+	for i, r := range regs {
+		d, err := start(r.ID, r.PSK)
+		if err != nil {
+			t.Fatalf("device %d over DTLS: %v", i, err)
+		}
+		t.Cleanup(d.Stop)
+		devs = append(devs, d)
+	}
+	s.createTask("fota", s.fw, ids("k", n))
+	if v := s.waitTask("fota"); v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS {
+		t.Fatalf("task: %v", outcomes(v))
+	}
+	for i, d := range devs {
+		if fw, _ := d.Versions(); fw != "2.0" || d.Stats().SHA256 != hex.EncodeToString(s.fw.SHA256[:]) {
+			t.Fatalf("device %d: fw %s, %+v", i, fw, d.Stats())
+		}
+	}
+	if d, err := start("k0", []byte("wrong")); err == nil {
+		d.Stop()
+		t.Fatal("a device with a wrong PSK registered")
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	piondtls "github.com/pion/dtls/v3"
+	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
 	"log/slog"
 	"path"
 	"strconv"
@@ -68,8 +70,11 @@ type Behaviour struct {
 
 // Config describes a simulated device.
 type Config struct {
-	Server   string        // "127.0.0.1:5683"
-	Endpoint string        // the device ID, sent as ep
+	Server   string // "127.0.0.1:5683"
+	Endpoint string // the device ID, sent as ep
+	// PSK, when set, makes the device talk DTLS 1.2 (TLS_PSK_WITH_AES_128_CCM_8)
+	// to Server (the server's DTLS address), with Endpoint as PSK identity.
+	PSK      []byte
 	Lifetime time.Duration // registration lifetime; default 300s; updates every Lifetime/2
 	// LwM2MVersion is sent as lwm2m= in the registration: "1.0", "1.1"
 	// (default) or "1.2".
@@ -560,7 +565,16 @@ func (d *Device) connect(ctx context.Context) (*session, error) {
 	router := mux.NewRouter()
 	router.SetErrorHandler(func(err error) { d.log.Debug("lwm2msim: router", "err", err) })
 	router.DefaultHandle(mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) { d.serve(s, w, r) }))
-	conn, err := udp.Dial(d.cfg.Server,
+	dial := func(opts ...udp.Option) (*client.Conn, error) { return udp.Dial(d.cfg.Server, opts...) }
+	if psk := d.cfg.PSK; psk != nil {
+		dcfg := &piondtls.Config{
+			PSK:             func([]byte) ([]byte, error) { return psk, nil },
+			PSKIdentityHint: []byte(d.cfg.Endpoint),
+			CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8},
+		}
+		dial = func(opts ...udp.Option) (*client.Conn, error) { return coapdtls.Dial(d.cfg.Server, dcfg, opts...) }
+	}
+	conn, err := dial(
 		options.WithContext(d.ctx),
 		options.WithMux(router),
 		// Block-wise off: the device sends its Block2 options itself, to
