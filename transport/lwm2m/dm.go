@@ -53,6 +53,7 @@ func singleResource(path string) bool { return strings.Count(strings.Trim(path, 
 
 // do runs one downlink against the device and delivers what it answered.
 func (s *Server) do(reg *registration, dl *messages.Downlink) {
+	s.exchanges.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 	defer cancel()
 	go func() { // a de-registration ends the request at once
@@ -150,6 +151,9 @@ func (s *Server) observe(ctx context.Context, reg *registration, path string) {
 		op := messages.Lwm2MOp_LWM2M_OP_OBSERVE
 		if !first {
 			op = messages.Lwm2MOp_LWM2M_OP_READ // a notification: a value like a read's
+		}
+		if !first {
+			s.exchanges.Add(1) // a notification (the first answer is its request's)
 		}
 		first = false
 		if strings.HasPrefix(path, "/5/") {

@@ -47,18 +47,19 @@ func (l *lateDownlinks) Send(ctx context.Context, dl *messages.Downlink) error {
 func (l *lateDownlinks) RevokeToken(ctx context.Context, r *messages.RevokeToken) error { return nil }
 
 type stack struct {
-	t      *testing.T
+	t      testing.TB
 	clk    *clocktest.Clock
 	store  *memstore.Store
 	eng    *actors.Engine
 	srv    *lwm2m.Server
 	fw, sw persistence.Package
 
+	goodOnly   bool          // every device in good coverage (benchmarks)
 	maxUsed    atomic.Uint32 // the most budget units any cell had in use
 	violations atomic.Int64  // cell steps with more than the budget in use
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t testing.TB) *stack {
 	t.Helper()
 	ctx := context.Background()
 	s := &stack{t: t, clk: clocktest.New(epoch), store: memstore.New()}
@@ -158,6 +159,9 @@ func (s *stack) devices(prefix string, n int, withPCP bool, b func(i int) lwm2ms
 		go func() {
 			defer wg.Done()
 			rsrp, sinr := coverage(i)
+			if s.goodOnly {
+				rsrp, sinr = coverage(0)
+			}
 			cfg := lwm2msim.Config{
 				Server: s.srv.Addr(), Endpoint: regs[i].ID, FwVersion: "1.0", SwVersion: "V1.0",
 				RSRP: rsrp, SINR: sinr, CellID: int64(1000 + i%10), ObjectsPCP: withPCP,
@@ -203,7 +207,7 @@ func (s *stack) createTask(id string, p persistence.Package, devices []string) {
 	}
 }
 
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
@@ -93,6 +94,10 @@ type Server struct {
 	dtlsLis  *coapnet.DTLSListener
 	dtlsAddr string
 	serving  sync.WaitGroup
+
+	// Exchanges counts the CoAP exchanges: requests from devices,
+	// requests to devices and notifications received.
+	exchanges atomic.Uint64
 
 	mu     sync.Mutex
 	byID   map[string]*registration // registration ID → registration
@@ -279,8 +284,20 @@ func (s *Server) Close() error {
 	return err
 }
 
-// handle dispatches the requests devices send.
+// Exchanges is the number of CoAP exchanges so far: requests from devices,
+// requests to devices and notifications received.
+func (s *Server) Exchanges() uint64 { return s.exchanges.Load() }
+
+// handle dispatches the requests devices send. A response that reaches it
+// matched no pending request (a late answer, a notification of a cancelled
+// observation): it is dropped unanswered, since answering a response with a
+// response would start a ping-pong with the device.
 func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
+	if r.Code() > 31 { // not a request method (0.01-0.31)
+		s.log.Debug("lwm2m: stray response dropped", "peer", w.Conn().RemoteAddr().String(), "code", r.Code().String())
+		return
+	}
+	s.exchanges.Add(1)
 	path, _ := r.Path()
 	path = strings.Trim(path, "/")
 	switch {

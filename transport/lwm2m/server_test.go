@@ -115,6 +115,7 @@ type device struct {
 	loc  string
 
 	mu       sync.Mutex
+	stray    int // responses that reached the handler (matched no request)
 	values   map[string]resource
 	writes   map[string]string
 	executed []string
@@ -146,6 +147,10 @@ func (d *device) handle(w mux.ResponseWriter, r *mux.Message) {
 	path = "/" + strings.Trim(path, "/")
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if r.Code() > 31 {
+		d.stray++
+		return
+	}
 	switch r.Code() {
 	case codes.GET:
 		v, ok := d.values[path]
@@ -598,5 +603,39 @@ func TestDTLS(t *testing.T) {
 	defer e.rec.mu.Unlock()
 	if n := strings.Count(strings.Join(e.rec.got, "\n"), "connected"); n != 1 {
 		t.Fatalf("%d registrations delivered: %v", n, e.rec.got)
+	}
+}
+
+// TestStrayResponses: a response that matches no request (a late
+// notification) is dropped, not answered: answering responses with
+// responses made server and device play ping-pong forever.
+func TestStrayResponses(t *testing.T) {
+	e := newEnv(t)
+	d := dial(t, e)
+	for i := range 5 {
+		m := d.conn.AcquireMessage(context.Background())
+		m.SetCode(codes.Content)
+		m.SetToken(message.Token{0xde, 0xad, byte(i)})
+		m.SetType(message.NonConfirmable)
+		m.SetBody(bytes.NewReader([]byte("late")))
+		if err := d.conn.WriteMessage(m); err != nil {
+			t.Fatal(err)
+		}
+		d.conn.ReleaseMessage(m)
+	}
+	// Round trips after the stray messages: anything the server sent back
+	// would have arrived first.
+	for range 3 {
+		if err := d.conn.Ping(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stray != 0 {
+		t.Fatalf("the server answered %d stray responses", d.stray)
+	}
+	if n := e.srv.Exchanges(); n != 0 {
+		t.Fatalf("stray responses counted as %d exchanges", n)
 	}
 }

@@ -60,6 +60,11 @@ func (d *Device) serve(s *session, w mux.ResponseWriter, r *mux.Message) {
 	if dead {
 		return // a restart closed the session: no answer
 	}
+	if r.Code() > 31 {
+		// A response that matched no request of ours (a late answer): drop
+		// it; answering it would start a ping-pong with the server.
+		return
+	}
 	p, ok := requestPath(r)
 	if !ok {
 		respond(w, codes.NotFound)

@@ -1,0 +1,222 @@
+package lwm2m_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	coapnet "github.com/plgd-dev/go-coap/v3/net"
+	"github.com/plgd-dev/go-coap/v3/net/blockwise"
+	"github.com/plgd-dev/go-coap/v3/options"
+	"github.com/plgd-dev/go-coap/v3/udp"
+	"github.com/plgd-dev/go-coap/v3/udp/client"
+
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport/download"
+	"github.com/otafleet/otafleet/transport/lwm2m"
+)
+
+// The LwM2M benchmarks run, in one process, the LwM2M server and simulated
+// devices on loopback, next to a bare go-coap GET server measured in the
+// same run: the ratios are the figures.
+//
+//	go test ./transport/lwm2m -run '^$' -bench . -benchtime 3x
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// rawGetRate is the bare go-coap baseline: GETs per second of a fixed
+// 1024-byte payload from clients (one socket each) to a server that
+// answers them and does nothing else.
+func rawGetRate(b *testing.B, clients, total int) float64 {
+	payload := bytes.Repeat([]byte("x"), 1024)
+	router := mux.NewRouter()
+	router.DefaultHandleFunc(func(w mux.ResponseWriter, r *mux.Message) {
+		_ = w.SetResponse(codes.Content, message.AppOctets, bytes.NewReader(payload))
+	})
+	lis, err := coapnet.NewListenUDP("udp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := udp.NewServer(options.WithMux(router), options.WithBlockwise(false, blockwise.SZX1024, time.Minute))
+	go func() { _ = srv.Serve(lis) }()
+	defer func() { srv.Stop(); lis.Close() }()
+	conns := make([]*client.Conn, clients)
+	for i := range conns {
+		c, err := udp.Dial(lis.LocalAddr().String(), options.WithBlockwise(false, blockwise.SZX1024, time.Minute))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	rc := clock.Real()
+	start := rc.Now()
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := i; j < total; j += clients {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				res, err := c.Get(ctx, "/fw/x")
+				cancel()
+				if err != nil || res.Code() != codes.Content {
+					b.Errorf("raw GET: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(total) / rc.Since(start).Seconds()
+}
+
+// nopUplinks drops every input (the Block2 benchmark has no engine).
+type nopUplinks struct{}
+
+func (nopUplinks) Deliver(context.Context, string, *messages.DeviceInput) error { return nil }
+
+// BenchmarkBlock2 measures the package served block-wise: 1024-byte blocks
+// per second to 100 clients at once (one socket each), each fetching a
+// whole 64 KiB package a block at a time, beside the bare go-coap GET
+// server; and the bytes the process allocates per block served.
+func BenchmarkBlock2(b *testing.B) {
+	const clients, size = 100, 64 << 10
+	ctx := context.Background()
+	st := memstore.New()
+	content := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	n, sum, err := st.WriteBlob(ctx, "big", bytes.NewReader(content), size)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := st.PutProduct(ctx, persistence.Product{ID: "p", Name: "p", Protocol: persistence.ProtocolLWM2M}); err != nil {
+		b.Fatal(err)
+	}
+	if err := st.PutPackage(ctx, persistence.Package{ID: "big", ProductID: "p", Type: persistence.PackageFirmware, Version: "2", Size: n, SHA256: sum}); err != nil {
+		b.Fatal(err)
+	}
+	dl, err := download.New(download.Config{Packages: st, Key: bytes.Repeat([]byte{3}, 32)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", Devices: st, Packages: st, Tokens: dl, Uplinks: nopUplinks{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv.Start()
+	defer srv.Close()
+	conns := make([]*client.Conn, clients)
+	tokens := make([]string, clients)
+	for i := range conns {
+		c, err := udp.Dial(srv.Addr(), options.WithBlockwise(false, blockwise.SZX1024, time.Minute))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+		tokens[i], _ = dl.Mint(download.Grant{TaskID: "t", DeviceID: fmt.Sprintf("d%d", i), Attempt: 1, PackageID: "big"})
+	}
+	blocks := size / 1024
+	var total int
+	var elapsed time.Duration
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	rc := clock.Real()
+	for range b.N {
+		start := rc.Now()
+		var wg sync.WaitGroup
+		for i, c := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for num := range blocks {
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					req, _ := c.NewGetRequest(ctx, "/fw/big")
+					req.AddOptionString(message.URIQuery, "t="+tokens[i])
+					req.SetOptionUint32(message.Block2, uint32(num)<<4|6)
+					res, err := c.Do(req)
+					cancel()
+					if err != nil || res.Code() != codes.Content {
+						b.Errorf("block %d: %v", num, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		elapsed += rc.Since(start)
+		total += clients * blocks
+	}
+	runtime.ReadMemStats(&ms1)
+	b.StopTimer()
+	rate := float64(total) / elapsed.Seconds()
+	raw := rawGetRate(b, clients, total/b.N)
+	b.ReportMetric(rate, "blocks/s")
+	b.ReportMetric(raw, "raw-gets/s")
+	b.ReportMetric(rate/raw, "ratio")
+	b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(total), "alloc-B/block")
+}
+
+// BenchmarkFOTAUpgrades measures FOTA upgrades of a 1 KiB package (one
+// block) by 500 devices in 10 cells of good coverage, beside the bare
+// go-coap server doing as many CoAP exchanges from as many sockets.
+func BenchmarkFOTAUpgrades(b *testing.B) {
+	const n = 500
+	var upgrades, exchanges uint64
+	var elapsed, cpu time.Duration
+	for i := range b.N {
+		b.StopTimer()
+		s := newStack(b)
+		s.goodOnly = true
+		prefix := fmt.Sprintf("b%d-", i)
+		s.devices(prefix, n, false, nil)
+		small := s.fw
+		small.ID, small.Size = "small", 1024
+		content := bytes.Repeat([]byte("firmware"), 128)
+		size, sum, err := s.store.WriteBlob(context.Background(), small.ID, bytes.NewReader(content), 1024)
+		if err != nil {
+			b.Fatal(err)
+		}
+		small.Size, small.SHA256 = size, sum
+		if err := s.store.PutPackage(context.Background(), small); err != nil {
+			b.Fatal(err)
+		}
+		ex0 := s.srv.Exchanges()
+		b.StartTimer()
+		rc := clock.Real()
+		start, cpu0 := rc.Now(), cpuTime()
+		s.createTask("bench", small, ids(prefix, n))
+		v := s.waitTask("bench")
+		elapsed += rc.Since(start)
+		cpu += cpuTime() - cpu0
+		b.StopTimer()
+		if v.Progress.Success != n {
+			b.Fatalf("task: %+v %v", v.Progress, outcomes(v))
+		}
+		upgrades += n
+		exchanges += s.srv.Exchanges() - ex0
+	}
+	perUpgrade := float64(exchanges) / float64(upgrades)
+	rate := float64(upgrades) / elapsed.Seconds()
+	raw := rawGetRate(b, n, int(exchanges)/b.N)
+	b.ReportMetric(rate, "upgrades/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(upgrades), "process-cpu-µs/upgrade")
+	b.ReportMetric(perUpgrade, "exchanges/upgrade")
+	b.ReportMetric(raw/perUpgrade, "raw-upgrades/s")
+	b.ReportMetric(rate/(raw/perUpgrade), "ratio")
+}
