@@ -21,6 +21,7 @@ import (
 
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
 	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
 )
 
@@ -478,5 +479,100 @@ func TestEndToEndMQTT(t *testing.T) {
 	}
 	if !served {
 		t.Fatalf("the timeline of m-3 shows no served bytes: %v", tl.Msg.GetEntries())
+	}
+}
+
+// TestEndToEndLwM2M: otafleet serve with its LwM2M server; LwM2M devices
+// (simulated, each on its own UDP socket, one over DTLS with its PSK)
+// register, and a firmware task created through the API upgrades them.
+func TestEndToEndLwM2M(t *testing.T) {
+	dir := t.TempDir()
+	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "", "--coap-addr", "127.0.0.1:0",
+		"--coaps-addr", "127.0.0.1:0", "--download-addr", "", "--log-format", "json")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv.await(ctx, "serving", msg("serving"))
+	go func() {
+		for range srv.lines {
+		}
+	}()
+	var addrs map[string]string
+	b, err := os.ReadFile(filepath.Join(dir, "addrs.json"))
+	if err != nil || json.Unmarshal(b, &addrs) != nil || addrs["coap"] == "" || addrs["coaps"] == "" {
+		t.Fatalf("addrs.json: %s %v", b, err)
+	}
+	tok, _ := os.ReadFile(filepath.Join(dir, "api-token"))
+	hc := h2cClient(strings.TrimSpace(string(tok)))
+	api := "http://" + addrs["api"]
+	products := otafleetv1connect.NewProductServiceClient(hc, api)
+	devices := otafleetv1connect.NewDeviceServiceClient(hc, api)
+	packages := otafleetv1connect.NewPackageServiceClient(hc, api)
+	tasks := otafleetv1connect.NewTaskServiceClient(hc, api)
+	prod, err := products.CreateProduct(ctx, connect.NewRequest(&v1.CreateProductRequest{Name: "Meter", Protocol: v1.Protocol_PROTOCOL_LWM2M}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := prod.Msg.GetProduct().GetProductId()
+	const n = 6
+	news := []*v1.NewDevice{{DeviceId: "nb-dtls", Psk: []byte("nb-dtls-psk")}}
+	for i := 1; i < n; i++ {
+		news = append(news, &v1.NewDevice{DeviceId: fmt.Sprintf("nb-%d", i)})
+	}
+	if _, err := devices.CreateDevices(ctx, connect.NewRequest(&v1.CreateDevicesRequest{ProductId: pid, Devices: news})); err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("nb-iot firmware "), 1000) // 16 kB: 16 blocks
+	pkg, err := packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
+		ProductId: pid, PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "2.0", SourceVersions: []string{"1.0"},
+		FileName: "nb-2.0.bin", Content: content,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsrp, sinr := int32(-95), int32(10)
+	var ids []string
+	sims := make([]*lwm2msim.Device, n)
+	for i, d := range news {
+		cfg := lwm2msim.Config{Server: addrs["coap"], Endpoint: d.GetDeviceId(), FwVersion: "1.0", RSRP: &rsrp, SINR: &sinr,
+			CellID: 77, NewVersion: func(string) string { return "2.0" }}
+		if d.Psk != nil {
+			cfg.Server, cfg.PSK = addrs["coaps"], d.GetPsk()
+		}
+		sim, err := lwm2msim.Start(ctx, cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", d.GetDeviceId(), err)
+		}
+		defer sim.Stop()
+		sims[i] = sim
+		ids = append(ids, d.GetDeviceId())
+	}
+	task, err := tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+		Name: "nb_2_0", TaskType: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, PackageId: pkg.Msg.GetPackage().GetPackageId(), DeviceIds: ids,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := tasks.WatchTask(ctx, connect.NewRequest(&v1.WatchTaskRequest{TaskId: task.Msg.GetTask().GetTaskId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *v1.Task
+	for stream.Receive() {
+		last = stream.Msg().GetTask()
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if last.GetStatus() != v1.TaskStatus_TASK_STATUS_SUCCESS || last.GetProgress().GetSuccess() != n {
+		t.Fatalf("task ended %v", last)
+	}
+	for i, d := range sims {
+		if fw, _ := d.Versions(); fw != "2.0" || d.Stats().BlocksFetched != 16 {
+			t.Fatalf("device %d: fw %s, %+v", i, fw, d.Stats())
+		}
+	}
+	dev, err := devices.GetDevice(ctx, connect.NewRequest(&v1.GetDeviceRequest{DeviceId: "nb-dtls"}))
+	if err != nil || dev.Msg.GetDevice().GetFwVersion() != "2.0" || dev.Msg.GetDevice().GetCellId() != "77" || dev.Msg.GetDevice().GetRsrp() != -95 {
+		t.Fatalf("GetDevice nb-dtls: %v %v", dev, err)
 	}
 }
