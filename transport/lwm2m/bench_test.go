@@ -92,11 +92,18 @@ type nopUplinks struct{}
 func (nopUplinks) Deliver(context.Context, string, *messages.DeviceInput) error { return nil }
 
 // BenchmarkBlock2 measures the package served block-wise: 1024-byte blocks
-// per second to 100 clients at once (one socket each), each fetching a
+// per second to 10, 100 and 500 clients at once (one socket each, so the
+// server's per-peer cost shows as the ratio between them), each fetching a
 // whole 64 KiB package a block at a time, beside the bare go-coap GET
 // server; and the bytes the process allocates per block served.
 func BenchmarkBlock2(b *testing.B) {
-	const clients, size = 100, 64 << 10
+	for _, clients := range []int{10, 100, 500} {
+		b.Run(fmt.Sprintf("peers=%d", clients), func(b *testing.B) { benchBlock2(b, clients) })
+	}
+}
+
+func benchBlock2(b *testing.B, clients int) {
+	const size = 64 << 10
 	ctx := context.Background()
 	st := memstore.New()
 	content := bytes.Repeat([]byte("0123456789abcdef"), size/16)
