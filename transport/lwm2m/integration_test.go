@@ -432,3 +432,53 @@ func TestDTLSDevicesUpgrade(t *testing.T) {
 		t.Fatal("a device with a wrong PSK registered")
 	}
 }
+
+// TestTimeoutPaths: devices that stop answering at each step end with the
+// step's timeout reason once the fake clock has moved past its deadline.
+func TestTimeoutPaths(t *testing.T) {
+	s := newStack(t)
+	ctx := context.Background()
+	start := func(id string, cfg lwm2msim.Config) {
+		t.Helper()
+		if err := s.store.CreateDevices(ctx, []persistence.Device{{ID: id, ProductID: "meter"}}); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Server, cfg.Endpoint, cfg.FwVersion = s.srv.Addr(), id, "1.0"
+		cfg.NewVersion = func(string) string { return "2.0" }
+		if cfg.RSRP == nil && cfg.CellID == 0 && id != "noradio" {
+			cfg.RSRP, cfg.SINR = coverage(0)
+			cfg.CellID = 3000
+		}
+		d, err := lwm2msim.Start(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(d.Stop)
+	}
+	start("silent", lwm2msim.Config{Behaviour: lwm2msim.Behaviour{Silent: true}})
+	start("noradio", lwm2msim.Config{})
+	start("stalls", lwm2msim.Config{Behaviour: lwm2msim.Behaviour{StopAfterBlocks: 2, RestartDelay: time.Hour}})
+	start("noreport", lwm2msim.Config{Behaviour: lwm2msim.Behaviour{RebootOnUpdate: true, RestartDelay: time.Hour}})
+	s.createTask("fota", s.fw, []string{"silent", "noradio", "stalls", "noreport"})
+	// Let the devices get as far as they will, then 26 hours pass.
+	waitFor(t, "the devices to stall", 30*time.Second, func() bool {
+		d, err := s.eng.Device(ctx, "noreport")
+		return err == nil && d.State.Stage == messages.Stage_STAGE_UPGRADING
+	})
+	for range 26 * 60 {
+		s.eng.Settle()
+		s.clk.Advance(time.Minute)
+	}
+	got := outcomes(s.waitTask("fota"))
+	fail := messages.SubtaskStatus_SUBTASK_STATUS_FAIL.String() + ": "
+	for id, r := range map[string]messages.Reason{
+		"silent":   messages.Reason_REASON_VERSION_REPORT_TIMEOUT, // T2: /3/0/3 never answered
+		"noradio":  messages.Reason_REASON_CELL_ID_TIMEOUT,        // T3 and T4: no radio values, no cell ID
+		"stalls":   messages.Reason_REASON_DOWNLOAD_TIMEOUT,       // T6: the download stops
+		"noreport": messages.Reason_REASON_VERSION_CHECK_TIMEOUT,  // T9, then T10: the device never comes back
+	} {
+		if want := fail + messages.ReasonText(r); got[id] != want {
+			t.Errorf("%s: %q, want %q", id, got[id], want)
+		}
+	}
+}
