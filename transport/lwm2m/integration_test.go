@@ -459,7 +459,10 @@ func TestTimeoutPaths(t *testing.T) {
 	start("noradio", lwm2msim.Config{})
 	start("stalls", lwm2msim.Config{Behaviour: lwm2msim.Behaviour{StopAfterBlocks: 2, RestartDelay: time.Hour}})
 	start("noreport", lwm2msim.Config{Behaviour: lwm2msim.Behaviour{RebootOnUpdate: true, RestartDelay: time.Hour}})
+	start("pcp-silent", lwm2msim.Config{ObjectsPCP: true, SwVersion: "V1.0", Behaviour: lwm2msim.Behaviour{Silent: true}})
+	start("pcp-stalls", lwm2msim.Config{ObjectsPCP: true, SwVersion: "V1.0", Behaviour: lwm2msim.Behaviour{StopAfterBlocks: 2, RestartDelay: time.Hour}})
 	s.createTask("fota", s.fw, []string{"silent", "noradio", "stalls", "noreport"})
+	s.createTask("sota", s.sw, []string{"pcp-silent", "pcp-stalls"})
 	// Let the devices get as far as they will, then 26 hours pass.
 	waitFor(t, "the devices to stall", 30*time.Second, func() bool {
 		d, err := s.eng.Device(ctx, "noreport")
@@ -476,6 +479,15 @@ func TestTimeoutPaths(t *testing.T) {
 		"noradio":  messages.Reason_REASON_CELL_ID_TIMEOUT,        // T3 and T4: no radio values, no cell ID
 		"stalls":   messages.Reason_REASON_DOWNLOAD_TIMEOUT,       // T6: the download stops
 		"noreport": messages.Reason_REASON_VERSION_CHECK_TIMEOUT,  // T9, then T10: the device never comes back
+	} {
+		if want := fail + messages.ReasonText(r); got[id] != want {
+			t.Errorf("%s: %q, want %q", id, got[id], want)
+		}
+	}
+	got = outcomes(s.waitTask("sota"))
+	for id, r := range map[string]messages.Reason{
+		"pcp-silent": messages.Reason_REASON_VERSION_REPORT_TIMEOUT, // T2: 0x13 never answered
+		"pcp-stalls": messages.Reason_REASON_DOWNLOAD_TIMEOUT,       // T6: segment requests stop
 	} {
 		if want := fail + messages.ReasonText(r); got[id] != want {
 			t.Errorf("%s: %q, want %q", id, got[id], want)
