@@ -1,11 +1,18 @@
 package lwm2m_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +32,7 @@ import (
 	"github.com/otafleet/otafleet/persistence/memstore"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/lwm2m"
+	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
 )
 
 // The LwM2M benchmarks run, in one process, the LwM2M server and simulated
@@ -179,21 +187,85 @@ func benchBlock2(b *testing.B, clients int) {
 	b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(total), "alloc-B/block")
 }
 
+// The FOTA benchmark's devices run in a child process (this test binary,
+// re-executed), so that otafleet's CPU (this process) and the devices' (the
+// child's) are measured apart.
+const fleetEnv = "OTAFLEET_BENCH_LWM2M_FLEET" // server address,prefix,count
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(fleetEnv); spec != "" {
+		os.Exit(runFleet(spec))
+	}
+	os.Exit(m.Run())
+}
+
+// runFleet is the child: devices prefix0..prefix(n-1) in good coverage over
+// 10 cells; "ready" once registered; stopped when stdin closes.
+func runFleet(spec string) int {
+	parts := strings.Split(spec, ",")
+	if len(parts) != 3 {
+		fmt.Fprintln(os.Stderr, "fleet: bad spec", spec)
+		return 2
+	}
+	addr, prefix := parts[0], parts[1]
+	n, _ := strconv.Atoi(parts[2])
+	devs := make([]*lwm2msim.Device, n)
+	var wg sync.WaitGroup
+	var failed atomic.Bool
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rsrp, sinr := coverage(0)
+			d, err := lwm2msim.Start(context.Background(), lwm2msim.Config{Server: addr, Endpoint: fmt.Sprintf("%s%d", prefix, i),
+				FwVersion: "1.0", RSRP: rsrp, SINR: sinr, CellID: int64(1000 + i%10), NewVersion: func(string) string { return "2.0" }})
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "fleet:", err)
+				failed.Store(true)
+				return
+			}
+			devs[i] = d
+		}()
+	}
+	wg.Wait()
+	if failed.Load() {
+		return 1
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	for _, d := range devs {
+		d.Stop()
+	}
+	return 0
+}
+
+func childCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // BenchmarkFOTAUpgrades measures FOTA upgrades of a 1 KiB package (one
 // block) by 500 devices in 10 cells of good coverage, beside the bare
-// go-coap server doing as many CoAP exchanges from as many sockets.
+// go-coap server doing as many CoAP exchanges from as many sockets; the
+// CPU of otafleet and of the devices apart.
 func BenchmarkFOTAUpgrades(b *testing.B) {
 	const n = 500
 	var upgrades, exchanges uint64
-	var elapsed, cpu time.Duration
+	var elapsed, cpu, fleetCPU time.Duration
 	for i := range b.N {
 		b.StopTimer()
 		s := newStack(b)
-		s.goodOnly = true
 		prefix := fmt.Sprintf("b%d-", i)
-		s.devices(prefix, n, false, nil)
+		var regs []persistence.Device
+		for j := range n {
+			regs = append(regs, persistence.Device{ID: fmt.Sprintf("%s%d", prefix, j), ProductID: "meter"})
+		}
+		if err := s.store.CreateDevices(context.Background(), regs); err != nil {
+			b.Fatal(err)
+		}
 		small := s.fw
-		small.ID, small.Size = "small", 1024
+		small.ID = "small"
 		content := bytes.Repeat([]byte("firmware"), 128)
 		size, sum, err := s.store.WriteBlob(context.Background(), small.ID, bytes.NewReader(content), 1024)
 		if err != nil {
@@ -202,6 +274,19 @@ func BenchmarkFOTAUpgrades(b *testing.B) {
 		small.Size, small.SHA256 = size, sum
 		if err := s.store.PutPackage(context.Background(), small); err != nil {
 			b.Fatal(err)
+		}
+		fleet := exec.Command(os.Args[0], "-test.run=^$")
+		fleet.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%s,%d", fleetEnv, s.srv.Addr(), prefix, n))
+		stdin, _ := fleet.StdinPipe()
+		stdout, _ := fleet.StdoutPipe()
+		fleet.Stderr = os.Stderr
+		child0 := childCPU()
+		if err := fleet.Start(); err != nil {
+			b.Fatal(err)
+		}
+		out := bufio.NewScanner(stdout)
+		if !out.Scan() || out.Text() != "ready" {
+			b.Fatalf("the device fleet did not start: %q", out.Text())
 		}
 		ex0 := s.srv.Exchanges()
 		b.StartTimer()
@@ -217,12 +302,18 @@ func BenchmarkFOTAUpgrades(b *testing.B) {
 		}
 		upgrades += n
 		exchanges += s.srv.Exchanges() - ex0
+		stdin.Close()
+		if err := fleet.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		fleetCPU += childCPU() - child0
 	}
 	perUpgrade := float64(exchanges) / float64(upgrades)
 	rate := float64(upgrades) / elapsed.Seconds()
 	raw := rawGetRate(b, n, int(exchanges)/b.N)
 	b.ReportMetric(rate, "upgrades/s")
-	b.ReportMetric(float64(cpu.Microseconds())/float64(upgrades), "process-cpu-µs/upgrade")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(upgrades), "otafleet-cpu-µs/upgrade")
+	b.ReportMetric(float64(fleetCPU.Microseconds())/float64(upgrades), "devices-cpu-µs/upgrade")
 	b.ReportMetric(perUpgrade, "exchanges/upgrade")
 	b.ReportMetric(raw/perUpgrade, "raw-upgrades/s")
 	b.ReportMetric(rate/(raw/perUpgrade), "ratio")
