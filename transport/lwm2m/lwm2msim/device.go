@@ -5,14 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	piondtls "github.com/pion/dtls/v3"
-	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
 	"log/slog"
+	"net"
 	"path"
 	"strconv"
 	"sync"
 	"time"
 
+	piondtls "github.com/pion/dtls/v3"
+	dtlsnet "github.com/pion/dtls/v3/pkg/net"
+	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
@@ -572,7 +574,31 @@ func (d *Device) connect(ctx context.Context) (*session, error) {
 			PSKIdentityHint: []byte(d.cfg.Endpoint),
 			CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8},
 		}
-		dial = func(opts ...udp.Option) (*client.Conn, error) { return coapdtls.Dial(d.cfg.Server, dcfg, opts...) }
+		dial = func(opts ...udp.Option) (*client.Conn, error) {
+			// The handshake runs here, bounded by RequestTimeout: left to
+			// go-coap it starts lazily without a deadline, and a server
+			// that drops a wrong PSK's handshake would hang the device.
+			raddr, err := net.ResolveUDPAddr("udp", d.cfg.Server)
+			if err != nil {
+				return nil, err
+			}
+			pc, err := net.DialUDP("udp", nil, raddr)
+			if err != nil {
+				return nil, err
+			}
+			dc, err := piondtls.Client(dtlsnet.PacketConnFromConn(pc), raddr, dcfg)
+			if err != nil {
+				pc.Close()
+				return nil, err
+			}
+			ctx, cancel := context.WithTimeout(d.ctx, d.cfg.RequestTimeout)
+			defer cancel()
+			if err := dc.HandshakeContext(ctx); err != nil {
+				dc.Close()
+				return nil, fmt.Errorf("DTLS handshake: %w", err)
+			}
+			return coapdtls.Client(dc, append(opts, options.WithCloseSocket())...), nil
+		}
 	}
 	conn, err := dial(
 		options.WithContext(d.ctx),
