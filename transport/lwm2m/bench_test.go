@@ -318,3 +318,93 @@ func BenchmarkFOTAUpgrades(b *testing.B) {
 	b.ReportMetric(raw/perUpgrade, "raw-upgrades/s")
 	b.ReportMetric(rate/(raw/perUpgrade), "ratio")
 }
+
+// BenchmarkConcurrentDownloads measures the memory a download in progress
+// costs: 768 clients (one socket each) each fetch the first 25 or 100
+// blocks of a 200 KiB package and stop; the heap then, after a GC, less the
+// heap after each client's first exchange (go-coap's per-peer state), per
+// download. go-coap keeps every response to a confirmable request for
+// EXCHANGE_LIFETIME (247 s) to answer retransmissions, and its UDP server
+// offers no option to change that cache: the figure grows with the blocks
+// fetched within that time, while otafleet's own state is one map entry.
+func BenchmarkConcurrentDownloads(b *testing.B) {
+	for _, blocks := range []int{25, 100} {
+		b.Run(fmt.Sprintf("blocks=%d", blocks), func(b *testing.B) { benchConcurrentDownloads(b, blocks) })
+	}
+}
+
+func benchConcurrentDownloads(b *testing.B, blocksEach int) {
+	const clients, size = 768, 200 << 10
+	ctx := context.Background()
+	st := memstore.New()
+	content := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	n, sum, err := st.WriteBlob(ctx, "big", bytes.NewReader(content), size)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := st.PutProduct(ctx, persistence.Product{ID: "p", Name: "p", Protocol: persistence.ProtocolLWM2M}); err != nil {
+		b.Fatal(err)
+	}
+	if err := st.PutPackage(ctx, persistence.Package{ID: "big", ProductID: "p", Type: persistence.PackageFirmware, Version: "2", Size: n, SHA256: sum}); err != nil {
+		b.Fatal(err)
+	}
+	dl, err := download.New(download.Config{Packages: st, Key: bytes.Repeat([]byte{3}, 32)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", Devices: st, Packages: st, Tokens: dl, Uplinks: nopUplinks{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv.Start()
+	defer srv.Close()
+	conns := make([]*client.Conn, clients)
+	tokens := make([]string, clients)
+	get := func(i, num int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		req, _ := conns[i].NewGetRequest(ctx, "/fw/big")
+		req.AddOptionString(message.URIQuery, "t="+tokens[i])
+		req.SetOptionUint32(message.Block2, uint32(num)<<4|6)
+		if res, err := conns[i].Do(req); err != nil || res.Code() != codes.Content {
+			b.Errorf("client %d block %d: %v", i, num, err)
+		}
+	}
+	for i := range conns {
+		c, err := udp.Dial(srv.Addr(), options.WithBlockwise(false, blockwise.SZX1024, time.Minute))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+		tokens[i], _ = dl.Mint(download.Grant{TaskID: "t", DeviceID: fmt.Sprintf("d%d", i), Attempt: 1, PackageID: "big"})
+	}
+	parallel := func(f func(i int)) {
+		var wg sync.WaitGroup
+		for i := range conns {
+			wg.Add(1)
+			go func() { defer wg.Done(); f(i) }()
+		}
+		wg.Wait()
+	}
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	var perDownload float64
+	for range b.N {
+		// A first exchange each: go-coap's per-peer state exists.
+		parallel(func(i int) { get(i, 150) })
+		before := heap()
+		parallel(func(i int) {
+			for num := range blocksEach {
+				get(i, num)
+			}
+		})
+		after := heap()
+		perDownload = (float64(after) - float64(before)) / clients
+	}
+	b.ReportMetric(perDownload, "heap-B/download")
+}
