@@ -233,7 +233,9 @@ func finished(st messages.TaskStatus) bool {
 
 func (s *stack) waitTask(id string) actors.TaskView {
 	s.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Generous: under load a lost datagram costs go-coap's retransmissions
+	// (up to about 45 s) before the device answers.
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
 	for {
 		v, err := s.eng.Task(context.Background(), id)
