@@ -470,10 +470,19 @@ func TestTimeoutPaths(t *testing.T) {
 	start("pcp-stalls", lwm2msim.Config{ObjectsPCP: true, SwVersion: "V1.0", Behaviour: lwm2msim.Behaviour{StopAfterBlocks: 2, RestartDelay: time.Hour}})
 	s.createTask("fota", s.fw, []string{"silent", "noradio", "stalls", "noreport"})
 	s.createTask("sota", s.sw, []string{"pcp-silent", "pcp-stalls"})
-	// Let the devices get as far as they will, then 26 hours pass.
-	waitFor(t, "the devices to stall", 30*time.Second, func() bool {
-		d, err := s.eng.Device(ctx, "noreport")
-		return err == nil && d.State.Stage == messages.Stage_STAGE_UPGRADING
+	// Let every device get as far as it will, then 26 hours pass.
+	stalls := map[string]messages.Stage{
+		"silent": messages.Stage_STAGE_VERSION_QUERY, "noradio": messages.Stage_STAGE_IDLE, // its 4.04 ends it at once
+		"stalls": messages.Stage_STAGE_DOWNLOADING, "noreport": messages.Stage_STAGE_UPGRADING,
+		"pcp-silent": messages.Stage_STAGE_VERSION_QUERY, "pcp-stalls": messages.Stage_STAGE_DOWNLOADING,
+	}
+	waitFor(t, "the devices to stall", 60*time.Second, func() bool {
+		for id, stage := range stalls {
+			if d, err := s.eng.Device(ctx, id); err != nil || d.State.Stage != stage {
+				return false
+			}
+		}
+		return true
 	})
 	for range 26 * 60 {
 		s.eng.Settle()
@@ -483,7 +492,7 @@ func TestTimeoutPaths(t *testing.T) {
 	fail := messages.SubtaskStatus_SUBTASK_STATUS_FAIL.String() + ": "
 	for id, r := range map[string]messages.Reason{
 		"silent":   messages.Reason_REASON_VERSION_REPORT_TIMEOUT, // T2: /3/0/3 never answered
-		"noradio":  messages.Reason_REASON_CELL_ID_TIMEOUT,        // T3 and T4: no radio values, no cell ID
+		"noradio":  messages.Reason_REASON_CELL_ID_TIMEOUT,        // no radio values, no cell ID
 		"stalls":   messages.Reason_REASON_DOWNLOAD_TIMEOUT,       // T6: the download stops
 		"noreport": messages.Reason_REASON_VERSION_CHECK_TIMEOUT,  // T9, then T10: the device never comes back
 	} {
