@@ -331,6 +331,11 @@ func queries(r *mux.Message) (map[string]string, error) {
 	if err != nil && !errors.Is(err, message.ErrOptionNotFound) {
 		return nil, err
 	}
+	return parseQueries(qs)
+}
+
+// parseQueries maps key=value query strings; a repeated key is an error.
+func parseQueries(qs []string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, q := range qs {
 		k, v, _ := strings.Cut(q, "=")
@@ -384,13 +389,9 @@ type regParams struct {
 // (OMA LwM2M 1.1 core 6.2.1): ep is required; lt, lwm2m and b are checked
 // when present; other query parameters are accepted and ignored.
 func parseRegistration(qs []string, body []byte) (regParams, error) {
-	q := map[string]string{}
-	for _, kv := range qs {
-		k, v, _ := strings.Cut(kv, "=")
-		if _, dup := q[k]; dup {
-			return regParams{}, fmt.Errorf("query %q given twice", k)
-		}
-		q[k] = v
+	q, err := parseQueries(qs)
+	if err != nil {
+		return regParams{}, err
 	}
 	var p regParams
 	if p.endpoint = q["ep"]; p.endpoint == "" {
@@ -399,7 +400,6 @@ func parseRegistration(qs []string, body []byte) (regParams, error) {
 	if v := q["lwm2m"]; v != "" && v != "1.0" && v != "1.1" && v != "1.2" {
 		return p, fmt.Errorf("lwm2m=%q: this server speaks 1.0, 1.1 and 1.2", v)
 	}
-	var err error
 	if p.lifetime, err = lifetime(q, 86400*time.Second); err != nil {
 		return p, err
 	}

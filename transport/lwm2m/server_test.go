@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -494,7 +493,6 @@ func TestPackageBlocks(t *testing.T) {
 			t.Fatalf("served %d of %d bytes", total, len(e.content))
 		}
 	}
-	_ = fmt.Sprint
 }
 
 // TestCoapClient: libcoap's coap-client (Debian libcoap3-bin, installed by
