@@ -117,7 +117,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := newMetrics(deps.Metrics)
+	m, err := newMetrics(deps.Metrics, cfg.Cell.Budget)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
@@ -32,13 +34,15 @@ func (l *lateUplinks) Deliver(ctx context.Context, id string, in *messages.Devic
 }
 
 // rig is an engine over a store, scripted devices and the fake clock, with
-// the cell budget invariant checked at every cell step.
+// the cell budget invariant checked at every cell step and its metrics in a
+// registry of its own.
 type rig struct {
 	t     *testing.T
 	clk   *clocktest.Clock
 	store persistence.EventStore
 	tr    *memtransport.Transport
 	e     *actors.Engine
+	reg   *prometheus.Registry
 
 	mu         sync.Mutex
 	peak       map[string]uint32
@@ -47,10 +51,17 @@ type rig struct {
 
 func newRig(t *testing.T, clk *clocktest.Clock, store persistence.EventStore, tr *memtransport.Transport, up *lateUplinks) *rig {
 	t.Helper()
-	r := &rig{t: t, clk: clk, store: store, tr: tr, peak: map[string]uint32{}}
-	cellCfg := cellfsm.DefaultConfig()
-	e, err := actors.New(actors.Config{PassivateAfter: 10 * time.Minute}, actors.Deps{
-		Store: store, Clock: clk, Transport: tr,
+	return newRigConfig(t, actors.Config{PassivateAfter: 10 * time.Minute}, clk, store, tr, up)
+}
+
+// newRigConfig is newRig with an engine configuration; the invariant is
+// checked against its cell budget.
+func newRigConfig(t *testing.T, cfg actors.Config, clk *clocktest.Clock, store persistence.EventStore, tr *memtransport.Transport, up *lateUplinks) *rig {
+	t.Helper()
+	r := &rig{t: t, clk: clk, store: store, tr: tr, reg: prometheus.NewRegistry(), peak: map[string]uint32{}}
+	cellCfg := cfg.Default().Cell
+	e, err := actors.New(cfg, actors.Deps{
+		Store: store, Clock: clk, Transport: tr, Metrics: r.reg,
 		CellStepped: func(id string, s cellfsm.State) {
 			r.mu.Lock()
 			defer r.mu.Unlock()

@@ -123,7 +123,9 @@ func (m *cellMachine) commit(next any) {
 	m.e.metrics.budget.Add(float64(int64(s.Used()) - int64(m.s.Used())))
 	m.e.metrics.waiting.Add(float64(s.Waiting() - m.s.Waiting()))
 	m.s = s
+	m.e.metrics.raisePeak(s.Used())
 	if err := s.Check(m.e.cfg.Cell); err != nil {
+		m.e.metrics.violations.Inc()
 		m.e.log.Error("cell budget invariant broken", "cell", s.Cell, "error", err)
 	}
 	if m.e.deps.CellStepped != nil {

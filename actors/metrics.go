@@ -2,6 +2,7 @@ package actors
 
 import (
 	"errors"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -14,11 +15,21 @@ type metrics struct {
 	appended *prometheus.CounterVec
 	commit   prometheus.Histogram
 	subtasks *prometheus.GaugeVec
-	budget   prometheus.Gauge
+	budget   prometheus.Gauge // units in use, summed over live cells
 	waiting  prometheus.Gauge
+
+	// cellBudget is the configured per-cell budget; cellPeak exposes peak,
+	// the most units one cell has held at once since the engine was built;
+	// violations counts cell steps whose state failed cellfsm's Check.
+	cellBudget prometheus.Gauge
+	peak       atomic.Uint32
+	cellPeak   prometheus.GaugeFunc
+	violations prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// newMetrics builds the collectors, registers them with reg (a private
+// registry when nil) and sets the budget gauge to cellBudget.
+func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) {
 	m := &metrics{
 		alive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "otafleet_actors_alive", Help: "Live actors by kind (device, cell, task).",
@@ -39,11 +50,22 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "otafleet_cell_devices_waiting", Help: "Devices queued for a cell slot, summed over live cells.",
 		}),
+		cellBudget: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "otafleet_cell_budget_units", Help: "Radio budget units each cell lends out at once (the configured per-cell budget).",
+		}),
+		violations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "otafleet_cell_budget_violations_total",
+			Help: "Cell steps whose new state broke the cell budget invariant (more units in use than the budget, or inconsistent holders).",
+		}),
 	}
+	m.cellPeak = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "otafleet_cell_budget_units_peak", Help: "The most radio budget units any single cell has held at once since the engine started.",
+	}, func() float64 { return float64(m.peak.Load()) })
+	m.cellBudget.Set(float64(cellBudget))
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	for _, c := range []prometheus.Collector{m.alive, m.appended, m.commit, m.subtasks, m.budget, m.waiting} {
+	for _, c := range []prometheus.Collector{m.alive, m.appended, m.commit, m.subtasks, m.budget, m.waiting, m.cellBudget, m.cellPeak, m.violations} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
@@ -63,6 +85,17 @@ func (m *metrics) addProgress(p taskfsm.Progress, sign float64) {
 	} {
 		if n != 0 {
 			m.subtasks.WithLabelValues(status).Add(sign * float64(n))
+		}
+	}
+}
+
+// raisePeak records that a cell holds used units: the peak only grows. Cells
+// commit on their own goroutines, hence the compare-and-swap.
+func (m *metrics) raisePeak(used uint32) {
+	for {
+		p := m.peak.Load()
+		if used <= p || m.peak.CompareAndSwap(p, used) {
+			return
 		}
 	}
 }

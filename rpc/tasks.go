@@ -630,6 +630,9 @@ func (s *taskServer) ListTaskDevices(ctx context.Context, req *connect.Request[v
 		if !st.UpdatedAt.IsZero() {
 			d.UpdateTime = timestamppb.New(st.UpdatedAt)
 		}
+		if !st.StartedAt.IsZero() {
+			d.StartTime = timestamppb.New(st.StartedAt)
+		}
 		if !st.RetryAt.IsZero() {
 			d.NextRetryTime = timestamppb.New(st.RetryAt)
 		}

@@ -289,6 +289,9 @@ func TestCreateTaskInvalid(t *testing.T) {
 	var got []string
 	for _, d := range l.Msg.GetDevices() {
 		got = append(got, d.GetDeviceId())
+		if d.GetStartTime() != nil || d.GetAttempts() != 0 {
+			t.Errorf("%s: start_time %v, attempts %d before the schedule time", d.GetDeviceId(), d.GetStartTime(), d.GetAttempts())
+		}
 	}
 	if strings.Join(got, ",") != "fw-0,fw-1,fw-3,fw-4" {
 		t.Errorf("targets %v", got)
@@ -380,6 +383,14 @@ func TestTaskLifecycle(t *testing.T) {
 		ds[0].GetAttempts() != 1 || ds[0].GetStage() != "" || fails.Msg.GetNextPageToken() != "" ||
 		ds[0].GetSourceVersion() != "1.0" || ds[0].GetUpdateTime() == nil || ds[0].GetNextRetryTime() != nil {
 		t.Fatalf("failed devices %v", fails.Msg)
+	}
+	// Its attempt started when the task did (all targets start at once) and
+	// before it failed.
+	firstStart := fails.Msg.GetDevices()[0].GetStartTime()
+	if created := res.Msg.GetTask().GetCreateTime().AsTime(); firstStart == nil || !firstStart.AsTime().Equal(created) ||
+		firstStart.AsTime().After(fails.Msg.GetDevices()[0].GetUpdateTime().AsTime()) {
+		t.Fatalf("fw-2 start_time %v: want the creation time %v, not after update_time %v", firstStart, created,
+			fails.Msg.GetDevices()[0].GetUpdateTime())
 	}
 	var pages [][]string
 	token := ""
@@ -484,6 +495,10 @@ func TestTaskLifecycle(t *testing.T) {
 	wantCode(t, err, connect.CodeNotFound)
 
 	// Retry the failed device: it downloads cleanly the second time.
+	retried := te.clk.Now()
+	if !retried.After(firstStart.AsTime()) {
+		t.Fatalf("no protocol time passed since the first start (%v)", retried)
+	}
 	rr, err := te.tasks.RetryTask(ctx, connect.NewRequest(&v1.RetryTaskRequest{TaskId: id, DeviceIds: []string{"fw-2"}}))
 	if err != nil {
 		t.Fatal(err)
@@ -497,7 +512,13 @@ func TestTaskLifecycle(t *testing.T) {
 	}
 	l, err := te.tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id, PageToken: "2", PageSize: 1}))
 	if err != nil || len(l.Msg.GetDevices()) != 1 || l.Msg.GetDevices()[0].GetAttempts() != 2 || l.Msg.GetDevices()[0].GetFailureReason() != "" {
-		t.Errorf("fw-2 after retry: %v %v", l, err)
+		t.Fatalf("fw-2 after retry: %v %v", l, err)
+	}
+	// The second attempt's start replaced the first's: it started when the
+	// retry was requested, and finished after that.
+	d2 := l.Msg.GetDevices()[0]
+	if st := d2.GetStartTime(); st == nil || !st.AsTime().Equal(retried) || !d2.GetUpdateTime().AsTime().After(st.AsTime()) {
+		t.Errorf("fw-2 after retry: start_time %v, want %v (was %v), before update_time %v", st, retried, firstStart, d2.GetUpdateTime())
 	}
 	_, err = te.tasks.RetryTask(ctx, connect.NewRequest(&v1.RetryTaskRequest{TaskId: id}))
 	wantCode(t, err, connect.CodeFailedPrecondition)

@@ -46,6 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.AddCommand(serveCommand(stdout, stderr))
 	root.AddCommand(clientCommands(stdout, stderr)...)
+	root.AddCommand(simCommand(stdout, stderr), benchCommand(stdout, stderr))
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: 2, err: err} })
 	err := root.ExecuteContext(ctx)
 	if err == nil {

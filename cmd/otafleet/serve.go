@@ -58,6 +58,7 @@ func serveCommand(stdout, stderr io.Writer) *cobra.Command {
 // the API stops accepting, the actors finish the message at hand, the store closes.
 func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error {
 	logger := newLogger(cfg, stderr)
+	raiseFileLimit() // one socket per MQTT device
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -150,6 +151,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	mux.Handle("/", api) // every API method checks the bearer token
 	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker()))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/debug/pprof/", pprofHandler(token))
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)

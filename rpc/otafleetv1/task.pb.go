@@ -968,7 +968,10 @@ type TaskDevice struct {
 	NextRetryTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=next_retry_time,json=nextRetryTime,proto3" json:"next_retry_time,omitempty"`
 	// Download progress the device reported, 0..100, while it is processing;
 	// 0 otherwise.
-	Progress      int32 `protobuf:"varint,10,opt,name=progress,proto3" json:"progress,omitempty"`
+	Progress int32 `protobuf:"varint,10,opt,name=progress,proto3" json:"progress,omitempty"`
+	// When the device's latest attempt started (StartJob sent to its device);
+	// unset before the first.
+	StartTime     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1071,6 +1074,13 @@ func (x *TaskDevice) GetProgress() int32 {
 		return x.Progress
 	}
 	return 0
+}
+
+func (x *TaskDevice) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
 }
 
 // ListTaskDevicesRequest asks for one page of a task's devices.
@@ -1369,7 +1379,7 @@ const file_otafleet_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"device_ids\x18\x02 \x03(\tR\tdeviceIds\":\n" +
 	"\x11RetryTaskResponse\x12%\n" +
-	"\x04task\x18\x01 \x01(\v2\x11.otafleet.v1.TaskR\x04task\"\x9b\x03\n" +
+	"\x04task\x18\x01 \x01(\v2\x11.otafleet.v1.TaskR\x04task\"\xd6\x03\n" +
 	"\n" +
 	"TaskDevice\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x122\n" +
@@ -1384,7 +1394,9 @@ const file_otafleet_v1_task_proto_rawDesc = "" +
 	"resultCode\x12B\n" +
 	"\x0fnext_retry_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\rnextRetryTime\x12\x1a\n" +
 	"\bprogress\x18\n" +
-	" \x01(\x05R\bprogress\"\xb1\x01\n" +
+	" \x01(\x05R\bprogress\x129\n" +
+	"\n" +
+	"start_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"\xb1\x01\n" +
 	"\x16ListTaskDevicesRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x127\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1a.otafleet.v1.SubtaskStatusH\x00R\x06status\x88\x01\x01\x12\x1b\n" +
@@ -1467,28 +1479,29 @@ var file_otafleet_v1_task_proto_depIdxs = []int32{
 	22, // 16: otafleet.v1.TaskDevice.status:type_name -> otafleet.v1.SubtaskStatus
 	19, // 17: otafleet.v1.TaskDevice.update_time:type_name -> google.protobuf.Timestamp
 	19, // 18: otafleet.v1.TaskDevice.next_retry_time:type_name -> google.protobuf.Timestamp
-	22, // 19: otafleet.v1.ListTaskDevicesRequest.status:type_name -> otafleet.v1.SubtaskStatus
-	14, // 20: otafleet.v1.ListTaskDevicesResponse.devices:type_name -> otafleet.v1.TaskDevice
-	3,  // 21: otafleet.v1.WatchTaskResponse.task:type_name -> otafleet.v1.Task
-	4,  // 22: otafleet.v1.TaskService.CreateTask:input_type -> otafleet.v1.CreateTaskRequest
-	6,  // 23: otafleet.v1.TaskService.GetTask:input_type -> otafleet.v1.GetTaskRequest
-	8,  // 24: otafleet.v1.TaskService.ListTasks:input_type -> otafleet.v1.ListTasksRequest
-	10, // 25: otafleet.v1.TaskService.StopTask:input_type -> otafleet.v1.StopTaskRequest
-	12, // 26: otafleet.v1.TaskService.RetryTask:input_type -> otafleet.v1.RetryTaskRequest
-	15, // 27: otafleet.v1.TaskService.ListTaskDevices:input_type -> otafleet.v1.ListTaskDevicesRequest
-	17, // 28: otafleet.v1.TaskService.WatchTask:input_type -> otafleet.v1.WatchTaskRequest
-	5,  // 29: otafleet.v1.TaskService.CreateTask:output_type -> otafleet.v1.CreateTaskResponse
-	7,  // 30: otafleet.v1.TaskService.GetTask:output_type -> otafleet.v1.GetTaskResponse
-	9,  // 31: otafleet.v1.TaskService.ListTasks:output_type -> otafleet.v1.ListTasksResponse
-	11, // 32: otafleet.v1.TaskService.StopTask:output_type -> otafleet.v1.StopTaskResponse
-	13, // 33: otafleet.v1.TaskService.RetryTask:output_type -> otafleet.v1.RetryTaskResponse
-	16, // 34: otafleet.v1.TaskService.ListTaskDevices:output_type -> otafleet.v1.ListTaskDevicesResponse
-	18, // 35: otafleet.v1.TaskService.WatchTask:output_type -> otafleet.v1.WatchTaskResponse
-	29, // [29:36] is the sub-list for method output_type
-	22, // [22:29] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	19, // 19: otafleet.v1.TaskDevice.start_time:type_name -> google.protobuf.Timestamp
+	22, // 20: otafleet.v1.ListTaskDevicesRequest.status:type_name -> otafleet.v1.SubtaskStatus
+	14, // 21: otafleet.v1.ListTaskDevicesResponse.devices:type_name -> otafleet.v1.TaskDevice
+	3,  // 22: otafleet.v1.WatchTaskResponse.task:type_name -> otafleet.v1.Task
+	4,  // 23: otafleet.v1.TaskService.CreateTask:input_type -> otafleet.v1.CreateTaskRequest
+	6,  // 24: otafleet.v1.TaskService.GetTask:input_type -> otafleet.v1.GetTaskRequest
+	8,  // 25: otafleet.v1.TaskService.ListTasks:input_type -> otafleet.v1.ListTasksRequest
+	10, // 26: otafleet.v1.TaskService.StopTask:input_type -> otafleet.v1.StopTaskRequest
+	12, // 27: otafleet.v1.TaskService.RetryTask:input_type -> otafleet.v1.RetryTaskRequest
+	15, // 28: otafleet.v1.TaskService.ListTaskDevices:input_type -> otafleet.v1.ListTaskDevicesRequest
+	17, // 29: otafleet.v1.TaskService.WatchTask:input_type -> otafleet.v1.WatchTaskRequest
+	5,  // 30: otafleet.v1.TaskService.CreateTask:output_type -> otafleet.v1.CreateTaskResponse
+	7,  // 31: otafleet.v1.TaskService.GetTask:output_type -> otafleet.v1.GetTaskResponse
+	9,  // 32: otafleet.v1.TaskService.ListTasks:output_type -> otafleet.v1.ListTasksResponse
+	11, // 33: otafleet.v1.TaskService.StopTask:output_type -> otafleet.v1.StopTaskResponse
+	13, // 34: otafleet.v1.TaskService.RetryTask:output_type -> otafleet.v1.RetryTaskResponse
+	16, // 35: otafleet.v1.TaskService.ListTaskDevices:output_type -> otafleet.v1.ListTaskDevicesResponse
+	18, // 36: otafleet.v1.TaskService.WatchTask:output_type -> otafleet.v1.WatchTaskResponse
+	30, // [30:37] is the sub-list for method output_type
+	23, // [23:30] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_otafleet_v1_task_proto_init() }

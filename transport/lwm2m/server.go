@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,6 +60,11 @@ type Config struct {
 	// Addr is the UDP address ("127.0.0.1:5683"; port 0 picks one); ""
 	// serves no plain CoAP.
 	Addr string
+	// SocketBuffer is the receive and send buffer of the UDP socket, in
+	// bytes: 0 means DefaultSocketBuffer (4 MiB), a negative value leaves
+	// the system's default. The kernel caps it at net.core.rmem_max and
+	// wmem_max; raise those for large fleets (see the README).
+	SocketBuffer int
 	// DTLSAddr is the DTLS 1.2 address with pre-shared keys ("127.0.0.1:5684");
 	// "" serves no DTLS. A device's PSK identity is its device ID; a device
 	// that has a PSK registers only over DTLS, as itself.
@@ -160,7 +166,7 @@ func New(cfg Config) (*Server, error) {
 	router.DefaultHandleFunc(s.handle)
 	onErr := func(err error) { s.log.Debug("lwm2m: coap", "error", err) }
 	if cfg.Addr != "" {
-		lis, err := coapnet.NewListenUDP("udp", cfg.Addr)
+		lis, err := listenUDP(cfg.Addr, cfg.SocketBuffer)
 		if err != nil {
 			return nil, fmt.Errorf("lwm2m: listening on %s: %w", cfg.Addr, err)
 		}
@@ -685,4 +691,33 @@ func (s *Server) worker(reg *registration) {
 			s.do(reg, dl)
 		}
 	}
+}
+
+// DefaultSocketBuffer is the UDP socket's default receive and send buffer:
+// every device of a campaign answers on the one socket, and a burst larger
+// than the buffer is dropped by the kernel (then retransmitted by CoAP,
+// seconds later).
+const DefaultSocketBuffer = 4 << 20
+
+// listenUDP opens the server's socket with buffers of size bytes (the
+// kernel caps them at net.core.rmem_max and wmem_max).
+func listenUDP(addr string, size int) (*coapnet.UDPConn, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, err
+	}
+	if size == 0 {
+		size = DefaultSocketBuffer
+	}
+	if size > 0 {
+		if err := errors.Join(c.SetReadBuffer(size), c.SetWriteBuffer(size)); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("socket buffers of %d bytes: %w", size, err)
+		}
+	}
+	return coapnet.NewUDPConn("udp", c), nil
 }

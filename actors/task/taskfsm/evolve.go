@@ -77,6 +77,7 @@ func (s *State) evolveStarted(e *messages.SubtaskStarted, at int64) {
 	}
 	sub := &s.subs[i]
 	sub.attempt = e.GetAttempt()
+	sub.startedAt = at
 	sub.reason = messages.Reason_REASON_NONE
 	sub.detail = ""
 	sub.retryAt = 0

@@ -375,6 +375,9 @@ func fmtSubtask(st Subtask) string {
 	if st.SourceVersion != "" {
 		s += fmt.Sprintf(" source=%q", st.SourceVersion)
 	}
+	if !st.StartedAt.IsZero() {
+		s += " started=" + st.StartedAt.Format(time.RFC3339)
+	}
 	if !st.UpdatedAt.IsZero() {
 		s += " updated=" + st.UpdatedAt.Format(time.RFC3339)
 	}

@@ -16,7 +16,8 @@ import (
 // helper step checks replay equivalence, counters against a full recount,
 // Status against the spec 5.5 derivation, and no StartJob after a stop; here
 // we also check that total is constant, attempts only grow by one per start,
-// and that the whole journal folds to the final state.
+// every sub-task's StartedAt is the time of its latest start (zero before the
+// first), and that the whole journal folds to the final state.
 func TestRandom(t *testing.T) {
 	for seed := range uint64(16) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) { randomRun(t, seed) })
@@ -55,6 +56,7 @@ func randomRun(t *testing.T, seed uint64) {
 	var s State
 	var journal []*messages.TaskEvent
 	attempts := map[string]uint32{}
+	startedAt := map[string]time.Time{} // the model: the input time of each device's latest start
 	do := func(in *messages.TaskInput) (Result, error) {
 		in.AtUnixNano = now.UnixNano()
 		before := s.Progress().Total
@@ -73,6 +75,14 @@ func randomRun(t *testing.T, seed uint64) {
 					t.Fatalf("%s started attempt %d after %d", st.GetDeviceId(), st.GetAttempt(), attempts[st.GetDeviceId()])
 				}
 				attempts[st.GetDeviceId()] = st.GetAttempt()
+				startedAt[st.GetDeviceId()] = now
+			}
+		}
+		if len(res.Events) > 0 {
+			for _, st := range s.Subtasks(0, 0) {
+				if want := startedAt[st.DeviceID]; !st.StartedAt.Equal(want) || st.StartedAt.After(st.UpdatedAt) {
+					t.Fatalf("%s: %s; want started=%v (not after updated)", st.DeviceID, fmtSubtask(st), want)
+				}
 			}
 		}
 		return res, err

@@ -58,6 +58,7 @@ func Snapshot(s State) *messages.TaskSnapshot {
 			RetryAtUnixNano:   sub.retryAt,
 			SourceVersion:     sub.sourceVersion,
 			UpdatedAtUnixNano: sub.updatedAt,
+			StartedAtUnixNano: sub.startedAt,
 		}
 	}
 	for _, q := range s.waiting[s.waitHead:] {
@@ -203,6 +204,7 @@ func subtaskFromSnapshot(id string, p *messages.TaskSnapshot_Subtask) (subtask, 
 		retryAt:       p.GetRetryAtUnixNano(),
 		sourceVersion: p.GetSourceVersion(),
 		updatedAt:     p.GetUpdatedAtUnixNano(),
+		startedAt:     p.GetStartedAtUnixNano(),
 	}, nil
 }
 

@@ -82,6 +82,18 @@ func checkRoundTrip(t *testing.T, name string, s State) State {
 		t.Fatalf("%s: restored state differs\noriginal: %s %+v\nrestored: %s %+v", name, fmtProgress(s), canon(s), fmtProgress(r), canon(r))
 	}
 	checkInvariants(t, r)
+	// The views callers read (ListTaskDevices) agree too, start times
+	// included, and the snapshot carries each start time as written.
+	p := Snapshot(s)
+	for i, want := range s.Subtasks(0, 0) {
+		got, _ := r.Subtask(want.DeviceID)
+		if !got.StartedAt.Equal(want.StartedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) || got.Attempt != want.Attempt {
+			t.Fatalf("%s: sub-task restored as %s, was %s", name, fmtSubtask(got), fmtSubtask(want))
+		}
+		if ns := p.GetSubtasks()[i].GetStartedAtUnixNano(); ns != messages.UnixNano(want.StartedAt) {
+			t.Fatalf("%s: %s: started_at_unix_nano %d, want %v", name, want.DeviceID, ns, want.StartedAt)
+		}
+	}
 	if b2 := snapshotBytes(t, r); !bytes.Equal(b, b2) {
 		t.Fatalf("%s: the restored state encodes differently", name)
 	}
@@ -208,12 +220,14 @@ func continueBoth(t *testing.T, name string, cfg Config, orig, restored State, s
 
 // TestSnapshotRoundTrip snapshots every fourth state of random task walks (with
 // and without window, schedule and MaxInFlight): the restored state equals
-// the original up to stale queue entries, passes the invariants, encodes to
-// the same bytes and resumes the same; every hundred steps a fork continues
+// the original up to stale queue entries (every sub-task field, the start
+// time of its latest attempt too, also some after retries), passes the
+// invariants, encodes to the same bytes and resumes the same; every hundred steps a fork continues
 // both with the same inputs and sees exactly the same events and effects.
 func TestSnapshotRoundTrip(t *testing.T) {
 	checkRoundTrip(t, "not created", State{})
 	reordered := 0 // states whose start order is not the target order
+	restarted := 0 // states with a sub-task whose latest start is a retry's
 	for seed := range uint64(6) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			const n = 80
@@ -237,6 +251,12 @@ func TestSnapshotRoundTrip(t *testing.T) {
 				if !slices.IsSorted(Snapshot(s).GetWaiting()) {
 					reordered++
 				}
+				for _, st := range r.Subtasks(0, 0) {
+					if st.Attempt > 1 && !st.StartedAt.IsZero() {
+						restarted++
+						break
+					}
+				}
 				if i%100 == 0 {
 					continueBoth(t, name, cfg, s, r, seed<<32|uint64(i), w.now, n, 60)
 				}
@@ -245,6 +265,9 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	if reordered == 0 {
 		t.Error("weak test: the waiting order always equals the target order")
+	}
+	if restarted == 0 {
+		t.Error("weak test: no snapshot holds the start time of a retried attempt")
 	}
 }
 

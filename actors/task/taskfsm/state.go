@@ -51,9 +51,11 @@ type subtask struct {
 	resultCode  int32
 	retryAt     int64
 	// sourceVersion is the version the last attempt that reached its version
-	// check read; updatedAt is when the status last changed (unix nanos).
+	// check read; updatedAt is when the status last changed and startedAt
+	// when the latest attempt started (unix nanos; 0 before the first).
 	sourceVersion string
 	updatedAt     int64
+	startedAt     int64
 }
 
 type queued struct {
@@ -83,6 +85,10 @@ type Subtask struct {
 	SourceVersion string
 	// UpdatedAt is when the status last changed.
 	UpdatedAt time.Time
+	// StartedAt is when the latest attempt started (its SubtaskStarted, when
+	// StartJob was sent to the device); zero before the first. A retry's
+	// attempt replaces it when it starts, not when the retry is requested.
+	StartedAt time.Time
 }
 
 // Progress counts sub-tasks by status (spec 5.5 TaskProgress).
@@ -179,6 +185,7 @@ func (st *subtask) view() Subtask {
 		RetryAt:       messages.Time(st.retryAt),
 		SourceVersion: st.sourceVersion,
 		UpdatedAt:     messages.Time(st.updatedAt),
+		StartedAt:     messages.Time(st.startedAt),
 	}
 }
 

@@ -244,6 +244,102 @@ func TestResumeStartJobs(t *testing.T) {
 	}
 }
 
+// TestStartedAt: a sub-task's StartedAt is zero until its first attempt
+// starts, then the time of its latest SubtaskStarted: an automatic retry's
+// start replaces it, a finish or an on-demand retry request (the sub-task
+// back to WAITING) leaves it, and the retry's own start replaces it again. It
+// survives replay and a snapshot, and a snapshot written before the field
+// existed loads with a zero StartedAt.
+func TestStartedAt(t *testing.T) {
+	cfg := DefaultConfig()
+	c := validCreate("a", "b")
+	sched := unitT0.Add(time.Hour)
+	c.Policy = &messages.Policy{RetryCount: 1, RetryIntervalMinutes: 5, ScheduleTimeUnixNano: sched.UnixNano()}
+	s, res := mustStep(t, cfg, State{}, createInput(unitT0, c))
+	journal := res.Events
+	do := func(in *messages.TaskInput) {
+		t.Helper()
+		var res Result
+		s, res = mustStep(t, cfg, s, in)
+		journal = append(journal, res.Events...)
+	}
+	fire := func(at time.Time) {
+		t.Helper()
+		wake, gen := s.Wake()
+		if !wake.Equal(at) {
+			t.Fatalf("wake at %v, want %v", wake, at)
+		}
+		do(&messages.TaskInput{AtUnixNano: at.UnixNano(), Kind: &messages.TaskInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{Step: WakeStep, Generation: gen}}})
+	}
+	fail := func(at time.Time, dev string, attempt uint32) {
+		t.Helper()
+		do(&messages.TaskInput{AtUnixNano: at.UnixNano(), Kind: &messages.TaskInput_Outcome{Outcome: &messages.ReportOutcome{
+			TaskId: "t1", DeviceId: dev, Attempt: attempt, Status: messages.SubtaskStatus_SUBTASK_STATUS_FAIL}}})
+	}
+	want := func(dev string, status messages.SubtaskStatus, attempt uint32, started, updated time.Time) {
+		t.Helper()
+		for name, st := range map[string]State{"live": s, "replayed": fold(State{}, journal), "restored": restore(t, snapshotBytes(t, s))} {
+			sub, _ := st.Subtask(dev)
+			if sub.Status != status || sub.Attempt != attempt || !sub.StartedAt.Equal(started) || !sub.UpdatedAt.Equal(updated) {
+				t.Fatalf("%s %s: %s; want %s attempt=%d started=%v updated=%v", name, dev, fmtSubtask(sub),
+					subStatus(status), attempt, started, updated)
+			}
+		}
+	}
+	const (
+		waiting    = messages.SubtaskStatus_SUBTASK_STATUS_WAITING
+		processing = messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING
+		retryWait  = messages.SubtaskStatus_SUBTASK_STATUS_FAIL_WAIT_RETRY
+		failed     = messages.SubtaskStatus_SUBTASK_STATUS_FAIL
+	)
+	want("a", waiting, 0, time.Time{}, unitT0) // scheduled: not started yet
+
+	fire(sched)
+	want("a", processing, 1, sched, sched)
+	want("b", processing, 1, sched, sched)
+
+	t1 := sched.Add(2 * time.Minute)
+	fail(t1, "a", 1)
+	want("a", retryWait, 1, sched, t1) // the finish keeps the start
+
+	t2 := t1.Add(5 * time.Minute)
+	fire(t2)
+	want("a", processing, 2, t2, t2) // the automatic retry's start replaces it
+	want("b", processing, 1, sched, sched)
+
+	t3 := t2.Add(time.Minute)
+	fail(t3, "a", 2)
+	want("a", failed, 2, t2, t3)
+
+	// An on-demand retry: its RetryRequested alone (the sub-task WAITING
+	// again) keeps the last start; the SubtaskStarted that follows it in the
+	// same step replaces it.
+	t4 := t3.Add(time.Hour)
+	before := cloneState(s)
+	s, res = mustStep(t, cfg, s, &messages.TaskInput{AtUnixNano: t4.UnixNano(), Kind: &messages.TaskInput_Retry{Retry: &messages.RetryTask{DeviceIds: []string{"a"}}}})
+	journal = append(journal, res.Events...)
+	if len(res.Events) < 2 || res.Events[0].GetRetryRequested() == nil || res.Events[1].GetSubtaskStarted() == nil {
+		t.Fatalf("retry journaled %v; want RetryRequested, SubtaskStarted", res.Events)
+	}
+	mid := fold(before, res.Events[:1])
+	if sub, _ := mid.Subtask("a"); sub.Status != waiting || !sub.StartedAt.Equal(t2) {
+		t.Fatalf("after RetryRequested alone: %s; want WAITING started=%v", fmtSubtask(sub), t2)
+	}
+	want("a", processing, 3, t4, t4)
+	want("b", processing, 1, sched, sched)
+
+	// A snapshot from before started_at_unix_nano existed: zero, not an error.
+	p := Snapshot(s)
+	p.Subtasks[0].StartedAtUnixNano = 0
+	old, err := FromSnapshot(p)
+	if err != nil {
+		t.Fatalf("snapshot without start times: %v", err)
+	}
+	if sub, _ := old.Subtask("a"); !sub.StartedAt.IsZero() || sub.Attempt != 3 {
+		t.Fatalf("snapshot without start times: %s", fmtSubtask(sub))
+	}
+}
+
 // TestLargeTaskQueues runs 3,000 devices one at a time (MaxInFlight 1), so
 // the queues compact, and checks the journal still folds to the live state.
 func TestLargeTaskQueues(t *testing.T) {

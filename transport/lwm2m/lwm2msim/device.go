@@ -68,6 +68,23 @@ type Behaviour struct {
 	// within AwakeWindow (default 10s) after each message it sends.
 	QueueMode   bool
 	AwakeWindow time.Duration
+	// ThinkTime is how long, on Clock, the device thinks before it acts on
+	// an upgrade command: FOTA, after it answered the Package URI write,
+	// before its first block request, and after it answered Execute,
+	// before installing (on top of UpdateDelay); PCP, after it answered
+	// the 0x14 notification, before its first 0x15 segment request, and
+	// after it answered the 0x17, before installing (on top of
+	// UpdateDelay). The answers themselves (CoAP 2.04, the PCP responses)
+	// are never delayed. Zero: no thinking.
+	ThinkTime time.Duration
+	// BytesPerSecond caps the device's download rate (0: unlimited): after
+	// each Block2 block (FOTA) or PCP segment it takes in, the device waits
+	// on Clock until the bytes received since the download started (or
+	// resumed after a restart) are within start + bytes/BytesPerSecond
+	// before it asks for the next one or, after the last, completes the
+	// download. A package of S bytes takes about S/BytesPerSecond. Stop
+	// ends the wait.
+	BytesPerSecond int64
 }
 
 // Config describes a simulated device.
@@ -121,11 +138,28 @@ type Config struct {
 	Behaviour       Behaviour
 	Clock           clock.Clock  // nil: clock.Real()
 	Logger          *slog.Logger // nil: discard
+	// LocalAddr is the local IP address the device's sockets bind to, e.g.
+	// "127.0.0.2" (the port is the system's choice), so that a simulator
+	// can spread many devices over several local addresses; "" lets the
+	// system choose. It applies to the UDP socket and to the DTLS one, and
+	// to the new socket of each restart.
+	LocalAddr string
+	// OnEvent, if set, is told of the device's upgrade events (see
+	// [Event] and the Event* constants), so that a simulator can measure
+	// without polling. Calls come one at a time, in the order of the
+	// events, from the device's goroutines (a go-coap handler, a clock
+	// timer, the download), never with the device's lock held: OnEvent may
+	// call the Device's methods except Stop. It must not block: the device
+	// waits for it, and so may the answer to the server's request that
+	// caused the event.
+	OnEvent func(Event)
 
 	// hook, if set (tests), is told of the device's events: "registered",
 	// "update", "ignored" (a request dropped), "restarting" (the restart
-	// timer is armed). It is called with the device's lock held: it must not
-	// block nor call the Device.
+	// timer is armed), "thinking" and "paced" (the timer of a ThinkTime or
+	// BytesPerSecond wait before the next download step is armed). It is
+	// called with the device's lock held: it must not block nor call the
+	// Device.
 	hook func(event string)
 }
 
@@ -192,6 +226,9 @@ type Device struct {
 	restartTimer clock.Timer
 	fota         fotaState
 	pcp          pcpState
+
+	localIP net.IP     // Config.LocalAddr parsed; nil: the system's choice
+	ev      eventQueue // to Config.OnEvent
 }
 
 const (
@@ -207,6 +244,9 @@ const (
 	// blockwiseTransferTimeout is go-coap's block-wise setting; block-wise
 	// is off on the device's connection, the value is unused.
 	blockwiseTransferTimeout = 10 * time.Second
+	// udpDialTimeout is go-coap's default dial timeout, kept when the
+	// device dials with its own net.Dialer (LocalAddr).
+	udpDialTimeout = 3 * time.Second
 )
 
 var errStopped = errors.New("lwm2msim: device stopped")
@@ -235,6 +275,12 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 	default:
 		return nil, fmt.Errorf("lwm2msim: RadioFormat %d: want 11542, 110, 112 or 11543", cfg.RadioFormat)
 	}
+	var localIP net.IP
+	if cfg.LocalAddr != "" {
+		if localIP = net.ParseIP(cfg.LocalAddr); localIP == nil {
+			return nil, fmt.Errorf("lwm2msim: LocalAddr %q: want an IP address", cfg.LocalAddr)
+		}
+	}
 	if cfg.BlockSize == 0 {
 		cfg.BlockSize = defaultBlockSize
 	}
@@ -261,12 +307,14 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 		b.AwakeWindow = defaultAwakeWindow
 	}
 	d := &Device{
-		cfg:    cfg,
-		clk:    cfg.Clock,
-		log:    cfg.Logger,
-		fw:     cfg.FwVersion,
-		sw:     cfg.SwVersion,
-		sessUp: make(chan struct{}),
+		cfg:     cfg,
+		clk:     cfg.Clock,
+		log:     cfg.Logger,
+		fw:      cfg.FwVersion,
+		sw:      cfg.SwVersion,
+		sessUp:  make(chan struct{}),
+		localIP: localIP,
+		ev:      eventQueue{fn: cfg.OnEvent},
 	}
 	if d.clk == nil {
 		d.clk = clock.Real()
@@ -568,6 +616,14 @@ func (d *Device) connect(ctx context.Context) (*session, error) {
 	router.SetErrorHandler(func(err error) { d.log.Debug("lwm2msim: router", "err", err) })
 	router.DefaultHandle(mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) { d.serve(s, w, r) }))
 	dial := func(opts ...udp.Option) (*client.Conn, error) { return udp.Dial(d.cfg.Server, opts...) }
+	var laddr *net.UDPAddr // nil: the system's choice
+	if d.localIP != nil {
+		laddr = &net.UDPAddr{IP: d.localIP}
+		dialer := &net.Dialer{Timeout: udpDialTimeout, LocalAddr: laddr}
+		dial = func(opts ...udp.Option) (*client.Conn, error) {
+			return udp.Dial(d.cfg.Server, append(opts, options.WithDialer(dialer))...)
+		}
+	}
 	if psk := d.cfg.PSK; psk != nil {
 		dcfg := &piondtls.Config{
 			PSK:             func([]byte) ([]byte, error) { return psk, nil },
@@ -582,7 +638,7 @@ func (d *Device) connect(ctx context.Context) (*session, error) {
 			if err != nil {
 				return nil, err
 			}
-			pc, err := net.DialUDP("udp", nil, raddr)
+			pc, err := net.DialUDP("udp", laddr, raddr)
 			if err != nil {
 				return nil, err
 			}
@@ -688,7 +744,7 @@ func (d *Device) register(ctx context.Context, s *session) error {
 		return fmt.Errorf("register: 2.01 without a Location-Path")
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock()
 	if s.dead {
 		return errStopped
 	}
@@ -697,6 +753,10 @@ func (d *Device) register(ctx context.Context, s *session) error {
 	close(d.sessUp)
 	d.sessUp = make(chan struct{})
 	d.armUpdateLocked()
+	if ev := d.fota.report; ev != nil { // the outcome of a reboot to install
+		d.fota.report = nil
+		d.event(*ev)
+	}
 	d.hookLocked("registered")
 	return nil
 }

@@ -6,11 +6,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	piondtls "github.com/pion/dtls/v3"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
@@ -319,6 +323,8 @@ func TestConfigErrors(t *testing.T) {
 		{Endpoint: "x"},
 		{Server: "127.0.0.1:1", Endpoint: "x", BlockSize: 1000},
 		{Server: "127.0.0.1:1", Endpoint: "x", RadioFormat: 42},
+		{Server: "127.0.0.1:1", Endpoint: "x", LocalAddr: "localhost"},
+		{Server: "127.0.0.1:1", Endpoint: "x", LocalAddr: "127.0.0.1:5683"},
 	} {
 		if _, err := Start(context.Background(), cfg); err == nil {
 			t.Errorf("Start(%+v) succeeded", cfg)
@@ -843,4 +849,500 @@ func TestPCPSegmentRetry(t *testing.T) {
 	}
 	f.clk.Advance(time.Minute)
 	p.expect(pcp.DownloadResult{Status: pcp.ResultDownloadTimeout})
+}
+
+// eventLog collects the events a device reports through Config.OnEvent,
+// with the device's versions as the callback saw them (the callback reads
+// them: it must not run under the device's lock).
+type eventLog struct {
+	dev atomic.Pointer[Device]
+	ch  chan loggedEvent
+}
+
+type loggedEvent struct {
+	Event
+	fw, sw string
+}
+
+func newEventLog() *eventLog { return &eventLog{ch: make(chan loggedEvent, 256)} }
+
+// onEvent is the Config.OnEvent of the log.
+func (l *eventLog) onEvent(ev Event) {
+	e := loggedEvent{Event: ev}
+	if d := l.dev.Load(); d != nil {
+		e.fw, e.sw = d.Versions()
+		_ = d.Stats()
+	}
+	select {
+	case l.ch <- e:
+	default:
+	}
+}
+
+func (l *eventLog) next(t *testing.T) loggedEvent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	select {
+	case e := <-l.ch:
+		return e
+	case <-ctx.Done():
+		t.Fatalf("no device event within %v", waitFor)
+		return loggedEvent{}
+	}
+}
+
+// expect waits for the next events and checks them, written "kind" or,
+// with a code, "kind:code"; it returns them.
+func (l *eventLog) expect(t *testing.T, want ...string) []loggedEvent {
+	t.Helper()
+	var got []loggedEvent
+	var kinds []string
+	for range want {
+		e := l.next(t)
+		got = append(got, e)
+		k := e.Kind
+		if e.Code != 0 {
+			k += ":" + strconv.Itoa(e.Code)
+		}
+		kinds = append(kinds, k)
+	}
+	if !reflect.DeepEqual(kinds, want) {
+		t.Fatalf("device events %q, want %q", kinds, want)
+	}
+	return got
+}
+
+// none checks that no further event is waiting.
+func (l *eventLog) none(t *testing.T) {
+	t.Helper()
+	select {
+	case e := <-l.ch:
+		t.Fatalf("unexpected device event %+v", e.Event)
+	default:
+	}
+}
+
+// startLogged starts a device whose events go to a new log.
+func startLogged(t *testing.T, cfg Config) (*fixture, *eventLog) {
+	t.Helper()
+	l := newEventLog()
+	cfg.OnEvent = l.onEvent
+	f := start(t, cfg)
+	l.dev.Store(f.d)
+	return f, l
+}
+
+// hookSeen reports whether the device event want is among those waiting,
+// without waiting.
+func hookSeen(ch chan string, want string) bool {
+	for {
+		select {
+		case ev := <-ch:
+			if ev == want {
+				return true
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// advancePast moves the fake clock by step at a time until it reaches the
+// next timer's deadline (the device's pace timer: every other timer of the
+// pacing tests is due much later), which then fires.
+func (f *fixture) advancePast(t *testing.T, step time.Duration) {
+	t.Helper()
+	deadline, ok := f.clk.NextDeadline()
+	if !ok {
+		t.Fatal("no timer armed")
+	}
+	for f.clk.Now().Before(deadline) {
+		f.clk.Advance(step)
+	}
+}
+
+func TestThinkTimeFOTA(t *testing.T) {
+	const think = 30 * time.Second
+	f := start(t, Config{FwVersion: "1.0", Behaviour: Behaviour{ThinkTime: think, UpdateDelay: time.Minute}})
+	ts, reg := f.ts, f.reg
+	uri := ts.addPackage("2.0", testPackageData(3000))
+	state := ts.observe(t, reg, "/5/0/3")
+	state.untilInt(t, 0)
+	// The write is answered at once; the download waits.
+	if r := ts.put(t, reg, "/5/0/1", message.TextPlain, []byte(uri)); r.code != codes.Changed {
+		t.Fatalf("write /5/0/1: %v", r.code)
+	}
+	state.untilInt(t, 1)
+	waitHook(t, f.events, "thinking")
+	f.clk.Advance(think - time.Millisecond)
+	if got := ts.blockLog(); len(got) != 0 {
+		t.Fatalf("block requests %v before ThinkTime passed", got)
+	}
+	f.clk.Advance(time.Millisecond)
+	state.untilInt(t, 2)
+	if got := ts.blockLog(); len(got) != 3 {
+		t.Errorf("block requests %v, want 3", got)
+	}
+	// Execute is answered at once; the installation waits ThinkTime on
+	// top of UpdateDelay.
+	if r := ts.post(t, reg, "/5/0/2"); r.code != codes.Changed {
+		t.Fatalf("execute: %v", r.code)
+	}
+	state.untilInt(t, 3)
+	f.clk.Advance(time.Minute)
+	if st, res := f.d.FirmwareState(); st != 3 || res != 0 {
+		t.Fatalf("after UpdateDelay alone: state %d result %d, want still 3 and 0", st, res)
+	}
+	f.clk.Advance(think)
+	state.untilInt(t, 0)
+	if fw, _ := f.d.Versions(); fw != "2.0" {
+		t.Errorf("fw = %q, want 2.0", fw)
+	}
+}
+
+func TestThinkTimePCP(t *testing.T) {
+	const think = 10 * time.Second
+	f := start(t, Config{SwVersion: "1.0", ObjectsPCP: true, Behaviour: Behaviour{ThinkTime: think}})
+	p := newPlatform(t, f.ts, f.reg)
+	data := testPackageData(150)
+	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 2})
+	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK}) // answered at once
+	waitHook(t, f.events, "thinking")
+	f.clk.Advance(think - time.Millisecond)
+	p.send(pcp.EncodeQueryVersion())
+	p.expect(pcp.VersionResponse{Version: "1.0"}) // no segment request came before it
+	f.clk.Advance(time.Millisecond)
+	if res, asked := p.serveSegments("2.0", data, 100); res.Status != pcp.ResultOK || !reflect.DeepEqual(asked, seq(2)) {
+		t.Fatalf("download result 0x%02X, segments %v", res.Status, asked)
+	}
+	p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{}))
+	p.send(pcp.EncodeExecute())
+	p.expect(pcp.ExecuteResponse{Result: pcp.ResultOK}) // answered at once
+	f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
+	if _, sw := f.d.Versions(); sw != "1.0" {
+		t.Fatalf("sw = %q after UpdateDelay alone, want 1.0 until ThinkTime passed too", sw)
+	}
+	f.clk.Advance(think)
+	p.expect(pcp.UpgradeResult{Result: pcp.ResultOK, Version: "2.0"})
+}
+
+func TestBytesPerSecondFOTA(t *testing.T) {
+	const (
+		rate  = 2048
+		size  = 10 * 1024 // 10 blocks of 1024 bytes: 5 s at rate
+		total = 5 * time.Second
+		step  = 100 * time.Millisecond
+	)
+	f, events := startLogged(t, Config{FwVersion: "1.0", Behaviour: Behaviour{BytesPerSecond: rate}})
+	ts, reg := f.ts, f.reg
+	data := testPackageData(size)
+	uri := ts.addPackage("2.0", data)
+	start := f.clk.Now()
+	if r := ts.put(t, reg, "/5/0/1", message.TextPlain, []byte(uri)); r.code != codes.Changed {
+		t.Fatalf("write /5/0/1: %v", r.code)
+	}
+	events.expect(t, EventCommand, EventDownloadStart)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	for done := false; !done; {
+		// The device parks on its pace timer, or completes the download.
+		select {
+		case ev := <-f.events:
+			if ev != "paced" {
+				continue
+			}
+			if st, _ := f.d.FirmwareState(); st != 1 {
+				t.Fatalf("state %d while pacing at %v", st, f.clk.Since(start))
+			}
+			if el := f.clk.Since(start); el >= total {
+				t.Fatalf("still downloading after %v, want %v", el, total)
+			}
+			f.advancePast(t, step)
+		case e := <-events.ch:
+			if e.Kind != EventDownloadDone || e.Bytes != size {
+				t.Fatalf("event %+v, want download-done of %d bytes", e.Event, size)
+			}
+			done = true
+		case <-ctx.Done():
+			t.Fatalf("download not done within %v (clock at %v)", waitFor, f.clk.Since(start))
+		}
+	}
+	if el := f.clk.Since(start); el < total-step || el > total+step {
+		t.Errorf("download of %d bytes at %d B/s took %v of clock time, want about %v", size, rate, el, total)
+	}
+	if got := len(ts.blockLog()); got != 10 {
+		t.Errorf("%d block requests, want 10", got)
+	}
+	state := ts.observe(t, reg, "/5/0/3")
+	state.untilInt(t, 2)
+	checkStats(t, f.d, Stats{Registrations: 1, BlocksFetched: 10, SHA256: sha(data)})
+}
+
+func TestBytesPerSecondPCP(t *testing.T) {
+	const (
+		rate  = 200
+		total = 5 * time.Second // 10 segments of 100 bytes at rate
+		step  = 100 * time.Millisecond
+	)
+	f := start(t, Config{SwVersion: "1.0", ObjectsPCP: true, SegmentTimeout: time.Hour, Behaviour: Behaviour{BytesPerSecond: rate}})
+	p := newPlatform(t, f.ts, f.reg)
+	data := testPackageData(1000)
+	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 10})
+	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK})
+	start := f.clk.Now()
+	var asked []uint16
+	for done := false; !done; {
+		switch m := p.recv().(type) {
+		case pcp.SegmentRequest:
+			asked = append(asked, m.SegmentNo)
+			off, n, _ := pcp.SegmentRange(1000, 100, m.SegmentNo)
+			p.sendMsg(pcp.SegmentResponse{SegmentNo: m.SegmentNo, Data: data[off : off+int64(n)]})
+			// The device handled the segment before it answered the
+			// write: it now waits on its pace timer, or it asked for the
+			// next segment at once.
+			if hookSeen(f.events, "paced") {
+				if el := f.clk.Since(start); el >= total {
+					t.Fatalf("still downloading after %v, want %v", el, total)
+				}
+				f.advancePast(t, step)
+			}
+		case pcp.DownloadResult:
+			if m.Status != pcp.ResultOK {
+				t.Fatalf("download result 0x%02X", m.Status)
+			}
+			done = true
+		default:
+			t.Fatalf("device sent %#v during the download", m)
+		}
+	}
+	if el := f.clk.Since(start); el < total-step || el > total+step {
+		t.Errorf("download of 1000 bytes at %d B/s took %v of clock time, want about %v", rate, el, total)
+	}
+	if !reflect.DeepEqual(asked, seq(10)) {
+		t.Errorf("segments asked %v", asked)
+	}
+}
+
+func TestBytesPerSecondStop(t *testing.T) {
+	f := start(t, Config{FwVersion: "1.0", Behaviour: Behaviour{BytesPerSecond: 1}})
+	uri := f.ts.addPackage("2.0", testPackageData(5000))
+	f.ts.put(t, f.reg, "/5/0/1", message.TextPlain, []byte(uri))
+	waitHook(t, f.events, "paced") // 1024 bytes at 1 B/s: a wait of 17 minutes
+	f.d.Stop()                     // must not hang on it
+	f.ts.waitEvent(t, "deregister")
+}
+
+// needLoopback2 skips a test where 127.0.0.2 cannot be bound (Linux routes
+// all of 127/8 to the loopback interface; other systems may not).
+func needLoopback2(t *testing.T) {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("cannot bind 127.0.0.2: %v", err)
+	}
+	c.Close()
+}
+
+func TestLocalAddr(t *testing.T) {
+	needLoopback2(t)
+	f := start(t, Config{FwVersion: "1.0", LocalAddr: "127.0.0.2", Behaviour: Behaviour{StopAfterBlocks: 1, RestartDelay: time.Second}})
+	host, _, err := net.SplitHostPort(f.reg.remote)
+	if err != nil || host != "127.0.0.2" {
+		t.Fatalf("the server saw the registration from %s, want 127.0.0.2", f.reg.remote)
+	}
+	if got := f.d.LocalAddr(); !strings.HasPrefix(got, "127.0.0.2:") {
+		t.Errorf("LocalAddr() = %q, want 127.0.0.2:port", got)
+	}
+	// The socket of a restart binds to it too.
+	uri := f.ts.addPackage("2.0", testPackageData(3000))
+	f.ts.put(t, f.reg, "/5/0/1", message.TextPlain, []byte(uri))
+	waitHook(t, f.events, "restarting")
+	f.clk.Advance(time.Second)
+	reg2 := f.waitRegister(t)
+	if host, _, _ := net.SplitHostPort(reg2.remote); host != "127.0.0.2" || reg2.remote == f.reg.remote {
+		t.Errorf("registration after the restart from %s, want a new socket on 127.0.0.2 (before: %s)", reg2.remote, f.reg.remote)
+	}
+}
+
+func TestLocalAddrDTLS(t *testing.T) {
+	needLoopback2(t)
+	psk := []byte("psk-of-dtls-dev")
+	ln, err := piondtls.Listen("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, &piondtls.Config{
+		PSK:          func([]byte) ([]byte, error) { return psk, nil },
+		CipherSuites: []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	started := make(chan error, 1)
+	go func() {
+		d, err := Start(ctx, Config{Server: ln.Addr().String(), Endpoint: "dtls-dev", PSK: psk, LocalAddr: "127.0.0.2", Clock: clocktest.New(t0)})
+		if err == nil {
+			d.Stop()
+		}
+		started <- err
+	}()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	acc := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		acc <- accepted{c, err}
+	}()
+	wctx, wcancel := context.WithTimeout(context.Background(), waitFor)
+	defer wcancel()
+	var conn net.Conn
+	select {
+	case a := <-acc:
+		if a.err != nil {
+			t.Fatal(a.err)
+		}
+		conn = a.c
+	case <-wctx.Done():
+		t.Fatalf("no DTLS connection within %v", waitFor)
+	}
+	defer conn.Close()
+	if ua, ok := conn.RemoteAddr().(*net.UDPAddr); !ok || !ua.IP.Equal(net.IPv4(127, 0, 0, 2)) {
+		t.Errorf("the DTLS server saw the device at %v, want 127.0.0.2", conn.RemoteAddr())
+	}
+	// The registration comes over the handshaken session; it is never
+	// answered, and the device gives up when Start's context ends.
+	buf := make([]byte, 2048)
+	if n, err := conn.Read(buf); err != nil || n == 0 {
+		t.Fatalf("reading the registration: %d bytes, %v", n, err)
+	}
+	cancel()
+	if err := <-started; err == nil {
+		t.Error("Start succeeded without an answer to the registration")
+	}
+}
+
+func TestEventsFOTA(t *testing.T) {
+	t.Run("success", func(t *testing.T) {
+		f, events := startLogged(t, Config{FwVersion: "1.0", NewVersion: func(id string) string { return "v" + id }})
+		ts, reg := f.ts, f.reg
+		data := testPackageData(2500)
+		uri := ts.addPackage("2.0", data)
+		state := ts.observe(t, reg, "/5/0/3")
+		ts.put(t, reg, "/5/0/1", message.TextPlain, []byte(uri))
+		state.untilInt(t, 2)
+		got := events.expect(t, EventCommand, EventDownloadStart, EventDownloadDone)
+		for _, e := range got {
+			if e.Upgrade != "firmware" || e.Package != "2.0" || e.Version != "" || !e.Time.Equal(t0) {
+				t.Errorf("event %+v, want firmware package 2.0 (version not yet known) at %v", e.Event, t0)
+			}
+		}
+		if got[2].Bytes != int64(len(data)) {
+			t.Errorf("download-done of %d bytes, want %d", got[2].Bytes, len(data))
+		}
+		ts.post(t, reg, "/5/0/2")
+		f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
+		got = events.expect(t, EventInstalled, "reported:1")
+		for _, e := range got {
+			if e.Version != "v2.0" || e.Package != "2.0" || !e.Time.Equal(t0.Add(f.cfg.Behaviour.UpdateDelay)) {
+				t.Errorf("event %+v, want version v2.0 of package 2.0 at +UpdateDelay", e.Event)
+			}
+		}
+		if e := got[0]; e.fw != "v2.0" {
+			t.Errorf("installed: the device's firmware version %q, want v2.0", e.fw)
+		}
+		events.none(t)
+	})
+	t.Run("download fails (5)", func(t *testing.T) {
+		f, events := startLogged(t, Config{FwVersion: "1.0", Behaviour: Behaviour{UpdateResult: 5}})
+		uri := f.ts.addPackage("2.0", testPackageData(1500))
+		f.ts.put(t, f.reg, "/5/0/1", message.TextPlain, []byte(uri))
+		events.expect(t, EventCommand, EventDownloadStart, EventDownloadDone, "failed:5", "reported:5")
+	})
+	t.Run("update fails (8)", func(t *testing.T) {
+		f, events := startLogged(t, Config{FwVersion: "1.0", Behaviour: Behaviour{UpdateResult: 8}})
+		uri := f.ts.addPackage("2.0", testPackageData(1500))
+		f.ts.put(t, f.reg, "/5/0/1", message.TextPlain, []byte(uri))
+		events.expect(t, EventCommand, EventDownloadStart, EventDownloadDone)
+		f.ts.post(t, f.reg, "/5/0/2")
+		f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
+		events.expect(t, "failed:8", "reported:8")
+	})
+	t.Run("refused URI (9)", func(t *testing.T) {
+		f, events := startLogged(t, Config{FwVersion: "1.0"})
+		f.ts.put(t, f.reg, "/5/0/1", message.TextPlain, []byte("coaps://example.com/fw/3.0"))
+		got := events.expect(t, EventCommand, "failed:9", "reported:9")
+		if got[0].Package != "3.0" {
+			t.Errorf("command for package %q, want 3.0", got[0].Package)
+		}
+	})
+	t.Run("reboot to install", func(t *testing.T) {
+		f, events := startLogged(t, Config{FwVersion: "1.0", Behaviour: Behaviour{RebootOnUpdate: true}})
+		uri := f.ts.addPackage("2.0", testPackageData(1500))
+		state := f.ts.observe(t, f.reg, "/5/0/3")
+		f.ts.put(t, f.reg, "/5/0/1", message.TextPlain, []byte(uri))
+		state.untilInt(t, 2)
+		events.expect(t, EventCommand, EventDownloadStart, EventDownloadDone)
+		f.ts.post(t, f.reg, "/5/0/2")
+		f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
+		events.expect(t, EventInstalled)
+		waitHook(t, f.events, "restarting")
+		events.none(t) // reported once registered again
+		f.clk.Advance(f.cfg.Behaviour.RestartDelay)
+		f.waitRegister(t)
+		events.expect(t, "reported:1")
+	})
+}
+
+func TestEventsPCP(t *testing.T) {
+	data := testPackageData(250)
+	run := func(t *testing.T, b Behaviour) (*fixture, *platform, *eventLog) {
+		f, events := startLogged(t, Config{SwVersion: "1.0", ObjectsPCP: true, Behaviour: b})
+		p := newPlatform(t, f.ts, f.reg)
+		p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 3})
+		return f, p, events
+	}
+	t.Run("success", func(t *testing.T) {
+		f, p, events := run(t, Behaviour{})
+		p.expect(pcp.NotifyResponse{})
+		p.serveSegments("2.0", data, 100)
+		got := events.expect(t, EventCommand, EventDownloadStart, EventDownloadDone)
+		for _, e := range got {
+			if e.Upgrade != "software" || e.Version != "2.0" {
+				t.Errorf("event %+v, want software 2.0", e.Event)
+			}
+		}
+		if got[2].Bytes != 250 {
+			t.Errorf("download-done of %d bytes, want 250", got[2].Bytes)
+		}
+		p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{}))
+		p.send(pcp.EncodeExecute())
+		p.expect(pcp.ExecuteResponse{})
+		f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
+		p.expect(pcp.UpgradeResult{Version: "2.0"})
+		got = events.expect(t, EventInstalled, EventReported)
+		if e := got[0]; e.sw != "2.0" {
+			t.Errorf("installed: the device's software version %q, want 2.0", e.sw)
+		}
+		events.none(t)
+	})
+	t.Run("refused", func(t *testing.T) {
+		_, p, events := run(t, Behaviour{PCPFailAt: pcp.CodeNotifyNewVersion, PCPResult: pcp.ResultLowBattery})
+		p.expect(pcp.NotifyResponse{Result: pcp.ResultLowBattery})
+		code := strconv.Itoa(int(pcp.ResultLowBattery))
+		events.expect(t, EventCommand, "failed:"+code, "reported:"+code)
+	})
+	t.Run("installation fails", func(t *testing.T) {
+		f, p, events := run(t, Behaviour{PCPFailAt: pcp.CodeReportUpgradeResult, PCPResult: pcp.ResultInstallFailed})
+		p.expect(pcp.NotifyResponse{})
+		p.serveSegments("2.0", data, 100)
+		p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{}))
+		p.send(pcp.EncodeExecute())
+		p.expect(pcp.ExecuteResponse{})
+		f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
+		p.expect(pcp.UpgradeResult{Result: pcp.ResultInstallFailed, Version: "1.0"})
+		code := strconv.Itoa(int(pcp.ResultInstallFailed))
+		events.expect(t, EventCommand, EventDownloadStart, EventDownloadDone, "failed:"+code, "reported:"+code)
+	})
 }

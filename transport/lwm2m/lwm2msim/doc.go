@@ -97,15 +97,52 @@
 // answer a PCP step with a failure code, restart in the middle of its first
 // download, reboot to install, or answer nothing at all.
 //
+// # Think time and bandwidth
+//
+// Behaviour.ThinkTime makes the device think before it acts on an upgrade
+// command, on its clock: after it answered the Package URI write, before its
+// first block request; after it answered Execute, before installing (on top
+// of UpdateDelay); after it answered a 0x14, before its first 0x15 segment
+// request; after it answered a 0x17, before installing (on top of
+// UpdateDelay). The answers themselves (2.04, the PCP responses) are never
+// delayed: the server times them out.
+//
+// Behaviour.BytesPerSecond caps the download rate: after each block or
+// segment, while the bytes received since the download started (or resumed
+// after a restart) are ahead of start + bytes/BytesPerSecond on the device's
+// clock, the device waits before its next request (or, after the last,
+// before it completes the download: State 2, or the 0x16). Stop ends any of
+// these waits.
+//
+// # Local address
+//
+// Config.LocalAddr binds the device's sockets (UDP, or UDP under DTLS; the
+// new socket of each restart too) to a local IP address, the port being the
+// system's choice, so that a simulator can spread many devices over several
+// loopback addresses: a local address has only so many ports.
+//
+// # Events
+//
+// Config.OnEvent, if set, is told of each step of an upgrade as an [Event]:
+// EventCommand (a Package URI written, a 0x14), EventDownloadStart,
+// EventDownloadDone, EventInstalled, EventFailed (a failure code the device
+// reported, in Code) and EventReported (the final result made known, in
+// Code), so that a load simulator can measure without polling its devices.
+// A successful FOTA upgrade gives command, download-start, download-done,
+// installed, reported (Code 1); a PCP one the same, with Code 0; a failure
+// ends with failed and reported, with the same code. The calls come one at a
+// time, in order, never under the device's lock; the callback must not
+// block.
+//
 // # Time
 //
 // Every delay of the protocol (update period, awake window, update and
-// restart delays, PCP segment retries) runs on Config.Clock, a
-// [clock.Clock], so tests drive them with a fake clock. Network time does
-// not: how long a request waits for its answer, or a CON notification for
-// its acknowledgement (Config.RequestTimeout; 5 s for Stop's
-// de-registration), runs on clock.Real, like go-coap's own retransmissions,
-// so that a test moving its fake clock by hours cancels no message in
-// flight and a device whose server is gone still stops. The package never
-// calls the time package's clock itself.
+// restart delays, think time, bandwidth pacing, PCP segment retries) runs
+// on Config.Clock, a [clock.Clock], so tests drive them with a fake clock.
+// Network time does not: how long a request waits for its answer, or a CON
+// notification for its acknowledgement (Config.RequestTimeout; 5 s for
+// Stop's de-registration), runs on clock.Real, like go-coap's own
+// retransmissions, so that a test moving its fake clock by hours cancels no
+// message in flight and a device whose server is gone still stops. The
+// package never calls the time package's clock itself.
 package lwm2msim

@@ -42,6 +42,7 @@ type fotaState struct {
 	job           *fotaJob // the download (State 1) or the downloaded package (2, 3)
 	partial       *fotaJob // a download the network broke (result 4): the same URI resumes it
 	timer         clock.Timer
+	report        *Event // EventReported due once the device registers again (RebootOnUpdate)
 }
 
 // fotaJob is the download of one Package URI. Its progress fields belong to
@@ -52,12 +53,18 @@ type fotaJob struct {
 	ctx              context.Context
 	cancel           context.CancelFunc
 
-	offset int64 // bytes received and hashed
-	szx    blockwise.SZX
-	etag   []byte
-	size   int64 // the server's Size2; -1 unknown
-	h      hash.Hash
-	blocks int // blocks received by this job
+	offset   int64 // bytes received and hashed
+	szx      blockwise.SZX
+	etag     []byte
+	size     int64 // the server's Size2; -1 unknown
+	h        hash.Hash
+	blocks   int   // blocks received by this job
+	received int64 // bytes of every block answer received, for BytesPerSecond
+}
+
+// event is an Event of the job's upgrade.
+func (j *fotaJob) event(kind string) Event {
+	return Event{Kind: kind, Upgrade: upgradeFirmware, Package: j.pkgID}
 }
 
 func (j *fotaJob) reset(szx blockwise.SZX) {
@@ -70,10 +77,19 @@ func downloadPhaseFailure(code int) bool {
 	return code >= 2 && code <= 7 || code == resultUnsupported
 }
 
+// fotaEvent is an Event of the FOTA upgrade of the Package URI uri.
+func fotaEvent(kind, uri string) Event {
+	ev := Event{Kind: kind, Upgrade: upgradeFirmware}
+	if u, err := url.Parse(uri); err == nil && strings.Trim(u.Path, "/") != "" {
+		ev.Package = packageID(u.Path)
+	}
+	return ev
+}
+
 // writePackageURI handles a Write of /5/0/1.
 func (d *Device) writePackageURI(uri string) codes.Code {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock()
 	f := &d.fota
 	if uri == "" {
 		d.log.Info("lwm2msim: Package URI reset")
@@ -86,6 +102,7 @@ func (d *Device) writePackageURI(uri string) codes.Code {
 	if f.state == stateUpdating {
 		return codes.MethodNotAllowed
 	}
+	d.event(fotaEvent(EventCommand, uri))
 	if f.job != nil && f.job.uri == uri && (f.state == stateDownloading || f.state == stateDownloaded) {
 		d.log.Info("lwm2msim: same Package URI written again, continuing", "uri", uri, "state", f.state)
 		return codes.Changed
@@ -108,6 +125,7 @@ func (d *Device) writePackageURI(uri string) codes.Code {
 		f.partial = nil
 		f.state, f.result = stateIdle, code
 		d.changedLocked(pathPackageURI, pathResult, pathState)
+		d.failed(fotaEvent("", uri), code)
 		return codes.Changed
 	}
 	szx, _ := szxOf(d.cfg.BlockSize)
@@ -153,12 +171,24 @@ func (e *codeError) Error() string { return fmt.Sprintf("update result %d: %v", 
 
 // download fetches the job's package block by block over the registered
 // session, across restarts, until it is complete, fails, or is cancelled.
+// It starts after ThinkTime and keeps to BytesPerSecond.
 func (d *Device) download(j *fotaJob) {
+	if d.sleep(j.ctx, d.cfg.Behaviour.ThinkTime, "thinking") != nil {
+		return // cancelled or stopped
+	}
+	d.event(j.event(EventDownloadStart))
+	d.ev.flush()
+	pace := pacer{rate: d.cfg.Behaviour.BytesPerSecond}
+	var last *session
 	retries := 0
 	for {
 		s, err := d.waitSession(j.ctx)
 		if err != nil {
 			return // cancelled or stopped
+		}
+		if s != last { // the start, or a new session after a restart
+			pace.reset(d.clk.Now(), j.received)
+			last = s
 		}
 		done, err := d.fetchBlock(s, j)
 		if j.ctx.Err() != nil {
@@ -185,6 +215,9 @@ func (d *Device) download(j *fotaJob) {
 			continue
 		}
 		retries = 0
+		if d.sleep(j.ctx, pace.delay(d.clk.Now(), j.received), "paced") != nil {
+			return
+		}
 		if done {
 			d.downloaded(j)
 			return
@@ -241,6 +274,7 @@ func (d *Device) fetchBlock(s *session, j *fotaJob) (done bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	j.received += int64(len(body))
 	etag, _ := resp.ETag()
 	opt, err := resp.Options().GetUint32(message.Block2)
 	if err != nil {
@@ -293,13 +327,16 @@ func (d *Device) countBlock(j *fotaJob) {
 // asks for.
 func (d *Device) downloaded(j *fotaJob) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock()
 	f := &d.fota
 	if f.job != j {
 		return
 	}
 	sum := hex.EncodeToString(j.h.Sum(nil))
 	d.stats.SHA256 = sum
+	done := j.event(EventDownloadDone)
+	done.Bytes = j.offset
+	d.event(done)
 	switch bu := d.cfg.Behaviour.UpdateResult; {
 	case j.size >= 0 && j.offset != j.size:
 		d.log.Info("lwm2msim: package size mismatch", "got", j.offset, "size2", j.size)
@@ -312,12 +349,15 @@ func (d *Device) downloaded(j *fotaJob) {
 		f.state = stateDownloaded
 	}
 	d.changedLocked(pathResult, pathState)
+	if f.state == stateIdle {
+		d.failed(j.event(""), f.result)
+	}
 }
 
 // downloadFailed ends a download that could not complete.
 func (d *Device) downloadFailed(j *fotaJob, result int, err error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock()
 	f := &d.fota
 	if f.job != j {
 		return
@@ -329,6 +369,7 @@ func (d *Device) downloadFailed(j *fotaJob, result int, err error) {
 	}
 	f.state, f.result = stateIdle, result
 	d.changedLocked(pathResult, pathState)
+	d.failed(j.event(""), result)
 }
 
 // executeUpdate handles an Execute of /5/0/2.
@@ -342,8 +383,9 @@ func (d *Device) executeUpdate() codes.Code {
 	f.state, f.result = stateUpdating, 0
 	d.stats.Executes++
 	d.changedLocked(pathResult, pathState)
-	f.timer = d.clk.AfterFunc(d.cfg.Behaviour.UpdateDelay, d.install)
-	d.log.Info("lwm2msim: updating", "in", d.cfg.Behaviour.UpdateDelay)
+	in := d.cfg.Behaviour.ThinkTime + d.cfg.Behaviour.UpdateDelay
+	f.timer = d.clk.AfterFunc(in, d.install)
+	d.log.Info("lwm2msim: updating", "in", in)
 	return codes.Changed
 }
 
@@ -351,7 +393,7 @@ func (d *Device) executeUpdate() codes.Code {
 // or the failure Behaviour asks for.
 func (d *Device) install() {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock()
 	f := &d.fota
 	if d.stopped || f.state != stateUpdating || f.job == nil {
 		return
@@ -361,18 +403,26 @@ func (d *Device) install() {
 		d.log.Info("lwm2msim: update fails on purpose", "result", bu)
 		f.state, f.result = stateDownloaded, bu
 		d.changedLocked(pathResult, pathState)
+		d.failed(f.job.event(""), bu)
 		return
 	}
 	v := d.cfg.NewVersion(f.job.pkgID)
 	d.fw = v
 	d.stats.Upgrades++
-	f.job = nil
 	d.log.Info("lwm2msim: firmware updated", "version", v, "reboot", d.cfg.Behaviour.RebootOnUpdate)
+	installed := f.job.event(EventInstalled)
+	installed.Version = v
+	d.event(installed)
+	reported := installed
+	reported.Kind, reported.Code = EventReported, resultSuccess
+	f.job = nil
 	if d.cfg.Behaviour.RebootOnUpdate {
 		d.restartLocked("reboot to install the firmware")
 		f.state, f.result = stateIdle, resultSuccess
+		f.report = &reported
 		return
 	}
 	f.state, f.result = stateIdle, resultSuccess
 	d.changedLocked(pathFwVersion, pathResult, pathState)
+	d.event(reported)
 }

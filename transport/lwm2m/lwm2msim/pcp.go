@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"hash"
+	"time"
 
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/transport/lwm2m/lwm2mcodec"
@@ -18,8 +19,12 @@ const maxSegmentRetries = 3
 type pcpState struct {
 	job          *pcpJob
 	pending18    []byte // a 0x18 frame the platform has not acknowledged
+	reported18   *Event // EventReported of pending18, until the frame could be sent
 	installTimer clock.Timer
-	segTimer     clock.Timer
+	// segTimer is the download's next step: the retry of an unanswered
+	// 0x15 (SegmentTimeout), or the next request or the download result
+	// after ThinkTime or the BytesPerSecond pace.
+	segTimer clock.Timer
 }
 
 // pcpJob is the software package announced by a 0x14.
@@ -35,6 +40,8 @@ type pcpJob struct {
 	executing             bool
 	retries               int
 	resume                bool // a restart happened: carry on when /19/0/0 is observed again
+	started               bool // the first 0x15 went out (EventDownloadStart)
+	pace                  pacer
 }
 
 // pcpFailure returns the result code that Behaviour gives the PCP step c,
@@ -55,7 +62,7 @@ func (d *Device) pcpDownlink(s *session, frame []byte) {
 		return
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock()
 	st := &d.pcp
 	switch m := msg.(type) {
 	case pcp.QueryVersion:
@@ -114,9 +121,11 @@ func (d *Device) pcpSendLocked(s *session, frame []byte) bool {
 // pcpNotifyLocked handles a 0x14 new version notification.
 func (d *Device) pcpNotifyLocked(s *session, m pcp.NotifyNewVersion) {
 	st := &d.pcp
+	d.event(Event{Kind: EventCommand, Upgrade: upgradeSoftware, Version: m.Version})
 	refuse := func(r byte) {
 		d.log.Info("lwm2msim: PCP: upgrade refused", "version", m.Version, "result", pcp.ResultText(r))
 		d.pcpSendLocked(s, pcp.EncodeNotifyResponse(pcp.NotifyResponse{Result: r}))
+		d.failed(Event{Upgrade: upgradeSoftware, Version: m.Version}, int(r))
 	}
 	switch {
 	case d.pcpFailure(pcp.CodeNotifyNewVersion) != 0:
@@ -137,7 +146,8 @@ func (d *Device) pcpNotifyLocked(s *session, m pcp.NotifyNewVersion) {
 		j.count == m.SegmentCount && j.status == pcp.ResultOK {
 		d.log.Info("lwm2msim: PCP: same package announced again, continuing", "version", j.version, "next", j.next)
 	} else {
-		j = &pcpJob{version: m.Version, segSize: m.SegmentSize, count: m.SegmentCount, check: m.CheckCode, h: sha256.New()}
+		j = &pcpJob{version: m.Version, segSize: m.SegmentSize, count: m.SegmentCount, check: m.CheckCode, h: sha256.New(),
+			pace: pacer{rate: d.cfg.Behaviour.BytesPerSecond}}
 		st.job = j
 		d.log.Info("lwm2msim: PCP: new version", "version", j.version, "segments", j.count, "segment_size", j.segSize)
 	}
@@ -145,6 +155,58 @@ func (d *Device) pcpNotifyLocked(s *session, m pcp.NotifyNewVersion) {
 	d.pcpSendLocked(s, pcp.EncodeNotifyResponse(pcp.NotifyResponse{Result: pcp.ResultOK}))
 	if j.downloaded {
 		d.pcpSendLocked(s, pcp.EncodeDownloadResult(pcp.DownloadResult{Status: j.status}))
+		return
+	}
+	// The response went out at once; the device's next step waits for
+	// ThinkTime. The pace counts from then.
+	d.pcpAfterLocked(s, j, d.cfg.Behaviour.ThinkTime, "thinking", func(s *session, j *pcpJob) {
+		j.pace.reset(d.clk.Now(), j.size)
+		d.pcpContinueLocked(s, j)
+	})
+}
+
+// pcpAfterLocked runs step (with d.mu held) after dur on the device's
+// clock, as the download's next step (segTimer, replacing the one armed):
+// on session s at once when dur <= 0, else on the session current then,
+// unless the job is over, restarting or replaced by then. Once the timer is
+// armed, the test hook is told of event.
+func (d *Device) pcpAfterLocked(s *session, j *pcpJob, dur time.Duration, event string, step func(*session, *pcpJob)) {
+	d.pcpStopTimerLocked()
+	if dur <= 0 {
+		step(s, j)
+		return
+	}
+	var t clock.Timer
+	t = d.clk.AfterFunc(dur, func() {
+		d.mu.Lock()
+		defer d.unlock()
+		st := &d.pcp
+		if d.stopped || st.segTimer != t {
+			return // stopped or replaced meanwhile
+		}
+		st.segTimer = nil
+		if st.job != j || j.downloaded || j.executing || j.resume {
+			return
+		}
+		step(d.sess, j)
+	})
+	d.pcp.segTimer = t
+	d.hookLocked(event)
+}
+
+// pcpStopTimerLocked stops the download's next step.
+func (d *Device) pcpStopTimerLocked() {
+	if d.pcp.segTimer != nil {
+		d.pcp.segTimer.Stop()
+		d.pcp.segTimer = nil
+	}
+}
+
+// pcpContinueLocked takes the download's next step: it asks for the next
+// segment, or, once every segment is in, reports the download result.
+func (d *Device) pcpContinueLocked(s *session, j *pcpJob) {
+	if j.next >= j.count {
+		d.pcpDownloadedLocked(s, j)
 		return
 	}
 	d.pcpRequestLocked(s, j)
@@ -157,18 +219,20 @@ func (d *Device) pcpRequestLocked(s *session, j *pcpJob) {
 		d.log.Warn("lwm2msim: PCP: segment request", "err", err)
 		return
 	}
-	d.pcpSendLocked(s, b)
-	if d.pcp.segTimer != nil {
-		d.pcp.segTimer.Stop()
+	if !j.started {
+		j.started = true
+		d.event(Event{Kind: EventDownloadStart, Upgrade: upgradeSoftware, Version: j.version})
 	}
+	d.pcpSendLocked(s, b)
 	no := j.next
+	d.pcpStopTimerLocked()
 	d.pcp.segTimer = d.clk.AfterFunc(d.cfg.SegmentTimeout, func() { d.pcpSegmentTimeout(j, no) })
 }
 
 // pcpSegmentTimeout repeats an unanswered segment request.
 func (d *Device) pcpSegmentTimeout(j *pcpJob, no uint16) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock()
 	if d.stopped || d.pcp.job != j || j.downloaded || j.next != no || j.resume {
 		return
 	}
@@ -192,18 +256,14 @@ func (d *Device) pcpSegmentLocked(s *session, m pcp.SegmentResponse) {
 	if m.Result != pcp.ResultOK {
 		d.log.Info("lwm2msim: PCP: segment refused, download abandoned", "segment", m.SegmentNo, "result", pcp.ResultText(m.Result))
 		st.job = nil
-		if st.segTimer != nil {
-			st.segTimer.Stop()
-		}
+		d.pcpStopTimerLocked()
 		return
 	}
-	if m.SegmentNo != j.next {
+	if m.SegmentNo != j.next || j.next >= j.count {
 		d.log.Debug("lwm2msim: PCP: unexpected segment ignored", "segment", m.SegmentNo, "want", j.next)
 		return
 	}
-	if st.segTimer != nil {
-		st.segTimer.Stop()
-	}
+	d.pcpStopTimerLocked()
 	last := j.next == j.count-1
 	if n := len(m.Data); (!last && n != int(j.segSize)) || (last && (n == 0 || n > int(j.segSize))) {
 		d.log.Info("lwm2msim: PCP: segment of a wrong size", "segment", m.SegmentNo, "bytes", n, "segment_size", j.segSize)
@@ -215,37 +275,43 @@ func (d *Device) pcpSegmentLocked(s *session, m pcp.SegmentResponse) {
 	j.next++
 	j.retries = 0
 	d.stats.SegmentsFetched++
-	if j.next == j.count {
-		status := byte(pcp.ResultOK)
-		var sum [sha256.Size]byte
-		copy(sum[:], j.h.Sum(nil))
-		d.stats.SHA256 = hex.EncodeToString(sum[:])
-		if d.cfg.VerifyCheckCode && j.check != 0 && pcp.CheckCode(sum) != j.check {
-			d.log.Info("lwm2msim: PCP: check code mismatch", "check_code", j.check, "package", pcp.CheckCode(sum))
-			status = pcp.ResultVerificationFailed
-		}
-		if r := d.pcpFailure(pcp.CodeReportDownloadResult); r != 0 {
-			status = r
-		}
-		d.log.Info("lwm2msim: PCP: downloaded", "version", j.version, "bytes", j.size, "sha256", d.stats.SHA256)
-		d.pcpFinishLocked(s, j, status)
-		return
-	}
-	if b := d.cfg.Behaviour; b.StopAfterBlocks > 0 && !d.restarted && int(j.next) >= b.StopAfterBlocks {
+	if b := d.cfg.Behaviour; j.next < j.count && b.StopAfterBlocks > 0 && !d.restarted && int(j.next) >= b.StopAfterBlocks {
 		d.restarted = true
 		d.restartLocked("StopAfterBlocks during the PCP download")
 		return
 	}
-	d.pcpRequestLocked(s, j)
+	// The next request, or the download result after the last segment,
+	// waits while the bytes are ahead of BytesPerSecond.
+	d.pcpAfterLocked(s, j, j.pace.delay(d.clk.Now(), j.size), "paced", d.pcpContinueLocked)
+}
+
+// pcpDownloadedLocked ends a download whose segments are all in: it checks
+// the package and reports the download result.
+func (d *Device) pcpDownloadedLocked(s *session, j *pcpJob) {
+	status := byte(pcp.ResultOK)
+	var sum [sha256.Size]byte
+	copy(sum[:], j.h.Sum(nil))
+	d.stats.SHA256 = hex.EncodeToString(sum[:])
+	if d.cfg.VerifyCheckCode && j.check != 0 && pcp.CheckCode(sum) != j.check {
+		d.log.Info("lwm2msim: PCP: check code mismatch", "check_code", j.check, "package", pcp.CheckCode(sum))
+		status = pcp.ResultVerificationFailed
+	}
+	if r := d.pcpFailure(pcp.CodeReportDownloadResult); r != 0 {
+		status = r
+	}
+	d.log.Info("lwm2msim: PCP: downloaded", "version", j.version, "bytes", j.size, "sha256", d.stats.SHA256)
+	d.event(Event{Kind: EventDownloadDone, Upgrade: upgradeSoftware, Version: j.version, Bytes: j.size})
+	d.pcpFinishLocked(s, j, status)
 }
 
 // pcpFinishLocked ends the download and reports it with 0x16.
 func (d *Device) pcpFinishLocked(s *session, j *pcpJob, status byte) {
 	j.downloaded, j.status = true, status
-	if d.pcp.segTimer != nil {
-		d.pcp.segTimer.Stop()
-	}
+	d.pcpStopTimerLocked()
 	d.pcpSendLocked(s, pcp.EncodeDownloadResult(pcp.DownloadResult{Status: status}))
+	if status != pcp.ResultOK {
+		d.failed(Event{Upgrade: upgradeSoftware, Version: j.version}, int(status))
+	}
 }
 
 // pcpExecuteLocked handles a 0x17 execute upgrade.
@@ -253,6 +319,13 @@ func (d *Device) pcpExecuteLocked(s *session) {
 	st := &d.pcp
 	respond := func(r byte) {
 		d.pcpSendLocked(s, pcp.EncodeExecuteResponse(pcp.ExecuteResponse{Result: r}))
+		if r != pcp.ResultOK {
+			version := ""
+			if st.job != nil {
+				version = st.job.version
+			}
+			d.failed(Event{Upgrade: upgradeSoftware, Version: version}, int(r))
+		}
 	}
 	if r := d.pcpFailure(pcp.CodeExecuteUpgrade); r != 0 {
 		d.log.Info("lwm2msim: PCP: execute refused on purpose", "result", pcp.ResultText(r))
@@ -272,15 +345,16 @@ func (d *Device) pcpExecuteLocked(s *session) {
 	j.executing = true
 	d.stats.Executes++
 	respond(pcp.ResultOK)
-	st.installTimer = d.clk.AfterFunc(d.cfg.Behaviour.UpdateDelay, func() { d.pcpInstall(j) })
-	d.log.Info("lwm2msim: PCP: upgrading", "version", j.version, "in", d.cfg.Behaviour.UpdateDelay)
+	in := d.cfg.Behaviour.ThinkTime + d.cfg.Behaviour.UpdateDelay
+	st.installTimer = d.clk.AfterFunc(in, func() { d.pcpInstall(j) })
+	d.log.Info("lwm2msim: PCP: upgrading", "version", j.version, "in", in)
 }
 
 // pcpInstall ends the upgrade and reports it with 0x18, after a reboot when
 // RebootOnUpdate.
 func (d *Device) pcpInstall(j *pcpJob) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock()
 	st := &d.pcp
 	if d.stopped || st.job != j {
 		return
@@ -293,9 +367,12 @@ func (d *Device) pcpInstall(j *pcpJob) {
 		d.stats.Upgrades++
 		d.changedLocked(pathSwVersion)
 		d.log.Info("lwm2msim: PCP: software updated", "version", d.sw)
+		d.event(Event{Kind: EventInstalled, Upgrade: upgradeSoftware, Version: j.version})
 	} else {
 		d.log.Info("lwm2msim: PCP: upgrade fails on purpose", "result", pcp.ResultText(res.Result))
+		d.event(Event{Kind: EventFailed, Upgrade: upgradeSoftware, Version: j.version, Code: int(res.Result)})
 	}
+	st.reported18 = &Event{Kind: EventReported, Upgrade: upgradeSoftware, Version: j.version, Code: int(res.Result)}
 	res.Version = d.sw
 	b, err := pcp.EncodeUpgradeResult(res)
 	if err != nil {
@@ -307,7 +384,17 @@ func (d *Device) pcpInstall(j *pcpJob) {
 		d.restartLocked("reboot to install the software")
 		return
 	}
-	d.pcpSendLocked(d.sess, b)
+	d.pcpSend18Locked(d.sess)
+}
+
+// pcpSend18Locked sends the pending 0x18; the first time it goes out, the
+// device's result is reported.
+func (d *Device) pcpSend18Locked(s *session) {
+	st := &d.pcp
+	if d.pcpSendLocked(s, st.pending18) && st.reported18 != nil {
+		d.event(*st.reported18)
+		st.reported18 = nil
+	}
 }
 
 // pcpObservedLocked runs when the platform observes /19/0/0: after a
@@ -317,7 +404,7 @@ func (d *Device) pcpInstall(j *pcpJob) {
 func (d *Device) pcpObservedLocked(s *session) {
 	st := &d.pcp
 	if st.pending18 != nil {
-		d.pcpSendLocked(s, st.pending18)
+		d.pcpSend18Locked(s)
 	}
 	j := st.job
 	if j == nil || !j.resume {
@@ -327,7 +414,8 @@ func (d *Device) pcpObservedLocked(s *session) {
 	switch {
 	case !j.downloaded:
 		d.log.Info("lwm2msim: PCP: resuming the download", "version", j.version, "segment", j.next)
-		d.pcpRequestLocked(s, j)
+		j.pace.reset(d.clk.Now(), j.size)
+		d.pcpContinueLocked(s, j)
 	case !j.acked:
 		d.pcpSendLocked(s, pcp.EncodeDownloadResult(pcp.DownloadResult{Status: j.status}))
 	}
@@ -335,9 +423,7 @@ func (d *Device) pcpObservedLocked(s *session) {
 
 // pcpRestartLocked prepares the PCP side for a restart.
 func (d *Device) pcpRestartLocked() {
-	if d.pcp.segTimer != nil {
-		d.pcp.segTimer.Stop()
-	}
+	d.pcpStopTimerLocked()
 	if j := d.pcp.job; j != nil {
 		j.resume = true
 	}

@@ -285,7 +285,7 @@ func (d *Device) read(w mux.ResponseWriter, r *mux.Message, p lwm2mcodec.Path) {
 // observation of a path replaces the previous one.
 func (d *Device) observe(s *session, w mux.ResponseWriter, r *mux.Message, p lwm2mcodec.Path) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock() // pcpObservedLocked may queue events
 	vs, code := d.lookupLocked(p)
 	if code != codes.Content {
 		respond(w, code)

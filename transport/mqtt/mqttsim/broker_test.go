@@ -37,6 +37,7 @@ type testBroker struct {
 	sessions  map[string]chan string   // device ID → client IDs of its sessions, once subscribed
 	gone      map[string]chan struct{} // device ID → one value per disconnection
 	clientIDs []string
+	remotes   map[string][]string // device ID → the remote address of each session
 }
 
 func newBroker(t *testing.T, implicit bool) *testBroker {
@@ -47,6 +48,7 @@ func newBroker(t *testing.T, implicit bool) *testBroker {
 		ups:      map[string]chan []byte{},
 		sessions: map[string]chan string{},
 		gone:     map[string]chan struct{}{},
+		remotes:  map[string][]string{},
 	}
 	b.srv = mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
 	if err := b.srv.AddHook(&iotdaHook{b: b}, nil); err != nil {
@@ -62,7 +64,21 @@ func newBroker(t *testing.T, implicit bool) *testBroker {
 	if err := b.srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = b.srv.Close() })
+	t.Cleanup(func() {
+		// mochi's Close lists the listener's clients with a nested read
+		// lock (Clients.GetByListener calls Len), which deadlocks when a
+		// client is added or deleted in between (a device connecting or
+		// going away). Closing the listener first, with one read lock,
+		// leaves Close nothing to list.
+		l.Close(func(id string) {
+			for _, cl := range b.srv.Clients.GetAll() {
+				if cl.Net.Listener == id && !cl.Closed() {
+					_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+				}
+			}
+		})
+		_ = b.srv.Close()
+	})
 	err := b.srv.Subscribe(iotda.UpTopic("+"), 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
 		id, _, ok := iotda.ParseTopic(pk.TopicName)
 		if !ok {
@@ -193,6 +209,14 @@ func (b *testBroker) waitSession(t *testing.T, id string) string {
 	}
 }
 
+// remoteAddrs returns the remote addresses of the device's sessions, in
+// order.
+func (b *testBroker) remoteAddrs(id string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.remotes[id]...)
+}
+
 func (b *testBroker) waitGone(t *testing.T, id string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
@@ -252,6 +276,7 @@ func (h *iotdaHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}
 	h.b.mu.Lock()
 	h.b.clientIDs = append(h.b.clientIDs, cl.ID)
+	h.b.remotes[id] = append(h.b.remotes[id], cl.Net.Remote)
 	h.b.mu.Unlock()
 	select {
 	case h.b.sessionCh(id) <- cl.ID:
@@ -275,8 +300,9 @@ type fileServer struct {
 	hold  chan struct{} // non-nil: requests wait until it closes
 	got   chan struct{} // one value per request
 
-	mu     sync.Mutex
-	ranges []string // the Range header of each request
+	mu      sync.Mutex
+	ranges  []string // the Range header of each request
+	remotes []string // the remote address of each request
 }
 
 func newFileServer(t *testing.T, size int, token string) *fileServer {
@@ -290,6 +316,7 @@ func newFileServer(t *testing.T, size int, token string) *fileServer {
 func (fs *fileServer) serve(w http.ResponseWriter, r *http.Request) {
 	fs.mu.Lock()
 	fs.ranges = append(fs.ranges, r.Header.Get("Range"))
+	fs.remotes = append(fs.remotes, r.RemoteAddr)
 	fs.mu.Unlock()
 	select {
 	case fs.got <- struct{}{}:
@@ -314,6 +341,12 @@ func (fs *fileServer) requests() []string {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	return append([]string(nil), fs.ranges...)
+}
+
+func (fs *fileServer) remoteAddrs() []string {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return append([]string(nil), fs.remotes...)
 }
 
 func (fs *fileServer) waitRequest(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/transport/mqtt/iotda"
@@ -38,6 +39,19 @@ type Behaviour struct {
 	CorruptDownload bool
 	// SkipProgress: report only the final result, no intermediate progress.
 	SkipProgress bool
+	// ThinkTime is how long, on Clock, the device thinks after a
+	// firmware_upgrade or software_upgrade event before it acts on it:
+	// before it reports progress 0 and starts downloading. A failure at
+	// once (FailWith without FailAfterDownload) and the busy answer are not
+	// delayed. Zero: no thinking.
+	ThinkTime time.Duration
+	// BytesPerSecond caps the download rate (0: unlimited): after each read
+	// of the HTTP body (of at most one second's worth of bytes), while the
+	// bytes read since the request started are ahead of start +
+	// bytes/BytesPerSecond on Clock, the device waits before it reads on
+	// (or, after the last, completes the download). A package of S bytes
+	// takes about S/BytesPerSecond. Stop ends the wait.
+	BytesPerSecond int64
 }
 
 // Config describes a simulated device.
@@ -53,8 +67,18 @@ type Config struct {
 	// Subscribe: subscribe to the down topic itself (external brokers);
 	// default false: IoTDA-built devices rely on the platform's implicit
 	// subscription.
-	Subscribe  bool
-	HTTPClient *http.Client // for downloads; nil: http.DefaultClient
+	Subscribe bool
+	// HTTPClient is used for the downloads; nil: http.DefaultClient, or,
+	// with LocalAddr, a client with http.DefaultTransport's settings whose
+	// connections bind to LocalAddr (shared by the devices of that address).
+	// A given HTTPClient is used as is: LocalAddr does not apply to it.
+	HTTPClient *http.Client
+	// LocalAddr is the local IP address the device's connections bind to,
+	// e.g. "127.0.0.2" (the port is the system's choice): the broker
+	// connection (each reconnection too) and, unless HTTPClient is given,
+	// the downloads; so that a simulator can spread many devices over
+	// several local addresses. "": the system's choice.
+	LocalAddr string
 	// TLSConfig is used for ssl://, tls:// and mqtts:// brokers; nil: the
 	// system roots, verifying the broker's host name.
 	TLSConfig *tls.Config
@@ -64,11 +88,21 @@ type Config struct {
 	// OnUpgrade, if set, is called after the device installed version v
 	// (kind "firmware" or "software"), before it publishes its final report.
 	OnUpgrade func(kind, v string)
+	// OnEvent, if set, is told of the device's upgrade events (see [Event]
+	// and the Event* constants), so that a simulator can measure without
+	// polling. Calls come one at a time, in the order of the events, from
+	// the device's goroutines, never with a lock of the device held:
+	// OnEvent may call the Device's methods except Stop. It must not block:
+	// the device waits for it.
+	OnEvent func(Event)
 
 	// handled, if set (tests), is called after the device dealt with a
 	// publish on its down topic, with the event type ("" when it held none
 	// or was malformed).
 	handled func(eventType string)
+	// waiting, if set (tests), is called once the timer of a ThinkTime
+	// ("thinking") or BytesPerSecond ("paced") wait is armed.
+	waiting func(what string)
 }
 
 // Stats counts what a device did.
@@ -95,8 +129,10 @@ type Device struct {
 	log    *slog.Logger
 	http   *http.Client
 	client paho.Client
-	up     string // the up topic
-	down   string // the down topic
+	up     string     // the up topic
+	down   string     // the down topic
+	local  net.IP     // Config.LocalAddr; nil: the system's choice
+	ev     eventQueue // to Config.OnEvent
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
@@ -143,6 +179,12 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 	if cfg.Behaviour.ReconnectDelay <= 0 {
 		cfg.Behaviour.ReconnectDelay = defaultReconnectDelay
 	}
+	var local net.IP
+	if cfg.LocalAddr != "" {
+		if local = net.ParseIP(cfg.LocalAddr); local == nil {
+			return nil, fmt.Errorf("mqttsim: LocalAddr %q: want an IP address", cfg.LocalAddr)
+		}
+	}
 	d := &Device{
 		cfg:    cfg,
 		clk:    cfg.Clock,
@@ -154,6 +196,8 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 		fw:     cfg.FwVersion,
 		sw:     cfg.SwVersion,
 		connCh: make(chan struct{}),
+		local:  local,
+		ev:     eventQueue{fn: cfg.OnEvent},
 	}
 	if d.clk == nil {
 		d.clk = clock.Real()
@@ -162,7 +206,11 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 		d.log = slog.New(slog.DiscardHandler)
 	}
 	d.log = d.log.With("device", cfg.DeviceID)
-	if d.http == nil {
+	switch {
+	case d.http != nil: // the caller's, as is
+	case local != nil:
+		d.http = localHTTPClient(local)
+	default:
 		d.http = http.DefaultClient
 	}
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -190,7 +238,8 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 			d.log.Info("mqttsim: connection lost", "err", err)
 		}).
 		SetReconnectingHandler(d.onReconnecting).
-		SetCustomOpenConnectionFn(d.openConnection)
+		SetCustomOpenConnectionFn(d.openConnection).
+		SetStore(copyStore{paho.NewMemoryStore()})
 	d.client = paho.NewClient(opts)
 
 	tok := d.client.Connect()
@@ -352,6 +401,9 @@ func (d *Device) openConnection(u *url.URL, o paho.ClientOptions) (net.Conn, err
 		return nil, err
 	}
 	dialer := &net.Dialer{Timeout: o.ConnectTimeout}
+	if d.local != nil {
+		dialer.LocalAddr = &net.TCPAddr{IP: d.local}
+	}
 	var conn net.Conn
 	var err error
 	switch strings.ToLower(u.Scheme) {
@@ -381,6 +433,25 @@ func (d *Device) openConnection(u *url.URL, o paho.ClientOptions) (net.Conn, err
 		return nil, err
 	}
 	return dc, nil
+}
+
+// copyStore is paho's memory store, except that it keeps a copy of each
+// PUBLISH packet it is given. After a reconnection paho's resume marks the
+// stored PUBLISH packets DUP and sends them again; without the copy it would
+// set the flag on the packet that the connection's writer may be sending at
+// that moment: one the device published right after the reconnection, a
+// data race (eclipse-paho/paho.mqtt.golang#703). Publish stores a packet
+// before it hands it to the writer, so the copy is taken before the writer
+// touches it; resume then flags and resends the copy, as it would have the
+// packet.
+type copyStore struct{ *paho.MemoryStore }
+
+func (s copyStore) Put(key string, m packets.ControlPacket) {
+	if p, ok := m.(*packets.PublishPacket); ok {
+		c := *p
+		m = &c
+	}
+	s.MemoryStore.Put(key, m)
 }
 
 // closeConn closes the current network connection, abruptly (no
@@ -561,6 +632,11 @@ func (d *Device) handle(payload []byte) string {
 		d.log.Warn("mqttsim: event for another device ignored (no gateway mode)", "object_device_id", dl.ObjectDeviceID)
 		return dl.EventType
 	}
+	var j *job // an upgrade event's
+	if (dl.EventType == iotda.EventFirmwareUpgrade || dl.EventType == iotda.EventSoftwareUpgrade) && dl.Upgrade != nil {
+		j = &job{software: dl.EventType == iotda.EventSoftwareUpgrade, p: *dl.Upgrade}
+		d.event(EventCommand, j, 0, 0)
+	}
 	if d.cfg.Behaviour.NeverAnswer {
 		d.log.Debug("mqttsim: event ignored (NeverAnswer)", "event", dl.EventType)
 		return dl.EventType
@@ -571,10 +647,9 @@ func (d *Device) handle(payload []byte) string {
 			d.log.Warn("mqttsim: version_report", "err", err)
 		}
 	case iotda.EventFirmwareUpgrade, iotda.EventSoftwareUpgrade:
-		if dl.Upgrade == nil {
-			return dl.EventType
+		if j != nil {
+			d.startUpgrade(j)
 		}
-		d.startUpgrade(dl.EventType == iotda.EventSoftwareUpgrade, *dl.Upgrade)
 	default:
 		d.log.Debug("mqttsim: $ota event not handled", "event", dl.EventType)
 	}

@@ -3,8 +3,11 @@ package mqttsim
 import (
 	"context"
 	"net"
+	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -466,4 +469,364 @@ func TestContentRangeStart(t *testing.T) {
 			t.Errorf("contentRangeStart(%q) = %d, want %d", in, got, want)
 		}
 	}
+}
+
+// eventLog collects the events a device reports through Config.OnEvent,
+// with the device's versions as the callback saw them (the callback reads
+// them: it must not run under a lock of the device).
+type eventLog struct {
+	dev atomic.Pointer[Device]
+	ch  chan loggedEvent
+}
+
+type loggedEvent struct {
+	Event
+	fw, sw string
+}
+
+func newEventLog() *eventLog { return &eventLog{ch: make(chan loggedEvent, 256)} }
+
+// onEvent is the Config.OnEvent of the log.
+func (l *eventLog) onEvent(ev Event) {
+	e := loggedEvent{Event: ev}
+	if d := l.dev.Load(); d != nil {
+		e.fw, e.sw = d.Versions()
+		_ = d.Stats()
+	}
+	select {
+	case l.ch <- e:
+	default:
+	}
+}
+
+func (l *eventLog) next(t *testing.T) loggedEvent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	select {
+	case e := <-l.ch:
+		return e
+	case <-ctx.Done():
+		t.Fatalf("no device event within %v", waitFor)
+		return loggedEvent{}
+	}
+}
+
+// expect waits for the next events and checks them, written "kind" or,
+// with a code, "kind:code"; it returns them.
+func (l *eventLog) expect(t *testing.T, want ...string) []loggedEvent {
+	t.Helper()
+	var got []loggedEvent
+	var kinds []string
+	for range want {
+		e := l.next(t)
+		got = append(got, e)
+		k := e.Kind
+		if e.Code != 0 {
+			k += ":" + strconv.Itoa(e.Code)
+		}
+		kinds = append(kinds, k)
+	}
+	if !reflect.DeepEqual(kinds, want) {
+		t.Fatalf("device events %q, want %q", kinds, want)
+	}
+	return got
+}
+
+// none checks that no further event is waiting.
+func (l *eventLog) none(t *testing.T) {
+	t.Helper()
+	select {
+	case e := <-l.ch:
+		t.Fatalf("unexpected device event %+v", e.Event)
+	default:
+	}
+}
+
+// startLogged starts a device whose events go to a new log.
+func startLogged(t *testing.T, b *testBroker, cfg Config) (*Device, *eventLog) {
+	t.Helper()
+	l := newEventLog()
+	cfg.OnEvent = l.onEvent
+	d := startDevice(t, b, cfg)
+	l.dev.Store(d)
+	return d, l
+}
+
+// advancePast moves the fake clock by step at a time until it reaches the
+// next timer's deadline (the device's pace timer: its only timer in these
+// tests), which then fires.
+func advancePast(t *testing.T, clk *clocktest.Clock, step time.Duration) {
+	t.Helper()
+	deadline, ok := clk.NextDeadline()
+	if !ok {
+		t.Fatal("no timer armed")
+	}
+	for clk.Now().Before(deadline) {
+		clk.Advance(step)
+	}
+}
+
+func TestThinkTime(t *testing.T) {
+	b := newBroker(t, true)
+	fs := newFileServer(t, 10_000, "tok")
+	clk := clocktest.New(t0)
+	waiting, hook := handledCh()
+	const id, think = "dev-think", 30 * time.Second
+	cfg := Config{DeviceID: id, FwVersion: "1.0", Clock: clk, Behaviour: Behaviour{ThinkTime: think}}
+	cfg.waiting = hook
+	startDevice(t, b, cfg)
+	b.publish(t, id, iotda.EncodeUpgrade(id, false, fs.upgradeParas("2.0"), t0))
+	waitHandled(t, waiting, "thinking")
+	clk.Advance(think - time.Millisecond)
+	if r := fs.requests(); len(r) != 0 {
+		t.Fatalf("download requests %q before ThinkTime passed", r)
+	}
+	select {
+	case p := <-b.upCh(id):
+		t.Fatalf("the device published %s before ThinkTime passed", p)
+	default:
+	}
+	clk.Advance(time.Millisecond)
+	reports := b.untilFinal(t, id)
+	if p := reports[0]; p.GetProgress() != 0 || p.GetResultCode() != 0 {
+		t.Errorf("first report %v, want progress 0", p)
+	}
+	if f := reports[len(reports)-1]; f.GetResultCode() != 0 || f.GetVersion() != "2.0" {
+		t.Fatalf("final report %v, want success with 2.0", f)
+	}
+}
+
+func TestThinkTimeNotForFailureAtOnce(t *testing.T) {
+	b := newBroker(t, true)
+	fs := newFileServer(t, 1000, "tok")
+	const id = "dev-think-fail"
+	startDevice(t, b, Config{DeviceID: id, FwVersion: "1.0", Clock: clocktest.New(t0), Behaviour: Behaviour{ThinkTime: time.Hour, FailWith: 9}})
+	b.publish(t, id, iotda.EncodeUpgrade(id, false, fs.upgradeParas("2.0"), t0))
+	if p := b.nextProgress(t, id); p.GetResultCode() != 9 {
+		t.Fatalf("report %v, want result_code 9 at once", p)
+	}
+}
+
+func TestBytesPerSecond(t *testing.T) {
+	const (
+		size  = 100_000
+		rate  = 20_000
+		total = 5 * time.Second // size at rate
+		step  = 100 * time.Millisecond
+	)
+	b := newBroker(t, true)
+	fs := newFileServer(t, size, "tok")
+	clk := clocktest.New(t0)
+	waiting, hook := handledCh()
+	const id = "dev-rate"
+	cfg := Config{DeviceID: id, FwVersion: "1.0", Clock: clk, Behaviour: Behaviour{BytesPerSecond: rate}}
+	cfg.waiting = hook
+	d, events := startLogged(t, b, cfg)
+	b.publish(t, id, iotda.EncodeUpgrade(id, false, fs.upgradeParas("2.0"), t0))
+	start := clk.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	for done := false; !done; {
+		// The device parks on its pace timer, or completes the download.
+		select {
+		case w := <-waiting:
+			if w != "paced" {
+				t.Fatalf("device waits for %q", w)
+			}
+			if el := clk.Since(start); el >= total {
+				t.Fatalf("still downloading after %v (%d bytes), want %v", el, d.Stats().BytesDownloaded, total)
+			}
+			advancePast(t, clk, step)
+		case e := <-events.ch:
+			if e.Kind == EventDownloadDone {
+				if e.Bytes != size {
+					t.Errorf("download-done of %d bytes, want %d", e.Bytes, size)
+				}
+				done = true
+			}
+		case <-ctx.Done():
+			t.Fatalf("download not done within %v (clock at %v)", waitFor, clk.Since(start))
+		}
+	}
+	if el := clk.Since(start); el < total-step || el > total+step {
+		t.Errorf("download of %d bytes at %d B/s took %v of clock time, want about %v", size, rate, el, total)
+	}
+	reports := b.untilFinal(t, id)
+	if f := reports[len(reports)-1]; f.GetResultCode() != 0 || f.GetVersion() != "2.0" {
+		t.Fatalf("final report %v, want success with 2.0", f)
+	}
+}
+
+func TestBytesPerSecondStop(t *testing.T) {
+	b := newBroker(t, true)
+	fs := newFileServer(t, 10_000, "tok")
+	waiting, hook := handledCh()
+	const id = "dev-slow"
+	cfg := Config{DeviceID: id, FwVersion: "1.0", Clock: clocktest.New(t0), Behaviour: Behaviour{BytesPerSecond: 1, SkipProgress: true}}
+	cfg.waiting = hook
+	d := startDevice(t, b, cfg)
+	b.publish(t, id, iotda.EncodeUpgrade(id, false, fs.upgradeParas("2.0"), t0))
+	waitHandled(t, waiting, "paced")
+	d.Stop() // must not hang on the wait
+	b.waitGone(t, id)
+}
+
+// needLoopback2 skips a test where 127.0.0.2 cannot be bound (Linux routes
+// all of 127/8 to the loopback interface; other systems may not).
+func needLoopback2(t *testing.T) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("cannot bind 127.0.0.2: %v", err)
+	}
+	l.Close()
+}
+
+// countingTransport counts the requests of an HTTP client.
+type countingTransport struct{ n atomic.Int32 }
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func TestLocalAddr(t *testing.T) {
+	needLoopback2(t)
+	b := newBroker(t, true)
+	fs := newFileServer(t, 5000, "tok")
+	host := func(addr string) string {
+		h, _, _ := net.SplitHostPort(addr)
+		return h
+	}
+	const id = "dev-local"
+	startDevice(t, b, Config{DeviceID: id, FwVersion: "1.0", LocalAddr: "127.0.0.2", Behaviour: Behaviour{SkipProgress: true}})
+	if r := b.remoteAddrs(id); len(r) != 1 || host(r[0]) != "127.0.0.2" {
+		t.Fatalf("the broker saw the device at %q, want 127.0.0.2", r)
+	}
+	b.publish(t, id, iotda.EncodeUpgrade(id, false, fs.upgradeParas("2.0"), t0))
+	if f := b.nextProgress(t, id); f.GetResultCode() != 0 {
+		t.Fatalf("report %v", f)
+	}
+	if r := fs.remoteAddrs(); len(r) != 1 || host(r[0]) != "127.0.0.2" {
+		t.Fatalf("the file server saw the download from %q, want 127.0.0.2", r)
+	}
+
+	// A given HTTPClient is left alone.
+	const id2 = "dev-local-own-client"
+	ct := &countingTransport{}
+	startDevice(t, b, Config{DeviceID: id2, FwVersion: "1.0", LocalAddr: "127.0.0.2", HTTPClient: &http.Client{Transport: ct},
+		Behaviour: Behaviour{SkipProgress: true}})
+	if r := b.remoteAddrs(id2); len(r) != 1 || host(r[0]) != "127.0.0.2" {
+		t.Fatalf("the broker saw the device at %q, want 127.0.0.2", r)
+	}
+	b.publish(t, id2, iotda.EncodeUpgrade(id2, false, fs.upgradeParas("2.0"), t0))
+	if f := b.nextProgress(t, id2); f.GetResultCode() != 0 {
+		t.Fatalf("report %v", f)
+	}
+	if r := fs.remoteAddrs(); len(r) != 2 || host(r[1]) != "127.0.0.1" || ct.n.Load() != 1 {
+		t.Errorf("download from %q through the given client %d times; want one from 127.0.0.1", r, ct.n.Load())
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if _, err := Start(ctx, Config{Broker: b.url, DeviceID: "x", LocalAddr: "127.0.0.2:1883"}); err == nil {
+		t.Error("Start with LocalAddr host:port: no error")
+	}
+}
+
+func TestEvents(t *testing.T) {
+	t.Run("success", func(t *testing.T) {
+		b := newBroker(t, true)
+		fs := newFileServer(t, 40_000, "tok")
+		const id = "dev-ev"
+		events := newEventLog()
+		cfg := Config{DeviceID: id, FwVersion: "1.0", Clock: clocktest.New(t0), OnEvent: events.onEvent,
+			// OnUpgrade comes in the events' order: after installed.
+			OnUpgrade: func(kind, v string) { events.onEvent(Event{Kind: "OnUpgrade", Upgrade: kind, Version: v}) }}
+		d := startDevice(t, b, cfg)
+		events.dev.Store(d)
+		b.publish(t, id, iotda.EncodeUpgrade(id, false, fs.upgradeParas("2.0"), t0))
+		b.untilFinal(t, id)
+		got := events.expect(t, EventCommand, EventDownloadStart, EventDownloadDone, EventInstalled, "OnUpgrade", EventReported)
+		for _, e := range got {
+			if e.Upgrade != "firmware" || e.Version != "2.0" {
+				t.Errorf("event %+v, want firmware 2.0", e.Event)
+			}
+			if e.Kind != "OnUpgrade" && !e.Time.Equal(t0) {
+				t.Errorf("event %+v at %v, want the device's clock %v", e.Event, e.Time, t0)
+			}
+		}
+		if got[2].Bytes != 40_000 {
+			t.Errorf("download-done of %d bytes, want 40000", got[2].Bytes)
+		}
+		if got[3].fw != "2.0" {
+			t.Errorf("installed: the device's firmware %q, want 2.0", got[3].fw)
+		}
+		events.none(t)
+	})
+	for _, tc := range []struct {
+		name  string
+		bh    Behaviour
+		token string
+		want  []string
+	}{
+		{"fail at once", Behaviour{FailWith: 5}, "tok", []string{EventCommand, "failed:5", "reported:5"}},
+		{"fail after download", Behaviour{FailWith: 5, FailAfterDownload: true}, "tok",
+			[]string{EventCommand, EventDownloadStart, EventDownloadDone, "failed:5", "reported:5"}},
+		{"corrupt download", Behaviour{CorruptDownload: true}, "tok",
+			[]string{EventCommand, EventDownloadStart, EventDownloadDone, "failed:7", "reported:7"}},
+		{"unauthorized", Behaviour{}, "tok-bad", []string{EventCommand, EventDownloadStart, "failed:6", "reported:6"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBroker(t, true)
+			fs := newFileServer(t, 5000, "tok")
+			const id = "dev-ev-fail"
+			_, events := startLogged(t, b, Config{DeviceID: id, FwVersion: "1.0", Behaviour: tc.bh})
+			p := fs.upgradeParas("2.0")
+			p.AccessToken = tc.token
+			b.publish(t, id, iotda.EncodeUpgrade(id, true, p, t0))
+			b.untilFinal(t, id)
+			for _, e := range events.expect(t, tc.want...) {
+				if e.Upgrade != "software" || e.Version != "2.0" {
+					t.Errorf("event %+v, want software 2.0", e.Event)
+				}
+			}
+			events.none(t)
+		})
+	}
+	t.Run("busy", func(t *testing.T) {
+		b := newBroker(t, true)
+		fs := newFileServer(t, 5000, "tok")
+		fs.hold = make(chan struct{})
+		const id = "dev-ev-busy"
+		_, events := startLogged(t, b, Config{DeviceID: id, FwVersion: "1.0", Behaviour: Behaviour{SkipProgress: true}})
+		ev := iotda.EncodeUpgrade(id, false, fs.upgradeParas("2.0"), t0)
+		b.publish(t, id, ev)
+		events.expect(t, EventCommand, EventDownloadStart)
+		fs.waitRequest(t)
+		b.publish(t, id, ev) // a repeat: ignored
+		b.publish(t, id, iotda.EncodeUpgrade(id, false, fs.upgradeParas("3.0"), t0))
+		got := events.expect(t, EventCommand, EventCommand, "failed:1", "reported:1")
+		if got[0].Version != "2.0" || got[1].Version != "3.0" || got[3].Version != "3.0" {
+			t.Errorf("events %+v, want the repeat of 2.0, then 3.0 answered busy", got)
+		}
+		close(fs.hold)
+		b.untilFinal(t, id) // the busy answer
+		b.untilFinal(t, id) // the upgrade
+		events.expect(t, EventDownloadDone, EventInstalled, EventReported)
+	})
+	t.Run("never answer", func(t *testing.T) {
+		b := newBroker(t, true)
+		handled, hook := handledCh()
+		const id = "dev-ev-mute"
+		events := newEventLog()
+		cfg := Config{DeviceID: id, FwVersion: "1.0", OnEvent: events.onEvent, Behaviour: Behaviour{NeverAnswer: true}}
+		cfg.handled = hook
+		startDevice(t, b, cfg)
+		b.publish(t, id, iotda.EncodeUpgrade(id, false, iotda.UpgradeParas{Version: "2.0"}, t0))
+		waitHandled(t, handled, iotda.EventFirmwareUpgrade)
+		events.expect(t, EventCommand)
+		events.none(t)
+	})
 }

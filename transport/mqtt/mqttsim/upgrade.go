@@ -46,8 +46,8 @@ func (j *job) kind() string {
 // startUpgrade runs an upgrade event in its own goroutine, one at a time. A
 // repeated event for the upgrade in progress is ignored; another one is
 // answered result_code 1 (busy).
-func (d *Device) startUpgrade(software bool, p iotda.UpgradeParas) {
-	j := &job{software: software, p: p}
+func (d *Device) startUpgrade(j *job) {
+	software, p := j.software, j.p
 	d.mu.Lock()
 	r := d.running
 	if r == nil {
@@ -60,9 +60,12 @@ func (d *Device) startUpgrade(software bool, p iotda.UpgradeParas) {
 			return
 		}
 		desc := fmt.Sprintf("busy: upgrading %s to %s", r.kind(), r.p.Version)
+		d.event(EventFailed, j, 0, codeBusy)
 		if err := d.report(codeBusy, nil, d.version(j), desc); err != nil {
 			d.log.Warn("mqttsim: busy report", "err", err)
+			return
 		}
+		d.event(EventReported, j, 0, codeBusy)
 		return
 	}
 	ok := d.goTracked(func() {
@@ -115,9 +118,12 @@ func (d *Device) fail(j *job, code int, desc string) {
 	d.mu.Unlock()
 	d.done(j)
 	d.log.Info("mqttsim: upgrade failed", "kind", j.kind(), "version", j.p.Version, "result_code", code, "description", desc)
+	d.event(EventFailed, j, 0, code)
 	if err := d.report(code, nil, d.version(j), desc); err != nil {
 		d.log.Warn("mqttsim: failure report", "err", err)
+		return
 	}
+	d.event(EventReported, j, 0, code)
 }
 
 // upgrade carries out one upgrade event and reports its outcome; it returns
@@ -127,6 +133,9 @@ func (d *Device) upgrade(j *job) {
 	if b.FailWith != 0 && !b.FailAfterDownload {
 		d.fail(j, b.FailWith, fmt.Sprintf("simulated failure (result_code %d)", b.FailWith))
 		return
+	}
+	if err := d.wait(b.ThinkTime, "thinking"); err != nil {
+		return // stopped
 	}
 	if !b.SkipProgress {
 		d.progress(j, 0)
@@ -154,23 +163,36 @@ func (d *Device) upgrade(j *job) {
 	d.mu.Unlock()
 	d.done(j)
 	d.log.Info("mqttsim: upgraded", "kind", j.kind(), "version", v)
+	d.event(EventInstalled, j, 0, 0)
 	if d.cfg.OnUpgrade != nil {
 		d.cfg.OnUpgrade(j.kind(), v)
 	}
 	hundred := 100
 	if err := d.report(0, &hundred, v, ""); err != nil {
 		d.log.Warn("mqttsim: final report", "err", err)
+		return
 	}
+	d.event(EventReported, j, 0, 0)
 }
 
 // errStopped ends a download when the device stops.
 var errStopped = errors.New("mqttsim: stopped")
 
-// wait waits for dur on the device's clock; errStopped when the device stops
-// first.
-func (d *Device) wait(dur time.Duration) error {
+// wait waits for dur on the device's clock (not at all when dur <= 0: no
+// timer is armed); errStopped when the device stops first. Once the timer is
+// armed, the test hook waiting is told of what, if not "".
+func (d *Device) wait(dur time.Duration, what string) error {
+	if d.ctx.Err() != nil {
+		return errStopped
+	}
+	if dur <= 0 {
+		return nil
+	}
 	t := d.clk.NewTimer(dur)
 	defer t.Stop()
+	if what != "" && d.cfg.waiting != nil {
+		d.cfg.waiting(what)
+	}
 	select {
 	case <-t.C():
 		return nil
@@ -193,6 +215,7 @@ func (d *Device) download(j *job) (code int, desc string, err error) {
 		dropAt = b.DropAfterBytes
 	}
 	d.mu.Unlock()
+	d.event(EventDownloadStart, j, 0, 0)
 	if p.URL == "" {
 		return codeDownloadFailed, "download failed: the event has no url", nil
 	}
@@ -214,7 +237,7 @@ func (d *Device) download(j *job) (code int, desc string, err error) {
 			}
 			retries++
 			d.log.Info("mqttsim: download broken, resuming", "at", dl.n, "err", err)
-			if err := d.wait(b.ReconnectDelay); err != nil {
+			if err := d.wait(b.ReconnectDelay, ""); err != nil {
 				return 0, "", err
 			}
 		case res == fetchDropped:
@@ -225,6 +248,7 @@ func (d *Device) download(j *job) (code int, desc string, err error) {
 			}
 			d.log.Info("mqttsim: reconnected, resuming the download", "at", dl.n)
 		default: // complete
+			d.event(EventDownloadDone, j, dl.n, 0)
 			if p.FileSize > 0 && dl.n != p.FileSize {
 				return codeVerifyFailed, fmt.Sprintf("package is %d bytes, file_size is %d", dl.n, p.FileSize), nil
 			}
@@ -277,6 +301,8 @@ func (dl *download) fetch(dropAt int64) (fetchResult, error) {
 	if p.AccessToken != "" {
 		req.Header.Set("Authorization", "Bearer "+p.AccessToken)
 	}
+	b := d.cfg.Behaviour
+	pace := pacer{rate: b.BytesPerSecond, start: d.clk.Now(), base: dl.n} // this request's pace
 	if dl.n > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", dl.n))
 		d.mu.Lock()
@@ -307,9 +333,14 @@ func (dl *download) fetch(dropAt int64) (fetchResult, error) {
 	default:
 		return 0, &failure{codeDownloadFailed, fmt.Sprintf("download failed: HTTP %s", resp.Status)}
 	}
-	b := d.cfg.Behaviour
+	if dl.n == 0 {
+		pace.base = 0 // starting over
+	}
 	for {
 		want := dl.buf
+		if b.BytesPerSecond > 0 && b.BytesPerSecond < int64(len(want)) {
+			want = want[:b.BytesPerSecond] // at most one second's worth at a time
+		}
 		if dropAt > 0 {
 			rem := dropAt - dl.n
 			if rem <= 0 {
@@ -339,6 +370,10 @@ func (dl *download) fetch(dropAt int64) (fetchResult, error) {
 					d.progress(dl.j, pct)
 					dl.next = pct - pct%progressStep + progressStep
 				}
+			}
+			// BytesPerSecond: wait while the bytes are ahead of the pace.
+			if err := d.wait(pace.delay(d.clk.Now(), dl.n), "paced"); err != nil {
+				return 0, err
 			}
 		}
 		if rerr == io.EOF {

@@ -1,0 +1,167 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is what a bench run measured. The JSON keys are the ones scripts
+// rely on (see the README's results page).
+type Report struct {
+	Devices  int            `json:"devices"`
+	Mix      map[string]int `json:"mix"` // devices per protocol
+	Cells    int            `json:"cells"`
+	Coverage string         `json:"coverage"`
+	// Coverages counts the LwM2M devices per coverage level.
+	Coverages    map[string]int `json:"coverages,omitempty"`
+	FailRate     float64        `json:"fail_rate"`
+	PackageBytes int            `json:"package_bytes"`
+	Tasks        []string       `json:"tasks"`
+
+	Succeeded int `json:"succeeded"`
+	Failed    int `json:"failed"`
+	Stopped   int `json:"stopped"`
+	// Failures counts the failed devices by failure reason.
+	Failures map[string]int `json:"failures"`
+
+	// WallSeconds runs from the first task's creation to the last device's
+	// final state; UpgradesPerSecond is Succeeded over it.
+	WallSeconds       float64 `json:"wall_seconds"`
+	UpgradesPerSecond float64 `json:"upgrades_per_second"`
+	// Per-device duration: from the sub-task's start (StartJob sent) to its
+	// final state, over the devices that reached one.
+	P50Seconds float64 `json:"p50_seconds"`
+	P95Seconds float64 `json:"p95_seconds"`
+	P99Seconds float64 `json:"p99_seconds"`
+	MaxSeconds float64 `json:"max_seconds"`
+
+	// The radio budget: the most units one cell held at any step, the
+	// per-cell budget, and whether any cell went over it (the engine checks
+	// the budget invariant at every cell step and counts violations).
+	PeakCellUnits        int  `json:"peak_cell_units"`
+	CellBudgetUnits      int  `json:"cell_budget_units"`
+	CellBudgetViolations int  `json:"cell_budget_violations"`
+	CellBudgetExceeded   bool `json:"cell_budget_exceeded"`
+
+	// The server process(es): CPU over their whole lives and during the
+	// task, the peak RSS, and the journal's events counted in the store
+	// after the run.
+	EngineCPUSeconds         float64 `json:"engine_cpu_seconds"`
+	EngineTaskCPUSeconds     float64 `json:"engine_task_cpu_seconds"`
+	EngineCPUPerUpgradeMs    float64 `json:"engine_cpu_ms_per_upgrade"`
+	EnginePeakRSSBytes       int64   `json:"engine_peak_rss_bytes"`
+	EventsJournaled          int64   `json:"events_journaled"`
+	EventsPerUpgrade         float64 `json:"events_per_upgrade"`
+	IdleHeapBytesPerDevice   float64 `json:"idle_heap_bytes_per_device"`
+	IdleRSSBytesPerDevice    float64 `json:"idle_rss_bytes_per_device"`
+	RegisterConnectSeconds   float64 `json:"register_connect_seconds"`
+	SimCPUSeconds            float64 `json:"sim_cpu_seconds"`
+	SimPeakRSSBytes          int64   `json:"sim_peak_rss_bytes"`
+	SimProcesses             int     `json:"sim_processes"`
+	Restarts                 int     `json:"restarts"`
+	KilledAtFinal            int     `json:"killed_at_final,omitempty"`
+	EveryDeviceOneFinalState bool    `json:"every_device_one_final_state"`
+	DevicesUpgradedTwice     int     `json:"devices_upgraded_twice"`
+	// Problems lists what went wrong (a device missing from the tasks, in
+	// two final states, upgraded twice, a budget violation): empty on a
+	// clean run.
+	Problems []string `json:"problems"`
+
+	Machine Machine `json:"machine"`
+	Command string  `json:"command"`
+	DataDir string  `json:"data_dir,omitempty"`
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model,omitempty"`
+	OS        string `json:"os"`
+	GoVersion string `json:"go_version"`
+}
+
+// OK reports whether the run found no problem.
+func (r *Report) OK() bool { return len(r.Problems) == 0 }
+
+// percentile returns the p-th percentile (0..100) of sorted durations by
+// the nearest-rank method.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	k := int(math.Ceil(p/100*float64(len(sorted)))) - 1
+	return sorted[min(max(k, 0), len(sorted)-1)]
+}
+
+func (r *Report) setDurations(ds []time.Duration) {
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	r.P50Seconds = percentile(ds, 50).Seconds()
+	r.P95Seconds = percentile(ds, 95).Seconds()
+	r.P99Seconds = percentile(ds, 99).Seconds()
+	if len(ds) > 0 {
+		r.MaxSeconds = ds[len(ds)-1].Seconds()
+	}
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+func counts(m map[string]int) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Write prints the human report.
+func (r *Report) Write(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	p := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{k}, a...)...) }
+	fmt.Fprintln(tw, "otafleet bench")
+	p("command", "%s", r.Command)
+	p("machine", "%d CPUs %s, %s, %s", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.OS, r.Machine.GoVersion)
+	p("devices", "%d (%s) in %d cells, coverage %s (%s), fail rate %.3g", r.Devices, counts(r.Mix), r.Cells, r.Coverage, counts(r.Coverages), r.FailRate)
+	p("package", "%d bytes; tasks %s", r.PackageBytes, strings.Join(r.Tasks, " "))
+	p("outcome", "%d succeeded, %d failed, %d stopped", r.Succeeded, r.Failed, r.Stopped)
+	if len(r.Failures) > 0 {
+		for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
+			p("  failed", "%d × %s", r.Failures[k], k)
+		}
+	}
+	p("wall time", "%.2f s (task start to last final state)", r.WallSeconds)
+	p("upgrades/s", "%.1f", r.UpgradesPerSecond)
+	p("per device", "p50 %.2f s, p95 %.2f s, p99 %.2f s, max %.2f s (sub-task start to final state)", r.P50Seconds, r.P95Seconds, r.P99Seconds, r.MaxSeconds)
+	exceeded := "never exceeded"
+	if r.CellBudgetExceeded {
+		exceeded = fmt.Sprintf("EXCEEDED (%d violations)", r.CellBudgetViolations)
+	}
+	p("cell budget", "peak %d of %d units in one cell: %s", r.PeakCellUnits, r.CellBudgetUnits, exceeded)
+	p("engine CPU", "%.2f s in all, %.2f s during the task: %.2f ms per finished device", r.EngineCPUSeconds, r.EngineTaskCPUSeconds, r.EngineCPUPerUpgradeMs)
+	p("engine RSS", "peak %s", mib(r.EnginePeakRSSBytes))
+	p("idle fleet", "%.0f B heap and %.0f B RSS per registered, connected device", r.IdleHeapBytesPerDevice, r.IdleRSSBytesPerDevice)
+	p("journal", "%d events (%.1f per finished device)", r.EventsJournaled, r.EventsPerUpgrade)
+	p("register+connect", "%.2f s", r.RegisterConnectSeconds)
+	p("simulator", "%d processes, %.2f s CPU, peak RSS %s", r.SimProcesses, r.SimCPUSeconds, mib(r.SimPeakRSSBytes))
+	if r.Restarts > 0 {
+		p("restarts", "%d (SIGKILL at %d devices final)", r.Restarts, r.KilledAtFinal)
+	}
+	p("final states", "every device exactly once: %v; upgraded twice: %d", r.EveryDeviceOneFinalState, r.DevicesUpgradedTwice)
+	if r.DataDir != "" {
+		p("data dir", "%s", r.DataDir)
+	}
+	if len(r.Problems) == 0 {
+		p("result", "OK")
+	} else {
+		for _, pr := range r.Problems {
+			p("PROBLEM", "%s", pr)
+		}
+	}
+	return tw.Flush()
+}

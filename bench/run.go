@@ -1,0 +1,813 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/otafleet/otafleet/internal/clock"
+	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
+)
+
+// Options describe one bench run.
+type Options struct {
+	// Exe is the otafleet binary; the server and the simulators run as
+	// `Exe serve` and `Exe sim`, separate processes. Env is added to their
+	// environment.
+	Exe string
+	Env []string
+	// DataDir is the server's data folder: "" makes a new temporary one,
+	// removed after the run unless Keep. A given folder must be empty or
+	// absent.
+	DataDir string
+	Keep    bool
+
+	Protocol       string // mqtt, lwm2m, pcp or mixed
+	Devices        int
+	Cells          int
+	Coverage       string
+	FailRate       float64
+	ThinkTime      time.Duration
+	BytesPerSecond int64
+	PackageBytes   int
+	DTLS           bool
+	// KillAt in (0, 1): when this share of the devices reached a final
+	// state the server is killed with SIGKILL and started again.
+	KillAt float64
+	// SimProcs is how many simulator processes share the devices (0: one
+	// per PerSim devices).
+	SimProcs int
+	PerSim   int
+	// IdleOnly stops after measuring the registered, connected, idle fleet.
+	IdleOnly bool
+	// Timeout bounds the task (default 30 minutes).
+	Timeout time.Duration
+	// ServeArgs are added to the server's command line.
+	ServeArgs []string
+	// Progress receives one line every few seconds; nil: none.
+	Progress io.Writer
+	// Command is the command line, for the report.
+	Command string
+}
+
+func (o *Options) validate() error {
+	var errs []error
+	if _, err := Protocols(o.Protocol); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Devices < 1 {
+		errs = append(errs, fmt.Errorf("--devices %d: want at least 1", o.Devices))
+	}
+	if o.Cells < 1 {
+		errs = append(errs, fmt.Errorf("--cells %d: want at least 1", o.Cells))
+	}
+	if o.PackageBytes < 1 || o.PackageBytes > 8<<20 {
+		errs = append(errs, fmt.Errorf("--package-size %d: want 1 byte to 8 MiB", o.PackageBytes))
+	}
+	if o.KillAt < 0 || o.KillAt >= 1 {
+		errs = append(errs, fmt.Errorf("--kill-at %v: want a share below 100%%", o.KillAt))
+	}
+	if o.Exe == "" {
+		errs = append(errs, errors.New("no otafleet binary to run"))
+	}
+	return errors.Join(errs...)
+}
+
+// run is the state of one bench run.
+type run struct {
+	o       Options
+	clk     clock.Clock
+	dir     string
+	addrs   map[string]string
+	args    []string // the server's arguments
+	server  *child
+	api     *API
+	token   string
+	fleet   Fleet
+	protos  []string
+	rep     *Report
+	metrics http.Client
+	// violSeen is the current server's violation counter as last read.
+	violSeen int
+}
+
+// Run starts a server and simulators as separate processes, registers the
+// fleet, uploads a package per protocol, runs the tasks to their end and
+// returns the report. The report is returned with an error too when the run
+// got far enough to measure something.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	if o.PerSim <= 0 {
+		o.PerSim = 5000
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Minute
+	}
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	r := &run{o: o, clk: clock.Real()}
+	r.protos, _ = Protocols(o.Protocol)
+	r.rep = &Report{
+		Devices: o.Devices, Mix: map[string]int{}, Cells: o.Cells, Coverage: o.Coverage, Coverages: map[string]int{},
+		FailRate: o.FailRate, PackageBytes: o.PackageBytes, Failures: map[string]int{}, Problems: []string{},
+		Machine: Machine{CPUs: runtime.NumCPU(), CPUModel: cpuModel(), OS: runtime.GOOS + "/" + runtime.GOARCH, GoVersion: runtime.Version()},
+		Command: o.Command,
+	}
+	r.fleet = Fleet{Protocols: r.protos, Devices: o.Devices, Prefix: "bench-", Cells: o.Cells, Coverage: o.Coverage, FailRate: o.FailRate, SecretSeed: "otafleet-sim"}
+	if err := r.fleet.Validate(); err != nil {
+		return nil, err
+	}
+	for n := range o.Devices {
+		d := r.fleet.Device(n)
+		r.rep.Mix[d.Protocol]++
+		if d.Coverage != "" {
+			r.rep.Coverages[d.Coverage]++
+		}
+	}
+	if err := r.setup(); err != nil {
+		return nil, err
+	}
+	defer r.cleanup()
+	err := r.run(ctx)
+	if r.server != nil {
+		r.stopServer()
+	}
+	if n, cerr := countEvents(filepath.Join(r.dir, "store")); cerr == nil {
+		r.rep.EventsJournaled = n
+		if done := r.rep.Succeeded + r.rep.Failed; done > 0 {
+			r.rep.EventsPerUpgrade = float64(n) / float64(done)
+		}
+	} else if err == nil {
+		err = fmt.Errorf("counting the journal's events: %w", cerr)
+	}
+	if o.Keep {
+		r.rep.DataDir = r.dir
+	}
+	return r.rep, err
+}
+
+func (r *run) setup() error {
+	dir := r.o.DataDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "otafleet-bench-")
+		if err != nil {
+			return err
+		}
+		dir = d
+	} else {
+		ents, err := os.ReadDir(dir)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if len(ents) > 0 {
+			return fmt.Errorf("--data-dir %s is not empty: the bench needs a fresh server", dir)
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+	}
+	r.dir = dir
+	// Fixed ports, so that a restarted server is where the devices left it.
+	tcp := func() (string, error) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		defer l.Close()
+		return l.Addr().String(), nil
+	}
+	udp := func() (string, error) {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		return c.LocalAddr().String(), nil
+	}
+	var errs [5]error
+	a := map[string]string{}
+	a["api"], errs[0] = tcp()
+	a["mqtt"], errs[1] = tcp()
+	a["download"], errs[2] = tcp()
+	a["coap"], errs[3] = udp()
+	if r.o.DTLS {
+		a["coaps"], errs[4] = udp()
+	}
+	if err := errors.Join(errs[:]...); err != nil {
+		return fmt.Errorf("picking ports: %w", err)
+	}
+	r.addrs = a
+	r.args = append([]string{"serve", "--data-dir", dir, "--api-addr", a["api"], "--mqtt-addr", a["mqtt"],
+		"--download-addr", a["download"], "--coap-addr", a["coap"], "--coaps-addr", a["coaps"],
+		"--log-format", "json", "--log-level", "warn"}, r.o.ServeArgs...)
+	return nil
+}
+
+func (r *run) cleanup() {
+	if !r.o.Keep && r.o.DataDir == "" {
+		os.RemoveAll(r.dir)
+	}
+}
+
+func (r *run) progress(format string, a ...any) {
+	if r.o.Progress != nil {
+		fmt.Fprintf(r.o.Progress, "bench: "+format+"\n", a...)
+	}
+}
+
+func (r *run) sleep(ctx context.Context, d time.Duration) error {
+	t := r.clk.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C():
+		return nil
+	}
+}
+
+func (r *run) run(ctx context.Context) error {
+	if err := r.startServer(ctx); err != nil {
+		return err
+	}
+	products, err := r.createProducts(ctx)
+	if err != nil {
+		return err
+	}
+	baseHeap, baseRSS, err := r.idleMemory(ctx)
+	if err != nil {
+		return err
+	}
+
+	// The simulators register their devices and connect them.
+	t0 := r.clk.Now()
+	sims, err := r.startSims(ctx, products)
+	defer func() {
+		rep := stopSims(sims, r.clk)
+		r.rep.SimProcesses = len(sims)
+		for _, s := range rep.children {
+			cpu, rss := usageOf(s.cmd)
+			r.rep.SimCPUSeconds += cpu.Seconds()
+			r.rep.SimPeakRSSBytes = max(r.rep.SimPeakRSSBytes, rss)
+		}
+		r.rep.DevicesUpgradedTwice = rep.UpgradedTwice
+		if rep.UpgradedTwice > 0 {
+			r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices upgraded twice: %s", rep.UpgradedTwice, strings.Join(rep.TwiceIDs, " ")))
+		}
+		if rep.err != nil {
+			r.rep.Problems = append(r.rep.Problems, "simulator: "+rep.err.Error())
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	r.rep.RegisterConnectSeconds = r.clk.Since(t0).Seconds()
+	r.progress("%d devices registered and connected in %.1f s", r.o.Devices, r.rep.RegisterConnectSeconds)
+	heap, rss, err := r.idleMemory(ctx)
+	if err != nil {
+		return err
+	}
+	r.rep.IdleHeapBytesPerDevice = float64(heap-baseHeap) / float64(r.o.Devices)
+	r.rep.IdleRSSBytesPerDevice = float64(rss-baseRSS) / float64(r.o.Devices)
+	r.progress("idle fleet: %.0f B heap, %.0f B RSS per device", r.rep.IdleHeapBytesPerDevice, r.rep.IdleRSSBytesPerDevice)
+	if r.o.IdleOnly {
+		return nil
+	}
+	tasks, err := r.createTasks(ctx, products)
+	if err != nil {
+		return err
+	}
+	return r.watch(ctx, tasks)
+}
+
+// child is a process of the run.
+type child struct {
+	name  string
+	cmd   *exec.Cmd
+	lines chan string // its standard output, line by line
+	done  chan struct{}
+	err   error // once done
+	log   string
+}
+
+func (r *run) startChild(name string, args ...string) (*child, error) {
+	logPath := filepath.Join(r.dir, name+".log")
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(r.o.Exe, args...)
+	cmd.Env = append(os.Environ(), r.o.Env...)
+	cmd.Stderr = lf
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		lf.Close()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	c := &child{name: name, cmd: cmd, lines: make(chan string, 64), done: make(chan struct{}), log: logPath}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case c.lines <- sc.Text():
+			default: // nobody reads: drop
+			}
+		}
+		c.err = cmd.Wait()
+		lf.Close()
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// tail returns the last lines of the child's log, for an error message.
+func (c *child) tail() string {
+	b, err := os.ReadFile(c.log)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(0, len(lines)-5):], "\n")
+}
+
+func (r *run) startServer(ctx context.Context) error {
+	os.Remove(filepath.Join(r.dir, "addrs.json"))
+	c, err := r.startChild("serve", r.args...)
+	if err != nil {
+		return err
+	}
+	r.server = c
+	deadline := r.clk.Now().Add(2 * time.Minute)
+	for {
+		select {
+		case <-c.done:
+			return fmt.Errorf("the server exited: %v\n%s", c.err, c.tail())
+		default:
+		}
+		if r.clk.Now().After(deadline) {
+			return fmt.Errorf("the server did not answer within 2 minutes (log %s)", c.log)
+		}
+		if tok, err := os.ReadFile(filepath.Join(r.dir, "api-token")); err == nil && r.healthy(ctx) {
+			r.token = strings.TrimSpace(string(tok))
+			r.api = NewAPI(r.addrs["api"], r.token)
+			return nil
+		}
+		if err := r.sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func (r *run) healthy(ctx context.Context) bool {
+	if _, err := os.Stat(filepath.Join(r.dir, "addrs.json")); err != nil {
+		return false
+	}
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(hctx, "POST", "http://"+r.addrs["api"]+"/grpc.health.v1.Health/Check", strings.NewReader("{}"))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := r.metrics.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode == 200 && strings.Contains(string(b), "SERVING")
+}
+
+// stopServer ends the server with SIGTERM (SIGKILL after a minute) and adds
+// its CPU time and peak RSS to the report.
+func (r *run) stopServer() {
+	c := r.server
+	r.server = nil
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	t := r.clk.NewTimer(time.Minute)
+	defer t.Stop()
+	select {
+	case <-c.done:
+	case <-t.C():
+		_ = c.cmd.Process.Kill()
+		<-c.done
+		r.rep.Problems = append(r.rep.Problems, "the server did not stop within a minute of SIGTERM")
+	}
+	r.addUsage(c)
+}
+
+func (r *run) addUsage(c *child) {
+	cpu, rss := usageOf(c.cmd)
+	r.rep.EngineCPUSeconds += cpu.Seconds()
+	r.rep.EnginePeakRSSBytes = max(r.rep.EnginePeakRSSBytes, rss)
+}
+
+func (r *run) createProducts(ctx context.Context) (map[string]string, error) {
+	out := map[string]string{}
+	for _, p := range r.protos {
+		req := &v1.CreateProductRequest{Name: "bench " + p, Protocol: v1.Protocol_PROTOCOL_LWM2M}
+		switch p {
+		case ProtoMQTT:
+			req.Protocol = v1.Protocol_PROTOCOL_MQTT
+		case ProtoPCP:
+			sp := v1.SoftwareProtocol_SOFTWARE_PROTOCOL_PCP
+			req.SoftwareProtocol = &sp
+		}
+		resp, err := r.api.Products.CreateProduct(ctx, connect.NewRequest(req))
+		if err != nil {
+			return nil, fmt.Errorf("creating the %s product: %w", p, err)
+		}
+		out[p] = resp.Msg.GetProduct().GetProductId()
+	}
+	return out, nil
+}
+
+// idleMemory returns the server's heap after a garbage collection and its
+// RSS.
+func (r *run) idleMemory(ctx context.Context) (heap, rss int64, err error) {
+	hctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(hctx, "GET", "http://"+r.addrs["api"]+"/debug/pprof/heap?gc=1&debug=1", nil)
+	req.Header.Set("Authorization", "Bearer "+r.token)
+	resp, err := r.metrics.Do(req)
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading the server's heap: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return 0, 0, fmt.Errorf("reading the server's heap: %s", resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "# HeapAlloc = "); ok {
+			heap, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	if heap == 0 {
+		return 0, 0, errors.New("the server's heap profile carries no HeapAlloc")
+	}
+	rss, _, err = memOf(r.server.cmd.Process.Pid)
+	return heap, rss, err
+}
+
+func (r *run) simCount() int {
+	if r.o.SimProcs > 0 {
+		return min(r.o.SimProcs, r.o.Devices)
+	}
+	return (r.o.Devices + r.o.PerSim - 1) / r.o.PerSim
+}
+
+func (r *run) startSims(ctx context.Context, products map[string]string) ([]*child, error) {
+	n := r.simCount()
+	var ps []string
+	for _, p := range r.protos {
+		ps = append(ps, products[p])
+	}
+	var sims []*child
+	per := (r.o.Devices + n - 1) / n
+	for k := range n {
+		first := k * per
+		count := min(per, r.o.Devices-first)
+		if count <= 0 {
+			break
+		}
+		args := []string{"sim", "--data-dir", r.dir, "--protocol", r.o.Protocol, "--devices", strconv.Itoa(count),
+			"--first", strconv.Itoa(first), "--id-prefix", r.fleet.Prefix, "--product", strings.Join(ps, ","),
+			"--fw-version", "1.0", "--sw-version", "1.0", "--cells", strconv.Itoa(r.o.Cells), "--coverage", r.o.Coverage,
+			"--fail-rate", strconv.FormatFloat(r.o.FailRate, 'g', -1, 64), "--register",
+			"--think-time", r.o.ThinkTime.String(), "--bandwidth", strconv.FormatInt(r.o.BytesPerSecond, 10),
+			"--report", filepath.Join(r.dir, fmt.Sprintf("sim-%d.json", k)), "--log-level", "warn"}
+		if r.o.DTLS {
+			args = append(args, "--dtls")
+		}
+		c, err := r.startChild(fmt.Sprintf("sim-%d", k), args...)
+		if err != nil {
+			return sims, err
+		}
+		sims = append(sims, c)
+	}
+	// Each prints "ready devices=N" once all its devices are up.
+	for _, s := range sims {
+		t := r.clk.NewTimer(15 * time.Minute)
+		ok := false
+		for !ok {
+			select {
+			case line := <-s.lines:
+				ok = strings.HasPrefix(line, "ready ")
+			case <-s.done:
+				t.Stop()
+				return sims, fmt.Errorf("%s exited before its devices were up: %v\n%s", s.name, s.err, s.tail())
+			case <-t.C():
+				return sims, fmt.Errorf("%s: devices not up within 15 minutes (log %s)", s.name, s.log)
+			case <-ctx.Done():
+				t.Stop()
+				return sims, ctx.Err()
+			}
+		}
+		t.Stop()
+	}
+	return sims, nil
+}
+
+type simsReport struct {
+	SimReport
+	children []*child
+	err      error
+}
+
+// stopSims interrupts the simulators and sums their reports.
+func stopSims(sims []*child, clk clock.Clock) simsReport {
+	out := simsReport{children: sims}
+	for _, s := range sims {
+		_ = s.cmd.Process.Signal(os.Interrupt)
+	}
+	for _, s := range sims {
+		t := clk.NewTimer(2 * time.Minute)
+		select {
+		case <-s.done:
+		case <-t.C():
+			_ = s.cmd.Process.Kill()
+			<-s.done
+			out.err = errors.Join(out.err, fmt.Errorf("%s did not stop within 2 minutes", s.name))
+		}
+		t.Stop()
+		path := ""
+		for i, a := range s.cmd.Args {
+			if a == "--report" && i+1 < len(s.cmd.Args) {
+				path = s.cmd.Args[i+1]
+			}
+		}
+		b, err := os.ReadFile(path)
+		var rep SimReport
+		if err == nil {
+			err = json.Unmarshal(b, &rep)
+		}
+		if err != nil {
+			out.err = errors.Join(out.err, fmt.Errorf("%s's report: %w", s.name, err))
+			continue
+		}
+		out.Upgrades += rep.Upgrades
+		out.UpgradedTwice += rep.UpgradedTwice
+		out.TwiceIDs = append(out.TwiceIDs, rep.TwiceIDs...)
+	}
+	return out
+}
+
+var packageFor = map[string]v1.PackageType{
+	ProtoMQTT: v1.PackageType_PACKAGE_TYPE_FIRMWARE, ProtoLwM2M: v1.PackageType_PACKAGE_TYPE_FIRMWARE, ProtoPCP: v1.PackageType_PACKAGE_TYPE_SOFTWARE,
+}
+
+var taskFor = map[string]v1.TaskType{
+	ProtoMQTT: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, ProtoLwM2M: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, ProtoPCP: v1.TaskType_TASK_TYPE_SOFTWARE_UPGRADE,
+}
+
+// maxTaskDevices is the most devices one task names (spec 5.2).
+const maxTaskDevices = 30000
+
+func (r *run) createTasks(ctx context.Context, products map[string]string) ([]string, error) {
+	content := make([]byte, r.o.PackageBytes)
+	_, _ = rand.Read(content)
+	var tasks []string
+	for _, p := range r.protos {
+		pkg, err := r.api.Packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
+			ProductId: products[p], PackageType: packageFor[p], Version: "2.0", SourceVersions: []string{"1.0"},
+			FileName: "bench-" + p + "-2.0.bin", Content: content,
+		}))
+		if err != nil {
+			return nil, fmt.Errorf("creating the %s package: %w", p, err)
+		}
+		ids := r.fleet.IDs(p)
+		for part := 0; len(ids) > 0; part++ {
+			n := min(len(ids), maxTaskDevices)
+			t, err := r.api.Tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+				Name: fmt.Sprintf("bench_%s_%d", p, part), TaskType: taskFor[p],
+				PackageId: pkg.Msg.GetPackage().GetPackageId(), DeviceIds: ids[:n],
+			}))
+			if err != nil {
+				return nil, fmt.Errorf("creating the %s task: %w", p, err)
+			}
+			tasks = append(tasks, t.Msg.GetTask().GetTaskId())
+			ids = ids[n:]
+		}
+	}
+	r.rep.Tasks = tasks
+	return tasks, nil
+}
+
+func final(s v1.TaskStatus) bool {
+	switch s {
+	case v1.TaskStatus_TASK_STATUS_SUCCESS, v1.TaskStatus_TASK_STATUS_FAIL,
+		v1.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, v1.TaskStatus_TASK_STATUS_STOPPED:
+		return true
+	}
+	return false
+}
+
+// cellFigures reads the budget metrics from the server.
+func (r *run) cellFigures(ctx context.Context) (peak, budget, violations int, err error) {
+	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(mctx, "GET", "http://"+r.addrs["api"]+"/metrics", nil)
+	resp, err := r.metrics.Do(req)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	val := func(name string) (int, error) {
+		f, ok := fams[name]
+		if !ok || len(f.GetMetric()) == 0 {
+			return 0, fmt.Errorf("the server exports no %s", name)
+		}
+		m := f.GetMetric()[0]
+		switch {
+		case m.GetGauge() != nil:
+			return int(math.Round(m.GetGauge().GetValue())), nil
+		case m.GetCounter() != nil:
+			return int(math.Round(m.GetCounter().GetValue())), nil
+		}
+		return 0, fmt.Errorf("%s is neither a gauge nor a counter", name)
+	}
+	var errs [3]error
+	peak, errs[0] = val("otafleet_cell_budget_units_peak")
+	budget, errs[1] = val("otafleet_cell_budget_units")
+	violations, errs[2] = val("otafleet_cell_budget_violations_total")
+	return peak, budget, violations, errors.Join(errs[:]...)
+}
+
+func (r *run) noteCells(ctx context.Context) {
+	peak, budget, violations, err := r.cellFigures(ctx)
+	if err != nil {
+		return // the next poll reads them
+	}
+	r.rep.PeakCellUnits = max(r.rep.PeakCellUnits, peak)
+	r.rep.CellBudgetUnits = budget
+	if violations > r.violSeen {
+		r.rep.CellBudgetViolations += violations - r.violSeen
+		r.violSeen = violations
+	}
+}
+
+func (r *run) watch(ctx context.Context, tasks []string) error {
+	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
+	defer cancel()
+	start := r.clk.Now()
+	cpu0, err := cpuOf(r.server.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	var taskCPU time.Duration
+	lastLine := start
+	killAt := int(math.Ceil(r.o.KillAt * float64(r.o.Devices)))
+	var end time.Time
+	for {
+		var done, ok, fail, running int
+		allFinal := true
+		for _, id := range tasks {
+			t, err := r.api.Tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: id}))
+			if err != nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("the tasks did not finish within %v", r.o.Timeout)
+				}
+				return fmt.Errorf("task %s: %w", id, err)
+			}
+			p := t.Msg.GetTask().GetProgress()
+			ok += int(p.GetSuccess())
+			fail += int(p.GetFail())
+			running += int(p.GetProcessing())
+			done += int(p.GetSuccess() + p.GetFail() + p.GetStopped())
+			allFinal = allFinal && final(t.Msg.GetTask().GetStatus())
+		}
+		r.noteCells(ctx)
+		if allFinal {
+			end = r.clk.Now()
+			break
+		}
+		if r.clk.Since(lastLine) >= 5*time.Second {
+			lastLine = r.clk.Now()
+			r.progress("%.0f s: %d/%d final (%d succeeded, %d failed), %d running; peak %d cell units", r.clk.Since(start).Seconds(), done, r.o.Devices, ok, fail, running, r.rep.PeakCellUnits)
+		}
+		if killAt > 0 && r.rep.Restarts == 0 && done >= killAt {
+			cpu, err := cpuOf(r.server.cmd.Process.Pid)
+			if err != nil {
+				return err
+			}
+			taskCPU += cpu - cpu0
+			r.noteCells(ctx)
+			r.progress("%d/%d final: killing the server with SIGKILL", done, r.o.Devices)
+			_ = r.server.cmd.Process.Kill()
+			<-r.server.done
+			r.addUsage(r.server)
+			r.rep.Restarts++
+			r.rep.KilledAtFinal = done
+			r.violSeen = 0
+			if err := r.startServer(ctx); err != nil {
+				return fmt.Errorf("restarting the server: %w", err)
+			}
+			r.progress("server restarted")
+			cpu0 = 0 // recovery is the task's work too
+		}
+		if err := r.sleep(ctx, 200*time.Millisecond); err != nil {
+			return fmt.Errorf("the tasks did not finish within %v", r.o.Timeout)
+		}
+	}
+	cpu, err := cpuOf(r.server.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	taskCPU += cpu - cpu0
+	r.rep.EngineTaskCPUSeconds = taskCPU.Seconds()
+	r.rep.WallSeconds = end.Sub(start).Seconds()
+	return r.collect(ctx, tasks)
+}
+
+// collect reads every task's devices: outcome, duration and reason, and
+// checks that each device of the fleet is in exactly one task, once, in a
+// final state.
+func (r *run) collect(ctx context.Context, tasks []string) error {
+	seen := make(map[string]int, r.o.Devices)
+	var durations []time.Duration
+	for _, id := range tasks {
+		page := ""
+		for {
+			resp, err := r.api.Tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id, PageSize: 1000, PageToken: page}))
+			if err != nil {
+				return fmt.Errorf("task %s devices: %w", id, err)
+			}
+			for _, d := range resp.Msg.GetDevices() {
+				seen[d.GetDeviceId()]++
+				switch d.GetStatus() {
+				case v1.SubtaskStatus_SUBTASK_STATUS_SUCCESS:
+					r.rep.Succeeded++
+				case v1.SubtaskStatus_SUBTASK_STATUS_FAIL:
+					r.rep.Failed++
+					r.rep.Failures[d.GetFailureReason()]++
+				case v1.SubtaskStatus_SUBTASK_STATUS_STOPPED:
+					r.rep.Stopped++
+				default:
+					r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("device %s ended the run in %v", d.GetDeviceId(), d.GetStatus()))
+				}
+				if s, u := d.GetStartTime(), d.GetUpdateTime(); s != nil && u != nil {
+					durations = append(durations, u.AsTime().Sub(s.AsTime()))
+				}
+			}
+			if page = resp.Msg.GetNextPageToken(); page == "" {
+				break
+			}
+		}
+	}
+	missing, twice := 0, 0
+	for n := range r.o.Devices {
+		switch seen[r.fleet.Device(n).ID] {
+		case 0:
+			missing++
+		case 1:
+		default:
+			twice++
+		}
+	}
+	if missing > 0 {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices are in no task", missing))
+	}
+	if twice > 0 {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices are listed more than once", twice))
+	}
+	r.rep.EveryDeviceOneFinalState = missing == 0 && twice == 0 && r.rep.Succeeded+r.rep.Failed+r.rep.Stopped == r.o.Devices
+	r.rep.setDurations(durations)
+	if r.rep.WallSeconds > 0 {
+		r.rep.UpgradesPerSecond = float64(r.rep.Succeeded) / r.rep.WallSeconds
+	}
+	if done := r.rep.Succeeded + r.rep.Failed; done > 0 {
+		r.rep.EngineCPUPerUpgradeMs = r.rep.EngineTaskCPUSeconds * 1000 / float64(done)
+	}
+	r.rep.CellBudgetExceeded = r.rep.CellBudgetViolations > 0 || r.rep.PeakCellUnits > r.rep.CellBudgetUnits
+	if r.rep.CellBudgetExceeded {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("the cell budget was exceeded: peak %d of %d units, %d violations", r.rep.PeakCellUnits, r.rep.CellBudgetUnits, r.rep.CellBudgetViolations))
+	}
+	return nil
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+)
+
+// TestBenchKillAt runs `otafleet bench` as a user would: the server and the
+// simulator are child processes (this test binary re-executed as otafleet),
+// 60 MQTT devices over real sockets, the server killed with SIGKILL once
+// half of them are final and started again. The report must show every
+// device succeeded, each in exactly one final state, none upgraded twice.
+func TestBenchKillAt(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	t.Setenv("OTAFLEET_TEST_MAIN", "1") // the children run main()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var out, errb bytes.Buffer
+	code := run(ctx, []string{"bench", "--devices", "60", "--protocol", "mqtt", "--think-time", "3s",
+		"--kill-at", "50%", "--json", "--timeout", "3m"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
+	}
+	var rep struct {
+		Devices, Succeeded, Failed, Restarts int
+		Exceeded                             bool    `json:"cell_budget_exceeded"`
+		OneFinal                             bool    `json:"every_device_one_final_state"`
+		Twice                                int     `json:"devices_upgraded_twice"`
+		Events                               int     `json:"events_journaled"`
+		CPU                                  float64 `json:"engine_cpu_seconds"`
+		RSS                                  int64   `json:"engine_peak_rss_bytes"`
+		Killed                               int     `json:"killed_at_final"`
+		P50                                  float64 `json:"p50_seconds"`
+		Problems                             []string
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if rep.Devices != 60 || rep.Succeeded != 60 || rep.Failed != 0 || rep.Restarts != 1 || !rep.OneFinal || rep.Twice != 0 ||
+		rep.Exceeded || len(rep.Problems) != 0 || rep.Killed < 30 || rep.Killed >= 60 {
+		t.Fatalf("report: %+v\n%s", rep, out.String())
+	}
+	// Every figure was measured, not defaulted.
+	if rep.Events < 60*10 || rep.CPU <= 0 || rep.RSS <= 0 || rep.P50 <= 0 {
+		t.Fatalf("figures: %+v", rep)
+	}
+}
