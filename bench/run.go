@@ -148,6 +148,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	defer r.cleanup()
 	err := r.run(ctx)
+	if err != nil {
+		r.rep.Problems = append(r.rep.Problems, "the run did not finish: "+err.Error())
+	}
 	if r.server != nil {
 		r.stopServer()
 	}
@@ -292,11 +295,17 @@ func (r *run) run(ctx context.Context) error {
 	if r.o.IdleOnly {
 		return nil
 	}
+	// The clock and the server's CPU count from the first task's creation.
+	start := r.clk.Now()
+	cpu0, err := cpuOf(r.server.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
 	tasks, err := r.createTasks(ctx, products)
 	if err != nil {
 		return err
 	}
-	return r.watch(ctx, tasks)
+	return r.watch(ctx, tasks, start, cpu0)
 }
 
 // child is a process of the run.
@@ -673,14 +682,9 @@ func (r *run) noteCells(ctx context.Context) {
 	}
 }
 
-func (r *run) watch(ctx context.Context, tasks []string) error {
+func (r *run) watch(ctx context.Context, tasks []string, start time.Time, cpu0 time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
-	start := r.clk.Now()
-	cpu0, err := cpuOf(r.server.cmd.Process.Pid)
-	if err != nil {
-		return err
-	}
 	var taskCPU time.Duration
 	lastLine := start
 	killAt := int(math.Ceil(r.o.KillAt * float64(r.o.Devices)))

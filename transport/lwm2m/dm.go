@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
@@ -146,8 +148,38 @@ func (s *Server) observe(ctx context.Context, reg *registration, path string) {
 	if old != nil && !old.Canceled() {
 		_ = old.Cancel(ctx) // a new observation (the device may have rebooted)
 	}
-	first := true
+	// go-coap may run this callback on two goroutines at once (a second
+	// reader starts while a confirmable request is in flight), so the
+	// callback is serialised, and a notification older than the last one
+	// delivered (RFC 7641 3.4) is dropped: the device machine sees object
+	// 5 and 19 in the device's order.
+	var (
+		mu       sync.Mutex
+		first    = true
+		seq      uint32
+		seqAt    time.Time
+		haveSeq  bool
+		clk      = s.cfg.Clock
+		observed = func(n *pool.Message) bool {
+			v, err := n.Observe()
+			if err != nil {
+				return true
+			}
+			now := clk.Now()
+			if haveSeq && !fresher(seq, v, now.Sub(seqAt)) {
+				return false
+			}
+			seq, seqAt, haveSeq = v, now, true
+			return true
+		}
+	)
 	obs, err := reg.conn.Observe(context.WithoutCancel(ctx), path, func(n *pool.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !observed(n) {
+			s.log.Debug("lwm2m: stale notification dropped", "device", reg.device, "path", path)
+			return
+		}
 		op := messages.Lwm2MOp_LWM2M_OP_OBSERVE
 		if !first {
 			op = messages.Lwm2MOp_LWM2M_OP_READ // a notification: a value like a read's
@@ -473,4 +505,11 @@ func (s *Server) pcpUplink(reg *registration, b []byte) {
 		return
 	}
 	s.deliver(reg.device, in)
+}
+
+// fresher reports whether a notification with Observe value v2, arriving
+// elapsed after the one with v1, is newer (RFC 7641 section 3.4).
+func fresher(v1, v2 uint32, elapsed time.Duration) bool {
+	const half = 1 << 23
+	return (v1 < v2 && v2-v1 < half) || (v1 > v2 && v1-v2 > half) || elapsed > 128*time.Second
 }

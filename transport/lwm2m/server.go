@@ -26,6 +26,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/net/blockwise"
 	"github.com/plgd-dev/go-coap/v3/options"
 	"github.com/plgd-dev/go-coap/v3/udp"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 	udpserver "github.com/plgd-dev/go-coap/v3/udp/server"
 
 	"github.com/otafleet/otafleet/internal/clock"
@@ -81,6 +82,11 @@ type Config struct {
 	// after each message it sends; default 93 s (the LwM2M 1.1 default of
 	// the client's awake time).
 	QueueAwake time.Duration
+	// PeerIdle is how long a peer that is not a registered device (a
+	// request without registering, a stale address) may stay silent before
+	// its conversation is closed; 0 means 16 s. Registered devices stay
+	// reachable for their whole lifetime however long they are silent.
+	PeerIdle time.Duration
 	// RequestTimeout bounds one request to a device, retransmissions
 	// included; default 2 minutes.
 	RequestTimeout time.Duration
@@ -91,15 +97,17 @@ type Config struct {
 // Server is the LwM2M server. It implements transport.Downlinks for LwM2M
 // and PCP downlinks.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	srv      *udpserver.Server
-	lis      *coapnet.UDPConn
-	addr     string
-	dtlsSrv  *dtlsserver.Server
-	dtlsLis  *coapnet.DTLSListener
-	dtlsAddr string
-	serving  sync.WaitGroup
+	cfg Config
+	log *slog.Logger
+	// onStrayClosed (tests) is told of each silent stray conversation closed.
+	onStrayClosed func(peer string)
+	srv           *udpserver.Server
+	lis           *coapnet.UDPConn
+	addr          string
+	dtlsSrv       *dtlsserver.Server
+	dtlsLis       *coapnet.DTLSListener
+	dtlsAddr      string
+	serving       sync.WaitGroup
 
 	// Exchanges counts the CoAP exchanges: requests from devices,
 	// requests to devices and notifications received.
@@ -148,6 +156,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.PeerIdle <= 0 {
+		cfg.PeerIdle = defaultPeerIdle
+	}
 	if cfg.QueueAwake <= 0 {
 		cfg.QueueAwake = 93 * time.Second
 	}
@@ -178,6 +189,7 @@ func New(cfg Config) (*Server, error) {
 			// a copy of every transfer per token until it times out.
 			options.WithBlockwise(false, blockwise.SZX1024, time.Minute),
 			options.WithErrors(onErr),
+			options.WithInactivityMonitor(cfg.PeerIdle, s.closeIfStray),
 		)
 	}
 	if cfg.DTLSAddr != "" {
@@ -194,7 +206,8 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("lwm2m: listening on %s (DTLS): %w", cfg.DTLSAddr, err)
 		}
 		s.dtlsLis, s.dtlsAddr = lis, lis.Addr().String()
-		s.dtlsSrv = dtls.NewServer(options.WithMux(router), options.WithBlockwise(false, blockwise.SZX1024, time.Minute), options.WithErrors(onErr))
+		s.dtlsSrv = dtls.NewServer(options.WithMux(router), options.WithBlockwise(false, blockwise.SZX1024, time.Minute), options.WithErrors(onErr),
+			options.WithInactivityMonitor(cfg.PeerIdle, s.closeIfStray))
 	}
 	if s.cfg.PublicAddr == "" {
 		s.cfg.PublicAddr = s.addr
@@ -548,6 +561,8 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
 		delete(s.byPeer, reg.peer)
 		reg.peer, reg.conn = peer, w.Conn()
 		s.byPeer[peer] = reg
+	} else if w.Conn() != reg.conn {
+		reg.conn = w.Conn() // the same address on a new conversation
 	}
 	changed := queue != reg.queue
 	reg.queue = queue
@@ -720,4 +735,29 @@ func listenUDP(addr string, size int) (*coapnet.UDPConn, error) {
 		}
 	}
 	return coapnet.NewUDPConn("udp", c), nil
+}
+
+// defaultPeerIdle is how long a peer that is not a registered device may
+// stay silent before its CoAP conversation is closed (go-coap's default).
+const defaultPeerIdle = 16 * time.Second
+
+// closeIfStray is the inactivity monitor's verdict on a silent peer: a
+// registered device's conversation stays open for as long as its
+// registration (an NB-IoT device may be silent for hours and must still be
+// reachable), anything else is closed. go-coap's default would close every
+// conversation after 16 s of silence, leaving a registration whose requests
+// fail with "connection was closed" (a device that waited longer than that
+// for its cell's slot failed its upgrade).
+func (s *Server) closeIfStray(cc *udpClient.Conn) {
+	peer := cc.RemoteAddr().String()
+	s.mu.Lock()
+	reg := s.byPeer[peer]
+	registered := reg != nil && reg.conn == cc
+	s.mu.Unlock()
+	if !registered {
+		_ = cc.Close()
+		if s.onStrayClosed != nil {
+			s.onStrayClosed(peer)
+		}
+	}
 }

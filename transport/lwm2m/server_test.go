@@ -75,9 +75,12 @@ type env struct {
 	content []byte
 	sum     [32]byte
 	served  chan [3]int64
+	// strayClosed receives the peers whose silent, unregistered
+	// conversation the server closed.
+	strayClosed chan string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, tune ...func(*lwm2m.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	st := memstore.New()
@@ -100,8 +103,19 @@ func newEnv(t *testing.T) *env {
 	e.dl, err = download.New(download.Config{Packages: st, Key: key, Clock: e.clk,
 		OnServed: func(g download.Grant, off, n, size int64) { e.served <- [3]int64{off, n, size} }})
 	must(err)
-	e.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", DTLSAddr: "127.0.0.1:0", Devices: st, Packages: st, Tokens: e.dl, Uplinks: e.rec, Clock: e.clk, QueueAwake: 30 * time.Second})
+	cfg := lwm2m.Config{Addr: "127.0.0.1:0", DTLSAddr: "127.0.0.1:0", Devices: st, Packages: st, Tokens: e.dl, Uplinks: e.rec, Clock: e.clk, QueueAwake: 30 * time.Second}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	e.srv, err = lwm2m.New(cfg)
 	must(err)
+	e.strayClosed = make(chan string, 100)
+	e.srv.OnStrayClosed(func(peer string) {
+		select {
+		case e.strayClosed <- peer:
+		default:
+		}
+	})
 	e.srv.Start()
 	t.Cleanup(func() { e.srv.Close() })
 	return e
@@ -635,5 +649,67 @@ func TestStrayResponses(t *testing.T) {
 	}
 	if n := e.srv.Exchanges(); n != 0 {
 		t.Fatalf("stray responses counted as %d exchanges", n)
+	}
+}
+
+// TestSilentDeviceStaysReachable: a registered device that says nothing for
+// longer than the server keeps a stray peer's conversation is still reached
+// by the server's requests. go-coap closes a silent conversation after 16 s
+// by default: devices waiting longer than that for a cell slot used to fail
+// their upgrade with "connection was closed" (seen at 6,000 devices).
+func TestSilentDeviceStaysReachable(t *testing.T) {
+	e := newEnv(t, func(c *lwm2m.Config) { c.PeerIdle = 50 * time.Millisecond })
+	d := dial(t, e)
+	d.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})
+	if _, err := d.register(t, "ep=d1&lt=600", links); err != nil {
+		t.Fatal(err)
+	}
+	e.rec.next(t)
+	// A stray peer: it talks to the server without registering.
+	stray := dial(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := stray.conn.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	strayAddr := stray.conn.LocalAddr().String()
+	// Once the stray's conversation is closed for silence, the device has
+	// been silent for longer than PeerIdle too.
+	for closed := ""; closed != strayAddr; {
+		select {
+		case closed = <-e.strayClosed:
+			if closed == d.conn.LocalAddr().String() {
+				t.Fatal("the registered device's conversation was closed")
+			}
+		case <-ctx.Done():
+			t.Fatal("the stray conversation was never closed")
+		}
+	}
+	dl := &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}
+	if err := e.srv.Send(ctx, dl); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"}` {
+		t.Fatalf("read after the silence: %q", got)
+	}
+}
+
+func TestFresherNotification(t *testing.T) {
+	cases := []struct {
+		v1, v2  uint32
+		elapsed time.Duration
+		want    bool
+	}{
+		{1, 2, 0, true},
+		{2, 1, 0, false},
+		{2, 2, 0, false},
+		{1<<24 - 1, 0, 0, true},         // the 24-bit counter wrapped
+		{0, 1<<24 - 1, 0, false},        // an old one from before the wrap
+		{5, 3, 129 * time.Second, true}, // too long ago to compare
+	}
+	for _, c := range cases {
+		if got := lwm2m.Fresher(c.v1, c.v2, c.elapsed); got != c.want {
+			t.Errorf("fresher(%d, %d, %v) = %v, want %v", c.v1, c.v2, c.elapsed, got, c.want)
+		}
 	}
 }

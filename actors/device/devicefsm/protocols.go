@@ -221,10 +221,15 @@ func (d *decider) updated() {
 func (d *decider) fotaReconnected() {
 	switch d.s.Stage {
 	case stNotified, stDownloading:
-		// Re-observe and write the same URI again: the client resumes (spec 3.7).
+		// Write the same URI again, then re-observe: the client resumes
+		// (spec 3.7). The write comes first because it makes object 5's
+		// reports wait for its acknowledgement: the device may have
+		// finished downloading before it is observed again, and the
+		// observation's first answer (State 2) must then come after the
+		// acknowledgement, not be dropped as a state from before the write.
+		d.writePackageURI()
 		d.send(observe(PathFotaState))
 		d.send(observe(PathUpdateResult))
-		d.writePackageURI()
 	case stDownloaded, stUpgrading:
 		// A reboot after Execute: the first notifications carry state and result.
 		d.send(observe(PathFotaState))
