@@ -128,6 +128,16 @@ func (r *Report) Write(w io.Writer) error {
 	p("command", "%s", r.Command)
 	p("machine", "%d CPUs %s, %s, %s", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.OS, r.Machine.GoVersion)
 	p("devices", "%d (%s) in %d cells, coverage %s (%s), fail rate %.3g", r.Devices, counts(r.Mix), r.Cells, r.Coverage, counts(r.Coverages), r.FailRate)
+	if len(r.Tasks) == 0 {
+		p("idle only", "no task was run (--idle-only)")
+		p("idle fleet", "%.0f B heap and %.0f B RSS per registered, connected device", r.IdleHeapBytesPerDevice, r.IdleRSSBytesPerDevice)
+		p("register+connect", "%.2f s", r.RegisterConnectSeconds)
+		p("engine", "%.2f s CPU, peak RSS %s", r.EngineCPUSeconds, mib(r.EnginePeakRSSBytes))
+		p("journal", "%d events", r.EventsJournaled)
+		p("simulator", "%d processes, %.2f s CPU, peak RSS %s", r.SimProcesses, r.SimCPUSeconds, mib(r.SimPeakRSSBytes))
+		r.writeResult(p)
+		return tw.Flush()
+	}
 	p("package", "%d bytes; tasks %s", r.PackageBytes, strings.Join(r.Tasks, " "))
 	p("outcome", "%d succeeded, %d failed, %d stopped", r.Succeeded, r.Failed, r.Stopped)
 	if len(r.Failures) > 0 {
@@ -156,12 +166,16 @@ func (r *Report) Write(w io.Writer) error {
 	if r.DataDir != "" {
 		p("data dir", "%s", r.DataDir)
 	}
+	r.writeResult(p)
+	return tw.Flush()
+}
+
+func (r *Report) writeResult(p func(k, format string, a ...any)) {
 	if len(r.Problems) == 0 {
 		p("result", "OK")
-	} else {
-		for _, pr := range r.Problems {
-			p("PROBLEM", "%s", pr)
-		}
+		return
 	}
-	return tw.Flush()
+	for _, pr := range r.Problems {
+		p("PROBLEM", "%s", pr)
+	}
 }

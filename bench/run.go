@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -61,8 +62,10 @@ type Options struct {
 	IdleOnly bool
 	// Timeout bounds the task (default 30 minutes).
 	Timeout time.Duration
-	// ServeArgs are added to the server's command line.
-	ServeArgs []string
+	// ServeArgs are added to the server's command line; SimLogLevel is the
+	// simulators' --log-level (default warn).
+	ServeArgs   []string
+	SimLogLevel string
 	// Progress receives one line every few seconds; nil: none.
 	Progress io.Writer
 	// Command is the command line, for the report.
@@ -506,9 +509,14 @@ func (r *run) startSims(ctx context.Context, products map[string]string) ([]*chi
 			"--fw-version", "1.0", "--sw-version", "1.0", "--cells", strconv.Itoa(r.o.Cells), "--coverage", r.o.Coverage,
 			"--fail-rate", strconv.FormatFloat(r.o.FailRate, 'g', -1, 64), "--register",
 			"--think-time", r.o.ThinkTime.String(), "--bandwidth", strconv.FormatInt(r.o.BytesPerSecond, 10),
-			"--report", filepath.Join(r.dir, fmt.Sprintf("sim-%d.json", k)), "--log-level", "warn"}
+			"--report", filepath.Join(r.dir, fmt.Sprintf("sim-%d.json", k)), "--log-level", cmp.Or(r.o.SimLogLevel, "warn")}
 		if r.o.DTLS {
 			args = append(args, "--dtls")
+		}
+		if r.o.Devices > 16000 {
+			// One loopback address per simulator: one address has ~28k
+			// ephemeral ports for the whole machine.
+			args = append(args, "--local-addr", fmt.Sprintf("127.0.%d.%d", (k+2)/256, (k+2)%256))
 		}
 		c, err := r.startChild(fmt.Sprintf("sim-%d", k), args...)
 		if err != nil {

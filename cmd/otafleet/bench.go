@@ -134,5 +134,6 @@ lists problems.`,
 	fs.BoolVar(&o.Keep, "keep", false, "keep the data folder (logs, store, simulator reports) after the run")
 	fs.StringArrayVar(&serveArgs, "serve-arg", nil, "extra argument for `otafleet serve` (repeatable), e.g. --serve-arg=--passivate-after=10s")
 	fs.BoolVar(&asJSON, "json", false, "print the report as one JSON object")
+	fs.StringVar(&o.SimLogLevel, "sim-log-level", "warn", "the simulators' log level (their logs are DATA-DIR/sim-*.log; see --keep)")
 	return cmd
 }

@@ -44,6 +44,7 @@ type simOpts struct {
 	report      string
 	logLevel    string
 	concurrency int
+	localAddrs  []string
 }
 
 func simCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -96,6 +97,7 @@ devices de-register) and writes --report.`,
 	fs.StringVar(&o.report, "report", "", "file the simulator writes its JSON report to when it stops")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.IntVar(&o.concurrency, "concurrency", 64, "devices connecting at once")
+	fs.StringSliceVar(&o.localAddrs, "local-addr", nil, "local IPs the devices' sockets bind to, 16,000 devices each in turn (default: the system's choice; beyond 16,000 devices against a loopback server, 127.0.0.1, 127.0.0.2, ...)")
 	return cmd
 }
 
@@ -181,7 +183,9 @@ func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {
 	if need := uint64(o.devices)*5/4 + 256; limit > 0 && need > limit {
 		return fmt.Errorf("%d devices need about %d open files, the limit is %d: raise it (ulimit -n) or split the fleet over several sims with --first", o.devices, need, limit)
 	}
-	if o.devices > 16000 {
+	if len(o.localAddrs) > 0 {
+		cfg.LocalAddrs = o.localAddrs
+	} else if o.devices > 16000 {
 		server := cfg.CoAP
 		if protos[0] == bench.ProtoMQTT {
 			server = strings.TrimPrefix(cfg.MQTT, "tcp://")
