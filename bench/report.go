@@ -129,21 +129,26 @@ func (r *Report) Write(w io.Writer) error {
 	p("machine", "%d CPUs %s, %s, %s", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.OS, r.Machine.GoVersion)
 	p("devices", "%d (%s) in %d cells, coverage %s (%s), fail rate %.3g", r.Devices, counts(r.Mix), r.Cells, r.Coverage, counts(r.Coverages), r.FailRate)
 	if len(r.Tasks) == 0 {
-		p("idle only", "no task was run (--idle-only)")
-		p("idle fleet", "%.0f B heap and %.0f B RSS per registered, connected device", r.IdleHeapBytesPerDevice, r.IdleRSSBytesPerDevice)
-		p("register+connect", "%.2f s", r.RegisterConnectSeconds)
+		p("tasks", "none run (--idle-only)")
+		r.writeFleet(p)
 		p("engine", "%.2f s CPU, peak RSS %s", r.EngineCPUSeconds, mib(r.EnginePeakRSSBytes))
 		p("journal", "%d events", r.EventsJournaled)
-		p("simulator", "%d processes, %.2f s CPU, peak RSS %s", r.SimProcesses, r.SimCPUSeconds, mib(r.SimPeakRSSBytes))
-		r.writeResult(p)
-		return tw.Flush()
+	} else {
+		r.writeTasks(p)
 	}
+	if r.DataDir != "" {
+		p("data dir", "%s", r.DataDir)
+	}
+	r.writeResult(p)
+	return tw.Flush()
+}
+
+// writeTasks prints the lines of a run with tasks.
+func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 	p("package", "%d bytes; tasks %s", r.PackageBytes, strings.Join(r.Tasks, " "))
 	p("outcome", "%d succeeded, %d failed, %d stopped", r.Succeeded, r.Failed, r.Stopped)
-	if len(r.Failures) > 0 {
-		for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
-			p("  failed", "%d × %s", r.Failures[k], k)
-		}
+	for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
+		p("  failed", "%d × %s", r.Failures[k], k)
 	}
 	p("wall time", "%.2f s (task start to last final state)", r.WallSeconds)
 	p("upgrades/s", "%.1f", r.UpgradesPerSecond)
@@ -155,19 +160,19 @@ func (r *Report) Write(w io.Writer) error {
 	p("cell budget", "peak %d of %d units in one cell: %s", r.PeakCellUnits, r.CellBudgetUnits, exceeded)
 	p("engine CPU", "%.2f s in all, %.2f s during the task: %.2f ms per finished device", r.EngineCPUSeconds, r.EngineTaskCPUSeconds, r.EngineCPUPerUpgradeMs)
 	p("engine RSS", "peak %s", mib(r.EnginePeakRSSBytes))
-	p("idle fleet", "%.0f B heap and %.0f B RSS per registered, connected device", r.IdleHeapBytesPerDevice, r.IdleRSSBytesPerDevice)
 	p("journal", "%d events (%.1f per finished device)", r.EventsJournaled, r.EventsPerUpgrade)
-	p("register+connect", "%.2f s", r.RegisterConnectSeconds)
-	p("simulator", "%d processes, %.2f s CPU, peak RSS %s", r.SimProcesses, r.SimCPUSeconds, mib(r.SimPeakRSSBytes))
+	r.writeFleet(p)
 	if r.Restarts > 0 {
 		p("restarts", "%d (SIGKILL at %d devices final)", r.Restarts, r.KilledAtFinal)
 	}
 	p("final states", "every device exactly once: %v; upgraded twice: %d", r.EveryDeviceOneFinalState, r.DevicesUpgradedTwice)
-	if r.DataDir != "" {
-		p("data dir", "%s", r.DataDir)
-	}
-	r.writeResult(p)
-	return tw.Flush()
+}
+
+// writeFleet prints the idle fleet's and the simulators' lines.
+func (r *Report) writeFleet(p func(k, format string, a ...any)) {
+	p("idle fleet", "%.0f B heap and %.0f B RSS per registered, connected device", r.IdleHeapBytesPerDevice, r.IdleRSSBytesPerDevice)
+	p("register+connect", "%.2f s", r.RegisterConnectSeconds)
+	p("simulator", "%d processes, %.2f s CPU, peak RSS %s", r.SimProcesses, r.SimCPUSeconds, mib(r.SimPeakRSSBytes))
 }
 
 func (r *Report) writeResult(p func(k, format string, a ...any)) {

@@ -513,10 +513,10 @@ func (r *run) startSims(ctx context.Context, products map[string]string) ([]*chi
 		if r.o.DTLS {
 			args = append(args, "--dtls")
 		}
-		if r.o.Devices > 16000 {
-			// One loopback address per simulator: one address has ~28k
-			// ephemeral ports for the whole machine.
-			args = append(args, "--local-addr", fmt.Sprintf("127.0.%d.%d", (k+2)/256, (k+2)%256))
+		if r.o.Devices > DevicesPerLocalAddr {
+			// The simulators share the machine's ephemeral ports: give each
+			// its own loopback address (127.0.0.2, …; the server is on .1).
+			args = append(args, "--local-addr", LoopbackIP(k+2))
 		}
 		c, err := r.startChild(fmt.Sprintf("sim-%d", k), args...)
 		if err != nil {

@@ -113,7 +113,7 @@ func StartSim(ctx context.Context, cfg SimConfig) (*Sim, error) {
 		cfg.Concurrency = 64
 	}
 	if cfg.PerLocalAddr <= 0 {
-		cfg.PerLocalAddr = 16000
+		cfg.PerLocalAddr = DevicesPerLocalAddr
 	}
 	s := &Sim{cfg: cfg, log: cfg.Logger}
 	if s.log == nil {
@@ -322,6 +322,17 @@ func (s *Sim) Stop() SimReport {
 	return r
 }
 
+// DevicesPerLocalAddr is how many simulated devices share one local IP: one
+// address has about 28k ephemeral ports for the whole machine, and a device
+// may hold a download connection beside its own socket.
+const DevicesPerLocalAddr = 16000
+
+// LoopbackIP returns the n-th loopback IPv4 address (n ≥ 1): 127.0.0.1,
+// 127.0.0.2, … 127.0.1.0, …
+func LoopbackIP(n int) string {
+	return fmt.Sprintf("127.0.%d.%d", n/256, n%256)
+}
+
 // LoopbackAddrs returns n loopback IPs 127.0.0.1 … for LocalAddrs, when
 // server is a loopback address; nil otherwise.
 func LoopbackAddrs(server string, n int) []string {
@@ -334,7 +345,7 @@ func LoopbackAddrs(server string, n int) []string {
 	}
 	out := make([]string, n)
 	for i := range out {
-		out[i] = fmt.Sprintf("127.0.%d.%d", (i+1)/256, (i+1)%256)
+		out[i] = LoopbackIP(i + 1)
 	}
 	return out
 }

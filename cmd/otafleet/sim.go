@@ -185,12 +185,12 @@ func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {
 	}
 	if len(o.localAddrs) > 0 {
 		cfg.LocalAddrs = o.localAddrs
-	} else if o.devices > 16000 {
+	} else if o.devices > bench.DevicesPerLocalAddr {
 		server := cfg.CoAP
 		if protos[0] == bench.ProtoMQTT {
 			server = strings.TrimPrefix(cfg.MQTT, "tcp://")
 		}
-		cfg.LocalAddrs = bench.LoopbackAddrs(server, (o.devices+15999)/16000)
+		cfg.LocalAddrs = bench.LoopbackAddrs(server, (o.devices+bench.DevicesPerLocalAddr-1)/bench.DevicesPerLocalAddr)
 	}
 
 	if o.register {
