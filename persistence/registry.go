@@ -18,10 +18,12 @@ var (
 	ErrTooLarge = errors.New("persistence: blob too large")
 )
 
-// Store is what an implementation provides: the journal and the registry.
+// Store is what an implementation provides: the journal, the registry and
+// the transports' sessions.
 type Store interface {
 	EventStore
 	Registry
+	Sessions
 }
 
 // Protocol is how a product's devices talk to the server.

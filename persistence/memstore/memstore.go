@@ -29,6 +29,7 @@ type Store struct {
 	tasks    map[string]persistence.TaskRecord
 	blobs    map[string]*blob
 	writing  map[string]bool // blobs being written
+	sessions map[string]map[string][]byte // transport → device → value
 }
 
 // New returns an empty store.
@@ -44,6 +45,7 @@ func New() *Store {
 		tasks:     map[string]persistence.TaskRecord{},
 		blobs:     map[string]*blob{},
 		writing:   map[string]bool{},
+		sessions:  map[string]map[string][]byte{},
 	}
 }
 

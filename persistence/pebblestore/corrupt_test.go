@@ -41,6 +41,7 @@ func populated(t *testing.T) vfs.FS {
 	must(s.PutPackage(ctx, persistence.Package{ID: "k", ProductID: "p", Type: persistence.PackageFirmware, Version: "2"}))
 	_, _, err = s.WriteBlob(ctx, "k", bytes.NewReader(bytes.Repeat([]byte("0123456789abcdef"), 3*persistence.BlobChunkSize/16-100)), 1<<20)
 	must(err)
+	must(s.PutSession(ctx, "lwm2m", "d1", []byte(`{"reg":"r1"}`)))
 	must(s.Verify(ctx))
 	must(s.Close())
 	return fs
@@ -129,6 +130,12 @@ func TestCorruption(t *testing.T) {
 			return map[string][]byte{chunkKey("k", 1): flip(g(chunkKey("k", 1)), 100)}
 		}, chunkKey("k", 1), readBlob},
 		{"blob chunk truncated", func(g get) map[string][]byte { return map[string][]byte{chunkKey("k", 2): g(chunkKey("k", 2))[:10]} }, chunkKey("k", 2), readBlob},
+		{"session bit flip", func(g get) map[string][]byte { return map[string][]byte{"t/lwm2m/d1": flip(g("t/lwm2m/d1"), -1)} }, "t/lwm2m/d1", func(s *pebblestore.Store) error {
+			return s.ListSessions(ctx, "lwm2m", func(string, []byte) error { return nil })
+		}},
+		{"session holding a device record", func(g get) map[string][]byte { return map[string][]byte{"t/lwm2m/d1": g("r/d/d1")} }, "t/lwm2m/d1", func(s *pebblestore.Store) error {
+			return s.ListSessions(ctx, "lwm2m", func(string, []byte) error { return nil })
+		}},
 		{"blob header", func(get) map[string][]byte { return map[string][]byte{"r/b/k": []byte("?")} }, "r/b/k", readBlob},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -17,6 +17,8 @@
 //	r/i/d/<product>/<device>   index: the product's devices (empty value)
 //	r/i/k/<product>/<package>  index: the product's packages (empty value)
 //	b/<id>/<chunk:8 BE>        blob chunk: CRC-32C (4 bytes, little-endian) + up to 64 KiB
+//	t/<transport>/<id>         a transport's session of a device (its value inside the
+//	                           persistence envelope, type 206, version 1)
 //	m/format                   store format (uvarint; this build writes and reads 1)
 //	m/seal                     1 + 32-byte seal key, or 2 + 32-byte key check
 //
@@ -26,7 +28,10 @@
 // take a lock per stream (striped) only to check Expected against the
 // stream's last key, so appends to different streams run concurrently and
 // Pebble groups their WAL syncs (group commit). Registry writes take one
-// registry lock (they check references) and are synced too.
+// registry lock (they check references) and are synced too. Sessions
+// (persistence.Sessions) are written unsynced: they must survive a crash of
+// the process, which leaves them in the kernel, and losing one to a power cut
+// only makes the device register again.
 //
 // A blob is streamed: chunks go out in unsynced batches of about 1 MiB under
 // an r/w/<id> marker, so memory stays bounded whatever the file size; the

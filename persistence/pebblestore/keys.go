@@ -29,6 +29,7 @@ var (
 	prefixActive      = []byte("a/")
 	prefixRegistry    = []byte("r/")
 	prefixMeta        = []byte("m/")
+	prefixSessions    = []byte("t/")
 )
 
 // Blob chunk value layout.
@@ -47,6 +48,7 @@ const (
 	recPackage    uint32 = 203
 	recBlobHeader uint32 = 204
 	recTask       uint32 = 205
+	recSession    uint32 = 206
 	recVersion    uint32 = 1
 )
 

@@ -106,6 +106,8 @@ func (v *verifier) entry(k, val []byte) error {
 		return v.record(k, val)
 	case 's':
 		return v.snapshot(k, val)
+	case 't':
+		return v.session(k, val)
 	}
 	return corrupt(k, "key outside the store's key spaces")
 }
@@ -332,4 +334,18 @@ func (v *verifier) record(k, val []byte) error {
 		return nil
 	}
 	return corrupt(k, "unknown registry key")
+}
+
+// session checks a transport session: key t/<transport>/<id>, an envelope
+// of type recSession.
+func (v *verifier) session(k, val []byte) error {
+	transport, id, ok := strings.Cut(string(k[len(prefixSessions):]), "/")
+	if !ok {
+		return corrupt(k, "session key without a device ID")
+	}
+	if err := persistence.ValidateSessionKey(transport, id); err != nil {
+		return corrupt(k, "session of an invalid key: %v", err)
+	}
+	_, err := decodeSession(k, val)
+	return err
 }

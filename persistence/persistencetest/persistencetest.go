@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -59,6 +60,7 @@ func Run(t *testing.T, open Open) {
 		{"BlobTooLarge", testBlobTooLarge},
 		{"BlobReaderFails", testBlobReaderFails},
 		{"BlobDeleteWhileOpen", testBlobDeleteWhileOpen},
+		{"Sessions", testSessions},
 		{"Closed", testClosed},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -919,6 +921,51 @@ func testBlobDeleteWhileOpen(t *testing.T, s persistence.Store) {
 	}
 }
 
+func sessions(t *testing.T, s persistence.Store, transport string) map[string]string {
+	t.Helper()
+	got := map[string]string{}
+	ok(t, "ListSessions", s.ListSessions(context.Background(), transport, func(id string, v []byte) error {
+		got[id] = string(v)
+		return nil
+	}))
+	return got
+}
+
+func testSessions(t *testing.T, s persistence.Store) {
+	ctx := context.Background()
+	ok(t, "PutSession a", s.PutSession(ctx, "lwm2m", "a", []byte("1")))
+	ok(t, "PutSession b", s.PutSession(ctx, "lwm2m", "b", []byte("2")))
+	ok(t, "PutSession other transport", s.PutSession(ctx, "lwm", "c", []byte("3")))
+	buf := []byte("4")
+	ok(t, "PutSession replaces", s.PutSession(ctx, "lwm2m", "a", buf))
+	buf[0] = 'x' // the store keeps its own copy
+	if got, want := sessions(t, s, "lwm2m"), map[string]string{"a": "4", "b": "2"}; !maps.Equal(got, want) {
+		t.Fatalf("sessions of lwm2m = %v, want %v", got, want)
+	}
+	if got := sessions(t, s, "lwm"); len(got) != 1 || got["c"] != "3" {
+		t.Fatalf("sessions of lwm = %v, want only c (prefixes of a transport name are other transports)", got)
+	}
+	ok(t, "DeleteSession", s.DeleteSession(ctx, "lwm2m", "a"))
+	ok(t, "DeleteSession of a missing session", s.DeleteSession(ctx, "lwm2m", "a"))
+	if got := sessions(t, s, "lwm2m"); len(got) != 1 || got["b"] != "2" {
+		t.Fatalf("sessions after delete = %v, want only b", got)
+	}
+	stop := errors.New("stop")
+	n := 0
+	ok(t, "PutSession a again", s.PutSession(ctx, "lwm2m", "a", nil))
+	if err := s.ListSessions(ctx, "lwm2m", func(string, []byte) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
+		t.Fatalf("ListSessions with a failing fn: err %v after %d calls, want %v after 1", err, n, stop)
+	}
+	isErr(t, "PutSession with an invalid ID", s.PutSession(ctx, "lwm2m", "a/b", nil), persistence.ErrInvalid)
+	isErr(t, "PutSession with an invalid transport", s.PutSession(ctx, "", "a", nil), persistence.ErrInvalid)
+	isErr(t, "ListSessions of an invalid transport", s.ListSessions(ctx, "x/y", func(string, []byte) error { return nil }), persistence.ErrInvalid)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := s.PutSession(cctx, "lwm2m", "z", nil); err == nil {
+		t.Fatal("PutSession with a cancelled context succeeded")
+	}
+}
+
 func testClosed(t *testing.T, s persistence.Store) {
 	ctx := context.Background()
 	mustAppend(t, s, persistence.Append{Stream: dev1, Events: evs(1, 1)})
@@ -941,6 +988,8 @@ func testClosed(t *testing.T, s persistence.Store) {
 	_, _, err = s.LoadSnapshot(ctx, dev1)
 	closed("LoadSnapshot", err)
 	closed("Active", s.Active(ctx, persistence.KindDevice, func(string) error { return nil }))
+	closed("PutSession", s.PutSession(ctx, "lwm2m", "d", nil))
+	closed("ListSessions", s.ListSessions(ctx, "lwm2m", func(string, []byte) error { return nil }))
 	closed("PutProduct", s.PutProduct(ctx, persistence.Product{ID: "p", Protocol: persistence.ProtocolMQTT}))
 	_, err = s.GetProduct(ctx, "p")
 	closed("GetProduct", err)
