@@ -28,7 +28,7 @@ type Store struct {
 	packages map[string]persistence.Package
 	tasks    map[string]persistence.TaskRecord
 	blobs    map[string]*blob
-	writing  map[string]bool // blobs being written
+	writing  map[string]bool              // blobs being written
 	sessions map[string]map[string][]byte // transport → device → value
 }
 
