@@ -59,7 +59,7 @@ func (t *deviceTransports) start() error {
 // newDeviceTransports opens the listeners of --mqtt-addr, --mqtts-addr and
 // --download-addr (each "" is off); start serves them. The engine receives
 // what devices send. Close stops them.
-func newDeviceTransports(cfg serveConfig, reg persistence.Registry, engine *actors.Engine, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
+func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
 	t := &deviceTransports{addrs: map[string]string{}}
 	var cert *tls.Certificate
 	needCert := (cfg.DownloadAddr != "" && cfg.DownloadTLS) || cfg.MQTTSAddr != ""
@@ -122,7 +122,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Registry, engine *acto
 
 	if cfg.CoAPAddr != "" || cfg.CoAPSAddr != "" {
 		t.lwm2m, err = lwm2m.New(lwm2m.Config{
-			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, Devices: reg, Packages: reg, Tokens: t.dl,
+			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, Devices: reg, Packages: reg, Tokens: t.dl, Sessions: reg,
 			Uplinks: engine, Clock: clk, Logger: logger,
 		})
 		if err != nil {

@@ -90,7 +90,12 @@ type Config struct {
 	// RequestTimeout bounds one request to a device, retransmissions
 	// included; default 2 minutes.
 	RequestTimeout time.Duration
-	Clock          clock.Clock  // nil: clock.Real()
+	// Sessions, when set, keeps plain-CoAP registrations across restarts
+	// (see restore); nil keeps them in memory only, and after a restart
+	// each device is reachable again only once it registers anew (at its
+	// next registration update, which the server answers 4.04).
+	Sessions persistence.Sessions
+	Clock    clock.Clock  // nil: clock.Real()
 	Logger         *slog.Logger // nil: discard
 }
 
@@ -113,6 +118,11 @@ type Server struct {
 	// requests to devices and notifications received.
 	exchanges atomic.Uint64
 
+	// restored are the registrations read back from Sessions by New;
+	// Start gives them their conversations, timers and workers.
+	restored []*registration
+	served   chan struct{} // closed when the UDP server's Serve returns
+
 	mu     sync.Mutex
 	byID   map[string]*registration // registration ID → registration
 	byDev  map[string]*registration // device ID → its registration
@@ -125,8 +135,9 @@ var _ transport.Downlinks = (*Server)(nil)
 // registration is one registered device.
 type registration struct {
 	id, device string
-	conn       mux.Conn
+	conn       mux.Conn // nil for a restored registration until Start
 	peer       string
+	secure     bool   // over DTLS: not kept in Sessions (its session dies with the process)
 	lifetime   time.Duration
 	queue      bool
 	expiry     clock.Timer
@@ -171,7 +182,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"),
 		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
-		dl: map[download.Grant]int64{},
+		dl: map[download.Grant]int64{}, served: make(chan struct{}),
 	}
 	router := mux.NewRouter()
 	router.DefaultHandleFunc(s.handle)
@@ -215,6 +226,13 @@ func New(cfg Config) (*Server, error) {
 			s.cfg.PublicAddr = s.dtlsAddr
 		}
 	}
+	if err := s.restore(context.Background()); err != nil {
+		_ = s.lis.Close()
+		if s.dtlsLis != nil {
+			_ = s.dtlsLis.Close()
+		}
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -256,16 +274,19 @@ func (s *Server) Addr() string { return s.addr }
 // DTLSAddr is the DTLS address the server listens on ("" without one).
 func (s *Server) DTLSAddr() string { return s.dtlsAddr }
 
-// Start serves in the background.
+// Start serves in the background, then makes the restored registrations
+// reachable.
 func (s *Server) Start() {
 	if s.srv != nil {
 		s.serving.Add(1)
 		go func() {
 			defer s.serving.Done()
+			defer close(s.served)
 			if err := s.srv.Serve(s.lis); err != nil {
 				s.log.Error("lwm2m: server stopped", "error", err)
 			}
 		}()
+		s.resume()
 	}
 	if s.dtlsSrv != nil {
 		s.serving.Add(1)
@@ -479,10 +500,10 @@ func (s *Server) register(w mux.ResponseWriter, r *mux.Message) {
 		forbid("this device has a PSK: it registers over DTLS")
 		return
 	}
-	reg := &registration{
-		id: newRegID(), device: ep, conn: w.Conn(), peer: w.Conn().RemoteAddr().String(), lifetime: lt, queue: queue,
-		work: make(chan *messages.Downlink, 256), done: make(chan struct{}), obs: map[string]mux.Observation{},
-	}
+	_, secure := pskIdentity(w.Conn())
+	reg := newRegistration(newRegID(), ep, w.Conn().RemoteAddr().String(), lt, queue)
+	reg.conn, reg.secure = w.Conn(), secure
+	s.save(r.Context(), reg)
 	s.mu.Lock()
 	old := s.byDev[ep]
 	s.byID[reg.id], s.byDev[ep], s.byPeer[reg.peer] = reg, reg, reg
@@ -555,18 +576,23 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
 		return
 	}
 	s.mu.Lock()
+	kept := reg.lifetime == lt && reg.queue == queue
 	reg.lifetime = lt
 	if peer := w.Conn().RemoteAddr().String(); peer != reg.peer {
 		// A new address (NAT rebinding): requests go to the new one.
 		delete(s.byPeer, reg.peer)
 		reg.peer, reg.conn = peer, w.Conn()
 		s.byPeer[peer] = reg
+		kept = false
 	} else if w.Conn() != reg.conn {
 		reg.conn = w.Conn() // the same address on a new conversation
 	}
 	changed := queue != reg.queue
 	reg.queue = queue
 	s.mu.Unlock()
+	if !kept {
+		s.save(r.Context(), reg)
+	}
 	reg.expiry.Reset(lt)
 	s.answer(w, codes.Changed, "")
 	if changed {
@@ -638,6 +664,7 @@ func (s *Server) drop(reg *registration, offline bool) {
 		cancel()
 	}
 	if offline && current {
+		s.forget(reg)
 		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Disconnected{Disconnected: &messages.Disconnected{}}})
 	}
 }

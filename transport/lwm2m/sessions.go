@@ -1,0 +1,234 @@
+package lwm2m
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/mux"
+
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+)
+
+// Registrations kept across restarts (Config.Sessions).
+//
+// A device registers once and then only updates its registration, every
+// half lifetime or so, which for an NB-IoT meter can be a day. A server that
+// forgot its registrations in a restart could not send the recovered
+// engine's requests to anyone until each device's next update (answered
+// 4.04, then a new registration): the upgrades in flight would stall for up
+// to a lifetime and fail their step deadlines. So each plain-CoAP
+// registration is kept in the store (ID, address, the local address it came
+// in on, lifetime, binding), written when it is created or its address,
+// lifetime or binding change, and deleted when the device de-registers or
+// its lifetime runs out. A restarted server reads them back: each device
+// is registered again under its old ID, reachable at its last address, with a
+// full lifetime counted from the restart; its own next update finds the
+// registration it knows. Queue-mode devices are taken as asleep until they
+// send something. Observations are not kept (the device machine observes
+// again what its step needs).
+//
+// DTLS registrations are not kept: their security context dies with the
+// process, so those devices must handshake and register again anyway.
+const sessionTransport = "lwm2m"
+
+// savedRegistration is a kept registration's stored form.
+type savedRegistration struct {
+	ID       string `json:"id"`
+	Peer     string `json:"peer"`
+	Lifetime int64  `json:"lifetime_s"`
+	Queue    bool   `json:"queue,omitempty"`
+}
+
+func newRegistration(id, device, peer string, lifetime time.Duration, queue bool) *registration {
+	return &registration{
+		id: id, device: device, peer: peer, lifetime: lifetime, queue: queue,
+		work: make(chan *messages.Downlink, 256), done: make(chan struct{}), obs: map[string]mux.Observation{},
+	}
+}
+
+// connOf is the conversation requests to reg's device go on (the latest
+// one the device used).
+func (s *Server) connOf(reg *registration) mux.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return reg.conn
+}
+
+// save keeps reg in Sessions. A failure is logged and costs only the
+// survival of this registration across a restart.
+func (s *Server) save(ctx context.Context, reg *registration) {
+	if s.cfg.Sessions == nil || reg.secure {
+		return
+	}
+	s.mu.Lock()
+	v, err := json.Marshal(savedRegistration{
+		ID: reg.id, Peer: reg.peer, Lifetime: int64(reg.lifetime / time.Second), Queue: reg.queue,
+	})
+	s.mu.Unlock()
+	if err == nil {
+		err = s.cfg.Sessions.PutSession(context.WithoutCancel(ctx), sessionTransport, reg.device, v)
+	}
+	if err != nil {
+		s.log.Error("lwm2m: keeping the registration for a restart", "device", reg.device, "error", err)
+	}
+}
+
+// forget removes reg's device from Sessions (it de-registered or expired).
+func (s *Server) forget(reg *registration) {
+	if s.cfg.Sessions == nil || reg.secure {
+		return
+	}
+	if err := s.cfg.Sessions.DeleteSession(context.Background(), sessionTransport, reg.device); err != nil {
+		s.log.Error("lwm2m: forgetting the kept registration", "device", reg.device, "error", err)
+	}
+}
+
+// restore reads the kept registrations back (New). A record that does not
+// decode, or whose device is gone or now has a PSK, is dropped with a log
+// line; the device registers again when it next talks to the server. Only
+// a store that cannot be read fails New.
+func (s *Server) restore(ctx context.Context) error {
+	if s.cfg.Sessions == nil {
+		return nil
+	}
+	if s.srv == nil {
+		return nil // no plain CoAP listener: nothing kept is usable
+	}
+	var drop []string
+	err := s.cfg.Sessions.ListSessions(ctx, sessionTransport, func(device string, v []byte) error {
+		reg, why := s.decodeSaved(ctx, device, v)
+		if reg == nil {
+			s.log.Warn("lwm2m: kept registration dropped", "device", device, "reason", why)
+			drop = append(drop, device)
+			return nil
+		}
+		s.byID[reg.id], s.byDev[device], s.byPeer[reg.peer] = reg, reg, reg
+		s.restored = append(s.restored, reg)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("lwm2m: reading the kept registrations: %w", err)
+	}
+	for _, d := range drop {
+		if err := s.cfg.Sessions.DeleteSession(ctx, sessionTransport, d); err != nil {
+			return fmt.Errorf("lwm2m: dropping the kept registration of %q: %w", d, err)
+		}
+	}
+	if len(s.restored) > 0 {
+		s.log.Info("lwm2m: registrations restored", "count", len(s.restored))
+	}
+	return nil
+}
+
+// decodeSaved checks one kept registration; nil and the reason when it is
+// not usable.
+func (s *Server) decodeSaved(ctx context.Context, device string, v []byte) (*registration, string) {
+	var r savedRegistration
+	if err := json.Unmarshal(v, &r); err != nil {
+		return nil, "does not decode: " + err.Error()
+	}
+	peer, perr := net.ResolveUDPAddr("udp", r.Peer)
+	switch {
+	case r.ID == "" || strings.ContainsAny(r.ID, "/?"):
+		return nil, fmt.Sprintf("invalid registration ID %q", r.ID)
+	case perr != nil || peer.Port == 0 || peer.IP == nil:
+		return nil, fmt.Sprintf("invalid address %q", r.Peer)
+	case r.Lifetime <= 0:
+		return nil, fmt.Sprintf("invalid lifetime %d s", r.Lifetime)
+	case s.byPeer[r.Peer] != nil:
+		return nil, fmt.Sprintf("address %s is kept for device %q too", r.Peer, s.byPeer[r.Peer].device)
+	case s.byID[r.ID] != nil:
+		return nil, fmt.Sprintf("registration ID %q is kept for device %q too", r.ID, s.byID[r.ID].device)
+	}
+	creds, err := s.cfg.Devices.DeviceCredentials(ctx, device)
+	switch {
+	case errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid):
+		return nil, "the device no longer exists"
+	case err != nil:
+		return nil, "looking the device up: " + err.Error()
+	case len(creds.PSK) > 0:
+		return nil, "the device now has a PSK: it registers over DTLS"
+	}
+	return newRegistration(r.ID, device, r.Peer, time.Duration(r.Lifetime)*time.Second, r.Queue), ""
+}
+
+// resume (Start) opens a conversation from the listening socket to each
+// restored registration's address, arms its lifetime and starts its worker,
+// which sends what the engine queued for it meanwhile. A queue-mode device
+// is reported asleep: its requests wait for its next message.
+func (s *Server) resume() {
+	regs := s.restored
+	s.restored = nil
+	if len(regs) == 0 {
+		return
+	}
+	if err := s.waitServing(); err != nil {
+		s.log.Error("lwm2m: restored registrations not resumed", "count", len(regs), "error", err)
+		return
+	}
+	for _, reg := range regs {
+		peer, _ := net.ResolveUDPAddr("udp", reg.peer)
+		cc, err := s.srv.NewConn(peer, s.localFor(peer))
+		if err != nil {
+			s.log.Warn("lwm2m: restored registration unreachable", "device", reg.device, "peer", reg.peer, "error", err)
+			s.drop(reg, true)
+			continue
+		}
+		s.mu.Lock()
+		if reg.conn == nil { // the device may have updated meanwhile
+			reg.conn = cc
+		}
+		s.mu.Unlock()
+		reg.expiry = s.cfg.Clock.AfterFunc(reg.lifetime, func() { s.expire(reg) })
+		go s.worker(reg)
+		if reg.queue {
+			s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Asleep{Asleep: &messages.Asleep{}}})
+		}
+	}
+	s.log.Info("lwm2m: restored registrations resumed", "count", len(regs))
+}
+
+// localFor is the server address a device at peer sends to, as go-coap
+// keys the conversation by it: the listener's, or on a wildcard listener
+// the address this host sends to peer from (a device reaches the server at
+// the address its answers come from).
+func (s *Server) localFor(peer *net.UDPAddr) *net.UDPAddr {
+	l := *s.lis.LocalAddr().(*net.UDPAddr)
+	if !l.IP.IsUnspecified() && l.IP != nil {
+		return &l
+	}
+	c, err := net.DialUDP("udp", nil, peer) // chooses a route; sends nothing
+	if err != nil {
+		return &l
+	}
+	defer c.Close()
+	l.IP = c.LocalAddr().(*net.UDPAddr).IP
+	return &l
+}
+
+// waitServing waits until the UDP server reads its socket: go-coap opens
+// server-side conversations only from then on, and tells it only by
+// failing to. Serve sets its listener first thing, so this yields to it
+// until it has, or until Serve has returned (stopped: an error).
+func (s *Server) waitServing() error {
+	probe := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9} // discard: nothing is sent to it
+	for {
+		cc, err := s.srv.NewConn(probe)
+		if err == nil {
+			return cc.Close()
+		}
+		select {
+		case <-s.served:
+			return fmt.Errorf("the server stopped: %w", err)
+		default:
+			runtime.Gosched()
+		}
+	}
+}

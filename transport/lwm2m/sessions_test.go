@@ -1,0 +1,120 @@
+package lwm2m_test
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/persistence/pebblestore"
+	"github.com/otafleet/otafleet/transport/lwm2m"
+)
+
+// TestRegistrationsSurviveRestart: a server with Sessions reads its
+// plain-CoAP registrations back after a restart, so it reaches a device at
+// once (not at the device's next update), and the device's own next update
+// finds the registration it knows. Expired and de-registered devices are
+// not kept; kept records that do not decode, or whose device is gone, are
+// dropped.
+func TestRegistrationsSurviveRestart(t *testing.T) {
+	ctx := context.Background()
+	ps, err := pebblestore.Open(t.TempDir(), pebblestore.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	withSessions := func(addr string) func(*lwm2m.Config) {
+		return func(c *lwm2m.Config) {
+			c.Sessions = ps
+			if addr != "" {
+				c.Addr = addr
+			}
+		}
+	}
+	e1 := newEnv(t, withSessions(""))
+	d1, d2 := dial(t, e1), dial(t, e1)
+	d1.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})
+	if res, err := d1.register(t, "ep=d1&lt=600&b=UQ", links); err != nil || res.Code() != codes.Created {
+		t.Fatalf("register d1: %v %v", res, err)
+	}
+	e1.rec.next(t)
+	if res, err := d2.register(t, "ep=d2&lt=60", links); err != nil || res.Code() != codes.Created {
+		t.Fatalf("register d2: %v %v", res, err)
+	}
+	e1.rec.next(t)
+	kept := func() map[string]string {
+		got := map[string]string{}
+		if err := ps.ListSessions(ctx, "lwm2m", func(id string, v []byte) error { got[id] = string(v); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := kept(); len(got) != 2 {
+		t.Fatalf("kept registrations: %v, want d1 and d2", got)
+	}
+	// d2's lifetime runs out: it is no longer kept.
+	e1.clk.Advance(61 * time.Second)
+	for got := e1.rec.next(t); got != "d2 disconnected:{}"; got = e1.rec.next(t) {
+		if !strings.HasPrefix(got, "d1 ") {
+			t.Fatalf("waiting for d2 to expire: %q", got)
+		}
+	}
+	if got := kept(); len(got) != 1 || got["d1"] == "" {
+		t.Fatalf("kept after d2 expired: %v, want d1", got)
+	}
+	// Records that cannot be used.
+	for id, v := range map[string]string{
+		"d2":    "{not json",
+		"ghost": `{"id":"x1","peer":"127.0.0.1:4000","lifetime_s":60}`,
+	} {
+		if err := ps.PutSession(ctx, "lwm2m", id, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := e1.srv.Addr()
+	if err := e1.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	e2 := newEnv(t, withSessions(addr))
+	if got := kept(); len(got) != 1 || got["d1"] == "" {
+		t.Fatalf("kept after the restart: %v, want only d1 (the bad records dropped)", got)
+	}
+	// A queue-mode device is taken as asleep until it sends something.
+	if got := e2.rec.next(t); got != "d1 asleep:{}" {
+		t.Fatalf("restored queue-mode device: %q", got)
+	}
+	if err := e2.srv.Send(ctx, &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}); err != nil {
+		t.Fatalf("send to the restored registration: %v", err)
+	}
+	if got := e2.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"}` {
+		t.Fatalf("read after the restart: %q", got)
+	}
+	err = e2.srv.Send(ctx, &messages.Downlink{DeviceId: "d2", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}})
+	if err == nil || !strings.Contains(err.Error(), "not registered") {
+		t.Fatalf("send to the expired d2: %v, want not registered", err)
+	}
+	res, err := d1.conn.Post(ctx, d1.loc, message.TextPlain, nil)
+	if err != nil || res.Code() != codes.Changed {
+		t.Fatalf("d1's update after the restart: %v %v, want 2.04", res, err)
+	}
+	if got := e2.rec.next(t); got != "d1 uplink:{}" {
+		t.Fatalf("after the update: %q", got)
+	}
+	// De-registering forgets it.
+	if res, err := d1.conn.Delete(ctx, d1.loc); err != nil || res.Code() != codes.Deleted {
+		t.Fatalf("de-register: %v %v", res, err)
+	}
+	e2.rec.next(t)
+	if got := kept(); len(got) != 0 {
+		t.Fatalf("kept after de-registering: %v", got)
+	}
+}
+
+var _ persistence.Sessions = (*pebblestore.Store)(nil)
