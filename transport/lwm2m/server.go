@@ -96,7 +96,7 @@ type Config struct {
 	// next registration update, which the server answers 4.04).
 	Sessions persistence.Sessions
 	Clock    clock.Clock  // nil: clock.Real()
-	Logger         *slog.Logger // nil: discard
+	Logger   *slog.Logger // nil: discard
 }
 
 // Server is the LwM2M server. It implements transport.Downlinks for LwM2M
@@ -137,7 +137,7 @@ type registration struct {
 	id, device string
 	conn       mux.Conn // nil for a restored registration until Start
 	peer       string
-	secure     bool   // over DTLS: not kept in Sessions (its session dies with the process)
+	secure     bool // over DTLS: not kept in Sessions (its session dies with the process)
 	lifetime   time.Duration
 	queue      bool
 	expiry     clock.Timer
