@@ -175,8 +175,11 @@ type Stats struct {
 	// Executes counts the updates started (FOTA Execute answered 2.04, PCP
 	// 0x17 answered 0x00); Upgrades the versions installed.
 	Executes, Upgrades int
-	// Restarts counts the simulated restarts and reboots.
-	Restarts int
+	// Restarts counts the simulated restarts and reboots; Reconnects the
+	// times the device's connection was closed under it (an ICMP
+	// port-unreachable after the server went away) and it set out to
+	// register again from a new socket.
+	Restarts, Reconnects int
 	// Notifications counts the notifications handed to the network (the
 	// acknowledgement of a CON one may still be due); Ignored the requests
 	// dropped while asleep (queue mode) or Silent.
@@ -224,8 +227,13 @@ type Device struct {
 	restarted    bool      // the StopAfterBlocks restart has happened
 	updateTimer  clock.Timer
 	restartTimer clock.Timer
-	fota         fotaState
-	pcp          pcpState
+	// backoff > 0: the device is registering again after it lost its
+	// connection, or after a failed registration following a restart; the
+	// next attempt waits RestartDelay << (backoff-1), at most
+	// maxReconnectDelay. Zero once a registration succeeds.
+	backoff int
+	fota    fotaState
+	pcp     pcpState
 
 	localIP net.IP     // Config.LocalAddr parsed; nil: the system's choice
 	ev      eventQueue // to Config.OnEvent
@@ -247,6 +255,9 @@ const (
 	// udpDialTimeout is go-coap's default dial timeout, kept when the
 	// device dials with its own net.Dialer (LocalAddr).
 	udpDialTimeout = 3 * time.Second
+	// maxReconnectDelay caps the wait between two registration attempts
+	// after a lost connection or a failed registration.
+	maxReconnectDelay = 30 * time.Second
 )
 
 var errStopped = errors.New("lwm2msim: device stopped")
@@ -750,6 +761,7 @@ func (d *Device) register(ctx context.Context, s *session) error {
 	}
 	s.loc = loc
 	d.stats.Registrations++
+	d.backoff = 0
 	close(d.sessUp)
 	d.sessUp = make(chan struct{})
 	d.armUpdateLocked()
@@ -892,16 +904,57 @@ func (d *Device) restartLocked(reason string) {
 	d.armRestartLocked()
 }
 
-// armRestartLocked arms the reconnection after RestartDelay.
+// lostLocked handles the close of a registered session's connection that
+// the device did not ask for: go-coap closes a UDP connection whose socket
+// reported an error, e.g. the ICMP port-unreachable that answers a message
+// to a server that went away. The device is not rebooting: like a real
+// client it keeps its state (a PCP download resumes once /19/0/0 is
+// observed again) and registers again from a new socket, after
+// RestartDelay and then with exponential backoff while that fails. d.mu is
+// held.
+func (d *Device) lostLocked(s *session) {
+	if d.stopped || d.sess != s || s.dead {
+		return
+	}
+	d.sess = nil
+	d.stats.Reconnects++
+	if d.updateTimer != nil {
+		d.updateTimer.Stop()
+	}
+	d.pcpRestartLocked()
+	s.dead = true
+	s.observers = map[string]*observer{}
+	s.queue = nil
+	if d.zombie != nil {
+		d.goTrackedLocked(d.zombie.close)
+	}
+	d.zombie = s
+	if d.backoff == 0 {
+		d.backoff = 1
+	}
+	d.log.Info("lwm2msim: connection lost, registering again", "in", d.restartDelayLocked())
+	d.armRestartLocked()
+}
+
+// restartDelayLocked is the wait before the next registration attempt.
+func (d *Device) restartDelayLocked() time.Duration {
+	delay := d.cfg.Behaviour.RestartDelay
+	for i := 1; i < d.backoff && delay < maxReconnectDelay; i++ {
+		delay *= 2
+	}
+	return min(delay, maxReconnectDelay)
+}
+
+// armRestartLocked arms the reconnection after restartDelayLocked.
 func (d *Device) armRestartLocked() {
-	d.restartTimer = d.clk.AfterFunc(d.cfg.Behaviour.RestartDelay, func() {
+	d.restartTimer = d.clk.AfterFunc(d.restartDelayLocked(), func() {
 		d.goTracked(d.reconnect)
 	})
 	d.hookLocked("restarting")
 }
 
-// reconnect registers from a new socket after a restart, retrying after
-// RestartDelay until it succeeds or the device stops.
+// reconnect registers from a new socket after a restart or a lost
+// connection, retrying with backoff until it succeeds or the device stops.
 func (d *Device) reconnect() {
 	d.mu.Lock()
 	z := d.zombie
@@ -914,9 +967,10 @@ func (d *Device) reconnect() {
 		if d.ctx.Err() != nil {
 			return
 		}
-		d.log.Info("lwm2msim: registration after restart failed, retrying", "err", err)
 		d.mu.Lock()
 		if !d.stopped {
+			d.backoff++
+			d.log.Info("lwm2msim: registration after restart failed, retrying", "err", err, "in", d.restartDelayLocked())
 			d.armRestartLocked()
 		}
 		d.mu.Unlock()

@@ -305,6 +305,55 @@ func TestReRegisterWhenForgotten(t *testing.T) {
 	f.ts.noEvent(t)
 }
 
+// A server that goes away (its socket closed: the device's next message is
+// answered by ICMP port-unreachable, and go-coap closes the device's
+// connection) and comes back on the same address: the device notices, and
+// registers again from a new socket, with backoff while the server is away.
+func TestRegisterAgainAfterConnectionLost(t *testing.T) {
+	f := start(t, Config{FwVersion: "1.0", Behaviour: Behaviour{RestartDelay: time.Second}})
+	f.ts.down()
+	if err := f.d.Wake(); err == nil {
+		t.Fatal("registration update to a closed server socket succeeded")
+	}
+	waitHook(t, f.events, "restarting")
+	if got := f.d.LocalAddr(); got != "" {
+		t.Errorf("LocalAddr after the connection was lost = %q", got)
+	}
+	if err := f.d.Wake(); !errors.Is(err, errNotRegistered) {
+		t.Errorf("Wake while registering again: %v, want errNotRegistered", err)
+	}
+	// The first attempt, after RestartDelay, fails: the server is still
+	// away. The next one waits twice as long.
+	f.clk.Advance(time.Second)
+	waitHook(t, f.events, "restarting")
+	f.ts.up(t)
+	f.clk.Advance(time.Second)
+	f.ts.noEvent(t)
+	f.clk.Advance(time.Second)
+	reg2 := f.waitRegister(t)
+	if reg2.id == f.reg.id || reg2.remote == f.reg.remote {
+		t.Errorf("registration after the lost connection: id %s from %s, before %s from %s; want a new one from a new socket", reg2.id, reg2.remote, f.reg.id, f.reg.remote)
+	}
+	if v := f.textOn(t, reg2, "/3/0/3"); v != "1.0" {
+		t.Errorf("/3/0/3 = %q", v)
+	}
+	if err := f.d.Wake(); err != nil {
+		t.Errorf("Wake after registering again: %v", err)
+	}
+	f.waitUpdate(t)
+	checkStats(t, f.d, Stats{Registrations: 2, Updates: 1, Reconnects: 1})
+	// The backoff starts over: a second loss waits RestartDelay again.
+	f.ts.down()
+	if err := f.d.Wake(); err == nil {
+		t.Fatal("registration update to a closed server socket succeeded")
+	}
+	waitHook(t, f.events, "restarting")
+	f.ts.up(t)
+	f.clk.Advance(time.Second)
+	f.waitRegister(t)
+	checkStats(t, f.d, Stats{Registrations: 3, Updates: 1, Reconnects: 2})
+}
+
 func TestUnknownEndpoint(t *testing.T) {
 	ts := newTestServer(t)
 	ts.allow("someone-else")

@@ -200,11 +200,12 @@ func (d *Device) download(j *fotaJob) {
 				d.downloadFailed(j, ce.result, ce.err)
 				return
 			}
+			lost := s.lost()
 			d.mu.Lock()
 			dead := s.dead
 			d.mu.Unlock()
-			if dead {
-				continue // a restart: go on with the next session
+			if dead || lost {
+				continue // a restart or a lost connection: go on with the next session
 			}
 			retries++
 			d.log.Info("lwm2msim: block request failed", "at", j.offset, "try", retries, "err", err)

@@ -402,6 +402,25 @@ func (d *Device) notifyLocked(s *session, o *observer, vs []lwm2mcodec.Value, on
 	s.wake()
 }
 
+// lost reports whether the session's connection is closed. A connection
+// closed under a registered session, not by close, makes the device
+// register again (Device.lostLocked); while the first registration runs,
+// its caller sees the error and retries.
+func (s *session) lost() bool {
+	select {
+	case <-s.conn.Done():
+	default:
+		return false
+	}
+	d := s.d
+	d.mu.Lock()
+	if s.loc != "" {
+		d.lostLocked(s)
+	}
+	d.unlock()
+	return true
+}
+
 // run sends the session's notifications, in order, until the session
 // closes.
 func (s *session) run() {
@@ -409,6 +428,9 @@ func (s *session) run() {
 	for {
 		select {
 		case <-s.done:
+			return
+		case <-s.conn.Done():
+			s.lost()
 			return
 		case <-s.kick:
 		}

@@ -34,6 +34,7 @@ type testServer struct {
 	addr string
 
 	mu      sync.Mutex
+	stop    func()          // nil while down
 	allowed map[string]bool // nil: every endpoint
 	nextID  int
 	regs    map[string]*registration // by location id
@@ -74,11 +75,21 @@ type blockReq struct {
 func newTestServer(t *testing.T) *testServer {
 	t.Helper()
 	ts := &testServer{
+		addr:   "127.0.0.1:0",
 		regs:   map[string]*registration{},
 		pkgs:   map[string]testPackage{},
 		events: make(chan srvEvent, 64),
 	}
-	l, err := coapnet.NewListenUDP("udp", "127.0.0.1:0")
+	ts.up(t)
+	t.Cleanup(ts.down)
+	return ts
+}
+
+// up starts serving on ts.addr (the first time: a free port, kept for the
+// restarts).
+func (ts *testServer) up(t *testing.T) {
+	t.Helper()
+	l, err := coapnet.NewListenUDP("udp", ts.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,12 +103,26 @@ func newTestServer(t *testing.T) *testServer {
 		defer close(done)
 		_ = srv.Serve(l)
 	}()
-	t.Cleanup(func() {
+	ts.mu.Lock()
+	ts.stop = func() {
 		srv.Stop()
 		<-done
 		_ = l.Close()
-	})
-	return ts
+	}
+	ts.mu.Unlock()
+}
+
+// down closes the server's socket, as a server process that was killed: a
+// message to it is answered by ICMP port-unreachable. The registrations
+// are kept, as a server that restores them.
+func (ts *testServer) down() {
+	ts.mu.Lock()
+	stop := ts.stop
+	ts.stop = nil
+	ts.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 func (ts *testServer) allow(eps ...string) {
