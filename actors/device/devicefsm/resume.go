@@ -16,7 +16,8 @@ import (
 //     in the outbox anyway; never a second Execute, never a second MQTT
 //     upgrade event;
 //   - the observations a FOTA or PCP flow relies on (a restarted server has
-//     lost them);
+//     lost them), and the FOTA package URI again when its write was never
+//     acknowledged;
 //   - for an idle device, the last outcome and the release of its cell slot,
 //     in case the crash came between journaling them and sending them (tasks
 //     and cells ignore duplicates).
@@ -67,6 +68,12 @@ func Resume(s State) []*messages.DeviceEffect {
 		send(observe(PathPCPUplink))
 	}
 	if p == protoFOTA && s.Stage >= stNotified && s.Stage <= stUpgrading {
+		if (s.Stage == stNotified || s.Stage == stDownloading) && !s.UriAcked {
+			// The write's acknowledgement died with the old process, and
+			// object 5's reports cannot be told from those before the write:
+			// write again, first, as on a reconnection (fotaReconnected).
+			send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: s.Job}}})
+		}
 		send(observe(PathFotaState))
 		send(observe(PathUpdateResult))
 	}
