@@ -28,6 +28,10 @@ type Report struct {
 	Succeeded int `json:"succeeded"`
 	Failed    int `json:"failed"`
 	Stopped   int `json:"stopped"`
+	// Retries is the tasks' retry_count; Retried counts the devices that
+	// ran their upgrade more than once.
+	Retries int `json:"retries"`
+	Retried int `json:"retried"`
 	// Failures counts the failed devices by failure reason.
 	Failures map[string]int `json:"failures"`
 
@@ -147,6 +151,9 @@ func (r *Report) Write(w io.Writer) error {
 func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 	p("package", "%d bytes; tasks %s", r.PackageBytes, strings.Join(r.Tasks, " "))
 	p("outcome", "%d succeeded, %d failed, %d stopped", r.Succeeded, r.Failed, r.Stopped)
+	if r.Retries > 0 {
+		p("retries", "%d per device, a minute after a failure; %d devices ran more than once", r.Retries, r.Retried)
+	}
 	for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
 		p("  failed", "%d × %s", r.Failures[k], k)
 	}

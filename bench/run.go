@@ -54,6 +54,10 @@ type Options struct {
 	// KillAt in (0, 1): when this share of the devices reached a final
 	// state the server is killed with SIGKILL and started again.
 	KillAt float64
+	// Retries is each task's retry_count (0 to 5): how often a failed device
+	// runs its upgrade again, a minute after the failure (the shortest
+	// retry_interval_minutes).
+	Retries int
 	// SimProcs is how many simulator processes share the devices (0: one
 	// per PerSim devices).
 	SimProcs int
@@ -88,6 +92,9 @@ func (o *Options) validate() error {
 	}
 	if o.KillAt < 0 || o.KillAt >= 1 {
 		errs = append(errs, fmt.Errorf("--kill-at %v: want a share below 100%%", o.KillAt))
+	}
+	if o.Retries < 0 || o.Retries > 5 {
+		errs = append(errs, fmt.Errorf("--retries %d: want 0 to 5", o.Retries))
 	}
 	if o.Exe == "" {
 		errs = append(errs, errors.New("no otafleet binary to run"))
@@ -131,7 +138,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	r.protos, _ = Protocols(o.Protocol)
 	r.rep = &Report{
 		Devices: o.Devices, Mix: map[string]int{}, Cells: o.Cells, Coverage: o.Coverage, Coverages: map[string]int{},
-		FailRate: o.FailRate, PackageBytes: o.PackageBytes, Failures: map[string]int{}, Problems: []string{},
+		FailRate: o.FailRate, PackageBytes: o.PackageBytes, Retries: o.Retries, Failures: map[string]int{}, Problems: []string{},
 		Machine: Machine{CPUs: runtime.NumCPU(), CPUModel: cpuModel(), OS: runtime.GOOS + "/" + runtime.GOARCH, GoVersion: runtime.Version()},
 		Command: o.Command,
 	}
@@ -617,10 +624,15 @@ func (r *run) createTasks(ctx context.Context, products map[string]string) ([]st
 		ids := r.fleet.IDs(p)
 		for part := 0; len(ids) > 0; part++ {
 			n := min(len(ids), maxTaskDevices)
-			t, err := r.api.Tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+			req := &v1.CreateTaskRequest{
 				Name: fmt.Sprintf("bench_%s_%d", p, part), TaskType: taskFor[p],
 				PackageId: pkg.Msg.GetPackage().GetPackageId(), DeviceIds: ids[:n],
-			}))
+			}
+			if r.o.Retries > 0 {
+				retries, interval := uint32(r.o.Retries), uint32(1)
+				req.Policy = &v1.Policy{RetryCount: &retries, RetryIntervalMinutes: &interval}
+			}
+			t, err := r.api.Tasks.CreateTask(ctx, connect.NewRequest(req))
 			if err != nil {
 				return nil, fmt.Errorf("creating the %s task: %w", p, err)
 			}
@@ -773,6 +785,9 @@ func (r *run) collect(ctx context.Context, tasks []string) error {
 			}
 			for _, d := range resp.Msg.GetDevices() {
 				seen[d.GetDeviceId()]++
+				if d.GetAttempts() > 1 {
+					r.rep.Retried++
+				}
 				switch d.GetStatus() {
 				case v1.SubtaskStatus_SUBTASK_STATUS_SUCCESS:
 					r.rep.Succeeded++
@@ -808,6 +823,9 @@ func (r *run) collect(ctx context.Context, tasks []string) error {
 	}
 	if twice > 0 {
 		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices are listed more than once", twice))
+	}
+	if r.o.FailRate == 0 && r.rep.Failed > 0 {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices failed although --fail-rate is 0", r.rep.Failed))
 	}
 	r.rep.EveryDeviceOneFinalState = missing == 0 && twice == 0 && r.rep.Succeeded+r.rep.Failed+r.rep.Stopped == r.o.Devices
 	r.rep.setDurations(durations)

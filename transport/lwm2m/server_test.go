@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
+	dtlsnet "github.com/pion/dtls/v3/pkg/net"
 	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
@@ -560,7 +562,29 @@ func TestDTLS(t *testing.T) {
 			PSKIdentityHint: []byte(identity),
 			CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8},
 		}
-		return coapdtls.Dial(e.srv.DTLSAddr(), cfg, options.WithBlockwise(false, blockwise.SZX1024, time.Minute))
+		// The handshake runs here, bounded: coapdtls.Dial leaves it to the
+		// first request, without a deadline, and a wrong PSK's handshake
+		// (which the server drops) then hung the test for ten minutes.
+		raddr, err := net.ResolveUDPAddr("udp", e.srv.DTLSAddr())
+		if err != nil {
+			return nil, err
+		}
+		pc, err := net.DialUDP("udp", nil, raddr)
+		if err != nil {
+			return nil, err
+		}
+		dc, err := piondtls.Client(dtlsnet.PacketConnFromConn(pc), raddr, cfg)
+		if err != nil {
+			pc.Close()
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := dc.HandshakeContext(ctx); err != nil {
+			dc.Close()
+			return nil, err
+		}
+		return coapdtls.Client(dc, options.WithBlockwise(false, blockwise.SZX1024, time.Minute), options.WithCloseSocket()), nil
 	}
 	register := func(conn interface {
 		NewPostRequest(context.Context, string, message.MediaType, io.ReadSeeker, ...message.Option) (*pool.Message, error)
