@@ -884,24 +884,34 @@ func (d *Device) restartLocked(reason string) {
 	if d.stopped {
 		return
 	}
+	d.stats.Restarts++
+	d.dropSessionLocked()
+	d.log.Info("lwm2msim: restarting", "reason", reason, "for", d.cfg.Behaviour.RestartDelay)
+	d.armRestartLocked()
+}
+
+// dropSessionLocked ends the current session, if any, for a restart or a
+// lost connection: no registration updates, the PCP download paused until
+// /19/0/0 is observed again, the observations and queued notifications
+// gone; the session's socket is closed when the next one replaces it (the
+// zombie). d.mu is held.
+func (d *Device) dropSessionLocked() {
 	s := d.sess
 	d.sess = nil
-	d.stats.Restarts++
 	if d.updateTimer != nil {
 		d.updateTimer.Stop()
 	}
 	d.pcpRestartLocked()
-	if s != nil {
-		s.dead = true
-		s.observers = map[string]*observer{}
-		s.queue = nil
-		if d.zombie != nil {
-			d.goTrackedLocked(d.zombie.close)
-		}
-		d.zombie = s
+	if s == nil {
+		return
 	}
-	d.log.Info("lwm2msim: restarting", "reason", reason, "for", d.cfg.Behaviour.RestartDelay)
-	d.armRestartLocked()
+	s.dead = true
+	s.observers = map[string]*observer{}
+	s.queue = nil
+	if d.zombie != nil {
+		d.goTrackedLocked(d.zombie.close)
+	}
+	d.zombie = s
 }
 
 // lostLocked handles the close of a registered session's connection that
@@ -916,19 +926,8 @@ func (d *Device) lostLocked(s *session) {
 	if d.stopped || d.sess != s || s.dead {
 		return
 	}
-	d.sess = nil
 	d.stats.Reconnects++
-	if d.updateTimer != nil {
-		d.updateTimer.Stop()
-	}
-	d.pcpRestartLocked()
-	s.dead = true
-	s.observers = map[string]*observer{}
-	s.queue = nil
-	if d.zombie != nil {
-		d.goTrackedLocked(d.zombie.close)
-	}
-	d.zombie = s
+	d.dropSessionLocked()
 	if d.backoff == 0 {
 		d.backoff = 1
 	}
