@@ -28,6 +28,7 @@ func TestBenchKillAt(t *testing.T) {
 	}
 	var rep struct {
 		Devices, Succeeded, Failed, Restarts int
+		Retries                              int     `json:"retries"`
 		Exceeded                             bool    `json:"cell_budget_exceeded"`
 		OneFinal                             bool    `json:"every_device_one_final_state"`
 		Twice                                int     `json:"devices_upgraded_twice"`
@@ -41,12 +42,22 @@ func TestBenchKillAt(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("%v: %s", err, out.String())
 	}
-	if rep.Devices != 60 || rep.Succeeded != 60 || rep.Failed != 0 || rep.Restarts != 1 || !rep.OneFinal || rep.Twice != 0 ||
+	// --kill-at gives the tasks one retry unless --retries says otherwise.
+	if rep.Devices != 60 || rep.Succeeded != 60 || rep.Failed != 0 || rep.Restarts != 1 || rep.Retries != 1 || !rep.OneFinal || rep.Twice != 0 ||
 		rep.Exceeded || len(rep.Problems) != 0 || rep.Killed < 30 || rep.Killed >= 60 {
 		t.Fatalf("report: %+v\n%s", rep, out.String())
 	}
 	// Every figure was measured, not defaulted.
 	if rep.Events < 60*10 || rep.CPU <= 0 || rep.RSS <= 0 || rep.P50 <= 0 {
 		t.Fatalf("figures: %+v", rep)
+	}
+}
+
+// TestBenchRetriesRange: a retry count the API would refuse is refused
+// before anything starts.
+func TestBenchRetriesRange(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"bench", "--retries", "6"}, &out, &errb); code == 0 || !bytes.Contains(errb.Bytes(), []byte("--retries 6: want 0 to 5")) {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
 	}
 }
