@@ -152,7 +152,7 @@ func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 	p("package", "%d bytes; tasks %s", r.PackageBytes, strings.Join(r.Tasks, " "))
 	p("outcome", "%d succeeded, %d failed, %d stopped", r.Succeeded, r.Failed, r.Stopped)
 	if r.Retries > 0 {
-		p("retries", "%d per device, a minute after a failure; %d devices ran more than once", r.Retries, r.Retried)
+		p("retries", "%d per device, a minute after a failure; devices that ran more than once: %d", r.Retries, r.Retried)
 	}
 	for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
 		p("  failed", "%d × %s", r.Failures[k], k)
