@@ -32,6 +32,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Errors. Implementations wrap them; match with errors.Is.
@@ -99,6 +101,32 @@ func ValidateID(id string) error {
 	for _, r := range id {
 		if r < 0x20 || r == 0x7f {
 			return fmt.Errorf("%w: ID %q contains a control character", ErrInvalid, id)
+		}
+	}
+	return nil
+}
+
+// ValidateDeviceID reports whether id can name a device: a valid ID (see
+// ValidateID) in valid UTF-8, with no MQTT topic wildcard ('+', '#': a device
+// ID is a topic level) and no character of the Unicode categories Cc
+// (controls) and Cf (format characters such as U+202E, which reorder or hide
+// text in logs and consoles). Device IDs are the only IDs clients choose;
+// every other ID is assigned by the server. The rule applies where a device
+// is created and where a transport takes a device ID from the wire; stored
+// IDs are read back with ValidateID alone.
+func ValidateDeviceID(id string) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	if !utf8.ValidString(id) {
+		return fmt.Errorf("%w: device ID %q is not valid UTF-8", ErrInvalid, id)
+	}
+	if i := strings.IndexAny(id, "+#"); i >= 0 {
+		return fmt.Errorf("%w: device ID %q contains %q (an MQTT topic wildcard)", ErrInvalid, id, id[i])
+	}
+	for _, r := range id {
+		if unicode.In(r, unicode.Cc, unicode.Cf) {
+			return fmt.Errorf("%w: device ID %q contains the control or format character %U", ErrInvalid, id, r)
 		}
 	}
 	return nil

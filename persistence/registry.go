@@ -252,9 +252,9 @@ func ValidateProduct(p Product) error {
 	return nil
 }
 
-// ValidateDevice checks d's ID and product ID.
+// ValidateDevice checks d's ID (see ValidateDeviceID) and product ID.
 func ValidateDevice(d Device) error {
-	if err := ValidateID(d.ID); err != nil {
+	if err := ValidateDeviceID(d.ID); err != nil {
 		return fmt.Errorf("device: %w", err)
 	}
 	if err := ValidateID(d.ProductID); err != nil {

@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"fmt"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -12,9 +13,12 @@ import (
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
 )
 
-// Credential limits of NewDevice.
+// Credential limits of NewDevice. The minimums keep a captured MQTT
+// password or a DTLS handshake from being brute-forced offline in reach.
 const (
+	minSecretChars = 8
 	maxSecretBytes = 256
+	minPSKBytes    = 16
 	maxPSKBytes    = 64
 )
 
@@ -58,7 +62,7 @@ func validateCreateDevices(req *v1.CreateDevicesRequest) ([]persistence.Device, 
 		if nd == nil {
 			return nil, invalid(field, "missing")
 		}
-		if err := checkID(field+".device_id", nd.GetDeviceId()); err != nil {
+		if err := checkDeviceID(field+".device_id", nd.GetDeviceId()); err != nil {
 			return nil, err
 		}
 		if j, dup := seen[nd.GetDeviceId()]; dup {
@@ -66,11 +70,8 @@ func validateCreateDevices(req *v1.CreateDevicesRequest) ([]persistence.Device, 
 				fmt.Errorf("%s.device_id: %q repeats devices[%d]", field, nd.GetDeviceId(), j))
 		}
 		seen[nd.GetDeviceId()] = i
-		if l := len(nd.GetSecret()); l > maxSecretBytes {
-			return nil, invalid(field+".secret", "%d bytes, at most %d", l, maxSecretBytes)
-		}
-		if l := len(nd.GetPsk()); l > maxPSKBytes {
-			return nil, invalid(field+".psk", "%d bytes, at most %d", l, maxPSKBytes)
+		if err := checkCredentials(field, nd.GetSecret(), nd.GetPsk()); err != nil {
+			return nil, err
 		}
 		ds[i] = persistence.Device{
 			ID:        nd.GetDeviceId(),
@@ -82,6 +83,30 @@ func validateCreateDevices(req *v1.CreateDevicesRequest) ([]persistence.Device, 
 		}
 	}
 	return ds, nil
+}
+
+// checkCredentials checks a new device's secret and PSK (empty means none):
+// a secret of minSecretChars characters to maxSecretBytes bytes in UTF-8, a
+// PSK of minPSKBytes to maxPSKBytes bytes.
+func checkCredentials(field, secret string, psk []byte) error {
+	if secret != "" {
+		if l := len(secret); l > maxSecretBytes {
+			return invalid(field+".secret", "%d bytes, at most %d", l, maxSecretBytes)
+		}
+		if !utf8.ValidString(secret) {
+			return invalid(field+".secret", "not valid UTF-8")
+		}
+		if n := utf8.RuneCountInString(secret); n < minSecretChars {
+			return invalid(field+".secret", "%d characters, at least %d", n, minSecretChars)
+		}
+	}
+	if l := len(psk); l > 0 && l < minPSKBytes {
+		return invalid(field+".psk", "%d bytes, at least %d", l, minPSKBytes)
+	}
+	if l := len(psk); l > maxPSKBytes {
+		return invalid(field+".psk", "%d bytes, at most %d", l, maxPSKBytes)
+	}
+	return nil
 }
 
 func (s *deviceServer) CreateDevices(ctx context.Context, req *connect.Request[v1.CreateDevicesRequest]) (*connect.Response[v1.CreateDevicesResponse], error) {

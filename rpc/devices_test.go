@@ -23,12 +23,12 @@ func TestDevices(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	pid := e.mustProduct(t, v1.Protocol_PROTOCOL_LWM2M, false)
-	secret := "s3cret"
+	secret := "s3cret-ok"
 	res, err := e.devices.CreateDevices(ctx, connect.NewRequest(&v1.CreateDevicesRequest{
 		ProductId: pid,
 		Devices: []*v1.NewDevice{
 			{DeviceId: "dev-b", Secret: &secret},
-			{DeviceId: "dev-a", Psk: []byte{1, 2, 3, 4}},
+			{DeviceId: "dev-a", Psk: []byte("sixteen-byte-psk")},
 			{DeviceId: "dev-c"},
 		},
 	}))
@@ -94,6 +94,19 @@ func TestCreateDevicesAllOrNothing(t *testing.T) {
 	longSecret[1].Secret = &s
 	longPSK := newDevices("h", 2)
 	longPSK[0].Psk = make([]byte, 65)
+	shortSecret := newDevices("i", 3)
+	s7 := "s3cret7"
+	shortSecret[2].Secret = &s7
+	shortSecretUTF8 := newDevices("j", 1)
+	s7r := "äöüßéèê" // 7 characters in 14 bytes
+	shortSecretUTF8[0].Secret = &s7r
+	shortPSK := newDevices("k", 2)
+	shortPSK[1].Psk = make([]byte, 15)
+	badDeviceID := func(id string) []*v1.NewDevice {
+		ds := newDevices("m", 3)
+		ds[1].DeviceId = id
+		return ds
+	}
 	for _, tc := range []struct {
 		name    string
 		req     *v1.CreateDevicesRequest
@@ -109,9 +122,21 @@ func TestCreateDevicesAllOrNothing(t *testing.T) {
 		{"bad id", &v1.CreateDevicesRequest{ProductId: pid, Devices: badID}, connect.CodeInvalidArgument, "devices[3].device_id"},
 		{"long secret", &v1.CreateDevicesRequest{ProductId: pid, Devices: longSecret}, connect.CodeInvalidArgument, "devices[1].secret"},
 		{"long psk", &v1.CreateDevicesRequest{ProductId: pid, Devices: longPSK}, connect.CodeInvalidArgument, "devices[0].psk"},
+		{"short secret", &v1.CreateDevicesRequest{ProductId: pid, Devices: shortSecret}, connect.CodeInvalidArgument, "devices[2].secret: 7 characters, at least 8"},
+		{"short secret in characters", &v1.CreateDevicesRequest{ProductId: pid, Devices: shortSecretUTF8}, connect.CodeInvalidArgument, "devices[0].secret: 7 characters, at least 8"},
+		{"short psk", &v1.CreateDevicesRequest{ProductId: pid, Devices: shortPSK}, connect.CodeInvalidArgument, "devices[1].psk: 15 bytes, at least 16"},
+		{"id with +", &v1.CreateDevicesRequest{ProductId: pid, Devices: badDeviceID("a+b")}, connect.CodeInvalidArgument, `devices[1].device_id: persistence: invalid: device ID "a+b" contains '+'`},
+		{"id with #", &v1.CreateDevicesRequest{ProductId: pid, Devices: badDeviceID("a#")}, connect.CodeInvalidArgument, `devices[1].device_id: persistence: invalid: device ID "a#" contains '#'`},
+		{"id with U+202E", &v1.CreateDevicesRequest{ProductId: pid, Devices: badDeviceID("evil\u202egpj.exe")}, connect.CodeInvalidArgument, `devices[1].device_id: persistence: invalid: device ID "evil\u202egpj.exe" contains the control or format character U+202E`},
+		{"id with U+200B", &v1.CreateDevicesRequest{ProductId: pid, Devices: badDeviceID("a\u200bb")}, connect.CodeInvalidArgument, "U+200B"},
+		{"id with U+0085", &v1.CreateDevicesRequest{ProductId: pid, Devices: badDeviceID("a\u0085b")}, connect.CodeInvalidArgument, "U+0085"},
 		{"nil device", &v1.CreateDevicesRequest{ProductId: pid, Devices: []*v1.NewDevice{nil}}, connect.CodeInvalidArgument, "devices[0]"},
 	} {
 		_, err := e.devices.CreateDevices(ctx, connect.NewRequest(tc.req))
+		if err == nil {
+			t.Errorf("%s: accepted, want %v naming %s", tc.name, tc.code, tc.message)
+			continue
+		}
 		if connect.CodeOf(err) != tc.code || !strings.Contains(err.Error(), tc.message) {
 			t.Errorf("%s: got %v, want %v naming %s", tc.name, err, tc.code, tc.message)
 		}

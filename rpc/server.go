@@ -235,6 +235,16 @@ func listPage[T any](ctx context.Context, pageSize int32, token string, list fun
 	return recs, last, nil
 }
 
+// checkDeviceID validates the ID of a device being created (see
+// persistence.ValidateDeviceID). Calls naming an existing device use checkID,
+// so that a device created before the rule can still be read and deleted.
+func checkDeviceID(field, id string) error {
+	if err := persistence.ValidateDeviceID(id); err != nil {
+		return invalid(field, "%v", err)
+	}
+	return nil
+}
+
 // checkPageToken validates a page token: empty or a record ID.
 func checkPageToken(token string) error {
 	if token == "" {

@@ -297,7 +297,7 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Fatal("no product ID")
 	}
 	var created struct{ DeviceIDs []string }
-	e.cliJSON(&created, "device", "create", "--product", pid, "--prefix", "sim-", "--count", "8", "--secret", "s3cret")
+	e.cliJSON(&created, "device", "create", "--product", pid, "--prefix", "sim-", "--count", "8", "--secret", "s3cret-meter")
 	if len(created.DeviceIDs) != 8 {
 		t.Fatalf("created %v", created)
 	}
@@ -514,7 +514,7 @@ func TestEndToEndLwM2M(t *testing.T) {
 	}
 	pid := prod.Msg.GetProduct().GetProductId()
 	const n = 6
-	news := []*v1.NewDevice{{DeviceId: "nb-dtls", Psk: []byte("nb-dtls-psk")}}
+	news := []*v1.NewDevice{{DeviceId: "nb-dtls", Psk: []byte("nb-dtls-psk-0001")}}
 	for i := 1; i < n; i++ {
 		news = append(news, &v1.NewDevice{DeviceId: fmt.Sprintf("nb-%d", i)})
 	}

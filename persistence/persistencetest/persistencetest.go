@@ -380,6 +380,9 @@ func testActive(t *testing.T, s persistence.Store) {
 // badIDs are IDs no method accepts.
 var badIDs = []string{"", "a/b", "/", strings.Repeat("x", persistence.MaxIDLen+1), "tab\there", "nul\x00"}
 
+// badDeviceIDs are valid IDs that no device may have.
+var badDeviceIDs = []string{"a+b", "#", "evil\u202egpj.exe", "zero\u200bwidth", "c1\u0085", "bad\xffutf8"}
+
 func testInvalidIDs(t *testing.T, s persistence.Store) {
 	ctx := context.Background()
 	streams := []persistence.Stream{{Kind: "x", ID: "ok"}, {Kind: "", ID: "ok"}, {Kind: "d/e", ID: "ok"}}
@@ -425,6 +428,12 @@ func testInvalidIDs(t *testing.T, s persistence.Store) {
 		_, err = s.OpenBlob(ctx, id)
 		isErr(t, what+" OpenBlob", err, persistence.ErrInvalid)
 		isErr(t, what+" DeleteBlob", s.DeleteBlob(ctx, id), persistence.ErrInvalid)
+	}
+	// Device IDs follow ValidateDeviceID's stricter rule.
+	for _, id := range badDeviceIDs {
+		what := fmt.Sprintf("device ID %q", id)
+		isErr(t, what+" PutDevice", s.PutDevice(ctx, persistence.Device{ID: id, ProductID: "p"}), persistence.ErrInvalid)
+		isErr(t, what+" CreateDevices", s.CreateDevices(ctx, []persistence.Device{{ID: "d", ProductID: "p"}, {ID: id, ProductID: "p"}}), persistence.ErrInvalid)
 	}
 	if devs, err := s.ListDevices(ctx, "", 0); err != nil || len(devs) != 0 {
 		t.Fatalf("invalid CreateDevices calls created %v (%v)", devs, err)
