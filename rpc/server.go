@@ -3,14 +3,11 @@ package rpc
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -70,7 +67,7 @@ type server struct {
 // NewHandler returns the API handler: the Connect (and gRPC, gRPC-Web)
 // handlers of ProductService, DeviceService, GroupService, PackageService
 // and, when Deps.Engine is set, TaskService on one mux, with gRPC server
-// reflection, each behind the bearer-token check.
+// reflection, all behind the bearer-token check of RequireToken.
 func NewHandler(d Deps) (http.Handler, error) {
 	if d.Registry == nil {
 		return nil, errors.New("rpc: Deps.Registry is nil")
@@ -80,7 +77,6 @@ func NewHandler(d Deps) (http.Handler, error) {
 	}
 	s := newServer(d)
 	opts := []connect.HandlerOption{
-		connect.WithInterceptors(newAuthInterceptor(d.Token)),
 		connect.WithReadMaxBytes(MaxRequestBytes),
 		connect.WithRecover(func(_ context.Context, spec connect.Spec, _ http.Header, p any) error {
 			s.log.Error("rpc: handler panicked", "procedure", spec.Procedure, "panic", fmt.Sprint(p))
@@ -103,10 +99,10 @@ func NewHandler(d Deps) (http.Handler, error) {
 	// gRPC server reflection (grpcurl, buf curl), behind the same token. It
 	// describes the health service too, which the caller serves.
 	reflector := grpcreflect.NewStaticReflector(append(services, grpchealth.HealthV1ServiceName)...)
-	ropts := []connect.HandlerOption{connect.WithInterceptors(newAuthInterceptor(d.Token)), connect.WithReadMaxBytes(64 << 10)}
+	ropts := []connect.HandlerOption{connect.WithReadMaxBytes(64 << 10)}
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, ropts...))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, ropts...))
-	return mux, nil
+	return RequireToken(d.Token, mux), nil
 }
 
 func newServer(d Deps) *server {
@@ -118,60 +114,6 @@ func newServer(d Deps) *server {
 		s.clock = clock.Real()
 	}
 	return s
-}
-
-// authInterceptor checks the bearer token of every call.
-type authInterceptor struct {
-	want [sha256.Size]byte
-}
-
-func newAuthInterceptor(token string) *authInterceptor {
-	return &authInterceptor{want: sha256.Sum256([]byte(token))}
-}
-
-var (
-	errNoToken    = errors.New("rpc: missing bearer token: send the header \"Authorization: Bearer <token>\"")
-	errWrongToken = errors.New("rpc: invalid bearer token")
-)
-
-// check returns nil when h carries the token. Both sides are hashed so the
-// constant-time compare does not depend on the length either.
-func (a *authInterceptor) check(h http.Header) error {
-	v := h.Get("Authorization")
-	tok, ok := strings.CutPrefix(v, "Bearer ")
-	if !ok || tok == "" {
-		return connect.NewError(connect.CodeUnauthenticated, errNoToken)
-	}
-	got := sha256.Sum256([]byte(tok))
-	if subtle.ConstantTimeCompare(got[:], a.want[:]) != 1 {
-		return connect.NewError(connect.CodeUnauthenticated, errWrongToken)
-	}
-	return nil
-}
-
-func (a *authInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if req.Spec().IsClient {
-			return next(ctx, req)
-		}
-		if err := a.check(req.Header()); err != nil {
-			return nil, err
-		}
-		return next(ctx, req)
-	}
-}
-
-func (a *authInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-func (a *authInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if err := a.check(conn.RequestHeader()); err != nil {
-			return err
-		}
-		return next(ctx, conn)
-	}
 }
 
 // newID returns a fresh server-assigned ID: 24 lowercase hex digits.

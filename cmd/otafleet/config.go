@@ -17,6 +17,7 @@ import (
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
+	"github.com/otafleet/otafleet/internal/minrate"
 )
 
 // serveConfig is everything `otafleet serve` takes: flags, or keys of the same
@@ -58,6 +59,16 @@ type serveConfig struct {
 	TLSCert           string        `yaml:"tls-cert" toml:"tls-cert"`
 	TLSKey            string        `yaml:"tls-key" toml:"tls-key"`
 
+	// The HTTP servers (API and package downloads): connection limits,
+	// timeouts before and between requests, and the minimum transfer rate
+	// of request and response bodies (see internal/minrate).
+	APIMaxConns       int           `yaml:"api-max-conns" toml:"api-max-conns"`
+	DownloadMaxConns  int           `yaml:"download-max-conns" toml:"download-max-conns"`
+	HTTPHeaderTimeout time.Duration `yaml:"http-header-timeout" toml:"http-header-timeout"`
+	HTTPIdleTimeout   time.Duration `yaml:"http-idle-timeout" toml:"http-idle-timeout"`
+	MinTransferRate   int64         `yaml:"min-transfer-rate" toml:"min-transfer-rate"`
+	MinTransferWindow time.Duration `yaml:"min-transfer-window" toml:"min-transfer-window"`
+
 	PassivateAfter time.Duration `yaml:"passivate-after" toml:"passivate-after"`
 	VerifyStore    bool          `yaml:"verify-store" toml:"verify-store"`
 
@@ -94,6 +105,12 @@ func defaultServeConfig() serveConfig {
 		DownloadTLS:          true,
 		MQTTClientID:         "otafleet",
 		MQTTProbeInterval:    time.Minute,
+		APIMaxConns:          1024,
+		DownloadMaxConns:     10000,
+		HTTPHeaderTimeout:    30 * time.Second,
+		HTTPIdleTimeout:      2 * time.Minute,
+		MinTransferRate:      128,
+		MinTransferWindow:    time.Minute,
 		PassivateAfter:       time.Minute,
 		SimulateProtocol:     "fota",
 		SimulateCells:        10,
@@ -130,6 +147,12 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.DownloadURL, "download-url", c.DownloadURL, "base URL devices download from (e.g. https://ota.example.com:8943); default: the --download-addr listener's address")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate for HTTPS downloads and MQTTS; default: a self-signed one kept in the data dir")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of --tls-cert")
+	fs.IntVar(&c.APIMaxConns, "api-max-conns", c.APIMaxConns, "most connections the API serves at once; more wait to be accepted")
+	fs.IntVar(&c.DownloadMaxConns, "download-max-conns", c.DownloadMaxConns, "most connections the package download server serves at once; more wait to be accepted")
+	fs.DurationVar(&c.HTTPHeaderTimeout, "http-header-timeout", c.HTTPHeaderTimeout, "API and download server: time for a request's headers (and the TLS handshake) to arrive")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "API and download server: a kept-alive connection with no request in flight is closed after this long")
+	fs.Int64Var(&c.MinTransferRate, "min-transfer-rate", c.MinTransferRate, "API and download server: bytes per second a request or response body must move at least, measured over --min-transfer-window of transfer time (waits between messages of a stream do not count); 0 turns it off")
+	fs.DurationVar(&c.MinTransferWindow, "min-transfer-window", c.MinTransferWindow, "the window of --min-transfer-rate: each rate × window bytes must move within one window")
 	fs.DurationVar(&c.PassivateAfter, "passivate-after", c.PassivateAfter, "idle device and cell actors leave memory after this long")
 	fs.BoolVar(&c.VerifyStore, "verify-store", c.VerifyStore, "check every journal entry, record and blob at start (a full scan); without it, entries are checked when read, and those of actors with work in flight at every start")
 	fs.IntVar(&c.Simulate, "simulate", c.Simulate, "run N in-process simulated devices (demo and tests, until the real transports arrive)")
@@ -204,11 +227,25 @@ func (c serveConfig) validate() error {
 	if c.DownloadURL != "" && !strings.HasPrefix(c.DownloadURL, "http://") && !strings.HasPrefix(c.DownloadURL, "https://") {
 		return fmt.Errorf("--download-url %q: want http://host:port or https://host:port", c.DownloadURL)
 	}
+	if c.APIMaxConns < 1 || c.DownloadMaxConns < 1 {
+		return errors.New("--api-max-conns and --download-max-conns must be at least 1")
+	}
+	if c.HTTPHeaderTimeout <= 0 || c.HTTPIdleTimeout <= 0 {
+		return errors.New("--http-header-timeout and --http-idle-timeout must be positive")
+	}
+	if err := c.minRate().Validate(); err != nil {
+		return fmt.Errorf("--min-transfer-rate must not be negative, and --min-transfer-window must be positive: %w", err)
+	}
 	if c.TokenTTL <= 0 || c.PassivateAfter <= 0 || c.SimulateDelay < 0 {
 		return errors.New("--token-ttl and --passivate-after must be positive, --simulate-delay not negative")
 	}
 	_, err := c.engineConfig()
 	return err
+}
+
+// minRate is the minimum transfer rate of the HTTP servers.
+func (c serveConfig) minRate() minrate.Config {
+	return minrate.Config{Rate: c.MinTransferRate, Window: c.MinTransferWindow}
 }
 
 // engineConfig maps the timeouts onto the engine's configuration.

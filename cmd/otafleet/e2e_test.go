@@ -39,12 +39,14 @@ type e2e struct {
 }
 
 // startE2E starts the server on port 0 with n simulated MQTT devices
-// (sim-0 ... sim-n-1) and waits for its addresses.
-func startE2E(t *testing.T, n int) *e2e {
+// (sim-0 ... sim-n-1) and waits for its addresses. extra flags come last,
+// so they win over the defaults here.
+func startE2E(t *testing.T, n int, extra ...string) *e2e {
 	t.Helper()
 	dir := t.TempDir()
-	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
-		"--simulate", fmt.Sprint(n), "--simulate-protocol", "mqtt", "--simulate-delay", "20ms")
+	args := []string{"--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
+		"--simulate", fmt.Sprint(n), "--simulate-protocol", "mqtt", "--simulate-delay", "20ms"}
+	srv := startServer(t, append(args, extra...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	srv.await(ctx, "serving", msg("serving"))

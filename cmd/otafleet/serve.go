@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"golang.org/x/net/netutil"
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock"
@@ -131,6 +132,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("--api-addr: %w", err)
 	}
+	lis = netutil.LimitListener(lis, cfg.APIMaxConns)
 	addrs := map[string]string{"api": lis.Addr().String()}
 	for k, v := range devs.addrs {
 		addrs[k] = v
@@ -148,14 +150,15 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", api) // every API method checks the bearer token
+	mux.Handle("/", api) // behind the bearer token, checked before a body is read
 	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker()))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle("/debug/pprof/", pprofHandler(token))
+	mux.Handle("/debug/pprof/", rpc.RequireToken(token, pprofHandler()))
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second}
+	srv := newHTTPServer(cfg, clk, mux, logger)
+	srv.Protocols = &protocols
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
 	logger.Info("serving", "api", addrs["api"], "mqtt", addrs["mqtt"], "mqtts", addrs["mqtts"], "coap", addrs["coap"], "coaps", addrs["coaps"], "download", addrs["download"],

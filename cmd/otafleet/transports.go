@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
@@ -106,8 +108,9 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 			return nil, fmt.Errorf("--download-addr: %w", err)
 		}
 		t.addrs["download"] = lis.Addr().String()
+		lis = netutil.LimitListener(lis, cfg.DownloadMaxConns)
 		scheme := "http"
-		t.dlHTTP = &http.Server{Handler: t.dl.Handler(), ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
+		t.dlHTTP = newHTTPServer(cfg, clk, t.dl.Handler(), logger)
 		if cfg.DownloadTLS {
 			scheme = "https"
 			t.dlHTTP.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
+	"github.com/otafleet/otafleet/internal/minrate"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
 	"github.com/otafleet/otafleet/transport/download"
@@ -764,5 +765,36 @@ func TestCheck(t *testing.T) {
 	f.srv.Served(f.grant, 10, 20, 300)
 	if got := f.takeServed(1); len(got) != 1 || got[0].offset != 10 || got[0].n != 20 {
 		t.Errorf("Served: %+v", got)
+	}
+}
+
+// TestSlowDownloadIsCut: served as serve serves it (under internal/minrate),
+// a download the client stops reading is cut, over HTTPS, and OnServed
+// reports only the bytes that went out.
+func TestSlowDownloadIsCut(t *testing.T) {
+	f := newFixture(t)
+	// Far more than the socket buffers hold.
+	big := f.addPackage("big", "big.bin", make([]byte, 64<<20))
+	g := download.Grant{TaskID: "t1", DeviceID: "dev-1", Attempt: 1, PackageID: "big"}
+	h := minrate.Handler(minrate.Config{Rate: 256 << 10, Window: 250 * time.Millisecond}, f.srv.Handler())
+	url, client := startTLS(t, h)
+	tok, _ := f.srv.Mint(g)
+	req, _ := http.NewRequest(http.MethodGet, url+download.Path("big"), nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	// The client reads nothing more; the server gives up.
+	s := f.takeServed(1)
+	if s[0].g != g || s[0].n <= 0 || s[0].n >= big.Size {
+		t.Fatalf("served %+v of %d bytes, want a cut download", s[0], big.Size)
+	}
+	if n, err := io.Copy(io.Discard, res.Body); err == nil || n >= big.Size {
+		t.Errorf("the client read %d bytes of a cut download (%v)", n, err)
 	}
 }
