@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,13 +78,15 @@ func awaitStatus(t *testing.T, what string, c net.Conn, r *bufio.Reader, code in
 
 // TestServeHTTPLimits: on the API and the download server, a request whose
 // headers do not end in --http-header-timeout is cut, connections beyond
-// --api-max-conns / --download-max-conns wait until one closes, and a
-// kept-alive connection is closed after --http-idle-timeout.
+// --api-max-conns / --download-max-conns wait until one closes, a
+// kept-alive connection is closed after --http-idle-timeout, and an upload
+// slower than --min-transfer-rate is cut.
 func TestServeHTTPLimits(t *testing.T) {
 	dir := t.TempDir()
 	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--download-tls=false",
 		"--mqtt-addr", "", "--coap-addr", "", "--coaps-addr", "", "--log-format", "json",
-		"--api-max-conns", "2", "--download-max-conns", "1", "--http-header-timeout", "1s", "--http-idle-timeout", "1s")
+		"--api-max-conns", "2", "--download-max-conns", "1", "--http-header-timeout", "1s", "--http-idle-timeout", "1s",
+		"--min-transfer-rate", "1000000", "--min-transfer-window", "200ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	srv.await(ctx, "serving", msg("serving"))
@@ -110,6 +114,15 @@ func TestServeHTTPLimits(t *testing.T) {
 	if _, err := io.Copy(io.Discard, cr); err != nil {
 		t.Fatalf("idle API connection: not closed: %v", err)
 	}
+
+	// An upload (with the token) that stalls is cut.
+	tok, err := os.ReadFile(filepath.Join(dir, "api-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := rawConn(t, addrs["api"], fmt.Sprintf("POST /otafleet.v1.PackageService/CreatePackage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: application/proto\r\nContent-Length: %d\r\n\r\n%s", strings.TrimSpace(string(tok)), 1<<20, strings.Repeat("x", 1000)))
+	awaitClosed(t, "stalled upload", up)
 
 	// The download server, with one slot.
 	d1 := rawConn(t, addrs["download"], "GET /packages/p HTTP/1.1\r\nHost: x\r\nAuthori")
