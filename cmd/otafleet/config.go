@@ -71,6 +71,10 @@ type serveConfig struct {
 
 	PassivateAfter time.Duration `yaml:"passivate-after" toml:"passivate-after"`
 	VerifyStore    bool          `yaml:"verify-store" toml:"verify-store"`
+	// The key sealing device secrets and PSKs in the store, and the one it
+	// replaces (rotation).
+	SealKeyFile         string `yaml:"seal-key-file" toml:"seal-key-file"`
+	PreviousSealKeyFile string `yaml:"previous-seal-key-file" toml:"previous-seal-key-file"`
 
 	// Simulation (until the real transports land): in-process scripted devices.
 	Simulate         int           `yaml:"simulate" toml:"simulate"`
@@ -155,6 +159,8 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.MinTransferWindow, "min-transfer-window", c.MinTransferWindow, "the window of --min-transfer-rate: each rate × window bytes must move within one window")
 	fs.DurationVar(&c.PassivateAfter, "passivate-after", c.PassivateAfter, "idle device and cell actors leave memory after this long")
 	fs.BoolVar(&c.VerifyStore, "verify-store", c.VerifyStore, "check every journal entry, record and blob at start (a full scan); without it, entries are checked when read, and those of actors with work in flight at every start")
+	fs.StringVar(&c.SealKeyFile, "seal-key-file", c.SealKeyFile, "file holding the key that seals device secrets and PSKs in the store: 32 bytes as 64 hex digits, mode 0600 (make one with: openssl rand -hex 32); default $"+envSealKeyFile+"; without it the store keeps its own key. A store that keeps its own key is re-sealed under this one at start")
+	fs.StringVar(&c.PreviousSealKeyFile, "previous-seal-key-file", c.PreviousSealKeyFile, "with --seal-key-file: the key file the store was sealed with until now; a store sealed with it is re-sealed under --seal-key-file at start (key rotation)")
 	fs.IntVar(&c.Simulate, "simulate", c.Simulate, "run N in-process simulated devices (demo and tests, until the real transports arrive)")
 	fs.StringVar(&c.SimulateProtocol, "simulate-protocol", c.SimulateProtocol, "protocol of simulated devices: mqtt, fota, pcp or mixed")
 	fs.IntVar(&c.SimulateCells, "simulate-cells", c.SimulateCells, "radio cells the simulated devices are spread over")
@@ -226,6 +232,9 @@ func (c serveConfig) validate() error {
 	}
 	if c.DownloadURL != "" && !strings.HasPrefix(c.DownloadURL, "http://") && !strings.HasPrefix(c.DownloadURL, "https://") {
 		return fmt.Errorf("--download-url %q: want http://host:port or https://host:port", c.DownloadURL)
+	}
+	if c.PreviousSealKeyFile != "" && c.SealKeyFile == "" {
+		return errors.New("--previous-seal-key-file needs --seal-key-file (the new key)")
 	}
 	if c.APIMaxConns < 1 || c.DownloadMaxConns < 1 {
 		return errors.New("--api-max-conns and --download-max-conns must be at least 1")

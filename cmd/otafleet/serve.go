@@ -44,6 +44,9 @@ func serveCommand(stdout, stderr io.Writer) *cobra.Command {
 				}
 				cfg.merge(fileCfg, cmd.Flags().Changed)
 			}
+			if cfg.SealKeyFile == "" {
+				cfg.SealKeyFile = os.Getenv(envSealKeyFile)
+			}
 			if err := cfg.validate(); err != nil {
 				return &exitError{code: 2, err: err}
 			}
@@ -67,7 +70,18 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	store, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: logger, Verify: cfg.VerifyStore})
+	storeDir, err := prepareStoreDir(cfg.DataDir, logger)
+	if err != nil {
+		return err
+	}
+	sealKey, prevKey, err := cfg.sealKeys()
+	if err != nil {
+		return err
+	}
+	if sealKey == nil {
+		logger.Warn("device secrets and PSKs are sealed with a key kept in the store itself, so whoever reads the data folder can open them: set --seal-key-file")
+	}
+	store, err := pebblestore.Open(storeDir, pebblestore.Options{Logger: logger, Verify: cfg.VerifyStore, SealKey: sealKey, PreviousSealKey: prevKey})
 	if err != nil {
 		return fmt.Errorf("opening the store: %w", err)
 	}

@@ -48,7 +48,12 @@
 // credentials out of reads, logs and record dumps, not from someone who holds
 // the whole data directory. Options.SealKey keeps the key outside the store
 // instead (the store then keeps only a check value, so a wrong key fails
-// Open).
+// Open). A store that keeps its own key, opened with Options.SealKey, is
+// re-sealed under it and its own key dropped; Options.PreviousSealKey with
+// Options.SealKey rotates an external key. A re-seal rewrites every device
+// record and the seal record in one synced batch at Open (a crash leaves all
+// under the old key or all under the new one), then flushes and compacts
+// those key ranges so the old values leave the files.
 //
 // # Corruption and failures
 //

@@ -45,8 +45,15 @@ type Options struct {
 	// slog.Default().
 	Logger *slog.Logger
 	// SealKey, if set (32 bytes), seals device credentials instead of a key
-	// kept in the store. A store created with one needs it on every Open.
+	// kept in the store. A store created with one needs it on every Open. A
+	// store that keeps its own key is re-sealed under SealKey when opened
+	// with one, and its own key removed, in one synced batch.
 	SealKey []byte
+	// PreviousSealKey, if set (32 bytes, with SealKey), rotates the seal
+	// key: a store sealed under PreviousSealKey is re-sealed under SealKey
+	// when opened, in one synced batch. A store already sealed under SealKey
+	// opens as usual, so the option may stay set across restarts.
+	PreviousSealKey []byte
 	// Verify runs Verify during Open: a full scan that refuses a store with a
 	// corrupt entry.
 	Verify bool
@@ -159,6 +166,9 @@ func (s *Store) start(opts Options) error {
 	if opts.SealKey != nil && len(opts.SealKey) != len(s.sealKey) {
 		return fmt.Errorf("%w: Options.SealKey has %d bytes, want %d", persistence.ErrInvalid, len(opts.SealKey), len(s.sealKey))
 	}
+	if opts.PreviousSealKey != nil && (opts.SealKey == nil || len(opts.PreviousSealKey) != len(s.sealKey)) {
+		return fmt.Errorf("%w: Options.PreviousSealKey needs Options.SealKey and %d bytes (it has %d)", persistence.ErrInvalid, len(s.sealKey), len(opts.PreviousSealKey))
+	}
 	format, ok, err := s.get(keyFormat)
 	if err != nil {
 		return err
@@ -181,18 +191,28 @@ func (s *Store) start(opts Options) error {
 	case !ok:
 		return &persistence.CorruptError{Key: keySeal, Reason: "missing"}
 	case len(seal) == 1+32 && seal[0] == sealStored:
-		if opts.SealKey != nil {
-			return fmt.Errorf("%w: the store keeps its own seal key; open it without Options.SealKey", ErrSealKey)
-		}
 		copy(s.sealKey[:], seal[1:])
+		if opts.SealKey != nil {
+			if err := s.reseal(opts.SealKey, "the store's own key"); err != nil {
+				return err
+			}
+		}
 	case len(seal) == 1+32 && seal[0] == sealExternal:
-		if opts.SealKey == nil {
-			return fmt.Errorf("%w: the store was created with Options.SealKey; pass the same key", ErrSealKey)
+		switch {
+		case opts.SealKey == nil:
+			return fmt.Errorf("%w: the store is sealed with an external key (Options.SealKey); pass it", ErrSealKey)
+		case hmac.Equal(sealCheck(opts.SealKey), seal[1:]):
+			copy(s.sealKey[:], opts.SealKey)
+		case opts.PreviousSealKey != nil && hmac.Equal(sealCheck(opts.PreviousSealKey), seal[1:]):
+			copy(s.sealKey[:], opts.PreviousSealKey)
+			if err := s.reseal(opts.SealKey, "the previous key"); err != nil {
+				return err
+			}
+		case opts.PreviousSealKey != nil:
+			return fmt.Errorf("%w: neither Options.SealKey nor Options.PreviousSealKey is the key the store is sealed with", ErrSealKey)
+		default:
+			return fmt.Errorf("%w: Options.SealKey is not the key the store is sealed with", ErrSealKey)
 		}
-		if !hmac.Equal(sealCheck(opts.SealKey), seal[1:]) {
-			return fmt.Errorf("%w: Options.SealKey is not the key the store was created with", ErrSealKey)
-		}
-		copy(s.sealKey[:], opts.SealKey)
 	default:
 		return &persistence.CorruptError{Key: keySeal, Reason: fmt.Sprintf("bad seal record of %d bytes", len(seal))}
 	}

@@ -134,12 +134,144 @@ func TestSealKeyOption(t *testing.T) {
 		t.Fatalf("DeviceCredentials = %+v, %v", c, err)
 	}
 	_ = s.Close()
-	// A store that keeps its own key refuses an external one.
-	fs2 := vfs.NewMem()
-	s2 := openFS(t, fs2)
-	_ = s2.Close()
-	if _, err := open(fs2, key); !errors.Is(err, pebblestore.ErrSealKey) {
-		t.Fatalf("Open of a self-keyed store with a key: %v, want ErrSealKey", err)
+}
+
+// sealRecord returns the raw m/seal value of the closed store on fs.
+func sealRecord(t *testing.T, fs vfs.FS) []byte {
+	t.Helper()
+	db := rawDB(t, fs)
+	defer db.Close()
+	v, closer, err := db.Get([]byte("m/seal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	return bytes.Clone(v)
+}
+
+// putCredentials stores product p and devices d1 (secret and PSK) and d2
+// (none).
+func putCredentials(t *testing.T, s *pebblestore.Store) {
+	t.Helper()
+	ctx := context.Background()
+	if err := s.PutProduct(ctx, persistence.Product{ID: "p", Protocol: persistence.ProtocolLWM2M}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateDevices(ctx, []persistence.Device{{ID: "d1", ProductID: "p", Secret: "secret-one", PSK: []byte("psk-of-sixteen-b")}, {ID: "d2", ProductID: "p"}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantCredentials checks what putCredentials stored.
+func wantCredentials(t *testing.T, s *pebblestore.Store) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := s.DeviceCredentials(ctx, "d1")
+	if err != nil || c.Secret != "secret-one" || string(c.PSK) != "psk-of-sixteen-b" {
+		t.Fatalf("DeviceCredentials(d1) = %+v, %v", c, err)
+	}
+	if c, err := s.DeviceCredentials(ctx, "d2"); err != nil || c.Secret != "" || c.PSK != nil {
+		t.Fatalf("DeviceCredentials(d2) = %+v, %v", c, err)
+	}
+	if d, err := s.GetDevice(ctx, "d1"); err != nil || !d.HasSecret || !d.HasPSK {
+		t.Fatalf("GetDevice(d1) = %+v, %v", d, err)
+	}
+}
+
+// TestSealKeyMigration: a store that keeps its own key, opened with an
+// external one, is re-sealed under it and no longer holds its own key.
+func TestSealKeyMigration(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	open := func(fs vfs.FS, k []byte) (*pebblestore.Store, error) {
+		return pebblestore.Open("db", pebblestore.Options{FS: fs, Logger: testLogger(t), SealKey: k})
+	}
+	fs := vfs.NewMem()
+	s := openFS(t, fs)
+	putCredentials(t, s)
+	_ = s.Close()
+	rec := sealRecord(t, fs)
+	if len(rec) != 33 || rec[0] != 1 {
+		t.Fatalf("m/seal of a self-keyed store: %x", rec)
+	}
+	own := rec[1:]
+
+	s, err := open(fs, key)
+	if err != nil {
+		t.Fatalf("Open of a self-keyed store with a key: %v", err)
+	}
+	wantCredentials(t, s)
+	_ = s.Close()
+	if rec := sealRecord(t, fs); rec[0] != 2 || bytes.Contains(rec, own) {
+		t.Fatalf("m/seal after the migration: %x", rec)
+	}
+	db := rawDB(t, fs)
+	it, err := db.NewIter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		if bytes.Contains(it.Value(), own) {
+			t.Errorf("the value at %q holds the store's former key", it.Key())
+		}
+	}
+	_ = it.Close()
+	_ = db.Close()
+
+	// From now on the key is required, and it is enough.
+	if _, err := open(fs, nil); !errors.Is(err, pebblestore.ErrSealKey) {
+		t.Fatalf("Open without the key after the migration: %v, want ErrSealKey", err)
+	}
+	if s, err = open(fs, key); err != nil {
+		t.Fatal(err)
+	}
+	wantCredentials(t, s)
+	_ = s.Close()
+}
+
+// TestSealKeyRotation: SealKey with PreviousSealKey re-seals a store sealed
+// under the previous key; afterwards only the new key opens it.
+func TestSealKeyRotation(t *testing.T) {
+	oldKey, newKey, other := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32), bytes.Repeat([]byte{3}, 32)
+	open := func(fs vfs.FS, k, prev []byte) (*pebblestore.Store, error) {
+		return pebblestore.Open("db", pebblestore.Options{FS: fs, Logger: testLogger(t), SealKey: k, PreviousSealKey: prev})
+	}
+	fs := vfs.NewMem()
+	s, err := open(fs, oldKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putCredentials(t, s)
+	_ = s.Close()
+
+	for _, c := range []struct {
+		name      string
+		key, prev []byte
+		want      error
+	}{
+		{"the new key alone", newKey, nil, pebblestore.ErrSealKey},
+		{"two wrong keys", newKey, other, pebblestore.ErrSealKey},
+		{"a previous key alone", nil, oldKey, persistence.ErrInvalid},
+		{"a short previous key", newKey, []byte("short"), persistence.ErrInvalid},
+	} {
+		if _, err := open(fs, c.key, c.prev); !errors.Is(err, c.want) {
+			t.Fatalf("Open with %s: %v, want %v", c.name, err, c.want)
+		}
+	}
+	if s, err = open(fs, newKey, oldKey); err != nil {
+		t.Fatalf("rotation: %v", err)
+	}
+	wantCredentials(t, s)
+	_ = s.Close()
+	if _, err := open(fs, oldKey, nil); !errors.Is(err, pebblestore.ErrSealKey) {
+		t.Fatalf("Open with the old key after the rotation: %v, want ErrSealKey", err)
+	}
+	// The options may stay set: a rotated store opens with them as usual.
+	for _, prev := range [][]byte{oldKey, nil} {
+		if s, err = open(fs, newKey, prev); err != nil {
+			t.Fatal(err)
+		}
+		wantCredentials(t, s)
+		_ = s.Close()
 	}
 }
 
