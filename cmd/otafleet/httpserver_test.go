@@ -124,6 +124,39 @@ func TestServeHTTPLimits(t *testing.T) {
 		"Content-Type: application/proto\r\nContent-Length: %d\r\n\r\n%s", strings.TrimSpace(string(tok)), 1<<20, strings.Repeat("x", 1000)))
 	awaitClosed(t, "stalled upload", up)
 
+	// What needs no token passes the check; the profiles need it.
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for _, c := range []struct {
+		path, token string
+		code        int
+	}{
+		{"/metrics", "", http.StatusOK},
+		{"/grpc.health.v1.Health/Check", "", http.StatusOK},
+		{"/debug/pprof/", "", http.StatusUnauthorized},
+		{"/debug/pprof/", "wrong", http.StatusUnauthorized},
+		{"/debug/pprof/", strings.TrimSpace(string(tok)), http.StatusOK},
+	} {
+		method, body := http.MethodGet, io.Reader(nil)
+		if strings.HasPrefix(c.path, "/grpc.") {
+			method, body = http.MethodPost, strings.NewReader("{}")
+		}
+		req, _ := http.NewRequest(method, "http://"+addrs["api"]+c.path, body)
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		if c.token != "" {
+			req.Header.Set("Authorization", "Bearer "+c.token)
+		}
+		res, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != c.code {
+			t.Errorf("%s with token %q: status %d, want %d", c.path, c.token, res.StatusCode, c.code)
+		}
+	}
+
 	// The download server, with one slot.
 	d1 := rawConn(t, addrs["download"], "GET /packages/p HTTP/1.1\r\nHost: x\r\nAuthori")
 	d2 := rawConn(t, addrs["download"], "GET /packages/p HTTP/1.1\r\nHost: x\r\n\r\n")
