@@ -36,10 +36,12 @@ import (
 	"github.com/otafleet/otafleet/transport/download"
 )
 
-// Devices tells registered devices and their PSKs; persistence.Registry
-// satisfies it.
+// Devices tells registered devices, their products and their PSKs;
+// persistence.Registry satisfies it.
 type Devices interface {
 	DeviceCredentials(ctx context.Context, id string) (persistence.Credentials, error)
+	GetDevice(ctx context.Context, id string) (persistence.Device, error)
+	GetProduct(ctx context.Context, id string) (persistence.Product, error)
 }
 
 // Packages reads package files; persistence.Registry satisfies it.
@@ -68,11 +70,15 @@ type Config struct {
 	SocketBuffer int
 	// DTLSAddr is the DTLS 1.2 address with pre-shared keys ("127.0.0.1:5684");
 	// "" serves no DTLS. A device's PSK identity is its device ID; a device
-	// that has a PSK registers only over DTLS, as itself.
+	// that has a PSK registers only over DTLS, as itself (see admit).
 	DTLSAddr string
-	// PublicAddr is the host:port written into coap:// package URIs;
-	// default: the listener's address.
+	// PublicAddr is the host:port written into coap:// package URIs (for
+	// devices registered over plain CoAP); default: the listener's address.
 	PublicAddr string
+	// DTLSPublicAddr is the host:port written into coaps:// package URIs
+	// (for devices registered over DTLS); default: the DTLS listener's
+	// address.
+	DTLSPublicAddr string
 	// Devices, Packages, Tokens and Uplinks are required.
 	Devices  Devices
 	Packages Packages
@@ -222,9 +228,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.cfg.PublicAddr == "" {
 		s.cfg.PublicAddr = s.addr
-		if s.addr == "" {
-			s.cfg.PublicAddr = s.dtlsAddr
-		}
+	}
+	if s.cfg.DTLSPublicAddr == "" {
+		s.cfg.DTLSPublicAddr = s.dtlsAddr
 	}
 	if err := s.restore(context.Background()); err != nil {
 		_ = s.lis.Close()
@@ -480,27 +486,20 @@ func (s *Server) register(w mux.ResponseWriter, r *mux.Message) {
 		s.log.Info("lwm2m: registration refused", "endpoint", ep, "reason", why)
 		s.answer(w, codes.Forbidden, why)
 	}
-	creds, err := s.cfg.Devices.DeviceCredentials(r.Context(), ep)
-	if err != nil {
-		if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
-			forbid("unknown endpoint")
+	identity, secure := pskIdentity(w.Conn())
+	if secure && identity != ep {
+		forbid(fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity))
+		return
+	}
+	if err := s.admit(r.Context(), ep, secure); err != nil {
+		if errors.Is(err, errRefused) {
+			forbid(err.Error())
 			return
 		}
 		s.log.Error("lwm2m: registration: looking the device up", "endpoint", ep, "error", err)
 		s.answer(w, codes.ServiceUnavailable, "")
 		return
 	}
-	// Over DTLS the endpoint is the PSK identity; a device with a PSK may
-	// not register over plain CoAP.
-	switch identity, secure := pskIdentity(w.Conn()); {
-	case secure && identity != ep:
-		forbid(fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity))
-		return
-	case !secure && len(creds.PSK) > 0:
-		forbid("this device has a PSK: it registers over DTLS")
-		return
-	}
-	_, secure := pskIdentity(w.Conn())
 	reg := newRegistration(newRegID(), ep, w.Conn().RemoteAddr().String(), lt, queue)
 	reg.conn, reg.secure = w.Conn(), secure
 	s.save(r.Context(), reg)
@@ -552,6 +551,11 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
 	reg := s.lookup(id)
 	if reg == nil {
 		s.answer(w, codes.NotFound, "unknown registration")
+		return
+	}
+	if err := sameSecurity(reg, w.Conn()); err != nil {
+		s.log.Info("lwm2m: registration update refused", "device", reg.device, "registration", reg.id, "peer", w.Conn().RemoteAddr().String(), "reason", err.Error())
+		s.answer(w, codes.Forbidden, err.Error())
 		return
 	}
 	q, err := queries(r)
@@ -610,9 +614,65 @@ func (s *Server) deregister(w mux.ResponseWriter, id string) {
 		s.answer(w, codes.NotFound, "unknown registration")
 		return
 	}
+	if err := sameSecurity(reg, w.Conn()); err != nil {
+		s.log.Info("lwm2m: de-registration refused", "device", reg.device, "registration", reg.id, "peer", w.Conn().RemoteAddr().String(), "reason", err.Error())
+		s.answer(w, codes.Forbidden, err.Error())
+		return
+	}
 	s.answer(w, codes.Deleted, "")
 	s.log.Info("lwm2m: de-registered", "device", reg.device, "registration", reg.id)
 	s.drop(reg, true)
+}
+
+// errRefused marks the reasons admit refuses a registration (4.03).
+var errRefused = errors.New("lwm2m: registration refused")
+
+// admit tells whether device id may register, over DTLS as itself (secure)
+// or over plain CoAP: it must be a device of an LwM2M product, and over
+// plain CoAP neither have a PSK nor belong to a product in security mode
+// PSK. A refusal wraps errRefused; any other error is the registry's.
+func (s *Server) admit(ctx context.Context, id string, secure bool) error {
+	d, err := s.cfg.Devices.GetDevice(ctx, id)
+	if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
+		return fmt.Errorf("%w: unknown endpoint", errRefused)
+	}
+	if err != nil {
+		return err
+	}
+	p, err := s.cfg.Devices.GetProduct(ctx, d.ProductID)
+	if errors.Is(err, persistence.ErrNotFound) {
+		return fmt.Errorf("%w: unknown endpoint", errRefused)
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case p.Protocol != persistence.ProtocolLWM2M:
+		// As for an unknown endpoint: the device exists, but not for LwM2M.
+		return fmt.Errorf("%w: unknown endpoint (a device of a %v product)", errRefused, p.Protocol)
+	case !secure && d.HasPSK:
+		return fmt.Errorf("%w: this device has a PSK: it registers over DTLS", errRefused)
+	case !secure && p.LwM2MSecurity == persistence.LwM2MPSK:
+		return fmt.Errorf("%w: the device's product is in security mode PSK: it registers over DTLS", errRefused)
+	}
+	return nil
+}
+
+// sameSecurity tells whether a request on conversation c may act on reg (an
+// update, a de-registration, a download): a registration made over DTLS
+// only over DTLS by the same identity, one made over plain CoAP only over
+// plain CoAP.
+func sameSecurity(reg *registration, c mux.Conn) error {
+	identity, secure := pskIdentity(c)
+	switch {
+	case reg.secure && !secure:
+		return fmt.Errorf("registration %s was made over DTLS: only its DTLS session may change it", reg.id)
+	case reg.secure && identity != reg.device:
+		return fmt.Errorf("registration %s is of %q, not of the DTLS identity %q", reg.id, reg.device, identity)
+	case !reg.secure && secure:
+		return fmt.Errorf("registration %s was made over plain CoAP: register again over DTLS", reg.id)
+	}
+	return nil
 }
 
 func (s *Server) lookup(id string) *registration {
