@@ -134,6 +134,8 @@ type Server struct {
 	byDev  map[string]*registration // device ID → its registration
 	byPeer map[string]*registration // remote address → registration
 	dl     map[download.Grant]int64 // bytes reported as served, per download
+
+	bodies *bodies // block-wise registration bodies in flight
 }
 
 var _ transport.Downlinks = (*Server)(nil)
@@ -188,7 +190,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"),
 		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
-		dl: map[download.Grant]int64{}, served: make(chan struct{}),
+		dl: map[download.Grant]int64{}, served: make(chan struct{}), bodies: newBodies(),
 	}
 	router := mux.NewRouter()
 	router.DefaultHandleFunc(s.handle)
@@ -348,9 +350,13 @@ func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
 	path = strings.Trim(path, "/")
 	switch {
 	case path == "rd" && r.Code() == codes.POST:
-		s.register(w, r)
+		if body, ack, ok := s.requestBody(w, r, path); ok {
+			s.register(w, r, body, ack)
+		}
 	case strings.HasPrefix(path, "rd/") && r.Code() == codes.POST:
-		s.update(w, r, strings.TrimPrefix(path, "rd/"))
+		if body, ack, ok := s.requestBody(w, r, path); ok {
+			s.update(w, r, strings.TrimPrefix(path, "rd/"), body, ack)
+		}
 	case strings.HasPrefix(path, "rd/") && r.Code() == codes.DELETE:
 		s.deregister(w, strings.TrimPrefix(path, "rd/"))
 	case strings.HasPrefix(path, "fw/") && r.Code() == codes.GET:
@@ -452,27 +458,21 @@ func parseRegistration(qs []string, body []byte) (regParams, error) {
 	if p.queue, err = binding(q); err != nil {
 		return p, err
 	}
-	if b := bytes.TrimSpace(body); len(b) > 0 {
-		if _, err := parseLinks(string(b)); err != nil {
-			return p, fmt.Errorf("link format: %v", err)
-		}
+	if err := checkLinks(body); err != nil {
+		return p, err
 	}
 	return p, nil
 }
 
-// register handles POST /rd.
-func (s *Server) register(w mux.ResponseWriter, r *mux.Message) {
+// register handles POST /rd with its (reassembled) body; ack are the
+// options of its success answer (the last Block1 of a block-wise body).
+func (s *Server) register(w mux.ResponseWriter, r *mux.Message, body []byte, ack []message.Option) {
 	bad := func(why string) {
 		s.log.Info("lwm2m: registration refused", "peer", w.Conn().RemoteAddr().String(), "reason", why)
 		s.answer(w, codes.BadRequest, why)
 	}
 	qs, err := r.Queries()
 	if err != nil && !errors.Is(err, message.ErrOptionNotFound) {
-		bad(err.Error())
-		return
-	}
-	body, err := readRequestBody(r)
-	if err != nil {
 		bad(err.Error())
 		return
 	}
@@ -512,42 +512,95 @@ func (s *Server) register(w mux.ResponseWriter, r *mux.Message) {
 	}
 	reg.expiry = s.cfg.Clock.AfterFunc(lt, func() { s.expire(reg) })
 	go s.worker(reg)
-	s.answer(w, codes.Created, "", message.Option{ID: message.LocationPath, Value: []byte("rd")},
-		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})
+	s.answer(w, codes.Created, "", append(ack, message.Option{ID: message.LocationPath, Value: []byte("rd")},
+		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})...)
 	s.log.Info("lwm2m: registered", "device", ep, "registration", reg.id, "lifetime", lt, "queue_mode", queue, "peer", reg.peer)
 	s.deliver(ep, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
 	s.awake(reg)
 }
 
-// readRequestBody reads a request's body, at most 64 KiB.
+// errBodyTooLarge: a request body of more than maxRegistrationBody bytes.
+var errBodyTooLarge = &block1Error{codes.RequestEntityTooLarge, fmt.Sprintf("body of more than %d bytes", maxRegistrationBody)}
+
+// readRequestBody reads a request's body (one datagram's), at most
+// maxRegistrationBody bytes (errBodyTooLarge beyond).
 func readRequestBody(r *mux.Message) ([]byte, error) {
 	if r.Body() == nil {
 		return nil, nil
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body(), 64<<10))
+	b, err := io.ReadAll(io.LimitReader(r.Body(), maxRegistrationBody+1))
 	if err != nil {
 		return nil, fmt.Errorf("body: %v", err)
+	}
+	if len(b) > maxRegistrationBody {
+		return nil, errBodyTooLarge
 	}
 	return b, nil
 }
 
-// checkLinks validates an update's link-format body, when present.
-func checkLinks(r *mux.Message) error {
-	b, err := readRequestBody(r)
+// requestBody is a registration request's body: the request's own, or with
+// a Block1 option the body reassembled from its blocks (see bodies). While
+// blocks are to come it answers 2.31 Continue, and a refused body the
+// error's code; ok is false then (the request is answered). ack are the
+// options the success answer carries (the last block's Block1).
+func (s *Server) requestBody(w mux.ResponseWriter, r *mux.Message, path string) (body []byte, ack []message.Option, ok bool) {
+	peer := w.Conn().RemoteAddr().String()
+	refuse := func(err error, opts ...message.Option) {
+		s.log.Info("lwm2m: request body refused", "peer", peer, "path", path, "reason", err.Error())
+		s.answer(w, codeOf(err), err.Error(), opts...)
+	}
+	tooLarge := uintOpt(message.Size1, maxRegistrationBody)
+	payload, err := readRequestBody(r)
 	if err != nil {
-		return err
+		refuse(err, tooLarge)
+		return nil, nil, false
 	}
-	if b = bytes.TrimSpace(b); len(b) == 0 {
-		return nil
+	block, err := r.Options().GetUint32(message.Block1)
+	if errors.Is(err, message.ErrOptionNotFound) {
+		return payload, nil, true
 	}
-	if _, err := parseLinks(string(b)); err != nil {
-		return fmt.Errorf("link format: %v", err)
+	if err != nil {
+		refuse(&block1Error{codes.BadOption, "Block1: " + err.Error()})
+		return nil, nil, false
+	}
+	size1 := int64(-1)
+	if v, err := r.Options().GetUint32(message.Size1); err == nil {
+		size1 = int64(v)
+	}
+	qs, _ := r.Queries()
+	key := "udp " + peer
+	if _, secure := pskIdentity(w.Conn()); secure {
+		key = "dtls " + peer
+	}
+	body, done, err := s.bodies.add(key, path+"?"+strings.Join(qs, "&"), block, size1, payload, s.cfg.Clock.Now())
+	switch {
+	case err != nil && codeOf(err) == codes.RequestEntityTooLarge:
+		refuse(err, tooLarge)
+		return nil, nil, false
+	case err != nil:
+		refuse(err)
+		return nil, nil, false
+	case !done:
+		s.answer(w, codes.Continue, "", uintOpt(message.Block1, block))
+		return nil, nil, false
+	}
+	return body, []message.Option{uintOpt(message.Block1, block)}, true
+}
+
+// checkLinks validates a registration's or update's link-format body, when
+// present.
+func checkLinks(body []byte) error {
+	if b := bytes.TrimSpace(body); len(b) > 0 {
+		if _, err := parseLinks(string(b)); err != nil {
+			return fmt.Errorf("link format: %v", err)
+		}
 	}
 	return nil
 }
 
-// update handles POST /rd/{id}.
-func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
+// update handles POST /rd/{id} with its (reassembled) body; ack are the
+// options of its success answer.
+func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string, body []byte, ack []message.Option) {
 	reg := s.lookup(id)
 	if reg == nil {
 		s.answer(w, codes.NotFound, "unknown registration")
@@ -575,7 +628,7 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
 			return
 		}
 	}
-	if err := checkLinks(r); err != nil {
+	if err := checkLinks(body); err != nil {
 		s.answer(w, codes.BadRequest, err.Error())
 		return
 	}
@@ -598,7 +651,7 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
 		s.save(r.Context(), reg)
 	}
 	reg.expiry.Reset(lt)
-	s.answer(w, codes.Changed, "")
+	s.answer(w, codes.Changed, "", ack...)
 	if changed {
 		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
 	} else {

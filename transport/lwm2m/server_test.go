@@ -518,22 +518,26 @@ func TestPackageBlocks(t *testing.T) {
 	}
 }
 
+// coapClient is the path of libcoap's coap-client; the test fails without
+// one (skips with OTAFLEET_SKIP_COAP_CLIENT=1).
+func coapClient(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"coap-client-notls", "coap-client", "coap-client-openssl", "coap-client-gnutls"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("OTAFLEET_SKIP_COAP_CLIENT") == "1" {
+		t.Skip("no coap-client and OTAFLEET_SKIP_COAP_CLIENT=1")
+	}
+	t.Fatal("coap-client is not installed: apt-get install libcoap3-bin (.ci/run does), or set OTAFLEET_SKIP_COAP_CLIENT=1")
+	return ""
+}
+
 // TestCoapClient: libcoap's coap-client (Debian libcoap3-bin, installed by
 // .ci/run) downloads the package block-wise, and fetches block N alone.
 func TestCoapClient(t *testing.T) {
-	bin := ""
-	for _, name := range []string{"coap-client-notls", "coap-client", "coap-client-openssl", "coap-client-gnutls"} {
-		if p, err := exec.LookPath(name); err == nil {
-			bin = p
-			break
-		}
-	}
-	if bin == "" {
-		if os.Getenv("OTAFLEET_SKIP_COAP_CLIENT") == "1" {
-			t.Skip("no coap-client and OTAFLEET_SKIP_COAP_CLIENT=1")
-		}
-		t.Fatal("coap-client is not installed: apt-get install libcoap3-bin (.ci/run does), or set OTAFLEET_SKIP_COAP_CLIENT=1")
-	}
+	bin := coapClient(t)
 	e := newEnv(t)
 	tok, _ := e.dl.Mint(download.Grant{TaskID: "t1", DeviceID: "d1", Attempt: 1, PackageID: "fw"})
 	uri := lwm2m.PackageURI(false, e.srv.Addr(), "fw", tok)
