@@ -15,6 +15,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/options"
 
 	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/transport/lwm2m"
 )
 
 // dialDevicePSK is dial over DTLS: a hand-written device with identity id
@@ -207,5 +208,38 @@ func TestDTLSPackageURI(t *testing.T) {
 	}
 	if c, _, _ := get(dialDevicePSK(t, e, "d4", []byte("psk-of-d4")), 0); c != codes.Forbidden {
 		t.Fatalf("d3's token over d4's DTLS session: %v, want 4.03", c)
+	}
+}
+
+// TestDTLSPublicAddr: the coaps:// URI names Config.DTLSPublicAddr when set,
+// and a plain-CoAP device's coap:// URI Config.PublicAddr.
+func TestDTLSPublicAddr(t *testing.T) {
+	e := newEnv(t, func(c *lwm2m.Config) { c.PublicAddr, c.DTLSPublicAddr = "ota.example.com:5683", "ota.example.com:5684" })
+	d3 := dialDevicePSK(t, e, "d3", []byte("psk-of-d3"))
+	d1 := dial(t, e)
+	for _, d := range []*device{d3, d1} {
+		ep := "d3"
+		if d == d1 {
+			ep = "d1"
+		}
+		if res, err := d.register(t, "ep="+ep, links); err != nil || res.Code() != codes.Created {
+			t.Fatalf("%s: %v %v", ep, res, err)
+		}
+		e.rec.next(t)
+		job := &messages.Job{TaskId: "t1", Attempt: 1, Package: &messages.Package{PackageId: "fw", Version: "2.0"}}
+		if err := e.srv.Send(context.Background(), &messages.Downlink{DeviceId: ep, Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: job}}}); err != nil {
+			t.Fatal(err)
+		}
+		e.rec.next(t)
+	}
+	d3.mu.Lock()
+	d1.mu.Lock()
+	defer d3.mu.Unlock()
+	defer d1.mu.Unlock()
+	if u := d3.writes["/5/0/1"]; !strings.HasPrefix(u, "coaps://ota.example.com:5684/fw/fw?t=") {
+		t.Errorf("d3 (DTLS): %q", u)
+	}
+	if u := d1.writes["/5/0/1"]; !strings.HasPrefix(u, "coap://ota.example.com:5683/fw/fw?t=") {
+		t.Errorf("d1 (plain CoAP): %q", u)
 	}
 }
