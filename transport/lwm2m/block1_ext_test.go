@@ -77,8 +77,12 @@ func TestBlock1Registration(t *testing.T) {
 	}
 	// Beyond 16 KiB: 4.13.
 	big := dialBlockwise(t, e, blockwise.SZX1024)
-	if res, err := big.register(t, "ep=d2", manyLinks(3000)); err != nil || res.Code() != codes.RequestEntityTooLarge {
+	res, err = big.register(t, "ep=d2", manyLinks(3000))
+	if err != nil || res.Code() != codes.RequestEntityTooLarge {
 		t.Fatalf("a registration of %d bytes: %v %v", len(manyLinks(3000)), res, err)
+	}
+	if size1, err := res.Options().GetUint32(message.Size1); err != nil || size1 != 16<<10 {
+		t.Errorf("4.13 with Size1 %d %v, want the bound, 16384", size1, err)
 	}
 	if got := e.delivered(); got != "d1 connected:{}\nd1 uplink:{}" {
 		t.Fatalf("delivered:\n%s", got)

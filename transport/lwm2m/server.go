@@ -545,14 +545,17 @@ func readRequestBody(r *mux.Message) ([]byte, error) {
 // options the success answer carries (the last block's Block1).
 func (s *Server) requestBody(w mux.ResponseWriter, r *mux.Message, path string) (body []byte, ack []message.Option, ok bool) {
 	peer := w.Conn().RemoteAddr().String()
-	refuse := func(err error, opts ...message.Option) {
+	refuse := func(err error) {
 		s.log.Info("lwm2m: request body refused", "peer", peer, "path", path, "reason", err.Error())
+		var opts []message.Option
+		if codeOf(err) == codes.RequestEntityTooLarge {
+			opts = append(opts, uintOpt(message.Size1, maxRegistrationBody)) // the size it takes (RFC 7959 4)
+		}
 		s.answer(w, codeOf(err), err.Error(), opts...)
 	}
-	tooLarge := uintOpt(message.Size1, maxRegistrationBody)
 	payload, err := readRequestBody(r)
 	if err != nil {
-		refuse(err, tooLarge)
+		refuse(err)
 		return nil, nil, false
 	}
 	block, err := r.Options().GetUint32(message.Block1)
@@ -574,9 +577,6 @@ func (s *Server) requestBody(w mux.ResponseWriter, r *mux.Message, path string) 
 	}
 	body, done, err := s.bodies.add(key, path+"?"+strings.Join(qs, "&"), block, size1, payload, s.cfg.Clock.Now())
 	switch {
-	case err != nil && codeOf(err) == codes.RequestEntityTooLarge:
-		refuse(err, tooLarge)
-		return nil, nil, false
 	case err != nil:
 		refuse(err)
 		return nil, nil, false
