@@ -45,6 +45,31 @@ func (p Protocol) String() string {
 	return fmt.Sprintf("Protocol(%d)", int32(p))
 }
 
+// LwM2MSecurity is how an LwM2M product's devices secure their
+// conversation with the server.
+type LwM2MSecurity int32
+
+// LwM2M security modes; the numbers are stored and only ever grow. The zero
+// value is NoSec, so products stored before the setting existed keep
+// today's behaviour.
+const (
+	// LwM2MNoSec: devices register over plain CoAP, or over DTLS when
+	// they have a PSK.
+	LwM2MNoSec LwM2MSecurity = 0
+	// LwM2MPSK: every device has a PSK and registers over DTLS only.
+	LwM2MPSK LwM2MSecurity = 1
+)
+
+func (m LwM2MSecurity) String() string {
+	switch m {
+	case LwM2MNoSec:
+		return "NOSEC"
+	case LwM2MPSK:
+		return "PSK"
+	}
+	return fmt.Sprintf("LwM2MSecurity(%d)", int32(m))
+}
+
 // PackageType says what a package upgrades.
 type PackageType int32
 
@@ -75,7 +100,19 @@ type Product struct {
 	// SkipVersionCheck: the version read before an upgrade only notes a
 	// mismatch instead of failing the device.
 	SkipVersionCheck bool
-	Created          time.Time
+	// LwM2MSecurity is the security mode of an LwM2M product's devices
+	// (NoSec for MQTT products).
+	LwM2MSecurity LwM2MSecurity
+	Created       time.Time
+}
+
+// CheckDevice tells whether d may belong to p: a device of an LwM2M
+// product in PSK mode needs a PSK (ErrInvalid otherwise).
+func (p Product) CheckDevice(d Device) error {
+	if p.Protocol == ProtocolLWM2M && p.LwM2MSecurity == LwM2MPSK && len(d.PSK) == 0 && !d.HasPSK {
+		return fmt.Errorf("%w: device %q has no PSK, and product %q is in LwM2M security mode PSK", ErrInvalid, d.ID, p.ID)
+	}
+	return nil
 }
 
 // Device is a registered device.
@@ -241,13 +278,19 @@ type Blob interface {
 	SHA256() [sha256.Size]byte
 }
 
-// ValidateProduct checks p's ID and protocol.
+// ValidateProduct checks p's ID, protocol and LwM2M security mode.
 func ValidateProduct(p Product) error {
 	if err := ValidateID(p.ID); err != nil {
 		return fmt.Errorf("product: %w", err)
 	}
 	if p.Protocol != ProtocolMQTT && p.Protocol != ProtocolLWM2M {
 		return fmt.Errorf("%w: product %q has protocol %v", ErrInvalid, p.ID, p.Protocol)
+	}
+	switch {
+	case p.LwM2MSecurity != LwM2MNoSec && p.LwM2MSecurity != LwM2MPSK:
+		return fmt.Errorf("%w: product %q has LwM2M security mode %v", ErrInvalid, p.ID, p.LwM2MSecurity)
+	case p.LwM2MSecurity == LwM2MPSK && p.Protocol != ProtocolLWM2M:
+		return fmt.Errorf("%w: product %q: LwM2M security mode PSK needs protocol LWM2M", ErrInvalid, p.ID)
 	}
 	return nil
 }

@@ -114,8 +114,14 @@ func (s *deviceServer) CreateDevices(ctx context.Context, req *connect.Request[v
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.product(ctx, "CreateDevices", req.Msg.GetProductId()); err != nil {
+	p, err := s.product(ctx, "CreateDevices", req.Msg.GetProductId())
+	if err != nil {
 		return nil, err
+	}
+	for i, d := range ds {
+		if err := p.CheckDevice(d); err != nil {
+			return nil, invalid(fmt.Sprintf("devices[%d].psk", i), "%v", err)
+		}
 	}
 	now := s.clock.Now()
 	ids := make([]string, len(ds))

@@ -32,6 +32,10 @@ func productToProto(p persistence.Product) *v1.Product {
 		out.Protocol = v1.Protocol_PROTOCOL_MQTT
 	case persistence.ProtocolLWM2M:
 		out.Protocol = v1.Protocol_PROTOCOL_LWM2M
+		out.Lwm2MSecurity = v1.Lwm2MSecurity_LWM2M_SECURITY_NOSEC
+		if p.LwM2MSecurity == persistence.LwM2MPSK {
+			out.Lwm2MSecurity = v1.Lwm2MSecurity_LWM2M_SECURITY_PSK
+		}
 	}
 	if p.SoftwarePCP {
 		out.SoftwareProtocol = v1.SoftwareProtocol_SOFTWARE_PROTOCOL_PCP
@@ -68,6 +72,16 @@ func validateCreateProduct(req *v1.CreateProductRequest) (persistence.Product, e
 		default:
 			return p, invalid("software_protocol", "unknown value %d", int32(sp))
 		}
+	}
+	switch m := req.GetLwm2MSecurity(); m {
+	case v1.Lwm2MSecurity_LWM2M_SECURITY_UNSPECIFIED, v1.Lwm2MSecurity_LWM2M_SECURITY_NOSEC:
+	case v1.Lwm2MSecurity_LWM2M_SECURITY_PSK:
+		if p.Protocol != persistence.ProtocolLWM2M {
+			return p, invalid("lwm2m_security", "LWM2M_SECURITY_PSK needs PROTOCOL_LWM2M")
+		}
+		p.LwM2MSecurity = persistence.LwM2MPSK
+	default:
+		return p, invalid("lwm2m_security", "unknown value %d", int32(m))
 	}
 	p.SkipVersionCheck = req.GetSkipVersionCheck()
 	return p, nil

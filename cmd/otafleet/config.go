@@ -54,6 +54,7 @@ type serveConfig struct {
 	CoAPAddr          string        `yaml:"coap-addr" toml:"coap-addr"`
 	CoAPPublic        string        `yaml:"coap-public-addr" toml:"coap-public-addr"`
 	CoAPSAddr         string        `yaml:"coaps-addr" toml:"coaps-addr"`
+	CoAPSPublic       string        `yaml:"coaps-public-addr" toml:"coaps-public-addr"`
 	DownloadTLS       bool          `yaml:"download-tls" toml:"download-tls"`
 	DownloadURL       string        `yaml:"download-url" toml:"download-url"`
 	TLSCert           string        `yaml:"tls-cert" toml:"tls-cert"`
@@ -146,6 +147,7 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.CoAPAddr, "coap-addr", c.CoAPAddr, "LwM2M server over CoAP/UDP (registration, device management, firmware packages block-wise); \"\" turns it off")
 	fs.StringVar(&c.CoAPSAddr, "coaps-addr", c.CoAPSAddr, "LwM2M server over DTLS 1.2 with pre-shared keys (identity: the device ID); \"\" turns it off")
 	fs.StringVar(&c.CoAPPublic, "coap-public-addr", c.CoAPPublic, "host:port LwM2M devices reach --coap-addr under, written into package URIs; default: the listener's address")
+	fs.StringVar(&c.CoAPSPublic, "coaps-public-addr", c.CoAPSPublic, "host:port LwM2M devices reach --coaps-addr under, written into the coaps:// package URIs of devices registered over DTLS; default: the listener's address")
 	fs.StringVar(&c.DownloadAddr, "download-addr", c.DownloadAddr, "package download server for MQTT devices (HTTP range requests, bearer tokens); \"\" turns it off")
 	fs.BoolVar(&c.DownloadTLS, "download-tls", c.DownloadTLS, "serve downloads over HTTPS (false: plain HTTP)")
 	fs.StringVar(&c.DownloadURL, "download-url", c.DownloadURL, "base URL devices download from (e.g. https://ota.example.com:8943); default: the --download-addr listener's address")

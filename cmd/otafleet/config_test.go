@@ -15,7 +15,7 @@ import (
 func TestConfigFileAndFlags(t *testing.T) {
 	dir := t.TempDir()
 	yml := filepath.Join(dir, "c.yaml")
-	if err := os.WriteFile(yml, []byte("timeout-online: 2h\ntimeout-download: 90m\nlog-format: json\n"), 0o644); err != nil {
+	if err := os.WriteFile(yml, []byte("timeout-online: 2h\ntimeout-download: 90m\nlog-format: json\ncoaps-public-addr: ota.example.com:5684\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	toml := filepath.Join(dir, "c.toml")
@@ -28,8 +28,12 @@ func TestConfigFileAndFlags(t *testing.T) {
 		online time.Duration
 		check  func(serveConfig) bool
 	}{
-		{yml, nil, 2 * time.Hour, func(c serveConfig) bool { return c.TimeoutDownload == 90*time.Minute && c.LogFormat == "json" }},
-		{yml, []string{"--timeout-online", "5h"}, 5 * time.Hour, func(c serveConfig) bool { return c.LogFormat == "json" }},
+		{yml, nil, 2 * time.Hour, func(c serveConfig) bool {
+			return c.TimeoutDownload == 90*time.Minute && c.LogFormat == "json" && c.CoAPSPublic == "ota.example.com:5684"
+		}},
+		{yml, []string{"--timeout-online", "5h", "--coaps-public-addr", "10.0.0.1:5684"}, 5 * time.Hour, func(c serveConfig) bool {
+			return c.LogFormat == "json" && c.CoAPSPublic == "10.0.0.1:5684"
+		}},
 		{toml, nil, 3 * time.Hour, func(c serveConfig) bool { return c.APIAddr == "127.0.0.1:9999" }},
 	} {
 		cfg := defaultServeConfig()

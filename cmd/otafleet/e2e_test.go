@@ -367,6 +367,21 @@ func TestEndToEndCLI(t *testing.T) {
 	if code != 2 || !strings.Contains(errOut, "--type") {
 		t.Fatalf("bad --type: exit %d, %s", code, errOut)
 	}
+
+	// The LwM2M security mode of a product.
+	e.cliJSON(&prod, "product", "create", "--name", "NB", "--protocol", "lwm2m", "--lwm2m-security", "psk")
+	out, errOut, code = e.cli("product", "get", prod.Product.ProductID)
+	if code != 0 || !strings.Contains(out, "LWM2M-SECURITY") || !strings.Contains(out, " psk ") {
+		t.Fatalf("product get of a PSK product: exit %d\n%s%s", code, out, errOut)
+	}
+	_, errOut, code = e.cli("device", "create", "--product", prod.Product.ProductID, "--prefix", "nb-", "--count", "1")
+	if code != 1 || !strings.Contains(errOut, "invalid_argument") {
+		t.Fatalf("a device without a PSK in a PSK product: exit %d, %s", code, errOut)
+	}
+	_, errOut, code = e.cli("product", "create", "--name", "x", "--protocol", "lwm2m", "--lwm2m-security", "tls")
+	if code != 2 || !strings.Contains(errOut, "--lwm2m-security") {
+		t.Fatalf("bad --lwm2m-security: exit %d, %s", code, errOut)
+	}
 }
 
 // TestEndToEndMQTT: otafleet serve with its embedded broker and HTTPS

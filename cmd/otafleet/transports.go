@@ -125,7 +125,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 
 	if cfg.CoAPAddr != "" || cfg.CoAPSAddr != "" {
 		t.lwm2m, err = lwm2m.New(lwm2m.Config{
-			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, Devices: reg, Packages: reg, Tokens: t.dl, Sessions: reg,
+			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, DTLSPublicAddr: cfg.CoAPSPublic, Devices: reg, Packages: reg, Tokens: t.dl, Sessions: reg,
 			Uplinks: engine, Clock: clk, Logger: logger,
 		})
 		if err != nil {

@@ -57,17 +57,21 @@ func productRow(p *v1.Product) []string {
 	if p.GetSoftwareProtocol() != v1.SoftwareProtocol_SOFTWARE_PROTOCOL_UNSPECIFIED {
 		sw = strings.ToLower(enumName(p.GetSoftwareProtocol().String(), "SOFTWARE_PROTOCOL_"))
 	}
-	return []string{p.GetProductId(), p.GetName(), strings.ToLower(enumName(p.GetProtocol().String(), "PROTOCOL_")), sw,
+	sec := "-"
+	if p.GetLwm2MSecurity() != v1.Lwm2MSecurity_LWM2M_SECURITY_UNSPECIFIED {
+		sec = strings.ToLower(enumName(p.GetLwm2MSecurity().String(), "LWM2M_SECURITY_"))
+	}
+	return []string{p.GetProductId(), p.GetName(), strings.ToLower(enumName(p.GetProtocol().String(), "PROTOCOL_")), sw, sec,
 		strconv.FormatBool(p.GetSkipVersionCheck()), fmtTime(p.GetCreateTime())}
 }
 
-var productHeader = []string{"PRODUCT", "NAME", "PROTOCOL", "SOFTWARE", "SKIP-VERSION-CHECK", "CREATED"}
+var productHeader = []string{"PRODUCT", "NAME", "PROTOCOL", "SOFTWARE", "LWM2M-SECURITY", "SKIP-VERSION-CHECK", "CREATED"}
 
 func productCreate(o *clientOpts) *cobra.Command {
-	var name, protocol, software string
+	var name, protocol, software, security string
 	var skip bool
 	cmd := &cobra.Command{
-		Use:   "create --name NAME --protocol mqtt|lwm2m [--software-protocol pcp] [--skip-version-check]",
+		Use:   "create --name NAME --protocol mqtt|lwm2m [--software-protocol pcp] [--lwm2m-security nosec|psk] [--skip-version-check]",
 		Short: "Create a product",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -83,6 +87,13 @@ func productCreate(o *clientOpts) *cobra.Command {
 				}
 				req.SoftwareProtocol = v1.SoftwareProtocol(sp).Enum()
 			}
+			if security != "" {
+				m, err := parseEnum("--lwm2m-security", security, "LWM2M_SECURITY_", v1.Lwm2MSecurity_value)
+				if err != nil {
+					return err
+				}
+				req.Lwm2MSecurity = v1.Lwm2MSecurity(m).Enum()
+			}
 			if cmd.Flags().Changed("skip-version-check") {
 				req.SkipVersionCheck = &skip
 			}
@@ -96,6 +107,7 @@ func productCreate(o *clientOpts) *cobra.Command {
 	cmd.Flags().StringVar(&name, "name", "", "display name")
 	cmd.Flags().StringVar(&protocol, "protocol", "", "device protocol: mqtt or lwm2m")
 	cmd.Flags().StringVar(&software, "software-protocol", "", "software upgrades of LwM2M devices: pcp")
+	cmd.Flags().StringVar(&security, "lwm2m-security", "", "security mode of LwM2M devices: nosec (default: plain CoAP, or DTLS for devices with a PSK) or psk (every device needs a PSK and registers over DTLS only)")
 	cmd.Flags().BoolVar(&skip, "skip-version-check", false, "only note a device version that no package source version allows, instead of failing the device")
 	_ = cmd.MarkFlagRequired("protocol")
 	return cmd

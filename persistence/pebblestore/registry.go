@@ -154,6 +154,7 @@ func productRecord(p persistence.Product) *registrypb.Product {
 	return &registrypb.Product{
 		Id: p.ID, Name: p.Name, Protocol: registrypb.Protocol(p.Protocol),
 		SoftwarePcp: p.SoftwarePCP, SkipVersionCheck: p.SkipVersionCheck, CreatedUnixNano: nanos(p.Created),
+		Lwm2MSecurity: registrypb.Lwm2MSecurity(p.LwM2MSecurity),
 	}
 }
 
@@ -161,6 +162,7 @@ func productFrom(r *registrypb.Product) persistence.Product {
 	return persistence.Product{
 		ID: r.Id, Name: r.Name, Protocol: persistence.Protocol(r.Protocol),
 		SoftwarePCP: r.SoftwarePcp, SkipVersionCheck: r.SkipVersionCheck, Created: fromNanos(r.CreatedUnixNano),
+		LwM2MSecurity: persistence.LwM2MSecurity(r.Lwm2MSecurity),
 	}
 }
 

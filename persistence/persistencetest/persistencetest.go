@@ -474,7 +474,7 @@ var created = time.Date(2025, 4, 14, 1, 2, 3, 4, time.UTC)
 
 func testProducts(t *testing.T, s persistence.Store) {
 	ctx := context.Background()
-	p := persistence.Product{ID: "p1", Name: "Meter", Protocol: persistence.ProtocolLWM2M, SoftwarePCP: true, SkipVersionCheck: true, Created: created}
+	p := persistence.Product{ID: "p1", Name: "Meter", Protocol: persistence.ProtocolLWM2M, SoftwarePCP: true, SkipVersionCheck: true, LwM2MSecurity: persistence.LwM2MPSK, Created: created}
 	ok(t, "PutProduct", s.PutProduct(ctx, p))
 	got, err := s.GetProduct(ctx, "p1")
 	ok(t, "GetProduct", err)
@@ -486,6 +486,8 @@ func testProducts(t *testing.T, s persistence.Store) {
 		t.Fatalf("GetProduct = %+v, want %+v", got, p)
 	}
 	p.Name, p.Protocol, p.SoftwarePCP, p.Created = "Meter 2", persistence.ProtocolMQTT, false, time.Time{}
+	isErr(t, "PutProduct of an MQTT product in LwM2M security mode PSK", s.PutProduct(ctx, p), persistence.ErrInvalid)
+	p.LwM2MSecurity = persistence.LwM2MNoSec
 	ok(t, "PutProduct (replace)", s.PutProduct(ctx, p))
 	if got, _ := s.GetProduct(ctx, "p1"); got != p {
 		t.Fatalf("replaced product = %+v, want %+v", got, p)

@@ -124,6 +124,54 @@ func (PackageType) EnumDescriptor() ([]byte, []int) {
 	return file_persistence_registrypb_registry_proto_rawDescGZIP(), []int{1}
 }
 
+// Lwm2mSecurity is an LwM2M product's security mode; 0 (NOSEC) is also what
+// records written before the field existed decode to.
+type Lwm2MSecurity int32
+
+const (
+	Lwm2MSecurity_LWM2M_SECURITY_NOSEC Lwm2MSecurity = 0
+	Lwm2MSecurity_LWM2M_SECURITY_PSK   Lwm2MSecurity = 1
+)
+
+// Enum value maps for Lwm2MSecurity.
+var (
+	Lwm2MSecurity_name = map[int32]string{
+		0: "LWM2M_SECURITY_NOSEC",
+		1: "LWM2M_SECURITY_PSK",
+	}
+	Lwm2MSecurity_value = map[string]int32{
+		"LWM2M_SECURITY_NOSEC": 0,
+		"LWM2M_SECURITY_PSK":   1,
+	}
+)
+
+func (x Lwm2MSecurity) Enum() *Lwm2MSecurity {
+	p := new(Lwm2MSecurity)
+	*p = x
+	return p
+}
+
+func (x Lwm2MSecurity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Lwm2MSecurity) Descriptor() protoreflect.EnumDescriptor {
+	return file_persistence_registrypb_registry_proto_enumTypes[2].Descriptor()
+}
+
+func (Lwm2MSecurity) Type() protoreflect.EnumType {
+	return &file_persistence_registrypb_registry_proto_enumTypes[2]
+}
+
+func (x Lwm2MSecurity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Lwm2MSecurity.Descriptor instead.
+func (Lwm2MSecurity) EnumDescriptor() ([]byte, []int) {
+	return file_persistence_registrypb_registry_proto_rawDescGZIP(), []int{2}
+}
+
 type Product struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Id               string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -132,6 +180,7 @@ type Product struct {
 	SoftwarePcp      bool                   `protobuf:"varint,4,opt,name=software_pcp,json=softwarePcp,proto3" json:"software_pcp,omitempty"`
 	SkipVersionCheck bool                   `protobuf:"varint,5,opt,name=skip_version_check,json=skipVersionCheck,proto3" json:"skip_version_check,omitempty"`
 	CreatedUnixNano  int64                  `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"` // 0: unset
+	Lwm2MSecurity    Lwm2MSecurity          `protobuf:"varint,7,opt,name=lwm2m_security,json=lwm2mSecurity,proto3,enum=otafleet.persistence.v1.Lwm2MSecurity" json:"lwm2m_security,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -206,6 +255,13 @@ func (x *Product) GetCreatedUnixNano() int64 {
 		return x.CreatedUnixNano
 	}
 	return 0
+}
+
+func (x *Product) GetLwm2MSecurity() Lwm2MSecurity {
+	if x != nil {
+		return x.Lwm2MSecurity
+	}
+	return Lwm2MSecurity_LWM2M_SECURITY_NOSEC
 }
 
 type Device struct {
@@ -637,14 +693,15 @@ var File_persistence_registrypb_registry_proto protoreflect.FileDescriptor
 
 const file_persistence_registrypb_registry_proto_rawDesc = "" +
 	"\n" +
-	"%persistence/registrypb/registry.proto\x12\x17otafleet.persistence.v1\"\xe9\x01\n" +
+	"%persistence/registrypb/registry.proto\x12\x17otafleet.persistence.v1\"\xb8\x02\n" +
 	"\aProduct\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12=\n" +
 	"\bprotocol\x18\x03 \x01(\x0e2!.otafleet.persistence.v1.ProtocolR\bprotocol\x12!\n" +
 	"\fsoftware_pcp\x18\x04 \x01(\bR\vsoftwarePcp\x12,\n" +
 	"\x12skip_version_check\x18\x05 \x01(\bR\x10skipVersionCheck\x12*\n" +
-	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\"\xa7\x01\n" +
+	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12M\n" +
+	"\x0elwm2m_security\x18\a \x01(\x0e2&.otafleet.persistence.v1.Lwm2mSecurityR\rlwm2mSecurity\"\xa7\x01\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -696,7 +753,10 @@ const file_persistence_registrypb_registry_proto_rawDesc = "" +
 	"\vPackageType\x12\x1c\n" +
 	"\x18PACKAGE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15PACKAGE_TYPE_FIRMWARE\x10\x01\x12\x19\n" +
-	"\x15PACKAGE_TYPE_SOFTWARE\x10\x02B5Z3github.com/otafleet/otafleet/persistence/registrypbb\x06proto3"
+	"\x15PACKAGE_TYPE_SOFTWARE\x10\x02*A\n" +
+	"\rLwm2mSecurity\x12\x18\n" +
+	"\x14LWM2M_SECURITY_NOSEC\x10\x00\x12\x16\n" +
+	"\x12LWM2M_SECURITY_PSK\x10\x01B5Z3github.com/otafleet/otafleet/persistence/registrypbb\x06proto3"
 
 var (
 	file_persistence_registrypb_registry_proto_rawDescOnce sync.Once
@@ -710,26 +770,28 @@ func file_persistence_registrypb_registry_proto_rawDescGZIP() []byte {
 	return file_persistence_registrypb_registry_proto_rawDescData
 }
 
-var file_persistence_registrypb_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_persistence_registrypb_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_persistence_registrypb_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_persistence_registrypb_registry_proto_goTypes = []any{
-	(Protocol)(0),    // 0: otafleet.persistence.v1.Protocol
-	(PackageType)(0), // 1: otafleet.persistence.v1.PackageType
-	(*Product)(nil),  // 2: otafleet.persistence.v1.Product
-	(*Device)(nil),   // 3: otafleet.persistence.v1.Device
-	(*Group)(nil),    // 4: otafleet.persistence.v1.Group
-	(*Package)(nil),  // 5: otafleet.persistence.v1.Package
-	(*Blob)(nil),     // 6: otafleet.persistence.v1.Blob
-	(*Task)(nil),     // 7: otafleet.persistence.v1.Task
+	(Protocol)(0),      // 0: otafleet.persistence.v1.Protocol
+	(PackageType)(0),   // 1: otafleet.persistence.v1.PackageType
+	(Lwm2MSecurity)(0), // 2: otafleet.persistence.v1.Lwm2mSecurity
+	(*Product)(nil),    // 3: otafleet.persistence.v1.Product
+	(*Device)(nil),     // 4: otafleet.persistence.v1.Device
+	(*Group)(nil),      // 5: otafleet.persistence.v1.Group
+	(*Package)(nil),    // 6: otafleet.persistence.v1.Package
+	(*Blob)(nil),       // 7: otafleet.persistence.v1.Blob
+	(*Task)(nil),       // 8: otafleet.persistence.v1.Task
 }
 var file_persistence_registrypb_registry_proto_depIdxs = []int32{
 	0, // 0: otafleet.persistence.v1.Product.protocol:type_name -> otafleet.persistence.v1.Protocol
-	1, // 1: otafleet.persistence.v1.Package.type:type_name -> otafleet.persistence.v1.PackageType
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 1: otafleet.persistence.v1.Product.lwm2m_security:type_name -> otafleet.persistence.v1.Lwm2mSecurity
+	1, // 2: otafleet.persistence.v1.Package.type:type_name -> otafleet.persistence.v1.PackageType
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_persistence_registrypb_registry_proto_init() }
@@ -742,7 +804,7 @@ func file_persistence_registrypb_registry_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_persistence_registrypb_registry_proto_rawDesc), len(file_persistence_registrypb_registry_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -130,6 +130,62 @@ func (SoftwareProtocol) EnumDescriptor() ([]byte, []int) {
 	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{1}
 }
 
+// Lwm2mSecurity is how an LwM2M product's devices secure their conversation
+// with the server (as Huawei IoTDA's NoSec and DTLS modes).
+type Lwm2MSecurity int32
+
+const (
+	// Not set: LWM2M_SECURITY_NOSEC for LwM2M products; what MQTT products
+	// show.
+	Lwm2MSecurity_LWM2M_SECURITY_UNSPECIFIED Lwm2MSecurity = 0
+	// Devices register over plain CoAP, or over DTLS when they have a PSK.
+	Lwm2MSecurity_LWM2M_SECURITY_NOSEC Lwm2MSecurity = 1
+	// Every device has a PSK (CreateDevices refuses one without) and
+	// registers over DTLS only.
+	Lwm2MSecurity_LWM2M_SECURITY_PSK Lwm2MSecurity = 2
+)
+
+// Enum value maps for Lwm2MSecurity.
+var (
+	Lwm2MSecurity_name = map[int32]string{
+		0: "LWM2M_SECURITY_UNSPECIFIED",
+		1: "LWM2M_SECURITY_NOSEC",
+		2: "LWM2M_SECURITY_PSK",
+	}
+	Lwm2MSecurity_value = map[string]int32{
+		"LWM2M_SECURITY_UNSPECIFIED": 0,
+		"LWM2M_SECURITY_NOSEC":       1,
+		"LWM2M_SECURITY_PSK":         2,
+	}
+)
+
+func (x Lwm2MSecurity) Enum() *Lwm2MSecurity {
+	p := new(Lwm2MSecurity)
+	*p = x
+	return p
+}
+
+func (x Lwm2MSecurity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Lwm2MSecurity) Descriptor() protoreflect.EnumDescriptor {
+	return file_otafleet_v1_common_proto_enumTypes[2].Descriptor()
+}
+
+func (Lwm2MSecurity) Type() protoreflect.EnumType {
+	return &file_otafleet_v1_common_proto_enumTypes[2]
+}
+
+func (x Lwm2MSecurity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Lwm2MSecurity.Descriptor instead.
+func (Lwm2MSecurity) EnumDescriptor() ([]byte, []int) {
+	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{2}
+}
+
 // PackageType says what a package upgrades.
 type PackageType int32
 
@@ -167,11 +223,11 @@ func (x PackageType) String() string {
 }
 
 func (PackageType) Descriptor() protoreflect.EnumDescriptor {
-	return file_otafleet_v1_common_proto_enumTypes[2].Descriptor()
+	return file_otafleet_v1_common_proto_enumTypes[3].Descriptor()
 }
 
 func (PackageType) Type() protoreflect.EnumType {
-	return &file_otafleet_v1_common_proto_enumTypes[2]
+	return &file_otafleet_v1_common_proto_enumTypes[3]
 }
 
 func (x PackageType) Number() protoreflect.EnumNumber {
@@ -180,7 +236,7 @@ func (x PackageType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PackageType.Descriptor instead.
 func (PackageType) EnumDescriptor() ([]byte, []int) {
-	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{2}
+	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{3}
 }
 
 // TaskType is the kind of batch task (spec 5.1).
@@ -220,11 +276,11 @@ func (x TaskType) String() string {
 }
 
 func (TaskType) Descriptor() protoreflect.EnumDescriptor {
-	return file_otafleet_v1_common_proto_enumTypes[3].Descriptor()
+	return file_otafleet_v1_common_proto_enumTypes[4].Descriptor()
 }
 
 func (TaskType) Type() protoreflect.EnumType {
-	return &file_otafleet_v1_common_proto_enumTypes[3]
+	return &file_otafleet_v1_common_proto_enumTypes[4]
 }
 
 func (x TaskType) Number() protoreflect.EnumNumber {
@@ -233,7 +289,7 @@ func (x TaskType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskType.Descriptor instead.
 func (TaskType) EnumDescriptor() ([]byte, []int) {
-	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{3}
+	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{4}
 }
 
 // TaskStatus is a batch task's status (spec 5.5).
@@ -293,11 +349,11 @@ func (x TaskStatus) String() string {
 }
 
 func (TaskStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_otafleet_v1_common_proto_enumTypes[4].Descriptor()
+	return file_otafleet_v1_common_proto_enumTypes[5].Descriptor()
 }
 
 func (TaskStatus) Type() protoreflect.EnumType {
-	return &file_otafleet_v1_common_proto_enumTypes[4]
+	return &file_otafleet_v1_common_proto_enumTypes[5]
 }
 
 func (x TaskStatus) Number() protoreflect.EnumNumber {
@@ -306,7 +362,7 @@ func (x TaskStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskStatus.Descriptor instead.
 func (TaskStatus) EnumDescriptor() ([]byte, []int) {
-	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{4}
+	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{5}
 }
 
 // SubtaskStatus is one device's status inside a task (spec 5.5).
@@ -363,11 +419,11 @@ func (x SubtaskStatus) String() string {
 }
 
 func (SubtaskStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_otafleet_v1_common_proto_enumTypes[5].Descriptor()
+	return file_otafleet_v1_common_proto_enumTypes[6].Descriptor()
 }
 
 func (SubtaskStatus) Type() protoreflect.EnumType {
-	return &file_otafleet_v1_common_proto_enumTypes[5]
+	return &file_otafleet_v1_common_proto_enumTypes[6]
 }
 
 func (x SubtaskStatus) Number() protoreflect.EnumNumber {
@@ -376,7 +432,7 @@ func (x SubtaskStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SubtaskStatus.Descriptor instead.
 func (SubtaskStatus) EnumDescriptor() ([]byte, []int) {
-	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{5}
+	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{6}
 }
 
 var File_otafleet_v1_common_proto protoreflect.FileDescriptor
@@ -391,6 +447,10 @@ const file_otafleet_v1_common_proto_rawDesc = "" +
 	"\x10SoftwareProtocol\x12!\n" +
 	"\x1dSOFTWARE_PROTOCOL_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SOFTWARE_PROTOCOL_PCP\x10\x01*a\n" +
+	"\rLwm2mSecurity\x12\x1e\n" +
+	"\x1aLWM2M_SECURITY_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14LWM2M_SECURITY_NOSEC\x10\x01\x12\x16\n" +
+	"\x12LWM2M_SECURITY_PSK\x10\x02*a\n" +
 	"\vPackageType\x12\x1c\n" +
 	"\x18PACKAGE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15PACKAGE_TYPE_FIRMWARE\x10\x01\x12\x19\n" +
@@ -430,14 +490,15 @@ func file_otafleet_v1_common_proto_rawDescGZIP() []byte {
 	return file_otafleet_v1_common_proto_rawDescData
 }
 
-var file_otafleet_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_otafleet_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
 var file_otafleet_v1_common_proto_goTypes = []any{
 	(Protocol)(0),         // 0: otafleet.v1.Protocol
 	(SoftwareProtocol)(0), // 1: otafleet.v1.SoftwareProtocol
-	(PackageType)(0),      // 2: otafleet.v1.PackageType
-	(TaskType)(0),         // 3: otafleet.v1.TaskType
-	(TaskStatus)(0),       // 4: otafleet.v1.TaskStatus
-	(SubtaskStatus)(0),    // 5: otafleet.v1.SubtaskStatus
+	(Lwm2MSecurity)(0),    // 2: otafleet.v1.Lwm2mSecurity
+	(PackageType)(0),      // 3: otafleet.v1.PackageType
+	(TaskType)(0),         // 4: otafleet.v1.TaskType
+	(TaskStatus)(0),       // 5: otafleet.v1.TaskStatus
+	(SubtaskStatus)(0),    // 6: otafleet.v1.SubtaskStatus
 }
 var file_otafleet_v1_common_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for method output_type
@@ -457,7 +518,7 @@ func file_otafleet_v1_common_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_otafleet_v1_common_proto_rawDesc), len(file_otafleet_v1_common_proto_rawDesc)),
-			NumEnums:      6,
+			NumEnums:      7,
 			NumMessages:   0,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -40,7 +40,10 @@ type Product struct {
 	// instead of failing the device.
 	SkipVersionCheck bool `protobuf:"varint,5,opt,name=skip_version_check,json=skipVersionCheck,proto3" json:"skip_version_check,omitempty"`
 	// When the product was created.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The LwM2M security mode of an LwM2M product's devices; UNSPECIFIED for
+	// MQTT.
+	Lwm2MSecurity Lwm2MSecurity `protobuf:"varint,7,opt,name=lwm2m_security,json=lwm2mSecurity,proto3,enum=otafleet.v1.Lwm2MSecurity" json:"lwm2m_security,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -117,6 +120,13 @@ func (x *Product) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Product) GetLwm2MSecurity() Lwm2MSecurity {
+	if x != nil {
+		return x.Lwm2MSecurity
+	}
+	return Lwm2MSecurity_LWM2M_SECURITY_UNSPECIFIED
+}
+
 // CreateProductRequest describes the new product.
 type CreateProductRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -131,8 +141,13 @@ type CreateProductRequest struct {
 	// When true, a version mismatch found before an upgrade is only noted
 	// instead of failing the device. Unset: false.
 	SkipVersionCheck *bool `protobuf:"varint,4,opt,name=skip_version_check,json=skipVersionCheck,proto3,oneof" json:"skip_version_check,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// LWM2M_SECURITY_PSK: every device of this LwM2M product needs a PSK and
+	// registers over DTLS only. Unset or LWM2M_SECURITY_NOSEC: devices
+	// register over plain CoAP, or over DTLS when they have a PSK.
+	// LWM2M_SECURITY_PSK with PROTOCOL_MQTT is invalid_argument.
+	Lwm2MSecurity *Lwm2MSecurity `protobuf:"varint,5,opt,name=lwm2m_security,json=lwm2mSecurity,proto3,enum=otafleet.v1.Lwm2MSecurity,oneof" json:"lwm2m_security,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateProductRequest) Reset() {
@@ -191,6 +206,13 @@ func (x *CreateProductRequest) GetSkipVersionCheck() bool {
 		return *x.SkipVersionCheck
 	}
 	return false
+}
+
+func (x *CreateProductRequest) GetLwm2MSecurity() Lwm2MSecurity {
+	if x != nil && x.Lwm2MSecurity != nil {
+		return *x.Lwm2MSecurity
+	}
+	return Lwm2MSecurity_LWM2M_SECURITY_UNSPECIFIED
 }
 
 // CreateProductResponse carries the created product.
@@ -528,7 +550,7 @@ var File_otafleet_v1_product_proto protoreflect.FileDescriptor
 
 const file_otafleet_v1_product_proto_rawDesc = "" +
 	"\n" +
-	"\x19otafleet/v1/product.proto\x12\votafleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18otafleet/v1/common.proto\"\xa6\x02\n" +
+	"\x19otafleet/v1/product.proto\x12\votafleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18otafleet/v1/common.proto\"\xe9\x02\n" +
 	"\aProduct\x12\x1d\n" +
 	"\n" +
 	"product_id\x18\x01 \x01(\tR\tproductId\x12\x12\n" +
@@ -537,14 +559,17 @@ const file_otafleet_v1_product_proto_rawDesc = "" +
 	"\x11software_protocol\x18\x04 \x01(\x0e2\x1d.otafleet.v1.SoftwareProtocolR\x10softwareProtocol\x12,\n" +
 	"\x12skip_version_check\x18\x05 \x01(\bR\x10skipVersionCheck\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\x8e\x02\n" +
+	"createTime\x12A\n" +
+	"\x0elwm2m_security\x18\a \x01(\x0e2\x1a.otafleet.v1.Lwm2mSecurityR\rlwm2mSecurity\"\xe9\x02\n" +
 	"\x14CreateProductRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x15.otafleet.v1.ProtocolR\bprotocol\x12O\n" +
 	"\x11software_protocol\x18\x03 \x01(\x0e2\x1d.otafleet.v1.SoftwareProtocolH\x00R\x10softwareProtocol\x88\x01\x01\x121\n" +
-	"\x12skip_version_check\x18\x04 \x01(\bH\x01R\x10skipVersionCheck\x88\x01\x01B\x14\n" +
+	"\x12skip_version_check\x18\x04 \x01(\bH\x01R\x10skipVersionCheck\x88\x01\x01\x12F\n" +
+	"\x0elwm2m_security\x18\x05 \x01(\x0e2\x1a.otafleet.v1.Lwm2mSecurityH\x02R\rlwm2mSecurity\x88\x01\x01B\x14\n" +
 	"\x12_software_protocolB\x15\n" +
-	"\x13_skip_version_check\"G\n" +
+	"\x13_skip_version_checkB\x11\n" +
+	"\x0f_lwm2m_security\"G\n" +
 	"\x15CreateProductResponse\x12.\n" +
 	"\aproduct\x18\x01 \x01(\v2\x14.otafleet.v1.ProductR\aproduct\"2\n" +
 	"\x11GetProductRequest\x12\x1d\n" +
@@ -596,29 +621,32 @@ var file_otafleet_v1_product_proto_goTypes = []any{
 	(Protocol)(0),                 // 9: otafleet.v1.Protocol
 	(SoftwareProtocol)(0),         // 10: otafleet.v1.SoftwareProtocol
 	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(Lwm2MSecurity)(0),            // 12: otafleet.v1.Lwm2mSecurity
 }
 var file_otafleet_v1_product_proto_depIdxs = []int32{
 	9,  // 0: otafleet.v1.Product.protocol:type_name -> otafleet.v1.Protocol
 	10, // 1: otafleet.v1.Product.software_protocol:type_name -> otafleet.v1.SoftwareProtocol
 	11, // 2: otafleet.v1.Product.create_time:type_name -> google.protobuf.Timestamp
-	9,  // 3: otafleet.v1.CreateProductRequest.protocol:type_name -> otafleet.v1.Protocol
-	10, // 4: otafleet.v1.CreateProductRequest.software_protocol:type_name -> otafleet.v1.SoftwareProtocol
-	0,  // 5: otafleet.v1.CreateProductResponse.product:type_name -> otafleet.v1.Product
-	0,  // 6: otafleet.v1.GetProductResponse.product:type_name -> otafleet.v1.Product
-	0,  // 7: otafleet.v1.ListProductsResponse.products:type_name -> otafleet.v1.Product
-	1,  // 8: otafleet.v1.ProductService.CreateProduct:input_type -> otafleet.v1.CreateProductRequest
-	3,  // 9: otafleet.v1.ProductService.GetProduct:input_type -> otafleet.v1.GetProductRequest
-	5,  // 10: otafleet.v1.ProductService.ListProducts:input_type -> otafleet.v1.ListProductsRequest
-	7,  // 11: otafleet.v1.ProductService.DeleteProduct:input_type -> otafleet.v1.DeleteProductRequest
-	2,  // 12: otafleet.v1.ProductService.CreateProduct:output_type -> otafleet.v1.CreateProductResponse
-	4,  // 13: otafleet.v1.ProductService.GetProduct:output_type -> otafleet.v1.GetProductResponse
-	6,  // 14: otafleet.v1.ProductService.ListProducts:output_type -> otafleet.v1.ListProductsResponse
-	8,  // 15: otafleet.v1.ProductService.DeleteProduct:output_type -> otafleet.v1.DeleteProductResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	12, // 3: otafleet.v1.Product.lwm2m_security:type_name -> otafleet.v1.Lwm2mSecurity
+	9,  // 4: otafleet.v1.CreateProductRequest.protocol:type_name -> otafleet.v1.Protocol
+	10, // 5: otafleet.v1.CreateProductRequest.software_protocol:type_name -> otafleet.v1.SoftwareProtocol
+	12, // 6: otafleet.v1.CreateProductRequest.lwm2m_security:type_name -> otafleet.v1.Lwm2mSecurity
+	0,  // 7: otafleet.v1.CreateProductResponse.product:type_name -> otafleet.v1.Product
+	0,  // 8: otafleet.v1.GetProductResponse.product:type_name -> otafleet.v1.Product
+	0,  // 9: otafleet.v1.ListProductsResponse.products:type_name -> otafleet.v1.Product
+	1,  // 10: otafleet.v1.ProductService.CreateProduct:input_type -> otafleet.v1.CreateProductRequest
+	3,  // 11: otafleet.v1.ProductService.GetProduct:input_type -> otafleet.v1.GetProductRequest
+	5,  // 12: otafleet.v1.ProductService.ListProducts:input_type -> otafleet.v1.ListProductsRequest
+	7,  // 13: otafleet.v1.ProductService.DeleteProduct:input_type -> otafleet.v1.DeleteProductRequest
+	2,  // 14: otafleet.v1.ProductService.CreateProduct:output_type -> otafleet.v1.CreateProductResponse
+	4,  // 15: otafleet.v1.ProductService.GetProduct:output_type -> otafleet.v1.GetProductResponse
+	6,  // 16: otafleet.v1.ProductService.ListProducts:output_type -> otafleet.v1.ListProductsResponse
+	8,  // 17: otafleet.v1.ProductService.DeleteProduct:output_type -> otafleet.v1.DeleteProductResponse
+	14, // [14:18] is the sub-list for method output_type
+	10, // [10:14] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_otafleet_v1_product_proto_init() }

@@ -364,19 +364,30 @@ func readBody(res *pool.Message) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(res.Body(), 1<<20))
 }
 
-// writePackageURI writes /5/0/1 with the coap:// URI of the job's package on
-// this endpoint, with a download token bound to the attempt.
+// writePackageURI writes /5/0/1 with the URI of the job's package on this
+// endpoint, with a download token bound to the attempt: coaps:// on the DTLS
+// listener for a device registered over DTLS (so its download stays on
+// DTLS), coap:// otherwise.
 func (s *Server) writePackageURI(ctx context.Context, reg *registration, job *messages.Job) {
 	pkg := job.GetPackage().GetPackageId()
 	tok, _ := s.cfg.Tokens.Mint(download.Grant{TaskID: job.GetTaskId(), DeviceID: reg.device, Attempt: job.GetAttempt(), PackageID: pkg})
-	uri := PackageURI(s.cfg.PublicAddr, pkg, tok)
+	addr := s.cfg.PublicAddr
+	if reg.secure {
+		addr = s.cfg.DTLSPublicAddr
+	}
+	uri := PackageURI(reg.secure, addr, pkg, tok)
 	res, err := s.connOf(reg).Put(ctx, pathPackageURI, message.TextPlain, strings.NewReader(uri))
 	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPackageURI, res, err)
 }
 
-// PackageURI is the URI a device downloads a package from.
-func PackageURI(addr, packageID, token string) string {
-	return "coap://" + addr + "/fw/" + url.PathEscape(packageID) + "?t=" + token
+// PackageURI is the URI a device downloads a package from: coaps:// (DTLS)
+// when secure, coap:// otherwise, at addr (host:port).
+func PackageURI(secure bool, addr, packageID, token string) string {
+	scheme := "coap://"
+	if secure {
+		scheme = "coaps://"
+	}
+	return scheme + addr + "/fw/" + url.PathEscape(packageID) + "?t=" + token
 }
 
 // pcpFrame encodes a PCP downlink; a segment response carries the

@@ -12,8 +12,14 @@
 //	POST   /rd/{id}[?lt=&b=]                                                     → 2.04 (update)
 //	DELETE /rd/{id}                                                              → 2.02 (de-register)
 //
-// An endpoint that is not a registered device gets 4.03, a malformed request
-// 4.00. A registration that outlives its lifetime without an update is gone:
+// An endpoint that is not a registered device of an LwM2M product gets 4.03,
+// a malformed request 4.00. Over DTLS the endpoint is the PSK identity; a
+// device with a PSK, or of a product in security mode PSK, registers over
+// DTLS only. A registration made over DTLS is updated, de-registered and
+// downloaded from only over DTLS by the same identity, one made over plain
+// CoAP only over plain CoAP (4.03 otherwise). A body that does not fit one
+// datagram comes in Block1 blocks (RFC 7959), reassembled within bounds
+// (block1.go): at most 16 KiB (4.13), a body per peer, 512 in flight. A registration that outlives its lifetime without an update is gone:
 // the device is offline. In queue mode (b=UQ) the device is reachable for
 // QueueAwake after each message it sends.
 //
@@ -25,7 +31,9 @@
 // failure, an Lwm2mResponse with the CoAP code. Notifications of /19/0/0
 // carry PCP frames from the device.
 //
-// Packages: GET /fw/{package_id}?t={token} answers one Block2 block at a time
+// Packages: the Package URI written to /5/0/1 is coap:// (Config.PublicAddr)
+// for a device registered over plain CoAP and coaps:// (Config.DTLSPublicAddr)
+// for one registered over DTLS. GET /fw/{package_id}?t={token} answers one Block2 block at a time
 // straight from the stored file (no copy of the package per request, the
 // block size the client asks for, an ETag per package), so any block can be
 // asked first and a device resumes where it stopped. The token is the

@@ -46,6 +46,19 @@ func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, escaped stri
 		s.answer(w, codes.Forbidden, "the upgrade this download was for has ended or was stopped")
 		return
 	}
+	s.mu.Lock()
+	reg := s.byDev[g.DeviceID]
+	s.mu.Unlock()
+	if reg != nil {
+		// A device registered over DTLS downloads over its DTLS session
+		// only (its URI is coaps://), one registered over plain CoAP over
+		// plain CoAP.
+		if err := sameSecurity(reg, w.Conn()); err != nil {
+			s.log.Info("lwm2m: download refused", "peer", peer, "package", id, "device", g.DeviceID, "reason", err.Error())
+			s.answer(w, codes.Forbidden, "this download belongs to another session")
+			return
+		}
+	}
 	num, szx := uint32(0), uint32(maxSZX)
 	if v, err := r.Options().GetUint32(message.Block2); err == nil {
 		num, szx = v>>4, v&7

@@ -36,10 +36,12 @@ import (
 	"github.com/otafleet/otafleet/transport/download"
 )
 
-// Devices tells registered devices and their PSKs; persistence.Registry
-// satisfies it.
+// Devices tells registered devices, their products and their PSKs;
+// persistence.Registry satisfies it.
 type Devices interface {
 	DeviceCredentials(ctx context.Context, id string) (persistence.Credentials, error)
+	GetDevice(ctx context.Context, id string) (persistence.Device, error)
+	GetProduct(ctx context.Context, id string) (persistence.Product, error)
 }
 
 // Packages reads package files; persistence.Registry satisfies it.
@@ -68,11 +70,15 @@ type Config struct {
 	SocketBuffer int
 	// DTLSAddr is the DTLS 1.2 address with pre-shared keys ("127.0.0.1:5684");
 	// "" serves no DTLS. A device's PSK identity is its device ID; a device
-	// that has a PSK registers only over DTLS, as itself.
+	// that has a PSK registers only over DTLS, as itself (see admit).
 	DTLSAddr string
-	// PublicAddr is the host:port written into coap:// package URIs;
-	// default: the listener's address.
+	// PublicAddr is the host:port written into coap:// package URIs (for
+	// devices registered over plain CoAP); default: the listener's address.
 	PublicAddr string
+	// DTLSPublicAddr is the host:port written into coaps:// package URIs
+	// (for devices registered over DTLS); default: the DTLS listener's
+	// address.
+	DTLSPublicAddr string
 	// Devices, Packages, Tokens and Uplinks are required.
 	Devices  Devices
 	Packages Packages
@@ -128,6 +134,8 @@ type Server struct {
 	byDev  map[string]*registration // device ID → its registration
 	byPeer map[string]*registration // remote address → registration
 	dl     map[download.Grant]int64 // bytes reported as served, per download
+
+	bodies *bodies // block-wise registration bodies in flight
 }
 
 var _ transport.Downlinks = (*Server)(nil)
@@ -182,7 +190,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"),
 		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
-		dl: map[download.Grant]int64{}, served: make(chan struct{}),
+		dl: map[download.Grant]int64{}, served: make(chan struct{}), bodies: newBodies(),
 	}
 	router := mux.NewRouter()
 	router.DefaultHandleFunc(s.handle)
@@ -222,9 +230,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.cfg.PublicAddr == "" {
 		s.cfg.PublicAddr = s.addr
-		if s.addr == "" {
-			s.cfg.PublicAddr = s.dtlsAddr
-		}
+	}
+	if s.cfg.DTLSPublicAddr == "" {
+		s.cfg.DTLSPublicAddr = s.dtlsAddr
 	}
 	if err := s.restore(context.Background()); err != nil {
 		_ = s.lis.Close()
@@ -342,9 +350,13 @@ func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
 	path = strings.Trim(path, "/")
 	switch {
 	case path == "rd" && r.Code() == codes.POST:
-		s.register(w, r)
+		if body, ack, ok := s.requestBody(w, r, path); ok {
+			s.register(w, r, body, ack)
+		}
 	case strings.HasPrefix(path, "rd/") && r.Code() == codes.POST:
-		s.update(w, r, strings.TrimPrefix(path, "rd/"))
+		if body, ack, ok := s.requestBody(w, r, path); ok {
+			s.update(w, r, strings.TrimPrefix(path, "rd/"), body, ack)
+		}
 	case strings.HasPrefix(path, "rd/") && r.Code() == codes.DELETE:
 		s.deregister(w, strings.TrimPrefix(path, "rd/"))
 	case strings.HasPrefix(path, "fw/") && r.Code() == codes.GET:
@@ -446,27 +458,21 @@ func parseRegistration(qs []string, body []byte) (regParams, error) {
 	if p.queue, err = binding(q); err != nil {
 		return p, err
 	}
-	if b := bytes.TrimSpace(body); len(b) > 0 {
-		if _, err := parseLinks(string(b)); err != nil {
-			return p, fmt.Errorf("link format: %v", err)
-		}
+	if err := checkLinks(body); err != nil {
+		return p, err
 	}
 	return p, nil
 }
 
-// register handles POST /rd.
-func (s *Server) register(w mux.ResponseWriter, r *mux.Message) {
+// register handles POST /rd with its (reassembled) body; ack are the
+// options of its success answer (the last Block1 of a block-wise body).
+func (s *Server) register(w mux.ResponseWriter, r *mux.Message, body []byte, ack []message.Option) {
 	bad := func(why string) {
 		s.log.Info("lwm2m: registration refused", "peer", w.Conn().RemoteAddr().String(), "reason", why)
 		s.answer(w, codes.BadRequest, why)
 	}
 	qs, err := r.Queries()
 	if err != nil && !errors.Is(err, message.ErrOptionNotFound) {
-		bad(err.Error())
-		return
-	}
-	body, err := readRequestBody(r)
-	if err != nil {
 		bad(err.Error())
 		return
 	}
@@ -480,27 +486,20 @@ func (s *Server) register(w mux.ResponseWriter, r *mux.Message) {
 		s.log.Info("lwm2m: registration refused", "endpoint", ep, "reason", why)
 		s.answer(w, codes.Forbidden, why)
 	}
-	creds, err := s.cfg.Devices.DeviceCredentials(r.Context(), ep)
-	if err != nil {
-		if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
-			forbid("unknown endpoint")
+	identity, secure := pskIdentity(w.Conn())
+	if secure && identity != ep {
+		forbid(fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity))
+		return
+	}
+	if err := s.admit(r.Context(), ep, secure); err != nil {
+		if errors.Is(err, errRefused) {
+			forbid(err.Error())
 			return
 		}
 		s.log.Error("lwm2m: registration: looking the device up", "endpoint", ep, "error", err)
 		s.answer(w, codes.ServiceUnavailable, "")
 		return
 	}
-	// Over DTLS the endpoint is the PSK identity; a device with a PSK may
-	// not register over plain CoAP.
-	switch identity, secure := pskIdentity(w.Conn()); {
-	case secure && identity != ep:
-		forbid(fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity))
-		return
-	case !secure && len(creds.PSK) > 0:
-		forbid("this device has a PSK: it registers over DTLS")
-		return
-	}
-	_, secure := pskIdentity(w.Conn())
 	reg := newRegistration(newRegID(), ep, w.Conn().RemoteAddr().String(), lt, queue)
 	reg.conn, reg.secure = w.Conn(), secure
 	s.save(r.Context(), reg)
@@ -513,45 +512,103 @@ func (s *Server) register(w mux.ResponseWriter, r *mux.Message) {
 	}
 	reg.expiry = s.cfg.Clock.AfterFunc(lt, func() { s.expire(reg) })
 	go s.worker(reg)
-	s.answer(w, codes.Created, "", message.Option{ID: message.LocationPath, Value: []byte("rd")},
-		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})
+	s.answer(w, codes.Created, "", append(ack, message.Option{ID: message.LocationPath, Value: []byte("rd")},
+		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})...)
 	s.log.Info("lwm2m: registered", "device", ep, "registration", reg.id, "lifetime", lt, "queue_mode", queue, "peer", reg.peer)
 	s.deliver(ep, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
 	s.awake(reg)
 }
 
-// readRequestBody reads a request's body, at most 64 KiB.
+// errBodyTooLarge: a request body of more than maxRegistrationBody bytes.
+var errBodyTooLarge = &block1Error{codes.RequestEntityTooLarge, fmt.Sprintf("body of more than %d bytes", maxRegistrationBody)}
+
+// readRequestBody reads a request's body (one datagram's), at most
+// maxRegistrationBody bytes (errBodyTooLarge beyond).
 func readRequestBody(r *mux.Message) ([]byte, error) {
 	if r.Body() == nil {
 		return nil, nil
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body(), 64<<10))
+	b, err := io.ReadAll(io.LimitReader(r.Body(), maxRegistrationBody+1))
 	if err != nil {
 		return nil, fmt.Errorf("body: %v", err)
+	}
+	if len(b) > maxRegistrationBody {
+		return nil, errBodyTooLarge
 	}
 	return b, nil
 }
 
-// checkLinks validates an update's link-format body, when present.
-func checkLinks(r *mux.Message) error {
-	b, err := readRequestBody(r)
+// requestBody is a registration request's body: the request's own, or with
+// a Block1 option the body reassembled from its blocks (see bodies). While
+// blocks are to come it answers 2.31 Continue, and a refused body the
+// error's code; ok is false then (the request is answered). ack are the
+// options the success answer carries (the last block's Block1).
+func (s *Server) requestBody(w mux.ResponseWriter, r *mux.Message, path string) (body []byte, ack []message.Option, ok bool) {
+	peer := w.Conn().RemoteAddr().String()
+	refuse := func(err error) {
+		s.log.Info("lwm2m: request body refused", "peer", peer, "path", path, "reason", err.Error())
+		var opts []message.Option
+		if codeOf(err) == codes.RequestEntityTooLarge {
+			opts = append(opts, uintOpt(message.Size1, maxRegistrationBody)) // the size it takes (RFC 7959 4)
+		}
+		s.answer(w, codeOf(err), err.Error(), opts...)
+	}
+	payload, err := readRequestBody(r)
 	if err != nil {
-		return err
+		refuse(err)
+		return nil, nil, false
 	}
-	if b = bytes.TrimSpace(b); len(b) == 0 {
-		return nil
+	block, err := r.Options().GetUint32(message.Block1)
+	if errors.Is(err, message.ErrOptionNotFound) {
+		return payload, nil, true
 	}
-	if _, err := parseLinks(string(b)); err != nil {
-		return fmt.Errorf("link format: %v", err)
+	if err != nil {
+		refuse(&block1Error{codes.BadOption, "Block1: " + err.Error()})
+		return nil, nil, false
+	}
+	size1 := int64(-1)
+	if v, err := r.Options().GetUint32(message.Size1); err == nil {
+		size1 = int64(v)
+	}
+	qs, _ := r.Queries()
+	key := "udp " + peer
+	if _, secure := pskIdentity(w.Conn()); secure {
+		key = "dtls " + peer
+	}
+	body, done, err := s.bodies.add(key, path+"?"+strings.Join(qs, "&"), block, size1, payload, s.cfg.Clock.Now())
+	switch {
+	case err != nil:
+		refuse(err)
+		return nil, nil, false
+	case !done:
+		s.answer(w, codes.Continue, "", uintOpt(message.Block1, block))
+		return nil, nil, false
+	}
+	return body, []message.Option{uintOpt(message.Block1, block)}, true
+}
+
+// checkLinks validates a registration's or update's link-format body, when
+// present.
+func checkLinks(body []byte) error {
+	if b := bytes.TrimSpace(body); len(b) > 0 {
+		if _, err := parseLinks(string(b)); err != nil {
+			return fmt.Errorf("link format: %v", err)
+		}
 	}
 	return nil
 }
 
-// update handles POST /rd/{id}.
-func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
+// update handles POST /rd/{id} with its (reassembled) body; ack are the
+// options of its success answer.
+func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string, body []byte, ack []message.Option) {
 	reg := s.lookup(id)
 	if reg == nil {
 		s.answer(w, codes.NotFound, "unknown registration")
+		return
+	}
+	if err := sameSecurity(reg, w.Conn()); err != nil {
+		s.log.Info("lwm2m: registration update refused", "device", reg.device, "registration", reg.id, "peer", w.Conn().RemoteAddr().String(), "reason", err.Error())
+		s.answer(w, codes.Forbidden, err.Error())
 		return
 	}
 	q, err := queries(r)
@@ -571,7 +628,7 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
 			return
 		}
 	}
-	if err := checkLinks(r); err != nil {
+	if err := checkLinks(body); err != nil {
 		s.answer(w, codes.BadRequest, err.Error())
 		return
 	}
@@ -594,7 +651,7 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string) {
 		s.save(r.Context(), reg)
 	}
 	reg.expiry.Reset(lt)
-	s.answer(w, codes.Changed, "")
+	s.answer(w, codes.Changed, "", ack...)
 	if changed {
 		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
 	} else {
@@ -610,9 +667,65 @@ func (s *Server) deregister(w mux.ResponseWriter, id string) {
 		s.answer(w, codes.NotFound, "unknown registration")
 		return
 	}
+	if err := sameSecurity(reg, w.Conn()); err != nil {
+		s.log.Info("lwm2m: de-registration refused", "device", reg.device, "registration", reg.id, "peer", w.Conn().RemoteAddr().String(), "reason", err.Error())
+		s.answer(w, codes.Forbidden, err.Error())
+		return
+	}
 	s.answer(w, codes.Deleted, "")
 	s.log.Info("lwm2m: de-registered", "device", reg.device, "registration", reg.id)
 	s.drop(reg, true)
+}
+
+// errRefused marks the reasons admit refuses a registration (4.03).
+var errRefused = errors.New("lwm2m: registration refused")
+
+// admit tells whether device id may register, over DTLS as itself (secure)
+// or over plain CoAP: it must be a device of an LwM2M product, and over
+// plain CoAP neither have a PSK nor belong to a product in security mode
+// PSK. A refusal wraps errRefused; any other error is the registry's.
+func (s *Server) admit(ctx context.Context, id string, secure bool) error {
+	d, err := s.cfg.Devices.GetDevice(ctx, id)
+	if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
+		return fmt.Errorf("%w: unknown endpoint", errRefused)
+	}
+	if err != nil {
+		return err
+	}
+	p, err := s.cfg.Devices.GetProduct(ctx, d.ProductID)
+	if errors.Is(err, persistence.ErrNotFound) {
+		return fmt.Errorf("%w: unknown endpoint", errRefused)
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case p.Protocol != persistence.ProtocolLWM2M:
+		// As for an unknown endpoint: the device exists, but not for LwM2M.
+		return fmt.Errorf("%w: unknown endpoint (a device of a %v product)", errRefused, p.Protocol)
+	case !secure && d.HasPSK:
+		return fmt.Errorf("%w: this device has a PSK: it registers over DTLS", errRefused)
+	case !secure && p.LwM2MSecurity == persistence.LwM2MPSK:
+		return fmt.Errorf("%w: the device's product is in security mode PSK: it registers over DTLS", errRefused)
+	}
+	return nil
+}
+
+// sameSecurity tells whether a request on conversation c may act on reg (an
+// update, a de-registration, a download): a registration made over DTLS
+// only over DTLS by the same identity, one made over plain CoAP only over
+// plain CoAP.
+func sameSecurity(reg *registration, c mux.Conn) error {
+	identity, secure := pskIdentity(c)
+	switch {
+	case reg.secure && !secure:
+		return fmt.Errorf("registration %s was made over DTLS: only its DTLS session may change it", reg.id)
+	case reg.secure && identity != reg.device:
+		return fmt.Errorf("registration %s is of %q, not of the DTLS identity %q", reg.id, reg.device, identity)
+	case !reg.secure && secure:
+		return fmt.Errorf("registration %s was made over plain CoAP: register again over DTLS", reg.id)
+	}
+	return nil
 }
 
 func (s *Server) lookup(id string) *registration {

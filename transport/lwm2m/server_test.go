@@ -93,7 +93,14 @@ func newEnv(t *testing.T, tune ...func(*lwm2m.Config)) *env {
 		}
 	}
 	must(st.PutProduct(ctx, persistence.Product{ID: "p", Name: "p", Protocol: persistence.ProtocolLWM2M, SoftwarePCP: true}))
-	must(st.CreateDevices(ctx, []persistence.Device{{ID: "d1", ProductID: "p"}, {ID: "d2", ProductID: "p"}, {ID: "d3", ProductID: "p", PSK: []byte("psk-of-d3")}}))
+	must(st.CreateDevices(ctx, []persistence.Device{{ID: "d1", ProductID: "p"}, {ID: "d2", ProductID: "p"}, {ID: "d3", ProductID: "p", PSK: []byte("psk-of-d3")},
+		{ID: "d4", ProductID: "p", PSK: []byte("psk-of-d4")}}))
+	// m1: a device of an MQTT product. s1, s2: devices of an LwM2M product
+	// in security mode PSK (s2 without a PSK, as the API would refuse).
+	must(st.PutProduct(ctx, persistence.Product{ID: "m", Name: "m", Protocol: persistence.ProtocolMQTT}))
+	must(st.PutProduct(ctx, persistence.Product{ID: "s", Name: "s", Protocol: persistence.ProtocolLWM2M, LwM2MSecurity: persistence.LwM2MPSK}))
+	must(st.CreateDevices(ctx, []persistence.Device{{ID: "m1", ProductID: "m", Secret: "secret-of-m1"},
+		{ID: "s1", ProductID: "s", PSK: []byte("psk-of-s1")}, {ID: "s2", ProductID: "s"}}))
 	e := &env{rec: &recorder{ch: make(chan string, 1000)}, clk: clocktest.New(epoch), served: make(chan [3]int64, 100)}
 	e.content = make([]byte, 10_000)
 	_, _ = rand.Read(e.content)
@@ -511,25 +518,29 @@ func TestPackageBlocks(t *testing.T) {
 	}
 }
 
+// coapClient is the path of libcoap's coap-client; the test fails without
+// one (skips with OTAFLEET_SKIP_COAP_CLIENT=1).
+func coapClient(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"coap-client-notls", "coap-client", "coap-client-openssl", "coap-client-gnutls"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("OTAFLEET_SKIP_COAP_CLIENT") == "1" {
+		t.Skip("no coap-client and OTAFLEET_SKIP_COAP_CLIENT=1")
+	}
+	t.Fatal("coap-client is not installed: apt-get install libcoap3-bin (.ci/run does), or set OTAFLEET_SKIP_COAP_CLIENT=1")
+	return ""
+}
+
 // TestCoapClient: libcoap's coap-client (Debian libcoap3-bin, installed by
 // .ci/run) downloads the package block-wise, and fetches block N alone.
 func TestCoapClient(t *testing.T) {
-	bin := ""
-	for _, name := range []string{"coap-client-notls", "coap-client", "coap-client-openssl", "coap-client-gnutls"} {
-		if p, err := exec.LookPath(name); err == nil {
-			bin = p
-			break
-		}
-	}
-	if bin == "" {
-		if os.Getenv("OTAFLEET_SKIP_COAP_CLIENT") == "1" {
-			t.Skip("no coap-client and OTAFLEET_SKIP_COAP_CLIENT=1")
-		}
-		t.Fatal("coap-client is not installed: apt-get install libcoap3-bin (.ci/run does), or set OTAFLEET_SKIP_COAP_CLIENT=1")
-	}
+	bin := coapClient(t)
 	e := newEnv(t)
 	tok, _ := e.dl.Mint(download.Grant{TaskID: "t1", DeviceID: "d1", Attempt: 1, PackageID: "fw"})
-	uri := lwm2m.PackageURI(e.srv.Addr(), "fw", tok)
+	uri := lwm2m.PackageURI(false, e.srv.Addr(), "fw", tok)
 	fetch := func(block string) []byte {
 		t.Helper()
 		out := filepath.Join(t.TempDir(), "fw.bin")
@@ -552,40 +563,44 @@ func TestCoapClient(t *testing.T) {
 	}
 }
 
+// dialPSK opens a DTLS session to the server as identity with key.
+func dialPSK(e *env, identity string, key []byte, opts ...udp.Option) (*client.Conn, error) {
+	cfg := &piondtls.Config{
+		PSK:             func([]byte) ([]byte, error) { return key, nil },
+		PSKIdentityHint: []byte(identity),
+		CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8},
+	}
+	// The handshake runs here, bounded: coapdtls.Dial leaves it to the
+	// first request, without a deadline, and a wrong PSK's handshake
+	// (which the server drops) then hung the test for ten minutes.
+	raddr, err := net.ResolveUDPAddr("udp", e.srv.DTLSAddr())
+	if err != nil {
+		return nil, err
+	}
+	pc, err := net.DialUDP("udp", nil, raddr)
+	if err != nil {
+		return nil, err
+	}
+	dc, err := piondtls.Client(dtlsnet.PacketConnFromConn(pc), raddr, cfg)
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := dc.HandshakeContext(ctx); err != nil {
+		dc.Close()
+		return nil, err
+	}
+	opts = append([]udp.Option{options.WithBlockwise(false, blockwise.SZX1024, time.Minute), options.WithCloseSocket()}, opts...)
+	return coapdtls.Client(dc, opts...), nil
+}
+
 // TestDTLS: a device with a PSK registers over DTLS as itself; a wrong PSK
 // never gets a session, and plain CoAP is refused to it.
 func TestDTLS(t *testing.T) {
 	e := newEnv(t)
-	dialPSK := func(identity string, key []byte) (*client.Conn, error) {
-		cfg := &piondtls.Config{
-			PSK:             func([]byte) ([]byte, error) { return key, nil },
-			PSKIdentityHint: []byte(identity),
-			CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8},
-		}
-		// The handshake runs here, bounded: coapdtls.Dial leaves it to the
-		// first request, without a deadline, and a wrong PSK's handshake
-		// (which the server drops) then hung the test for ten minutes.
-		raddr, err := net.ResolveUDPAddr("udp", e.srv.DTLSAddr())
-		if err != nil {
-			return nil, err
-		}
-		pc, err := net.DialUDP("udp", nil, raddr)
-		if err != nil {
-			return nil, err
-		}
-		dc, err := piondtls.Client(dtlsnet.PacketConnFromConn(pc), raddr, cfg)
-		if err != nil {
-			pc.Close()
-			return nil, err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := dc.HandshakeContext(ctx); err != nil {
-			dc.Close()
-			return nil, err
-		}
-		return coapdtls.Client(dc, options.WithBlockwise(false, blockwise.SZX1024, time.Minute), options.WithCloseSocket()), nil
-	}
+	dialPSK := func(identity string, key []byte) (*client.Conn, error) { return dialPSK(e, identity, key) }
 	register := func(conn interface {
 		NewPostRequest(context.Context, string, message.MediaType, io.ReadSeeker, ...message.Option) (*pool.Message, error)
 		Do(*pool.Message) (*pool.Message, error)

@@ -13,7 +13,6 @@ import (
 	"github.com/plgd-dev/go-coap/v3/mux"
 
 	"github.com/otafleet/otafleet/messages"
-	"github.com/otafleet/otafleet/persistence"
 )
 
 // Registrations kept across restarts (Config.Sessions).
@@ -147,14 +146,11 @@ func (s *Server) decodeSaved(ctx context.Context, device string, v []byte) (*reg
 	case s.byID[r.ID] != nil:
 		return nil, fmt.Sprintf("registration ID %q is kept for device %q too", r.ID, s.byID[r.ID].device)
 	}
-	creds, err := s.cfg.Devices.DeviceCredentials(ctx, device)
-	switch {
-	case errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid):
-		return nil, "the device no longer exists"
+	switch err := s.admit(ctx, device, false); {
+	case errors.Is(err, errRefused):
+		return nil, err.Error()
 	case err != nil:
 		return nil, "looking the device up: " + err.Error()
-	case len(creds.PSK) > 0:
-		return nil, "the device now has a PSK: it registers over DTLS"
 	}
 	return newRegistration(r.ID, device, r.Peer, time.Duration(r.Lifetime)*time.Second, r.Queue), ""
 }

@@ -50,9 +50,10 @@
 //
 // # Firmware update (object 5)
 //
-// Writing a coap:// URI to /5/0/1 moves State 0 → 1 and starts the download:
-// the device sends GETs for the URI's path (and query) over its registered
-// session, as Huawei's LiteOS client does (spec 3.7), one block at a time
+// Writing a coap:// URI (coaps:// for a device on DTLS; the other scheme is
+// refused with Update Result 9) to /5/0/1 moves State 0 → 1 and starts the
+// download: the device sends GETs for the URI's path (and query) over its
+// registered session, as Huawei's LiteOS client does (spec 3.7), one block at a time
 // with an explicit Block2 option (NUM, M=0, SZX of Config.BlockSize, 1024
 // bytes by default), continuing with the block size the server answered. It
 // counts the blocks, checks the ETag (a different ETag restarts the download

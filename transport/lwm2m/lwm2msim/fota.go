@@ -114,8 +114,8 @@ func (d *Device) writePackageURI(uri string) codes.Code {
 	switch {
 	case err != nil || u.Host == "" || strings.Trim(u.Path, "/") == "":
 		code = resultInvalidURI
-	case !strings.EqualFold(u.Scheme, "coap"):
-		code = resultUnsupported // coaps, http...: this device speaks plain CoAP only
+	case !strings.EqualFold(u.Scheme, d.packageScheme()):
+		code = resultUnsupported // http..., or coap:// and coaps:// crossed: the download goes over the registered session
 	}
 	if bu := d.cfg.Behaviour.UpdateResult; bu == resultInvalidURI || bu == resultUnsupported {
 		code = bu
@@ -146,6 +146,18 @@ func (d *Device) writePackageURI(uri string) codes.Code {
 	d.changedLocked(pathPackageURI, pathResult, pathState)
 	d.goTrackedLocked(func() { d.download(j) })
 	return codes.Changed
+}
+
+// packageScheme is the Package URI scheme the device downloads from: coaps
+// over its DTLS session, coap over plain CoAP. Like Huawei's LiteOS agent it
+// keeps only the URI's path and sends the GETs over the registered session,
+// so a URI of the other scheme would promise a security the download does
+// not have (or lack one it has): the device refuses it (Update Result 9).
+func (d *Device) packageScheme() string {
+	if d.cfg.PSK != nil {
+		return "coaps"
+	}
+	return "coap"
 }
 
 // stopFotaLocked cancels the download and the pending installation.
