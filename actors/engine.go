@@ -197,6 +197,22 @@ func (e *Engine) Settle() { e.dir.settle() }
 
 // Deliver hands an uplink to a device's actor (transport.Uplinks). The time
 // of arrival is stamped by the actor's clock unless the input carries one.
+//
+// A device report (messages.DeviceInput.IsReport) is waited for: Deliver
+// returns nil once the actor has stepped it and its events are durable, or
+// once the actor has found it a duplicate of the last report it journaled or
+// refused it as invalid (sending it again cannot help, so it is acknowledged
+// too). It returns an error only when the report may not be journaled: the
+// journal write failed, the actor cannot recover, the engine is stopping, or
+// ctx ended first. A transport acknowledges a report to the device only
+// after a nil return, so that a crash never loses an acknowledged report;
+// group commit keeps this cheap (the actors' synced appends share fsyncs).
+//
+// Every other input (presence, DownloadServed notes) is queued in the
+// actor's mailbox and Deliver returns at once: nothing is acknowledged on
+// their strength (presence is re-established by the device's next session
+// after a crash, and DownloadServed only annotates the timeline), so they
+// need not wait for an fsync.
 func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.DeviceInput) error {
 	if err := persistence.ValidateID(deviceID); err != nil {
 		return err
@@ -204,9 +220,24 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 	if e.dir.closed.Load() {
 		return ErrClosed
 	}
-	e.dir.send(Address{Kind: persistence.KindDevice, ID: deviceID}, in)
+	a := Address{Kind: persistence.KindDevice, ID: deviceID}
+	if !in.IsReport() {
+		e.dir.send(a, in)
+		return nil
+	}
+	res, err := e.ask(ctx, a, report{in: in})
+	if err != nil {
+		return err
+	}
+	if res != nil {
+		return res.(error)
+	}
 	return nil
 }
+
+// report is a device report sent by Deliver, answered with nil once it is
+// journaled (or was a duplicate or invalid), or with the actor's error.
+type report struct{ in *messages.DeviceInput }
 
 // CreateTask creates a batch task. The task's validation errors come back
 // (wrapping taskfsm.ErrInvalidInput or ErrInvalidTransition).
@@ -267,8 +298,11 @@ func (e *Engine) ask(ctx context.Context, a Address, msg any) (any, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	if errors.Is(err, actor.ErrTimeout) {
+	switch {
+	case errors.Is(err, actor.ErrTimeout):
 		return nil, fmt.Errorf("%w: %s", ErrTimeout, a)
+	case errors.Is(err, actor.ErrDeadLetter):
+		return nil, fmt.Errorf("%w: %s stopped", ErrClosed, a)
 	}
 	return res, err
 }

@@ -63,7 +63,7 @@ type passivateCheck struct{ gen uint64 }
 
 func (sh *shell) Receive(ctx actor.Context) {
 	switch ctx.Message().(type) {
-	case activation, command, query, taskQuery, proto.Message:
+	case activation, command, report, query, taskQuery, proto.Message:
 		defer sh.e.dir.done()
 	}
 	switch msg := ctx.Message().(type) {
@@ -103,6 +103,21 @@ func (sh *shell) Receive(ctx actor.Context) {
 		} else {
 			ctx.Respond(nil)
 		}
+		return
+	case report:
+		// Answered once the step's events are durable. An invalid report is
+		// answered nil (acknowledged: sending it again cannot help); only a
+		// failed journal write or a failed recovery is an error.
+		err := sh.input(msg.in)
+		sh.schedulePassivation()
+		if sh.broken != nil {
+			ctx.Respond(sh.broken)
+			return
+		}
+		if err != nil {
+			sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
+		}
+		ctx.Respond(nil)
 		return
 	case query, taskQuery:
 		sh.schedulePassivation()
