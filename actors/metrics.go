@@ -15,10 +15,10 @@ type metrics struct {
 	appended *prometheus.CounterVec
 	// duplicates counts device reports identical to the last one journaled.
 	duplicates *prometheus.CounterVec
-	commit   prometheus.Histogram
-	subtasks *prometheus.GaugeVec
-	budget   prometheus.Gauge // units in use, summed over live cells
-	waiting  prometheus.Gauge
+	commit     prometheus.Histogram
+	subtasks   *prometheus.GaugeVec
+	budget     prometheus.Gauge // units in use, summed over live cells
+	waiting    prometheus.Gauge
 
 	// cellBudget is the configured per-cell budget; cellPeak exposes peak,
 	// the most units one cell has held at once since the engine was built;
