@@ -105,18 +105,26 @@ func (sh *shell) Receive(ctx actor.Context) {
 		}
 		return
 	case report:
-		// Answered once the step's events are durable. An invalid report is
+		// Answered once the step's events are durable, before its effects
+		// run: the device gets its acknowledgement before any downlink the
+		// report caused, as it would without the wait. An invalid report is
 		// answered nil (acknowledged: sending it again cannot help); only a
 		// failed journal write or a failed recovery is an error.
-		err := sh.input(msg.in)
+		answered := false
+		err := sh.step(msg.in, func() {
+			sh.schedulePassivation()
+			ctx.Respond(nil)
+			answered = true
+		})
+		if answered {
+			return
+		}
 		sh.schedulePassivation()
 		if sh.broken != nil {
 			ctx.Respond(sh.broken)
 			return
 		}
-		if err != nil {
-			sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
-		}
+		sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
 		ctx.Respond(nil)
 		return
 	case query, taskQuery:
@@ -187,7 +195,12 @@ func (sh *shell) recover() {
 }
 
 // input runs one step: decide, persist, commit, act.
-func (sh *shell) input(in proto.Message) error {
+func (sh *shell) input(in proto.Message) error { return sh.step(in, nil) }
+
+// step is input; durable, if set, runs once the step's events (if any) are
+// journaled and committed, before the effects run. It does not run when the
+// step fails.
+func (sh *shell) step(in proto.Message, durable func()) error {
 	if sh.broken != nil {
 		return sh.broken
 	}
@@ -203,6 +216,9 @@ func (sh *shell) input(in proto.Message) error {
 	}
 	sh.machine.commit(next)
 	sh.maybeSnapshot()
+	if durable != nil {
+		durable()
+	}
 	sh.machine.run(sh, effects)
 	return nil
 }
