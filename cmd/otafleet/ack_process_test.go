@@ -19,6 +19,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
@@ -123,7 +124,7 @@ func killNineReports(t *testing.T, reports, blockAfter int) {
 		t.Fatal(err)
 	}
 
-	id := iotda.NewClientID(device, time.Now())
+	id := iotda.NewClientID(device, clock.Real().Now()) // the server checks the hour against its clock
 	cl := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + addrs["mqtt"]).SetClientID(id.String()).
 		SetUsername(device).SetPassword(iotda.Password(secret, id.Timestamp)).SetKeepAlive(60 * time.Second).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).SetProtocolVersion(4))
@@ -134,6 +135,7 @@ func killNineReports(t *testing.T, reports, blockAfter int) {
 
 	// Publish each report twice, up to 64 publishes in flight; record PUBACKs.
 	version := func(i int) string { return fmt.Sprintf("r-%05d", i) }
+	reportTime := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	total := 2 * reports
 	acked := make([]atomic.Bool, total)
 	var nAcked atomic.Int64
@@ -143,7 +145,7 @@ func killNineReports(t *testing.T, reports, blockAfter int) {
 		defer close(pending)
 		for i := range total {
 			v := version(i / 2)
-			pending <- cl.Publish(iotda.UpTopic(device), 1, false, iotda.EncodeVersionReport(device, &v, nil, time.Now()))
+			pending <- cl.Publish(iotda.UpTopic(device), 1, false, iotda.EncodeVersionReport(device, &v, nil, reportTime))
 		}
 	}()
 	go func() {
