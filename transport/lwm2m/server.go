@@ -701,8 +701,8 @@ func (s *Server) awake(reg *registration) {
 // deadlines and re-sent requests rather than by the device's retransmission:
 // a /5/ notification held while a request on object 5 waits for its answer
 // (holdFota) is acknowledged before it is delivered; and when the engine
-// cannot journal a report (it is stopping; a failed journal write ends the
-// process first) the ACK still goes out, since the callback has no say in it
+// cannot journal a report (it is stopping; a failed WAL write ends the
+// process first, see pebblestore.Options.OnFatal) the ACK still goes out, since the callback has no say in it
 // (go-coap turns every unanswered CON message into an empty ACK). Answers to
 // the server's own requests (piggybacked in the ACK of the request, or
 // separate responses) are not retransmitted by the device in any case: a
