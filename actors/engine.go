@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -103,6 +104,9 @@ type Engine struct {
 	system  *actor.ActorSystem
 	dir     *directory
 	metrics *metrics
+	// stopped is closed by Stop: reports waiting for an answer give up.
+	stopped  chan struct{}
+	stopOnce sync.Once
 }
 
 // New builds an engine; Start recovers it.
@@ -123,7 +127,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	}
 	quiet := slog.New(slog.DiscardHandler)
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quiet }))
-	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m}
+	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, stopped: make(chan struct{})}
 	e.dir = newDirectory(system.Root, e.props)
 	return e, nil
 }
@@ -186,6 +190,7 @@ func (e *Engine) Start(ctx context.Context) error {
 // Stop stops every actor (they finish the message at hand) and the actor
 // system. Timers that fire afterwards are dropped.
 func (e *Engine) Stop() {
+	e.stopOnce.Do(func() { close(e.stopped) })
 	e.dir.stopAll()
 	e.system.Shutdown()
 }
@@ -225,19 +230,34 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 		e.dir.send(a, in)
 		return nil
 	}
-	res, err := e.ask(ctx, a, report{in: in})
-	if err != nil {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
+	done := make(chan error, 1)
+	e.dir.send(a, report{in: in, done: done})
+	select {
+	case err := <-done:
 		return err
+	case <-e.stopped:
+		return ErrClosed
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%w: %s: %w", ErrTimeout, a, ctx.Err())
+		}
+		return ctx.Err()
 	}
-	if res != nil {
-		return res.(error)
-	}
-	return nil
 }
 
-// report is a device report sent by Deliver, answered with nil once it is
-// journaled (or was a duplicate or invalid), or with the actor's error.
-type report struct{ in *messages.DeviceInput }
+// report is a device report sent by Deliver, answered on done with nil once
+// it is journaled (or was a duplicate or invalid), or with the actor's error.
+// (A channel rather than a protoactor future: one report per device message
+// is the engine's hottest path.)
+type report struct {
+	in   *messages.DeviceInput
+	done chan<- error // buffered: the actor never waits on it
+}
 
 // CreateTask creates a batch task. The task's validation errors come back
 // (wrapping taskfsm.ErrInvalidInput or ErrInvalidTransition).

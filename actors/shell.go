@@ -113,7 +113,7 @@ func (sh *shell) Receive(ctx actor.Context) {
 		answered := false
 		err := sh.step(msg.in, func() {
 			sh.schedulePassivation()
-			ctx.Respond(nil)
+			msg.done <- nil
 			answered = true
 		})
 		if answered {
@@ -121,11 +121,11 @@ func (sh *shell) Receive(ctx actor.Context) {
 		}
 		sh.schedulePassivation()
 		if sh.broken != nil {
-			ctx.Respond(sh.broken)
+			msg.done <- sh.broken
 			return
 		}
 		sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
-		ctx.Respond(nil)
+		msg.done <- nil
 		return
 	case query, taskQuery:
 		sh.schedulePassivation()
