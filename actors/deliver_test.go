@@ -138,6 +138,23 @@ func TestDeliverBoundedByContext(t *testing.T) {
 	store.gate <- nil // let the actor finish
 }
 
+// TestDeliverStopsWithTheEngine: a report waiting for its journal write is
+// answered ErrClosed when the engine stops (no acknowledgement; the device
+// sends it again to the next run).
+func TestDeliverStopsWithTheEngine(t *testing.T) {
+	store := newGatedStore()
+	e, _ := newDeliverEngine(t, store, nil, nil)
+	done := deliverAsync(context.Background(), e, "dev-1", versionReport("1.0"))
+	<-store.entered
+	stopped := make(chan struct{})
+	go func() { e.Stop(); close(stopped) }()
+	if err := <-done; !errors.Is(err, actors.ErrClosed) {
+		t.Fatalf("Deliver while the engine stops = %v, want ErrClosed", err)
+	}
+	store.gate <- nil // the actor finishes the message at hand
+	<-stopped
+}
+
 // TestDeliverDoesNotWaitForPresence: presence and DownloadServed notes are
 // queued without waiting for their journal writes (nothing is acknowledged on
 // their strength); invalid reports are answered nil (acknowledged: resending
@@ -215,14 +232,30 @@ func TestDuplicateReports(t *testing.T) {
 		t.Fatalf("otafleet_uplinks_duplicate_total{kind=version_reported} = %v, want %d", got, burst-1)
 	}
 
+	// Another input that journals in between: the same report again is not
+	// a duplicate of the last journaled step.
+	if err := e.Deliver(ctx, "dev-1", &messages.DeviceInput{Kind: &messages.DeviceInput_SetAbnormal{SetAbnormal: &messages.SetAbnormal{Abnormal: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	e.Settle()
+	if err := e.Deliver(ctx, "dev-1", versionReport("1.0")); err != nil {
+		t.Fatal(err)
+	}
+	if got := counterValue(t, reg, "otafleet_uplinks_duplicate_total", "version_reported"); got != burst-1 {
+		t.Fatalf("a report after another journaled input was counted as a duplicate: %v", got)
+	}
+	if got := journaled(); got != 3 {
+		t.Fatalf("the journal ends at %d, want 3 (AbnormalChanged)", got)
+	}
+
 	// Changes are journaled, even back to an earlier value.
 	for _, v := range []string{"2.0", "1.0", "2.0"} {
 		if err := e.Deliver(ctx, "dev-1", versionReport(v)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := journaled(); got != 5 {
-		t.Fatalf("after three changes the journal ends at %d, want 5", got)
+	if got := journaled(); got != 6 {
+		t.Fatalf("after three changes the journal ends at %d, want 6", got)
 	}
 
 	// After passivation the actor has forgotten the last report: the repeat is
@@ -234,8 +267,8 @@ func TestDuplicateReports(t *testing.T) {
 	if err := e.Deliver(ctx, "dev-1", versionReport("2.0")); err != nil {
 		t.Fatal(err)
 	}
-	if got := journaled(); got != 5 {
-		t.Fatalf("a repeat after passivation journaled: the journal ends at %d, want 5", got)
+	if got := journaled(); got != 6 {
+		t.Fatalf("a repeat after passivation journaled: the journal ends at %d, want 6", got)
 	}
 	if got := counterValue(t, reg, "otafleet_uplinks_duplicate_total", "version_reported"); got != burst-1 {
 		t.Fatalf("duplicates = %v, want %d: neither the changes nor the first repeat after passivation are duplicates", got, burst-1)

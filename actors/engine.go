@@ -188,11 +188,14 @@ func (e *Engine) Start(ctx context.Context) error {
 }
 
 // Stop stops every actor (they finish the message at hand) and the actor
-// system. Timers that fire afterwards are dropped.
+// system. Timers that fire afterwards are dropped. Reports waiting in Deliver
+// get ErrClosed at once. A second Stop waits for the first and does nothing.
 func (e *Engine) Stop() {
-	e.stopOnce.Do(func() { close(e.stopped) })
-	e.dir.stopAll()
-	e.system.Shutdown()
+	e.stopOnce.Do(func() {
+		close(e.stopped)
+		e.dir.stopAll()
+		e.system.Shutdown()
+	})
 }
 
 // Settle waits until every message sent to an actor has been handled. With
