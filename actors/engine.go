@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -103,6 +104,9 @@ type Engine struct {
 	system  *actor.ActorSystem
 	dir     *directory
 	metrics *metrics
+	// stopped is closed by Stop: reports waiting for an answer give up.
+	stopped  chan struct{}
+	stopOnce sync.Once
 }
 
 // New builds an engine; Start recovers it.
@@ -123,7 +127,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	}
 	quiet := slog.New(slog.DiscardHandler)
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quiet }))
-	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m}
+	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, stopped: make(chan struct{})}
 	e.dir = newDirectory(system.Root, e.props)
 	return e, nil
 }
@@ -184,10 +188,14 @@ func (e *Engine) Start(ctx context.Context) error {
 }
 
 // Stop stops every actor (they finish the message at hand) and the actor
-// system. Timers that fire afterwards are dropped.
+// system. Timers that fire afterwards are dropped. Reports waiting in Deliver
+// get ErrClosed at once. A second Stop waits for the first and does nothing.
 func (e *Engine) Stop() {
-	e.dir.stopAll()
-	e.system.Shutdown()
+	e.stopOnce.Do(func() {
+		close(e.stopped)
+		e.dir.stopAll()
+		e.system.Shutdown()
+	})
 }
 
 // Settle waits until every message sent to an actor has been handled. With
@@ -197,6 +205,22 @@ func (e *Engine) Settle() { e.dir.settle() }
 
 // Deliver hands an uplink to a device's actor (transport.Uplinks). The time
 // of arrival is stamped by the actor's clock unless the input carries one.
+//
+// A device report (messages.DeviceInput.IsReport) is waited for: Deliver
+// returns nil once the actor has stepped it and its events are durable, or
+// once the actor has found it a duplicate of the last report it journaled or
+// refused it as invalid (sending it again cannot help, so it is acknowledged
+// too). It returns an error only when the report may not be journaled: the
+// journal write failed, the actor cannot recover, the engine is stopping, or
+// ctx ended first. A transport acknowledges a report to the device only
+// after a nil return, so that a crash never loses an acknowledged report;
+// group commit keeps this cheap (the actors' synced appends share fsyncs).
+//
+// Every other input (presence, DownloadServed notes) is queued in the
+// actor's mailbox and Deliver returns at once: nothing is acknowledged on
+// their strength (presence is re-established by the device's next session
+// after a crash, and DownloadServed only annotates the timeline), so they
+// need not wait for an fsync.
 func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.DeviceInput) error {
 	if err := persistence.ValidateID(deviceID); err != nil {
 		return err
@@ -204,8 +228,38 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 	if e.dir.closed.Load() {
 		return ErrClosed
 	}
-	e.dir.send(Address{Kind: persistence.KindDevice, ID: deviceID}, in)
-	return nil
+	a := Address{Kind: persistence.KindDevice, ID: deviceID}
+	if !in.IsReport() {
+		e.dir.send(a, in)
+		return nil
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
+	}
+	done := make(chan error, 1)
+	e.dir.send(a, report{in: in, done: done})
+	select {
+	case err := <-done:
+		return err
+	case <-e.stopped:
+		return ErrClosed
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%w: %s: %w", ErrTimeout, a, ctx.Err())
+		}
+		return ctx.Err()
+	}
+}
+
+// report is a device report sent by Deliver, answered on done with nil once
+// it is journaled (or was a duplicate or invalid), or with the actor's error.
+// (A channel rather than a protoactor future: one report per device message
+// is the engine's hottest path.)
+type report struct {
+	in   *messages.DeviceInput
+	done chan<- error // buffered: the actor never waits on it
 }
 
 // CreateTask creates a batch task. The task's validation errors come back
@@ -267,8 +321,11 @@ func (e *Engine) ask(ctx context.Context, a Address, msg any) (any, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	if errors.Is(err, actor.ErrTimeout) {
+	switch {
+	case errors.Is(err, actor.ErrTimeout):
 		return nil, fmt.Errorf("%w: %s", ErrTimeout, a)
+	case errors.Is(err, actor.ErrDeadLetter):
+		return nil, fmt.Errorf("%w: %s stopped", ErrClosed, a)
 	}
 	return res, err
 }

@@ -18,6 +18,11 @@ import (
 type deviceMachine struct {
 	e *Engine
 	s devicefsm.State
+	// lastReport is the last report whose step journaled events, with its
+	// arrival time cleared, as long as no other input has journaled events
+	// since; nil otherwise. It lives only in memory: after passivation or a
+	// restart the first repeat of it is stepped like any report.
+	lastReport *messages.DeviceInput
 }
 
 func (m *deviceMachine) eventType() uint32 { return persistence.EventTypeDevice }
@@ -50,7 +55,33 @@ func (m *deviceMachine) step(in proto.Message) (any, []proto.Message, []proto.Me
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	m.noteReport(di, len(res.Events) > 0)
 	return next, protos(res.Events), protos(res.Effects), nil
+}
+
+// noteReport keeps lastReport and counts duplicates: a report identical to
+// the last one journaled (apart from its arrival time, with nothing journaled
+// since) is counted in otafleet_uplinks_duplicate_total. It is still stepped,
+// so its effects run (an acknowledgement or a segment the device asks for
+// again because it lost ours), and a step of it that does change the state
+// is journaled like any other: a duplicate is never a reason to drop events.
+// The device machine journals nothing for a plain repeat, so a duplicate
+// costs no journal write.
+func (m *deviceMachine) noteReport(in *messages.DeviceInput, journals bool) {
+	if !in.IsReport() {
+		if journals {
+			m.lastReport = nil
+		}
+		return
+	}
+	key := proto.CloneOf(in)
+	key.AtUnixNano = 0
+	switch {
+	case journals:
+		m.lastReport = key
+	case m.lastReport != nil && proto.Equal(key, m.lastReport):
+		m.e.metrics.duplicates.WithLabelValues(in.KindName()).Inc()
+	}
 }
 
 // resume redoes the pending work of a device with a job. An idle device has

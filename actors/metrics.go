@@ -13,10 +13,12 @@ import (
 type metrics struct {
 	alive    *prometheus.GaugeVec
 	appended *prometheus.CounterVec
-	commit   prometheus.Histogram
-	subtasks *prometheus.GaugeVec
-	budget   prometheus.Gauge // units in use, summed over live cells
-	waiting  prometheus.Gauge
+	// duplicates counts device reports identical to the last one journaled.
+	duplicates *prometheus.CounterVec
+	commit     prometheus.Histogram
+	subtasks   *prometheus.GaugeVec
+	budget     prometheus.Gauge // units in use, summed over live cells
+	waiting    prometheus.Gauge
 
 	// cellBudget is the configured per-cell budget; cellPeak exposes peak,
 	// the most units one cell has held at once since the engine was built;
@@ -36,6 +38,10 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 		}, []string{"kind"}),
 		appended: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otafleet_events_appended_total", Help: "Events appended to the journal, by actor kind.",
+		}, []string{"kind"}),
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "otafleet_uplinks_duplicate_total",
+			Help: "Device reports identical to the last report journaled for the device (apart from their arrival time): acknowledged, not journaled again. By input kind.",
 		}, []string{"kind"}),
 		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "otafleet_journal_commit_seconds", Help: "Latency of one synced journal append.",
@@ -65,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	for _, c := range []prometheus.Collector{m.alive, m.appended, m.commit, m.subtasks, m.budget, m.waiting, m.cellBudget, m.cellPeak, m.violations} {
+	for _, c := range []prometheus.Collector{m.alive, m.appended, m.duplicates, m.commit, m.subtasks, m.budget, m.waiting, m.cellBudget, m.cellPeak, m.violations} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -63,7 +63,7 @@ type passivateCheck struct{ gen uint64 }
 
 func (sh *shell) Receive(ctx actor.Context) {
 	switch ctx.Message().(type) {
-	case activation, command, query, taskQuery, proto.Message:
+	case activation, command, report, query, taskQuery, proto.Message:
 		defer sh.e.dir.done()
 	}
 	switch msg := ctx.Message().(type) {
@@ -103,6 +103,29 @@ func (sh *shell) Receive(ctx actor.Context) {
 		} else {
 			ctx.Respond(nil)
 		}
+		return
+	case report:
+		// Answered once the step's events are durable, before its effects
+		// run: the device gets its acknowledgement before any downlink the
+		// report caused, as it would without the wait. An invalid report is
+		// answered nil (acknowledged: sending it again cannot help); only a
+		// failed journal write or a failed recovery is an error.
+		answered := false
+		err := sh.step(msg.in, func() {
+			sh.schedulePassivation()
+			msg.done <- nil
+			answered = true
+		})
+		if answered {
+			return
+		}
+		sh.schedulePassivation()
+		if sh.broken != nil {
+			msg.done <- sh.broken
+			return
+		}
+		sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
+		msg.done <- nil
 		return
 	case query, taskQuery:
 		sh.schedulePassivation()
@@ -172,7 +195,12 @@ func (sh *shell) recover() {
 }
 
 // input runs one step: decide, persist, commit, act.
-func (sh *shell) input(in proto.Message) error {
+func (sh *shell) input(in proto.Message) error { return sh.step(in, nil) }
+
+// step is input; durable, if set, runs once the step's events (if any) are
+// journaled and committed, before the effects run. It does not run when the
+// step fails.
+func (sh *shell) step(in proto.Message, durable func()) error {
 	if sh.broken != nil {
 		return sh.broken
 	}
@@ -188,6 +216,9 @@ func (sh *shell) input(in proto.Message) error {
 	}
 	sh.machine.commit(next)
 	sh.maybeSnapshot()
+	if durable != nil {
+		durable()
+	}
 	sh.machine.run(sh, effects)
 	return nil
 }

@@ -30,6 +30,9 @@ import (
 // tests: with OTAFLEET_TEST_MAIN=1 it runs the command line and exits.
 func TestMain(m *testing.M) {
 	if os.Getenv("OTAFLEET_TEST_MAIN") == "1" {
+		if n := os.Getenv(envBlockAppendsAfter); n != "" {
+			testJournalHook = blockAppendsAfter(n)
+		}
 		main()
 		return
 	}
@@ -46,8 +49,14 @@ type server struct {
 
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
+	return startServerEnv(t, nil, args...)
+}
+
+// startServerEnv is startServer with more environment variables (NAME=value).
+func startServerEnv(t *testing.T, env []string, args ...string) *server {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], append([]string{"serve"}, args...)...)
-	cmd.Env = append(os.Environ(), "OTAFLEET_TEST_MAIN=1")
+	cmd.Env = append(append(os.Environ(), "OTAFLEET_TEST_MAIN=1"), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

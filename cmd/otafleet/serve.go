@@ -25,6 +25,7 @@ import (
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
 	"github.com/otafleet/otafleet/rpc"
 )
@@ -57,6 +58,11 @@ func serveCommand(stdout, stderr io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&configFile, "config", "", "YAML or TOML file with any of these flags as keys")
 	return cmd
 }
+
+// testJournalHook is nil in the otafleet binary. The process tests' binary
+// (which runs main as a child `serve`) sets it to put a failpoint between the
+// engine and its journal.
+var testJournalHook func(persistence.EventStore, *slog.Logger) persistence.EventStore
 
 // serve runs until ctx is cancelled (SIGTERM or SIGINT), then shuts down:
 // the API stops accepting, the actors finish the message at hand, the store closes.
@@ -99,7 +105,11 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	}
 	clk := clock.Real()
 	downlinks := &lateDownlinks{}
-	engine, err := actors.New(engCfg, actors.Deps{Store: store, Clock: clk, Transport: downlinks, Logger: logger, Metrics: reg})
+	var journal persistence.EventStore = store
+	if testJournalHook != nil {
+		journal = testJournalHook(journal, logger)
+	}
+	engine, err := actors.New(engCfg, actors.Deps{Store: journal, Clock: clk, Transport: downlinks, Logger: logger, Metrics: reg})
 	if err != nil {
 		return err
 	}

@@ -806,6 +806,20 @@ func (s *Server) awake(reg *registration) {
 	})
 }
 
+// deliver hands one input to the engine, which returns once a report is
+// journaled. Called from an observation's callback, that is before go-coap
+// acknowledges the CON notification (it sends the empty ACK when the
+// callback returns): a device whose notification was acknowledged has its
+// report in the journal. Two exceptions, both covered by the device machine's
+// deadlines and re-sent requests rather than by the device's retransmission:
+// a /5/ notification held while a request on object 5 waits for its answer
+// (holdFota) is acknowledged before it is delivered; and when the engine
+// cannot journal a report (it is stopping; a failed WAL write ends the
+// process first, see pebblestore.Options.OnFatal) the ACK still goes out, since the callback has no say in it
+// (go-coap turns every unanswered CON message into an empty ACK). Answers to
+// the server's own requests (piggybacked in the ACK of the request, or
+// separate responses) are not retransmitted by the device in any case: a
+// lost one is re-asked by the step's deadline.
 func (s *Server) deliver(id string, in *messages.DeviceInput) {
 	if err := s.cfg.Uplinks.Deliver(context.Background(), id, in); err != nil {
 		s.log.Warn("lwm2m: delivering to the engine", "device", id, "error", err)

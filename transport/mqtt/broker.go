@@ -200,6 +200,20 @@ func (b *Broker) deliver(id string, in *messages.DeviceInput) {
 	}
 }
 
+// deliverWait bounds how long an uplink waits for the engine to journal it
+// before it goes unacknowledged (the device then publishes it again).
+const deliverWait = 30 * time.Second
+
+// deliverReport hands one input of a publish to the engine and waits until it
+// is journaled (Uplinks.Deliver). mochi sends the PUBACK after OnPublish
+// returns, and none when OnPublish rejects the packet: so a PUBACK is sent
+// only for what the engine has made durable.
+func (b *Broker) deliverReport(id string, in *messages.DeviceInput) error {
+	ctx, cancel := context.WithTimeout(context.Background(), deliverWait)
+	defer cancel()
+	return b.cfg.Uplinks.Deliver(ctx, id, in)
+}
+
 // hook is the broker's mochi hook: login, ACL, implicit subscription,
 // presence and uplinks.
 type hook struct {
@@ -328,8 +342,10 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 }
 
 // OnPublish takes a device's uplink in process (no subscriber queue that
-// could drop it), decodes it and hands it to the engine before the broker
-// acknowledges it. Uplinks go to no other subscriber.
+// could drop it), decodes it and hands it to the engine, which journals it
+// before the broker acknowledges it: when the engine cannot (its journal
+// failed, it is stopping), the publish is rejected and gets no PUBACK.
+// Uplinks go to no other subscriber.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil // the platform's own downlinks
@@ -348,7 +364,11 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		h.b.log.Debug("mqtt: uplink event ignored", "device", id, "event", ig)
 	}
 	for _, in := range up.Inputs {
-		h.b.deliver(id, in)
+		if err := h.b.deliverReport(id, in); err != nil {
+			// Not journaled: no PUBACK, so the device publishes it again.
+			h.b.log.Warn("mqtt: uplink not journaled; not acknowledged", "device", id, "error", err)
+			return pk, packets.ErrRejectPacket
+		}
 	}
 	return pk, packets.CodeSuccessIgnore
 }

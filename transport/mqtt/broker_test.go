@@ -17,6 +17,7 @@ import (
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/mqtt/iotda"
 )
@@ -72,6 +73,15 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	rec := newRecorder()
+	e := newEnvWith(t, rec)
+	e.rec = rec
+	return e
+}
+
+// newEnvWith is newEnv with the engine's side played by up (env.rec is nil).
+func newEnvWith(t *testing.T, up transport.Uplinks) *env {
+	t.Helper()
 	ctx := context.Background()
 	st := memstore.New()
 	if err := st.PutProduct(ctx, persistence.Product{ID: "p", Name: "p", Protocol: persistence.ProtocolMQTT}); err != nil {
@@ -82,9 +92,8 @@ func newEnv(t *testing.T) *env {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	rec := newRecorder()
 	clk := clocktest.New(epoch)
-	b, err := NewBroker(BrokerConfig{Addr: "127.0.0.1:0", Credentials: st, Uplinks: rec, Downloads: fakeDownloads{}, Clock: clk})
+	b, err := NewBroker(BrokerConfig{Addr: "127.0.0.1:0", Credentials: st, Uplinks: up, Downloads: fakeDownloads{}, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +101,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return &env{b: b, rec: rec, clk: clk}
+	return &env{b: b, clk: clk}
 }
 
 // connect logs a paho client in; clientID "" means the device's proper one.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net/url"
 	"sync"
@@ -60,7 +61,24 @@ type External struct {
 	probe map[string]time.Time // awaited device → probing stops after
 	stop  chan struct{}
 	done  chan struct{}
+
+	// Reports are journaled on lanes, so that many devices' reports share
+	// the engine's group commits: a device's reports all take one lane (its
+	// order is kept), and a publish is acknowledged once journaled.
+	lanes     [externalLanes]chan paho.Message
+	laneSeed  maphash.Seed
+	laneCtx   context.Context // ends when the adapter closes
+	laneStop  context.CancelFunc
+	laneGroup sync.WaitGroup
 }
+
+// externalLanes is how many devices' reports the adapter hands the engine at
+// once; laneQueue how many publishes wait for each lane before paho's
+// delivery waits for room.
+const (
+	externalLanes = 64
+	laneQueue     = 16
+)
 
 var _ transport.Downlinks = (*External)(nil)
 
@@ -90,10 +108,17 @@ func NewExternal(ctx context.Context, cfg ExternalConfig) (*External, error) {
 		return nil, fmt.Errorf("mqtt: broker URL %q: want tcp://host:port or ssl://host:port", cfg.Broker)
 	}
 	e := &External{cfg: cfg, log: cfg.Logger.With("component", "mqtt-external"), probe: map[string]time.Time{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), laneSeed: maphash.MakeSeed()}
+	e.laneCtx, e.laneStop = context.WithCancel(context.Background())
+	for i := range e.lanes {
+		e.lanes[i] = make(chan paho.Message, laneQueue)
+		e.laneGroup.Add(1)
+		go e.runLane(e.lanes[i])
+	}
 	o := paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(cfg.ClientID).
 		SetCleanSession(false). // reports queue in the broker while we reconnect
 		SetResumeSubs(true).SetOrderMatters(true).SetAutoReconnect(true).SetConnectRetry(false).
+		SetAutoAckDisabled(true). // onMessage acknowledges a report once the engine journaled it
 		SetKeepAlive(60 * time.Second).SetMaxReconnectInterval(10 * time.Second).
 		SetDefaultPublishHandler(e.onMessage).
 		SetOnConnectHandler(func(c paho.Client) {
@@ -125,21 +150,58 @@ func NewExternal(ctx context.Context, cfg ExternalConfig) (*External, error) {
 	case <-tok.Done():
 	case <-ctx.Done():
 		e.client.Disconnect(0)
+		e.stopLanes()
 		return nil, ctx.Err()
 	}
 	if err := tok.Error(); err != nil {
+		e.stopLanes()
 		return nil, fmt.Errorf("mqtt: connecting to %s: %w", cfg.Broker, err)
 	}
 	go e.probeLoop()
 	return e, nil
 }
 
-// onMessage handles a publish on a device's up topic.
+// onMessage queues a publish on its device's lane. The lane acknowledges the
+// publish (PUBACK to the broker, which then forgets it) once the engine has
+// journaled every input of it, or when it is of no use (another topic, a
+// malformed payload); when the engine cannot journal it, the publish stays
+// unacknowledged and the broker delivers it again on the next connection of
+// the adapter's persistent session. (PUBACKs of different devices' reports
+// may leave in another order than their publishes came; brokers take that.)
 func (e *External) onMessage(_ paho.Client, m paho.Message) {
+	id, _, _ := iotda.ParseTopic(m.Topic())
+	select {
+	case e.lanes[maphash.String(e.laneSeed, id)%externalLanes] <- m:
+	case <-e.laneCtx.Done(): // closing: unacknowledged, the broker keeps it
+	}
+}
+
+// runLane journals the publishes of its devices in order.
+func (e *External) runLane(ch <-chan paho.Message) {
+	defer e.laneGroup.Done()
+	for {
+		select {
+		case <-e.laneCtx.Done():
+			return
+		case m := <-ch:
+			if e.handle(m) {
+				m.Ack()
+			}
+		}
+	}
+}
+
+func (e *External) stopLanes() {
+	e.laneStop()
+	e.laneGroup.Wait()
+}
+
+// handle delivers one publish; false when it must not be acknowledged.
+func (e *External) handle(m paho.Message) bool {
 	id, rest, ok := iotda.ParseTopic(m.Topic())
 	if !ok || rest != "sys/events/up" {
 		e.log.Debug("mqtt: publish on another topic ignored", "topic", m.Topic())
-		return
+		return true
 	}
 	e.mu.Lock()
 	delete(e.probe, id) // it answered: online
@@ -147,7 +209,7 @@ func (e *External) onMessage(_ paho.Client, m paho.Message) {
 	up, err := iotda.DecodeUplink(id, m.Payload())
 	if err != nil {
 		e.log.Warn("mqtt: malformed uplink ignored", "device", id, "error", err, "bytes", len(m.Payload()))
-		return
+		return true
 	}
 	for _, ig := range up.Ignored {
 		e.log.Debug("mqtt: uplink event ignored", "device", id, "event", ig)
@@ -158,10 +220,15 @@ func (e *External) onMessage(_ paho.Client, m paho.Message) {
 		inputs = []*messages.DeviceInput{{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}}}
 	}
 	for _, in := range inputs {
-		if err := e.cfg.Uplinks.Deliver(context.Background(), id, in); err != nil {
-			e.log.Warn("mqtt: delivering to the engine", "device", id, "error", err)
+		ctx, cancel := context.WithTimeout(e.laneCtx, deliverWait)
+		err := e.cfg.Uplinks.Deliver(ctx, id, in)
+		cancel()
+		if err != nil {
+			e.log.Warn("mqtt: uplink not journaled; not acknowledged", "device", id, "error", err)
+			return false
 		}
 	}
+	return true
 }
 
 // Send publishes a downlink with QoS 1. A version_query also makes the
@@ -178,7 +245,16 @@ func (e *External) Send(ctx context.Context, dl *messages.Downlink) error {
 		e.probe[id] = now.Add(e.cfg.ProbeFor)
 		e.mu.Unlock()
 	}
-	return e.publish(ctx, id, payload)
+	// Not waiting for the broker's PUBACK: an actor calls Send, and paho
+	// reads that PUBACK on the goroutine that hands reports to the lanes,
+	// which may be waiting for this very actor.
+	tok := e.client.Publish(iotda.DownTopic(id), 1, false, payload)
+	go func() {
+		if <-tok.Done(); tok.Error() != nil {
+			e.log.Warn("mqtt: downlink not published", "device", id, "error", tok.Error())
+		}
+	}()
+	return nil
 }
 
 func (e *External) publish(ctx context.Context, id string, payload []byte) error {
@@ -239,6 +315,7 @@ func (e *External) Awaited() int {
 func (e *External) Close() error {
 	close(e.stop)
 	<-e.done
+	e.stopLanes()
 	e.client.Disconnect(250)
 	return nil
 }

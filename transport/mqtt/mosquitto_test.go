@@ -3,6 +3,7 @@ package mqtt_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/mqtt"
 	"github.com/otafleet/otafleet/transport/mqtt/iotda"
 	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
@@ -269,5 +271,57 @@ func TestMosquittoClientsAsDevice(t *testing.T) {
 	bad[7] = strings.Repeat("0", 64)
 	if out, err := exec.Command(pub, append(bad, "-i", c.String(), "-t", iotda.UpTopic("meter-1"), "-m", "{}")...).CombinedOutput(); err == nil {
 		t.Fatalf("a wrong password was accepted: %s", out)
+	}
+}
+
+// refusingLog records delivered inputs and refuses the reports that contain
+// refuse, as an engine that cannot journal them does.
+type refusingLog struct {
+	uplinkLog
+	refuse string
+}
+
+func (r *refusingLog) Deliver(ctx context.Context, id string, in *messages.DeviceInput) error {
+	_ = r.uplinkLog.Deliver(ctx, id, in)
+	if strings.Contains(in.String(), r.refuse) {
+		return errors.New("actors: journal write failed")
+	}
+	return nil
+}
+
+// TestExternalAcksOnlyJournaled (issue 18 item 10): on an external broker, a
+// report the engine could not journal is not acknowledged, so the broker
+// delivers it again when the adapter's session comes back. Before the fix
+// paho acknowledged it after the handler returned, and it was gone.
+func TestExternalAcksOnlyJournaled(t *testing.T) {
+	url := startMosquitto(t)
+	ctx := context.Background()
+	connect := func(up transport.Uplinks) *mqtt.External {
+		e, err := mqtt.NewExternal(ctx, mqtt.ExternalConfig{Broker: url, ClientID: "otafleet-ack", Uplinks: up, Downloads: mint{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	report := func(v string) []byte {
+		return iotda.EncodeVersionReport("a1", &v, nil, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	}
+	first := &refusingLog{refuse: "refused-1"}
+	e := connect(first)
+	if err := publishRaw(url, "a1-raw", iotda.UpTopic("a1"), report("refused-1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the refused report", 10*time.Second, func() bool { return first.has(`"refused-1"`) })
+	e.Close()
+
+	second := &uplinkLog{}
+	e = connect(second)
+	defer e.Close()
+	if err := publishRaw(url, "a1-raw", iotda.UpTopic("a1"), report("after-1")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the report after reconnecting", 10*time.Second, func() bool { return second.has(`"after-1"`) })
+	if !second.has(`"refused-1"`) {
+		t.Fatal("the report the engine could not journal was acknowledged and is lost")
 	}
 }
