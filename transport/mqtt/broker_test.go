@@ -11,6 +11,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/prototext"
 
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
@@ -68,9 +69,13 @@ type env struct {
 	b   *Broker
 	rec *recorder
 	clk *clocktest.Clock
+	reg *prometheus.Registry
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, nil) }
+
+// newEnvWith is newEnv with the broker's configuration changed by set.
+func newEnvWith(t *testing.T, set func(*BrokerConfig)) *env {
 	t.Helper()
 	ctx := context.Background()
 	st := memstore.New()
@@ -84,7 +89,12 @@ func newEnv(t *testing.T) *env {
 	}
 	rec := newRecorder()
 	clk := clocktest.New(epoch)
-	b, err := NewBroker(BrokerConfig{Addr: "127.0.0.1:0", Credentials: st, Uplinks: rec, Downloads: fakeDownloads{}, Clock: clk})
+	reg := prometheus.NewRegistry()
+	cfg := BrokerConfig{Addr: "127.0.0.1:0", Credentials: st, Uplinks: rec, Downloads: fakeDownloads{}, Clock: clk, Metrics: reg}
+	if set != nil {
+		set(&cfg)
+	}
+	b, err := NewBroker(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +102,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return &env{b: b, rec: rec, clk: clk}
+	return &env{b: b, rec: rec, clk: clk, reg: reg}
 }
 
 // connect logs a paho client in; clientID "" means the device's proper one.
