@@ -15,7 +15,7 @@ import (
 func TestConfigFileAndFlags(t *testing.T) {
 	dir := t.TempDir()
 	yml := filepath.Join(dir, "c.yaml")
-	if err := os.WriteFile(yml, []byte("timeout-online: 2h\ntimeout-download: 90m\nlog-format: json\n"), 0o644); err != nil {
+	if err := os.WriteFile(yml, []byte("timeout-online: 2h\ntimeout-download: 90m\nlog-format: json\nmqtt-require-timestamp: true\nmqtt-uplink-rate: 2.5\nmqtt-max-connections-per-source: 0\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	toml := filepath.Join(dir, "c.toml")
@@ -28,7 +28,10 @@ func TestConfigFileAndFlags(t *testing.T) {
 		online time.Duration
 		check  func(serveConfig) bool
 	}{
-		{yml, nil, 2 * time.Hour, func(c serveConfig) bool { return c.TimeoutDownload == 90*time.Minute && c.LogFormat == "json" }},
+		{yml, nil, 2 * time.Hour, func(c serveConfig) bool {
+			return c.TimeoutDownload == 90*time.Minute && c.LogFormat == "json" && c.MQTTRequireTimestamp && c.MQTTUplinkRate == 2.5 &&
+				c.MQTTMaxConnectionsPerSource == 0 && c.MQTTMaxConnections == 200_000 && c.MQTTConnectTimeout == 10*time.Second && c.validate() == nil
+		}},
 		{yml, []string{"--timeout-online", "5h"}, 5 * time.Hour, func(c serveConfig) bool { return c.LogFormat == "json" }},
 		{toml, nil, 3 * time.Hour, func(c serveConfig) bool { return c.APIAddr == "127.0.0.1:9999" }},
 	} {
@@ -72,6 +75,8 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve", "--log-format", "xml"}, "--log-format"},
 		{[]string{"serve", "--timeout-download", "0s"}, "Download must be positive"},
 		{[]string{"serve", "--simulate-protocol", "zigbee"}, "--simulate-protocol"},
+		{[]string{"serve", "--mqtt-max-connections", "-1"}, "must not be negative"},
+		{[]string{"serve", "--mqtt-connect-timeout", "0s"}, "--mqtt-connect-timeout must be positive"},
 		{[]string{"serve", "--no-such-flag"}, "unknown flag"},
 		{[]string{"no-such-verb"}, "unknown command"},
 	} {
@@ -80,5 +85,13 @@ func TestConfigErrors(t *testing.T) {
 		if code != 2 || !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errb.String(), tc.want)
 		}
+	}
+}
+
+// TestNoLimitIfZero: a limit flag's 0 reaches the broker as "no limit"
+// (negative), since the broker's 0 means its default.
+func TestNoLimitIfZero(t *testing.T) {
+	if noLimitIfZero(0) >= 0 || noLimitIfZero(0.0) >= 0 || noLimitIfZero(7) != 7 || noLimitIfZero(2.5) != 2.5 {
+		t.Fatal("noLimitIfZero")
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
@@ -59,7 +61,7 @@ func (t *deviceTransports) start() error {
 // newDeviceTransports opens the listeners of --mqtt-addr, --mqtts-addr and
 // --download-addr (each "" is off); start serves them. The engine receives
 // what devices send. Close stops them.
-func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
+func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
 	t := &deviceTransports{addrs: map[string]string{}}
 	var cert *tls.Certificate
 	needCert := (cfg.DownloadAddr != "" && cfg.DownloadTLS) || cfg.MQTTSAddr != ""
@@ -161,7 +163,11 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 		}
 		bc := mqtt.BrokerConfig{
 			Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTSAddr, Credentials: reg, Uplinks: engine,
-			Downloads: mintURL{s: t.dl, base: base}, Clock: clk, Logger: logger,
+			Downloads: mintURL{s: t.dl, base: base}, Metrics: metrics, Clock: clk, Logger: logger,
+			RequireTimestamp: cfg.MQTTRequireTimestamp, ConnectTimeout: cfg.MQTTConnectTimeout,
+			MaxConnections: noLimitIfZero(cfg.MQTTMaxConnections), MaxConnectionsPerSource: noLimitIfZero(cfg.MQTTMaxConnectionsPerSource),
+			LoginFailuresPerDevice: noLimitIfZero(cfg.MQTTLoginFailuresPerDevice), LoginFailuresPerSource: noLimitIfZero(cfg.MQTTLoginFailuresPerSource),
+			UplinkRate: noLimitIfZero(cfg.MQTTUplinkRate), UplinkBurst: cfg.MQTTUplinkBurst,
 		}
 		if cfg.MQTTSAddr != "" {
 			bc.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
@@ -178,6 +184,15 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 		}
 	}
 	return t, nil
+}
+
+// noLimitIfZero maps a limit flag's 0 ("no limit") to the broker's
+// negative, since the broker's 0 means its default.
+func noLimitIfZero[N int | float64](n N) N {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // loadCert is --tls-cert/--tls-key, or a self-signed certificate kept in the

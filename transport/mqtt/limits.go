@@ -157,16 +157,19 @@ type loginListener struct {
 }
 
 func (l *loginListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		// Socket deadlines are wall-clock times. A connection that fails
+		// here has gone already; mochi's accept loop must not end for it.
+		if err := c.SetReadDeadline(clock.Real().Now().Add(l.timeout)); err != nil {
+			_ = c.Close()
+			continue
+		}
+		return &firstPacketConn{Conn: c, max: l.maxFirst, refused: l.refused}, nil
 	}
-	// Socket deadlines are wall-clock times.
-	if err := c.SetReadDeadline(clock.Real().Now().Add(l.timeout)); err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("mqtt: setting the CONNECT deadline: %w", err)
-	}
-	return &firstPacketConn{Conn: c, max: l.maxFirst, refused: l.refused}, nil
 }
 
 // Errors of a first packet, closing the connection.

@@ -440,3 +440,12 @@ func TestUplinkServiceCap(t *testing.T) {
 		t.Fatalf("too_many_services %v, want 2", n)
 	}
 }
+
+// TestWritesPendingBounded (issue 18 item 3): each client's queue of
+// outgoing packets holds what an OTA device needs, not mochi's 8,192 slots.
+func TestWritesPendingBounded(t *testing.T) {
+	e := newEnv(t)
+	if n := e.b.server.Options.Capabilities.MaximumClientWritesPending; n != 16 {
+		t.Fatalf("MaximumClientWritesPending %d, want 16", n)
+	}
+}
