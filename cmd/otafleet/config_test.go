@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/otafleet/otafleet/transport/mqtt"
 )
 
 func TestConfigFileAndFlags(t *testing.T) {
@@ -88,10 +90,27 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
-// TestNoLimitIfZero: a limit flag's 0 reaches the broker as "no limit"
-// (negative), since the broker's 0 means its default.
-func TestNoLimitIfZero(t *testing.T) {
-	if noLimitIfZero(0) >= 0 || noLimitIfZero(0.0) >= 0 || noLimitIfZero(7) != 7 || noLimitIfZero(2.5) != 2.5 {
-		t.Fatal("noLimitIfZero")
+// TestBrokerConfig: the broker gets the flags' limits; a limit flag's 0
+// reaches it as "no limit" (negative), since the broker's 0 means its
+// default.
+func TestBrokerConfig(t *testing.T) {
+	c := defaultServeConfig()
+	bc := c.brokerConfig()
+	if bc.RequireTimestamp || bc.ConnectTimeout != mqtt.DefaultConnectTimeout || bc.MaxConnections != mqtt.DefaultMaxConnections ||
+		bc.MaxConnectionsPerSource != mqtt.DefaultMaxConnectionsPerSource || bc.LoginFailuresPerDevice != mqtt.DefaultLoginFailuresPerDevice ||
+		bc.LoginFailuresPerSource != mqtt.DefaultLoginFailuresPerSource || bc.UplinkRate != mqtt.DefaultUplinkRate || bc.UplinkBurst != mqtt.DefaultUplinkBurst {
+		t.Fatalf("defaults: %+v", bc)
+	}
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	c.flags(fs)
+	if err := fs.Parse([]string{"--mqtt-require-timestamp", "--mqtt-max-connections", "0", "--mqtt-max-connections-per-source", "0",
+		"--mqtt-login-failures-per-device", "0", "--mqtt-login-failures-per-source", "0", "--mqtt-uplink-rate", "0", "--mqtt-uplink-burst", "7",
+		"--mqtt-connect-timeout", "3s"}); err != nil {
+		t.Fatal(err)
+	}
+	bc = c.brokerConfig()
+	if !bc.RequireTimestamp || bc.MaxConnections >= 0 || bc.MaxConnectionsPerSource >= 0 || bc.LoginFailuresPerDevice >= 0 ||
+		bc.LoginFailuresPerSource >= 0 || bc.UplinkRate >= 0 || bc.UplinkBurst != 7 || bc.ConnectTimeout != 3*time.Second {
+		t.Fatalf("from flags: %+v", bc)
 	}
 }

@@ -161,14 +161,9 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 			t.Close()
 			return nil, errors.New("MQTT devices need a package download server: set --download-addr or --download-url")
 		}
-		bc := mqtt.BrokerConfig{
-			Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTSAddr, Credentials: reg, Uplinks: engine,
-			Downloads: mintURL{s: t.dl, base: base}, Metrics: metrics, Clock: clk, Logger: logger,
-			RequireTimestamp: cfg.MQTTRequireTimestamp, ConnectTimeout: cfg.MQTTConnectTimeout,
-			MaxConnections: noLimitIfZero(cfg.MQTTMaxConnections), MaxConnectionsPerSource: noLimitIfZero(cfg.MQTTMaxConnectionsPerSource),
-			LoginFailuresPerDevice: noLimitIfZero(cfg.MQTTLoginFailuresPerDevice), LoginFailuresPerSource: noLimitIfZero(cfg.MQTTLoginFailuresPerSource),
-			UplinkRate: noLimitIfZero(cfg.MQTTUplinkRate), UplinkBurst: cfg.MQTTUplinkBurst,
-		}
+		bc := cfg.brokerConfig()
+		bc.Credentials, bc.Uplinks, bc.Downloads = reg, engine, mintURL{s: t.dl, base: base}
+		bc.Metrics, bc.Clock, bc.Logger = metrics, clk, logger
 		if cfg.MQTTSAddr != "" {
 			bc.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
 		}
@@ -184,6 +179,18 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 		}
 	}
 	return t, nil
+}
+
+// brokerConfig is the embedded broker's listeners and limits from the
+// flags; the caller adds its dependencies.
+func (c serveConfig) brokerConfig() mqtt.BrokerConfig {
+	return mqtt.BrokerConfig{
+		Addr: c.MQTTAddr, TLSAddr: c.MQTTSAddr,
+		RequireTimestamp: c.MQTTRequireTimestamp, ConnectTimeout: c.MQTTConnectTimeout,
+		MaxConnections: noLimitIfZero(c.MQTTMaxConnections), MaxConnectionsPerSource: noLimitIfZero(c.MQTTMaxConnectionsPerSource),
+		LoginFailuresPerDevice: noLimitIfZero(c.MQTTLoginFailuresPerDevice), LoginFailuresPerSource: noLimitIfZero(c.MQTTLoginFailuresPerSource),
+		UplinkRate: noLimitIfZero(c.MQTTUplinkRate), UplinkBurst: c.MQTTUplinkBurst,
+	}
 }
 
 // noLimitIfZero maps a limit flag's 0 ("no limit") to the broker's
