@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -449,5 +451,53 @@ func TestWritesPendingBounded(t *testing.T) {
 	e := newEnv(t)
 	if n := e.b.server.Options.Capabilities.MaximumClientWritesPending; n != 16 {
 		t.Fatalf("MaximumClientWritesPending %d, want 16", n)
+	}
+}
+
+// syncBuffer is a log sink for the broker's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestRefusalsLoggedAtABoundedRate (issue 18 item 5): a run of failed logins
+// writes at most a burst of log lines, all counted in the metric; the next
+// line after a pause says how many were left out.
+func TestRefusalsLoggedAtABoundedRate(t *testing.T) {
+	var out syncBuffer
+	e := newEnvWith(t, func(c *BrokerConfig) {
+		c.LoginFailuresPerDevice, c.LoginFailuresPerSource = -1, -1 // no throttle: every attempt fails on its password
+		c.Logger = slog.New(slog.NewTextHandler(&out, nil))
+	})
+	const attempts = logBurst + 5
+	for range attempts {
+		if _, err := e.connect(t, "d1", "guess", "", 60*time.Second, nil); err == nil {
+			t.Fatal("a wrong password logged in")
+		}
+	}
+	if n := strings.Count(out.String(), "connection refused"); n != logBurst {
+		t.Fatalf("%d failed logins wrote %d lines, want %d", attempts, n, logBurst)
+	}
+	if n := metricValue(t, e.reg, "otafleet_mqtt_logins_refused_total", "password"); n != attempts {
+		t.Fatalf("counted %v, want %d", n, attempts)
+	}
+	e.clk.Advance(time.Second)
+	if _, err := e.connect(t, "d1", "guess", "", 60*time.Second, nil); err == nil {
+		t.Fatal("a wrong password logged in")
+	}
+	if !strings.Contains(out.String(), "suppressed_before=5") {
+		t.Fatalf("the line after the pause does not count the 5 left out:\n%s", out.String()[max(0, len(out.String())-400):])
 	}
 }
