@@ -18,6 +18,7 @@ import (
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/internal/minrate"
+	"github.com/otafleet/otafleet/transport/mqtt"
 )
 
 // serveConfig is everything `otafleet serve` takes: flags, or keys of the same
@@ -46,6 +47,15 @@ type serveConfig struct {
 	// server ("" disables a listener).
 	MQTTAddr  string `yaml:"mqtt-addr" toml:"mqtt-addr"`
 	MQTTSAddr string `yaml:"mqtts-addr" toml:"mqtts-addr"`
+	// What a device may cost the embedded broker (0: no limit).
+	MQTTRequireTimestamp        bool          `yaml:"mqtt-require-timestamp" toml:"mqtt-require-timestamp"`
+	MQTTConnectTimeout          time.Duration `yaml:"mqtt-connect-timeout" toml:"mqtt-connect-timeout"`
+	MQTTMaxConnections          int           `yaml:"mqtt-max-connections" toml:"mqtt-max-connections"`
+	MQTTMaxConnectionsPerSource int           `yaml:"mqtt-max-connections-per-source" toml:"mqtt-max-connections-per-source"`
+	MQTTLoginFailuresPerDevice  int           `yaml:"mqtt-login-failures-per-device" toml:"mqtt-login-failures-per-device"`
+	MQTTLoginFailuresPerSource  int           `yaml:"mqtt-login-failures-per-source" toml:"mqtt-login-failures-per-source"`
+	MQTTUplinkRate              float64       `yaml:"mqtt-uplink-rate" toml:"mqtt-uplink-rate"`
+	MQTTUplinkBurst             int           `yaml:"mqtt-uplink-burst" toml:"mqtt-uplink-burst"`
 	// External broker mode.
 	MQTTBroker        string        `yaml:"mqtt-broker" toml:"mqtt-broker"`
 	MQTTClientID      string        `yaml:"mqtt-client-id" toml:"mqtt-client-id"`
@@ -120,6 +130,14 @@ func defaultServeConfig() serveConfig {
 		SimulateProtocol:     "fota",
 		SimulateCells:        10,
 		SimulateDelay:        50 * time.Millisecond,
+
+		MQTTConnectTimeout:          mqtt.DefaultConnectTimeout,
+		MQTTMaxConnections:          mqtt.DefaultMaxConnections,
+		MQTTMaxConnectionsPerSource: mqtt.DefaultMaxConnectionsPerSource,
+		MQTTLoginFailuresPerDevice:  mqtt.DefaultLoginFailuresPerDevice,
+		MQTTLoginFailuresPerSource:  mqtt.DefaultLoginFailuresPerSource,
+		MQTTUplinkRate:              mqtt.DefaultUplinkRate,
+		MQTTUplinkBurst:             mqtt.DefaultUplinkBurst,
 	}
 }
 
@@ -141,6 +159,14 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "T11: download token lifetime (used by the download server)")
 	fs.StringVar(&c.MQTTAddr, "mqtt-addr", c.MQTTAddr, "embedded MQTT broker, plain (IoTDA devices use plain MQTT only on a port containing 1883); \"\" turns it off")
 	fs.StringVar(&c.MQTTSAddr, "mqtts-addr", c.MQTTSAddr, "embedded MQTT broker over TLS (e.g. 127.0.0.1:8883), with the --tls-cert certificate; \"\" (default) turns it off")
+	fs.BoolVar(&c.MQTTRequireTimestamp, "mqtt-require-timestamp", c.MQTTRequireTimestamp, "embedded broker: accept only sign type 1 client IDs (the timestamp is checked, so a captured password expires); sign type 0 is refused as a bad client ID")
+	fs.DurationVar(&c.MQTTConnectTimeout, "mqtt-connect-timeout", c.MQTTConnectTimeout, "embedded broker: a new connection must send its CONNECT (at most 4 KiB) within this")
+	fs.IntVar(&c.MQTTMaxConnections, "mqtt-max-connections", c.MQTTMaxConnections, "embedded broker: most open connections in all (0: no limit)")
+	fs.IntVar(&c.MQTTMaxConnectionsPerSource, "mqtt-max-connections-per-source", c.MQTTMaxConnectionsPerSource, "embedded broker: most open connections from one IP address; devices behind a carrier NAT share one (0: no limit)")
+	fs.IntVar(&c.MQTTLoginFailuresPerDevice, "mqtt-login-failures-per-device", c.MQTTLoginFailuresPerDevice, "embedded broker: failed logins of one device allowed per minute; beyond them its logins are refused (0x05) unchecked (0: no limit)")
+	fs.IntVar(&c.MQTTLoginFailuresPerSource, "mqtt-login-failures-per-source", c.MQTTLoginFailuresPerSource, "embedded broker: failed logins from one IP address allowed per minute; beyond them its logins are refused (0x05) unchecked (0: no limit)")
+	fs.Float64Var(&c.MQTTUplinkRate, "mqtt-uplink-rate", c.MQTTUplinkRate, "embedded broker: reports a second each device may publish, beyond --mqtt-uplink-burst; one beyond is refused, not acknowledged (0: no limit)")
+	fs.IntVar(&c.MQTTUplinkBurst, "mqtt-uplink-burst", c.MQTTUplinkBurst, "embedded broker: reports a device may publish at once before --mqtt-uplink-rate applies")
 	fs.StringVar(&c.MQTTBroker, "mqtt-broker", c.MQTTBroker, "use this external MQTT 3.1.1 broker (tcp://[user:pass@]host:port or ssl://...) instead of the embedded one; see the README for its required settings")
 	fs.StringVar(&c.MQTTClientID, "mqtt-client-id", c.MQTTClientID, "with --mqtt-broker: the client ID of otafleet's persistent session")
 	fs.DurationVar(&c.MQTTProbeInterval, "mqtt-probe-interval", c.MQTTProbeInterval, "with --mqtt-broker: how often a device a job waits for is sent version_query again")
@@ -228,6 +254,13 @@ func (c serveConfig) validate() error {
 	}
 	if c.MQTTBroker != "" && (c.MQTTClientID == "" || c.MQTTProbeInterval <= 0) {
 		return errors.New("--mqtt-broker needs a --mqtt-client-id and a positive --mqtt-probe-interval")
+	}
+	if c.MQTTConnectTimeout <= 0 || c.MQTTUplinkBurst < 1 {
+		return errors.New("--mqtt-connect-timeout must be positive and --mqtt-uplink-burst at least 1")
+	}
+	if c.MQTTMaxConnections < 0 || c.MQTTMaxConnectionsPerSource < 0 || c.MQTTLoginFailuresPerDevice < 0 ||
+		c.MQTTLoginFailuresPerSource < 0 || c.MQTTUplinkRate < 0 {
+		return errors.New("--mqtt-max-connections, --mqtt-max-connections-per-source, --mqtt-login-failures-per-device, --mqtt-login-failures-per-source and --mqtt-uplink-rate must not be negative (0: no limit)")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")

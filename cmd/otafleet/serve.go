@@ -125,7 +125,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		defer sim.Close()
 		route.sim = sim.tr
 	}
-	devs, err := newDeviceTransports(cfg, store, engine, clk, logger)
+	devs, err := newDeviceTransports(cfg, store, engine, reg, clk, logger)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/netutil"
 
 	"github.com/otafleet/otafleet/actors"
@@ -61,7 +62,7 @@ func (t *deviceTransports) start() error {
 // newDeviceTransports opens the listeners of --mqtt-addr, --mqtts-addr and
 // --download-addr (each "" is off); start serves them. The engine receives
 // what devices send. Close stops them.
-func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
+func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
 	t := &deviceTransports{addrs: map[string]string{}}
 	var cert *tls.Certificate
 	needCert := (cfg.DownloadAddr != "" && cfg.DownloadTLS) || cfg.MQTTSAddr != ""
@@ -162,10 +163,9 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 			t.Close()
 			return nil, errors.New("MQTT devices need a package download server: set --download-addr or --download-url")
 		}
-		bc := mqtt.BrokerConfig{
-			Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTSAddr, Credentials: reg, Uplinks: engine,
-			Downloads: mintURL{s: t.dl, base: base}, Clock: clk, Logger: logger,
-		}
+		bc := cfg.brokerConfig()
+		bc.Credentials, bc.Uplinks, bc.Downloads = reg, engine, mintURL{s: t.dl, base: base}
+		bc.Metrics, bc.Clock, bc.Logger = metrics, clk, logger
 		if cfg.MQTTSAddr != "" {
 			bc.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
 		}
@@ -181,6 +181,27 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 		}
 	}
 	return t, nil
+}
+
+// brokerConfig is the embedded broker's listeners and limits from the
+// flags; the caller adds its dependencies.
+func (c serveConfig) brokerConfig() mqtt.BrokerConfig {
+	return mqtt.BrokerConfig{
+		Addr: c.MQTTAddr, TLSAddr: c.MQTTSAddr,
+		RequireTimestamp: c.MQTTRequireTimestamp, ConnectTimeout: c.MQTTConnectTimeout,
+		MaxConnections: noLimitIfZero(c.MQTTMaxConnections), MaxConnectionsPerSource: noLimitIfZero(c.MQTTMaxConnectionsPerSource),
+		LoginFailuresPerDevice: noLimitIfZero(c.MQTTLoginFailuresPerDevice), LoginFailuresPerSource: noLimitIfZero(c.MQTTLoginFailuresPerSource),
+		UplinkRate: noLimitIfZero(c.MQTTUplinkRate), UplinkBurst: c.MQTTUplinkBurst,
+	}
+}
+
+// noLimitIfZero maps a limit flag's 0 ("no limit") to the broker's
+// negative, since the broker's 0 means its default.
+func noLimitIfZero[N int | float64](n N) N {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // loadCert is --tls-cert/--tls-key, or a self-signed certificate kept in the

@@ -41,7 +41,7 @@ func (g *gateUplinks) Deliver(ctx context.Context, _ string, in *messages.Device
 // fix a report the engine refused was acknowledged all the same.
 func TestPubackOnlyOnceJournaled(t *testing.T) {
 	g := newGateUplinks()
-	e := newEnvWith(t, g)
+	e := newEnvUplinks(t, g)
 	cl, err := e.connect(t, "d1", "secret-1", "", 120*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -7,12 +7,16 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
@@ -47,21 +51,102 @@ type BrokerConfig struct {
 	// TimestampSkew is how far a sign-type-1 client ID's hour may be from
 	// the clock; 0 means one hour.
 	TimestampSkew time.Duration
-	Clock         clock.Clock  // nil: clock.Real()
-	Logger        *slog.Logger // nil: discard
+	// RequireTimestamp refuses sign type 0 client IDs (no timestamp check,
+	// so a captured password works forever) as malformed ones (0x02).
+	RequireTimestamp bool
+
+	// ConnectTimeout bounds the time from accept to a complete CONNECT; 0
+	// means DefaultConnectTimeout. A first packet that is not a CONNECT of
+	// at most MaxConnectSize bytes closes the connection.
+	ConnectTimeout time.Duration
+	// MaxConnections and MaxConnectionsPerSource bound the open connections
+	// of all listeners together, and of one source address: a connection
+	// beyond them is closed at once. 0 means DefaultMaxConnections and
+	// DefaultMaxConnectionsPerSource; negative, no limit.
+	MaxConnections          int
+	MaxConnectionsPerSource int
+	// LoginFailuresPerDevice and LoginFailuresPerSource are the failed
+	// logins (wrong password, timestamp or user name, unknown device)
+	// allowed at once before further logins of that device, or from that
+	// address, are refused unchecked (0x05); the allowance refills over
+	// LoginFailureWindow. 0 means the defaults; negative, no throttle.
+	LoginFailuresPerDevice int
+	LoginFailuresPerSource int
+	// UplinkRate (publishes a second) and UplinkBurst are each connected
+	// device's token bucket for publishes on its up topic; a publish beyond
+	// it is neither acknowledged nor handed to the engine. 0 means
+	// DefaultUplinkRate and DefaultUplinkBurst; a negative rate, no limit.
+	UplinkRate  float64
+	UplinkBurst int
+
+	Metrics prometheus.Registerer // nil: a private registry
+	Clock   clock.Clock           // nil: clock.Real()
+	Logger  *slog.Logger          // nil: discard
+}
+
+// Defaults of the per-device uplink bucket: IoTDA allows a device 50
+// messages a second; an OTA device sends a handful per upgrade.
+const (
+	DefaultUplinkRate  = 5
+	DefaultUplinkBurst = 20
+)
+
+// withDefaults fills the zero fields of c.
+func (c BrokerConfig) withDefaults() BrokerConfig {
+	if c.Clock == nil {
+		c.Clock = clock.Real()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.TimestampSkew == 0 {
+		c.TimestampSkew = time.Hour
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxConnectionsPerSource == 0 {
+		c.MaxConnectionsPerSource = DefaultMaxConnectionsPerSource
+	}
+	if c.LoginFailuresPerDevice == 0 {
+		c.LoginFailuresPerDevice = DefaultLoginFailuresPerDevice
+	}
+	if c.LoginFailuresPerSource == 0 {
+		c.LoginFailuresPerSource = DefaultLoginFailuresPerSource
+	}
+	if c.UplinkRate == 0 {
+		c.UplinkRate = DefaultUplinkRate
+	}
+	if c.UplinkBurst <= 0 {
+		c.UplinkBurst = DefaultUplinkBurst
+	}
+	return c
 }
 
 // Broker is the embedded MQTT broker (mochi-mqtt) with IoTDA device login,
 // a per-device topic ACL, implicit subscription to the down topic, presence,
 // and uplinks taken in process. It implements transport.Downlinks.
 type Broker struct {
-	cfg    BrokerConfig
-	server *mqtt.Server
-	log    *slog.Logger
-	addrs  map[string]string
+	cfg      BrokerConfig
+	server   *mqtt.Server
+	log      *slog.Logger
+	refusals *limitedLog // lines about refused devices, at a bounded rate
+	metrics  *brokerMetrics
+	throttle *loginThrottle
+	limits   *connLimits
+	addrs    map[string]string
 
 	mu       sync.Mutex
-	sessions map[string]map[*mqtt.Client]bool // device ID → its connections
+	sessions map[string]*session // device ID → its connections
+}
+
+// session is what the broker keeps of a connected device.
+type session struct {
+	conns   map[*mqtt.Client]bool
+	uplinks *rate.Limiter // nil: no limit
 }
 
 var _ transport.Downlinks = (*Broker)(nil)
@@ -71,14 +156,10 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 	if cfg.Credentials == nil || cfg.Uplinks == nil || cfg.Downloads == nil {
 		return nil, errors.New("mqtt: BrokerConfig needs Credentials, Uplinks and Downloads")
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = clock.Real()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.TimestampSkew == 0 {
-		cfg.TimestampSkew = time.Hour
+	cfg = cfg.withDefaults()
+	m, err := newBrokerMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt: registering metrics: %w", err)
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumQos = 1         // spec 2.1: no QoS 2
@@ -87,12 +168,17 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 	caps.WildcardSubAvailable = 0
 	caps.MaximumPacketSize = iotda.MaxPayload + 64<<10
 	caps.MaximumSessionExpiryInterval = 0 // sessions end with the connection
-	caps.MaximumClients = math.MaxInt64
+	caps.MaximumClients = math.MaxInt64   // limitListener bounds connections, before they cost anything
+	caps.MaximumClientWritesPending = maxWritesPending
 	b := &Broker{
 		cfg:      cfg,
 		log:      cfg.Logger,
+		refusals: newLimitedLog(cfg.Logger, cfg.Clock),
+		metrics:  m,
+		throttle: newLoginThrottle(cfg.LoginFailuresPerDevice, cfg.LoginFailuresPerSource),
+		limits:   &connLimits{max: cfg.MaxConnections, perSource: cfg.MaxConnectionsPerSource, bySource: map[netip.Addr]int{}},
 		addrs:    map[string]string{},
-		sessions: map[string]map[*mqtt.Client]bool{},
+		sessions: map[string]*session{},
 	}
 	b.server = mqtt.New(&mqtt.Options{
 		InlineClient: true,
@@ -103,11 +189,15 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 		return nil, err
 	}
 	add := func(id, addr string, tc *tls.Config) error {
-		l := listeners.NewTCP(listeners.Config{ID: id, Address: addr, TLSConfig: tc})
-		if err := b.server.AddListener(l); err != nil {
+		lis, err := b.listen(addr, tc)
+		if err != nil {
 			return fmt.Errorf("mqtt: listening on %s: %w", addr, err)
 		}
-		b.addrs[id] = l.Address()
+		if err := b.server.AddListener(listeners.NewNet(id, lis)); err != nil {
+			lis.Close()
+			return fmt.Errorf("mqtt: listening on %s: %w", addr, err)
+		}
+		b.addrs[id] = lis.Addr().String()
 		return nil
 	}
 	if cfg.Addr != "" {
@@ -123,6 +213,28 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 		}
 	}
 	return b, nil
+}
+
+// listen opens a listener that bounds what a connection costs before its
+// login: the connection limits on the raw sockets, then TLS, then the
+// CONNECT deadline and size on the (decrypted) first packet.
+func (b *Broker) listen(addr string, tc *tls.Config) (net.Listener, error) {
+	raw, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	var lis net.Listener = &limitListener{Listener: raw, limits: b.limits, refused: b.connectionRefused,
+		failed: func(err error) { b.refusals.Info("mqtt: accepting a connection; retrying", "error", err) }}
+	if tc != nil {
+		lis = tls.NewListener(lis, tc)
+	}
+	return &loginListener{Listener: lis, timeout: b.cfg.ConnectTimeout, maxFirst: MaxConnectSize, refused: b.connectionRefused}, nil
+}
+
+// connectionRefused counts and logs a connection closed before its login.
+func (b *Broker) connectionRefused(reason string, remote net.Addr) {
+	b.metrics.connections.WithLabelValues(reason).Inc()
+	b.refusals.Info("mqtt: connection closed before login", "reason", reason, "remote", remote.String())
 }
 
 // Addr returns the address a listener ("mqtt" or "mqtts") is bound to; "" if
@@ -232,45 +344,108 @@ func (h *hook) Provides(b byte) bool {
 	return false
 }
 
-// OnConnect logs a device in, answering refusals with IoTDA's CONNACK
-// codes (spec 2.1): a malformed client ID or a keep-alive outside 30–1200 s
-// gets 0x02 (identifier rejected); a wrong username, timestamp or password,
-// or an unknown device, gets 0x04 (bad user name or password). MQTT 5
-// clients get the matching reason codes 0x85 and 0x86. (mochi's own
-// authentication path would answer 0x05 to MQTT 3.1.1 clients.)
+// refusal is why a login is refused: the CONNACK code (MQTT 5; see
+// connackCode for 3.1.1), the metric's reason and a log text.
+type refusal struct {
+	code   packets.Code
+	reason string
+	why    string
+}
+
+// checkConnect decides what can be decided of a login from the CONNECT
+// alone, in IoTDA's order (spec 2.1): a will message is refused (0x05: IoTDA
+// devices never set one, and mochi would publish it unchecked by the ACL);
+// a malformed client ID, sign type 0 when requireTimestamp is set, or a
+// keep-alive outside 30–1200 s gets 0x02; a user name other than the
+// client ID's device, or a sign-type-1 timestamp too far from now, gets
+// 0x04. The device's password is checked afterwards (OnConnect).
+func checkConnect(pk packets.Packet, now time.Time, skew time.Duration, requireTimestamp bool) (iotda.ClientID, *refusal) {
+	if pk.Connect.WillFlag {
+		return iotda.ClientID{}, &refusal{packets.ErrNotAuthorized, loginWill, "a will message (not supported)"}
+	}
+	c, err := iotda.ParseClientID(pk.Connect.ClientIdentifier)
+	if err != nil {
+		return c, &refusal{packets.ErrClientIdentifierNotValid, loginClientID, err.Error()}
+	}
+	if requireTimestamp && c.SignType != iotda.SignTimestampCheck {
+		return c, &refusal{packets.ErrClientIdentifierNotValid, loginSignType, "sign type 0 (no timestamp check) is refused"}
+	}
+	if ka := pk.Connect.Keepalive; ka < iotda.MinKeepAlive || ka > iotda.MaxKeepAlive {
+		return c, &refusal{packets.ErrClientIdentifierNotValid, loginKeepAlive, fmt.Sprintf("keep-alive %d s out of range", ka)}
+	}
+	if string(pk.Connect.Username) != c.DeviceID {
+		return c, &refusal{packets.ErrBadUsernameOrPassword, loginUsername, "username is not the client ID's device ID"}
+	}
+	if err := iotda.CheckTimestamp(c, now, skew); err != nil {
+		return c, &refusal{packets.ErrBadUsernameOrPassword, loginTimestamp, err.Error()}
+	}
+	return c, nil
+}
+
+// connackCode is the CONNACK code of a refusal for a client of protocol
+// version v: MQTT 3.1.1 has 0x02 (identifier rejected), 0x04 (bad user name
+// or password) and 0x05 (not authorized) where MQTT 5 has 0x85, 0x86, 0x87.
+// (mochi's own mapping would answer 0x05 to a bad password.)
+func connackCode(code packets.Code, v byte) packets.Code {
+	if v >= 5 {
+		return code
+	}
+	switch code {
+	case packets.ErrBadUsernameOrPassword:
+		return packets.ErrMalformedUsernameOrPassword // 0x04
+	case packets.ErrNotAuthorized:
+		return packets.Err3NotAuthorized // 0x05
+	case packets.ErrClientIdentifierNotValid:
+		return packets.Err3ClientIdentifierNotValid // 0x02
+	}
+	return code
+}
+
+// OnConnect logs a device in (checkConnect, then its password), answering
+// refusals with IoTDA's CONNACK codes. A login refused for its credentials
+// (user name, timestamp, unknown device, password) counts against its
+// source address, and against the device when it exists; once either has
+// used up its allowance (loginThrottle), logins are refused with 0x05
+// before the password is checked.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
-	refuse := func(code packets.Code, why string, args ...any) error {
-		h.b.log.Info("mqtt: connection refused", append([]any{"client_id", pk.Connect.ClientIdentifier, "reason", why}, args...)...)
-		if code == packets.ErrBadUsernameOrPassword && cl.Properties.ProtocolVersion < 5 {
-			code = packets.ErrMalformedUsernameOrPassword // 0x04 in MQTT 3.1.1
-		}
+	src := sourceOf(cl.Net.Conn.RemoteAddr())
+	now := h.b.cfg.Clock.Now()
+	refuse := func(r *refusal, device string) error {
+		h.b.metrics.logins.WithLabelValues(r.reason).Inc()
+		h.b.refusals.Info("mqtt: connection refused", "client_id", clip(pk.Connect.ClientIdentifier), "device", clip(device),
+			"remote", src.String(), "reason", r.why)
+		code := connackCode(r.code, cl.Properties.ProtocolVersion)
 		if err := h.b.server.SendConnack(cl, code, false, nil); err != nil {
 			return err
 		}
 		return code
 	}
-	c, err := iotda.ParseClientID(pk.Connect.ClientIdentifier)
-	if err != nil {
-		return refuse(packets.ErrClientIdentifierNotValid, err.Error())
+	c, r := checkConnect(pk, now, h.b.cfg.TimestampSkew, h.b.cfg.RequireTimestamp)
+	if r != nil && r.code != packets.ErrBadUsernameOrPassword {
+		return refuse(r, c.DeviceID)
 	}
-	if ka := pk.Connect.Keepalive; ka < iotda.MinKeepAlive || ka > iotda.MaxKeepAlive {
-		return refuse(packets.ErrClientIdentifierNotValid, "keep-alive out of range", "keep_alive", ka, "device", c.DeviceID)
+	if h.b.throttle.blocked(c.DeviceID, src, now) {
+		return refuse(&refusal{packets.ErrNotAuthorized, loginThrottled, "too many failed logins of the device or from its address"}, c.DeviceID)
 	}
-	if string(pk.Connect.Username) != c.DeviceID {
-		return refuse(packets.ErrBadUsernameOrPassword, "username is not the client ID's device ID", "device", c.DeviceID)
-	}
-	if err := iotda.CheckTimestamp(c, h.b.cfg.Clock.Now(), h.b.cfg.TimestampSkew); err != nil {
-		return refuse(packets.ErrBadUsernameOrPassword, err.Error(), "device", c.DeviceID)
+	fail := func(r *refusal, known bool) error {
+		device := ""
+		if known {
+			device = c.DeviceID
+		}
+		h.b.throttle.failed(device, src, now)
+		return refuse(r, c.DeviceID)
 	}
 	creds, err := h.b.cfg.Credentials.DeviceCredentials(context.Background(), c.DeviceID)
-	if err != nil {
-		return refuse(packets.ErrBadUsernameOrPassword, fmt.Sprintf("device: %v", err), "device", c.DeviceID)
-	}
-	if creds.Secret == "" {
-		return refuse(packets.ErrBadUsernameOrPassword, "the device has no secret", "device", c.DeviceID)
-	}
-	if !iotda.CheckPassword(creds.Secret, c.Timestamp, pk.Connect.Password) {
-		return refuse(packets.ErrBadUsernameOrPassword, "wrong password", "device", c.DeviceID)
+	known := err == nil
+	switch {
+	case r != nil:
+		return fail(r, known)
+	case !known:
+		return fail(&refusal{packets.ErrBadUsernameOrPassword, loginUnknown, fmt.Sprintf("device: %v", err)}, false)
+	case creds.Secret == "":
+		return fail(&refusal{packets.ErrBadUsernameOrPassword, loginNoSecret, "the device has no secret"}, true)
+	case !iotda.CheckPassword(creds.Secret, c.Timestamp, pk.Connect.Password):
+		return fail(&refusal{packets.ErrBadUsernameOrPassword, loginPassword, "wrong password"}, true)
 	}
 	return nil
 }
@@ -283,13 +458,18 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool { 
 // at login).
 func deviceOf(cl *mqtt.Client) string { return string(cl.Properties.Username) }
 
-// OnACLCheck lets a device publish and subscribe only under its own
-// $oc/devices/{device_id}/ topics.
-func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+// ownTopic reports whether device may publish or subscribe on topic: only
+// its own $oc/devices/{device_id}/ topics.
+func ownTopic(device, topic string) bool {
 	id, _, ok := iotda.ParseTopic(topic)
-	allowed := ok && id == deviceOf(cl)
+	return ok && id == device
+}
+
+// OnACLCheck applies ownTopic.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	allowed := ownTopic(deviceOf(cl), topic)
 	if !allowed {
-		h.b.log.Info("mqtt: topic refused", "device", deviceOf(cl), "topic", topic, "publish", write)
+		h.b.refusals.Info("mqtt: topic refused", "device", deviceOf(cl), "topic", clip(topic), "publish", write)
 	}
 	return allowed
 }
@@ -302,7 +482,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // otafleet accepts several with different client IDs (the sign type 0 and 1
 // forms, or another hour), so that a debugging client such as mosquitto_sub
 // can listen beside the device: each gets the downlinks, and the device is
-// online while any of them is connected.
+// online while any of them is connected. They share the device's uplink
+// bucket.
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	id := deviceOf(cl)
 	sub := packets.Subscription{Filter: iotda.DownTopic(id), Qos: 1}
@@ -310,10 +491,15 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	cl.State.Subscriptions.Add(sub.Filter, sub)
 
 	h.b.mu.Lock()
-	if h.b.sessions[id] == nil {
-		h.b.sessions[id] = map[*mqtt.Client]bool{}
+	s := h.b.sessions[id]
+	if s == nil {
+		s = &session{conns: map[*mqtt.Client]bool{}}
+		if h.b.cfg.UplinkRate > 0 {
+			s.uplinks = rate.NewLimiter(rate.Limit(h.b.cfg.UplinkRate), h.b.cfg.UplinkBurst)
+		}
+		h.b.sessions[id] = s
 	}
-	h.b.sessions[id][cl] = true
+	s.conns[cl] = true
 	h.b.mu.Unlock()
 	h.b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{}}})
 }
@@ -325,13 +511,13 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return
 	}
 	h.b.mu.Lock()
-	conns := h.b.sessions[id]
-	if !conns[cl] {
+	s := h.b.sessions[id]
+	if s == nil || !s.conns[cl] {
 		h.b.mu.Unlock()
 		return // refused at login, or already counted
 	}
-	delete(conns, cl)
-	last := len(conns) == 0
+	delete(s.conns, cl)
+	last := len(s.conns) == 0
 	if last {
 		delete(h.b.sessions, id)
 	}
@@ -341,11 +527,23 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 }
 
+// allowUplink takes a token from the device's uplink bucket.
+func (b *Broker) allowUplink(id string) bool {
+	b.mu.Lock()
+	s := b.sessions[id]
+	b.mu.Unlock()
+	return s == nil || s.uplinks == nil || s.uplinks.AllowN(b.cfg.Clock.Now(), 1)
+}
+
 // OnPublish takes a device's uplink in process (no subscriber queue that
 // could drop it), decodes it and hands it to the engine, which journals it
 // before the broker acknowledges it: when the engine cannot (its journal
 // failed, it is stopping), the publish is rejected and gets no PUBACK.
-// Uplinks go to no other subscriber.
+// Uplinks go to no other subscriber, and none is retained. A publish beyond
+// the device's uplink bucket is rejected too: mochi then neither acknowledges
+// nor forwards it, so the device sends it again later. A malformed one (or
+// one of too many services) is acknowledged and dropped: sending it again
+// would not help.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil // the platform's own downlinks
@@ -355,9 +553,20 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		h.b.log.Debug("mqtt: publish on another topic ignored", "device", id, "topic", pk.TopicName)
 		return pk, packets.CodeSuccessIgnore
 	}
+	if !h.b.allowUplink(id) {
+		h.b.metrics.uplinks.WithLabelValues(uplinkRateLimited).Inc()
+		h.b.refusals.Info("mqtt: uplink refused, not acknowledged: the device publishes too fast", "device", id,
+			"rate", h.b.cfg.UplinkRate, "burst", h.b.cfg.UplinkBurst)
+		return pk, packets.ErrRejectPacket
+	}
 	up, err := iotda.DecodeUplink(id, pk.Payload)
 	if err != nil {
-		h.b.log.Warn("mqtt: malformed uplink ignored", "device", id, "error", err, "bytes", len(pk.Payload))
+		reason := uplinkMalformed
+		if errors.Is(err, iotda.ErrTooManyServices) {
+			reason = uplinkTooManyServices
+		}
+		h.b.metrics.uplinks.WithLabelValues(reason).Inc()
+		h.b.refusals.Info("mqtt: malformed uplink ignored", "device", id, "error", clip(err.Error()), "bytes", len(pk.Payload))
 		return pk, packets.CodeSuccessIgnore
 	}
 	for _, ig := range up.Ignored {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/prototext"
 
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
@@ -69,18 +70,27 @@ type env struct {
 	b   *Broker
 	rec *recorder
 	clk *clocktest.Clock
+	reg *prometheus.Registry
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, nil) }
+
+// newEnvWith is newEnv with the broker's configuration changed by set.
+func newEnvWith(t *testing.T, set func(*BrokerConfig)) *env {
 	t.Helper()
 	rec := newRecorder()
-	e := newEnvWith(t, rec)
+	e := newEnvFull(t, rec, set)
 	e.rec = rec
 	return e
 }
 
-// newEnvWith is newEnv with the engine's side played by up (env.rec is nil).
-func newEnvWith(t *testing.T, up transport.Uplinks) *env {
+// newEnvUplinks is newEnv with the engine's side played by up (env.rec is nil).
+func newEnvUplinks(t *testing.T, up transport.Uplinks) *env {
+	t.Helper()
+	return newEnvFull(t, up, nil)
+}
+
+func newEnvFull(t *testing.T, up transport.Uplinks, set func(*BrokerConfig)) *env {
 	t.Helper()
 	ctx := context.Background()
 	st := memstore.New()
@@ -93,7 +103,12 @@ func newEnvWith(t *testing.T, up transport.Uplinks) *env {
 		t.Fatal(err)
 	}
 	clk := clocktest.New(epoch)
-	b, err := NewBroker(BrokerConfig{Addr: "127.0.0.1:0", Credentials: st, Uplinks: up, Downloads: fakeDownloads{}, Clock: clk})
+	reg := prometheus.NewRegistry()
+	cfg := BrokerConfig{Addr: "127.0.0.1:0", Credentials: st, Uplinks: up, Downloads: fakeDownloads{}, Clock: clk, Metrics: reg}
+	if set != nil {
+		set(&cfg)
+	}
+	b, err := NewBroker(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +116,7 @@ func newEnvWith(t *testing.T, up transport.Uplinks) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return &env{b: b, clk: clk}
+	return &env{b: b, clk: clk, reg: reg}
 }
 
 // connect logs a paho client in; clientID "" means the device's proper one.

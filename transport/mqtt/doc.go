@@ -5,4 +5,11 @@
 // reports presence from the connection, takes uplinks in process through a
 // broker hook so none can be dropped by a subscriber queue, and publishes the
 // engine's downlinks. The wire format lives in the pure subpackage iotda.
+//
+// Devices are treated as adversaries: a connection must send a small CONNECT
+// (at most MaxConnectSize bytes) soon after it opens, connections are
+// limited in total and per source address, a CONNECT with a will message is
+// refused, failed logins are throttled per device and per source address,
+// and each connected device's uplinks pass a token bucket; refusals are
+// counted in Prometheus metrics and logged at a bounded rate.
 package mqtt

@@ -325,3 +325,33 @@ func TestExternalAcksOnlyJournaled(t *testing.T) {
 		t.Fatal("the report the engine could not journal was acknowledged and is lost")
 	}
 }
+
+// TestExternalServiceCap (issue 18 item 7): the adapter to an external
+// broker refuses an uplink of more than iotda.MaxServices services whole,
+// as the embedded broker does.
+func TestExternalServiceCap(t *testing.T) {
+	url := startMosquitto(t)
+	log := &uplinkLog{}
+	e, err := mqtt.NewExternal(context.Background(), mqtt.ExternalConfig{Broker: url, ClientID: "otafleet-cap", Uplinks: log, Downloads: mint{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	flood, after := "flood", "after"
+	one := string(iotda.EncodeVersionReport("c1", &flood, nil, at))
+	svc := one[strings.Index(one, "[")+1 : strings.LastIndex(one, "]")]
+	payload := []byte(`{"services":[` + strings.TrimSuffix(strings.Repeat(svc+",", iotda.MaxServices+1), ",") + `]}`)
+	if err := publishRaw(url, "c1-raw", iotda.UpTopic("c1"), payload); err != nil {
+		t.Fatal(err)
+	}
+	if err := publishRaw(url, "c1-raw", iotda.UpTopic("c1"), iotda.EncodeVersionReport("c1", &after, nil, at)); err != nil {
+		t.Fatal(err)
+	}
+	// The adapter takes messages in order: once the second is in, the
+	// first was handled.
+	waitFor(t, "the report after the flood", 10*time.Second, func() bool { return log.has(`fw_version:"after"`) })
+	if log.has(`"flood"`) {
+		t.Fatal("an uplink of too many services reached the engine")
+	}
+}

@@ -46,6 +46,12 @@ const (
 // MaxPayload is the largest publish IoTDA accepts (spec 2.1).
 const MaxPayload = 1 << 20
 
+// MaxServices is the most services one uplink may carry. A device reports
+// one or two events at a time; a payload with more is refused whole, before
+// any of its services is decoded, so a flood of events in one publish costs
+// the engine nothing.
+const MaxServices = 32
+
 // Keep-alive bounds of a device connection in seconds (spec 2.1).
 const (
 	MinKeepAlive = 30
@@ -195,6 +201,13 @@ type envelope struct {
 	Services       []service `json:"services"`
 }
 
+// rawEnvelope is an uplink envelope whose services are counted before any
+// is decoded.
+type rawEnvelope struct {
+	ObjectDeviceID string            `json:"object_device_id,omitempty"`
+	Services       []json.RawMessage `json:"services"`
+}
+
 type service struct {
 	ServiceID string          `json:"service_id"`
 	EventType string          `json:"event_type"`
@@ -202,9 +215,10 @@ type service struct {
 	Paras     json.RawMessage `json:"paras,omitempty"`
 }
 
-// Errors of the decoders.
+// Errors of the decoders. ErrTooManyServices is also an ErrMalformed.
 var (
-	ErrMalformed = errors.New("iotda: malformed event")
+	ErrMalformed       = errors.New("iotda: malformed event")
+	ErrTooManyServices = fmt.Errorf("%w: too many services", ErrMalformed)
 )
 
 // Uplink is a decoded device publish: the inputs for the device's actor, in
@@ -235,11 +249,12 @@ const maxVersion = 256
 // (object_device_id: gateway mode is not supported) or an $ota event with
 // invalid paras fails with ErrMalformed; the other events still count only
 // when the whole payload is valid, so a device report is used all or nothing.
+// A payload with more than MaxServices services fails with ErrTooManyServices.
 func DecodeUplink(deviceID string, payload []byte) (Uplink, error) {
 	if len(payload) > MaxPayload {
 		return Uplink{}, fmt.Errorf("%w: %d bytes, at most %d", ErrMalformed, len(payload), MaxPayload)
 	}
-	var env envelope
+	var env rawEnvelope
 	if err := json.Unmarshal(payload, &env); err != nil {
 		return Uplink{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
@@ -250,8 +265,15 @@ func DecodeUplink(deviceID string, payload []byte) (Uplink, error) {
 	if len(env.Services) == 0 {
 		return Uplink{}, fmt.Errorf("%w: no services", ErrMalformed)
 	}
+	if len(env.Services) > MaxServices {
+		return Uplink{}, fmt.Errorf("%w: %d, at most %d", ErrTooManyServices, len(env.Services), MaxServices)
+	}
 	var out Uplink
-	for i, s := range env.Services {
+	for i, raw := range env.Services {
+		var s service
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return Uplink{}, fmt.Errorf("%w: services[%d]: %v", ErrMalformed, i, err)
+		}
 		if s.ServiceID != ServiceOTA {
 			out.Ignored = append(out.Ignored, fmt.Sprintf("service %q event %q", s.ServiceID, s.EventType))
 			continue

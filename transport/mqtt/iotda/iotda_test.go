@@ -179,3 +179,30 @@ func TestEncodeAndDecodeDownlink(t *testing.T) {
 		t.Error("upgrade without paras decoded")
 	}
 }
+
+// TestDecodeUplinkServiceCap: an uplink with MaxServices services is
+// decoded; one more, or the 12,600 services of a 1 MiB publish, refuses the
+// whole message with ErrTooManyServices.
+func TestDecodeUplinkServiceCap(t *testing.T) {
+	now := time.Date(2026, 11, 23, 16, 0, 0, 0, time.UTC)
+	fw := "1.0"
+	one := string(EncodeVersionReport("d1", &fw, nil, now))
+	svc := one[strings.Index(one, `[`)+1 : strings.LastIndex(one, `]`)]
+	payload := func(n int) []byte {
+		return []byte(`{"services":[` + strings.TrimSuffix(strings.Repeat(svc+",", n), ",") + `]}`)
+	}
+	u, err := DecodeUplink("d1", payload(MaxServices))
+	if err != nil || len(u.Inputs) != MaxServices {
+		t.Fatalf("%d services: %d inputs, %v", MaxServices, len(u.Inputs), err)
+	}
+	for _, n := range []int{MaxServices + 1, 12600} {
+		p := payload(n)
+		if len(p) > MaxPayload {
+			p = payload(MaxPayload / (len(svc) + 1))
+		}
+		u, err := DecodeUplink("d1", p)
+		if !errors.Is(err, ErrTooManyServices) || !errors.Is(err, ErrMalformed) || len(u.Inputs) != 0 {
+			t.Fatalf("%d bytes of services: %d inputs, error %v", len(p), len(u.Inputs), err)
+		}
+	}
+}
