@@ -91,7 +91,8 @@ func killNineReports(t *testing.T, reports, blockAfter int) {
 		env = append(env, fmt.Sprintf("%s=%d", envBlockAppendsAfter, blockAfter))
 	}
 	srv := startServerEnv(t, env, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0",
-		"--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json")
+		"--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
+		"--mqtt-uplink-rate", "0") // a flood of reports: the per-device limit would refuse most of them
 	srv.await(ctx, "serving", msg("serving"))
 	blocked := make(chan struct{})
 	go func() { // keep the log pipe drained; note the failpoint
