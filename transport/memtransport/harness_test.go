@@ -39,7 +39,7 @@ type fsmEngine struct {
 	// crashOn, when set, is asked about each downlink before it is sent: on
 	// true the engine crashes instead (the downlink was journaled, never sent).
 	crashOn func(*messages.Downlink) bool
-	done     chan string
+	done    chan string
 }
 
 func newEngine(t testing.TB, clk clock.Clock) *fsmEngine {
