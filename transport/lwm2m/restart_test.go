@@ -1,0 +1,108 @@
+package lwm2m_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/transport"
+	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
+)
+
+// The restart tests kill the engine and the LwM2M server in the middle of
+// an upgrade, as a SIGKILL would, and start new ones on the same journal
+// and address (registrations kept), with the simulated devices running on
+// over UDP. The engine's clock is fake and does not move unless a test says
+// so: a device that finishes did so from the restart itself, not from a
+// step timeout.
+
+// tap passes the engine's downlinks on to next, except those drop claims:
+// those are lost, as downlinks journaled by a process that died before it
+// sent them. seen counts what went on, by step name (step).
+type tap struct {
+	next transport.Downlinks
+	drop func(*messages.Downlink) bool
+
+	mu   *sync.Mutex
+	seen map[string]int
+}
+
+func newTap(drop func(*messages.Downlink) bool) func(transport.Downlinks) transport.Downlinks {
+	return func(next transport.Downlinks) transport.Downlinks {
+		return &tap{next: next, drop: drop, mu: &sync.Mutex{}, seen: map[string]int{}}
+	}
+}
+
+func (t *tap) Send(ctx context.Context, dl *messages.Downlink) error {
+	if t.drop != nil && t.drop(dl) {
+		return nil
+	}
+	t.mu.Lock()
+	t.seen[dl.GetDeviceId()+" "+step(dl)]++
+	t.mu.Unlock()
+	return t.next.Send(ctx, dl)
+}
+
+func (t *tap) RevokeToken(ctx context.Context, r *messages.RevokeToken) error {
+	return t.next.RevokeToken(ctx, r)
+}
+
+// once returns a drop func that loses the first downlink of device whose
+// step is name, and reports on lost when it did.
+func once(device, name string, lost chan<- struct{}) func(*messages.Downlink) bool {
+	var done sync.Once
+	return func(dl *messages.Downlink) bool {
+		if dl.GetDeviceId() != device || step(dl) != name {
+			return false
+		}
+		dropped := false
+		done.Do(func() { dropped = true; close(lost) })
+		return dropped
+	}
+}
+
+func waitClosed(t *testing.T, what string, c <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// taskStatus waits (on the wall clock, the engine's clock standing still)
+// until task id is finished, and returns its devices' outcomes.
+func (s *stack) finishedWithin(id string, limit time.Duration) map[string]string {
+	s.t.Helper()
+	waitFor(s.t, "task "+id+" to finish without a step timeout", limit, func() bool {
+		v, err := s.eng.Task(context.Background(), id)
+		return err == nil && finished(v.Status)
+	})
+	return outcomes(s.waitTask(id))
+}
+
+// TestRestartLostExecute: the engine journals the Execute (FOTA /5/0/2) and
+// dies before sending it. After the restart the device, whose object 5
+// shows State 2 and Update Result 0, gets it at once and upgrades, without
+// waiting out T8 (the engine's clock does not move). The device executes
+// exactly once.
+func TestRestartLostExecute(t *testing.T) {
+	lost := make(chan struct{})
+	s := newStackKeeping(t, true, newTap(once("x", "execute /5/0/2", lost)))
+	d := s.start("x", 3400, lwm2msim.Config{Lifetime: longLifetime})
+	s.createTask("fota", s.fw, []string{"x"})
+	waitClosed(t, "the Execute", lost)
+	if state, result := d.FirmwareState(); state != 2 || result != 0 {
+		t.Fatalf("before the restart the device shows State %d, Update Result %d; want 2 and 0", state, result)
+	}
+	s.restart(newTap(nil))
+	got := s.finishedWithin("fota", 30*time.Second)
+	if want := messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS.String(); got["x"] != want {
+		t.Fatalf("x: %q, want %q", got["x"], want)
+	}
+	if st := d.Stats(); st.Executes != 1 || st.Upgrades != 1 {
+		t.Fatalf("device: %+v, want one Execute and one upgrade", st)
+	}
+}
