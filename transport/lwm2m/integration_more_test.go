@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -249,6 +250,9 @@ func (s *stack) up(addr string, sessions persistence.Sessions, wrap func(transpo
 	must(err)
 	late.set(srv)
 	must(eng.Start(ctx))
+	if s.beforeServe != nil {
+		s.beforeServe()
+	}
 	srv.Start()
 	s.eng, s.srv = eng, srv
 	t.Cleanup(func() {
@@ -341,6 +345,8 @@ func step(dl *messages.Downlink) string {
 		return "0x14"
 	case *messages.Downlink_PcpExecute:
 		return "0x17"
+	case *messages.Downlink_PcpSegmentResponse:
+		return fmt.Sprintf("0x15 #%d", dl.GetPcpSegmentResponse().GetSegmentNo())
 	}
 	return ""
 }

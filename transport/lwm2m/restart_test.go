@@ -6,9 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
+	"github.com/otafleet/otafleet/transport/pcp"
 )
 
 // The restart tests kill the engine and the LwM2M server in the middle of
@@ -104,5 +106,42 @@ func TestRestartLostExecute(t *testing.T) {
 	}
 	if st := d.Stats(); st.Executes != 1 || st.Upgrades != 1 {
 		t.Fatalf("device: %+v, want one Execute and one upgrade", st)
+	}
+}
+
+// TestRestartPCPFramesOnTheOldObservation: a PCP device downloading when
+// the engine dies goes on sending its segment requests (0x15), then its
+// download and upgrade results (0x16, 0x18), as notifications of the
+// observation of /19/0/0 that the dead process made. The restarted server
+// must deliver them: here the new observation of /19/0/0 (Resume's) never
+// reaches the device, as when it is lost or still waits behind other
+// requests. The device finishes on the device's clock alone, well within
+// its segment timeout (30 s), and the engine's clock does not move.
+//
+// It used not to: the server dropped those notifications as stray
+// responses, so the segment request was never answered, the device asked
+// three more times and gave up, and the job waited for T6.
+func TestRestartPCPFramesOnTheOldObservation(t *testing.T) {
+	lost := make(chan struct{})
+	s := newStackKeeping(t, true, newTap(once("p", "0x15 #2", lost)))
+	dclk := clocktest.New(epoch)
+	d := s.start("p", 3500, lwm2msim.Config{ObjectsPCP: true, Lifetime: longLifetime, Clock: dclk})
+	s.createTask("sota", s.sw, []string{"p"})
+	waitClosed(t, "the answer to the request for segment 2", lost)
+	s.restart(newTap(func(dl *messages.Downlink) bool {
+		return dl.GetDeviceId() == "p" && dl.GetLwm2MObserve().GetPath() == "/19/0/0"
+	}))
+	// The device's clock moves 20 ms per 10 ms of wall time: 16 s in all.
+	waitFor(t, "the task to finish on the device's clock alone", 8*time.Second, func() bool {
+		dclk.Advance(20 * time.Millisecond)
+		v, err := s.eng.Task(context.Background(), "sota")
+		return err == nil && finished(v.Status)
+	})
+	if got, want := outcomes(s.waitTask("sota"))["p"], messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS.String(); got != want {
+		t.Fatalf("p: %q, want %q", got, want)
+	}
+	segments := int(pcp.SegmentCount(s.sw.Size, 500))
+	if st := d.Stats(); st.Executes != 1 || st.Upgrades != 1 || st.SegmentsFetched != segments {
+		t.Fatalf("device: %+v, want one Execute, one upgrade and %d segments", st, segments)
 	}
 }
