@@ -22,19 +22,23 @@ import (
 
 // tap passes the engine's downlinks on to next, except those drop claims:
 // those are lost, as downlinks journaled by a process that died before it
-// sent them. seen counts what went on, by step name (step).
+// sent them. It counts what went on, by device and step name (step).
 type tap struct {
 	next transport.Downlinks
 	drop func(*messages.Downlink) bool
 
-	mu   *sync.Mutex
+	mu   sync.Mutex
 	seen map[string]int
 }
 
-func newTap(drop func(*messages.Downlink) bool) func(transport.Downlinks) transport.Downlinks {
-	return func(next transport.Downlinks) transport.Downlinks {
-		return &tap{next: next, drop: drop, mu: &sync.Mutex{}, seen: map[string]int{}}
-	}
+func newTap(drop func(*messages.Downlink) bool) *tap {
+	return &tap{drop: drop, seen: map[string]int{}}
+}
+
+// wrap makes the tap the engine's way to next (stack.up's wrap).
+func (t *tap) wrap(next transport.Downlinks) transport.Downlinks {
+	t.next = next
+	return t
 }
 
 func (t *tap) Send(ctx context.Context, dl *messages.Downlink) error {
@@ -49,6 +53,13 @@ func (t *tap) Send(ctx context.Context, dl *messages.Downlink) error {
 
 func (t *tap) RevokeToken(ctx context.Context, r *messages.RevokeToken) error {
 	return t.next.RevokeToken(ctx, r)
+}
+
+// sent is how many downlinks of the step name went on to device.
+func (t *tap) sent(device, name string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seen[device+" "+name]
 }
 
 // once returns a drop func that loses the first downlink of device whose
@@ -92,14 +103,14 @@ func (s *stack) finishedWithin(id string, limit time.Duration) map[string]string
 // exactly once.
 func TestRestartLostExecute(t *testing.T) {
 	lost := make(chan struct{})
-	s := newStackKeeping(t, true, newTap(once("x", "execute /5/0/2", lost)))
+	s := newStackKeeping(t, true, newTap(once("x", "execute /5/0/2", lost)).wrap)
 	d := s.start("x", 3400, lwm2msim.Config{Lifetime: longLifetime})
 	s.createTask("fota", s.fw, []string{"x"})
 	waitClosed(t, "the Execute", lost)
 	if state, result := d.FirmwareState(); state != 2 || result != 0 {
 		t.Fatalf("before the restart the device shows State %d, Update Result %d; want 2 and 0", state, result)
 	}
-	s.restart(newTap(nil))
+	s.restart(newTap(nil).wrap)
 	got := s.finishedWithin("fota", 30*time.Second)
 	if want := messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS.String(); got["x"] != want {
 		t.Fatalf("x: %q, want %q", got["x"], want)
@@ -123,14 +134,14 @@ func TestRestartLostExecute(t *testing.T) {
 // three more times and gave up, and the job waited for T6.
 func TestRestartPCPFramesOnTheOldObservation(t *testing.T) {
 	lost := make(chan struct{})
-	s := newStackKeeping(t, true, newTap(once("p", "0x15 #2", lost)))
+	s := newStackKeeping(t, true, newTap(once("p", "0x15 #2", lost)).wrap)
 	dclk := clocktest.New(epoch)
 	d := s.start("p", 3500, lwm2msim.Config{ObjectsPCP: true, Lifetime: longLifetime, Clock: dclk})
 	s.createTask("sota", s.sw, []string{"p"})
 	waitClosed(t, "the answer to the request for segment 2", lost)
 	s.restart(newTap(func(dl *messages.Downlink) bool {
 		return dl.GetDeviceId() == "p" && dl.GetLwm2MObserve().GetPath() == "/19/0/0"
-	}))
+	}).wrap)
 	// The device's clock moves 20 ms per 10 ms of wall time: 16 s in all.
 	waitFor(t, "the task to finish on the device's clock alone", 8*time.Second, func() bool {
 		dclk.Advance(20 * time.Millisecond)
@@ -143,5 +154,64 @@ func TestRestartPCPFramesOnTheOldObservation(t *testing.T) {
 	segments := int(pcp.SegmentCount(s.sw.Size, 500))
 	if st := d.Stats(); st.Executes != 1 || st.Upgrades != 1 || st.SegmentsFetched != segments {
 		t.Fatalf("device: %+v, want one Execute, one upgrade and %d segments", st, segments)
+	}
+}
+
+// TestRestartLost0x17: PCP keeps its 0x17 at most once across a restart.
+// Device "lost" never got the 0x17 (journaled, not sent): after the
+// restart it gets none, and T8 ends the job; it installs nothing. Device
+// "took" got it and installs after the restart (it answers a 0x13 with its
+// old version until it has rebooted into the new one): it gets no second
+// 0x17, and its unsolicited 0x18 ends the job as a success.
+func TestRestartLost0x17(t *testing.T) {
+	lost, took := make(chan struct{}), make(chan struct{})
+	var sent sync.Once
+	dropLost := once("lost", "0x17", lost)
+	s := newStackKeeping(t, true, newTap(func(dl *messages.Downlink) bool {
+		if dl.GetDeviceId() == "took" && step(dl) == "0x17" {
+			sent.Do(func() { close(took) })
+			return false
+		}
+		return dropLost(dl)
+	}).wrap)
+	tclk := clocktest.New(epoch)
+	dLost := s.start("lost", 3600, lwm2msim.Config{ObjectsPCP: true, Lifetime: longLifetime})
+	dTook := s.start("took", 3601, lwm2msim.Config{ObjectsPCP: true, Lifetime: longLifetime, Clock: tclk,
+		Behaviour: lwm2msim.Behaviour{RebootOnUpdate: true, UpdateDelay: time.Minute}})
+	s.createTask("sota", s.sw, []string{"lost", "took"})
+	waitClosed(t, "the lost 0x17", lost)
+	waitClosed(t, "the 0x17 the device takes", took)
+	waitFor(t, "the device to take the 0x17", 30*time.Second, func() bool { return dTook.Stats().Executes == 1 })
+	after := newTap(nil)
+	s.restart(after.wrap)
+	s.eng.Settle()
+	tclk.Advance(time.Minute) // "took" installs and reboots
+	tclk.Advance(time.Second) // and registers again
+	waitFor(t, "took to succeed", 30*time.Second, func() bool {
+		v, err := s.eng.Device(context.Background(), "took")
+		return err == nil && v.State.Job == nil
+	})
+	for range 4 {
+		s.eng.Settle()
+		s.clk.Advance(time.Minute) // T8 of "lost"
+	}
+	got := s.finishedWithin("sota", 30*time.Second)
+	want := map[string]string{
+		"took": messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS.String(),
+		"lost": messages.SubtaskStatus_SUBTASK_STATUS_FAIL.String() + ": Waiting for device start to update timeout",
+	}
+	for id, w := range want {
+		if got[id] != w {
+			t.Errorf("%s: %q, want %q", id, got[id], w)
+		}
+	}
+	if n, m := after.sent("lost", "0x17"), after.sent("took", "0x17"); n != 0 || m != 0 {
+		t.Errorf("0x17 sent after the restart: %d to lost, %d to took; want none", n, m)
+	}
+	if st := dLost.Stats(); st.Executes != 0 || st.Upgrades != 0 {
+		t.Errorf("lost: %+v, want no Execute", st)
+	}
+	if st := dTook.Stats(); st.Executes != 1 || st.Upgrades != 1 {
+		t.Errorf("took: %+v, want one Execute and one upgrade", st)
 	}
 }
