@@ -79,7 +79,9 @@
 //     FOTA device (State and Update Result in one answer); State 2 with
 //     Update Result 0 means the device never took the Execute (it moves to
 //     State 3 before it answers one), so the Execute goes again and T8
-//     counts anew. A PCP device has no such state to read: it answers a
+//     counts anew. A new registration in DOWNLOADED reads object 5 the
+//     same way: the Execute may have gone to the old session, or Resume's
+//     read to the address the device had before the restart. A PCP device has no such state to read: it answers a
 //     0x13 with its old version before a 0x17 and after taking one until
 //     it has installed, and PCP does not say how it answers a 0x14 then
 //     (it may still hold the package and report it downloaded, 0x16). So a
