@@ -768,6 +768,11 @@ func (r *run) watch(ctx context.Context, tasks []string, start time.Time, cpu0 t
 	taskCPU += cpu - cpu0
 	r.rep.EngineTaskCPUSeconds = taskCPU.Seconds()
 	r.rep.WallSeconds = end.Sub(start).Seconds()
+	if killAt > 0 && r.rep.Restarts == 0 {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf(
+			"--kill-at %.0f%%: the devices became final faster than the progress was polled; the server was never killed (spread them with --think-time or --bandwidth)",
+			r.o.KillAt*100))
+	}
 	return r.collect(ctx, tasks)
 }
 
