@@ -78,11 +78,14 @@ func once(device, name string, lost chan<- struct{}) func(*messages.Downlink) bo
 
 func waitClosed(t *testing.T, what string, c <-chan struct{}) {
 	t.Helper()
-	select {
-	case <-c:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-	}
+	waitFor(t, what, 60*time.Second, func() bool {
+		select {
+		case <-c:
+			return true
+		default:
+			return false
+		}
+	})
 }
 
 // taskStatus waits (on the wall clock, the engine's clock standing still)
