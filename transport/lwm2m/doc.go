@@ -28,6 +28,11 @@
 // delivered too, until /19/0/0 is observed again (a PCP frame is found on
 // no other resource, spec 4.7).
 //
+// Requests to devices carry Message IDs the server picks; a device that
+// answers one from its duplicate cache (a Message ID the process before a
+// restart used, still in the device's EXCHANGE_LIFETIME) gets it again with
+// another (exchange.go).
+//
 // Packages: GET /fw/{package_id}?t={token} answers one Block2 block at a time
 // straight from the stored file (no copy of the package per request, the
 // block size the client asks for, an ETag per package), so any block can be

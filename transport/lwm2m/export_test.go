@@ -45,3 +45,10 @@ func (s *Server) Kill() {
 		}
 	}
 }
+
+// LastMessageID is the Message ID of the server's last request to a device.
+func (s *Server) LastMessageID() uint16 { return uint16(s.mids.Load()) }
+
+// SetLastMessageID makes the server's next request to a device carry
+// Message ID id+1.
+func (s *Server) SetLastMessageID(id uint16) { s.mids.Store(uint32(id)) }

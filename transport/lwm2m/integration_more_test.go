@@ -250,11 +250,11 @@ func (s *stack) up(addr string, sessions persistence.Sessions, wrap func(transpo
 	must(err)
 	late.set(srv)
 	must(eng.Start(ctx))
+	s.eng, s.srv = eng, srv
 	if s.beforeServe != nil {
 		s.beforeServe()
 	}
 	srv.Start()
-	s.eng, s.srv = eng, srv
 	t.Cleanup(func() {
 		if s.killed[srv] {
 			return

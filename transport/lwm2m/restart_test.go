@@ -218,3 +218,28 @@ func TestRestartLost0x17(t *testing.T) {
 		t.Errorf("took: %+v, want one Execute and one upgrade", st)
 	}
 }
+
+// TestRestartReusedMessageIDs: a restarted server whose first requests to
+// a device carry the Message IDs of the last requests the process before
+// it sent (random Message IDs meet now and then) gets the device's cached
+// answers to those (RFC 7252 deduplication: the old token, and the request
+// not carried out). It must send them again with other Message IDs, not
+// wait out the request timeout (for an observation, forever) while the
+// device's job stalls.
+func TestRestartReusedMessageIDs(t *testing.T) {
+	lost := make(chan struct{})
+	s := newStackKeeping(t, true, newTap(once("m", "execute /5/0/2", lost)).wrap)
+	d := s.start("m", 3700, lwm2msim.Config{Lifetime: longLifetime})
+	s.createTask("fota", s.fw, []string{"m"})
+	waitClosed(t, "the Execute", lost)
+	last := s.srv.LastMessageID()
+	s.beforeServe = func() { s.srv.SetLastMessageID(last - 3) } // Resume's three requests reuse the last three
+	s.restart(newTap(nil).wrap)
+	got := s.finishedWithin("fota", 30*time.Second)
+	if want := messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS.String(); got["m"] != want {
+		t.Fatalf("m: %q, want %q", got["m"], want)
+	}
+	if st := d.Stats(); st.Executes != 1 || st.Upgrades != 1 {
+		t.Fatalf("device: %+v, want one Execute and one upgrade", st)
+	}
+}

@@ -118,6 +118,8 @@ type Server struct {
 	// Exchanges counts the CoAP exchanges: requests from devices,
 	// requests to devices and notifications received.
 	exchanges atomic.Uint64
+	// mids is the Message ID of the last request to a device (exchange.go).
+	mids atomic.Uint32
 
 	// restored are the registrations read back from Sessions by New;
 	// Start gives them their conversations, timers and workers.
@@ -155,6 +157,8 @@ type registration struct {
 	// when go-coap hands over the notification before the response.
 	hold bool
 	held []func()
+	// inflight is the request the worker waits on (exchange.go).
+	inflight *inflight
 }
 
 // New opens the UDP listener; Start serves it.
@@ -185,6 +189,7 @@ func New(cfg Config) (*Server, error) {
 		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
 		dl: map[download.Grant]int64{}, served: make(chan struct{}),
 	}
+	s.mids.Store(uint32(uint16(message.RandMID())))
 	router := mux.NewRouter()
 	router.DefaultHandleFunc(s.handle)
 	onErr := func(err error) { s.log.Debug("lwm2m: coap", "error", err) }
@@ -336,7 +341,7 @@ func (s *Server) Exchanges() uint64 { return s.exchanges.Load() }
 // acknowledged (go-coap). A PCP frame among them is delivered (strayPCP).
 func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
 	if r.Code() > 31 { // not a request method (0.01-0.31)
-		if !s.strayPCP(w, r) {
+		if !s.staleAnswer(w, r) && !s.strayPCP(w, r) {
 			s.log.Debug("lwm2m: stray response dropped", "peer", w.Conn().RemoteAddr().String(), "code", r.Code().String())
 		}
 		return
