@@ -37,8 +37,11 @@ type inflight struct {
 	stale  atomic.Bool
 }
 
-// nextMID is the Message ID of the next request to a device.
-func (s *Server) nextMID() uint16 { return uint16(s.mids.Add(1)) }
+// nextMID is the Message ID of the next request to reg's device: one
+// sequence per registration, from a random start, as go-coap keeps one per
+// conversation (a sequence shared by all devices would wrap within a
+// device's EXCHANGE_LIFETIME in a large campaign).
+func (reg *registration) nextMID() uint16 { return uint16(reg.mids.Add(1)) }
 
 // roundTrip sends the request newReq builds on reg's conversation with a
 // Message ID of the server's and returns the answer; it sends it again
@@ -87,7 +90,7 @@ func (s *Server) observeTrip(ctx context.Context, reg *registration, path string
 }
 
 func (s *Server) track(reg *registration, req *pool.Message, cancel context.CancelFunc) *inflight {
-	in := &inflight{mid: s.nextMID(), cancel: cancel}
+	in := &inflight{mid: reg.nextMID(), cancel: cancel}
 	req.SetMessageID(int32(in.mid))
 	reg.mu.Lock()
 	reg.inflight = in
@@ -109,7 +112,7 @@ func (s *Server) again(ctx context.Context, reg *registration, in *inflight, err
 	if err == nil || !in.stale.Load() || try >= staleRetries || ctx.Err() != nil {
 		return false
 	}
-	s.mids.Add(midJump)
+	reg.mids.Add(midJump)
 	s.log.Info("lwm2m: the device answered a request from its duplicate cache (a Message ID of an earlier process); sent again",
 		"device", reg.device, "message_id", in.mid)
 	return true

@@ -46,9 +46,17 @@ func (s *Server) Kill() {
 	}
 }
 
-// LastMessageID is the Message ID of the server's last request to a device.
-func (s *Server) LastMessageID() uint16 { return uint16(s.mids.Load()) }
+// LastMessageID is the Message ID of the server's last request to device.
+func (s *Server) LastMessageID(device string) uint16 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return uint16(s.byDev[device].mids.Load())
+}
 
-// SetLastMessageID makes the server's next request to a device carry
+// SetLastMessageID makes the server's next request to device carry
 // Message ID id+1.
-func (s *Server) SetLastMessageID(id uint16) { s.mids.Store(uint32(id)) }
+func (s *Server) SetLastMessageID(device string, id uint16) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.byDev[device].mids.Store(uint32(id))
+}

@@ -232,8 +232,8 @@ func TestRestartReusedMessageIDs(t *testing.T) {
 	d := s.start("m", 3700, lwm2msim.Config{Lifetime: longLifetime})
 	s.createTask("fota", s.fw, []string{"m"})
 	waitClosed(t, "the Execute", lost)
-	last := s.srv.LastMessageID()
-	s.beforeServe = func() { s.srv.SetLastMessageID(last - 3) } // Resume's three requests reuse the last three
+	last := s.srv.LastMessageID("m")
+	s.beforeServe = func() { s.srv.SetLastMessageID("m", last-3) } // Resume's three requests reuse the last three
 	s.restart(newTap(nil).wrap)
 	got := s.finishedWithin("fota", 30*time.Second)
 	if want := messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS.String(); got["m"] != want {

@@ -118,8 +118,6 @@ type Server struct {
 	// Exchanges counts the CoAP exchanges: requests from devices,
 	// requests to devices and notifications received.
 	exchanges atomic.Uint64
-	// mids is the Message ID of the last request to a device (exchange.go).
-	mids atomic.Uint32
 
 	// restored are the registrations read back from Sessions by New;
 	// Start gives them their conversations, timers and workers.
@@ -157,8 +155,10 @@ type registration struct {
 	// when go-coap hands over the notification before the response.
 	hold bool
 	held []func()
-	// inflight is the request the worker waits on (exchange.go).
+	// inflight is the request the worker waits on, mids the Message ID of
+	// the last request (exchange.go).
 	inflight *inflight
+	mids     atomic.Uint32
 }
 
 // New opens the UDP listener; Start serves it.
@@ -189,7 +189,6 @@ func New(cfg Config) (*Server, error) {
 		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
 		dl: map[download.Grant]int64{}, served: make(chan struct{}),
 	}
-	s.mids.Store(uint32(uint16(message.RandMID())))
 	router := mux.NewRouter()
 	router.DefaultHandleFunc(s.handle)
 	onErr := func(err error) { s.log.Debug("lwm2m: coap", "error", err) }
