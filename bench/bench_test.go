@@ -148,6 +148,24 @@ func TestReportKeys(t *testing.T) {
 	}
 }
 
+// TestReportFailuresByProtocol: the human report names the protocols of
+// each failure reason, and the PCP devices whose 0x17 died with a killed
+// server apart.
+func TestReportFailuresByProtocol(t *testing.T) {
+	t8 := "Waiting for device start to update timeout"
+	r := &Report{Tasks: []string{"t"}, Failed: 6, Failures: map[string]int{t8: 6},
+		FailuresByProtocol: map[string]map[string]int{ProtoPCP: {t8: 5}, ProtoLwM2M: {t8: 1}}, LostPCPExecutes: 5, Restarts: 1}
+	var b strings.Builder
+	if err := r.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"6 × " + t8 + " (lwm2m 1, pcp 5)", "lost 0x17", "5 PCP devices waited out T8"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("no %q in\n%s", want, b.String())
+		}
+	}
+}
+
 func TestLoopbackAddrs(t *testing.T) {
 	if got := LoopbackAddrs("127.0.0.1:5683", 3); strings.Join(got, " ") != "127.0.0.1 127.0.0.2 127.0.0.3" {
 		t.Fatal(got)

@@ -32,8 +32,17 @@ type Report struct {
 	// ran their upgrade more than once.
 	Retries int `json:"retries"`
 	Retried int `json:"retried"`
-	// Failures counts the failed devices by failure reason.
-	Failures map[string]int `json:"failures"`
+	// Failures counts the failed devices by failure reason;
+	// FailuresByProtocol the same per protocol (mqtt, lwm2m, pcp).
+	Failures           map[string]int            `json:"failures"`
+	FailuresByProtocol map[string]map[string]int `json:"failures_by_protocol,omitempty"`
+	// LostPCPExecutes counts, in a run with a restart, the PCP devices that
+	// failed with T8 ("Waiting for device start to update timeout"): a 0x17
+	// journaled but never sent before the kill is not sent again (a device
+	// must never install twice), so the device waits out T8. They are
+	// reported apart and are no problem of the run; --retries runs them
+	// again.
+	LostPCPExecutes int `json:"lost_pcp_executes,omitempty"`
 
 	// WallSeconds runs from the first task's creation to the last device's
 	// final state; UpgradesPerSecond is Succeeded over it.
@@ -155,7 +164,16 @@ func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 		p("retries", "%d per device, a minute after a failure; devices that ran more than once: %d", r.Retries, r.Retried)
 	}
 	for _, k := range slices.Sorted(maps.Keys(r.Failures)) {
-		p("  failed", "%d × %s", r.Failures[k], k)
+		by := map[string]int{}
+		for proto, m := range r.FailuresByProtocol {
+			if m[k] > 0 {
+				by[proto] = m[k]
+			}
+		}
+		p("  failed", "%d × %s (%s)", r.Failures[k], k, counts(by))
+	}
+	if r.LostPCPExecutes > 0 {
+		p("  lost 0x17", "%d PCP devices waited out T8: their 0x17 died with the killed server and is never sent twice", r.LostPCPExecutes)
 	}
 	p("wall time", "%.2f s (task start to last final state)", r.WallSeconds)
 	p("upgrades/s", "%.1f", r.UpgradesPerSecond)

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/messages"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 )
 
@@ -138,7 +139,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	r.protos, _ = Protocols(o.Protocol)
 	r.rep = &Report{
 		Devices: o.Devices, Mix: map[string]int{}, Cells: o.Cells, Coverage: o.Coverage, Coverages: map[string]int{},
-		FailRate: o.FailRate, PackageBytes: o.PackageBytes, Retries: o.Retries, Failures: map[string]int{}, Problems: []string{},
+		FailRate: o.FailRate, PackageBytes: o.PackageBytes, Retries: o.Retries, Failures: map[string]int{}, FailuresByProtocol: map[string]map[string]int{}, Problems: []string{},
 		Machine: Machine{CPUs: runtime.NumCPU(), CPUModel: cpuModel(), OS: runtime.GOOS + "/" + runtime.GOARCH, GoVersion: runtime.Version()},
 		Command: o.Command,
 	}
@@ -767,6 +768,11 @@ func (r *run) watch(ctx context.Context, tasks []string, start time.Time, cpu0 t
 	taskCPU += cpu - cpu0
 	r.rep.EngineTaskCPUSeconds = taskCPU.Seconds()
 	r.rep.WallSeconds = end.Sub(start).Seconds()
+	if killAt > 0 && r.rep.Restarts == 0 {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf(
+			"--kill-at %.0f%%: the devices became final faster than the progress was polled; the server was never killed (spread them with --think-time or --bandwidth)",
+			r.o.KillAt*100))
+	}
 	return r.collect(ctx, tasks)
 }
 
@@ -775,6 +781,11 @@ func (r *run) watch(ctx context.Context, tasks []string, start time.Time, cpu0 t
 // final state.
 func (r *run) collect(ctx context.Context, tasks []string) error {
 	seen := make(map[string]int, r.o.Devices)
+	protoOf := make(map[string]string, r.o.Devices)
+	for n := range r.o.Devices {
+		d := r.fleet.Device(n)
+		protoOf[d.ID] = d.Protocol
+	}
 	var durations []time.Duration
 	for _, id := range tasks {
 		page := ""
@@ -794,6 +805,11 @@ func (r *run) collect(ctx context.Context, tasks []string) error {
 				case v1.SubtaskStatus_SUBTASK_STATUS_FAIL:
 					r.rep.Failed++
 					r.rep.Failures[d.GetFailureReason()]++
+					proto := protoOf[d.GetDeviceId()]
+					if r.rep.FailuresByProtocol[proto] == nil {
+						r.rep.FailuresByProtocol[proto] = map[string]int{}
+					}
+					r.rep.FailuresByProtocol[proto][d.GetFailureReason()]++
 				case v1.SubtaskStatus_SUBTASK_STATUS_STOPPED:
 					r.rep.Stopped++
 				default:
@@ -824,8 +840,11 @@ func (r *run) collect(ctx context.Context, tasks []string) error {
 	if twice > 0 {
 		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices are listed more than once", twice))
 	}
-	if r.o.FailRate == 0 && r.rep.Failed > 0 {
-		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices failed although --fail-rate is 0", r.rep.Failed))
+	if r.rep.Restarts > 0 {
+		r.rep.LostPCPExecutes = r.rep.FailuresByProtocol[ProtoPCP][messages.ReasonText(messages.Reason_REASON_UPDATE_START_TIMEOUT)]
+	}
+	if failed := r.rep.Failed - r.rep.LostPCPExecutes; r.o.FailRate == 0 && failed > 0 {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices failed although --fail-rate is 0", failed))
 	}
 	r.rep.EveryDeviceOneFinalState = missing == 0 && twice == 0 && r.rep.Succeeded+r.rep.Failed+r.rep.Stopped == r.o.Devices
 	r.rep.setDurations(durations)

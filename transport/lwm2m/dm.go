@@ -75,7 +75,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 	case *messages.Downlink_Lwm2MWrite:
 		w := k.Lwm2MWrite
 		release := reg.holdFota(w.GetPath())
-		res, err := s.connOf(reg).Put(ctx, w.GetPath(), message.TextPlain, strings.NewReader(w.GetValue()))
+		res, err := s.roundTrip(ctx, reg, putReq(w.GetPath(), message.TextPlain, func() io.ReadSeeker { return strings.NewReader(w.GetValue()) }))
 		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, w.GetPath(), res, err)
 		release()
 	case *messages.Downlink_Lwm2MWritePackageUri:
@@ -85,7 +85,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 	case *messages.Downlink_Lwm2MExecute:
 		path := k.Lwm2MExecute.GetPath()
 		release := reg.holdFota(path)
-		res, err := s.connOf(reg).Post(ctx, path, message.TextPlain, nil)
+		res, err := s.roundTrip(ctx, reg, postReq(path))
 		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, res, err)
 		release()
 	default:
@@ -94,7 +94,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 			s.log.Error("lwm2m: downlink not sent", "device", reg.device, "kind", fmt.Sprintf("%T", dl.GetKind()), "error", err)
 			return
 		}
-		res, err := s.connOf(reg).Put(ctx, pathPCPDown, message.AppOctets, bytes.NewReader(frame))
+		res, err := s.roundTrip(ctx, reg, putReq(pathPCPDown, message.AppOctets, func() io.ReadSeeker { return bytes.NewReader(frame) }))
 		if err != nil || !success(res.Code()) {
 			s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPCPDown, res, err)
 		} else {
@@ -128,9 +128,9 @@ func (s *Server) read(ctx context.Context, reg *registration, path string) {
 	if singleResource(path) {
 		opts = append(opts, uintOpt(message.Accept, uint32(message.TextPlain)))
 	}
-	res, err := s.connOf(reg).Get(ctx, path, opts...)
+	res, err := s.roundTrip(ctx, reg, getReq(path, opts...))
 	if err == nil && res.Code() == codes.NotAcceptable && len(opts) > 0 {
-		res, err = s.connOf(reg).Get(ctx, path)
+		res, err = s.roundTrip(ctx, reg, getReq(path))
 	}
 	if err != nil {
 		s.log.Debug("lwm2m: read unanswered", "device", reg.device, "path", path, "error", err)
@@ -173,7 +173,7 @@ func (s *Server) observe(ctx context.Context, reg *registration, path string) {
 			return true
 		}
 	)
-	obs, err := s.connOf(reg).Observe(context.WithoutCancel(ctx), path, func(n *pool.Message) {
+	obs, err := s.observeTrip(ctx, reg, path, func(n *pool.Message) {
 		mu.Lock()
 		defer mu.Unlock()
 		if !observed(n) {
@@ -376,7 +376,7 @@ func (s *Server) writePackageURI(ctx context.Context, reg *registration, job *me
 		addr = s.cfg.DTLSPublicAddr
 	}
 	uri := PackageURI(reg.secure, addr, pkg, tok)
-	res, err := s.connOf(reg).Put(ctx, pathPackageURI, message.TextPlain, strings.NewReader(uri))
+	res, err := s.roundTrip(ctx, reg, putReq(pathPackageURI, message.TextPlain, func() io.ReadSeeker { return strings.NewReader(uri) }))
 	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPackageURI, res, err)
 }
 

@@ -29,7 +29,15 @@
 // machine expects: a read of /3/0/3 a VersionReported, of /4/0 or /4/0/8 a
 // RadioReported, of /5/0/3 and /5/0/5 a FotaStatus; anything else, and every
 // failure, an Lwm2mResponse with the CoAP code. Notifications of /19/0/0
-// carry PCP frames from the device.
+// carry PCP frames from the device; after a restart, those a registered
+// device still sends on the observation of the process before it are
+// delivered too, until /19/0/0 is observed again (a PCP frame is found on
+// no other resource, spec 4.7).
+//
+// Requests to devices carry Message IDs the server picks; a device that
+// answers one from its duplicate cache (a Message ID the process before a
+// restart used, still in the device's EXCHANGE_LIFETIME) gets it again with
+// another (exchange.go).
 //
 // Packages: the Package URI written to /5/0/1 is coap:// (Config.PublicAddr)
 // for a device registered over plain CoAP and coaps:// (Config.DTLSPublicAddr)

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -173,6 +174,14 @@ func (h hookedDownlinks) RevokeToken(ctx context.Context, r *messages.RevokeToke
 // wrap(the server).
 func newStackVia(t testing.TB, wrap func(transport.Downlinks) transport.Downlinks) *stack {
 	t.Helper()
+	return newStackKeeping(t, false, wrap)
+}
+
+// newStackKeeping is newStackVia whose server keeps its registrations in
+// the stack's store when keep, so that a server restarted on it (restart)
+// reaches the devices at once.
+func newStackKeeping(t testing.TB, keep bool, wrap func(transport.Downlinks) transport.Downlinks) *stack {
+	t.Helper()
 	ctx := context.Background()
 	s := &stack{t: t, clk: clocktest.New(epoch), store: memstore.New()}
 	must := func(err error) {
@@ -194,16 +203,34 @@ func newStackVia(t testing.TB, wrap func(transport.Downlinks) transport.Downlink
 	}
 	s.fw = put("fw-2.0", persistence.PackageFirmware, "2.0", "1.0", 6000)
 	s.sw = put("app-2", persistence.PackageSoftware, "V2.0", "V1.0", 3000)
+	var sessions persistence.Sessions
+	if keep {
+		sessions = s.store
+	}
+	s.up("127.0.0.1:0", sessions, wrap)
+	return s
+}
 
+// up starts an engine on the stack's store (recovering what it journaled)
+// and an LwM2M server on addr whose registrations are kept in sessions (nil:
+// not kept), the engine's downlinks going through wrap(the server). Each
+// is stopped at the end of the test unless the test killed it.
+func (s *stack) up(addr string, sessions persistence.Sessions, wrap func(transport.Downlinks) transport.Downlinks) {
+	t := s.t
+	t.Helper()
+	ctx := context.Background()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	late := &lateDownlinks{}
-	var err error
-	s.eng, err = actors.New(actors.Config{}, actors.Deps{Store: s.store, Clock: s.clk, Transport: wrap(late)})
+	eng, err := actors.New(actors.Config{}, actors.Deps{Store: s.store, Clock: s.clk, Transport: wrap(late)})
 	must(err)
-	must(s.eng.Start(ctx))
-	t.Cleanup(s.eng.Stop)
 	dl, err := download.New(download.Config{Packages: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
 		Authorize: func(ctx context.Context, g download.Grant) error {
-			v, err := s.eng.Device(ctx, g.DeviceID)
+			v, err := eng.Device(ctx, g.DeviceID)
 			if err != nil {
 				return err
 			}
@@ -213,16 +240,48 @@ func newStackVia(t testing.TB, wrap func(transport.Downlinks) transport.Downlink
 			return nil
 		},
 		OnServed: func(g download.Grant, off, n, size int64) {
-			_ = s.eng.Deliver(context.Background(), g.DeviceID, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{
+			_ = eng.Deliver(context.Background(), g.DeviceID, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{
 				DownloadServed: &messages.DownloadServed{TaskId: g.TaskID, Attempt: g.Attempt, Offset: off, Bytes: n, Size: size}}})
 		}})
 	must(err)
-	s.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", Devices: s.store, Packages: s.store, Tokens: dl, Uplinks: s.eng, Clock: s.clk})
+	// As serve does: the server (and the registrations it kept) exists
+	// before the engine recovers, and serves once it has.
+	srv, err := lwm2m.New(lwm2m.Config{Addr: addr, Devices: s.store, Packages: s.store, Tokens: dl, Uplinks: eng, Clock: s.clk, Sessions: sessions})
 	must(err)
-	s.srv.Start()
-	t.Cleanup(func() { s.srv.Close() })
-	late.set(s.srv)
-	return s
+	late.set(srv)
+	must(eng.Start(ctx))
+	s.eng, s.srv = eng, srv
+	if s.beforeServe != nil {
+		s.beforeServe()
+	}
+	srv.Start()
+	t.Cleanup(func() {
+		if s.killed[srv] {
+			return
+		}
+		eng.Stop()
+		srv.Close()
+	})
+}
+
+// restart kills the engine and the server and starts new ones on the same
+// store and address, the server keeping its registrations in the store.
+func (s *stack) restart(wrap func(transport.Downlinks) transport.Downlinks) {
+	s.t.Helper()
+	addr := s.srv.Addr()
+	s.kill()
+	s.up(addr, s.store, wrap)
+}
+
+// kill stops the engine and the server as a SIGKILL of the process would:
+// nothing more is journaled or sent.
+func (s *stack) kill() {
+	if s.killed == nil {
+		s.killed = map[*lwm2m.Server]bool{}
+	}
+	s.killed[s.srv] = true
+	s.eng.Stop()
+	s.srv.Kill()
 }
 
 // start registers the device id and starts it with cfg, completed with the
@@ -286,6 +345,8 @@ func step(dl *messages.Downlink) string {
 		return "0x14"
 	case *messages.Downlink_PcpExecute:
 		return "0x17"
+	case *messages.Downlink_PcpSegmentResponse:
+		return fmt.Sprintf("0x15 #%d", dl.GetPcpSegmentResponse().GetSegmentNo())
 	}
 	return ""
 }

@@ -54,9 +54,13 @@ type stack struct {
 	srv    *lwm2m.Server
 	fw, sw persistence.Package
 
-	goodOnly   bool          // every device in good coverage (benchmarks)
-	maxUsed    atomic.Uint32 // the most budget units any cell had in use
-	violations atomic.Int64  // cell steps with more than the budget in use
+	killed map[*lwm2m.Server]bool // servers the test killed (stack.kill)
+	// beforeServe, when set, runs in up once the engine has recovered and
+	// before the server serves (its socket is open meanwhile).
+	beforeServe func()
+	goodOnly    bool          // every device in good coverage (benchmarks)
+	maxUsed     atomic.Uint32 // the most budget units any cell had in use
+	violations  atomic.Int64  // cell steps with more than the budget in use
 }
 
 func newStack(t testing.TB) *stack {

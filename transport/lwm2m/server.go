@@ -34,6 +34,7 @@ import (
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/download"
+	"github.com/otafleet/otafleet/transport/pcp"
 )
 
 // Devices tells registered devices, their products and their PSKs;
@@ -162,6 +163,10 @@ type registration struct {
 	// when go-coap hands over the notification before the response.
 	hold bool
 	held []func()
+	// inflight is the request the worker waits on, mids the Message ID of
+	// the last request (exchange.go).
+	inflight *inflight
+	mids     atomic.Uint32
 }
 
 // New opens the UDP listener; Start serves it.
@@ -339,10 +344,13 @@ func (s *Server) Exchanges() uint64 { return s.exchanges.Load() }
 // handle dispatches the requests devices send. A response that reaches it
 // matched no pending request (a late answer, a notification of a cancelled
 // observation): it is dropped unanswered, since answering a response with a
-// response would start a ping-pong with the device.
+// response would start a ping-pong with the device; a confirmable one is
+// acknowledged (go-coap). A PCP frame among them is delivered (strayPCP).
 func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
 	if r.Code() > 31 { // not a request method (0.01-0.31)
-		s.log.Debug("lwm2m: stray response dropped", "peer", w.Conn().RemoteAddr().String(), "code", r.Code().String())
+		if !s.staleAnswer(w, r) && !s.strayPCP(w, r) {
+			s.log.Debug("lwm2m: stray response dropped", "peer", w.Conn().RemoteAddr().String(), "code", r.Code().String())
+		}
 		return
 	}
 	s.exchanges.Add(1)
@@ -364,6 +372,42 @@ func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
 	default:
 		s.answer(w, codes.NotFound, "")
 	}
+}
+
+// strayPCP delivers a PCP frame that a registered device notified on an
+// observation of /19/0/0 the server no longer knows: one made by the
+// process before a restart, until the device machine's Resume observes
+// /19/0/0 again. A segment request (0x15), download result (0x16) or
+// upgrade result (0x18) sent then would otherwise be lost, and the device
+// left waiting: it repeats a segment request only a few times before it
+// gives up on the download. Only a notification (Observe option) whose
+// payload is a PCP frame counts, which is found nowhere but on /19/0/0
+// (spec 4.7), and only on the conversation of the device registered at
+// that address. It reports whether it delivered one.
+func (s *Server) strayPCP(w mux.ResponseWriter, r *mux.Message) bool {
+	if r.Code() != codes.Content {
+		return false
+	}
+	if _, err := r.Observe(); err != nil {
+		return false
+	}
+	peer := w.Conn().RemoteAddr().String()
+	s.mu.Lock()
+	reg := s.byPeer[peer]
+	ok := reg != nil && reg.conn == w.Conn()
+	s.mu.Unlock()
+	if !ok {
+		return false
+	}
+	body, err := readRequestBody(r)
+	if err != nil || !pcp.IsPCP(body) {
+		return false
+	}
+	s.exchanges.Add(1)
+	s.log.Debug("lwm2m: PCP frame on an observation of an earlier process delivered", "device", reg.device)
+	s.awake(reg)
+	s.pcpUplink(reg, body)
+	return true
 }
 
 func (s *Server) answer(w mux.ResponseWriter, c codes.Code, text string, opts ...message.Option) {

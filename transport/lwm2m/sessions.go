@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/mux"
 
 	"github.com/otafleet/otafleet/messages"
@@ -46,10 +47,12 @@ type savedRegistration struct {
 }
 
 func newRegistration(id, device, peer string, lifetime time.Duration, queue bool) *registration {
-	return &registration{
+	reg := &registration{
 		id: id, device: device, peer: peer, lifetime: lifetime, queue: queue,
 		work: make(chan *messages.Downlink, 256), done: make(chan struct{}), obs: map[string]mux.Observation{},
 	}
+	reg.mids.Store(uint32(uint16(message.RandMID())))
+	return reg
 }
 
 // connOf is the conversation requests to reg's device go on (the latest

@@ -20,6 +20,7 @@ const (
 	pathCellID          = "/4/0/8"
 	pathPackageURI      = "/5/0/1"
 	pathUpdate          = "/5/0/2"
+	pathFotaObject      = "/5/0"
 	pathFotaState       = "/5/0/3"
 	pathUpdateResult    = "/5/0/5"
 	pathPCPUplink       = "/19/0/0"
@@ -812,6 +813,8 @@ func (d *device) read(path string) *messages.DeviceInput {
 		return fotaIn(&messages.FotaStatus{State: ptr(d.fotaState)})
 	case path == pathUpdateResult && fota:
 		return fotaIn(&messages.FotaStatus{UpdateResult: ptr(d.fotaResult)})
+	case path == pathFotaObject && fota:
+		return fotaIn(&messages.FotaStatus{State: ptr(d.fotaState), UpdateResult: ptr(d.fotaResult)})
 	}
 	return lwm2mResp(messages.Lwm2MOp_LWM2M_OP_READ, path, false, "4.04")
 }
@@ -919,11 +922,16 @@ func (d *device) execute(path string) {
 			refuse()
 		}
 	default:
-		d.install(d.fotaPkg, false, func() {
+		// Accepted: State 3 from now on, before the answer goes out (OMA
+		// object 5), so that no read ever shows State 2 with Update Result
+		// 0 once the device took an Execute.
+		d.fotaState = fotaUpdating
+		if !d.install(d.fotaPkg, false, func() {
 			d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, true, "2.04"))
-			d.fotaState = fotaUpdating
 			d.notifyFota()
-		})
+		}) {
+			d.fotaState = fotaDownloaded
+		}
 	}
 }
 

@@ -395,6 +395,46 @@ func TestEngineRestartLearnsFinishedUpdate(t *testing.T) {
 	}
 }
 
+// TestLostExecute: the engine crashes after journaling the Execute (FOTA
+// /5/0/2, PCP 0x17) and before sending it. After recovery a FOTA device
+// that shows State 2 with Update Result 0 gets the Execute at once and
+// upgrades, long before T8; a PCP device gets no second 0x17 (nothing tells
+// a lost one from one it took), waits out T8 and installs nothing.
+func TestLostExecute(t *testing.T) {
+	for _, p := range []messages.Protocol{messages.Protocol_PROTOCOL_LWM2M_FOTA, messages.Protocol_PROTOCOL_LWM2M_PCP} {
+		t.Run(short(p), func(t *testing.T) {
+			w := newWorld(t, memtransport.Config{})
+			w.add(spec("d1", p))
+			w.connect("d1")
+			w.eng.mu.Lock()
+			w.eng.crashOn = func(dl *messages.Downlink) bool {
+				return dl.GetLwm2MExecute() != nil || dl.GetPcpExecute() != nil
+			}
+			w.eng.mu.Unlock()
+			w.eng.start("d1", job(p, "task", 1, "2.0"))
+			for i := 0; w.eng.state("d1").Stage != messages.Stage_STAGE_DOWNLOADED; i++ {
+				if i > 1000 {
+					t.Fatalf("no Execute; stage %v", w.eng.state("d1").Stage)
+				}
+				w.clk.Advance(10 * time.Millisecond)
+			}
+			w.clk.Advance(10 * time.Second)
+			w.eng.recover()
+			if p == messages.Protocol_PROTOCOL_LWM2M_PCP {
+				checkOutcome(t, w.runUntilOutcome("d1", time.Hour), messages.SubtaskStatus_SUBTASK_STATUS_FAIL, messages.Reason_REASON_UPDATE_START_TIMEOUT)
+				if c := mustDevice(t, w.tr, "d1").Counters; c.PCPExecutes != 0 || c.Upgrades != 0 {
+					t.Errorf("counters %+v", c)
+				}
+				return
+			}
+			checkOutcome(t, w.runUntilOutcome("d1", 30*time.Second), success, none)
+			if c := mustDevice(t, w.tr, "d1").Counters; c.Executes != 1 || c.Upgrades != 1 {
+				t.Errorf("counters %+v", c)
+			}
+		})
+	}
+}
+
 // TestAlreadyAtTarget: devices report the version they run. The engine
 // succeeds at its version check; an MQTT upgrade event for the running
 // version is answered with progress 100 and a PCP 0x14 with 0x03.

@@ -36,7 +36,10 @@ type fsmEngine struct {
 	outcomes map[string][]*messages.ReportOutcome
 	down     bool
 	gen      int // bumped by recover: timers of an earlier life are dropped
-	done     chan string
+	// crashOn, when set, is asked about each downlink before it is sent: on
+	// true the engine crashes instead (the downlink was journaled, never sent).
+	crashOn func(*messages.Downlink) bool
+	done    chan string
 }
 
 func newEngine(t testing.TB, clk clock.Clock) *fsmEngine {
@@ -88,6 +91,16 @@ func (e *fsmEngine) effects(id string, gen int, effects []*messages.DeviceEffect
 	for _, eff := range effects {
 		switch k := eff.Kind.(type) {
 		case *messages.DeviceEffect_Downlink:
+			e.mu.Lock()
+			crash := !e.down && e.crashOn != nil && e.crashOn(k.Downlink)
+			if crash {
+				e.crashOn = nil
+			}
+			e.mu.Unlock()
+			if crash {
+				e.crash()
+				return // the process is gone: nothing after it happens
+			}
 			err := e.tr.Send(ctx, k.Downlink)
 			if err != nil && !errors.Is(err, memtransport.ErrOffline) {
 				e.t.Errorf("Send: %v", err)

@@ -74,6 +74,19 @@
 //     attempt's values (a stale "2 Downloaded" must never trigger Execute). A
 //     refused write fails with "Invalid URI"; a refused Execute with "Firmware
 //     update failed"; Update Result 11 (deferred) keeps waiting within T9.
+//   - Crash recovery of the Execute (FOTA /5/0/2, PCP 0x17), which is not
+//     idempotent: after a restart in DOWNLOADED, Resume reads object 5 of a
+//     FOTA device (State and Update Result in one answer); State 2 with
+//     Update Result 0 means the device never took the Execute (it moves to
+//     State 3 before it answers one), so the Execute goes again and T8
+//     counts anew. A new registration in DOWNLOADED reads object 5 the
+//     same way: the Execute may have gone to the old session, or Resume's
+//     read to the address the device had before the restart. A PCP device has no such state to read: it answers a
+//     0x13 with its old version before a 0x17 and after taking one until
+//     it has installed, and PCP does not say how it answers a 0x14 then
+//     (it may still hold the package and report it downloaded, 0x16). So a
+//     PCP 0x17 goes at most once, and a lost one ends with T8 (the task's
+//     retry policy runs the flow again).
 //   - Version checks (project decision 6): FOTA reads /3/0/3 after Update
 //     Result 1, PCP takes the version of 0x18, MQTT that of the progress report;
 //     a different version fails with "Device version after upgrade does not

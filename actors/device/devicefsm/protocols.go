@@ -180,6 +180,11 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 	if st < stNotified || st > stUpgrading {
 		return
 	}
+	if st == stDownloaded && f.State != nil && f.UpdateResult != nil &&
+		f.GetState() == fotaStateReady && f.GetUpdateResult() == fotaResultInitial {
+		d.executeAgain()
+		return
+	}
 	if f.UpdateResult != nil {
 		res := f.GetUpdateResult()
 		if r, failed := UpdateResultReason(res); failed && f.GetState() != fotaStateUpdating {
@@ -208,6 +213,24 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 	}
 }
 
+// executeAgain sends the Execute again to a device that never took it.
+// Resume reads the whole object 5 instance (PathFotaObject) of a device
+// whose Execute was journaled but may never have left the old process, and
+// so does a new registration in DOWNLOADED (the Execute may have gone to
+// the old session); only that read answers State and Update Result in one
+// value. State 2 with Update Result
+// 0 is a device that has not started updating: a device moves to State 3
+// when it accepts an Execute, before it answers (OMA object 5; State 2 after
+// a failed or deferred update carries Update Result 8 or 11), so this one
+// never took the first Execute, and a second one cannot install twice. The
+// Execute of a process that died reaches the device before the new
+// process's read, if ever. T8 counts again from the new Execute.
+func (d *decider) executeAgain() {
+	d.note("the device shows State 2, Update Result 0: it never took the Execute; sent again")
+	d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: PathUpdate}}})
+	d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
+}
+
 // updated: Update Result 1. Verify the version unless the product skips it.
 func (d *decider) updated() {
 	if d.s.Job.GetSkipVersionCheck() {
@@ -234,6 +257,12 @@ func (d *decider) fotaReconnected() {
 		// A reboot after Execute: the first notifications carry state and result.
 		d.send(observe(PathFotaState))
 		d.send(observe(PathUpdateResult))
+		if d.s.Stage == stDownloaded {
+			// The Execute may have been lost with the old session (or
+			// with a restarted server, whose Resume read went to the old
+			// address): the read of object 5 tells (executeAgain).
+			d.sendOnce(read(PathFotaObject))
+		}
 	case stRadio:
 		d.sendOnce(read(PathConnMon))
 	case stCell:

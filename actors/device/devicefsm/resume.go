@@ -13,11 +13,17 @@ import (
 //   - the current request when it is idempotent (a version query, a radio or
 //     cell read, the permit request, the PCP 0x14 notification while the
 //     download has not finished), unless it waits
-//     in the outbox anyway; never a second Execute, never a second MQTT
-//     upgrade event;
+//     in the outbox anyway; never a second MQTT upgrade event, and never a
+//     second Execute to a device that may have taken the first;
 //   - the observations a FOTA or PCP flow relies on (a restarted server has
 //     lost them), and the FOTA package URI again when its write was never
 //     acknowledged;
+//   - for a FOTA device waiting for its update to start, a read of object 5
+//     (State and Update Result together): one that shows it never took the
+//     Execute gets it again (decider.executeAgain). A PCP device gets no
+//     second 0x17: nothing it answers tells a lost 0x17 from one it took
+//     (it reports the old version until it has installed), so T8 ends that
+//     wait;
 //   - for an idle device, the last outcome and the release of its cell slot,
 //     in case the crash came between journaling them and sending them (tasks
 //     and cells ignore duplicates).
@@ -76,6 +82,12 @@ func Resume(s State) []*messages.DeviceEffect {
 		}
 		send(observe(PathFotaState))
 		send(observe(PathUpdateResult))
+		if s.Stage == stDownloaded {
+			// The Execute may have died with the old process: the
+			// device's State and Update Result, read together, tell
+			// (decider.executeAgain).
+			send(read(PathFotaObject))
+		}
 	}
 	switch s.Stage {
 	case stVersion, stVerifying:

@@ -16,6 +16,7 @@ const (
 	PathFirmwareVersion = "/3/0/3"
 	PathConnMon         = "/4/0"
 	PathCellID          = "/4/0/8"
+	PathFotaObject      = "/5/0"
 	PathPackageURI      = "/5/0/1"
 	PathUpdate          = "/5/0/2"
 	PathFotaState       = "/5/0/3"
@@ -62,6 +63,7 @@ const (
 	fotaStateDownload  = 1
 	fotaStateReady     = 2
 	fotaStateUpdating  = 3
+	fotaResultInitial  = 0
 	fotaResultSuccess  = 1
 	fotaResultDeferred = 11
 )

@@ -841,6 +841,39 @@ func TestPCPRebootOnUpdate(t *testing.T) {
 	checkStats(t, f.d, Stats{Registrations: 2, SegmentsFetched: 2, Executes: 1, Upgrades: 1, Restarts: 1, SHA256: sha(data)})
 }
 
+// TestPCPOldVersionUntilReboot: a device that took a 0x17 answers a 0x13
+// with its old version until it has installed and rebooted, as one that
+// never got the 0x17 does, and refuses a new 0x14 as busy: nothing a
+// platform can ask tells a lost 0x17 from one that arrived (why devicefsm
+// never sends a second one).
+func TestPCPOldVersionUntilReboot(t *testing.T) {
+	f := start(t, Config{SwVersion: "1.0", ObjectsPCP: true, Behaviour: Behaviour{RebootOnUpdate: true, UpdateDelay: time.Minute}})
+	p := newPlatform(t, f.ts, f.reg)
+	data := testPackageData(150)
+	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 2})
+	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK})
+	p.serveSegments("2.0", data, 100)
+	p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{}))
+	p.send(pcp.EncodeQueryVersion())
+	p.expect(pcp.VersionResponse{Result: pcp.ResultOK, Version: "1.0"})
+	p.send(pcp.EncodeExecute())
+	p.expect(pcp.ExecuteResponse{Result: pcp.ResultOK})
+	f.clk.Advance(time.Minute / 2)
+	p.send(pcp.EncodeQueryVersion())
+	p.expect(pcp.VersionResponse{Result: pcp.ResultOK, Version: "1.0"})
+	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 2})
+	p.expect(pcp.NotifyResponse{Result: pcp.ResultBusy})
+	f.clk.Advance(time.Minute / 2)
+	waitHook(t, f.events, "restarting")
+	f.clk.Advance(f.cfg.Behaviour.RestartDelay)
+	p = newPlatform(t, f.ts, f.waitRegister(t))
+	p.expect(pcp.UpgradeResult{Result: pcp.ResultOK, Version: "2.0"})
+	p.send(pcp.EncodeUpgradeResultAck(pcp.UpgradeResultAck{}))
+	p.send(pcp.EncodeQueryVersion())
+	p.expect(pcp.VersionResponse{Result: pcp.ResultOK, Version: "2.0"})
+	checkStats(t, f.d, Stats{Registrations: 2, SegmentsFetched: 2, Executes: 1, Upgrades: 1, Restarts: 1, SHA256: sha(data)})
+}
+
 func TestPCPFailures(t *testing.T) {
 	data := testPackageData(250)
 	for _, tc := range []struct {

@@ -61,10 +61,11 @@
 // (LwM2M FOTA carries no hash). When all bytes are in, State becomes 2. The
 // same URI written again while downloading continues the download; after a
 // device restart the download resumes at the next block it needs. An empty
-// URI resets object 5 (State 0, Update Result 0). Execute moves State 2 → 3;
-// after Behaviour.UpdateDelay the device takes on the package's version
-// (Config.NewVersion of the URI's last path segment), Update Result becomes
-// 1 and State 0. With Behaviour.RebootOnUpdate it goes silent instead,
+// URI resets object 5 (State 0, Update Result 0). Execute moves State 2 → 3
+// before the device answers it (a read of /5/0 never shows State 2 with
+// Update Result 0 once it took an Execute); after Behaviour.UpdateDelay
+// the device takes on the package's version (Config.NewVersion of the
+// URI's last path segment), Update Result becomes 1 and State 0. With Behaviour.RebootOnUpdate it goes silent instead,
 // re-registers after Behaviour.RestartDelay and shows the result to the
 // reads and observations the server makes after the new registration.
 //
@@ -77,7 +78,10 @@
 // and check code continues at the next missing segment, any other starts
 // over); once every segment arrived, 0x16 with the download result
 // (Config.VerifyCheckCode compares the check code with pcp.CheckCode of the
-// package's SHA-256); 0x17 with a 0x17 response and, after UpdateDelay, 0x18
+// package's SHA-256); 0x17 with a 0x17 response (until it has installed,
+// the device answers a 0x13 with its old version and refuses a 0x14 as
+// busy, so nothing tells a lost 0x17 from one it took) and, after
+// UpdateDelay, 0x18
 // with the result and the new version, repeated on each new observation of
 // /19/0/0 until the platform acknowledges it. An unanswered 0x15 is sent
 // again after Config.SegmentTimeout, three times at most, then the download

@@ -1,0 +1,165 @@
+package lwm2m
+
+import (
+	"context"
+	"io"
+	"sync/atomic"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/pool"
+	"github.com/plgd-dev/go-coap/v3/mux"
+)
+
+// Message IDs after a restart.
+//
+// A device drops a confirmable request whose Message ID it saw from the
+// same address within EXCHANGE_LIFETIME (about 4 minutes, RFC 7252 4.5)
+// and answers it from its duplicate cache: the answer to the old request,
+// with the old token. A restarted server does not know which Message IDs
+// the process before it used, and its random ones meet a recently used one
+// now and then (in a 10,000-device --kill-at run, a few devices): the
+// request is never carried out and its worker waits out RequestTimeout,
+// holding every later request of the device (a PCP device that gets no
+// segment gives up its download; a 0x17 or an Execute never runs). So the
+// server sets each request's Message ID itself, and an acknowledgement
+// that carries the Message ID of the request in flight but not its token
+// (the device's cached answer, see handle) makes it send the request
+// again, with a Message ID a quarter of the space further on.
+const (
+	staleRetries = 4
+	midJump      = 0x4000
+)
+
+// inflight is the request a registration's worker waits on.
+type inflight struct {
+	mid    uint16
+	cancel context.CancelFunc
+	stale  atomic.Bool
+}
+
+// nextMID is the Message ID of the next request to reg's device: one
+// sequence per registration, from a random start, as go-coap keeps one per
+// conversation (a sequence shared by all devices would wrap within a
+// device's EXCHANGE_LIFETIME in a large campaign).
+func (reg *registration) nextMID() uint16 { return uint16(reg.mids.Add(1)) }
+
+// roundTrip sends the request newReq builds on reg's conversation with a
+// Message ID of the server's and returns the answer; it sends it again
+// when the device answered it from its duplicate cache. ctx bounds each
+// try.
+func (s *Server) roundTrip(ctx context.Context, reg *registration, newReq func(ctx context.Context, c mux.Conn) (*pool.Message, error)) (*pool.Message, error) {
+	for try := 0; ; try++ {
+		c := s.connOf(reg)
+		rctx, cancel := context.WithCancel(ctx)
+		req, err := newReq(rctx, c)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		in := s.track(reg, req, cancel)
+		res, err := c.Do(req)
+		s.untrack(reg, in)
+		c.ReleaseMessage(req)
+		cancel()
+		if !s.again(ctx, reg, in, err, try) {
+			return res, err
+		}
+	}
+}
+
+// observeTrip is roundTrip for an observation: its request's context is
+// never cancelled once the observation stands (go-coap keeps it).
+func (s *Server) observeTrip(ctx context.Context, reg *registration, path string, fn func(*pool.Message)) (mux.Observation, error) {
+	for try := 0; ; try++ {
+		c := s.connOf(reg)
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		req, err := c.NewObserveRequest(rctx, path)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		in := s.track(reg, req, cancel)
+		obs, err := c.DoObserve(req, fn)
+		s.untrack(reg, in)
+		c.ReleaseMessage(req)
+		if !s.again(ctx, reg, in, err, try) {
+			return obs, err
+		}
+		cancel()
+	}
+}
+
+func (s *Server) track(reg *registration, req *pool.Message, cancel context.CancelFunc) *inflight {
+	in := &inflight{mid: reg.nextMID(), cancel: cancel}
+	req.SetMessageID(int32(in.mid))
+	reg.mu.Lock()
+	reg.inflight = in
+	reg.mu.Unlock()
+	return in
+}
+
+func (s *Server) untrack(reg *registration, in *inflight) {
+	reg.mu.Lock()
+	if reg.inflight == in {
+		reg.inflight = nil
+	}
+	reg.mu.Unlock()
+}
+
+// again reports whether a request that ended with err must go again: the
+// device answered it from its duplicate cache.
+func (s *Server) again(ctx context.Context, reg *registration, in *inflight, err error, try int) bool {
+	if err == nil || !in.stale.Load() || try >= staleRetries || ctx.Err() != nil {
+		return false
+	}
+	reg.mids.Add(midJump)
+	s.log.Info("lwm2m: the device answered a request from its duplicate cache (a Message ID of an earlier process); sent again",
+		"device", reg.device, "message_id", in.mid)
+	return true
+}
+
+// staleAnswer is handle's look at an acknowledgement that matched no
+// request: one with the Message ID of the request in flight to the
+// device registered at its address is the device's cached answer to an
+// earlier request with that Message ID, so that request ends (and goes
+// again, roundTrip). It reports whether it was one.
+func (s *Server) staleAnswer(w mux.ResponseWriter, r *mux.Message) bool {
+	if r.Type() != message.Acknowledgement {
+		return false
+	}
+	s.mu.Lock()
+	reg := s.byPeer[w.Conn().RemoteAddr().String()]
+	s.mu.Unlock()
+	if reg == nil {
+		return false
+	}
+	reg.mu.Lock()
+	in := reg.inflight
+	reg.mu.Unlock()
+	if in == nil || uint16(r.MessageID()) != in.mid {
+		return false
+	}
+	in.stale.Store(true)
+	in.cancel()
+	return true
+}
+
+// Request builders for roundTrip.
+
+func getReq(path string, opts ...message.Option) func(context.Context, mux.Conn) (*pool.Message, error) {
+	return func(ctx context.Context, c mux.Conn) (*pool.Message, error) {
+		return c.NewGetRequest(ctx, path, opts...)
+	}
+}
+
+func putReq(path string, cf message.MediaType, body func() io.ReadSeeker) func(context.Context, mux.Conn) (*pool.Message, error) {
+	return func(ctx context.Context, c mux.Conn) (*pool.Message, error) {
+		return c.NewPutRequest(ctx, path, cf, body())
+	}
+}
+
+func postReq(path string) func(context.Context, mux.Conn) (*pool.Message, error) {
+	return func(ctx context.Context, c mux.Conn) (*pool.Message, error) {
+		return c.NewPostRequest(ctx, path, message.TextPlain, nil)
+	}
+}
