@@ -846,7 +846,9 @@ func (x *DeadlineFired) GetGeneration() uint64 {
 	return 0
 }
 
-// ArmDeadline asks the shell to deliver DeadlineFired{step, generation} at at_unix_nano.
+// ArmDeadline asks the shell to deliver DeadlineFired{step, generation} at
+// at_unix_nano; a time already past, or 0, means at once. Arming replaces the
+// actor's previous deadline.
 type ArmDeadline struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Step          string                 `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`

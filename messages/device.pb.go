@@ -1038,11 +1038,16 @@ func (x *RadioReported) GetCellId() string {
 // and notifications arrive as typed reports (VersionReported, FotaStatus, ...);
 // this carries write/execute acknowledgements and every error (e.g. 4.04, 4.05).
 type Lwm2MResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Op            Lwm2MOp                `protobuf:"varint,1,opt,name=op,proto3,enum=otafleet.messages.v1.Lwm2MOp" json:"op,omitempty"`
-	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
-	Success       bool                   `protobuf:"varint,3,opt,name=success,proto3" json:"success,omitempty"`
-	Code          string                 `protobuf:"bytes,4,opt,name=code,proto3" json:"code,omitempty"` // CoAP code as text, e.g. "2.04", "4.04"
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Op      Lwm2MOp                `protobuf:"varint,1,opt,name=op,proto3,enum=otafleet.messages.v1.Lwm2MOp" json:"op,omitempty"`
+	Path    string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Success bool                   `protobuf:"varint,3,opt,name=success,proto3" json:"success,omitempty"`
+	Code    string                 `protobuf:"bytes,4,opt,name=code,proto3" json:"code,omitempty"` // CoAP code as text, e.g. "2.04", "4.04"
+	// For a write of /19/1/0: the message code of the PCP frame it carried
+	// (e.g. 0x16 for a download-result acknowledgement); 0 otherwise. The
+	// transport delivers every failed PCP write, and the successful answer of
+	// a download-result acknowledgement (the 0x17 waits for it).
+	PcpCode       uint32 `protobuf:"varint,5,opt,name=pcp_code,json=pcpCode,proto3" json:"pcp_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1103,6 +1108,13 @@ func (x *Lwm2MResponse) GetCode() string {
 		return x.Code
 	}
 	return ""
+}
+
+func (x *Lwm2MResponse) GetPcpCode() uint32 {
+	if x != nil {
+		return x.PcpCode
+	}
+	return 0
 }
 
 // FotaStatus: a notification or read of /5/0/3 (State) and/or /5/0/5 (Update Result).
@@ -1977,6 +1989,11 @@ type StageEntered struct {
 	// The version the job's version check compared, on the stage entered
 	// right after it; "" otherwise.
 	SourceVersion string `protobuf:"bytes,5,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
+	// PCP, stage DOWNLOADED: the 0x16 was acknowledged and the 0x17 is due but
+	// has not been sent; it goes when the acknowledgement's write is answered,
+	// at the deadline, or at once after a restart. A DOWNLOADED entry without
+	// it records that the 0x17 was sent (at most once).
+	PcpExecuteDue bool `protobuf:"varint,6,opt,name=pcp_execute_due,json=pcpExecuteDue,proto3" json:"pcp_execute_due,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2044,6 +2061,13 @@ func (x *StageEntered) GetSourceVersion() string {
 		return x.SourceVersion
 	}
 	return ""
+}
+
+func (x *StageEntered) GetPcpExecuteDue() bool {
+	if x != nil {
+		return x.PcpExecuteDue
+	}
+	return false
 }
 
 type PresenceChanged struct {
@@ -4174,12 +4198,13 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x04sinr\x18\x02 \x01(\x11H\x01R\x04sinr\x88\x01\x01\x12\x17\n" +
 	"\acell_id\x18\x03 \x01(\tR\x06cellIdB\a\n" +
 	"\x05_rsrpB\a\n" +
-	"\x05_sinr\"\x80\x01\n" +
+	"\x05_sinr\"\x9b\x01\n" +
 	"\rLwm2mResponse\x12-\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1d.otafleet.messages.v1.Lwm2mOpR\x02op\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
 	"\asuccess\x18\x03 \x01(\bR\asuccess\x12\x12\n" +
-	"\x04code\x18\x04 \x01(\tR\x04code\"m\n" +
+	"\x04code\x18\x04 \x01(\tR\x04code\x12\x19\n" +
+	"\bpcp_code\x18\x05 \x01(\rR\apcpCode\"m\n" +
 	"\n" +
 	"FotaStatus\x12\x19\n" +
 	"\x05state\x18\x01 \x01(\x05H\x00R\x05state\x88\x01\x01\x12(\n" +
@@ -4240,7 +4265,7 @@ const file_messages_device_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x124\n" +
 	"\x06reason\x18\x03 \x01(\x0e2\x1c.otafleet.messages.v1.ReasonR\x06reason\x12\x16\n" +
-	"\x06detail\x18\x04 \x01(\tR\x06detail\"\xfc\x01\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\xa4\x02\n" +
 	"\fStageEntered\x121\n" +
 	"\x05stage\x18\x01 \x01(\x0e2\x1b.otafleet.messages.v1.StageR\x05stage\x12,\n" +
 	"\x12deadline_unix_nano\x18\x02 \x01(\x03R\x10deadlineUnixNano\x12\x1e\n" +
@@ -4248,7 +4273,8 @@ const file_messages_device_proto_rawDesc = "" +
 	"generation\x18\x03 \x01(\x04R\n" +
 	"generation\x12D\n" +
 	"\fverify_cause\x18\x04 \x01(\x0e2!.otafleet.messages.v1.VerifyCauseR\vverifyCause\x12%\n" +
-	"\x0esource_version\x18\x05 \x01(\tR\rsourceVersion\"^\n" +
+	"\x0esource_version\x18\x05 \x01(\tR\rsourceVersion\x12&\n" +
+	"\x0fpcp_execute_due\x18\x06 \x01(\bR\rpcpExecuteDue\"^\n" +
 	"\x0fPresenceChanged\x12\x16\n" +
 	"\x06online\x18\x01 \x01(\bR\x06online\x12\x14\n" +
 	"\x05awake\x18\x02 \x01(\bR\x05awake\x12\x1d\n" +

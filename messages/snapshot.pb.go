@@ -64,6 +64,8 @@ type DeviceSnapshot struct {
 	Last *DeviceSnapshot_Last `protobuf:"bytes,23,opt,name=last,proto3" json:"last,omitempty"`
 	// The version the active or last job's version check compared; "" before it.
 	SourceVersion string `protobuf:"bytes,24,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
+	// PCP, stage DOWNLOADED: the 0x17 is due and was never sent (StageEntered.pcp_execute_due).
+	PcpExecuteDue bool `protobuf:"varint,25,opt,name=pcp_execute_due,json=pcpExecuteDue,proto3" json:"pcp_execute_due,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -264,6 +266,13 @@ func (x *DeviceSnapshot) GetSourceVersion() string {
 		return x.SourceVersion
 	}
 	return ""
+}
+
+func (x *DeviceSnapshot) GetPcpExecuteDue() bool {
+	if x != nil {
+		return x.PcpExecuteDue
+	}
+	return false
 }
 
 // CellSnapshot is a cellfsm.State.
@@ -804,7 +813,7 @@ var File_messages_snapshot_proto protoreflect.FileDescriptor
 
 const file_messages_snapshot_proto_rawDesc = "" +
 	"\n" +
-	"\x17messages/snapshot.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\x1a\x15messages/device.proto\x1a\x13messages/task.proto\"\xf3\b\n" +
+	"\x17messages/snapshot.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\x1a\x15messages/device.proto\x1a\x13messages/task.proto\"\x9b\t\n" +
 	"\x0eDeviceSnapshot\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12\x14\n" +
@@ -837,7 +846,8 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\x10permit_cell_only\x18\x15 \x01(\bR\x0epermitCellOnly\x126\n" +
 	"\x06outbox\x18\x16 \x03(\v2\x1e.otafleet.messages.v1.DownlinkR\x06outbox\x12=\n" +
 	"\x04last\x18\x17 \x01(\v2).otafleet.messages.v1.DeviceSnapshot.LastR\x04last\x12%\n" +
-	"\x0esource_version\x18\x18 \x01(\tR\rsourceVersion\x1a\xa2\x01\n" +
+	"\x0esource_version\x18\x18 \x01(\tR\rsourceVersion\x12&\n" +
+	"\x0fpcp_execute_due\x18\x19 \x01(\bR\rpcpExecuteDue\x1a\xa2\x01\n" +
 	"\x04Last\x12=\n" +
 	"\aoutcome\x18\x01 \x01(\v2#.otafleet.messages.v1.ReportOutcomeR\aoutcome\x12:\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x1e.otafleet.messages.v1.ProtocolR\bprotocol\x12\x1f\n" +

@@ -76,7 +76,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 		w := k.Lwm2MWrite
 		release := reg.holdFota(w.GetPath())
 		res, err := s.roundTrip(ctx, reg, putReq(w.GetPath(), message.TextPlain, func() io.ReadSeeker { return strings.NewReader(w.GetValue()) }))
-		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, w.GetPath(), res, err)
+		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, w.GetPath(), res, err, 0)
 		release()
 	case *messages.Downlink_Lwm2MWritePackageUri:
 		release := reg.holdFota(pathPackageURI)
@@ -86,7 +86,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 		path := k.Lwm2MExecute.GetPath()
 		release := reg.holdFota(path)
 		res, err := s.roundTrip(ctx, reg, postReq(path))
-		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, res, err)
+		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, res, err, 0)
 		release()
 	default:
 		frame, err := s.pcpFrame(ctx, dl)
@@ -95,8 +95,12 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 			return
 		}
 		res, err := s.roundTrip(ctx, reg, putReq(pathPCPDown, message.AppOctets, func() io.ReadSeeker { return bytes.NewReader(frame) }))
-		if err != nil || !success(res.Code()) {
-			s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPCPDown, res, err)
+		code := pcp.Code(frame[3]) // FFFE, version, message code (spec 4.2)
+		// Failed writes are delivered, and so is the success of a 0x16
+		// acknowledgement: the device's 0x17 waits for it, to leave straight
+		// after its journal entry instead of queueing behind this write.
+		if err != nil || !success(res.Code()) || code == pcp.CodeReportDownloadResult {
+			s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPCPDown, res, err, uint32(code))
 		} else {
 			s.awake(reg)
 		}
@@ -110,14 +114,15 @@ func codeText(c codes.Code) string { return fmt.Sprintf("%d.%02d", c>>5, c&0x1f)
 
 // answered delivers the outcome of a write or execute, or of a failed read:
 // nothing when the device did not answer (the step's deadline covers it).
-func (s *Server) answered(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, err error) {
+// pcpCode names the PCP frame a write of /19/1/0 carried (0 otherwise).
+func (s *Server) answered(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, err error, pcpCode uint32) {
 	if err != nil {
 		s.log.Debug("lwm2m: no answer", "device", reg.device, "op", op.String(), "path", path, "error", err)
 		return
 	}
 	s.awake(reg)
 	s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
-		Op: op, Path: path, Success: success(res.Code()), Code: codeText(res.Code()),
+		Op: op, Path: path, Success: success(res.Code()), Code: codeText(res.Code()), PcpCode: pcpCode,
 	}}})
 }
 
@@ -377,7 +382,7 @@ func (s *Server) writePackageURI(ctx context.Context, reg *registration, job *me
 	}
 	uri := PackageURI(reg.secure, addr, pkg, tok)
 	res, err := s.roundTrip(ctx, reg, putReq(pathPackageURI, message.TextPlain, func() io.ReadSeeker { return strings.NewReader(uri) }))
-	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPackageURI, res, err)
+	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPackageURI, res, err, 0)
 }
 
 // PackageURI is the URI a device downloads a package from: coaps:// (DTLS)

@@ -345,6 +345,8 @@ func step(dl *messages.Downlink) string {
 		return "0x14"
 	case *messages.Downlink_PcpExecute:
 		return "0x17"
+	case *messages.Downlink_PcpDownloadResultAck:
+		return "0x16 ack"
 	case *messages.Downlink_PcpSegmentResponse:
 		return fmt.Sprintf("0x15 #%d", dl.GetPcpSegmentResponse().GetSegmentNo())
 	}

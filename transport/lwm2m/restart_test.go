@@ -219,6 +219,39 @@ func TestRestartLost0x17(t *testing.T) {
 	}
 }
 
+// TestRestartDue0x17: a kill after the 0x16's acknowledgement was journaled
+// but before the device answered its write (here: the write never left)
+// leaves a 0x17 that is due and never left the process. The restarted
+// server sends it at once, not after T8, and once only, though the device
+// repeats its 0x16 and that acknowledgement is answered; the device
+// upgrades.
+func TestRestartDue0x17(t *testing.T) {
+	acked := make(chan struct{})
+	before := newTap(once("due", "0x16 ack", acked))
+	s := newStackKeeping(t, true, before.wrap)
+	d := s.start("due", 3602, lwm2msim.Config{ObjectsPCP: true, Lifetime: longLifetime})
+	s.createTask("sota", s.sw, []string{"due"})
+	waitClosed(t, "the 0x16 acknowledgement", acked)
+	s.eng.Settle()
+	if n := before.sent("due", "0x17"); n != 0 {
+		t.Fatalf("0x17 sent before the acknowledgement was answered: %d", n)
+	}
+	after := newTap(nil)
+	s.restart(after.wrap)
+	s.eng.Settle()
+	s.clk.Advance(0) // the deadline Resume armed to fire at once (the fake clock fires when moved); T8 is far
+	got := s.finishedWithin("sota", 30*time.Second)
+	if w := messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS.String(); got["due"] != w {
+		t.Errorf("due: %q, want %q", got["due"], w)
+	}
+	if n := after.sent("due", "0x17"); n != 1 {
+		t.Errorf("0x17 sent %d times after the restart, want 1", n)
+	}
+	if st := d.Stats(); st.Executes != 1 || st.Upgrades != 1 {
+		t.Errorf("due: %+v, want one Execute and one upgrade", st)
+	}
+}
+
 // TestRestartReusedMessageIDs: a restarted server whose first requests to
 // a device carry the Message IDs of the last requests the process before
 // it sent (random Message IDs meet now and then) gets the device's cached

@@ -24,6 +24,7 @@ const (
 	pathFotaState       = "/5/0/3"
 	pathUpdateResult    = "/5/0/5"
 	pathPCPUplink       = "/19/0/0"
+	pathPCPDownlink     = "/19/1/0"
 )
 
 // FOTA object 5 values and PCP codes (spec 3.6, 4.6).
@@ -39,6 +40,8 @@ const (
 	pcpBusy          = 1
 	pcpInstallFailed = 10
 	pcpUnsupported   = 8
+
+	pcpCodeDownloadResult = 0x16 // the message code of a 0x16 and of its acknowledgement
 )
 
 // item is one scheduled reaction of a device.
@@ -982,6 +985,14 @@ func (d *device) pcpDownlink(dl *messages.Downlink) {
 	case *messages.Downlink_PcpSegmentResponse:
 		d.pcpSegment(k.PcpSegmentResponse)
 	case *messages.Downlink_PcpDownloadResultAck:
+		// The device answers the PUT that carried the acknowledgement with
+		// 2.04, as the LwM2M transport reports it: the device's 0x17 waits
+		// for that answer.
+		d.reply(func() *messages.DeviceInput {
+			in := lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, pathPCPDownlink, true, "2.04")
+			in.GetLwm2MResponse().PcpCode = pcpCodeDownloadResult
+			return in
+		})
 		if d.pcp.phase == pcpAwaitDLAck {
 			if k.PcpDownloadResultAck.GetResult() != pcpOK || d.pcp.status != pcpOK {
 				d.pcp = pcpSession{}

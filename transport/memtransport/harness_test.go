@@ -107,7 +107,7 @@ func (e *fsmEngine) effects(id string, gen int, effects []*messages.DeviceEffect
 			}
 		case *messages.DeviceEffect_ArmDeadline:
 			a := k.ArmDeadline
-			e.clk.AfterFunc(messages.Time(a.GetAtUnixNano()).Sub(e.clk.Now()), func() {
+			e.clk.AfterFunc(max(messages.Time(a.GetAtUnixNano()).Sub(e.clk.Now()), 0), func() { // at 0: at once
 				if e.alive(gen) {
 					e.step(id, &messages.DeviceInput{Kind: &messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{Step: a.GetStep(), Generation: a.GetGeneration()}}})
 				}

@@ -324,7 +324,9 @@ func TestPCPScript(t *testing.T) {
 	send(t, tr, pcpDL("p", &messages.PcpDownloadResultAck{}))
 	send(t, tr, pcpDL("p", &messages.PcpExecute{}))
 	clk.Advance(2 * time.Second)
-	check(t, rec, "p", "pcp_execute_response", "pcp_upgrade_result{version:2.0}")
+	check(t, rec, "p",
+		"lwm2m_response{op:LWM2M_OP_WRITE path:/19/1/0 success:true code:2.04 pcp_code:22}", // the ack's PUT answered
+		"pcp_execute_response", "pcp_upgrade_result{version:2.0}")
 	send(t, tr, observe("p", "/19/0/0")) // no ack yet: 0x18 again
 	clk.Advance(time.Second)
 	check(t, rec, "p", "pcp_upgrade_result{version:2.0}")

@@ -86,7 +86,16 @@
 //     it has installed, and PCP does not say how it answers a 0x14 then
 //     (it may still hold the package and report it downloaded, 0x16). So a
 //     PCP 0x17 goes at most once, and a lost one ends with T8 (the task's
-//     retry policy runs the flow again).
+//     retry policy runs the flow again). To keep the window in which a kill
+//     loses it small, the 0x17 is not sent with the 0x16's acknowledgement
+//     (the transport runs a registration's requests one at a time, so it
+//     would sit journaled but unsent for a whole device round trip): the
+//     0x16 enters DOWNLOADED with State.PcpExecuteDue and sends the
+//     acknowledgement alone; the 0x17 goes, journaled as sent, when the
+//     transport reports the acknowledgement's write answered
+//     (Lwm2mResponse.pcp_code 0x16), on a new registration, or when the
+//     stage's deadline (T2, a request's) fires. Resume re-arms that deadline
+//     at 0 (at once): a 0x17 that was due never left the process.
 //   - Version checks (project decision 6): FOTA reads /3/0/3 after Update
 //     Result 1, PCP takes the version of 0x18, MQTT that of the progress report;
 //     a different version fails with "Device version after upgrade does not

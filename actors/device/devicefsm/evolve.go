@@ -22,6 +22,7 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 		s.UriAcked = false
 		s.PermitCell, s.PermitHeld, s.PermitCellOnly = "", false, false
 		s.SourceVersion = ""
+		s.PcpExecuteDue = false
 		// The outbox keeps what an earlier job left queued (a reset, a cancel).
 	case *messages.DeviceEvent_StageEntered:
 		if s.Job == nil {
@@ -37,6 +38,7 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 			s.Generation = ev.GetGeneration()
 		}
 		s.VerifyCause = ev.GetVerifyCause()
+		s.PcpExecuteDue = ev.GetPcpExecuteDue()
 		if v := ev.GetSourceVersion(); v != "" {
 			s.SourceVersion = v
 		}
@@ -119,6 +121,7 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 		s.Progress = 0
 		s.UriAcked = false
 		s.PermitCell, s.PermitHeld, s.PermitCellOnly = "", false, false
+		s.PcpExecuteDue = false
 		s.Outbox = nil
 	case *messages.DeviceEvent_JobRejected, *messages.DeviceEvent_Noted:
 		// Timeline facts only.

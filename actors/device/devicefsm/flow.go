@@ -411,6 +411,12 @@ func (d *decider) deadlineFired(f *messages.DeadlineFired) {
 			d.fail(messages.Reason_REASON_DOWNLOAD_TIMEOUT, "", 0)
 		}
 	case stDownloaded:
+		if d.pcpExecuteDue() {
+			// No answer to the 0x16 acknowledgement in time (or a restart
+			// lost it, see Resume): the 0x17 goes now, T8 counts from it.
+			d.pcpExecute()
+			return
+		}
 		d.fail(messages.Reason_REASON_UPDATE_START_TIMEOUT, "", 0)
 	case stUpgrading:
 		if d.s.Job.GetSkipVersionCheck() {

@@ -126,6 +126,9 @@ func dumpState(s State) string {
 		fmt.Fprintf(&b, "job=%s stage=%s deadline=%s gen=%d cause=%s notified=%s progress=%d uri_acked=%v\n",
 			fmtProto(s.Job), shortStage(s.Stage), relTime(s.Deadline), s.Generation,
 			strings.TrimPrefix(s.VerifyCause.String(), "VERIFY_CAUSE_"), relTime(s.NotifiedAt), s.Progress, s.UriAcked)
+		if s.PcpExecuteDue {
+			b.WriteString("pcp_execute_due (the 0x17 was never sent)\n")
+		}
 	} else {
 		fmt.Fprintf(&b, "idle stage=%s gen=%d\n", shortStage(s.Stage), s.Generation)
 	}
@@ -216,8 +219,10 @@ func (h *harness) advance(d time.Duration) string {
 		}
 		tm := h.timers[0]
 		h.timers = h.timers[1:]
-		h.now = tm.at
-		fmt.Fprintf(&b, "fire %s gen=%d at %s\n", strings.TrimPrefix(tm.step, "STAGE_"), tm.gen, relTime(tm.at))
+		if tm.at.After(h.now) { // a timer armed in the past fires now
+			h.now = tm.at
+		}
+		fmt.Fprintf(&b, "fire %s gen=%d at %s\n", strings.TrimPrefix(tm.step, "STAGE_"), tm.gen, relTime(h.now))
 		b.WriteString(indent(h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_DeadlineFired{
 			DeadlineFired: &messages.DeadlineFired{Step: tm.step, Generation: tm.gen}}})))
 	}
@@ -367,7 +372,9 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 		op := map[string]messages.Lwm2MOp{"read": messages.Lwm2MOp_LWM2M_OP_READ, "write": messages.Lwm2MOp_LWM2M_OP_WRITE,
 			"execute": messages.Lwm2MOp_LWM2M_OP_EXECUTE, "observe": messages.Lwm2MOp_LWM2M_OP_OBSERVE}[a["op"]]
 		code := a["code"]
-		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{Op: op, Path: a["path"], Success: strings.HasPrefix(code, "2."), Code: code}}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+			Op: op, Path: a["path"], Success: strings.HasPrefix(code, "2."), Code: code, PcpCode: u32(t, a, "pcp"),
+		}}})
 	case "fota":
 		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32(t, a, "state"), UpdateResult: i32(t, a, "result")}}})
 	case "progress":
@@ -411,10 +418,14 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 	case "state":
 		return dumpState(h.s)
 	case "crash":
-		// Rebuild from the journal alone and print what Resume redoes.
+		// Rebuild from the journal alone and print what Resume redoes; its
+		// deadline replaces the timer, as in the actor shell.
 		h.s = h.replay()
 		var b strings.Builder
 		for _, e := range Resume(h.s) {
+			if a := e.GetArmDeadline(); a != nil {
+				h.timers = []timer{{a.GetStep(), a.GetGeneration(), messages.Time(a.GetAtUnixNano())}}
+			}
 			fmt.Fprintf(&b, "effect %s\n", fmtProto(e))
 		}
 		if b.Len() == 0 {

@@ -78,6 +78,11 @@ func stateClasses() []stateClass {
 				s.VerifyCause = causeResult
 			}
 			classes = append(classes, stateClass{fmt.Sprintf("%s/%s", strings.ToLower(strings.TrimPrefix(p.String(), "PROTOCOL_")), shortStage(st)), s})
+			if p == protoPCP && st == stDownloaded {
+				due := s
+				due.PcpExecuteDue = true // the 0x16 acknowledged, the 0x17 not yet sent
+				classes = append(classes, stateClass{"lwm2m_pcp/DOWNLOADED-due", due})
+			}
 		}
 	}
 	return classes
@@ -123,6 +128,10 @@ func sample(name string, s State) *messages.DeviceInput {
 		in.Kind = &messages.DeviceInput_RadioReported{RadioReported: &messages.RadioReported{Rsrp: i32p(-100), Sinr: i32p(5), CellId: "c1"}}
 	case "lwm2m_response":
 		in.Kind = &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{Op: messages.Lwm2MOp_LWM2M_OP_READ, Path: PathConnMon, Code: "4.04"}}
+		if s.PcpExecuteDue { // the answer the due 0x17 waits for
+			in.Kind = &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+				Op: messages.Lwm2MOp_LWM2M_OP_WRITE, Path: PathPCPDownlink, Success: true, Code: "2.04", PcpCode: pcpCodeDLResult}}
+		}
 	case "fota_status":
 		in.Kind = &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32p(2)}}
 	case "mqtt_progress":
@@ -348,8 +357,11 @@ func randomInput(rng *rand.Rand, kind string, s State) *messages.DeviceInput {
 	case *messages.DeviceInput_PcpSegmentRequest:
 		k.PcpSegmentRequest.SegmentNo = uint32(rng.IntN(4))
 	case *messages.DeviceInput_Lwm2MResponse:
-		paths := []string{PathConnMon, PathCellID, PathFirmwareVersion, PathPackageURI, PathUpdate}
+		paths := []string{PathConnMon, PathCellID, PathFirmwareVersion, PathPackageURI, PathUpdate, PathPCPDownlink}
 		k.Lwm2MResponse.Path = paths[rng.IntN(len(paths))]
+		if k.Lwm2MResponse.Path == PathPCPDownlink {
+			k.Lwm2MResponse.PcpCode = uint32([]int{0x14, pcpCodeDLResult}[rng.IntN(2)])
+		}
 		k.Lwm2MResponse.Op = messages.Lwm2MOp(rng.IntN(5))
 		k.Lwm2MResponse.Success = rng.IntN(2) == 0
 	case *messages.DeviceInput_Connected:

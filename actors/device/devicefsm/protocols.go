@@ -142,6 +142,16 @@ func (d *decider) lwm2mResponse(r *messages.Lwm2MResponse) {
 	}
 	path, op := r.GetPath(), r.GetOp()
 	detail := fmt.Sprintf("%s %s answered %s", strings.TrimPrefix(op.String(), "LWM2M_OP_"), path, r.GetCode())
+	if op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == PathPCPDownlink && r.GetPcpCode() == pcpCodeDLResult && d.pcpExecuteDue() {
+		// The device answered the 0x16 acknowledgement: the 0x17 goes now,
+		// straight after its journal entry. A refusal of the write gets it
+		// too: waiting longer cannot help.
+		if !r.GetSuccess() {
+			d.note(detail + ": the 0x16 acknowledgement was refused; 0x17 sent anyway")
+		}
+		d.pcpExecute()
+		return
+	}
 	if r.GetSuccess() {
 		if op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == PathPackageURI && d.is(protoFOTA, stNotified, stDownloading) && !d.s.UriAcked {
 			d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PackageUriAccepted{PackageUriAccepted: &messages.PackageUriAccepted{}}})
@@ -295,6 +305,12 @@ func (d *decider) pcpReconnected() {
 		// The same version and check code again: the device resumes from its
 		// next missing segment (spec 4.8), or starts over if it lost them.
 		d.send(pcpNotify(d.s.Job.GetPackage()))
+	case stDownloaded:
+		if d.pcpExecuteDue() {
+			// The acknowledgement's answer may have died with the old
+			// session: the 0x17, never sent, goes on the new one.
+			d.pcpExecute()
+		}
 	}
 }
 
@@ -375,12 +391,31 @@ func (d *decider) pcpDownloadResult(status uint32) {
 	}
 	d.pcpAck(&messages.PcpDownloadResultAck{Result: pcpOK})
 	if d.s.Stage == stDownloaded {
-		return // duplicate
+		// A duplicate: its acknowledgement's answer sends a 0x17 still
+		// due, never one already sent.
+		return
 	}
 	if status != pcpOK {
 		d.fail(DeviceCodeReason(int32(status)), "0x16 download result", int32(status))
 		return
 	}
+	// The 0x17 is due but not sent: it would wait behind the
+	// acknowledgement's write (a registration's requests run one at a
+	// time), journaled but not on the wire for a whole device round trip,
+	// and a crash then would lose it. It goes when the transport reports
+	// the acknowledgement answered (lwm2mResponse), or when this deadline
+	// (a request's, T2) fires, or at once after a restart (Resume).
+	d.enterWith(&messages.StageEntered{Stage: stDownloaded, PcpExecuteDue: true}, d.at.Add(d.cfg.VersionReport))
+}
+
+// pcpExecuteDue reports whether the job's 0x17 is due and was never sent.
+func (d *decider) pcpExecuteDue() bool {
+	return d.pcpJob() && d.s.Stage == stDownloaded && d.s.PcpExecuteDue
+}
+
+// pcpExecute sends the due 0x17 and journals that it did, arming T8: it is
+// sent at most once (a device cannot tell us whether it took one).
+func (d *decider) pcpExecute() {
 	d.send(&messages.Downlink{Kind: &messages.Downlink_PcpExecute{PcpExecute: &messages.PcpExecute{}}})
 	d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
 }

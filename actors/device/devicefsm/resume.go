@@ -23,7 +23,9 @@ import (
 //     Execute gets it again (decider.executeAgain). A PCP device gets no
 //     second 0x17: nothing it answers tells a lost 0x17 from one it took
 //     (it reports the old version until it has installed), so T8 ends that
-//     wait;
+//     wait. A PCP device whose 0x17 was due but never journaled as sent
+//     (State.PcpExecuteDue) gets it: its deadline is re-armed at 0, so it
+//     fires at once and that step sends and journals the 0x17;
 //   - for an idle device, the last outcome and the release of its cell slot,
 //     in case the crash came between journaling them and sending them (tasks
 //     and cells ignore duplicates).
@@ -40,7 +42,15 @@ func Resume(s State) []*messages.DeviceEffect {
 		}
 		return out
 	}
-	if !s.Deadline.IsZero() {
+	switch {
+	case s.PcpExecuteDue && s.Stage == stDownloaded && s.Job.GetProtocol() == protoPCP:
+		// The 0x17 is due and never left: its deadline is re-armed to fire
+		// at once, and the step it fires sends the 0x17 and journals that it
+		// did (decider.pcpExecute), so a second restart sends no second one.
+		a := armEffect(s)
+		a.GetArmDeadline().AtUnixNano = 0
+		out = append(out, a)
+	case !s.Deadline.IsZero():
 		out = append(out, armEffect(s))
 	}
 	if s.Stage == stWaitPermit {

@@ -38,6 +38,7 @@ func Snapshot(s State) *messages.DeviceSnapshot {
 		PermitCellOnly:     s.PermitCellOnly,
 		Outbox:             s.Outbox,
 		SourceVersion:      s.SourceVersion,
+		PcpExecuteDue:      s.PcpExecuteDue,
 	}
 	if s.HasFw {
 		p.FwVersion = &s.FwVersion
@@ -96,6 +97,7 @@ func FromSnapshot(p *messages.DeviceSnapshot) (State, error) {
 		PermitCellOnly: p.GetPermitCellOnly(),
 		Outbox:         p.GetOutbox(),
 		SourceVersion:  p.GetSourceVersion(),
+		PcpExecuteDue:  p.GetPcpExecuteDue(),
 	}
 	if l := p.GetLast(); l != nil {
 		s.Last = &Last{Outcome: l.GetOutcome(), Protocol: l.GetProtocol(), PermitCell: l.GetPermitCell()}
@@ -126,8 +128,11 @@ func checkSnapshot(p *messages.DeviceSnapshot) error {
 		}
 	} else if p.GetStage() != stIdle || p.GetDeadlineUnixNano() != 0 || p.GetVerifyCause() != 0 ||
 		p.GetNotifiedAtUnixNano() != 0 || p.GetProgress() != 0 || p.GetUriAcked() ||
-		p.GetPermitCell() != "" || p.GetPermitHeld() || p.GetPermitCellOnly() {
+		p.GetPermitCell() != "" || p.GetPermitHeld() || p.GetPermitCellOnly() || p.GetPcpExecuteDue() {
 		return invalidSnapshot("an idle device (no job) has job fields set (stage %v)", p.GetStage())
+	}
+	if p.GetPcpExecuteDue() && (p.GetJob().GetProtocol() != protoPCP || p.GetStage() != stDownloaded) {
+		return invalidSnapshot("pcp_execute_due outside a PCP job's stage DOWNLOADED (%v, %v)", p.GetJob().GetProtocol(), p.GetStage())
 	}
 	if p.GetPermitCell() == "" && (p.GetPermitHeld() || p.GetPermitCellOnly()) {
 		return invalidSnapshot("permit_held or permit_cell_only without permit_cell")

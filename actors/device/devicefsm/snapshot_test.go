@@ -297,6 +297,8 @@ func TestFromSnapshotInvalid(t *testing.T) {
 		{"idle permit", idle(func(p *messages.DeviceSnapshot) { p.PermitCell = "c1" }), "idle device"},
 		{"idle progress", idle(func(p *messages.DeviceSnapshot) { p.Progress = 3 }), "idle device"},
 		{"held without cell", func(p *messages.DeviceSnapshot) { p.PermitCell = "" }, "without permit_cell"},
+		{"idle execute due", idle(func(p *messages.DeviceSnapshot) { p.PcpExecuteDue = true }), "idle device"},
+		{"execute due for FOTA", func(p *messages.DeviceSnapshot) { p.PcpExecuteDue = true }, "pcp_execute_due outside"},
 		{"empty downlink", func(p *messages.DeviceSnapshot) { p.Outbox = append(p.Outbox, nil) }, "outbox[1] has no kind"},
 		{"downlink no kind", func(p *messages.DeviceSnapshot) { p.Outbox[0] = &messages.Downlink{DeviceId: "dev-1"} }, "outbox[0] has no kind"},
 		{"last no outcome", func(p *messages.DeviceSnapshot) { p.Last.Outcome = nil }, "last.outcome is missing"},

@@ -101,6 +101,13 @@ type State struct {
 	// SourceVersion is the version the job's version check compared ("" until
 	// then); the job's outcome carries it to the task.
 	SourceVersion string
+	// PcpExecuteDue (PCP, stage DOWNLOADED): the device's 0x16 was
+	// acknowledged and its 0x17 is due but was never sent. The 0x17 goes
+	// when the acknowledgement's write is answered, or at the stage's
+	// deadline, or at once after a restart (Resume); sending it clears this
+	// and arms T8. Without it, DOWNLOADED means the 0x17 was sent, and it is
+	// never sent again.
+	PcpExecuteDue bool
 
 	// Outbox holds downlinks waiting for the device to become reachable.
 	Outbox []*messages.Downlink

@@ -22,6 +22,7 @@ const (
 	PathFotaState       = "/5/0/3"
 	PathUpdateResult    = "/5/0/5"
 	PathPCPUplink       = "/19/0/0"
+	PathPCPDownlink     = "/19/1/0"
 )
 
 // Stage shorthands.
@@ -57,6 +58,7 @@ const (
 	pcpAlreadyLatest   = 0x03
 	pcpNoSuchTask      = 0x80
 	pcpNoSuchSegment   = 0x81
+	pcpCodeDLResult    = 0x16 // the message code of a 0x16 and of its acknowledgement (spec 4.4)
 	pcpMinSegmentSize  = 32
 	pcpMaxSegmentSize  = 500
 	fotaStateIdle      = 0
@@ -132,7 +134,12 @@ func (d *decider) sendOnce(dl *messages.Downlink) {
 // enter moves the job to stage; a positive timeout arms a deadline at at+timeout,
 // an absolute non-zero deadline is kept as given.
 func (d *decider) enter(stage messages.Stage, deadline time.Time, cause messages.VerifyCause) {
-	ev := &messages.StageEntered{Stage: stage, VerifyCause: cause, SourceVersion: d.srcVer}
+	d.enterWith(&messages.StageEntered{Stage: stage, VerifyCause: cause}, deadline)
+}
+
+// enterWith is enter with more fields of the StageEntered event set.
+func (d *decider) enterWith(ev *messages.StageEntered, deadline time.Time) {
+	ev.SourceVersion = d.srcVer
 	d.srcVer = ""
 	if !deadline.IsZero() {
 		ev.DeadlineUnixNano = messages.UnixNano(deadline)
