@@ -304,7 +304,17 @@ func (d *device) record() record {
 		Drops: d.drops, Refusals: d.refusals,
 		Installing: d.installing, InstallingSw: d.installingSw,
 		FotaResult: d.fotaResult, PCPResultPending: d.pcp.phase == pcpAwaitResultAck,
+		PCPDownloaded: d.pcpDownloaded(),
 	}
+}
+
+// pcpDownloaded is the version of a PCP package downloaded in full (its
+// 0x16 OK sent) and not yet installing; "" when none.
+func (d *device) pcpDownloaded() string {
+	if p := d.pcp; p.phase == pcpDownloaded || (p.phase == pcpAwaitDLAck && p.status == pcpOK) {
+		return p.version
+	}
+	return ""
 }
 
 func (d *device) restore(r record) {
@@ -316,6 +326,11 @@ func (d *device) restore(r record) {
 	d.fotaResult = r.FotaResult
 	if r.PCPResultPending {
 		d.pcp.phase = pcpAwaitResultAck
+	}
+	if r.PCPDownloaded != "" && d.spec.Protocol == protoPCP {
+		// The package survived the restart: the device reports it
+		// downloaded again once observed, and installs it on a 0x17.
+		d.pcp = pcpSession{phase: pcpAwaitDLAck, version: r.PCPDownloaded, status: pcpOK}
 	}
 	if r.MQTTDownload != "" && d.spec.Protocol == protoMQTT {
 		d.dl = &download{target: r.MQTTDownload, sw: r.MQTTDownloadSw, ordinal: r.Downloads}
@@ -1094,6 +1109,10 @@ func (d *device) pcpSegment(r *messages.PcpSegmentResponse) {
 	p.phase = pcpAwaitDLAck
 	if p.ordinal <= d.b.FailDownloads {
 		p.status = uint32(d.b.failCode(protoPCP))
+	}
+	if p.status == pcpOK && !d.persist() { // the package is kept (PCPDownloaded)
+		*p = pcpSession{}
+		return
 	}
 	d.replyPCP(d.pcpDownloadResult)
 }

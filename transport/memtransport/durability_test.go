@@ -166,3 +166,35 @@ func TestStateFileTornAndCorrupt(t *testing.T) {
 		t.Fatalf("New on a corrupt file: %v", err)
 	}
 }
+
+// TestStateFilePCPDownloaded: the simulator dies after a PCP device reported
+// its package downloaded (0x16) and before any 0x17. The package survives
+// the restart, as on a real device: observed again, the device repeats its
+// 0x16, and a 0x17 then installs it (the 0x17 a restarted server sends when
+// it had one due and never sent).
+func TestStateFilePCPDownloaded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sim-state")
+	s := spec("p", messages.Protocol_PROTOCOL_LWM2M_PCP)
+	rec, tr, clk := reopen(t, path, s)
+	connect(t, tr, "p")
+	send(t, tr, observe("p", "/19/0/0"))
+	send(t, tr, pcpDL("p", &messages.PcpNotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 1}))
+	clk.Advance(time.Second)
+	check(t, rec, "p", "connected", "pcp_notify_response", "pcp_segment_request{version:2.0}")
+	send(t, tr, pcpDL("p", &messages.PcpSegmentResponse{SegmentNo: 0, PackageId: "x", SegmentSize: 100}))
+	clk.Advance(time.Second)
+	check(t, rec, "p", "pcp_download_result")
+	tr.Close() // kill -9 before the acknowledgement and the 0x17
+
+	rec, tr, clk = reopen(t, path, s)
+	connect(t, tr, "p")
+	send(t, tr, observe("p", "/19/0/0"))
+	clk.Advance(time.Second)
+	check(t, rec, "p", "connected", "pcp_download_result")
+	send(t, tr, pcpDL("p", &messages.PcpExecute{}))
+	clk.Advance(time.Minute)
+	check(t, rec, "p", "pcp_execute_response", "pcp_upgrade_result{version:2.0}")
+	if ds := mustDevice(t, tr, "p"); version(ds) != "2.0" || ds.Counters.PCPExecutes != 1 || ds.Counters.Upgrades != 1 {
+		t.Errorf("after the 0x17: version %q, counters %+v", version(ds), ds.Counters)
+	}
+}

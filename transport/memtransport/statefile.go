@@ -46,6 +46,10 @@ type record struct {
 	// PCPResultPending: a 0x18 was sent and not acknowledged; the device
 	// repeats it when /19/0/0 is observed again.
 	PCPResultPending bool `json:"pcp_result_pending,omitempty"`
+	// PCPDownloaded is the version of a PCP package downloaded in full and
+	// not yet installing: a device keeps it across a restart (spec 4.5: it
+	// may report it downloaded, 0x16, again) and installs it on a 0x17.
+	PCPDownloaded string `json:"pcp_downloaded,omitempty"`
 	// MQTTDownload is the version an MQTT device is downloading: it keeps the
 	// URL and token of the upgrade event, and resumes after a reconnect or a
 	// restart as device SDKs do (HTTP Range).
