@@ -13,11 +13,11 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
-	"github.com/otafleet/otafleet/transport/memtransport"
 )
 
 var errCrashed = errors.New("crashed: the process is gone")

@@ -7,10 +7,10 @@ import (
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence/memstore"
-	"github.com/otafleet/otafleet/transport/memtransport"
 )
 
 // The cell budget metrics.

@@ -9,8 +9,8 @@
 // So `otafleet sim --register`, a later `otafleet sim`, and several sim
 // processes that share a fleet by ranges all agree.
 //
-// [StartSim] runs a fleet's devices (transport/mqtt/mqttsim and
-// transport/lwm2m/lwm2msim, each with its own socket, as real devices have)
+// [StartSim] runs a fleet's devices (bench/sim/mqttsim and
+// bench/sim/lwm2msim, each with its own socket, as real devices have)
 // against a server. [Run] is `otafleet bench`: it starts a server and
 // simulator processes, registers the fleet, runs one task per protocol and
 // builds a [Report] from the API, the server's /metrics and

@@ -11,9 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/otafleet/otafleet/bench/sim/lwm2msim"
+	"github.com/otafleet/otafleet/bench/sim/mqttsim"
 	"github.com/otafleet/otafleet/internal/clock"
-	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
-	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
 )
 
 // SimConfig describes a simulator: the fleet and where its server is.

@@ -16,13 +16,13 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence/memstore"
 	"github.com/otafleet/otafleet/rpc"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
-	"github.com/otafleet/otafleet/transport/memtransport"
 )
 
 var taskEpoch = time.Date(2026, 6, 1, 8, 0, 0, 0, time.UTC)

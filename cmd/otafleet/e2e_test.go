@@ -19,10 +19,10 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/otafleet/otafleet/bench/sim/lwm2msim"
+	"github.com/otafleet/otafleet/bench/sim/mqttsim"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
-	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
-	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
 )
 
 // e2e is a running `otafleet serve` with Go clients and the CLI binary.

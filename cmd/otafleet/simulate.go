@@ -11,11 +11,11 @@ import (
 	"time"
 
 	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
-	"github.com/otafleet/otafleet/transport/memtransport"
 )
 
 // lateDownlinks lets the engine be built before the transport that needs it:

@@ -15,13 +15,13 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/lwm2m"
-	"github.com/otafleet/otafleet/transport/memtransport"
 	"github.com/otafleet/otafleet/transport/mqtt"
 )
 

@@ -26,13 +26,13 @@ import (
 	"github.com/plgd-dev/go-coap/v3/udp"
 	"github.com/plgd-dev/go-coap/v3/udp/client"
 
+	"github.com/otafleet/otafleet/bench/sim/lwm2msim"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/lwm2m"
-	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
 )
 
 // The LwM2M benchmarks run, in one process, the LwM2M server and simulated

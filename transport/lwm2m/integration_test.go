@@ -15,6 +15,7 @@ import (
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
+	"github.com/otafleet/otafleet/bench/sim/lwm2msim"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
@@ -23,7 +24,6 @@ import (
 	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/lwm2m"
-	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
 	"github.com/otafleet/otafleet/transport/pcp"
 )
 

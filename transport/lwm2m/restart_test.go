@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otafleet/otafleet/bench/sim/lwm2msim"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/transport"
-	"github.com/otafleet/otafleet/transport/lwm2m/lwm2msim"
 	"github.com/otafleet/otafleet/transport/pcp"
 )
 

@@ -26,12 +26,12 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/listeners"
 
+	"github.com/otafleet/otafleet/bench/sim/mqttsim"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
-	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
 )
 
 // The MQTT benchmark runs, in one process, otafleet (engine, embedded

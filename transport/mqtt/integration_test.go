@@ -21,6 +21,7 @@ import (
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
+	"github.com/otafleet/otafleet/bench/sim/mqttsim"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
@@ -30,7 +31,6 @@ import (
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/mqtt"
 	"github.com/otafleet/otafleet/transport/mqtt/iotda"
-	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
 )
 
 // The integration tests run the real broker, the real download server over

@@ -16,12 +16,12 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/otafleet/otafleet/bench/sim/mqttsim"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/mqtt"
 	"github.com/otafleet/otafleet/transport/mqtt/iotda"
-	"github.com/otafleet/otafleet/transport/mqtt/mqttsim"
 )
 
 // mosquittoConf is the broker configuration the README asks for: QoS 1

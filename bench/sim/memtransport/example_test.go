@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
-	"github.com/otafleet/otafleet/transport/memtransport"
 )
 
 // printer is an Uplinks that prints what devices report.

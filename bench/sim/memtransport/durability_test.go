@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
-	"github.com/otafleet/otafleet/transport/memtransport"
 )
 
 // reopen builds a new Transport on the same state file, as a restarted

@@ -12,10 +12,10 @@ import (
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
-	"github.com/otafleet/otafleet/transport/memtransport"
 )
 
 // recorder is an Uplinks that records every input, per device.

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/messages"
-	"github.com/otafleet/otafleet/transport/memtransport"
 )
 
 const (
