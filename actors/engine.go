@@ -138,15 +138,19 @@ func (e *Engine) props(a Address) *actor.Props {
 	})
 }
 
+// machineFor is the state machine of an actor kind. Addresses are built by
+// the engine alone, so an unknown kind is a programming error: it panics
+// rather than run a stream through the wrong machine.
 func (e *Engine) machineFor(a Address) machine {
 	switch a.Kind {
 	case persistence.KindDevice:
 		return &deviceMachine{e: e, s: devicefsm.New(a.ID)}
 	case persistence.KindCell:
 		return &cellMachine{e: e, s: cellfsm.New(a.ID)}
-	default:
+	case persistence.KindTask:
 		return &taskMachine{e: e}
 	}
+	panic(fmt.Sprintf("actors: no state machine for kind %q (address %s)", a.Kind, a))
 }
 
 // Start recovers every task, cell and in-flight device from the journal and

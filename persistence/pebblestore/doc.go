@@ -8,11 +8,12 @@
 //	e/<kind>/<id>/<seq:8 BE>   event (persistence.EncodeEvent envelope)
 //	s/<kind>/<id>              snapshot (persistence.EncodeSnapshot envelope)
 //	a/<kind>/<id>              active mark (empty value)
-//	r/p/<id>                   product  \
-//	r/d/<id>                   device    |
-//	r/g/<id>                   group     | registrypb record inside the
-//	r/k/<id>                   package   | persistence envelope (type
-//	r/b/<id>                   blob header (written last)  | 200-204, version 1)
+//	r/p/<id>                   product      \
+//	r/d/<id>                   device        |
+//	r/g/<id>                   group         | registrypb record inside the
+//	r/k/<id>                   package       | persistence envelope (types
+//	r/b/<id>                   blob header   | 200-205, version 1); a blob
+//	r/t/<id>                   task         /  header is written last
 //	r/w/<id>                   blob write in progress (empty value)
 //	r/i/d/<product>/<device>   index: the product's devices (empty value)
 //	r/i/k/<product>/<package>  index: the product's packages (empty value)
