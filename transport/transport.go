@@ -1,7 +1,9 @@
 // Package transport is the seam between the engine and the device protocols.
 // The engine sends downlinks and token revocations through a Downlinks value;
 // protocol adapters (MQTT, LwM2M, the in-memory simulator) implement it and
-// hand decoded uplinks to an Uplinks value (the engine). Adapters make no
+// hand decoded uplinks to an Uplinks value (the engine). The package
+// download servers name a job's download by a DownloadGrant, which the
+// engine authorizes and is told the bytes served under. Adapters make no
 // decisions: they translate bytes to messages and back.
 package transport
 

@@ -80,24 +80,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 	}
 	t.dl, err = download.New(download.Config{
 		Packages: reg, Key: key, TTL: cfg.TokenTTL, Clock: clk, Logger: logger.With("component", "download"),
-		Authorize: func(ctx context.Context, g download.Grant) error {
-			v, err := engine.Device(ctx, g.DeviceID)
-			if err != nil {
-				return err
-			}
-			if j := v.State.Job; j == nil || j.GetTaskId() != g.TaskID || j.GetAttempt() != g.Attempt {
-				return errors.New("the upgrade this token was issued for has ended or was stopped")
-			}
-			return nil
-		},
-		OnServed: func(g download.Grant, offset, n, size int64) {
-			err := engine.Deliver(context.Background(), g.DeviceID, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{DownloadServed: &messages.DownloadServed{
-				TaskId: g.TaskID, Attempt: g.Attempt, Offset: offset, Bytes: n, Size: size,
-			}}})
-			if err != nil {
-				logger.Warn("download: reporting bytes served", "device", g.DeviceID, "error", err)
-			}
-		},
+		Authorize: engine.AuthorizeDownload, OnServed: engine.DownloadServed,
 	})
 	if err != nil {
 		return nil, err

@@ -34,8 +34,15 @@
 // /packages/{package_id} is 404; a method other than GET and HEAD is 405; a
 // missing, malformed, forged or expired token is 401 with a WWW-Authenticate
 // challenge; a token for another package is 403; a grant that Authorize
-// refuses is 403; an unknown package is 404. Each refusal is logged with its
+// refuses is 403; an unknown package is 404; a package whose file differs
+// in size or SHA-256 from its record is 500. Each refusal is logged with its
 // reason, never with the token.
+//
+// The rules are written once, for every path a package takes: Check is the
+// token check (signature, expiry, package, Authorize) and OpenPackage the
+// verified opener (record, file, size and SHA-256). The Handler uses both,
+// and so does the LwM2M server (transport/lwm2m), which serves the same
+// packages block-wise over CoAP (Block2) with the token in its URI.
 //
 // A Server is safe for concurrent use. It judges token expiry by its
 // clock.Clock (Config.Clock), never by the time package's wall clock.

@@ -32,14 +32,16 @@ type Config struct {
 	Clock    clock.Clock   // github.com/otafleet/otafleet/internal/clock; nil means clock.Real()
 	// Authorize is asked on every request with a valid, unexpired token: nil means the grant's
 	// sub-task still runs; an error means it ended or was stopped (the token is revoked) → 403.
-	// nil Authorize allows every valid token.
+	// nil Authorize allows every valid token. The engine's AuthorizeDownload (package actors) is the
+	// rule: a grant holds while its (task, attempt) is the device's running job.
 	Authorize func(ctx context.Context, g Grant) error
 	// OnServed, if set, is called after each request that sent package bytes: the grant, the first
 	// offset sent, the number of bytes actually written, and the package size.
 	//
 	// n counts the response body bytes written to the connection, so for a
 	// request of several ranges (multipart/byteranges) it includes the parts'
-	// headers. OnServed runs in the request's goroutine, after the answer.
+	// headers. OnServed runs in the request's goroutine, after the answer. The engine's
+	// DownloadServed (package actors) journals it on the device's timeline.
 	OnServed func(g Grant, offset, n, size int64)
 	Logger   *slog.Logger // nil: discard
 }
@@ -169,51 +171,47 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var g Grant
 	if err == nil {
-		g, _, err = s.signer.verify(tok, s.clock.Now())
+		g, err = s.Check(ctx, tok, id)
+	} else {
+		err = fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
-	if err != nil {
-		if errors.Is(err, errExpired) {
-			// An expired token has a verified grant, worth naming.
-			log = log.With(grantArgs(g)...)
-		}
+	if g != (Grant{}) {
+		// The token's signature verified: its grant is worth naming, even
+		// when it is refused (expired, another package, revoked).
+		log = log.With(grantArgs(g)...)
+	}
+	switch {
+	case err == nil:
+		s.serveContent(w, r, log, g)
+	case errors.Is(err, ErrInvalidToken):
 		log.LogAttrs(ctx, slog.LevelInfo, "download refused: invalid token", slog.String("reason", err.Error()))
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		http.Error(w, msgInvalidToken, http.StatusUnauthorized)
-		return
-	}
-	log = log.With(grantArgs(g)...)
-	if g.PackageID != id {
+	case errors.Is(err, errOtherPackage):
 		log.LogAttrs(ctx, slog.LevelInfo, "download refused: token for another package", slog.String("token_package", g.PackageID))
 		http.Error(w, msgWrongPackage, http.StatusForbidden)
-		return
+	default:
+		log.LogAttrs(ctx, slog.LevelInfo, "download refused: token revoked", slog.String("reason", err.Error()))
+		http.Error(w, msgRevoked, http.StatusForbidden)
 	}
-	if s.authorize != nil {
-		if err := s.authorize(ctx, g); err != nil {
-			log.LogAttrs(ctx, slog.LevelInfo, "download refused: token revoked", slog.String("reason", err.Error()))
-			http.Error(w, msgRevoked, http.StatusForbidden)
+}
+
+// serveContent answers a request whose token Check accepted for grant g:
+// the package's bytes, as http.ServeContent does, then OnServed.
+func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, log *slog.Logger, g Grant) {
+	ctx := r.Context()
+	blob, pkg, err := OpenPackage(ctx, s.packages, g.PackageID)
+	if err != nil {
+		if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
+			log.LogAttrs(ctx, slog.LevelInfo, "download refused: unknown package", slog.String("reason", err.Error()))
+			http.NotFound(w, r)
 			return
 		}
-	}
-
-	pkg, err := s.packages.GetPackage(ctx, id)
-	if err != nil {
-		s.refuseLookup(w, r, log, "package", err)
-		return
-	}
-	blob, err := s.packages.OpenBlob(ctx, pkg.ID)
-	if err != nil {
-		s.refuseLookup(w, r, log, "package file", err)
-		return
-	}
-	defer blob.Close()
-	// The metadata is what the device was told (file_size, sign) and what
-	// the ETag names: a file that differs would only fail the device's check.
-	if blob.Size() != pkg.Size || blob.SHA256() != pkg.SHA256 {
-		log.LogAttrs(ctx, slog.LevelError, "download failed: package file does not match its metadata",
-			slog.Int64("size", pkg.Size), slog.Int64("file_size", blob.Size()))
+		log.LogAttrs(ctx, slog.LevelError, "download failed: opening the package", slog.String("error", err.Error()))
 		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return
 	}
+	defer blob.Close()
 
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
@@ -242,18 +240,6 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if n > 0 && s.onServed != nil {
 		s.onServed(g, first, n, pkg.Size)
 	}
-}
-
-// refuseLookup answers a failed package or blob lookup: 404 for a package
-// that does not exist (or whose ID cannot exist), 500 otherwise.
-func (s *Server) refuseLookup(w http.ResponseWriter, r *http.Request, log *slog.Logger, what string, err error) {
-	if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
-		log.LogAttrs(r.Context(), slog.LevelInfo, "download refused: unknown "+what, slog.String("reason", err.Error()))
-		http.NotFound(w, r)
-		return
-	}
-	log.LogAttrs(r.Context(), slog.LevelError, "download failed: reading the "+what, slog.String("error", err.Error()))
-	http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 }
 
 // grantArgs are the log attributes naming a grant's sub-task attempt.
@@ -355,26 +341,60 @@ var (
 	// ErrForbidden: the token is for another package, or the upgrade it was
 	// issued for has ended or was stopped (CoAP 4.03, HTTP 403).
 	ErrForbidden = errors.New("download: token for another package, or its upgrade has ended")
+	// errOtherPackage tells the first reason of ErrForbidden from the second.
+	errOtherPackage = errors.New("the token is for another package")
 )
 
-// Check verifies a token for a download of packageID that does not go
-// through Handler (the LwM2M endpoint serves packages block-wise over
-// CoAP): it returns the grant, or an error wrapping ErrInvalidToken or
-// ErrForbidden. Authorize is asked as for an HTTP request.
+// Check is the one token check of a download, over HTTP (Handler) or not
+// (the LwM2M endpoint serves packages block-wise over CoAP): it verifies
+// the token's signature and expiry, that it is for packageID, and asks
+// Authorize, in that order. It returns the grant, or an error wrapping
+// ErrInvalidToken or ErrForbidden. With an error, the grant is the token's
+// when its signature verified (an expired token, another package, a revoked
+// upgrade) and zero otherwise.
 func (s *Server) Check(ctx context.Context, token, packageID string) (Grant, error) {
 	g, _, err := s.signer.verify(token, s.clock.Now())
 	if err != nil {
-		return Grant{}, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+		return g, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
 	if g.PackageID != packageID {
-		return g, fmt.Errorf("%w: the token is for package %q", ErrForbidden, g.PackageID)
+		return g, fmt.Errorf("%w: %w %q", ErrForbidden, errOtherPackage, g.PackageID)
 	}
 	if s.authorize != nil {
 		if err := s.authorize(ctx, g); err != nil {
-			return g, fmt.Errorf("%w: %v", ErrForbidden, err)
+			return g, fmt.Errorf("%w: %w", ErrForbidden, err)
 		}
 	}
 	return g, nil
+}
+
+// ErrPackageMismatch: a package's file differs in size or SHA-256 from its
+// record, which is what devices were told (file size, signature) and what
+// the ETag names. Such a file is never served: the device's own check would
+// only fail after the whole download.
+var ErrPackageMismatch = errors.New("download: package file does not match its record")
+
+// OpenPackage is the one verified package opener of the HTTP and CoAP
+// paths: it returns package id's record and its file, open for reading
+// (the caller closes it), once the file's size and SHA-256 are the
+// record's. Errors wrap persistence.ErrNotFound or persistence.ErrInvalid
+// for a package (or a file) that does not exist, ErrPackageMismatch for a
+// file that differs from its record, and otherwise the store's error.
+func OpenPackage(ctx context.Context, packages Packages, id string) (persistence.Blob, persistence.Package, error) {
+	pkg, err := packages.GetPackage(ctx, id)
+	if err != nil {
+		return nil, persistence.Package{}, fmt.Errorf("download: package %q: %w", id, err)
+	}
+	blob, err := packages.OpenBlob(ctx, pkg.ID)
+	if err != nil {
+		return nil, persistence.Package{}, fmt.Errorf("download: the file of package %q: %w", id, err)
+	}
+	if size, sum := blob.Size(), blob.SHA256(); size != pkg.Size || sum != pkg.SHA256 {
+		_ = blob.Close()
+		return nil, persistence.Package{}, fmt.Errorf("%w: package %q has %d bytes, SHA-256 %x; its file %d bytes, SHA-256 %x",
+			ErrPackageMismatch, id, pkg.Size, pkg.SHA256, size, sum)
+	}
+	return blob, pkg, nil
 }
 
 // Served reports bytes of a package sent outside Handler to OnServed.

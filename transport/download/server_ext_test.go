@@ -628,20 +628,73 @@ func TestPathEscaping(t *testing.T) {
 	}
 }
 
-// TestPackageMismatch: a file that differs from the package's metadata is
-// never served.
+// TestPackageMismatch: a file that differs from the package's metadata, in
+// size or in SHA-256, is never served.
 func TestPackageMismatch(t *testing.T) {
+	for name, tamper := range map[string]func(*persistence.Package){
+		"size":    func(p *persistence.Package) { p.Size++ },
+		"sha-256": func(p *persistence.Package) { p.SHA256[31] ^= 0x80 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t)
+			p := f.pkg
+			tamper(&p)
+			if err := f.store.PutPackage(context.Background(), p); err != nil {
+				t.Fatal(err)
+			}
+			base, c := startTLS(t, f.srv.Handler())
+			tok, _ := f.srv.Mint(f.grant)
+			if r := do(t, c, "GET", base+download.Path("fw"), tok); r.status != http.StatusInternalServerError {
+				t.Fatalf("status %d, want 500", r.status)
+			}
+			if got := f.takeServed(0); len(got) != 0 {
+				t.Errorf("OnServed after a refusal: %+v", got)
+			}
+			if logs := f.logs.String(); !strings.Contains(logs, "does not match its record") {
+				t.Errorf("no log line names the mismatch:\n%s", logs)
+			}
+		})
+	}
+}
+
+// TestOpenPackage: the verified opener of the HTTP and CoAP paths returns
+// the record and its file when they agree, and tells each refusal apart.
+func TestOpenPackage(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	p := f.pkg
-	p.Size++
-	if err := f.store.PutPackage(ctx, p); err != nil {
+	blob, pkg, err := download.OpenPackage(ctx, f.store, "fw")
+	if err != nil {
 		t.Fatal(err)
 	}
-	base, c := startTLS(t, f.srv.Handler())
-	tok, _ := f.srv.Mint(f.grant)
-	if r := do(t, c, "GET", base+download.Path("fw"), tok); r.status != http.StatusInternalServerError {
-		t.Fatalf("status %d, want 500", r.status)
+	got, err := io.ReadAll(blob)
+	_ = blob.Close()
+	if err != nil || !bytes.Equal(got, f.content) || pkg.ID != "fw" || pkg.SHA256 != f.pkg.SHA256 {
+		t.Fatalf("OpenPackage(fw): %d bytes (%v), record %+v", len(got), err, pkg)
+	}
+
+	if err := f.store.PutPackage(ctx, persistence.Package{ID: "noblob", ProductID: "p", Type: persistence.PackageFirmware, Version: "2.0", Size: 3}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"nope", "noblob"} {
+		if _, _, err := download.OpenPackage(ctx, f.store, id); !errors.Is(err, persistence.ErrNotFound) || !strings.Contains(err.Error(), id) {
+			t.Errorf("OpenPackage(%s): %v, want persistence.ErrNotFound naming it", id, err)
+		}
+	}
+	for name, tamper := range map[string]func(*persistence.Package){
+		"short": func(p *persistence.Package) { p.Size-- },
+		"long":  func(p *persistence.Package) { p.Size++ },
+		"sum":   func(p *persistence.Package) { p.SHA256[0] ^= 1 },
+	} {
+		p := f.pkg
+		p.ID = "fw-" + name
+		f.addPackage(p.ID, "x.bin", f.content)
+		tamper(&p)
+		if err := f.store.PutPackage(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if b, _, err := download.OpenPackage(ctx, f.store, p.ID); !errors.Is(err, download.ErrPackageMismatch) || b != nil {
+			t.Errorf("OpenPackage(%s): blob %v, %v, want only download.ErrPackageMismatch", p.ID, b, err)
+		}
 	}
 }
 
@@ -759,8 +812,11 @@ func TestCheck(t *testing.T) {
 		t.Errorf("revoked: %v", err)
 	}
 	f.clock.Advance(25 * time.Hour)
-	if _, err := f.srv.Check(ctx, tok, "fw"); !errors.Is(err, download.ErrInvalidToken) {
-		t.Errorf("expired: %v", err)
+	if g, err := f.srv.Check(ctx, tok, "fw"); !errors.Is(err, download.ErrInvalidToken) || g != f.grant {
+		t.Errorf("expired: %+v, %v, want its grant and download.ErrInvalidToken", g, err)
+	}
+	if g, err := f.srv.Check(ctx, "garbage", "fw"); g != (download.Grant{}) {
+		t.Errorf("garbage: %+v, %v, want no grant", g, err)
 	}
 	f.srv.Served(f.grant, 10, 20, 300)
 	if got := f.takeServed(1); len(got) != 1 || got[0].offset != 10 || got[0].n != 20 {

@@ -8,15 +8,15 @@ import (
 	"errors"
 	"strings"
 	"time"
+
+	"github.com/otafleet/otafleet/transport"
 )
 
 // Grant names what a token allows: one attempt of one device's sub-task
-// downloading one package.
-type Grant struct {
-	TaskID, DeviceID string
-	Attempt          uint32
-	PackageID        string
-}
+// downloading one package. It is the seam's transport.DownloadGrant, so that
+// the engine's AuthorizeDownload and DownloadServed serve as Config.Authorize
+// and Config.OnServed.
+type Grant = transport.DownloadGrant
 
 // tokenVersion is the first byte of every payload: the layout of the package
 // doc. A new layout takes a new version.

@@ -44,7 +44,9 @@
 // for one registered over DTLS. GET /fw/{package_id}?t={token} answers one Block2 block at a time
 // straight from the stored file (no copy of the package per request, the
 // block size the client asks for, an ETag per package), so any block can be
-// asked first and a device resumes where it stopped. The token is the
-// download server's (transport/download): bound to the device's running
-// attempt, refused once it ended.
+// asked first and a device resumes where it stopped. The token check and
+// the package opener are the download server's (transport/download: Check,
+// OpenPackage), as over HTTP: a token is bound to the device's running
+// attempt and refused once it ended, and a file that differs in size or
+// SHA-256 from its package record is never served.
 package lwm2m

@@ -19,7 +19,9 @@ import (
 const maxSZX = 6
 
 // servePackage answers GET /fw/{package_id}?t={token}: one Block2 block,
-// read from the stored file at its offset. The block size is the client's
+// read from the stored file at its offset. The token check and the package
+// opener are the HTTP path's (download.Server.Check, download.OpenPackage):
+// a file that differs from its package record is refused (5.00). The block size is the client's
 // (at most 1024 bytes); a request without Block2 gets block 0 of 1024
 // bytes with the More flag, so any client can go on block-wise.
 func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, escaped string) {
@@ -67,12 +69,7 @@ func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, escaped stri
 			return
 		}
 	}
-	pkg, err := s.cfg.Packages.GetPackage(ctx, id)
-	if err != nil {
-		s.lookupFailed(w, id, err)
-		return
-	}
-	blob, err := s.cfg.Packages.OpenBlob(ctx, id)
+	blob, pkg, err := download.OpenPackage(ctx, s.cfg.Packages, id)
 	if err != nil {
 		s.lookupFailed(w, id, err)
 		return
@@ -124,7 +121,7 @@ func (s *Server) lookupFailed(w mux.ResponseWriter, id string, err error) {
 		s.answer(w, codes.NotFound, "")
 		return
 	}
-	s.log.Error("lwm2m: looking a package up", "package", id, "error", err)
+	s.log.Error("lwm2m: opening a package", "package", id, "error", err)
 	s.answer(w, codes.InternalServerError, "")
 }
 

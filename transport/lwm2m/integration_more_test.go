@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -229,20 +228,7 @@ func (s *stack) up(addr string, sessions persistence.Sessions, wrap func(transpo
 	eng, err := actors.New(actors.Config{}, actors.Deps{Store: s.store, Clock: s.clk, Transport: wrap(late)})
 	must(err)
 	dl, err := download.New(download.Config{Packages: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
-		Authorize: func(ctx context.Context, g download.Grant) error {
-			v, err := eng.Device(ctx, g.DeviceID)
-			if err != nil {
-				return err
-			}
-			if j := v.State.Job; j == nil || j.GetTaskId() != g.TaskID || j.GetAttempt() != g.Attempt {
-				return errors.New("ended")
-			}
-			return nil
-		},
-		OnServed: func(g download.Grant, off, n, size int64) {
-			_ = eng.Deliver(context.Background(), g.DeviceID, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{
-				DownloadServed: &messages.DownloadServed{TaskId: g.TaskID, Attempt: g.Attempt, Offset: off, Bytes: n, Size: size}}})
-		}})
+		Authorize: eng.AuthorizeDownload, OnServed: eng.DownloadServed})
 	must(err)
 	// As serve does: the server (and the registrations it kept) exists
 	// before the engine recovers, and serves once it has.

@@ -107,20 +107,7 @@ func newStack(t testing.TB) *stack {
 	must(s.eng.Start(ctx))
 	t.Cleanup(s.eng.Stop)
 	dl, err := download.New(download.Config{Packages: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
-		Authorize: func(ctx context.Context, g download.Grant) error {
-			v, err := s.eng.Device(ctx, g.DeviceID)
-			if err != nil {
-				return err
-			}
-			if j := v.State.Job; j == nil || j.GetTaskId() != g.TaskID || j.GetAttempt() != g.Attempt {
-				return errors.New("ended")
-			}
-			return nil
-		},
-		OnServed: func(g download.Grant, off, n, size int64) {
-			_ = s.eng.Deliver(context.Background(), g.DeviceID, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{
-				DownloadServed: &messages.DownloadServed{TaskId: g.TaskID, Attempt: g.Attempt, Offset: off, Bytes: n, Size: size}}})
-		}})
+		Authorize: s.eng.AuthorizeDownload, OnServed: s.eng.DownloadServed})
 	must(err)
 	s.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", DTLSAddr: "127.0.0.1:0", Devices: s.store, Packages: s.store, Tokens: dl, Uplinks: s.eng, Clock: s.clk})
 	must(err)

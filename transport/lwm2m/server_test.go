@@ -70,6 +70,7 @@ func (r *recorder) next(t *testing.T) string {
 }
 
 type env struct {
+	store   *memstore.Store
 	srv     *lwm2m.Server
 	rec     *recorder
 	clk     *clocktest.Clock
@@ -101,7 +102,7 @@ func newEnv(t *testing.T, tune ...func(*lwm2m.Config)) *env {
 	must(st.PutProduct(ctx, persistence.Product{ID: "s", Name: "s", Protocol: persistence.ProtocolLWM2M, LwM2MSecurity: persistence.LwM2MPSK}))
 	must(st.CreateDevices(ctx, []persistence.Device{{ID: "m1", ProductID: "m", Secret: "secret-of-m1"},
 		{ID: "s1", ProductID: "s", PSK: []byte("psk-of-s1")}, {ID: "s2", ProductID: "s"}}))
-	e := &env{rec: &recorder{ch: make(chan string, 1000)}, clk: clocktest.New(epoch), served: make(chan [3]int64, 100)}
+	e := &env{store: st, rec: &recorder{ch: make(chan string, 1000)}, clk: clocktest.New(epoch), served: make(chan [3]int64, 100)}
 	e.content = make([]byte, 10_000)
 	_, _ = rand.Read(e.content)
 	size, sum, err := st.WriteBlob(ctx, "fw", bytes.NewReader(e.content), 1<<20)
@@ -451,25 +452,9 @@ func TestPackageBlocks(t *testing.T) {
 	e := newEnv(t)
 	d := dial(t, e)
 	tok, _ := e.dl.Mint(download.Grant{TaskID: "t1", DeviceID: "d1", Attempt: 1, PackageID: "fw"})
-	path := "/fw/fw"
 	get := func(num, szx uint32, token string) (*pool.Message, []byte) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		req, err := d.conn.NewGetRequest(ctx, path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.AddOptionString(message.URIQuery, "t="+token)
-		buf := make([]byte, 4)
-		n, _ := message.EncodeUint32(buf, num<<4|szx)
-		req.AddOptionBytes(message.Block2, buf[:n])
-		res, err := d.conn.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(res.Body())
-		return res, b
+		return getBlock(t, d, "/fw/fw", num, szx, token)
 	}
 	var all []byte
 	for num := uint32(0); ; num++ {
@@ -515,6 +500,70 @@ func TestPackageBlocks(t *testing.T) {
 		default:
 			t.Fatalf("served %d of %d bytes", total, len(e.content))
 		}
+	}
+}
+
+// getBlock asks for block num of size 2^(szx+4) of the package at path
+// with a download token.
+func getBlock(t *testing.T, d *device, path string, num, szx uint32, token string) (*pool.Message, []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := d.conn.NewGetRequest(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.AddOptionString(message.URIQuery, "t="+token)
+	buf := make([]byte, 4)
+	n, _ := message.EncodeUint32(buf, num<<4|szx)
+	req.AddOptionBytes(message.Block2, buf[:n])
+	res, err := d.conn.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Body() == nil { // an answer without a payload
+		return res, nil
+	}
+	b, _ := io.ReadAll(res.Body())
+	return res, b
+}
+
+// TestPackageMismatchBlocks (issue 19): a package whose stored file differs
+// from its record in size or in SHA-256 is refused over CoAP Block2 (5.00),
+// as over HTTP, and nothing is reported served; the package beside them,
+// whose file matches, is served.
+func TestPackageMismatchBlocks(t *testing.T) {
+	e := newEnv(t)
+	d := dial(t, e)
+	ctx := context.Background()
+	for id, tamper := range map[string]func(*persistence.Package){
+		"fw-size":   func(p *persistence.Package) { p.Size++ },
+		"fw-sha256": func(p *persistence.Package) { p.SHA256[0] ^= 1 },
+	} {
+		size, sum, err := e.store.WriteBlob(ctx, id, bytes.NewReader(e.content), 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := persistence.Package{ID: id, ProductID: "p", Type: persistence.PackageFirmware, Version: "2.0", FileName: id + ".bin", Size: size, SHA256: sum}
+		tamper(&p)
+		if err := e.store.PutPackage(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		tok, _ := e.dl.Mint(download.Grant{TaskID: "t1", DeviceID: "d1", Attempt: 1, PackageID: id})
+		for _, num := range []uint32{0, 9} {
+			if res, b := getBlock(t, d, "/fw/"+id, num, 0, tok); res.Code() != codes.InternalServerError {
+				t.Errorf("%s block %d: %v with %d bytes, want %v", id, num, res.Code(), len(b), codes.InternalServerError)
+			}
+		}
+	}
+	tok, _ := e.dl.Mint(download.Grant{TaskID: "t1", DeviceID: "d1", Attempt: 1, PackageID: "fw"})
+	if res, b := getBlock(t, d, "/fw/fw", 0, 0, tok); res.Code() != codes.Content || !bytes.Equal(b, e.content[:16]) {
+		t.Fatalf("fw block 0: %v, %d bytes", res.Code(), len(b))
+	}
+	select {
+	case s := <-e.served:
+		t.Errorf("served %v: the refused packages were reported served", s)
+	default:
 	}
 }
 

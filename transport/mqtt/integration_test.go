@@ -137,21 +137,7 @@ func newStackOn(t testing.TB, packageSize int, brokerURL string) *stack {
 	_, _ = rand.Read(key)
 	dl, err := download.New(download.Config{
 		Packages: s.store, Key: key, Clock: s.clk,
-		Authorize: func(ctx context.Context, g download.Grant) error {
-			v, err := s.eng.Device(ctx, g.DeviceID)
-			if err != nil {
-				return err
-			}
-			if j := v.State.Job; j == nil || j.GetTaskId() != g.TaskID || j.GetAttempt() != g.Attempt {
-				return errors.New("ended")
-			}
-			return nil
-		},
-		OnServed: func(g download.Grant, offset, n, size int64) {
-			_ = s.eng.Deliver(context.Background(), g.DeviceID, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{DownloadServed: &messages.DownloadServed{
-				TaskId: g.TaskID, Attempt: g.Attempt, Offset: offset, Bytes: n, Size: size,
-			}}})
-		},
+		Authorize: s.eng.AuthorizeDownload, OnServed: s.eng.DownloadServed,
 	})
 	must(err)
 	s.dl = dl
