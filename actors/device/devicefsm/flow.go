@@ -141,36 +141,20 @@ func (d *decider) reportArrived() {
 }
 
 // connected: a new session. Observations of the old one are gone, so the flow
-// re-establishes what the current stage needs (the reboot cue of spec 3.3).
+// re-establishes what the current stage needs (the reboot cue of spec 3.3):
+// a job waiting for its device starts, any other sends what its stage owes
+// (owed).
 func (d *decider) connected(queue bool) {
 	d.markOnline(queue)
 	if d.s.Job == nil {
 		return
 	}
-	switch st := d.s.Stage; {
-	case st == stWaitOnline:
+	if d.s.Stage == stWaitOnline {
 		d.queryVersion()
-	case d.proto() == protoPCP:
-		d.pcpReconnected()
-	case st == stVersion:
-		d.sendOnce(versionQuery(d.proto()))
-	case d.proto() == protoMQTT:
-		if st == stNotified {
-			// Spec 7 question 10: a device that reconnects before any progress
-			// report may never have received the event: send it again (the
-			// transport mints a fresh token). One that reported progress got it;
-			// it is not sent twice.
-			d.send(mqttUpgrade(d.s.Job))
-			d.note("device reconnected before reporting progress: upgrade event sent again")
-		}
-		if st == stDownloading {
-			// Its final report may have been lost with the old session (or
-			// with a server restart): ask for the version, which ends the job
-			// if it already runs the target; otherwise the download goes on.
-			d.sendOnce(versionQuery(protoMQTT))
-		}
-	case d.proto() == protoFOTA:
-		d.fotaReconnected()
+		return
+	}
+	for _, dl := range owed(d.s, reconnected) {
+		d.resend(dl)
 	}
 }
 

@@ -131,9 +131,15 @@ func (d *decider) recordJobVersion(v string) {
 
 // ---- LwM2M FOTA (spec 3.3, 3.5, 3.6) ----
 
+func packageURIWrite(j *messages.Job) *messages.Downlink {
+	return &messages.Downlink{Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: j}}}
+}
+
+// writePackageURI journals that /5/0/1 is written (object 5's reports wait
+// for the write's acknowledgement) and writes it.
 func (d *decider) writePackageURI() {
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PackageUriSent{PackageUriSent: &messages.PackageUriSent{}}})
-	d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: d.s.Job}}})
+	d.send(packageURIWrite(d.s.Job))
 }
 
 func (d *decider) lwm2mResponse(r *messages.Lwm2MResponse) {
@@ -251,37 +257,6 @@ func (d *decider) updated() {
 	d.verify(causeResult)
 }
 
-func (d *decider) fotaReconnected() {
-	switch d.s.Stage {
-	case stNotified, stDownloading:
-		// Write the same URI again, then re-observe: the client resumes
-		// (spec 3.7). The write comes first because it makes object 5's
-		// reports wait for its acknowledgement: the device may have
-		// finished downloading before it is observed again, and the
-		// observation's first answer (State 2) must then come after the
-		// acknowledgement, not be dropped as a state from before the write.
-		d.writePackageURI()
-		d.send(observe(PathFotaState))
-		d.send(observe(PathUpdateResult))
-	case stDownloaded, stUpgrading:
-		// A reboot after Execute: the first notifications carry state and result.
-		d.send(observe(PathFotaState))
-		d.send(observe(PathUpdateResult))
-		if d.s.Stage == stDownloaded {
-			// The Execute may have been lost with the old session (or
-			// with a restarted server, whose Resume read went to the old
-			// address): the read of object 5 tells (executeAgain).
-			d.sendOnce(read(PathFotaObject))
-		}
-	case stRadio:
-		d.sendOnce(read(PathConnMon))
-	case stCell:
-		d.sendOnce(read(PathCellID))
-	case stVerifying:
-		d.sendOnce(versionQuery(protoFOTA))
-	}
-}
-
 // ---- LwM2M SOTA over PCP (spec 4.5, 4.9) ----
 
 func pcpNotify(p *messages.Package) *messages.Downlink {
@@ -291,28 +266,6 @@ func pcpNotify(p *messages.Package) *messages.Downlink {
 }
 
 func (d *decider) pcpJob() bool { return d.s.Job != nil && d.proto() == protoPCP }
-
-func (d *decider) pcpReconnected() {
-	d.send(observe(PathPCPUplink))
-	switch d.s.Stage {
-	case stVersion, stVerifying:
-		d.sendOnce(versionQuery(protoPCP))
-	case stRadio:
-		d.sendOnce(read(PathConnMon))
-	case stCell:
-		d.sendOnce(read(PathCellID))
-	case stNotified, stDownloading:
-		// The same version and check code again: the device resumes from its
-		// next missing segment (spec 4.8), or starts over if it lost them.
-		d.send(pcpNotify(d.s.Job.GetPackage()))
-	case stDownloaded:
-		if d.pcpExecuteDue() {
-			// The acknowledgement's answer may have died with the old
-			// session: the 0x17, never sent, goes on the new one.
-			d.pcpExecute()
-		}
-	}
-}
 
 func (d *decider) pcpVersion(v *messages.PcpVersion) {
 	if !d.pcpJob() {
@@ -408,6 +361,10 @@ func (d *decider) pcpDownloadResult(status uint32) {
 	d.enterWith(&messages.StageEntered{Stage: stDownloaded, PcpExecuteDue: true}, d.at.Add(d.cfg.VersionReport))
 }
 
+func pcpExecuteRequest() *messages.Downlink {
+	return &messages.Downlink{Kind: &messages.Downlink_PcpExecute{PcpExecute: &messages.PcpExecute{}}}
+}
+
 // pcpExecuteDue reports whether the job's 0x17 is due and was never sent.
 func (d *decider) pcpExecuteDue() bool {
 	return d.pcpJob() && d.s.Stage == stDownloaded && d.s.PcpExecuteDue
@@ -416,7 +373,7 @@ func (d *decider) pcpExecuteDue() bool {
 // pcpExecute sends the due 0x17 and journals that it did, arming T8: it is
 // sent at most once (a device cannot tell us whether it took one).
 func (d *decider) pcpExecute() {
-	d.send(&messages.Downlink{Kind: &messages.Downlink_PcpExecute{PcpExecute: &messages.PcpExecute{}}})
+	d.send(pcpExecuteRequest())
 	d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
 }
 
