@@ -62,24 +62,24 @@ func owed(s State, on occasion) []*messages.Downlink {
 	p, st := j.GetProtocol(), s.Stage
 	var out []*messages.Downlink
 	if p == protoPCP && st >= stVersion {
-		out = append(out, observe(PathPCPUplink))
+		out = append(out, observe(messages.PathPCPUplink))
 	}
 	if p == protoFOTA && st >= stNotified && st <= stUpgrading {
 		if (st == stNotified || st == stDownloading) && (on == reconnected || !s.UriAcked) {
 			out = append(out, packageURIWrite(j))
 		}
-		out = append(out, observe(PathFotaState), observe(PathUpdateResult))
+		out = append(out, observe(messages.PathFotaState), observe(messages.PathUpdateResult))
 		if st == stDownloaded {
-			out = append(out, read(PathFotaObject))
+			out = append(out, read(messages.PathFotaObject))
 		}
 	}
 	switch st {
 	case stVersion, stVerifying:
 		out = append(out, versionQuery(p))
 	case stRadio:
-		out = append(out, read(PathConnMon))
+		out = append(out, read(messages.PathConnMon))
 	case stCell:
-		out = append(out, read(PathCellID))
+		out = append(out, read(messages.PathCellID))
 	case stNotified, stDownloading:
 		switch {
 		case p == protoPCP:
