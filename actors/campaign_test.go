@@ -193,21 +193,21 @@ func (w *world) deviceBehaviour(d *simDevice, dl *messages.Downlink) {
 		})
 	case *messages.Downlink_Lwm2MRead:
 		switch k.Lwm2MRead.GetPath() {
-		case devicefsm.PathFirmwareVersion:
+		case messages.PathFirmwareVersion:
 			v := d.version
 			send(time.Second, up(&messages.VersionReported{FwVersion: &v}))
-		case devicefsm.PathConnMon:
+		case messages.PathConnMon:
 			send(time.Second, up(&messages.RadioReported{Rsrp: d.rsrp, Sinr: d.sinr, CellId: d.cell}))
-		case devicefsm.PathCellID:
+		case messages.PathCellID:
 			send(time.Second, up(&messages.RadioReported{CellId: d.cell}))
-		case devicefsm.PathUpdateResult:
+		case messages.PathUpdateResult:
 		default:
 			w.t.Fatalf("unexpected read %s", k.Lwm2MRead.GetPath())
 		}
 	case *messages.Downlink_Lwm2MObserve, *messages.Downlink_Lwm2MCancelObserve, *messages.Downlink_Lwm2MWrite:
 	case *messages.Downlink_Lwm2MWritePackageUri:
 		target := k.Lwm2MWritePackageUri.GetJob().GetPackage().GetVersion()
-		send(0, up(&messages.Lwm2MResponse{Op: messages.Lwm2MOp_LWM2M_OP_WRITE, Path: devicefsm.PathPackageURI, Success: true, Code: "2.04"}))
+		send(0, up(&messages.Lwm2MResponse{Op: messages.Lwm2MOp_LWM2M_OP_WRITE, Path: messages.PathPackageURI, Success: true, Code: "2.04"}))
 		send(time.Second, up(&messages.FotaStatus{State: i32(1)}))
 		if fail() {
 			send(20*time.Second, up(&messages.FotaStatus{State: i32(0), UpdateResult: i32(5)}))

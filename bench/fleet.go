@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/otafleet/otafleet/transport/pcp"
+	"github.com/otafleet/otafleet/messages"
 )
 
 // The protocols a simulated device speaks.
@@ -114,7 +114,7 @@ type Device struct {
 	// Update Result, or PCP result code at step FailAt).
 	Fail   bool
 	Code   int
-	FailAt pcp.Code
+	FailAt messages.PcpCode
 	Secret string // MQTT password secret
 	PSK    []byte // DTLS pre-shared key (16 bytes)
 	// Think scales the fleet's think time for this device, 0.5 to 1.5, so
@@ -132,9 +132,9 @@ func hash01(parts ...string) float64 {
 // device-side causes users meet most (spec 2.6, 3.6, 4.6).
 var (
 	mqttFailCodes  = []int{4, 10, 5} // low battery (at once), installing failed (after downloading), no storage
-	lwm2mFailCodes = []int{8, 5, 2}  // firmware update failed, integrity check failure, not enough flash
-	pcpFailSteps   = []pcp.Code{0x14, 0x16, 0x18}
-	pcpFailCodes   = []int{0x04, 0x05, 0x0A} // low battery, insufficient storage, installation failed
+	lwm2mFailCodes = []int{messages.UpdateResultUpdateFailed, messages.UpdateResultIntegrityCheck, messages.UpdateResultNotEnoughStorage}
+	pcpFailSteps   = []messages.PcpCode{messages.PcpCodeNotifyNewVersion, messages.PcpCodeReportDownloadResult, messages.PcpCodeReportUpgradeResult}
+	pcpFailCodes   = []int{messages.PcpResultLowBattery, messages.PcpResultInsufficientStorage, messages.PcpResultInstallFailed}
 )
 
 // Device derives device number n (First ≤ n < First+Devices).

@@ -8,6 +8,12 @@
 // effects are what the actor must do once its events are durable. Enum values
 // and field numbers only ever grow at the end, so old journals still decode.
 //
+// It also names the protocol vocabulary those messages carry, in hand-written
+// files, so that the device machine, the transports and the simulated
+// devices share one copy: the LwM2M object and resource paths and the values
+// of object 5 (lwm2m.go), and PCP's message codes, result codes and field
+// sizes (pcp.go).
+//
 // The generated code is committed; regenerate it from the repository root with
 //
 //	go generate ./messages

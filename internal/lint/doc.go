@@ -11,8 +11,10 @@
 //     internal/clock do not call time.Now.
 //   - TestImports: the pure state machines (actors/*/*fsm) depend only on the
 //     standard library, messages and google.golang.org/protobuf; messages
-//     only on the standard library and protobuf; internal/clock only on the
-//     standard library. A rule applies to a package as soon as it exists.
+//     only on the standard library and protobuf; the PCP codec
+//     (transport/pcp) only on the standard library and messages, whose
+//     codes and sizes it uses; internal/clock only on the standard library.
+//     A rule applies to a package as soon as it exists.
 //   - TestPackageDocs: every package has exactly one package doc comment,
 //     starting "Package <name> ", across its non-generated, non-test files.
 //

@@ -41,6 +41,13 @@ var importRules = []importRule{
 		advice:  "messages is the bottom of the import graph: move the code that needs it up into the package that uses messages",
 	},
 	{
+		pkgs:    "transport/pcp",
+		allow:   []string{"$mod/messages", "google.golang.org/protobuf/..."},
+		deny:    []string{"go-coap", "mqtt", "cockroachdb/pebble"},
+		allowed: "the standard library and $mod/messages (PCP's codes and sizes; google.golang.org/protobuf/... with it)",
+		advice:  "pcp is a pure codec that the engine's vocabulary names and both ends of PCP use: move the code that needs it into the LwM2M adapter (transport/lwm2m) or the simulator",
+	},
+	{
 		pkgs:    "internal/clock/...",
 		allow:   []string{"$mod/internal/clock/..."},
 		allowed: "the standard library",

@@ -23,20 +23,6 @@ import (
 	"github.com/otafleet/otafleet/transport/pcp"
 )
 
-// Paths the device machine uses (devicefsm's constants).
-const (
-	pathFirmwareVersion = "/3/0/3"
-	pathConnMon         = "/4/0"
-	pathCellID          = "/4/0/8"
-	pathRSRP            = "/4/0/2"
-	pathSINR            = "/4/0/11"
-	pathPackageURI      = "/5/0/1"
-	pathFotaState       = "/5/0/3"
-	pathUpdateResult    = "/5/0/5"
-	pathPCPDown         = "/19/1/0"
-	pathPCPUp           = "/19/0/0"
-)
-
 func parseLinks(s string) ([]lwm2mcodec.Link, error) { return lwm2mcodec.ParseLinkFormat(s) }
 
 // uintOpt is a CoAP uint option value (minimal big-endian bytes).
@@ -79,7 +65,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, w.GetPath(), res, err, 0)
 		release()
 	case *messages.Downlink_Lwm2MWritePackageUri:
-		release := reg.holdFota(pathPackageURI)
+		release := reg.holdFota(messages.PathPackageURI)
 		s.writePackageURI(ctx, reg, k.Lwm2MWritePackageUri.GetJob())
 		release()
 	case *messages.Downlink_Lwm2MExecute:
@@ -94,13 +80,13 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 			s.log.Error("lwm2m: downlink not sent", "device", reg.device, "kind", fmt.Sprintf("%T", dl.GetKind()), "error", err)
 			return
 		}
-		res, err := s.roundTrip(ctx, reg, putReq(pathPCPDown, message.AppOctets, func() io.ReadSeeker { return bytes.NewReader(frame) }))
-		code := pcp.Code(frame[3]) // FFFE, version, message code (spec 4.2)
+		res, err := s.roundTrip(ctx, reg, putReq(messages.PathPCPDownlink, message.AppOctets, func() io.ReadSeeker { return bytes.NewReader(frame) }))
+		code := messages.PcpCode(frame[3]) // FFFE, version, message code (spec 4.2)
 		// Failed writes are delivered, and so is the success of a 0x16
 		// acknowledgement: the device's 0x17 waits for it, to leave straight
 		// after its journal entry instead of queueing behind this write.
-		if err != nil || !success(res.Code()) || code == pcp.CodeReportDownloadResult {
-			s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPCPDown, res, err, uint32(code))
+		if err != nil || !success(res.Code()) || code == messages.PcpCodeReportDownloadResult {
+			s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPCPDownlink, res, err, uint32(code))
 		} else {
 			s.awake(reg)
 		}
@@ -293,7 +279,7 @@ func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path strin
 		s.log.Warn("lwm2m: unreadable answer", "device", reg.device, "path", path, "error", err)
 		return fail(codeText(res.Code()))
 	}
-	if path == pathPCPUp {
+	if path == messages.PathPCPUplink {
 		return func() { s.pcpUplink(reg, body) }
 	}
 	cf := message.TextPlain
@@ -332,25 +318,25 @@ func inputFor(path string, vs []lwm2mcodec.Value) *messages.DeviceInput {
 		return &n
 	}
 	cell := func() string {
-		if v, ok := lwm2mcodec.IntAt(vs, at(pathCellID)); ok {
+		if v, ok := lwm2mcodec.IntAt(vs, at(messages.PathCellID)); ok {
 			return strconv.FormatInt(v, 10)
 		}
-		s, _ := lwm2mcodec.StringAt(vs, at(pathCellID))
+		s, _ := lwm2mcodec.StringAt(vs, at(messages.PathCellID))
 		return s
 	}
 	switch path {
-	case pathFirmwareVersion:
+	case messages.PathFirmwareVersion:
 		if v, ok := lwm2mcodec.StringAt(vs, at(path)); ok {
 			return &messages.DeviceInput{Kind: &messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{FwVersion: &v}}}
 		}
-	case pathConnMon:
+	case messages.PathConnMon:
 		return &messages.DeviceInput{Kind: &messages.DeviceInput_RadioReported{RadioReported: &messages.RadioReported{
-			Rsrp: i32(pathRSRP), Sinr: i32(pathSINR), CellId: cell(),
+			Rsrp: i32(messages.PathRSRP), Sinr: i32(messages.PathSINR), CellId: cell(),
 		}}}
-	case pathCellID:
+	case messages.PathCellID:
 		return &messages.DeviceInput{Kind: &messages.DeviceInput_RadioReported{RadioReported: &messages.RadioReported{CellId: cell()}}}
-	case pathFotaState, pathUpdateResult, "/5/0":
-		f := &messages.FotaStatus{State: i32(pathFotaState), UpdateResult: i32(pathUpdateResult)}
+	case messages.PathFotaState, messages.PathUpdateResult, messages.PathFotaObject:
+		f := &messages.FotaStatus{State: i32(messages.PathFotaState), UpdateResult: i32(messages.PathUpdateResult)}
 		if f.State == nil && f.UpdateResult == nil {
 			return nil
 		}
@@ -381,8 +367,8 @@ func (s *Server) writePackageURI(ctx context.Context, reg *registration, job *me
 		addr = s.cfg.DTLSPublicAddr
 	}
 	uri := PackageURI(reg.secure, addr, pkg, tok)
-	res, err := s.roundTrip(ctx, reg, putReq(pathPackageURI, message.TextPlain, func() io.ReadSeeker { return strings.NewReader(uri) }))
-	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, pathPackageURI, res, err, 0)
+	res, err := s.roundTrip(ctx, reg, putReq(messages.PathPackageURI, message.TextPlain, func() io.ReadSeeker { return strings.NewReader(uri) }))
+	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, res, err, 0)
 }
 
 // PackageURI is the URI a device downloads a package from: coaps:// (DTLS)
@@ -439,7 +425,7 @@ func (s *Server) pcpFrame(ctx context.Context, dl *messages.Downlink) ([]byte, e
 			return nil, err
 		}
 		m := pcp.SegmentResponse{Result: result, SegmentNo: no}
-		if result == pcp.ResultOK {
+		if result == messages.PcpResultOK {
 			if m.Data, err = s.segment(ctx, r); err != nil {
 				return nil, err
 			}

@@ -328,10 +328,10 @@ func TestFailurePaths(t *testing.T) {
 	results := []int{2, 3, 4, 5, 6, 7, 8, 9}
 	s.devices("u", len(results), false, func(i int) lwm2msim.Behaviour { return lwm2msim.Behaviour{UpdateResult: results[i]} })
 	steps := []struct {
-		at     pcp.Code
+		at     messages.PcpCode
 		result byte
-	}{{pcp.CodeNotifyNewVersion, pcp.ResultLowBattery}, {pcp.CodeReportDownloadResult, pcp.ResultVerificationFailed},
-		{pcp.CodeExecuteUpgrade, pcp.ResultBusy}, {pcp.CodeReportUpgradeResult, pcp.ResultInstallFailed}}
+	}{{messages.PcpCodeNotifyNewVersion, messages.PcpResultLowBattery}, {messages.PcpCodeReportDownloadResult, messages.PcpResultVerificationFailed},
+		{messages.PcpCodeExecuteUpgrade, messages.PcpResultBusy}, {messages.PcpCodeReportUpgradeResult, messages.PcpResultInstallFailed}}
 	s.devices("q", len(steps), true, func(i int) lwm2msim.Behaviour {
 		return lwm2msim.Behaviour{PCPFailAt: steps[i].at, PCPResult: steps[i].result}
 	})

@@ -2,9 +2,11 @@
 // which carries LwM2M software upgrades (SOTA) over object 19 (spec section
 // 4): platform → device frames are written to /19/1/0, device → platform
 // frames arrive as notifications of /19/0/0. The package is pure: it performs
-// no I/O, reads no clock, depends on the standard library only and is safe
-// for concurrent use. Mapping to and from the engine's messages is the
-// adapter's job.
+// no I/O, reads no clock and is safe for concurrent use. It depends on the
+// standard library and on package messages alone, for PCP's vocabulary: the
+// message codes (messages.PcpCode), the result codes (messages.PcpResultOK,
+// ...) and the field sizes, which the device machine uses too. Mapping to
+// and from the engine's messages is the adapter's job.
 //
 // # Frame
 //
@@ -75,11 +77,13 @@
 //
 // # Results, segments and check code
 //
-// The result codes of spec 4.6 are the Result constants; ResultText gives
-// their meaning in words, for logs. The engine owns the failure reasons.
+// The result codes of spec 4.6 are the messages.PcpResult constants;
+// messages.PcpResultText gives their meaning in words, for logs. The engine
+// owns the failure reasons.
 //
 // A package is served in segments of SegmentSize bytes (the package's
-// deviceShard, 32 to 500, default 500), numbered from 0; only the last one
+// deviceShard, messages.PcpMinSegmentSize to messages.PcpMaxSegmentSize,
+// 32 to 500, default 500), numbered from 0; only the last one
 // is shorter. SegmentCount and SegmentRange compute them; a package larger
 // than 65535 segments cannot be sent over PCP (SegmentCount returns 0).
 //

@@ -3,6 +3,7 @@ package pcp_test
 import (
 	"fmt"
 
+	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/transport/pcp"
 )
 
@@ -11,8 +12,8 @@ import (
 func Example() {
 	notify, err := pcp.EncodeNotify(pcp.NotifyNewVersion{
 		Version:      "2.0",
-		SegmentSize:  pcp.DefaultSegmentSize,
-		SegmentCount: pcp.SegmentCount(1234, pcp.DefaultSegmentSize),
+		SegmentSize:  messages.PcpDefaultSegmentSize,
+		SegmentCount: pcp.SegmentCount(1234, messages.PcpDefaultSegmentSize),
 		CheckCode:    0x3132,
 	})
 	if err != nil {

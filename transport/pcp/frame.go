@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/otafleet/otafleet/messages"
 )
 
 // ErrMalformed is wrapped by every error of this package: a frame or payload
@@ -24,49 +26,11 @@ const (
 	MaxDataLen = 0xFFFF
 )
 
-// Code is a PCP message code (spec 4.4). Codes 0x13 to 0x18 (19 to 24) are
-// defined; the others are reserved.
-type Code byte
-
-// The message codes. Each request is answered with the same code.
-const (
-	CodeQueryVersion         Code = 0x13 // query device version: platform → device
-	CodeNotifyNewVersion     Code = 0x14 // new version notification: platform → device
-	CodeRequestSegment       Code = 0x15 // request package segment: device → platform
-	CodeReportDownloadResult Code = 0x16 // report download result: device → platform
-	CodeExecuteUpgrade       Code = 0x17 // execute upgrade: platform → device
-	CodeReportUpgradeResult  Code = 0x18 // report upgrade result: device → platform
-)
-
-var codeNames = [...]string{
-	CodeQueryVersion - CodeQueryVersion:         "query device version",
-	CodeNotifyNewVersion - CodeQueryVersion:     "new version notification",
-	CodeRequestSegment - CodeQueryVersion:       "request package segment",
-	CodeReportDownloadResult - CodeQueryVersion: "report download result",
-	CodeExecuteUpgrade - CodeQueryVersion:       "execute upgrade",
-	CodeReportUpgradeResult - CodeQueryVersion:  "report upgrade result",
-}
-
-// Valid reports whether c is one of the six defined codes.
-func (c Code) Valid() bool {
-	return c >= CodeQueryVersion && c <= CodeReportUpgradeResult
-}
-
-// String returns the code in hex with its name, as "0x15 (request package
-// segment)", or "0x12 (reserved)".
-func (c Code) String() string {
-	name := "reserved"
-	if c.Valid() {
-		name = codeNames[c-CodeQueryVersion]
-	}
-	return fmt.Sprintf("0x%02X (%s)", byte(c), name)
-}
-
 // Frame is one PCP frame: the header fields that vary and the data. The
 // start marker, checksum and data length are derived.
 type Frame struct {
 	Version byte // ProtocolVersion
-	Code    Code
+	Code    messages.PcpCode
 	Data    []byte
 }
 
@@ -100,7 +64,7 @@ func Encode(f Frame) ([]byte, error) {
 }
 
 // encode builds a frame of version 1; len(data) <= MaxDataLen.
-func encode(c Code, data []byte) []byte {
+func encode(c messages.PcpCode, data []byte) []byte {
 	b := make([]byte, HeaderLen+len(data))
 	binary.BigEndian.PutUint16(b[0:], StartMarker)
 	b[2] = ProtocolVersion
@@ -115,7 +79,7 @@ func encode(c Code, data []byte) []byte {
 // when empty). The checks, in order: at least HeaderLen bytes, start marker
 // 0xFFFE, version byte 0x01, data length field equal to the bytes present,
 // checksum. Every error wraps ErrMalformed. Decode accepts any message code
-// (Code.Valid tells the defined ones) and never panics.
+// (messages.PcpCode.Valid tells the defined ones) and never panics.
 func Decode(b []byte) (Frame, error) {
 	if len(b) < HeaderLen {
 		return Frame{}, malformed("frame of %d bytes, shorter than the %d-byte header", len(b), HeaderLen)
@@ -136,7 +100,7 @@ func Decode(b []byte) (Frame, error) {
 	if got, want := binary.BigEndian.Uint16(b[4:]), frameCRC(b); got != want {
 		return Frame{}, malformed("checksum 0x%04X, want 0x%04X", got, want)
 	}
-	f := Frame{Version: b[2], Code: Code(b[3])}
+	f := Frame{Version: b[2], Code: messages.PcpCode(b[3])}
 	if n > 0 {
 		f.Data = append([]byte(nil), b[HeaderLen:]...)
 	}
@@ -155,7 +119,7 @@ func IsPCP(b []byte) bool {
 	return len(b) >= HeaderLen &&
 		binary.BigEndian.Uint16(b) == StartMarker &&
 		b[2] == ProtocolVersion &&
-		Code(b[3]).Valid() &&
+		messages.PcpCode(b[3]).Valid() &&
 		binary.BigEndian.Uint16(b[4:]) == frameCRC(b) &&
 		int(binary.BigEndian.Uint16(b[6:])) == len(b)-HeaderLen
 }

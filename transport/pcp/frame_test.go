@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/otafleet/otafleet/messages"
 )
 
 func unhex(t testing.TB, s string) []byte {
@@ -42,35 +44,13 @@ func TestCRC(t *testing.T) {
 	}
 }
 
-func TestCodeString(t *testing.T) {
-	for c, want := range map[Code]string{
-		CodeQueryVersion:         "0x13 (query device version)",
-		CodeNotifyNewVersion:     "0x14 (new version notification)",
-		CodeRequestSegment:       "0x15 (request package segment)",
-		CodeReportDownloadResult: "0x16 (report download result)",
-		CodeExecuteUpgrade:       "0x17 (execute upgrade)",
-		CodeReportUpgradeResult:  "0x18 (report upgrade result)",
-		0x12:                     "0x12 (reserved)",
-		0x19:                     "0x19 (reserved)",
-		0:                        "0x00 (reserved)",
-		0xFF:                     "0xFF (reserved)",
-	} {
-		if got := c.String(); got != want {
-			t.Errorf("Code(0x%02X).String() = %q, want %q", byte(c), got, want)
-		}
-		if got := c.Valid(); got != (c >= 19 && c <= 24) {
-			t.Errorf("Code(%d).Valid() = %v", c, got)
-		}
-	}
-}
-
 func TestEncodeDecodeFrame(t *testing.T) {
 	for _, n := range []int{0, 1, 17, 500, MaxDataLen} {
 		data := make([]byte, n)
 		for i := range data {
 			data[i] = byte(i * 7)
 		}
-		for c := Code(0); c < 0x20; c++ {
+		for c := messages.PcpCode(0); c < 0x20; c++ {
 			b, err := Encode(Frame{Version: ProtocolVersion, Code: c, Data: data})
 			if err != nil {
 				t.Fatalf("Encode(code 0x%02X, %d bytes): %v", byte(c), n, err)
@@ -108,10 +88,10 @@ func TestEncodeRejects(t *testing.T) {
 		f    Frame
 		want string
 	}{
-		{"zero version", Frame{Code: CodeExecuteUpgrade}, "version byte 0x00: protocol version 0, want 1"},
-		{"version 2", Frame{Version: 2, Code: CodeExecuteUpgrade}, "protocol version 2, want 1"},
-		{"reserved nibble", Frame{Version: 0x11, Code: CodeExecuteUpgrade}, "high nibble 1, reserved, must be 0"},
-		{"too long", Frame{Version: 1, Code: CodeRequestSegment, Data: make([]byte, MaxDataLen+1)}, "data of 65536 bytes, at most 65535"},
+		{"zero version", Frame{Code: messages.PcpCodeExecuteUpgrade}, "version byte 0x00: protocol version 0, want 1"},
+		{"version 2", Frame{Version: 2, Code: messages.PcpCodeExecuteUpgrade}, "protocol version 2, want 1"},
+		{"reserved nibble", Frame{Version: 0x11, Code: messages.PcpCodeExecuteUpgrade}, "high nibble 1, reserved, must be 0"},
+		{"too long", Frame{Version: 1, Code: messages.PcpCodeRequestSegment, Data: make([]byte, MaxDataLen+1)}, "data of 65536 bytes, at most 65535"},
 	} {
 		b, err := Encode(tc.f)
 		if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.want) {
@@ -154,7 +134,7 @@ func TestDecodeRejects(t *testing.T) {
 
 func TestIsPCP(t *testing.T) {
 	for _, g := range readGolden(t) {
-		if want := Code(g.frame[3]).Valid(); IsPCP(g.frame) != want {
+		if want := messages.PcpCode(g.frame[3]).Valid(); IsPCP(g.frame) != want {
 			t.Errorf("IsPCP(%s) = %v, want %v", g.name, !want, want)
 		}
 	}

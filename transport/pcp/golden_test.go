@@ -9,6 +9,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/otafleet/otafleet/messages"
 )
 
 // goldenFrame is one line of testdata/golden.txt.
@@ -49,20 +51,20 @@ func readGolden(t testing.TB) []goldenFrame {
 // a typed meaning, their code.
 var goldenWant = map[string]struct {
 	up, down Message
-	code     Code
+	code     messages.PcpCode
 }{
 	"query-version":          {down: QueryVersion{}},
-	"version-response-v1.0":  {up: VersionResponse{Result: ResultOK, Version: "V1.0"}},
+	"version-response-v1.0":  {up: VersionResponse{Result: messages.PcpResultOK, Version: "V1.0"}},
 	"notify-v1.0-4x500-3132": {down: NotifyNewVersion{Version: "V1.0", SegmentSize: 500, SegmentCount: 4, CheckCode: 0x3132}},
 	"notify-v1.0-1x500-0000": {down: NotifyNewVersion{Version: "V1.0", SegmentSize: 500, SegmentCount: 1, CheckCode: 0}},
 	"segment-request-0":      {up: SegmentRequest{Version: "V1.0", SegmentNo: 0}},
-	"segment-response-0":     {down: SegmentResponse{Result: ResultOK, SegmentNo: 0, Data: []byte("HELLO, IoT SOTA!")}},
-	"download-result-ok":     {up: DownloadResult{Status: ResultOK}, down: DownloadResultAck{Result: ResultOK}},
+	"segment-response-0":     {down: SegmentResponse{Result: messages.PcpResultOK, SegmentNo: 0, Data: []byte("HELLO, IoT SOTA!")}},
+	"download-result-ok":     {up: DownloadResult{Status: messages.PcpResultOK}, down: DownloadResultAck{Result: messages.PcpResultOK}},
 	"execute-upgrade":        {down: ExecuteUpgrade{}},
-	"execute-response-ok":    {up: ExecuteResponse{Result: ResultOK}},
-	"upgrade-result-v1.0":    {up: UpgradeResult{Result: ResultOK, Version: "V1.0"}},
-	"upgrade-result-ack-ok":  {down: UpgradeResultAck{Result: ResultOK}},
-	"notify-without-data":    {code: CodeNotifyNewVersion},
+	"execute-response-ok":    {up: ExecuteResponse{Result: messages.PcpResultOK}},
+	"upgrade-result-v1.0":    {up: UpgradeResult{Result: messages.PcpResultOK, Version: "V1.0"}},
+	"upgrade-result-ack-ok":  {down: UpgradeResultAck{Result: messages.PcpResultOK}},
+	"notify-without-data":    {code: messages.PcpCodeNotifyNewVersion},
 	"reserved-code-0x12":     {code: 0x12},
 }
 

@@ -2,19 +2,19 @@ package pcp
 
 import (
 	"encoding/binary"
+
+	"github.com/otafleet/otafleet/messages"
 )
 
-// Payload lengths of spec 4.5.
+// Payload lengths of spec 4.5; a version field is messages.PcpVersionLen
+// bytes, ASCII right-padded with 0x00.
 const (
-	// VersionLen is the size of a version field: ASCII right-padded with 0x00.
-	VersionLen = 16
-
-	versionResponseLen  = 1 + VersionLen         // result, version
-	notifyLen           = VersionLen + 2 + 2 + 2 // version, segment size, count, check code
-	segmentRequestLen   = VersionLen + 2         // version, segment number
-	segmentHeaderLen    = 1 + 2                  // result, segment number
-	upgradeResultLen    = 1 + VersionLen         // result, version
-	resultOnlyLen       = 1                      // result or status
+	versionResponseLen  = 1 + messages.PcpVersionLen         // result, version
+	notifyLen           = messages.PcpVersionLen + 2 + 2 + 2 // version, segment size, count, check code
+	segmentRequestLen   = messages.PcpVersionLen + 2         // version, segment number
+	segmentHeaderLen    = 1 + 2                              // result, segment number
+	upgradeResultLen    = 1 + messages.PcpVersionLen         // result, version
+	resultOnlyLen       = 1                                  // result or status
 	maxSegmentDataBytes = MaxDataLen - segmentHeaderLen
 )
 
@@ -22,7 +22,7 @@ const (
 // direction; the types of this package are the only implementations.
 type Message interface {
 	// Code is the message code of the frame that carries the message.
-	Code() Code
+	Code() messages.PcpCode
 	// data returns the frame's data, or an error wrapping ErrMalformed.
 	data() ([]byte, error)
 }
@@ -43,7 +43,7 @@ type NotifyNewVersion struct {
 }
 
 // SegmentResponse is the 0x15 response: result, segment number and, when
-// Result is ResultOK, the segment's bytes (3 + n bytes). A refusal carries no
+// Result is messages.PcpResultOK, the segment's bytes (3 + n bytes). A refusal carries no
 // data; otafleet still sends the segment number.
 type SegmentResponse struct {
 	Result    byte
@@ -51,15 +51,15 @@ type SegmentResponse struct {
 	Data      []byte
 }
 
-// DownloadResultAck is the 0x16 response: ResultOK (handled) or
-// ResultNoSuchTask.
+// DownloadResultAck is the 0x16 response: messages.PcpResultOK (handled) or
+// messages.PcpResultNoSuchTask.
 type DownloadResultAck struct{ Result byte }
 
 // ExecuteUpgrade is the 0x17 request: no data.
 type ExecuteUpgrade struct{}
 
-// UpgradeResultAck is the 0x18 response: ResultOK (handled) or
-// ResultNoSuchTask.
+// UpgradeResultAck is the 0x18 response: messages.PcpResultOK (handled) or
+// messages.PcpResultNoSuchTask.
 type UpgradeResultAck struct{ Result byte }
 
 // Device → platform (uplink, notified on /19/0/0).
@@ -71,7 +71,7 @@ type VersionResponse struct {
 	Version string
 }
 
-// NotifyResponse is the 0x14 response, 1 byte: ResultOK if the device takes
+// NotifyResponse is the 0x14 response, 1 byte: messages.PcpResultOK if the device takes
 // the upgrade, else why not (spec 4.5). Devices may skip it and request a
 // segment at once.
 type NotifyResponse struct{ Result byte }
@@ -83,11 +83,11 @@ type SegmentRequest struct {
 	SegmentNo uint16
 }
 
-// DownloadResult is the 0x16 request, 1 byte: ResultOK (downloaded) or the
+// DownloadResult is the 0x16 request, 1 byte: messages.PcpResultOK (downloaded) or the
 // download failure.
 type DownloadResult struct{ Status byte }
 
-// ExecuteResponse is the 0x17 response, 1 byte: ResultOK if the device
+// ExecuteResponse is the 0x17 response, 1 byte: messages.PcpResultOK if the device
 // starts the upgrade, else why not.
 type ExecuteResponse struct{ Result byte }
 
@@ -98,18 +98,18 @@ type UpgradeResult struct {
 	Version string
 }
 
-func (QueryVersion) Code() Code      { return CodeQueryVersion }
-func (NotifyNewVersion) Code() Code  { return CodeNotifyNewVersion }
-func (SegmentResponse) Code() Code   { return CodeRequestSegment }
-func (DownloadResultAck) Code() Code { return CodeReportDownloadResult }
-func (ExecuteUpgrade) Code() Code    { return CodeExecuteUpgrade }
-func (UpgradeResultAck) Code() Code  { return CodeReportUpgradeResult }
-func (VersionResponse) Code() Code   { return CodeQueryVersion }
-func (NotifyResponse) Code() Code    { return CodeNotifyNewVersion }
-func (SegmentRequest) Code() Code    { return CodeRequestSegment }
-func (DownloadResult) Code() Code    { return CodeReportDownloadResult }
-func (ExecuteResponse) Code() Code   { return CodeExecuteUpgrade }
-func (UpgradeResult) Code() Code     { return CodeReportUpgradeResult }
+func (QueryVersion) Code() messages.PcpCode      { return messages.PcpCodeQueryVersion }
+func (NotifyNewVersion) Code() messages.PcpCode  { return messages.PcpCodeNotifyNewVersion }
+func (SegmentResponse) Code() messages.PcpCode   { return messages.PcpCodeRequestSegment }
+func (DownloadResultAck) Code() messages.PcpCode { return messages.PcpCodeReportDownloadResult }
+func (ExecuteUpgrade) Code() messages.PcpCode    { return messages.PcpCodeExecuteUpgrade }
+func (UpgradeResultAck) Code() messages.PcpCode  { return messages.PcpCodeReportUpgradeResult }
+func (VersionResponse) Code() messages.PcpCode   { return messages.PcpCodeQueryVersion }
+func (NotifyResponse) Code() messages.PcpCode    { return messages.PcpCodeNotifyNewVersion }
+func (SegmentRequest) Code() messages.PcpCode    { return messages.PcpCodeRequestSegment }
+func (DownloadResult) Code() messages.PcpCode    { return messages.PcpCodeReportDownloadResult }
+func (ExecuteResponse) Code() messages.PcpCode   { return messages.PcpCodeExecuteUpgrade }
+func (UpgradeResult) Code() messages.PcpCode     { return messages.PcpCodeReportUpgradeResult }
 
 func (QueryVersion) data() ([]byte, error) { return nil, nil }
 
@@ -126,7 +126,7 @@ func (m NotifyNewVersion) data() ([]byte, error) {
 
 func (m SegmentResponse) data() ([]byte, error) {
 	switch {
-	case m.Result != ResultOK && len(m.Data) > 0:
+	case m.Result != messages.PcpResultOK && len(m.Data) > 0:
 		return nil, malformed("%v response: result 0x%02X with %d data bytes: a refusal carries no data", m.Code(), m.Result, len(m.Data))
 	case len(m.Data) > maxSegmentDataBytes:
 		return nil, malformed("%v response: segment data of %d bytes, at most %d", m.Code(), len(m.Data), maxSegmentDataBytes)
@@ -175,25 +175,25 @@ func (m UpgradeResult) data() ([]byte, error) {
 }
 
 // putVersion writes v into the 16-byte field dst, right-padded with 0x00. It
-// accepts what getVersion returns: at most VersionLen bytes of ASCII
+// accepts what getVersion returns: at most messages.PcpVersionLen bytes of ASCII
 // without 0x00.
-func putVersion(dst []byte, c Code, field, v string) error {
-	if len(v) > VersionLen {
-		return malformed("%v: %s %q is %d bytes, at most %d", c, field, v, len(v), VersionLen)
+func putVersion(dst []byte, c messages.PcpCode, field, v string) error {
+	if len(v) > messages.PcpVersionLen {
+		return malformed("%v: %s %q is %d bytes, at most %d", c, field, v, len(v), messages.PcpVersionLen)
 	}
 	for i := 0; i < len(v); i++ {
 		if v[i] == 0 || v[i] >= 0x80 {
 			return malformed("%v: %s %q: byte %d is 0x%02X: a version is ASCII without 0x00", c, field, v, i, v[i])
 		}
 	}
-	copy(dst[:VersionLen], v)
+	copy(dst[:messages.PcpVersionLen], v)
 	return nil
 }
 
 // getVersion reads a 16-byte version field: ASCII text without 0x00, then
 // 0x00 padding, which it strips.
-func getVersion(src []byte, c Code, field string) (string, error) {
-	src = src[:VersionLen]
+func getVersion(src []byte, c messages.PcpCode, field string) (string, error) {
+	src = src[:messages.PcpVersionLen]
 	n := len(src)
 	for n > 0 && src[n-1] == 0 {
 		n--
@@ -225,7 +225,7 @@ func mustEncode(m Message) []byte {
 }
 
 // checkFrame checks that f has code want and n data bytes.
-func checkFrame(f Frame, want Code, what string, n int) error {
+func checkFrame(f Frame, want messages.PcpCode, what string, n int) error {
 	switch {
 	case f.Code != want:
 		return malformed("frame of code %v, want %v %s", f.Code, want, what)
@@ -245,7 +245,7 @@ func EncodeQueryVersion() []byte { return mustEncode(QueryVersion{}) }
 func EncodeNotify(m NotifyNewVersion) ([]byte, error) { return EncodeMessage(m) }
 
 // EncodeSegmentResponse returns the 0x15 response. It fails if a refusal
-// (Result other than ResultOK) carries data, or if the data exceeds 65532
+// (Result other than messages.PcpResultOK) carries data, or if the data exceeds 65532
 // bytes.
 func EncodeSegmentResponse(m SegmentResponse) ([]byte, error) { return EncodeMessage(m) }
 
@@ -260,7 +260,7 @@ func EncodeUpgradeResultAck(m UpgradeResultAck) []byte { return mustEncode(m) }
 
 // DecodeVersionResponse reads a device's 0x13 response (17 bytes).
 func DecodeVersionResponse(f Frame) (VersionResponse, error) {
-	if err := checkFrame(f, CodeQueryVersion, "response", versionResponseLen); err != nil {
+	if err := checkFrame(f, messages.PcpCodeQueryVersion, "response", versionResponseLen); err != nil {
 		return VersionResponse{}, err
 	}
 	v, err := getVersion(f.Data[1:], f.Code, "current version")
@@ -272,7 +272,7 @@ func DecodeVersionResponse(f Frame) (VersionResponse, error) {
 
 // DecodeNotifyResponse reads a device's 0x14 response (1 byte).
 func DecodeNotifyResponse(f Frame) (NotifyResponse, error) {
-	if err := checkFrame(f, CodeNotifyNewVersion, "response", resultOnlyLen); err != nil {
+	if err := checkFrame(f, messages.PcpCodeNotifyNewVersion, "response", resultOnlyLen); err != nil {
 		return NotifyResponse{}, err
 	}
 	return NotifyResponse{Result: f.Data[0]}, nil
@@ -280,7 +280,7 @@ func DecodeNotifyResponse(f Frame) (NotifyResponse, error) {
 
 // DecodeSegmentRequest reads a device's 0x15 request (18 bytes).
 func DecodeSegmentRequest(f Frame) (SegmentRequest, error) {
-	if err := checkFrame(f, CodeRequestSegment, "request", segmentRequestLen); err != nil {
+	if err := checkFrame(f, messages.PcpCodeRequestSegment, "request", segmentRequestLen); err != nil {
 		return SegmentRequest{}, err
 	}
 	v, err := getVersion(f.Data, f.Code, "version")
@@ -292,7 +292,7 @@ func DecodeSegmentRequest(f Frame) (SegmentRequest, error) {
 
 // DecodeDownloadResult reads a device's 0x16 request (1 byte).
 func DecodeDownloadResult(f Frame) (DownloadResult, error) {
-	if err := checkFrame(f, CodeReportDownloadResult, "request", resultOnlyLen); err != nil {
+	if err := checkFrame(f, messages.PcpCodeReportDownloadResult, "request", resultOnlyLen); err != nil {
 		return DownloadResult{}, err
 	}
 	return DownloadResult{Status: f.Data[0]}, nil
@@ -300,7 +300,7 @@ func DecodeDownloadResult(f Frame) (DownloadResult, error) {
 
 // DecodeExecuteResponse reads a device's 0x17 response (1 byte).
 func DecodeExecuteResponse(f Frame) (ExecuteResponse, error) {
-	if err := checkFrame(f, CodeExecuteUpgrade, "response", resultOnlyLen); err != nil {
+	if err := checkFrame(f, messages.PcpCodeExecuteUpgrade, "response", resultOnlyLen); err != nil {
 		return ExecuteResponse{}, err
 	}
 	return ExecuteResponse{Result: f.Data[0]}, nil
@@ -308,7 +308,7 @@ func DecodeExecuteResponse(f Frame) (ExecuteResponse, error) {
 
 // DecodeUpgradeResult reads a device's 0x18 request (17 bytes).
 func DecodeUpgradeResult(f Frame) (UpgradeResult, error) {
-	if err := checkFrame(f, CodeReportUpgradeResult, "request", upgradeResultLen); err != nil {
+	if err := checkFrame(f, messages.PcpCodeReportUpgradeResult, "request", upgradeResultLen); err != nil {
 		return UpgradeResult{}, err
 	}
 	v, err := getVersion(f.Data[1:], f.Code, "current version")
@@ -343,12 +343,12 @@ func EncodeUpgradeResult(m UpgradeResult) ([]byte, error) { return EncodeMessage
 
 // DecodeQueryVersion checks the platform's 0x13 request (no data).
 func DecodeQueryVersion(f Frame) (QueryVersion, error) {
-	return QueryVersion{}, checkFrame(f, CodeQueryVersion, "request", 0)
+	return QueryVersion{}, checkFrame(f, messages.PcpCodeQueryVersion, "request", 0)
 }
 
 // DecodeNotify reads the platform's 0x14 request (22 bytes).
 func DecodeNotify(f Frame) (NotifyNewVersion, error) {
-	if err := checkFrame(f, CodeNotifyNewVersion, "request", notifyLen); err != nil {
+	if err := checkFrame(f, messages.PcpCodeNotifyNewVersion, "request", notifyLen); err != nil {
 		return NotifyNewVersion{}, err
 	}
 	v, err := getVersion(f.Data, f.Code, "target version")
@@ -366,19 +366,19 @@ func DecodeNotify(f Frame) (NotifyNewVersion, error) {
 // DecodeSegmentResponse reads the platform's 0x15 response: result, segment
 // number and data (3 + n bytes). As spec 4.5 asks of devices, it also
 // accepts a refusal of 1 byte (result only; SegmentNo is then 0). A refusal
-// must not carry data, and a ResultOK response must carry the segment
+// must not carry data, and a messages.PcpResultOK response must carry the segment
 // number.
 func DecodeSegmentResponse(f Frame) (SegmentResponse, error) {
-	if f.Code != CodeRequestSegment {
-		return SegmentResponse{}, malformed("frame of code %v, want %v response", f.Code, CodeRequestSegment)
+	if f.Code != messages.PcpCodeRequestSegment {
+		return SegmentResponse{}, malformed("frame of code %v, want %v response", f.Code, messages.PcpCodeRequestSegment)
 	}
 	n := len(f.Data)
 	switch {
 	case n == 0:
 		return SegmentResponse{}, malformed("%v response: no data, want the result byte", f.Code)
-	case f.Data[0] == ResultOK && n < segmentHeaderLen:
+	case f.Data[0] == messages.PcpResultOK && n < segmentHeaderLen:
 		return SegmentResponse{}, malformed("%v response: result 0x00 with %d data bytes, want at least %d (result, segment number)", f.Code, n, segmentHeaderLen)
-	case f.Data[0] != ResultOK && n != 1 && n != segmentHeaderLen:
+	case f.Data[0] != messages.PcpResultOK && n != 1 && n != segmentHeaderLen:
 		return SegmentResponse{}, malformed("%v response: result 0x%02X with %d data bytes, want 1 or %d: a refusal carries no segment data", f.Code, f.Data[0], n, segmentHeaderLen)
 	}
 	r := SegmentResponse{Result: f.Data[0]}
@@ -393,7 +393,7 @@ func DecodeSegmentResponse(f Frame) (SegmentResponse, error) {
 
 // DecodeDownloadResultAck reads the platform's 0x16 response (1 byte).
 func DecodeDownloadResultAck(f Frame) (DownloadResultAck, error) {
-	if err := checkFrame(f, CodeReportDownloadResult, "response", resultOnlyLen); err != nil {
+	if err := checkFrame(f, messages.PcpCodeReportDownloadResult, "response", resultOnlyLen); err != nil {
 		return DownloadResultAck{}, err
 	}
 	return DownloadResultAck{Result: f.Data[0]}, nil
@@ -401,12 +401,12 @@ func DecodeDownloadResultAck(f Frame) (DownloadResultAck, error) {
 
 // DecodeExecute checks the platform's 0x17 request (no data).
 func DecodeExecute(f Frame) (ExecuteUpgrade, error) {
-	return ExecuteUpgrade{}, checkFrame(f, CodeExecuteUpgrade, "request", 0)
+	return ExecuteUpgrade{}, checkFrame(f, messages.PcpCodeExecuteUpgrade, "request", 0)
 }
 
 // DecodeUpgradeResultAck reads the platform's 0x18 response (1 byte).
 func DecodeUpgradeResultAck(f Frame) (UpgradeResultAck, error) {
-	if err := checkFrame(f, CodeReportUpgradeResult, "response", resultOnlyLen); err != nil {
+	if err := checkFrame(f, messages.PcpCodeReportUpgradeResult, "response", resultOnlyLen); err != nil {
 		return UpgradeResultAck{}, err
 	}
 	return UpgradeResultAck{Result: f.Data[0]}, nil
@@ -424,17 +424,17 @@ func DecodeUplink(b []byte) (Message, error) {
 		return nil, err
 	}
 	switch f.Code {
-	case CodeQueryVersion:
+	case messages.PcpCodeQueryVersion:
 		return wrap(DecodeVersionResponse(f))
-	case CodeNotifyNewVersion:
+	case messages.PcpCodeNotifyNewVersion:
 		return wrap(DecodeNotifyResponse(f))
-	case CodeRequestSegment:
+	case messages.PcpCodeRequestSegment:
 		return wrap(DecodeSegmentRequest(f))
-	case CodeReportDownloadResult:
+	case messages.PcpCodeReportDownloadResult:
 		return wrap(DecodeDownloadResult(f))
-	case CodeExecuteUpgrade:
+	case messages.PcpCodeExecuteUpgrade:
 		return wrap(DecodeExecuteResponse(f))
-	case CodeReportUpgradeResult:
+	case messages.PcpCodeReportUpgradeResult:
 		return wrap(DecodeUpgradeResult(f))
 	}
 	return nil, malformed("message code %v: 0x13 to 0x18 are defined", f.Code)
@@ -449,17 +449,17 @@ func DecodeDownlink(b []byte) (Message, error) {
 		return nil, err
 	}
 	switch f.Code {
-	case CodeQueryVersion:
+	case messages.PcpCodeQueryVersion:
 		return wrap(DecodeQueryVersion(f))
-	case CodeNotifyNewVersion:
+	case messages.PcpCodeNotifyNewVersion:
 		return wrap(DecodeNotify(f))
-	case CodeRequestSegment:
+	case messages.PcpCodeRequestSegment:
 		return wrap(DecodeSegmentResponse(f))
-	case CodeReportDownloadResult:
+	case messages.PcpCodeReportDownloadResult:
 		return wrap(DecodeDownloadResultAck(f))
-	case CodeExecuteUpgrade:
+	case messages.PcpCodeExecuteUpgrade:
 		return wrap(DecodeExecute(f))
-	case CodeReportUpgradeResult:
+	case messages.PcpCodeReportUpgradeResult:
 		return wrap(DecodeUpgradeResultAck(f))
 	}
 	return nil, malformed("message code %v: 0x13 to 0x18 are defined", f.Code)

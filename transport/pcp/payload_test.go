@@ -6,41 +6,43 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/otafleet/otafleet/messages"
 )
 
 // uplinks and downlinks hold a few values of every message type.
 var (
 	uplinks = []Message{
-		VersionResponse{Result: ResultOK, Version: "V1.0"},
-		VersionResponse{Result: ResultInternalError},
-		VersionResponse{Result: ResultOK, Version: "0123456789abcdef"},
-		VersionResponse{Result: ResultOK, Version: "a\x01b\x7f"},
-		NotifyResponse{Result: ResultOK},
-		NotifyResponse{Result: ResultAlreadyLatest},
+		VersionResponse{Result: messages.PcpResultOK, Version: "V1.0"},
+		VersionResponse{Result: messages.PcpResultInternalError},
+		VersionResponse{Result: messages.PcpResultOK, Version: "0123456789abcdef"},
+		VersionResponse{Result: messages.PcpResultOK, Version: "a\x01b\x7f"},
+		NotifyResponse{Result: messages.PcpResultOK},
+		NotifyResponse{Result: messages.PcpResultAlreadyLatest},
 		SegmentRequest{Version: "2.0", SegmentNo: 0xFFFE},
 		SegmentRequest{Version: "V1.0-rc_1.build7"},
-		DownloadResult{Status: ResultOK},
-		DownloadResult{Status: ResultVerificationFailed},
-		ExecuteResponse{Result: ResultOK},
-		ExecuteResponse{Result: ResultLowBattery},
-		UpgradeResult{Result: ResultOK, Version: "2.0"},
-		UpgradeResult{Result: ResultInstallFailed, Version: "1.0"},
+		DownloadResult{Status: messages.PcpResultOK},
+		DownloadResult{Status: messages.PcpResultVerificationFailed},
+		ExecuteResponse{Result: messages.PcpResultOK},
+		ExecuteResponse{Result: messages.PcpResultLowBattery},
+		UpgradeResult{Result: messages.PcpResultOK, Version: "2.0"},
+		UpgradeResult{Result: messages.PcpResultInstallFailed, Version: "1.0"},
 	}
 	downlinks = []Message{
 		QueryVersion{},
 		NotifyNewVersion{Version: "2.0", SegmentSize: 500, SegmentCount: 6000, CheckCode: 0xBEEF},
 		NotifyNewVersion{Version: "", SegmentSize: 32, SegmentCount: 0xFFFF},
-		SegmentResponse{Result: ResultOK, SegmentNo: 5, Data: bytes.Repeat([]byte{0xA5}, 500)},
-		SegmentResponse{Result: ResultOK, SegmentNo: 6, Data: []byte{1}},
-		SegmentResponse{Result: ResultOK, SegmentNo: 0xFFFF, Data: make([]byte, maxSegmentDataBytes)},
-		SegmentResponse{Result: ResultNoSuchTask, SegmentNo: 3},
-		SegmentResponse{Result: ResultNoSuchSegment, SegmentNo: 9},
-		SegmentResponse{Result: ResultOK, SegmentNo: 7}, // an empty segment: legal on the wire
-		DownloadResultAck{Result: ResultOK},
-		DownloadResultAck{Result: ResultNoSuchTask},
+		SegmentResponse{Result: messages.PcpResultOK, SegmentNo: 5, Data: bytes.Repeat([]byte{0xA5}, 500)},
+		SegmentResponse{Result: messages.PcpResultOK, SegmentNo: 6, Data: []byte{1}},
+		SegmentResponse{Result: messages.PcpResultOK, SegmentNo: 0xFFFF, Data: make([]byte, maxSegmentDataBytes)},
+		SegmentResponse{Result: messages.PcpResultNoSuchTask, SegmentNo: 3},
+		SegmentResponse{Result: messages.PcpResultNoSuchSegment, SegmentNo: 9},
+		SegmentResponse{Result: messages.PcpResultOK, SegmentNo: 7}, // an empty segment: legal on the wire
+		DownloadResultAck{Result: messages.PcpResultOK},
+		DownloadResultAck{Result: messages.PcpResultNoSuchTask},
 		ExecuteUpgrade{},
-		UpgradeResultAck{Result: ResultOK},
-		UpgradeResultAck{Result: ResultNoSuchTask},
+		UpgradeResultAck{Result: messages.PcpResultOK},
+		UpgradeResultAck{Result: messages.PcpResultNoSuchTask},
 	}
 )
 
@@ -56,7 +58,7 @@ func TestRoundTrip(t *testing.T) {
 				t.Errorf("%s: EncodeMessage(%#v): %v", dir.name, m, err)
 				continue
 			}
-			if !IsPCP(b) || Code(b[3]) != m.Code() {
+			if !IsPCP(b) || messages.PcpCode(b[3]) != m.Code() {
 				t.Errorf("%s: %T encoded as %X", dir.name, m, b)
 			}
 			got, err := dir.decode(b)
@@ -103,7 +105,7 @@ func TestNamedCodecs(t *testing.T) {
 	n := NotifyNewVersion{Version: "1.2.4", SegmentSize: 256, SegmentCount: 3, CheckCode: 0x0102}
 	got2, err := DecodeNotify(dec(must(EncodeNotify(n))))
 	eq("notify", got2, n, err)
-	nr := NotifyResponse{Result: ResultBusy}
+	nr := NotifyResponse{Result: messages.PcpResultBusy}
 	got3, err := DecodeNotifyResponse(dec(EncodeNotifyResponse(nr)))
 	eq("notify response", got3, nr, err)
 	sr := SegmentRequest{Version: "1.2.4", SegmentNo: 2}
@@ -112,27 +114,27 @@ func TestNamedCodecs(t *testing.T) {
 	sp := SegmentResponse{SegmentNo: 2, Data: []byte("tail")}
 	got5, err := DecodeSegmentResponse(dec(must(EncodeSegmentResponse(sp))))
 	eq("segment response", got5, sp, err)
-	dr := DownloadResult{Status: ResultDownloadTimeout}
+	dr := DownloadResult{Status: messages.PcpResultDownloadTimeout}
 	got6, err := DecodeDownloadResult(dec(EncodeDownloadResult(dr)))
 	eq("download result", got6, dr, err)
-	da := DownloadResultAck{Result: ResultNoSuchTask}
+	da := DownloadResultAck{Result: messages.PcpResultNoSuchTask}
 	got7, err := DecodeDownloadResultAck(dec(EncodeDownloadResultAck(da)))
 	eq("download result ack", got7, da, err)
 	ex, err := DecodeExecute(dec(EncodeExecute()))
 	eq("execute", ex, ExecuteUpgrade{}, err)
-	er := ExecuteResponse{Result: ResultInternalError}
+	er := ExecuteResponse{Result: messages.PcpResultInternalError}
 	got8, err := DecodeExecuteResponse(dec(EncodeExecuteResponse(er)))
 	eq("execute response", got8, er, err)
-	ur := UpgradeResult{Result: ResultOK, Version: "1.2.4"}
+	ur := UpgradeResult{Result: messages.PcpResultOK, Version: "1.2.4"}
 	got9, err := DecodeUpgradeResult(dec(must(EncodeUpgradeResult(ur))))
 	eq("upgrade result", got9, ur, err)
-	ua := UpgradeResultAck{Result: ResultOK}
+	ua := UpgradeResultAck{Result: messages.PcpResultOK}
 	got10, err := DecodeUpgradeResultAck(dec(EncodeUpgradeResultAck(ua)))
 	eq("upgrade result ack", got10, ua, err)
 }
 
 // frame builds a frame of any code and data.
-func frame(t testing.TB, c Code, data ...byte) []byte {
+func frame(t testing.TB, c messages.PcpCode, data ...byte) []byte {
 	t.Helper()
 	b, err := Encode(Frame{Version: ProtocolVersion, Code: c, Data: data})
 	if err != nil {
@@ -142,7 +144,7 @@ func frame(t testing.TB, c Code, data ...byte) []byte {
 }
 
 func version16(s string) []byte {
-	b := make([]byte, VersionLen)
+	b := make([]byte, messages.PcpVersionLen)
 	copy(b, s)
 	return b
 }
@@ -231,16 +233,16 @@ func TestTypedDecodeWrongCode(t *testing.T) {
 // TestSegmentRefusalForms: the 1-byte refusal is accepted (spec 4.5) and
 // re-encoded with its segment number; otafleet's 3-byte refusal round-trips.
 func TestSegmentRefusalForms(t *testing.T) {
-	m, err := DecodeDownlink(frame(t, 0x15, ResultNoSuchTask))
-	if err != nil || !reflect.DeepEqual(m, SegmentResponse{Result: ResultNoSuchTask}) {
+	m, err := DecodeDownlink(frame(t, 0x15, messages.PcpResultNoSuchTask))
+	if err != nil || !reflect.DeepEqual(m, SegmentResponse{Result: messages.PcpResultNoSuchTask}) {
 		t.Fatalf("1-byte refusal = %#v, %v", m, err)
 	}
 	b, _ := EncodeMessage(m)
-	if want := frame(t, 0x15, ResultNoSuchTask, 0, 0); !bytes.Equal(b, want) {
+	if want := frame(t, 0x15, messages.PcpResultNoSuchTask, 0, 0); !bytes.Equal(b, want) {
 		t.Errorf("re-encoded %X, want %X", b, want)
 	}
-	b, err = EncodeSegmentResponse(SegmentResponse{Result: ResultNoSuchSegment, SegmentNo: 0x0102})
-	if want := frame(t, 0x15, ResultNoSuchSegment, 1, 2); err != nil || !bytes.Equal(b, want) {
+	b, err = EncodeSegmentResponse(SegmentResponse{Result: messages.PcpResultNoSuchSegment, SegmentNo: 0x0102})
+	if want := frame(t, 0x15, messages.PcpResultNoSuchSegment, 1, 2); err != nil || !bytes.Equal(b, want) {
 		t.Errorf("EncodeSegmentResponse(refusal) = %X, %v; want %X", b, err, want)
 	}
 }
@@ -254,7 +256,7 @@ func TestEncodeRejectsPayloads(t *testing.T) {
 		{NotifyNewVersion{Version: strings.Repeat("9", 40)}, "target version \"9999999999999999999999999999999999999999\" is 40 bytes, at most 16"},
 		{SegmentRequest{Version: "1.0\x00"}, `0x15 (request package segment): version "1.0\x00": byte 3 is 0x00: a version is ASCII without 0x00`},
 		{UpgradeResult{Version: "v\u00e9"}, "byte 1 is 0xC3"},
-		{SegmentResponse{Result: ResultNoSuchTask, Data: []byte{1}}, "result 0x80 with 1 data bytes: a refusal carries no data"},
+		{SegmentResponse{Result: messages.PcpResultNoSuchTask, Data: []byte{1}}, "result 0x80 with 1 data bytes: a refusal carries no data"},
 		{SegmentResponse{Data: make([]byte, maxSegmentDataBytes+1)}, "segment data of 65533 bytes, at most 65532"},
 	} {
 		b, err := EncodeMessage(tc.m)

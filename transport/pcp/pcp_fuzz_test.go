@@ -5,6 +5,8 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+
+	"github.com/otafleet/otafleet/messages"
 )
 
 // seedFrames adds the golden corpus and a few broken frames to f.
@@ -16,7 +18,7 @@ func seedFrames(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte(`{"temperature":21.5}`))
 	f.Add([]byte{0xFF, 0xFE, 0x01, 0x15, 0x00, 0x00, 0xFF, 0xFF})
-	f.Add(mustEncode(SegmentResponse{Result: ResultNoSuchTask}))
+	f.Add(mustEncode(SegmentResponse{Result: messages.PcpResultNoSuchTask}))
 	f.Add(mustEncode(SegmentResponse{Data: bytes.Repeat([]byte{0x5A}, 500)}))
 }
 
@@ -63,13 +65,13 @@ func FuzzDecodeMessage(f *testing.F) {
 		f.Add(byte(fr.Code), fr.Data)
 		f.Add(byte(fr.Code), fr.Data[:len(fr.Data)/2])
 	}
-	f.Add(byte(CodeRequestSegment), []byte{ResultNoSuchTask})
-	f.Add(byte(CodeQueryVersion), append([]byte{0}, "V1\x00.0\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"...))
+	f.Add(byte(messages.PcpCodeRequestSegment), []byte{messages.PcpResultNoSuchTask})
+	f.Add(byte(messages.PcpCodeQueryVersion), append([]byte{0}, "V1\x00.0\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"...))
 	f.Fuzz(func(t *testing.T, code byte, data []byte) {
 		if len(data) > MaxDataLen {
 			return
 		}
-		b, err := Encode(Frame{Version: ProtocolVersion, Code: Code(code), Data: data})
+		b, err := Encode(Frame{Version: ProtocolVersion, Code: messages.PcpCode(code), Data: data})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,14 +86,14 @@ func FuzzDecodeMessage(f *testing.F) {
 				}
 				continue
 			}
-			if !IsPCP(b) || m.Code() != Code(code) {
+			if !IsPCP(b) || m.Code() != messages.PcpCode(code) {
 				t.Fatalf("%X decoded as %#v (IsPCP %v)", b, m, IsPCP(b))
 			}
 			re, err := EncodeMessage(m)
 			if err != nil {
 				t.Fatalf("EncodeMessage(%#v) from %X: %v", m, b, err)
 			}
-			short := m.Code() == CodeRequestSegment && len(data) == 1
+			short := m.Code() == messages.PcpCodeRequestSegment && len(data) == 1
 			if !short && !bytes.Equal(re, b) {
 				t.Fatalf("%X decoded as %#v re-encodes as %X", b, m, re)
 			}

@@ -3,24 +3,16 @@ package pcp
 import (
 	"crypto/sha256"
 	"encoding/binary"
-)
 
-// Segment sizes (the package's deviceShard, spec 4.5 and 5.8).
-const (
-	MinSegmentSize     = 32
-	MaxSegmentSize     = 500
-	DefaultSegmentSize = 500
-	// MaxSegments is the most segments a package can have: the count is a
-	// WORD, and numbers run from 0 to MaxSegments-1.
-	MaxSegments = 0xFFFF
+	"github.com/otafleet/otafleet/messages"
 )
 
 // SegmentCount returns the number of segments of segmentSize bytes that a
 // package of size bytes takes, ceil(size / segmentSize), as carried in the
 // 0x14 notification. It returns 0 when there is nothing to send over PCP: a
 // size of 0 or less, a segment size of 0, or a package that needs more than
-// MaxSegments segments (larger than MaxPackageSize(segmentSize)). It does not
-// check the segment size against MinSegmentSize and MaxSegmentSize.
+// messages.PcpMaxSegments segments (larger than MaxPackageSize(segmentSize)). It does not
+// check the segment size against messages.PcpMinSegmentSize and messages.PcpMaxSegmentSize.
 func SegmentCount(size int64, segmentSize uint16) uint16 {
 	if size <= 0 || segmentSize == 0 || size > MaxPackageSize(segmentSize) {
 		return 0
@@ -30,16 +22,16 @@ func SegmentCount(size int64, segmentSize uint16) uint16 {
 }
 
 // MaxPackageSize returns the largest package that PCP can carry in segments
-// of segmentSize bytes: MaxSegments × segmentSize (32767500 bytes for the
+// of segmentSize bytes: messages.PcpMaxSegments × segmentSize (32767500 bytes for the
 // default 500).
 func MaxPackageSize(segmentSize uint16) int64 {
-	return MaxSegments * int64(segmentSize)
+	return messages.PcpMaxSegments * int64(segmentSize)
 }
 
 // SegmentRange returns where segment no of a package of size bytes lies:
 // its offset and its length, segmentSize except for a shorter last segment.
 // ok is false if the segment does not exist (no >= SegmentCount(size,
-// segmentSize)); the 0x15 response is then ResultNoSuchSegment.
+// segmentSize)); the 0x15 response is then messages.PcpResultNoSuchSegment.
 func SegmentRange(size int64, segmentSize uint16, no uint16) (offset int64, n int, ok bool) {
 	if no >= SegmentCount(size, segmentSize) {
 		return 0, 0, false

@@ -3,6 +3,8 @@ package pcp
 import (
 	"crypto/sha256"
 	"testing"
+
+	"github.com/otafleet/otafleet/messages"
 )
 
 func TestSegmentCount(t *testing.T) {
@@ -36,7 +38,7 @@ func TestSegmentCount(t *testing.T) {
 			t.Errorf("SegmentCount(%d, %d) = %d, want %d", tc.size, tc.ss, got, tc.want)
 		}
 	}
-	if got := MaxPackageSize(DefaultSegmentSize); got != 32_767_500 {
+	if got := MaxPackageSize(messages.PcpDefaultSegmentSize); got != 32_767_500 {
 		t.Errorf("MaxPackageSize(500) = %d", got)
 	}
 }
@@ -97,33 +99,5 @@ func TestCheckCode(t *testing.T) {
 	s[0], s[1], s[2] = 0x31, 0x32, 0xFF
 	if got := CheckCode(s); got != 0x3132 {
 		t.Errorf("CheckCode(31 32 FF ...) = 0x%04X, want 0x3132", got)
-	}
-}
-
-func TestResultText(t *testing.T) {
-	for code, want := range map[byte]string{
-		ResultOK:                  "OK",
-		ResultBusy:                "device busy",
-		ResultPoorSignal:          "poor signal",
-		ResultAlreadyLatest:       "already latest version",
-		ResultLowBattery:          "low battery",
-		ResultInsufficientStorage: "insufficient storage",
-		ResultDownloadTimeout:     "download timeout",
-		ResultVerificationFailed:  "package verification failed",
-		ResultUnsupportedPackage:  "package type unsupported",
-		ResultOutOfMemory:         "out of memory",
-		ResultInstallFailed:       "package installation failed",
-		ResultInternalError:       "internal error",
-		ResultNoSuchTask:          "upgrade task does not exist",
-		ResultNoSuchSegment:       "requested segment does not exist",
-		0x0B:                      "unknown result 0x0B",
-		0xFF:                      "unknown result 0xFF",
-	} {
-		if got := ResultText(code); got != want {
-			t.Errorf("ResultText(0x%02X) = %q, want %q", code, got, want)
-		}
-	}
-	if len(resultTexts) != 14 {
-		t.Errorf("%d result codes, spec 4.6 has 14", len(resultTexts))
 	}
 }

@@ -13,16 +13,7 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 	}
 	switch k := e.Kind.(type) {
 	case *messages.DeviceEvent_JobAccepted:
-		s.Job = k.JobAccepted.GetJob()
-		s.Stage = messages.Stage_STAGE_IDLE
-		s.Deadline = timeZero
-		s.VerifyCause = messages.VerifyCause_VERIFY_CAUSE_UNSPECIFIED
-		s.NotifiedAt = timeZero
-		s.Progress = 0
-		s.UriAcked = false
-		s.PermitCell, s.PermitHeld, s.PermitCellOnly = "", false, false
-		s.SourceVersion = ""
-		s.PcpExecuteDue = false
+		s = withJob(s, k.JobAccepted.GetJob())
 		// The outbox keeps what an earlier job left queued (a reset, a cancel).
 	case *messages.DeviceEvent_StageEntered:
 		if s.Job == nil {
@@ -113,18 +104,29 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 			Protocol:   s.Job.GetProtocol(),
 			PermitCell: s.PermitCell,
 		}
-		s.Job = nil
-		s.Stage = messages.Stage_STAGE_IDLE
-		s.Deadline = timeZero
-		s.VerifyCause = messages.VerifyCause_VERIFY_CAUSE_UNSPECIFIED
-		s.NotifiedAt = timeZero
-		s.Progress = 0
-		s.UriAcked = false
-		s.PermitCell, s.PermitHeld, s.PermitCellOnly = "", false, false
-		s.PcpExecuteDue = false
+		s = withJob(s, nil)
 		s.Outbox = nil
 	case *messages.DeviceEvent_JobRejected, *messages.DeviceEvent_Noted:
 		// Timeline facts only.
 	}
+	return s
+}
+
+// withJob returns s with j as its job (nil: none) and every field that
+// belongs to a job at its start value: stage, deadline, verify cause,
+// notification time, progress, URI acknowledgement, cell slot, source
+// version and the due 0x17. Generation goes on counting (a deadline of an
+// earlier job stays stale), and the outbox is the caller's.
+func withJob(s State, j *messages.Job) State {
+	s.Job = j
+	s.Stage = messages.Stage_STAGE_IDLE
+	s.Deadline = timeZero
+	s.VerifyCause = messages.VerifyCause_VERIFY_CAUSE_UNSPECIFIED
+	s.NotifiedAt = timeZero
+	s.Progress = 0
+	s.UriAcked = false
+	s.PermitCell, s.PermitHeld, s.PermitCellOnly = "", false, false
+	s.SourceVersion = ""
+	s.PcpExecuteDue = false
 	return s
 }

@@ -79,7 +79,7 @@ func (d *decider) stopJob(taskID string) {
 	d.finish(statusStopped, messages.Reason_REASON_STOPPED, "stopped in stage "+shortStage(stage), 0)
 	// Spec 6.6 [P]: reset the device's object 5 when it holds a URI it has not installed yet.
 	if d.s.Last.Protocol == protoFOTA && (stage == stNotified || stage == stDownloading || stage == stDownloaded) {
-		d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MWrite{Lwm2MWrite: &messages.Lwm2MWrite{Path: PathPackageURI, Value: ""}}})
+		d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MWrite{Lwm2MWrite: &messages.Lwm2MWrite{Path: messages.PathPackageURI, Value: ""}}})
 	}
 }
 
@@ -103,7 +103,7 @@ func (d *decider) finish(status messages.SubtaskStatus, r messages.Reason, detai
 		}}})
 	}
 	if j.GetProtocol() == protoFOTA && stage >= stNotified {
-		for _, p := range []string{PathFotaState, PathUpdateResult} {
+		for _, p := range []string{messages.PathFotaState, messages.PathUpdateResult} {
 			d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MCancelObserve{Lwm2MCancelObserve: &messages.Lwm2MCancelObserve{Path: p}}})
 		}
 	}
@@ -141,36 +141,20 @@ func (d *decider) reportArrived() {
 }
 
 // connected: a new session. Observations of the old one are gone, so the flow
-// re-establishes what the current stage needs (the reboot cue of spec 3.3).
+// re-establishes what the current stage needs (the reboot cue of spec 3.3):
+// a job waiting for its device starts, any other sends what its stage owes
+// (owed).
 func (d *decider) connected(queue bool) {
 	d.markOnline(queue)
 	if d.s.Job == nil {
 		return
 	}
-	switch st := d.s.Stage; {
-	case st == stWaitOnline:
+	if d.s.Stage == stWaitOnline {
 		d.queryVersion()
-	case d.proto() == protoPCP:
-		d.pcpReconnected()
-	case st == stVersion:
-		d.sendOnce(versionQuery(d.proto()))
-	case d.proto() == protoMQTT:
-		if st == stNotified {
-			// Spec 7 question 10: a device that reconnects before any progress
-			// report may never have received the event: send it again (the
-			// transport mints a fresh token). One that reported progress got it;
-			// it is not sent twice.
-			d.send(mqttUpgrade(d.s.Job))
-			d.note("device reconnected before reporting progress: upgrade event sent again")
-		}
-		if st == stDownloading {
-			// Its final report may have been lost with the old session (or
-			// with a server restart): ask for the version, which ends the job
-			// if it already runs the target; otherwise the download goes on.
-			d.sendOnce(versionQuery(protoMQTT))
-		}
-	case d.proto() == protoFOTA:
-		d.fotaReconnected()
+		return
+	}
+	for _, dl := range owed(d.s, reconnected) {
+		d.resend(dl)
 	}
 }
 
@@ -198,7 +182,7 @@ func versionQuery(p messages.Protocol) *messages.Downlink {
 	case protoPCP:
 		return &messages.Downlink{Kind: &messages.Downlink_PcpQueryVersion{PcpQueryVersion: &messages.PcpQueryVersion{}}}
 	default:
-		return &messages.Downlink{Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: PathFirmwareVersion}}}
+		return &messages.Downlink{Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: messages.PathFirmwareVersion}}}
 	}
 }
 
@@ -218,7 +202,7 @@ func mqttUpgrade(j *messages.Job) *messages.Downlink {
 // device's uplink channel, which PCP itself travels on (spec 4.9).
 func (d *decider) queryVersion() {
 	if d.proto() == protoPCP {
-		d.send(observe(PathPCPUplink))
+		d.send(observe(messages.PathPCPUplink))
 	}
 	d.send(versionQuery(d.proto()))
 	d.enter(stVersion, d.at.Add(d.cfg.VersionReport), 0)
@@ -282,7 +266,7 @@ func (d *decider) decideVersion(ver string) {
 		d.send(mqttUpgrade(d.s.Job))
 		d.enter(stNotified, d.at.Add(d.cfg.MQTTResult), 0)
 	default:
-		d.send(read(PathConnMon))
+		d.send(read(messages.PathConnMon))
 		d.enter(stRadio, d.at.Add(d.cfg.RadioQuery), 0)
 	}
 }
@@ -303,7 +287,7 @@ func (d *decider) verified(ver string) {
 	detail := fmt.Sprintf("device reports %q, target %q", ver, d.target())
 	switch d.s.VerifyCause {
 	case causeAlreadyLatest:
-		d.fail(messages.Reason_REASON_ALREADY_LATEST, detail, pcpAlreadyLatest)
+		d.fail(messages.Reason_REASON_ALREADY_LATEST, detail, messages.PcpResultAlreadyLatest)
 	case causeResultTimeout:
 		d.fail(messages.Reason_REASON_RESULT_TIMEOUT, detail, 0)
 	default:
@@ -345,7 +329,7 @@ func (d *decider) radioReported(r *messages.RadioReported) {
 }
 
 func (d *decider) queryCell() {
-	d.send(read(PathCellID))
+	d.send(read(messages.PathCellID))
 	d.enter(stCell, d.at.Add(d.cfg.CellQuery), 0)
 }
 
@@ -373,8 +357,8 @@ func (d *decider) permitGranted(cell string) {
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PermitHeld{PermitHeld: &messages.PermitHeld{CellId: cell}}})
 	switch d.proto() {
 	case protoFOTA:
-		d.send(observe(PathFotaState))
-		d.send(observe(PathUpdateResult))
+		d.send(observe(messages.PathFotaState))
+		d.send(observe(messages.PathUpdateResult))
 		d.writePackageURI()
 	case protoPCP:
 		d.send(pcpNotify(d.s.Job.GetPackage()))
@@ -429,7 +413,7 @@ func (d *decider) deadlineFired(f *messages.DeadlineFired) {
 		case causeResultTimeout:
 			d.fail(messages.Reason_REASON_VERSION_CHECK_TIMEOUT, "", 0)
 		case causeAlreadyLatest:
-			d.fail(messages.Reason_REASON_ALREADY_LATEST, "version check after the refusal timed out", pcpAlreadyLatest)
+			d.fail(messages.Reason_REASON_ALREADY_LATEST, "version check after the refusal timed out", messages.PcpResultAlreadyLatest)
 		default:
 			d.fail(messages.Reason_REASON_VERSION_REPORT_TIMEOUT, "update result was success; the version read timed out", 0)
 		}

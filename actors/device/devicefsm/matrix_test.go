@@ -127,10 +127,10 @@ func sample(name string, s State) *messages.DeviceInput {
 	case "radio_reported":
 		in.Kind = &messages.DeviceInput_RadioReported{RadioReported: &messages.RadioReported{Rsrp: i32p(-100), Sinr: i32p(5), CellId: "c1"}}
 	case "lwm2m_response":
-		in.Kind = &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{Op: messages.Lwm2MOp_LWM2M_OP_READ, Path: PathConnMon, Code: "4.04"}}
+		in.Kind = &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{Op: messages.Lwm2MOp_LWM2M_OP_READ, Path: messages.PathConnMon, Code: "4.04"}}
 		if s.PcpExecuteDue { // the answer the due 0x17 waits for
 			in.Kind = &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
-				Op: messages.Lwm2MOp_LWM2M_OP_WRITE, Path: PathPCPDownlink, Success: true, Code: "2.04", PcpCode: pcpCodeDLResult}}
+				Op: messages.Lwm2MOp_LWM2M_OP_WRITE, Path: messages.PathPCPDownlink, Success: true, Code: "2.04", PcpCode: uint32(messages.PcpCodeReportDownloadResult)}}
 		}
 	case "fota_status":
 		in.Kind = &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32p(2)}}
@@ -357,10 +357,10 @@ func randomInput(rng *rand.Rand, kind string, s State) *messages.DeviceInput {
 	case *messages.DeviceInput_PcpSegmentRequest:
 		k.PcpSegmentRequest.SegmentNo = uint32(rng.IntN(4))
 	case *messages.DeviceInput_Lwm2MResponse:
-		paths := []string{PathConnMon, PathCellID, PathFirmwareVersion, PathPackageURI, PathUpdate, PathPCPDownlink}
+		paths := []string{messages.PathConnMon, messages.PathCellID, messages.PathFirmwareVersion, messages.PathPackageURI, messages.PathUpdate, messages.PathPCPDownlink}
 		k.Lwm2MResponse.Path = paths[rng.IntN(len(paths))]
-		if k.Lwm2MResponse.Path == PathPCPDownlink {
-			k.Lwm2MResponse.PcpCode = uint32([]int{0x14, pcpCodeDLResult}[rng.IntN(2)])
+		if k.Lwm2MResponse.Path == messages.PathPCPDownlink {
+			k.Lwm2MResponse.PcpCode = uint32([]messages.PcpCode{messages.PcpCodeNotifyNewVersion, messages.PcpCodeReportDownloadResult}[rng.IntN(2)])
 		}
 		k.Lwm2MResponse.Op = messages.Lwm2MOp(rng.IntN(5))
 		k.Lwm2MResponse.Success = rng.IntN(2) == 0

@@ -23,25 +23,25 @@ func shortStage(st messages.Stage) string {
 // failure reason; ok is false for codes that are not failures (0, 1, 11).
 func UpdateResultReason(code int32) (r messages.Reason, ok bool) {
 	switch code {
-	case 2:
+	case messages.UpdateResultNotEnoughStorage:
 		return messages.Reason_REASON_FW_NOT_ENOUGH_STORAGE, true
-	case 3:
+	case messages.UpdateResultOutOfMemory:
 		return messages.Reason_REASON_FW_OUT_OF_MEMORY, true
-	case 4:
+	case messages.UpdateResultConnectionLost:
 		return messages.Reason_REASON_FW_CONNECTION_LOST, true
-	case 5:
+	case messages.UpdateResultIntegrityCheck:
 		return messages.Reason_REASON_FW_INTEGRITY_CHECK, true
-	case 6:
+	case messages.UpdateResultUnsupportedPackage:
 		return messages.Reason_REASON_FW_UNSUPPORTED_PACKAGE_TYPE, true
-	case 7:
+	case messages.UpdateResultInvalidURI:
 		return messages.Reason_REASON_FW_INVALID_URI, true
-	case 8:
+	case messages.UpdateResultUpdateFailed:
 		return messages.Reason_REASON_FW_UPDATE_FAILED, true
-	case 9:
+	case messages.UpdateResultUnsupportedProtocol:
 		return messages.Reason_REASON_FW_UNSUPPORTED_PROTOCOL, true
-	case 10:
+	case messages.UpdateResultCancelled:
 		return messages.Reason_REASON_FW_CANCELLED, true
-	case 0, fotaResultSuccess, fotaResultDeferred:
+	case messages.UpdateResultInitial, messages.UpdateResultSuccess, messages.UpdateResultDeferred:
 		return messages.Reason_REASON_NONE, false
 	default:
 		return messages.Reason_REASON_UNKNOWN_RESULT_CODE, true
@@ -53,29 +53,29 @@ func UpdateResultReason(code int32) (r messages.Reason, ok bool) {
 // is not a failure.
 func DeviceCodeReason(code int32) messages.Reason {
 	switch code {
-	case 0:
+	case messages.PcpResultOK:
 		return messages.Reason_REASON_NONE
-	case 1:
+	case messages.PcpResultBusy:
 		return messages.Reason_REASON_DEVICE_BUSY
-	case 2:
+	case messages.PcpResultPoorSignal:
 		return messages.Reason_REASON_POOR_SIGNAL
-	case 3:
+	case messages.PcpResultAlreadyLatest:
 		return messages.Reason_REASON_ALREADY_LATEST
-	case 4:
+	case messages.PcpResultLowBattery:
 		return messages.Reason_REASON_LOW_BATTERY
-	case 5:
+	case messages.PcpResultInsufficientStorage:
 		return messages.Reason_REASON_INSUFFICIENT_STORAGE
-	case 6:
+	case messages.PcpResultDownloadTimeout:
 		return messages.Reason_REASON_DEVICE_DOWNLOAD_TIMEOUT
-	case 7:
+	case messages.PcpResultVerificationFailed:
 		return messages.Reason_REASON_PACKAGE_VERIFICATION_FAILED
-	case 8:
+	case messages.PcpResultUnsupportedPackage:
 		return messages.Reason_REASON_PACKAGE_TYPE_UNSUPPORTED
-	case 9:
+	case messages.PcpResultOutOfMemory:
 		return messages.Reason_REASON_DEVICE_OUT_OF_MEMORY
-	case 10:
+	case messages.PcpResultInstallFailed:
 		return messages.Reason_REASON_INSTALL_FAILED
-	case 255, 0x7F:
+	case 255, messages.PcpResultInternalError: // MQTT, PCP
 		return messages.Reason_REASON_INTERNAL_ERROR
 	default:
 		return messages.Reason_REASON_UNKNOWN_RESULT_CODE
@@ -131,9 +131,15 @@ func (d *decider) recordJobVersion(v string) {
 
 // ---- LwM2M FOTA (spec 3.3, 3.5, 3.6) ----
 
+func packageURIWrite(j *messages.Job) *messages.Downlink {
+	return &messages.Downlink{Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: j}}}
+}
+
+// writePackageURI journals that /5/0/1 is written (object 5's reports wait
+// for the write's acknowledgement) and writes it.
 func (d *decider) writePackageURI() {
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PackageUriSent{PackageUriSent: &messages.PackageUriSent{}}})
-	d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: d.s.Job}}})
+	d.send(packageURIWrite(d.s.Job))
 }
 
 func (d *decider) lwm2mResponse(r *messages.Lwm2MResponse) {
@@ -142,7 +148,7 @@ func (d *decider) lwm2mResponse(r *messages.Lwm2MResponse) {
 	}
 	path, op := r.GetPath(), r.GetOp()
 	detail := fmt.Sprintf("%s %s answered %s", strings.TrimPrefix(op.String(), "LWM2M_OP_"), path, r.GetCode())
-	if op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == PathPCPDownlink && r.GetPcpCode() == pcpCodeDLResult && d.pcpExecuteDue() {
+	if op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == messages.PathPCPDownlink && r.GetPcpCode() == uint32(messages.PcpCodeReportDownloadResult) && d.pcpExecuteDue() {
 		// The device answered the 0x16 acknowledgement: the 0x17 goes now,
 		// straight after its journal entry. A refusal of the write gets it
 		// too: waiting longer cannot help.
@@ -153,24 +159,24 @@ func (d *decider) lwm2mResponse(r *messages.Lwm2MResponse) {
 		return
 	}
 	if r.GetSuccess() {
-		if op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == PathPackageURI && d.is(protoFOTA, stNotified, stDownloading) && !d.s.UriAcked {
+		if op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == messages.PathPackageURI && d.is(protoFOTA, stNotified, stDownloading) && !d.s.UriAcked {
 			d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PackageUriAccepted{PackageUriAccepted: &messages.PackageUriAccepted{}}})
 		}
 		return
 	}
 	switch {
-	case d.s.Stage == stVersion && path == PathFirmwareVersion:
+	case d.s.Stage == stVersion && path == messages.PathFirmwareVersion:
 		// The device cannot report its version: waiting longer cannot help.
 		d.fail(messages.Reason_REASON_VERSION_REPORT_TIMEOUT, detail, 0)
-	case d.s.Stage == stRadio && strings.HasPrefix(path, PathConnMon):
+	case d.s.Stage == stRadio && strings.HasPrefix(path, messages.PathConnMon):
 		d.queryCell()
-	case d.s.Stage == stCell && path == PathCellID:
+	case d.s.Stage == stCell && path == messages.PathCellID:
 		d.fail(messages.Reason_REASON_CELL_ID_TIMEOUT, detail, 0)
-	case d.is(protoFOTA, stNotified, stDownloading) && op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == PathPackageURI:
+	case d.is(protoFOTA, stNotified, stDownloading) && op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == messages.PathPackageURI:
 		d.fail(messages.Reason_REASON_FW_INVALID_URI, detail, 0)
-	case d.is(protoFOTA, stDownloaded) && op == messages.Lwm2MOp_LWM2M_OP_EXECUTE && path == PathUpdate:
+	case d.is(protoFOTA, stDownloaded) && op == messages.Lwm2MOp_LWM2M_OP_EXECUTE && path == messages.PathUpdate:
 		d.fail(messages.Reason_REASON_FW_UPDATE_FAILED, detail, 0)
-	case d.s.Stage == stVerifying && path == PathFirmwareVersion:
+	case d.s.Stage == stVerifying && path == messages.PathFirmwareVersion:
 		if d.s.VerifyCause == causeResultTimeout {
 			d.fail(messages.Reason_REASON_VERSION_CHECK_TIMEOUT, detail, 0)
 		} else {
@@ -191,17 +197,17 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 		return
 	}
 	if st == stDownloaded && f.State != nil && f.UpdateResult != nil &&
-		f.GetState() == fotaStateReady && f.GetUpdateResult() == fotaResultInitial {
+		f.GetState() == messages.FotaStateDownloaded && f.GetUpdateResult() == messages.UpdateResultInitial {
 		d.executeAgain()
 		return
 	}
 	if f.UpdateResult != nil {
 		res := f.GetUpdateResult()
-		if r, failed := UpdateResultReason(res); failed && f.GetState() != fotaStateUpdating {
+		if r, failed := UpdateResultReason(res); failed && f.GetState() != messages.FotaStateUpdating {
 			d.fail(r, fmt.Sprintf("update result %d", res), res)
 			return
 		}
-		if res == fotaResultSuccess && (st == stDownloaded || st == stUpgrading) && f.GetState() == fotaStateIdle {
+		if res == messages.UpdateResultSuccess && (st == stDownloaded || st == stUpgrading) && f.GetState() == messages.FotaStateIdle {
 			d.updated()
 			return
 		}
@@ -210,21 +216,21 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 		return
 	}
 	switch state := f.GetState(); {
-	case state == fotaStateDownload && st == stNotified:
+	case state == messages.FotaStateDownloading && st == stNotified:
 		d.enter(stDownloading, d.s.NotifiedAt.Add(d.cfg.Download), 0)
-	case state == fotaStateReady && (st == stNotified || st == stDownloading):
-		d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: PathUpdate}}})
+	case state == messages.FotaStateDownloaded && (st == stNotified || st == stDownloading):
+		d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: messages.PathUpdate}}})
 		d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
-	case state == fotaStateUpdating && (st == stDownloading || st == stDownloaded):
+	case state == messages.FotaStateUpdating && (st == stDownloading || st == stDownloaded):
 		d.enter(stUpgrading, d.at.Add(d.cfg.UpdateResult), 0)
-	case state == fotaStateIdle && (st == stDownloading || st == stUpgrading) && f.UpdateResult == nil:
+	case state == messages.FotaStateIdle && (st == stDownloading || st == stUpgrading) && f.UpdateResult == nil:
 		// Back to idle without the result in the same message: read it.
-		d.send(read(PathUpdateResult))
+		d.send(read(messages.PathUpdateResult))
 	}
 }
 
 // executeAgain sends the Execute again to a device that never took it.
-// Resume reads the whole object 5 instance (PathFotaObject) of a device
+// Resume reads the whole object 5 instance (messages.PathFotaObject) of a device
 // whose Execute was journaled but may never have left the old process, and
 // so does a new registration in DOWNLOADED (the Execute may have gone to
 // the old session); only that read answers State and Update Result in one
@@ -237,7 +243,7 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 // process's read, if ever. T8 counts again from the new Execute.
 func (d *decider) executeAgain() {
 	d.note("the device shows State 2, Update Result 0: it never took the Execute; sent again")
-	d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: PathUpdate}}})
+	d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: messages.PathUpdate}}})
 	d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
 }
 
@@ -251,37 +257,6 @@ func (d *decider) updated() {
 	d.verify(causeResult)
 }
 
-func (d *decider) fotaReconnected() {
-	switch d.s.Stage {
-	case stNotified, stDownloading:
-		// Write the same URI again, then re-observe: the client resumes
-		// (spec 3.7). The write comes first because it makes object 5's
-		// reports wait for its acknowledgement: the device may have
-		// finished downloading before it is observed again, and the
-		// observation's first answer (State 2) must then come after the
-		// acknowledgement, not be dropped as a state from before the write.
-		d.writePackageURI()
-		d.send(observe(PathFotaState))
-		d.send(observe(PathUpdateResult))
-	case stDownloaded, stUpgrading:
-		// A reboot after Execute: the first notifications carry state and result.
-		d.send(observe(PathFotaState))
-		d.send(observe(PathUpdateResult))
-		if d.s.Stage == stDownloaded {
-			// The Execute may have been lost with the old session (or
-			// with a restarted server, whose Resume read went to the old
-			// address): the read of object 5 tells (executeAgain).
-			d.sendOnce(read(PathFotaObject))
-		}
-	case stRadio:
-		d.sendOnce(read(PathConnMon))
-	case stCell:
-		d.sendOnce(read(PathCellID))
-	case stVerifying:
-		d.sendOnce(versionQuery(protoFOTA))
-	}
-}
-
 // ---- LwM2M SOTA over PCP (spec 4.5, 4.9) ----
 
 func pcpNotify(p *messages.Package) *messages.Downlink {
@@ -292,40 +267,18 @@ func pcpNotify(p *messages.Package) *messages.Downlink {
 
 func (d *decider) pcpJob() bool { return d.s.Job != nil && d.proto() == protoPCP }
 
-func (d *decider) pcpReconnected() {
-	d.send(observe(PathPCPUplink))
-	switch d.s.Stage {
-	case stVersion, stVerifying:
-		d.sendOnce(versionQuery(protoPCP))
-	case stRadio:
-		d.sendOnce(read(PathConnMon))
-	case stCell:
-		d.sendOnce(read(PathCellID))
-	case stNotified, stDownloading:
-		// The same version and check code again: the device resumes from its
-		// next missing segment (spec 4.8), or starts over if it lost them.
-		d.send(pcpNotify(d.s.Job.GetPackage()))
-	case stDownloaded:
-		if d.pcpExecuteDue() {
-			// The acknowledgement's answer may have died with the old
-			// session: the 0x17, never sent, goes on the new one.
-			d.pcpExecute()
-		}
-	}
-}
-
 func (d *decider) pcpVersion(v *messages.PcpVersion) {
 	if !d.pcpJob() {
 		return
 	}
-	if v.GetResult() == pcpOK {
+	if v.GetResult() == messages.PcpResultOK {
 		ver := v.GetVersion()
 		d.recordVersion(nil, &ver)
 	}
 	if d.s.Stage != stVersion && d.s.Stage != stVerifying {
 		return
 	}
-	if code := int32(v.GetResult()); code != pcpOK {
+	if code := int32(v.GetResult()); code != messages.PcpResultOK {
 		d.fail(DeviceCodeReason(code), "0x13 answered with an error", code)
 		return
 	}
@@ -341,9 +294,9 @@ func (d *decider) pcpNotifyResponse(result uint32) {
 		return
 	}
 	switch result {
-	case pcpOK:
+	case messages.PcpResultOK:
 		// Accepted; segment requests follow.
-	case pcpAlreadyLatest:
+	case messages.PcpResultAlreadyLatest:
 		d.verify(causeAlreadyLatest)
 	default:
 		d.fail(DeviceCodeReason(int32(result)), "0x14 refused", int32(result))
@@ -352,7 +305,7 @@ func (d *decider) pcpNotifyResponse(result uint32) {
 
 func (d *decider) pcpSegmentResponse(result, seg uint32) {
 	r := &messages.PcpSegmentResponse{Result: result, SegmentNo: seg}
-	if result == pcpOK {
+	if result == messages.PcpResultOK {
 		r.PackageId = d.s.Job.GetPackage().GetPackageId()
 		r.SegmentSize = d.s.Job.GetPackage().GetSegmentSize()
 	}
@@ -361,18 +314,18 @@ func (d *decider) pcpSegmentResponse(result, seg uint32) {
 
 func (d *decider) pcpSegmentRequest(r *messages.PcpSegmentRequest) {
 	if !d.pcpJob() || d.s.Stage < stNotified || d.s.Stage > stDownloaded || r.GetVersion() != d.target() {
-		d.pcpSegmentResponse(pcpNoSuchTask, r.GetSegmentNo())
+		d.pcpSegmentResponse(messages.PcpResultNoSuchTask, r.GetSegmentNo())
 		return
 	}
 	if int64(r.GetSegmentNo()) >= segmentCount(d.s.Job.GetPackage()) {
-		d.pcpSegmentResponse(pcpNoSuchSegment, r.GetSegmentNo())
+		d.pcpSegmentResponse(messages.PcpResultNoSuchSegment, r.GetSegmentNo())
 		return
 	}
 	if d.s.Stage == stNotified {
 		// A 0x15 implies acceptance of the 0x14 (spec 4.5); T6 runs from the notification.
 		d.enter(stDownloading, d.s.NotifiedAt.Add(d.cfg.Download), 0)
 	}
-	d.pcpSegmentResponse(pcpOK, r.GetSegmentNo())
+	d.pcpSegmentResponse(messages.PcpResultOK, r.GetSegmentNo())
 }
 
 func (d *decider) pcpAck(m proto.Message) {
@@ -386,16 +339,16 @@ func (d *decider) pcpAck(m proto.Message) {
 
 func (d *decider) pcpDownloadResult(status uint32) {
 	if !d.pcpJob() || d.s.Stage < stNotified || d.s.Stage > stDownloaded {
-		d.pcpAck(&messages.PcpDownloadResultAck{Result: pcpNoSuchTask})
+		d.pcpAck(&messages.PcpDownloadResultAck{Result: messages.PcpResultNoSuchTask})
 		return
 	}
-	d.pcpAck(&messages.PcpDownloadResultAck{Result: pcpOK})
+	d.pcpAck(&messages.PcpDownloadResultAck{Result: messages.PcpResultOK})
 	if d.s.Stage == stDownloaded {
 		// A duplicate: its acknowledgement's answer sends a 0x17 still
 		// due, never one already sent.
 		return
 	}
-	if status != pcpOK {
+	if status != messages.PcpResultOK {
 		d.fail(DeviceCodeReason(int32(status)), "0x16 download result", int32(status))
 		return
 	}
@@ -408,6 +361,10 @@ func (d *decider) pcpDownloadResult(status uint32) {
 	d.enterWith(&messages.StageEntered{Stage: stDownloaded, PcpExecuteDue: true}, d.at.Add(d.cfg.VersionReport))
 }
 
+func pcpExecuteRequest() *messages.Downlink {
+	return &messages.Downlink{Kind: &messages.Downlink_PcpExecute{PcpExecute: &messages.PcpExecute{}}}
+}
+
 // pcpExecuteDue reports whether the job's 0x17 is due and was never sent.
 func (d *decider) pcpExecuteDue() bool {
 	return d.pcpJob() && d.s.Stage == stDownloaded && d.s.PcpExecuteDue
@@ -416,7 +373,7 @@ func (d *decider) pcpExecuteDue() bool {
 // pcpExecute sends the due 0x17 and journals that it did, arming T8: it is
 // sent at most once (a device cannot tell us whether it took one).
 func (d *decider) pcpExecute() {
-	d.send(&messages.Downlink{Kind: &messages.Downlink_PcpExecute{PcpExecute: &messages.PcpExecute{}}})
+	d.send(pcpExecuteRequest())
 	d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
 }
 
@@ -424,7 +381,7 @@ func (d *decider) pcpExecuteResponse(result uint32) {
 	if !d.pcpJob() || d.s.Stage != stDownloaded {
 		return
 	}
-	if result != pcpOK {
+	if result != messages.PcpResultOK {
 		d.fail(DeviceCodeReason(int32(result)), "0x17 refused", int32(result))
 		return
 	}
@@ -437,15 +394,15 @@ func (d *decider) pcpUpgradeResult(r *messages.PcpUpgradeResult) {
 		// handled; anything else has no task (spec 4.5, 0x80).
 		last := d.s.Last
 		if d.s.Job == nil && last != nil && last.Protocol == protoPCP && last.Outcome.GetStatus() != statusStopped {
-			d.pcpAck(&messages.PcpUpgradeResultAck{Result: pcpOK})
+			d.pcpAck(&messages.PcpUpgradeResultAck{Result: messages.PcpResultOK})
 		} else {
-			d.pcpAck(&messages.PcpUpgradeResultAck{Result: pcpNoSuchTask})
+			d.pcpAck(&messages.PcpUpgradeResultAck{Result: messages.PcpResultNoSuchTask})
 		}
 		return
 	}
-	d.pcpAck(&messages.PcpUpgradeResultAck{Result: pcpOK})
+	d.pcpAck(&messages.PcpUpgradeResultAck{Result: messages.PcpResultOK})
 	ver := r.GetVersion()
-	if code := int32(r.GetResult()); code != pcpOK {
+	if code := int32(r.GetResult()); code != messages.PcpResultOK {
 		d.fail(DeviceCodeReason(code), "0x18 upgrade result", code)
 		return
 	}

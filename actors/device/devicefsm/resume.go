@@ -10,22 +10,22 @@ import (
 // the journal. It derives everything from s alone:
 //
 //   - the armed deadline of the current stage, at its absolute time and generation;
-//   - the current request when it is idempotent (a version query, a radio or
-//     cell read, the permit request, the PCP 0x14 notification while the
-//     download has not finished), unless it waits
-//     in the outbox anyway; never a second MQTT upgrade event, and never a
-//     second Execute to a device that may have taken the first;
-//   - the observations a FOTA or PCP flow relies on (a restarted server has
-//     lost them), and the FOTA package URI again when its write was never
-//     acknowledged;
-//   - for a FOTA device waiting for its update to start, a read of object 5
-//     (State and Update Result together): one that shows it never took the
-//     Execute gets it again (decider.executeAgain). A PCP device gets no
-//     second 0x17: nothing it answers tells a lost 0x17 from one it took
-//     (it reports the old version until it has installed), so T8 ends that
-//     wait. A PCP device whose 0x17 was due but never journaled as sent
-//     (State.PcpExecuteDue) gets it: its deadline is re-armed at 0, so it
-//     fires at once and that step sends and journals the 0x17;
+//   - the permit request of a job waiting for its cell slot, and the
+//     version_query probe of an MQTT job waiting for its device;
+//   - to a reachable device, what the stage owes it after a restart
+//     (owed): the observations a FOTA or PCP flow relies on, the FOTA
+//     package URI again when its write was never acknowledged, the read of
+//     object 5 that tells whether a FOTA device took its Execute, and the
+//     stage's idempotent request (a version query, a radio or cell read,
+//     the PCP 0x14 notification while the download has not finished),
+//     each unless it waits in the outbox anyway; never a second MQTT
+//     upgrade event, and never a second Execute to a device that may have
+//     taken the first. A PCP device gets no second 0x17: nothing it
+//     answers tells a lost 0x17 from one it took (it reports the old
+//     version until it has installed), so T8 ends that wait. A PCP device
+//     whose 0x17 was due but never journaled as sent (State.PcpExecuteDue)
+//     gets it: its deadline is re-armed at 0, so it fires at once and that
+//     step sends and journals the 0x17;
 //   - for an idle device, the last outcome and the release of its cell slot,
 //     in case the crash came between journaling them and sending them (tasks
 //     and cells ignore duplicates).
@@ -70,46 +70,15 @@ func Resume(s State) []*messages.DeviceEffect {
 	if !s.Reachable() {
 		return out // queued downlinks go out with the next uplink
 	}
-	send := func(dl *messages.Downlink) {
+next:
+	for _, dl := range owed(s, restarted) {
 		dl.DeviceId = s.DeviceID
 		for _, q := range s.Outbox {
 			if proto.Equal(q, dl) {
-				return
+				continue next
 			}
 		}
 		out = append(out, &messages.DeviceEffect{Kind: &messages.DeviceEffect_Downlink{Downlink: dl}})
-	}
-	p := s.Job.GetProtocol()
-	if p == protoPCP && s.Stage >= stVersion {
-		send(observe(PathPCPUplink))
-	}
-	if p == protoFOTA && s.Stage >= stNotified && s.Stage <= stUpgrading {
-		if (s.Stage == stNotified || s.Stage == stDownloading) && !s.UriAcked {
-			// The write's acknowledgement died with the old process, and
-			// object 5's reports cannot be told from those before the write:
-			// write again, first, as on a reconnection (fotaReconnected).
-			send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: s.Job}}})
-		}
-		send(observe(PathFotaState))
-		send(observe(PathUpdateResult))
-		if s.Stage == stDownloaded {
-			// The Execute may have died with the old process: the
-			// device's State and Update Result, read together, tell
-			// (decider.executeAgain).
-			send(read(PathFotaObject))
-		}
-	}
-	switch s.Stage {
-	case stVersion, stVerifying:
-		send(versionQuery(p))
-	case stRadio:
-		send(read(PathConnMon))
-	case stCell:
-		send(read(PathCellID))
-	case stNotified, stDownloading:
-		if p == protoPCP { // idempotent: same version and check code resume (spec 4.8)
-			send(pcpNotify(s.Job.GetPackage()))
-		}
 	}
 	return out
 }

@@ -262,7 +262,7 @@ func validSnapshot() *messages.DeviceSnapshot {
 		panic("stateClasses has no lwm2m_fota/DOWNLOADED")
 	}
 	s.HasFw, s.FwVersion, s.HasSw = true, "1.0", true
-	s.Outbox = []*messages.Downlink{read(PathCellID)}
+	s.Outbox = []*messages.Downlink{read(messages.PathCellID)}
 	s.Last = &Last{Protocol: protoMQTT, PermitCell: "c0", Outcome: &messages.ReportOutcome{
 		TaskId: "task-0", DeviceId: "dev-1", Attempt: 2, Status: statusFail, Reason: messages.Reason_REASON_DEVICE_BUSY}}
 	return proto.Clone(Snapshot(s)).(*messages.DeviceSnapshot)

@@ -11,20 +11,6 @@ import (
 
 var timeZero time.Time
 
-// LwM2M resource paths the flows use (spec 3.2).
-const (
-	PathFirmwareVersion = "/3/0/3"
-	PathConnMon         = "/4/0"
-	PathCellID          = "/4/0/8"
-	PathFotaObject      = "/5/0"
-	PathPackageURI      = "/5/0/1"
-	PathUpdate          = "/5/0/2"
-	PathFotaState       = "/5/0/3"
-	PathUpdateResult    = "/5/0/5"
-	PathPCPUplink       = "/19/0/0"
-	PathPCPDownlink     = "/19/1/0"
-)
-
 // Stage shorthands.
 const (
 	stIdle        = messages.Stage_STAGE_IDLE
@@ -50,24 +36,6 @@ const (
 	statusSuccess = messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS
 	statusFail    = messages.SubtaskStatus_SUBTASK_STATUS_FAIL
 	statusStopped = messages.SubtaskStatus_SUBTASK_STATUS_STOPPED
-)
-
-// PCP platform result codes (spec 4.6).
-const (
-	pcpOK              = 0x00
-	pcpAlreadyLatest   = 0x03
-	pcpNoSuchTask      = 0x80
-	pcpNoSuchSegment   = 0x81
-	pcpCodeDLResult    = 0x16 // the message code of a 0x16 and of its acknowledgement (spec 4.4)
-	pcpMinSegmentSize  = 32
-	pcpMaxSegmentSize  = 500
-	fotaStateIdle      = 0
-	fotaStateDownload  = 1
-	fotaStateReady     = 2
-	fotaStateUpdating  = 3
-	fotaResultInitial  = 0
-	fotaResultSuccess  = 1
-	fotaResultDeferred = 11
 )
 
 // decider accumulates the events and effects of one Step. Every event is
@@ -362,17 +330,17 @@ func validateJob(j *messages.Job) error {
 			return fmt.Errorf("%w: job.protocol PCP carries software only, not %v", ErrInvalidInput, tt)
 		}
 		p := j.GetPackage()
-		if ss := p.GetSegmentSize(); ss < pcpMinSegmentSize || ss > pcpMaxSegmentSize {
-			return fmt.Errorf("%w: job.package.segment_size %d is outside %d..%d", ErrInvalidInput, ss, pcpMinSegmentSize, pcpMaxSegmentSize)
+		if ss := p.GetSegmentSize(); ss < messages.PcpMinSegmentSize || ss > messages.PcpMaxSegmentSize {
+			return fmt.Errorf("%w: job.package.segment_size %d is outside %d..%d", ErrInvalidInput, ss, messages.PcpMinSegmentSize, messages.PcpMaxSegmentSize)
 		}
 		if p.GetSize() <= 0 {
 			return fmt.Errorf("%w: job.package.size must be positive for PCP", ErrInvalidInput)
 		}
-		if n := segmentCount(p); n > 0xFFFF {
+		if n := segmentCount(p); n > messages.PcpMaxSegments {
 			return fmt.Errorf("%w: job.package needs %d PCP segments, more than a WORD holds", ErrInvalidInput, n)
 		}
-		if len(p.GetVersion()) > 16 {
-			return fmt.Errorf("%w: job.package.version %q is longer than PCP's 16 bytes", ErrInvalidInput, p.GetVersion())
+		if len(p.GetVersion()) > messages.PcpVersionLen {
+			return fmt.Errorf("%w: job.package.version %q is longer than PCP's %d bytes", ErrInvalidInput, p.GetVersion(), messages.PcpVersionLen)
 		}
 		if p.GetCheckCode() > 0xFFFF {
 			return fmt.Errorf("%w: job.package.check_code %d exceeds a WORD", ErrInvalidInput, p.GetCheckCode())

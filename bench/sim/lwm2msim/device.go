@@ -27,8 +27,8 @@ import (
 	"github.com/plgd-dev/go-coap/v3/udp/client"
 
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/transport/lwm2m/lwm2mcodec"
-	"github.com/otafleet/otafleet/transport/pcp"
 )
 
 // Behaviour makes a device misbehave on purpose. The zero value is a device
@@ -47,7 +47,7 @@ type Behaviour struct {
 	// 0x18 upgrade result (the installation failed; it reports its old
 	// version).
 	PCPResult byte
-	PCPFailAt pcp.Code
+	PCPFailAt messages.PcpCode
 	// StopAfterBlocks > 0: during the first download (FOTA blocks or PCP
 	// segments), after this many blocks or segments the device restarts:
 	// it goes silent (no de-registration, its socket closed), waits
@@ -709,12 +709,8 @@ func (d *Device) objectLinks() string {
 	links := []lwm2mcodec.Link{
 		{Target: "/", Params: map[string]string{"rt": "oma.lwm2m", "ct": strconv.Itoa(int(lwm2mcodec.FormatLwM2MJSON))}},
 	}
-	targets := []string{"/1/0", "/3/0", "/4/0", "/5/0"}
-	if d.cfg.ObjectsPCP {
-		targets = append(targets, "/19/0", "/19/1")
-	}
-	for _, t := range targets {
-		links = append(links, lwm2mcodec.Link{Target: t})
+	for _, in := range d.instances() {
+		links = append(links, lwm2mcodec.Link{Target: in.String()})
 	}
 	return lwm2mcodec.FormatLinks(links)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
+	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/transport/lwm2m/lwm2mcodec"
 	"github.com/otafleet/otafleet/transport/pcp"
 )
@@ -711,7 +712,7 @@ func (p *platform) serveSegments(version string, data []byte, segSize uint16) (p
 			if !ok {
 				p.t.Fatalf("segment %d does not exist", m.SegmentNo)
 			}
-			p.sendMsg(pcp.SegmentResponse{Result: pcp.ResultOK, SegmentNo: m.SegmentNo, Data: data[off : off+int64(n)]})
+			p.sendMsg(pcp.SegmentResponse{Result: messages.PcpResultOK, SegmentNo: m.SegmentNo, Data: data[off : off+int64(n)]})
 		case pcp.DownloadResult:
 			return m, asked
 		default:
@@ -735,26 +736,26 @@ func TestPCPUpgrade(t *testing.T) {
 	}
 	p := newPlatform(t, f.ts, f.reg)
 	p.send(pcp.EncodeQueryVersion())
-	p.expect(pcp.VersionResponse{Result: pcp.ResultOK, Version: "1.0"})
+	p.expect(pcp.VersionResponse{Result: messages.PcpResultOK, Version: "1.0"})
 
 	data := testPackageData(1234)
 	const segSize = 100
 	count := pcp.SegmentCount(int64(len(data)), segSize)
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: segSize, SegmentCount: count, CheckCode: pcp.CheckCode(sha256.Sum256(data))})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK})
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultOK})
 	res, asked := p.serveSegments("2.0", data, segSize)
-	if res.Status != pcp.ResultOK {
+	if res.Status != messages.PcpResultOK {
 		t.Fatalf("download result 0x%02X", res.Status)
 	}
 	if !reflect.DeepEqual(asked, seq(int(count))) {
 		t.Errorf("segments asked %v", asked)
 	}
-	p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{Result: pcp.ResultOK}))
+	p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{Result: messages.PcpResultOK}))
 	p.send(pcp.EncodeExecute())
-	p.expect(pcp.ExecuteResponse{Result: pcp.ResultOK})
+	p.expect(pcp.ExecuteResponse{Result: messages.PcpResultOK})
 	f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
-	p.expect(pcp.UpgradeResult{Result: pcp.ResultOK, Version: "2.0"})
-	p.send(pcp.EncodeUpgradeResultAck(pcp.UpgradeResultAck{Result: pcp.ResultOK}))
+	p.expect(pcp.UpgradeResult{Result: messages.PcpResultOK, Version: "2.0"})
+	p.send(pcp.EncodeUpgradeResultAck(pcp.UpgradeResultAck{Result: messages.PcpResultOK}))
 	if _, sw := f.d.Versions(); sw != "2.0" {
 		t.Errorf("sw = %q", sw)
 	}
@@ -766,11 +767,11 @@ func TestPCPUpgrade(t *testing.T) {
 	// Now the latest: a new notification of the same version is refused,
 	// and business data on /19/1/0 is ignored.
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: segSize, SegmentCount: count})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultAlreadyLatest})
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultAlreadyLatest})
 	p.send([]byte("business data"))
 	p.send([]byte{0xFF, 0xFE, 0x01, 0x13, 0, 0, 0, 0}) // bad checksum
 	p.send(pcp.EncodeQueryVersion())
-	p.expect(pcp.VersionResponse{Result: pcp.ResultOK, Version: "2.0"})
+	p.expect(pcp.VersionResponse{Result: messages.PcpResultOK, Version: "2.0"})
 }
 
 func TestPCPCheckCodeMismatch(t *testing.T) {
@@ -778,12 +779,12 @@ func TestPCPCheckCodeMismatch(t *testing.T) {
 	p := newPlatform(t, f.ts, f.reg)
 	data := testPackageData(300)
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 3, CheckCode: 0x1234})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK})
-	if res, _ := p.serveSegments("2.0", data, 100); res.Status != pcp.ResultVerificationFailed {
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultOK})
+	if res, _ := p.serveSegments("2.0", data, 100); res.Status != messages.PcpResultVerificationFailed {
 		t.Fatalf("download result 0x%02X, want 0x07", res.Status)
 	}
 	p.send(pcp.EncodeExecute())
-	p.expect(pcp.ExecuteResponse{Result: pcp.ResultInternalError})
+	p.expect(pcp.ExecuteResponse{Result: messages.PcpResultInternalError})
 }
 
 func TestPCPResumeAfterRestart(t *testing.T) {
@@ -791,7 +792,7 @@ func TestPCPResumeAfterRestart(t *testing.T) {
 	p := newPlatform(t, f.ts, f.reg)
 	data := testPackageData(1000)
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 10, CheckCode: 7})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK})
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultOK})
 	var asked []uint16
 	for range 3 {
 		m, ok := p.recv().(pcp.SegmentRequest)
@@ -808,7 +809,7 @@ func TestPCPResumeAfterRestart(t *testing.T) {
 	// The platform observes /19/0/0 again: the device carries on.
 	p = newPlatform(t, f.ts, reg2)
 	res, rest := p.serveSegments("2.0", data, 100)
-	if res.Status != pcp.ResultOK {
+	if res.Status != messages.PcpResultOK {
 		t.Fatalf("download result 0x%02X", res.Status)
 	}
 	if asked = append(asked, rest...); !reflect.DeepEqual(asked, seq(10)) {
@@ -816,8 +817,8 @@ func TestPCPResumeAfterRestart(t *testing.T) {
 	}
 	// A repeated 0x14 of the same package: already downloaded.
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 10, CheckCode: 7})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK})
-	p.expect(pcp.DownloadResult{Status: pcp.ResultOK})
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultOK})
+	p.expect(pcp.DownloadResult{Status: messages.PcpResultOK})
 	checkStats(t, f.d, Stats{Registrations: 2, SegmentsFetched: 10, Restarts: 1, SHA256: sha(data)})
 }
 
@@ -826,17 +827,17 @@ func TestPCPRebootOnUpdate(t *testing.T) {
 	p := newPlatform(t, f.ts, f.reg)
 	data := testPackageData(150)
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 2})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK})
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultOK})
 	p.serveSegments("2.0", data, 100)
 	p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{}))
 	p.send(pcp.EncodeExecute())
-	p.expect(pcp.ExecuteResponse{Result: pcp.ResultOK})
+	p.expect(pcp.ExecuteResponse{Result: messages.PcpResultOK})
 	f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
 	waitHook(t, f.events, "restarting")
 	f.clk.Advance(f.cfg.Behaviour.RestartDelay)
 	reg2 := f.waitRegister(t)
 	p = newPlatform(t, f.ts, reg2)
-	p.expect(pcp.UpgradeResult{Result: pcp.ResultOK, Version: "2.0"})
+	p.expect(pcp.UpgradeResult{Result: messages.PcpResultOK, Version: "2.0"})
 	p.send(pcp.EncodeUpgradeResultAck(pcp.UpgradeResultAck{}))
 	checkStats(t, f.d, Stats{Registrations: 2, SegmentsFetched: 2, Executes: 1, Upgrades: 1, Restarts: 1, SHA256: sha(data)})
 }
@@ -851,45 +852,45 @@ func TestPCPOldVersionUntilReboot(t *testing.T) {
 	p := newPlatform(t, f.ts, f.reg)
 	data := testPackageData(150)
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 2})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK})
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultOK})
 	p.serveSegments("2.0", data, 100)
 	p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{}))
 	p.send(pcp.EncodeQueryVersion())
-	p.expect(pcp.VersionResponse{Result: pcp.ResultOK, Version: "1.0"})
+	p.expect(pcp.VersionResponse{Result: messages.PcpResultOK, Version: "1.0"})
 	p.send(pcp.EncodeExecute())
-	p.expect(pcp.ExecuteResponse{Result: pcp.ResultOK})
+	p.expect(pcp.ExecuteResponse{Result: messages.PcpResultOK})
 	f.clk.Advance(time.Minute / 2)
 	p.send(pcp.EncodeQueryVersion())
-	p.expect(pcp.VersionResponse{Result: pcp.ResultOK, Version: "1.0"})
+	p.expect(pcp.VersionResponse{Result: messages.PcpResultOK, Version: "1.0"})
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 2})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultBusy})
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultBusy})
 	f.clk.Advance(time.Minute / 2)
 	waitHook(t, f.events, "restarting")
 	f.clk.Advance(f.cfg.Behaviour.RestartDelay)
 	p = newPlatform(t, f.ts, f.waitRegister(t))
-	p.expect(pcp.UpgradeResult{Result: pcp.ResultOK, Version: "2.0"})
+	p.expect(pcp.UpgradeResult{Result: messages.PcpResultOK, Version: "2.0"})
 	p.send(pcp.EncodeUpgradeResultAck(pcp.UpgradeResultAck{}))
 	p.send(pcp.EncodeQueryVersion())
-	p.expect(pcp.VersionResponse{Result: pcp.ResultOK, Version: "2.0"})
+	p.expect(pcp.VersionResponse{Result: messages.PcpResultOK, Version: "2.0"})
 	checkStats(t, f.d, Stats{Registrations: 2, SegmentsFetched: 2, Executes: 1, Upgrades: 1, Restarts: 1, SHA256: sha(data)})
 }
 
 func TestPCPFailures(t *testing.T) {
 	data := testPackageData(250)
 	for _, tc := range []struct {
-		at   pcp.Code
+		at   messages.PcpCode
 		code byte
 	}{
-		{pcp.CodeNotifyNewVersion, pcp.ResultLowBattery},
-		{pcp.CodeReportDownloadResult, pcp.ResultInsufficientStorage},
-		{pcp.CodeExecuteUpgrade, pcp.ResultBusy},
-		{pcp.CodeReportUpgradeResult, pcp.ResultInstallFailed},
+		{messages.PcpCodeNotifyNewVersion, messages.PcpResultLowBattery},
+		{messages.PcpCodeReportDownloadResult, messages.PcpResultInsufficientStorage},
+		{messages.PcpCodeExecuteUpgrade, messages.PcpResultBusy},
+		{messages.PcpCodeReportUpgradeResult, messages.PcpResultInstallFailed},
 	} {
 		t.Run(fmt.Sprintf("%v", tc.at), func(t *testing.T) {
 			f := start(t, Config{SwVersion: "1.0", ObjectsPCP: true, Behaviour: Behaviour{PCPFailAt: tc.at, PCPResult: tc.code}})
 			p := newPlatform(t, f.ts, f.reg)
 			p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 3})
-			if tc.at == pcp.CodeNotifyNewVersion {
+			if tc.at == messages.PcpCodeNotifyNewVersion {
 				p.expect(pcp.NotifyResponse{Result: tc.code})
 				p.send(pcp.EncodeQueryVersion()) // nothing else came in between
 				p.expect(pcp.VersionResponse{Version: "1.0"})
@@ -897,7 +898,7 @@ func TestPCPFailures(t *testing.T) {
 			}
 			p.expect(pcp.NotifyResponse{})
 			res, _ := p.serveSegments("2.0", data, 100)
-			if tc.at == pcp.CodeReportDownloadResult {
+			if tc.at == messages.PcpCodeReportDownloadResult {
 				if res.Status != tc.code {
 					t.Fatalf("download result 0x%02X, want 0x%02X", res.Status, tc.code)
 				}
@@ -905,7 +906,7 @@ func TestPCPFailures(t *testing.T) {
 			}
 			p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{}))
 			p.send(pcp.EncodeExecute())
-			if tc.at == pcp.CodeExecuteUpgrade {
+			if tc.at == messages.PcpCodeExecuteUpgrade {
 				p.expect(pcp.ExecuteResponse{Result: tc.code})
 				return
 			}
@@ -930,7 +931,7 @@ func TestPCPSegmentRetry(t *testing.T) {
 		p.expect(pcp.SegmentRequest{Version: "2.0", SegmentNo: 0})
 	}
 	f.clk.Advance(time.Minute)
-	p.expect(pcp.DownloadResult{Status: pcp.ResultDownloadTimeout})
+	p.expect(pcp.DownloadResult{Status: messages.PcpResultDownloadTimeout})
 }
 
 // eventLog collects the events a device reports through Config.OnEvent,
@@ -1089,24 +1090,24 @@ func TestThinkTimePCP(t *testing.T) {
 	p := newPlatform(t, f.ts, f.reg)
 	data := testPackageData(150)
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 2})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK}) // answered at once
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultOK}) // answered at once
 	waitHook(t, f.events, "thinking")
 	f.clk.Advance(think - time.Millisecond)
 	p.send(pcp.EncodeQueryVersion())
 	p.expect(pcp.VersionResponse{Version: "1.0"}) // no segment request came before it
 	f.clk.Advance(time.Millisecond)
-	if res, asked := p.serveSegments("2.0", data, 100); res.Status != pcp.ResultOK || !reflect.DeepEqual(asked, seq(2)) {
+	if res, asked := p.serveSegments("2.0", data, 100); res.Status != messages.PcpResultOK || !reflect.DeepEqual(asked, seq(2)) {
 		t.Fatalf("download result 0x%02X, segments %v", res.Status, asked)
 	}
 	p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{}))
 	p.send(pcp.EncodeExecute())
-	p.expect(pcp.ExecuteResponse{Result: pcp.ResultOK}) // answered at once
+	p.expect(pcp.ExecuteResponse{Result: messages.PcpResultOK}) // answered at once
 	f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
 	if _, sw := f.d.Versions(); sw != "1.0" {
 		t.Fatalf("sw = %q after UpdateDelay alone, want 1.0 until ThinkTime passed too", sw)
 	}
 	f.clk.Advance(think)
-	p.expect(pcp.UpgradeResult{Result: pcp.ResultOK, Version: "2.0"})
+	p.expect(pcp.UpgradeResult{Result: messages.PcpResultOK, Version: "2.0"})
 }
 
 func TestBytesPerSecondFOTA(t *testing.T) {
@@ -1171,7 +1172,7 @@ func TestBytesPerSecondPCP(t *testing.T) {
 	p := newPlatform(t, f.ts, f.reg)
 	data := testPackageData(1000)
 	p.sendMsg(pcp.NotifyNewVersion{Version: "2.0", SegmentSize: 100, SegmentCount: 10})
-	p.expect(pcp.NotifyResponse{Result: pcp.ResultOK})
+	p.expect(pcp.NotifyResponse{Result: messages.PcpResultOK})
 	start := f.clk.Now()
 	var asked []uint16
 	for done := false; !done; {
@@ -1190,7 +1191,7 @@ func TestBytesPerSecondPCP(t *testing.T) {
 				f.advancePast(t, step)
 			}
 		case pcp.DownloadResult:
-			if m.Status != pcp.ResultOK {
+			if m.Status != messages.PcpResultOK {
 				t.Fatalf("download result 0x%02X", m.Status)
 			}
 			done = true
@@ -1410,21 +1411,21 @@ func TestEventsPCP(t *testing.T) {
 		events.none(t)
 	})
 	t.Run("refused", func(t *testing.T) {
-		_, p, events := run(t, Behaviour{PCPFailAt: pcp.CodeNotifyNewVersion, PCPResult: pcp.ResultLowBattery})
-		p.expect(pcp.NotifyResponse{Result: pcp.ResultLowBattery})
-		code := strconv.Itoa(int(pcp.ResultLowBattery))
+		_, p, events := run(t, Behaviour{PCPFailAt: messages.PcpCodeNotifyNewVersion, PCPResult: messages.PcpResultLowBattery})
+		p.expect(pcp.NotifyResponse{Result: messages.PcpResultLowBattery})
+		code := strconv.Itoa(int(messages.PcpResultLowBattery))
 		events.expect(t, EventCommand, "failed:"+code, "reported:"+code)
 	})
 	t.Run("installation fails", func(t *testing.T) {
-		f, p, events := run(t, Behaviour{PCPFailAt: pcp.CodeReportUpgradeResult, PCPResult: pcp.ResultInstallFailed})
+		f, p, events := run(t, Behaviour{PCPFailAt: messages.PcpCodeReportUpgradeResult, PCPResult: messages.PcpResultInstallFailed})
 		p.expect(pcp.NotifyResponse{})
 		p.serveSegments("2.0", data, 100)
 		p.send(pcp.EncodeDownloadResultAck(pcp.DownloadResultAck{}))
 		p.send(pcp.EncodeExecute())
 		p.expect(pcp.ExecuteResponse{})
 		f.clk.Advance(f.cfg.Behaviour.UpdateDelay)
-		p.expect(pcp.UpgradeResult{Result: pcp.ResultInstallFailed, Version: "1.0"})
-		code := strconv.Itoa(int(pcp.ResultInstallFailed))
+		p.expect(pcp.UpgradeResult{Result: messages.PcpResultInstallFailed, Version: "1.0"})
+		code := strconv.Itoa(int(messages.PcpResultInstallFailed))
 		events.expect(t, EventCommand, EventDownloadStart, EventDownloadDone, "failed:"+code, "reported:"+code)
 	})
 }

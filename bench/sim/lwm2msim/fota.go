@@ -15,20 +15,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/net/blockwise"
 
 	"github.com/otafleet/otafleet/internal/clock"
-)
-
-// Object 5 States (spec 3.5) and the Update Results the device uses (3.6).
-const (
-	stateIdle        = 0
-	stateDownloading = 1
-	stateDownloaded  = 2
-	stateUpdating    = 3
-
-	resultSuccess        = 1
-	resultConnectionLost = 4
-	resultIntegrity      = 5
-	resultInvalidURI     = 7
-	resultUnsupported    = 9
+	"github.com/otafleet/otafleet/messages"
 )
 
 // maxBlockRetries bounds the repeated requests for one block (timeouts,
@@ -74,7 +61,7 @@ func (j *fotaJob) reset(szx blockwise.SZX) {
 // downloadPhaseFailure reports whether an Update Result of Behaviour fails
 // the download rather than the update.
 func downloadPhaseFailure(code int) bool {
-	return code >= 2 && code <= 7 || code == resultUnsupported
+	return code >= messages.UpdateResultNotEnoughStorage && code <= messages.UpdateResultInvalidURI || code == messages.UpdateResultUnsupportedProtocol
 }
 
 // fotaEvent is an Event of the FOTA upgrade of the Package URI uri.
@@ -95,15 +82,15 @@ func (d *Device) writePackageURI(uri string) codes.Code {
 		d.log.Info("lwm2msim: Package URI reset")
 		d.stopFotaLocked()
 		f.partial = nil
-		f.uri, f.state, f.result = "", stateIdle, 0
+		f.uri, f.state, f.result = "", messages.FotaStateIdle, messages.UpdateResultInitial
 		d.changedLocked(pathPackageURI, pathResult, pathState)
 		return codes.Changed
 	}
-	if f.state == stateUpdating {
+	if f.state == messages.FotaStateUpdating {
 		return codes.MethodNotAllowed
 	}
 	d.event(fotaEvent(EventCommand, uri))
-	if f.job != nil && f.job.uri == uri && (f.state == stateDownloading || f.state == stateDownloaded) {
+	if f.job != nil && f.job.uri == uri && (f.state == messages.FotaStateDownloading || f.state == messages.FotaStateDownloaded) {
 		d.log.Info("lwm2msim: same Package URI written again, continuing", "uri", uri, "state", f.state)
 		return codes.Changed
 	}
@@ -113,17 +100,17 @@ func (d *Device) writePackageURI(uri string) codes.Code {
 	u, err := url.Parse(uri)
 	switch {
 	case err != nil || u.Host == "" || strings.Trim(u.Path, "/") == "":
-		code = resultInvalidURI
+		code = messages.UpdateResultInvalidURI
 	case !strings.EqualFold(u.Scheme, d.packageScheme()):
-		code = resultUnsupported // http..., or coap:// and coaps:// crossed: the download goes over the registered session
+		code = messages.UpdateResultUnsupportedProtocol // http..., or coap:// and coaps:// crossed: the download goes over the registered session
 	}
-	if bu := d.cfg.Behaviour.UpdateResult; bu == resultInvalidURI || bu == resultUnsupported {
+	if bu := d.cfg.Behaviour.UpdateResult; bu == messages.UpdateResultInvalidURI || bu == messages.UpdateResultUnsupportedProtocol {
 		code = bu
 	}
 	if code != 0 {
 		d.log.Info("lwm2msim: Package URI refused", "uri", uri, "result", code)
 		f.partial = nil
-		f.state, f.result = stateIdle, code
+		f.state, f.result = messages.FotaStateIdle, code
 		d.changedLocked(pathPackageURI, pathResult, pathState)
 		d.failed(fotaEvent("", uri), code)
 		return codes.Changed
@@ -142,7 +129,7 @@ func (d *Device) writePackageURI(uri string) codes.Code {
 	f.partial = nil
 	j.ctx, j.cancel = context.WithCancel(d.ctx)
 	f.job = j
-	f.state, f.result = stateDownloading, 0
+	f.state, f.result = messages.FotaStateDownloading, messages.UpdateResultInitial
 	d.changedLocked(pathPackageURI, pathResult, pathState)
 	d.goTrackedLocked(func() { d.download(j) })
 	return codes.Changed
@@ -222,7 +209,7 @@ func (d *Device) download(j *fotaJob) {
 			retries++
 			d.log.Info("lwm2msim: block request failed", "at", j.offset, "try", retries, "err", err)
 			if retries > maxBlockRetries {
-				d.downloadFailed(j, resultConnectionLost, err)
+				d.downloadFailed(j, messages.UpdateResultConnectionLost, err)
 				return
 			}
 			continue
@@ -259,7 +246,7 @@ func (d *Device) fetchBlock(s *session, j *fotaJob) (done bool, err error) {
 	defer cancel()
 	req, err := s.conn.NewGetRequest(ctx, j.path)
 	if err != nil {
-		return false, &codeError{resultInvalidURI, err}
+		return false, &codeError{messages.UpdateResultInvalidURI, err}
 	}
 	defer s.conn.ReleaseMessage(req)
 	for _, q := range j.queries {
@@ -267,7 +254,7 @@ func (d *Device) fetchBlock(s *session, j *fotaJob) (done bool, err error) {
 	}
 	blk, err := blockwise.EncodeBlockOption(j.szx, num, false)
 	if err != nil {
-		return false, &codeError{resultInvalidURI, err} // more blocks than Block2 can number
+		return false, &codeError{messages.UpdateResultInvalidURI, err} // more blocks than Block2 can number
 	}
 	req.SetOptionUint32(message.Block2, blk)
 	d.markUplink()
@@ -281,7 +268,7 @@ func (d *Device) fetchBlock(s *session, j *fotaJob) (done bool, err error) {
 	case c >= codes.InternalServerError:
 		return false, fmt.Errorf("block %d answered %v", num, c)
 	default:
-		return false, &codeError{resultInvalidURI, fmt.Errorf("block %d answered %v", num, c)}
+		return false, &codeError{messages.UpdateResultInvalidURI, fmt.Errorf("block %d answered %v", num, c)}
 	}
 	body, err := resp.ReadBody()
 	if err != nil {
@@ -353,16 +340,16 @@ func (d *Device) downloaded(j *fotaJob) {
 	switch bu := d.cfg.Behaviour.UpdateResult; {
 	case j.size >= 0 && j.offset != j.size:
 		d.log.Info("lwm2msim: package size mismatch", "got", j.offset, "size2", j.size)
-		f.job, f.state, f.result = nil, stateIdle, resultIntegrity
+		f.job, f.state, f.result = nil, messages.FotaStateIdle, messages.UpdateResultIntegrityCheck
 	case downloadPhaseFailure(bu):
 		d.log.Info("lwm2msim: download fails on purpose", "result", bu)
-		f.job, f.state, f.result = nil, stateIdle, bu
+		f.job, f.state, f.result = nil, messages.FotaStateIdle, bu
 	default:
 		d.log.Info("lwm2msim: downloaded", "uri", j.uri, "bytes", j.offset, "sha256", sum)
-		f.state = stateDownloaded
+		f.state = messages.FotaStateDownloaded
 	}
 	d.changedLocked(pathResult, pathState)
-	if f.state == stateIdle {
+	if f.state == messages.FotaStateIdle {
 		d.failed(j.event(""), f.result)
 	}
 }
@@ -377,10 +364,10 @@ func (d *Device) downloadFailed(j *fotaJob, result int, err error) {
 	}
 	d.log.Info("lwm2msim: download failed", "uri", j.uri, "at", j.offset, "result", result, "err", err)
 	f.job = nil
-	if result == resultConnectionLost {
+	if result == messages.UpdateResultConnectionLost {
 		f.partial = j
 	}
-	f.state, f.result = stateIdle, result
+	f.state, f.result = messages.FotaStateIdle, result
 	d.changedLocked(pathResult, pathState)
 	d.failed(j.event(""), result)
 }
@@ -390,10 +377,10 @@ func (d *Device) executeUpdate() codes.Code {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	f := &d.fota
-	if f.state != stateDownloaded || f.job == nil {
+	if f.state != messages.FotaStateDownloaded || f.job == nil {
 		return codes.MethodNotAllowed
 	}
-	f.state, f.result = stateUpdating, 0
+	f.state, f.result = messages.FotaStateUpdating, messages.UpdateResultInitial
 	d.stats.Executes++
 	d.changedLocked(pathResult, pathState)
 	in := d.cfg.Behaviour.ThinkTime + d.cfg.Behaviour.UpdateDelay
@@ -408,13 +395,13 @@ func (d *Device) install() {
 	d.mu.Lock()
 	defer d.unlock()
 	f := &d.fota
-	if d.stopped || f.state != stateUpdating || f.job == nil {
+	if d.stopped || f.state != messages.FotaStateUpdating || f.job == nil {
 		return
 	}
 	f.timer = nil
-	if bu := d.cfg.Behaviour.UpdateResult; bu != 0 && bu != resultSuccess && !downloadPhaseFailure(bu) {
+	if bu := d.cfg.Behaviour.UpdateResult; bu != 0 && bu != messages.UpdateResultSuccess && !downloadPhaseFailure(bu) {
 		d.log.Info("lwm2msim: update fails on purpose", "result", bu)
-		f.state, f.result = stateDownloaded, bu
+		f.state, f.result = messages.FotaStateDownloaded, bu
 		d.changedLocked(pathResult, pathState)
 		d.failed(f.job.event(""), bu)
 		return
@@ -427,15 +414,15 @@ func (d *Device) install() {
 	installed.Version = v
 	d.event(installed)
 	reported := installed
-	reported.Kind, reported.Code = EventReported, resultSuccess
+	reported.Kind, reported.Code = EventReported, messages.UpdateResultSuccess
 	f.job = nil
 	if d.cfg.Behaviour.RebootOnUpdate {
 		d.restartLocked("reboot to install the firmware")
-		f.state, f.result = stateIdle, resultSuccess
+		f.state, f.result = messages.FotaStateIdle, messages.UpdateResultSuccess
 		f.report = &reported
 		return
 	}
-	f.state, f.result = stateIdle, resultSuccess
+	f.state, f.result = messages.FotaStateIdle, messages.UpdateResultSuccess
 	d.changedLocked(pathFwVersion, pathResult, pathState)
 	d.event(reported)
 }

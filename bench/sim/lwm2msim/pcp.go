@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/transport/lwm2m/lwm2mcodec"
 	"github.com/otafleet/otafleet/transport/pcp"
 )
@@ -46,7 +47,7 @@ type pcpJob struct {
 
 // pcpFailure returns the result code that Behaviour gives the PCP step c,
 // 0 for none.
-func (d *Device) pcpFailure(c pcp.Code) byte {
+func (d *Device) pcpFailure(c messages.PcpCode) byte {
 	if d.cfg.Behaviour.PCPFailAt == c {
 		return d.cfg.Behaviour.PCPResult
 	}
@@ -74,7 +75,7 @@ func (d *Device) pcpDownlink(s *session, frame []byte) {
 	case pcp.DownloadResultAck:
 		if j := st.job; j != nil && j.downloaded {
 			j.acked = true
-			if m.Result == pcp.ResultNoSuchTask {
+			if m.Result == messages.PcpResultNoSuchTask {
 				d.log.Info("lwm2msim: PCP: the platform has no task for the download", "version", j.version)
 				st.job = nil
 			}
@@ -88,10 +89,10 @@ func (d *Device) pcpDownlink(s *session, frame []byte) {
 
 // versionResponseLocked is the 0x13 response.
 func (d *Device) versionResponseLocked() []byte {
-	b, err := pcp.EncodeVersionResponse(pcp.VersionResponse{Result: pcp.ResultOK, Version: d.sw})
+	b, err := pcp.EncodeVersionResponse(pcp.VersionResponse{Result: messages.PcpResultOK, Version: d.sw})
 	if err != nil {
 		d.log.Warn("lwm2msim: PCP: software version cannot be sent", "version", d.sw, "err", err)
-		b, _ = pcp.EncodeVersionResponse(pcp.VersionResponse{Result: pcp.ResultInternalError})
+		b, _ = pcp.EncodeVersionResponse(pcp.VersionResponse{Result: messages.PcpResultInternalError})
 	}
 	return b
 }
@@ -123,27 +124,27 @@ func (d *Device) pcpNotifyLocked(s *session, m pcp.NotifyNewVersion) {
 	st := &d.pcp
 	d.event(Event{Kind: EventCommand, Upgrade: upgradeSoftware, Version: m.Version})
 	refuse := func(r byte) {
-		d.log.Info("lwm2msim: PCP: upgrade refused", "version", m.Version, "result", pcp.ResultText(r))
+		d.log.Info("lwm2msim: PCP: upgrade refused", "version", m.Version, "result", messages.PcpResultText(r))
 		d.pcpSendLocked(s, pcp.EncodeNotifyResponse(pcp.NotifyResponse{Result: r}))
 		d.failed(Event{Upgrade: upgradeSoftware, Version: m.Version}, int(r))
 	}
 	switch {
-	case d.pcpFailure(pcp.CodeNotifyNewVersion) != 0:
-		refuse(d.pcpFailure(pcp.CodeNotifyNewVersion))
+	case d.pcpFailure(messages.PcpCodeNotifyNewVersion) != 0:
+		refuse(d.pcpFailure(messages.PcpCodeNotifyNewVersion))
 		return
 	case st.job != nil && st.job.executing:
-		refuse(pcp.ResultBusy)
+		refuse(messages.PcpResultBusy)
 		return
 	case m.Version == d.sw:
-		refuse(pcp.ResultAlreadyLatest)
+		refuse(messages.PcpResultAlreadyLatest)
 		return
 	case m.SegmentSize == 0 || m.SegmentCount == 0:
-		refuse(pcp.ResultInternalError)
+		refuse(messages.PcpResultInternalError)
 		return
 	}
 	j := st.job
 	if j != nil && j.version == m.Version && j.check == m.CheckCode && j.segSize == m.SegmentSize &&
-		j.count == m.SegmentCount && j.status == pcp.ResultOK {
+		j.count == m.SegmentCount && j.status == messages.PcpResultOK {
 		d.log.Info("lwm2msim: PCP: same package announced again, continuing", "version", j.version, "next", j.next)
 	} else {
 		j = &pcpJob{version: m.Version, segSize: m.SegmentSize, count: m.SegmentCount, check: m.CheckCode, h: sha256.New(),
@@ -152,7 +153,7 @@ func (d *Device) pcpNotifyLocked(s *session, m pcp.NotifyNewVersion) {
 		d.log.Info("lwm2msim: PCP: new version", "version", j.version, "segments", j.count, "segment_size", j.segSize)
 	}
 	j.resume = false
-	d.pcpSendLocked(s, pcp.EncodeNotifyResponse(pcp.NotifyResponse{Result: pcp.ResultOK}))
+	d.pcpSendLocked(s, pcp.EncodeNotifyResponse(pcp.NotifyResponse{Result: messages.PcpResultOK}))
 	if j.downloaded {
 		d.pcpSendLocked(s, pcp.EncodeDownloadResult(pcp.DownloadResult{Status: j.status}))
 		return
@@ -239,7 +240,7 @@ func (d *Device) pcpSegmentTimeout(j *pcpJob, no uint16) {
 	j.retries++
 	if j.retries > maxSegmentRetries {
 		d.log.Info("lwm2msim: PCP: segment not received, giving up", "segment", no)
-		d.pcpFinishLocked(d.sess, j, pcp.ResultDownloadTimeout)
+		d.pcpFinishLocked(d.sess, j, messages.PcpResultDownloadTimeout)
 		return
 	}
 	d.log.Info("lwm2msim: PCP: segment not received, asking again", "segment", no, "try", j.retries)
@@ -253,8 +254,8 @@ func (d *Device) pcpSegmentLocked(s *session, m pcp.SegmentResponse) {
 	if j == nil || j.downloaded || j.executing {
 		return
 	}
-	if m.Result != pcp.ResultOK {
-		d.log.Info("lwm2msim: PCP: segment refused, download abandoned", "segment", m.SegmentNo, "result", pcp.ResultText(m.Result))
+	if m.Result != messages.PcpResultOK {
+		d.log.Info("lwm2msim: PCP: segment refused, download abandoned", "segment", m.SegmentNo, "result", messages.PcpResultText(m.Result))
 		st.job = nil
 		d.pcpStopTimerLocked()
 		return
@@ -267,7 +268,7 @@ func (d *Device) pcpSegmentLocked(s *session, m pcp.SegmentResponse) {
 	last := j.next == j.count-1
 	if n := len(m.Data); (!last && n != int(j.segSize)) || (last && (n == 0 || n > int(j.segSize))) {
 		d.log.Info("lwm2msim: PCP: segment of a wrong size", "segment", m.SegmentNo, "bytes", n, "segment_size", j.segSize)
-		d.pcpFinishLocked(s, j, pcp.ResultVerificationFailed)
+		d.pcpFinishLocked(s, j, messages.PcpResultVerificationFailed)
 		return
 	}
 	j.h.Write(m.Data)
@@ -288,15 +289,15 @@ func (d *Device) pcpSegmentLocked(s *session, m pcp.SegmentResponse) {
 // pcpDownloadedLocked ends a download whose segments are all in: it checks
 // the package and reports the download result.
 func (d *Device) pcpDownloadedLocked(s *session, j *pcpJob) {
-	status := byte(pcp.ResultOK)
+	status := byte(messages.PcpResultOK)
 	var sum [sha256.Size]byte
 	copy(sum[:], j.h.Sum(nil))
 	d.stats.SHA256 = hex.EncodeToString(sum[:])
 	if d.cfg.VerifyCheckCode && j.check != 0 && pcp.CheckCode(sum) != j.check {
 		d.log.Info("lwm2msim: PCP: check code mismatch", "check_code", j.check, "package", pcp.CheckCode(sum))
-		status = pcp.ResultVerificationFailed
+		status = messages.PcpResultVerificationFailed
 	}
-	if r := d.pcpFailure(pcp.CodeReportDownloadResult); r != 0 {
+	if r := d.pcpFailure(messages.PcpCodeReportDownloadResult); r != 0 {
 		status = r
 	}
 	d.log.Info("lwm2msim: PCP: downloaded", "version", j.version, "bytes", j.size, "sha256", d.stats.SHA256)
@@ -309,7 +310,7 @@ func (d *Device) pcpFinishLocked(s *session, j *pcpJob, status byte) {
 	j.downloaded, j.status = true, status
 	d.pcpStopTimerLocked()
 	d.pcpSendLocked(s, pcp.EncodeDownloadResult(pcp.DownloadResult{Status: status}))
-	if status != pcp.ResultOK {
+	if status != messages.PcpResultOK {
 		d.failed(Event{Upgrade: upgradeSoftware, Version: j.version}, int(status))
 	}
 }
@@ -319,7 +320,7 @@ func (d *Device) pcpExecuteLocked(s *session) {
 	st := &d.pcp
 	respond := func(r byte) {
 		d.pcpSendLocked(s, pcp.EncodeExecuteResponse(pcp.ExecuteResponse{Result: r}))
-		if r != pcp.ResultOK {
+		if r != messages.PcpResultOK {
 			version := ""
 			if st.job != nil {
 				version = st.job.version
@@ -327,24 +328,24 @@ func (d *Device) pcpExecuteLocked(s *session) {
 			d.failed(Event{Upgrade: upgradeSoftware, Version: version}, int(r))
 		}
 	}
-	if r := d.pcpFailure(pcp.CodeExecuteUpgrade); r != 0 {
-		d.log.Info("lwm2msim: PCP: execute refused on purpose", "result", pcp.ResultText(r))
+	if r := d.pcpFailure(messages.PcpCodeExecuteUpgrade); r != 0 {
+		d.log.Info("lwm2msim: PCP: execute refused on purpose", "result", messages.PcpResultText(r))
 		respond(r)
 		return
 	}
 	j := st.job
 	switch {
-	case j == nil || !j.downloaded || j.status != pcp.ResultOK:
+	case j == nil || !j.downloaded || j.status != messages.PcpResultOK:
 		d.log.Info("lwm2msim: PCP: execute without a downloaded package")
-		respond(pcp.ResultInternalError)
+		respond(messages.PcpResultInternalError)
 		return
 	case j.executing:
-		respond(pcp.ResultOK) // a repeated 0x17: already on it
+		respond(messages.PcpResultOK) // a repeated 0x17: already on it
 		return
 	}
 	j.executing = true
 	d.stats.Executes++
-	respond(pcp.ResultOK)
+	respond(messages.PcpResultOK)
 	in := d.cfg.Behaviour.ThinkTime + d.cfg.Behaviour.UpdateDelay
 	st.installTimer = d.clk.AfterFunc(in, func() { d.pcpInstall(j) })
 	d.log.Info("lwm2msim: PCP: upgrading", "version", j.version, "in", in)
@@ -361,15 +362,15 @@ func (d *Device) pcpInstall(j *pcpJob) {
 	}
 	st.installTimer = nil
 	st.job = nil
-	res := pcp.UpgradeResult{Result: d.pcpFailure(pcp.CodeReportUpgradeResult)}
-	if res.Result == pcp.ResultOK {
+	res := pcp.UpgradeResult{Result: d.pcpFailure(messages.PcpCodeReportUpgradeResult)}
+	if res.Result == messages.PcpResultOK {
 		d.sw = j.version
 		d.stats.Upgrades++
 		d.changedLocked(pathSwVersion)
 		d.log.Info("lwm2msim: PCP: software updated", "version", d.sw)
 		d.event(Event{Kind: EventInstalled, Upgrade: upgradeSoftware, Version: j.version})
 	} else {
-		d.log.Info("lwm2msim: PCP: upgrade fails on purpose", "result", pcp.ResultText(res.Result))
+		d.log.Info("lwm2msim: PCP: upgrade fails on purpose", "result", messages.PcpResultText(res.Result))
 		d.event(Event{Kind: EventFailed, Upgrade: upgradeSoftware, Version: j.version, Code: int(res.Result)})
 	}
 	st.reported18 = &Event{Kind: EventReported, Upgrade: upgradeSoftware, Version: j.version, Code: int(res.Result)}
@@ -377,7 +378,7 @@ func (d *Device) pcpInstall(j *pcpJob) {
 	b, err := pcp.EncodeUpgradeResult(res)
 	if err != nil {
 		d.log.Warn("lwm2msim: PCP: software version cannot be sent", "version", d.sw, "err", err)
-		b, _ = pcp.EncodeUpgradeResult(pcp.UpgradeResult{Result: pcp.ResultInternalError})
+		b, _ = pcp.EncodeUpgradeResult(pcp.UpgradeResult{Result: messages.PcpResultInternalError})
 	}
 	st.pending18 = b
 	if d.cfg.Behaviour.RebootOnUpdate {

@@ -10,20 +10,34 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/mux"
 
+	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/transport/lwm2m/lwm2mcodec"
 )
 
-// Paths the device serves.
+// Paths the device serves (messages names them for every side).
 var (
-	pathFwVersion  = lwm2mcodec.ResourcePath(3, 0, 3)
-	pathSwVersion  = lwm2mcodec.ResourcePath(3, 0, 19)
-	pathPackageURI = lwm2mcodec.ResourcePath(5, 0, 1)
-	pathUpdate     = lwm2mcodec.ResourcePath(5, 0, 2)
-	pathState      = lwm2mcodec.ResourcePath(5, 0, 3)
-	pathResult     = lwm2mcodec.ResourcePath(5, 0, 5)
-	pathUplink     = lwm2mcodec.ResourcePath(19, 0, 0) // PCP device → platform
-	pathDownlink   = lwm2mcodec.ResourcePath(19, 1, 0) // PCP platform → device
+	pathFwVersion  = mustPath(messages.PathFirmwareVersion)
+	pathSwVersion  = mustPath(messages.PathSoftwareVersion)
+	pathRSRP       = mustPath(messages.PathRSRP)
+	pathCellID     = mustPath(messages.PathCellID)
+	pathSINR       = mustPath(messages.PathSINR)
+	pathPackageURI = mustPath(messages.PathPackageURI)
+	pathUpdate     = mustPath(messages.PathUpdate)
+	pathState      = mustPath(messages.PathFotaState)
+	pathResult     = mustPath(messages.PathUpdateResult)
+	pathUplink     = mustPath(messages.PathPCPUplink)   // PCP device → platform
+	pathDownlink   = mustPath(messages.PathPCPDownlink) // PCP platform → device
 )
+
+// mustPath parses one of the paths of package messages; they are constants,
+// so an error is a broken invariant.
+func mustPath(s string) lwm2mcodec.Path {
+	p, err := lwm2mcodec.ParsePath(s)
+	if err != nil {
+		panic(fmt.Sprintf("lwm2msim: path %q: %v", s, err))
+	}
+	return p
+}
 
 // noAccept marks a request without an Accept option.
 const noAccept = -1
@@ -186,13 +200,13 @@ func (d *Device) valuesLocked() []lwm2mcodec.Value {
 		lwm2mcodec.StringValue(pathSwVersion, d.sw),
 	}
 	if d.cfg.RSRP != nil {
-		vs = append(vs, lwm2mcodec.IntValue(rp(4, 0, 2), int64(*d.cfg.RSRP)))
+		vs = append(vs, lwm2mcodec.IntValue(pathRSRP, int64(*d.cfg.RSRP)))
 	}
 	if d.cfg.CellID != 0 {
-		vs = append(vs, lwm2mcodec.IntValue(rp(4, 0, 8), d.cfg.CellID))
+		vs = append(vs, lwm2mcodec.IntValue(pathCellID, d.cfg.CellID))
 	}
 	if d.cfg.SINR != nil {
-		vs = append(vs, lwm2mcodec.IntValue(rp(4, 0, 11), int64(*d.cfg.SINR)))
+		vs = append(vs, lwm2mcodec.IntValue(pathSINR, int64(*d.cfg.SINR)))
 	}
 	vs = append(vs,
 		lwm2mcodec.StringValue(pathPackageURI, d.fota.uri),

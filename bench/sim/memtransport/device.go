@@ -13,37 +13,6 @@ import (
 	"github.com/otafleet/otafleet/messages"
 )
 
-// LwM2M paths the devices serve (the same as devicefsm's).
-const (
-	pathFirmwareVersion = "/3/0/3"
-	pathConnMon         = "/4/0"
-	pathCellID          = "/4/0/8"
-	pathPackageURI      = "/5/0/1"
-	pathUpdate          = "/5/0/2"
-	pathFotaObject      = "/5/0"
-	pathFotaState       = "/5/0/3"
-	pathUpdateResult    = "/5/0/5"
-	pathPCPUplink       = "/19/0/0"
-	pathPCPDownlink     = "/19/1/0"
-)
-
-// FOTA object 5 values and PCP codes (spec 3.6, 4.6).
-const (
-	fotaIdle        = 0
-	fotaDownloading = 1
-	fotaDownloaded  = 2
-	fotaUpdating    = 3
-	fotaSuccess     = 1
-
-	pcpOK            = 0x00
-	pcpAlreadyLatest = 0x03
-	pcpBusy          = 1
-	pcpInstallFailed = 10
-	pcpUnsupported   = 8
-
-	pcpCodeDownloadResult = 0x16 // the message code of a 0x16 and of its acknowledgement
-)
-
 // item is one scheduled reaction of a device.
 type item struct {
 	due   time.Time
@@ -311,7 +280,7 @@ func (d *device) record() record {
 // pcpDownloaded is the version of a PCP package downloaded in full (its
 // 0x16 OK sent) and not yet installing; "" when none.
 func (d *device) pcpDownloaded() string {
-	if p := d.pcp; p.phase == pcpDownloaded || (p.phase == pcpAwaitDLAck && p.status == pcpOK) {
+	if p := d.pcp; p.phase == pcpDownloaded || (p.phase == pcpAwaitDLAck && p.status == messages.PcpResultOK) {
 		return p.version
 	}
 	return ""
@@ -330,7 +299,7 @@ func (d *device) restore(r record) {
 	if r.PCPDownloaded != "" && d.spec.Protocol == protoPCP {
 		// The package survived the restart: the device reports it
 		// downloaded again once observed, and installs it on a 0x17.
-		d.pcp = pcpSession{phase: pcpAwaitDLAck, version: r.PCPDownloaded, status: pcpOK}
+		d.pcp = pcpSession{phase: pcpAwaitDLAck, version: r.PCPDownloaded, status: messages.PcpResultOK}
 	}
 	if r.MQTTDownload != "" && d.spec.Protocol == protoMQTT {
 		d.dl = &download{target: r.MQTTDownload, sw: r.MQTTDownloadSw, ordinal: r.Downloads}
@@ -406,7 +375,7 @@ func (d *device) reply(mk func() *messages.DeviceInput) {
 // it is lost while that path is not observed (the device repeats its
 // pending request when it is observed again).
 func (d *device) emitPCP(in *messages.DeviceInput) {
-	if d.observed[pathPCPUplink] {
+	if d.observed[messages.PathPCPUplink] {
 		d.emit(in)
 	}
 }
@@ -414,10 +383,10 @@ func (d *device) emitPCP(in *messages.DeviceInput) {
 // notifyFota sends the observed ones of object 5's State and Update Result.
 func (d *device) notifyFota() {
 	f := &messages.FotaStatus{}
-	if d.observed[pathFotaState] {
+	if d.observed[messages.PathFotaState] {
 		f.State = ptr(d.fotaState)
 	}
-	if d.observed[pathUpdateResult] {
+	if d.observed[messages.PathUpdateResult] {
 		f.UpdateResult = ptr(d.fotaResult)
 	}
 	if f.State != nil || f.UpdateResult != nil {
@@ -543,7 +512,7 @@ func (d *device) startPSM() {
 // busy: a transfer, an install or a reply is in progress.
 func (d *device) busy() bool {
 	return (d.dl != nil && d.dl.active) || d.installing != "" || d.pcp.phase != pcpIdle ||
-		d.fotaState != fotaIdle || len(d.held) > 0 || d.busySession()
+		d.fotaState != messages.FotaStateIdle || len(d.held) > 0 || d.busySession()
 }
 
 // ---- downlinks ----
@@ -626,9 +595,9 @@ func (d *device) downloadDone(dl *download) {
 	switch d.spec.Protocol {
 	case protoFOTA:
 		if failing {
-			d.fotaState, d.fotaResult = fotaIdle, code
+			d.fotaState, d.fotaResult = messages.FotaStateIdle, code
 		} else {
-			d.fotaState = fotaDownloaded
+			d.fotaState = messages.FotaStateDownloaded
 		}
 		d.notifyFota()
 	case protoMQTT:
@@ -681,7 +650,7 @@ func (d *device) completeInstall() {
 	d.count(cUpgrades)
 	switch d.spec.Protocol {
 	case protoFOTA:
-		d.fotaState, d.fotaResult = fotaIdle, fotaSuccess
+		d.fotaState, d.fotaResult = messages.FotaStateIdle, messages.UpdateResultSuccess
 	case protoPCP:
 		d.pcp.phase = pcpAwaitResultAck
 	case protoMQTT:
@@ -701,7 +670,7 @@ func (d *device) reportInstall() {
 	case protoFOTA:
 		d.notifyFota()
 	case protoPCP:
-		d.emitPCP(pcpIn(&messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: pcpOK, Version: d.sw}}))
+		d.emitPCP(pcpIn(&messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: messages.PcpResultOK, Version: d.sw}}))
 	case protoMQTT:
 		if d.online.Load() && d.mqttPending != nil {
 			d.emit(mqttIn(d.mqttPending))
@@ -821,17 +790,17 @@ func lwm2mResp(op messages.Lwm2MOp, path string, ok bool, code string) *messages
 func (d *device) read(path string) *messages.DeviceInput {
 	fota := d.spec.Protocol == protoFOTA
 	switch {
-	case path == pathFirmwareVersion:
+	case path == messages.PathFirmwareVersion:
 		return &messages.DeviceInput{Kind: &messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{FwVersion: ptr(d.fw)}}}
-	case path == pathConnMon:
+	case path == messages.PathConnMon:
 		return radioIn(&messages.RadioReported{Rsrp: d.spec.RSRP, Sinr: d.spec.SINR, CellId: d.spec.CellID})
-	case path == pathCellID && d.spec.CellID != "":
+	case path == messages.PathCellID && d.spec.CellID != "":
 		return radioIn(&messages.RadioReported{CellId: d.spec.CellID})
-	case path == pathFotaState && fota:
+	case path == messages.PathFotaState && fota:
 		return fotaIn(&messages.FotaStatus{State: ptr(d.fotaState)})
-	case path == pathUpdateResult && fota:
+	case path == messages.PathUpdateResult && fota:
 		return fotaIn(&messages.FotaStatus{UpdateResult: ptr(d.fotaResult)})
-	case path == pathFotaObject && fota:
+	case path == messages.PathFotaObject && fota:
 		return fotaIn(&messages.FotaStatus{State: ptr(d.fotaState), UpdateResult: ptr(d.fotaResult)})
 	}
 	return lwm2mResp(messages.Lwm2MOp_LWM2M_OP_READ, path, false, "4.04")
@@ -841,7 +810,7 @@ func (d *device) read(path string) *messages.DeviceInput {
 // value (for /19/0/0: the device repeats its pending PCP request).
 func (d *device) observe(path string) {
 	switch {
-	case path == pathPCPUplink && d.spec.Protocol == protoPCP:
+	case path == messages.PathPCPUplink && d.spec.Protocol == protoPCP:
 		d.observed[path] = true
 		// Repeat what was pending when the observation arrived, if still pending.
 		if was := d.pcp; was.phase != pcpIdle {
@@ -851,8 +820,8 @@ func (d *device) observe(path string) {
 				}
 			})
 		}
-	case path == pathFirmwareVersion || path == pathConnMon || path == pathCellID ||
-		((path == pathFotaState || path == pathUpdateResult) && d.spec.Protocol == protoFOTA):
+	case path == messages.PathFirmwareVersion || path == messages.PathConnMon || path == messages.PathCellID ||
+		((path == messages.PathFotaState || path == messages.PathUpdateResult) && d.spec.Protocol == protoFOTA):
 		d.observed[path] = true
 		d.reply(func() *messages.DeviceInput { return d.read(path) })
 	default:
@@ -863,13 +832,13 @@ func (d *device) observe(path string) {
 func (d *device) write(path, value string) {
 	d.after(d.t.delays.Response, true, func() {
 		d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, path, true, "2.04"))
-		if path == pathPackageURI && d.spec.Protocol == protoFOTA && value == "" && d.installing == "" {
+		if path == messages.PathPackageURI && d.spec.Protocol == protoFOTA && value == "" && d.installing == "" {
 			// Reset of object 5 (spec 6.6 stop): abandon the package.
 			if d.dl != nil {
 				d.dl = nil
 				d.dlGen++
 			}
-			d.fotaState, d.fotaResult, d.fotaPkg = fotaIdle, 0, ""
+			d.fotaState, d.fotaResult, d.fotaPkg = messages.FotaStateIdle, messages.UpdateResultInitial, ""
 			d.notifyFota()
 		}
 	})
@@ -878,7 +847,7 @@ func (d *device) write(path, value string) {
 func (d *device) writePackageURI(job *messages.Job) {
 	if d.spec.Protocol != protoFOTA {
 		d.reply(func() *messages.DeviceInput {
-			return lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, pathPackageURI, false, "4.04")
+			return lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, false, "4.04")
 		})
 		return
 	}
@@ -888,12 +857,12 @@ func (d *device) writePackageURI(job *messages.Job) {
 	}
 	target := job.GetPackage().GetVersion()
 	d.after(d.t.delays.Response, true, func() {
-		d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, pathPackageURI, true, "2.04"))
+		d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, true, "2.04"))
 		switch {
 		case d.installing != "":
 			// Updating: the write changes nothing; State shows 3.
 			d.notifyFota()
-		case d.fotaState == fotaDownloaded && d.fotaPkg == target:
+		case d.fotaState == messages.FotaStateDownloaded && d.fotaPkg == target:
 			d.notifyFota() // already downloaded
 		case d.dl != nil && d.dl.target == target:
 			d.notifyFota() // downloading, or resuming after a lost session
@@ -903,9 +872,9 @@ func (d *device) writePackageURI(job *messages.Job) {
 		default:
 			d.newDownload(target, false)
 			old := d.fotaPkg
-			d.fotaPkg, d.fotaState, d.fotaResult = target, fotaDownloading, 0
+			d.fotaPkg, d.fotaState, d.fotaResult = target, messages.FotaStateDownloading, messages.UpdateResultInitial
 			if !d.persist() {
-				d.dl, d.fotaPkg, d.fotaState = nil, old, fotaIdle
+				d.dl, d.fotaPkg, d.fotaState = nil, old, messages.FotaStateIdle
 				return
 			}
 			d.notifyFota()
@@ -915,7 +884,7 @@ func (d *device) writePackageURI(job *messages.Job) {
 }
 
 func (d *device) execute(path string) {
-	if path != pathUpdate || d.spec.Protocol != protoFOTA {
+	if path != messages.PathUpdate || d.spec.Protocol != protoFOTA {
 		if !d.b.Silent {
 			d.reply(func() *messages.DeviceInput { return lwm2mResp(messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, false, "4.04") })
 		}
@@ -930,7 +899,7 @@ func (d *device) execute(path string) {
 		d.persist()
 	case d.installing != "":
 		d.persist() // already updating
-	case d.fotaState != fotaDownloaded:
+	case d.fotaState != messages.FotaStateDownloaded:
 		if d.persist() {
 			refuse()
 		}
@@ -943,12 +912,12 @@ func (d *device) execute(path string) {
 		// Accepted: State 3 from now on, before the answer goes out (OMA
 		// object 5), so that no read ever shows State 2 with Update Result
 		// 0 once the device took an Execute.
-		d.fotaState = fotaUpdating
+		d.fotaState = messages.FotaStateUpdating
 		if !d.install(d.fotaPkg, false, func() {
 			d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, true, "2.04"))
 			d.notifyFota()
 		}) {
-			d.fotaState = fotaDownloaded
+			d.fotaState = messages.FotaStateDownloaded
 		}
 	}
 }
@@ -993,7 +962,7 @@ func (d *device) pcpDownlink(dl *messages.Downlink) {
 	switch k := dl.Kind.(type) {
 	case *messages.Downlink_PcpQueryVersion:
 		d.replyPCP(func() *messages.DeviceInput {
-			return pcpIn(&messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: pcpOK, Version: d.sw}})
+			return pcpIn(&messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: messages.PcpResultOK, Version: d.sw}})
 		})
 	case *messages.Downlink_PcpNotifyNewVersion:
 		d.pcpNotify(k.PcpNotifyNewVersion)
@@ -1004,12 +973,12 @@ func (d *device) pcpDownlink(dl *messages.Downlink) {
 		// 2.04, as the LwM2M transport reports it: the device's 0x17 waits
 		// for that answer.
 		d.reply(func() *messages.DeviceInput {
-			in := lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, pathPCPDownlink, true, "2.04")
-			in.GetLwm2MResponse().PcpCode = pcpCodeDownloadResult
+			in := lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPCPDownlink, true, "2.04")
+			in.GetLwm2MResponse().PcpCode = uint32(messages.PcpCodeReportDownloadResult)
 			return in
 		})
 		if d.pcp.phase == pcpAwaitDLAck {
-			if k.PcpDownloadResultAck.GetResult() != pcpOK || d.pcp.status != pcpOK {
+			if k.PcpDownloadResultAck.GetResult() != messages.PcpResultOK || d.pcp.status != messages.PcpResultOK {
 				d.pcp = pcpSession{}
 			} else {
 				d.pcp.phase = pcpDownloaded
@@ -1041,7 +1010,7 @@ func (d *device) pcpNotify(n *messages.PcpNotifyNewVersion) {
 	}
 	p := &d.pcp
 	sameOK := p.version == v && (p.phase == pcpDownloading ||
-		((p.phase == pcpAwaitDLAck || p.phase == pcpDownloaded) && p.status == pcpOK))
+		((p.phase == pcpAwaitDLAck || p.phase == pcpDownloaded) && p.status == messages.PcpResultOK))
 	switch {
 	case sameOK:
 		// The same version again (a reconnect, or a retry after a refused
@@ -1049,13 +1018,13 @@ func (d *device) pcpNotify(n *messages.PcpNotifyNewVersion) {
 		if p.phase == pcpDownloaded {
 			p.phase = pcpAwaitDLAck
 		}
-		respond(pcpOK, d.pcpResume)
+		respond(messages.PcpResultOK, d.pcpResume)
 	case d.sw == v:
-		respond(pcpAlreadyLatest, nil)
+		respond(messages.PcpResultAlreadyLatest, nil)
 	case d.installing != "" || p.phase == pcpInstalling || p.phase == pcpAwaitResultAck:
-		respond(pcpBusy, nil)
+		respond(messages.PcpResultBusy, nil)
 	case n.GetSegmentCount() == 0:
-		respond(pcpUnsupported, nil)
+		respond(messages.PcpResultUnsupportedPackage, nil)
 	default:
 		d.count(cDownloads)
 		*p = pcpSession{phase: pcpDownloading, version: v, count: n.GetSegmentCount(), ordinal: d.cnt[cDownloads]}
@@ -1063,7 +1032,7 @@ func (d *device) pcpNotify(n *messages.PcpNotifyNewVersion) {
 			*p = pcpSession{}
 			return
 		}
-		respond(pcpOK, d.pcpRequest)
+		respond(messages.PcpResultOK, d.pcpRequest)
 	}
 }
 
@@ -1095,7 +1064,7 @@ func (d *device) pcpSegment(r *messages.PcpSegmentResponse) {
 	if p.phase != pcpDownloading || r.GetSegmentNo() != p.next {
 		return // late or duplicate
 	}
-	if r.GetResult() != pcpOK {
+	if r.GetResult() != messages.PcpResultOK {
 		d.t.log.Debug("PCP segment refused; download abandoned", "device", d.id, "segment", r.GetSegmentNo(), "result", r.GetResult())
 		*p = pcpSession{}
 		return
@@ -1110,7 +1079,7 @@ func (d *device) pcpSegment(r *messages.PcpSegmentResponse) {
 	if p.ordinal <= d.b.FailDownloads {
 		p.status = uint32(d.b.failCode(protoPCP))
 	}
-	if p.status == pcpOK && !d.persist() { // the package is kept (PCPDownloaded)
+	if p.status == messages.PcpResultOK && !d.persist() { // the package is kept (PCPDownloaded)
 		*p = pcpSession{}
 		return
 	}
@@ -1122,7 +1091,7 @@ func (d *device) pcpDownloadResult() *messages.DeviceInput {
 }
 
 func (d *device) pcpUpgradeResult() *messages.DeviceInput {
-	return pcpIn(&messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: pcpOK, Version: d.sw}})
+	return pcpIn(&messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: messages.PcpResultOK, Version: d.sw}})
 }
 
 // pcpResume repeats the device's pending request once /19/0/0 is observed
@@ -1146,20 +1115,20 @@ func (d *device) pcpExecute() {
 			return pcpIn(&messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: result}})
 		})
 	}
-	ready := p.phase == pcpDownloaded || (p.phase == pcpAwaitDLAck && p.status == pcpOK)
+	ready := p.phase == pcpDownloaded || (p.phase == pcpAwaitDLAck && p.status == messages.PcpResultOK)
 	switch {
 	case p.phase == pcpInstalling:
 		if d.persist() {
-			respond(pcpOK)
+			respond(messages.PcpResultOK)
 		}
 	case p.phase == pcpAwaitResultAck:
 		if d.persist() {
-			respond(pcpOK)
+			respond(messages.PcpResultOK)
 			d.replyPCP(d.pcpUpgradeResult)
 		}
 	case !ready:
 		if d.persist() {
-			respond(pcpInstallFailed)
+			respond(messages.PcpResultInstallFailed)
 		}
 	case d.refusals < d.b.RefuseExecutes:
 		d.refusals++
@@ -1169,7 +1138,7 @@ func (d *device) pcpExecute() {
 	default:
 		p.phase = pcpInstalling
 		if !d.install(p.version, true, func() {
-			d.emitPCP(pcpIn(&messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: pcpOK}}))
+			d.emitPCP(pcpIn(&messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: messages.PcpResultOK}}))
 		}) {
 			p.phase = pcpDownloaded
 		}
