@@ -645,15 +645,6 @@ func (r *run) createTasks(ctx context.Context, products map[string]string) ([]st
 	return tasks, nil
 }
 
-func final(s v1.TaskStatus) bool {
-	switch s {
-	case v1.TaskStatus_TASK_STATUS_SUCCESS, v1.TaskStatus_TASK_STATUS_FAIL,
-		v1.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, v1.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
-}
-
 // cellFigures reads the budget metrics from the server.
 func (r *run) cellFigures(ctx context.Context) (peak, budget, violations int, err error) {
 	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -726,7 +717,7 @@ func (r *run) watch(ctx context.Context, tasks []string, start time.Time, cpu0 t
 			fail += int(p.GetFail())
 			running += int(p.GetProcessing())
 			done += int(p.GetSuccess() + p.GetFail() + p.GetStopped())
-			allFinal = allFinal && final(t.Msg.GetTask().GetStatus())
+			allFinal = allFinal && messages.TaskStatus(t.Msg.GetTask().GetStatus()).Final()
 		}
 		r.noteCells(ctx)
 		if allFinal {

@@ -128,20 +128,10 @@ func taskToProto(v actors.TaskView) *v1.Task {
 	if !v.CreatedAt.IsZero() {
 		out.CreateTime = timestamppb.New(v.CreatedAt)
 	}
-	if !v.FinishedAt.IsZero() && finished(v.Status) {
+	if !v.FinishedAt.IsZero() && v.Status.Final() {
 		out.FinishTime = timestamppb.New(v.FinishedAt)
 	}
 	return out
-}
-
-// finished reports whether a task status is final.
-func finished(st messages.TaskStatus) bool {
-	switch st {
-	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
-		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
 }
 
 // validatePolicy checks the request's policy and converts it, filling the
@@ -566,7 +556,7 @@ func (s *server) packageInUse(ctx context.Context, id string) (string, messages.
 			if err != nil {
 				return "", 0, err
 			}
-			if !finished(v.Status) {
+			if !v.Status.Final() {
 				return r.ID, v.Status, nil
 			}
 		}
@@ -674,7 +664,7 @@ func (s *taskServer) WatchTask(ctx context.Context, req *connect.Request[v1.Watc
 	}
 	timer := s.clock.NewTimer(watchInterval)
 	defer timer.Stop()
-	for !finished(last.Status) {
+	for !last.Status.Final() {
 		select {
 		case <-ctx.Done():
 			return nil

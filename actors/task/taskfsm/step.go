@@ -434,15 +434,6 @@ func (st *stepper) outcome(o *messages.ReportOutcome) error {
 
 // ---- StopTask ----
 
-func finished(ts messages.TaskStatus) bool {
-	switch ts {
-	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
-		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
-}
-
 func (st *stepper) stop(x *messages.StopTask) error {
 	s := &st.s
 	if s.task == nil {
@@ -451,7 +442,7 @@ func (st *stepper) stop(x *messages.StopTask) error {
 	if x == nil {
 		return invalid("stop is empty")
 	}
-	if ts := s.Status(); finished(ts) || ts == messages.TaskStatus_TASK_STATUS_STOPPING {
+	if ts := s.Status(); ts.Final() || ts == messages.TaskStatus_TASK_STATUS_STOPPING {
 		return notAllowed("task %q is %v; only a WAITING or PROCESSING task can be stopped", s.task.GetTaskId(), ts)
 	}
 	st.emit(&messages.TaskEvent{Kind: &messages.TaskEvent_StopRequested{StopRequested: &messages.StopRequested{}}})
