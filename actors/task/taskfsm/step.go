@@ -5,6 +5,8 @@ import (
 	"time"
 	_ "time/tzdata" // time zones load the same on every machine
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/otafleet/otafleet/messages"
 )
 
@@ -199,27 +201,12 @@ func (st *stepper) validateCreate(c *messages.CreateTask) (*messages.TaskCreated
 		Name:             c.GetName(),
 		TaskType:         c.GetTaskType(),
 		Protocol:         c.GetProtocol(),
-		Package:          copyPackage(c.GetPackage()),
+		Package:          proto.CloneOf(c.GetPackage()),
 		SkipVersionCheck: c.GetSkipVersionCheck(),
 		Targets:          targets,
 		GroupIds:         append([]string(nil), c.GetGroupIds()...),
 		Policy:           policy,
 	}, nil
-}
-
-func copyPackage(p *messages.Package) *messages.Package {
-	return &messages.Package{
-		PackageId:      p.GetPackageId(),
-		Version:        p.GetVersion(),
-		SourceVersions: append([]string(nil), p.GetSourceVersions()...),
-		Size:           p.GetSize(),
-		FileName:       p.GetFileName(),
-		Sha256:         p.GetSha256(),
-		SegmentSize:    p.GetSegmentSize(),
-		CheckCode:      p.GetCheckCode(),
-		CustomInfo:     p.GetCustomInfo(),
-		OmitSign:       p.GetOmitSign(),
-	}
 }
 
 // ---- starting sub-tasks and the wake ----
