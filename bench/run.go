@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/otafleet/otafleet/actors/task/taskfsm"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
@@ -94,8 +95,9 @@ func (o *Options) validate() error {
 	if o.KillAt < 0 || o.KillAt >= 1 {
 		errs = append(errs, fmt.Errorf("--kill-at %v: want a share below 100%%", o.KillAt))
 	}
-	if o.Retries < 0 || o.Retries > 5 {
-		errs = append(errs, fmt.Errorf("--retries %d: want 0 to 5", o.Retries))
+	// The server bench starts runs the task machine with its default limits.
+	if maxRetries := taskfsm.DefaultConfig().MaxRetryCount; o.Retries < 0 || o.Retries > maxRetries {
+		errs = append(errs, fmt.Errorf("--retries %d: want 0 to %d", o.Retries, maxRetries))
 	}
 	if o.Exe == "" {
 		errs = append(errs, errors.New("no otafleet binary to run"))
@@ -612,13 +614,11 @@ var taskFor = map[string]v1.TaskType{
 	ProtoMQTT: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, ProtoLwM2M: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, ProtoPCP: v1.TaskType_TASK_TYPE_SOFTWARE_UPGRADE,
 }
 
-// maxTaskDevices is the most devices one task names (spec 5.2).
-const maxTaskDevices = 30000
-
 func (r *benchRun) createTasks(ctx context.Context, products map[string]string) ([]string, error) {
 	content := make([]byte, r.o.PackageBytes)
 	_, _ = rand.Read(content)
 	var tasks []string
+	maxTaskDevices := taskfsm.DefaultConfig().MaxTargets // of the server bench starts
 	for _, p := range r.protos {
 		pkg, err := r.api.Packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
 			ProductId: products[p], PackageType: packageFor[p], Version: "2.0", SourceVersions: []string{"1.0"},
