@@ -156,14 +156,7 @@ func (r *rig) task(id string) actors.TaskView {
 }
 
 func (r *rig) finished(id string) func() bool {
-	return func() bool {
-		switch r.task(id).Status {
-		case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
-			messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
-			return true
-		}
-		return false
-	}
+	return func() bool { return r.task(id).Status.Final() }
 }
 
 func createTask(id string, protocol messages.Protocol, devices []string, policy *messages.Policy) *messages.CreateTask {

@@ -217,20 +217,11 @@ func (m *taskMachine) apply(b []byte) error {
 func (m *taskMachine) restore(snap persistence.Snapshot) error { return restoreTask(m, snap) }
 func (m *taskMachine) snapshot() (persistence.Snapshot, error) { return snapshotTask(m.s) }
 
-func finished(st messages.TaskStatus) bool {
-	switch st {
-	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
-		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
-}
-
 func (m *taskMachine) active(next any) bool {
 	s := next.(taskfsm.State)
-	return s.Created() && !finished(s.Status())
+	return s.Created() && !s.Status().Final()
 }
-func (m *taskMachine) idle() bool { return !m.s.Created() || finished(m.s.Status()) }
+func (m *taskMachine) idle() bool { return !m.s.Created() || m.s.Status().Final() }
 func (m *taskMachine) deadline(step string, gen uint64) proto.Message {
 	return &messages.TaskInput{Kind: &messages.TaskInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{Step: step, Generation: gen}}}
 }

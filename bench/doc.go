@@ -15,5 +15,7 @@
 // simulator processes, registers the fleet, runs one task per protocol and
 // builds a [Report] from the API, the server's /metrics and
 // /debug/pprof/heap, /proc and the children's rusage, and the journal
-// counted in the store after the run.
+// counted in the store after the run. Inside, one run's state is a
+// benchRun, whose execute method runs its phases; Run sets it up, calls
+// execute and finishes the report.
 package bench

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/otafleet/otafleet/actors/task/taskfsm"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
@@ -94,8 +95,9 @@ func (o *Options) validate() error {
 	if o.KillAt < 0 || o.KillAt >= 1 {
 		errs = append(errs, fmt.Errorf("--kill-at %v: want a share below 100%%", o.KillAt))
 	}
-	if o.Retries < 0 || o.Retries > 5 {
-		errs = append(errs, fmt.Errorf("--retries %d: want 0 to 5", o.Retries))
+	// The server bench starts runs the task machine with its default limits.
+	if maxRetries := taskfsm.DefaultConfig().MaxRetryCount; o.Retries < 0 || o.Retries > maxRetries {
+		errs = append(errs, fmt.Errorf("--retries %d: want 0 to %d", o.Retries, maxRetries))
 	}
 	if o.Exe == "" {
 		errs = append(errs, errors.New("no otafleet binary to run"))
@@ -103,8 +105,9 @@ func (o *Options) validate() error {
 	return errors.Join(errs...)
 }
 
-// run is the state of one bench run.
-type run struct {
+// benchRun is the state of one bench run; [Run] builds it and calls its
+// execute.
+type benchRun struct {
 	o       Options
 	clk     clock.Clock
 	dir     string
@@ -135,7 +138,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	r := &run{o: o, clk: clock.Real()}
+	r := &benchRun{o: o, clk: clock.Real()}
 	r.protos, _ = Protocols(o.Protocol)
 	r.rep = &Report{
 		Devices: o.Devices, Mix: map[string]int{}, Cells: o.Cells, Coverage: o.Coverage, Coverages: map[string]int{},
@@ -158,7 +161,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer r.cleanup()
-	err := r.run(ctx)
+	err := r.execute(ctx)
 	if err != nil {
 		r.rep.Problems = append(r.rep.Problems, "the run did not finish: "+err.Error())
 	}
@@ -179,7 +182,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	return r.rep, err
 }
 
-func (r *run) setup() error {
+func (r *benchRun) setup() error {
 	dir := r.o.DataDir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "otafleet-bench-")
@@ -236,19 +239,19 @@ func (r *run) setup() error {
 	return nil
 }
 
-func (r *run) cleanup() {
+func (r *benchRun) cleanup() {
 	if !r.o.Keep && r.o.DataDir == "" {
 		os.RemoveAll(r.dir)
 	}
 }
 
-func (r *run) progress(format string, a ...any) {
+func (r *benchRun) progress(format string, a ...any) {
 	if r.o.Progress != nil {
 		fmt.Fprintf(r.o.Progress, "bench: "+format+"\n", a...)
 	}
 }
 
-func (r *run) sleep(ctx context.Context, d time.Duration) error {
+func (r *benchRun) sleep(ctx context.Context, d time.Duration) error {
 	t := r.clk.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -259,7 +262,11 @@ func (r *run) sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-func (r *run) run(ctx context.Context) error {
+// execute runs the phases of one bench run in order: the server, the
+// products, the simulators with their fleet (idle memory measured before
+// and after), then, unless IdleOnly, the tasks watched to their end. Run
+// sets the run up before and counts the journal after.
+func (r *benchRun) execute(ctx context.Context) error {
 	if err := r.startServer(ctx); err != nil {
 		return err
 	}
@@ -329,7 +336,7 @@ type child struct {
 	log   string
 }
 
-func (r *run) startChild(name string, args ...string) (*child, error) {
+func (r *benchRun) startChild(name string, args ...string) (*child, error) {
 	logPath := filepath.Join(r.dir, name+".log")
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -373,7 +380,7 @@ func (c *child) tail() string {
 	return strings.Join(lines[max(0, len(lines)-5):], "\n")
 }
 
-func (r *run) startServer(ctx context.Context) error {
+func (r *benchRun) startServer(ctx context.Context) error {
 	os.Remove(filepath.Join(r.dir, "addrs.json"))
 	c, err := r.startChild("serve", r.args...)
 	if err != nil {
@@ -401,7 +408,7 @@ func (r *run) startServer(ctx context.Context) error {
 	}
 }
 
-func (r *run) healthy(ctx context.Context) bool {
+func (r *benchRun) healthy(ctx context.Context) bool {
 	if _, err := os.Stat(filepath.Join(r.dir, "addrs.json")); err != nil {
 		return false
 	}
@@ -420,7 +427,7 @@ func (r *run) healthy(ctx context.Context) bool {
 
 // stopServer ends the server with SIGTERM (SIGKILL after a minute) and adds
 // its CPU time and peak RSS to the report.
-func (r *run) stopServer() {
+func (r *benchRun) stopServer() {
 	c := r.server
 	r.server = nil
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
@@ -436,13 +443,13 @@ func (r *run) stopServer() {
 	r.addUsage(c)
 }
 
-func (r *run) addUsage(c *child) {
+func (r *benchRun) addUsage(c *child) {
 	cpu, rss := usageOf(c.cmd)
 	r.rep.EngineCPUSeconds += cpu.Seconds()
 	r.rep.EnginePeakRSSBytes = max(r.rep.EnginePeakRSSBytes, rss)
 }
 
-func (r *run) createProducts(ctx context.Context) (map[string]string, error) {
+func (r *benchRun) createProducts(ctx context.Context) (map[string]string, error) {
 	out := map[string]string{}
 	for _, p := range r.protos {
 		req := &v1.CreateProductRequest{Name: "bench " + p, Protocol: v1.Protocol_PROTOCOL_LWM2M}
@@ -464,7 +471,7 @@ func (r *run) createProducts(ctx context.Context) (map[string]string, error) {
 
 // idleMemory returns the server's heap after a garbage collection and its
 // RSS.
-func (r *run) idleMemory(ctx context.Context) (heap, rss int64, err error) {
+func (r *benchRun) idleMemory(ctx context.Context) (heap, rss int64, err error) {
 	hctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(hctx, "GET", "http://"+r.addrs["api"]+"/debug/pprof/heap?gc=1&debug=1", nil)
@@ -491,14 +498,14 @@ func (r *run) idleMemory(ctx context.Context) (heap, rss int64, err error) {
 	return heap, rss, err
 }
 
-func (r *run) simCount() int {
+func (r *benchRun) simCount() int {
 	if r.o.SimProcs > 0 {
 		return min(r.o.SimProcs, r.o.Devices)
 	}
 	return (r.o.Devices + r.o.PerSim - 1) / r.o.PerSim
 }
 
-func (r *run) startSims(ctx context.Context, products map[string]string) ([]*child, error) {
+func (r *benchRun) startSims(ctx context.Context, products map[string]string) ([]*child, error) {
 	n := r.simCount()
 	var ps []string
 	for _, p := range r.protos {
@@ -607,13 +614,11 @@ var taskFor = map[string]v1.TaskType{
 	ProtoMQTT: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, ProtoLwM2M: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, ProtoPCP: v1.TaskType_TASK_TYPE_SOFTWARE_UPGRADE,
 }
 
-// maxTaskDevices is the most devices one task names (spec 5.2).
-const maxTaskDevices = 30000
-
-func (r *run) createTasks(ctx context.Context, products map[string]string) ([]string, error) {
+func (r *benchRun) createTasks(ctx context.Context, products map[string]string) ([]string, error) {
 	content := make([]byte, r.o.PackageBytes)
 	_, _ = rand.Read(content)
 	var tasks []string
+	maxTaskDevices := taskfsm.DefaultConfig().MaxTargets // of the server bench starts
 	for _, p := range r.protos {
 		pkg, err := r.api.Packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
 			ProductId: products[p], PackageType: packageFor[p], Version: "2.0", SourceVersions: []string{"1.0"},
@@ -645,17 +650,8 @@ func (r *run) createTasks(ctx context.Context, products map[string]string) ([]st
 	return tasks, nil
 }
 
-func final(s v1.TaskStatus) bool {
-	switch s {
-	case v1.TaskStatus_TASK_STATUS_SUCCESS, v1.TaskStatus_TASK_STATUS_FAIL,
-		v1.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, v1.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
-}
-
 // cellFigures reads the budget metrics from the server.
-func (r *run) cellFigures(ctx context.Context) (peak, budget, violations int, err error) {
+func (r *benchRun) cellFigures(ctx context.Context) (peak, budget, violations int, err error) {
 	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(mctx, "GET", "http://"+r.addrs["api"]+"/metrics", nil)
@@ -690,7 +686,7 @@ func (r *run) cellFigures(ctx context.Context) (peak, budget, violations int, er
 	return peak, budget, violations, errors.Join(errs[:]...)
 }
 
-func (r *run) noteCells(ctx context.Context) {
+func (r *benchRun) noteCells(ctx context.Context) {
 	peak, budget, violations, err := r.cellFigures(ctx)
 	if err != nil {
 		return // the next poll reads them
@@ -703,7 +699,7 @@ func (r *run) noteCells(ctx context.Context) {
 	}
 }
 
-func (r *run) watch(ctx context.Context, tasks []string, start time.Time, cpu0 time.Duration) error {
+func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, cpu0 time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
 	var taskCPU time.Duration
@@ -726,7 +722,7 @@ func (r *run) watch(ctx context.Context, tasks []string, start time.Time, cpu0 t
 			fail += int(p.GetFail())
 			running += int(p.GetProcessing())
 			done += int(p.GetSuccess() + p.GetFail() + p.GetStopped())
-			allFinal = allFinal && final(t.Msg.GetTask().GetStatus())
+			allFinal = allFinal && messages.TaskStatus(t.Msg.GetTask().GetStatus()).Final()
 		}
 		r.noteCells(ctx)
 		if allFinal {
@@ -779,7 +775,7 @@ func (r *run) watch(ctx context.Context, tasks []string, start time.Time, cpu0 t
 // collect reads every task's devices: outcome, duration and reason, and
 // checks that each device of the fleet is in exactly one task, once, in a
 // final state.
-func (r *run) collect(ctx context.Context, tasks []string) error {
+func (r *benchRun) collect(ctx context.Context, tasks []string) error {
 	seen := make(map[string]int, r.o.Devices)
 	protoOf := make(map[string]string, r.o.Devices)
 	for n := range r.o.Devices {

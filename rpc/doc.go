@@ -3,7 +3,13 @@
 // over a persistence.Registry, with the live device state read from the
 // actors.Engine; TaskService (tasks.go) over the engine when Deps.Engine is
 // set; and GetDeviceTimeline (timeline.go), rendered from the device's
-// journal in Deps.Store. ListTasks is not implemented yet (no task index).
+// journal in Deps.Store. ListTasks reads the registry's task index.
+//
+// A task's rules and limits (device count, retry policy, schedule horizon,
+// window) are taskfsm's: TaskService checks what is the API's own (texts,
+// IDs, unset optional fields, that referenced objects exist, group
+// expansion) and checks the rest with taskfsm.Config's validation against
+// the engine's configuration before it creates the task.
 //
 // NewHandler returns an http.Handler that mounts every service at
 // /otafleet.v1.<Service>/<Method>. Each call must carry
@@ -11,7 +17,8 @@
 // with unauthenticated. Request bodies are bounded (see MaxRequestBytes).
 //
 // Errors map to Connect codes in one place (errors.go): validation failures
-// are invalid_argument naming the offending field (devices[3].device_id: ...),
+// are invalid_argument naming the offending field (devices[3].device_id: ...;
+// a taskfsm.FieldError keeps its field and problem),
 // unknown IDs not_found, duplicates already_exists, records still referenced
 // failed_precondition, oversized files resource_exhausted, and anything else
 // internal, logged but never described to the client.

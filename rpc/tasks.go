@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,19 +26,13 @@ import (
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
 )
 
-// Task limits (spec 5.1, 5.6).
+// API limits of a task request. The task's own rules and limits (device
+// count, retry policy, schedule horizon, window) are taskfsm's: the handlers
+// check them with taskfsm.Config's validation, against the engine's
+// configuration.
 const (
-	// MaxTaskDevices bounds the devices of one task: device_ids and the
-	// members of group_ids together.
-	MaxTaskDevices          = 30000
-	maxTaskNameRunes        = 128
-	maxTaskGroups           = 1000
-	maxRetryCount           = 5
-	maxRetryIntervalMinutes = 1440
-	// defaultRetryIntervalMinutes applies when retry_count is set and
-	// retry_interval_minutes is not (task.proto).
-	defaultRetryIntervalMinutes = 5
-	scheduleHorizon             = 7 * 24 * time.Hour
+	maxTaskNameRunes = 128
+	maxTaskGroups    = 1000
 	// defaultSegmentSize is the PCP segment size of a package without one.
 	defaultSegmentSize = 500
 	// watchInterval is how often WatchTask polls the task.
@@ -52,13 +47,17 @@ type taskServer struct {
 
 var _ otafleetv1connect.TaskServiceHandler = (*taskServer)(nil)
 
-// engineErr maps an engine error: invalid input → invalid_argument, an
-// invalid transition (e.g. stopping a finished task) → failed_precondition,
-// an unknown task → not_found; the rest as toConnect.
+// engineErr maps an engine error: invalid input → invalid_argument (a
+// taskfsm.FieldError as "field: problem", the text API users have always
+// seen), an invalid transition (e.g. stopping a finished task) →
+// failed_precondition, an unknown task → not_found; the rest as toConnect.
 func engineErr(log *slog.Logger, op string, err error) error {
+	var fe *taskfsm.FieldError
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &fe):
+		return invalid(fe.Field, "%s", fe.Problem)
 	case errors.Is(err, taskfsm.ErrInvalidInput):
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	case errors.Is(err, taskfsm.ErrInvalidTransition):
@@ -128,83 +127,55 @@ func taskToProto(v actors.TaskView) *v1.Task {
 	if !v.CreatedAt.IsZero() {
 		out.CreateTime = timestamppb.New(v.CreatedAt)
 	}
-	if !v.FinishedAt.IsZero() && finished(v.Status) {
+	if !v.FinishedAt.IsZero() && v.Status.Final() {
 		out.FinishTime = timestamppb.New(v.FinishedAt)
 	}
 	return out
 }
 
-// finished reports whether a task status is final.
-func finished(st messages.TaskStatus) bool {
-	switch st {
-	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
-		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
-}
-
-// validatePolicy checks the request's policy and converts it, filling the
-// default retry interval.
-func validatePolicy(p *v1.Policy, now time.Time) (*messages.Policy, error) {
+// policyMessage converts the request's policy for a task created at now,
+// then checks it with the task machine's rules (cfg.ValidatePolicy; its
+// error is a taskfsm.FieldError for engineErr). What is the API's own:
+// unset optional fields (retry_interval_minutes unset with a retry_count is
+// taskfsm.DefaultRetryIntervalMinutes), a valid timestamp, a past
+// schedule_time meaning "at once", and the time zone as a text.
+func policyMessage(cfg taskfsm.Config, p *v1.Policy, now time.Time) (*messages.Policy, error) {
 	out := &messages.Policy{}
 	if p == nil {
 		return out, nil
 	}
-	if p.RetryCount != nil {
-		if rc := p.GetRetryCount(); rc > maxRetryCount {
-			return nil, invalid("policy.retry_count", "%d, at most %d", rc, maxRetryCount)
-		}
-		out.RetryCount = p.GetRetryCount()
-	}
-	if p.RetryIntervalMinutes != nil {
-		ri := p.GetRetryIntervalMinutes()
-		if ri > maxRetryIntervalMinutes {
-			return nil, invalid("policy.retry_interval_minutes", "%d, at most %d", ri, maxRetryIntervalMinutes)
-		}
-		if ri > 0 && out.RetryCount == 0 {
-			return nil, invalid("policy.retry_interval_minutes", "set without a retry_count")
-		}
-		if ri == 0 && out.RetryCount > 0 {
-			return nil, invalid("policy.retry_interval_minutes", "0 with a retry_count; leave it unset for %d minutes", defaultRetryIntervalMinutes)
-		}
-		out.RetryIntervalMinutes = ri
-	} else if out.RetryCount > 0 {
-		out.RetryIntervalMinutes = defaultRetryIntervalMinutes
+	out.RetryCount = p.GetRetryCount()
+	out.RetryIntervalMinutes = p.GetRetryIntervalMinutes()
+	if p.RetryIntervalMinutes == nil && out.RetryCount > 0 {
+		out.RetryIntervalMinutes = taskfsm.DefaultRetryIntervalMinutes
 	}
 	if ts := p.GetScheduleTime(); ts != nil {
 		if err := ts.CheckValid(); err != nil {
 			return nil, invalid("policy.schedule_time", "%v", err)
 		}
-		at := ts.AsTime()
-		if at.After(now.Add(scheduleHorizon)) {
-			return nil, invalid("policy.schedule_time", "%s is more than 7 days ahead", at.UTC().Format(time.RFC3339))
-		}
-		if at.After(now) {
-			out.ScheduleTimeUnixNano = at.UnixNano()
+		if at := ts.AsTime(); at.After(now) {
+			out.ScheduleTimeUnixNano = unixNano(at)
 		}
 	}
 	if w := p.GetWindow(); w != nil {
-		if w.GetStartMinute() >= 1440 {
-			return nil, invalid("policy.window.start_minute", "%d, at most 1439", w.GetStartMinute())
-		}
-		if w.GetEndMinute() >= 1440 {
-			return nil, invalid("policy.window.end_minute", "%d, at most 1439", w.GetEndMinute())
-		}
-		if w.GetStartMinute() == w.GetEndMinute() {
-			return nil, invalid("policy.window.end_minute", "equals start_minute; leave the window unset for any time of day")
-		}
-		if tz := w.GetTimeZone(); tz != "" {
-			if err := checkText("policy.window.time_zone", tz, false, 64, false); err != nil {
-				return nil, err
-			}
-			if _, err := time.LoadLocation(tz); err != nil || strings.EqualFold(tz, "local") {
-				return nil, invalid("policy.window.time_zone", "%q is not an IANA time zone", tz)
-			}
+		if err := checkText("policy.window.time_zone", w.GetTimeZone(), false, 64, false); err != nil {
+			return nil, err
 		}
 		out.Window = &messages.Window{StartMinute: w.GetStartMinute(), EndMinute: w.GetEndMinute(), TimeZone: w.GetTimeZone()}
 	}
+	if err := cfg.ValidatePolicy(out, now.UnixNano()); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// unixNano is t in Unix nanoseconds, the latest such time for a t after
+// 2262 (a valid timestamp may lie beyond what int64 nanoseconds hold).
+func unixNano(t time.Time) int64 {
+	if t.After(messages.Time(math.MaxInt64)) {
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 // taskProtocol resolves the flow a product's devices run for a task type.
@@ -283,8 +254,9 @@ func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[v1.Cre
 	if err := checkID("package_id", m.GetPackageId()); err != nil {
 		return nil, err
 	}
-	if n := len(m.GetDeviceIds()); n > MaxTaskDevices {
-		return nil, invalid("device_ids", "%d devices, at most %d", n, MaxTaskDevices)
+	cfg := s.engine.TaskConfig()
+	if err := cfg.ValidateDeviceCount(len(m.GetDeviceIds())); err != nil {
+		return nil, engineErr(s.log, "CreateTask", err)
 	}
 	if n := len(m.GetGroupIds()); n > maxTaskGroups {
 		return nil, invalid("group_ids", "%d groups, at most %d", n, maxTaskGroups)
@@ -303,9 +275,9 @@ func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[v1.Cre
 		}
 	}
 	now := s.clock.Now()
-	policy, err := validatePolicy(m.GetPolicy(), now)
+	policy, err := policyMessage(cfg, m.GetPolicy(), now)
 	if err != nil {
-		return nil, err
+		return nil, engineErr(s.log, "CreateTask", err)
 	}
 
 	pkg, err := s.reg.GetPackage(ctx, m.GetPackageId())
@@ -368,8 +340,8 @@ func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[v1.Cre
 			seen[id] = true
 			targets = append(targets, id)
 			members = append(members, id)
-			if len(targets) > MaxTaskDevices {
-				return nil, invalid("group_ids", "more than %d devices with device_ids", MaxTaskDevices)
+			if len(targets) > cfg.MaxTargets {
+				return nil, invalid("group_ids", "more than %d devices with device_ids", cfg.MaxTargets)
 			}
 		}
 	}
@@ -456,8 +428,8 @@ func (s *taskServer) RetryTask(ctx context.Context, req *connect.Request[v1.Retr
 	if err := checkID("task_id", id); err != nil {
 		return nil, err
 	}
-	if n := len(req.Msg.GetDeviceIds()); n > MaxTaskDevices {
-		return nil, invalid("device_ids", "%d devices, at most %d", n, MaxTaskDevices)
+	if err := s.engine.TaskConfig().ValidateDeviceCount(len(req.Msg.GetDeviceIds())); err != nil {
+		return nil, engineErr(s.log, "RetryTask", err)
 	}
 	for i, d := range req.Msg.GetDeviceIds() {
 		if err := checkID(fmt.Sprintf("device_ids[%d]", i), d); err != nil {
@@ -566,7 +538,7 @@ func (s *server) packageInUse(ctx context.Context, id string) (string, messages.
 			if err != nil {
 				return "", 0, err
 			}
-			if !finished(v.Status) {
+			if !v.Status.Final() {
 				return r.ID, v.Status, nil
 			}
 		}
@@ -601,7 +573,7 @@ func (s *taskServer) ListTaskDevices(ctx context.Context, req *connect.Request[v
 	offset := 0
 	if tok := m.GetPageToken(); tok != "" {
 		n, err := strconv.Atoi(tok)
-		if err != nil || n < 0 || n > MaxTaskDevices || strconv.Itoa(n) != tok {
+		if err != nil || n < 0 || n > s.engine.TaskConfig().MaxTargets || strconv.Itoa(n) != tok {
 			return nil, invalid("page_token", "not a token this server returned")
 		}
 		offset = n
@@ -674,7 +646,7 @@ func (s *taskServer) WatchTask(ctx context.Context, req *connect.Request[v1.Watc
 	}
 	timer := s.clock.NewTimer(watchInterval)
 	defer timer.Stop()
-	for !finished(last.Status) {
+	for !last.Status.Final() {
 		select {
 		case <-ctx.Done():
 			return nil

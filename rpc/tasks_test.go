@@ -103,14 +103,7 @@ func (te *taskEnv) getTask(t *testing.T, id string) *v1.Task {
 	return res.Msg.GetTask()
 }
 
-func taskDone(s v1.TaskStatus) bool {
-	switch s {
-	case v1.TaskStatus_TASK_STATUS_SUCCESS, v1.TaskStatus_TASK_STATUS_FAIL,
-		v1.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, v1.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
-}
+func taskDone(s v1.TaskStatus) bool { return messages.TaskStatus(s).Final() }
 
 // runTask drives the clock until task id has finished (at most limit of
 // protocol time).

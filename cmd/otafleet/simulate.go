@@ -174,9 +174,7 @@ func watchCampaign(ctx context.Context, engine *actors.Engine, tr *memtransport.
 			}
 			total += v.Progress.Total
 			success += v.Progress.Success
-			switch v.Status {
-			case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
-				messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
+			if v.Status.Final() {
 				done++
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/otafleet/otafleet/messages"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 )
 
@@ -348,9 +349,9 @@ it ended in FAIL, PARTIAL_SUCCESS or STOPPED, 1 on an error.`,
 			if last == nil {
 				return errors.New("the server closed the watch without a state")
 			}
-			switch last.GetStatus() {
-			case v1.TaskStatus_TASK_STATUS_SUCCESS:
-			case v1.TaskStatus_TASK_STATUS_FAIL, v1.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, v1.TaskStatus_TASK_STATUS_STOPPED:
+			switch st := last.GetStatus(); {
+			case st == v1.TaskStatus_TASK_STATUS_SUCCESS:
+			case messages.TaskStatus(st).Final(): // the API's status converts to the vocabulary's
 				if !o.json {
 					fmt.Fprintf(o.stdout, "task %s ended %s\n", last.GetTaskId(), counters(last))
 				}

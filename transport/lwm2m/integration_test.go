@@ -213,15 +213,6 @@ func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) {
 	}
 }
 
-func finished(st messages.TaskStatus) bool {
-	switch st {
-	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
-		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
-}
-
 func (s *stack) waitTask(id string) actors.TaskView {
 	s.t.Helper()
 	// Generous: under load a lost datagram costs go-coap's retransmissions
@@ -230,7 +221,7 @@ func (s *stack) waitTask(id string) actors.TaskView {
 	defer cancel()
 	for {
 		v, err := s.eng.Task(context.Background(), id)
-		if err == nil && finished(v.Status) {
+		if err == nil && v.Status.Final() {
 			break
 		}
 		if ctx.Err() != nil {

@@ -94,7 +94,7 @@ func (s *stack) finishedWithin(id string, limit time.Duration) map[string]string
 	s.t.Helper()
 	waitFor(s.t, "task "+id+" to finish without a step timeout", limit, func() bool {
 		v, err := s.eng.Task(context.Background(), id)
-		return err == nil && finished(v.Status)
+		return err == nil && v.Status.Final()
 	})
 	return outcomes(s.waitTask(id))
 }
@@ -149,7 +149,7 @@ func TestRestartPCPFramesOnTheOldObservation(t *testing.T) {
 	waitFor(t, "the task to finish on the device's clock alone", 8*time.Second, func() bool {
 		dclk.Advance(20 * time.Millisecond)
 		v, err := s.eng.Task(context.Background(), "sota")
-		return err == nil && finished(v.Status)
+		return err == nil && v.Status.Final()
 	})
 	if got, want := outcomes(s.waitTask("sota"))["p"], messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS.String(); got != want {
 		t.Fatalf("p: %q, want %q", got, want)

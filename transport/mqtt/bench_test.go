@@ -169,7 +169,7 @@ func BenchmarkMQTTUpgrades(b *testing.B) {
 		rc := clock.Real()
 		startCPU, start := cpuTime(), rc.Now()
 		s.createTask("bench", ids("b", benchDevices), nil)
-		waitFor(b, "the task", 120*time.Second, func() bool { return finished(s.task("bench").Status) })
+		waitFor(b, "the task", 120*time.Second, func() bool { return s.task("bench").Status.Final() })
 		elapsed += rc.Since(start)
 		cpu += cpuTime() - startCPU
 		b.StopTimer()

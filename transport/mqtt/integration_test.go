@@ -279,18 +279,9 @@ func (s *stack) task(id string) actors.TaskView {
 	return v
 }
 
-func finished(st messages.TaskStatus) bool {
-	switch st {
-	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
-		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
-}
-
 func (s *stack) waitTask(id string) actors.TaskView {
 	s.t.Helper()
-	waitFor(s.t, "task "+id, 60*time.Second, func() bool { return finished(s.task(id).Status) })
+	waitFor(s.t, "task "+id, 60*time.Second, func() bool { return s.task(id).Status.Final() })
 	return s.task(id)
 }
 

@@ -22,15 +22,27 @@
 // are kept incrementally, so Progress and Status cost O(1); only Create,
 // Stop, Retry, Resume and the start of many sub-tasks touch many sub-tasks.
 //
+// This package is the one place of a task's rules and limits. Step checks
+// every input; the checks of a CreateTask that an API must answer at once
+// are exported as Config.ValidatePolicy and Config.ValidateDeviceCount,
+// which Step itself runs, so the API and the machine cannot disagree. Their
+// errors are *FieldError values (the field and the problem, e.g.
+// "policy.retry_count: 6, at most 5"), which wrap ErrInvalidInput. Whether a
+// task status is final is messages.TaskStatus.Final.
+//
 // Decisions (where the spec is silent or marked [P]):
 //
 //   - A schedule_time in the past (or 0) means "start now". A schedule_time
 //     later than the create time plus Config.ScheduleHorizon (7 days) is
 //     rejected.
+//   - A retry_count needs a retry_interval_minutes and the other way round.
+//     An API whose interval is optional fills DefaultRetryIntervalMinutes
+//     when only the count is given.
 //   - The execution window (project decision 3) is [start_minute, end_minute)
-//     of local time of day in its time zone ("" means UTC; "Local" is rejected
-//     because it differs between machines); end before start spans midnight;
-//     start equal to end is rejected (leave the window unset for "any time").
+//     of local time of day in its time zone ("" means UTC; "Local", in any
+//     case, is rejected because it differs between machines); end before
+//     start spans midnight; start equal to end is rejected (leave the window
+//     unset for "any time").
 //     Zones come from the embedded tzdata, so they load the same everywhere.
 //     Across daylight-saving changes NextOpen is exact: an opening inside a
 //     skipped hour happens at the transition, one inside a repeated hour at its

@@ -34,7 +34,7 @@ func Evolve(s State, e *messages.TaskEvent) State {
 		}
 	}
 	if s.task != nil {
-		switch done := finished(s.Status()); {
+		switch done := s.Status().Final(); {
 		case done && s.finishedAt == 0:
 			s.finishedAt = at
 		case !done:

@@ -173,7 +173,7 @@ func randomRun(t *testing.T, seed uint64) {
 		}
 		do(&messages.TaskInput{Kind: &messages.TaskInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{Step: WakeStep, Generation: gen}}})
 	}
-	if !finished(s.Status()) {
+	if !s.Status().Final() {
 		t.Fatalf("task did not finish: %s %+v", s.Status(), s.Progress())
 	}
 }

@@ -168,8 +168,8 @@ func (s *State) checkTask() error {
 		return invalidSnapshot("task has %d targets", len(t.GetTargets()))
 	}
 	if w := t.GetPolicy().GetWindow(); w != nil {
-		if w.GetStartMinute() >= 1440 || w.GetEndMinute() >= 1440 {
-			return invalidSnapshot("task.policy.window %d..%d is not within 0..1439", w.GetStartMinute(), w.GetEndMinute())
+		if w.GetStartMinute() >= minutesPerDay || w.GetEndMinute() >= minutesPerDay {
+			return invalidSnapshot("task.policy.window %d..%d is not within 0..%d", w.GetStartMinute(), w.GetEndMinute(), minutesPerDay-1)
 		}
 		loc, err := loadZone(w.GetTimeZone())
 		if err != nil {

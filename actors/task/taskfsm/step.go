@@ -5,6 +5,8 @@ import (
 	"time"
 	_ "time/tzdata" // time zones load the same on every machine
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/otafleet/otafleet/messages"
 )
 
@@ -89,13 +91,6 @@ func (st *stepper) location() *time.Location {
 	return st.s.loc
 }
 
-func loadZone(name string) (*time.Location, error) {
-	if name == "Local" {
-		return nil, fmt.Errorf("the machine's local zone is not allowed; name an IANA zone")
-	}
-	return time.LoadLocation(name)
-}
-
 // ---- CreateTask ----
 
 func (st *stepper) create(c *messages.CreateTask) error {
@@ -151,8 +146,8 @@ func (st *stepper) validateCreate(c *messages.CreateTask) (*messages.TaskCreated
 	if c.GetPackage().GetVersion() == "" {
 		return nil, invalid("package.version is required")
 	}
-	if n := len(c.GetDeviceIds()); n > cfg.MaxTargets {
-		return nil, invalid("device_ids has %d devices, more than %d", n, cfg.MaxTargets)
+	if err := cfg.ValidateDeviceCount(len(c.GetDeviceIds())); err != nil {
+		return nil, err
 	}
 	for i, id := range c.GetDeviceIds() {
 		if err := st.checkID("device_ids", i, id); err != nil {
@@ -183,50 +178,22 @@ func (st *stepper) validateCreate(c *messages.CreateTask) (*messages.TaskCreated
 		return nil, invalid("no targets: device_ids and group_members are empty")
 	}
 	p := c.GetPolicy()
-	rc, ri := p.GetRetryCount(), p.GetRetryIntervalMinutes()
-	if int64(rc) > int64(cfg.MaxRetryCount) {
-		return nil, invalid("policy.retry_count %d is more than %d", rc, cfg.MaxRetryCount)
+	loc, err := cfg.validatePolicy(p, st.at)
+	if err != nil {
+		return nil, err
 	}
-	if int64(ri) > int64(cfg.MaxRetryIntervalMinutes) {
-		return nil, invalid("policy.retry_interval_minutes %d is more than %d", ri, cfg.MaxRetryIntervalMinutes)
-	}
-	if rc > 0 && ri == 0 {
-		return nil, invalid("policy.retry_interval_minutes is required with policy.retry_count")
-	}
-	if ri > 0 && rc == 0 {
-		return nil, invalid("policy.retry_count is required with policy.retry_interval_minutes")
-	}
-	if sched := p.GetScheduleTimeUnixNano(); sched != 0 {
-		if limit := st.at + int64(cfg.ScheduleHorizon); sched > limit {
-			return nil, invalid("policy.schedule_time %s is later than %v after now (%s)",
-				messages.Time(sched).Format(time.RFC3339), cfg.ScheduleHorizon, messages.Time(st.at).Format(time.RFC3339))
-		}
-	}
-	var win *messages.Window
-	if w := p.GetWindow(); w != nil {
-		if w.GetStartMinute() >= 1440 {
-			return nil, invalid("policy.window.start_minute %d is not below 1440", w.GetStartMinute())
-		}
-		if w.GetEndMinute() >= 1440 {
-			return nil, invalid("policy.window.end_minute %d is not below 1440", w.GetEndMinute())
-		}
-		if w.GetStartMinute() == w.GetEndMinute() {
-			return nil, invalid("policy.window start_minute and end_minute are both %d; leave the window unset for any time of day", w.GetStartMinute())
-		}
-		loc, err := loadZone(w.GetTimeZone())
-		if err != nil {
-			return nil, invalid("policy.window.time_zone %q: %v", w.GetTimeZone(), err)
-		}
+	if loc != nil {
 		st.s.loc = loc
-		win = &messages.Window{StartMinute: w.GetStartMinute(), EndMinute: w.GetEndMinute(), TimeZone: w.GetTimeZone()}
 	}
 	var policy *messages.Policy
 	if p != nil {
 		policy = &messages.Policy{
 			ScheduleTimeUnixNano: p.GetScheduleTimeUnixNano(),
-			RetryCount:           rc,
-			RetryIntervalMinutes: ri,
-			Window:               win,
+			RetryCount:           p.GetRetryCount(),
+			RetryIntervalMinutes: p.GetRetryIntervalMinutes(),
+		}
+		if w := p.GetWindow(); w != nil {
+			policy.Window = &messages.Window{StartMinute: w.GetStartMinute(), EndMinute: w.GetEndMinute(), TimeZone: w.GetTimeZone()}
 		}
 	}
 	return &messages.TaskCreated{
@@ -234,27 +201,12 @@ func (st *stepper) validateCreate(c *messages.CreateTask) (*messages.TaskCreated
 		Name:             c.GetName(),
 		TaskType:         c.GetTaskType(),
 		Protocol:         c.GetProtocol(),
-		Package:          copyPackage(c.GetPackage()),
+		Package:          proto.CloneOf(c.GetPackage()),
 		SkipVersionCheck: c.GetSkipVersionCheck(),
 		Targets:          targets,
 		GroupIds:         append([]string(nil), c.GetGroupIds()...),
 		Policy:           policy,
 	}, nil
-}
-
-func copyPackage(p *messages.Package) *messages.Package {
-	return &messages.Package{
-		PackageId:      p.GetPackageId(),
-		Version:        p.GetVersion(),
-		SourceVersions: append([]string(nil), p.GetSourceVersions()...),
-		Size:           p.GetSize(),
-		FileName:       p.GetFileName(),
-		Sha256:         p.GetSha256(),
-		SegmentSize:    p.GetSegmentSize(),
-		CheckCode:      p.GetCheckCode(),
-		CustomInfo:     p.GetCustomInfo(),
-		OmitSign:       p.GetOmitSign(),
-	}
 }
 
 // ---- starting sub-tasks and the wake ----
@@ -434,15 +386,6 @@ func (st *stepper) outcome(o *messages.ReportOutcome) error {
 
 // ---- StopTask ----
 
-func finished(ts messages.TaskStatus) bool {
-	switch ts {
-	case messages.TaskStatus_TASK_STATUS_SUCCESS, messages.TaskStatus_TASK_STATUS_FAIL,
-		messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS, messages.TaskStatus_TASK_STATUS_STOPPED:
-		return true
-	}
-	return false
-}
-
 func (st *stepper) stop(x *messages.StopTask) error {
 	s := &st.s
 	if s.task == nil {
@@ -451,7 +394,7 @@ func (st *stepper) stop(x *messages.StopTask) error {
 	if x == nil {
 		return invalid("stop is empty")
 	}
-	if ts := s.Status(); finished(ts) || ts == messages.TaskStatus_TASK_STATUS_STOPPING {
+	if ts := s.Status(); ts.Final() || ts == messages.TaskStatus_TASK_STATUS_STOPPING {
 		return notAllowed("task %q is %v; only a WAITING or PROCESSING task can be stopped", s.task.GetTaskId(), ts)
 	}
 	st.emit(&messages.TaskEvent{Kind: &messages.TaskEvent_StopRequested{StopRequested: &messages.StopRequested{}}})

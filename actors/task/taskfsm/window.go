@@ -6,6 +6,9 @@ import (
 	"github.com/otafleet/otafleet/messages"
 )
 
+// minutesPerDay bounds a window's start_minute and end_minute (0..1439).
+const minutesPerDay = 24 * 60
+
 // timeOfDay is the local wall-clock reading of t since local midnight.
 func timeOfDay(t time.Time) time.Duration {
 	return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute +
