@@ -1,13 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"os"
 	"path/filepath"
-	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,118 +17,103 @@ import (
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/internal/minrate"
+	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/mqtt"
 )
 
-// serveConfig is everything `otafleet serve` takes: flags, or keys of the same
-// names in a --config file (YAML or TOML, by extension); flags given on the
-// command line win over the file.
+// serveConfig is everything `otafleet serve` takes. Each field is set by one
+// row of the settings table (a flag, and the config-file key of the same
+// name); flags given on the command line win over the file.
 type serveConfig struct {
-	DataDir   string `yaml:"data-dir" toml:"data-dir"`
-	APIAddr   string `yaml:"api-addr" toml:"api-addr"`
-	LogFormat string `yaml:"log-format" toml:"log-format"`
-	LogLevel  string `yaml:"log-level" toml:"log-level"`
+	DataDir   string
+	APIAddr   string
+	LogFormat string
+	LogLevel  string
 
-	// The protocol timeouts of spec 6.1 (T1..T11).
-	TimeoutOnline        time.Duration `yaml:"timeout-online" toml:"timeout-online"`
-	TimeoutVersionReport time.Duration `yaml:"timeout-version-report" toml:"timeout-version-report"`
-	TimeoutRadioQuery    time.Duration `yaml:"timeout-radio-query" toml:"timeout-radio-query"`
-	TimeoutCellQuery     time.Duration `yaml:"timeout-cell-query" toml:"timeout-cell-query"`
-	TimeoutDownloadStart time.Duration `yaml:"timeout-download-start" toml:"timeout-download-start"`
-	TimeoutDownload      time.Duration `yaml:"timeout-download" toml:"timeout-download"`
-	TimeoutMQTTResult    time.Duration `yaml:"timeout-mqtt-result" toml:"timeout-mqtt-result"`
-	TimeoutUpdateStart   time.Duration `yaml:"timeout-update-start" toml:"timeout-update-start"`
-	TimeoutUpdateResult  time.Duration `yaml:"timeout-update-result" toml:"timeout-update-result"`
-	TimeoutVersionCheck  time.Duration `yaml:"timeout-version-check" toml:"timeout-version-check"`
-	TokenTTL             time.Duration `yaml:"token-ttl" toml:"token-ttl"`
+	// Engine is the engine's configuration. The table sets the protocol
+	// timeouts of spec 6.1 (T1..T10) and PassivateAfter in it; engineConfig
+	// adds the timeouts derived from them.
+	Engine actors.Config
+	// TokenTTL is T11, the download tokens' lifetime.
+	TokenTTL time.Duration
 
 	// Device transports: the embedded MQTT broker and the package download
 	// server ("" disables a listener).
-	MQTTAddr  string `yaml:"mqtt-addr" toml:"mqtt-addr"`
-	MQTTSAddr string `yaml:"mqtts-addr" toml:"mqtts-addr"`
+	MQTTAddr  string
+	MQTTSAddr string
 	// What a device may cost the embedded broker (0: no limit).
-	MQTTRequireTimestamp        bool          `yaml:"mqtt-require-timestamp" toml:"mqtt-require-timestamp"`
-	MQTTConnectTimeout          time.Duration `yaml:"mqtt-connect-timeout" toml:"mqtt-connect-timeout"`
-	MQTTMaxConnections          int           `yaml:"mqtt-max-connections" toml:"mqtt-max-connections"`
-	MQTTMaxConnectionsPerSource int           `yaml:"mqtt-max-connections-per-source" toml:"mqtt-max-connections-per-source"`
-	MQTTLoginFailuresPerDevice  int           `yaml:"mqtt-login-failures-per-device" toml:"mqtt-login-failures-per-device"`
-	MQTTLoginFailuresPerSource  int           `yaml:"mqtt-login-failures-per-source" toml:"mqtt-login-failures-per-source"`
-	MQTTUplinkRate              float64       `yaml:"mqtt-uplink-rate" toml:"mqtt-uplink-rate"`
-	MQTTUplinkBurst             int           `yaml:"mqtt-uplink-burst" toml:"mqtt-uplink-burst"`
+	MQTTRequireTimestamp        bool
+	MQTTConnectTimeout          time.Duration
+	MQTTMaxConnections          int
+	MQTTMaxConnectionsPerSource int
+	MQTTLoginFailuresPerDevice  int
+	MQTTLoginFailuresPerSource  int
+	MQTTUplinkRate              float64
+	MQTTUplinkBurst             int
 	// External broker mode.
-	MQTTBroker        string        `yaml:"mqtt-broker" toml:"mqtt-broker"`
-	MQTTClientID      string        `yaml:"mqtt-client-id" toml:"mqtt-client-id"`
-	MQTTProbeInterval time.Duration `yaml:"mqtt-probe-interval" toml:"mqtt-probe-interval"`
-	DownloadAddr      string        `yaml:"download-addr" toml:"download-addr"`
-	CoAPAddr          string        `yaml:"coap-addr" toml:"coap-addr"`
-	CoAPPublic        string        `yaml:"coap-public-addr" toml:"coap-public-addr"`
-	CoAPSAddr         string        `yaml:"coaps-addr" toml:"coaps-addr"`
-	CoAPSPublic       string        `yaml:"coaps-public-addr" toml:"coaps-public-addr"`
-	DownloadTLS       bool          `yaml:"download-tls" toml:"download-tls"`
-	DownloadURL       string        `yaml:"download-url" toml:"download-url"`
-	TLSCert           string        `yaml:"tls-cert" toml:"tls-cert"`
-	TLSKey            string        `yaml:"tls-key" toml:"tls-key"`
+	MQTTBroker        string
+	MQTTClientID      string
+	MQTTProbeInterval time.Duration
+	DownloadAddr      string
+	CoAPAddr          string
+	CoAPPublic        string
+	CoAPSAddr         string
+	CoAPSPublic       string
+	DownloadTLS       bool
+	DownloadURL       string
+	TLSCert           string
+	TLSKey            string
 
 	// The HTTP servers (API and package downloads): connection limits,
 	// timeouts before and between requests, and the minimum transfer rate
 	// of request and response bodies (see internal/minrate).
-	APIMaxConns       int           `yaml:"api-max-conns" toml:"api-max-conns"`
-	DownloadMaxConns  int           `yaml:"download-max-conns" toml:"download-max-conns"`
-	HTTPHeaderTimeout time.Duration `yaml:"http-header-timeout" toml:"http-header-timeout"`
-	HTTPIdleTimeout   time.Duration `yaml:"http-idle-timeout" toml:"http-idle-timeout"`
-	MinTransferRate   int64         `yaml:"min-transfer-rate" toml:"min-transfer-rate"`
-	MinTransferWindow time.Duration `yaml:"min-transfer-window" toml:"min-transfer-window"`
+	APIMaxConns       int
+	DownloadMaxConns  int
+	HTTPHeaderTimeout time.Duration
+	HTTPIdleTimeout   time.Duration
+	MinTransferRate   int64
+	MinTransferWindow time.Duration
 
-	PassivateAfter time.Duration `yaml:"passivate-after" toml:"passivate-after"`
-	VerifyStore    bool          `yaml:"verify-store" toml:"verify-store"`
+	VerifyStore bool
 	// The key sealing device secrets and PSKs in the store, and the one it
 	// replaces (rotation).
-	SealKeyFile         string `yaml:"seal-key-file" toml:"seal-key-file"`
-	PreviousSealKeyFile string `yaml:"previous-seal-key-file" toml:"previous-seal-key-file"`
+	SealKeyFile         string
+	PreviousSealKeyFile string
 
-	// Simulation (until the real transports land): in-process scripted devices.
-	Simulate         int           `yaml:"simulate" toml:"simulate"`
-	SimulateProtocol string        `yaml:"simulate-protocol" toml:"simulate-protocol"`
-	SimulateCells    int           `yaml:"simulate-cells" toml:"simulate-cells"`
-	SimulateCampaign bool          `yaml:"simulate-campaign" toml:"simulate-campaign"`
-	SimulateDelay    time.Duration `yaml:"simulate-delay" toml:"simulate-delay"`
+	// Simulation: in-process simulated devices, for demos and tests.
+	Simulate         int
+	SimulateProtocol string
+	SimulateCells    int
+	SimulateCampaign bool
+	SimulateDelay    time.Duration
 }
 
+// defaultServeConfig is every setting's default. The engine's settings take
+// the engine's defaults (the spec's timeouts), the transports' theirs.
 func defaultServeConfig() serveConfig {
-	d := devicefsm.DefaultConfig()
 	return serveConfig{
-		DataDir:              "otafleet-data",
-		APIAddr:              "127.0.0.1:8080",
-		LogFormat:            "text",
-		LogLevel:             "info",
-		TimeoutOnline:        d.Online,
-		TimeoutVersionReport: d.VersionReport,
-		TimeoutRadioQuery:    d.RadioQuery,
-		TimeoutCellQuery:     d.CellQuery,
-		TimeoutDownloadStart: d.DownloadStart,
-		TimeoutDownload:      d.Download,
-		TimeoutMQTTResult:    d.MQTTResult,
-		TimeoutUpdateStart:   d.UpdateStart,
-		TimeoutUpdateResult:  d.UpdateResult,
-		TimeoutVersionCheck:  d.VersionCheck,
-		TokenTTL:             24 * time.Hour,
-		MQTTAddr:             "127.0.0.1:1883",
-		DownloadAddr:         "127.0.0.1:8943",
-		CoAPAddr:             "127.0.0.1:5683",
-		CoAPSAddr:            "127.0.0.1:5684",
-		DownloadTLS:          true,
-		MQTTClientID:         "otafleet",
-		MQTTProbeInterval:    time.Minute,
-		APIMaxConns:          1024,
-		DownloadMaxConns:     10000,
-		HTTPHeaderTimeout:    30 * time.Second,
-		HTTPIdleTimeout:      2 * time.Minute,
-		MinTransferRate:      128,
-		MinTransferWindow:    time.Minute,
-		PassivateAfter:       time.Minute,
-		SimulateProtocol:     "fota",
-		SimulateCells:        10,
-		SimulateDelay:        50 * time.Millisecond,
+		DataDir:           "otafleet-data",
+		APIAddr:           "127.0.0.1:8080",
+		LogFormat:         "text",
+		LogLevel:          "info",
+		Engine:            actors.Config{}.Default(),
+		TokenTTL:          download.DefaultTTL,
+		MQTTAddr:          "127.0.0.1:1883",
+		DownloadAddr:      "127.0.0.1:8943",
+		CoAPAddr:          "127.0.0.1:5683",
+		CoAPSAddr:         "127.0.0.1:5684",
+		DownloadTLS:       true,
+		MQTTClientID:      "otafleet",
+		MQTTProbeInterval: time.Minute,
+		APIMaxConns:       1024,
+		DownloadMaxConns:  10000,
+		HTTPHeaderTimeout: 30 * time.Second,
+		HTTPIdleTimeout:   2 * time.Minute,
+		MinTransferRate:   128,
+		MinTransferWindow: time.Minute,
+		SimulateProtocol:  "fota",
+		SimulateCells:     10,
+		SimulateDelay:     50 * time.Millisecond,
 
 		MQTTConnectTimeout:          mqtt.DefaultConnectTimeout,
 		MQTTMaxConnections:          mqtt.DefaultMaxConnections,
@@ -141,147 +125,329 @@ func defaultServeConfig() serveConfig {
 	}
 }
 
-func (c *serveConfig) flags(fs *pflag.FlagSet) {
-	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "folder of the journal, registry, api-token and addrs.json")
-	fs.StringVar(&c.APIAddr, "api-addr", c.APIAddr, "address of the API, gRPC health and /metrics (HTTP/1.1 and h2c); port 0 picks one")
-	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
-	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
-	fs.DurationVar(&c.TimeoutOnline, "timeout-online", c.TimeoutOnline, "T1: wait for the device to come online (LwM2M; MQTT waits one hour more)")
-	fs.DurationVar(&c.TimeoutVersionReport, "timeout-version-report", c.TimeoutVersionReport, "T2: wait for the version report")
-	fs.DurationVar(&c.TimeoutRadioQuery, "timeout-radio-query", c.TimeoutRadioQuery, "T3: wait for RSRP, SINR and cell ID")
-	fs.DurationVar(&c.TimeoutCellQuery, "timeout-cell-query", c.TimeoutCellQuery, "T4: wait for the cell ID alone")
-	fs.DurationVar(&c.TimeoutDownloadStart, "timeout-download-start", c.TimeoutDownloadStart, "T5: wait for the device to start downloading")
-	fs.DurationVar(&c.TimeoutDownload, "timeout-download", c.TimeoutDownload, "T6: download window, from the notification")
-	fs.DurationVar(&c.TimeoutMQTTResult, "timeout-mqtt-result", c.TimeoutMQTTResult, "T7: MQTT download, upgrade and report, from the notification")
-	fs.DurationVar(&c.TimeoutUpdateStart, "timeout-update-start", c.TimeoutUpdateStart, "T8: wait for the device to start updating")
-	fs.DurationVar(&c.TimeoutUpdateResult, "timeout-update-result", c.TimeoutUpdateResult, "T9: wait for the upgrade result")
-	fs.DurationVar(&c.TimeoutVersionCheck, "timeout-version-check", c.TimeoutVersionCheck, "T10: version re-check after the result")
-	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "T11: download token lifetime (used by the download server)")
-	fs.StringVar(&c.MQTTAddr, "mqtt-addr", c.MQTTAddr, "embedded MQTT broker, plain (IoTDA devices use plain MQTT only on a port containing 1883); \"\" turns it off")
-	fs.StringVar(&c.MQTTSAddr, "mqtts-addr", c.MQTTSAddr, "embedded MQTT broker over TLS (e.g. 127.0.0.1:8883), with the --tls-cert certificate; \"\" (default) turns it off")
-	fs.BoolVar(&c.MQTTRequireTimestamp, "mqtt-require-timestamp", c.MQTTRequireTimestamp, "embedded broker: accept only sign type 1 client IDs (the timestamp is checked, so a captured password expires); sign type 0 is refused as a bad client ID")
-	fs.DurationVar(&c.MQTTConnectTimeout, "mqtt-connect-timeout", c.MQTTConnectTimeout, "embedded broker: a new connection must send its CONNECT (at most 4 KiB) within this")
-	fs.IntVar(&c.MQTTMaxConnections, "mqtt-max-connections", c.MQTTMaxConnections, "embedded broker: most open connections in all (0: no limit)")
-	fs.IntVar(&c.MQTTMaxConnectionsPerSource, "mqtt-max-connections-per-source", c.MQTTMaxConnectionsPerSource, "embedded broker: most open connections from one IP address; devices behind a carrier NAT share one (0: no limit)")
-	fs.IntVar(&c.MQTTLoginFailuresPerDevice, "mqtt-login-failures-per-device", c.MQTTLoginFailuresPerDevice, "embedded broker: failed logins of one device allowed per minute; beyond them its logins are refused (0x05) unchecked (0: no limit)")
-	fs.IntVar(&c.MQTTLoginFailuresPerSource, "mqtt-login-failures-per-source", c.MQTTLoginFailuresPerSource, "embedded broker: failed logins from one IP address allowed per minute; beyond them its logins are refused (0x05) unchecked (0: no limit)")
-	fs.Float64Var(&c.MQTTUplinkRate, "mqtt-uplink-rate", c.MQTTUplinkRate, "embedded broker: reports a second each device may publish, beyond --mqtt-uplink-burst; one beyond is refused, not acknowledged (0: no limit)")
-	fs.IntVar(&c.MQTTUplinkBurst, "mqtt-uplink-burst", c.MQTTUplinkBurst, "embedded broker: reports a device may publish at once before --mqtt-uplink-rate applies")
-	fs.StringVar(&c.MQTTBroker, "mqtt-broker", c.MQTTBroker, "use this external MQTT 3.1.1 broker (tcp://[user:pass@]host:port or ssl://...) instead of the embedded one; see the README for its required settings")
-	fs.StringVar(&c.MQTTClientID, "mqtt-client-id", c.MQTTClientID, "with --mqtt-broker: the client ID of otafleet's persistent session")
-	fs.DurationVar(&c.MQTTProbeInterval, "mqtt-probe-interval", c.MQTTProbeInterval, "with --mqtt-broker: how often a device a job waits for is sent version_query again")
-	fs.StringVar(&c.CoAPAddr, "coap-addr", c.CoAPAddr, "LwM2M server over CoAP/UDP (registration, device management, firmware packages block-wise); \"\" turns it off")
-	fs.StringVar(&c.CoAPSAddr, "coaps-addr", c.CoAPSAddr, "LwM2M server over DTLS 1.2 with pre-shared keys (identity: the device ID); \"\" turns it off")
-	fs.StringVar(&c.CoAPPublic, "coap-public-addr", c.CoAPPublic, "host:port LwM2M devices reach --coap-addr under, written into package URIs; default: the listener's address")
-	fs.StringVar(&c.CoAPSPublic, "coaps-public-addr", c.CoAPSPublic, "host:port LwM2M devices reach --coaps-addr under, written into the coaps:// package URIs of devices registered over DTLS; default: the listener's address")
-	fs.StringVar(&c.DownloadAddr, "download-addr", c.DownloadAddr, "package download server for MQTT devices (HTTP range requests, bearer tokens); \"\" turns it off")
-	fs.BoolVar(&c.DownloadTLS, "download-tls", c.DownloadTLS, "serve downloads over HTTPS (false: plain HTTP)")
-	fs.StringVar(&c.DownloadURL, "download-url", c.DownloadURL, "base URL devices download from (e.g. https://ota.example.com:8943); default: the --download-addr listener's address")
-	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate for HTTPS downloads and MQTTS; default: a self-signed one kept in the data dir")
-	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of --tls-cert")
-	fs.IntVar(&c.APIMaxConns, "api-max-conns", c.APIMaxConns, "most connections the API serves at once; more wait to be accepted")
-	fs.IntVar(&c.DownloadMaxConns, "download-max-conns", c.DownloadMaxConns, "most connections the package download server serves at once; more wait to be accepted")
-	fs.DurationVar(&c.HTTPHeaderTimeout, "http-header-timeout", c.HTTPHeaderTimeout, "API and download server: time for a request's headers (and the TLS handshake) to arrive")
-	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "API and download server: a kept-alive connection with no request in flight is closed after this long")
-	fs.Int64Var(&c.MinTransferRate, "min-transfer-rate", c.MinTransferRate, "API and download server: bytes per second a request or response body must move at least, measured over --min-transfer-window of transfer time (waits between messages of a stream do not count); 0 turns it off")
-	fs.DurationVar(&c.MinTransferWindow, "min-transfer-window", c.MinTransferWindow, "the window of --min-transfer-rate: each rate × window bytes must move within one window")
-	fs.DurationVar(&c.PassivateAfter, "passivate-after", c.PassivateAfter, "idle device and cell actors leave memory after this long")
-	fs.BoolVar(&c.VerifyStore, "verify-store", c.VerifyStore, "check every journal entry, record and blob at start (a full scan); without it, entries are checked when read, and those of actors with work in flight at every start")
-	fs.StringVar(&c.SealKeyFile, "seal-key-file", c.SealKeyFile, "file holding the key that seals device secrets and PSKs in the store: 32 bytes as 64 hex digits, mode 0600 (make one with: openssl rand -hex 32); default $"+envSealKeyFile+"; without it the store keeps its own key. A store that keeps its own key is re-sealed under this one at start")
-	fs.StringVar(&c.PreviousSealKeyFile, "previous-seal-key-file", c.PreviousSealKeyFile, "with --seal-key-file: the key file the store was sealed with until now; a store sealed with it is re-sealed under --seal-key-file at start (key rotation)")
-	fs.IntVar(&c.Simulate, "simulate", c.Simulate, "run N in-process simulated devices (demo and tests, until the real transports arrive)")
-	fs.StringVar(&c.SimulateProtocol, "simulate-protocol", c.SimulateProtocol, "protocol of simulated devices: mqtt, fota, pcp or mixed")
-	fs.IntVar(&c.SimulateCells, "simulate-cells", c.SimulateCells, "radio cells the simulated devices are spread over")
-	fs.BoolVar(&c.SimulateCampaign, "simulate-campaign", c.SimulateCampaign, "on first start, create a task upgrading every simulated device")
-	fs.DurationVar(&c.SimulateDelay, "simulate-delay", c.SimulateDelay, "how long a simulated device takes per protocol step")
+// setting is one row of the settings table: the flag and config-file key
+// name, bound to one field of serveConfig.
+type setting struct {
+	name  string
+	usage string // the flag's help
+	// field is the field the setting sets in c: a *string, *bool, *int,
+	// *int64, *float64 or *time.Duration.
+	field func(c *serveConfig) any
+	// engine is, for a setting of the engine, the same field in an
+	// actors.Config (nil for the others).
+	engine func(e *actors.Config) any
+	// check reports a value of the field the setting refuses (nil: any is
+	// taken); the rules between settings are in validate.
+	check func(c serveConfig) error
 }
 
-// loadFile reads a YAML or TOML config file into c; flags set on the command
-// line are re-applied afterwards by the caller.
-func (c *serveConfig) loadFile(path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
+// value is what a setting holds.
+type value interface {
+	string | bool | int | int64 | float64 | time.Duration
+}
+
+// opt is a setting bound to a field of serveConfig; checks each say why a
+// value is refused.
+func opt[T value](name string, field func(*serveConfig) *T, usage string, checks ...func(T) error) setting {
+	return setting{
+		name: name, usage: usage,
+		field: func(c *serveConfig) any { return field(c) },
+		check: func(c serveConfig) error {
+			for _, check := range checks {
+				if err := check(*field(&c)); err != nil {
+					return fmt.Errorf("--%s %w", name, err)
+				}
+			}
+			return nil
+		},
 	}
-	switch ext := strings.ToLower(filepath.Ext(path)); ext {
-	case ".yaml", ".yml":
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		dec.KnownFields(true)
-		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-	case ".toml":
-		md, err := toml.Decode(string(b), c)
-		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		if u := md.Undecoded(); len(u) > 0 {
-			return fmt.Errorf("%s: unknown keys %v", path, u)
-		}
-	default:
-		return fmt.Errorf("%s: config files are .yaml, .yml or .toml, not %q", path, ext)
+}
+
+// engineOpt is a setting bound to a timeout of the engine's configuration,
+// which validates it with the others (actors.Config.Validate).
+func engineOpt(name string, field func(*actors.Config) *time.Duration, usage string, checks ...func(time.Duration) error) setting {
+	s := opt(name, func(c *serveConfig) *time.Duration { return field(&c.Engine) }, usage, checks...)
+	s.engine = func(e *actors.Config) any { return field(e) }
+	return s
+}
+
+// settings is the table of `otafleet serve`'s settings: each row is a flag,
+// the config-file key of the same name, the field it sets (its default in
+// defaultServeConfig) and the checks of its value; the engine's rows set
+// the engine's configuration. Adding a protocol timeout is a field in
+// devicefsm.Config with its default there, and a row here.
+//
+// Two MQTT timeouts derive from --timeout-online (T1) and have no row:
+//   - The MQTT online wait (devicefsm.Config.OnlineMQTT) is T1 + 1 h: spec
+//     6.1 T1 waits 24 h for an LwM2M device and up to 25 h for an MQTT one
+//     (the MQTT firmware seed). devicefsm.OnlineMQTTFor is that rule, for
+//     the defaults and engineConfig alike.
+//   - With --mqtt-broker, a device a job waits for is probed with
+//     version_query for an hour beyond that wait, T1 + 2 h (probeFor): the
+//     job's deadline ends the wait, and the probing must not stop first.
+func settings() []setting {
+	return []setting{
+		opt("data-dir", func(c *serveConfig) *string { return &c.DataDir },
+			"folder of the journal, registry, api-token and addrs.json", nonEmpty),
+		opt("api-addr", func(c *serveConfig) *string { return &c.APIAddr },
+			"address of the API, gRPC health and /metrics (HTTP/1.1 and h2c); port 0 picks one"),
+		opt("log-format", func(c *serveConfig) *string { return &c.LogFormat },
+			"log format: text or json", oneOf("text", "json")),
+		opt("log-level", func(c *serveConfig) *string { return &c.LogLevel },
+			"log level: debug, info, warn or error"),
+		// The protocol timeouts of spec 6.1, set in the engine's configuration
+		// (which checks them); T1's MQTT derivatives are in the comment above.
+		engineOpt("timeout-online", func(e *actors.Config) *time.Duration { return &e.Device.Online },
+			"T1: wait for the device to come online (LwM2M; MQTT waits one hour more)"),
+		engineOpt("timeout-version-report", func(e *actors.Config) *time.Duration { return &e.Device.VersionReport },
+			"T2: wait for the version report"),
+		engineOpt("timeout-radio-query", func(e *actors.Config) *time.Duration { return &e.Device.RadioQuery },
+			"T3: wait for RSRP, SINR and cell ID"),
+		engineOpt("timeout-cell-query", func(e *actors.Config) *time.Duration { return &e.Device.CellQuery },
+			"T4: wait for the cell ID alone"),
+		engineOpt("timeout-download-start", func(e *actors.Config) *time.Duration { return &e.Device.DownloadStart },
+			"T5: wait for the device to start downloading"),
+		engineOpt("timeout-download", func(e *actors.Config) *time.Duration { return &e.Device.Download },
+			"T6: download window, from the notification"),
+		engineOpt("timeout-mqtt-result", func(e *actors.Config) *time.Duration { return &e.Device.MQTTResult },
+			"T7: MQTT download, upgrade and report, from the notification"),
+		engineOpt("timeout-update-start", func(e *actors.Config) *time.Duration { return &e.Device.UpdateStart },
+			"T8: wait for the device to start updating"),
+		engineOpt("timeout-update-result", func(e *actors.Config) *time.Duration { return &e.Device.UpdateResult },
+			"T9: wait for the upgrade result"),
+		engineOpt("timeout-version-check", func(e *actors.Config) *time.Duration { return &e.Device.VersionCheck },
+			"T10: version re-check after the result"),
+		// T11 is the download server's (transport/download).
+		opt("token-ttl", func(c *serveConfig) *time.Duration { return &c.TokenTTL },
+			"T11: download token lifetime (used by the download server)", positive),
+		// The embedded MQTT broker and what a device may cost it (0: no limit).
+		opt("mqtt-addr", func(c *serveConfig) *string { return &c.MQTTAddr },
+			"embedded MQTT broker, plain (IoTDA devices use plain MQTT only on a port containing 1883); \"\" turns it off"),
+		opt("mqtts-addr", func(c *serveConfig) *string { return &c.MQTTSAddr },
+			"embedded MQTT broker over TLS (e.g. 127.0.0.1:8883), with the --tls-cert certificate; \"\" (default) turns it off"),
+		opt("mqtt-require-timestamp", func(c *serveConfig) *bool { return &c.MQTTRequireTimestamp },
+			"embedded broker: accept only sign type 1 client IDs (the timestamp is checked, so a captured password expires); sign type 0 is refused as a bad client ID"),
+		opt("mqtt-connect-timeout", func(c *serveConfig) *time.Duration { return &c.MQTTConnectTimeout },
+			"embedded broker: a new connection must send its CONNECT (at most 4 KiB) within this", positive),
+		opt("mqtt-max-connections", func(c *serveConfig) *int { return &c.MQTTMaxConnections },
+			"embedded broker: most open connections in all (0: no limit)", notNegative),
+		opt("mqtt-max-connections-per-source", func(c *serveConfig) *int { return &c.MQTTMaxConnectionsPerSource },
+			"embedded broker: most open connections from one IP address; devices behind a carrier NAT share one (0: no limit)", notNegative),
+		opt("mqtt-login-failures-per-device", func(c *serveConfig) *int { return &c.MQTTLoginFailuresPerDevice },
+			"embedded broker: failed logins of one device allowed per minute; beyond them its logins are refused (0x05) unchecked (0: no limit)", notNegative),
+		opt("mqtt-login-failures-per-source", func(c *serveConfig) *int { return &c.MQTTLoginFailuresPerSource },
+			"embedded broker: failed logins from one IP address allowed per minute; beyond them its logins are refused (0x05) unchecked (0: no limit)", notNegative),
+		opt("mqtt-uplink-rate", func(c *serveConfig) *float64 { return &c.MQTTUplinkRate },
+			"embedded broker: reports a second each device may publish, beyond --mqtt-uplink-burst; one beyond is refused, not acknowledged (0: no limit)", notNegative),
+		opt("mqtt-uplink-burst", func(c *serveConfig) *int { return &c.MQTTUplinkBurst },
+			"embedded broker: reports a device may publish at once before --mqtt-uplink-rate applies", atLeast(1)),
+		// External broker mode.
+		opt("mqtt-broker", func(c *serveConfig) *string { return &c.MQTTBroker },
+			"use this external MQTT 3.1.1 broker (tcp://[user:pass@]host:port or ssl://...) instead of the embedded one; see the README for its required settings"),
+		opt("mqtt-client-id", func(c *serveConfig) *string { return &c.MQTTClientID },
+			"with --mqtt-broker: the client ID of otafleet's persistent session"),
+		opt("mqtt-probe-interval", func(c *serveConfig) *time.Duration { return &c.MQTTProbeInterval },
+			"with --mqtt-broker: how often a device a job waits for is sent version_query again"),
+		// The LwM2M server and the package download server.
+		opt("coap-addr", func(c *serveConfig) *string { return &c.CoAPAddr },
+			"LwM2M server over CoAP/UDP (registration, device management, firmware packages block-wise); \"\" turns it off"),
+		opt("coaps-addr", func(c *serveConfig) *string { return &c.CoAPSAddr },
+			"LwM2M server over DTLS 1.2 with pre-shared keys (identity: the device ID); \"\" turns it off"),
+		opt("coap-public-addr", func(c *serveConfig) *string { return &c.CoAPPublic },
+			"host:port LwM2M devices reach --coap-addr under, written into package URIs; default: the listener's address"),
+		opt("coaps-public-addr", func(c *serveConfig) *string { return &c.CoAPSPublic },
+			"host:port LwM2M devices reach --coaps-addr under, written into the coaps:// package URIs of devices registered over DTLS; default: the listener's address"),
+		opt("download-addr", func(c *serveConfig) *string { return &c.DownloadAddr },
+			"package download server for MQTT devices (HTTP range requests, bearer tokens); \"\" turns it off"),
+		opt("download-tls", func(c *serveConfig) *bool { return &c.DownloadTLS },
+			"serve downloads over HTTPS (false: plain HTTP)"),
+		opt("download-url", func(c *serveConfig) *string { return &c.DownloadURL },
+			"base URL devices download from (e.g. https://ota.example.com:8943); default: the --download-addr listener's address", httpURL),
+		opt("tls-cert", func(c *serveConfig) *string { return &c.TLSCert },
+			"PEM certificate for HTTPS downloads and MQTTS; default: a self-signed one kept in the data dir"),
+		opt("tls-key", func(c *serveConfig) *string { return &c.TLSKey },
+			"PEM private key of --tls-cert"),
+		// The HTTP servers (API and package downloads).
+		opt("api-max-conns", func(c *serveConfig) *int { return &c.APIMaxConns },
+			"most connections the API serves at once; more wait to be accepted", atLeast(1)),
+		opt("download-max-conns", func(c *serveConfig) *int { return &c.DownloadMaxConns },
+			"most connections the package download server serves at once; more wait to be accepted", atLeast(1)),
+		opt("http-header-timeout", func(c *serveConfig) *time.Duration { return &c.HTTPHeaderTimeout },
+			"API and download server: time for a request's headers (and the TLS handshake) to arrive", positive),
+		opt("http-idle-timeout", func(c *serveConfig) *time.Duration { return &c.HTTPIdleTimeout },
+			"API and download server: a kept-alive connection with no request in flight is closed after this long", positive),
+		opt("min-transfer-rate", func(c *serveConfig) *int64 { return &c.MinTransferRate },
+			"API and download server: bytes per second a request or response body must move at least, measured over --min-transfer-window of transfer time (waits between messages of a stream do not count); 0 turns it off"),
+		opt("min-transfer-window", func(c *serveConfig) *time.Duration { return &c.MinTransferWindow },
+			"the window of --min-transfer-rate: each rate × window bytes must move within one window"),
+		// The engine and the store.
+		engineOpt("passivate-after", func(e *actors.Config) *time.Duration { return &e.PassivateAfter },
+			"idle device and cell actors leave memory after this long", positive),
+		opt("verify-store", func(c *serveConfig) *bool { return &c.VerifyStore },
+			"check every journal entry, record and blob at start (a full scan); without it, entries are checked when read, and those of actors with work in flight at every start"),
+		opt("seal-key-file", func(c *serveConfig) *string { return &c.SealKeyFile },
+			"file holding the key that seals device secrets and PSKs in the store: 32 bytes as 64 hex digits, mode 0600 (make one with: openssl rand -hex 32); default $"+envSealKeyFile+"; without it the store keeps its own key. A store that keeps its own key is re-sealed under this one at start"),
+		opt("previous-seal-key-file", func(c *serveConfig) *string { return &c.PreviousSealKeyFile },
+			"with --seal-key-file: the key file the store was sealed with until now; a store sealed with it is re-sealed under --seal-key-file at start (key rotation)"),
+		// Simulation: in-process simulated devices, for demos and tests.
+		opt("simulate", func(c *serveConfig) *int { return &c.Simulate },
+			"run N in-process simulated devices, for demos and tests", notNegative),
+		opt("simulate-protocol", func(c *serveConfig) *string { return &c.SimulateProtocol },
+			"protocol of simulated devices: mqtt, fota, pcp or mixed", oneOf("mqtt", "fota", "pcp", "mixed")),
+		opt("simulate-cells", func(c *serveConfig) *int { return &c.SimulateCells },
+			"radio cells the simulated devices are spread over", atLeast(1)),
+		opt("simulate-campaign", func(c *serveConfig) *bool { return &c.SimulateCampaign },
+			"on first start, create a task upgrading every simulated device"),
+		opt("simulate-delay", func(c *serveConfig) *time.Duration { return &c.SimulateDelay },
+			"how long a simulated device takes per protocol step", notNegative),
+	}
+}
+
+// Checks of a setting's value: each says what is wanted, after the flag's
+// name.
+type number interface {
+	int | int64 | float64 | time.Duration
+}
+
+func positive[T number](v T) error {
+	if v <= 0 {
+		return fmt.Errorf("must be positive, not %v", v)
 	}
 	return nil
 }
 
-// merge takes every field from file whose flag was not given on the command
-// line (changed reports that), so command-line flags win over the file.
-func (c *serveConfig) merge(file serveConfig, changed func(name string) bool) {
-	dst, src := reflect.ValueOf(c).Elem(), reflect.ValueOf(file)
-	for i := 0; i < dst.NumField(); i++ {
-		if name := dst.Type().Field(i).Tag.Get("yaml"); name != "" && !changed(name) {
-			dst.Field(i).Set(src.Field(i))
+func notNegative[T number](v T) error {
+	if v < 0 {
+		return fmt.Errorf("must not be negative, not %v", v)
+	}
+	return nil
+}
+
+func atLeast[T number](least T) func(T) error {
+	return func(v T) error {
+		if v < least {
+			return fmt.Errorf("must be at least %v, not %v", least, v)
+		}
+		return nil
+	}
+}
+
+func oneOf(values ...string) func(string) error {
+	return func(v string) error {
+		if !slices.Contains(values, v) {
+			return fmt.Errorf("must be %s or %s, not %q", strings.Join(values[:len(values)-1], ", "), values[len(values)-1], v)
+		}
+		return nil
+	}
+}
+
+func nonEmpty(v string) error {
+	if v == "" {
+		return errors.New("must not be empty")
+	}
+	return nil
+}
+
+func httpURL(v string) error {
+	if v != "" && !strings.HasPrefix(v, "http://") && !strings.HasPrefix(v, "https://") {
+		return fmt.Errorf("%q: want http://host:port or https://host:port", v)
+	}
+	return nil
+}
+
+// flags registers the table's flags, bound to c's fields, with c's values
+// as their defaults.
+func (c *serveConfig) flags(fs *pflag.FlagSet) {
+	for _, s := range settings() {
+		switch p := s.field(c).(type) {
+		case *string:
+			fs.StringVar(p, s.name, *p, s.usage)
+		case *bool:
+			fs.BoolVar(p, s.name, *p, s.usage)
+		case *int:
+			fs.IntVar(p, s.name, *p, s.usage)
+		case *int64:
+			fs.Int64Var(p, s.name, *p, s.usage)
+		case *float64:
+			fs.Float64Var(p, s.name, *p, s.usage)
+		case *time.Duration:
+			fs.DurationVar(p, s.name, *p, s.usage)
+		default:
+			panic(fmt.Sprintf("setting %s: a field of type %T", s.name, p))
 		}
 	}
 }
 
+// loadFile reads a YAML or TOML config file into c: each key is a row of
+// the settings table. A key whose flag was given on the command line
+// (given reports that) is decoded, so a bad value is still an error, but
+// the flag's value is kept.
+func (c *serveConfig) loadFile(path string, given func(name string) bool) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	rows := map[string]setting{}
+	for _, s := range settings() {
+		rows[s.name] = s
+	}
+	var ignored serveConfig
+	decode := func(keys []string, into func(key string, field any) error) error {
+		slices.Sort(keys)
+		for _, k := range keys {
+			s, ok := rows[k]
+			if !ok {
+				return fmt.Errorf("%s: unknown key %q", path, k)
+			}
+			dst := c
+			if given(k) {
+				dst = &ignored
+			}
+			if err := into(k, s.field(dst)); err != nil {
+				return fmt.Errorf("%s: %s: %w", path, k, err)
+			}
+		}
+		return nil
+	}
+	switch ext := strings.ToLower(filepath.Ext(path)); ext {
+	case ".yaml", ".yml":
+		var doc map[string]yaml.Node
+		if err := yaml.Unmarshal(b, &doc); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		return decode(slices.Collect(maps.Keys(doc)), func(k string, field any) error {
+			n := doc[k]
+			return n.Decode(field)
+		})
+	case ".toml":
+		var doc map[string]toml.Primitive
+		md, err := toml.Decode(string(b), &doc)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		return decode(slices.Collect(maps.Keys(doc)), func(k string, field any) error { return md.PrimitiveDecode(doc[k], field) })
+	default:
+		return fmt.Errorf("%s: config files are .yaml, .yml or .toml, not %q", path, ext)
+	}
+}
+
 func (c serveConfig) validate() error {
-	if c.DataDir == "" {
-		return errors.New("--data-dir must not be empty")
-	}
-	switch c.LogFormat {
-	case "text", "json":
-	default:
-		return fmt.Errorf("--log-format must be text or json, not %q", c.LogFormat)
-	}
-	switch c.SimulateProtocol {
-	case "mqtt", "fota", "pcp", "mixed":
-	default:
-		return fmt.Errorf("--simulate-protocol must be mqtt, fota, pcp or mixed, not %q", c.SimulateProtocol)
-	}
-	if c.Simulate < 0 || c.SimulateCells < 1 {
-		return errors.New("--simulate must be >= 0 and --simulate-cells >= 1")
+	for _, s := range settings() {
+		if err := s.check(c); err != nil {
+			return err
+		}
 	}
 	if c.MQTTBroker != "" && (c.MQTTClientID == "" || c.MQTTProbeInterval <= 0) {
 		return errors.New("--mqtt-broker needs a --mqtt-client-id and a positive --mqtt-probe-interval")
 	}
-	if c.MQTTConnectTimeout <= 0 || c.MQTTUplinkBurst < 1 {
-		return errors.New("--mqtt-connect-timeout must be positive and --mqtt-uplink-burst at least 1")
-	}
-	if c.MQTTMaxConnections < 0 || c.MQTTMaxConnectionsPerSource < 0 || c.MQTTLoginFailuresPerDevice < 0 ||
-		c.MQTTLoginFailuresPerSource < 0 || c.MQTTUplinkRate < 0 {
-		return errors.New("--mqtt-max-connections, --mqtt-max-connections-per-source, --mqtt-login-failures-per-device, --mqtt-login-failures-per-source and --mqtt-uplink-rate must not be negative (0: no limit)")
-	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
-	}
-	if c.DownloadURL != "" && !strings.HasPrefix(c.DownloadURL, "http://") && !strings.HasPrefix(c.DownloadURL, "https://") {
-		return fmt.Errorf("--download-url %q: want http://host:port or https://host:port", c.DownloadURL)
 	}
 	if c.PreviousSealKeyFile != "" && c.SealKeyFile == "" {
 		return errors.New("--previous-seal-key-file needs --seal-key-file (the new key)")
 	}
-	if c.APIMaxConns < 1 || c.DownloadMaxConns < 1 {
-		return errors.New("--api-max-conns and --download-max-conns must be at least 1")
-	}
-	if c.HTTPHeaderTimeout <= 0 || c.HTTPIdleTimeout <= 0 {
-		return errors.New("--http-header-timeout and --http-idle-timeout must be positive")
-	}
 	if err := c.minRate().Validate(); err != nil {
 		return fmt.Errorf("--min-transfer-rate must not be negative, and --min-transfer-window must be positive: %w", err)
-	}
-	if c.TokenTTL <= 0 || c.PassivateAfter <= 0 || c.SimulateDelay < 0 {
-		return errors.New("--token-ttl and --passivate-after must be positive, --simulate-delay not negative")
 	}
 	_, err := c.engineConfig()
 	return err
@@ -292,17 +458,19 @@ func (c serveConfig) minRate() minrate.Config {
 	return minrate.Config{Rate: c.MinTransferRate, Window: c.MinTransferWindow}
 }
 
-// engineConfig maps the timeouts onto the engine's configuration.
+// engineConfig is the engine's configuration: the table's engine settings
+// and the MQTT online wait derived from --timeout-online (see settings).
 func (c serveConfig) engineConfig() (actors.Config, error) {
-	cfg := actors.Config{}.Default()
-	d := &cfg.Device
-	d.Online, d.OnlineMQTT = c.TimeoutOnline, c.TimeoutOnline+time.Hour
-	d.VersionReport, d.RadioQuery, d.CellQuery = c.TimeoutVersionReport, c.TimeoutRadioQuery, c.TimeoutCellQuery
-	d.DownloadStart, d.Download, d.MQTTResult = c.TimeoutDownloadStart, c.TimeoutDownload, c.TimeoutMQTTResult
-	d.UpdateStart, d.UpdateResult, d.VersionCheck = c.TimeoutUpdateStart, c.TimeoutUpdateResult, c.TimeoutVersionCheck
-	cfg.PassivateAfter = c.PassivateAfter
+	cfg := c.Engine
+	cfg.Device.OnlineMQTT = devicefsm.OnlineMQTTFor(cfg.Device.Online)
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("timeouts: %w", err)
 	}
 	return cfg, nil
+}
+
+// probeFor is how long the adapter to --mqtt-broker probes a device a job
+// waits for: an hour beyond the job's MQTT online wait (see settings).
+func (c serveConfig) probeFor() time.Duration {
+	return devicefsm.OnlineMQTTFor(c.Engine.Device.Online) + time.Hour
 }

@@ -5,12 +5,16 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/transport/mqtt"
 )
 
@@ -31,7 +35,7 @@ func TestConfigFileAndFlags(t *testing.T) {
 		check  func(serveConfig) bool
 	}{
 		{yml, nil, 2 * time.Hour, func(c serveConfig) bool {
-			return c.TimeoutDownload == 90*time.Minute && c.LogFormat == "json" && c.CoAPSPublic == "ota.example.com:5684" && c.MQTTRequireTimestamp && c.MQTTUplinkRate == 2.5 &&
+			return c.Engine.Device.Download == 90*time.Minute && c.LogFormat == "json" && c.CoAPSPublic == "ota.example.com:5684" && c.MQTTRequireTimestamp && c.MQTTUplinkRate == 2.5 &&
 				c.MQTTMaxConnectionsPerSource == 0 && c.MQTTMaxConnections == 200_000 && c.MQTTConnectTimeout == 10*time.Second && c.validate() == nil
 		}},
 		{yml, []string{"--timeout-online", "5h", "--coaps-public-addr", "10.0.0.1:5684"}, 5 * time.Hour, func(c serveConfig) bool {
@@ -45,12 +49,10 @@ func TestConfigFileAndFlags(t *testing.T) {
 		if err := fs.Parse(tc.args); err != nil {
 			t.Fatal(err)
 		}
-		file := defaultServeConfig()
-		if err := file.loadFile(tc.file); err != nil {
+		if err := cfg.loadFile(tc.file, fs.Changed); err != nil {
 			t.Fatal(err)
 		}
-		cfg.merge(file, fs.Changed)
-		if cfg.TimeoutOnline != tc.online || !tc.check(cfg) {
+		if cfg.Engine.Device.Online != tc.online || !tc.check(cfg) {
 			t.Errorf("%s %v: %+v", tc.file, tc.args, cfg)
 		}
 		eng, err := cfg.engineConfig()
@@ -115,4 +117,142 @@ func TestBrokerConfig(t *testing.T) {
 		bc.LoginFailuresPerSource >= 0 || bc.UplinkRate >= 0 || bc.UplinkBurst != 7 || bc.ConnectTimeout != 3*time.Second {
 		t.Fatalf("from flags: %+v", bc)
 	}
+}
+
+// TestSettingsTable: every row of the settings table is a flag and a
+// config-file key (YAML and TOML) that set the same field to the same value,
+// a flag given on the command line wins over the file, and an engine
+// setting reaches the engine's configuration. Every field of serveConfig
+// and every timeout of the device machine is some row's, but the one
+// derived from another.
+func TestSettingsTable(t *testing.T) {
+	dir := t.TempDir()
+	seen := map[string]bool{}
+	for _, s := range settings() {
+		if seen[s.name] || s.usage == "" {
+			t.Errorf("%s: a second row of that name, or no usage", s.name)
+		}
+		seen[s.name] = true
+		def := defaultServeConfig()
+		flagArg, yamlValue, tomlValue := sampleSetting(t, s.field(&def))
+
+		fromFlag := defaultServeConfig()
+		fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+		fromFlag.flags(fs)
+		if f := fs.Lookup(s.name); f == nil || f.Usage != s.usage {
+			t.Errorf("%s: flag %+v", s.name, f)
+			continue
+		}
+		if err := fs.Parse([]string{"--" + s.name + "=" + flagArg}); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if reflect.DeepEqual(fromFlag, def) {
+			t.Errorf("--%s=%s changes nothing", s.name, flagArg)
+		}
+		for _, file := range []struct{ name, text string }{
+			{"c.yaml", s.name + ": " + yamlValue + "\n"},
+			{"c.toml", s.name + " = " + tomlValue + "\n"},
+		} {
+			path := filepath.Join(dir, file.name)
+			if err := os.WriteFile(path, []byte(file.text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			fromFile := defaultServeConfig()
+			if err := fromFile.loadFile(path, func(string) bool { return false }); err != nil {
+				t.Fatalf("%s: %v", file.text, err)
+			}
+			if !reflect.DeepEqual(fromFile, fromFlag) {
+				t.Errorf("%q sets %v, the flag %v", file.text, reflect.ValueOf(s.field(&fromFile)).Elem(), reflect.ValueOf(s.field(&fromFlag)).Elem())
+			}
+			given := defaultServeConfig()
+			if err := given.loadFile(path, func(name string) bool { return name == s.name }); err != nil || !reflect.DeepEqual(given, def) {
+				t.Errorf("%q with its flag given: %v, changed %v", file.text, err, !reflect.DeepEqual(given, def))
+			}
+		}
+		if s.engine != nil {
+			eng, err := fromFlag.engineConfig()
+			if err != nil {
+				t.Fatalf("%s: %v", s.name, err)
+			}
+			if got, want := reflect.ValueOf(s.engine(&eng)).Elem().Interface(), reflect.ValueOf(s.field(&fromFlag)).Elem().Interface(); got != want {
+				t.Errorf("--%s=%s: the engine has %v", s.name, flagArg, got)
+			}
+		}
+	}
+
+	// Every field is set by exactly one row.
+	var c serveConfig
+	rows := map[uintptr]string{}
+	for _, s := range settings() {
+		p := reflect.ValueOf(s.field(&c)).Pointer()
+		if other, dup := rows[p]; dup {
+			t.Errorf("--%s and --%s set the same field", s.name, other)
+		}
+		rows[p] = s.name
+	}
+	want := func(owner string, v reflect.Value, skip ...string) {
+		for i := 0; i < v.NumField(); i++ {
+			name := v.Type().Field(i).Name
+			if slices.Contains(skip, name) {
+				continue
+			}
+			if _, ok := rows[v.Field(i).Addr().Pointer()]; !ok {
+				t.Errorf("%s.%s has no row in the settings table", owner, name)
+			}
+		}
+	}
+	want("serveConfig", reflect.ValueOf(&c).Elem(), "Engine")
+	want("devicefsm.Config", reflect.ValueOf(&c.Engine.Device).Elem(), "OnlineMQTT")
+	if _, ok := rows[reflect.ValueOf(&c.Engine.PassivateAfter).Pointer()]; !ok {
+		t.Error("actors.Config.PassivateAfter has no row in the settings table")
+	}
+}
+
+// TestDerivedMQTTTimeouts: the MQTT online wait is --timeout-online plus an
+// hour, as the spec's defaults are (24 h, 25 h), and the external broker's
+// probing outlasts it.
+func TestDerivedMQTTTimeouts(t *testing.T) {
+	def := devicefsm.DefaultConfig()
+	if devicefsm.OnlineMQTTFor(def.Online) != def.OnlineMQTT || def.Online != 24*time.Hour || def.OnlineMQTT != 25*time.Hour {
+		t.Fatalf("defaults: %v, %v", def.Online, def.OnlineMQTT)
+	}
+	for _, online := range []time.Duration{time.Minute, 24 * time.Hour, 72 * time.Hour} {
+		c := defaultServeConfig()
+		c.Engine.Device.Online = online
+		eng, err := c.engineConfig()
+		if err != nil || eng.Device.Online != online || eng.Device.OnlineMQTT != online+time.Hour {
+			t.Errorf("--timeout-online=%v: %v, %v, %v", online, eng.Device.Online, eng.Device.OnlineMQTT, err)
+		}
+		if c.probeFor() != eng.Device.OnlineMQTT+time.Hour {
+			t.Errorf("--timeout-online=%v: probing for %v", online, c.probeFor())
+		}
+	}
+}
+
+// sampleSetting is a value of field unlike its current one, written as a
+// flag argument, a YAML value and a TOML value.
+func sampleSetting(t *testing.T, field any) (flagArg, yamlValue, tomlValue string) {
+	t.Helper()
+	switch p := field.(type) {
+	case *string:
+		v := "http://x" + *p
+		return v, strconv.Quote(v), strconv.Quote(v)
+	case *bool:
+		v := strconv.FormatBool(!*p)
+		return v, v, v
+	case *int:
+		v := strconv.Itoa(*p + 3)
+		return v, v, v
+	case *int64:
+		v := strconv.FormatInt(*p+3, 10)
+		return v, v, v
+	case *float64:
+		v := strconv.FormatFloat(*p+0.5, 'f', -1, 64)
+		return v, v, v
+	case *time.Duration:
+		v := (*p + 90*time.Second).String()
+		return v, strconv.Quote(v), strconv.Quote(v)
+	}
+	t.Fatalf("a field of type %T", field)
+	return
 }

@@ -39,11 +39,9 @@ func serveCommand(stdout, stderr io.Writer) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configFile != "" {
-				fileCfg := defaultServeConfig()
-				if err := fileCfg.loadFile(configFile); err != nil {
+				if err := cfg.loadFile(configFile, cmd.Flags().Changed); err != nil {
 					return &exitError{code: 2, err: err}
 				}
-				cfg.merge(fileCfg, cmd.Flags().Changed)
 			}
 			if cfg.SealKeyFile == "" {
 				cfg.SealKeyFile = os.Getenv(envSealKeyFile)

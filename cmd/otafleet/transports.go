@@ -132,7 +132,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 		defer cancel()
 		t.ext, err = mqtt.NewExternal(ctx, mqtt.ExternalConfig{
 			Broker: cfg.MQTTBroker, ClientID: cfg.MQTTClientID, Uplinks: engine, Downloads: mintURL{s: t.dl, base: base},
-			ProbeInterval: cfg.MQTTProbeInterval, ProbeFor: cfg.TimeoutOnline + 2*time.Hour, Clock: clk, Logger: logger,
+			ProbeInterval: cfg.MQTTProbeInterval, ProbeFor: cfg.probeFor(), Clock: clk, Logger: logger,
 		})
 		if err != nil {
 			t.Close()

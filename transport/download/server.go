@@ -46,8 +46,8 @@ type Config struct {
 	Logger   *slog.Logger // nil: discard
 }
 
-// defaultTTL is the token lifetime when Config.TTL is 0 (spec 2.7).
-const defaultTTL = 24 * time.Hour
+// DefaultTTL is the token lifetime when Config.TTL is 0 (spec 2.7; T11 of 6.1).
+const DefaultTTL = 24 * time.Hour
 
 // minKeyLen is the shortest Config.Key New accepts.
 const minKeyLen = 32
@@ -84,7 +84,7 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 	}
 	if s.ttl == 0 {
-		s.ttl = defaultTTL
+		s.ttl = DefaultTTL
 	}
 	if s.clock == nil {
 		s.clock = clock.Real()

@@ -443,64 +443,80 @@ func parseQueries(qs []string) (map[string]string, error) {
 	return out, nil
 }
 
-// lifetime parses lt (seconds); def when absent.
-func lifetime(q map[string]string, def time.Duration) (time.Duration, error) {
-	v, ok := q["lt"]
-	if !ok {
-		return def, nil
-	}
-	n, err := strconv.ParseUint(v, 10, 32)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("lt=%q: want seconds, at least 1", v)
-	}
-	return time.Duration(n) * time.Second, nil
-}
-
-// binding parses b: U (default) or UQ; other bindings are refused.
-func binding(q map[string]string) (queue bool, err error) {
-	switch b := q["b"]; b {
-	case "", "U":
-		return false, nil
-	case "UQ":
-		return true, nil
-	default:
-		return false, fmt.Errorf("binding %q: this server speaks U and UQ", b)
-	}
-}
-
 func newRegID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
 
-// regParams are a registration request's parameters.
+// regParams are what a registration (POST /rd) or an update (POST /rd/{id})
+// says of the registration: the endpoint (a registration's only), the
+// lifetime and the binding. What the request leaves out is unset (0, "")
+// until withDefaults fills it.
 type regParams struct {
 	endpoint string
 	lifetime time.Duration
-	queue    bool
+	binding  string // "U" or "UQ" (queue mode)
 }
 
-// parseRegistration checks a registration's query and link-format body
-// (OMA LwM2M 1.1 core 6.2.1): ep is required; lt, lwm2m and b are checked
-// when present; other query parameters are accepted and ignored.
-func parseRegistration(qs []string, body []byte) (regParams, error) {
-	q, err := parseQueries(qs)
-	if err != nil {
-		return regParams{}, err
+// defaultLifetime is the lifetime of a registration that gives no lt (OMA
+// LwM2M 1.1 core 6.2.1.1).
+const defaultLifetime = 86400 * time.Second
+
+// registrationDefaults are what a registration leaves out takes: lt 86400 s,
+// binding U.
+func registrationDefaults() regParams {
+	return regParams{lifetime: defaultLifetime, binding: "U"}
+}
+
+// paramsOf are reg's lifetime and binding: what an update leaves out keeps.
+func paramsOf(reg *registration) regParams {
+	p := regParams{endpoint: reg.device, lifetime: reg.lifetime, binding: "U"}
+	if reg.queue {
+		p.binding = "UQ"
 	}
+	return p
+}
+
+// withDefaults fills what p leaves out from d: for a registration
+// registrationDefaults, for an update the registration's own (paramsOf).
+func (p regParams) withDefaults(d regParams) regParams {
+	if p.endpoint == "" {
+		p.endpoint = d.endpoint
+	}
+	if p.lifetime == 0 {
+		p.lifetime = d.lifetime
+	}
+	if p.binding == "" {
+		p.binding = d.binding
+	}
+	return p
+}
+
+// queue tells whether the binding is queue mode (UQ).
+func (p regParams) queue() bool { return p.binding == "UQ" }
+
+// parseParams parses what a registration and an update both may carry: lt
+// (seconds, at least 1), b (U, or UQ; an empty b is U; other bindings are
+// refused) and a link-format body. Other queries are ignored.
+func parseParams(q map[string]string, body []byte) (regParams, error) {
 	var p regParams
-	if p.endpoint = q["ep"]; p.endpoint == "" {
-		return p, errors.New("no endpoint name (ep)")
+	if v, ok := q["lt"]; ok {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || n == 0 {
+			return p, fmt.Errorf("lt=%q: want seconds, at least 1", v)
+		}
+		p.lifetime = time.Duration(n) * time.Second
 	}
-	if v := q["lwm2m"]; v != "" && v != "1.0" && v != "1.1" && v != "1.2" {
-		return p, fmt.Errorf("lwm2m=%q: this server speaks 1.0, 1.1 and 1.2", v)
-	}
-	if p.lifetime, err = lifetime(q, 86400*time.Second); err != nil {
-		return p, err
-	}
-	if p.queue, err = binding(q); err != nil {
-		return p, err
+	if b, ok := q["b"]; ok {
+		switch b {
+		case "", "U":
+			p.binding = "U"
+		case "UQ":
+			p.binding = "UQ"
+		default:
+			return p, fmt.Errorf("binding %q: this server speaks U and UQ", b)
+		}
 	}
 	if err := checkLinks(body); err != nil {
 		return p, err
@@ -508,59 +524,106 @@ func parseRegistration(qs []string, body []byte) (regParams, error) {
 	return p, nil
 }
 
-// register handles POST /rd with its (reassembled) body; ack are the
-// options of its success answer (the last Block1 of a block-wise body).
-func (s *Server) register(w mux.ResponseWriter, r *mux.Message, body []byte, ack []message.Option) {
-	bad := func(why string) {
-		s.log.Info("lwm2m: registration refused", "peer", w.Conn().RemoteAddr().String(), "reason", why)
-		s.answer(w, codes.BadRequest, why)
+// parseRegistration checks a registration's query and link-format body
+// (OMA LwM2M 1.1 core 6.2.1): ep is required; lt, lwm2m and b are checked
+// when present; other query parameters are accepted and ignored. What it
+// leaves out takes registrationDefaults.
+func parseRegistration(qs []string, body []byte) (regParams, error) {
+	q, err := parseQueries(qs)
+	if err != nil {
+		return regParams{}, err
 	}
+	ep := q["ep"]
+	if ep == "" {
+		return regParams{}, errors.New("no endpoint name (ep)")
+	}
+	if v := q["lwm2m"]; v != "" && v != "1.0" && v != "1.1" && v != "1.2" {
+		return regParams{}, fmt.Errorf("lwm2m=%q: this server speaks 1.0, 1.1 and 1.2", v)
+	}
+	p, err := parseParams(q, body)
+	if err != nil {
+		return regParams{}, err
+	}
+	p.endpoint = ep
+	return p.withDefaults(registrationDefaults()), nil
+}
+
+// register handles POST /rd with its (reassembled) body; ack are the
+// options of its success answer (the last Block1 of a block-wise body). It
+// parses the request (parseRegistration), authorizes the device
+// (authorize), records the registration (record), then answers and tells
+// the device's actor.
+func (s *Server) register(w mux.ResponseWriter, r *mux.Message, body []byte, ack []message.Option) {
 	qs, err := r.Queries()
 	if err != nil && !errors.Is(err, message.ErrOptionNotFound) {
-		bad(err.Error())
+		s.refuseRegistration(w, err.Error())
 		return
 	}
 	p, err := parseRegistration(qs, body)
 	if err != nil {
-		bad(err.Error())
+		s.refuseRegistration(w, err.Error())
 		return
 	}
-	ep, lt, queue := p.endpoint, p.lifetime, p.queue
-	forbid := func(why string) {
-		s.log.Info("lwm2m: registration refused", "endpoint", ep, "reason", why)
-		s.answer(w, codes.Forbidden, why)
-	}
-	identity, secure := pskIdentity(w.Conn())
-	if secure && identity != ep {
-		forbid(fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity))
-		return
-	}
-	if err := s.admit(r.Context(), ep, secure); err != nil {
-		if errors.Is(err, errRefused) {
-			forbid(err.Error())
-			return
-		}
-		s.log.Error("lwm2m: registration: looking the device up", "endpoint", ep, "error", err)
+	secure, refused, err := s.authorize(r.Context(), w.Conn(), p.endpoint)
+	switch {
+	case err != nil:
+		s.log.Error("lwm2m: registration: looking the device up", "endpoint", p.endpoint, "error", err)
 		s.answer(w, codes.ServiceUnavailable, "")
 		return
+	case refused != "":
+		s.log.Info("lwm2m: registration refused", "endpoint", p.endpoint, "reason", refused)
+		s.answer(w, codes.Forbidden, refused)
+		return
 	}
-	reg := newRegistration(newRegID(), ep, w.Conn().RemoteAddr().String(), lt, queue)
-	reg.conn, reg.secure = w.Conn(), secure
-	s.save(r.Context(), reg)
+	reg := s.record(r.Context(), w.Conn(), p, secure)
+	s.answer(w, codes.Created, "", append(ack, message.Option{ID: message.LocationPath, Value: []byte("rd")},
+		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})...)
+	s.log.Info("lwm2m: registered", "device", p.endpoint, "registration", reg.id, "lifetime", p.lifetime, "queue_mode", p.queue(), "peer", reg.peer)
+	s.deliver(p.endpoint, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: p.queue()}}})
+	s.awake(reg)
+}
+
+// refuseRegistration answers a malformed registration 4.00.
+func (s *Server) refuseRegistration(w mux.ResponseWriter, why string) {
+	s.log.Info("lwm2m: registration refused", "peer", w.Conn().RemoteAddr().String(), "reason", why)
+	s.answer(w, codes.BadRequest, why)
+}
+
+// authorize tells whether device ep may register on conversation c: over
+// DTLS only as its own PSK identity, and only as admit lets it. refused is
+// the reason of a refusal (4.03); err is the registry's failure (5.03);
+// secure tells whether c is a DTLS session.
+func (s *Server) authorize(ctx context.Context, c mux.Conn, ep string) (secure bool, refused string, err error) {
+	identity, secure := pskIdentity(c)
+	if secure && identity != ep {
+		return secure, fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity), nil
+	}
+	if err := s.admit(ctx, ep, secure); errors.Is(err, errRefused) {
+		return secure, err.Error(), nil
+	} else if err != nil {
+		return secure, "", err
+	}
+	return secure, "", nil
+}
+
+// record makes p's registration of a device on conversation c: kept in
+// Sessions, found by ID, device and peer, replacing (dropping) the
+// device's previous one, expiring after its lifetime, with its worker
+// running.
+func (s *Server) record(ctx context.Context, c mux.Conn, p regParams, secure bool) *registration {
+	reg := newRegistration(newRegID(), p.endpoint, c.RemoteAddr().String(), p.lifetime, p.queue())
+	reg.conn, reg.secure = c, secure
+	s.save(ctx, reg)
 	s.mu.Lock()
-	old := s.byDev[ep]
-	s.byID[reg.id], s.byDev[ep], s.byPeer[reg.peer] = reg, reg, reg
+	old := s.byDev[reg.device]
+	s.byID[reg.id], s.byDev[reg.device], s.byPeer[reg.peer] = reg, reg, reg
 	s.mu.Unlock()
 	if old != nil {
 		s.drop(old, false) // a new registration replaces it (a reboot)
 	}
-	reg.expiry = s.cfg.Clock.AfterFunc(lt, func() { s.expire(reg) })
+	reg.expiry = s.cfg.Clock.AfterFunc(p.lifetime, func() { s.expire(reg) })
 	go s.worker(reg)
-	s.answer(w, codes.Created, "", append(ack, message.Option{ID: message.LocationPath, Value: []byte("rd")},
-		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})...)
-	s.log.Info("lwm2m: registered", "device", ep, "registration", reg.id, "lifetime", lt, "queue_mode", queue, "peer", reg.peer)
-	s.deliver(ep, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
-	s.awake(reg)
+	return reg
 }
 
 // errBodyTooLarge: a request body of more than maxRegistrationBody bytes.
@@ -660,22 +723,13 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string, body []
 		s.answer(w, codes.BadRequest, err.Error())
 		return
 	}
-	lt, err := lifetime(q, reg.lifetime)
+	p, err := parseParams(q, body)
 	if err != nil {
 		s.answer(w, codes.BadRequest, err.Error())
 		return
 	}
-	queue := reg.queue
-	if _, ok := q["b"]; ok {
-		if queue, err = binding(q); err != nil {
-			s.answer(w, codes.BadRequest, err.Error())
-			return
-		}
-	}
-	if err := checkLinks(body); err != nil {
-		s.answer(w, codes.BadRequest, err.Error())
-		return
-	}
+	p = p.withDefaults(paramsOf(reg))
+	lt, queue := p.lifetime, p.queue()
 	s.mu.Lock()
 	kept := reg.lifetime == lt && reg.queue == queue
 	reg.lifetime = lt

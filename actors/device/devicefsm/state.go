@@ -21,7 +21,7 @@ var (
 // must be positive; DefaultConfig gives the spec's values.
 type Config struct {
 	Online        time.Duration // T1 for LwM2M (FOTA and PCP): 24 h
-	OnlineMQTT    time.Duration // T1 for MQTT: 25 h
+	OnlineMQTT    time.Duration // T1 for MQTT: 25 h, OnlineMQTTFor(Online)
 	VersionReport time.Duration // T2: 3 min
 	RadioQuery    time.Duration // T3: 3 min
 	CellQuery     time.Duration // T4: 3 min
@@ -33,11 +33,17 @@ type Config struct {
 	VersionCheck  time.Duration // T10: 3 min
 }
 
+// OnlineMQTTFor is the online wait of an MQTT device (OnlineMQTT) that goes
+// with online, the LwM2M one: an hour more, as spec 6.1 T1 has it (24 h for
+// LwM2M FOTA and PCP, up to 25 h for MQTT, from the MQTT firmware seed).
+func OnlineMQTTFor(online time.Duration) time.Duration { return online + time.Hour }
+
 // DefaultConfig returns the timeouts of spec 6.1 ([P] values: 3 minutes).
 func DefaultConfig() Config {
+	const online = 24 * time.Hour
 	return Config{
-		Online:        24 * time.Hour,
-		OnlineMQTT:    25 * time.Hour,
+		Online:        online,
+		OnlineMQTT:    OnlineMQTTFor(online),
 		VersionReport: 3 * time.Minute,
 		RadioQuery:    3 * time.Minute,
 		CellQuery:     3 * time.Minute,
