@@ -37,6 +37,18 @@ func versionQuery(id string) *messages.Downlink {
 	return &messages.Downlink{DeviceId: id, Kind: &messages.Downlink_MqttVersionQuery{MqttVersionQuery: &messages.MqttVersionQuery{}}}
 }
 
+// contractDevice starts a simulated device, stopped when the test ends at
+// the latest; it returns the device's Stop.
+func contractDevice(t *testing.T, cfg mqttsim.Config) func() {
+	t.Helper()
+	d, err := mqttsim.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Stop)
+	return d.Stop
+}
+
 // TestContractBroker runs the transport contract suite against the embedded
 // broker on a loopback TCP port, with simulated IoTDA devices (paho) that log
 // in with their secrets. Broker and devices share a fake clock (the login
@@ -65,13 +77,8 @@ func TestContractBroker(t *testing.T) {
 				if err := st.CreateDevices(ctx, []persistence.Device{{ID: id, ProductID: "meter", Secret: "secret-of-" + id}}); err != nil {
 					t.Fatal(err)
 				}
-				d, err := mqttsim.Start(ctx, mqttsim.Config{Broker: "tcp://" + b.Addr("mqtt"), DeviceID: id, Secret: "secret-of-" + id,
+				return contractDevice(t, mqttsim.Config{Broker: "tcp://" + b.Addr("mqtt"), DeviceID: id, Secret: "secret-of-" + id,
 					FwVersion: "1.0", Clock: clk})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(d.Stop)
-				return d.Stop
 			},
 			VersionQuery:    versionQuery,
 			Close:           b.Close,
@@ -102,12 +109,7 @@ func TestContractExternal(t *testing.T) {
 			Downlinks: ext,
 			Connect: func(t *testing.T, id string) func() {
 				t.Helper()
-				d, err := mqttsim.Start(ctx, mqttsim.Config{Broker: url, DeviceID: id, Subscribe: true, FwVersion: "1.0", Clock: clk})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(d.Stop)
-				return d.Stop
+				return contractDevice(t, mqttsim.Config{Broker: url, DeviceID: id, Subscribe: true, FwVersion: "1.0", Clock: clk})
 			},
 			VersionQuery: versionQuery,
 			Close:        ext.Close,
