@@ -2,9 +2,7 @@
 // The engine sends downlinks and token revocations through a Downlinks value;
 // protocol adapters (MQTT, LwM2M, the in-memory simulator) implement it and
 // hand decoded uplinks to an Uplinks value (the engine). Adapters make no
-// decisions: they translate bytes to messages and back. Whichever of the
-// engine and an adapter is built first takes a LateUplinks or LateDownlinks,
-// into which the other is Set once built.
+// decisions: they translate bytes to messages and back.
 package transport
 
 import (
