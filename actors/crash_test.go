@@ -18,6 +18,7 @@ import (
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
+	"github.com/otafleet/otafleet/transport"
 )
 
 var errCrashed = errors.New("crashed: the process is gone")
@@ -96,7 +97,7 @@ func newCrashCampaign() crashCampaign {
 // run runs the campaign on store until done() or the store crashed; it
 // returns the rig. Tasks whose creation was not acknowledged are created again
 // (as a client would after an error).
-func (c crashCampaign) run(t *testing.T, clk *clocktest.Clock, store persistence.EventStore, tr *memtransport.Transport, up *lateUplinks, stop func() bool) *rig {
+func (c crashCampaign) run(t *testing.T, clk *clocktest.Clock, store persistence.EventStore, tr *memtransport.Transport, up *transport.LateUplinks, stop func() bool) *rig {
 	t.Helper()
 	r := newRig(t, clk, store, tr, up)
 	ctx := context.Background()
@@ -174,14 +175,14 @@ func countWrites(t *testing.T, c crashCampaign) int {
 	return cs.n
 }
 
-func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS) (*crashingStore, *memtransport.Transport, *lateUplinks) {
+func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS) (*crashingStore, *memtransport.Transport, *transport.LateUplinks) {
 	t.Helper()
 	st, err := pebblestore.Open("db", pebblestore.Options{FS: mem})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cs := &crashingStore{EventStore: st, mem: mem, crashAt: crashAt, rng: rand.New(rand.NewPCG(uint64(crashAt), 7))}
-	up := &lateUplinks{}
+	up := &transport.LateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +202,7 @@ func crashOnce(t *testing.T, c crashCampaign, k int) {
 	}
 	r1 := c.run(t, clk, cs, tr, up, cs.crashed)
 	r1.e.Stop()
-	up.e.Store(nil)
+	up.Set(nil)
 	cs.EventStore.Close()
 	// The server is down for a moment: downlinks already on the wire reach
 	// their devices, whose answers are lost.

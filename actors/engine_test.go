@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,19 +18,10 @@ import (
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport"
 )
 
 var epoch = time.Date(2026, 6, 1, 8, 0, 0, 0, time.UTC)
-
-// lateUplinks lets the transport exist before the engine it feeds.
-type lateUplinks struct{ e atomic.Pointer[actors.Engine] }
-
-func (l *lateUplinks) Deliver(ctx context.Context, id string, in *messages.DeviceInput) error {
-	if e := l.e.Load(); e != nil {
-		return e.Deliver(ctx, id, in)
-	}
-	return errors.New("no engine yet")
-}
 
 // rig is an engine over a store, scripted devices and the fake clock, with
 // the cell budget invariant checked at every cell step and its metrics in a
@@ -49,14 +39,14 @@ type rig struct {
 	violations []string
 }
 
-func newRig(t *testing.T, clk *clocktest.Clock, store persistence.EventStore, tr *memtransport.Transport, up *lateUplinks) *rig {
+func newRig(t *testing.T, clk *clocktest.Clock, store persistence.EventStore, tr *memtransport.Transport, up *transport.LateUplinks) *rig {
 	t.Helper()
 	return newRigConfig(t, actors.Config{PassivateAfter: 10 * time.Minute}, clk, store, tr, up)
 }
 
 // newRigConfig is newRig with an engine configuration; the invariant is
 // checked against its cell budget.
-func newRigConfig(t *testing.T, cfg actors.Config, clk *clocktest.Clock, store persistence.EventStore, tr *memtransport.Transport, up *lateUplinks) *rig {
+func newRigConfig(t *testing.T, cfg actors.Config, clk *clocktest.Clock, store persistence.EventStore, tr *memtransport.Transport, up *transport.LateUplinks) *rig {
 	t.Helper()
 	r := &rig{t: t, clk: clk, store: store, tr: tr, reg: prometheus.NewRegistry(), peak: map[string]uint32{}}
 	cellCfg := cfg.Default().Cell
@@ -75,7 +65,7 @@ func newRigConfig(t *testing.T, cfg actors.Config, clk *clocktest.Clock, store p
 		t.Fatal(err)
 	}
 	r.e = e
-	up.e.Store(e)
+	up.Set(e)
 	if err := e.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +100,7 @@ func fleet(n, cells int, protocol messages.Protocol) []memtransport.DeviceSpec {
 func newFleetRig(t *testing.T, specs []memtransport.DeviceSpec) *rig {
 	t.Helper()
 	clk := clocktest.New(epoch)
-	up := &lateUplinks{}
+	up := &transport.LateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -314,7 +304,7 @@ func TestEngineRetry(t *testing.T) {
 // and devices finishes it, and no device got a second Execute or upgrade event.
 func TestEngineRecovery(t *testing.T) {
 	clk := clocktest.New(epoch)
-	up := &lateUplinks{}
+	up := &transport.LateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -344,7 +334,7 @@ func TestEngineRecovery(t *testing.T) {
 	}
 	r.runUntil(func() bool { return r.task("t1").Progress.Success >= 20 }, 24*time.Hour)
 	r.e.Stop() // the crash: whatever was not journaled is gone
-	up.e.Store(nil)
+	up.Set(nil)
 
 	r2 := newRig(t, clk, store, tr, up) // recovery
 	t.Cleanup(r2.e.Stop)
@@ -372,7 +362,7 @@ func TestRecoveryNeverRepeatsExecute(t *testing.T) {
 	for _, p := range []messages.Protocol{messages.Protocol_PROTOCOL_LWM2M_FOTA, messages.Protocol_PROTOCOL_LWM2M_PCP, messages.Protocol_PROTOCOL_MQTT} {
 		t.Run(p.String(), func(t *testing.T) {
 			clk := clocktest.New(epoch)
-			up := &lateUplinks{}
+			up := &transport.LateUplinks{}
 			tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -401,7 +391,7 @@ func TestRecoveryNeverRepeatsExecute(t *testing.T) {
 				return err == nil && v.State.Stage == stage
 			}, time.Hour)
 			r.e.Stop()
-			up.e.Store(nil)
+			up.Set(nil)
 			// The server is down long enough for the devices to finish what they
 			// were told (Execute, download, install); their reports are lost.
 			clk.Advance(10 * time.Second)

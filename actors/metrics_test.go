@@ -11,6 +11,7 @@ import (
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport"
 )
 
 // The cell budget metrics.
@@ -119,7 +120,7 @@ func TestCellBudgetMetrics(t *testing.T) {
 // still finishes.
 func TestCellBudgetViolationsCounted(t *testing.T) {
 	clk := clocktest.New(epoch)
-	up := &lateUplinks{}
+	up := &transport.LateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +164,7 @@ func TestCellBudgetViolationsCounted(t *testing.T) {
 	}
 	recovered := c.Used()
 	r.e.Stop() // the new engine recovers the cell as journaled
-	up.e.Store(nil)
+	up.Set(nil)
 
 	r2 := newRig(t, clk, store, tr, up) // the default budget, 50
 	t.Cleanup(r2.e.Stop)

@@ -2,12 +2,10 @@ package rpc_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"runtime"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,19 +21,10 @@ import (
 	"github.com/otafleet/otafleet/rpc"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+	"github.com/otafleet/otafleet/transport"
 )
 
 var taskEpoch = time.Date(2026, 6, 1, 8, 0, 0, 0, time.UTC)
-
-// lateUplinks lets the transport exist before the engine it feeds.
-type lateUplinks struct{ e atomic.Pointer[actors.Engine] }
-
-func (l *lateUplinks) Deliver(ctx context.Context, id string, in *messages.DeviceInput) error {
-	if e := l.e.Load(); e != nil {
-		return e.Deliver(ctx, id, in)
-	}
-	return errors.New("no engine yet")
-}
 
 // taskEnv is env with a real engine over scripted LwM2M devices on a fake
 // clock, and a TaskService client.
@@ -52,7 +41,7 @@ func newTaskEnv(t *testing.T, specs []memtransport.DeviceSpec) *taskEnv {
 	ctx := context.Background()
 	clk := clocktest.New(taskEpoch)
 	st := &blobLog{Store: memstore.New()}
-	up := &lateUplinks{}
+	up := &transport.LateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +56,7 @@ func newTaskEnv(t *testing.T, specs []memtransport.DeviceSpec) *taskEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up.e.Store(eng)
+	up.Set(eng)
 	if err := eng.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
 	"github.com/otafleet/otafleet/rpc"
+	"github.com/otafleet/otafleet/transport"
 )
 
 func serveCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -102,7 +103,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		return err
 	}
 	clk := clock.Real()
-	downlinks := &lateDownlinks{}
+	downlinks := &transport.LateDownlinks{}
 	var journal persistence.EventStore = store
 	if testJournalHook != nil {
 		journal = testJournalHook(journal, logger)
@@ -137,7 +138,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if devs.lwm2m != nil {
 		route.lwm2m = devs.lwm2m
 	}
-	downlinks.set(route)
+	downlinks.Set(route)
 	if err := engine.Start(ctx); err != nil {
 		return fmt.Errorf("recovery: %w", err)
 	}

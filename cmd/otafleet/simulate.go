@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/otafleet/otafleet/actors"
@@ -15,32 +14,7 @@ import (
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
-	"github.com/otafleet/otafleet/transport"
 )
-
-// lateDownlinks lets the engine be built before the transport that needs it:
-// it forwards to the transport set once both exist.
-type lateDownlinks struct {
-	target atomic.Pointer[transport.Downlinks]
-}
-
-func (l *lateDownlinks) set(d transport.Downlinks) { l.target.Store(&d) }
-
-func (l *lateDownlinks) Send(ctx context.Context, dl *messages.Downlink) error {
-	if d := l.target.Load(); d != nil {
-		return (*d).Send(ctx, dl)
-	}
-	return errNoTransport
-}
-
-func (l *lateDownlinks) RevokeToken(ctx context.Context, r *messages.RevokeToken) error {
-	if d := l.target.Load(); d != nil {
-		return (*d).RevokeToken(ctx, r)
-	}
-	return nil
-}
-
-var errNoTransport = errors.New("the device transports are not set up yet")
 
 // simProtocols maps --simulate-protocol to the devices' flows.
 func simProtocol(kind string, i int) messages.Protocol {

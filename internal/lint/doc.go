@@ -14,7 +14,12 @@
 //     only on the standard library and protobuf; the PCP codec
 //     (transport/pcp) only on the standard library and messages, whose
 //     codes and sizes it uses; internal/clock only on the standard library.
-//     A rule applies to a package as soon as it exists.
+//     Who may import what: the device simulators (bench/sim/...) are
+//     imported only by cmd/, bench/ and tests; the transport adapters and
+//     their codecs (transport/*/...) only by cmd/, bench/, transport/ and
+//     tests, so that the engine (actors) and its machines import no
+//     transport but the seam package transport. A rule applies to a package
+//     as soon as it exists.
 //   - TestPackageDocs: every package has exactly one package doc comment,
 //     starting "Package <name> ", across its non-generated, non-test files.
 //

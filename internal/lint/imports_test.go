@@ -8,6 +8,7 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -55,11 +56,50 @@ var importRules = []importRule{
 	},
 }
 
+// importerRule limits which of the module's packages may import the packages
+// matching pkgs in non-test code: only those matching one of importers (tests
+// may import them freely). Checking every package's direct imports covers the
+// transitive ones too: a package that reaches pkgs through others is let
+// through only by an allowed importer on the way. Patterns are as in
+// importRule, all module-relative.
+type importerRule struct {
+	pkgs      string
+	importers []string
+	allowed   string // the importers, in words
+	advice    string // how to fix a violation
+}
+
+var importerRules = []importerRule{
+	{
+		pkgs:      "bench/sim/...",
+		importers: []string{"cmd/...", "bench/..."},
+		allowed:   "cmd/..., bench/... and tests",
+		advice:    "the simulators model devices, they are not part of otafleet: use them from a test (a _test.go file may import them), cmd/ or bench/",
+	},
+	{
+		pkgs:      "transport/*/...",
+		importers: []string{"cmd/...", "bench/...", "transport/..."},
+		allowed:   "cmd/..., bench/..., transport/... and tests",
+		advice:    "the engine (actors), its machines and the API reach devices only through the seam package transport (Downlinks, Uplinks): depend on those interfaces and let cmd/otafleet wire the adapter in",
+	},
+}
+
 // matchPattern reports whether the import path p matches pattern (see
-// importRule).
+// importRule). Before a trailing "/...", path.Match wildcards match whole
+// elements: "transport/*/..." matches transport/mqtt and
+// transport/mqtt/iotda, not transport.
 func matchPattern(pattern, p string) bool {
 	if dir, ok := strings.CutSuffix(pattern, "/..."); ok {
-		return under(p, dir)
+		for q := p; ; {
+			if ok, err := path.Match(dir, q); err == nil && ok {
+				return true
+			}
+			i := strings.LastIndex(q, "/")
+			if i < 0 {
+				return false
+			}
+			q = q[:i]
+		}
 	}
 	ok, err := path.Match(pattern, p)
 	return err == nil && ok
@@ -89,8 +129,9 @@ func goList(dir string, env []string, args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
-// checkImports applies importRules to the packages of the module rooted at
-// root. Rules whose packages do not exist yet find nothing to check.
+// checkImports applies importRules and importerRules to the packages of the
+// module rooted at root. Rules whose packages do not exist yet find nothing
+// to check.
 func checkImports(root string, env ...string) ([]string, error) {
 	out, err := goList(root, env, "-m", "-f", "{{.Path}}")
 	if err != nil {
@@ -196,6 +237,23 @@ func checkImports(root string, env ...string) ([]string, error) {
 			}
 		}
 	}
+	for _, rule := range importerRules {
+		for _, rel := range own {
+			if slices.ContainsFunc(rule.importers, func(pat string) bool { return matchPattern(pat, rel) }) {
+				continue
+			}
+			full := mod
+			if rel != "." {
+				full += "/" + rel
+			}
+			for _, dep := range pkgs[full].imports {
+				if r, ok := strings.CutPrefix(dep, mod+"/"); ok && matchPattern(rule.pkgs, r) {
+					violations = append(violations, fmt.Sprintf("%s imports %s: %s may be imported only by %s; %s",
+						rel, dep, rule.pkgs, rule.allowed, rule.advice))
+				}
+			}
+		}
+	}
 	return violations, nil
 }
 
@@ -219,20 +277,26 @@ func TestImportsFixture(t *testing.T) {
 	for _, v := range vs {
 		t.Log(v) // the full messages, for go test -v
 	}
-	var got []string
+	var got []string // "pkg -> dep" for importRules, "pkg imports dep" for importerRules
 	for _, v := range vs {
-		pkg, rest, _ := strings.Cut(v, " depends on ")
-		dep, _, _ := strings.Cut(rest, ":")
-		got = append(got, pkg+" -> "+dep)
+		head, _, _ := strings.Cut(v, ":")
+		if pkg, dep, ok := strings.Cut(head, " depends on "); ok {
+			head = pkg + " -> " + dep
+		}
+		got = append(got, head)
 	}
 	sort.Strings(got)
 	want := []string{
 		"actors/gadget/gadgetfsm -> github.com/cockroachdb/pebble/v2",
+		"actors/widget imports example.com/fixture/transport/mqtt",
 		"actors/widget/widgetfsm -> example.com/fixture/actors/widget",
 		"actors/widget/widgetfsm -> example.com/fixture/internal/clock (via actors/widget/widgetfsm -> messages -> internal/clock)",
 		"actors/widget/widgetfsm -> example.com/fixture/transport/mqtt (via actors/widget/widgetfsm -> actors/widget -> transport/mqtt)",
 		"internal/clock/clocktest -> example.com/fixture/transport/mqtt",
+		"internal/clock/clocktest imports example.com/fixture/transport/mqtt",
 		"messages -> example.com/fixture/internal/clock",
+		"rpc imports example.com/fixture/bench/sim/devsim",
+		"rpc imports example.com/fixture/transport/mqtt/iotda",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("checkImports(testdata/imports) =\n\t%s\nwant\n\t%s\nfull messages:\n\t%s",
@@ -252,6 +316,13 @@ func TestMatchPattern(t *testing.T) {
 		{"internal/clock/...", "internal/clock/clocktest", true},
 		{"internal/clock/...", "internal/clockwork", false},
 		{"google.golang.org/protobuf/...", "google.golang.org/protobuf/proto", true},
+		{"transport/*/...", "transport", false},
+		{"transport/*/...", "transport/mqtt", true},
+		{"transport/*/...", "transport/mqtt/iotda", true},
+		{"transport/*/...", "transporttest/mqtt", false},
+		{"bench/sim/...", "bench/sim/memtransport", true},
+		{"bench/sim/...", "bench", false},
+		{"bench/sim/...", "bench/simulate", false},
 	} {
 		if got := matchPattern(c.pattern, c.p); got != c.want {
 			t.Errorf("matchPattern(%q, %q) = %v, want %v", c.pattern, c.p, got, c.want)

@@ -14,6 +14,7 @@ import (
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/lwm2m"
 )
 
@@ -41,7 +42,7 @@ func (g *gatedJournal) Append(ctx context.Context, a persistence.Append) (uint64
 func TestConfirmableNotificationAckedWhenJournaled(t *testing.T) {
 	ctx := context.Background()
 	journal := &gatedJournal{EventStore: memstore.New(), entered: make(chan persistence.Append, 16), gate: make(chan struct{})}
-	eng, err := actors.New(actors.Config{}, actors.Deps{Store: journal, Clock: clocktest.New(epoch), Transport: &lateDownlinks{}})
+	eng, err := actors.New(actors.Config{}, actors.Deps{Store: journal, Clock: clocktest.New(epoch), Transport: &transport.LateDownlinks{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -224,7 +224,7 @@ func (s *stack) up(addr string, sessions persistence.Sessions, wrap func(transpo
 			t.Fatal(err)
 		}
 	}
-	late := &lateDownlinks{}
+	late := &transport.LateDownlinks{}
 	eng, err := actors.New(actors.Config{}, actors.Deps{Store: s.store, Clock: s.clk, Transport: wrap(late)})
 	must(err)
 	dl, err := download.New(download.Config{Packages: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
@@ -234,7 +234,7 @@ func (s *stack) up(addr string, sessions persistence.Sessions, wrap func(transpo
 	// before the engine recovers, and serves once it has.
 	srv, err := lwm2m.New(lwm2m.Config{Addr: addr, Devices: s.store, Packages: s.store, Tokens: dl, Uplinks: eng, Clock: s.clk, Sessions: sessions})
 	must(err)
-	late.set(srv)
+	late.Set(srv)
 	must(eng.Start(ctx))
 	s.eng, s.srv = eng, srv
 	if s.beforeServe != nil {

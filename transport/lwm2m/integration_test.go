@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -30,21 +29,6 @@ import (
 // The integration tests run the real LwM2M server over UDP on loopback,
 // the real engine (its deadlines on a fake clock: the happy paths never
 // wait for one) and simulated LwM2M devices, each on its own socket.
-
-type lateDownlinks struct {
-	d atomic.Pointer[transport.Downlinks]
-}
-
-func (l *lateDownlinks) set(d transport.Downlinks) { l.d.Store(&d) }
-
-func (l *lateDownlinks) Send(ctx context.Context, dl *messages.Downlink) error {
-	if d := l.d.Load(); d != nil {
-		return (*d).Send(ctx, dl)
-	}
-	return errors.New("no server yet")
-}
-
-func (l *lateDownlinks) RevokeToken(ctx context.Context, r *messages.RevokeToken) error { return nil }
 
 type stack struct {
 	t      testing.TB
@@ -87,7 +71,7 @@ func newStack(t testing.TB) *stack {
 	s.fw = put("fw-2.0", persistence.PackageFirmware, "2.0", "1.0", 6000)
 	s.sw = put("app-2", persistence.PackageSoftware, "V2.0", "V1.0", 3000)
 
-	late := &lateDownlinks{}
+	late := &transport.LateDownlinks{}
 	cellCfg := cellfsm.DefaultConfig()
 	var err error
 	s.eng, err = actors.New(actors.Config{}, actors.Deps{Store: s.store, Clock: s.clk, Transport: late,
@@ -113,7 +97,7 @@ func newStack(t testing.TB) *stack {
 	must(err)
 	s.srv.Start()
 	t.Cleanup(func() { s.srv.Close() })
-	late.set(s.srv)
+	late.Set(s.srv)
 	return s
 }
 

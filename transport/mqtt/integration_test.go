@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -41,28 +40,14 @@ import (
 // lateDownlinks lets the engine exist before the broker that needs it; it
 // counts the downlinks sent.
 type lateDownlinks struct {
-	b    atomic.Pointer[transport.Downlinks]
+	transport.LateDownlinks
 	sent atomic.Int64
 }
 
-func (l *lateDownlinks) set(d transport.Downlinks) { l.b.Store(&d) }
-
 func (l *lateDownlinks) Send(ctx context.Context, dl *messages.Downlink) error {
 	l.sent.Add(1)
-	if b := l.b.Load(); b != nil {
-		return (*b).Send(ctx, dl)
-	}
-	return errors.New("no broker yet")
+	return l.LateDownlinks.Send(ctx, dl)
 }
-
-func (l *lateDownlinks) RevokeToken(ctx context.Context, r *messages.RevokeToken) error {
-	if b := l.b.Load(); b != nil {
-		return (*b).RevokeToken(ctx, r)
-	}
-	return nil
-}
-
-var _ transport.Downlinks = (*lateDownlinks)(nil)
 
 type mint struct {
 	s    *download.Server
@@ -167,7 +152,7 @@ func newStackOn(t testing.TB, packageSize int, brokerURL string) *stack {
 			Downloads: mint{s: dl, base: srv.URL}, Clock: s.clk})
 		must(err)
 		t.Cleanup(func() { ext.Close() })
-		late.set(ext)
+		late.Set(ext)
 		return s
 	}
 	s.broker, err = mqtt.NewBroker(mqtt.BrokerConfig{Addr: "127.0.0.1:0", Credentials: s.store, Uplinks: s.counter,
@@ -175,7 +160,7 @@ func newStackOn(t testing.TB, packageSize int, brokerURL string) *stack {
 	must(err)
 	must(s.broker.Start())
 	t.Cleanup(func() { s.broker.Close() })
-	late.set(s.broker)
+	late.Set(s.broker)
 	return s
 }
 

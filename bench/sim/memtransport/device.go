@@ -199,9 +199,8 @@ func (d *device) runLocked(ctx context.Context, fn func()) error {
 	d.out, d.upgraded = nil, nil
 	d.mu.Unlock()
 	errs := make([]error, len(out))
-	up := d.t.up.Load()
 	for i, in := range out {
-		errs[i] = up.Deliver(ctx, d.id, in)
+		errs[i] = d.t.up.Deliver(ctx, d.id, in)
 	}
 	if len(out) > 0 {
 		d.mu.Lock()

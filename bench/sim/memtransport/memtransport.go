@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
-	"sync/atomic"
 
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
@@ -78,7 +77,7 @@ type Transport struct {
 	cfg    Config
 	delays Delays
 	clk    clock.Clock
-	up     atomic.Pointer[uplinks]
+	up     transport.LateUplinks
 	log    *slog.Logger
 	ctx    context.Context // for deliveries from timers; cancelled by Close
 	cancel context.CancelFunc
@@ -121,18 +120,16 @@ func New(cfg Config, clk clock.Clock, up transport.Uplinks, logger *slog.Logger)
 		}
 		t.state, t.saved = sf, recs
 	}
-	t.up.Store(&uplinks{up})
+	t.up.Set(up)
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	return t, nil
 }
-
-type uplinks struct{ transport.Uplinks }
 
 // SetUplinks makes later deliveries go to up: an in-process engine that was
 // rebuilt after a simulated crash takes over the same devices.
 func (t *Transport) SetUplinks(up transport.Uplinks) {
 	if up != nil {
-		t.up.Store(&uplinks{up})
+		t.up.Set(up)
 	}
 }
 

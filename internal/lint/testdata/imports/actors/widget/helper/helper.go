@@ -1,6 +1,7 @@
-// Package helper is a fixture: not an fsm, so it may import mqtt.
+// Package helper is a fixture: not an fsm, so it may import the seam package
+// transport.
 package helper
 
-import "example.com/fixture/transport/mqtt"
+import "example.com/fixture/transport"
 
-const T = mqtt.Topic
+type U = transport.Uplinks
