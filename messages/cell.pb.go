@@ -221,12 +221,17 @@ func (*CellEvent_PermitGranted) isCellEvent_Kind() {}
 
 func (*CellEvent_PermitReturned) isCellEvent_Kind() {}
 
-// PermitQueued: a device joined the cell's FIFO queue with its coverage and cost.
+// PermitQueued: a device joined the cell's FIFO queue with its coverage and
+// cost, or, already waiting, was costed afresh for a new job in its place. A
+// holder asking for a new job joins the queue too, for the units its new cost
+// adds (cellfsm's doc).
 type PermitQueued struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	Level         CoverageLevel          `protobuf:"varint,2,opt,name=level,proto3,enum=otafleet.messages.v1.CoverageLevel" json:"level,omitempty"`
 	Cost          uint32                 `protobuf:"varint,3,opt,name=cost,proto3" json:"cost,omitempty"`
+	TaskId        string                 `protobuf:"bytes,4,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"` // the job asking (RequestPermit.task_id)
+	Attempt       uint32                 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`            // the job asking (RequestPermit.attempt)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -278,6 +283,20 @@ func (x *PermitQueued) GetLevel() CoverageLevel {
 func (x *PermitQueued) GetCost() uint32 {
 	if x != nil {
 		return x.Cost
+	}
+	return 0
+}
+
+func (x *PermitQueued) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *PermitQueued) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
 	}
 	return 0
 }
@@ -456,11 +475,13 @@ const file_messages_cell_proto_rawDesc = "" +
 	"\rpermit_queued\x18\x02 \x01(\v2\".otafleet.messages.v1.PermitQueuedH\x00R\fpermitQueued\x12T\n" +
 	"\x0epermit_granted\x18\x03 \x01(\v2+.otafleet.messages.v1.PermitGrantedToDeviceH\x00R\rpermitGranted\x12O\n" +
 	"\x0fpermit_returned\x18\x04 \x01(\v2$.otafleet.messages.v1.PermitReturnedH\x00R\x0epermitReturnedB\x06\n" +
-	"\x04kind\"z\n" +
+	"\x04kind\"\xad\x01\n" +
 	"\fPermitQueued\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x129\n" +
 	"\x05level\x18\x02 \x01(\x0e2#.otafleet.messages.v1.CoverageLevelR\x05level\x12\x12\n" +
-	"\x04cost\x18\x03 \x01(\rR\x04cost\"4\n" +
+	"\x04cost\x18\x03 \x01(\rR\x04cost\x12\x17\n" +
+	"\atask_id\x18\x04 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\x05 \x01(\rR\aattempt\"4\n" +
 	"\x15PermitGrantedToDevice\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"-\n" +
 	"\x0ePermitReturned\x12\x1b\n" +

@@ -3690,13 +3690,19 @@ func (x *PcpUpgradeResultAck) GetResult() uint32 {
 }
 
 // RequestPermit asks a cell for an upgrade slot (spec 1, project decision 1).
+// It carries the radio values the device reported, each only when present;
+// the cell grades them (cellfsm.Classify).
 type RequestPermit struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	CellId        string                 `protobuf:"bytes,1,opt,name=cell_id,json=cellId,proto3" json:"cell_id,omitempty"`
-	DeviceId      string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Rsrp          *int32                 `protobuf:"zigzag32,3,opt,name=rsrp,proto3,oneof" json:"rsrp,omitempty"`
-	Sinr          *int32                 `protobuf:"zigzag32,4,opt,name=sinr,proto3,oneof" json:"sinr,omitempty"`
-	CellOnly      bool                   `protobuf:"varint,5,opt,name=cell_only,json=cellOnly,proto3" json:"cell_only,omitempty"` // radio query failed; only the cell ID is known
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	CellId   string                 `protobuf:"bytes,1,opt,name=cell_id,json=cellId,proto3" json:"cell_id,omitempty"`
+	DeviceId string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Rsrp     *int32                 `protobuf:"zigzag32,3,opt,name=rsrp,proto3,oneof" json:"rsrp,omitempty"`
+	Sinr     *int32                 `protobuf:"zigzag32,4,opt,name=sinr,proto3,oneof" json:"sinr,omitempty"`
+	CellOnly bool                   `protobuf:"varint,5,opt,name=cell_only,json=cellOnly,proto3" json:"cell_only,omitempty"` // the radio query failed or lacked a value; the cell ID is known
+	// The job asking (task and attempt): the cell costs a new job's request
+	// afresh and answers a repeat of the same job's request as before.
+	TaskId        string `protobuf:"bytes,6,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Attempt       uint32 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3764,6 +3770,20 @@ func (x *RequestPermit) GetCellOnly() bool {
 		return x.CellOnly
 	}
 	return false
+}
+
+func (x *RequestPermit) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *RequestPermit) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
 }
 
 // ReleasePermit gives a slot back, or withdraws a waiting request.
@@ -4376,13 +4396,15 @@ const file_messages_device_proto_rawDesc = "" +
 	"\n" +
 	"PcpExecute\"-\n" +
 	"\x13PcpUpgradeResultAck\x12\x16\n" +
-	"\x06result\x18\x01 \x01(\rR\x06result\"\xa6\x01\n" +
+	"\x06result\x18\x01 \x01(\rR\x06result\"\xd9\x01\n" +
 	"\rRequestPermit\x12\x17\n" +
 	"\acell_id\x18\x01 \x01(\tR\x06cellId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x17\n" +
 	"\x04rsrp\x18\x03 \x01(\x11H\x00R\x04rsrp\x88\x01\x01\x12\x17\n" +
 	"\x04sinr\x18\x04 \x01(\x11H\x01R\x04sinr\x88\x01\x01\x12\x1b\n" +
-	"\tcell_only\x18\x05 \x01(\bR\bcellOnlyB\a\n" +
+	"\tcell_only\x18\x05 \x01(\bR\bcellOnly\x12\x17\n" +
+	"\atask_id\x18\x06 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\a \x01(\rR\aattemptB\a\n" +
 	"\x05_rsrpB\a\n" +
 	"\x05_sinr\"E\n" +
 	"\rReleasePermit\x12\x17\n" +

@@ -281,7 +281,8 @@ type CellSnapshot struct {
 	CellId string                 `protobuf:"bytes,1,opt,name=cell_id,json=cellId,proto3" json:"cell_id,omitempty"`
 	// The devices holding units, sorted by device_id.
 	Holders []*CellSnapshot_Member `protobuf:"bytes,2,rep,name=holders,proto3" json:"holders,omitempty"`
-	// The FIFO queue of waiting devices, head first.
+	// The FIFO queue of waiting devices, head first. A holder waiting for the
+	// units a new job's higher cost adds is in both lists.
 	Queue []*CellSnapshot_Member `protobuf:"bytes,3,rep,name=queue,proto3" json:"queue,omitempty"`
 	// Units in use: the sum of the holders' costs (checked on load).
 	InUse         uint32 `protobuf:"varint,4,opt,name=in_use,json=inUse,proto3" json:"in_use,omitempty"`
@@ -538,6 +539,8 @@ type CellSnapshot_Member struct {
 	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	Level         CoverageLevel          `protobuf:"varint,2,opt,name=level,proto3,enum=otafleet.messages.v1.CoverageLevel" json:"level,omitempty"`
 	Cost          uint32                 `protobuf:"varint,3,opt,name=cost,proto3" json:"cost,omitempty"`
+	TaskId        string                 `protobuf:"bytes,4,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"` // the job the device holds or waits for
+	Attempt       uint32                 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -589,6 +592,20 @@ func (x *CellSnapshot_Member) GetLevel() CoverageLevel {
 func (x *CellSnapshot_Member) GetCost() uint32 {
 	if x != nil {
 		return x.Cost
+	}
+	return 0
+}
+
+func (x *CellSnapshot_Member) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *CellSnapshot_Member) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
 	}
 	return 0
 }
@@ -856,16 +873,18 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\v_fw_versionB\r\n" +
 	"\v_sw_versionB\a\n" +
 	"\x05_rsrpB\a\n" +
-	"\x05_sinr\"\xba\x02\n" +
+	"\x05_sinr\"\xee\x02\n" +
 	"\fCellSnapshot\x12\x17\n" +
 	"\acell_id\x18\x01 \x01(\tR\x06cellId\x12C\n" +
 	"\aholders\x18\x02 \x03(\v2).otafleet.messages.v1.CellSnapshot.MemberR\aholders\x12?\n" +
 	"\x05queue\x18\x03 \x03(\v2).otafleet.messages.v1.CellSnapshot.MemberR\x05queue\x12\x15\n" +
-	"\x06in_use\x18\x04 \x01(\rR\x05inUse\x1at\n" +
+	"\x06in_use\x18\x04 \x01(\rR\x05inUse\x1a\xa7\x01\n" +
 	"\x06Member\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x129\n" +
 	"\x05level\x18\x02 \x01(\x0e2#.otafleet.messages.v1.CoverageLevelR\x05level\x12\x12\n" +
-	"\x04cost\x18\x03 \x01(\rR\x04cost\"\x88\t\n" +
+	"\x04cost\x18\x03 \x01(\rR\x04cost\x12\x17\n" +
+	"\atask_id\x18\x04 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\x05 \x01(\rR\aattempt\"\x88\t\n" +
 	"\fTaskSnapshot\x125\n" +
 	"\x04task\x18\x01 \x01(\v2!.otafleet.messages.v1.TaskCreatedR\x04task\x12F\n" +
 	"\bsubtasks\x18\x02 \x03(\v2*.otafleet.messages.v1.TaskSnapshot.SubtaskR\bsubtasks\x12G\n" +

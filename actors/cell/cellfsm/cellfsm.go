@@ -20,17 +20,30 @@ var (
 	ErrInvariant = errors.New("cellfsm: invariant violated")
 )
 
+// Job names the job a device asks a slot for: a task and its attempt
+// (messages.RequestPermit's task_id and attempt). A request for another job
+// than the one a device holds or waits for is costed afresh; a repeat of the
+// same job's request changes nothing. Requests and events that name no job
+// have the zero Job.
+type Job struct {
+	TaskID  string
+	Attempt uint32
+}
+
 // Slot is a device holding part of the cell's budget.
 type Slot struct {
 	Level messages.CoverageLevel // coverage when it asked
 	Cost  uint32                 // units it holds, as journaled in PermitQueued
+	Job   Job                    // the job it was granted for
 }
 
-// Waiter is a device in the cell's FIFO queue.
+// Waiter is a device in the cell's FIFO queue. A holder in the queue waits
+// for the units its new job costs more than it holds.
 type Waiter struct {
 	DeviceID string
 	Level    messages.CoverageLevel
 	Cost     uint32 // units it will hold once granted, as journaled in PermitQueued
+	Job      Job    // the job it waits for
 }
 
 // State is one cell's radio budget: who holds units and who waits, in order.
@@ -62,7 +75,8 @@ type Result struct {
 // Used returns the units in use.
 func (s State) Used() uint32 { return s.InUse }
 
-// Holders returns the number of devices holding units.
+// Holders returns the number of devices holding units. A holder waiting for
+// a new job's units counts here and in Waiting.
 func (s State) Holders() int { return len(s.Slots) }
 
 // Waiting returns the number of devices in the queue.
@@ -71,8 +85,10 @@ func (s State) Waiting() int { return len(s.Queue) }
 // Check verifies the state's invariants against cfg: InUse equals the sum of
 // the holders' costs; InUse is within cfg.Budget unless a single holder
 // holds more than the budget alone (a cost clamped at admission); every
-// device ID is non-empty and appears once, either holding or waiting; every
-// cost is at least 1. The error wraps ErrInvariant.
+// device ID is non-empty and appears once among the holders and once in the
+// queue; a device both holding and waiting waits for a higher cost than it
+// holds (a new job's); every cost is at least 1. The error wraps
+// ErrInvariant.
 //
 // A state replayed from events written under a larger budget may exceed a
 // smaller cfg.Budget until the devices admitted under the old one release;
@@ -104,8 +120,8 @@ func (s State) Check(cfg Config) error {
 		case seen[w.DeviceID]:
 			return fmt.Errorf("%w: %q queued twice", ErrInvariant, w.DeviceID)
 		}
-		if _, ok := s.Slots[w.DeviceID]; ok {
-			return fmt.Errorf("%w: %q both holding and queued", ErrInvariant, w.DeviceID)
+		if h, ok := s.Slots[w.DeviceID]; ok && w.Cost <= h.Cost {
+			return fmt.Errorf("%w: %q holds %d units and waits for %d", ErrInvariant, w.DeviceID, h.Cost, w.Cost)
 		}
 		seen[w.DeviceID] = true
 	}
@@ -163,19 +179,32 @@ func checkIDs(s State, kind string, m idMessage) error {
 
 func request(cfg Config, s State, at int64, r *messages.RequestPermit) (State, Result, error) {
 	dev := r.GetDeviceId()
-	if _, ok := s.Slots[dev]; ok {
-		// A restarted device asks again: repeat the grant, change nothing.
+	job := Job{TaskID: r.GetTaskId(), Attempt: r.GetAttempt()}
+	h, holds := s.Slots[dev]
+	i := queued(s, dev)
+	switch {
+	case i >= 0 && (s.Queue[i].Job == job || holds && h.Job == job):
+		// Already waiting for this job in its place, or a stale repeat of
+		// the job it holds for while it waits for a newer one's units.
+		return s, Result{}, nil
+	case holds && h.Job == job:
+		// The same job asks again (a restarted device): repeat the grant,
+		// change nothing.
 		return s, Result{Effects: []*messages.CellEffect{grantEffect(s.Cell, dev)}}, nil
 	}
-	if queued(s, dev) >= 0 {
-		return s, Result{}, nil // already waiting in its place
-	}
+	// A new request, or a new job of a device the cell knows: cost it afresh.
 	level := Classify(cfg, r.Rsrp, r.Sinr, r.GetCellOnly())
+	cost := Cost(cfg, level)
 	ev := &messages.CellEvent{AtUnixNano: at, Kind: &messages.CellEvent_PermitQueued{
-		PermitQueued: &messages.PermitQueued{DeviceId: dev, Level: level, Cost: Cost(cfg, level)},
+		PermitQueued: &messages.PermitQueued{DeviceId: dev, Level: level, Cost: cost, TaskId: job.TaskID, Attempt: job.Attempt},
 	}}
 	res := Result{Events: []*messages.CellEvent{ev}}
 	s = Evolve(s, ev)
+	if holds && cost <= h.Cost {
+		// A holder's new job needs no more units than it holds: it keeps
+		// its slot at the new cost now, taking nothing from those waiting.
+		s = grant(s, at, dev, &res)
+	}
 	s = admit(cfg, s, at, &res)
 	return s, res, nil
 }
@@ -193,25 +222,34 @@ func release(cfg Config, s State, at int64, dev string) (State, Result, error) {
 	return s, res, nil
 }
 
-// fits reports whether the head of the queue may be admitted now. A cost
-// above the budget (journaled under an older config) counts as the whole
-// budget: that device is admitted when the cell is empty and upgrades alone.
+// fits reports whether the head of the queue may be admitted now: whether
+// the units it needs beyond those it already holds (a holder's new job) fit.
+// A cost above the budget (journaled under an older config) counts as the
+// whole budget: that device is admitted when no one else holds units and
+// upgrades alone.
 func fits(cfg Config, s State) bool {
 	h := s.Queue[0]
-	return uint64(s.InUse)+uint64(min(h.Cost, cfg.Budget)) <= uint64(cfg.Budget)
+	need := uint64(min(h.Cost, cfg.Budget))
+	have := uint64(s.Slots[h.DeviceID].Cost)
+	return uint64(s.InUse)+need <= uint64(cfg.Budget)+have
 }
 
 // admit grants the head of the queue while it fits, strictly in order.
 func admit(cfg Config, s State, at int64, res *Result) State {
 	for len(s.Queue) > 0 && fits(cfg, s) {
-		dev := s.Queue[0].DeviceID
-		ev := &messages.CellEvent{AtUnixNano: at, Kind: &messages.CellEvent_PermitGranted{
-			PermitGranted: &messages.PermitGrantedToDevice{DeviceId: dev},
-		}}
-		s = Evolve(s, ev)
-		res.Events = append(res.Events, ev)
-		res.Effects = append(res.Effects, grantEffect(s.Cell, dev))
+		s = grant(s, at, s.Queue[0].DeviceID, res)
 	}
+	return s
+}
+
+// grant admits the waiting device dev: its event, applied, and its effect.
+func grant(s State, at int64, dev string, res *Result) State {
+	ev := &messages.CellEvent{AtUnixNano: at, Kind: &messages.CellEvent_PermitGranted{
+		PermitGranted: &messages.PermitGrantedToDevice{DeviceId: dev},
+	}}
+	s = Evolve(s, ev)
+	res.Events = append(res.Events, ev)
+	res.Effects = append(res.Effects, grantEffect(s.Cell, dev))
 	return s
 }
 
@@ -245,16 +283,24 @@ func queued(s State, dev string) int {
 
 // Evolve applies one journaled event to s and returns the new state. It is
 // total: a nil or unknown event, or one that does not fit the state (a grant
-// for a device that is not waiting, a second queueing of a known device), leaves
-// s unchanged. It may modify s's map and slice in place.
+// for a device that is not waiting, a queueing without device ID), leaves s
+// unchanged. A queueing of a device that waits already replaces its request
+// in its place; one of a holder adds it to the queue (a new job's request);
+// a grant of a holder replaces its slot; a return drops the device's slot
+// and its place in the queue. It may modify s's map and slice in place.
 func Evolve(s State, e *messages.CellEvent) State {
 	switch k := e.GetKind().(type) {
 	case *messages.CellEvent_PermitQueued:
-		dev := k.PermitQueued.GetDeviceId()
-		if _, ok := s.Slots[dev]; ok || dev == "" || queued(s, dev) >= 0 {
+		q := k.PermitQueued
+		if q.GetDeviceId() == "" {
 			return s
 		}
-		s.Queue = append(s.Queue, Waiter{DeviceID: dev, Level: k.PermitQueued.GetLevel(), Cost: k.PermitQueued.GetCost()})
+		w := Waiter{DeviceID: q.GetDeviceId(), Level: q.GetLevel(), Cost: q.GetCost(), Job: Job{TaskID: q.GetTaskId(), Attempt: q.GetAttempt()}}
+		if i := queued(s, w.DeviceID); i >= 0 {
+			s.Queue[i] = w
+		} else {
+			s.Queue = append(s.Queue, w)
+		}
 	case *messages.CellEvent_PermitGranted:
 		i := queued(s, k.PermitGranted.GetDeviceId())
 		if i < 0 {
@@ -265,14 +311,18 @@ func Evolve(s State, e *messages.CellEvent) State {
 		if s.Slots == nil {
 			s.Slots = map[string]Slot{}
 		}
-		s.Slots[w.DeviceID] = Slot{Level: w.Level, Cost: w.Cost}
+		if h, ok := s.Slots[w.DeviceID]; ok {
+			s.InUse -= min(h.Cost, s.InUse)
+		}
+		s.Slots[w.DeviceID] = Slot{Level: w.Level, Cost: w.Cost, Job: w.Job}
 		s.InUse = satAdd(s.InUse, w.Cost)
 	case *messages.CellEvent_PermitReturned:
 		dev := k.PermitReturned.GetDeviceId()
 		if h, ok := s.Slots[dev]; ok {
 			delete(s.Slots, dev)
 			s.InUse -= min(h.Cost, s.InUse)
-		} else if i := queued(s, dev); i >= 0 {
+		}
+		if i := queued(s, dev); i >= 0 {
 			s.Queue = slices.Delete(s.Queue, i, i+1)
 		}
 	}
@@ -288,16 +338,19 @@ func satAdd(a, b uint32) uint32 {
 
 // Resume returns the effects to run after s was rebuilt by replay: the grant
 // of every holder again, in device-ID order, because a grant effect may have
-// been lost in the crash. Device actors ignore grants they do not wait for.
-// Resume has no config, so it grants no one new: call Admit for that.
-// A state without a cell ID yields nothing.
+// been lost in the crash; not that of a holder waiting for a new job's units,
+// whose device waits for the grant of that job. Device actors ignore grants
+// they do not wait for. Resume has no config, so it grants no one new: call
+// Admit for that. A state without a cell ID yields nothing.
 func Resume(s State) []*messages.CellEffect {
 	if s.Cell == "" || len(s.Slots) == 0 {
 		return nil
 	}
 	ids := make([]string, 0, len(s.Slots))
 	for id := range s.Slots {
-		ids = append(ids, id)
+		if queued(s, id) < 0 {
+			ids = append(ids, id)
+		}
 	}
 	slices.Sort(ids)
 	out := make([]*messages.CellEffect, 0, len(ids))

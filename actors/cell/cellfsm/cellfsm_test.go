@@ -51,29 +51,61 @@ func TestClassify(t *testing.T) {
 		poor = messages.CoverageLevel_COVERAGE_LEVEL_POOR
 		cell = messages.CoverageLevel_COVERAGE_LEVEL_CELL_ONLY
 	)
+	type graded struct {
+		level   messages.CoverageLevel
+		outside bool // outside every range: nonsense, poor whatever else is known
+	}
 	cfg := DefaultConfig()
-	rsrp := map[int32]messages.CoverageLevel{
-		100: poor, 0: poor, -43: poor, -44: good, -80: good, -105: good, -106: med, -115: med,
-		-116: poor, -125: poor, -126: poor, -200: poor,
+	// Every edge of spec 1.3: each bound, one on either side, and nonsense.
+	rsrp := map[int32]graded{
+		100: {poor, true}, 0: {poor, true}, -43: {poor, true}, -44: {good, false}, -80: {good, false},
+		-105: {good, false}, -106: {med, false}, -115: {med, false}, -116: {poor, false},
+		-125: {poor, false}, -126: {poor, true}, -200: {poor, true},
 	}
-	sinr := map[int32]messages.CoverageLevel{
-		50: poor, 31: poor, 30: good, 7: good, 6: med, -3: med, -4: poor, -8: poor, -9: poor,
+	sinr := map[int32]graded{
+		50: {poor, true}, 31: {poor, true}, 30: {good, false}, 7: {good, false}, 6: {med, false},
+		-3: {med, false}, -4: {poor, false}, -8: {poor, false}, -9: {poor, true},
 	}
-	for r, rl := range rsrp {
-		for s, sl := range sinr {
-			if got, want := Classify(cfg, i32(r), i32(s), false), max(rl, sl); got != want {
+	// onlyCell is what a device whose radio read lacked a value or failed is
+	// graded, given the values it has: poor if one of them is nonsense
+	// (issue 20 item 1, decision 7), else cell-only.
+	onlyCell := func(gs ...graded) messages.CoverageLevel {
+		for _, g := range gs {
+			if g.outside {
+				return poor
+			}
+		}
+		return cell
+	}
+	for r, rg := range rsrp {
+		for s, sg := range sinr {
+			if got, want := Classify(cfg, i32(r), i32(s), false), max(rg.level, sg.level); got != want {
 				t.Errorf("Classify(%d, %d) = %v, want %v", r, s, got, want)
 			}
-			if got := Classify(cfg, i32(r), i32(s), true); got != cell {
-				t.Errorf("Classify(%d, %d, cellOnly) = %v", r, s, got)
+			if got, want := Classify(cfg, i32(r), i32(s), true), onlyCell(rg, sg); got != want {
+				t.Errorf("Classify(%d, %d, cellOnly) = %v, want %v", r, s, got, want)
 			}
 		}
-		if got := Classify(cfg, i32(r), nil, false); got != cell {
-			t.Errorf("Classify(%d, nil) = %v", r, got)
+		if got, want := Classify(cfg, i32(r), nil, false), onlyCell(rg); got != want {
+			t.Errorf("Classify(%d, nil) = %v, want %v", r, got, want)
 		}
-		if got := Classify(cfg, nil, i32(r), false); got != cell {
-			t.Errorf("Classify(nil, %d) = %v", r, got)
+		if got, want := Classify(cfg, i32(r), nil, true), onlyCell(rg); got != want {
+			t.Errorf("Classify(%d, nil, cellOnly) = %v, want %v", r, got, want)
 		}
+	}
+	for s, sg := range sinr {
+		if got, want := Classify(cfg, nil, i32(s), false), onlyCell(sg); got != want {
+			t.Errorf("Classify(nil, %d) = %v, want %v", s, got, want)
+		}
+	}
+	for _, cellOnly := range []bool{false, true} {
+		if got := Classify(cfg, nil, nil, cellOnly); got != cell {
+			t.Errorf("Classify(nil, nil, %v) = %v, want %v", cellOnly, got, cell)
+		}
+	}
+	// The real client of issue 20: RSRP 80 "dBm", no SINR, cell ID read.
+	if got := Classify(cfg, i32(80), nil, true); got != poor || Cost(cfg, got) != 50 {
+		t.Errorf("Classify(80, nil, cellOnly) = %v costing %d, want poor costing 50", got, Cost(cfg, got))
 	}
 }
 
@@ -148,8 +180,6 @@ func TestEvolveTotal(t *testing.T) {
 		"nil granted":         {Kind: &messages.CellEvent_PermitGranted{}},
 		"nil returned":        {Kind: &messages.CellEvent_PermitReturned{}},
 		"queued empty id":     ev(&messages.PermitQueued{Cost: 1}),
-		"queued holder":       ev(&messages.PermitQueued{DeviceId: "a", Cost: 1}),
-		"queued waiting":      ev(&messages.PermitQueued{DeviceId: "b", Cost: 1}),
 		"granted not waiting": ev(&messages.PermitGrantedToDevice{DeviceId: "zz"}),
 		"granted holder":      ev(&messages.PermitGrantedToDevice{DeviceId: "a"}),
 		"returned unknown":    ev(&messages.PermitReturned{DeviceId: "zz"}),
@@ -186,6 +216,43 @@ func TestEvolveTotal(t *testing.T) {
 	}
 }
 
+// TestEvolveNewJob: the events of a new job's request for a device the cell
+// knows (issue 20 item 13). A queueing of a waiting device replaces its
+// request in its place; one of a holder adds it to the tail; a grant of a
+// holder replaces its slot and counts only the difference; a return drops
+// both the slot and the request.
+func TestEvolveNewJob(t *testing.T) {
+	base := build(t, "req a -90 10", "req p -120 10", "req b -90 10")
+	poor := messages.CoverageLevel_COVERAGE_LEVEL_POOR
+	queued := func(dev string, cost uint32, task string) *messages.CellEvent {
+		return &messages.CellEvent{Kind: &messages.CellEvent_PermitQueued{PermitQueued: &messages.PermitQueued{
+			DeviceId: dev, Level: poor, Cost: cost, TaskId: task, Attempt: 2,
+		}}}
+	}
+	granted := func(dev string) *messages.CellEvent {
+		return &messages.CellEvent{Kind: &messages.CellEvent_PermitGranted{PermitGranted: &messages.PermitGrantedToDevice{DeviceId: dev}}}
+	}
+	returned := func(dev string) *messages.CellEvent {
+		return &messages.CellEvent{Kind: &messages.CellEvent_PermitReturned{PermitReturned: &messages.PermitReturned{DeviceId: dev}}}
+	}
+	s := Evolve(clone(base), queued("b", 7, "t2"))
+	if got, want := dump(s), "cell \"c1\" used 1 holders 1 waiting 2\nhold a level=good cost=1\nwait 1 p level=poor cost=50\nwait 2 b level=poor cost=7 job=t2#2\n"; got != want {
+		t.Errorf("waiting device queued again:\n%s\nwant\n%s", got, want)
+	}
+	s = Evolve(clone(base), queued("a", 9, "t2"))
+	if got, want := dump(s), "cell \"c1\" used 1 holders 1 waiting 3\nhold a level=good cost=1\nwait 1 p level=poor cost=50\nwait 2 b level=good cost=1\nwait 3 a level=poor cost=9 job=t2#2\n"; got != want {
+		t.Errorf("holder queued:\n%s\nwant\n%s", got, want)
+	}
+	g := Evolve(clone(s), granted("a"))
+	if got, want := dump(g), "cell \"c1\" used 9 holders 1 waiting 2\nhold a level=poor cost=9 job=t2#2\nwait 1 p level=poor cost=50\nwait 2 b level=good cost=1\n"; got != want {
+		t.Errorf("holder granted its new job:\n%s\nwant\n%s", got, want)
+	}
+	r := Evolve(clone(s), returned("a"))
+	if got, want := dump(r), "cell \"c1\" used 0 holders 0 waiting 2\nwait 1 p level=poor cost=50\nwait 2 b level=good cost=1\n"; got != want {
+		t.Errorf("holder waiting for a new job returned:\n%s\nwant\n%s", got, want)
+	}
+}
+
 func TestResume(t *testing.T) {
 	if got := Resume(State{}); got != nil {
 		t.Errorf("Resume(zero) = %v", got)
@@ -206,6 +273,20 @@ func TestResume(t *testing.T) {
 	want := []string{"effect grant   a cell=c1", "effect grant   b cell=c1"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("Resume = %q, want %q", got, want)
+	}
+	// A holder waiting for the units of a new job gets no grant: its device
+	// waits for the new job's.
+	next, _, err := Step(DefaultConfig(), s, reqJobIn(2, "c1", "b", "t2", 1, i32(-120), i32(10), false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = got[:0]
+	for _, e := range Resume(next) {
+		got = append(got, fmtEffect(e))
+	}
+	want = want[:1]
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("Resume with a holder waiting for a new job = %q, want %q", got, want)
 	}
 }
 
@@ -249,6 +330,10 @@ func TestCheck(t *testing.T) {
 		"waiting cost 0":    func(s *State) { s.Queue = append(s.Queue, Waiter{DeviceID: "z"}) },
 		"queued twice":      func(s *State) { s.Queue = append(s.Queue, s.Queue[0]) },
 		"holding and queue": func(s *State) { s.Queue = append(s.Queue, Waiter{DeviceID: "a", Cost: 1}) },
+		"holding and less": func(s *State) {
+			s.Slots["a"] = Slot{Cost: 1}
+			s.Queue = append(s.Queue, Waiter{DeviceID: "a", Cost: 1})
+		},
 	} {
 		s := good()
 		mut(&s)
@@ -256,8 +341,14 @@ func TestCheck(t *testing.T) {
 			t.Errorf("%s: Check = %v, want ErrInvariant", name, err)
 		}
 	}
+	// A holder waiting for a new job's higher cost is allowed.
+	s := good()
+	s.Queue = append(s.Queue, Waiter{DeviceID: "a", Cost: 5})
+	if err := s.Check(cfg); err != nil {
+		t.Errorf("holder waiting for more: %v", err)
+	}
 	// One holder above the budget (clamped at admission) is allowed.
-	s := State{Cell: "c1", Slots: map[string]Slot{"p": {Cost: 80}}, InUse: 80}
+	s = State{Cell: "c1", Slots: map[string]Slot{"p": {Cost: 80}}, InUse: 80}
 	if err := s.Check(cfg); err != nil {
 		t.Errorf("single oversized holder: %v", err)
 	}

@@ -11,7 +11,8 @@ import (
 // and project decision 1. Each RSRP or SINR range is lo <= x < hi, except that
 // the ceiling (RSRPMax, SINRMax) is an inclusive upper limit of the good range;
 // a value above the ceiling or below the poor range's lower bound is outside
-// all ranges and counts as poor.
+// all ranges and counts as poor, even when the other value is missing
+// (Classify).
 type Config struct {
 	// RSRPMax is the highest RSRP (dBm) a device can report; above it a value
 	// is nonsense and counts as poor. Default -44.
@@ -21,8 +22,9 @@ type Config struct {
 	// RSRPMediumMin is the lower bound (dBm, inclusive) of the medium range. Default -115.
 	RSRPMediumMin int32
 	// RSRPPoorMin is the lower bound (dBm, inclusive) of the poor range. Default -125.
-	// Below it a value is outside all ranges, which also counts as poor, so
-	// this bound has no effect on admission; it is kept for completeness.
+	// Below it a value is outside all ranges, which also counts as poor; it
+	// matters only when the other value is missing: a value in the poor range
+	// then leaves the device cell-ID-only, a value below it makes it poor.
 	RSRPPoorMin int32
 
 	// SINRMax is the highest SINR (dB) a device can report; above it a value
@@ -33,6 +35,7 @@ type Config struct {
 	// SINRMediumMin is the lower bound (dB, inclusive) of the medium range. Default -3.
 	SINRMediumMin int32
 	// SINRPoorMin is the lower bound (dB, inclusive) of the poor range. Default -8.
+	// Below it a value is outside all ranges (see RSRPPoorMin).
 	SINRPoorMin int32
 
 	// Budget is the number of radio units a cell lends out at once, across all
@@ -96,33 +99,56 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// grade places one metric into a coverage level.
-func grade(x, poorMin, mediumMin, goodMin, maxV int32) messages.CoverageLevel {
+// grade places one metric into a coverage level. outside reports a value
+// outside all ranges (above the ceiling or below the poor range), which is
+// graded POOR.
+func grade(x, poorMin, mediumMin, goodMin, maxV int32) (level messages.CoverageLevel, outside bool) {
 	switch {
 	case x > maxV, x < poorMin:
-		return messages.CoverageLevel_COVERAGE_LEVEL_POOR // outside all ranges
+		return messages.CoverageLevel_COVERAGE_LEVEL_POOR, true
 	case x >= goodMin:
-		return messages.CoverageLevel_COVERAGE_LEVEL_GOOD
+		return messages.CoverageLevel_COVERAGE_LEVEL_GOOD, false
 	case x >= mediumMin:
-		return messages.CoverageLevel_COVERAGE_LEVEL_MEDIUM
+		return messages.CoverageLevel_COVERAGE_LEVEL_MEDIUM, false
 	default:
-		return messages.CoverageLevel_COVERAGE_LEVEL_POOR
+		return messages.CoverageLevel_COVERAGE_LEVEL_POOR, false
 	}
 }
 
-// Classify returns a device's effective coverage level in its cell (spec 1.1):
-// the weaker of its RSRP (dBm) and SINR (dB) levels. When cellOnly is set, or
-// either metric is missing (nil), only the cell ID is known and the level is
-// COVERAGE_LEVEL_CELL_ONLY. A value outside all ranges (for example a
-// positive "dBm") is COVERAGE_LEVEL_POOR.
+// Classify returns a device's effective coverage level in its cell (spec 1.1,
+// 3.2 and project decision 7), in this order:
+//
+//   - a value that is present (non-nil) but outside all ranges, for example a
+//     positive "dBm" RSRP, makes the device COVERAGE_LEVEL_POOR, whatever the
+//     other value and even when it is missing or cellOnly is set;
+//   - otherwise, when cellOnly is set (the radio query failed) or either
+//     value is missing, only the cell ID is known: COVERAGE_LEVEL_CELL_ONLY;
+//   - otherwise the weaker of the RSRP (dBm) and SINR (dB) levels.
 func Classify(cfg Config, rsrp, sinr *int32, cellOnly bool) messages.CoverageLevel {
-	if cellOnly || rsrp == nil || sinr == nil {
+	known := !cellOnly
+	level := messages.CoverageLevel_COVERAGE_LEVEL_GOOD
+	for _, m := range []struct {
+		v                                 *int32
+		poorMin, mediumMin, goodMin, maxV int32
+	}{
+		{rsrp, cfg.RSRPPoorMin, cfg.RSRPMediumMin, cfg.RSRPGoodMin, cfg.RSRPMax},
+		{sinr, cfg.SINRPoorMin, cfg.SINRMediumMin, cfg.SINRGoodMin, cfg.SINRMax},
+	} {
+		if m.v == nil {
+			known = false
+			continue
+		}
+		l, outside := grade(*m.v, m.poorMin, m.mediumMin, m.goodMin, m.maxV)
+		if outside {
+			return messages.CoverageLevel_COVERAGE_LEVEL_POOR
+		}
+		// GOOD < MEDIUM < POOR in the enum: the weaker level is the larger value.
+		level = max(level, l)
+	}
+	if !known {
 		return messages.CoverageLevel_COVERAGE_LEVEL_CELL_ONLY
 	}
-	r := grade(*rsrp, cfg.RSRPPoorMin, cfg.RSRPMediumMin, cfg.RSRPGoodMin, cfg.RSRPMax)
-	s := grade(*sinr, cfg.SINRPoorMin, cfg.SINRMediumMin, cfg.SINRGoodMin, cfg.SINRMax)
-	// GOOD < MEDIUM < POOR in the enum: the weaker level is the larger value.
-	return max(r, s)
+	return level
 }
 
 // Cost returns the units a device of the given level costs, at most

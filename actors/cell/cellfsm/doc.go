@@ -6,7 +6,7 @@
 // slot (messages.RequestPermit) is graded by Classify from its RSRP and SINR
 // and costs Cost units: 1 for good coverage, 5 for medium, 50 for poor or out
 // of range, 5 when only its cell ID is known. Every request joins the cell's
-// FIFO queue (event PermitQueued, carrying level and cost); the head of the
+// FIFO queue (event PermitQueued, carrying level, cost and job); the head of the
 // queue is granted (event PermitGrantedToDevice, effect CellEffect.grant with
 // a messages.PermitGranted for the device actor) while the units in use plus
 // its cost fit in the budget. Nobody overtakes the head, so a poor device at
@@ -32,8 +32,12 @@
 //     (30 dB) are inclusive upper limits of the good range. A value above a
 //     ceiling or below the poor range is outside all ranges and is POOR
 //     (project decision 7). The effective level is the weaker of the two.
-//   - A missing RSRP or SINR (or cell_only set) makes the device CELL_ONLY:
-//     the radio read did not give both values, so only the cell is known.
+//   - Otherwise a missing RSRP or SINR (or cell_only set) makes the device
+//     CELL_ONLY: the radio read did not give both values, so only the cell
+//     is known. A present value outside all ranges wins over a missing one
+//     (spec 3.2 as amended by issue 20): a positive "dBm" RSRP without SINR
+//     is POOR, not CELL_ONLY. Classify is the one place of this rule; the
+//     device machine sends every value it has.
 //   - An unspecified or unknown level costs as much as POOR.
 //   - Config.Validate requires strictly increasing lower bounds per metric
 //     (poor < medium < good <= ceiling), Budget > 0 and every cost in
@@ -43,14 +47,26 @@
 //     State) and an input whose cell_id is empty or another cell's
 //     (ErrInvalidInput). An empty device_id or an input without kind is
 //     ErrInvalidInput.
-//   - A request from a device that already holds units repeats the grant
-//     effect and journals nothing (a restarted device asking again); its
-//     original level and cost stay. A request from a device already waiting
-//     is ignored: it keeps its place, level and cost.
-//   - A release from a holder returns its units; a release from a waiting
-//     device (its job was stopped while waiting) takes it out of the queue,
-//     after which the new head may fit. A release from a device the cell does
-//     not know is ignored: no error, no events, no effects.
+//   - A request names its job (task and attempt, Job). A repeat of the same
+//     job's request from a device that holds units repeats the grant effect
+//     and journals nothing (a restarted device asking again); its original
+//     level and cost stay. A repeat from a device already waiting for that
+//     job is ignored: it keeps its place, level and cost.
+//   - A request for a new job is costed afresh, so a slot never outlives its
+//     job at the old job's cost. A waiting device takes the new level and
+//     cost in its place. A holder whose new cost is at most what it holds
+//     keeps its slot at the new cost at once (its grant effect goes out
+//     again, and units it frees may admit the queue). A holder whose new cost
+//     is higher keeps what it holds and joins the tail of the queue for the
+//     difference: it is granted, at the new cost, when it is the head and
+//     the difference fits, so the budget is never exceeded and nobody behind
+//     the head overtakes (issue 20, item 13). Until then Resume sends it no
+//     grant.
+//   - A release from a holder returns its units (and withdraws its request
+//     for a new job, if any); a release from a waiting device (its job was
+//     stopped while waiting) takes it out of the queue, after which the new
+//     head may fit. A release from a device the cell does not know is
+//     ignored: no error, no events, no effects.
 //   - Events carry the cost, so replay keeps the cost a device was queued
 //     and admitted with even if the configured costs changed between
 //     restarts. A journaled cost above the current budget counts as the whole

@@ -38,7 +38,8 @@ func fmtEvent(e *messages.CellEvent) string {
 	switch k := e.GetKind().(type) {
 	case *messages.CellEvent_PermitQueued:
 		q := k.PermitQueued
-		return fmt.Sprintf("event queued   %s level=%s cost=%d%s", q.GetDeviceId(), levelName(q.GetLevel()), q.GetCost(), at)
+		return fmt.Sprintf("event queued   %s level=%s cost=%d%s%s", q.GetDeviceId(), levelName(q.GetLevel()), q.GetCost(),
+			fmtJob(Job{TaskID: q.GetTaskId(), Attempt: q.GetAttempt()}), at)
 	case *messages.CellEvent_PermitGranted:
 		return fmt.Sprintf("event granted  %s%s", k.PermitGranted.GetDeviceId(), at)
 	case *messages.CellEvent_PermitReturned:
@@ -46,6 +47,14 @@ func fmtEvent(e *messages.CellEvent) string {
 	default:
 		return "event ?"
 	}
+}
+
+// fmtJob prints " job=TASK#ATTEMPT", or nothing for the zero Job.
+func fmtJob(j Job) string {
+	if j == (Job{}) {
+		return ""
+	}
+	return fmt.Sprintf(" job=%s#%d", j.TaskID, j.Attempt)
 }
 
 func fmtEffect(e *messages.CellEffect) string {
@@ -72,10 +81,10 @@ func dump(s State) string {
 	fmt.Fprintf(&b, "cell %q used %d holders %d waiting %d\n", s.Cell, s.InUse, len(s.Slots), len(s.Queue))
 	for _, id := range slices.Sorted(maps.Keys(s.Slots)) {
 		h := s.Slots[id]
-		fmt.Fprintf(&b, "hold %s level=%s cost=%d\n", id, levelName(h.Level), h.Cost)
+		fmt.Fprintf(&b, "hold %s level=%s cost=%d%s\n", id, levelName(h.Level), h.Cost, fmtJob(h.Job))
 	}
 	for i, w := range s.Queue {
-		fmt.Fprintf(&b, "wait %d %s level=%s cost=%d\n", i+1, w.DeviceID, levelName(w.Level), w.Cost)
+		fmt.Fprintf(&b, "wait %d %s level=%s cost=%d%s\n", i+1, w.DeviceID, levelName(w.Level), w.Cost, fmtJob(w.Job))
 	}
 	return b.String()
 }
@@ -119,8 +128,13 @@ func step(t *testing.T, cfg Config, s State, in *messages.CellInput) (State, Res
 }
 
 func reqIn(at int64, cell, dev string, rsrp, sinr *int32, cellOnly bool) *messages.CellInput {
+	return reqJobIn(at, cell, dev, "", 0, rsrp, sinr, cellOnly)
+}
+
+// reqJobIn is a request naming its job.
+func reqJobIn(at int64, cell, dev, task string, attempt uint32, rsrp, sinr *int32, cellOnly bool) *messages.CellInput {
 	return &messages.CellInput{AtUnixNano: at, Kind: &messages.CellInput_RequestPermit{
-		RequestPermit: &messages.RequestPermit{CellId: cell, DeviceId: dev, Rsrp: rsrp, Sinr: sinr, CellOnly: cellOnly},
+		RequestPermit: &messages.RequestPermit{CellId: cell, DeviceId: dev, Rsrp: rsrp, Sinr: sinr, CellOnly: cellOnly, TaskId: task, Attempt: attempt},
 	}}
 }
 

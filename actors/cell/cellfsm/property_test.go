@@ -39,6 +39,9 @@ func randomRadio(r *rand.Rand) (rsrp, sinr *int32, cellOnly bool) {
 // equals the fold of Evolve over all events; grants come out in queue order;
 // admission is work-conserving (the head never fits after a step); and, once
 // every holder releases, every request still waiting has been granted.
+// Requests name jobs: a device's next job now and then, else a repeat of its
+// current one, so holders ask for new jobs at other costs too (issue 20
+// item 13).
 func TestPropertyRandom(t *testing.T) {
 	small := Config{
 		RSRPMax: -44, RSRPGoodMin: -105, RSRPMediumMin: -115, RSRPPoorMin: -125,
@@ -63,6 +66,8 @@ func runProperty(t *testing.T, cfg Config, seed uint64, nDevices, nSteps int) {
 		queuedN int
 		grants  int
 		maxWait int
+		topUps  int                   // holders that waited for a new job's units
+		jobs    = map[string]uint32{} // each device's current job (attempt of task "t")
 	)
 	devs := make([]string, nDevices)
 	for i := range devs {
@@ -73,9 +78,17 @@ func runProperty(t *testing.T, cfg Config, seed uint64, nDevices, nSteps int) {
 	apply := func(in *messages.CellInput, wantKind string) {
 		t.Helper()
 		at++
-		dev := in.GetRequestPermit().GetDeviceId() + in.GetReleasePermit().GetDeviceId()
-		_, wasHolder := live.Slots[dev]
-		wasQueued := queued(live, dev) >= 0
+		req := in.GetRequestPermit()
+		dev := req.GetDeviceId() + in.GetReleasePermit().GetDeviceId()
+		job := Job{TaskID: req.GetTaskId(), Attempt: req.GetAttempt()}
+		held, wasHolder := live.Slots[dev]
+		qi := queued(live, dev)
+		wasQueued := qi >= 0
+		// A repeat of the job the device waits for, or a stale one of the
+		// job it holds for while waiting, is ignored; a repeat of the job it
+		// holds for (not waiting) gets its grant again.
+		repeatWaiting := wasQueued && (live.Queue[qi].Job == job || wasHolder && held.Job == job)
+		repeatHeld := !wasQueued && wasHolder && held.Job == job
 		next, res, err := Step(cfg, live, in)
 		if err != nil {
 			t.Fatalf("step %d: %v", at, err)
@@ -83,11 +96,11 @@ func runProperty(t *testing.T, cfg Config, seed uint64, nDevices, nSteps int) {
 		live = next
 		// Outcome class.
 		switch {
-		case wantKind == "request" && wasHolder:
+		case wantKind == "request" && repeatHeld:
 			if len(res.Events) != 0 || len(res.Effects) != 1 || res.Effects[0].GetGrant().GetDeviceId() != dev {
 				t.Fatalf("step %d: re-request by holder %s: %s", at, dev, fmtResult(res))
 			}
-		case wantKind == "request" && wasQueued, wantKind == "release" && !wasHolder && !wasQueued:
+		case wantKind == "request" && repeatWaiting, wantKind == "release" && !wasHolder && !wasQueued:
 			if len(res.Events)+len(res.Effects) != 0 {
 				t.Fatalf("step %d: expected ignored for %s %s: %s", at, wantKind, dev, fmtResult(res))
 			}
@@ -104,17 +117,22 @@ func runProperty(t *testing.T, cfg Config, seed uint64, nDevices, nSteps int) {
 			}
 			switch k := e.GetKind().(type) {
 			case *messages.CellEvent_PermitQueued:
-				order = append(order, k.PermitQueued.GetDeviceId())
+				if !slices.Contains(order, dev) { // a waiting device keeps its place
+					order = append(order, dev)
+				}
 				queuedN++
 				if want := Cost(cfg, Classify(cfg, in.GetRequestPermit().Rsrp, in.GetRequestPermit().Sinr, in.GetRequestPermit().GetCellOnly())); k.PermitQueued.GetCost() != want {
 					t.Fatalf("step %d: cost %d, want %d", at, k.PermitQueued.GetCost(), want)
 				}
 			case *messages.CellEvent_PermitGranted:
 				d := k.PermitGranted.GetDeviceId()
-				if len(order) == 0 || order[0] != d {
+				i := slices.Index(order, d)
+				// Only the head is granted, or a holder whose new job costs
+				// no more than it holds: that takes nothing from the queue.
+				if i < 0 || i > 0 && !(wasHolder && d == dev && e == res.Events[1] && Cost(cfg, Classify(cfg, req.Rsrp, req.Sinr, req.GetCellOnly())) <= held.Cost) {
 					t.Fatalf("step %d: granted %s out of order; queue %v", at, d, order)
 				}
-				order = order[1:]
+				order = slices.Delete(order, i, i+1)
 				granted[d]++
 				grants++
 				grantsEv = append(grantsEv, d)
@@ -147,6 +165,9 @@ func runProperty(t *testing.T, cfg Config, seed uint64, nDevices, nSteps int) {
 			t.Fatalf("step %d: queue differs from model %v\n%s", at, order, dump(live))
 		}
 		maxWait = max(maxWait, live.Waiting())
+		if wasHolder && queued(live, dev) >= 0 {
+			topUps++
+		}
 		if len(live.Queue) > 0 && fits(cfg, live) {
 			t.Fatalf("step %d: head %s fits but waits\n%s", at, live.Queue[0].DeviceID, dump(live))
 		}
@@ -174,21 +195,32 @@ func runProperty(t *testing.T, cfg Config, seed uint64, nDevices, nSteps int) {
 		case waits && p < 20, !holds && !waits && p < 5:
 			apply(relIn(at+1, "c1", dev), "release")
 		default:
+			if r.IntN(100) < 15 || holds && r.IntN(100) < 50 {
+				jobs[dev]++ // the device's next job (often a holder's: its release was lost)
+			}
 			rsrp, sinr, co := randomRadio(r)
-			apply(reqIn(at+1, "c1", dev, rsrp, sinr, co), "request")
+			apply(reqJobIn(at+1, "c1", dev, "t", jobs[dev], rsrp, sinr, co), "request")
 		}
 		if r.IntN(500) == 0 { // a restart: replay from the journal's fold and resume
 			eff := Resume(shadow)
-			if len(eff) != live.Holders() {
-				t.Fatalf("Resume gave %d grants for %d holders", len(eff), live.Holders())
+			topUps := 0
+			for id := range live.Slots {
+				if queued(live, id) >= 0 {
+					topUps++
+				}
+			}
+			if len(eff) != live.Holders()-topUps {
+				t.Fatalf("Resume gave %d grants for %d holders, %d of them waiting for a new job", len(eff), live.Holders(), topUps)
 			}
 			live = clone(shadow)
 		}
 	}
-	if queuedN < nSteps/5 || grants < nSteps/5 || len(granted) < nDevices*9/10 || maxWait < 5 {
-		t.Fatalf("weak test: %d queued, %d grants, %d devices granted, longest queue %d", queuedN, grants, len(granted), maxWait)
+	if queuedN < nSteps/5 || grants < nSteps/5 || len(granted) < nDevices*9/10 || maxWait < 5 || topUps < 10 {
+		t.Fatalf("weak test: %d queued, %d grants, %d devices granted, longest queue %d, %d holders waiting for a new job",
+			queuedN, grants, len(granted), maxWait, topUps)
 	}
-	t.Logf("%d steps: %d queued, %d grants, %d devices granted, longest queue %d", at, queuedN, grants, len(granted), maxWait)
+	t.Logf("%d steps: %d queued, %d grants, %d devices granted, longest queue %d, %d holders waiting for a new job",
+		at, queuedN, grants, len(granted), maxWait, topUps)
 	// Drain: every holder eventually releases; nobody new asks. Every waiting
 	// request must be granted: no starvation.
 	waiting := slices.Clone(order)

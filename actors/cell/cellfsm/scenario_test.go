@@ -18,7 +18,7 @@ import (
 //	                               cost-poor, cost-cell-only, rsrp-max, rsrp-good, rsrp-medium,
 //	                               rsrp-poor, sinr-max, sinr-good, sinr-medium, sinr-poor)
 //	new [cell=c1]                  start over with an empty cell and an empty journal
-//	request dev=IDS [rsrp=N] [sinr=N] [cell-only] [cell=C] [at=+D]
+//	request dev=IDS [rsrp=N] [sinr=N] [cell-only] [job=TASK#ATTEMPT] [cell=C] [at=+D]
 //	release dev=IDS [cell=C] [at=+D]
 //	classify [rsrp=N] [sinr=N] [cell-only]
 //	state                          print the state
@@ -91,7 +91,8 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			var in *messages.CellInput
 			if d.Cmd == "request" {
 				rsrp, sinr := optInt(t, d, "rsrp"), optInt(t, d, "sinr")
-				in = reqIn(h.at, cell, dev, rsrp, sinr, d.HasArg("cell-only"))
+				j := optJob(t, d)
+				in = reqJobIn(h.at, cell, dev, j.TaskID, j.Attempt, rsrp, sinr, d.HasArg("cell-only"))
 			} else {
 				in = relIn(h.at, cell, dev)
 			}
@@ -180,6 +181,21 @@ func optInt(t *testing.T, d *datadriven.TestData, key string) *int32 {
 	var v int
 	d.ScanArgs(t, key, &v)
 	return i32(int32(v))
+}
+
+// optJob reads job=TASK#ATTEMPT; the zero Job when absent.
+func optJob(t *testing.T, d *datadriven.TestData) Job {
+	if !d.HasArg("job") {
+		return Job{}
+	}
+	var v string
+	d.ScanArgs(t, "job", &v)
+	task, att, ok := strings.Cut(v, "#")
+	n, err := strconv.ParseUint(att, 10, 32)
+	if !ok || err != nil {
+		d.Fatalf(t, "bad job %q: want TASK#ATTEMPT", v)
+	}
+	return Job{TaskID: task, Attempt: uint32(n)}
 }
 
 // devices expands the dev argument: a list of IDs, each possibly a range

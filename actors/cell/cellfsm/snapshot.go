@@ -25,17 +25,18 @@ func Snapshot(s State) *messages.CellSnapshot {
 	}
 	for _, id := range slices.Sorted(maps.Keys(s.Slots)) {
 		h := s.Slots[id]
-		p.Holders = append(p.Holders, &messages.CellSnapshot_Member{DeviceId: id, Level: h.Level, Cost: h.Cost})
+		p.Holders = append(p.Holders, &messages.CellSnapshot_Member{DeviceId: id, Level: h.Level, Cost: h.Cost, TaskId: h.Job.TaskID, Attempt: h.Job.Attempt})
 	}
 	for _, w := range s.Queue {
-		p.Queue = append(p.Queue, &messages.CellSnapshot_Member{DeviceId: w.DeviceID, Level: w.Level, Cost: w.Cost})
+		p.Queue = append(p.Queue, &messages.CellSnapshot_Member{DeviceId: w.DeviceID, Level: w.Level, Cost: w.Cost, TaskId: w.Job.TaskID, Attempt: w.Job.Attempt})
 	}
 	return p
 }
 
 // FromSnapshot decodes a snapshot made by Snapshot. It checks the invariants
 // of State.Check that need no config (every device ID non-empty and known
-// once, holding or waiting; every cost at least 1; in_use the sum of the
+// once among the holders and once in the queue, a device in both waiting
+// for more than it holds; every cost at least 1; in_use the sum of the
 // holders' costs), that holders are sorted, that every level is a known
 // CoverageLevel and that the cell ID is set; a violation is an error
 // wrapping ErrInvalidSnapshot. The budget is not checked: a state may
@@ -65,7 +66,7 @@ func FromSnapshot(p *messages.CellSnapshot) (State, error) {
 			return State{}, invalidSnapshot("%s: device %q is out of order (holders are sorted by device ID)", where, id)
 		}
 		prev = id
-		s.Slots[id] = Slot{Level: m.GetLevel(), Cost: m.GetCost()}
+		s.Slots[id] = Slot{Level: m.GetLevel(), Cost: m.GetCost(), Job: memberJob(m)}
 		sum += uint64(m.GetCost())
 	}
 	if sum != uint64(s.InUse) {
@@ -81,16 +82,20 @@ func FromSnapshot(p *messages.CellSnapshot) (State, error) {
 			return State{}, err
 		}
 		id := m.GetDeviceId()
-		if _, ok := s.Slots[id]; ok {
-			return State{}, invalidSnapshot("%s: device %q both holds and waits", where, id)
+		if h, ok := s.Slots[id]; ok && m.GetCost() <= h.Cost {
+			return State{}, invalidSnapshot("%s: device %q holds %d units and waits for %d", where, id, h.Cost, m.GetCost())
 		}
 		if seen[id] {
 			return State{}, invalidSnapshot("%s: device %q waits twice", where, id)
 		}
 		seen[id] = true
-		s.Queue = append(s.Queue, Waiter{DeviceID: id, Level: m.GetLevel(), Cost: m.GetCost()})
+		s.Queue = append(s.Queue, Waiter{DeviceID: id, Level: m.GetLevel(), Cost: m.GetCost(), Job: memberJob(m)})
 	}
 	return s, nil
+}
+
+func memberJob(m *messages.CellSnapshot_Member) Job {
+	return Job{TaskID: m.GetTaskId(), Attempt: m.GetAttempt()}
 }
 
 func checkMember(where string, m *messages.CellSnapshot_Member) error {

@@ -77,11 +77,12 @@ func checkRoundTrip(t *testing.T, name string, s State) State {
 type cellWalker struct {
 	r    *rand.Rand
 	devs []string
+	jobs map[string]uint32 // each device's current job (attempt of task "t")
 	at   int64
 }
 
 func newCellWalker(seed uint64, at int64) *cellWalker {
-	w := &cellWalker{r: rand.New(rand.NewPCG(seed, 0xce11)), at: at}
+	w := &cellWalker{r: rand.New(rand.NewPCG(seed, 0xce11)), jobs: map[string]uint32{}, at: at}
 	for i := range 60 {
 		w.devs = append(w.devs, fmt.Sprintf("d%02d", i))
 	}
@@ -98,8 +99,11 @@ func (w *cellWalker) next(s State) *messages.CellInput {
 	if w.r.IntN(100) < 10 {
 		return relIn(w.at, "c1", dev)
 	}
+	if w.r.IntN(100) < 15 {
+		w.jobs[dev]++ // the device's next job
+	}
 	rsrp, sinr, cellOnly := randomRadio(w.r)
-	return reqIn(w.at, "c1", dev, rsrp, sinr, cellOnly)
+	return reqJobIn(w.at, "c1", dev, "t", w.jobs[dev], rsrp, sinr, cellOnly)
 }
 
 // continueBoth steps the original and the restored state with the same
@@ -217,6 +221,12 @@ func TestFromSnapshotInvalid(t *testing.T) {
 	if err := s.Check(DefaultConfig()); err != nil {
 		t.Fatalf("restored state: %v", err)
 	}
+	// A holder waiting for a new job's higher cost is in both lists.
+	p := validSnapshot()
+	p.Queue[1].DeviceId, p.Queue[1].Cost, p.Queue[1].TaskId, p.Queue[1].Attempt = "b", 50, "t2", 1
+	if s, err := FromSnapshot(p); err != nil || s.Check(DefaultConfig()) != nil || s.Queue[1].Job != (Job{TaskID: "t2", Attempt: 1}) {
+		t.Fatalf("holder waiting for more refused: %v\n%s", err, dump(s))
+	}
 	cases := []struct {
 		name string
 		mut  func(p *messages.CellSnapshot)
@@ -234,7 +244,7 @@ func TestFromSnapshotInvalid(t *testing.T) {
 		{"queue cost 0", func(p *messages.CellSnapshot) { p.Queue[0].Cost = 0 }, `queue[0]: device "z" has cost 0`},
 		{"queue level", func(p *messages.CellSnapshot) { p.Queue[0].Level = -1 }, "unknown level -1"},
 		{"queue twice", func(p *messages.CellSnapshot) { p.Queue[1].DeviceId = "z" }, `device "z" waits twice`},
-		{"holds and waits", func(p *messages.CellSnapshot) { p.Queue[1].DeviceId = "b" }, `device "b" both holds and waits`},
+		{"holds and waits", func(p *messages.CellSnapshot) { p.Queue[1].DeviceId = "b" }, `queue[1]: device "b" holds 5 units and waits for 1`},
 	}
 	if _, err := FromSnapshot(nil); !errors.Is(err, ErrInvalidSnapshot) || !strings.Contains(err.Error(), "nil") {
 		t.Errorf("nil snapshot: %v", err)

@@ -337,11 +337,26 @@ func (d *decider) requestPermit(r *messages.RadioReported, cellOnly bool) {
 	cell := r.GetCellId()
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PermitRequested{PermitRequested: &messages.PermitRequested{CellId: cell, CellOnly: cellOnly}}})
 	d.enter(stWaitPermit, timeZero, 0)
-	req := &messages.RequestPermit{CellId: cell, DeviceId: d.s.DeviceID, CellOnly: cellOnly}
-	if !cellOnly {
-		req.Rsrp, req.Sinr = r.Rsrp, r.Sinr
+	d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_RequestPermit{RequestPermit: permitRequest(d.s)}})
+}
+
+// permitRequest is the slot request of s's job (stage WAIT_PERMIT): the job,
+// whether the radio query failed or lacked a value (cell_only), and every
+// radio value the device reported, even then. The cell grades them
+// (cellfsm.Classify): a value outside every range makes the device poor
+// whatever is missing (spec decision 7), so none is dropped here.
+func permitRequest(s State) *messages.RequestPermit {
+	req := &messages.RequestPermit{
+		CellId: s.PermitCell, DeviceId: s.DeviceID, CellOnly: s.PermitCellOnly,
+		TaskId: s.Job.GetTaskId(), Attempt: s.Job.GetAttempt(),
 	}
-	d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_RequestPermit{RequestPermit: req}})
+	if s.Radio.HasRSRP {
+		req.Rsrp = &s.Radio.RSRP
+	}
+	if s.Radio.HasSINR {
+		req.Sinr = &s.Radio.SINR
+	}
+	return req
 }
 
 func (d *decider) permitGranted(cell string) {

@@ -54,15 +54,10 @@ func Resume(s State) []*messages.DeviceEffect {
 		out = append(out, armEffect(s))
 	}
 	if s.Stage == stWaitPermit {
-		req := &messages.RequestPermit{CellId: s.PermitCell, DeviceId: s.DeviceID, CellOnly: s.PermitCellOnly}
-		if !s.PermitCellOnly {
-			rsrp, sinr := s.Radio.RSRP, s.Radio.SINR
-			req.Rsrp, req.Sinr = &rsrp, &sinr
-		}
 		// Not a return: a PCP device waiting for its slot still needs
 		// /19/0/0 observed again below, or its 0x15 requests after the
 		// grant would travel on an observation the old process held.
-		out = append(out, &messages.DeviceEffect{Kind: &messages.DeviceEffect_RequestPermit{RequestPermit: req}})
+		out = append(out, &messages.DeviceEffect{Kind: &messages.DeviceEffect_RequestPermit{RequestPermit: permitRequest(s)}})
 	}
 	if s.Stage == stWaitOnline && s.Job.GetProtocol() == protoMQTT {
 		out = append(out, mqttProbe(s.DeviceID)) // the probe of an awaited MQTT device

@@ -102,7 +102,8 @@ type State struct {
 	UriAcked    bool   // FOTA: the device acknowledged the current write of /5/0/1
 	PermitCell  string // the cell asked for a slot ("" when none)
 	PermitHeld  bool   // the cell granted it
-	// PermitCellOnly: the slot was asked with the cell ID alone (radio query failed).
+	// PermitCellOnly: the radio query failed or lacked RSRP or SINR, so the
+	// slot was asked as cell-ID-only (with whatever values it did report).
 	PermitCellOnly bool
 	// SourceVersion is the version the job's version check compared ("" until
 	// then); the job's outcome carries it to the task.
