@@ -51,10 +51,6 @@ var radio = map[string][2]int32{
 	CoveragePoor:   {-120, -5},
 }
 
-// CostOf is what a device of the level costs of its cell's 50 units with the
-// default cell configuration (project decision 1).
-var CostOf = map[string]int{CoverageGood: 1, CoverageMedium: 5, CoveragePoor: 50}
-
 // Fleet describes the simulated devices: which protocol, cell, coverage and
 // fate each has. Every property is derived from the device number alone, so
 // `otafleet sim --register` and a later `otafleet sim` (or several sim
