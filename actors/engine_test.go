@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -253,6 +254,34 @@ func TestEngineTaskConflict(t *testing.T) {
 	}
 	if v.Status != messages.TaskStatus_TASK_STATUS_FAIL || len(v.Subtasks) != 1 || v.Subtasks[0].Reason != messages.Reason_REASON_TASK_CONFLICT {
 		t.Fatalf("second: %v %+v", v.Status, v.Subtasks)
+	}
+}
+
+// TestEngineUnrunnableJobEnds (issue 20 item 8): a PCP package over 65,535
+// segments reaches the devices (a task created past the API's check): each
+// device rejects the job with its outcome, so the task ends FAIL instead of
+// keeping its sub-tasks PROCESSING forever.
+func TestEngineUnrunnableJobEnds(t *testing.T) {
+	specs := fleet(2, 1, messages.Protocol_PROTOCOL_LWM2M_PCP)
+	r := newFleetRig(t, specs)
+	ctx := context.Background()
+	c := createTask("huge", messages.Protocol_PROTOCOL_LWM2M_PCP, ids(specs), nil)
+	c.Package.Size = int64(c.Package.GetSegmentSize())*messages.PcpMaxSegments + 1
+	if err := r.e.CreateTask(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	r.runUntil(r.finished("huge"), time.Hour)
+	v, err := r.e.TaskDevices(ctx, "huge", 0, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Status != messages.TaskStatus_TASK_STATUS_FAIL || len(v.Subtasks) != 2 {
+		t.Fatalf("task %v, %d sub-tasks", v.Status, len(v.Subtasks))
+	}
+	for _, st := range v.Subtasks {
+		if st.Reason != messages.Reason_REASON_INVALID_JOB || !strings.Contains(st.Detail, "65536 PCP segments") {
+			t.Errorf("sub-task %+v", st)
+		}
 	}
 }
 
