@@ -285,6 +285,54 @@ func TestEngineUnrunnableJobEnds(t *testing.T) {
 	}
 }
 
+// TestEngineBrokenDeviceEndsJob (issue 20 item 8): a device actor that
+// cannot recover its journal refuses every input; the StartJob it refuses
+// still ends its sub-task, with the refusal as detail, while the other
+// device upgrades.
+func TestEngineBrokenDeviceEndsJob(t *testing.T) {
+	specs := fleet(2, 1, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	clk := clocktest.New(epoch)
+	up := &lateUplinks{}
+	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	for _, s := range specs {
+		if err := tr.Add(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	store := memstore.New()
+	// A journal entry of a cell's type in the first device's stream.
+	if _, err := store.Append(ctx, persistence.Append{
+		Stream: persistence.Stream{Kind: persistence.KindDevice, ID: specs[0].ID},
+		Events: []persistence.Event{{Type: persistence.EventTypeCell, Version: 1, At: 1, Payload: []byte{}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, clk, store, tr, up)
+	t.Cleanup(r.e.Stop)
+	if err := tr.ConnectAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.e.CreateTask(ctx, createTask("t", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	r.runUntil(r.finished("t"), time.Hour)
+	v, err := r.e.TaskDevices(ctx, "t", 0, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Status != messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS || len(v.Subtasks) != 2 {
+		t.Fatalf("task %v, sub-tasks %+v", v.Status, v.Subtasks)
+	}
+	if st := v.Subtasks[0]; st.Status != messages.SubtaskStatus_SUBTASK_STATUS_FAIL || st.Reason != messages.Reason_REASON_INVALID_JOB || !strings.Contains(st.Detail, "recovering") {
+		t.Errorf("the broken device's sub-task: %+v", st)
+	}
+}
+
 // TestEngineStop: stopping a task with devices in flight ends it STOPPED;
 // waiting devices stop at once, running ones when their device acknowledges.
 func TestEngineStop(t *testing.T) {

@@ -65,10 +65,30 @@ func (d *decider) reject(j *messages.Job, r messages.Reason, detail string) {
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_JobRejected{JobRejected: &messages.JobRejected{
 		TaskId: j.GetTaskId(), Attempt: j.GetAttempt(), Reason: r, Detail: detail,
 	}}})
-	d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReportOutcome{ReportOutcome: &messages.ReportOutcome{
-		TaskId: j.GetTaskId(), DeviceId: d.s.DeviceID, Attempt: j.GetAttempt(),
+	d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReportOutcome{ReportOutcome: rejection(d.s.DeviceID, j, r, detail)}})
+}
+
+// rejection is the outcome of job j that the device rejected before it ran.
+func rejection(deviceID string, j *messages.Job, r messages.Reason, detail string) *messages.ReportOutcome {
+	return &messages.ReportOutcome{
+		TaskId: j.GetTaskId(), DeviceId: deviceID, Attempt: j.GetAttempt(),
 		Status: statusFail, Reason: r, Detail: detail,
-	}}})
+	}
+}
+
+// Refused is the outcome of a StartJob that the device's actor refused
+// with err without stepping it (an actor that cannot recover refuses every
+// input): the job fails with REASON_INVALID_JOB and err as detail, so its
+// sub-task ends. It is nil for any other input, and for a StartJob that
+// names no task and attempt, or another device, which has no sub-task here
+// to end.
+func Refused(deviceID string, in *messages.DeviceInput, err error) *messages.ReportOutcome {
+	sj := in.GetStartJob()
+	j := sj.GetJob()
+	if sj == nil || j.GetTaskId() == "" || j.GetAttempt() == 0 || (sj.GetDeviceId() != "" && sj.GetDeviceId() != deviceID) {
+		return nil
+	}
+	return rejection(deviceID, j, messages.Reason_REASON_INVALID_JOB, err.Error())
 }
 
 func (d *decider) stopJob(taskID string) {
