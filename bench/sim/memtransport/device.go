@@ -483,7 +483,8 @@ func (d *device) wake() {
 		return
 	}
 	d.awake = true
-	d.presence(&messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}})
+	// An NB-IoT device leaves PSM with a registration update.
+	d.presence(&messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{RegistrationUpdate: true}}})
 	d.redispatchHeld()
 	d.startPSM()
 }

@@ -238,7 +238,7 @@ func TestFotaScript(t *testing.T) {
 	}
 	clk.Advance(2 * time.Second)
 	check(t, rec, "f",
-		"uplink",
+		"uplink{registration_update:true}",
 		"lwm2m_response{op:LWM2M_OP_EXECUTE path:/5/0/2 success:true code:2.04}",
 		"fota_status{state:3 update_result:0}",
 		"fota_status{state:0 update_result:1}")
