@@ -307,7 +307,7 @@ func (d *decider) upgrade() {
 
 // verified handles the version read of STAGE_VERIFYING.
 func (d *decider) verified(ver string) {
-	if ver != d.target() && d.uncheckedVersion() {
+	if d.uncheckedVersion() {
 		d.note(fmt.Sprintf("the device reports version %q after the upgrade, target %q: not compared (product option skip_version_check)", ver, d.target()))
 		d.succeed(messages.Reason_REASON_NONE, "")
 		return
