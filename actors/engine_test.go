@@ -110,6 +110,12 @@ func fleet(n, cells int, protocol messages.Protocol) []memtransport.DeviceSpec {
 
 func newFleetRig(t *testing.T, specs []memtransport.DeviceSpec) *rig {
 	t.Helper()
+	return newFleetRigOn(t, specs, memstore.New())
+}
+
+// newFleetRigOn is newFleetRig on store.
+func newFleetRigOn(t *testing.T, specs []memtransport.DeviceSpec, store persistence.EventStore) *rig {
+	t.Helper()
 	clk := clocktest.New(epoch)
 	up := &lateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
@@ -122,7 +128,7 @@ func newFleetRig(t *testing.T, specs []memtransport.DeviceSpec) *rig {
 			t.Fatal(err)
 		}
 	}
-	r := newRig(t, clk, memstore.New(), tr, up)
+	r := newRig(t, clk, store, tr, up)
 	t.Cleanup(r.e.Stop)
 	if err := tr.ConnectAll(context.Background()); err != nil {
 		t.Fatal(err)
@@ -291,18 +297,6 @@ func TestEngineUnrunnableJobEnds(t *testing.T) {
 // device upgrades.
 func TestEngineBrokenDeviceEndsJob(t *testing.T) {
 	specs := fleet(2, 1, messages.Protocol_PROTOCOL_LWM2M_FOTA)
-	clk := clocktest.New(epoch)
-	up := &lateUplinks{}
-	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	for _, s := range specs {
-		if err := tr.Add(s); err != nil {
-			t.Fatal(err)
-		}
-	}
 	ctx := context.Background()
 	store := memstore.New()
 	// A journal entry of a cell's type in the first device's stream.
@@ -312,11 +306,7 @@ func TestEngineBrokenDeviceEndsJob(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	r := newRig(t, clk, store, tr, up)
-	t.Cleanup(r.e.Stop)
-	if err := tr.ConnectAll(ctx); err != nil {
-		t.Fatal(err)
-	}
+	r := newFleetRigOn(t, specs, store)
 	if err := r.e.CreateTask(ctx, createTask("t", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
 		t.Fatal(err)
 	}
