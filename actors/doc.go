@@ -29,5 +29,7 @@
 // A write that fails leaves the actor's state untouched, runs no effect, and
 // stops the actor so that its successor rebuilds from what is durable; an
 // actor whose journal does not decode refuses all input and reports the
-// corrupt key.
+// corrupt key. A refused StartJob still ends its sub-task: the device
+// answers it with a failed outcome (devicefsm.Refused), so no sub-task
+// waits forever for a device that will never run it.
 package actors

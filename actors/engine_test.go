@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -99,6 +100,12 @@ func fleet(n, cells int, protocol messages.Protocol) []memtransport.DeviceSpec {
 
 func newFleetRig(t *testing.T, specs []memtransport.DeviceSpec) *rig {
 	t.Helper()
+	return newFleetRigOn(t, specs, memstore.New())
+}
+
+// newFleetRigOn is newFleetRig on store.
+func newFleetRigOn(t *testing.T, specs []memtransport.DeviceSpec, store persistence.EventStore) *rig {
+	t.Helper()
 	clk := clocktest.New(epoch)
 	up := &transport.LateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
@@ -111,7 +118,7 @@ func newFleetRig(t *testing.T, specs []memtransport.DeviceSpec) *rig {
 			t.Fatal(err)
 		}
 	}
-	r := newRig(t, clk, memstore.New(), tr, up)
+	r := newRig(t, clk, store, tr, up)
 	t.Cleanup(r.e.Stop)
 	if err := tr.ConnectAll(context.Background()); err != nil {
 		t.Fatal(err)
@@ -243,6 +250,66 @@ func TestEngineTaskConflict(t *testing.T) {
 	}
 	if v.Status != messages.TaskStatus_TASK_STATUS_FAIL || len(v.Subtasks) != 1 || v.Subtasks[0].Reason != messages.Reason_REASON_TASK_CONFLICT {
 		t.Fatalf("second: %v %+v", v.Status, v.Subtasks)
+	}
+}
+
+// TestEngineUnrunnableJobEnds (issue 20 item 8): a PCP package over 65,535
+// segments reaches the devices (a task created past the API's check): each
+// device rejects the job with its outcome, so the task ends FAIL instead of
+// keeping its sub-tasks PROCESSING forever.
+func TestEngineUnrunnableJobEnds(t *testing.T) {
+	specs := fleet(2, 1, messages.Protocol_PROTOCOL_LWM2M_PCP)
+	r := newFleetRig(t, specs)
+	ctx := context.Background()
+	c := createTask("huge", messages.Protocol_PROTOCOL_LWM2M_PCP, ids(specs), nil)
+	c.Package.Size = int64(c.Package.GetSegmentSize())*messages.PcpMaxSegments + 1
+	if err := r.e.CreateTask(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	r.runUntil(r.finished("huge"), time.Hour)
+	v, err := r.e.TaskDevices(ctx, "huge", 0, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Status != messages.TaskStatus_TASK_STATUS_FAIL || len(v.Subtasks) != 2 {
+		t.Fatalf("task %v, %d sub-tasks", v.Status, len(v.Subtasks))
+	}
+	for _, st := range v.Subtasks {
+		if st.Reason != messages.Reason_REASON_INVALID_JOB || !strings.Contains(st.Detail, "65536 PCP segments") {
+			t.Errorf("sub-task %+v", st)
+		}
+	}
+}
+
+// TestEngineBrokenDeviceEndsJob (issue 20 item 8): a device actor that
+// cannot recover its journal refuses every input; the StartJob it refuses
+// still ends its sub-task, with the refusal as detail, while the other
+// device upgrades.
+func TestEngineBrokenDeviceEndsJob(t *testing.T) {
+	specs := fleet(2, 1, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	ctx := context.Background()
+	store := memstore.New()
+	// A journal entry of a cell's type in the first device's stream.
+	if _, err := store.Append(ctx, persistence.Append{
+		Stream: persistence.Stream{Kind: persistence.KindDevice, ID: specs[0].ID},
+		Events: []persistence.Event{{Type: persistence.EventTypeCell, Version: 1, At: 1, Payload: []byte{}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r := newFleetRigOn(t, specs, store)
+	if err := r.e.CreateTask(ctx, createTask("t", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	r.runUntil(r.finished("t"), time.Hour)
+	v, err := r.e.TaskDevices(ctx, "t", 0, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Status != messages.TaskStatus_TASK_STATUS_PARTIAL_SUCCESS || len(v.Subtasks) != 2 {
+		t.Fatalf("task %v, sub-tasks %+v", v.Status, v.Subtasks)
+	}
+	if st := v.Subtasks[0]; st.Status != messages.SubtaskStatus_SUBTASK_STATUS_FAIL || st.Reason != messages.Reason_REASON_INVALID_JOB || !strings.Contains(st.Detail, "recovering") {
+		t.Errorf("the broken device's sub-task: %+v", st)
 	}
 }
 

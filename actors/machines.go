@@ -121,6 +121,18 @@ func (m *deviceMachine) run(sh *shell, effects []proto.Message) {
 	}
 }
 
+// refused answers a StartJob the device refused as a whole (an actor that
+// cannot recover refuses every input) with the job's outcome
+// (devicefsm.Refused), so its sub-task ends. A job the machine cannot run
+// is no refusal: the machine rejects it with its outcome itself.
+func (m *deviceMachine) refused(in proto.Message, err error) []proto.Message {
+	di, _ := in.(*messages.DeviceInput)
+	if o := devicefsm.Refused(m.s.DeviceID, di, err); o != nil {
+		return []proto.Message{&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReportOutcome{ReportOutcome: o}}}
+	}
+	return nil
+}
+
 // ---- cell ----
 
 type cellMachine struct {
@@ -186,6 +198,8 @@ func (m *cellMachine) resume() (any, []proto.Message, []proto.Message, error) {
 	}
 	return next, protos(res.Events), append(effects, protos(res.Effects)...), nil
 }
+
+func (m *cellMachine) refused(proto.Message, error) []proto.Message { return nil }
 
 func (m *cellMachine) run(_ *shell, effects []proto.Message) {
 	for _, eff := range effects {
@@ -297,6 +311,8 @@ func (m *taskMachine) view(q any) any {
 	}
 	return v
 }
+
+func (m *taskMachine) refused(proto.Message, error) []proto.Message { return nil }
 
 func (m *taskMachine) run(sh *shell, effects []proto.Message) {
 	for _, eff := range effects {

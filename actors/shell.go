@@ -31,6 +31,10 @@ type machine interface {
 	// persisted like a step's before the effects run.
 	resume() (next any, events []proto.Message, effects []proto.Message, err error)
 	run(sh *shell, effects []proto.Message)
+	// refused lists the effects of an input the actor refused (err: a
+	// broken actor's, or the step's): for a command that starts a job, its
+	// outcome, so that the job's owner does not wait for it forever.
+	refused(in proto.Message, err error) []proto.Message
 	// active: the stream's recovery mark; idle: the actor may passivate.
 	active(next any) bool
 	idle() bool
@@ -138,6 +142,7 @@ func (sh *shell) Receive(ctx actor.Context) {
 	case proto.Message:
 		if err := sh.input(msg); err != nil {
 			sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
+			sh.machine.run(sh, sh.machine.refused(msg, err))
 		}
 	default:
 		return // lifecycle and system messages

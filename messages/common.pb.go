@@ -481,6 +481,9 @@ const (
 	Reason_REASON_INTERNAL_ERROR              Reason = 33
 	Reason_REASON_UNKNOWN_RESULT_CODE         Reason = 34
 	Reason_REASON_STOPPED                     Reason = 35
+	// The device machine cannot run the job it was given (StartJob refused as
+	// invalid, e.g. a PCP package of more segments than a WORD counts).
+	Reason_REASON_INVALID_JOB Reason = 36
 )
 
 // Enum value maps for Reason.
@@ -522,6 +525,7 @@ var (
 		33: "REASON_INTERNAL_ERROR",
 		34: "REASON_UNKNOWN_RESULT_CODE",
 		35: "REASON_STOPPED",
+		36: "REASON_INVALID_JOB",
 	}
 	Reason_value = map[string]int32{
 		"REASON_NONE":                        0,
@@ -560,6 +564,7 @@ var (
 		"REASON_INTERNAL_ERROR":              33,
 		"REASON_UNKNOWN_RESULT_CODE":         34,
 		"REASON_STOPPED":                     35,
+		"REASON_INVALID_JOB":                 36,
 	}
 )
 
@@ -999,7 +1004,7 @@ const file_messages_common_proto_rawDesc = "" +
 	"\x13COVERAGE_LEVEL_GOOD\x10\x01\x12\x19\n" +
 	"\x15COVERAGE_LEVEL_MEDIUM\x10\x02\x12\x17\n" +
 	"\x13COVERAGE_LEVEL_POOR\x10\x03\x12\x1c\n" +
-	"\x18COVERAGE_LEVEL_CELL_ONLY\x10\x04*\xbe\b\n" +
+	"\x18COVERAGE_LEVEL_CELL_ONLY\x10\x04*\xd6\b\n" +
 	"\x06Reason\x12\x0f\n" +
 	"\vREASON_NONE\x10\x00\x12\x1a\n" +
 	"\x16REASON_DEVICE_ABNORMAL\x10\x01\x12\x18\n" +
@@ -1037,7 +1042,8 @@ const file_messages_common_proto_rawDesc = "" +
 	"\x15REASON_INSTALL_FAILED\x10 \x12\x19\n" +
 	"\x15REASON_INTERNAL_ERROR\x10!\x12\x1e\n" +
 	"\x1aREASON_UNKNOWN_RESULT_CODE\x10\"\x12\x12\n" +
-	"\x0eREASON_STOPPED\x10#B'Z%github.com/otafleet/otafleet/messagesb\x06proto3"
+	"\x0eREASON_STOPPED\x10#\x12\x16\n" +
+	"\x12REASON_INVALID_JOB\x10$B'Z%github.com/otafleet/otafleet/messagesb\x06proto3"
 
 var (
 	file_messages_common_proto_rawDescOnce sync.Once

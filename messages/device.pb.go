@@ -848,9 +848,12 @@ func (*Disconnected) Descriptor() ([]byte, []int) {
 // Uplink: any other traffic from the device (LwM2M registration update, a
 // notification, an MQTT publish): the device is online and, in queue mode, awake.
 type Uplink struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An LwM2M registration update (POST /rd/{id}) that keeps the session:
+	// after an Execute, the reboot cue of spec 3.3.
+	RegistrationUpdate bool `protobuf:"varint,1,opt,name=registration_update,json=registrationUpdate,proto3" json:"registration_update,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Uplink) Reset() {
@@ -881,6 +884,13 @@ func (x *Uplink) ProtoReflect() protoreflect.Message {
 // Deprecated: Use Uplink.ProtoReflect.Descriptor instead.
 func (*Uplink) Descriptor() ([]byte, []int) {
 	return file_messages_device_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Uplink) GetRegistrationUpdate() bool {
+	if x != nil {
+		return x.RegistrationUpdate
+	}
+	return false
 }
 
 // Asleep: a queue-mode device is no longer reachable until its next uplink.
@@ -1047,7 +1057,10 @@ type Lwm2MResponse struct {
 	// (e.g. 0x16 for a download-result acknowledgement); 0 otherwise. The
 	// transport delivers every failed PCP write, and the successful answer of
 	// a download-result acknowledgement (the 0x17 waits for it).
-	PcpCode       uint32 `protobuf:"varint,5,opt,name=pcp_code,json=pcpCode,proto3" json:"pcp_code,omitempty"`
+	PcpCode uint32 `protobuf:"varint,5,opt,name=pcp_code,json=pcpCode,proto3" json:"pcp_code,omitempty"`
+	// For a write of /5/0/1: it carried the empty string, the reset of the
+	// device's firmware update state machine (LwM2M 1.1 E.6), not a package URI.
+	FotaReset     bool `protobuf:"varint,6,opt,name=fota_reset,json=fotaReset,proto3" json:"fota_reset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1115,6 +1128,13 @@ func (x *Lwm2MResponse) GetPcpCode() uint32 {
 		return x.PcpCode
 	}
 	return 0
+}
+
+func (x *Lwm2MResponse) GetFotaReset() bool {
+	if x != nil {
+		return x.FotaReset
+	}
+	return false
 }
 
 // FotaStatus: a notification or read of /5/0/3 (State) and/or /5/0/5 (Update Result).
@@ -4203,8 +4223,9 @@ const file_messages_device_proto_rawDesc = "" +
 	"\tConnected\x12\x1d\n" +
 	"\n" +
 	"queue_mode\x18\x01 \x01(\bR\tqueueMode\"\x0e\n" +
-	"\fDisconnected\"\b\n" +
-	"\x06Uplink\"\b\n" +
+	"\fDisconnected\"9\n" +
+	"\x06Uplink\x12/\n" +
+	"\x13registration_update\x18\x01 \x01(\bR\x12registrationUpdate\"\b\n" +
 	"\x06Asleep\"w\n" +
 	"\x0fVersionReported\x12\"\n" +
 	"\n" +
@@ -4218,13 +4239,15 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x04sinr\x18\x02 \x01(\x11H\x01R\x04sinr\x88\x01\x01\x12\x17\n" +
 	"\acell_id\x18\x03 \x01(\tR\x06cellIdB\a\n" +
 	"\x05_rsrpB\a\n" +
-	"\x05_sinr\"\x9b\x01\n" +
+	"\x05_sinr\"\xba\x01\n" +
 	"\rLwm2mResponse\x12-\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1d.otafleet.messages.v1.Lwm2mOpR\x02op\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
 	"\asuccess\x18\x03 \x01(\bR\asuccess\x12\x12\n" +
 	"\x04code\x18\x04 \x01(\tR\x04code\x12\x19\n" +
-	"\bpcp_code\x18\x05 \x01(\rR\apcpCode\"m\n" +
+	"\bpcp_code\x18\x05 \x01(\rR\apcpCode\x12\x1d\n" +
+	"\n" +
+	"fota_reset\x18\x06 \x01(\bR\tfotaReset\"m\n" +
 	"\n" +
 	"FotaStatus\x12\x19\n" +
 	"\x05state\x18\x01 \x01(\x05H\x00R\x05state\x88\x01\x01\x12(\n" +

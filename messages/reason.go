@@ -44,6 +44,7 @@ var reasonText = map[Reason]string{
 	Reason_REASON_INTERNAL_ERROR:              "Internal error",
 	Reason_REASON_UNKNOWN_RESULT_CODE:         "Device reported an unknown result code",
 	Reason_REASON_STOPPED:                     "Stopped by user",
+	Reason_REASON_INVALID_JOB:                 "The upgrade cannot run on the device",
 }
 
 // ReasonText returns the user-facing string of r; "" for REASON_NONE.

@@ -66,6 +66,9 @@ type DeviceSnapshot struct {
 	SourceVersion string `protobuf:"bytes,24,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
 	// PCP, stage DOWNLOADED: the 0x17 is due and was never sent (StageEntered.pcp_execute_due).
 	PcpExecuteDue bool `protobuf:"varint,25,opt,name=pcp_execute_due,json=pcpExecuteDue,proto3" json:"pcp_execute_due,omitempty"`
+	// FOTA: the device acknowledged a write of the job's package URI at least
+	// once (PackageUriAccepted), so it holds that URI.
+	UriHeld       bool `protobuf:"varint,26,opt,name=uri_held,json=uriHeld,proto3" json:"uri_held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -271,6 +274,13 @@ func (x *DeviceSnapshot) GetSourceVersion() string {
 func (x *DeviceSnapshot) GetPcpExecuteDue() bool {
 	if x != nil {
 		return x.PcpExecuteDue
+	}
+	return false
+}
+
+func (x *DeviceSnapshot) GetUriHeld() bool {
+	if x != nil {
+		return x.UriHeld
 	}
 	return false
 }
@@ -830,7 +840,7 @@ var File_messages_snapshot_proto protoreflect.FileDescriptor
 
 const file_messages_snapshot_proto_rawDesc = "" +
 	"\n" +
-	"\x17messages/snapshot.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\x1a\x15messages/device.proto\x1a\x13messages/task.proto\"\x9b\t\n" +
+	"\x17messages/snapshot.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\x1a\x15messages/device.proto\x1a\x13messages/task.proto\"\xb6\t\n" +
 	"\x0eDeviceSnapshot\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12\x14\n" +
@@ -864,7 +874,8 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\x06outbox\x18\x16 \x03(\v2\x1e.otafleet.messages.v1.DownlinkR\x06outbox\x12=\n" +
 	"\x04last\x18\x17 \x01(\v2).otafleet.messages.v1.DeviceSnapshot.LastR\x04last\x12%\n" +
 	"\x0esource_version\x18\x18 \x01(\tR\rsourceVersion\x12&\n" +
-	"\x0fpcp_execute_due\x18\x19 \x01(\bR\rpcpExecuteDue\x1a\xa2\x01\n" +
+	"\x0fpcp_execute_due\x18\x19 \x01(\bR\rpcpExecuteDue\x12\x19\n" +
+	"\buri_held\x18\x1a \x01(\bR\auriHeld\x1a\xa2\x01\n" +
 	"\x04Last\x12=\n" +
 	"\aoutcome\x18\x01 \x01(\v2#.otafleet.messages.v1.ReportOutcomeR\aoutcome\x12:\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x1e.otafleet.messages.v1.ProtocolR\bprotocol\x12\x1f\n" +

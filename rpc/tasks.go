@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
@@ -33,8 +34,6 @@ import (
 const (
 	maxTaskNameRunes = 128
 	maxTaskGroups    = 1000
-	// defaultSegmentSize is the PCP segment size of a package without one.
-	defaultSegmentSize = 500
 	// watchInterval is how often WatchTask polls the task.
 	watchInterval = 500 * time.Millisecond
 )
@@ -200,7 +199,7 @@ func taskProtocol(p persistence.Product, tt v1.TaskType) (messages.Protocol, err
 func packageMessage(p persistence.Package) *messages.Package {
 	seg := p.SegmentSize
 	if seg == 0 {
-		seg = defaultSegmentSize
+		seg = messages.PcpDefaultSegmentSize
 	}
 	check := p.CheckCode
 	if check == 0 {
@@ -301,6 +300,11 @@ func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[v1.Cre
 	if err != nil {
 		return nil, err
 	}
+	pm := packageMessage(pkg)
+	if err := devicefsm.ValidatePackage(messages.TaskType(tt), protocol, pm); err != nil {
+		// The device machine would reject every sub-task: refuse the task.
+		return nil, invalid("package_id", "%v", err)
+	}
 
 	// Targets: the explicit devices and the groups' members, each checked
 	// once, sorted so the task lists its devices in ID order.
@@ -356,7 +360,7 @@ func (s *taskServer) CreateTask(ctx context.Context, req *connect.Request[v1.Cre
 		Name:             m.GetName(),
 		TaskType:         messages.TaskType(tt),
 		Protocol:         protocol,
-		Package:          packageMessage(pkg),
+		Package:          pm,
 		SkipVersionCheck: prod.SkipVersionCheck,
 		DeviceIds:        targets,
 		GroupIds:         slices.Clone(m.GetGroupIds()),

@@ -17,6 +17,7 @@ import (
 	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
 	"github.com/otafleet/otafleet/rpc"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
@@ -669,4 +670,42 @@ func TestReflection(t *testing.T) {
 	}
 	_, err = list("wrong")
 	wantCode(t, err, connect.CodeUnauthenticated)
+}
+
+// TestCreateTaskRefusesUnrunnablePackage (issue 20 item 8): a PCP package
+// needs more segments than PCP counts (65,535 of 500 bytes, about 32 MB):
+// the device machine would reject every sub-task, so the task is refused
+// at creation with invalid_argument naming package_id. One segment less is
+// a task like any other.
+func TestCreateTaskRefusesUnrunnablePackage(t *testing.T) {
+	te := newTaskEnv(t, nil)
+	ctx := context.Background()
+	prod := te.mustProduct(t, v1.Protocol_PROTOCOL_LWM2M, true)
+	if _, err := te.devices.CreateDevices(ctx, connect.NewRequest(&v1.CreateDevicesRequest{ProductId: prod, Devices: newDevices("sw-", 1)})); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		id   string
+		size int64
+		ok   bool
+	}{
+		{"big", messages.PcpDefaultSegmentSize*messages.PcpMaxSegments + 1, false},
+		{"fits", messages.PcpDefaultSegmentSize * messages.PcpMaxSegments, true},
+	} {
+		// The registry entry alone: the task is refused before any byte is read.
+		if err := te.store.PutPackage(ctx, persistence.Package{
+			ID: c.id, ProductID: prod, Type: persistence.PackageSoftware, Version: "2.0", FileName: "sw.bin", Size: c.size, Created: taskEpoch,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := te.tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+			Name: "sw_" + c.id, TaskType: v1.TaskType_TASK_TYPE_SOFTWARE_UPGRADE, PackageId: c.id, DeviceIds: []string{"sw-0"},
+		}))
+		switch {
+		case c.ok && err != nil:
+			t.Errorf("%s: %v", c.id, err)
+		case !c.ok && (connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "package_id: the package needs 65536 PCP segments")):
+			t.Errorf("%s: got %v, want invalid_argument naming package_id and the segment count", c.id, err)
+		}
+	}
 }

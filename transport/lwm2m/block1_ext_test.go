@@ -67,7 +67,7 @@ func TestBlock1Registration(t *testing.T) {
 	if err != nil || res.Code() != codes.Changed {
 		t.Fatalf("block-wise update: %v %v", res, err)
 	}
-	if got := e.rec.next(t); got != "d1 uplink:{}" {
+	if got := e.rec.next(t); got != "d1 uplink:{registration_update:true}" {
 		t.Fatalf("after the update: %q", got)
 	}
 	// A body whose links do not parse, sent in blocks, is refused as a
@@ -84,7 +84,7 @@ func TestBlock1Registration(t *testing.T) {
 	if size1, err := res.Options().GetUint32(message.Size1); err != nil || size1 != 16<<10 {
 		t.Errorf("4.13 with Size1 %d %v, want the bound, 16384", size1, err)
 	}
-	if got := e.delivered(); got != "d1 connected:{}\nd1 uplink:{}" {
+	if got := e.delivered(); got != "d1 connected:{}\nd1 uplink:{registration_update:true}" {
 		t.Fatalf("delivered:\n%s", got)
 	}
 }

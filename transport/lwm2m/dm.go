@@ -62,7 +62,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 		w := k.Lwm2MWrite
 		release := reg.holdFota(w.GetPath())
 		res, err := s.roundTrip(ctx, reg, putReq(w.GetPath(), message.TextPlain, func() io.ReadSeeker { return strings.NewReader(w.GetValue()) }))
-		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, w.GetPath(), res, err, 0)
+		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, w.GetPath(), res, err, 0, w.GetPath() == messages.PathPackageURI && w.GetValue() == "")
 		release()
 	case *messages.Downlink_Lwm2MWritePackageUri:
 		release := reg.holdFota(messages.PathPackageURI)
@@ -72,7 +72,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 		path := k.Lwm2MExecute.GetPath()
 		release := reg.holdFota(path)
 		res, err := s.roundTrip(ctx, reg, postReq(path))
-		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, res, err, 0)
+		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, res, err, 0, false)
 		release()
 	default:
 		frame, err := s.pcpFrame(ctx, dl)
@@ -86,7 +86,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 		// acknowledgement: the device's 0x17 waits for it, to leave straight
 		// after its journal entry instead of queueing behind this write.
 		if err != nil || !success(res.Code()) || code == messages.PcpCodeReportDownloadResult {
-			s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPCPDownlink, res, err, uint32(code))
+			s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPCPDownlink, res, err, uint32(code), false)
 		} else {
 			s.awake(reg)
 		}
@@ -100,15 +100,17 @@ func codeText(c codes.Code) string { return fmt.Sprintf("%d.%02d", c>>5, c&0x1f)
 
 // answered delivers the outcome of a write or execute, or of a failed read:
 // nothing when the device did not answer (the step's deadline covers it).
-// pcpCode names the PCP frame a write of /19/1/0 carried (0 otherwise).
-func (s *Server) answered(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, err error, pcpCode uint32) {
+// pcpCode names the PCP frame a write of /19/1/0 carried (0 otherwise);
+// fotaReset marks the answer of an empty write of /5/0/1, the reset of the
+// firmware update state machine, apart from a package URI's.
+func (s *Server) answered(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, err error, pcpCode uint32, fotaReset bool) {
 	if err != nil {
 		s.log.Debug("lwm2m: no answer", "device", reg.device, "op", op.String(), "path", path, "error", err)
 		return
 	}
 	s.awake(reg)
 	s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
-		Op: op, Path: path, Success: success(res.Code()), Code: codeText(res.Code()), PcpCode: pcpCode,
+		Op: op, Path: path, Success: success(res.Code()), Code: codeText(res.Code()), PcpCode: pcpCode, FotaReset: fotaReset,
 	}}})
 }
 
@@ -368,7 +370,7 @@ func (s *Server) writePackageURI(ctx context.Context, reg *registration, job *me
 	}
 	uri := PackageURI(reg.secure, addr, pkg, tok)
 	res, err := s.roundTrip(ctx, reg, putReq(messages.PathPackageURI, message.TextPlain, func() io.ReadSeeker { return strings.NewReader(uri) }))
-	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, res, err, 0)
+	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, res, err, 0, false)
 }
 
 // PackageURI is the URI a device downloads a package from: coaps:// (DTLS)

@@ -12,6 +12,10 @@
 //	POST   /rd/{id}[?lt=&b=]                                                     → 2.04 (update)
 //	DELETE /rd/{id}                                                              → 2.02 (de-register)
 //
+// A registration is delivered as Connected, an update as an Uplink marked
+// registration_update (as Connected when it changes the binding), a
+// de-registration as Disconnected.
+//
 // An endpoint that is not a registered device of an LwM2M product gets 4.03,
 // a malformed request 4.00. Over DTLS the endpoint is the PSK identity; a
 // device with a PSK, or of a product in security mode PSK, registers over
@@ -28,7 +32,8 @@
 // and PCP frames written to /19/1/0. Answers become the inputs the device
 // machine expects: a read of /3/0/3 a VersionReported, of /4/0 or /4/0/8 a
 // RadioReported, of /5/0/3 and /5/0/5 a FotaStatus; anything else, and every
-// failure, an Lwm2mResponse with the CoAP code. Notifications of /19/0/0
+// failure, an Lwm2mResponse with the CoAP code (the answer of an empty write
+// of /5/0/1, the reset of object 5, marked fota_reset). Notifications of /19/0/0
 // carry PCP frames from the device; after a restart, those a registered
 // device still sends on the observation of the process before it are
 // delivered too, until /19/0/0 is observed again (a PCP frame is found on

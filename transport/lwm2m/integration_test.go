@@ -310,15 +310,34 @@ func TestFailurePaths(t *testing.T) {
 	s.devices("q", len(steps), true, func(i int) lwm2msim.Behaviour {
 		return lwm2msim.Behaviour{PCPFailAt: steps[i].at, PCPResult: steps[i].result}
 	})
-	s.createTask("fota", s.fw, ids("u", len(results)))
+	// A real client after a failed update (Update Result 8): State 2, and
+	// a new URI only after the reset.
+	strict := s.devices("x", 1, false, func(int) lwm2msim.Behaviour {
+		return lwm2msim.Behaviour{UpdateResult: messages.UpdateResultUpdateFailed, StrictURI: true}
+	})
+	s.createTask("fota", s.fw, append(ids("u", len(results)), "x0"))
 	s.createTask("sota", s.sw, ids("q", len(steps)))
 	got := outcomes(s.waitTask("fota"))
-	for i, r := range results {
+	for i, r := range append(results, messages.UpdateResultUpdateFailed) {
 		reason, _ := devicefsm.UpdateResultReason(int32(r))
 		want := messages.SubtaskStatus_SUBTASK_STATUS_FAIL.String() + ": " + messages.ReasonText(reason)
-		if id := fmt.Sprintf("u%d", i); got[id] != want {
+		id := fmt.Sprintf("u%d", i)
+		if i == len(results) {
+			id = "x0"
+		}
+		if got[id] != want {
 			t.Errorf("Update Result %d: %s %q, want %q", r, id, got[id], want)
 		}
+	}
+	// Issue 20 item 6: the next task's attempt resets object 5 before its
+	// URI, so x0 downloads and fails its update again, not its URI.
+	if st, _ := strict[0].FirmwareState(); st != messages.FotaStateDownloaded {
+		t.Fatalf("x0 after the failed update: State %d, want 2", st)
+	}
+	s.createTask("fota-again", s.fw, []string{"x0"})
+	want := messages.SubtaskStatus_SUBTASK_STATUS_FAIL.String() + ": " + messages.ReasonText(messages.Reason_REASON_FW_UPDATE_FAILED)
+	if got := outcomes(s.waitTask("fota-again")); got["x0"] != want {
+		t.Errorf("x0, the next task: %q, want %q", got["x0"], want)
 	}
 	got = outcomes(s.waitTask("sota"))
 	for i, st := range steps {
@@ -338,7 +357,9 @@ func TestRestartsAndQueueMode(t *testing.T) {
 		if i == 1 {
 			return lwm2msim.Behaviour{QueueMode: true}
 		}
-		return lwm2msim.Behaviour{StopAfterBlocks: 3, RestartDelay: 20 * time.Millisecond}
+		// Issue 20 item 5: a real client, which refuses a URI written
+		// again while it downloads: it resumes by itself.
+		return lwm2msim.Behaviour{StopAfterBlocks: 3, RestartDelay: 20 * time.Millisecond, StrictURI: true}
 	})
 	sw := s.devices("s", 1, true, func(int) lwm2msim.Behaviour {
 		return lwm2msim.Behaviour{StopAfterBlocks: 2, RestartDelay: 20 * time.Millisecond}

@@ -101,7 +101,7 @@ func TestDTLSRegistrationStaysOnDTLS(t *testing.T) {
 	if res, err := d3.conn.Post(ctx, d3.loc, message.TextPlain, nil); err != nil || res.Code() != codes.Changed {
 		t.Fatalf("d3's own update: %v %v", res, err)
 	}
-	if got := e.rec.next(t); got != "d3 uplink:{}" {
+	if got := e.rec.next(t); got != "d3 uplink:{registration_update:true}" {
 		t.Fatalf("after d3's update: %q", got)
 	}
 	d3.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})

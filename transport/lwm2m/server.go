@@ -753,7 +753,7 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string, body []
 	if changed {
 		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
 	} else {
-		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}})
+		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{RegistrationUpdate: true}}})
 	}
 	s.awake(reg)
 }

@@ -188,7 +188,10 @@ func (d *device) handle(w mux.ResponseWriter, r *mux.Message) {
 		}
 		_ = w.SetResponse(codes.Content, v.cf, bytes.NewReader(v.body), opts...)
 	case codes.PUT:
-		b, _ := io.ReadAll(r.Body())
+		var b []byte
+		if r.Body() != nil { // an empty write (the reset of object 5) has none
+			b, _ = io.ReadAll(r.Body())
+		}
 		if path == "/19/1/0" {
 			d.pcpDown = append(d.pcpDown, b)
 		} else {
@@ -282,7 +285,9 @@ func TestRegistrationInterface(t *testing.T) {
 	if err != nil || res.Code() != codes.Changed {
 		t.Fatalf("update: %v %v", res, err)
 	}
-	if got := e.rec.next(t); got != "d1 uplink:{}" {
+	// An update is delivered as such: after an Execute it is the reboot
+	// cue of spec 3.3 (issue 20 item 4), which the device machine decides on.
+	if got := e.rec.next(t); got != "d1 uplink:{registration_update:true}" {
 		t.Fatalf("after the update: %q", got)
 	}
 	if res, _ := d.conn.Post(ctx, "/rd/nope", message.TextPlain, nil); res.Code() != codes.NotFound {
@@ -391,6 +396,12 @@ func TestDeviceManagement(t *testing.T) {
 	send(&messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: "/5/0/2"}})
 	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_EXECUTE path:"/5/0/2" success:true code:"2.04"}` {
 		t.Fatalf("execute: %q", got)
+	}
+	// The empty write of /5/0/1, the reset before an attempt's URI (issue
+	// 20 item 6), is answered apart from a package URI's write.
+	send(&messages.Downlink_Lwm2MWrite{Lwm2MWrite: &messages.Lwm2MWrite{Path: "/5/0/1"}})
+	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04" fota_reset:true}` {
+		t.Fatalf("reset of object 5: %q", got)
 	}
 
 	// PCP: a frame notified on /19/0/0 becomes its input; downlinks are

@@ -104,7 +104,7 @@ func TestRegistrationsSurviveRestart(t *testing.T) {
 	if err != nil || res.Code() != codes.Changed {
 		t.Fatalf("d1's update after the restart: %v %v, want 2.04", res, err)
 	}
-	if got := e2.rec.next(t); got != "d1 uplink:{}" {
+	if got := e2.rec.next(t); got != "d1 uplink:{registration_update:true}" {
 		t.Fatalf("after the update: %q", got)
 	}
 	// De-registering forgets it.

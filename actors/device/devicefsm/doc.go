@@ -26,10 +26,18 @@
 // falls back to the cell-ID query, and T9, which first reads the version: a
 // device that runs the target version after all succeeds, any other version
 // fails with T9's string, and no answer within T10 fails with "Updating timeout
-// and query device version for check timeout".
+// and query device version for check timeout". Update Result 11 (deferred)
+// after the Execute moves the job to UPGRADING: the result is waited for
+// within T9, not T8.
 //
 // # Decisions (spec [P] items and silences)
 //
+//   - A StartJob whose job the machine cannot run (ValidatePackage: a PCP
+//     package of more than 65,535 segments, a flow that does not carry the
+//     task type) is rejected with "The upgrade cannot run on the device"
+//     and its outcome, like any rejection, so its sub-task ends; only an
+//     input without a task and attempt to report to is refused as invalid
+//     (ErrInvalidInput). The API refuses such a task when it is created.
 //   - Task conflict (6.2): a StartJob for another task while a job is active is
 //     rejected at once with "Task Conflict"; a StartJob for the task already
 //     running (any attempt) is a duplicate and ignored, and one for an attempt
@@ -57,9 +65,15 @@
 //     answers proves itself online, and its report starts the job. The
 //     embedded broker delivers it only to a connected device.
 //   - A new session (Connected: MQTT CONNECT, LwM2M Register) mid-job is a
-//     reboot cue: FOTA re-observes /5/0/3 and /5/0/5 and, before the update,
-//     re-writes the same URI so the device resumes; after Execute the
-//     observations' first values carry the outcome. PCP re-observes /19/0/0 and
+//     reboot cue: FOTA re-observes /5/0/3 and /5/0/5; before the update it
+//     reads object 5 of a device that acknowledged the URI, which resumes
+//     its download by itself (a client refuses a write of /5/0/1 while it
+//     downloads), and writes the URI again only when State 0 with Update
+//     Result 0 says the device lost it, or when its write was never
+//     acknowledged; after Execute the observations' first values carry the
+//     outcome. A registration update (Uplink.registration_update) after the
+//     Execute is a reboot cue too (spec 3.3): object 5 is read then, instead
+//     of waiting for T9. PCP re-observes /19/0/0 and
 //     repeats the idempotent request of its stage (before 0x16, the 0x14 with
 //     the same version and check code, from which the device resumes). MQTT resends the upgrade
 //     event only while no progress report has arrived (spec 7, question 10):
@@ -71,9 +85,16 @@
 //     showing the target version ends the job as a success.
 //   - FOTA ignores object 5 reports between writing /5/0/1 and the device's
 //     2.04 for that write: until then State and Update Result are the previous
-//     attempt's values (a stale "2 Downloaded" must never trigger Execute). A
-//     refused write fails with "Invalid URI"; a refused Execute with "Firmware
-//     update failed"; Update Result 11 (deferred) keeps waiting within T9.
+//     attempt's values (a stale "2 Downloaded" must never trigger Execute).
+//     Each attempt resets the device's firmware update state machine (an
+//     empty write of /5/0/1, LwM2M 1.1 E.6) before its URI, while the device
+//     has not acknowledged that URI: a client that a failed update left in
+//     State 2 refuses a new URI otherwise; the reset's answer
+//     (Lwm2mResponse.fota_reset) decides nothing. A refused write of the
+//     URI fails with "Invalid URI", unless the device acknowledged the same
+//     URI before in this job (it holds it: a client refuses a write while
+//     it downloads); a refused Execute fails with "Firmware update failed";
+//     Update Result 11 (deferred) keeps waiting within T9.
 //   - Crash recovery of the Execute (FOTA /5/0/2, PCP 0x17), which is not
 //     idempotent: after a restart in DOWNLOADED, Resume reads object 5 of a
 //     FOTA device (State and Update Result in one answer); State 2 with
@@ -99,9 +120,14 @@
 //   - Version checks (project decision 6): FOTA reads /3/0/3 after Update
 //     Result 1, PCP takes the version of 0x18, MQTT that of the progress report;
 //     a different version fails with "Device version after upgrade does not
-//     match the target version". skip_version_check turns the read into a
-//     timeline note. A version read that times out after a successful result
-//     fails with "Waiting for report device firmware version timeout".
+//     match the target version". skip_version_check turns the check into a
+//     timeline note: FOTA still reads /3/0/3 after Update Result 1 and notes
+//     the answer, and the job succeeds whatever it answers (another version,
+//     an error such as 4.04, or nothing within T10); a failed first version
+//     read (4.04) of such a job means "version unknown", and the upgrade goes
+//     on. Without the option, a version read that times out after a
+//     successful result fails with "Waiting for report device firmware
+//     version timeout".
 //   - MQTT result_code 0 with progress 100 and another version fails as a
 //     version mismatch; result_code 3 succeeds only when the version equals the
 //     target; other codes fail with the code's text (spec 2.6, one wording

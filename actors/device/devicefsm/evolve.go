@@ -80,7 +80,7 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 		s.UriAcked = false
 	case *messages.DeviceEvent_PackageUriAccepted:
 		if s.Job != nil {
-			s.UriAcked = true
+			s.UriAcked, s.UriHeld = true, true
 		}
 	case *messages.DeviceEvent_JobFinished:
 		if s.Job == nil {
@@ -114,7 +114,7 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 
 // withJob returns s with j as its job (nil: none) and every field that
 // belongs to a job at its start value: stage, deadline, verify cause,
-// notification time, progress, URI acknowledgement, cell slot, source
+// notification time, progress, URI acknowledgement and hold, cell slot, source
 // version and the due 0x17. Generation goes on counting (a deadline of an
 // earlier job stays stale), and the outbox is the caller's.
 func withJob(s State, j *messages.Job) State {
@@ -124,7 +124,7 @@ func withJob(s State, j *messages.Job) State {
 	s.VerifyCause = messages.VerifyCause_VERIFY_CAUSE_UNSPECIFIED
 	s.NotifiedAt = timeZero
 	s.Progress = 0
-	s.UriAcked = false
+	s.UriAcked, s.UriHeld = false, false
 	s.PermitCell, s.PermitHeld, s.PermitCellOnly = "", false, false
 	s.SourceVersion = ""
 	s.PcpExecuteDue = false

@@ -65,10 +65,30 @@ func (d *decider) reject(j *messages.Job, r messages.Reason, detail string) {
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_JobRejected{JobRejected: &messages.JobRejected{
 		TaskId: j.GetTaskId(), Attempt: j.GetAttempt(), Reason: r, Detail: detail,
 	}}})
-	d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReportOutcome{ReportOutcome: &messages.ReportOutcome{
-		TaskId: j.GetTaskId(), DeviceId: d.s.DeviceID, Attempt: j.GetAttempt(),
+	d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReportOutcome{ReportOutcome: rejection(d.s.DeviceID, j, r, detail)}})
+}
+
+// rejection is the outcome of job j that the device rejected before it ran.
+func rejection(deviceID string, j *messages.Job, r messages.Reason, detail string) *messages.ReportOutcome {
+	return &messages.ReportOutcome{
+		TaskId: j.GetTaskId(), DeviceId: deviceID, Attempt: j.GetAttempt(),
 		Status: statusFail, Reason: r, Detail: detail,
-	}}})
+	}
+}
+
+// Refused is the outcome of a StartJob that the device's actor refused
+// with err without stepping it (an actor that cannot recover refuses every
+// input): the job fails with REASON_INVALID_JOB and err as detail, so its
+// sub-task ends. It is nil for any other input, and for a StartJob that
+// names no task and attempt, or another device, which has no sub-task here
+// to end.
+func Refused(deviceID string, in *messages.DeviceInput, err error) *messages.ReportOutcome {
+	sj := in.GetStartJob()
+	j := sj.GetJob()
+	if sj == nil || j.GetTaskId() == "" || j.GetAttempt() == 0 || (sj.GetDeviceId() != "" && sj.GetDeviceId() != deviceID) {
+		return nil
+	}
+	return rejection(deviceID, j, messages.Reason_REASON_INVALID_JOB, err.Error())
 }
 
 func (d *decider) stopJob(taskID string) {
@@ -79,7 +99,7 @@ func (d *decider) stopJob(taskID string) {
 	d.finish(statusStopped, messages.Reason_REASON_STOPPED, "stopped in stage "+shortStage(stage), 0)
 	// Spec 6.6 [P]: reset the device's object 5 when it holds a URI it has not installed yet.
 	if d.s.Last.Protocol == protoFOTA && (stage == stNotified || stage == stDownloading || stage == stDownloaded) {
-		d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MWrite{Lwm2MWrite: &messages.Lwm2MWrite{Path: messages.PathPackageURI, Value: ""}}})
+		d.send(fotaReset())
 	}
 }
 
@@ -159,11 +179,17 @@ func (d *decider) connected(queue bool) {
 }
 
 // uplink: traffic that is not a report. While a job waits for the version, an
-// LwM2M device gets the query again on each uplink (spec 6.6).
-func (d *decider) uplink() {
+// LwM2M device gets the query again on each uplink (spec 6.6). A
+// registration update is also sent what the stage owes it then (owed).
+func (d *decider) uplink(registrationUpdate bool) {
 	d.markOnline(d.s.QueueMode)
 	if d.s.Job == nil {
 		return
+	}
+	if registrationUpdate {
+		for _, dl := range owed(d.s, updated) {
+			d.resend(dl)
+		}
 	}
 	switch {
 	case d.s.Stage == stWaitOnline:
@@ -262,17 +288,30 @@ func (d *decider) decideVersion(ver string) {
 	case len(pkg.GetSourceVersions()) > 0 && !slices.Contains(pkg.GetSourceVersions(), ver):
 		d.fail(messages.Reason_REASON_SOURCE_VERSION_NOT_ALLOWED,
 			fmt.Sprintf("reported %q, package accepts %q", ver, pkg.GetSourceVersions()), 0)
-	case d.proto() == protoMQTT:
+	default:
+		d.upgrade()
+	}
+}
+
+// upgrade goes on from the version check to the upgrade: MQTT notifies the
+// device, LwM2M asks for its radio coverage first.
+func (d *decider) upgrade() {
+	if d.proto() == protoMQTT {
 		d.send(mqttUpgrade(d.s.Job))
 		d.enter(stNotified, d.at.Add(d.cfg.MQTTResult), 0)
-	default:
-		d.send(read(messages.PathConnMon))
-		d.enter(stRadio, d.at.Add(d.cfg.RadioQuery), 0)
+		return
 	}
+	d.send(read(messages.PathConnMon))
+	d.enter(stRadio, d.at.Add(d.cfg.RadioQuery), 0)
 }
 
 // verified handles the version read of STAGE_VERIFYING.
 func (d *decider) verified(ver string) {
+	if d.uncheckedVersion() {
+		d.note(fmt.Sprintf("the device reports version %q after the upgrade, target %q: not compared (product option skip_version_check)", ver, d.target()))
+		d.succeed(messages.Reason_REASON_NONE, "")
+		return
+	}
 	if ver == d.target() {
 		switch d.s.VerifyCause {
 		case causeAlreadyLatest:
@@ -293,6 +332,14 @@ func (d *decider) verified(ver string) {
 	default:
 		d.fail(messages.Reason_REASON_VERSION_MISMATCH, detail, 0)
 	}
+}
+
+// uncheckedVersion: the version read after a successful update result only
+// goes to the timeline (project decision 6, product option
+// skip_version_check); whatever it answers, and when it is not answered,
+// the job succeeds.
+func (d *decider) uncheckedVersion() bool {
+	return d.s.Stage == stVerifying && d.s.VerifyCause == causeResult && d.s.Job.GetSkipVersionCheck()
 }
 
 // verify starts STAGE_VERIFYING: read the version again (T10).
@@ -374,7 +421,9 @@ func (d *decider) permitGranted(cell string) {
 	case protoFOTA:
 		d.send(observe(messages.PathFotaState))
 		d.send(observe(messages.PathUpdateResult))
-		d.writePackageURI()
+		for _, dl := range packageURIWrites(d.s) {
+			d.resend(dl) // the reset, then the URI (spec 3.3 steps 10-11)
+		}
 	case protoPCP:
 		d.send(pcpNotify(d.s.Job.GetPackage()))
 	}
@@ -424,10 +473,13 @@ func (d *decider) deadlineFired(f *messages.DeadlineFired) {
 		}
 		d.verify(causeResultTimeout)
 	case stVerifying:
-		switch d.s.VerifyCause {
-		case causeResultTimeout:
+		switch {
+		case d.uncheckedVersion():
+			d.note("the version read after the upgrade was not answered: not compared (product option skip_version_check)")
+			d.succeed(messages.Reason_REASON_NONE, "")
+		case d.s.VerifyCause == causeResultTimeout:
 			d.fail(messages.Reason_REASON_VERSION_CHECK_TIMEOUT, "", 0)
-		case causeAlreadyLatest:
+		case d.s.VerifyCause == causeAlreadyLatest:
 			d.fail(messages.Reason_REASON_ALREADY_LATEST, "version check after the refusal timed out", messages.PcpResultAlreadyLatest)
 		default:
 			d.fail(messages.Reason_REASON_VERSION_REPORT_TIMEOUT, "update result was success; the version read timed out", 0)

@@ -126,6 +126,9 @@ func dumpState(s State) string {
 		fmt.Fprintf(&b, "job=%s stage=%s deadline=%s gen=%d cause=%s notified=%s progress=%d uri_acked=%v\n",
 			fmtProto(s.Job), shortStage(s.Stage), relTime(s.Deadline), s.Generation,
 			strings.TrimPrefix(s.VerifyCause.String(), "VERIFY_CAUSE_"), relTime(s.NotifiedAt), s.Progress, s.UriAcked)
+		if s.UriHeld {
+			b.WriteString("uri_held (the device acknowledged the job's URI)\n")
+		}
 		if s.PcpExecuteDue {
 			b.WriteString("pcp_execute_due (the 0x17 was never sent)\n")
 		}
@@ -361,7 +364,7 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 	case "disconnected":
 		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Disconnected{Disconnected: &messages.Disconnected{}}})
 	case "uplink":
-		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}})
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{RegistrationUpdate: has(a, "update")}}})
 	case "asleep":
 		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Asleep{Asleep: &messages.Asleep{}}})
 	case "version":
@@ -373,7 +376,7 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 			"execute": messages.Lwm2MOp_LWM2M_OP_EXECUTE, "observe": messages.Lwm2MOp_LWM2M_OP_OBSERVE}[a["op"]]
 		code := a["code"]
 		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
-			Op: op, Path: a["path"], Success: strings.HasPrefix(code, "2."), Code: code, PcpCode: u32(t, a, "pcp"),
+			Op: op, Path: a["path"], Success: strings.HasPrefix(code, "2."), Code: code, PcpCode: u32(t, a, "pcp"), FotaReset: has(a, "reset"),
 		}}})
 	case "fota":
 		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32(t, a, "state"), UpdateResult: i32(t, a, "result")}}})

@@ -16,6 +16,11 @@ const (
 	// CONNECT, LwM2M Register), the reboot cue of spec 3.3. Its
 	// observations are gone and it may have lost what it was sent.
 	reconnected
+	// updated: an LwM2M device updated its registration (POST /rd/{id}),
+	// keeping its session and observations. After an Execute it is the
+	// reboot cue of spec 3.3: a device that rebooted to install and kept
+	// its registration shows the outcome in object 5.
+	updated
 )
 
 // owed answers "what does this stage still owe the device": the downlinks of
@@ -29,16 +34,28 @@ const (
 //     observation.
 //   - A FOTA job between the notification and the update re-observes
 //     /5/0/3 and /5/0/5. Before the download has finished it first writes
-//     the same URI again, so that the client resumes (spec 3.7): always on
-//     a new session, and after a restart when the write's acknowledgement
-//     never arrived (object 5's reports cannot be told from those before
-//     the write). The write comes first because it makes object 5's
-//     reports wait for its acknowledgement: the device may have finished
-//     downloading before it is observed again, and the observation's first
-//     answer (State 2) must then come after the acknowledgement, not be
-//     dropped as a state from before the write. In DOWNLOADED it reads
-//     object 5 (State and Update Result in one answer): the Execute may
-//     have been lost (decider.executeAgain).
+//     the URI again when the write's acknowledgement never arrived
+//     (object 5's reports cannot be told from those before the write), the
+//     reset before it while the device never acknowledged the job's URI
+//     (packageURIWrites). The write comes first because it makes object
+//     5's reports wait for its acknowledgement: the device may have
+//     finished downloading before it is observed again, and the
+//     observation's first answer (State 2) must then come after the
+//     acknowledgement, not be dropped as a state from before the write. A
+//     device that acknowledged the URI is not sent it again on a new
+//     session: a client that rebooted resumes its download by itself and
+//     refuses a write while it downloads. It is read object 5 instead
+//     (State and Update Result in one answer), and only State 0 with
+//     Update Result 0, a device that lost the URI, has it written again
+//     (decider.fotaStatus). That read goes before the observations: its
+//     answer may show State 2 and send the Execute, and a whole object 5
+//     answered after the Execute went would be taken for a device that
+//     never got it (decider.executeAgain). In DOWNLOADED object 5 is read
+//     after the observations: the Execute may have been lost.
+//   - A registration update (updated) owes only this read of object 5,
+//     in DOWNLOADED and UPGRADING: after an Execute it tells whether the
+//     device installed (Update Result 1), failed, or put the update off,
+//     instead of waiting for T9.
 //   - A stage waiting for an answer asks again: the version (VERSION_QUERY,
 //     VERIFYING), the radio (RADIO_QUERY), the cell ID (CELL_QUERY), and
 //     PCP's 0x14 with the same version and check code, from which the
@@ -60,13 +77,22 @@ func owed(s State, on occasion) []*messages.Downlink {
 		return nil
 	}
 	p, st := j.GetProtocol(), s.Stage
+	if on == updated {
+		if p == protoFOTA && (st == stDownloaded || st == stUpgrading) {
+			return []*messages.Downlink{read(messages.PathFotaObject)}
+		}
+		return nil
+	}
 	var out []*messages.Downlink
 	if p == protoPCP && st >= stVersion {
 		out = append(out, observe(messages.PathPCPUplink))
 	}
 	if p == protoFOTA && st >= stNotified && st <= stUpgrading {
-		if (st == stNotified || st == stDownloading) && (on == reconnected || !s.UriAcked) {
-			out = append(out, packageURIWrite(j))
+		switch due := st == stNotified || st == stDownloading; {
+		case due && !s.UriAcked:
+			out = append(out, packageURIWrites(s)...)
+		case due && on == reconnected:
+			out = append(out, read(messages.PathFotaObject))
 		}
 		out = append(out, observe(messages.PathFotaState), observe(messages.PathUpdateResult))
 		if st == stDownloaded {
@@ -97,10 +123,11 @@ func owed(s State, on occasion) []*messages.Downlink {
 	return out
 }
 
-// resend sends a downlink the stage owes (owed) on a new session. A question
-// (a read, a version query) goes only if the flushed outbox did not just
-// carry it; an observation or a notification starts over on the new
-// session. The URI write, the upgrade event and the 0x17 go with what
+// resend sends a downlink the stage owes (owed, packageURIWrites) on a new
+// session or a registration update, or the package URI's writes. A
+// question (a read, a version query) goes only if the flushed outbox did
+// not just carry it; an observation or a notification starts over on the
+// new session. The URI write, the upgrade event and the 0x17 go with what
 // journals them.
 func (d *decider) resend(dl *messages.Downlink) {
 	switch dl.GetKind().(type) {

@@ -10,54 +10,68 @@ import (
 )
 
 // TestOwed pins the one answer to "what does this stage still owe the
-// device" for each flow, after a restart (Resume) and on a new session
-// (connected), where the two differ on purpose: a new session rewrites the
-// FOTA URI always, resends MQTT's event or asks its version, and sends a due
-// 0x17; a restart does none of that.
+// device" for each flow, after a restart (Resume), on a new session
+// (connected) and on a registration update, where they differ on purpose: a
+// new session reads object 5 of a FOTA device that holds its URI (issue 20
+// item 5: it is not written again), resends MQTT's event or asks its
+// version, and sends a due 0x17; a restart does none of that; a
+// registration update after the Execute only reads object 5 (item 4). The
+// URI goes again only while its write is unacknowledged, after the reset
+// while the device never acknowledged the job's URI (item 6).
 func TestOwed(t *testing.T) {
 	pkg := &messages.Package{PackageId: "p", Version: "2.0", Size: 1000, SegmentSize: 500, CheckCode: 7}
-	both := func(s string) [2]string { return [2]string{s, s} }
+	all := func(s string) [3]string { return [3]string{s, s, ""} }
 	for _, c := range []struct {
 		name  string
 		proto messages.Protocol
 		stage messages.Stage
-		acked bool // UriAcked
-		due   bool // PcpExecuteDue
-		want  [2]string
+		acked bool      // UriAcked
+		held  bool      // UriHeld
+		due   bool      // PcpExecuteDue
+		want  [3]string // restarted, reconnected, updated
 	}{
-		{"mqtt waiting online", protoMQTT, stWaitOnline, false, false, both("")},
-		{"mqtt version", protoMQTT, stVersion, false, false, both("mqtt_version_query")},
-		{"mqtt notified", protoMQTT, stNotified, false, false, [2]string{"", "mqtt_upgrade"}},
-		{"mqtt downloading", protoMQTT, stDownloading, false, false, [2]string{"", "mqtt_version_query"}},
+		{"mqtt waiting online", protoMQTT, stWaitOnline, false, false, false, all("")},
+		{"mqtt version", protoMQTT, stVersion, false, false, false, all("mqtt_version_query")},
+		{"mqtt notified", protoMQTT, stNotified, false, false, false, [3]string{"", "mqtt_upgrade", ""}},
+		{"mqtt downloading", protoMQTT, stDownloading, false, false, false, [3]string{"", "mqtt_version_query", ""}},
 
-		{"fota version", protoFOTA, stVersion, false, false, both("lwm2m_read /3/0/3")},
-		{"fota radio", protoFOTA, stRadio, false, false, both("lwm2m_read /4/0")},
-		{"fota cell", protoFOTA, stCell, false, false, both("lwm2m_read /4/0/8")},
-		{"fota permit", protoFOTA, stWaitPermit, false, false, both("")},
-		{"fota notified, write acknowledged", protoFOTA, stNotified, true, false, [2]string{
+		{"fota version", protoFOTA, stVersion, false, false, false, all("lwm2m_read /3/0/3")},
+		{"fota radio", protoFOTA, stRadio, false, false, false, all("lwm2m_read /4/0")},
+		{"fota cell", protoFOTA, stCell, false, false, false, all("lwm2m_read /4/0/8")},
+		{"fota permit", protoFOTA, stWaitPermit, false, false, false, all("")},
+		{"fota notified, write acknowledged", protoFOTA, stNotified, true, true, false, [3]string{
 			"lwm2m_observe /5/0/3, lwm2m_observe /5/0/5",
-			"lwm2m_write_package_uri, lwm2m_observe /5/0/3, lwm2m_observe /5/0/5"}},
-		{"fota downloading, write unacknowledged", protoFOTA, stDownloading, false, false,
-			both("lwm2m_write_package_uri, lwm2m_observe /5/0/3, lwm2m_observe /5/0/5")},
-		{"fota downloaded", protoFOTA, stDownloaded, true, false, both("lwm2m_observe /5/0/3, lwm2m_observe /5/0/5, lwm2m_read /5/0")},
-		{"fota upgrading", protoFOTA, stUpgrading, true, false, both("lwm2m_observe /5/0/3, lwm2m_observe /5/0/5")},
-		{"fota verifying", protoFOTA, stVerifying, true, false, both("lwm2m_read /3/0/3")},
+			"lwm2m_read /5/0, lwm2m_observe /5/0/3, lwm2m_observe /5/0/5", ""}},
+		{"fota downloading, write acknowledged", protoFOTA, stDownloading, true, true, false, [3]string{
+			"lwm2m_observe /5/0/3, lwm2m_observe /5/0/5",
+			"lwm2m_read /5/0, lwm2m_observe /5/0/3, lwm2m_observe /5/0/5", ""}},
+		{"fota downloading, first write unacknowledged", protoFOTA, stDownloading, false, false, false,
+			all("lwm2m_write /5/0/1, lwm2m_write_package_uri, lwm2m_observe /5/0/3, lwm2m_observe /5/0/5")},
+		{"fota downloading, write again unacknowledged", protoFOTA, stDownloading, false, true, false,
+			all("lwm2m_write_package_uri, lwm2m_observe /5/0/3, lwm2m_observe /5/0/5")},
+		{"fota downloaded", protoFOTA, stDownloaded, true, true, false, [3]string{
+			"lwm2m_observe /5/0/3, lwm2m_observe /5/0/5, lwm2m_read /5/0",
+			"lwm2m_observe /5/0/3, lwm2m_observe /5/0/5, lwm2m_read /5/0", "lwm2m_read /5/0"}},
+		{"fota upgrading", protoFOTA, stUpgrading, true, true, false, [3]string{
+			"lwm2m_observe /5/0/3, lwm2m_observe /5/0/5",
+			"lwm2m_observe /5/0/3, lwm2m_observe /5/0/5", "lwm2m_read /5/0"}},
+		{"fota verifying", protoFOTA, stVerifying, true, true, false, all("lwm2m_read /3/0/3")},
 
-		{"pcp waiting online", protoPCP, stWaitOnline, false, false, both("")},
-		{"pcp version", protoPCP, stVersion, false, false, both("lwm2m_observe /19/0/0, pcp_query_version")},
-		{"pcp radio", protoPCP, stRadio, false, false, both("lwm2m_observe /19/0/0, lwm2m_read /4/0")},
-		{"pcp permit", protoPCP, stWaitPermit, false, false, both("lwm2m_observe /19/0/0")},
-		{"pcp downloading", protoPCP, stDownloading, false, false, both("lwm2m_observe /19/0/0, pcp_notify_new_version")},
-		{"pcp downloaded, 0x17 sent", protoPCP, stDownloaded, false, false, both("lwm2m_observe /19/0/0")},
-		{"pcp downloaded, 0x17 due", protoPCP, stDownloaded, false, true, [2]string{
-			"lwm2m_observe /19/0/0", "lwm2m_observe /19/0/0, pcp_execute"}},
-		{"pcp upgrading", protoPCP, stUpgrading, false, false, both("lwm2m_observe /19/0/0")},
-		{"pcp verifying", protoPCP, stVerifying, false, false, both("lwm2m_observe /19/0/0, pcp_query_version")},
+		{"pcp waiting online", protoPCP, stWaitOnline, false, false, false, all("")},
+		{"pcp version", protoPCP, stVersion, false, false, false, all("lwm2m_observe /19/0/0, pcp_query_version")},
+		{"pcp radio", protoPCP, stRadio, false, false, false, all("lwm2m_observe /19/0/0, lwm2m_read /4/0")},
+		{"pcp permit", protoPCP, stWaitPermit, false, false, false, all("lwm2m_observe /19/0/0")},
+		{"pcp downloading", protoPCP, stDownloading, false, false, false, all("lwm2m_observe /19/0/0, pcp_notify_new_version")},
+		{"pcp downloaded, 0x17 sent", protoPCP, stDownloaded, false, false, false, all("lwm2m_observe /19/0/0")},
+		{"pcp downloaded, 0x17 due", protoPCP, stDownloaded, false, false, true, [3]string{
+			"lwm2m_observe /19/0/0", "lwm2m_observe /19/0/0, pcp_execute", ""}},
+		{"pcp upgrading", protoPCP, stUpgrading, false, false, false, all("lwm2m_observe /19/0/0")},
+		{"pcp verifying", protoPCP, stVerifying, false, false, false, all("lwm2m_observe /19/0/0, pcp_query_version")},
 	} {
 		s := New("dev-1")
 		s.Job = &messages.Job{TaskId: "t", Attempt: 1, Protocol: c.proto, Package: pkg}
-		s.Stage, s.UriAcked, s.PcpExecuteDue = c.stage, c.acked, c.due
-		for i, on := range []occasion{restarted, reconnected} {
+		s.Stage, s.UriAcked, s.UriHeld, s.PcpExecuteDue = c.stage, c.acked, c.held, c.due
+		for i, on := range []occasion{restarted, reconnected, updated} {
 			var got []string
 			for _, dl := range owed(s, on) {
 				name := dl.ProtoReflect().WhichOneof(dl.ProtoReflect().Descriptor().Oneofs().ByName("kind")).Name()
@@ -68,7 +82,7 @@ func TestOwed(t *testing.T) {
 				got = append(got, item)
 			}
 			if g := strings.Join(got, ", "); g != c.want[i] {
-				t.Errorf("%s, %s: owed %q, want %q", c.name, []string{"restarted", "reconnected"}[i], g, c.want[i])
+				t.Errorf("%s, %s: owed %q, want %q", c.name, []string{"restarted", "reconnected", "updated"}[i], g, c.want[i])
 			}
 		}
 	}
@@ -85,6 +99,8 @@ func downlinkPath(dl *messages.Downlink) string {
 		return k.Lwm2MRead.GetPath()
 	case *messages.Downlink_Lwm2MObserve:
 		return k.Lwm2MObserve.GetPath()
+	case *messages.Downlink_Lwm2MWrite:
+		return k.Lwm2MWrite.GetPath()
 	}
 	return ""
 }

@@ -135,6 +135,26 @@ func packageURIWrite(j *messages.Job) *messages.Downlink {
 	return &messages.Downlink{Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: j}}}
 }
 
+// fotaReset is the empty write of /5/0/1: it resets the device's firmware
+// update state machine to Idle with Update Result 0 and discards what it
+// downloaded (LwM2M 1.1 E.6, spec 3.4).
+func fotaReset() *messages.Downlink {
+	return &messages.Downlink{Kind: &messages.Downlink_Lwm2MWrite{Lwm2MWrite: &messages.Lwm2MWrite{Path: messages.PathPackageURI, Value: ""}}}
+}
+
+// packageURIWrites are the downlinks that give a FOTA device its job's
+// package URI: the write of /5/0/1, preceded by the reset (fotaReset) while
+// the device has not acknowledged the job's URI yet (State.UriHeld), so
+// that a device a failed attempt left in State 2, or downloading another
+// URI, takes the new one (a client refuses a URI outside State 0); never
+// once it holds the URI, whose partial download the reset would discard.
+func packageURIWrites(s State) []*messages.Downlink {
+	if s.UriHeld {
+		return []*messages.Downlink{packageURIWrite(s.Job)}
+	}
+	return []*messages.Downlink{fotaReset(), packageURIWrite(s.Job)}
+}
+
 // writePackageURI journals that /5/0/1 is written (object 5's reports wait
 // for the write's acknowledgement) and writes it.
 func (d *decider) writePackageURI() {
@@ -158,13 +178,27 @@ func (d *decider) lwm2mResponse(r *messages.Lwm2MResponse) {
 		d.pcpExecute()
 		return
 	}
+	uriWrite := op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == messages.PathPackageURI && d.is(protoFOTA, stNotified, stDownloading)
+	if uriWrite && r.GetFotaReset() {
+		// The reset before the URI: its answer says nothing about the URI,
+		// which the write after it decides.
+		if !r.GetSuccess() {
+			d.note(detail + ": the reset of the firmware update state machine was refused; the package URI follows")
+		}
+		return
+	}
 	if r.GetSuccess() {
-		if op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == messages.PathPackageURI && d.is(protoFOTA, stNotified, stDownloading) && !d.s.UriAcked {
-			d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PackageUriAccepted{PackageUriAccepted: &messages.PackageUriAccepted{}}})
+		if uriWrite && !d.s.UriAcked {
+			d.acceptURI()
 		}
 		return
 	}
 	switch {
+	case d.s.Stage == stVersion && path == messages.PathFirmwareVersion && d.s.Job.GetSkipVersionCheck():
+		// Project decision 6: a fleet that skips version checks may not
+		// report /3/0/3 at all; the version is unknown and the upgrade goes on.
+		d.note(detail + ": version unknown; the upgrade goes on (product option skip_version_check)")
+		d.upgrade()
 	case d.s.Stage == stVersion && path == messages.PathFirmwareVersion:
 		// The device cannot report its version: waiting longer cannot help.
 		d.fail(messages.Reason_REASON_VERSION_REPORT_TIMEOUT, detail, 0)
@@ -172,10 +206,19 @@ func (d *decider) lwm2mResponse(r *messages.Lwm2MResponse) {
 		d.queryCell()
 	case d.s.Stage == stCell && path == messages.PathCellID:
 		d.fail(messages.Reason_REASON_CELL_ID_TIMEOUT, detail, 0)
-	case d.is(protoFOTA, stNotified, stDownloading) && op == messages.Lwm2MOp_LWM2M_OP_WRITE && path == messages.PathPackageURI:
+	case uriWrite && d.s.UriHeld:
+		// A URI the device acknowledged before, written again: a client
+		// refuses a write while it downloads (outside State 0), so the
+		// refusal says it holds the URI; its object 5 reports count again.
+		d.note(detail + ": the device holds the package URI already")
+		d.acceptURI()
+	case uriWrite:
 		d.fail(messages.Reason_REASON_FW_INVALID_URI, detail, 0)
 	case d.is(protoFOTA, stDownloaded) && op == messages.Lwm2MOp_LWM2M_OP_EXECUTE && path == messages.PathUpdate:
 		d.fail(messages.Reason_REASON_FW_UPDATE_FAILED, detail, 0)
+	case d.s.Stage == stVerifying && path == messages.PathFirmwareVersion && d.uncheckedVersion():
+		d.note(detail + ": version after the upgrade unknown; not compared (product option skip_version_check)")
+		d.succeed(messages.Reason_REASON_NONE, "")
 	case d.s.Stage == stVerifying && path == messages.PathFirmwareVersion:
 		if d.s.VerifyCause == causeResultTimeout {
 			d.fail(messages.Reason_REASON_VERSION_CHECK_TIMEOUT, detail, 0)
@@ -183,6 +226,12 @@ func (d *decider) lwm2mResponse(r *messages.Lwm2MResponse) {
 			d.fail(messages.Reason_REASON_VERSION_REPORT_TIMEOUT, detail, 0)
 		}
 	}
+}
+
+// acceptURI journals that the device took the job's package URI: object 5's
+// reports count from now on.
+func (d *decider) acceptURI() {
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PackageUriAccepted{PackageUriAccepted: &messages.PackageUriAccepted{}}})
 }
 
 func (d *decider) fotaStatus(f *messages.FotaStatus) {
@@ -209,6 +258,24 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 		}
 		if res == messages.UpdateResultSuccess && (st == stDownloaded || st == stUpgrading) && f.GetState() == messages.FotaStateIdle {
 			d.updated()
+			return
+		}
+		if res == messages.UpdateResultDeferred && st == stDownloaded {
+			// The device took the Execute and put the update off (spec
+			// 3.6): the result is waited for within T9, not T8.
+			d.note("update deferred by the device (Update Result 11): waiting for the result")
+			d.enter(stUpgrading, d.at.Add(d.cfg.UpdateResult), 0)
+			return
+		}
+		if res == messages.UpdateResultInitial && f.State != nil && f.GetState() == messages.FotaStateIdle && (st == stNotified || st == stDownloading) {
+			// Idle with no result while its download is due: the device
+			// lost the URI (a reboot that kept nothing). Only now is the
+			// URI written again: a device that still holds it resumes by
+			// itself, and a client refuses the write while it downloads.
+			d.note("the device shows State 0, Update Result 0: it lost the package URI; written again")
+			for _, dl := range packageURIWrites(d.s) {
+				d.resend(dl)
+			}
 			return
 		}
 	}
@@ -247,15 +314,9 @@ func (d *decider) executeAgain() {
 	d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
 }
 
-// updated: Update Result 1. Verify the version unless the product skips it.
-func (d *decider) updated() {
-	if d.s.Job.GetSkipVersionCheck() {
-		d.note("version check skipped (product option skip_version_check)")
-		d.succeed(messages.Reason_REASON_NONE, "")
-		return
-	}
-	d.verify(causeResult)
-}
+// updated: Update Result 1. Read the version (verify); with the product
+// option skip_version_check its answer is only noted (uncheckedVersion).
+func (d *decider) updated() { d.verify(causeResult) }
 
 // ---- LwM2M SOTA over PCP (spec 4.5, 4.9) ----
 

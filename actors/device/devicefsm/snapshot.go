@@ -33,6 +33,7 @@ func Snapshot(s State) *messages.DeviceSnapshot {
 		NotifiedAtUnixNano: messages.UnixNano(s.NotifiedAt),
 		Progress:           s.Progress,
 		UriAcked:           s.UriAcked,
+		UriHeld:            s.UriHeld,
 		PermitCell:         s.PermitCell,
 		PermitHeld:         s.PermitHeld,
 		PermitCellOnly:     s.PermitCellOnly,
@@ -92,6 +93,7 @@ func FromSnapshot(p *messages.DeviceSnapshot) (State, error) {
 		NotifiedAt:     messages.Time(p.GetNotifiedAtUnixNano()),
 		Progress:       p.GetProgress(),
 		UriAcked:       p.GetUriAcked(),
+		UriHeld:        p.GetUriHeld(),
 		PermitCell:     p.GetPermitCell(),
 		PermitHeld:     p.GetPermitHeld(),
 		PermitCellOnly: p.GetPermitCellOnly(),
@@ -127,7 +129,7 @@ func checkSnapshot(p *messages.DeviceSnapshot) error {
 			return err
 		}
 	} else if p.GetStage() != stIdle || p.GetDeadlineUnixNano() != 0 || p.GetVerifyCause() != 0 ||
-		p.GetNotifiedAtUnixNano() != 0 || p.GetProgress() != 0 || p.GetUriAcked() ||
+		p.GetNotifiedAtUnixNano() != 0 || p.GetProgress() != 0 || p.GetUriAcked() || p.GetUriHeld() ||
 		p.GetPermitCell() != "" || p.GetPermitHeld() || p.GetPermitCellOnly() || p.GetPcpExecuteDue() {
 		return invalidSnapshot("an idle device (no job) has job fields set (stage %v)", p.GetStage())
 	}
@@ -168,6 +170,9 @@ func checkSnapshotJob(j *messages.Job) error {
 	if err := validateJob(j); err != nil {
 		// validateJob words its errors as an input's: keep the text, not the sentinel.
 		return invalidSnapshot("%s", strings.TrimPrefix(err.Error(), ErrInvalidInput.Error()+": "))
+	}
+	if err := ValidatePackage(j.GetTaskType(), j.GetProtocol(), j.GetPackage()); err != nil {
+		return invalidSnapshot("job: %v", err)
 	}
 	return nil
 }

@@ -290,7 +290,7 @@ func TestFromSnapshotInvalid(t *testing.T) {
 		{"stage", func(p *messages.DeviceSnapshot) { p.Stage = 99 }, "stage 99 is unknown"},
 		{"cause", func(p *messages.DeviceSnapshot) { p.VerifyCause = 9 }, "verify_cause 9 is unknown"},
 		{"job task", func(p *messages.DeviceSnapshot) { p.Job.TaskId = "" }, "job.task_id is empty"},
-		{"job protocol", func(p *messages.DeviceSnapshot) { p.Job.Protocol = 42 }, "job.protocol"},
+		{"job protocol", func(p *messages.DeviceSnapshot) { p.Job.Protocol = 42 }, "job: protocol 42 is not a device flow"},
 		{"job attempt", func(p *messages.DeviceSnapshot) { p.Job.Attempt = 0 }, "job.attempt"},
 		{"idle stage", idle(func(p *messages.DeviceSnapshot) { p.Stage = stVersion }), "idle device"},
 		{"idle deadline", idle(func(p *messages.DeviceSnapshot) { p.DeadlineUnixNano = 5 }), "idle device"},

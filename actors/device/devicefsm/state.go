@@ -99,9 +99,13 @@ type State struct {
 	VerifyCause messages.VerifyCause
 	NotifiedAt  time.Time // when the package was announced (T6 and T7 count from here)
 	Progress    int32
-	UriAcked    bool   // FOTA: the device acknowledged the current write of /5/0/1
-	PermitCell  string // the cell asked for a slot ("" when none)
-	PermitHeld  bool   // the cell granted it
+	UriAcked    bool // FOTA: the device acknowledged the current write of /5/0/1
+	// UriHeld (FOTA): the device acknowledged a write of the job's package
+	// URI at least once, so it holds that URI: a later write of it that the
+	// device refuses is no failure, and none is preceded by a reset.
+	UriHeld    bool
+	PermitCell string // the cell asked for a slot ("" when none)
+	PermitHeld bool   // the cell granted it
 	// PermitCellOnly: the radio query failed or lacked RSRP or SINR, so the
 	// slot was asked as cell-ID-only (with whatever values it did report).
 	PermitCellOnly bool

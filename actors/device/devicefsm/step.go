@@ -1,6 +1,7 @@
 package devicefsm
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -154,7 +155,14 @@ func Step(cfg Config, s State, in *messages.DeviceInput) (State, Result, error) 
 	d := &decider{cfg: cfg, s: s, at: messages.Time(in.GetAtUnixNano()), in: in}
 	switch k := in.Kind.(type) {
 	case *messages.DeviceInput_StartJob:
-		d.startJob(k.StartJob.GetJob())
+		j := k.StartJob.GetJob()
+		if err := ValidatePackage(j.GetTaskType(), j.GetProtocol(), j.GetPackage()); err != nil {
+			// A job the machine cannot run still ends: its task hears the
+			// refusal, so no sub-task waits for an outcome that never comes.
+			d.reject(j, messages.Reason_REASON_INVALID_JOB, err.Error())
+			break
+		}
+		d.startJob(j)
 	case *messages.DeviceInput_StopJob:
 		d.stopJob(k.StopJob.GetTaskId())
 	case *messages.DeviceInput_PermitGranted:
@@ -172,7 +180,7 @@ func Step(cfg Config, s State, in *messages.DeviceInput) (State, Result, error) 
 			d.presence(false, false, s.QueueMode)
 		}
 	case *messages.DeviceInput_Uplink:
-		d.uplink()
+		d.uplink(k.Uplink.GetRegistrationUpdate())
 	case *messages.DeviceInput_Asleep:
 		if s.QueueMode && s.Awake {
 			d.presence(s.Online, false, true)
@@ -302,6 +310,10 @@ func validatePCPCodes(in *messages.DeviceInput) error {
 	return nil
 }
 
+// validateJob checks what identifies a job: without it no task can be told
+// the job's outcome, so Step refuses the input. What the job asks of the
+// device (ValidatePackage) is checked by Step, which rejects a job it cannot
+// run with its outcome.
 func validateJob(j *messages.Job) error {
 	switch {
 	case j == nil:
@@ -310,43 +322,55 @@ func validateJob(j *messages.Job) error {
 		return fmt.Errorf("%w: job.task_id is empty", ErrInvalidInput)
 	case j.GetAttempt() == 0:
 		return fmt.Errorf("%w: job.attempt must be at least 1", ErrInvalidInput)
-	case j.GetPackage() == nil:
-		return fmt.Errorf("%w: job.package is missing", ErrInvalidInput)
-	case j.GetPackage().GetVersion() == "":
-		return fmt.Errorf("%w: job.package.version is empty", ErrInvalidInput)
 	}
-	tt := j.GetTaskType()
+	return nil
+}
+
+// ValidatePackage reports why a job of task type tt over protocol p cannot
+// install pkg, or nil when it can: an upgrade task type its flow carries, a
+// package version, and for PCP a package PCP can describe (segment size,
+// segment count and check code within their WORDs, a version within 16
+// bytes; spec 4.5). Step rejects such a job with REASON_INVALID_JOB and
+// this error as detail; the API refuses such a task when it is created. The
+// error is a sentence about the job, without a package prefix.
+func ValidatePackage(tt messages.TaskType, p messages.Protocol, pkg *messages.Package) error {
+	switch {
+	case pkg == nil:
+		return errors.New("the job has no package")
+	case pkg.GetVersion() == "":
+		return errors.New("the package has no version")
+	}
 	if tt != messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE && tt != messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE {
-		return fmt.Errorf("%w: job.task_type %v is not an upgrade", ErrInvalidInput, tt)
+		return fmt.Errorf("task type %v is not an upgrade", tt)
 	}
-	switch j.GetProtocol() {
+	switch p {
 	case protoMQTT:
 	case protoFOTA:
 		if tt != messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE {
-			return fmt.Errorf("%w: job.protocol LwM2M FOTA carries firmware only, not %v", ErrInvalidInput, tt)
+			return fmt.Errorf("LwM2M FOTA carries firmware only, not %v", tt)
 		}
 	case protoPCP:
 		if tt != messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE {
-			return fmt.Errorf("%w: job.protocol PCP carries software only, not %v", ErrInvalidInput, tt)
+			return fmt.Errorf("PCP carries software only, not %v", tt)
 		}
-		p := j.GetPackage()
-		if ss := p.GetSegmentSize(); ss < messages.PcpMinSegmentSize || ss > messages.PcpMaxSegmentSize {
-			return fmt.Errorf("%w: job.package.segment_size %d is outside %d..%d", ErrInvalidInput, ss, messages.PcpMinSegmentSize, messages.PcpMaxSegmentSize)
+		if ss := pkg.GetSegmentSize(); ss < messages.PcpMinSegmentSize || ss > messages.PcpMaxSegmentSize {
+			return fmt.Errorf("the package's PCP segment size %d is outside %d..%d", ss, messages.PcpMinSegmentSize, messages.PcpMaxSegmentSize)
 		}
-		if p.GetSize() <= 0 {
-			return fmt.Errorf("%w: job.package.size must be positive for PCP", ErrInvalidInput)
+		if pkg.GetSize() <= 0 {
+			return errors.New("the package is empty, and PCP sends at least one segment")
 		}
-		if n := segmentCount(p); n > messages.PcpMaxSegments {
-			return fmt.Errorf("%w: job.package needs %d PCP segments, more than a WORD holds", ErrInvalidInput, n)
+		if n := segmentCount(pkg); n > messages.PcpMaxSegments {
+			return fmt.Errorf("the package needs %d PCP segments of %d bytes, more than PCP counts (%d: at most %d bytes)",
+				n, pkg.GetSegmentSize(), messages.PcpMaxSegments, int64(messages.PcpMaxSegments)*int64(pkg.GetSegmentSize()))
 		}
-		if len(p.GetVersion()) > messages.PcpVersionLen {
-			return fmt.Errorf("%w: job.package.version %q is longer than PCP's %d bytes", ErrInvalidInput, p.GetVersion(), messages.PcpVersionLen)
+		if len(pkg.GetVersion()) > messages.PcpVersionLen {
+			return fmt.Errorf("the package version %q is longer than PCP's %d bytes", pkg.GetVersion(), messages.PcpVersionLen)
 		}
-		if p.GetCheckCode() > 0xFFFF {
-			return fmt.Errorf("%w: job.package.check_code %d exceeds a WORD", ErrInvalidInput, p.GetCheckCode())
+		if pkg.GetCheckCode() > 0xFFFF {
+			return fmt.Errorf("the package's PCP check code %d exceeds a WORD", pkg.GetCheckCode())
 		}
 	default:
-		return fmt.Errorf("%w: job.protocol %v is not a device flow", ErrInvalidInput, j.GetProtocol())
+		return fmt.Errorf("protocol %v is not a device flow", p)
 	}
 	return nil
 }

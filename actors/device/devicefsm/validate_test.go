@@ -55,22 +55,6 @@ func TestInvalidInputs(t *testing.T) {
 		{"no job", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_StartJob{StartJob: &messages.StartJob{}}}, "job is missing"},
 		{"no task", job(func(j *messages.Job) { j.TaskId = "" }), "task_id"},
 		{"attempt 0", job(func(j *messages.Job) { j.Attempt = 0 }), "attempt"},
-		{"no package", job(func(j *messages.Job) { j.Package = nil }), "package is missing"},
-		{"no version", job(func(j *messages.Job) { j.Package = &messages.Package{} }), "version is empty"},
-		{"bad task type", job(func(j *messages.Job) { j.TaskType = 9 }), "task_type"},
-		{"bad protocol", job(func(j *messages.Job) { j.Protocol = 0 }), "protocol"},
-		{"fota software", job(func(j *messages.Job) { j.Protocol = protoFOTA }), "firmware only"},
-		{"pcp firmware", job(func(j *messages.Job) { j.TaskType = messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE }), "software only"},
-		{"pcp segment 31", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 31} }), "segment_size"},
-		{"pcp segment 501", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 501} }), "segment_size"},
-		{"pcp empty", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", SegmentSize: 100} }), "size must be positive"},
-		{"pcp too many segments", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 32 * 70000, SegmentSize: 32} }), "segments"},
-		{"pcp long version", job(func(j *messages.Job) {
-			j.Package = &messages.Package{Version: strings.Repeat("v", 17), Size: 10, SegmentSize: 32}
-		}), "16 bytes"},
-		{"pcp check code", job(func(j *messages.Job) {
-			j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 32, CheckCode: 1 << 16}
-		}), "check_code"},
 		{"stop no task", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_StopJob{StopJob: &messages.StopJob{}}}, "task_id"},
 		{"grant no cell", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_PermitGranted{PermitGranted: &messages.PermitGranted{}}}, "cell_id"},
 		{"deadline no step", &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{}}}, "step"},
@@ -93,6 +77,72 @@ func TestInvalidInputs(t *testing.T) {
 		if len(res.Events)+len(res.Effects) != 0 || dumpState(next) != dumpState(s) {
 			t.Errorf("%s: an invalid input changed something", c.name)
 		}
+	}
+}
+
+// TestUnrunnableJobsEnd: a StartJob whose job the machine cannot run (issue
+// 20 item 8: a PCP package over 65,535 segments) is no invalid input that
+// only the log sees: the job is rejected with REASON_INVALID_JOB and its
+// outcome goes to the task, so the sub-task ends instead of staying
+// PROCESSING. The device stays idle.
+func TestUnrunnableJobsEnd(t *testing.T) {
+	at := messages.UnixNano(epoch)
+	job := func(mut func(j *messages.Job)) *messages.Job {
+		j := proto.Clone(testJob(protoPCP)).(*messages.Job)
+		mut(j)
+		return j
+	}
+	for _, c := range []struct {
+		name string
+		job  *messages.Job
+		want string
+	}{
+		{"no package", job(func(j *messages.Job) { j.Package = nil }), "no package"},
+		{"no version", job(func(j *messages.Job) { j.Package = &messages.Package{} }), "no version"},
+		{"bad task type", job(func(j *messages.Job) { j.TaskType = 9 }), "task type"},
+		{"bad protocol", job(func(j *messages.Job) { j.Protocol = 0 }), "protocol"},
+		{"fota software", job(func(j *messages.Job) { j.Protocol = protoFOTA }), "firmware only"},
+		{"pcp firmware", job(func(j *messages.Job) { j.TaskType = messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE }), "software only"},
+		{"pcp segment 31", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 31} }), "segment size"},
+		{"pcp segment 501", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 501} }), "segment size"},
+		{"pcp empty", job(func(j *messages.Job) { j.Package = &messages.Package{Version: "v", SegmentSize: 100} }), "empty"},
+		{"pcp too many segments", job(func(j *messages.Job) {
+			j.Package = &messages.Package{Version: "v", Size: 500*messages.PcpMaxSegments + 1, SegmentSize: 500}
+		}), "65536 PCP segments"},
+		{"pcp long version", job(func(j *messages.Job) {
+			j.Package = &messages.Package{Version: strings.Repeat("v", 17), Size: 10, SegmentSize: 32}
+		}), "16 bytes"},
+		{"pcp check code", job(func(j *messages.Job) {
+			j.Package = &messages.Package{Version: "v", Size: 10, SegmentSize: 32, CheckCode: 1 << 16}
+		}), "check code"},
+	} {
+		for _, online := range []bool{false, true} {
+			s := New("dev-1")
+			s.Online, s.Awake = online, online
+			in := &messages.DeviceInput{AtUnixNano: at, Kind: &messages.DeviceInput_StartJob{StartJob: &messages.StartJob{Job: c.job}}}
+			next, res, err := Step(DefaultConfig(), s, in)
+			if err != nil {
+				t.Errorf("%s: refused as invalid input (%v): the task would never hear of it", c.name, err)
+				continue
+			}
+			if next.Job != nil || len(res.Events) != 1 || res.Events[0].GetJobRejected() == nil {
+				t.Errorf("%s: events %v, job %v; want one JobRejected and no job", c.name, res.Events, next.Job)
+			}
+			var out *messages.ReportOutcome
+			for _, e := range res.Effects {
+				if o := e.GetReportOutcome(); o != nil {
+					out = o
+				}
+			}
+			if out == nil || out.GetStatus() != statusFail || out.GetReason() != messages.Reason_REASON_INVALID_JOB ||
+				out.GetTaskId() != c.job.GetTaskId() || out.GetAttempt() != c.job.GetAttempt() || !strings.Contains(out.GetDetail(), c.want) {
+				t.Errorf("%s: outcome %v, want FAIL %v mentioning %q", c.name, out, messages.Reason_REASON_INVALID_JOB, c.want)
+			}
+		}
+	}
+	if err := ValidatePackage(messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE, protoPCP,
+		&messages.Package{Version: "v", Size: 500 * messages.PcpMaxSegments, SegmentSize: 500}); err != nil {
+		t.Errorf("a package of exactly %d segments: %v", messages.PcpMaxSegments, err)
 	}
 }
 

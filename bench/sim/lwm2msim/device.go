@@ -60,6 +60,12 @@ type Behaviour struct {
 	// FOTA through the reads and observations the server makes, PCP with an
 	// unsolicited 0x18 once /19/0/0 is observed again.
 	RebootOnUpdate bool
+	// StrictURI: like real LwM2M clients, the device takes a Package URI in
+	// State 0 (Idle) only (LwM2M 1.1 E.6) and refuses it with 4.00
+	// otherwise: while it downloads, even the same URI, and in State 2
+	// after a failed update, until an empty write resets object 5. Without
+	// it the same URI written again continues the download.
+	StrictURI bool
 	// Silent: the device registers and keeps its registration up to date,
 	// but answers no request (they are dropped, not even acknowledged).
 	Silent      bool

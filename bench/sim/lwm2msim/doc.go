@@ -59,8 +59,10 @@
 // counts the blocks, checks the ETag (a different ETag restarts the download
 // from block 0) and the total size against Size2, and computes the SHA-256
 // (LwM2M FOTA carries no hash). When all bytes are in, State becomes 2. The
-// same URI written again while downloading continues the download; after a
-// device restart the download resumes at the next block it needs. An empty
+// same URI written again while downloading continues the download (with
+// Behaviour.StrictURI, as real clients do, any URI outside State 0 is
+// refused with 4.00); after a device restart the download resumes by itself
+// at the next block it needs. An empty
 // URI resets object 5 (State 0, Update Result 0). Execute moves State 2 → 3
 // before the device answers it (a read of /5/0 never shows State 2 with
 // Update Result 0 once it took an Execute); after Behaviour.UpdateDelay

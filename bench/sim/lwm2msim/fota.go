@@ -89,6 +89,10 @@ func (d *Device) writePackageURI(uri string) codes.Code {
 	if f.state == messages.FotaStateUpdating {
 		return codes.MethodNotAllowed
 	}
+	if d.cfg.Behaviour.StrictURI && f.state != messages.FotaStateIdle {
+		d.log.Info("lwm2msim: Package URI refused outside State 0", "uri", uri, "state", f.state)
+		return codes.BadRequest
+	}
 	d.event(fotaEvent(EventCommand, uri))
 	if f.job != nil && f.job.uri == uri && (f.state == messages.FotaStateDownloading || f.state == messages.FotaStateDownloaded) {
 		d.log.Info("lwm2msim: same Package URI written again, continuing", "uri", uri, "state", f.state)

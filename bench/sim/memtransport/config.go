@@ -110,7 +110,9 @@ type Behaviour struct {
 	IgnoreUpgrade bool
 	// DropMidDownload: the first N downloads lose the connection halfway
 	// (Disconnected is delivered). The device comes back (Connected) after
-	// Delays.Reconnect and resumes when asked again, unless StayOffline.
+	// Delays.Reconnect, unless StayOffline, and resumes: MQTT and FOTA
+	// devices by themselves (unless ForgetURIOnReboot), PCP devices when
+	// asked again.
 	DropMidDownload int
 	StayOffline     bool
 	// RefuseExecutes: the first N Executes (/5/0/2, PCP 0x17) are refused,
@@ -120,6 +122,15 @@ type Behaviour struct {
 	// WrongVersion: every install leaves the device on this version instead
 	// of the target, while reporting success.
 	WrongVersion string
+	// StrictURI (FOTA): like real LwM2M clients, the device takes a
+	// package URI written to /5/0/1 in State 0 (Idle) only and refuses it
+	// with 4.00 otherwise: while it downloads, and in State 2 after a
+	// refused Execute, until an empty write resets object 5.
+	StrictURI bool
+	// ForgetURIOnReboot (FOTA): a device that registers again after a lost
+	// connection kept nothing of its download (State 0, Update Result 0);
+	// without it the device resumes its download by itself.
+	ForgetURIOnReboot bool
 	// RebootOnInstall: the device drops its connection when an install
 	// completes and registers again after Delays.Reconnect; the engine learns
 	// the result from the new session (re-observation, MQTT report on

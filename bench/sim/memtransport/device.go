@@ -405,9 +405,17 @@ func (d *device) connect() {
 		d.dl.active = false // the old session's steps are gone
 	}
 	d.presence(&messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: d.spec.QueueMode}}})
-	if dl := d.dl; dl != nil && d.spec.Protocol == protoMQTT {
-		// An MQTT device keeps the URL and token of its upgrade event and
-		// resumes the download by itself (LwM2M devices wait for the platform).
+	if dl := d.dl; dl != nil && d.spec.Protocol == protoFOTA && d.b.ForgetURIOnReboot {
+		// The client kept nothing of the download: object 5 is Idle.
+		d.dl = nil
+		d.dlGen++
+		d.fotaState, d.fotaResult, d.fotaPkg = messages.FotaStateIdle, messages.UpdateResultInitial, ""
+	}
+	if dl := d.dl; dl != nil {
+		// An MQTT device keeps the URL and token of its upgrade event, a
+		// FOTA device the URI of /5/0/1, and resumes the download by
+		// itself (a real LwM2M client resumes its Block2 download at the
+		// next block).
 		dl.active = true
 		d.after(d.t.delays.Response, true, func() {
 			if d.dl == dl {
@@ -474,7 +482,8 @@ func (d *device) wake() {
 		return
 	}
 	d.awake = true
-	d.presence(&messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}})
+	// An NB-IoT device leaves PSM with a registration update.
+	d.presence(&messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{RegistrationUpdate: true}}})
 	d.redispatchHeld()
 	d.startPSM()
 }
@@ -829,10 +838,13 @@ func (d *device) observe(path string) {
 }
 
 func (d *device) write(path, value string) {
+	reset := path == messages.PathPackageURI && value == ""
 	d.after(d.t.delays.Response, true, func() {
-		d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, path, true, "2.04"))
-		if path == messages.PathPackageURI && d.spec.Protocol == protoFOTA && value == "" && d.installing == "" {
-			// Reset of object 5 (spec 6.6 stop): abandon the package.
+		in := lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, path, true, "2.04")
+		in.GetLwm2MResponse().FotaReset = reset
+		d.emit(in)
+		if reset && d.spec.Protocol == protoFOTA && d.installing == "" {
+			// Reset of object 5 (LwM2M 1.1 E.6; a new attempt, a stop): abandon the package.
 			if d.dl != nil {
 				d.dl = nil
 				d.dlGen++
@@ -856,6 +868,11 @@ func (d *device) writePackageURI(job *messages.Job) {
 	}
 	target := job.GetPackage().GetVersion()
 	d.after(d.t.delays.Response, true, func() {
+		if d.b.StrictURI && (d.fotaState != messages.FotaStateIdle || d.installing != "") {
+			// A real client takes a URI in State 0 only (LwM2M 1.1 E.6).
+			d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, false, "4.00"))
+			return
+		}
 		d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, true, "2.04"))
 		switch {
 		case d.installing != "":

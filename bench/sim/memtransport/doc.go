@@ -43,7 +43,10 @@
 //     (or 0 with the failure code); Execute of /5/0/2 in State 2 is
 //     acknowledged, State 3, then State 0 with Update Result 1 and the new
 //     version. Writing the same URI again resumes (or re-reports) the
-//     download; an empty URI resets object 5.
+//     download; an empty URI resets object 5, and its answer is marked
+//     fota_reset. A device back on a new session resumes its download by
+//     itself. Behaviour.StrictURI makes it refuse a URI outside State 0, as
+//     real clients do; Behaviour.ForgetURIOnReboot makes it come back Idle.
 //   - PCP: 0x14 is answered (0x03 when the version already runs), then the
 //     device fetches the segment count of the 0x14 with 0x15 requests, sends
 //     0x16, answers 0x17 and sends 0x18 with its new version.

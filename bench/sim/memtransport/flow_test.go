@@ -1,6 +1,7 @@
 package memtransport_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -233,6 +234,33 @@ func TestDropMidDownload(t *testing.T) {
 	}
 }
 
+// TestRebootMidDownloadRealClient (issue 20 item 5): a FOTA device that,
+// like a real LwM2M client, refuses a URI write outside State 0 drops its
+// connection halfway and comes back. Resuming by itself, it must not be
+// failed by a URI written again ("Invalid URI"); a device that comes back
+// Idle is given the URI again.
+func TestRebootMidDownloadRealClient(t *testing.T) {
+	for _, forget := range []bool{false, true} {
+		t.Run(fmt.Sprintf("forget=%v", forget), func(t *testing.T) {
+			w := newWorld(t, memtransport.Config{})
+			s := spec("d1", messages.Protocol_PROTOCOL_LWM2M_FOTA)
+			s.Behaviour = memtransport.Behaviour{DropMidDownload: 1, StrictURI: true, ForgetURIOnReboot: forget}
+			w.add(s)
+			w.connect("d1")
+			w.eng.start("d1", job(s.Protocol, "task", 1, "2.0"))
+			checkOutcome(t, w.runUntilOutcome("d1", time.Hour), success, none)
+			c := mustDevice(t, w.tr, "d1").Counters
+			wantWrites, wantDownloads := 1, 1
+			if forget {
+				wantWrites, wantDownloads = 2, 2
+			}
+			if c.URIWrites != wantWrites || c.Downloads != wantDownloads || c.Upgrades != 1 {
+				t.Errorf("URI writes %d, downloads %d, upgrades %d; want %d, %d, 1", c.URIWrites, c.Downloads, c.Upgrades, wantWrites, wantDownloads)
+			}
+		})
+	}
+}
+
 // TestStayOffline: a device that drops and stays offline is brought back by
 // the test; the job then finishes.
 func TestStayOffline(t *testing.T) {
@@ -250,7 +278,8 @@ func TestStayOffline(t *testing.T) {
 	checkOutcome(t, w.runUntilOutcome("d1", time.Hour), success, none)
 }
 
-// TestRefuseExecute: a refused Execute fails the job with the flow's reason.
+// TestRefuseExecute: a refused Execute fails the job with the flow's
+// reason; the retry succeeds.
 func TestRefuseExecute(t *testing.T) {
 	want := map[messages.Protocol]messages.Reason{
 		messages.Protocol_PROTOCOL_LWM2M_FOTA: messages.Reason_REASON_FW_UPDATE_FAILED,
@@ -261,6 +290,9 @@ func TestRefuseExecute(t *testing.T) {
 			w := newWorld(t, memtransport.Config{})
 			s := spec("d1", p)
 			s.Behaviour.RefuseExecutes = 1
+			// A FOTA client left in State 2 takes the retry's URI only
+			// after the reset (issue 20 item 6).
+			s.Behaviour.StrictURI = true
 			w.add(s)
 			w.connect("d1")
 			w.eng.start("d1", job(p, "task", 1, "2.0"))

@@ -238,7 +238,7 @@ func TestFotaScript(t *testing.T) {
 	}
 	clk.Advance(2 * time.Second)
 	check(t, rec, "f",
-		"uplink",
+		"uplink{registration_update:true}",
 		"lwm2m_response{op:LWM2M_OP_EXECUTE path:/5/0/2 success:true code:2.04}",
 		"fota_status{state:3 update_result:0}",
 		"fota_status{state:0 update_result:1}")
@@ -256,7 +256,7 @@ func TestFotaScript(t *testing.T) {
 	check(t, rec, "f",
 		"fota_status{state:2}",
 		"version_reported{fw_version:2.0}",
-		"lwm2m_response{op:LWM2M_OP_WRITE path:/5/0/1 success:true code:2.04}",
+		"lwm2m_response{op:LWM2M_OP_WRITE path:/5/0/1 success:true code:2.04 fota_reset:true}",
 		"fota_status{state:0}")
 	ds := mustDevice(t, tr, "f")
 	if ds.Counters.URIWrites != 2 || ds.Counters.Executes != 1 || ds.Counters.Upgrades != 1 || ds.Counters.Downloads != 2 {
