@@ -86,9 +86,11 @@ const maxCreate = 10000
 
 // Register creates the fleet's devices in their products (products maps a
 // protocol to its product ID), MQTT devices with their secret and, with
-// dtls, LwM2M devices with their PSK. Devices that exist already are left
-// as they are, so a simulator started again with --register goes on. It
-// returns how many devices it created.
+// dtls, LwM2M devices with their PSK. Devices that exist already in their
+// product are left as they are, so a simulator started again with --register
+// goes on; a device that exists in another product is an error
+// (ErrOtherProduct) naming the device and both products, and the devices of
+// its batch are not created. It returns how many devices it created.
 func Register(ctx context.Context, api *API, f Fleet, products map[string]string, dtls bool) (int, error) {
 	created := 0
 	for _, p := range uniq(f.Protocols) {
@@ -132,8 +134,12 @@ func Register(ctx context.Context, api *API, f Fleet, products map[string]string
 	return created, nil
 }
 
-// createBatch creates one call's devices; when some exist already it
-// creates the others.
+// ErrOtherProduct: a device of the fleet exists in another product than the
+// one it would be registered in.
+var ErrOtherProduct = errors.New("device in another product")
+
+// createBatch creates one call's devices; when some exist already in product
+// pid it creates the others.
 func createBatch(ctx context.Context, api *API, pid string, batch []*v1.NewDevice) (int, error) {
 	_, err := api.Devices.CreateDevices(ctx, connect.NewRequest(&v1.CreateDevicesRequest{ProductId: pid, Devices: batch}))
 	if err == nil {
@@ -144,12 +150,15 @@ func createBatch(ctx context.Context, api *API, pid string, batch []*v1.NewDevic
 	}
 	var missing []*v1.NewDevice
 	for _, nd := range batch {
-		_, err := api.Devices.GetDevice(ctx, connect.NewRequest(&v1.GetDeviceRequest{DeviceId: nd.GetDeviceId()}))
+		got, err := api.Devices.GetDevice(ctx, connect.NewRequest(&v1.GetDeviceRequest{DeviceId: nd.GetDeviceId()}))
 		switch {
 		case connect.CodeOf(err) == connect.CodeNotFound:
 			missing = append(missing, nd)
 		case err != nil:
 			return 0, fmt.Errorf("device %s: %w", nd.GetDeviceId(), err)
+		case got.Msg.GetDevice().GetProductId() != pid:
+			return 0, fmt.Errorf("%w: device %s is in product %s, not %s; pass another --id-prefix",
+				ErrOtherProduct, nd.GetDeviceId(), got.Msg.GetDevice().GetProductId(), pid)
 		}
 	}
 	if len(missing) == 0 {

@@ -348,3 +348,60 @@ func TestProcessCorruptJournal(t *testing.T) {
 		t.Fatalf("no log line names the corrupt entry of %s: %v", device, lines)
 	}
 }
+
+// TestProcessDataDirInUse: a second `otafleet serve` of a data folder that a
+// running one holds exits 1 at once, naming the holder's pid, and leaves the
+// folder as it was; once the holder is killed with SIGKILL the folder is free
+// again, and a clean stop leaves no pid behind.
+func TestProcessDataDirInUse(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	args := []string{"--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json"}
+	first := startServer(t, args...)
+	first.await(ctx, "serving", msg("serving"))
+	addrs, err := os.ReadFile(filepath.Join(dir, "addrs.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	second := startServer(t, args...)
+	err, lines := second.wait(ctx)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("second serve of the same folder: %v, want exit 1; log: %v", err, lines)
+	}
+	want := fmt.Sprintf("otafleet: data folder in use by another otafleet serve, pid %d", first.cmd.Process.Pid)
+	found := false
+	for _, m := range lines {
+		found = found || strings.HasPrefix(fmt.Sprint(m["text"]), want)
+	}
+	if !found {
+		t.Fatalf("no line starts with %q: %v", want, lines)
+	}
+	if again, err := os.ReadFile(filepath.Join(dir, "addrs.json")); err != nil || !bytes.Equal(again, addrs) {
+		t.Fatalf("the refused serve changed addrs.json: %s, was %s (%v)", again, addrs, err)
+	}
+
+	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	first.wait(ctx)
+	third := startServer(t, args...)
+	third.await(ctx, "serving after the holder was killed", msg("serving"))
+	if pid, err := holderPID(dir); err != nil || pid != third.cmd.Process.Pid {
+		t.Fatalf("serve.pid: %d %v, want %d", pid, err, third.cmd.Process.Pid)
+	}
+	if err := third.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err, _ := third.wait(ctx); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, pidFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("serve.pid after a clean stop: %v", err)
+	}
+}

@@ -71,6 +71,15 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	lock, err := lockDataDir(cfg.DataDir) // before anything in the folder is read or written
+	if err != nil {
+		return err
+	}
+	defer func() { // last: after the store has closed
+		if err := lock.release(); err != nil {
+			logger.Warn("releasing the data folder", "error", err)
+		}
+	}()
 	token, err := apiToken(cfg.DataDir)
 	if err != nil {
 		return err

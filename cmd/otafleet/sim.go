@@ -47,6 +47,11 @@ type simOpts struct {
 	localAddrs  []string
 }
 
+// simIDPrefix is sim's default device ID prefix: not the "sim-" of serve's
+// --simulate devices (and of the README's tour), so that a sim fleet does not
+// reuse their IDs in another product.
+const simIDPrefix = "dev-"
+
 func simCommand(stdout, stderr io.Writer) *cobra.Command {
 	o := &simOpts{}
 	cmd := &cobra.Command{
@@ -54,13 +59,15 @@ func simCommand(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Run simulated MQTT and LwM2M devices against a running server, over real sockets",
 		Long: `sim runs N simulated devices against the server whose addresses are in
 DATA-DIR/addrs.json (or --api, --mqtt, --coap, --coaps). Device IDs are the
-prefix followed by FIRST … FIRST+N-1 (sim-0 … sim-199); LwM2M devices are
-spread over K cells with the given coverage; MQTT devices report no radio.
+prefix followed by FIRST … FIRST+N-1 (` + simIDPrefix + `0 … ` + simIDPrefix + `199 with the default
+prefix); LwM2M devices are spread over K cells with the given coverage; MQTT
+devices report no radio.
 Every device's secret (MQTT) and PSK (DTLS) derive from --secret-seed and
 its ID, so a later sim without --register finds the same devices.
 
 With --register it first creates the devices through the API (devices that
-exist already are kept). The devices answer the real protocols, download and
+exist already in their product are kept; a device that exists in another
+product is an error). The devices answer the real protocols, download and
 verify the package, and on success report the new version; --fail-rate makes
 that share of them fail (with MQTT result codes 4, 10 or 5, Update Results 8,
 5 or 2, or PCP codes 0x04 at 0x14, 0x05 at 0x16, 0x0A at 0x18).
@@ -83,7 +90,7 @@ devices de-register) and writes --report.`,
 	fs.IntVar(&o.devices, "devices", 10, "how many devices")
 	fs.IntVar(&o.first, "first", 0, "number of the first device (several sims can share a fleet)")
 	fs.StringVar(&o.product, "product", "", "the devices' product ID; with --protocol mixed three, comma separated: the MQTT, LwM2M and PCP products")
-	fs.StringVar(&o.prefix, "id-prefix", "sim-", "device ID prefix")
+	fs.StringVar(&o.prefix, "id-prefix", simIDPrefix, "device ID prefix")
 	fs.StringVar(&o.fw, "fw-version", "1.0", "the devices' firmware version")
 	fs.StringVar(&o.sw, "sw-version", "1.0", "the devices' software version")
 	fs.IntVar(&o.cells, "cells", 10, "radio cells the LwM2M devices are spread over")
