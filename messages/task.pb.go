@@ -948,11 +948,19 @@ func (*StopRequested) Descriptor() ([]byte, []int) {
 	return file_messages_task_proto_rawDescGZIP(), []int{10}
 }
 
+// RetryRequested: an on-demand retry re-runs these sub-tasks (empty: every
+// FAIL, FAIL_WAIT_RETRY and STOPPED one).
 type RetryRequested struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeviceIds     []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	DeviceIds []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
+	// true (every RetryRequested since issue 20): a FAIL_WAIT_RETRY sub-task
+	// keeps the automatic retries it used, so that its re-run is the pending
+	// retry brought forward, not an extra attempt; FAIL and STOPPED ones start
+	// a fresh budget. false (older journals): every re-run sub-task's budget
+	// restarts.
+	KeepPendingRetries bool `protobuf:"varint,2,opt,name=keep_pending_retries,json=keepPendingRetries,proto3" json:"keep_pending_retries,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *RetryRequested) Reset() {
@@ -990,6 +998,13 @@ func (x *RetryRequested) GetDeviceIds() []string {
 		return x.DeviceIds
 	}
 	return nil
+}
+
+func (x *RetryRequested) GetKeepPendingRetries() bool {
+	if x != nil {
+		return x.KeepPendingRetries
+	}
+	return false
 }
 
 // WakeArmed: the task's next timer.
@@ -1222,10 +1237,11 @@ const file_messages_task_proto_rawDesc = "" +
 	"\vresult_code\x18\a \x01(\x05R\n" +
 	"resultCode\x12%\n" +
 	"\x0esource_version\x18\b \x01(\tR\rsourceVersion\"\x0f\n" +
-	"\rStopRequested\"/\n" +
+	"\rStopRequested\"a\n" +
 	"\x0eRetryRequested\x12\x1d\n" +
 	"\n" +
-	"device_ids\x18\x01 \x03(\tR\tdeviceIds\"M\n" +
+	"device_ids\x18\x01 \x03(\tR\tdeviceIds\x120\n" +
+	"\x14keep_pending_retries\x18\x02 \x01(\bR\x12keepPendingRetries\"M\n" +
 	"\tWakeArmed\x12 \n" +
 	"\fat_unix_nano\x18\x01 \x01(\x03R\n" +
 	"atUnixNano\x12\x1e\n" +

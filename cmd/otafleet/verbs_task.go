@@ -223,14 +223,24 @@ func taskStop(o *clientOpts) *cobra.Command {
 func taskRetry(o *clientOpts) *cobra.Command {
 	var devices []string
 	cmd := &cobra.Command{
-		Use: "retry TASK_ID [--device ID]...", Short: "Retry a task's failed and stopped devices now", Args: cobra.ExactArgs(1),
+		Use: "retry TASK_ID [--device ID]...", Short: "Give a running or finished task's failed devices a new attempt now", Args: cobra.ExactArgs(1),
+		Long: `Give the failed devices of a task a new attempt now: every device that failed
+(FAIL), waits for its policy retry (FAIL_WAIT_RETRY) or stopped while the task
+ran (STOPPED), or only those named with --device.
+
+The task must be running or have finished with failures (PROCESSING, FAIL or
+PARTIAL_SUCCESS). A stopped task cannot be retried (spec 5.4): create a new task
+for its devices instead.
+
+A device waiting for its policy retry runs that retry now, without an extra
+attempt; a failed or stopped device starts again with the policy's retries.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.RetryTaskResponse], error) {
 				return c.tasks.RetryTask(ctx, connect.NewRequest(&v1.RetryTaskRequest{TaskId: args[0], DeviceIds: devices}))
 			}, func(res *v1.RetryTaskResponse) error { return o.table(taskHeader, [][]string{taskRow(res.GetTask())}) })
 		},
 	}
-	cmd.Flags().StringSliceVar(&devices, "device", nil, "only this device (repeat or comma-separate); default: every failed or stopped one")
+	cmd.Flags().StringSliceVar(&devices, "device", nil, "only this device (repeat or comma-separate); default: every one that can be retried")
 	return cmd
 }
 

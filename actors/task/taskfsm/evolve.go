@@ -134,7 +134,9 @@ func (s *State) evolveRetry(e *messages.RetryRequested, at int64) {
 		if !retryable(sub.status) {
 			return
 		}
-		sub.autoRetries = 0
+		if !e.GetKeepPendingRetries() || sub.status != messages.SubtaskStatus_SUBTASK_STATUS_FAIL_WAIT_RETRY {
+			sub.autoRetries = 0
+		}
 		sub.reason = messages.Reason_REASON_NONE
 		sub.detail = ""
 		sub.retryAt = 0

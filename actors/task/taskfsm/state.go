@@ -44,7 +44,7 @@ type subtask struct {
 	id          string
 	status      messages.SubtaskStatus
 	attempt     uint32
-	autoRetries uint32 // automatic retries used since creation or the last on-demand retry
+	autoRetries uint32 // automatic retries used since creation or the last on-demand retry of a FAIL or STOPPED sub-task
 	ver         uint32 // bumped on every status change; validates queue entries
 	reason      messages.Reason
 	detail      string

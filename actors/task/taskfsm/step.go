@@ -469,7 +469,7 @@ func (st *stepper) retry(r *messages.RetryTask) error {
 		}
 		return notAllowed("nothing to retry in task %q: %s is FAIL, FAIL_WAIT_RETRY or STOPPED", s.task.GetTaskId(), which)
 	}
-	st.emit(&messages.TaskEvent{Kind: &messages.TaskEvent_RetryRequested{RetryRequested: &messages.RetryRequested{DeviceIds: listed}}})
+	st.emit(&messages.TaskEvent{Kind: &messages.TaskEvent_RetryRequested{RetryRequested: &messages.RetryRequested{DeviceIds: listed, KeepPendingRetries: true}}})
 	st.startDue()
 	st.rearm(false)
 	return nil
