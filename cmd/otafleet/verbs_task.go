@@ -248,7 +248,7 @@ func taskDevices(o *clientOpts) *cobra.Command {
 	var l listFlags
 	var status string
 	cmd := &cobra.Command{
-		Use: "devices TASK_ID [--status S]", Short: "List a task's devices with their status, stage and failure reason", Args: cobra.ExactArgs(1),
+		Use: "devices TASK_ID [--status S]", Short: "List a task's devices with their status, stage, outcome and the device's own description", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := &v1.ListTaskDevicesRequest{TaskId: args[0], PageSize: l.pageSize}
 			if status != "" {
@@ -269,7 +269,7 @@ func taskDevices(o *clientOpts) *cobra.Command {
 				for i, d := range all.Devices {
 					rows[i] = taskDeviceRow(d)
 				}
-				return o.table([]string{"DEVICE", "STATUS", "STAGE", "ATTEMPTS", "SOURCE", "UPDATED", "FAILURE"}, rows)
+				return o.table([]string{"DEVICE", "STATUS", "STAGE", "ATTEMPTS", "SOURCE", "UPDATED", "OUTCOME", "DEVICE-DESC"}, rows)
 			})
 		},
 	}
@@ -283,15 +283,16 @@ func taskDeviceRow(d *v1.TaskDevice) []string {
 	if d.GetStage() != "" && d.GetProgress() > 0 {
 		stage = fmt.Sprintf("%s %d%%", d.GetStage(), d.GetProgress())
 	}
-	failure := orDash(d.GetFailureReason())
+	outcome := orDash(d.GetStatusDesc())
 	if d.GetResultCode() != 0 {
-		failure = fmt.Sprintf("%s (code %d)", failure, d.GetResultCode())
+		outcome = fmt.Sprintf("%s (code %d)", outcome, d.GetResultCode())
 	}
 	if d.GetNextRetryTime() != nil {
-		failure += ", retry at " + fmtTime(d.GetNextRetryTime())
+		outcome += ", retry at " + fmtTime(d.GetNextRetryTime())
 	}
 	return []string{d.GetDeviceId(), enumName(d.GetStatus().String(), "SUBTASK_STATUS_"), stage,
-		strconv.FormatUint(uint64(d.GetAttempts()), 10), orDash(d.GetSourceVersion()), fmtTime(d.GetUpdateTime()), failure}
+		strconv.FormatUint(uint64(d.GetAttempts()), 10), orDash(d.GetSourceVersion()), fmtTime(d.GetUpdateTime()), outcome,
+		orDash(d.GetDeviceDescription())}
 }
 
 // counters is a one-line summary of a task's progress.
