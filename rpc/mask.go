@@ -8,21 +8,23 @@ import (
 // tokenMask stands for a download token the timeline does not reveal.
 const tokenMask = "***"
 
-// maskToken returns uri with its download token replaced by tokenMask. It is
-// the one place that knows where a token sits in a download URI, and it
-// recognises every form a device is given:
+// maskToken returns uri with the download token replaced by tokenMask. It is
+// the one place that masks a token in a URI. It needs the token (a
+// DownloadOffered journals it beside the URI) and no knowledge of the
+// transport's URI layout, so it masks the token in every form a device is
+// given it:
 //
-//   - the query form of LwM2M package URIs and HTTP URLs,
-//     "coap://host/fw/PKG?t=TOKEN": the value of every query parameter t is
-//     masked, whatever it holds, and so is the token inside any other query
-//     value;
+//   - the query form of LwM2M package URIs and of HTTP URLs that carry a
+//     token, "coap://host/fw/PKG?t=TOKEN": the token inside any query
+//     parameter's value (or a parameter without a value);
 //   - the path form, where the token (a short handle) is a path segment or
 //     part of one, "coap://host/fw/TOKEN" or "coap://host/fw/PKG/TOKEN.bin":
-//     the token is masked inside every path segment, percent-encoded or not.
+//     the token inside any path segment, percent-encoded or not;
+//   - the same in a fragment.
 //
-// The scheme, host and the rest of the path stay as they are, so that the
-// reader sees where the device downloads from. An empty token masks only the
-// t parameters. Masking an already masked URI changes nothing.
+// The scheme and host, parameter names and everything else stay as they
+// are, so that the reader sees where the device downloads from. An empty
+// token masks nothing. Masking an already masked URI changes nothing.
 func maskToken(uri, token string) string {
 	rest, frag, hasFrag := strings.Cut(uri, "#")
 	path, query, hasQuery := strings.Cut(rest, "?")
@@ -44,14 +46,10 @@ func maskToken(uri, token string) string {
 	if hasQuery {
 		params := strings.Split(query, "&")
 		for i, p := range params {
-			k, v, ok := strings.Cut(p, "=")
-			switch {
-			case !ok:
-				params[i] = maskIn(p, token, url.QueryUnescape)
-			case k == "t":
-				params[i] = k + "=" + tokenMask
-			default:
+			if k, v, ok := strings.Cut(p, "="); ok {
 				params[i] = k + "=" + maskIn(v, token, url.QueryUnescape)
+			} else {
+				params[i] = maskIn(p, token, url.QueryUnescape)
 			}
 		}
 		b.WriteByte('?')
