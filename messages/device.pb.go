@@ -108,6 +108,7 @@ type DeviceInput struct {
 	//	*DeviceInput_PcpExecuteResponse
 	//	*DeviceInput_PcpUpgradeResult
 	//	*DeviceInput_DownloadServed
+	//	*DeviceInput_DownloadOffered
 	Kind          isDeviceInput_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -346,6 +347,15 @@ func (x *DeviceInput) GetDownloadServed() *DownloadServed {
 	return nil
 }
 
+func (x *DeviceInput) GetDownloadOffered() *DownloadOffered {
+	if x != nil {
+		if x, ok := x.Kind.(*DeviceInput_DownloadOffered); ok {
+			return x.DownloadOffered
+		}
+	}
+	return nil
+}
+
 type isDeviceInput_Kind interface {
 	isDeviceInput_Kind()
 }
@@ -438,6 +448,11 @@ type DeviceInput_DownloadServed struct {
 	DownloadServed *DownloadServed `protobuf:"bytes,40,opt,name=download_served,json=downloadServed,proto3,oneof"`
 }
 
+type DeviceInput_DownloadOffered struct {
+	// The download location a transport gave the device.
+	DownloadOffered *DownloadOffered `protobuf:"bytes,41,opt,name=download_offered,json=downloadOffered,proto3,oneof"`
+}
+
 func (*DeviceInput_StartJob) isDeviceInput_Kind() {}
 
 func (*DeviceInput_StopJob) isDeviceInput_Kind() {}
@@ -479,6 +494,8 @@ func (*DeviceInput_PcpExecuteResponse) isDeviceInput_Kind() {}
 func (*DeviceInput_PcpUpgradeResult) isDeviceInput_Kind() {}
 
 func (*DeviceInput_DownloadServed) isDeviceInput_Kind() {}
+
+func (*DeviceInput_DownloadOffered) isDeviceInput_Kind() {}
 
 // DownloadServed: the package server sent bytes [offset, offset+bytes) of a
 // size-byte package to a job's download (one HTTP request, one block run).
@@ -558,6 +575,79 @@ func (x *DownloadServed) GetSize() int64 {
 	return 0
 }
 
+// DownloadOffered: a transport gave a job's device the location of its
+// package: the URI written to /5/0/1 (LwM2M) or the URL of the upgrade event
+// (MQTT), and the download token it carries (LwM2M: in the URI; MQTT: the
+// event's access_token). As an event it is a timeline fact; the timeline
+// masks the token unless asked to reveal it.
+type DownloadOffered struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Uri           string                 `protobuf:"bytes,3,opt,name=uri,proto3" json:"uri,omitempty"`
+	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DownloadOffered) Reset() {
+	*x = DownloadOffered{}
+	mi := &file_messages_device_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DownloadOffered) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DownloadOffered) ProtoMessage() {}
+
+func (x *DownloadOffered) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_device_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DownloadOffered.ProtoReflect.Descriptor instead.
+func (*DownloadOffered) Descriptor() ([]byte, []int) {
+	return file_messages_device_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DownloadOffered) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *DownloadOffered) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *DownloadOffered) GetUri() string {
+	if x != nil {
+		return x.Uri
+	}
+	return ""
+}
+
+func (x *DownloadOffered) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 // StartJob asks a device to run one attempt of a sub-task.
 type StartJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -569,7 +659,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_messages_device_proto_msgTypes[2]
+	mi := &file_messages_device_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +671,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[2]
+	mi := &file_messages_device_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +684,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{2}
+	return file_messages_device_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StartJob) GetDeviceId() string {
@@ -622,7 +712,7 @@ type StopJob struct {
 
 func (x *StopJob) Reset() {
 	*x = StopJob{}
-	mi := &file_messages_device_proto_msgTypes[3]
+	mi := &file_messages_device_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +724,7 @@ func (x *StopJob) String() string {
 func (*StopJob) ProtoMessage() {}
 
 func (x *StopJob) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[3]
+	mi := &file_messages_device_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +737,7 @@ func (x *StopJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopJob.ProtoReflect.Descriptor instead.
 func (*StopJob) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{3}
+	return file_messages_device_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StopJob) GetDeviceId() string {
@@ -675,7 +765,7 @@ type PermitGranted struct {
 
 func (x *PermitGranted) Reset() {
 	*x = PermitGranted{}
-	mi := &file_messages_device_proto_msgTypes[4]
+	mi := &file_messages_device_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +777,7 @@ func (x *PermitGranted) String() string {
 func (*PermitGranted) ProtoMessage() {}
 
 func (x *PermitGranted) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[4]
+	mi := &file_messages_device_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +790,7 @@ func (x *PermitGranted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitGranted.ProtoReflect.Descriptor instead.
 func (*PermitGranted) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{4}
+	return file_messages_device_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PermitGranted) GetCellId() string {
@@ -727,7 +817,7 @@ type SetAbnormal struct {
 
 func (x *SetAbnormal) Reset() {
 	*x = SetAbnormal{}
-	mi := &file_messages_device_proto_msgTypes[5]
+	mi := &file_messages_device_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +829,7 @@ func (x *SetAbnormal) String() string {
 func (*SetAbnormal) ProtoMessage() {}
 
 func (x *SetAbnormal) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[5]
+	mi := &file_messages_device_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +842,7 @@ func (x *SetAbnormal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAbnormal.ProtoReflect.Descriptor instead.
 func (*SetAbnormal) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{5}
+	return file_messages_device_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetAbnormal) GetAbnormal() bool {
@@ -773,7 +863,7 @@ type Connected struct {
 
 func (x *Connected) Reset() {
 	*x = Connected{}
-	mi := &file_messages_device_proto_msgTypes[6]
+	mi := &file_messages_device_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +875,7 @@ func (x *Connected) String() string {
 func (*Connected) ProtoMessage() {}
 
 func (x *Connected) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[6]
+	mi := &file_messages_device_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +888,7 @@ func (x *Connected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Connected.ProtoReflect.Descriptor instead.
 func (*Connected) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{6}
+	return file_messages_device_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Connected) GetQueueMode() bool {
@@ -817,7 +907,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_messages_device_proto_msgTypes[7]
+	mi := &file_messages_device_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +919,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[7]
+	mi := &file_messages_device_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +932,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{7}
+	return file_messages_device_proto_rawDescGZIP(), []int{8}
 }
 
 // Uplink: any other traffic from the device (LwM2M registration update, a
@@ -858,7 +948,7 @@ type Uplink struct {
 
 func (x *Uplink) Reset() {
 	*x = Uplink{}
-	mi := &file_messages_device_proto_msgTypes[8]
+	mi := &file_messages_device_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +960,7 @@ func (x *Uplink) String() string {
 func (*Uplink) ProtoMessage() {}
 
 func (x *Uplink) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[8]
+	mi := &file_messages_device_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +973,7 @@ func (x *Uplink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Uplink.ProtoReflect.Descriptor instead.
 func (*Uplink) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{8}
+	return file_messages_device_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Uplink) GetRegistrationUpdate() bool {
@@ -902,7 +992,7 @@ type Asleep struct {
 
 func (x *Asleep) Reset() {
 	*x = Asleep{}
-	mi := &file_messages_device_proto_msgTypes[9]
+	mi := &file_messages_device_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1004,7 @@ func (x *Asleep) String() string {
 func (*Asleep) ProtoMessage() {}
 
 func (x *Asleep) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[9]
+	mi := &file_messages_device_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1017,7 @@ func (x *Asleep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Asleep.ProtoReflect.Descriptor instead.
 func (*Asleep) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{9}
+	return file_messages_device_proto_rawDescGZIP(), []int{10}
 }
 
 // VersionReported: MQTT version_report or a read of /3/0/3.
@@ -941,7 +1031,7 @@ type VersionReported struct {
 
 func (x *VersionReported) Reset() {
 	*x = VersionReported{}
-	mi := &file_messages_device_proto_msgTypes[10]
+	mi := &file_messages_device_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1043,7 @@ func (x *VersionReported) String() string {
 func (*VersionReported) ProtoMessage() {}
 
 func (x *VersionReported) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[10]
+	mi := &file_messages_device_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1056,7 @@ func (x *VersionReported) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionReported.ProtoReflect.Descriptor instead.
 func (*VersionReported) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{10}
+	return file_messages_device_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *VersionReported) GetFwVersion() string {
@@ -995,7 +1085,7 @@ type RadioReported struct {
 
 func (x *RadioReported) Reset() {
 	*x = RadioReported{}
-	mi := &file_messages_device_proto_msgTypes[11]
+	mi := &file_messages_device_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1097,7 @@ func (x *RadioReported) String() string {
 func (*RadioReported) ProtoMessage() {}
 
 func (x *RadioReported) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[11]
+	mi := &file_messages_device_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1110,7 @@ func (x *RadioReported) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RadioReported.ProtoReflect.Descriptor instead.
 func (*RadioReported) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{11}
+	return file_messages_device_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RadioReported) GetRsrp() int32 {
@@ -1067,7 +1157,7 @@ type Lwm2MResponse struct {
 
 func (x *Lwm2MResponse) Reset() {
 	*x = Lwm2MResponse{}
-	mi := &file_messages_device_proto_msgTypes[12]
+	mi := &file_messages_device_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1169,7 @@ func (x *Lwm2MResponse) String() string {
 func (*Lwm2MResponse) ProtoMessage() {}
 
 func (x *Lwm2MResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[12]
+	mi := &file_messages_device_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1182,7 @@ func (x *Lwm2MResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MResponse.ProtoReflect.Descriptor instead.
 func (*Lwm2MResponse) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{12}
+	return file_messages_device_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Lwm2MResponse) GetOp() Lwm2MOp {
@@ -1148,7 +1238,7 @@ type FotaStatus struct {
 
 func (x *FotaStatus) Reset() {
 	*x = FotaStatus{}
-	mi := &file_messages_device_proto_msgTypes[13]
+	mi := &file_messages_device_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +1250,7 @@ func (x *FotaStatus) String() string {
 func (*FotaStatus) ProtoMessage() {}
 
 func (x *FotaStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[13]
+	mi := &file_messages_device_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +1263,7 @@ func (x *FotaStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FotaStatus.ProtoReflect.Descriptor instead.
 func (*FotaStatus) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{13}
+	return file_messages_device_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FotaStatus) GetState() int32 {
@@ -1203,7 +1293,7 @@ type MqttProgress struct {
 
 func (x *MqttProgress) Reset() {
 	*x = MqttProgress{}
-	mi := &file_messages_device_proto_msgTypes[14]
+	mi := &file_messages_device_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1305,7 @@ func (x *MqttProgress) String() string {
 func (*MqttProgress) ProtoMessage() {}
 
 func (x *MqttProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[14]
+	mi := &file_messages_device_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1318,7 @@ func (x *MqttProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MqttProgress.ProtoReflect.Descriptor instead.
 func (*MqttProgress) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{14}
+	return file_messages_device_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MqttProgress) GetResultCode() int32 {
@@ -1270,7 +1360,7 @@ type PcpVersion struct {
 
 func (x *PcpVersion) Reset() {
 	*x = PcpVersion{}
-	mi := &file_messages_device_proto_msgTypes[15]
+	mi := &file_messages_device_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1372,7 @@ func (x *PcpVersion) String() string {
 func (*PcpVersion) ProtoMessage() {}
 
 func (x *PcpVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[15]
+	mi := &file_messages_device_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1385,7 @@ func (x *PcpVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpVersion.ProtoReflect.Descriptor instead.
 func (*PcpVersion) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{15}
+	return file_messages_device_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PcpVersion) GetResult() uint32 {
@@ -1322,7 +1412,7 @@ type PcpNotifyResponse struct {
 
 func (x *PcpNotifyResponse) Reset() {
 	*x = PcpNotifyResponse{}
-	mi := &file_messages_device_proto_msgTypes[16]
+	mi := &file_messages_device_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1424,7 @@ func (x *PcpNotifyResponse) String() string {
 func (*PcpNotifyResponse) ProtoMessage() {}
 
 func (x *PcpNotifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[16]
+	mi := &file_messages_device_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1437,7 @@ func (x *PcpNotifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpNotifyResponse.ProtoReflect.Descriptor instead.
 func (*PcpNotifyResponse) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{16}
+	return file_messages_device_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PcpNotifyResponse) GetResult() uint32 {
@@ -1368,7 +1458,7 @@ type PcpSegmentRequest struct {
 
 func (x *PcpSegmentRequest) Reset() {
 	*x = PcpSegmentRequest{}
-	mi := &file_messages_device_proto_msgTypes[17]
+	mi := &file_messages_device_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1470,7 @@ func (x *PcpSegmentRequest) String() string {
 func (*PcpSegmentRequest) ProtoMessage() {}
 
 func (x *PcpSegmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[17]
+	mi := &file_messages_device_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1483,7 @@ func (x *PcpSegmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpSegmentRequest.ProtoReflect.Descriptor instead.
 func (*PcpSegmentRequest) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{17}
+	return file_messages_device_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PcpSegmentRequest) GetVersion() string {
@@ -1420,7 +1510,7 @@ type PcpDownloadResult struct {
 
 func (x *PcpDownloadResult) Reset() {
 	*x = PcpDownloadResult{}
-	mi := &file_messages_device_proto_msgTypes[18]
+	mi := &file_messages_device_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1522,7 @@ func (x *PcpDownloadResult) String() string {
 func (*PcpDownloadResult) ProtoMessage() {}
 
 func (x *PcpDownloadResult) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[18]
+	mi := &file_messages_device_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1535,7 @@ func (x *PcpDownloadResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpDownloadResult.ProtoReflect.Descriptor instead.
 func (*PcpDownloadResult) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{18}
+	return file_messages_device_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PcpDownloadResult) GetStatus() uint32 {
@@ -1465,7 +1555,7 @@ type PcpExecuteResponse struct {
 
 func (x *PcpExecuteResponse) Reset() {
 	*x = PcpExecuteResponse{}
-	mi := &file_messages_device_proto_msgTypes[19]
+	mi := &file_messages_device_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1567,7 @@ func (x *PcpExecuteResponse) String() string {
 func (*PcpExecuteResponse) ProtoMessage() {}
 
 func (x *PcpExecuteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[19]
+	mi := &file_messages_device_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1580,7 @@ func (x *PcpExecuteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpExecuteResponse.ProtoReflect.Descriptor instead.
 func (*PcpExecuteResponse) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{19}
+	return file_messages_device_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PcpExecuteResponse) GetResult() uint32 {
@@ -1511,7 +1601,7 @@ type PcpUpgradeResult struct {
 
 func (x *PcpUpgradeResult) Reset() {
 	*x = PcpUpgradeResult{}
-	mi := &file_messages_device_proto_msgTypes[20]
+	mi := &file_messages_device_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1613,7 @@ func (x *PcpUpgradeResult) String() string {
 func (*PcpUpgradeResult) ProtoMessage() {}
 
 func (x *PcpUpgradeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[20]
+	mi := &file_messages_device_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1626,7 @@ func (x *PcpUpgradeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpUpgradeResult.ProtoReflect.Descriptor instead.
 func (*PcpUpgradeResult) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{20}
+	return file_messages_device_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PcpUpgradeResult) GetResult() uint32 {
@@ -1576,6 +1666,7 @@ type DeviceEvent struct {
 	//	*DeviceEvent_JobFinished
 	//	*DeviceEvent_PackageUriSent
 	//	*DeviceEvent_PackageUriAccepted
+	//	*DeviceEvent_DownloadOffered
 	Kind          isDeviceEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1583,7 +1674,7 @@ type DeviceEvent struct {
 
 func (x *DeviceEvent) Reset() {
 	*x = DeviceEvent{}
-	mi := &file_messages_device_proto_msgTypes[21]
+	mi := &file_messages_device_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1686,7 @@ func (x *DeviceEvent) String() string {
 func (*DeviceEvent) ProtoMessage() {}
 
 func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[21]
+	mi := &file_messages_device_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1699,7 @@ func (x *DeviceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceEvent.ProtoReflect.Descriptor instead.
 func (*DeviceEvent) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{21}
+	return file_messages_device_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeviceEvent) GetAtUnixNano() int64 {
@@ -1778,6 +1869,15 @@ func (x *DeviceEvent) GetPackageUriAccepted() *PackageUriAccepted {
 	return nil
 }
 
+func (x *DeviceEvent) GetDownloadOffered() *DownloadOffered {
+	if x != nil {
+		if x, ok := x.Kind.(*DeviceEvent_DownloadOffered); ok {
+			return x.DownloadOffered
+		}
+	}
+	return nil
+}
+
 type isDeviceEvent_Kind interface {
 	isDeviceEvent_Kind()
 }
@@ -1850,6 +1950,10 @@ type DeviceEvent_PackageUriAccepted struct {
 	PackageUriAccepted *PackageUriAccepted `protobuf:"bytes,18,opt,name=package_uri_accepted,json=packageUriAccepted,proto3,oneof"`
 }
 
+type DeviceEvent_DownloadOffered struct {
+	DownloadOffered *DownloadOffered `protobuf:"bytes,19,opt,name=download_offered,json=downloadOffered,proto3,oneof"`
+}
+
 func (*DeviceEvent_JobAccepted) isDeviceEvent_Kind() {}
 
 func (*DeviceEvent_JobRejected) isDeviceEvent_Kind() {}
@@ -1884,6 +1988,8 @@ func (*DeviceEvent_PackageUriSent) isDeviceEvent_Kind() {}
 
 func (*DeviceEvent_PackageUriAccepted) isDeviceEvent_Kind() {}
 
+func (*DeviceEvent_DownloadOffered) isDeviceEvent_Kind() {}
+
 // JobAccepted: the device took the job; it is now its one active job.
 type JobAccepted struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1894,7 +2000,7 @@ type JobAccepted struct {
 
 func (x *JobAccepted) Reset() {
 	*x = JobAccepted{}
-	mi := &file_messages_device_proto_msgTypes[22]
+	mi := &file_messages_device_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +2012,7 @@ func (x *JobAccepted) String() string {
 func (*JobAccepted) ProtoMessage() {}
 
 func (x *JobAccepted) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[22]
+	mi := &file_messages_device_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +2025,7 @@ func (x *JobAccepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobAccepted.ProtoReflect.Descriptor instead.
 func (*JobAccepted) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{22}
+	return file_messages_device_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JobAccepted) GetJob() *Job {
@@ -1942,7 +2048,7 @@ type JobRejected struct {
 
 func (x *JobRejected) Reset() {
 	*x = JobRejected{}
-	mi := &file_messages_device_proto_msgTypes[23]
+	mi := &file_messages_device_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2060,7 @@ func (x *JobRejected) String() string {
 func (*JobRejected) ProtoMessage() {}
 
 func (x *JobRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[23]
+	mi := &file_messages_device_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2073,7 @@ func (x *JobRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRejected.ProtoReflect.Descriptor instead.
 func (*JobRejected) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{23}
+	return file_messages_device_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *JobRejected) GetTaskId() string {
@@ -2020,7 +2126,7 @@ type StageEntered struct {
 
 func (x *StageEntered) Reset() {
 	*x = StageEntered{}
-	mi := &file_messages_device_proto_msgTypes[24]
+	mi := &file_messages_device_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2032,7 +2138,7 @@ func (x *StageEntered) String() string {
 func (*StageEntered) ProtoMessage() {}
 
 func (x *StageEntered) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[24]
+	mi := &file_messages_device_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2045,7 +2151,7 @@ func (x *StageEntered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageEntered.ProtoReflect.Descriptor instead.
 func (*StageEntered) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{24}
+	return file_messages_device_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StageEntered) GetStage() Stage {
@@ -2101,7 +2207,7 @@ type PresenceChanged struct {
 
 func (x *PresenceChanged) Reset() {
 	*x = PresenceChanged{}
-	mi := &file_messages_device_proto_msgTypes[25]
+	mi := &file_messages_device_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2219,7 @@ func (x *PresenceChanged) String() string {
 func (*PresenceChanged) ProtoMessage() {}
 
 func (x *PresenceChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[25]
+	mi := &file_messages_device_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2232,7 @@ func (x *PresenceChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceChanged.ProtoReflect.Descriptor instead.
 func (*PresenceChanged) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{25}
+	return file_messages_device_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PresenceChanged) GetOnline() bool {
@@ -2159,7 +2265,7 @@ type AbnormalChanged struct {
 
 func (x *AbnormalChanged) Reset() {
 	*x = AbnormalChanged{}
-	mi := &file_messages_device_proto_msgTypes[26]
+	mi := &file_messages_device_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +2277,7 @@ func (x *AbnormalChanged) String() string {
 func (*AbnormalChanged) ProtoMessage() {}
 
 func (x *AbnormalChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[26]
+	mi := &file_messages_device_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +2290,7 @@ func (x *AbnormalChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbnormalChanged.ProtoReflect.Descriptor instead.
 func (*AbnormalChanged) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{26}
+	return file_messages_device_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AbnormalChanged) GetAbnormal() bool {
@@ -2204,7 +2310,7 @@ type VersionRecorded struct {
 
 func (x *VersionRecorded) Reset() {
 	*x = VersionRecorded{}
-	mi := &file_messages_device_proto_msgTypes[27]
+	mi := &file_messages_device_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2322,7 @@ func (x *VersionRecorded) String() string {
 func (*VersionRecorded) ProtoMessage() {}
 
 func (x *VersionRecorded) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[27]
+	mi := &file_messages_device_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2335,7 @@ func (x *VersionRecorded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRecorded.ProtoReflect.Descriptor instead.
 func (*VersionRecorded) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{27}
+	return file_messages_device_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VersionRecorded) GetFwVersion() string {
@@ -2257,7 +2363,7 @@ type RadioRecorded struct {
 
 func (x *RadioRecorded) Reset() {
 	*x = RadioRecorded{}
-	mi := &file_messages_device_proto_msgTypes[28]
+	mi := &file_messages_device_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2375,7 @@ func (x *RadioRecorded) String() string {
 func (*RadioRecorded) ProtoMessage() {}
 
 func (x *RadioRecorded) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[28]
+	mi := &file_messages_device_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2388,7 @@ func (x *RadioRecorded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RadioRecorded.ProtoReflect.Descriptor instead.
 func (*RadioRecorded) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{28}
+	return file_messages_device_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RadioRecorded) GetRsrp() int32 {
@@ -2316,7 +2422,7 @@ type DownlinkQueued struct {
 
 func (x *DownlinkQueued) Reset() {
 	*x = DownlinkQueued{}
-	mi := &file_messages_device_proto_msgTypes[29]
+	mi := &file_messages_device_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2328,7 +2434,7 @@ func (x *DownlinkQueued) String() string {
 func (*DownlinkQueued) ProtoMessage() {}
 
 func (x *DownlinkQueued) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[29]
+	mi := &file_messages_device_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2341,7 +2447,7 @@ func (x *DownlinkQueued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DownlinkQueued.ProtoReflect.Descriptor instead.
 func (*DownlinkQueued) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{29}
+	return file_messages_device_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DownlinkQueued) GetDownlink() *Downlink {
@@ -2360,7 +2466,7 @@ type OutboxFlushed struct {
 
 func (x *OutboxFlushed) Reset() {
 	*x = OutboxFlushed{}
-	mi := &file_messages_device_proto_msgTypes[30]
+	mi := &file_messages_device_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2478,7 @@ func (x *OutboxFlushed) String() string {
 func (*OutboxFlushed) ProtoMessage() {}
 
 func (x *OutboxFlushed) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[30]
+	mi := &file_messages_device_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2491,7 @@ func (x *OutboxFlushed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutboxFlushed.ProtoReflect.Descriptor instead.
 func (*OutboxFlushed) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{30}
+	return file_messages_device_proto_rawDescGZIP(), []int{31}
 }
 
 // PermitRequested: the device asked its cell for a slot.
@@ -2399,7 +2505,7 @@ type PermitRequested struct {
 
 func (x *PermitRequested) Reset() {
 	*x = PermitRequested{}
-	mi := &file_messages_device_proto_msgTypes[31]
+	mi := &file_messages_device_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2411,7 +2517,7 @@ func (x *PermitRequested) String() string {
 func (*PermitRequested) ProtoMessage() {}
 
 func (x *PermitRequested) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[31]
+	mi := &file_messages_device_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2424,7 +2530,7 @@ func (x *PermitRequested) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitRequested.ProtoReflect.Descriptor instead.
 func (*PermitRequested) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{31}
+	return file_messages_device_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PermitRequested) GetCellId() string {
@@ -2451,7 +2557,7 @@ type PermitHeld struct {
 
 func (x *PermitHeld) Reset() {
 	*x = PermitHeld{}
-	mi := &file_messages_device_proto_msgTypes[32]
+	mi := &file_messages_device_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2463,7 +2569,7 @@ func (x *PermitHeld) String() string {
 func (*PermitHeld) ProtoMessage() {}
 
 func (x *PermitHeld) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[32]
+	mi := &file_messages_device_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2476,7 +2582,7 @@ func (x *PermitHeld) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitHeld.ProtoReflect.Descriptor instead.
 func (*PermitHeld) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{32}
+	return file_messages_device_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PermitHeld) GetCellId() string {
@@ -2496,7 +2602,7 @@ type PermitReleased struct {
 
 func (x *PermitReleased) Reset() {
 	*x = PermitReleased{}
-	mi := &file_messages_device_proto_msgTypes[33]
+	mi := &file_messages_device_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2508,7 +2614,7 @@ func (x *PermitReleased) String() string {
 func (*PermitReleased) ProtoMessage() {}
 
 func (x *PermitReleased) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[33]
+	mi := &file_messages_device_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2521,7 +2627,7 @@ func (x *PermitReleased) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PermitReleased.ProtoReflect.Descriptor instead.
 func (*PermitReleased) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{33}
+	return file_messages_device_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PermitReleased) GetCellId() string {
@@ -2540,7 +2646,7 @@ type ProgressRecorded struct {
 
 func (x *ProgressRecorded) Reset() {
 	*x = ProgressRecorded{}
-	mi := &file_messages_device_proto_msgTypes[34]
+	mi := &file_messages_device_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2552,7 +2658,7 @@ func (x *ProgressRecorded) String() string {
 func (*ProgressRecorded) ProtoMessage() {}
 
 func (x *ProgressRecorded) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[34]
+	mi := &file_messages_device_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2565,7 +2671,7 @@ func (x *ProgressRecorded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressRecorded.ProtoReflect.Descriptor instead.
 func (*ProgressRecorded) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{34}
+	return file_messages_device_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ProgressRecorded) GetProgress() int32 {
@@ -2585,7 +2691,7 @@ type Noted struct {
 
 func (x *Noted) Reset() {
 	*x = Noted{}
-	mi := &file_messages_device_proto_msgTypes[35]
+	mi := &file_messages_device_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2597,7 +2703,7 @@ func (x *Noted) String() string {
 func (*Noted) ProtoMessage() {}
 
 func (x *Noted) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[35]
+	mi := &file_messages_device_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2610,7 +2716,7 @@ func (x *Noted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Noted.ProtoReflect.Descriptor instead.
 func (*Noted) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{35}
+	return file_messages_device_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Noted) GetText() string {
@@ -2630,7 +2736,7 @@ type PackageUriSent struct {
 
 func (x *PackageUriSent) Reset() {
 	*x = PackageUriSent{}
-	mi := &file_messages_device_proto_msgTypes[36]
+	mi := &file_messages_device_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +2748,7 @@ func (x *PackageUriSent) String() string {
 func (*PackageUriSent) ProtoMessage() {}
 
 func (x *PackageUriSent) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[36]
+	mi := &file_messages_device_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +2761,7 @@ func (x *PackageUriSent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PackageUriSent.ProtoReflect.Descriptor instead.
 func (*PackageUriSent) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{36}
+	return file_messages_device_proto_rawDescGZIP(), []int{37}
 }
 
 // PackageUriAccepted: the device acknowledged the write of /5/0/1 (2.04).
@@ -2667,7 +2773,7 @@ type PackageUriAccepted struct {
 
 func (x *PackageUriAccepted) Reset() {
 	*x = PackageUriAccepted{}
-	mi := &file_messages_device_proto_msgTypes[37]
+	mi := &file_messages_device_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2679,7 +2785,7 @@ func (x *PackageUriAccepted) String() string {
 func (*PackageUriAccepted) ProtoMessage() {}
 
 func (x *PackageUriAccepted) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[37]
+	mi := &file_messages_device_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2692,7 +2798,7 @@ func (x *PackageUriAccepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PackageUriAccepted.ProtoReflect.Descriptor instead.
 func (*PackageUriAccepted) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{37}
+	return file_messages_device_proto_rawDescGZIP(), []int{38}
 }
 
 // JobFinished: the active job ended; the device is free for another.
@@ -2705,13 +2811,16 @@ type JobFinished struct {
 	// The version the job's version check compared, when the job ended in
 	// that check (already at the target, source not allowed); "" otherwise.
 	SourceVersion string `protobuf:"bytes,5,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The description of the MQTT report that ended the job, as the device
+	// sent it; "" otherwise.
+	DeviceDescription string `protobuf:"bytes,6,opt,name=device_description,json=deviceDescription,proto3" json:"device_description,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *JobFinished) Reset() {
 	*x = JobFinished{}
-	mi := &file_messages_device_proto_msgTypes[38]
+	mi := &file_messages_device_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2832,7 @@ func (x *JobFinished) String() string {
 func (*JobFinished) ProtoMessage() {}
 
 func (x *JobFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[38]
+	mi := &file_messages_device_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2845,7 @@ func (x *JobFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobFinished.ProtoReflect.Descriptor instead.
 func (*JobFinished) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{38}
+	return file_messages_device_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *JobFinished) GetStatus() SubtaskStatus {
@@ -2774,6 +2883,13 @@ func (x *JobFinished) GetSourceVersion() string {
 	return ""
 }
 
+func (x *JobFinished) GetDeviceDescription() string {
+	if x != nil {
+		return x.DeviceDescription
+	}
+	return ""
+}
+
 // Downlink is a message to a device, in the device's own protocol.
 type Downlink struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -2801,7 +2917,7 @@ type Downlink struct {
 
 func (x *Downlink) Reset() {
 	*x = Downlink{}
-	mi := &file_messages_device_proto_msgTypes[39]
+	mi := &file_messages_device_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2813,7 +2929,7 @@ func (x *Downlink) String() string {
 func (*Downlink) ProtoMessage() {}
 
 func (x *Downlink) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[39]
+	mi := &file_messages_device_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2826,7 +2942,7 @@ func (x *Downlink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Downlink.ProtoReflect.Descriptor instead.
 func (*Downlink) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{39}
+	return file_messages_device_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Downlink) GetDeviceId() string {
@@ -3065,7 +3181,7 @@ type MqttVersionQuery struct {
 
 func (x *MqttVersionQuery) Reset() {
 	*x = MqttVersionQuery{}
-	mi := &file_messages_device_proto_msgTypes[40]
+	mi := &file_messages_device_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3077,7 +3193,7 @@ func (x *MqttVersionQuery) String() string {
 func (*MqttVersionQuery) ProtoMessage() {}
 
 func (x *MqttVersionQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[40]
+	mi := &file_messages_device_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3090,7 +3206,7 @@ func (x *MqttVersionQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MqttVersionQuery.ProtoReflect.Descriptor instead.
 func (*MqttVersionQuery) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{40}
+	return file_messages_device_proto_rawDescGZIP(), []int{41}
 }
 
 // MqttUpgrade: publish firmware_upgrade or software_upgrade; the transport mints
@@ -3104,7 +3220,7 @@ type MqttUpgrade struct {
 
 func (x *MqttUpgrade) Reset() {
 	*x = MqttUpgrade{}
-	mi := &file_messages_device_proto_msgTypes[41]
+	mi := &file_messages_device_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3116,7 +3232,7 @@ func (x *MqttUpgrade) String() string {
 func (*MqttUpgrade) ProtoMessage() {}
 
 func (x *MqttUpgrade) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[41]
+	mi := &file_messages_device_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3129,7 +3245,7 @@ func (x *MqttUpgrade) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MqttUpgrade.ProtoReflect.Descriptor instead.
 func (*MqttUpgrade) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{41}
+	return file_messages_device_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *MqttUpgrade) GetJob() *Job {
@@ -3148,7 +3264,7 @@ type Lwm2MRead struct {
 
 func (x *Lwm2MRead) Reset() {
 	*x = Lwm2MRead{}
-	mi := &file_messages_device_proto_msgTypes[42]
+	mi := &file_messages_device_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3160,7 +3276,7 @@ func (x *Lwm2MRead) String() string {
 func (*Lwm2MRead) ProtoMessage() {}
 
 func (x *Lwm2MRead) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[42]
+	mi := &file_messages_device_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3173,7 +3289,7 @@ func (x *Lwm2MRead) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MRead.ProtoReflect.Descriptor instead.
 func (*Lwm2MRead) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{42}
+	return file_messages_device_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Lwm2MRead) GetPath() string {
@@ -3192,7 +3308,7 @@ type Lwm2MObserve struct {
 
 func (x *Lwm2MObserve) Reset() {
 	*x = Lwm2MObserve{}
-	mi := &file_messages_device_proto_msgTypes[43]
+	mi := &file_messages_device_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3204,7 +3320,7 @@ func (x *Lwm2MObserve) String() string {
 func (*Lwm2MObserve) ProtoMessage() {}
 
 func (x *Lwm2MObserve) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[43]
+	mi := &file_messages_device_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3217,7 +3333,7 @@ func (x *Lwm2MObserve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MObserve.ProtoReflect.Descriptor instead.
 func (*Lwm2MObserve) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{43}
+	return file_messages_device_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Lwm2MObserve) GetPath() string {
@@ -3236,7 +3352,7 @@ type Lwm2MCancelObserve struct {
 
 func (x *Lwm2MCancelObserve) Reset() {
 	*x = Lwm2MCancelObserve{}
-	mi := &file_messages_device_proto_msgTypes[44]
+	mi := &file_messages_device_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3248,7 +3364,7 @@ func (x *Lwm2MCancelObserve) String() string {
 func (*Lwm2MCancelObserve) ProtoMessage() {}
 
 func (x *Lwm2MCancelObserve) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[44]
+	mi := &file_messages_device_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3261,7 +3377,7 @@ func (x *Lwm2MCancelObserve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MCancelObserve.ProtoReflect.Descriptor instead.
 func (*Lwm2MCancelObserve) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{44}
+	return file_messages_device_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Lwm2MCancelObserve) GetPath() string {
@@ -3281,7 +3397,7 @@ type Lwm2MWrite struct {
 
 func (x *Lwm2MWrite) Reset() {
 	*x = Lwm2MWrite{}
-	mi := &file_messages_device_proto_msgTypes[45]
+	mi := &file_messages_device_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3293,7 +3409,7 @@ func (x *Lwm2MWrite) String() string {
 func (*Lwm2MWrite) ProtoMessage() {}
 
 func (x *Lwm2MWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[45]
+	mi := &file_messages_device_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3306,7 +3422,7 @@ func (x *Lwm2MWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MWrite.ProtoReflect.Descriptor instead.
 func (*Lwm2MWrite) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{45}
+	return file_messages_device_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Lwm2MWrite) GetPath() string {
@@ -3333,7 +3449,7 @@ type Lwm2MWritePackageUri struct {
 
 func (x *Lwm2MWritePackageUri) Reset() {
 	*x = Lwm2MWritePackageUri{}
-	mi := &file_messages_device_proto_msgTypes[46]
+	mi := &file_messages_device_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3345,7 +3461,7 @@ func (x *Lwm2MWritePackageUri) String() string {
 func (*Lwm2MWritePackageUri) ProtoMessage() {}
 
 func (x *Lwm2MWritePackageUri) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[46]
+	mi := &file_messages_device_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3358,7 +3474,7 @@ func (x *Lwm2MWritePackageUri) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MWritePackageUri.ProtoReflect.Descriptor instead.
 func (*Lwm2MWritePackageUri) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{46}
+	return file_messages_device_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Lwm2MWritePackageUri) GetJob() *Job {
@@ -3377,7 +3493,7 @@ type Lwm2MExecute struct {
 
 func (x *Lwm2MExecute) Reset() {
 	*x = Lwm2MExecute{}
-	mi := &file_messages_device_proto_msgTypes[47]
+	mi := &file_messages_device_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3389,7 +3505,7 @@ func (x *Lwm2MExecute) String() string {
 func (*Lwm2MExecute) ProtoMessage() {}
 
 func (x *Lwm2MExecute) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[47]
+	mi := &file_messages_device_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3402,7 +3518,7 @@ func (x *Lwm2MExecute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lwm2MExecute.ProtoReflect.Descriptor instead.
 func (*Lwm2MExecute) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{47}
+	return file_messages_device_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Lwm2MExecute) GetPath() string {
@@ -3420,7 +3536,7 @@ type PcpQueryVersion struct {
 
 func (x *PcpQueryVersion) Reset() {
 	*x = PcpQueryVersion{}
-	mi := &file_messages_device_proto_msgTypes[48]
+	mi := &file_messages_device_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3432,7 +3548,7 @@ func (x *PcpQueryVersion) String() string {
 func (*PcpQueryVersion) ProtoMessage() {}
 
 func (x *PcpQueryVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[48]
+	mi := &file_messages_device_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3445,7 +3561,7 @@ func (x *PcpQueryVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpQueryVersion.ProtoReflect.Descriptor instead.
 func (*PcpQueryVersion) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{48}
+	return file_messages_device_proto_rawDescGZIP(), []int{49}
 }
 
 type PcpNotifyNewVersion struct {
@@ -3460,7 +3576,7 @@ type PcpNotifyNewVersion struct {
 
 func (x *PcpNotifyNewVersion) Reset() {
 	*x = PcpNotifyNewVersion{}
-	mi := &file_messages_device_proto_msgTypes[49]
+	mi := &file_messages_device_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3472,7 +3588,7 @@ func (x *PcpNotifyNewVersion) String() string {
 func (*PcpNotifyNewVersion) ProtoMessage() {}
 
 func (x *PcpNotifyNewVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[49]
+	mi := &file_messages_device_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3485,7 +3601,7 @@ func (x *PcpNotifyNewVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpNotifyNewVersion.ProtoReflect.Descriptor instead.
 func (*PcpNotifyNewVersion) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{49}
+	return file_messages_device_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PcpNotifyNewVersion) GetVersion() string {
@@ -3529,7 +3645,7 @@ type PcpSegmentResponse struct {
 
 func (x *PcpSegmentResponse) Reset() {
 	*x = PcpSegmentResponse{}
-	mi := &file_messages_device_proto_msgTypes[50]
+	mi := &file_messages_device_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3541,7 +3657,7 @@ func (x *PcpSegmentResponse) String() string {
 func (*PcpSegmentResponse) ProtoMessage() {}
 
 func (x *PcpSegmentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[50]
+	mi := &file_messages_device_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3554,7 +3670,7 @@ func (x *PcpSegmentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpSegmentResponse.ProtoReflect.Descriptor instead.
 func (*PcpSegmentResponse) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{50}
+	return file_messages_device_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PcpSegmentResponse) GetResult() uint32 {
@@ -3594,7 +3710,7 @@ type PcpDownloadResultAck struct {
 
 func (x *PcpDownloadResultAck) Reset() {
 	*x = PcpDownloadResultAck{}
-	mi := &file_messages_device_proto_msgTypes[51]
+	mi := &file_messages_device_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3606,7 +3722,7 @@ func (x *PcpDownloadResultAck) String() string {
 func (*PcpDownloadResultAck) ProtoMessage() {}
 
 func (x *PcpDownloadResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[51]
+	mi := &file_messages_device_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3619,7 +3735,7 @@ func (x *PcpDownloadResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpDownloadResultAck.ProtoReflect.Descriptor instead.
 func (*PcpDownloadResultAck) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{51}
+	return file_messages_device_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PcpDownloadResultAck) GetResult() uint32 {
@@ -3637,7 +3753,7 @@ type PcpExecute struct {
 
 func (x *PcpExecute) Reset() {
 	*x = PcpExecute{}
-	mi := &file_messages_device_proto_msgTypes[52]
+	mi := &file_messages_device_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3649,7 +3765,7 @@ func (x *PcpExecute) String() string {
 func (*PcpExecute) ProtoMessage() {}
 
 func (x *PcpExecute) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[52]
+	mi := &file_messages_device_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3662,7 +3778,7 @@ func (x *PcpExecute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpExecute.ProtoReflect.Descriptor instead.
 func (*PcpExecute) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{52}
+	return file_messages_device_proto_rawDescGZIP(), []int{53}
 }
 
 type PcpUpgradeResultAck struct {
@@ -3674,7 +3790,7 @@ type PcpUpgradeResultAck struct {
 
 func (x *PcpUpgradeResultAck) Reset() {
 	*x = PcpUpgradeResultAck{}
-	mi := &file_messages_device_proto_msgTypes[53]
+	mi := &file_messages_device_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3686,7 +3802,7 @@ func (x *PcpUpgradeResultAck) String() string {
 func (*PcpUpgradeResultAck) ProtoMessage() {}
 
 func (x *PcpUpgradeResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[53]
+	mi := &file_messages_device_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3699,7 +3815,7 @@ func (x *PcpUpgradeResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PcpUpgradeResultAck.ProtoReflect.Descriptor instead.
 func (*PcpUpgradeResultAck) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{53}
+	return file_messages_device_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *PcpUpgradeResultAck) GetResult() uint32 {
@@ -3729,7 +3845,7 @@ type RequestPermit struct {
 
 func (x *RequestPermit) Reset() {
 	*x = RequestPermit{}
-	mi := &file_messages_device_proto_msgTypes[54]
+	mi := &file_messages_device_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3741,7 +3857,7 @@ func (x *RequestPermit) String() string {
 func (*RequestPermit) ProtoMessage() {}
 
 func (x *RequestPermit) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[54]
+	mi := &file_messages_device_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3754,7 +3870,7 @@ func (x *RequestPermit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestPermit.ProtoReflect.Descriptor instead.
 func (*RequestPermit) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{54}
+	return file_messages_device_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RequestPermit) GetCellId() string {
@@ -3817,7 +3933,7 @@ type ReleasePermit struct {
 
 func (x *ReleasePermit) Reset() {
 	*x = ReleasePermit{}
-	mi := &file_messages_device_proto_msgTypes[55]
+	mi := &file_messages_device_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3829,7 +3945,7 @@ func (x *ReleasePermit) String() string {
 func (*ReleasePermit) ProtoMessage() {}
 
 func (x *ReleasePermit) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[55]
+	mi := &file_messages_device_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3842,7 +3958,7 @@ func (x *ReleasePermit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleasePermit.ProtoReflect.Descriptor instead.
 func (*ReleasePermit) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{55}
+	return file_messages_device_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ReleasePermit) GetCellId() string {
@@ -3872,13 +3988,16 @@ type ReportOutcome struct {
 	// The version the device ran when the job checked it; "" when the job
 	// ended before its version check.
 	SourceVersion string `protobuf:"bytes,8,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The description of the MQTT report that ended the job, as the device
+	// sent it; "" otherwise.
+	DeviceDescription string `protobuf:"bytes,9,opt,name=device_description,json=deviceDescription,proto3" json:"device_description,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ReportOutcome) Reset() {
 	*x = ReportOutcome{}
-	mi := &file_messages_device_proto_msgTypes[56]
+	mi := &file_messages_device_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3890,7 +4009,7 @@ func (x *ReportOutcome) String() string {
 func (*ReportOutcome) ProtoMessage() {}
 
 func (x *ReportOutcome) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[56]
+	mi := &file_messages_device_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3903,7 +4022,7 @@ func (x *ReportOutcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportOutcome.ProtoReflect.Descriptor instead.
 func (*ReportOutcome) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{56}
+	return file_messages_device_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ReportOutcome) GetTaskId() string {
@@ -3962,6 +4081,13 @@ func (x *ReportOutcome) GetSourceVersion() string {
 	return ""
 }
 
+func (x *ReportOutcome) GetDeviceDescription() string {
+	if x != nil {
+		return x.DeviceDescription
+	}
+	return ""
+}
+
 // RevokeToken invalidates the download token of a device's job (spec 6.5).
 type RevokeToken struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3974,7 +4100,7 @@ type RevokeToken struct {
 
 func (x *RevokeToken) Reset() {
 	*x = RevokeToken{}
-	mi := &file_messages_device_proto_msgTypes[57]
+	mi := &file_messages_device_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3986,7 +4112,7 @@ func (x *RevokeToken) String() string {
 func (*RevokeToken) ProtoMessage() {}
 
 func (x *RevokeToken) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[57]
+	mi := &file_messages_device_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3999,7 +4125,7 @@ func (x *RevokeToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeToken.ProtoReflect.Descriptor instead.
 func (*RevokeToken) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{57}
+	return file_messages_device_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RevokeToken) GetTaskId() string {
@@ -4041,7 +4167,7 @@ type DeviceEffect struct {
 
 func (x *DeviceEffect) Reset() {
 	*x = DeviceEffect{}
-	mi := &file_messages_device_proto_msgTypes[58]
+	mi := &file_messages_device_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4053,7 +4179,7 @@ func (x *DeviceEffect) String() string {
 func (*DeviceEffect) ProtoMessage() {}
 
 func (x *DeviceEffect) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_device_proto_msgTypes[58]
+	mi := &file_messages_device_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4066,7 +4192,7 @@ func (x *DeviceEffect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceEffect.ProtoReflect.Descriptor instead.
 func (*DeviceEffect) Descriptor() ([]byte, []int) {
-	return file_messages_device_proto_rawDescGZIP(), []int{58}
+	return file_messages_device_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DeviceEffect) GetKind() isDeviceEffect_Kind {
@@ -4174,7 +4300,7 @@ var File_messages_device_proto protoreflect.FileDescriptor
 
 const file_messages_device_proto_rawDesc = "" +
 	"\n" +
-	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\xee\f\n" +
+	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\xc2\r\n" +
 	"\vDeviceInput\x12 \n" +
 	"\fat_unix_nano\x18\x01 \x01(\x03R\n" +
 	"atUnixNano\x12=\n" +
@@ -4201,14 +4327,20 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x13pcp_download_result\x18! \x01(\v2'.otafleet.messages.v1.PcpDownloadResultH\x00R\x11pcpDownloadResult\x12\\\n" +
 	"\x14pcp_execute_response\x18\" \x01(\v2(.otafleet.messages.v1.PcpExecuteResponseH\x00R\x12pcpExecuteResponse\x12V\n" +
 	"\x12pcp_upgrade_result\x18# \x01(\v2&.otafleet.messages.v1.PcpUpgradeResultH\x00R\x10pcpUpgradeResult\x12O\n" +
-	"\x0fdownload_served\x18( \x01(\v2$.otafleet.messages.v1.DownloadServedH\x00R\x0edownloadServedB\x06\n" +
+	"\x0fdownload_served\x18( \x01(\v2$.otafleet.messages.v1.DownloadServedH\x00R\x0edownloadServed\x12R\n" +
+	"\x10download_offered\x18) \x01(\v2%.otafleet.messages.v1.DownloadOfferedH\x00R\x0fdownloadOfferedB\x06\n" +
 	"\x04kind\"\x85\x01\n" +
 	"\x0eDownloadServed\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x14\n" +
 	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12\x12\n" +
-	"\x04size\x18\x05 \x01(\x03R\x04size\"T\n" +
+	"\x04size\x18\x05 \x01(\x03R\x04size\"l\n" +
+	"\x0fDownloadOffered\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x10\n" +
+	"\x03uri\x18\x03 \x01(\tR\x03uri\x12\x14\n" +
+	"\x05token\x18\x04 \x01(\tR\x05token\"T\n" +
 	"\bStartJob\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12+\n" +
 	"\x03job\x18\x02 \x01(\v2\x19.otafleet.messages.v1.JobR\x03job\"?\n" +
@@ -4277,8 +4409,7 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x06result\x18\x01 \x01(\rR\x06result\"D\n" +
 	"\x10PcpUpgradeResult\x12\x16\n" +
 	"\x06result\x18\x01 \x01(\rR\x06result\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"\xe9\n" +
-	"\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"\xbd\v\n" +
 	"\vDeviceEvent\x12 \n" +
 	"\fat_unix_nano\x18\x01 \x01(\x03R\n" +
 	"atUnixNano\x12F\n" +
@@ -4300,7 +4431,8 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x05noted\x18\x0f \x01(\v2\x1b.otafleet.messages.v1.NotedH\x00R\x05noted\x12F\n" +
 	"\fjob_finished\x18\x10 \x01(\v2!.otafleet.messages.v1.JobFinishedH\x00R\vjobFinished\x12P\n" +
 	"\x10package_uri_sent\x18\x11 \x01(\v2$.otafleet.messages.v1.PackageUriSentH\x00R\x0epackageUriSent\x12\\\n" +
-	"\x14package_uri_accepted\x18\x12 \x01(\v2(.otafleet.messages.v1.PackageUriAcceptedH\x00R\x12packageUriAcceptedB\x06\n" +
+	"\x14package_uri_accepted\x18\x12 \x01(\v2(.otafleet.messages.v1.PackageUriAcceptedH\x00R\x12packageUriAccepted\x12R\n" +
+	"\x10download_offered\x18\x13 \x01(\v2%.otafleet.messages.v1.DownloadOfferedH\x00R\x0fdownloadOfferedB\x06\n" +
 	"\x04kind\":\n" +
 	"\vJobAccepted\x12+\n" +
 	"\x03job\x18\x01 \x01(\v2\x19.otafleet.messages.v1.JobR\x03job\"\x8e\x01\n" +
@@ -4354,14 +4486,15 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x05Noted\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"\x10\n" +
 	"\x0ePackageUriSent\"\x14\n" +
-	"\x12PackageUriAccepted\"\xe0\x01\n" +
+	"\x12PackageUriAccepted\"\x8f\x02\n" +
 	"\vJobFinished\x12;\n" +
 	"\x06status\x18\x01 \x01(\x0e2#.otafleet.messages.v1.SubtaskStatusR\x06status\x124\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x1c.otafleet.messages.v1.ReasonR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x1f\n" +
 	"\vresult_code\x18\x04 \x01(\x05R\n" +
 	"resultCode\x12%\n" +
-	"\x0esource_version\x18\x05 \x01(\tR\rsourceVersion\"\xd0\t\n" +
+	"\x0esource_version\x18\x05 \x01(\tR\rsourceVersion\x12-\n" +
+	"\x12device_description\x18\x06 \x01(\tR\x11deviceDescription\"\xd0\t\n" +
 	"\bDownlink\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12V\n" +
 	"\x12mqtt_version_query\x18\x02 \x01(\v2&.otafleet.messages.v1.MqttVersionQueryH\x00R\x10mqttVersionQuery\x12F\n" +
@@ -4432,7 +4565,7 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x05_sinr\"E\n" +
 	"\rReleasePermit\x12\x17\n" +
 	"\acell_id\x18\x01 \x01(\tR\x06cellId\x12\x1b\n" +
-	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\"\xb2\x02\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\"\xe1\x02\n" +
 	"\rReportOutcome\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x18\n" +
@@ -4442,7 +4575,8 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x06detail\x18\x06 \x01(\tR\x06detail\x12\x1f\n" +
 	"\vresult_code\x18\a \x01(\x05R\n" +
 	"resultCode\x12%\n" +
-	"\x0esource_version\x18\b \x01(\tR\rsourceVersion\"]\n" +
+	"\x0esource_version\x18\b \x01(\tR\rsourceVersion\x12-\n" +
+	"\x12device_description\x18\t \x01(\tR\x11deviceDescription\"]\n" +
 	"\vRevokeToken\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x18\n" +
@@ -4475,153 +4609,156 @@ func file_messages_device_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_device_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_messages_device_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_messages_device_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_messages_device_proto_goTypes = []any{
 	(Lwm2MOp)(0),                 // 0: otafleet.messages.v1.Lwm2mOp
 	(*DeviceInput)(nil),          // 1: otafleet.messages.v1.DeviceInput
 	(*DownloadServed)(nil),       // 2: otafleet.messages.v1.DownloadServed
-	(*StartJob)(nil),             // 3: otafleet.messages.v1.StartJob
-	(*StopJob)(nil),              // 4: otafleet.messages.v1.StopJob
-	(*PermitGranted)(nil),        // 5: otafleet.messages.v1.PermitGranted
-	(*SetAbnormal)(nil),          // 6: otafleet.messages.v1.SetAbnormal
-	(*Connected)(nil),            // 7: otafleet.messages.v1.Connected
-	(*Disconnected)(nil),         // 8: otafleet.messages.v1.Disconnected
-	(*Uplink)(nil),               // 9: otafleet.messages.v1.Uplink
-	(*Asleep)(nil),               // 10: otafleet.messages.v1.Asleep
-	(*VersionReported)(nil),      // 11: otafleet.messages.v1.VersionReported
-	(*RadioReported)(nil),        // 12: otafleet.messages.v1.RadioReported
-	(*Lwm2MResponse)(nil),        // 13: otafleet.messages.v1.Lwm2mResponse
-	(*FotaStatus)(nil),           // 14: otafleet.messages.v1.FotaStatus
-	(*MqttProgress)(nil),         // 15: otafleet.messages.v1.MqttProgress
-	(*PcpVersion)(nil),           // 16: otafleet.messages.v1.PcpVersion
-	(*PcpNotifyResponse)(nil),    // 17: otafleet.messages.v1.PcpNotifyResponse
-	(*PcpSegmentRequest)(nil),    // 18: otafleet.messages.v1.PcpSegmentRequest
-	(*PcpDownloadResult)(nil),    // 19: otafleet.messages.v1.PcpDownloadResult
-	(*PcpExecuteResponse)(nil),   // 20: otafleet.messages.v1.PcpExecuteResponse
-	(*PcpUpgradeResult)(nil),     // 21: otafleet.messages.v1.PcpUpgradeResult
-	(*DeviceEvent)(nil),          // 22: otafleet.messages.v1.DeviceEvent
-	(*JobAccepted)(nil),          // 23: otafleet.messages.v1.JobAccepted
-	(*JobRejected)(nil),          // 24: otafleet.messages.v1.JobRejected
-	(*StageEntered)(nil),         // 25: otafleet.messages.v1.StageEntered
-	(*PresenceChanged)(nil),      // 26: otafleet.messages.v1.PresenceChanged
-	(*AbnormalChanged)(nil),      // 27: otafleet.messages.v1.AbnormalChanged
-	(*VersionRecorded)(nil),      // 28: otafleet.messages.v1.VersionRecorded
-	(*RadioRecorded)(nil),        // 29: otafleet.messages.v1.RadioRecorded
-	(*DownlinkQueued)(nil),       // 30: otafleet.messages.v1.DownlinkQueued
-	(*OutboxFlushed)(nil),        // 31: otafleet.messages.v1.OutboxFlushed
-	(*PermitRequested)(nil),      // 32: otafleet.messages.v1.PermitRequested
-	(*PermitHeld)(nil),           // 33: otafleet.messages.v1.PermitHeld
-	(*PermitReleased)(nil),       // 34: otafleet.messages.v1.PermitReleased
-	(*ProgressRecorded)(nil),     // 35: otafleet.messages.v1.ProgressRecorded
-	(*Noted)(nil),                // 36: otafleet.messages.v1.Noted
-	(*PackageUriSent)(nil),       // 37: otafleet.messages.v1.PackageUriSent
-	(*PackageUriAccepted)(nil),   // 38: otafleet.messages.v1.PackageUriAccepted
-	(*JobFinished)(nil),          // 39: otafleet.messages.v1.JobFinished
-	(*Downlink)(nil),             // 40: otafleet.messages.v1.Downlink
-	(*MqttVersionQuery)(nil),     // 41: otafleet.messages.v1.MqttVersionQuery
-	(*MqttUpgrade)(nil),          // 42: otafleet.messages.v1.MqttUpgrade
-	(*Lwm2MRead)(nil),            // 43: otafleet.messages.v1.Lwm2mRead
-	(*Lwm2MObserve)(nil),         // 44: otafleet.messages.v1.Lwm2mObserve
-	(*Lwm2MCancelObserve)(nil),   // 45: otafleet.messages.v1.Lwm2mCancelObserve
-	(*Lwm2MWrite)(nil),           // 46: otafleet.messages.v1.Lwm2mWrite
-	(*Lwm2MWritePackageUri)(nil), // 47: otafleet.messages.v1.Lwm2mWritePackageUri
-	(*Lwm2MExecute)(nil),         // 48: otafleet.messages.v1.Lwm2mExecute
-	(*PcpQueryVersion)(nil),      // 49: otafleet.messages.v1.PcpQueryVersion
-	(*PcpNotifyNewVersion)(nil),  // 50: otafleet.messages.v1.PcpNotifyNewVersion
-	(*PcpSegmentResponse)(nil),   // 51: otafleet.messages.v1.PcpSegmentResponse
-	(*PcpDownloadResultAck)(nil), // 52: otafleet.messages.v1.PcpDownloadResultAck
-	(*PcpExecute)(nil),           // 53: otafleet.messages.v1.PcpExecute
-	(*PcpUpgradeResultAck)(nil),  // 54: otafleet.messages.v1.PcpUpgradeResultAck
-	(*RequestPermit)(nil),        // 55: otafleet.messages.v1.RequestPermit
-	(*ReleasePermit)(nil),        // 56: otafleet.messages.v1.ReleasePermit
-	(*ReportOutcome)(nil),        // 57: otafleet.messages.v1.ReportOutcome
-	(*RevokeToken)(nil),          // 58: otafleet.messages.v1.RevokeToken
-	(*DeviceEffect)(nil),         // 59: otafleet.messages.v1.DeviceEffect
-	(*DeadlineFired)(nil),        // 60: otafleet.messages.v1.DeadlineFired
-	(*Job)(nil),                  // 61: otafleet.messages.v1.Job
-	(Reason)(0),                  // 62: otafleet.messages.v1.Reason
-	(Stage)(0),                   // 63: otafleet.messages.v1.Stage
-	(VerifyCause)(0),             // 64: otafleet.messages.v1.VerifyCause
-	(SubtaskStatus)(0),           // 65: otafleet.messages.v1.SubtaskStatus
-	(*ArmDeadline)(nil),          // 66: otafleet.messages.v1.ArmDeadline
+	(*DownloadOffered)(nil),      // 3: otafleet.messages.v1.DownloadOffered
+	(*StartJob)(nil),             // 4: otafleet.messages.v1.StartJob
+	(*StopJob)(nil),              // 5: otafleet.messages.v1.StopJob
+	(*PermitGranted)(nil),        // 6: otafleet.messages.v1.PermitGranted
+	(*SetAbnormal)(nil),          // 7: otafleet.messages.v1.SetAbnormal
+	(*Connected)(nil),            // 8: otafleet.messages.v1.Connected
+	(*Disconnected)(nil),         // 9: otafleet.messages.v1.Disconnected
+	(*Uplink)(nil),               // 10: otafleet.messages.v1.Uplink
+	(*Asleep)(nil),               // 11: otafleet.messages.v1.Asleep
+	(*VersionReported)(nil),      // 12: otafleet.messages.v1.VersionReported
+	(*RadioReported)(nil),        // 13: otafleet.messages.v1.RadioReported
+	(*Lwm2MResponse)(nil),        // 14: otafleet.messages.v1.Lwm2mResponse
+	(*FotaStatus)(nil),           // 15: otafleet.messages.v1.FotaStatus
+	(*MqttProgress)(nil),         // 16: otafleet.messages.v1.MqttProgress
+	(*PcpVersion)(nil),           // 17: otafleet.messages.v1.PcpVersion
+	(*PcpNotifyResponse)(nil),    // 18: otafleet.messages.v1.PcpNotifyResponse
+	(*PcpSegmentRequest)(nil),    // 19: otafleet.messages.v1.PcpSegmentRequest
+	(*PcpDownloadResult)(nil),    // 20: otafleet.messages.v1.PcpDownloadResult
+	(*PcpExecuteResponse)(nil),   // 21: otafleet.messages.v1.PcpExecuteResponse
+	(*PcpUpgradeResult)(nil),     // 22: otafleet.messages.v1.PcpUpgradeResult
+	(*DeviceEvent)(nil),          // 23: otafleet.messages.v1.DeviceEvent
+	(*JobAccepted)(nil),          // 24: otafleet.messages.v1.JobAccepted
+	(*JobRejected)(nil),          // 25: otafleet.messages.v1.JobRejected
+	(*StageEntered)(nil),         // 26: otafleet.messages.v1.StageEntered
+	(*PresenceChanged)(nil),      // 27: otafleet.messages.v1.PresenceChanged
+	(*AbnormalChanged)(nil),      // 28: otafleet.messages.v1.AbnormalChanged
+	(*VersionRecorded)(nil),      // 29: otafleet.messages.v1.VersionRecorded
+	(*RadioRecorded)(nil),        // 30: otafleet.messages.v1.RadioRecorded
+	(*DownlinkQueued)(nil),       // 31: otafleet.messages.v1.DownlinkQueued
+	(*OutboxFlushed)(nil),        // 32: otafleet.messages.v1.OutboxFlushed
+	(*PermitRequested)(nil),      // 33: otafleet.messages.v1.PermitRequested
+	(*PermitHeld)(nil),           // 34: otafleet.messages.v1.PermitHeld
+	(*PermitReleased)(nil),       // 35: otafleet.messages.v1.PermitReleased
+	(*ProgressRecorded)(nil),     // 36: otafleet.messages.v1.ProgressRecorded
+	(*Noted)(nil),                // 37: otafleet.messages.v1.Noted
+	(*PackageUriSent)(nil),       // 38: otafleet.messages.v1.PackageUriSent
+	(*PackageUriAccepted)(nil),   // 39: otafleet.messages.v1.PackageUriAccepted
+	(*JobFinished)(nil),          // 40: otafleet.messages.v1.JobFinished
+	(*Downlink)(nil),             // 41: otafleet.messages.v1.Downlink
+	(*MqttVersionQuery)(nil),     // 42: otafleet.messages.v1.MqttVersionQuery
+	(*MqttUpgrade)(nil),          // 43: otafleet.messages.v1.MqttUpgrade
+	(*Lwm2MRead)(nil),            // 44: otafleet.messages.v1.Lwm2mRead
+	(*Lwm2MObserve)(nil),         // 45: otafleet.messages.v1.Lwm2mObserve
+	(*Lwm2MCancelObserve)(nil),   // 46: otafleet.messages.v1.Lwm2mCancelObserve
+	(*Lwm2MWrite)(nil),           // 47: otafleet.messages.v1.Lwm2mWrite
+	(*Lwm2MWritePackageUri)(nil), // 48: otafleet.messages.v1.Lwm2mWritePackageUri
+	(*Lwm2MExecute)(nil),         // 49: otafleet.messages.v1.Lwm2mExecute
+	(*PcpQueryVersion)(nil),      // 50: otafleet.messages.v1.PcpQueryVersion
+	(*PcpNotifyNewVersion)(nil),  // 51: otafleet.messages.v1.PcpNotifyNewVersion
+	(*PcpSegmentResponse)(nil),   // 52: otafleet.messages.v1.PcpSegmentResponse
+	(*PcpDownloadResultAck)(nil), // 53: otafleet.messages.v1.PcpDownloadResultAck
+	(*PcpExecute)(nil),           // 54: otafleet.messages.v1.PcpExecute
+	(*PcpUpgradeResultAck)(nil),  // 55: otafleet.messages.v1.PcpUpgradeResultAck
+	(*RequestPermit)(nil),        // 56: otafleet.messages.v1.RequestPermit
+	(*ReleasePermit)(nil),        // 57: otafleet.messages.v1.ReleasePermit
+	(*ReportOutcome)(nil),        // 58: otafleet.messages.v1.ReportOutcome
+	(*RevokeToken)(nil),          // 59: otafleet.messages.v1.RevokeToken
+	(*DeviceEffect)(nil),         // 60: otafleet.messages.v1.DeviceEffect
+	(*DeadlineFired)(nil),        // 61: otafleet.messages.v1.DeadlineFired
+	(*Job)(nil),                  // 62: otafleet.messages.v1.Job
+	(Reason)(0),                  // 63: otafleet.messages.v1.Reason
+	(Stage)(0),                   // 64: otafleet.messages.v1.Stage
+	(VerifyCause)(0),             // 65: otafleet.messages.v1.VerifyCause
+	(SubtaskStatus)(0),           // 66: otafleet.messages.v1.SubtaskStatus
+	(*ArmDeadline)(nil),          // 67: otafleet.messages.v1.ArmDeadline
 }
 var file_messages_device_proto_depIdxs = []int32{
-	3,  // 0: otafleet.messages.v1.DeviceInput.start_job:type_name -> otafleet.messages.v1.StartJob
-	4,  // 1: otafleet.messages.v1.DeviceInput.stop_job:type_name -> otafleet.messages.v1.StopJob
-	5,  // 2: otafleet.messages.v1.DeviceInput.permit_granted:type_name -> otafleet.messages.v1.PermitGranted
-	60, // 3: otafleet.messages.v1.DeviceInput.deadline_fired:type_name -> otafleet.messages.v1.DeadlineFired
-	6,  // 4: otafleet.messages.v1.DeviceInput.set_abnormal:type_name -> otafleet.messages.v1.SetAbnormal
-	7,  // 5: otafleet.messages.v1.DeviceInput.connected:type_name -> otafleet.messages.v1.Connected
-	8,  // 6: otafleet.messages.v1.DeviceInput.disconnected:type_name -> otafleet.messages.v1.Disconnected
-	9,  // 7: otafleet.messages.v1.DeviceInput.uplink:type_name -> otafleet.messages.v1.Uplink
-	10, // 8: otafleet.messages.v1.DeviceInput.asleep:type_name -> otafleet.messages.v1.Asleep
-	11, // 9: otafleet.messages.v1.DeviceInput.version_reported:type_name -> otafleet.messages.v1.VersionReported
-	12, // 10: otafleet.messages.v1.DeviceInput.radio_reported:type_name -> otafleet.messages.v1.RadioReported
-	13, // 11: otafleet.messages.v1.DeviceInput.lwm2m_response:type_name -> otafleet.messages.v1.Lwm2mResponse
-	14, // 12: otafleet.messages.v1.DeviceInput.fota_status:type_name -> otafleet.messages.v1.FotaStatus
-	15, // 13: otafleet.messages.v1.DeviceInput.mqtt_progress:type_name -> otafleet.messages.v1.MqttProgress
-	16, // 14: otafleet.messages.v1.DeviceInput.pcp_version:type_name -> otafleet.messages.v1.PcpVersion
-	17, // 15: otafleet.messages.v1.DeviceInput.pcp_notify_response:type_name -> otafleet.messages.v1.PcpNotifyResponse
-	18, // 16: otafleet.messages.v1.DeviceInput.pcp_segment_request:type_name -> otafleet.messages.v1.PcpSegmentRequest
-	19, // 17: otafleet.messages.v1.DeviceInput.pcp_download_result:type_name -> otafleet.messages.v1.PcpDownloadResult
-	20, // 18: otafleet.messages.v1.DeviceInput.pcp_execute_response:type_name -> otafleet.messages.v1.PcpExecuteResponse
-	21, // 19: otafleet.messages.v1.DeviceInput.pcp_upgrade_result:type_name -> otafleet.messages.v1.PcpUpgradeResult
+	4,  // 0: otafleet.messages.v1.DeviceInput.start_job:type_name -> otafleet.messages.v1.StartJob
+	5,  // 1: otafleet.messages.v1.DeviceInput.stop_job:type_name -> otafleet.messages.v1.StopJob
+	6,  // 2: otafleet.messages.v1.DeviceInput.permit_granted:type_name -> otafleet.messages.v1.PermitGranted
+	61, // 3: otafleet.messages.v1.DeviceInput.deadline_fired:type_name -> otafleet.messages.v1.DeadlineFired
+	7,  // 4: otafleet.messages.v1.DeviceInput.set_abnormal:type_name -> otafleet.messages.v1.SetAbnormal
+	8,  // 5: otafleet.messages.v1.DeviceInput.connected:type_name -> otafleet.messages.v1.Connected
+	9,  // 6: otafleet.messages.v1.DeviceInput.disconnected:type_name -> otafleet.messages.v1.Disconnected
+	10, // 7: otafleet.messages.v1.DeviceInput.uplink:type_name -> otafleet.messages.v1.Uplink
+	11, // 8: otafleet.messages.v1.DeviceInput.asleep:type_name -> otafleet.messages.v1.Asleep
+	12, // 9: otafleet.messages.v1.DeviceInput.version_reported:type_name -> otafleet.messages.v1.VersionReported
+	13, // 10: otafleet.messages.v1.DeviceInput.radio_reported:type_name -> otafleet.messages.v1.RadioReported
+	14, // 11: otafleet.messages.v1.DeviceInput.lwm2m_response:type_name -> otafleet.messages.v1.Lwm2mResponse
+	15, // 12: otafleet.messages.v1.DeviceInput.fota_status:type_name -> otafleet.messages.v1.FotaStatus
+	16, // 13: otafleet.messages.v1.DeviceInput.mqtt_progress:type_name -> otafleet.messages.v1.MqttProgress
+	17, // 14: otafleet.messages.v1.DeviceInput.pcp_version:type_name -> otafleet.messages.v1.PcpVersion
+	18, // 15: otafleet.messages.v1.DeviceInput.pcp_notify_response:type_name -> otafleet.messages.v1.PcpNotifyResponse
+	19, // 16: otafleet.messages.v1.DeviceInput.pcp_segment_request:type_name -> otafleet.messages.v1.PcpSegmentRequest
+	20, // 17: otafleet.messages.v1.DeviceInput.pcp_download_result:type_name -> otafleet.messages.v1.PcpDownloadResult
+	21, // 18: otafleet.messages.v1.DeviceInput.pcp_execute_response:type_name -> otafleet.messages.v1.PcpExecuteResponse
+	22, // 19: otafleet.messages.v1.DeviceInput.pcp_upgrade_result:type_name -> otafleet.messages.v1.PcpUpgradeResult
 	2,  // 20: otafleet.messages.v1.DeviceInput.download_served:type_name -> otafleet.messages.v1.DownloadServed
-	61, // 21: otafleet.messages.v1.StartJob.job:type_name -> otafleet.messages.v1.Job
-	0,  // 22: otafleet.messages.v1.Lwm2mResponse.op:type_name -> otafleet.messages.v1.Lwm2mOp
-	23, // 23: otafleet.messages.v1.DeviceEvent.job_accepted:type_name -> otafleet.messages.v1.JobAccepted
-	24, // 24: otafleet.messages.v1.DeviceEvent.job_rejected:type_name -> otafleet.messages.v1.JobRejected
-	25, // 25: otafleet.messages.v1.DeviceEvent.stage_entered:type_name -> otafleet.messages.v1.StageEntered
-	26, // 26: otafleet.messages.v1.DeviceEvent.presence_changed:type_name -> otafleet.messages.v1.PresenceChanged
-	27, // 27: otafleet.messages.v1.DeviceEvent.abnormal_changed:type_name -> otafleet.messages.v1.AbnormalChanged
-	28, // 28: otafleet.messages.v1.DeviceEvent.version_recorded:type_name -> otafleet.messages.v1.VersionRecorded
-	29, // 29: otafleet.messages.v1.DeviceEvent.radio_recorded:type_name -> otafleet.messages.v1.RadioRecorded
-	30, // 30: otafleet.messages.v1.DeviceEvent.downlink_queued:type_name -> otafleet.messages.v1.DownlinkQueued
-	31, // 31: otafleet.messages.v1.DeviceEvent.outbox_flushed:type_name -> otafleet.messages.v1.OutboxFlushed
-	32, // 32: otafleet.messages.v1.DeviceEvent.permit_requested:type_name -> otafleet.messages.v1.PermitRequested
-	33, // 33: otafleet.messages.v1.DeviceEvent.permit_held:type_name -> otafleet.messages.v1.PermitHeld
-	34, // 34: otafleet.messages.v1.DeviceEvent.permit_released:type_name -> otafleet.messages.v1.PermitReleased
-	35, // 35: otafleet.messages.v1.DeviceEvent.progress_recorded:type_name -> otafleet.messages.v1.ProgressRecorded
-	36, // 36: otafleet.messages.v1.DeviceEvent.noted:type_name -> otafleet.messages.v1.Noted
-	39, // 37: otafleet.messages.v1.DeviceEvent.job_finished:type_name -> otafleet.messages.v1.JobFinished
-	37, // 38: otafleet.messages.v1.DeviceEvent.package_uri_sent:type_name -> otafleet.messages.v1.PackageUriSent
-	38, // 39: otafleet.messages.v1.DeviceEvent.package_uri_accepted:type_name -> otafleet.messages.v1.PackageUriAccepted
-	61, // 40: otafleet.messages.v1.JobAccepted.job:type_name -> otafleet.messages.v1.Job
-	62, // 41: otafleet.messages.v1.JobRejected.reason:type_name -> otafleet.messages.v1.Reason
-	63, // 42: otafleet.messages.v1.StageEntered.stage:type_name -> otafleet.messages.v1.Stage
-	64, // 43: otafleet.messages.v1.StageEntered.verify_cause:type_name -> otafleet.messages.v1.VerifyCause
-	40, // 44: otafleet.messages.v1.DownlinkQueued.downlink:type_name -> otafleet.messages.v1.Downlink
-	65, // 45: otafleet.messages.v1.JobFinished.status:type_name -> otafleet.messages.v1.SubtaskStatus
-	62, // 46: otafleet.messages.v1.JobFinished.reason:type_name -> otafleet.messages.v1.Reason
-	41, // 47: otafleet.messages.v1.Downlink.mqtt_version_query:type_name -> otafleet.messages.v1.MqttVersionQuery
-	42, // 48: otafleet.messages.v1.Downlink.mqtt_upgrade:type_name -> otafleet.messages.v1.MqttUpgrade
-	43, // 49: otafleet.messages.v1.Downlink.lwm2m_read:type_name -> otafleet.messages.v1.Lwm2mRead
-	44, // 50: otafleet.messages.v1.Downlink.lwm2m_observe:type_name -> otafleet.messages.v1.Lwm2mObserve
-	45, // 51: otafleet.messages.v1.Downlink.lwm2m_cancel_observe:type_name -> otafleet.messages.v1.Lwm2mCancelObserve
-	46, // 52: otafleet.messages.v1.Downlink.lwm2m_write:type_name -> otafleet.messages.v1.Lwm2mWrite
-	47, // 53: otafleet.messages.v1.Downlink.lwm2m_write_package_uri:type_name -> otafleet.messages.v1.Lwm2mWritePackageUri
-	48, // 54: otafleet.messages.v1.Downlink.lwm2m_execute:type_name -> otafleet.messages.v1.Lwm2mExecute
-	49, // 55: otafleet.messages.v1.Downlink.pcp_query_version:type_name -> otafleet.messages.v1.PcpQueryVersion
-	50, // 56: otafleet.messages.v1.Downlink.pcp_notify_new_version:type_name -> otafleet.messages.v1.PcpNotifyNewVersion
-	51, // 57: otafleet.messages.v1.Downlink.pcp_segment_response:type_name -> otafleet.messages.v1.PcpSegmentResponse
-	52, // 58: otafleet.messages.v1.Downlink.pcp_download_result_ack:type_name -> otafleet.messages.v1.PcpDownloadResultAck
-	53, // 59: otafleet.messages.v1.Downlink.pcp_execute:type_name -> otafleet.messages.v1.PcpExecute
-	54, // 60: otafleet.messages.v1.Downlink.pcp_upgrade_result_ack:type_name -> otafleet.messages.v1.PcpUpgradeResultAck
-	61, // 61: otafleet.messages.v1.MqttUpgrade.job:type_name -> otafleet.messages.v1.Job
-	61, // 62: otafleet.messages.v1.Lwm2mWritePackageUri.job:type_name -> otafleet.messages.v1.Job
-	65, // 63: otafleet.messages.v1.ReportOutcome.status:type_name -> otafleet.messages.v1.SubtaskStatus
-	62, // 64: otafleet.messages.v1.ReportOutcome.reason:type_name -> otafleet.messages.v1.Reason
-	40, // 65: otafleet.messages.v1.DeviceEffect.downlink:type_name -> otafleet.messages.v1.Downlink
-	66, // 66: otafleet.messages.v1.DeviceEffect.arm_deadline:type_name -> otafleet.messages.v1.ArmDeadline
-	55, // 67: otafleet.messages.v1.DeviceEffect.request_permit:type_name -> otafleet.messages.v1.RequestPermit
-	56, // 68: otafleet.messages.v1.DeviceEffect.release_permit:type_name -> otafleet.messages.v1.ReleasePermit
-	57, // 69: otafleet.messages.v1.DeviceEffect.report_outcome:type_name -> otafleet.messages.v1.ReportOutcome
-	58, // 70: otafleet.messages.v1.DeviceEffect.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
-	71, // [71:71] is the sub-list for method output_type
-	71, // [71:71] is the sub-list for method input_type
-	71, // [71:71] is the sub-list for extension type_name
-	71, // [71:71] is the sub-list for extension extendee
-	0,  // [0:71] is the sub-list for field type_name
+	3,  // 21: otafleet.messages.v1.DeviceInput.download_offered:type_name -> otafleet.messages.v1.DownloadOffered
+	62, // 22: otafleet.messages.v1.StartJob.job:type_name -> otafleet.messages.v1.Job
+	0,  // 23: otafleet.messages.v1.Lwm2mResponse.op:type_name -> otafleet.messages.v1.Lwm2mOp
+	24, // 24: otafleet.messages.v1.DeviceEvent.job_accepted:type_name -> otafleet.messages.v1.JobAccepted
+	25, // 25: otafleet.messages.v1.DeviceEvent.job_rejected:type_name -> otafleet.messages.v1.JobRejected
+	26, // 26: otafleet.messages.v1.DeviceEvent.stage_entered:type_name -> otafleet.messages.v1.StageEntered
+	27, // 27: otafleet.messages.v1.DeviceEvent.presence_changed:type_name -> otafleet.messages.v1.PresenceChanged
+	28, // 28: otafleet.messages.v1.DeviceEvent.abnormal_changed:type_name -> otafleet.messages.v1.AbnormalChanged
+	29, // 29: otafleet.messages.v1.DeviceEvent.version_recorded:type_name -> otafleet.messages.v1.VersionRecorded
+	30, // 30: otafleet.messages.v1.DeviceEvent.radio_recorded:type_name -> otafleet.messages.v1.RadioRecorded
+	31, // 31: otafleet.messages.v1.DeviceEvent.downlink_queued:type_name -> otafleet.messages.v1.DownlinkQueued
+	32, // 32: otafleet.messages.v1.DeviceEvent.outbox_flushed:type_name -> otafleet.messages.v1.OutboxFlushed
+	33, // 33: otafleet.messages.v1.DeviceEvent.permit_requested:type_name -> otafleet.messages.v1.PermitRequested
+	34, // 34: otafleet.messages.v1.DeviceEvent.permit_held:type_name -> otafleet.messages.v1.PermitHeld
+	35, // 35: otafleet.messages.v1.DeviceEvent.permit_released:type_name -> otafleet.messages.v1.PermitReleased
+	36, // 36: otafleet.messages.v1.DeviceEvent.progress_recorded:type_name -> otafleet.messages.v1.ProgressRecorded
+	37, // 37: otafleet.messages.v1.DeviceEvent.noted:type_name -> otafleet.messages.v1.Noted
+	40, // 38: otafleet.messages.v1.DeviceEvent.job_finished:type_name -> otafleet.messages.v1.JobFinished
+	38, // 39: otafleet.messages.v1.DeviceEvent.package_uri_sent:type_name -> otafleet.messages.v1.PackageUriSent
+	39, // 40: otafleet.messages.v1.DeviceEvent.package_uri_accepted:type_name -> otafleet.messages.v1.PackageUriAccepted
+	3,  // 41: otafleet.messages.v1.DeviceEvent.download_offered:type_name -> otafleet.messages.v1.DownloadOffered
+	62, // 42: otafleet.messages.v1.JobAccepted.job:type_name -> otafleet.messages.v1.Job
+	63, // 43: otafleet.messages.v1.JobRejected.reason:type_name -> otafleet.messages.v1.Reason
+	64, // 44: otafleet.messages.v1.StageEntered.stage:type_name -> otafleet.messages.v1.Stage
+	65, // 45: otafleet.messages.v1.StageEntered.verify_cause:type_name -> otafleet.messages.v1.VerifyCause
+	41, // 46: otafleet.messages.v1.DownlinkQueued.downlink:type_name -> otafleet.messages.v1.Downlink
+	66, // 47: otafleet.messages.v1.JobFinished.status:type_name -> otafleet.messages.v1.SubtaskStatus
+	63, // 48: otafleet.messages.v1.JobFinished.reason:type_name -> otafleet.messages.v1.Reason
+	42, // 49: otafleet.messages.v1.Downlink.mqtt_version_query:type_name -> otafleet.messages.v1.MqttVersionQuery
+	43, // 50: otafleet.messages.v1.Downlink.mqtt_upgrade:type_name -> otafleet.messages.v1.MqttUpgrade
+	44, // 51: otafleet.messages.v1.Downlink.lwm2m_read:type_name -> otafleet.messages.v1.Lwm2mRead
+	45, // 52: otafleet.messages.v1.Downlink.lwm2m_observe:type_name -> otafleet.messages.v1.Lwm2mObserve
+	46, // 53: otafleet.messages.v1.Downlink.lwm2m_cancel_observe:type_name -> otafleet.messages.v1.Lwm2mCancelObserve
+	47, // 54: otafleet.messages.v1.Downlink.lwm2m_write:type_name -> otafleet.messages.v1.Lwm2mWrite
+	48, // 55: otafleet.messages.v1.Downlink.lwm2m_write_package_uri:type_name -> otafleet.messages.v1.Lwm2mWritePackageUri
+	49, // 56: otafleet.messages.v1.Downlink.lwm2m_execute:type_name -> otafleet.messages.v1.Lwm2mExecute
+	50, // 57: otafleet.messages.v1.Downlink.pcp_query_version:type_name -> otafleet.messages.v1.PcpQueryVersion
+	51, // 58: otafleet.messages.v1.Downlink.pcp_notify_new_version:type_name -> otafleet.messages.v1.PcpNotifyNewVersion
+	52, // 59: otafleet.messages.v1.Downlink.pcp_segment_response:type_name -> otafleet.messages.v1.PcpSegmentResponse
+	53, // 60: otafleet.messages.v1.Downlink.pcp_download_result_ack:type_name -> otafleet.messages.v1.PcpDownloadResultAck
+	54, // 61: otafleet.messages.v1.Downlink.pcp_execute:type_name -> otafleet.messages.v1.PcpExecute
+	55, // 62: otafleet.messages.v1.Downlink.pcp_upgrade_result_ack:type_name -> otafleet.messages.v1.PcpUpgradeResultAck
+	62, // 63: otafleet.messages.v1.MqttUpgrade.job:type_name -> otafleet.messages.v1.Job
+	62, // 64: otafleet.messages.v1.Lwm2mWritePackageUri.job:type_name -> otafleet.messages.v1.Job
+	66, // 65: otafleet.messages.v1.ReportOutcome.status:type_name -> otafleet.messages.v1.SubtaskStatus
+	63, // 66: otafleet.messages.v1.ReportOutcome.reason:type_name -> otafleet.messages.v1.Reason
+	41, // 67: otafleet.messages.v1.DeviceEffect.downlink:type_name -> otafleet.messages.v1.Downlink
+	67, // 68: otafleet.messages.v1.DeviceEffect.arm_deadline:type_name -> otafleet.messages.v1.ArmDeadline
+	56, // 69: otafleet.messages.v1.DeviceEffect.request_permit:type_name -> otafleet.messages.v1.RequestPermit
+	57, // 70: otafleet.messages.v1.DeviceEffect.release_permit:type_name -> otafleet.messages.v1.ReleasePermit
+	58, // 71: otafleet.messages.v1.DeviceEffect.report_outcome:type_name -> otafleet.messages.v1.ReportOutcome
+	59, // 72: otafleet.messages.v1.DeviceEffect.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
+	73, // [73:73] is the sub-list for method output_type
+	73, // [73:73] is the sub-list for method input_type
+	73, // [73:73] is the sub-list for extension type_name
+	73, // [73:73] is the sub-list for extension extendee
+	0,  // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_messages_device_proto_init() }
@@ -4652,12 +4789,13 @@ func file_messages_device_proto_init() {
 		(*DeviceInput_PcpExecuteResponse)(nil),
 		(*DeviceInput_PcpUpgradeResult)(nil),
 		(*DeviceInput_DownloadServed)(nil),
+		(*DeviceInput_DownloadOffered)(nil),
 	}
-	file_messages_device_proto_msgTypes[10].OneofWrappers = []any{}
 	file_messages_device_proto_msgTypes[11].OneofWrappers = []any{}
-	file_messages_device_proto_msgTypes[13].OneofWrappers = []any{}
+	file_messages_device_proto_msgTypes[12].OneofWrappers = []any{}
 	file_messages_device_proto_msgTypes[14].OneofWrappers = []any{}
-	file_messages_device_proto_msgTypes[21].OneofWrappers = []any{
+	file_messages_device_proto_msgTypes[15].OneofWrappers = []any{}
+	file_messages_device_proto_msgTypes[22].OneofWrappers = []any{
 		(*DeviceEvent_JobAccepted)(nil),
 		(*DeviceEvent_JobRejected)(nil),
 		(*DeviceEvent_StageEntered)(nil),
@@ -4675,10 +4813,11 @@ func file_messages_device_proto_init() {
 		(*DeviceEvent_JobFinished)(nil),
 		(*DeviceEvent_PackageUriSent)(nil),
 		(*DeviceEvent_PackageUriAccepted)(nil),
+		(*DeviceEvent_DownloadOffered)(nil),
 	}
-	file_messages_device_proto_msgTypes[27].OneofWrappers = []any{}
 	file_messages_device_proto_msgTypes[28].OneofWrappers = []any{}
-	file_messages_device_proto_msgTypes[39].OneofWrappers = []any{
+	file_messages_device_proto_msgTypes[29].OneofWrappers = []any{}
+	file_messages_device_proto_msgTypes[40].OneofWrappers = []any{
 		(*Downlink_MqttVersionQuery)(nil),
 		(*Downlink_MqttUpgrade)(nil),
 		(*Downlink_Lwm2MRead)(nil),
@@ -4694,8 +4833,8 @@ func file_messages_device_proto_init() {
 		(*Downlink_PcpExecute)(nil),
 		(*Downlink_PcpUpgradeResultAck)(nil),
 	}
-	file_messages_device_proto_msgTypes[54].OneofWrappers = []any{}
-	file_messages_device_proto_msgTypes[58].OneofWrappers = []any{
+	file_messages_device_proto_msgTypes[55].OneofWrappers = []any{}
+	file_messages_device_proto_msgTypes[59].OneofWrappers = []any{
 		(*DeviceEffect_Downlink)(nil),
 		(*DeviceEffect_ArmDeadline)(nil),
 		(*DeviceEffect_RequestPermit)(nil),
@@ -4709,7 +4848,7 @@ func file_messages_device_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_device_proto_rawDesc), len(file_messages_device_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   59,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

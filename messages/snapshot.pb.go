@@ -633,6 +633,7 @@ type TaskSnapshot_Subtask struct {
 	SourceVersion     string                 `protobuf:"bytes,9,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`                   // as the device reported it before the last attempt; "" when unknown
 	UpdatedAtUnixNano int64                  `protobuf:"varint,10,opt,name=updated_at_unix_nano,json=updatedAtUnixNano,proto3" json:"updated_at_unix_nano,omitempty"` // when the status last changed; 0 before the first change
 	StartedAtUnixNano int64                  `protobuf:"varint,11,opt,name=started_at_unix_nano,json=startedAtUnixNano,proto3" json:"started_at_unix_nano,omitempty"` // when the latest attempt started (its SubtaskStarted); 0 before the first
+	DeviceDescription string                 `protobuf:"bytes,12,opt,name=device_description,json=deviceDescription,proto3" json:"device_description,omitempty"`      // the description of the MQTT report that ended the latest attempt; "" otherwise
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -742,6 +743,13 @@ func (x *TaskSnapshot_Subtask) GetStartedAtUnixNano() int64 {
 		return x.StartedAtUnixNano
 	}
 	return 0
+}
+
+func (x *TaskSnapshot_Subtask) GetDeviceDescription() string {
+	if x != nil {
+		return x.DeviceDescription
+	}
+	return ""
 }
 
 type TaskSnapshot_Progress struct {
@@ -895,7 +903,7 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\x05level\x18\x02 \x01(\x0e2#.otafleet.messages.v1.CoverageLevelR\x05level\x12\x12\n" +
 	"\x04cost\x18\x03 \x01(\rR\x04cost\x12\x17\n" +
 	"\atask_id\x18\x04 \x01(\tR\x06taskId\x12\x18\n" +
-	"\aattempt\x18\x05 \x01(\rR\aattempt\"\x88\t\n" +
+	"\aattempt\x18\x05 \x01(\rR\aattempt\"\xb7\t\n" +
 	"\fTaskSnapshot\x125\n" +
 	"\x04task\x18\x01 \x01(\v2!.otafleet.messages.v1.TaskCreatedR\x04task\x12F\n" +
 	"\bsubtasks\x18\x02 \x03(\v2*.otafleet.messages.v1.TaskSnapshot.SubtaskR\bsubtasks\x12G\n" +
@@ -907,7 +915,7 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\awaiting\x18\b \x03(\rR\awaiting\x12/\n" +
 	"\x14created_at_unix_nano\x18\t \x01(\x03R\x11createdAtUnixNano\x121\n" +
 	"\x15finished_at_unix_nano\x18\n" +
-	" \x01(\x03R\x12finishedAtUnixNano\x1a\xcf\x03\n" +
+	" \x01(\x03R\x12finishedAtUnixNano\x1a\xfe\x03\n" +
 	"\aSubtask\x12;\n" +
 	"\x06status\x18\x01 \x01(\x0e2#.otafleet.messages.v1.SubtaskStatusR\x06status\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12!\n" +
@@ -921,7 +929,8 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\x0esource_version\x18\t \x01(\tR\rsourceVersion\x12/\n" +
 	"\x14updated_at_unix_nano\x18\n" +
 	" \x01(\x03R\x11updatedAtUnixNano\x12/\n" +
-	"\x14started_at_unix_nano\x18\v \x01(\x03R\x11startedAtUnixNano\x1a\xca\x01\n" +
+	"\x14started_at_unix_nano\x18\v \x01(\x03R\x11startedAtUnixNano\x12-\n" +
+	"\x12device_description\x18\f \x01(\tR\x11deviceDescription\x1a\xca\x01\n" +
 	"\bProgress\x12\x14\n" +
 	"\x05total\x18\x01 \x01(\rR\x05total\x12\x18\n" +
 	"\awaiting\x18\x02 \x01(\rR\awaiting\x12\x1e\n" +

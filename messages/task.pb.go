@@ -813,17 +813,18 @@ func (x *SubtaskStarted) GetAttempt() uint32 {
 // SubtaskFinished: an attempt ended. status is the sub-task's new status; for
 // SUBTASK_STATUS_FAIL_WAIT_RETRY, retry_at_unix_nano is when it runs again.
 type SubtaskFinished struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	DeviceId        string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Attempt         uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	Status          SubtaskStatus          `protobuf:"varint,3,opt,name=status,proto3,enum=otafleet.messages.v1.SubtaskStatus" json:"status,omitempty"`
-	Reason          Reason                 `protobuf:"varint,4,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
-	Detail          string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
-	RetryAtUnixNano int64                  `protobuf:"varint,6,opt,name=retry_at_unix_nano,json=retryAtUnixNano,proto3" json:"retry_at_unix_nano,omitempty"`
-	ResultCode      int32                  `protobuf:"varint,7,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`         // the device's own code (MQTT result_code, PCP, Update Result); 0 if none
-	SourceVersion   string                 `protobuf:"bytes,8,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"` // the version the attempt's version check read; "" when it ended before
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId          string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Attempt           uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Status            SubtaskStatus          `protobuf:"varint,3,opt,name=status,proto3,enum=otafleet.messages.v1.SubtaskStatus" json:"status,omitempty"`
+	Reason            Reason                 `protobuf:"varint,4,opt,name=reason,proto3,enum=otafleet.messages.v1.Reason" json:"reason,omitempty"`
+	Detail            string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	RetryAtUnixNano   int64                  `protobuf:"varint,6,opt,name=retry_at_unix_nano,json=retryAtUnixNano,proto3" json:"retry_at_unix_nano,omitempty"`
+	ResultCode        int32                  `protobuf:"varint,7,opt,name=result_code,json=resultCode,proto3" json:"result_code,omitempty"`                     // the device's own code (MQTT result_code, PCP, Update Result); 0 if none
+	SourceVersion     string                 `protobuf:"bytes,8,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`             // the version the attempt's version check read; "" when it ended before
+	DeviceDescription string                 `protobuf:"bytes,9,opt,name=device_description,json=deviceDescription,proto3" json:"device_description,omitempty"` // the description of the MQTT report that ended the attempt; "" otherwise
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SubtaskFinished) Reset() {
@@ -912,6 +913,13 @@ func (x *SubtaskFinished) GetSourceVersion() string {
 	return ""
 }
 
+func (x *SubtaskFinished) GetDeviceDescription() string {
+	if x != nil {
+		return x.DeviceDescription
+	}
+	return ""
+}
+
 type StopRequested struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -948,11 +956,19 @@ func (*StopRequested) Descriptor() ([]byte, []int) {
 	return file_messages_task_proto_rawDescGZIP(), []int{10}
 }
 
+// RetryRequested: an on-demand retry re-runs these sub-tasks (empty: every
+// FAIL, FAIL_WAIT_RETRY and STOPPED one).
 type RetryRequested struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DeviceIds     []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	DeviceIds []string               `protobuf:"bytes,1,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
+	// true (every RetryRequested since issue 20): a FAIL_WAIT_RETRY sub-task
+	// keeps the automatic retries it used, so that its re-run is the pending
+	// retry brought forward, not an extra attempt; FAIL and STOPPED ones start
+	// a fresh budget. false (older journals): every re-run sub-task's budget
+	// restarts.
+	KeepPendingRetries bool `protobuf:"varint,2,opt,name=keep_pending_retries,json=keepPendingRetries,proto3" json:"keep_pending_retries,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *RetryRequested) Reset() {
@@ -990,6 +1006,13 @@ func (x *RetryRequested) GetDeviceIds() []string {
 		return x.DeviceIds
 	}
 	return nil
+}
+
+func (x *RetryRequested) GetKeepPendingRetries() bool {
+	if x != nil {
+		return x.KeepPendingRetries
+	}
+	return false
 }
 
 // WakeArmed: the task's next timer.
@@ -1211,7 +1234,7 @@ const file_messages_task_proto_rawDesc = "" +
 	"\x06policy\x18\t \x01(\v2\x1c.otafleet.messages.v1.PolicyR\x06policy\"G\n" +
 	"\x0eSubtaskStarted\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\rR\aattempt\"\xc8\x02\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\"\xf7\x02\n" +
 	"\x0fSubtaskFinished\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12;\n" +
@@ -1221,11 +1244,13 @@ const file_messages_task_proto_rawDesc = "" +
 	"\x12retry_at_unix_nano\x18\x06 \x01(\x03R\x0fretryAtUnixNano\x12\x1f\n" +
 	"\vresult_code\x18\a \x01(\x05R\n" +
 	"resultCode\x12%\n" +
-	"\x0esource_version\x18\b \x01(\tR\rsourceVersion\"\x0f\n" +
-	"\rStopRequested\"/\n" +
+	"\x0esource_version\x18\b \x01(\tR\rsourceVersion\x12-\n" +
+	"\x12device_description\x18\t \x01(\tR\x11deviceDescription\"\x0f\n" +
+	"\rStopRequested\"a\n" +
 	"\x0eRetryRequested\x12\x1d\n" +
 	"\n" +
-	"device_ids\x18\x01 \x03(\tR\tdeviceIds\"M\n" +
+	"device_ids\x18\x01 \x03(\tR\tdeviceIds\x120\n" +
+	"\x14keep_pending_retries\x18\x02 \x01(\bR\x12keepPendingRetries\"M\n" +
 	"\tWakeArmed\x12 \n" +
 	"\fat_unix_nano\x18\x01 \x01(\x03R\n" +
 	"atUnixNano\x12\x1e\n" +

@@ -3,7 +3,10 @@
 // over a persistence.Registry, with the live device state read from the
 // actors.Engine; TaskService (tasks.go) over the engine when Deps.Engine is
 // set; and GetDeviceTimeline (timeline.go), rendered from the device's
-// journal in Deps.Store. ListTasks reads the registry's task index.
+// journal in Deps.Store, with the download token of each URI a device was
+// given masked by maskToken (mask.go) unless the request sets reveal_tokens.
+// ListTasks reads the registry's task index. A task device's failure_reason
+// and status_desc come from one rule, subtaskTexts (tasks.go).
 //
 // A task's rules and limits (device count, retry policy, schedule horizon,
 // window) are taskfsm's: TaskService checks what is the API's own (texts,

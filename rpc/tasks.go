@@ -560,6 +560,40 @@ func stageName(st messages.Stage) string {
 	return strings.TrimPrefix(st.String(), "STAGE_")
 }
 
+// The status_desc texts (shared/CONTRACT.md) that are not failure reasons.
+const (
+	descSucceeded = "Upgrade succeeded"
+	descStopped   = "Stopped"
+)
+
+// subtaskTexts returns a sub-task's failure_reason and status_desc. The
+// failure reason is the reason's exact text (spec 5.10, or the device's),
+// the detail when the device gave no reason, and empty on success. The
+// status_desc is the text of the final state: the failure reason for FAIL
+// (and FAIL_WAIT_RETRY, the failure that waits for its retry); for SUCCESS
+// the reason's text when it has one (REASON_SAME_VERSION: "The current
+// version is the same as the target version"), else "Upgrade succeeded";
+// "Stopped" for STOPPED; empty while WAITING or PROCESSING.
+func subtaskTexts(st taskfsm.Subtask) (failure, desc string) {
+	if st.Status == messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS {
+		if st.Reason != messages.Reason_REASON_NONE {
+			return "", messages.ReasonText(st.Reason)
+		}
+		return "", descSucceeded
+	}
+	failure = messages.ReasonText(st.Reason)
+	if st.Reason == messages.Reason_REASON_NONE && st.Detail != "" {
+		failure = st.Detail
+	}
+	switch st.Status {
+	case messages.SubtaskStatus_SUBTASK_STATUS_FAIL, messages.SubtaskStatus_SUBTASK_STATUS_FAIL_WAIT_RETRY:
+		desc = failure
+	case messages.SubtaskStatus_SUBTASK_STATUS_STOPPED:
+		desc = descStopped
+	}
+	return failure, desc
+}
+
 func (s *taskServer) ListTaskDevices(ctx context.Context, req *connect.Request[v1.ListTaskDevicesRequest]) (*connect.Response[v1.ListTaskDevicesResponse], error) {
 	m := req.Msg
 	id := m.GetTaskId()
@@ -595,13 +629,16 @@ func (s *taskServer) ListTaskDevices(ctx context.Context, req *connect.Request[v
 	}
 	out.Devices = make([]*v1.TaskDevice, len(subs))
 	for i, st := range subs {
+		failure, desc := subtaskTexts(st)
 		d := &v1.TaskDevice{
-			DeviceId:      st.DeviceID,
-			Status:        v1.SubtaskStatus(st.Status),
-			FailureReason: messages.ReasonText(st.Reason),
-			Attempts:      st.Attempt,
-			SourceVersion: st.SourceVersion,
-			ResultCode:    st.ResultCode,
+			DeviceId:          st.DeviceID,
+			Status:            v1.SubtaskStatus(st.Status),
+			FailureReason:     failure,
+			StatusDesc:        desc,
+			DeviceDescription: st.DeviceDescription,
+			Attempts:          st.Attempt,
+			SourceVersion:     st.SourceVersion,
+			ResultCode:        st.ResultCode,
 		}
 		if !st.UpdatedAt.IsZero() {
 			d.UpdateTime = timestamppb.New(st.UpdatedAt)
@@ -611,12 +648,6 @@ func (s *taskServer) ListTaskDevices(ctx context.Context, req *connect.Request[v
 		}
 		if !st.RetryAt.IsZero() {
 			d.NextRetryTime = timestamppb.New(st.RetryAt)
-		}
-		if st.Reason == messages.Reason_REASON_NONE && st.Detail != "" && st.Status != messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS {
-			d.FailureReason = st.Detail
-		}
-		if st.Status == messages.SubtaskStatus_SUBTASK_STATUS_SUCCESS {
-			d.FailureReason = ""
 		}
 		if st.Status == messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING {
 			// The stage is the device's: ask its actor, only for the

@@ -65,6 +65,25 @@ func outcomeText(status messages.SubtaskStatus, reason messages.Reason, detail s
 	return b.String()
 }
 
+// offerText describes where a device was told to download its package: the
+// URI with its token (LwM2M), or the URL and the token sent beside it (MQTT's
+// access_token). The token is masked unless reveal is set.
+func offerText(o *messages.DownloadOffered, reveal bool) string {
+	uri, tok := o.GetUri(), o.GetToken()
+	masked := maskToken(uri, tok)
+	inURI := masked != uri
+	if !reveal {
+		uri = masked
+	}
+	if tok == "" || inURI {
+		return "download URI " + uri
+	}
+	if !reveal {
+		tok = tokenMask
+	}
+	return "download URL " + uri + " with access token " + tok
+}
+
 // kindName is the name of the field set in msg's oneof "kind" (e.g.
 // "lwm2m_read" for a Downlink), or ifNone when none is set.
 func kindName(msg proto.Message, ifNone string) string {
@@ -86,13 +105,14 @@ type jobTrack struct {
 }
 
 // renderDeviceEvent turns one journaled device event into an entry; jt is
-// the device's job before the event and is updated. Every kind of the
+// the device's job before the event and is updated. Download tokens are
+// masked (maskToken) unless reveal is set. Every kind of the
 // vocabulary has its own text (TestRenderEveryDeviceEvent fails for a kind
 // added without one). An event this server cannot name still gets an entry,
 // a note naming its kind or saying it is unknown (a journal written by a
 // newer version, whose kind decodes as none): a timeline with a visible
 // stranger in it serves the reader better than a silent gap or no timeline.
-func renderDeviceEvent(ev *messages.DeviceEvent, jt *jobTrack) timelineEntry {
+func renderDeviceEvent(ev *messages.DeviceEvent, jt *jobTrack, reveal bool) timelineEntry {
 	task := &jt.task
 	e := timelineEntry{at: ev.GetAtUnixNano(), taskID: *task}
 	switch k := ev.GetKind().(type) {
@@ -214,6 +234,9 @@ func renderDeviceEvent(ev *messages.DeviceEvent, jt *jobTrack) timelineEntry {
 	case *messages.DeviceEvent_PackageUriAccepted:
 		e.kind = kindReport
 		e.detail = "acknowledged the package URI"
+	case *messages.DeviceEvent_DownloadOffered:
+		e.kind = kindNote
+		e.detail = offerText(k.DownloadOffered, reveal)
 	default:
 		e.kind = kindNote
 		e.detail = "event " + kindName(ev, "of a kind this server does not know")
@@ -265,7 +288,7 @@ func (s *deviceServer) GetDeviceTimeline(ctx context.Context, req *connect.Reque
 		if de.GetAtUnixNano() == 0 {
 			de.AtUnixNano = ev.At
 		}
-		e := renderDeviceEvent(de, &jt)
+		e := renderDeviceEvent(de, &jt, m.GetRevealTokens())
 		if m.TaskId != nil && e.taskID != m.GetTaskId() {
 			return nil
 		}

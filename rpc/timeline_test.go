@@ -15,7 +15,7 @@ import (
 // a text of its own, not the generic note for unknown events.
 func TestRenderEveryDeviceEvent(t *testing.T) {
 	kinds := map[string]bool{kindJob: true, kindStage: true, kindReport: true, kindPresence: true, kindPermit: true, kindOutcome: true, kindNote: true}
-	generic := renderDeviceEvent(&messages.DeviceEvent{AtUnixNano: 1}, &jobTrack{}).detail
+	generic := renderDeviceEvent(&messages.DeviceEvent{AtUnixNano: 1}, &jobTrack{}, false).detail
 	fields := (&messages.DeviceEvent{}).ProtoReflect().Descriptor().Oneofs().ByName("kind").Fields()
 	if fields.Len() == 0 {
 		t.Fatal("DeviceEvent has no kinds")
@@ -33,7 +33,7 @@ func TestRenderEveryDeviceEvent(t *testing.T) {
 		}
 		m.Set(fd, protoreflect.ValueOfMessage(sub))
 		jt := &jobTrack{task: "t1", last: "t0"}
-		e := renderDeviceEvent(ev, jt)
+		e := renderDeviceEvent(ev, jt, false)
 		if !kinds[e.kind] || e.detail == "" || e.at != 5 {
 			t.Errorf("%s: rendered as %+v", fd.Name(), e)
 		}
@@ -47,7 +47,7 @@ func TestRenderEveryDeviceEvent(t *testing.T) {
 // know (it decodes as none) is shown as a note of the current job, not
 // skipped.
 func TestRenderUnknownDeviceEvent(t *testing.T) {
-	e := renderDeviceEvent(&messages.DeviceEvent{AtUnixNano: 7}, &jobTrack{task: "t1"})
+	e := renderDeviceEvent(&messages.DeviceEvent{AtUnixNano: 7}, &jobTrack{task: "t1"}, false)
 	if e.kind != kindNote || e.taskID != "t1" || e.at != 7 || e.detail != "event of a kind this server does not know" {
 		t.Errorf("rendered as %+v", e)
 	}

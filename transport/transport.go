@@ -26,7 +26,9 @@ type Downlinks interface {
 }
 
 // Uplinks is what an adapter needs from the engine: it delivers every decoded
-// uplink (presence and reports) for one device. The engine stamps the time.
+// uplink (presence and reports) for one device, and the download location it
+// gave the device (DownloadOffered: the URI or URL and its token, for the
+// timeline). The engine stamps the time.
 type Uplinks interface {
 	Deliver(ctx context.Context, deviceID string, in *messages.DeviceInput) error
 }

@@ -334,8 +334,17 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Fatalf("task watch: exit %d\nstdout %s\nstderr %s", code, out, errOut)
 	}
 	out, _, code = e.cli("task", "devices", id, "--status", "success")
-	if code != 0 || strings.Count(out, "SUCCESS") != 7 {
+	if code != 0 || strings.Count(out, "SUCCESS") != 7 || strings.Count(out, "Upgrade succeeded") != 7 {
 		t.Fatalf("task devices: %d\n%s", code, out)
+	}
+	var devs struct {
+		Devices []struct{ DeviceID, Status, StatusDesc string }
+	}
+	e.cliJSON(&devs, "task", "devices", id)
+	for _, d := range devs.Devices {
+		if d.Status != "SUBTASK_STATUS_SUCCESS" || d.StatusDesc != "Upgrade succeeded" {
+			t.Errorf("task devices --json: %+v, want SUCCESS with statusDesc \"Upgrade succeeded\"", d)
+		}
 	}
 	out, _, code = e.cli("task", "list")
 	if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "meter_2_0") {
@@ -497,6 +506,24 @@ func TestEndToEndMQTT(t *testing.T) {
 	if !served {
 		t.Fatalf("the timeline of m-3 shows no served bytes: %v", tl.Msg.GetEntries())
 	}
+	// The URL and access token the device was given: the token masked, or
+	// whole with reveal_tokens.
+	url := "download URL https://" + addrs["download"] + "/packages/" + pkg.Msg.GetPackage().GetPackageId() + " with access token "
+	for _, reveal := range []bool{false, true} {
+		tl, err := devices.GetDeviceTimeline(ctx, connect.NewRequest(&v1.GetDeviceTimelineRequest{DeviceId: "m-3", PageSize: 1000, RevealTokens: reveal}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var offers []string
+		for _, e := range tl.Msg.GetEntries() {
+			if strings.HasPrefix(e.GetDetail(), "download URL") {
+				offers = append(offers, e.GetDetail())
+			}
+		}
+		if len(offers) != 1 || !strings.HasPrefix(offers[0], url) || (strings.TrimPrefix(offers[0], url) == "***") == reveal {
+			t.Fatalf("timeline of m-3 (reveal_tokens %v): download offers %q, want one %s%s", reveal, offers, url, map[bool]string{false: "***", true: "<token>"}[reveal])
+		}
+	}
 }
 
 // TestEndToEndLwM2M: otafleet serve with its LwM2M server; LwM2M devices
@@ -592,4 +619,38 @@ func TestEndToEndLwM2M(t *testing.T) {
 	if err != nil || dev.Msg.GetDevice().GetFwVersion() != "2.0" || dev.Msg.GetDevice().GetCellId() != "77" || dev.Msg.GetDevice().GetRsrp() != -95 {
 		t.Fatalf("GetDevice nb-dtls: %v %v", dev, err)
 	}
+
+	// The timeline shows the package URI each device was given, its token
+	// masked; --reveal-tokens (reveal_tokens) shows it whole.
+	e := &e2e{t: t, dir: dir}
+	for _, c := range []struct{ id, prefix string }{
+		{"nb-1", "download URI coap://" + addrs["coap"] + "/"},
+		{"nb-dtls", "download URI coaps://" + addrs["coaps"] + "/"},
+	} {
+		masked, errOut, code := e.cli("device", "timeline", c.id)
+		revealed, errOut2, code2 := e.cli("device", "timeline", c.id, "--reveal-tokens")
+		if code != 0 || code2 != 0 {
+			t.Fatalf("device timeline %s: exit %d %s / %d %s", c.id, code, errOut, code2, errOut2)
+		}
+		m, r := lineWith(masked, c.prefix), lineWith(revealed, c.prefix)
+		if m == "" || r == "" || !strings.Contains(m, "***") || strings.Contains(r, "***") || len(r) <= len(m) {
+			t.Fatalf("device timeline %s: the URI masked %q, revealed %q; want %s...", c.id, m, r, c.prefix)
+		}
+		// Only the token differs: what the masked line shows around "***"
+		// frames the revealed token.
+		before, after, _ := strings.Cut(m, "***")
+		if !strings.HasPrefix(r, before) || !strings.HasSuffix(r, after) || strings.Contains(masked, strings.TrimSuffix(strings.TrimPrefix(r, before), after)) {
+			t.Fatalf("device timeline %s: masked %q and revealed %q differ in more than the token", c.id, m, r)
+		}
+	}
+}
+
+// lineWith returns the first line of out that contains s, from s on; "" if none.
+func lineWith(out, s string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if i := strings.Index(l, s); i >= 0 {
+			return strings.TrimSpace(l[i:])
+		}
+	}
+	return ""
 }

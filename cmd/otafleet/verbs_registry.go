@@ -358,11 +358,12 @@ func deviceDelete(o *clientOpts) *cobra.Command {
 func deviceTimeline(o *clientOpts) *cobra.Command {
 	var l listFlags
 	var task string
+	var reveal bool
 	cmd := &cobra.Command{
-		Use: "timeline DEVICE_ID [--task TASK_ID]", Short: "Show every decision and report of a device, oldest first", Args: cobra.ExactArgs(1),
+		Use: "timeline DEVICE_ID [--task TASK_ID] [--reveal-tokens]", Short: "Show every decision and report of a device, oldest first", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return listShow(o, cmd, &l, func(ctx context.Context, c *client, token string) (*connect.Response[v1.GetDeviceTimelineResponse], error) {
-				req := &v1.GetDeviceTimelineRequest{DeviceId: args[0], PageSize: l.pageSize, PageToken: token}
+				req := &v1.GetDeviceTimelineRequest{DeviceId: args[0], PageSize: l.pageSize, PageToken: token, RevealTokens: reveal}
 				if task != "" {
 					req.TaskId = &task
 				}
@@ -380,6 +381,7 @@ func deviceTimeline(o *clientOpts) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&task, "task", "", "only entries of this task")
+	cmd.Flags().BoolVar(&reveal, "reveal-tokens", false, "show the download URIs devices were given with their tokens (masked as *** otherwise), e.g. to fetch a package by hand")
 	l.register(cmd)
 	return cmd
 }

@@ -223,14 +223,24 @@ func taskStop(o *clientOpts) *cobra.Command {
 func taskRetry(o *clientOpts) *cobra.Command {
 	var devices []string
 	cmd := &cobra.Command{
-		Use: "retry TASK_ID [--device ID]...", Short: "Retry a task's failed and stopped devices now", Args: cobra.ExactArgs(1),
+		Use: "retry TASK_ID [--device ID]...", Short: "Give a running or finished task's failed devices a new attempt now", Args: cobra.ExactArgs(1),
+		Long: `Give the failed devices of a task a new attempt now: every device that failed
+(FAIL), waits for its policy retry (FAIL_WAIT_RETRY) or stopped while the task
+ran (STOPPED), or only those named with --device.
+
+The task must be running or have finished with failures (PROCESSING, FAIL or
+PARTIAL_SUCCESS). A stopped task cannot be retried (spec 5.4): create a new task
+for its devices instead.
+
+A device waiting for its policy retry runs that retry now, without an extra
+attempt; a failed or stopped device starts again with the policy's retries.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.RetryTaskResponse], error) {
 				return c.tasks.RetryTask(ctx, connect.NewRequest(&v1.RetryTaskRequest{TaskId: args[0], DeviceIds: devices}))
 			}, func(res *v1.RetryTaskResponse) error { return o.table(taskHeader, [][]string{taskRow(res.GetTask())}) })
 		},
 	}
-	cmd.Flags().StringSliceVar(&devices, "device", nil, "only this device (repeat or comma-separate); default: every failed or stopped one")
+	cmd.Flags().StringSliceVar(&devices, "device", nil, "only this device (repeat or comma-separate); default: every one that can be retried")
 	return cmd
 }
 
@@ -238,7 +248,7 @@ func taskDevices(o *clientOpts) *cobra.Command {
 	var l listFlags
 	var status string
 	cmd := &cobra.Command{
-		Use: "devices TASK_ID [--status S]", Short: "List a task's devices with their status, stage and failure reason", Args: cobra.ExactArgs(1),
+		Use: "devices TASK_ID [--status S]", Short: "List a task's devices with their status, stage, outcome and the device's own description", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := &v1.ListTaskDevicesRequest{TaskId: args[0], PageSize: l.pageSize}
 			if status != "" {
@@ -259,7 +269,7 @@ func taskDevices(o *clientOpts) *cobra.Command {
 				for i, d := range all.Devices {
 					rows[i] = taskDeviceRow(d)
 				}
-				return o.table([]string{"DEVICE", "STATUS", "STAGE", "ATTEMPTS", "SOURCE", "UPDATED", "FAILURE"}, rows)
+				return o.table([]string{"DEVICE", "STATUS", "STAGE", "ATTEMPTS", "SOURCE", "UPDATED", "OUTCOME", "DEVICE-DESC"}, rows)
 			})
 		},
 	}
@@ -273,15 +283,16 @@ func taskDeviceRow(d *v1.TaskDevice) []string {
 	if d.GetStage() != "" && d.GetProgress() > 0 {
 		stage = fmt.Sprintf("%s %d%%", d.GetStage(), d.GetProgress())
 	}
-	failure := orDash(d.GetFailureReason())
+	outcome := orDash(d.GetStatusDesc())
 	if d.GetResultCode() != 0 {
-		failure = fmt.Sprintf("%s (code %d)", failure, d.GetResultCode())
+		outcome = fmt.Sprintf("%s (code %d)", outcome, d.GetResultCode())
 	}
 	if d.GetNextRetryTime() != nil {
-		failure += ", retry at " + fmtTime(d.GetNextRetryTime())
+		outcome += ", retry at " + fmtTime(d.GetNextRetryTime())
 	}
 	return []string{d.GetDeviceId(), enumName(d.GetStatus().String(), "SUBTASK_STATUS_"), stage,
-		strconv.FormatUint(uint64(d.GetAttempts()), 10), orDash(d.GetSourceVersion()), fmtTime(d.GetUpdateTime()), failure}
+		strconv.FormatUint(uint64(d.GetAttempts()), 10), orDash(d.GetSourceVersion()), fmtTime(d.GetUpdateTime()), outcome,
+		orDash(d.GetDeviceDescription())}
 }
 
 // counters is a one-line summary of a task's progress.

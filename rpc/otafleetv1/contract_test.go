@@ -82,7 +82,7 @@ var contractFields = map[string][]string{
 	"Device":                    {"device_id", "product_id", "online", "fw_version", "sw_version", "cell_id", "rsrp", "sinr"},
 	"ListDevicesRequest":        {"page_size", "page_token"},
 	"ListDevicesResponse":       {"devices[]", "next_page_token"},
-	"GetDeviceTimelineRequest":  {"device_id"},
+	"GetDeviceTimelineRequest":  {"device_id", "reveal_tokens"},
 	"GetDeviceTimelineResponse": {"entries[]"},
 	"TimelineEntry":             {"time", "task_id", "kind", "detail"},
 	"CreateGroupRequest":        {"name", "device_ids[]"},
@@ -105,7 +105,7 @@ var contractFields = map[string][]string{
 	"RetryTaskRequest":        {"task_id"},
 	"ListTaskDevicesRequest":  {"task_id", "status?", "page_size", "page_token"},
 	"ListTaskDevicesResponse": {"devices[]", "next_page_token"},
-	"TaskDevice":              {"device_id", "status", "stage", "failure_reason", "attempts"},
+	"TaskDevice":              {"device_id", "status", "stage", "failure_reason", "attempts", "status_desc", "device_description"},
 	"WatchTaskRequest":        {"task_id"},
 }
 

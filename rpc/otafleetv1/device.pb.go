@@ -712,7 +712,11 @@ type GetDeviceTimelineRequest struct {
 	// At most this many entries; 0: 100, above 1000: 1000.
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token of the previous page; empty for the first page.
-	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Show download URIs and tokens whole. By default the timeline masks the
+	// token in the URI a device was given (a query parameter or a path
+	// segment) and the token an MQTT device was sent, as "***".
+	RevealTokens  bool `protobuf:"varint,5,opt,name=reveal_tokens,json=revealTokens,proto3" json:"reveal_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -773,6 +777,13 @@ func (x *GetDeviceTimelineRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *GetDeviceTimelineRequest) GetRevealTokens() bool {
+	if x != nil {
+		return x.RevealTokens
+	}
+	return false
 }
 
 // GetDeviceTimelineResponse is one page of a device's timeline.
@@ -887,13 +898,14 @@ const file_otafleet_v1_device_proto_rawDesc = "" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x12\n" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x16\n" +
-	"\x06detail\x18\x04 \x01(\tR\x06detail\"\x9d\x01\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\xc2\x01\n" +
 	"\x18GetDeviceTimelineRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12\x1c\n" +
 	"\atask_id\x18\x02 \x01(\tH\x00R\x06taskId\x88\x01\x01\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageTokenB\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\x12#\n" +
+	"\rreveal_tokens\x18\x05 \x01(\bR\frevealTokensB\n" +
 	"\n" +
 	"\b_task_id\"y\n" +
 	"\x19GetDeviceTimelineResponse\x124\n" +

@@ -843,8 +843,8 @@ type RetryTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The task's ID.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	// Only these devices, each in the task; empty: every failed or stopped
-	// device.
+	// Only these devices, each in the task; empty: every device that can be
+	// retried.
 	DeviceIds     []string `protobuf:"bytes,2,rep,name=device_ids,json=deviceIds,proto3" json:"device_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -971,9 +971,19 @@ type TaskDevice struct {
 	Progress int32 `protobuf:"varint,10,opt,name=progress,proto3" json:"progress,omitempty"`
 	// When the device's latest attempt started (StartJob sent to its device);
 	// unset before the first.
-	StartTime     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// The text of the device's final state: failure_reason for
+	// SUBTASK_STATUS_FAIL (and _FAIL_WAIT_RETRY, the failure it waits to
+	// retry); "The current version is the same as the target version" for a
+	// device that ran the target version already, "Upgrade succeeded" for
+	// another success; "Stopped" for SUBTASK_STATUS_STOPPED; empty while
+	// waiting or processing.
+	StatusDesc string `protobuf:"bytes,12,opt,name=status_desc,json=statusDesc,proto3" json:"status_desc,omitempty"`
+	// The description the device sent in the MQTT report that ended its latest
+	// attempt (upgrade_progress_report's description); empty otherwise.
+	DeviceDescription string `protobuf:"bytes,13,opt,name=device_description,json=deviceDescription,proto3" json:"device_description,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *TaskDevice) Reset() {
@@ -1081,6 +1091,20 @@ func (x *TaskDevice) GetStartTime() *timestamppb.Timestamp {
 		return x.StartTime
 	}
 	return nil
+}
+
+func (x *TaskDevice) GetStatusDesc() string {
+	if x != nil {
+		return x.StatusDesc
+	}
+	return ""
+}
+
+func (x *TaskDevice) GetDeviceDescription() string {
+	if x != nil {
+		return x.DeviceDescription
+	}
+	return ""
 }
 
 // ListTaskDevicesRequest asks for one page of a task's devices.
@@ -1379,7 +1403,7 @@ const file_otafleet_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"device_ids\x18\x02 \x03(\tR\tdeviceIds\":\n" +
 	"\x11RetryTaskResponse\x12%\n" +
-	"\x04task\x18\x01 \x01(\v2\x11.otafleet.v1.TaskR\x04task\"\xd6\x03\n" +
+	"\x04task\x18\x01 \x01(\v2\x11.otafleet.v1.TaskR\x04task\"\xa6\x04\n" +
 	"\n" +
 	"TaskDevice\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x122\n" +
@@ -1396,7 +1420,10 @@ const file_otafleet_v1_task_proto_rawDesc = "" +
 	"\bprogress\x18\n" +
 	" \x01(\x05R\bprogress\x129\n" +
 	"\n" +
-	"start_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"\xb1\x01\n" +
+	"start_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12\x1f\n" +
+	"\vstatus_desc\x18\f \x01(\tR\n" +
+	"statusDesc\x12-\n" +
+	"\x12device_description\x18\r \x01(\tR\x11deviceDescription\"\xb1\x01\n" +
 	"\x16ListTaskDevicesRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x127\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1a.otafleet.v1.SubtaskStatusH\x00R\x06status\x88\x01\x01\x12\x1b\n" +

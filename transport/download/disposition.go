@@ -6,13 +6,16 @@ import (
 )
 
 // contentDisposition returns the Content-Disposition value that names the
-// downloaded file (RFC 6266). The name is always given as a quoted filename
-// parameter (quotes and backslashes escaped), which is what the device SDKs
-// parse. A name that is not plain ASCII is also given in full in an RFC 8187
-// filename* parameter, and the plain one then holds an ASCII fallback in
-// which each other character is '_':
+// downloaded file (RFC 6266). A name that is an RFC 7230 token is given bare,
+// because a device SDK keeps quotes as part of the saved file name (project
+// decision 7, as issue 20 amends its example); any other name is given as a
+// quoted filename parameter (quotes and backslashes escaped). A name that is
+// not plain ASCII is also given in full in an RFC 8187 filename* parameter,
+// and the plain one then holds a quoted ASCII fallback in which each other
+// character is '_':
 //
-//	attachment; filename="fw-2.0.bin"
+//	attachment; filename=fw-2.0.bin
+//	attachment; filename="fw 2.0.bin"
 //	attachment; filename="____.bin"; filename*=UTF-8''%D0%BF%D1%80%D0%BE%D1%88.bin
 //
 // Control characters and invalid UTF-8 never reach the header: they become
@@ -25,6 +28,9 @@ func contentDisposition(name string) string {
 		return r
 	}, strings.ToValidUTF8(name, string(utf8.RuneError)))
 
+	if isToken(name) {
+		return "attachment; filename=" + name
+	}
 	ascii := true
 	var b strings.Builder
 	b.WriteString(`attachment; filename="`)
@@ -55,6 +61,20 @@ func contentDisposition(name string) string {
 		}
 	}
 	return b.String()
+}
+
+// isToken reports whether s is an RFC 7230 token: one or more tchar, which
+// are the RFC 8187 attr-chars and "%", "'" and "*".
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !isAttrChar(c) && strings.IndexByte("%'*", c) < 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // isAttrChar reports whether c may appear unencoded in an RFC 8187

@@ -28,7 +28,8 @@
 // follow RFC 9110. Each answer carries Content-Length, a strong ETag (the
 // package's SHA-256 in hex), Last-Modified (the package's creation time) and
 // "Content-Disposition: attachment; filename=..." (project decision 7: devices
-// take the file name from it).
+// take the file name from it; the name is bare when it is an RFC 7230 token,
+// quoted otherwise).
 //
 // Refusals, in the order they are checked: a path other than
 // /packages/{package_id} is 404; a method other than GET and HEAD is 405; a

@@ -258,7 +258,7 @@ func TestFullDownloadTLS(t *testing.T) {
 		"Accept-Ranges":       "bytes",
 		"Etag":                `"` + hex.EncodeToString(f.pkg.SHA256[:]) + `"`,
 		"Last-Modified":       f.pkg.Created.Format(http.TimeFormat),
-		"Content-Disposition": `attachment; filename="fw-2.0.bin"`,
+		"Content-Disposition": `attachment; filename=fw-2.0.bin`,
 	} {
 		if got := r.header.Get(k); got != want {
 			t.Errorf("%s: %q, want %q", k, got, want)
@@ -408,7 +408,7 @@ func TestHead(t *testing.T) {
 	if got := r.header.Get("Content-Length"); got != fmt.Sprint(len(f.content)) {
 		t.Errorf("Content-Length %q, want %d", got, len(f.content))
 	}
-	if got := r.header.Get("Content-Disposition"); got != `attachment; filename="fw-2.0.bin"` {
+	if got := r.header.Get("Content-Disposition"); got != `attachment; filename=fw-2.0.bin` {
 		t.Errorf("Content-Disposition %q", got)
 	}
 	if got := f.takeServed(0); len(got) != 0 {
@@ -593,7 +593,9 @@ func TestContentDisposition(t *testing.T) {
 	}{
 		{"q", `fw "beta" \ 2.bin`, `attachment; filename="fw \"beta\" \\ 2.bin"`, `fw "beta" \ 2.bin`},
 		{"u", "прошивка 2.0.bin", `attachment; filename="________ 2.0.bin"; filename*=UTF-8''%D0%BF%D1%80%D0%BE%D1%88%D0%B8%D0%B2%D0%BA%D0%B0%202.0.bin`, "прошивка 2.0.bin"},
-		{"e", "", `attachment; filename="e"`, "e"},
+		{"e", "", `attachment; filename=e`, "e"},
+		{"t", "fw-2.0_rc1.bin", `attachment; filename=fw-2.0_rc1.bin`, "fw-2.0_rc1.bin"},
+		{"s", "fw 2.0.bin", `attachment; filename="fw 2.0.bin"`, "fw 2.0.bin"},
 	} {
 		t.Run(tc.id, func(t *testing.T) {
 			f.addPackage(tc.id, tc.fileName, []byte("firmware "+tc.id))

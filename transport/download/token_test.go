@@ -121,7 +121,15 @@ func TestBearerToken(t *testing.T) {
 
 func TestContentDispositionValues(t *testing.T) {
 	for _, tc := range []struct{ name, want string }{
-		{"fw.bin", `attachment; filename="fw.bin"`},
+		// An RFC 7230 token goes bare: a device SDK keeps quotes in the saved name.
+		{"fw.bin", `attachment; filename=fw.bin`},
+		{"fw-2.0_rc1+b.bin", `attachment; filename=fw-2.0_rc1+b.bin`},
+		{"!#$%&'*+-.^_`|~09AZaz", "attachment; filename=!#$%&'*+-.^_`|~09AZaz"},
+		// Anything else is quoted: separators, space, the empty name.
+		{"fw 2.0.bin", `attachment; filename="fw 2.0.bin"`},
+		{"fw{1}.bin", `attachment; filename="fw{1}.bin"`},
+		{"a=b", `attachment; filename="a=b"`},
+		{"", `attachment; filename=""`},
 		{`a"b\c;d.bin`, `attachment; filename="a\"b\\c;d.bin"`},
 		{"a\r\nX-Injected: 1", `attachment; filename="a__X-Injected: 1"`},
 		{"é.bin", `attachment; filename="_.bin"; filename*=UTF-8''%C3%A9.bin`},

@@ -370,6 +370,11 @@ func (s *Server) writePackageURI(ctx context.Context, reg *registration, job *me
 	}
 	uri := PackageURI(reg.secure, addr, pkg, tok)
 	res, err := s.roundTrip(ctx, reg, putReq(messages.PathPackageURI, message.TextPlain, func() io.ReadSeeker { return strings.NewReader(uri) }))
+	// The URI and its token, for the device's timeline; before the write's
+	// answer, which may end the job.
+	s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadOffered{DownloadOffered: &messages.DownloadOffered{
+		TaskId: job.GetTaskId(), Attempt: job.GetAttempt(), Uri: uri, Token: tok,
+	}}})
 	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, res, err, 0, false)
 }
 

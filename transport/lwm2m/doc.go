@@ -46,7 +46,8 @@
 //
 // Packages: the Package URI written to /5/0/1 is coap:// (Config.PublicAddr)
 // for a device registered over plain CoAP and coaps:// (Config.DTLSPublicAddr)
-// for one registered over DTLS. GET /fw/{package_id}?t={token} answers one Block2 block at a time
+// for one registered over DTLS; once written, the URI and its token go to the
+// engine as a DownloadOffered, for the device's timeline. GET /fw/{package_id}?t={token} answers one Block2 block at a time
 // straight from the stored file (no copy of the package per request, the
 // block size the client asks for, an ETag per package), so any block can be
 // asked first and a device resumes where it stopped. The token check and

@@ -160,6 +160,7 @@ func TestDTLSPackageURI(t *testing.T) {
 		TaskId: "t1", Attempt: 1, Package: &messages.Package{PackageId: "fw", Version: "2.0"}}}}}); err != nil {
 		t.Fatal(err)
 	}
+	wantOffered(t, e.rec.next(t), "d3", d3)
 	if got := e.rec.next(t); got != `d3 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04"}` {
 		t.Fatalf("package URI write: %q", got)
 	}
@@ -230,7 +231,8 @@ func TestDTLSPublicAddr(t *testing.T) {
 		if err := e.srv.Send(context.Background(), &messages.Downlink{DeviceId: ep, Kind: &messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: job}}}); err != nil {
 			t.Fatal(err)
 		}
-		e.rec.next(t)
+		wantOffered(t, e.rec.next(t), ep, d)
+		e.rec.next(t) // the write's answer
 	}
 	d3.mu.Lock()
 	d1.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -54,6 +55,24 @@ func (r *recorder) Deliver(_ context.Context, id string, in *messages.DeviceInpu
 	r.mu.Unlock()
 	r.ch <- s
 	return nil
+}
+
+// offered matches a delivered DownloadOffered of job t1#1 (the recorder's
+// text of it).
+var offered = regexp.MustCompile(`^(\S+) download_offered:\{task_id:"t1" attempt:1 uri:"([^"]*)" token:"([^"]*)"\}$`)
+
+// wantOffered checks that got is the DownloadOffered of job t1#1 for device
+// ep: the URI d received in its write of /5/0/1, and the token that URI
+// carries.
+func wantOffered(t *testing.T, got, ep string, d *device) {
+	t.Helper()
+	d.mu.Lock()
+	uri := d.writes["/5/0/1"]
+	d.mu.Unlock()
+	m := offered.FindStringSubmatch(got)
+	if m == nil || m[1] != ep || m[2] != uri || m[3] == "" || !strings.Contains(uri, m[3]) {
+		t.Fatalf("delivered %q; want the DownloadOffered of %s with the URI it received, %q, and its token", got, ep, uri)
+	}
 }
 
 func (r *recorder) next(t *testing.T) string {
@@ -384,6 +403,9 @@ func TestDeviceManagement(t *testing.T) {
 	}
 	send(&messages.Downlink_Lwm2MWritePackageUri{Lwm2MWritePackageUri: &messages.Lwm2MWritePackageUri{Job: &messages.Job{
 		TaskId: "t1", Attempt: 1, Package: &messages.Package{PackageId: "fw", Version: "2.0"}}}})
+	// The URI and its token go to the engine (the device's timeline) before
+	// the write's answer.
+	wantOffered(t, e.rec.next(t), "d1", d)
 	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04"}` {
 		t.Fatalf("package URI write: %q", got)
 	}

@@ -270,11 +270,17 @@ func (b *Broker) closeClients(listener string) {
 // Send publishes a downlink on the device's down topic (QoS 1). A device
 // that is not connected misses it; the device machine's deadlines cover that.
 func (b *Broker) Send(ctx context.Context, dl *messages.Downlink) error {
-	payload, err := encodeDownlink(dl, b.cfg.Downloads, b.cfg.Clock.Now())
+	payload, offer, err := encodeDownlink(dl, b.cfg.Downloads, b.cfg.Clock.Now())
 	if err != nil {
 		return err
 	}
-	return b.server.Publish(iotda.DownTopic(dl.GetDeviceId()), payload, false, 1)
+	if err := b.server.Publish(iotda.DownTopic(dl.GetDeviceId()), payload, false, 1); err != nil {
+		return err
+	}
+	if offer != nil {
+		b.deliver(dl.GetDeviceId(), offer)
+	}
+	return nil
 }
 
 // RevokeToken: tokens are checked against the device's running job on every
@@ -282,12 +288,14 @@ func (b *Broker) Send(ctx context.Context, dl *messages.Downlink) error {
 // nothing to do here.
 func (b *Broker) RevokeToken(ctx context.Context, r *messages.RevokeToken) error { return nil }
 
-// encodeDownlink is the JSON event of an MQTT downlink.
-func encodeDownlink(dl *messages.Downlink, d Downloads, now time.Time) ([]byte, error) {
+// encodeDownlink is the JSON event of an MQTT downlink. For an upgrade event
+// it also returns the DownloadOffered to deliver once the event is sent: the
+// URL and the access token the device was given, for its timeline.
+func encodeDownlink(dl *messages.Downlink, d Downloads, now time.Time) ([]byte, *messages.DeviceInput, error) {
 	id := dl.GetDeviceId()
 	switch k := dl.GetKind().(type) {
 	case *messages.Downlink_MqttVersionQuery:
-		return iotda.EncodeVersionQuery(id, now), nil
+		return iotda.EncodeVersionQuery(id, now), nil, nil
 	case *messages.Downlink_MqttUpgrade:
 		job := k.MqttUpgrade.GetJob()
 		pkg := job.GetPackage()
@@ -299,9 +307,12 @@ func encodeDownlink(dl *messages.Downlink, d Downloads, now time.Time) ([]byte, 
 		if !pkg.GetOmitSign() {
 			p.Sign = pkg.GetSha256()
 		}
-		return iotda.EncodeUpgrade(id, job.GetTaskType() == messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE, p, now), nil
+		offer := &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadOffered{DownloadOffered: &messages.DownloadOffered{
+			TaskId: job.GetTaskId(), Attempt: job.GetAttempt(), Uri: url, Token: token,
+		}}}
+		return iotda.EncodeUpgrade(id, job.GetTaskType() == messages.TaskType_TASK_TYPE_SOFTWARE_UPGRADE, p, now), offer, nil
 	}
-	return nil, fmt.Errorf("mqtt: downlink %T is not an MQTT one (device %s)", dl.GetKind(), id)
+	return nil, nil, fmt.Errorf("mqtt: downlink %T is not an MQTT one (device %s)", dl.GetKind(), id)
 }
 
 // deliver hands one input to the engine, logging a failure (the engine is

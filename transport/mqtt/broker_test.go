@@ -198,6 +198,10 @@ func TestLoginUplinkDownlink(t *testing.T) {
 	if err != nil || !ok || d.EventType != iotda.EventSoftwareUpgrade || *d.Upgrade != want {
 		t.Fatalf("upgrade event %+v %v", d.Upgrade, err)
 	}
+	// The engine is told the URL and token the device was given (its timeline).
+	if got, want := e.rec.next(t), `d_2 download_offered:{task_id:"t1" attempt:2 uri:"`+want.URL+`" token:"`+want.AccessToken+`"}`; got != want {
+		t.Fatalf("after the upgrade event %q, want %q", got, want)
+	}
 	job.Package.OmitSign = true
 	job.TaskType = messages.TaskType_TASK_TYPE_FIRMWARE_UPGRADE
 	if err := e.b.Send(context.Background(), &messages.Downlink{DeviceId: "d_2", Kind: &messages.Downlink_MqttUpgrade{MqttUpgrade: &messages.MqttUpgrade{Job: job}}}); err != nil {
@@ -206,6 +210,9 @@ func TestLoginUplinkDownlink(t *testing.T) {
 	d, _, _ = iotda.DecodeDownlink(waitMsg(t, down).Payload())
 	if d.EventType != iotda.EventFirmwareUpgrade || d.Upgrade.Sign != "" {
 		t.Fatalf("omit_sign event %+v", d)
+	}
+	if got := e.rec.next(t); !strings.HasPrefix(got, "d_2 download_offered:") {
+		t.Fatalf("after the second upgrade event %q", got)
 	}
 	if err := e.b.Send(context.Background(), &messages.Downlink{DeviceId: "d_2", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}); err == nil {
 		t.Error("an LwM2M downlink was sent over MQTT")
@@ -362,7 +369,7 @@ func TestConnectionsOfOneDevice(t *testing.T) {
 
 func TestEncodeDownlinkExpires(t *testing.T) {
 	now := time.Date(2026, 11, 24, 11, 59, 59, 500_000_000, time.UTC)
-	p, err := encodeDownlink(&messages.Downlink{DeviceId: "d", Kind: &messages.Downlink_MqttUpgrade{MqttUpgrade: &messages.MqttUpgrade{Job: &messages.Job{
+	p, _, err := encodeDownlink(&messages.Downlink{DeviceId: "d", Kind: &messages.Downlink_MqttUpgrade{MqttUpgrade: &messages.MqttUpgrade{Job: &messages.Job{
 		TaskId: "t", Attempt: 1, Package: &messages.Package{PackageId: "k", Version: "2"}}}}}, fakeDownloads{}, now)
 	if err != nil {
 		t.Fatal(err)

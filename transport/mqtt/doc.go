@@ -4,7 +4,9 @@
 // it to its down topic itself (devices built for IoTDA never SUBSCRIBE),
 // reports presence from the connection, takes uplinks in process through a
 // broker hook so none can be dropped by a subscriber queue, and publishes the
-// engine's downlinks. The wire format lives in the pure subpackage iotda.
+// engine's downlinks; after an upgrade event it tells the engine the URL and
+// access token it gave the device (DownloadOffered, for the timeline). The
+// wire format lives in the pure subpackage iotda.
 //
 // Devices are treated as adversaries: a connection must send a small CONNECT
 // (at most MaxConnectSize bytes) soon after it opens, connections are

@@ -235,7 +235,7 @@ func (e *External) handle(m paho.Message) bool {
 // device awaited: it is probed until it reports.
 func (e *External) Send(ctx context.Context, dl *messages.Downlink) error {
 	now := e.cfg.Clock.Now()
-	payload, err := encodeDownlink(dl, e.cfg.Downloads, now)
+	payload, offer, err := encodeDownlink(dl, e.cfg.Downloads, now)
 	if err != nil {
 		return err
 	}
@@ -254,6 +254,12 @@ func (e *External) Send(ctx context.Context, dl *messages.Downlink) error {
 			e.log.Warn("mqtt: downlink not published", "device", id, "error", tok.Error())
 		}
 	}()
+	if offer != nil {
+		// Not a report: the engine queues it and returns at once.
+		if err := e.cfg.Uplinks.Deliver(ctx, id, offer); err != nil {
+			e.log.Warn("mqtt: delivering to the engine", "device", id, "error", err)
+		}
+	}
 	return nil
 }
 

@@ -131,7 +131,9 @@
 //   - MQTT result_code 0 with progress 100 and another version fails as a
 //     version mismatch; result_code 3 succeeds only when the version equals the
 //     target; other codes fail with the code's text (spec 2.6, one wording
-//     shared with PCP's 4.6) and the device's description as detail. A
+//     shared with PCP's 4.6) and the device's description as detail. The
+//     description of the MQTT report that ends a job, whatever its outcome,
+//     is kept apart in JobFinished.device_description and the outcome. A
 //     version_report showing the target version while the MQTT job waits for
 //     its result ends it as a success.
 //   - PCP 0x14 answered 0x03 (already latest) is checked with a 0x13: the
@@ -150,4 +152,8 @@
 //     cell never keeps a slot for a device that will not use it.
 //   - Progress reports older than the recorded progress, reports for stages
 //     already left, and any report after the job ended are ignored (6.6).
+//   - The download servers' DownloadServed and the transports'
+//     DownloadOffered (the URI or URL and token a device was given) only
+//     annotate the running job's timeline (a note, a DownloadOffered event);
+//     for another job they are ignored.
 package devicefsm

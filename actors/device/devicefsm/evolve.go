@@ -92,21 +92,22 @@ func Evolve(s State, e *messages.DeviceEvent) State {
 		}
 		s.Last = &Last{
 			Outcome: &messages.ReportOutcome{
-				TaskId:        s.Job.GetTaskId(),
-				DeviceId:      s.DeviceID,
-				Attempt:       s.Job.GetAttempt(),
-				Status:        f.GetStatus(),
-				Reason:        f.GetReason(),
-				Detail:        f.GetDetail(),
-				ResultCode:    f.GetResultCode(),
-				SourceVersion: s.SourceVersion,
+				TaskId:            s.Job.GetTaskId(),
+				DeviceId:          s.DeviceID,
+				Attempt:           s.Job.GetAttempt(),
+				Status:            f.GetStatus(),
+				Reason:            f.GetReason(),
+				Detail:            f.GetDetail(),
+				ResultCode:        f.GetResultCode(),
+				SourceVersion:     s.SourceVersion,
+				DeviceDescription: f.GetDeviceDescription(),
 			},
 			Protocol:   s.Job.GetProtocol(),
 			PermitCell: s.PermitCell,
 		}
 		s = withJob(s, nil)
 		s.Outbox = nil
-	case *messages.DeviceEvent_JobRejected, *messages.DeviceEvent_Noted:
+	case *messages.DeviceEvent_JobRejected, *messages.DeviceEvent_Noted, *messages.DeviceEvent_DownloadOffered:
 		// Timeline facts only.
 	}
 	return s

@@ -111,6 +111,7 @@ func (d *decider) finish(status messages.SubtaskStatus, r messages.Reason, detai
 	cell := d.s.PermitCell
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_JobFinished{JobFinished: &messages.JobFinished{
 		Status: status, Reason: r, Detail: detail, ResultCode: code, SourceVersion: d.srcVer,
+		DeviceDescription: d.in.GetMqttProgress().GetDescription(), // the MQTT report that ends the job, if one does
 	}}})
 	d.srcVer = ""
 	if cell != "" {

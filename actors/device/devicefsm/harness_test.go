@@ -400,6 +400,14 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_DownloadServed{DownloadServed: &messages.DownloadServed{
 			TaskId: task, Attempt: u32(t, a, "attempt"), Offset: num("offset"), Bytes: num("bytes"), Size: num("size"),
 		}}})
+	case "offered":
+		task := "task-1"
+		if v, ok := a["task"]; ok {
+			task = v
+		}
+		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_DownloadOffered{DownloadOffered: &messages.DownloadOffered{
+			TaskId: task, Attempt: u32(t, a, "attempt"), Uri: a["uri"], Token: a["token"],
+		}}})
 	case "pcp-version":
 		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: u32(t, a, "result"), Version: a["version"]}}})
 	case "pcp-notify-rsp":

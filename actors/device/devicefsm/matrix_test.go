@@ -138,6 +138,8 @@ func sample(name string, s State) *messages.DeviceInput {
 		in.Kind = &messages.DeviceInput_MqttProgress{MqttProgress: &messages.MqttProgress{Progress: i32p(50), Version: "1.0"}}
 	case "download_served":
 		in.Kind = &messages.DeviceInput_DownloadServed{DownloadServed: &messages.DownloadServed{TaskId: "task-1", Attempt: 1, Offset: 0, Bytes: 100, Size: 1000}}
+	case "download_offered":
+		in.Kind = &messages.DeviceInput_DownloadOffered{DownloadOffered: &messages.DownloadOffered{TaskId: "task-1", Attempt: 1, Uri: "coap://127.0.0.1:5683/fw/pkg?t=tok", Token: "tok"}}
 	case "pcp_version":
 		in.Kind = &messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Version: "1.0"}}
 	case "pcp_notify_response":

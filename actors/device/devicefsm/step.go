@@ -139,6 +139,18 @@ func (d *decider) downloadServed(v *messages.DownloadServed) {
 	d.note(fmt.Sprintf("package bytes %d-%d of %d served (%d%%)", v.GetOffset(), end-1, v.GetSize(), end*100/v.GetSize()))
 }
 
+// downloadOffered journals where a transport told the running job's device
+// to download its package (timeline: the URI, its token masked unless asked
+// for). An offer made for an earlier job is ignored.
+func (d *decider) downloadOffered(v *messages.DownloadOffered) {
+	if d.s.Job == nil || d.s.Job.GetTaskId() != v.GetTaskId() || d.s.Job.GetAttempt() != v.GetAttempt() {
+		return
+	}
+	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_DownloadOffered{DownloadOffered: &messages.DownloadOffered{
+		TaskId: v.GetTaskId(), Attempt: v.GetAttempt(), Uri: v.GetUri(), Token: v.GetToken(),
+	}}})
+}
+
 func (d *decider) note(text string) {
 	d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_Noted{Noted: &messages.Noted{Text: text}}})
 }
@@ -220,6 +232,8 @@ func Step(cfg Config, s State, in *messages.DeviceInput) (State, Result, error) 
 		d.pcpUpgradeResult(k.PcpUpgradeResult)
 	case *messages.DeviceInput_DownloadServed:
 		d.downloadServed(k.DownloadServed)
+	case *messages.DeviceInput_DownloadOffered:
+		d.downloadOffered(k.DownloadOffered)
 	}
 	return d.s, d.res, nil
 }
@@ -272,6 +286,10 @@ func validate(s State, in *messages.DeviceInput) error {
 	case *messages.DeviceInput_DownloadServed:
 		if v := k.DownloadServed; v.GetOffset() < 0 || v.GetBytes() <= 0 || v.GetSize() <= 0 || v.GetOffset()+v.GetBytes() > v.GetSize() {
 			return fmt.Errorf("%w: download_served: bytes %d at %d of %d", ErrInvalidInput, v.GetBytes(), v.GetOffset(), v.GetSize())
+		}
+	case *messages.DeviceInput_DownloadOffered:
+		if k.DownloadOffered.GetUri() == "" {
+			return fmt.Errorf("%w: download_offered.uri is empty", ErrInvalidInput)
 		}
 	case *messages.DeviceInput_Lwm2MResponse:
 		if k.Lwm2MResponse.GetPath() == "" {

@@ -82,11 +82,16 @@
 //     wake is dropped (a later fire is stale). Stopping only some targets
 //     (spec 5.4 "targets") is not supported: StopTask has no such field.
 //   - On-demand retry is allowed while the task is PROCESSING, FAIL or
-//     PARTIAL_SUCCESS (spec 5.4). It re-runs FAIL, FAIL_WAIT_RETRY and
-//     STOPPED sub-tasks, all or the listed ones (a listed device that is not
-//     a target is an error; one in another status is skipped), and resets
-//     their automatic-retry budget. Nothing to retry is ErrInvalidTransition.
-//     RetryRequested journals the re-run devices, or no IDs for "all".
+//     PARTIAL_SUCCESS (spec 5.4), never after a stop. It re-runs FAIL,
+//     FAIL_WAIT_RETRY and STOPPED sub-tasks, all or the listed ones (a listed
+//     device that is not a target is an error; one in another status is
+//     skipped). FAIL and STOPPED ones get a fresh automatic-retry budget; a
+//     FAIL_WAIT_RETRY one keeps the retries it used, so its re-run is the
+//     pending retry brought forward and never an extra attempt (attempts
+//     stay within 1 + retry_count). Nothing to retry is
+//     ErrInvalidTransition. RetryRequested journals the re-run devices, or
+//     no IDs for "all", with keep_pending_retries set (a journal written
+//     before that field reset every re-run sub-task's budget, and replays so).
 //   - Status derivation (spec 5.5 [P]): WAITING until the first sub-task
 //     has started; after a stop STOPPING while any sub-task is PROCESSING,
 //     then STOPPED; otherwise PROCESSING while any is WAITING, PROCESSING or

@@ -80,6 +80,7 @@ func (s *State) evolveStarted(e *messages.SubtaskStarted, at int64) {
 	sub.startedAt = at
 	sub.reason = messages.Reason_REASON_NONE
 	sub.detail = ""
+	sub.deviceDescription = ""
 	sub.retryAt = 0
 	s.started = true
 	s.setStatus(i, messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING, at)
@@ -104,6 +105,7 @@ func (s *State) evolveFinished(e *messages.SubtaskFinished, at int64) {
 	sub.reason = e.GetReason()
 	sub.detail = e.GetDetail()
 	sub.resultCode = e.GetResultCode()
+	sub.deviceDescription = e.GetDeviceDescription()
 	if v := e.GetSourceVersion(); v != "" {
 		sub.sourceVersion = v // an attempt that ended before its version check keeps the last one known
 	}
@@ -134,9 +136,12 @@ func (s *State) evolveRetry(e *messages.RetryRequested, at int64) {
 		if !retryable(sub.status) {
 			return
 		}
-		sub.autoRetries = 0
+		if !e.GetKeepPendingRetries() || sub.status != messages.SubtaskStatus_SUBTASK_STATUS_FAIL_WAIT_RETRY {
+			sub.autoRetries = 0
+		}
 		sub.reason = messages.Reason_REASON_NONE
 		sub.detail = ""
+		sub.deviceDescription = ""
 		sub.retryAt = 0
 		s.setStatus(i, messages.SubtaskStatus_SUBTASK_STATUS_WAITING, at)
 	}

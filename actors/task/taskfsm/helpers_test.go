@@ -269,6 +269,9 @@ func fmtEvent(e *messages.TaskEvent) string {
 		if f.GetDetail() != "" {
 			s += fmt.Sprintf(" detail=%q", f.GetDetail())
 		}
+		if f.GetDeviceDescription() != "" {
+			s += fmt.Sprintf(" desc=%q", f.GetDeviceDescription())
+		}
 		if f.GetRetryAtUnixNano() != 0 {
 			s += " retry_at=" + fmtTime(f.GetRetryAtUnixNano())
 		}
@@ -368,6 +371,9 @@ func fmtSubtask(st Subtask) string {
 	}
 	if st.Detail != "" {
 		s += fmt.Sprintf(" detail=%q", st.Detail)
+	}
+	if st.DeviceDescription != "" {
+		s += fmt.Sprintf(" desc=%q", st.DeviceDescription)
 	}
 	if !st.RetryAt.IsZero() {
 		s += " retry_at=" + st.RetryAt.Format(time.RFC3339)

@@ -20,7 +20,7 @@ var scenarioStart = time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 //	create [task=ID] [devices=a,b] [n-devices=N] [members=x,y] [groups=g] [type=firmware|software|none|N]
 //	       [protocol=mqtt|fota|pcp|none|N] [package=ID] [version=V] [skip-version-check]
 //	       [retry=N] [interval=MIN] [schedule=+DUR|-DUR|RFC3339] [window=HH:MM-HH:MM] [tz=ZONE] [at=T]
-//	outcome dev=ID status=success|fail|stopped [attempt=N] [reason=NAME] [detail=TEXT] [task=ID] [at=T]
+//	outcome dev=ID status=success|fail|stopped [attempt=N] [reason=NAME] [detail=TEXT] [desc=TEXT] [task=ID] [at=T]
 //	stop [at=T]
 //	retry [devs=a,b] [at=T]
 //	wake [gen=N] [step=S] [at=T]   (defaults: the armed generation, at the armed time if later)
@@ -289,6 +289,8 @@ func (r *runner) outcome(t *testing.T, a map[string]string) *messages.ReportOutc
 		Detail:   a["detail"],
 		// source=V: the version the device's version check read.
 		SourceVersion: a["source"],
+		// desc=TEXT: the description of the MQTT report that ended the attempt.
+		DeviceDescription: a["desc"],
 	}
 	if st, ok := r.s.Subtask(o.DeviceId); ok {
 		o.Attempt = st.Attempt

@@ -59,6 +59,7 @@ func Snapshot(s State) *messages.TaskSnapshot {
 			SourceVersion:     sub.sourceVersion,
 			UpdatedAtUnixNano: sub.updatedAt,
 			StartedAtUnixNano: sub.startedAt,
+			DeviceDescription: sub.deviceDescription,
 		}
 	}
 	for _, q := range s.waiting[s.waitHead:] {
@@ -193,18 +194,19 @@ func subtaskFromSnapshot(id string, p *messages.TaskSnapshot_Subtask) (subtask, 
 		return subtask{}, invalidSnapshot("sub-task %q is %v with retry_at %d", id, st, p.GetRetryAtUnixNano())
 	}
 	return subtask{
-		id:            id,
-		status:        st,
-		attempt:       p.GetAttempt(),
-		autoRetries:   p.GetAutoRetries(),
-		ver:           p.GetStatusChanges(),
-		reason:        p.GetReason(),
-		detail:        p.GetDetail(),
-		resultCode:    p.GetResultCode(),
-		retryAt:       p.GetRetryAtUnixNano(),
-		sourceVersion: p.GetSourceVersion(),
-		updatedAt:     p.GetUpdatedAtUnixNano(),
-		startedAt:     p.GetStartedAtUnixNano(),
+		id:                id,
+		status:            st,
+		attempt:           p.GetAttempt(),
+		autoRetries:       p.GetAutoRetries(),
+		ver:               p.GetStatusChanges(),
+		reason:            p.GetReason(),
+		detail:            p.GetDetail(),
+		resultCode:        p.GetResultCode(),
+		retryAt:           p.GetRetryAtUnixNano(),
+		sourceVersion:     p.GetSourceVersion(),
+		updatedAt:         p.GetUpdatedAtUnixNano(),
+		startedAt:         p.GetStartedAtUnixNano(),
+		deviceDescription: p.GetDeviceDescription(),
 	}, nil
 }
 

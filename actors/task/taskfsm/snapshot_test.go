@@ -144,7 +144,8 @@ func (w *taskWalker) next(s State) *messages.TaskInput {
 		}
 		in.Kind = &messages.TaskInput_Outcome{Outcome: &messages.ReportOutcome{
 			TaskId: "t", DeviceId: s.subs[i].id, Attempt: attempt, Status: statuses[r.IntN(len(statuses))],
-			Reason: messages.Reason(r.IntN(36)), Detail: fmt.Sprint("d", r.IntN(3)), ResultCode: int32(r.IntN(3))}}
+			Reason: messages.Reason(r.IntN(36)), Detail: fmt.Sprint("d", r.IntN(3)), ResultCode: int32(r.IntN(3)),
+			DeviceDescription: fmt.Sprint("desc", r.IntN(3))}}
 	case op < 82:
 		at, gen := s.Wake()
 		if !at.IsZero() && at.After(w.now) && r.IntN(4) != 0 {

@@ -44,7 +44,7 @@ type subtask struct {
 	id          string
 	status      messages.SubtaskStatus
 	attempt     uint32
-	autoRetries uint32 // automatic retries used since creation or the last on-demand retry
+	autoRetries uint32 // automatic retries used since creation or the last on-demand retry of a FAIL or STOPPED sub-task
 	ver         uint32 // bumped on every status change; validates queue entries
 	reason      messages.Reason
 	detail      string
@@ -56,6 +56,9 @@ type subtask struct {
 	sourceVersion string
 	updatedAt     int64
 	startedAt     int64
+	// deviceDescription is the description of the MQTT report that ended
+	// the last attempt.
+	deviceDescription string
 }
 
 type queued struct {
@@ -71,13 +74,16 @@ type Subtask struct {
 	// Attempt is the number of the latest started attempt (0: never started).
 	Attempt uint32
 	// AutoRetries counts the automatic retries used since creation or the
-	// last on-demand retry.
+	// last on-demand retry of the sub-task as FAIL or STOPPED.
 	AutoRetries uint32
 	// Reason and Detail explain the last outcome (REASON_STOPPED on a stop).
 	Reason messages.Reason
 	Detail string
 	// ResultCode is the device's own code of the last outcome (0 if none).
 	ResultCode int32
+	// DeviceDescription is the description of the MQTT report that ended
+	// the last attempt, as the device sent it ("" if none).
+	DeviceDescription string
 	// RetryAt is when a FAIL_WAIT_RETRY sub-task runs again; zero otherwise.
 	RetryAt time.Time
 	// SourceVersion is the version the device ran when an attempt last
@@ -175,17 +181,18 @@ func (s State) Status() messages.TaskStatus {
 
 func (st *subtask) view() Subtask {
 	return Subtask{
-		DeviceID:      st.id,
-		Status:        st.status,
-		Attempt:       st.attempt,
-		AutoRetries:   st.autoRetries,
-		Reason:        st.reason,
-		Detail:        st.detail,
-		ResultCode:    st.resultCode,
-		RetryAt:       messages.Time(st.retryAt),
-		SourceVersion: st.sourceVersion,
-		UpdatedAt:     messages.Time(st.updatedAt),
-		StartedAt:     messages.Time(st.startedAt),
+		DeviceID:          st.id,
+		Status:            st.status,
+		Attempt:           st.attempt,
+		AutoRetries:       st.autoRetries,
+		Reason:            st.reason,
+		Detail:            st.detail,
+		ResultCode:        st.resultCode,
+		DeviceDescription: st.deviceDescription,
+		RetryAt:           messages.Time(st.retryAt),
+		SourceVersion:     st.sourceVersion,
+		UpdatedAt:         messages.Time(st.updatedAt),
+		StartedAt:         messages.Time(st.startedAt),
 	}
 }
 

@@ -365,13 +365,14 @@ func (st *stepper) outcome(o *messages.ReportOutcome) error {
 		return nil // stale or duplicate
 	}
 	fin := &messages.SubtaskFinished{
-		DeviceId:      sub.id,
-		Attempt:       sub.attempt,
-		Status:        status,
-		Reason:        o.GetReason(),
-		Detail:        o.GetDetail(),
-		ResultCode:    o.GetResultCode(),
-		SourceVersion: o.GetSourceVersion(),
+		DeviceId:          sub.id,
+		Attempt:           sub.attempt,
+		Status:            status,
+		Reason:            o.GetReason(),
+		Detail:            o.GetDetail(),
+		ResultCode:        o.GetResultCode(),
+		SourceVersion:     o.GetSourceVersion(),
+		DeviceDescription: o.GetDeviceDescription(),
 	}
 	if p := s.task.GetPolicy(); status == messages.SubtaskStatus_SUBTASK_STATUS_FAIL &&
 		!s.stopRequested && sub.autoRetries < p.GetRetryCount() {
@@ -469,7 +470,7 @@ func (st *stepper) retry(r *messages.RetryTask) error {
 		}
 		return notAllowed("nothing to retry in task %q: %s is FAIL, FAIL_WAIT_RETRY or STOPPED", s.task.GetTaskId(), which)
 	}
-	st.emit(&messages.TaskEvent{Kind: &messages.TaskEvent_RetryRequested{RetryRequested: &messages.RetryRequested{DeviceIds: listed}}})
+	st.emit(&messages.TaskEvent{Kind: &messages.TaskEvent_RetryRequested{RetryRequested: &messages.RetryRequested{DeviceIds: listed, KeepPendingRetries: true}}})
 	st.startDue()
 	st.rearm(false)
 	return nil

@@ -439,3 +439,30 @@ func TestImports(t *testing.T) {
 		t.Errorf("%d files carry a package doc comment, want exactly 1 (doc.go)", docs)
 	}
 }
+
+// TestRetryRequestedOldJournal: a RetryRequested journaled before
+// keep_pending_retries existed replays as it was decided then (every re-run
+// sub-task's automatic-retry budget restarts); one with the field keeps the
+// budget a FAIL_WAIT_RETRY sub-task used.
+func TestRetryRequestedOldJournal(t *testing.T) {
+	cfg := DefaultConfig()
+	c := validCreate("a")
+	c.Policy = &messages.Policy{RetryCount: 2, RetryIntervalMinutes: 5}
+	s, _ := mustStep(t, cfg, State{}, createInput(unitT0, c))
+	s, _ = mustStep(t, cfg, s, &messages.TaskInput{AtUnixNano: unitT0.Add(time.Minute).UnixNano(), Kind: &messages.TaskInput_Outcome{Outcome: &messages.ReportOutcome{
+		TaskId: "t1", DeviceId: "a", Attempt: 1, Status: messages.SubtaskStatus_SUBTASK_STATUS_FAIL, Reason: messages.Reason_REASON_LOW_BATTERY}}})
+	if sub, _ := s.Subtask("a"); sub.Status != messages.SubtaskStatus_SUBTASK_STATUS_FAIL_WAIT_RETRY || sub.AutoRetries != 1 {
+		t.Fatalf("after a failure: %s; want FAIL_WAIT_RETRY auto_retries=1", fmtSubtask(sub))
+	}
+	at := unitT0.Add(2 * time.Minute).UnixNano()
+	for _, tc := range []struct {
+		keep bool
+		want uint32
+	}{{false, 0}, {true, 1}} {
+		e := &messages.TaskEvent{AtUnixNano: at, Kind: &messages.TaskEvent_RetryRequested{RetryRequested: &messages.RetryRequested{KeepPendingRetries: tc.keep}}}
+		got := Evolve(cloneState(s), e)
+		if sub, _ := got.Subtask("a"); sub.Status != messages.SubtaskStatus_SUBTASK_STATUS_WAITING || sub.AutoRetries != tc.want {
+			t.Errorf("RetryRequested keep_pending_retries=%v: %s; want WAITING auto_retries=%d", tc.keep, fmtSubtask(sub), tc.want)
+		}
+	}
+}

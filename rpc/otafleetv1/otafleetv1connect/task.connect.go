@@ -66,8 +66,13 @@ type TaskServiceClient interface {
 	// told to stop (TASK_STATUS_STOPPING until they have).
 	// failed_precondition when the task has finished already.
 	StopTask(context.Context, *connect.Request[otafleetv1.StopTaskRequest]) (*connect.Response[otafleetv1.StopTaskResponse], error)
-	// RetryTask gives failed and stopped devices of a task a new attempt now.
-	// failed_precondition when none of the named devices failed or stopped.
+	// RetryTask gives the devices of a running or finished task
+	// (TASK_STATUS_PROCESSING, _FAIL or _PARTIAL_SUCCESS) that failed, wait
+	// for their policy retry or stopped a new attempt now. A device waiting for
+	// its policy retry runs that retry now, without an extra attempt; a failed
+	// or stopped one starts again with the policy's retries. failed_precondition
+	// for a task in another status (a stopped task cannot be retried, spec 5.4)
+	// or when none of the named devices can be retried.
 	RetryTask(context.Context, *connect.Request[otafleetv1.RetryTaskRequest]) (*connect.Response[otafleetv1.RetryTaskResponse], error)
 	// ListTaskDevices lists a task's devices with their execution details, in
 	// device ID order, a page at a time.
@@ -195,8 +200,13 @@ type TaskServiceHandler interface {
 	// told to stop (TASK_STATUS_STOPPING until they have).
 	// failed_precondition when the task has finished already.
 	StopTask(context.Context, *connect.Request[otafleetv1.StopTaskRequest]) (*connect.Response[otafleetv1.StopTaskResponse], error)
-	// RetryTask gives failed and stopped devices of a task a new attempt now.
-	// failed_precondition when none of the named devices failed or stopped.
+	// RetryTask gives the devices of a running or finished task
+	// (TASK_STATUS_PROCESSING, _FAIL or _PARTIAL_SUCCESS) that failed, wait
+	// for their policy retry or stopped a new attempt now. A device waiting for
+	// its policy retry runs that retry now, without an extra attempt; a failed
+	// or stopped one starts again with the policy's retries. failed_precondition
+	// for a task in another status (a stopped task cannot be retried, spec 5.4)
+	// or when none of the named devices can be retried.
 	RetryTask(context.Context, *connect.Request[otafleetv1.RetryTaskRequest]) (*connect.Response[otafleetv1.RetryTaskResponse], error)
 	// ListTaskDevices lists a task's devices with their execution details, in
 	// device ID order, a page at a time.
