@@ -41,7 +41,13 @@
 //
 // Packages: the Package URI written to /5/0/1 is coap:// (Config.PublicAddr)
 // for a device registered over plain CoAP and coaps:// (Config.DTLSPublicAddr)
-// for one registered over DTLS. GET /fw/{package_id}?t={token} answers one Block2 block at a time
+// for one registered over DTLS, "/fw/{package_id}/t={handle}" with the
+// attempt's download handle (download.Server.Handle: 22 characters, the
+// same on every write of the attempt, so the URI stays within /5/0/1's 255
+// characters whatever the device ID). GET /fw/{package_id}/t={token} (or
+// with the token in a Uri-Query t, or in the last Uri-Path option as
+// "{package_id}?t={token}", where a LiteOS agent puts a URI's query:
+// PackageRequest) answers one Block2 block at a time
 // straight from the stored file (no copy of the package per request, the
 // block size the client asks for, an ETag per package), so any block can be
 // asked first and a device resumes where it stopped. The token check and

@@ -18,26 +18,32 @@ import (
 // SZX 7, exists only over TCP).
 const maxSZX = 6
 
-// servePackage answers GET /fw/{package_id}?t={token}: one Block2 block,
-// read from the stored file at its offset. The token check and the package
-// opener are the HTTP path's (download.Server.Check, download.OpenPackage):
-// a file that differs from its package record is refused (5.00). The block size is the client's
-// (at most 1024 bytes); a request without Block2 gets block 0 of 1024
-// bytes with the More flag, so any client can go on block-wise.
-func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, escaped string) {
+// servePackage answers GET /fw/{package_id}/t={token} (or with the token in
+// a Uri-Query t, or in a LiteOS agent's "{package_id}?t={token}" last
+// segment: PackageRequest): one Block2 block, read from the stored file at
+// its offset. The token check and the package opener are the HTTP path's
+// (download.Server.Check, download.OpenPackage): a file that differs from
+// its package record is refused (5.00). The block size is the client's (at
+// most 1024 bytes); a request without Block2 gets block 0 of 1024 bytes
+// with the More flag, so any client can go on block-wise.
+func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, path string) {
 	ctx := r.Context()
 	peer := w.Conn().RemoteAddr().String()
+	escaped, tok, _ := PackageRequest(path)
 	id, err := unescape(escaped)
 	if err != nil {
 		s.answer(w, codes.NotFound, "")
 		return
 	}
-	q, err := queries(r)
-	if err != nil {
-		s.answer(w, codes.BadRequest, err.Error())
-		return
+	if tok == "" {
+		q, err := queries(r)
+		if err != nil {
+			s.answer(w, codes.BadRequest, err.Error())
+			return
+		}
+		tok = q["t"]
 	}
-	g, err := s.cfg.Tokens.Check(ctx, q["t"], id)
+	g, err := s.cfg.Tokens.Check(ctx, tok, id)
 	switch {
 	case errors.Is(err, download.ErrInvalidToken):
 		s.log.Info("lwm2m: download refused", "peer", peer, "package", id, "reason", err.Error())

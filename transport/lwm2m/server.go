@@ -51,10 +51,10 @@ type Packages interface {
 	OpenBlob(ctx context.Context, id string) (persistence.Blob, error)
 }
 
-// Tokens mints and checks the package download tokens;
-// *download.Server satisfies it.
+// Tokens makes the download handles of package URIs and checks them (and
+// any other download token); *download.Server satisfies it.
 type Tokens interface {
-	Mint(g download.Grant) (string, time.Time)
+	Handle(ctx context.Context, g download.Grant) (string, error)
 	Check(ctx context.Context, token, packageID string) (download.Grant, error)
 	Served(g download.Grant, offset, n, size int64)
 }
@@ -120,6 +120,9 @@ type Server struct {
 	dtlsLis       *coapnet.DTLSListener
 	dtlsAddr      string
 	serving       sync.WaitGroup
+	// cleanups are the registrations replaced by a new one being dropped
+	// (register); Close waits for them.
+	cleanups sync.WaitGroup
 
 	// Exchanges counts the CoAP exchanges: requests from devices,
 	// requests to devices and notifications received.
@@ -334,6 +337,7 @@ func (s *Server) Close() error {
 	for _, r := range regs {
 		s.drop(r, false)
 	}
+	s.cleanups.Wait()
 	return err
 }
 
@@ -367,8 +371,8 @@ func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
 		}
 	case strings.HasPrefix(path, "rd/") && r.Code() == codes.DELETE:
 		s.deregister(w, strings.TrimPrefix(path, "rd/"))
-	case strings.HasPrefix(path, "fw/") && r.Code() == codes.GET:
-		s.servePackage(w, r, strings.TrimPrefix(path, "fw/"))
+	case strings.HasPrefix(path, packageRoot+"/") && r.Code() == codes.GET:
+		s.servePackage(w, r, path)
 	default:
 		s.answer(w, codes.NotFound, "")
 	}
@@ -575,9 +579,20 @@ func (s *Server) register(w mux.ResponseWriter, r *mux.Message, body []byte, ack
 		s.answer(w, codes.Forbidden, refused)
 		return
 	}
-	reg := s.record(r.Context(), w.Conn(), p, secure)
+	reg, old := s.record(r.Context(), w.Conn(), p, secure)
 	s.answer(w, codes.Created, "", append(ack, message.Option{ID: message.LocationPath, Value: []byte("rd")},
 		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})...)
+	if old != nil {
+		// The registration it replaces (a reboot) is dropped after the
+		// answer, and aside: cancelling its observations waits for the
+		// device up to a second each, longer than a client waits for
+		// its answer.
+		s.cleanups.Add(1)
+		go func() {
+			defer s.cleanups.Done()
+			s.drop(old, false)
+		}()
+	}
 	s.log.Info("lwm2m: registered", "device", p.endpoint, "registration", reg.id, "lifetime", p.lifetime, "queue_mode", p.queue(), "peer", reg.peer)
 	s.deliver(p.endpoint, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: p.queue()}}})
 	s.awake(reg)
@@ -607,23 +622,20 @@ func (s *Server) authorize(ctx context.Context, c mux.Conn, ep string) (secure b
 }
 
 // record makes p's registration of a device on conversation c: kept in
-// Sessions, found by ID, device and peer, replacing (dropping) the
-// device's previous one, expiring after its lifetime, with its worker
-// running.
-func (s *Server) record(ctx context.Context, c mux.Conn, p regParams, secure bool) *registration {
-	reg := newRegistration(newRegID(), p.endpoint, c.RemoteAddr().String(), p.lifetime, p.queue())
+// Sessions, found by ID, device and peer, expiring after its lifetime,
+// with its worker running. It replaces the device's previous registration,
+// old, which the caller drops once it has answered.
+func (s *Server) record(ctx context.Context, c mux.Conn, p regParams, secure bool) (reg, old *registration) {
+	reg = newRegistration(newRegID(), p.endpoint, c.RemoteAddr().String(), p.lifetime, p.queue())
 	reg.conn, reg.secure = c, secure
 	s.save(ctx, reg)
 	s.mu.Lock()
-	old := s.byDev[reg.device]
+	old = s.byDev[reg.device]
 	s.byID[reg.id], s.byDev[reg.device], s.byPeer[reg.peer] = reg, reg, reg
 	s.mu.Unlock()
-	if old != nil {
-		s.drop(old, false) // a new registration replaces it (a reboot)
-	}
 	reg.expiry = s.cfg.Clock.AfterFunc(p.lifetime, func() { s.expire(reg) })
 	go s.worker(reg)
-	return reg
+	return reg, old
 }
 
 // errBodyTooLarge: a request body of more than maxRegistrationBody bytes.
