@@ -97,6 +97,10 @@ type Config struct {
 	// RequestTimeout bounds one request to a device, retransmissions
 	// included; default 2 minutes.
 	RequestTimeout time.Duration
+	// HandshakeTimeout bounds a DTLS handshake; default 30 s. A client
+	// with a wrong PSK is told nothing (DTLS drops what it cannot
+	// decrypt): its handshake fails, and is logged, when this passes.
+	HandshakeTimeout time.Duration
 	// Sessions, when set, keeps plain-CoAP registrations across restarts
 	// (see restore); nil keeps them in memory only, and after a restart
 	// each device is reachable again only once it registers anew (at its
@@ -117,7 +121,7 @@ type Server struct {
 	lis           *coapnet.UDPConn
 	addr          string
 	dtlsSrv       *dtlsserver.Server
-	dtlsLis       *coapnet.DTLSListener
+	dtlsLis       *handshakeListener
 	dtlsAddr      string
 	serving       sync.WaitGroup
 	// cleanups are the registrations replaced by a new one being dropped
@@ -134,10 +138,10 @@ type Server struct {
 	served   chan struct{} // closed when the UDP server's Serve returns
 
 	mu     sync.Mutex
-	byID   map[string]*registration // registration ID → registration
-	byDev  map[string]*registration // device ID → its registration
-	byPeer map[string]*registration // remote address → registration
-	dl     map[download.Grant]int64 // bytes reported as served, per download
+	byID   map[string]*registration     // registration ID → registration
+	byDev  map[string]*registration     // device ID → its registration
+	byPeer map[string]*registration     // remote address → registration
+	dl     map[download.Grant]servedRun // bytes served and not yet reported, per download
 
 	bodies *bodies // block-wise registration bodies in flight
 }
@@ -192,13 +196,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 2 * time.Minute
 	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 30 * time.Second
+	}
 	if cfg.Addr == "" && cfg.DTLSAddr == "" {
 		return nil, errors.New("lwm2m: Config needs Addr or DTLSAddr")
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"),
 		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
-		dl: map[download.Grant]int64{}, served: make(chan struct{}), bodies: newBodies(),
+		dl: map[download.Grant]servedRun{}, served: make(chan struct{}), bodies: newBodies(),
 	}
 	router := mux.NewRouter()
 	router.DefaultHandleFunc(s.handle)
@@ -223,7 +230,7 @@ func New(cfg Config) (*Server, error) {
 		dcfg := &piondtls.Config{
 			PSK:             s.psk,
 			PSKIdentityHint: []byte("otafleet"),
-			CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8, piondtls.TLS_PSK_WITH_AES_128_GCM_SHA256},
+			CipherSuites:    dtlsSuites,
 		}
 		lis, err := coapnet.NewDTLSListener("udp", cfg.DTLSAddr, dcfg)
 		if err != nil {
@@ -232,9 +239,9 @@ func New(cfg Config) (*Server, error) {
 			}
 			return nil, fmt.Errorf("lwm2m: listening on %s (DTLS): %w", cfg.DTLSAddr, err)
 		}
-		s.dtlsLis, s.dtlsAddr = lis, lis.Addr().String()
+		s.dtlsLis, s.dtlsAddr = &handshakeListener{lis, &handshakeFailures{log: s.log, clk: cfg.Clock}}, lis.Addr().String()
 		s.dtlsSrv = dtls.NewServer(options.WithMux(router), options.WithBlockwise(false, blockwise.SZX1024, time.Minute), options.WithErrors(onErr),
-			options.WithInactivityMonitor(cfg.PeerIdle, s.closeIfStray))
+			options.WithInactivityMonitor(cfg.PeerIdle, s.closeIfStray), options.WithDTLSHandshakeTimeout(cfg.HandshakeTimeout))
 	}
 	if s.cfg.PublicAddr == "" {
 		s.cfg.PublicAddr = s.addr
@@ -254,16 +261,16 @@ func New(cfg Config) (*Server, error) {
 
 // psk returns the pre-shared key of the device whose ID is the identity a
 // DTLS client presents; an unknown device or one without a PSK fails the
-// handshake.
+// handshake (logged, rate-limited, by handshakeFailures).
 func (s *Server) psk(identity []byte) ([]byte, error) {
 	id := string(identity)
 	creds, err := s.cfg.Devices.DeviceCredentials(context.Background(), id)
 	if err != nil {
-		s.log.Info("lwm2m: DTLS handshake refused", "identity", id, "reason", err.Error())
+		s.log.Debug("lwm2m: DTLS handshake refused", "identity", id, "reason", err.Error())
 		return nil, fmt.Errorf("unknown PSK identity %q", id)
 	}
 	if len(creds.PSK) == 0 {
-		s.log.Info("lwm2m: DTLS handshake refused", "identity", id, "reason", "the device has no PSK")
+		s.log.Debug("lwm2m: DTLS handshake refused", "identity", id, "reason", "the device has no PSK")
 		return nil, fmt.Errorf("device %q has no PSK", id)
 	}
 	return creds.PSK, nil

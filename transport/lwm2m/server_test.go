@@ -584,10 +584,15 @@ func coapClient(t *testing.T) string {
 
 // dialPSK opens a DTLS session to the server as identity with key.
 func dialPSK(e *env, identity string, key []byte, opts ...udp.Option) (*client.Conn, error) {
+	return dialPSKSuite(e, identity, key, piondtls.TLS_PSK_WITH_AES_128_CCM_8, opts...)
+}
+
+// dialPSKSuite is dialPSK offering only the cipher suite suite.
+func dialPSKSuite(e *env, identity string, key []byte, suite piondtls.CipherSuiteID, opts ...udp.Option) (*client.Conn, error) {
 	cfg := &piondtls.Config{
 		PSK:             func([]byte) ([]byte, error) { return key, nil },
 		PSKIdentityHint: []byte(identity),
-		CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8},
+		CipherSuites:    []piondtls.CipherSuiteID{suite},
 	}
 	// The handshake runs here, bounded: coapdtls.Dial leaves it to the
 	// first request, without a deadline, and a wrong PSK's handshake
