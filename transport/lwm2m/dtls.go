@@ -2,6 +2,7 @@ package lwm2m
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -47,10 +48,11 @@ type loggedHandshake struct {
 }
 
 // HandshakeContext runs the handshake and reports its failure with the
-// PSK identity the client presented, if it got that far.
+// PSK identity the client presented, if it got that far; not the end of
+// handshakes in flight when the server stops.
 func (c *loggedHandshake) HandshakeContext(ctx context.Context) error {
 	err := c.Conn.HandshakeContext(ctx)
-	if err != nil {
+	if err != nil && !errors.Is(err, context.Canceled) {
 		st, _ := c.ConnectionState()
 		c.failures.report(c.RemoteAddr().String(), string(st.IdentityHint), err)
 	}
