@@ -9,8 +9,11 @@ import (
 // server restarts: for LwM2M over plain UDP, each device's registration (its
 // address, registration ID, lifetime and binding), so a restarted server can
 // send the recovered engine's requests at once instead of waiting for every
-// device's next registration update, which may be hours away. The value is
-// the transport's own encoding; the store checks only its integrity.
+// device's next registration update, which may be hours away; for the
+// package download server (transport/download), the grant of each short
+// download handle in a Package URI, by handle. The value is the transport's
+// own encoding; the store checks only its integrity. The ID is a device ID,
+// or another key the transport makes that passes ValidateID.
 //
 // Session writes are not synced: they survive a crash of the process (the
 // kernel has them), not necessarily a power loss. A session lost that way
@@ -19,6 +22,9 @@ import (
 type Sessions interface {
 	// PutSession creates or replaces the session of device id on transport.
 	PutSession(ctx context.Context, transport, id string, value []byte) error
+	// GetSession returns the session of id on transport; ErrNotFound when
+	// there is none.
+	GetSession(ctx context.Context, transport, id string) ([]byte, error)
 	// DeleteSession removes it; removing a missing session is not an error.
 	DeleteSession(ctx context.Context, transport, id string) error
 	// ListSessions calls fn with every session of transport, by ID. The value

@@ -79,7 +79,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 		return nil, fmt.Errorf("download token key: %w", err)
 	}
 	t.dl, err = download.New(download.Config{
-		Packages: reg, Key: key, TTL: cfg.TokenTTL, Clock: clk, Logger: logger.With("component", "download"),
+		Packages: reg, Handles: reg, Key: key, TTL: cfg.TokenTTL, Clock: clk, Logger: logger.With("component", "download"),
 		Authorize: engine.AuthorizeDownload, OnServed: engine.DownloadServed,
 	})
 	if err != nil {

@@ -3,6 +3,7 @@ package memstore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 
@@ -26,6 +27,23 @@ func (s *Store) PutSession(ctx context.Context, transport, id string, value []by
 	}
 	m[id] = bytes.Clone(value)
 	return nil
+}
+
+// GetSession implements persistence.Sessions.
+func (s *Store) GetSession(ctx context.Context, transport, id string) ([]byte, error) {
+	if err := persistence.ValidateSessionKey(transport, id); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	v, ok := s.sessions[transport][id]
+	if !ok {
+		return nil, fmt.Errorf("%w: session %s/%s", persistence.ErrNotFound, transport, id)
+	}
+	return bytes.Clone(v), nil
 }
 
 // DeleteSession implements persistence.Sessions.

@@ -39,6 +39,26 @@ func (s *Store) PutSession(ctx context.Context, transport, id string, value []by
 	})
 }
 
+// GetSession implements persistence.Sessions.
+func (s *Store) GetSession(ctx context.Context, transport, id string) ([]byte, error) {
+	if err := persistence.ValidateSessionKey(transport, id); err != nil {
+		return nil, err
+	}
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer s.exit()
+	k := join(prefixSessions, transport, id)
+	v, ok, err := s.get(k)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, notFound("session", transport+"/"+id)
+	}
+	return decodeSession(k, v)
+}
+
 // DeleteSession implements persistence.Sessions.
 func (s *Store) DeleteSession(ctx context.Context, transport, id string) error {
 	if err := persistence.ValidateSessionKey(transport, id); err != nil {

@@ -956,8 +956,17 @@ func testSessions(t *testing.T, s persistence.Store) {
 	if got := sessions(t, s, "lwm"); len(got) != 1 || got["c"] != "3" {
 		t.Fatalf("sessions of lwm = %v, want only c (prefixes of a transport name are other transports)", got)
 	}
+	if v, err := s.GetSession(ctx, "lwm2m", "a"); err != nil || string(v) != "4" {
+		t.Fatalf("GetSession a = %q, %v; want 4", v, err)
+	}
+	if v, err := s.GetSession(ctx, "lwm", "a"); !errors.Is(err, persistence.ErrNotFound) {
+		t.Fatalf("GetSession of another transport's session = %q, %v; want ErrNotFound", v, err)
+	}
 	ok(t, "DeleteSession", s.DeleteSession(ctx, "lwm2m", "a"))
 	ok(t, "DeleteSession of a missing session", s.DeleteSession(ctx, "lwm2m", "a"))
+	if _, err := s.GetSession(ctx, "lwm2m", "a"); !errors.Is(err, persistence.ErrNotFound) {
+		t.Fatalf("GetSession of a deleted session: %v, want ErrNotFound", err)
+	}
 	if got := sessions(t, s, "lwm2m"); len(got) != 1 || got["b"] != "2" {
 		t.Fatalf("sessions after delete = %v, want only b", got)
 	}
@@ -969,6 +978,8 @@ func testSessions(t *testing.T, s persistence.Store) {
 	}
 	isErr(t, "PutSession with an invalid ID", s.PutSession(ctx, "lwm2m", "a/b", nil), persistence.ErrInvalid)
 	isErr(t, "PutSession with an invalid transport", s.PutSession(ctx, "", "a", nil), persistence.ErrInvalid)
+	_, err := s.GetSession(ctx, "lwm2m", "a/b")
+	isErr(t, "GetSession with an invalid ID", err, persistence.ErrInvalid)
 	isErr(t, "ListSessions of an invalid transport", s.ListSessions(ctx, "x/y", func(string, []byte) error { return nil }), persistence.ErrInvalid)
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
@@ -1001,6 +1012,8 @@ func testClosed(t *testing.T, s persistence.Store) {
 	closed("Active", s.Active(ctx, persistence.KindDevice, func(string) error { return nil }))
 	closed("PutSession", s.PutSession(ctx, "lwm2m", "d", nil))
 	closed("ListSessions", s.ListSessions(ctx, "lwm2m", func(string, []byte) error { return nil }))
+	_, err = s.GetSession(ctx, "lwm2m", "d")
+	closed("GetSession", err)
 	closed("PutProduct", s.PutProduct(ctx, persistence.Product{ID: "p", Protocol: persistence.ProtocolMQTT}))
 	_, err = s.GetProduct(ctx, "p")
 	closed("GetProduct", err)

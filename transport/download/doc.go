@@ -39,11 +39,22 @@
 // in size or SHA-256 from its record is 500. Each refusal is logged with its
 // reason, never with the token.
 //
+// An LwM2M device gets a handle instead (Server.Handle, spec 3.7 and project
+// decision 5): a Package URI holds 255 characters, a LiteOS agent resumes a
+// download only when the URI written again is the same text, and Debian's
+// coap-client sends at most 100 bytes of path. A handle is 22 characters,
+// the MAC of the grant under the same key (HMAC-SHA256 truncated to 128
+// bits, base64url), and the grant is kept in Config.Handles (the store)
+// under it: the same grant has the same handle after a restart, any server
+// with the key and the store checks it, and it has no expiry (it holds
+// while Authorize holds its grant).
+//
 // The rules are written once, for every path a package takes: Check is the
-// token check (signature, expiry, package, Authorize) and OpenPackage the
-// verified opener (record, file, size and SHA-256). The Handler uses both,
-// and so does the LwM2M server (transport/lwm2m), which serves the same
-// packages block-wise over CoAP (Block2) with the token in its URI.
+// token check (a token's signature and expiry or a handle's grant, then
+// package and Authorize) and OpenPackage the verified opener (record, file,
+// size and SHA-256). The Handler uses both, and so does the LwM2M server
+// (transport/lwm2m), which serves the same packages block-wise over CoAP
+// (Block2) with the handle in its URI.
 //
 // A Server is safe for concurrent use. It judges token expiry by its
 // clock.Clock (Config.Clock), never by the time package's wall clock.

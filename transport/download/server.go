@@ -43,7 +43,20 @@ type Config struct {
 	// headers. OnServed runs in the request's goroutine, after the answer. The engine's
 	// DownloadServed (package actors) journals it on the device's timeline.
 	OnServed func(g Grant, offset, n, size int64)
-	Logger   *slog.Logger // nil: discard
+	// Handles keeps the grants of the handles (Handle) that LwM2M Package
+	// URIs carry; persistence.Sessions satisfies it. nil: no handles (an
+	// MQTT-only server).
+	Handles Handles
+	Logger  *slog.Logger // nil: discard
+}
+
+// Handles is where a Server keeps the grant of each handle, under its
+// name: persistence.Sessions satisfies it. Its writes need not be synced:
+// a handle lost with the machine's power is one download refused (4.01),
+// which the device machine's deadlines cover.
+type Handles interface {
+	PutSession(ctx context.Context, transport, id string, value []byte) error
+	GetSession(ctx context.Context, transport, id string) ([]byte, error)
 }
 
 // DefaultTTL is the token lifetime when Config.TTL is 0 (spec 2.7; T11 of 6.1).
@@ -60,6 +73,7 @@ type Server struct {
 	clock     clock.Clock
 	authorize func(ctx context.Context, g Grant) error
 	onServed  func(g Grant, offset, n, size int64)
+	handles   Handles
 	log       *slog.Logger
 }
 
@@ -81,6 +95,7 @@ func New(cfg Config) (*Server, error) {
 		clock:     cfg.Clock,
 		authorize: cfg.Authorize,
 		onServed:  cfg.OnServed,
+		handles:   cfg.Handles,
 		log:       cfg.Logger,
 	}
 	if s.ttl == 0 {
@@ -345,16 +360,72 @@ var (
 	errOtherPackage = errors.New("the token is for another package")
 )
 
+// Handle returns the handle of g: the short form of a token that the LwM2M
+// endpoint carries in the path of the Package URI it writes to /5/0/1
+// (spec 3.7, project decision 5), 22 characters of base64url: the MAC of the
+// grant under Key (HMAC-SHA256, truncated to 128 bits). It keeps the grant
+// in Config.Handles under the handle, where Check finds it. A handle does
+// not expire, so that every write of one attempt's URI is the same text (a
+// LiteOS client resumes its download only when the re-written URI is
+// identical): it is valid while Authorize holds its grant (the attempt
+// runs). The same grant always has the same handle, after a restart too,
+// and any server with the key and the store checks it. It fails without
+// Config.Handles, or when the store does.
+func (s *Server) Handle(ctx context.Context, g Grant) (string, error) {
+	if s.handles == nil {
+		return "", errors.New("download: Config.Handles is nil: no handles")
+	}
+	h := s.signer.handle(g)
+	if err := s.handles.PutSession(ctx, handleSessions, h, appendGrant(nil, g)); err != nil {
+		return "", fmt.Errorf("download: keeping a handle: %w", err)
+	}
+	return h, nil
+}
+
+// handleSessions is the name under which Config.Handles keeps the handles.
+const handleSessions = "download-handle"
+
+// errUnknownHandle: a handle that Config.Handles does not hold.
+var errUnknownHandle = errors.New("download: unknown handle")
+
+// grantOf returns the grant of handle h: the one Config.Handles keeps under
+// h, if h is its MAC.
+func (s *Server) grantOf(ctx context.Context, h string) (Grant, error) {
+	if s.handles == nil {
+		return Grant{}, fmt.Errorf("%w: %w", ErrInvalidToken, errUnknownHandle)
+	}
+	v, err := s.handles.GetSession(ctx, handleSessions, h)
+	if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
+		return Grant{}, fmt.Errorf("%w: %w", ErrInvalidToken, errUnknownHandle)
+	}
+	if err != nil {
+		return Grant{}, fmt.Errorf("download: reading a handle: %w", err)
+	}
+	g, ok := decodeGrant(v)
+	if !ok || s.signer.handle(g) != h {
+		return Grant{}, fmt.Errorf("%w: %w", ErrInvalidToken, errBadSignature)
+	}
+	return g, nil
+}
+
 // Check is the one token check of a download, over HTTP (Handler) or not
 // (the LwM2M endpoint serves packages block-wise over CoAP): it verifies
 // the token's signature and expiry, that it is for packageID, and asks
-// Authorize, in that order. It returns the grant, or an error wrapping
-// ErrInvalidToken or ErrForbidden. With an error, the grant is the token's
-// when its signature verified (an expired token, another package, a revoked
-// upgrade) and zero otherwise.
+// Authorize, in that order. A token is what Mint returns or a handle
+// (Handle), whose grant is found in Config.Handles and which never
+// expires. It returns the grant, or an error wrapping ErrInvalidToken or
+// ErrForbidden, or the store's error when reading a handle failed. With an
+// error, the grant is the token's when its signature verified (an expired
+// token, another package, a revoked upgrade) and zero otherwise.
 func (s *Server) Check(ctx context.Context, token, packageID string) (Grant, error) {
-	g, _, err := s.signer.verify(token, s.clock.Now())
-	if err != nil {
+	var g Grant
+	var err error
+	if isHandle(token) {
+		g, err = s.grantOf(ctx, token)
+		if err != nil {
+			return Grant{}, err
+		}
+	} else if g, _, err = s.signer.verify(token, s.clock.Now()); err != nil {
 		return g, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
 	if g.PackageID != packageID {

@@ -108,6 +108,7 @@ func (f *fixture) newServer(key []byte) *download.Server {
 	f.t.Helper()
 	srv, err := download.New(download.Config{
 		Packages: f.store,
+		Handles:  f.store,
 		Key:      key,
 		Clock:    f.clock,
 		Authorize: func(_ context.Context, g download.Grant) error {
@@ -823,6 +824,69 @@ func TestCheck(t *testing.T) {
 	f.srv.Served(f.grant, 10, 20, 300)
 	if got := f.takeServed(1); len(got) != 1 || got[0].offset != 10 || got[0].n != 20 {
 		t.Errorf("Served: %+v", got)
+	}
+}
+
+// TestHandle (issue 20, item 2): a handle is short (it fits a Package URI
+// of 255 characters whatever the device ID), the same for every call with
+// one grant, also on a restarted server with the same key and store, never
+// expires, and passes the one token check (Check), over HTTP too, as a
+// token does: revoked when Authorize refuses its grant, refused for another
+// package, unknown or tampered with.
+func TestHandle(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	long := download.Grant{TaskID: "0193e7a4c5d6e7f801234567", DeviceID: strings.Repeat("d", persistence.MaxIDLen), Attempt: 3, PackageID: "fw"}
+	h, err := f.srv.Handle(ctx, long)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h) != 22 || strings.ContainsAny(h, "/?.=+") {
+		t.Fatalf("handle %q: want 22 characters of base64url", h)
+	}
+	if again, err := f.srv.Handle(ctx, long); err != nil || again != h {
+		t.Fatalf("the same grant's handle again: %q, %v; first %q", again, err, h)
+	}
+	if other, _ := f.srv.Handle(ctx, download.Grant{TaskID: long.TaskID, DeviceID: long.DeviceID, Attempt: 4, PackageID: "fw"}); other == h {
+		t.Fatal("the next attempt has the same handle")
+	}
+	f.clock.Advance(10 * 24 * time.Hour) // handles do not expire
+	restarted := f.newServer(testKey("k1"))
+	if again, err := restarted.Handle(ctx, long); err != nil || again != h {
+		t.Fatalf("after a restart: %q, %v; before %q", again, err, h)
+	}
+	for name, srv := range map[string]*download.Server{"first": f.srv, "restarted": restarted} {
+		if g, err := srv.Check(ctx, h, "fw"); err != nil || g != long {
+			t.Errorf("%s: Check(handle) = %+v, %v; want %+v", name, g, err, long)
+		}
+	}
+	if _, err := f.srv.Check(ctx, h, "other"); !errors.Is(err, download.ErrForbidden) {
+		t.Errorf("a handle for another package: %v, want ErrForbidden", err)
+	}
+	if _, err := f.newServer(testKey("k2")).Check(ctx, h, "fw"); !errors.Is(err, download.ErrInvalidToken) {
+		t.Errorf("a handle checked under another key: %v, want ErrInvalidToken", err)
+	}
+	if _, err := f.srv.Check(ctx, "AAAAAAAAAAAAAAAAAAAAAA", "fw"); !errors.Is(err, download.ErrInvalidToken) {
+		t.Errorf("an unknown handle: %v, want ErrInvalidToken", err)
+	}
+	// Over HTTP, as a bearer token.
+	ts := httptest.NewServer(f.srv.Handler())
+	t.Cleanup(ts.Close)
+	if r := do(t, ts.Client(), "GET", ts.URL+download.Path("fw"), h); r.status != http.StatusOK || !bytes.Equal(r.body, f.content) {
+		t.Errorf("GET with a handle: status %d, %d bytes", r.status, len(r.body))
+	}
+	f.mu.Lock()
+	f.denied[long] = errors.New("stopped")
+	f.mu.Unlock()
+	if _, err := f.srv.Check(ctx, h, "fw"); !errors.Is(err, download.ErrForbidden) {
+		t.Errorf("a revoked handle: %v, want ErrForbidden", err)
+	}
+	noStore, err := download.New(download.Config{Packages: f.store, Key: testKey("k1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := noStore.Handle(ctx, long); err == nil {
+		t.Error("Handle without Config.Handles succeeded")
 	}
 }
 

@@ -40,16 +40,22 @@ const maxTokenLen = 4096
 // has exactly one text form.
 var b64 = base64.RawURLEncoding.Strict()
 
-// fixedLen is the length of the payload before its three strings.
+// fixedLen is the length of the payload before its three strings: the
+// version, the expiry and the attempt.
 const fixedLen = 1 + 8 + 4 + 4
 
 // encodePayload lays out g and exp as the package doc describes.
 func encodePayload(g Grant, exp time.Time) []byte {
-	b := make([]byte, fixedLen, fixedLen+3*binary.MaxVarintLen64+len(g.TaskID)+len(g.DeviceID)+len(g.PackageID))
+	b := make([]byte, 1+8+4, fixedLen+3*binary.MaxVarintLen64+len(g.TaskID)+len(g.DeviceID)+len(g.PackageID))
 	b[0] = tokenVersion
 	binary.BigEndian.PutUint64(b[1:9], uint64(exp.Unix()))
 	binary.BigEndian.PutUint32(b[9:13], uint32(exp.Nanosecond()))
-	binary.BigEndian.PutUint32(b[13:17], g.Attempt)
+	return appendGrant(b, g)
+}
+
+// appendGrant appends g's part of a payload: the attempt and the three IDs.
+func appendGrant(b []byte, g Grant) []byte {
+	b = binary.BigEndian.AppendUint32(b, g.Attempt)
 	for _, s := range []string{g.TaskID, g.DeviceID, g.PackageID} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
@@ -68,24 +74,34 @@ func decodePayload(b []byte) (Grant, time.Time, error) {
 	if nsec >= 1e9 {
 		return Grant{}, time.Time{}, errMalformed
 	}
-	g := Grant{Attempt: binary.BigEndian.Uint32(b[13:17])}
-	rest := b[fixedLen:]
+	g, ok := decodeGrant(b[1+8+4:])
+	exp := time.Unix(sec, int64(nsec)).UTC()
+	// Trailing bytes and non-minimal varints decode but do not re-encode to
+	// the same bytes: refusing them keeps one payload per grant.
+	if !ok || string(encodePayload(g, exp)) != string(b) {
+		return Grant{}, time.Time{}, errMalformed
+	}
+	return g, exp, nil
+}
+
+// decodeGrant decodes what appendGrant appended, and nothing more; the
+// caller checks that the bytes are canonical.
+func decodeGrant(b []byte) (Grant, bool) {
+	if len(b) < 4 {
+		return Grant{}, false
+	}
+	g := Grant{Attempt: binary.BigEndian.Uint32(b[:4])}
+	rest := b[4:]
 	for _, s := range []*string{&g.TaskID, &g.DeviceID, &g.PackageID} {
 		n, w := binary.Uvarint(rest)
 		if w <= 0 || n > uint64(len(rest)-w) {
-			return Grant{}, time.Time{}, errMalformed
+			return Grant{}, false
 		}
 		rest = rest[w:]
 		*s = string(rest[:n])
 		rest = rest[n:]
 	}
-	exp := time.Unix(sec, int64(nsec)).UTC()
-	// Trailing bytes and non-minimal varints decode but do not re-encode to
-	// the same bytes: refusing them keeps one payload per grant.
-	if len(rest) != 0 || string(encodePayload(g, exp)) != string(b) {
-		return Grant{}, time.Time{}, errMalformed
-	}
-	return g, exp, nil
+	return g, len(rest) == 0
 }
 
 // signer computes the tokens' MACs with one key.
@@ -131,6 +147,26 @@ func (s signer) parse(tok string) (Grant, time.Time, error) {
 		return Grant{}, time.Time{}, errBadSignature
 	}
 	return decodePayload(payload)
+}
+
+// handleVersion is the first byte of the MAC input of a handle: a grant
+// without an expiry, which no token payload (tokenVersion) can be taken for.
+const handleVersion = 2
+
+// handleMACLen is the length of a handle's MAC, truncated (128 bits).
+const handleMACLen = 16
+
+// handleLen is the length of a handle: its MAC in base64url.
+var handleLen = b64.EncodedLen(handleMACLen)
+
+// handle returns g's handle: the truncated MAC of g, in base64url.
+func (s signer) handle(g Grant) string {
+	return b64.EncodeToString(s.mac(appendGrant([]byte{handleVersion}, g))[:handleMACLen])
+}
+
+// isHandle tells a handle from a token, which is longer and has a '.'.
+func isHandle(tok string) bool {
+	return len(tok) == handleLen && !strings.Contains(tok, ".")
 }
 
 // verify is parse plus the expiry check: a token is valid strictly before its

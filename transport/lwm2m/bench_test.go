@@ -125,7 +125,7 @@ func benchBlock2(b *testing.B, clients int) {
 	if err := st.PutPackage(ctx, persistence.Package{ID: "big", ProductID: "p", Type: persistence.PackageFirmware, Version: "2", Size: n, SHA256: sum}); err != nil {
 		b.Fatal(err)
 	}
-	dl, err := download.New(download.Config{Packages: st, Key: bytes.Repeat([]byte{3}, 32)})
+	dl, err := download.New(download.Config{Packages: st, Handles: st, Key: bytes.Repeat([]byte{3}, 32)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -348,7 +348,7 @@ func benchConcurrentDownloads(b *testing.B, blocksEach int) {
 	if err := st.PutPackage(ctx, persistence.Package{ID: "big", ProductID: "p", Type: persistence.PackageFirmware, Version: "2", Size: n, SHA256: sum}); err != nil {
 		b.Fatal(err)
 	}
-	dl, err := download.New(download.Config{Packages: st, Key: bytes.Repeat([]byte{3}, 32)})
+	dl, err := download.New(download.Config{Packages: st, Handles: st, Key: bytes.Repeat([]byte{3}, 32)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -28,7 +28,7 @@ func TestContract(t *testing.T) {
 			t.Fatal(err)
 		}
 		clk := clocktest.New(epoch)
-		tokens, err := download.New(download.Config{Packages: st, Key: bytes.Repeat([]byte{7}, 32), Clock: clk})
+		tokens, err := download.New(download.Config{Packages: st, Handles: st, Key: bytes.Repeat([]byte{7}, 32), Clock: clk})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -358,34 +358,81 @@ func readBody(res *pool.Message) ([]byte, error) {
 }
 
 // writePackageURI writes /5/0/1 with the URI of the job's package on this
-// endpoint, with a download token bound to the attempt: coaps:// on the DTLS
-// listener for a device registered over DTLS (so its download stays on
-// DTLS), coap:// otherwise.
+// endpoint, with the download handle of the attempt (download.Server.Handle):
+// coaps:// on the DTLS listener for a device registered over DTLS (so its
+// download stays on DTLS), coap:// otherwise. Every write of one attempt
+// writes the same URI, before and after a restart.
 func (s *Server) writePackageURI(ctx context.Context, reg *registration, job *messages.Job) {
 	pkg := job.GetPackage().GetPackageId()
-	tok, _ := s.cfg.Tokens.Mint(download.Grant{TaskID: job.GetTaskId(), DeviceID: reg.device, Attempt: job.GetAttempt(), PackageID: pkg})
+	handle, err := s.cfg.Tokens.Handle(ctx, download.Grant{TaskID: job.GetTaskId(), DeviceID: reg.device, Attempt: job.GetAttempt(), PackageID: pkg})
+	if err != nil {
+		// Not written: the device machine's deadline covers it, as for a
+		// device that does not answer.
+		s.log.Error("lwm2m: Package URI not written", "device", reg.device, "error", err)
+		return
+	}
 	addr := s.cfg.PublicAddr
 	if reg.secure {
 		addr = s.cfg.DTLSPublicAddr
 	}
-	uri := PackageURI(reg.secure, addr, pkg, tok)
+	uri := PackageURI(reg.secure, addr, pkg, handle)
 	res, err := s.roundTrip(ctx, reg, putReq(messages.PathPackageURI, message.TextPlain, func() io.ReadSeeker { return strings.NewReader(uri) }))
-	// The URI and its token, for the device's timeline; before the write's
+	// The URI and its handle, for the device's timeline; before the write's
 	// answer, which may end the job.
 	s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadOffered{DownloadOffered: &messages.DownloadOffered{
-		TaskId: job.GetTaskId(), Attempt: job.GetAttempt(), Uri: uri, Token: tok,
+		TaskId: job.GetTaskId(), Attempt: job.GetAttempt(), Uri: uri, Token: handle,
 	}}})
 	s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, res, err, 0, false)
 }
 
+// packageRoot is the first path segment of every Package URI.
+const packageRoot = "fw"
+
+// TokenKey names the token in a Package URI: the last path segment is
+// TokenKey and the token ("/fw/{package_id}/t={token}"), as a query would
+// name it ("?t={token}", accepted too). It is what a log or a timeline
+// masks to hide a URI's token.
+const TokenKey = "t="
+
 // PackageURI is the URI a device downloads a package from: coaps:// (DTLS)
-// when secure, coap:// otherwise, at addr (host:port).
+// when secure, coap:// otherwise, at addr (host:port), with the token in
+// the path, "/fw/{package_id}/t={token}": a LiteOS agent keeps only a
+// URI's path, and Debian's coap-client a path of at most 100 bytes. With a
+// handle (download.Server.Handle) and a package ID of the server's (24
+// characters), it has 61 characters and the address, whatever the device
+// ID: /5/0/1 holds 255.
 func PackageURI(secure bool, addr, packageID, token string) string {
 	scheme := "coap://"
 	if secure {
 		scheme = "coaps://"
 	}
-	return scheme + addr + "/fw/" + url.PathEscape(packageID) + "?t=" + token
+	return scheme + addr + "/" + packageRoot + "/" + url.PathEscape(packageID) + "/" + TokenKey + url.PathEscape(token)
+}
+
+// PackageRequest splits the Uri-Path of a package download (its segments
+// joined by '/', without a leading '/') into the package ID, as it is in
+// the path, and the token in the path: "fw/{package_id}/t={token}", what
+// PackageURI writes, or "fw/{package_id}?t={token}" as one last segment,
+// which is where a LiteOS agent puts the query of a URI. The token is ""
+// when the path has none (it is then in a Uri-Query option t). ok is
+// false when the path is not a package's.
+func PackageRequest(path string) (packageID, token string, ok bool) {
+	rest, found := strings.CutPrefix(path, packageRoot+"/")
+	if !found {
+		return "", "", false
+	}
+	packageID, last, inPath := strings.Cut(rest, "/")
+	if inPath {
+		token, found = strings.CutPrefix(last, TokenKey)
+		return packageID, token, found && packageID != ""
+	}
+	packageID, query, _ := strings.Cut(rest, "?")
+	for _, kv := range strings.Split(query, "&") {
+		if v, found := strings.CutPrefix(kv, TokenKey); found {
+			token = v
+		}
+	}
+	return packageID, token, packageID != ""
 }
 
 // pcpFrame encodes a PCP downlink; a segment response carries the

@@ -17,7 +17,13 @@
 // de-registration as Disconnected.
 //
 // An endpoint that is not a registered device of an LwM2M product gets 4.03,
-// a malformed request 4.00. Over DTLS the endpoint is the PSK identity; a
+// a malformed request 4.00. A device that registers again (a reboot) is
+// answered before its previous registration is dropped: cancelling that
+// one's observations waits for the old, likely dead, address. DTLS 1.2
+// offers the PSK suites TLS_PSK_WITH_AES_128_CCM_8 and
+// TLS_PSK_WITH_AES_128_CBC_SHA256 (spec 3.1) and AES-GCM; a failed
+// handshake (a wrong PSK, an unknown identity) is logged with the identity
+// and the address, at most ten lines a minute (dtls.go). Over DTLS the endpoint is the PSK identity; a
 // device with a PSK, or of a product in security mode PSK, registers over
 // DTLS only. A registration made over DTLS is updated, de-registered and
 // downloaded from only over DTLS by the same identity, one made over plain
@@ -46,11 +52,20 @@
 //
 // Packages: the Package URI written to /5/0/1 is coap:// (Config.PublicAddr)
 // for a device registered over plain CoAP and coaps:// (Config.DTLSPublicAddr)
-// for one registered over DTLS; once written, the URI and its token go to the
-// engine as a DownloadOffered, for the device's timeline. GET /fw/{package_id}?t={token} answers one Block2 block at a time
+// for one registered over DTLS, "/fw/{package_id}/t={handle}" with the
+// attempt's download handle (download.Server.Handle: 22 characters, the
+// same on every write of the attempt, so the URI stays within /5/0/1's 255
+// characters whatever the device ID); once written, the URI and its handle
+// go to the engine as a DownloadOffered, for the device's timeline.
+// GET /fw/{package_id}/t={token} (or with the token in a Uri-Query t, or in
+// the last Uri-Path option as "{package_id}?t={token}", where a LiteOS agent
+// puts a URI's query: PackageRequest) answers one Block2 block at a time
 // straight from the stored file (no copy of the package per request, the
-// block size the client asks for, an ETag per package), so any block can be
-// asked first and a device resumes where it stopped. The token check and
+// block size the client asks for up to 1024 bytes, SZX 7 included, 512
+// without Block2, an ETag per package), so any block can be asked first
+// and a device resumes where it stopped. The bytes reported served (the
+// timeline's notes) are those of the blocks answered, in runs of
+// contiguous blocks. The token check and
 // the package opener are the download server's (transport/download: Check,
 // OpenPackage), as over HTTP: a token is bound to the device's running
 // attempt and refused once it ended, and a file that differs in size or

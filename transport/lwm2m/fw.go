@@ -14,30 +14,43 @@ import (
 	"github.com/otafleet/otafleet/transport/download"
 )
 
-// maxSZX is the largest block size served: 2^(6+4) = 1024 bytes (BERT,
-// SZX 7, exists only over TCP).
-const maxSZX = 6
+// Block sizes (SZX, RFC 7959 2.2: 2^(SZX+4) bytes). maxSZX is the largest
+// served, 1024 bytes (the 1 KB body limit, spec 3.1 and 3.7); a client
+// that asks for SZX 7 (BERT, RFC 8323, which exists only over TCP) gets
+// blocks of that size. defaultSZX, 512 bytes, is the block size of a
+// request without Block2, as a LiteOS agent asks (spec 3.7).
+const (
+	maxSZX     = 6
+	defaultSZX = 5
+)
 
-// servePackage answers GET /fw/{package_id}?t={token}: one Block2 block,
-// read from the stored file at its offset. The token check and the package
-// opener are the HTTP path's (download.Server.Check, download.OpenPackage):
-// a file that differs from its package record is refused (5.00). The block size is the client's
-// (at most 1024 bytes); a request without Block2 gets block 0 of 1024
-// bytes with the More flag, so any client can go on block-wise.
-func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, escaped string) {
+// servePackage answers GET /fw/{package_id}/t={token} (or with the token in
+// a Uri-Query t, or in a LiteOS agent's "{package_id}?t={token}" last
+// segment: PackageRequest): one Block2 block, read from the stored file at
+// its offset. The token check and the package opener are the HTTP path's
+// (download.Server.Check, download.OpenPackage): a file that differs from
+// its package record is refused (5.00). The block size is the client's (at
+// most 1024 bytes: SZX 7 gets 1024-byte blocks); a request without Block2
+// gets block 0 of 512 bytes with the More flag, so any client can go on
+// block-wise.
+func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, path string) {
 	ctx := r.Context()
 	peer := w.Conn().RemoteAddr().String()
+	escaped, tok, _ := PackageRequest(path)
 	id, err := unescape(escaped)
 	if err != nil {
 		s.answer(w, codes.NotFound, "")
 		return
 	}
-	q, err := queries(r)
-	if err != nil {
-		s.answer(w, codes.BadRequest, err.Error())
-		return
+	if tok == "" {
+		q, err := queries(r)
+		if err != nil {
+			s.answer(w, codes.BadRequest, err.Error())
+			return
+		}
+		tok = q["t"]
 	}
-	g, err := s.cfg.Tokens.Check(ctx, q["t"], id)
+	g, err := s.cfg.Tokens.Check(ctx, tok, id)
 	switch {
 	case errors.Is(err, download.ErrInvalidToken):
 		s.log.Info("lwm2m: download refused", "peer", peer, "package", id, "reason", err.Error())
@@ -61,13 +74,9 @@ func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, escaped stri
 			return
 		}
 	}
-	num, szx := uint32(0), uint32(maxSZX)
+	num, szx := uint32(0), uint32(defaultSZX)
 	if v, err := r.Options().GetUint32(message.Block2); err == nil {
-		num, szx = v>>4, v&7
-		if szx > maxSZX {
-			s.answer(w, codes.BadOption, "block size too large")
-			return
-		}
+		num, szx = v>>4, min(v&7, maxSZX) // BERT's NUM counts 1024 bytes too
 	}
 	blob, pkg, err := download.OpenPackage(ctx, s.cfg.Packages, id)
 	if err != nil {
@@ -125,27 +134,44 @@ func (s *Server) lookupFailed(w mux.ResponseWriter, id string, err error) {
 	s.answer(w, codes.InternalServerError, "")
 }
 
-// progress reports the bytes served to a download in steps of a tenth of
-// the package (and its last block): a report per block would journal one
-// event per kilobyte.
+// servedRun is the part of a download not yet reported served: blocks
+// served one after the other, bytes [from, end).
+type servedRun struct{ from, end int64 }
+
+// progress reports the blocks served to a download (their answer set) in
+// runs of contiguous blocks, each once it holds a tenth of the package, at
+// the package's last block, or when the client asks elsewhere than the
+// run's end (a resume further on, a restart further back): every range
+// reported was served, and a block asked again within the run is not
+// counted twice. A report per block would journal one event per kilobyte.
 func (s *Server) progress(g download.Grant, off, n, size int64) {
 	end := off + n
+	var reports []servedRun
 	s.mu.Lock()
-	from, seen := s.dl[g]
-	if !seen || off < from {
-		from = off // the first block, or a restart further back
+	r, seen := s.dl[g]
+	switch {
+	case seen && off >= r.from && end <= r.end:
+		s.mu.Unlock()
+		return // a block of the run again: nothing new served
+	case seen && off == r.end:
+		r.end = end
+	default:
+		if seen && r.end > r.from {
+			reports = append(reports, r)
+		}
+		r = servedRun{off, end}
 	}
-	report := end == size || (end-from)*10 >= size
-	if report {
-		s.dl[g] = end
-	} else if !seen || off < s.dl[g] {
-		s.dl[g] = from
+	if end == size || (r.end-r.from)*10 >= size {
+		reports = append(reports, r)
+		r = servedRun{end, end}
 	}
 	if end == size {
 		delete(s.dl, g)
+	} else {
+		s.dl[g] = r
 	}
 	s.mu.Unlock()
-	if report && end > from {
-		s.cfg.Tokens.Served(g, from, end-from, size)
+	for _, rep := range reports {
+		s.cfg.Tokens.Served(g, rep.from, rep.end-rep.from, size)
 	}
 }

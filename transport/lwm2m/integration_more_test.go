@@ -227,7 +227,7 @@ func (s *stack) up(addr string, sessions persistence.Sessions, wrap func(transpo
 	late := &transport.LateDownlinks{}
 	eng, err := actors.New(actors.Config{}, actors.Deps{Store: s.store, Clock: s.clk, Transport: wrap(late)})
 	must(err)
-	dl, err := download.New(download.Config{Packages: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
+	dl, err := download.New(download.Config{Packages: s.store, Handles: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
 		Authorize: eng.AuthorizeDownload, OnServed: eng.DownloadServed})
 	must(err)
 	// As serve does: the server (and the registrations it kept) exists

@@ -90,7 +90,7 @@ func newStack(t testing.TB) *stack {
 	must(err)
 	must(s.eng.Start(ctx))
 	t.Cleanup(s.eng.Stop)
-	dl, err := download.New(download.Config{Packages: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
+	dl, err := download.New(download.Config{Packages: s.store, Handles: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
 		Authorize: s.eng.AuthorizeDownload, OnServed: s.eng.DownloadServed})
 	must(err)
 	s.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", DTLSAddr: "127.0.0.1:0", Devices: s.store, Packages: s.store, Tokens: dl, Uplinks: s.eng, Clock: s.clk})

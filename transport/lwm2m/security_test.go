@@ -167,11 +167,11 @@ func TestDTLSPackageURI(t *testing.T) {
 	d3.mu.Lock()
 	uri := d3.writes["/5/0/1"]
 	d3.mu.Unlock()
-	prefix := "coaps://" + e.srv.DTLSAddr() + "/fw/fw?t="
+	prefix := "coaps://" + e.srv.DTLSAddr() + "/fw/fw/t="
 	if !strings.HasPrefix(uri, prefix) {
 		t.Fatalf("package URI %q, want %s...", uri, prefix)
 	}
-	tok := strings.TrimPrefix(uri, prefix)
+	tok := strings.TrimPrefix(uri, prefix) // a handle: the query form carries it too
 	get := func(d *device, num uint32) (codes.Code, []byte, bool) {
 		t.Helper()
 		req, err := d.conn.NewGetRequest(ctx, "/fw/fw")
@@ -238,10 +238,10 @@ func TestDTLSPublicAddr(t *testing.T) {
 	d1.mu.Lock()
 	defer d3.mu.Unlock()
 	defer d1.mu.Unlock()
-	if u := d3.writes["/5/0/1"]; !strings.HasPrefix(u, "coaps://ota.example.com:5684/fw/fw?t=") {
+	if u := d3.writes["/5/0/1"]; !strings.HasPrefix(u, "coaps://ota.example.com:5684/fw/fw/t=") {
 		t.Errorf("d3 (DTLS): %q", u)
 	}
-	if u := d1.writes["/5/0/1"]; !strings.HasPrefix(u, "coap://ota.example.com:5683/fw/fw?t=") {
+	if u := d1.writes["/5/0/1"]; !strings.HasPrefix(u, "coap://ota.example.com:5683/fw/fw/t=") {
 		t.Errorf("d1 (plain CoAP): %q", u)
 	}
 }

@@ -51,10 +51,10 @@ type Packages interface {
 	OpenBlob(ctx context.Context, id string) (persistence.Blob, error)
 }
 
-// Tokens mints and checks the package download tokens;
-// *download.Server satisfies it.
+// Tokens makes the download handles of package URIs and checks them (and
+// any other download token); *download.Server satisfies it.
 type Tokens interface {
-	Mint(g download.Grant) (string, time.Time)
+	Handle(ctx context.Context, g download.Grant) (string, error)
 	Check(ctx context.Context, token, packageID string) (download.Grant, error)
 	Served(g download.Grant, offset, n, size int64)
 }
@@ -97,6 +97,10 @@ type Config struct {
 	// RequestTimeout bounds one request to a device, retransmissions
 	// included; default 2 minutes.
 	RequestTimeout time.Duration
+	// HandshakeTimeout bounds a DTLS handshake; default 30 s. A client
+	// with a wrong PSK is told nothing (DTLS drops what it cannot
+	// decrypt): its handshake fails, and is logged, when this passes.
+	HandshakeTimeout time.Duration
 	// Sessions, when set, keeps plain-CoAP registrations across restarts
 	// (see restore); nil keeps them in memory only, and after a restart
 	// each device is reachable again only once it registers anew (at its
@@ -117,9 +121,12 @@ type Server struct {
 	lis           *coapnet.UDPConn
 	addr          string
 	dtlsSrv       *dtlsserver.Server
-	dtlsLis       *coapnet.DTLSListener
+	dtlsLis       *handshakeListener
 	dtlsAddr      string
 	serving       sync.WaitGroup
+	// cleanups are the registrations replaced by a new one being dropped
+	// (register); Close waits for them.
+	cleanups sync.WaitGroup
 
 	// Exchanges counts the CoAP exchanges: requests from devices,
 	// requests to devices and notifications received.
@@ -131,10 +138,10 @@ type Server struct {
 	served   chan struct{} // closed when the UDP server's Serve returns
 
 	mu     sync.Mutex
-	byID   map[string]*registration // registration ID → registration
-	byDev  map[string]*registration // device ID → its registration
-	byPeer map[string]*registration // remote address → registration
-	dl     map[download.Grant]int64 // bytes reported as served, per download
+	byID   map[string]*registration     // registration ID → registration
+	byDev  map[string]*registration     // device ID → its registration
+	byPeer map[string]*registration     // remote address → registration
+	dl     map[download.Grant]servedRun // bytes served and not yet reported, per download
 
 	bodies *bodies // block-wise registration bodies in flight
 }
@@ -189,13 +196,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 2 * time.Minute
 	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 30 * time.Second
+	}
 	if cfg.Addr == "" && cfg.DTLSAddr == "" {
 		return nil, errors.New("lwm2m: Config needs Addr or DTLSAddr")
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"),
 		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
-		dl: map[download.Grant]int64{}, served: make(chan struct{}), bodies: newBodies(),
+		dl: map[download.Grant]servedRun{}, served: make(chan struct{}), bodies: newBodies(),
 	}
 	router := mux.NewRouter()
 	router.DefaultHandleFunc(s.handle)
@@ -220,7 +230,7 @@ func New(cfg Config) (*Server, error) {
 		dcfg := &piondtls.Config{
 			PSK:             s.psk,
 			PSKIdentityHint: []byte("otafleet"),
-			CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8, piondtls.TLS_PSK_WITH_AES_128_GCM_SHA256},
+			CipherSuites:    dtlsSuites,
 		}
 		lis, err := coapnet.NewDTLSListener("udp", cfg.DTLSAddr, dcfg)
 		if err != nil {
@@ -229,9 +239,9 @@ func New(cfg Config) (*Server, error) {
 			}
 			return nil, fmt.Errorf("lwm2m: listening on %s (DTLS): %w", cfg.DTLSAddr, err)
 		}
-		s.dtlsLis, s.dtlsAddr = lis, lis.Addr().String()
+		s.dtlsLis, s.dtlsAddr = &handshakeListener{lis, &handshakeFailures{log: s.log, clk: cfg.Clock}}, lis.Addr().String()
 		s.dtlsSrv = dtls.NewServer(options.WithMux(router), options.WithBlockwise(false, blockwise.SZX1024, time.Minute), options.WithErrors(onErr),
-			options.WithInactivityMonitor(cfg.PeerIdle, s.closeIfStray))
+			options.WithInactivityMonitor(cfg.PeerIdle, s.closeIfStray), options.WithDTLSHandshakeTimeout(cfg.HandshakeTimeout))
 	}
 	if s.cfg.PublicAddr == "" {
 		s.cfg.PublicAddr = s.addr
@@ -251,16 +261,16 @@ func New(cfg Config) (*Server, error) {
 
 // psk returns the pre-shared key of the device whose ID is the identity a
 // DTLS client presents; an unknown device or one without a PSK fails the
-// handshake.
+// handshake (logged, rate-limited, by handshakeFailures).
 func (s *Server) psk(identity []byte) ([]byte, error) {
 	id := string(identity)
 	creds, err := s.cfg.Devices.DeviceCredentials(context.Background(), id)
 	if err != nil {
-		s.log.Info("lwm2m: DTLS handshake refused", "identity", id, "reason", err.Error())
+		s.log.Debug("lwm2m: DTLS handshake refused", "identity", id, "reason", err.Error())
 		return nil, fmt.Errorf("unknown PSK identity %q", id)
 	}
 	if len(creds.PSK) == 0 {
-		s.log.Info("lwm2m: DTLS handshake refused", "identity", id, "reason", "the device has no PSK")
+		s.log.Debug("lwm2m: DTLS handshake refused", "identity", id, "reason", "the device has no PSK")
 		return nil, fmt.Errorf("device %q has no PSK", id)
 	}
 	return creds.PSK, nil
@@ -334,6 +344,7 @@ func (s *Server) Close() error {
 	for _, r := range regs {
 		s.drop(r, false)
 	}
+	s.cleanups.Wait()
 	return err
 }
 
@@ -367,8 +378,8 @@ func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
 		}
 	case strings.HasPrefix(path, "rd/") && r.Code() == codes.DELETE:
 		s.deregister(w, strings.TrimPrefix(path, "rd/"))
-	case strings.HasPrefix(path, "fw/") && r.Code() == codes.GET:
-		s.servePackage(w, r, strings.TrimPrefix(path, "fw/"))
+	case strings.HasPrefix(path, packageRoot+"/") && r.Code() == codes.GET:
+		s.servePackage(w, r, path)
 	default:
 		s.answer(w, codes.NotFound, "")
 	}
@@ -575,9 +586,20 @@ func (s *Server) register(w mux.ResponseWriter, r *mux.Message, body []byte, ack
 		s.answer(w, codes.Forbidden, refused)
 		return
 	}
-	reg := s.record(r.Context(), w.Conn(), p, secure)
+	reg, old := s.record(r.Context(), w.Conn(), p, secure)
 	s.answer(w, codes.Created, "", append(ack, message.Option{ID: message.LocationPath, Value: []byte("rd")},
 		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})...)
+	if old != nil {
+		// The registration it replaces (a reboot) is dropped after the
+		// answer, and aside: cancelling its observations waits for the
+		// device up to a second each, longer than a client waits for
+		// its answer.
+		s.cleanups.Add(1)
+		go func() {
+			defer s.cleanups.Done()
+			s.drop(old, false)
+		}()
+	}
 	s.log.Info("lwm2m: registered", "device", p.endpoint, "registration", reg.id, "lifetime", p.lifetime, "queue_mode", p.queue(), "peer", reg.peer)
 	s.deliver(p.endpoint, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: p.queue()}}})
 	s.awake(reg)
@@ -607,23 +629,20 @@ func (s *Server) authorize(ctx context.Context, c mux.Conn, ep string) (secure b
 }
 
 // record makes p's registration of a device on conversation c: kept in
-// Sessions, found by ID, device and peer, replacing (dropping) the
-// device's previous one, expiring after its lifetime, with its worker
-// running.
-func (s *Server) record(ctx context.Context, c mux.Conn, p regParams, secure bool) *registration {
-	reg := newRegistration(newRegID(), p.endpoint, c.RemoteAddr().String(), p.lifetime, p.queue())
+// Sessions, found by ID, device and peer, expiring after its lifetime,
+// with its worker running. It replaces the device's previous registration,
+// old, which the caller drops once it has answered.
+func (s *Server) record(ctx context.Context, c mux.Conn, p regParams, secure bool) (reg, old *registration) {
+	reg = newRegistration(newRegID(), p.endpoint, c.RemoteAddr().String(), p.lifetime, p.queue())
 	reg.conn, reg.secure = c, secure
 	s.save(ctx, reg)
 	s.mu.Lock()
-	old := s.byDev[reg.device]
+	old = s.byDev[reg.device]
 	s.byID[reg.id], s.byDev[reg.device], s.byPeer[reg.peer] = reg, reg, reg
 	s.mu.Unlock()
-	if old != nil {
-		s.drop(old, false) // a new registration replaces it (a reboot)
-	}
 	reg.expiry = s.cfg.Clock.AfterFunc(p.lifetime, func() { s.expire(reg) })
 	go s.worker(reg)
-	return reg
+	return reg, old
 }
 
 // errBodyTooLarge: a request body of more than maxRegistrationBody bytes.

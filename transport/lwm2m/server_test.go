@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -129,7 +128,7 @@ func newEnv(t *testing.T, tune ...func(*lwm2m.Config)) *env {
 	e.sum = sum
 	must(st.PutPackage(ctx, persistence.Package{ID: "fw", ProductID: "p", Type: persistence.PackageFirmware, Version: "2.0", FileName: "fw.bin", Size: size, SHA256: sum}))
 	key := bytes.Repeat([]byte{7}, 32)
-	e.dl, err = download.New(download.Config{Packages: st, Key: key, Clock: e.clk,
+	e.dl, err = download.New(download.Config{Packages: st, Handles: st, Key: key, Clock: e.clk,
 		OnServed: func(g download.Grant, off, n, size int64) { e.served <- [3]int64{off, n, size} }})
 	must(err)
 	cfg := lwm2m.Config{Addr: "127.0.0.1:0", DTLSAddr: "127.0.0.1:0", Devices: st, Packages: st, Tokens: e.dl, Uplinks: e.rec, Clock: e.clk, QueueAwake: 30 * time.Second}
@@ -412,7 +411,7 @@ func TestDeviceManagement(t *testing.T) {
 	d.mu.Lock()
 	uri := d.writes["/5/0/1"]
 	d.mu.Unlock()
-	if !strings.HasPrefix(uri, "coap://"+e.srv.Addr()+"/fw/fw?t=") {
+	if !strings.HasPrefix(uri, "coap://"+e.srv.Addr()+"/fw/fw/t=") {
 		t.Fatalf("package URI %q", uri)
 	}
 	send(&messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: "/5/0/2"}})
@@ -616,41 +615,17 @@ func coapClient(t *testing.T) string {
 	return ""
 }
 
-// TestCoapClient: libcoap's coap-client (Debian libcoap3-bin, installed by
-// .ci/run) downloads the package block-wise, and fetches block N alone.
-func TestCoapClient(t *testing.T) {
-	bin := coapClient(t)
-	e := newEnv(t)
-	tok, _ := e.dl.Mint(download.Grant{TaskID: "t1", DeviceID: "d1", Attempt: 1, PackageID: "fw"})
-	uri := lwm2m.PackageURI(false, e.srv.Addr(), "fw", tok)
-	fetch := func(block string) []byte {
-		t.Helper()
-		out := filepath.Join(t.TempDir(), "fw.bin")
-		cmd := exec.Command(bin, "-m", "get", "-b", block, "-o", out, uri)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("coap-client -b %s: %v: %s", block, err, b)
-		}
-		b, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	if got := fetch("1024"); sha256.Sum256(got) != e.sum {
-		t.Fatalf("coap-client downloaded %d bytes with another SHA-256", len(got))
-	}
-	// Block 5 of 256 bytes: exactly those bytes.
-	if got := fetch("5,256"); !bytes.Equal(got, e.content[5*256:6*256]) {
-		t.Fatalf("block 5 of 256 bytes: got %d bytes, not those of the block", len(got))
-	}
-}
-
 // dialPSK opens a DTLS session to the server as identity with key.
 func dialPSK(e *env, identity string, key []byte, opts ...udp.Option) (*client.Conn, error) {
+	return dialPSKSuite(e, identity, key, piondtls.TLS_PSK_WITH_AES_128_CCM_8, opts...)
+}
+
+// dialPSKSuite is dialPSK offering only the cipher suite suite.
+func dialPSKSuite(e *env, identity string, key []byte, suite piondtls.CipherSuiteID, opts ...udp.Option) (*client.Conn, error) {
 	cfg := &piondtls.Config{
 		PSK:             func([]byte) ([]byte, error) { return key, nil },
 		PSKIdentityHint: []byte(identity),
-		CipherSuites:    []piondtls.CipherSuiteID{piondtls.TLS_PSK_WITH_AES_128_CCM_8},
+		CipherSuites:    []piondtls.CipherSuiteID{suite},
 	}
 	// The handshake runs here, bounded: coapdtls.Dial leaves it to the
 	// first request, without a deadline, and a wrong PSK's handshake

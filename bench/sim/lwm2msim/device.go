@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path"
+
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/transport/lwm2m"
 	"github.com/otafleet/otafleet/transport/lwm2m/lwm2mcodec"
 )
 
@@ -980,7 +982,12 @@ func (d *Device) reconnect() {
 	d.log.Info("lwm2msim: registered again after restart")
 }
 
-// packageID is the last path segment of a Package URI path.
+// packageID is the package ID of a Package URI path, as the server reads
+// it (lwm2m.PackageRequest); the whole path when it is not a package's.
 func packageID(p string) string {
-	return path.Base(path.Clean("/" + p))
+	id, _, ok := lwm2m.PackageRequest(strings.TrimPrefix(p, "/"))
+	if !ok {
+		return p
+	}
+	return id
 }

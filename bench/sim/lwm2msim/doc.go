@@ -67,7 +67,9 @@
 // before the device answers it (a read of /5/0 never shows State 2 with
 // Update Result 0 once it took an Execute); after Behaviour.UpdateDelay
 // the device takes on the package's version (Config.NewVersion of the
-// URI's last path segment), Update Result becomes 1 and State 0. With Behaviour.RebootOnUpdate it goes silent instead,
+// package ID of the URI's path, read as the server reads it,
+// lwm2m.PackageRequest), Update Result becomes 1 and State 0. With
+// Behaviour.RebootOnUpdate it goes silent instead,
 // re-registers after Behaviour.RestartDelay and shows the result to the
 // reads and observations the server makes after the new registration.
 //
