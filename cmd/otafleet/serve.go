@@ -41,14 +41,14 @@ func serveCommand(stdout, stderr io.Writer) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configFile != "" {
 				if err := cfg.loadFile(configFile, cmd.Flags().Changed); err != nil {
-					return &exitError{code: 2, err: err}
+					return usageError(err)
 				}
 			}
 			if cfg.SealKeyFile == "" {
 				cfg.SealKeyFile = os.Getenv(envSealKeyFile)
 			}
 			if err := cfg.validate(); err != nil {
-				return &exitError{code: 2, err: err}
+				return usageError(err)
 			}
 			return serve(cmd.Context(), cfg, stdout, stderr)
 		},
