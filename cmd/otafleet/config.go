@@ -222,7 +222,7 @@ func settings() []setting {
 			"T11: download token lifetime (used by the download server)", positive),
 		// The embedded MQTT broker and what a device may cost it (0: no limit).
 		opt("mqtt-addr", func(c *serveConfig) *string { return &c.MQTTAddr },
-			"embedded MQTT broker, plain (IoTDA devices use plain MQTT only on a port containing 1883); \"\" turns it off"),
+			"embedded MQTT broker for IoTDA devices, plain MQTT (--mqtts-addr adds TLS); not started with --mqtt-broker; port 0 picks one; \"\" turns it off"),
 		opt("mqtts-addr", func(c *serveConfig) *string { return &c.MQTTSAddr },
 			"embedded MQTT broker over TLS (e.g. 127.0.0.1:8883), with the --tls-cert certificate; \"\" (default) turns it off"),
 		opt("mqtt-require-timestamp", func(c *serveConfig) *bool { return &c.MQTTRequireTimestamp },
@@ -291,7 +291,7 @@ func settings() []setting {
 			"with --seal-key-file: the key file the store was sealed with until now; a store sealed with it is re-sealed under --seal-key-file at start (key rotation)"),
 		// Simulation: in-process simulated devices, for demos and tests.
 		opt("simulate", func(c *serveConfig) *int { return &c.Simulate },
-			"run N in-process simulated devices, for demos and tests", notNegative),
+			"run N scripted devices inside the server, for demos and tests: sim-0 ... sim-N-1, firmware and software 1.0, over --simulate-cells cells; they use no socket (devices over real MQTT or CoAP: otafleet sim). Register them (device create --prefix sim- --count N) to target them in tasks, or see --simulate-campaign", notNegative),
 		opt("simulate-protocol", func(c *serveConfig) *string { return &c.SimulateProtocol },
 			"protocol of simulated devices: mqtt, fota, pcp or mixed", oneOf("mqtt", "fota", "pcp", "mixed")),
 		opt("simulate-cells", func(c *serveConfig) *int { return &c.SimulateCells },

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -255,4 +256,46 @@ func sampleSetting(t *testing.T, field any) (flagArg, yamlValue, tomlValue strin
 	}
 	t.Fatalf("a field of type %T", field)
 	return
+}
+
+// TestServeSmallThings: serve's JSON log writes durations in seconds; the
+// default data folder is ignored by git; the help of --simulate and
+// --mqtt-addr says what they do today.
+func TestServeSmallThings(t *testing.T) {
+	var b bytes.Buffer
+	cfg := defaultServeConfig()
+	cfg.LogFormat = "json"
+	newLogger(cfg, &b).Info("registered", "lifetime", 5*time.Minute)
+	var line map[string]any
+	if err := json.Unmarshal(b.Bytes(), &line); err != nil || line["lifetime"] != 300.0 {
+		t.Errorf("a duration in the JSON log: %s %v", b.Bytes(), err)
+	}
+
+	ignore, err := os.ReadFile("../../.gitignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Fields(string(ignore)), defaultServeConfig().DataDir+"/") {
+		t.Errorf(".gitignore does not ignore the default data folder %s:\n%s", defaultServeConfig().DataDir, ignore)
+	}
+
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "--help"}, &out, &errb); code != 0 {
+		t.Fatalf("serve --help: exit %d %s", code, errb.String())
+	}
+	for flag, want := range map[string][]string{
+		"--simulate ":  {"sim-0 ... sim-N-1", "no socket", "otafleet sim", "--simulate-campaign"},
+		"--mqtt-addr ": {"not started with --mqtt-broker"},
+	} {
+		i := strings.Index(out.String(), flag)
+		if i < 0 {
+			t.Fatalf("serve --help has no %s", flag)
+		}
+		line, _, _ := strings.Cut(out.String()[i:], "\n")
+		for _, w := range want {
+			if !strings.Contains(line, w) {
+				t.Errorf("serve --help: %s does not say %q: %s", flag, w, line)
+			}
+		}
+	}
 }

@@ -264,7 +264,7 @@ or nothing, and on an error the devices of the earlier calls stay.`,
 				cancel()
 				if err != nil {
 					if len(all.DeviceIds) > 0 {
-						return fmt.Errorf("%d devices created before this error: %w", len(all.DeviceIds), err)
+						return fmt.Errorf("%s created before this error: %w", plural(len(all.DeviceIds), "device"), err)
 					}
 					return err
 				}
@@ -272,7 +272,7 @@ or nothing, and on an error the devices of the earlier calls stay.`,
 				devs = devs[n:]
 			}
 			return o.show(all, func() error {
-				_, err := fmt.Fprintf(o.stdout, "created %d devices of product %s\n", len(all.DeviceIds), product)
+				_, err := fmt.Fprintf(o.stdout, "created %s of product %s\n", plural(len(all.DeviceIds), "device"), product)
 				return err
 			})
 		},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -260,6 +261,7 @@ func taskDevices(o *clientOpts) *cobra.Command {
 				return c.tasks.ListTaskDevices(ctx, connect.NewRequest(req))
 			}, func(all, page *v1.ListTaskDevicesResponse) string {
 				all.Devices, all.NextPageToken = append(all.Devices, page.GetDevices()...), page.GetNextPageToken()
+				slices.SortStableFunc(all.Devices, func(a, b *v1.TaskDevice) int { return naturalCompare(a.GetDeviceId(), b.GetDeviceId()) })
 				return all.NextPageToken
 			}, func(all *v1.ListTaskDevicesResponse) error {
 				rows := make([][]string, len(all.Devices))
