@@ -73,6 +73,14 @@ func TestConfigErrors(t *testing.T) {
 	if err := os.WriteFile(ini, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	badValue := filepath.Join(dir, "bad-value.yaml")
+	if err := os.WriteFile(badValue, []byte("timeout-online: [1, 2]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	badTOML := filepath.Join(dir, "bad-value.toml")
+	if err := os.WriteFile(badTOML, []byte("api-addr = 5\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -80,7 +88,13 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve", "--config", bad}, "no-such-key"},
 		{[]string{"serve", "--config", ini}, ".yaml, .yml or .toml"},
 		{[]string{"serve", "--log-format", "xml"}, "--log-format"},
-		{[]string{"serve", "--timeout-download", "0s"}, "Download must be positive"},
+		{[]string{"serve", "--timeout-download", "0s"}, "--timeout-download must be positive, got 0s"},
+		{[]string{"serve", "--cell-cost-good", "60"}, "--cell-cost-good must be in 1..--cell-budget (50), got 60"},
+		{[]string{"serve", "--cell-budget", "0"}, "--cell-budget must be > 0"},
+		{[]string{"serve", "--cell-rsrp-bounds", "-125,-115,-105,-130"}, "RSRP boundaries must satisfy poor < medium < good <= max"},
+		{[]string{"serve", "--cell-sinr-bounds", "1,2"}, `--cell-sinr-bounds wants four whole numbers POOR,MEDIUM,GOOD,MAX, not "1,2"`},
+		{[]string{"serve", "--config", badValue}, "bad-value.yaml: timeout-online: want a duration such as 90s, 5m or 2h"},
+		{[]string{"serve", "--config", badTOML}, "bad-value.toml: api-addr: want a text"},
 		{[]string{"serve", "--simulate-protocol", "zigbee"}, "--simulate-protocol"},
 		{[]string{"serve", "--mqtt-max-connections", "-1"}, "must not be negative"},
 		{[]string{"serve", "--mqtt-connect-timeout", "0s"}, "--mqtt-connect-timeout must be positive"},
@@ -91,6 +105,12 @@ func TestConfigErrors(t *testing.T) {
 		code := run(context.Background(), tc.args, &out, &errb)
 		if code != 2 || !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errb.String(), tc.want)
+		}
+		// The user's words: no Go package prefix or type, no field name.
+		for _, goish := range []string{"fsm:", "time.Duration", "int64", "!!seq", "Download ", "CostGood"} {
+			if strings.Contains(errb.String(), goish) {
+				t.Errorf("%v: %q in %q", tc.args, goish, errb.String())
+			}
 		}
 	}
 }
@@ -123,9 +143,9 @@ func TestBrokerConfig(t *testing.T) {
 // TestSettingsTable: every row of the settings table is a flag and a
 // config-file key (YAML and TOML) that set the same field to the same value,
 // a flag given on the command line wins over the file, and an engine
-// setting reaches the engine's configuration. Every field of serveConfig
-// and every timeout of the device machine is some row's, but the one
-// derived from another.
+// setting reaches the engine's configuration. Every field of serveConfig,
+// every timeout of the device machine (but the one derived from another)
+// and every field of the cell configuration is some row's.
 func TestSettingsTable(t *testing.T) {
 	dir := t.TempDir()
 	seen := map[string]bool{}
@@ -135,7 +155,7 @@ func TestSettingsTable(t *testing.T) {
 		}
 		seen[s.name] = true
 		def := defaultServeConfig()
-		flagArg, yamlValue, tomlValue := sampleSetting(t, s.field(&def))
+		flagArg, yamlValue, tomlValue := sampleSetting(t, s.name, s.field(&def))
 
 		fromFlag := defaultServeConfig()
 		fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
@@ -175,7 +195,11 @@ func TestSettingsTable(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", s.name, err)
 			}
-			if got, want := reflect.ValueOf(s.engine(&eng)).Elem().Interface(), reflect.ValueOf(s.field(&fromFlag)).Elem().Interface(); got != want {
+			if b, ok := s.engine(&eng).(*rangeBounds); ok {
+				if got, want := b.String(), flagArg; got != want {
+					t.Errorf("--%s=%s: the engine has %v", s.name, flagArg, got)
+				}
+			} else if got, want := reflect.ValueOf(s.engine(&eng)).Elem().Interface(), reflect.ValueOf(s.field(&fromFlag)).Elem().Interface(); got != want {
 				t.Errorf("--%s=%s: the engine has %v", s.name, flagArg, got)
 			}
 		}
@@ -185,11 +209,19 @@ func TestSettingsTable(t *testing.T) {
 	var c serveConfig
 	rows := map[uintptr]string{}
 	for _, s := range settings() {
-		p := reflect.ValueOf(s.field(&c)).Pointer()
-		if other, dup := rows[p]; dup {
-			t.Errorf("--%s and --%s set the same field", s.name, other)
+		ps := []uintptr{reflect.ValueOf(s.field(&c)).Pointer()}
+		if b, ok := s.field(&c).(*rangeBounds); ok {
+			ps = ps[:0]
+			for _, f := range b {
+				ps = append(ps, reflect.ValueOf(f).Pointer())
+			}
 		}
-		rows[p] = s.name
+		for _, p := range ps {
+			if other, dup := rows[p]; dup {
+				t.Errorf("--%s and --%s set the same field", s.name, other)
+			}
+			rows[p] = s.name
+		}
 	}
 	want := func(owner string, v reflect.Value, skip ...string) {
 		for i := 0; i < v.NumField(); i++ {
@@ -204,6 +236,7 @@ func TestSettingsTable(t *testing.T) {
 	}
 	want("serveConfig", reflect.ValueOf(&c).Elem(), "Engine")
 	want("devicefsm.Config", reflect.ValueOf(&c.Engine.Device).Elem(), "OnlineMQTT")
+	want("cellfsm.Config", reflect.ValueOf(&c.Engine.Cell).Elem())
 	if _, ok := rows[reflect.ValueOf(&c.Engine.PassivateAfter).Pointer()]; !ok {
 		t.Error("actors.Config.PassivateAfter has no row in the settings table")
 	}
@@ -230,11 +263,27 @@ func TestDerivedMQTTTimeouts(t *testing.T) {
 	}
 }
 
-// sampleSetting is a value of field unlike its current one, written as a
-// flag argument, a YAML value and a TOML value.
-func sampleSetting(t *testing.T, field any) (flagArg, yamlValue, tomlValue string) {
+// sampleSetting is a value of the field of setting name unlike its current
+// one, written as a flag argument, a YAML value and a TOML value. The
+// engine's cell settings stay valid: the budget grows, a cost shrinks (to
+// no less than 1), each range bound moves up by one.
+func sampleSetting(t *testing.T, name string, field any) (flagArg, yamlValue, tomlValue string) {
 	t.Helper()
 	switch p := field.(type) {
+	case *uint32:
+		v := *p - 1
+		if *p <= 1 || name == "cell-budget" {
+			v = *p + 1
+		}
+		s := strconv.FormatUint(uint64(v), 10)
+		return s, s, s
+	case *rangeBounds:
+		var vs []string
+		for _, b := range p {
+			vs = append(vs, strconv.Itoa(int(*b)+1))
+		}
+		list := strings.Join(vs, ",")
+		return list, "[" + strings.Join(vs, ", ") + "]", strconv.Quote(list)
 	case *string:
 		v := "http://x" + *p
 		return v, strconv.Quote(v), strconv.Quote(v)

@@ -108,5 +108,5 @@ var wants = map[string]string{
 	"uint32":   "a whole number, 0 or more",
 	"float64":  "a number",
 	"duration": "a duration such as 90s, 5m or 2h",
-	"string":   "a text",
+	"string":   "a text (in quotes in TOML)",
 }
