@@ -216,7 +216,7 @@ func settings() []setting {
 		opt("log-format", func(c *serveConfig) *string { return &c.LogFormat },
 			"log format: text or json", oneOf("text", "json")),
 		opt("log-level", func(c *serveConfig) *string { return &c.LogLevel },
-			"log level: debug, info, warn or error"),
+			"log level: debug, info, warn or error", oneOf("debug", "info", "warn", "error")),
 		// The protocol timeouts of spec 6.1, set in the engine's configuration
 		// (which checks them); T1's MQTT derivatives are in the comment above.
 		engineOpt("timeout-online", func(e *actors.Config) *time.Duration { return &e.Device.Online },
@@ -464,6 +464,9 @@ func (c *serveConfig) loadFile(path string, given func(name string) bool) error 
 	case ".yaml", ".yml":
 		var doc map[string]yaml.Node
 		if err := yaml.Unmarshal(b, &doc); err != nil {
+			if te := new(yaml.TypeError); errors.As(err, &te) {
+				return fmt.Errorf("%s: want settings as key: value lines, one per setting", path) // not the decoder's Go types
+			}
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		return decode(slices.Collect(maps.Keys(doc)), func(k string, field any) error {
@@ -476,7 +479,12 @@ func (c *serveConfig) loadFile(path string, given func(name string) bool) error 
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		return decode(slices.Collect(maps.Keys(doc)), func(k string, field any) error { return md.PrimitiveDecode(doc[k], field) })
+		return decode(slices.Collect(maps.Keys(doc)), func(k string, field any) error {
+			if _, ok := field.(*time.Duration); ok && md.Type(k) != "String" {
+				return errors.New("a duration is a string") // TOML would take a number as nanoseconds
+			}
+			return md.PrimitiveDecode(doc[k], field)
+		})
 	default:
 		return fmt.Errorf("%s: config files are .yaml, .yml or .toml, not %q", path, ext)
 	}

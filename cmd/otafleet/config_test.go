@@ -77,8 +77,16 @@ func TestConfigErrors(t *testing.T) {
 	if err := os.WriteFile(badValue, []byte("timeout-online: [1, 2]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	list := filepath.Join(dir, "list.yaml")
+	if err := os.WriteFile(list, []byte("- timeout-online: 2h\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	badTOML := filepath.Join(dir, "bad-value.toml")
 	if err := os.WriteFile(badTOML, []byte("api-addr = 5\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nanos := filepath.Join(dir, "nanos.toml")
+	if err := os.WriteFile(nanos, []byte("timeout-online = 5\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -88,6 +96,7 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve", "--config", bad}, "no-such-key"},
 		{[]string{"serve", "--config", ini}, ".yaml, .yml or .toml"},
 		{[]string{"serve", "--log-format", "xml"}, "--log-format"},
+		{[]string{"serve", "--log-level", "verbose"}, `--log-level must be debug, info, warn or error, not "verbose"`},
 		{[]string{"serve", "--timeout-download", "0s"}, "--timeout-download must be positive, got 0s"},
 		{[]string{"serve", "--cell-cost-good", "60"}, "--cell-cost-good must be in 1..--cell-budget (50), got 60"},
 		{[]string{"serve", "--cell-budget", "0"}, "--cell-budget must be > 0"},
@@ -95,6 +104,8 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve", "--cell-sinr-bounds", "1,2"}, `--cell-sinr-bounds wants four whole numbers POOR,MEDIUM,GOOD,MAX, not "1,2"`},
 		{[]string{"serve", "--config", badValue}, "bad-value.yaml: timeout-online: want a duration such as 90s, 5m or 2h"},
 		{[]string{"serve", "--config", badTOML}, "bad-value.toml: api-addr: want a text"},
+		{[]string{"serve", "--config", list}, "list.yaml: want settings as key: value lines"},
+		{[]string{"serve", "--config", nanos}, "nanos.toml: timeout-online: want a duration such as 90s, 5m or 2h"},
 		{[]string{"serve", "--simulate-protocol", "zigbee"}, "--simulate-protocol"},
 		{[]string{"serve", "--mqtt-max-connections", "-1"}, "must not be negative"},
 		{[]string{"serve", "--mqtt-connect-timeout", "0s"}, "--mqtt-connect-timeout must be positive"},
@@ -107,7 +118,7 @@ func TestConfigErrors(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errb.String(), tc.want)
 		}
 		// The user's words: no Go package prefix or type, no field name.
-		for _, goish := range []string{"fsm:", "time.Duration", "int64", "!!seq", "Download ", "CostGood"} {
+		for _, goish := range []string{"fsm:", "time.Duration", "int64", "!!seq", "map[", "Download ", "CostGood"} {
 			if strings.Contains(errb.String(), goish) {
 				t.Errorf("%v: %q in %q", tc.args, goish, errb.String())
 			}
