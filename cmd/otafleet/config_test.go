@@ -96,7 +96,7 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve", "--config", bad}, "no-such-key"},
 		{[]string{"serve", "--config", ini}, ".yaml, .yml or .toml"},
 		{[]string{"serve", "--log-format", "xml"}, "--log-format"},
-		{[]string{"serve", "--log-level", "verbose"}, `--log-level must be debug, info, warn or error, not "verbose"`},
+		{[]string{"serve", "--log-level", "verbose", "--token-ttl", "0s"}, `--log-level must be debug, info, warn or error, not "verbose"`},
 		{[]string{"serve", "--timeout-download", "0s"}, "--timeout-download must be positive, got 0s"},
 		{[]string{"serve", "--cell-cost-good", "60"}, "--cell-cost-good must be in 1..--cell-budget (50), got 60"},
 		{[]string{"serve", "--cell-budget", "0"}, "--cell-budget must be > 0"},
