@@ -89,6 +89,9 @@ func TestConfigErrors(t *testing.T) {
 	if err := os.WriteFile(nanos, []byte("timeout-online = 5\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Each config file case also gives a bad --log-format, and the bad
+	// --log-level a bad --token-ttl (a later row): a value wrongly taken
+	// fails on those instead of starting a server.
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -102,10 +105,10 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve", "--cell-budget", "0"}, "--cell-budget must be > 0"},
 		{[]string{"serve", "--cell-rsrp-bounds", "-125,-115,-105,-130"}, "RSRP boundaries must satisfy poor < medium < good <= max"},
 		{[]string{"serve", "--cell-sinr-bounds", "1,2"}, `--cell-sinr-bounds wants four whole numbers POOR,MEDIUM,GOOD,MAX, not "1,2"`},
-		{[]string{"serve", "--config", badValue}, "bad-value.yaml: timeout-online: want a duration such as 90s, 5m or 2h"},
-		{[]string{"serve", "--config", badTOML}, "bad-value.toml: api-addr: want a text"},
-		{[]string{"serve", "--config", list}, "list.yaml: want settings as key: value lines"},
-		{[]string{"serve", "--config", nanos}, "nanos.toml: timeout-online: want a duration such as 90s, 5m or 2h"},
+		{[]string{"serve", "--config", badValue, "--log-format", "xml"}, "bad-value.yaml: timeout-online: want a duration such as 90s, 5m or 2h"},
+		{[]string{"serve", "--config", badTOML, "--log-format", "xml"}, "bad-value.toml: api-addr: want a text"},
+		{[]string{"serve", "--config", list, "--log-format", "xml"}, "list.yaml: want settings as key: value lines"},
+		{[]string{"serve", "--config", nanos, "--log-format", "xml"}, "nanos.toml: timeout-online: want a duration such as 90s, 5m or 2h"},
 		{[]string{"serve", "--simulate-protocol", "zigbee"}, "--simulate-protocol"},
 		{[]string{"serve", "--mqtt-max-connections", "-1"}, "must not be negative"},
 		{[]string{"serve", "--mqtt-connect-timeout", "0s"}, "--mqtt-connect-timeout must be positive"},
