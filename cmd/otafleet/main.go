@@ -52,6 +52,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	fmt.Fprintln(stderr, "otafleet:", err)
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		fmt.Fprintln(stderr, "otafleet: nothing answers there: is otafleet serve running? (--api, $"+envAPI+" or --data-dir say where)")
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code

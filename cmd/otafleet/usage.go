@@ -14,8 +14,13 @@ import (
 // the wrong number of arguments. Anything that goes wrong later exits 1.
 const exitUsage = 2
 
-// usageError marks err as a usage error of cmd.
+// usageError marks err as a usage error (exit 2).
 func usageError(err error) error { return &exitError{code: exitUsage, err: err} }
+
+// usageOf is a usage error of cmd, followed by how cmd is used.
+func usageOf(cmd *cobra.Command, err error) error {
+	return usageError(fmt.Errorf("%w\nusage: %s", err, cmd.UseLine()))
+}
 
 // usageErrors makes every usage error cobra finds in the tree under root
 // exit 2: argument counts, required flags, flag values (in user words, see
@@ -28,10 +33,10 @@ func usageErrors(root *cobra.Command) {
 	// pre-run hook of its own).
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		if err := cmd.ValidateRequiredFlags(); err != nil {
-			return usageError(fmt.Errorf("%w\nusage: %s", err, cmd.UseLine()))
+			return usageOf(cmd, err)
 		}
 		if err := cmd.ValidateFlagGroups(); err != nil {
-			return usageError(fmt.Errorf("%w\nusage: %s", err, cmd.UseLine()))
+			return usageOf(cmd, err)
 		}
 		return nil
 	}
@@ -51,7 +56,7 @@ func usageErrors(root *cobra.Command) {
 		} else if check := cmd.Args; check != nil {
 			cmd.Args = func(cmd *cobra.Command, args []string) error {
 				if err := check(cmd, args); err != nil {
-					return usageError(fmt.Errorf("%w\nusage: %s", err, cmd.UseLine()))
+					return usageOf(cmd, err)
 				}
 				return nil
 			}

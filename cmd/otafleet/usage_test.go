@@ -50,8 +50,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		append(append(task, "--schedule", "90m"), client...),
 	} {
 		var out, errb bytes.Buffer
-		if code := run(context.Background(), args, &out, &errb); code != 1 {
-			t.Errorf("%v: exit %d, want 1 (no server): %s", args, code, errb.String())
+		if code := run(context.Background(), args, &out, &errb); code != 1 || !strings.Contains(errb.String(), "is otafleet serve running?") {
+			t.Errorf("%v: exit %d, want 1 (no server) and a hint: %s", args, code, errb.String())
 		}
 	}
 }
