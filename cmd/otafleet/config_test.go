@@ -65,30 +65,19 @@ func TestConfigFileAndFlags(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
-	bad := filepath.Join(dir, "bad.yaml")
-	if err := os.WriteFile(bad, []byte("no-such-key: 1\n"), 0o644); err != nil {
-		t.Fatal(err)
+	file := func(name, text string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
 	}
-	ini := filepath.Join(dir, "c.ini")
-	if err := os.WriteFile(ini, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	badValue := filepath.Join(dir, "bad-value.yaml")
-	if err := os.WriteFile(badValue, []byte("timeout-online: [1, 2]\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	list := filepath.Join(dir, "list.yaml")
-	if err := os.WriteFile(list, []byte("- timeout-online: 2h\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	badTOML := filepath.Join(dir, "bad-value.toml")
-	if err := os.WriteFile(badTOML, []byte("api-addr = 5\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	nanos := filepath.Join(dir, "nanos.toml")
-	if err := os.WriteFile(nanos, []byte("timeout-online = 5\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	bad := file("bad.yaml", "no-such-key: 1\n")
+	ini := file("c.ini", "")
+	badValue := file("bad-value.yaml", "timeout-online: [1, 2]\n")
+	list := file("list.yaml", "- timeout-online: 2h\n")
+	badTOML := file("bad-value.toml", "api-addr = 5\n")
+	nanos := file("nanos.toml", "timeout-online = 5\n")
 	// Each config file case also gives a bad --log-format, and the bad
 	// --log-level a bad --token-ttl (a later row): a value wrongly taken
 	// fails on those instead of starting a server.
