@@ -37,6 +37,7 @@ type rig struct {
 
 	mu         sync.Mutex
 	peak       map[string]uint32
+	used       map[string]uint32 // each cell's units after its last step
 	violations []string
 }
 
@@ -49,7 +50,7 @@ func newRig(t *testing.T, clk *clocktest.Clock, store persistence.EventStore, tr
 // checked against its cell budget.
 func newRigConfig(t *testing.T, cfg actors.Config, clk *clocktest.Clock, store persistence.EventStore, tr *memtransport.Transport, up *transport.LateUplinks) *rig {
 	t.Helper()
-	r := &rig{t: t, clk: clk, store: store, tr: tr, reg: prometheus.NewRegistry(), peak: map[string]uint32{}}
+	r := &rig{t: t, clk: clk, store: store, tr: tr, reg: prometheus.NewRegistry(), peak: map[string]uint32{}, used: map[string]uint32{}}
 	cellCfg := cfg.Default().Cell
 	e, err := actors.New(cfg, actors.Deps{
 		Store: store, Clock: clk, Transport: tr, Metrics: r.reg,
@@ -60,6 +61,7 @@ func newRigConfig(t *testing.T, cfg actors.Config, clk *clocktest.Clock, store p
 				r.violations = append(r.violations, fmt.Sprintf("%s: used %d: %v", id, s.Used(), err))
 			}
 			r.peak[id] = max(r.peak[id], s.Used())
+			r.used[id] = s.Used()
 		},
 	})
 	if err != nil {

@@ -163,7 +163,7 @@ func (m *cellMachine) deadline(string, uint64) proto.Message { return nil }
 
 func (m *cellMachine) commit(next any) {
 	s := next.(cellfsm.State)
-	m.e.metrics.budget.Add(float64(int64(s.Used()) - int64(m.s.Used())))
+	m.e.metrics.setUsed(s.Cell, s.Used())
 	m.e.metrics.waiting.Add(float64(s.Waiting() - m.s.Waiting()))
 	m.s = s
 	m.e.metrics.raisePeak(s.Used())
@@ -269,12 +269,12 @@ func (m *taskMachine) activated()   { m.e.metrics.addProgress(m.s.Progress(), +1
 func (m *taskMachine) deactivated() { m.e.metrics.addProgress(m.s.Progress(), -1) }
 
 func (m *cellMachine) activated() {
-	m.e.metrics.budget.Add(float64(m.s.Used()))
+	m.e.metrics.setUsed(m.s.Cell, m.s.Used())
 	m.e.metrics.waiting.Add(float64(m.s.Waiting()))
 }
 
 func (m *cellMachine) deactivated() {
-	m.e.metrics.budget.Sub(float64(m.s.Used()))
+	m.e.metrics.setUsed(m.s.Cell, 0)
 	m.e.metrics.waiting.Sub(float64(m.s.Waiting()))
 }
 

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"errors"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,8 +18,15 @@ type metrics struct {
 	duplicates *prometheus.CounterVec
 	commit     prometheus.Histogram
 	subtasks   *prometheus.GaugeVec
-	budget     prometheus.Gauge // units in use, summed over live cells
 	waiting    prometheus.Gauge
+
+	// inUse exposes the units the busiest live cell holds now: used holds
+	// each live cell's units (cells step on their own goroutines, hence
+	// usedMu). One series, not one per cell, so that it reads against the
+	// per-cell budget.
+	usedMu sync.Mutex
+	used   map[string]uint32
+	inUse  prometheus.GaugeFunc
 
 	// cellBudget is the configured per-cell budget; cellPeak exposes peak,
 	// the most units one cell has held at once since the engine was built;
@@ -50,9 +58,7 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 		subtasks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "otafleet_subtasks", Help: "Sub-tasks of live tasks by status.",
 		}, []string{"status"}),
-		budget: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "otafleet_cell_budget_units_in_use", Help: "Radio budget units held, summed over live cells.",
-		}),
+		used: map[string]uint32{},
 		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "otafleet_cell_devices_waiting", Help: "Devices queued for a cell slot, summed over live cells.",
 		}),
@@ -64,6 +70,9 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 			Help: "Cell steps whose new state broke the cell budget invariant (more units in use than the budget, or inconsistent holders).",
 		}),
 	}
+	m.inUse = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "otafleet_cell_budget_units_in_use", Help: "Radio budget units the busiest cell holds now (at most the per-cell budget).",
+	}, func() float64 { return float64(m.busiest()) })
 	m.cellPeak = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "otafleet_cell_budget_units_peak", Help: "The most radio budget units any single cell has held at once since the engine started.",
 	}, func() float64 { return float64(m.peak.Load()) })
@@ -71,7 +80,7 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	for _, c := range []prometheus.Collector{m.alive, m.appended, m.duplicates, m.commit, m.subtasks, m.budget, m.waiting, m.cellBudget, m.cellPeak, m.violations} {
+	for _, c := range []prometheus.Collector{m.alive, m.appended, m.duplicates, m.commit, m.subtasks, m.inUse, m.waiting, m.cellBudget, m.cellPeak, m.violations} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
@@ -93,6 +102,29 @@ func (m *metrics) addProgress(p taskfsm.Progress, sign float64) {
 			m.subtasks.WithLabelValues(status).Add(sign * float64(n))
 		}
 	}
+}
+
+// setUsed records the units a live cell holds; a cell that leaves memory
+// (or holds none) is forgotten.
+func (m *metrics) setUsed(cell string, used uint32) {
+	m.usedMu.Lock()
+	defer m.usedMu.Unlock()
+	if used == 0 {
+		delete(m.used, cell)
+		return
+	}
+	m.used[cell] = used
+}
+
+// busiest is the most units a live cell holds now.
+func (m *metrics) busiest() uint32 {
+	m.usedMu.Lock()
+	defer m.usedMu.Unlock()
+	var most uint32
+	for _, u := range m.used {
+		most = max(most, u)
+	}
+	return most
 }
 
 // raisePeak records that a cell holds used units: the peak only grows. Cells

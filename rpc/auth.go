@@ -11,8 +11,8 @@ import (
 )
 
 var (
-	errNoToken    = errors.New("rpc: missing bearer token: send the header \"Authorization: Bearer <token>\"")
-	errWrongToken = errors.New("rpc: invalid bearer token")
+	errNoToken    = errors.New("missing bearer token: send the header \"Authorization: Bearer <token>\"")
+	errWrongToken = errors.New("invalid bearer token")
 )
 
 // RequireToken returns next behind the API's bearer-token check: a request

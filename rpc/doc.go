@@ -24,7 +24,10 @@
 // a taskfsm.FieldError keeps its field and problem),
 // unknown IDs not_found, duplicates already_exists, records still referenced
 // failed_precondition, oversized files resource_exhausted, and anything else
-// internal, logged but never described to the client.
+// internal, logged but never described to the client. Messages are in the
+// user's words: the Go package and kind of an error from below
+// ("persistence: not found: ", "taskfsm: invalid transition: ") are left out
+// by an interceptor (plainErrors), since the code says the kind.
 //
 // The handler speaks Connect, gRPC and gRPC-Web; serve it over HTTP/1.1 and
 // h2c (http.Server.Protocols with SetUnencryptedHTTP2) so that gRPC clients

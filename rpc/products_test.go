@@ -2,6 +2,7 @@ package rpc_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -84,6 +85,12 @@ func TestProductInUse(t *testing.T) {
 	}
 	_, err := e.products.DeleteProduct(ctx, connect.NewRequest(&v1.DeleteProductRequest{ProductId: pid}))
 	wantCode(t, err, connect.CodeFailedPrecondition)
+	wantPlain(t, err, fmt.Sprintf(`product %q has devices (device "d1")`, pid))
+	_, err = e.devices.CreateDevices(ctx, connect.NewRequest(&v1.CreateDevicesRequest{
+		ProductId: pid, Devices: []*v1.NewDevice{{DeviceId: "d1"}},
+	}))
+	wantCode(t, err, connect.CodeAlreadyExists)
+	wantPlain(t, err, `device "d1"`)
 }
 
 func TestCreateProductInvalid(t *testing.T) {

@@ -82,6 +82,7 @@ func NewHandler(d Deps) (http.Handler, error) {
 			s.log.Error("rpc: handler panicked", "procedure", spec.Procedure, "panic", fmt.Sprint(p))
 			return connect.NewError(connect.CodeInternal, errInternal)
 		}),
+		connect.WithInterceptors(plainErrors{}),
 	}
 	mux := http.NewServeMux()
 	mux.Handle(otafleetv1connect.NewProductServiceHandler(&productServer{server: s}, opts...))

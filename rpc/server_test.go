@@ -117,6 +117,17 @@ func (e *env) client(token string) *http.Client {
 }
 
 // wantCode fails unless err is a Connect error with code.
+// wantPlain fails unless err's message, as the client reads it, is want:
+// in the user's words, without the Go package and kind of an error from
+// below ("persistence: in use: ").
+func wantPlain(t *testing.T, err error, want string) {
+	t.Helper()
+	ce := new(connect.Error)
+	if !errors.As(err, &ce) || ce.Message() != want {
+		t.Fatalf("message %q, want %q", err, want)
+	}
+}
+
 func wantCode(t *testing.T, err error, code connect.Code) {
 	t.Helper()
 	if err == nil {

@@ -48,25 +48,12 @@ var _ otafleetv1connect.TaskServiceHandler = (*taskServer)(nil)
 
 // engineErr maps an engine error: invalid input → invalid_argument (a
 // taskfsm.FieldError as "field: problem", the text API users have always
-// seen), an invalid transition (e.g. stopping a finished task) →
-// failed_precondition, an unknown task → not_found; the rest as toConnect.
+// seen); the rest as toConnect (an invalid transition, e.g. stopping a
+// finished task → failed_precondition, an unknown task → not_found; see
+// kinds).
 func engineErr(log *slog.Logger, op string, err error) error {
-	var fe *taskfsm.FieldError
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &fe):
+	if fe := new(taskfsm.FieldError); errors.As(err, &fe) {
 		return invalid(fe.Field, "%s", fe.Problem)
-	case errors.Is(err, taskfsm.ErrInvalidInput):
-		return connect.NewError(connect.CodeInvalidArgument, err)
-	case errors.Is(err, taskfsm.ErrInvalidTransition):
-		return connect.NewError(connect.CodeFailedPrecondition, err)
-	case errors.Is(err, actors.ErrNotFound):
-		return connect.NewError(connect.CodeNotFound, err)
-	case errors.Is(err, actors.ErrClosed):
-		return connect.NewError(connect.CodeUnavailable, err)
-	case errors.Is(err, actors.ErrTimeout):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	}
 	return toConnect(log, op, err)
 }

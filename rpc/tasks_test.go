@@ -407,9 +407,10 @@ func TestTaskLifecycle(t *testing.T) {
 	_, err = te.tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id, PageToken: "x"}))
 	wantCode(t, err, connect.CodeInvalidArgument)
 
-	// A finished task cannot stop.
+	// A finished task cannot stop, and the message says so plainly.
 	_, err = te.tasks.StopTask(ctx, connect.NewRequest(&v1.StopTaskRequest{TaskId: id}))
 	wantCode(t, err, connect.CodeFailedPrecondition)
+	wantPlain(t, err, fmt.Sprintf("task %q has already finished (PARTIAL_SUCCESS); only a waiting or processing task can be stopped", id))
 
 	// The failed device's timeline: its job, stages, reports and outcome.
 	tl, err := te.devices.GetDeviceTimeline(ctx, connect.NewRequest(&v1.GetDeviceTimelineRequest{DeviceId: "fw-2", PageSize: 1000}))
@@ -530,6 +531,7 @@ func TestStopTask(t *testing.T) {
 	}
 	_, err = te.tasks.StopTask(ctx, connect.NewRequest(&v1.StopTaskRequest{TaskId: id}))
 	wantCode(t, err, connect.CodeFailedPrecondition)
+	wantPlain(t, err, fmt.Sprintf("task %q is already stopped", id))
 
 	// Watching a finished task sends its state and ends.
 	stream, err := te.tasks.WatchTask(ctx, connect.NewRequest(&v1.WatchTaskRequest{TaskId: id}))

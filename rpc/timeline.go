@@ -31,7 +31,7 @@ const (
 // maxTimelineOffset bounds a timeline page token.
 const maxTimelineOffset = 1 << 40
 
-var errNoStore = errors.New("rpc: the device timeline is not available on this server (no event store)")
+var errNoStore = errors.New("the device timeline is not available on this server (no event store)")
 
 // timelineEntry is one rendered entry before paging.
 type timelineEntry struct {

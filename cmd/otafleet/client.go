@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -40,7 +42,7 @@ type clientOpts struct {
 	json     bool
 	quiet    bool
 	timeout  time.Duration
-	progress string
+	progress progressMode
 
 	stdout, stderr io.Writer
 }
@@ -55,7 +57,8 @@ func (o *clientOpts) register(cmd *cobra.Command) {
 	fs.BoolVar(&o.json, "json", false, "print the server's answer as JSON (the Connect JSON of the response message) instead of a table")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "print only the IDs of the answer, one per line (for scripts: P=$(otafleet product create ... -q))")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "deadline of each call (not of uploads and watches)")
-	fs.StringVar(&o.progress, "progress", "auto", "progress bars: auto (when stderr is a terminal), always or never")
+	o.progress = "auto"
+	fs.Var(&o.progress, "progress", "progress bars: auto (when stderr is a terminal), always or never")
 }
 
 // client is a connection to the API.
@@ -117,7 +120,7 @@ func (o *clientOpts) baseURL() (string, error) {
 		addr = "http://" + addr
 	}
 	if !strings.HasPrefix(addr, "http://") && !strings.HasPrefix(addr, "https://") {
-		return "", &exitError{code: 2, err: fmt.Errorf("--api %q: want host:port, http://host:port or https://host:port", addr)}
+		return "", usageError(fmt.Errorf("--api %q: want host:port, http://host:port or https://host:port", addr))
 	}
 	return strings.TrimSuffix(addr, "/"), nil
 }
@@ -133,7 +136,7 @@ func (o *clientOpts) resolvedToken() (string, error) {
 	path := filepath.Join(o.resolvedDataDir(), "api-token")
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", &exitError{code: 2, err: fmt.Errorf("no API token: pass --token, set %s, or point --data-dir at the server's data folder (%s does not exist)", envToken, path)}
+		return "", usageError(fmt.Errorf("no API token: pass --token, set %s, or point --data-dir at the server's data folder (%s does not exist)", envToken, path))
 	}
 	if err != nil {
 		return "", fmt.Errorf("reading the API token: %w", err)
@@ -176,6 +179,20 @@ func (o *clientOpts) call(ctx context.Context) (context.Context, context.CancelF
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, o.timeout)
+}
+
+// progressMode is the value of --progress: auto, always or never; the flag
+// refuses any other.
+type progressMode string
+
+func (p *progressMode) String() string { return string(*p) }
+func (p *progressMode) Type() string   { return "auto|always|never" }
+func (p *progressMode) Set(v string) error {
+	if err := oneOf("auto", "always", "never")(v); err != nil {
+		return err
+	}
+	*p = progressMode(v)
+	return nil
 }
 
 // showProgress reports whether progress bars are drawn.
@@ -276,6 +293,45 @@ func fmtTime(ts *timestamppb.Timestamp) string {
 	return ts.AsTime().UTC().Format(time.RFC3339)
 }
 
+// plural is "1 device", "2 devices": n and the noun in its number.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
+// naturalCompare orders IDs as people count: the digit runs of a and b
+// compare by their numbers, so sim-2 comes before sim-10; the rest
+// compares byte by byte.
+func naturalCompare(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digitRun(a), digitRun(b)
+		if da == 0 || db == 0 {
+			if a[0] != b[0] {
+				return cmp.Compare(a[0], b[0])
+			}
+			a, b = a[1:], b[1:]
+			continue
+		}
+		na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+		if c := cmp.Or(cmp.Compare(len(na), len(nb)), strings.Compare(na, nb), cmp.Compare(da, db)); c != 0 {
+			return c
+		}
+		a, b = a[da:], b[db:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+// digitRun is the length of the run of ASCII digits s starts with.
+func digitRun(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
+}
+
 // orDash returns s, or "-" when empty.
 func orDash(s string) string {
 	if s == "" {
@@ -305,7 +361,7 @@ func parseEnum(flag, word, prefix string, values map[string]int32) (int32, error
 		}
 	}
 	slices.Sort(names)
-	return 0, &exitError{code: 2, err: fmt.Errorf("%s %q: want one of %s", flag, word, strings.Join(names, ", "))}
+	return 0, usageError(fmt.Errorf("%s %q: want one of %s", flag, word, strings.Join(names, ", ")))
 }
 
 // listFlags are the paging flags of list verbs.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,6 +113,21 @@ func TestRecordIDs(t *testing.T) {
 	} {
 		if got := fmt.Sprint(recordIDs(c.m.ProtoReflect())); got != c.want {
 			t.Errorf("%T: %s, want %s", c.m, got, c.want)
+		}
+	}
+}
+
+// TestNaturalOrder: IDs sort as people count (sim-2 before sim-10), which
+// task devices shows; counted nouns agree with their number.
+func TestNaturalOrder(t *testing.T) {
+	ids := []string{"sim-10", "sim-2", "b", "sim-1", "a10", "a9", "sim-02", "sim-", "a", "sim-100"}
+	slices.SortFunc(ids, naturalCompare)
+	if got, want := strings.Join(ids, " "), "a a9 a10 b sim- sim-1 sim-2 sim-02 sim-10 sim-100"; got != want {
+		t.Errorf("sorted: %s, want %s", got, want)
+	}
+	for n, want := range map[int]string{0: "0 devices", 1: "1 device", 2: "2 devices"} {
+		if got := plural(n, "device"); got != want {
+			t.Errorf("plural(%d) = %q", n, got)
 		}
 	}
 }

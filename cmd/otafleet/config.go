@@ -1,12 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,7 +19,9 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
+	"github.com/otafleet/otafleet/actors/task/taskfsm"
 	"github.com/otafleet/otafleet/internal/minrate"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/mqtt"
@@ -31,8 +37,9 @@ type serveConfig struct {
 	LogLevel  string
 
 	// Engine is the engine's configuration. The table sets the protocol
-	// timeouts of spec 6.1 (T1..T10) and PassivateAfter in it; engineConfig
-	// adds the timeouts derived from them.
+	// timeouts of spec 6.1 (T1..T10), the cells' budget, costs and range
+	// bounds (decision 1) and PassivateAfter in it; engineConfig adds the
+	// timeouts derived from them.
 	Engine actors.Config
 	// TokenTTL is T11, the download tokens' lifetime.
 	TokenTTL time.Duration
@@ -131,7 +138,8 @@ type setting struct {
 	name  string
 	usage string // the flag's help
 	// field is the field the setting sets in c: a *string, *bool, *int,
-	// *int64, *float64 or *time.Duration.
+	// *int64, *uint32, *float64 or *time.Duration, or a *rangeBounds bound
+	// to four fields.
 	field func(c *serveConfig) any
 	// engine is, for a setting of the engine, the same field in an
 	// actors.Config (nil for the others).
@@ -143,7 +151,7 @@ type setting struct {
 
 // value is what a setting holds.
 type value interface {
-	string | bool | int | int64 | float64 | time.Duration
+	string | bool | int | int64 | uint32 | float64 | time.Duration
 }
 
 // opt is a setting bound to a field of serveConfig; checks each say why a
@@ -163,19 +171,33 @@ func opt[T value](name string, field func(*serveConfig) *T, usage string, checks
 	}
 }
 
-// engineOpt is a setting bound to a timeout of the engine's configuration,
+// engineOpt is a setting bound to a field of the engine's configuration,
 // which validates it with the others (actors.Config.Validate).
-func engineOpt(name string, field func(*actors.Config) *time.Duration, usage string, checks ...func(time.Duration) error) setting {
-	s := opt(name, func(c *serveConfig) *time.Duration { return field(&c.Engine) }, usage, checks...)
+func engineOpt[T value](name string, field func(*actors.Config) *T, usage string, checks ...func(T) error) setting {
+	s := opt(name, func(c *serveConfig) *T { return field(&c.Engine) }, usage, checks...)
 	s.engine = func(e *actors.Config) any { return field(e) }
 	return s
+}
+
+// boundsOpt is a setting bound to the four range bounds of one radio metric
+// in the engine's cell configuration (cellfsm.Config), given as one comma
+// list, lowest first.
+func boundsOpt(name string, bounds func(*cellfsm.Config) rangeBounds, usage string) setting {
+	return setting{
+		name: name, usage: usage,
+		field:  func(c *serveConfig) any { b := bounds(&c.Engine.Cell); return &b },
+		engine: func(e *actors.Config) any { b := bounds(&e.Cell); return &b },
+		check:  func(serveConfig) error { return nil }, // cellfsm.Config.Validate orders them
+	}
 }
 
 // settings is the table of `otafleet serve`'s settings: each row is a flag,
 // the config-file key of the same name, the field it sets (its default in
 // defaultServeConfig) and the checks of its value; the engine's rows set
 // the engine's configuration. Adding a protocol timeout is a field in
-// devicefsm.Config with its default there, and a row here.
+// devicefsm.Config with its default there, and a row here; the same for a
+// cell setting in cellfsm.Config. The engine validates its settings as a
+// whole (actors.Config.Validate); engineErr names the flags in its errors.
 //
 // Two MQTT timeouts derive from --timeout-online (T1) and have no row:
 //   - The MQTT online wait (devicefsm.Config.OnlineMQTT) is T1 + 1 h: spec
@@ -194,7 +216,7 @@ func settings() []setting {
 		opt("log-format", func(c *serveConfig) *string { return &c.LogFormat },
 			"log format: text or json", oneOf("text", "json")),
 		opt("log-level", func(c *serveConfig) *string { return &c.LogLevel },
-			"log level: debug, info, warn or error"),
+			"log level: debug, info, warn or error", oneOf("debug", "info", "warn", "error")),
 		// The protocol timeouts of spec 6.1, set in the engine's configuration
 		// (which checks them); T1's MQTT derivatives are in the comment above.
 		engineOpt("timeout-online", func(e *actors.Config) *time.Duration { return &e.Device.Online },
@@ -222,7 +244,7 @@ func settings() []setting {
 			"T11: download token lifetime (used by the download server)", positive),
 		// The embedded MQTT broker and what a device may cost it (0: no limit).
 		opt("mqtt-addr", func(c *serveConfig) *string { return &c.MQTTAddr },
-			"embedded MQTT broker, plain (IoTDA devices use plain MQTT only on a port containing 1883); \"\" turns it off"),
+			"embedded MQTT broker for IoTDA devices, plain MQTT (--mqtts-addr adds TLS); not started with --mqtt-broker; port 0 picks one; \"\" turns it off"),
 		opt("mqtts-addr", func(c *serveConfig) *string { return &c.MQTTSAddr },
 			"embedded MQTT broker over TLS (e.g. 127.0.0.1:8883), with the --tls-cert certificate; \"\" (default) turns it off"),
 		opt("mqtt-require-timestamp", func(c *serveConfig) *bool { return &c.MQTTRequireTimestamp },
@@ -280,6 +302,24 @@ func settings() []setting {
 			"API and download server: bytes per second a request or response body must move at least, measured over --min-transfer-window of transfer time (waits between messages of a stream do not count); 0 turns it off"),
 		opt("min-transfer-window", func(c *serveConfig) *time.Duration { return &c.MinTransferWindow },
 			"the window of --min-transfer-rate: each rate × window bytes must move within one window"),
+		// The cells' radio budget (spec 1.3, decision 1), which
+		// cellfsm.Config.Validate checks as a whole.
+		engineOpt("cell-budget", func(e *actors.Config) *uint32 { return &e.Cell.Budget },
+			"radio units each cell lends out at once, across all tasks"),
+		engineOpt("cell-cost-good", func(e *actors.Config) *uint32 { return &e.Cell.CostGood },
+			"units a device with good coverage costs (1..--cell-budget)"),
+		engineOpt("cell-cost-medium", func(e *actors.Config) *uint32 { return &e.Cell.CostMedium },
+			"units a device with medium coverage costs (1..--cell-budget)"),
+		engineOpt("cell-cost-poor", func(e *actors.Config) *uint32 { return &e.Cell.CostPoor },
+			"units a device with poor coverage, or a radio value outside every range, costs (1..--cell-budget)"),
+		engineOpt("cell-cost-cell-only", func(e *actors.Config) *uint32 { return &e.Cell.CostCellOnly },
+			"units a device costs when only its cell ID is known (1..--cell-budget)"),
+		boundsOpt("cell-rsrp-bounds", func(c *cellfsm.Config) rangeBounds {
+			return rangeBounds{&c.RSRPPoorMin, &c.RSRPMediumMin, &c.RSRPGoodMin, &c.RSRPMax}
+		}, "RSRP ranges in dBm, as POOR,MEDIUM,GOOD,MAX: poor from POOR, medium from MEDIUM, good from GOOD up to MAX (inclusive); a value outside is out of range"),
+		boundsOpt("cell-sinr-bounds", func(c *cellfsm.Config) rangeBounds {
+			return rangeBounds{&c.SINRPoorMin, &c.SINRMediumMin, &c.SINRGoodMin, &c.SINRMax}
+		}, "SINR ranges in dB, as POOR,MEDIUM,GOOD,MAX: poor from POOR, medium from MEDIUM, good from GOOD up to MAX (inclusive); a value outside is out of range"),
 		// The engine and the store.
 		engineOpt("passivate-after", func(e *actors.Config) *time.Duration { return &e.PassivateAfter },
 			"idle device and cell actors leave memory after this long", positive),
@@ -291,7 +331,7 @@ func settings() []setting {
 			"with --seal-key-file: the key file the store was sealed with until now; a store sealed with it is re-sealed under --seal-key-file at start (key rotation)"),
 		// Simulation: in-process simulated devices, for demos and tests.
 		opt("simulate", func(c *serveConfig) *int { return &c.Simulate },
-			"run N in-process simulated devices, for demos and tests", notNegative),
+			"run N scripted devices inside the server, for demos and tests: sim-0 ... sim-N-1, firmware and software 1.0, over --simulate-cells cells; they use no socket (devices over real MQTT or CoAP: otafleet sim). Register them (device create --prefix sim- --count N) to target them in tasks, or see --simulate-campaign", notNegative),
 		opt("simulate-protocol", func(c *serveConfig) *string { return &c.SimulateProtocol },
 			"protocol of simulated devices: mqtt, fota, pcp or mixed", oneOf("mqtt", "fota", "pcp", "mixed")),
 		opt("simulate-cells", func(c *serveConfig) *int { return &c.SimulateCells },
@@ -368,6 +408,10 @@ func (c *serveConfig) flags(fs *pflag.FlagSet) {
 			fs.IntVar(p, s.name, *p, s.usage)
 		case *int64:
 			fs.Int64Var(p, s.name, *p, s.usage)
+		case *uint32:
+			fs.Uint32Var(p, s.name, *p, s.usage)
+		case *rangeBounds:
+			fs.Var(p, s.name, s.usage)
 		case *float64:
 			fs.Float64Var(p, s.name, *p, s.usage)
 		case *time.Duration:
@@ -392,6 +436,10 @@ func (c *serveConfig) loadFile(path string, given func(name string) bool) error 
 		rows[s.name] = s
 	}
 	var ignored serveConfig
+	// The flags' value types say what a key wants (see wants).
+	types := pflag.NewFlagSet("types", pflag.ContinueOnError)
+	ignored.flags(types)
+	ignored = serveConfig{}
 	decode := func(keys []string, into func(key string, field any) error) error {
 		slices.Sort(keys)
 		for _, k := range keys {
@@ -404,7 +452,10 @@ func (c *serveConfig) loadFile(path string, given func(name string) bool) error 
 				dst = &ignored
 			}
 			if err := into(k, s.field(dst)); err != nil {
-				return fmt.Errorf("%s: %s: %w", path, k, err)
+				if want, ok := wants[types.Lookup(k).Value.Type()]; ok {
+					return fmt.Errorf("%s: %s: want %s", path, k, want) // not the decoder's Go types
+				}
+				return fmt.Errorf("%s: %s %w", path, k, err)
 			}
 		}
 		return nil
@@ -413,6 +464,9 @@ func (c *serveConfig) loadFile(path string, given func(name string) bool) error 
 	case ".yaml", ".yml":
 		var doc map[string]yaml.Node
 		if err := yaml.Unmarshal(b, &doc); err != nil {
+			if te := new(yaml.TypeError); errors.As(err, &te) {
+				return fmt.Errorf("%s: want settings as key: value lines, one per setting", path) // not the decoder's Go types
+			}
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		return decode(slices.Collect(maps.Keys(doc)), func(k string, field any) error {
@@ -425,7 +479,12 @@ func (c *serveConfig) loadFile(path string, given func(name string) bool) error 
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		return decode(slices.Collect(maps.Keys(doc)), func(k string, field any) error { return md.PrimitiveDecode(doc[k], field) })
+		return decode(slices.Collect(maps.Keys(doc)), func(k string, field any) error {
+			if _, ok := field.(*time.Duration); ok && md.Type(k) != "String" {
+				return errors.New("a duration is a string") // TOML would take a number as nanoseconds
+			}
+			return md.PrimitiveDecode(doc[k], field)
+		})
 	default:
 		return fmt.Errorf("%s: config files are .yaml, .yml or .toml, not %q", path, ext)
 	}
@@ -464,13 +523,126 @@ func (c serveConfig) engineConfig() (actors.Config, error) {
 	cfg := c.Engine
 	cfg.Device.OnlineMQTT = devicefsm.OnlineMQTTFor(cfg.Device.Online)
 	if err := cfg.Validate(); err != nil {
-		return cfg, fmt.Errorf("timeouts: %w", err)
+		return cfg, engineErr(err)
 	}
 	return cfg, nil
 }
+
+// engineErr words an error of the engine's validation (actors.Config.Validate)
+// in the settings' terms: without the machine's package prefix, and with
+// each field of the engine's configuration that a row sets named by its
+// flag (CostGood → --cell-cost-good). The error still wraps err.
+func engineErr(err error) error {
+	msg := err.Error()
+	for _, sentinel := range []error{devicefsm.ErrInvalidConfig, cellfsm.ErrInvalidConfig, taskfsm.ErrInvalidConfig} {
+		if errors.Is(err, sentinel) {
+			msg = strings.TrimPrefix(msg, sentinel.Error()+": ")
+		}
+	}
+	var e actors.Config
+	flags := map[uintptr]string{}
+	for _, s := range settings() {
+		if s.engine == nil {
+			continue
+		}
+		if b, ok := s.engine(&e).(*rangeBounds); ok {
+			for _, p := range b {
+				flags[reflect.ValueOf(p).Pointer()] = "--" + s.name
+			}
+			continue
+		}
+		flags[reflect.ValueOf(s.engine(&e)).Pointer()] = "--" + s.name
+	}
+	byName := map[string]string{}
+	var walk func(v reflect.Value)
+	walk = func(v reflect.Value) {
+		for i := range v.NumField() {
+			f := v.Field(i)
+			if f.Kind() == reflect.Struct { // its address is its first field's
+				walk(f)
+			} else if flag, ok := flags[f.Addr().Pointer()]; ok {
+				byName[v.Type().Field(i).Name] = flag
+			}
+		}
+	}
+	walk(reflect.ValueOf(&e).Elem())
+	msg = goName.ReplaceAllStringFunc(msg, func(w string) string { return cmp.Or(byName[w], w) })
+	return &reworded{msg: msg, err: err}
+}
+
+// goName matches a word that may be a Go field name.
+var goName = regexp.MustCompile(`\b[A-Z][A-Za-z0-9]*\b`)
+
+// reworded is err said differently to the user.
+type reworded struct {
+	msg string
+	err error
+}
+
+func (r *reworded) Error() string { return r.msg }
+func (r *reworded) Unwrap() error { return r.err }
 
 // probeFor is how long the adapter to --mqtt-broker probes a device a job
 // waits for: an hour beyond the job's MQTT online wait (see settings).
 func (c serveConfig) probeFor() time.Duration {
 	return devicefsm.OnlineMQTTFor(c.Engine.Device.Online) + time.Hour
+}
+
+// rangeBounds are the four bounds of one radio metric's ranges in a
+// cellfsm.Config, lowest first (poor, medium and good lower bounds, then the
+// ceiling). As a flag or a config-file key they are one comma list
+// ("-125,-115,-105,-44"); a config file may also give a list of numbers.
+// Their order is cellfsm.Config.Validate's to check.
+type rangeBounds [4]*int32
+
+func (b *rangeBounds) String() string {
+	if b[0] == nil {
+		return ""
+	}
+	return fmt.Sprintf("%d,%d,%d,%d", *b[0], *b[1], *b[2], *b[3])
+}
+
+func (b *rangeBounds) Type() string { return "POOR,MEDIUM,GOOD,MAX" }
+
+func (b *rangeBounds) Set(v string) error {
+	parts := strings.Split(v, ",")
+	if len(parts) != len(b) {
+		return fmt.Errorf("wants four whole numbers POOR,MEDIUM,GOOD,MAX, not %q", v)
+	}
+	var vs [4]int32
+	for i, p := range parts {
+		n, err := strconv.ParseInt(strings.TrimSpace(p), 10, 32)
+		if err != nil {
+			return fmt.Errorf("wants four whole numbers POOR,MEDIUM,GOOD,MAX, not %q", v)
+		}
+		vs[i] = int32(n)
+	}
+	for i, p := range b {
+		*p = vs[i]
+	}
+	return nil
+}
+
+// UnmarshalYAML takes a comma list or a sequence of four numbers.
+func (b *rangeBounds) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.SequenceNode {
+		var parts []string
+		for _, c := range n.Content {
+			parts = append(parts, c.Value)
+		}
+		return b.Set(strings.Join(parts, ","))
+	}
+	return b.Set(n.Value)
+}
+
+// UnmarshalTOML takes a comma list or an array of four numbers.
+func (b *rangeBounds) UnmarshalTOML(v any) error {
+	if list, ok := v.([]any); ok {
+		parts := make([]string, len(list))
+		for i, x := range list {
+			parts[i] = fmt.Sprint(x)
+		}
+		return b.Set(strings.Join(parts, ","))
+	}
+	return b.Set(fmt.Sprint(v))
 }

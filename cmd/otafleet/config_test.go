@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -64,14 +65,22 @@ func TestConfigFileAndFlags(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
-	bad := filepath.Join(dir, "bad.yaml")
-	if err := os.WriteFile(bad, []byte("no-such-key: 1\n"), 0o644); err != nil {
-		t.Fatal(err)
+	file := func(name, text string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
 	}
-	ini := filepath.Join(dir, "c.ini")
-	if err := os.WriteFile(ini, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	bad := file("bad.yaml", "no-such-key: 1\n")
+	ini := file("c.ini", "")
+	badValue := file("bad-value.yaml", "timeout-online: [1, 2]\n")
+	list := file("list.yaml", "- timeout-online: 2h\n")
+	badTOML := file("bad-value.toml", "api-addr = 5\n")
+	nanos := file("nanos.toml", "timeout-online = 5\n")
+	// Each config file case also gives a bad --log-format, and the bad
+	// --log-level a bad --token-ttl (a later row): a value wrongly taken
+	// fails on those instead of starting a server.
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -79,7 +88,16 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"serve", "--config", bad}, "no-such-key"},
 		{[]string{"serve", "--config", ini}, ".yaml, .yml or .toml"},
 		{[]string{"serve", "--log-format", "xml"}, "--log-format"},
-		{[]string{"serve", "--timeout-download", "0s"}, "Download must be positive"},
+		{[]string{"serve", "--log-level", "verbose", "--token-ttl", "0s"}, `--log-level must be debug, info, warn or error, not "verbose"`},
+		{[]string{"serve", "--timeout-download", "0s"}, "--timeout-download must be positive, got 0s"},
+		{[]string{"serve", "--cell-cost-good", "60"}, "--cell-cost-good must be in 1..--cell-budget (50), got 60"},
+		{[]string{"serve", "--cell-budget", "0"}, "--cell-budget must be > 0"},
+		{[]string{"serve", "--cell-rsrp-bounds", "-125,-115,-105,-130"}, "RSRP boundaries must satisfy poor < medium < good <= max"},
+		{[]string{"serve", "--cell-sinr-bounds", "1,2"}, `--cell-sinr-bounds wants four whole numbers POOR,MEDIUM,GOOD,MAX, not "1,2"`},
+		{[]string{"serve", "--config", badValue, "--log-format", "xml"}, "bad-value.yaml: timeout-online: want a duration such as 90s, 5m or 2h"},
+		{[]string{"serve", "--config", badTOML, "--log-format", "xml"}, "bad-value.toml: api-addr: want a text"},
+		{[]string{"serve", "--config", list, "--log-format", "xml"}, "list.yaml: want settings as key: value lines"},
+		{[]string{"serve", "--config", nanos, "--log-format", "xml"}, "nanos.toml: timeout-online: want a duration such as 90s, 5m or 2h"},
 		{[]string{"serve", "--simulate-protocol", "zigbee"}, "--simulate-protocol"},
 		{[]string{"serve", "--mqtt-max-connections", "-1"}, "must not be negative"},
 		{[]string{"serve", "--mqtt-connect-timeout", "0s"}, "--mqtt-connect-timeout must be positive"},
@@ -90,6 +108,12 @@ func TestConfigErrors(t *testing.T) {
 		code := run(context.Background(), tc.args, &out, &errb)
 		if code != 2 || !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errb.String(), tc.want)
+		}
+		// The user's words: no Go package prefix or type, no field name.
+		for _, goish := range []string{"fsm:", "time.Duration", "int64", "!!seq", "map[", "Download ", "CostGood"} {
+			if strings.Contains(errb.String(), goish) {
+				t.Errorf("%v: %q in %q", tc.args, goish, errb.String())
+			}
 		}
 	}
 }
@@ -122,9 +146,9 @@ func TestBrokerConfig(t *testing.T) {
 // TestSettingsTable: every row of the settings table is a flag and a
 // config-file key (YAML and TOML) that set the same field to the same value,
 // a flag given on the command line wins over the file, and an engine
-// setting reaches the engine's configuration. Every field of serveConfig
-// and every timeout of the device machine is some row's, but the one
-// derived from another.
+// setting reaches the engine's configuration. Every field of serveConfig,
+// every timeout of the device machine (but the one derived from another)
+// and every field of the cell configuration is some row's.
 func TestSettingsTable(t *testing.T) {
 	dir := t.TempDir()
 	seen := map[string]bool{}
@@ -134,7 +158,7 @@ func TestSettingsTable(t *testing.T) {
 		}
 		seen[s.name] = true
 		def := defaultServeConfig()
-		flagArg, yamlValue, tomlValue := sampleSetting(t, s.field(&def))
+		flagArg, yamlValue, tomlValue := sampleSetting(t, s.name, s.field(&def))
 
 		fromFlag := defaultServeConfig()
 		fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
@@ -174,7 +198,11 @@ func TestSettingsTable(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", s.name, err)
 			}
-			if got, want := reflect.ValueOf(s.engine(&eng)).Elem().Interface(), reflect.ValueOf(s.field(&fromFlag)).Elem().Interface(); got != want {
+			if b, ok := s.engine(&eng).(*rangeBounds); ok {
+				if got, want := b.String(), flagArg; got != want {
+					t.Errorf("--%s=%s: the engine has %v", s.name, flagArg, got)
+				}
+			} else if got, want := reflect.ValueOf(s.engine(&eng)).Elem().Interface(), reflect.ValueOf(s.field(&fromFlag)).Elem().Interface(); got != want {
 				t.Errorf("--%s=%s: the engine has %v", s.name, flagArg, got)
 			}
 		}
@@ -184,11 +212,19 @@ func TestSettingsTable(t *testing.T) {
 	var c serveConfig
 	rows := map[uintptr]string{}
 	for _, s := range settings() {
-		p := reflect.ValueOf(s.field(&c)).Pointer()
-		if other, dup := rows[p]; dup {
-			t.Errorf("--%s and --%s set the same field", s.name, other)
+		ps := []uintptr{reflect.ValueOf(s.field(&c)).Pointer()}
+		if b, ok := s.field(&c).(*rangeBounds); ok {
+			ps = ps[:0]
+			for _, f := range b {
+				ps = append(ps, reflect.ValueOf(f).Pointer())
+			}
 		}
-		rows[p] = s.name
+		for _, p := range ps {
+			if other, dup := rows[p]; dup {
+				t.Errorf("--%s and --%s set the same field", s.name, other)
+			}
+			rows[p] = s.name
+		}
 	}
 	want := func(owner string, v reflect.Value, skip ...string) {
 		for i := 0; i < v.NumField(); i++ {
@@ -203,6 +239,7 @@ func TestSettingsTable(t *testing.T) {
 	}
 	want("serveConfig", reflect.ValueOf(&c).Elem(), "Engine")
 	want("devicefsm.Config", reflect.ValueOf(&c.Engine.Device).Elem(), "OnlineMQTT")
+	want("cellfsm.Config", reflect.ValueOf(&c.Engine.Cell).Elem())
 	if _, ok := rows[reflect.ValueOf(&c.Engine.PassivateAfter).Pointer()]; !ok {
 		t.Error("actors.Config.PassivateAfter has no row in the settings table")
 	}
@@ -229,11 +266,27 @@ func TestDerivedMQTTTimeouts(t *testing.T) {
 	}
 }
 
-// sampleSetting is a value of field unlike its current one, written as a
-// flag argument, a YAML value and a TOML value.
-func sampleSetting(t *testing.T, field any) (flagArg, yamlValue, tomlValue string) {
+// sampleSetting is a value of the field of setting name unlike its current
+// one, written as a flag argument, a YAML value and a TOML value. The
+// engine's cell settings stay valid: the budget grows, a cost shrinks (to
+// no less than 1), each range bound moves up by one.
+func sampleSetting(t *testing.T, name string, field any) (flagArg, yamlValue, tomlValue string) {
 	t.Helper()
 	switch p := field.(type) {
+	case *uint32:
+		v := *p - 1
+		if *p <= 1 || name == "cell-budget" {
+			v = *p + 1
+		}
+		s := strconv.FormatUint(uint64(v), 10)
+		return s, s, s
+	case *rangeBounds:
+		var vs []string
+		for _, b := range p {
+			vs = append(vs, strconv.Itoa(int(*b)+1))
+		}
+		list := strings.Join(vs, ",")
+		return list, "[" + strings.Join(vs, ", ") + "]", strconv.Quote(list)
 	case *string:
 		v := "http://x" + *p
 		return v, strconv.Quote(v), strconv.Quote(v)
@@ -255,4 +308,46 @@ func sampleSetting(t *testing.T, field any) (flagArg, yamlValue, tomlValue strin
 	}
 	t.Fatalf("a field of type %T", field)
 	return
+}
+
+// TestServeSmallThings: serve's JSON log writes durations in seconds; the
+// default data folder is ignored by git; the help of --simulate and
+// --mqtt-addr says what they do today.
+func TestServeSmallThings(t *testing.T) {
+	var b bytes.Buffer
+	cfg := defaultServeConfig()
+	cfg.LogFormat = "json"
+	newLogger(cfg, &b).Info("registered", "lifetime", 5*time.Minute)
+	var line map[string]any
+	if err := json.Unmarshal(b.Bytes(), &line); err != nil || line["lifetime"] != 300.0 {
+		t.Errorf("a duration in the JSON log: %s %v", b.Bytes(), err)
+	}
+
+	ignore, err := os.ReadFile("../../.gitignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Fields(string(ignore)), defaultServeConfig().DataDir+"/") {
+		t.Errorf(".gitignore does not ignore the default data folder %s:\n%s", defaultServeConfig().DataDir, ignore)
+	}
+
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "--help"}, &out, &errb); code != 0 {
+		t.Fatalf("serve --help: exit %d %s", code, errb.String())
+	}
+	for flag, want := range map[string][]string{
+		"--simulate ":  {"sim-0 ... sim-N-1", "no socket", "otafleet sim", "--simulate-campaign"},
+		"--mqtt-addr ": {"not started with --mqtt-broker"},
+	} {
+		i := strings.Index(out.String(), flag)
+		if i < 0 {
+			t.Fatalf("serve --help has no %s", flag)
+		}
+		line, _, _ := strings.Cut(out.String()[i:], "\n")
+		for _, w := range want {
+			if !strings.Contains(line, w) {
+				t.Errorf("serve --help: %s does not say %q: %s", flag, w, line)
+			}
+		}
+	}
 }

@@ -291,7 +291,7 @@ func (e *e2e) snapshot(ctx context.Context) string {
 // TestEndToEndCLI drives the same server with the CLI binary, as the
 // README's tour does.
 func TestEndToEndCLI(t *testing.T) {
-	e := startE2E(t, 8)
+	e := startE2E(t, 12)
 	var prod struct{ Product struct{ ProductID string } }
 	e.cliJSON(&prod, "product", "create", "--name", "Meter", "--protocol", "mqtt")
 	pid := prod.Product.ProductID
@@ -299,9 +299,12 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Fatal("no product ID")
 	}
 	var created struct{ DeviceIDs []string }
-	e.cliJSON(&created, "device", "create", "--product", pid, "--prefix", "sim-", "--count", "8", "--secret", "s3cret-meter")
-	if len(created.DeviceIDs) != 8 {
+	e.cliJSON(&created, "device", "create", "--product", pid, "--prefix", "sim-", "--count", "11", "--secret", "s3cret-meter")
+	if len(created.DeviceIDs) != 11 {
 		t.Fatalf("created %v", created)
+	}
+	if out, errOut, code := e.cli("device", "create", "--product", pid, "sim-11", "--secret", "s3cret-meter"); code != 0 || out != "created 1 device of product "+pid+"\n" {
+		t.Fatalf("device create of one device: exit %d\n%s%s", code, out, errOut)
 	}
 	var grp struct{ Group struct{ GroupID string } }
 	e.cliJSON(&grp, "group", "create", "--name", "north", "sim-0", "sim-1")
@@ -359,10 +362,29 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Fatalf("device get: %d\n%s", code, out)
 	}
 
-	// Errors: the server's message and a non-zero exit.
+	// Errors: the server's message, in the user's words, and a non-zero exit.
 	_, errOut, code = e.cli("task", "stop", id)
-	if code != 1 || !strings.Contains(errOut, "failed_precondition") {
+	if code != 1 || errOut != fmt.Sprintf("otafleet: failed_precondition: task %q has already finished (SUCCESS); only a waiting or processing task can be stopped\n", id) {
 		t.Fatalf("task stop of a finished task: exit %d, %s", code, errOut)
+	}
+	_, errOut, code = e.cli("device", "create", "--product", pid, "sim-3")
+	if code != 1 || errOut != "otafleet: already_exists: device \"sim-3\"\n" {
+		t.Fatalf("device create of an existing device: exit %d, %s", code, errOut)
+	}
+
+	// A task's devices in natural order; stopping a stopped task says so.
+	e.cliJSON(&task, "task", "create", "--name", "order", "--type", "firmware", "--package", pkgs.Packages[0].PackageID,
+		"--device", "sim-10,sim-9,sim-2,sim-11", "--schedule", "1h")
+	out, errOut, code = e.cli("task", "devices", task.Task.TaskID)
+	if i2, i9, i10, i11 := strings.Index(out, "sim-2 "), strings.Index(out, "sim-9 "), strings.Index(out, "sim-10 "), strings.Index(out, "sim-11 "); code != 0 || i2 < 0 || !(i2 < i9 && i9 < i10 && i10 < i11) {
+		t.Fatalf("task devices, not in natural order: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code = e.cli("task", "stop", task.Task.TaskID); code != 0 {
+		t.Fatalf("task stop: exit %d, %s", code, errOut)
+	}
+	_, errOut, code = e.cli("task", "stop", task.Task.TaskID)
+	if code != 1 || errOut != fmt.Sprintf("otafleet: failed_precondition: task %q is already stopped\n", task.Task.TaskID) {
+		t.Fatalf("task stop of a stopped task: exit %d, %s", code, errOut)
 	}
 	_, errOut, code = e.cli("task", "get", "nope")
 	if code != 1 || !strings.Contains(errOut, `not_found: task_id: task "nope" not found`) {

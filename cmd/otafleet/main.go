@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -33,7 +32,7 @@ func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
 // run executes one command line and returns the process exit code: 0 on
-// success, 2 for usage errors, 1 for anything else.
+// success, 2 for usage errors (see usageErrors), 1 for anything else.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := &cobra.Command{
 		Use:           "otafleet",
@@ -47,18 +46,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.AddCommand(serveCommand(stdout, stderr))
 	root.AddCommand(clientCommands(stdout, stderr)...)
 	root.AddCommand(simCommand(stdout, stderr), benchCommand(stdout, stderr))
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: 2, err: err} })
+	usageErrors(root)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
 	}
 	fmt.Fprintln(stderr, "otafleet:", err)
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		fmt.Fprintln(stderr, "otafleet: nothing answers there: is otafleet serve running? (--api, $"+envAPI+" or --data-dir say where)")
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
-	}
-	if strings.HasPrefix(err.Error(), "unknown command") {
-		return 2
 	}
 	return 1
 }

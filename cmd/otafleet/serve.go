@@ -41,14 +41,14 @@ func serveCommand(stdout, stderr io.Writer) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configFile != "" {
 				if err := cfg.loadFile(configFile, cmd.Flags().Changed); err != nil {
-					return &exitError{code: 2, err: err}
+					return usageError(err)
 				}
 			}
 			if cfg.SealKeyFile == "" {
 				cfg.SealKeyFile = os.Getenv(envSealKeyFile)
 			}
 			if err := cfg.validate(); err != nil {
-				return &exitError{code: 2, err: err}
+				return usageError(err)
 			}
 			return serve(cmd.Context(), cfg, stdout, stderr)
 		},
@@ -210,6 +210,8 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	return nil
 }
 
+// newLogger is serve's logger: --log-format text (durations as 1m30s) or
+// json (durations in seconds), at --log-level.
 func newLogger(cfg serveConfig, w io.Writer) *slog.Logger {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
@@ -217,6 +219,14 @@ func newLogger(cfg serveConfig, w io.Writer) *slog.Logger {
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
+		// A duration is a number of seconds, as in the bench report
+		// (slog's own JSON handler writes nanoseconds).
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				a.Value = slog.Float64Value(a.Value.Duration().Seconds())
+			}
+			return a
+		}
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))

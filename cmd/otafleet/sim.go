@@ -119,7 +119,7 @@ func (o *simOpts) resolvedDataDir() string {
 }
 
 func usage(format string, a ...any) error {
-	return &exitError{code: 2, err: fmt.Errorf(format, a...)}
+	return usageError(fmt.Errorf(format, a...))
 }
 
 func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {

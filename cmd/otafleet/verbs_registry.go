@@ -221,7 +221,7 @@ or nothing, and on an error the devices of the earlier calls stay.`,
 			}
 			if count > 0 {
 				if prefix == "" {
-					return &exitError{code: 2, err: errors.New("--count needs --prefix")}
+					return usageError(errors.New("--count needs --prefix"))
 				}
 				for i := start; i < start+count; i++ {
 					devs = append(devs, &v1.NewDevice{DeviceId: prefix + strconv.Itoa(i)})
@@ -230,18 +230,18 @@ or nothing, and on an error the devices of the earlier calls stay.`,
 			if file != "" {
 				fd, err := readDeviceFile(file)
 				if err != nil {
-					return &exitError{code: 2, err: err}
+					return usageError(err)
 				}
 				devs = append(devs, fd...)
 			}
 			if len(devs) == 0 {
-				return &exitError{code: 2, err: errors.New("no devices: give IDs, --prefix and --count, or --file")}
+				return usageError(errors.New("no devices: give IDs, --prefix and --count, or --file"))
 			}
 			var psk []byte
 			if pskHex != "" {
 				var err error
 				if psk, err = hex.DecodeString(pskHex); err != nil {
-					return &exitError{code: 2, err: fmt.Errorf("--psk: %w", err)}
+					return usageError(fmt.Errorf("--psk: %w", err))
 				}
 			}
 			for _, d := range devs {
@@ -264,7 +264,7 @@ or nothing, and on an error the devices of the earlier calls stay.`,
 				cancel()
 				if err != nil {
 					if len(all.DeviceIds) > 0 {
-						return fmt.Errorf("%d devices created before this error: %w", len(all.DeviceIds), err)
+						return fmt.Errorf("%s created before this error: %w", plural(len(all.DeviceIds), "device"), err)
 					}
 					return err
 				}
@@ -272,7 +272,7 @@ or nothing, and on an error the devices of the earlier calls stay.`,
 				devs = devs[n:]
 			}
 			return o.show(all, func() error {
-				_, err := fmt.Fprintf(o.stdout, "created %d devices of product %s\n", len(all.DeviceIds), product)
+				_, err := fmt.Fprintf(o.stdout, "created %s of product %s\n", plural(len(all.DeviceIds), "device"), product)
 				return err
 			})
 		},
@@ -563,7 +563,7 @@ func packageCreate(o *clientOpts) *cobra.Command {
 				return err
 			}
 			if len(content) > rpc.MaxInlineContent {
-				return &exitError{code: 2, err: fmt.Errorf("%s is larger than 8 MiB: use otafleet package upload", args[0])}
+				return usageError(fmt.Errorf("%s is larger than 8 MiB: use otafleet package upload", args[0]))
 			}
 			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.CreatePackageResponse], error) {
 				return c.packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
@@ -606,7 +606,7 @@ mismatch the package is deleted again and the command fails.`,
 				return err
 			}
 			if st.Size() > rpc.MaxUploadBytes {
-				return &exitError{code: 2, err: fmt.Errorf("%s is %d bytes, more than the 1 GiB a package may have", args[0], st.Size())}
+				return usageError(fmt.Errorf("%s is %d bytes, more than the 1 GiB a package may have", args[0], st.Size()))
 			}
 			size := st.Size()
 			md.Size = &size

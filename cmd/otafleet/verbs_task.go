@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -83,15 +84,22 @@ func parseWindow(s string) (start, end uint32, err error) {
 	return start, end, nil
 }
 
-// parseSchedule reads an RFC 3339 time or a duration from now.
+// parseSchedule reads an RFC 3339 time or a duration from now. A time
+// before now is refused: the API would start such a task at once, which is
+// not what a user who typed a time wants.
 func parseSchedule(s string, now time.Time) (time.Time, error) {
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
+	at, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		d, derr := time.ParseDuration(s)
+		if derr != nil {
+			return time.Time{}, fmt.Errorf("--schedule %q: want an RFC 3339 time (2026-11-24T02:00:00Z) or a delay (90m)", s)
+		}
+		at = now.Add(d)
 	}
-	if d, err := time.ParseDuration(s); err == nil {
-		return now.Add(d), nil
+	if at.Before(now) {
+		return time.Time{}, fmt.Errorf("--schedule %q is in the past (it is %s now); leave --schedule out to start at once", s, now.UTC().Format(time.RFC3339))
 	}
-	return time.Time{}, fmt.Errorf("--schedule %q: want an RFC 3339 time (2026-11-24T02:00:00Z) or a delay (90m)", s)
+	return at, nil
 }
 
 func taskCreate(o *clientOpts) *cobra.Command {
@@ -112,7 +120,7 @@ func taskCreate(o *clientOpts) *cobra.Command {
 			if devicesFile != "" {
 				fd, err := readDeviceFile(devicesFile)
 				if err != nil {
-					return &exitError{code: 2, err: err}
+					return usageError(err)
 				}
 				for _, d := range fd {
 					devices = append(devices, d.GetDeviceId())
@@ -128,18 +136,18 @@ func taskCreate(o *clientOpts) *cobra.Command {
 			if schedule != "" {
 				at, err := parseSchedule(schedule, time.Now())
 				if err != nil {
-					return &exitError{code: 2, err: err}
+					return usageError(err)
 				}
 				req.Policy.ScheduleTime = timestamppb.New(at)
 			}
 			if window != "" {
 				start, end, err := parseWindow(window)
 				if err != nil {
-					return &exitError{code: 2, err: err}
+					return usageError(err)
 				}
 				req.Policy.Window = &v1.Window{StartMinute: start, EndMinute: end, TimeZone: tz}
 			} else if tz != "" {
-				return &exitError{code: 2, err: errors.New("--time-zone needs --window")}
+				return usageError(errors.New("--time-zone needs --window"))
 			}
 			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.CreateTaskResponse], error) {
 				return c.tasks.CreateTask(ctx, connect.NewRequest(req))
@@ -263,6 +271,7 @@ func taskDevices(o *clientOpts) *cobra.Command {
 				return c.tasks.ListTaskDevices(ctx, connect.NewRequest(req))
 			}, func(all, page *v1.ListTaskDevicesResponse) string {
 				all.Devices, all.NextPageToken = append(all.Devices, page.GetDevices()...), page.GetNextPageToken()
+				slices.SortStableFunc(all.Devices, func(a, b *v1.TaskDevice) int { return naturalCompare(a.GetDeviceId(), b.GetDeviceId()) })
 				return all.NextPageToken
 			}, func(all *v1.ListTaskDevicesResponse) error {
 				rows := make([][]string, len(all.Devices))

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -141,6 +142,9 @@ type Broker struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session // device ID → its connections
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // session is what the broker keeps of a connected device.
@@ -183,7 +187,7 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 	b.server = mqtt.New(&mqtt.Options{
 		InlineClient: true,
 		Capabilities: caps,
-		Logger:       cfg.Logger.With("component", "mqtt-broker"),
+		Logger:       slog.New(connEndHandler{cfg.Logger.With("component", "mqtt-broker").Handler()}),
 	})
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, err
@@ -215,6 +219,39 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 	return b, nil
 }
 
+// connEndHandler names the one record mochi's listeners log without a
+// message: the end of a connection, with its error. The end of a connection
+// the broker closed (at shutdown) or the device closed is no warning: it is
+// logged at debug level (mochi logs "client disconnected" there too).
+type connEndHandler struct{ slog.Handler }
+
+func (h connEndHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message != "" {
+		return h.Handler.Handle(ctx, r)
+	}
+	level := r.Level
+	r.Attrs(func(a slog.Attr) bool {
+		if err, ok := a.Value.Any().(error); ok && (errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF)) {
+			level = slog.LevelDebug
+		}
+		return true
+	})
+	if !h.Handler.Enabled(ctx, level) {
+		return nil
+	}
+	named := slog.NewRecord(r.Time, level, "mqtt: connection ended", r.PC)
+	r.Attrs(func(a slog.Attr) bool { named.AddAttrs(a); return true })
+	return h.Handler.Handle(ctx, named)
+}
+
+func (h connEndHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return connEndHandler{h.Handler.WithAttrs(as)}
+}
+
+func (h connEndHandler) WithGroup(name string) slog.Handler {
+	return connEndHandler{h.Handler.WithGroup(name)}
+}
+
 // listen opens a listener that bounds what a connection costs before its
 // login: the connection limits on the raw sockets, then TLS, then the
 // CONNECT deadline and size on the (decrypted) first packet.
@@ -244,7 +281,8 @@ func (b *Broker) Addr(listener string) string { return b.addrs[listener] }
 // Start serves the listeners in the background.
 func (b *Broker) Start() error { return b.server.Serve() }
 
-// Close disconnects every device and closes the listeners.
+// Close disconnects every device and closes the listeners; a second Close
+// does nothing (mochi's own would panic).
 //
 // mochi's own Close lists a listener's clients under a read lock that it
 // takes twice (Clients.GetByListener calls Len), which deadlocks against a
@@ -252,10 +290,13 @@ func (b *Broker) Start() error { return b.server.Serve() }
 // listener is closed here first with a closer that takes the lock once;
 // mochi's Close then finds them closed and skips that step.
 func (b *Broker) Close() error {
-	for id := range b.addrs {
-		b.server.Listeners.Close(id, b.closeClients)
-	}
-	return b.server.Close()
+	b.closeOnce.Do(func() {
+		for id := range b.addrs {
+			b.server.Listeners.Close(id, b.closeClients)
+		}
+		b.closeErr = b.server.Close()
+	})
+	return b.closeErr
 }
 
 // closeClients disconnects the clients of one listener.

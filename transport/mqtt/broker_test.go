@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -423,5 +424,49 @@ func TestLoginOverTLS(t *testing.T) {
 	defer cl.Disconnect(0)
 	if got := rec.next(t); got != "d1 connected:{}" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// recordHandler hands every log record to a channel.
+type recordHandler struct{ ch chan slog.Record }
+
+func (h recordHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h recordHandler) Handle(_ context.Context, r slog.Record) error {
+	h.ch <- r.Clone()
+	return nil
+}
+func (h recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h recordHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestShutdownLogsNoEmptyWarning: closing the broker with a device
+// connected logs the connection's end by name at debug level, not as a
+// warning with an empty message (mochi's listener logs it without one).
+func TestShutdownLogsNoEmptyWarning(t *testing.T) {
+	logs := recordHandler{ch: make(chan slog.Record, 1000)}
+	e := newEnvWith(t, func(c *BrokerConfig) { c.Logger = slog.New(logs) })
+	if _, err := e.connect(t, "d1", "secret-1", "", time.Minute, nil); err != nil {
+		t.Fatal(err)
+	}
+	e.rec.next(t) // the device is online
+	if err := e.b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		select {
+		case r := <-logs.ch:
+			if r.Message == "" || r.Level >= slog.LevelWarn {
+				t.Fatalf("at shutdown: %v %q", r.Level, r.Message)
+			}
+			if r.Message == "mqtt: connection ended" {
+				if r.Level != slog.LevelDebug {
+					t.Fatalf("the connection's end at shutdown logged at %v", r.Level)
+				}
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("the connection's end was not logged")
+		}
 	}
 }

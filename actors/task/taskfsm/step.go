@@ -2,6 +2,7 @@ package taskfsm
 
 import (
 	"fmt"
+	"strings"
 	"time"
 	_ "time/tzdata" // time zones load the same on every machine
 
@@ -395,8 +396,11 @@ func (st *stepper) stop(x *messages.StopTask) error {
 	if x == nil {
 		return invalid("stop is empty")
 	}
-	if ts := s.Status(); ts.Final() || ts == messages.TaskStatus_TASK_STATUS_STOPPING {
-		return notAllowed("task %q is %v; only a WAITING or PROCESSING task can be stopped", s.task.GetTaskId(), ts)
+	switch ts := s.Status(); {
+	case ts == messages.TaskStatus_TASK_STATUS_STOPPED, ts == messages.TaskStatus_TASK_STATUS_STOPPING:
+		return notAllowed("task %q is already %s", s.task.GetTaskId(), strings.ToLower(strings.TrimPrefix(ts.String(), "TASK_STATUS_")))
+	case ts.Final():
+		return notAllowed("task %q has already finished (%s); only a waiting or processing task can be stopped", s.task.GetTaskId(), strings.TrimPrefix(ts.String(), "TASK_STATUS_"))
 	}
 	st.emit(&messages.TaskEvent{Kind: &messages.TaskEvent_StopRequested{StopRequested: &messages.StopRequested{}}})
 	for i := range s.subs {
