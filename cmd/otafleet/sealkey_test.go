@@ -199,15 +199,19 @@ func TestServeSealKey(t *testing.T) {
 	wantStoreCredentials(t, dataDir, nil, pebblestore.ErrSealKey)
 
 	// Without the key, or with another one, serve refuses to start.
-	if lines, err := sealServe(t, dataDir, nil); err == nil || !logged(lines, "sealed with an external key") {
+	if lines, err := sealServe(t, dataDir, nil); err == nil || !logged(lines, "is sealed with a key kept outside it: start with --seal-key-file") || logged(lines, "pebblestore:") {
 		t.Fatalf("start without the key: %v", err)
 	}
 	fileB := writeKey(t, "b.key", keyB, 0o600)
-	if lines, err := sealServe(t, dataDir, nil, "--seal-key-file", fileB); err == nil || !logged(lines, "not the key the store is sealed with") {
+	if lines, err := sealServe(t, dataDir, nil, "--seal-key-file", fileB); err == nil || !logged(lines, "--seal-key-file is not the key the store in") || logged(lines, "Options.") {
 		t.Fatalf("start with another key: %v", err)
 	}
 	if _, err := sealServe(t, dataDir, nil, "--previous-seal-key-file", fileA); err == nil {
 		t.Fatal("--previous-seal-key-file without --seal-key-file: started")
+	}
+	fileC := writeKey(t, "c.key", strings.Repeat("c3", 32), 0o600)
+	if lines, err := sealServe(t, dataDir, nil, "--seal-key-file", fileC, "--previous-seal-key-file", fileB); err == nil || !logged(lines, "neither --seal-key-file nor --previous-seal-key-file is the key") {
+		t.Fatalf("start with two other keys: %v", err)
 	}
 
 	// Rotation from A to B, and restarts with the flags still set.

@@ -124,7 +124,7 @@ func (s *Store) reseal(newKey []byte, what string) error {
 		return err
 	}
 	copy(s.sealKey[:], newKey)
-	s.log.Info("pebblestore: device credentials re-sealed under the new seal key", "devices", n, "from", what)
+	s.log.Info("device credentials re-sealed under the new seal key", "devices", n, "from", what)
 	// Rewrite the old seal record and the old sealed values out of the
 	// files now rather than at some later compaction. Best effort: the
 	// store is consistent either way.
