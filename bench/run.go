@@ -72,6 +72,10 @@ type Options struct {
 	// simulators' --log-level (default warn).
 	ServeArgs   []string
 	SimLogLevel string
+	// CPUProfile, when set, is the file the server's CPU profile of the
+	// tasks' run is written to (pprof format, from the first task's creation
+	// until the tasks end; with KillAt, of both server processes).
+	CPUProfile string
 	// Progress receives one line every few seconds; nil: none.
 	Progress io.Writer
 	// Command is the command line, for the report.
@@ -319,11 +323,20 @@ func (r *benchRun) execute(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tasks, err := r.createTasks(ctx, products)
-	if err != nil {
-		return err
+	var prof *cpuProfiler
+	if r.o.CPUProfile != "" {
+		prof = r.startCPUProfile(ctx)
 	}
-	return r.watch(ctx, tasks, start, cpu0)
+	tasks, err := r.createTasks(ctx, products)
+	if err == nil {
+		err = r.watch(ctx, tasks, start, cpu0)
+	}
+	if prof != nil {
+		if perr := prof.stop(r.o.CPUProfile); perr != nil {
+			r.rep.Problems = append(r.rep.Problems, "--cpu-profile: "+perr.Error())
+		}
+	}
+	return err
 }
 
 // child is a process of the run.

@@ -142,6 +142,7 @@ lists problems.`,
 	fs.StringVar(&o.DataDir, "data-dir", "", "the server's data folder (must be empty); default: a temporary one")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the data folder (logs, store, simulator reports) after the run")
 	fs.StringArrayVar(&serveArgs, "serve-arg", nil, "extra argument for `otafleet serve` (repeatable), e.g. --serve-arg=--passivate-after=10s")
+	fs.StringVar(&o.CPUProfile, "cpu-profile", "", "write the server's CPU profile of the tasks' run (from the first task's creation to the end of the last) to this file, for go tool pprof")
 	fs.BoolVar(&asJSON, "json", false, "print the report as one JSON object")
 	fs.StringVar(&o.SimLogLevel, "sim-log-level", "warn", "the simulators' log level (their logs are DATA-DIR/sim-*.log; see --keep)")
 	return cmd

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/pprof/profile"
 )
 
 // TestBenchKillAt runs `otafleet bench` as a user would: the server and the
@@ -13,6 +18,8 @@ import (
 // 60 MQTT devices over real sockets, the server killed with SIGKILL once
 // half of them are final and started again. The report must show every
 // device succeeded, each in exactly one final state, none upgraded twice.
+// --cpu-profile writes the servers' CPU profile of the run, engine frames in
+// it, across the kill.
 func TestBenchKillAt(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
@@ -21,8 +28,9 @@ func TestBenchKillAt(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var out, errb bytes.Buffer
+	profPath := filepath.Join(t.TempDir(), "cpu.pprof")
 	code := run(ctx, []string{"bench", "--devices", "60", "--protocol", "mqtt", "--think-time", "3s",
-		"--kill-at", "50%", "--json", "--timeout", "3m"}, &out, &errb)
+		"--kill-at", "50%", "--json", "--timeout", "3m", "--cpu-profile", profPath}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
 	}
@@ -50,6 +58,22 @@ func TestBenchKillAt(t *testing.T) {
 	// Every figure was measured, not defaulted.
 	if rep.Events < 60*10 || rep.CPU <= 0 || rep.RSS <= 0 || rep.P50 <= 0 {
 		t.Fatalf("figures: %+v", rep)
+	}
+	f, err := os.Open(profPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	prof, err := profile.Parse(f)
+	if err != nil {
+		t.Fatalf("--cpu-profile: %v", err)
+	}
+	engine := false
+	for _, fn := range prof.Function {
+		engine = engine || strings.HasPrefix(fn.Name, "github.com/otafleet/otafleet/actors.")
+	}
+	if len(prof.Sample) == 0 || !engine || prof.DurationNanos < int64(2*time.Second) {
+		t.Fatalf("--cpu-profile: %d samples over %v, engine frames %v", len(prof.Sample), time.Duration(prof.DurationNanos), engine)
 	}
 }
 
