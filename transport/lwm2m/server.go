@@ -158,7 +158,6 @@ type registration struct {
 	queue      bool
 	expiry     clock.Timer
 	asleep     clock.Timer
-	work       chan *messages.Downlink
 	done       chan struct{}
 
 	mu   sync.Mutex
@@ -174,7 +173,18 @@ type registration struct {
 	// the last request (exchange.go).
 	inflight *inflight
 	mids     atomic.Uint32
+	// pending are the downlinks Send queued, run one at a time, in order,
+	// by a goroutine that exists only while there are some (draining): an
+	// idle registration holds no goroutine and no buffer. ready is set once
+	// the registration has a conversation to send on (a restored one only
+	// after Start).
+	pending  []*messages.Downlink
+	draining bool
+	ready    bool
 }
+
+// maxPending bounds a registration's queued downlinks; Send drops more.
+const maxPending = 256
 
 // New opens the UDP listener; Start serves it.
 func New(cfg Config) (*Server, error) {
@@ -641,7 +651,7 @@ func (s *Server) record(ctx context.Context, c mux.Conn, p regParams, secure boo
 	s.byID[reg.id], s.byDev[reg.device], s.byPeer[reg.peer] = reg, reg, reg
 	s.mu.Unlock()
 	reg.expiry = s.cfg.Clock.AfterFunc(p.lifetime, func() { s.expire(reg) })
-	go s.worker(reg)
+	s.ready(reg)
 	return reg, old
 }
 
@@ -953,29 +963,57 @@ func (s *Server) Send(ctx context.Context, dl *messages.Downlink) error {
 	if reg == nil {
 		return fmt.Errorf("lwm2m: device %q is not registered", dl.GetDeviceId())
 	}
-	select {
-	case reg.work <- dl:
-		return nil
-	case <-reg.done:
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	switch {
+	case reg.gone:
 		return fmt.Errorf("lwm2m: device %q de-registered", dl.GetDeviceId())
-	default:
-		return fmt.Errorf("lwm2m: device %q has %d requests waiting; downlink dropped", dl.GetDeviceId(), cap(reg.work))
+	case len(reg.pending) >= maxPending:
+		return fmt.Errorf("lwm2m: device %q has %d requests waiting; downlink dropped", dl.GetDeviceId(), len(reg.pending))
 	}
+	reg.pending = append(reg.pending, dl)
+	s.kick(reg)
+	return nil
 }
 
 // RevokeToken: tokens are checked against the running attempt on every
 // block, so there is nothing to revoke.
 func (s *Server) RevokeToken(context.Context, *messages.RevokeToken) error { return nil }
 
-// worker sends a registration's downlinks in order.
-func (s *Server) worker(reg *registration) {
+// ready lets reg's queued downlinks go out: it has a conversation.
+func (s *Server) ready(reg *registration) {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	reg.ready = true
+	s.kick(reg)
+}
+
+// kick starts the goroutine that runs reg's queued downlinks, unless it
+// runs already, nothing is queued or reg cannot send yet. reg.mu is held.
+func (s *Server) kick(reg *registration) {
+	if reg.draining || !reg.ready || reg.gone || len(reg.pending) == 0 {
+		return
+	}
+	reg.draining = true
+	go s.drain(reg)
+}
+
+// drain runs reg's queued downlinks in order and ends when none is left
+// (or the registration is gone).
+func (s *Server) drain(reg *registration) {
 	for {
-		select {
-		case <-reg.done:
+		reg.mu.Lock()
+		if reg.gone || len(reg.pending) == 0 {
+			reg.draining = false
+			reg.pending = nil
+			reg.mu.Unlock()
 			return
-		case dl := <-reg.work:
-			s.do(reg, dl)
 		}
+		dl := reg.pending[0]
+		reg.pending[0] = nil
+		reg.pending = reg.pending[1:]
+		reg.mu.Unlock()
+		s.do(reg, dl)
 	}
 }
 

@@ -49,7 +49,7 @@ type savedRegistration struct {
 func newRegistration(id, device, peer string, lifetime time.Duration, queue bool) *registration {
 	reg := &registration{
 		id: id, device: device, peer: peer, lifetime: lifetime, queue: queue,
-		work: make(chan *messages.Downlink, 256), done: make(chan struct{}), obs: map[string]mux.Observation{},
+		done: make(chan struct{}), obs: map[string]mux.Observation{},
 	}
 	reg.mids.Store(uint32(uint16(message.RandMID())))
 	return reg
@@ -186,7 +186,7 @@ func (s *Server) resume() {
 		}
 		s.mu.Unlock()
 		reg.expiry = s.cfg.Clock.AfterFunc(reg.lifetime, func() { s.expire(reg) })
-		go s.worker(reg)
+		s.ready(reg)
 		if reg.queue {
 			s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Asleep{Asleep: &messages.Asleep{}}})
 		}
