@@ -47,7 +47,8 @@ type machine interface {
 }
 
 // shell is the protoactor actor around a machine: recover, then for each
-// input step, persist (one synced append), commit, run effects.
+// input step, persist (one append, synced unless nothing waits on it: see
+// persist), commit, run effects.
 type shell struct {
 	e       *Engine
 	addr    Address
