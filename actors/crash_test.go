@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -27,23 +28,29 @@ var errCrashed = errors.New("crashed: the process is gone")
 // Right after its crashAt-th acknowledged append it takes the crash image
 // (only synced data survives, plus a random share of the rest) and from then
 // on acknowledges nothing: the process is dead, no effect of a later write
-// can happen. It records every acknowledged event to check the image.
+// can happen. It records every durable event to check the image: those of a
+// synced append, and those of an unsynced (NoSync) append that returned
+// before a synced append began.
 type crashingStore struct {
 	persistence.EventStore
 	mem     *vfs.MemFS
 	crashAt int
 	rng     *rand.Rand
 
-	mu    sync.Mutex
-	acked []persistence.Event // Seq set; Type carries no meaning here
-	keys  []persistence.Stream
-	n     int
-	image *vfs.MemFS
+	mu      sync.Mutex
+	acked   []persistence.Event // durable; Seq set; Type carries no meaning here
+	keys    []persistence.Stream
+	pending []persistence.Event // written unsynced, not yet known durable
+	pkeys   []persistence.Stream
+	pbase   int // unsynced events written before pending[0]
+	n       int
+	image   *vfs.MemFS
 }
 
 func (c *crashingStore) Append(ctx context.Context, a persistence.Append) (uint64, error) {
 	c.mu.Lock()
 	dead := c.image != nil
+	before := c.pbase + len(c.pending) // unsynced events a synced append makes durable
 	c.mu.Unlock()
 	if dead {
 		return 0, errCrashed
@@ -55,10 +62,22 @@ func (c *crashingStore) Append(ctx context.Context, a persistence.Append) (uint6
 		return 0, errors.Join(err, errCrashed)
 	}
 	c.n++
+	if k := before - c.pbase; !a.NoSync && k > 0 {
+		c.acked = append(c.acked, c.pending[:k]...)
+		c.keys = append(c.keys, c.pkeys[:k]...)
+		c.pending = slices.Delete(c.pending, 0, k)
+		c.pkeys = slices.Delete(c.pkeys, 0, k)
+		c.pbase += k
+	}
 	for i, e := range a.Events {
 		e.Seq = seq - uint64(len(a.Events)) + uint64(i) + 1
-		c.acked = append(c.acked, e)
-		c.keys = append(c.keys, a.Stream)
+		if a.NoSync {
+			c.pending = append(c.pending, e)
+			c.pkeys = append(c.pkeys, a.Stream)
+		} else {
+			c.acked = append(c.acked, e)
+			c.keys = append(c.keys, a.Stream)
+		}
 	}
 	if c.n == c.crashAt {
 		c.image = c.mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: c.rng.IntN(60), RNG: c.rng})
@@ -213,7 +232,7 @@ func crashOnce(t *testing.T, c crashCampaign, k int) {
 		t.Fatalf("crash at write %d: reopening: %v", k, err)
 	}
 	defer st.Close()
-	// No acknowledged event is lost.
+	// No durable event is lost.
 	for i, want := range cs.acked {
 		found := false
 		err := st.Load(ctx, cs.keys[i], want.Seq-1, func(e persistence.Event) error {

@@ -3,9 +3,16 @@
 // (devicefsm, cellfsm, taskfsm).
 //
 // For every input a shell runs Step, appends the resulting events to its
-// journal stream in one synced batch (persistence.EventStore; concurrent
-// actors share group commits), keeps the new state only once the batch is
-// durable, and then carries out the effects: downlinks through the transport
+// journal stream in one batch (persistence.EventStore; concurrent actors share
+// group commits), keeps the new state only once the batch is written, and
+// then carries out the effects. The batch is synced before the effects run
+// when someone waits for it (a device report, acknowledged to the device only
+// once durable; an API command) or when one of its events must be durable
+// first (messages' MustSync rules: a cell grant, an outcome, a stage that
+// sends an Execute, ...); the others (presence, bytes-served notes, a
+// version query, ...) are written unsynced and become durable with the next
+// synced append of any actor, so a crash can only take an actor back a few
+// re-derivable steps. The effects are downlinks through the transport
 // seam (transport.Downlinks), messages to other actors by address, and
 // deadlines as timers of the injected clock that deliver DeadlineFired with
 // the step and generation they were armed for (a stale one is ignored by the

@@ -47,7 +47,8 @@ type machine interface {
 }
 
 // shell is the protoactor actor around a machine: recover, then for each
-// input step, persist (one synced append), commit, run effects.
+// input step, persist (one append, synced unless nothing waits on it: see
+// persist), commit, run effects.
 type shell struct {
 	e       *Engine
 	addr    Address
@@ -100,7 +101,7 @@ func (sh *shell) Receive(ctx actor.Context) {
 		}
 		return
 	case command:
-		err := sh.input(msg.in)
+		err := sh.step(msg.in, true, nil)
 		sh.schedulePassivation() // before the reply, so a caller that saw it sees the timer armed
 		if err != nil {
 			ctx.Respond(err)
@@ -115,7 +116,7 @@ func (sh *shell) Receive(ctx actor.Context) {
 		// answered nil (acknowledged: sending it again cannot help); only a
 		// failed journal write or a failed recovery is an error.
 		answered := false
-		err := sh.step(msg.in, func() {
+		err := sh.step(msg.in, true, func() {
 			sh.schedulePassivation()
 			msg.done <- nil
 			answered = true
@@ -189,7 +190,7 @@ func (sh *shell) recover() {
 		return
 	}
 	if len(events) > 0 {
-		if err := sh.persist(next, events); err != nil {
+		if err := sh.persist(next, events, false); err != nil {
 			return
 		}
 	}
@@ -199,13 +200,16 @@ func (sh *shell) recover() {
 	sh.machine.run(sh, effects)
 }
 
-// input runs one step: decide, persist, commit, act.
-func (sh *shell) input(in proto.Message) error { return sh.step(in, nil) }
+// input runs one step of an input nobody waits for (another actor's message,
+// a timer, presence, a note): decide, persist, commit, act.
+func (sh *shell) input(in proto.Message) error { return sh.step(in, false, nil) }
 
-// step is input; durable, if set, runs once the step's events (if any) are
+// step is input. waited marks an input whose sender waits for its step to be
+// durable (a device report, an API command): its events are synced whatever
+// their kind. durable, if set, runs once the step's events (if any) are
 // journaled and committed, before the effects run. It does not run when the
 // step fails.
-func (sh *shell) step(in proto.Message, durable func()) error {
+func (sh *shell) step(in proto.Message, waited bool, durable func()) error {
 	if sh.broken != nil {
 		return sh.broken
 	}
@@ -215,7 +219,7 @@ func (sh *shell) step(in proto.Message, durable func()) error {
 		return err
 	}
 	if len(events) > 0 {
-		if err := sh.persist(next, events); err != nil {
+		if err := sh.persist(next, events, waited); err != nil {
 			return err
 		}
 	}
@@ -228,10 +232,12 @@ func (sh *shell) step(in proto.Message, durable func()) error {
 	return nil
 }
 
-// persist appends events in one synced batch. On failure the actor stops so
-// that its successor rebuilds from what is durable; the state is not committed
-// and no effect runs.
-func (sh *shell) persist(next any, events []proto.Message) error {
+// persist appends events in one batch, synced when sync is set or one of the
+// events must be durable before the step's effects run (mustSync); otherwise
+// unsynced, durable with the next synced append of any actor. On failure the
+// actor stops so that its successor rebuilds from what is durable; the state
+// is not committed and no effect runs.
+func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 	evs := make([]persistence.Event, len(events))
 	for i, ev := range events {
 		b, err := proto.Marshal(ev)
@@ -241,11 +247,14 @@ func (sh *shell) persist(next any, events []proto.Message) error {
 		evs[i] = persistence.Event{Type: sh.machine.eventType(), Version: 1, At: eventTime(ev), Payload: b}
 	}
 	active := sh.machine.active(next)
+	sync = sync || mustSync(events)
 	start := sh.e.deps.Clock.Now()
 	seq, err := sh.e.deps.Store.Append(context.Background(), persistence.Append{
-		Stream: sh.addr.stream(), Expected: sh.seq, Events: evs, Active: &active,
+		Stream: sh.addr.stream(), Expected: sh.seq, Events: evs, Active: &active, NoSync: !sync,
 	})
-	sh.e.metrics.commit.Observe(sh.e.deps.Clock.Since(start).Seconds())
+	if sync {
+		sh.e.metrics.commit.Observe(sh.e.deps.Clock.Since(start).Seconds())
+	}
 	if err != nil {
 		sh.broken = fmt.Errorf("actors: journal write of %s failed: %w", sh.addr, err)
 		sh.e.log.Error("journal write failed; the actor restarts from its journal", "actor", sh.addr.String(), "error", err)
@@ -255,6 +264,18 @@ func (sh *shell) persist(next any, events []proto.Message) error {
 	sh.seq = seq
 	sh.e.metrics.appended.WithLabelValues(kindName(sh.addr.Kind)).Add(float64(len(evs)))
 	return nil
+}
+
+// mustSync reports whether one of a step's events must be durable before the
+// step's effects run: the rules of messages' MustSync methods, one per event
+// kind.
+func mustSync(events []proto.Message) bool {
+	for _, ev := range events {
+		if s, ok := ev.(interface{ MustSync() bool }); !ok || s.MustSync() {
+			return true
+		}
+	}
+	return false
 }
 
 func (sh *shell) maybeSnapshot() {

@@ -138,7 +138,7 @@ func TestReportKeys(t *testing.T) {
 	}
 	for _, k := range []string{"devices", "succeeded", "failed", "wall_seconds", "upgrades_per_second", "p50_seconds",
 		"p95_seconds", "p99_seconds", "peak_cell_units", "cell_budget_units", "cell_budget_exceeded", "engine_cpu_seconds",
-		"engine_peak_rss_bytes", "events_journaled", "failures", "restarts"} {
+		"engine_peak_rss_bytes", "events_journaled", "synced_commits_per_upgrade", "failures", "restarts"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("no %q in %s", k, b)
 		}

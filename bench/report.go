@@ -66,12 +66,18 @@ type Report struct {
 	// The server process(es): CPU over their whole lives and during the
 	// task, the peak RSS, and the journal's events counted in the store
 	// after the run.
-	EngineCPUSeconds         float64 `json:"engine_cpu_seconds"`
-	EngineTaskCPUSeconds     float64 `json:"engine_task_cpu_seconds"`
-	EngineCPUPerUpgradeMs    float64 `json:"engine_cpu_ms_per_upgrade"`
-	EnginePeakRSSBytes       int64   `json:"engine_peak_rss_bytes"`
-	EventsJournaled          int64   `json:"events_journaled"`
-	EventsPerUpgrade         float64 `json:"events_per_upgrade"`
+	EngineCPUSeconds      float64 `json:"engine_cpu_seconds"`
+	EngineTaskCPUSeconds  float64 `json:"engine_task_cpu_seconds"`
+	EngineCPUPerUpgradeMs float64 `json:"engine_cpu_ms_per_upgrade"`
+	EnginePeakRSSBytes    int64   `json:"engine_peak_rss_bytes"`
+	EventsJournaled       int64   `json:"events_journaled"`
+	EventsPerUpgrade      float64 `json:"events_per_upgrade"`
+	// SyncedCommits counts the journal appends the server synced before
+	// they returned (otafleet_journal_synced_appends_total, summed over
+	// server lives; a killed server's last 200 ms are not seen), and
+	// SyncedCommitsPerUpgrade divides them by the finished devices.
+	SyncedCommits            int64   `json:"synced_commits"`
+	SyncedCommitsPerUpgrade  float64 `json:"synced_commits_per_upgrade"`
 	IdleHeapBytesPerDevice   float64 `json:"idle_heap_bytes_per_device"`
 	IdleRSSBytesPerDevice    float64 `json:"idle_rss_bytes_per_device"`
 	RegisterConnectSeconds   float64 `json:"register_connect_seconds"`
@@ -185,7 +191,7 @@ func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 	p("cell budget", "peak %d of %d units in one cell: %s", r.PeakCellUnits, r.CellBudgetUnits, exceeded)
 	p("engine CPU", "%.2f s in all, %.2f s during the task: %.2f ms per finished device", r.EngineCPUSeconds, r.EngineTaskCPUSeconds, r.EngineCPUPerUpgradeMs)
 	p("engine RSS", "peak %s", mib(r.EnginePeakRSSBytes))
-	p("journal", "%d events (%.1f per finished device)", r.EventsJournaled, r.EventsPerUpgrade)
+	p("journal", "%d events (%.1f per finished device); %d synced commits (%.1f per finished device)", r.EventsJournaled, r.EventsPerUpgrade, r.SyncedCommits, r.SyncedCommitsPerUpgrade)
 	r.writeFleet(p)
 	if r.Restarts > 0 {
 		p("restarts", "%d (SIGKILL at %d devices final)", r.Restarts, r.KilledAtFinal)

@@ -124,8 +124,10 @@ type benchRun struct {
 	protos  []string
 	rep     *Report
 	metrics http.Client
-	// violSeen is the current server's violation counter as last read.
-	violSeen int
+	// violSeen is the current server's violation counter as last read,
+	// syncedSeen its synced appends.
+	violSeen   int
+	syncedSeen int
 }
 
 // Run starts a server and simulators as separate processes, registers the
@@ -663,20 +665,21 @@ func (r *benchRun) createTasks(ctx context.Context, products map[string]string) 
 	return tasks, nil
 }
 
-// cellFigures reads the budget metrics from the server.
-func (r *benchRun) cellFigures(ctx context.Context) (peak, budget, violations int, err error) {
+// serverFigures reads the budget metrics and the synced journal appends from
+// the server.
+func (r *benchRun) serverFigures(ctx context.Context) (peak, budget, violations, synced int, err error) {
 	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(mctx, "GET", "http://"+r.addrs["api"]+"/metrics", nil)
 	resp, err := r.metrics.Do(req)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	defer resp.Body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	val := func(name string) (int, error) {
 		f, ok := fams[name]
@@ -692,17 +695,24 @@ func (r *benchRun) cellFigures(ctx context.Context) (peak, budget, violations in
 		}
 		return 0, fmt.Errorf("%s is neither a gauge nor a counter", name)
 	}
-	var errs [3]error
+	var errs [4]error
 	peak, errs[0] = val("otafleet_cell_budget_units_peak")
 	budget, errs[1] = val("otafleet_cell_budget_units")
 	violations, errs[2] = val("otafleet_cell_budget_violations_total")
-	return peak, budget, violations, errors.Join(errs[:]...)
+	synced, errs[3] = val("otafleet_journal_synced_appends_total")
+	return peak, budget, violations, synced, errors.Join(errs[:]...)
 }
 
+// noteCells reads the server's figures (the cell budget's and the synced
+// journal appends) into the report.
 func (r *benchRun) noteCells(ctx context.Context) {
-	peak, budget, violations, err := r.cellFigures(ctx)
+	peak, budget, violations, synced, err := r.serverFigures(ctx)
 	if err != nil {
 		return // the next poll reads them
+	}
+	if synced > r.syncedSeen {
+		r.rep.SyncedCommits += int64(synced - r.syncedSeen)
+		r.syncedSeen = synced
 	}
 	r.rep.PeakCellUnits = max(r.rep.PeakCellUnits, peak)
 	r.rep.CellBudgetUnits = budget
@@ -759,7 +769,7 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 			r.addUsage(r.server)
 			r.rep.Restarts++
 			r.rep.KilledAtFinal = done
-			r.violSeen = 0
+			r.violSeen, r.syncedSeen = 0, 0
 			if err := r.startServer(ctx); err != nil {
 				return fmt.Errorf("restarting the server: %w", err)
 			}
@@ -862,6 +872,7 @@ func (r *benchRun) collect(ctx context.Context, tasks []string) error {
 	}
 	if done := r.rep.Succeeded + r.rep.Failed; done > 0 {
 		r.rep.EngineCPUPerUpgradeMs = r.rep.EngineTaskCPUSeconds * 1000 / float64(done)
+		r.rep.SyncedCommitsPerUpgrade = float64(r.rep.SyncedCommits) / float64(done)
 	}
 	r.rep.CellBudgetExceeded = r.rep.CellBudgetViolations > 0 || r.rep.PeakCellUnits > r.rep.CellBudgetUnits
 	if r.rep.CellBudgetExceeded {

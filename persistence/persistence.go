@@ -12,7 +12,9 @@
 //
 // so that byte order is sequence order, each value a versioned envelope with a
 // CRC (see EncodeEvent). Append writes one batch per call, synced before it
-// returns: an acknowledged append survives a crash. Snapshots bound replay
+// returns: an acknowledged append survives a crash. An append marked NoSync
+// returns before its batch is synced and becomes durable with the next synced
+// one; a crash may lose it (and the unsynced ones after it), never a synced one. Snapshots bound replay
 // time: Load after a snapshot's sequence number replays only the tail. The
 // active mark of a stream (set and cleared in the same batch as its events)
 // lets recovery find the actors with work in flight without scanning every
@@ -177,7 +179,7 @@ type Snapshot struct {
 	Payload []byte
 }
 
-// Append is one atomic, synced write to one stream.
+// Append is one atomic write to one stream, synced unless NoSync is set.
 type Append struct {
 	Stream Stream
 	// Expected is the sequence number of the stream's last event as the
@@ -189,12 +191,29 @@ type Append struct {
 	// Active, when set, sets (true) or clears (false) the stream's active mark
 	// in the same batch.
 	Active *bool
+	// NoSync lets Append return before the batch is durable. The batch is
+	// still atomic and ordered: it is visible to Load and LastSeq at once,
+	// and it becomes durable with the next synced append of any stream (or
+	// snapshot), which a crash cannot keep without it. A crash before that
+	// may lose it, and with it any later unsynced batch, but never a batch
+	// without the ones before it. Only events the writer can do without or
+	// derive again after a crash may be written so (see the actors'
+	// journal rules); nothing acknowledged to anyone may rest on them.
+	NoSync bool
+}
+
+// AppendCounter is implemented by stores that count their appends: how many
+// successful Append calls were synced and how many were marked NoSync since
+// the store was opened. The server exports them as metrics.
+type AppendCounter interface {
+	Appends() (synced, unsynced uint64)
 }
 
 // EventStore is the journal.
 type EventStore interface {
 	// Append writes a's events (and mark) in one batch and returns once the
-	// batch is durable. It returns the new last sequence number.
+	// batch is durable (or, with a.NoSync, once it is written in order). It
+	// returns the new last sequence number.
 	Append(ctx context.Context, a Append) (uint64, error)
 	// Load calls fn with every event of s whose Seq > after, in order. A
 	// corrupt entry stops it with a *CorruptError.

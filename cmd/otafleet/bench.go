@@ -46,8 +46,10 @@ func benchCommand(stdout, stderr io.Writer) *cobra.Command {
 process per 5,000 devices, registers the fleet, uploads a package per protocol,
 runs one task per protocol (per 30,000 devices) to its end and prints a report:
 wall time, upgrades per second, per-device duration percentiles, the busiest
-cell beside its budget, the server's CPU and peak RSS, events journaled,
-failures by reason. --json prints one JSON object instead.
+cell beside its budget, the server's CPU and peak RSS, events journaled and
+synced journal commits (synced_commits_per_upgrade: the server's synced
+appends per finished device), failures by reason. --json prints one JSON
+object instead.
 
 --kill-at 50% kills the server with SIGKILL once half the devices reached a
 final state, starts it again on the same data and ports, and checks that every

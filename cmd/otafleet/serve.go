@@ -107,6 +107,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(journalAppendCounters(store)...)
 	engCfg, err := cfg.engineConfig()
 	if err != nil {
 		return err
@@ -305,5 +306,24 @@ func openStoreError(storeDir string, haveKey, havePrevious bool, err error) erro
 		return fmt.Errorf("neither --seal-key-file nor --previous-seal-key-file is the key the store in %s is sealed with", storeDir)
 	default:
 		return fmt.Errorf("--seal-key-file is not the key the store in %s is sealed with (to change keys, give the old key file as --previous-seal-key-file)", storeDir)
+	}
+}
+
+// journalAppendCounters exports the store's count of journal appends:
+// otafleet_journal_appends_total by synced ("true": committed with an fsync
+// before it returned; "false": persistence.Append.NoSync, durable with the
+// next synced one) and otafleet_journal_synced_appends_total, the synced ones
+// alone (what bench divides by the upgrades).
+func journalAppendCounters(c persistence.AppendCounter) []prometheus.Collector {
+	synced := func() float64 { n, _ := c.Appends(); return float64(n) }
+	unsynced := func() float64 { _, n := c.Appends(); return float64(n) }
+	const help = "Journal appends (one batch of one actor's events each) since the server started, by whether the append was synced before it returned."
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otafleet_journal_synced_appends_total",
+			Help: "Journal appends synced (fsynced, alone or in a group commit) before they returned, since the server started."}, synced),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otafleet_journal_appends_total", Help: help,
+			ConstLabels: prometheus.Labels{"synced": "true"}}, synced),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otafleet_journal_appends_total", Help: help,
+			ConstLabels: prometheus.Labels{"synced": "false"}}, unsynced),
 	}
 }

@@ -20,7 +20,8 @@ type Store struct {
 	events    map[persistence.Stream][]persistence.Event
 	snapshots map[persistence.Stream]persistence.Snapshot
 	active    map[persistence.Kind]map[string]bool
-	appends   int
+	appends   int // successful Append calls
+	unsynced  int // of which NoSync
 
 	products map[string]persistence.Product
 	devices  map[string]persistence.Device // with credentials
@@ -49,7 +50,10 @@ func New() *Store {
 	}
 }
 
-var _ persistence.Store = (*Store)(nil)
+var (
+	_ persistence.Store         = (*Store)(nil)
+	_ persistence.AppendCounter = (*Store)(nil)
+)
 
 func (s *Store) check(ctx context.Context) error {
 	if s.closed {
@@ -93,6 +97,9 @@ func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error
 		}
 	}
 	s.appends++
+	if a.NoSync {
+		s.unsynced++
+	}
 	return last, nil
 }
 
@@ -199,9 +206,11 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// Appends returns how many appends succeeded (for tests and benchmarks).
-func (s *Store) Appends() int {
+// Appends implements persistence.AppendCounter: the successful appends
+// that asked to be synced and those marked NoSync (nothing is durable in
+// memory; the split tells tests what a durable store would have synced).
+func (s *Store) Appends() (synced, unsynced uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.appends
+	return uint64(s.appends - s.unsynced), uint64(s.unsynced)
 }

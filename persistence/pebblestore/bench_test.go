@@ -25,7 +25,14 @@ func benchStore(b *testing.B) *pebblestore.Store {
 // BenchmarkAppendSynced appends one small event per synced append, from 1
 // goroutine and from 64 (each on its own stream, so their syncs group), on
 // the real filesystem (a temporary directory).
-func BenchmarkAppendSynced(b *testing.B) {
+func BenchmarkAppendSynced(b *testing.B) { benchAppend(b, false) }
+
+// BenchmarkAppendUnsynced is BenchmarkAppendSynced with Append.NoSync: the
+// store's own cost per append (the Expected check, the batch, the WAL write)
+// without the fsync.
+func BenchmarkAppendUnsynced(b *testing.B) { benchAppend(b, true) }
+
+func benchAppend(b *testing.B, noSync bool) {
 	for _, goroutines := range []int{1, 64} {
 		b.Run(fmt.Sprintf("goroutines=%d", goroutines), func(b *testing.B) {
 			s := benchStore(b)
@@ -39,7 +46,7 @@ func BenchmarkAppendSynced(b *testing.B) {
 					var expected uint64
 					for issued.Add(1) <= int64(b.N) {
 						seq, err := s.Append(context.Background(), persistence.Append{
-							Stream: st, Expected: expected,
+							Stream: st, Expected: expected, NoSync: noSync,
 							Events: []persistence.Event{{Type: persistence.EventTypeDevice, Version: 1, At: int64(expected), Payload: payload}},
 						})
 						if err != nil {

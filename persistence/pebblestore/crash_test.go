@@ -292,3 +292,76 @@ func (r *crashingReader) Read(p []byte) (int, error) {
 	r.off += k
 	return k, nil
 }
+
+// TestCrashUnsyncedAppends crashes while writers mix synced and unsynced
+// (NoSync) appends: a recovered stream is a whole-batch prefix of what was
+// written, and holds every synced append and every unsynced one that returned
+// before a synced append (of any stream) began.
+func TestCrashUnsyncedAppends(t *testing.T) {
+	writers, appends := 8, 60
+	if testing.Short() {
+		writers, appends = 4, 30
+	}
+	fs := vfs.NewCrashableMem()
+	s := openFS(t, fs)
+	defer s.Close()
+	returned := make([]atomic.Uint64, writers) // every append that returned
+	var mu sync.Mutex
+	durable := make([]uint64, writers) // what a crash must keep
+	var pointsMu sync.Mutex
+	var points []crashPoint
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 5))
+			var expected uint64
+			for j := range appends {
+				synced := j%3 == 2
+				before := snapshotAcked(returned)
+				n := uint64(1 + j%2)
+				mark := j%2 == 0
+				var evs []persistence.Event
+				for i := uint64(1); i <= n; i++ {
+					evs = append(evs, persistence.Event{Type: persistence.EventTypeDevice, Version: 1, At: int64(j), Payload: crashPayload(w, expected+i, expected+n, mark)})
+				}
+				seq, err := s.Append(context.Background(), persistence.Append{Stream: writerStream(w), Expected: expected, Events: evs, Active: &mark, NoSync: !synced})
+				if err != nil {
+					errs <- err
+					return
+				}
+				expected = seq
+				returned[w].Store(seq)
+				if synced {
+					mu.Lock()
+					for k, b := range before {
+						durable[k] = max(durable[k], b)
+					}
+					durable[w] = seq
+					mu.Unlock()
+				}
+				if rng.IntN(4) == 0 {
+					mu.Lock()
+					must := slices.Clone(durable)
+					mu.Unlock()
+					img := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: rng.IntN(101), RNG: rand.New(rand.NewPCG(rng.Uint64(), 0))})
+					pointsMu.Lock()
+					points = append(points, crashPoint{img, must})
+					pointsMu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if synced, unsynced := s.Appends(); synced == 0 || unsynced <= synced {
+		t.Fatalf("Appends = %d synced, %d unsynced; want both, more unsynced", synced, unsynced)
+	}
+	for i, cp := range points {
+		checkRecovered(t, fmt.Sprintf("crash point %d", i), cp)
+	}
+	t.Logf("%d crash points checked", len(points))
+}

@@ -25,10 +25,16 @@
 //
 // # Writes
 //
-// Append and SaveSnapshot write one batch committed with pebble.Sync. They
-// take a lock per stream (striped) only to check Expected against the
-// stream's last key, so appends to different streams run concurrently and
-// Pebble groups their WAL syncs (group commit). Registry writes take one
+// Append and SaveSnapshot write one batch committed with pebble.Sync
+// (pebble.NoSync for an Append marked NoSync: the WAL keeps batches in
+// order, so the next synced commit makes it durable too). They take a lock
+// per stream (striped) only to check Expected against the stream's last
+// sequence number, so appends to different streams run concurrently and
+// Pebble groups their WAL syncs (group commit). The stripe keeps the last
+// sequence number of the streams it wrote lately (a bounded number, dropped
+// when a stream's active mark is cleared or a commit fails), so the check
+// reads the stream's last key only on a miss. Appends counts the synced and
+// unsynced appends. Registry writes take one
 // registry lock (they check references) and are synced too. Sessions
 // (persistence.Sessions) are written unsynced: they must survive a crash of
 // the process, which leaves them in the kernel, and losing one to a power cut

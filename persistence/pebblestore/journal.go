@@ -13,18 +13,67 @@ import (
 	"github.com/otafleet/otafleet/persistence"
 )
 
-// streamLock is the lock of st's stripe: it orders the Expected check and the
-// commit of appends (and snapshots) to one stream.
-func (s *Store) streamLock(st persistence.Stream) *sync.Mutex {
+// stripe is the lock of a set of streams (hashed), with the last sequence
+// numbers of those of them that were written lately.
+type stripe struct {
+	// mu orders the Expected check and the commit of appends (and
+	// snapshots) to the stripe's streams.
+	mu sync.Mutex
+	// last caches the last sequence number of streams appended to or read
+	// under mu, so that Append checks Expected without a Pebble iterator. An
+	// entry is dropped when its stream's active mark is cleared (the actor
+	// went idle), when a commit's outcome is unknown (it failed), and at
+	// random when the stripe holds stripeStreams entries: memory stays
+	// bounded whatever the number of streams, and a miss reads the last key.
+	last map[persistence.Stream]uint64
+}
+
+// stripeStreams bounds the cached sequence numbers of one stripe: with 1024
+// stripes, about 260,000 streams (some 25 MiB at most).
+const stripeStreams = 256
+
+// stripe returns st's stripe.
+func (s *Store) stripe(st persistence.Stream) *stripe {
 	var h maphash.Hash
 	h.SetSeed(s.streamSeed)
 	h.WriteString(string(st.Kind))
 	h.WriteByte('/')
 	h.WriteString(st.ID)
-	return &s.streamLocks[h.Sum64()%uint64(len(s.streamLocks))]
+	return &s.stripes[h.Sum64()%uint64(len(s.stripes))]
 }
 
-// Append implements persistence.EventStore.
+// lastSeqLocked returns st's last sequence number from the stripe's cache,
+// reading (and caching) it on a miss. The caller holds p.mu.
+func (s *Store) lastSeqLocked(p *stripe, st persistence.Stream) (uint64, error) {
+	if seq, ok := p.last[st]; ok {
+		return seq, nil
+	}
+	seq, err := s.lastSeq(st)
+	if err != nil {
+		return 0, err
+	}
+	p.remember(st, seq)
+	return seq, nil
+}
+
+// remember caches seq as st's last sequence number, evicting another entry
+// when the stripe is full. The caller holds p.mu.
+func (p *stripe) remember(st persistence.Stream, seq uint64) {
+	if p.last == nil {
+		p.last = make(map[persistence.Stream]uint64)
+	}
+	if _, ok := p.last[st]; !ok && len(p.last) >= stripeStreams {
+		for k := range p.last {
+			delete(p.last, k)
+			break
+		}
+	}
+	p.last[st] = seq
+}
+
+// Append implements persistence.EventStore. The Expected check reads the
+// stream's last sequence number from memory once the stream was used (see
+// stripe); a commit that fails forgets it, since its outcome is unknown.
 func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error) {
 	if err := a.Stream.Validate(); err != nil {
 		return 0, err
@@ -33,10 +82,10 @@ func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error
 		return 0, err
 	}
 	defer s.exit()
-	mu := s.streamLock(a.Stream)
-	mu.Lock()
-	defer mu.Unlock()
-	last, err := s.lastSeq(a.Stream)
+	p := s.stripe(a.Stream)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	last, err := s.lastSeqLocked(p, a.Stream)
 	if err != nil {
 		return 0, err
 	}
@@ -71,10 +120,28 @@ func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if err := s.commit(b, pebble.Sync); err != nil {
+	opts, counter := pebble.Sync, &s.syncedAppends
+	if a.NoSync {
+		opts, counter = pebble.NoSync, &s.unsyncedAppends
+	}
+	if err := s.commit(b, opts); err != nil {
+		delete(p.last, a.Stream)
 		return 0, err
 	}
+	counter.Add(1)
+	if a.Active != nil && !*a.Active {
+		delete(p.last, a.Stream)
+	} else {
+		p.remember(a.Stream, seq)
+	}
 	return seq, nil
+}
+
+// Appends implements persistence.AppendCounter: how many Append calls
+// committed a batch synced (pebble.Sync) and unsynced (Append.NoSync) since
+// the store was opened.
+func (s *Store) Appends() (synced, unsynced uint64) {
+	return s.syncedAppends.Load(), s.unsyncedAppends.Load()
 }
 
 // lastSeq reads the sequence number of st's last event.
@@ -190,10 +257,10 @@ func (s *Store) SaveSnapshot(ctx context.Context, st persistence.Stream, snap pe
 		return err
 	}
 	defer s.exit()
-	mu := s.streamLock(st)
-	mu.Lock()
-	defer mu.Unlock()
-	last, err := s.lastSeq(st)
+	p := s.stripe(st)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	last, err := s.lastSeqLocked(p, st)
 	if err != nil {
 		return err
 	}

@@ -85,8 +85,11 @@ type Store struct {
 	fatal    atomic.Pointer[error] // first fatal Pebble error
 	panicked atomic.Bool           // Pebble panicked inside a commit: its commit lock may be held
 
-	streamSeed  maphash.Seed
-	streamLocks [1024]sync.Mutex // striped by stream
+	streamSeed maphash.Seed
+	stripes    [1024]stripe // striped by stream
+
+	syncedAppends   atomic.Uint64 // Append calls committed with pebble.Sync
+	unsyncedAppends atomic.Uint64 // Append calls committed with pebble.NoSync
 
 	regMu sync.Mutex // serialises registry writes (they check references)
 
@@ -94,9 +97,16 @@ type Store struct {
 
 	writingMu sync.Mutex
 	writing   map[string]bool // blobs being written
+
+	// afterCommit, set by tests only, runs after every successful commit;
+	// its error is the commit's (an outcome the caller cannot know).
+	afterCommit func() error
 }
 
-var _ persistence.Store = (*Store)(nil)
+var (
+	_ persistence.Store         = (*Store)(nil)
+	_ persistence.AppendCounter = (*Store)(nil)
+)
 
 // DefaultCacheBytes is the block cache of a store opened without
 // Options.CacheBytes. Pebble's own default (8 MiB) is evicted by the
@@ -354,6 +364,11 @@ func (s *Store) commit(b *pebble.Batch, opts *pebble.WriteOptions) (err error) {
 	}()
 	if err := b.Commit(opts); err != nil {
 		return fmt.Errorf("pebblestore: commit: %w", err)
+	}
+	if s.afterCommit != nil {
+		if err := s.afterCommit(); err != nil {
+			return fmt.Errorf("pebblestore: commit: %w", err)
+		}
 	}
 	return s.failed()
 }

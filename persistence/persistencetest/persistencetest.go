@@ -5,7 +5,7 @@
 //
 // and must pass it. The suite covers the journal (ordering, Expected and
 // ErrConflict, concurrent appends, Load after N, snapshots, active marks,
-// closed stores, invalid IDs) and the registry (CRUD, paging, all-or-nothing
+// closed stores, invalid IDs, appends marked NoSync) and the registry (CRUD, paging, all-or-nothing
 // CreateDevices, references, credentials, blobs). Each subtest opens its own
 // store; the suite closes it. It is for tests only.
 package persistencetest
@@ -40,6 +40,9 @@ func Run(t *testing.T, open Open) {
 		{"AppendLoad", testAppendLoad},
 		{"LoadAfter", testLoadAfter},
 		{"Conflict", testConflict},
+		{"ConflictWarm", testConflictWarm},
+		{"ConflictAfterFailedAppend", testConflictAfterFailedAppend},
+		{"NoSync", testNoSync},
 		{"ConcurrentSameStream", testConcurrentSameStream},
 		{"ConcurrentStreams", testConcurrentStreams},
 		{"PayloadsAreCopied", testPayloadsCopied},
@@ -215,6 +218,85 @@ func testConflict(t *testing.T, s persistence.Store) {
 	}
 	if ids := active(t, s, persistence.KindDevice); len(ids) != 0 {
 		t.Fatalf("a conflicting append set marks %v", ids)
+	}
+}
+
+// testConflictWarm fences a second writer once the store has seen the stream
+// (a store may keep its last sequence number in memory): stale writers
+// conflict whichever of them wrote last, after a mark is set or cleared, and
+// after unsynced appends.
+func testConflictWarm(t *testing.T, s persistence.Store) {
+	ctx := context.Background()
+	a := mustAppend(t, s, persistence.Append{Stream: dev1, Events: evs(1, 2), Active: new(true)})
+	_, err := s.Append(ctx, persistence.Append{Stream: dev1, Expected: 0, Events: evs(9, 9)})
+	isErr(t, "a second writer expecting an empty stream", err, persistence.ErrConflict)
+	b, err := s.LastSeq(ctx, dev1)
+	ok(t, "LastSeq", err)
+	b = mustAppend(t, s, persistence.Append{Stream: dev1, Expected: b, Events: evs(3, 3)}) // the second writer takes over
+	_, err = s.Append(ctx, persistence.Append{Stream: dev1, Expected: a, Events: evs(9, 9)})
+	isErr(t, "the first writer after the second wrote", err, persistence.ErrConflict)
+	b = mustAppend(t, s, persistence.Append{Stream: dev1, Expected: b, Events: evs(4, 4), Active: new(false)})
+	_, err = s.Append(ctx, persistence.Append{Stream: dev1, Expected: a, Events: evs(9, 9)})
+	isErr(t, "a stale writer after the mark was cleared", err, persistence.ErrConflict)
+	b = mustAppend(t, s, persistence.Append{Stream: dev1, Expected: b, Events: evs(5, 6), NoSync: true})
+	_, err = s.Append(ctx, persistence.Append{Stream: dev1, Expected: b - 2, Events: evs(9, 9), NoSync: true})
+	isErr(t, "a stale writer after an unsynced append", err, persistence.ErrConflict)
+	if got := mustAppend(t, s, persistence.Append{Stream: dev1, Expected: b, Events: evs(7, 7)}); got != 7 {
+		t.Fatalf("Append after 6 events returned %d, want 7", got)
+	}
+	checkEvents(t, load(t, s, dev1, 0), 1, 1, 7)
+}
+
+// testConflictAfterFailedAppend checks that failed appends (a conflict, a
+// cancelled context, an invalid stream) leave the stream's sequence where it
+// was: the writer's Expected still works, and a guess past it conflicts.
+func testConflictAfterFailedAppend(t *testing.T, s persistence.Store) {
+	ctx := context.Background()
+	mustAppend(t, s, persistence.Append{Stream: dev1, Events: evs(1, 2)})
+	_, err := s.Append(ctx, persistence.Append{Stream: dev1, Expected: 1, Events: evs(9, 9)})
+	isErr(t, "Append expecting 1 of a stream at 2", err, persistence.ErrConflict)
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.Append(cancelled, persistence.Append{Stream: dev1, Expected: 2, Events: evs(9, 9)}); err == nil {
+		t.Fatal("Append with a cancelled context succeeded")
+	}
+	for _, expected := range []uint64{1, 3} {
+		_, err := s.Append(ctx, persistence.Append{Stream: dev1, Expected: expected, Events: evs(9, 9)})
+		isErr(t, fmt.Sprintf("Append expecting %d after failed appends at 2", expected), err, persistence.ErrConflict)
+	}
+	mustAppend(t, s, persistence.Append{Stream: dev1, Expected: 2, Events: evs(3, 3)})
+	checkEvents(t, load(t, s, dev1, 0), 1, 1, 3)
+}
+
+// testNoSync checks that an unsynced append is an append like any other
+// while the store runs: numbered, ordered, visible to Load and LastSeq, its
+// mark set, and counted apart by stores that count appends.
+func testNoSync(t *testing.T, s persistence.Store) {
+	ctx := context.Background()
+	var synced0, unsynced0 uint64
+	counter, counts := s.(persistence.AppendCounter)
+	if counts {
+		synced0, unsynced0 = counter.Appends()
+	}
+	mustAppend(t, s, persistence.Append{Stream: dev1, Events: evs(1, 1)})
+	if got := mustAppend(t, s, persistence.Append{Stream: dev1, Expected: 1, Events: evs(2, 3), Active: new(true), NoSync: true}); got != 3 {
+		t.Fatalf("unsynced Append returned %d, want 3", got)
+	}
+	mustAppend(t, s, persistence.Append{Stream: dev2, Events: evs(1, 1), NoSync: true})
+	if last, err := s.LastSeq(ctx, dev1); err != nil || last != 3 {
+		t.Fatalf("LastSeq after an unsynced append = %d, %v; want 3", last, err)
+	}
+	checkEvents(t, load(t, s, dev1, 0), 1, 1, 3)
+	if ids := active(t, s, persistence.KindDevice); !slices.Equal(ids, []string{"dev-1"}) {
+		t.Fatalf("Active after an unsynced append = %v, want [dev-1]", ids)
+	}
+	_, err := s.Append(ctx, persistence.Append{Stream: dev1, Expected: 2, Events: evs(9, 9), NoSync: true})
+	isErr(t, "an unsynced Append with a stale Expected", err, persistence.ErrConflict)
+	if counts {
+		synced, unsynced := counter.Appends()
+		if synced-synced0 != 1 || unsynced-unsynced0 != 2 {
+			t.Fatalf("Appends counted %d synced, %d unsynced; want 1 and 2", synced-synced0, unsynced-unsynced0)
+		}
 	}
 }
 

@@ -1,0 +1,76 @@
+package messages
+
+// The journal's sync rules: which events must be durable (synced) before the
+// effects of the step that emitted them run, and which may be written
+// unsynced (persistence.Append.NoSync), to become durable with the next
+// synced write of any actor. A crash may lose a suffix of the unsynced
+// writes, never a write without those before it; so a lost event takes the
+// actor back to the state before it, from which Resume (and the inputs that
+// follow: a re-sent StartJob, a re-granted permit, a fired deadline) redoes
+// the work. An event may be unsynced only if that is harmless although its
+// step's effects already ran: its effects are idempotent requests that
+// Resume repeats (reads, queries, permit requests), or it has none (notes,
+// presence). Every event that precedes an effect the world cannot see twice
+// is synced: a cell grant (the budget), a package URI or upgrade command that
+// starts a download, an Execute or PCP 0x17, an outcome, a task's starts and
+// ends, a queued or flushed downlink.
+//
+// These rules are per event; the actors' shell adds one per input: the step of
+// an input someone waits for (a device report, which the transport
+// acknowledges once journaled, or an API command) is synced whatever its
+// events.
+
+// MustSync reports whether ev must be durable before its step's effects run
+// (see the rules above).
+func (x *DeviceEvent) MustSync() bool {
+	switch k := x.GetKind().(type) {
+	case *DeviceEvent_PresenceChanged, // re-established by the device's next session
+		*DeviceEvent_Noted,            // a timeline note: bytes served, an ignored report
+		*DeviceEvent_ProgressRecorded, // superseded by the next progress or the result
+		*DeviceEvent_DownloadOffered,  // the offered URI, for the timeline
+		*DeviceEvent_VersionRecorded,  // asked again by the job's version query
+		*DeviceEvent_RadioRecorded,    // asked again by the job's radio query
+		*DeviceEvent_PermitRequested,  // asked again by Resume while waiting for a permit
+		*DeviceEvent_PermitReleased,   // the cell re-grants on recovery; the device hands it back
+		*DeviceEvent_JobAccepted,      // the task re-sends StartJob on recovery
+		*DeviceEvent_JobRejected:      // likewise; the refusal is decided again
+		return false
+	case *DeviceEvent_StageEntered:
+		return k.StageEntered.GetStage().startsDeviceWork()
+	}
+	return true
+}
+
+// startsDeviceWork reports whether stage is one of a device at work on the
+// server's word, whose entry sends (or may send) a downlink that makes the
+// device act: a package URI or upgrade command and the download under way
+// (NOTIFIED, DOWNLOADING), an Execute or PCP 0x17 (DOWNLOADED, UPGRADING).
+// The other stages only ask (version, radio, cell, a permit, the version
+// after an upgrade) or wait.
+func (s Stage) startsDeviceWork() bool {
+	switch s {
+	case Stage_STAGE_WAIT_ONLINE, Stage_STAGE_VERSION_QUERY, Stage_STAGE_RADIO_QUERY,
+		Stage_STAGE_CELL_QUERY, Stage_STAGE_WAIT_PERMIT, Stage_STAGE_VERIFYING:
+		return false
+	}
+	return true
+}
+
+// MustSync reports whether ev must be durable before its step's effects run
+// (see the rules above). A grant is: after a crash the cell must still count
+// the slot its holder uses. A place in the queue is not: a waiting device asks
+// again on recovery. A returned slot is not: the cell re-grants it on
+// recovery and the device hands it back, so a lost return only keeps the slot
+// counted a moment longer.
+func (x *CellEvent) MustSync() bool {
+	switch x.GetKind().(type) {
+	case *CellEvent_PermitQueued, *CellEvent_PermitReturned:
+		return false
+	}
+	return true
+}
+
+// MustSync reports whether ev must be durable before its step's effects run:
+// every task event is (starts, outcomes and retries number attempts; a lost
+// wake-up could leave sub-tasks unstarted).
+func (x *TaskEvent) MustSync() bool { return true }
