@@ -70,6 +70,9 @@ type serveConfig struct {
 	DownloadURL       string
 	TLSCert           string
 	TLSKey            string
+	// PackageCacheBytes bounds the package images the download paths
+	// (HTTP, CoAP Block2, PCP segments) serve from memory.
+	PackageCacheBytes int64
 
 	// The HTTP servers (API and package downloads): connection limits,
 	// timeouts before and between requests, and the minimum transfer rate
@@ -114,6 +117,7 @@ func defaultServeConfig() serveConfig {
 		MQTTProbeInterval: time.Minute,
 		APIMaxConns:       1024,
 		DownloadMaxConns:  10000,
+		PackageCacheBytes: download.DefaultImageBytes,
 		HTTPHeaderTimeout: 30 * time.Second,
 		HTTPIdleTimeout:   2 * time.Minute,
 		MinTransferRate:   128,
@@ -289,6 +293,8 @@ func settings() []setting {
 			"PEM certificate for HTTPS downloads and MQTTS; default: a self-signed one kept in the data dir"),
 		opt("tls-key", func(c *serveConfig) *string { return &c.TLSKey },
 			"PEM private key of --tls-cert"),
+		opt("package-cache-bytes", func(c *serveConfig) *int64 { return &c.PackageCacheBytes },
+			"memory for package images: each package is read from the store and checked once, then served from memory to every device (HTTP ranges, CoAP blocks, PCP segments); images no download reads are evicted, least recently used first, and a package that does not fit is read from the store per request (0: no images)", notNegative),
 		// The HTTP servers (API and package downloads).
 		opt("api-max-conns", func(c *serveConfig) *int { return &c.APIMaxConns },
 			"most connections the API serves at once; more wait to be accepted", atLeast(1)),

@@ -148,6 +148,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if devs.lwm2m != nil {
 		route.lwm2m = devs.lwm2m
 	}
+	route.dl = devs.dl
 	downlinks.Set(route)
 	if err := engine.Start(ctx); err != nil {
 		return fmt.Errorf("recovery: %w", err)

@@ -78,9 +78,13 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 	if err != nil {
 		return nil, fmt.Errorf("download token key: %w", err)
 	}
+	// One set of package images for every download path. The engine's
+	// RevokeToken effects reach the download server's Revoke (router), so
+	// it keeps the grants it authorized.
+	images := download.NewImages(reg, cfg.PackageCacheBytes)
 	t.dl, err = download.New(download.Config{
 		Packages: reg, Handles: reg, Key: key, TTL: cfg.TokenTTL, Clock: clk, Logger: logger.With("component", "download"),
-		Authorize: engine.AuthorizeDownload, OnServed: engine.DownloadServed,
+		Authorize: engine.AuthorizeDownload, KeepGrants: true, OnServed: engine.DownloadServed, Images: images,
 	})
 	if err != nil {
 		return nil, err
@@ -109,7 +113,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 
 	if cfg.CoAPAddr != "" || cfg.CoAPSAddr != "" {
 		t.lwm2m, err = lwm2m.New(lwm2m.Config{
-			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, DTLSPublicAddr: cfg.CoAPSPublic, Devices: reg, Packages: reg, Tokens: t.dl, Sessions: reg,
+			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, DTLSPublicAddr: cfg.CoAPSPublic, Devices: reg, Packages: reg, Tokens: t.dl, Images: images, Sessions: reg,
 			Uplinks: engine, Clock: clk, Logger: logger,
 		})
 		if err != nil {
@@ -241,6 +245,7 @@ type router struct {
 	sim   *memtransport.Transport // nil without --simulate
 	mqtt  transport.Downlinks     // nil without a broker
 	lwm2m transport.Downlinks     // nil without --coap-addr
+	dl    *download.Server        // the download server (HTTP and CoAP), told of every revocation
 }
 
 func (r *router) pick(dl *messages.Downlink) (transport.Downlinks, error) {
@@ -271,6 +276,9 @@ func (r *router) Send(ctx context.Context, dl *messages.Downlink) error {
 }
 
 func (r *router) RevokeToken(ctx context.Context, rt *messages.RevokeToken) error {
+	if r.dl != nil {
+		r.dl.Revoke(rt.GetDeviceId())
+	}
 	if r.sim != nil {
 		if _, ok := r.sim.Device(rt.GetDeviceId()); ok {
 			return r.sim.RevokeToken(ctx, rt)

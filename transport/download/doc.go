@@ -20,10 +20,19 @@
 // expiry. A token expires after Config.TTL (24 h by default, as the spec's
 // "expires": 86400); revocation before that, when the sub-task reached a final
 // result or was stopped (spec 6.5), is the job of Config.Authorize, asked on
-// every request.
+// every request, or with Config.KeepGrants on the first request of a grant
+// only, until Server.Revoke names its device (the engine's RevokeToken, at
+// the end of the job): a CoAP download of a thousand blocks asks once.
+//
+// Package files are served from Images: each package's file is read from
+// the store once, checked against its record, and kept in memory as an
+// immutable image that every download reads without copying, within a
+// bound in bytes (least recently used images no download reads are
+// evicted; a package that does not fit is read from the store per
+// request).
 //
 // The Handler answers GET and HEAD on /packages/{package_id} through
-// http.ServeContent over a blob opened per request, so ranges ("Range:
+// http.ServeContent over the package's image (or its blob), so ranges ("Range:
 // bytes=N-", 206 Partial Content), If-Range, conditional requests and HEAD
 // follow RFC 9110. Each answer carries Content-Length, a strong ETag (the
 // package's SHA-256 in hex), Last-Modified (the package's creation time) and
@@ -51,10 +60,11 @@
 //
 // The rules are written once, for every path a package takes: Check is the
 // token check (a token's signature and expiry or a handle's grant, then
-// package and Authorize) and OpenPackage the verified opener (record, file,
-// size and SHA-256). The Handler uses both, and so does the LwM2M server
-// (transport/lwm2m), which serves the same packages block-wise over CoAP
-// (Block2) with the handle in its URI.
+// package and Authorize) and Images (over OpenPackage, the verified opener:
+// record, file, size and SHA-256) the package reader. The Handler uses
+// both, and so does the LwM2M server (transport/lwm2m), which serves the
+// same packages block-wise over CoAP (Block2) with the handle in its URI,
+// and in PCP segments.
 //
 // A Server is safe for concurrent use. It judges token expiry by its
 // clock.Clock (Config.Clock), never by the time package's wall clock.

@@ -35,6 +35,16 @@ type Config struct {
 	// nil Authorize allows every valid token. The engine's AuthorizeDownload (package actors) is the
 	// rule: a grant holds while its (task, attempt) is the device's running job.
 	Authorize func(ctx context.Context, g Grant) error
+	// KeepGrants keeps each grant Authorize allowed (and the handle that
+	// named it), so that the later requests of the download (the other
+	// blocks of a CoAP download) are neither asked about nor looked up
+	// again, until Revoke names the grant's device. Set it only when every
+	// end of a grant reaches Revoke: the engine's RevokeToken effects do,
+	// at every end of a job whose device was told where its package is.
+	KeepGrants bool
+	// Images serves the package files; nil: NewImages(Packages,
+	// DefaultImageBytes), this server's own.
+	Images *Images
 	// OnServed, if set, is called after each request that sent package bytes: the grant, the first
 	// offset sent, the number of bytes actually written, and the package size.
 	//
@@ -74,6 +84,8 @@ type Server struct {
 	authorize func(ctx context.Context, g Grant) error
 	onServed  func(g Grant, offset, n, size int64)
 	handles   Handles
+	images    *Images
+	kept      *grants // nil without Config.KeepGrants
 	log       *slog.Logger
 }
 
@@ -96,7 +108,14 @@ func New(cfg Config) (*Server, error) {
 		authorize: cfg.Authorize,
 		onServed:  cfg.OnServed,
 		handles:   cfg.Handles,
+		images:    cfg.Images,
 		log:       cfg.Logger,
+	}
+	if s.images == nil {
+		s.images = NewImages(cfg.Packages, DefaultImageBytes)
+	}
+	if cfg.KeepGrants {
+		s.kept = newGrants()
 	}
 	if s.ttl == 0 {
 		s.ttl = DefaultTTL
@@ -215,7 +234,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // the package's bytes, as http.ServeContent does, then OnServed.
 func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, log *slog.Logger, g Grant) {
 	ctx := r.Context()
-	blob, pkg, err := OpenPackage(ctx, s.packages, g.PackageID)
+	content, err := s.images.Open(ctx, g.PackageID)
 	if err != nil {
 		if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
 			log.LogAttrs(ctx, slog.LevelInfo, "download refused: unknown package", slog.String("reason", err.Error()))
@@ -226,7 +245,8 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, log *slog.
 		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return
 	}
-	defer blob.Close()
+	defer content.Close()
+	pkg := content.Package
 
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
@@ -238,15 +258,15 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, log *slog.
 	}
 	h.Set("Content-Disposition", contentDisposition(name))
 
-	content := &trackedBlob{r: blob, first: -1}
+	tracked := &trackedBlob{r: content.ReadSeeker(), first: -1}
 	cw := &countingWriter{ResponseWriter: w}
 	// ServeContent sets Last-Modified, unless Created is zero, and handles
 	// Range, If-Range, If-None-Match, If-Modified-Since and HEAD.
-	http.ServeContent(cw, r, "", pkg.Created, content)
+	http.ServeContent(cw, r, "", pkg.Created, tracked)
 	// With several ranges ServeContent reads the blob in a goroutine that
 	// may outlive it when the client goes away: stop it before the deferred
 	// Close.
-	first := content.stop()
+	first := tracked.stop()
 
 	n := cw.sent()
 	log.LogAttrs(ctx, slog.LevelDebug, "download served",
@@ -417,26 +437,67 @@ func (s *Server) grantOf(ctx context.Context, h string) (Grant, error) {
 // ErrForbidden, or the store's error when reading a handle failed. With an
 // error, the grant is the token's when its signature verified (an expired
 // token, another package, a revoked upgrade) and zero otherwise.
+//
+// With Config.KeepGrants, a grant Authorize allowed is not asked about
+// again, and its handle not looked up again, until Revoke names its device.
 func (s *Server) Check(ctx context.Context, token, packageID string) (Grant, error) {
 	var g Grant
 	var err error
-	if isHandle(token) {
+	handle, kept := isHandle(token), false
+	if handle && s.kept != nil {
+		g, kept = s.kept.ofHandle(token)
+	}
+	if handle && !kept {
 		g, err = s.grantOf(ctx, token)
 		if err != nil {
 			return Grant{}, err
 		}
-	} else if g, _, err = s.signer.verify(token, s.clock.Now()); err != nil {
-		return g, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	} else if !handle {
+		if g, _, err = s.signer.verify(token, s.clock.Now()); err != nil {
+			return g, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+		}
 	}
 	if g.PackageID != packageID {
 		return g, fmt.Errorf("%w: %w %q", ErrForbidden, errOtherPackage, g.PackageID)
 	}
-	if s.authorize != nil {
-		if err := s.authorize(ctx, g); err != nil {
-			return g, fmt.Errorf("%w: %w", ErrForbidden, err)
+	if s.authorize == nil || kept {
+		return g, nil
+	}
+	var gen uint64
+	if s.kept != nil {
+		if kept, gen = s.kept.allowed(g); kept {
+			return g, nil
 		}
 	}
+	if err := s.authorize(ctx, g); err != nil {
+		return g, fmt.Errorf("%w: %w", ErrForbidden, err)
+	}
+	if s.kept != nil {
+		h := ""
+		if handle {
+			h = token
+		}
+		s.kept.keep(g, h, gen)
+	}
 	return g, nil
+}
+
+// Revoke tells the server that the grants of device deviceID no longer
+// hold (its job ended, was stopped or retried: the engine's RevokeToken):
+// with Config.KeepGrants, the next request under any of them asks
+// Authorize again, and one being asked is not kept. Without, it does
+// nothing, since Authorize is asked on every request.
+func (s *Server) Revoke(deviceID string) {
+	if s.kept != nil {
+		s.kept.revoke(deviceID)
+	}
+}
+
+// Open returns package id's record and bytes, verified, from the server's
+// Images (Config.Images): the one package reader of the HTTP and CoAP
+// paths. Close the Content when done.
+func (s *Server) Open(ctx context.Context, id string) (*Content, error) {
+	return s.images.Open(ctx, id)
 }
 
 // ErrPackageMismatch: a package's file differs in size or SHA-256 from its

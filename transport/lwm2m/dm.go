@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -503,26 +502,24 @@ func (s *Server) pcpFrame(ctx context.Context, dl *messages.Downlink) ([]byte, e
 	return nil, fmt.Errorf("not an LwM2M downlink: %T", dl.GetKind())
 }
 
-// segment reads segment r.SegmentNo of the package file.
+// segment reads segment r.SegmentNo of the package file, verified against
+// its record, from its image (Config.Images): a slice of the image, not to
+// be modified.
 func (s *Server) segment(ctx context.Context, r *messages.PcpSegmentResponse) ([]byte, error) {
-	blob, err := s.cfg.Packages.OpenBlob(ctx, r.GetPackageId())
-	if err != nil {
-		return nil, fmt.Errorf("package %q: %w", r.GetPackageId(), err)
-	}
-	defer blob.Close()
 	size := r.GetSegmentSize()
 	if size == 0 || size > 0xFFFF {
 		return nil, fmt.Errorf("segment size %d", size)
 	}
-	off, n, ok := pcp.SegmentRange(blob.Size(), uint16(size), uint16(r.GetSegmentNo()))
-	if !ok {
-		return nil, fmt.Errorf("segment %d of a %d-byte package in %d-byte segments does not exist", r.GetSegmentNo(), blob.Size(), size)
-	}
-	buf := make([]byte, n)
-	if _, err := blob.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+	content, err := s.cfg.Images.Open(ctx, r.GetPackageId())
+	if err != nil {
 		return nil, err
 	}
-	return buf, nil
+	defer content.Close()
+	off, n, ok := pcp.SegmentRange(content.Size(), uint16(size), uint16(r.GetSegmentNo()))
+	if !ok {
+		return nil, fmt.Errorf("segment %d of a %d-byte package in %d-byte segments does not exist", r.GetSegmentNo(), content.Size(), size)
+	}
+	return content.Slice(off, int64(n))
 }
 
 // pcpUplink delivers a PCP frame the device notified on /19/0/0. Other

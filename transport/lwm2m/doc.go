@@ -60,14 +60,16 @@
 // GET /fw/{package_id}/t={token} (or with the token in a Uri-Query t, or in
 // the last Uri-Path option as "{package_id}?t={token}", where a LiteOS agent
 // puts a URI's query: PackageRequest) answers one Block2 block at a time
-// straight from the stored file (no copy of the package per request, the
-// block size the client asks for up to 1024 bytes, SZX 7 included, 512
-// without Block2, an ETag per package), so any block can be asked first
-// and a device resumes where it stopped. The bytes reported served (the
+// from the package's image in memory (Config.Images: a slice, no copy and
+// no store read per request; the block size the client asks for up to 1024
+// bytes, SZX 7 included, 512 without Block2, an ETag per package), so any
+// block can be asked first and a device resumes where it stopped. PCP
+// segments are slices of the same images. The bytes reported served (the
 // timeline's notes) are those of the blocks answered, in runs of
-// contiguous blocks. The token check and
-// the package opener are the download server's (transport/download: Check,
-// OpenPackage), as over HTTP: a token is bound to the device's running
-// attempt and refused once it ended, and a file that differs in size or
-// SHA-256 from its package record is never served.
+// contiguous blocks. The token check and the package reader are the
+// download server's (transport/download: Check, Images), as over HTTP: a
+// token is bound to the device's running attempt and refused once it ended
+// (with the server keeping grants, from the block after the engine's
+// revocation), and a file that differs in size or SHA-256 from its package
+// record is never served.
 package lwm2m

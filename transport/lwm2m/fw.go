@@ -3,7 +3,6 @@ package lwm2m
 import (
 	"bytes"
 	"errors"
-	"io"
 	"net/url"
 
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -26,10 +25,11 @@ const (
 
 // servePackage answers GET /fw/{package_id}/t={token} (or with the token in
 // a Uri-Query t, or in a LiteOS agent's "{package_id}?t={token}" last
-// segment: PackageRequest): one Block2 block, read from the stored file at
-// its offset. The token check and the package opener are the HTTP path's
-// (download.Server.Check, download.OpenPackage): a file that differs from
-// its package record is refused (5.00). The block size is the client's (at
+// segment: PackageRequest): one Block2 block, a slice of the package's
+// image (Config.Images) or read from the stored file at its offset. The
+// token check and the package reader are the HTTP path's
+// (download.Server.Check, download.Images): a file that differs from its
+// package record is refused (5.00). The block size is the client's (at
 // most 1024 bytes: SZX 7 gets 1024-byte blocks); a request without Block2
 // gets block 0 of 512 bytes with the More flag, so any client can go on
 // block-wise.
@@ -78,13 +78,14 @@ func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, path string)
 	if v, err := r.Options().GetUint32(message.Block2); err == nil {
 		num, szx = v>>4, min(v&7, maxSZX) // BERT's NUM counts 1024 bytes too
 	}
-	blob, pkg, err := download.OpenPackage(ctx, s.cfg.Packages, id)
+	content, err := s.cfg.Images.Open(ctx, id)
 	if err != nil {
 		s.lookupFailed(w, id, err)
 		return
 	}
-	defer blob.Close()
-	size := blob.Size()
+	defer content.Close()
+	pkg := content.Package
+	size := content.Size()
 	bs := int64(1) << (szx + 4)
 	off := int64(num) * bs
 	if off >= size && !(off == 0 && size == 0) {
@@ -92,8 +93,8 @@ func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, path string)
 		return
 	}
 	n := min(bs, size-off)
-	buf := make([]byte, n)
-	if _, err := blob.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+	buf, err := content.Slice(off, n)
+	if err != nil {
 		s.log.Error("lwm2m: reading a package", "package", id, "error", err)
 		s.answer(w, codes.InternalServerError, "")
 		return

@@ -36,6 +36,7 @@ type stack struct {
 	store  *memstore.Store
 	eng    *actors.Engine
 	srv    *lwm2m.Server
+	dl     *download.Server
 	fw, sw persistence.Package
 
 	killed map[*lwm2m.Server]bool // servers the test killed (stack.kill)
@@ -47,7 +48,10 @@ type stack struct {
 	violations  atomic.Int64  // cell steps with more than the budget in use
 }
 
-func newStack(t testing.TB) *stack {
+// newStack starts the engine, the download server (its Config tuned by
+// tune) and the LwM2M server. The engine's downlinks reach the LwM2M
+// server and its revocations the download server too, as serve wires them.
+func newStack(t testing.TB, tune ...func(*download.Config)) *stack {
 	t.Helper()
 	ctx := context.Background()
 	s := &stack{t: t, clk: clocktest.New(epoch), store: memstore.New()}
@@ -90,15 +94,31 @@ func newStack(t testing.TB) *stack {
 	must(err)
 	must(s.eng.Start(ctx))
 	t.Cleanup(s.eng.Stop)
-	dl, err := download.New(download.Config{Packages: s.store, Handles: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
-		Authorize: s.eng.AuthorizeDownload, OnServed: s.eng.DownloadServed})
+	dlCfg := download.Config{Packages: s.store, Handles: s.store, Key: bytes.Repeat([]byte{9}, 32), Clock: s.clk,
+		Authorize: s.eng.AuthorizeDownload, OnServed: s.eng.DownloadServed}
+	for _, f := range tune {
+		f(&dlCfg)
+	}
+	s.dl, err = download.New(dlCfg)
 	must(err)
-	s.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", DTLSAddr: "127.0.0.1:0", Devices: s.store, Packages: s.store, Tokens: dl, Uplinks: s.eng, Clock: s.clk})
+	s.srv, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", DTLSAddr: "127.0.0.1:0", Devices: s.store, Packages: s.store, Tokens: s.dl, Uplinks: s.eng, Clock: s.clk})
 	must(err)
 	s.srv.Start()
 	t.Cleanup(func() { s.srv.Close() })
-	late.Set(s.srv)
+	late.Set(revoking{Downlinks: s.srv, dl: s.dl})
 	return s
+}
+
+// revoking is an LwM2M server whose revocations reach the download server
+// as well (serve's router does the same).
+type revoking struct {
+	transport.Downlinks
+	dl *download.Server
+}
+
+func (r revoking) RevokeToken(ctx context.Context, rt *messages.RevokeToken) error {
+	r.dl.Revoke(rt.GetDeviceId())
+	return r.Downlinks.RevokeToken(ctx, rt)
 }
 
 // coverage spreads devices over good, medium and poor radio.

@@ -85,6 +85,12 @@ type Config struct {
 	Packages Packages
 	Tokens   Tokens
 	Uplinks  transport.Uplinks
+	// Images serves the package files of Block2 downloads and PCP
+	// segments from memory (share the download server's: serve's
+	// --package-cache-bytes bounds them all); nil:
+	// download.NewImages(Packages, download.DefaultImageBytes), the
+	// server's own.
+	Images *download.Images
 	// QueueAwake is how long a queue-mode device (b=UQ) stays reachable
 	// after each message it sends; default 93 s (the LwM2M 1.1 default of
 	// the client's awake time).
@@ -196,6 +202,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Images == nil {
+		cfg.Images = download.NewImages(cfg.Packages, download.DefaultImageBytes)
 	}
 	if cfg.PeerIdle <= 0 {
 		cfg.PeerIdle = defaultPeerIdle
@@ -976,8 +985,9 @@ func (s *Server) Send(ctx context.Context, dl *messages.Downlink) error {
 	return nil
 }
 
-// RevokeToken: tokens are checked against the running attempt on every
-// block, so there is nothing to revoke.
+// RevokeToken: tokens and handles are checked by Tokens (the download
+// server, which serve tells of revocations itself), so there is nothing
+// more to revoke here.
 func (s *Server) RevokeToken(context.Context, *messages.RevokeToken) error { return nil }
 
 // ready lets reg's queued downlinks go out: it has a conversation.

@@ -145,9 +145,11 @@
 //     platform keeps no per-segment state).
 //   - Stop (6.6) ends the job as Stopped; FOTA devices that hold a URI they
 //     have not installed get an empty write of /5/0/1. Every end of a job
-//     releases the cell slot asked for or held, revokes the MQTT download
-//     token and cancels FOTA's observations; PCP keeps /19/0/0 observed, since
-//     it also carries business data.
+//     releases the cell slot asked for or held, revokes the download token
+//     of an MQTT or FOTA device told its package's location (RevokeToken:
+//     the download server forgets the grant it keeps) and cancels FOTA's
+//     observations; PCP keeps /19/0/0 observed, since it also carries
+//     business data.
 //   - A cell grant the device does not wait for is handed straight back, so a
 //     cell never keeps a slot for a device that will not use it.
 //   - Progress reports older than the recorded progress, reports for stages

@@ -118,7 +118,10 @@ func (d *decider) finish(status messages.SubtaskStatus, r messages.Reason, detai
 		d.emit(&messages.DeviceEvent{Kind: &messages.DeviceEvent_PermitReleased{PermitReleased: &messages.PermitReleased{CellId: cell}}})
 		d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_ReleasePermit{ReleasePermit: &messages.ReleasePermit{CellId: cell, DeviceId: d.s.DeviceID}}})
 	}
-	if j.GetProtocol() == protoMQTT && stage >= stNotified {
+	// A device told where its package is (the MQTT URL and token, the FOTA
+	// Package URI and its handle) may be downloading: its token is revoked,
+	// so that a download server that keeps grants forgets this one.
+	if (j.GetProtocol() == protoMQTT || j.GetProtocol() == protoFOTA) && stage >= stNotified {
 		d.effect(&messages.DeviceEffect{Kind: &messages.DeviceEffect_RevokeToken{RevokeToken: &messages.RevokeToken{
 			TaskId: j.GetTaskId(), DeviceId: d.s.DeviceID, Attempt: j.GetAttempt(),
 		}}})
