@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -406,6 +407,68 @@ func BenchmarkEngineReportsSynced(b *testing.B) {
 				b.Fatalf("%d events journaled, want %d", got, want)
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
+		})
+	}
+}
+
+// BenchmarkTaskQueriesWhileBusy (issue 21) measures Task (GetTask) and
+// TaskDevices (a ListTaskDevices page of 100) while the task's actor is busy:
+// benchSenders goroutines report the target version for the task's devices
+// over and over, so that sub-tasks end ("same version") and start one after
+// the other, each a synced append of the task. A query that waits in the
+// task actor's mailbox costs what the actor has queued before it; one that
+// reads the actor's published read model does not.
+//
+//	go test ./actors -run '^$' -bench TaskQueriesWhileBusy -benchtime 200x
+func BenchmarkTaskQueriesWhileBusy(b *testing.B) {
+	for _, q := range []struct {
+		name  string
+		limit int
+	}{{"GetTask", 0}, {"ListTaskDevices", 100}} {
+		b.Run(q.name, func(b *testing.B) {
+			store := openBenchStore(b)
+			clk := clocktest.New(epoch)
+			e := newBenchEngine(b, store, clk, actors.Config{}, actors.Deps{})
+			ctx := context.Background()
+			ids := benchDeviceIDs(5000)
+			if err := e.CreateTask(ctx, createTask("busy", messages.Protocol_PROTOCOL_MQTT, ids, nil)); err != nil {
+				b.Fatal(err)
+			}
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			var delivered atomic.Int64
+			for g := range benchSenders {
+				wg.Go(func() {
+					for {
+						for d := g; d < len(ids); d += benchSenders {
+							select {
+							case <-stop:
+								return
+							default:
+							}
+							if err := e.Deliver(ctx, ids[d], versionReport("2.0")); err != nil {
+								b.Error(err)
+								return
+							}
+							delivered.Add(1)
+						}
+					}
+				})
+			}
+			for delivered.Load() < 1000 {
+				runtime.Gosched() // the load is under way before the clock starts
+			}
+			var v actors.TaskView
+			for b.Loop() {
+				var err error
+				if v, err = e.TaskDevices(ctx, "busy", 0, q.limit, 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			close(stop)
+			wg.Wait()
+			b.ReportMetric(float64(v.Progress.Success), "succeeded")
 		})
 	}
 }

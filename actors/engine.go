@@ -104,6 +104,8 @@ type Engine struct {
 	system  *actor.ActorSystem
 	dir     *directory
 	metrics *metrics
+	// taskModels are the live tasks' read models, which task queries read.
+	taskModels *taskModels
 	// stopped is closed by Stop: reports waiting for an answer give up.
 	stopped  chan struct{}
 	stopOnce sync.Once
@@ -127,7 +129,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	}
 	quiet := slog.New(slog.DiscardHandler)
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quiet }))
-	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, stopped: make(chan struct{})}
+	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, taskModels: newTaskModels(), stopped: make(chan struct{})}
 	e.dir = newDirectory(system.Root, e.props)
 	return e, nil
 }
@@ -358,10 +360,51 @@ func (e *Engine) Task(ctx context.Context, taskID string) (TaskView, error) {
 
 // TaskDevices returns a task with a page of its sub-tasks in target order,
 // optionally only those with status (0: any).
+//
+// A live task is read from the read model its actor publishes after each
+// step, without waiting for the actor: the answer is the state as of the
+// last step journaled, whatever the actor is doing. A task that is not live
+// (finished and passivated, or not yet recovered) is asked of its actor,
+// which recovers it from the journal and publishes its read model for the
+// queries after.
 func (e *Engine) TaskDevices(ctx context.Context, taskID string, offset, limit int, status messages.SubtaskStatus) (TaskView, error) {
 	if err := persistence.ValidateID(taskID); err != nil {
 		return TaskView{}, fmt.Errorf("task_id: %w", err)
 	}
+	if tm := e.taskModels.get(taskID); tm != nil {
+		return tm.view(offset, limit, status), nil
+	}
+	return e.askTask(ctx, taskID, offset, limit, status)
+}
+
+// TaskWatch returns a task's status and counters as Task does, and a
+// channel closed when they may have changed: at the task's next step that
+// journals events, or when it stops being live (read it again then). For a
+// task that is not live the channel is closed already.
+func (e *Engine) TaskWatch(ctx context.Context, taskID string) (TaskView, <-chan struct{}, error) {
+	if err := persistence.ValidateID(taskID); err != nil {
+		return TaskView{}, nil, fmt.Errorf("task_id: %w", err)
+	}
+	if tm := e.taskModels.get(taskID); tm != nil {
+		v, wake := tm.watch()
+		return v, wake, nil
+	}
+	v, err := e.askTask(ctx, taskID, 0, 0, 0)
+	if err != nil {
+		return TaskView{}, nil, err
+	}
+	return v, closedChan, nil
+}
+
+// closedChan is a channel that is closed.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// askTask asks the task's actor for its view (activating it).
+func (e *Engine) askTask(ctx context.Context, taskID string, offset, limit int, status messages.SubtaskStatus) (TaskView, error) {
 	res, err := e.ask(ctx, Address{Kind: persistence.KindTask, ID: taskID}, taskQuery{offset: offset, limit: limit, status: status})
 	if err != nil {
 		return TaskView{}, err

@@ -215,6 +215,11 @@ func (m *cellMachine) run(_ *shell, effects []proto.Message) {
 type taskMachine struct {
 	e *Engine
 	s taskfsm.State
+	// events are those of the step being committed: commit publishes the
+	// rows they name to model, the task's read model (nil until the task
+	// is created and recovered).
+	events []proto.Message
+	model  *taskModel
 }
 
 func (m *taskMachine) eventType() uint32 { return persistence.EventTypeTask }
@@ -245,6 +250,14 @@ func (m *taskMachine) commit(next any) {
 	m.e.metrics.addProgress(m.s.Progress(), -1)
 	m.e.metrics.addProgress(s.Progress(), +1)
 	m.s = s
+	events := m.events
+	m.events = nil
+	switch {
+	case m.model == nil && s.Created():
+		m.model = m.e.taskModels.open(s)
+	case m.model != nil && len(events) > 0:
+		m.model.publish(s, events)
+	}
 }
 
 func (m *taskMachine) step(in proto.Message) (any, []proto.Message, []proto.Message, error) {
@@ -256,7 +269,8 @@ func (m *taskMachine) step(in proto.Message) (any, []proto.Message, []proto.Mess
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return next, protos(res.Events), protos(res.Effects), nil
+	m.events = protos(res.Events)
+	return next, m.events, protos(res.Effects), nil
 }
 
 func (m *taskMachine) resume() (any, []proto.Message, []proto.Message, error) {
@@ -265,8 +279,21 @@ func (m *taskMachine) resume() (any, []proto.Message, []proto.Message, error) {
 
 // The gauges count the state of live actors: a recovered state joins them,
 // a stopped actor's leaves.
-func (m *taskMachine) activated()   { m.e.metrics.addProgress(m.s.Progress(), +1) }
-func (m *taskMachine) deactivated() { m.e.metrics.addProgress(m.s.Progress(), -1) }
+// A recovered task publishes its read model; a stopped one withdraws it.
+func (m *taskMachine) activated() {
+	m.e.metrics.addProgress(m.s.Progress(), +1)
+	if m.s.Created() {
+		m.model = m.e.taskModels.open(m.s)
+	}
+}
+
+func (m *taskMachine) deactivated() {
+	m.e.metrics.addProgress(m.s.Progress(), -1)
+	if m.model != nil {
+		m.e.taskModels.drop(m.s.TaskID(), m.model)
+		m.model = nil
+	}
+}
 
 func (m *cellMachine) activated() {
 	m.e.metrics.setUsed(m.s.Cell, m.s.Used())
@@ -281,6 +308,8 @@ func (m *cellMachine) deactivated() {
 func (m *deviceMachine) activated()   {}
 func (m *deviceMachine) deactivated() {}
 
+// view answers a query asked of the actor: only for a task that was not
+// live when asked (Engine.TaskDevices reads the read model of a live one).
 func (m *taskMachine) view(q any) any {
 	if !m.s.Created() {
 		return fmt.Errorf("%w: task", ErrNotFound)

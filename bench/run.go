@@ -729,11 +729,12 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 	lastLine := start
 	killAt := int(math.Ceil(r.o.KillAt * float64(r.o.Devices)))
 	var end time.Time
+	bo := &Backoff{Clock: r.clk}
 	for {
 		var done, ok, fail, running int
 		allFinal := true
 		for _, id := range tasks {
-			t, err := r.api.Tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: id}))
+			t, err := r.getTask(ctx, bo, id)
 			if err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("the tasks did not finish within %v", r.o.Timeout)
@@ -795,6 +796,37 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 	return r.collect(ctx, tasks)
 }
 
+// getTask reads a task, riding out a slow or missing answer (bo).
+func (r *benchRun) getTask(ctx context.Context, bo *Backoff, id string) (*connect.Response[v1.GetTaskResponse], error) {
+	for {
+		t, err := r.api.Tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: id}))
+		if err == nil {
+			bo.Reset()
+			return t, nil
+		}
+		if err := bo.Retry(ctx, err); err != nil {
+			return nil, err
+		}
+		r.progress("task %s: the server answered slowly (%v); asking again", id, connect.CodeOf(err))
+	}
+}
+
+// taskDevices reads a page of a task's devices, riding out a slow or
+// missing answer (bo).
+func (r *benchRun) taskDevices(ctx context.Context, bo *Backoff, id, page string) (*connect.Response[v1.ListTaskDevicesResponse], error) {
+	for {
+		resp, err := r.api.Tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id, PageSize: 1000, PageToken: page}))
+		if err == nil {
+			bo.Reset()
+			return resp, nil
+		}
+		if err := bo.Retry(ctx, err); err != nil {
+			return nil, err
+		}
+		r.progress("task %s devices: the server answered slowly (%v); asking again", id, connect.CodeOf(err))
+	}
+}
+
 // collect reads every task's devices: outcome, duration and reason, and
 // checks that each device of the fleet is in exactly one task, once, in a
 // final state.
@@ -806,10 +838,11 @@ func (r *benchRun) collect(ctx context.Context, tasks []string) error {
 		protoOf[d.ID] = d.Protocol
 	}
 	var durations []time.Duration
+	bo := &Backoff{Clock: r.clk}
 	for _, id := range tasks {
 		page := ""
 		for {
-			resp, err := r.api.Tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id, PageSize: 1000, PageToken: page}))
+			resp, err := r.taskDevices(ctx, bo, id, page)
 			if err != nil {
 				return fmt.Errorf("task %s devices: %w", id, err)
 			}

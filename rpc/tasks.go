@@ -34,7 +34,8 @@ import (
 const (
 	maxTaskNameRunes = 128
 	maxTaskGroups    = 1000
-	// watchInterval is how often WatchTask polls the task.
+	// watchInterval is the least time between two WatchTask messages
+	// before the task's final state (which is sent at once).
 	watchInterval = 500 * time.Millisecond
 )
 
@@ -657,6 +658,10 @@ func sameState(a, b actors.TaskView) bool {
 	return a.Status == b.Status && a.Progress == b.Progress
 }
 
+// WatchTask sends the task's state, then each new status or progress the
+// task publishes (actors.Engine.TaskWatch wakes it; nothing polls the task
+// actor), at most one message per watchInterval so that a busy task costs
+// its watchers little, and the final state at once, after which it ends.
 func (s *taskServer) WatchTask(ctx context.Context, req *connect.Request[v1.WatchTaskRequest], stream *connect.ServerStream[v1.WatchTaskResponse]) error {
 	id := req.Msg.GetTaskId()
 	t, last, err := s.task(ctx, "WatchTask", id)
@@ -668,27 +673,36 @@ func (s *taskServer) WatchTask(ctx context.Context, req *connect.Request[v1.Watc
 	}
 	timer := s.clock.NewTimer(watchInterval)
 	defer timer.Stop()
+	paced := false // watchInterval has passed since the last message
 	for !last.Status.Final() {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-timer.C():
-		}
-		v, err := s.engine.Task(ctx, id)
+		v, wake, err := s.engine.TaskWatch(ctx, id)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return s.taskErr("WatchTask", id, err)
 		}
-		if !sameState(v, last) {
-			t := taskToProto(v)
-			if err := stream.Send(&v1.WatchTaskResponse{Task: t}); err != nil {
+		if !sameState(v, last) && (paced || v.Status.Final()) {
+			if err := stream.Send(&v1.WatchTaskResponse{Task: taskToProto(v)}); err != nil {
 				return err
 			}
-			last = v
+			last, paced = v, false
+			timer.Reset(watchInterval)
+			continue
 		}
-		timer.Reset(watchInterval)
+		// Wait for the next publication, and for the interval to pass
+		// (a change seen before it waits for it).
+		var wait <-chan time.Time
+		if !paced {
+			wait = timer.C()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-wait:
+			paced = true
+		}
 	}
 	return nil
 }

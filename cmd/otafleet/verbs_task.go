@@ -15,8 +15,10 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/otafleet/otafleet/bench"
 	"github.com/otafleet/otafleet/messages"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
+	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
 )
 
 // exitTaskNotSuccessful is task watch's exit code for a task that ended
@@ -319,28 +321,25 @@ func taskWatch(o *clientOpts) *cobra.Command {
 progress bar counts the devices that have finished, with the counters
 beside it; otherwise one line is printed per change, and with --json one
 JSON object per line. Exit status: 0 when the task ended in SUCCESS, 3 when
-it ended in FAIL, PARTIAL_SUCCESS or STOPPED, 1 on an error.`,
+it ended in FAIL, PARTIAL_SUCCESS or STOPPED, 1 on an error. A slow or
+missing answer from the server (deadline_exceeded, unavailable) is ridden
+out: the watch is opened again with backoff, up to 8 times in a row.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := o.connect()
 			if err != nil {
 				return err
 			}
-			stream, err := c.tasks.WatchTask(cmd.Context(), connect.NewRequest(&v1.WatchTaskRequest{TaskId: args[0]}))
-			if err != nil {
-				return err
-			}
-			defer stream.Close()
 			var bar *progressbar.ProgressBar
 			var last *v1.Task
-			for stream.Receive() {
-				t := stream.Msg().GetTask()
+			show := func(msg *v1.WatchTaskResponse) error {
+				t := msg.GetTask()
 				last = t
 				p := t.GetProgress()
 				done := int64(p.GetSuccess() + p.GetFail() + p.GetStopped())
 				switch {
 				case o.json:
-					b, err := protojson.Marshal(stream.Msg())
+					b, err := protojson.Marshal(msg)
 					if err != nil {
 						return err
 					}
@@ -358,12 +357,14 @@ it ended in FAIL, PARTIAL_SUCCESS or STOPPED, 1 on an error.`,
 				default:
 					fmt.Fprintf(o.stdout, "%s %d/%d %s\n", time.Now().UTC().Format(time.TimeOnly), done, p.GetTotal(), counters(t))
 				}
+				return nil
 			}
+			err = watchStream(cmd.Context(), c.tasks, args[0], &bench.Backoff{}, show)
 			if bar != nil {
 				_ = bar.Finish()
 				fmt.Fprintln(o.stderr)
 			}
-			if err := stream.Err(); err != nil {
+			if err != nil {
 				return err
 			}
 			if last == nil {
@@ -384,5 +385,33 @@ it ended in FAIL, PARTIAL_SUCCESS or STOPPED, 1 on an error.`,
 			}
 			return nil
 		},
+	}
+}
+
+// watchStream follows task id's WatchTask stream, calling show for each
+// message, until the stream ends without an error. A stream that fails
+// transiently (bench.Transient: the server answered too slowly, or is
+// restarting) is opened again after bo's delay, which a message resets; any
+// other error ends the watch with it.
+func watchStream(ctx context.Context, tasks otafleetv1connect.TaskServiceClient, id string, bo *bench.Backoff, show func(*v1.WatchTaskResponse) error) error {
+	for {
+		stream, err := tasks.WatchTask(ctx, connect.NewRequest(&v1.WatchTaskRequest{TaskId: id}))
+		if err == nil {
+			for stream.Receive() {
+				bo.Reset()
+				if err := show(stream.Msg()); err != nil {
+					stream.Close()
+					return err
+				}
+			}
+			err = stream.Err()
+			stream.Close()
+			if err == nil {
+				return nil
+			}
+		}
+		if err := bo.Retry(ctx, err); err != nil {
+			return err
+		}
 	}
 }

@@ -205,6 +205,17 @@ func (s State) Subtask(deviceID string) (Subtask, bool) {
 	return s.subs[i].view(), true
 }
 
+// Locate returns the position of deviceID's sub-task in target order and
+// the sub-task; false if it is not a target. O(1): a read model updates the
+// rows a step changed with it.
+func (s State) Locate(deviceID string) (int, Subtask, bool) {
+	i, ok := s.index[deviceID]
+	if !ok {
+		return 0, Subtask{}, false
+	}
+	return int(i), s.subs[i].view(), true
+}
+
 // Subtasks returns up to limit sub-tasks in target order starting at
 // position offset (0-based), for paging; limit <= 0 means all the rest.
 func (s State) Subtasks(offset, limit int) []Subtask {
