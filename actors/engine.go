@@ -107,7 +107,9 @@ type Engine struct {
 	// taskModels are the live tasks' read models, which task queries read.
 	taskModels *taskModels
 	// stopped is closed by Stop: reports waiting for an answer give up.
-	stopped  chan struct{}
+	stopped chan struct{}
+	// dispatch runs the actors' mailboxes on reused goroutines.
+	dispatch *poolDispatcher
 	stopOnce sync.Once
 }
 
@@ -130,6 +132,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	quiet := slog.New(slog.DiscardHandler)
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quiet }))
 	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, taskModels: newTaskModels(), stopped: make(chan struct{})}
+	e.dispatch = newPoolDispatcher(dispatchWorkers, dispatchThroughput, e.stopped)
 	e.dir = newDirectory(system.Root, e.props)
 	return e, nil
 }
@@ -137,7 +140,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 func (e *Engine) props(a Address) *actor.Props {
 	return actor.PropsFromProducer(func() actor.Actor {
 		return &shell{e: e, addr: a, machine: e.machineFor(a)}
-	})
+	}, actor.WithDispatcher(e.dispatch))
 }
 
 // machineFor is the state machine of an actor kind. Addresses are built by
