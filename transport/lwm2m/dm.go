@@ -41,15 +41,9 @@ func singleResource(path string) bool { return strings.Count(strings.Trim(path, 
 // do runs one downlink against the device and delivers what it answered.
 func (s *Server) do(reg *registration, dl *messages.Downlink) {
 	s.exchanges.Add(1)
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	// A de-registration ends the request at once (reg.life ends).
+	ctx, cancel := context.WithTimeout(reg.life, s.cfg.RequestTimeout)
 	defer cancel()
-	go func() { // a de-registration ends the request at once
-		select {
-		case <-reg.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	switch k := dl.GetKind().(type) {
 	case *messages.Downlink_Lwm2MRead:
 		s.read(ctx, reg, k.Lwm2MRead.GetPath())

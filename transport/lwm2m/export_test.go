@@ -36,7 +36,7 @@ func (s *Server) Kill() {
 		if gone {
 			continue
 		}
-		close(reg.done)
+		reg.end()
 		if reg.expiry != nil {
 			reg.expiry.Stop()
 		}

@@ -164,7 +164,10 @@ type registration struct {
 	queue      bool
 	expiry     clock.Timer
 	asleep     clock.Timer
-	done       chan struct{}
+	// life ends (end) when the registration is dropped: requests to the
+	// device derive their contexts from it.
+	life context.Context
+	end  context.CancelFunc
 
 	mu   sync.Mutex
 	obs  map[string]mux.Observation // path → observation
@@ -900,7 +903,7 @@ func (s *Server) drop(reg *registration, offline bool) {
 	obs := reg.obs
 	reg.obs = nil
 	reg.mu.Unlock()
-	close(reg.done)
+	reg.end()
 	if reg.expiry != nil {
 		reg.expiry.Stop()
 	}

@@ -49,8 +49,9 @@ type savedRegistration struct {
 func newRegistration(id, device, peer string, lifetime time.Duration, queue bool) *registration {
 	reg := &registration{
 		id: id, device: device, peer: peer, lifetime: lifetime, queue: queue,
-		done: make(chan struct{}), obs: map[string]mux.Observation{},
+		obs: map[string]mux.Observation{},
 	}
+	reg.life, reg.end = context.WithCancel(context.Background())
 	reg.mids.Store(uint32(uint16(message.RandMID())))
 	return reg
 }
