@@ -44,7 +44,7 @@ func (b *Broker) publishDown(id string, payload []byte, now time.Time) {
 	for _, c := range s.conns {
 		if len(c.queue) >= maxWritesPending {
 			atomic.AddInt64(&b.server.Info.MessagesDropped, 1)
-			b.refusals.Info("mqtt: downlink dropped: the connection has too many unwritten", "device", id, "client_id", clip(c.cl.ID))
+			b.refusals.Info("mqtt: downlink dropped: the connection has too many downlinks unwritten", "device", id, "client_id", clip(c.cl.ID))
 			continue
 		}
 		c.queue = append(c.queue, pk)
