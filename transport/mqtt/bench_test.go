@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
@@ -148,19 +150,7 @@ func BenchmarkMQTTUpgrades(b *testing.B) {
 		if err := s.store.CreateDevices(context.Background(), regs); err != nil {
 			b.Fatal(err)
 		}
-		fleet := exec.Command(os.Args[0], "-test.run=^$")
-		fleet.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%s,%d", fleetEnv, s.broker.Addr("mqtt"), benchDevices, s.certDir, s.clk.Now().Unix()))
-		stdin, _ := fleet.StdinPipe()
-		stdout, _ := fleet.StdoutPipe()
-		fleet.Stderr = os.Stderr
-		childBefore := childCPU()
-		if err := fleet.Start(); err != nil {
-			b.Fatal(err)
-		}
-		out := bufio.NewScanner(stdout)
-		if !out.Scan() || out.Text() != "ready" {
-			b.Fatalf("the device fleet did not start: %q", out.Text())
-		}
+		fleet := startFleet(b, s, benchDevices)
 		waitFor(b, "the devices online", 60*time.Second, func() bool {
 			d, err := s.eng.Device(context.Background(), fmt.Sprintf("b%d", benchDevices-1))
 			return err == nil && d.State.Online
@@ -176,15 +166,8 @@ func BenchmarkMQTTUpgrades(b *testing.B) {
 		if v := s.task("bench"); v.Progress.Success != benchDevices {
 			b.Fatalf("task: %+v", v.Progress)
 		}
-		stdin.Close()
-		if !out.Scan() {
-			b.Fatal("the device fleet did not report")
-		}
-		devSent, _ := strconv.ParseInt(out.Text(), 10, 64)
-		if err := fleet.Wait(); err != nil {
-			b.Fatal(err)
-		}
-		fleetCPU += childCPU() - childBefore
+		devSent, devCPU := fleet.stop()
+		fleetCPU += devCPU
 		upgrades += benchDevices
 		sent += devSent
 		handled += s.counter.reports.Load()
@@ -205,6 +188,97 @@ func BenchmarkMQTTUpgrades(b *testing.B) {
 	b.ReportMetric(relay/perUpgrade, "relay-upgrades/s")
 	b.ReportMetric(upRate/(relay/perUpgrade), "ratio")
 	b.ReportMetric(float64(sent-handled), "reports-lost")
+}
+
+// fleet is a child process running simulated devices (runFleet).
+type fleet struct {
+	b         *testing.B
+	cmd       *exec.Cmd
+	stdin     io.Closer
+	out       *bufio.Scanner
+	cpuBefore time.Duration
+}
+
+// startFleet starts n devices b0..b(n-1) in a child process against s's
+// broker and returns once they are all connected.
+func startFleet(b *testing.B, s *stack, n int) *fleet {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%s,%d", fleetEnv, s.broker.Addr("mqtt"), n, s.certDir, s.clk.Now().Unix()))
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	f := &fleet{b: b, cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout), cpuBefore: childCPU()}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	if !f.out.Scan() || f.out.Text() != "ready" {
+		b.Fatalf("the device fleet did not start: %q", f.out.Text())
+	}
+	return f
+}
+
+// stop stops the devices and returns the reports they sent and the CPU
+// time the fleet used.
+func (f *fleet) stop() (sent int64, cpu time.Duration) {
+	f.b.Helper()
+	f.stdin.Close()
+	if !f.out.Scan() {
+		f.b.Fatal("the device fleet did not report")
+	}
+	sent, _ = strconv.ParseInt(f.out.Text(), 10, 64)
+	if err := f.cmd.Wait(); err != nil {
+		f.b.Fatal(err)
+	}
+	return sent, childCPU() - f.cpuBefore
+}
+
+// BenchmarkMQTTIdle measures what a connected, idle device costs the
+// process that runs the engine and the embedded broker: heap, goroutine
+// stacks and goroutines per device (after a garbage collection), with
+// idleDevices devices in a child process.
+//
+//	go test ./transport/mqtt -run '^$' -bench MQTTIdle -benchtime 1x
+func BenchmarkMQTTIdle(b *testing.B) {
+	const idleDevices = 2000
+	var heap, stacks, goroutines float64
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		s := newStack(b, 1<<10)
+		var regs []persistence.Device
+		for j := range idleDevices {
+			regs = append(regs, persistence.Device{ID: fmt.Sprintf("b%d", j), ProductID: "meter", Secret: fmt.Sprintf("secret-%d", j)})
+		}
+		if err := s.store.CreateDevices(context.Background(), regs); err != nil {
+			b.Fatal(err)
+		}
+		before := idleMemory()
+		f := startFleet(b, s, idleDevices)
+		waitFor(b, "the devices online", 60*time.Second, func() bool {
+			d, err := s.eng.Device(context.Background(), fmt.Sprintf("b%d", idleDevices-1))
+			return err == nil && d.State.Online
+		})
+		after := idleMemory()
+		heap += float64(after.heap-before.heap) / idleDevices
+		stacks += float64(after.stacks-before.stacks) / idleDevices
+		goroutines += float64(after.goroutines-before.goroutines) / idleDevices
+		f.stop()
+	}
+	b.ReportMetric(heap/float64(b.N), "heap-B/device")
+	b.ReportMetric(stacks/float64(b.N), "stack-B/device")
+	b.ReportMetric(goroutines/float64(b.N), "goroutines/device")
+}
+
+type memFigures struct{ heap, stacks, goroutines int64 }
+
+// idleMemory is the live heap after a garbage collection, the goroutine
+// stacks and the number of goroutines.
+func idleMemory() memFigures {
+	runtime.GC()
+	ms := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/stacks:bytes"},
+		{Name: "/sched/goroutines:goroutines"}}
+	metrics.Read(ms)
+	return memFigures{int64(ms[0].Value.Uint64()), int64(ms[1].Value.Uint64()), int64(ms[2].Value.Uint64())}
 }
 
 // childCPU is the CPU time of the waited-for child processes so far.

@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -149,7 +150,7 @@ type Broker struct {
 
 // session is what the broker keeps of a connected device.
 type session struct {
-	conns   map[*mqtt.Client]bool
+	conns   []*conn       // its connections, usually one
 	uplinks *rate.Limiter // nil: no limit
 }
 
@@ -185,9 +186,9 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 		sessions: map[string]*session{},
 	}
 	b.server = mqtt.New(&mqtt.Options{
-		InlineClient: true,
-		Capabilities: caps,
-		Logger:       slog.New(connEndHandler{cfg.Logger.With("component", "mqtt-broker").Handler()}),
+		Capabilities:            caps,
+		ClientNetReadBufferSize: readBufferSize,
+		Logger:                  slog.New(connEndHandler{cfg.Logger.With("component", "mqtt-broker").Handler()}),
 	})
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, err
@@ -308,16 +309,16 @@ func (b *Broker) closeClients(listener string) {
 	}
 }
 
-// Send publishes a downlink on the device's down topic (QoS 1). A device
-// that is not connected misses it; the device machine's deadlines cover that.
+// Send publishes a downlink on the device's down topic (QoS 1) to each of
+// its connections (publishDown). A device that is not connected misses it;
+// the device machine's deadlines cover that.
 func (b *Broker) Send(ctx context.Context, dl *messages.Downlink) error {
-	payload, offer, err := encodeDownlink(dl, b.cfg.Downloads, b.cfg.Clock.Now())
+	now := b.cfg.Clock.Now()
+	payload, offer, err := encodeDownlink(dl, b.cfg.Downloads, now)
 	if err != nil {
 		return err
 	}
-	if err := b.server.Publish(iotda.DownTopic(dl.GetDeviceId()), payload, false, 1); err != nil {
-		return err
-	}
+	b.publishDown(dl.GetDeviceId(), payload, now)
 	if offer != nil {
 		b.deliver(dl.GetDeviceId(), offer)
 	}
@@ -526,8 +527,11 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return allowed
 }
 
-// OnSessionEstablished subscribes the device to its down topic (devices
-// built for IoTDA never SUBSCRIBE) and reports it online.
+// OnSessionEstablished adds the connection to its device's session, where
+// Send finds it: so the device gets its down topic without a SUBSCRIBE
+// (devices built for IoTDA never send one), as if subscribed, and without a
+// subscription in mochi's topic index (a few particles a device, walked on
+// every publish). It reports the device online.
 //
 // A connection with the client ID of an existing one replaces it (MQTT's
 // session takeover). IoTDA allows one connection per device (spec 2.9);
@@ -538,20 +542,16 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // bucket.
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	id := deviceOf(cl)
-	sub := packets.Subscription{Filter: iotda.DownTopic(id), Qos: 1}
-	h.b.server.Topics.Subscribe(cl.ID, sub)
-	cl.State.Subscriptions.Add(sub.Filter, sub)
-
 	h.b.mu.Lock()
 	s := h.b.sessions[id]
 	if s == nil {
-		s = &session{conns: map[*mqtt.Client]bool{}}
+		s = &session{}
 		if h.b.cfg.UplinkRate > 0 {
 			s.uplinks = rate.NewLimiter(rate.Limit(h.b.cfg.UplinkRate), h.b.cfg.UplinkBurst)
 		}
 		h.b.sessions[id] = s
 	}
-	s.conns[cl] = true
+	s.conns = append(s.conns, &conn{cl: cl})
 	h.b.mu.Unlock()
 	h.b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{}}})
 }
@@ -564,11 +564,15 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 	h.b.mu.Lock()
 	s := h.b.sessions[id]
-	if s == nil || !s.conns[cl] {
+	i := -1
+	if s != nil {
+		i = slices.IndexFunc(s.conns, func(c *conn) bool { return c.cl == cl })
+	}
+	if i < 0 {
 		h.b.mu.Unlock()
 		return // refused at login, or already counted
 	}
-	delete(s.conns, cl)
+	s.conns = slices.Delete(s.conns, i, i+1)
 	last := len(s.conns) == 0
 	if last {
 		delete(h.b.sessions, id)
@@ -597,9 +601,6 @@ func (b *Broker) allowUplink(id string) bool {
 // one of too many services) is acknowledged and dropped: sending it again
 // would not help.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline {
-		return pk, nil // the platform's own downlinks
-	}
 	id := deviceOf(cl)
 	if pk.TopicName != iotda.UpTopic(id) {
 		h.b.log.Debug("mqtt: publish on another topic ignored", "device", id, "topic", pk.TopicName)

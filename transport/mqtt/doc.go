@@ -1,10 +1,11 @@
 // Package mqtt connects IoTDA-style MQTT devices to the engine (spec section
 // 2). The embedded broker (Broker, on mochi-mqtt) logs devices in with their
-// client ID and HMAC password, confines each to its own topics, subscribes
-// it to its down topic itself (devices built for IoTDA never SUBSCRIBE),
-// reports presence from the connection, takes uplinks in process through a
-// broker hook so none can be dropped by a subscriber queue, and publishes the
-// engine's downlinks; after an upgrade event it tells the engine the URL and
+// client ID and HMAC password, confines each to its own topics, delivers
+// its down topic to it as if subscribed (devices built for IoTDA never
+// SUBSCRIBE), reports presence from the connection, takes uplinks in process
+// through a broker hook so none can be dropped by a subscriber queue, and
+// publishes the engine's downlinks straight to the device's connections (no
+// topic index: a connected device costs no subscription); after an upgrade event it tells the engine the URL and
 // access token it gave the device (DownloadOffered, for the timeline). The
 // wire format lives in the pure subpackage iotda.
 //

@@ -31,6 +31,10 @@ const (
 	// maxWritesPending is mochi's per-client queue of outgoing packets: an
 	// OTA device is sent a version query or an upgrade event at a time.
 	maxWritesPending = 16
+	// readBufferSize is mochi's per-client read buffer (its default is 2
+	// KiB): an IoTDA CONNECT or $ota report is 200 to 400 bytes, and a
+	// larger packet is read past the buffer, straight into its own slice.
+	readBufferSize = 512
 )
 
 // Reasons a connection is refused or closed before its login, the label of

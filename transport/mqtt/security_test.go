@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -451,6 +452,56 @@ func TestWritesPendingBounded(t *testing.T) {
 	e := newEnv(t)
 	if n := e.b.server.Options.Capabilities.MaximumClientWritesPending; n != 16 {
 		t.Fatalf("MaximumClientWritesPending %d, want 16", n)
+	}
+}
+
+// TestReadBufferSmall (issue 21): mochi's per-client read buffer fits an
+// OTA device's packets, not mochi's 2 KiB default.
+func TestReadBufferSmall(t *testing.T) {
+	e := newEnv(t)
+	if n := e.b.server.Options.ClientNetReadBufferSize; n != readBufferSize || n > 512 {
+		t.Fatalf("ClientNetReadBufferSize %d, want %d", n, readBufferSize)
+	}
+}
+
+// TestDownlinksWithoutTopicIndex (issue 21): a connected device costs no
+// subscription in mochi's topic index, and still gets its downlinks on its
+// down topic, QoS 1, in the order they were sent; each is acknowledged
+// (mochi's inflight count returns to zero). A packet larger than the read
+// buffer arrives whole.
+func TestDownlinksWithoutTopicIndex(t *testing.T) {
+	e := newEnv(t)
+	down := make(chan paho.Message, maxWritesPending)
+	cl, err := e.connect(t, "d1", "secret-1", "", 60*time.Second, func(_ paho.Client, m paho.Message) { down <- m })
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.rec.next(t) // connected
+	subs := e.b.server.Topics.Subscribers(iotda.DownTopic("d1"))
+	if n := len(subs.Subscriptions) + len(subs.InlineSubscriptions); n != 0 {
+		t.Fatalf("%d subscriptions in the topic index for the down topic", n)
+	}
+	const n = maxWritesPending
+	for i := range n {
+		job := &messages.Job{TaskId: "t1", Attempt: 1, Package: &messages.Package{PackageId: "k1", Version: fmt.Sprintf("v%d", i), Size: 1, FileName: "f"}}
+		if err := e.b.Send(context.Background(), &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_MqttUpgrade{MqttUpgrade: &messages.MqttUpgrade{Job: job}}}); err != nil {
+			t.Fatal(err)
+		}
+		e.rec.next(t) // download offered
+	}
+	for i := range n {
+		m := waitMsg(t, down)
+		d, ok, err := iotda.DecodeDownlink(m.Payload())
+		if err != nil || !ok || m.Topic() != iotda.DownTopic("d1") || m.Qos() != 1 || d.Upgrade.Version != fmt.Sprintf("v%d", i) {
+			t.Fatalf("downlink %d: %s qos %d %s %v", i, m.Topic(), m.Qos(), m.Payload(), err)
+		}
+	}
+	pollUntil(t, "every downlink acknowledged", func() bool { return atomic.LoadInt64(&e.b.server.Info.Inflight) == 0 })
+	// An uplink longer than the read buffer.
+	pr, long := 50, strings.Repeat("x", 2*readBufferSize)
+	publish(t, cl, iotda.UpTopic("d1"), iotda.EncodeProgress("d1", iotda.Progress{Progress: &pr, Version: "v1", Description: long}, epoch))
+	if got := e.rec.next(t); !strings.Contains(got, long) {
+		t.Fatalf("long report: %q", got)
 	}
 }
 
