@@ -254,7 +254,7 @@ func crashOnce(t *testing.T, c crashCampaign, k int) {
 	// Each task's state as its actor recovers it (from records) is the
 	// state its journal folds to.
 	for id := range c.tasks {
-		checkTaskRecovery(t, fmt.Sprintf("crash at write %d", k), st, id)
+		checkTaskRecovery(t, fmt.Sprintf("crash at write %d", k), st, id, true)
 	}
 	r2 := c.run(t, clk, st, tr, up, nil)
 	defer r2.e.Stop()
@@ -276,9 +276,10 @@ var errStop = errors.New("stop")
 
 // checkTaskRecovery checks that task id as its actor recovers it from store
 // equals the fold of its journal: the same header, every row the same (the
-// numbers of entries into WAITING included), the same whole-state encoding
-// (counters, queue order) and the same resumed effects.
-func checkTaskRecovery(t *testing.T, name string, store persistence.EventStore, id string) {
+// numbers of entries into WAITING included if numbered: a task converted
+// from an old snapshot keeps only their order), the same whole-state
+// encoding (counters, queue order) and the same resumed effects.
+func checkTaskRecovery(t *testing.T, name string, store persistence.EventStore, id string, numbered bool) {
 	t.Helper()
 	folded, recovered, fromRecords, err := actors.TaskStates(context.Background(), store, id)
 	if err != nil {
@@ -298,7 +299,11 @@ func checkTaskRecovery(t *testing.T, name string, store persistence.EventStore, 
 		t.Fatalf("%s: task %s: header %v, the journal folds to %v", name, id, taskfsm.Header(recovered), taskfsm.Header(folded))
 	}
 	for pos := range folded.Progress().Total {
-		if a, b := taskfsm.Row(folded, pos), taskfsm.Row(recovered, pos); !same(a, b) {
+		a, b := taskfsm.Row(folded, pos), taskfsm.Row(recovered, pos)
+		if !numbered {
+			a.Queued, b.Queued = 0, 0
+		}
+		if !same(a, b) {
 			t.Fatalf("%s: task %s: row %d is %v, the journal folds to %v", name, id, pos, b, a)
 		}
 	}

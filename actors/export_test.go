@@ -56,3 +56,9 @@ func TaskStates(ctx context.Context, store persistence.EventStore, taskID string
 	err = store.Load(ctx, st, after, func(ev persistence.Event) error { return m.apply(ev.Payload) })
 	return folded, m.s, false, err
 }
+
+// OldTaskSnapshot is the whole-task snapshot of s that task actors wrote
+// before they kept records.
+func OldTaskSnapshot(s taskfsm.State) (persistence.Snapshot, error) {
+	return encodeSnapshot(typeTaskSnapshot, taskfsm.Snapshot(s))
+}
