@@ -90,7 +90,7 @@ func loadTask(recs []persistence.Record) (taskfsm.State, *messages.TaskHeader, b
 	}
 	var def *messages.TaskCreated
 	var h *messages.TaskHeader
-	rows := make(map[int]*messages.TaskRow, len(recs))
+	var rows []*messages.TaskRow
 	for _, r := range recs {
 		if r.Version != recordV1 {
 			return taskfsm.State{}, nil, false, fmt.Errorf("task record %q of version %d", r.Key, r.Version)
@@ -104,8 +104,16 @@ func loadTask(recs []persistence.Record) (taskfsm.State, *messages.TaskHeader, b
 			h = &messages.TaskHeader{}
 			m = h
 		case len(r.Key) == 5 && r.Key[0] == 'r' && r.Type == typeTaskRow:
+			// Rows sort after the definition and the header.
+			pos := int(binary.BigEndian.Uint32(r.Key[1:]))
+			if h == nil || pos >= int(h.GetSubtasks()) {
+				return taskfsm.State{}, nil, false, fmt.Errorf("task record %q: a row before the header or past its %d sub-tasks", r.Key, h.GetSubtasks())
+			}
+			if rows == nil {
+				rows = make([]*messages.TaskRow, h.GetSubtasks())
+			}
 			row := &messages.TaskRow{}
-			rows[int(binary.BigEndian.Uint32(r.Key[1:]))] = row
+			rows[pos] = row
 			m = row
 		default:
 			return taskfsm.State{}, nil, false, fmt.Errorf("unknown task record %q of type %d", r.Key, r.Type)

@@ -102,14 +102,14 @@ func (s *State) appendPos(out []int, id string) []int {
 
 // FromRecords rebuilds a State from its records: def (the TaskCreated as
 // journaled), h (Header) and rows by position (Row); a position without a
-// row is as created. It refuses, with an error wrapping
+// row (nil, or past the end of rows) is as created. It refuses, with an error wrapping
 // ErrInvalidSnapshot, what FromSnapshot refuses (a definition it cannot
 // use, an unknown status or reason, a retry time that does not fit the
 // status, a started flag the attempts contradict) and: a missing header or
 // definition, a header whose number of sub-tasks differs from the
 // definition's distinct targets, a row past them, two WAITING sub-tasks
 // with the same number. The State shares def: do not modify it afterwards.
-func FromRecords(def *messages.TaskCreated, h *messages.TaskHeader, rows map[int]*messages.TaskRow) (State, error) {
+func FromRecords(def *messages.TaskCreated, h *messages.TaskHeader, rows []*messages.TaskRow) (State, error) {
 	if def == nil || h == nil {
 		return State{}, invalidSnapshot("records without a definition or header")
 	}
@@ -137,8 +137,8 @@ func FromRecords(def *messages.TaskCreated, h *messages.TaskHeader, rows map[int
 	if n := int(h.GetSubtasks()); n != len(ids) {
 		return State{}, invalidSnapshot("header counts %d sub-tasks for %d distinct targets", n, len(ids))
 	}
-	for pos := range rows {
-		if pos < 0 || pos >= len(ids) {
+	for pos := len(ids); pos < len(rows); pos++ {
+		if rows[pos] != nil {
 			return State{}, invalidSnapshot("row %d is not a sub-task position (0..%d)", pos, len(ids)-1)
 		}
 	}
@@ -150,7 +150,8 @@ func FromRecords(def *messages.TaskCreated, h *messages.TaskHeader, rows map[int
 			id: id, status: messages.SubtaskStatus_SUBTASK_STATUS_WAITING, ver: 1,
 			updatedAt: s.createdAt, enq: uint64(i) + 1,
 		}
-		if r, ok := rows[i]; ok {
+		if i < len(rows) && rows[i] != nil {
+			r := rows[i]
 			var err error
 			if sub, err = subtaskFromSnapshot(id, r.GetSubtask()); err != nil {
 				return State{}, err

@@ -61,11 +61,14 @@ func (rs *recordStore) load(t testing.TB) (State, error) {
 	if err := proto.Unmarshal(rs.header, h); err != nil {
 		t.Fatal(err)
 	}
-	rows := make(map[int]*messages.TaskRow, len(rs.rows))
+	var rows []*messages.TaskRow
 	for pos, b := range rs.rows {
 		r := &messages.TaskRow{}
 		if err := proto.Unmarshal(b, r); err != nil {
 			t.Fatal(err)
+		}
+		for len(rows) <= pos {
+			rows = append(rows, nil)
 		}
 		rows[pos] = r
 	}
@@ -228,24 +231,28 @@ func TestFromRecordsRefuses(t *testing.T) {
 		return h
 	}
 	same := func(*messages.TaskHeader) {}
+	at := func(pos int, r *messages.TaskRow) []*messages.TaskRow {
+		rows := make([]*messages.TaskRow, pos+1)
+		rows[pos] = r
+		return rows
+	}
 	started := func(h *messages.TaskHeader) { h.Started = true }
 	for _, c := range []struct {
 		name string
 		def  *messages.TaskCreated
 		h    *messages.TaskHeader
-		rows map[int]*messages.TaskRow
+		rows []*messages.TaskRow
 		why  string
 	}{
 		{"no definition", nil, Header(s), nil, "without a definition"},
 		{"no header", s.task, nil, nil, "without a definition or header"},
 		{"count", s.task, hdr(func(h *messages.TaskHeader) { h.Subtasks = 3 }), nil, "3 sub-tasks for 5"},
-		{"row past the end", s.task, hdr(same), map[int]*messages.TaskRow{5: row(waiting, 0, 9)}, "row 5"},
-		{"negative row", s.task, hdr(same), map[int]*messages.TaskRow{-1: row(waiting, 0, 9)}, "row -1"},
-		{"same number", s.task, hdr(same), map[int]*messages.TaskRow{3: row(waiting, 0, 1)}, "same number 1"},
-		{"no number", s.task, hdr(same), map[int]*messages.TaskRow{2: row(waiting, 0, 0)}, "has no number"},
-		{"started unset", s.task, hdr(same), map[int]*messages.TaskRow{1: row(processing, 1, 2)}, "started is not set"},
+		{"row past the end", s.task, hdr(same), at(5, row(waiting, 0, 9)), "row 5"},
+		{"same number", s.task, hdr(same), at(3, row(waiting, 0, 1)), "same number 1"},
+		{"no number", s.task, hdr(same), at(2, row(waiting, 0, 0)), "has no number"},
+		{"started unset", s.task, hdr(same), at(1, row(processing, 1, 2)), "started is not set"},
 		{"started set", s.task, hdr(started), nil, "no sub-task has an attempt"},
-		{"unknown status", s.task, hdr(same), map[int]*messages.TaskRow{1: row(99, 1, 2)}, "status"},
+		{"unknown status", s.task, hdr(same), at(1, row(99, 1, 2)), "status"},
 		{"bad definition", &messages.TaskCreated{}, hdr(same), nil, "task_id"},
 	} {
 		_, err := FromRecords(c.def, c.h, c.rows)
