@@ -41,8 +41,9 @@ type Config struct {
 	// PassivateAfter is how long an idle device or cell actor stays in
 	// memory after its last message (default 1 minute of clock time).
 	PassivateAfter time.Duration
-	// SnapshotEvery is the number of events after which an actor snapshots
-	// its state (default 200); 0 keeps the default, negative disables.
+	// SnapshotEvery is the number of events after which a device or cell
+	// actor snapshots its state (default 200); 0 keeps the default,
+	// negative disables. A task keeps its state as records instead.
 	SnapshotEvery int
 }
 

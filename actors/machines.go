@@ -220,6 +220,9 @@ type taskMachine struct {
 	// is created and recovered).
 	events []proto.Message
 	model  *taskModel
+	// header is the task's header as last written (nil before the task
+	// exists): a step writes it again only when it changed.
+	header *messages.TaskHeader
 }
 
 func (m *taskMachine) eventType() uint32 { return persistence.EventTypeTask }
@@ -233,8 +236,46 @@ func (m *taskMachine) apply(b []byte) error {
 	return nil
 }
 
+// restore reads the whole-task snapshot of a stream written before tasks
+// kept records; a task writes none (see keeper).
 func (m *taskMachine) restore(snap persistence.Snapshot) error { return restoreTask(m, snap) }
-func (m *taskMachine) snapshot() (persistence.Snapshot, error) { return snapshotTask(m.s) }
+func (m *taskMachine) snapshot() (persistence.Snapshot, error) {
+	return persistence.Snapshot{}, errNoSnapshot
+}
+
+// records: the definition when the task is created, the header when it
+// changed, the rows of the sub-tasks the step touched.
+func (m *taskMachine) records(next any, events []proto.Message) ([]persistence.Record, error) {
+	s := next.(taskfsm.State)
+	if !s.Created() {
+		return nil, nil
+	}
+	evs := make([]*messages.TaskEvent, len(events))
+	for i, e := range events {
+		evs[i] = e.(*messages.TaskEvent)
+	}
+	return taskRecords(s, !m.s.Created(), &m.header, taskfsm.Touched(m.s, s, evs))
+}
+
+func (m *taskMachine) all() ([]persistence.Record, error) {
+	if !m.s.Created() {
+		return nil, nil
+	}
+	rows := make([]int, m.s.Progress().Total)
+	for i := range rows {
+		rows[i] = i
+	}
+	m.header = nil
+	return taskRecords(m.s, true, &m.header, rows)
+}
+
+func (m *taskMachine) load(recs []persistence.Record) (bool, error) {
+	s, h, ok, err := loadTask(recs)
+	if ok && err == nil {
+		m.s, m.header = s, h
+	}
+	return ok, err
+}
 
 func (m *taskMachine) active(next any) bool {
 	s := next.(taskfsm.State)

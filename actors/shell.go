@@ -151,14 +151,37 @@ func (sh *shell) Receive(ctx actor.Context) {
 	sh.schedulePassivation()
 }
 
-// recover rebuilds the state from the snapshot and journal, then resumes.
+// recover rebuilds the state from the records of a keeper, or else from
+// the snapshot and journal (converting a keeper's to records), then resumes.
 func (sh *shell) recover() {
 	ctx := context.Background()
 	st := sh.addr.stream()
-	snap, ok, err := sh.e.deps.Store.LoadSnapshot(ctx, st)
-	if err == nil && ok {
-		err = sh.machine.restore(snap)
-		sh.seq, sh.snapSeq = snap.Seq, snap.Seq
+	k, keeps := sh.machine.(keeper)
+	var kept bool // the state came from records
+	var err error
+	if keeps {
+		var recs []persistence.Record
+		err = sh.e.deps.Store.LoadRecords(ctx, st, func(r persistence.Record) error {
+			recs = append(recs, r)
+			return nil
+		})
+		if err == nil {
+			kept, err = k.load(recs)
+		}
+		if err == nil && kept {
+			// The records are those of the stream's last batch.
+			sh.seq, err = sh.e.deps.Store.LastSeq(ctx, st)
+			sh.snapSeq = sh.seq
+		}
+	}
+	if err == nil && !kept {
+		var snap persistence.Snapshot
+		var ok bool
+		snap, ok, err = sh.e.deps.Store.LoadSnapshot(ctx, st)
+		if err == nil && ok {
+			err = sh.machine.restore(snap)
+			sh.seq, sh.snapSeq = snap.Seq, snap.Seq
+		}
 	}
 	if err == nil {
 		err = sh.e.deps.Store.Load(ctx, st, sh.seq, func(ev persistence.Event) error {
@@ -174,6 +197,9 @@ func (sh *shell) recover() {
 			sh.seq = ev.Seq
 			return nil
 		})
+	}
+	if err == nil && keeps && !kept {
+		err = sh.convert(k)
 	}
 	if err != nil {
 		sh.broken = fmt.Errorf("actors: recovering %s: %w", sh.addr, err)
@@ -198,6 +224,23 @@ func (sh *shell) recover() {
 		sh.machine.commit(next)
 	}
 	sh.machine.run(sh, effects)
+}
+
+// convert writes the whole state of a keeper recovered from a snapshot and
+// events (a stream written before it kept records) as records, in one
+// synced batch, so that later steps write only what they change. Nothing
+// is written for a state that does not exist yet.
+func (sh *shell) convert(k keeper) error {
+	recs, err := k.all()
+	if err != nil || len(recs) == 0 {
+		return err
+	}
+	_, err = sh.e.deps.Store.Append(context.Background(), persistence.Append{Stream: sh.addr.stream(), Expected: sh.seq, Records: recs})
+	if err != nil {
+		return fmt.Errorf("writing the state as records: %w", err)
+	}
+	sh.e.log.Info("state converted from snapshot and journal to records", "actor", sh.addr.String(), "records", len(recs))
+	return nil
 }
 
 // input runs one step of an input nobody waits for (another actor's message,
@@ -232,7 +275,7 @@ func (sh *shell) step(in proto.Message, waited bool, durable func()) error {
 	return nil
 }
 
-// persist appends events in one batch, synced when sync is set or one of the
+// persist appends events in one batch (with the records of a keeper), synced when sync is set or one of the
 // events must be durable before the step's effects run (mustSync); otherwise
 // unsynced, durable with the next synced append of any actor. On failure the
 // actor stops so that its successor rebuilds from what is durable; the state
@@ -246,11 +289,18 @@ func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 		}
 		evs[i] = persistence.Event{Type: sh.machine.eventType(), Version: 1, At: eventTime(ev), Payload: b}
 	}
+	var recs []persistence.Record
+	if k, ok := sh.machine.(keeper); ok {
+		var err error
+		if recs, err = k.records(next, events); err != nil {
+			return fmt.Errorf("actors: encoding the records of %s: %w", sh.addr, err)
+		}
+	}
 	active := sh.machine.active(next)
 	sync = sync || mustSync(events)
 	start := sh.e.deps.Clock.Now()
 	seq, err := sh.e.deps.Store.Append(context.Background(), persistence.Append{
-		Stream: sh.addr.stream(), Expected: sh.seq, Events: evs, Active: &active, NoSync: !sync,
+		Stream: sh.addr.stream(), Expected: sh.seq, Events: evs, Records: recs, Active: &active, NoSync: !sync,
 	})
 	if sync {
 		sh.e.metrics.commit.Observe(sh.e.deps.Clock.Since(start).Seconds())
@@ -280,7 +330,7 @@ func mustSync(events []proto.Message) bool {
 
 func (sh *shell) maybeSnapshot() {
 	every := sh.e.cfg.SnapshotEvery
-	if every < 0 || sh.seq-sh.snapSeq < uint64(every) {
+	if _, keeps := sh.machine.(keeper); keeps || every < 0 || sh.seq-sh.snapSeq < uint64(every) {
 		return
 	}
 	snap, err := sh.machine.snapshot()

@@ -483,6 +483,159 @@ func (x *TaskSnapshot) GetFinishedAtUnixNano() int64 {
 	return 0
 }
 
+// TaskHeader is the part of a taskfsm.State that is not per sub-task, kept
+// as one record beside the task definition (its TaskCreated) and one
+// TaskRow record per sub-task that changed since creation (taskfsm.Header,
+// taskfsm.Row, taskfsm.FromRecords). The counters, the index and the
+// queues are rebuilt from the rows on load.
+type TaskHeader struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Subtasks           uint32                 `protobuf:"varint,1,opt,name=subtasks,proto3" json:"subtasks,omitempty"` // the number of sub-tasks (distinct targets), checked on load
+	Started            bool                   `protobuf:"varint,2,opt,name=started,proto3" json:"started,omitempty"`
+	StopRequested      bool                   `protobuf:"varint,3,opt,name=stop_requested,json=stopRequested,proto3" json:"stop_requested,omitempty"`
+	WakeAtUnixNano     int64                  `protobuf:"varint,4,opt,name=wake_at_unix_nano,json=wakeAtUnixNano,proto3" json:"wake_at_unix_nano,omitempty"` // 0: no wake pending
+	WakeGeneration     uint64                 `protobuf:"varint,5,opt,name=wake_generation,json=wakeGeneration,proto3" json:"wake_generation,omitempty"`
+	CreatedAtUnixNano  int64                  `protobuf:"varint,6,opt,name=created_at_unix_nano,json=createdAtUnixNano,proto3" json:"created_at_unix_nano,omitempty"`
+	FinishedAtUnixNano int64                  `protobuf:"varint,7,opt,name=finished_at_unix_nano,json=finishedAtUnixNano,proto3" json:"finished_at_unix_nano,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *TaskHeader) Reset() {
+	*x = TaskHeader{}
+	mi := &file_messages_snapshot_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskHeader) ProtoMessage() {}
+
+func (x *TaskHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_snapshot_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskHeader.ProtoReflect.Descriptor instead.
+func (*TaskHeader) Descriptor() ([]byte, []int) {
+	return file_messages_snapshot_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TaskHeader) GetSubtasks() uint32 {
+	if x != nil {
+		return x.Subtasks
+	}
+	return 0
+}
+
+func (x *TaskHeader) GetStarted() bool {
+	if x != nil {
+		return x.Started
+	}
+	return false
+}
+
+func (x *TaskHeader) GetStopRequested() bool {
+	if x != nil {
+		return x.StopRequested
+	}
+	return false
+}
+
+func (x *TaskHeader) GetWakeAtUnixNano() int64 {
+	if x != nil {
+		return x.WakeAtUnixNano
+	}
+	return 0
+}
+
+func (x *TaskHeader) GetWakeGeneration() uint64 {
+	if x != nil {
+		return x.WakeGeneration
+	}
+	return 0
+}
+
+func (x *TaskHeader) GetCreatedAtUnixNano() int64 {
+	if x != nil {
+		return x.CreatedAtUnixNano
+	}
+	return 0
+}
+
+func (x *TaskHeader) GetFinishedAtUnixNano() int64 {
+	if x != nil {
+		return x.FinishedAtUnixNano
+	}
+	return 0
+}
+
+// TaskRow is one sub-task of a taskfsm.State, kept as its own record.
+type TaskRow struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subtask *TaskSnapshot_Subtask  `protobuf:"bytes,1,opt,name=subtask,proto3" json:"subtask,omitempty"`
+	// The sub-task's number in the order of entries into WAITING (of its
+	// latest entry; the task's first entries are its targets, numbered 1, 2,
+	// ... in target order). The WAITING sub-tasks start in this order.
+	Queued        uint64 `protobuf:"varint,2,opt,name=queued,proto3" json:"queued,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskRow) Reset() {
+	*x = TaskRow{}
+	mi := &file_messages_snapshot_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskRow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskRow) ProtoMessage() {}
+
+func (x *TaskRow) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_snapshot_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskRow.ProtoReflect.Descriptor instead.
+func (*TaskRow) Descriptor() ([]byte, []int) {
+	return file_messages_snapshot_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TaskRow) GetSubtask() *TaskSnapshot_Subtask {
+	if x != nil {
+		return x.Subtask
+	}
+	return nil
+}
+
+func (x *TaskRow) GetQueued() uint64 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
 type DeviceSnapshot_Last struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Outcome       *ReportOutcome         `protobuf:"bytes,1,opt,name=outcome,proto3" json:"outcome,omitempty"`
@@ -494,7 +647,7 @@ type DeviceSnapshot_Last struct {
 
 func (x *DeviceSnapshot_Last) Reset() {
 	*x = DeviceSnapshot_Last{}
-	mi := &file_messages_snapshot_proto_msgTypes[3]
+	mi := &file_messages_snapshot_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +659,7 @@ func (x *DeviceSnapshot_Last) String() string {
 func (*DeviceSnapshot_Last) ProtoMessage() {}
 
 func (x *DeviceSnapshot_Last) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_snapshot_proto_msgTypes[3]
+	mi := &file_messages_snapshot_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +710,7 @@ type CellSnapshot_Member struct {
 
 func (x *CellSnapshot_Member) Reset() {
 	*x = CellSnapshot_Member{}
-	mi := &file_messages_snapshot_proto_msgTypes[4]
+	mi := &file_messages_snapshot_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +722,7 @@ func (x *CellSnapshot_Member) String() string {
 func (*CellSnapshot_Member) ProtoMessage() {}
 
 func (x *CellSnapshot_Member) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_snapshot_proto_msgTypes[4]
+	mi := &file_messages_snapshot_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +793,7 @@ type TaskSnapshot_Subtask struct {
 
 func (x *TaskSnapshot_Subtask) Reset() {
 	*x = TaskSnapshot_Subtask{}
-	mi := &file_messages_snapshot_proto_msgTypes[5]
+	mi := &file_messages_snapshot_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +805,7 @@ func (x *TaskSnapshot_Subtask) String() string {
 func (*TaskSnapshot_Subtask) ProtoMessage() {}
 
 func (x *TaskSnapshot_Subtask) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_snapshot_proto_msgTypes[5]
+	mi := &file_messages_snapshot_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +920,7 @@ type TaskSnapshot_Progress struct {
 
 func (x *TaskSnapshot_Progress) Reset() {
 	*x = TaskSnapshot_Progress{}
-	mi := &file_messages_snapshot_proto_msgTypes[6]
+	mi := &file_messages_snapshot_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -779,7 +932,7 @@ func (x *TaskSnapshot_Progress) String() string {
 func (*TaskSnapshot_Progress) ProtoMessage() {}
 
 func (x *TaskSnapshot_Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_snapshot_proto_msgTypes[6]
+	mi := &file_messages_snapshot_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1093,19 @@ const file_messages_snapshot_proto_rawDesc = "" +
 	"\asuccess\x18\x04 \x01(\rR\asuccess\x12\x12\n" +
 	"\x04fail\x18\x05 \x01(\rR\x04fail\x12&\n" +
 	"\x0ffail_wait_retry\x18\x06 \x01(\rR\rfailWaitRetry\x12\x18\n" +
-	"\astopped\x18\a \x01(\rR\astoppedB'Z%github.com/otafleet/otafleet/messagesb\x06proto3"
+	"\astopped\x18\a \x01(\rR\astopped\"\xa1\x02\n" +
+	"\n" +
+	"TaskHeader\x12\x1a\n" +
+	"\bsubtasks\x18\x01 \x01(\rR\bsubtasks\x12\x18\n" +
+	"\astarted\x18\x02 \x01(\bR\astarted\x12%\n" +
+	"\x0estop_requested\x18\x03 \x01(\bR\rstopRequested\x12)\n" +
+	"\x11wake_at_unix_nano\x18\x04 \x01(\x03R\x0ewakeAtUnixNano\x12'\n" +
+	"\x0fwake_generation\x18\x05 \x01(\x04R\x0ewakeGeneration\x12/\n" +
+	"\x14created_at_unix_nano\x18\x06 \x01(\x03R\x11createdAtUnixNano\x121\n" +
+	"\x15finished_at_unix_nano\x18\a \x01(\x03R\x12finishedAtUnixNano\"g\n" +
+	"\aTaskRow\x12D\n" +
+	"\asubtask\x18\x01 \x01(\v2*.otafleet.messages.v1.TaskSnapshot.SubtaskR\asubtask\x12\x16\n" +
+	"\x06queued\x18\x02 \x01(\x04R\x06queuedB'Z%github.com/otafleet/otafleet/messagesb\x06proto3"
 
 var (
 	file_messages_snapshot_proto_rawDescOnce sync.Once
@@ -954,47 +1119,50 @@ func file_messages_snapshot_proto_rawDescGZIP() []byte {
 	return file_messages_snapshot_proto_rawDescData
 }
 
-var file_messages_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_messages_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_messages_snapshot_proto_goTypes = []any{
 	(*DeviceSnapshot)(nil),        // 0: otafleet.messages.v1.DeviceSnapshot
 	(*CellSnapshot)(nil),          // 1: otafleet.messages.v1.CellSnapshot
 	(*TaskSnapshot)(nil),          // 2: otafleet.messages.v1.TaskSnapshot
-	(*DeviceSnapshot_Last)(nil),   // 3: otafleet.messages.v1.DeviceSnapshot.Last
-	(*CellSnapshot_Member)(nil),   // 4: otafleet.messages.v1.CellSnapshot.Member
-	(*TaskSnapshot_Subtask)(nil),  // 5: otafleet.messages.v1.TaskSnapshot.Subtask
-	(*TaskSnapshot_Progress)(nil), // 6: otafleet.messages.v1.TaskSnapshot.Progress
-	(*Job)(nil),                   // 7: otafleet.messages.v1.Job
-	(Stage)(0),                    // 8: otafleet.messages.v1.Stage
-	(VerifyCause)(0),              // 9: otafleet.messages.v1.VerifyCause
-	(*Downlink)(nil),              // 10: otafleet.messages.v1.Downlink
-	(*TaskCreated)(nil),           // 11: otafleet.messages.v1.TaskCreated
-	(*ReportOutcome)(nil),         // 12: otafleet.messages.v1.ReportOutcome
-	(Protocol)(0),                 // 13: otafleet.messages.v1.Protocol
-	(CoverageLevel)(0),            // 14: otafleet.messages.v1.CoverageLevel
-	(SubtaskStatus)(0),            // 15: otafleet.messages.v1.SubtaskStatus
-	(Reason)(0),                   // 16: otafleet.messages.v1.Reason
+	(*TaskHeader)(nil),            // 3: otafleet.messages.v1.TaskHeader
+	(*TaskRow)(nil),               // 4: otafleet.messages.v1.TaskRow
+	(*DeviceSnapshot_Last)(nil),   // 5: otafleet.messages.v1.DeviceSnapshot.Last
+	(*CellSnapshot_Member)(nil),   // 6: otafleet.messages.v1.CellSnapshot.Member
+	(*TaskSnapshot_Subtask)(nil),  // 7: otafleet.messages.v1.TaskSnapshot.Subtask
+	(*TaskSnapshot_Progress)(nil), // 8: otafleet.messages.v1.TaskSnapshot.Progress
+	(*Job)(nil),                   // 9: otafleet.messages.v1.Job
+	(Stage)(0),                    // 10: otafleet.messages.v1.Stage
+	(VerifyCause)(0),              // 11: otafleet.messages.v1.VerifyCause
+	(*Downlink)(nil),              // 12: otafleet.messages.v1.Downlink
+	(*TaskCreated)(nil),           // 13: otafleet.messages.v1.TaskCreated
+	(*ReportOutcome)(nil),         // 14: otafleet.messages.v1.ReportOutcome
+	(Protocol)(0),                 // 15: otafleet.messages.v1.Protocol
+	(CoverageLevel)(0),            // 16: otafleet.messages.v1.CoverageLevel
+	(SubtaskStatus)(0),            // 17: otafleet.messages.v1.SubtaskStatus
+	(Reason)(0),                   // 18: otafleet.messages.v1.Reason
 }
 var file_messages_snapshot_proto_depIdxs = []int32{
-	7,  // 0: otafleet.messages.v1.DeviceSnapshot.job:type_name -> otafleet.messages.v1.Job
-	8,  // 1: otafleet.messages.v1.DeviceSnapshot.stage:type_name -> otafleet.messages.v1.Stage
-	9,  // 2: otafleet.messages.v1.DeviceSnapshot.verify_cause:type_name -> otafleet.messages.v1.VerifyCause
-	10, // 3: otafleet.messages.v1.DeviceSnapshot.outbox:type_name -> otafleet.messages.v1.Downlink
-	3,  // 4: otafleet.messages.v1.DeviceSnapshot.last:type_name -> otafleet.messages.v1.DeviceSnapshot.Last
-	4,  // 5: otafleet.messages.v1.CellSnapshot.holders:type_name -> otafleet.messages.v1.CellSnapshot.Member
-	4,  // 6: otafleet.messages.v1.CellSnapshot.queue:type_name -> otafleet.messages.v1.CellSnapshot.Member
-	11, // 7: otafleet.messages.v1.TaskSnapshot.task:type_name -> otafleet.messages.v1.TaskCreated
-	5,  // 8: otafleet.messages.v1.TaskSnapshot.subtasks:type_name -> otafleet.messages.v1.TaskSnapshot.Subtask
-	6,  // 9: otafleet.messages.v1.TaskSnapshot.progress:type_name -> otafleet.messages.v1.TaskSnapshot.Progress
-	12, // 10: otafleet.messages.v1.DeviceSnapshot.Last.outcome:type_name -> otafleet.messages.v1.ReportOutcome
-	13, // 11: otafleet.messages.v1.DeviceSnapshot.Last.protocol:type_name -> otafleet.messages.v1.Protocol
-	14, // 12: otafleet.messages.v1.CellSnapshot.Member.level:type_name -> otafleet.messages.v1.CoverageLevel
-	15, // 13: otafleet.messages.v1.TaskSnapshot.Subtask.status:type_name -> otafleet.messages.v1.SubtaskStatus
-	16, // 14: otafleet.messages.v1.TaskSnapshot.Subtask.reason:type_name -> otafleet.messages.v1.Reason
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	9,  // 0: otafleet.messages.v1.DeviceSnapshot.job:type_name -> otafleet.messages.v1.Job
+	10, // 1: otafleet.messages.v1.DeviceSnapshot.stage:type_name -> otafleet.messages.v1.Stage
+	11, // 2: otafleet.messages.v1.DeviceSnapshot.verify_cause:type_name -> otafleet.messages.v1.VerifyCause
+	12, // 3: otafleet.messages.v1.DeviceSnapshot.outbox:type_name -> otafleet.messages.v1.Downlink
+	5,  // 4: otafleet.messages.v1.DeviceSnapshot.last:type_name -> otafleet.messages.v1.DeviceSnapshot.Last
+	6,  // 5: otafleet.messages.v1.CellSnapshot.holders:type_name -> otafleet.messages.v1.CellSnapshot.Member
+	6,  // 6: otafleet.messages.v1.CellSnapshot.queue:type_name -> otafleet.messages.v1.CellSnapshot.Member
+	13, // 7: otafleet.messages.v1.TaskSnapshot.task:type_name -> otafleet.messages.v1.TaskCreated
+	7,  // 8: otafleet.messages.v1.TaskSnapshot.subtasks:type_name -> otafleet.messages.v1.TaskSnapshot.Subtask
+	8,  // 9: otafleet.messages.v1.TaskSnapshot.progress:type_name -> otafleet.messages.v1.TaskSnapshot.Progress
+	7,  // 10: otafleet.messages.v1.TaskRow.subtask:type_name -> otafleet.messages.v1.TaskSnapshot.Subtask
+	14, // 11: otafleet.messages.v1.DeviceSnapshot.Last.outcome:type_name -> otafleet.messages.v1.ReportOutcome
+	15, // 12: otafleet.messages.v1.DeviceSnapshot.Last.protocol:type_name -> otafleet.messages.v1.Protocol
+	16, // 13: otafleet.messages.v1.CellSnapshot.Member.level:type_name -> otafleet.messages.v1.CoverageLevel
+	17, // 14: otafleet.messages.v1.TaskSnapshot.Subtask.status:type_name -> otafleet.messages.v1.SubtaskStatus
+	18, // 15: otafleet.messages.v1.TaskSnapshot.Subtask.reason:type_name -> otafleet.messages.v1.Reason
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_messages_snapshot_proto_init() }
@@ -1012,7 +1180,7 @@ func file_messages_snapshot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_snapshot_proto_rawDesc), len(file_messages_snapshot_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -79,3 +79,21 @@ func DecodeSnapshot(v []byte) (Snapshot, error) {
 	}
 	return Snapshot{Seq: uint64(e.At), Type: e.Type, Version: e.Version, Payload: e.Payload}, nil
 }
+
+// EncodeRecord returns the stored value of r: an event envelope with time 0.
+func EncodeRecord(r Record) []byte {
+	return EncodeEvent(Event{Type: r.Type, Version: r.Version, Payload: r.Payload})
+}
+
+// DecodeRecord parses a stored record value; key comes from the stored key.
+// The payload aliases v.
+func DecodeRecord(key, v []byte) (Record, error) {
+	e, err := DecodeEvent(0, v)
+	if err != nil {
+		return Record{}, err
+	}
+	if e.At != 0 {
+		return Record{}, fmt.Errorf("record with time field %d", e.At)
+	}
+	return Record{Key: key, Type: e.Type, Version: e.Version, Payload: e.Payload}, nil
+}

@@ -15,7 +15,12 @@
 // returns: an acknowledged append survives a crash. An append marked NoSync
 // returns before its batch is synced and becomes durable with the next synced
 // one; a crash may lose it (and the unsynced ones after it), never a synced one. Snapshots bound replay
-// time: Load after a snapshot's sequence number replays only the tail. The
+// time: Load after a snapshot's sequence number replays only the tail.
+// Records are the other way to bound it: keyed entries of a stream's state
+// area, written (or deleted) in the same batch as an append's events, so an
+// actor can keep its state as it changes, an entry per part, and read it
+// back whole with LoadRecords; a batch's records are never seen without its
+// events, nor its events without its records. The
 // active mark of a stream (set and cleared in the same batch as its events)
 // lets recovery find the actors with work in flight without scanning every
 // registered device.
@@ -168,6 +173,7 @@ const (
 	EventTypeCell     uint32 = 2 // messages.CellEvent
 	EventTypeTask     uint32 = 3 // messages.TaskEvent
 	SnapshotTypeState uint32 = 100
+	RecordTypeState   uint32 = 150 // the base of actors' record types
 )
 
 // Snapshot is an actor's state as of event Seq (included), encoded by the
@@ -191,6 +197,9 @@ type Append struct {
 	// Active, when set, sets (true) or clears (false) the stream's active mark
 	// in the same batch.
 	Active *bool
+	// Records are written to (or deleted from) the stream's state area in
+	// the same batch as Events; an append may carry records and no events.
+	Records []Record
 	// NoSync lets Append return before the batch is durable. The batch is
 	// still atomic and ordered: it is visible to Load and LastSeq at once,
 	// and it becomes durable with the next synced append of any stream (or
@@ -202,6 +211,29 @@ type Append struct {
 	NoSync bool
 }
 
+// MaxRecordKeyLen bounds the key of a Record.
+const MaxRecordKeyLen = 64
+
+// Record is one entry of a stream's state area: a value under a key the
+// writer chooses (1 to MaxRecordKeyLen bytes, any bytes), in an envelope with
+// a type and version like an event's. Keys of different streams never mix.
+// Delete removes the entry with that key (Type, Version and Payload unused).
+type Record struct {
+	Key     []byte
+	Type    uint32
+	Version uint32
+	Payload []byte
+	Delete  bool
+}
+
+// Validate checks the record's key.
+func (r Record) Validate() error {
+	if len(r.Key) == 0 || len(r.Key) > MaxRecordKeyLen {
+		return fmt.Errorf("%w: record key of %d bytes (1..%d)", ErrInvalid, len(r.Key), MaxRecordKeyLen)
+	}
+	return nil
+}
+
 // AppendCounter is implemented by stores that count their appends: how many
 // successful Append calls were synced and how many were marked NoSync since
 // the store was opened. The server exports them as metrics.
@@ -211,7 +243,7 @@ type AppendCounter interface {
 
 // EventStore is the journal.
 type EventStore interface {
-	// Append writes a's events (and mark) in one batch and returns once the
+	// Append writes a's events (with its records and mark) in one batch and returns once the
 	// batch is durable (or, with a.NoSync, once it is written in order). It
 	// returns the new last sequence number.
 	Append(ctx context.Context, a Append) (uint64, error)
@@ -224,6 +256,10 @@ type EventStore interface {
 	SaveSnapshot(ctx context.Context, s Stream, snap Snapshot) error
 	// LoadSnapshot returns s's snapshot; false when it has none.
 	LoadSnapshot(ctx context.Context, s Stream) (Snapshot, bool, error)
+	// LoadRecords calls fn with every record of s's state area in key byte
+	// order (Delete unset; the payload is fn's to keep). A record that does
+	// not decode stops it with a *CorruptError.
+	LoadRecords(ctx context.Context, s Stream, fn func(Record) error) error
 	// Active calls fn with the ID of every stream of kind whose active mark is set.
 	Active(ctx context.Context, kind Kind, fn func(id string) error) error
 	// Close releases the store. Later calls fail with ErrClosed.

@@ -5,8 +5,10 @@
 package memstore
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -19,6 +21,7 @@ type Store struct {
 	closed    bool
 	events    map[persistence.Stream][]persistence.Event
 	snapshots map[persistence.Stream]persistence.Snapshot
+	records   map[persistence.Stream]map[string]persistence.Record
 	active    map[persistence.Kind]map[string]bool
 	appends   int // successful Append calls
 	unsynced  int // of which NoSync
@@ -38,6 +41,7 @@ func New() *Store {
 	return &Store{
 		events:    map[persistence.Stream][]persistence.Event{},
 		snapshots: map[persistence.Stream]persistence.Snapshot{},
+		records:   map[persistence.Stream]map[string]persistence.Record{},
 		active:    map[persistence.Kind]map[string]bool{},
 		products:  map[string]persistence.Product{},
 		devices:   map[string]persistence.Device{},
@@ -72,10 +76,29 @@ func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error
 	if err := s.check(ctx); err != nil {
 		return 0, err
 	}
+	for _, r := range a.Records {
+		if err := r.Validate(); err != nil {
+			return 0, err
+		}
+	}
 	evs := s.events[a.Stream]
 	last := uint64(len(evs))
 	if last != a.Expected {
 		return 0, fmt.Errorf("%w: stream %s ends at %d, writer expected %d", persistence.ErrConflict, a.Stream, last, a.Expected)
+	}
+	if len(a.Records) > 0 {
+		m := s.records[a.Stream]
+		if m == nil {
+			m = map[string]persistence.Record{}
+			s.records[a.Stream] = m
+		}
+		for _, r := range a.Records {
+			if r.Delete {
+				delete(m, string(r.Key))
+				continue
+			}
+			m[string(r.Key)] = persistence.Record{Key: slices.Clone(r.Key), Type: r.Type, Version: r.Version, Payload: slices.Clone(r.Payload)}
+		}
 	}
 	for _, e := range a.Events {
 		last++
@@ -172,6 +195,28 @@ func (s *Store) LoadSnapshot(ctx context.Context, st persistence.Stream) (persis
 	snap, ok := s.snapshots[st]
 	snap.Payload = slices.Clone(snap.Payload)
 	return snap, ok, nil
+}
+
+// LoadRecords implements persistence.EventStore.
+func (s *Store) LoadRecords(ctx context.Context, st persistence.Stream, fn func(persistence.Record) error) error {
+	if err := st.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if err := s.check(ctx); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	recs := slices.Collect(maps.Values(s.records[st]))
+	s.mu.Unlock()
+	slices.SortFunc(recs, func(a, b persistence.Record) int { return bytes.Compare(a.Key, b.Key) })
+	for _, r := range recs {
+		r.Key, r.Payload = slices.Clone(r.Key), slices.Clone(r.Payload)
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Active implements persistence.EventStore; IDs come in byte order.

@@ -19,7 +19,7 @@ import (
 var corruptStream = persistence.Stream{Kind: persistence.KindDevice, ID: "dev"}
 
 // populated returns a closed store's filesystem holding a bit of everything:
-// 5 events and a snapshot at 3 in corruptStream with its active mark, a
+// 5 events, a record and a snapshot at 3 in corruptStream with its active mark, a
 // product, a device with credentials, a group, a package and a 3-chunk blob.
 func populated(t *testing.T) vfs.FS {
 	t.Helper()
@@ -32,7 +32,8 @@ func populated(t *testing.T) vfs.FS {
 			t.Fatal(err)
 		}
 	}
-	_, err := s.Append(ctx, persistence.Append{Stream: corruptStream, Events: []persistence.Event{ev(1), ev(2), ev(3), ev(4), ev(5)}, Active: new(true)})
+	_, err := s.Append(ctx, persistence.Append{Stream: corruptStream, Events: []persistence.Event{ev(1), ev(2), ev(3), ev(4), ev(5)}, Active: new(true),
+		Records: []persistence.Record{{Key: []byte("row"), Type: persistence.RecordTypeState, Version: 1, Payload: []byte("row")}}})
 	must(err)
 	must(s.SaveSnapshot(ctx, corruptStream, persistence.Snapshot{Seq: 3, Type: persistence.SnapshotTypeState, Payload: []byte("state")}))
 	must(s.PutProduct(ctx, persistence.Product{ID: "p", Protocol: persistence.ProtocolMQTT}))
@@ -83,6 +84,10 @@ func TestCorruption(t *testing.T) {
 		return err
 	}
 	sk := string(persistence.SnapshotKey(corruptStream))
+	rk := string(persistence.RecordKey(corruptStream, []byte("row")))
+	loadRecords := func(s *pebblestore.Store) error {
+		return s.LoadRecords(ctx, corruptStream, func(persistence.Record) error { return nil })
+	}
 	flip := func(v []byte, i int) []byte {
 		v = bytes.Clone(v)
 		v[(i+len(v))%len(v)] ^= 1
@@ -105,6 +110,9 @@ func TestCorruption(t *testing.T) {
 			_, _, err := s.LoadSnapshot(ctx, corruptStream)
 			return err
 		}},
+		{"record bit flip", func(g get) map[string][]byte { return map[string][]byte{rk: flip(g(rk), -1)} }, rk, loadRecords},
+		{"record truncated", func(g get) map[string][]byte { return map[string][]byte{rk: g(rk)[:4]} }, rk, loadRecords},
+		{"record with a time", func(get) map[string][]byte { return map[string][]byte{rk: persistence.EncodeEvent(ev(1))} }, rk, loadRecords},
 		{"active mark with a value", func(get) map[string][]byte {
 			return map[string][]byte{string(persistence.ActiveKey(corruptStream)): []byte("x")}
 		}, string(persistence.ActiveKey(corruptStream)), func(s *pebblestore.Store) error {
@@ -177,7 +185,7 @@ func TestCorruptionOtherReadsGoOn(t *testing.T) {
 
 // TestVerifyFindsStrayKeys: keys outside the layout are reported.
 func TestVerifyFindsStrayKeys(t *testing.T) {
-	for _, key := range []string{"zz", "x", "e/d/dev/\x00", "e/q/dev/\x00\x00\x00\x00\x00\x00\x00\x01", "r/q/x", "m/other", "b/nohead/\x00\x00\x00\x00\x00\x00\x00\x00"} {
+	for _, key := range []string{"zz", "x", "e/d/dev/\x00", "e/q/dev/\x00\x00\x00\x00\x00\x00\x00\x01", "r/q/x", "m/other", "b/nohead/\x00\x00\x00\x00\x00\x00\x00\x00", "k/d/dev", "k/d/dev/", "k/q/dev/row", "k//dev/row"} {
 		fs := populated(t)
 		rawSet(t, fs, map[string][]byte{key: persistence.EncodeEvent(ev(1))})
 		s := openFS(t, fs)
@@ -191,7 +199,7 @@ func TestVerifyFindsStrayKeys(t *testing.T) {
 func TestGarbageEverywhere(t *testing.T) {
 	ctx := context.Background()
 	base := populated(t)
-	keys := rawKeys(t, base, "a/", "b/", "e/", "r/", "s/")
+	keys := rawKeys(t, base, "a/", "b/", "e/", "k/", "r/", "s/")
 	for _, key := range keys {
 		for _, n := range []int{0, 1, 5, 17, 64} {
 			fs := vfs.NewMem()

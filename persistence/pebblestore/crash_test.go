@@ -68,7 +68,8 @@ func parseCrashPayload(p []byte) (w int, seq, end uint64, mark bool, err error) 
 	return int(f[0]), f[1], f[2], p[0] == 1, nil
 }
 
-// appendBatch appends batch j of writer w (1 to 3 events) after expected.
+// appendBatch appends batch j of writer w (1 to 3 events) after expected,
+// with the record "end" holding the batch's last sequence number.
 func appendBatch(s persistence.EventStore, w, j int, expected uint64) (uint64, error) {
 	n := uint64(1 + j%3)
 	mark := j%2 == 0
@@ -76,7 +77,8 @@ func appendBatch(s persistence.EventStore, w, j int, expected uint64) (uint64, e
 	for i := uint64(1); i <= n; i++ {
 		evs = append(evs, persistence.Event{Type: persistence.EventTypeDevice, Version: 1, At: int64(j), Payload: crashPayload(w, expected+i, expected+n, mark)})
 	}
-	return s.Append(context.Background(), persistence.Append{Stream: writerStream(w), Expected: expected, Events: evs, Active: &mark})
+	end := persistence.Record{Key: []byte("end"), Type: persistence.RecordTypeState, Version: 1, Payload: binary.AppendUvarint(nil, expected+n)}
+	return s.Append(context.Background(), persistence.Append{Stream: writerStream(w), Expected: expected, Events: evs, Records: []persistence.Record{end}, Active: &mark})
 }
 
 // crashPoint is a crash image and what had been acknowledged before it.
@@ -87,7 +89,7 @@ type crashPoint struct {
 
 // checkRecovered opens the image and checks that every acknowledged append
 // is there, in order, without gaps, that each stream ends on a whole batch
-// and that active marks match the last batch.
+// and that its record and active mark match the last batch.
 func checkRecovered(t *testing.T, name string, cp crashPoint) {
 	t.Helper()
 	s, err := pebblestore.Open("db", pebblestore.Options{FS: cp.fs, Logger: testLogger(t)})
@@ -123,6 +125,21 @@ func checkRecovered(t *testing.T, name string, cp crashPoint) {
 		}
 		if last != end {
 			t.Fatalf("%s: stream %s ends at %d inside a batch ending at %d: a torn batch", name, st, last, end)
+		}
+		var recEnd uint64
+		err = s.LoadRecords(ctx, st, func(r persistence.Record) error {
+			v, n := binary.Uvarint(r.Payload)
+			if string(r.Key) != "end" || n != len(r.Payload) {
+				return fmt.Errorf("record %q = %x", r.Key, r.Payload)
+			}
+			recEnd = v
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: LoadRecords(%s): %v", name, st, err)
+		}
+		if recEnd != last {
+			t.Fatalf("%s: stream %s ends at %d, its record says %d: records and events of a batch came apart", name, st, last, recEnd)
 		}
 		if got := slices.Contains(marked, st.ID); last > 0 && got != mark {
 			t.Fatalf("%s: stream %s: active mark %v, but its last batch set it %v", name, st, got, mark)
@@ -325,7 +342,8 @@ func TestCrashUnsyncedAppends(t *testing.T) {
 				for i := uint64(1); i <= n; i++ {
 					evs = append(evs, persistence.Event{Type: persistence.EventTypeDevice, Version: 1, At: int64(j), Payload: crashPayload(w, expected+i, expected+n, mark)})
 				}
-				seq, err := s.Append(context.Background(), persistence.Append{Stream: writerStream(w), Expected: expected, Events: evs, Active: &mark, NoSync: !synced})
+				end := persistence.Record{Key: []byte("end"), Type: persistence.RecordTypeState, Version: 1, Payload: binary.AppendUvarint(nil, expected+n)}
+				seq, err := s.Append(context.Background(), persistence.Append{Stream: writerStream(w), Expected: expected, Events: evs, Records: []persistence.Record{end}, Active: &mark, NoSync: !synced})
 				if err != nil {
 					errs <- err
 					return

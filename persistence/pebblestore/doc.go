@@ -8,6 +8,8 @@
 //	e/<kind>/<id>/<seq:8 BE>   event (persistence.EncodeEvent envelope)
 //	s/<kind>/<id>              snapshot (persistence.EncodeSnapshot envelope)
 //	a/<kind>/<id>              active mark (empty value)
+//	k/<kind>/<id>/<key>        record of a stream's state area (persistence.EncodeRecord
+//	                           envelope), written in the batch of an Append
 //	r/p/<id>                   product      \
 //	r/d/<id>                   device        |
 //	r/g/<id>                   group         | registrypb record inside the

@@ -78,6 +78,11 @@ func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error
 	if err := a.Stream.Validate(); err != nil {
 		return 0, err
 	}
+	for _, r := range a.Records {
+		if err := r.Validate(); err != nil {
+			return 0, err
+		}
+	}
 	if err := s.enter(ctx); err != nil {
 		return 0, err
 	}
@@ -95,7 +100,7 @@ func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error
 	if uint64(len(a.Events)) > math.MaxUint64-last {
 		return 0, fmt.Errorf("%w: stream %s: sequence numbers exhausted", persistence.ErrInvalid, a.Stream)
 	}
-	if len(a.Events) == 0 && a.Active == nil {
+	if len(a.Events) == 0 && len(a.Records) == 0 && a.Active == nil {
 		return last, nil
 	}
 	b := s.db.NewBatch()
@@ -104,6 +109,17 @@ func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error
 	for _, e := range a.Events {
 		seq++
 		if err := b.Set(persistence.EventKey(a.Stream, seq), persistence.EncodeEvent(e), nil); err != nil {
+			return 0, err
+		}
+	}
+	for _, r := range a.Records {
+		k := persistence.RecordKey(a.Stream, r.Key)
+		if r.Delete {
+			err = b.Delete(k, nil)
+		} else {
+			err = b.Set(k, persistence.EncodeRecord(r), nil)
+		}
+		if err != nil {
 			return 0, err
 		}
 	}
@@ -294,6 +310,57 @@ func (s *Store) LoadSnapshot(ctx context.Context, st persistence.Stream) (persis
 		return persistence.Snapshot{}, false, &persistence.CorruptError{Key: k, Reason: err.Error()}
 	}
 	return snap, true, nil
+}
+
+// LoadRecords implements persistence.EventStore. It reads the records as of
+// one Pebble snapshot: a batch's records are all there or none.
+func (s *Store) LoadRecords(ctx context.Context, st persistence.Stream, fn func(persistence.Record) error) error {
+	if err := st.Validate(); err != nil {
+		return err
+	}
+	if err := s.enter(ctx); err != nil {
+		return err
+	}
+	defer s.exit()
+	prefix := persistence.RecordPrefix(st)
+	it, err := s.db.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return s.readErr(prefix, err)
+	}
+	last := prefix // the key that errors name
+	err = func() error {
+		n := 0
+		for valid := it.First(); valid; valid = it.Next() {
+			k := it.Key()
+			last = k
+			key := k[len(prefix):]
+			if err := (persistence.Record{Key: key}).Validate(); err != nil {
+				return &persistence.CorruptError{Key: bytes.Clone(k), Reason: err.Error()}
+			}
+			v, err := it.ValueAndErr()
+			if err != nil {
+				return s.readErr(k, err)
+			}
+			r, err := persistence.DecodeRecord(bytes.Clone(key), v)
+			if err != nil {
+				return &persistence.CorruptError{Key: bytes.Clone(k), Reason: err.Error()}
+			}
+			r.Payload = bytes.Clone(r.Payload)
+			if err := fn(r); err != nil {
+				return err
+			}
+			if n++; n%256 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}()
+	if ierr := it.Error(); err == nil && ierr != nil {
+		err = s.readErr(last, ierr)
+	}
+	return firstErr(err, it.Close())
 }
 
 // activeBatch bounds how many IDs Active reads before it calls fn, so that no

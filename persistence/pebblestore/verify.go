@@ -19,7 +19,7 @@ import (
 // returns the first corrupt one as a *persistence.CorruptError naming its
 // key: an envelope or record that does not decode, a stream whose sequence
 // numbers do not run 1, 2, 3, ..., a snapshot past its stream's last event,
-// an invalid active mark or index entry, a blob chunk with a bad checksum or
+// a state record that does not decode, an invalid active mark or index entry, a blob chunk with a bad checksum or
 // length, a blob whose data does not match its SHA-256, or a key outside the
 // store's key spaces. It reads all data, blobs included.
 func (s *Store) Verify(ctx context.Context) error {
@@ -97,6 +97,8 @@ func (v *verifier) entry(k, val []byte) error {
 		return v.chunk(k, val)
 	case 'e':
 		return v.event(k, val)
+	case 'k':
+		return v.stateRecord(k, val)
 	case 'm':
 		if !bytes.Equal(k, keyFormat) && !bytes.Equal(k, keySeal) {
 			return corrupt(k, "unknown meta key")
@@ -145,6 +147,17 @@ func (v *verifier) event(k, val []byte) error {
 	}
 	v.nextSeq++
 	if _, err := persistence.DecodeEvent(seq, val); err != nil {
+		return corrupt(k, "%v", err)
+	}
+	return nil
+}
+
+func (v *verifier) stateRecord(k, val []byte) error {
+	_, key, err := persistence.ParseRecordKey(k)
+	if err != nil {
+		return corrupt(k, "%v", err)
+	}
+	if _, err := persistence.DecodeRecord(key, val); err != nil {
 		return corrupt(k, "%v", err)
 	}
 	return nil

@@ -5,7 +5,8 @@
 //
 // and must pass it. The suite covers the journal (ordering, Expected and
 // ErrConflict, concurrent appends, Load after N, snapshots, active marks,
-// closed stores, invalid IDs, appends marked NoSync) and the registry (CRUD, paging, all-or-nothing
+// closed stores, invalid IDs, appends marked NoSync, state records written
+// with an append's events, all or none) and the registry (CRUD, paging, all-or-nothing
 // CreateDevices, references, credentials, blobs). Each subtest opens its own
 // store; the suite closes it. It is for tests only.
 package persistencetest
@@ -48,6 +49,8 @@ func Run(t *testing.T, open Open) {
 		{"PayloadsAreCopied", testPayloadsCopied},
 		{"EmptyAppend", testEmptyAppend},
 		{"Snapshots", testSnapshots},
+		{"Records", testRecords},
+		{"RecordsAtomic", testRecordsAtomic},
 		{"ActiveMarks", testActive},
 		{"InvalidIDs", testInvalidIDs},
 		{"CancelledContext", testCancelled},
@@ -421,6 +424,107 @@ func testSnapshots(t *testing.T, s persistence.Store) {
 	}
 }
 
+// rec is a test record: key k, its payload and type derived from n.
+func rec(k string, n int) persistence.Record {
+	return persistence.Record{Key: []byte(k), Type: persistence.RecordTypeState + uint32(n%5), Version: uint32(n % 3), Payload: []byte(fmt.Sprintf("value-%d", n))}
+}
+
+func del(k string) persistence.Record { return persistence.Record{Key: []byte(k), Delete: true} }
+
+func records(t *testing.T, s persistence.EventStore, st persistence.Stream) []persistence.Record {
+	t.Helper()
+	var out []persistence.Record
+	ok(t, "LoadRecords", s.LoadRecords(context.Background(), st, func(r persistence.Record) error {
+		out = append(out, r)
+		return nil
+	}))
+	return out
+}
+
+// checkRecords compares st's records with want (in key order).
+func checkRecords(t *testing.T, s persistence.EventStore, st persistence.Stream, want ...persistence.Record) {
+	t.Helper()
+	got := records(t, s, st)
+	same := len(got) == len(want)
+	for i := 0; same && i < len(got); i++ {
+		g, w := got[i], want[i]
+		same = bytes.Equal(g.Key, w.Key) && g.Type == w.Type && g.Version == w.Version && bytes.Equal(g.Payload, w.Payload) && !g.Delete
+	}
+	if !same {
+		t.Fatalf("records of %s = %v, want %v", st, got, want)
+	}
+}
+
+// testRecords: records are written with an append (with or without
+// events), replaced, deleted, listed in key byte order per stream, and the
+// store keeps its own copies.
+func testRecords(t *testing.T, s persistence.Store) {
+	ctx := context.Background()
+	checkRecords(t, s, dev1)
+	// Keys are any bytes: '/', NUL and 0xff included; order is byte order.
+	k0, k1, kSlash, kHigh := "\x00\x01", "b", "a/b", "\xff"
+	long := strings.Repeat("k", persistence.MaxRecordKeyLen)
+	r := rec(k1, 1)
+	mustAppend(t, s, persistence.Append{Stream: dev1, Events: evs(1, 2), Records: []persistence.Record{r, rec(kSlash, 2), rec(kHigh, 3), rec(k0, 4), rec(long, 5)}})
+	r.Payload[0] = 'X' // the store keeps its own copy
+	checkRecords(t, s, dev1, rec(k0, 4), rec(kSlash, 2), rec(k1, 1), rec(long, 5), rec(kHigh, 3))
+	got := records(t, s, dev1)
+	got[0].Payload[0], got[0].Key[0] = 'Y', 'Y'
+	checkRecords(t, s, dev1, rec(k0, 4), rec(kSlash, 2), rec(k1, 1), rec(long, 5), rec(kHigh, 3))
+	checkEvents(t, load(t, s, dev1, 0), 1, 1, 2)
+
+	// Records without events: the sequence number stays; replaced and
+	// deleted ones (deleting a missing key is harmless), unsynced too.
+	if seq := mustAppend(t, s, persistence.Append{Stream: dev1, Expected: 2, Records: []persistence.Record{rec(k1, 6), del(kSlash), del("missing")}}); seq != 2 {
+		t.Fatalf("a records-only Append returned %d, want 2", seq)
+	}
+	checkRecords(t, s, dev1, rec(k0, 4), rec(k1, 6), rec(long, 5), rec(kHigh, 3))
+	mustAppend(t, s, persistence.Append{Stream: dev1, Expected: 2, Events: evs(3, 3), Records: []persistence.Record{del(k0), rec(kSlash, 7)}, NoSync: true})
+	checkRecords(t, s, dev1, rec(kSlash, 7), rec(k1, 6), rec(long, 5), rec(kHigh, 3))
+	// A record deleted and set again in one append ends set (order holds).
+	mustAppend(t, s, persistence.Append{Stream: dev1, Expected: 3, Records: []persistence.Record{del(k1), rec(k1, 8)}})
+	checkRecords(t, s, dev1, rec(kSlash, 7), rec(k1, 8), rec(long, 5), rec(kHigh, 3))
+
+	// Streams do not share records, whatever their IDs and kinds.
+	for _, st := range []persistence.Stream{dev2, {Kind: persistence.KindDevice, ID: "dev"}, {Kind: persistence.KindDevice, ID: "dev-10"}, {Kind: persistence.KindTask, ID: "dev-1"}} {
+		checkRecords(t, s, st)
+	}
+	ab := persistence.Stream{Kind: persistence.KindTask, ID: "a"}
+	abc := persistence.Stream{Kind: persistence.KindTask, ID: "ab"}
+	mustAppend(t, s, persistence.Append{Stream: ab, Records: []persistence.Record{rec("c", 9)}})
+	mustAppend(t, s, persistence.Append{Stream: abc, Records: []persistence.Record{rec("d", 10)}})
+	checkRecords(t, s, ab, rec("c", 9))
+	checkRecords(t, s, abc, rec("d", 10))
+
+	// A failing fn stops LoadRecords with its error.
+	stop := errors.New("stop")
+	isErr(t, "LoadRecords with a failing fn", s.LoadRecords(ctx, dev1, func(persistence.Record) error { return stop }), stop)
+}
+
+// testRecordsAtomic: an append that fails (a conflict, an invalid record
+// key) writes none of its records, events or mark.
+func testRecordsAtomic(t *testing.T, s persistence.Store) {
+	ctx := context.Background()
+	mustAppend(t, s, persistence.Append{Stream: dev1, Events: evs(1, 1), Records: []persistence.Record{rec("a", 1)}})
+	_, err := s.Append(ctx, persistence.Append{Stream: dev1, Expected: 0, Events: evs(2, 2), Records: []persistence.Record{rec("a", 2), rec("b", 3)}, Active: new(true)})
+	isErr(t, "Append with records and a stale Expected", err, persistence.ErrConflict)
+	_, err = s.Append(ctx, persistence.Append{Stream: dev1, Expected: 0, Records: []persistence.Record{del("a")}})
+	isErr(t, "records-only Append with a stale Expected", err, persistence.ErrConflict)
+	for _, bad := range []persistence.Record{{}, {Key: []byte{}}, {Key: bytes.Repeat([]byte("k"), persistence.MaxRecordKeyLen+1)}, {Key: nil, Delete: true}} {
+		_, err = s.Append(ctx, persistence.Append{Stream: dev1, Expected: 1, Events: evs(2, 2), Records: []persistence.Record{rec("b", 4), bad}, Active: new(true)})
+		isErr(t, fmt.Sprintf("Append with record key %q", bad.Key), err, persistence.ErrInvalid)
+	}
+	checkRecords(t, s, dev1, rec("a", 1))
+	checkEvents(t, load(t, s, dev1, 0), 1, 1, 1)
+	if ids := active(t, s, persistence.KindDevice); len(ids) != 0 {
+		t.Fatalf("failed appends set marks %v", ids)
+	}
+	if got := mustAppend(t, s, persistence.Append{Stream: dev1, Expected: 1, Events: evs(2, 2), Records: []persistence.Record{rec("b", 4)}}); got != 2 {
+		t.Fatalf("Append after the failures returned %d, want 2", got)
+	}
+	checkRecords(t, s, dev1, rec("a", 1), rec("b", 4))
+}
+
 func active(t *testing.T, s persistence.EventStore, kind persistence.Kind) []string {
 	t.Helper()
 	var ids []string
@@ -481,6 +585,7 @@ func testInvalidIDs(t *testing.T, s persistence.Store) {
 		isErr(t, what+" SaveSnapshot", s.SaveSnapshot(ctx, st, persistence.Snapshot{}), persistence.ErrInvalid)
 		_, _, err = s.LoadSnapshot(ctx, st)
 		isErr(t, what+" LoadSnapshot", err, persistence.ErrInvalid)
+		isErr(t, what+" LoadRecords", s.LoadRecords(ctx, st, func(persistence.Record) error { return nil }), persistence.ErrInvalid)
 	}
 	ok(t, "PutProduct", s.PutProduct(ctx, persistence.Product{ID: "p", Protocol: persistence.ProtocolMQTT}))
 	for _, id := range badIDs {
@@ -1092,6 +1197,7 @@ func testClosed(t *testing.T, s persistence.Store) {
 	_, _, err = s.LoadSnapshot(ctx, dev1)
 	closed("LoadSnapshot", err)
 	closed("Active", s.Active(ctx, persistence.KindDevice, func(string) error { return nil }))
+	closed("LoadRecords", s.LoadRecords(ctx, dev1, func(persistence.Record) error { return nil }))
 	closed("PutSession", s.PutSession(ctx, "lwm2m", "d", nil))
 	closed("ListSessions", s.ListSessions(ctx, "lwm2m", func(string, []byte) error { return nil }))
 	_, err = s.GetSession(ctx, "lwm2m", "d")

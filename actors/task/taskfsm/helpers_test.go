@@ -125,10 +125,23 @@ func checkInvariants(t testing.TB, s State) {
 		t.Fatalf("Status() = %v, derived %v", got, want)
 	}
 	inWait := map[int32]int{}
+	var lastEnq uint64
 	for _, q := range s.waiting[s.waitHead:] {
 		if s.waitingValid(q) {
 			inWait[q.idx]++
+			// The queue is in the order of the entries' numbers.
+			if e := s.subs[q.idx].enq; e <= lastEnq {
+				t.Fatalf("waiting queue: sub-task %s numbered %d after %d", s.subs[q.idx].id, e, lastEnq)
+			}
+			lastEnq = s.subs[q.idx].enq
 		}
+	}
+	var maxEnq uint64
+	for i := range s.subs {
+		maxEnq = max(maxEnq, s.subs[i].enq)
+	}
+	if maxEnq != s.enqs {
+		t.Fatalf("entries into WAITING counted %d, the highest sub-task number is %d", s.enqs, maxEnq)
 	}
 	if s.waitHead < len(s.waiting) && !s.waitingValid(s.waiting[s.waitHead]) {
 		t.Fatalf("waiting head is stale")

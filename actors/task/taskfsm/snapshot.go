@@ -19,7 +19,10 @@ var ErrInvalidSnapshot = errors.New("taskfsm: invalid snapshot")
 // sub-task, the counters, the wake and the order of the waiting queue. The
 // retry list, the device index and the time zone cache are derived and
 // rebuilt by FromSnapshot; stale queue entries are left out, so states that
-// differ only in them encode the same. The snapshot shares the task
+// differ only in them encode the same. The waiting order is kept, not the
+// numbers of the entries into WAITING: FromSnapshot numbers the WAITING
+// sub-tasks 1, 2, ... in that order. Whole-task snapshots are the form of
+// older stores; a task keeps its state as records now (see Header). The snapshot shares the task
 // definition with s: treat it as read-only (marshal it).
 func Snapshot(s State) *messages.TaskSnapshot {
 	if s.task == nil {
@@ -142,6 +145,11 @@ func FromSnapshot(p *messages.TaskSnapshot) (State, error) {
 	if err := s.rebuildQueues(p.GetWaiting()); err != nil {
 		return State{}, err
 	}
+	// The snapshot keeps the waiting order, not the numbers.
+	for k, q := range s.waiting {
+		s.subs[q.idx].enq = uint64(k) + 1
+	}
+	s.enqs = uint64(len(s.waiting))
 	return s, nil
 }
 

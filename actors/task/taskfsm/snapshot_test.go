@@ -40,8 +40,24 @@ func restore(t testing.TB, b []byte) State {
 }
 
 // canon drops what a snapshot leaves out on purpose: stale queue entries
-// (and the heads that skip them) and the time zone cache.
+// (and the heads that skip them), the time zone cache, and the numbers of
+// the entries into WAITING, of which it keeps only the order (the WAITING
+// sub-tasks are numbered 1, 2, ... in queue order, the others 0).
 func canon(s State) State {
+	c := canonQueues(s)
+	c.subs = slices.Clone(c.subs)
+	for i := range c.subs {
+		c.subs[i].enq = 0
+	}
+	for k, q := range c.waiting {
+		c.subs[q.idx].enq = uint64(k) + 1
+	}
+	c.enqs = uint64(len(c.waiting))
+	return c
+}
+
+// canonQueues drops stale queue entries and the heads that skip them.
+func canonQueues(s State) State {
 	c := cloneState(s)
 	var w, r []queued
 	for _, q := range s.waiting[s.waitHead:] {

@@ -25,6 +25,11 @@ type State struct {
 	wakeAt  int64  // unix nanos of the armed wake; 0: none pending
 	wakeGen uint64 // generation of the last WakeArmed
 
+	// enqs counts the entries into WAITING since creation; a sub-task's
+	// enq is the number of its latest one, so the WAITING sub-tasks sorted
+	// by enq are the valid entries of waiting in order.
+	enqs uint64
+
 	// waiting is the FIFO of sub-tasks that entered WAITING; entries whose
 	// sub-task has changed status since (ver differs) are stale and skipped.
 	// waiting[waitHead] is never stale.
@@ -59,6 +64,7 @@ type subtask struct {
 	// deviceDescription is the description of the MQTT report that ended
 	// the last attempt.
 	deviceDescription string
+	enq               uint64 // number of the latest entry into WAITING (see State.enqs)
 }
 
 type queued struct {
@@ -247,6 +253,8 @@ func (s *State) setStatus(i int32, st messages.SubtaskStatus, at int64) {
 	sub.ver++
 	switch st {
 	case messages.SubtaskStatus_SUBTASK_STATUS_WAITING:
+		s.enqs++
+		sub.enq = s.enqs
 		s.waiting = append(s.waiting, queued{idx: i, ver: sub.ver})
 	case messages.SubtaskStatus_SUBTASK_STATUS_FAIL_WAIT_RETRY:
 		s.insertRetry(queued{at: sub.retryAt, idx: i, ver: sub.ver})
