@@ -537,3 +537,28 @@ func decodeCopy(b []byte) (*message.Message, error) {
 	m.Options = m.Options[:len(m.Options):len(m.Options)]
 	return m, nil
 }
+
+// dedupEntries is the number of duplicate-detection entries (for tests and
+// benchmarks).
+func (s *Server) dedupEntries() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += len(sh.dedup)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// peerState is the number of per-peer records of every kind (for tests).
+func (s *Server) peerState() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += len(sh.dedup) + len(sh.seqs) + len(sh.acks) + len(sh.tokens) + len(sh.obs)
+		sh.mu.Unlock()
+	}
+	return n
+}
