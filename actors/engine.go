@@ -226,6 +226,15 @@ func (e *Engine) Settle() { e.dir.settle() }
 // after a nil return, so that a crash never loses an acknowledged report;
 // group commit keeps this cheap (the actors' synced appends share fsyncs).
 //
+// A report marked no_ack (messages.DeviceInput.NoAck: an answer to a request
+// of the server's own, a non-confirmable notification) is waited for the
+// same way, but its events are durable on return only when one of them must
+// be (messages' MustSync rules); otherwise they are written in order and
+// become durable with the next synced append. The device is acknowledged
+// nothing on its strength and never sends it again; a crash that loses it
+// takes the device back to the step before, whose deadline and Resume ask
+// again. A transport marks no_ack only such reports.
+//
 // Every other input (presence, DownloadServed notes) is queued in the
 // actor's mailbox and Deliver returns at once: nothing is acknowledged on
 // their strength (presence is re-established by the device's next session

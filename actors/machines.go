@@ -75,7 +75,7 @@ func (m *deviceMachine) noteReport(in *messages.DeviceInput, journals bool) {
 		return
 	}
 	key := proto.CloneOf(in)
-	key.AtUnixNano = 0
+	key.AtUnixNano, key.NoAck = 0, false
 	switch {
 	case journals:
 		m.lastReport = key

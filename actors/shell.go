@@ -110,13 +110,15 @@ func (sh *shell) Receive(ctx actor.Context) {
 		}
 		return
 	case report:
-		// Answered once the step's events are durable, before its effects
-		// run: the device gets its acknowledgement before any downlink the
-		// report caused, as it would without the wait. An invalid report is
-		// answered nil (acknowledged: sending it again cannot help); only a
-		// failed journal write or a failed recovery is an error.
+		// Answered once the step's events are journaled (synced when the
+		// device expects the report acknowledged, that is unless it is
+		// marked no_ack), before its effects run: the device gets its
+		// acknowledgement before any downlink the report caused, as it would
+		// without the wait. An invalid report is answered nil (acknowledged:
+		// sending it again cannot help); only a failed journal write or a
+		// failed recovery is an error.
 		answered := false
-		err := sh.step(msg.in, true, func() {
+		err := sh.step(msg.in, !msg.in.GetNoAck(), func() {
 			sh.schedulePassivation()
 			msg.done <- nil
 			answered = true
@@ -248,8 +250,10 @@ func (sh *shell) convert(k keeper) error {
 func (sh *shell) input(in proto.Message) error { return sh.step(in, false, nil) }
 
 // step is input. waited marks an input whose sender waits for its step to be
-// durable (a device report, an API command): its events are synced whatever
-// their kind. durable, if set, runs once the step's events (if any) are
+// durable (a device report the device expects acknowledged, an API command):
+// its events are synced whatever their kind. A report marked no_ack (an
+// answer to the server's own request, a non-confirmable notification) is
+// waited for too, but not synced: nothing is acknowledged on its strength. durable, if set, runs once the step's events (if any) are
 // journaled and committed, before the effects run. It does not run when the
 // step fails.
 func (sh *shell) step(in proto.Message, waited bool, durable func()) error {

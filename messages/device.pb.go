@@ -109,7 +109,18 @@ type DeviceInput struct {
 	//	*DeviceInput_PcpUpgradeResult
 	//	*DeviceInput_DownloadServed
 	//	*DeviceInput_DownloadOffered
-	Kind          isDeviceInput_Kind `protobuf_oneof:"kind"`
+	Kind isDeviceInput_Kind `protobuf_oneof:"kind"`
+	// no_ack marks a device report nothing is acknowledged to the device on:
+	// an answer to a request of the server's own (an LwM2M read, write or
+	// execute answer, an observation's first value, a PCP frame answering the
+	// server's 0x13, 0x14 or 0x17) or a notification the device sent
+	// non-confirmable. The device never sends such a report again, so a crash
+	// that loses it loses nothing the device relies on: the stage's deadline
+	// and Resume ask again. Its step is journaled unsynced unless one of its
+	// events must be durable (MustSync). A transport leaves it false for every
+	// report the device expects acknowledged (a CoAP CON notification, an MQTT
+	// QoS 1 publish): Engine.Deliver returns only once that step is durable.
+	NoAck         bool `protobuf:"varint,50,opt,name=no_ack,json=noAck,proto3" json:"no_ack,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -354,6 +365,13 @@ func (x *DeviceInput) GetDownloadOffered() *DownloadOffered {
 		}
 	}
 	return nil
+}
+
+func (x *DeviceInput) GetNoAck() bool {
+	if x != nil {
+		return x.NoAck
+	}
+	return false
 }
 
 type isDeviceInput_Kind interface {
@@ -4300,7 +4318,7 @@ var File_messages_device_proto protoreflect.FileDescriptor
 
 const file_messages_device_proto_rawDesc = "" +
 	"\n" +
-	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\xc2\r\n" +
+	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\xd9\r\n" +
 	"\vDeviceInput\x12 \n" +
 	"\fat_unix_nano\x18\x01 \x01(\x03R\n" +
 	"atUnixNano\x12=\n" +
@@ -4328,7 +4346,8 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x14pcp_execute_response\x18\" \x01(\v2(.otafleet.messages.v1.PcpExecuteResponseH\x00R\x12pcpExecuteResponse\x12V\n" +
 	"\x12pcp_upgrade_result\x18# \x01(\v2&.otafleet.messages.v1.PcpUpgradeResultH\x00R\x10pcpUpgradeResult\x12O\n" +
 	"\x0fdownload_served\x18( \x01(\v2$.otafleet.messages.v1.DownloadServedH\x00R\x0edownloadServed\x12R\n" +
-	"\x10download_offered\x18) \x01(\v2%.otafleet.messages.v1.DownloadOfferedH\x00R\x0fdownloadOfferedB\x06\n" +
+	"\x10download_offered\x18) \x01(\v2%.otafleet.messages.v1.DownloadOfferedH\x00R\x0fdownloadOffered\x12\x15\n" +
+	"\x06no_ack\x182 \x01(\bR\x05noAckB\x06\n" +
 	"\x04kind\"\x85\x01\n" +
 	"\x0eDownloadServed\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +

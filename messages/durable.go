@@ -16,24 +16,28 @@ package messages
 // ends, a queued or flushed downlink.
 //
 // These rules are per event; the actors' shell adds one per input: the step of
-// an input someone waits for (a device report, which the transport
-// acknowledges once journaled, or an API command) is synced whatever its
-// events.
+// an input someone waits for (a device report the device expects
+// acknowledged, which the transport acknowledges once journaled, or an API
+// command) is synced whatever its events. A report marked no_ack (an answer
+// to the server's own request, a non-confirmable notification) is not: the
+// device is acknowledged nothing on it and never sends it again, so only
+// these rules decide.
 
 // MustSync reports whether ev must be durable before its step's effects run
 // (see the rules above).
 func (x *DeviceEvent) MustSync() bool {
 	switch k := x.GetKind().(type) {
 	case *DeviceEvent_PresenceChanged, // re-established by the device's next session
-		*DeviceEvent_Noted,            // a timeline note: bytes served, an ignored report
-		*DeviceEvent_ProgressRecorded, // superseded by the next progress or the result
-		*DeviceEvent_DownloadOffered,  // the offered URI, for the timeline
-		*DeviceEvent_VersionRecorded,  // asked again by the job's version query
-		*DeviceEvent_RadioRecorded,    // asked again by the job's radio query
-		*DeviceEvent_PermitRequested,  // asked again by Resume while waiting for a permit
-		*DeviceEvent_PermitReleased,   // the cell re-grants on recovery; the device hands it back
-		*DeviceEvent_JobAccepted,      // the task re-sends StartJob on recovery
-		*DeviceEvent_JobRejected:      // likewise; the refusal is decided again
+		*DeviceEvent_Noted,              // a timeline note: bytes served, an ignored report
+		*DeviceEvent_ProgressRecorded,   // superseded by the next progress or the result
+		*DeviceEvent_DownloadOffered,    // the offered URI, for the timeline
+		*DeviceEvent_VersionRecorded,    // asked again by the job's version query
+		*DeviceEvent_RadioRecorded,      // asked again by the job's radio query
+		*DeviceEvent_PermitRequested,    // asked again by Resume while waiting for a permit
+		*DeviceEvent_PermitReleased,     // the cell re-grants on recovery; the device hands it back
+		*DeviceEvent_PackageUriAccepted, // without it Resume resets the device and writes the URI again
+		*DeviceEvent_JobAccepted,        // the task re-sends StartJob on recovery
+		*DeviceEvent_JobRejected:        // likewise; the refusal is decided again
 		return false
 	case *DeviceEvent_StageEntered:
 		return k.StageEntered.GetStage().startsDeviceWork()

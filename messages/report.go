@@ -5,8 +5,11 @@ package messages
 // MQTT progress report, a PCP message), as opposed to presence (Connected,
 // Disconnected, Uplink, Asleep), the download servers' DownloadServed notes
 // and the engine's own commands and timers. A transport acknowledges a
-// report to the device only once the engine has journaled it, because a
-// device does not send an acknowledged report again.
+// report to the device only once the engine has journaled it durably,
+// because a device does not send an acknowledged report again; a report it
+// marks no_ack (nothing acknowledged on it: an answer to the server's own
+// request, a non-confirmable notification) is journaled without that wait
+// for an fsync.
 func (x *DeviceInput) IsReport() bool {
 	switch x.GetKind().(type) {
 	case *DeviceInput_VersionReported, *DeviceInput_RadioReported, *DeviceInput_Lwm2MResponse,

@@ -96,3 +96,84 @@ func TestConfirmableNotificationAckedWhenJournaled(t *testing.T) {
 		t.Fatalf("device after the notification: fw %q, %v", v.State.FwVersion, err)
 	}
 }
+
+// TestAnswersDeliveredNoAck (issue 21): the transport marks a report no_ack
+// when nothing is acknowledged to the device on it (an observation's first
+// answer, a read's answer, a non-confirmable notification), and the engine
+// journals those unsynced; a confirmable notification, which the device
+// expects acknowledged, is journaled synced.
+func TestAnswersDeliveredNoAck(t *testing.T) {
+	ctx := context.Background()
+	journal := &gatedJournal{EventStore: memstore.New(), entered: make(chan persistence.Append, 16), gate: make(chan struct{})}
+	eng, err := actors.New(actors.Config{}, actors.Deps{Store: journal, Clock: clocktest.New(epoch), Transport: &transport.LateDownlinks{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(eng.Stop)
+	e := newEnv(t, func(c *lwm2m.Config) { c.Uplinks = eng })
+	d := dial(t, e)
+	d.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})
+	if _, err := d.register(t, "ep=d1&lt=600", links); err != nil {
+		t.Fatal(err)
+	}
+	<-journal.entered // Connected
+	journal.gate <- struct{}{}
+	// expect takes the next device append, checks how it is synced, and lets it through.
+	expect := func(what string, wantSync bool) {
+		t.Helper()
+		a := <-journal.entered
+		if a.NoSync == wantSync {
+			t.Errorf("%s: appended with NoSync=%v, want %v", what, a.NoSync, !wantSync)
+		}
+		journal.gate <- struct{}{}
+	}
+	if err := e.srv.Send(ctx, &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_Lwm2MObserve{Lwm2MObserve: &messages.Lwm2MObserve{Path: "/3/0/3"}}}); err != nil {
+		t.Fatal(err)
+	}
+	expect("the observation's first answer", false)
+
+	d.mu.Lock()
+	tok := d.obsToken["/3/0/3"]
+	d.mu.Unlock()
+	// notify sends a notification; a CON one returns when its ACK arrives,
+	// that is after its append went through the gate.
+	notify := func(seq uint32, v string, typ message.Type) <-chan error {
+		sent := make(chan error, 1)
+		go func() {
+			m := d.conn.AcquireMessage(ctx)
+			defer d.conn.ReleaseMessage(m)
+			m.SetCode(codes.Content)
+			m.SetToken(tok)
+			m.SetObserve(seq)
+			m.SetContentFormat(message.TextPlain)
+			m.SetBody(strings.NewReader(v))
+			m.SetType(typ)
+			sent <- d.conn.WriteMessage(m)
+		}()
+		return sent
+	}
+	sent := notify(2, "1.1", message.Confirmable)
+	expect("a confirmable notification", true)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	sent = notify(3, "1.2", message.NonConfirmable)
+	expect("a non-confirmable notification", false)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+
+	d.set("/3/0/3", resource{message.TextPlain, []byte("1.3")})
+	if err := e.srv.Send(ctx, &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}); err != nil {
+		t.Fatal(err)
+	}
+	expect("a read's answer", false)
+
+	v, err := eng.Device(ctx, "d1")
+	if err != nil || v.State.FwVersion != "1.3" {
+		t.Fatalf("device after the read: fw %q, %v", v.State.FwVersion, err)
+	}
+}

@@ -92,7 +92,9 @@ func success(c codes.Code) bool { return c>>5 == 2 }
 func codeText(c codes.Code) string { return fmt.Sprintf("%d.%02d", c>>5, c&0x1f) }
 
 // answered delivers the outcome of a write or execute, or of a failed read:
-// nothing when the device did not answer (the step's deadline covers it).
+// nothing when the device did not answer (the step's deadline covers it). An
+// answer is marked no_ack: the device expects no acknowledgement of it and
+// never sends it again (see deliver).
 // pcpCode names the PCP frame a write of /19/1/0 carried (0 otherwise);
 // fotaReset marks the answer of an empty write of /5/0/1, the reset of the
 // firmware update state machine, apart from a package URI's.
@@ -102,7 +104,7 @@ func (s *Server) answered(reg *registration, op messages.Lwm2MOp, path string, r
 		return
 	}
 	s.awake(reg)
-	s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+	s.deliver(reg.device, &messages.DeviceInput{NoAck: true, Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
 		Op: op, Path: path, Success: success(res.Code()), Code: codeText(res.Code()), PcpCode: pcpCode, FotaReset: fotaReset,
 	}}})
 }
@@ -122,11 +124,14 @@ func (s *Server) read(ctx context.Context, reg *registration, path string) {
 		s.log.Debug("lwm2m: read unanswered", "device", reg.device, "path", path, "error", err)
 		return
 	}
-	s.value(reg, messages.Lwm2MOp_LWM2M_OP_READ, path, res)
+	s.value(reg, messages.Lwm2MOp_LWM2M_OP_READ, path, res, true)
 }
 
 // observe starts observing path: the first answer and every notification
-// are delivered like reads.
+// are delivered like reads. The first answer, and a non-confirmable
+// notification, are marked no_ack; a confirmable notification is not: the
+// device expects it acknowledged (go-coap sends the ACK when the callback
+// returns, that is once the engine journaled it durably).
 func (s *Server) observe(ctx context.Context, reg *registration, path string) {
 	reg.mu.Lock()
 	old := reg.obs[path]
@@ -170,19 +175,20 @@ func (s *Server) observe(ctx context.Context, reg *registration, path string) {
 		if !first {
 			op = messages.Lwm2MOp_LWM2M_OP_READ // a notification: a value like a read's
 		}
+		noAck := first || n.Type() != message.Confirmable
 		if !first {
 			s.exchanges.Add(1) // a notification (the first answer is its request's)
 		}
 		first = false
 		if strings.HasPrefix(path, "/5/") {
 			// Decode now (the message is reused), deliver in order.
-			deliver := s.prepareValue(reg, op, path, n)
+			deliver := s.prepareValue(reg, op, path, n, noAck)
 			if !reg.holdOrRun(deliver) {
 				deliver()
 			}
 			return
 		}
-		s.value(reg, op, path, n)
+		s.value(reg, op, path, n, noAck)
 	})
 	if err != nil {
 		s.log.Debug("lwm2m: observe unanswered", "device", reg.device, "path", path, "error", err)
@@ -251,17 +257,19 @@ func (reg *registration) holdOrRun(f func()) bool {
 }
 
 // value delivers a read's or notification's answer as the inputs the device
-// machine expects.
-func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message) {
-	s.prepareValue(reg, op, path, res)()
+// machine expects. noAck marks them no_ack: an answer to the server's
+// request or a non-confirmable notification, not one the device expects
+// acknowledged.
+func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, noAck bool) {
+	s.prepareValue(reg, op, path, res, noAck)()
 }
 
 // prepareValue decodes an answer now (go-coap reuses the message) and
-// returns the delivery of its inputs.
-func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message) func() {
+// returns the delivery of its inputs (marked as value marks them).
+func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, noAck bool) func() {
 	s.awake(reg)
 	fail := func(code string) func() {
-		in := &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+		in := &messages.DeviceInput{NoAck: noAck, Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
 			Op: op, Path: path, Success: false, Code: code,
 		}}}
 		return func() { s.deliver(reg.device, in) }
@@ -275,7 +283,7 @@ func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path strin
 		return fail(codeText(res.Code()))
 	}
 	if path == messages.PathPCPUplink {
-		return func() { s.pcpUplink(reg, body) }
+		return func() { s.pcpUplink(reg, body, noAck) }
 	}
 	cf := message.TextPlain
 	if f, err := res.ContentFormat(); err == nil {
@@ -297,6 +305,7 @@ func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path strin
 			Op: op, Path: path, Success: true, Code: codeText(res.Code()),
 		}}}
 	}
+	in.NoAck = noAck
 	return func() { s.deliver(reg.device, in) }
 }
 
@@ -518,8 +527,14 @@ func (s *Server) segment(ctx context.Context, r *messages.PcpSegmentResponse) ([
 
 // pcpUplink delivers a PCP frame the device notified on /19/0/0. Other
 // data on that resource is the device's business data (spec 4.7): it shows
-// the device awake, nothing more.
-func (s *Server) pcpUplink(reg *registration, b []byte) {
+// the device awake, nothing more. noAck marks a frame nothing is
+// acknowledged on (an observation's first value, a non-confirmable
+// notification); the device's answers to the server's 0x13, 0x14 and 0x17
+// are marked so in any case: the server asks again (Resume, the stage's
+// deadline) rather than rely on them, and the device never sends one again
+// on its own. Its own requests (0x15, 0x16, 0x18) in a confirmable
+// notification are not: it expects them acknowledged.
+func (s *Server) pcpUplink(reg *registration, b []byte, noAck bool) {
 	if len(b) == 0 {
 		return
 	}
@@ -536,21 +551,22 @@ func (s *Server) pcpUplink(reg *registration, b []byte) {
 	var in *messages.DeviceInput
 	switch v := m.(type) {
 	case pcp.VersionResponse:
-		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: uint32(v.Result), Version: v.Version}}}
+		in = &messages.DeviceInput{NoAck: true, Kind: &messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: uint32(v.Result), Version: v.Version}}}
 	case pcp.NotifyResponse:
-		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpNotifyResponse{PcpNotifyResponse: &messages.PcpNotifyResponse{Result: uint32(v.Result)}}}
+		in = &messages.DeviceInput{NoAck: true, Kind: &messages.DeviceInput_PcpNotifyResponse{PcpNotifyResponse: &messages.PcpNotifyResponse{Result: uint32(v.Result)}}}
 	case pcp.SegmentRequest:
 		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpSegmentRequest{PcpSegmentRequest: &messages.PcpSegmentRequest{Version: v.Version, SegmentNo: uint32(v.SegmentNo)}}}
 	case pcp.DownloadResult:
 		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpDownloadResult{PcpDownloadResult: &messages.PcpDownloadResult{Status: uint32(v.Status)}}}
 	case pcp.ExecuteResponse:
-		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: uint32(v.Result)}}}
+		in = &messages.DeviceInput{NoAck: true, Kind: &messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: uint32(v.Result)}}}
 	case pcp.UpgradeResult:
 		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: uint32(v.Result), Version: v.Version}}}
 	default:
 		s.log.Warn("lwm2m: unexpected PCP message from a device", "device", reg.device, "code", m.Code().String())
 		return
 	}
+	in.NoAck = in.NoAck || noAck
 	s.deliver(reg.device, in)
 }
 

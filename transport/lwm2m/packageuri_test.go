@@ -76,7 +76,7 @@ func writeLongURI(t *testing.T, e *env, d *device) string {
 		t.Fatal(err)
 	}
 	offer := e.rec.next(t)
-	if got, want := e.rec.next(t), longDeviceID+` lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04"}`; got != want {
+	if got, want := e.rec.next(t), longDeviceID+` lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04"} no_ack:true`; got != want {
 		t.Fatalf("package URI write: %q", got)
 	}
 	if !strings.HasPrefix(offer, longDeviceID+" download_offered:") {

@@ -108,7 +108,7 @@ func TestDTLSRegistrationStaysOnDTLS(t *testing.T) {
 	if err := e.srv.Send(ctx, &messages.Downlink{DeviceId: "d3", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.rec.next(t); got != `d3 version_reported:{fw_version:"1.0"}` {
+	if got := e.rec.next(t); got != `d3 version_reported:{fw_version:"1.0"} no_ack:true` {
 		t.Fatalf("read: %q", got)
 	}
 	if got := e.delivered(); strings.Contains(got, "disconnected") {
@@ -161,7 +161,7 @@ func TestDTLSPackageURI(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantOffered(t, e.rec.next(t), "d3", d3)
-	if got := e.rec.next(t); got != `d3 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04"}` {
+	if got := e.rec.next(t); got != `d3 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04"} no_ack:true` {
 		t.Fatalf("package URI write: %q", got)
 	}
 	d3.mu.Lock()

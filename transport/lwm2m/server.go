@@ -439,7 +439,7 @@ func (s *Server) strayPCP(w mux.ResponseWriter, r *mux.Message) bool {
 	s.exchanges.Add(1)
 	s.log.Debug("lwm2m: PCP frame on an observation of an earlier process delivered", "device", reg.device)
 	s.awake(reg)
-	s.pcpUplink(reg, body)
+	s.pcpUplink(reg, body, r.Type() != message.Confirmable)
 	return true
 }
 
@@ -958,7 +958,9 @@ func (s *Server) awake(reg *registration) {
 // (go-coap turns every unanswered CON message into an empty ACK). Answers to
 // the server's own requests (piggybacked in the ACK of the request, or
 // separate responses) are not retransmitted by the device in any case: a
-// lost one is re-asked by the step's deadline.
+// lost one is re-asked by the step's deadline. They are marked no_ack (and
+// so are non-confirmable notifications), so the engine journals them without
+// waiting for an fsync (Engine.Deliver); a confirmable notification is not.
 func (s *Server) deliver(id string, in *messages.DeviceInput) {
 	if err := s.cfg.Uplinks.Deliver(context.Background(), id, in); err != nil {
 		s.log.Warn("lwm2m: delivering to the engine", "device", id, "error", err)

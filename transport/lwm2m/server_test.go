@@ -381,19 +381,19 @@ func TestDeviceManagement(t *testing.T) {
 	}
 	read := func(path string) { send(&messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: path}}) }
 	read("/3/0/3")
-	if got := e.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"}` {
+	if got := e.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"} no_ack:true` {
 		t.Fatalf("read /3/0/3: %q", got)
 	}
 	read("/4/0")
-	if got := e.rec.next(t); got != `d1 radio_reported:{rsrp:-95 sinr:12 cell_id:"12345"}` {
+	if got := e.rec.next(t); got != `d1 radio_reported:{rsrp:-95 sinr:12 cell_id:"12345"} no_ack:true` {
 		t.Fatalf("read /4/0: %q", got)
 	}
 	read("/4/0/8")
-	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_READ path:"/4/0/8" code:"4.04"}` {
+	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_READ path:"/4/0/8" code:"4.04"} no_ack:true` {
 		t.Fatalf("read of a missing resource: %q", got)
 	}
 	send(&messages.Downlink_Lwm2MObserve{Lwm2MObserve: &messages.Lwm2MObserve{Path: "/5/0/3"}})
-	if got := e.rec.next(t); got != `d1 fota_status:{state:0}` {
+	if got := e.rec.next(t); got != `d1 fota_status:{state:0} no_ack:true` {
 		t.Fatalf("observe /5/0/3: %q", got)
 	}
 	d.notify(t, "/5/0/3", 2, message.TextPlain, []byte("1"))
@@ -405,7 +405,7 @@ func TestDeviceManagement(t *testing.T) {
 	// The URI and its token go to the engine (the device's timeline) before
 	// the write's answer.
 	wantOffered(t, e.rec.next(t), "d1", d)
-	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04"}` {
+	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04"} no_ack:true` {
 		t.Fatalf("package URI write: %q", got)
 	}
 	d.mu.Lock()
@@ -415,13 +415,13 @@ func TestDeviceManagement(t *testing.T) {
 		t.Fatalf("package URI %q", uri)
 	}
 	send(&messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: "/5/0/2"}})
-	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_EXECUTE path:"/5/0/2" success:true code:"2.04"}` {
+	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_EXECUTE path:"/5/0/2" success:true code:"2.04"} no_ack:true` {
 		t.Fatalf("execute: %q", got)
 	}
 	// The empty write of /5/0/1, the reset before an attempt's URI (issue
 	// 20 item 6), is answered apart from a package URI's write.
 	send(&messages.Downlink_Lwm2MWrite{Lwm2MWrite: &messages.Lwm2MWrite{Path: "/5/0/1"}})
-	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04" fota_reset:true}` {
+	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_WRITE path:"/5/0/1" success:true code:"2.04" fota_reset:true} no_ack:true` {
 		t.Fatalf("reset of object 5: %q", got)
 	}
 
@@ -430,7 +430,7 @@ func TestDeviceManagement(t *testing.T) {
 	frame, _ := pcp.EncodeVersionResponse(pcp.VersionResponse{Version: "V1.0"})
 	d.set("/19/0/0", resource{message.AppOctets, frame})
 	send(&messages.Downlink_Lwm2MObserve{Lwm2MObserve: &messages.Lwm2MObserve{Path: "/19/0/0"}})
-	if got := e.rec.next(t); got != `d1 pcp_version:{version:"V1.0"}` {
+	if got := e.rec.next(t); got != `d1 pcp_version:{version:"V1.0"} no_ack:true` {
 		t.Fatalf("PCP uplink: %q", got)
 	}
 	req, _ := pcp.EncodeSegmentRequest(pcp.SegmentRequest{Version: "V2.0", SegmentNo: 3})
@@ -785,7 +785,7 @@ func TestSilentDeviceStaysReachable(t *testing.T) {
 	if err := e.srv.Send(ctx, dl); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"}` {
+	if got := e.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"} no_ack:true` {
 		t.Fatalf("read after the silence: %q", got)
 	}
 }

@@ -93,7 +93,7 @@ func TestRegistrationsSurviveRestart(t *testing.T) {
 	if err := e2.srv.Send(ctx, &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}); err != nil {
 		t.Fatalf("send to the restored registration: %v", err)
 	}
-	if got := e2.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"}` {
+	if got := e2.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"} no_ack:true` {
 		t.Fatalf("read after the restart: %q", got)
 	}
 	err = e2.srv.Send(ctx, &messages.Downlink{DeviceId: "d2", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}})

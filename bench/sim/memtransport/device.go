@@ -760,7 +760,7 @@ func (d *device) lwm2mDownlink(dl *messages.Downlink) {
 	case *messages.Downlink_Lwm2MRead:
 		if !d.b.Silent {
 			path := k.Lwm2MRead.GetPath()
-			d.reply(func() *messages.DeviceInput { return d.read(path) })
+			d.reply(func() *messages.DeviceInput { return answer(d.read(path)) })
 		}
 	case *messages.Downlink_Lwm2MObserve:
 		if !d.b.Silent {
@@ -786,6 +786,17 @@ func (d *device) lwm2mDownlink(dl *messages.Downlink) {
 	default:
 		d.t.log.Debug("LwM2M device ignores a downlink of another protocol", "device", d.id, "kind", kindName(dl))
 	}
+}
+
+// answer marks in an answer to the engine's own request (no_ack), as the
+// LwM2M transport marks reads, write and execute answers, an observation's
+// first value and the PCP answers to 0x13, 0x14 and 0x17: the engine need
+// not sync it before going on. nil stays nil.
+func answer(in *messages.DeviceInput) *messages.DeviceInput {
+	if in != nil {
+		in.NoAck = true
+	}
+	return in
 }
 
 func lwm2mResp(op messages.Lwm2MOp, path string, ok bool, code string) *messages.DeviceInput {
@@ -831,16 +842,18 @@ func (d *device) observe(path string) {
 	case path == messages.PathFirmwareVersion || path == messages.PathConnMon || path == messages.PathCellID ||
 		((path == messages.PathFotaState || path == messages.PathUpdateResult) && d.spec.Protocol == protoFOTA):
 		d.observed[path] = true
-		d.reply(func() *messages.DeviceInput { return d.read(path) })
+		d.reply(func() *messages.DeviceInput { return answer(d.read(path)) })
 	default:
-		d.reply(func() *messages.DeviceInput { return lwm2mResp(messages.Lwm2MOp_LWM2M_OP_OBSERVE, path, false, "4.04") })
+		d.reply(func() *messages.DeviceInput {
+			return answer(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_OBSERVE, path, false, "4.04"))
+		})
 	}
 }
 
 func (d *device) write(path, value string) {
 	reset := path == messages.PathPackageURI && value == ""
 	d.after(d.t.delays.Response, true, func() {
-		in := lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, path, true, "2.04")
+		in := answer(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, path, true, "2.04"))
 		in.GetLwm2MResponse().FotaReset = reset
 		d.emit(in)
 		if reset && d.spec.Protocol == protoFOTA && d.installing == "" {
@@ -858,7 +871,7 @@ func (d *device) write(path, value string) {
 func (d *device) writePackageURI(job *messages.Job) {
 	if d.spec.Protocol != protoFOTA {
 		d.reply(func() *messages.DeviceInput {
-			return lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, false, "4.04")
+			return answer(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, false, "4.04"))
 		})
 		return
 	}
@@ -870,10 +883,10 @@ func (d *device) writePackageURI(job *messages.Job) {
 	d.after(d.t.delays.Response, true, func() {
 		if d.b.StrictURI && (d.fotaState != messages.FotaStateIdle || d.installing != "") {
 			// A real client takes a URI in State 0 only (LwM2M 1.1 E.6).
-			d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, false, "4.00"))
+			d.emit(answer(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, false, "4.00")))
 			return
 		}
-		d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, true, "2.04"))
+		d.emit(answer(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPackageURI, true, "2.04")))
 		switch {
 		case d.installing != "":
 			// Updating: the write changes nothing; State shows 3.
@@ -902,13 +915,17 @@ func (d *device) writePackageURI(job *messages.Job) {
 func (d *device) execute(path string) {
 	if path != messages.PathUpdate || d.spec.Protocol != protoFOTA {
 		if !d.b.Silent {
-			d.reply(func() *messages.DeviceInput { return lwm2mResp(messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, false, "4.04") })
+			d.reply(func() *messages.DeviceInput {
+				return answer(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, false, "4.04"))
+			})
 		}
 		return
 	}
 	d.count(cExecutes)
 	refuse := func() {
-		d.reply(func() *messages.DeviceInput { return lwm2mResp(messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, false, "4.05") })
+		d.reply(func() *messages.DeviceInput {
+			return answer(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, false, "4.05"))
+		})
 	}
 	switch {
 	case d.b.Silent:
@@ -930,7 +947,7 @@ func (d *device) execute(path string) {
 		// 0 once the device took an Execute.
 		d.fotaState = messages.FotaStateUpdating
 		if !d.install(d.fotaPkg, false, func() {
-			d.emit(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, true, "2.04"))
+			d.emit(answer(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_EXECUTE, path, true, "2.04")))
 			d.notifyFota()
 		}) {
 			d.fotaState = messages.FotaStateDownloaded
@@ -978,7 +995,7 @@ func (d *device) pcpDownlink(dl *messages.Downlink) {
 	switch k := dl.Kind.(type) {
 	case *messages.Downlink_PcpQueryVersion:
 		d.replyPCP(func() *messages.DeviceInput {
-			return pcpIn(&messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: messages.PcpResultOK, Version: d.sw}})
+			return answer(pcpIn(&messages.DeviceInput_PcpVersion{PcpVersion: &messages.PcpVersion{Result: messages.PcpResultOK, Version: d.sw}}))
 		})
 	case *messages.Downlink_PcpNotifyNewVersion:
 		d.pcpNotify(k.PcpNotifyNewVersion)
@@ -989,7 +1006,7 @@ func (d *device) pcpDownlink(dl *messages.Downlink) {
 		// 2.04, as the LwM2M transport reports it: the device's 0x17 waits
 		// for that answer.
 		d.reply(func() *messages.DeviceInput {
-			in := lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPCPDownlink, true, "2.04")
+			in := answer(lwm2mResp(messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPCPDownlink, true, "2.04"))
 			in.GetLwm2MResponse().PcpCode = uint32(messages.PcpCodeReportDownloadResult)
 			return in
 		})
@@ -1018,7 +1035,7 @@ func (d *device) pcpNotify(n *messages.PcpNotifyNewVersion) {
 	v := n.GetVersion()
 	respond := func(result uint32, then func()) {
 		d.after(d.t.delays.Response, true, func() {
-			d.emitPCP(pcpIn(&messages.DeviceInput_PcpNotifyResponse{PcpNotifyResponse: &messages.PcpNotifyResponse{Result: result}}))
+			d.emitPCP(answer(pcpIn(&messages.DeviceInput_PcpNotifyResponse{PcpNotifyResponse: &messages.PcpNotifyResponse{Result: result}})))
 			if then != nil {
 				then()
 			}
@@ -1128,7 +1145,7 @@ func (d *device) pcpExecute() {
 	p := &d.pcp
 	respond := func(result uint32) {
 		d.replyPCP(func() *messages.DeviceInput {
-			return pcpIn(&messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: result}})
+			return answer(pcpIn(&messages.DeviceInput_PcpExecuteResponse{PcpExecuteResponse: &messages.PcpExecuteResponse{Result: result}}))
 		})
 	}
 	ready := p.phase == pcpDownloaded || (p.phase == pcpAwaitDLAck && p.status == messages.PcpResultOK)

@@ -57,6 +57,11 @@
 //     download. Revoking the token of a download in progress aborts it.
 //   - Queue mode: Sleep and Wake (or DeviceSpec.PSM) script PSM; a downlink
 //     that reaches an asleep device is held until it wakes.
+//   - Answers to the engine's own requests (reads, an observation's first
+//     value, write and execute answers, the PCP answers to 0x13, 0x14 and
+//     0x17) are marked no_ack, as the LwM2M transport marks them: nothing is
+//     acknowledged to the device on them. Notifications, the device's own
+//     PCP requests (0x15, 0x16, 0x18) and MQTT reports are not.
 //
 // DeviceSpec.Behaviour injects faults: failed downloads with a given code,
 // silence, ignored upgrade requests, a connection lost mid-download, refused
