@@ -11,8 +11,8 @@ package messages
 // step's effects already ran: its effects are idempotent requests that
 // Resume repeats (reads, queries, permit requests), or it has none (notes,
 // presence). Every event that precedes an effect the world cannot see twice
-// is synced: a cell grant (the budget), a package URI or upgrade command that
-// starts a download, an Execute or PCP 0x17, an outcome, a task's starts and
+// is synced: a package URI or upgrade command that starts a download (and
+// with it the cell grant it rests on, see CellEvent.MustSync), an Execute or PCP 0x17, an outcome, a task's starts and
 // ends, a queued or flushed downlink.
 //
 // These rules are per event; the actors' shell adds one per input: the step of
@@ -61,18 +61,17 @@ func (s Stage) startsDeviceWork() bool {
 }
 
 // MustSync reports whether ev must be durable before its step's effects run
-// (see the rules above). A grant is: after a crash the cell must still count
-// the slot its holder uses. A place in the queue is not: a waiting device asks
-// again on recovery. A returned slot is not: the cell re-grants it on
-// recovery and the device hands it back, so a lost return only keeps the slot
-// counted a moment longer.
-func (x *CellEvent) MustSync() bool {
-	switch x.GetKind().(type) {
-	case *CellEvent_PermitQueued, *CellEvent_PermitReturned:
-		return false
-	}
-	return true
-}
+// (see the rules above): no cell event must. A grant must be durable before
+// the device acts on it, and it is: the cell's append returns before the
+// grant reaches the device actor, whose step that tells the device (a package
+// URI or upgrade command: NOTIFIED) is synced, and a synced append makes every
+// append that returned before it durable (the store's log is in order). If a
+// crash takes the grant, it takes every step of the device after it too, so no
+// device holds a slot its cell does not count; the device asks again on
+// recovery. A place in the queue is asked for again on recovery; a returned
+// slot is re-granted on recovery and handed back, so a lost return only keeps
+// the slot counted a moment longer.
+func (x *CellEvent) MustSync() bool { return false }
 
 // MustSync reports whether ev must be durable before its step's effects run:
 // every task event is (starts, outcomes and retries number attempts; a lost
