@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
@@ -62,3 +63,9 @@ func TaskStates(ctx context.Context, store persistence.EventStore, taskID string
 func OldTaskSnapshot(s taskfsm.State) (persistence.Snapshot, error) {
 	return encodeSnapshot(typeTaskSnapshot, taskfsm.Snapshot(s))
 }
+
+// JobStageOf is the job table entry a device actor in state s publishes.
+func JobStageOf(s devicefsm.State) (JobStage, bool) { return jobStageOf(&s) }
+
+// JobCount is the number of entries in the engine's job table.
+func (e *Engine) JobCount() int { return e.jobs.len() }

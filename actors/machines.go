@@ -23,6 +23,10 @@ type deviceMachine struct {
 	// since; nil otherwise. It lives only in memory: after passivation or a
 	// restart the first repeat of it is stepped like any report.
 	lastReport *messages.DeviceInput
+	// pub is the entry this actor last put in the engine's job table
+	// (pubOK: it put one, and has not deleted it since).
+	pub   JobStage
+	pubOK bool
 }
 
 func (m *deviceMachine) eventType() uint32 { return persistence.EventTypeDevice }
@@ -38,10 +42,13 @@ func (m *deviceMachine) apply(b []byte) error {
 
 func (m *deviceMachine) restore(snap persistence.Snapshot) error { return restoreDevice(m, snap) }
 func (m *deviceMachine) snapshot() (persistence.Snapshot, error) { return snapshotDevice(m.s) }
-func (m *deviceMachine) commit(next any)                         { m.s = next.(devicefsm.State) }
-func (m *deviceMachine) active(next any) bool                    { return next.(devicefsm.State).Job != nil }
-func (m *deviceMachine) idle() bool                              { return m.s.Job == nil }
-func (m *deviceMachine) view(any) any                            { return DeviceView{State: m.s} }
+func (m *deviceMachine) commit(next any) {
+	m.s = next.(devicefsm.State)
+	m.publish()
+}
+func (m *deviceMachine) active(next any) bool { return next.(devicefsm.State).Job != nil }
+func (m *deviceMachine) idle() bool           { return m.s.Job == nil }
+func (m *deviceMachine) view(any) any         { return DeviceView{State: m.s} }
 func (m *deviceMachine) deadline(step string, gen uint64) proto.Message {
 	return &messages.DeviceInput{Kind: &messages.DeviceInput_DeadlineFired{DeadlineFired: &messages.DeadlineFired{Step: step, Generation: gen}}}
 }
@@ -346,8 +353,31 @@ func (m *cellMachine) deactivated() {
 	m.e.metrics.waiting.Sub(float64(m.s.Waiting()))
 }
 
-func (m *deviceMachine) activated()   {}
+// A recovered device publishes its job (or withdraws an entry a former
+// actor left, so that the table answers what the journal holds); a stopped
+// one leaves its entry: its job cannot change until its successor recovers.
+func (m *deviceMachine) activated() {
+	m.pubOK = true // whatever a former actor left
+	m.publish()
+}
 func (m *deviceMachine) deactivated() {}
+
+// unrecovered withdraws the device's entry when its actor cannot recover:
+// it refuses every input and answers no query, so it shows no stage.
+func (m *deviceMachine) unrecovered() { m.e.jobs.drop(m.s.DeviceID) }
+
+// publish brings the device's entry in the engine's job table up to its
+// state: set when it changed, deleted when the job ended.
+func (m *deviceMachine) publish() {
+	j, ok := jobStageOf(&m.s)
+	switch {
+	case ok && (!m.pubOK || j != m.pub):
+		m.e.jobs.set(m.s.DeviceID, j)
+	case !ok && m.pubOK:
+		m.e.jobs.drop(m.s.DeviceID)
+	}
+	m.pub, m.pubOK = j, ok
+}
 
 // view answers a query asked of the actor: only for a task that was not
 // live when asked (Engine.TaskDevices reads the read model of a live one).

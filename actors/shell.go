@@ -46,6 +46,11 @@ type machine interface {
 	deactivated()
 }
 
+// unrecoverer is a machine that publishes state outside its actor (the
+// device's job table entry): unrecovered withdraws it when the actor's
+// recovery fails.
+type unrecoverer interface{ unrecovered() }
+
 // shell is the protoactor actor around a machine: recover, then for each
 // input step, persist (one append, synced unless nothing waits on it: see
 // persist), commit, run effects.
@@ -205,6 +210,9 @@ func (sh *shell) recover() {
 	}
 	if err != nil {
 		sh.broken = fmt.Errorf("actors: recovering %s: %w", sh.addr, err)
+		if u, ok := sh.machine.(unrecoverer); ok {
+			u.unrecovered()
+		}
 		sh.e.log.Error("actor cannot recover; it refuses all input", "actor", sh.addr.String(), "error", err)
 		return
 	}

@@ -169,3 +169,50 @@ func benchGetTask(b *testing.B, devices int) {
 		}
 	}
 }
+
+// BenchmarkListTaskDevices measures a ListTaskDevices page of 100 running
+// devices (each with its job and stage) in a task of 1,000: one op is one
+// call. Each row's stage is the device's; a page that asks each device's
+// actor for it costs 100 asks (and waits behind whatever the actors have
+// queued), one that reads what the actors publish does not.
+//
+//	go test ./rpc -run '^$' -bench ListTaskDevices -benchtime 200x
+func BenchmarkListTaskDevices(b *testing.B) {
+	const devices = 1000
+	a := newBenchAPI(b)
+	ctx := context.Background()
+	product := a.product(b)
+	a.createDevices(b, product, "dev-", devices)
+	pkg, err := a.packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
+		ProductId: product, PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "2.0", FileName: "fw.bin", Content: []byte("firmware"),
+	}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	targets := make([]string, devices)
+	for i := range targets {
+		targets[i] = fmt.Sprintf("dev-%d", i)
+	}
+	res, err := a.tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+		Name: "pages", TaskType: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE,
+		PackageId: pkg.Msg.GetPackage().GetPackageId(), DeviceIds: targets,
+	}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := res.Msg.GetTask().GetTaskId()
+	a.eng.Settle() // every device has its job
+	req := &v1.ListTaskDevicesRequest{TaskId: id, PageSize: 100, PageToken: "500"}
+	var page *v1.ListTaskDevicesResponse
+	for b.Loop() {
+		res, err := a.tasks.ListTaskDevices(ctx, connect.NewRequest(req))
+		if err != nil {
+			b.Fatal(err)
+		}
+		page = res.Msg
+	}
+	b.StopTimer()
+	if ds := page.GetDevices(); len(ds) != 100 || ds[0].GetStatus() != v1.SubtaskStatus_SUBTASK_STATUS_PROCESSING || ds[0].GetStage() == "" {
+		b.Fatalf("page: %d devices, first %v", len(ds), ds[0])
+	}
+}

@@ -107,3 +107,57 @@ func TestTaskDeviceOutcomeTexts(t *testing.T) {
 		}
 	}
 }
+
+// TestTaskDeviceStage (issue 21): at every step of a task, ListTaskDevices
+// shows each running device's stage, progress and source version exactly
+// as its actor holds them (read from what the actor publishes, not asked of
+// it), and no stage for a device whose sub-task is not running.
+func TestTaskDeviceStage(t *testing.T) {
+	te := newTaskEnv(t, fwSpecs())
+	f := te.fixture(t)
+	ctx := context.Background()
+	res, err := te.tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+		Name: "stages", TaskType: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, PackageId: f.pkg, DeviceIds: []string{"fw-0", "fw-1", "fw-2", "fw-3", "fw-4"},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Msg.GetTask().GetTaskId()
+	stages := map[string]bool{}
+	end := te.clk.Now().Add(24 * time.Hour)
+	for !taskDone(te.getTask(t, id).GetStatus()) {
+		l, err := te.tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range l.Msg.GetDevices() {
+			if d.GetStatus() != v1.SubtaskStatus_SUBTASK_STATUS_PROCESSING {
+				if d.GetStage() != "" || d.GetProgress() != 0 {
+					t.Fatalf("%s is %v yet shows stage %q %d%%", d.GetDeviceId(), d.GetStatus(), d.GetStage(), d.GetProgress())
+				}
+				continue
+			}
+			dv, err := te.eng.Device(ctx, d.GetDeviceId())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := dv.State
+			want := strings.TrimPrefix(s.Stage.String(), "STAGE_")
+			if s.Stage == messages.Stage_STAGE_IDLE {
+				want = ""
+			}
+			if d.GetStage() != want || d.GetProgress() != s.Progress || (s.SourceVersion != "" && d.GetSourceVersion() != s.SourceVersion) ||
+				s.Job.GetTaskId() != id || s.Job.GetAttempt() != d.GetAttempts() {
+				t.Fatalf("%s shows stage %q %d%% source %q attempt %d; its actor: %v %d%% source %q job %v",
+					d.GetDeviceId(), d.GetStage(), d.GetProgress(), d.GetSourceVersion(), d.GetAttempts(), s.Stage, s.Progress, s.SourceVersion, s.Job)
+			}
+			stages[want] = true
+		}
+		if !te.step() || te.clk.Now().After(end) {
+			t.Fatal("task not done after a day")
+		}
+	}
+	if !stages["DOWNLOADING"] || !stages["VERSION_QUERY"] {
+		t.Fatalf("stages seen %v: want VERSION_QUERY and DOWNLOADING among them", stages)
+	}
+}

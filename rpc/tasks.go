@@ -638,12 +638,12 @@ func (s *taskServer) ListTaskDevices(ctx context.Context, req *connect.Request[v
 			d.NextRetryTime = timestamppb.New(st.RetryAt)
 		}
 		if st.Status == messages.SubtaskStatus_SUBTASK_STATUS_PROCESSING {
-			// The stage is the device's: ask its actor, only for the
-			// running devices of this page.
-			if dv, err := s.engine.Device(ctx, st.DeviceID); err == nil && dv.State.Job.GetTaskId() == id && dv.State.Job.GetAttempt() == st.Attempt {
-				d.Stage = stageName(dv.State.Stage)
-				d.Progress = dv.State.Progress
-				if v := dv.State.SourceVersion; v != "" {
+			// The stage is the device's, as its actor published it after
+			// its last step (never asked of the actor, which may be busy).
+			if j, ok := s.engine.DeviceJob(st.DeviceID); ok && j.TaskID == id && j.Attempt == st.Attempt {
+				d.Stage = stageName(j.Stage)
+				d.Progress = j.Progress
+				if v := j.SourceVersion; v != "" {
 					d.SourceVersion = v // this attempt has checked the version already
 				}
 			}
