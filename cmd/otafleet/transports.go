@@ -276,16 +276,17 @@ func (r *router) Send(ctx context.Context, dl *messages.Downlink) error {
 }
 
 func (r *router) RevokeToken(ctx context.Context, rt *messages.RevokeToken) error {
+	var err error
 	if r.dl != nil {
-		r.dl.Revoke(rt.GetDeviceId())
+		err = r.dl.Revoke(ctx, rt.GetTaskId(), rt.GetDeviceId(), rt.GetAttempt())
 	}
 	if r.sim != nil {
 		if _, ok := r.sim.Device(rt.GetDeviceId()); ok {
-			return r.sim.RevokeToken(ctx, rt)
+			return errors.Join(err, r.sim.RevokeToken(ctx, rt))
 		}
 	}
 	if r.mqtt != nil {
-		return r.mqtt.RevokeToken(ctx, rt)
+		return errors.Join(err, r.mqtt.RevokeToken(ctx, rt))
 	}
-	return nil
+	return err
 }

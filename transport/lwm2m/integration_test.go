@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -117,8 +118,7 @@ type revoking struct {
 }
 
 func (r revoking) RevokeToken(ctx context.Context, rt *messages.RevokeToken) error {
-	r.dl.Revoke(rt.GetDeviceId())
-	return r.Downlinks.RevokeToken(ctx, rt)
+	return errors.Join(r.dl.Revoke(ctx, rt.GetTaskId(), rt.GetDeviceId(), rt.GetAttempt()), r.Downlinks.RevokeToken(ctx, rt))
 }
 
 // coverage spreads devices over good, medium and poor radio.
