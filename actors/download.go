@@ -2,7 +2,6 @@ package actors
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/otafleet/otafleet/messages"
@@ -10,8 +9,10 @@ import (
 )
 
 // ErrDownloadRevoked is AuthorizeDownload's answer to a grant that is not the
-// device's running job: its upgrade ended, was stopped, or was retried.
-var ErrDownloadRevoked = errors.New("actors: the upgrade this download token was issued for has ended or was stopped")
+// device's running job: its upgrade ended, was stopped, or was retried. It
+// is transport.ErrDownloadRevoked, on which a download server forgets the
+// grant (and the handle record that names it).
+var ErrDownloadRevoked = transport.ErrDownloadRevoked
 
 // AuthorizeDownload is the download servers' revocation check (spec 6.5),
 // asked on every request with a valid, unexpired token: it returns nil while

@@ -36,11 +36,27 @@ type deviceTransports struct {
 	dlLis  net.Listener
 	addrs  map[string]string
 	log    *slog.Logger
+	// The sweep of the download handles (download.Server.SweepHandles),
+	// from start to Close.
+	stopSweep context.CancelFunc
+	swept     chan struct{}
 }
 
 // start serves the listeners: after the engine's recovery, so that devices
 // connecting meet their recovered actors.
 func (t *deviceTransports) start() error {
+	// The handles of attempts that ended while serve was down were never
+	// revoked: sweep them, in the background, now that the engine answers.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.stopSweep, t.swept = cancel, make(chan struct{})
+	go func() {
+		defer close(t.swept)
+		visited, deleted, err := t.dl.SweepHandles(ctx)
+		if err != nil && ctx.Err() == nil {
+			t.log.Warn("download: sweeping the handles", "error", err)
+		}
+		t.log.Debug("download: handles swept", "visited", visited, "deleted", deleted)
+	}()
 	if t.lwm2m != nil {
 		t.lwm2m.Start()
 	}
@@ -63,7 +79,7 @@ func (t *deviceTransports) start() error {
 // --download-addr (each "" is off); start serves them. The engine receives
 // what devices send. Close stops them.
 func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
-	t := &deviceTransports{addrs: map[string]string{}}
+	t := &deviceTransports{addrs: map[string]string{}, log: logger}
 	var cert *tls.Certificate
 	needCert := (cfg.DownloadAddr != "" && cfg.DownloadTLS) || cfg.MQTTSAddr != ""
 	if needCert {
@@ -210,6 +226,10 @@ func loadCert(cfg serveConfig) (tls.Certificate, error) {
 
 // Close stops the broker and the download server.
 func (t *deviceTransports) Close() {
+	if t.stopSweep != nil {
+		t.stopSweep()
+		<-t.swept
+	}
 	if t.lwm2m != nil {
 		_ = t.lwm2m.Close()
 	}
@@ -276,16 +296,17 @@ func (r *router) Send(ctx context.Context, dl *messages.Downlink) error {
 }
 
 func (r *router) RevokeToken(ctx context.Context, rt *messages.RevokeToken) error {
+	var err error
 	if r.dl != nil {
-		r.dl.Revoke(rt.GetDeviceId())
+		err = r.dl.Revoke(ctx, rt.GetTaskId(), rt.GetDeviceId(), rt.GetAttempt())
 	}
 	if r.sim != nil {
 		if _, ok := r.sim.Device(rt.GetDeviceId()); ok {
-			return r.sim.RevokeToken(ctx, rt)
+			return errors.Join(err, r.sim.RevokeToken(ctx, rt))
 		}
 	}
 	if r.mqtt != nil {
-		return r.mqtt.RevokeToken(ctx, rt)
+		return errors.Join(err, r.mqtt.RevokeToken(ctx, rt))
 	}
-	return nil
+	return err
 }

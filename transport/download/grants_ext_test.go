@@ -87,7 +87,9 @@ func TestKeepGrants(t *testing.T) {
 	if _, err := k.srv.Check(ctx, h, "other"); !errors.Is(err, download.ErrForbidden) {
 		t.Errorf("the kept handle for another package: %v, want ErrForbidden", err)
 	}
-	k.srv.Revoke("dev-2")
+	if err := k.srv.Revoke(ctx, f.grant.TaskID, "dev-2", f.grant.Attempt); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := k.srv.Check(ctx, h, "fw"); err != nil || k.count() != 1 {
 		t.Errorf("after revoking another device: %v, %d asks", err, k.count())
 	}
@@ -96,47 +98,68 @@ func TestKeepGrants(t *testing.T) {
 	if _, err := k.srv.Check(ctx, h, "fw"); err != nil {
 		t.Errorf("a kept grant, not yet revoked: %v", err)
 	}
-	k.srv.Revoke(f.grant.DeviceID)
-	for _, token := range []string{h, tok} {
-		if _, err := k.srv.Check(ctx, token, "fw"); !errors.Is(err, download.ErrForbidden) {
-			t.Errorf("after Revoke: %v, want ErrForbidden", err)
+	if err := k.srv.Revoke(ctx, f.grant.TaskID, f.grant.DeviceID, f.grant.Attempt); err != nil {
+		t.Fatal(err)
+	}
+	// The token asks again and is refused; the handle's record went
+	// with the revocation, so it is unknown, and refused without asking.
+	for range 2 {
+		if _, err := k.srv.Check(ctx, tok, "fw"); !errors.Is(err, download.ErrForbidden) {
+			t.Errorf("the token after Revoke: %v, want ErrForbidden", err)
+		}
+		if _, err := k.srv.Check(ctx, h, "fw"); !errors.Is(err, download.ErrInvalidToken) {
+			t.Errorf("the handle after Revoke: %v, want ErrInvalidToken", err)
 		}
 	}
 	if n := k.count(); n != 3 {
-		t.Errorf("Authorize asked %d times, want 3 (each refused request asks)", n)
+		t.Errorf("Authorize asked %d times, want 3 (each refused request of the token asks)", n)
 	}
-	// Over HTTP too: 403.
+	// Over HTTP too: 403 for the token, 401 for the handle.
 	ts := httptest.NewServer(k.srv.Handler())
 	t.Cleanup(ts.Close)
-	if r := do(t, ts.Client(), "GET", ts.URL+download.Path("fw"), h); r.status != http.StatusForbidden {
-		t.Errorf("GET after Revoke: status %d, want 403", r.status)
+	if r := do(t, ts.Client(), "GET", ts.URL+download.Path("fw"), tok); r.status != http.StatusForbidden {
+		t.Errorf("GET with the token after Revoke: status %d, want 403", r.status)
+	}
+	if r := do(t, ts.Client(), "GET", ts.URL+download.Path("fw"), h); r.status != http.StatusUnauthorized {
+		t.Errorf("GET with the handle after Revoke: status %d, want 401", r.status)
 	}
 }
 
 // TestKeepGrantsRevokedWhileAsked: an answer of Authorize that a revocation
 // of its device overtook (the job ended while it was asked) serves that
-// request but is not kept: the next request asks again.
+// request but is not kept: the next request asks again (a token), or finds
+// the handle unknown, its record deleted by the revocation (a handle: a
+// kept answer would have served it without looking its record up).
 func TestKeepGrantsRevokedWhileAsked(t *testing.T) {
-	f := newFixture(t)
-	k := newKeeper(t, f)
-	ctx := context.Background()
-	h, err := k.srv.Handle(ctx, f.grant)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.during = func() { k.srv.Revoke(f.grant.DeviceID) }
-	if _, err := k.srv.Check(ctx, h, "fw"); err != nil {
-		t.Fatal(err)
-	}
-	k.mu.Lock()
-	k.during = nil
-	k.mu.Unlock()
-	k.deny(f.grant)
-	if _, err := k.srv.Check(ctx, h, "fw"); !errors.Is(err, download.ErrForbidden) {
-		t.Errorf("the next request: %v, want ErrForbidden", err)
-	}
-	if n := k.count(); n != 2 {
-		t.Errorf("Authorize asked %d times, want 2", n)
+	for _, kind := range []string{"token", "handle"} {
+		t.Run(kind, func(t *testing.T) {
+			f := newFixture(t)
+			k := newKeeper(t, f)
+			ctx := context.Background()
+			tok, _ := k.srv.Mint(f.grant)
+			wantErr, wantAsks := download.ErrForbidden, 2
+			if kind == "handle" {
+				var err error
+				if tok, err = k.srv.Handle(ctx, f.grant); err != nil {
+					t.Fatal(err)
+				}
+				wantErr, wantAsks = download.ErrInvalidToken, 1
+			}
+			k.during = func() { _ = k.srv.Revoke(ctx, f.grant.TaskID, f.grant.DeviceID, f.grant.Attempt) }
+			if _, err := k.srv.Check(ctx, tok, "fw"); err != nil {
+				t.Fatal(err)
+			}
+			k.mu.Lock()
+			k.during = nil
+			k.mu.Unlock()
+			k.deny(f.grant)
+			if _, err := k.srv.Check(ctx, tok, "fw"); !errors.Is(err, wantErr) {
+				t.Errorf("the next request: %v, want %v", err, wantErr)
+			}
+			if n := k.count(); n != wantAsks {
+				t.Errorf("Authorize asked %d times, want %d", n, wantAsks)
+			}
+		})
 	}
 }
 
@@ -151,7 +174,9 @@ func TestWithoutKeepGrants(t *testing.T) {
 		t.Fatal(err)
 	}
 	tok, _ := srv.Mint(f.grant)
-	srv.Revoke(f.grant.DeviceID)
+	if err := srv.Revoke(context.Background(), f.grant.TaskID, f.grant.DeviceID, f.grant.Attempt); err != nil {
+		t.Fatal(err)
+	}
 	for range 3 {
 		if _, err := srv.Check(context.Background(), tok, "fw"); err != nil {
 			t.Fatal(err)

@@ -64,9 +64,14 @@ type Config struct {
 // name: persistence.Sessions satisfies it. Its writes need not be synced:
 // a handle lost with the machine's power is one download refused (4.01),
 // which the device machine's deadlines cover.
+//
+// A record is deleted when its attempt ends (Revoke), and swept when its
+// grant is refused for good (Check, SweepHandles): see handles.go.
 type Handles interface {
 	PutSession(ctx context.Context, transport, id string, value []byte) error
 	GetSession(ctx context.Context, transport, id string) ([]byte, error)
+	DeleteSession(ctx context.Context, transport, id string) error
+	ListSessions(ctx context.Context, transport string, fn func(id string, value []byte) error) error
 }
 
 // DefaultTTL is the token lifetime when Config.TTL is 0 (spec 2.7; T11 of 6.1).
@@ -86,6 +91,7 @@ type Server struct {
 	handles   Handles
 	images    *Images
 	kept      *grants // nil without Config.KeepGrants
+	issued    *issued // the grants whose handle records Revoke deletes
 	log       *slog.Logger
 }
 
@@ -110,6 +116,7 @@ func New(cfg Config) (*Server, error) {
 		handles:   cfg.Handles,
 		images:    cfg.Images,
 		log:       cfg.Logger,
+		issued:    newIssued(),
 	}
 	if s.images == nil {
 		s.images = NewImages(cfg.Packages, DefaultImageBytes)
@@ -391,6 +398,10 @@ var (
 // runs). The same grant always has the same handle, after a restart too,
 // and any server with the key and the store checks it. It fails without
 // Config.Handles, or when the store does.
+//
+// The record lives while the attempt runs: Revoke deletes it (Handle
+// remembers g for that), and so does a Handle for another grant of the
+// same device, whose earlier attempt has then ended.
 func (s *Server) Handle(ctx context.Context, g Grant) (string, error) {
 	if s.handles == nil {
 		return "", errors.New("download: Config.Handles is nil: no handles")
@@ -398,6 +409,9 @@ func (s *Server) Handle(ctx context.Context, g Grant) (string, error) {
 	h := s.signer.handle(g)
 	if err := s.handles.PutSession(ctx, handleSessions, h, appendGrant(nil, g)); err != nil {
 		return "", fmt.Errorf("download: keeping a handle: %w", err)
+	}
+	if old, ok := s.issued.set(g); ok {
+		s.deleteHandle(ctx, old, "the device's next attempt")
 	}
 	return h, nil
 }
@@ -470,6 +484,12 @@ func (s *Server) Check(ctx context.Context, token, packageID string) (Grant, err
 		}
 	}
 	if err := s.authorize(ctx, g); err != nil {
+		if handle && revoked(err) && s.handles != nil {
+			// Its attempt ended: its record goes (its revocation may
+			// have come while this server was down).
+			s.issued.drop(g)
+			s.deleteHandle(ctx, g, "refused")
+		}
 		return g, fmt.Errorf("%w: %w", ErrForbidden, err)
 	}
 	if s.kept != nil {
@@ -482,15 +502,27 @@ func (s *Server) Check(ctx context.Context, token, packageID string) (Grant, err
 	return g, nil
 }
 
-// Revoke tells the server that the grants of device deviceID no longer
-// hold (its job ended, was stopped or retried: the engine's RevokeToken):
-// with Config.KeepGrants, the next request under any of them asks
-// Authorize again, and one being asked is not kept. Without, it does
-// nothing, since Authorize is asked on every request.
-func (s *Server) Revoke(deviceID string) {
+// Revoke tells the server that attempt attempt of device deviceID's
+// sub-task of task taskID ended (its job ended, was stopped or retried: the
+// engine's RevokeToken), and so that no grant of the device holds: with
+// Config.KeepGrants, the next request under any of them asks Authorize
+// again, and one being asked is not kept (without, Authorize is asked on
+// every request anyway). The record of the attempt's handle, if this
+// server handed one out (Handle) or found it running (SweepHandles), is
+// deleted from Config.Handles: the handle is unknown from then on, until
+// Handle is asked for the same grant again. It returns the store's error.
+func (s *Server) Revoke(ctx context.Context, taskID, deviceID string, attempt uint32) error {
 	if s.kept != nil {
 		s.kept.revoke(deviceID)
 	}
+	g, ok := s.issued.take(taskID, deviceID, attempt)
+	if !ok {
+		return nil
+	}
+	if err := s.handles.DeleteSession(ctx, handleSessions, s.signer.handle(g)); err != nil {
+		return fmt.Errorf("download: deleting the handle of device %q: %w", deviceID, err)
+	}
+	return nil
 }
 
 // Open returns package id's record and bytes, verified, from the server's

@@ -21,7 +21,9 @@ import (
 // keeping grants (as serve runs it), a FOTA download asks the engine once,
 // on its first block, and every later block is served without asking; once
 // the task is stopped, the engine's revocation reaches the download server
-// and the very next block under the same handle is refused (4.03).
+// and the very next block under the same handle is refused: 4.01, since
+// the revocation deleted the handle's record (issue 21), and 4.03 once the
+// same attempt's handle is written again, whose grant the engine refuses.
 func TestKeptGrantRevokedAtNextBlock(t *testing.T) {
 	var asks atomic.Int64
 	s := newStack(t, func(c *download.Config) {
@@ -73,10 +75,41 @@ func TestKeptGrantRevokedAtNextBlock(t *testing.T) {
 	if v := s.waitTask("rv"); v.Status != messages.TaskStatus_TASK_STATUS_STOPPED {
 		t.Fatalf("task ended %v: %v", v.Status, outcomes(v))
 	}
+	// The revocation deleted the handle's record (issue 21): the handle
+	// is unknown, refused without asking.
+	if n := handleRecords(t, s); n != 0 {
+		t.Errorf("%d handle records after the stop, want 0", n)
+	}
+	if res, _ := getBlock(t, d, "/fw/"+s.fw.ID, 5, 6, handle); res.Code() != codes.Unauthorized {
+		t.Fatalf("the next block after the stop: %v, want 4.01", res.Code())
+	}
+	if n := asks.Load(); n != 1 {
+		t.Errorf("the engine was asked %d times, want 1 (the unknown handle is not asked about)", n)
+	}
+	// The attempt's URI written again (a late write) gives the same
+	// handle and a record again; the engine refuses its grant (4.03), and
+	// that refusal deletes the record again.
+	again, err := s.dl.Handle(context.Background(), download.Grant{TaskID: "rv", DeviceID: "r0", Attempt: 1, PackageID: s.fw.ID})
+	if err != nil || again != handle {
+		t.Fatalf("Handle again: %q, %v; want %q", again, err, handle)
+	}
 	if res, _ := getBlock(t, d, "/fw/"+s.fw.ID, 5, 6, handle); res.Code() != codes.Forbidden {
-		t.Fatalf("the next block after the stop: %v, want 4.03", res.Code())
+		t.Fatalf("the next block under the handle written again: %v, want 4.03", res.Code())
 	}
 	if n := asks.Load(); n != 2 {
-		t.Errorf("the engine was asked %d times, want 2 (the block after the stop asks again)", n)
+		t.Errorf("the engine was asked %d times, want 2", n)
 	}
+	if n := handleRecords(t, s); n != 0 {
+		t.Errorf("%d handle records after the refusal, want 0", n)
+	}
+}
+
+// handleRecords counts the download handles' records in s's store.
+func handleRecords(t *testing.T, s *stack) int {
+	t.Helper()
+	n := 0
+	if err := s.store.ListSessions(context.Background(), "download-handle", func(string, []byte) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -117,8 +118,7 @@ type revoking struct {
 }
 
 func (r revoking) RevokeToken(ctx context.Context, rt *messages.RevokeToken) error {
-	r.dl.Revoke(rt.GetDeviceId())
-	return r.Downlinks.RevokeToken(ctx, rt)
+	return errors.Join(r.dl.Revoke(ctx, rt.GetTaskId(), rt.GetDeviceId(), rt.GetAttempt()), r.Downlinks.RevokeToken(ctx, rt))
 }
 
 // coverage spreads devices over good, medium and poor radio.
@@ -278,7 +278,7 @@ func outcomes(v actors.TaskView) map[string]string {
 
 // TestFOTAAndPCPOverUDP: a 500-device FOTA task and a 200-device PCP SOTA
 // task complete across 10 cells with mixed coverage; no cell ever has more
-// than its budget in use.
+// than its budget in use; no download handle record is left.
 func TestFOTAAndPCPOverUDP(t *testing.T) {
 	s := newStack(t)
 	const nFOTA, nPCP = 500, 200
@@ -313,6 +313,11 @@ func TestFOTAAndPCPOverUDP(t *testing.T) {
 	}
 	if s.maxUsed.Load() == 0 {
 		t.Fatal("no cell budget was ever used")
+	}
+	// Issue 21: each FOTA attempt's handle record went with its job (the
+	// revocation comes before the outcome reaches the task).
+	if n := handleRecords(t, s); n != 0 {
+		t.Errorf("%d download handle records left after the tasks, want 0", n)
 	}
 }
 
