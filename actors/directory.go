@@ -115,6 +115,29 @@ func (d *directory) deliver(a Address, msg any) {
 	d.root.Send(e.pid, msg)
 }
 
+// sendIfLive delivers msg to the actor at a only if one is live (or stopping,
+// when msg waits for its successor as send's would); it reports whether it
+// did. It never spawns an actor.
+func (d *directory) sendIfLive(a Address, msg any) bool {
+	if d.closed.Load() {
+		return false
+	}
+	s := d.shard(a)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.live[a]
+	if e == nil {
+		return false
+	}
+	d.inflight.Add(1)
+	if e.stopping {
+		e.pending = append(e.pending, msg)
+		return true
+	}
+	d.root.Send(e.pid, msg)
+	return true
+}
+
 // request sends msg with a reply future.
 func (d *directory) request(a Address, msg any, wait func(*actor.PID) *actor.Future) *actor.Future {
 	s := d.shard(a)

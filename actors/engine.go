@@ -242,6 +242,16 @@ func (e *Engine) Settle() { e.dir.settle() }
 // their strength (presence is re-established by the device's next session
 // after a crash, and DownloadServed only annotates the timeline), so they
 // need not wait for an fsync.
+//
+// A registration update (an Uplink with RegistrationUpdate) reaches only a
+// live device actor; for a passivated one it is dropped, without waking it
+// (the idle fleet's registration updates, every lifetime of every device,
+// cost no replay). That is safe because a device with a job is never
+// passivated (and Start recovers every one before the transports start), and
+// for a device without one the update only confirms the presence its
+// registration recorded: the machine marks it online (already so) and owes it
+// nothing. A queue-mode device's wake-up is then not recorded; a job that
+// starts later waits for its next one.
 func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.DeviceInput) error {
 	if err := persistence.ValidateID(deviceID); err != nil {
 		return err
@@ -251,6 +261,12 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 	}
 	a := Address{Kind: persistence.KindDevice, ID: deviceID}
 	if !in.IsReport() {
+		if in.GetUplink().GetRegistrationUpdate() {
+			if !e.dir.sendIfLive(a, in) {
+				e.metrics.updatesSkipped.Inc()
+			}
+			return nil
+		}
 		e.dir.send(a, in)
 		return nil
 	}

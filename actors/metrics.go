@@ -16,9 +16,12 @@ type metrics struct {
 	appended *prometheus.CounterVec
 	// duplicates counts device reports identical to the last one journaled.
 	duplicates *prometheus.CounterVec
-	commit     prometheus.Histogram
-	subtasks   *prometheus.GaugeVec
-	waiting    prometheus.Gauge
+	// updatesSkipped counts registration updates of passivated devices,
+	// dropped without waking them (Engine.Deliver).
+	updatesSkipped prometheus.Counter
+	commit         prometheus.Histogram
+	subtasks       *prometheus.GaugeVec
+	waiting        prometheus.Gauge
 
 	// inUse exposes the units the busiest live cell holds now: used holds
 	// each live cell's units (cells step on their own goroutines, hence
@@ -51,6 +54,10 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 			Name: "otafleet_uplinks_duplicate_total",
 			Help: "Device reports identical to the last report journaled for the device (apart from their arrival time): acknowledged, not journaled again. By input kind.",
 		}, []string{"kind"}),
+		updatesSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "otafleet_registration_updates_skipped_total",
+			Help: "LwM2M registration updates of devices whose actor was passivated (no job): the presence they confirm is already recorded, so they woke no actor.",
+		}),
 		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "otafleet_journal_commit_seconds", Help: "Latency of one synced journal append.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
@@ -80,7 +87,7 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	for _, c := range []prometheus.Collector{m.alive, m.appended, m.duplicates, m.commit, m.subtasks, m.inUse, m.waiting, m.cellBudget, m.cellPeak, m.violations} {
+	for _, c := range []prometheus.Collector{m.alive, m.appended, m.duplicates, m.updatesSkipped, m.commit, m.subtasks, m.inUse, m.waiting, m.cellBudget, m.cellPeak, m.violations} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
