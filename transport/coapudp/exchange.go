@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -192,7 +193,9 @@ func (s *Server) ack(peer netip.AddrPort, b []byte, m *message.Message) {
 // response handles a CON or NON response: a separate response to a
 // request, or a notification of an observation; anything else is rejected
 // with an RST (unless Config.Unmatched takes it). A CON one is
-// acknowledged after it is handled, and recognised when it comes again.
+// acknowledged after it is handled (a notification: when its callback
+// calls ack), and recognised when it comes again; a NON one is recognised
+// for NonLifetime.
 func (s *Server) response(r *reader, peer netip.AddrPort, b []byte, m *message.Message) {
 	con := m.Type == message.Confirmable
 	mid := uint16(m.MessageID)
@@ -201,6 +204,8 @@ func (s *Server) response(r *reader, peer netip.AddrPort, b []byte, m *message.M
 		if e = s.dup(peer, mid); e == nil {
 			return
 		}
+	} else if !s.firstNON(peer, mid) {
+		return
 	}
 	sh := s.shardOf(peer)
 	sh.mu.Lock()
@@ -221,8 +226,18 @@ func (s *Server) response(r *reader, peer netip.AddrPort, b []byte, m *message.M
 		sh.finishLocked(ex, res, err)
 		sh.mu.Unlock()
 	case o != nil:
-		o.notify(m)
-	case s.cfg.Unmatched != nil && s.cfg.Unmatched(peer, m):
+		ack := noAck
+		if con {
+			ack = s.acker(peer, mid, e)
+		}
+		order := s.lockOrder(peer)
+		o.fn(m, ack)
+		order.Unlock()
+		return
+	case s.cfg.Unmatched != nil:
+		order := s.lockOrder(peer)
+		accepted = s.cfg.Unmatched(peer, m)
+		order.Unlock()
 	default:
 		accepted = false
 	}
@@ -238,6 +253,24 @@ func (s *Server) response(r *reader, peer netip.AddrPort, b []byte, m *message.M
 		s.answered(peer, e, out)
 	}
 	if out != nil {
+		s.send(peer, out)
+	}
+}
+
+// noAck is the ack of a NON notification.
+func noAck() {}
+
+// acker returns the ack of the CON notification (peer, mid) whose
+// duplicate-detection entry is e: its first call sends the empty ACK and
+// records it as the answer to duplicates.
+func (s *Server) acker(peer netip.AddrPort, mid uint16, e *seen) func() {
+	var once atomic.Bool
+	return func() {
+		if once.Swap(true) {
+			return
+		}
+		out := encodeEmpty(make([]byte, 0, 4), message.Acknowledgement, mid)
+		s.answered(peer, e, out)
 		s.send(peer, out)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"sync"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
@@ -19,22 +18,31 @@ type Observation struct {
 	peer  netip.AddrPort
 	token string
 	opts  message.Options // the registration's options, for Cancel
-	mu    sync.Mutex      // serialises fn
-	fn    func(*message.Message)
+	fn    NotifyFunc
 }
+
+// NotifyFunc receives a notification n of an observation. It runs in a
+// reader goroutine, with no handler or other callback of the same peer at
+// the same time (so an observation's notifications come one at a time);
+// n is valid only during the call. A CON notification is acknowledged when
+// ack is called: now, or later from any goroutine (say once what n
+// reported is journaled), without holding up the reader meanwhile. ack
+// must be called for every CON notification, the ones the callback drops
+// included; later calls do nothing, and for a NON notification it does
+// nothing. While the ACK is pending, a copy of the notification the peer
+// retransmits is dropped; once it is sent, a copy gets the same ACK
+// without a call (until ExchangeLifetime).
+type NotifyFunc func(n *message.Message, ack func())
 
 // Observe sends req (a GET; the server adds Observe=0) to peer as Do does
 // and returns the observation with the first response. Every later
-// notification under its token goes to fn, one at a time, in the reader
-// goroutine that read it; the message is valid only during the call. A
-// CON notification is acknowledged when fn returns (so what fn makes
-// durable is durable before the peer learns it arrived); a notification
-// that arrives again meanwhile is dropped, and after that it gets the same
-// ACK without a call. fn may be called before Observe returns. When the
-// response is not a success with an Observe option, the peer did not
-// register the observation: Observe returns the response and a nil
-// Observation.
-func (s *Server) Observe(ctx context.Context, peer netip.AddrPort, req *message.Message, fn func(*message.Message)) (*Observation, *message.Message, error) {
+// notification under its token goes to fn (see NotifyFunc: a CON one is
+// acknowledged when fn calls its ack, so that what fn makes durable is
+// durable before the peer learns it arrived). fn may be called before
+// Observe returns. When the response is not a success with an Observe
+// option, the peer did not register the observation: Observe returns the
+// response and a nil Observation.
+func (s *Server) Observe(ctx context.Context, peer netip.AddrPort, req *message.Message, fn NotifyFunc) (*Observation, *message.Message, error) {
 	peer = unmap(peer)
 	opts, err := req.Options.Clone()
 	if err != nil {
@@ -77,13 +85,6 @@ func (o *Observation) Token() message.Token { return message.Token(o.token) }
 
 // Peer is the observed peer.
 func (o *Observation) Peer() netip.AddrPort { return o.peer }
-
-// notify hands one notification to fn.
-func (o *Observation) notify(m *message.Message) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.fn(m)
-}
 
 // Forget ends the observation on this side only: the next notification
 // under its token gets an RST, which ends it on the peer (RFC 7641 3.6).

@@ -20,9 +20,10 @@ func TestObserveNotificationsAckedAfterCallback(t *testing.T) {
 	}
 	ch := make(chan obsResult, 1)
 	go func() {
-		o, res, err := s.Observe(context.Background(), d.addr(), get(t, "5/0/3"), func(n *message.Message) {
+		o, res, err := s.Observe(context.Background(), d.addr(), get(t, "5/0/3"), func(n *message.Message, ack func()) {
 			entered <- string(n.Payload)
 			<-release
+			ack()
 		})
 		ch <- obsResult{o, res, err}
 	}()
@@ -91,7 +92,7 @@ func TestObserveRefused(t *testing.T) {
 	}
 	ch := make(chan obsResult, 1)
 	go func() {
-		o, _, err := s.Observe(context.Background(), d.addr(), get(t, "5/0/3"), func(*message.Message) { t.Error("callback of a refused observation") })
+		o, _, err := s.Observe(context.Background(), d.addr(), get(t, "5/0/3"), func(*message.Message, func()) { t.Error("callback of a refused observation") })
 		ch <- obsResult{o, err}
 	}()
 	req := d.recv()

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -24,6 +25,7 @@ const (
 	DefaultACKRandomFactor  = 1.5
 	DefaultMaxRetransmit    = 4
 	DefaultExchangeLifetime = 247 * time.Second
+	DefaultNonLifetime      = 145 * time.Second
 	// DefaultMaxDedup is the default cap on duplicate-detection entries:
 	// with cached answers of about a hundred bytes, some tens of MB.
 	DefaultMaxDedup = 1 << 18
@@ -50,6 +52,10 @@ type Config struct {
 	// ExchangeLifetime is how long a duplicate CON is recognised and how
 	// long a peer's Message ID sequence outlives its last request.
 	ExchangeLifetime time.Duration
+	// NonLifetime is how long a duplicate NON message is recognised (and
+	// dropped); it is clamped to ExchangeLifetime. A negative value turns
+	// NON duplicate detection off.
+	NonLifetime time.Duration
 	// SeparateTimeout bounds the wait for a separate response after an
 	// empty ACK (default: ExchangeLifetime); the caller's context may end
 	// it sooner.
@@ -88,6 +94,10 @@ func (c *Config) fill() {
 	if c.ExchangeLifetime <= 0 {
 		c.ExchangeLifetime = DefaultExchangeLifetime
 	}
+	if c.NonLifetime == 0 {
+		c.NonLifetime = DefaultNonLifetime
+	}
+	c.NonLifetime = min(c.NonLifetime, c.ExchangeLifetime)
 	if c.SeparateTimeout <= 0 {
 		c.SeparateTimeout = c.ExchangeLifetime
 	}
@@ -116,6 +126,7 @@ var (
 
 const (
 	shardCount = 64
+	peerLocks  = 1024 // stripes of the per-peer order lock
 	midJump    = 0x4000
 	maxOptions = 64 // options decoded per message
 	readBuffer = 1 << 16
@@ -128,7 +139,13 @@ type Server struct {
 	start  time.Time
 	seed   maphash.Seed
 	shards [shardCount]shard
-	ackDur time.Duration // ACKTimeout, for the random factor
+	// order serialises the handling of a peer's datagrams (the calls of
+	// the handler, observation callbacks and Unmatched): a peer's stripe
+	// is held around each of those calls.
+	order [peerLocks]sync.Mutex
+	// orderWaits counts the handlings that waited for the one before
+	// them on their stripe.
+	orderWaits atomic.Int64
 
 	tickMu  sync.Mutex
 	ticking bool
@@ -256,6 +273,22 @@ func (s *Server) Close() error {
 	return err
 }
 
+// orderOf returns the lock that serialises the handling of peer's
+// datagrams.
+func (s *Server) orderOf(peer netip.AddrPort) *sync.Mutex {
+	return &s.order[maphash.Comparable(s.seed, peer)/shardCount%peerLocks]
+}
+
+// lockOrder takes peer's order lock and returns it.
+func (s *Server) lockOrder(peer netip.AddrPort) *sync.Mutex {
+	mu := s.orderOf(peer)
+	if !mu.TryLock() {
+		s.orderWaits.Add(1)
+		mu.Lock()
+	}
+	return mu
+}
+
 // shardOf returns the shard of peer.
 func (s *Server) shardOf(peer netip.AddrPort) *shard {
 	return &s.shards[maphash.Comparable(s.seed, peer)%shardCount]
@@ -352,6 +385,11 @@ func (s *Server) lifetime() int64 {
 	return int64((s.cfg.ExchangeLifetime + time.Second - 1) / time.Second)
 }
 
+// nonLifetime is NonLifetime in whole seconds.
+func (s *Server) nonLifetime() int64 {
+	return int64((s.cfg.NonLifetime + time.Second - 1) / time.Second)
+}
+
 // read is a reader goroutine: it reads datagrams until the socket closes.
 func (s *Server) read() {
 	defer s.readers.Done()
@@ -431,28 +469,47 @@ func safe(c codes.Code) bool { return c == codes.GET || c == codeFETCH }
 // codeFETCH is FETCH (RFC 8132), which go-coap does not name.
 const codeFETCH codes.Code = 5
 
-// request handles an incoming request: duplicate detection, the handler,
-// the answer.
+// request handles an incoming request: duplicate detection, the handler
+// (under the peer's order lock), the answer (unless the handler deferred
+// it).
 func (s *Server) request(r *reader, peer netip.AddrPort, m *message.Message) {
 	con := m.Type == message.Confirmable
 	mid := uint16(m.MessageID)
 	var e *seen
-	if con && !safe(m.Code) {
+	switch {
+	case con && !safe(m.Code):
 		if e = s.dup(peer, mid); e == nil {
 			return // answered (or being answered) already
+		}
+	case !con:
+		if !s.firstNON(peer, mid) {
+			return
 		}
 	}
 	w := &r.w
 	w.reset()
+	w.s, w.peer, w.con, w.mid, w.token, w.e = s, peer, con, mid, m.Token, e
+	order := s.lockOrder(peer)
 	s.cfg.Handler(w, &Request{Peer: peer, Msg: m})
+	order.Unlock()
+	w.token, w.e = nil, nil
+	if !w.deferred {
+		s.answer(w, peer, con, mid, m.Token, e, r.out)
+	}
+}
+
+// answer sends w's response (an empty ACK to a CON request when w has
+// none) to the request (peer, mid, token), recording it in the request's
+// duplicate-detection entry e when there is one. buf is scratch space.
+func (s *Server) answer(w *ResponseWriter, peer netip.AddrPort, con bool, mid uint16, token message.Token, e *seen, buf []byte) {
 	var out []byte
 	switch {
 	case con && w.set:
-		out = w.encode(r.out[:0], message.Acknowledgement, mid, m.Token)
+		out = w.encode(buf[:0], message.Acknowledgement, mid, token)
 	case con:
-		out = encodeEmpty(r.out[:0], message.Acknowledgement, mid)
+		out = encodeEmpty(buf[:0], message.Acknowledgement, mid)
 	case w.set:
-		out = w.encode(r.out[:0], message.NonConfirmable, uint16(rand.Uint32()), m.Token)
+		out = w.encode(buf[:0], message.NonConfirmable, uint16(rand.Uint32()), token)
 	}
 	if e != nil {
 		s.answered(peer, e, out)
@@ -460,6 +517,25 @@ func (s *Server) request(r *reader, peer netip.AddrPort, m *message.Message) {
 	if out != nil {
 		s.send(peer, out)
 	}
+}
+
+// firstNON reports whether the NON message (peer, mid) is new, and files
+// it for NonLifetime (RFC 7252 4.5); a duplicate is dropped by the caller.
+func (s *Server) firstNON(peer netip.AddrPort, mid uint16) bool {
+	if s.cfg.NonLifetime < 0 {
+		return true
+	}
+	sh := s.shardOf(peer)
+	k := peerMID{peer, mid}
+	sh.mu.Lock()
+	if sh.dedup[k] != nil {
+		sh.mu.Unlock()
+		return false
+	}
+	sh.rememberLocked(k, s.sec(), s.nonLifetime()).done = true
+	sh.mu.Unlock()
+	s.ensureTick()
+	return true
 }
 
 // dup looks up the CON message (peer, mid): for a duplicate it re-sends the
