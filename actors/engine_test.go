@@ -109,6 +109,20 @@ func newFleetRig(t *testing.T, specs []memtransport.DeviceSpec) *rig {
 func newFleetRigOn(t *testing.T, specs []memtransport.DeviceSpec, store persistence.EventStore) *rig {
 	t.Helper()
 	clk := clocktest.New(epoch)
+	tr, up := newFleetTransport(t, clk, specs)
+	r := newRig(t, clk, store, tr, up)
+	t.Cleanup(r.e.Stop)
+	if err := tr.ConnectAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.e.Settle()
+	return r
+}
+
+// newFleetTransport is an in-memory transport on clk holding the devices of
+// specs, not yet connected, and the uplinks an engine on it is bound to.
+func newFleetTransport(t *testing.T, clk *clocktest.Clock, specs []memtransport.DeviceSpec) (*memtransport.Transport, *transport.LateUplinks) {
+	t.Helper()
 	up := &transport.LateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
 	if err != nil {
@@ -120,13 +134,7 @@ func newFleetRigOn(t *testing.T, specs []memtransport.DeviceSpec, store persiste
 			t.Fatal(err)
 		}
 	}
-	r := newRig(t, clk, store, tr, up)
-	t.Cleanup(r.e.Stop)
-	if err := tr.ConnectAll(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	r.e.Settle()
-	return r
+	return tr, up
 }
 
 // runUntil advances the fake clock from timer to timer, letting the actors

@@ -8,12 +8,10 @@ import (
 	"time"
 
 	"github.com/otafleet/otafleet/actors"
-	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
-	"github.com/otafleet/otafleet/transport"
 )
 
 // sameJobs fails the test unless every device's job table entry is the job
@@ -86,17 +84,7 @@ func TestDeviceJobIsTheActorsJob(t *testing.T) {
 	r.e.Stop()
 	// No device is connected: the entries come from recovery alone.
 	clk := clocktest.New(r.clk.Now())
-	up := &transport.LateUplinks{}
-	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	for _, s := range specs {
-		if err := tr.Add(s); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tr, up := newFleetTransport(t, clk, specs)
 	r2 := newRig(t, clk, store, tr, up)
 	t.Cleanup(r2.e.Stop)
 	// Start has returned: every device with a job has recovered it (the

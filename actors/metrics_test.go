@@ -7,11 +7,9 @@ import (
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
-	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence/memstore"
-	"github.com/otafleet/otafleet/transport"
 )
 
 // The cell budget metrics.
@@ -145,18 +143,8 @@ func TestCellBudgetMetrics(t *testing.T) {
 // still finishes.
 func TestCellBudgetViolationsCounted(t *testing.T) {
 	clk := clocktest.New(epoch)
-	up := &transport.LateUplinks{}
-	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
 	specs := fleet(120, 1, messages.Protocol_PROTOCOL_LWM2M_FOTA)
-	for _, s := range specs {
-		if err := tr.Add(s); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tr, up := newFleetTransport(t, clk, specs)
 	store := memstore.New()
 	big := actors.Config{PassivateAfter: 10 * time.Minute, Cell: cellfsm.DefaultConfig()}
 	big.Cell.Budget = 200

@@ -9,12 +9,10 @@ import (
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
-	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
-	"github.com/otafleet/otafleet/transport"
 )
 
 // TestTaskConvertsOldSnapshot: a task stream as older builds left it (a
@@ -24,18 +22,8 @@ import (
 func TestTaskConvertsOldSnapshot(t *testing.T) {
 	ctx := context.Background()
 	clk := clocktest.New(epoch)
-	up := &transport.LateUplinks{}
-	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
 	specs := fleet(60, 4, messages.Protocol_PROTOCOL_LWM2M_FOTA)
-	for _, s := range specs {
-		if err := tr.Add(s); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tr, up := newFleetTransport(t, clk, specs)
 	store := memstore.New()
 	r := newRig(t, clk, store, tr, up)
 	if err := tr.ConnectAll(ctx); err != nil {

@@ -261,9 +261,9 @@ func (sh *shell) input(in proto.Message) error { return sh.step(in, false, nil) 
 // durable (a device report the device expects acknowledged, an API command):
 // its events are synced whatever their kind. A report marked no_ack (an
 // answer to the server's own request, a non-confirmable notification) is
-// waited for too, but not synced: nothing is acknowledged on its strength. durable, if set, runs once the step's events (if any) are
-// journaled and committed, before the effects run. It does not run when the
-// step fails.
+// waited for too, but not synced: nothing is acknowledged on its strength.
+// durable, if set, runs once the step's events (if any) are journaled and
+// committed, before the effects run. It does not run when the step fails.
 func (sh *shell) step(in proto.Message, waited bool, durable func()) error {
 	if sh.broken != nil {
 		return sh.broken
@@ -287,9 +287,10 @@ func (sh *shell) step(in proto.Message, waited bool, durable func()) error {
 	return nil
 }
 
-// persist appends events in one batch (with the records of a keeper), synced when sync is set or one of the
-// events must be durable before the step's effects run (mustSync); otherwise
-// unsynced, durable with the next synced append of any actor. On failure the
+// persist appends events in one batch (with the records of a keeper),
+// synced when sync is set or one of the events must be durable before the
+// step's effects run (mustSync); otherwise unsynced, durable with the next
+// synced append of any actor. On failure the
 // actor stops so that its successor rebuilds from what is durable; the state
 // is not committed and no effect runs.
 func (sh *shell) persist(next any, events []proto.Message, sync bool) error {

@@ -126,14 +126,8 @@ func FromRecords(def *messages.TaskCreated, h *messages.TaskHeader, rows []*mess
 		return State{}, err
 	}
 	targets := def.GetTargets()
-	s.index = make(map[string]int32, len(targets))
-	ids := make([]string, 0, len(targets))
-	for _, id := range targets {
-		if _, dup := s.index[id]; !dup {
-			s.index[id] = int32(len(ids))
-			ids = append(ids, id)
-		}
-	}
+	var ids []string
+	s.index, ids = distinctTargets(targets)
 	if n := int(h.GetSubtasks()); n != len(ids) {
 		return State{}, invalidSnapshot("header counts %d sub-tasks for %d distinct targets", n, len(ids))
 	}

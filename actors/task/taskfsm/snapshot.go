@@ -110,14 +110,8 @@ func FromSnapshot(p *messages.TaskSnapshot) (State, error) {
 	}
 	// One sub-task per distinct target, as evolveCreated builds them.
 	targets := task.GetTargets()
-	s.index = make(map[string]int32, len(targets))
-	ids := make([]string, 0, len(targets))
-	for _, id := range targets {
-		if _, dup := s.index[id]; !dup {
-			s.index[id] = int32(len(ids))
-			ids = append(ids, id)
-		}
-	}
+	var ids []string
+	s.index, ids = distinctTargets(targets)
 	if n := len(p.GetSubtasks()); n != len(ids) {
 		return State{}, invalidSnapshot("%d sub-tasks for %d distinct targets", n, len(ids))
 	}
@@ -262,4 +256,18 @@ func (s *State) rebuildQueues(order []uint32) error {
 		return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.idx, b.idx))
 	})
 	return nil
+}
+
+// distinctTargets numbers a task's distinct targets in their order, as
+// evolveCreated does: the index of each device ID, and the IDs by number.
+func distinctTargets(targets []string) (map[string]int32, []string) {
+	index := make(map[string]int32, len(targets))
+	ids := make([]string, 0, len(targets))
+	for _, id := range targets {
+		if _, dup := index[id]; !dup {
+			index[id] = int32(len(ids))
+			ids = append(ids, id)
+		}
+	}
+	return index, ids
 }
