@@ -274,3 +274,27 @@ func (s *Server) acker(peer netip.AddrPort, mid uint16, e *seen) func() {
 		s.send(peer, out)
 	}
 }
+
+// NextMessageID is the Message ID the next request to peer will carry; it
+// starts the peer's sequence (at a random point) when there is none. With
+// SetNextMessageID it lets a test replay what a restarted process meets: a
+// peer that saw the same Message IDs from the process before it.
+func (s *Server) NextMessageID(peer netip.AddrPort) uint16 {
+	peer = unmap(peer)
+	sh := s.shardOf(peer)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	mid := sh.nextMIDLocked(peer, s.sec(), s.lifetime())
+	sh.seqs[peer].next = mid
+	return mid
+}
+
+// SetNextMessageID makes mid the Message ID of the next request to peer.
+func (s *Server) SetNextMessageID(peer netip.AddrPort, mid uint16) {
+	peer = unmap(peer)
+	sh := s.shardOf(peer)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sh.nextMIDLocked(peer, s.sec(), s.lifetime())
+	sh.seqs[peer].next = mid
+}

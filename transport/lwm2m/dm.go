@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"net/url"
 	"strconv"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
-	"github.com/plgd-dev/go-coap/v3/message/pool"
 
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/transport/download"
@@ -54,7 +52,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 	case *messages.Downlink_Lwm2MWrite:
 		w := k.Lwm2MWrite
 		release := reg.holdFota(w.GetPath())
-		res, err := s.roundTrip(ctx, reg, putReq(w.GetPath(), message.TextPlain, func() io.ReadSeeker { return strings.NewReader(w.GetValue()) }))
+		res, err := s.roundTrip(ctx, reg, putReq(w.GetPath(), message.TextPlain, []byte(w.GetValue())))
 		s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, w.GetPath(), res, err, 0, w.GetPath() == messages.PathPackageURI && w.GetValue() == "")
 		release()
 	case *messages.Downlink_Lwm2MWritePackageUri:
@@ -73,12 +71,12 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 			s.log.Error("lwm2m: downlink not sent", "device", reg.device, "kind", fmt.Sprintf("%T", dl.GetKind()), "error", err)
 			return
 		}
-		res, err := s.roundTrip(ctx, reg, putReq(messages.PathPCPDownlink, message.AppOctets, func() io.ReadSeeker { return bytes.NewReader(frame) }))
+		res, err := s.roundTrip(ctx, reg, putReq(messages.PathPCPDownlink, message.AppOctets, frame))
 		code := messages.PcpCode(frame[3]) // FFFE, version, message code (spec 4.2)
 		// Failed writes are delivered, and so is the success of a 0x16
 		// acknowledgement: the device's 0x17 waits for it, to leave straight
 		// after its journal entry instead of queueing behind this write.
-		if err != nil || !success(res.Code()) || code == messages.PcpCodeReportDownloadResult {
+		if err != nil || !success(res.Code) || code == messages.PcpCodeReportDownloadResult {
 			s.answered(reg, messages.Lwm2MOp_LWM2M_OP_WRITE, messages.PathPCPDownlink, res, err, uint32(code), false)
 		} else {
 			s.awake(reg)
@@ -98,14 +96,14 @@ func codeText(c codes.Code) string { return fmt.Sprintf("%d.%02d", c>>5, c&0x1f)
 // pcpCode names the PCP frame a write of /19/1/0 carried (0 otherwise);
 // fotaReset marks the answer of an empty write of /5/0/1, the reset of the
 // firmware update state machine, apart from a package URI's.
-func (s *Server) answered(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, err error, pcpCode uint32, fotaReset bool) {
+func (s *Server) answered(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, err error, pcpCode uint32, fotaReset bool) {
 	if err != nil {
 		s.log.Debug("lwm2m: no answer", "device", reg.device, "op", op.String(), "path", path, "error", err)
 		return
 	}
 	s.awake(reg)
 	s.deliver(reg.device, &messages.DeviceInput{NoAck: true, Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
-		Op: op, Path: path, Success: success(res.Code()), Code: codeText(res.Code()), PcpCode: pcpCode, FotaReset: fotaReset,
+		Op: op, Path: path, Success: success(res.Code), Code: codeText(res.Code), PcpCode: pcpCode, FotaReset: fotaReset,
 	}}})
 }
 
@@ -117,7 +115,7 @@ func (s *Server) read(ctx context.Context, reg *registration, path string) {
 		opts = append(opts, uintOpt(message.Accept, uint32(message.TextPlain)))
 	}
 	res, err := s.roundTrip(ctx, reg, getReq(path, opts...))
-	if err == nil && res.Code() == codes.NotAcceptable && len(opts) > 0 {
+	if err == nil && res.Code == codes.NotAcceptable && len(opts) > 0 {
 		res, err = s.roundTrip(ctx, reg, getReq(path))
 	}
 	if err != nil {
@@ -130,78 +128,94 @@ func (s *Server) read(ctx context.Context, reg *registration, path string) {
 // observe starts observing path: the first answer and every notification
 // are delivered like reads. The first answer, and a non-confirmable
 // notification, are marked no_ack; a confirmable notification is not: the
-// device expects it acknowledged (go-coap sends the ACK when the callback
-// returns, that is once the engine journaled it durably).
+// device expects it acknowledged, which it is once the engine journaled it
+// durably (notified).
 func (s *Server) observe(ctx context.Context, reg *registration, path string) {
 	reg.mu.Lock()
 	old := reg.obs[path]
 	reg.mu.Unlock()
-	if old != nil && !old.Canceled() {
-		_ = old.Cancel(ctx) // a new observation (the device may have rebooted)
+	if old != nil && !old.canceled() {
+		_ = old.cancel(ctx) // a new observation (the device may have rebooted)
 	}
-	// go-coap may run this callback on two goroutines at once (a second
-	// reader starts while a confirmable request is in flight), so the
-	// callback is serialised, and a notification older than the last one
-	// delivered (RFC 7641 3.4) is dropped: the device machine sees object
-	// 5 and 19 in the device's order.
-	var (
-		mu       sync.Mutex
-		first    = true
-		seq      uint32
-		seqAt    time.Time
-		haveSeq  bool
-		clk      = s.cfg.Clock
-		observed = func(n *pool.Message) bool {
-			v, err := n.Observe()
-			if err != nil {
-				return true
-			}
-			now := clk.Now()
-			if haveSeq && !fresher(seq, v, now.Sub(seqAt)) {
-				return false
-			}
-			seq, seqAt, haveSeq = v, now, true
-			return true
-		}
-	)
-	obs, err := s.observeTrip(ctx, reg, path, func(n *pool.Message) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !observed(n) {
-			s.log.Debug("lwm2m: stale notification dropped", "device", reg.device, "path", path)
-			return
-		}
-		op := messages.Lwm2MOp_LWM2M_OP_OBSERVE
-		if !first {
-			op = messages.Lwm2MOp_LWM2M_OP_READ // a notification: a value like a read's
-		}
-		noAck := first || n.Type() != message.Confirmable
-		if !first {
-			s.exchanges.Add(1) // a notification (the first answer is its request's)
-		}
-		first = false
-		if strings.HasPrefix(path, "/5/") {
-			// Decode now (the message is reused), deliver in order.
-			deliver := s.prepareValue(reg, op, path, n, noAck)
-			if !reg.holdOrRun(deliver) {
-				deliver()
-			}
-			return
-		}
-		s.value(reg, op, path, n, noAck)
+	st := &observed{}
+	obs, first, err := s.observeTrip(ctx, reg, getReq(path), func(n *message.Message, ack func()) {
+		s.notified(reg, path, st, n, ack)
 	})
+	if first != nil {
+		s.notified(reg, path, st, first, func() {})
+	}
 	if err != nil {
 		s.log.Debug("lwm2m: observe unanswered", "device", reg.device, "path", path, "error", err)
 		return
 	}
+	if obs == nil {
+		return // the device did not take the observation (its answer is delivered)
+	}
 	reg.mu.Lock()
 	if reg.gone {
 		reg.mu.Unlock()
-		_ = obs.Cancel(ctx)
+		_ = obs.cancel(ctx)
 		return
 	}
 	reg.obs[path] = obs
 	reg.mu.Unlock()
+}
+
+// observed is an observation's state: whether its first answer came, and
+// the Observe value of the last notification delivered.
+type observed struct {
+	mu      sync.Mutex
+	gotOne  bool
+	seq     uint32
+	seqAt   time.Time
+	haveSeq bool
+}
+
+// fresh tells whether n is newer than the last notification delivered
+// (RFC 7641 3.4) and, if so, makes it the last one. st.mu is held.
+func (st *observed) fresh(n *message.Message, now time.Time) bool {
+	v, err := n.Options.Observe()
+	if err != nil {
+		return true
+	}
+	if st.haveSeq && !fresher(st.seq, v, now.Sub(st.seqAt)) {
+		return false
+	}
+	st.seq, st.seqAt, st.haveSeq = v, now, true
+	return true
+}
+
+// notified delivers the first answer or a notification n of the
+// observation of path (st), in the order they arrive; one older than the
+// last delivered is dropped, so the device machine sees object 5 and 19 in
+// the device's order. It decodes n now (n may be reused after the call)
+// and delivers it on the registration's delivery goroutine (reg.run),
+// acknowledging a confirmable one (ack) after the delivery, that is once
+// the engine journaled it: the caller, a reader of the socket, does not
+// wait for the journal.
+func (s *Server) notified(reg *registration, path string, st *observed, n *message.Message, ack func()) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.fresh(n, s.cfg.Clock.Now()) {
+		s.log.Debug("lwm2m: stale notification dropped", "device", reg.device, "path", path)
+		ack()
+		return
+	}
+	op := messages.Lwm2MOp_LWM2M_OP_OBSERVE
+	if st.gotOne {
+		op = messages.Lwm2MOp_LWM2M_OP_READ // a notification: a value like a read's
+		s.exchanges.Add(1)                  // (the first answer is its request's)
+	}
+	noAck := !st.gotOne || n.Type != message.Confirmable
+	st.gotOne = true
+	deliver := s.prepareValue(reg, op, path, n, noAck)
+	if strings.HasPrefix(path, "/5/") && reg.holdOrRun(deliver) {
+		ack()
+		return
+	}
+	if !reg.run(func() { deliver(); ack() }) {
+		s.log.Warn("lwm2m: notification dropped unacknowledged: too many waiting for the engine", "device", reg.device, "path", path)
+	}
 }
 
 func (s *Server) cancelObserve(ctx context.Context, reg *registration, path string) {
@@ -209,8 +223,8 @@ func (s *Server) cancelObserve(ctx context.Context, reg *registration, path stri
 	obs := reg.obs[path]
 	delete(reg.obs, path)
 	reg.mu.Unlock()
-	if obs != nil && !obs.Canceled() {
-		if err := obs.Cancel(ctx); err != nil {
+	if obs != nil && !obs.canceled() {
+		if err := obs.cancel(ctx); err != nil {
 			s.log.Debug("lwm2m: cancelling an observation", "device", reg.device, "path", path, "error", err)
 		}
 	}
@@ -218,7 +232,8 @@ func (s *Server) cancelObserve(ctx context.Context, reg *registration, path stri
 
 // holdFota starts holding object 5 notifications while a request on
 // object 5 (path) waits for its answer; the returned func delivers what was
-// held, in order, and stops holding.
+// held, in order after the deliveries queued before them, and stops
+// holding.
 func (reg *registration) holdFota(path string) func() {
 	if !strings.HasPrefix(path, "/5/") {
 		return func() {}
@@ -237,9 +252,7 @@ func (reg *registration) holdFota(path string) func() {
 				return
 			}
 			reg.mu.Unlock()
-			for _, f := range held {
-				f()
-			}
+			reg.runWait(held)
 		}
 	}
 }
@@ -260,13 +273,14 @@ func (reg *registration) holdOrRun(f func()) bool {
 // machine expects. noAck marks them no_ack: an answer to the server's
 // request or a non-confirmable notification, not one the device expects
 // acknowledged.
-func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, noAck bool) {
+func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, noAck bool) {
 	s.prepareValue(reg, op, path, res, noAck)()
 }
 
-// prepareValue decodes an answer now (go-coap reuses the message) and
-// returns the delivery of its inputs (marked as value marks them).
-func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path string, res *pool.Message, noAck bool) func() {
+// prepareValue decodes an answer now (a notification's message is reused
+// after the call) and returns the delivery of its inputs (marked as value
+// marks them).
+func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, noAck bool) func() {
 	s.awake(reg)
 	fail := func(code string) func() {
 		in := &messages.DeviceInput{NoAck: noAck, Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
@@ -274,19 +288,16 @@ func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path strin
 		}}}
 		return func() { s.deliver(reg.device, in) }
 	}
-	if !success(res.Code()) {
-		return fail(codeText(res.Code()))
+	if !success(res.Code) {
+		return fail(codeText(res.Code))
 	}
-	body, err := readBody(res)
-	if err != nil {
-		s.log.Warn("lwm2m: unreadable answer", "device", reg.device, "path", path, "error", err)
-		return fail(codeText(res.Code()))
-	}
+	body := res.Payload
 	if path == messages.PathPCPUplink {
+		body = bytes.Clone(body)
 		return func() { s.pcpUplink(reg, body, noAck) }
 	}
 	cf := message.TextPlain
-	if f, err := res.ContentFormat(); err == nil {
+	if f, err := res.Options.ContentFormat(); err == nil {
 		cf = f
 	}
 	p, err := lwm2mcodec.ParsePath(path)
@@ -297,12 +308,12 @@ func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path strin
 	vs, err := lwm2mcodec.Decode(uint16(cf), p, body)
 	if err != nil {
 		s.log.Warn("lwm2m: undecodable answer", "device", reg.device, "path", path, "content_format", cf, "error", err)
-		return fail(codeText(res.Code()) + " undecodable")
+		return fail(codeText(res.Code) + " undecodable")
 	}
 	in := inputFor(path, vs)
 	if in == nil {
 		in = &messages.DeviceInput{Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
-			Op: op, Path: path, Success: true, Code: codeText(res.Code()),
+			Op: op, Path: path, Success: true, Code: codeText(res.Code),
 		}}}
 	}
 	in.NoAck = noAck
@@ -349,16 +360,6 @@ func inputFor(path string, vs []lwm2mcodec.Value) *messages.DeviceInput {
 	return nil
 }
 
-func readBody(res *pool.Message) ([]byte, error) {
-	if res.Body() == nil {
-		return nil, nil
-	}
-	if _, err := res.Body().Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return io.ReadAll(io.LimitReader(res.Body(), 1<<20))
-}
-
 // writePackageURI writes /5/0/1 with the URI of the job's package on this
 // endpoint, with the download handle of the attempt (download.Server.Handle):
 // coaps:// on the DTLS listener for a device registered over DTLS (so its
@@ -378,7 +379,7 @@ func (s *Server) writePackageURI(ctx context.Context, reg *registration, job *me
 		addr = s.cfg.DTLSPublicAddr
 	}
 	uri := PackageURI(reg.secure, addr, pkg, handle)
-	res, err := s.roundTrip(ctx, reg, putReq(messages.PathPackageURI, message.TextPlain, func() io.ReadSeeker { return strings.NewReader(uri) }))
+	res, err := s.roundTrip(ctx, reg, putReq(messages.PathPackageURI, message.TextPlain, []byte(uri)))
 	// The URI and its handle, for the device's timeline; before the write's
 	// answer, which may end the job.
 	s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_DownloadOffered{DownloadOffered: &messages.DownloadOffered{

@@ -2,15 +2,17 @@ package lwm2m
 
 import (
 	"context"
-	"io"
+	"errors"
 	"sync/atomic"
 
 	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
 	"github.com/plgd-dev/go-coap/v3/mux"
 )
 
-// Message IDs after a restart.
+// Message IDs after a restart (DTLS; coapudp does the same for plain
+// CoAP, see coapudp.ErrStaleAnswer).
 //
 // A device drops a confirmable request whose Message ID it saw from the
 // same address within EXCHANGE_LIFETIME (about 4 minutes, RFC 7252 4.5)
@@ -43,53 +45,31 @@ type inflight struct {
 // device's EXCHANGE_LIFETIME in a large campaign).
 func (reg *registration) nextMID() uint16 { return uint16(reg.mids.Add(1)) }
 
-// roundTrip sends the request newReq builds on reg's conversation with a
-// Message ID of the server's and returns the answer; it sends it again
-// when the device answered it from its duplicate cache. ctx bounds each
-// try.
-func (s *Server) roundTrip(ctx context.Context, reg *registration, newReq func(ctx context.Context, c mux.Conn) (*pool.Message, error)) (*pool.Message, error) {
+// roundTrip sends req on reg's conversation and returns the answer; it
+// sends it again when the device answered it from its duplicate cache.
+// ctx bounds each try.
+func (s *Server) roundTrip(ctx context.Context, reg *registration, req coapReq) (*message.Message, error) {
 	for try := 0; ; try++ {
-		c := s.connOf(reg)
-		rctx, cancel := context.WithCancel(ctx)
-		req, err := newReq(rctx, c)
-		if err != nil {
-			cancel()
-			return nil, err
-		}
-		in := s.track(reg, req, cancel)
-		res, err := c.Do(req)
-		s.untrack(reg, in)
-		c.ReleaseMessage(req)
-		cancel()
-		if !s.again(ctx, reg, in, err, try) {
+		res, err := s.connOf(reg).do(ctx, reg, req)
+		if !s.again(ctx, reg, err, try) {
 			return res, err
 		}
 	}
 }
 
-// observeTrip is roundTrip for an observation: its request's context is
-// never cancelled once the observation stands (go-coap keeps it).
-func (s *Server) observeTrip(ctx context.Context, reg *registration, path string, fn func(*pool.Message)) (mux.Observation, error) {
+// observeTrip is roundTrip for an observation.
+func (s *Server) observeTrip(ctx context.Context, reg *registration, req coapReq, fn notifyFunc) (*observation, *message.Message, error) {
 	for try := 0; ; try++ {
-		c := s.connOf(reg)
-		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		req, err := c.NewObserveRequest(rctx, path)
-		if err != nil {
-			cancel()
-			return nil, err
+		obs, first, err := s.connOf(reg).observe(ctx, reg, req, fn)
+		if !s.again(ctx, reg, err, try) {
+			return obs, first, err
 		}
-		in := s.track(reg, req, cancel)
-		obs, err := c.DoObserve(req, fn)
-		s.untrack(reg, in)
-		c.ReleaseMessage(req)
-		if !s.again(ctx, reg, in, err, try) {
-			return obs, err
-		}
-		cancel()
 	}
 }
 
-func (s *Server) track(reg *registration, req *pool.Message, cancel context.CancelFunc) *inflight {
+// track notes the DTLS request req, with the Message ID it gets here, as
+// the one reg's worker waits on (see staleAnswer).
+func (reg *registration) track(req *pool.Message, cancel context.CancelFunc) *inflight {
 	in := &inflight{mid: reg.nextMID(), cancel: cancel}
 	req.SetMessageID(int32(in.mid))
 	reg.mu.Lock()
@@ -98,7 +78,7 @@ func (s *Server) track(reg *registration, req *pool.Message, cancel context.Canc
 	return in
 }
 
-func (s *Server) untrack(reg *registration, in *inflight) {
+func (reg *registration) untrack(in *inflight) {
 	reg.mu.Lock()
 	if reg.inflight == in {
 		reg.inflight = nil
@@ -108,13 +88,12 @@ func (s *Server) untrack(reg *registration, in *inflight) {
 
 // again reports whether a request that ended with err must go again: the
 // device answered it from its duplicate cache.
-func (s *Server) again(ctx context.Context, reg *registration, in *inflight, err error, try int) bool {
-	if err == nil || !in.stale.Load() || try >= staleRetries || ctx.Err() != nil {
+func (s *Server) again(ctx context.Context, reg *registration, err error, try int) bool {
+	if !errors.Is(err, errStale) || try >= staleRetries || ctx.Err() != nil {
 		return false
 	}
-	reg.mids.Add(midJump)
 	s.log.Info("lwm2m: the device answered a request from its duplicate cache (a Message ID of an earlier process); sent again",
-		"device", reg.device, "message_id", in.mid)
+		"device", reg.device)
 	return true
 }
 
@@ -130,7 +109,7 @@ func (s *Server) staleAnswer(w mux.ResponseWriter, r *mux.Message) bool {
 	s.mu.Lock()
 	reg := s.byPeer[w.Conn().RemoteAddr().String()]
 	s.mu.Unlock()
-	if reg == nil {
+	if reg == nil || reg.conn != conv(dtlsConv{w.Conn()}) {
 		return false
 	}
 	reg.mu.Lock()
@@ -146,20 +125,17 @@ func (s *Server) staleAnswer(w mux.ResponseWriter, r *mux.Message) bool {
 
 // Request builders for roundTrip.
 
-func getReq(path string, opts ...message.Option) func(context.Context, mux.Conn) (*pool.Message, error) {
-	return func(ctx context.Context, c mux.Conn) (*pool.Message, error) {
-		return c.NewGetRequest(ctx, path, opts...)
-	}
+func getReq(path string, opts ...message.Option) coapReq {
+	return coapReq{code: codes.GET, path: path, opts: opts}
 }
 
-func putReq(path string, cf message.MediaType, body func() io.ReadSeeker) func(context.Context, mux.Conn) (*pool.Message, error) {
-	return func(ctx context.Context, c mux.Conn) (*pool.Message, error) {
-		return c.NewPutRequest(ctx, path, cf, body())
+func putReq(path string, cf message.MediaType, body []byte) coapReq {
+	if body == nil {
+		body = []byte{}
 	}
+	return coapReq{code: codes.PUT, path: path, cf: cf, payload: body}
 }
 
-func postReq(path string) func(context.Context, mux.Conn) (*pool.Message, error) {
-	return func(ctx context.Context, c mux.Conn) (*pool.Message, error) {
-		return c.NewPostRequest(ctx, path, message.TextPlain, nil)
-	}
+func postReq(path string) coapReq {
+	return coapReq{code: codes.POST, path: path}
 }

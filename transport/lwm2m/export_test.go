@@ -12,9 +12,8 @@ var Fresher = fresher
 // cancellation of an observation, no de-registration). Kept registrations
 // (Sessions) stay for the next server.
 func (s *Server) Kill() {
-	if s.srv != nil {
-		s.srv.Stop()
-		_ = s.lis.Close()
+	if s.udp != nil {
+		_ = s.udp.Close()
 	}
 	if s.dtlsSrv != nil {
 		s.dtlsSrv.Stop()
@@ -49,14 +48,23 @@ func (s *Server) Kill() {
 // LastMessageID is the Message ID of the server's last request to device.
 func (s *Server) LastMessageID(device string) uint16 {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return uint16(s.byDev[device].mids.Load())
+	reg := s.byDev[device]
+	s.mu.Unlock()
+	if c, ok := reg.conn.(udpConv); ok {
+		return c.srv.NextMessageID(c.peer) - 1
+	}
+	return uint16(reg.mids.Load())
 }
 
 // SetLastMessageID makes the server's next request to device carry
 // Message ID id+1.
 func (s *Server) SetLastMessageID(device string, id uint16) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.byDev[device].mids.Store(uint32(id))
+	reg := s.byDev[device]
+	s.mu.Unlock()
+	if c, ok := reg.conn.(udpConv); ok {
+		c.srv.SetNextMessageID(c.peer, id+1)
+		return
+	}
+	reg.mids.Store(uint32(id))
 }

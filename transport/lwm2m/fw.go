@@ -1,13 +1,11 @@
 package lwm2m
 
 import (
-	"bytes"
 	"errors"
 	"net/url"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
-	"github.com/plgd-dev/go-coap/v3/mux"
 
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport/download"
@@ -33,19 +31,19 @@ const (
 // most 1024 bytes: SZX 7 gets 1024-byte blocks); a request without Block2
 // gets block 0 of 512 bytes with the More flag, so any client can go on
 // block-wise.
-func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, path string) {
-	ctx := r.Context()
-	peer := w.Conn().RemoteAddr().String()
+func (s *Server) servePackage(rq *request, path string) {
+	ctx := rq.ctx
+	peer := rq.conv.addr()
 	escaped, tok, _ := PackageRequest(path)
 	id, err := unescape(escaped)
 	if err != nil {
-		s.answer(w, codes.NotFound, "")
+		s.answer(rq, codes.NotFound, "")
 		return
 	}
 	if tok == "" {
-		q, err := queries(r)
+		q, err := queries(rq.msg)
 		if err != nil {
-			s.answer(w, codes.BadRequest, err.Error())
+			s.answer(rq, codes.BadRequest, err.Error())
 			return
 		}
 		tok = q["t"]
@@ -54,11 +52,11 @@ func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, path string)
 	switch {
 	case errors.Is(err, download.ErrInvalidToken):
 		s.log.Info("lwm2m: download refused", "peer", peer, "package", id, "reason", err.Error())
-		s.answer(w, codes.Unauthorized, "invalid or expired download token")
+		s.answer(rq, codes.Unauthorized, "invalid or expired download token")
 		return
 	case err != nil:
 		s.log.Info("lwm2m: download refused", "peer", peer, "package", id, "device", g.DeviceID, "reason", err.Error())
-		s.answer(w, codes.Forbidden, "the upgrade this download was for has ended or was stopped")
+		s.answer(rq, codes.Forbidden, "the upgrade this download was for has ended or was stopped")
 		return
 	}
 	s.mu.Lock()
@@ -68,19 +66,19 @@ func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, path string)
 		// A device registered over DTLS downloads over its DTLS session
 		// only (its URI is coaps://), one registered over plain CoAP over
 		// plain CoAP.
-		if err := sameSecurity(reg, w.Conn()); err != nil {
+		if err := sameSecurity(reg, rq.conv); err != nil {
 			s.log.Info("lwm2m: download refused", "peer", peer, "package", id, "device", g.DeviceID, "reason", err.Error())
-			s.answer(w, codes.Forbidden, "this download belongs to another session")
+			s.answer(rq, codes.Forbidden, "this download belongs to another session")
 			return
 		}
 	}
 	num, szx := uint32(0), uint32(defaultSZX)
-	if v, err := r.Options().GetUint32(message.Block2); err == nil {
+	if v, err := rq.msg.Options.GetUint32(message.Block2); err == nil {
 		num, szx = v>>4, min(v&7, maxSZX) // BERT's NUM counts 1024 bytes too
 	}
 	content, err := s.cfg.Images.Open(ctx, id)
 	if err != nil {
-		s.lookupFailed(w, id, err)
+		s.lookupFailed(rq, id, err)
 		return
 	}
 	defer content.Close()
@@ -89,14 +87,14 @@ func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, path string)
 	bs := int64(1) << (szx + 4)
 	off := int64(num) * bs
 	if off >= size && !(off == 0 && size == 0) {
-		s.answer(w, codes.BadOption, "no such block")
+		s.answer(rq, codes.BadOption, "no such block")
 		return
 	}
 	n := min(bs, size-off)
 	buf, err := content.Slice(off, n)
 	if err != nil {
 		s.log.Error("lwm2m: reading a package", "package", id, "error", err)
-		s.answer(w, codes.InternalServerError, "")
+		s.answer(rq, codes.InternalServerError, "")
 		return
 	}
 	more := uint32(0)
@@ -111,10 +109,7 @@ func (s *Server) servePackage(w mux.ResponseWriter, r *mux.Message, path string)
 	if num == 0 {
 		opts = append(opts, uintOpt(message.Size2, uint32(min(size, 1<<32-1))))
 	}
-	if err := w.SetResponse(codes.Content, message.AppOctets, bytes.NewReader(buf), opts...); err != nil {
-		s.log.Debug("lwm2m: answering a block", "error", err)
-		return
-	}
+	rq.answer(codes.Content, message.AppOctets, buf, opts...)
 	s.progress(g, off, n, size)
 }
 
@@ -126,13 +121,13 @@ func unescape(s string) (string, error) {
 	return id, nil
 }
 
-func (s *Server) lookupFailed(w mux.ResponseWriter, id string, err error) {
+func (s *Server) lookupFailed(rq *request, id string, err error) {
 	if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
-		s.answer(w, codes.NotFound, "")
+		s.answer(rq, codes.NotFound, "")
 		return
 	}
 	s.log.Error("lwm2m: opening a package", "package", id, "error", err)
-	s.answer(w, codes.InternalServerError, "")
+	s.answer(rq, codes.InternalServerError, "")
 }
 
 // servedRun is the part of a download not yet reported served: blocks

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,14 +27,13 @@ import (
 	coapnet "github.com/plgd-dev/go-coap/v3/net"
 	"github.com/plgd-dev/go-coap/v3/net/blockwise"
 	"github.com/plgd-dev/go-coap/v3/options"
-	"github.com/plgd-dev/go-coap/v3/udp"
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
-	udpserver "github.com/plgd-dev/go-coap/v3/udp/server"
 
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
+	"github.com/otafleet/otafleet/transport/coapudp"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/pcp"
 )
@@ -95,10 +96,11 @@ type Config struct {
 	// after each message it sends; default 93 s (the LwM2M 1.1 default of
 	// the client's awake time).
 	QueueAwake time.Duration
-	// PeerIdle is how long a peer that is not a registered device (a
-	// request without registering, a stale address) may stay silent before
-	// its conversation is closed; 0 means 16 s. Registered devices stay
+	// PeerIdle is how long a DTLS session that is not a registered
+	// device's (a request without registering, a stale address) may stay
+	// silent before it is closed; 0 means 16 s. Registered devices stay
 	// reachable for their whole lifetime however long they are silent.
+	// Plain CoAP keeps no per-peer conversation to close.
 	PeerIdle time.Duration
 	// RequestTimeout bounds one request to a device, retransmissions
 	// included; default 2 minutes.
@@ -123,8 +125,7 @@ type Server struct {
 	log *slog.Logger
 	// onStrayClosed (tests) is told of each silent stray conversation closed.
 	onStrayClosed func(peer string)
-	srv           *udpserver.Server
-	lis           *coapnet.UDPConn
+	udp           *coapudp.Server // plain CoAP
 	addr          string
 	dtlsSrv       *dtlsserver.Server
 	dtlsLis       *handshakeListener
@@ -139,9 +140,8 @@ type Server struct {
 	exchanges atomic.Uint64
 
 	// restored are the registrations read back from Sessions by New;
-	// Start gives them their conversations, timers and workers.
+	// Start gives them their timers and workers.
 	restored []*registration
-	served   chan struct{} // closed when the UDP server's Serve returns
 
 	mu     sync.Mutex
 	byID   map[string]*registration     // registration ID → registration
@@ -157,7 +157,7 @@ var _ transport.Downlinks = (*Server)(nil)
 // registration is one registered device.
 type registration struct {
 	id, device string
-	conn       mux.Conn // nil for a restored registration until Start
+	conn       conv // the device's conversation (see connOf)
 	peer       string
 	secure     bool // over DTLS: not kept in Sessions (its session dies with the process)
 	lifetime   time.Duration
@@ -170,14 +170,20 @@ type registration struct {
 	end  context.CancelFunc
 
 	mu   sync.Mutex
-	obs  map[string]mux.Observation // path → observation
+	obs  map[string]*observation // path → observation
 	gone bool
 	// While a write or execute on object 5 waits for its answer, object 5
 	// notifications are held (hold) and delivered after the answer: the
 	// device machine reads them in the order the device meant them, even
-	// when go-coap hands over the notification before the response.
+	// when a notification arrives before the response.
 	hold bool
 	held []func()
+	// work are the deliveries to the engine of what the device sent
+	// (notifications, registration updates), run one at a time, in order,
+	// by a goroutine that exists only while there are some (working): a
+	// reader of the socket never waits for the journal.
+	work    []func()
+	working bool
 	// inflight is the request the worker waits on, mids the Message ID of
 	// the last request (exchange.go).
 	inflight *inflight
@@ -227,26 +233,28 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"),
 		byID: map[string]*registration{}, byDev: map[string]*registration{}, byPeer: map[string]*registration{},
-		dl: map[download.Grant]servedRun{}, served: make(chan struct{}), bodies: newBodies(),
+		dl: map[download.Grant]servedRun{}, bodies: newBodies(),
 	}
 	router := mux.NewRouter()
-	router.DefaultHandleFunc(s.handle)
+	router.DefaultHandleFunc(s.handleDTLS)
 	onErr := func(err error) { s.log.Debug("lwm2m: coap", "error", err) }
 	if cfg.Addr != "" {
 		lis, err := listenUDP(cfg.Addr, cfg.SocketBuffer)
 		if err != nil {
 			return nil, fmt.Errorf("lwm2m: listening on %s: %w", cfg.Addr, err)
 		}
-		s.lis, s.addr = lis, lis.LocalAddr().String()
-		s.srv = udp.NewServer(
-			options.WithMux(router),
-			// Block2 of the package is answered here, a block per request
-			// from the stored file: go-coap's own block-wise layer would keep
-			// a copy of every transfer per token until it times out.
-			options.WithBlockwise(false, blockwise.SZX1024, time.Minute),
-			options.WithErrors(onErr),
-			options.WithInactivityMonitor(cfg.PeerIdle, s.closeIfStray),
-		)
+		s.udp, err = coapudp.New(lis, coapudp.Config{
+			Handler: s.handleUDP, Unmatched: s.strayPCP, Clock: cfg.Clock, Logger: s.log,
+			// A reader that answers a download's first block asks the
+			// device's actor to authorize it: more readers than cores keep
+			// the socket read meanwhile.
+			Readers: max(4, 2*runtime.GOMAXPROCS(0)),
+		})
+		if err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("lwm2m: %w", err)
+		}
+		s.addr = lis.LocalAddr().String()
 	}
 	if cfg.DTLSAddr != "" {
 		dcfg := &piondtls.Config{
@@ -256,8 +264,8 @@ func New(cfg Config) (*Server, error) {
 		}
 		lis, err := coapnet.NewDTLSListener("udp", cfg.DTLSAddr, dcfg)
 		if err != nil {
-			if s.lis != nil {
-				s.lis.Close()
+			if s.udp != nil {
+				s.udp.Close()
 			}
 			return nil, fmt.Errorf("lwm2m: listening on %s (DTLS): %w", cfg.DTLSAddr, err)
 		}
@@ -272,7 +280,9 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.DTLSPublicAddr = s.dtlsAddr
 	}
 	if err := s.restore(context.Background()); err != nil {
-		_ = s.lis.Close()
+		if s.udp != nil {
+			_ = s.udp.Close()
+		}
 		if s.dtlsLis != nil {
 			_ = s.dtlsLis.Close()
 		}
@@ -322,15 +332,8 @@ func (s *Server) DTLSAddr() string { return s.dtlsAddr }
 // Start serves in the background, then makes the restored registrations
 // reachable.
 func (s *Server) Start() {
-	if s.srv != nil {
-		s.serving.Add(1)
-		go func() {
-			defer s.serving.Done()
-			defer close(s.served)
-			if err := s.srv.Serve(s.lis); err != nil {
-				s.log.Error("lwm2m: server stopped", "error", err)
-			}
-		}()
+	if s.udp != nil {
+		s.udp.Start()
 		s.resume()
 	}
 	if s.dtlsSrv != nil {
@@ -348,9 +351,8 @@ func (s *Server) Start() {
 // offline: the engine's next start meets them re-registering).
 func (s *Server) Close() error {
 	var err error
-	if s.srv != nil {
-		s.srv.Stop()
-		err = s.lis.Close()
+	if s.udp != nil {
+		err = s.udp.Close()
 	}
 	if s.dtlsSrv != nil {
 		s.dtlsSrv.Stop()
@@ -374,89 +376,124 @@ func (s *Server) Close() error {
 // requests to devices and notifications received.
 func (s *Server) Exchanges() uint64 { return s.exchanges.Load() }
 
-// handle dispatches the requests devices send. A response that reaches it
-// matched no pending request (a late answer, a notification of a cancelled
-// observation): it is dropped unanswered, since answering a response with a
-// response would start a ping-pong with the device; a confirmable one is
-// acknowledged (go-coap). A PCP frame among them is delivered (strayPCP).
-func (s *Server) handle(w mux.ResponseWriter, r *mux.Message) {
+// handleUDP serves a plain-CoAP request (coapudp routes answers and
+// notifications to the requests and observations they belong to, and what
+// matches none to strayPCP).
+func (s *Server) handleUDP(w *coapudp.ResponseWriter, r *coapudp.Request) {
+	rq := request{conv: udpConv{s.udp, r.Peer}, msg: r.Msg, ctx: context.Background(), udp: w}
+	s.serve(&rq)
+}
+
+// handleDTLS serves what a DTLS session sends that go-coap does not match
+// to a request of the server. A response that reaches it matched no
+// pending request (a late answer, a notification of a cancelled
+// observation): it is dropped unanswered, since answering a response with
+// a response would start a ping-pong with the device; a confirmable one is
+// acknowledged (go-coap).
+func (s *Server) handleDTLS(w mux.ResponseWriter, r *mux.Message) {
 	if r.Code() > 31 { // not a request method (0.01-0.31)
-		if !s.staleAnswer(w, r) && !s.strayPCP(w, r) {
+		if !s.staleAnswer(w, r) {
 			s.log.Debug("lwm2m: stray response dropped", "peer", w.Conn().RemoteAddr().String(), "code", r.Code().String())
 		}
 		return
 	}
-	s.exchanges.Add(1)
-	path, _ := r.Path()
-	path = strings.Trim(path, "/")
-	switch {
-	case path == "rd" && r.Code() == codes.POST:
-		if body, ack, ok := s.requestBody(w, r, path); ok {
-			s.register(w, r, body, ack)
+	m := message.Message{Code: r.Code(), Token: r.Token(), Options: r.Options(), Type: r.Type(), MessageID: r.MessageID()}
+	if r.Body() != nil {
+		// At most one byte beyond what a request may carry: requestBody
+		// refuses a longer one.
+		b, err := io.ReadAll(io.LimitReader(r.Body(), maxRegistrationBody+1))
+		if err != nil {
+			s.answerDTLS(w, codes.BadRequest, "body: "+err.Error())
+			return
 		}
-	case strings.HasPrefix(path, "rd/") && r.Code() == codes.POST:
-		if body, ack, ok := s.requestBody(w, r, path); ok {
-			s.update(w, r, strings.TrimPrefix(path, "rd/"), body, ack)
-		}
-	case strings.HasPrefix(path, "rd/") && r.Code() == codes.DELETE:
-		s.deregister(w, strings.TrimPrefix(path, "rd/"))
-	case strings.HasPrefix(path, packageRoot+"/") && r.Code() == codes.GET:
-		s.servePackage(w, r, path)
-	default:
-		s.answer(w, codes.NotFound, "")
+		m.Payload = b
+	}
+	rq := request{conv: dtlsConv{w.Conn()}, msg: &m, ctx: r.Context(), dtls: w}
+	s.serve(&rq)
+}
+
+func (s *Server) answerDTLS(w mux.ResponseWriter, c codes.Code, text string) {
+	if err := w.SetResponse(c, message.TextPlain, strings.NewReader(text)); err != nil {
+		s.log.Debug("lwm2m: answering", "error", err)
 	}
 }
 
-// strayPCP delivers a PCP frame that a registered device notified on an
-// observation of /19/0/0 the server no longer knows: one made by the
-// process before a restart, until the device machine's Resume observes
-// /19/0/0 again. A segment request (0x15), download result (0x16) or
-// upgrade result (0x18) sent then would otherwise be lost, and the device
-// left waiting: it repeats a segment request only a few times before it
-// gives up on the download. Only a notification (Observe option) whose
-// payload is a PCP frame counts, which is found nowhere but on /19/0/0
-// (spec 4.7), and only on the conversation of the device registered at
-// that address. It reports whether it delivered one.
-func (s *Server) strayPCP(w mux.ResponseWriter, r *mux.Message) bool {
-	if r.Code() != codes.Content {
+// serve dispatches the requests devices send.
+func (s *Server) serve(rq *request) {
+	s.exchanges.Add(1)
+	path, _ := rq.msg.Options.Path()
+	path = strings.Trim(path, "/")
+	code := rq.msg.Code
+	switch {
+	case path == "rd" && code == codes.POST:
+		if body, ack, ok := s.requestBody(rq, path); ok {
+			s.register(rq, body, ack)
+		}
+	case strings.HasPrefix(path, "rd/") && code == codes.POST:
+		if body, ack, ok := s.requestBody(rq, path); ok {
+			s.update(rq, strings.TrimPrefix(path, "rd/"), body, ack)
+		}
+	case strings.HasPrefix(path, "rd/") && code == codes.DELETE:
+		s.deregister(rq, strings.TrimPrefix(path, "rd/"))
+	case strings.HasPrefix(path, packageRoot+"/") && code == codes.GET:
+		s.servePackage(rq, path)
+	default:
+		s.answer(rq, codes.NotFound, "")
+	}
+}
+
+// strayPCP (coapudp's Config.Unmatched) delivers a PCP frame that a
+// registered device notified on an observation of /19/0/0 the server no
+// longer knows: one made by the process before a restart, until the device
+// machine's Resume observes /19/0/0 again. A segment request (0x15),
+// download result (0x16) or upgrade result (0x18) sent then would otherwise
+// be lost, and the device left waiting: it repeats a segment request only a
+// few times before it gives up on the download. Only a notification
+// (Observe option) whose payload is a PCP frame counts, which is found
+// nowhere but on /19/0/0 (spec 4.7), and only from the address of a device
+// registered over plain CoAP. It reports whether it delivered one (a
+// confirmable one is then acknowledged, once the report is journaled:
+// this runs in a reader, but only in the minutes after a restart).
+func (s *Server) strayPCP(peer netip.AddrPort, m *message.Message) bool {
+	if m.Code != codes.Content || !m.Options.HasOption(message.Observe) || !pcp.IsPCP(m.Payload) {
 		return false
 	}
-	if _, err := r.Observe(); err != nil {
-		return false
-	}
-	peer := w.Conn().RemoteAddr().String()
 	s.mu.Lock()
-	reg := s.byPeer[peer]
-	ok := reg != nil && reg.conn == w.Conn()
+	reg := s.byPeer[peer.String()]
+	ok := reg != nil && reg.conn == conv(udpConv{s.udp, peer})
 	s.mu.Unlock()
 	if !ok {
-		return false
-	}
-	body, err := readRequestBody(r)
-	if err != nil || !pcp.IsPCP(body) {
 		return false
 	}
 	s.exchanges.Add(1)
 	s.log.Debug("lwm2m: PCP frame on an observation of an earlier process delivered", "device", reg.device)
 	s.awake(reg)
-	s.pcpUplink(reg, body, r.Type() != message.Confirmable)
+	s.pcpUplink(reg, bytes.Clone(m.Payload), m.Type != message.Confirmable)
 	return true
 }
 
-func (s *Server) answer(w mux.ResponseWriter, c codes.Code, text string, opts ...message.Option) {
-	var body io.ReadSeeker
+// answer answers rq with code and a text payload (none when text is "").
+func (s *Server) answer(rq *request, c codes.Code, text string, opts ...message.Option) {
+	var body []byte
 	if text != "" {
-		body = strings.NewReader(text)
+		body = []byte(text)
 	}
-	if err := w.SetResponse(c, message.TextPlain, body, opts...); err != nil {
-		s.log.Debug("lwm2m: answering", "error", err)
+	rq.answer(c, message.TextPlain, body, opts...)
+}
+
+// replyText is answer for a deferred reply.
+func replyText(reply replyFunc, c codes.Code, text string, opts ...message.Option) {
+	var body []byte
+	if text != "" {
+		body = []byte(text)
 	}
+	reply(c, message.TextPlain, body, opts...)
 }
 
 // queries parses the URI-Query options into a map; a repeated key is an
 // error.
-func queries(r *mux.Message) (map[string]string, error) {
-	qs, err := r.Queries()
+func queries(m *message.Message) (map[string]string, error) {
+	qs, err := m.Options.Queries()
 	if err != nil && !errors.Is(err, message.ErrOptionNotFound) {
 		return nil, err
 	}
@@ -583,62 +620,84 @@ func parseRegistration(qs []string, body []byte) (regParams, error) {
 
 // register handles POST /rd with its (reassembled) body; ack are the
 // options of its success answer (the last Block1 of a block-wise body). It
-// parses the request (parseRegistration), authorizes the device
-// (authorize), records the registration (record), then answers and tells
-// the device's actor.
-func (s *Server) register(w mux.ResponseWriter, r *mux.Message, body []byte, ack []message.Option) {
-	qs, err := r.Queries()
+// parses the request (parseRegistration), then, aside from the reader on
+// plain CoAP (it reads the registry and writes Sessions), authorizes the
+// device (authorize), records the registration (record), answers and
+// tells the device's actor.
+func (s *Server) register(rq *request, body []byte, ack []message.Option) {
+	qs, err := rq.msg.Options.Queries()
 	if err != nil && !errors.Is(err, message.ErrOptionNotFound) {
-		s.refuseRegistration(w, err.Error())
+		s.refuseRegistration(rq, err.Error())
 		return
 	}
 	p, err := parseRegistration(qs, body)
 	if err != nil {
-		s.refuseRegistration(w, err.Error())
+		s.refuseRegistration(rq, err.Error())
 		return
 	}
-	secure, refused, err := s.authorize(r.Context(), w.Conn(), p.endpoint)
+	c, ctx := rq.conv, rq.ctx
+	reply, async := rq.later()
+	if !async {
+		s.admitRegistration(ctx, c, reply, p, ack)
+		return
+	}
+	s.cleanups.Add(1)
+	go func() {
+		defer s.cleanups.Done()
+		s.admitRegistration(ctx, c, reply, p, ack)
+	}()
+}
+
+// admitRegistration authorizes and records registration p on conversation
+// c and answers it with reply.
+func (s *Server) admitRegistration(ctx context.Context, c conv, reply replyFunc, p regParams, ack []message.Option) {
+	secure, refused, err := s.authorize(ctx, c, p.endpoint)
 	switch {
 	case err != nil:
 		s.log.Error("lwm2m: registration: looking the device up", "endpoint", p.endpoint, "error", err)
-		s.answer(w, codes.ServiceUnavailable, "")
+		replyText(reply, codes.ServiceUnavailable, "")
 		return
 	case refused != "":
 		s.log.Info("lwm2m: registration refused", "endpoint", p.endpoint, "reason", refused)
-		s.answer(w, codes.Forbidden, refused)
+		replyText(reply, codes.Forbidden, refused)
 		return
 	}
-	reg, old := s.record(r.Context(), w.Conn(), p, secure)
-	s.answer(w, codes.Created, "", append(ack, message.Option{ID: message.LocationPath, Value: []byte("rd")},
+	reg, old := s.record(ctx, c, p, secure)
+	replyText(reply, codes.Created, "", append(ack, message.Option{ID: message.LocationPath, Value: []byte("rd")},
 		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})...)
 	if old != nil {
 		// The registration it replaces (a reboot) is dropped after the
 		// answer, and aside: cancelling its observations waits for the
 		// device up to a second each, longer than a client waits for
 		// its answer.
-		s.cleanups.Add(1)
-		go func() {
-			defer s.cleanups.Done()
-			s.drop(old, false)
-		}()
+		s.dropAside(old, false)
 	}
 	s.log.Info("lwm2m: registered", "device", p.endpoint, "registration", reg.id, "lifetime", p.lifetime, "queue_mode", p.queue(), "peer", reg.peer)
 	s.deliver(p.endpoint, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: p.queue()}}})
 	s.awake(reg)
 }
 
+// dropAside drops reg on a goroutine of its own (Close waits for it).
+func (s *Server) dropAside(reg *registration, offline bool) {
+	s.cleanups.Add(1)
+	go func() {
+		defer s.cleanups.Done()
+		s.drop(reg, offline)
+	}()
+}
+
 // refuseRegistration answers a malformed registration 4.00.
-func (s *Server) refuseRegistration(w mux.ResponseWriter, why string) {
-	s.log.Info("lwm2m: registration refused", "peer", w.Conn().RemoteAddr().String(), "reason", why)
-	s.answer(w, codes.BadRequest, why)
+func (s *Server) refuseRegistration(rq *request, why string) {
+	s.log.Info("lwm2m: registration refused", "peer", rq.conv.addr(), "reason", why)
+	s.answer(rq, codes.BadRequest, why)
 }
 
 // authorize tells whether device ep may register on conversation c: over
 // DTLS only as its own PSK identity, and only as admit lets it. refused is
 // the reason of a refusal (4.03); err is the registry's failure (5.03);
 // secure tells whether c is a DTLS session.
-func (s *Server) authorize(ctx context.Context, c mux.Conn, ep string) (secure bool, refused string, err error) {
-	identity, secure := pskIdentity(c)
+func (s *Server) authorize(ctx context.Context, c conv, ep string) (secure bool, refused string, err error) {
+	identity, secure := c.identity()
 	if secure && identity != ep {
 		return secure, fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity), nil
 	}
@@ -654,8 +713,8 @@ func (s *Server) authorize(ctx context.Context, c mux.Conn, ep string) (secure b
 // Sessions, found by ID, device and peer, expiring after its lifetime,
 // with its worker running. It replaces the device's previous registration,
 // old, which the caller drops once it has answered.
-func (s *Server) record(ctx context.Context, c mux.Conn, p regParams, secure bool) (reg, old *registration) {
-	reg = newRegistration(newRegID(), p.endpoint, c.RemoteAddr().String(), p.lifetime, p.queue())
+func (s *Server) record(ctx context.Context, c conv, p regParams, secure bool) (reg, old *registration) {
+	reg = newRegistration(newRegID(), p.endpoint, c.addr(), p.lifetime, p.queue())
 	reg.conn, reg.secure = c, secure
 	s.save(ctx, reg)
 	s.mu.Lock()
@@ -670,66 +729,51 @@ func (s *Server) record(ctx context.Context, c mux.Conn, p regParams, secure boo
 // errBodyTooLarge: a request body of more than maxRegistrationBody bytes.
 var errBodyTooLarge = &block1Error{codes.RequestEntityTooLarge, fmt.Sprintf("body of more than %d bytes", maxRegistrationBody)}
 
-// readRequestBody reads a request's body (one datagram's), at most
-// maxRegistrationBody bytes (errBodyTooLarge beyond).
-func readRequestBody(r *mux.Message) ([]byte, error) {
-	if r.Body() == nil {
-		return nil, nil
-	}
-	b, err := io.ReadAll(io.LimitReader(r.Body(), maxRegistrationBody+1))
-	if err != nil {
-		return nil, fmt.Errorf("body: %v", err)
-	}
-	if len(b) > maxRegistrationBody {
-		return nil, errBodyTooLarge
-	}
-	return b, nil
-}
-
-// requestBody is a registration request's body: the request's own, or with
-// a Block1 option the body reassembled from its blocks (see bodies). While
-// blocks are to come it answers 2.31 Continue, and a refused body the
-// error's code; ok is false then (the request is answered). ack are the
-// options the success answer carries (the last block's Block1).
-func (s *Server) requestBody(w mux.ResponseWriter, r *mux.Message, path string) (body []byte, ack []message.Option, ok bool) {
-	peer := w.Conn().RemoteAddr().String()
+// requestBody is a registration request's body, a copy the caller owns:
+// the request's own, or with a Block1 option the body reassembled from
+// its blocks (see bodies). While blocks are to come it answers 2.31
+// Continue, and a refused body the error's code; ok is false then (the
+// request is answered). ack are the options the success answer carries
+// (the last block's Block1).
+func (s *Server) requestBody(rq *request, path string) (body []byte, ack []message.Option, ok bool) {
+	peer := rq.conv.addr()
 	refuse := func(err error) {
 		s.log.Info("lwm2m: request body refused", "peer", peer, "path", path, "reason", err.Error())
 		var opts []message.Option
 		if codeOf(err) == codes.RequestEntityTooLarge {
 			opts = append(opts, uintOpt(message.Size1, maxRegistrationBody)) // the size it takes (RFC 7959 4)
 		}
-		s.answer(w, codeOf(err), err.Error(), opts...)
+		s.answer(rq, codeOf(err), err.Error(), opts...)
 	}
-	payload, err := readRequestBody(r)
-	if err != nil {
-		refuse(err)
+	payload := rq.msg.Payload
+	if len(payload) > maxRegistrationBody {
+		refuse(errBodyTooLarge)
 		return nil, nil, false
 	}
-	block, err := r.Options().GetUint32(message.Block1)
+	block, err := rq.msg.Options.GetUint32(message.Block1)
 	if errors.Is(err, message.ErrOptionNotFound) {
-		return payload, nil, true
+		return bytes.Clone(payload), nil, true
 	}
 	if err != nil {
 		refuse(&block1Error{codes.BadOption, "Block1: " + err.Error()})
 		return nil, nil, false
 	}
 	size1 := int64(-1)
-	if v, err := r.Options().GetUint32(message.Size1); err == nil {
+	if v, err := rq.msg.Options.GetUint32(message.Size1); err == nil {
 		size1 = int64(v)
 	}
-	qs, _ := r.Queries()
+	qs, _ := rq.msg.Options.Queries()
 	key := "udp " + peer
-	if _, secure := pskIdentity(w.Conn()); secure {
+	if _, secure := rq.conv.identity(); secure {
 		key = "dtls " + peer
 	}
-	body, done, err := s.bodies.add(key, path+"?"+strings.Join(qs, "&"), block, size1, payload, s.cfg.Clock.Now())
+	body, done, err := s.bodies.add(key, path+"?"+strings.Join(qs, "&"), block, size1, bytes.Clone(payload), s.cfg.Clock.Now())
 	switch {
 	case err != nil:
 		refuse(err)
 		return nil, nil, false
 	case !done:
-		s.answer(w, codes.Continue, "", uintOpt(message.Block1, block))
+		s.answer(rq, codes.Continue, "", uintOpt(message.Block1, block))
 		return nil, nil, false
 	}
 	return body, []message.Option{uintOpt(message.Block1, block)}, true
@@ -747,26 +791,27 @@ func checkLinks(body []byte) error {
 }
 
 // update handles POST /rd/{id} with its (reassembled) body; ack are the
-// options of its success answer.
-func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string, body []byte, ack []message.Option) {
+// options of its success answer. It answers at once; what it tells the
+// store and the engine goes after, in order (reg.run).
+func (s *Server) update(rq *request, id string, body []byte, ack []message.Option) {
 	reg := s.lookup(id)
 	if reg == nil {
-		s.answer(w, codes.NotFound, "unknown registration")
+		s.answer(rq, codes.NotFound, "unknown registration")
 		return
 	}
-	if err := sameSecurity(reg, w.Conn()); err != nil {
-		s.log.Info("lwm2m: registration update refused", "device", reg.device, "registration", reg.id, "peer", w.Conn().RemoteAddr().String(), "reason", err.Error())
-		s.answer(w, codes.Forbidden, err.Error())
+	if err := sameSecurity(reg, rq.conv); err != nil {
+		s.log.Info("lwm2m: registration update refused", "device", reg.device, "registration", reg.id, "peer", rq.conv.addr(), "reason", err.Error())
+		s.answer(rq, codes.Forbidden, err.Error())
 		return
 	}
-	q, err := queries(r)
+	q, err := queries(rq.msg)
 	if err != nil {
-		s.answer(w, codes.BadRequest, err.Error())
+		s.answer(rq, codes.BadRequest, err.Error())
 		return
 	}
 	p, err := parseParams(q, body)
 	if err != nil {
-		s.answer(w, codes.BadRequest, err.Error())
+		s.answer(rq, codes.BadRequest, err.Error())
 		return
 	}
 	p = p.withDefaults(paramsOf(reg))
@@ -774,46 +819,51 @@ func (s *Server) update(w mux.ResponseWriter, r *mux.Message, id string, body []
 	s.mu.Lock()
 	kept := reg.lifetime == lt && reg.queue == queue
 	reg.lifetime = lt
-	if peer := w.Conn().RemoteAddr().String(); peer != reg.peer {
+	if peer := rq.conv.addr(); peer != reg.peer {
 		// A new address (NAT rebinding): requests go to the new one.
-		delete(s.byPeer, reg.peer)
-		reg.peer, reg.conn = peer, w.Conn()
+		if s.byPeer[reg.peer] == reg {
+			delete(s.byPeer, reg.peer)
+		}
+		reg.peer, reg.conn = peer, rq.conv
 		s.byPeer[peer] = reg
 		kept = false
-	} else if w.Conn() != reg.conn {
-		reg.conn = w.Conn() // the same address on a new conversation
+	} else if rq.conv != reg.conn {
+		reg.conn = rq.conv // the same address on a new conversation
 	}
 	changed := queue != reg.queue
 	reg.queue = queue
 	s.mu.Unlock()
-	if !kept {
-		s.save(r.Context(), reg)
-	}
 	reg.expiry.Reset(lt)
-	s.answer(w, codes.Changed, "", ack...)
-	if changed {
-		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
-	} else {
-		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{RegistrationUpdate: true}}})
-	}
+	s.answer(rq, codes.Changed, "", ack...)
+	ctx := context.WithoutCancel(rq.ctx)
+	reg.run(func() {
+		if !kept {
+			s.save(ctx, reg)
+		}
+		if changed {
+			s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{QueueMode: queue}}})
+		} else {
+			s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{RegistrationUpdate: true}}})
+		}
+	})
 	s.awake(reg)
 }
 
 // deregister handles DELETE /rd/{id}.
-func (s *Server) deregister(w mux.ResponseWriter, id string) {
+func (s *Server) deregister(rq *request, id string) {
 	reg := s.lookup(id)
 	if reg == nil {
-		s.answer(w, codes.NotFound, "unknown registration")
+		s.answer(rq, codes.NotFound, "unknown registration")
 		return
 	}
-	if err := sameSecurity(reg, w.Conn()); err != nil {
-		s.log.Info("lwm2m: de-registration refused", "device", reg.device, "registration", reg.id, "peer", w.Conn().RemoteAddr().String(), "reason", err.Error())
-		s.answer(w, codes.Forbidden, err.Error())
+	if err := sameSecurity(reg, rq.conv); err != nil {
+		s.log.Info("lwm2m: de-registration refused", "device", reg.device, "registration", reg.id, "peer", rq.conv.addr(), "reason", err.Error())
+		s.answer(rq, codes.Forbidden, err.Error())
 		return
 	}
-	s.answer(w, codes.Deleted, "")
+	s.answer(rq, codes.Deleted, "")
 	s.log.Info("lwm2m: de-registered", "device", reg.device, "registration", reg.id)
-	s.drop(reg, true)
+	s.dropAside(reg, true)
 }
 
 // errRefused marks the reasons admit refuses a registration (4.03).
@@ -854,8 +904,8 @@ func (s *Server) admit(ctx context.Context, id string, secure bool) error {
 // update, a de-registration, a download): a registration made over DTLS
 // only over DTLS by the same identity, one made over plain CoAP only over
 // plain CoAP.
-func sameSecurity(reg *registration, c mux.Conn) error {
-	identity, secure := pskIdentity(c)
+func sameSecurity(reg *registration, c conv) error {
+	identity, secure := c.identity()
 	switch {
 	case reg.secure && !secure:
 		return fmt.Errorf("registration %s was made over DTLS: only its DTLS session may change it", reg.id)
@@ -912,7 +962,7 @@ func (s *Server) drop(reg *registration, offline bool) {
 	}
 	for _, o := range obs {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = o.Cancel(ctx)
+		_ = o.cancel(ctx)
 		cancel()
 	}
 	if offline && current {
@@ -946,16 +996,15 @@ func (s *Server) awake(reg *registration) {
 }
 
 // deliver hands one input to the engine, which returns once a report is
-// journaled. Called from an observation's callback, that is before go-coap
-// acknowledges the CON notification (it sends the empty ACK when the
-// callback returns): a device whose notification was acknowledged has its
-// report in the journal. Two exceptions, both covered by the device machine's
-// deadlines and re-sent requests rather than by the device's retransmission:
-// a /5/ notification held while a request on object 5 waits for its answer
-// (holdFota) is acknowledged before it is delivered; and when the engine
-// cannot journal a report (it is stopping; a failed WAL write ends the
-// process first, see pebblestore.Options.OnFatal) the ACK still goes out, since the callback has no say in it
-// (go-coap turns every unanswered CON message into an empty ACK). Answers to
+// journaled. A confirmable notification is acknowledged only after its
+// delivery returns (notified): a device whose notification was
+// acknowledged has its report in the journal. Two exceptions, both covered
+// by the device machine's deadlines and re-sent requests rather than by the
+// device's retransmission: a /5/ notification held while a request on
+// object 5 waits for its answer (holdFota) is acknowledged before it is
+// delivered; and when the engine cannot journal a report (it is stopping;
+// a failed WAL write ends the process first, see
+// pebblestore.Options.OnFatal) the ACK still goes out. Answers to
 // the server's own requests (piggybacked in the ACK of the request, or
 // separate responses) are not retransmitted by the device in any case: a
 // lost one is re-asked by the step's deadline. They are marked no_ack (and
@@ -1032,6 +1081,61 @@ func (s *Server) drain(reg *registration) {
 	}
 }
 
+// maxWork bounds a registration's deliveries waiting to run; a
+// notification beyond it is dropped unacknowledged (the device sends it
+// again).
+const maxWork = 64
+
+// run queues f to run after the deliveries queued before it, on the
+// registration's delivery goroutine; false (f dropped) when maxWork are
+// waiting.
+func (reg *registration) run(f func()) bool {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if len(reg.work) >= maxWork {
+		return false
+	}
+	reg.work = append(reg.work, f)
+	if !reg.working {
+		reg.working = true
+		go reg.deliveries()
+	}
+	return true
+}
+
+// runWait queues fs as run does, past the bound, and waits until they ran.
+func (reg *registration) runWait(fs []func()) {
+	done := make(chan struct{})
+	reg.mu.Lock()
+	reg.work = append(reg.work, fs...)
+	reg.work = append(reg.work, func() { close(done) })
+	if !reg.working {
+		reg.working = true
+		go reg.deliveries()
+	}
+	reg.mu.Unlock()
+	<-done
+}
+
+// deliveries runs reg's queued deliveries in order and ends when none is
+// left.
+func (reg *registration) deliveries() {
+	for {
+		reg.mu.Lock()
+		if len(reg.work) == 0 {
+			reg.working = false
+			reg.work = nil
+			reg.mu.Unlock()
+			return
+		}
+		f := reg.work[0]
+		reg.work[0] = nil
+		reg.work = reg.work[1:]
+		reg.mu.Unlock()
+		f()
+	}
+}
+
 // DefaultSocketBuffer is the UDP socket's default receive and send buffer:
 // every device of a campaign answers on the one socket, and a burst larger
 // than the buffer is dropped by the kernel (then retransmitted by CoAP,
@@ -1040,7 +1144,7 @@ const DefaultSocketBuffer = 4 << 20
 
 // listenUDP opens the server's socket with buffers of size bytes (the
 // kernel caps them at net.core.rmem_max and wmem_max).
-func listenUDP(addr string, size int) (*coapnet.UDPConn, error) {
+func listenUDP(addr string, size int) (*net.UDPConn, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
@@ -1058,14 +1162,14 @@ func listenUDP(addr string, size int) (*coapnet.UDPConn, error) {
 			return nil, fmt.Errorf("socket buffers of %d bytes: %w", size, err)
 		}
 	}
-	return coapnet.NewUDPConn("udp", c), nil
+	return c, nil
 }
 
-// defaultPeerIdle is how long a peer that is not a registered device may
-// stay silent before its CoAP conversation is closed (go-coap's default).
+// defaultPeerIdle is how long a DTLS session that is not a registered
+// device's may stay silent before it is closed (go-coap's default).
 const defaultPeerIdle = 16 * time.Second
 
-// closeIfStray is the inactivity monitor's verdict on a silent peer: a
+// closeIfStray is the DTLS inactivity monitor's verdict on a silent peer: a
 // registered device's conversation stays open for as long as its
 // registration (an NB-IoT device may be silent for hours and must still be
 // reachable), anything else is closed. go-coap's default would close every
@@ -1076,7 +1180,7 @@ func (s *Server) closeIfStray(cc *udpClient.Conn) {
 	peer := cc.RemoteAddr().String()
 	s.mu.Lock()
 	reg := s.byPeer[peer]
-	registered := reg != nil && reg.conn == cc
+	registered := reg != nil && reg.conn == conv(dtlsConv{cc})
 	s.mu.Unlock()
 	if !registered {
 		_ = cc.Close()

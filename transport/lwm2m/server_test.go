@@ -749,43 +749,78 @@ func TestStrayResponses(t *testing.T) {
 }
 
 // TestSilentDeviceStaysReachable: a registered device that says nothing for
-// longer than the server keeps a stray peer's conversation is still reached
-// by the server's requests. go-coap closes a silent conversation after 16 s
-// by default: devices waiting longer than that for a cell slot used to fail
-// their upgrade with "connection was closed" (seen at 6,000 devices).
+// a long time is still reached by the server's requests. go-coap closed a
+// silent conversation after 16 s by default: devices waiting longer than
+// that for a cell slot used to fail their upgrade with "connection was
+// closed" (seen at 6,000 devices). Plain CoAP now keeps no conversation per
+// peer; half an hour of silence (past every exchange lifetime) changes
+// nothing.
 func TestSilentDeviceStaysReachable(t *testing.T) {
-	e := newEnv(t, func(c *lwm2m.Config) { c.PeerIdle = 50 * time.Millisecond })
+	e := newEnv(t)
 	d := dial(t, e)
 	d.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})
-	if _, err := d.register(t, "ep=d1&lt=600", links); err != nil {
+	if _, err := d.register(t, "ep=d1&lt=7200", links); err != nil {
 		t.Fatal(err)
 	}
 	e.rec.next(t)
-	// A stray peer: it talks to the server without registering.
-	stray := dial(t, e)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := stray.conn.Ping(ctx); err != nil {
+	e.clk.Advance(30 * time.Minute)
+	dl := &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}
+	if err := e.srv.Send(context.Background(), dl); err != nil {
 		t.Fatal(err)
 	}
-	strayAddr := stray.conn.LocalAddr().String()
-	// Once the stray's conversation is closed for silence, the device has
-	// been silent for longer than PeerIdle too.
+	if got := e.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"} no_ack:true` {
+		t.Fatalf("read after the silence: %q", got)
+	}
+}
+
+// TestSilentDTLSDeviceStaysReachable: over DTLS (a go-coap session per
+// device), a stray session is closed once silent for PeerIdle; a
+// registered device's is not, however long it is silent.
+func TestSilentDTLSDeviceStaysReachable(t *testing.T) {
+	e := newEnv(t, func(c *lwm2m.Config) { c.PeerIdle = 50 * time.Millisecond })
+	d := &device{values: map[string]resource{}, writes: map[string]string{}, obsToken: map[string]message.Token{}}
+	router := mux.NewRouter()
+	router.DefaultHandleFunc(d.handle)
+	conn, err := dialPSK(e, "d3", []byte("psk-of-d3"), options.WithMux(router))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	d.conn = conn
+	d.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})
+	if res, err := d.register(t, "ep=d3&lt=600", links); err != nil || res.Code() != codes.Created {
+		t.Fatalf("register over DTLS: %v %v", res, err)
+	}
+	e.rec.next(t)
+	// A stray session: it handshakes and pings without registering.
+	stray, err := dialPSK(e, "d3", []byte("psk-of-d3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stray.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := stray.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	strayAddr := stray.LocalAddr().String()
+	// Once the stray session is closed for silence, the device has been
+	// silent for longer than PeerIdle too.
 	for closed := ""; closed != strayAddr; {
 		select {
 		case closed = <-e.strayClosed:
 			if closed == d.conn.LocalAddr().String() {
-				t.Fatal("the registered device's conversation was closed")
+				t.Fatal("the registered device's session was closed")
 			}
 		case <-ctx.Done():
-			t.Fatal("the stray conversation was never closed")
+			t.Fatal("the stray session was never closed")
 		}
 	}
-	dl := &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}
+	dl := &messages.Downlink{DeviceId: "d3", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}
 	if err := e.srv.Send(ctx, dl); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"} no_ack:true` {
+	if got := e.rec.next(t); got != `d3 version_reported:{fw_version:"1.0"} no_ack:true` {
 		t.Fatalf("read after the silence: %q", got)
 	}
 }

@@ -5,13 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"runtime"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
-	"github.com/plgd-dev/go-coap/v3/mux"
 
 	"github.com/otafleet/otafleet/messages"
 )
@@ -49,7 +47,7 @@ type savedRegistration struct {
 func newRegistration(id, device, peer string, lifetime time.Duration, queue bool) *registration {
 	reg := &registration{
 		id: id, device: device, peer: peer, lifetime: lifetime, queue: queue,
-		obs: map[string]mux.Observation{},
+		obs: map[string]*observation{},
 	}
 	reg.life, reg.end = context.WithCancel(context.Background())
 	reg.mids.Store(uint32(uint16(message.RandMID())))
@@ -58,7 +56,7 @@ func newRegistration(id, device, peer string, lifetime time.Duration, queue bool
 
 // connOf is the conversation requests to reg's device go on (the latest
 // one the device used).
-func (s *Server) connOf(reg *registration) mux.Conn {
+func (s *Server) connOf(reg *registration) conv {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return reg.conn
@@ -101,7 +99,7 @@ func (s *Server) restore(ctx context.Context) error {
 	if s.cfg.Sessions == nil {
 		return nil
 	}
-	if s.srv == nil {
+	if s.udp == nil {
 		return nil // no plain CoAP listener: nothing kept is usable
 	}
 	var drop []string
@@ -137,11 +135,11 @@ func (s *Server) decodeSaved(ctx context.Context, device string, v []byte) (*reg
 	if err := json.Unmarshal(v, &r); err != nil {
 		return nil, "does not decode: " + err.Error()
 	}
-	peer, perr := net.ResolveUDPAddr("udp", r.Peer)
+	peer, perr := netip.ParseAddrPort(r.Peer)
 	switch {
 	case r.ID == "" || strings.ContainsAny(r.ID, "/?"):
 		return nil, fmt.Sprintf("invalid registration ID %q", r.ID)
-	case perr != nil || peer.Port == 0 || peer.IP == nil:
+	case perr != nil || peer.Port() == 0 || peer.String() != r.Peer:
 		return nil, fmt.Sprintf("invalid address %q", r.Peer)
 	case r.Lifetime <= 0:
 		return nil, fmt.Sprintf("invalid lifetime %d s", r.Lifetime)
@@ -156,36 +154,22 @@ func (s *Server) decodeSaved(ctx context.Context, device string, v []byte) (*reg
 	case err != nil:
 		return nil, "looking the device up: " + err.Error()
 	}
-	return newRegistration(r.ID, device, r.Peer, time.Duration(r.Lifetime)*time.Second, r.Queue), ""
+	reg := newRegistration(r.ID, device, r.Peer, time.Duration(r.Lifetime)*time.Second, r.Queue)
+	reg.conn = udpConv{s.udp, peer}
+	return reg, ""
 }
 
-// resume (Start) opens a conversation from the listening socket to each
-// restored registration's address, arms its lifetime and starts its worker,
-// which sends what the engine queued for it meanwhile. A queue-mode device
-// is reported asleep: its requests wait for its next message.
+// resume (Start) arms each restored registration's lifetime and starts
+// its worker, which sends what the engine queued for it meanwhile. A
+// queue-mode device is reported asleep: its requests wait for its next
+// message.
 func (s *Server) resume() {
 	regs := s.restored
 	s.restored = nil
 	if len(regs) == 0 {
 		return
 	}
-	if err := s.waitServing(); err != nil {
-		s.log.Error("lwm2m: restored registrations not resumed", "count", len(regs), "error", err)
-		return
-	}
 	for _, reg := range regs {
-		peer, _ := net.ResolveUDPAddr("udp", reg.peer)
-		cc, err := s.srv.NewConn(peer, s.localFor(peer))
-		if err != nil {
-			s.log.Warn("lwm2m: restored registration unreachable", "device", reg.device, "peer", reg.peer, "error", err)
-			s.drop(reg, true)
-			continue
-		}
-		s.mu.Lock()
-		if reg.conn == nil { // the device may have updated meanwhile
-			reg.conn = cc
-		}
-		s.mu.Unlock()
 		reg.expiry = s.cfg.Clock.AfterFunc(reg.lifetime, func() { s.expire(reg) })
 		s.ready(reg)
 		if reg.queue {
@@ -193,42 +177,4 @@ func (s *Server) resume() {
 		}
 	}
 	s.log.Info("lwm2m: restored registrations resumed", "count", len(regs))
-}
-
-// localFor is the server address a device at peer sends to, as go-coap
-// keys the conversation by it: the listener's, or on a wildcard listener
-// the address this host sends to peer from (a device reaches the server at
-// the address its answers come from).
-func (s *Server) localFor(peer *net.UDPAddr) *net.UDPAddr {
-	l := *s.lis.LocalAddr().(*net.UDPAddr)
-	if !l.IP.IsUnspecified() && l.IP != nil {
-		return &l
-	}
-	c, err := net.DialUDP("udp", nil, peer) // chooses a route; sends nothing
-	if err != nil {
-		return &l
-	}
-	defer c.Close()
-	l.IP = c.LocalAddr().(*net.UDPAddr).IP
-	return &l
-}
-
-// waitServing waits until the UDP server reads its socket: go-coap opens
-// server-side conversations only from then on, and tells it only by
-// failing to. Serve sets its listener first thing, so this yields to it
-// until it has, or until Serve has returned (stopped: an error).
-func (s *Server) waitServing() error {
-	probe := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9} // discard: nothing is sent to it
-	for {
-		cc, err := s.srv.NewConn(probe)
-		if err == nil {
-			return cc.Close()
-		}
-		select {
-		case <-s.served:
-			return fmt.Errorf("the server stopped: %w", err)
-		default:
-			runtime.Gosched()
-		}
-	}
 }
