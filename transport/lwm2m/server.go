@@ -974,7 +974,10 @@ func (s *Server) drop(reg *registration, offline bool) {
 // awake notes traffic from a queue-mode device: it is reachable for
 // QueueAwake, then asleep.
 func (s *Server) awake(reg *registration) {
-	if !reg.queue {
+	s.mu.Lock()
+	queue := reg.queue // an update changes it (under s.mu)
+	s.mu.Unlock()
+	if !queue {
 		return
 	}
 	reg.mu.Lock()
