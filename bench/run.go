@@ -66,6 +66,11 @@ type Options struct {
 	PerSim   int
 	// IdleOnly stops after measuring the registered, connected, idle fleet.
 	IdleOnly bool
+	// IdleSettle is how long the fleet stays idle before its memory is
+	// measured (say past the server's --passivate-after, so that device
+	// actors woken by the registrations have passivated); 0 measures at
+	// once.
+	IdleSettle time.Duration
 	// Timeout bounds the task (default 30 minutes).
 	Timeout time.Duration
 	// ServeArgs are added to the server's command line; SimLogLevel is the
@@ -309,6 +314,16 @@ func (r *benchRun) execute(ctx context.Context) error {
 	}
 	r.rep.RegisterConnectSeconds = r.clk.Since(t0).Seconds()
 	r.progress("%d devices registered and connected in %.1f s", r.o.Devices, r.rep.RegisterConnectSeconds)
+	if r.o.IdleSettle > 0 {
+		r.progress("idle for %v before measuring", r.o.IdleSettle)
+		t := r.clk.NewTimer(r.o.IdleSettle)
+		select {
+		case <-t.C():
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
 	heap, rss, err := r.idleMemory(ctx)
 	if err != nil {
 		return err

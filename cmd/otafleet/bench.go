@@ -140,6 +140,7 @@ lists problems.`,
 	fs.IntVar(&o.Retries, "retries", 0, "each task's retry_count (0 to 5): a failed device runs again a minute later; default 1 with --kill-at")
 	fs.IntVar(&o.SimProcs, "sim-procs", 0, "simulator processes (default: one per 5,000 devices)")
 	fs.BoolVar(&o.IdleOnly, "idle-only", false, "stop after measuring the registered, connected, idle fleet")
+	fs.DurationVar(&o.IdleSettle, "idle-settle", 0, "wait this long with the fleet idle before measuring its memory (e.g. past --serve-arg=--passivate-after=10s)")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "how long the tasks may take")
 	fs.StringVar(&o.DataDir, "data-dir", "", "the server's data folder (must be empty); default: a temporary one")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the data folder (logs, store, simulator reports) after the run")
