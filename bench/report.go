@@ -80,6 +80,9 @@ type Report struct {
 	SyncedCommitsPerUpgrade  float64 `json:"synced_commits_per_upgrade"`
 	IdleHeapBytesPerDevice   float64 `json:"idle_heap_bytes_per_device"`
 	IdleRSSBytesPerDevice    float64 `json:"idle_rss_bytes_per_device"`
+	// IdleGoroutinesPerDevice is the server's goroutines the idle fleet
+	// added, per device.
+	IdleGoroutinesPerDevice float64 `json:"idle_goroutines_per_device"`
 	RegisterConnectSeconds   float64 `json:"register_connect_seconds"`
 	SimCPUSeconds            float64 `json:"sim_cpu_seconds"`
 	SimPeakRSSBytes          int64   `json:"sim_peak_rss_bytes"`
@@ -201,7 +204,7 @@ func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 
 // writeFleet prints the idle fleet's and the simulators' lines.
 func (r *Report) writeFleet(p func(k, format string, a ...any)) {
-	p("idle fleet", "%.0f B heap and %.0f B RSS per registered, connected device", r.IdleHeapBytesPerDevice, r.IdleRSSBytesPerDevice)
+	p("idle fleet", "%.0f B heap, %.0f B RSS and %.3f goroutines per registered, connected device", r.IdleHeapBytesPerDevice, r.IdleRSSBytesPerDevice, r.IdleGoroutinesPerDevice)
 	p("register+connect", "%.2f s", r.RegisterConnectSeconds)
 	p("simulator", "%d processes, %.2f s CPU, peak RSS %s", r.SimProcesses, r.SimCPUSeconds, mib(r.SimPeakRSSBytes))
 }

@@ -289,6 +289,10 @@ func (r *benchRun) execute(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	baseG, err := r.goroutines(ctx)
+	if err != nil {
+		return err
+	}
 
 	// The simulators register their devices and connect them.
 	t0 := r.clk.Now()
@@ -330,6 +334,11 @@ func (r *benchRun) execute(ctx context.Context) error {
 	}
 	r.rep.IdleHeapBytesPerDevice = float64(heap-baseHeap) / float64(r.o.Devices)
 	r.rep.IdleRSSBytesPerDevice = float64(rss-baseRSS) / float64(r.o.Devices)
+	g, err := r.goroutines(ctx)
+	if err != nil {
+		return err
+	}
+	r.rep.IdleGoroutinesPerDevice = float64(g-baseG) / float64(r.o.Devices)
 	r.progress("idle fleet: %.0f B heap, %.0f B RSS per device", r.rep.IdleHeapBytesPerDevice, r.rep.IdleRSSBytesPerDevice)
 	if r.o.IdleOnly {
 		return nil
@@ -526,6 +535,27 @@ func (r *benchRun) idleMemory(ctx context.Context) (heap, rss int64, err error) 
 	}
 	rss, _, err = memOf(r.server.cmd.Process.Pid)
 	return heap, rss, err
+}
+
+// goroutines returns the number of the server's goroutines.
+func (r *benchRun) goroutines(ctx context.Context) (int, error) {
+	gctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(gctx, "GET", "http://"+r.addrs["api"]+"/debug/pprof/goroutine?debug=1", nil)
+	req.Header.Set("Authorization", "Bearer "+r.token)
+	resp, err := r.metrics.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("reading the server's goroutines: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return 0, fmt.Errorf("reading the server's goroutines: %s", resp.Status)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if v, ok := strings.CutPrefix(strings.TrimSpace(line), "goroutine profile: total "); ok && err == nil {
+		return strconv.Atoi(v)
+	}
+	return 0, fmt.Errorf("reading the server's goroutines: unexpected first line %q", line)
 }
 
 func (r *benchRun) simCount() int {
