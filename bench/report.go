@@ -76,13 +76,13 @@ type Report struct {
 	// they returned (otafleet_journal_synced_appends_total, summed over
 	// server lives; a killed server's last 200 ms are not seen), and
 	// SyncedCommitsPerUpgrade divides them by the finished devices.
-	SyncedCommits            int64   `json:"synced_commits"`
-	SyncedCommitsPerUpgrade  float64 `json:"synced_commits_per_upgrade"`
-	IdleHeapBytesPerDevice   float64 `json:"idle_heap_bytes_per_device"`
-	IdleRSSBytesPerDevice    float64 `json:"idle_rss_bytes_per_device"`
+	SyncedCommits           int64   `json:"synced_commits"`
+	SyncedCommitsPerUpgrade float64 `json:"synced_commits_per_upgrade"`
+	IdleHeapBytesPerDevice  float64 `json:"idle_heap_bytes_per_device"`
+	IdleRSSBytesPerDevice   float64 `json:"idle_rss_bytes_per_device"`
 	// IdleGoroutinesPerDevice is the server's goroutines the idle fleet
 	// added, per device.
-	IdleGoroutinesPerDevice float64 `json:"idle_goroutines_per_device"`
+	IdleGoroutinesPerDevice  float64 `json:"idle_goroutines_per_device"`
 	RegisterConnectSeconds   float64 `json:"register_connect_seconds"`
 	SimCPUSeconds            float64 `json:"sim_cpu_seconds"`
 	SimPeakRSSBytes          int64   `json:"sim_peak_rss_bytes"`

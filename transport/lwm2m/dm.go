@@ -143,6 +143,9 @@ func (s *Server) observe(ctx context.Context, reg *registration, path string) {
 	})
 	if first != nil {
 		s.notified(reg, path, st, first, func() {})
+		// Delivered before the next downlink goes out and its answer is
+		// delivered, as the answers of other requests are.
+		reg.runWait(nil)
 	}
 	if err != nil {
 		s.log.Debug("lwm2m: observe unanswered", "device", reg.device, "path", path, "error", err)

@@ -1,10 +1,21 @@
-// Package lwm2m is otafleet's LwM2M server over CoAP/UDP (go-coap v3): the
-// registration interface, device management on the device's own CoAP
-// conversation, the firmware package served block-wise on the same endpoint,
-// and PCP (software upgrades) carried on object 19. Like every transport it
-// only translates: CoAP requests and answers become messages inputs for the
+// Package lwm2m is otafleet's LwM2M server over CoAP/UDP: the registration
+// interface, device management on the device's own CoAP conversation, the
+// firmware package served block-wise on the same endpoint, and PCP
+// (software upgrades) carried on object 19. Like every transport it only
+// translates: CoAP requests and answers become messages inputs for the
 // engine, and the engine's downlinks become CoAP requests. It makes no
 // upgrade decisions.
+//
+// Plain CoAP runs on transport/coapudp: one socket and a few reader
+// goroutines for the whole fleet, no connection, goroutine or response
+// cache per device, so an idle registered device costs its registration
+// record and little else. DTLS runs on go-coap v3 and pion/dtls, a session
+// per device (conv.go hides the difference). A reader never waits for the
+// journal: a registration is admitted aside (it reads the registry and
+// writes Sessions), and what devices report (notifications, updates) is
+// delivered in order on a goroutine per registration that exists only
+// while deliveries wait; a confirmable notification is acknowledged once
+// the engine journaled it.
 //
 // Registration (OMA LwM2M 1.1 core, section 6.2):
 //
