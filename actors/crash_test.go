@@ -98,6 +98,9 @@ func (c *crashingStore) crashed() bool {
 type crashCampaign struct {
 	specs []memtransport.DeviceSpec
 	tasks map[string]*messages.CreateTask
+	// after names, for a task created only once another succeeded, that
+	// other task (as a client would create it after watching the first).
+	after map[string]string
 }
 
 func newCrashCampaign() crashCampaign {
@@ -126,12 +129,18 @@ func (c crashCampaign) run(t *testing.T, clk *clocktest.Clock, store persistence
 	if err := tr.ConnectAll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for id, ct := range c.tasks {
-		if _, err := r.e.Task(ctx, id); errors.Is(err, actors.ErrNotFound) {
-			_ = r.e.CreateTask(ctx, ct) // may fail with the crash
+	create := func() {
+		for id, ct := range c.tasks {
+			if first, ok := c.after[id]; ok && !c.succeeded(r, first) {
+				continue
+			}
+			if _, err := r.e.Task(ctx, id); errors.Is(err, actors.ErrNotFound) {
+				_ = r.e.CreateTask(ctx, ct) // may fail with the crash
+			}
 		}
+		r.e.Settle()
 	}
-	r.e.Settle()
+	create()
 	if stop == nil {
 		stop = c.done(r)
 	}
@@ -143,15 +152,33 @@ func (c crashCampaign) run(t *testing.T, clk *clocktest.Clock, store persistence
 		}
 		clk.AdvanceTo(next)
 		r.e.Settle()
+		if len(c.after) > 0 {
+			create()
+		}
 	}
 	return r
+}
+
+func (c crashCampaign) succeeded(r *rig, id string) bool {
+	v, err := r.e.Task(context.Background(), id)
+	return err == nil && v.Status == messages.TaskStatus_TASK_STATUS_SUCCESS
+}
+
+// upgrades returns how many tasks target device id: the upgrades it makes.
+func (c crashCampaign) upgrades(id string) int {
+	var n int
+	for _, ct := range c.tasks {
+		if slices.Contains(ct.GetDeviceIds(), id) {
+			n++
+		}
+	}
+	return n
 }
 
 func (c crashCampaign) done(r *rig) func() bool {
 	return func() bool {
 		for id := range c.tasks {
-			v, err := r.e.Task(context.Background(), id)
-			if err != nil || v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS {
+			if !c.succeeded(r, id) {
 				return false
 			}
 		}
@@ -167,6 +194,40 @@ func (c crashCampaign) done(r *rig) func() bool {
 // once (no second install, no second Execute or PCP 0x17).
 func TestCrashAtEveryJournalWrite(t *testing.T) {
 	campaign := newCrashCampaign()
+	total := countWrites(t, campaign)
+	step := 1
+	if testing.Short() {
+		step = max(1, total/15)
+	}
+	t.Logf("the campaign makes %d journal writes; crashing at every %d", total, step)
+	for k := 1; k <= total; k += step {
+		crashOnce(t, campaign, k)
+		if t.Failed() {
+			t.Fatalf("crash at write %d of %d failed", k, total)
+		}
+	}
+}
+
+// TestCrashAtEveryJournalWriteBetweenTasks (issue 21): two FOTA tasks on
+// the same devices, the second created once the first succeeded, crashed
+// at every journal write. A device's outcome is journaled unsynced and made
+// durable by its task's synced SubtaskFinished: a crash never loses the end
+// of a job its task counted, so the second task never finds a device busy
+// with the first (no Task Conflict, no second attempt), every device
+// upgrades exactly twice, and nothing acknowledged is lost.
+func TestCrashAtEveryJournalWriteBetweenTasks(t *testing.T) {
+	specs := fleet(2, 1, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	policy := &messages.Policy{RetryCount: 3, RetryIntervalMinutes: 1}
+	second := createTask("task-b", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), policy)
+	second.Package.Version = "3.0"
+	campaign := crashCampaign{
+		specs: specs,
+		tasks: map[string]*messages.CreateTask{
+			"task-a": createTask("task-a", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), policy),
+			"task-b": second,
+		},
+		after: map[string]string{"task-b": "task-a"},
+	}
 	total := countWrites(t, campaign)
 	step := 1
 	if testing.Short() {
@@ -261,8 +322,22 @@ func crashOnce(t *testing.T, c crashCampaign, k int) {
 	for _, s := range c.specs {
 		d, _ := tr.Device(s.ID)
 		cnt := d.Counters
-		if cnt.Upgrades != 1 || cnt.Executes > 1 || cnt.PCPExecutes > 1 {
-			t.Errorf("crash at write %d: %s upgraded %d times, %d Executes, %d PCP 0x17", k, s.ID, cnt.Upgrades, cnt.Executes, cnt.PCPExecutes)
+		if n := c.upgrades(s.ID); cnt.Upgrades != n || cnt.Executes > n || cnt.PCPExecutes > n {
+			t.Errorf("crash at write %d: %s upgraded %d times (want %d), %d Executes, %d PCP 0x17", k, s.ID, cnt.Upgrades, n, cnt.Executes, cnt.PCPExecutes)
+		}
+	}
+	// A task created after the one before it ended (c.after) finds its
+	// devices free: none of its sub-tasks needed a second attempt (a Task
+	// Conflict retried).
+	for id := range c.after {
+		v, err := r2.e.TaskDevices(ctx, id, 0, len(c.tasks[id].GetDeviceIds()), 0)
+		if err != nil {
+			t.Fatalf("crash at write %d: %v", k, err)
+		}
+		for _, sub := range v.Subtasks {
+			if sub.Attempt != 1 {
+				t.Errorf("crash at write %d: task %s ran %d attempts on %s (last: %v %q)", k, id, sub.Attempt, sub.DeviceID, sub.Reason, sub.Detail)
+			}
 		}
 	}
 	r2.mu.Lock()
