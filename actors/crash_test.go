@@ -101,6 +101,8 @@ type crashCampaign struct {
 	// after names, for a task created only once another succeeded, that
 	// other task (as a client would create it after watching the first).
 	after map[string]string
+	// transport configures the simulated devices.
+	transport memtransport.Config
 }
 
 func newCrashCampaign() crashCampaign {
@@ -242,10 +244,34 @@ func TestCrashAtEveryJournalWriteBetweenTasks(t *testing.T) {
 	}
 }
 
+// TestCrashAtEveryJournalWriteUpdateResultAckedEarly (issue 21): the
+// campaign's FOTA devices get their Update Result 1 notifications
+// acknowledged before their step is durable (marked no_ack, as
+// messages.DeviceInput.FoundAgainOnResume allows a transport to), and the
+// campaign is crashed at every journal write: the device machine finds the
+// result again after each crash, and every device still upgrades exactly
+// once, with at most one Execute.
+func TestCrashAtEveryJournalWriteUpdateResultAckedEarly(t *testing.T) {
+	campaign := newCrashCampaign()
+	campaign.transport.AckEarly = (*messages.DeviceInput).FoundAgainOnResume
+	total := countWrites(t, campaign)
+	step := 1
+	if testing.Short() {
+		step = max(1, total/15)
+	}
+	t.Logf("the campaign makes %d journal writes; crashing at every %d", total, step)
+	for k := 1; k <= total; k += step {
+		crashOnce(t, campaign, k)
+		if t.Failed() {
+			t.Fatalf("crash at write %d of %d failed", k, total)
+		}
+	}
+}
+
 // countWrites runs the campaign once without crashing.
 func countWrites(t *testing.T, c crashCampaign) int {
 	clk := clocktest.New(epoch)
-	cs, tr, up := crashSetup(t, clk, -1, vfs.NewCrashableMem())
+	cs, tr, up := crashSetup(t, clk, -1, vfs.NewCrashableMem(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
 		if err := tr.Add(s); err != nil {
@@ -258,7 +284,7 @@ func countWrites(t *testing.T, c crashCampaign) int {
 	return cs.n
 }
 
-func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS) (*crashingStore, *memtransport.Transport, *transport.LateUplinks) {
+func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS, cfg memtransport.Config) (*crashingStore, *memtransport.Transport, *transport.LateUplinks) {
 	t.Helper()
 	st, err := pebblestore.Open("db", pebblestore.Options{FS: mem})
 	if err != nil {
@@ -266,7 +292,7 @@ func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS)
 	}
 	cs := &crashingStore{EventStore: st, mem: mem, crashAt: crashAt, rng: rand.New(rand.NewPCG(uint64(crashAt), 7))}
 	up := &transport.LateUplinks{}
-	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
+	tr, err := memtransport.New(cfg, clk, up, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +302,7 @@ func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS)
 func crashOnce(t *testing.T, c crashCampaign, k int) {
 	ctx := context.Background()
 	clk := clocktest.New(epoch)
-	cs, tr, up := crashSetup(t, clk, k, vfs.NewCrashableMem())
+	cs, tr, up := crashSetup(t, clk, k, vfs.NewCrashableMem(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
 		if err := tr.Add(s); err != nil {

@@ -11,9 +11,12 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
+	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport"
 )
 
 // TestDeliverSyncsOnlyAcknowledgedReports (issue 21): a report the device
@@ -210,5 +213,53 @@ func TestAnswersAppendedUnsynced(t *testing.T) {
 				t.Logf("appends:\n%s", b.String())
 			}
 		})
+	}
+}
+
+// TestUpdateResultAckedEarlyUnsynced (issue 21): a transport that marks the
+// Update Result 1 notification no_ack (messages.DeviceInput.FoundAgainOnResume)
+// gets its step (VERIFYING) appended unsynced, while State 1 and 3 stay
+// synced (their stages MustSync): one synced append less per FOTA upgrade.
+func TestUpdateResultAckedEarlyUnsynced(t *testing.T) {
+	store := &syncRecorder{EventStore: memstore.New()}
+	specs := fleet(1, 1, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	clk := clocktest.New(epoch)
+	up := &transport.LateUplinks{}
+	tr, err := memtransport.New(memtransport.Config{AckEarly: (*messages.DeviceInput).FoundAgainOnResume}, clk, up, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	if err := tr.Add(specs[0]); err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, clk, store, tr, up)
+	t.Cleanup(r.e.Stop)
+	if err := tr.ConnectAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.e.Settle()
+	if err := r.e.CreateTask(context.Background(), createTask("t1", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	r.runUntil(r.finished("t1"), 24*time.Hour)
+	if v := r.task("t1"); v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS {
+		t.Fatalf("task ended %v", v.Status)
+	}
+	for ev, want := range map[string]bool{
+		"stage_entered(STAGE_DOWNLOADING)": true,
+		"stage_entered(STAGE_DOWNLOADED)":  true,
+		"stage_entered(STAGE_UPGRADING)":   true,
+		"stage_entered(STAGE_VERIFYING)":   false,
+	} {
+		got := store.syncOf(ev)
+		if len(got) == 0 {
+			t.Errorf("no append holds %s", ev)
+		}
+		for i, synced := range got {
+			if synced != want {
+				t.Errorf("append %d holding %s: synced %v, want %v", i, ev, synced, want)
+			}
+		}
 	}
 }

@@ -109,3 +109,25 @@ func (x *CellEvent) MustSync() bool { return false }
 // wake-up could leave sub-tasks unstarted). A SubtaskFinished also makes its
 // device's unsynced JobFinished durable (see DeviceEvent.MustSync).
 func (x *TaskEvent) MustSync() bool { return true }
+
+// FoundAgainOnResume reports whether the step of device report x may be
+// lost in a crash although the device was acknowledged it, because the
+// device machine finds the report again after recovery: it holds for a
+// FOTA Update Result of 1 (success), with State 0 or without a State. Its
+// step enters VERIFYING, which only reads the version; a crash that takes
+// it leaves the job in UPGRADING (or DOWNLOADED), whose Resume observes
+// (or reads) object 5 again, and the device keeps Update Result 1 until its
+// next download; if no answer comes, T9 sends the version read
+// (devicefsm's crash_lost_update_result.txt). It does not hold for State 1
+// or 3, whose stages (DOWNLOADING, UPGRADING) must be synced: the stage
+// before them has a short deadline (T5, T8) that a recovery may find
+// passed, failing a device at work before its observation answers; nor for
+// a failure code, which a recovered DOWNLOADED could turn into T8's
+// failure. A transport may acknowledge such a confirmable notification
+// before its step is durable by marking it no_ack (issue 21); today none
+// does, as every confirmable report is acknowledged only once durable.
+func (x *DeviceInput) FoundAgainOnResume() bool {
+	f := x.GetFotaStatus()
+	return f != nil && f.UpdateResult != nil && f.GetUpdateResult() == UpdateResultSuccess &&
+		(f.State == nil || f.GetState() == FotaStateIdle)
+}
