@@ -98,6 +98,11 @@ func (c *crashingStore) crashed() bool {
 type crashCampaign struct {
 	specs []memtransport.DeviceSpec
 	tasks map[string]*messages.CreateTask
+	// after names, for a task created only once another succeeded, that
+	// other task (as a client would create it after watching the first).
+	after map[string]string
+	// transport configures the simulated devices.
+	transport memtransport.Config
 }
 
 func newCrashCampaign() crashCampaign {
@@ -126,12 +131,18 @@ func (c crashCampaign) run(t *testing.T, clk *clocktest.Clock, store persistence
 	if err := tr.ConnectAll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for id, ct := range c.tasks {
-		if _, err := r.e.Task(ctx, id); errors.Is(err, actors.ErrNotFound) {
-			_ = r.e.CreateTask(ctx, ct) // may fail with the crash
+	create := func() {
+		for id, ct := range c.tasks {
+			if first, ok := c.after[id]; ok && !c.succeeded(r, first) {
+				continue
+			}
+			if _, err := r.e.Task(ctx, id); errors.Is(err, actors.ErrNotFound) {
+				_ = r.e.CreateTask(ctx, ct) // may fail with the crash
+			}
 		}
+		r.e.Settle()
 	}
-	r.e.Settle()
+	create()
 	if stop == nil {
 		stop = c.done(r)
 	}
@@ -143,15 +154,33 @@ func (c crashCampaign) run(t *testing.T, clk *clocktest.Clock, store persistence
 		}
 		clk.AdvanceTo(next)
 		r.e.Settle()
+		if len(c.after) > 0 {
+			create()
+		}
 	}
 	return r
+}
+
+func (c crashCampaign) succeeded(r *rig, id string) bool {
+	v, err := r.e.Task(context.Background(), id)
+	return err == nil && v.Status == messages.TaskStatus_TASK_STATUS_SUCCESS
+}
+
+// upgrades returns how many tasks target device id: the upgrades it makes.
+func (c crashCampaign) upgrades(id string) int {
+	var n int
+	for _, ct := range c.tasks {
+		if slices.Contains(ct.GetDeviceIds(), id) {
+			n++
+		}
+	}
+	return n
 }
 
 func (c crashCampaign) done(r *rig) func() bool {
 	return func() bool {
 		for id := range c.tasks {
-			v, err := r.e.Task(context.Background(), id)
-			if err != nil || v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS {
+			if !c.succeeded(r, id) {
 				return false
 			}
 		}
@@ -181,10 +210,68 @@ func TestCrashAtEveryJournalWrite(t *testing.T) {
 	}
 }
 
+// TestCrashAtEveryJournalWriteBetweenTasks (issue 21): two FOTA tasks on
+// the same devices, the second created once the first succeeded, crashed
+// at every journal write. A device's outcome is journaled unsynced and made
+// durable by its task's synced SubtaskFinished: a crash never loses the end
+// of a job its task counted, so the second task never finds a device busy
+// with the first (no Task Conflict, no second attempt), every device
+// upgrades exactly twice, and nothing acknowledged is lost.
+func TestCrashAtEveryJournalWriteBetweenTasks(t *testing.T) {
+	specs := fleet(2, 1, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	policy := &messages.Policy{RetryCount: 3, RetryIntervalMinutes: 1}
+	second := createTask("task-b", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), policy)
+	second.Package.Version = "3.0"
+	campaign := crashCampaign{
+		specs: specs,
+		tasks: map[string]*messages.CreateTask{
+			"task-a": createTask("task-a", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), policy),
+			"task-b": second,
+		},
+		after: map[string]string{"task-b": "task-a"},
+	}
+	total := countWrites(t, campaign)
+	step := 1
+	if testing.Short() {
+		step = max(1, total/15)
+	}
+	t.Logf("the campaign makes %d journal writes; crashing at every %d", total, step)
+	for k := 1; k <= total; k += step {
+		crashOnce(t, campaign, k)
+		if t.Failed() {
+			t.Fatalf("crash at write %d of %d failed", k, total)
+		}
+	}
+}
+
+// TestCrashAtEveryJournalWriteUpdateResultAckedEarly (issue 21): the
+// campaign's FOTA devices get their Update Result 1 notifications
+// acknowledged before their step is durable (marked no_ack, as
+// messages.DeviceInput.FoundAgainOnResume allows a transport to), and the
+// campaign is crashed at every journal write: the device machine finds the
+// result again after each crash, and every device still upgrades exactly
+// once, with at most one Execute.
+func TestCrashAtEveryJournalWriteUpdateResultAckedEarly(t *testing.T) {
+	campaign := newCrashCampaign()
+	campaign.transport.AckEarly = (*messages.DeviceInput).FoundAgainOnResume
+	total := countWrites(t, campaign)
+	step := 1
+	if testing.Short() {
+		step = max(1, total/15)
+	}
+	t.Logf("the campaign makes %d journal writes; crashing at every %d", total, step)
+	for k := 1; k <= total; k += step {
+		crashOnce(t, campaign, k)
+		if t.Failed() {
+			t.Fatalf("crash at write %d of %d failed", k, total)
+		}
+	}
+}
+
 // countWrites runs the campaign once without crashing.
 func countWrites(t *testing.T, c crashCampaign) int {
 	clk := clocktest.New(epoch)
-	cs, tr, up := crashSetup(t, clk, -1, vfs.NewCrashableMem())
+	cs, tr, up := crashSetup(t, clk, -1, vfs.NewCrashableMem(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
 		if err := tr.Add(s); err != nil {
@@ -197,7 +284,7 @@ func countWrites(t *testing.T, c crashCampaign) int {
 	return cs.n
 }
 
-func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS) (*crashingStore, *memtransport.Transport, *transport.LateUplinks) {
+func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS, cfg memtransport.Config) (*crashingStore, *memtransport.Transport, *transport.LateUplinks) {
 	t.Helper()
 	st, err := pebblestore.Open("db", pebblestore.Options{FS: mem})
 	if err != nil {
@@ -205,7 +292,7 @@ func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS)
 	}
 	cs := &crashingStore{EventStore: st, mem: mem, crashAt: crashAt, rng: rand.New(rand.NewPCG(uint64(crashAt), 7))}
 	up := &transport.LateUplinks{}
-	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
+	tr, err := memtransport.New(cfg, clk, up, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +302,7 @@ func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS)
 func crashOnce(t *testing.T, c crashCampaign, k int) {
 	ctx := context.Background()
 	clk := clocktest.New(epoch)
-	cs, tr, up := crashSetup(t, clk, k, vfs.NewCrashableMem())
+	cs, tr, up := crashSetup(t, clk, k, vfs.NewCrashableMem(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
 		if err := tr.Add(s); err != nil {
@@ -261,8 +348,22 @@ func crashOnce(t *testing.T, c crashCampaign, k int) {
 	for _, s := range c.specs {
 		d, _ := tr.Device(s.ID)
 		cnt := d.Counters
-		if cnt.Upgrades != 1 || cnt.Executes > 1 || cnt.PCPExecutes > 1 {
-			t.Errorf("crash at write %d: %s upgraded %d times, %d Executes, %d PCP 0x17", k, s.ID, cnt.Upgrades, cnt.Executes, cnt.PCPExecutes)
+		if n := c.upgrades(s.ID); cnt.Upgrades != n || cnt.Executes > n || cnt.PCPExecutes > n {
+			t.Errorf("crash at write %d: %s upgraded %d times (want %d), %d Executes, %d PCP 0x17", k, s.ID, cnt.Upgrades, n, cnt.Executes, cnt.PCPExecutes)
+		}
+	}
+	// A task created after the one before it ended (c.after) finds its
+	// devices free: none of its sub-tasks needed a second attempt (a Task
+	// Conflict retried).
+	for id := range c.after {
+		v, err := r2.e.TaskDevices(ctx, id, 0, len(c.tasks[id].GetDeviceIds()), 0)
+		if err != nil {
+			t.Fatalf("crash at write %d: %v", k, err)
+		}
+		for _, sub := range v.Subtasks {
+			if sub.Attempt != 1 {
+				t.Errorf("crash at write %d: task %s ran %d attempts on %s (last: %v %q)", k, id, sub.Attempt, sub.DeviceID, sub.Reason, sub.Detail)
+			}
 		}
 	}
 	r2.mu.Lock()

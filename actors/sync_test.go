@@ -3,6 +3,7 @@ package actors_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -10,9 +11,12 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
+	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport"
 )
 
 // TestDeliverSyncsOnlyAcknowledgedReports (issue 21): a report the device
@@ -70,7 +74,8 @@ func (r *syncRecorder) Append(ctx context.Context, a persistence.Append) (uint64
 	rec := recordedAppend{kind: fmt.Sprint(a.Stream.Kind), synced: !a.NoSync}
 	for _, ev := range a.Events {
 		var name string
-		if a.Stream.Kind == persistence.KindDevice {
+		switch a.Stream.Kind {
+		case persistence.KindDevice:
 			var de messages.DeviceEvent
 			if err := proto.Unmarshal(ev.Payload, &de); err != nil {
 				return seq, err
@@ -79,6 +84,12 @@ func (r *syncRecorder) Append(ctx context.Context, a persistence.Append) (uint64
 			if st := de.GetStageEntered(); st != nil {
 				name += "(" + st.GetStage().String() + ")"
 			}
+		case persistence.KindTask:
+			var te messages.TaskEvent
+			if err := proto.Unmarshal(ev.Payload, &te); err != nil {
+				return seq, err
+			}
+			name = eventKind(&te)
 		}
 		rec.events = append(rec.events, name)
 	}
@@ -122,13 +133,16 @@ func (r *syncRecorder) syncOf(want string) []bool {
 // version and radio reads, the package URI write) are appended unsynced,
 // while the steps of confirmable notifications (object 5's State) are synced
 // before their acknowledgement, and so are the steps whose events must be
-// durable whatever their input (the package URI sent, the outcome). An MQTT
-// progress report, which the device expects acknowledged (QoS 1), is synced
-// although its event alone need not be.
+// durable whatever their input (the package URI sent). The outcome of a FOTA
+// upgrade, which the answer to its version read decides, is unsynced: the
+// task's synced SubtaskFinished makes it durable before the task counts it.
+// An MQTT progress report, which the device expects acknowledged (QoS 1),
+// is synced although its event alone need not be.
 func TestAnswersAppendedUnsynced(t *testing.T) {
 	for _, tc := range []struct {
 		protocol messages.Protocol
 		want     map[string]bool // event kind → the append holding it is synced
+		synced   int             // synced appends of the whole upgrade, the task's creation included
 	}{
 		{messages.Protocol_PROTOCOL_LWM2M_FOTA, map[string]bool{
 			"stage_entered(STAGE_RADIO_QUERY)":   false, // the read answer of /3/0/3
@@ -139,13 +153,13 @@ func TestAnswersAppendedUnsynced(t *testing.T) {
 			"stage_entered(STAGE_DOWNLOADED)":    true,  // /5/0/3 = 2, a CON notification (and the Execute)
 			"stage_entered(STAGE_UPGRADING)":     true,  // /5/0/3 = 3, a CON notification
 			"stage_entered(STAGE_VERIFYING)":     true,  // /5/0/5 = 1, a CON notification
-			"job_finished":                       true,  // MustSync: the outcome
+			"job_finished":                       false, // the /3/0/3 read answer; the task's SubtaskFinished syncs it
 			"stage_entered(STAGE_VERSION_QUERY)": false, // the task's StartJob: nobody waits
-		}},
+		}, 7}, // NOTIFIED, the four CON notifications, SubtaskFinished; the task's creation
 		{messages.Protocol_PROTOCOL_MQTT, map[string]bool{
 			"progress_recorded": true, // a QoS 1 report: acknowledged once durable
-			"job_finished":      true,
-		}},
+			"job_finished":      true, // likewise (the final progress report)
+		}, 0},
 	} {
 		t.Run(tc.protocol.String(), func(t *testing.T) {
 			store := &syncRecorder{EventStore: memstore.New()}
@@ -170,6 +184,25 @@ func TestAnswersAppendedUnsynced(t *testing.T) {
 					}
 				}
 			}
+			if tc.synced > 0 {
+				store.mu.Lock()
+				n, finished := 0, -1
+				for i, a := range store.appends {
+					if a.synced {
+						n++
+					}
+					if slices.Contains(a.events, "job_finished") {
+						finished = i
+					}
+					if slices.Contains(a.events, "subtask_finished") && i < finished {
+						t.Errorf("the task's SubtaskFinished was appended before the device's JobFinished")
+					}
+				}
+				store.mu.Unlock()
+				if n != tc.synced {
+					t.Errorf("%d synced appends, want %d", n, tc.synced)
+				}
+			}
 			if t.Failed() {
 				store.mu.Lock()
 				var b strings.Builder
@@ -180,5 +213,53 @@ func TestAnswersAppendedUnsynced(t *testing.T) {
 				t.Logf("appends:\n%s", b.String())
 			}
 		})
+	}
+}
+
+// TestUpdateResultAckedEarlyUnsynced (issue 21): a transport that marks the
+// Update Result 1 notification no_ack (messages.DeviceInput.FoundAgainOnResume)
+// gets its step (VERIFYING) appended unsynced, while State 1 and 3 stay
+// synced (their stages MustSync): one synced append less per FOTA upgrade.
+func TestUpdateResultAckedEarlyUnsynced(t *testing.T) {
+	store := &syncRecorder{EventStore: memstore.New()}
+	specs := fleet(1, 1, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	clk := clocktest.New(epoch)
+	up := &transport.LateUplinks{}
+	tr, err := memtransport.New(memtransport.Config{AckEarly: (*messages.DeviceInput).FoundAgainOnResume}, clk, up, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	if err := tr.Add(specs[0]); err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, clk, store, tr, up)
+	t.Cleanup(r.e.Stop)
+	if err := tr.ConnectAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.e.Settle()
+	if err := r.e.CreateTask(context.Background(), createTask("t1", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	r.runUntil(r.finished("t1"), 24*time.Hour)
+	if v := r.task("t1"); v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS {
+		t.Fatalf("task ended %v", v.Status)
+	}
+	for ev, want := range map[string]bool{
+		"stage_entered(STAGE_DOWNLOADING)": true,
+		"stage_entered(STAGE_DOWNLOADED)":  true,
+		"stage_entered(STAGE_UPGRADING)":   true,
+		"stage_entered(STAGE_VERIFYING)":   false,
+	} {
+		got := store.syncOf(ev)
+		if len(got) == 0 {
+			t.Errorf("no append holds %s", ev)
+		}
+		for i, synced := range got {
+			if synced != want {
+				t.Errorf("append %d holding %s: synced %v, want %v", i, ev, synced, want)
+			}
+		}
 	}
 }

@@ -10,10 +10,37 @@ package messages
 // the work. An event may be unsynced only if that is harmless although its
 // step's effects already ran: its effects are idempotent requests that
 // Resume repeats (reads, queries, permit requests), or it has none (notes,
-// presence). Every event that precedes an effect the world cannot see twice
-// is synced: a package URI or upgrade command that starts a download (and
-// with it the cell grant it rests on, see CellEvent.MustSync), an Execute or PCP 0x17, an outcome, a task's starts and
-// ends, a queued or flushed downlink.
+// presence), or each of them leads to a synced append later in the log.
+// Every event that precedes an effect the world cannot see twice is synced:
+// a package URI or upgrade command that starts a download (and with it the
+// cell grant it rests on, see CellEvent.MustSync), an Execute or PCP 0x17, a
+// stop, a task's starts and ends, a queued or flushed downlink.
+//
+// A device's JobFinished, other than a stop's, is unsynced (issue 21: one
+// synced commit less per upgrade). The effects of its step are the outcome
+// for the task, the cell slot's return, the download token's revocation and
+// the cancel of FOTA's observations. The first leads to the task's synced
+// SubtaskFinished, later in the log, so JobFinished is durable before its
+// task counts the outcome; the cell's return and the deletion of the
+// download handle are appends later in the log too. If a crash takes
+// JobFinished, it takes everything the device, its cell and its task did
+// after it: the device recovers in the job's last durable stage, its task
+// still has the sub-task PROCESSING, and the device's Resume asks again what
+// the stage waits for (the version, object 5) or re-arms the stage's past
+// deadline, which fires at once, so the job ends again. A report that ends a
+// job and that the device expects acknowledged (a CON notification, an MQTT
+// QoS 1 report, a PCP 0x18) is synced by the shell anyway: only an answer to
+// the server's own request (a version read), a non-confirmable notification
+// or a deadline ends a job unsynced. A stop stays synced: it may reset a
+// FOTA device's object 5, after which a DOWNLOADED stage recovered without
+// the stop could read State 2 and send the Execute again (a lost reset). Nor
+// does a lost JobFinished make the device refuse another task wrongly: that
+// task's SubtaskStarted is synced, so it survives a crash that took
+// JobFinished only if it came before it in the log. That task started its
+// sub-task while the job ran, and Task Conflict (spec 6.2) is what the
+// device answers in the run where that StartJob arrives before the job's
+// end; a task created, or a sub-task started, after the end finds the end
+// durable.
 //
 // These rules are per event; the actors' shell adds one per input: the step of
 // an input someone waits for (a device report the device expects
@@ -39,6 +66,10 @@ func (x *DeviceEvent) MustSync() bool {
 		*DeviceEvent_JobAccepted,        // the task re-sends StartJob on recovery
 		*DeviceEvent_JobRejected:        // likewise; the refusal is decided again
 		return false
+	case *DeviceEvent_JobFinished:
+		// The task's synced SubtaskFinished makes it durable first (see
+		// above); a stop may have reset object 5.
+		return k.JobFinished.GetStatus() == SubtaskStatus_SUBTASK_STATUS_STOPPED
 	case *DeviceEvent_StageEntered:
 		return k.StageEntered.GetStage().startsDeviceWork()
 	}
@@ -75,5 +106,28 @@ func (x *CellEvent) MustSync() bool { return false }
 
 // MustSync reports whether ev must be durable before its step's effects run:
 // every task event is (starts, outcomes and retries number attempts; a lost
-// wake-up could leave sub-tasks unstarted).
+// wake-up could leave sub-tasks unstarted). A SubtaskFinished also makes its
+// device's unsynced JobFinished durable (see DeviceEvent.MustSync).
 func (x *TaskEvent) MustSync() bool { return true }
+
+// FoundAgainOnResume reports whether the step of device report x may be
+// lost in a crash although the device was acknowledged it, because the
+// device machine finds the report again after recovery: it holds for a
+// FOTA Update Result of 1 (success), with State 0 or without a State. Its
+// step enters VERIFYING, which only reads the version; a crash that takes
+// it leaves the job in UPGRADING (or DOWNLOADED), whose Resume observes
+// (or reads) object 5 again, and the device keeps Update Result 1 until its
+// next download; if no answer comes, T9 sends the version read
+// (devicefsm's crash_lost_update_result.txt). It does not hold for State 1
+// or 3, whose stages (DOWNLOADING, UPGRADING) must be synced: the stage
+// before them has a short deadline (T5, T8) that a recovery may find
+// passed, failing a device at work before its observation answers; nor for
+// a failure code, which a recovered DOWNLOADED could turn into T8's
+// failure. A transport may acknowledge such a confirmable notification
+// before its step is durable by marking it no_ack (issue 21); today none
+// does, as every confirmable report is acknowledged only once durable.
+func (x *DeviceInput) FoundAgainOnResume() bool {
+	f := x.GetFotaStatus()
+	return f != nil && f.UpdateResult != nil && f.GetUpdateResult() == UpdateResultSuccess &&
+		(f.State == nil || f.GetState() == FotaStateIdle)
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 
 	"github.com/otafleet/otafleet/transport"
 )
@@ -19,87 +18,26 @@ import (
 //     running (SweepHandles);
 //   - by Handle, when it hands out a handle for another grant of the same
 //     device: a device runs one job, so its earlier attempt has ended;
-//   - by Check, when Authorize refuses a handle's grant for good (an error
-//     wrapping transport.ErrDownloadRevoked);
+//   - by Check, when Authorize refuses for good (an error wrapping
+//     transport.ErrDownloadRevoked) a handle's grant, or a token's grant
+//     that this server handed a handle out for;
 //   - by SweepHandles, at start, for the grants whose attempt ended while
 //     the server was down (their revocation never reached it).
+//
+// The server remembers the grant of each record it handed out or found
+// running in its device's entry (grants, with the device's kept
+// authorization), which ends with the record (past maxGrants devices, a
+// record is not remembered: Check or the next start deletes it).
 //
 // A handle checked after its record is gone is unknown (ErrInvalidToken,
 // 4.01), and the same attempt writing its URI again gets the same handle
 // (it is the grant's MAC) and a new record.
-
-// maxIssued bounds the grants a Server remembers handing out handles for,
-// one per device with an LwM2M attempt under way. Past it, a grant is not
-// remembered: its record is deleted lazily (Check) or at the next start
-// (SweepHandles).
-const maxIssued = 1 << 20
 
 // MaxSweep bounds the records SweepHandles visits per call: the records
 // alive are about one per LwM2M attempt under way; more (those of a store
 // written before records were deleted) are swept over several starts, and
 // by Check as their devices ask.
 const MaxSweep = 1 << 16
-
-// issued is, for each device, the grant a Server last handed out (or found
-// running) a handle for, whose record Revoke deletes. Its methods are safe
-// for concurrent use.
-type issued struct {
-	mu       sync.Mutex
-	byDevice map[string]Grant
-}
-
-func newIssued() *issued { return &issued{byDevice: map[string]Grant{}} }
-
-// set remembers g as its device's grant and returns the grant it replaces
-// (ok), if another.
-func (is *issued) set(g Grant) (old Grant, ok bool) {
-	is.mu.Lock()
-	defer is.mu.Unlock()
-	old, had := is.byDevice[g.DeviceID]
-	if !had && len(is.byDevice) >= maxIssued {
-		return Grant{}, false
-	}
-	is.byDevice[g.DeviceID] = g
-	return old, had && old != g
-}
-
-// add remembers g as its device's grant unless the device has one.
-func (is *issued) add(g Grant) {
-	is.mu.Lock()
-	defer is.mu.Unlock()
-	if _, had := is.byDevice[g.DeviceID]; !had && len(is.byDevice) < maxIssued {
-		is.byDevice[g.DeviceID] = g
-	}
-}
-
-// take forgets and returns device deviceID's grant if it is of task taskID,
-// attempt attempt.
-func (is *issued) take(taskID, deviceID string, attempt uint32) (Grant, bool) {
-	is.mu.Lock()
-	defer is.mu.Unlock()
-	g, ok := is.byDevice[deviceID]
-	if !ok || g.TaskID != taskID || g.Attempt != attempt {
-		return Grant{}, false
-	}
-	delete(is.byDevice, deviceID)
-	return g, true
-}
-
-// drop forgets g if it is its device's grant.
-func (is *issued) drop(g Grant) {
-	is.mu.Lock()
-	defer is.mu.Unlock()
-	if is.byDevice[g.DeviceID] == g {
-		delete(is.byDevice, g.DeviceID)
-	}
-}
-
-// len returns the number of grants remembered.
-func (is *issued) len() int {
-	is.mu.Lock()
-	defer is.mu.Unlock()
-	return len(is.byDevice)
-}
 
 // deleteHandle deletes the record of g's handle, logging a failure: a
 // record left behind is swept later.
@@ -159,8 +97,9 @@ func (s *Server) SweepHandles(ctx context.Context) (visited, deleted int, err er
 		case err == nil:
 			// A grant Handle remembered meanwhile is newer knowledge:
 			// it stays.
-			s.issued.add(g)
+			s.grants.found(g)
 		case revoked(err):
+			s.grants.drop(g)
 			if err := s.handles.DeleteSession(ctx, handleSessions, r.h); err == nil {
 				deleted++
 			}

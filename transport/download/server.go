@@ -38,7 +38,8 @@ type Config struct {
 	// KeepGrants keeps each grant Authorize allowed (and the handle that
 	// named it), so that the later requests of the download (the other
 	// blocks of a CoAP download) are neither asked about nor looked up
-	// again, until Revoke names the grant's device. Set it only when every
+	// again, until Revoke names the grant's device (or Handle hands out a
+	// handle for another grant of the device). Set it only when every
 	// end of a grant reaches Revoke: the engine's RevokeToken effects do,
 	// at every end of a job whose device was told where its package is.
 	KeepGrants bool
@@ -90,8 +91,8 @@ type Server struct {
 	onServed  func(g Grant, offset, n, size int64)
 	handles   Handles
 	images    *Images
-	kept      *grants // nil without Config.KeepGrants
-	issued    *issued // the grants whose handle records Revoke deletes
+	keep      bool    // Config.KeepGrants
+	grants    *grants // each device's grant: its handle's record, with keep its authorization
 	log       *slog.Logger
 }
 
@@ -116,13 +117,11 @@ func New(cfg Config) (*Server, error) {
 		handles:   cfg.Handles,
 		images:    cfg.Images,
 		log:       cfg.Logger,
-		issued:    newIssued(),
+		keep:      cfg.KeepGrants,
+		grants:    newGrants(),
 	}
 	if s.images == nil {
 		s.images = NewImages(cfg.Packages, DefaultImageBytes)
-	}
-	if cfg.KeepGrants {
-		s.kept = newGrants()
 	}
 	if s.ttl == 0 {
 		s.ttl = DefaultTTL
@@ -410,7 +409,7 @@ func (s *Server) Handle(ctx context.Context, g Grant) (string, error) {
 	if err := s.handles.PutSession(ctx, handleSessions, h, appendGrant(nil, g)); err != nil {
 		return "", fmt.Errorf("download: keeping a handle: %w", err)
 	}
-	if old, ok := s.issued.set(g); ok {
+	if old, ok := s.grants.issue(g); ok {
 		s.deleteHandle(ctx, old, "the device's next attempt")
 	}
 	return h, nil
@@ -453,13 +452,17 @@ func (s *Server) grantOf(ctx context.Context, h string) (Grant, error) {
 // token, another package, a revoked upgrade) and zero otherwise.
 //
 // With Config.KeepGrants, a grant Authorize allowed is not asked about
-// again, and its handle not looked up again, until Revoke names its device.
+// again, and its handle not looked up again, until Revoke names its device
+// (or Handle hands out a handle for another grant of the device). A grant
+// Authorize refuses for good (an error wrapping
+// transport.ErrDownloadRevoked) is forgotten, with the record of its
+// handle.
 func (s *Server) Check(ctx context.Context, token, packageID string) (Grant, error) {
 	var g Grant
 	var err error
 	handle, kept := isHandle(token), false
-	if handle && s.kept != nil {
-		g, kept = s.kept.ofHandle(token)
+	if handle && s.keep {
+		g, kept = s.grants.ofHandle(token)
 	}
 	if handle && !kept {
 		g, err = s.grantOf(ctx, token)
@@ -478,26 +481,29 @@ func (s *Server) Check(ctx context.Context, token, packageID string) (Grant, err
 		return g, nil
 	}
 	var gen uint64
-	if s.kept != nil {
-		if kept, gen = s.kept.allowed(g); kept {
+	if s.keep {
+		if kept, gen = s.grants.allowed(g); kept {
 			return g, nil
 		}
 	}
 	if err := s.authorize(ctx, g); err != nil {
-		if handle && revoked(err) && s.handles != nil {
-			// Its attempt ended: its record goes (its revocation may
-			// have come while this server was down).
-			s.issued.drop(g)
-			s.deleteHandle(ctx, g, "refused")
+		if revoked(err) {
+			// Its attempt ended: its entry goes, and its record with
+			// it, for a handle or a grant this server handed a handle
+			// out for (its revocation may have come while this server
+			// was down).
+			if issued := s.grants.drop(g); (handle || issued) && s.handles != nil {
+				s.deleteHandle(ctx, g, "refused")
+			}
 		}
 		return g, fmt.Errorf("%w: %w", ErrForbidden, err)
 	}
-	if s.kept != nil {
+	if s.keep {
 		h := ""
 		if handle {
 			h = token
 		}
-		s.kept.keep(g, h, gen)
+		s.grants.keep(g, h, gen)
 	}
 	return g, nil
 }
@@ -512,10 +518,7 @@ func (s *Server) Check(ctx context.Context, token, packageID string) (Grant, err
 // deleted from Config.Handles: the handle is unknown from then on, until
 // Handle is asked for the same grant again. It returns the store's error.
 func (s *Server) Revoke(ctx context.Context, taskID, deviceID string, attempt uint32) error {
-	if s.kept != nil {
-		s.kept.revoke(deviceID)
-	}
-	g, ok := s.issued.take(taskID, deviceID, attempt)
+	g, ok := s.grants.revoke(taskID, deviceID, attempt)
 	if !ok {
 		return nil
 	}

@@ -169,6 +169,9 @@ type harness struct {
 	now     time.Time
 	job     *messages.Job
 	journal []*messages.DeviceEvent
+	// batches holds the journal's length after each step that journaled
+	// events: one append each, as in the actor shell.
+	batches []int
 	timers  []timer
 }
 
@@ -186,6 +189,9 @@ func (h *harness) step(in *messages.DeviceInput) string {
 	}
 	h.s = next
 	h.journal = append(h.journal, res.Events...)
+	if len(res.Events) > 0 {
+		h.batches = append(h.batches, len(h.journal))
+	}
 	h.checkReplay()
 	for _, e := range res.Effects {
 		if a := e.GetArmDeadline(); a != nil {
@@ -430,9 +436,31 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 		return dumpState(h.s)
 	case "crash":
 		// Rebuild from the journal alone and print what Resume redoes; its
-		// deadline replaces the timer, as in the actor shell.
-		h.s = h.replay()
+		// deadline replaces the timer, as in the actor shell. lose=N: the
+		// crash takes the last N appends, which must be ones the shell
+		// writes unsynced (none of their events MustSync; the transcript
+		// loses only steps of inputs nobody waits for: answers, deadlines,
+		// other actors' messages).
 		var b strings.Builder
+		if n := int(u32(t, a, "lose")); n > 0 {
+			if n > len(h.batches) {
+				t.Fatalf("%s: lose=%d: only %d appends", d.Pos, n, len(h.batches))
+			}
+			keep := 0
+			if k := len(h.batches) - n; k > 0 {
+				keep = h.batches[k-1]
+			}
+			for _, e := range h.journal[keep:] {
+				if e.MustSync() {
+					t.Fatalf("%s: lose=%d takes %s, which is synced", d.Pos, n, fmtProto(e))
+				}
+				e = proto.Clone(e).(*messages.DeviceEvent)
+				e.AtUnixNano = 0
+				fmt.Fprintf(&b, "lost   %s\n", fmtProto(e))
+			}
+			h.journal, h.batches = h.journal[:keep], h.batches[:len(h.batches)-n]
+		}
+		h.s = h.replay()
 		for _, e := range Resume(h.s) {
 			if a := e.GetArmDeadline(); a != nil {
 				h.timers = []timer{{a.GetStep(), a.GetGeneration(), messages.Time(a.GetAtUnixNano())}}

@@ -23,6 +23,11 @@ type Config struct {
 	// OnUpgrade, when set, is called after a device completed an install,
 	// with the version it now runs (Behaviour.WrongVersion included).
 	OnUpgrade func(deviceID, version string)
+	// AckEarly, when set, picks the confirmable notifications of object 5
+	// that are marked no_ack like answers (acknowledged before their step
+	// is durable), as a transport might mark those the device machine finds
+	// again after a crash (messages.DeviceInput.FoundAgainOnResume).
+	AckEarly func(in *messages.DeviceInput) bool
 }
 
 // Delays are the reaction times of the simulated devices. A zero field takes

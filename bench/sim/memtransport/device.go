@@ -389,7 +389,11 @@ func (d *device) notifyFota() {
 		f.UpdateResult = ptr(d.fotaResult)
 	}
 	if f.State != nil || f.UpdateResult != nil {
-		d.emit(fotaIn(f))
+		in := fotaIn(f)
+		if early := d.t.cfg.AckEarly; early != nil && early(in) {
+			in.NoAck = true
+		}
+		d.emit(in)
 	}
 }
 
