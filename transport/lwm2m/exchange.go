@@ -25,7 +25,7 @@ import (
 // segment gives up its download; a 0x17 or an Execute never runs). So the
 // server sets each request's Message ID itself, and an acknowledgement
 // that carries the Message ID of the request in flight but not its token
-// (the device's cached answer, see handle) makes it send the request
+// (the device's cached answer, see staleAnswer) makes it send the request
 // again, with a Message ID a quarter of the space further on.
 const (
 	staleRetries = 4
