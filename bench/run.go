@@ -77,6 +77,9 @@ type Options struct {
 	// simulators' --log-level (default warn).
 	ServeArgs   []string
 	SimLogLevel string
+	// SimCPUProfile, when set, is the file the first simulator process
+	// writes its CPU profile to.
+	SimCPUProfile string
 	// CPUProfile, when set, is the file the server's CPU profile of the
 	// tasks' run is written to (pprof format, from the first task's creation
 	// until the tasks end; with KillAt, of both server processes).
@@ -587,6 +590,9 @@ func (r *benchRun) startSims(ctx context.Context, products map[string]string) ([
 			"--report", filepath.Join(r.dir, fmt.Sprintf("sim-%d.json", k)), "--log-level", cmp.Or(r.o.SimLogLevel, "warn")}
 		if r.o.DTLS {
 			args = append(args, "--dtls")
+		}
+		if k == 0 && r.o.SimCPUProfile != "" {
+			args = append(args, "--cpu-profile", r.o.SimCPUProfile)
 		}
 		if r.o.Devices > DevicesPerLocalAddr {
 			// The simulators share the machine's ephemeral ports: give each

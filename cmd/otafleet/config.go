@@ -326,6 +326,9 @@ func settings() []setting {
 		boundsOpt("cell-sinr-bounds", func(c *cellfsm.Config) rangeBounds {
 			return rangeBounds{&c.SINRPoorMin, &c.SINRMediumMin, &c.SINRGoodMin, &c.SINRMax}
 		}, "SINR ranges in dB, as POOR,MEDIUM,GOOD,MAX: poor from POOR, medium from MEDIUM, good from GOOD up to MAX (inclusive); a value outside is out of range"),
+		// Tasks.
+		engineOpt("task-max-in-flight", func(e *actors.Config) *int { return &e.Task.MaxInFlight },
+			"most devices of one task upgrading at once (the others wait, in order, and start as those end); 0: no limit, the cells' radio budgets alone pace a task. Set it when the server, not the radio, is the bottleneck: every started device's steps run against 3-minute deadlines", notNegative),
 		// The engine and the store.
 		engineOpt("passivate-after", func(e *actors.Config) *time.Duration { return &e.PassivateAfter },
 			"idle device and cell actors leave memory after this long", positive),
