@@ -65,7 +65,7 @@ func (d *rawDevice) post(tb testing.TB, path string, queries ...string) message.
 	if _, err := d.conn.Write(out[:k]); err != nil {
 		tb.Fatal(err)
 	}
-	_ = d.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = d.conn.SetReadDeadline(clock.Real().Now().Add(10 * time.Second))
 	for {
 		k, err := d.conn.Read(d.buf[:])
 		if err != nil {
