@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -235,13 +236,15 @@ func (f *fleet) stop() (sent int64, cpu time.Duration) {
 
 // BenchmarkMQTTIdle measures what a connected, idle device costs the
 // process that runs the engine and the embedded broker: heap, goroutine
-// stacks and goroutines per device (after a garbage collection), with
-// idleDevices devices in a child process.
+// stacks, goroutines and RSS per device (after a garbage collection), with
+// idleDevices devices in a child process. With OTAFLEET_IDLE_HEAP_PROFILE
+// set to a file name, it writes the heap profile of the idle fleet there
+// (go tool pprof -sample_index=inuse_space).
 //
 //	go test ./transport/mqtt -run '^$' -bench MQTTIdle -benchtime 1x
 func BenchmarkMQTTIdle(b *testing.B) {
 	const idleDevices = 2000
-	var heap, stacks, goroutines float64
+	var heap, stacks, goroutines, rss float64
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		s := newStack(b, 1<<10)
@@ -262,23 +265,60 @@ func BenchmarkMQTTIdle(b *testing.B) {
 		heap += float64(after.heap-before.heap) / idleDevices
 		stacks += float64(after.stacks-before.stacks) / idleDevices
 		goroutines += float64(after.goroutines-before.goroutines) / idleDevices
+		rss += float64(after.rss-before.rss) / idleDevices
+		if name := os.Getenv("OTAFLEET_IDLE_HEAP_PROFILE"); name != "" {
+			if err := writeHeapProfile(name); err != nil {
+				b.Fatal(err)
+			}
+		}
 		f.stop()
 	}
 	b.ReportMetric(heap/float64(b.N), "heap-B/device")
 	b.ReportMetric(stacks/float64(b.N), "stack-B/device")
 	b.ReportMetric(goroutines/float64(b.N), "goroutines/device")
+	b.ReportMetric(rss/float64(b.N), "rss-B/device")
 }
 
-type memFigures struct{ heap, stacks, goroutines int64 }
+type memFigures struct{ heap, stacks, goroutines, rss int64 }
 
 // idleMemory is the live heap after a garbage collection, the goroutine
-// stacks and the number of goroutines.
+// stacks, the number of goroutines and the resident set (0 where /proc is
+// missing).
 func idleMemory() memFigures {
 	runtime.GC()
 	ms := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/stacks:bytes"},
 		{Name: "/sched/goroutines:goroutines"}}
 	metrics.Read(ms)
-	return memFigures{int64(ms[0].Value.Uint64()), int64(ms[1].Value.Uint64()), int64(ms[2].Value.Uint64())}
+	return memFigures{int64(ms[0].Value.Uint64()), int64(ms[1].Value.Uint64()), int64(ms[2].Value.Uint64()), residentBytes()}
+}
+
+// residentBytes is this process's VmRSS from /proc/self/status; 0 if unknown.
+func residentBytes() int64 {
+	st, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(st)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// writeHeapProfile writes the heap profile (after a collection) to name.
+func writeHeapProfile(name string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // childCPU is the CPU time of the waited-for child processes so far.
