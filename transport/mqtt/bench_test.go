@@ -72,7 +72,7 @@ func cpuTime() time.Duration {
 // The devices run in a child process (this test binary, re-executed), so
 // that otafleet's CPU (this process) and the devices' (the child's) are
 // measured apart.
-const fleetEnv = "OTAFLEET_BENCH_FLEET" // broker address,device count,cert dir,epoch unix seconds
+const fleetEnv = "OTAFLEET_BENCH_FLEET" // broker URL,device count,cert dir,epoch unix seconds
 
 func TestMain(m *testing.M) {
 	if spec := os.Getenv(fleetEnv); spec != "" {
@@ -103,17 +103,21 @@ func runFleet(spec string) int {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pemBytes)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 64}}
+	tc := &tls.Config{RootCAs: pool} // the broker's MQTTS listener has the download server's certificate
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, MaxIdleConnsPerHost: 64}}
 	clk := clocktest.New(time.Unix(epoch, 0)) // the broker's clock: client ID timestamps agree
 	devs := make([]*mqttsim.Device, n)
 	var wg sync.WaitGroup
 	var failed atomic.Bool
+	starting := make(chan struct{}, 64) // a bounded storm: TLS handshakes on a loaded machine
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d, err := mqttsim.Start(context.Background(), mqttsim.Config{Broker: "tcp://" + addr, DeviceID: fmt.Sprintf("b%d", i),
-				Secret: fmt.Sprintf("secret-%d", i), FwVersion: "1.0", HTTPClient: client, Clock: clk})
+			starting <- struct{}{}
+			defer func() { <-starting }()
+			d, err := mqttsim.Start(context.Background(), mqttsim.Config{Broker: addr, DeviceID: fmt.Sprintf("b%d", i),
+				Secret: fmt.Sprintf("secret-%d", i), FwVersion: "1.0", HTTPClient: client, TLSConfig: tc, Clock: clk})
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "fleet:", err)
 				failed.Store(true)
@@ -151,7 +155,7 @@ func BenchmarkMQTTUpgrades(b *testing.B) {
 		if err := s.store.CreateDevices(context.Background(), regs); err != nil {
 			b.Fatal(err)
 		}
-		fleet := startFleet(b, s, benchDevices)
+		fleet := startFleet(b, s, "tcp://"+s.broker.Addr("mqtt"), benchDevices)
 		waitFor(b, "the devices online", 60*time.Second, func() bool {
 			d, err := s.eng.Device(context.Background(), fmt.Sprintf("b%d", benchDevices-1))
 			return err == nil && d.State.Online
@@ -201,11 +205,11 @@ type fleet struct {
 }
 
 // startFleet starts n devices b0..b(n-1) in a child process against s's
-// broker and returns once they are all connected.
-func startFleet(b *testing.B, s *stack, n int) *fleet {
+// broker at url (tcp:// or ssl://) and returns once they are all connected.
+func startFleet(b *testing.B, s *stack, url string, n int) *fleet {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%s,%d", fleetEnv, s.broker.Addr("mqtt"), n, s.certDir, s.clk.Now().Unix()))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%s,%d", fleetEnv, url, n, s.certDir, s.clk.Now().Unix()))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -237,12 +241,18 @@ func (f *fleet) stop() (sent int64, cpu time.Duration) {
 // BenchmarkMQTTIdle measures what a connected, idle device costs the
 // process that runs the engine and the embedded broker: heap, goroutine
 // stacks, goroutines and RSS per device (after a garbage collection), with
-// idleDevices devices in a child process. With OTAFLEET_IDLE_HEAP_PROFILE
-// set to a file name, it writes the heap profile of the idle fleet there
-// (go tool pprof -sample_index=inuse_space).
+// idleDevices devices in a child process, over plain MQTT (tcp) and MQTTS
+// (tls). With OTAFLEET_IDLE_HEAP_PROFILE set to a file name, it writes the
+// heap profile of the idle fleet there (go tool pprof
+// -sample_index=inuse_space).
 //
 //	go test ./transport/mqtt -run '^$' -bench MQTTIdle -benchtime 1x
 func BenchmarkMQTTIdle(b *testing.B) {
+	b.Run("tcp", func(b *testing.B) { benchmarkIdle(b, "tcp", "mqtt") })
+	b.Run("tls", func(b *testing.B) { benchmarkIdle(b, "ssl", "mqtts") })
+}
+
+func benchmarkIdle(b *testing.B, scheme, listener string) {
 	const idleDevices = 2000
 	var heap, stacks, goroutines, rss float64
 	for i := 0; i < b.N; i++ {
@@ -256,7 +266,7 @@ func BenchmarkMQTTIdle(b *testing.B) {
 			b.Fatal(err)
 		}
 		before := idleMemory()
-		f := startFleet(b, s, idleDevices)
+		f := startFleet(b, s, scheme+"://"+s.broker.Addr(listener), idleDevices)
 		waitFor(b, "the devices online", 60*time.Second, func() bool {
 			d, err := s.eng.Device(context.Background(), fmt.Sprintf("b%d", idleDevices-1))
 			return err == nil && d.State.Online
