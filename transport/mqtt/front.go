@@ -423,6 +423,7 @@ func (w *workers) submit(c *conn) {
 }
 
 func (w *workers) run(c *conn) {
+	grow()
 	for {
 		w.do(c)
 		if w.idle.Add(1) > w.maxIdle {
@@ -456,6 +457,24 @@ func (w *workers) park() (*conn, bool) {
 //
 //go:noinline
 func keep(b *[stackBallast]byte) { b[0] = 0 }
+
+// stackFull is the stack a worker's steps need, about: mochi's frames, the
+// hook's JSON decoding and the engine's delivery go past 16 KiB.
+const stackFull = 20 << 10
+
+// grow grows a new worker's stack to 32 KiB at once, while it holds one
+// frame: growing it step by step under the hook's frames copied them four
+// times, which cost more than the step itself (a burst of publishes that
+// all wait for the journal starts new workers).
+//
+//go:noinline
+func grow() {
+	var b [stackFull]byte
+	keepFull(&b)
+}
+
+//go:noinline
+func keepFull(b *[stackFull]byte) { b[0] = 0 }
 
 // stop ends the idle workers; nothing may be submitted afterwards.
 func (w *workers) stop() { close(w.jobs) }
