@@ -197,9 +197,8 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 	b.hook = &hook{b: b}
 	b.workers = newWorkers(b.work)
 	b.server = mqtt.New(&mqtt.Options{
-		Capabilities:            caps,
-		ClientNetReadBufferSize: readBufferSize,
-		Logger:                  b.mochiLog,
+		Capabilities: caps,
+		Logger:       b.mochiLog,
 	})
 	if err := b.server.AddHook(b.hook, nil); err != nil {
 		return nil, err

@@ -51,8 +51,8 @@ type conn struct {
 	nc       net.Conn
 	listener string
 
-	buf  [32]byte // bytes read ahead: a fixed header, a small packet
-	r, w int      // buf[r:w] are unread
+	buf  [readBufferSize]byte // bytes read ahead: a fixed header, a small packet
+	r, w int                  // buf[r:w] are unread
 	fh   packets.FixedHeader
 	body []byte // the packet the worker handles; nil once handled
 	step step
