@@ -48,7 +48,7 @@ import (
 // state is mochi's. The downlink queue is guarded by Broker.mu.
 type conn struct {
 	cl       *mqtt.Client
-	nc       net.Conn
+	nc       net.Conn // what the reader reads: after the login, without the first-packet check
 	listener string
 
 	buf  [readBufferSize]byte // bytes read ahead: a fixed header, a small packet
@@ -134,6 +134,9 @@ func (b *Broker) read(c *conn) error {
 		}
 		if c.cl.Closed() {
 			return nil
+		}
+		if fc, ok := c.nc.(*firstPacketConn); ok && next == stepConnect {
+			c.nc = fc.Conn // logged in: its check is done, and the reader's stack one frame shallower
 		}
 		next = stepPacket
 		refreshDeadline(c)
