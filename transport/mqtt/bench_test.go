@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,7 +72,7 @@ func cpuTime() time.Duration {
 // The devices run in a child process (this test binary, re-executed), so
 // that otafleet's CPU (this process) and the devices' (the child's) are
 // measured apart.
-const fleetEnv = "OTAFLEET_BENCH_FLEET" // broker address,device count,cert dir,epoch unix seconds
+const fleetEnv = "OTAFLEET_BENCH_FLEET" // broker URL,device count,cert dir,epoch unix seconds
 
 func TestMain(m *testing.M) {
 	if spec := os.Getenv(fleetEnv); spec != "" {
@@ -102,17 +103,21 @@ func runFleet(spec string) int {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pemBytes)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 64}}
+	tc := &tls.Config{RootCAs: pool} // the broker's MQTTS listener has the download server's certificate
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, MaxIdleConnsPerHost: 64}}
 	clk := clocktest.New(time.Unix(epoch, 0)) // the broker's clock: client ID timestamps agree
 	devs := make([]*mqttsim.Device, n)
 	var wg sync.WaitGroup
 	var failed atomic.Bool
+	starting := make(chan struct{}, 64) // a bounded storm: TLS handshakes on a loaded machine
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d, err := mqttsim.Start(context.Background(), mqttsim.Config{Broker: "tcp://" + addr, DeviceID: fmt.Sprintf("b%d", i),
-				Secret: fmt.Sprintf("secret-%d", i), FwVersion: "1.0", HTTPClient: client, Clock: clk})
+			starting <- struct{}{}
+			defer func() { <-starting }()
+			d, err := mqttsim.Start(context.Background(), mqttsim.Config{Broker: addr, DeviceID: fmt.Sprintf("b%d", i),
+				Secret: fmt.Sprintf("secret-%d", i), FwVersion: "1.0", HTTPClient: client, TLSConfig: tc, Clock: clk})
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "fleet:", err)
 				failed.Store(true)
@@ -150,7 +155,7 @@ func BenchmarkMQTTUpgrades(b *testing.B) {
 		if err := s.store.CreateDevices(context.Background(), regs); err != nil {
 			b.Fatal(err)
 		}
-		fleet := startFleet(b, s, benchDevices)
+		fleet := startFleet(b, s, "tcp://"+s.broker.Addr("mqtt"), benchDevices)
 		waitFor(b, "the devices online", 60*time.Second, func() bool {
 			d, err := s.eng.Device(context.Background(), fmt.Sprintf("b%d", benchDevices-1))
 			return err == nil && d.State.Online
@@ -200,11 +205,11 @@ type fleet struct {
 }
 
 // startFleet starts n devices b0..b(n-1) in a child process against s's
-// broker and returns once they are all connected.
-func startFleet(b *testing.B, s *stack, n int) *fleet {
+// broker at url (tcp:// or ssl://) and returns once they are all connected.
+func startFleet(b *testing.B, s *stack, url string, n int) *fleet {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%s,%d", fleetEnv, s.broker.Addr("mqtt"), n, s.certDir, s.clk.Now().Unix()))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%s,%d", fleetEnv, url, n, s.certDir, s.clk.Now().Unix()))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -235,13 +240,21 @@ func (f *fleet) stop() (sent int64, cpu time.Duration) {
 
 // BenchmarkMQTTIdle measures what a connected, idle device costs the
 // process that runs the engine and the embedded broker: heap, goroutine
-// stacks and goroutines per device (after a garbage collection), with
-// idleDevices devices in a child process.
+// stacks, goroutines and RSS per device (after a garbage collection), with
+// idleDevices devices in a child process, over plain MQTT (tcp) and MQTTS
+// (tls). With OTAFLEET_IDLE_HEAP_PROFILE set to a file name, it writes the
+// heap profile of the idle fleet there (go tool pprof
+// -sample_index=inuse_space).
 //
 //	go test ./transport/mqtt -run '^$' -bench MQTTIdle -benchtime 1x
 func BenchmarkMQTTIdle(b *testing.B) {
+	b.Run("tcp", func(b *testing.B) { benchmarkIdle(b, "tcp", "mqtt") })
+	b.Run("tls", func(b *testing.B) { benchmarkIdle(b, "ssl", "mqtts") })
+}
+
+func benchmarkIdle(b *testing.B, scheme, listener string) {
 	const idleDevices = 2000
-	var heap, stacks, goroutines float64
+	var heap, stacks, goroutines, rss float64
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		s := newStack(b, 1<<10)
@@ -253,7 +266,7 @@ func BenchmarkMQTTIdle(b *testing.B) {
 			b.Fatal(err)
 		}
 		before := idleMemory()
-		f := startFleet(b, s, idleDevices)
+		f := startFleet(b, s, scheme+"://"+s.broker.Addr(listener), idleDevices)
 		waitFor(b, "the devices online", 60*time.Second, func() bool {
 			d, err := s.eng.Device(context.Background(), fmt.Sprintf("b%d", idleDevices-1))
 			return err == nil && d.State.Online
@@ -262,23 +275,60 @@ func BenchmarkMQTTIdle(b *testing.B) {
 		heap += float64(after.heap-before.heap) / idleDevices
 		stacks += float64(after.stacks-before.stacks) / idleDevices
 		goroutines += float64(after.goroutines-before.goroutines) / idleDevices
+		rss += float64(after.rss-before.rss) / idleDevices
+		if name := os.Getenv("OTAFLEET_IDLE_HEAP_PROFILE"); name != "" {
+			if err := writeHeapProfile(name); err != nil {
+				b.Fatal(err)
+			}
+		}
 		f.stop()
 	}
 	b.ReportMetric(heap/float64(b.N), "heap-B/device")
 	b.ReportMetric(stacks/float64(b.N), "stack-B/device")
 	b.ReportMetric(goroutines/float64(b.N), "goroutines/device")
+	b.ReportMetric(rss/float64(b.N), "rss-B/device")
 }
 
-type memFigures struct{ heap, stacks, goroutines int64 }
+type memFigures struct{ heap, stacks, goroutines, rss int64 }
 
 // idleMemory is the live heap after a garbage collection, the goroutine
-// stacks and the number of goroutines.
+// stacks, the number of goroutines and the resident set (0 where /proc is
+// missing).
 func idleMemory() memFigures {
 	runtime.GC()
 	ms := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/stacks:bytes"},
 		{Name: "/sched/goroutines:goroutines"}}
 	metrics.Read(ms)
-	return memFigures{int64(ms[0].Value.Uint64()), int64(ms[1].Value.Uint64()), int64(ms[2].Value.Uint64())}
+	return memFigures{int64(ms[0].Value.Uint64()), int64(ms[1].Value.Uint64()), int64(ms[2].Value.Uint64()), residentBytes()}
+}
+
+// residentBytes is this process's VmRSS from /proc/self/status; 0 if unknown.
+func residentBytes() int64 {
+	st, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(st)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// writeHeapProfile writes the heap profile (after a collection) to name.
+func writeHeapProfile(name string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // childCPU is the CPU time of the waited-for child processes so far.

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
@@ -134,16 +132,24 @@ func (c BrokerConfig) withDefaults() BrokerConfig {
 type Broker struct {
 	cfg      BrokerConfig
 	server   *mqtt.Server
+	hook     *hook
 	log      *slog.Logger
-	refusals *limitedLog // lines about refused devices, at a bounded rate
+	mochiLog *slog.Logger // mochi's, and the front end's lines about connections
+	refusals *limitedLog  // lines about refused devices, at a bounded rate
 	metrics  *brokerMetrics
 	throttle *loginThrottle
 	limits   *connLimits
 	addrs    map[string]string
+	lis      map[string]net.Listener
+	workers  *workers
+	wg       sync.WaitGroup // accept loops and connections
 
 	mu       sync.Mutex
 	sessions map[string]*session // device ID → its connections
+	conns    map[*conn]struct{}  // every open connection, logged in or not
+	closing  bool
 
+	startOnce sync.Once
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -178,19 +184,23 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 	b := &Broker{
 		cfg:      cfg,
 		log:      cfg.Logger,
+		mochiLog: cfg.Logger.With("component", "mqtt-broker"),
 		refusals: newLimitedLog(cfg.Logger, cfg.Clock),
 		metrics:  m,
 		throttle: newLoginThrottle(cfg.LoginFailuresPerDevice, cfg.LoginFailuresPerSource),
 		limits:   &connLimits{max: cfg.MaxConnections, perSource: cfg.MaxConnectionsPerSource, bySource: map[netip.Addr]int{}},
 		addrs:    map[string]string{},
+		lis:      map[string]net.Listener{},
 		sessions: map[string]*session{},
+		conns:    map[*conn]struct{}{},
 	}
+	b.hook = &hook{b: b}
+	b.workers = newWorkers(b.work)
 	b.server = mqtt.New(&mqtt.Options{
-		Capabilities:            caps,
-		ClientNetReadBufferSize: readBufferSize,
-		Logger:                  slog.New(connEndHandler{cfg.Logger.With("component", "mqtt-broker").Handler()}),
+		Capabilities: caps,
+		Logger:       b.mochiLog,
 	})
-	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
+	if err := b.server.AddHook(b.hook, nil); err != nil {
 		return nil, err
 	}
 	add := func(id, addr string, tc *tls.Config) error {
@@ -198,59 +208,28 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 		if err != nil {
 			return fmt.Errorf("mqtt: listening on %s: %w", addr, err)
 		}
-		if err := b.server.AddListener(listeners.NewNet(id, lis)); err != nil {
-			lis.Close()
-			return fmt.Errorf("mqtt: listening on %s: %w", addr, err)
-		}
+		b.lis[id] = lis
 		b.addrs[id] = lis.Addr().String()
 		return nil
 	}
+	closeAll := func() {
+		for _, l := range b.lis {
+			l.Close()
+		}
+	}
 	if cfg.Addr != "" {
 		if err := add("mqtt", cfg.Addr, nil); err != nil {
-			b.server.Close()
+			closeAll()
 			return nil, err
 		}
 	}
 	if cfg.TLSAddr != "" && cfg.TLS != nil {
 		if err := add("mqtts", cfg.TLSAddr, cfg.TLS); err != nil {
-			b.server.Close()
+			closeAll()
 			return nil, err
 		}
 	}
 	return b, nil
-}
-
-// connEndHandler names the one record mochi's listeners log without a
-// message: the end of a connection, with its error. The end of a connection
-// the broker closed (at shutdown) or the device closed is no warning: it is
-// logged at debug level (mochi logs "client disconnected" there too).
-type connEndHandler struct{ slog.Handler }
-
-func (h connEndHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message != "" {
-		return h.Handler.Handle(ctx, r)
-	}
-	level := r.Level
-	r.Attrs(func(a slog.Attr) bool {
-		if err, ok := a.Value.Any().(error); ok && (errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF)) {
-			level = slog.LevelDebug
-		}
-		return true
-	})
-	if !h.Handler.Enabled(ctx, level) {
-		return nil
-	}
-	named := slog.NewRecord(r.Time, level, "mqtt: connection ended", r.PC)
-	r.Attrs(func(a slog.Attr) bool { named.AddAttrs(a); return true })
-	return h.Handler.Handle(ctx, named)
-}
-
-func (h connEndHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return connEndHandler{h.Handler.WithAttrs(as)}
-}
-
-func (h connEndHandler) WithGroup(name string) slog.Handler {
-	return connEndHandler{h.Handler.WithGroup(name)}
 }
 
 // listen opens a listener that bounds what a connection costs before its
@@ -279,34 +258,51 @@ func (b *Broker) connectionRefused(reason string, remote net.Addr) {
 // it has none.
 func (b *Broker) Addr(listener string) string { return b.addrs[listener] }
 
-// Start serves the listeners in the background.
-func (b *Broker) Start() error { return b.server.Serve() }
+// Start serves the listeners in the background (the front end, front.go).
+func (b *Broker) Start() error {
+	var err error
+	b.startOnce.Do(func() {
+		if err = b.server.Serve(); err != nil { // mochi's housekeeping; it has no listener
+			return
+		}
+		for id, lis := range b.lis {
+			b.wg.Add(1)
+			go b.accept(id, lis)
+		}
+	})
+	return err
+}
 
-// Close disconnects every device and closes the listeners; a second Close
-// does nothing (mochi's own would panic).
-//
-// mochi's own Close lists a listener's clients under a read lock that it
-// takes twice (Clients.GetByListener calls Len), which deadlocks against a
-// client disconnecting at the same moment (a waiting writer). So each
-// listener is closed here first with a closer that takes the lock once;
-// mochi's Close then finds them closed and skips that step.
+// Close closes the listeners, disconnects every device (DISCONNECT, server
+// shutting down), waits for the connections' ends and stops the broker; a
+// second Close does nothing.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
-		for id := range b.addrs {
-			b.server.Listeners.Close(id, b.closeClients)
+		b.mu.Lock()
+		b.closing = true
+		var in, out []*conn
+		for c := range b.conns {
+			if c.loggedIn {
+				in = append(in, c)
+			} else {
+				out = append(out, c)
+			}
 		}
+		b.mu.Unlock()
+		for _, l := range b.lis {
+			_ = l.Close()
+		}
+		for _, c := range in {
+			_ = b.server.DisconnectClient(c.cl, packets.ErrServerShuttingDown)
+		}
+		for _, c := range out {
+			c.cl.Stop(packets.ErrServerShuttingDown)
+		}
+		b.wg.Wait()
+		b.workers.stop()
 		b.closeErr = b.server.Close()
 	})
 	return b.closeErr
-}
-
-// closeClients disconnects the clients of one listener.
-func (b *Broker) closeClients(listener string) {
-	for _, cl := range b.server.Clients.GetAll() {
-		if cl.Net.Listener == listener && !cl.Closed() {
-			_ = b.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
-		}
-	}
 }
 
 // Send publishes a downlink on the device's down topic (QoS 1) to each of
@@ -379,8 +375,9 @@ func (b *Broker) deliverReport(id string, in *messages.DeviceInput) error {
 	return b.cfg.Uplinks.Deliver(ctx, id, in)
 }
 
-// hook is the broker's mochi hook: login, ACL, implicit subscription,
-// presence and uplinks.
+// hook is the broker's mochi hook: the ACL and uplinks, which mochi calls as
+// it processes a packet (Server.InjectPacket), and the login, which the
+// front end calls (login).
 type hook struct {
 	mqtt.HookBase
 	b *Broker
@@ -390,8 +387,7 @@ func (h *hook) ID() string { return "otafleet" }
 
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
-		mqtt.OnDisconnect, mqtt.OnPublish:
+	case mqtt.OnACLCheck, mqtt.OnPublish:
 		return true
 	}
 	return false
@@ -503,10 +499,6 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
-// OnConnectAuthenticate accepts: OnConnect, which runs first, has checked
-// the login already.
-func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool { return true }
-
 // deviceOf is the device ID a connection logged in as (its username, checked
 // at login).
 func deviceOf(cl *mqtt.Client) string { return string(cl.Properties.Username) }
@@ -527,59 +519,56 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return allowed
 }
 
-// OnSessionEstablished adds the connection to its device's session, where
+// established adds the connection to its device's session, where
 // Send finds it: so the device gets its down topic without a SUBSCRIBE
 // (devices built for IoTDA never send one), as if subscribed, and without a
 // subscription in mochi's topic index (a few particles a device, walked on
 // every publish). It reports the device online.
 //
 // A connection with the client ID of an existing one replaces it (MQTT's
-// session takeover). IoTDA allows one connection per device (spec 2.9);
+// session takeover, login). IoTDA allows one connection per device (spec 2.9);
 // otafleet accepts several with different client IDs (the sign type 0 and 1
 // forms, or another hour), so that a debugging client such as mosquitto_sub
 // can listen beside the device: each gets the downlinks, and the device is
 // online while any of them is connected. They share the device's uplink
 // bucket.
-func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
-	id := deviceOf(cl)
-	h.b.mu.Lock()
-	s := h.b.sessions[id]
+func (b *Broker) established(c *conn) {
+	id := deviceOf(c.cl)
+	b.mu.Lock()
+	s := b.sessions[id]
 	if s == nil {
 		s = &session{}
-		if h.b.cfg.UplinkRate > 0 {
-			s.uplinks = rate.NewLimiter(rate.Limit(h.b.cfg.UplinkRate), h.b.cfg.UplinkBurst)
+		if b.cfg.UplinkRate > 0 {
+			s.uplinks = rate.NewLimiter(rate.Limit(b.cfg.UplinkRate), b.cfg.UplinkBurst)
 		}
-		h.b.sessions[id] = s
+		b.sessions[id] = s
 	}
-	s.conns = append(s.conns, &conn{cl: cl})
-	h.b.mu.Unlock()
-	h.b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{}}})
+	s.conns = append(s.conns, c)
+	b.mu.Unlock()
+	b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{}}})
 }
 
-// OnDisconnect reports the device offline when its last connection ends.
-func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	id := deviceOf(cl)
-	if id == "" {
-		return
-	}
-	h.b.mu.Lock()
-	s := h.b.sessions[id]
+// ended reports the device offline when its last connection has ended.
+func (b *Broker) ended(c *conn) {
+	id := deviceOf(c.cl)
+	b.mu.Lock()
+	s := b.sessions[id]
 	i := -1
 	if s != nil {
-		i = slices.IndexFunc(s.conns, func(c *conn) bool { return c.cl == cl })
+		i = slices.Index(s.conns, c)
 	}
 	if i < 0 {
-		h.b.mu.Unlock()
+		b.mu.Unlock()
 		return // refused at login, or already counted
 	}
 	s.conns = slices.Delete(s.conns, i, i+1)
 	last := len(s.conns) == 0
 	if last {
-		delete(h.b.sessions, id)
+		delete(b.sessions, id)
 	}
-	h.b.mu.Unlock()
+	b.mu.Unlock()
 	if last {
-		h.b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Disconnected{Disconnected: &messages.Disconnected{}}})
+		b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Disconnected{Disconnected: &messages.Disconnected{}}})
 	}
 }
 

@@ -7,7 +7,10 @@
 // publishes the engine's downlinks straight to the device's connections (no
 // topic index: a connected device costs no subscription); after an upgrade event it tells the engine the URL and
 // access token it gave the device (DownloadOffered, for the timeline). The
-// wire format lives in the pure subpackage iotda.
+// broker accepts connections itself (front.go): one small reader goroutine
+// per connection hands each packet to a shared pool of workers, which drive
+// mochi's server through its public API, so that an idle device costs no
+// deep goroutine stack. The wire format lives in the pure subpackage iotda.
 //
 // Devices are treated as adversaries: a connection must send a small CONNECT
 // (at most MaxConnectSize bytes) soon after it opens, connections are

@@ -10,14 +10,6 @@ import (
 	"github.com/otafleet/otafleet/transport/mqtt/iotda"
 )
 
-// conn is one connection of a device, with the downlinks waiting to be
-// written to it. Its fields are guarded by Broker.mu.
-type conn struct {
-	cl      *mqtt.Client
-	queue   []packets.Packet // oldest first; at most maxWritesPending
-	writing bool             // a goroutine (drain) is writing the queue
-}
-
 // publishDown queues a QoS 1 publish of payload on the device's down topic
 // for each of its connections (the device, and a listener beside it).
 //

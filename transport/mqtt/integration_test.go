@@ -156,6 +156,7 @@ func newStackOn(t testing.TB, packageSize int, brokerURL string) *stack {
 		return s
 	}
 	s.broker, err = mqtt.NewBroker(mqtt.BrokerConfig{Addr: "127.0.0.1:0", Credentials: s.store, Uplinks: s.counter,
+		TLSAddr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
 		Downloads: mint{s: dl, base: srv.URL}, Clock: s.clk})
 	must(err)
 	must(s.broker.Start())

@@ -31,10 +31,11 @@ const (
 	// maxWritesPending is mochi's per-client queue of outgoing packets: an
 	// OTA device is sent a version query or an upgrade event at a time.
 	maxWritesPending = 16
-	// readBufferSize is mochi's per-client read buffer (its default is 2
-	// KiB): an IoTDA CONNECT or $ota report is 200 to 400 bytes, and a
-	// larger packet is read past the buffer, straight into its own slice.
-	readBufferSize = 512
+	// readBufferSize is a connection's read-ahead (front.go; mochi's
+	// per-client read buffer is 2 KiB by default and goes unused): a fixed
+	// header, a PUBACK or a PINGREQ; a larger packet is read straight into
+	// its own slice.
+	readBufferSize = 32
 )
 
 // Reasons a connection is refused or closed before its login, the label of

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -455,12 +456,27 @@ func TestWritesPendingBounded(t *testing.T) {
 	}
 }
 
-// TestReadBufferSmall (issue 21): mochi's per-client read buffer fits an
-// OTA device's packets, not mochi's 2 KiB default.
+// TestReadBufferSmall (issue 21): a connected device's read buffer is the
+// front end's small read-ahead, not mochi's per-client buffer (2 KiB by
+// default), which the broker's clients do not have.
 func TestReadBufferSmall(t *testing.T) {
 	e := newEnv(t)
-	if n := e.b.server.Options.ClientNetReadBufferSize; n != readBufferSize || n > 512 {
-		t.Fatalf("ClientNetReadBufferSize %d, want %d", n, readBufferSize)
+	if _, err := e.connect(t, "d1", "secret-1", "", 60*time.Second, nil); err != nil {
+		t.Fatal(err)
+	}
+	e.rec.next(t) // connected
+	e.b.mu.Lock()
+	defer e.b.mu.Unlock()
+	if len(e.b.conns) != 1 {
+		t.Fatalf("%d connections", len(e.b.conns))
+	}
+	for c := range e.b.conns {
+		if n := len(c.buf); n != readBufferSize || n > 512 {
+			t.Fatalf("read-ahead of %d bytes, want %d", n, readBufferSize)
+		}
+		if bconn := reflect.ValueOf(c.cl.Net).FieldByName("bconn"); !bconn.IsValid() || !bconn.IsNil() {
+			t.Fatalf("mochi's client has a read buffer (%v)", bconn)
+		}
 	}
 }
 

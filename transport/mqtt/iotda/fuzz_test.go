@@ -2,14 +2,21 @@ package iotda
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/messages"
 )
 
 // FuzzDecodeUplink: any payload decodes or fails with ErrMalformed; never a
 // panic, and every input is a version report or a progress report with the
-// documented bounds.
+// documented bounds. The one-pass decoding gives what decoding in parts
+// gives (the same inputs, ignored events and error).
 func FuzzDecodeUplink(f *testing.F) {
 	now := time.Date(2026, 11, 23, 16, 0, 0, 0, time.UTC)
 	fw := "1.0"
@@ -18,8 +25,17 @@ func FuzzDecodeUplink(f *testing.F) {
 	f.Add(EncodeProgress("d1", Progress{ResultCode: 7, Progress: &pr, Version: "1.0", Description: "x"}, now))
 	f.Add([]byte(`{"object_device_id":"x","services":[{"service_id":"$ota","event_type":"version_report","paras":{"sw_version":"2"}}]}`))
 	f.Add([]byte(`{"services":[{"service_id":"$ota","event_type":"upgrade_progress_report","paras":{"result_code":1e3,"version":""}}]}`))
+	f.Add([]byte(`{"services":[{"service_id":"$ota","event_type":"version_report","paras":{"fw_version":"2"}},{"service_id":7}]}`))
+	f.Add([]byte(`{"services":[null,{"service_id":"$ota","event_type":"upgrade_progress_report","paras":null}]}`))
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		u, err := DecodeUplink("d1", payload)
+		if len(payload) <= MaxPayload {
+			parts, perr := decodeUplinkInParts("d1", payload)
+			if fmt.Sprint(err) != fmt.Sprint(perr) || !slices.Equal(u.Ignored, parts.Ignored) ||
+				!slices.EqualFunc(u.Inputs, parts.Inputs, func(a, b *messages.DeviceInput) bool { return proto.Equal(a, b) }) {
+				t.Fatalf("one pass: %v %v; in parts: %v %v", u, err, parts, perr)
+			}
+		}
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v is not ErrMalformed", err)

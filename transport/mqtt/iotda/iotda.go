@@ -250,30 +250,64 @@ const maxVersion = 256
 // invalid paras fails with ErrMalformed; the other events still count only
 // when the whole payload is valid, so a device report is used all or nothing.
 // A payload with more than MaxServices services fails with ErrTooManyServices.
+//
+// A payload is decoded in one pass (envelope); only when that fails is it
+// decoded again in parts (decodeUplinkInParts), which finds the error a
+// device is told about in the documented order: the envelope, the number of
+// services, then each service. Both give the same result for every payload
+// (FuzzDecodeUplink).
 func DecodeUplink(deviceID string, payload []byte) (Uplink, error) {
 	if len(payload) > MaxPayload {
 		return Uplink{}, fmt.Errorf("%w: %d bytes, at most %d", ErrMalformed, len(payload), MaxPayload)
 	}
+	var env envelope
+	if err := json.Unmarshal(payload, &env); err != nil {
+		return decodeUplinkInParts(deviceID, payload)
+	}
+	if err := checkEnvelope(deviceID, env.ObjectDeviceID, len(env.Services)); err != nil {
+		return Uplink{}, err
+	}
+	return decodeServices(env.Services)
+}
+
+// decodeUplinkInParts is DecodeUplink decoding the envelope, then each
+// service.
+func decodeUplinkInParts(deviceID string, payload []byte) (Uplink, error) {
 	var env rawEnvelope
 	if err := json.Unmarshal(payload, &env); err != nil {
 		return Uplink{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if env.ObjectDeviceID != "" && env.ObjectDeviceID != deviceID {
-		return Uplink{}, fmt.Errorf("%w: object_device_id %q is not the publishing device %q (gateway mode is not supported)",
-			ErrMalformed, env.ObjectDeviceID, deviceID)
+	if err := checkEnvelope(deviceID, env.ObjectDeviceID, len(env.Services)); err != nil {
+		return Uplink{}, err
 	}
-	if len(env.Services) == 0 {
-		return Uplink{}, fmt.Errorf("%w: no services", ErrMalformed)
-	}
-	if len(env.Services) > MaxServices {
-		return Uplink{}, fmt.Errorf("%w: %d, at most %d", ErrTooManyServices, len(env.Services), MaxServices)
-	}
-	var out Uplink
+	services := make([]service, len(env.Services))
 	for i, raw := range env.Services {
-		var s service
-		if err := json.Unmarshal(raw, &s); err != nil {
+		if err := json.Unmarshal(raw, &services[i]); err != nil {
 			return Uplink{}, fmt.Errorf("%w: services[%d]: %v", ErrMalformed, i, err)
 		}
+	}
+	return decodeServices(services)
+}
+
+// checkEnvelope checks an envelope's device and number of services.
+func checkEnvelope(deviceID, objectDeviceID string, services int) error {
+	if objectDeviceID != "" && objectDeviceID != deviceID {
+		return fmt.Errorf("%w: object_device_id %q is not the publishing device %q (gateway mode is not supported)",
+			ErrMalformed, objectDeviceID, deviceID)
+	}
+	if services == 0 {
+		return fmt.Errorf("%w: no services", ErrMalformed)
+	}
+	if services > MaxServices {
+		return fmt.Errorf("%w: %d, at most %d", ErrTooManyServices, services, MaxServices)
+	}
+	return nil
+}
+
+// decodeServices decodes the $ota events among services.
+func decodeServices(services []service) (Uplink, error) {
+	var out Uplink
+	for i, s := range services {
 		if s.ServiceID != ServiceOTA {
 			out.Ignored = append(out.Ignored, fmt.Sprintf("service %q event %q", s.ServiceID, s.EventType))
 			continue
@@ -344,9 +378,9 @@ func unmarshalParas(raw json.RawMessage, v any) error {
 	if len(raw) == 0 || string(raw) == "null" {
 		return errors.New("no paras")
 	}
-	d := json.NewDecoder(strings.NewReader(string(raw)))
-	d.UseNumber()
-	if err := d.Decode(v); err != nil {
+	// raw is one valid JSON value, and the paras structs hold numbers as
+	// json.Number: Unmarshal decodes it as a Decoder with UseNumber would.
+	if err := json.Unmarshal(raw, v); err != nil {
 		return fmt.Errorf("paras: %v", err)
 	}
 	return nil
