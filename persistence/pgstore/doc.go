@@ -39,22 +39,23 @@
 // second fence should a writer ever get past the head. Two writers can
 // never both win.
 //
-// Appends are grouped: one goroutine (the committer) takes the appends
-// waiting, at most one per stream and Options.MaxBatch in all, and writes
-// them with one statement (arrays unnested into data-modifying common
-// table expressions), in one transaction, while the next ones queue; a
-// stream appended to twice waits for the next batch. A batch is synced
-// (the commit waits for the WAL flush) when one of its appends is. A batch
-// of NoSync appends only is committed with `SET LOCAL synchronous_commit =
-// off`: it is visible at once and its commit record is in the WAL before
-// Append returns, but not flushed. This keeps the rule the engine relies
-// on, that an unsynced append becomes durable no later than any synced
-// append that follows it: the WAL is one sequence, a synced commit
-// flushes it up to its own commit record, and batches commit one after
-// the other, so every batch committed before a synced one (every
-// unsynced append that returned before the synced one was taken) is
-// flushed with it. PostgreSQL's WAL writer also flushes unsynced commits
-// within wal_writer_delay on its own.
+// Appends are grouped: goroutines of a committer (Options.Pipelines of
+// them, so that one batch is sent while another waits for its WAL flush)
+// each take the appends waiting, at most Options.MaxBatch and at most one
+// per stream (a stream is never in two batches at once), and write them
+// with one statement (arrays unnested into data-modifying common table
+// expressions), which is one transaction. A batch is synced (its commit
+// waits for the WAL flush) when one of its appends is. A batch of NoSync
+// appends only goes through connections with synchronous_commit off: it
+// is visible at once, and its commit record is in the WAL before Append
+// returns, but not flushed. This keeps the rule the engine relies on, that
+// an unsynced append becomes durable no later than any synced append that
+// follows it: the WAL is one sequence, and a synced commit waits until the
+// WAL is flushed up to its own commit record, so past the commit record of
+// every transaction that committed before it, in particular every unsynced
+// append that had returned when the synced one was made. (PostgreSQL's WAL
+// writer also flushes unsynced commits within wal_writer_delay on its
+// own.)
 //
 // # Blobs
 //

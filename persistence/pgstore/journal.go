@@ -20,25 +20,32 @@ type appendReq struct {
 	res  chan error // buffered: the committer never blocks on it
 }
 
-// committer is the group commit: one goroutine that takes the appends
-// waiting (at most one per stream, at most max) and writes them with one
-// statement, in one transaction, while the next ones queue. Batches commit
-// one after the other, so their commit records follow each other in the
-// WAL in the order Append calls return.
+// committer is the group commit: goroutines (pipelines) that each take
+// the appends waiting (at most max, of streams no other batch in flight
+// holds) and write them with one statement, in one transaction, while the
+// next ones queue. With more than one pipeline, one batch waits for its WAL
+// flush while the next is sent; a stream is never in two batches at once.
 type committer struct {
 	s   *Store
 	max int
 
-	mu    sync.Mutex
-	queue []*appendReq
-	wake  chan struct{} // buffered 1: the queue is not empty
-	quit  chan struct{}
-	done  chan struct{}
+	mu       sync.Mutex
+	queue    []*appendReq
+	inFlight map[persistence.Stream]bool // streams of the batches being written
+	wake     chan struct{}               // buffered: the queue is not empty
+	quit     chan struct{}
+	done     sync.WaitGroup
 }
 
-func newCommitter(s *Store, max int) *committer {
-	c := &committer{s: s, max: max, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
-	go c.run()
+func newCommitter(s *Store, max, pipelines int) *committer {
+	c := &committer{
+		s: s, max: max, inFlight: map[persistence.Stream]bool{},
+		wake: make(chan struct{}, pipelines), quit: make(chan struct{}),
+	}
+	for range pipelines {
+		c.done.Add(1)
+		go c.run()
+	}
 	return c
 }
 
@@ -61,15 +68,14 @@ func (c *committer) submit(r *appendReq) error {
 	}
 }
 
-// stop ends the goroutine once the queue is empty (Close waits for the
-// Append calls first).
+// stop ends the goroutines (Close waits for the Append calls first).
 func (c *committer) stop() {
 	close(c.quit)
-	<-c.done
+	c.done.Wait()
 }
 
 func (c *committer) run() {
-	defer close(c.done)
+	defer c.done.Done()
 	for {
 		select {
 		case <-c.wake:
@@ -87,27 +93,37 @@ func (c *committer) run() {
 			if len(batch) == 0 {
 				break
 			}
+			if len(c.queue) > 0 { // unlocked peek: a hint to wake another pipeline
+				select {
+				case c.wake <- struct{}{}:
+				default:
+				}
+			}
 			c.commit(batch)
+			c.mu.Lock()
+			for _, r := range batch {
+				delete(c.inFlight, r.a.Stream)
+			}
+			c.mu.Unlock()
 		}
 	}
 }
 
 // take removes up to max appends of distinct streams from the queue, in
-// queue order; an append to a stream already in the batch waits for the
+// queue order; an append to a stream already in a batch waits for the
 // next one (its Expected depends on the outcome of the first). Appends
 // whose context ended are answered and dropped.
 func (c *committer) take() []*appendReq {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var batch []*appendReq
-	in := map[persistence.Stream]bool{}
 	rest := c.queue[:0]
 	for _, r := range c.queue {
 		switch {
 		case r.ctx.Err() != nil:
 			r.res <- r.ctx.Err()
-		case len(batch) < c.max && !in[r.a.Stream]:
-			in[r.a.Stream] = true
+		case len(batch) < c.max && !c.inFlight[r.a.Stream]:
+			c.inFlight[r.a.Stream] = true
 			batch = append(batch, r)
 		default:
 			rest = append(rest, r)
@@ -213,33 +229,25 @@ func (c *committer) commit(batch []*appendReq) {
 	won := map[persistence.Stream]bool{}
 	err := func() error {
 		ctx := context.Background()
-		conn, err := c.s.pool.Acquire(ctx)
+		// A batch of NoSync appends only goes through the connections
+		// with synchronous_commit off: the commit returns before its WAL
+		// record is flushed; the next synced commit flushes the WAL past
+		// it.
+		pool := c.s.pool
+		if !synced {
+			pool = c.s.lazy
+		}
+		rows, err := pool.Query(ctx, appendSQL, kinds, ids, expected, last, active, eKinds, eIDs, eSeqs, eBodies,
+			sKinds, sIDs, sKeys, sBodies, dKinds, dIDs, dKeys)
 		if err != nil {
 			return err
 		}
-		defer conn.Release()
-		var b pgx.Batch
-		if !synced {
-			// Every append of the batch is NoSync: the commit returns
-			// before its WAL record is flushed; the next synced commit
-			// flushes the WAL past it.
-			b.Queue("BEGIN")
-			b.Queue("SET LOCAL synchronous_commit = off")
-		}
-		q := b.Queue(appendSQL, kinds, ids, expected, last, active, eKinds, eIDs, eSeqs, eBodies,
-			sKinds, sIDs, sKeys, sBodies, dKinds, dIDs, dKeys)
-		q.Query(func(rows pgx.Rows) error {
-			var kind, id string
-			_, err := pgx.ForEachRow(rows, []any{&kind, &id}, func() error {
-				won[persistence.Stream{Kind: persistence.Kind(kind), ID: id}] = true
-				return nil
-			})
-			return err
+		var kind, id string
+		_, err = pgx.ForEachRow(rows, []any{&kind, &id}, func() error {
+			won[persistence.Stream{Kind: persistence.Kind(kind), ID: id}] = true
+			return nil
 		})
-		if !synced {
-			b.Queue("COMMIT")
-		}
-		return conn.SendBatch(ctx, &b).Close()
+		return err
 	}()
 	if err != nil {
 		if pgCode(err) == codeUniqueViolation {

@@ -9,21 +9,17 @@ import (
 	"github.com/otafleet/otafleet/persistence"
 )
 
-// execUnsynced runs one write in a transaction committed with
-// synchronous_commit off: it survives a crash of the process (PostgreSQL
-// has it) and becomes durable with the next synced commit or within
-// PostgreSQL's wal_writer_delay; a crash of the database may lose it.
+// execUnsynced runs one write committed with synchronous_commit off: it
+// survives a crash of the process (PostgreSQL has it) and becomes durable
+// with the next synced commit or within PostgreSQL's wal_writer_delay; a
+// crash of the database may lose it.
 func (s *Store) execUnsynced(ctx context.Context, query string, args ...any) error {
 	if err := s.enter(ctx); err != nil {
 		return err
 	}
 	defer s.exit()
-	var b pgx.Batch
-	b.Queue("BEGIN")
-	b.Queue("SET LOCAL synchronous_commit = off")
-	b.Queue(query, args...)
-	b.Queue("COMMIT")
-	return s.pool.SendBatch(ctx, &b).Close()
+	_, err := s.lazy.Exec(ctx, query, args...)
+	return err
 }
 
 // PutSession implements persistence.Sessions, unsynced (see execUnsynced).

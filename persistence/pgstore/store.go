@@ -51,17 +51,27 @@ type Options struct {
 	// MaxBatch bounds how many appends one group commit carries; 0 means
 	// DefaultMaxBatch.
 	MaxBatch int
+	// Pipelines is how many group commits may be in flight at once; 0
+	// means DefaultPipelines. On a small machine one is best (measured on
+	// 2 cores: more pipelines make smaller batches, and each costs a
+	// statement).
+	Pipelines int
 }
 
 // Defaults of Options.
 const (
-	DefaultMaxConns = 16
-	DefaultMaxBatch = 512
+	DefaultMaxConns  = 16
+	DefaultMaxBatch  = 512
+	DefaultPipelines = 1
 )
 
 // Store is a persistence.Store on PostgreSQL.
 type Store struct {
-	pool   *pgxpool.Pool
+	pool *pgxpool.Pool
+	// lazy is a small pool of connections whose commits do not wait for
+	// the WAL flush (synchronous_commit off): unsynced appends and
+	// sessions.
+	lazy   *pgxpool.Pool
 	log    *slog.Logger
 	sealer persistence.Sealer
 
@@ -119,18 +129,30 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		s.log = slog.Default()
 	}
 	s.log = s.log.With("store", "postgres", "database", cfg.ConnConfig.Database, "host", cfg.ConnConfig.Host)
+	pipelines := opts.Pipelines
+	if pipelines <= 0 {
+		pipelines = DefaultPipelines
+	}
+	lazyCfg := cfg.Copy()
+	lazyCfg.MaxConns = int32(pipelines) + 2
+	lazyCfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
 	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		return nil, fmt.Errorf("pgstore: %w", err)
+	}
+	if s.lazy, err = pgxpool.NewWithConfig(ctx, lazyCfg); err != nil {
+		s.pool.Close()
 		return nil, fmt.Errorf("pgstore: %w", err)
 	}
 	if err := s.start(ctx, opts); err != nil {
 		s.pool.Close()
+		s.lazy.Close()
 		return nil, err
 	}
 	maxBatch := opts.MaxBatch
 	if maxBatch <= 0 {
 		maxBatch = DefaultMaxBatch
 	}
-	s.commits = newCommitter(s, maxBatch)
+	s.commits = newCommitter(s, maxBatch, pipelines)
 	return s, nil
 }
 
@@ -255,6 +277,7 @@ func (s *Store) Close() error {
 	s.blobs = nil
 	s.mu.Unlock()
 	s.pool.Close()
+	s.lazy.Close()
 	return nil
 }
 
