@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"os"
 	"testing"
 
 	"github.com/otafleet/otafleet/internal/pgtest"
@@ -13,6 +14,9 @@ import (
 // TestMain runs the package's tests against one private PostgreSQL server
 // (see pgtest); each test opens a fresh database.
 func TestMain(m *testing.M) {
+	if os.Getenv(envFenceWriter) != "" {
+		os.Exit(fenceWriter())
+	}
 	pgtest.Main(m)
 }
 

@@ -203,7 +203,9 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (SchemaV
 	if err != nil {
 		return v, err
 	}
-	locker, err := lock.NewPostgresSessionLocker()
+	// Nodes starting together wait for the one migrating: poll the lock
+	// every second, for up to 5 minutes.
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockTimeout(1, 300))
 	if err != nil {
 		return v, err
 	}
