@@ -41,7 +41,7 @@ func (s *Store) WriteBlob(ctx context.Context, id string, r io.Reader, maxBytes 
 	defer s.exit()
 	var exists bool
 	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM blobs WHERE id = $1)`, id).Scan(&exists); err != nil {
-		return 0, sum, dbErr("writing blob "+id, err)
+		return 0, sum, s.dbErr("writing blob "+id, err)
 	}
 	if exists {
 		return 0, sum, fmt.Errorf("%w: blob %q", persistence.ErrExists, id)
@@ -103,7 +103,7 @@ func (s *Store) WriteBlob(ctx context.Context, id string, r io.Reader, maxBytes 
 		case errors.Is(err, persistence.ErrTooLarge), ctx.Err() != nil:
 			return 0, zero, err
 		}
-		return 0, zero, dbErr("writing blob "+id, err)
+		return 0, zero, s.dbErr("writing blob "+id, err)
 	}
 	return size, sum, nil
 }
@@ -129,7 +129,7 @@ func (s *Store) OpenBlob(ctx context.Context, id string) (persistence.Blob, erro
 		return nil, notFound("blob", id)
 	}
 	if err != nil {
-		return nil, dbErr("opening blob "+id, err)
+		return nil, s.dbErr("opening blob "+id, err)
 	}
 	key := []byte("blobs/" + id)
 	switch {
@@ -189,7 +189,7 @@ func (s *Store) DeleteBlob(ctx context.Context, id string) error {
 		return err
 	})
 	if err != nil && !errors.Is(err, persistence.ErrNotFound) {
-		return dbErr("deleting blob "+id, err)
+		return s.dbErr("deleting blob "+id, err)
 	}
 	return err
 }
@@ -199,7 +199,7 @@ func (s *Store) DeleteBlob(ctx context.Context, id string) error {
 func (s *Store) sweepBlobs(ctx context.Context) error {
 	tag, err := s.pool.Exec(ctx, `DELETE FROM blob_chunks c WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.gen = c.gen)`)
 	if err != nil {
-		return dbErr("removing the chunks of deleted blobs", err)
+		return s.dbErr("removing the chunks of deleted blobs", err)
 	}
 	if n := tag.RowsAffected(); n > 0 {
 		s.log.Info("pgstore: removed the chunks of deleted blobs", "chunks", n)
@@ -327,7 +327,7 @@ func (o *blob) cachedChunk(i int64) ([]byte, error) {
 func (o *blob) chunks(first, last int64, fn func(i int64, data []byte)) error {
 	rows, err := o.s.pool.Query(context.Background(), `SELECT n, crc, data FROM blob_chunks WHERE gen = $1 AND n BETWEEN $2 AND $3 ORDER BY n`, o.gen, first, last)
 	if err != nil {
-		return dbErr("reading blob "+o.id, err)
+		return o.s.dbErr("reading blob "+o.id, err)
 	}
 	next := first
 	var n int64
@@ -348,7 +348,7 @@ func (o *blob) chunks(first, last int64, fn func(i int64, data []byte)) error {
 		return nil
 	})
 	if err != nil {
-		return corruptOr("reading blob "+o.id, err)
+		return o.s.corruptOr("reading blob "+o.id, err)
 	}
 	if next != last+1 {
 		return &persistence.CorruptError{Key: chunkKey(o.gen, next), Reason: fmt.Sprintf("chunk %d of blob %q is missing (deleted meanwhile?)", next, o.id)}

@@ -89,11 +89,11 @@ func (c *committer) run() {
 			return
 		}
 		for {
-			batch := c.take()
+			batch, more := c.take()
 			if len(batch) == 0 {
 				break
 			}
-			if len(c.queue) > 0 { // unlocked peek: a hint to wake another pipeline
+			if more { // another pipeline may take the rest
 				select {
 				case c.wake <- struct{}{}:
 				default:
@@ -112,11 +112,11 @@ func (c *committer) run() {
 // take removes up to max appends of distinct streams from the queue, in
 // queue order; an append to a stream already in a batch waits for the
 // next one (its Expected depends on the outcome of the first). Appends
-// whose context ended are answered and dropped.
-func (c *committer) take() []*appendReq {
+// whose context ended are answered and dropped. more reports whether
+// appends remain queued.
+func (c *committer) take() (batch []*appendReq, more bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var batch []*appendReq
 	rest := c.queue[:0]
 	for _, r := range c.queue {
 		switch {
@@ -131,7 +131,7 @@ func (c *committer) take() []*appendReq {
 	}
 	clear(c.queue[len(rest):])
 	c.queue = rest
-	return batch
+	return batch, len(rest) > 0
 }
 
 // appendSQL writes a batch of appends in one statement: it moves the head
@@ -253,8 +253,9 @@ func (c *committer) commit(batch []*appendReq) {
 		if pgCode(err) == codeUniqueViolation {
 			err = fmt.Errorf("%w: %w", persistence.ErrConflict, err)
 		}
+		err = c.s.dbErr("group commit", err)
 		for _, r := range batch {
-			r.res <- fmt.Errorf("pgstore: append to %s: %w", r.a.Stream, err)
+			r.res <- fmt.Errorf("append to %s: %w", r.a.Stream, err)
 		}
 		return
 	}
@@ -315,7 +316,7 @@ func (s *Store) lastSeq(ctx context.Context, st persistence.Stream) (uint64, err
 		return 0, nil
 	}
 	if err != nil {
-		return 0, dbErr("reading the head of "+st.String(), err)
+		return 0, s.dbErr("reading the head of "+st.String(), err)
 	}
 	return uint64(last), nil
 }
@@ -355,7 +356,7 @@ func (s *Store) Load(ctx context.Context, st persistence.Stream, after uint64, f
 		rows, err := s.pool.Query(ctx, `SELECT seq, body FROM events WHERE kind = $1 AND id = $2 AND seq >= $3 ORDER BY seq LIMIT $4`,
 			string(st.Kind), st.ID, int64(next), pageRows)
 		if err != nil {
-			return dbErr("loading "+st.String(), err)
+			return s.dbErr("loading "+st.String(), err)
 		}
 		var seq int64
 		var body []byte
@@ -372,7 +373,7 @@ func (s *Store) Load(ctx context.Context, st persistence.Stream, after uint64, f
 			return nil
 		})
 		if err != nil {
-			return corruptOr("loading "+st.String(), err)
+			return s.corruptOr("loading "+st.String(), err)
 		}
 		for _, e := range page {
 			if err := fn(e); err != nil {
@@ -387,12 +388,12 @@ func (s *Store) Load(ctx context.Context, st persistence.Stream, after uint64, f
 }
 
 // corruptOr passes a *persistence.CorruptError and wraps any other error.
-func corruptOr(what string, err error) error {
+func (s *Store) corruptOr(what string, err error) error {
 	var ce *persistence.CorruptError
 	if errors.As(err, &ce) {
 		return ce
 	}
-	return dbErr(what, err)
+	return s.dbErr(what, err)
 }
 
 // SaveSnapshot implements persistence.EventStore (synced).
@@ -413,7 +414,7 @@ func (s *Store) SaveSnapshot(ctx context.Context, st persistence.Stream, snap pe
 		ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body`,
 		string(st.Kind), st.ID, persistence.EncodeSnapshot(snap), int64(snap.Seq))
 	if err != nil {
-		return dbErr("saving the snapshot of "+st.String(), err)
+		return s.dbErr("saving the snapshot of "+st.String(), err)
 	}
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("%w: snapshot of %s at %d is past its last event", persistence.ErrInvalid, st, snap.Seq)
@@ -436,7 +437,7 @@ func (s *Store) LoadSnapshot(ctx context.Context, st persistence.Stream) (persis
 		return persistence.Snapshot{}, false, nil
 	}
 	if err != nil {
-		return persistence.Snapshot{}, false, dbErr("loading the snapshot of "+st.String(), err)
+		return persistence.Snapshot{}, false, s.dbErr("loading the snapshot of "+st.String(), err)
 	}
 	snap, err := persistence.DecodeSnapshot(body)
 	if err != nil {
@@ -458,7 +459,7 @@ func (s *Store) LoadRecords(ctx context.Context, st persistence.Stream, fn func(
 	defer s.exit()
 	rows, err := s.pool.Query(ctx, `SELECT key, body FROM records WHERE kind = $1 AND id = $2 ORDER BY key`, string(st.Kind), st.ID)
 	if err != nil {
-		return dbErr("loading the records of "+st.String(), err)
+		return s.dbErr("loading the records of "+st.String(), err)
 	}
 	var recs []persistence.Record
 	var key, body []byte
@@ -475,7 +476,7 @@ func (s *Store) LoadRecords(ctx context.Context, st persistence.Stream, fn func(
 		return nil
 	})
 	if err != nil {
-		return corruptOr("loading the records of "+st.String(), err)
+		return s.corruptOr("loading the records of "+st.String(), err)
 	}
 	for _, r := range recs {
 		if err := fn(r); err != nil {
@@ -499,11 +500,11 @@ func (s *Store) Active(ctx context.Context, kind persistence.Kind, fn func(strin
 	for {
 		rows, err := s.pool.Query(ctx, `SELECT id FROM streams WHERE kind = $1 AND active AND id > $2 ORDER BY id LIMIT $3`, string(kind), after, pageRows)
 		if err != nil {
-			return dbErr("listing the active streams", err)
+			return s.dbErr("listing the active streams", err)
 		}
 		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
-			return dbErr("listing the active streams", err)
+			return s.dbErr("listing the active streams", err)
 		}
 		for _, id := range ids {
 			if err := fn(id); err != nil {

@@ -43,7 +43,7 @@ func (s *Store) get(ctx context.Context, what, id, query string, scan func(pgx.R
 		return notFound(what, id)
 	}
 	if err != nil {
-		return corruptOr("reading "+what+" "+id, err)
+		return s.corruptOr("reading "+what+" "+id, err)
 	}
 	return nil
 }
@@ -57,11 +57,11 @@ func list[T any](ctx context.Context, s *Store, what, query, after string, limit
 	defer s.exit()
 	rows, err := s.pool.Query(ctx, query, after, persistence.ListLimit(limit))
 	if err != nil {
-		return nil, dbErr("listing "+what, err)
+		return nil, s.dbErr("listing "+what, err)
 	}
 	out, err := pgx.CollectRows(rows, scan)
 	if err != nil {
-		return nil, corruptOr("listing "+what, err)
+		return nil, s.corruptOr("listing "+what, err)
 	}
 	return out, nil
 }
@@ -74,7 +74,7 @@ func (s *Store) exec(ctx context.Context, what, query string, args ...any) (int6
 	defer s.exit()
 	tag, err := s.pool.Exec(ctx, query, args...)
 	if err != nil {
-		return 0, dbErr(what, err)
+		return 0, s.dbErr(what, err)
 	}
 	return tag.RowsAffected(), nil
 }
@@ -172,7 +172,7 @@ func (s *Store) DeleteProduct(ctx context.Context, id string) error {
 	case pgCode(err) == codeForeignKeyViolation:
 		return fmt.Errorf("%w: product %q: %v", persistence.ErrInUse, id, err)
 	}
-	return dbErr("deleting product "+id, err)
+	return s.dbErr("deleting product "+id, err)
 }
 
 // Devices.
@@ -202,11 +202,11 @@ func (s *Store) sealDevice(d persistence.Device) (secret, psk []byte, err error)
 
 // productMissing turns a foreign key violation of a device's or package's
 // product into ErrNotFound.
-func productMissing(what, id, product string, err error) error {
+func (s *Store) productMissing(what, id, product string, err error) error {
 	if pgCode(err) == codeForeignKeyViolation {
 		return fmt.Errorf("%s %q: %w", what, id, notFound("product", product))
 	}
-	return dbErr("putting "+what+" "+id, err)
+	return s.dbErr("putting "+what+" "+id, err)
 }
 
 // PutDevice implements persistence.Registry.
@@ -229,7 +229,7 @@ func (s *Store) PutDevice(ctx context.Context, d persistence.Device) error {
 			sealed_psk = coalesce(excluded.sealed_psk, devices.sealed_psk), created = excluded.created`,
 		d.ID, d.ProductID, secret, psk, nanos(d.Created))
 	if err != nil {
-		return productMissing("device", d.ID, d.ProductID, err)
+		return s.productMissing("device", d.ID, d.ProductID, err)
 	}
 	return nil
 }
@@ -293,7 +293,7 @@ func (s *Store) CreateDevices(ctx context.Context, ds []persistence.Device) erro
 	case pgCode(err) == codeForeignKeyViolation:
 		return fmt.Errorf("%w: a product of the call was deleted meanwhile: %v", persistence.ErrNotFound, err)
 	}
-	return dbErr("creating devices", err)
+	return s.dbErr("creating devices", err)
 }
 
 // GetDevice implements persistence.Registry.
@@ -487,7 +487,7 @@ func (s *Store) PutPackage(ctx context.Context, p persistence.Package) error {
 		p.ID, p.ProductID, int32(p.Type), p.Version, sources, p.FileName, p.Size, p.SHA256[:],
 		p.Description, p.CustomInfo, p.OmitSign, int64(p.SegmentSize), int64(p.CheckCode), nanos(p.Created))
 	if err != nil {
-		return productMissing("package", p.ID, p.ProductID, err)
+		return s.productMissing("package", p.ID, p.ProductID, err)
 	}
 	return nil
 }

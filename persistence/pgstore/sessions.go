@@ -34,7 +34,7 @@ func (s *Store) PutSession(ctx context.Context, transport, id string, value []by
 		INSERT INTO sessions (transport, id, value) VALUES ($1, $2, $3)
 		ON CONFLICT (transport, id) DO UPDATE SET value = excluded.value`, transport, id, value)
 	if err != nil && !errors.Is(err, persistence.ErrClosed) {
-		return dbErr("putting session "+transport+"/"+id, err)
+		return s.dbErr("putting session "+transport+"/"+id, err)
 	}
 	return err
 }
@@ -54,7 +54,7 @@ func (s *Store) GetSession(ctx context.Context, transport, id string) ([]byte, e
 		return nil, notFound("session", transport+"/"+id)
 	}
 	if err != nil {
-		return nil, dbErr("reading session "+transport+"/"+id, err)
+		return nil, s.dbErr("reading session "+transport+"/"+id, err)
 	}
 	return v, nil
 }
@@ -66,7 +66,7 @@ func (s *Store) DeleteSession(ctx context.Context, transport, id string) error {
 	}
 	err := s.execUnsynced(ctx, `DELETE FROM sessions WHERE transport = $1 AND id = $2`, transport, id)
 	if err != nil && !errors.Is(err, persistence.ErrClosed) {
-		return dbErr("deleting session "+transport+"/"+id, err)
+		return s.dbErr("deleting session "+transport+"/"+id, err)
 	}
 	return err
 }
@@ -88,7 +88,7 @@ func (s *Store) ListSessions(ctx context.Context, transport string, fn func(id s
 	for {
 		rows, err := s.pool.Query(ctx, `SELECT id, value FROM sessions WHERE transport = $1 AND id > $2 ORDER BY id LIMIT $3`, transport, after, pageRows)
 		if err != nil {
-			return dbErr("listing the sessions of "+transport, err)
+			return s.dbErr("listing the sessions of "+transport, err)
 		}
 		page, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (session, error) {
 			var x session
@@ -96,7 +96,7 @@ func (s *Store) ListSessions(ctx context.Context, transport string, fn func(id s
 			return x, err
 		})
 		if err != nil {
-			return dbErr("listing the sessions of "+transport, err)
+			return s.dbErr("listing the sessions of "+transport, err)
 		}
 		for _, x := range page {
 			if err := fn(x.id, x.value); err != nil {

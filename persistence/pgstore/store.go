@@ -6,8 +6,11 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
+	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -320,9 +323,30 @@ func pgCode(err error) string {
 	return ""
 }
 
-// dbErr wraps an error of the database in what names the call.
-func dbErr(what string, err error) error {
+// dbErr wraps an error of the database in what names the call. An error
+// that says the connection is lost (the server crashed or restarted)
+// closes the idle connections too, which are lost with it, so that the
+// next calls connect again: the store resumes once the server is back.
+func (s *Store) dbErr(what string, err error) error {
+	if connLost(err) {
+		s.pool.Reset()
+		s.lazy.Reset()
+		return fmt.Errorf("pgstore: %s: the connection to PostgreSQL is lost: %w", what, err)
+	}
 	return fmt.Errorf("pgstore: %s: %w", what, err)
+}
+
+// connLost reports whether err says that the connection to the server is
+// lost: a connection exception or an operator intervention (shutdown,
+// crash) from the server, or a network error.
+func connLost(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57P")
+	}
+	var ne net.Error
+	var ce *pgconn.ConnectError
+	return errors.As(err, &ne) || errors.As(err, &ce) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 }
 
 // tx runs fn in a transaction (committed synchronously).
