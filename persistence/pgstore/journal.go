@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
@@ -134,16 +135,29 @@ func (c *committer) take() (batch []*appendReq, more bool) {
 	return batch, len(rest) > 0
 }
 
-// appendSQL writes a batch of appends in one statement: it moves the head
-// of every stream whose last sequence number is the append's Expected (u,
-// an existing head; i, a new stream), and writes the events, records and
-// marks of those appends only (w). A head that another writer moved, even
-// one committing at the same time (the UPDATE waits for its row lock and
-// checks again), fails its append; the events' primary key (kind, id, seq)
-// is the second fence. It returns the streams that were written.
-const appendSQL = `
-WITH r AS (
-	SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::smallint[]) AS r(kind, id, expected, last, active)
+// appendSQL returns the statement that writes a batch of appends: it moves
+// the head of every stream whose last sequence number is the append's
+// Expected (u, an existing head; i, a new stream), and writes the events,
+// records and marks of those appends only (w). A head that another writer
+// moved, even one committing at the same time (the UPDATE waits for its
+// row lock and checks again), fails its append; the events' primary key
+// (kind, id, seq) is the second fence. The statement returns the streams
+// that were written. Its parts for events, records to set and records to
+// delete are there only when the batch has some (appendStatements holds
+// the 8 variants), so that PostgreSQL plans no more than it runs.
+func appendSQL(events, sets, deletes bool) string {
+	var b strings.Builder
+	n := 0
+	params := func(types ...string) string {
+		var ps []string
+		for _, t := range types {
+			n++
+			ps = append(ps, fmt.Sprintf("$%d::%s", n, t))
+		}
+		return strings.Join(ps, ", ")
+	}
+	b.WriteString(`WITH r AS (
+	SELECT * FROM unnest(` + params("text[]", "text[]", "bigint[]", "bigint[]", "smallint[]") + `) AS r(kind, id, expected, last, active)
 ), u AS (
 	UPDATE streams s SET last_seq = r.last,
 		active = CASE r.active WHEN 1 THEN true WHEN 0 THEN false ELSE s.active END
@@ -156,23 +170,43 @@ WITH r AS (
 	RETURNING kind, id
 ), w AS (
 	SELECT kind, id FROM u UNION ALL SELECT kind, id FROM i
-), e AS (
+)`)
+	if events {
+		b.WriteString(`, e AS (
 	INSERT INTO events (kind, id, seq, body)
 	SELECT x.kind, x.id, x.seq, x.body
-	FROM unnest($6::text[], $7::text[], $8::bigint[], $9::bytea[]) AS x(kind, id, seq, body)
+	FROM unnest(` + params("text[]", "text[]", "bigint[]", "bytea[]") + `) AS x(kind, id, seq, body)
 	JOIN w ON w.kind = x.kind AND w.id = x.id
-), rs AS (
+)`)
+	}
+	if sets {
+		b.WriteString(`, rs AS (
 	INSERT INTO records (kind, id, key, body)
 	SELECT x.kind, x.id, x.key, x.body
-	FROM unnest($10::text[], $11::text[], $12::bytea[], $13::bytea[]) AS x(kind, id, key, body)
+	FROM unnest(` + params("text[]", "text[]", "bytea[]", "bytea[]") + `) AS x(kind, id, key, body)
 	JOIN w ON w.kind = x.kind AND w.id = x.id
 	ON CONFLICT (kind, id, key) DO UPDATE SET body = excluded.body
-), rd AS (
+)`)
+	}
+	if deletes {
+		b.WriteString(`, rd AS (
 	DELETE FROM records d
-	USING unnest($14::text[], $15::text[], $16::bytea[]) AS x(kind, id, key), w
+	USING unnest(` + params("text[]", "text[]", "bytea[]") + `) AS x(kind, id, key), w
 	WHERE w.kind = x.kind AND w.id = x.id AND d.kind = x.kind AND d.id = x.id AND d.key = x.key
-)
-SELECT kind, id FROM w`
+)`)
+	}
+	b.WriteString("\nSELECT kind, id FROM w")
+	return b.String()
+}
+
+// appendStatements are appendSQL's variants, indexed by events | sets<<1 |
+// deletes<<2.
+var appendStatements = func() (v [8]string) {
+	for i := range v {
+		v[i] = appendSQL(i&1 != 0, i&2 != 0, i&4 != 0)
+	}
+	return v
+}()
 
 // commit writes batch and answers its appends.
 func (c *committer) commit(batch []*appendReq) {
@@ -237,8 +271,21 @@ func (c *committer) commit(batch []*appendReq) {
 		if !synced {
 			pool = c.s.lazy
 		}
-		rows, err := pool.Query(ctx, appendSQL, kinds, ids, expected, last, active, eKinds, eIDs, eSeqs, eBodies,
-			sKinds, sIDs, sKeys, sBodies, dKinds, dIDs, dKeys)
+		args := []any{kinds, ids, expected, last, active}
+		variant := 0
+		if len(eSeqs) > 0 {
+			variant |= 1
+			args = append(args, eKinds, eIDs, eSeqs, eBodies)
+		}
+		if len(sKeys) > 0 {
+			variant |= 2
+			args = append(args, sKinds, sIDs, sKeys, sBodies)
+		}
+		if len(dKeys) > 0 {
+			variant |= 4
+			args = append(args, dKinds, dIDs, dKeys)
+		}
+		rows, err := pool.Query(ctx, appendStatements[variant], args...)
 		if err != nil {
 			return err
 		}

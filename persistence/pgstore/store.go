@@ -136,6 +136,15 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if pipelines <= 0 {
 		pipelines = DefaultPipelines
 	}
+	// The statements are few and their plans do not depend on their
+	// arguments (keys looked up in primary keys, arrays unnested): plan
+	// each once per connection rather than at every group commit.
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		if _, err := c.Exec(ctx, "SET plan_cache_mode = force_generic_plan"); err != nil && pgCode(err) == "" {
+			return err // a server that lacks the setting plans as it likes
+		}
+		return nil
+	}
 	lazyCfg := cfg.Copy()
 	lazyCfg.MaxConns = int32(pipelines) + 2
 	lazyCfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
