@@ -1,13 +1,14 @@
-// Package pgtest gives tests a private, throw-away PostgreSQL server: Main,
-// called from a test package's TestMain, runs initdb into a temporary
-// folder and starts the server (initdb and pg_ctl from `pg_config --bindir`,
-// trust authentication, a free port on 127.0.0.1, a socket folder of its
-// own), runs the tests and stops it. Each test takes a fresh database from
-// NewDatabase. When the process runs as root, the server runs as the
+// Package pgtest gives tests a private, throw-away PostgreSQL server, one
+// per test package: the first test that asks for it (Shared, NewDatabase)
+// runs initdb into a temporary folder and starts the server (initdb and
+// pg_ctl from `pg_config --bindir`, trust authentication, a free port on
+// 127.0.0.1, a socket folder of its own); Main, called from the package's
+// TestMain, stops it after the tests. Each test takes a fresh database
+// from NewDatabase. When the process runs as root, the server runs as the
 // postgres OS user (initdb refuses root). OTAFLEET_TEST_POSTGRES=DSN uses
 // an existing server instead (its user must be allowed to create
-// databases). A machine without PostgreSQL fails the tests: it never skips
-// them. It is for tests only.
+// databases). A machine without PostgreSQL fails the tests that need it:
+// it never skips them. It is for tests only.
 package pgtest
 
 import (
@@ -48,39 +49,52 @@ type Server struct {
 	n atomic.Int64 // databases created
 }
 
+// The package's shared server: started by the first Shared (so that a
+// test package of which few tests need PostgreSQL starts it only when one
+// runs), stopped by Main.
 var (
-	sharedMu sync.Mutex
-	shared   *Server
+	sharedMu  sync.Mutex
+	sharedRun bool // Main runs
+	shared    *Server
+	sharedErr error
 )
 
-// Main starts the package's server, runs the tests and stops the server,
-// then exits with the tests' status. Call it from TestMain.
+// Main runs the tests, then stops the shared server if a test started it,
+// and exits with the tests' status. Call it from TestMain.
 func Main(m *testing.M) {
-	s, err := Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	sharedMu.Lock()
-	shared = s
+	sharedRun = true
 	sharedMu.Unlock()
 	code := m.Run()
-	if err := s.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		if code == 0 {
-			code = 1
+	sharedMu.Lock()
+	s := shared
+	sharedMu.Unlock()
+	if s != nil {
+		if err := s.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			if code == 0 {
+				code = 1
+			}
 		}
 	}
 	os.Exit(code)
 }
 
-// Shared returns the server Main started; it fails t when Main did not run.
+// Shared returns the package's server, starting it on the first call; it
+// fails t when the server cannot start (PostgreSQL missing, say) or when
+// TestMain does not call Main (which stops it).
 func Shared(t testing.TB) *Server {
 	t.Helper()
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
-	if shared == nil {
-		t.Fatal("pgtest: no server: the test package's TestMain must call pgtest.Main(m)")
+	if !sharedRun {
+		t.Fatal("pgtest: the test package's TestMain must call pgtest.Main(m), which stops the server")
+	}
+	if shared == nil && sharedErr == nil {
+		shared, sharedErr = Start()
+	}
+	if sharedErr != nil {
+		t.Fatal(sharedErr)
 	}
 	return shared
 }

@@ -32,7 +32,20 @@ var (
 	// ErrSealKey: Options.SealKey is missing or not the key the database's
 	// credentials are sealed with.
 	ErrSealKey = errors.New("pgstore: seal key mismatch")
+	// ErrPermission: the database user may not create or write the store's
+	// tables (a read-only user, say).
+	ErrPermission = errors.New("pgstore: permission denied")
 )
+
+// CheckDSN reports whether dsn is a connection string Open can use (a
+// malformed one is persistence.ErrInvalid); the error does not quote the
+// string, which may hold a password.
+func CheckDSN(dsn string) error {
+	if _, err := pgxpool.ParseConfig(dsn); err != nil {
+		return fmt.Errorf("%w: pgstore: connection string: %v", persistence.ErrInvalid, redact(err))
+	}
+	return nil
+}
 
 // SchemaTable is the table in which goose records the applied migrations.
 const SchemaTable = "schema_version"
@@ -113,9 +126,12 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := CheckDSN(dsn); err != nil {
+		return nil, err
+	}
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("%w: pgstore: connection string: %v", persistence.ErrInvalid, redact(err))
+		return nil, err
 	}
 	cfg.MaxConns = opts.MaxConns
 	if cfg.MaxConns <= 0 {
@@ -158,6 +174,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if err := s.start(ctx, opts); err != nil {
 		s.pool.Close()
 		s.lazy.Close()
+		if pgCode(err) == codeInsufficientPrivilege {
+			return nil, fmt.Errorf("%w: the database user may not create or write the store's tables (a read-only user?): %w", ErrPermission, err)
+		}
 		return nil, err
 	}
 	maxBatch := opts.MaxBatch
@@ -319,8 +338,9 @@ func (s *Store) Appends() (synced, unsynced uint64) {
 
 // Postgres error codes the store maps.
 const (
-	codeUniqueViolation     = "23505"
-	codeForeignKeyViolation = "23503"
+	codeUniqueViolation       = "23505"
+	codeForeignKeyViolation   = "23503"
+	codeInsufficientPrivilege = "42501"
 )
 
 // pgCode returns err's PostgreSQL error code, "" if it has none.

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -16,6 +18,11 @@ import (
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pgstore"
 )
+
+// pgtestUnique numbers the roles the tests create (roles are server-wide).
+var roles atomic.Int64
+
+func pgtestUnique() int64 { return roles.Add(1) }
 
 func open(t *testing.T, dsn string, key []byte) (*pgstore.Store, error) {
 	t.Helper()
@@ -147,4 +154,25 @@ func TestBadDSN(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("Open of an unreachable server: %v, want an error without the password", err)
 	}
+}
+
+// TestReadOnlyUser: a user that may not create the tables (a new
+// database) or write them (a migrated one) fails Open with ErrPermission.
+func TestReadOnlyUser(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	role := fmt.Sprintf("reader_%d_%d", os.Getpid(), pgtestUnique())
+	execSQL(t, dsn, `CREATE ROLE `+role+` LOGIN`)
+	roDSN := strings.Replace(dsn, "postgres@", role+"@", 1)
+	if _, err := open(t, roDSN, testKey); !errors.Is(err, pgstore.ErrPermission) {
+		t.Fatalf("Open of a new database by a read-only user: %v, want ErrPermission", err)
+	}
+	if _, err := open(t, dsn, testKey); err != nil { // the owner migrates it
+		t.Fatal(err)
+	}
+	execSQL(t, dsn, `GRANT SELECT ON ALL TABLES IN SCHEMA public TO `+role)
+	_, err := open(t, roDSN, testKey)
+	if !errors.Is(err, pgstore.ErrPermission) {
+		t.Fatalf("Open of a migrated database by a read-only user: %v, want ErrPermission", err)
+	}
+	t.Log(err)
 }
