@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/database"
 	"github.com/pressly/goose/v3/lock"
 
 	"github.com/otafleet/otafleet/persistence"
@@ -242,8 +243,12 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (SchemaV
 	}
 	db := stdlib.OpenDBFromPool(pool)
 	defer db.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, db, sub,
-		goose.WithTableName(SchemaTable), goose.WithSessionLocker(locker), goose.WithDisableGlobalRegistry(true))
+	store, err := database.NewStore(database.DialectPostgres, SchemaTable)
+	if err != nil {
+		return v, err
+	}
+	p, err := goose.NewProvider("", db, sub,
+		goose.WithStore(store), goose.WithSessionLocker(locker), goose.WithDisableGlobalRegistry(true))
 	if err != nil {
 		return v, fmt.Errorf("pgstore: migrations: %w", err)
 	}
