@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/otafleet/otafleet/internal/pgtest"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -36,7 +38,7 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	pgtest.Main(m) // a private PostgreSQL, started by the first test that needs it
 }
 
 // server is a child `otafleet serve` process whose JSON log lines are read.

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/persistence/pebblestore"
+	"github.com/otafleet/otafleet/persistence/pgstore"
+)
+
+// storeSpec is a parsed --store: a Pebble folder ("" with no DSN: the
+// store folder of --data-dir) or a PostgreSQL connection URL.
+type storeSpec struct {
+	pebbleDir string
+	postgres  string
+}
+
+// parseStore parses --store: "" (Pebble in --data-dir), pebble:DIR, or a
+// postgres:// (postgresql://) URL. Its errors do not quote a password.
+func parseStore(s string) (storeSpec, error) {
+	switch {
+	case s == "":
+		return storeSpec{}, nil
+	case strings.HasPrefix(s, "pebble:"):
+		dir := strings.TrimPrefix(s, "pebble:")
+		if dir == "" {
+			return storeSpec{}, errors.New("pebble: needs a folder (pebble:DIR)")
+		}
+		return storeSpec{pebbleDir: dir}, nil
+	case strings.HasPrefix(s, "postgres://"), strings.HasPrefix(s, "postgresql://"):
+		u, err := url.Parse(s)
+		if err != nil {
+			return storeSpec{}, errors.New("is not a valid postgres:// URL (postgres://USER@HOST[:PORT]/DATABASE?sslmode=...)")
+		}
+		if u.Host == "" && u.Query().Get("host") == "" {
+			return storeSpec{}, fmt.Errorf("%s names no host (postgres://USER@HOST[:PORT]/DATABASE?sslmode=...)", u.Redacted())
+		}
+		if err := pgstore.CheckDSN(s); err != nil {
+			return storeSpec{}, fmt.Errorf("%s: %w", u.Redacted(), err)
+		}
+		return storeSpec{postgres: s}, nil
+	}
+	return storeSpec{}, errors.New("must be pebble:DIR or a postgres:// URL")
+}
+
+// redactedDSN is the DSN without its password, for messages and logs.
+func redactedDSN(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil {
+		return u.Redacted()
+	}
+	return "postgres://…"
+}
+
+// checkStore checks the settings that go with --store.
+func (c serveConfig) checkStore() error {
+	spec, err := parseStore(c.Store)
+	if err != nil {
+		return fmt.Errorf("--store %w", err)
+	}
+	if spec.postgres == "" {
+		return nil
+	}
+	switch {
+	case c.SealKeyFile == "":
+		return fmt.Errorf("--store %s needs --seal-key-file (or $%s): the key that seals device secrets and PSKs never lives in the shared database", redactedDSN(spec.postgres), envSealKeyFile)
+	case c.PreviousSealKeyFile != "":
+		return errors.New("--previous-seal-key-file: rotating the seal key of a PostgreSQL store is not supported yet")
+	case c.VerifyStore:
+		return errors.New("--verify-store checks a Pebble store; PostgreSQL checks its own")
+	}
+	return nil
+}
+
+// servedStore is what serve needs of a store.
+type servedStore interface {
+	persistence.Store
+	persistence.AppendCounter
+}
+
+// storeOpenTimeout bounds connecting to PostgreSQL and migrating its
+// schema at start.
+const storeOpenTimeout = time.Minute
+
+// openStore opens the store --store names; where is what messages call it.
+func openStore(ctx context.Context, cfg serveConfig, logger *slog.Logger) (store servedStore, where string, err error) {
+	spec, err := parseStore(cfg.Store)
+	if err != nil {
+		return nil, "", usageError(fmt.Errorf("--store %w", err))
+	}
+	sealKey, prevKey, err := cfg.sealKeys()
+	if err != nil {
+		return nil, "", err
+	}
+	if spec.postgres != "" {
+		where = redactedDSN(spec.postgres)
+		ctx, cancel := context.WithTimeout(ctx, storeOpenTimeout)
+		defer cancel()
+		s, err := pgstore.Open(ctx, spec.postgres, pgstore.Options{SealKey: sealKey, Logger: logger})
+		if err != nil {
+			// One line: pgx joins the errors of several addresses with
+			// newlines.
+			msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+			if errors.Is(err, pgstore.ErrSealKey) {
+				msg = "--seal-key-file is not the key the store is sealed with: " + msg
+			}
+			return nil, where, fmt.Errorf("store %s: %s", where, msg)
+		}
+		logger.Info("store: PostgreSQL", "store", where)
+		return s, where, nil
+	}
+	dir := spec.pebbleDir
+	if dir == "" {
+		if dir, err = prepareStoreDir(cfg.DataDir, logger); err != nil {
+			return nil, "", err
+		}
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", fmt.Errorf("--store: %w", err)
+	}
+	if sealKey == nil {
+		logger.Warn("device secrets and PSKs are sealed with a key kept in the store itself, so whoever reads the data folder can open them: set --seal-key-file")
+	}
+	s, err := pebblestore.Open(dir, pebblestore.Options{Logger: logger, Verify: cfg.VerifyStore, SealKey: sealKey, PreviousSealKey: prevKey})
+	if err != nil {
+		return nil, dir, openStoreError(dir, sealKey != nil, prevKey != nil, err)
+	}
+	return s, dir, nil
+}
+
+// openStoreError words a failure to open the store for the user: a seal key
+// that does not fit names the flags to give, not the store's Go options.
+func openStoreError(storeDir string, haveKey, havePrevious bool, err error) error {
+	if !errors.Is(err, pebblestore.ErrSealKey) {
+		return fmt.Errorf("opening the store: %w", err)
+	}
+	switch {
+	case !haveKey:
+		return fmt.Errorf("the store in %s is sealed with a key kept outside it: start with --seal-key-file (or $%s) naming that key file", storeDir, envSealKeyFile)
+	case havePrevious:
+		return fmt.Errorf("neither --seal-key-file nor --previous-seal-key-file is the key the store in %s is sealed with", storeDir)
+	default:
+		return fmt.Errorf("--seal-key-file is not the key the store in %s is sealed with (to change keys, give the old key file as --previous-seal-key-file)", storeDir)
+	}
+}
