@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
 
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
@@ -104,9 +108,7 @@ func openStore(ctx context.Context, cfg serveConfig, logger *slog.Logger) (store
 		defer cancel()
 		s, err := pgstore.Open(ctx, spec.postgres, pgstore.Options{SealKey: sealKey, Logger: logger})
 		if err != nil {
-			// One line: pgx joins the errors of several addresses with
-			// newlines.
-			msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+			msg := oneLine(err)
 			if errors.Is(err, pgstore.ErrSealKey) {
 				msg = "--seal-key-file is not the key the store is sealed with: " + msg
 			}
@@ -148,3 +150,54 @@ func openStoreError(storeDir string, haveKey, havePrevious bool, err error) erro
 		return fmt.Errorf("--seal-key-file is not the key the store in %s is sealed with (to change keys, give the old key file as --previous-seal-key-file)", storeDir)
 	}
 }
+
+// storeCommand is `otafleet store`: the verbs that work on a store itself.
+func storeCommand(stdout, stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "store",
+		Short: "Work on a store itself (PostgreSQL schema migrations)",
+		Args:  cobra.NoArgs,
+	}
+	var target string
+	migrate := &cobra.Command{
+		Use:   "migrate --store postgres://...",
+		Short: "Apply the PostgreSQL schema migrations this build has and print the schema versions (serve applies them too)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			spec, err := parseStore(target)
+			if err != nil {
+				return usageError(fmt.Errorf("--store %w", err))
+			}
+			if spec.postgres == "" {
+				return usageError(errors.New("--store must be a postgres:// URL: a Pebble store has no schema to migrate"))
+			}
+			where := redactedDSN(spec.postgres)
+			ctx, cancel := context.WithTimeout(cmd.Context(), storeOpenTimeout)
+			defer cancel()
+			pool, err := pgxpool.New(ctx, spec.postgres)
+			if err != nil {
+				return fmt.Errorf("store %s: %s", where, oneLine(err))
+			}
+			defer pool.Close()
+			logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			v, err := pgstore.Migrate(ctx, pool, logger)
+			if err != nil {
+				return fmt.Errorf("store %s: %s", where, oneLine(err))
+			}
+			if v.Before == v.After {
+				fmt.Fprintf(stdout, "schema version %d: up to date (this build knows versions up to %d)\n", v.After, v.Latest)
+			} else {
+				fmt.Fprintf(stdout, "schema version %d -> %d (this build knows versions up to %d)\n", v.Before, v.After, v.Latest)
+			}
+			return nil
+		},
+	}
+	migrate.Flags().StringVar(&target, "store", "", "the PostgreSQL store: postgres://USER@HOST[:PORT]/DATABASE?sslmode=... (the password from the URL, PGPASSWORD or PGPASSFILE)")
+	_ = migrate.MarkFlagRequired("store")
+	cmd.AddCommand(migrate)
+	return cmd
+}
+
+// oneLine is err's message on one line (pgx joins the errors of several
+// addresses with newlines).
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }

@@ -119,3 +119,29 @@ func TestServePostgres(t *testing.T) {
 	}
 	failServe(t, "schema version 999", serveArgs(t.TempDir(), "--store", dsn, "--seal-key-file", key)...)
 }
+
+// TestStoreMigrate: `otafleet store migrate` migrates a new database,
+// leaves an up-to-date one, refuses a newer one (exit 1) and a Pebble
+// store (exit 2).
+func TestStoreMigrate(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	for _, want := range []string{"schema version 0 -> 1", "schema version 1: up to date"} {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), []string{"store", "migrate", "--store", dsn}, &out, &errb); code != 0 || !strings.Contains(out.String(), want) {
+			t.Fatalf("store migrate: exit %d, stdout %q, stderr %q; want %q", code, out.String(), errb.String(), want)
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"store", "migrate", "--store", "pebble:x"}, &out, &errb); code != exitUsage {
+		t.Fatalf("store migrate of a Pebble store: exit %d (%s), want %d", code, errb.String(), exitUsage)
+	}
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), `INSERT INTO `+pgstore.SchemaTable+` (version_id, is_applied) VALUES (7, true)`); err != nil {
+		t.Fatal(err)
+	}
+	failServe(t, "schema version 7", "store", "migrate", "--store", dsn)
+}
