@@ -83,3 +83,24 @@ func TestPipelinesCompete(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadAtZero: a stream whose head exists at 0 (written with records or
+// a mark only) takes its first events with Expected 0, once.
+func TestHeadAtZero(t *testing.T) {
+	s, _ := openStore(t)
+	ctx := context.Background()
+	st := persistence.Stream{Kind: persistence.KindTask, ID: "t"}
+	if seq, err := s.Append(ctx, persistence.Append{Stream: st, Records: []persistence.Record{{Key: []byte("k"), Payload: []byte("v")}}, Active: new(true)}); err != nil || seq != 0 {
+		t.Fatalf("records-only Append = %d, %v", seq, err)
+	}
+	if seq, err := s.Append(ctx, persistence.Append{Stream: st, Events: []persistence.Event{{Type: 1}}}); err != nil || seq != 1 {
+		t.Fatalf("first events after a records-only Append = %d, %v; want 1", seq, err)
+	}
+	if _, err := s.Append(ctx, persistence.Append{Stream: st, Events: []persistence.Event{{Type: 1}}}); !errors.Is(err, persistence.ErrConflict) {
+		t.Fatalf("a second Append expecting 0: %v, want ErrConflict", err)
+	}
+	var ids []string
+	if err := s.Active(ctx, persistence.KindTask, func(id string) error { ids = append(ids, id); return nil }); err != nil || len(ids) != 1 {
+		t.Fatalf("Active = %v, %v; want the mark kept", ids, err)
+	}
+}
