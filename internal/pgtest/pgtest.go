@@ -47,6 +47,9 @@ type Server struct {
 	runAs  []string // runuser prefix when root
 
 	n atomic.Int64 // databases created
+
+	templatesMu sync.Mutex
+	templates   map[string]error // prepared templates, by name: the outcome of their setup
 }
 
 // The package's shared server: started by the first Shared (so that a
@@ -209,21 +212,64 @@ func (s *Server) DSN() string { return s.dsn }
 // NewDatabase creates a fresh database and returns its DSN.
 func (s *Server) NewDatabase(t testing.TB) string {
 	t.Helper()
-	name := fmt.Sprintf("otafleet_test_%d_%d", os.Getpid(), s.n.Add(1))
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, s.dsn)
-	if err != nil {
-		t.Fatalf("pgtest: connecting to %s: %v", s.dsn, err)
+	return s.newDatabase(t, "template0")
+}
+
+// NewDatabaseFrom creates a fresh database, a copy of the template
+// database that setup prepares (once per server and name: say, one that
+// migrations made), and returns its DSN. A copy is cheaper than a new
+// database prepared anew.
+func (s *Server) NewDatabaseFrom(t testing.TB, template string, setup func(dsn string) error) string {
+	t.Helper()
+	s.templatesMu.Lock()
+	err, done := s.templates[template]
+	if !done {
+		name := fmt.Sprintf("otafleet_template_%d_%s", os.Getpid(), template)
+		err = s.create(name, "template0")
+		if err == nil {
+			var dsn string
+			if dsn, err = WithDatabase(s.dsn, name); err == nil {
+				err = setup(dsn)
+			}
+		}
+		if s.templates == nil {
+			s.templates = map[string]error{}
+		}
+		s.templates[template] = err
 	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name+" LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"); err != nil {
-		t.Fatalf("pgtest: creating database %s: %v", name, err)
+	s.templatesMu.Unlock()
+	if err != nil {
+		t.Fatalf("pgtest: preparing template %s: %v", template, err)
+	}
+	return s.newDatabase(t, fmt.Sprintf("otafleet_template_%d_%s", os.Getpid(), template))
+}
+
+// newDatabase creates a fresh copy of template and returns its DSN.
+func (s *Server) newDatabase(t testing.TB, template string) string {
+	t.Helper()
+	name := fmt.Sprintf("otafleet_test_%d_%d", os.Getpid(), s.n.Add(1))
+	if err := s.create(name, template); err != nil {
+		t.Fatal(err)
 	}
 	dsn, err := WithDatabase(s.dsn, name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return dsn
+}
+
+// create creates database name as a copy of template.
+func (s *Server) create(name, template string) error {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, s.dsn)
+	if err != nil {
+		return fmt.Errorf("pgtest: connecting to %s: %w", s.dsn, err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name+" LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE "+template); err != nil {
+		return fmt.Errorf("pgtest: creating database %s: %w", name, err)
+	}
+	return nil
 }
 
 // WithDatabase returns the postgres:// URL dsn with its database set to

@@ -7,6 +7,8 @@ import (
 	"os"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/persistence/pgstore"
 )
@@ -36,10 +38,25 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// migratedDatabase returns a fresh database of the current schema.
+func migratedDatabase(t testing.TB) string {
+	t.Helper()
+	return pgtest.Shared(t).NewDatabaseFrom(t, "migrated", func(dsn string) error {
+		ctx := context.Background()
+		pool, err := pgxpool.New(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		_, err = pgstore.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+		return err
+	})
+}
+
 // openStore opens a store on a fresh database, closed at the end of t.
 func openStore(t testing.TB) (*pgstore.Store, string) {
 	t.Helper()
-	dsn := pgtest.NewDatabase(t)
+	dsn := migratedDatabase(t)
 	s, err := pgstore.Open(context.Background(), dsn, pgstore.Options{SealKey: testKey, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
