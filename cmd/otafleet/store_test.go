@@ -49,6 +49,10 @@ func TestStoreUsage(t *testing.T) {
 			t.Errorf("--store %s: exit %d, stderr %q; want %d and %q, no password", tc.store, code, errb.String(), exitUsage, tc.want)
 		}
 	}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"bench", "--store", "mysql"}, &out, &errb); code != exitUsage || !strings.Contains(errb.String(), "want pebble or postgres") {
+		t.Errorf("bench --store mysql: exit %d, stderr %q; want %d", code, errb.String(), exitUsage)
+	}
 }
 
 // failServe runs serve in this process, expecting it to fail at start
