@@ -13,8 +13,11 @@
 // (github.com/pressly/goose/v3) under its advisory lock; the versions
 // applied are in the schema_version table. Open refuses a database whose
 // schema is newer than the newest this build knows (ErrSchema): an older
-// otafleet must not write a schema it does not understand. IDs are text in
-// the C collation, so that listings come in byte order as with Pebble.
+// otafleet must not write a schema it does not understand; a user that may
+// not create or write the tables (a read-only user) fails Open with
+// ErrPermission, and `otafleet store migrate` applies the migrations alone.
+// IDs are text in the C collation, so that listings come in byte order as
+// with Pebble.
 //
 //	streams(kind, id, last_seq, active)  the head of each stream: its last sequence number and active mark
 //	events(kind, id, seq, body)          the journal; body is a persistence.EncodeEvent envelope
