@@ -1,9 +1,11 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/jackc/pgx/v5"
 )
 
 // countEvents counts the journal's events in a stopped server's store: the
@@ -37,4 +39,17 @@ func (quiet) Infof(string, ...any)  {}
 func (quiet) Errorf(string, ...any) {}
 func (quiet) Fatalf(format string, args ...any) {
 	panic(fmt.Sprintf(format, args...))
+}
+
+// countEventsPostgres counts the journal's events in a PostgreSQL store
+// (persistence/pgstore's events table).
+func countEventsPostgres(ctx context.Context, dsn string) (int64, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(ctx)
+	var n int64
+	err = conn.QueryRow(ctx, `SELECT count(*) FROM events`).Scan(&n)
+	return n, err
 }

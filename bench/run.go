@@ -80,6 +80,10 @@ type Options struct {
 	// SimCPUProfile, when set, is the file the first simulator process
 	// writes its CPU profile to.
 	SimCPUProfile string
+	// StoreDSN is the PostgreSQL store the server's ServeArgs name (its
+	// --store), where the report counts the journal's events; "": the
+	// server's Pebble store in DataDir.
+	StoreDSN string
 	// CPUProfile, when set, is the file the server's CPU profile of the
 	// tasks' run is written to (pprof format, from the first task's creation
 	// until the tasks end; with KillAt, of both server processes).
@@ -182,7 +186,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if r.server != nil {
 		r.stopServer()
 	}
-	if n, cerr := countEvents(filepath.Join(r.dir, "store")); cerr == nil {
+	count := func() (int64, error) { return countEvents(filepath.Join(r.dir, "store")) }
+	if o.StoreDSN != "" {
+		count = func() (int64, error) { return countEventsPostgres(ctx, o.StoreDSN) }
+	}
+	if n, cerr := count(); cerr == nil {
 		r.rep.EventsJournaled = n
 		if done := r.rep.Succeeded + r.rep.Failed; done > 0 {
 			r.rep.EventsPerUpgrade = float64(n) / float64(done)

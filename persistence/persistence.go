@@ -2,8 +2,9 @@
 // actor appends to (EventStore), the registry of products, devices, groups
 // and packages (Registry), and the key and envelope encodings they share.
 // Implementations live in subpackages: pebblestore (the embedded default,
-// github.com/cockroachdb/pebble/v2) and memstore (in memory, for tests); the
-// contract suite in persistencetest is what both must pass.
+// github.com/cockroachdb/pebble/v2), pgstore (PostgreSQL, a store the nodes
+// of a fleet share) and memstore (in memory, for tests); the contract suite
+// in persistencetest is what each must pass.
 //
 // A journal is a stream per actor, identified by kind and ID. Its events are
 // stored under keys
@@ -28,7 +29,7 @@
 // The registry (see Registry) keeps products, devices (their credentials
 // write-only), groups and package metadata as records listed a page at a
 // time by ID, and package files as blobs streamed in and read at any offset.
-// Store is both interfaces together: what memstore and pebblestore provide.
+// Store is both interfaces together: what every implementation provides.
 //
 // Implementations are safe for concurrent use; appends to different streams
 // from many goroutines are grouped into shared synced commits.

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/otafleet/otafleet/bench"
+	"github.com/otafleet/otafleet/internal/pgserver"
 )
 
 // scales are the --scale profiles: flags given explicitly win.
@@ -45,9 +49,9 @@ func parseShare(s string) (float64, error) {
 func benchCommand(stdout, stderr io.Writer) *cobra.Command {
 	o := bench.Options{Devices: 1000, Protocol: bench.ProtoMixed, Cells: 20, Coverage: bench.CoverageMixed, PackageBytes: 16 << 10, Timeout: 30 * time.Minute}
 	var (
-		scale, killAt string
-		asJSON        bool
-		serveArgs     []string
+		scale, killAt, store string
+		asJSON               bool
+		serveArgs            []string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -60,6 +64,9 @@ cell beside its budget, the server's CPU and peak RSS, events journaled and
 synced journal commits (synced_commits_per_upgrade: the server's synced
 appends per finished device), failures by reason. --json prints one JSON
 object instead.
+
+--store postgres runs the server on a private PostgreSQL that bench starts
+(and removes) for the run.
 
 --kill-at 50% kills the server with SIGKILL once half the devices reached a
 final state, starts it again on the same data and ports, and checks that every
@@ -120,6 +127,17 @@ lists problems.`,
 			} else {
 				o.ServeArgs = serveArgs
 			}
+			switch store {
+			case "", "pebble":
+			case "postgres":
+				stop, err := benchPostgres(&o, stderr)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			default:
+				return usage("--store %q: want pebble or postgres", store)
+			}
 			o.Command = "otafleet " + strings.Join(os.Args[1:], " ")
 			o.Progress = stderr // progress lines; the report goes to stdout
 			rep, err := bench.Run(cmd.Context(), o)
@@ -145,6 +163,7 @@ lists problems.`,
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&scale, "scale", "", "profile: small (1,000 devices) or large (100,000)")
+	fs.StringVar(&store, "store", "pebble", "the server's store: pebble (in its data folder) or postgres (bench starts a private PostgreSQL, initdb and pg_ctl from pg_config --bindir)")
 	fs.IntVar(&o.Devices, "devices", o.Devices, "devices in the fleet")
 	fs.StringVar(&o.Protocol, "protocol", o.Protocol, "mqtt, lwm2m, pcp or mixed")
 	fs.IntVar(&o.Cells, "cells", o.Cells, "radio cells the LwM2M devices are spread over")
@@ -168,4 +187,44 @@ lists problems.`,
 	fs.StringVar(&o.SimCPUProfile, "sim-cpu-profile", "", "write the first simulator process's CPU profile to this file")
 	fs.StringVar(&o.SimLogLevel, "sim-log-level", "warn", "the simulators' log level (their logs are DATA-DIR/sim-*.log; see --keep)")
 	return cmd
+}
+
+// benchPostgres starts a private PostgreSQL for a bench run and points the
+// server at it (--store, and a seal key file of its own); stop stops it
+// and removes its folder and the key.
+func benchPostgres(o *bench.Options, progress io.Writer) (stop func(), err error) {
+	srv, err := pgserver.Start("otafleet-bench-pg-")
+	if err != nil {
+		return nil, err
+	}
+	keyDir, err := os.MkdirTemp("", "otafleet-bench-key-")
+	if err != nil {
+		_ = srv.Stop()
+		return nil, err
+	}
+	stop = func() {
+		if err := srv.Stop(); err != nil {
+			fmt.Fprintln(progress, "bench: stopping PostgreSQL:", err)
+		}
+		_ = os.RemoveAll(keyDir)
+	}
+	dsn, err := srv.CreateDatabase("otafleet_bench", "")
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	key := make([]byte, sealKeySize)
+	if _, err := rand.Read(key); err != nil {
+		stop()
+		return nil, err
+	}
+	keyFile := filepath.Join(keyDir, "seal.key")
+	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+		stop()
+		return nil, err
+	}
+	o.ServeArgs = append(o.ServeArgs, "--store="+dsn, "--seal-key-file="+keyFile)
+	o.StoreDSN = dsn
+	fmt.Fprintln(progress, "bench: the server's store is a private PostgreSQL:", redactedDSN(dsn))
+	return stop, nil
 }

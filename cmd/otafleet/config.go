@@ -31,7 +31,10 @@ import (
 // row of the settings table (a flag, and the config-file key of the same
 // name); flags given on the command line win over the file.
 type serveConfig struct {
-	DataDir   string
+	DataDir string
+	// Store is --store: "" (Pebble in DataDir), pebble:DIR or a
+	// postgres:// URL (see parseStore).
+	Store     string
 	APIAddr   string
 	LogFormat string
 	LogLevel  string
@@ -215,6 +218,8 @@ func settings() []setting {
 	return []setting{
 		opt("data-dir", func(c *serveConfig) *string { return &c.DataDir },
 			"folder of the journal, registry, api-token and addrs.json", nonEmpty),
+		opt("store", func(c *serveConfig) *string { return &c.Store },
+			"where the journal, registry and packages live: pebble:DIR, or postgres://USER@HOST[:PORT]/DATABASE?sslmode=... (the password from the URL, PGPASSWORD or PGPASSFILE; needs --seal-key-file); default: pebble in --data-dir"),
 		opt("api-addr", func(c *serveConfig) *string { return &c.APIAddr },
 			"address of the API, gRPC health and /metrics (HTTP/1.1 and h2c); port 0 picks one"),
 		opt("log-format", func(c *serveConfig) *string { return &c.LogFormat },
@@ -513,6 +518,9 @@ func (c serveConfig) validate() error {
 	}
 	if c.PreviousSealKeyFile != "" && c.SealKeyFile == "" {
 		return errors.New("--previous-seal-key-file needs --seal-key-file (the new key)")
+	}
+	if err := c.checkStore(); err != nil {
+		return err
 	}
 	if err := c.minRate().Validate(); err != nil {
 		return fmt.Errorf("--min-transfer-rate must not be negative, and --min-transfer-window must be positive: %w", err)

@@ -45,7 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.AddCommand(serveCommand(stdout, stderr))
 	root.AddCommand(clientCommands(stdout, stderr)...)
-	root.AddCommand(simCommand(stdout, stderr), benchCommand(stdout, stderr))
+	root.AddCommand(simCommand(stdout, stderr), benchCommand(stdout, stderr), storeCommand(stdout, stderr))
 	usageErrors(root)
 	err := root.ExecuteContext(ctx)
 	if err == nil {

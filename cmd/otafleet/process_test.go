@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/otafleet/otafleet/internal/pgtest"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -36,7 +38,7 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	pgtest.Main(m) // a private PostgreSQL, started by the first test that needs it
 }
 
 // server is a child `otafleet serve` process whose JSON log lines are read.
@@ -175,13 +177,23 @@ func msg(name string) func(map[string]any) bool {
 // killed with SIGKILL mid-way and started again on the same data dir. The
 // campaign finishes with every device succeeded exactly once — no second
 // upgrade, Execute or upgrade event. Health and metrics answer; SIGTERM exits 0.
-func TestProcessKillNine(t *testing.T) {
+func TestProcessKillNine(t *testing.T) { testProcessKillNine(t, false) }
+
+// TestProcessKillNinePostgres is TestProcessKillNine on a PostgreSQL store
+// (serve --store postgres://...).
+func TestProcessKillNinePostgres(t *testing.T) { testProcessKillNine(t, true) }
+
+func testProcessKillNine(t *testing.T, postgres bool) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	dir := t.TempDir()
+	var storeArgs []string
+	if postgres {
+		storeArgs = []string{"--store", pgtest.NewDatabase(t), "--seal-key-file", writeKey(t, "seal.key", strings.Repeat("5e", 32)+"\n", 0o600)}
+	}
 	// Short step timeouts: a downlink lost in the crash (say, a PCP 0x17 that
 	// was journaled but never reached its device) is never sent twice; the
 	// step times out and the task's retry (1 minute later) runs the device
@@ -191,6 +203,7 @@ func TestProcessKillNine(t *testing.T) {
 		"--simulate", "300", "--simulate-protocol", "mixed", "--simulate-cells", "6", "--simulate-campaign", "--simulate-delay", "30ms",
 		"--timeout-version-report", short, "--timeout-radio-query", short, "--timeout-cell-query", short,
 		"--timeout-download-start", short, "--timeout-update-start", short, "--timeout-version-check", short}
+	args = append(args, storeArgs...)
 
 	first := startServer(t, args...)
 	upgraded := 0
@@ -213,7 +226,9 @@ func TestProcessKillNine(t *testing.T) {
 	fin := second.awaitOr(ctx, "campaign end", msg("simulated campaign finished"), func() {
 		_ = second.cmd.Process.Signal(syscall.SIGKILL)
 		second.wait(context.Background())
-		dumpInFlight(t, filepath.Join(dir, "store"))
+		if !postgres {
+			dumpInFlight(t, filepath.Join(dir, "store"))
+		}
 	})
 	if fin["succeeded"] != 300.0 || fin["devices"] != 300.0 || fin["devices_upgraded_twice"] != 0.0 || fin["upgrades"] != 300.0 {
 		t.Fatalf("campaign after kill -9: %v", fin)

@@ -26,7 +26,6 @@ import (
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/persistence"
-	"github.com/otafleet/otafleet/persistence/pebblestore"
 	"github.com/otafleet/otafleet/rpc"
 	"github.com/otafleet/otafleet/transport"
 )
@@ -84,20 +83,9 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	storeDir, err := prepareStoreDir(cfg.DataDir, logger)
+	store, _, err := openStore(ctx, cfg, logger)
 	if err != nil {
 		return err
-	}
-	sealKey, prevKey, err := cfg.sealKeys()
-	if err != nil {
-		return err
-	}
-	if sealKey == nil {
-		logger.Warn("device secrets and PSKs are sealed with a key kept in the store itself, so whoever reads the data folder can open them: set --seal-key-file")
-	}
-	store, err := pebblestore.Open(storeDir, pebblestore.Options{Logger: logger, Verify: cfg.VerifyStore, SealKey: sealKey, PreviousSealKey: prevKey})
-	if err != nil {
-		return openStoreError(storeDir, sealKey != nil, prevKey != nil, err)
 	}
 	defer func() {
 		if err := store.Close(); err != nil {
@@ -292,22 +280,6 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
-}
-
-// openStoreError words a failure to open the store for the user: a seal key
-// that does not fit names the flags to give, not the store's Go options.
-func openStoreError(storeDir string, haveKey, havePrevious bool, err error) error {
-	if !errors.Is(err, pebblestore.ErrSealKey) {
-		return fmt.Errorf("opening the store: %w", err)
-	}
-	switch {
-	case !haveKey:
-		return fmt.Errorf("the store in %s is sealed with a key kept outside it: start with --seal-key-file (or $%s) naming that key file", storeDir, envSealKeyFile)
-	case havePrevious:
-		return fmt.Errorf("neither --seal-key-file nor --previous-seal-key-file is the key the store in %s is sealed with", storeDir)
-	default:
-		return fmt.Errorf("--seal-key-file is not the key the store in %s is sealed with (to change keys, give the old key file as --previous-seal-key-file)", storeDir)
-	}
 }
 
 // journalAppendCounters exports the store's count of journal appends:

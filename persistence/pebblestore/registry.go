@@ -254,14 +254,14 @@ func deviceRecord(sl sealer, d persistence.Device, old *registrypb.Device) (*reg
 	r := &registrypb.Device{Id: d.ID, ProductId: d.ProductID, CreatedUnixNano: nanos(d.Created)}
 	var err error
 	if d.Secret != "" {
-		if r.SealedSecret, err = sl.seal([]byte(d.Secret), "secret/"+d.ID); err != nil {
+		if r.SealedSecret, err = sl.Seal([]byte(d.Secret), "secret/"+d.ID); err != nil {
 			return nil, err
 		}
 	} else if old != nil {
 		r.SealedSecret = old.SealedSecret
 	}
 	if len(d.PSK) > 0 {
-		if r.SealedPsk, err = sl.seal(d.PSK, "psk/"+d.ID); err != nil {
+		if r.SealedPsk, err = sl.Seal(d.PSK, "psk/"+d.ID); err != nil {
 			return nil, err
 		}
 	} else if old != nil {
@@ -417,11 +417,11 @@ func (s *Store) DeviceCredentials(ctx context.Context, id string) (persistence.C
 	if err != nil {
 		return persistence.Credentials{}, err
 	}
-	secret, err := sl.open(r.SealedSecret, "secret/"+id)
+	secret, err := sl.Open(r.SealedSecret, "secret/"+id)
 	if err != nil {
 		return persistence.Credentials{}, &persistence.CorruptError{Key: join(prefixDevice, id), Reason: err.Error()}
 	}
-	psk, err := sl.open(r.SealedPsk, "psk/"+id)
+	psk, err := sl.Open(r.SealedPsk, "psk/"+id)
 	if err != nil {
 		return persistence.Credentials{}, &persistence.CorruptError{Key: join(prefixDevice, id), Reason: err.Error()}
 	}

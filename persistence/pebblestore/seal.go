@@ -2,9 +2,6 @@ package pebblestore
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -14,51 +11,10 @@ import (
 )
 
 // sealer seals and opens device credentials with the store's key.
-type sealer struct{ aead cipher.AEAD }
+type sealer = persistence.Sealer
 
 func (s *Store) sealer() (sealer, error) {
-	return newSealer(s.sealKey[:])
-}
-
-func newSealer(key []byte) (sealer, error) {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return sealer{}, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return sealer{}, err
-	}
-	return sealer{aead}, nil
-}
-
-// seal returns nonce || ciphertext of plain, bound to label (say
-// "secret/<id>"); nil for an empty plain.
-func (s sealer) seal(plain []byte, label string) ([]byte, error) {
-	if len(plain) == 0 {
-		return nil, nil
-	}
-	out := make([]byte, s.aead.NonceSize(), s.aead.NonceSize()+len(plain)+s.aead.Overhead())
-	if _, err := rand.Read(out); err != nil {
-		return nil, fmt.Errorf("sealing: %w", err)
-	}
-	return s.aead.Seal(out, out, plain, []byte(label)), nil
-}
-
-// open reverses seal.
-func (s sealer) open(sealed []byte, label string) ([]byte, error) {
-	if len(sealed) == 0 {
-		return nil, nil
-	}
-	n := s.aead.NonceSize()
-	if len(sealed) < n+s.aead.Overhead() {
-		return nil, fmt.Errorf("sealed %s of %d bytes is too short", label, len(sealed))
-	}
-	plain, err := s.aead.Open(nil, sealed[:n], sealed[n:], []byte(label))
-	if err != nil {
-		return nil, fmt.Errorf("sealed %s does not open with the store's key", label)
-	}
-	return plain, nil
+	return persistence.NewSealer(s.sealKey[:])
 }
 
 // reseal re-seals every device's credentials, sealed under the store's
@@ -71,7 +27,7 @@ func (s *Store) reseal(newKey []byte, what string) error {
 	if err != nil {
 		return err
 	}
-	to, err := newSealer(newKey)
+	to, err := persistence.NewSealer(newKey)
 	if err != nil {
 		return err
 	}
@@ -93,12 +49,12 @@ func (s *Store) reseal(newKey []byte, what string) error {
 			sealed *[]byte
 			label  string
 		}{{&r.SealedSecret, "secret/" + r.Id}, {&r.SealedPsk, "psk/" + r.Id}} {
-			plain, err := from.open(*c.sealed, c.label)
+			plain, err := from.Open(*c.sealed, c.label)
 			if err != nil {
 				it.Close()
 				return &persistence.CorruptError{Key: k, Reason: fmt.Sprintf("%v (%s)", err, what)}
 			}
-			if *c.sealed, err = to.seal(plain, c.label); err != nil {
+			if *c.sealed, err = to.Seal(plain, c.label); err != nil {
 				it.Close()
 				return err
 			}
@@ -117,7 +73,7 @@ func (s *Store) reseal(newKey []byte, what string) error {
 	if err := firstErr(it.Error(), it.Close()); err != nil {
 		return s.readErr(nil, err)
 	}
-	if err := b.Set(keySeal, append([]byte{sealExternal}, sealCheck(newKey)...), nil); err != nil {
+	if err := b.Set(keySeal, append([]byte{sealExternal}, persistence.SealCheck(newKey)...), nil); err != nil {
 		return err
 	}
 	if err := s.commit(b, pebble.Sync); err != nil {

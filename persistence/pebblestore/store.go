@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -211,9 +210,9 @@ func (s *Store) start(opts Options) error {
 		switch {
 		case opts.SealKey == nil:
 			return fmt.Errorf("%w: the store is sealed with an external key (Options.SealKey); pass it", ErrSealKey)
-		case hmac.Equal(sealCheck(opts.SealKey), seal[1:]):
+		case hmac.Equal(persistence.SealCheck(opts.SealKey), seal[1:]):
 			copy(s.sealKey[:], opts.SealKey)
-		case opts.PreviousSealKey != nil && hmac.Equal(sealCheck(opts.PreviousSealKey), seal[1:]):
+		case opts.PreviousSealKey != nil && hmac.Equal(persistence.SealCheck(opts.PreviousSealKey), seal[1:]):
 			copy(s.sealKey[:], opts.PreviousSealKey)
 			if err := s.reseal(opts.SealKey, "the previous key"); err != nil {
 				return err
@@ -257,7 +256,7 @@ func (s *Store) create(opts Options) error {
 	_ = b.Set(keyFormat, binary.AppendUvarint(nil, formatVersion), nil)
 	if opts.SealKey != nil {
 		copy(s.sealKey[:], opts.SealKey)
-		_ = b.Set(keySeal, append([]byte{sealExternal}, sealCheck(opts.SealKey)...), nil)
+		_ = b.Set(keySeal, append([]byte{sealExternal}, persistence.SealCheck(opts.SealKey)...), nil)
 	} else {
 		if _, err := rand.Read(s.sealKey[:]); err != nil {
 			return fmt.Errorf("generating the seal key: %w", err)
@@ -269,15 +268,8 @@ func (s *Store) create(opts Options) error {
 
 const (
 	sealStored   = 1 // m/seal holds the key
-	sealExternal = 2 // m/seal holds sealCheck(key)
+	sealExternal = 2 // m/seal holds persistence.SealCheck(key)
 )
-
-// sealCheck identifies an external seal key without revealing it.
-func sealCheck(key []byte) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte("otafleet seal key check"))
-	return m.Sum(nil)
-}
 
 // Close waits for calls in progress, closes open blobs and the database.
 // Later calls fail with persistence.ErrClosed; a second Close returns nil.

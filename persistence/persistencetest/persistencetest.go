@@ -1,5 +1,5 @@
 // Package persistencetest is the contract suite of persistence.Store: every
-// implementation (memstore, pebblestore) runs
+// implementation (memstore, pebblestore, pgstore) runs
 //
 //	persistencetest.Run(t, func(t *testing.T) persistence.Store { ... })
 //

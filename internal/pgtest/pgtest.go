@@ -1,0 +1,148 @@
+// Package pgtest gives tests a private, throw-away PostgreSQL server, one
+// per test package: the first test that asks for it (Shared, NewDatabase)
+// runs initdb into a temporary folder and starts the server (initdb and
+// pg_ctl from `pg_config --bindir`, trust authentication, a free port on
+// 127.0.0.1, a socket folder of its own); Main, called from the package's
+// TestMain, stops it after the tests. Each test takes a fresh database
+// from NewDatabase. When the process runs as root, the server runs as the
+// postgres OS user (initdb refuses root; see internal/pgserver).
+// OTAFLEET_TEST_POSTGRES=DSN uses
+// an existing server instead (its user must be allowed to create
+// databases). A machine without PostgreSQL fails the tests that need it:
+// it never skips them. It is for tests only.
+package pgtest
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/otafleet/otafleet/internal/pgserver"
+)
+
+// EnvDSN names the environment variable that points the tests at an
+// existing server.
+const EnvDSN = "OTAFLEET_TEST_POSTGRES"
+
+// Server is the tests' server (see pgserver), with the templates that
+// NewDatabaseFrom prepared.
+type Server struct {
+	*pgserver.Server
+
+	templatesMu sync.Mutex
+	templates   map[string]error // prepared templates, by name: the outcome of their setup
+}
+
+// Start starts a private server, or returns the external one of EnvDSN.
+func Start() (*Server, error) {
+	if dsn := os.Getenv(EnvDSN); dsn != "" {
+		s, err := pgserver.External(dsn)
+		if err != nil {
+			return nil, fmt.Errorf("pgtest: %s: %w", EnvDSN, err)
+		}
+		return &Server{Server: s}, nil
+	}
+	s, err := pgserver.Start("otafleet-pgtest-")
+	if err != nil {
+		return nil, fmt.Errorf("%w (or set %s=postgres://... to use a running server)", err, EnvDSN)
+	}
+	return &Server{Server: s}, nil
+}
+
+// The package's shared server: started by the first Shared (so that a
+// test package of which few tests need PostgreSQL starts it only when one
+// runs), stopped by Main.
+var (
+	sharedMu  sync.Mutex
+	sharedRun bool // Main runs
+	shared    *Server
+	sharedErr error
+)
+
+// Main runs the tests, then stops the shared server if a test started it,
+// and exits with the tests' status. Call it from TestMain.
+func Main(m *testing.M) {
+	sharedMu.Lock()
+	sharedRun = true
+	sharedMu.Unlock()
+	code := m.Run()
+	sharedMu.Lock()
+	s := shared
+	sharedMu.Unlock()
+	if s != nil {
+		if err := s.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			if code == 0 {
+				code = 1
+			}
+		}
+	}
+	os.Exit(code)
+}
+
+// Shared returns the package's server, starting it on the first call; it
+// fails t when the server cannot start (PostgreSQL missing, say) or when
+// TestMain does not call Main (which stops it).
+func Shared(t testing.TB) *Server {
+	t.Helper()
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if !sharedRun {
+		t.Fatal("pgtest: the test package's TestMain must call pgtest.Main(m), which stops the server")
+	}
+	if shared == nil && sharedErr == nil {
+		shared, sharedErr = Start()
+	}
+	if sharedErr != nil {
+		t.Fatal(sharedErr)
+	}
+	return shared
+}
+
+// NewDatabase creates a fresh database on the shared server and returns
+// its DSN (a postgres:// URL).
+func NewDatabase(t testing.TB) string {
+	t.Helper()
+	return Shared(t).NewDatabase(t)
+}
+
+// NewDatabase creates a fresh database and returns its DSN.
+func (s *Server) NewDatabase(t testing.TB) string {
+	t.Helper()
+	dsn, err := s.CreateDatabase(s.NextName("otafleet_test"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dsn
+}
+
+// NewDatabaseFrom creates a fresh database, a copy of the template
+// database that setup prepares (once per server and name: say, one that
+// migrations made), and returns its DSN. A copy is cheaper than a new
+// database prepared anew.
+func (s *Server) NewDatabaseFrom(t testing.TB, template string, setup func(dsn string) error) string {
+	t.Helper()
+	name := fmt.Sprintf("otafleet_template_%d_%s", os.Getpid(), template)
+	s.templatesMu.Lock()
+	err, done := s.templates[template]
+	if !done {
+		var dsn string
+		if dsn, err = s.CreateDatabase(name, ""); err == nil {
+			err = setup(dsn)
+		}
+		if s.templates == nil {
+			s.templates = map[string]error{}
+		}
+		s.templates[template] = err
+	}
+	s.templatesMu.Unlock()
+	if err != nil {
+		t.Fatalf("pgtest: preparing template %s: %v", template, err)
+	}
+	dsn, err := s.CreateDatabase(s.NextName("otafleet_test"), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dsn
+}

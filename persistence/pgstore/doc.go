@@ -1,0 +1,83 @@
+// Package pgstore is otafleet's shared store: the journal
+// (persistence.EventStore), the registry with package blobs
+// (persistence.Registry) and the transports' sessions
+// (persistence.Sessions) in one PostgreSQL database, through
+// github.com/jackc/pgx/v5. Every node of a fleet can use the same database;
+// a Store is safe for concurrent use, and so are several Stores (in one
+// process or many) on one database.
+//
+// # Schema
+//
+// The schema is a set of versioned SQL migrations embedded in the binary
+// (migrations/*.sql), applied by Open with goose
+// (github.com/pressly/goose/v3) under its advisory lock; the versions
+// applied are in the schema_version table. Open refuses a database whose
+// schema is newer than the newest this build knows (ErrSchema): an older
+// otafleet must not write a schema it does not understand; a user that may
+// not create or write the tables (a read-only user) fails Open with
+// ErrPermission, and `otafleet store migrate` applies the migrations alone.
+// IDs are text in the C collation, so that listings come in byte order as
+// with Pebble.
+//
+//	streams(kind, id, last_seq, active)  the head of each stream: its last sequence number and active mark
+//	events(kind, id, seq, body)          the journal; body is a persistence.EncodeEvent envelope
+//	snapshots(kind, id, body)            persistence.EncodeSnapshot envelope
+//	records(kind, id, key, body)         a stream's state area; persistence.EncodeRecord envelope
+//	products, devices, groups, packages, tasks   the registry, a column per field; devices and
+//	                                     packages reference their product (foreign keys)
+//	blobs(id, gen, size, sha256, chunk_size), blob_chunks(gen, n, crc, data)   package files
+//	sessions(transport, id, value)       the transports' sessions
+//	meta(name, value)                    the seal key's check value
+//
+// # Appends: fencing and group commit
+//
+// An append names the sequence number it expects (Append.Expected). It
+// moves its stream's head from Expected to Expected+len(Events) with
+// `UPDATE streams ... WHERE last_seq = Expected` (or inserts the head of a
+// new stream), and writes its events, records and mark only if the head
+// moved. A second writer of the same stream, in this process or another,
+// finds the head moved (PostgreSQL makes the UPDATE wait for the first
+// writer's row lock, then checks again) and fails with
+// persistence.ErrConflict; the events' primary key (kind, id, seq) is a
+// second fence should a writer ever get past the head. Two writers can
+// never both win.
+//
+// Appends are grouped: goroutines of a committer (Options.Pipelines of
+// them, so that one batch is sent while another waits for its WAL flush)
+// each take the appends waiting, at most Options.MaxBatch and at most one
+// per stream (a stream is never in two batches at once), and write them
+// with one statement (arrays unnested into data-modifying common table
+// expressions), which is one transaction. A batch is synced (its commit
+// waits for the WAL flush) when one of its appends is. A batch of NoSync
+// appends only goes through connections with synchronous_commit off: it
+// is visible at once, and its commit record is in the WAL before Append
+// returns, but not flushed. This keeps the rule the engine relies on, that
+// an unsynced append becomes durable no later than any synced append that
+// follows it: the WAL is one sequence, and a synced commit waits until the
+// WAL is flushed up to its own commit record, so past the commit record of
+// every transaction that committed before it, in particular every unsynced
+// append that had returned when the synced one was made. (PostgreSQL's WAL
+// writer also flushes unsynced commits within wal_writer_delay on its
+// own.)
+//
+// # Blobs
+//
+// A blob is streamed: WriteBlob writes 64 KiB chunks (each with its
+// CRC-32C) in one transaction, about 1 MiB per round trip, and the header
+// (size, SHA-256) last, so memory stays bounded and a failed, too large,
+// cancelled or crashed write leaves nothing. A header names a generation
+// (a sequence number) whose chunks a reader reads, a span of chunks per
+// query, checking their CRC and length. DeleteBlob deletes the header at
+// once and the chunks too unless a Blob of this process still reads them;
+// then the last reader's Close deletes them (or the next Open, should the
+// process end first).
+//
+// # Credentials and sessions
+//
+// Device secrets and PSKs are sealed with persistence.Sealer under
+// Options.SealKey, which is required: the key never lives in the shared
+// database, which keeps only its check value (a wrong key fails Open with
+// ErrSealKey). Sessions are written with synchronous_commit off, like
+// pebblestore's unsynced session writes: they survive a crash of otafleet,
+// not necessarily one of PostgreSQL.
+package pgstore

@@ -1,0 +1,178 @@
+package pgstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/otafleet/otafleet/internal/pgtest"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/persistence/pgstore"
+)
+
+// pgtestUnique numbers the roles the tests create (roles are server-wide).
+var roles atomic.Int64
+
+func pgtestUnique() int64 { return roles.Add(1) }
+
+func open(t *testing.T, dsn string, key []byte) (*pgstore.Store, error) {
+	t.Helper()
+	s, err := pgstore.Open(context.Background(), dsn, pgstore.Options{SealKey: key, Logger: testLogger(t)})
+	if err == nil {
+		t.Cleanup(func() { _ = s.Close() })
+	}
+	return s, err
+}
+
+func execSQL(t *testing.T, dsn, sql string, args ...any) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// TestSchemaVersions: a new database is migrated to the newest version, an
+// up-to-date one is left alone, and one of a newer schema is refused.
+func TestSchemaVersions(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	v, err := pgstore.Migrate(ctx, pool, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Before != 0 || v.After != v.Latest || v.Latest < 1 {
+		t.Fatalf("Migrate of a new database = %+v, want from 0 to the latest", v)
+	}
+	again, err := pgstore.Migrate(ctx, pool, testLogger(t))
+	if err != nil || again.Before != v.Latest || again.After != v.Latest {
+		t.Fatalf("Migrate of an up-to-date database = %+v, %v", again, err)
+	}
+	if _, err := open(t, dsn, testKey); err != nil {
+		t.Fatal(err)
+	}
+
+	newer := v.Latest + 1
+	execSQL(t, dsn, `INSERT INTO `+pgstore.SchemaTable+` (version_id, is_applied) VALUES ($1, true)`, newer)
+	_, err = open(t, dsn, testKey)
+	if !errors.Is(err, pgstore.ErrSchema) || !strings.Contains(err.Error(), fmt.Sprint(newer)) {
+		t.Fatalf("Open of a database at schema version %d: %v, want ErrSchema naming the version", newer, err)
+	}
+	if _, err := pgstore.Migrate(ctx, pool, testLogger(t)); !errors.Is(err, pgstore.ErrSchema) {
+		t.Fatalf("Migrate of a newer database: %v, want ErrSchema", err)
+	}
+}
+
+// TestConcurrentOpen: stores opening a new database together migrate it
+// once (goose's advisory lock) and all open.
+func TestConcurrentOpen(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() {
+			s, err := pgstore.Open(context.Background(), dsn, pgstore.Options{SealKey: testKey, Logger: testLogger(t)})
+			if err == nil {
+				err = s.Close()
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("Open %d: %v", i, err)
+		}
+	}
+}
+
+// TestSealKey: the key is required and must be the database's.
+func TestSealKey(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	s, err := open(t, dsn, testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.PutProduct(ctx, persistence.Product{ID: "p", Protocol: persistence.ProtocolMQTT}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutDevice(ctx, persistence.Device{ID: "d", ProductID: "p", Secret: "secret"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range [][]byte{nil, testKey[:16], bytes.Repeat([]byte{8}, 32)} {
+		if _, err := open(t, dsn, key); !errors.Is(err, pgstore.ErrSealKey) {
+			t.Fatalf("Open with a %d-byte other key: %v, want ErrSealKey", len(key), err)
+		}
+	}
+	// The database holds no key and no credential in clear.
+	ctx2 := context.Background()
+	conn, err := pgx.Connect(ctx2, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx2)
+	var dump []byte
+	if err := conn.QueryRow(ctx2, `SELECT string_agg(coalesce(sealed_secret, ''), '') || (SELECT string_agg(value, '') FROM meta) FROM devices`).Scan(&dump); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(dump, []byte("secret")) || bytes.Contains(dump, testKey) {
+		t.Fatal("the database holds the secret or the seal key in clear")
+	}
+	if creds, err := s.DeviceCredentials(ctx, "d"); err != nil || creds.Secret != "secret" {
+		t.Fatalf("DeviceCredentials = %+v, %v", creds, err)
+	}
+}
+
+// TestBadDSN: a malformed connection string is ErrInvalid and does not
+// echo a password; an unreachable server fails Open.
+func TestBadDSN(t *testing.T) {
+	_, err := pgstore.Open(context.Background(), "postgres://u:hunter2@[::1", pgstore.Options{SealKey: testKey})
+	if !errors.Is(err, persistence.ErrInvalid) || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("Open of a malformed URL: %v, want ErrInvalid without the password", err)
+	}
+	_, err = pgstore.Open(context.Background(), "postgres://u:hunter2@127.0.0.1:1/db?connect_timeout=5", pgstore.Options{SealKey: testKey})
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("Open of an unreachable server: %v, want an error without the password", err)
+	}
+}
+
+// TestReadOnlyUser: a user that may not create the tables (a new
+// database) or write them (a migrated one) fails Open with ErrPermission.
+func TestReadOnlyUser(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	role := fmt.Sprintf("reader_%d_%d", os.Getpid(), pgtestUnique())
+	execSQL(t, dsn, `CREATE ROLE `+role+` LOGIN`)
+	roDSN := strings.Replace(dsn, "postgres@", role+"@", 1)
+	if _, err := open(t, roDSN, testKey); !errors.Is(err, pgstore.ErrPermission) {
+		t.Fatalf("Open of a new database by a read-only user: %v, want ErrPermission", err)
+	}
+	if _, err := open(t, dsn, testKey); err != nil { // the owner migrates it
+		t.Fatal(err)
+	}
+	execSQL(t, dsn, `GRANT SELECT ON ALL TABLES IN SCHEMA public TO `+role)
+	_, err := open(t, roDSN, testKey)
+	if !errors.Is(err, pgstore.ErrPermission) {
+		t.Fatalf("Open of a migrated database by a read-only user: %v, want ErrPermission", err)
+	}
+	t.Log(err)
+}
