@@ -133,9 +133,7 @@ func (r *syncRecorder) syncOf(want string) []bool {
 // version and radio reads, the package URI write) are appended unsynced,
 // while the steps of confirmable notifications (object 5's State) are synced
 // before their acknowledgement, and so are the steps whose events must be
-// durable whatever their input (the package URI sent). The outcome of a FOTA
-// upgrade, which the answer to its version read decides, is unsynced: the
-// task's synced SubtaskFinished makes it durable before the task counts it.
+// durable whatever their input (the package URI sent, the outcome).
 // An MQTT progress report, which the device expects acknowledged (QoS 1),
 // is synced although its event alone need not be.
 func TestAnswersAppendedUnsynced(t *testing.T) {
