@@ -161,9 +161,11 @@ type registration struct {
 	peer       string
 	secure     bool // over DTLS: not kept in Sessions (its session dies with the process)
 	lifetime   time.Duration
-	queue      bool
-	expiry     clock.Timer
-	asleep     clock.Timer
+	// queue is the binding's queue mode (UQ); an update changes it, on
+	// another reader than the one that reads it for a notification.
+	queue  atomic.Bool
+	expiry clock.Timer
+	asleep clock.Timer
 	// life ends (end) when the registration is dropped: requests to the
 	// device derive their contexts from it.
 	life context.Context
@@ -474,11 +476,7 @@ func (s *Server) strayPCP(peer netip.AddrPort, m *message.Message) bool {
 
 // answer answers rq with code and a text payload (none when text is "").
 func (s *Server) answer(rq *request, c codes.Code, text string, opts ...message.Option) {
-	var body []byte
-	if text != "" {
-		body = []byte(text)
-	}
-	rq.answer(c, message.TextPlain, body, opts...)
+	replyText(rq.answer, c, text, opts...)
 }
 
 // replyText is answer for a deferred reply.
@@ -542,7 +540,7 @@ func registrationDefaults() regParams {
 // paramsOf are reg's lifetime and binding: what an update leaves out keeps.
 func paramsOf(reg *registration) regParams {
 	p := regParams{endpoint: reg.device, lifetime: reg.lifetime, binding: "U"}
-	if reg.queue {
+	if reg.queue.Load() {
 		p.binding = "UQ"
 	}
 	return p
@@ -817,7 +815,7 @@ func (s *Server) update(rq *request, id string, body []byte, ack []message.Optio
 	p = p.withDefaults(paramsOf(reg))
 	lt, queue := p.lifetime, p.queue()
 	s.mu.Lock()
-	kept := reg.lifetime == lt && reg.queue == queue
+	kept := reg.lifetime == lt && reg.queue.Load() == queue
 	reg.lifetime = lt
 	if peer := rq.conv.addr(); peer != reg.peer {
 		// A new address (NAT rebinding): requests go to the new one.
@@ -830,8 +828,7 @@ func (s *Server) update(rq *request, id string, body []byte, ack []message.Optio
 	} else if rq.conv != reg.conn {
 		reg.conn = rq.conv // the same address on a new conversation
 	}
-	changed := queue != reg.queue
-	reg.queue = queue
+	changed := reg.queue.Swap(queue) != queue
 	s.mu.Unlock()
 	reg.expiry.Reset(lt)
 	s.answer(rq, codes.Changed, "", ack...)
@@ -974,10 +971,7 @@ func (s *Server) drop(reg *registration, offline bool) {
 // awake notes traffic from a queue-mode device: it is reachable for
 // QueueAwake, then asleep.
 func (s *Server) awake(reg *registration) {
-	s.mu.Lock()
-	queue := reg.queue // an update changes it (under s.mu)
-	s.mu.Unlock()
-	if !queue {
+	if !reg.queue.Load() {
 		return
 	}
 	reg.mu.Lock()

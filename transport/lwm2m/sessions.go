@@ -46,9 +46,10 @@ type savedRegistration struct {
 
 func newRegistration(id, device, peer string, lifetime time.Duration, queue bool) *registration {
 	reg := &registration{
-		id: id, device: device, peer: peer, lifetime: lifetime, queue: queue,
+		id: id, device: device, peer: peer, lifetime: lifetime,
 		obs: map[string]*observation{},
 	}
+	reg.queue.Store(queue)
 	reg.life, reg.end = context.WithCancel(context.Background())
 	reg.mids.Store(uint32(uint16(message.RandMID())))
 	return reg
@@ -70,7 +71,7 @@ func (s *Server) save(ctx context.Context, reg *registration) {
 	}
 	s.mu.Lock()
 	v, err := json.Marshal(savedRegistration{
-		ID: reg.id, Peer: reg.peer, Lifetime: int64(reg.lifetime / time.Second), Queue: reg.queue,
+		ID: reg.id, Peer: reg.peer, Lifetime: int64(reg.lifetime / time.Second), Queue: reg.queue.Load(),
 	})
 	s.mu.Unlock()
 	if err == nil {
@@ -172,7 +173,7 @@ func (s *Server) resume() {
 	for _, reg := range regs {
 		reg.expiry = s.cfg.Clock.AfterFunc(reg.lifetime, func() { s.expire(reg) })
 		s.ready(reg)
-		if reg.queue {
+		if reg.queue.Load() {
 			s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Asleep{Asleep: &messages.Asleep{}}})
 		}
 	}
