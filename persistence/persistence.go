@@ -212,6 +212,20 @@ type Append struct {
 	NoSync bool
 }
 
+// Validate checks an append's stream and records (ErrInvalid), what every
+// store checks before it writes.
+func (a Append) Validate() error {
+	if err := a.Stream.Validate(); err != nil {
+		return err
+	}
+	for _, r := range a.Records {
+		if err := r.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // MaxRecordKeyLen bounds the key of a Record.
 const MaxRecordKeyLen = 64
 

@@ -68,18 +68,13 @@ func (s *Store) check(ctx context.Context) error {
 
 // Append implements persistence.EventStore.
 func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error) {
-	if err := a.Stream.Validate(); err != nil {
+	if err := a.Validate(); err != nil {
 		return 0, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.check(ctx); err != nil {
 		return 0, err
-	}
-	for _, r := range a.Records {
-		if err := r.Validate(); err != nil {
-			return 0, err
-		}
 	}
 	evs := s.events[a.Stream]
 	last := uint64(len(evs))

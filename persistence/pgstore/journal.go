@@ -323,13 +323,8 @@ func (c *committer) commit(batch []*appendReq) {
 // Append implements persistence.EventStore: the append joins the next
 // group commit (see committer).
 func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error) {
-	if err := a.Stream.Validate(); err != nil {
+	if err := a.Validate(); err != nil {
 		return 0, err
-	}
-	for _, r := range a.Records {
-		if err := r.Validate(); err != nil {
-			return 0, err
-		}
 	}
 	if err := s.enter(ctx); err != nil {
 		return 0, err
