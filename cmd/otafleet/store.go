@@ -135,9 +135,9 @@ func pgOpenError(where string, havePrevious bool, err error) error {
 	msg := oneLine(err)
 	switch {
 	case errors.Is(err, pgstore.ErrSealKey) && havePrevious:
-		msg = "neither --seal-key-file nor --previous-seal-key-file is the key the store is sealed with: " + msg
+		msg = "neither --seal-key-file nor --previous-seal-key-file is the key the store is sealed with"
 	case errors.Is(err, pgstore.ErrSealKey):
-		msg = "--seal-key-file is not the key the store is sealed with (to change keys, give the old key file as --previous-seal-key-file): " + msg
+		msg = "--seal-key-file is not the key the store is sealed with (to change keys, give the old key file as --previous-seal-key-file)"
 	}
 	return fmt.Errorf("store %s: %s", where, msg)
 }

@@ -157,7 +157,7 @@ func openCopySource(ctx context.Context, spec storeSpec, key []byte, logger *slo
 		where := redactedDSN(spec.postgres)
 		s, err := openCopyPostgres(ctx, spec.postgres, key, logger)
 		if errors.Is(err, pgstore.ErrSealKey) {
-			return nil, where, fmt.Errorf("the source %s: --from-seal-key-file is not the key it is sealed with: %s", where, oneLine(err))
+			return nil, where, fmt.Errorf("the source %s: --from-seal-key-file is not the key it is sealed with", where)
 		}
 		if err != nil {
 			return nil, where, fmt.Errorf("the source %s: %s", where, oneLine(err))
