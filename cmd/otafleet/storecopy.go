@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/spf13/cobra"
 
@@ -269,8 +270,9 @@ var journalKinds = []persistence.Kind{persistence.KindDevice, persistence.KindCe
 const copyBatch = 500
 
 // copyWorkers is how many streams are copied at once: the target's
-// group commit makes their synced appends share commits.
-const copyWorkers = 8
+// group commit makes their synced appends share commits, so the more wait
+// at once, the fewer commits.
+const copyWorkers = 64
 
 // copyWhole copies everything src holds into the empty dst. Sessions go
 // before the journal: they are written unsynced, and the journal's synced
@@ -473,38 +475,47 @@ func inParallel(ctx context.Context, feed func(ctx context.Context, submit func(
 	return err
 }
 
-// copyStream copies one stream's events, snapshot and records; its active
-// mark comes later (markActive).
+// copyStream copies one stream's events, records and snapshot; its active
+// mark comes later (markActive). A stream of up to copyBatch events and
+// records takes one append.
 func copyStream(ctx context.Context, src, dst copyStore, st persistence.Stream) error {
 	var last uint64
-	batch := make([]persistence.Event, 0, copyBatch)
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		n, err := dst.Append(ctx, persistence.Append{Stream: st, Expected: last, Events: batch})
+	var batch []persistence.Event
+	var recs []persistence.Record
+	write := func() error {
+		n, err := dst.Append(ctx, persistence.Append{Stream: st, Expected: last, Events: batch, Records: recs})
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", st, err)
 		}
-		last, batch = n, batch[:0]
+		last, batch, recs = n, nil, nil
 		return nil
 	}
 	err := src.Load(ctx, st, 0, func(e persistence.Event) error {
-		if e.Seq != last+uint64(len(batch))+1 {
-			return fmt.Errorf("stream %s: event %d where %d was expected (the source's journal does not start at 1)", st, e.Seq, last+uint64(len(batch))+1)
+		if want := last + uint64(len(batch)) + 1; e.Seq != want {
+			return fmt.Errorf("stream %s: event %d where %d was expected (the source's journal does not start at 1)", st, e.Seq, want)
 		}
 		e.Payload = bytes.Clone(e.Payload)
 		batch = append(batch, e)
 		if len(batch) == copyBatch {
-			return flush()
+			return write()
 		}
 		return nil
 	})
-	if err == nil {
-		err = flush()
-	}
 	if err != nil {
 		return err
+	}
+	err = src.LoadRecords(ctx, st, func(r persistence.Record) error {
+		recs = append(recs, r)
+		if len(batch)+len(recs) == copyBatch {
+			return write()
+		}
+		return nil
+	})
+	if err == nil && len(batch)+len(recs) > 0 {
+		err = write()
+	}
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", st, err)
 	}
 	snap, ok, err := src.LoadSnapshot(ctx, st)
 	if err != nil {
@@ -514,22 +525,6 @@ func copyStream(ctx context.Context, src, dst copyStore, st persistence.Stream) 
 		if err := dst.SaveSnapshot(ctx, st, snap); err != nil {
 			return fmt.Errorf("stream %s: snapshot: %w", st, err)
 		}
-	}
-	var recs []persistence.Record
-	err = src.LoadRecords(ctx, st, func(r persistence.Record) error {
-		recs = append(recs, r)
-		if len(recs) == copyBatch {
-			_, err := dst.Append(ctx, persistence.Append{Stream: st, Expected: last, Records: recs})
-			recs = nil
-			return err
-		}
-		return nil
-	})
-	if err == nil && len(recs) > 0 {
-		_, err = dst.Append(ctx, persistence.Append{Stream: st, Expected: last, Records: recs})
-	}
-	if err != nil {
-		return fmt.Errorf("stream %s: records: %w", st, err)
 	}
 	return nil
 }
@@ -684,25 +679,31 @@ func countStore(ctx context.Context, s copyStore) (storeCounts, error) {
 		return c, err
 	}
 	sums.Sum(c.blobSums[:0])
-	err = s.Streams(ctx, func(st persistence.Stream) error {
-		last, err := s.LastSeq(ctx, st)
-		if err != nil {
-			return err
-		}
-		if last > 0 {
-			c.streams++
-			c.events += int64(last)
-		}
-		if _, ok, err := s.LoadSnapshot(ctx, st); err != nil {
-			return err
-		} else if ok {
-			c.snapshots++
-		}
-		return s.LoadRecords(ctx, st, func(persistence.Record) error { c.records++; return nil })
+	var streams, events, snapshots, records atomic.Int64
+	err = inParallel(ctx, func(ctx context.Context, submit func(func() error) error) error {
+		return s.Streams(ctx, func(st persistence.Stream) error {
+			return submit(func() error {
+				last, err := s.LastSeq(ctx, st)
+				if err != nil {
+					return err
+				}
+				if last > 0 {
+					streams.Add(1)
+					events.Add(int64(last))
+				}
+				if _, ok, err := s.LoadSnapshot(ctx, st); err != nil {
+					return err
+				} else if ok {
+					snapshots.Add(1)
+				}
+				return s.LoadRecords(ctx, st, func(persistence.Record) error { records.Add(1); return nil })
+			})
+		})
 	})
 	if err != nil {
 		return c, err
 	}
+	c.streams, c.events, c.snapshots, c.records = streams.Load(), events.Load(), snapshots.Load(), records.Load()
 	for _, kind := range journalKinds {
 		if err := s.Active(ctx, kind, func(string) error { c.active++; return nil }); err != nil {
 			return c, err
