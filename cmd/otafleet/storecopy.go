@@ -43,9 +43,11 @@ transports' sessions. Stop the server that uses the source first.
 Device secrets and PSKs are opened with the source's seal key (a Pebble store's own key, or
 --from-seal-key-file if it was sealed with a key file; required for a PostgreSQL source) and
 sealed again under --seal-key-file (required for a PostgreSQL target; for a Pebble target,
-without it the new store keeps its own key). A target that holds anything is refused. The
-copy is verified (counts, credentials, every package file's SHA-256) and summarised; then
-start serve with --store and --seal-key-file naming the target and the key.`,
+without it the new store keeps its own key). A target that holds anything is refused; a
+copy that fails leaves a partial target, to be emptied (a new database, an empty folder)
+before trying again. The copy is verified (counts, credentials, every package file's
+SHA-256) and summarised; then start serve with --store and --seal-key-file naming the
+target and the key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if keyFile == "" {
@@ -194,7 +196,7 @@ func openCopyTarget(ctx context.Context, spec storeSpec, key []byte, logger *slo
 		where := redactedDSN(spec.postgres)
 		s, err := openCopyPostgres(ctx, spec.postgres, key, logger)
 		if errors.Is(err, pgstore.ErrSealKey) {
-			return nil, where, fmt.Errorf("the target %s is not empty: it holds credentials sealed with another key than --seal-key-file (store copy only fills a new, empty store)", where)
+			return nil, where, fmt.Errorf("the target %s was set up with another seal key than --seal-key-file: store copy only fills a new, empty store", where)
 		}
 		if err != nil {
 			return nil, where, fmt.Errorf("the target %s: %s", where, oneLine(err))

@@ -282,7 +282,7 @@ func TestStoreCopy(t *testing.T) {
 
 	// Targets that hold something.
 	failServe(t, "is not empty (it holds products)", "store", "copy", "--from", "pebble:"+srcDir, "--to", dsn, "--seal-key-file", key)
-	failServe(t, "not empty: it holds credentials sealed with another key", "store", "copy", "--from", "pebble:"+srcDir, "--to", dsn, "--seal-key-file", key2)
+	failServe(t, "was set up with another seal key than --seal-key-file", "store", "copy", "--from", "pebble:"+srcDir, "--to", dsn, "--seal-key-file", key2)
 	failServe(t, "is not empty: store copy only fills a new, empty folder", "store", "copy", "--from", dsn, "--from-seal-key-file", key, "--to", "pebble:"+backDir)
 }
 
