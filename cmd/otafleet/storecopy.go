@@ -176,7 +176,7 @@ func openCopySource(ctx context.Context, spec storeSpec, key []byte, logger *slo
 	switch {
 	case errors.Is(err, pebblestore.ErrSealKey) && key == nil:
 		msg = "it is sealed with a key kept outside it: give that key file as --from-seal-key-file"
-	case errors.Is(err, pebblestore.ErrSealKey) && strings.Contains(err.Error(), "keeps its own seal key"):
+	case errors.Is(err, pebblestore.ErrOwnSealKey):
 		msg = "it keeps its own seal key: copy it without --from-seal-key-file"
 	case errors.Is(err, pebblestore.ErrSealKey):
 		msg = "--from-seal-key-file is not the key it is sealed with"

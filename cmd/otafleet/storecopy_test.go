@@ -220,6 +220,9 @@ func runCLI(args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
+// newPebble names a new Pebble store folder.
+func newPebble(t *testing.T) string { return "pebble:" + filepath.Join(t.TempDir(), "new") }
+
 // TestStoreCopy: store copy moves a Pebble store that keeps its own seal
 // key into PostgreSQL under a key file, and that back into a new Pebble
 // store under another key file; each copy holds what its source holds, and
@@ -280,6 +283,8 @@ func TestStoreCopy(t *testing.T) {
 	back.Close()
 	src.Close()
 
+	failServe(t, "it keeps its own seal key: copy it without --from-seal-key-file", "store", "copy", "--from", "pebble:"+srcDir, "--from-seal-key-file", key, "--to", newPebble(t))
+
 	// Targets that hold something.
 	failServe(t, "is not empty (it holds products)", "store", "copy", "--from", "pebble:"+srcDir, "--to", dsn, "--seal-key-file", key)
 	failServe(t, "was set up with another seal key than --seal-key-file", "store", "copy", "--from", "pebble:"+srcDir, "--to", dsn, "--seal-key-file", key2)
@@ -302,7 +307,7 @@ func TestStoreCopyErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	newDir := func() string { return "pebble:" + filepath.Join(t.TempDir(), "new") }
+	newDir := func() string { return newPebble(t) }
 	for _, c := range []struct {
 		args []string
 		want string

@@ -29,6 +29,9 @@ var (
 	ErrFailed = errors.New("pebblestore: store failed")
 	// ErrSealKey: Options.SealKey does not match the store.
 	ErrSealKey = errors.New("pebblestore: seal key mismatch")
+	// ErrOwnSealKey (an ErrSealKey): Options.SealKey with Options.ReadOnly
+	// for a store that keeps its own key, which would need a re-seal.
+	ErrOwnSealKey = fmt.Errorf("%w: the store keeps its own seal key", ErrSealKey)
 )
 
 // formatVersion is the store format this build writes and reads.
@@ -219,7 +222,7 @@ func (s *Store) start(opts Options) error {
 	case len(seal) == 1+32 && seal[0] == sealStored:
 		copy(s.sealKey[:], seal[1:])
 		if opts.SealKey != nil && opts.ReadOnly {
-			return fmt.Errorf("%w: the store keeps its own seal key; open it read-only without Options.SealKey (with one it would be re-sealed)", ErrSealKey)
+			return fmt.Errorf("%w; open it read-only without Options.SealKey (with one it would be re-sealed)", ErrOwnSealKey)
 		}
 		if opts.SealKey != nil {
 			if err := s.reseal(opts.SealKey, "the store's own key"); err != nil {

@@ -368,8 +368,8 @@ func TestReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := bytes.Repeat([]byte{7}, 32)
-	if _, err := pebblestore.Open(dir, pebblestore.Options{ReadOnly: true, SealKey: key}); !errors.Is(err, pebblestore.ErrSealKey) {
-		t.Fatalf("read-only with a seal key, on a store that keeps its own: %v, want ErrSealKey", err)
+	if _, err := pebblestore.Open(dir, pebblestore.Options{ReadOnly: true, SealKey: key}); !errors.Is(err, pebblestore.ErrOwnSealKey) || !errors.Is(err, pebblestore.ErrSealKey) {
+		t.Fatalf("read-only with a seal key, on a store that keeps its own: %v, want ErrOwnSealKey", err)
 	}
 	if _, err := pebblestore.Open(dir, pebblestore.Options{ReadOnly: true, SealKey: key, PreviousSealKey: key}); !errors.Is(err, persistence.ErrInvalid) {
 		t.Fatalf("read-only with a previous seal key: %v, want ErrInvalid", err)
