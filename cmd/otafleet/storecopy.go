@@ -57,7 +57,7 @@ target and the key.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&from, "from", "", "the store to copy: pebble:DIR (the store/ folder of serve's data folder) or postgres://USER@HOST[:PORT]/DATABASE?sslmode=...; it is only read")
+	f.StringVar(&from, "from", "", "the store to copy: pebble:DIR (the store/ folder of serve's data folder) or postgres://USER@HOST[:PORT]/DATABASE?sslmode=... (a Pebble store is opened read-only; a database gets the schema migrations it lacks and is otherwise only read)")
 	f.StringVar(&to, "to", "", "the new store: postgres://... (an empty database) or pebble:DIR (a new or empty folder)")
 	f.StringVar(&keyFile, "seal-key-file", "", "the key file the copy's device secrets and PSKs are sealed under, as for serve (default $"+envSealKeyFile+"); required for a PostgreSQL target")
 	f.StringVar(&fromKeyFile, "from-seal-key-file", "", "the key file the source is sealed with: needed for a PostgreSQL source, and for a Pebble store that serve ran with --seal-key-file")
@@ -133,6 +133,8 @@ func runStoreCopy(ctx context.Context, cfg storeCopyConfig, stdout, stderr io.Wr
 	fmt.Fprintf(stdout, "copied %s to %s and verified: %s\n", srcName, dstName, got)
 	if key != nil {
 		fmt.Fprintf(stdout, "device secrets and PSKs are sealed under %s: start serve with --store %s --seal-key-file %s\n", cfg.keyFile, storeArg(to), cfg.keyFile)
+	} else {
+		fmt.Fprintf(stdout, "device secrets and PSKs are sealed under a key the new store keeps: start serve with --store %s\n", storeArg(to))
 	}
 	return nil
 }
