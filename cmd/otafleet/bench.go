@@ -223,6 +223,10 @@ func benchPostgres(o *bench.Options, progress io.Writer) (stop func(), err error
 		stop()
 		return nil, err
 	}
+	if o.StorePID, err = srv.PID(); err != nil {
+		stop()
+		return nil, err
+	}
 	o.ServeArgs = append(o.ServeArgs, "--store="+dsn, "--seal-key-file="+keyFile)
 	o.StoreDSN = dsn
 	fmt.Fprintln(progress, "bench: the server's store is a private PostgreSQL:", redactedDSN(dsn))
