@@ -240,28 +240,31 @@ func TestCrashAtEveryJournalWriteBetweenTasks(t *testing.T) {
 // acknowledged before their step is durable (marked no_ack, as
 // messages.DeviceInput.FoundAgainOnResume allows a transport to), and the
 // campaign is crashed at every journal write (on PostgreSQL at every
-// fifth): the device machine finds the result again after each crash, and
-// every device still upgrades exactly once, with at most one Execute.
+// fifth, and with PostgreSQL itself crashed, which loses unsynced commits
+// as a machine's crash does, at every eighteenth): the device machine
+// finds the result again after each crash, and every device still
+// upgrades exactly once, with at most one Execute.
 func TestCrashAtEveryJournalWriteUpdateResultAckedEarly(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s engineStore) {
 		campaign := newCrashCampaign()
 		campaign.transport.AckEarly = (*messages.DeviceInput).FoundAgainOnResume
 		crashAtEveryWrite(t, s, campaign)
-	}, "pebble", "postgres")
+	}, "pebble", "postgres", "postgres-crash")
 }
 
 // crashAtEveryWrite runs campaign once on store s to count its journal
 // writes, then once per write (every s.crashStep-th; with -short about 15
 // in all), crashed right after that write.
 func crashAtEveryWrite(t *testing.T, s engineStore, campaign crashCampaign) {
-	total := countWrites(t, s, campaign)
+	newJournal := s.journals(t)
+	total := countWrites(t, newJournal, campaign)
 	step := s.crashStep
 	if testing.Short() {
 		step = max(step, total/15)
 	}
 	t.Logf("the campaign makes %d journal writes; crashing at every %d", total, step)
 	for k := 1; k <= total; k += step {
-		crashOnce(t, s, campaign, k)
+		crashOnce(t, newJournal, campaign, k)
 		if t.Failed() {
 			t.Fatalf("crash at write %d of %d failed", k, total)
 		}
@@ -269,9 +272,9 @@ func crashAtEveryWrite(t *testing.T, s engineStore, campaign crashCampaign) {
 }
 
 // countWrites runs the campaign once without crashing.
-func countWrites(t *testing.T, s engineStore, c crashCampaign) int {
+func countWrites(t *testing.T, newJournal func() journal, c crashCampaign) int {
 	clk := clocktest.New(epoch)
-	cs, tr, up := crashSetup(t, clk, -1, s.new(t), c.transport)
+	cs, tr, up := crashSetup(t, clk, -1, newJournal(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
 		if err := tr.Add(s); err != nil {
@@ -295,10 +298,10 @@ func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, j journal, cfg 
 	return cs, tr, up
 }
 
-func crashOnce(t *testing.T, s engineStore, c crashCampaign, k int) {
+func crashOnce(t *testing.T, newJournal func() journal, c crashCampaign, k int) {
 	ctx := context.Background()
 	clk := clocktest.New(epoch)
-	cs, tr, up := crashSetup(t, clk, k, s.new(t), c.transport)
+	cs, tr, up := crashSetup(t, clk, k, newJournal(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
 		if err := tr.Add(s); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -36,28 +37,55 @@ type journal interface {
 // tests (issue 22): the same test bodies run on each.
 type engineStore struct {
 	name string
-	// new returns a fresh, empty journal for t.
-	new func(t *testing.T) journal
+	// journals prepares the store's journals for test t (say, starts a
+	// server) and returns new, which returns a fresh, empty journal.
+	journals func(t *testing.T) (new func() journal)
 	// crashStep is how far apart (in journal writes) the crash tests crash
 	// the campaign on this store, 1 for every write. PostgreSQL's synced
-	// commits wait for a real fsync: crashing at every fifth write keeps
-	// the package's run within CI's budget.
+	// commits wait for a real fsync, and a crash of the server and its
+	// recovery take seconds: crashing at every fifth (eighteenth) write
+	// keeps the package's run within CI's budget.
 	crashStep int
-	// machineCrash: crash loses what a crash of the machine loses (the
-	// unsynced writes, some of them); otherwise, as a process killed with
-	// SIGKILL, it loses nothing the store accepted.
-	machineCrash bool
+	// crashOnly: only the crash tests run on it (they name it).
+	crashOnly bool
 }
 
 // engineStores are the stores of the store-parameterised engine tests:
-// memstore, Pebble on an in-memory filesystem (crash tests: crashable, at
-// every write), and PostgreSQL (a database of its own per test on the
-// package's private server; crash tests: the process dies, the database
-// keeps every commit).
+// memstore, Pebble on an in-memory filesystem (crash tests: the machine
+// crashes, at every write), PostgreSQL (a database of its own per journal
+// on the package's private server; crash tests: the process dies, the
+// database keeps every commit), and postgres-crash, only for crash tests:
+// PostgreSQL crashed with the process (pg_ctl -m immediate stop, which
+// loses the commits whose WAL was not yet written, the unsynced ones), on a
+// server of the test's own.
 var engineStores = []engineStore{
-	{name: "memstore", new: func(*testing.T) journal { return &memJournal{s: memstore.New()} }, crashStep: 1},
-	{name: "pebble", new: func(*testing.T) journal { return &pebbleJournal{mem: vfs.NewCrashableMem()} }, crashStep: 1, machineCrash: true},
-	{name: "postgres", new: newPGJournal, crashStep: 5},
+	{name: "memstore", journals: func(*testing.T) func() journal {
+		return func() journal { return &memJournal{s: memstore.New()} }
+	}, crashStep: 1},
+	{name: "pebble", journals: func(*testing.T) func() journal {
+		return func() journal { return &pebbleJournal{mem: vfs.NewCrashableMem()} }
+	}, crashStep: 1},
+	{name: "postgres", journals: func(t *testing.T) func() journal {
+		srv := pgtest.Shared(t)
+		return func() journal { return newPGJournal(t, srv, false) }
+	}, crashStep: 5},
+	{name: "postgres-crash", journals: func(t *testing.T) func() journal {
+		if os.Getenv(pgtest.EnvDSN) != "" {
+			t.Skip("crashing PostgreSQL needs the private server: it cannot crash one given by " + pgtest.EnvDSN)
+		}
+		// A server of its own: the package's other tests are undisturbed
+		// and the recovery after each crash replays only this test's writes.
+		srv, err := pgtest.Start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := srv.Stop(); err != nil {
+				t.Error(err)
+			}
+		})
+		return func() journal { return newPGJournal(t, srv, true) }
+	}, crashStep: 18, crashOnly: true},
 }
 
 // storeNamed returns the engineStore called name.
@@ -70,11 +98,16 @@ func storeNamed(name string) engineStore {
 	panic("no engine store " + name)
 }
 
-// forEachStore runs f as a subtest per store of names (all of
-// engineStores when none is named).
+// forEachStore runs f as a subtest per store of names (when none is
+// named, every store of engineStores but the crash tests' own).
 func forEachStore(t *testing.T, f func(t *testing.T, s engineStore), names ...string) {
 	t.Helper()
-	stores := engineStores
+	var stores []engineStore
+	for _, s := range engineStores {
+		if !s.crashOnly {
+			stores = append(stores, s)
+		}
+	}
 	if len(names) > 0 {
 		stores = nil
 		for _, n := range names {
@@ -92,7 +125,7 @@ func forEachStore(t *testing.T, f func(t *testing.T, s engineStore), names ...st
 // of t.
 func (s engineStore) openFresh(t *testing.T) (st persistence.EventStore, restart func(persistence.EventStore) persistence.EventStore) {
 	t.Helper()
-	j := s.new(t)
+	j := s.journals(t)()
 	return j.open(t), func(old persistence.EventStore) persistence.EventStore {
 		t.Helper()
 		if _, ok := j.(*memJournal); !ok {
@@ -129,17 +162,25 @@ func (j *pebbleJournal) crash(rng *rand.Rand) {
 	j.mem = j.mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: rng.IntN(60), RNG: rng})
 }
 
-// pgJournal is a database of its own on the package's PostgreSQL server.
-// A crash is the process's: PostgreSQL keeps every commit, the unsynced
-// ones (synchronous_commit off) included.
-type pgJournal struct{ dsn string }
+// pgJournal is a database of its own on a PostgreSQL server. A crash is
+// the process's: PostgreSQL keeps every commit, the unsynced ones
+// (synchronous_commit off) included; with crashServer PostgreSQL crashes
+// too (pg_ctl -m immediate stop, then starts again), losing the commits
+// whose WAL it had not yet written.
+type pgJournal struct {
+	t           *testing.T
+	srv         *pgtest.Server
+	dsn         string
+	crashServer bool
+}
 
 // pgSealKey is the seal key of the tests' PostgreSQL stores.
 var pgSealKey = bytes.Repeat([]byte{7}, persistence.SealKeyLen)
 
-func newPGJournal(t *testing.T) journal {
+// newPGJournal creates a fresh database of the current schema on srv.
+func newPGJournal(t *testing.T, srv *pgtest.Server, crashServer bool) journal {
 	t.Helper()
-	dsn := pgtest.Shared(t).NewDatabaseFrom(t, "migrated", func(dsn string) error {
+	dsn := srv.NewDatabaseFrom(t, "migrated", func(dsn string) error {
 		ctx := context.Background()
 		pool, err := pgxpool.New(ctx, dsn)
 		if err != nil {
@@ -149,7 +190,7 @@ func newPGJournal(t *testing.T) journal {
 		_, err = pgstore.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
 		return err
 	})
-	return &pgJournal{dsn: dsn}
+	return &pgJournal{t: t, srv: srv, dsn: dsn, crashServer: crashServer}
 }
 
 func (j *pgJournal) open(t *testing.T) persistence.EventStore {
@@ -162,4 +203,15 @@ func (j *pgJournal) open(t *testing.T) persistence.EventStore {
 	return st
 }
 
-func (j *pgJournal) crash(*rand.Rand) {}
+func (j *pgJournal) crash(*rand.Rand) {
+	if !j.crashServer {
+		return
+	}
+	if err := j.srv.Crash(); err != nil {
+		j.t.Error(err)
+		return
+	}
+	if err := j.srv.Restart(); err != nil {
+		j.t.Error(err)
+	}
+}
