@@ -201,7 +201,7 @@ func (c crashCampaign) done(r *rig) func() bool {
 
 // TestCrashAtEveryJournalWrite runs a scripted campaign and crashes it at
 // every journal write in turn: on Pebble's crashable in-memory filesystem
-// as the machine crashes, and on PostgreSQL (at every fifth write) as the
+// as the machine crashes, and on PostgreSQL (at every seventh write) as the
 // process does. After each crash the store is reopened from what the crash
 // left: every acknowledged event is there, byte for byte; a new engine
 // recovers, the same devices reconnect, and the campaign completes with
@@ -240,7 +240,7 @@ func TestCrashAtEveryJournalWriteBetweenTasks(t *testing.T) {
 // acknowledged before their step is durable (marked no_ack, as
 // messages.DeviceInput.FoundAgainOnResume allows a transport to), and the
 // campaign is crashed at every journal write (on PostgreSQL at every
-// fifth, and with PostgreSQL itself crashed, which loses unsynced commits
+// seventh, and with PostgreSQL itself crashed, which loses unsynced commits
 // as a machine's crash does, at every eighteenth): the device machine
 // finds the result again after each crash, and every device still
 // upgrades exactly once, with at most one Execute.

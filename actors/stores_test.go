@@ -43,7 +43,7 @@ type engineStore struct {
 	// crashStep is how far apart (in journal writes) the crash tests crash
 	// the campaign on this store, 1 for every write. PostgreSQL's synced
 	// commits wait for a real fsync, and a crash of the server and its
-	// recovery take seconds: crashing at every fifth (eighteenth) write
+	// recovery take seconds: crashing at every seventh (eighteenth) write
 	// keeps the package's run within CI's budget.
 	crashStep int
 	// crashOnly: only the crash tests run on it (they name it).
@@ -68,7 +68,7 @@ var engineStores = []engineStore{
 	{name: "postgres", journals: func(t *testing.T) func() journal {
 		srv := pgtest.Shared(t)
 		return func() journal { return newPGJournal(t, srv, false) }
-	}, crashStep: 5},
+	}, crashStep: 7},
 	{name: "postgres-crash", journals: func(t *testing.T) func() journal {
 		if os.Getenv(pgtest.EnvDSN) != "" {
 			t.Skip("crashing PostgreSQL needs the private server: it cannot crash one given by " + pgtest.EnvDSN)
