@@ -540,7 +540,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // online while any of them is connected. They share the device's uplink
 // bucket.
 func (b *Broker) established(c *conn) {
-	id := deviceOf(c.cl)
+	id := c.device
 	b.mu.Lock()
 	s := b.sessions[id]
 	if s == nil {
@@ -557,7 +557,7 @@ func (b *Broker) established(c *conn) {
 
 // ended reports the device offline when its last connection has ended.
 func (b *Broker) ended(c *conn) {
-	id := deviceOf(c.cl)
+	id := c.device
 	b.mu.Lock()
 	s := b.sessions[id]
 	i := -1
@@ -596,17 +596,30 @@ func (b *Broker) allowUplink(id string) bool {
 // nor forwards it, so the device sends it again later. A malformed one (or
 // one of too many services) is acknowledged and dropped: sending it again
 // would not help.
+//
+// The front end hands a publish on the device's up topic to uplink itself
+// (Broker.uplink); mochi calls OnPublish for the others, which are ignored.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	id := deviceOf(cl)
 	if pk.TopicName != iotda.UpTopic(id) {
 		h.b.log.Debug("mqtt: publish on another topic ignored", "device", id, "topic", pk.TopicName)
 		return pk, packets.CodeSuccessIgnore
 	}
+	if err := h.uplink(id, pk); err != nil {
+		return pk, err
+	}
+	return pk, packets.CodeSuccessIgnore
+}
+
+// uplink takes a publish of device id on its up topic (OnPublish): it
+// returns nil when the publish is to be acknowledged, packets.ErrRejectPacket
+// when not.
+func (h *hook) uplink(id string, pk packets.Packet) error {
 	if !h.b.allowUplink(id) {
 		h.b.metrics.uplinks.WithLabelValues(uplinkRateLimited).Inc()
 		h.b.refusals.Info("mqtt: uplink refused, not acknowledged: the device publishes too fast", "device", id,
 			"rate", h.b.cfg.UplinkRate, "burst", h.b.cfg.UplinkBurst)
-		return pk, packets.ErrRejectPacket
+		return packets.ErrRejectPacket
 	}
 	up, err := iotda.DecodeUplink(id, pk.Payload)
 	if err != nil {
@@ -616,7 +629,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		h.b.metrics.uplinks.WithLabelValues(reason).Inc()
 		h.b.refusals.Info("mqtt: malformed uplink ignored", "device", id, "error", clip(err.Error()), "bytes", len(pk.Payload))
-		return pk, packets.CodeSuccessIgnore
+		return nil
 	}
 	for _, ig := range up.Ignored {
 		h.b.log.Debug("mqtt: uplink event ignored", "device", id, "event", ig)
@@ -625,8 +638,8 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		if err := h.b.deliverReport(id, in); err != nil {
 			// Not journaled: no PUBACK, so the device publishes it again.
 			h.b.log.Warn("mqtt: uplink not journaled; not acknowledged", "device", id, "error", err)
-			return pk, packets.ErrRejectPacket
+			return packets.ErrRejectPacket
 		}
 	}
-	return pk, packets.CodeSuccessIgnore
+	return nil
 }
