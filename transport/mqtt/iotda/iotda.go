@@ -256,7 +256,19 @@ const maxVersion = 256
 // device is told about in the documented order: the envelope, the number of
 // services, then each service. Both give the same result for every payload
 // (FuzzDecodeUplink).
+//
+// The plain reports devices send are decoded without encoding/json first
+// (decodeUplinkFast); any other payload as described above
+// (decodeUplinkJSON), with the same result.
 func DecodeUplink(deviceID string, payload []byte) (Uplink, error) {
+	if u, ok := decodeUplinkFast(deviceID, payload); ok {
+		return u, nil
+	}
+	return decodeUplinkJSON(deviceID, payload)
+}
+
+// decodeUplinkJSON is DecodeUplink with encoding/json.
+func decodeUplinkJSON(deviceID string, payload []byte) (Uplink, error) {
 	if len(payload) > MaxPayload {
 		return Uplink{}, fmt.Errorf("%w: %d bytes, at most %d", ErrMalformed, len(payload), MaxPayload)
 	}
