@@ -187,3 +187,46 @@ func TestDecodeUplinkFast(t *testing.T) {
 		}
 	}
 }
+
+// TestEncodeDownlinks: the downlinks are written as encode (encoding/json)
+// writes them, byte for byte.
+func TestEncodeDownlinks(t *testing.T) {
+	now := time.Date(2026, 11, 23, 16, 0, 0, 0, time.UTC)
+	for _, id := range []string{"d1", "", "meter<&>\"\\\u2028é\x01\xff"} {
+		if got, want := EncodeVersionQuery(id, now), encode(id, EventVersionQuery, struct{}{}, now); string(got) != string(want) {
+			t.Errorf("version query of %q:\n%s\nwant\n%s", id, got, want)
+		}
+	}
+	for _, p := range []UpgradeParas{
+		{},
+		{Version: "2.0", URL: "https://10.0.0.1:8943/packages/k1", FileSize: 16384, FileName: "fw.bin",
+			AccessToken: "tok.abc-_", Expires: 86400, Sign: strings.Repeat("ab", 32), CustomInfo: "ci"},
+		{Version: "v<1>", URL: "https://h/p?a=1&b=2", FileSize: -1, FileName: "n\"a\\me\n", Expires: -5, CustomInfo: "\u2029 é \x7f \xff"},
+	} {
+		for _, software := range []bool{false, true} {
+			ev := EventFirmwareUpgrade
+			if software {
+				ev = EventSoftwareUpgrade
+			}
+			if got, want := EncodeUpgrade("d1", software, p, now), encode("d1", ev, p, now); string(got) != string(want) {
+				t.Errorf("upgrade %+v:\n%s\nwant\n%s", p, got, want)
+			}
+		}
+	}
+}
+
+// FuzzEncodeUpgrade: an upgrade event is written as encode writes it.
+func FuzzEncodeUpgrade(f *testing.F) {
+	f.Add("d1", "2.0", "https://h/p", "fw.bin", "tok", "ab", "ci", int64(16384), int64(86400))
+	f.Add("", "<", "&", "\"", "\\", "\u2028", "\xff", int64(-1), int64(0))
+	now := time.Date(2026, 11, 23, 16, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, id, version, url, name, token, sign, info string, size, expires int64) {
+		p := UpgradeParas{Version: version, URL: url, FileSize: size, FileName: name, AccessToken: token, Expires: expires, Sign: sign, CustomInfo: info}
+		if got, want := EncodeUpgrade(id, true, p, now), encode(id, EventSoftwareUpgrade, p, now); string(got) != string(want) {
+			t.Fatalf("got\n%s\nwant\n%s", got, want)
+		}
+		if got, want := EncodeVersionQuery(id, now), encode(id, EventVersionQuery, struct{}{}, now); string(got) != string(want) {
+			t.Fatalf("got\n%s\nwant\n%s", got, want)
+		}
+	})
+}
