@@ -601,7 +601,7 @@ func (b *Broker) allowUplink(id string) bool {
 // (Broker.uplink); mochi calls OnPublish for the others, which are ignored.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	id := deviceOf(cl)
-	if pk.TopicName != iotda.UpTopic(id) {
+	if !iotda.IsUpTopic(pk.TopicName, id) {
 		h.b.log.Debug("mqtt: publish on another topic ignored", "device", id, "topic", pk.TopicName)
 		return pk, packets.CodeSuccessIgnore
 	}

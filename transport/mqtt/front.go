@@ -60,9 +60,7 @@ type conn struct {
 	done chan error // the worker's answer to the reader
 	err  error      // why the connection ended (the end step)
 
-	// Set by the login, before the connection is in its session.
-	device string // the device ID it logged in as (deviceOf)
-	up     string // the device's up topic (iotda.UpTopic)
+	device string // the device ID it logged in as (deviceOf); set by the login
 
 	// Guarded by Broker.mu.
 	queue     []packets.Packet // downlinks, oldest first; at most maxWritesPending
@@ -273,7 +271,7 @@ func (b *Broker) handle(c *conn) error {
 // in full (no topic alias), and valid as mochi checks a publish
 // (PublishValidate). Every other packet goes to mochi (InjectPacket).
 func (b *Broker) isUplink(c *conn, pk packets.Packet) bool {
-	return pk.FixedHeader.Type == packets.Publish && c.up != "" && pk.TopicName == c.up && pk.FixedHeader.Qos <= 1 &&
+	return pk.FixedHeader.Type == packets.Publish && c.device != "" && iotda.IsUpTopic(pk.TopicName, c.device) && pk.FixedHeader.Qos <= 1 &&
 		!pk.Properties.TopicAliasFlag && pk.PublishValidate(b.server.Options.Capabilities.TopicAliasMaximum) == packets.CodeSuccess
 }
 
@@ -371,7 +369,6 @@ func (b *Broker) login(c *conn, pk packets.Packet) error {
 		return err
 	}
 	c.device = deviceOf(cl)
-	c.up = iotda.UpTopic(c.device)
 	refreshDeadline(c)
 	b.mu.Lock()
 	c.loggedIn = true

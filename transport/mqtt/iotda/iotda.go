@@ -60,8 +60,17 @@ const (
 
 const topicPrefix = "$oc/devices/"
 
+// upSuffix ends a device's up topic.
+const upSuffix = "/sys/events/up"
+
 // UpTopic is the topic a device publishes its events on.
-func UpTopic(deviceID string) string { return topicPrefix + deviceID + "/sys/events/up" }
+func UpTopic(deviceID string) string { return topicPrefix + deviceID + upSuffix }
+
+// IsUpTopic reports whether topic is UpTopic(deviceID), without building it.
+func IsUpTopic(topic, deviceID string) bool {
+	return len(topic) == len(topicPrefix)+len(deviceID)+len(upSuffix) && strings.HasPrefix(topic, topicPrefix) &&
+		strings.HasSuffix(topic, upSuffix) && topic[len(topicPrefix):len(topicPrefix)+len(deviceID)] == deviceID
+}
 
 // DownTopic is the topic the platform publishes a device's events on.
 func DownTopic(deviceID string) string { return topicPrefix + deviceID + "/sys/events/down" }
