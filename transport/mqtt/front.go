@@ -32,9 +32,10 @@ import (
 // worker of a shared pool (workers), which decodes it and drives mochi
 // through its public API (Client, SendConnack, InjectPacket,
 // DisconnectClient) and the hook, exactly as attachClient would, while the
-// reader waits. So a connection's packets are handled one at a time and in
-// order, as before, and the deep stacks belong to the few workers busy at a
-// moment, not to every connection. Downlinks are written by their own
+// reader waits (a publish on the device's up topic, every report, goes to
+// the hook without mochi's publish path: uplink). So a connection's packets
+// are handled one at a time and in order, as before, and the deep stacks
+// belong to the few workers busy at a moment, not to every connection. Downlinks are written by their own
 // short-lived goroutine (publishDown); mochi's write loop is not run (nothing
 // is queued to it: uplinks are never forwarded to subscribers, retained
 // messages are off and the ACL admits no $SYS topic).
