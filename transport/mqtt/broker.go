@@ -259,18 +259,25 @@ func (b *Broker) connectionRefused(reason string, remote net.Addr) {
 func (b *Broker) Addr(listener string) string { return b.addrs[listener] }
 
 // Start serves the listeners in the background (the front end, front.go).
+//
+// mochi's Server.Serve is not called: it would start mochi's event loop,
+// whose tickers walk every client in mochi's index once a second (expired
+// sessions, expired inflight messages), the retained messages and the
+// delayed wills, and publish the $SYS topics (after a stop-the-world
+// runtime.ReadMemStats). None of it has work here: the front end keeps its
+// connections out of mochi's index (sessions end with their connection, and
+// a connection's inflight downlinks with it: end), retained messages and
+// wills are refused, and the ACL admits no $SYS topic. So an idle device
+// costs no periodic work: nothing walks the devices on a timer
+// (TestIdleDevicesNotWalked).
 func (b *Broker) Start() error {
-	var err error
 	b.startOnce.Do(func() {
-		if err = b.server.Serve(); err != nil { // mochi's housekeeping; it has no listener
-			return
-		}
 		for id, lis := range b.lis {
 			b.wg.Add(1)
 			go b.accept(id, lis)
 		}
 	})
-	return err
+	return nil
 }
 
 // Close closes the listeners, disconnects every device (DISCONNECT, server
@@ -533,7 +540,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // online while any of them is connected. They share the device's uplink
 // bucket.
 func (b *Broker) established(c *conn) {
-	id := deviceOf(c.cl)
+	id := c.device
 	b.mu.Lock()
 	s := b.sessions[id]
 	if s == nil {
@@ -550,7 +557,7 @@ func (b *Broker) established(c *conn) {
 
 // ended reports the device offline when its last connection has ended.
 func (b *Broker) ended(c *conn) {
-	id := deviceOf(c.cl)
+	id := c.device
 	b.mu.Lock()
 	s := b.sessions[id]
 	i := -1
@@ -589,17 +596,30 @@ func (b *Broker) allowUplink(id string) bool {
 // nor forwards it, so the device sends it again later. A malformed one (or
 // one of too many services) is acknowledged and dropped: sending it again
 // would not help.
+//
+// The front end hands a publish on the device's up topic to uplink itself
+// (Broker.uplink); mochi calls OnPublish for the others, which are ignored.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	id := deviceOf(cl)
-	if pk.TopicName != iotda.UpTopic(id) {
+	if !iotda.IsUpTopic(pk.TopicName, id) {
 		h.b.log.Debug("mqtt: publish on another topic ignored", "device", id, "topic", pk.TopicName)
 		return pk, packets.CodeSuccessIgnore
 	}
+	if err := h.uplink(id, pk); err != nil {
+		return pk, err
+	}
+	return pk, packets.CodeSuccessIgnore
+}
+
+// uplink takes a publish of device id on its up topic (OnPublish): it
+// returns nil when the publish is to be acknowledged, packets.ErrRejectPacket
+// when not.
+func (h *hook) uplink(id string, pk packets.Packet) error {
 	if !h.b.allowUplink(id) {
 		h.b.metrics.uplinks.WithLabelValues(uplinkRateLimited).Inc()
 		h.b.refusals.Info("mqtt: uplink refused, not acknowledged: the device publishes too fast", "device", id,
 			"rate", h.b.cfg.UplinkRate, "burst", h.b.cfg.UplinkBurst)
-		return pk, packets.ErrRejectPacket
+		return packets.ErrRejectPacket
 	}
 	up, err := iotda.DecodeUplink(id, pk.Payload)
 	if err != nil {
@@ -609,7 +629,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		h.b.metrics.uplinks.WithLabelValues(reason).Inc()
 		h.b.refusals.Info("mqtt: malformed uplink ignored", "device", id, "error", clip(err.Error()), "bytes", len(pk.Payload))
-		return pk, packets.CodeSuccessIgnore
+		return nil
 	}
 	for _, ig := range up.Ignored {
 		h.b.log.Debug("mqtt: uplink event ignored", "device", id, "event", ig)
@@ -618,8 +638,8 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		if err := h.b.deliverReport(id, in); err != nil {
 			// Not journaled: no PUBACK, so the device publishes it again.
 			h.b.log.Warn("mqtt: uplink not journaled; not acknowledged", "device", id, "error", err)
-			return pk, packets.ErrRejectPacket
+			return packets.ErrRejectPacket
 		}
 	}
-	return pk, packets.CodeSuccessIgnore
+	return nil
 }

@@ -1,11 +1,13 @@
 package mqtt
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -222,6 +224,46 @@ func TestLoginUplinkDownlink(t *testing.T) {
 	cl.Disconnect(0)
 	if got := e.rec.next(t); got != "d_2 disconnected:{}" {
 		t.Fatalf("after disconnect %q", got)
+	}
+}
+
+// TestIdleDevicesNotWalked checks that connected, idle devices cost the
+// broker no periodic work: mochi's event loop, whose once-a-second tickers
+// walk every client in mochi's index, is not running; that index holds none
+// of the connected devices (so no walk of it could reach them); and the
+// broker arms no timer on its clock for them.
+func TestIdleDevicesNotWalked(t *testing.T) {
+	e := newEnv(t)
+	down := make(chan paho.Message, 10)
+	for _, c := range []struct{ device, secret string }{{"d1", "secret-1"}, {"d_2", "secret-2"}} {
+		if _, err := e.connect(t, c.device, c.secret, "", 60*time.Second, func(_ paho.Client, m paho.Message) { down <- m }); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.rec.next(t); got != c.device+" connected:{}" { // delivered once the connection is in its session
+			t.Fatalf("input %q", got)
+		}
+		if err := e.b.Send(context.Background(), &messages.Downlink{DeviceId: c.device, Kind: &messages.Downlink_MqttVersionQuery{MqttVersionQuery: &messages.MqttVersionQuery{}}}); err != nil {
+			t.Fatal(err)
+		}
+		waitMsg(t, down)
+	}
+
+	var stacks []byte
+	for n := 1 << 16; ; n *= 2 {
+		stacks = make([]byte, n)
+		if k := runtime.Stack(stacks, true); k < n {
+			stacks = stacks[:k]
+			break
+		}
+	}
+	if i := bytes.Index(stacks, []byte("mqtt/server/v2.(*Server).eventLoop")); i >= 0 {
+		t.Errorf("mochi's event loop runs (its tickers walk the clients once a second):\n%s", stacks[max(i-200, 0):min(i+200, len(stacks))])
+	}
+	if n := e.b.server.Clients.Len(); n != 0 {
+		t.Errorf("mochi's client index holds %d clients, want none (its housekeeping walks it)", n)
+	}
+	if n := e.clk.Pending(); n != 0 {
+		t.Errorf("the broker armed %d timers for idle devices, want none", n)
 	}
 }
 

@@ -10,7 +10,10 @@
 // broker accepts connections itself (front.go): one small reader goroutine
 // per connection hands each packet to a shared pool of workers, which drive
 // mochi's server through its public API, so that an idle device costs no
-// deep goroutine stack. The wire format lives in the pure subpackage iotda.
+// deep goroutine stack; a device's publish on its own up topic is handled
+// there without mochi's publish path (Broker.uplink), and mochi's event loop
+// is not run, so nothing walks the connected devices on a timer. The wire
+// format lives in the pure subpackage iotda.
 //
 // Devices are treated as adversaries: a connection must send a small CONNECT
 // (at most MaxConnectSize bytes) soon after it opens, connections are

@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/transport/mqtt/iotda"
 )
 
 // The front end: the broker's own accept loops and connection readers, in
@@ -31,9 +32,10 @@ import (
 // worker of a shared pool (workers), which decodes it and drives mochi
 // through its public API (Client, SendConnack, InjectPacket,
 // DisconnectClient) and the hook, exactly as attachClient would, while the
-// reader waits. So a connection's packets are handled one at a time and in
-// order, as before, and the deep stacks belong to the few workers busy at a
-// moment, not to every connection. Downlinks are written by their own
+// reader waits (a publish on the device's up topic, every report, goes to
+// the hook without mochi's publish path: uplink). So a connection's packets
+// are handled one at a time and in order, as before, and the deep stacks
+// belong to the few workers busy at a moment, not to every connection. Downlinks are written by their own
 // short-lived goroutine (publishDown); mochi's write loop is not run (nothing
 // is queued to it: uplinks are never forwarded to subscribers, retained
 // messages are off and the ACL admits no $SYS topic).
@@ -58,6 +60,8 @@ type conn struct {
 	step step
 	done chan error // the worker's answer to the reader
 	err  error      // why the connection ended (the end step)
+
+	device string // the device ID it logged in as (deviceOf); set by the login
 
 	// Guarded by Broker.mu.
 	queue     []packets.Packet // downlinks, oldest first; at most maxWritesPending
@@ -246,9 +250,14 @@ func (b *Broker) handle(c *conn) error {
 		}
 		return nil
 	}
+	var err error
+	if b.isUplink(c, pk) {
+		err = b.uplink(c, pk)
+	} else {
+		err = b.server.InjectPacket(cl, pk)
+	}
 	// What mochi's receivePacket does with an error: an MQTT 5 client is
 	// told why, and the connection ends.
-	err := b.server.InjectPacket(cl, pk)
 	if err != nil {
 		if code, ok := err.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code {
 			_ = b.server.DisconnectClient(cl, code)
@@ -256,6 +265,46 @@ func (b *Broker) handle(c *conn) error {
 		b.mochiLog.Warn("error processing packet", "error", err, "client", cl.ID, "listener", c.listener, "pk", pk)
 	}
 	return err
+}
+
+// isUplink reports whether pk is a publish the front end handles itself
+// (uplink): QoS 0 or 1 on the up topic of the device c logged in as, named
+// in full (no topic alias), and valid as mochi checks a publish
+// (PublishValidate). Every other packet goes to mochi (InjectPacket).
+func (b *Broker) isUplink(c *conn, pk packets.Packet) bool {
+	return pk.FixedHeader.Type == packets.Publish && c.device != "" && iotda.IsUpTopic(pk.TopicName, c.device) && pk.FixedHeader.Qos <= 1 &&
+		!pk.Properties.TopicAliasFlag && pk.PublishValidate(b.server.Options.Capabilities.TopicAliasMaximum) == packets.CodeSuccess
+}
+
+// uplink processes a device's publish on its up topic (isUplink) as mochi's
+// processPublish would, with the same outcome on the wire: the hook takes
+// it (hook.uplink: the token bucket, the decoding, the engine's journal),
+// then a QoS 1 publish the hook did not reject gets the PUBACK mochi would
+// send (the same packet: reason code and the publish's properties), and
+// mochi's counters count it. It skips what has no work on the device's own
+// up topic: the topic filter and ACL checks (the topic is its own), the
+// PUBACK's round trip through the client's inflight set (mochi sets it
+// before the write and deletes it after: 800 bytes allocated a publish),
+// retaining (off) and the walk of the topic index for subscribers
+// (uplinks go to none). A connection's packets are handled one at a time,
+// so mochi's receive quota, which only QoS 2 publishes hold, is not
+// touched.
+func (b *Broker) uplink(c *conn, pk packets.Packet) error {
+	if err := b.hook.uplink(c.device, pk); err == nil && pk.FixedHeader.Qos == 1 {
+		ack := packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Puback},
+			PacketID:    pk.PacketID,                               // [MQTT-2.2.1-5]
+			ReasonCode:  packets.QosCodes[pk.FixedHeader.Qos].Code, // [MQTT-3.4.2-1]
+			Properties:  pk.Properties,                             // as mochi's buildAck: inherited
+			Created:     b.cfg.Clock.Now().Unix(),
+		}
+		if err := c.cl.WritePacket(ack); err != nil {
+			return err
+		}
+	}
+	atomic.AddInt64(&b.server.Info.PacketsReceived, 1)
+	atomic.AddInt64(&b.server.Info.MessagesReceived, 1)
+	return nil
 }
 
 // lengthBytes is the size of the encoded remaining length n.
@@ -320,6 +369,7 @@ func (b *Broker) login(c *conn, pk packets.Packet) error {
 	if err := b.hook.OnConnect(cl, pk); err != nil {
 		return err
 	}
+	c.device = deviceOf(cl)
 	refreshDeadline(c)
 	b.mu.Lock()
 	c.loggedIn = true
@@ -485,7 +535,7 @@ func (w *workers) stop() { close(w.jobs) }
 // sameClientID is the open connection of c's device with c's client ID, if
 // any (a client ID names its device: checkConnect). b.mu is held.
 func (b *Broker) sameClientID(c *conn) *conn {
-	s := b.sessions[deviceOf(c.cl)]
+	s := b.sessions[c.device]
 	if s == nil {
 		return nil
 	}

@@ -127,8 +127,8 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		pause = 0
 		src := sourceOf(c.RemoteAddr())
 		if why := l.limits.acquire(src); why != "" {
+			l.refused(why, c.RemoteAddr()) // counted before the peer sees the close
 			_ = c.Close()
-			l.refused(why, c.RemoteAddr())
 			continue
 		}
 		return &countedConn{Conn: c, release: func() { l.limits.release(src) }}, nil

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -566,5 +567,81 @@ func TestRefusalsLoggedAtABoundedRate(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "suppressed_before=5") {
 		t.Fatalf("the line after the pause does not count the 5 left out:\n%s", out.String()[max(0, len(out.String())-400):])
+	}
+}
+
+// TestUplinkAckedAsMochiAcks (issue 21): the front end handles a publish on
+// the device's up topic itself (Broker.uplink) and answers it with the very
+// PUBACK mochi sends for a publish it processes (here one on another of the
+// device's own topics, which the hook ignores), in MQTT 3.1.1 and 5 (with a
+// user property, which mochi's PUBACK repeats); only the up topic's reaches
+// the engine, and mochi's counters count both.
+func TestUplinkAckedAsMochiAcks(t *testing.T) {
+	for _, v := range []byte{4, 5} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+			e := newEnv(t)
+			conn, code := rawConnect(t, e.b.Addr("mqtt"), nil, connectPacket("d1", "secret-1", v))
+			if code != 0 {
+				t.Fatalf("CONNACK code %#x", code)
+			}
+			if v == 5 { // the CONNACK's properties
+				var n [1]byte
+				if _, err := io.ReadFull(conn, n[:]); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(conn, make([]byte, n[0])); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := e.rec.next(t); got != "d1 connected:{}" {
+				t.Fatalf("input %q", got)
+			}
+			fw := "1.0"
+			ack := func(topic string, id uint16) []byte {
+				t.Helper()
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: v,
+					TopicName: topic, PacketID: id, Payload: iotda.EncodeVersionReport("d1", &fw, nil, epoch)}
+				if v == 5 {
+					pk.Properties.User = []packets.UserProperty{{Key: "k", Val: "v"}}
+				}
+				var buf bytes.Buffer
+				if err := pk.PublishEncode(&buf); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := conn.Write(buf.Bytes()); err != nil {
+					t.Fatal(err)
+				}
+				hdr := make([]byte, 2)
+				if _, err := io.ReadFull(conn, hdr); err != nil {
+					t.Fatalf("reading the PUBACK: %v", err)
+				}
+				body := make([]byte, hdr[1])
+				if _, err := io.ReadFull(conn, body); err != nil {
+					t.Fatalf("reading the PUBACK: %v", err)
+				}
+				if hdr[0] != 0x40 || len(body) < 2 || binary.BigEndian.Uint16(body) != id {
+					t.Fatalf("answer % x % x, want a PUBACK of packet %d", hdr, body, id)
+				}
+				binary.BigEndian.PutUint16(body, 0)
+				return append(hdr, body...)
+			}
+			before := atomic.LoadInt64(&e.b.server.Info.MessagesReceived)
+			ours := ack(iotda.UpTopic("d1"), 7)
+			if got := e.rec.next(t); got != `d1 version_reported:{fw_version:"1.0"}` {
+				t.Fatalf("input %q", got)
+			}
+			mochis := ack("$oc/devices/d1/sys/messages/up", 8)
+			if !bytes.Equal(ours, mochis) {
+				t.Errorf("PUBACK of an uplink % x, mochi's % x", ours, mochis)
+			}
+			if n := atomic.LoadInt64(&e.b.server.Info.MessagesReceived) - before; n != 2 {
+				t.Errorf("mochi counted %d publishes received, want 2", n)
+			}
+			select {
+			case got := <-e.rec.ch:
+				t.Errorf("the publish on another topic reached the engine: %q", got)
+			default:
+			}
+		})
 	}
 }

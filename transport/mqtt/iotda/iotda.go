@@ -60,8 +60,17 @@ const (
 
 const topicPrefix = "$oc/devices/"
 
+// upSuffix ends a device's up topic.
+const upSuffix = "/sys/events/up"
+
 // UpTopic is the topic a device publishes its events on.
-func UpTopic(deviceID string) string { return topicPrefix + deviceID + "/sys/events/up" }
+func UpTopic(deviceID string) string { return topicPrefix + deviceID + upSuffix }
+
+// IsUpTopic reports whether topic is UpTopic(deviceID), without building it.
+func IsUpTopic(topic, deviceID string) bool {
+	return len(topic) == len(topicPrefix)+len(deviceID)+len(upSuffix) && strings.HasPrefix(topic, topicPrefix) &&
+		strings.HasSuffix(topic, upSuffix) && topic[len(topicPrefix):len(topicPrefix)+len(deviceID)] == deviceID
+}
 
 // DownTopic is the topic the platform publishes a device's events on.
 func DownTopic(deviceID string) string { return topicPrefix + deviceID + "/sys/events/down" }
@@ -256,7 +265,19 @@ const maxVersion = 256
 // device is told about in the documented order: the envelope, the number of
 // services, then each service. Both give the same result for every payload
 // (FuzzDecodeUplink).
+//
+// The plain reports devices send are decoded without encoding/json first
+// (decodeUplinkFast); any other payload as described above
+// (decodeUplinkJSON), with the same result.
 func DecodeUplink(deviceID string, payload []byte) (Uplink, error) {
+	if u, ok := decodeUplinkFast(deviceID, payload); ok {
+		return u, nil
+	}
+	return decodeUplinkJSON(deviceID, payload)
+}
+
+// decodeUplinkJSON is DecodeUplink with encoding/json.
+func decodeUplinkJSON(deviceID string, payload []byte) (Uplink, error) {
 	if len(payload) > MaxPayload {
 		return Uplink{}, fmt.Errorf("%w: %d bytes, at most %d", ErrMalformed, len(payload), MaxPayload)
 	}
@@ -428,18 +449,80 @@ func encode(deviceID, eventType string, paras any, now time.Time) []byte {
 }
 
 // EncodeVersionQuery is the version_query event for a device (empty paras).
+// It is what encode writes (TestEncodeDownlinks), without encoding/json's
+// reflection.
 func EncodeVersionQuery(deviceID string, now time.Time) []byte {
-	return encode(deviceID, EventVersionQuery, struct{}{}, now)
+	b := appendEnvelopeStart(make([]byte, 0, 160), deviceID, EventVersionQuery, now)
+	return append(b, "{}}]}"...)
 }
 
 // EncodeUpgrade is the firmware_upgrade (software false) or software_upgrade
-// event for a device.
+// event for a device. It is what encode writes (TestEncodeDownlinks,
+// FuzzEncodeUpgrade), without encoding/json's reflection.
 func EncodeUpgrade(deviceID string, software bool, p UpgradeParas, now time.Time) []byte {
 	ev := EventFirmwareUpgrade
 	if software {
 		ev = EventSoftwareUpgrade
 	}
-	return encode(deviceID, ev, p, now)
+	b := appendEnvelopeStart(make([]byte, 0, 512), deviceID, ev, now)
+	b = append(b, `{"version":`...)
+	b = appendString(b, p.Version)
+	b = append(b, `,"url":`...)
+	b = appendString(b, p.URL)
+	b = append(b, `,"file_size":`...)
+	b = strconv.AppendInt(b, p.FileSize, 10)
+	b = append(b, `,"file_name":`...)
+	b = appendString(b, p.FileName)
+	if p.AccessToken != "" {
+		b = append(b, `,"access_token":`...)
+		b = appendString(b, p.AccessToken)
+	}
+	if p.Expires != 0 {
+		b = append(b, `,"expires":`...)
+		b = strconv.AppendInt(b, p.Expires, 10)
+	}
+	if p.Sign != "" {
+		b = append(b, `,"sign":`...)
+		b = appendString(b, p.Sign)
+	}
+	if p.CustomInfo != "" {
+		b = append(b, `,"custom_info":`...)
+		b = appendString(b, p.CustomInfo)
+	}
+	return append(b, "}}]}"...)
+}
+
+// appendEnvelopeStart appends an event envelope of one $ota service up to
+// its paras' value, as encode writes it.
+func appendEnvelopeStart(b []byte, deviceID, eventType string, now time.Time) []byte {
+	b = append(b, '{')
+	if deviceID != "" {
+		b = append(b, `"object_device_id":`...)
+		b = appendString(b, deviceID)
+		b = append(b, ',')
+	}
+	b = append(b, `"services":[{"service_id":`...)
+	b = appendString(b, ServiceOTA)
+	b = append(b, `,"event_type":`...)
+	b = appendString(b, eventType)
+	b = append(b, `,"event_time":`...)
+	b = appendString(b, now.UTC().Format(EventTimeLayout))
+	return append(b, `,"paras":`...)
+}
+
+// appendString appends s as encoding/json writes a string: as it is when it
+// is printable ASCII that needs no escape (what IDs, versions, URLs and
+// tokens are), else by encoding/json itself.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string cannot fail
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // Downlink is a decoded platform publish, device side.

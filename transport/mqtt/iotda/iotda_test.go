@@ -206,3 +206,24 @@ func TestDecodeUplinkServiceCap(t *testing.T) {
 		}
 	}
 }
+
+func TestIsUpTopic(t *testing.T) {
+	for _, c := range []struct {
+		topic, device string
+		want          bool
+	}{
+		{UpTopic("d1"), "d1", true},
+		{UpTopic("d_1"), "d_1", true},
+		{UpTopic("d1"), "d", false},
+		{UpTopic("d1"), "d12", false},
+		{DownTopic("d1"), "d1", false},
+		{"$oc/devices/d1/sys/events/upx", "d1", false},
+		{"$oc/devices/d2/sys/events/up", "d1", false},
+		{"$OC/devices/d1/sys/events/up", "d1", false},
+		{"", "", false},
+	} {
+		if got := IsUpTopic(c.topic, c.device); got != c.want {
+			t.Errorf("IsUpTopic(%q, %q) = %v", c.topic, c.device, got)
+		}
+	}
+}
