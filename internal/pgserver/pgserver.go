@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -184,4 +185,72 @@ func WithDatabase(dsn, name string) (string, error) {
 	}
 	u.Path = "/" + name
 	return u.String(), nil
+}
+
+// Freeze stops the private server's processes (the postmaster and its
+// children, the backends) with SIGSTOP, as a hung server or a host that
+// vanished without a reset would look to its clients: connections stay
+// open and nothing answers. thaw (SIGCONT) lets them run again.
+func (s *Server) Freeze() (thaw func() error, err error) {
+	if s.external {
+		return nil, errors.New("pgserver: cannot freeze an external server")
+	}
+	pids, err := s.processes()
+	if err != nil {
+		return nil, err
+	}
+	var stopped []int
+	thaw = func() error {
+		var errs []error
+		for _, pid := range stopped {
+			errs = append(errs, syscall.Kill(pid, syscall.SIGCONT))
+		}
+		return errors.Join(errs...)
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			return nil, errors.Join(err, thaw())
+		}
+		stopped = append(stopped, pid)
+	}
+	return thaw, nil
+}
+
+// processes returns the postmaster's process ID (the first line of
+// data/postmaster.pid) and its children's.
+func (s *Server) processes() ([]int, error) {
+	b, err := os.ReadFile(filepath.Join(s.data(), "postmaster.pid"))
+	if err != nil {
+		return nil, fmt.Errorf("pgserver: is the server running? %w", err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pm, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return nil, fmt.Errorf("pgserver: postmaster.pid: %w", err)
+	}
+	pids := []int{pm}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+		i := strings.LastIndexByte(string(stat), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pm) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
 }
