@@ -106,7 +106,7 @@ func openStore(ctx context.Context, cfg serveConfig, logger *slog.Logger) (store
 		where = redactedDSN(spec.postgres)
 		ctx, cancel := context.WithTimeout(ctx, storeOpenTimeout)
 		defer cancel()
-		s, err := pgstore.Open(ctx, spec.postgres, pgstore.Options{SealKey: sealKey, Logger: logger})
+		s, err := pgstore.Open(ctx, spec.postgres, pgstore.Options{SealKey: sealKey, Logger: logger, Timeout: cfg.StoreTimeout})
 		if err != nil {
 			msg := oneLine(err)
 			if errors.Is(err, pgstore.ErrSealKey) {

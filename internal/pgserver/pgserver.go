@@ -138,7 +138,10 @@ func (s *Server) Stop() error {
 	if s.external {
 		return nil
 	}
-	err := s.run("pg_ctl", "-D", s.data(), "-m", "fast", "-w", "stop")
+	var err error
+	if _, statErr := os.Stat(filepath.Join(s.data(), "postmaster.pid")); statErr == nil {
+		err = s.run("pg_ctl", "-D", s.data(), "-m", "fast", "-w", "stop")
+	} // else not running (crashed, say): nothing to stop
 	return errors.Join(err, os.RemoveAll(s.dir))
 }
 
