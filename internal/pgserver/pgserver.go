@@ -6,7 +6,8 @@
 // OS user (initdb refuses root). Stop stops it and removes the folder;
 // Crash and Restart stop it the way a crash does and start it again.
 // Tests use it through internal/pgtest; `otafleet bench --store postgres`
-// uses it for its server's store.
+// uses it for its server's store. A private server dies with the process
+// that started it, however that process ends (see startWatchdog).
 package pgserver
 
 import (
@@ -37,6 +38,10 @@ type Server struct {
 	dir    string // temporary folder: data/, the socket, the log
 	port   int
 	runAs  []string // runuser prefix when root
+	// watchdog stops the server and removes dir should this process end
+	// without Stop (see startWatchdog); leash is the pipe it waits on.
+	watchdog *exec.Cmd
+	leash    *os.File
 
 	n atomic.Int64 // databases created
 }
@@ -66,11 +71,57 @@ func Start(prefix string) (*Server, error) {
 	if s.dir, err = os.MkdirTemp("", prefix); err != nil {
 		return nil, err
 	}
+	if err := s.startWatchdog(); err != nil {
+		_ = os.RemoveAll(s.dir)
+		return nil, err
+	}
 	if err := s.init(); err != nil {
+		s.stopWatchdog()
 		_ = os.RemoveAll(s.dir)
 		return nil, err
 	}
 	return s, nil
+}
+
+// watchdogScript waits until its standard input ends, then stops the
+// server ("$@" is pg_ctl, behind runuser when root) and removes its folder.
+const watchdogScript = `cat >/dev/null; "$@" -D "$PGSERVER_DATA" -m immediate -w stop >/dev/null 2>&1; rm -rf "$PGSERVER_DIR"`
+
+// startWatchdog starts the process that stops the server and removes its
+// folder when this process ends without Stop, however it ends (SIGKILL, a
+// test binary killed by go test's timeout, a crash): a shell reading a
+// pipe whose write end only this process holds, which the kernel closes
+// when the process ends. The server itself is a daemon (pg_ctl start) and
+// would outlive it. The watchdog runs in a process group of its own, so
+// that a Ctrl-C sent to the terminal's group ends this process, not it.
+func (s *Server) startWatchdog() error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	argv := append(append([]string{"-c", watchdogScript, "pgserver-watchdog"}, s.runAs...), filepath.Join(s.bindir, "pg_ctl"))
+	cmd := exec.Command("sh", argv...)
+	cmd.Env = append(os.Environ(), "PGSERVER_DATA="+s.data(), "PGSERVER_DIR="+s.dir)
+	cmd.Stdin = r
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("pgserver: starting the watchdog: %w", err)
+	}
+	s.watchdog, s.leash = cmd, w
+	return nil
+}
+
+// stopWatchdog ends the watchdog without letting it act (Stop does its work).
+func (s *Server) stopWatchdog() {
+	if s.watchdog == nil {
+		return
+	}
+	_ = s.watchdog.Process.Kill()
+	_ = s.watchdog.Wait()
+	_ = s.leash.Close()
+	s.watchdog, s.leash = nil, nil
 }
 
 // init runs initdb (as the postgres user when root) and starts the server.
@@ -138,6 +189,7 @@ func (s *Server) Stop() error {
 	if s.external {
 		return nil
 	}
+	s.stopWatchdog()
 	var err error
 	if _, statErr := os.Stat(filepath.Join(s.data(), "postmaster.pid")); statErr == nil {
 		err = s.run("pg_ctl", "-D", s.data(), "-m", "fast", "-w", "stop")
