@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -511,7 +512,11 @@ func (sh *shell) maybeSnapshot() {
 		err = sh.e.deps.Store.SaveSnapshot(context.Background(), sh.addr.stream(), snap)
 	}
 	if err != nil {
-		sh.e.log.Warn("snapshot failed; replay stays longer", "actor", sh.addr.String(), "error", err)
+		level := slog.LevelWarn
+		if errors.Is(err, persistence.ErrUnavailable) {
+			level = slog.LevelDebug // the store logs its unavailability once
+		}
+		sh.e.log.Log(context.Background(), level, "snapshot failed; replay stays longer", "actor", sh.addr.String(), "error", err)
 		return
 	}
 	sh.snapSeq = sh.seq
