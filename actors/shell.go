@@ -124,6 +124,12 @@ func (sh *shell) Receive(ctx actor.Context) {
 		sh.recover()
 	case *actor.Stopping:
 		sh.stopTimers()
+		// Passivated while down (the Poison was queued before a write
+		// failed): what waits goes to the successor.
+		for _, m := range sh.stash {
+			sh.e.dir.send(sh.addr, m)
+		}
+		sh.stash = nil
 		return
 	case *actor.Stopped:
 		sh.machine.deactivated()
@@ -471,8 +477,11 @@ func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 			sh.deadline.Stop() // Resume re-arms it
 		}
 		sh.scheduleRetry()
-		// The store logs its unavailability once; not every actor.
-		sh.e.log.Debug("journal write failed by the store's fault; the actor recovers again", "actor", sh.addr.String(), "retry_after", sh.backoff, "error", err)
+		level := slog.LevelWarn // another writer: rare, and worth a line
+		if errors.Is(err, persistence.ErrUnavailable) {
+			level = slog.LevelDebug // the store logs its unavailability once
+		}
+		sh.e.log.Log(context.Background(), level, "journal write failed by the store's fault; the actor recovers again", "actor", sh.addr.String(), "retry_after", sh.backoff, "error", err)
 		return sh.down
 	}
 	if err != nil {
