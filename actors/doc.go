@@ -36,10 +36,20 @@
 // and devices hand back grants they do not want; a task re-sends StartJob for
 // running sub-tasks and devices answer a finished job with its outcome.
 //
-// A write that fails leaves the actor's state untouched, runs no effect, and
-// stops the actor so that its successor rebuilds from what is durable; an
-// actor whose journal does not decode refuses all input and reports the
-// corrupt key. A refused StartJob still ends its sub-task: the device
-// answers it with a failed outcome (devicefsm.Refused), so no sub-task
-// waits forever for a device that will never run it.
+// A write that fails leaves the actor's state untouched and runs no effect.
+// When the store is at fault — unavailable (persistence.ErrUnavailable: its
+// database is down or does not answer, and the write may or may not have
+// been made), or the stream moved under the write (persistence.ErrConflict)
+// — the actor recovers again from the store, retrying with a backoff of
+// clock time (100 ms doubling to 5 s) for as long as it cannot read it; a
+// recovery the store's unavailability fails is retried the same way.
+// Meanwhile commands, queries and device reports get the error (a report is
+// not acknowledged, so the device sends it again), and the inputs of other
+// actors and timers wait, to be stepped in order on the state recovered:
+// a write that was made after all is read back, never made twice. Any other
+// failed write stops the actor so that its successor rebuilds from what is
+// durable; an actor whose journal does not decode refuses all input and
+// reports the corrupt key. A refused StartJob still ends its sub-task: the
+// device answers it with a failed outcome (devicefsm.Refused), so no
+// sub-task waits forever for a device that will never run it.
 package actors

@@ -166,7 +166,8 @@ func (e *Engine) machineFor(a Address) machine {
 // their idempotent requests repeated. It returns once every recovered actor
 // has rebuilt its state, with an error naming each one that could not (a
 // corrupt journal entry, with its key): the engine must not run silently
-// wrong.
+// wrong. An actor that cannot read the store because it is unavailable
+// retries, and Start waits for it (or for ctx).
 func (e *Engine) Start(ctx context.Context) error {
 	var addrs []Address
 	for _, kind := range []persistence.Kind{persistence.KindTask, persistence.KindCell, persistence.KindDevice} {

@@ -1,9 +1,11 @@
 package actors
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -59,13 +61,49 @@ type shell struct {
 	addr    Address
 	machine machine
 
-	self      *actor.PID
-	seq       uint64 // last journaled sequence number
-	snapSeq   uint64 // sequence number of the last snapshot
-	broken    error  // set when recovery or a write failed: the actor only reports it
+	self    *actor.PID
+	seq     uint64 // last journaled sequence number
+	snapSeq uint64 // sequence number of the last snapshot
+	// broken is set when recovery failed for good (a corrupt journal) or a
+	// write failed other than by the store's fault: the actor only reports
+	// it (to commands, reports and queries) and refuses other inputs; after
+	// a failed write it passivates, so that its successor rebuilds from
+	// what is durable.
+	broken error
+	// down is set while the actor's state is not the store's because of the
+	// store (see storeFault: a write whose outcome is unknown, or a
+	// recovery that could not read): the actor recovers again after a
+	// backoff (retry), until it succeeds; meanwhile commands, reports and
+	// queries get down, and other inputs wait in stash, to be stepped in
+	// order on the state recovered.
+	down    error
+	stash   []any
+	backoff time.Duration
+	retry   clock.Timer
+
 	deadline  clock.Timer
 	passivate clock.Timer
 	passGen   uint64
+}
+
+// retryRecovery asks an actor whose store was unavailable to recover again.
+type retryRecovery struct{}
+
+// The backoff between recovery attempts while the store is unavailable
+// (clock time): it doubles from retryFirst up to retryMax.
+const (
+	retryFirst = 100 * time.Millisecond
+	retryMax   = 5 * time.Second
+)
+
+// storeFault reports whether err is the store's, not the data's: the
+// store is unavailable (the outcome of a failed append is unknown), or
+// another writer moved the stream (an append whose outcome was unknown
+// and did commit, or a second activation). Either way the actor's state
+// is rebuilt from the store and its input tried again; nothing else
+// (a corrupt entry, say) is retried.
+func storeFault(err error) bool {
+	return errors.Is(err, persistence.ErrUnavailable) || errors.Is(err, persistence.ErrConflict)
 }
 
 // passivateCheck asks an idle actor whether it may stop.
@@ -73,8 +111,11 @@ type passivateCheck struct{ gen uint64 }
 
 func (sh *shell) Receive(ctx actor.Context) {
 	switch ctx.Message().(type) {
-	case activation, command, report, query, taskQuery, proto.Message:
+	case activation, command, report, query, taskQuery, retryRecovery, proto.Message:
 		defer sh.e.dir.done()
+	}
+	if sh.down != nil && sh.whileDown(ctx) {
+		return
 	}
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
@@ -83,6 +124,12 @@ func (sh *shell) Receive(ctx actor.Context) {
 		sh.recover()
 	case *actor.Stopping:
 		sh.stopTimers()
+		// Passivated while down (the Poison was queued before a write
+		// failed): what waits goes to the successor.
+		for _, m := range sh.stash {
+			sh.e.dir.send(sh.addr, m)
+		}
+		sh.stash = nil
 		return
 	case *actor.Stopped:
 		sh.machine.deactivated()
@@ -133,7 +180,8 @@ func (sh *shell) Receive(ctx actor.Context) {
 		// acknowledgement before any downlink the report caused, as it would
 		// without the wait. An invalid report is answered nil (acknowledged:
 		// sending it again cannot help); only a failed journal write or a
-		// failed recovery is an error.
+		// failed recovery is an error (the store's unavailability among
+		// them: the device is not acknowledged, and sends it again).
 		answered := false
 		err := sh.step(msg.in, !msg.in.GetNoAck(), func() {
 			sh.schedulePassivation()
@@ -144,8 +192,8 @@ func (sh *shell) Receive(ctx actor.Context) {
 			return
 		}
 		sh.schedulePassivation()
-		if sh.broken != nil {
-			msg.done <- sh.broken
+		if fail := cmp.Or(sh.broken, sh.down); fail != nil {
+			msg.done <- fail
 			return
 		}
 		sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
@@ -159,19 +207,100 @@ func (sh *shell) Receive(ctx actor.Context) {
 			ctx.Respond(sh.machine.view(msg))
 		}
 		return
+	case retryRecovery:
+		return // recovered meanwhile
 	case proto.Message:
-		if err := sh.input(msg); err != nil {
-			sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
-			sh.machine.run(sh, sh.machine.refused(msg, err))
-		}
+		sh.receiveInput(msg)
 	default:
 		return // lifecycle and system messages
 	}
 	sh.schedulePassivation()
 }
 
+// receiveInput runs the input of another actor or a timer: refused if the
+// actor is broken or the machine refuses it (its effects tell the sender,
+// see machine.refused), or stashed to be stepped again when the store
+// failed its write (down).
+func (sh *shell) receiveInput(msg proto.Message) {
+	if err := sh.input(msg); err != nil {
+		if sh.down != nil {
+			sh.stash = append(sh.stash, msg)
+			return
+		}
+		sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
+		sh.machine.run(sh, sh.machine.refused(msg, err))
+	}
+}
+
+// whileDown handles a message while the actor cannot recover because the
+// store is unavailable (down): it reports whether it did. Commands,
+// reports and queries get the error at once (a device is not
+// acknowledged, so it sends its report again; an API client gets a
+// retryable error); an activation and the inputs of other actors and
+// timers wait in stash for the recovery; a retryRecovery tries it again.
+func (sh *shell) whileDown(ctx actor.Context) bool {
+	switch msg := ctx.Message().(type) {
+	case command, query, taskQuery:
+		ctx.Respond(sh.down)
+	case report:
+		msg.done <- sh.down
+	case activation:
+		sh.stash = append(sh.stash, msg)
+	case proto.Message:
+		sh.stash = append(sh.stash, msg)
+	case retryRecovery:
+		sh.recoverAgain()
+	case passivateCheck:
+		// A down actor does not passivate: its stash would be lost.
+	default:
+		return false
+	}
+	return true
+}
+
+// recoverAgain retries a recovery the store's unavailability failed, on a
+// fresh machine (the failed attempt may have folded part of the state);
+// once it succeeds, the stashed messages run in the order they came.
+func (sh *shell) recoverAgain() {
+	sh.machine = sh.e.machineFor(sh.addr)
+	sh.seq, sh.snapSeq, sh.down = 0, 0, nil
+	sh.recover()
+	if sh.down != nil {
+		return
+	}
+	sh.e.log.Debug("actor recovered once the store was back", "actor", sh.addr.String())
+	sh.backoff = 0
+	stash := sh.stash
+	sh.stash = nil
+	for i, m := range stash {
+		if sh.down != nil {
+			// A write failed again: the rest waits for the next attempt.
+			sh.stash = append(sh.stash, stash[i:]...)
+			return
+		}
+		switch m := m.(type) {
+		case activation:
+			if m.report != nil {
+				m.report <- sh.broken
+			}
+		case proto.Message:
+			sh.receiveInput(m)
+		}
+	}
+	sh.schedulePassivation()
+}
+
+// scheduleRetry arms the timer of the next recovery attempt.
+func (sh *shell) scheduleRetry() {
+	sh.backoff = min(max(2*sh.backoff, retryFirst), retryMax)
+	addr := sh.addr
+	sh.retry = sh.e.deps.Clock.AfterFunc(sh.backoff, func() { sh.e.dir.sendIfLive(addr, retryRecovery{}) })
+}
+
 // recover rebuilds the state from the records of a keeper, or else from
 // the snapshot and journal (converting a keeper's to records), then resumes.
+// When the store is unavailable, the actor is down until a later attempt
+// succeeds (see whileDown); any other failure breaks it for good.
 func (sh *shell) recover() {
 	ctx := context.Background()
 	st := sh.addr.stream()
@@ -221,10 +350,17 @@ func (sh *shell) recover() {
 		err = sh.convert(k)
 	}
 	if err != nil {
-		sh.broken = fmt.Errorf("actors: recovering %s: %w", sh.addr, err)
 		if u, ok := sh.machine.(unrecoverer); ok {
 			u.unrecovered()
 		}
+		if errors.Is(err, persistence.ErrUnavailable) {
+			// The store logs its unavailability once; not every actor.
+			sh.down = fmt.Errorf("actors: recovering %s: %w", sh.addr, err)
+			sh.scheduleRetry()
+			sh.e.log.Debug("actor cannot recover while the store is unavailable; it retries", "actor", sh.addr.String(), "retry_after", sh.backoff, "error", err)
+			return
+		}
+		sh.broken = fmt.Errorf("actors: recovering %s: %w", sh.addr, err)
 		sh.e.log.Error("actor cannot recover; it refuses all input", "actor", sh.addr.String(), "error", err)
 		return
 	}
@@ -302,9 +438,10 @@ func (sh *shell) step(in proto.Message, waited bool, durable func()) error {
 // persist appends events in one batch (with the records of a keeper),
 // synced when sync is set or one of the events must be durable before the
 // step's effects run (mustSync); otherwise unsynced, durable with the next
-// synced append of any actor. On failure the
-// actor stops so that its successor rebuilds from what is durable; the state
-// is not committed and no effect runs.
+// synced append of any actor. On failure the state is not committed and
+// no effect runs; when the store failed it (see storeFault: its outcome may
+// be unknown) the actor is down and recovers again, else it stops so that
+// its successor rebuilds from what is durable.
 func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 	evs := make([]persistence.Event, len(events))
 	for i, ev := range events {
@@ -329,6 +466,23 @@ func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 	})
 	if sync {
 		sh.e.metrics.commit.Observe(sh.e.deps.Clock.Since(start).Seconds())
+	}
+	if err != nil && storeFault(err) {
+		// The state may lag the store's (the append may have been
+		// written): recover it again once the store answers.
+		sh.down = fmt.Errorf("actors: journal write of %s failed: %w", sh.addr, err)
+		sh.machine.deactivated()
+		sh.machine = sh.e.machineFor(sh.addr) // as a successor's, until it recovers
+		if sh.deadline != nil {
+			sh.deadline.Stop() // Resume re-arms it
+		}
+		sh.scheduleRetry()
+		level := slog.LevelWarn // another writer: rare, and worth a line
+		if errors.Is(err, persistence.ErrUnavailable) {
+			level = slog.LevelDebug // the store logs its unavailability once
+		}
+		sh.e.log.Log(context.Background(), level, "journal write failed by the store's fault; the actor recovers again", "actor", sh.addr.String(), "retry_after", sh.backoff, "error", err)
+		return sh.down
 	}
 	if err != nil {
 		sh.broken = fmt.Errorf("actors: journal write of %s failed: %w", sh.addr, err)
@@ -367,7 +521,11 @@ func (sh *shell) maybeSnapshot() {
 		err = sh.e.deps.Store.SaveSnapshot(context.Background(), sh.addr.stream(), snap)
 	}
 	if err != nil {
-		sh.e.log.Warn("snapshot failed; replay stays longer", "actor", sh.addr.String(), "error", err)
+		level := slog.LevelWarn
+		if errors.Is(err, persistence.ErrUnavailable) {
+			level = slog.LevelDebug // the store logs its unavailability once
+		}
+		sh.e.log.Log(context.Background(), level, "snapshot failed; replay stays longer", "actor", sh.addr.String(), "error", err)
 		return
 	}
 	sh.snapSeq = sh.seq
@@ -388,7 +546,7 @@ func (sh *shell) armDeadline(a *messages.ArmDeadline) {
 }
 
 func (sh *shell) schedulePassivation() {
-	if !sh.machine.idle() || sh.broken != nil {
+	if !sh.machine.idle() || sh.broken != nil || sh.down != nil {
 		return
 	}
 	sh.passGen++
@@ -409,6 +567,9 @@ func (sh *shell) stopTimers() {
 	}
 	if sh.passivate != nil {
 		sh.passivate.Stop()
+	}
+	if sh.retry != nil {
+		sh.retry.Stop()
 	}
 }
 

@@ -59,7 +59,20 @@ var (
 	ErrInvalid = errors.New("persistence: invalid")
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("persistence: store closed")
+	// ErrUnavailable: the store cannot be reached now (its database server
+	// is down or restarting, the connection was lost, a call timed out);
+	// the data is not at fault, and the same call may succeed later. An
+	// append that fails with it may have been written or not: read the
+	// stream again before writing to it.
+	ErrUnavailable = errors.New("persistence: store unavailable")
 )
+
+// Pinger is a store that can be unavailable for a while (a database
+// server): Ping reports whether it answers now, with an error wrapping
+// ErrUnavailable when it does not.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
 
 // CorruptError reports an entry that does not decode, with its key.
 type CorruptError struct {

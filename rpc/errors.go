@@ -43,6 +43,7 @@ var kinds = []struct {
 	{persistence.ErrInvalid, connect.CodeInvalidArgument, "invalid"},
 	{persistence.ErrInUse, connect.CodeFailedPrecondition, "in use"},
 	{persistence.ErrTooLarge, connect.CodeResourceExhausted, "too large"},
+	{persistence.ErrUnavailable, connect.CodeUnavailable, "the store is unavailable (try again)"},
 	{taskfsm.ErrInvalidInput, connect.CodeInvalidArgument, "invalid input"},
 	{taskfsm.ErrInvalidTransition, connect.CodeFailedPrecondition, "not allowed now"},
 	{actors.ErrNotFound, connect.CodeNotFound, "not found"},

@@ -23,6 +23,7 @@ import (
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
 	"github.com/otafleet/otafleet/internal/minrate"
+	"github.com/otafleet/otafleet/persistence/pgstore"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/mqtt"
 )
@@ -34,10 +35,13 @@ type serveConfig struct {
 	DataDir string
 	// Store is --store: "" (Pebble in DataDir), pebble:DIR or a
 	// postgres:// URL (see parseStore).
-	Store     string
-	APIAddr   string
-	LogFormat string
-	LogLevel  string
+	Store string
+	// StoreTimeout bounds each journal call to PostgreSQL
+	// (pgstore.Options.Timeout).
+	StoreTimeout time.Duration
+	APIAddr      string
+	LogFormat    string
+	LogLevel     string
 
 	// Engine is the engine's configuration. The table sets the protocol
 	// timeouts of spec 6.1 (T1..T10), the cells' budget, costs and range
@@ -106,6 +110,7 @@ type serveConfig struct {
 func defaultServeConfig() serveConfig {
 	return serveConfig{
 		DataDir:           "otafleet-data",
+		StoreTimeout:      pgstore.DefaultTimeout,
 		APIAddr:           "127.0.0.1:8080",
 		LogFormat:         "text",
 		LogLevel:          "info",
@@ -220,6 +225,8 @@ func settings() []setting {
 			"folder of the journal, registry, api-token and addrs.json", nonEmpty),
 		opt("store", func(c *serveConfig) *string { return &c.Store },
 			"where the journal, registry and packages live: pebble:DIR, or postgres://USER@HOST[:PORT]/DATABASE?sslmode=... (the password from the URL, PGPASSWORD or PGPASSFILE; needs --seal-key-file); default: pebble in --data-dir. To move an installation: otafleet store copy"),
+		opt("store-timeout", func(c *serveConfig) *time.Duration { return &c.StoreTimeout },
+			"with a postgres:// --store: how long a journal write or read waits for PostgreSQL; past it the store counts as unavailable: the command or device report fails with a retryable error (devices are not acknowledged) and the actor tries again once PostgreSQL answers", positive),
 		opt("api-addr", func(c *serveConfig) *string { return &c.APIAddr },
 			"address of the API, gRPC health and /metrics (HTTP/1.1 and h2c); port 0 picks one"),
 		opt("log-format", func(c *serveConfig) *string { return &c.LogFormat },

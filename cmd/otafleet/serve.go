@@ -173,7 +173,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", api) // behind the bearer token, checked before a body is read
-	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker()))
+	mux.Handle(grpchealth.NewHandler(newStoreHealth(store)))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/debug/pprof/", rpc.RequireToken(token, pprofHandler()))
 	var protocols http.Protocols

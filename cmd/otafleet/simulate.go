@@ -143,7 +143,9 @@ func watchCampaign(ctx context.Context, engine *actors.Engine, tr *memtransport.
 		for _, id := range tasks {
 			v, err := engine.Task(ctx, id)
 			if err != nil {
-				logger.Warn("campaign progress", "task", id, "error", err)
+				if !errors.Is(err, persistence.ErrUnavailable) { // the store logs that once
+					logger.Warn("campaign progress", "task", id, "error", err)
+				}
 				continue
 			}
 			total += v.Progress.Total

@@ -104,7 +104,7 @@ func openStore(ctx context.Context, cfg serveConfig, logger *slog.Logger) (store
 		where = redactedDSN(spec.postgres)
 		ctx, cancel := context.WithTimeout(ctx, storeOpenTimeout)
 		defer cancel()
-		s, err := pgstore.Open(ctx, spec.postgres, pgstore.Options{SealKey: sealKey, PreviousSealKey: prevKey, Logger: logger})
+		s, err := pgstore.Open(ctx, spec.postgres, pgstore.Options{SealKey: sealKey, PreviousSealKey: prevKey, Logger: logger, Timeout: cfg.StoreTimeout})
 		if err != nil {
 			return nil, where, pgOpenError(where, prevKey != nil, err)
 		}

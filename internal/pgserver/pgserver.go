@@ -6,7 +6,8 @@
 // OS user (initdb refuses root). Stop stops it and removes the folder;
 // Crash and Restart stop it the way a crash does and start it again.
 // Tests use it through internal/pgtest; `otafleet bench --store postgres`
-// uses it for its server's store.
+// uses it for its server's store. A private server dies with the process
+// that started it, however that process ends (see startWatchdog).
 package pgserver
 
 import (
@@ -22,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -36,6 +38,10 @@ type Server struct {
 	dir    string // temporary folder: data/, the socket, the log
 	port   int
 	runAs  []string // runuser prefix when root
+	// watchdog stops the server and removes dir should this process end
+	// without Stop (see startWatchdog); leash is the pipe it waits on.
+	watchdog *exec.Cmd
+	leash    *os.File
 
 	n atomic.Int64 // databases created
 }
@@ -65,11 +71,57 @@ func Start(prefix string) (*Server, error) {
 	if s.dir, err = os.MkdirTemp("", prefix); err != nil {
 		return nil, err
 	}
+	if err := s.startWatchdog(); err != nil {
+		_ = os.RemoveAll(s.dir)
+		return nil, err
+	}
 	if err := s.init(); err != nil {
+		s.stopWatchdog()
 		_ = os.RemoveAll(s.dir)
 		return nil, err
 	}
 	return s, nil
+}
+
+// watchdogScript waits until its standard input ends, then stops the
+// server ("$@" is pg_ctl, behind runuser when root) and removes its folder.
+const watchdogScript = `cat >/dev/null; "$@" -D "$PGSERVER_DATA" -m immediate -w stop >/dev/null 2>&1; rm -rf "$PGSERVER_DIR"`
+
+// startWatchdog starts the process that stops the server and removes its
+// folder when this process ends without Stop, however it ends (SIGKILL, a
+// test binary killed by go test's timeout, a crash): a shell reading a
+// pipe whose write end only this process holds, which the kernel closes
+// when the process ends. The server itself is a daemon (pg_ctl start) and
+// would outlive it. The watchdog runs in a process group of its own, so
+// that a Ctrl-C sent to the terminal's group ends this process, not it.
+func (s *Server) startWatchdog() error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	argv := append(append([]string{"-c", watchdogScript, "pgserver-watchdog"}, s.runAs...), filepath.Join(s.bindir, "pg_ctl"))
+	cmd := exec.Command("sh", argv...)
+	cmd.Env = append(os.Environ(), "PGSERVER_DATA="+s.data(), "PGSERVER_DIR="+s.dir)
+	cmd.Stdin = r
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("pgserver: starting the watchdog: %w", err)
+	}
+	s.watchdog, s.leash = cmd, w
+	return nil
+}
+
+// stopWatchdog ends the watchdog without letting it act (Stop does its work).
+func (s *Server) stopWatchdog() {
+	if s.watchdog == nil {
+		return
+	}
+	_ = s.watchdog.Process.Kill()
+	_ = s.watchdog.Wait()
+	_ = s.leash.Close()
+	s.watchdog, s.leash = nil, nil
 }
 
 // init runs initdb (as the postgres user when root) and starts the server.
@@ -137,7 +189,11 @@ func (s *Server) Stop() error {
 	if s.external {
 		return nil
 	}
-	err := s.run("pg_ctl", "-D", s.data(), "-m", "fast", "-w", "stop")
+	s.stopWatchdog()
+	var err error
+	if _, statErr := os.Stat(filepath.Join(s.data(), "postmaster.pid")); statErr == nil {
+		err = s.run("pg_ctl", "-D", s.data(), "-m", "fast", "-w", "stop")
+	} // else not running (crashed, say): nothing to stop
 	return errors.Join(err, os.RemoveAll(s.dir))
 }
 
@@ -202,4 +258,72 @@ func WithDatabase(dsn, name string) (string, error) {
 	}
 	u.Path = "/" + name
 	return u.String(), nil
+}
+
+// Freeze stops the private server's processes (the postmaster and its
+// children, the backends) with SIGSTOP, as a hung server or a host that
+// vanished without a reset would look to its clients: connections stay
+// open and nothing answers. thaw (SIGCONT) lets them run again.
+func (s *Server) Freeze() (thaw func() error, err error) {
+	if s.external {
+		return nil, errors.New("pgserver: cannot freeze an external server")
+	}
+	pids, err := s.processes()
+	if err != nil {
+		return nil, err
+	}
+	var stopped []int
+	thaw = func() error {
+		var errs []error
+		for _, pid := range stopped {
+			errs = append(errs, syscall.Kill(pid, syscall.SIGCONT))
+		}
+		return errors.Join(errs...)
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			return nil, errors.Join(err, thaw())
+		}
+		stopped = append(stopped, pid)
+	}
+	return thaw, nil
+}
+
+// processes returns the postmaster's process ID (the first line of
+// data/postmaster.pid) and its children's.
+func (s *Server) processes() ([]int, error) {
+	b, err := os.ReadFile(filepath.Join(s.data(), "postmaster.pid"))
+	if err != nil {
+		return nil, fmt.Errorf("pgserver: is the server running? %w", err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pm, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return nil, fmt.Errorf("pgserver: postmaster.pid: %w", err)
+	}
+	pids := []int{pm}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+		i := strings.LastIndexByte(string(stat), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pm) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
 }

@@ -5,7 +5,9 @@
 // 127.0.0.1, a socket folder of its own); Main, called from the package's
 // TestMain, stops it after the tests. Each test takes a fresh database
 // from NewDatabase. When the process runs as root, the server runs as the
-// postgres OS user (initdb refuses root; see internal/pgserver).
+// postgres OS user (initdb refuses root; see internal/pgserver). A test
+// binary that is killed (go test's timeout, SIGKILL) takes its servers
+// with it: pgserver's watchdog stops them and removes their folders.
 // OTAFLEET_TEST_POSTGRES=DSN uses
 // an existing server instead (its user must be allowed to create
 // databases). A machine without PostgreSQL fails the tests that need it:

@@ -350,7 +350,7 @@ func (o *blob) chunks(first, last int64, fn func(i int64, data []byte)) error {
 		return nil
 	})
 	if err != nil {
-		return o.s.corruptOr("reading blob "+o.id, err)
+		return o.s.corruptOr(context.Background(), "reading blob "+o.id, err)
 	}
 	if next != last+1 {
 		return &persistence.CorruptError{Key: chunkKey(o.gen, next), Reason: fmt.Sprintf("chunk %d of blob %q is missing (deleted meanwhile?)", next, o.id)}

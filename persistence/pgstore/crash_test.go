@@ -2,8 +2,10 @@ package pgstore_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/persistence"
@@ -56,16 +58,22 @@ func TestCrash(t *testing.T) {
 	if err := srv.Crash(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Append(ctx, persistence.Append{Stream: synced, Expected: seq, Events: []persistence.Event{ev}}); err == nil {
-		t.Fatal("Append succeeded while PostgreSQL was down")
+	if _, err := s.Append(ctx, persistence.Append{Stream: synced, Expected: seq, Events: []persistence.Event{ev}}); !errors.Is(err, persistence.ErrUnavailable) {
+		t.Fatalf("Append while PostgreSQL was down: %v, want persistence.ErrUnavailable", err)
 	} else {
 		t.Logf("Append while PostgreSQL is down: %v", err)
 	}
-	if _, err := s.LastSeq(ctx, synced); err == nil {
-		t.Fatal("LastSeq succeeded while PostgreSQL was down")
+	if _, err := s.LastSeq(ctx, synced); !errors.Is(err, persistence.ErrUnavailable) {
+		t.Fatalf("LastSeq while PostgreSQL was down: %v, want persistence.ErrUnavailable", err)
+	}
+	if err := s.Ping(ctx); !errors.Is(err, persistence.ErrUnavailable) {
+		t.Fatalf("Ping while PostgreSQL was down: %v, want persistence.ErrUnavailable", err)
 	}
 	if err := srv.Restart(); err != nil {
 		t.Fatal(err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping after the restart: %v", err)
 	}
 	for st, want := range map[persistence.Stream]uint64{synced: seq, unsynced: useq, last: 1} {
 		got, err := s.LastSeq(ctx, st)
@@ -90,5 +98,68 @@ func TestCrash(t *testing.T) {
 	// The store writes again.
 	if _, err := s.Append(ctx, persistence.Append{Stream: synced, Expected: seq, Events: []persistence.Event{ev}}); err != nil {
 		t.Fatalf("Append after the restart: %v", err)
+	}
+}
+
+// TestHungServer freezes PostgreSQL (SIGSTOP: connections stay open and
+// nothing answers): an append and a read end after Options.Timeout with
+// persistence.ErrUnavailable rather than hang, and once the server runs
+// again the same store resumes.
+func TestHungServer(t *testing.T) {
+	if os.Getenv(pgtest.EnvDSN) != "" {
+		t.Skip("the test needs the private server: it cannot freeze one given by " + pgtest.EnvDSN)
+	}
+	srv, err := pgtest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	s, err := pgstore.Open(context.Background(), srv.NewDatabase(t), pgstore.Options{SealKey: testKey, Logger: testLogger(t), Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	st := persistence.Stream{Kind: persistence.KindDevice, ID: "hung"}
+	ev := persistence.Event{Type: persistence.EventTypeDevice, Version: 1, Payload: []byte("x")}
+	seq, err := s.Append(ctx, persistence.Append{Stream: st, Events: []persistence.Event{ev}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	thaw, err := srv.Freeze()
+	if err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	defer func() {
+		if !thawed {
+			_ = thaw()
+		}
+	}()
+	if _, err := s.Append(ctx, persistence.Append{Stream: st, Expected: seq, Events: []persistence.Event{ev}}); !errors.Is(err, persistence.ErrUnavailable) {
+		t.Fatalf("Append to a hung server: %v, want persistence.ErrUnavailable", err)
+	} else {
+		t.Logf("Append to a hung server: %v", err)
+	}
+	if err := s.Load(ctx, st, 0, func(persistence.Event) error { return nil }); !errors.Is(err, persistence.ErrUnavailable) {
+		t.Fatalf("Load from a hung server: %v, want persistence.ErrUnavailable", err)
+	}
+	if err := s.Ping(ctx); !errors.Is(err, persistence.ErrUnavailable) {
+		t.Fatalf("Ping of a hung server: %v, want persistence.ErrUnavailable", err)
+	}
+	thawed = true
+	if err := thaw(); err != nil {
+		t.Fatal(err)
+	}
+	// The append that timed out may have been written: read the head.
+	if seq, err = s.LastSeq(ctx, st); err != nil {
+		t.Fatalf("LastSeq once the server runs again: %v", err)
+	}
+	if _, err := s.Append(ctx, persistence.Append{Stream: st, Expected: seq, Events: []persistence.Event{ev}}); err != nil {
+		t.Fatalf("Append once the server runs again: %v", err)
 	}
 }

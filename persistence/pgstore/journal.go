@@ -261,8 +261,11 @@ func (c *committer) commit(batch []*appendReq) {
 		synced = synced || !a.NoSync
 	}
 	won := map[persistence.Stream]bool{}
+	// The commit is bounded (Options.Timeout): a server that hangs fails
+	// the batch rather than holding every append behind it.
+	ctx, cancel := c.s.bound(context.Background())
+	defer cancel()
 	err := func() error {
-		ctx := context.Background()
 		// A batch of NoSync appends only goes through the connections
 		// with synchronous_commit off: the commit returns before its WAL
 		// record is flushed; the next synced commit flushes the WAL past
@@ -300,12 +303,13 @@ func (c *committer) commit(batch []*appendReq) {
 		if pgCode(err) == codeUniqueViolation {
 			err = fmt.Errorf("%w: %w", persistence.ErrConflict, err)
 		}
-		err = c.s.dbErr("group commit", err)
+		err = c.s.callErr(ctx, "group commit", err)
 		for _, r := range batch {
 			r.res <- fmt.Errorf("append to %s: %w", r.a.Stream, err)
 		}
 		return
 	}
+	c.s.markUp()
 	for _, r := range batch {
 		if !won[r.a.Stream] {
 			r.res <- fmt.Errorf("%w: stream %s does not end at %d, the writer's Expected", persistence.ErrConflict, r.a.Stream, r.a.Expected)
@@ -352,14 +356,18 @@ func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error
 
 // lastSeq reads st's head.
 func (s *Store) lastSeq(ctx context.Context, st persistence.Stream) (uint64, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var last int64
 	err := s.pool.QueryRow(ctx, `SELECT last_seq FROM streams WHERE kind = $1 AND id = $2`, string(st.Kind), st.ID).Scan(&last)
 	if errors.Is(err, pgx.ErrNoRows) {
+		s.markUp()
 		return 0, nil
 	}
 	if err != nil {
-		return 0, s.dbErr("reading the head of "+st.String(), err)
+		return 0, s.callErr(ctx, "reading the head of "+st.String(), err)
 	}
+	s.markUp()
 	return uint64(last), nil
 }
 
@@ -394,11 +402,33 @@ func (s *Store) Load(ctx context.Context, st persistence.Stream, after uint64, f
 	}
 	next := after + 1
 	for {
-		var page []persistence.Event
+		page, err := s.loadPage(ctx, st, next)
+		if err != nil {
+			return err
+		}
+		for _, e := range page {
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		if len(page) < pageRows {
+			return nil
+		}
+		next += uint64(len(page))
+	}
+}
+
+// loadPage reads up to pageRows events of st from next on, bounded by the
+// store's timeout.
+func (s *Store) loadPage(ctx context.Context, st persistence.Stream, next uint64) ([]persistence.Event, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	var page []persistence.Event
+	{
 		rows, err := s.pool.Query(ctx, `SELECT seq, body FROM events WHERE kind = $1 AND id = $2 AND seq >= $3 ORDER BY seq LIMIT $4`,
 			string(st.Kind), st.ID, int64(next), pageRows)
 		if err != nil {
-			return s.dbErr("loading "+st.String(), err)
+			return nil, s.callErr(ctx, "loading "+st.String(), err)
 		}
 		var seq int64
 		var body []byte
@@ -415,27 +445,21 @@ func (s *Store) Load(ctx context.Context, st persistence.Stream, after uint64, f
 			return nil
 		})
 		if err != nil {
-			return s.corruptOr("loading "+st.String(), err)
+			return nil, s.corruptOr(ctx, "loading "+st.String(), err)
 		}
-		for _, e := range page {
-			if err := fn(e); err != nil {
-				return err
-			}
-		}
-		if len(page) < pageRows {
-			return nil
-		}
-		next += uint64(len(page))
 	}
+	s.markUp()
+	return page, nil
 }
 
-// corruptOr passes a *persistence.CorruptError and wraps any other error.
-func (s *Store) corruptOr(what string, err error) error {
+// corruptOr passes a *persistence.CorruptError and wraps any other error
+// (see callErr).
+func (s *Store) corruptOr(ctx context.Context, what string, err error) error {
 	var ce *persistence.CorruptError
 	if errors.As(err, &ce) {
 		return ce
 	}
-	return s.dbErr(what, err)
+	return s.callErr(ctx, what, err)
 }
 
 // SaveSnapshot implements persistence.EventStore (synced).
@@ -473,14 +497,18 @@ func (s *Store) LoadSnapshot(ctx context.Context, st persistence.Stream) (persis
 		return persistence.Snapshot{}, false, err
 	}
 	defer s.exit()
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var body []byte
 	err := s.pool.QueryRow(ctx, `SELECT body FROM snapshots WHERE kind = $1 AND id = $2`, string(st.Kind), st.ID).Scan(&body)
 	if errors.Is(err, pgx.ErrNoRows) {
+		s.markUp()
 		return persistence.Snapshot{}, false, nil
 	}
 	if err != nil {
-		return persistence.Snapshot{}, false, s.dbErr("loading the snapshot of "+st.String(), err)
+		return persistence.Snapshot{}, false, s.callErr(ctx, "loading the snapshot of "+st.String(), err)
 	}
+	s.markUp()
 	snap, err := persistence.DecodeSnapshot(body)
 	if err != nil {
 		return persistence.Snapshot{}, false, &persistence.CorruptError{Key: persistence.SnapshotKey(st), Reason: err.Error()}
@@ -499,9 +527,11 @@ func (s *Store) LoadRecords(ctx context.Context, st persistence.Stream, fn func(
 		return err
 	}
 	defer s.exit()
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	rows, err := s.pool.Query(ctx, `SELECT key, body FROM records WHERE kind = $1 AND id = $2 ORDER BY key`, string(st.Kind), st.ID)
 	if err != nil {
-		return s.dbErr("loading the records of "+st.String(), err)
+		return s.callErr(ctx, "loading the records of "+st.String(), err)
 	}
 	var recs []persistence.Record
 	var key, body []byte
@@ -518,8 +548,9 @@ func (s *Store) LoadRecords(ctx context.Context, st persistence.Stream, fn func(
 		return nil
 	})
 	if err != nil {
-		return s.corruptOr("loading the records of "+st.String(), err)
+		return s.corruptOr(ctx, "loading the records of "+st.String(), err)
 	}
+	s.markUp()
 	for _, r := range recs {
 		if err := fn(r); err != nil {
 			return err
@@ -540,13 +571,9 @@ func (s *Store) Active(ctx context.Context, kind persistence.Kind, fn func(strin
 	defer s.exit()
 	after := ""
 	for {
-		rows, err := s.pool.Query(ctx, `SELECT id FROM streams WHERE kind = $1 AND active AND id > $2 ORDER BY id LIMIT $3`, string(kind), after, pageRows)
+		ids, err := s.activePage(ctx, kind, after)
 		if err != nil {
-			return s.dbErr("listing the active streams", err)
-		}
-		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return s.dbErr("listing the active streams", err)
+			return err
 		}
 		for _, id := range ids {
 			if err := fn(id); err != nil {
@@ -558,4 +585,21 @@ func (s *Store) Active(ctx context.Context, kind persistence.Kind, fn func(strin
 		}
 		after = ids[len(ids)-1]
 	}
+}
+
+// activePage lists up to pageRows active streams of kind after after,
+// bounded by the store's timeout.
+func (s *Store) activePage(ctx context.Context, kind persistence.Kind, after string) ([]string, error) {
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `SELECT id FROM streams WHERE kind = $1 AND active AND id > $2 ORDER BY id LIMIT $3`, string(kind), after, pageRows)
+	if err != nil {
+		return nil, s.callErr(ctx, "listing the active streams", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, s.callErr(ctx, "listing the active streams", err)
+	}
+	s.markUp()
+	return ids, nil
 }

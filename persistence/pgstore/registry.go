@@ -43,7 +43,7 @@ func (s *Store) get(ctx context.Context, what, id, query string, scan func(pgx.R
 		return notFound(what, id)
 	}
 	if err != nil {
-		return s.corruptOr("reading "+what+" "+id, err)
+		return s.corruptOr(ctx, "reading "+what+" "+id, err)
 	}
 	return nil
 }
@@ -61,7 +61,7 @@ func list[T any](ctx context.Context, s *Store, what, query, after string, limit
 	}
 	out, err := pgx.CollectRows(rows, scan)
 	if err != nil {
-		return nil, s.corruptOr("listing "+what, err)
+		return nil, s.corruptOr(ctx, "listing "+what, err)
 	}
 	return out, nil
 }

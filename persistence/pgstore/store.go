@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -82,6 +83,12 @@ type Options struct {
 	// 2 cores: more pipelines make smaller batches, and each costs a
 	// statement).
 	Pipelines int
+	// Timeout bounds each call of the journal made without a deadline of
+	// its own (a group commit, a read of a stream): a server that stops
+	// answering (hung, or its host gone without a reset) fails the call
+	// with persistence.ErrUnavailable after Timeout rather than hold it
+	// forever. 0 means DefaultTimeout.
+	Timeout time.Duration
 }
 
 // Defaults of Options.
@@ -89,6 +96,7 @@ const (
 	DefaultMaxConns  = 16
 	DefaultMaxBatch  = 512
 	DefaultPipelines = 1
+	DefaultTimeout   = 10 * time.Second
 )
 
 // Store is a persistence.Store on PostgreSQL.
@@ -116,11 +124,19 @@ type Store struct {
 
 	syncedAppends   atomic.Uint64
 	unsyncedAppends atomic.Uint64
+
+	// timeout is Options.Timeout (see bound).
+	timeout time.Duration
+	// down is set while the server is unavailable: from the first call
+	// that found it so to the first that succeeds. Each change is logged
+	// once (see markDown, markUp).
+	down atomic.Bool
 }
 
 var (
 	_ persistence.Store         = (*Store)(nil)
 	_ persistence.AppendCounter = (*Store)(nil)
+	_ persistence.Pinger        = (*Store)(nil)
 )
 
 // Open connects to the database at dsn (a postgres:// URL or a key=value
@@ -151,6 +167,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		cfg.MaxConns = DefaultMaxConns
 	}
 	s := &Store{
+		timeout: opts.Timeout,
 		log:     opts.Logger,
 		sealer:  sl,
 		blobs:   map[*blob]struct{}{},
@@ -159,6 +176,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if s.timeout <= 0 {
+		s.timeout = DefaultTimeout
 	}
 	s.log = s.log.With("store", "postgres", "database", cfg.ConnConfig.Database, "host", cfg.ConnConfig.Host)
 	pipelines := opts.Pipelines
@@ -378,16 +398,82 @@ func pgCode(err error) string {
 }
 
 // dbErr wraps an error of the database in what names the call. An error
-// that says the connection is lost (the server crashed or restarted)
-// closes the idle connections too, which are lost with it, so that the
-// next calls connect again: the store resumes once the server is back.
+// that says the connection is lost (the server crashed or restarted, or
+// cannot be reached) wraps persistence.ErrUnavailable, and closes the idle
+// connections too, which are lost with it, so that the next calls connect
+// again: the store resumes once the server is back.
 func (s *Store) dbErr(what string, err error) error {
 	if connLost(err) {
 		s.pool.Reset()
 		s.lazy.Reset()
-		return fmt.Errorf("pgstore: %s: the connection to PostgreSQL is lost: %w", what, err)
+		err = fmt.Errorf("pgstore: %s: %w: the connection to PostgreSQL is lost: %w", what, persistence.ErrUnavailable, err)
+		s.markDown(err)
+		return err
 	}
 	return fmt.Errorf("pgstore: %s: %w", what, err)
+}
+
+// errTimeout is the cause of a context that bound ended: the server did
+// not answer in time.
+var errTimeout = fmt.Errorf("%w: PostgreSQL did not answer in time", persistence.ErrUnavailable)
+
+// bound returns ctx bounded by the store's timeout when it has no deadline
+// of its own; callErr tells its end from other failures.
+func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeoutCause(ctx, s.timeout, errTimeout)
+}
+
+// callErr is dbErr for a call made under a context of bound: a call that
+// bound's timeout ended is persistence.ErrUnavailable (it may have been
+// carried out: its outcome is unknown), and its connection is lost.
+func (s *Store) callErr(ctx context.Context, what string, err error) error {
+	if errors.Is(context.Cause(ctx), errTimeout) {
+		s.pool.Reset()
+		s.lazy.Reset()
+		err = fmt.Errorf("pgstore: %s: %w (Options.Timeout, %v): %w", what, errTimeout, s.timeout, err)
+		s.markDown(err)
+		return err
+	}
+	return s.dbErr(what, err)
+}
+
+// markDown records that the server is unavailable, logging it once.
+func (s *Store) markDown(err error) {
+	if s.down.CompareAndSwap(false, true) {
+		s.log.Error("pgstore: PostgreSQL is unavailable; appends and reads fail until it is back", "error", err)
+	}
+}
+
+// markUp records that the server answers again, logging it once.
+func (s *Store) markUp() {
+	if s.down.Load() && s.down.CompareAndSwap(true, false) {
+		s.log.Info("pgstore: PostgreSQL is available again")
+	}
+}
+
+// Ping implements persistence.Pinger: it asks the server for an answer
+// (bounded by Options.Timeout when ctx has no deadline). A server that
+// does not answer is persistence.ErrUnavailable.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.enter(ctx); err != nil {
+		return err
+	}
+	defer s.exit()
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
+	if err := s.pool.Ping(ctx); err != nil {
+		err = s.callErr(ctx, "ping", err)
+		if !errors.Is(err, persistence.ErrUnavailable) && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %w", persistence.ErrUnavailable, err)
+			s.markDown(err)
+		}
+		return err
+	}
+	s.markUp()
+	return nil
 }
 
 // connLost reports whether err says that the connection to the server is
