@@ -38,6 +38,8 @@ type Server struct {
 	dir    string // temporary folder: data/, the socket, the log
 	port   int
 	runAs  []string // runuser prefix when root
+	// settings are given with -c at every start (Start's).
+	settings []string
 	// watchdog stops the server and removes dir should this process end
 	// without Stop (see startWatchdog); leash is the pipe it waits on.
 	watchdog *exec.Cmd
@@ -57,12 +59,14 @@ func External(dsn string) (*Server, error) {
 }
 
 // Start starts a private server; prefix names its temporary folder.
-func Start(prefix string) (*Server, error) {
+// settings ("name=value") are server settings given at every start, such
+// as the tests' "fsync=off".
+func Start(prefix string, settings ...string) (*Server, error) {
 	out, err := exec.Command("pg_config", "--bindir").Output()
 	if err != nil {
 		return nil, fmt.Errorf("pgserver: PostgreSQL is not installed (pg_config --bindir: %v): install it (Debian: apt-get install postgresql)", err)
 	}
-	s := &Server{bindir: strings.TrimSpace(string(out))}
+	s := &Server{bindir: strings.TrimSpace(string(out)), settings: settings}
 	for _, tool := range []string{"initdb", "pg_ctl"} {
 		if _, err := os.Stat(filepath.Join(s.bindir, tool)); err != nil {
 			return nil, fmt.Errorf("pgserver: %s is missing from %s: install the PostgreSQL server (Debian: apt-get install postgresql)", tool, s.bindir)
@@ -171,6 +175,9 @@ func (s *Server) Restart() error {
 		return errors.New("pgserver: cannot start an external server")
 	}
 	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=200", s.port, s.dir)
+	for _, kv := range s.settings {
+		opts += " -c " + kv
+	}
 	return s.run("pg_ctl", "-D", s.data(), "-l", filepath.Join(s.dir, "log"), "-w", "-o", opts, "start")
 }
 

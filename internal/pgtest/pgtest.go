@@ -45,7 +45,10 @@ func Start() (*Server, error) {
 		}
 		return &Server{Server: s}, nil
 	}
-	s, err := pgserver.Start("otafleet-pgtest-")
+	// fsync=off: a test's crash is the server's (pg_ctl -m immediate),
+	// never the machine's, and the WAL a commit wrote to the kernel
+	// survives that; flushing it to disk only made the tests slower.
+	s, err := pgserver.Start("otafleet-pgtest-", "fsync=off")
 	if err != nil {
 		return nil, fmt.Errorf("%w (or set %s=postgres://... to use a running server)", err, EnvDSN)
 	}
