@@ -89,7 +89,7 @@ benchmark run. For PCP (go-coap's UDP server doing a PCP upgrade's exchanges,
 beside the engine on Pebble and the LwM2M server):
   go test ./transport/lwm2m -run '^$' -bench PCPUpgrades -benchtime 3x
 reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
-(over-bare-µs/upgrade) at 16 and 128 KiB.`,
+(over-bare-µs/upgrade) at 1, 16 and 128 KiB.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if scale != "" {
