@@ -87,7 +87,7 @@ engine_cpu_ms_per_upgrade has a yardstick in the source tree: the same
 exchanges on the bare libraries, measured side by side with otafleet in one
 benchmark run. For PCP (go-coap's UDP server doing a PCP upgrade's exchanges,
 beside the engine on Pebble and the LwM2M server):
-  go test ./transport/lwm2m -run '^$' -bench PCPUpgrades -benchtime 3x
+  go test ./transport/lwm2m -run '^$' -bench PCPUpgrades -benchtime 1x -count 3
 reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 (over-bare-µs/upgrade) at 1, 16 and 128 KiB.`,
 		Args: cobra.NoArgs,
