@@ -82,7 +82,15 @@ Profiles: --scale small (1,000 mixed devices in 20 cells, under a minute) and
 --scale large (100,000 LwM2M devices in 2,000 cells, 7 simulator processes,
 the server started with --task-max-in-flight=1000). Flags given explicitly
 override the profile. The exit code is 0 for a clean run, 1 when the report
-lists problems.`,
+lists problems.
+
+engine_cpu_ms_per_upgrade has a yardstick in the source tree: the same
+exchanges on the bare libraries, measured side by side with otafleet in one
+benchmark run. For PCP (go-coap's UDP server doing a PCP upgrade's exchanges,
+beside the engine on Pebble and the LwM2M server):
+  go test ./transport/lwm2m -run '^$' -bench PCPUpgrades -benchtime 1x -count 3
+reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
+(over-bare-µs/upgrade) at 1, 16 and 128 KiB.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if scale != "" {

@@ -184,7 +184,7 @@ func (s *Server) ack(peer netip.AddrPort, b []byte, m *message.Message) {
 		return
 	}
 	sh.mu.Unlock()
-	res, err := decodeCopy(b)
+	res, err := decodeCopy(b, len(m.Options))
 	sh.mu.Lock()
 	sh.finishLocked(ex, res, err)
 	sh.mu.Unlock()
@@ -221,7 +221,7 @@ func (s *Server) response(r *reader, peer netip.AddrPort, b []byte, m *message.M
 	accepted := true
 	switch {
 	case ex != nil:
-		res, err := decodeCopy(b)
+		res, err := decodeCopy(b, len(m.Options))
 		sh.mu.Lock()
 		sh.finishLocked(ex, res, err)
 		sh.mu.Unlock()

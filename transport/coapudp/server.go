@@ -603,10 +603,14 @@ func encode(buf []byte, m message.Message) ([]byte, error) {
 }
 
 // decodeCopy decodes a copy of the datagram b into a message that owns its
-// memory (the reader's buffer is reused).
-func decodeCopy(b []byte) (*message.Message, error) {
+// memory (the reader's buffer is reused). opts is the number of options the
+// reader decoded from b: the copy's options take that much room, not
+// maxOptions (2 KiB for every answer a device gives the server, most of the
+// garbage of a PCP upgrade). One slot more than opts is kept because the
+// codec asks for a free slot before it skips an option it does not keep.
+func decodeCopy(b []byte, opts int) (*message.Message, error) {
 	c := append([]byte(nil), b...)
-	m := &message.Message{Options: make(message.Options, 0, maxOptions)}
+	m := &message.Message{Options: make(message.Options, 0, min(opts+1, maxOptions))}
 	if _, err := coder.DefaultCoder.Decode(c, m); err != nil {
 		return nil, err
 	}

@@ -196,6 +196,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(fleetEnv); spec != "" {
 		os.Exit(runFleet(spec))
 	}
+	if spec := os.Getenv(pcpFleetEnv); spec != "" {
+		os.Exit(runPCPFleet(spec))
+	}
 	os.Exit(m.Run())
 }
 
