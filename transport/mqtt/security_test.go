@@ -634,6 +634,16 @@ func TestUplinkAckedAsMochiAcks(t *testing.T) {
 			if !bytes.Equal(ours, mochis) {
 				t.Errorf("PUBACK of an uplink % x, mochi's % x", ours, mochis)
 			}
+			// Both count a publish after writing its PUBACK; a connection's
+			// packets are handled in order, so once a PINGREQ is answered
+			// the publishes before it are counted.
+			if _, err := conn.Write([]byte{0xc0, 0}); err != nil {
+				t.Fatal(err)
+			}
+			pong := make([]byte, 2)
+			if _, err := io.ReadFull(conn, pong); err != nil || pong[0] != 0xd0 {
+				t.Fatalf("PINGRESP % x, %v", pong, err)
+			}
 			if n := atomic.LoadInt64(&e.b.server.Info.MessagesReceived) - before; n != 2 {
 				t.Errorf("mochi counted %d publishes received, want 2", n)
 			}
