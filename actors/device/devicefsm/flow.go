@@ -457,9 +457,12 @@ func (d *decider) deadlineFired(f *messages.DeadlineFired) {
 			d.fail(messages.Reason_REASON_DOWNLOAD_START_TIMEOUT, "", 0)
 		}
 	case stDownloading:
-		if mqtt {
+		switch {
+		case mqtt:
 			d.fail(messages.Reason_REASON_RESULT_TIMEOUT, fmt.Sprintf("last progress %d%%", d.s.Progress), 0)
-		} else {
+		case d.proto() == protoFOTA && d.s.Deadline.Before(d.s.NotifiedAt.Add(d.cfg.Download)):
+			d.probeDownload()
+		default:
 			d.fail(messages.Reason_REASON_DOWNLOAD_TIMEOUT, "", 0)
 		}
 	case stDownloaded:

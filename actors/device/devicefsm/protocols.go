@@ -3,6 +3,7 @@ package devicefsm
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -284,7 +285,7 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 	}
 	switch state := f.GetState(); {
 	case state == messages.FotaStateDownloading && st == stNotified:
-		d.enter(stDownloading, d.s.NotifiedAt.Add(d.cfg.Download), 0)
+		d.enter(stDownloading, d.downloadDeadline(), 0)
 	case state == messages.FotaStateDownloaded && (st == stNotified || st == stDownloading):
 		d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: messages.PathUpdate}}})
 		d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
@@ -294,6 +295,41 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 		// Back to idle without the result in the same message: read it.
 		d.send(read(messages.PathUpdateResult))
 	}
+}
+
+// probeParts: a FOTA download is probed every 1/probeParts of T6 (10
+// minutes of the default 60) until T6 ends it (probeDownload).
+const probeParts = 6
+
+// downloadDeadline is the deadline of a FOTA job in DOWNLOADING from now:
+// the next probe (probeDownload), or T6 (counted from the notification)
+// when that comes first.
+func (d *decider) downloadDeadline() time.Time {
+	end := d.s.NotifiedAt.Add(d.cfg.Download)
+	if probe := d.at.Add(d.cfg.Download / probeParts); probe.Before(end) {
+		return probe
+	}
+	return end
+}
+
+// probeDownload asks a FOTA device whose download has gone on for a while
+// where it is: a read of object 5 (State and Update Result in one answer)
+// and new observations of /5/0/3 and /5/0/5, as on a new registration
+// (owed). Nothing else tells the server of a notification that was lost
+// for good: a device whose confirmable notification goes unacknowledged
+// through all its retransmissions (every copy lost, or an acknowledgement
+// that comes too late) ends that observation (RFC 7641 4.5) and reports
+// nothing more, neither State 2 nor a failed download. The read's answer
+// moves the job on (State 2: Execute), fails it with the device's Update
+// Result (4: connection lost), or writes the URI again (State 0, Update
+// Result 0); State 1 changes nothing. Then T6 counts on, the next probe
+// armed before it.
+func (d *decider) probeDownload() {
+	d.note(fmt.Sprintf("download under way for %v: object 5 read and observed again", d.at.Sub(d.s.NotifiedAt).Round(time.Second)))
+	d.sendOnce(read(messages.PathFotaObject))
+	d.sendOnce(observe(messages.PathFotaState)) // once: a queue-mode device may sleep through several probes
+	d.sendOnce(observe(messages.PathUpdateResult))
+	d.enter(stDownloading, d.downloadDeadline(), 0)
 }
 
 // executeAgain sends the Execute again to a device that never took it.

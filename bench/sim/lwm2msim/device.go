@@ -127,12 +127,16 @@ type Config struct {
 	// package ID, the last path segment of the Package URI. Default: the
 	// package ID itself.
 	NewVersion func(packageID string) string
-	// RequestTimeout bounds each request the device sends and each CON
-	// notification's wait for its acknowledgement. It is network time: it
-	// runs on the wall clock, as go-coap's retransmissions do, not on Clock,
-	// so that a test moving a fake clock does not cancel messages in flight.
-	// Default 30s.
+	// RequestTimeout bounds each request the device sends. It is network
+	// time: it runs on the wall clock, as go-coap's retransmissions do, not
+	// on Clock, so that a test moving a fake clock does not cancel messages
+	// in flight. Default 30s.
 	RequestTimeout time.Duration
+	// NotifyTimeout bounds the wait for a CON notification's
+	// acknowledgement, the notification sent again meanwhile (see
+	// session.send); network time like RequestTimeout. Default 93s, CoAP's
+	// MAX_TRANSMIT_WAIT (RFC 7252 4.8.2).
+	NotifyTimeout time.Duration
 	// SegmentTimeout is the wait, on Clock, before an unanswered PCP
 	// segment request is sent again. Default 30s.
 	SegmentTimeout time.Duration
@@ -192,6 +196,9 @@ type Stats struct {
 	// acknowledgement of a CON one may still be due); Ignored the requests
 	// dropped while asleep (queue mode) or Silent.
 	Notifications, Ignored int
+	// Unacknowledged counts the CON notifications never acknowledged in
+	// time: the device dropped their observations (RFC 7641 4.5).
+	Unacknowledged int
 	// SHA256 is the hex SHA-256 of the last complete download (FOTA or PCP).
 	SHA256 string
 }
@@ -252,7 +259,14 @@ const (
 	defaultDelay          = 100 * time.Millisecond
 	defaultAwakeWindow    = 10 * time.Second
 	defaultRequestTimeout = 30 * time.Second
-	defaultBlockSize      = 1024
+	defaultNotifyTimeout  = 93 * time.Second // MAX_TRANSMIT_WAIT
+	// notifyAttempt is how long go-coap waits for the acknowledgement of a
+	// CON message it sent, its retransmissions included: with its defaults
+	// (ACK timeout 2 s, 4 retransmissions) it sends a copy every 2 s and
+	// forgets the message after the fifth; an acknowledgement that comes
+	// later matches nothing.
+	notifyAttempt    = 10 * time.Second
+	defaultBlockSize = 1024
 	// stopTimeout bounds Stop's de-registration (network time).
 	stopTimeout = 5 * time.Second
 	// coapTick is the period of go-coap's housekeeping (retransmissions).
@@ -311,6 +325,9 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = defaultRequestTimeout
+	}
+	if cfg.NotifyTimeout <= 0 {
+		cfg.NotifyTimeout = defaultNotifyTimeout
 	}
 	if cfg.SegmentTimeout <= 0 {
 		cfg.SegmentTimeout = defaultRequestTimeout
