@@ -251,6 +251,9 @@ func TestLostDatagramsCostNoTimeout(t *testing.T) {
 		// Every copy of State 2 lost: the device gives up, its observation
 		// of /5/0/3 ends, and the server hears nothing more.
 		{id: "downloaded-every-copy", stalls: true, notify: 5 * time.Second, drop: func(up bool, m *message.Message) bool { return up && isStateNotification(m, 2) }},
+		// Every copy of State 1 lost, the download slow: the device ends
+		// its observation before State 2.
+		{id: "downloading-every-copy", stalls: true, b: slow, notify: 5 * time.Second, drop: func(up bool, m *message.Message) bool { return up && isStateNotification(m, 1) }},
 		// The ACK of State 1 never comes in time (a slow journal): the
 		// device drops the observation before its download completes.
 		{id: "downloading-ack", stalls: true, b: slow, notify: 5 * time.Second, drop: acksOf(func(m *message.Message) bool { return isStateNotification(m, 1) })},
