@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 
 	"strconv"
@@ -93,6 +94,13 @@ type Behaviour struct {
 	// download. A package of S bytes takes about S/BytesPerSecond. Stop
 	// ends the wait.
 	BytesPerSecond int64
+	// DropRate, 0 to 1, is the share of the datagrams the device receives
+	// that it loses before anything handles them, at random, as a lossy
+	// radio would: the server's answers (block responses among them),
+	// acknowledgements and requests. What the device sends is not lost.
+	// CoAP's retransmissions, and the server's probes, must make up for
+	// it (loss tests and benches: sim --drop-rate). Zero: none.
+	DropRate float64
 }
 
 // Config describes a simulated device.
@@ -194,8 +202,9 @@ type Stats struct {
 	Restarts, Reconnects int
 	// Notifications counts the notifications handed to the network (the
 	// acknowledgement of a CON one may still be due); Ignored the requests
-	// dropped while asleep (queue mode) or Silent.
-	Notifications, Ignored int
+	// dropped while asleep (queue mode) or Silent; Lost the datagrams
+	// Behaviour.DropRate lost.
+	Notifications, Ignored, Lost int
 	// Unacknowledged counts the CON notifications never acknowledged in
 	// time: the device dropped their observations (RFC 7641 4.5).
 	Unacknowledged int
@@ -333,6 +342,9 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 		cfg.SegmentTimeout = defaultRequestTimeout
 	}
 	b := &cfg.Behaviour
+	if !(b.DropRate >= 0 && b.DropRate <= 1) {
+		return nil, fmt.Errorf("lwm2msim: DropRate %v: want 0 to 1", b.DropRate)
+	}
 	if b.RestartDelay <= 0 {
 		b.RestartDelay = defaultDelay
 	}
@@ -546,13 +558,18 @@ func (d *Device) awakeLocked() bool {
 
 // monitor is go-coap's request monitor of session s: it sees every
 // datagram the device receives, before any processing. It drops everything
-// once a restart silenced the session, and the requests (and CoAP pings)
+// once a restart silenced the session, a share Behaviour.DropRate of the
+// rest, and the requests (and CoAP pings)
 // that arrive while the device sleeps or is Silent. Responses and
 // acknowledgements pass otherwise.
 func (d *Device) monitor(s *session, m *pool.Message) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if s.dead {
+		return true, nil
+	}
+	if r := d.cfg.Behaviour.DropRate; r > 0 && rand.Float64() < r {
+		d.stats.Lost++
 		return true, nil
 	}
 	isRequest := m.Code() >= codes.GET && m.Code() < 32 // class 0: methods
