@@ -181,6 +181,21 @@ func firstOnly(match func(up bool, m *message.Message) bool) func(bool, *message
 	}
 }
 
+// everyCopyOfFirst loses the first message that match accepts and every
+// copy of it (its retransmissions carry its Message ID), and nothing else.
+func everyCopyOfFirst(match func(up bool, m *message.Message) bool) func(bool, *message.Message) bool {
+	var mu sync.Mutex
+	first, dir := int32(-1), false
+	return func(up bool, m *message.Message) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if first < 0 && match(up, m) {
+			first, dir = m.MessageID, up
+		}
+		return first >= 0 && up == dir && m.MessageID == first && m.Type == message.Confirmable
+	}
+}
+
 // acksOf loses every ACK the server sends to a CON notification that match
 // accepts, its retransmissions' included: as a server whose journal takes
 // longer than the device waits.
@@ -241,6 +256,11 @@ func TestLostDatagramsCostNoTimeout(t *testing.T) {
 		{id: "block-request", drop: firstOnly(func(up bool, m *message.Message) bool { return up && isBlockRequest(m, 2) })},
 		{id: "block-response", drop: firstOnly(func(up bool, m *message.Message) bool { return !up && isBlockResponse(m, 2) })},
 		{id: "uri-write", drop: firstOnly(func(up bool, m *message.Message) bool {
+			return !up && isRequestTo(m, codes.PUT, "5/0/1") && len(m.Payload) > 0
+		})},
+		// Every copy of the URI write lost: the server's retransmissions
+		// cannot help; half way through T5 the probe writes it again.
+		{id: "uri-write-every-copy", drop: everyCopyOfFirst(func(up bool, m *message.Message) bool {
 			return !up && isRequestTo(m, codes.PUT, "5/0/1") && len(m.Payload) > 0
 		})},
 		{id: "notification-ack", drop: firstOnly(func(up bool, m *message.Message) bool {

@@ -104,7 +104,9 @@
 //     T6 (10 minutes), it reads object 5 and observes /5/0/3 and /5/0/5
 //     again (a Noted event and a new deadline each time). The read's answer
 //     moves the job on, or fails it with the device's own Update Result;
-//     only a device that answers nothing meets T5 or T6.
+//     only a device that answers nothing meets T5 or T6. In NOTIFIED, a
+//     device that has not acknowledged the URI is observed again and sent
+//     the URI's writes again (the reset first, as on a new registration).
 //   - Crash recovery of the Execute (FOTA /5/0/2, PCP 0x17), which is not
 //     idempotent: after a restart in DOWNLOADED, Resume reads object 5 of a
 //     FOTA device (State and Update Result in one answer); State 2 with

@@ -344,15 +344,27 @@ func (d *decider) fotaWaitDeadline(stage messages.Stage, notifiedAt time.Time) t
 // State 2: Execute), fails it with the device's Update Result (4:
 // connection lost), or writes the URI again (State 0, Update Result 0).
 // A device that has not acknowledged the URI is not asked (its object 5
-// shows the previous attempt's state). Then the stage's timeout counts on,
-// the next probe armed before it.
+// shows the previous attempt's state): in NOTIFIED the observations and
+// the URI's writes (packageURIWrites: the reset first, unless the device
+// held the URI before) go again instead, as on a new registration, since
+// each may have been lost through all the server's retransmissions. Then
+// the stage's timeout counts on, the next probe armed before it.
 func (d *decider) probeDownload() {
 	st := d.s.Stage
-	if d.s.UriAcked {
-		d.note(fmt.Sprintf("%s for %v: object 5 read and observed again", shortStage(st), d.at.Sub(d.s.NotifiedAt).Round(time.Second)))
+	since := d.at.Sub(d.s.NotifiedAt).Round(time.Second)
+	switch {
+	case d.s.UriAcked:
+		d.note(fmt.Sprintf("%s for %v: object 5 read and observed again", shortStage(st), since))
 		d.sendOnce(read(messages.PathFotaObject))
 		d.sendOnce(observe(messages.PathFotaState)) // once: a queue-mode device may sleep through several probes
 		d.sendOnce(observe(messages.PathUpdateResult))
+	case st == stNotified:
+		d.note(fmt.Sprintf("%s for %v: the package URI is not acknowledged; object 5 observed and the URI written again", shortStage(st), since))
+		d.sendOnce(observe(messages.PathFotaState))
+		d.sendOnce(observe(messages.PathUpdateResult))
+		for _, dl := range packageURIWrites(d.s) {
+			d.resend(dl)
+		}
 	}
 	d.enter(st, d.fotaWaitDeadline(st, d.s.NotifiedAt), 0)
 }
