@@ -51,8 +51,11 @@ type Options struct {
 	FailRate       float64
 	ThinkTime      time.Duration
 	BytesPerSecond int64
-	PackageBytes   int
-	DTLS           bool
+	// DropRate: each LwM2M device loses this share of the datagrams it
+	// receives (sim --drop-rate).
+	DropRate     float64
+	PackageBytes int
+	DTLS         bool
 	// KillAt in (0, 1): when this share of the devices reached a final
 	// state the server is killed with SIGKILL and started again.
 	KillAt float64
@@ -112,6 +115,9 @@ func (o *Options) validate() error {
 	}
 	if o.PackageBytes < 1 || o.PackageBytes > 8<<20 {
 		errs = append(errs, fmt.Errorf("--package-size %d: want 1 byte to 8 MiB", o.PackageBytes))
+	}
+	if !(o.DropRate >= 0 && o.DropRate <= 1) {
+		errs = append(errs, fmt.Errorf("--drop-rate %v: want 0 to 1", o.DropRate))
 	}
 	if o.KillAt < 0 || o.KillAt >= 1 {
 		errs = append(errs, fmt.Errorf("--kill-at %v: want a share below 100%%", o.KillAt))
@@ -608,6 +614,7 @@ func (r *benchRun) startSims(ctx context.Context, products map[string]string) ([
 			"--fw-version", "1.0", "--sw-version", "1.0", "--cells", strconv.Itoa(r.o.Cells), "--coverage", r.o.Coverage,
 			"--fail-rate", strconv.FormatFloat(r.o.FailRate, 'g', -1, 64), "--register",
 			"--think-time", r.o.ThinkTime.String(), "--bandwidth", strconv.FormatInt(r.o.BytesPerSecond, 10),
+			"--drop-rate", strconv.FormatFloat(r.o.DropRate, 'g', -1, 64),
 			"--report", filepath.Join(r.dir, fmt.Sprintf("sim-%d.json", k)), "--log-level", cmp.Or(r.o.SimLogLevel, "warn")}
 		if r.o.DTLS {
 			args = append(args, "--dtls")

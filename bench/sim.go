@@ -36,6 +36,9 @@ type SimConfig struct {
 	// ThinkTime, see Device.Think) and the download bandwidth cap.
 	ThinkTime      time.Duration
 	BytesPerSecond int64
+	// DropRate is the share, 0 to 1, of the datagrams each LwM2M device
+	// receives that it loses (lwm2msim.Behaviour.DropRate).
+	DropRate float64
 	// LocalAddrs, when set, are the local IPs devices' sockets bind to, in
 	// turn by blocks of PerLocalAddr devices (one IP has ~28k ephemeral
 	// ports).
@@ -229,7 +232,7 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 		}
 		return &simDevice{spec: spec, mqtt: d}, nil
 	}
-	b := lwm2msim.Behaviour{ThinkTime: cfg.ThinkTime, BytesPerSecond: cfg.BytesPerSecond}
+	b := lwm2msim.Behaviour{ThinkTime: cfg.ThinkTime, BytesPerSecond: cfg.BytesPerSecond, DropRate: cfg.DropRate}
 	if spec.Fail {
 		if spec.Protocol == ProtoPCP {
 			b.PCPResult, b.PCPFailAt = byte(spec.Code), spec.FailAt

@@ -180,6 +180,7 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 	fs.Float64Var(&o.FailRate, "fail-rate", 0, "share of devices, 0 to 1, that fail their upgrade")
 	fs.DurationVar(&o.ThinkTime, "think-time", 0, "each device's pause before acting on an upgrade command and before installing (0.5 to 1.5 times this, by device)")
 	fs.Int64Var(&o.BytesPerSecond, "bandwidth", 0, "each device's download bandwidth, bytes per second (0: unlimited)")
+	fs.Float64Var(&o.DropRate, "drop-rate", 0, "share, 0 to 1, of the datagrams each LwM2M device receives that it loses at random")
 	fs.IntVar(&o.PackageBytes, "package-size", o.PackageBytes, "package size in bytes (at most 8 MiB)")
 	fs.BoolVar(&o.DTLS, "dtls", false, "LwM2M devices use DTLS with a PSK")
 	fs.StringVar(&killAt, "kill-at", "", "kill the server with SIGKILL when this share of devices is final (e.g. 50%), then restart it")

@@ -41,6 +41,7 @@ type simOpts struct {
 	register    bool
 	thinkTime   time.Duration
 	bandwidth   int64
+	dropRate    float64
 	seed        string
 	caFile      string
 	report      string
@@ -102,6 +103,7 @@ devices de-register) and writes --report.`,
 	fs.BoolVar(&o.register, "register", false, "create the devices through the API first")
 	fs.DurationVar(&o.thinkTime, "think-time", 0, "each device's pause before acting on an upgrade command and before installing (0.5 to 1.5 times this, by device)")
 	fs.Int64Var(&o.bandwidth, "bandwidth", 0, "each device's download bandwidth in bytes per second (0: unlimited)")
+	fs.Float64Var(&o.dropRate, "drop-rate", 0, "share, 0 to 1, of the datagrams each LwM2M device receives that it loses at random (loss tests)")
 	fs.StringVar(&o.seed, "secret-seed", "otafleet-sim", "seed of the devices' secrets and PSKs")
 	fs.StringVar(&o.caFile, "ca-file", "", "PEM certificates the devices trust for downloads (default: DATA-DIR/download-cert.pem when it exists, and the system's)")
 	fs.StringVar(&o.report, "report", "", "file the simulator writes its JSON report to when it stops")
@@ -139,6 +141,9 @@ func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {
 	if o.bandwidth < 0 || o.thinkTime < 0 {
 		return usage("--bandwidth and --think-time cannot be negative")
 	}
+	if !(o.dropRate >= 0 && o.dropRate <= 1) {
+		return usage("--drop-rate %v: want 0 to 1", o.dropRate)
+	}
 	if os.Getenv("GOGC") == "" {
 		// A simulator is a load generator: memory is cheaper than the
 		// collector's CPU, which was a fifth of its time at GOGC 100.
@@ -175,7 +180,7 @@ func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	cfg := bench.SimConfig{Fleet: fleet, FwVersion: o.fw, SwVersion: o.sw, CoAP: pick(o.coap, "coap"), CoAPS: pick(o.coaps, "coaps"),
-		DTLS: o.dtls, ThinkTime: o.thinkTime, BytesPerSecond: o.bandwidth, Concurrency: o.concurrency, Logger: logger}
+		DTLS: o.dtls, ThinkTime: o.thinkTime, BytesPerSecond: o.bandwidth, DropRate: o.dropRate, Concurrency: o.concurrency, Logger: logger}
 	if m := pick(o.mqtt, "mqtt"); m != "" {
 		if !strings.Contains(m, "://") {
 			m = "tcp://" + m

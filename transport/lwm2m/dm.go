@@ -199,6 +199,7 @@ func (st *observed) fresh(n *message.Message, now time.Time) bool {
 func (s *Server) notified(reg *registration, path string, st *observed, n *message.Message, ack func()) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	gotOne, seq, seqAt, haveSeq := st.gotOne, st.seq, st.seqAt, st.haveSeq
 	if !st.fresh(n, s.cfg.Clock.Now()) {
 		s.log.Debug("lwm2m: stale notification dropped", "device", reg.device, "path", path)
 		ack()
@@ -217,6 +218,9 @@ func (s *Server) notified(reg *registration, path string, st *observed, n *messa
 		return
 	}
 	if !reg.run(func() { deliver(); ack() }) {
+		// Not delivered: the copy the device sends again (with the same
+		// Observe value) must not be dropped as stale.
+		st.gotOne, st.seq, st.seqAt, st.haveSeq = gotOne, seq, seqAt, haveSeq
 		s.log.Warn("lwm2m: notification dropped unacknowledged: too many waiting for the engine", "device", reg.device, "path", path)
 	}
 }

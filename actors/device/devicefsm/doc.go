@@ -95,6 +95,18 @@
 //     URI before in this job (it holds it: a client refuses a write while
 //     it downloads); a refused Execute fails with "Firmware update failed";
 //     Update Result 11 (deferred) keeps waiting within T9.
+//   - A lost notification (issue 21): a FOTA device whose confirmable
+//     notification of object 5 goes unacknowledged through all its
+//     retransmissions ends that observation (RFC 7641 4.5) and tells
+//     nothing more, so a job waiting for object 5 to change probes the
+//     device before the stage's timeout: in NOTIFIED half way through T5
+//     (once the device acknowledged the URI), in DOWNLOADING every sixth of
+//     T6 (10 minutes), it reads object 5 and observes /5/0/3 and /5/0/5
+//     again (a Noted event and a new deadline each time). The read's answer
+//     moves the job on, or fails it with the device's own Update Result;
+//     only a device that answers nothing meets T5 or T6. In NOTIFIED, a
+//     device that has not acknowledged the URI is observed again and sent
+//     the URI's writes again (the reset first, as on a new registration).
 //   - Crash recovery of the Execute (FOTA /5/0/2, PCP 0x17), which is not
 //     idempotent: after a restart in DOWNLOADED, Resume reads object 5 of a
 //     FOTA device (State and Update Result in one answer); State 2 with

@@ -431,7 +431,11 @@ func (d *decider) permitGranted(cell string) {
 	case protoPCP:
 		d.send(pcpNotify(d.s.Job.GetPackage()))
 	}
-	d.enter(stNotified, d.at.Add(d.cfg.DownloadStart), 0)
+	deadline := d.at.Add(d.cfg.DownloadStart)
+	if d.proto() == protoFOTA {
+		deadline = d.fotaWaitDeadline(stNotified, d.at)
+	}
+	d.enter(stNotified, deadline, 0)
 }
 
 // ---- deadlines ----
@@ -451,15 +455,21 @@ func (d *decider) deadlineFired(f *messages.DeadlineFired) {
 	case stCell:
 		d.fail(messages.Reason_REASON_CELL_ID_TIMEOUT, "", 0)
 	case stNotified:
-		if mqtt {
+		switch {
+		case mqtt:
 			d.fail(messages.Reason_REASON_RESULT_TIMEOUT, "", 0)
-		} else {
+		case d.proto() == protoFOTA && d.s.Deadline.Before(d.fotaWaitEnd(stNotified)):
+			d.probeDownload()
+		default:
 			d.fail(messages.Reason_REASON_DOWNLOAD_START_TIMEOUT, "", 0)
 		}
 	case stDownloading:
-		if mqtt {
+		switch {
+		case mqtt:
 			d.fail(messages.Reason_REASON_RESULT_TIMEOUT, fmt.Sprintf("last progress %d%%", d.s.Progress), 0)
-		} else {
+		case d.proto() == protoFOTA && d.s.Deadline.Before(d.fotaWaitEnd(stDownloading)):
+			d.probeDownload()
+		default:
 			d.fail(messages.Reason_REASON_DOWNLOAD_TIMEOUT, "", 0)
 		}
 	case stDownloaded:

@@ -3,6 +3,7 @@ package devicefsm
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -284,7 +285,7 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 	}
 	switch state := f.GetState(); {
 	case state == messages.FotaStateDownloading && st == stNotified:
-		d.enter(stDownloading, d.s.NotifiedAt.Add(d.cfg.Download), 0)
+		d.enter(stDownloading, d.fotaWaitDeadline(stDownloading, d.s.NotifiedAt), 0)
 	case state == messages.FotaStateDownloaded && (st == stNotified || st == stDownloading):
 		d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: messages.PathUpdate}}})
 		d.enter(stDownloaded, d.at.Add(d.cfg.UpdateStart), 0)
@@ -294,6 +295,78 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 		// Back to idle without the result in the same message: read it.
 		d.send(read(messages.PathUpdateResult))
 	}
+}
+
+// A FOTA job waiting for object 5 to change, from the notification to the
+// end of the download, probes the device now and then (probeDownload):
+// in NOTIFIED once, half way through T5; in DOWNLOADING every sixth of T6
+// (10 minutes of the default 60). Both timeouts count from the
+// notification.
+const (
+	probesNotified    = 2
+	probesDownloading = 6
+)
+
+// fotaWaitEnd is when T5 (NOTIFIED) or T6 (DOWNLOADING) ends the job.
+func (d *decider) fotaWaitEnd(stage messages.Stage) time.Time {
+	if stage == stNotified {
+		return d.s.NotifiedAt.Add(d.cfg.DownloadStart)
+	}
+	return d.s.NotifiedAt.Add(d.cfg.Download)
+}
+
+// fotaWaitDeadline is the deadline of a FOTA job entering stage
+// (NOTIFIED, DOWNLOADING) now: its next probe, or the stage's timeout
+// when that comes first. notifiedAt is the notification's time (for
+// NOTIFIED, now).
+func (d *decider) fotaWaitDeadline(stage messages.Stage, notifiedAt time.Time) time.Time {
+	timeout, parts := d.cfg.Download, time.Duration(probesDownloading)
+	if stage == stNotified {
+		timeout, parts = d.cfg.DownloadStart, probesNotified
+	}
+	end := notifiedAt.Add(timeout)
+	if probe := d.at.Add(timeout / parts); probe.Before(end) {
+		return probe
+	}
+	return end
+}
+
+// probeDownload is a FOTA job's probe in NOTIFIED or DOWNLOADING (its
+// deadline fired before the stage's timeout): it asks a device that took
+// the package URI where it is, with a read of object 5 (State and Update
+// Result in one answer) and new observations of /5/0/3 and /5/0/5, as on a
+// new registration (owed). Nothing else tells the server of a notification
+// lost for good: a device whose confirmable notification goes
+// unacknowledged through all its retransmissions (every copy lost, or an
+// acknowledgement that comes too late) ends that observation (RFC 7641
+// 4.5) and reports nothing more, neither State 1 or 2 nor a failed
+// download. The read's answer moves the job on (State 1: DOWNLOADING,
+// State 2: Execute), fails it with the device's Update Result (4:
+// connection lost), or writes the URI again (State 0, Update Result 0).
+// A device that has not acknowledged the URI is not asked (its object 5
+// shows the previous attempt's state): in NOTIFIED the observations and
+// the URI's writes (packageURIWrites: the reset first, unless the device
+// held the URI before) go again instead, as on a new registration, since
+// each may have been lost through all the server's retransmissions. Then
+// the stage's timeout counts on, the next probe armed before it.
+func (d *decider) probeDownload() {
+	st := d.s.Stage
+	since := d.at.Sub(d.s.NotifiedAt).Round(time.Second)
+	switch {
+	case d.s.UriAcked:
+		d.note(fmt.Sprintf("%s for %v: object 5 read and observed again", shortStage(st), since))
+		d.sendOnce(read(messages.PathFotaObject))
+		d.sendOnce(observe(messages.PathFotaState)) // once: a queue-mode device may sleep through several probes
+		d.sendOnce(observe(messages.PathUpdateResult))
+	case st == stNotified:
+		d.note(fmt.Sprintf("%s for %v: the package URI is not acknowledged; object 5 observed and the URI written again", shortStage(st), since))
+		d.sendOnce(observe(messages.PathFotaState))
+		d.sendOnce(observe(messages.PathUpdateResult))
+		for _, dl := range packageURIWrites(d.s) {
+			d.resend(dl)
+		}
+	}
+	d.enter(st, d.fotaWaitDeadline(st, d.s.NotifiedAt), 0)
 }
 
 // executeAgain sends the Execute again to a device that never took it.

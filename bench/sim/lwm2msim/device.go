@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 
 	"strconv"
@@ -93,6 +94,13 @@ type Behaviour struct {
 	// download. A package of S bytes takes about S/BytesPerSecond. Stop
 	// ends the wait.
 	BytesPerSecond int64
+	// DropRate, 0 to 1, is the share of the datagrams the device receives
+	// that it loses before anything handles them, at random, as a lossy
+	// radio would: the server's answers (block responses among them),
+	// acknowledgements and requests. What the device sends is not lost.
+	// CoAP's retransmissions, and the server's probes, must make up for
+	// it (loss tests and benches: sim --drop-rate). Zero: none.
+	DropRate float64
 }
 
 // Config describes a simulated device.
@@ -127,12 +135,16 @@ type Config struct {
 	// package ID, the last path segment of the Package URI. Default: the
 	// package ID itself.
 	NewVersion func(packageID string) string
-	// RequestTimeout bounds each request the device sends and each CON
-	// notification's wait for its acknowledgement. It is network time: it
-	// runs on the wall clock, as go-coap's retransmissions do, not on Clock,
-	// so that a test moving a fake clock does not cancel messages in flight.
-	// Default 30s.
+	// RequestTimeout bounds each request the device sends. It is network
+	// time: it runs on the wall clock, as go-coap's retransmissions do, not
+	// on Clock, so that a test moving a fake clock does not cancel messages
+	// in flight. Default 30s.
 	RequestTimeout time.Duration
+	// NotifyTimeout bounds the wait for a CON notification's
+	// acknowledgement, the notification sent again meanwhile (see
+	// session.send); network time like RequestTimeout. Default 93s, CoAP's
+	// MAX_TRANSMIT_WAIT (RFC 7252 4.8.2).
+	NotifyTimeout time.Duration
 	// SegmentTimeout is the wait, on Clock, before an unanswered PCP
 	// segment request is sent again. Default 30s.
 	SegmentTimeout time.Duration
@@ -190,8 +202,12 @@ type Stats struct {
 	Restarts, Reconnects int
 	// Notifications counts the notifications handed to the network (the
 	// acknowledgement of a CON one may still be due); Ignored the requests
-	// dropped while asleep (queue mode) or Silent.
-	Notifications, Ignored int
+	// dropped while asleep (queue mode) or Silent; Lost the datagrams
+	// Behaviour.DropRate lost.
+	Notifications, Ignored, Lost int
+	// Unacknowledged counts the CON notifications never acknowledged in
+	// time: the device dropped their observations (RFC 7641 4.5).
+	Unacknowledged int
 	// SHA256 is the hex SHA-256 of the last complete download (FOTA or PCP).
 	SHA256 string
 }
@@ -252,7 +268,14 @@ const (
 	defaultDelay          = 100 * time.Millisecond
 	defaultAwakeWindow    = 10 * time.Second
 	defaultRequestTimeout = 30 * time.Second
-	defaultBlockSize      = 1024
+	defaultNotifyTimeout  = 93 * time.Second // MAX_TRANSMIT_WAIT
+	// notifyAttempt is how long go-coap waits for the acknowledgement of a
+	// CON message it sent, its retransmissions included: with its defaults
+	// (ACK timeout 2 s, 4 retransmissions) it sends a copy every 2 s and
+	// forgets the message after the fifth; an acknowledgement that comes
+	// later matches nothing.
+	notifyAttempt    = 10 * time.Second
+	defaultBlockSize = 1024
 	// stopTimeout bounds Stop's de-registration (network time).
 	stopTimeout = 5 * time.Second
 	// coapTick is the period of go-coap's housekeeping (retransmissions).
@@ -312,10 +335,16 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = defaultRequestTimeout
 	}
+	if cfg.NotifyTimeout <= 0 {
+		cfg.NotifyTimeout = defaultNotifyTimeout
+	}
 	if cfg.SegmentTimeout <= 0 {
 		cfg.SegmentTimeout = defaultRequestTimeout
 	}
 	b := &cfg.Behaviour
+	if !(b.DropRate >= 0 && b.DropRate <= 1) {
+		return nil, fmt.Errorf("lwm2msim: DropRate %v: want 0 to 1", b.DropRate)
+	}
 	if b.RestartDelay <= 0 {
 		b.RestartDelay = defaultDelay
 	}
@@ -529,13 +558,18 @@ func (d *Device) awakeLocked() bool {
 
 // monitor is go-coap's request monitor of session s: it sees every
 // datagram the device receives, before any processing. It drops everything
-// once a restart silenced the session, and the requests (and CoAP pings)
+// once a restart silenced the session, a share Behaviour.DropRate of the
+// rest, and the requests (and CoAP pings)
 // that arrive while the device sleeps or is Silent. Responses and
 // acknowledgements pass otherwise.
 func (d *Device) monitor(s *session, m *pool.Message) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if s.dead {
+		return true, nil
+	}
+	if r := d.cfg.Behaviour.DropRate; r > 0 && rand.Float64() < r {
+		d.stats.Lost++
 		return true, nil
 	}
 	isRequest := m.Code() >= codes.GET && m.Code() < 32 // class 0: methods

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"reflect"
 	"strconv"
@@ -375,6 +376,9 @@ func TestConfigErrors(t *testing.T) {
 		{Server: "127.0.0.1:1", Endpoint: "x", RadioFormat: 42},
 		{Server: "127.0.0.1:1", Endpoint: "x", LocalAddr: "localhost"},
 		{Server: "127.0.0.1:1", Endpoint: "x", LocalAddr: "127.0.0.1:5683"},
+		{Server: "127.0.0.1:1", Endpoint: "x", Behaviour: Behaviour{DropRate: -0.1}},
+		{Server: "127.0.0.1:1", Endpoint: "x", Behaviour: Behaviour{DropRate: 1.5}},
+		{Server: "127.0.0.1:1", Endpoint: "x", Behaviour: Behaviour{DropRate: math.NaN()}},
 	} {
 		if _, err := Start(context.Background(), cfg); err == nil {
 			t.Errorf("Start(%+v) succeeded", cfg)

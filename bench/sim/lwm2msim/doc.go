@@ -37,7 +37,12 @@
 //     the current value, then a notification (CON, or NON with
 //     Config.NotifyNON) follows every change, with an increasing Observe
 //     sequence. GET with Observe 1 cancels. /19/0/0 reads as empty; its
-//     notifications carry the PCP frames the device sends (see below).
+//     notifications carry the PCP frames the device sends (see below). A
+//     CON notification is retransmitted by go-coap and, while it stays
+//     unacknowledged, sent again as a new message with the same Observe
+//     value, after pauses that double, for Config.NotifyTimeout (93 s,
+//     MAX_TRANSMIT_WAIT); then the observation ends (RFC 7641 4.5), which
+//     Stats.Unacknowledged counts.
 //   - Write (PUT) of /5/0/1 (text/plain, or any format lwm2mcodec decodes)
 //     and of /19/1/0 (PCP frames from the platform); other existing paths
 //     4.05. A payload that does not decode is answered 4.00, an unknown
@@ -149,8 +154,8 @@
 // restart delays, think time, bandwidth pacing, PCP segment retries) runs
 // on Config.Clock, a [clock.Clock], so tests drive them with a fake clock.
 // Network time does not: how long a request waits for its answer, or a CON
-// notification for its acknowledgement (Config.RequestTimeout; 5 s for
-// Stop's de-registration), runs on clock.Real, like go-coap's own
+// notification for its acknowledgement (Config.RequestTimeout,
+// Config.NotifyTimeout; 5 s for Stop's de-registration), runs on clock.Real, like go-coap's own
 // retransmissions, so that a test moving its fake clock by hours cancels no
 // message in flight and a device whose server is gone still stops. The
 // package never calls the time package's clock itself.

@@ -2,9 +2,11 @@ package lwm2msim
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
@@ -462,13 +464,67 @@ func (s *session) run() {
 	}
 }
 
-// send writes one notification; a CON one waits for its acknowledgement. A
-// CON notification that is not acknowledged in time ends the observation
-// (RFC 7641 3.6).
+// send writes one notification. A CON one waits for its acknowledgement:
+// go-coap retransmits it (notifyAttempt), and when no acknowledgement came
+// meanwhile the device sends it again as a new message (a new Message ID,
+// the same Observe value, so a server that has it drops the copy as stale
+// and acknowledges it at once), after a pause that doubles, until
+// Config.NotifyTimeout has passed since the first: an acknowledgement that
+// a busy server sends once it journaled the notification may come after
+// go-coap stopped listening for the copy it answers. A notification still
+// unacknowledged then ends its observation (RFC 7641 4.5).
 func (s *session) send(m outMsg) {
 	d := s.d
-	ctx, cancel := d.reqCtx(s.conn.Context())
-	defer cancel()
+	start := netClock.Now()
+	pause := notifyAttempt
+	for {
+		err := s.sendCopy(m, min(notifyAttempt, d.cfg.NotifyTimeout))
+		if err == nil || d.cfg.NotifyNON {
+			return
+		}
+		left := d.cfg.NotifyTimeout - netClock.Since(start)
+		d.mu.Lock()
+		dead := s.dead
+		d.mu.Unlock()
+		if left <= pause || dead || !s.pause(pause) {
+			d.log.Info("lwm2msim: notification not acknowledged, observation ended", "path", m.path, "err", err)
+			d.mu.Lock()
+			if !s.dead {
+				d.stats.Unacknowledged++
+				delete(s.observers, hex.EncodeToString(m.token))
+			}
+			d.mu.Unlock()
+			return
+		}
+		d.log.Debug("lwm2msim: notification not acknowledged, sending it again", "path", m.path, "err", err)
+		pause *= 2
+	}
+}
+
+// pause waits d on the network's clock; false when the session ended
+// meanwhile.
+func (s *session) pause(d time.Duration) bool {
+	t := netClock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		return true
+	case <-s.done:
+	case <-s.conn.Done():
+	}
+	return false
+}
+
+// sendCopy writes the notification once and, when CON, waits at most wait
+// for its acknowledgement.
+func (s *session) sendCopy(m outMsg, wait time.Duration) error {
+	d := s.d
+	ctx, cancel := context.WithCancel(s.conn.Context())
+	t := netClock.AfterFunc(wait, cancel)
+	defer func() {
+		t.Stop()
+		cancel()
+	}()
 	msg := s.conn.AcquireMessage(ctx)
 	defer s.conn.ReleaseMessage(msg)
 	msg.SetCode(codes.Content)
@@ -485,15 +541,7 @@ func (s *session) send(m outMsg) {
 	d.lastUplink = d.clk.Now()
 	d.stats.Notifications++
 	d.mu.Unlock()
-	err := s.conn.WriteMessage(msg)
-	if err != nil {
-		d.log.Info("lwm2msim: notification not delivered", "path", m.path, "err", err)
-		d.mu.Lock()
-		if !d.cfg.NotifyNON && !s.dead {
-			delete(s.observers, hex.EncodeToString(m.token))
-		}
-		d.mu.Unlock()
-	}
+	return s.conn.WriteMessage(msg)
 }
 
 // write answers a Write (PUT).

@@ -197,8 +197,15 @@ func TestSilentAndIgnoring(t *testing.T) {
 				want = messages.Reason_REASON_RESULT_TIMEOUT
 			}
 			checkOutcome(t, w.runUntilOutcome("d1", 30*time.Hour), fail, want)
-			if c := mustDevice(t, w.tr, "d1").Counters; c.Downloads != 0 || c.UpgradeEvents+c.URIWrites+c.PCPNotifies != 1 {
-				t.Errorf("counters %+v", c)
+			// One upgrade command; FOTA writes an unacknowledged URI once
+			// more, half way through T5 (issue 21: its writes may all have
+			// been lost).
+			commands := 1
+			if p == messages.Protocol_PROTOCOL_LWM2M_FOTA {
+				commands = 2
+			}
+			if c := mustDevice(t, w.tr, "d1").Counters; c.Downloads != 0 || c.UpgradeEvents+c.URIWrites+c.PCPNotifies != commands {
+				t.Errorf("counters %+v, want %d upgrade commands", c, commands)
 			}
 		})
 	}
