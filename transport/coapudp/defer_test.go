@@ -42,8 +42,8 @@ func observed(t *testing.T, s *Server, d *device, fn NotifyFunc) message.Token {
 func TestDeferredNotificationAck(t *testing.T) {
 	s, _ := newServer(t, Config{Readers: 1})
 	d, other := newDevice(t, s.Addr()), newDevice(t, s.Addr())
-	acks := make(chan func(), 4)
-	token := observed(t, s, d, func(n *message.Message, ack func()) { acks <- ack })
+	acks := make(chan func(bool), 4)
+	token := observed(t, s, d, func(n *message.Message, ack func(bool)) { acks <- ack })
 	note := message.Message{Type: message.Confirmable, Code: codes.Content, MessageID: 900, Token: token, Options: message.Options{}.Add(UintOption(message.Observe, 2)), Payload: []byte("1")}
 	d.send(note)
 	ack := <-acks
@@ -56,17 +56,48 @@ func TestDeferredNotificationAck(t *testing.T) {
 	if len(acks) != 0 {
 		t.Fatal("callback called for a copy of a notification whose ACK is pending")
 	}
-	ack()
+	ack(true)
 	if m := d.recv(); m.Type != message.Acknowledgement || m.Code != codes.Empty || m.MessageID != 900 {
 		t.Fatalf("deferred ack sent %v", m)
 	}
-	ack() // a second call sends nothing
+	ack(true) // a second call sends nothing
 	d.none()
 	d.send(note)
 	if m := d.recv(); m.Type != message.Acknowledgement || m.MessageID != 900 {
 		t.Fatalf("copy after the ACK answered %v", m)
 	}
 	barrier(t, d, 3)
+	if len(acks) != 0 {
+		t.Fatal("callback called for a copy of an acknowledged notification")
+	}
+}
+
+// TestRefusedNotification: a notification the callback refuses (ack(false),
+// say its journal failed) gets no ACK, and the copy the peer retransmits is
+// handled again, as new.
+func TestRefusedNotification(t *testing.T) {
+	s, _ := newServer(t, Config{Readers: 1})
+	d := newDevice(t, s.Addr())
+	acks := make(chan func(bool), 4)
+	token := observed(t, s, d, func(n *message.Message, ack func(bool)) { acks <- ack })
+	note := message.Message{Type: message.Confirmable, Code: codes.Content, MessageID: 901, Token: token, Options: message.Options{}.Add(UintOption(message.Observe, 2)), Payload: []byte("1")}
+	d.send(note)
+	ack := <-acks
+	ack(false)
+	ack(true) // a later call does nothing
+	barrier(t, d, 4)
+	d.none()
+	d.send(note) // the peer's retransmission
+	again := <-acks
+	again(true)
+	if m := d.recv(); m.Type != message.Acknowledgement || m.Code != codes.Empty || m.MessageID != 901 {
+		t.Fatalf("the copy's ack sent %v", m)
+	}
+	d.send(note)
+	if m := d.recv(); m.Type != message.Acknowledgement || m.MessageID != 901 {
+		t.Fatalf("copy after the ACK answered %v", m)
+	}
+	barrier(t, d, 5)
 	if len(acks) != 0 {
 		t.Fatal("callback called for a copy of an acknowledged notification")
 	}
@@ -181,7 +212,7 @@ func TestDuplicateNONDropped(t *testing.T) {
 	}
 	// A copy of a NON notification is dropped too.
 	notes := make(chan string, 4)
-	token := observed(t, s, d, func(n *message.Message, ack func()) { notes <- string(n.Payload); ack() })
+	token := observed(t, s, d, func(n *message.Message, ack func(bool)) { notes <- string(n.Payload); ack(true) })
 	note := message.Message{Type: message.NonConfirmable, Code: codes.Content, MessageID: 32, Token: token, Payload: []byte("n")}
 	d.send(note)
 	d.send(note)

@@ -257,16 +257,32 @@ func (s *Server) response(r *reader, peer netip.AddrPort, b []byte, m *message.M
 	}
 }
 
+// forget drops the duplicate-detection entry e of peer's CON message mid,
+// left unanswered: a copy of the message is handled again, as new.
+func (s *Server) forget(peer netip.AddrPort, mid uint16, e *seen) {
+	sh := s.shardOf(peer)
+	k := peerMID{peer, mid}
+	sh.mu.Lock()
+	if sh.dedup[k] == e {
+		delete(sh.dedup, k)
+	}
+	sh.mu.Unlock()
+}
+
 // noAck is the ack of a NON notification.
-func noAck() {}
+func noAck(bool) {}
 
 // acker returns the ack of the CON notification (peer, mid) whose
 // duplicate-detection entry is e: its first call sends the empty ACK and
-// records it as the answer to duplicates.
-func (s *Server) acker(peer netip.AddrPort, mid uint16, e *seen) func() {
+// records it as the answer to duplicates (ok), or forgets e (not ok).
+func (s *Server) acker(peer netip.AddrPort, mid uint16, e *seen) func(ok bool) {
 	var once atomic.Bool
-	return func() {
+	return func(ok bool) {
 		if once.Swap(true) {
+			return
+		}
+		if !ok {
+			s.forget(peer, mid, e)
 			return
 		}
 		out := encodeEmpty(make([]byte, 0, 4), message.Acknowledgement, mid)

@@ -105,7 +105,7 @@ func TestGoCoapDevice(t *testing.T) {
 	// And observes it: a CON notification from the device reaches the
 	// callback and is acknowledged (WriteMessage waits for the ACK).
 	got := make(chan string, 1)
-	o, first, err := s.Observe(ctx, peer, &message.Message{Code: codes.GET, Options: opts}, func(n *message.Message, ack func()) { got <- string(n.Payload); ack() })
+	o, first, err := s.Observe(ctx, peer, &message.Message{Code: codes.GET, Options: opts}, func(n *message.Message, ack func(bool)) { got <- string(n.Payload); ack(true) })
 	if err != nil || o == nil || string(first.Payload) != "1.0" {
 		t.Fatalf("observe: %v %v %v", o, first, err)
 	}

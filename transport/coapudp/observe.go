@@ -24,15 +24,18 @@ type Observation struct {
 // NotifyFunc receives a notification n of an observation. It runs in a
 // reader goroutine, with no handler or other callback of the same peer at
 // the same time (so an observation's notifications come one at a time);
-// n is valid only during the call. A CON notification is acknowledged when
+// n is valid only during the call. A CON notification is answered when
 // ack is called: now, or later from any goroutine (say once what n
 // reported is journaled), without holding up the reader meanwhile. ack
 // must be called for every CON notification, the ones the callback drops
 // included; later calls do nothing, and for a NON notification it does
-// nothing. While the ACK is pending, a copy of the notification the peer
-// retransmits is dropped; once it is sent, a copy gets the same ACK
-// without a call (until ExchangeLifetime).
-type NotifyFunc func(n *message.Message, ack func())
+// nothing. While the answer is pending, a copy of the notification the
+// peer retransmits is dropped. Once ack(true) sent the ACK, a copy gets
+// the same ACK without a call (until ExchangeLifetime); after ack(false)
+// nothing is sent and the next copy is handled as new, so a notification
+// the receiver could not keep (its journal failed) comes again with the
+// peer's retransmission.
+type NotifyFunc func(n *message.Message, ack func(ok bool))
 
 // Observe sends req (a GET; the server adds Observe=0) to peer as Do does
 // and returns the observation with the first response. Every later

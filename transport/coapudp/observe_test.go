@@ -20,10 +20,10 @@ func TestObserveNotificationsAckedAfterCallback(t *testing.T) {
 	}
 	ch := make(chan obsResult, 1)
 	go func() {
-		o, res, err := s.Observe(context.Background(), d.addr(), get(t, "5/0/3"), func(n *message.Message, ack func()) {
+		o, res, err := s.Observe(context.Background(), d.addr(), get(t, "5/0/3"), func(n *message.Message, ack func(bool)) {
 			entered <- string(n.Payload)
 			<-release
-			ack()
+			ack(true)
 		})
 		ch <- obsResult{o, res, err}
 	}()
@@ -92,7 +92,7 @@ func TestObserveRefused(t *testing.T) {
 	}
 	ch := make(chan obsResult, 1)
 	go func() {
-		o, _, err := s.Observe(context.Background(), d.addr(), get(t, "5/0/3"), func(*message.Message, func()) { t.Error("callback of a refused observation") })
+		o, _, err := s.Observe(context.Background(), d.addr(), get(t, "5/0/3"), func(*message.Message, func(bool)) { t.Error("callback of a refused observation") })
 		ch <- obsResult{o, err}
 	}()
 	req := d.recv()

@@ -3,11 +3,13 @@ package lwm2m_test
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"google.golang.org/protobuf/encoding/prototext"
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
@@ -175,5 +177,67 @@ func TestAnswersDeliveredNoAck(t *testing.T) {
 	v, err := eng.Device(ctx, "d1")
 	if err != nil || v.State.FwVersion != "1.3" {
 		t.Fatalf("device after the read: fw %q, %v", v.State.FwVersion, err)
+	}
+}
+
+// refuseOnce fails the first delivery of a report whose text contains
+// match, as the engine does while its journal is down; it delivers the rest.
+type refuseOnce struct {
+	transport.Uplinks
+	match   string
+	refused atomic.Int32
+	text    func(id string, in *messages.DeviceInput) string
+}
+
+func (r *refuseOnce) Deliver(ctx context.Context, id string, in *messages.DeviceInput) error {
+	if strings.Contains(r.text(id, in), r.match) && r.refused.Add(1) == 1 {
+		return persistence.ErrUnavailable
+	}
+	return r.Uplinks.Deliver(ctx, id, in)
+}
+
+// TestConfirmableNotificationRefusedNotAcked (issue 22): a CON notification
+// whose report the engine refuses (its journal is unavailable) is not
+// acknowledged, and the copy the device retransmits is delivered again
+// rather than swallowed as a duplicate or dropped as stale: the report the
+// device sent is not lost.
+func TestConfirmableNotificationRefusedNotAcked(t *testing.T) {
+	ctx := context.Background()
+	refuse := &refuseOnce{match: `fw_version:"1.1"`, text: func(id string, in *messages.DeviceInput) string {
+		return id + " " + strings.NewReplacer(": ", ":").Replace(strings.Join(strings.Fields(prototext.Format(in)), " "))
+	}}
+	e := newEnv(t, func(c *lwm2m.Config) { refuse.Uplinks = c.Uplinks; c.Uplinks = refuse })
+	d := dial(t, e)
+	d.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})
+	if _, err := d.register(t, "ep=d1&lt=600", links); err != nil {
+		t.Fatal(err)
+	}
+	e.rec.next(t) // connected
+	if err := e.srv.Send(ctx, &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_Lwm2MObserve{Lwm2MObserve: &messages.Lwm2MObserve{Path: "/3/0/3"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.rec.next(t); !strings.Contains(got, `"1.0"`) {
+		t.Fatalf("first answer delivered as %q", got)
+	}
+	d.mu.Lock()
+	tok := d.obsToken["/3/0/3"]
+	d.mu.Unlock()
+	m := d.conn.AcquireMessage(ctx)
+	defer d.conn.ReleaseMessage(m)
+	m.SetCode(codes.Content)
+	m.SetToken(tok)
+	m.SetObserve(2)
+	m.SetContentFormat(message.TextPlain)
+	m.SetBody(strings.NewReader("1.1"))
+	m.SetType(message.Confirmable)
+	// A CON message: WriteMessage retransmits it until its ACK arrives.
+	if err := d.conn.WriteMessage(m); err != nil {
+		t.Fatalf("notification: %v", err)
+	}
+	if got := e.rec.next(t); !strings.Contains(got, `fw_version:"1.1"`) {
+		t.Fatalf("delivered %q, want the notification's version", got)
+	}
+	if n := refuse.refused.Load(); n != 2 {
+		t.Fatalf("the notification reached the engine %d times, want 2 (refused, then its retransmission)", n)
 	}
 }

@@ -46,10 +46,13 @@ type conv interface {
 }
 
 // notifyFunc receives an observation's notification. A confirmable one is
-// acknowledged when ack is called (once what it reported is durable), which
-// must happen for every notification, dropped ones included; n is valid
-// only during the call.
-type notifyFunc func(n *message.Message, ack func())
+// acknowledged when ack(true) is called (once what it reported is durable),
+// and left unacknowledged by ack(false) (the engine could not journal it:
+// the device sends it again); one of them must be called for every
+// notification, dropped ones included; n is valid only during the call.
+// Over DTLS go-coap acknowledges a notification once ack is called, either
+// way.
+type notifyFunc func(n *message.Message, ack func(ok bool))
 
 // errStale: the device answered the request from its duplicate cache (it
 // saw the Message ID from the process before this one): the request was not
@@ -214,7 +217,7 @@ func (c dtlsConv) observe(ctx context.Context, reg *registration, req coapReq, f
 		}
 		acked := make(chan struct{})
 		var once sync.Once
-		fn(m, func() { once.Do(func() { close(acked) }) })
+		fn(m, func(bool) { once.Do(func() { close(acked) }) })
 		<-acked
 	})
 	reg.untrack(in)

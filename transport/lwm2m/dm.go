@@ -138,11 +138,11 @@ func (s *Server) observe(ctx context.Context, reg *registration, path string) {
 		_ = old.cancel(ctx) // a new observation (the device may have rebooted)
 	}
 	st := &observed{}
-	obs, first, err := s.observeTrip(ctx, reg, getReq(path), func(n *message.Message, ack func()) {
+	obs, first, err := s.observeTrip(ctx, reg, getReq(path), func(n *message.Message, ack func(bool)) {
 		s.notified(reg, path, st, n, ack)
 	})
 	if first != nil {
-		s.notified(reg, path, st, first, func() {})
+		s.notified(reg, path, st, first, func(bool) {})
 		// Delivered before the next downlink goes out and its answer is
 		// delivered, as the answers of other requests are.
 		reg.runWait(nil)
@@ -196,13 +196,13 @@ func (st *observed) fresh(n *message.Message, now time.Time) bool {
 // acknowledging a confirmable one (ack) after the delivery, that is once
 // the engine journaled it: the caller, a reader of the socket, does not
 // wait for the journal.
-func (s *Server) notified(reg *registration, path string, st *observed, n *message.Message, ack func()) {
+func (s *Server) notified(reg *registration, path string, st *observed, n *message.Message, ack func(ok bool)) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	gotOne, seq, seqAt, haveSeq := st.gotOne, st.seq, st.seqAt, st.haveSeq
 	if !st.fresh(n, s.cfg.Clock.Now()) {
 		s.log.Debug("lwm2m: stale notification dropped", "device", reg.device, "path", path)
-		ack()
+		ack(true)
 		return
 	}
 	op := messages.Lwm2MOp_LWM2M_OP_OBSERVE
@@ -213,14 +213,30 @@ func (s *Server) notified(reg *registration, path string, st *observed, n *messa
 	noAck := !st.gotOne || n.Type != message.Confirmable
 	st.gotOne = true
 	deliver := s.prepareValue(reg, op, path, n, noAck)
-	if strings.HasPrefix(path, "/5/") && reg.holdOrRun(deliver) {
-		ack()
+	if strings.HasPrefix(path, "/5/") && reg.holdOrRun(func() { _ = deliver() }) {
+		ack(true)
 		return
 	}
-	if !reg.run(func() { deliver(); ack() }) {
-		// Not delivered: the copy the device sends again (with the same
-		// Observe value) must not be dropped as stale.
-		st.gotOne, st.seq, st.seqAt, st.haveSeq = gotOne, seq, seqAt, haveSeq
+	taken := st.seq
+	// Not delivered: the copy the device sends again (with the same Observe
+	// value) must not be dropped as stale, nor acknowledged.
+	undo := func() {
+		if st.seq == taken {
+			st.gotOne, st.seq, st.seqAt, st.haveSeq = gotOne, seq, seqAt, haveSeq
+		}
+		ack(false)
+	}
+	ok := reg.run(func() {
+		if err := deliver(); err != nil {
+			st.mu.Lock()
+			undo()
+			st.mu.Unlock()
+			return
+		}
+		ack(true)
+	})
+	if !ok {
+		undo()
 		s.log.Warn("lwm2m: notification dropped unacknowledged: too many waiting for the engine", "device", reg.device, "path", path)
 	}
 }
@@ -281,19 +297,19 @@ func (reg *registration) holdOrRun(f func()) bool {
 // request or a non-confirmable notification, not one the device expects
 // acknowledged.
 func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, noAck bool) {
-	s.prepareValue(reg, op, path, res, noAck)()
+	_ = s.prepareValue(reg, op, path, res, noAck)() // logged; the stage's deadline covers a lost answer
 }
 
 // prepareValue decodes an answer now (a notification's message is reused
 // after the call) and returns the delivery of its inputs (marked as value
-// marks them).
-func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, noAck bool) func() {
+// marks them), which fails when the engine did not take them.
+func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, noAck bool) func() error {
 	s.awake(reg)
-	fail := func(code string) func() {
+	fail := func(code string) func() error {
 		in := &messages.DeviceInput{NoAck: noAck, Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
 			Op: op, Path: path, Success: false, Code: code,
 		}}}
-		return func() { s.deliver(reg.device, in) }
+		return func() error { return s.deliver(reg.device, in) }
 	}
 	if !success(res.Code) {
 		return fail(codeText(res.Code))
@@ -301,7 +317,7 @@ func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path strin
 	body := res.Payload
 	if path == messages.PathPCPUplink {
 		body = bytes.Clone(body)
-		return func() { s.pcpUplink(reg, body, noAck) }
+		return func() error { return s.pcpUplink(reg, body, noAck) }
 	}
 	cf := message.TextPlain
 	if f, err := res.Options.ContentFormat(); err == nil {
@@ -310,7 +326,7 @@ func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path strin
 	p, err := lwm2mcodec.ParsePath(path)
 	if err != nil {
 		s.log.Warn("lwm2m: answer for a malformed path", "device", reg.device, "path", path, "error", err)
-		return func() {}
+		return func() error { return nil }
 	}
 	vs, err := lwm2mcodec.Decode(uint16(cf), p, body)
 	if err != nil {
@@ -324,7 +340,7 @@ func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path strin
 		}}}
 	}
 	in.NoAck = noAck
-	return func() { s.deliver(reg.device, in) }
+	return func() error { return s.deliver(reg.device, in) }
 }
 
 // inputFor maps the values of a path the device machine reads to its input;
@@ -542,19 +558,18 @@ func (s *Server) segment(ctx context.Context, r *messages.PcpSegmentResponse) ([
 // deadline) rather than rely on them, and the device never sends one again
 // on its own. Its own requests (0x15, 0x16, 0x18) in a confirmable
 // notification are not: it expects them acknowledged.
-func (s *Server) pcpUplink(reg *registration, b []byte, noAck bool) {
+func (s *Server) pcpUplink(reg *registration, b []byte, noAck bool) error {
 	if len(b) == 0 {
-		return
+		return nil
 	}
 	if !pcp.IsPCP(b) {
 		s.log.Debug("lwm2m: business data on /19/0/0", "device", reg.device, "bytes", len(b))
-		s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}})
-		return
+		return s.deliver(reg.device, &messages.DeviceInput{Kind: &messages.DeviceInput_Uplink{Uplink: &messages.Uplink{}}})
 	}
 	m, err := pcp.DecodeUplink(b)
 	if err != nil {
 		s.log.Warn("lwm2m: malformed PCP frame ignored", "device", reg.device, "error", err)
-		return
+		return nil
 	}
 	var in *messages.DeviceInput
 	switch v := m.(type) {
@@ -572,10 +587,10 @@ func (s *Server) pcpUplink(reg *registration, b []byte, noAck bool) {
 		in = &messages.DeviceInput{Kind: &messages.DeviceInput_PcpUpgradeResult{PcpUpgradeResult: &messages.PcpUpgradeResult{Result: uint32(v.Result), Version: v.Version}}}
 	default:
 		s.log.Warn("lwm2m: unexpected PCP message from a device", "device", reg.device, "code", m.Code().String())
-		return
+		return nil
 	}
 	in.NoAck = in.NoAck || noAck
-	s.deliver(reg.device, in)
+	return s.deliver(reg.device, in)
 }
 
 // fresher reports whether a notification with Observe value v2, arriving

@@ -1007,10 +1007,12 @@ func (s *Server) awake(reg *registration) {
 // lost one is re-asked by the step's deadline. They are marked no_ack (and
 // so are non-confirmable notifications), so the engine journals them without
 // waiting for an fsync (Engine.Deliver); a confirmable notification is not.
-func (s *Server) deliver(id string, in *messages.DeviceInput) {
-	if err := s.cfg.Uplinks.Deliver(context.Background(), id, in); err != nil {
+func (s *Server) deliver(id string, in *messages.DeviceInput) error {
+	err := s.cfg.Uplinks.Deliver(context.Background(), id, in)
+	if err != nil {
 		s.log.Warn("lwm2m: delivering to the engine", "device", id, "error", err)
 	}
+	return err
 }
 
 // Send queues a downlink for the device's registration; its requests go out
