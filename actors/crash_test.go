@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -103,6 +104,11 @@ type crashCampaign struct {
 	after map[string]string
 	// transport configures the simulated devices.
 	transport memtransport.Config
+	// reboot: the simulated devices die with the server and come back from
+	// their state file (memtransport.Config.StateFile), keeping only their
+	// durable facts, as the --simulate devices of a killed `otafleet serve`
+	// do (cmd/otafleet's TestProcessKillNine).
+	reboot bool
 }
 
 func newCrashCampaign() crashCampaign {
@@ -268,9 +274,32 @@ func TestCrashAtEveryJournalWriteUpdateResultAckedEarly(t *testing.T) {
 	}
 }
 
+// TestCrashAtEveryJournalWriteDevicesReboot is TestCrashAtEveryJournalWrite
+// with simulated devices that die with the server and restart from their
+// state file (crashCampaign.reboot), as in the kill -9 process test.
+func TestCrashAtEveryJournalWriteDevicesReboot(t *testing.T) {
+	campaign := newCrashCampaign()
+	campaign.reboot = true
+	total := countWrites(t, campaign)
+	step := 1
+	if testing.Short() {
+		step = max(1, total/15)
+	}
+	t.Logf("the campaign makes %d journal writes; crashing at every %d", total, step)
+	for k := 1; k <= total; k += step {
+		crashOnce(t, campaign, k)
+		if t.Failed() {
+			t.Fatalf("crash at write %d of %d failed", k, total)
+		}
+	}
+}
+
 // countWrites runs the campaign once without crashing.
 func countWrites(t *testing.T, c crashCampaign) int {
 	clk := clocktest.New(epoch)
+	if c.reboot {
+		c.transport.StateFile = filepath.Join(t.TempDir(), "sim-state")
+	}
 	cs, tr, up := crashSetup(t, clk, -1, vfs.NewCrashableMem(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
@@ -302,6 +331,9 @@ func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, mem *vfs.MemFS,
 func crashOnce(t *testing.T, c crashCampaign, k int) {
 	ctx := context.Background()
 	clk := clocktest.New(epoch)
+	if c.reboot {
+		c.transport.StateFile = filepath.Join(t.TempDir(), "sim-state")
+	}
 	cs, tr, up := crashSetup(t, clk, k, vfs.NewCrashableMem(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
@@ -310,12 +342,29 @@ func crashOnce(t *testing.T, c crashCampaign, k int) {
 		}
 	}
 	r1 := c.run(t, clk, cs, tr, up, cs.crashed)
+	if c.reboot {
+		// The devices die with the server: what they had not made durable
+		// is gone, and so are the downlinks on the wire.
+		tr.Close()
+	}
 	r1.e.Stop()
 	up.Set(nil)
 	cs.EventStore.Close()
 	// The server is down for a moment: downlinks already on the wire reach
 	// their devices, whose answers are lost.
 	clk.Advance(2 * time.Second)
+	if c.reboot {
+		var err error
+		if tr, err = memtransport.New(c.transport, clk, up, nil); err != nil {
+			t.Fatalf("crash at write %d: restarting the devices: %v", k, err)
+		}
+		defer tr.Close()
+		for _, s := range c.specs {
+			if err := tr.Add(s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 
 	st, err := pebblestore.Open("db", pebblestore.Options{FS: cs.image})
 	if err != nil {
