@@ -24,8 +24,11 @@ type gatedStore struct {
 	gate    chan error              // its outcome: nil lets it through
 }
 
-func newGatedStore() *gatedStore {
-	return &gatedStore{EventStore: memstore.New(), entered: make(chan persistence.Append, 64), gate: make(chan error)}
+func newGatedStore() *gatedStore { return newGatedStoreOn(memstore.New()) }
+
+// newGatedStoreOn is newGatedStore over store.
+func newGatedStoreOn(store persistence.EventStore) *gatedStore {
+	return &gatedStore{EventStore: store, entered: make(chan persistence.Append, 64), gate: make(chan error)}
 }
 
 func (g *gatedStore) Append(ctx context.Context, a persistence.Append) (uint64, error) {
@@ -79,10 +82,15 @@ func deliverAsync(ctx context.Context, e *actors.Engine, id string, in *messages
 // returns only once the report's events are durable, and returns the error
 // when the journal write fails, so that the transport does not acknowledge
 // it. Before the fix Deliver returned as soon as the report was in the
-// actor's mailbox.
+// actor's mailbox. On every store.
 func TestDeliverWaitsForTheJournal(t *testing.T) {
+	forEachStore(t, deliverWaitsForTheJournal)
+}
+
+func deliverWaitsForTheJournal(t *testing.T, s engineStore) {
 	ctx := context.Background()
-	store := newGatedStore()
+	st, _ := s.openFresh(t)
+	store := newGatedStoreOn(st)
 	e, _ := newDeliverEngine(t, store, nil, nil)
 
 	done := deliverAsync(ctx, e, "dev-1", versionReport("1.0"))
@@ -200,10 +208,14 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, kind string) flo
 // identical reports (arrival times apart) journals one event; the other 4,999
 // are acknowledged and counted as duplicates. A report that changes the state
 // is never taken for a duplicate, and the memory of the last report does not
-// survive passivation (a repeat after it is stepped afresh).
+// survive passivation (a repeat after it is stepped afresh). On every store.
 func TestDuplicateReports(t *testing.T) {
+	forEachStore(t, duplicateReports)
+}
+
+func duplicateReports(t *testing.T, s engineStore) {
 	ctx := context.Background()
-	store := memstore.New()
+	store, _ := s.openFresh(t)
 	reg := prometheus.NewRegistry()
 	stopped := make(chan actors.Address, 1)
 	e, clk := newDeliverEngine(t, store, reg, stopped)

@@ -188,15 +188,22 @@ func ids(specs []memtransport.DeviceSpec) []string {
 // TestEngineCampaign1000: one FOTA task over 1,000 scripted devices in 20
 // cells with mixed coverage; every 50th device fails its first download and
 // is retried. The task succeeds with exact counters, every device executed
-// exactly once, and no cell ever exceeded its budget.
+// exactly once, and no cell ever exceeded its budget. On memstore and
+// PostgreSQL (Pebble's engine runs in the crash tests; this campaign's
+// 1,000 devices on it would only add to the package's run).
 func TestEngineCampaign1000(t *testing.T) {
+	forEachStore(t, engineCampaign1000, "memstore", "postgres")
+}
+
+func engineCampaign1000(t *testing.T, s engineStore) {
 	specs := fleet(1000, 20, messages.Protocol_PROTOCOL_LWM2M_FOTA)
 	for i := range specs {
 		if i%50 == 0 {
 			specs[i].Behaviour.FailDownloads = 1
 		}
 	}
-	r := newFleetRig(t, specs)
+	store, _ := s.openFresh(t)
+	r := newFleetRigOn(t, specs, store)
 	ctx := context.Background()
 	if err := r.e.CreateTask(ctx, createTask("campaign", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), &messages.Policy{RetryCount: 1, RetryIntervalMinutes: 5})); err != nil {
 		t.Fatal(err)
@@ -378,8 +385,13 @@ func TestEngineRetry(t *testing.T) {
 
 // TestEngineRecovery: the engine "crashes" (is dropped without any shutdown
 // work) halfway through a mixed campaign; a new engine over the same journal
-// and devices finishes it, and no device got a second Execute or upgrade event.
+// and devices finishes it, and no device got a second Execute or upgrade
+// event. On every store, reopened as a restarted process opens it.
 func TestEngineRecovery(t *testing.T) {
+	forEachStore(t, engineRecovery)
+}
+
+func engineRecovery(t *testing.T, s engineStore) {
 	clk := clocktest.New(epoch)
 	up := &transport.LateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)
@@ -398,7 +410,7 @@ func TestEngineRecovery(t *testing.T) {
 			all = append(all, specs[i].ID)
 		}
 	}
-	store := memstore.New()
+	store, restart := s.openFresh(t)
 	r := newRig(t, clk, store, tr, up)
 	ctx := context.Background()
 	if err := tr.ConnectAll(ctx); err != nil {
@@ -413,7 +425,7 @@ func TestEngineRecovery(t *testing.T) {
 	r.e.Stop() // the crash: whatever was not journaled is gone
 	up.Set(nil)
 
-	r2 := newRig(t, clk, store, tr, up) // recovery
+	r2 := newRig(t, clk, restart(store), tr, up) // recovery
 	t.Cleanup(r2.e.Stop)
 	for i := range 3 {
 		r2.runUntil(r2.finished(fmt.Sprintf("t%d", i)), 48*time.Hour)
@@ -434,8 +446,13 @@ func TestEngineRecovery(t *testing.T) {
 // FOTA or PCP device's DOWNLOADED stage and sent its Execute (or 0x17), or an
 // MQTT device's DOWNLOADING stage (it has its upgrade event), then recovers
 // while the devices reconnect: no device gets a second Execute, 0x17 or
-// upgrade event, and the job still succeeds.
+// upgrade event, and the job still succeeds. On every store, reopened as a
+// restarted process opens it.
 func TestRecoveryNeverRepeatsExecute(t *testing.T) {
+	forEachStore(t, recoveryNeverRepeatsExecute)
+}
+
+func recoveryNeverRepeatsExecute(t *testing.T, s engineStore) {
 	for _, p := range []messages.Protocol{messages.Protocol_PROTOCOL_LWM2M_FOTA, messages.Protocol_PROTOCOL_LWM2M_PCP, messages.Protocol_PROTOCOL_MQTT} {
 		t.Run(p.String(), func(t *testing.T) {
 			clk := clocktest.New(epoch)
@@ -449,7 +466,7 @@ func TestRecoveryNeverRepeatsExecute(t *testing.T) {
 			if err := tr.Add(specs[0]); err != nil {
 				t.Fatal(err)
 			}
-			store := memstore.New()
+			store, restart := s.openFresh(t)
 			r := newRig(t, clk, store, tr, up)
 			ctx := context.Background()
 			if err := tr.ConnectAll(ctx); err != nil {
@@ -473,7 +490,7 @@ func TestRecoveryNeverRepeatsExecute(t *testing.T) {
 			// were told (Execute, download, install); their reports are lost.
 			clk.Advance(10 * time.Second)
 
-			r2 := newRig(t, clk, store, tr, up)
+			r2 := newRig(t, clk, restart(store), tr, up)
 			defer r2.e.Stop()
 			if err := tr.ConnectAll(ctx); err != nil { // devices reconnect to the restarted server
 				t.Fatal(err)

@@ -23,10 +23,15 @@ import (
 // expects acknowledged is appended synced, whatever its events; the same
 // report marked no_ack (an answer to the server's own request) is appended
 // unsynced, since none of its events must be durable; Deliver waits for
-// both.
+// both. On every store.
 func TestDeliverSyncsOnlyAcknowledgedReports(t *testing.T) {
+	forEachStore(t, deliverSyncsOnlyAcknowledgedReports)
+}
+
+func deliverSyncsOnlyAcknowledgedReports(t *testing.T, s engineStore) {
 	ctx := context.Background()
-	store := newGatedStore()
+	st, _ := s.openFresh(t)
+	store := newGatedStoreOn(st)
 	e, _ := newDeliverEngine(t, store, nil, nil)
 
 	for _, tc := range []struct {

@@ -40,6 +40,58 @@ func cpuOf(pid int) (time.Duration, error) {
 	return time.Duration(u+st) * time.Second / clockTicks, nil
 }
 
+// treeCPUOf returns the CPU time (user + system) that a live process and
+// its children used so far: its own, its reaped children's, and that of
+// each live child with theirs (a PostgreSQL server: the postmaster, its
+// backends and their exited predecessors).
+func treeCPUOf(pid int) (time.Duration, error) {
+	ticks := func(p int) (ppid int, own, children int64, err error) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			return 0, 0, 0, fmt.Errorf("/proc/%d/stat: no command field", p)
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 15 {
+			return 0, 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", p, len(f))
+		}
+		// f[0] is field 3 (state): ppid is field 4, utime 14, stime 15,
+		// cutime 16, cstime 17.
+		var v [5]int64
+		for k, j := range []int{1, 11, 12, 13, 14} {
+			if v[k], err = strconv.ParseInt(f[j], 10, 64); err != nil {
+				return 0, 0, 0, fmt.Errorf("/proc/%d/stat: field %d: %v", p, j+3, err)
+			}
+		}
+		return int(v[0]), v[1] + v[2], v[3] + v[4], nil
+	}
+	_, own, children, err := ticks(pid)
+	if err != nil {
+		return 0, err
+	}
+	total := own + children
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil || p == pid {
+			continue
+		}
+		ppid, own, children, err := ticks(p)
+		if err != nil || ppid != pid {
+			continue // gone meanwhile, or not a child
+		}
+		total += own + children
+	}
+	return time.Duration(total) * time.Second / clockTicks, nil
+}
+
 // memOf returns a live process's resident set size and its peak (VmRSS and
 // VmHWM), in bytes.
 func memOf(pid int) (rss, peak int64, err error) {

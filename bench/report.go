@@ -78,8 +78,13 @@ type Report struct {
 	// SyncedCommitsPerUpgrade divides them by the finished devices.
 	SyncedCommits           int64   `json:"synced_commits"`
 	SyncedCommitsPerUpgrade float64 `json:"synced_commits_per_upgrade"`
-	IdleHeapBytesPerDevice  float64 `json:"idle_heap_bytes_per_device"`
-	IdleRSSBytesPerDevice   float64 `json:"idle_rss_bytes_per_device"`
+	// The PostgreSQL server's CPU during the task (its postmaster and
+	// backends), when bench started it (--store postgres); absent with
+	// Pebble, whose work is in the engine's figures.
+	StoreTaskCPUSeconds    float64 `json:"store_task_cpu_seconds,omitempty"`
+	StoreCPUPerUpgradeMs   float64 `json:"store_cpu_ms_per_upgrade,omitempty"`
+	IdleHeapBytesPerDevice float64 `json:"idle_heap_bytes_per_device"`
+	IdleRSSBytesPerDevice  float64 `json:"idle_rss_bytes_per_device"`
 	// IdleGoroutinesPerDevice is the server's goroutines the idle fleet
 	// added, per device.
 	IdleGoroutinesPerDevice  float64 `json:"idle_goroutines_per_device"`
@@ -193,6 +198,9 @@ func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 	}
 	p("cell budget", "peak %d of %d units in one cell: %s", r.PeakCellUnits, r.CellBudgetUnits, exceeded)
 	p("engine CPU", "%.2f s in all, %.2f s during the task: %.2f ms per finished device", r.EngineCPUSeconds, r.EngineTaskCPUSeconds, r.EngineCPUPerUpgradeMs)
+	if r.StoreTaskCPUSeconds > 0 {
+		p("PostgreSQL CPU", "%.2f s during the task: %.2f ms per finished device", r.StoreTaskCPUSeconds, r.StoreCPUPerUpgradeMs)
+	}
 	p("engine RSS", "peak %s", mib(r.EnginePeakRSSBytes))
 	p("journal", "%d events (%.1f per finished device); %d synced commits (%.1f per finished device)", r.EventsJournaled, r.EventsPerUpgrade, r.SyncedCommits, r.SyncedCommitsPerUpgrade)
 	r.writeFleet(p)

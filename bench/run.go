@@ -84,6 +84,11 @@ type Options struct {
 	// --store), where the report counts the journal's events; "": the
 	// server's Pebble store in DataDir.
 	StoreDSN string
+	// StorePID is the process ID of the PostgreSQL server (its postmaster)
+	// of StoreDSN when bench started it: the report adds the server's CPU
+	// during the task (StoreTaskCPUSeconds), so that the CPU per upgrade
+	// compares with Pebble's, which is in the engine's process. 0: none.
+	StorePID int
 	// CPUProfile, when set, is the file the server's CPU profile of the
 	// tasks' run is written to (pprof format, from the first task's creation
 	// until the tasks end; with KillAt, of both server processes).
@@ -140,6 +145,9 @@ type benchRun struct {
 	// syncedSeen its synced appends.
 	violSeen   int
 	syncedSeen int
+	// storeCPU0 is the PostgreSQL server's CPU (Options.StorePID) at the
+	// first task's creation.
+	storeCPU0 time.Duration
 }
 
 // Run starts a server and simulators as separate processes, registers the
@@ -359,6 +367,11 @@ func (r *benchRun) execute(ctx context.Context) error {
 	cpu0, err := cpuOf(r.server.cmd.Process.Pid)
 	if err != nil {
 		return err
+	}
+	if r.o.StorePID != 0 {
+		if r.storeCPU0, err = treeCPUOf(r.o.StorePID); err != nil {
+			return fmt.Errorf("the PostgreSQL server's CPU: %w", err)
+		}
 	}
 	var prof *cpuProfiler
 	if r.o.CPUProfile != "" {
@@ -846,6 +859,13 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 	}
 	taskCPU += cpu - cpu0
 	r.rep.EngineTaskCPUSeconds = taskCPU.Seconds()
+	if r.o.StorePID != 0 {
+		storeCPU, err := treeCPUOf(r.o.StorePID)
+		if err != nil {
+			return fmt.Errorf("the PostgreSQL server's CPU: %w", err)
+		}
+		r.rep.StoreTaskCPUSeconds = (storeCPU - r.storeCPU0).Seconds()
+	}
 	r.rep.WallSeconds = end.Sub(start).Seconds()
 	if killAt > 0 && r.rep.Restarts == 0 {
 		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf(
@@ -964,6 +984,7 @@ func (r *benchRun) collect(ctx context.Context, tasks []string) error {
 	}
 	if done := r.rep.Succeeded + r.rep.Failed; done > 0 {
 		r.rep.EngineCPUPerUpgradeMs = r.rep.EngineTaskCPUSeconds * 1000 / float64(done)
+		r.rep.StoreCPUPerUpgradeMs = r.rep.StoreTaskCPUSeconds * 1000 / float64(done)
 		r.rep.SyncedCommitsPerUpgrade = float64(r.rep.SyncedCommits) / float64(done)
 	}
 	r.rep.CellBudgetExceeded = r.rep.CellBudgetViolations > 0 || r.rep.PeakCellUnits > r.rep.CellBudgetUnits

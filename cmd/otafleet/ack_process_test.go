@@ -22,7 +22,6 @@ import (
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
-	"github.com/otafleet/otafleet/persistence/pebblestore"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
 	"github.com/otafleet/otafleet/transport/mqtt/iotda"
@@ -71,28 +70,43 @@ func (j *blockingJournal) Append(ctx context.Context, a persistence.Append) (uin
 // went on acknowledging the reports piling up in the actor's mailbox, and
 // the kill lost every one of them.
 func TestProcessKillNineKeepsAcknowledgedReports(t *testing.T) {
+	testProcessKillNineKeepsAcknowledgedReports(t, false)
+}
+
+// TestProcessKillNineKeepsAcknowledgedReportsPostgres is
+// TestProcessKillNineKeepsAcknowledgedReports on a PostgreSQL store (serve
+// --store postgres://...): after the kill the database holds every
+// acknowledged report.
+func TestProcessKillNineKeepsAcknowledgedReportsPostgres(t *testing.T) {
+	testProcessKillNineKeepsAcknowledgedReports(t, true)
+}
+
+func testProcessKillNineKeepsAcknowledgedReports(t *testing.T, postgres bool) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
-	t.Run("failpoint", func(t *testing.T) { killNineReports(t, 300, 20) })
-	t.Run("mid-stream", func(t *testing.T) { killNineReports(t, 1500, -1) })
+	t.Run("failpoint", func(t *testing.T) { killNineReports(t, postgres, 300, 20) })
+	t.Run("mid-stream", func(t *testing.T) { killNineReports(t, postgres, 1500, -1) })
 }
 
 // killNineReports publishes reports distinct reports, each twice, and kills
-// the server: with blockAfter ≥ 0 once the journal blocks and either every
-// report was acknowledged or a moment passed without it; otherwise once half
-// of them are acknowledged.
-func killNineReports(t *testing.T, reports, blockAfter int) {
+// the server (on PostgreSQL when postgres is set): with blockAfter ≥ 0 once
+// the journal blocks and either every report was acknowledged or a moment
+// passed without it; otherwise once half of them are acknowledged.
+func killNineReports(t *testing.T, postgres bool, reports, blockAfter int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	dir := t.TempDir()
+	store := newProcessStore(t, dir, postgres)
 	var env []string
 	if blockAfter >= 0 {
 		env = append(env, fmt.Sprintf("%s=%d", envBlockAppendsAfter, blockAfter))
 	}
-	srv := startServerEnv(t, env, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0",
+	args := append([]string{"--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0",
 		"--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json",
-		"--mqtt-uplink-rate", "0") // a flood of reports: the per-device limit would refuse most of them
+		"--mqtt-uplink-rate", "0"}, // a flood of reports: the per-device limit would refuse most of them
+		store.args...)
+	srv := startServerEnv(t, env, args...)
 	srv.await(ctx, "serving", msg("serving"))
 	blocked := make(chan struct{})
 	go func() { // keep the log pipe drained; note the failpoint
@@ -191,7 +205,7 @@ func killNineReports(t *testing.T, reports, blockAfter int) {
 	<-srv.exit
 	got := int(nAcked.Load())
 
-	st, err := pebblestore.Open(filepath.Join(dir, "store"), pebblestore.Options{Logger: slog.New(slog.DiscardHandler)})
+	st, err := store.open()
 	if err != nil {
 		t.Fatal(err)
 	}

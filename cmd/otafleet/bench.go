@@ -66,7 +66,8 @@ appends per finished device), failures by reason. --json prints one JSON
 object instead.
 
 --store postgres runs the server on a private PostgreSQL that bench starts
-(and removes) for the run.
+(and removes) for the run; the report adds that server's CPU during the task
+(store_cpu_ms_per_upgrade), as the store's work is no longer in the engine's.
 
 --kill-at 50% kills the server with SIGKILL once half the devices reached a
 final state, starts it again on the same data and ports, and checks that every
@@ -220,6 +221,10 @@ func benchPostgres(o *bench.Options, progress io.Writer) (stop func(), err error
 	}
 	keyFile := filepath.Join(keyDir, "seal.key")
 	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+		stop()
+		return nil, err
+	}
+	if o.StorePID, err = srv.PID(); err != nil {
 		stop()
 		return nil, err
 	}

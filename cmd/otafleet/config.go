@@ -219,7 +219,7 @@ func settings() []setting {
 		opt("data-dir", func(c *serveConfig) *string { return &c.DataDir },
 			"folder of the journal, registry, api-token and addrs.json", nonEmpty),
 		opt("store", func(c *serveConfig) *string { return &c.Store },
-			"where the journal, registry and packages live: pebble:DIR, or postgres://USER@HOST[:PORT]/DATABASE?sslmode=... (the password from the URL, PGPASSWORD or PGPASSFILE; needs --seal-key-file); default: pebble in --data-dir"),
+			"where the journal, registry and packages live: pebble:DIR, or postgres://USER@HOST[:PORT]/DATABASE?sslmode=... (the password from the URL, PGPASSWORD or PGPASSFILE; needs --seal-key-file); default: pebble in --data-dir. To move an installation: otafleet store copy"),
 		opt("api-addr", func(c *serveConfig) *string { return &c.APIAddr },
 			"address of the API, gRPC health and /metrics (HTTP/1.1 and h2c); port 0 picks one"),
 		opt("log-format", func(c *serveConfig) *string { return &c.LogFormat },
@@ -342,7 +342,7 @@ func settings() []setting {
 		opt("seal-key-file", func(c *serveConfig) *string { return &c.SealKeyFile },
 			"file holding the key that seals device secrets and PSKs in the store: 32 bytes as 64 hex digits, mode 0600 (make one with: openssl rand -hex 32); default $"+envSealKeyFile+"; without it the store keeps its own key. A store that keeps its own key is re-sealed under this one at start"),
 		opt("previous-seal-key-file", func(c *serveConfig) *string { return &c.PreviousSealKeyFile },
-			"with --seal-key-file: the key file the store was sealed with until now; a store sealed with it is re-sealed under --seal-key-file at start (key rotation)"),
+			"with --seal-key-file: the key file the store was sealed with until now; a store sealed with it is re-sealed under --seal-key-file at start, all at once (key rotation, Pebble or PostgreSQL; stop every node of a PostgreSQL store first)"),
 		// Simulation: in-process simulated devices, for demos and tests.
 		opt("simulate", func(c *serveConfig) *int { return &c.Simulate },
 			"run N scripted devices inside the server, for demos and tests: sim-0 ... sim-N-1, firmware and software 1.0, over --simulate-cells cells; they use no socket (devices over real MQTT or CoAP: otafleet sim). Register them (device create --prefix sim- --count N) to target them in tasks, or see --simulate-campaign", notNegative),

@@ -1,11 +1,10 @@
 package main
 
 import (
-	"github.com/otafleet/otafleet/internal/pgtest"
-
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,9 +25,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
+	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
+	"github.com/otafleet/otafleet/persistence/pgstore"
 )
 
 // TestMain lets the test binary act as the otafleet binary for the process
@@ -128,9 +129,44 @@ func (s *server) awaitOr(ctx context.Context, what string, match func(map[string
 	}
 }
 
+// processStore is the store a process test runs `serve` on: Pebble in
+// the data folder, or a database of its own on the test binary's private
+// PostgreSQL (pgtest), with a seal key file.
+type processStore struct {
+	postgres bool
+	dir      string // the data folder
+	dsn      string // postgres only
+	args     []string
+}
+
+// sealKeyHex is the seal key of the process tests' PostgreSQL stores.
+var sealKeyHex = strings.Repeat("5e", 32)
+
+func newProcessStore(t *testing.T, dir string, postgres bool) processStore {
+	t.Helper()
+	s := processStore{postgres: postgres, dir: dir}
+	if postgres {
+		s.dsn = pgtest.NewDatabase(t)
+		s.args = []string{"--store", s.dsn, "--seal-key-file", writeKey(t, "seal.key", sealKeyHex+"\n", 0o600)}
+	}
+	return s
+}
+
+// open opens the store once the servers on it are gone; the caller closes it.
+func (s processStore) open() (persistence.EventStore, error) {
+	if !s.postgres {
+		return pebblestore.Open(filepath.Join(s.dir, "store"), pebblestore.Options{Logger: slog.New(slog.DiscardHandler)})
+	}
+	key, err := hex.DecodeString(sealKeyHex)
+	if err != nil {
+		return nil, err
+	}
+	return pgstore.Open(context.Background(), s.dsn, pgstore.Options{SealKey: key, Logger: slog.New(slog.DiscardHandler)})
+}
+
 // dumpInFlight logs the devices that still have a job, from the journal.
-func dumpInFlight(t *testing.T, dir string) {
-	st, err := pebblestore.Open(dir, pebblestore.Options{})
+func dumpInFlight(t *testing.T, store processStore) {
+	st, err := store.open()
 	if err != nil {
 		t.Logf("dump: %v", err)
 		return
@@ -159,8 +195,8 @@ func dumpInFlight(t *testing.T, dir string) {
 }
 
 // dumpJournals logs every event of the devices ids, from the journal.
-func dumpJournals(t *testing.T, dir string, ids []string) {
-	st, err := pebblestore.Open(dir, pebblestore.Options{})
+func dumpJournals(t *testing.T, store processStore, ids []string) {
+	st, err := store.open()
 	if err != nil {
 		t.Logf("dump: %v", err)
 		return
@@ -241,10 +277,7 @@ func testProcessKillNine(t *testing.T, postgres bool, env []string, killAt func(
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	var storeArgs []string
-	if postgres {
-		storeArgs = []string{"--store", pgtest.NewDatabase(t), "--seal-key-file", writeKey(t, "seal.key", strings.Repeat("5e", 32)+"\n", 0o600)}
-	}
+	store := newProcessStore(t, dir, postgres)
 	// Short step timeouts: a downlink lost in the crash (say, a PCP 0x17 that
 	// was journaled but never reached its device) is never sent twice; the
 	// step times out and the task's retry (1 minute later) runs the device
@@ -254,7 +287,7 @@ func testProcessKillNine(t *testing.T, postgres bool, env []string, killAt func(
 		"--simulate", "300", "--simulate-protocol", "mixed", "--simulate-cells", "6", "--simulate-campaign", "--simulate-delay", "30ms",
 		"--timeout-version-report", short, "--timeout-radio-query", short, "--timeout-cell-query", short,
 		"--timeout-download-start", short, "--timeout-update-start", short, "--timeout-version-check", short}
-	args = append(args, storeArgs...)
+	args = append(args, store.args...)
 
 	first := startServerEnv(t, env, args...)
 	if killAt != nil {
@@ -281,21 +314,17 @@ func testProcessKillNine(t *testing.T, postgres bool, env []string, killAt func(
 	fin := second.awaitOr(ctx, "campaign end", msg("simulated campaign finished"), func() {
 		_ = second.cmd.Process.Signal(syscall.SIGKILL)
 		second.wait(context.Background())
-		if !postgres {
-			dumpInFlight(t, filepath.Join(dir, "store"))
-		}
+		dumpInFlight(t, store)
 	})
 	if fin["succeeded"] != 300.0 || fin["devices"] != 300.0 || fin["devices_upgraded_twice"] != 0.0 || fin["upgrades"] != 300.0 {
-		if !postgres {
-			// The journals of the devices upgraded twice say how.
-			_ = second.cmd.Process.Signal(syscall.SIGKILL)
-			second.wait(context.Background())
-			var ids []string
-			for _, id := range anySlice(fin["twice_ids"]) {
-				ids = append(ids, fmt.Sprint(id))
-			}
-			dumpJournals(t, filepath.Join(dir, "store"), ids)
+		// The journals of the devices upgraded twice say how.
+		_ = second.cmd.Process.Signal(syscall.SIGKILL)
+		second.wait(context.Background())
+		var ids []string
+		for _, id := range anySlice(fin["twice_ids"]) {
+			ids = append(ids, fmt.Sprint(id))
 		}
+		dumpJournals(t, store, ids)
 		t.Fatalf("campaign after kill -9: %v", fin)
 	}
 

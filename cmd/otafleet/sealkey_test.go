@@ -14,7 +14,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
+	"github.com/otafleet/otafleet/persistence/pgstore"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
 )
@@ -221,5 +223,90 @@ func TestServeSealKey(t *testing.T) {
 		}
 		wantStoreCredentials(t, dataDir, rawB, nil)
 		wantStoreCredentials(t, dataDir, rawA, pebblestore.ErrSealKey)
+	}
+}
+
+// TestServeSealKeyPostgres: --previous-seal-key-file rotates the seal key
+// of a PostgreSQL store as it does a Pebble store's: serve re-seals at
+// start; afterwards only the new key opens the store, the flags may stay,
+// and two wrong keys stop serve with one line.
+func TestServeSealKeyPostgres(t *testing.T) {
+	t.Setenv(envSealKeyFile, "")
+	dsn := pgtest.NewDatabase(t)
+	keyA, keyB := strings.Repeat("a1", 32), strings.Repeat("b2", 32)
+	rawA, _ := hex.DecodeString(keyA)
+	rawB, _ := hex.DecodeString(keyB)
+	fileA, fileB := writeKey(t, "a.key", keyA+"\n", 0o600), writeKey(t, "b.key", keyB+"\n", 0o600)
+	fileC := writeKey(t, "c.key", strings.Repeat("c3", 32), 0o600)
+	dataDir := func() string {
+		d := filepath.Join(t.TempDir(), "data")
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	_, err := sealServe(t, dataDir(), func(api, token string) {
+		ctx := context.Background()
+		hc := h2cClient(token)
+		products := otafleetv1connect.NewProductServiceClient(hc, api)
+		devices := otafleetv1connect.NewDeviceServiceClient(hc, api)
+		secret := "secret-of-meter-1"
+		for _, c := range []struct {
+			proto v1.Protocol
+			dev   *v1.NewDevice
+		}{
+			{v1.Protocol_PROTOCOL_MQTT, &v1.NewDevice{DeviceId: "meter-1", Secret: &secret}},
+			{v1.Protocol_PROTOCOL_LWM2M, &v1.NewDevice{DeviceId: "nb-1", Psk: []byte("psk-of-nb-1-0001")}},
+		} {
+			p, err := products.CreateProduct(ctx, connect.NewRequest(&v1.CreateProductRequest{Name: c.dev.GetDeviceId(), Protocol: c.proto}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := devices.CreateDevices(ctx, connect.NewRequest(&v1.CreateDevicesRequest{
+				ProductId: p.Msg.GetProduct().GetProductId(), Devices: []*v1.NewDevice{c.dev},
+			})); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}, "--store", dsn, "--seal-key-file", fileA)
+	if err != nil {
+		t.Fatalf("first start: %v", err)
+	}
+	credentials := func(key []byte) error {
+		t.Helper()
+		st, err := pgstore.Open(context.Background(), dsn, pgstore.Options{SealKey: key})
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		ctx := context.Background()
+		if c, err := st.DeviceCredentials(ctx, "meter-1"); err != nil || c.Secret != "secret-of-meter-1" {
+			t.Fatalf("meter-1: %+v %v", c, err)
+		}
+		if c, err := st.DeviceCredentials(ctx, "nb-1"); err != nil || string(c.PSK) != "psk-of-nb-1-0001" {
+			t.Fatalf("nb-1: %+v %v", c, err)
+		}
+		return nil
+	}
+	failServe(t, "neither --seal-key-file nor --previous-seal-key-file is the key the store is sealed with",
+		serveArgs(dataDir(), "--store", dsn, "--seal-key-file", fileC, "--previous-seal-key-file", fileB)...)
+	failServe(t, "--seal-key-file is not the key the store is sealed with (to change keys, give the old key file as --previous-seal-key-file)", serveArgs(dataDir(), "--store", dsn, "--seal-key-file", fileB)...)
+	if err := credentials(rawA); err != nil {
+		t.Fatalf("the store after refused starts: %v", err)
+	}
+	for i := range 2 {
+		lines, err := sealServe(t, dataDir(), nil, "--store", dsn, "--seal-key-file", fileB, "--previous-seal-key-file", fileA)
+		if err != nil {
+			t.Fatalf("rotation, start %d: %v", i, err)
+		}
+		if logged(lines, "re-sealed") != (i == 0) || logged(lines, "Options.") {
+			t.Errorf("start %d: re-sealed logged %v", i, logged(lines, "re-sealed"))
+		}
+		if err := credentials(rawB); err != nil {
+			t.Fatal(err)
+		}
+		if err := credentials(rawA); !errors.Is(err, pgstore.ErrSealKey) {
+			t.Fatalf("the old key after the rotation: %v, want ErrSealKey", err)
+		}
 	}
 }

@@ -74,8 +74,6 @@ func (c serveConfig) checkStore() error {
 	switch {
 	case c.SealKeyFile == "":
 		return fmt.Errorf("--store %s needs --seal-key-file (or $%s): the key that seals device secrets and PSKs never lives in the shared database", redactedDSN(spec.postgres), envSealKeyFile)
-	case c.PreviousSealKeyFile != "":
-		return errors.New("--previous-seal-key-file: rotating the seal key of a PostgreSQL store is not supported yet")
 	case c.VerifyStore:
 		return errors.New("--verify-store checks a Pebble store; PostgreSQL checks its own")
 	}
@@ -106,13 +104,9 @@ func openStore(ctx context.Context, cfg serveConfig, logger *slog.Logger) (store
 		where = redactedDSN(spec.postgres)
 		ctx, cancel := context.WithTimeout(ctx, storeOpenTimeout)
 		defer cancel()
-		s, err := pgstore.Open(ctx, spec.postgres, pgstore.Options{SealKey: sealKey, Logger: logger})
+		s, err := pgstore.Open(ctx, spec.postgres, pgstore.Options{SealKey: sealKey, PreviousSealKey: prevKey, Logger: logger})
 		if err != nil {
-			msg := oneLine(err)
-			if errors.Is(err, pgstore.ErrSealKey) {
-				msg = "--seal-key-file is not the key the store is sealed with: " + msg
-			}
-			return nil, where, fmt.Errorf("store %s: %s", where, msg)
+			return nil, where, pgOpenError(where, prevKey != nil, err)
 		}
 		logger.Info("store: PostgreSQL", "store", where)
 		return s, where, nil
@@ -135,6 +129,19 @@ func openStore(ctx context.Context, cfg serveConfig, logger *slog.Logger) (store
 	return s, dir, nil
 }
 
+// pgOpenError words a failure to open a PostgreSQL store on one line,
+// naming the seal key flags when the key does not fit.
+func pgOpenError(where string, havePrevious bool, err error) error {
+	msg := oneLine(err)
+	switch {
+	case errors.Is(err, pgstore.ErrSealKey) && havePrevious:
+		msg = "neither --seal-key-file nor --previous-seal-key-file is the key the store is sealed with"
+	case errors.Is(err, pgstore.ErrSealKey):
+		msg = "--seal-key-file is not the key the store is sealed with (to change keys, give the old key file as --previous-seal-key-file)"
+	}
+	return fmt.Errorf("store %s: %s", where, msg)
+}
+
 // openStoreError words a failure to open the store for the user: a seal key
 // that does not fit names the flags to give, not the store's Go options.
 func openStoreError(storeDir string, haveKey, havePrevious bool, err error) error {
@@ -155,7 +162,7 @@ func openStoreError(storeDir string, haveKey, havePrevious bool, err error) erro
 func storeCommand(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "store",
-		Short: "Work on a store itself (PostgreSQL schema migrations)",
+		Short: "Work on a store itself (PostgreSQL schema migrations, copying a whole store)",
 		Args:  cobra.NoArgs,
 	}
 	var target string
@@ -194,7 +201,7 @@ func storeCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 	migrate.Flags().StringVar(&target, "store", "", "the PostgreSQL store: postgres://USER@HOST[:PORT]/DATABASE?sslmode=... (the password from the URL, PGPASSWORD or PGPASSFILE)")
 	_ = migrate.MarkFlagRequired("store")
-	cmd.AddCommand(migrate)
+	cmd.AddCommand(migrate, storeCopyCommand(stdout, stderr))
 	return cmd
 }
 

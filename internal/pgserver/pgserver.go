@@ -141,6 +141,24 @@ func (s *Server) Stop() error {
 	return errors.Join(err, os.RemoveAll(s.dir))
 }
 
+// PID returns the process ID of a private server's postmaster, from its
+// postmaster.pid (it changes with Restart).
+func (s *Server) PID() (int, error) {
+	if s.external {
+		return 0, errors.New("pgserver: an external server runs no process of ours")
+	}
+	b, err := os.ReadFile(filepath.Join(s.data(), "postmaster.pid"))
+	if err != nil {
+		return 0, fmt.Errorf("pgserver: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		return 0, fmt.Errorf("pgserver: postmaster.pid: %w", err)
+	}
+	return pid, nil
+}
+
 // DSN returns the DSN of the server's maintenance database.
 func (s *Server) DSN() string { return s.dsn }
 

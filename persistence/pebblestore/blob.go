@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -229,6 +228,7 @@ func (s *Store) OpenBlob(ctx context.Context, id string) (persistence.Blob, erro
 		return nil, err
 	}
 	o := &blob{s: s, id: id, snap: snap, size: r.Size, chunkSize: int64(r.ChunkSize)}
+	o.BlobCursor.Init(o, id, o.size)
 	copy(o.sum[:], r.Sha256)
 	s.mu.Lock()
 	s.blobs[o] = struct{}{}
@@ -263,10 +263,11 @@ type blob struct {
 	snapMu   sync.RWMutex // write-held to release snap, read-held to use it
 	released bool
 
+	persistence.BlobCursor
+
 	mu     sync.Mutex // guards the fields below
 	cached int64      // index of cache
 	cache  []byte     // one chunk's data (nil: none): sequential small reads hit it
-	off    int64      // Read and Seek offset
 }
 
 func (o *blob) Size() int64               { return o.size }
@@ -347,47 +348,4 @@ func (o *blob) chunk(i uint64) ([]byte, error) {
 	o.cache, o.cached = data, int64(i)
 	o.mu.Unlock()
 	return data, nil
-}
-
-// Read implements io.Reader.
-func (o *blob) Read(p []byte) (int, error) {
-	o.mu.Lock()
-	off := o.off
-	o.mu.Unlock()
-	if off >= o.size {
-		return 0, io.EOF
-	}
-	if rest := o.size - off; int64(len(p)) > rest {
-		p = p[:rest]
-	}
-	n, err := o.ReadAt(p, off)
-	o.mu.Lock()
-	o.off = off + int64(n)
-	o.mu.Unlock()
-	if errors.Is(err, io.EOF) && n > 0 {
-		err = nil
-	}
-	return n, err
-}
-
-// Seek implements io.Seeker.
-func (o *blob) Seek(offset int64, whence int) (int64, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	var abs int64
-	switch whence {
-	case io.SeekStart:
-		abs = offset
-	case io.SeekCurrent:
-		abs = o.off + offset
-	case io.SeekEnd:
-		abs = o.size + offset
-	default:
-		return 0, fmt.Errorf("%w: blob %q: whence %d", persistence.ErrInvalid, o.id, whence)
-	}
-	if abs < 0 {
-		return 0, fmt.Errorf("%w: blob %q: negative position %d", persistence.ErrInvalid, o.id, abs)
-	}
-	o.off = abs
-	return abs, nil
 }

@@ -73,6 +73,8 @@
 // Open checks the format marker (and fails with ErrFormat on a store of an
 // unknown format or on a non-empty database without one), the seal key and
 // leftover blob writes; Options.Verify makes it run Verify too.
+// Options.ReadOnly opens an existing store without writing anything (to
+// copy it): no clean-up of leftovers and no re-seal.
 //
 // Pebble treats a failed WAL write or sync as fatal and does not expect to
 // go on after it (continuing left commits blocked forever in tests). The

@@ -29,6 +29,9 @@ var (
 	ErrFailed = errors.New("pebblestore: store failed")
 	// ErrSealKey: Options.SealKey does not match the store.
 	ErrSealKey = errors.New("pebblestore: seal key mismatch")
+	// ErrOwnSealKey (an ErrSealKey): Options.SealKey with Options.ReadOnly
+	// for a store that keeps its own key, which would need a re-seal.
+	ErrOwnSealKey = fmt.Errorf("%w: the store keeps its own seal key", ErrSealKey)
 )
 
 // formatVersion is the store format this build writes and reads.
@@ -53,6 +56,13 @@ type Options struct {
 	// when opened, in one synced batch. A store already sealed under SealKey
 	// opens as usual, so the option may stay set across restarts.
 	PreviousSealKey []byte
+	// ReadOnly opens an existing store for reading only (to copy it, say):
+	// Open writes nothing, not even to finish what a crash left (the
+	// leftovers of blob writes stay, invisible), and every write fails. A
+	// missing store fails Open, and so does a store that would need a
+	// re-seal: PreviousSealKey is refused, and so is a SealKey for a store
+	// that keeps its own key (open it without one).
+	ReadOnly bool
 	// Verify runs Verify during Open: a full scan that refuses a store with a
 	// corrupt entry.
 	Verify bool
@@ -151,6 +161,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.Tune != nil {
 		opts.Tune(popts)
 	}
+	if opts.ReadOnly {
+		popts.ReadOnly = true
+		popts.ErrorIfNotExists = true
+	}
 	db, err := pebble.Open(dir, popts)
 	if err != nil {
 		if pebble.IsCorruptionError(err) {
@@ -178,9 +192,15 @@ func (s *Store) start(opts Options) error {
 	if opts.PreviousSealKey != nil && (opts.SealKey == nil || len(opts.PreviousSealKey) != len(s.sealKey)) {
 		return fmt.Errorf("%w: Options.PreviousSealKey needs Options.SealKey and %d bytes (it has %d)", persistence.ErrInvalid, len(s.sealKey), len(opts.PreviousSealKey))
 	}
+	if opts.ReadOnly && opts.PreviousSealKey != nil {
+		return fmt.Errorf("%w: Options.PreviousSealKey re-seals the store, which Options.ReadOnly forbids", persistence.ErrInvalid)
+	}
 	format, ok, err := s.get(keyFormat)
 	if err != nil {
 		return err
+	}
+	if !ok && opts.ReadOnly {
+		return fmt.Errorf("%w: the database has no format marker %q: not an otafleet store", ErrFormat, keyFormat)
 	}
 	if !ok {
 		return s.create(opts)
@@ -201,6 +221,9 @@ func (s *Store) start(opts Options) error {
 		return &persistence.CorruptError{Key: keySeal, Reason: "missing"}
 	case len(seal) == 1+32 && seal[0] == sealStored:
 		copy(s.sealKey[:], seal[1:])
+		if opts.SealKey != nil && opts.ReadOnly {
+			return fmt.Errorf("%w; open it read-only without Options.SealKey (with one it would be re-sealed)", ErrOwnSealKey)
+		}
 		if opts.SealKey != nil {
 			if err := s.reseal(opts.SealKey, "the store's own key"); err != nil {
 				return err
@@ -225,8 +248,10 @@ func (s *Store) start(opts Options) error {
 	default:
 		return &persistence.CorruptError{Key: keySeal, Reason: fmt.Sprintf("bad seal record of %d bytes", len(seal))}
 	}
-	if err := s.cleanBlobWrites(); err != nil {
-		return err
+	if !opts.ReadOnly {
+		if err := s.cleanBlobWrites(); err != nil {
+			return err
+		}
 	}
 	if opts.Verify {
 		return s.Verify(context.Background())

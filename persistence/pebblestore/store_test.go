@@ -345,3 +345,46 @@ func TestTune(t *testing.T) {
 		t.Fatal("Tune not called with the options")
 	}
 }
+
+// TestReadOnly: a store opened read-only reads what was written, refuses
+// writes, and is never re-sealed; a missing store does not open.
+func TestReadOnly(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if _, err := pebblestore.Open(dir+"/missing", pebblestore.Options{ReadOnly: true}); err == nil {
+		t.Fatal("a missing store opened read-only")
+	}
+	s, err := pebblestore.Open(dir, pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutProduct(ctx, persistence.Product{ID: "p", Name: "n", Protocol: persistence.ProtocolMQTT}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateDevices(ctx, []persistence.Device{{ID: "d", ProductID: "p", Secret: "12345678"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	key := bytes.Repeat([]byte{7}, 32)
+	if _, err := pebblestore.Open(dir, pebblestore.Options{ReadOnly: true, SealKey: key}); !errors.Is(err, pebblestore.ErrOwnSealKey) || !errors.Is(err, pebblestore.ErrSealKey) {
+		t.Fatalf("read-only with a seal key, on a store that keeps its own: %v, want ErrOwnSealKey", err)
+	}
+	if _, err := pebblestore.Open(dir, pebblestore.Options{ReadOnly: true, SealKey: key, PreviousSealKey: key}); !errors.Is(err, persistence.ErrInvalid) {
+		t.Fatalf("read-only with a previous seal key: %v, want ErrInvalid", err)
+	}
+	ro, err := pebblestore.Open(dir, pebblestore.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := ro.DeviceCredentials(ctx, "d"); err != nil || c.Secret != "12345678" {
+		t.Fatalf("DeviceCredentials read-only = %+v, %v (was the store re-sealed?)", c, err)
+	}
+	if err := ro.PutProduct(ctx, persistence.Product{ID: "q", Name: "n", Protocol: persistence.ProtocolMQTT}); err == nil {
+		t.Fatal("a write to a read-only store succeeded")
+	}
+	if err := ro.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -7,7 +7,8 @@
 // ErrConflict, concurrent appends, Load after N, snapshots, active marks,
 // closed stores, invalid IDs, appends marked NoSync, state records written
 // with an append's events, all or none) and the registry (CRUD, paging, all-or-nothing
-// CreateDevices, references, credentials, blobs). Each subtest opens its own
+// CreateDevices, references, credentials, blobs), sessions and, for a store
+// that implements persistence.Lister, its listings. Each subtest opens its own
 // store; the suite closes it. It is for tests only.
 package persistencetest
 
@@ -67,6 +68,7 @@ func Run(t *testing.T, open Open) {
 		{"BlobReaderFails", testBlobReaderFails},
 		{"BlobDeleteWhileOpen", testBlobDeleteWhileOpen},
 		{"Sessions", testSessions},
+		{"Lister", testLister},
 		{"Closed", testClosed},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -1172,6 +1174,74 @@ func testSessions(t *testing.T, s persistence.Store) {
 	cancel()
 	if err := s.PutSession(cctx, "lwm2m", "z", nil); err == nil {
 		t.Fatal("PutSession with a cancelled context succeeded")
+	}
+}
+
+// testLister: a store that implements persistence.Lister lists each stream
+// with events, a snapshot or records once (and no stream it never saw),
+// the complete blobs and the transports with sessions.
+func testLister(t *testing.T, s persistence.Store) {
+	l, isLister := s.(persistence.Lister)
+	if !isLister {
+		t.Skip("the store is not a persistence.Lister")
+	}
+	ctx := context.Background()
+	recOnly := persistence.Stream{Kind: persistence.KindTask, ID: "t-records"}
+	snapOnly := persistence.Stream{Kind: persistence.KindCell, ID: "c-snapshot"}
+	markOnly := persistence.Stream{Kind: persistence.KindDevice, ID: "dev-mark"}
+	yes := true
+	mustAppend(t, s, persistence.Append{Stream: dev1, Events: evs(1, 3), Records: []persistence.Record{rec("a", 1), rec("b", 2)}})
+	ok(t, "SaveSnapshot", s.SaveSnapshot(ctx, dev1, persistence.Snapshot{Seq: 2, Type: persistence.SnapshotTypeState}))
+	mustAppend(t, s, persistence.Append{Stream: dev2, Events: evs(1, 1)})
+	mustAppend(t, s, persistence.Append{Stream: recOnly, Records: []persistence.Record{rec("x", 1)}})
+	ok(t, "SaveSnapshot of a stream without events", s.SaveSnapshot(ctx, snapOnly, persistence.Snapshot{Seq: 0, Type: persistence.SnapshotTypeState}))
+	mustAppend(t, s, persistence.Append{Stream: markOnly, Active: &yes})
+	got := map[persistence.Stream]int{}
+	ok(t, "Streams", l.Streams(ctx, func(st persistence.Stream) error { got[st]++; return nil }))
+	for _, st := range []persistence.Stream{dev1, dev2, recOnly, snapOnly} {
+		if got[st] != 1 {
+			t.Errorf("Streams listed %s %d times, want once (all: %v)", st, got[st], got)
+		}
+	}
+	for st, n := range got {
+		if st != dev1 && st != dev2 && st != recOnly && st != snapOnly && (st != markOnly || n != 1) {
+			t.Errorf("Streams listed %s %d times, a stream never written (all: %v)", st, n, got)
+		}
+	}
+	stop := errors.New("stop")
+	if err := l.Streams(ctx, func(persistence.Stream) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("Streams with a failing fn: %v, want %v", err, stop)
+	}
+
+	for _, id := range []string{"pkg-b", "pkg-a"} {
+		if _, _, err := s.WriteBlob(ctx, id, strings.NewReader("data of "+id), 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := s.WriteBlob(ctx, "pkg-c", strings.NewReader("too long"), 3); !errors.Is(err, persistence.ErrTooLarge) {
+		t.Fatalf("WriteBlob past maxBytes: %v", err)
+	}
+	var blobs []string
+	ok(t, "Blobs", l.Blobs(ctx, func(id string) error { blobs = append(blobs, id); return nil }))
+	if want := []string{"pkg-a", "pkg-b"}; !slices.Equal(blobs, want) {
+		t.Errorf("Blobs = %q, want %q", blobs, want)
+	}
+
+	transports := func() []string {
+		var names []string
+		ok(t, "SessionTransports", l.SessionTransports(ctx, func(n string) error { names = append(names, n); return nil }))
+		return names
+	}
+	ok(t, "PutSession", s.PutSession(ctx, "lwm2m", "a", []byte("1")))
+	ok(t, "PutSession", s.PutSession(ctx, "lwm2m", "b", []byte("2")))
+	ok(t, "PutSession", s.PutSession(ctx, "lwm", "a", []byte("3")))
+	ok(t, "PutSession", s.PutSession(ctx, "download", "h", []byte("4")))
+	if got, want := transports(), []string{"download", "lwm", "lwm2m"}; !slices.Equal(got, want) {
+		t.Errorf("SessionTransports = %q, want %q", got, want)
+	}
+	ok(t, "DeleteSession", s.DeleteSession(ctx, "download", "h"))
+	if got, want := transports(), []string{"lwm", "lwm2m"}; !slices.Equal(got, want) {
+		t.Errorf("SessionTransports after the last session of download went = %q, want %q", got, want)
 	}
 }
 

@@ -142,6 +142,7 @@ func (s *Store) OpenBlob(ctx context.Context, id string) (persistence.Blob, erro
 	}
 	o.chunkSize = int64(chunkSize)
 	copy(o.sum[:], sum)
+	o.BlobCursor.Init(o, id, o.size)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -220,10 +221,11 @@ type blob struct {
 	sum       [sha256.Size]byte
 	closed    atomic.Bool
 
+	persistence.BlobCursor
+
 	mu     sync.Mutex // guards the fields below
 	cached int64      // index of cache (-1: none)
 	cache  []byte     // one chunk's data: sequential small reads hit it
-	off    int64      // Read and Seek offset
 }
 
 func (o *blob) Size() int64               { return o.size }
@@ -354,47 +356,4 @@ func (o *blob) chunks(first, last int64, fn func(i int64, data []byte)) error {
 		return &persistence.CorruptError{Key: chunkKey(o.gen, next), Reason: fmt.Sprintf("chunk %d of blob %q is missing (deleted meanwhile?)", next, o.id)}
 	}
 	return nil
-}
-
-// Read implements io.Reader.
-func (o *blob) Read(p []byte) (int, error) {
-	o.mu.Lock()
-	off := o.off
-	o.mu.Unlock()
-	if off >= o.size {
-		return 0, io.EOF
-	}
-	if rest := o.size - off; int64(len(p)) > rest {
-		p = p[:rest]
-	}
-	n, err := o.ReadAt(p, off)
-	o.mu.Lock()
-	o.off = off + int64(n)
-	o.mu.Unlock()
-	if errors.Is(err, io.EOF) && n > 0 {
-		err = nil
-	}
-	return n, err
-}
-
-// Seek implements io.Seeker.
-func (o *blob) Seek(offset int64, whence int) (int64, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	var abs int64
-	switch whence {
-	case io.SeekStart:
-		abs = offset
-	case io.SeekCurrent:
-		abs = o.off + offset
-	case io.SeekEnd:
-		abs = o.size + offset
-	default:
-		return 0, fmt.Errorf("%w: blob %q: whence %d", persistence.ErrInvalid, o.id, whence)
-	}
-	if abs < 0 {
-		return 0, fmt.Errorf("%w: blob %q: negative position %d", persistence.ErrInvalid, o.id, abs)
-	}
-	o.off = abs
-	return abs, nil
 }

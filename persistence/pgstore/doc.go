@@ -77,7 +77,10 @@
 // Device secrets and PSKs are sealed with persistence.Sealer under
 // Options.SealKey, which is required: the key never lives in the shared
 // database, which keeps only its check value (a wrong key fails Open with
-// ErrSealKey). Sessions are written with synchronous_commit off, like
+// ErrSealKey). Options.PreviousSealKey with Options.SealKey rotates the
+// key: Open re-seals every credential in one transaction, under a lock on
+// the check value's row (so nodes starting together re-seal once), and a
+// crash leaves all under the old key or all under the new one. Sessions are written with synchronous_commit off, like
 // pebblestore's unsynced session writes: they survive a crash of otafleet,
 // not necessarily one of PostgreSQL.
 package pgstore

@@ -61,6 +61,15 @@ type Options struct {
 	// every operator with a SQL client reads. The database keeps only a
 	// check value, so a wrong key fails Open.
 	SealKey []byte
+	// PreviousSealKey, if set (persistence.SealKeyLen bytes), rotates the
+	// seal key: a database sealed under PreviousSealKey is re-sealed under
+	// SealKey by Open, in one transaction (a crash leaves all under the old
+	// key or all under the new one). A database sealed under SealKey opens
+	// as usual, so the option may stay set across restarts. Every node
+	// still running with the old key must be stopped first: a credential
+	// it writes afterwards would be sealed under a key the database no
+	// longer names.
+	PreviousSealKey []byte
 	// Logger receives the store's messages; nil means slog.Default().
 	Logger *slog.Logger
 	// MaxConns bounds the connection pool; 0 means DefaultMaxConns.
@@ -126,6 +135,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	sl, err := persistence.NewSealer(opts.SealKey)
 	if err != nil {
 		return nil, err
+	}
+	if opts.PreviousSealKey != nil && len(opts.PreviousSealKey) != persistence.SealKeyLen {
+		return nil, fmt.Errorf("%w: Options.PreviousSealKey has %d bytes, want %d", persistence.ErrInvalid, len(opts.PreviousSealKey), persistence.SealKeyLen)
 	}
 	if err := CheckDSN(dsn); err != nil {
 		return nil, err
@@ -214,7 +226,15 @@ func (s *Store) start(ctx context.Context, opts Options) error {
 	if err := s.pool.QueryRow(ctx, `SELECT value FROM meta WHERE name = 'seal_check'`).Scan(&stored); err != nil {
 		return fmt.Errorf("pgstore: reading the seal key's check value: %w", err)
 	}
-	if !hmac.Equal(stored, check) {
+	switch {
+	case hmac.Equal(stored, check):
+	case opts.PreviousSealKey != nil && hmac.Equal(stored, persistence.SealCheck(opts.PreviousSealKey)):
+		if err := s.reseal(ctx, opts.PreviousSealKey, opts.SealKey); err != nil {
+			return err
+		}
+	case opts.PreviousSealKey != nil:
+		return fmt.Errorf("%w: neither Options.SealKey nor Options.PreviousSealKey is the key the database's credentials are sealed with", ErrSealKey)
+	default:
 		return fmt.Errorf("%w: the database's credentials are sealed with another key", ErrSealKey)
 	}
 	return s.sweepBlobs(ctx)

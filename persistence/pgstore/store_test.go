@@ -176,3 +176,97 @@ func TestReadOnlyUser(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestSealKeyRotation: SealKey with PreviousSealKey re-seals a database
+// sealed under the previous key, in one transaction: a re-seal that fails
+// midway leaves everything under the old key; afterwards only the new key
+// opens it, and the options may stay set.
+func TestSealKeyRotation(t *testing.T) {
+	ctx := context.Background()
+	oldKey, newKey, other := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32), bytes.Repeat([]byte{3}, 32)
+	dsn := pgtest.NewDatabase(t)
+	openKeys := func(key, prev []byte) (*pgstore.Store, error) {
+		s, err := pgstore.Open(ctx, dsn, pgstore.Options{SealKey: key, PreviousSealKey: prev, Logger: testLogger(t)})
+		if err == nil {
+			t.Cleanup(func() { _ = s.Close() })
+		}
+		return s, err
+	}
+	s, err := openKeys(oldKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutProduct(ctx, persistence.Product{ID: "p", Protocol: persistence.ProtocolLWM2M}); err != nil {
+		t.Fatal(err)
+	}
+	var ds []persistence.Device
+	for i := range 2500 { // several pages
+		d := persistence.Device{ID: fmt.Sprintf("d-%04d", i), ProductID: "p"}
+		switch i % 3 {
+		case 0:
+			d.Secret = "secret-" + d.ID
+		case 1:
+			d.PSK = []byte("psk-" + d.ID)
+		}
+		ds = append(ds, d)
+	}
+	if err := s.CreateDevices(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+	want := func(s *pgstore.Store) {
+		t.Helper()
+		for _, d := range ds {
+			c, err := s.DeviceCredentials(ctx, d.ID)
+			if err != nil || c.Secret != d.Secret || !bytes.Equal(c.PSK, d.PSK) {
+				t.Fatalf("DeviceCredentials(%s) = %+v, %v; want %q %q", d.ID, c, err, d.Secret, d.PSK)
+			}
+		}
+	}
+
+	for _, c := range []struct {
+		name      string
+		key, prev []byte
+		want      error
+	}{
+		{"the new key alone", newKey, nil, pgstore.ErrSealKey},
+		{"two wrong keys", newKey, other, pgstore.ErrSealKey},
+		{"a short previous key", newKey, []byte("short"), persistence.ErrInvalid},
+	} {
+		if _, err := openKeys(c.key, c.prev); !errors.Is(err, c.want) {
+			t.Fatalf("Open with %s: %v, want %v", c.name, err, c.want)
+		}
+	}
+
+	// A value that does not open with the previous key stops the re-seal,
+	// which leaves everything as it was.
+	execSQL(t, dsn, `UPDATE devices SET sealed_secret = '\x00112233445566778899aabbccddeeff00112233445566778899' WHERE id = 'd-2400'`)
+	if _, err := openKeys(newKey, oldKey); !errors.Is(err, persistence.ErrCorrupt) || !strings.Contains(err.Error(), "d-2400") {
+		t.Fatalf("rotation over a corrupt value: %v, want a CorruptError naming d-2400", err)
+	}
+	if s, err = openKeys(oldKey, nil); err != nil {
+		t.Fatalf("the old key after a failed rotation: %v", err)
+	}
+	if c, err := s.DeviceCredentials(ctx, "d-0003"); err != nil || c.Secret != "secret-d-0003" {
+		t.Fatalf("after a failed rotation, d-0003 = %+v, %v", c, err)
+	}
+	_ = s.Close()
+	execSQL(t, dsn, `DELETE FROM devices WHERE id = 'd-2400'`)
+	ds = append(ds[:2400], ds[2401:]...)
+
+	if s, err = openKeys(newKey, oldKey); err != nil {
+		t.Fatalf("rotation: %v", err)
+	}
+	want(s)
+	_ = s.Close()
+	if _, err := openKeys(oldKey, nil); !errors.Is(err, pgstore.ErrSealKey) {
+		t.Fatalf("Open with the old key after the rotation: %v, want ErrSealKey", err)
+	}
+	for _, prev := range [][]byte{oldKey, nil} {
+		if s, err = openKeys(newKey, prev); err != nil {
+			t.Fatal(err)
+		}
+		want(s)
+		_ = s.Close()
+	}
+}
