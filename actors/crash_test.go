@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -114,6 +115,11 @@ type crashCampaign struct {
 	after map[string]string
 	// transport configures the simulated devices.
 	transport memtransport.Config
+	// reboot: the simulated devices die with the server and come back from
+	// their state file (memtransport.Config.StateFile), keeping only their
+	// durable facts, as the --simulate devices of a killed `otafleet serve`
+	// do (cmd/otafleet's TestProcessKillNine).
+	reboot bool
 }
 
 func newCrashCampaign() crashCampaign {
@@ -271,9 +277,24 @@ func crashAtEveryWrite(t *testing.T, s engineStore, campaign crashCampaign) {
 	}
 }
 
+// TestCrashAtEveryJournalWriteDevicesReboot (issue 21) is
+// TestCrashAtEveryJournalWrite with simulated devices that die with the
+// server and restart from their state file (crashCampaign.reboot), as the
+// --simulate devices of the kill -9 process test do: an outcome a crash
+// took is decided again with devices that kept only their durable facts.
+// Pebble only: the rule it checks is about what a machine's crash loses.
+func TestCrashAtEveryJournalWriteDevicesReboot(t *testing.T) {
+	campaign := newCrashCampaign()
+	campaign.reboot = true
+	crashAtEveryWrite(t, storeNamed("pebble"), campaign)
+}
+
 // countWrites runs the campaign once without crashing.
 func countWrites(t *testing.T, newJournal func() journal, c crashCampaign) int {
 	clk := clocktest.New(epoch)
+	if c.reboot {
+		c.transport.StateFile = filepath.Join(t.TempDir(), "sim-state")
+	}
 	cs, tr, up := crashSetup(t, clk, -1, newJournal(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
@@ -301,6 +322,9 @@ func crashSetup(t *testing.T, clk *clocktest.Clock, crashAt int, j journal, cfg 
 func crashOnce(t *testing.T, newJournal func() journal, c crashCampaign, k int) {
 	ctx := context.Background()
 	clk := clocktest.New(epoch)
+	if c.reboot {
+		c.transport.StateFile = filepath.Join(t.TempDir(), "sim-state")
+	}
 	cs, tr, up := crashSetup(t, clk, k, newJournal(), c.transport)
 	defer tr.Close()
 	for _, s := range c.specs {
@@ -309,12 +333,29 @@ func crashOnce(t *testing.T, newJournal func() journal, c crashCampaign, k int) 
 		}
 	}
 	r1 := c.run(t, clk, cs, tr, up, cs.crashed)
+	if c.reboot {
+		// The devices die with the server: what they had not made durable
+		// is gone, and so are the downlinks on the wire.
+		tr.Close()
+	}
 	r1.e.Stop()
 	up.Set(nil)
 	cs.EventStore.Close()
 	// The server is down for a moment: downlinks already on the wire reach
 	// their devices, whose answers are lost.
 	clk.Advance(2 * time.Second)
+	if c.reboot {
+		var err error
+		if tr, err = memtransport.New(c.transport, clk, up, nil); err != nil {
+			t.Fatalf("crash at write %d: restarting the devices: %v", k, err)
+		}
+		defer tr.Close()
+		for _, s := range c.specs {
+			if err := tr.Add(s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 
 	st := cs.j.open(t) // what the crash left
 	defer st.Close()

@@ -9,10 +9,10 @@
 // when someone waits for it (a device report the device expects
 // acknowledged, acknowledged only once durable; an API command) or when one
 // of its events must be durable first (messages' MustSync rules: a stage
-// that sends a package URI or an Execute, a device's job outcome, a task's
-// sub-task outcome, a stop, ...); the others (presence, bytes-served notes,
-// a version query, a cell grant, a report marked no_ack: the answer to a
-// request of the server's
+// that sends a package URI or an Execute, a task's sub-task outcome, a stop,
+// ...); the others (presence, bytes-served notes, a version query, a cell
+// grant, a device's job outcome, which its task's synced step makes
+// durable, a report marked no_ack: the answer to a request of the server's
 // own, ...) are written unsynced and become durable with the next synced
 // append of any actor, so a crash can only take an actor back a few
 // re-derivable steps. The effects are downlinks through the transport

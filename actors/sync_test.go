@@ -156,9 +156,9 @@ func TestAnswersAppendedUnsynced(t *testing.T) {
 			"stage_entered(STAGE_DOWNLOADED)":    true,  // /5/0/3 = 2, a CON notification (and the Execute)
 			"stage_entered(STAGE_UPGRADING)":     true,  // /5/0/3 = 3, a CON notification
 			"stage_entered(STAGE_VERIFYING)":     true,  // /5/0/5 = 1, a CON notification
-			"job_finished":                       true,  // MustSync: the outcome
+			"job_finished":                       false, // the /3/0/3 read answer; the task's SubtaskFinished syncs it
 			"stage_entered(STAGE_VERSION_QUERY)": false, // the task's StartJob: nobody waits
-		}, 8}, // NOTIFIED, the four CON notifications, JobFinished, SubtaskFinished; the task's creation
+		}, 7}, // NOTIFIED, the four CON notifications, SubtaskFinished; the task's creation
 		{messages.Protocol_PROTOCOL_MQTT, map[string]bool{
 			"progress_recorded": true, // a QoS 1 report: acknowledged once durable
 			"job_finished":      true, // likewise (the final progress report)

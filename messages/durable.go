@@ -16,13 +16,36 @@ package messages
 // cell grant it rests on, see CellEvent.MustSync), an Execute or PCP 0x17, a
 // stop, a task's starts and ends, a queued or flushed downlink.
 //
-// A device's JobFinished is synced. Writing it unsynced (its task's synced
-// SubtaskFinished would make it durable before the task counts it, and a
-// crash that took it would leave the device to end the job again from its
-// last durable stage) saved one commit per upgrade, but the kill -9 process
-// test (TestProcessKillNine) then saw 2 of 300 simulated devices upgraded
-// twice in one of several runs; until that is understood, the outcome is
-// durable before its effects, as before.
+// A device's JobFinished, other than a stop's, is unsynced (issue 21: one
+// synced commit less per upgrade). The effects of its step are the outcome
+// for the task, the cell slot's return, the download token's revocation and
+// the cancel of FOTA's observations. The first leads to the task's synced
+// SubtaskFinished, later in the log, so JobFinished is durable before its
+// task counts the outcome; the cell's return and the deletion of the
+// download handle are appends later in the log too. If a crash takes
+// JobFinished, it takes everything the device, its cell and its task did
+// after it: the device recovers in the job's last durable stage, its task
+// still has the sub-task PROCESSING, and the device's Resume asks again what
+// the stage waits for (the version, object 5) or re-arms the stage's past
+// deadline, which fires at once, so the job ends again. A report that ends a
+// job and that the device expects acknowledged (a CON notification, an MQTT
+// QoS 1 report, a PCP 0x18) is synced by the shell anyway: only an answer to
+// the server's own request (a version read), a non-confirmable notification
+// or a deadline ends a job unsynced. A stop stays synced: it may reset a
+// FOTA device's object 5, after which a DOWNLOADED stage recovered without
+// the stop could read State 2 and send the Execute again (a lost reset). Nor
+// does a lost JobFinished make the device refuse another task wrongly: that
+// task's SubtaskStarted is synced, so it survives a crash that took
+// JobFinished only if it came before it in the log. That task started its
+// sub-task while the job ran, and Task Conflict (spec 6.2) is what the
+// device answers in the run where that StartJob arrives before the job's
+// end; a task created, or a sub-task started, after the end finds the end
+// durable. (The kill -9 process test's devices "upgraded twice" for which
+// this was once reverted were FOTA devices sent a second Execute on a
+// State 2 notification that had crossed the first, unrelated to the
+// outcome's sync: devicefsm's stale_fota_notifications.txt. The actors'
+// crash tests lose the outcome at every journal write, with the simulated
+// devices restarted from their state file too.)
 //
 // These rules are per event; the actors' shell adds one per input: the step of
 // an input someone waits for (a device report the device expects
@@ -49,7 +72,9 @@ func (x *DeviceEvent) MustSync() bool {
 		*DeviceEvent_JobRejected:        // likewise; the refusal is decided again
 		return false
 	case *DeviceEvent_JobFinished:
-		return true // see above
+		// The task's synced SubtaskFinished makes it durable first (see
+		// above); a stop may have reset object 5.
+		return k.JobFinished.GetStatus() == SubtaskStatus_SUBTASK_STATUS_STOPPED
 	case *DeviceEvent_StageEntered:
 		return k.StageEntered.GetStage().startsDeviceWork()
 	}

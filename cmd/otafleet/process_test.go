@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -36,6 +38,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("OTAFLEET_TEST_MAIN") == "1" {
 		if n := os.Getenv(envBlockAppendsAfter); n != "" {
 			testJournalHook = blockAppendsAfter(n)
+		}
+		if n := os.Getenv(envLoseOutcome); n != "" {
+			testJournalHook = loseOutcome(n)
 		}
 		main()
 		return
@@ -189,6 +194,35 @@ func dumpInFlight(t *testing.T, store processStore) {
 	t.Logf("%d devices in flight", n)
 }
 
+// dumpJournals logs every event of the devices ids, from the journal.
+func dumpJournals(t *testing.T, store processStore, ids []string) {
+	st, err := store.open()
+	if err != nil {
+		t.Logf("dump: %v", err)
+		return
+	}
+	defer st.Close()
+	for _, id := range ids {
+		var b strings.Builder
+		err := st.Load(context.Background(), persistence.Stream{Kind: persistence.KindDevice, ID: id}, 0, func(e persistence.Event) error {
+			ev := &messages.DeviceEvent{}
+			if err := proto.Unmarshal(e.Payload, ev); err != nil {
+				return err
+			}
+			ev.AtUnixNano = 0
+			fmt.Fprintf(&b, "\n  %d %s %v", e.Seq, time.Unix(0, e.At).UTC().Format("15:04:05.000"), ev)
+			return nil
+		})
+		t.Logf("journal of %s (%v):%s", id, err, b.String())
+	}
+}
+
+// anySlice is v as a slice of a decoded JSON array (nil otherwise).
+func anySlice(v any) []any {
+	s, _ := v.([]any)
+	return s
+}
+
 // wait drains the log and returns the exit error.
 func (s *server) wait(ctx context.Context) (error, []map[string]any) {
 	var all []map[string]any
@@ -214,13 +248,29 @@ func msg(name string) func(map[string]any) bool {
 // killed with SIGKILL mid-way and started again on the same data dir. The
 // campaign finishes with every device succeeded exactly once — no second
 // upgrade, Execute or upgrade event. Health and metrics answer; SIGTERM exits 0.
-func TestProcessKillNine(t *testing.T) { testProcessKillNine(t, false) }
+func TestProcessKillNine(t *testing.T) { testProcessKillNine(t, false, nil, nil) }
 
 // TestProcessKillNinePostgres is TestProcessKillNine on a PostgreSQL store
 // (serve --store postgres://...).
-func TestProcessKillNinePostgres(t *testing.T) { testProcessKillNine(t, true) }
+func TestProcessKillNinePostgres(t *testing.T) { testProcessKillNine(t, true, nil, nil) }
 
-func testProcessKillNine(t *testing.T, postgres bool) {
+// TestProcessKillNineLosesOutcome (issue 21) is TestProcessKillNine killed
+// at the worst moment for a device's unsynced JobFinished: a failpoint
+// (envLoseOutcome) acknowledges the 30th such append without writing it,
+// so that the step's effects run (the outcome goes to the task, the slot to
+// the cell, the observations are cancelled), and takes no append after it,
+// as a crash before the next synced commit would; the server is killed on
+// the failpoint's log line. The campaign still ends with every device
+// upgraded exactly once. (It needs outcomes written unsynced, see
+// messages.DeviceEvent.MustSync: with them synced there is none to lose.)
+func TestProcessKillNineLosesOutcome(t *testing.T) {
+	testProcessKillNine(t, false, []string{envLoseOutcome + "=30"}, msg("failpoint: outcome lost"))
+}
+
+// testProcessKillNine runs the campaign of TestProcessKillNine. env is
+// added to the first server's environment; killAt, if set, picks the log
+// line to kill it at (after 100 upgrades otherwise).
+func testProcessKillNine(t *testing.T, postgres bool, env []string, killAt func(map[string]any) bool) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
@@ -239,14 +289,18 @@ func testProcessKillNine(t *testing.T, postgres bool) {
 		"--timeout-download-start", short, "--timeout-update-start", short, "--timeout-version-check", short}
 	args = append(args, store.args...)
 
-	first := startServer(t, args...)
-	upgraded := 0
-	first.await(ctx, "100 upgrades", func(m map[string]any) bool {
-		if m["msg"] == "simulated device upgraded" {
-			upgraded++
-		}
-		return upgraded >= 100
-	})
+	first := startServerEnv(t, env, args...)
+	if killAt != nil {
+		t.Logf("killed at %v", first.await(ctx, "the kill's log line", killAt))
+	} else {
+		upgraded := 0
+		first.await(ctx, "100 upgrades", func(m map[string]any) bool {
+			if m["msg"] == "simulated device upgraded" {
+				upgraded++
+			}
+			return upgraded >= 100
+		})
+	}
 	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -263,6 +317,14 @@ func testProcessKillNine(t *testing.T, postgres bool) {
 		dumpInFlight(t, store)
 	})
 	if fin["succeeded"] != 300.0 || fin["devices"] != 300.0 || fin["devices_upgraded_twice"] != 0.0 || fin["upgrades"] != 300.0 {
+		// The journals of the devices upgraded twice say how.
+		_ = second.cmd.Process.Signal(syscall.SIGKILL)
+		second.wait(context.Background())
+		var ids []string
+		for _, id := range anySlice(fin["twice_ids"]) {
+			ids = append(ids, fmt.Sprint(id))
+		}
+		dumpJournals(t, store, ids)
 		t.Fatalf("campaign after kill -9: %v", fin)
 	}
 
@@ -451,4 +513,52 @@ func TestProcessDataDirInUse(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, pidFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("serve.pid after a clean stop: %v", err)
 	}
+}
+
+// envLoseOutcome, set only by TestProcessKillNineLosesOutcome for its first
+// `serve`, is the failpoint of loseOutcome: the count of the device's
+// unsynced JobFinished appends at which to lose one.
+const envLoseOutcome = "OTAFLEET_TEST_LOSE_OUTCOME"
+
+// loseOutcome is the failpoint of envLoseOutcome as a journal hook: the
+// n-th unsynced device append holding a JobFinished is acknowledged but not
+// written (the store's log never gets it), and no append after it returns,
+// as if the process died before its next synced commit; the step's effects
+// run meanwhile. It logs "failpoint: outcome lost" with the device.
+func loseOutcome(n string) func(persistence.EventStore, *slog.Logger) persistence.EventStore {
+	at, err := strconv.Atoi(n)
+	if err != nil || at < 1 {
+		panic(fmt.Sprintf("%s=%q: want a count", envLoseOutcome, n))
+	}
+	return func(s persistence.EventStore, log *slog.Logger) persistence.EventStore {
+		return &losingJournal{EventStore: s, log: log, at: int64(at)}
+	}
+}
+
+type losingJournal struct {
+	persistence.EventStore
+	log    *slog.Logger
+	at     int64
+	n      atomic.Int64
+	frozen atomic.Bool
+}
+
+func (j *losingJournal) Append(ctx context.Context, a persistence.Append) (uint64, error) {
+	if j.frozen.Load() {
+		<-ctx.Done() // the engine appends with a background context: forever
+		return 0, ctx.Err()
+	}
+	if a.NoSync && a.Stream.Kind == persistence.KindDevice {
+		for _, e := range a.Events {
+			var ev messages.DeviceEvent
+			if proto.Unmarshal(e.Payload, &ev) != nil || ev.GetJobFinished() == nil {
+				continue
+			}
+			if j.n.Add(1) == j.at && j.frozen.CompareAndSwap(false, true) {
+				j.log.Warn("failpoint: outcome lost", "device", a.Stream.ID, "status", ev.GetJobFinished().GetStatus().String())
+				return a.Expected + uint64(len(a.Events)), nil
+			}
+		}
+	}
+	return j.EventStore.Append(ctx, a)
 }

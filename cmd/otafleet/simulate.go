@@ -160,6 +160,7 @@ func watchCampaign(ctx context.Context, engine *actors.Engine, tr *memtransport.
 			// (FOTA /5/0/2, PCP 0x17); repeated MQTT upgrade events (a device
 			// that reconnected before reporting progress) are counted apart.
 			twice, repeatedEvents := 0, 0
+			var twiceIDs, twiceCounters []string
 			for _, id := range tr.IDs() {
 				dev, ok := tr.Device(id)
 				if !ok {
@@ -167,6 +168,9 @@ func watchCampaign(ctx context.Context, engine *actors.Engine, tr *memtransport.
 				}
 				if dev.Counters.Upgrades > 1 || dev.Counters.Executes > 1 || dev.Counters.PCPExecutes > 1 {
 					twice++
+					twiceIDs = append(twiceIDs, id)
+					twiceCounters = append(twiceCounters, fmt.Sprintf("%s: %d installs, %d Executes, %d PCP 0x17, %d URI writes, %d downloads",
+						id, dev.Counters.Upgrades, dev.Counters.Executes, dev.Counters.PCPExecutes, dev.Counters.URIWrites, dev.Counters.Downloads))
 				}
 				if dev.Counters.UpgradeEvents > 1 {
 					repeatedEvents++
@@ -174,7 +178,8 @@ func watchCampaign(ctx context.Context, engine *actors.Engine, tr *memtransport.
 			}
 			st := tr.Stats()
 			logger.Info("simulated campaign finished", "succeeded", success, "devices", total,
-				"upgrades", st.Upgrades, "devices_upgraded_twice", twice, "mqtt_events_repeated", repeatedEvents)
+				"upgrades", st.Upgrades, "devices_upgraded_twice", twice, "mqtt_events_repeated", repeatedEvents,
+				"twice_ids", twiceIDs, "twice_counters", twiceCounters)
 			return
 		}
 	}

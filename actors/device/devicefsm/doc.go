@@ -109,10 +109,13 @@
 //     the URI's writes again (the reset first, as on a new registration).
 //   - Crash recovery of the Execute (FOTA /5/0/2, PCP 0x17), which is not
 //     idempotent: after a restart in DOWNLOADED, Resume reads object 5 of a
-//     FOTA device (State and Update Result in one answer); State 2 with
-//     Update Result 0 means the device never took the Execute (it moves to
-//     State 3 before it answers one), so the Execute goes again and T8
-//     counts anew. A new registration in DOWNLOADED reads object 5 the
+//     FOTA device (State and Update Result in one answer, marked no_ack);
+//     State 2 with Update Result 0 means the device never took the Execute
+//     (it moves to State 3 before it answers one), so the Execute goes
+//     again and T8 counts anew. A notification the device expects
+//     acknowledged decides nothing here, even with both values: it may have
+//     left the device before the Execute reached it
+//     (stale_fota_notifications.txt). A new registration in DOWNLOADED reads object 5 the
 //     same way: the Execute may have gone to the old session, or Resume's
 //     read to the address the device had before the restart. A PCP device has no such state to read: it answers a
 //     0x13 with its old version before a 0x17 and after taking one until

@@ -385,7 +385,9 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 			Op: op, Path: a["path"], Success: strings.HasPrefix(code, "2."), Code: code, PcpCode: u32(t, a, "pcp"), FotaReset: has(a, "reset"),
 		}}})
 	case "fota":
-		return h.step(&messages.DeviceInput{Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32(t, a, "state"), UpdateResult: i32(t, a, "result")}}})
+		// noack: an answer to the server's request (a read, an
+		// observation's first value), as the transports mark it.
+		return h.step(&messages.DeviceInput{NoAck: has(a, "noack"), Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32(t, a, "state"), UpdateResult: i32(t, a, "result")}}})
 	case "progress":
 		c := i32(t, a, "code")
 		if c == nil {

@@ -246,7 +246,16 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 	if st < stNotified || st > stUpgrading {
 		return
 	}
-	if st == stDownloaded && f.State != nil && f.UpdateResult != nil &&
+	// State and Update Result together answer the read of object 5
+	// (messages.PathFotaObject) that Resume and a new session send; only
+	// that answer, a report the server asked for (no_ack), tells what the
+	// device holds now. A notification the device expects acknowledged
+	// (its CON notification of /5/0/3 or /5/0/5, which a simulator may send
+	// with both values) may have left the device before the server's last
+	// request reached it: in DOWNLOADED, the State 2 of the download's end,
+	// which crossed the Execute on the way.
+	objectRead := f.State != nil && f.UpdateResult != nil && d.in.GetNoAck()
+	if st == stDownloaded && objectRead &&
 		f.GetState() == messages.FotaStateDownloaded && f.GetUpdateResult() == messages.UpdateResultInitial {
 		d.executeAgain()
 		return
@@ -268,7 +277,7 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 			d.enter(stUpgrading, d.at.Add(d.cfg.UpdateResult), 0)
 			return
 		}
-		if res == messages.UpdateResultInitial && f.State != nil && f.GetState() == messages.FotaStateIdle && (st == stNotified || st == stDownloading) {
+		if res == messages.UpdateResultInitial && objectRead && f.GetState() == messages.FotaStateIdle && (st == stNotified || st == stDownloading) {
 			// Idle with no result while its download is due: the device
 			// lost the URI (a reboot that kept nothing). Only now is the
 			// URI written again: a device that still holds it resumes by
