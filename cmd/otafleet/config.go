@@ -36,6 +36,9 @@ type serveConfig struct {
 	// Store is --store: "" (Pebble in DataDir), pebble:DIR or a
 	// postgres:// URL (see parseStore).
 	Store string
+	// StorePasswordFile is --store-password-file: a file holding the
+	// PostgreSQL password (see withPasswordFile).
+	StorePasswordFile string
 	// StoreTimeout bounds each journal call to PostgreSQL
 	// (pgstore.Options.Timeout).
 	StoreTimeout time.Duration
@@ -225,6 +228,8 @@ func settings() []setting {
 			"folder of the journal, registry, api-token and addrs.json", nonEmpty),
 		opt("store", func(c *serveConfig) *string { return &c.Store },
 			"where the journal, registry and packages live: pebble:DIR, or postgres://USER@HOST[:PORT]/DATABASE?sslmode=... (the password from the URL, PGPASSWORD or PGPASSFILE; needs --seal-key-file); default: pebble in --data-dir. To move an installation: otafleet store copy"),
+		opt("store-password-file", func(c *serveConfig) *string { return &c.StorePasswordFile },
+			"with a postgres:// --store: a file (mode 0600) whose first line is the database user's password, instead of the URL, PGPASSWORD or PGPASSFILE; never logged"),
 		opt("store-timeout", func(c *serveConfig) *time.Duration { return &c.StoreTimeout },
 			"with a postgres:// --store: how long a journal write or read waits for PostgreSQL; past it the store counts as unavailable: the command or device report fails with a retryable error (devices are not acknowledged) and the actor tries again once PostgreSQL answers", positive),
 		opt("api-addr", func(c *serveConfig) *string { return &c.APIAddr },

@@ -54,6 +54,42 @@ func parseStore(s string) (storeSpec, error) {
 	return storeSpec{}, errors.New("must be pebble:DIR or a postgres:// URL")
 }
 
+// withPasswordFile returns dsn with the password the file at path holds
+// (its first line); flag names the flag that gave path, for errors. Like
+// PGPASSFILE, the file must be a regular file that group and others cannot
+// read. An empty path leaves dsn as it is. The errors never quote the
+// password.
+func withPasswordFile(flag, dsn, path string) (string, error) {
+	if path == "" {
+		return dsn, nil
+	}
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil || u.User.Username() == "" {
+		return "", fmt.Errorf("%s needs a postgres:// URL that names the user (postgres://USER@HOST/DATABASE)", flag)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flag, err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s: %s is not a regular file", flag, path)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 {
+		return "", fmt.Errorf("%s: %s has mode %04o: group and others must have no access to a password file (chmod 600 %s)", flag, path, perm, path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flag, err)
+	}
+	pw, _, _ := strings.Cut(string(b), "\n")
+	pw = strings.TrimSuffix(pw, "\r")
+	if pw == "" {
+		return "", fmt.Errorf("%s: %s holds no password on its first line", flag, path)
+	}
+	u.User = url.UserPassword(u.User.Username(), pw)
+	return u.String(), nil
+}
+
 // redactedDSN is the DSN without its password, for messages and logs.
 func redactedDSN(dsn string) string {
 	if u, err := url.Parse(dsn); err == nil {
@@ -69,6 +105,9 @@ func (c serveConfig) checkStore() error {
 		return fmt.Errorf("--store %w", err)
 	}
 	if spec.postgres == "" {
+		if c.StorePasswordFile != "" {
+			return errors.New("--store-password-file goes with a postgres:// --store")
+		}
 		return nil
 	}
 	switch {
@@ -102,6 +141,9 @@ func openStore(ctx context.Context, cfg serveConfig, logger *slog.Logger) (store
 	}
 	if spec.postgres != "" {
 		where = redactedDSN(spec.postgres)
+		if spec.postgres, err = withPasswordFile("--store-password-file", spec.postgres, cfg.StorePasswordFile); err != nil {
+			return nil, where, err
+		}
 		ctx, cancel := context.WithTimeout(ctx, storeOpenTimeout)
 		defer cancel()
 		s, err := pgstore.Open(ctx, spec.postgres, pgstore.Options{SealKey: sealKey, PreviousSealKey: prevKey, Logger: logger, Timeout: cfg.StoreTimeout})
@@ -165,7 +207,7 @@ func storeCommand(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Work on a store itself (PostgreSQL schema migrations, copying a whole store)",
 		Args:  cobra.NoArgs,
 	}
-	var target string
+	var target, passwordFile string
 	migrate := &cobra.Command{
 		Use:   "migrate --store postgres://...",
 		Short: "Apply the PostgreSQL schema migrations this build has and print the schema versions (serve applies them too)",
@@ -179,6 +221,9 @@ func storeCommand(stdout, stderr io.Writer) *cobra.Command {
 				return usageError(errors.New("--store must be a postgres:// URL: a Pebble store has no schema to migrate"))
 			}
 			where := redactedDSN(spec.postgres)
+			if spec.postgres, err = withPasswordFile("--store-password-file", spec.postgres, passwordFile); err != nil {
+				return err
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), storeOpenTimeout)
 			defer cancel()
 			pool, err := pgxpool.New(ctx, spec.postgres)
@@ -200,6 +245,7 @@ func storeCommand(stdout, stderr io.Writer) *cobra.Command {
 		},
 	}
 	migrate.Flags().StringVar(&target, "store", "", "the PostgreSQL store: postgres://USER@HOST[:PORT]/DATABASE?sslmode=... (the password from the URL, PGPASSWORD or PGPASSFILE)")
+	migrate.Flags().StringVar(&passwordFile, "store-password-file", "", "a file (mode 0600) whose first line is the database user's password, as for serve")
 	_ = migrate.MarkFlagRequired("store")
 	cmd.AddCommand(migrate, storeCopyCommand(stdout, stderr))
 	return cmd

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,6 +112,9 @@ func TestServePostgres(t *testing.T) {
 	other := writeKey(t, "other", strings.Repeat("d4", 32)+"\n", 0o600)
 	failServe(t, "--seal-key-file is not the key the store is sealed with", serveArgs(t.TempDir(), "--store", dsn, "--seal-key-file", other)...)
 	failServe(t, "store postgres://u:xxxxx@127.0.0.1:1/db", serveArgs(t.TempDir(), "--store", "postgres://u:hunter2@127.0.0.1:1/db?sslmode=disable", "--seal-key-file", key)...)
+	pw := writeKey(t, "pw", "hunter2\n", 0o600)
+	failServe(t, "store postgres://u@127.0.0.1:1/db", serveArgs(t.TempDir(), "--store", "postgres://u@127.0.0.1:1/db?sslmode=disable", "--seal-key-file", key, "--store-password-file", pw)...)
+	failServe(t, "group and others must have no access to a password file", serveArgs(t.TempDir(), "--store", dsn, "--seal-key-file", key, "--store-password-file", writeKey(t, "pw-open", "hunter2\n", 0o644))...)
 
 	role := fmt.Sprintf("serve_reader_%d", os.Getpid())
 	if _, err := conn.Exec(ctx, `CREATE ROLE `+role+` LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO `+role); err != nil {
@@ -148,4 +152,36 @@ func TestStoreMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	failServe(t, "schema version 7", "store", "migrate", "--store", dsn)
+}
+
+// TestWithPasswordFile: --store-password-file puts the file's first line in
+// the URL as the user's password, and refuses a file others may read, an
+// empty one and a URL without a user, never quoting the password.
+func TestWithPasswordFile(t *testing.T) {
+	pw := writeKey(t, "pw", "s3cr:t/@x\nsecond line\n", 0o600)
+	got, err := withPasswordFile("--store-password-file", "postgres://otafleet@db.example:5433/ota?sslmode=verify-full", pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := u.User.Password(); !ok || p != "s3cr:t/@x" || u.User.Username() != "otafleet" || u.Host != "db.example:5433" || u.Path != "/ota" || u.Query().Get("sslmode") != "verify-full" {
+		t.Fatalf("URL with the password: %s", got)
+	}
+	if same, err := withPasswordFile("--store-password-file", "postgres://u@h/db", ""); err != nil || same != "postgres://u@h/db" {
+		t.Fatalf("no file: %q, %v", same, err)
+	}
+	for _, c := range []struct{ dsn, file, want string }{
+		{"postgres://u@h/db", writeKey(t, "open", "hunter2\n", 0o640), "mode 0640"},
+		{"postgres://u@h/db", writeKey(t, "empty", "\nhunter2\n", 0o600), "no password on its first line"},
+		{"postgres://h/db", pw, "names the user"},
+		{"postgres://u@h/db", filepath.Join(t.TempDir(), "missing"), "no such file"},
+	} {
+		_, err := withPasswordFile("--store-password-file", c.dsn, c.file)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s with %s: %v, want an error with %q", c.dsn, c.file, err, c.want)
+		}
+	}
 }

@@ -31,7 +31,7 @@ type copyStore interface {
 
 // storeCopyCommand is `otafleet store copy`.
 func storeCopyCommand(stdout, stderr io.Writer) *cobra.Command {
-	var from, to, keyFile, fromKeyFile string
+	var from, to, keyFile, fromKeyFile, fromPasswordFile, toPasswordFile string
 	cmd := &cobra.Command{
 		Use:   "copy --from pebble:DIR --to postgres://... --seal-key-file FILE",
 		Short: "Copy a whole store (journal, registry, package files, sessions) into a new, empty one, re-sealing device secrets and PSKs under --seal-key-file, and verify the copy",
@@ -53,7 +53,7 @@ target and the key.`,
 			if keyFile == "" {
 				keyFile = os.Getenv(envSealKeyFile)
 			}
-			return runStoreCopy(cmd.Context(), storeCopyConfig{from: from, to: to, keyFile: keyFile, fromKeyFile: fromKeyFile}, stdout, stderr)
+			return runStoreCopy(cmd.Context(), storeCopyConfig{from: from, to: to, keyFile: keyFile, fromKeyFile: fromKeyFile, fromPasswordFile: fromPasswordFile, toPasswordFile: toPasswordFile}, stdout, stderr)
 		},
 	}
 	f := cmd.Flags()
@@ -61,6 +61,8 @@ target and the key.`,
 	f.StringVar(&to, "to", "", "the new store: postgres://... (an empty database) or pebble:DIR (a new or empty folder)")
 	f.StringVar(&keyFile, "seal-key-file", "", "the key file the copy's device secrets and PSKs are sealed under, as for serve (default $"+envSealKeyFile+"); required for a PostgreSQL target")
 	f.StringVar(&fromKeyFile, "from-seal-key-file", "", "the key file the source is sealed with: needed for a PostgreSQL source, and for a Pebble store that serve ran with --seal-key-file")
+	f.StringVar(&fromPasswordFile, "from-password-file", "", "with a postgres:// --from: a file (mode 0600) whose first line is the database user's password, as serve's --store-password-file")
+	f.StringVar(&toPasswordFile, "to-password-file", "", "with a postgres:// --to: a file (mode 0600) whose first line is the database user's password")
 	_ = cmd.MarkFlagRequired("from")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
@@ -68,7 +70,8 @@ target and the key.`,
 
 // storeCopyConfig is what store copy was given.
 type storeCopyConfig struct {
-	from, to, keyFile, fromKeyFile string
+	from, to, keyFile, fromKeyFile   string
+	fromPasswordFile, toPasswordFile string
 }
 
 func runStoreCopy(ctx context.Context, cfg storeCopyConfig, stdout, stderr io.Writer) error {
@@ -87,6 +90,12 @@ func runStoreCopy(ctx context.Context, cfg storeCopyConfig, stdout, stderr io.Wr
 		return usageError(fmt.Errorf("--to %s needs --seal-key-file (or $%s): the key that seals device secrets and PSKs never lives in the shared database", redactedDSN(to.postgres), envSealKeyFile))
 	case from.postgres != "" && cfg.fromKeyFile == "":
 		return usageError(fmt.Errorf("--from %s needs --from-seal-key-file, the key the database is sealed with", redactedDSN(from.postgres)))
+	}
+	if from.postgres, err = withPasswordFile("--from-password-file", from.postgres, cfg.fromPasswordFile); err != nil {
+		return err
+	}
+	if to.postgres, err = withPasswordFile("--to-password-file", to.postgres, cfg.toPasswordFile); err != nil {
+		return err
 	}
 	var key, fromKey []byte
 	if cfg.keyFile != "" {
