@@ -15,6 +15,7 @@
 package pgtest
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"sync"
@@ -36,6 +37,18 @@ type Server struct {
 	templates   map[string]error // prepared templates, by name: the outcome of their setup
 }
 
+// settings are the private server's: fsync=off for tests, whose crash is
+// the server's (pg_ctl -m immediate), never the machine's, and the WAL a
+// commit wrote to the kernel survives that (flushing it to disk only made
+// the tests slower); none when benchmarks run (-test.bench), whose synced
+// appends compare with Pebble's fsynced ones.
+func settings() []string {
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		return nil
+	}
+	return []string{"fsync=off"}
+}
+
 // Start starts a private server, or returns the external one of EnvDSN.
 func Start() (*Server, error) {
 	if dsn := os.Getenv(EnvDSN); dsn != "" {
@@ -45,10 +58,7 @@ func Start() (*Server, error) {
 		}
 		return &Server{Server: s}, nil
 	}
-	// fsync=off: a test's crash is the server's (pg_ctl -m immediate),
-	// never the machine's, and the WAL a commit wrote to the kernel
-	// survives that; flushing it to disk only made the tests slower.
-	s, err := pgserver.Start("otafleet-pgtest-", "fsync=off")
+	s, err := pgserver.Start("otafleet-pgtest-", settings()...)
 	if err != nil {
 		return nil, fmt.Errorf("%w (or set %s=postgres://... to use a running server)", err, EnvDSN)
 	}
