@@ -205,10 +205,28 @@ func TestMain(m *testing.M) {
 // runFleet is the child: devices prefix0..prefix(n-1) in good coverage over
 // 10 cells; "ready" once registered; stopped when stdin closes.
 func runFleet(spec string) int {
+	devs, code := startFleet("fleet", spec, func(c *lwm2msim.Config) {
+		c.NewVersion = func(string) string { return "2.0" }
+	})
+	if devs == nil {
+		return code
+	}
+	for _, d := range devs {
+		d.Stop()
+	}
+	return 0
+}
+
+// startFleet starts the devices of a child's spec ("addr,prefix,n"):
+// prefix0..prefix(n-1), firmware 1.0, good coverage over 10 cells, each
+// Config adjusted by tune; it prints "ready" once all are registered and
+// returns them when stdin closes (nil and the exit code on failure; what
+// names the child in its errors).
+func startFleet(what, spec string, tune func(*lwm2msim.Config)) ([]*lwm2msim.Device, int) {
 	parts := strings.Split(spec, ",")
 	if len(parts) != 3 {
-		fmt.Fprintln(os.Stderr, "fleet: bad spec", spec)
-		return 2
+		fmt.Fprintln(os.Stderr, what+": bad spec", spec)
+		return nil, 2
 	}
 	addr, prefix := parts[0], parts[1]
 	n, _ := strconv.Atoi(parts[2])
@@ -216,30 +234,32 @@ func runFleet(spec string) int {
 	var wg sync.WaitGroup
 	var failed atomic.Bool
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			rsrp, sinr := coverage(0)
-			d, err := lwm2msim.Start(context.Background(), lwm2msim.Config{Server: addr, Endpoint: fmt.Sprintf("%s%d", prefix, i),
-				FwVersion: "1.0", RSRP: rsrp, SINR: sinr, CellID: int64(1000 + i%10), NewVersion: func(string) string { return "2.0" }})
+			cfg := lwm2msim.Config{Server: addr, Endpoint: fmt.Sprintf("%s%d", prefix, i),
+				FwVersion: "1.0", RSRP: rsrp, SINR: sinr, CellID: int64(1000 + i%10)}
+			tune(&cfg)
+			d, err := lwm2msim.Start(context.Background(), cfg)
 			if err != nil {
-				fmt.Fprintln(os.Stderr, "fleet:", err)
+				fmt.Fprintln(os.Stderr, what+":", err)
 				failed.Store(true)
 				return
 			}
 			devs[i] = d
-		}()
+		})
 	}
 	wg.Wait()
 	if failed.Load() {
-		return 1
+		for _, d := range devs {
+			if d != nil {
+				d.Stop()
+			}
+		}
+		return nil, 1
 	}
 	fmt.Println("ready")
 	_, _ = io.Copy(io.Discard, os.Stdin)
-	for _, d := range devs {
-		d.Stop()
-	}
-	return 0
+	return devs, 0
 }
 
 func childCPU() time.Duration {

@@ -91,37 +91,12 @@ const pcpFleetEnv = "OTAFLEET_BENCH_PCP_FLEET"
 // notifications they sent, the versions they installed and the segments
 // they stored.
 func runPCPFleet(spec string) int {
-	parts := strings.Split(spec, ",")
-	if len(parts) != 3 {
-		fmt.Fprintln(os.Stderr, "pcp fleet: bad spec", spec)
-		return 2
+	devs, code := startFleet("pcp fleet", spec, func(c *lwm2msim.Config) {
+		c.SwVersion, c.ObjectsPCP = "V1.0", true
+	})
+	if devs == nil {
+		return code
 	}
-	addr, prefix := parts[0], parts[1]
-	n, _ := strconv.Atoi(parts[2])
-	devs := make([]*lwm2msim.Device, n)
-	var wg sync.WaitGroup
-	var failed atomic.Bool
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rsrp, sinr := coverage(0)
-			d, err := lwm2msim.Start(context.Background(), lwm2msim.Config{Server: addr, Endpoint: fmt.Sprintf("%s%d", prefix, i),
-				FwVersion: "1.0", SwVersion: "V1.0", ObjectsPCP: true, RSRP: rsrp, SINR: sinr, CellID: int64(1000 + i%10)})
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "pcp fleet:", err)
-				failed.Store(true)
-				return
-			}
-			devs[i] = d
-		}()
-	}
-	wg.Wait()
-	if failed.Load() {
-		return 1
-	}
-	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
 	var notifications, upgrades, segments int
 	for _, d := range devs {
 		st := d.Stats()
