@@ -349,6 +349,15 @@ func TestEndToEndCLI(t *testing.T) {
 			t.Errorf("task devices --json: %+v, want SUCCESS with statusDesc \"Upgrade succeeded\"", d)
 		}
 	}
+	// A finished task's devices have left their cells.
+	var cells struct{ Cells []struct{ CellID string } }
+	e.cliJSON(&cells, "task", "cells", id)
+	if len(cells.Cells) != 0 {
+		t.Errorf("task cells of a finished task: %+v, want none", cells)
+	}
+	if _, errOut, code := e.cli("task", "cells", "0123456789abcdef01234567"); code != 1 || !strings.Contains(errOut, "not found") {
+		t.Errorf("task cells of an unknown task: exit %d: %s", code, errOut)
+	}
 	out, _, code = e.cli("task", "list")
 	if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "meter_2_0") {
 		t.Fatalf("task list: %d\n%s", code, out)
