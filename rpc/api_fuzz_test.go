@@ -120,7 +120,7 @@ func FuzzAPI(f *testing.F) {
 	))
 	f.Add(seq(
 		chunk("UploadPackageChunk", &v1.UploadPackageChunkRequest{
-			Metadata: &v1.UploadPackageMetadata{ProductId: "p", PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "3.0", FileName: "g"},
+			Metadata:  &v1.UploadPackageMetadata{ProductId: "p", PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "3.0", FileName: "g"},
 			TotalSize: 1, Data: []byte("x"), Sha256: "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"}),
 		chunk("UploadPackageChunk", &v1.UploadPackageChunkRequest{UploadId: "u", Offset: 5, Data: []byte("y")}),
 		chunk("ListTaskCells", &v1.ListTaskCellsRequest{TaskId: "t", PageToken: "cell"}),
