@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"fmt"
 	"reflect"
 	"testing"
 
@@ -58,5 +59,56 @@ func TestCellViewOf(t *testing.T) {
 	ms.publish(cellfsm.New("c1"), 50)
 	if len(ms.m) != 0 {
 		t.Errorf("an idle cell kept its view: %v", ms.m)
+	}
+}
+
+// BenchmarkCellStepPublish measures what publishing a cell's view costs a
+// cell step, side by side with the step alone: a cell of medium devices
+// (10 hold, queue of the given length) where each round one holder
+// releases (the head is admitted) and asks again (joins the tail), as in a
+// long campaign. Both are linear in the queue (cellfsm finds a device in
+// the queue by a scan); the ratio of the two sub-benchmarks is the cost.
+func BenchmarkCellStepPublish(b *testing.B) {
+	cfg := cellfsm.DefaultConfig()
+	rsrp, sinr := int32(-110), int32(0) // medium: 5 units, 10 at once
+	for _, queue := range []int{100, 1000, 10000} {
+		for _, publish := range []bool{false, true} {
+			name := fmt.Sprintf("queue=%d/step", queue)
+			if publish {
+				name = fmt.Sprintf("queue=%d/step+publish", queue)
+			}
+			b.Run(name, func(b *testing.B) {
+				s := cellfsm.New("c")
+				ask := func(dev string) *messages.CellInput {
+					return &messages.CellInput{Kind: &messages.CellInput_RequestPermit{RequestPermit: &messages.RequestPermit{
+						CellId: "c", DeviceId: dev, Rsrp: &rsrp, Sinr: &sinr, TaskId: "t", Attempt: 1}}}
+				}
+				var err error
+				n := 10 + queue
+				for i := range n {
+					if s, _, err = cellfsm.Step(cfg, s, ask(fmt.Sprintf("d%d", i))); err != nil {
+						b.Fatal(err)
+					}
+				}
+				ms := newCellModels()
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; b.Loop(); i++ {
+					dev := fmt.Sprintf("d%d", i%n) // the oldest holder
+					rel := &messages.CellInput{Kind: &messages.CellInput_ReleasePermit{ReleasePermit: &messages.ReleasePermit{CellId: "c", DeviceId: dev}}}
+					for _, in := range []*messages.CellInput{rel, ask(dev)} {
+						if s, _, err = cellfsm.Step(cfg, s, in); err != nil {
+							b.Fatal(err)
+						}
+						if publish {
+							ms.publish(s, cfg.Budget)
+						}
+					}
+				}
+				if s.Holders() != 10 || s.Waiting() != queue {
+					b.Fatalf("%d holders, %d waiting", s.Holders(), s.Waiting())
+				}
+			})
+		}
 	}
 }
