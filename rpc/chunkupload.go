@@ -189,8 +189,9 @@ func (s *packageServer) startUpload(ctx context.Context, m *v1.UploadPackageChun
 		return nil, err
 	}
 	u.pkg = p
-	u.mu.Lock()
+	u.mu.Lock() // the caller's until its call ends; taken before u is seen
 	if err := s.chunks.add(u); err != nil {
+		u.mu.Unlock()
 		return nil, err
 	}
 	// The blob's write outlives this call: it spans the upload's calls.
