@@ -7,7 +7,7 @@ import { h, replace, announce } from "./dom.js";
 import { overviewPage } from "./overview.js";
 import { taskPage } from "./task.js";
 import { devicePage } from "./device.js";
-import { newTaskPage } from "./forms.js";
+import { newTaskPage, uploadPage } from "./forms.js";
 import { loginPage, logout, haveSession } from "./login.js";
 import { go, type Page } from "./nav.js";
 
@@ -16,6 +16,7 @@ const routes: [RegExp, Page][] = [
   [/^\/task\/([^/]+)$/, taskPage],
   [/^\/device\/([^/]+)$/, devicePage],
   [/^\/tasks\/new$/, newTaskPage],
+  [/^\/upload$/, uploadPage],
   [/^\/login$/, loginPage],
 ];
 

@@ -9,6 +9,7 @@ import { SubtaskStatus, TaskStatus } from "./gen/otafleet/v1/common_pb.js";
 import type { Task, TaskDevice } from "./gen/otafleet/v1/task_pb.js";
 import { finished, statusClass, subtaskStatusName, taskStatusName, taskTypeName } from "./labels.js";
 import { focusHeading } from "./nav.js";
+import { cellsSection } from "./cells.js";
 
 /** maxDevices bounds the devices the page loads (a task has at most 30,000). */
 const maxDevices = 30_000;
@@ -36,6 +37,7 @@ export async function taskPage(main: HTMLElement, signal: AbortSignal, id: strin
   const retryBtn = h("button", { type: "button", id: "retry" }, "Retry failed devices");
   const stages = h("div", { id: "stages" });
   const failures = h("div", { id: "failures" });
+  const cells = h("div", { id: "cells" });
   const devs = h("div", { id: "devices" });
   let task = first;
 
@@ -66,6 +68,7 @@ export async function taskPage(main: HTMLElement, signal: AbortSignal, id: strin
     try {
       const list = await taskDevices(id, signal);
       renderDevices(list, stages, failures, devs);
+      await cellsSection(cells, id, signal);
     } catch (err) {
       if (!aborted(err)) devs.prepend(h("p", { class: "error", role: "alert" }, "Could not load the devices: " + message(err)));
     } finally {
@@ -107,6 +110,7 @@ export async function taskPage(main: HTMLElement, signal: AbortSignal, id: strin
       h("h2", { id: "h-progress" }, "Progress ", live),
       bar, countList,
       h("div", { class: "actions" }, stopBtn, retryBtn), note),
+    h("section", { "aria-labelledby": "h-cells" }, h("h2", { id: "h-cells" }, "Cells"), cells),
     h("section", { "aria-labelledby": "h-stages" }, h("h2", { id: "h-stages" }, "By status and stage"), stages),
     h("section", { "aria-labelledby": "h-failures" }, h("h2", { id: "h-failures" }, "Failures by reason"), failures),
     h("section", { "aria-labelledby": "h-devices" }, h("h2", { id: "h-devices" }, "Devices"), devs),

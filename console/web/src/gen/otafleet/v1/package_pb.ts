@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file otafleet/v1/package.proto.
  */
 export const file_otafleet_v1_package: GenFile = /*@__PURE__*/
-  fileDesc("ChlvdGFmbGVldC92MS9wYWNrYWdlLnByb3RvEgtvdGFmbGVldC52MSKqAgoHUGFja2FnZRISCgpwYWNrYWdlX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSLgoMcGFja2FnZV90eXBlGAMgASgOMhgub3RhZmxlZXQudjEuUGFja2FnZVR5cGUSDwoHdmVyc2lvbhgEIAEoCRIXCg9zb3VyY2VfdmVyc2lvbnMYBSADKAkSEQoJZmlsZV9uYW1lGAYgASgJEgwKBHNpemUYByABKAMSDgoGc2hhMjU2GAggASgJEhMKC2Rlc2NyaXB0aW9uGAkgASgJEhMKC2N1c3RvbV9pbmZvGAogASgJEhEKCW9taXRfc2lnbhgLIAEoCBIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiogIKFENyZWF0ZVBhY2thZ2VSZXF1ZXN0EhIKCnByb2R1Y3RfaWQYASABKAkSLgoMcGFja2FnZV90eXBlGAIgASgOMhgub3RhZmxlZXQudjEuUGFja2FnZVR5cGUSDwoHdmVyc2lvbhgDIAEoCRIXCg9zb3VyY2VfdmVyc2lvbnMYBCADKAkSEQoJZmlsZV9uYW1lGAUgASgJEg8KB2NvbnRlbnQYBiABKAwSGAoLZGVzY3JpcHRpb24YByABKAlIAIgBARIYCgtjdXN0b21faW5mbxgIIAEoCUgBiAEBEhYKCW9taXRfc2lnbhgJIAEoCEgCiAEBQg4KDF9kZXNjcmlwdGlvbkIOCgxfY3VzdG9tX2luZm9CDAoKX29taXRfc2lnbiI+ChVDcmVhdGVQYWNrYWdlUmVzcG9uc2USJQoHcGFja2FnZRgBIAEoCzIULm90YWZsZWV0LnYxLlBhY2thZ2UizgIKFVVwbG9hZFBhY2thZ2VNZXRhZGF0YRISCgpwcm9kdWN0X2lkGAEgASgJEi4KDHBhY2thZ2VfdHlwZRgCIAEoDjIYLm90YWZsZWV0LnYxLlBhY2thZ2VUeXBlEg8KB3ZlcnNpb24YAyABKAkSFwoPc291cmNlX3ZlcnNpb25zGAQgAygJEhEKCWZpbGVfbmFtZRgFIAEoCRIYCgtkZXNjcmlwdGlvbhgGIAEoCUgAiAEBEhgKC2N1c3RvbV9pbmZvGAcgASgJSAGIAQESFgoJb21pdF9zaWduGAggASgISAKIAQESEQoEc2l6ZRgJIAEoA0gDiAEBEhMKBnNoYTI1NhgKIAEoCUgEiAEBQg4KDF9kZXNjcmlwdGlvbkIOCgxfY3VzdG9tX2luZm9CDAoKX29taXRfc2lnbkIHCgVfc2l6ZUIJCgdfc2hhMjU2ImcKFFVwbG9hZFBhY2thZ2VSZXF1ZXN0EjYKCG1ldGFkYXRhGAEgASgLMiIub3RhZmxlZXQudjEuVXBsb2FkUGFja2FnZU1ldGFkYXRhSAASDwoFY2h1bmsYAiABKAxIAEIGCgRwYXJ0Ij4KFVVwbG9hZFBhY2thZ2VSZXNwb25zZRIlCgdwYWNrYWdlGAEgASgLMhQub3RhZmxlZXQudjEuUGFja2FnZSInChFHZXRQYWNrYWdlUmVxdWVzdBISCgpwYWNrYWdlX2lkGAEgASgJIjsKEkdldFBhY2thZ2VSZXNwb25zZRIlCgdwYWNrYWdlGAEgASgLMhQub3RhZmxlZXQudjEuUGFja2FnZSI8ChNMaXN0UGFja2FnZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlcKFExpc3RQYWNrYWdlc1Jlc3BvbnNlEiYKCHBhY2thZ2VzGAEgAygLMhQub3RhZmxlZXQudjEuUGFja2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKgoURGVsZXRlUGFja2FnZVJlcXVlc3QSEgoKcGFja2FnZV9pZBgBIAEoCSIXChVEZWxldGVQYWNrYWdlUmVzcG9uc2UyvgMKDlBhY2thZ2VTZXJ2aWNlElYKDUNyZWF0ZVBhY2thZ2USIS5vdGFmbGVldC52MS5DcmVhdGVQYWNrYWdlUmVxdWVzdBoiLm90YWZsZWV0LnYxLkNyZWF0ZVBhY2thZ2VSZXNwb25zZRJYCg1VcGxvYWRQYWNrYWdlEiEub3RhZmxlZXQudjEuVXBsb2FkUGFja2FnZVJlcXVlc3QaIi5vdGFmbGVldC52MS5VcGxvYWRQYWNrYWdlUmVzcG9uc2UoARJNCgpHZXRQYWNrYWdlEh4ub3RhZmxlZXQudjEuR2V0UGFja2FnZVJlcXVlc3QaHy5vdGFmbGVldC52MS5HZXRQYWNrYWdlUmVzcG9uc2USUwoMTGlzdFBhY2thZ2VzEiAub3RhZmxlZXQudjEuTGlzdFBhY2thZ2VzUmVxdWVzdBohLm90YWZsZWV0LnYxLkxpc3RQYWNrYWdlc1Jlc3BvbnNlElYKDURlbGV0ZVBhY2thZ2USIS5vdGFmbGVldC52MS5EZWxldGVQYWNrYWdlUmVxdWVzdBoiLm90YWZsZWV0LnYxLkRlbGV0ZVBhY2thZ2VSZXNwb25zZUI4WjZnaXRodWIuY29tL290YWZsZWV0L290YWZsZWV0L3JwYy9vdGFmbGVldHYxO290YWZsZWV0djFiBnByb3RvMw", [file_google_protobuf_timestamp, file_otafleet_v1_common]);
+  fileDesc("ChlvdGFmbGVldC92MS9wYWNrYWdlLnByb3RvEgtvdGFmbGVldC52MSKqAgoHUGFja2FnZRISCgpwYWNrYWdlX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSLgoMcGFja2FnZV90eXBlGAMgASgOMhgub3RhZmxlZXQudjEuUGFja2FnZVR5cGUSDwoHdmVyc2lvbhgEIAEoCRIXCg9zb3VyY2VfdmVyc2lvbnMYBSADKAkSEQoJZmlsZV9uYW1lGAYgASgJEgwKBHNpemUYByABKAMSDgoGc2hhMjU2GAggASgJEhMKC2Rlc2NyaXB0aW9uGAkgASgJEhMKC2N1c3RvbV9pbmZvGAogASgJEhEKCW9taXRfc2lnbhgLIAEoCBIvCgtjcmVhdGVfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiogIKFENyZWF0ZVBhY2thZ2VSZXF1ZXN0EhIKCnByb2R1Y3RfaWQYASABKAkSLgoMcGFja2FnZV90eXBlGAIgASgOMhgub3RhZmxlZXQudjEuUGFja2FnZVR5cGUSDwoHdmVyc2lvbhgDIAEoCRIXCg9zb3VyY2VfdmVyc2lvbnMYBCADKAkSEQoJZmlsZV9uYW1lGAUgASgJEg8KB2NvbnRlbnQYBiABKAwSGAoLZGVzY3JpcHRpb24YByABKAlIAIgBARIYCgtjdXN0b21faW5mbxgIIAEoCUgBiAEBEhYKCW9taXRfc2lnbhgJIAEoCEgCiAEBQg4KDF9kZXNjcmlwdGlvbkIOCgxfY3VzdG9tX2luZm9CDAoKX29taXRfc2lnbiI+ChVDcmVhdGVQYWNrYWdlUmVzcG9uc2USJQoHcGFja2FnZRgBIAEoCzIULm90YWZsZWV0LnYxLlBhY2thZ2UizgIKFVVwbG9hZFBhY2thZ2VNZXRhZGF0YRISCgpwcm9kdWN0X2lkGAEgASgJEi4KDHBhY2thZ2VfdHlwZRgCIAEoDjIYLm90YWZsZWV0LnYxLlBhY2thZ2VUeXBlEg8KB3ZlcnNpb24YAyABKAkSFwoPc291cmNlX3ZlcnNpb25zGAQgAygJEhEKCWZpbGVfbmFtZRgFIAEoCRIYCgtkZXNjcmlwdGlvbhgGIAEoCUgAiAEBEhgKC2N1c3RvbV9pbmZvGAcgASgJSAGIAQESFgoJb21pdF9zaWduGAggASgISAKIAQESEQoEc2l6ZRgJIAEoA0gDiAEBEhMKBnNoYTI1NhgKIAEoCUgEiAEBQg4KDF9kZXNjcmlwdGlvbkIOCgxfY3VzdG9tX2luZm9CDAoKX29taXRfc2lnbkIHCgVfc2l6ZUIJCgdfc2hhMjU2ImcKFFVwbG9hZFBhY2thZ2VSZXF1ZXN0EjYKCG1ldGFkYXRhGAEgASgLMiIub3RhZmxlZXQudjEuVXBsb2FkUGFja2FnZU1ldGFkYXRhSAASDwoFY2h1bmsYAiABKAxIAEIGCgRwYXJ0Ij4KFVVwbG9hZFBhY2thZ2VSZXNwb25zZRIlCgdwYWNrYWdlGAEgASgLMhQub3RhZmxlZXQudjEuUGFja2FnZSKmAQoZVXBsb2FkUGFja2FnZUNodW5rUmVxdWVzdBIRCgl1cGxvYWRfaWQYASABKAkSNAoIbWV0YWRhdGEYAiABKAsyIi5vdGFmbGVldC52MS5VcGxvYWRQYWNrYWdlTWV0YWRhdGESEgoKdG90YWxfc2l6ZRgDIAEoAxIOCgZvZmZzZXQYBCABKAMSDAoEZGF0YRgFIAEoDBIOCgZzaGEyNTYYBiABKAkiawoaVXBsb2FkUGFja2FnZUNodW5rUmVzcG9uc2USEQoJdXBsb2FkX2lkGAEgASgJEhMKC25leHRfb2Zmc2V0GAIgASgDEiUKB3BhY2thZ2UYAyABKAsyFC5vdGFmbGVldC52MS5QYWNrYWdlIicKEUdldFBhY2thZ2VSZXF1ZXN0EhIKCnBhY2thZ2VfaWQYASABKAkiOwoSR2V0UGFja2FnZVJlc3BvbnNlEiUKB3BhY2thZ2UYASABKAsyFC5vdGFmbGVldC52MS5QYWNrYWdlIjwKE0xpc3RQYWNrYWdlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiVwoUTGlzdFBhY2thZ2VzUmVzcG9uc2USJgoIcGFja2FnZXMYASADKAsyFC5vdGFmbGVldC52MS5QYWNrYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIqChREZWxldGVQYWNrYWdlUmVxdWVzdBISCgpwYWNrYWdlX2lkGAEgASgJIhcKFURlbGV0ZVBhY2thZ2VSZXNwb25zZTKlBAoOUGFja2FnZVNlcnZpY2USVgoNQ3JlYXRlUGFja2FnZRIhLm90YWZsZWV0LnYxLkNyZWF0ZVBhY2thZ2VSZXF1ZXN0GiIub3RhZmxlZXQudjEuQ3JlYXRlUGFja2FnZVJlc3BvbnNlElgKDVVwbG9hZFBhY2thZ2USIS5vdGFmbGVldC52MS5VcGxvYWRQYWNrYWdlUmVxdWVzdBoiLm90YWZsZWV0LnYxLlVwbG9hZFBhY2thZ2VSZXNwb25zZSgBEmUKElVwbG9hZFBhY2thZ2VDaHVuaxImLm90YWZsZWV0LnYxLlVwbG9hZFBhY2thZ2VDaHVua1JlcXVlc3QaJy5vdGFmbGVldC52MS5VcGxvYWRQYWNrYWdlQ2h1bmtSZXNwb25zZRJNCgpHZXRQYWNrYWdlEh4ub3RhZmxlZXQudjEuR2V0UGFja2FnZVJlcXVlc3QaHy5vdGFmbGVldC52MS5HZXRQYWNrYWdlUmVzcG9uc2USUwoMTGlzdFBhY2thZ2VzEiAub3RhZmxlZXQudjEuTGlzdFBhY2thZ2VzUmVxdWVzdBohLm90YWZsZWV0LnYxLkxpc3RQYWNrYWdlc1Jlc3BvbnNlElYKDURlbGV0ZVBhY2thZ2USIS5vdGFmbGVldC52MS5EZWxldGVQYWNrYWdlUmVxdWVzdBoiLm90YWZsZWV0LnYxLkRlbGV0ZVBhY2thZ2VSZXNwb25zZUI4WjZnaXRodWIuY29tL290YWZsZWV0L290YWZsZWV0L3JwYy9vdGFmbGVldHYxO290YWZsZWV0djFiBnByb3RvMw", [file_google_protobuf_timestamp, file_otafleet_v1_common]);
 
 /**
  * Package is an upgrade package's metadata.
@@ -365,6 +365,100 @@ export const UploadPackageResponseSchema: GenMessage<UploadPackageResponse> = /*
   messageDesc(file_otafleet_v1_package, 5);
 
 /**
+ * UploadPackageChunkRequest is one call of a chunked upload.
+ *
+ * @generated from message otafleet.v1.UploadPackageChunkRequest
+ */
+export type UploadPackageChunkRequest = Message<"otafleet.v1.UploadPackageChunkRequest"> & {
+  /**
+   * The upload's ID from the first call's answer; empty on the first call.
+   *
+   * @generated from field: string upload_id = 1;
+   */
+  uploadId: string;
+
+  /**
+   * The package's metadata; first call only (its size and sha256 fields, if
+   * set, must agree with total_size and sha256).
+   *
+   * @generated from field: otafleet.v1.UploadPackageMetadata metadata = 2;
+   */
+  metadata?: UploadPackageMetadata | undefined;
+
+  /**
+   * The file's size in bytes, 1 .. 1 GiB; first call only.
+   *
+   * @generated from field: int64 total_size = 3;
+   */
+  totalSize: bigint;
+
+  /**
+   * Where data goes in the file: the bytes received so far.
+   *
+   * @generated from field: int64 offset = 4;
+   */
+  offset: bigint;
+
+  /**
+   * The next bytes of the file, at most 1 MiB per call.
+   *
+   * @generated from field: bytes data = 5;
+   */
+  data: Uint8Array;
+
+  /**
+   * The file's SHA-256, lowercase hex (64 characters); required on the call
+   * that completes the file, where a mismatch fails the upload
+   * (invalid_argument) and deletes what was received.
+   *
+   * @generated from field: string sha256 = 6;
+   */
+  sha256: string;
+};
+
+/**
+ * Describes the message otafleet.v1.UploadPackageChunkRequest.
+ * Use `create(UploadPackageChunkRequestSchema)` to create a new message.
+ */
+export const UploadPackageChunkRequestSchema: GenMessage<UploadPackageChunkRequest> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_package, 6);
+
+/**
+ * UploadPackageChunkResponse tells where the upload stands.
+ *
+ * @generated from message otafleet.v1.UploadPackageChunkResponse
+ */
+export type UploadPackageChunkResponse = Message<"otafleet.v1.UploadPackageChunkResponse"> & {
+  /**
+   * The upload's ID, to send with every following call.
+   *
+   * @generated from field: string upload_id = 1;
+   */
+  uploadId: string;
+
+  /**
+   * The bytes received so far: the offset of the next call.
+   *
+   * @generated from field: int64 next_offset = 2;
+   */
+  nextOffset: bigint;
+
+  /**
+   * The created package, once the call completed the file; unset before.
+   *
+   * @generated from field: otafleet.v1.Package package = 3;
+   */
+  package?: Package | undefined;
+};
+
+/**
+ * Describes the message otafleet.v1.UploadPackageChunkResponse.
+ * Use `create(UploadPackageChunkResponseSchema)` to create a new message.
+ */
+export const UploadPackageChunkResponseSchema: GenMessage<UploadPackageChunkResponse> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_package, 7);
+
+/**
  * GetPackageRequest names a package.
  *
  * @generated from message otafleet.v1.GetPackageRequest
@@ -383,7 +477,7 @@ export type GetPackageRequest = Message<"otafleet.v1.GetPackageRequest"> & {
  * Use `create(GetPackageRequestSchema)` to create a new message.
  */
 export const GetPackageRequestSchema: GenMessage<GetPackageRequest> = /*@__PURE__*/
-  messageDesc(file_otafleet_v1_package, 6);
+  messageDesc(file_otafleet_v1_package, 8);
 
 /**
  * GetPackageResponse carries the package.
@@ -404,7 +498,7 @@ export type GetPackageResponse = Message<"otafleet.v1.GetPackageResponse"> & {
  * Use `create(GetPackageResponseSchema)` to create a new message.
  */
 export const GetPackageResponseSchema: GenMessage<GetPackageResponse> = /*@__PURE__*/
-  messageDesc(file_otafleet_v1_package, 7);
+  messageDesc(file_otafleet_v1_package, 9);
 
 /**
  * ListPackagesRequest asks for one page of packages.
@@ -432,7 +526,7 @@ export type ListPackagesRequest = Message<"otafleet.v1.ListPackagesRequest"> & {
  * Use `create(ListPackagesRequestSchema)` to create a new message.
  */
 export const ListPackagesRequestSchema: GenMessage<ListPackagesRequest> = /*@__PURE__*/
-  messageDesc(file_otafleet_v1_package, 8);
+  messageDesc(file_otafleet_v1_package, 10);
 
 /**
  * ListPackagesResponse is one page of packages.
@@ -460,7 +554,7 @@ export type ListPackagesResponse = Message<"otafleet.v1.ListPackagesResponse"> &
  * Use `create(ListPackagesResponseSchema)` to create a new message.
  */
 export const ListPackagesResponseSchema: GenMessage<ListPackagesResponse> = /*@__PURE__*/
-  messageDesc(file_otafleet_v1_package, 9);
+  messageDesc(file_otafleet_v1_package, 11);
 
 /**
  * DeletePackageRequest names the package to delete.
@@ -481,7 +575,7 @@ export type DeletePackageRequest = Message<"otafleet.v1.DeletePackageRequest"> &
  * Use `create(DeletePackageRequestSchema)` to create a new message.
  */
 export const DeletePackageRequestSchema: GenMessage<DeletePackageRequest> = /*@__PURE__*/
-  messageDesc(file_otafleet_v1_package, 10);
+  messageDesc(file_otafleet_v1_package, 12);
 
 /**
  * DeletePackageResponse is empty.
@@ -496,7 +590,7 @@ export type DeletePackageResponse = Message<"otafleet.v1.DeletePackageResponse">
  * Use `create(DeletePackageResponseSchema)` to create a new message.
  */
 export const DeletePackageResponseSchema: GenMessage<DeletePackageResponse> = /*@__PURE__*/
-  messageDesc(file_otafleet_v1_package, 11);
+  messageDesc(file_otafleet_v1_package, 13);
 
 /**
  * PackageService manages upgrade packages. Every method needs the bearer
@@ -527,6 +621,27 @@ export const PackageService: GenService<{
     methodKind: "client_streaming";
     input: typeof UploadPackageRequestSchema;
     output: typeof UploadPackageResponseSchema;
+  },
+  /**
+   * UploadPackageChunk creates a package from a series of unary calls, for
+   * clients that cannot stream requests (browsers). The first call
+   * (offset 0) carries the metadata and total_size and gets an upload_id;
+   * every call appends data at offset, which must be the number of bytes
+   * received so far (failed_precondition otherwise, naming the expected
+   * offset, so a client that lost an answer resumes from there). A call
+   * without data reports next_offset without appending. The call whose data
+   * reaches total_size must carry sha256; it checks the file and creates the
+   * package. Data go to the package store as they arrive (never the whole
+   * file in memory); one call at a time per upload (aborted while another
+   * call of the same upload runs). An upload without a call for 1 hour is
+   * abandoned and its bytes deleted.
+   *
+   * @generated from rpc otafleet.v1.PackageService.UploadPackageChunk
+   */
+  uploadPackageChunk: {
+    methodKind: "unary";
+    input: typeof UploadPackageChunkRequestSchema;
+    output: typeof UploadPackageChunkResponseSchema;
   },
   /**
    * GetPackage returns one package's metadata; not_found for an unknown ID.

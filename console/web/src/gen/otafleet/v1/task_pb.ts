@@ -8,7 +8,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { SubtaskStatus, TaskStatus, TaskType } from "./common_pb.js";
+import type { Coverage, SubtaskStatus, TaskStatus, TaskType } from "./common_pb.js";
 import { file_otafleet_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file otafleet/v1/task.proto.
  */
 export const file_otafleet_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZvdGFmbGVldC92MS90YXNrLnByb3RvEgtvdGFmbGVldC52MSJFCgZXaW5kb3cSFAoMc3RhcnRfbWludXRlGAEgASgNEhIKCmVuZF9taW51dGUYAiABKA0SEQoJdGltZV96b25lGAMgASgJIsoBCgZQb2xpY3kSMQoNc2NoZWR1bGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoLcmV0cnlfY291bnQYAiABKA1IAIgBARIjChZyZXRyeV9pbnRlcnZhbF9taW51dGVzGAMgASgNSAGIAQESIwoGd2luZG93GAQgASgLMhMub3RhZmxlZXQudjEuV2luZG93Qg4KDF9yZXRyeV9jb3VudEIZChdfcmV0cnlfaW50ZXJ2YWxfbWludXRlcyKLAQoMVGFza1Byb2dyZXNzEg0KBXRvdGFsGAEgASgNEg8KB3dhaXRpbmcYAiABKA0SEgoKcHJvY2Vzc2luZxgDIAEoDRIPCgdzdWNjZXNzGAQgASgNEgwKBGZhaWwYBSABKA0SFwoPZmFpbF93YWl0X3JldHJ5GAYgASgNEg8KB3N0b3BwZWQYByABKA0i0wIKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIMCgRuYW1lGAIgASgJEigKCXRhc2tfdHlwZRgDIAEoDjIVLm90YWZsZWV0LnYxLlRhc2tUeXBlEhIKCnBhY2thZ2VfaWQYBCABKAkSEQoJZ3JvdXBfaWRzGAUgAygJEicKBnN0YXR1cxgGIAEoDjIXLm90YWZsZWV0LnYxLlRhc2tTdGF0dXMSKwoIcHJvZ3Jlc3MYByABKAsyGS5vdGFmbGVldC52MS5UYXNrUHJvZ3Jlc3MSIwoGcG9saWN5GAggASgLMhMub3RhZmxlZXQudjEuUG9saWN5Ei8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwEKEUNyZWF0ZVRhc2tSZXF1ZXN0EgwKBG5hbWUYASABKAkSKAoJdGFza190eXBlGAIgASgOMhUub3RhZmxlZXQudjEuVGFza1R5cGUSEgoKcGFja2FnZV9pZBgDIAEoCRISCgpkZXZpY2VfaWRzGAQgAygJEhEKCWdyb3VwX2lkcxgFIAMoCRIjCgZwb2xpY3kYBiABKAsyEy5vdGFmbGVldC52MS5Qb2xpY3kiNQoSQ3JlYXRlVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5vdGFmbGVldC52MS5UYXNrIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiMgoPR2V0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5vdGFmbGVldC52MS5UYXNrInIKEExpc3RUYXNrc1JlcXVlc3QSLAoGc3RhdHVzGAEgASgOMhcub3RhZmxlZXQudjEuVGFza1N0YXR1c0gAiAEBEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJQgkKB19zdGF0dXMiTgoRTGlzdFRhc2tzUmVzcG9uc2USIAoFdGFza3MYASADKAsyES5vdGFmbGVldC52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiCg9TdG9wVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIzChBTdG9wVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5vdGFmbGVldC52MS5UYXNrIjcKEFJldHJ5VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRISCgpkZXZpY2VfaWRzGAIgAygJIjQKEVJldHJ5VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5vdGFmbGVldC52MS5UYXNrIooDCgpUYXNrRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCRIqCgZzdGF0dXMYAiABKA4yGi5vdGFmbGVldC52MS5TdWJ0YXNrU3RhdHVzEg0KBXN0YWdlGAMgASgJEhYKDmZhaWx1cmVfcmVhc29uGAQgASgJEhAKCGF0dGVtcHRzGAUgASgNEhYKDnNvdXJjZV92ZXJzaW9uGAYgASgJEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtyZXN1bHRfY29kZRgIIAEoBRIzCg9uZXh0X3JldHJ5X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHByb2dyZXNzGAogASgFEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3N0YXR1c19kZXNjGAwgASgJEhoKEmRldmljZV9kZXNjcmlwdGlvbhgNIAEoCSKMAQoWTGlzdFRhc2tEZXZpY2VzUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEi8KBnN0YXR1cxgCIAEoDjIaLm90YWZsZWV0LnYxLlN1YnRhc2tTdGF0dXNIAIgBARIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCUIJCgdfc3RhdHVzIlwKF0xpc3RUYXNrRGV2aWNlc1Jlc3BvbnNlEigKB2RldmljZXMYASADKAsyFy5vdGFmbGVldC52MS5UYXNrRGV2aWNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIjChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLm90YWZsZWV0LnYxLlRhc2syrwQKC1Rhc2tTZXJ2aWNlEk0KCkNyZWF0ZVRhc2sSHi5vdGFmbGVldC52MS5DcmVhdGVUYXNrUmVxdWVzdBofLm90YWZsZWV0LnYxLkNyZWF0ZVRhc2tSZXNwb25zZRJECgdHZXRUYXNrEhsub3RhZmxlZXQudjEuR2V0VGFza1JlcXVlc3QaHC5vdGFmbGVldC52MS5HZXRUYXNrUmVzcG9uc2USSgoJTGlzdFRhc2tzEh0ub3RhZmxlZXQudjEuTGlzdFRhc2tzUmVxdWVzdBoeLm90YWZsZWV0LnYxLkxpc3RUYXNrc1Jlc3BvbnNlEkcKCFN0b3BUYXNrEhwub3RhZmxlZXQudjEuU3RvcFRhc2tSZXF1ZXN0Gh0ub3RhZmxlZXQudjEuU3RvcFRhc2tSZXNwb25zZRJKCglSZXRyeVRhc2sSHS5vdGFmbGVldC52MS5SZXRyeVRhc2tSZXF1ZXN0Gh4ub3RhZmxlZXQudjEuUmV0cnlUYXNrUmVzcG9uc2USXAoPTGlzdFRhc2tEZXZpY2VzEiMub3RhZmxlZXQudjEuTGlzdFRhc2tEZXZpY2VzUmVxdWVzdBokLm90YWZsZWV0LnYxLkxpc3RUYXNrRGV2aWNlc1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLm90YWZsZWV0LnYxLldhdGNoVGFza1JlcXVlc3QaHi5vdGFmbGVldC52MS5XYXRjaFRhc2tSZXNwb25zZTABQjhaNmdpdGh1Yi5jb20vb3RhZmxlZXQvb3RhZmxlZXQvcnBjL290YWZsZWV0djE7b3RhZmxlZXR2MWIGcHJvdG8z", [file_google_protobuf_timestamp, file_otafleet_v1_common]);
+  fileDesc("ChZvdGFmbGVldC92MS90YXNrLnByb3RvEgtvdGFmbGVldC52MSJFCgZXaW5kb3cSFAoMc3RhcnRfbWludXRlGAEgASgNEhIKCmVuZF9taW51dGUYAiABKA0SEQoJdGltZV96b25lGAMgASgJIsoBCgZQb2xpY3kSMQoNc2NoZWR1bGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGAoLcmV0cnlfY291bnQYAiABKA1IAIgBARIjChZyZXRyeV9pbnRlcnZhbF9taW51dGVzGAMgASgNSAGIAQESIwoGd2luZG93GAQgASgLMhMub3RhZmxlZXQudjEuV2luZG93Qg4KDF9yZXRyeV9jb3VudEIZChdfcmV0cnlfaW50ZXJ2YWxfbWludXRlcyKLAQoMVGFza1Byb2dyZXNzEg0KBXRvdGFsGAEgASgNEg8KB3dhaXRpbmcYAiABKA0SEgoKcHJvY2Vzc2luZxgDIAEoDRIPCgdzdWNjZXNzGAQgASgNEgwKBGZhaWwYBSABKA0SFwoPZmFpbF93YWl0X3JldHJ5GAYgASgNEg8KB3N0b3BwZWQYByABKA0i0wIKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIMCgRuYW1lGAIgASgJEigKCXRhc2tfdHlwZRgDIAEoDjIVLm90YWZsZWV0LnYxLlRhc2tUeXBlEhIKCnBhY2thZ2VfaWQYBCABKAkSEQoJZ3JvdXBfaWRzGAUgAygJEicKBnN0YXR1cxgGIAEoDjIXLm90YWZsZWV0LnYxLlRhc2tTdGF0dXMSKwoIcHJvZ3Jlc3MYByABKAsyGS5vdGFmbGVldC52MS5UYXNrUHJvZ3Jlc3MSIwoGcG9saWN5GAggASgLMhMub3RhZmxlZXQudjEuUG9saWN5Ei8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiqwEKEUNyZWF0ZVRhc2tSZXF1ZXN0EgwKBG5hbWUYASABKAkSKAoJdGFza190eXBlGAIgASgOMhUub3RhZmxlZXQudjEuVGFza1R5cGUSEgoKcGFja2FnZV9pZBgDIAEoCRISCgpkZXZpY2VfaWRzGAQgAygJEhEKCWdyb3VwX2lkcxgFIAMoCRIjCgZwb2xpY3kYBiABKAsyEy5vdGFmbGVldC52MS5Qb2xpY3kiNQoSQ3JlYXRlVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5vdGFmbGVldC52MS5UYXNrIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiMgoPR2V0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5vdGFmbGVldC52MS5UYXNrInIKEExpc3RUYXNrc1JlcXVlc3QSLAoGc3RhdHVzGAEgASgOMhcub3RhZmxlZXQudjEuVGFza1N0YXR1c0gAiAEBEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJQgkKB19zdGF0dXMiTgoRTGlzdFRhc2tzUmVzcG9uc2USIAoFdGFza3MYASADKAsyES5vdGFmbGVldC52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiCg9TdG9wVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIzChBTdG9wVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5vdGFmbGVldC52MS5UYXNrIjcKEFJldHJ5VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRISCgpkZXZpY2VfaWRzGAIgAygJIjQKEVJldHJ5VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5vdGFmbGVldC52MS5UYXNrIooDCgpUYXNrRGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCRIqCgZzdGF0dXMYAiABKA4yGi5vdGFmbGVldC52MS5TdWJ0YXNrU3RhdHVzEg0KBXN0YWdlGAMgASgJEhYKDmZhaWx1cmVfcmVhc29uGAQgASgJEhAKCGF0dGVtcHRzGAUgASgNEhYKDnNvdXJjZV92ZXJzaW9uGAYgASgJEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtyZXN1bHRfY29kZRgIIAEoBRIzCg9uZXh0X3JldHJ5X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHByb2dyZXNzGAogASgFEi4KCnN0YXJ0X3RpbWUYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3N0YXR1c19kZXNjGAwgASgJEhoKEmRldmljZV9kZXNjcmlwdGlvbhgNIAEoCSKMAQoWTGlzdFRhc2tEZXZpY2VzUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEi8KBnN0YXR1cxgCIAEoDjIaLm90YWZsZWV0LnYxLlN1YnRhc2tTdGF0dXNIAIgBARIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCUIJCgdfc3RhdHVzIlwKF0xpc3RUYXNrRGV2aWNlc1Jlc3BvbnNlEigKB2RldmljZXMYASADKAsyFy5vdGFmbGVldC52MS5UYXNrRGV2aWNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIjChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLm90YWZsZWV0LnYxLlRhc2siTgoUTGlzdFRhc2tDZWxsc1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJMCgtDb3ZlcmFnZU1peBIMCgRnb29kGAEgASgNEg4KBm1lZGl1bRgCIAEoDRIMCgRwb29yGAMgASgNEhEKCWNlbGxfb25seRgEIAEoDSJoCgpDZWxsSG9sZGVyEhEKCWRldmljZV9pZBgBIAEoCRInCghjb3ZlcmFnZRgCIAEoDjIVLm90YWZsZWV0LnYxLkNvdmVyYWdlEg0KBXVuaXRzGAMgASgNEg8KB3Rhc2tfaWQYBCABKAkirQIKCFRhc2tDZWxsEg8KB2NlbGxfaWQYASABKAkSFAoMdW5pdHNfaW5fdXNlGAIgASgNEg4KBmJ1ZGdldBgDIAEoDRIoCgdob2xkZXJzGAQgAygLMhcub3RhZmxlZXQudjEuQ2VsbEhvbGRlchIPCgd3YWl0aW5nGAUgASgNEi0KC2hvbGRpbmdfbWl4GAYgASgLMhgub3RhZmxlZXQudjEuQ292ZXJhZ2VNaXgSLQoLd2FpdGluZ19taXgYByABKAsyGC5vdGFmbGVldC52MS5Db3ZlcmFnZU1peBIUCgx0YXNrX2hvbGRpbmcYCCABKA0SFAoMdGFza193YWl0aW5nGAkgASgNEhIKCmhlYWRfdW5pdHMYCiABKA0SEQoJc2F0dXJhdGVkGAsgASgIIlYKFUxpc3RUYXNrQ2VsbHNSZXNwb25zZRIkCgVjZWxscxgBIAMoCzIVLm90YWZsZWV0LnYxLlRhc2tDZWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKHBQoLVGFza1NlcnZpY2USTQoKQ3JlYXRlVGFzaxIeLm90YWZsZWV0LnYxLkNyZWF0ZVRhc2tSZXF1ZXN0Gh8ub3RhZmxlZXQudjEuQ3JlYXRlVGFza1Jlc3BvbnNlEkQKB0dldFRhc2sSGy5vdGFmbGVldC52MS5HZXRUYXNrUmVxdWVzdBocLm90YWZsZWV0LnYxLkdldFRhc2tSZXNwb25zZRJKCglMaXN0VGFza3MSHS5vdGFmbGVldC52MS5MaXN0VGFza3NSZXF1ZXN0Gh4ub3RhZmxlZXQudjEuTGlzdFRhc2tzUmVzcG9uc2USRwoIU3RvcFRhc2sSHC5vdGFmbGVldC52MS5TdG9wVGFza1JlcXVlc3QaHS5vdGFmbGVldC52MS5TdG9wVGFza1Jlc3BvbnNlEkoKCVJldHJ5VGFzaxIdLm90YWZsZWV0LnYxLlJldHJ5VGFza1JlcXVlc3QaHi5vdGFmbGVldC52MS5SZXRyeVRhc2tSZXNwb25zZRJcCg9MaXN0VGFza0RldmljZXMSIy5vdGFmbGVldC52MS5MaXN0VGFza0RldmljZXNSZXF1ZXN0GiQub3RhZmxlZXQudjEuTGlzdFRhc2tEZXZpY2VzUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0ub3RhZmxlZXQudjEuV2F0Y2hUYXNrUmVxdWVzdBoeLm90YWZsZWV0LnYxLldhdGNoVGFza1Jlc3BvbnNlMAESVgoNTGlzdFRhc2tDZWxscxIhLm90YWZsZWV0LnYxLkxpc3RUYXNrQ2VsbHNSZXF1ZXN0GiIub3RhZmxlZXQudjEuTGlzdFRhc2tDZWxsc1Jlc3BvbnNlQjhaNmdpdGh1Yi5jb20vb3RhZmxlZXQvb3RhZmxlZXQvcnBjL290YWZsZWV0djE7b3RhZmxlZXR2MWIGcHJvdG8z", [file_google_protobuf_timestamp, file_otafleet_v1_common]);
 
 /**
  * Window is a daily maintenance window: devices start upgrading only when
@@ -757,6 +757,247 @@ export const WatchTaskResponseSchema: GenMessage<WatchTaskResponse> = /*@__PURE_
   messageDesc(file_otafleet_v1_task, 18);
 
 /**
+ * ListTaskCellsRequest asks for one page of a task's cells.
+ *
+ * @generated from message otafleet.v1.ListTaskCellsRequest
+ */
+export type ListTaskCellsRequest = Message<"otafleet.v1.ListTaskCellsRequest"> & {
+  /**
+   * The task's ID.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * At most this many cells; 0: 100, above 1000: 1000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message otafleet.v1.ListTaskCellsRequest.
+ * Use `create(ListTaskCellsRequestSchema)` to create a new message.
+ */
+export const ListTaskCellsRequestSchema: GenMessage<ListTaskCellsRequest> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_task, 19);
+
+/**
+ * CoverageMix counts devices by coverage class.
+ *
+ * @generated from message otafleet.v1.CoverageMix
+ */
+export type CoverageMix = Message<"otafleet.v1.CoverageMix"> & {
+  /**
+   * Devices with COVERAGE_GOOD.
+   *
+   * @generated from field: uint32 good = 1;
+   */
+  good: number;
+
+  /**
+   * Devices with COVERAGE_MEDIUM.
+   *
+   * @generated from field: uint32 medium = 2;
+   */
+  medium: number;
+
+  /**
+   * Devices with COVERAGE_POOR.
+   *
+   * @generated from field: uint32 poor = 3;
+   */
+  poor: number;
+
+  /**
+   * Devices with COVERAGE_CELL_ONLY.
+   *
+   * @generated from field: uint32 cell_only = 4;
+   */
+  cellOnly: number;
+};
+
+/**
+ * Describes the message otafleet.v1.CoverageMix.
+ * Use `create(CoverageMixSchema)` to create a new message.
+ */
+export const CoverageMixSchema: GenMessage<CoverageMix> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_task, 20);
+
+/**
+ * CellHolder is a device holding part of a cell's budget.
+ *
+ * @generated from message otafleet.v1.CellHolder
+ */
+export type CellHolder = Message<"otafleet.v1.CellHolder"> & {
+  /**
+   * The device's ID.
+   *
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+
+  /**
+   * Its coverage class when it asked for the slot.
+   *
+   * @generated from field: otafleet.v1.Coverage coverage = 2;
+   */
+  coverage: Coverage;
+
+  /**
+   * The budget units it holds.
+   *
+   * @generated from field: uint32 units = 3;
+   */
+  units: number;
+
+  /**
+   * The task whose upgrade it holds the units for.
+   *
+   * @generated from field: string task_id = 4;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message otafleet.v1.CellHolder.
+ * Use `create(CellHolderSchema)` to create a new message.
+ */
+export const CellHolderSchema: GenMessage<CellHolder> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_task, 21);
+
+/**
+ * TaskCell is one radio cell as a task sees it.
+ *
+ * @generated from message otafleet.v1.TaskCell
+ */
+export type TaskCell = Message<"otafleet.v1.TaskCell"> & {
+  /**
+   * The cell's ID.
+   *
+   * @generated from field: string cell_id = 1;
+   */
+  cellId: string;
+
+  /**
+   * Budget units the cell's holders hold (all tasks).
+   *
+   * @generated from field: uint32 units_in_use = 2;
+   */
+  unitsInUse: number;
+
+  /**
+   * The cell's budget: units lent out at once (default 50; a good device
+   * costs 1, a medium or cell-ID-only one 5, a poor one 50).
+   *
+   * @generated from field: uint32 budget = 3;
+   */
+  budget: number;
+
+  /**
+   * The devices holding units (all tasks), in device ID order; at most
+   * budget of them.
+   *
+   * @generated from field: repeated otafleet.v1.CellHolder holders = 4;
+   */
+  holders: CellHolder[];
+
+  /**
+   * Devices in the cell's queue (all tasks).
+   *
+   * @generated from field: uint32 waiting = 5;
+   */
+  waiting: number;
+
+  /**
+   * Coverage classes of the holders.
+   *
+   * @generated from field: otafleet.v1.CoverageMix holding_mix = 6;
+   */
+  holdingMix?: CoverageMix | undefined;
+
+  /**
+   * Coverage classes of the devices waiting.
+   *
+   * @generated from field: otafleet.v1.CoverageMix waiting_mix = 7;
+   */
+  waitingMix?: CoverageMix | undefined;
+
+  /**
+   * Of holders, those holding for this task.
+   *
+   * @generated from field: uint32 task_holding = 8;
+   */
+  taskHolding: number;
+
+  /**
+   * Of waiting, those waiting for this task.
+   *
+   * @generated from field: uint32 task_waiting = 9;
+   */
+  taskWaiting: number;
+
+  /**
+   * Units the head of the queue needs; 0 when nobody waits.
+   *
+   * @generated from field: uint32 head_units = 10;
+   */
+  headUnits: number;
+
+  /**
+   * Devices are queued and the head of the queue does not fit the budget
+   * left: the cell is at its budget and paces the task.
+   *
+   * @generated from field: bool saturated = 11;
+   */
+  saturated: boolean;
+};
+
+/**
+ * Describes the message otafleet.v1.TaskCell.
+ * Use `create(TaskCellSchema)` to create a new message.
+ */
+export const TaskCellSchema: GenMessage<TaskCell> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_task, 22);
+
+/**
+ * ListTaskCellsResponse is one page of a task's cells.
+ *
+ * @generated from message otafleet.v1.ListTaskCellsResponse
+ */
+export type ListTaskCellsResponse = Message<"otafleet.v1.ListTaskCellsResponse"> & {
+  /**
+   * Cells in ID order.
+   *
+   * @generated from field: repeated otafleet.v1.TaskCell cells = 1;
+   */
+  cells: TaskCell[];
+
+  /**
+   * Token for the next page; empty when this is the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message otafleet.v1.ListTaskCellsResponse.
+ * Use `create(ListTaskCellsResponseSchema)` to create a new message.
+ */
+export const ListTaskCellsResponseSchema: GenMessage<ListTaskCellsResponse> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_task, 23);
+
+/**
  * TaskService runs batch upgrade tasks. Every method needs the bearer token.
  *
  * @generated from service otafleet.v1.TaskService
@@ -845,6 +1086,23 @@ export const TaskService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchTaskRequestSchema;
     output: typeof WatchTaskResponseSchema;
+  },
+  /**
+   * ListTaskCells lists the radio cells where the task's devices hold or
+   * wait for upgrade slots now, in cell ID order, a page at a time: each
+   * cell's budget in use, its holders and its queue (of every task, since a
+   * cell's budget is shared by all tasks) with their coverage mix. A cell
+   * with saturated set (devices queued, and the head of the queue does not
+   * fit the budget left) is what holds the task back. Cells the task's
+   * devices have left (their upgrades finished) are not listed, so a
+   * finished task has none. not_found for an unknown task.
+   *
+   * @generated from rpc otafleet.v1.TaskService.ListTaskCells
+   */
+  listTaskCells: {
+    methodKind: "unary";
+    input: typeof ListTaskCellsRequestSchema;
+    output: typeof ListTaskCellsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_otafleet_v1_task, 0);
