@@ -88,7 +88,7 @@ func NewHandler(d Deps) (http.Handler, error) {
 	mux.Handle(otafleetv1connect.NewProductServiceHandler(&productServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewDeviceServiceHandler(&deviceServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewGroupServiceHandler(&groupServer{server: s}, opts...))
-	mux.Handle(otafleetv1connect.NewPackageServiceHandler(&packageServer{server: s}, opts...))
+	mux.Handle(otafleetv1connect.NewPackageServiceHandler(&packageServer{server: s, chunks: newChunkUploads()}, opts...))
 	services := []string{
 		otafleetv1connect.ProductServiceName, otafleetv1connect.DeviceServiceName,
 		otafleetv1connect.GroupServiceName, otafleetv1connect.PackageServiceName,
