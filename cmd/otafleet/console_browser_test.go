@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,8 +16,14 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+
+	"github.com/otafleet/otafleet/internal/goldentest"
+	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
+	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
 )
 
 // The console's browser tests drive Debian's Chromium (headless, through
@@ -246,4 +253,165 @@ func TestConsoleServedWithoutSession(t *testing.T) {
 	if res.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("ListProducts without a token: HTTP %d, want 401", res.StatusCode)
 	}
+}
+
+// TestConsoleInBrowser is the console's acceptance test: log in, upload a
+// package, create a task and watch it reach SUCCESS live, open a failed
+// device's timeline, retry a failed task, see a cell at its budget with
+// devices queued and stop that task; the main pages are photographed.
+func TestConsoleInBrowser(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	s := startConsoleServer(t, ctx)
+	hc := h2cClient(s.token)
+	products := otafleetv1connect.NewProductServiceClient(hc, s.api)
+	packages := otafleetv1connect.NewPackageServiceClient(hc, s.api)
+	tasks := otafleetv1connect.NewTaskServiceClient(hc, s.api)
+	mq, err := products.CreateProduct(ctx, connect.NewRequest(&v1.CreateProductRequest{Name: "Meter", Protocol: v1.Protocol_PROTOCOL_MQTT}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lw, err := products.CreateProduct(ctx, connect.NewRequest(&v1.CreateProductRequest{Name: "Tracker", Protocol: v1.Protocol_PROTOCOL_LWM2M}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mqID, lwID := mq.Msg.GetProduct().GetProductId(), lw.Msg.GetProduct().GetProductId()
+	// ok- devices upgrade (slowly enough to be seen running), bad- devices
+	// fail, and q- devices (poor coverage, one cell: one at a time) queue.
+	startSimProcess(t, ctx, s, "--protocol", "mqtt", "--product", mqID, "--id-prefix", "ok-", "--devices", "3", "--think-time", "400ms")
+	startSimProcess(t, ctx, s, "--protocol", "mqtt", "--product", mqID, "--id-prefix", "bad-", "--devices", "2", "--fail-rate", "1")
+	startSimProcess(t, ctx, s, "--protocol", "lwm2m", "--product", lwID, "--id-prefix", "q-", "--devices", "3", "--cells", "1", "--coverage", "poor", "--think-time", "3s")
+
+	b := newBrowser(t, ctx)
+	consoleLogin(t, b, s)
+	b.open(s.api, "/", "Fleet")
+	b.waitJS("the devices online", `document.querySelector("#device-stats")?.textContent.includes("8 online")`, 10*time.Second)
+	b.shot("overview")
+
+	// Upload a package of three chunks through the form.
+	file := filepath.Join(t.TempDir(), "meter-2.0.bin")
+	if err := os.WriteFile(file, bytes.Repeat([]byte("firmware 2.0 "), (2<<20+300<<10)/13), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.open(s.api, "/upload", "Upload a package")
+	b.do("filling the upload form",
+		chromedp.SetValue(chromedp.ID("pkg-product"), mqID),
+		chromedp.SendKeys(chromedp.ID("pkg-version"), "2.0"),
+		chromedp.SendKeys(chromedp.ID("pkg-sources"), "1.0"),
+		chromedp.SetUploadFiles(chromedp.ID("pkg-file"), []string{file}),
+		chromedp.Click(chromedp.CSS(`form button[type="submit"]`)),
+	)
+	b.waitJS("the upload's end", `document.querySelector("#upload-status")?.dataset.packageId`, 20*time.Second)
+	pkgID := eval[string](b, `document.querySelector("#upload-status").dataset.packageId`)
+	if got := eval[float64](b, `document.querySelector("#upload-progress").value`); got != float64(len(bytes.Repeat([]byte("firmware 2.0 "), (2<<20+300<<10)/13))) {
+		t.Fatalf("the progress bar ends at %v", got)
+	}
+	b.shot("upload")
+
+	// Create a task through the form; its page shows it run and succeed
+	// without a reload (the WatchTask stream).
+	b.open(s.api, "/tasks/new", "New task")
+	b.do("filling the task form",
+		chromedp.SendKeys(chromedp.ID("task-name"), "meter_2_0"),
+		chromedp.SetValue(chromedp.ID("task-package"), pkgID),
+		chromedp.SendKeys(chromedp.ID("task-devices"), "ok-0 ok-1, ok-2"),
+		chromedp.Click(chromedp.CSS(`form button[type="submit"]`)),
+	)
+	b.waitJS("the task page", `location.hash.startsWith("#/task/") && document.querySelector("#task-status") !== null`, 10*time.Second)
+	eval[chromedp.Void](b, `window.seen = []; new MutationObserver(() => window.seen.push(document.querySelector("#task-status").dataset.status)).observe(document.querySelector("#task-status"), {attributes: true, childList: true, characterData: true, subtree: true}), undefined`)
+	b.waitJS("SUCCESS", `document.querySelector("#task-status").dataset.status === "success" && document.querySelector("#live").dataset.live === "false"`, 30*time.Second)
+	if seen := eval[[]string](b, `window.seen`); len(seen) == 0 {
+		t.Fatal("the task page did not change while the task ran: no live update")
+	}
+	b.waitJS("the devices' table", `[...document.querySelectorAll("#devices tbody tr")].filter(r => r.textContent.includes("success")).length === 3`, 10*time.Second)
+	if got := eval[string](b, `document.querySelector('#counts dd[data-count="success"]').textContent`); got != "3" {
+		t.Fatalf("success count %q, want 3", got)
+	}
+	b.shot("task-success")
+
+	// A task to the failing devices: its failures by reason link to a
+	// failed device's timeline. Retrying it runs the devices again.
+	bad := createTask(t, ctx, tasks, "meter_retry", pkgID, "bad-0", "bad-1")
+	b.open(s.api, "/task/"+bad, "meter_retry")
+	b.waitJS("FAIL", `document.querySelector("#task-status").dataset.status === "fail"`, 30*time.Second)
+	b.waitJS("the failures by reason", `document.querySelectorAll("#failures tbody tr a").length > 0`, 10*time.Second)
+	b.shot("task-fail")
+	b.do("opening a failed device", chromedp.Click(chromedp.CSS(`#failures tbody tr a`)))
+	b.waitJS("the device's timeline", `location.hash.startsWith("#/device/bad-") && document.querySelectorAll(".timeline tbody tr").length > 1`, 10*time.Second)
+	if tl := eval[string](b, `document.querySelector(".timeline").textContent`); !strings.Contains(tl, bad) {
+		t.Fatalf("the failed device's timeline does not name the task %s:\n%s", bad, tl)
+	}
+	b.shot("device")
+	b.open(s.api, "/task/"+bad, "meter_retry")
+	b.waitJS("the retry button", `!document.querySelector("#retry").disabled`, 10*time.Second)
+	b.do("retrying", chromedp.Click(chromedp.ID("retry")))
+	b.waitJS("the retry", `document.querySelector("main [role=status]").textContent === "Retry requested"`, 10*time.Second)
+	b.waitJS("FAIL again", `document.querySelector("#task-status").dataset.status === "fail" && document.querySelector("#live").dataset.live === "false"`, 30*time.Second)
+	devs, err := tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: bad}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range devs.Msg.GetDevices() {
+		if d.GetAttempts() < 2 {
+			t.Fatalf("after the retry, %s has %d attempts", d.GetDeviceId(), d.GetAttempts())
+		}
+	}
+
+	// A task whose one cell takes one poor-coverage device at a time: the
+	// cell view shows it at its budget with devices queued. Stop it.
+	lwPkg, err := packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{ProductId: lwID, PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE,
+		Version: "2.0", FileName: "tracker-2.0.bin", Content: bytes.Repeat([]byte("tracker "), 4096)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := createTask(t, ctx, tasks, "tracker_2_0", lwPkg.Msg.GetPackage().GetPackageId(), "q-0", "q-1", "q-2")
+	b.open(s.api, "/task/"+queued, "tracker_2_0")
+	b.waitJS("a cell at its budget with devices queued", `[...document.querySelectorAll("#cells tr.bottleneck")].some(r => r.textContent.includes("at budget") && /\b[12] \(/.test(r.cells[3].textContent))`, 30*time.Second)
+	png := b.shot("task-cells")
+	if goldentest.Rewriting() {
+		if err := os.MkdirAll(filepath.Join("..", "..", "docs"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join("..", "..", "docs", "console.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.do("stopping", chromedp.Click(chromedp.ID("stop")))
+	b.waitJS("STOPPED", `["stopping", "stopped"].includes(document.querySelector("#task-status").dataset.status)`, 10*time.Second)
+	got, err := tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: queued}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := got.Msg.GetTask().GetStatus(); st != v1.TaskStatus_TASK_STATUS_STOPPING && st != v1.TaskStatus_TASK_STATUS_STOPPED {
+		t.Fatalf("after Stop in the console the task is %v", st)
+	}
+
+	// On a phone's width nothing runs off the side.
+	b.do("a phone's screen", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
+	b.open(s.api, "/task/"+queued, "tracker_2_0")
+	if w := eval[int](b, `document.documentElement.scrollWidth - window.innerWidth`); w > 0 {
+		b.shot("phone-overflow")
+		t.Fatalf("on a 390 px screen the task page is %d px too wide", w)
+	}
+	b.shot("task-phone")
+}
+
+func createTask(t *testing.T, ctx context.Context, tasks otafleetv1connect.TaskServiceClient, name, pkg string, devices ...string) string {
+	t.Helper()
+	r, err := tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{Name: name, TaskType: v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE, PackageId: pkg, DeviceIds: devices}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Msg.GetTask().GetTaskId()
+}
+
+// consoleLogin logs the browser in.
+func consoleLogin(t *testing.T, b *browser, s *consoleServer) {
+	t.Helper()
+	b.do("sending the token", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{Headers: network.Headers{"Authorization": "Bearer " + s.token}})
+		return err
+	}))
+	b.do("opening the console", chromedp.Navigate(s.api+"/ui/"))
+	eval[chromedp.Void](b, `sessionStorage.setItem("otafleet.csrf", "dev"), undefined`)
 }

@@ -29,7 +29,7 @@ export async function newTaskPage(main: HTMLElement, signal: AbortSignal): Promi
     listAll(async (t) => { const r = await packages.listPackages({ pageSize: 1000, pageToken: t }, opt); return { items: r.packages, next: r.nextPageToken }; }),
     listAll(async (t) => { const r = await groups.listGroups({ pageSize: 1000, pageToken: t }, opt); return { items: r.groups, next: r.nextPageToken }; }),
   ]);
-  const name = h("input", { name: "name", required: true, maxlength: 128, autocomplete: "off" });
+  const name = h("input", { name: "name", required: true, maxlength: 128, autocomplete: "off", pattern: "[A-Za-z0-9_]+", spellcheck: "false" });
   const pkg = h("select", { name: "package", required: true },
     h("option", { value: "" }, "Choose a package"),
     pkgs.items.map((p) => h("option", { value: p.packageId }, `${p.version} (${packageTypeName[p.packageType]}, ${p.fileName}, ${p.productId})`)));
@@ -38,7 +38,7 @@ export async function newTaskPage(main: HTMLElement, signal: AbortSignal): Promi
   const err = h("p", { class: "error", role: "alert", hidden: true });
   const submit = h("button", { type: "submit" }, "Create task");
   const form = h("form", { class: "card" },
-    field("task-name", "Name", name),
+    field("task-name", "Name", name, "Letters, digits and _ only."),
     field("task-package", "Package", pkg, "The task type (firmware or software) follows the package."),
     field("task-devices", "Devices", ids, "Device IDs, separated by spaces, commas or new lines."),
     grps.items.length ? h("fieldset", {}, h("legend", {}, "Groups"), grpBoxes) : null,

@@ -52,7 +52,7 @@ export async function taskPage(main: HTMLElement, signal: AbortSignal, id: strin
     bar.max = Math.max(p?.total ?? 0, 1);
     bar.value = done;
     bar.textContent = `${done} of ${p?.total ?? 0}`;
-    countList.replaceChildren(...counts.flatMap(([k, label]) => [h("dt", {}, label), h("dd", { "data-count": k }, p ? String(p[k] ?? 0) : "0")]));
+    countList.replaceChildren(...counts.map(([k, label]) => h("div", {}, h("dt", {}, label), h("dd", { "data-count": k }, p ? String(p[k] ?? 0) : "0"))));
     stopBtn.disabled = finished(t.status) || t.status === TaskStatus.STOPPING;
     retryBtn.disabled = !(t.status === TaskStatus.PROCESSING || t.status === TaskStatus.FAIL || t.status === TaskStatus.PARTIAL_SUCCESS) ||
       !p || p.fail + p.failWaitRetry + p.stopped === 0;
