@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/otafleet/otafleet/internal/goldentest"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
@@ -221,10 +221,12 @@ func startSimProcess(t *testing.T, ctx context.Context, s *consoleServer, args .
 	}
 }
 
-// TestConsoleServedWithoutSession: the console's page loads without a
-// session and asks for the token, small; the API refuses the calls of a
-// browser that has no session.
-func TestConsoleServedWithoutSession(t *testing.T) {
+// TestConsoleSession: the console's page loads without a session, small,
+// and asks for the token; the API refuses the page's calls until it logs in
+// (a wrong token is refused), the one-time login URL logs in once and leaves
+// the address bar, a call with the session cookie but without the CSRF
+// header is refused, and logging out ends the session.
+func TestConsoleSession(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	s := startConsoleServer(t, ctx)
@@ -239,11 +241,16 @@ func TestConsoleServedWithoutSession(t *testing.T) {
 	}
 	b.shot("login")
 
-	// A call from the page without a session is refused, and so is one
-	// from outside the browser without the token.
-	status := eval[int](b, `fetch("/otafleet.v1.ProductService/ListProducts", {method: "POST", headers: {"Content-Type": "application/json"}, body: "{}"}).then(r => r.status)`)
-	if status != http.StatusUnauthorized {
-		t.Fatalf("ListProducts from the page without a session: HTTP %d, want 401", status)
+	// Without a session the API refuses the page, and anyone without the token.
+	listProducts := func(csrf bool) int {
+		h := `{"Content-Type": "application/json"}`
+		if csrf {
+			h = `{"Content-Type": "application/json", "X-CSRF-Token": sessionStorage.getItem("otafleet.csrf") ?? ""}`
+		}
+		return eval[int](b, `fetch("/otafleet.v1.ProductService/ListProducts", {method: "POST", headers: `+h+`, body: "{}"}).then(r => r.status)`)
+	}
+	if st := listProducts(true); st != http.StatusUnauthorized {
+		t.Fatalf("ListProducts from the page without a session: HTTP %d, want 401", st)
 	}
 	res, err := http.Post(s.api+"/otafleet.v1.ProductService/ListProducts", "application/json", strings.NewReader("{}"))
 	if err != nil {
@@ -252,6 +259,39 @@ func TestConsoleServedWithoutSession(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("ListProducts without a token: HTTP %d, want 401", res.StatusCode)
+	}
+
+	// A wrong token is refused on the page.
+	b.do("a wrong token", chromedp.SendKeys(chromedp.ID("token"), "not-the-token"), chromedp.Click(chromedp.CSS(`form button[type="submit"]`)))
+	b.waitJS("the refusal", `document.querySelector("main .error:not([hidden])")?.textContent.includes("not valid")`, 10*time.Second)
+
+	// The one-time URL logs in and leaves the address bar.
+	once := s.loginURL(t)
+	b.do("opening the one-time login URL", chromedp.Navigate(once))
+	b.waitJS("the fleet page", `location.hash === "#/" && document.querySelector("main h1")?.textContent === "Fleet"`, 15*time.Second)
+	if href := eval[string](b, `location.href`); strings.Contains(href, "once") {
+		t.Fatalf("the address bar still shows the one-time code: %s", href)
+	}
+	if st := listProducts(true); st != http.StatusOK {
+		t.Fatalf("ListProducts with the session and its CSRF token: HTTP %d, want 200", st)
+	}
+	if st := listProducts(false); st != http.StatusForbidden {
+		t.Fatalf("ListProducts with the session cookie but no CSRF header: HTTP %d, want 403", st)
+	}
+	res, err = http.Get(once)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("the one-time login URL used again: HTTP %d, want 401", res.StatusCode)
+	}
+
+	// Logging out ends the session: the page asks for the token again.
+	b.do("logging out", chromedp.Click(chromedp.ID("logout")))
+	b.waitJS("the login page", `location.hash.startsWith("#/login") && document.querySelector("input#token") !== null`, 10*time.Second)
+	if st := listProducts(false); st != http.StatusUnauthorized {
+		t.Fatalf("ListProducts after logging out: HTTP %d, want 401", st)
 	}
 }
 
@@ -376,7 +416,19 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b.do("stopping", chromedp.Click(chromedp.ID("stop")))
+	// Stop it from the keyboard: Tab from the page's heading reaches the
+	// Stop button, which shows where the focus is; Enter presses it.
+	eval[chromedp.Void](b, `document.querySelector("main h1").focus(), undefined`)
+	for i := 0; eval[string](b, `document.activeElement.id`) != "stop"; i++ {
+		if i == 10 {
+			b.fail("tabbing to the Stop button", fmt.Errorf("focus is on %s", eval[string](b, `document.activeElement.outerHTML.slice(0, 200)`)))
+		}
+		b.do("pressing Tab", chromedp.KeyEvent(kb.Tab))
+	}
+	if outline := eval[string](b, `getComputedStyle(document.activeElement).outlineStyle`); outline == "none" {
+		t.Fatal("the focused Stop button shows no focus ring")
+	}
+	b.do("stopping", chromedp.KeyEvent(kb.Enter))
 	b.waitJS("STOPPED", `["stopping", "stopped"].includes(document.querySelector("#task-status").dataset.status)`, 10*time.Second)
 	got, err := tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: queued}))
 	if err != nil {
@@ -405,13 +457,27 @@ func createTask(t *testing.T, ctx context.Context, tasks otafleetv1connect.TaskS
 	return r.Msg.GetTask().GetTaskId()
 }
 
-// consoleLogin logs the browser in.
+// consoleLogin logs the browser in through the login page, with the token.
 func consoleLogin(t *testing.T, b *browser, s *consoleServer) {
 	t.Helper()
-	b.do("sending the token", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		_, err := cdp.Call(ctx, tg, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{Headers: network.Headers{"Authorization": "Bearer " + s.token}})
-		return err
-	}))
 	b.do("opening the console", chromedp.Navigate(s.api+"/ui/"))
-	eval[chromedp.Void](b, `sessionStorage.setItem("otafleet.csrf", "dev"), undefined`)
+	b.waitJS("the login page", `document.querySelector("input#token") !== null`, 15*time.Second)
+	b.do("logging in", chromedp.SendKeys(chromedp.ID("token"), s.token), chromedp.Click(chromedp.CSS(`form button[type="submit"]`)))
+	b.waitJS("the fleet page", `location.hash === "#/" && document.querySelector("main h1")?.textContent === "Fleet"`, 15*time.Second)
+}
+
+// loginURL is the one-time login URL serve logged.
+func (s *consoleServer) loginURL(t *testing.T) string {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.logLines {
+		if msg, _ := m["msg"].(string); strings.HasPrefix(msg, "console login") {
+			if u, _ := m["url"].(string); u != "" {
+				return u
+			}
+		}
+	}
+	t.Fatal("serve logged no console login URL")
+	return ""
 }

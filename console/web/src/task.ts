@@ -15,8 +15,9 @@ import { cellsSection } from "./cells.js";
 const maxDevices = 30_000;
 /** shownDevices bounds the rows of the device table (failed ones first). */
 const shownDevices = 200;
-/** refreshEvery spaces the device and cell reloads while the task runs. */
-const refreshEvery = 2000;
+/** refreshEvery spaces the device and cell reloads while the task runs:
+ * 2 s, and 1 s more per 1,000 devices (a reload reads them all). */
+const refreshEvery = (devices: number) => 2000 + devices;
 
 const counts: [keyof NonNullable<Task["progress"]>, string][] = [
   ["total", "total"], ["waiting", "waiting"], ["processing", "processing"], ["success", "success"],
@@ -60,6 +61,7 @@ export async function taskPage(main: HTMLElement, signal: AbortSignal, id: strin
 
   let refreshing = false;
   let lastRefresh = 0;
+  let loaded = 0;
   let pending: ReturnType<typeof setTimeout> | undefined;
   const refresh = async () => {
     if (refreshing || signal.aborted) return;
@@ -67,6 +69,7 @@ export async function taskPage(main: HTMLElement, signal: AbortSignal, id: strin
     lastRefresh = Date.now();
     try {
       const list = await taskDevices(id, signal);
+      loaded = list.length;
       renderDevices(list, stages, failures, devs);
       await cellsSection(cells, id, signal);
     } catch (err) {
@@ -77,7 +80,7 @@ export async function taskPage(main: HTMLElement, signal: AbortSignal, id: strin
   };
   const scheduleRefresh = () => {
     if (pending !== undefined) return;
-    const wait = Math.max(0, lastRefresh + refreshEvery - Date.now());
+    const wait = Math.max(0, lastRefresh + refreshEvery(loaded) - Date.now());
     pending = setTimeout(() => { pending = undefined; void refresh(); }, wait);
   };
   signal.addEventListener("abort", () => clearTimeout(pending));
