@@ -167,12 +167,18 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "otafleet serving: api=%s mqtt=%s mqtts=%s coap=%s coaps=%s download=%s data-dir=%s\n",
 		addrs["api"], orDash(addrs["mqtt"]), orDash(addrs["mqtts"]), orDash(addrs["coap"]), orDash(addrs["coaps"]), orDash(addrs["download"]), cfg.DataDir)
 
-	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Logger: logger, Clock: clk})
+	console, err := rpc.NewConsoleAuth(token, rpc.ConsoleConfig{}, clk, logger)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Console: console, Logger: logger, Clock: clk})
 	if err != nil {
 		lis.Close()
 		return err
 	}
 	mux := http.NewServeMux()
+	console.Mount(mux)   // /ui/login, /ui/logout, /ui/session
 	mux.Handle("/", api) // behind the bearer token, checked before a body is read
 	mux.Handle(grpchealth.NewHandler(newStoreHealth(store)))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -186,6 +192,12 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	srv.Protocols = &protocols
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
+	// A one-time console login URL, as Jupyter prints one: it sets the
+	// session cookie and redirects to /ui/, so the code leaves the address
+	// bar; it works once, within 15 minutes.
+	loginURL := "http://" + addrs["api"] + rpc.LoginPath + "?once=" + console.NewOnce()
+	fmt.Fprintf(stdout, "otafleet console: %s\n", loginURL)
+	logger.Info("console login (one use, 15 min)", "url", loginURL)
 	logger.Info("serving", "api", addrs["api"], "mqtt", addrs["mqtt"], "mqtts", addrs["mqtts"], "coap", addrs["coap"], "coaps", addrs["coaps"], "download", addrs["download"],
 		"data_dir", cfg.DataDir, "simulated_devices", cfg.Simulate)
 
