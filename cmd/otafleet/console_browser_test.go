@@ -164,12 +164,15 @@ func startConsoleServer(t *testing.T, ctx context.Context) *consoleServer {
 	srv := startServer(t, "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0",
 		"--coaps-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0", "--log-format", "json")
 	s := &consoleServer{dir: dir}
-	srv.await(ctx, "serving", msg("serving"))
+	keep := func(m map[string]any) {
+		s.mu.Lock()
+		s.logLines = append(s.logLines, m)
+		s.mu.Unlock()
+	}
+	srv.await(ctx, "serving", func(m map[string]any) bool { keep(m); return msg("serving")(m) })
 	go func() {
 		for m := range srv.lines {
-			s.mu.Lock()
-			s.logLines = append(s.logLines, m)
-			s.mu.Unlock()
+			keep(m)
 		}
 	}()
 	var addrs map[string]string
@@ -317,15 +320,19 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	mqID, lwID := mq.Msg.GetProduct().GetProductId(), lw.Msg.GetProduct().GetProductId()
 	// ok- devices upgrade (slowly enough to be seen running), bad- devices
-	// fail, and q- devices (poor coverage, one cell: one at a time) queue.
+	// fail, and q- devices (poor coverage, one cell: one at a time) queue,
+	// and hold back the g- devices of their cell.
 	startSimProcess(t, ctx, s, "--protocol", "mqtt", "--product", mqID, "--id-prefix", "ok-", "--devices", "3", "--think-time", "400ms")
 	startSimProcess(t, ctx, s, "--protocol", "mqtt", "--product", mqID, "--id-prefix", "bad-", "--devices", "2", "--fail-rate", "1")
 	startSimProcess(t, ctx, s, "--protocol", "lwm2m", "--product", lwID, "--id-prefix", "q-", "--devices", "3", "--cells", "1", "--coverage", "poor", "--think-time", "3s")
+	// g- devices (good coverage) share cell 1 with the q- devices and have
+	// cells 2 and 3 to themselves.
+	startSimProcess(t, ctx, s, "--protocol", "lwm2m", "--product", lwID, "--id-prefix", "g-", "--devices", "6", "--cells", "3", "--coverage", "good", "--think-time", "3s")
 
 	b := newBrowser(t, ctx)
 	consoleLogin(t, b, s)
 	b.open(s.api, "/", "Fleet")
-	b.waitJS("the devices online", `document.querySelector("#device-stats")?.textContent.includes("8 online")`, 10*time.Second)
+	b.waitJS("the devices online", `document.querySelector("#device-stats")?.textContent.includes("14 online")`, 10*time.Second)
 	b.shot("overview")
 
 	// Upload a package of three chunks through the form.
@@ -397,16 +404,17 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 	}
 
-	// A task whose one cell takes one poor-coverage device at a time: the
-	// cell view shows it at its budget with devices queued. Stop it.
+	// A task over three cells, one of which takes one poor-coverage device
+	// at a time: the cell view shows that one first, at its budget with
+	// devices queued, while the others have room. Stop the task.
 	lwPkg, err := packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{ProductId: lwID, PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE,
 		Version: "2.0", FileName: "tracker-2.0.bin", Content: bytes.Repeat([]byte("tracker "), 4096)}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	queued := createTask(t, ctx, tasks, "tracker_2_0", lwPkg.Msg.GetPackage().GetPackageId(), "q-0", "q-1", "q-2")
+	queued := createTask(t, ctx, tasks, "tracker_2_0", lwPkg.Msg.GetPackage().GetPackageId(), "q-0", "q-1", "q-2", "g-0", "g-1", "g-2", "g-3", "g-4", "g-5")
 	b.open(s.api, "/task/"+queued, "tracker_2_0")
-	b.waitJS("a cell at its budget with devices queued", `[...document.querySelectorAll("#cells tr.bottleneck")].some(r => r.textContent.includes("at budget") && /\b[12] \(/.test(r.cells[3].textContent))`, 30*time.Second)
+	b.waitJS("a cell at its budget with devices queued", `[...document.querySelectorAll("#cells tr.bottleneck")].some(r => r.textContent.includes("at budget") && /^[1-9]/.test(r.cells[3].textContent)) && document.querySelectorAll("#cells tbody tr").length === 3`, 30*time.Second)
 	png := b.shot("task-cells")
 	if goldentest.Rewriting() {
 		if err := os.MkdirAll(filepath.Join("..", "..", "docs"), 0o755); err != nil {
