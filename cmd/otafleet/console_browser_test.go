@@ -272,6 +272,7 @@ func TestConsoleSession(t *testing.T) {
 	once := s.loginURL(t)
 	b.do("opening the one-time login URL", chromedp.Navigate(once))
 	b.waitJS("the fleet page", `location.hash === "#/" && document.querySelector("main h1")?.textContent === "Fleet"`, 15*time.Second)
+	t.Logf("the fleet page after login: %d bytes more", b.received.Load()-first)
 	if href := eval[string](b, `location.href`); strings.Contains(href, "once") {
 		t.Fatalf("the address bar still shows the one-time code: %s", href)
 	}
@@ -448,12 +449,18 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	// On a phone's width nothing runs off the side.
 	b.do("a phone's screen", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
-	b.open(s.api, "/task/"+queued, "tracker_2_0")
-	if w := eval[int](b, `document.documentElement.scrollWidth - window.innerWidth`); w > 0 {
-		b.shot("phone-overflow")
-		t.Fatalf("on a 390 px screen the task page is %d px too wide", w)
+	for _, p := range []struct{ route, heading, shot string }{
+		{"/", "Fleet", "overview-phone"},
+		{"/task/" + queued, "tracker_2_0", "task-phone"},
+		{"/device/q-0", "q-0", "device-phone"},
+		{"/upload", "Upload a package", "upload-phone"},
+	} {
+		b.open(s.api, p.route, p.heading)
+		b.shot(p.shot)
+		if w := eval[int](b, `document.documentElement.scrollWidth - window.innerWidth`); w > 0 {
+			t.Fatalf("on a 390 px screen the page %s is %d px too wide", p.route, w)
+		}
 	}
-	b.shot("task-phone")
 }
 
 func createTask(t *testing.T, ctx context.Context, tasks otafleetv1connect.TaskServiceClient, name, pkg string, devices ...string) string {
