@@ -78,4 +78,3 @@ func normalize(d *descriptorpb.FileDescriptorProto) {
 		strip(m)
 	}
 }
-
