@@ -2,10 +2,10 @@
 // a time, oldest first.
 
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { devices } from "./api.js";
+import { devices, message, needsLogin } from "./api.js";
 import { fmtTime, h, link, replace, table } from "./dom.js";
 import type { TimelineEntry } from "./gen/otafleet/v1/device_pb.js";
-import { focusHeading } from "./nav.js";
+import { focusHeading, toLogin } from "./nav.js";
 
 export async function devicePage(main: HTMLElement, signal: AbortSignal, id: string): Promise<void> {
   const opt = { signal };
@@ -31,17 +31,30 @@ export async function devicePage(main: HTMLElement, signal: AbortSignal, id: str
   const tbody = tl.querySelector("tbody")!;
   let next = first.nextPageToken;
   const moreBtn = h("button", { type: "button", hidden: next === "" }, "Load more");
+  const moreErr = h("p", { class: "error", role: "alert", hidden: true });
   moreBtn.addEventListener("click", async () => {
     moreBtn.disabled = true;
-    const r = await devices.getDeviceTimeline({ deviceId: id, pageSize: 200, pageToken: next }, opt);
-    for (const e of r.entries) tbody.append(h("tr", {}, row(e).map((c) => h("td", {}, c))));
-    next = r.nextPageToken;
-    moreBtn.hidden = next === "";
-    moreBtn.disabled = false;
+    moreErr.hidden = true;
+    try {
+      const r = await devices.getDeviceTimeline({ deviceId: id, pageSize: 200, pageToken: next }, opt);
+      for (const e of r.entries) tbody.append(h("tr", {}, row(e).map((c) => h("td", {}, c))));
+      next = r.nextPageToken;
+      moreBtn.hidden = next === "";
+    } catch (err) {
+      if (signal.aborted) return;
+      if (needsLogin(err)) {
+        toLogin();
+        return;
+      }
+      moreErr.textContent = "Could not load more: " + message(err);
+      moreErr.hidden = false;
+    } finally {
+      moreBtn.disabled = false;
+    }
   });
   replace(main,
     h("h1", {}, "Device ", h("code", {}, d.deviceId)),
     h("dl", { class: "facts" }, facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
-    h("section", { "aria-labelledby": "h-timeline" }, h("h2", { id: "h-timeline" }, "Timeline"), tl, moreBtn));
+    h("section", { "aria-labelledby": "h-timeline" }, h("h2", { id: "h-timeline" }, "Timeline"), tl, moreErr, moreBtn));
   focusHeading(main);
 }

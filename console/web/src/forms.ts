@@ -4,12 +4,12 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { bytesToHex } from "@noble/hashes/utils.js";
-import { groups, listAll, message, packages, products, tasks } from "./api.js";
+import { groups, listAll, message, needsLogin, packages, products, tasks } from "./api.js";
 import { announce, bytes, h, link, replace } from "./dom.js";
 import { PackageType, TaskType } from "./gen/otafleet/v1/common_pb.js";
 import type { Package, UploadPackageMetadataSchema } from "./gen/otafleet/v1/package_pb.js";
 import { packageTypeName } from "./labels.js";
-import { focusHeading, go } from "./nav.js";
+import { focusHeading, go, toLogin } from "./nav.js";
 
 /** field is a labelled form control with an optional hint. */
 function field(id: string, label: string, control: HTMLElement, hint = ""): HTMLElement {
@@ -65,6 +65,10 @@ export async function newTaskPage(main: HTMLElement, signal: AbortSignal): Promi
       go("/task/" + encodeURIComponent(r.task?.taskId ?? ""));
     } catch (e) {
       if (signal.aborted) return;
+      if (needsLogin(e)) {
+        toLogin();
+        return;
+      }
       err.textContent = "Could not create the task: " + message(e);
       err.hidden = false;
       submit.disabled = false;
@@ -127,6 +131,10 @@ export async function uploadPage(main: HTMLElement, signal: AbortSignal): Promis
       replace(main.querySelector(".after-upload")!, "Next: ", link("/tasks/new", "create a task with it"), " or ", link("/", "back to the fleet"), ".");
     } catch (e) {
       if (signal.aborted) return;
+      if (needsLogin(e)) {
+        toLogin();
+        return;
+      }
       err.textContent = "Upload failed: " + message(e);
       err.hidden = false;
     } finally {

@@ -14,7 +14,7 @@ export function haveSession(): boolean {
 /** csrfOf reads the CSRF token from a login or session answer. */
 async function csrfOf(res: Response): Promise<string> {
   const body = (await res.json()) as Record<string, unknown>;
-  const t = body["csrfToken"] ?? body["csrf_token"];
+  const t = body["csrfToken"];
   return typeof t === "string" ? t : "";
 }
 

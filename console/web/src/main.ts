@@ -2,14 +2,14 @@
 // #/tasks/new, #/upload, #/login) that renders one page at a time into
 // <main>. Leaving a page aborts its calls and streams.
 
-import { needsLogin, setCSRF, aborted, message } from "./api.js";
+import { needsLogin, aborted, message } from "./api.js";
 import { h, replace, announce } from "./dom.js";
 import { overviewPage } from "./overview.js";
 import { taskPage } from "./task.js";
 import { devicePage } from "./device.js";
 import { newTaskPage, uploadPage } from "./forms.js";
 import { loginPage, logout, haveSession } from "./login.js";
-import { go, type Page } from "./nav.js";
+import { go, toLogin, type Page } from "./nav.js";
 
 const routes: [RegExp, Page][] = [
   [/^\/$/, overviewPage],
@@ -37,16 +37,16 @@ async function render(): Promise<void> {
   for (const [re, page] of routes) {
     const m = re.exec(route);
     if (!m) continue;
-    replace(main, h("p", { class: "muted" }, "Loading…"));
+    replace(main, h("p", { class: "muted loading" }, "Loading…"));
     try {
       await page(main, ctl.signal, m[1] ?? "");
     } catch (err) {
       if (aborted(err) || ctl.signal.aborted) return;
       if (needsLogin(err)) {
-        setCSRF("");
-        go("/login?next=" + encodeURIComponent(route));
+        toLogin();
         return;
       }
+      main.querySelector(".loading")?.remove();
       main.append(h("p", { class: "error", role: "alert" }, "Error: " + message(err)));
       announce("Error: " + message(err));
     }

@@ -1,5 +1,7 @@
 // Navigation helpers shared by the pages.
 
+import { setCSRF } from "./api.js";
+
 /** Page renders into main; it may keep running (streams) until signal aborts. */
 export type Page = (main: HTMLElement, signal: AbortSignal, arg: string) => Promise<void>;
 
@@ -21,4 +23,11 @@ export function focusHeading(main: HTMLElement): void {
     h1.setAttribute("tabindex", "-1");
     h1.focus({ preventScroll: true });
   }
+}
+
+/** toLogin sends the user to the login page, back to the current page after. */
+export function toLogin(): void {
+  setCSRF("");
+  const route = location.hash.replace(/^#/, "").split("?")[0] || "/";
+  go("/login?next=" + encodeURIComponent(route));
 }

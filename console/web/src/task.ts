@@ -8,7 +8,7 @@ import { announce, fmtTime, h, link, replace, table } from "./dom.js";
 import { SubtaskStatus, TaskStatus } from "./gen/otafleet/v1/common_pb.js";
 import type { Task, TaskDevice } from "./gen/otafleet/v1/task_pb.js";
 import { finished, statusClass, subtaskStatusName, taskStatusName, taskTypeName } from "./labels.js";
-import { focusHeading } from "./nav.js";
+import { focusHeading, toLogin } from "./nav.js";
 import { cellsSection } from "./cells.js";
 
 /** maxDevices bounds the devices the page loads (a task has at most 30,000). */
@@ -96,7 +96,10 @@ export async function taskPage(main: HTMLElement, signal: AbortSignal, id: strin
       restart();
       void refresh();
     } catch (err) {
-      if (needsLogin(err)) throw err;
+      if (needsLogin(err)) {
+        toLogin();
+        return;
+      }
       note.textContent = "Failed: " + message(err);
       announce(note.textContent);
       show(task);
