@@ -67,13 +67,22 @@ export async function taskPage(main: HTMLElement, signal: AbortSignal, id: strin
     if (refreshing || signal.aborted) return;
     refreshing = true;
     lastRefresh = Date.now();
+    const shown = (err: unknown, el: HTMLElement, what: string) => {
+      if (aborted(err)) return;
+      if (needsLogin(err)) toLogin();
+      else replace(el, h("p", { class: "error", role: "alert" }, `Could not load the ${what}: ${message(err)}`));
+    };
     try {
       const list = await taskDevices(id, signal);
       loaded = list.length;
       renderDevices(list, stages, failures, devs);
+    } catch (err) {
+      shown(err, devs, "devices");
+    }
+    try {
       await cellsSection(cells, id, signal);
     } catch (err) {
-      if (!aborted(err)) devs.prepend(h("p", { class: "error", role: "alert" }, "Could not load the devices: " + message(err)));
+      shown(err, cells, "cells");
     } finally {
       refreshing = false;
     }
