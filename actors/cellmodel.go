@@ -93,10 +93,23 @@ func cellViewOf(s cellfsm.State, budget uint32) *CellView {
 		}
 		v.HeadUnits = need
 	}
+	// Runs of one task's waiters are counted before touching the map: a
+	// queue is mostly long runs of one campaign, so this costs a compare
+	// per waiter rather than a map update.
+	run, runTask := uint32(0), ""
 	for i := range s.Queue {
 		w := &s.Queue[i]
 		v.WaitingMix.add(w.Level)
-		v.TaskWaiting[w.Job.TaskID]++
+		if w.Job.TaskID != runTask {
+			if run > 0 {
+				v.TaskWaiting[runTask] += run
+			}
+			run, runTask = 0, w.Job.TaskID
+		}
+		run++
+	}
+	if run > 0 {
+		v.TaskWaiting[runTask] += run
 	}
 	return v
 }

@@ -33,6 +33,7 @@ const (
 var (
 	errUploadAbandoned = errors.New("rpc: chunked upload abandoned (no call for an hour)")
 	errUploadFailed    = errors.New("rpc: chunked upload failed")
+	errUploadsClosed   = errors.New("the server is shutting down: chunked uploads are closed")
 )
 
 // chunkUpload is one chunked upload in progress: the package being created
@@ -56,8 +57,9 @@ type chunkUpload struct {
 
 // chunkUploads are the chunked uploads in progress, by upload ID.
 type chunkUploads struct {
-	mu sync.Mutex
-	m  map[string]*chunkUpload
+	mu     sync.Mutex
+	m      map[string]*chunkUpload
+	closed bool // the server shuts down: no new upload
 }
 
 func newChunkUploads() *chunkUploads { return &chunkUploads{m: map[string]*chunkUpload{}} }
@@ -68,15 +70,39 @@ func (t *chunkUploads) get(id string) *chunkUpload {
 	return t.m[id]
 }
 
-// add registers u unless MaxChunkUploads are in progress.
-func (t *chunkUploads) add(u *chunkUpload) bool {
+// add registers u unless MaxChunkUploads are in progress or the table is
+// closed.
+func (t *chunkUploads) add(u *chunkUpload) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		return connect.NewError(connect.CodeUnavailable, errUploadsClosed)
+	}
 	if len(t.m) >= MaxChunkUploads {
-		return false
+		return connect.NewError(connect.CodeResourceExhausted,
+			fmt.Errorf("upload_id: %d chunked uploads are in progress already, at most %d", len(t.m), MaxChunkUploads))
 	}
 	t.m[u.id] = u
-	return true
+	return nil
+}
+
+// closeUploads refuses new uploads and abandons those in progress (the
+// server shuts down), waiting for each one's running call.
+func (s *packageServer) closeUploads() {
+	s.chunks.mu.Lock()
+	s.chunks.closed = true
+	open := make([]*chunkUpload, 0, len(s.chunks.m))
+	for _, u := range s.chunks.m {
+		open = append(open, u)
+	}
+	s.chunks.mu.Unlock()
+	for _, u := range open {
+		u.mu.Lock()
+		if !u.done {
+			s.endUpload(u, errUploadsClosed)
+		}
+		u.mu.Unlock()
+	}
 }
 
 func (t *chunkUploads) remove(id string) {
@@ -156,9 +182,8 @@ func (s *packageServer) startUpload(ctx context.Context, m *v1.UploadPackageChun
 	}
 	u.pkg = p
 	u.mu.Lock()
-	if !s.chunks.add(u) {
-		return nil, connect.NewError(connect.CodeResourceExhausted,
-			fmt.Errorf("upload_id: %d chunked uploads are in progress already, at most %d", MaxChunkUploads, MaxChunkUploads))
+	if err := s.chunks.add(u); err != nil {
+		return nil, err
 	}
 	// The blob's write outlives this call: it spans the upload's calls.
 	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))

@@ -54,6 +54,11 @@ type Deps struct {
 	// session (cookie and CSRF header) as well as the bearer token; its
 	// token must be Token.
 	Console *ConsoleAuth
+	// Done, when set, is closed when the server shuts down: the chunked
+	// uploads in progress (UploadPackageChunk) are then abandoned and their
+	// bytes deleted, so that none keeps a blob write open in the store,
+	// and later ones are refused (unavailable).
+	Done <-chan struct{}
 	// Store is the actors' journal, read by GetDeviceTimeline (and for task
 	// creation times). It may be nil: GetDeviceTimeline then answers
 	// unavailable.
@@ -97,7 +102,14 @@ func NewHandler(d Deps) (http.Handler, error) {
 	mux.Handle(otafleetv1connect.NewProductServiceHandler(&productServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewDeviceServiceHandler(&deviceServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewGroupServiceHandler(&groupServer{server: s}, opts...))
-	mux.Handle(otafleetv1connect.NewPackageServiceHandler(&packageServer{server: s, chunks: newChunkUploads()}, opts...))
+	ps := &packageServer{server: s, chunks: newChunkUploads()}
+	if d.Done != nil {
+		go func() {
+			<-d.Done
+			ps.closeUploads()
+		}()
+	}
+	mux.Handle(otafleetv1connect.NewPackageServiceHandler(ps, opts...))
 	services := []string{
 		otafleetv1connect.ProductServiceName, otafleetv1connect.DeviceServiceName,
 		otafleetv1connect.GroupServiceName, otafleetv1connect.PackageServiceName,
