@@ -74,9 +74,10 @@ func newBrowser(t *testing.T, ctx context.Context) *browser {
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("no-pings", true),
 	)
-	if os.Geteuid() == 0 {
-		opts = append(opts, chromedp.NoSandbox) // Chromium refuses to run as root with its sandbox
-	}
+	// Without its sandbox: Chromium refuses to run as root with it, and CI
+	// containers often lack the user namespaces it needs otherwise. The
+	// browser opens only the test's own server on loopback.
+	opts = append(opts, chromedp.NoSandbox)
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
 	bctx, cancelTab := chromedp.NewContext(actx)
 	t.Cleanup(func() { cancelTab(); cancelAlloc() })

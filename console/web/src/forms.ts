@@ -184,6 +184,7 @@ async function uploadChunked(f: File, metadata: MessageInitShape<typeof UploadPa
     progress(offset);
     if (res.package) return res.package;
     if (offset !== end) throw new Error(`the server is at byte ${offset}, the console sent up to ${end}`);
+    if (last) throw new Error("the server has the whole file but its answer to the last call was lost: look for the package on the fleet page");
   }
 }
 
