@@ -18,6 +18,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
@@ -64,6 +65,42 @@ type browser struct {
 	errs     []string // uncaught exceptions and console errors of the page
 }
 
+func (b *browser) addErr(s string) {
+	b.mu.Lock()
+	b.errs = append(b.errs, s)
+	b.mu.Unlock()
+}
+
+// checkScriptErrors fails the test if the page threw an uncaught exception
+// (a rejected promise nobody handled included) or logged an error.
+func (b *browser) checkScriptErrors() {
+	b.t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.errs) > 0 {
+		b.t.Fatalf("the page's script failed:\n%s", strings.Join(b.errs, "\n"))
+	}
+}
+
+func describeException(d *runtime.ExceptionDetails) string {
+	if d.Exception != nil && d.Exception.Description != "" {
+		return d.Exception.Description
+	}
+	return fmt.Sprintf("at %s:%d", d.URL, d.LineNumber)
+}
+
+func consoleArgs(args []*runtime.RemoteObject) []string {
+	var out []string
+	for _, a := range args {
+		if a.Description != "" {
+			out = append(out, a.Description)
+		} else {
+			out = append(out, string(a.Value))
+		}
+	}
+	return out
+}
+
 func newBrowser(t *testing.T, ctx context.Context) *browser {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -89,6 +126,12 @@ func newBrowser(t *testing.T, ctx context.Context) *browser {
 		switch e := ev.(type) {
 		case *network.EventLoadingFinished:
 			b.received.Add(int64(e.EncodedDataLength))
+		case *runtime.EventExceptionThrown:
+			b.addErr("uncaught: " + e.ExceptionDetails.Text + " " + describeException(e.ExceptionDetails))
+		case *runtime.EventConsoleAPICalled:
+			if e.Type == runtime.ConsoleAPICalledTypeError {
+				b.addErr(fmt.Sprintf("console.error: %v", consoleArgs(e.Args)))
+			}
 		}
 	}); err != nil {
 		t.Fatal(err)
@@ -130,7 +173,7 @@ func eval[T any](b *browser, expr string) T {
 	return v
 }
 
-// go_ opens a console route (#/...) and waits for its heading.
+// open opens a console route (#/...) and waits for its heading.
 func (b *browser) open(base, route, heading string) {
 	b.t.Helper()
 	b.do("opening "+route, chromedp.Navigate(base+"/ui/#"+route))
@@ -298,6 +341,7 @@ func TestConsoleSession(t *testing.T) {
 	if st := listProducts(false); st != http.StatusUnauthorized {
 		t.Fatalf("ListProducts after logging out: HTTP %d, want 401", st)
 	}
+	b.checkScriptErrors()
 }
 
 // TestConsoleInBrowser is the console's acceptance test: log in, upload a
@@ -462,6 +506,7 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatalf("on a 390 px screen the page %s is %d px too wide", p.route, w)
 		}
 	}
+	b.checkScriptErrors()
 }
 
 func createTask(t *testing.T, ctx context.Context, tasks otafleetv1connect.TaskServiceClient, name, pkg string, devices ...string) string {
