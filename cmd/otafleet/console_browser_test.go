@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
@@ -171,6 +173,38 @@ func eval[T any](b *browser, expr string) T {
 		b.fail("evaluating "+expr, err)
 	}
 	return v
+}
+
+// loseAnswer intercepts the answers to requests matching urlPattern and
+// drops the nth (1-based) as a reset connection, after the server handled
+// the request; it returns the count of answers seen.
+func (b *browser) loseAnswer(urlPattern string, nth int64) *atomic.Int64 {
+	b.t.Helper()
+	var n atomic.Int64
+	if err := chromedp.Listen(b.ctx, func(ev any) {
+		e, ok := ev.(*fetch.EventRequestPaused)
+		if !ok {
+			return
+		}
+		lose := n.Add(1) == nth
+		go func() { // a listener must not block: answer from another goroutine
+			_ = chromedp.Do(b.ctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+				if lose {
+					_, err := cdp.Call(ctx, tg, fetch.FailRequest, fetch.FailRequestParams{RequestID: e.RequestID, ErrorReason: network.ErrorReasonConnectionReset})
+					return err
+				}
+				_, err := cdp.Call(ctx, tg, fetch.ContinueResponse, fetch.ContinueResponseParams{RequestID: e.RequestID})
+				return err
+			}))
+		}()
+	}); err != nil {
+		b.t.Fatal(err)
+	}
+	b.do("intercepting "+urlPattern, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, fetch.Enable, fetch.EnableParams{Patterns: []*fetch.RequestPattern{{URLPattern: urlPattern, RequestStage: fetch.RequestStageResponse}}})
+		return err
+	}))
+	return &n
 }
 
 // open opens a console route (#/...) and waits for its heading.
@@ -387,6 +421,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.open(s.api, "/upload", "Upload a package")
+	// The answer to the second chunk is lost on the way back (the server
+	// has the chunk): the page asks where the upload stands and goes on.
+	calls := b.loseAnswer("*/otafleet.v1.PackageService/UploadPackageChunk", 2)
 	b.do("filling the upload form",
 		chromedp.SetValue(chromedp.ID("pkg-product"), mqID),
 		chromedp.SendKeys(chromedp.ID("pkg-version"), "2.0"),
@@ -396,6 +433,13 @@ func TestConsoleInBrowser(t *testing.T) {
 	)
 	b.waitJS("the upload's end", `document.querySelector("#upload-status")?.dataset.packageId`, 20*time.Second)
 	pkgID := eval[string](b, `document.querySelector("#upload-status").dataset.packageId`)
+	b.do("ending the interception", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, fetch.Disable, cdp.Empty{})
+		return err
+	}))
+	if n := calls.Load(); n != 4 { // three chunks, and the question after the lost answer
+		t.Fatalf("the upload made %d UploadPackageChunk calls, want 4", n)
+	}
 	if got := eval[float64](b, `document.querySelector("#upload-progress").value`); got != float64(len(bytes.Repeat([]byte("firmware 2.0 "), (2<<20+300<<10)/13))) {
 		t.Fatalf("the progress bar ends at %v", got)
 	}
