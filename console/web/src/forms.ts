@@ -96,7 +96,7 @@ export async function uploadPage(main: HTMLElement, signal: AbortSignal): Promis
   const sources = h("input", { name: "sources", autocomplete: "off", spellcheck: "false" });
   const description = h("input", { name: "description", autocomplete: "off" });
   const file = h("input", { name: "file", type: "file", required: true });
-  const bar = h("progress", { id: "upload-progress", max: 1, value: 0, hidden: true });
+  const bar = h("progress", { id: "upload-progress", max: 1, value: 0, hidden: true, "aria-label": "Upload progress" });
   const progressText = h("p", { id: "upload-status", role: "status", class: "muted" });
   const err = h("p", { class: "error", role: "alert", hidden: true });
   const submit = h("button", { type: "submit" }, "Upload");
