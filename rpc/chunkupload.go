@@ -147,7 +147,9 @@ func checkSHA256(field, h string) ([]byte, error) {
 	return b, nil
 }
 
-// startUpload checks a first call and registers its upload, locked.
+// startUpload checks a first call and registers its upload, locked. Every
+// check of the call comes first, so that a refused first call leaves no
+// upload behind (its client never learns the upload_id).
 func (s *packageServer) startUpload(ctx context.Context, m *v1.UploadPackageChunkRequest) (*chunkUpload, error) {
 	const op = "UploadPackageChunk"
 	md := m.GetMetadata()
@@ -166,6 +168,12 @@ func (s *packageServer) startUpload(ctx context.Context, m *v1.UploadPackageChun
 			fmt.Errorf("total_size: %d bytes, at most %d", total, int64(MaxUploadBytes)))
 	case md.Size != nil && md.GetSize() != total:
 		return nil, invalid("metadata.size", "%d, but total_size is %d", md.GetSize(), total)
+	case int64(len(m.GetData())) > total:
+		return nil, invalid("data", "ends at byte %d, past total_size %d", len(m.GetData()), total)
+	case int64(len(m.GetData())) == total && m.GetSha256() == "":
+		// Refused before the upload exists: the client, which gets no
+		// upload_id, would otherwise leave it behind.
+		return nil, invalid("sha256", "required on the call that completes the file (%d bytes = total_size)", total)
 	}
 	p, err := uploadMeta(md).validate()
 	if err != nil {

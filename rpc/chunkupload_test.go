@@ -205,6 +205,8 @@ func TestUploadPackageChunkInvalid(t *testing.T) {
 		{"size disagrees", &v1.UploadPackageChunkRequest{Metadata: &v1.UploadPackageMetadata{ProductId: pid, PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "4.0", FileName: "fw.bin", Size: &size}, TotalSize: 10}, connect.CodeInvalidArgument, "metadata.size"},
 		{"bad version", &v1.UploadPackageChunkRequest{Metadata: bad, TotalSize: 10}, connect.CodeInvalidArgument, "version"},
 		{"bad sha256", &v1.UploadPackageChunkRequest{Metadata: md(), TotalSize: 1, Data: []byte("x"), Sha256: "ABC"}, connect.CodeInvalidArgument, "sha256"},
+		{"whole file without sha256", &v1.UploadPackageChunkRequest{Metadata: md(), TotalSize: 1, Data: []byte("x")}, connect.CodeInvalidArgument, "sha256: required"},
+		{"first data past total", &v1.UploadPackageChunkRequest{Metadata: md(), TotalSize: 1, Data: []byte("xy")}, connect.CodeInvalidArgument, "past total_size"},
 		{"unknown upload", &v1.UploadPackageChunkRequest{UploadId: "0123456789abcdef01234567", Data: []byte("x")}, connect.CodeNotFound, "not found"},
 		{"unknown product", &v1.UploadPackageChunkRequest{Metadata: &v1.UploadPackageMetadata{ProductId: "ghost", PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "4.0", FileName: "fw.bin"}, TotalSize: 10}, connect.CodeNotFound, "product"},
 	} {
@@ -213,7 +215,8 @@ func TestUploadPackageChunkInvalid(t *testing.T) {
 			t.Errorf("%s: got %v, want %v saying %q", tc.name, err, tc.code, tc.says)
 		}
 	}
-	// At most MaxChunkUploads at once.
+	// At most MaxChunkUploads at once; the refused first calls above left
+	// none behind, so all of them can start.
 	for i := range rpc.MaxChunkUploads {
 		if _, err := e.chunk(&v1.UploadPackageChunkRequest{Metadata: md(), TotalSize: 10}); err != nil {
 			t.Fatalf("upload %d: %v", i, err)
