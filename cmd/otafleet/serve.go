@@ -24,6 +24,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/otafleet/otafleet/actors"
+	webconsole "github.com/otafleet/otafleet/console"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/rpc"
@@ -182,6 +183,8 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	mux.Handle(grpchealth.NewHandler(newStoreHealth(store)))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/debug/pprof/", rpc.RequireToken(token, pprofHandler()))
+	mux.Handle("/ui/", webconsole.Handler("/ui/")) // the web console's page, public; its calls need a session
+	mux.Handle("/ui", webconsole.Handler("/ui/"))
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
