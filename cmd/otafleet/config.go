@@ -22,6 +22,7 @@ import (
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
+	"github.com/otafleet/otafleet/internal/gctune"
 	"github.com/otafleet/otafleet/internal/minrate"
 	"github.com/otafleet/otafleet/persistence/pgstore"
 	"github.com/otafleet/otafleet/transport/download"
@@ -132,7 +133,7 @@ func defaultServeConfig() serveConfig {
 		APIMaxConns:       1024,
 		DownloadMaxConns:  10000,
 		PackageCacheBytes: download.DefaultImageBytes,
-		GCHeapFloor:       defaultGCHeapFloor,
+		GCHeapFloor:       gctune.DefaultFloor,
 		HTTPHeaderTimeout: 30 * time.Second,
 		HTTPIdleTimeout:   2 * time.Minute,
 		MinTransferRate:   128,

@@ -305,11 +305,6 @@ func journalAppendCounters(c persistence.AppendCounter) []prometheus.Collector {
 	}
 }
 
-// defaultGCHeapFloor is --gc-heap-floor's default: measured with bench
-// (README, "Cost per upgrade"), it takes most of the collector's share of
-// an upgrade's CPU at a thousand devices.
-const defaultGCHeapFloor = 256 << 20
-
 // tuneGC starts the collector's heap floor of --gc-heap-floor, which holds
 // while the engine has active jobs; nil when it is off (0, or GOGC set in
 // the environment: the operator's choice wins).
@@ -317,11 +312,5 @@ func tuneGC(floor int64, engine *actors.Engine) (stop func()) {
 	if floor <= 0 || os.Getenv("GOGC") != "" {
 		return nil
 	}
-	t := gctune.Start(100, func() uint64 {
-		if engine.ActiveJobs() == 0 {
-			return 0
-		}
-		return uint64(floor)
-	})
-	return t.Stop
+	return gctune.Start(100, gctune.While(uint64(floor), func() bool { return engine.ActiveJobs() > 0 })).Stop
 }

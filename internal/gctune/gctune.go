@@ -25,6 +25,22 @@ import (
 	"sync/atomic"
 )
 
+// DefaultFloor is the floor otafleet serve keeps while devices have jobs
+// (--gc-heap-floor): at a thousand devices upgrading it takes most of the
+// collector's share of an upgrade's CPU, for up to this much more memory.
+const DefaultFloor = 256 << 20
+
+// While returns a floor function for Start: floor bytes while busy reports
+// true, else 0.
+func While(floor uint64, busy func() bool) func() uint64 {
+	return func() uint64 {
+		if busy() {
+			return floor
+		}
+		return 0
+	}
+}
+
 // MaxPercent bounds the GOGC a Tuner sets, whatever the floor: with a tiny
 // live heap the floor would otherwise ask for an absurd percent.
 const MaxPercent = 2000
