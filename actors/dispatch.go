@@ -19,7 +19,9 @@ import "sync/atomic"
 // collector does not halve it, only for the next step to grow it again by
 // copying (5% of the engine's CPU in MQTT and PCP bench profiles, most of it
 // under devicefsm.Step, before the workers kept their stacks). The idle
-// workers cost at most maxIdle × 32 KiB (2 MiB) of stacks.
+// workers cost at most maxIdle × 32 KiB (2 MiB) of stacks. A run beyond
+// max workers (many actors wait for the journal's fsync at once) grows its
+// goroutine's stack at once too.
 type poolDispatcher struct {
 	work       chan func()
 	done       <-chan struct{}
@@ -55,7 +57,10 @@ func (d *poolDispatcher) Schedule(fn func()) {
 		return
 	}
 	d.workers.Add(-1)
-	go fn()
+	go func() {
+		grow() // a run of its own is as deep as a worker's
+		fn()
+	}()
 }
 
 // Throughput implements actor.Dispatcher.
