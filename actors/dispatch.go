@@ -1,6 +1,10 @@
 package actors
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/otafleet/otafleet/internal/stacks"
+)
 
 // poolDispatcher runs the actors' mailboxes (actor.Dispatcher) on goroutines
 // that stay for the next mailbox instead of ending with each run, as
@@ -13,19 +17,18 @@ import "sync/atomic"
 // holds up another actor. Workers end when done is closed, and a worker
 // that finds maxIdle others idle ends too.
 //
-// A worker grows its stack to stackFull at once when it starts, and an idle
-// worker waits in park, whose frame holds stackBallast bytes: more than a
-// quarter of the stack is then in use while it waits, so the garbage
-// collector does not halve it, only for the next step to grow it again by
-// copying (5% of the engine's CPU in MQTT and PCP bench profiles, most of it
-// under devicefsm.Step, before the workers kept their stacks). The idle
-// workers cost at most maxIdle × 16 KiB (1 MiB) of stacks. A run beyond
-// max workers (many actors wait for the journal's fsync at once) grows its
-// goroutine's stack at once too. 16 KiB is the largest stack the runtime
-// keeps in its per-P caches: growing to 32 KiB took the heap's lock and cost
-// more than the copies it saved, while 16 KiB holds nearly every step (PCP
-// profiles at 5,000 devices: stack growth under the actors' runs 1% of the
-// CPU, against 5% before).
+// A worker grows its stack to stacks.Size (16 KiB, about what a device step
+// needs: the state machine, the journal's append, a transport's send) at
+// once when it starts, and an idle worker waits in park, whose frame holds
+// stackBallast bytes: more than a quarter of the stack is then in use while
+// it waits, so the garbage collector does not halve it, only for the next
+// step to grow it again by copying (5% of the engine's CPU in MQTT and PCP
+// bench profiles, most of it under devicefsm.Step, before the workers kept
+// their stacks). The idle workers cost at most maxIdle × 16 KiB (1 MiB) of
+// stacks. A run beyond max workers (many actors wait for the journal's
+// fsync at once) grows its goroutine's stack at once too. (32 KiB stacks,
+// which the runtime does not cache per P, cost more to allocate than the
+// copies they saved.)
 type poolDispatcher struct {
 	work       chan func()
 	done       <-chan struct{}
@@ -62,7 +65,7 @@ func (d *poolDispatcher) Schedule(fn func()) {
 	}
 	d.workers.Add(-1)
 	go func() {
-		grow() // a run of its own is as deep as a worker's
+		stacks.Grow() // a run of its own is as deep as a worker's
 		fn()
 	}()
 }
@@ -72,7 +75,7 @@ func (d *poolDispatcher) Throughput() int { return d.throughput }
 
 func (d *poolDispatcher) worker(fn func()) {
 	defer d.workers.Add(-1)
-	grow()
+	stacks.Grow()
 	for {
 		fn()
 		if d.idle.Add(1) > d.maxIdle {
@@ -87,11 +90,6 @@ func (d *poolDispatcher) worker(fn func()) {
 		}
 	}
 }
-
-// stackFull is about the stack a device step needs (the state machine, the
-// journal's append, a transport's send); a worker grows to the next power of
-// two, 16 KiB.
-const stackFull = 12 << 10
 
 // stackBallast is the size of park's frame: over a quarter of the 16 KiB
 // stack a worker grows to.
@@ -116,15 +114,3 @@ func (d *poolDispatcher) park() (func(), bool) {
 
 //go:noinline
 func keepBallast(b *[stackBallast]byte) { b[0] = 0 }
-
-// grow grows a new worker's stack to 16 KiB at once, while it holds one
-// frame, rather than step by step under a device step's frames.
-//
-//go:noinline
-func grow() {
-	var b [stackFull]byte
-	keepFull(&b)
-}
-
-//go:noinline
-func keepFull(b *[stackFull]byte) { b[0] = 0 }
