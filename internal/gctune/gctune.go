@@ -52,7 +52,7 @@ type Tuner struct {
 	stopped atomic.Bool
 	percent atomic.Int64 // the GOGC last set
 
-	mu      sync.Mutex
+	mu      sync.Mutex // orders tune and Stop; guards samples
 	samples []metrics.Sample
 }
 
@@ -70,9 +70,12 @@ func Start(base int, floor func() uint64) *Tuner {
 
 // Stop ends the adjustments and sets GOGC back to the base percent.
 func (t *Tuner) Stop() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.stopped.Swap(true) {
 		return
 	}
+	t.percent.Store(int64(t.base))
 	debug.SetGCPercent(t.base)
 }
 
@@ -101,19 +104,20 @@ func (t *Tuner) arm() {
 
 // tune sets GOGC for the live heap the last collection left.
 func (t *Tuner) tune() {
-	t.mu.Lock()
+	floor := t.floor()
+	t.mu.Lock() // against Stop, which must have the last word
+	defer t.mu.Unlock()
+	if t.stopped.Load() {
+		return
+	}
 	metrics.Read(t.samples)
 	live := uint64(0)
 	if v := t.samples[0].Value; v.Kind() == metrics.KindUint64 {
 		live = v.Uint64()
 	}
-	t.mu.Unlock()
-	p := Percent(t.base, live, t.floor())
+	p := Percent(t.base, live, floor)
 	if old := t.percent.Load(); p == int(old) || (old > int64(t.base) && p > t.base && math.Abs(float64(p)-float64(old)) < float64(old)/10) {
-		return // unchanged, or within 10% while above the base: spare the stop of the world
-	}
-	if t.stopped.Load() {
-		return
+		return // unchanged, or within 10% while above the base: the heap's lock is not worth taking
 	}
 	t.percent.Store(int64(p))
 	debug.SetGCPercent(p)
