@@ -3,8 +3,8 @@
 // the next one starts once the heap reaches the larger of the floor and what
 // GOGC 100 (or the percent given) would allow. A small live heap that
 // allocates fast (a node upgrading a thousand devices holds a few tens of
-// MiB and allocates hundreds per second) is otherwise collected several
-// times a second, and the collector's marking and assists were 12-15% of
+// MiB and allocates tens of MiB a second) is otherwise collected several
+// times a second, and the collector's marking and assists were 8-12% of
 // the engine's CPU per upgrade. When the floor is 0 (no work) GOGC goes back
 // to the base percent, so an idle process keeps its lean heap.
 //
