@@ -10,7 +10,7 @@ import (
 // than more started; Stop ends them.
 func TestPoolDispatcher(t *testing.T) {
 	done := make(chan struct{})
-	d := newPoolDispatcher(4, 300, done)
+	d := newPoolDispatcher(4, 4, 300, done)
 	if d.Throughput() != 300 {
 		t.Fatalf("throughput %d", d.Throughput())
 	}

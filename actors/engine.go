@@ -137,7 +137,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	quiet := slog.New(slog.DiscardHandler)
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quiet }))
 	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, taskModels: newTaskModels(), cellModels: newCellModels(), jobs: newJobTable(), stopped: make(chan struct{})}
-	e.dispatch = newPoolDispatcher(dispatchWorkers, dispatchThroughput, e.stopped)
+	e.dispatch = newPoolDispatcher(dispatchWorkers, dispatchIdle, dispatchThroughput, e.stopped)
 	e.dir = newDirectory(system.Root, e.props)
 	return e, nil
 }

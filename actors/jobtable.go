@@ -97,6 +97,10 @@ func (t *jobTable) len() int {
 	return n
 }
 
+// ActiveJobs returns the number of devices with an active job, as their
+// actors published them (see jobTable): 0 on an idle fleet.
+func (e *Engine) ActiveJobs() int { return e.jobs.len() }
+
 // DeviceJob returns the active job of device deviceID as its actor
 // published it after its last step that changed it (JobStage), without
 // asking the actor: false when the device has no job, or its actor has not

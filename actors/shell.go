@@ -64,6 +64,12 @@ type shell struct {
 	self    *actor.PID
 	seq     uint64 // last journaled sequence number
 	snapSeq uint64 // sequence number of the last snapshot
+	// mark is the stream's active mark as the last append left it, when
+	// marked (an append this actor made): an append writes the mark only
+	// when it changes, not with every batch. Batches are atomic and kept in
+	// order, so the stored mark is the one of the last batch a crash kept,
+	// whatever it takes.
+	mark, marked bool
 	// broken is set when recovery failed for good (a corrupt journal) or a
 	// write failed other than by the store's fault: the actor only reports
 	// it (to commands, reports and queries) and refuses other inputs; after
@@ -263,7 +269,7 @@ func (sh *shell) whileDown(ctx actor.Context) bool {
 // once it succeeds, the stashed messages run in the order they came.
 func (sh *shell) recoverAgain() {
 	sh.machine = sh.e.machineFor(sh.addr)
-	sh.seq, sh.snapSeq, sh.down = 0, 0, nil
+	sh.seq, sh.snapSeq, sh.down, sh.marked = 0, 0, nil, false
 	sh.recover()
 	if sh.down != nil {
 		return
@@ -458,11 +464,14 @@ func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 			return fmt.Errorf("actors: encoding the records of %s: %w", sh.addr, err)
 		}
 	}
-	active := sh.machine.active(next)
+	var mark *bool
+	if active := sh.machine.active(next); !sh.marked || active != sh.mark {
+		mark = &active
+	}
 	sync = sync || mustSync(events)
 	start := sh.e.deps.Clock.Now()
 	seq, err := sh.e.deps.Store.Append(context.Background(), persistence.Append{
-		Stream: sh.addr.stream(), Expected: sh.seq, Events: evs, Records: recs, Active: &active, NoSync: !sync,
+		Stream: sh.addr.stream(), Expected: sh.seq, Events: evs, Records: recs, Active: mark, NoSync: !sync,
 	})
 	if sync {
 		sh.e.metrics.commit.Observe(sh.e.deps.Clock.Since(start).Seconds())
@@ -491,6 +500,9 @@ func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 		return sh.broken
 	}
 	sh.seq = seq
+	if mark != nil {
+		sh.mark, sh.marked = *mark, true
+	}
 	sh.e.metrics.appended.WithLabelValues(kindName(sh.addr.Kind)).Add(float64(len(evs)))
 	return nil
 }

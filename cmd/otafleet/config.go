@@ -22,6 +22,7 @@ import (
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
+	"github.com/otafleet/otafleet/internal/gctune"
 	"github.com/otafleet/otafleet/internal/minrate"
 	"github.com/otafleet/otafleet/persistence/pgstore"
 	"github.com/otafleet/otafleet/transport/download"
@@ -83,6 +84,9 @@ type serveConfig struct {
 	// PackageCacheBytes bounds the package images the download paths
 	// (HTTP, CoAP Block2, PCP segments) serve from memory.
 	PackageCacheBytes int64
+	// GCHeapFloor is the heap the garbage collector lets grow before a
+	// collection while devices have jobs (internal/gctune; 0: off).
+	GCHeapFloor int64
 
 	// The HTTP servers (API and package downloads): connection limits,
 	// timeouts before and between requests, and the minimum transfer rate
@@ -129,6 +133,7 @@ func defaultServeConfig() serveConfig {
 		APIMaxConns:       1024,
 		DownloadMaxConns:  10000,
 		PackageCacheBytes: download.DefaultImageBytes,
+		GCHeapFloor:       gctune.DefaultFloor,
 		HTTPHeaderTimeout: 30 * time.Second,
 		HTTPIdleTimeout:   2 * time.Minute,
 		MinTransferRate:   128,
@@ -312,6 +317,8 @@ func settings() []setting {
 			"PEM private key of --tls-cert"),
 		opt("package-cache-bytes", func(c *serveConfig) *int64 { return &c.PackageCacheBytes },
 			"memory for package images: each package is read from the store and checked once, then served from memory to every device (HTTP ranges, CoAP blocks, PCP segments); images no download reads are evicted, least recently used first, and a package that does not fit is read from the store per request (0: no images)", notNegative),
+		opt("gc-heap-floor", func(c *serveConfig) *int64 { return &c.GCHeapFloor },
+			"while devices have upgrade jobs, the Go heap may grow to this many bytes before a garbage collection (GOGC rises above 100 to allow it; GOMEMLIMIT still holds): fewer collections of a small, fast-allocating heap, for up to this much more memory while upgrading; an idle node keeps GOGC 100; 0, or GOGC set in the environment, turns it off", notNegative),
 		// The HTTP servers (API and package downloads).
 		opt("api-max-conns", func(c *serveConfig) *int { return &c.APIMaxConns },
 			"most connections the API serves at once; more wait to be accepted", atLeast(1)),

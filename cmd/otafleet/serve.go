@@ -26,6 +26,7 @@ import (
 	"github.com/otafleet/otafleet/actors"
 	webconsole "github.com/otafleet/otafleet/console"
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/internal/gctune"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/rpc"
 	"github.com/otafleet/otafleet/transport"
@@ -112,6 +113,9 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		return err
 	}
 	defer engine.Stop()
+	if stop := tuneGC(cfg.GCHeapFloor, engine); stop != nil {
+		defer stop()
+	}
 	// The devices' transports exist before recovery, so that resumed actors
 	// reach them; the listeners accept devices after it.
 	route := &router{}
@@ -314,4 +318,14 @@ func journalAppendCounters(c persistence.AppendCounter) []prometheus.Collector {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otafleet_journal_appends_total", Help: help,
 			ConstLabels: prometheus.Labels{"synced": "false"}}, unsynced),
 	}
+}
+
+// tuneGC starts the collector's heap floor of --gc-heap-floor, which holds
+// while the engine has active jobs; nil when it is off (0, or GOGC set in
+// the environment: the operator's choice wins).
+func tuneGC(floor int64, engine *actors.Engine) (stop func()) {
+	if floor <= 0 || os.Getenv("GOGC") != "" {
+		return nil
+	}
+	return gctune.Start(100, gctune.While(uint64(floor), func() bool { return engine.ActiveJobs() > 0 })).Stop
 }

@@ -94,6 +94,9 @@ type Server struct {
 	keep      bool    // Config.KeepGrants
 	grants    *grants // each device's grant: its handle's record, with keep its authorization
 	log       *slog.Logger
+	// copyBuffers lends the body copy of each answer a buffer
+	// (countingWriter.ReadFrom).
+	copyBuffers sync.Pool
 }
 
 // New returns a Server for cfg. It fails if Packages is nil, the key is
@@ -265,7 +268,7 @@ func (s *Server) serveContent(w http.ResponseWriter, r *http.Request, log *slog.
 	h.Set("Content-Disposition", contentDisposition(name))
 
 	tracked := &trackedBlob{r: content.ReadSeeker(), first: -1}
-	cw := &countingWriter{ResponseWriter: w}
+	cw := &countingWriter{ResponseWriter: w, bufs: &s.copyBuffers}
 	// ServeContent sets Last-Modified, unless Created is zero, and handles
 	// Range, If-Range, If-None-Match, If-Modified-Since and HEAD.
 	http.ServeContent(cw, r, "", pkg.Created, tracked)
@@ -289,10 +292,13 @@ func grantArgs(g Grant) []any {
 }
 
 // countingWriter counts the body bytes of a successful (200 or 206) answer
-// that reached the client's connection. It deliberately does not implement
-// io.ReaderFrom, so that every byte goes through Write.
+// that reached the client's connection. Every byte goes through Write: its
+// ReadFrom only lends io.Copy a pooled buffer (ServeContent copies through
+// an io.LimitedReader, so io.Copy would otherwise allocate one per request,
+// the largest allocation of an MQTT upgrade).
 type countingWriter struct {
 	http.ResponseWriter
+	bufs   *sync.Pool // of *[]byte
 	status int
 	n      int64
 }
@@ -312,6 +318,25 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
+
+// ReadFrom copies r through Write with a pooled buffer.
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	buf, _ := c.bufs.Get().(*[]byte)
+	if buf == nil {
+		b := make([]byte, copyBufferSize)
+		buf = &b
+	}
+	defer c.bufs.Put(buf)
+	return io.CopyBuffer(writeOnly{c}, r, *buf)
+}
+
+// writeOnly hides its writer's ReadFrom from io.CopyBuffer.
+type writeOnly struct{ w io.Writer }
+
+func (w writeOnly) Write(p []byte) (int, error) { return w.w.Write(p) }
+
+// copyBufferSize is the size of countingWriter.ReadFrom's buffers (io.Copy's).
+const copyBufferSize = 32 << 10
 
 // Unwrap lets http.ResponseController reach the connection.
 func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }

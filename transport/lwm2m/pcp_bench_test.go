@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -31,6 +32,7 @@ import (
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/bench/sim/lwm2msim"
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/internal/gctune"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
@@ -71,12 +73,21 @@ import (
 // (exchanges/upgrade: requests and notifications) and how many
 // notifications the devices sent (notifications/upgrade).
 //
+// otafleet's side has the garbage collector's heap floor that serve keeps
+// while devices have jobs (--gc-heap-floor, internal/gctune); the bare side
+// runs at GOGC 100, as the library runs by default, unless -bare-gc-floor
+// gives it the same floor while its upgrades run.
+//
 //	go test ./transport/lwm2m -run '^$' -bench PCPUpgrades -benchtime 1x
 func BenchmarkPCPUpgrades(b *testing.B) {
 	for _, size := range []int{1 << 10, 16 << 10, 128 << 10} {
 		b.Run(fmt.Sprintf("size=%d", size), func(b *testing.B) { benchPCPUpgrades(b, size) })
 	}
 }
+
+// bareGCFloor gives the bare side of BenchmarkPCPUpgrades the heap floor
+// otafleet's side has.
+var bareGCFloor = flag.Bool("bare-gc-floor", false, "BenchmarkPCPUpgrades: the bare go-coap side gets otafleet's garbage collector heap floor (gctune.DefaultFloor) while its upgrades run")
 
 // pcpDevices is the fleet of BenchmarkPCPUpgrades.
 const pcpDevices = 500
@@ -252,6 +263,8 @@ func otafleetPCPRun(b *testing.B, prefix string, content []byte) (time.Duration,
 	late.Set(revoking{Downlinks: srv, dl: dl})
 	must(eng.Start(ctx))
 	srv.Start()
+	// As serve: the collector's heap floor while devices have jobs.
+	defer gctune.Start(100, gctune.While(gctune.DefaultFloor, func() bool { return eng.ActiveJobs() > 0 })).Stop()
 
 	fleet := startPCPFleet(b, srv.Addr(), prefix, pcpDevices)
 	eng.Settle()
@@ -466,6 +479,12 @@ func barePCPRun(b *testing.B, prefix string, content []byte) (time.Duration, tim
 	defer cancel()
 	ex0 := p.exchanges.Load()
 	rc := clock.Real()
+	if *bareGCFloor {
+		var busy atomic.Bool
+		busy.Store(true)
+		defer busy.Store(false)
+		defer gctune.Start(100, gctune.While(gctune.DefaultFloor, busy.Load)).Stop()
+	}
 	start, cpu0 := rc.Now(), cpuTime()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(conns))

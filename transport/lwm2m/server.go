@@ -30,6 +30,7 @@ import (
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/internal/stacks"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/transport"
@@ -1064,6 +1065,7 @@ func (s *Server) kick(reg *registration) {
 // drain runs reg's queued downlinks in order and ends when none is left
 // (or the registration is gone).
 func (s *Server) drain(reg *registration) {
+	stacks.Grow() // a round trip runs deep: grow once, not under its frames
 	for {
 		reg.mu.Lock()
 		if reg.gone || len(reg.pending) == 0 {
