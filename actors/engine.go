@@ -45,6 +45,9 @@ type Config struct {
 	// actor snapshots its state (default 200); 0 keeps the default,
 	// negative disables. A task keeps its state as records instead.
 	SnapshotEvery int
+	// Cluster, when set, makes the engine a node of a cluster (see
+	// ClusterConfig); nil runs it alone.
+	Cluster *ClusterConfig
 }
 
 // Default returns cfg with every unset field at its default.
@@ -75,6 +78,11 @@ func (c Config) Validate() error {
 	if err := c.Cell.Validate(); err != nil {
 		return err
 	}
+	if c.Cluster != nil {
+		if err := c.Cluster.Validate(); err != nil {
+			return err
+		}
+	}
 	return c.Task.Validate()
 }
 
@@ -95,6 +103,9 @@ type Deps struct {
 	Activated func(a Address)
 	// Deactivated, when set, is called when an actor has stopped (passivated).
 	Deactivated func(a Address)
+	// ClusterReceived, when set, is called each time the node has taken an
+	// input another node sent it (tests settle a cluster with it).
+	ClusterReceived func()
 }
 
 // Engine runs one actor per device, cell and task over a journal.
@@ -113,6 +124,8 @@ type Engine struct {
 	stopped chan struct{}
 	// dispatch runs the actors' mailboxes on reused goroutines.
 	dispatch *poolDispatcher
+	// node is the engine's cluster membership; nil on a single node.
+	node     *node
 	stopOnce sync.Once
 }
 
@@ -137,6 +150,10 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, taskModels: newTaskModels(), jobs: newJobTable(), stopped: make(chan struct{})}
 	e.dispatch = newPoolDispatcher(dispatchWorkers, dispatchThroughput, e.stopped)
 	e.dir = newDirectory(system.Root, e.props)
+	if cfg.Cluster != nil {
+		e.node = newNode(e, *cfg.Cluster)
+		e.dir.cl = e.node
+	}
 	return e, nil
 }
 
@@ -168,13 +185,30 @@ func (e *Engine) machineFor(a Address) machine {
 // corrupt journal entry, with its key): the engine must not run silently
 // wrong. An actor that cannot read the store because it is unavailable
 // retries, and Start waits for it (or for ctx).
+//
+// In a cluster, Start first joins it (Config.Cluster) and recovers only
+// the streams this node owns; then it follows the membership: when it
+// changes, the node passivates the actors it no longer owns and recovers
+// the active streams it now owns.
 func (e *Engine) Start(ctx context.Context) error {
+	if e.node != nil {
+		if err := e.node.join(); err != nil {
+			return err
+		}
+		e.node.watch()
+	}
 	var addrs []Address
 	for _, kind := range []persistence.Kind{persistence.KindTask, persistence.KindCell, persistence.KindDevice} {
 		n := 0
 		err := e.deps.Store.Active(ctx, kind, func(id string) error {
+			a := Address{Kind: kind, ID: id}
+			if e.node != nil {
+				if _, local := e.node.owner(a); !local {
+					return nil
+				}
+			}
 			n++
-			addrs = append(addrs, Address{Kind: kind, ID: id})
+			addrs = append(addrs, a)
 			return nil
 		})
 		if err != nil {
@@ -205,8 +239,17 @@ func (e *Engine) Start(ctx context.Context) error {
 // get ErrClosed at once. A second Stop waits for the first and does nothing.
 func (e *Engine) Stop() {
 	e.stopOnce.Do(func() {
+		if e.node != nil {
+			// Leave first: the others take over at once, and whatever
+			// runs here twice meanwhile is fenced by the store.
+			e.node.leave()
+		}
 		close(e.stopped)
 		e.dir.stopAll()
+		if e.node != nil {
+			e.node.shutdown()
+			return
+		}
 		e.system.Shutdown()
 	})
 }
@@ -261,8 +304,19 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 		return ErrClosed
 	}
 	a := Address{Kind: persistence.KindDevice, ID: deviceID}
+	if n := e.node; n != nil && in.GetRoute() == "" && in.GetDownloadServed() == nil {
+		// The session is here (a download server's note says nothing of
+		// where the session is): downlinks come back here.
+		in.Route = n.self
+	}
 	if !in.IsReport() {
 		if in.GetUplink().GetRegistrationUpdate() {
+			if n := e.node; n != nil {
+				if owner, local := n.owner(a); !local {
+					n.tell(owner, a, in, true, 0)
+					return nil
+				}
+			}
 			if !e.dir.sendIfLive(a, in) {
 				e.metrics.updatesSkipped.Inc()
 			}
@@ -276,8 +330,24 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
 	}
+	if n := e.node; n != nil {
+		if owner, local := n.owner(a); !local {
+			r, err := n.request(ctx, owner, &messages.ClusterRequest{Kind: string(a.Kind), Id: a.ID,
+				Request: &messages.ClusterRequest_Report{Report: in}})
+			if err != nil {
+				return err
+			}
+			return replyErr(r)
+		}
+	}
+	return e.deliverReport(ctx, a, in)
+}
+
+// deliverReport hands a report to this node's actor and waits as Deliver
+// does.
+func (e *Engine) deliverReport(ctx context.Context, a Address, in *messages.DeviceInput) error {
 	done := make(chan error, 1)
-	e.dir.send(a, report{in: in, done: done})
+	e.dir.deliverLocal(a, report{in: in, done: done})
 	select {
 	case err := <-done:
 		return err
@@ -339,25 +409,44 @@ func (e *Engine) taskCommand(ctx context.Context, taskID string, in *messages.Ta
 	return res.(error)
 }
 
-// ask sends msg to the actor at a and waits for its answer.
+// ask sends msg to the actor at a and waits for its answer; in a cluster,
+// to the node that owns a.
 func (e *Engine) ask(ctx context.Context, a Address, msg any) (any, error) {
+	if e.dir.closed.Load() {
+		return nil, ErrClosed
+	}
+	if n := e.node; n != nil {
+		if owner, local := n.owner(a); !local {
+			req, ok := wireRequest(a, msg)
+			if !ok {
+				return nil, fmt.Errorf("actors: cluster: no wire form for %T", msg)
+			}
+			r, err := n.request(ctx, owner, req)
+			if err != nil {
+				return nil, err
+			}
+			return decodeReply(a, r)
+		}
+	}
+	return e.askLocal(ctx, a, msg)
+}
+
+// askLocal asks this node's actor at a.
+func (e *Engine) askLocal(ctx context.Context, a Address, msg any) (any, error) {
 	if e.dir.closed.Load() {
 		return nil, ErrClosed
 	}
 	f := e.dir.request(a, msg, func(pid *actor.PID) *actor.Future {
 		return e.system.Root.RequestFuture(pid, msg, requestTimeout)
 	})
-	done := make(chan struct{})
-	var res any
-	var err error
-	go func() {
-		res, err = f.Result()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	res, err := waitFuture(ctx, f)
+	if ctx.Err() != nil && err == ctx.Err() {
+		return nil, err
+	}
+	if r, ok := res.(*messages.ClusterReply); ok {
+		// A request that waited for a passivating actor whose successor
+		// runs on another node (directory.stopped) is answered from there.
+		return decodeReply(a, r)
 	}
 	switch {
 	case errors.Is(err, actor.ErrTimeout):
@@ -425,8 +514,20 @@ func (e *Engine) TaskWatch(ctx context.Context, taskID string) (TaskView, <-chan
 	if err != nil {
 		return TaskView{}, nil, err
 	}
+	if e.node != nil && !v.Status.Final() {
+		if _, local := e.node.owner(Address{Kind: persistence.KindTask, ID: taskID}); !local {
+			// A live task of another node: read it again after a while.
+			wake := make(chan struct{})
+			e.deps.Clock.AfterFunc(remoteWatchEvery, func() { close(wake) })
+			return v, wake, nil
+		}
+	}
 	return v, closedChan, nil
 }
+
+// remoteWatchEvery is how often TaskWatch reads again a live task that
+// another node of a cluster runs (clock time).
+const remoteWatchEvery = time.Second
 
 // closedChan is a channel that is closed.
 var closedChan = func() chan struct{} {
@@ -435,9 +536,19 @@ var closedChan = func() chan struct{} {
 	return c
 }()
 
-// askTask asks the task's actor for its view (activating it).
+// askTask asks the task's actor for its view (activating it), on the node
+// that owns it.
 func (e *Engine) askTask(ctx context.Context, taskID string, offset, limit int, status messages.SubtaskStatus) (TaskView, error) {
-	res, err := e.ask(ctx, Address{Kind: persistence.KindTask, ID: taskID}, taskQuery{offset: offset, limit: limit, status: status})
+	return e.askTaskWith(ctx, e.ask, taskID, offset, limit, status)
+}
+
+// askTaskLocal asks this node's task actor.
+func (e *Engine) askTaskLocal(ctx context.Context, taskID string, offset, limit int, status messages.SubtaskStatus) (TaskView, error) {
+	return e.askTaskWith(ctx, e.askLocal, taskID, offset, limit, status)
+}
+
+func (e *Engine) askTaskWith(ctx context.Context, ask func(context.Context, Address, any) (any, error), taskID string, offset, limit int, status messages.SubtaskStatus) (TaskView, error) {
+	res, err := ask(ctx, Address{Kind: persistence.KindTask, ID: taskID}, taskQuery{offset: offset, limit: limit, status: status})
 	if err != nil {
 		return TaskView{}, err
 	}

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"maps"
 
 	"google.golang.org/protobuf/proto"
 
@@ -69,3 +70,28 @@ func JobStageOf(s devicefsm.State) (JobStage, bool) { return jobStageOf(&s) }
 
 // JobCount is the number of entries in the engine's job table.
 func (e *Engine) JobCount() int { return e.jobs.len() }
+
+// ClusterAddr is the engine's cluster address ("" on a single node).
+func (e *Engine) ClusterAddr() string {
+	if e.node == nil {
+		return ""
+	}
+	return e.node.self
+}
+
+// ClusterTraffic returns the inputs the node sent to each peer and
+// received from each.
+func (e *Engine) ClusterTraffic() (sentTo, recvFrom map[string]int64) {
+	n := e.node
+	n.trafficMu.Lock()
+	defer n.trafficMu.Unlock()
+	return maps.Clone(n.sentTo), maps.Clone(n.recvFrom)
+}
+
+// ClusterSettled reports whether the node has k members and reconciled
+// its last membership change, and returns a channel closed at its next
+// change.
+func (e *Engine) ClusterSettled(k int) (bool, <-chan struct{}) {
+	ok, tick := e.node.settled()
+	return ok && e.node.memberCount() == k, tick
+}

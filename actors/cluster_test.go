@@ -1,0 +1,360 @@
+package actors_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/actors/cell/cellfsm"
+	"github.com/otafleet/otafleet/actors/task/taskfsm"
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/internal/clock/clocktest"
+	"github.com/otafleet/otafleet/internal/etcdtest"
+	"github.com/otafleet/otafleet/internal/pgtest"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/transport"
+)
+
+// clusterRig is a cluster of engines in this process: each node its own
+// actor system and protoactor remote on 127.0.0.1:0 and its own connection
+// pool to one PostgreSQL database, with membership from one real etcd; the
+// fake clock is shared. Devices connect to the nodes given at start (their
+// sessions live in that node's in-memory transport); grains live where the
+// rendezvous hash puts them.
+type clusterRig struct {
+	t       *testing.T
+	clk     *clocktest.Clock
+	journal journal
+	etcd    *etcdtest.Server
+	name    string
+	notify  chan struct{}
+
+	mu         sync.Mutex
+	nodes      []*clusterNode
+	violations []string
+	peak       map[string]uint32
+	activated  map[string]map[persistence.Kind]int // by node address
+}
+
+type clusterNode struct {
+	e       *actors.Engine
+	tr      *memtransport.Transport // nil: a node no device connects to
+	addr    string
+	stopped bool
+}
+
+func newClusterRig(t *testing.T) *clusterRig {
+	t.Helper()
+	srv := etcdtest.Shared(t)
+	return &clusterRig{
+		t: t, clk: clocktest.New(epoch), journal: newPGJournal(t, pgtest.Shared(t), false),
+		etcd: srv, name: srv.NewCluster("actors"), notify: make(chan struct{}, 1),
+		peak: map[string]uint32{}, activated: map[string]map[persistence.Kind]int{},
+	}
+}
+
+// addNode starts a node; the devices of specs connect to it (none: a node
+// that only hosts grains).
+func (c *clusterRig) addNode(specs []memtransport.DeviceSpec) *clusterNode {
+	t := c.t
+	t.Helper()
+	n := &clusterNode{}
+	store := c.journal.open(t)
+	cellCfg := cellfsm.DefaultConfig()
+	var tr transport.Downlinks = dropAll{}
+	var up *transport.LateUplinks
+	if len(specs) > 0 {
+		n.tr, up = newFleetTransport(t, c.clk, specs)
+		tr = n.tr
+	}
+	var self func() string
+	e, err := actors.New(actors.Config{PassivateAfter: 10 * time.Minute, Cluster: &actors.ClusterConfig{
+		Etcd: []string{c.etcd.URL()}, Name: c.name, BindAddr: "127.0.0.1:0",
+	}}, actors.Deps{
+		Store: store, Clock: c.clk, Transport: tr,
+		CellStepped: func(id string, s cellfsm.State) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if err := s.Check(cellCfg); err != nil || s.Used() > cellCfg.Budget {
+				c.violations = append(c.violations, fmt.Sprintf("%s: used %d: %v", id, s.Used(), err))
+			}
+			c.peak[id] = max(c.peak[id], s.Used())
+		},
+		Activated: func(a actors.Address) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			m := c.activated[self()]
+			if m == nil {
+				m = map[persistence.Kind]int{}
+				c.activated[self()] = m
+			}
+			m[a.Kind]++
+		},
+		ClusterReceived: func() {
+			select {
+			case c.notify <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.e = e
+	self = e.ClusterAddr
+	if up != nil {
+		up.Set(e)
+	}
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n.addr = e.ClusterAddr()
+	t.Cleanup(e.Stop)
+	c.mu.Lock()
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	if n.tr != nil {
+		if err := n.tr.ConnectAll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return n
+}
+
+// dropAll is the transport of a node no device connects to.
+type dropAll struct{}
+
+func (dropAll) Send(context.Context, *messages.Downlink) error { return memtransport.ErrUnknownDevice }
+func (dropAll) RevokeToken(context.Context, *messages.RevokeToken) error {
+	return memtransport.ErrUnknownDevice
+}
+
+func (c *clusterRig) live() []*clusterNode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*clusterNode
+	for _, n := range c.nodes {
+		if !n.stopped {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// stop stops node n (gracefully: it leaves the cluster first).
+func (c *clusterRig) stop(n *clusterNode) {
+	n.e.Stop()
+	c.mu.Lock()
+	n.stopped = true
+	c.mu.Unlock()
+}
+
+// awaitMembers waits (real time, bounded) until every live node sees the
+// live nodes as the members and has reconciled the change.
+func (c *clusterRig) awaitMembers() {
+	c.t.Helper()
+	live := c.live()
+	limit := clock.Real().NewTimer(20 * time.Second)
+	defer limit.Stop()
+	for _, n := range live {
+		for {
+			ok, tick := n.e.ClusterSettled(len(live))
+			if ok {
+				break
+			}
+			select {
+			case <-tick:
+			case <-limit.C():
+				c.t.Fatalf("node %s did not see %d members in 20 s", n.addr, len(live))
+			}
+		}
+	}
+}
+
+// settle waits until every live node has handled every input sent to it,
+// from every live node, and nothing moves any more.
+func (c *clusterRig) settle() {
+	c.t.Helper()
+	limit := clock.Real().NewTimer(30 * time.Second)
+	defer limit.Stop()
+	for {
+		live := c.live()
+		for _, n := range live {
+			n.e.Settle()
+		}
+		before := c.traffic(live)
+		if before.balanced {
+			for _, n := range live {
+				n.e.Settle()
+			}
+			if after := c.traffic(live); after.balanced && after.total == before.total {
+				return
+			}
+			continue
+		}
+		select {
+		case <-c.notify:
+		case <-limit.C():
+			c.t.Fatalf("the cluster did not settle in 30 s: %+v", before)
+		}
+	}
+}
+
+type traffic struct {
+	total    int64
+	balanced bool
+}
+
+// traffic sums the inputs between live nodes; balanced when each node
+// received from each other all that one sent it.
+func (c *clusterRig) traffic(live []*clusterNode) traffic {
+	sent := map[[2]string]int64{}
+	recv := map[[2]string]int64{}
+	for _, n := range live {
+		s, r := n.e.ClusterTraffic()
+		for to, k := range s {
+			sent[[2]string{n.addr, to}] = k
+		}
+		for from, k := range r {
+			recv[[2]string{from, n.addr}] = k
+		}
+	}
+	tr := traffic{balanced: true}
+	for _, a := range live {
+		for _, b := range live {
+			k := [2]string{a.addr, b.addr}
+			tr.total += sent[k]
+			if sent[k] != recv[k] {
+				tr.balanced = false
+			}
+		}
+	}
+	return tr
+}
+
+// runUntil advances the fake clock from timer to timer, settling the
+// cluster after each, until done holds or limit of protocol time passed.
+func (c *clusterRig) runUntil(done func() bool, limit time.Duration) {
+	c.t.Helper()
+	end := c.clk.Now().Add(limit)
+	c.settle()
+	for !done() {
+		next, ok := c.clk.NextDeadline()
+		if !ok || next.After(end) {
+			c.t.Fatalf("not done after %v of protocol time (next timer %v, ok %v)", limit, next, ok)
+		}
+		c.clk.AdvanceTo(next)
+		c.settle()
+	}
+}
+
+func (c *clusterRig) task(n *clusterNode, id string) actors.TaskView {
+	c.t.Helper()
+	v, err := n.e.Task(context.Background(), id)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return v
+}
+
+// check verifies a finished campaign over specs: the task succeeded with
+// exact counters, every device ran exactly one Execute and has the new
+// version, and no cell ever went over its budget.
+func (c *clusterRig) check(id string, specs []memtransport.DeviceSpec, trs map[string]*memtransport.Transport) {
+	t := c.t
+	t.Helper()
+	v := c.task(c.live()[0], id)
+	want := taskfsm.Progress{Total: len(specs), Success: len(specs)}
+	if v.Status != messages.TaskStatus_TASK_STATUS_SUCCESS || v.Progress != want {
+		t.Fatalf("task: %v %+v", v.Status, v.Progress)
+	}
+	for _, s := range specs {
+		d, _ := trs[s.ID].Device(s.ID)
+		if d.Counters.Executes != 1 || d.FwVersion != "2.0" {
+			t.Errorf("%s: %d executes, version %q", s.ID, d.Counters.Executes, d.FwVersion)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.violations) > 0 {
+		t.Fatalf("cell budget broken %d times, first: %s", len(c.violations), c.violations[0])
+	}
+}
+
+// TestClusterCampaign: three nodes; devices connect to two of them; one
+// FOTA task upgrades them all with grains spread over the three (uplinks
+// enter on one node, the device grains live on any, downlinks go back to
+// the session's node). Every device executes once, the cell budgets hold,
+// and every node ran device grains.
+func TestClusterCampaign(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(240, 8, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	a, b := c.addNode(specs[:120]), c.addNode(specs[120:])
+	c.addNode(nil)
+	c.awaitMembers()
+	c.settle()
+	trs := map[string]*memtransport.Transport{}
+	for _, s := range specs[:120] {
+		trs[s.ID] = a.tr
+	}
+	for _, s := range specs[120:] {
+		trs[s.ID] = b.tr
+	}
+	if err := b.e.CreateTask(context.Background(), createTask("cluster", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	c.runUntil(func() bool { return c.task(a, "cluster").Status.Final() }, 24*time.Hour)
+	c.check("cluster", specs, trs)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.nodes {
+		if c.activated[n.addr][persistence.KindDevice] == 0 {
+			t.Errorf("node %s ran no device grain: %v", n.addr, c.activated)
+		}
+	}
+	t.Logf("activations by node: %v", c.activated)
+}
+
+// TestClusterNodeLeavesAndJoins: a campaign over three nodes; when a third
+// of the devices have upgraded, a node that hosts grains (no sessions)
+// stops, and the others take its grains over from the store; later a new
+// node joins and takes a share. The task still ends with every device
+// upgraded exactly once and no cell over its budget.
+func TestClusterNodeLeavesAndJoins(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(240, 8, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	a, b := c.addNode(specs[:120]), c.addNode(specs[120:])
+	gone := c.addNode(nil)
+	c.awaitMembers()
+	c.settle()
+	trs := map[string]*memtransport.Transport{}
+	for _, s := range specs[:120] {
+		trs[s.ID] = a.tr
+	}
+	for _, s := range specs[120:] {
+		trs[s.ID] = b.tr
+	}
+	if err := a.e.CreateTask(context.Background(), createTask("moves", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	c.runUntil(func() bool { return c.task(a, "moves").Progress.Success >= len(specs)/3 }, 24*time.Hour)
+	c.stop(gone)
+	c.awaitMembers()
+	c.settle()
+	c.runUntil(func() bool { return c.task(b, "moves").Progress.Success >= 2*len(specs)/3 }, 24*time.Hour)
+	late := c.addNode(nil)
+	c.awaitMembers()
+	c.runUntil(func() bool { return c.task(late, "moves").Status.Final() }, 24*time.Hour)
+	c.check("moves", specs, trs)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.activated[late.addr][persistence.KindDevice] == 0 {
+		t.Errorf("the node that joined late ran no device grain: %v", c.activated)
+	}
+	t.Logf("activations by node: %v", c.activated)
+}
