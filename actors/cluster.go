@@ -100,6 +100,7 @@ type node struct {
 	mu       sync.RWMutex
 	members  map[string]bool // addresses of the current members
 	seenSelf bool
+	leaving  bool // leave ran: the node's absence from the members is its own doing
 
 	changed  chan struct{} // buffered: the topology changed since the last reconcile
 	lost     chan struct{} // closed when this node dropped out of its own member list
@@ -226,6 +227,9 @@ func (n *node) leave() {
 	if n.c == nil {
 		return
 	}
+	n.mu.Lock()
+	n.leaving = true
+	n.mu.Unlock()
 	if err := n.prov.Shutdown(true); err != nil {
 		n.e.log.Warn("cluster: leaving etcd", "error", err)
 	}
@@ -260,7 +264,7 @@ func (n *node) update(t *cluster.ClusterTopology) {
 	if self != "" {
 		if set[self] {
 			n.seenSelf = true
-		} else if n.seenSelf {
+		} else if n.seenSelf && !n.leaving {
 			lost = true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -591,6 +592,38 @@ func (e *Engine) Cell(ctx context.Context, cellID string) (cellfsm.State, error)
 		return cellfsm.State{}, err
 	}
 	return res.(cellfsm.State), nil
+}
+
+// Lost returns a channel closed when this node finds itself missing from
+// its own cluster's member list (its etcd lease expired: etcd was
+// unreachable for longer than the lease, or the node stalled). The others
+// own its actors by then, so it stops all of them and takes no more work;
+// the command exits non-zero, and a restart joins again. On a single node
+// it is never closed.
+func (e *Engine) Lost() <-chan struct{} {
+	if e.node == nil {
+		return nil
+	}
+	return e.node.lost
+}
+
+// ClusterStatus is a node's view of its cluster.
+type ClusterStatus struct {
+	// Self is this node's address; Members every member's (with Self),
+	// sorted.
+	Self    string
+	Members []string
+}
+
+// Cluster returns the node's view of its cluster; ok is false on a single
+// node.
+func (e *Engine) Cluster() (st ClusterStatus, ok bool) {
+	if e.node == nil {
+		return ClusterStatus{}, false
+	}
+	m := e.node.memberList()
+	slices.Sort(m)
+	return ClusterStatus{Self: e.node.self, Members: m}, true
 }
 
 // Live returns the number of live actors per kind ("device", "cell", "task").
