@@ -15,6 +15,7 @@ import (
 	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 	"github.com/asynkron/protoactor-go/remote"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/otafleet/otafleet/messages"
@@ -107,6 +108,9 @@ type node struct {
 	lostOnce sync.Once
 	watching sync.WaitGroup
 
+	// etcdDial, when set (tests), dials etcd for the provider's client.
+	etcdDial func(ctx context.Context, addr string) (net.Conn, error)
+
 	// traffic counts RoutedInputs by peer: sent to, received from (tests
 	// settle a cluster on them).
 	trafficMu sync.Mutex
@@ -187,7 +191,11 @@ func (n *node) join() (err error) {
 	if n.cfg.AdvertiseAddr != "" {
 		ropts = append(ropts, remote.WithAdvertisedHost(n.cfg.AdvertiseAddr))
 	}
-	n.prov = &etcdProvider{cfg: clientv3.Config{Endpoints: n.cfg.Etcd, DialTimeout: 5 * time.Second}}
+	ecfg := clientv3.Config{Endpoints: n.cfg.Etcd, DialTimeout: 5 * time.Second}
+	if n.etcdDial != nil {
+		ecfg.DialOptions = append(ecfg.DialOptions, grpc.WithContextDialer(n.etcdDial))
+	}
+	n.prov = &etcdProvider{cfg: ecfg}
 	kind := cluster.NewKind(clusterKind, actor.PropsFromFunc(func(actor.Context) {}))
 	cfg := cluster.Configure(n.cfg.Name, n.prov, disthash.New(), remote.Configure(host, port, ropts...), cluster.WithKinds(kind))
 	sys := n.e.system

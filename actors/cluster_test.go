@@ -75,6 +75,11 @@ func newClusterRig(t *testing.T) *clusterRig {
 // addNode starts a node; the devices of specs connect to it (none: a node
 // that only hosts grains).
 func (c *clusterRig) addNode(specs []memtransport.DeviceSpec) *clusterNode {
+	return c.addNodeWith(specs, false)
+}
+
+// addNodeWith is addNode; crashable nodes can be crashed (crash).
+func (c *clusterRig) addNodeWith(specs []memtransport.DeviceSpec, crashable bool) *clusterNode {
 	t := c.t
 	t.Helper()
 	n := &clusterNode{}
@@ -121,6 +126,9 @@ func (c *clusterRig) addNode(specs []memtransport.DeviceSpec) *clusterNode {
 	}
 	n.e = e
 	self = e.ClusterAddr
+	if crashable {
+		e.Crashable()
+	}
 	if up != nil {
 		up.Set(e)
 	}
@@ -155,6 +163,15 @@ func (c *clusterRig) live() []*clusterNode {
 // stop stops node n (gracefully: it leaves the cluster first).
 func (c *clusterRig) stop(n *clusterNode) {
 	n.e.Stop()
+	c.mu.Lock()
+	n.stopped = true
+	c.mu.Unlock()
+}
+
+// crash kills node n abruptly (see Engine.Crash): the others see it go
+// when its etcd lease expires.
+func (c *clusterRig) crash(n *clusterNode) {
+	n.e.Crash()
 	c.mu.Lock()
 	n.stopped = true
 	c.mu.Unlock()
@@ -363,4 +380,39 @@ func TestClusterNodeLeavesAndJoins(t *testing.T) {
 		t.Errorf("the node that joined late ran no device grain: %v", c.activated)
 	}
 	t.Logf("activations by node: %v", c.activated)
+}
+
+// TestClusterNodeCrashes: a campaign over three nodes; when a third of the
+// devices have upgraded, a node that hosts grains dies abruptly (its etcd
+// connection cut, its actors and remote stopped, nothing handed over).
+// Protocol time stands still until the others see it leave (its lease, 3
+// s, expires), then they recover its grains from the store and the task
+// ends with every device upgraded exactly once and no cell over budget.
+func TestClusterNodeCrashes(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(240, 8, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	a, b := c.addNode(specs[:120]), c.addNode(specs[120:])
+	dies := c.addNodeWith(nil, true)
+	c.awaitMembers()
+	c.settle()
+	trs := map[string]*memtransport.Transport{}
+	for _, s := range specs[:120] {
+		trs[s.ID] = a.tr
+	}
+	for _, s := range specs[120:] {
+		trs[s.ID] = b.tr
+	}
+	if err := a.e.CreateTask(context.Background(), createTask("crash", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	c.runUntil(func() bool { return c.task(a, "crash").Progress.Success >= len(specs)/3 }, 24*time.Hour)
+	c.mu.Lock()
+	held := c.activated[dies.addr]
+	c.mu.Unlock()
+	c.crash(dies)
+	start := clock.Real().Now()
+	c.awaitMembers()
+	t.Logf("the others saw the crashed node go after %v (it had run %v)", clock.Real().Since(start), held)
+	c.runUntil(func() bool { return c.task(b, "crash").Status.Final() }, 24*time.Hour)
+	c.check("crash", specs, trs)
 }

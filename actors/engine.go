@@ -126,7 +126,9 @@ type Engine struct {
 	// dispatch runs the actors' mailboxes on reused goroutines.
 	dispatch *poolDispatcher
 	// node is the engine's cluster membership; nil on a single node.
-	node     *node
+	node *node
+	// crash is the tests' handle to kill a node abruptly (export_test.go).
+	crash    interface{ sever() }
 	stopOnce sync.Once
 }
 

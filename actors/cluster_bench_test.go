@@ -1,0 +1,130 @@
+//go:build !race
+
+// (Without -race for the reason cluster_test.go gives.)
+
+package actors_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/internal/clock/clocktest"
+	"github.com/otafleet/otafleet/internal/etcdtest"
+	"github.com/otafleet/otafleet/internal/pgtest"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence/pgstore"
+)
+
+// BenchmarkClusterReports measures the price of cross-node messages:
+// device reports (each waited for until journaled, synced) delivered at
+// one node, side by side on one PostgreSQL server: an engine alone
+// (single), a one-node cluster (its grains all local: the price of the
+// cluster's bookkeeping), and three nodes in this process (two thirds of
+// the reports cross to the owner node over protoactor remote and the
+// answer comes back).
+//
+//	go test ./actors -run '^$' -bench ClusterReports -benchtime 2000x
+func BenchmarkClusterReports(b *testing.B) {
+	for _, v := range []struct {
+		name  string
+		nodes int // 0: no cluster
+	}{{"single", 0}, {"nodes=1", 1}, {"nodes=3", 3}} {
+		b.Run(v.name, func(b *testing.B) {
+			clk := clocktest.New(epoch)
+			dsn := benchPGDatabase(b)
+			var name string
+			var url string
+			if v.nodes > 0 {
+				srv := etcdtest.Shared(b)
+				name, url = srv.NewCluster("bench"), srv.URL()
+			}
+			var engines []*actors.Engine
+			for range max(v.nodes, 1) {
+				cfg := actors.Config{}
+				if v.nodes > 0 {
+					cfg.Cluster = &actors.ClusterConfig{Etcd: []string{url}, Name: name, BindAddr: "127.0.0.1:0"}
+				}
+				store, err := pgstore.Open(context.Background(), dsn, pgstore.Options{SealKey: pgSealKey, Logger: slog.New(slog.DiscardHandler)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { _ = store.Close() })
+				engines = append(engines, newBenchEngine(b, store, clk, cfg, actors.Deps{}))
+			}
+			benchAwaitMembers(b, engines)
+			e := engines[0]
+			ids := benchDeviceIDs(64)
+			benchQueryAll(b, e, ids)
+			ctx := context.Background()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for d, id := range ids {
+				n := b.N / len(ids)
+				if d < b.N%len(ids) {
+					n++
+				}
+				wg.Go(func() {
+					for r := range n {
+						v := fmt.Sprintf("v%d", r)
+						in := &messages.DeviceInput{Kind: &messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{FwVersion: &v}}}
+						if err := e.Deliver(ctx, id, in); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reports/s")
+		})
+	}
+}
+
+// benchPGDatabase creates a fresh, migrated database on the package's
+// PostgreSQL server and returns its DSN.
+func benchPGDatabase(b *testing.B) string {
+	b.Helper()
+	return pgtest.Shared(b).NewDatabaseFrom(b, "migrated", func(dsn string) error {
+		ctx := context.Background()
+		pool, err := pgxpool.New(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		_, err = pgstore.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+		return err
+	})
+}
+
+// benchAwaitMembers waits (real time, bounded) until each clustered
+// engine sees all of them.
+func benchAwaitMembers(b *testing.B, engines []*actors.Engine) {
+	b.Helper()
+	if _, ok := engines[0].Cluster(); !ok {
+		return
+	}
+	limit := clock.Real().NewTimer(20 * time.Second)
+	defer limit.Stop()
+	for _, e := range engines {
+		for {
+			ok, tick := e.ClusterSettled(len(engines))
+			if ok {
+				break
+			}
+			select {
+			case <-tick:
+			case <-limit.C():
+				b.Fatalf("%d nodes did not see each other in 20 s", len(engines))
+			}
+		}
+	}
+}
