@@ -15,6 +15,7 @@ import (
 	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 	"github.com/asynkron/protoactor-go/remote"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
@@ -150,19 +151,28 @@ func (n *node) settled() (bool, <-chan struct{}) {
 // etcdProvider is protoactor's etcd provider, built when the member starts:
 // its etcd client (gRPC) is then created after remote has set gRPC's logger,
 // which remote.Start does unsynchronized.
+//
+// The provider never closes its etcd client, whose lease keep-alives would
+// go on after it deregistered: the client runs under a context of its own,
+// cancelled by Shutdown.
 type etcdProvider struct {
-	cfg clientv3.Config
-	mu  sync.Mutex
-	p   *etcd.Provider
+	cfg    clientv3.Config
+	mu     sync.Mutex
+	p      *etcd.Provider
+	cancel context.CancelFunc
 }
 
 func (l *etcdProvider) start(c *cluster.Cluster, member bool) error {
-	p, err := etcd.NewWithConfig("/otafleet", l.cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg := l.cfg
+	cfg.Context = ctx
+	p, err := etcd.NewWithConfig("/otafleet", cfg)
 	if err != nil {
+		cancel()
 		return err
 	}
 	l.mu.Lock()
-	l.p = p
+	l.p, l.cancel = p, cancel
 	l.mu.Unlock()
 	if member {
 		return p.StartMember(c)
@@ -174,13 +184,15 @@ func (l *etcdProvider) StartMember(c *cluster.Cluster) error { return l.start(c,
 func (l *etcdProvider) StartClient(c *cluster.Cluster) error { return l.start(c, false) }
 func (l *etcdProvider) Shutdown(graceful bool) error {
 	l.mu.Lock()
-	p := l.p
-	l.p = nil
+	p, cancel := l.p, l.cancel
+	l.p, l.cancel = nil, nil
 	l.mu.Unlock()
 	if p == nil {
 		return nil
 	}
-	return p.Shutdown(graceful)
+	err := p.Shutdown(graceful)
+	cancel()
+	return err
 }
 
 // join starts remote and joins the cluster: once it returns, the node is a
@@ -191,7 +203,8 @@ func (n *node) join() (err error) {
 	if n.cfg.AdvertiseAddr != "" {
 		ropts = append(ropts, remote.WithAdvertisedHost(n.cfg.AdvertiseAddr))
 	}
-	ecfg := clientv3.Config{Endpoints: n.cfg.Etcd, DialTimeout: 5 * time.Second}
+	// The etcd client logs (zap) to stderr; the provider logs what matters.
+	ecfg := clientv3.Config{Endpoints: n.cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
 	if n.etcdDial != nil {
 		ecfg.DialOptions = append(ecfg.DialOptions, grpc.WithContextDialer(n.etcdDial))
 	}
