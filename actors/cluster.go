@@ -458,6 +458,14 @@ func (n *node) receiveDirectory(ctx actor.Context) {
 		if sender == nil {
 			return
 		}
+		if m.GetNode() != nil {
+			r := &messages.ClusterReply{Live: map[string]uint32{}}
+			for k, c := range n.e.Live() {
+				r.Live[k] = uint32(c)
+			}
+			ctx.Respond(r)
+			return
+		}
 		if err := checkKind(a); err != nil {
 			ctx.Respond(replyError(err))
 			return

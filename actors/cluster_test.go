@@ -333,6 +333,20 @@ func TestClusterCampaign(t *testing.T) {
 	}
 	c.runUntil(func() bool { return c.task(a, "cluster").Status.Final() }, 24*time.Hour)
 	c.check("cluster", specs, trs)
+	nodes, ok := a.e.ClusterNodes(context.Background())
+	if !ok || len(nodes) != 3 {
+		t.Fatalf("ClusterNodes: %v %v", nodes, ok)
+	}
+	devices := 0
+	for _, n := range nodes {
+		if n.Err != nil || n.Live == nil {
+			t.Errorf("node %s: %v %v", n.Addr, n.Live, n.Err)
+		}
+		devices += n.Live["device"]
+	}
+	if devices == 0 {
+		t.Errorf("no live device grain on any node: %v", nodes)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, n := range c.nodes {

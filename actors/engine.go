@@ -628,6 +628,50 @@ func (e *Engine) Cluster() (st ClusterStatus, ok bool) {
 	return ClusterStatus{Self: e.node.self, Members: m}, true
 }
 
+// NodeStatus is one member's figures in ClusterNodes.
+type NodeStatus struct {
+	Addr string
+	// Live counts the node's live actors by kind (as Live); nil when the
+	// node did not answer (Err says why).
+	Live map[string]int
+	Err  error
+}
+
+// ClusterNodes asks every member of the cluster for its live actors by
+// kind (`otafleet cluster status`), in the order of Cluster's Members; ok
+// is false on a single node.
+func (e *Engine) ClusterNodes(ctx context.Context) (nodes []NodeStatus, ok bool) {
+	st, ok := e.Cluster()
+	if !ok {
+		return nil, false
+	}
+	nodes = make([]NodeStatus, len(st.Members))
+	var wg sync.WaitGroup
+	for i, addr := range st.Members {
+		nodes[i].Addr = addr
+		if addr == st.Self {
+			nodes[i].Live = e.Live()
+			continue
+		}
+		wg.Go(func() {
+			r, err := e.node.request(ctx, addr, &messages.ClusterRequest{Request: &messages.ClusterRequest_Node{Node: &messages.NodeQuery{}}})
+			if err == nil {
+				err = replyErr(r)
+			}
+			if err != nil {
+				nodes[i].Err = err
+				return
+			}
+			nodes[i].Live = map[string]int{}
+			for k, c := range r.GetLive() {
+				nodes[i].Live[k] = int(c)
+			}
+		})
+	}
+	wg.Wait()
+	return nodes, true
+}
+
 // Live returns the number of live actors per kind ("device", "cell", "task").
 func (e *Engine) Live() map[string]int {
 	out := map[string]int{}

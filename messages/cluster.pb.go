@@ -104,7 +104,7 @@ func (x ClusterReply_ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ClusterReply_ErrorCode.Descriptor instead.
 func (ClusterReply_ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{3, 0}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{4, 0}
 }
 
 // RoutedInput is an input for the actor (kind, id) that another node's
@@ -266,6 +266,7 @@ type ClusterRequest struct {
 	//	*ClusterRequest_Report
 	//	*ClusterRequest_TaskCommand
 	//	*ClusterRequest_View
+	//	*ClusterRequest_Node
 	Request       isClusterRequest_Request `protobuf_oneof:"request"`
 	Hops          uint32                   `protobuf:"varint,6,opt,name=hops,proto3" json:"hops,omitempty"` // as RoutedInput's
 	unknownFields protoimpl.UnknownFields
@@ -350,6 +351,15 @@ func (x *ClusterRequest) GetView() *ViewQuery {
 	return nil
 }
 
+func (x *ClusterRequest) GetNode() *NodeQuery {
+	if x != nil {
+		if x, ok := x.Request.(*ClusterRequest_Node); ok {
+			return x.Node
+		}
+	}
+	return nil
+}
+
 func (x *ClusterRequest) GetHops() uint32 {
 	if x != nil {
 		return x.Hops
@@ -376,11 +386,18 @@ type ClusterRequest_View struct {
 	View *ViewQuery `protobuf:"bytes,5,opt,name=view,proto3,oneof"`
 }
 
+type ClusterRequest_Node struct {
+	// The node's own figures (kind and id are empty): its live actors.
+	Node *NodeQuery `protobuf:"bytes,7,opt,name=node,proto3,oneof"`
+}
+
 func (*ClusterRequest_Report) isClusterRequest_Request() {}
 
 func (*ClusterRequest_TaskCommand) isClusterRequest_Request() {}
 
 func (*ClusterRequest_View) isClusterRequest_Request() {}
+
+func (*ClusterRequest_Node) isClusterRequest_Request() {}
 
 // ViewQuery asks for an actor's state; for a task, a page of its sub-tasks.
 type ViewQuery struct {
@@ -443,6 +460,43 @@ func (x *ViewQuery) GetStatus() SubtaskStatus {
 	return SubtaskStatus_SUBTASK_STATUS_UNSPECIFIED
 }
 
+// NodeQuery asks a node for its live actors by kind (cluster status).
+type NodeQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeQuery) Reset() {
+	*x = NodeQuery{}
+	mi := &file_messages_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeQuery) ProtoMessage() {}
+
+func (x *NodeQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeQuery.ProtoReflect.Descriptor instead.
+func (*NodeQuery) Descriptor() ([]byte, []int) {
+	return file_messages_cluster_proto_rawDescGZIP(), []int{3}
+}
+
 // ClusterReply answers a ClusterRequest: an error (code and text), or the
 // view asked for.
 type ClusterReply struct {
@@ -454,14 +508,17 @@ type ClusterReply struct {
 	//	*ClusterReply_Device
 	//	*ClusterReply_Cell
 	//	*ClusterReply_Task
-	View          isClusterReply_View `protobuf_oneof:"view"`
+	View isClusterReply_View `protobuf_oneof:"view"`
+	// live is a node's live actors by kind ("device", "cell", "task"), in
+	// answer to a NodeQuery.
+	Live          map[string]uint32 `protobuf:"bytes,6,rep,name=live,proto3" json:"live,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterReply) Reset() {
 	*x = ClusterReply{}
-	mi := &file_messages_cluster_proto_msgTypes[3]
+	mi := &file_messages_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -473,7 +530,7 @@ func (x *ClusterReply) String() string {
 func (*ClusterReply) ProtoMessage() {}
 
 func (x *ClusterReply) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[3]
+	mi := &file_messages_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -486,7 +543,7 @@ func (x *ClusterReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterReply.ProtoReflect.Descriptor instead.
 func (*ClusterReply) Descriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{3}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ClusterReply) GetCode() ClusterReply_ErrorCode {
@@ -537,6 +594,13 @@ func (x *ClusterReply) GetTask() *TaskViewWire {
 	return nil
 }
 
+func (x *ClusterReply) GetLive() map[string]uint32 {
+	if x != nil {
+		return x.Live
+	}
+	return nil
+}
+
 type isClusterReply_View interface {
 	isClusterReply_View()
 }
@@ -574,7 +638,7 @@ type TaskViewWire struct {
 
 func (x *TaskViewWire) Reset() {
 	*x = TaskViewWire{}
-	mi := &file_messages_cluster_proto_msgTypes[4]
+	mi := &file_messages_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +650,7 @@ func (x *TaskViewWire) String() string {
 func (*TaskViewWire) ProtoMessage() {}
 
 func (x *TaskViewWire) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[4]
+	mi := &file_messages_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +663,7 @@ func (x *TaskViewWire) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskViewWire.ProtoReflect.Descriptor instead.
 func (*TaskViewWire) Descriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{4}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TaskViewWire) GetTask() *TaskCreated {
@@ -660,7 +724,7 @@ type EdgeDownlink struct {
 
 func (x *EdgeDownlink) Reset() {
 	*x = EdgeDownlink{}
-	mi := &file_messages_cluster_proto_msgTypes[5]
+	mi := &file_messages_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -672,7 +736,7 @@ func (x *EdgeDownlink) String() string {
 func (*EdgeDownlink) ProtoMessage() {}
 
 func (x *EdgeDownlink) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[5]
+	mi := &file_messages_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -685,7 +749,7 @@ func (x *EdgeDownlink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeDownlink.ProtoReflect.Descriptor instead.
 func (*EdgeDownlink) Descriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{5}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EdgeDownlink) GetKind() isEdgeDownlink_Kind {
@@ -739,7 +803,7 @@ type TaskViewWire_Row struct {
 
 func (x *TaskViewWire_Row) Reset() {
 	*x = TaskViewWire_Row{}
-	mi := &file_messages_cluster_proto_msgTypes[6]
+	mi := &file_messages_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +815,7 @@ func (x *TaskViewWire_Row) String() string {
 func (*TaskViewWire_Row) ProtoMessage() {}
 
 func (x *TaskViewWire_Row) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[6]
+	mi := &file_messages_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +828,7 @@ func (x *TaskViewWire_Row) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskViewWire_Row.ProtoReflect.Descriptor instead.
 func (*TaskViewWire_Row) Descriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{4, 0}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{5, 0}
 }
 
 func (x *TaskViewWire_Row) GetDeviceId() string {
@@ -795,25 +859,31 @@ const file_messages_cluster_proto_rawDesc = "" +
 	"\aif_live\x18\x06 \x01(\bR\x06ifLive\x12\x12\n" +
 	"\x04hops\x18\a \x01(\rR\x04hops\x12\x12\n" +
 	"\x04from\x18\b \x01(\tR\x04fromB\a\n" +
-	"\x05input\"\x8d\x02\n" +
+	"\x05input\"\xc4\x02\n" +
 	"\x0eClusterRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12;\n" +
 	"\x06report\x18\x03 \x01(\v2!.otafleet.messages.v1.DeviceInputH\x00R\x06report\x12D\n" +
 	"\ftask_command\x18\x04 \x01(\v2\x1f.otafleet.messages.v1.TaskInputH\x00R\vtaskCommand\x125\n" +
-	"\x04view\x18\x05 \x01(\v2\x1f.otafleet.messages.v1.ViewQueryH\x00R\x04view\x12\x12\n" +
+	"\x04view\x18\x05 \x01(\v2\x1f.otafleet.messages.v1.ViewQueryH\x00R\x04view\x125\n" +
+	"\x04node\x18\a \x01(\v2\x1f.otafleet.messages.v1.NodeQueryH\x00R\x04node\x12\x12\n" +
 	"\x04hops\x18\x06 \x01(\rR\x04hopsB\t\n" +
 	"\arequest\"v\n" +
 	"\tViewQuery\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\rR\x06offset\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12;\n" +
-	"\x06status\x18\x03 \x01(\x0e2#.otafleet.messages.v1.SubtaskStatusR\x06status\"\xf3\x03\n" +
+	"\x06status\x18\x03 \x01(\x0e2#.otafleet.messages.v1.SubtaskStatusR\x06status\"\v\n" +
+	"\tNodeQuery\"\xee\x04\n" +
 	"\fClusterReply\x12@\n" +
 	"\x04code\x18\x01 \x01(\x0e2,.otafleet.messages.v1.ClusterReply.ErrorCodeR\x04code\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12>\n" +
 	"\x06device\x18\x03 \x01(\v2$.otafleet.messages.v1.DeviceSnapshotH\x00R\x06device\x128\n" +
 	"\x04cell\x18\x04 \x01(\v2\".otafleet.messages.v1.CellSnapshotH\x00R\x04cell\x128\n" +
-	"\x04task\x18\x05 \x01(\v2\".otafleet.messages.v1.TaskViewWireH\x00R\x04task\"\xce\x01\n" +
+	"\x04task\x18\x05 \x01(\v2\".otafleet.messages.v1.TaskViewWireH\x00R\x04task\x12@\n" +
+	"\x04live\x18\x06 \x03(\v2,.otafleet.messages.v1.ClusterReply.LiveEntryR\x04live\x1a7\n" +
+	"\tLiveEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xce\x01\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\t\n" +
 	"\x05OTHER\x10\x01\x12\r\n" +
@@ -859,53 +929,57 @@ func file_messages_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_messages_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_messages_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_messages_cluster_proto_goTypes = []any{
 	(ClusterReply_ErrorCode)(0),   // 0: otafleet.messages.v1.ClusterReply.ErrorCode
 	(*RoutedInput)(nil),           // 1: otafleet.messages.v1.RoutedInput
 	(*ClusterRequest)(nil),        // 2: otafleet.messages.v1.ClusterRequest
 	(*ViewQuery)(nil),             // 3: otafleet.messages.v1.ViewQuery
-	(*ClusterReply)(nil),          // 4: otafleet.messages.v1.ClusterReply
-	(*TaskViewWire)(nil),          // 5: otafleet.messages.v1.TaskViewWire
-	(*EdgeDownlink)(nil),          // 6: otafleet.messages.v1.EdgeDownlink
-	(*TaskViewWire_Row)(nil),      // 7: otafleet.messages.v1.TaskViewWire.Row
-	(*DeviceInput)(nil),           // 8: otafleet.messages.v1.DeviceInput
-	(*CellInput)(nil),             // 9: otafleet.messages.v1.CellInput
-	(*TaskInput)(nil),             // 10: otafleet.messages.v1.TaskInput
-	(SubtaskStatus)(0),            // 11: otafleet.messages.v1.SubtaskStatus
-	(*DeviceSnapshot)(nil),        // 12: otafleet.messages.v1.DeviceSnapshot
-	(*CellSnapshot)(nil),          // 13: otafleet.messages.v1.CellSnapshot
-	(*TaskCreated)(nil),           // 14: otafleet.messages.v1.TaskCreated
-	(TaskStatus)(0),               // 15: otafleet.messages.v1.TaskStatus
-	(*TaskSnapshot_Progress)(nil), // 16: otafleet.messages.v1.TaskSnapshot.Progress
-	(*Downlink)(nil),              // 17: otafleet.messages.v1.Downlink
-	(*RevokeToken)(nil),           // 18: otafleet.messages.v1.RevokeToken
-	(*TaskSnapshot_Subtask)(nil),  // 19: otafleet.messages.v1.TaskSnapshot.Subtask
+	(*NodeQuery)(nil),             // 4: otafleet.messages.v1.NodeQuery
+	(*ClusterReply)(nil),          // 5: otafleet.messages.v1.ClusterReply
+	(*TaskViewWire)(nil),          // 6: otafleet.messages.v1.TaskViewWire
+	(*EdgeDownlink)(nil),          // 7: otafleet.messages.v1.EdgeDownlink
+	nil,                           // 8: otafleet.messages.v1.ClusterReply.LiveEntry
+	(*TaskViewWire_Row)(nil),      // 9: otafleet.messages.v1.TaskViewWire.Row
+	(*DeviceInput)(nil),           // 10: otafleet.messages.v1.DeviceInput
+	(*CellInput)(nil),             // 11: otafleet.messages.v1.CellInput
+	(*TaskInput)(nil),             // 12: otafleet.messages.v1.TaskInput
+	(SubtaskStatus)(0),            // 13: otafleet.messages.v1.SubtaskStatus
+	(*DeviceSnapshot)(nil),        // 14: otafleet.messages.v1.DeviceSnapshot
+	(*CellSnapshot)(nil),          // 15: otafleet.messages.v1.CellSnapshot
+	(*TaskCreated)(nil),           // 16: otafleet.messages.v1.TaskCreated
+	(TaskStatus)(0),               // 17: otafleet.messages.v1.TaskStatus
+	(*TaskSnapshot_Progress)(nil), // 18: otafleet.messages.v1.TaskSnapshot.Progress
+	(*Downlink)(nil),              // 19: otafleet.messages.v1.Downlink
+	(*RevokeToken)(nil),           // 20: otafleet.messages.v1.RevokeToken
+	(*TaskSnapshot_Subtask)(nil),  // 21: otafleet.messages.v1.TaskSnapshot.Subtask
 }
 var file_messages_cluster_proto_depIdxs = []int32{
-	8,  // 0: otafleet.messages.v1.RoutedInput.device:type_name -> otafleet.messages.v1.DeviceInput
-	9,  // 1: otafleet.messages.v1.RoutedInput.cell:type_name -> otafleet.messages.v1.CellInput
-	10, // 2: otafleet.messages.v1.RoutedInput.task:type_name -> otafleet.messages.v1.TaskInput
-	8,  // 3: otafleet.messages.v1.ClusterRequest.report:type_name -> otafleet.messages.v1.DeviceInput
-	10, // 4: otafleet.messages.v1.ClusterRequest.task_command:type_name -> otafleet.messages.v1.TaskInput
+	10, // 0: otafleet.messages.v1.RoutedInput.device:type_name -> otafleet.messages.v1.DeviceInput
+	11, // 1: otafleet.messages.v1.RoutedInput.cell:type_name -> otafleet.messages.v1.CellInput
+	12, // 2: otafleet.messages.v1.RoutedInput.task:type_name -> otafleet.messages.v1.TaskInput
+	10, // 3: otafleet.messages.v1.ClusterRequest.report:type_name -> otafleet.messages.v1.DeviceInput
+	12, // 4: otafleet.messages.v1.ClusterRequest.task_command:type_name -> otafleet.messages.v1.TaskInput
 	3,  // 5: otafleet.messages.v1.ClusterRequest.view:type_name -> otafleet.messages.v1.ViewQuery
-	11, // 6: otafleet.messages.v1.ViewQuery.status:type_name -> otafleet.messages.v1.SubtaskStatus
-	0,  // 7: otafleet.messages.v1.ClusterReply.code:type_name -> otafleet.messages.v1.ClusterReply.ErrorCode
-	12, // 8: otafleet.messages.v1.ClusterReply.device:type_name -> otafleet.messages.v1.DeviceSnapshot
-	13, // 9: otafleet.messages.v1.ClusterReply.cell:type_name -> otafleet.messages.v1.CellSnapshot
-	5,  // 10: otafleet.messages.v1.ClusterReply.task:type_name -> otafleet.messages.v1.TaskViewWire
-	14, // 11: otafleet.messages.v1.TaskViewWire.task:type_name -> otafleet.messages.v1.TaskCreated
-	15, // 12: otafleet.messages.v1.TaskViewWire.status:type_name -> otafleet.messages.v1.TaskStatus
-	16, // 13: otafleet.messages.v1.TaskViewWire.progress:type_name -> otafleet.messages.v1.TaskSnapshot.Progress
-	7,  // 14: otafleet.messages.v1.TaskViewWire.subtasks:type_name -> otafleet.messages.v1.TaskViewWire.Row
-	17, // 15: otafleet.messages.v1.EdgeDownlink.downlink:type_name -> otafleet.messages.v1.Downlink
-	18, // 16: otafleet.messages.v1.EdgeDownlink.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
-	19, // 17: otafleet.messages.v1.TaskViewWire.Row.subtask:type_name -> otafleet.messages.v1.TaskSnapshot.Subtask
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	4,  // 6: otafleet.messages.v1.ClusterRequest.node:type_name -> otafleet.messages.v1.NodeQuery
+	13, // 7: otafleet.messages.v1.ViewQuery.status:type_name -> otafleet.messages.v1.SubtaskStatus
+	0,  // 8: otafleet.messages.v1.ClusterReply.code:type_name -> otafleet.messages.v1.ClusterReply.ErrorCode
+	14, // 9: otafleet.messages.v1.ClusterReply.device:type_name -> otafleet.messages.v1.DeviceSnapshot
+	15, // 10: otafleet.messages.v1.ClusterReply.cell:type_name -> otafleet.messages.v1.CellSnapshot
+	6,  // 11: otafleet.messages.v1.ClusterReply.task:type_name -> otafleet.messages.v1.TaskViewWire
+	8,  // 12: otafleet.messages.v1.ClusterReply.live:type_name -> otafleet.messages.v1.ClusterReply.LiveEntry
+	16, // 13: otafleet.messages.v1.TaskViewWire.task:type_name -> otafleet.messages.v1.TaskCreated
+	17, // 14: otafleet.messages.v1.TaskViewWire.status:type_name -> otafleet.messages.v1.TaskStatus
+	18, // 15: otafleet.messages.v1.TaskViewWire.progress:type_name -> otafleet.messages.v1.TaskSnapshot.Progress
+	9,  // 16: otafleet.messages.v1.TaskViewWire.subtasks:type_name -> otafleet.messages.v1.TaskViewWire.Row
+	19, // 17: otafleet.messages.v1.EdgeDownlink.downlink:type_name -> otafleet.messages.v1.Downlink
+	20, // 18: otafleet.messages.v1.EdgeDownlink.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
+	21, // 19: otafleet.messages.v1.TaskViewWire.Row.subtask:type_name -> otafleet.messages.v1.TaskSnapshot.Subtask
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_messages_cluster_proto_init() }
@@ -927,13 +1001,14 @@ func file_messages_cluster_proto_init() {
 		(*ClusterRequest_Report)(nil),
 		(*ClusterRequest_TaskCommand)(nil),
 		(*ClusterRequest_View)(nil),
+		(*ClusterRequest_Node)(nil),
 	}
-	file_messages_cluster_proto_msgTypes[3].OneofWrappers = []any{
+	file_messages_cluster_proto_msgTypes[4].OneofWrappers = []any{
 		(*ClusterReply_Device)(nil),
 		(*ClusterReply_Cell)(nil),
 		(*ClusterReply_Task)(nil),
 	}
-	file_messages_cluster_proto_msgTypes[5].OneofWrappers = []any{
+	file_messages_cluster_proto_msgTypes[6].OneofWrappers = []any{
 		(*EdgeDownlink_Downlink)(nil),
 		(*EdgeDownlink_RevokeToken)(nil),
 	}
@@ -943,7 +1018,7 @@ func file_messages_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_cluster_proto_rawDesc), len(file_messages_cluster_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
