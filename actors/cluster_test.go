@@ -17,9 +17,13 @@ package actors_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
@@ -53,6 +57,7 @@ type clusterRig struct {
 	violations []string
 	peak       map[string]uint32
 	activated  map[string]map[persistence.Kind]int // by node address
+	cellNodes  map[string]map[string]bool          // the nodes each cell ran on
 }
 
 type clusterNode struct {
@@ -68,7 +73,7 @@ func newClusterRig(t *testing.T) *clusterRig {
 	return &clusterRig{
 		t: t, clk: clocktest.New(epoch), journal: newPGJournal(t, pgtest.Shared(t), false),
 		etcd: srv, name: srv.NewCluster("actors"), notify: make(chan struct{}, 1),
-		peak: map[string]uint32{}, activated: map[string]map[persistence.Kind]int{},
+		peak: map[string]uint32{}, activated: map[string]map[persistence.Kind]int{}, cellNodes: map[string]map[string]bool{},
 	}
 }
 
@@ -113,6 +118,12 @@ func (c *clusterRig) addNodeWith(specs []memtransport.DeviceSpec, crashable bool
 				c.activated[self()] = m
 			}
 			m[a.Kind]++
+			if a.Kind == persistence.KindCell {
+				if c.cellNodes[a.ID] == nil {
+					c.cellNodes[a.ID] = map[string]bool{}
+				}
+				c.cellNodes[a.ID][self()] = true
+			}
 		},
 		ClusterReceived: func() {
 			select {
@@ -303,10 +314,87 @@ func (c *clusterRig) check(id string, specs []memtransport.DeviceSpec, trs map[s
 		}
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	cells := slices.Sorted(maps.Keys(c.peak))
 	if len(c.violations) > 0 {
 		t.Fatalf("cell budget broken %d times, first: %s", len(c.violations), c.violations[0])
 	}
+	c.mu.Unlock()
+	c.checkJournal(cells)
+}
+
+// checkJournal folds each cell's journal from its first event, as a cell
+// actor's recovery does, and checks the budget after every event: whichever
+// node wrote it, no cell ever held more than its budget.
+func (c *clusterRig) checkJournal(cells []string) {
+	t := c.t
+	t.Helper()
+	cfg := cellfsm.DefaultConfig()
+	store := c.journal.open(t)
+	most := uint32(0)
+	for _, id := range cells {
+		s := cellfsm.New(id)
+		n := 0
+		err := store.Load(context.Background(), persistence.Stream{Kind: persistence.KindCell, ID: id}, 0, func(ev persistence.Event) error {
+			e := &messages.CellEvent{}
+			if err := proto.Unmarshal(ev.Payload, e); err != nil {
+				return err
+			}
+			s = cellfsm.Evolve(s, e)
+			n++
+			if err := s.Check(cfg); err != nil || s.Used() > cfg.Budget {
+				return fmt.Errorf("cell %s over budget after event %d: used %d: %v", id, ev.Seq, s.Used(), err)
+			}
+			most = max(most, s.Used())
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			t.Errorf("cell %s journaled nothing", id)
+		}
+	}
+	if most < cfg.Budget/2 {
+		t.Errorf("the cells held at most %d units: the budget was never used", most)
+	}
+}
+
+// queuedFleet is 240 devices in 12 cells, all of poor coverage, so that
+// each cell upgrades one device at a time and the campaign goes in twenty
+// waves: the nodes come and go mid-campaign, and with twelve cells each
+// node is likely to hold some.
+func queuedFleet() []memtransport.DeviceSpec {
+	specs := fleet(240, 12, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	for i := range specs {
+		rsrp, sinr := int32(-121), int32(-5)
+		specs[i].RSRP, specs[i].SINR = &rsrp, &sinr
+	}
+	return specs
+}
+
+// midCampaign checks that task id is still far from done (a quarter of
+// its devices or more still upgrading or queued for their cell's budget),
+// so that what happens now happens mid-campaign.
+func (c *clusterRig) midCampaign(n *clusterNode, id string, total int) {
+	c.t.Helper()
+	p := c.task(n, id).Progress
+	if p.Processing < total/4 {
+		c.t.Fatalf("not mid-campaign: %+v", p)
+	}
+	c.t.Logf("mid-campaign: %+v", p)
+}
+
+// cellsMoved counts the cells that ran on more than one node.
+func (c *clusterRig) cellsMoved() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, nodes := range c.cellNodes {
+		if len(nodes) > 1 {
+			n++
+		}
+	}
+	return n
 }
 
 // TestClusterCampaign: three nodes; devices connect to two of them; one
@@ -364,7 +452,7 @@ func TestClusterCampaign(t *testing.T) {
 // upgraded exactly once and no cell over its budget.
 func TestClusterNodeLeavesAndJoins(t *testing.T) {
 	c := newClusterRig(t)
-	specs := fleet(240, 8, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	specs := queuedFleet()
 	a, b := c.addNode(specs[:120]), c.addNode(specs[120:])
 	gone := c.addNode(nil)
 	c.awaitMembers()
@@ -380,14 +468,19 @@ func TestClusterNodeLeavesAndJoins(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.runUntil(func() bool { return c.task(a, "moves").Progress.Success >= len(specs)/3 }, 24*time.Hour)
+	c.midCampaign(a, "moves", len(specs))
 	c.stop(gone)
 	c.awaitMembers()
 	c.settle()
 	c.runUntil(func() bool { return c.task(b, "moves").Progress.Success >= 2*len(specs)/3 }, 24*time.Hour)
+	c.midCampaign(b, "moves", len(specs))
 	late := c.addNode(nil)
 	c.awaitMembers()
 	c.runUntil(func() bool { return c.task(late, "moves").Status.Final() }, 24*time.Hour)
 	c.check("moves", specs, trs)
+	if c.cellsMoved() == 0 {
+		t.Errorf("no cell moved between nodes: %v", c.cellNodes)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.activated[late.addr][persistence.KindDevice] == 0 {
@@ -404,7 +497,7 @@ func TestClusterNodeLeavesAndJoins(t *testing.T) {
 // ends with every device upgraded exactly once and no cell over budget.
 func TestClusterNodeCrashes(t *testing.T) {
 	c := newClusterRig(t)
-	specs := fleet(240, 8, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	specs := queuedFleet()
 	a, b := c.addNode(specs[:120]), c.addNode(specs[120:])
 	dies := c.addNodeWith(nil, true)
 	c.awaitMembers()
@@ -420,6 +513,7 @@ func TestClusterNodeCrashes(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.runUntil(func() bool { return c.task(a, "crash").Progress.Success >= len(specs)/3 }, 24*time.Hour)
+	c.midCampaign(a, "crash", len(specs))
 	c.mu.Lock()
 	held := c.activated[dies.addr]
 	c.mu.Unlock()
@@ -429,4 +523,7 @@ func TestClusterNodeCrashes(t *testing.T) {
 	t.Logf("the others saw the crashed node go after %v (it had run %v)", clock.Real().Since(start), held)
 	c.runUntil(func() bool { return c.task(b, "crash").Status.Final() }, 24*time.Hour)
 	c.check("crash", specs, trs)
+	if c.cellsMoved() == 0 {
+		t.Errorf("no cell moved between nodes: %v", c.cellNodes)
+	}
 }
