@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -123,6 +124,8 @@ type node struct {
 	tickMu    sync.Mutex
 	gen, done uint64
 	tick      chan struct{}
+	// topo is gen, read without the lock (shell.owned caches by it).
+	topo atomic.Uint64
 }
 
 func newNode(e *Engine, cfg ClusterConfig) *node {
@@ -296,7 +299,7 @@ func (n *node) update(t *cluster.ClusterTopology) {
 			close(n.lost)
 		})
 	}
-	n.bump(func() { n.gen++ })
+	n.bump(func() { n.gen++; n.topo.Store(n.gen) })
 	select {
 	case n.changed <- struct{}{}:
 	default:

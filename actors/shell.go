@@ -91,6 +91,25 @@ type shell struct {
 	deadline  clock.Timer
 	passivate clock.Timer
 	passGen   uint64
+
+	// ownTopo is the cluster topology (node.topo) that owns was computed
+	// for: whether this node owns the actor.
+	ownTopo uint64
+	owns    bool
+}
+
+// ownedHere reports whether this node owns the actor (always on a single
+// node); it recomputes only when the membership changed.
+func (sh *shell) ownedHere() bool {
+	n := sh.e.node
+	if n == nil {
+		return true
+	}
+	if t := n.topo.Load(); t != sh.ownTopo || t == 0 {
+		sh.ownTopo = t
+		_, sh.owns = n.owner(sh.addr)
+	}
+	return sh.owns
 }
 
 // retryRecovery asks an actor whose store was unavailable to recover again.
@@ -244,6 +263,12 @@ func (sh *shell) Receive(ctx actor.Context) {
 		return // lifecycle and system messages
 	}
 	sh.schedulePassivation()
+	if !sh.ownedHere() {
+		// In a cluster, an input reached this node while its view of the
+		// members differed from the sender's, and woke an actor another
+		// node owns: it stops, and what comes for it goes to the owner.
+		sh.e.dir.passivate(sh.addr, sh.self)
+	}
 }
 
 // receiveInput runs the input of another actor or a timer: refused if the
