@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,6 +50,9 @@ type ClusterConfig struct {
 	// AdvertiseAddr is the host:port other nodes reach this one at, when
 	// it is not BindAddr (behind NAT); "" advertises the bound address.
 	AdvertiseAddr string
+	// JoinTimeout bounds the node's first read from etcd in Start (real
+	// time; 0: 10 s): a node whose etcd does not answer fails to start.
+	JoinTimeout time.Duration
 }
 
 // Validate checks the cluster section.
@@ -160,12 +164,16 @@ func (n *node) settled() (bool, <-chan struct{}) {
 // cancelled by Shutdown.
 type etcdProvider struct {
 	cfg    clientv3.Config
+	join   time.Duration // probe's bound
 	mu     sync.Mutex
 	p      *etcd.Provider
 	cancel context.CancelFunc
 }
 
 func (l *etcdProvider) start(c *cluster.Cluster, member bool) error {
+	if err := l.probe(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg := l.cfg
 	cfg.Context = ctx
@@ -181,6 +189,23 @@ func (l *etcdProvider) start(c *cluster.Cluster, member bool) error {
 		return p.StartMember(c)
 	}
 	return p.StartClient(c)
+}
+
+// probe reads from etcd once, within l.join: the provider's own
+// calls wait for etcd without a deadline, so a node whose etcd does not
+// answer would hang in Start instead of failing.
+func (l *etcdProvider) probe() error {
+	cli, err := clientv3.New(l.cfg)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), l.join)
+	defer cancel()
+	if _, err := cli.Get(ctx, "/otafleet/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("etcd %v did not answer: %w", l.cfg.Endpoints, err)
+	}
+	return nil
 }
 
 func (l *etcdProvider) StartMember(c *cluster.Cluster) error { return l.start(c, true) }
@@ -211,7 +236,7 @@ func (n *node) join() (err error) {
 	if n.etcdDial != nil {
 		ecfg.DialOptions = append(ecfg.DialOptions, grpc.WithContextDialer(n.etcdDial))
 	}
-	n.prov = &etcdProvider{cfg: ecfg}
+	n.prov = &etcdProvider{cfg: ecfg, join: cmp.Or(n.cfg.JoinTimeout, 10*time.Second)}
 	kind := cluster.NewKind(clusterKind, actor.PropsFromFunc(func(actor.Context) {}))
 	cfg := cluster.Configure(n.cfg.Name, n.prov, disthash.New(), remote.Configure(host, port, ropts...), cluster.WithKinds(kind))
 	sys := n.e.system

@@ -18,7 +18,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,6 +37,7 @@ import (
 	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/persistence/memstore"
 	"github.com/otafleet/otafleet/transport"
 )
 
@@ -526,4 +529,27 @@ func TestClusterNodeCrashes(t *testing.T) {
 	if c.cellsMoved() == 0 {
 		t.Errorf("no cell moved between nodes: %v", c.cellNodes)
 	}
+}
+
+// TestClusterJoinFailsWithoutEtcd: a node whose etcd does not answer fails
+// Start with an error naming etcd (protoactor's cluster panics; the engine
+// turns that into the error).
+func TestClusterJoinFailsWithoutEtcd(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	e, err := actors.New(actors.Config{Cluster: &actors.ClusterConfig{Etcd: []string{addr}, Name: "nobody", BindAddr: "127.0.0.1:0", JoinTimeout: time.Second}},
+		actors.Deps{Store: memstore.New(), Clock: clocktest.New(epoch), Transport: dropAll{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Stop()
+	err = e.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "etcd") {
+		t.Fatalf("Start = %v, want an error naming etcd", err)
+	}
+	t.Log(err)
 }
