@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -68,6 +69,7 @@ type clusterRig struct {
 
 type clusterNode struct {
 	e       *actors.Engine
+	reg     *prometheus.Registry
 	tr      *memtransport.Transport // nil: a node no device connects to
 	addr    string
 	stopped bool
@@ -93,7 +95,7 @@ func (c *clusterRig) addNode(specs []memtransport.DeviceSpec) *clusterNode {
 func (c *clusterRig) addNodeWith(specs []memtransport.DeviceSpec, crashable bool) *clusterNode {
 	t := c.t
 	t.Helper()
-	n := &clusterNode{}
+	n := &clusterNode{reg: prometheus.NewRegistry()}
 	store := c.journal.open(t)
 	cellCfg := cellfsm.DefaultConfig()
 	var tr transport.Downlinks = dropAll{}
@@ -106,7 +108,7 @@ func (c *clusterRig) addNodeWith(specs []memtransport.DeviceSpec, crashable bool
 	e, err := actors.New(actors.Config{PassivateAfter: 10 * time.Minute, Cluster: &actors.ClusterConfig{
 		Etcd: []string{c.etcd.URL()}, Name: c.name, BindAddr: "127.0.0.1:0",
 	}}, actors.Deps{
-		Store: store, Clock: c.clk, Transport: tr,
+		Store: store, Clock: c.clk, Transport: tr, Metrics: n.reg,
 		CellStepped: func(id string, s cellfsm.State) {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -365,6 +367,23 @@ func (c *clusterRig) checkJournal(cells []string) {
 	}
 }
 
+// gauge reads the unlabelled counter or gauge name from reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
 // queuedFleet is 240 devices in 12 cells, all of poor coverage, so that
 // each cell upgrades one device at a time and the campaign goes in twenty
 // waves: the nodes come and go mid-campaign, and with twelve cells each
@@ -484,6 +503,16 @@ func TestClusterNodeLeavesAndJoins(t *testing.T) {
 	c.awaitMembers()
 	c.runUntil(func() bool { return c.task(late, "moves").Status.Final() }, 24*time.Hour)
 	c.check("moves", specs, trs)
+	// Grains that moved sent their first downlinks (Resume's) to every
+	// node, not knowing their device's route yet: the nodes without the
+	// session dropped them quietly.
+	dropped := 0.0
+	for _, n := range c.nodes {
+		dropped += gauge(t, n.reg, "otafleet_cluster_downlinks_no_session_total")
+	}
+	if dropped == 0 {
+		t.Error("no downlink went to a node without the session: no grain moved with a downlink to resend?")
+	}
 	if c.cellsMoved() == 0 {
 		t.Errorf("no cell moved between nodes: %v", c.cellNodes)
 	}
