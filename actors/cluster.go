@@ -102,7 +102,8 @@ type node struct {
 	c    *cluster.Cluster
 	prov *etcdProvider
 	rv   *cluster.Rendezvous
-	self string // this node's address (host:port), once joined
+	// self is this node's address (host:port), once joined (read with me).
+	self atomic.Pointer[string]
 
 	mu       sync.RWMutex
 	members  map[string]bool // addresses of the current members
@@ -260,13 +261,14 @@ func (n *node) join() (err error) {
 		}
 	}()
 	n.c.StartMember()
-	n.self = sys.Address()
+	self := sys.Address()
 	n.mu.Lock()
-	if n.members[n.self] {
+	n.self.Store(&self)
+	if n.members[self] {
 		n.seenSelf = true
 	}
 	n.mu.Unlock()
-	n.e.log.Info("joined the cluster", "cluster", n.cfg.Name, "node", n.self, "members", n.memberCount())
+	n.e.log.Info("joined the cluster", "cluster", n.cfg.Name, "node", self, "members", n.memberCount())
 	return nil
 }
 
@@ -308,7 +310,7 @@ func (n *node) update(t *cluster.ClusterTopology) {
 	n.rv.UpdateMembers(ms)
 	n.mu.Lock()
 	n.members = set
-	self := n.self
+	self := n.me()
 	lost := false
 	if self != "" {
 		if set[self] {
@@ -329,6 +331,14 @@ func (n *node) update(t *cluster.ClusterTopology) {
 	case n.changed <- struct{}{}:
 	default:
 	}
+}
+
+// me returns this node's address ("" before it joined).
+func (n *node) me() string {
+	if p := n.self.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 func (n *node) memberCount() int {
@@ -357,8 +367,9 @@ func (n *node) memberList() []string {
 // this one. Before the node knows any member, it owns everything.
 func (n *node) owner(a Address) (string, bool) {
 	o := n.rv.GetByClusterIdentity(&cluster.ClusterIdentity{Kind: clusterKind, Identity: a.String()})
-	if o == "" || o == n.self {
-		return n.self, true
+	self := n.me()
+	if o == "" || o == self {
+		return self, true
 	}
 	return o, false
 }
@@ -405,7 +416,7 @@ func (n *node) reconcile() {
 			n.e.log.Warn("cluster: listing active streams after a membership change", "kind", kindName(kind), "error", err)
 		}
 	}
-	n.e.log.Info("cluster membership changed", "node", n.self, "members", n.memberCount(), "passivated", moved, "activated", woke)
+	n.e.log.Info("cluster membership changed", "node", n.me(), "members", n.memberCount(), "passivated", moved, "activated", woke)
 }
 
 // tell sends an input to the actor a on node owner.
@@ -422,7 +433,7 @@ func (n *node) tell(owner string, a Address, msg proto.Message, ifLive bool, hop
 		n.e.log.Error("cluster: no wire form for a message; dropped", "actor", a.String(), "type", fmt.Sprintf("%T", msg))
 		return false
 	}
-	r.From = n.self
+	r.From = n.me()
 	n.trafficMu.Lock()
 	n.sentTo[owner]++
 	n.trafficMu.Unlock()
@@ -634,7 +645,7 @@ func (e *Engine) edgeLocal(m *messages.EdgeDownlink, quiet bool) {
 // just moved here) or gone, through every member's.
 func (e *Engine) downlink(route string, m *messages.EdgeDownlink) {
 	n := e.node
-	if n == nil || route == n.self {
+	if n == nil || route == n.me() {
 		e.edgeLocal(m, false)
 		return
 	}
@@ -644,7 +655,7 @@ func (e *Engine) downlink(route string, m *messages.EdgeDownlink) {
 	}
 	e.edgeLocal(m, true)
 	for _, addr := range n.memberList() {
-		if addr != n.self {
+		if addr != n.me() {
 			e.system.Root.Send(actor.NewPID(addr, edgeActor), m)
 		}
 	}

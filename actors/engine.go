@@ -310,7 +310,7 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 	if n := e.node; n != nil && in.GetRoute() == "" && in.GetDownloadServed() == nil {
 		// The session is here (a download server's note says nothing of
 		// where the session is): downlinks come back here.
-		in.Route = n.self
+		in.Route = n.me()
 	}
 	if !in.IsReport() {
 		if in.GetUplink().GetRegistrationUpdate() {
@@ -625,7 +625,7 @@ func (e *Engine) Cluster() (st ClusterStatus, ok bool) {
 	}
 	m := e.node.memberList()
 	slices.Sort(m)
-	return ClusterStatus{Self: e.node.self, Members: m}, true
+	return ClusterStatus{Self: e.node.me(), Members: m}, true
 }
 
 // NodeStatus is one member's figures in ClusterNodes.

@@ -80,7 +80,7 @@ func (e *Engine) ClusterAddr() string {
 	if e.node == nil {
 		return ""
 	}
-	return e.node.self
+	return e.node.me()
 }
 
 // ClusterTraffic returns the inputs the node sent to each peer and
