@@ -286,9 +286,11 @@ func (n *node) leave() {
 	}
 }
 
-// shutdown stops gossip and remote (after the engine's actors stopped).
+// shutdown stops gossip, remote and the actor system (after the engine's
+// actors stopped).
 func (n *node) shutdown() {
 	if n.c == nil {
+		n.e.system.Shutdown() // never joined
 		return
 	}
 	n.c.Gossip.Shutdown()

@@ -15,6 +15,7 @@ import (
 	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/persistence/memstore"
 )
 
 // TestFencedActorStops: two engines on one PostgreSQL database both run
@@ -100,4 +101,28 @@ type dropAll struct{}
 func (dropAll) Send(context.Context, *messages.Downlink) error { return memtransport.ErrUnknownDevice }
 func (dropAll) RevokeToken(context.Context, *messages.RevokeToken) error {
 	return memtransport.ErrUnknownDevice
+}
+
+// TestClusterConfigChecked: a cluster section is validated by New, and an
+// engine built with one but never started stops cleanly.
+func TestClusterConfigChecked(t *testing.T) {
+	deps := actors.Deps{Store: memstore.New(), Clock: clocktest.New(epoch), Transport: dropAll{}}
+	for _, bad := range []actors.ClusterConfig{
+		{Name: "x", BindAddr: "127.0.0.1:0"},
+		{Etcd: []string{"127.0.0.1:2379"}, BindAddr: "127.0.0.1:0"},
+		{Etcd: []string{"127.0.0.1:2379"}, Name: "x", BindAddr: "nohostport"},
+		{Etcd: []string{"127.0.0.1:2379"}, Name: "x", BindAddr: "127.0.0.1:0", AdvertiseAddr: "10.0.0.1:0"},
+	} {
+		if _, err := actors.New(actors.Config{Cluster: &bad}, deps); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+	e, err := actors.New(actors.Config{Cluster: &actors.ClusterConfig{Etcd: []string{"127.0.0.1:2379"}, Name: "x", BindAddr: "127.0.0.1:0"}}, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Stop()
+	if _, ok := e.Cluster(); !ok {
+		t.Error("Cluster() of a clustered engine: not ok")
+	}
 }
