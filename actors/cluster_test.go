@@ -88,11 +88,48 @@ func newClusterRig(t *testing.T) *clusterRig {
 // addNode starts a node; the devices of specs connect to it (none: a node
 // that only hosts grains).
 func (c *clusterRig) addNode(specs []memtransport.DeviceSpec) *clusterNode {
-	return c.addNodeWith(specs, false)
+	return c.addNodes(nodeSpec{devices: specs})[0]
 }
 
-// addNodeWith is addNode; crashable nodes can be crashed (crash).
-func (c *clusterRig) addNodeWith(specs []memtransport.DeviceSpec, crashable bool) *clusterNode {
+// nodeSpec is a node for addNodes: the devices that connect to it, and
+// whether it can be crashed (crash).
+type nodeSpec struct {
+	devices   []memtransport.DeviceSpec
+	crashable bool
+}
+
+// addNodes starts nodes at once (each join takes a second of protoactor's).
+func (c *clusterRig) addNodes(specs ...nodeSpec) []*clusterNode {
+	c.t.Helper()
+	nodes := make([]*clusterNode, len(specs))
+	for i, s := range specs {
+		nodes[i] = c.newNode(s.devices, s.crashable)
+	}
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Go(func() { errs[i] = n.e.Start(context.Background()) })
+	}
+	wg.Wait()
+	for i, n := range nodes {
+		if errs[i] != nil {
+			c.t.Fatal(errs[i])
+		}
+		n.addr = n.e.ClusterAddr()
+		c.mu.Lock()
+		c.nodes = append(c.nodes, n)
+		c.mu.Unlock()
+		if n.tr != nil {
+			if err := n.tr.ConnectAll(context.Background()); err != nil {
+				c.t.Fatal(err)
+			}
+		}
+	}
+	return nodes
+}
+
+// newNode builds a node's engine (not started).
+func (c *clusterRig) newNode(specs []memtransport.DeviceSpec, crashable bool) *clusterNode {
 	t := c.t
 	t.Helper()
 	n := &clusterNode{reg: prometheus.NewRegistry()}
@@ -151,19 +188,7 @@ func (c *clusterRig) addNodeWith(specs []memtransport.DeviceSpec, crashable bool
 	if up != nil {
 		up.Set(e)
 	}
-	if err := e.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	n.addr = e.ClusterAddr()
 	t.Cleanup(e.Stop)
-	c.mu.Lock()
-	c.nodes = append(c.nodes, n)
-	c.mu.Unlock()
-	if n.tr != nil {
-		if err := n.tr.ConnectAll(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-	}
 	return n
 }
 
@@ -430,8 +455,8 @@ func (c *clusterRig) cellsMoved() int {
 func TestClusterCampaign(t *testing.T) {
 	c := newClusterRig(t)
 	specs := fleet(240, 8, messages.Protocol_PROTOCOL_LWM2M_FOTA)
-	a, b := c.addNode(specs[:120]), c.addNode(specs[120:])
-	c.addNode(nil)
+	ns := c.addNodes(nodeSpec{devices: specs[:120]}, nodeSpec{devices: specs[120:]}, nodeSpec{})
+	a, b := ns[0], ns[1]
 	c.awaitMembers()
 	c.settle()
 	trs := map[string]*memtransport.Transport{}
@@ -478,8 +503,8 @@ func TestClusterCampaign(t *testing.T) {
 func TestClusterNodeLeavesAndJoins(t *testing.T) {
 	c := newClusterRig(t)
 	specs := queuedFleet()
-	a, b := c.addNode(specs[:120]), c.addNode(specs[120:])
-	gone := c.addNode(nil)
+	ns := c.addNodes(nodeSpec{devices: specs[:120]}, nodeSpec{devices: specs[120:]}, nodeSpec{})
+	a, b, gone := ns[0], ns[1], ns[2]
 	c.awaitMembers()
 	c.settle()
 	trs := map[string]*memtransport.Transport{}
@@ -533,8 +558,8 @@ func TestClusterNodeLeavesAndJoins(t *testing.T) {
 func TestClusterNodeCrashes(t *testing.T) {
 	c := newClusterRig(t)
 	specs := queuedFleet()
-	a, b := c.addNode(specs[:120]), c.addNode(specs[120:])
-	dies := c.addNodeWith(nil, true)
+	ns := c.addNodes(nodeSpec{devices: specs[:120]}, nodeSpec{devices: specs[120:]}, nodeSpec{crashable: true})
+	a, b, dies := ns[0], ns[1], ns[2]
 	c.awaitMembers()
 	c.settle()
 	trs := map[string]*memtransport.Transport{}
@@ -592,8 +617,8 @@ func TestClusterJoinFailsWithoutEtcd(t *testing.T) {
 func TestClusterNodeLost(t *testing.T) {
 	c := newClusterRig(t)
 	specs := fleet(24, 2, messages.Protocol_PROTOCOL_LWM2M_FOTA)
-	a := c.addNode(specs)
-	lost := c.addNode(nil)
+	ns := c.addNodes(nodeSpec{devices: specs}, nodeSpec{})
+	a, lost := ns[0], ns[1]
 	c.awaitMembers()
 	c.settle()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.etcd.URL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
