@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 )
@@ -269,6 +270,8 @@ func (n *node) join() (err error) {
 	}
 	n.mu.Unlock()
 	n.e.log.Info("joined the cluster", "cluster", n.cfg.Name, "node", self, "members", n.memberCount())
+	// The etcd provider's key of this member (etcd.Provider.getEtcdKey).
+	n.guard("/otafleet/" + n.cfg.Name + "/" + n.cfg.Name + "@" + sys.ID)
 	return nil
 }
 
@@ -323,10 +326,7 @@ func (n *node) update(t *cluster.ClusterTopology) {
 	}
 	n.mu.Unlock()
 	if lost {
-		n.lostOnce.Do(func() {
-			n.e.log.Error("this node is no longer a member of its cluster (its etcd lease expired?): it stops taking work", "node", self, "members", len(set))
-			close(n.lost)
-		})
+		n.markLost("its own member list no longer has it (its etcd lease expired)")
 	}
 	n.bump(func() { n.gen++; n.topo.Store(n.gen) })
 	select {
@@ -342,6 +342,74 @@ func (n *node) me() string {
 	}
 	return ""
 }
+
+// markLost closes lost (once): the node is out of its cluster.
+func (n *node) markLost(why string) {
+	n.mu.RLock()
+	leaving := n.leaving
+	n.mu.RUnlock()
+	if leaving {
+		return
+	}
+	n.lostOnce.Do(func() {
+		n.e.log.Error("this node is no longer a member of its cluster: it stops taking work", "node", n.me(), "why", why)
+		n.e.dir.closed.Store(true) // refuse work now; watch stops the actors
+		close(n.lost)
+	})
+}
+
+// guard checks every guardEvery (real time) that this node's etcd key is
+// the one it registered: gone, or created anew (its lease expired while
+// the node could not reach etcd, and the provider registered it again),
+// the node is out of the cluster. The other members block a node that
+// left (protoactor's BlockList), so a node that comes back from a
+// partition under its old identity is never a member again: it must stop,
+// and restart to rejoin. While etcd does not answer nothing is known, and
+// the node goes on.
+func (n *node) guard(key string) {
+	cli, err := clientv3.New(n.prov.cfg)
+	if err != nil {
+		n.e.log.Warn("cluster: the membership guard has no etcd client", "error", err)
+		return
+	}
+	n.watching.Add(1)
+	go func() {
+		defer n.watching.Done()
+		defer cli.Close()
+		real := clock.Real()
+		var created int64
+		for {
+			t := real.NewTimer(guardEvery)
+			select {
+			case <-t.C():
+			case <-n.e.stopped:
+				t.Stop()
+				return
+			case <-n.lost:
+				t.Stop()
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), guardEvery)
+			resp, err := cli.Get(ctx, key)
+			cancel()
+			switch {
+			case err != nil:
+				continue // etcd does not answer: nothing is known
+			case len(resp.Kvs) == 0:
+				if created != 0 {
+					n.markLost("its etcd key is gone")
+				}
+			case created == 0:
+				created = resp.Kvs[0].CreateRevision
+			case resp.Kvs[0].CreateRevision != created:
+				n.markLost("its etcd key was created anew: its lease had expired")
+			}
+		}
+	}()
+}
+
+// guardEvery is how often guard reads the node's etcd key (real time).
+const guardEvery = time.Second
 
 func (n *node) memberCount() int {
 	n.mu.RLock()

@@ -668,3 +668,40 @@ func TestClusterNodeLost(t *testing.T) {
 	}
 	c.check("after", specs, trs)
 }
+
+// TestClusterNodePartitioned: a node cut off from etcd (but not from the
+// others) goes on running its actors while the others, once its lease
+// expired, own them too (the store fences the second writer of each
+// stream). When it reaches etcd again its provider registers it anew; the
+// others have blocked it for good, so it must not carry on: it finds its
+// key created anew, closes Lost and refuses work.
+func TestClusterNodePartitioned(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(24, 2, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	ns := c.addNodes(nodeSpec{devices: specs}, nodeSpec{crashable: true})
+	cut := ns[1]
+	c.awaitMembers()
+	c.settle()
+	heal := cut.e.Partition()
+	c.mu.Lock()
+	cut.stopped = true // for the others' membership
+	c.mu.Unlock()
+	c.awaitMembers()
+	select {
+	case <-cut.e.Lost():
+		t.Fatal("the node saw itself lost while etcd was out of its reach")
+	default:
+	}
+	heal()
+	limit := clock.Real().NewTimer(60 * time.Second)
+	defer limit.Stop()
+	select {
+	case <-cut.e.Lost():
+	case <-limit.C():
+		t.Fatal("the node did not find itself out of the cluster within 60 s of reaching etcd again")
+	}
+	err := cut.e.Deliver(context.Background(), specs[0].ID, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{}}})
+	if !errors.Is(err, actors.ErrClosed) {
+		t.Errorf("Deliver on a lost node = %v, want ErrClosed", err)
+	}
+}

@@ -132,6 +132,13 @@ func (s *severable) dial(ctx context.Context, addr string) (net.Conn, error) {
 	return c, err
 }
 
+// heal lets the node dial etcd again.
+func (s *severable) heal() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dead = false
+}
+
 func (s *severable) sever() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -153,4 +160,12 @@ func (e *Engine) Crash() {
 		e.system.Shutdown()
 		e.node.c.Remote.Shutdown(false)
 	})
+}
+
+// Partition cuts a Crashable node off from etcd (and only from etcd) until
+// the returned heal is called.
+func (e *Engine) Partition() (heal func()) {
+	c, _ := crashers.Load(e)
+	c.(*severable).sever()
+	return c.(*severable).heal
 }
