@@ -13,13 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/internal/etcdtest"
-	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence/pgstore"
 )
@@ -42,7 +40,7 @@ func BenchmarkClusterReports(b *testing.B) {
 	}{{"single", 0}, {"nodes=1", 1}, {"nodes=3", 3}} {
 		b.Run(v.name, func(b *testing.B) {
 			clk := clocktest.New(epoch)
-			dsn := benchPGDatabase(b)
+			dsn := migratedDatabase(b)
 			var name string
 			var url string
 			if v.nodes > 0 {
@@ -95,22 +93,6 @@ func BenchmarkClusterReports(b *testing.B) {
 	}
 }
 
-// benchPGDatabase creates a fresh, migrated database on the package's
-// PostgreSQL server and returns its DSN.
-func benchPGDatabase(b *testing.B) string {
-	b.Helper()
-	return pgtest.Shared(b).NewDatabaseFrom(b, "migrated", func(dsn string) error {
-		ctx := context.Background()
-		pool, err := pgxpool.New(ctx, dsn)
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		_, err = pgstore.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
-		return err
-	})
-}
-
 // benchAwaitMembers waits (real time, bounded) until each clustered
 // engine sees all of them.
 func benchAwaitMembers(b *testing.B, engines []*actors.Engine) {
@@ -143,4 +125,59 @@ func processCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkClusterCampaign prices the cluster at the level of a whole
+// upgrade: one FOTA task over 480 scripted devices in 16 cells, on an
+// engine alone (single) and on three nodes in this process (nodes=3,
+// devices connected a third to each node, grains wherever the hash puts
+// them), both on one PostgreSQL server. It reports the process's CPU per
+// upgrade (the engines', the scripted devices' and the test harness's;
+// PostgreSQL's and etcd's are other processes) and the ratio is the price
+// of the cross-node messages. Each iteration is a whole campaign:
+//
+//	go test ./actors -run '^$' -bench ClusterCampaign -benchtime 1x -count 3
+func BenchmarkClusterCampaign(b *testing.B) {
+	for _, v := range []struct {
+		name  string
+		nodes int
+		alone bool
+	}{{"single", 1, true}, {"nodes=3", 3, false}} {
+		b.Run(v.name, func(b *testing.B) {
+			var cpu time.Duration
+			upgrades := 0
+			for range b.N {
+				b.StopTimer()
+				c := newClusterRig(b)
+				c.alone = v.alone
+				specs := fleet(480, 16, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+				trs := map[string]*memtransport.Transport{}
+				var nsp []nodeSpec
+				per := len(specs) / v.nodes
+				for i := range v.nodes {
+					nsp = append(nsp, nodeSpec{devices: specs[i*per : (i+1)*per]})
+				}
+				ns := c.addNodes(nsp...)
+				for i, n := range ns {
+					for _, s := range specs[i*per : (i+1)*per] {
+						trs[s.ID] = n.tr
+					}
+				}
+				c.awaitMembers()
+				c.settle()
+				cpu0 := processCPU(b)
+				b.StartTimer()
+				if err := ns[0].e.CreateTask(context.Background(), createTask("bench", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+					b.Fatal(err)
+				}
+				c.runUntil(func() bool { return c.task(ns[0], "bench").Status.Final() }, 24*time.Hour)
+				b.StopTimer()
+				cpu += processCPU(b) - cpu0
+				upgrades += len(specs)
+				c.check("bench", specs, trs)
+			}
+			b.ReportMetric(float64(cpu.Microseconds())/float64(upgrades), "cpu-µs/upgrade")
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(upgrades), "µs/upgrade")
+		})
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"slices"
@@ -26,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -42,6 +44,7 @@ import (
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/persistence/pgstore"
 	"github.com/otafleet/otafleet/transport"
 )
 
@@ -52,10 +55,12 @@ import (
 // sessions live in that node's in-memory transport); grains live where the
 // rendezvous hash puts them.
 type clusterRig struct {
-	t       *testing.T
-	clk     *clocktest.Clock
-	journal journal
-	etcd    *etcdtest.Server
+	t   testing.TB
+	clk *clocktest.Clock
+	dsn string // the nodes' database
+	// alone: the nodes are engines without a cluster (benchmarks compare).
+	alone bool
+	etcd  *etcdtest.Server
 	name    string
 	notify  chan struct{}
 
@@ -75,14 +80,41 @@ type clusterNode struct {
 	stopped bool
 }
 
-func newClusterRig(t *testing.T) *clusterRig {
+func newClusterRig(t testing.TB) *clusterRig {
 	t.Helper()
 	srv := etcdtest.Shared(t)
 	return &clusterRig{
-		t: t, clk: clocktest.New(epoch), journal: newPGJournal(t, pgtest.Shared(t), false),
+		t: t, clk: clocktest.New(epoch), dsn: migratedDatabase(t),
 		etcd: srv, name: srv.NewCluster("actors"), notify: make(chan struct{}, 1),
 		peak: map[string]uint32{}, activated: map[string]map[persistence.Kind]int{}, cellNodes: map[string]map[string]bool{},
 	}
+}
+
+// openStore opens a store on the nodes' database, closed at the end.
+func (c *clusterRig) openStore() persistence.EventStore {
+	c.t.Helper()
+	st, err := pgstore.Open(context.Background(), c.dsn, pgstore.Options{SealKey: pgSealKey, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+// migratedDatabase creates a fresh database of the current schema on the
+// package's PostgreSQL server and returns its DSN.
+func migratedDatabase(t testing.TB) string {
+	t.Helper()
+	return pgtest.Shared(t).NewDatabaseFrom(t, "migrated", func(dsn string) error {
+		ctx := context.Background()
+		pool, err := pgxpool.New(ctx, dsn)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		_, err = pgstore.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+		return err
+	})
 }
 
 // addNode starts a node; the devices of specs connect to it (none: a node
@@ -133,7 +165,7 @@ func (c *clusterRig) newNode(specs []memtransport.DeviceSpec, crashable bool) *c
 	t := c.t
 	t.Helper()
 	n := &clusterNode{reg: prometheus.NewRegistry()}
-	store := c.journal.open(t)
+	store := c.openStore()
 	cellCfg := cellfsm.DefaultConfig()
 	var tr transport.Downlinks = dropAll{}
 	var up *transport.LateUplinks
@@ -142,9 +174,13 @@ func (c *clusterRig) newNode(specs []memtransport.DeviceSpec, crashable bool) *c
 		tr = n.tr
 	}
 	var self func() string
-	e, err := actors.New(actors.Config{PassivateAfter: 10 * time.Minute, Cluster: &actors.ClusterConfig{
+	cfg := actors.Config{PassivateAfter: 10 * time.Minute, Cluster: &actors.ClusterConfig{
 		Etcd: []string{c.etcd.URL()}, Name: c.name, BindAddr: "127.0.0.1:0",
-	}}, actors.Deps{
+	}}
+	if c.alone {
+		cfg.Cluster = nil
+	}
+	e, err := actors.New(cfg, actors.Deps{
 		Store: store, Clock: c.clk, Transport: tr, Metrics: n.reg,
 		CellStepped: func(id string, s cellfsm.State) {
 			c.mu.Lock()
@@ -225,6 +261,9 @@ func (c *clusterRig) crash(n *clusterNode) {
 // live nodes as the members and has reconciled the change.
 func (c *clusterRig) awaitMembers() {
 	c.t.Helper()
+	if c.alone {
+		return
+	}
 	live := c.live()
 	limit := clock.Real().NewTimer(20 * time.Second)
 	defer limit.Stop()
@@ -253,6 +292,9 @@ func (c *clusterRig) settle() {
 		live := c.live()
 		for _, n := range live {
 			n.e.Settle()
+		}
+		if c.alone {
+			return
 		}
 		before := c.traffic(live)
 		if before.balanced {
@@ -362,7 +404,7 @@ func (c *clusterRig) checkJournal(cells []string) {
 	t := c.t
 	t.Helper()
 	cfg := cellfsm.DefaultConfig()
-	store := c.journal.open(t)
+	store := c.openStore()
 	most := uint32(0)
 	for _, id := range cells {
 		s := cellfsm.New(id)
