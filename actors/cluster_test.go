@@ -59,10 +59,10 @@ type clusterRig struct {
 	clk *clocktest.Clock
 	dsn string // the nodes' database
 	// alone: the nodes are engines without a cluster (benchmarks compare).
-	alone bool
-	etcd  *etcdtest.Server
-	name    string
-	notify  chan struct{}
+	alone  bool
+	etcd   *etcdtest.Server
+	name   string
+	notify chan struct{}
 
 	mu         sync.Mutex
 	nodes      []*clusterNode
