@@ -302,15 +302,24 @@ func (d *directory) isLive(a Address) bool {
 func (d *directory) requeue(a Address, pid *actor.PID, msg any) {
 	s := d.shard(a)
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	d.inflight.Add(1)
 	e := s.live[a]
-	if e != nil && e.stopping && e.pid.Equal(pid) {
-		d.inflight.Add(1)
+	switch {
+	case e == nil:
+		// Not expected (the actor is stopping, so its entry is there);
+		// should it happen, the successor starts here.
+		e = &entry{pid: d.root.Spawn(d.spawn(a))}
+		s.live[a] = e
+	case e.stopping:
 		e.pending = append(e.pending, msg)
-		s.mu.Unlock()
 		return
 	}
-	s.mu.Unlock()
-	d.send(a, msg)
+	if fr, ok := msg.(forwardRequest); ok {
+		d.root.RequestWithCustomSender(e.pid, fr.msg, fr.reply)
+		return
+	}
+	d.root.Send(e.pid, msg)
 }
 
 // stopAll refuses new deliveries, then stops every live actor and waits for each.

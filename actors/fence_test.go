@@ -2,6 +2,7 @@ package actors_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/otafleet/otafleet/actors"
+	"github.com/otafleet/otafleet/actors/task/taskfsm"
 	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/internal/clock/clocktest"
 	"github.com/otafleet/otafleet/internal/pgtest"
@@ -124,5 +126,51 @@ func TestClusterConfigChecked(t *testing.T) {
 	e.Stop()
 	if _, ok := e.Cluster(); !ok {
 		t.Error("Cluster() of a clustered engine: not ok")
+	}
+}
+
+// TestFencedCommandIsAnswered: a task command whose append another
+// activation fenced is answered by the fenced actor's successor, not lost.
+func TestFencedCommandIsAnswered(t *testing.T) {
+	clk := clocktest.New(epoch)
+	j := newPGJournal(t, pgtest.Shared(t), false)
+	regA := prometheus.NewRegistry()
+	engine := func(reg *prometheus.Registry) *actors.Engine {
+		e, err := actors.New(actors.Config{PassivateAfter: time.Hour}, actors.Deps{
+			Store: j.open(t), Clock: clk, Transport: dropAll{}, Metrics: reg,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.Stop)
+		return e
+	}
+	a, b := engine(regA), engine(prometheus.NewRegistry())
+	ctx := context.Background()
+	policy := &messages.Policy{ScheduleTimeUnixNano: messages.UnixNano(epoch.Add(time.Hour))} // nothing starts yet
+	if err := a.CreateTask(ctx, createTask("t1", messages.Protocol_PROTOCOL_MQTT, []string{"d1", "d2"}, policy)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.StopTask(ctx, "t1"); err != nil { // b's actor recovers t1 and writes after a's
+		t.Fatal(err)
+	}
+	// a's actor still has t1 running: its step journals, the append
+	// conflicts, and its successor (which sees the stop) answers.
+	err := a.StopTask(ctx, "t1")
+	if err != nil && !errors.Is(err, taskfsm.ErrInvalidTransition) {
+		t.Fatalf("StopTask on the fenced engine: %v", err)
+	}
+	if got := counterValue(t, regA, "otafleet_actors_fenced_total", "task"); got != 1 {
+		t.Errorf("fenced tasks on a: %v, want 1", got)
+	}
+	v, err := a.Task(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.Status.Final() && v.Status != messages.TaskStatus_TASK_STATUS_STOPPING {
+		t.Errorf("a reads t1 as %v after two stops", v.Status)
 	}
 }
