@@ -490,22 +490,22 @@ func (c *clusterRig) cellsMoved() int {
 }
 
 // TestClusterCampaign: three nodes; devices connect to two of them; one
-// FOTA task upgrades them all with grains spread over the three (uplinks
+// FOTA task upgrades 120 with grains spread over the three (uplinks
 // enter on one node, the device grains live on any, downlinks go back to
 // the session's node). Every device executes once, the cell budgets hold,
 // and every node ran device grains.
 func TestClusterCampaign(t *testing.T) {
 	c := newClusterRig(t)
-	specs := fleet(240, 8, messages.Protocol_PROTOCOL_LWM2M_FOTA)
-	ns := c.addNodes(nodeSpec{devices: specs[:120]}, nodeSpec{devices: specs[120:]}, nodeSpec{})
+	specs := fleet(120, 6, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	ns := c.addNodes(nodeSpec{devices: specs[:60]}, nodeSpec{devices: specs[60:]}, nodeSpec{})
 	a, b := ns[0], ns[1]
 	c.awaitMembers()
 	c.settle()
 	trs := map[string]*memtransport.Transport{}
-	for _, s := range specs[:120] {
+	for _, s := range specs[:60] {
 		trs[s.ID] = a.tr
 	}
-	for _, s := range specs[120:] {
+	for _, s := range specs[60:] {
 		trs[s.ID] = b.tr
 	}
 	if err := b.e.CreateTask(context.Background(), createTask("cluster", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
