@@ -119,6 +119,8 @@ type Engine struct {
 	metrics *metrics
 	// taskModels are the live tasks' read models, which task queries read.
 	taskModels *taskModels
+	// cellModels are the busy cells' published views, which TaskCells reads.
+	cellModels *cellModels
 	// jobs are the devices' active jobs, which task device pages read.
 	jobs *jobTable
 	// stopped is closed by Stop: reports waiting for an answer give up.
@@ -150,7 +152,7 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	}
 	quiet := slog.New(slog.DiscardHandler)
 	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quiet }))
-	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, taskModels: newTaskModels(), jobs: newJobTable(), stopped: make(chan struct{})}
+	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, taskModels: newTaskModels(), cellModels: newCellModels(), jobs: newJobTable(), stopped: make(chan struct{})}
 	e.dispatch = newPoolDispatcher(dispatchWorkers, dispatchThroughput, e.stopped)
 	e.dir = newDirectory(system.Root, e.props)
 	if cfg.Cluster != nil {

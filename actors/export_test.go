@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
 	"github.com/otafleet/otafleet/messages"
@@ -74,6 +75,10 @@ func JobStageOf(s devicefsm.State) (JobStage, bool) { return jobStageOf(&s) }
 
 // JobCount is the number of entries in the engine's job table.
 func (e *Engine) JobCount() int { return e.jobs.len() }
+
+// CellViewOf is the view a cell's actor publishes of s: tests compare it,
+// built from the state the actor answers, with the published one.
+func CellViewOf(s cellfsm.State, budget uint32) *CellView { return cellViewOf(s, budget) }
 
 // ClusterAddr is the engine's cluster address ("" on a single node).
 func (e *Engine) ClusterAddr() string {

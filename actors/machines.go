@@ -191,6 +191,7 @@ func (m *cellMachine) commit(next any) {
 	m.e.metrics.setUsed(s.Cell, s.Used())
 	m.e.metrics.waiting.Add(float64(s.Waiting() - m.s.Waiting()))
 	m.s = s
+	m.e.cellModels.publish(s, m.e.cfg.Cell.Budget)
 	m.e.metrics.raisePeak(s.Used())
 	if err := s.Check(m.e.cfg.Cell); err != nil {
 		m.e.metrics.violations.Inc()
@@ -362,11 +363,13 @@ func (m *taskMachine) deactivated() {
 }
 
 func (m *cellMachine) activated() {
+	m.e.cellModels.publish(m.s, m.e.cfg.Cell.Budget)
 	m.e.metrics.setUsed(m.s.Cell, m.s.Used())
 	m.e.metrics.waiting.Add(float64(m.s.Waiting()))
 }
 
 func (m *cellMachine) deactivated() {
+	m.e.cellModels.drop(m.s.Cell)
 	m.e.metrics.setUsed(m.s.Cell, 0)
 	m.e.metrics.waiting.Sub(float64(m.s.Waiting()))
 }

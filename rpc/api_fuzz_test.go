@@ -67,7 +67,7 @@ func FuzzAPI(f *testing.F) {
 	must(err)
 	must(st.PutPackage(ctx, persistence.Package{ID: "k", ProductID: "p", Type: persistence.PackageFirmware, Version: "2.0", FileName: "f", Size: size, SHA256: sum}))
 	s := newServer(Deps{Registry: st, Engine: eng, Store: st, Token: "t", Clock: clk})
-	ps, ds, gs, ks, ts := &productServer{server: s}, &deviceServer{server: s}, &groupServer{server: s}, &packageServer{server: s}, &taskServer{server: s}
+	ps, ds, gs, ks, ts := &productServer{server: s}, &deviceServer{server: s}, &groupServer{server: s}, &packageServer{server: s, chunks: newChunkUploads()}, &taskServer{server: s}
 	calls := []fuzzCall{
 		unary("CreateProduct", ps.CreateProduct), unary("GetProduct", ps.GetProduct),
 		unary("ListProducts", ps.ListProducts), unary("DeleteProduct", ps.DeleteProduct),
@@ -79,7 +79,9 @@ func FuzzAPI(f *testing.F) {
 		unary("ListPackages", ks.ListPackages), unary("DeletePackage", ks.DeletePackage),
 		unary("CreateTask", ts.CreateTask), unary("GetTask", ts.GetTask), unary("ListTasks", ts.ListTasks),
 		unary("StopTask", ts.StopTask), unary("RetryTask", ts.RetryTask), unary("ListTaskDevices", ts.ListTaskDevices),
+		unary("UploadPackageChunk", ks.UploadPackageChunk), unary("ListTaskCells", ts.ListTaskCells),
 	}
+	f.Cleanup(ks.closeUploads)
 	index := map[string]byte{}
 	for i, c := range calls {
 		index[c.name] = byte(i)
@@ -115,6 +117,13 @@ func FuzzAPI(f *testing.F) {
 		chunk("DeleteProduct", &v1.DeleteProductRequest{ProductId: "p"}),
 		chunk("StopTask", &v1.StopTaskRequest{TaskId: "../t"}),
 		chunk("RetryTask", &v1.RetryTaskRequest{TaskId: "t", DeviceIds: []string{""}}),
+	))
+	f.Add(seq(
+		chunk("UploadPackageChunk", &v1.UploadPackageChunkRequest{
+			Metadata:  &v1.UploadPackageMetadata{ProductId: "p", PackageType: v1.PackageType_PACKAGE_TYPE_FIRMWARE, Version: "3.0", FileName: "g"},
+			TotalSize: 1, Data: []byte("x"), Sha256: "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"}),
+		chunk("UploadPackageChunk", &v1.UploadPackageChunkRequest{UploadId: "u", Offset: 5, Data: []byte("y")}),
+		chunk("ListTaskCells", &v1.ListTaskCellsRequest{TaskId: "t", PageToken: "cell"}),
 	))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for len(b) >= 3 {

@@ -22,21 +22,28 @@ var (
 // request with 401 and a WWW-Authenticate header. What needs no token
 // (health, metrics) is routed around it by the caller.
 func RequireToken(token string, next http.Handler) http.Handler {
-	want := sha256.Sum256([]byte(token))
-	errw := connect.NewErrorWriter()
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		err := checkToken(want, r.Header)
-		if err == nil {
-			next.ServeHTTP(w, r)
-			return
-		}
-		w.Header().Set("WWW-Authenticate", `Bearer realm="otafleet"`)
-		if errw.IsSupported(r) {
-			_ = errw.Write(w, r, connect.NewError(connect.CodeUnauthenticated, err))
-			return
-		}
-		http.Error(w, err.Error(), http.StatusUnauthorized)
-	})
+	return &tokenCheck{want: sha256.Sum256([]byte(token)), next: next, errw: connect.NewErrorWriter()}
+}
+
+// tokenCheck is RequireToken's handler; want is the token's SHA-256.
+type tokenCheck struct {
+	want [sha256.Size]byte
+	next http.Handler
+	errw *connect.ErrorWriter
+}
+
+func (c *tokenCheck) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	err := checkToken(c.want, r.Header)
+	if err == nil {
+		c.next.ServeHTTP(w, r)
+		return
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="otafleet"`)
+	if c.errw.IsSupported(r) {
+		_ = c.errw.Write(w, r, connect.NewError(connect.CodeUnauthenticated, err))
+		return
+	}
+	http.Error(w, err.Error(), http.StatusUnauthorized)
 }
 
 // checkToken returns nil when h carries the token whose SHA-256 is want.

@@ -14,10 +14,17 @@
 // expansion) and checks the rest with taskfsm.Config's validation against
 // the engine's configuration before it creates the task.
 //
+// ListTaskCells (taskcells.go) reads the cell views the engine's cell actors
+// publish; UploadPackageChunk (chunkupload.go) feeds a package's blob across
+// unary calls through the same blobPipe as the UploadPackage stream.
+//
 // NewHandler returns an http.Handler that mounts every service at
 // /otafleet.v1.<Service>/<Method>. Each call must carry
 // "Authorization: Bearer <token>"; without it, or with another token, it fails
-// with unauthenticated. Request bodies are bounded (see MaxRequestBytes).
+// with unauthenticated. With Deps.Console (console.go) a call may instead
+// carry the web console's session cookie with the session's CSRF token in
+// X-CSRF-Token; ConsoleAuth.Mount serves the login, logout and session
+// endpoints under /ui/. Request bodies are bounded (see MaxRequestBytes).
 //
 // Errors map to Connect codes in one place (errors.go): validation failures
 // are invalid_argument naming the offending field (devices[3].device_id: ...;

@@ -35,6 +35,7 @@ const (
 // layer's job.
 type packageServer struct {
 	*server
+	chunks *chunkUploads // UploadPackageChunk's uploads in progress
 }
 
 var _ otafleetv1connect.PackageServiceHandler = (*packageServer)(nil)
@@ -287,6 +288,55 @@ type blobResult struct {
 	err  error
 }
 
+// blobPipe writes one blob from chunks handed to it one at a time: the
+// registry's WriteBlob runs in its own goroutine reading a pipe, so at most
+// one chunk is held here at a time, and the blob is all or nothing as
+// WriteBlob makes it. UploadPackage feeds one from a stream, and
+// UploadPackageChunk from a series of calls.
+type blobPipe struct {
+	pw   *io.PipeWriter
+	done chan blobResult
+	res  *blobResult // once finished
+}
+
+// startBlob starts writing blob id, at most limit bytes; ctx bounds the
+// write (when it ends, WriteBlob fails and leaves nothing).
+func (s *packageServer) startBlob(ctx context.Context, id string, limit int64) *blobPipe {
+	pr, pw := io.Pipe()
+	b := &blobPipe{pw: pw, done: make(chan blobResult, 1)}
+	go func() {
+		var r blobResult
+		r.size, r.sum, r.err = s.reg.WriteBlob(ctx, id, pr, limit)
+		pr.CloseWithError(errBlobDone) // unblock a pending write
+		b.done <- r
+	}()
+	return b
+}
+
+// write hands p to WriteBlob; an error means WriteBlob has returned, and
+// finish says why.
+func (b *blobPipe) write(p []byte) error {
+	_, err := b.pw.Write(p)
+	return err
+}
+
+// finish ends the blob: at its end when cause is nil (WriteBlob then
+// stores it), or failing with cause (WriteBlob leaves nothing); it waits
+// for WriteBlob's result. A second call returns the same result.
+func (b *blobPipe) finish(cause error) blobResult {
+	if b.res != nil {
+		return *b.res
+	}
+	if cause != nil {
+		b.pw.CloseWithError(cause)
+	} else {
+		b.pw.Close()
+	}
+	r := <-b.done
+	b.res = &r
+	return r
+}
+
 func (s *packageServer) UploadPackage(ctx context.Context, stream *connect.ClientStream[v1.UploadPackageRequest]) (*connect.Response[v1.UploadPackageResponse], error) {
 	const op = "UploadPackage"
 	if !stream.Receive() {
@@ -328,17 +378,7 @@ func (s *packageServer) UploadPackage(ctx context.Context, stream *connect.Clien
 		return nil, err
 	}
 
-	// Stream the chunks into the blob through a pipe: at most one chunk is
-	// held here at a time.
-	pr, pw := io.Pipe()
-	done := make(chan blobResult, 1)
-	go func() {
-		var r blobResult
-		r.size, r.sum, r.err = s.reg.WriteBlob(ctx, p.ID, pr, limit)
-		pr.CloseWithError(errBlobDone) // unblock a pending Write
-		done <- r
-	}()
-	var total int64
+	bp := s.startBlob(ctx, p.ID, limit)
 	var streamErr error
 	for msgs := 1; stream.Receive(); msgs++ {
 		chunk, ok := stream.Msg().GetPart().(*v1.UploadPackageRequest_Chunk)
@@ -350,20 +390,14 @@ func (s *packageServer) UploadPackage(ctx context.Context, stream *connect.Clien
 			streamErr = invalid("chunk", "%d bytes in one message, at most %d", n, MaxChunkBytes)
 			break
 		}
-		total += int64(len(chunk.Chunk))
-		if _, err := pw.Write(chunk.Chunk); err != nil {
+		if err := bp.write(chunk.Chunk); err != nil {
 			break // WriteBlob has returned; its result says why
 		}
 	}
 	if streamErr == nil {
 		streamErr = stream.Err()
 	}
-	if streamErr != nil {
-		pw.CloseWithError(streamErr)
-	} else {
-		pw.Close()
-	}
-	res := <-done
+	res := bp.finish(streamErr)
 
 	fail := func(err error) (*connect.Response[v1.UploadPackageResponse], error) {
 		s.dropBlob(op, p.ID)

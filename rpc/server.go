@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -49,6 +50,15 @@ type Deps struct {
 	// Clock stamps creation times and paces WatchTask; nil means
 	// clock.Real().
 	Clock clock.Clock
+	// Console, when set, lets API calls authenticate with a console
+	// session (cookie and CSRF header) as well as the bearer token; its
+	// token must be Token.
+	Console *ConsoleAuth
+	// Done, when set, is closed when the server shuts down: the chunked
+	// uploads in progress (UploadPackageChunk) are then abandoned and their
+	// bytes deleted, so that none keeps a blob write open in the store,
+	// and later ones are refused (unavailable).
+	Done <-chan struct{}
 	// Store is the actors' journal, read by GetDeviceTimeline (and for task
 	// creation times). It may be nil: GetDeviceTimeline then answers
 	// unavailable.
@@ -67,13 +77,17 @@ type server struct {
 // NewHandler returns the API handler: the Connect (and gRPC, gRPC-Web)
 // handlers of ProductService, DeviceService, GroupService, PackageService
 // and, when Deps.Engine is set, TaskService on one mux, with gRPC server
-// reflection, all behind the bearer-token check of RequireToken.
+// reflection, all behind the bearer-token check of RequireToken (or, with
+// Deps.Console, ConsoleAuth.Require).
 func NewHandler(d Deps) (http.Handler, error) {
 	if d.Registry == nil {
 		return nil, errors.New("rpc: Deps.Registry is nil")
 	}
 	if d.Token == "" {
 		return nil, errors.New("rpc: Deps.Token is empty")
+	}
+	if d.Console != nil && d.Console.token != sha256.Sum256([]byte(d.Token)) {
+		return nil, errors.New("rpc: Deps.Console checks another token than Deps.Token")
 	}
 	s := newServer(d)
 	opts := []connect.HandlerOption{
@@ -88,7 +102,14 @@ func NewHandler(d Deps) (http.Handler, error) {
 	mux.Handle(otafleetv1connect.NewProductServiceHandler(&productServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewDeviceServiceHandler(&deviceServer{server: s}, opts...))
 	mux.Handle(otafleetv1connect.NewGroupServiceHandler(&groupServer{server: s}, opts...))
-	mux.Handle(otafleetv1connect.NewPackageServiceHandler(&packageServer{server: s}, opts...))
+	ps := &packageServer{server: s, chunks: newChunkUploads()}
+	if d.Done != nil {
+		go func() {
+			<-d.Done
+			ps.closeUploads()
+		}()
+	}
+	mux.Handle(otafleetv1connect.NewPackageServiceHandler(ps, opts...))
 	services := []string{
 		otafleetv1connect.ProductServiceName, otafleetv1connect.DeviceServiceName,
 		otafleetv1connect.GroupServiceName, otafleetv1connect.PackageServiceName,
@@ -103,6 +124,9 @@ func NewHandler(d Deps) (http.Handler, error) {
 	ropts := []connect.HandlerOption{connect.WithReadMaxBytes(64 << 10)}
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, ropts...))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, ropts...))
+	if d.Console != nil {
+		return d.Console.Require(mux), nil
+	}
 	return RequireToken(d.Token, mux), nil
 }
 

@@ -86,7 +86,8 @@ func newEnv(t *testing.T) *env {
 	return serve(t, st, rpc.Deps{Registry: st, Token: testToken})
 }
 
-// serve serves rpc.NewHandler(d) like newEnv; st is d's registry.
+// serve serves rpc.NewHandler(d) like newEnv; st is d's registry, or nil
+// when d's registry is another store.
 func serve(t *testing.T, st *blobLog, d rpc.Deps) *env {
 	t.Helper()
 	h, err := rpc.NewHandler(d)

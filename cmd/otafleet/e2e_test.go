@@ -30,6 +30,7 @@ type e2e struct {
 	t        *testing.T
 	dir, api string
 	token    string
+	loginURL string // the one-time console login URL serve logged
 	http     *http.Client
 	products otafleetv1connect.ProductServiceClient
 	devices  otafleetv1connect.DeviceServiceClient
@@ -49,6 +50,7 @@ func startE2E(t *testing.T, n int, extra ...string) *e2e {
 	srv := startServer(t, append(args, extra...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	login := srv.await(ctx, "the console login URL", msg("console login (one use, 15 min)"))
 	srv.await(ctx, "serving", msg("serving"))
 	go func() { // keep the log pipe drained
 		for range srv.lines {
@@ -63,7 +65,8 @@ func startE2E(t *testing.T, n int, extra ...string) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &e2e{t: t, dir: dir, api: "http://" + addrs["api"], token: strings.TrimSpace(string(tok))}
+	loginURL, _ := login["url"].(string)
+	e := &e2e{t: t, dir: dir, api: "http://" + addrs["api"], token: strings.TrimSpace(string(tok)), loginURL: loginURL}
 	e.http = h2cClient(e.token)
 	e.products = otafleetv1connect.NewProductServiceClient(e.http, e.api)
 	e.devices = otafleetv1connect.NewDeviceServiceClient(e.http, e.api)
@@ -348,6 +351,15 @@ func TestEndToEndCLI(t *testing.T) {
 		if d.Status != "SUBTASK_STATUS_SUCCESS" || d.StatusDesc != "Upgrade succeeded" {
 			t.Errorf("task devices --json: %+v, want SUCCESS with statusDesc \"Upgrade succeeded\"", d)
 		}
+	}
+	// A finished task's devices have left their cells.
+	var cells struct{ Cells []struct{ CellID string } }
+	e.cliJSON(&cells, "task", "cells", id)
+	if len(cells.Cells) != 0 {
+		t.Errorf("task cells of a finished task: %+v, want none", cells)
+	}
+	if _, errOut, code := e.cli("task", "cells", "0123456789abcdef01234567"); code != 1 || !strings.Contains(errOut, "not found") {
+		t.Errorf("task cells of an unknown task: exit %d: %s", code, errOut)
 	}
 	out, _, code = e.cli("task", "list")
 	if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "meter_2_0") {
@@ -675,4 +687,72 @@ func lineWith(out, s string) string {
 		}
 	}
 	return ""
+}
+
+// TestEndToEndConsoleSession: the one-time login URL serve logs sets the
+// console's session cookie once and sends the browser to /ui/; the API then
+// accepts the cookie with the CSRF token (read from /ui/session) and
+// refuses it without; the bearer token works as before.
+func TestEndToEndConsoleSession(t *testing.T) {
+	e := startE2E(t, 0)
+	want := e.api + "/ui/login?once="
+	if !strings.HasPrefix(e.loginURL, want) || len(e.loginURL) != len(want)+43 {
+		t.Fatalf("login URL %q, want %s<43 characters>", e.loginURL, want)
+	}
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	res, err := noRedirect.Get(e.loginURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	var session *http.Cookie
+	for _, c := range res.Cookies() {
+		if c.Name == "otafleet_session" {
+			session = c
+		}
+	}
+	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/ui/" || session == nil || !session.HttpOnly {
+		t.Fatalf("login URL: %d to %q, cookies %v", res.StatusCode, res.Header.Get("Location"), res.Cookies())
+	}
+	if res, err := noRedirect.Get(e.loginURL); err != nil || res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("login URL used twice: %v %v, want 401", res, err)
+	}
+
+	call := func(path, csrf string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, e.api+path, strings.NewReader("{}"))
+		req.Header.Set("Content-Type", "application/json")
+		req.AddCookie(session)
+		if csrf != "" {
+			req.Header.Set("X-CSRF-Token", csrf)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	if code, body := call("/otafleet.v1.TaskService/ListTasks", ""); code != http.StatusForbidden || !strings.Contains(body, "X-CSRF-Token") {
+		t.Fatalf("cookie without CSRF header: %d %s, want 403", code, body)
+	}
+	req, _ := http.NewRequest(http.MethodGet, e.api+"/ui/session", nil)
+	req.AddCookie(session)
+	res, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sess struct{ CSRFToken string }
+	err = json.NewDecoder(res.Body).Decode(&sess)
+	res.Body.Close()
+	if err != nil || sess.CSRFToken == "" {
+		t.Fatalf("/ui/session: %d %v", res.StatusCode, err)
+	}
+	if code, body := call("/otafleet.v1.TaskService/ListTasks", sess.CSRFToken); code != http.StatusOK {
+		t.Fatalf("cookie with CSRF header: %d %s", code, body)
+	}
+	if _, err := e.tasks.ListTasks(context.Background(), connect.NewRequest(&v1.ListTasksRequest{})); err != nil {
+		t.Fatalf("bearer token: %v", err)
+	}
 }

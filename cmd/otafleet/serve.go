@@ -24,6 +24,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/otafleet/otafleet/actors"
+	webconsole "github.com/otafleet/otafleet/console"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/rpc"
@@ -166,16 +167,24 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "otafleet serving: api=%s mqtt=%s mqtts=%s coap=%s coaps=%s download=%s data-dir=%s\n",
 		addrs["api"], orDash(addrs["mqtt"]), orDash(addrs["mqtts"]), orDash(addrs["coap"]), orDash(addrs["coaps"]), orDash(addrs["download"]), cfg.DataDir)
 
-	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Logger: logger, Clock: clk})
+	console, err := rpc.NewConsoleAuth(token, rpc.ConsoleConfig{}, clk, logger)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Console: console, Done: ctx.Done(), Logger: logger, Clock: clk})
 	if err != nil {
 		lis.Close()
 		return err
 	}
 	mux := http.NewServeMux()
+	console.Mount(mux)   // /ui/login, /ui/logout, /ui/session
 	mux.Handle("/", api) // behind the bearer token, checked before a body is read
 	mux.Handle(grpchealth.NewHandler(newStoreHealth(store)))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/debug/pprof/", rpc.RequireToken(token, pprofHandler()))
+	mux.Handle("/ui/", webconsole.Handler("/ui/")) // the web console's page, public; its calls need a session
+	mux.Handle("/ui", webconsole.Handler("/ui/"))
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -183,6 +192,12 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	srv.Protocols = &protocols
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
+	// A one-time console login URL, as Jupyter prints one: it sets the
+	// session cookie and redirects to /ui/, so the code leaves the address
+	// bar; it works once, within 15 minutes.
+	loginURL := "http://" + addrs["api"] + rpc.LoginPath + "?once=" + console.NewOnce()
+	fmt.Fprintf(stdout, "otafleet console: %s\n", loginURL)
+	logger.Info("console login (one use, 15 min)", "url", loginURL)
 	logger.Info("serving", "api", addrs["api"], "mqtt", addrs["mqtt"], "mqtts", addrs["mqtts"], "coap", addrs["coap"], "coaps", addrs["coaps"], "download", addrs["download"],
 		"data_dir", cfg.DataDir, "simulated_devices", cfg.Simulate)
 

@@ -46,7 +46,7 @@ func clientCommands(stdout, stderr io.Writer) []*cobra.Command {
 		resourceCommand("package", "Upload, read, list and delete upgrade packages", o,
 			packageCreate, packageUpload, packageGet, packageList, packageDelete),
 		resourceCommand("task", "Create, watch, stop and retry upgrade tasks", o,
-			taskCreate, taskGet, taskList, taskStop, taskRetry, taskDevices, taskWatch),
+			taskCreate, taskGet, taskList, taskStop, taskRetry, taskDevices, taskCells, taskWatch),
 	}
 }
 

@@ -306,6 +306,90 @@ func taskDeviceRow(d *v1.TaskDevice) []string {
 		orDash(d.GetDeviceDescription())}
 }
 
+func taskCells(o *clientOpts) *cobra.Command {
+	var l listFlags
+	cmd := &cobra.Command{
+		Use:   "cells TASK_ID",
+		Short: "List the radio cells where a task's devices hold or wait for upgrade slots, bottlenecks first",
+		Long: `List the radio cells where a task's devices hold or wait for upgrade slots now:
+each cell's budget units in use (a good device takes 1 of the default 50, a
+medium or cell-ID-only one 5, a poor one all 50), its holders and its queue
+(of every task: a cell's budget is shared) with their coverage mix, and how
+many of them are this task's. A cell AT BUDGET has devices queued whose head
+does not fit the budget left: it paces the task. Those come first, then the
+cells with the longest queues. --json prints the API's answer (cells in ID
+order).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &v1.ListTaskCellsRequest{TaskId: args[0], PageSize: l.pageSize}
+			return listShow(o, cmd, &l, func(ctx context.Context, c *client, token string) (*connect.Response[v1.ListTaskCellsResponse], error) {
+				req.PageToken = token
+				return c.tasks.ListTaskCells(ctx, connect.NewRequest(req))
+			}, func(all, page *v1.ListTaskCellsResponse) string {
+				all.Cells, all.NextPageToken = append(all.Cells, page.GetCells()...), page.GetNextPageToken()
+				return all.NextPageToken
+			}, func(all *v1.ListTaskCellsResponse) error {
+				cells := slices.Clone(all.Cells)
+				slices.SortStableFunc(cells, compareCells)
+				rows := make([][]string, len(cells))
+				for i, c := range cells {
+					rows[i] = taskCellRow(c)
+				}
+				return o.table([]string{"CELL", "STATE", "UNITS", "HOLDING", "WAITING", "HEAD-NEEDS", "HOLDING-MIX", "WAITING-MIX", "THIS-TASK"}, rows)
+			})
+		},
+	}
+	l.register(cmd)
+	return cmd
+}
+
+// compareCells orders the human table: cells at their budget first, then
+// longer queues, then cell IDs in natural order.
+func compareCells(a, b *v1.TaskCell) int {
+	if a.GetSaturated() != b.GetSaturated() {
+		if a.GetSaturated() {
+			return -1
+		}
+		return 1
+	}
+	if a.GetWaiting() != b.GetWaiting() {
+		if a.GetWaiting() > b.GetWaiting() {
+			return -1
+		}
+		return 1
+	}
+	return naturalCompare(a.GetCellId(), b.GetCellId())
+}
+
+// coverageMix is a mix as "2 good, 1 poor" (nonzero classes only), or "-".
+func coverageMix(m *v1.CoverageMix) string {
+	var parts []string
+	for _, c := range []struct {
+		n    uint32
+		name string
+	}{{m.GetGood(), "good"}, {m.GetMedium(), "medium"}, {m.GetPoor(), "poor"}, {m.GetCellOnly(), "cell-only"}} {
+		if c.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.name))
+		}
+	}
+	return orDash(strings.Join(parts, ", "))
+}
+
+func taskCellRow(c *v1.TaskCell) []string {
+	state := "-"
+	if c.GetSaturated() {
+		state = "AT BUDGET"
+	}
+	head := "-"
+	if c.GetWaiting() > 0 {
+		head = strconv.FormatUint(uint64(c.GetHeadUnits()), 10)
+	}
+	return []string{c.GetCellId(), state, fmt.Sprintf("%d/%d", c.GetUnitsInUse(), c.GetBudget()),
+		strconv.Itoa(len(c.GetHolders())), strconv.FormatUint(uint64(c.GetWaiting()), 10), head,
+		coverageMix(c.GetHoldingMix()), coverageMix(c.GetWaitingMix()),
+		fmt.Sprintf("%d holding, %d waiting", c.GetTaskHolding(), c.GetTaskWaiting())}
+}
+
 // counters is a one-line summary of a task's progress.
 func counters(t *v1.Task) string {
 	p := t.GetProgress()

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -55,5 +56,32 @@ func TestTaskDeviceRow(t *testing.T) {
 		if got := strings.Join(taskDeviceRow(tc.d), " "); got != tc.want {
 			t.Errorf("taskDeviceRow(%s) =\n\t%s\nwant\n\t%s", tc.d.GetDeviceId(), got, tc.want)
 		}
+	}
+}
+
+// TestTaskCellRows: the human table of `task cells` puts the cells at their
+// budget first, then longer queues, and shows the coverage mixes.
+func TestTaskCellRows(t *testing.T) {
+	cells := []*v1.TaskCell{
+		{CellId: "cell-10", UnitsInUse: 3, Budget: 50, Waiting: 0, HoldingMix: &v1.CoverageMix{Good: 3}, TaskHolding: 3,
+			Holders: make([]*v1.CellHolder, 3)},
+		{CellId: "cell-9", UnitsInUse: 10, Budget: 50, Waiting: 4, HeadUnits: 5, HoldingMix: &v1.CoverageMix{Medium: 2}, WaitingMix: &v1.CoverageMix{Medium: 4},
+			Holders: make([]*v1.CellHolder, 2)},
+		{CellId: "cell-2", UnitsInUse: 50, Budget: 50, Waiting: 2, HeadUnits: 50, Saturated: true,
+			HoldingMix: &v1.CoverageMix{Poor: 1}, WaitingMix: &v1.CoverageMix{Poor: 1, CellOnly: 1}, TaskHolding: 1, TaskWaiting: 2,
+			Holders: make([]*v1.CellHolder, 1)},
+	}
+	slices.SortStableFunc(cells, compareCells)
+	var got []string
+	for _, c := range cells {
+		got = append(got, strings.Join(taskCellRow(c), " | "))
+	}
+	want := []string{
+		"cell-2 | AT BUDGET | 50/50 | 1 | 2 | 50 | 1 poor | 1 poor, 1 cell-only | 1 holding, 2 waiting",
+		"cell-9 | - | 10/50 | 2 | 4 | 5 | 2 medium | 4 medium | 0 holding, 0 waiting",
+		"cell-10 | - | 3/50 | 3 | 0 | - | 3 good | - | 3 holding, 0 waiting",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("rows\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

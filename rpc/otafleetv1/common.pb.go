@@ -435,6 +435,69 @@ func (SubtaskStatus) EnumDescriptor() ([]byte, []int) {
 	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{6}
 }
 
+// Coverage is a device's radio coverage class in its cell (spec 1.1, 3.2),
+// which sets how much of the cell's budget it takes.
+type Coverage int32
+
+const (
+	// Not known; never returned for a device a cell holds or queues.
+	Coverage_COVERAGE_UNSPECIFIED Coverage = 0
+	// Good coverage: costs 1 unit of the default budget of 50 (50 at once).
+	Coverage_COVERAGE_GOOD Coverage = 1
+	// Medium coverage: costs 5 units by default (10 at once).
+	Coverage_COVERAGE_MEDIUM Coverage = 2
+	// Poor or out-of-range coverage: costs the whole budget by default (alone).
+	Coverage_COVERAGE_POOR Coverage = 3
+	// Only the cell ID is known (the radio query gave no RSRP or SINR): costs
+	// 5 units by default (10 at once).
+	Coverage_COVERAGE_CELL_ONLY Coverage = 4
+)
+
+// Enum value maps for Coverage.
+var (
+	Coverage_name = map[int32]string{
+		0: "COVERAGE_UNSPECIFIED",
+		1: "COVERAGE_GOOD",
+		2: "COVERAGE_MEDIUM",
+		3: "COVERAGE_POOR",
+		4: "COVERAGE_CELL_ONLY",
+	}
+	Coverage_value = map[string]int32{
+		"COVERAGE_UNSPECIFIED": 0,
+		"COVERAGE_GOOD":        1,
+		"COVERAGE_MEDIUM":      2,
+		"COVERAGE_POOR":        3,
+		"COVERAGE_CELL_ONLY":   4,
+	}
+)
+
+func (x Coverage) Enum() *Coverage {
+	p := new(Coverage)
+	*p = x
+	return p
+}
+
+func (x Coverage) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Coverage) Descriptor() protoreflect.EnumDescriptor {
+	return file_otafleet_v1_common_proto_enumTypes[7].Descriptor()
+}
+
+func (Coverage) Type() protoreflect.EnumType {
+	return &file_otafleet_v1_common_proto_enumTypes[7]
+}
+
+func (x Coverage) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Coverage.Descriptor instead.
+func (Coverage) EnumDescriptor() ([]byte, []int) {
+	return file_otafleet_v1_common_proto_rawDescGZIP(), []int{7}
+}
+
 var File_otafleet_v1_common_proto protoreflect.FileDescriptor
 
 const file_otafleet_v1_common_proto_rawDesc = "" +
@@ -476,7 +539,13 @@ const file_otafleet_v1_common_proto_rawDesc = "" +
 	"\x16SUBTASK_STATUS_SUCCESS\x10\x03\x12\x17\n" +
 	"\x13SUBTASK_STATUS_FAIL\x10\x04\x12\"\n" +
 	"\x1eSUBTASK_STATUS_FAIL_WAIT_RETRY\x10\x05\x12\x1a\n" +
-	"\x16SUBTASK_STATUS_STOPPED\x10\x06B8Z6github.com/otafleet/otafleet/rpc/otafleetv1;otafleetv1b\x06proto3"
+	"\x16SUBTASK_STATUS_STOPPED\x10\x06*w\n" +
+	"\bCoverage\x12\x18\n" +
+	"\x14COVERAGE_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rCOVERAGE_GOOD\x10\x01\x12\x13\n" +
+	"\x0fCOVERAGE_MEDIUM\x10\x02\x12\x11\n" +
+	"\rCOVERAGE_POOR\x10\x03\x12\x16\n" +
+	"\x12COVERAGE_CELL_ONLY\x10\x04B8Z6github.com/otafleet/otafleet/rpc/otafleetv1;otafleetv1b\x06proto3"
 
 var (
 	file_otafleet_v1_common_proto_rawDescOnce sync.Once
@@ -490,7 +559,7 @@ func file_otafleet_v1_common_proto_rawDescGZIP() []byte {
 	return file_otafleet_v1_common_proto_rawDescData
 }
 
-var file_otafleet_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_otafleet_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
 var file_otafleet_v1_common_proto_goTypes = []any{
 	(Protocol)(0),         // 0: otafleet.v1.Protocol
 	(SoftwareProtocol)(0), // 1: otafleet.v1.SoftwareProtocol
@@ -499,6 +568,7 @@ var file_otafleet_v1_common_proto_goTypes = []any{
 	(TaskType)(0),         // 4: otafleet.v1.TaskType
 	(TaskStatus)(0),       // 5: otafleet.v1.TaskStatus
 	(SubtaskStatus)(0),    // 6: otafleet.v1.SubtaskStatus
+	(Coverage)(0),         // 7: otafleet.v1.Coverage
 }
 var file_otafleet_v1_common_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for method output_type
@@ -518,7 +588,7 @@ func file_otafleet_v1_common_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_otafleet_v1_common_proto_rawDesc), len(file_otafleet_v1_common_proto_rawDesc)),
-			NumEnums:      7,
+			NumEnums:      8,
 			NumMessages:   0,
 			NumExtensions: 0,
 			NumServices:   0,

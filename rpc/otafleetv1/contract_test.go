@@ -47,6 +47,7 @@ var contractMethods = map[string]map[string]int{
 	"TaskService": {
 		"CreateTask": unary, "GetTask": unary, "ListTasks": unary, "StopTask": unary,
 		"RetryTask": unary, "ListTaskDevices": unary, "WatchTask": serverStream,
+		"ListTaskCells": unary,
 	},
 }
 

@@ -601,6 +601,164 @@ func (x *UploadPackageResponse) GetPackage() *Package {
 	return nil
 }
 
+// UploadPackageChunkRequest is one call of a chunked upload.
+type UploadPackageChunkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The upload's ID from the first call's answer; empty on the first call.
+	UploadId string `protobuf:"bytes,1,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
+	// The package's metadata; first call only (its size and sha256 fields, if
+	// set, must agree with total_size and sha256).
+	Metadata *UploadPackageMetadata `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// The file's size in bytes, 1 .. 1 GiB; first call only.
+	TotalSize int64 `protobuf:"varint,3,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
+	// Where data goes in the file: the bytes received so far.
+	Offset int64 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The next bytes of the file, at most 1 MiB per call.
+	Data []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	// The file's SHA-256, lowercase hex (64 characters); required on the call
+	// that completes the file, where a mismatch fails the upload
+	// (invalid_argument) and deletes what was received.
+	Sha256        string `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadPackageChunkRequest) Reset() {
+	*x = UploadPackageChunkRequest{}
+	mi := &file_otafleet_v1_package_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadPackageChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadPackageChunkRequest) ProtoMessage() {}
+
+func (x *UploadPackageChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_package_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadPackageChunkRequest.ProtoReflect.Descriptor instead.
+func (*UploadPackageChunkRequest) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *UploadPackageChunkRequest) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
+}
+
+func (x *UploadPackageChunkRequest) GetMetadata() *UploadPackageMetadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *UploadPackageChunkRequest) GetTotalSize() int64 {
+	if x != nil {
+		return x.TotalSize
+	}
+	return 0
+}
+
+func (x *UploadPackageChunkRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *UploadPackageChunkRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *UploadPackageChunkRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+// UploadPackageChunkResponse tells where the upload stands.
+type UploadPackageChunkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The upload's ID, to send with every following call.
+	UploadId string `protobuf:"bytes,1,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
+	// The bytes received so far: the offset of the next call.
+	NextOffset int64 `protobuf:"varint,2,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	// The created package, once the call completed the file; unset before.
+	Package       *Package `protobuf:"bytes,3,opt,name=package,proto3" json:"package,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadPackageChunkResponse) Reset() {
+	*x = UploadPackageChunkResponse{}
+	mi := &file_otafleet_v1_package_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadPackageChunkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadPackageChunkResponse) ProtoMessage() {}
+
+func (x *UploadPackageChunkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_package_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadPackageChunkResponse.ProtoReflect.Descriptor instead.
+func (*UploadPackageChunkResponse) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *UploadPackageChunkResponse) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
+}
+
+func (x *UploadPackageChunkResponse) GetNextOffset() int64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *UploadPackageChunkResponse) GetPackage() *Package {
+	if x != nil {
+		return x.Package
+	}
+	return nil
+}
+
 // GetPackageRequest names a package.
 type GetPackageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -612,7 +770,7 @@ type GetPackageRequest struct {
 
 func (x *GetPackageRequest) Reset() {
 	*x = GetPackageRequest{}
-	mi := &file_otafleet_v1_package_proto_msgTypes[6]
+	mi := &file_otafleet_v1_package_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +782,7 @@ func (x *GetPackageRequest) String() string {
 func (*GetPackageRequest) ProtoMessage() {}
 
 func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_otafleet_v1_package_proto_msgTypes[6]
+	mi := &file_otafleet_v1_package_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +795,7 @@ func (x *GetPackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageRequest.ProtoReflect.Descriptor instead.
 func (*GetPackageRequest) Descriptor() ([]byte, []int) {
-	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{6}
+	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetPackageRequest) GetPackageId() string {
@@ -658,7 +816,7 @@ type GetPackageResponse struct {
 
 func (x *GetPackageResponse) Reset() {
 	*x = GetPackageResponse{}
-	mi := &file_otafleet_v1_package_proto_msgTypes[7]
+	mi := &file_otafleet_v1_package_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -670,7 +828,7 @@ func (x *GetPackageResponse) String() string {
 func (*GetPackageResponse) ProtoMessage() {}
 
 func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_otafleet_v1_package_proto_msgTypes[7]
+	mi := &file_otafleet_v1_package_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -683,7 +841,7 @@ func (x *GetPackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPackageResponse.ProtoReflect.Descriptor instead.
 func (*GetPackageResponse) Descriptor() ([]byte, []int) {
-	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{7}
+	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetPackageResponse) GetPackage() *Package {
@@ -706,7 +864,7 @@ type ListPackagesRequest struct {
 
 func (x *ListPackagesRequest) Reset() {
 	*x = ListPackagesRequest{}
-	mi := &file_otafleet_v1_package_proto_msgTypes[8]
+	mi := &file_otafleet_v1_package_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +876,7 @@ func (x *ListPackagesRequest) String() string {
 func (*ListPackagesRequest) ProtoMessage() {}
 
 func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_otafleet_v1_package_proto_msgTypes[8]
+	mi := &file_otafleet_v1_package_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +889,7 @@ func (x *ListPackagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesRequest.ProtoReflect.Descriptor instead.
 func (*ListPackagesRequest) Descriptor() ([]byte, []int) {
-	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{8}
+	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListPackagesRequest) GetPageSize() int32 {
@@ -761,7 +919,7 @@ type ListPackagesResponse struct {
 
 func (x *ListPackagesResponse) Reset() {
 	*x = ListPackagesResponse{}
-	mi := &file_otafleet_v1_package_proto_msgTypes[9]
+	mi := &file_otafleet_v1_package_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +931,7 @@ func (x *ListPackagesResponse) String() string {
 func (*ListPackagesResponse) ProtoMessage() {}
 
 func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_otafleet_v1_package_proto_msgTypes[9]
+	mi := &file_otafleet_v1_package_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +944,7 @@ func (x *ListPackagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPackagesResponse.ProtoReflect.Descriptor instead.
 func (*ListPackagesResponse) Descriptor() ([]byte, []int) {
-	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{9}
+	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListPackagesResponse) GetPackages() []*Package {
@@ -814,7 +972,7 @@ type DeletePackageRequest struct {
 
 func (x *DeletePackageRequest) Reset() {
 	*x = DeletePackageRequest{}
-	mi := &file_otafleet_v1_package_proto_msgTypes[10]
+	mi := &file_otafleet_v1_package_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +984,7 @@ func (x *DeletePackageRequest) String() string {
 func (*DeletePackageRequest) ProtoMessage() {}
 
 func (x *DeletePackageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_otafleet_v1_package_proto_msgTypes[10]
+	mi := &file_otafleet_v1_package_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +997,7 @@ func (x *DeletePackageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePackageRequest.ProtoReflect.Descriptor instead.
 func (*DeletePackageRequest) Descriptor() ([]byte, []int) {
-	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{10}
+	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeletePackageRequest) GetPackageId() string {
@@ -858,7 +1016,7 @@ type DeletePackageResponse struct {
 
 func (x *DeletePackageResponse) Reset() {
 	*x = DeletePackageResponse{}
-	mi := &file_otafleet_v1_package_proto_msgTypes[11]
+	mi := &file_otafleet_v1_package_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1028,7 @@ func (x *DeletePackageResponse) String() string {
 func (*DeletePackageResponse) ProtoMessage() {}
 
 func (x *DeletePackageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_otafleet_v1_package_proto_msgTypes[11]
+	mi := &file_otafleet_v1_package_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1041,7 @@ func (x *DeletePackageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePackageResponse.ProtoReflect.Descriptor instead.
 func (*DeletePackageResponse) Descriptor() ([]byte, []int) {
-	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{11}
+	return file_otafleet_v1_package_proto_rawDescGZIP(), []int{13}
 }
 
 var File_otafleet_v1_package_proto protoreflect.FileDescriptor
@@ -952,7 +1110,20 @@ const file_otafleet_v1_package_proto_rawDesc = "" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x06\n" +
 	"\x04part\"G\n" +
 	"\x15UploadPackageResponse\x12.\n" +
-	"\apackage\x18\x01 \x01(\v2\x14.otafleet.v1.PackageR\apackage\"2\n" +
+	"\apackage\x18\x01 \x01(\v2\x14.otafleet.v1.PackageR\apackage\"\xdb\x01\n" +
+	"\x19UploadPackageChunkRequest\x12\x1b\n" +
+	"\tupload_id\x18\x01 \x01(\tR\buploadId\x12>\n" +
+	"\bmetadata\x18\x02 \x01(\v2\".otafleet.v1.UploadPackageMetadataR\bmetadata\x12\x1d\n" +
+	"\n" +
+	"total_size\x18\x03 \x01(\x03R\ttotalSize\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12\x16\n" +
+	"\x06sha256\x18\x06 \x01(\tR\x06sha256\"\x8a\x01\n" +
+	"\x1aUploadPackageChunkResponse\x12\x1b\n" +
+	"\tupload_id\x18\x01 \x01(\tR\buploadId\x12\x1f\n" +
+	"\vnext_offset\x18\x02 \x01(\x03R\n" +
+	"nextOffset\x12.\n" +
+	"\apackage\x18\x03 \x01(\v2\x14.otafleet.v1.PackageR\apackage\"2\n" +
 	"\x11GetPackageRequest\x12\x1d\n" +
 	"\n" +
 	"package_id\x18\x01 \x01(\tR\tpackageId\"D\n" +
@@ -968,10 +1139,11 @@ const file_otafleet_v1_package_proto_rawDesc = "" +
 	"\x14DeletePackageRequest\x12\x1d\n" +
 	"\n" +
 	"package_id\x18\x01 \x01(\tR\tpackageId\"\x17\n" +
-	"\x15DeletePackageResponse2\xbe\x03\n" +
+	"\x15DeletePackageResponse2\xa5\x04\n" +
 	"\x0ePackageService\x12V\n" +
 	"\rCreatePackage\x12!.otafleet.v1.CreatePackageRequest\x1a\".otafleet.v1.CreatePackageResponse\x12X\n" +
-	"\rUploadPackage\x12!.otafleet.v1.UploadPackageRequest\x1a\".otafleet.v1.UploadPackageResponse(\x01\x12M\n" +
+	"\rUploadPackage\x12!.otafleet.v1.UploadPackageRequest\x1a\".otafleet.v1.UploadPackageResponse(\x01\x12e\n" +
+	"\x12UploadPackageChunk\x12&.otafleet.v1.UploadPackageChunkRequest\x1a'.otafleet.v1.UploadPackageChunkResponse\x12M\n" +
 	"\n" +
 	"GetPackage\x12\x1e.otafleet.v1.GetPackageRequest\x1a\x1f.otafleet.v1.GetPackageResponse\x12S\n" +
 	"\fListPackages\x12 .otafleet.v1.ListPackagesRequest\x1a!.otafleet.v1.ListPackagesResponse\x12V\n" +
@@ -989,48 +1161,54 @@ func file_otafleet_v1_package_proto_rawDescGZIP() []byte {
 	return file_otafleet_v1_package_proto_rawDescData
 }
 
-var file_otafleet_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_otafleet_v1_package_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_otafleet_v1_package_proto_goTypes = []any{
-	(*Package)(nil),               // 0: otafleet.v1.Package
-	(*CreatePackageRequest)(nil),  // 1: otafleet.v1.CreatePackageRequest
-	(*CreatePackageResponse)(nil), // 2: otafleet.v1.CreatePackageResponse
-	(*UploadPackageMetadata)(nil), // 3: otafleet.v1.UploadPackageMetadata
-	(*UploadPackageRequest)(nil),  // 4: otafleet.v1.UploadPackageRequest
-	(*UploadPackageResponse)(nil), // 5: otafleet.v1.UploadPackageResponse
-	(*GetPackageRequest)(nil),     // 6: otafleet.v1.GetPackageRequest
-	(*GetPackageResponse)(nil),    // 7: otafleet.v1.GetPackageResponse
-	(*ListPackagesRequest)(nil),   // 8: otafleet.v1.ListPackagesRequest
-	(*ListPackagesResponse)(nil),  // 9: otafleet.v1.ListPackagesResponse
-	(*DeletePackageRequest)(nil),  // 10: otafleet.v1.DeletePackageRequest
-	(*DeletePackageResponse)(nil), // 11: otafleet.v1.DeletePackageResponse
-	(PackageType)(0),              // 12: otafleet.v1.PackageType
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*Package)(nil),                    // 0: otafleet.v1.Package
+	(*CreatePackageRequest)(nil),       // 1: otafleet.v1.CreatePackageRequest
+	(*CreatePackageResponse)(nil),      // 2: otafleet.v1.CreatePackageResponse
+	(*UploadPackageMetadata)(nil),      // 3: otafleet.v1.UploadPackageMetadata
+	(*UploadPackageRequest)(nil),       // 4: otafleet.v1.UploadPackageRequest
+	(*UploadPackageResponse)(nil),      // 5: otafleet.v1.UploadPackageResponse
+	(*UploadPackageChunkRequest)(nil),  // 6: otafleet.v1.UploadPackageChunkRequest
+	(*UploadPackageChunkResponse)(nil), // 7: otafleet.v1.UploadPackageChunkResponse
+	(*GetPackageRequest)(nil),          // 8: otafleet.v1.GetPackageRequest
+	(*GetPackageResponse)(nil),         // 9: otafleet.v1.GetPackageResponse
+	(*ListPackagesRequest)(nil),        // 10: otafleet.v1.ListPackagesRequest
+	(*ListPackagesResponse)(nil),       // 11: otafleet.v1.ListPackagesResponse
+	(*DeletePackageRequest)(nil),       // 12: otafleet.v1.DeletePackageRequest
+	(*DeletePackageResponse)(nil),      // 13: otafleet.v1.DeletePackageResponse
+	(PackageType)(0),                   // 14: otafleet.v1.PackageType
+	(*timestamppb.Timestamp)(nil),      // 15: google.protobuf.Timestamp
 }
 var file_otafleet_v1_package_proto_depIdxs = []int32{
-	12, // 0: otafleet.v1.Package.package_type:type_name -> otafleet.v1.PackageType
-	13, // 1: otafleet.v1.Package.create_time:type_name -> google.protobuf.Timestamp
-	12, // 2: otafleet.v1.CreatePackageRequest.package_type:type_name -> otafleet.v1.PackageType
+	14, // 0: otafleet.v1.Package.package_type:type_name -> otafleet.v1.PackageType
+	15, // 1: otafleet.v1.Package.create_time:type_name -> google.protobuf.Timestamp
+	14, // 2: otafleet.v1.CreatePackageRequest.package_type:type_name -> otafleet.v1.PackageType
 	0,  // 3: otafleet.v1.CreatePackageResponse.package:type_name -> otafleet.v1.Package
-	12, // 4: otafleet.v1.UploadPackageMetadata.package_type:type_name -> otafleet.v1.PackageType
+	14, // 4: otafleet.v1.UploadPackageMetadata.package_type:type_name -> otafleet.v1.PackageType
 	3,  // 5: otafleet.v1.UploadPackageRequest.metadata:type_name -> otafleet.v1.UploadPackageMetadata
 	0,  // 6: otafleet.v1.UploadPackageResponse.package:type_name -> otafleet.v1.Package
-	0,  // 7: otafleet.v1.GetPackageResponse.package:type_name -> otafleet.v1.Package
-	0,  // 8: otafleet.v1.ListPackagesResponse.packages:type_name -> otafleet.v1.Package
-	1,  // 9: otafleet.v1.PackageService.CreatePackage:input_type -> otafleet.v1.CreatePackageRequest
-	4,  // 10: otafleet.v1.PackageService.UploadPackage:input_type -> otafleet.v1.UploadPackageRequest
-	6,  // 11: otafleet.v1.PackageService.GetPackage:input_type -> otafleet.v1.GetPackageRequest
-	8,  // 12: otafleet.v1.PackageService.ListPackages:input_type -> otafleet.v1.ListPackagesRequest
-	10, // 13: otafleet.v1.PackageService.DeletePackage:input_type -> otafleet.v1.DeletePackageRequest
-	2,  // 14: otafleet.v1.PackageService.CreatePackage:output_type -> otafleet.v1.CreatePackageResponse
-	5,  // 15: otafleet.v1.PackageService.UploadPackage:output_type -> otafleet.v1.UploadPackageResponse
-	7,  // 16: otafleet.v1.PackageService.GetPackage:output_type -> otafleet.v1.GetPackageResponse
-	9,  // 17: otafleet.v1.PackageService.ListPackages:output_type -> otafleet.v1.ListPackagesResponse
-	11, // 18: otafleet.v1.PackageService.DeletePackage:output_type -> otafleet.v1.DeletePackageResponse
-	14, // [14:19] is the sub-list for method output_type
-	9,  // [9:14] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	3,  // 7: otafleet.v1.UploadPackageChunkRequest.metadata:type_name -> otafleet.v1.UploadPackageMetadata
+	0,  // 8: otafleet.v1.UploadPackageChunkResponse.package:type_name -> otafleet.v1.Package
+	0,  // 9: otafleet.v1.GetPackageResponse.package:type_name -> otafleet.v1.Package
+	0,  // 10: otafleet.v1.ListPackagesResponse.packages:type_name -> otafleet.v1.Package
+	1,  // 11: otafleet.v1.PackageService.CreatePackage:input_type -> otafleet.v1.CreatePackageRequest
+	4,  // 12: otafleet.v1.PackageService.UploadPackage:input_type -> otafleet.v1.UploadPackageRequest
+	6,  // 13: otafleet.v1.PackageService.UploadPackageChunk:input_type -> otafleet.v1.UploadPackageChunkRequest
+	8,  // 14: otafleet.v1.PackageService.GetPackage:input_type -> otafleet.v1.GetPackageRequest
+	10, // 15: otafleet.v1.PackageService.ListPackages:input_type -> otafleet.v1.ListPackagesRequest
+	12, // 16: otafleet.v1.PackageService.DeletePackage:input_type -> otafleet.v1.DeletePackageRequest
+	2,  // 17: otafleet.v1.PackageService.CreatePackage:output_type -> otafleet.v1.CreatePackageResponse
+	5,  // 18: otafleet.v1.PackageService.UploadPackage:output_type -> otafleet.v1.UploadPackageResponse
+	7,  // 19: otafleet.v1.PackageService.UploadPackageChunk:output_type -> otafleet.v1.UploadPackageChunkResponse
+	9,  // 20: otafleet.v1.PackageService.GetPackage:output_type -> otafleet.v1.GetPackageResponse
+	11, // 21: otafleet.v1.PackageService.ListPackages:output_type -> otafleet.v1.ListPackagesResponse
+	13, // 22: otafleet.v1.PackageService.DeletePackage:output_type -> otafleet.v1.DeletePackageResponse
+	17, // [17:23] is the sub-list for method output_type
+	11, // [11:17] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_otafleet_v1_package_proto_init() }
@@ -1051,7 +1229,7 @@ func file_otafleet_v1_package_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_otafleet_v1_package_proto_rawDesc), len(file_otafleet_v1_package_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

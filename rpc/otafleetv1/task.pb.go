@@ -1327,6 +1327,410 @@ func (x *WatchTaskResponse) GetTask() *Task {
 	return nil
 }
 
+// ListTaskCellsRequest asks for one page of a task's cells.
+type ListTaskCellsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task's ID.
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// At most this many cells; 0: 100, above 1000: 1000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTaskCellsRequest) Reset() {
+	*x = ListTaskCellsRequest{}
+	mi := &file_otafleet_v1_task_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTaskCellsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTaskCellsRequest) ProtoMessage() {}
+
+func (x *ListTaskCellsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_task_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTaskCellsRequest.ProtoReflect.Descriptor instead.
+func (*ListTaskCellsRequest) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_task_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListTaskCellsRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *ListTaskCellsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListTaskCellsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// CoverageMix counts devices by coverage class.
+type CoverageMix struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Devices with COVERAGE_GOOD.
+	Good uint32 `protobuf:"varint,1,opt,name=good,proto3" json:"good,omitempty"`
+	// Devices with COVERAGE_MEDIUM.
+	Medium uint32 `protobuf:"varint,2,opt,name=medium,proto3" json:"medium,omitempty"`
+	// Devices with COVERAGE_POOR.
+	Poor uint32 `protobuf:"varint,3,opt,name=poor,proto3" json:"poor,omitempty"`
+	// Devices with COVERAGE_CELL_ONLY.
+	CellOnly      uint32 `protobuf:"varint,4,opt,name=cell_only,json=cellOnly,proto3" json:"cell_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoverageMix) Reset() {
+	*x = CoverageMix{}
+	mi := &file_otafleet_v1_task_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoverageMix) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoverageMix) ProtoMessage() {}
+
+func (x *CoverageMix) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_task_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoverageMix.ProtoReflect.Descriptor instead.
+func (*CoverageMix) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_task_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CoverageMix) GetGood() uint32 {
+	if x != nil {
+		return x.Good
+	}
+	return 0
+}
+
+func (x *CoverageMix) GetMedium() uint32 {
+	if x != nil {
+		return x.Medium
+	}
+	return 0
+}
+
+func (x *CoverageMix) GetPoor() uint32 {
+	if x != nil {
+		return x.Poor
+	}
+	return 0
+}
+
+func (x *CoverageMix) GetCellOnly() uint32 {
+	if x != nil {
+		return x.CellOnly
+	}
+	return 0
+}
+
+// CellHolder is a device holding part of a cell's budget.
+type CellHolder struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device's ID.
+	DeviceId string `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// Its coverage class when it asked for the slot.
+	Coverage Coverage `protobuf:"varint,2,opt,name=coverage,proto3,enum=otafleet.v1.Coverage" json:"coverage,omitempty"`
+	// The budget units it holds.
+	Units uint32 `protobuf:"varint,3,opt,name=units,proto3" json:"units,omitempty"`
+	// The task whose upgrade it holds the units for.
+	TaskId        string `protobuf:"bytes,4,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CellHolder) Reset() {
+	*x = CellHolder{}
+	mi := &file_otafleet_v1_task_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CellHolder) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CellHolder) ProtoMessage() {}
+
+func (x *CellHolder) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_task_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CellHolder.ProtoReflect.Descriptor instead.
+func (*CellHolder) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_task_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CellHolder) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *CellHolder) GetCoverage() Coverage {
+	if x != nil {
+		return x.Coverage
+	}
+	return Coverage_COVERAGE_UNSPECIFIED
+}
+
+func (x *CellHolder) GetUnits() uint32 {
+	if x != nil {
+		return x.Units
+	}
+	return 0
+}
+
+func (x *CellHolder) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+// TaskCell is one radio cell as a task sees it.
+type TaskCell struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cell's ID.
+	CellId string `protobuf:"bytes,1,opt,name=cell_id,json=cellId,proto3" json:"cell_id,omitempty"`
+	// Budget units the cell's holders hold (all tasks).
+	UnitsInUse uint32 `protobuf:"varint,2,opt,name=units_in_use,json=unitsInUse,proto3" json:"units_in_use,omitempty"`
+	// The cell's budget: units lent out at once (default 50; a good device
+	// costs 1, a medium or cell-ID-only one 5, a poor one 50).
+	Budget uint32 `protobuf:"varint,3,opt,name=budget,proto3" json:"budget,omitempty"`
+	// The devices holding units (all tasks), in device ID order; at most
+	// budget of them.
+	Holders []*CellHolder `protobuf:"bytes,4,rep,name=holders,proto3" json:"holders,omitempty"`
+	// Devices in the cell's queue (all tasks).
+	Waiting uint32 `protobuf:"varint,5,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// Coverage classes of the holders.
+	HoldingMix *CoverageMix `protobuf:"bytes,6,opt,name=holding_mix,json=holdingMix,proto3" json:"holding_mix,omitempty"`
+	// Coverage classes of the devices waiting.
+	WaitingMix *CoverageMix `protobuf:"bytes,7,opt,name=waiting_mix,json=waitingMix,proto3" json:"waiting_mix,omitempty"`
+	// Of holders, those holding for this task.
+	TaskHolding uint32 `protobuf:"varint,8,opt,name=task_holding,json=taskHolding,proto3" json:"task_holding,omitempty"`
+	// Of waiting, those waiting for this task.
+	TaskWaiting uint32 `protobuf:"varint,9,opt,name=task_waiting,json=taskWaiting,proto3" json:"task_waiting,omitempty"`
+	// Units the head of the queue needs; 0 when nobody waits.
+	HeadUnits uint32 `protobuf:"varint,10,opt,name=head_units,json=headUnits,proto3" json:"head_units,omitempty"`
+	// Devices are queued and the head of the queue does not fit the budget
+	// left: the cell is at its budget and paces the task.
+	Saturated     bool `protobuf:"varint,11,opt,name=saturated,proto3" json:"saturated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskCell) Reset() {
+	*x = TaskCell{}
+	mi := &file_otafleet_v1_task_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskCell) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskCell) ProtoMessage() {}
+
+func (x *TaskCell) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_task_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskCell.ProtoReflect.Descriptor instead.
+func (*TaskCell) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_task_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *TaskCell) GetCellId() string {
+	if x != nil {
+		return x.CellId
+	}
+	return ""
+}
+
+func (x *TaskCell) GetUnitsInUse() uint32 {
+	if x != nil {
+		return x.UnitsInUse
+	}
+	return 0
+}
+
+func (x *TaskCell) GetBudget() uint32 {
+	if x != nil {
+		return x.Budget
+	}
+	return 0
+}
+
+func (x *TaskCell) GetHolders() []*CellHolder {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+func (x *TaskCell) GetWaiting() uint32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *TaskCell) GetHoldingMix() *CoverageMix {
+	if x != nil {
+		return x.HoldingMix
+	}
+	return nil
+}
+
+func (x *TaskCell) GetWaitingMix() *CoverageMix {
+	if x != nil {
+		return x.WaitingMix
+	}
+	return nil
+}
+
+func (x *TaskCell) GetTaskHolding() uint32 {
+	if x != nil {
+		return x.TaskHolding
+	}
+	return 0
+}
+
+func (x *TaskCell) GetTaskWaiting() uint32 {
+	if x != nil {
+		return x.TaskWaiting
+	}
+	return 0
+}
+
+func (x *TaskCell) GetHeadUnits() uint32 {
+	if x != nil {
+		return x.HeadUnits
+	}
+	return 0
+}
+
+func (x *TaskCell) GetSaturated() bool {
+	if x != nil {
+		return x.Saturated
+	}
+	return false
+}
+
+// ListTaskCellsResponse is one page of a task's cells.
+type ListTaskCellsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cells in ID order.
+	Cells []*TaskCell `protobuf:"bytes,1,rep,name=cells,proto3" json:"cells,omitempty"`
+	// Token for the next page; empty when this is the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTaskCellsResponse) Reset() {
+	*x = ListTaskCellsResponse{}
+	mi := &file_otafleet_v1_task_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTaskCellsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTaskCellsResponse) ProtoMessage() {}
+
+func (x *ListTaskCellsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_task_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTaskCellsResponse.ProtoReflect.Descriptor instead.
+func (*ListTaskCellsResponse) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_task_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListTaskCellsResponse) GetCells() []*TaskCell {
+	if x != nil {
+		return x.Cells
+	}
+	return nil
+}
+
+func (x *ListTaskCellsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_otafleet_v1_task_proto protoreflect.FileDescriptor
 
 const file_otafleet_v1_task_proto_rawDesc = "" +
@@ -1437,7 +1841,43 @@ const file_otafleet_v1_task_proto_rawDesc = "" +
 	"\x10WatchTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\":\n" +
 	"\x11WatchTaskResponse\x12%\n" +
-	"\x04task\x18\x01 \x01(\v2\x11.otafleet.v1.TaskR\x04task2\xaf\x04\n" +
+	"\x04task\x18\x01 \x01(\v2\x11.otafleet.v1.TaskR\x04task\"k\n" +
+	"\x14ListTaskCellsRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"j\n" +
+	"\vCoverageMix\x12\x12\n" +
+	"\x04good\x18\x01 \x01(\rR\x04good\x12\x16\n" +
+	"\x06medium\x18\x02 \x01(\rR\x06medium\x12\x12\n" +
+	"\x04poor\x18\x03 \x01(\rR\x04poor\x12\x1b\n" +
+	"\tcell_only\x18\x04 \x01(\rR\bcellOnly\"\x8b\x01\n" +
+	"\n" +
+	"CellHolder\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x121\n" +
+	"\bcoverage\x18\x02 \x01(\x0e2\x15.otafleet.v1.CoverageR\bcoverage\x12\x14\n" +
+	"\x05units\x18\x03 \x01(\rR\x05units\x12\x17\n" +
+	"\atask_id\x18\x04 \x01(\tR\x06taskId\"\xa3\x03\n" +
+	"\bTaskCell\x12\x17\n" +
+	"\acell_id\x18\x01 \x01(\tR\x06cellId\x12 \n" +
+	"\funits_in_use\x18\x02 \x01(\rR\n" +
+	"unitsInUse\x12\x16\n" +
+	"\x06budget\x18\x03 \x01(\rR\x06budget\x121\n" +
+	"\aholders\x18\x04 \x03(\v2\x17.otafleet.v1.CellHolderR\aholders\x12\x18\n" +
+	"\awaiting\x18\x05 \x01(\rR\awaiting\x129\n" +
+	"\vholding_mix\x18\x06 \x01(\v2\x18.otafleet.v1.CoverageMixR\n" +
+	"holdingMix\x129\n" +
+	"\vwaiting_mix\x18\a \x01(\v2\x18.otafleet.v1.CoverageMixR\n" +
+	"waitingMix\x12!\n" +
+	"\ftask_holding\x18\b \x01(\rR\vtaskHolding\x12!\n" +
+	"\ftask_waiting\x18\t \x01(\rR\vtaskWaiting\x12\x1d\n" +
+	"\n" +
+	"head_units\x18\n" +
+	" \x01(\rR\theadUnits\x12\x1c\n" +
+	"\tsaturated\x18\v \x01(\bR\tsaturated\"l\n" +
+	"\x15ListTaskCellsResponse\x12+\n" +
+	"\x05cells\x18\x01 \x03(\v2\x15.otafleet.v1.TaskCellR\x05cells\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x87\x05\n" +
 	"\vTaskService\x12M\n" +
 	"\n" +
 	"CreateTask\x12\x1e.otafleet.v1.CreateTaskRequest\x1a\x1f.otafleet.v1.CreateTaskResponse\x12D\n" +
@@ -1446,7 +1886,8 @@ const file_otafleet_v1_task_proto_rawDesc = "" +
 	"\bStopTask\x12\x1c.otafleet.v1.StopTaskRequest\x1a\x1d.otafleet.v1.StopTaskResponse\x12J\n" +
 	"\tRetryTask\x12\x1d.otafleet.v1.RetryTaskRequest\x1a\x1e.otafleet.v1.RetryTaskResponse\x12\\\n" +
 	"\x0fListTaskDevices\x12#.otafleet.v1.ListTaskDevicesRequest\x1a$.otafleet.v1.ListTaskDevicesResponse\x12L\n" +
-	"\tWatchTask\x12\x1d.otafleet.v1.WatchTaskRequest\x1a\x1e.otafleet.v1.WatchTaskResponse0\x01B8Z6github.com/otafleet/otafleet/rpc/otafleetv1;otafleetv1b\x06proto3"
+	"\tWatchTask\x12\x1d.otafleet.v1.WatchTaskRequest\x1a\x1e.otafleet.v1.WatchTaskResponse0\x01\x12V\n" +
+	"\rListTaskCells\x12!.otafleet.v1.ListTaskCellsRequest\x1a\".otafleet.v1.ListTaskCellsResponseB8Z6github.com/otafleet/otafleet/rpc/otafleetv1;otafleetv1b\x06proto3"
 
 var (
 	file_otafleet_v1_task_proto_rawDescOnce sync.Once
@@ -1460,7 +1901,7 @@ func file_otafleet_v1_task_proto_rawDescGZIP() []byte {
 	return file_otafleet_v1_task_proto_rawDescData
 }
 
-var file_otafleet_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_otafleet_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_otafleet_v1_task_proto_goTypes = []any{
 	(*Window)(nil),                  // 0: otafleet.v1.Window
 	(*Policy)(nil),                  // 1: otafleet.v1.Policy
@@ -1481,54 +1922,67 @@ var file_otafleet_v1_task_proto_goTypes = []any{
 	(*ListTaskDevicesResponse)(nil), // 16: otafleet.v1.ListTaskDevicesResponse
 	(*WatchTaskRequest)(nil),        // 17: otafleet.v1.WatchTaskRequest
 	(*WatchTaskResponse)(nil),       // 18: otafleet.v1.WatchTaskResponse
-	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
-	(TaskType)(0),                   // 20: otafleet.v1.TaskType
-	(TaskStatus)(0),                 // 21: otafleet.v1.TaskStatus
-	(SubtaskStatus)(0),              // 22: otafleet.v1.SubtaskStatus
+	(*ListTaskCellsRequest)(nil),    // 19: otafleet.v1.ListTaskCellsRequest
+	(*CoverageMix)(nil),             // 20: otafleet.v1.CoverageMix
+	(*CellHolder)(nil),              // 21: otafleet.v1.CellHolder
+	(*TaskCell)(nil),                // 22: otafleet.v1.TaskCell
+	(*ListTaskCellsResponse)(nil),   // 23: otafleet.v1.ListTaskCellsResponse
+	(*timestamppb.Timestamp)(nil),   // 24: google.protobuf.Timestamp
+	(TaskType)(0),                   // 25: otafleet.v1.TaskType
+	(TaskStatus)(0),                 // 26: otafleet.v1.TaskStatus
+	(SubtaskStatus)(0),              // 27: otafleet.v1.SubtaskStatus
+	(Coverage)(0),                   // 28: otafleet.v1.Coverage
 }
 var file_otafleet_v1_task_proto_depIdxs = []int32{
-	19, // 0: otafleet.v1.Policy.schedule_time:type_name -> google.protobuf.Timestamp
+	24, // 0: otafleet.v1.Policy.schedule_time:type_name -> google.protobuf.Timestamp
 	0,  // 1: otafleet.v1.Policy.window:type_name -> otafleet.v1.Window
-	20, // 2: otafleet.v1.Task.task_type:type_name -> otafleet.v1.TaskType
-	21, // 3: otafleet.v1.Task.status:type_name -> otafleet.v1.TaskStatus
+	25, // 2: otafleet.v1.Task.task_type:type_name -> otafleet.v1.TaskType
+	26, // 3: otafleet.v1.Task.status:type_name -> otafleet.v1.TaskStatus
 	2,  // 4: otafleet.v1.Task.progress:type_name -> otafleet.v1.TaskProgress
 	1,  // 5: otafleet.v1.Task.policy:type_name -> otafleet.v1.Policy
-	19, // 6: otafleet.v1.Task.create_time:type_name -> google.protobuf.Timestamp
-	19, // 7: otafleet.v1.Task.finish_time:type_name -> google.protobuf.Timestamp
-	20, // 8: otafleet.v1.CreateTaskRequest.task_type:type_name -> otafleet.v1.TaskType
+	24, // 6: otafleet.v1.Task.create_time:type_name -> google.protobuf.Timestamp
+	24, // 7: otafleet.v1.Task.finish_time:type_name -> google.protobuf.Timestamp
+	25, // 8: otafleet.v1.CreateTaskRequest.task_type:type_name -> otafleet.v1.TaskType
 	1,  // 9: otafleet.v1.CreateTaskRequest.policy:type_name -> otafleet.v1.Policy
 	3,  // 10: otafleet.v1.CreateTaskResponse.task:type_name -> otafleet.v1.Task
 	3,  // 11: otafleet.v1.GetTaskResponse.task:type_name -> otafleet.v1.Task
-	21, // 12: otafleet.v1.ListTasksRequest.status:type_name -> otafleet.v1.TaskStatus
+	26, // 12: otafleet.v1.ListTasksRequest.status:type_name -> otafleet.v1.TaskStatus
 	3,  // 13: otafleet.v1.ListTasksResponse.tasks:type_name -> otafleet.v1.Task
 	3,  // 14: otafleet.v1.StopTaskResponse.task:type_name -> otafleet.v1.Task
 	3,  // 15: otafleet.v1.RetryTaskResponse.task:type_name -> otafleet.v1.Task
-	22, // 16: otafleet.v1.TaskDevice.status:type_name -> otafleet.v1.SubtaskStatus
-	19, // 17: otafleet.v1.TaskDevice.update_time:type_name -> google.protobuf.Timestamp
-	19, // 18: otafleet.v1.TaskDevice.next_retry_time:type_name -> google.protobuf.Timestamp
-	19, // 19: otafleet.v1.TaskDevice.start_time:type_name -> google.protobuf.Timestamp
-	22, // 20: otafleet.v1.ListTaskDevicesRequest.status:type_name -> otafleet.v1.SubtaskStatus
+	27, // 16: otafleet.v1.TaskDevice.status:type_name -> otafleet.v1.SubtaskStatus
+	24, // 17: otafleet.v1.TaskDevice.update_time:type_name -> google.protobuf.Timestamp
+	24, // 18: otafleet.v1.TaskDevice.next_retry_time:type_name -> google.protobuf.Timestamp
+	24, // 19: otafleet.v1.TaskDevice.start_time:type_name -> google.protobuf.Timestamp
+	27, // 20: otafleet.v1.ListTaskDevicesRequest.status:type_name -> otafleet.v1.SubtaskStatus
 	14, // 21: otafleet.v1.ListTaskDevicesResponse.devices:type_name -> otafleet.v1.TaskDevice
 	3,  // 22: otafleet.v1.WatchTaskResponse.task:type_name -> otafleet.v1.Task
-	4,  // 23: otafleet.v1.TaskService.CreateTask:input_type -> otafleet.v1.CreateTaskRequest
-	6,  // 24: otafleet.v1.TaskService.GetTask:input_type -> otafleet.v1.GetTaskRequest
-	8,  // 25: otafleet.v1.TaskService.ListTasks:input_type -> otafleet.v1.ListTasksRequest
-	10, // 26: otafleet.v1.TaskService.StopTask:input_type -> otafleet.v1.StopTaskRequest
-	12, // 27: otafleet.v1.TaskService.RetryTask:input_type -> otafleet.v1.RetryTaskRequest
-	15, // 28: otafleet.v1.TaskService.ListTaskDevices:input_type -> otafleet.v1.ListTaskDevicesRequest
-	17, // 29: otafleet.v1.TaskService.WatchTask:input_type -> otafleet.v1.WatchTaskRequest
-	5,  // 30: otafleet.v1.TaskService.CreateTask:output_type -> otafleet.v1.CreateTaskResponse
-	7,  // 31: otafleet.v1.TaskService.GetTask:output_type -> otafleet.v1.GetTaskResponse
-	9,  // 32: otafleet.v1.TaskService.ListTasks:output_type -> otafleet.v1.ListTasksResponse
-	11, // 33: otafleet.v1.TaskService.StopTask:output_type -> otafleet.v1.StopTaskResponse
-	13, // 34: otafleet.v1.TaskService.RetryTask:output_type -> otafleet.v1.RetryTaskResponse
-	16, // 35: otafleet.v1.TaskService.ListTaskDevices:output_type -> otafleet.v1.ListTaskDevicesResponse
-	18, // 36: otafleet.v1.TaskService.WatchTask:output_type -> otafleet.v1.WatchTaskResponse
-	30, // [30:37] is the sub-list for method output_type
-	23, // [23:30] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	28, // 23: otafleet.v1.CellHolder.coverage:type_name -> otafleet.v1.Coverage
+	21, // 24: otafleet.v1.TaskCell.holders:type_name -> otafleet.v1.CellHolder
+	20, // 25: otafleet.v1.TaskCell.holding_mix:type_name -> otafleet.v1.CoverageMix
+	20, // 26: otafleet.v1.TaskCell.waiting_mix:type_name -> otafleet.v1.CoverageMix
+	22, // 27: otafleet.v1.ListTaskCellsResponse.cells:type_name -> otafleet.v1.TaskCell
+	4,  // 28: otafleet.v1.TaskService.CreateTask:input_type -> otafleet.v1.CreateTaskRequest
+	6,  // 29: otafleet.v1.TaskService.GetTask:input_type -> otafleet.v1.GetTaskRequest
+	8,  // 30: otafleet.v1.TaskService.ListTasks:input_type -> otafleet.v1.ListTasksRequest
+	10, // 31: otafleet.v1.TaskService.StopTask:input_type -> otafleet.v1.StopTaskRequest
+	12, // 32: otafleet.v1.TaskService.RetryTask:input_type -> otafleet.v1.RetryTaskRequest
+	15, // 33: otafleet.v1.TaskService.ListTaskDevices:input_type -> otafleet.v1.ListTaskDevicesRequest
+	17, // 34: otafleet.v1.TaskService.WatchTask:input_type -> otafleet.v1.WatchTaskRequest
+	19, // 35: otafleet.v1.TaskService.ListTaskCells:input_type -> otafleet.v1.ListTaskCellsRequest
+	5,  // 36: otafleet.v1.TaskService.CreateTask:output_type -> otafleet.v1.CreateTaskResponse
+	7,  // 37: otafleet.v1.TaskService.GetTask:output_type -> otafleet.v1.GetTaskResponse
+	9,  // 38: otafleet.v1.TaskService.ListTasks:output_type -> otafleet.v1.ListTasksResponse
+	11, // 39: otafleet.v1.TaskService.StopTask:output_type -> otafleet.v1.StopTaskResponse
+	13, // 40: otafleet.v1.TaskService.RetryTask:output_type -> otafleet.v1.RetryTaskResponse
+	16, // 41: otafleet.v1.TaskService.ListTaskDevices:output_type -> otafleet.v1.ListTaskDevicesResponse
+	18, // 42: otafleet.v1.TaskService.WatchTask:output_type -> otafleet.v1.WatchTaskResponse
+	23, // 43: otafleet.v1.TaskService.ListTaskCells:output_type -> otafleet.v1.ListTaskCellsResponse
+	36, // [36:44] is the sub-list for method output_type
+	28, // [28:36] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_otafleet_v1_task_proto_init() }
@@ -1546,7 +2000,7 @@ func file_otafleet_v1_task_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_otafleet_v1_task_proto_rawDesc), len(file_otafleet_v1_task_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

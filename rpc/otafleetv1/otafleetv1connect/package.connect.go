@@ -41,6 +41,9 @@ const (
 	// PackageServiceUploadPackageProcedure is the fully-qualified name of the PackageService's
 	// UploadPackage RPC.
 	PackageServiceUploadPackageProcedure = "/otafleet.v1.PackageService/UploadPackage"
+	// PackageServiceUploadPackageChunkProcedure is the fully-qualified name of the PackageService's
+	// UploadPackageChunk RPC.
+	PackageServiceUploadPackageChunkProcedure = "/otafleet.v1.PackageService/UploadPackageChunk"
 	// PackageServiceGetPackageProcedure is the fully-qualified name of the PackageService's GetPackage
 	// RPC.
 	PackageServiceGetPackageProcedure = "/otafleet.v1.PackageService/GetPackage"
@@ -61,6 +64,19 @@ type PackageServiceClient interface {
 	// all. The server never holds the whole file in memory and computes the
 	// SHA-256 on the way; nothing remains when the stream fails.
 	UploadPackage(context.Context) *connect.ClientStreamForClient[otafleetv1.UploadPackageRequest, otafleetv1.UploadPackageResponse]
+	// UploadPackageChunk creates a package from a series of unary calls, for
+	// clients that cannot stream requests (browsers). The first call
+	// (offset 0) carries the metadata and total_size and gets an upload_id;
+	// every call appends data at offset, which must be the number of bytes
+	// received so far (failed_precondition otherwise, naming the expected
+	// offset, so a client that lost an answer resumes from there). A call
+	// without data reports next_offset without appending. The call whose data
+	// reaches total_size must carry sha256; it checks the file and creates the
+	// package. Data go to the package store as they arrive (never the whole
+	// file in memory); one call at a time per upload (aborted while another
+	// call of the same upload runs). An upload without a call for 1 hour is
+	// abandoned and its bytes deleted.
+	UploadPackageChunk(context.Context, *connect.Request[otafleetv1.UploadPackageChunkRequest]) (*connect.Response[otafleetv1.UploadPackageChunkResponse], error)
 	// GetPackage returns one package's metadata; not_found for an unknown ID.
 	GetPackage(context.Context, *connect.Request[otafleetv1.GetPackageRequest]) (*connect.Response[otafleetv1.GetPackageResponse], error)
 	// ListPackages lists packages in ID order, a page at a time.
@@ -93,6 +109,12 @@ func NewPackageServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(packageServiceMethods.ByName("UploadPackage")),
 			connect.WithClientOptions(opts...),
 		),
+		uploadPackageChunk: connect.NewClient[otafleetv1.UploadPackageChunkRequest, otafleetv1.UploadPackageChunkResponse](
+			httpClient,
+			baseURL+PackageServiceUploadPackageChunkProcedure,
+			connect.WithSchema(packageServiceMethods.ByName("UploadPackageChunk")),
+			connect.WithClientOptions(opts...),
+		),
 		getPackage: connect.NewClient[otafleetv1.GetPackageRequest, otafleetv1.GetPackageResponse](
 			httpClient,
 			baseURL+PackageServiceGetPackageProcedure,
@@ -116,11 +138,12 @@ func NewPackageServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 
 // packageServiceClient implements PackageServiceClient.
 type packageServiceClient struct {
-	createPackage *connect.Client[otafleetv1.CreatePackageRequest, otafleetv1.CreatePackageResponse]
-	uploadPackage *connect.Client[otafleetv1.UploadPackageRequest, otafleetv1.UploadPackageResponse]
-	getPackage    *connect.Client[otafleetv1.GetPackageRequest, otafleetv1.GetPackageResponse]
-	listPackages  *connect.Client[otafleetv1.ListPackagesRequest, otafleetv1.ListPackagesResponse]
-	deletePackage *connect.Client[otafleetv1.DeletePackageRequest, otafleetv1.DeletePackageResponse]
+	createPackage      *connect.Client[otafleetv1.CreatePackageRequest, otafleetv1.CreatePackageResponse]
+	uploadPackage      *connect.Client[otafleetv1.UploadPackageRequest, otafleetv1.UploadPackageResponse]
+	uploadPackageChunk *connect.Client[otafleetv1.UploadPackageChunkRequest, otafleetv1.UploadPackageChunkResponse]
+	getPackage         *connect.Client[otafleetv1.GetPackageRequest, otafleetv1.GetPackageResponse]
+	listPackages       *connect.Client[otafleetv1.ListPackagesRequest, otafleetv1.ListPackagesResponse]
+	deletePackage      *connect.Client[otafleetv1.DeletePackageRequest, otafleetv1.DeletePackageResponse]
 }
 
 // CreatePackage calls otafleet.v1.PackageService.CreatePackage.
@@ -131,6 +154,11 @@ func (c *packageServiceClient) CreatePackage(ctx context.Context, req *connect.R
 // UploadPackage calls otafleet.v1.PackageService.UploadPackage.
 func (c *packageServiceClient) UploadPackage(ctx context.Context) *connect.ClientStreamForClient[otafleetv1.UploadPackageRequest, otafleetv1.UploadPackageResponse] {
 	return c.uploadPackage.CallClientStream(ctx)
+}
+
+// UploadPackageChunk calls otafleet.v1.PackageService.UploadPackageChunk.
+func (c *packageServiceClient) UploadPackageChunk(ctx context.Context, req *connect.Request[otafleetv1.UploadPackageChunkRequest]) (*connect.Response[otafleetv1.UploadPackageChunkResponse], error) {
+	return c.uploadPackageChunk.CallUnary(ctx, req)
 }
 
 // GetPackage calls otafleet.v1.PackageService.GetPackage.
@@ -157,6 +185,19 @@ type PackageServiceHandler interface {
 	// all. The server never holds the whole file in memory and computes the
 	// SHA-256 on the way; nothing remains when the stream fails.
 	UploadPackage(context.Context, *connect.ClientStream[otafleetv1.UploadPackageRequest]) (*connect.Response[otafleetv1.UploadPackageResponse], error)
+	// UploadPackageChunk creates a package from a series of unary calls, for
+	// clients that cannot stream requests (browsers). The first call
+	// (offset 0) carries the metadata and total_size and gets an upload_id;
+	// every call appends data at offset, which must be the number of bytes
+	// received so far (failed_precondition otherwise, naming the expected
+	// offset, so a client that lost an answer resumes from there). A call
+	// without data reports next_offset without appending. The call whose data
+	// reaches total_size must carry sha256; it checks the file and creates the
+	// package. Data go to the package store as they arrive (never the whole
+	// file in memory); one call at a time per upload (aborted while another
+	// call of the same upload runs). An upload without a call for 1 hour is
+	// abandoned and its bytes deleted.
+	UploadPackageChunk(context.Context, *connect.Request[otafleetv1.UploadPackageChunkRequest]) (*connect.Response[otafleetv1.UploadPackageChunkResponse], error)
 	// GetPackage returns one package's metadata; not_found for an unknown ID.
 	GetPackage(context.Context, *connect.Request[otafleetv1.GetPackageRequest]) (*connect.Response[otafleetv1.GetPackageResponse], error)
 	// ListPackages lists packages in ID order, a page at a time.
@@ -185,6 +226,12 @@ func NewPackageServiceHandler(svc PackageServiceHandler, opts ...connect.Handler
 		connect.WithSchema(packageServiceMethods.ByName("UploadPackage")),
 		connect.WithHandlerOptions(opts...),
 	)
+	packageServiceUploadPackageChunkHandler := connect.NewUnaryHandler(
+		PackageServiceUploadPackageChunkProcedure,
+		svc.UploadPackageChunk,
+		connect.WithSchema(packageServiceMethods.ByName("UploadPackageChunk")),
+		connect.WithHandlerOptions(opts...),
+	)
 	packageServiceGetPackageHandler := connect.NewUnaryHandler(
 		PackageServiceGetPackageProcedure,
 		svc.GetPackage,
@@ -209,6 +256,8 @@ func NewPackageServiceHandler(svc PackageServiceHandler, opts ...connect.Handler
 			packageServiceCreatePackageHandler.ServeHTTP(w, r)
 		case PackageServiceUploadPackageProcedure:
 			packageServiceUploadPackageHandler.ServeHTTP(w, r)
+		case PackageServiceUploadPackageChunkProcedure:
+			packageServiceUploadPackageChunkHandler.ServeHTTP(w, r)
 		case PackageServiceGetPackageProcedure:
 			packageServiceGetPackageHandler.ServeHTTP(w, r)
 		case PackageServiceListPackagesProcedure:
@@ -230,6 +279,10 @@ func (UnimplementedPackageServiceHandler) CreatePackage(context.Context, *connec
 
 func (UnimplementedPackageServiceHandler) UploadPackage(context.Context, *connect.ClientStream[otafleetv1.UploadPackageRequest]) (*connect.Response[otafleetv1.UploadPackageResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("otafleet.v1.PackageService.UploadPackage is not implemented"))
+}
+
+func (UnimplementedPackageServiceHandler) UploadPackageChunk(context.Context, *connect.Request[otafleetv1.UploadPackageChunkRequest]) (*connect.Response[otafleetv1.UploadPackageChunkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("otafleet.v1.PackageService.UploadPackageChunk is not implemented"))
 }
 
 func (UnimplementedPackageServiceHandler) GetPackage(context.Context, *connect.Request[otafleetv1.GetPackageRequest]) (*connect.Response[otafleetv1.GetPackageResponse], error) {

@@ -50,6 +50,9 @@ const (
 	TaskServiceListTaskDevicesProcedure = "/otafleet.v1.TaskService/ListTaskDevices"
 	// TaskServiceWatchTaskProcedure is the fully-qualified name of the TaskService's WatchTask RPC.
 	TaskServiceWatchTaskProcedure = "/otafleet.v1.TaskService/WatchTask"
+	// TaskServiceListTaskCellsProcedure is the fully-qualified name of the TaskService's ListTaskCells
+	// RPC.
+	TaskServiceListTaskCellsProcedure = "/otafleet.v1.TaskService/ListTaskCells"
 )
 
 // TaskServiceClient is a client for the otafleet.v1.TaskService service.
@@ -82,6 +85,15 @@ type TaskServiceClient interface {
 	// second), and ends after the message with a finished status
 	// (SUCCESS, FAIL, PARTIAL_SUCCESS or STOPPED).
 	WatchTask(context.Context, *connect.Request[otafleetv1.WatchTaskRequest]) (*connect.ServerStreamForClient[otafleetv1.WatchTaskResponse], error)
+	// ListTaskCells lists the radio cells where the task's devices hold or
+	// wait for upgrade slots now, in cell ID order, a page at a time: each
+	// cell's budget in use, its holders and its queue (of every task, since a
+	// cell's budget is shared by all tasks) with their coverage mix. A cell
+	// with saturated set (devices queued, and the head of the queue does not
+	// fit the budget left) is what holds the task back. Cells the task's
+	// devices have left (their upgrades finished) are not listed, so a
+	// finished task has none. not_found for an unknown task.
+	ListTaskCells(context.Context, *connect.Request[otafleetv1.ListTaskCellsRequest]) (*connect.Response[otafleetv1.ListTaskCellsResponse], error)
 }
 
 // NewTaskServiceClient constructs a client for the otafleet.v1.TaskService service. By default, it
@@ -137,6 +149,12 @@ func NewTaskServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(taskServiceMethods.ByName("WatchTask")),
 			connect.WithClientOptions(opts...),
 		),
+		listTaskCells: connect.NewClient[otafleetv1.ListTaskCellsRequest, otafleetv1.ListTaskCellsResponse](
+			httpClient,
+			baseURL+TaskServiceListTaskCellsProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("ListTaskCells")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -149,6 +167,7 @@ type taskServiceClient struct {
 	retryTask       *connect.Client[otafleetv1.RetryTaskRequest, otafleetv1.RetryTaskResponse]
 	listTaskDevices *connect.Client[otafleetv1.ListTaskDevicesRequest, otafleetv1.ListTaskDevicesResponse]
 	watchTask       *connect.Client[otafleetv1.WatchTaskRequest, otafleetv1.WatchTaskResponse]
+	listTaskCells   *connect.Client[otafleetv1.ListTaskCellsRequest, otafleetv1.ListTaskCellsResponse]
 }
 
 // CreateTask calls otafleet.v1.TaskService.CreateTask.
@@ -186,6 +205,11 @@ func (c *taskServiceClient) WatchTask(ctx context.Context, req *connect.Request[
 	return c.watchTask.CallServerStream(ctx, req)
 }
 
+// ListTaskCells calls otafleet.v1.TaskService.ListTaskCells.
+func (c *taskServiceClient) ListTaskCells(ctx context.Context, req *connect.Request[otafleetv1.ListTaskCellsRequest]) (*connect.Response[otafleetv1.ListTaskCellsResponse], error) {
+	return c.listTaskCells.CallUnary(ctx, req)
+}
+
 // TaskServiceHandler is an implementation of the otafleet.v1.TaskService service.
 type TaskServiceHandler interface {
 	// CreateTask creates a task upgrading the union of device_ids and the
@@ -216,6 +240,15 @@ type TaskServiceHandler interface {
 	// second), and ends after the message with a finished status
 	// (SUCCESS, FAIL, PARTIAL_SUCCESS or STOPPED).
 	WatchTask(context.Context, *connect.Request[otafleetv1.WatchTaskRequest], *connect.ServerStream[otafleetv1.WatchTaskResponse]) error
+	// ListTaskCells lists the radio cells where the task's devices hold or
+	// wait for upgrade slots now, in cell ID order, a page at a time: each
+	// cell's budget in use, its holders and its queue (of every task, since a
+	// cell's budget is shared by all tasks) with their coverage mix. A cell
+	// with saturated set (devices queued, and the head of the queue does not
+	// fit the budget left) is what holds the task back. Cells the task's
+	// devices have left (their upgrades finished) are not listed, so a
+	// finished task has none. not_found for an unknown task.
+	ListTaskCells(context.Context, *connect.Request[otafleetv1.ListTaskCellsRequest]) (*connect.Response[otafleetv1.ListTaskCellsResponse], error)
 }
 
 // NewTaskServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -267,6 +300,12 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(taskServiceMethods.ByName("WatchTask")),
 		connect.WithHandlerOptions(opts...),
 	)
+	taskServiceListTaskCellsHandler := connect.NewUnaryHandler(
+		TaskServiceListTaskCellsProcedure,
+		svc.ListTaskCells,
+		connect.WithSchema(taskServiceMethods.ByName("ListTaskCells")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/otafleet.v1.TaskService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case TaskServiceCreateTaskProcedure:
@@ -283,6 +322,8 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 			taskServiceListTaskDevicesHandler.ServeHTTP(w, r)
 		case TaskServiceWatchTaskProcedure:
 			taskServiceWatchTaskHandler.ServeHTTP(w, r)
+		case TaskServiceListTaskCellsProcedure:
+			taskServiceListTaskCellsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -318,4 +359,8 @@ func (UnimplementedTaskServiceHandler) ListTaskDevices(context.Context, *connect
 
 func (UnimplementedTaskServiceHandler) WatchTask(context.Context, *connect.Request[otafleetv1.WatchTaskRequest], *connect.ServerStream[otafleetv1.WatchTaskResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("otafleet.v1.TaskService.WatchTask is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) ListTaskCells(context.Context, *connect.Request[otafleetv1.ListTaskCellsRequest]) (*connect.Response[otafleetv1.ListTaskCellsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("otafleet.v1.TaskService.ListTaskCells is not implemented"))
 }
