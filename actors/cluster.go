@@ -567,10 +567,17 @@ func (n *node) receiveDirectory(ctx actor.Context) {
 		if sender == nil {
 			return
 		}
-		if m.GetNode() != nil {
-			r := &messages.ClusterReply{Live: map[string]uint32{}}
-			for k, c := range n.e.Live() {
-				r.Live[k] = uint32(c)
+		if q := m.GetNode(); q != nil {
+			r := &messages.ClusterReply{}
+			if task := q.GetCellsOfTask(); task != "" {
+				for _, v := range n.e.localTaskCells(task, q.GetAfter(), int(q.GetLimit())) {
+					r.Cells = append(r.Cells, cellViewToWire(v))
+				}
+			} else {
+				r.Live = map[string]uint32{}
+				for k, c := range n.e.Live() {
+					r.Live[k] = uint32(c)
+				}
 			}
 			ctx.Respond(r)
 			return

@@ -561,6 +561,22 @@ func TestClusterNodeLeavesAndJoins(t *testing.T) {
 	}
 	c.runUntil(func() bool { return c.task(a, "moves").Progress.Success >= len(specs)/3 }, 24*time.Hour)
 	c.midCampaign(a, "moves", len(specs))
+	// Every node lists the task's twelve cells, wherever they live; a
+	// page of five and the next continue in cell order.
+	for _, n := range []*clusterNode{a, b, gone} {
+		var got []string
+		for _, v := range n.e.TaskCells("moves", "", 0) {
+			got = append(got, v.CellID)
+		}
+		if len(got) != 12 || !slices.IsSorted(got) {
+			t.Errorf("node %s lists cells %v, want the 12 in order", n.addr, got)
+		}
+	}
+	page := a.e.TaskCells("moves", "", 5)
+	next := b.e.TaskCells("moves", page[len(page)-1].CellID, 5)
+	if len(page) != 5 || len(next) != 5 || next[0].CellID <= page[4].CellID {
+		t.Errorf("pages %d and %d cells, %s then %s", len(page), len(next), page[len(page)-1].CellID, next[0].CellID)
+	}
 	c.stop(gone)
 	c.awaitMembers()
 	c.settle()

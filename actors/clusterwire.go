@@ -206,3 +206,35 @@ func taskViewFromWire(w *messages.TaskViewWire) TaskView {
 	}
 	return v
 }
+
+func mixToWire(m CoverageMix) *messages.CellViewWire_Mix {
+	return &messages.CellViewWire_Mix{Good: m.Good, Medium: m.Medium, Poor: m.Poor, CellOnly: m.CellOnly}
+}
+
+func mixFromWire(m *messages.CellViewWire_Mix) CoverageMix {
+	return CoverageMix{Good: m.GetGood(), Medium: m.GetMedium(), Poor: m.GetPoor(), CellOnly: m.GetCellOnly()}
+}
+
+func cellViewToWire(v *CellView) *messages.CellViewWire {
+	w := &messages.CellViewWire{
+		CellId: v.CellID, InUse: v.InUse, Budget: v.Budget, HoldingMix: mixToWire(v.HoldingMix),
+		Waiting: v.Waiting, WaitingMix: mixToWire(v.WaitingMix), HeadUnits: v.HeadUnits,
+		TaskHolding: v.TaskHolding, TaskWaiting: v.TaskWaiting,
+	}
+	for _, h := range v.Holders {
+		w.Holders = append(w.Holders, &messages.CellViewWire_Holder{DeviceId: h.DeviceID, Level: h.Level, Units: h.Units, TaskId: h.TaskID})
+	}
+	return w
+}
+
+func cellViewFromWire(w *messages.CellViewWire) *CellView {
+	v := &CellView{
+		CellID: w.GetCellId(), InUse: w.GetInUse(), Budget: w.GetBudget(), HoldingMix: mixFromWire(w.GetHoldingMix()),
+		Waiting: w.GetWaiting(), WaitingMix: mixFromWire(w.GetWaitingMix()), HeadUnits: w.GetHeadUnits(),
+		TaskHolding: w.GetTaskHolding(), TaskWaiting: w.GetTaskWaiting(),
+	}
+	for _, h := range w.GetHolders() {
+		v.Holders = append(v.Holders, CellHolder{DeviceID: h.GetDeviceId(), Level: h.GetLevel(), Units: h.GetUnits(), TaskID: h.GetTaskId()})
+	}
+	return v
+}

@@ -124,3 +124,27 @@ func TestRoutedInputChecks(t *testing.T) {
 		}
 	}
 }
+
+// TestCellViewWire: a cell view survives its wire form.
+func TestCellViewWire(t *testing.T) {
+	v := &CellView{
+		CellID: "c1", InUse: 12, Budget: 50, HoldingMix: CoverageMix{Good: 2, Medium: 1}, Waiting: 3,
+		WaitingMix: CoverageMix{Poor: 1, CellOnly: 2}, HeadUnits: 50,
+		Holders: []CellHolder{
+			{DeviceID: "a", Level: messages.CoverageLevel_COVERAGE_LEVEL_GOOD, Units: 1, TaskID: "t1"},
+			{DeviceID: "b", Level: messages.CoverageLevel_COVERAGE_LEVEL_MEDIUM, Units: 5, TaskID: "t2"},
+		},
+		TaskHolding: map[string]uint32{"t1": 1, "t2": 1}, TaskWaiting: map[string]uint32{"t1": 3},
+	}
+	b, err := proto.Marshal(cellViewToWire(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &messages.CellViewWire{}
+	if err := proto.Unmarshal(b, w); err != nil {
+		t.Fatal(err)
+	}
+	if got := cellViewFromWire(w); !reflect.DeepEqual(got, v) {
+		t.Errorf("view\n%+v\nwant\n%+v", got, v)
+	}
+}

@@ -104,7 +104,7 @@ func (x ClusterReply_ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ClusterReply_ErrorCode.Descriptor instead.
 func (ClusterReply_ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{4, 0}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{5, 0}
 }
 
 // RoutedInput is an input for the actor (kind, id) that another node's
@@ -460,9 +460,15 @@ func (x *ViewQuery) GetStatus() SubtaskStatus {
 	return SubtaskStatus_SUBTASK_STATUS_UNSPECIFIED
 }
 
-// NodeQuery asks a node for its live actors by kind (cluster status).
+// NodeQuery asks a node for its live actors by kind (cluster status), or,
+// when cells_of_task is set, for the views of its live cells where that
+// task's devices hold or wait (those after cell ID after, at most limit;
+// 0: all).
 type NodeQuery struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	CellsOfTask   string                 `protobuf:"bytes,1,opt,name=cells_of_task,json=cellsOfTask,proto3" json:"cells_of_task,omitempty"`
+	After         string                 `protobuf:"bytes,2,opt,name=after,proto3" json:"after,omitempty"`
+	Limit         uint32                 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -497,6 +503,144 @@ func (*NodeQuery) Descriptor() ([]byte, []int) {
 	return file_messages_cluster_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *NodeQuery) GetCellsOfTask() string {
+	if x != nil {
+		return x.CellsOfTask
+	}
+	return ""
+}
+
+func (x *NodeQuery) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *NodeQuery) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// CellViewWire is actors.CellView on the wire.
+type CellViewWire struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CellId        string                 `protobuf:"bytes,1,opt,name=cell_id,json=cellId,proto3" json:"cell_id,omitempty"`
+	InUse         uint32                 `protobuf:"varint,2,opt,name=in_use,json=inUse,proto3" json:"in_use,omitempty"`
+	Budget        uint32                 `protobuf:"varint,3,opt,name=budget,proto3" json:"budget,omitempty"`
+	Holders       []*CellViewWire_Holder `protobuf:"bytes,4,rep,name=holders,proto3" json:"holders,omitempty"`
+	HoldingMix    *CellViewWire_Mix      `protobuf:"bytes,5,opt,name=holding_mix,json=holdingMix,proto3" json:"holding_mix,omitempty"`
+	Waiting       uint32                 `protobuf:"varint,6,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	WaitingMix    *CellViewWire_Mix      `protobuf:"bytes,7,opt,name=waiting_mix,json=waitingMix,proto3" json:"waiting_mix,omitempty"`
+	HeadUnits     uint32                 `protobuf:"varint,8,opt,name=head_units,json=headUnits,proto3" json:"head_units,omitempty"`
+	TaskHolding   map[string]uint32      `protobuf:"bytes,9,rep,name=task_holding,json=taskHolding,proto3" json:"task_holding,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	TaskWaiting   map[string]uint32      `protobuf:"bytes,10,rep,name=task_waiting,json=taskWaiting,proto3" json:"task_waiting,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CellViewWire) Reset() {
+	*x = CellViewWire{}
+	mi := &file_messages_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CellViewWire) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CellViewWire) ProtoMessage() {}
+
+func (x *CellViewWire) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CellViewWire.ProtoReflect.Descriptor instead.
+func (*CellViewWire) Descriptor() ([]byte, []int) {
+	return file_messages_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CellViewWire) GetCellId() string {
+	if x != nil {
+		return x.CellId
+	}
+	return ""
+}
+
+func (x *CellViewWire) GetInUse() uint32 {
+	if x != nil {
+		return x.InUse
+	}
+	return 0
+}
+
+func (x *CellViewWire) GetBudget() uint32 {
+	if x != nil {
+		return x.Budget
+	}
+	return 0
+}
+
+func (x *CellViewWire) GetHolders() []*CellViewWire_Holder {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+func (x *CellViewWire) GetHoldingMix() *CellViewWire_Mix {
+	if x != nil {
+		return x.HoldingMix
+	}
+	return nil
+}
+
+func (x *CellViewWire) GetWaiting() uint32 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *CellViewWire) GetWaitingMix() *CellViewWire_Mix {
+	if x != nil {
+		return x.WaitingMix
+	}
+	return nil
+}
+
+func (x *CellViewWire) GetHeadUnits() uint32 {
+	if x != nil {
+		return x.HeadUnits
+	}
+	return 0
+}
+
+func (x *CellViewWire) GetTaskHolding() map[string]uint32 {
+	if x != nil {
+		return x.TaskHolding
+	}
+	return nil
+}
+
+func (x *CellViewWire) GetTaskWaiting() map[string]uint32 {
+	if x != nil {
+		return x.TaskWaiting
+	}
+	return nil
+}
+
 // ClusterReply answers a ClusterRequest: an error (code and text), or the
 // view asked for.
 type ClusterReply struct {
@@ -511,14 +655,16 @@ type ClusterReply struct {
 	View isClusterReply_View `protobuf_oneof:"view"`
 	// live is a node's live actors by kind ("device", "cell", "task"), in
 	// answer to a NodeQuery.
-	Live          map[string]uint32 `protobuf:"bytes,6,rep,name=live,proto3" json:"live,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Live map[string]uint32 `protobuf:"bytes,6,rep,name=live,proto3" json:"live,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// cells answers a NodeQuery with cells_of_task.
+	Cells         []*CellViewWire `protobuf:"bytes,7,rep,name=cells,proto3" json:"cells,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterReply) Reset() {
 	*x = ClusterReply{}
-	mi := &file_messages_cluster_proto_msgTypes[4]
+	mi := &file_messages_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +676,7 @@ func (x *ClusterReply) String() string {
 func (*ClusterReply) ProtoMessage() {}
 
 func (x *ClusterReply) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[4]
+	mi := &file_messages_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +689,7 @@ func (x *ClusterReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterReply.ProtoReflect.Descriptor instead.
 func (*ClusterReply) Descriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{4}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ClusterReply) GetCode() ClusterReply_ErrorCode {
@@ -601,6 +747,13 @@ func (x *ClusterReply) GetLive() map[string]uint32 {
 	return nil
 }
 
+func (x *ClusterReply) GetCells() []*CellViewWire {
+	if x != nil {
+		return x.Cells
+	}
+	return nil
+}
+
 type isClusterReply_View interface {
 	isClusterReply_View()
 }
@@ -638,7 +791,7 @@ type TaskViewWire struct {
 
 func (x *TaskViewWire) Reset() {
 	*x = TaskViewWire{}
-	mi := &file_messages_cluster_proto_msgTypes[5]
+	mi := &file_messages_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +803,7 @@ func (x *TaskViewWire) String() string {
 func (*TaskViewWire) ProtoMessage() {}
 
 func (x *TaskViewWire) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[5]
+	mi := &file_messages_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +816,7 @@ func (x *TaskViewWire) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskViewWire.ProtoReflect.Descriptor instead.
 func (*TaskViewWire) Descriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{5}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TaskViewWire) GetTask() *TaskCreated {
@@ -724,7 +877,7 @@ type EdgeDownlink struct {
 
 func (x *EdgeDownlink) Reset() {
 	*x = EdgeDownlink{}
-	mi := &file_messages_cluster_proto_msgTypes[6]
+	mi := &file_messages_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +889,7 @@ func (x *EdgeDownlink) String() string {
 func (*EdgeDownlink) ProtoMessage() {}
 
 func (x *EdgeDownlink) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[6]
+	mi := &file_messages_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +902,7 @@ func (x *EdgeDownlink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeDownlink.ProtoReflect.Descriptor instead.
 func (*EdgeDownlink) Descriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{6}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EdgeDownlink) GetKind() isEdgeDownlink_Kind {
@@ -793,6 +946,142 @@ func (*EdgeDownlink_Downlink) isEdgeDownlink_Kind() {}
 
 func (*EdgeDownlink_RevokeToken) isEdgeDownlink_Kind() {}
 
+type CellViewWire_Holder struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Level         CoverageLevel          `protobuf:"varint,2,opt,name=level,proto3,enum=otafleet.messages.v1.CoverageLevel" json:"level,omitempty"`
+	Units         uint32                 `protobuf:"varint,3,opt,name=units,proto3" json:"units,omitempty"`
+	TaskId        string                 `protobuf:"bytes,4,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CellViewWire_Holder) Reset() {
+	*x = CellViewWire_Holder{}
+	mi := &file_messages_cluster_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CellViewWire_Holder) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CellViewWire_Holder) ProtoMessage() {}
+
+func (x *CellViewWire_Holder) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_cluster_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CellViewWire_Holder.ProtoReflect.Descriptor instead.
+func (*CellViewWire_Holder) Descriptor() ([]byte, []int) {
+	return file_messages_cluster_proto_rawDescGZIP(), []int{4, 2}
+}
+
+func (x *CellViewWire_Holder) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *CellViewWire_Holder) GetLevel() CoverageLevel {
+	if x != nil {
+		return x.Level
+	}
+	return CoverageLevel_COVERAGE_LEVEL_UNSPECIFIED
+}
+
+func (x *CellViewWire_Holder) GetUnits() uint32 {
+	if x != nil {
+		return x.Units
+	}
+	return 0
+}
+
+func (x *CellViewWire_Holder) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+type CellViewWire_Mix struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Good          uint32                 `protobuf:"varint,1,opt,name=good,proto3" json:"good,omitempty"`
+	Medium        uint32                 `protobuf:"varint,2,opt,name=medium,proto3" json:"medium,omitempty"`
+	Poor          uint32                 `protobuf:"varint,3,opt,name=poor,proto3" json:"poor,omitempty"`
+	CellOnly      uint32                 `protobuf:"varint,4,opt,name=cell_only,json=cellOnly,proto3" json:"cell_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CellViewWire_Mix) Reset() {
+	*x = CellViewWire_Mix{}
+	mi := &file_messages_cluster_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CellViewWire_Mix) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CellViewWire_Mix) ProtoMessage() {}
+
+func (x *CellViewWire_Mix) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_cluster_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CellViewWire_Mix.ProtoReflect.Descriptor instead.
+func (*CellViewWire_Mix) Descriptor() ([]byte, []int) {
+	return file_messages_cluster_proto_rawDescGZIP(), []int{4, 3}
+}
+
+func (x *CellViewWire_Mix) GetGood() uint32 {
+	if x != nil {
+		return x.Good
+	}
+	return 0
+}
+
+func (x *CellViewWire_Mix) GetMedium() uint32 {
+	if x != nil {
+		return x.Medium
+	}
+	return 0
+}
+
+func (x *CellViewWire_Mix) GetPoor() uint32 {
+	if x != nil {
+		return x.Poor
+	}
+	return 0
+}
+
+func (x *CellViewWire_Mix) GetCellOnly() uint32 {
+	if x != nil {
+		return x.CellOnly
+	}
+	return 0
+}
+
 type TaskViewWire_Row struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DeviceId      string                 `protobuf:"bytes,1,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
@@ -803,7 +1092,7 @@ type TaskViewWire_Row struct {
 
 func (x *TaskViewWire_Row) Reset() {
 	*x = TaskViewWire_Row{}
-	mi := &file_messages_cluster_proto_msgTypes[8]
+	mi := &file_messages_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +1104,7 @@ func (x *TaskViewWire_Row) String() string {
 func (*TaskViewWire_Row) ProtoMessage() {}
 
 func (x *TaskViewWire_Row) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[8]
+	mi := &file_messages_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +1117,7 @@ func (x *TaskViewWire_Row) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskViewWire_Row.ProtoReflect.Descriptor instead.
 func (*TaskViewWire_Row) Descriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{5, 0}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{6, 0}
 }
 
 func (x *TaskViewWire_Row) GetDeviceId() string {
@@ -872,15 +1161,50 @@ const file_messages_cluster_proto_rawDesc = "" +
 	"\tViewQuery\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\rR\x06offset\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12;\n" +
-	"\x06status\x18\x03 \x01(\x0e2#.otafleet.messages.v1.SubtaskStatusR\x06status\"\v\n" +
-	"\tNodeQuery\"\xee\x04\n" +
+	"\x06status\x18\x03 \x01(\x0e2#.otafleet.messages.v1.SubtaskStatusR\x06status\"[\n" +
+	"\tNodeQuery\x12\"\n" +
+	"\rcells_of_task\x18\x01 \x01(\tR\vcellsOfTask\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\tR\x05after\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"\x8c\a\n" +
+	"\fCellViewWire\x12\x17\n" +
+	"\acell_id\x18\x01 \x01(\tR\x06cellId\x12\x15\n" +
+	"\x06in_use\x18\x02 \x01(\rR\x05inUse\x12\x16\n" +
+	"\x06budget\x18\x03 \x01(\rR\x06budget\x12C\n" +
+	"\aholders\x18\x04 \x03(\v2).otafleet.messages.v1.CellViewWire.HolderR\aholders\x12G\n" +
+	"\vholding_mix\x18\x05 \x01(\v2&.otafleet.messages.v1.CellViewWire.MixR\n" +
+	"holdingMix\x12\x18\n" +
+	"\awaiting\x18\x06 \x01(\rR\awaiting\x12G\n" +
+	"\vwaiting_mix\x18\a \x01(\v2&.otafleet.messages.v1.CellViewWire.MixR\n" +
+	"waitingMix\x12\x1d\n" +
+	"\n" +
+	"head_units\x18\b \x01(\rR\theadUnits\x12V\n" +
+	"\ftask_holding\x18\t \x03(\v23.otafleet.messages.v1.CellViewWire.TaskHoldingEntryR\vtaskHolding\x12V\n" +
+	"\ftask_waiting\x18\n" +
+	" \x03(\v23.otafleet.messages.v1.CellViewWire.TaskWaitingEntryR\vtaskWaiting\x1a>\n" +
+	"\x10TaskHoldingEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a>\n" +
+	"\x10TaskWaitingEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a\x8f\x01\n" +
+	"\x06Holder\x12\x1b\n" +
+	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x129\n" +
+	"\x05level\x18\x02 \x01(\x0e2#.otafleet.messages.v1.CoverageLevelR\x05level\x12\x14\n" +
+	"\x05units\x18\x03 \x01(\rR\x05units\x12\x17\n" +
+	"\atask_id\x18\x04 \x01(\tR\x06taskId\x1ab\n" +
+	"\x03Mix\x12\x12\n" +
+	"\x04good\x18\x01 \x01(\rR\x04good\x12\x16\n" +
+	"\x06medium\x18\x02 \x01(\rR\x06medium\x12\x12\n" +
+	"\x04poor\x18\x03 \x01(\rR\x04poor\x12\x1b\n" +
+	"\tcell_only\x18\x04 \x01(\rR\bcellOnly\"\xa8\x05\n" +
 	"\fClusterReply\x12@\n" +
 	"\x04code\x18\x01 \x01(\x0e2,.otafleet.messages.v1.ClusterReply.ErrorCodeR\x04code\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12>\n" +
 	"\x06device\x18\x03 \x01(\v2$.otafleet.messages.v1.DeviceSnapshotH\x00R\x06device\x128\n" +
 	"\x04cell\x18\x04 \x01(\v2\".otafleet.messages.v1.CellSnapshotH\x00R\x04cell\x128\n" +
 	"\x04task\x18\x05 \x01(\v2\".otafleet.messages.v1.TaskViewWireH\x00R\x04task\x12@\n" +
-	"\x04live\x18\x06 \x03(\v2,.otafleet.messages.v1.ClusterReply.LiveEntryR\x04live\x1a7\n" +
+	"\x04live\x18\x06 \x03(\v2,.otafleet.messages.v1.ClusterReply.LiveEntryR\x04live\x128\n" +
+	"\x05cells\x18\a \x03(\v2\".otafleet.messages.v1.CellViewWireR\x05cells\x1a7\n" +
 	"\tLiveEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xce\x01\n" +
@@ -929,57 +1253,70 @@ func file_messages_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_messages_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_messages_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_messages_cluster_proto_goTypes = []any{
 	(ClusterReply_ErrorCode)(0),   // 0: otafleet.messages.v1.ClusterReply.ErrorCode
 	(*RoutedInput)(nil),           // 1: otafleet.messages.v1.RoutedInput
 	(*ClusterRequest)(nil),        // 2: otafleet.messages.v1.ClusterRequest
 	(*ViewQuery)(nil),             // 3: otafleet.messages.v1.ViewQuery
 	(*NodeQuery)(nil),             // 4: otafleet.messages.v1.NodeQuery
-	(*ClusterReply)(nil),          // 5: otafleet.messages.v1.ClusterReply
-	(*TaskViewWire)(nil),          // 6: otafleet.messages.v1.TaskViewWire
-	(*EdgeDownlink)(nil),          // 7: otafleet.messages.v1.EdgeDownlink
-	nil,                           // 8: otafleet.messages.v1.ClusterReply.LiveEntry
-	(*TaskViewWire_Row)(nil),      // 9: otafleet.messages.v1.TaskViewWire.Row
-	(*DeviceInput)(nil),           // 10: otafleet.messages.v1.DeviceInput
-	(*CellInput)(nil),             // 11: otafleet.messages.v1.CellInput
-	(*TaskInput)(nil),             // 12: otafleet.messages.v1.TaskInput
-	(SubtaskStatus)(0),            // 13: otafleet.messages.v1.SubtaskStatus
-	(*DeviceSnapshot)(nil),        // 14: otafleet.messages.v1.DeviceSnapshot
-	(*CellSnapshot)(nil),          // 15: otafleet.messages.v1.CellSnapshot
-	(*TaskCreated)(nil),           // 16: otafleet.messages.v1.TaskCreated
-	(TaskStatus)(0),               // 17: otafleet.messages.v1.TaskStatus
-	(*TaskSnapshot_Progress)(nil), // 18: otafleet.messages.v1.TaskSnapshot.Progress
-	(*Downlink)(nil),              // 19: otafleet.messages.v1.Downlink
-	(*RevokeToken)(nil),           // 20: otafleet.messages.v1.RevokeToken
-	(*TaskSnapshot_Subtask)(nil),  // 21: otafleet.messages.v1.TaskSnapshot.Subtask
+	(*CellViewWire)(nil),          // 5: otafleet.messages.v1.CellViewWire
+	(*ClusterReply)(nil),          // 6: otafleet.messages.v1.ClusterReply
+	(*TaskViewWire)(nil),          // 7: otafleet.messages.v1.TaskViewWire
+	(*EdgeDownlink)(nil),          // 8: otafleet.messages.v1.EdgeDownlink
+	nil,                           // 9: otafleet.messages.v1.CellViewWire.TaskHoldingEntry
+	nil,                           // 10: otafleet.messages.v1.CellViewWire.TaskWaitingEntry
+	(*CellViewWire_Holder)(nil),   // 11: otafleet.messages.v1.CellViewWire.Holder
+	(*CellViewWire_Mix)(nil),      // 12: otafleet.messages.v1.CellViewWire.Mix
+	nil,                           // 13: otafleet.messages.v1.ClusterReply.LiveEntry
+	(*TaskViewWire_Row)(nil),      // 14: otafleet.messages.v1.TaskViewWire.Row
+	(*DeviceInput)(nil),           // 15: otafleet.messages.v1.DeviceInput
+	(*CellInput)(nil),             // 16: otafleet.messages.v1.CellInput
+	(*TaskInput)(nil),             // 17: otafleet.messages.v1.TaskInput
+	(SubtaskStatus)(0),            // 18: otafleet.messages.v1.SubtaskStatus
+	(*DeviceSnapshot)(nil),        // 19: otafleet.messages.v1.DeviceSnapshot
+	(*CellSnapshot)(nil),          // 20: otafleet.messages.v1.CellSnapshot
+	(*TaskCreated)(nil),           // 21: otafleet.messages.v1.TaskCreated
+	(TaskStatus)(0),               // 22: otafleet.messages.v1.TaskStatus
+	(*TaskSnapshot_Progress)(nil), // 23: otafleet.messages.v1.TaskSnapshot.Progress
+	(*Downlink)(nil),              // 24: otafleet.messages.v1.Downlink
+	(*RevokeToken)(nil),           // 25: otafleet.messages.v1.RevokeToken
+	(CoverageLevel)(0),            // 26: otafleet.messages.v1.CoverageLevel
+	(*TaskSnapshot_Subtask)(nil),  // 27: otafleet.messages.v1.TaskSnapshot.Subtask
 }
 var file_messages_cluster_proto_depIdxs = []int32{
-	10, // 0: otafleet.messages.v1.RoutedInput.device:type_name -> otafleet.messages.v1.DeviceInput
-	11, // 1: otafleet.messages.v1.RoutedInput.cell:type_name -> otafleet.messages.v1.CellInput
-	12, // 2: otafleet.messages.v1.RoutedInput.task:type_name -> otafleet.messages.v1.TaskInput
-	10, // 3: otafleet.messages.v1.ClusterRequest.report:type_name -> otafleet.messages.v1.DeviceInput
-	12, // 4: otafleet.messages.v1.ClusterRequest.task_command:type_name -> otafleet.messages.v1.TaskInput
+	15, // 0: otafleet.messages.v1.RoutedInput.device:type_name -> otafleet.messages.v1.DeviceInput
+	16, // 1: otafleet.messages.v1.RoutedInput.cell:type_name -> otafleet.messages.v1.CellInput
+	17, // 2: otafleet.messages.v1.RoutedInput.task:type_name -> otafleet.messages.v1.TaskInput
+	15, // 3: otafleet.messages.v1.ClusterRequest.report:type_name -> otafleet.messages.v1.DeviceInput
+	17, // 4: otafleet.messages.v1.ClusterRequest.task_command:type_name -> otafleet.messages.v1.TaskInput
 	3,  // 5: otafleet.messages.v1.ClusterRequest.view:type_name -> otafleet.messages.v1.ViewQuery
 	4,  // 6: otafleet.messages.v1.ClusterRequest.node:type_name -> otafleet.messages.v1.NodeQuery
-	13, // 7: otafleet.messages.v1.ViewQuery.status:type_name -> otafleet.messages.v1.SubtaskStatus
-	0,  // 8: otafleet.messages.v1.ClusterReply.code:type_name -> otafleet.messages.v1.ClusterReply.ErrorCode
-	14, // 9: otafleet.messages.v1.ClusterReply.device:type_name -> otafleet.messages.v1.DeviceSnapshot
-	15, // 10: otafleet.messages.v1.ClusterReply.cell:type_name -> otafleet.messages.v1.CellSnapshot
-	6,  // 11: otafleet.messages.v1.ClusterReply.task:type_name -> otafleet.messages.v1.TaskViewWire
-	8,  // 12: otafleet.messages.v1.ClusterReply.live:type_name -> otafleet.messages.v1.ClusterReply.LiveEntry
-	16, // 13: otafleet.messages.v1.TaskViewWire.task:type_name -> otafleet.messages.v1.TaskCreated
-	17, // 14: otafleet.messages.v1.TaskViewWire.status:type_name -> otafleet.messages.v1.TaskStatus
-	18, // 15: otafleet.messages.v1.TaskViewWire.progress:type_name -> otafleet.messages.v1.TaskSnapshot.Progress
-	9,  // 16: otafleet.messages.v1.TaskViewWire.subtasks:type_name -> otafleet.messages.v1.TaskViewWire.Row
-	19, // 17: otafleet.messages.v1.EdgeDownlink.downlink:type_name -> otafleet.messages.v1.Downlink
-	20, // 18: otafleet.messages.v1.EdgeDownlink.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
-	21, // 19: otafleet.messages.v1.TaskViewWire.Row.subtask:type_name -> otafleet.messages.v1.TaskSnapshot.Subtask
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	18, // 7: otafleet.messages.v1.ViewQuery.status:type_name -> otafleet.messages.v1.SubtaskStatus
+	11, // 8: otafleet.messages.v1.CellViewWire.holders:type_name -> otafleet.messages.v1.CellViewWire.Holder
+	12, // 9: otafleet.messages.v1.CellViewWire.holding_mix:type_name -> otafleet.messages.v1.CellViewWire.Mix
+	12, // 10: otafleet.messages.v1.CellViewWire.waiting_mix:type_name -> otafleet.messages.v1.CellViewWire.Mix
+	9,  // 11: otafleet.messages.v1.CellViewWire.task_holding:type_name -> otafleet.messages.v1.CellViewWire.TaskHoldingEntry
+	10, // 12: otafleet.messages.v1.CellViewWire.task_waiting:type_name -> otafleet.messages.v1.CellViewWire.TaskWaitingEntry
+	0,  // 13: otafleet.messages.v1.ClusterReply.code:type_name -> otafleet.messages.v1.ClusterReply.ErrorCode
+	19, // 14: otafleet.messages.v1.ClusterReply.device:type_name -> otafleet.messages.v1.DeviceSnapshot
+	20, // 15: otafleet.messages.v1.ClusterReply.cell:type_name -> otafleet.messages.v1.CellSnapshot
+	7,  // 16: otafleet.messages.v1.ClusterReply.task:type_name -> otafleet.messages.v1.TaskViewWire
+	13, // 17: otafleet.messages.v1.ClusterReply.live:type_name -> otafleet.messages.v1.ClusterReply.LiveEntry
+	5,  // 18: otafleet.messages.v1.ClusterReply.cells:type_name -> otafleet.messages.v1.CellViewWire
+	21, // 19: otafleet.messages.v1.TaskViewWire.task:type_name -> otafleet.messages.v1.TaskCreated
+	22, // 20: otafleet.messages.v1.TaskViewWire.status:type_name -> otafleet.messages.v1.TaskStatus
+	23, // 21: otafleet.messages.v1.TaskViewWire.progress:type_name -> otafleet.messages.v1.TaskSnapshot.Progress
+	14, // 22: otafleet.messages.v1.TaskViewWire.subtasks:type_name -> otafleet.messages.v1.TaskViewWire.Row
+	24, // 23: otafleet.messages.v1.EdgeDownlink.downlink:type_name -> otafleet.messages.v1.Downlink
+	25, // 24: otafleet.messages.v1.EdgeDownlink.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
+	26, // 25: otafleet.messages.v1.CellViewWire.Holder.level:type_name -> otafleet.messages.v1.CoverageLevel
+	27, // 26: otafleet.messages.v1.TaskViewWire.Row.subtask:type_name -> otafleet.messages.v1.TaskSnapshot.Subtask
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_messages_cluster_proto_init() }
@@ -1003,12 +1340,12 @@ func file_messages_cluster_proto_init() {
 		(*ClusterRequest_View)(nil),
 		(*ClusterRequest_Node)(nil),
 	}
-	file_messages_cluster_proto_msgTypes[4].OneofWrappers = []any{
+	file_messages_cluster_proto_msgTypes[5].OneofWrappers = []any{
 		(*ClusterReply_Device)(nil),
 		(*ClusterReply_Cell)(nil),
 		(*ClusterReply_Task)(nil),
 	}
-	file_messages_cluster_proto_msgTypes[6].OneofWrappers = []any{
+	file_messages_cluster_proto_msgTypes[7].OneofWrappers = []any{
 		(*EdgeDownlink_Downlink)(nil),
 		(*EdgeDownlink_RevokeToken)(nil),
 	}
@@ -1018,7 +1355,7 @@ func file_messages_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_cluster_proto_rawDesc), len(file_messages_cluster_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
