@@ -1,8 +1,10 @@
 package actors
 
 import (
+	"context"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/messages"
@@ -148,9 +150,49 @@ func (ms *cellModels) drop(cellID string) {
 // holding or waiting, in cell ID order, those after cell ID after ("" from
 // the first), at most limit of them (limit <= 0: all). The views are read
 // from what each cell's actor published after its last step, without asking
-// the actors. Only the cells live on this engine are seen (in a cluster,
-// those placed on this node).
+// the actors. In a cluster every member is asked for the views of its live
+// cells (a member that does not answer within clusterCellsWait is left
+// out: the page lacks its cells).
 func (e *Engine) TaskCells(taskID, after string, limit int) []*CellView {
+	out := e.localTaskCells(taskID, after, limit)
+	st, ok := e.Cluster()
+	if !ok || len(st.Members) < 2 {
+		return out
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), clusterCellsWait)
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, addr := range st.Members {
+		if addr == st.Self {
+			continue
+		}
+		wg.Go(func() {
+			r, err := e.node.request(ctx, addr, &messages.ClusterRequest{Request: &messages.ClusterRequest_Node{
+				Node: &messages.NodeQuery{CellsOfTask: taskID, After: after, Limit: uint32(max(limit, 0))}}})
+			if err == nil {
+				err = replyErr(r)
+			}
+			if err != nil {
+				e.log.Debug("cluster: a member's cell views are missing from a page", "node", addr, "error", err)
+				return
+			}
+			mu.Lock()
+			for _, w := range r.GetCells() {
+				out = append(out, cellViewFromWire(w))
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return sortCells(out, limit)
+}
+
+// clusterCellsWait bounds TaskCells' questions to the other members.
+const clusterCellsWait = 5 * time.Second
+
+// localTaskCells is TaskCells over this engine's live cells.
+func (e *Engine) localTaskCells(taskID, after string, limit int) []*CellView {
 	var out []*CellView
 	e.cellModels.mu.RLock()
 	for id, v := range e.cellModels.m {
@@ -162,6 +204,11 @@ func (e *Engine) TaskCells(taskID, after string, limit int) []*CellView {
 		}
 	}
 	e.cellModels.mu.RUnlock()
+	return sortCells(out, limit)
+}
+
+// sortCells sorts views by cell ID and keeps the first limit (<= 0: all).
+func sortCells(out []*CellView, limit int) []*CellView {
 	slices.SortFunc(out, func(a, b *CellView) int {
 		switch {
 		case a.CellID < b.CellID:

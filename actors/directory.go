@@ -1,12 +1,15 @@
 package actors
 
 import (
+	"context"
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 )
 
@@ -38,8 +41,11 @@ type directory struct {
 	idle     *sync.Cond
 	root     *actor.RootContext
 	spawn    func(Address) *actor.Props
-	seed     maphash.Seed
-	shards   [64]shard
+	// cl is the engine's cluster node (nil on a single node): send hands
+	// an input for an actor another node owns to that node.
+	cl     *node
+	seed   maphash.Seed
+	shards [64]shard
 }
 
 type shard struct {
@@ -70,8 +76,25 @@ func (d *directory) shard(a Address) *shard {
 	return &d.shards[h.Sum64()%uint64(len(d.shards))]
 }
 
-// send delivers msg to the actor at a, spawning it if needed.
-func (d *directory) send(a Address, msg any) { d.deliver(a, msg) }
+// send delivers msg to the actor at a, spawning it if needed; in a
+// cluster, an input (a protobuf message) for an actor another node owns
+// goes to that node.
+func (d *directory) send(a Address, msg any) {
+	if d.cl != nil {
+		if pm, ok := msg.(proto.Message); ok {
+			if owner, local := d.cl.owner(a); !local {
+				if !d.closed.Load() {
+					d.cl.tell(owner, a, pm, false, 0)
+				}
+				return
+			}
+		}
+	}
+	d.deliver(a, msg)
+}
+
+// deliverLocal delivers msg to this node's actor at a, whoever owns it.
+func (d *directory) deliverLocal(a Address, msg any) { d.deliver(a, msg) }
 
 // activation wakes an actor (which recovers when it starts) and, when report
 // is set, receives the outcome of its recovery: nil, or why it cannot run.
@@ -195,6 +218,15 @@ func (d *directory) stopped(a Address, pid *actor.PID) {
 	if len(e.pending) == 0 {
 		return
 	}
+	if d.cl != nil {
+		if owner, local := d.cl.owner(a); !local {
+			// The actor moved to another node: what waited goes there.
+			for _, m := range e.pending {
+				d.forward(owner, a, m)
+			}
+			return
+		}
+	}
 	ne := &entry{pid: d.root.Spawn(d.spawn(a))}
 	s.live[a] = ne
 	for _, m := range e.pending {
@@ -204,6 +236,90 @@ func (d *directory) stopped(a Address, pid *actor.PID) {
 		}
 		d.root.Send(ne.pid, m)
 	}
+}
+
+// forward hands a message that waited for a passivating actor to the node
+// that owns the actor now (directory.stopped), and marks it handled here.
+func (d *directory) forward(owner string, a Address, m any) {
+	defer d.done()
+	n := d.cl
+	switch m := m.(type) {
+	case proto.Message:
+		n.tell(owner, a, m, false, 0)
+	case report:
+		in, done := m.in, m.done
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+			defer cancel()
+			r, err := n.request(ctx, owner, &messages.ClusterRequest{Kind: string(a.Kind), Id: a.ID,
+				Request: &messages.ClusterRequest_Report{Report: in}})
+			if err == nil {
+				err = replyErr(r)
+			}
+			done <- err
+		}()
+	case forwardRequest:
+		if req, ok := wireRequest(a, m.msg); ok {
+			d.root.RequestWithCustomSender(actor.NewPID(owner, directoryActor), req, m.reply)
+		}
+	case activation:
+		if m.report != nil {
+			m.report <- nil // the owner recovers it
+		}
+	}
+}
+
+// passivateWhere begins stopping every live actor whose address moves
+// (a cluster's membership changed); it returns how many.
+func (d *directory) passivateWhere(moves func(Address) bool) int {
+	n := 0
+	for i := range d.shards {
+		s := &d.shards[i]
+		s.mu.Lock()
+		for a, e := range s.live {
+			if !e.stopping && moves(a) {
+				e.stopping = true
+				d.root.Poison(e.pid)
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// isLive reports whether an actor runs (or stops) at a.
+func (d *directory) isLive(a Address) bool {
+	s := d.shard(a)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.live[a] != nil
+}
+
+// requeue puts a message the actor pid could not handle (it was fenced:
+// another activation wrote its stream) back in the directory, for the
+// successor: pid must be stopping (passivate). It counts as a new message.
+func (d *directory) requeue(a Address, pid *actor.PID, msg any) {
+	s := d.shard(a)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d.inflight.Add(1)
+	e := s.live[a]
+	switch {
+	case e == nil:
+		// Not expected (the actor is stopping, so its entry is there);
+		// should it happen, the successor starts here.
+		e = &entry{pid: d.root.Spawn(d.spawn(a))}
+		s.live[a] = e
+	case e.stopping:
+		e.pending = append(e.pending, msg)
+		return
+	}
+	if fr, ok := msg.(forwardRequest); ok {
+		d.root.RequestWithCustomSender(e.pid, fr.msg, fr.reply)
+		return
+	}
+	d.root.Send(e.pid, msg)
 }
 
 // stopAll refuses new deliveries, then stops every live actor and waits for each.

@@ -27,6 +27,28 @@
 // Config.PassivateAfter; the directory guarantees that no message sent to a
 // passivating actor is lost and that no two actors ever run for one address.
 //
+// In a cluster (Config.Cluster, cluster.go) every node runs this engine over
+// one shared store (PostgreSQL). Membership comes from etcd through
+// protoactor's etcd cluster provider; the owner of an address is the
+// rendezvous hash over the members (protoactor's, the one its disthash
+// identity lookup uses), and the directory is the identity lookup: an input
+// for an actor another node owns goes as a protobuf envelope over protoactor
+// remote to that node's directory actor, which delivers it to its local
+// actor; API asks and device reports become requests answered from the
+// owner's actors and read models. protoactor's grain activation
+// (cluster.Get, its PID cache) is not used: it loses messages to a moved or
+// passivated grain through stale cached PIDs and cannot keep the
+// directory's guarantees. When the membership changes, each node passivates
+// the actors it no longer owns (what waited for them goes to the owner) and
+// recovers the active streams it now owns, as Start does. A device input
+// delivered by a node's transport carries that node's address (its route);
+// the device actor sends its downlinks there, through that node's edge actor,
+// or to every node when it does not know the route yet. The nodes' views of
+// the membership differ for a moment, so one actor may run on two nodes:
+// the store's expected-sequence append fences the second writer
+// (persistence.ErrConflict), which stops and hands what it holds to its
+// successor, which recovers from the store on whichever node owns it.
+//
 // Recovery (Engine.Start) re-activates every stream with its active mark set —
 // tasks not finished, cells with holders or waiters, devices with a job — and
 // each calls its machine's Resume: deadlines come back at their absolute
@@ -37,10 +59,12 @@
 // running sub-tasks and devices answer a finished job with its outcome.
 //
 // A write that fails leaves the actor's state untouched and runs no effect.
-// When the store is at fault — unavailable (persistence.ErrUnavailable: its
+// When another activation moved the stream under the write
+// (persistence.ErrConflict) the actor is fenced: it stops, and the input at
+// hand and all later ones go to its successor, which recovers from the
+// store. When the store is unavailable (persistence.ErrUnavailable: its
 // database is down or does not answer, and the write may or may not have
-// been made), or the stream moved under the write (persistence.ErrConflict)
-// — the actor recovers again from the store, retrying with a backoff of
+// been made), the actor recovers again from the store, retrying with a backoff of
 // clock time (100 ms doubling to 5 s) for as long as it cannot read it; a
 // recovery the store's unavailability fails is retried the same way.
 // Meanwhile commands, queries and device reports get the error (a report is

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,6 +46,9 @@ type Config struct {
 	// actor snapshots its state (default 200); 0 keeps the default,
 	// negative disables. A task keeps its state as records instead.
 	SnapshotEvery int
+	// Cluster, when set, makes the engine a node of a cluster (see
+	// ClusterConfig); nil runs it alone.
+	Cluster *ClusterConfig
 }
 
 // Default returns cfg with every unset field at its default.
@@ -75,6 +79,11 @@ func (c Config) Validate() error {
 	if err := c.Cell.Validate(); err != nil {
 		return err
 	}
+	if c.Cluster != nil {
+		if err := c.Cluster.Validate(); err != nil {
+			return err
+		}
+	}
 	return c.Task.Validate()
 }
 
@@ -95,6 +104,9 @@ type Deps struct {
 	Activated func(a Address)
 	// Deactivated, when set, is called when an actor has stopped (passivated).
 	Deactivated func(a Address)
+	// ClusterReceived, when set, is called each time the node has taken an
+	// input another node sent it (tests settle a cluster with it).
+	ClusterReceived func()
 }
 
 // Engine runs one actor per device, cell and task over a journal.
@@ -115,6 +127,10 @@ type Engine struct {
 	stopped chan struct{}
 	// dispatch runs the actors' mailboxes on reused goroutines.
 	dispatch *poolDispatcher
+	// node is the engine's cluster membership; nil on a single node.
+	node *node
+	// crash is the tests' handle to kill a node abruptly (export_test.go).
+	crash    interface{ sever() }
 	stopOnce sync.Once
 }
 
@@ -139,6 +155,10 @@ func New(cfg Config, deps Deps) (*Engine, error) {
 	e := &Engine{cfg: cfg, deps: deps, log: deps.Logger, system: system, metrics: m, taskModels: newTaskModels(), cellModels: newCellModels(), jobs: newJobTable(), stopped: make(chan struct{})}
 	e.dispatch = newPoolDispatcher(dispatchWorkers, dispatchIdle, dispatchThroughput, e.stopped)
 	e.dir = newDirectory(system.Root, e.props)
+	if cfg.Cluster != nil {
+		e.node = newNode(e, *cfg.Cluster)
+		e.dir.cl = e.node
+	}
 	return e, nil
 }
 
@@ -170,13 +190,30 @@ func (e *Engine) machineFor(a Address) machine {
 // corrupt journal entry, with its key): the engine must not run silently
 // wrong. An actor that cannot read the store because it is unavailable
 // retries, and Start waits for it (or for ctx).
+//
+// In a cluster, Start first joins it (Config.Cluster) and recovers only
+// the streams this node owns; then it follows the membership: when it
+// changes, the node passivates the actors it no longer owns and recovers
+// the active streams it now owns.
 func (e *Engine) Start(ctx context.Context) error {
+	if e.node != nil {
+		if err := e.node.join(); err != nil {
+			return err
+		}
+		e.node.watch()
+	}
 	var addrs []Address
 	for _, kind := range []persistence.Kind{persistence.KindTask, persistence.KindCell, persistence.KindDevice} {
 		n := 0
 		err := e.deps.Store.Active(ctx, kind, func(id string) error {
+			a := Address{Kind: kind, ID: id}
+			if e.node != nil {
+				if _, local := e.node.owner(a); !local {
+					return nil
+				}
+			}
 			n++
-			addrs = append(addrs, Address{Kind: kind, ID: id})
+			addrs = append(addrs, a)
 			return nil
 		})
 		if err != nil {
@@ -207,8 +244,17 @@ func (e *Engine) Start(ctx context.Context) error {
 // get ErrClosed at once. A second Stop waits for the first and does nothing.
 func (e *Engine) Stop() {
 	e.stopOnce.Do(func() {
+		if e.node != nil {
+			// Leave first: the others take over at once, and whatever
+			// runs here twice meanwhile is fenced by the store.
+			e.node.leave()
+		}
 		close(e.stopped)
 		e.dir.stopAll()
+		if e.node != nil {
+			e.node.shutdown()
+			return
+		}
 		e.system.Shutdown()
 	})
 }
@@ -263,8 +309,19 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 		return ErrClosed
 	}
 	a := Address{Kind: persistence.KindDevice, ID: deviceID}
+	if n := e.node; n != nil && in.GetRoute() == "" && in.GetDownloadServed() == nil {
+		// The session is here (a download server's note says nothing of
+		// where the session is): downlinks come back here.
+		in.Route = n.me()
+	}
 	if !in.IsReport() {
 		if in.GetUplink().GetRegistrationUpdate() {
+			if n := e.node; n != nil {
+				if owner, local := n.owner(a); !local {
+					n.tell(owner, a, in, true, 0)
+					return nil
+				}
+			}
 			if !e.dir.sendIfLive(a, in) {
 				e.metrics.updatesSkipped.Inc()
 			}
@@ -278,8 +335,24 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
 		defer cancel()
 	}
+	if n := e.node; n != nil {
+		if owner, local := n.owner(a); !local {
+			r, err := n.request(ctx, owner, &messages.ClusterRequest{Kind: string(a.Kind), Id: a.ID,
+				Request: &messages.ClusterRequest_Report{Report: in}})
+			if err != nil {
+				return err
+			}
+			return replyErr(r)
+		}
+	}
+	return e.deliverReport(ctx, a, in)
+}
+
+// deliverReport hands a report to this node's actor and waits as Deliver
+// does.
+func (e *Engine) deliverReport(ctx context.Context, a Address, in *messages.DeviceInput) error {
 	done := make(chan error, 1)
-	e.dir.send(a, report{in: in, done: done})
+	e.dir.deliverLocal(a, report{in: in, done: done})
 	select {
 	case err := <-done:
 		return err
@@ -341,25 +414,44 @@ func (e *Engine) taskCommand(ctx context.Context, taskID string, in *messages.Ta
 	return res.(error)
 }
 
-// ask sends msg to the actor at a and waits for its answer.
+// ask sends msg to the actor at a and waits for its answer; in a cluster,
+// to the node that owns a.
 func (e *Engine) ask(ctx context.Context, a Address, msg any) (any, error) {
+	if e.dir.closed.Load() {
+		return nil, ErrClosed
+	}
+	if n := e.node; n != nil {
+		if owner, local := n.owner(a); !local {
+			req, ok := wireRequest(a, msg)
+			if !ok {
+				return nil, fmt.Errorf("actors: cluster: no wire form for %T", msg)
+			}
+			r, err := n.request(ctx, owner, req)
+			if err != nil {
+				return nil, err
+			}
+			return decodeReply(a, r)
+		}
+	}
+	return e.askLocal(ctx, a, msg)
+}
+
+// askLocal asks this node's actor at a.
+func (e *Engine) askLocal(ctx context.Context, a Address, msg any) (any, error) {
 	if e.dir.closed.Load() {
 		return nil, ErrClosed
 	}
 	f := e.dir.request(a, msg, func(pid *actor.PID) *actor.Future {
 		return e.system.Root.RequestFuture(pid, msg, requestTimeout)
 	})
-	done := make(chan struct{})
-	var res any
-	var err error
-	go func() {
-		res, err = f.Result()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	res, err := waitFuture(ctx, f)
+	if ctx.Err() != nil && err == ctx.Err() {
+		return nil, err
+	}
+	if r, ok := res.(*messages.ClusterReply); ok {
+		// A request that waited for a passivating actor whose successor
+		// runs on another node (directory.stopped) is answered from there.
+		return decodeReply(a, r)
 	}
 	switch {
 	case errors.Is(err, actor.ErrTimeout):
@@ -427,8 +519,20 @@ func (e *Engine) TaskWatch(ctx context.Context, taskID string) (TaskView, <-chan
 	if err != nil {
 		return TaskView{}, nil, err
 	}
+	if e.node != nil && !v.Status.Final() {
+		if _, local := e.node.owner(Address{Kind: persistence.KindTask, ID: taskID}); !local {
+			// A live task of another node: read it again after a while.
+			wake := make(chan struct{})
+			e.deps.Clock.AfterFunc(remoteWatchEvery, func() { close(wake) })
+			return v, wake, nil
+		}
+	}
 	return v, closedChan, nil
 }
+
+// remoteWatchEvery is how often TaskWatch reads again a live task that
+// another node of a cluster runs (clock time).
+const remoteWatchEvery = time.Second
 
 // closedChan is a channel that is closed.
 var closedChan = func() chan struct{} {
@@ -437,9 +541,19 @@ var closedChan = func() chan struct{} {
 	return c
 }()
 
-// askTask asks the task's actor for its view (activating it).
+// askTask asks the task's actor for its view (activating it), on the node
+// that owns it.
 func (e *Engine) askTask(ctx context.Context, taskID string, offset, limit int, status messages.SubtaskStatus) (TaskView, error) {
-	res, err := e.ask(ctx, Address{Kind: persistence.KindTask, ID: taskID}, taskQuery{offset: offset, limit: limit, status: status})
+	return e.askTaskWith(ctx, e.ask, taskID, offset, limit, status)
+}
+
+// askTaskLocal asks this node's task actor.
+func (e *Engine) askTaskLocal(ctx context.Context, taskID string, offset, limit int, status messages.SubtaskStatus) (TaskView, error) {
+	return e.askTaskWith(ctx, e.askLocal, taskID, offset, limit, status)
+}
+
+func (e *Engine) askTaskWith(ctx context.Context, ask func(context.Context, Address, any) (any, error), taskID string, offset, limit int, status messages.SubtaskStatus) (TaskView, error) {
+	res, err := ask(ctx, Address{Kind: persistence.KindTask, ID: taskID}, taskQuery{offset: offset, limit: limit, status: status})
 	if err != nil {
 		return TaskView{}, err
 	}
@@ -482,6 +596,82 @@ func (e *Engine) Cell(ctx context.Context, cellID string) (cellfsm.State, error)
 		return cellfsm.State{}, err
 	}
 	return res.(cellfsm.State), nil
+}
+
+// Lost returns a channel closed when this node finds itself missing from
+// its own cluster's member list (its etcd lease expired: etcd was
+// unreachable for longer than the lease, or the node stalled). The others
+// own its actors by then, so it stops all of them and takes no more work;
+// the command exits non-zero, and a restart joins again. On a single node
+// it is never closed.
+func (e *Engine) Lost() <-chan struct{} {
+	if e.node == nil {
+		return nil
+	}
+	return e.node.lost
+}
+
+// ClusterStatus is a node's view of its cluster.
+type ClusterStatus struct {
+	// Self is this node's address; Members every member's (with Self),
+	// sorted.
+	Self    string
+	Members []string
+}
+
+// Cluster returns the node's view of its cluster; ok is false on a single
+// node.
+func (e *Engine) Cluster() (st ClusterStatus, ok bool) {
+	if e.node == nil {
+		return ClusterStatus{}, false
+	}
+	m := e.node.memberList()
+	slices.Sort(m)
+	return ClusterStatus{Self: e.node.me(), Members: m}, true
+}
+
+// NodeStatus is one member's figures in ClusterNodes.
+type NodeStatus struct {
+	Addr string
+	// Live counts the node's live actors by kind (as Live); nil when the
+	// node did not answer (Err says why).
+	Live map[string]int
+	Err  error
+}
+
+// ClusterNodes asks every member of the cluster for its live actors by
+// kind (`otafleet cluster status`), in the order of Cluster's Members; ok
+// is false on a single node.
+func (e *Engine) ClusterNodes(ctx context.Context) (nodes []NodeStatus, ok bool) {
+	st, ok := e.Cluster()
+	if !ok {
+		return nil, false
+	}
+	nodes = make([]NodeStatus, len(st.Members))
+	var wg sync.WaitGroup
+	for i, addr := range st.Members {
+		nodes[i].Addr = addr
+		if addr == st.Self {
+			nodes[i].Live = e.Live()
+			continue
+		}
+		wg.Go(func() {
+			r, err := e.node.request(ctx, addr, &messages.ClusterRequest{Request: &messages.ClusterRequest_Node{Node: &messages.NodeQuery{}}})
+			if err == nil {
+				err = replyErr(r)
+			}
+			if err != nil {
+				nodes[i].Err = err
+				return
+			}
+			nodes[i].Live = map[string]int{}
+			for k, c := range r.GetLive() {
+				nodes[i].Live[k] = int(c)
+			}
+		})
+	}
+	wg.Wait()
+	return nodes, true
 }
 
 // Live returns the number of live actors per kind ("device", "cell", "task").

@@ -121,7 +121,7 @@ func newFleetRigOn(t *testing.T, specs []memtransport.DeviceSpec, store persiste
 
 // newFleetTransport is an in-memory transport on clk holding the devices of
 // specs, not yet connected, and the uplinks an engine on it is bound to.
-func newFleetTransport(t *testing.T, clk *clocktest.Clock, specs []memtransport.DeviceSpec) (*memtransport.Transport, *transport.LateUplinks) {
+func newFleetTransport(t testing.TB, clk *clocktest.Clock, specs []memtransport.DeviceSpec) (*memtransport.Transport, *transport.LateUplinks) {
 	t.Helper()
 	up := &transport.LateUplinks{}
 	tr, err := memtransport.New(memtransport.Config{}, clk, up, nil)

@@ -2,6 +2,11 @@ package actors
 
 import (
 	"context"
+	"errors"
+	"maps"
+	"net"
+	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 
@@ -74,3 +79,98 @@ func (e *Engine) JobCount() int { return e.jobs.len() }
 // CellViewOf is the view a cell's actor publishes of s: tests compare it,
 // built from the state the actor answers, with the published one.
 func CellViewOf(s cellfsm.State, budget uint32) *CellView { return cellViewOf(s, budget) }
+
+// ClusterAddr is the engine's cluster address ("" on a single node).
+func (e *Engine) ClusterAddr() string {
+	if e.node == nil {
+		return ""
+	}
+	return e.node.me()
+}
+
+// ClusterTraffic returns the inputs the node sent to each peer and
+// received from each.
+func (e *Engine) ClusterTraffic() (sentTo, recvFrom map[string]int64) {
+	n := e.node
+	n.trafficMu.Lock()
+	defer n.trafficMu.Unlock()
+	return maps.Clone(n.sentTo), maps.Clone(n.recvFrom)
+}
+
+// ClusterSettled reports whether the node has k members and reconciled
+// its last membership change, and returns a channel closed at its next
+// change.
+func (e *Engine) ClusterSettled(k int) (bool, <-chan struct{}) {
+	ok, tick := e.node.settled()
+	return ok && e.node.memberCount() == k, tick
+}
+
+// Crashable makes a clustered engine (before Start) one that Crash can
+// kill abruptly: its etcd connections go through a dialer that Crash
+// severs and that refuses new ones from then on.
+func (e *Engine) Crashable() {
+	c := &severable{}
+	e.node.etcdDial = c.dial
+	crashers.Store(e, c)
+}
+
+// crashers are the Crashable engines' dialers.
+var crashers sync.Map // *Engine -> *severable
+
+type severable struct {
+	mu     sync.Mutex
+	dead   bool
+	conns  []net.Conn
+	dialer net.Dialer
+}
+
+func (s *severable) dial(ctx context.Context, addr string) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead {
+		return nil, errors.New("crashed")
+	}
+	c, err := s.dialer.DialContext(ctx, "tcp", strings.TrimPrefix(strings.TrimPrefix(addr, "http://"), "unix://"))
+	if err == nil {
+		s.conns = append(s.conns, c)
+	}
+	return c, err
+}
+
+// heal lets the node dial etcd again.
+func (s *severable) heal() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dead = false
+}
+
+func (s *severable) sever() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dead = true
+	for _, c := range s.conns {
+		c.Close()
+	}
+}
+
+// Crash kills the node as a crash would: it drops out of etcd without
+// deregistering (the others see it go when its lease expires), its actors
+// stop where they are and its remote closes, with nothing handed over.
+func (e *Engine) Crash() {
+	c, _ := crashers.Load(e)
+	c.(*severable).sever()
+	e.stopOnce.Do(func() {
+		close(e.stopped)
+		e.dir.stopAll()
+		e.system.Shutdown()
+		e.node.c.Remote.Shutdown(false)
+	})
+}
+
+// Partition cuts a Crashable node off from etcd (and only from etcd) until
+// the returned heal is called.
+func (e *Engine) Partition() (heal func()) {
+	c, _ := crashers.Load(e)
+	c.(*severable).sever()
+	return c.(*severable).heal
+}

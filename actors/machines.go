@@ -27,6 +27,12 @@ type deviceMachine struct {
 	// (pubOK: it put one, and has not deleted it since).
 	pub   JobStage
 	pubOK bool
+	// route is the cluster address of the node whose transport last
+	// delivered this device's input (messages.DeviceInput.Route): its
+	// downlinks go there. It lives only in memory; "" until an input
+	// names one (a successor on another node sends to every node until
+	// then).
+	route string
 }
 
 func (m *deviceMachine) eventType() uint32 { return persistence.EventTypeDevice }
@@ -58,6 +64,9 @@ func (m *deviceMachine) step(in proto.Message) (any, []proto.Message, []proto.Me
 	if !ok {
 		return nil, nil, nil, fmt.Errorf("actors: a device takes DeviceInput, not %T", in)
 	}
+	if r := di.GetRoute(); r != "" {
+		m.route = r
+	}
 	next, res, err := devicefsm.Step(m.e.cfg.Device, m.s, di)
 	if err != nil {
 		return nil, nil, nil, err
@@ -82,7 +91,8 @@ func (m *deviceMachine) noteReport(in *messages.DeviceInput, journals bool) {
 		return
 	}
 	key := proto.CloneOf(in)
-	key.AtUnixNano, key.NoAck = 0, false
+	key.AtUnixNano, key.NoAck, key.Route = 0, false, ""
+
 	switch {
 	case journals:
 		m.lastReport = key
@@ -106,6 +116,10 @@ func (m *deviceMachine) run(sh *shell, effects []proto.Message) {
 	for _, eff := range effects {
 		switch k := eff.(*messages.DeviceEffect).Kind.(type) {
 		case *messages.DeviceEffect_Downlink:
+			if m.e.node != nil {
+				m.e.downlink(m.route, &messages.EdgeDownlink{Kind: &messages.EdgeDownlink_Downlink{Downlink: k.Downlink}})
+				continue
+			}
 			if err := m.e.deps.Transport.Send(ctx, k.Downlink); err != nil {
 				m.e.log.Warn("downlink not sent", "device", m.s.DeviceID, "error", err)
 			}
@@ -121,6 +135,10 @@ func (m *deviceMachine) run(sh *shell, effects []proto.Message) {
 			m.e.dir.send(Address{Kind: persistence.KindTask, ID: k.ReportOutcome.GetTaskId()},
 				&messages.TaskInput{Kind: &messages.TaskInput_Outcome{Outcome: k.ReportOutcome}})
 		case *messages.DeviceEffect_RevokeToken:
+			if m.e.node != nil {
+				m.e.downlink(m.route, &messages.EdgeDownlink{Kind: &messages.EdgeDownlink_RevokeToken{RevokeToken: k.RevokeToken}})
+				continue
+			}
 			if err := m.e.deps.Transport.RevokeToken(ctx, k.RevokeToken); err != nil {
 				m.e.log.Warn("token not revoked", "device", m.s.DeviceID, "error", err)
 			}

@@ -38,6 +38,16 @@ type metrics struct {
 	peak       atomic.Uint32
 	cellPeak   prometheus.GaugeFunc
 	violations prometheus.Counter
+
+	// routed counts inputs sent to and received from other nodes of a
+	// cluster; downlinksNoSession counts downlinks handed to a node that
+	// holds no session for their device (sent to every node when the
+	// device's route was unknown).
+	routed *prometheus.CounterVec
+	// fenced counts actors stopped because another activation wrote their
+	// stream first (by kind).
+	fenced             *prometheus.CounterVec
+	downlinksNoSession prometheus.Counter
 }
 
 // newMetrics builds the collectors, registers them with reg (a private
@@ -72,6 +82,16 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 		cellBudget: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "otafleet_cell_budget_units", Help: "Radio budget units each cell lends out at once (the configured per-cell budget).",
 		}),
+		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "otafleet_cluster_inputs_total", Help: "Actor inputs sent to (direction=sent) and taken from (received) other nodes of the cluster.",
+		}, []string{"direction"}),
+		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "otafleet_actors_fenced_total", Help: "Actors stopped because another activation of their stream (on another node, for a moment) wrote it first; by kind.",
+		}, []string{"kind"}),
+		downlinksNoSession: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "otafleet_cluster_downlinks_no_session_total",
+			Help: "Downlinks a node was handed for a device it holds no session for (a device actor that just moved sends to every node; one holds the session).",
+		}),
 		violations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "otafleet_cell_budget_violations_total",
 			Help: "Cell steps whose new state broke the cell budget invariant (more units in use than the budget, or inconsistent holders).",
@@ -87,7 +107,7 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	for _, c := range []prometheus.Collector{m.alive, m.appended, m.duplicates, m.updatesSkipped, m.commit, m.subtasks, m.inUse, m.waiting, m.cellBudget, m.cellPeak, m.violations} {
+	for _, c := range []prometheus.Collector{m.alive, m.appended, m.duplicates, m.updatesSkipped, m.commit, m.subtasks, m.inUse, m.waiting, m.cellBudget, m.cellPeak, m.violations, m.routed, m.fenced, m.downlinksNoSession} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

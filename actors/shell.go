@@ -82,7 +82,14 @@ type shell struct {
 	// backoff (retry), until it succeeds; meanwhile commands, reports and
 	// queries get down, and other inputs wait in stash, to be stepped in
 	// order on the state recovered.
-	down    error
+	down error
+	// fenced is set when an append found that another activation of the
+	// stream wrote it first (persistence.ErrConflict: in a cluster, the
+	// same actor ran on two nodes for a moment). The actor stops: the
+	// message at hand and every later one go back to the directory, for a
+	// successor that recovers from the store (on whichever node owns the
+	// actor then).
+	fenced  error
 	stash   []any
 	backoff time.Duration
 	retry   clock.Timer
@@ -90,6 +97,25 @@ type shell struct {
 	deadline  clock.Timer
 	passivate clock.Timer
 	passGen   uint64
+
+	// ownTopo is the cluster topology (node.topo) that owns was computed
+	// for: whether this node owns the actor.
+	ownTopo uint64
+	owns    bool
+}
+
+// ownedHere reports whether this node owns the actor (always on a single
+// node); it recomputes only when the membership changed.
+func (sh *shell) ownedHere() bool {
+	n := sh.e.node
+	if n == nil {
+		return true
+	}
+	if t := n.topo.Load(); t != sh.ownTopo || t == 0 {
+		sh.ownTopo = t
+		_, sh.owns = n.owner(sh.addr)
+	}
+	return sh.owns
 }
 
 // retryRecovery asks an actor whose store was unavailable to recover again.
@@ -103,13 +129,28 @@ const (
 )
 
 // storeFault reports whether err is the store's, not the data's: the
-// store is unavailable (the outcome of a failed append is unknown), or
-// another writer moved the stream (an append whose outcome was unknown
-// and did commit, or a second activation). Either way the actor's state
-// is rebuilt from the store and its input tried again; nothing else
-// (a corrupt entry, say) is retried.
+// store is unavailable (the outcome of a failed append is unknown). The
+// actor's state is rebuilt from the store and its input tried again;
+// nothing else (a corrupt entry, say) is retried. Another writer of the
+// stream (persistence.ErrConflict) fences the actor instead (see fenced).
 func storeFault(err error) bool {
-	return errors.Is(err, persistence.ErrUnavailable) || errors.Is(err, persistence.ErrConflict)
+	return errors.Is(err, persistence.ErrUnavailable)
+}
+
+// requeue hands the message at hand of a fenced actor back to the
+// directory, for its successor; it reports whether the message was one
+// (lifecycle messages are not).
+func (sh *shell) requeue(ctx actor.Context) bool {
+	switch msg := ctx.Message().(type) {
+	case command, query, taskQuery:
+		sh.e.dir.requeue(sh.addr, sh.self, forwardRequest{msg: msg, reply: ctx.Sender()})
+	case report, activation, proto.Message:
+		sh.e.dir.requeue(sh.addr, sh.self, msg)
+	case passivateCheck, retryRecovery:
+	default:
+		return false
+	}
+	return true
 }
 
 // passivateCheck asks an idle actor whether it may stop.
@@ -121,6 +162,9 @@ func (sh *shell) Receive(ctx actor.Context) {
 		defer sh.e.dir.done()
 	}
 	if sh.down != nil && sh.whileDown(ctx) {
+		return
+	}
+	if sh.fenced != nil && sh.requeue(ctx) {
 		return
 	}
 	switch msg := ctx.Message().(type) {
@@ -169,7 +213,7 @@ func (sh *shell) Receive(ctx actor.Context) {
 			ctx.Respond(nil)
 			answered = true
 		})
-		if answered {
+		if answered || (sh.fenced != nil && sh.requeue(ctx)) {
 			return
 		}
 		sh.schedulePassivation()
@@ -194,7 +238,7 @@ func (sh *shell) Receive(ctx actor.Context) {
 			msg.done <- nil
 			answered = true
 		})
-		if answered {
+		if answered || (sh.fenced != nil && sh.requeue(ctx)) {
 			return
 		}
 		sh.schedulePassivation()
@@ -217,10 +261,20 @@ func (sh *shell) Receive(ctx actor.Context) {
 		return // recovered meanwhile
 	case proto.Message:
 		sh.receiveInput(msg)
+		if sh.fenced != nil {
+			sh.requeue(ctx)
+			return
+		}
 	default:
 		return // lifecycle and system messages
 	}
 	sh.schedulePassivation()
+	if !sh.ownedHere() {
+		// In a cluster, an input reached this node while its view of the
+		// members differed from the sender's, and woke an actor another
+		// node owns: it stops, and what comes for it goes to the owner.
+		sh.e.dir.passivate(sh.addr, sh.self)
+	}
 }
 
 // receiveInput runs the input of another actor or a timer: refused if the
@@ -229,6 +283,9 @@ func (sh *shell) Receive(ctx actor.Context) {
 // failed its write (down).
 func (sh *shell) receiveInput(msg proto.Message) {
 	if err := sh.input(msg); err != nil {
+		if sh.fenced != nil {
+			return // the caller requeues it
+		}
 		if sh.down != nil {
 			sh.stash = append(sh.stash, msg)
 			return
@@ -476,6 +533,10 @@ func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 	if sync {
 		sh.e.metrics.commit.Observe(sh.e.deps.Clock.Since(start).Seconds())
 	}
+	if err != nil && errors.Is(err, persistence.ErrConflict) {
+		sh.fence(err)
+		return sh.fenced
+	}
 	if err != nil && storeFault(err) {
 		// The state may lag the store's (the append may have been
 		// written): recover it again once the store answers.
@@ -486,11 +547,8 @@ func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 			sh.deadline.Stop() // Resume re-arms it
 		}
 		sh.scheduleRetry()
-		level := slog.LevelWarn // another writer: rare, and worth a line
-		if errors.Is(err, persistence.ErrUnavailable) {
-			level = slog.LevelDebug // the store logs its unavailability once
-		}
-		sh.e.log.Log(context.Background(), level, "journal write failed by the store's fault; the actor recovers again", "actor", sh.addr.String(), "retry_after", sh.backoff, "error", err)
+		// The store logs its unavailability once; not every actor.
+		sh.e.log.Debug("journal write failed by the store's fault; the actor recovers again", "actor", sh.addr.String(), "retry_after", sh.backoff, "error", err)
 		return sh.down
 	}
 	if err != nil {
@@ -505,6 +563,17 @@ func (sh *shell) persist(next any, events []proto.Message, sync bool) error {
 	}
 	sh.e.metrics.appended.WithLabelValues(kindName(sh.addr.Kind)).Add(float64(len(evs)))
 	return nil
+}
+
+// fence stops an actor whose stream another activation wrote (see
+// fenced): no effect of the failed step runs, its timers stop, and it
+// passivates; what it is sent from now on waits for its successor.
+func (sh *shell) fence(err error) {
+	sh.fenced = fmt.Errorf("actors: %s was written by another activation; this one stops: %w", sh.addr, err)
+	sh.stopTimers()
+	sh.e.metrics.fenced.WithLabelValues(kindName(sh.addr.Kind)).Inc()
+	sh.e.log.Info("actor fenced: another activation wrote its stream; it stops and its successor recovers from the store", "actor", sh.addr.String())
+	sh.e.dir.passivate(sh.addr, sh.self)
 }
 
 // mustSync reports whether one of a step's events must be durable before the

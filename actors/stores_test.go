@@ -11,6 +11,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/otafleet/otafleet/internal/etcdtest"
 	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
@@ -20,8 +21,11 @@ import (
 
 // TestMain runs the package's tests with one private PostgreSQL server
 // for the store-parameterised engine tests (see pgtest), started by the
-// first of them; each opens a database of its own.
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// first of them; each opens a database of its own; and one private etcd
+// for the cluster tests (see etcdtest), started by the first of them.
+func TestMain(m *testing.M) {
+	os.Exit(pgtest.Wrap(func() int { return etcdtest.Wrap(m.Run) }))
+}
 
 // journal is a store the store-parameterised engine tests run the same
 // bodies on (see engineStores): open opens it as it is now (empty the

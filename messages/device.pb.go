@@ -120,7 +120,13 @@ type DeviceInput struct {
 	// events must be durable (MustSync). A transport leaves it false for every
 	// report the device expects acknowledged (a CoAP CON notification, an MQTT
 	// QoS 1 publish): Engine.Deliver returns only once that step is durable.
-	NoAck         bool `protobuf:"varint,50,opt,name=no_ack,json=noAck,proto3" json:"no_ack,omitempty"`
+	NoAck bool `protobuf:"varint,50,opt,name=no_ack,json=noAck,proto3" json:"no_ack,omitempty"`
+	// route is the cluster address of the node whose transport delivered
+	// this input (the node that holds the device's session), set by the
+	// engine of that node; "" on a single node and for inputs of other
+	// actors and timers. The device actor keeps the last one in memory and
+	// sends its downlinks there. It is never journaled.
+	Route         string `protobuf:"bytes,51,opt,name=route,proto3" json:"route,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -372,6 +378,13 @@ func (x *DeviceInput) GetNoAck() bool {
 		return x.NoAck
 	}
 	return false
+}
+
+func (x *DeviceInput) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
 }
 
 type isDeviceInput_Kind interface {
@@ -4318,7 +4331,7 @@ var File_messages_device_proto protoreflect.FileDescriptor
 
 const file_messages_device_proto_rawDesc = "" +
 	"\n" +
-	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\xd9\r\n" +
+	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\xef\r\n" +
 	"\vDeviceInput\x12 \n" +
 	"\fat_unix_nano\x18\x01 \x01(\x03R\n" +
 	"atUnixNano\x12=\n" +
@@ -4347,7 +4360,8 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x12pcp_upgrade_result\x18# \x01(\v2&.otafleet.messages.v1.PcpUpgradeResultH\x00R\x10pcpUpgradeResult\x12O\n" +
 	"\x0fdownload_served\x18( \x01(\v2$.otafleet.messages.v1.DownloadServedH\x00R\x0edownloadServed\x12R\n" +
 	"\x10download_offered\x18) \x01(\v2%.otafleet.messages.v1.DownloadOfferedH\x00R\x0fdownloadOffered\x12\x15\n" +
-	"\x06no_ack\x182 \x01(\bR\x05noAckB\x06\n" +
+	"\x06no_ack\x182 \x01(\bR\x05noAck\x12\x14\n" +
+	"\x05route\x183 \x01(\tR\x05routeB\x06\n" +
 	"\x04kind\"\x85\x01\n" +
 	"\x0eDownloadServed\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +

@@ -21,4 +21,4 @@
 // which needs protoc and protoc-gen-go (see the README).
 package messages
 
-//go:generate sh -c "cd .. && protoc --go_out=. --go_opt=module=github.com/otafleet/otafleet messages/common.proto messages/device.proto messages/cell.proto messages/task.proto messages/snapshot.proto"
+//go:generate sh -c "cd .. && protoc --go_out=. --go_opt=module=github.com/otafleet/otafleet messages/common.proto messages/device.proto messages/cell.proto messages/task.proto messages/snapshot.proto messages/cluster.proto"

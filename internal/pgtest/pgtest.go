@@ -77,11 +77,16 @@ var (
 
 // Main runs the tests, then stops the shared server if a test started it,
 // and exits with the tests' status. Call it from TestMain.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Wrap(m.Run)) }
+
+// Wrap is Main for a TestMain that stops other servers too: it runs run
+// (the tests, or another package's wrapper around them), then stops the
+// shared server; it returns run's status, or 1 if stopping failed.
+func Wrap(run func() int) int {
 	sharedMu.Lock()
 	sharedRun = true
 	sharedMu.Unlock()
-	code := m.Run()
+	code := run()
 	sharedMu.Lock()
 	s := shared
 	sharedMu.Unlock()
@@ -93,18 +98,18 @@ func Main(m *testing.M) {
 			}
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // Shared returns the package's server, starting it on the first call; it
 // fails t when the server cannot start (PostgreSQL missing, say) or when
-// TestMain does not call Main (which stops it).
+// TestMain does not call Main or Wrap (which stop it).
 func Shared(t testing.TB) *Server {
 	t.Helper()
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
 	if !sharedRun {
-		t.Fatal("pgtest: the test package's TestMain must call pgtest.Main(m), which stops the server")
+		t.Fatal("pgtest: the test package's TestMain must call pgtest.Main(m) or pgtest.Wrap, which stop the server")
 	}
 	if shared == nil && sharedErr == nil {
 		shared, sharedErr = Start()
