@@ -66,6 +66,13 @@ var testJournalHook func(persistence.EventStore, *slog.Logger) persistence.Event
 // the API stops accepting, the actors finish the message at hand, the store closes.
 func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error {
 	logger := newLogger(cfg, stderr)
+	cluster, err := cfg.clusterConfig()
+	if err != nil {
+		return usageError(err)
+	}
+	if cluster.Enabled() {
+		return errNoClusterEngine // removed when the engine takes cluster (actors.Deps)
+	}
 	raiseFileLimit() // one socket per MQTT device
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -93,9 +100,9 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		}
 	}()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(journalAppendCounters(store)...)
+	reg, metrics := metricsRegistry(cluster)
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics.MustRegister(journalAppendCounters(store)...)
 	engCfg, err := cfg.engineConfig()
 	if err != nil {
 		return err
@@ -106,7 +113,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if testJournalHook != nil {
 		journal = testJournalHook(journal, logger)
 	}
-	engine, err := actors.New(engCfg, actors.Deps{Store: journal, Clock: clk, Transport: downlinks, Logger: logger, Metrics: reg})
+	engine, err := actors.New(engCfg, actors.Deps{Store: journal, Clock: clk, Transport: downlinks, Logger: logger, Metrics: metrics})
 	if err != nil {
 		return err
 	}
@@ -122,7 +129,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		defer sim.Close()
 		route.sim = sim.tr
 	}
-	devs, err := newDeviceTransports(cfg, store, engine, reg, clk, logger)
+	devs, err := newDeviceTransports(cfg, store, engine, metrics, clk, logger)
 	if err != nil {
 		return err
 	}
