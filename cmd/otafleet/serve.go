@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"connectrpc.com/grpchealth"
@@ -86,10 +83,6 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 			logger.Warn("releasing the data folder", "error", err)
 		}
 	}()
-	token, err := apiToken(cfg.DataDir)
-	if err != nil {
-		return err
-	}
 	store, _, err := openStore(ctx, cfg, logger)
 	if err != nil {
 		return err
@@ -99,6 +92,11 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 			logger.Error("closing the store", "error", err)
 		}
 	}()
+	sec, err := loadSecrets(ctx, cfg, store, logger)
+	if err != nil {
+		return err
+	}
+	token := sec.token
 
 	reg, metrics := metricsRegistry(cluster)
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -129,7 +127,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		defer sim.Close()
 		route.sim = sim.tr
 	}
-	devs, err := newDeviceTransports(cfg, store, engine, metrics, clk, logger)
+	devs, err := newDeviceTransports(cfg, store, sec, engine, metrics, clk, logger)
 	if err != nil {
 		return err
 	}
@@ -232,22 +230,11 @@ func newLogger(cfg serveConfig, w io.Writer) *slog.Logger {
 // apiToken reads DIR/api-token, creating it (mode 0600) on first start.
 func apiToken(dir string) (string, error) {
 	path := filepath.Join(dir, "api-token")
-	b, err := os.ReadFile(path)
-	if err == nil {
-		tok := strings.TrimSpace(string(b))
-		if len(tok) < 32 {
-			return "", fmt.Errorf("%s holds no usable token (delete it to make a new one)", path)
-		}
-		return tok, nil
+	tok, err := readTokenFile(path)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return tok, err
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", err
-	}
-	tok := hex.EncodeToString(raw)
+	tok = newToken()
 	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
 		return "", err
 	}

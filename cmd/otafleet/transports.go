@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,22 +77,10 @@ func (t *deviceTransports) start() error {
 // newDeviceTransports opens the listeners of --mqtt-addr, --mqtts-addr and
 // --download-addr (each "" is off); start serves them. The engine receives
 // what devices send. Close stops them.
-func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
+func newDeviceTransports(cfg serveConfig, reg persistence.Store, sec secrets, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
 	t := &deviceTransports{addrs: map[string]string{}, log: logger}
-	var cert *tls.Certificate
-	needCert := (cfg.DownloadAddr != "" && cfg.DownloadTLS) || cfg.MQTTSAddr != ""
-	if needCert {
-		c, err := loadCert(cfg)
-		if err != nil {
-			return nil, err
-		}
-		cert = &c
-	}
-
-	key, err := download.LoadOrCreateKey(filepath.Join(cfg.DataDir, "download-key"))
-	if err != nil {
-		return nil, fmt.Errorf("download token key: %w", err)
-	}
+	cert, key := sec.cert, sec.downloadKey
+	var err error
 	// One set of package images for every download path. The engine's
 	// RevokeToken effects reach the download server's Revoke (router), so
 	// it keeps the grants it authorized.
@@ -205,23 +192,6 @@ func noLimitIfZero[N int | float64](n N) N {
 		return -1
 	}
 	return n
-}
-
-// loadCert is --tls-cert/--tls-key, or a self-signed certificate kept in the
-// data dir.
-func loadCert(cfg serveConfig) (tls.Certificate, error) {
-	if cfg.TLSCert != "" {
-		c, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			return c, fmt.Errorf("--tls-cert/--tls-key: %w", err)
-		}
-		return c, nil
-	}
-	c, err := download.LoadOrCreateCert(cfg.DataDir, nil)
-	if err != nil {
-		return c, fmt.Errorf("self-signed certificate: %w", err)
-	}
-	return c, nil
 }
 
 // Close stops the broker and the download server.
