@@ -90,8 +90,8 @@ func loadAPIToken(ctx context.Context, cfg serveConfig, shared persistence.Share
 		}
 	case shared != nil:
 		b, err := shared.SharedSecret(ctx, secretAPIToken, func() ([]byte, error) {
-			if tok, err := readTokenFile(path); err == nil {
-				return []byte(tok), nil // the node ran alone before: its clients keep their token
+			if tok, ok := dataDirSecret(cfg.DataDir, secretAPIToken); ok {
+				return tok, nil // the node ran alone before: its clients keep their token
 			}
 			return []byte(newToken()), nil
 		})
@@ -159,17 +159,12 @@ func readSecretFile(flag, path string) ([]byte, error) {
 // loadDownloadKey is the key download tokens are signed with: the store's
 // shared secret, or DIR/download-key.
 func loadDownloadKey(ctx context.Context, dataDir string, shared persistence.SharedSecrets) ([]byte, error) {
-	path := filepath.Join(dataDir, "download-key")
 	if shared == nil {
-		return download.LoadOrCreateKey(path)
+		return download.LoadOrCreateKey(filepath.Join(dataDir, "download-key"))
 	}
 	key, err := shared.SharedSecret(ctx, secretDownloadKey, func() ([]byte, error) {
-		if b, err := os.ReadFile(path); err == nil {
-			// The node ran alone before: its download tokens in flight
-			// stay valid.
-			if key, err := hex.DecodeString(strings.TrimSpace(string(b))); err == nil && len(key) == 32 {
-				return key, nil
-			}
+		if key, ok := dataDirSecret(dataDir, secretDownloadKey); ok {
+			return key, nil // the node ran alone before: its download tokens in flight stay valid
 		}
 		key := make([]byte, 32)
 		_, _ = rand.Read(key)
@@ -204,13 +199,8 @@ func loadCert(ctx context.Context, cfg serveConfig, shared persistence.SharedSec
 	pair, err := shared.SharedSecret(ctx, secretDownloadTLS, func() ([]byte, error) {
 		// Devices trust the self-signed certificate itself: a node that
 		// ran alone before keeps its own, for them.
-		certPath, keyPath := download.CertFiles(cfg.DataDir)
-		certPEM, cerr := os.ReadFile(certPath)
-		keyPEM, kerr := os.ReadFile(keyPath)
-		if cerr == nil && kerr == nil {
-			if _, err := tls.X509KeyPair(certPEM, keyPEM); err == nil {
-				return append(append(certPEM, '\n'), keyPEM...), nil
-			}
+		if pair, ok := dataDirSecret(cfg.DataDir, secretDownloadTLS); ok {
+			return pair, nil
 		}
 		certPEM, keyPEM, err := download.NewSelfSigned(nil, clock.Real().Now())
 		if err != nil {
@@ -266,3 +256,37 @@ func mirrorCert(dir string, pair []byte) error {
 	}
 	return nil
 }
+
+// dataDirSecret reads the shared secret name from where a node alone keeps
+// it in its data folder, as the store keeps it: the API token's text, the
+// download key's 32 bytes, the certificate's PEM followed by its key's.
+// It reports false when the folder does not hold a usable one.
+func dataDirSecret(dir, name string) ([]byte, bool) {
+	switch name {
+	case secretAPIToken:
+		tok, err := readTokenFile(filepath.Join(dir, "api-token"))
+		return []byte(tok), err == nil
+	case secretDownloadKey:
+		b, err := os.ReadFile(filepath.Join(dir, "download-key"))
+		if err != nil {
+			return nil, false
+		}
+		key, err := hex.DecodeString(strings.TrimSpace(string(b)))
+		return key, err == nil && len(key) == 32
+	case secretDownloadTLS:
+		certPath, keyPath := download.CertFiles(dir)
+		certPEM, cerr := os.ReadFile(certPath)
+		keyPEM, kerr := os.ReadFile(keyPath)
+		if cerr != nil || kerr != nil {
+			return nil, false
+		}
+		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+			return nil, false
+		}
+		return append(append(certPEM, '\n'), keyPEM...), true
+	}
+	return nil, false
+}
+
+// sharedSecretNames are the secrets a store keeps for a cluster.
+var sharedSecretNames = []string{secretAPIToken, secretDownloadKey, secretDownloadTLS}

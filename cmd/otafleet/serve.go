@@ -127,7 +127,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		defer sim.Close()
 		route.sim = sim.tr
 	}
-	devs, err := newDeviceTransports(cfg, store, sec, engine, metrics, clk, logger)
+	devs, err := newDeviceTransports(cfg, store, sec, cluster.Node(), engine, metrics, clk, logger)
 	if err != nil {
 		return err
 	}

@@ -75,9 +75,11 @@ func (t *deviceTransports) start() error {
 }
 
 // newDeviceTransports opens the listeners of --mqtt-addr, --mqtts-addr and
-// --download-addr (each "" is off); start serves them. The engine receives
+// --download-addr (each "" is off); start serves them. In a cluster, node
+// (the node's advertised address; "" alone) holds the LwM2M registrations
+// kept in the store; the download handles are every node's. The engine receives
 // what devices send. Close stops them.
-func newDeviceTransports(cfg serveConfig, reg persistence.Store, sec secrets, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
+func newDeviceTransports(cfg serveConfig, reg persistence.Store, sec secrets, node string, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
 	t := &deviceTransports{addrs: map[string]string{}, log: logger}
 	cert, key := sec.cert, sec.downloadKey
 	var err error
@@ -117,7 +119,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, sec secrets, en
 	if cfg.CoAPAddr != "" || cfg.CoAPSAddr != "" {
 		t.lwm2m, err = lwm2m.New(lwm2m.Config{
 			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, DTLSPublicAddr: cfg.CoAPSPublic, Devices: reg, Packages: reg, Tokens: t.dl, Images: images, Sessions: reg,
-			Uplinks: engine, Clock: clk, Logger: logger,
+			Node: node, Uplinks: engine, Clock: clk, Logger: logger,
 		})
 		if err != nil {
 			t.Close()
