@@ -321,7 +321,7 @@ func settings() []setting {
 		opt("download-url", func(c *serveConfig) *string { return &c.DownloadURL },
 			"base URL devices download from (e.g. https://ota.example.com:8943); default: the --download-addr listener's address", httpURL),
 		opt("tls-cert", func(c *serveConfig) *string { return &c.TLSCert },
-			"PEM certificate for HTTPS downloads and MQTTS; default: a self-signed one kept in the data dir"),
+			"PEM certificate for HTTPS downloads and MQTTS (give every node of a cluster the same); default: a self-signed one kept in the data dir, or with a postgres:// --store in the store, where the first node makes it and every node serves it (a copy lands in the data dir as download-cert.pem)"),
 		opt("tls-key", func(c *serveConfig) *string { return &c.TLSKey },
 			"PEM private key of --tls-cert"),
 		opt("package-cache-bytes", func(c *serveConfig) *int64 { return &c.PackageCacheBytes },
