@@ -11,11 +11,13 @@ CREATE TABLE secrets (
 );
 
 -- The node that holds a session: its advertised address ('' for sessions
--- every node shares, such as download handles, and for a node alone).
+-- every node shares, such as download handles, and for a node alone). No
+-- index of its own: sessions are written on the hot path (a download
+-- handle per LwM2M download), read by node only at a node's start and when
+-- a node's sessions are dropped, which the primary key (transport, id) and
+-- a filter serve.
 ALTER TABLE sessions ADD COLUMN node text COLLATE "C" NOT NULL DEFAULT '';
-CREATE INDEX sessions_node ON sessions (node, transport, id);
 
 -- +goose Down
-DROP INDEX sessions_node;
 ALTER TABLE sessions DROP COLUMN node;
 DROP TABLE secrets;
