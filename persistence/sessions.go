@@ -42,3 +42,49 @@ func ValidateSessionKey(transport, id string) error {
 	}
 	return nil
 }
+
+// NodeSessions is implemented by a store that the nodes of a cluster share
+// (pgstore): each session belongs to the node that holds it, so that a
+// node restores only its own after a restart and the sessions of a node
+// that is gone can be dropped rather than restored by every other node.
+// A node is named by its advertised address (clusterconfig.Config.Node).
+// The store's own Sessions methods are those of node "": the sessions no
+// node holds alone, such as download handles, which every node serves.
+//
+// A session has one holder: putting it through another node's view moves
+// it there (a device that registers again with another node), and the
+// former holder no longer reads, lists or deletes it.
+type NodeSessions interface {
+	// NodeSessions is node's view of the sessions: PutSession makes node
+	// the session's holder, GetSession, DeleteSession and ListSessions see
+	// only the sessions node holds. NodeSessions("") is the store's own
+	// Sessions.
+	NodeSessions(node string) Sessions
+	// DropNodeSessions deletes every session node holds and returns how
+	// many there were: for a node that left the cluster, whose devices
+	// connect again elsewhere. Node "" is ErrInvalid (its sessions are
+	// every node's).
+	DropNodeSessions(ctx context.Context, node string) (int, error)
+	// SessionNodes calls fn with each node that holds a session, "" first
+	// when any session is every node's, then in byte order.
+	SessionNodes(ctx context.Context, fn func(node string) error) error
+}
+
+// SessionsOf returns the sessions of node in s: s itself for node "" (a
+// node alone, or the sessions every node shares), s.NodeSessions(node) when
+// s implements NodeSessions, and ErrInvalid otherwise: a store that keeps
+// no holder (Pebble, memstore) belongs to one node, and the node is
+// implicit.
+func SessionsOf(s Sessions, node string) (Sessions, error) {
+	if node == "" {
+		return s, nil
+	}
+	ns, ok := s.(NodeSessions)
+	if !ok {
+		return nil, fmt.Errorf("%w: sessions of node %q: this store keeps the sessions of one node (a cluster's nodes share a PostgreSQL store)", ErrInvalid, node)
+	}
+	if err := ValidateID(node); err != nil {
+		return nil, fmt.Errorf("session node: %w", err)
+	}
+	return ns.NodeSessions(node), nil
+}

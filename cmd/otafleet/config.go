@@ -22,6 +22,7 @@ import (
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
 	"github.com/otafleet/otafleet/actors/task/taskfsm"
+	"github.com/otafleet/otafleet/internal/clusterconfig"
 	"github.com/otafleet/otafleet/internal/gctune"
 	"github.com/otafleet/otafleet/internal/minrate"
 	"github.com/otafleet/otafleet/persistence/pgstore"
@@ -44,6 +45,9 @@ type serveConfig struct {
 	// (pgstore.Options.Timeout).
 	StoreTimeout time.Duration
 	APIAddr      string
+	// APITokenFile is --api-token-file: the API token from a file rather
+	// than from the data folder (Pebble) or the store (PostgreSQL).
+	APITokenFile string
 	LogFormat    string
 	LogLevel     string
 
@@ -98,6 +102,13 @@ type serveConfig struct {
 	MinTransferRate   int64
 	MinTransferWindow time.Duration
 
+	// The cluster (see clusterConfig): --cluster, --cluster-name,
+	// --node-addr and --advertise-addr.
+	Cluster       string
+	ClusterName   string
+	NodeAddr      string
+	AdvertiseAddr string
+
 	VerifyStore bool
 	// The key sealing device secrets and PSKs in the store, and the one it
 	// replaces (rotation).
@@ -118,6 +129,7 @@ func defaultServeConfig() serveConfig {
 	return serveConfig{
 		DataDir:           "otafleet-data",
 		StoreTimeout:      pgstore.DefaultTimeout,
+		ClusterName:       clusterconfig.DefaultName,
 		APIAddr:           "127.0.0.1:8080",
 		LogFormat:         "text",
 		LogLevel:          "info",
@@ -239,6 +251,8 @@ func settings() []setting {
 			"with a postgres:// --store: how long a journal write or read waits for PostgreSQL; past it the store counts as unavailable: the command or device report fails with a retryable error (devices are not acknowledged) and the actor tries again once PostgreSQL answers", positive),
 		opt("api-addr", func(c *serveConfig) *string { return &c.APIAddr },
 			"address of the API, gRPC health and /metrics (HTTP/1.1 and h2c); port 0 picks one"),
+		opt("api-token-file", func(c *serveConfig) *string { return &c.APITokenFile },
+			"a file (mode 0600) whose first line is the API token (at least 32 characters; make one with: openssl rand -hex 32), the same on every node of a cluster; default: the token in --data-dir/api-token (Pebble), or the one the store keeps (PostgreSQL; created by the first node). serve writes the token it accepts to --data-dir/api-token for the client verbs"),
 		opt("log-format", func(c *serveConfig) *string { return &c.LogFormat },
 			"log format: text or json", oneOf("text", "json")),
 		opt("log-level", func(c *serveConfig) *string { return &c.LogLevel },
@@ -312,7 +326,7 @@ func settings() []setting {
 		opt("download-url", func(c *serveConfig) *string { return &c.DownloadURL },
 			"base URL devices download from (e.g. https://ota.example.com:8943); default: the --download-addr listener's address", httpURL),
 		opt("tls-cert", func(c *serveConfig) *string { return &c.TLSCert },
-			"PEM certificate for HTTPS downloads and MQTTS; default: a self-signed one kept in the data dir"),
+			"PEM certificate for HTTPS downloads and MQTTS (give every node of a cluster the same); default: a self-signed one kept in the data dir, or with a postgres:// --store in the store, where the first node makes it and every node serves it (a copy lands in the data dir as download-cert.pem)"),
 		opt("tls-key", func(c *serveConfig) *string { return &c.TLSKey },
 			"PEM private key of --tls-cert"),
 		opt("package-cache-bytes", func(c *serveConfig) *int64 { return &c.PackageCacheBytes },
@@ -362,6 +376,15 @@ func settings() []setting {
 			"file holding the key that seals device secrets and PSKs in the store: 32 bytes as 64 hex digits, mode 0600 (make one with: openssl rand -hex 32); default $"+envSealKeyFile+"; without it the store keeps its own key. A store that keeps its own key is re-sealed under this one at start"),
 		opt("previous-seal-key-file", func(c *serveConfig) *string { return &c.PreviousSealKeyFile },
 			"with --seal-key-file: the key file the store was sealed with until now; a store sealed with it is re-sealed under --seal-key-file at start, all at once (key rotation, Pebble or PostgreSQL; stop every node of a PostgreSQL store first)"),
+		// The cluster (internal/clusterconfig checks the four together).
+		opt("cluster", func(c *serveConfig) *string { return &c.Cluster },
+			"join a cluster whose membership is kept in etcd: etcd://HOST:PORT[,HOST:PORT...]; needs a postgres:// --store (the one store of every node), --seal-key-file and --node-addr. Default: the node runs alone"),
+		opt("cluster-name", func(c *serveConfig) *string { return &c.ClusterName },
+			"with --cluster: the cluster's name; nodes of one name on one etcd form one cluster"),
+		opt("node-addr", func(c *serveConfig) *string { return &c.NodeAddr },
+			"with --cluster: HOST:PORT this node's actors listen on for the other nodes (a fixed port; an empty host or 0.0.0.0 listens on every interface)"),
+		opt("advertise-addr", func(c *serveConfig) *string { return &c.AdvertiseAddr },
+			"with --cluster: HOST:PORT the other nodes dial to reach this one, when it is not --node-addr (behind NAT, or --node-addr listens on every interface); not a wildcard address. It names the node: the node label of its metrics, the owner of its devices' sessions"),
 		// Simulation: in-process simulated devices, for demos and tests.
 		opt("simulate", func(c *serveConfig) *int { return &c.Simulate },
 			"run N scripted devices inside the server, for demos and tests: sim-0 ... sim-N-1, firmware and software 1.0, over --simulate-cells cells; they use no socket (devices over real MQTT or CoAP: otafleet sim). Register them (device create --prefix sim- --count N) to target them in tasks, or see --simulate-campaign", notNegative),
@@ -539,6 +562,9 @@ func (c serveConfig) validate() error {
 		return errors.New("--previous-seal-key-file needs --seal-key-file (the new key)")
 	}
 	if err := c.checkStore(); err != nil {
+		return err
+	}
+	if err := c.checkCluster(); err != nil {
 		return err
 	}
 	if err := c.minRate().Validate(); err != nil {

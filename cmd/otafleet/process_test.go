@@ -354,6 +354,9 @@ func testProcessKillNine(t *testing.T, postgres bool, env []string, killAt func(
 			t.Errorf("/metrics lacks %s", name)
 		}
 	}
+	if bytes.Contains(body, []byte(`node="`)) {
+		t.Error("/metrics of a node alone has node labels (only a cluster's nodes label their metrics)")
+	}
 	tok, err := os.ReadFile(filepath.Join(dir, "api-token"))
 	if err != nil || len(bytes.TrimSpace(tok)) != 64 {
 		t.Errorf("api-token: %q %v", tok, err)

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"connectrpc.com/grpchealth"
@@ -68,6 +65,13 @@ var testJournalHook func(persistence.EventStore, *slog.Logger) persistence.Event
 // the API stops accepting, the actors finish the message at hand, the store closes.
 func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error {
 	logger := newLogger(cfg, stderr)
+	cluster, err := cfg.clusterConfig()
+	if err != nil {
+		return usageError(err)
+	}
+	if cluster.Enabled() {
+		return errNoClusterEngine // removed when the engine takes cluster (actors.Deps)
+	}
 	raiseFileLimit() // one socket per MQTT device
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -81,10 +85,6 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 			logger.Warn("releasing the data folder", "error", err)
 		}
 	}()
-	token, err := apiToken(cfg.DataDir)
-	if err != nil {
-		return err
-	}
 	store, _, err := openStore(ctx, cfg, logger)
 	if err != nil {
 		return err
@@ -94,10 +94,15 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 			logger.Error("closing the store", "error", err)
 		}
 	}()
+	sec, err := loadSecrets(ctx, cfg, store, logger)
+	if err != nil {
+		return err
+	}
+	token := sec.token
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(journalAppendCounters(store)...)
+	reg, metrics := metricsRegistry(cluster)
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics.MustRegister(journalAppendCounters(store)...)
 	engCfg, err := cfg.engineConfig()
 	if err != nil {
 		return err
@@ -108,7 +113,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if testJournalHook != nil {
 		journal = testJournalHook(journal, logger)
 	}
-	engine, err := actors.New(engCfg, actors.Deps{Store: journal, Clock: clk, Transport: downlinks, Logger: logger, Metrics: reg})
+	engine, err := actors.New(engCfg, actors.Deps{Store: journal, Clock: clk, Transport: downlinks, Logger: logger, Metrics: metrics})
 	if err != nil {
 		return err
 	}
@@ -127,7 +132,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		defer sim.Close()
 		route.sim = sim.tr
 	}
-	devs, err := newDeviceTransports(cfg, store, engine, reg, clk, logger)
+	devs, err := newDeviceTransports(cfg, store, sec, cluster.Node(), engine, metrics, clk, logger)
 	if err != nil {
 		return err
 	}
@@ -244,22 +249,11 @@ func newLogger(cfg serveConfig, w io.Writer) *slog.Logger {
 // apiToken reads DIR/api-token, creating it (mode 0600) on first start.
 func apiToken(dir string) (string, error) {
 	path := filepath.Join(dir, "api-token")
-	b, err := os.ReadFile(path)
-	if err == nil {
-		tok := strings.TrimSpace(string(b))
-		if len(tok) < 32 {
-			return "", fmt.Errorf("%s holds no usable token (delete it to make a new one)", path)
-		}
-		return tok, nil
+	tok, err := readTokenFile(path)
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return tok, err
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", err
-	}
-	tok := hex.EncodeToString(raw)
+	tok = newToken()
 	if err := writeFileAtomic(path, []byte(tok+"\n"), 0o600); err != nil {
 		return "", err
 	}

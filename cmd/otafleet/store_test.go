@@ -133,7 +133,7 @@ func TestServePostgres(t *testing.T) {
 // store (exit 2).
 func TestStoreMigrate(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
-	for _, want := range []string{"schema version 0 -> 1", "schema version 1: up to date"} {
+	for _, want := range []string{"schema version 0 -> 2", "schema version 2: up to date"} {
 		var out, errb bytes.Buffer
 		if code := run(context.Background(), []string{"store", "migrate", "--store", dsn}, &out, &errb); code != 0 || !strings.Contains(out.String(), want) {
 			t.Fatalf("store migrate: exit %d, stdout %q, stderr %q; want %q", code, out.String(), errb.String(), want)

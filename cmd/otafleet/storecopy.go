@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,14 +32,17 @@ type copyStore interface {
 
 // storeCopyCommand is `otafleet store copy`.
 func storeCopyCommand(stdout, stderr io.Writer) *cobra.Command {
-	var from, to, keyFile, fromKeyFile, fromPasswordFile, toPasswordFile string
+	var from, to, keyFile, fromKeyFile, fromPasswordFile, toPasswordFile, fromDataDir string
 	cmd := &cobra.Command{
 		Use:   "copy --from pebble:DIR --to postgres://... --seal-key-file FILE",
 		Short: "Copy a whole store (journal, registry, package files, sessions) into a new, empty one, re-sealing device secrets and PSKs under --seal-key-file, and verify the copy",
 		Long: `Copy a whole store into a new, empty one: the journal (every stream's events with
 their sequence numbers, snapshots, records and active marks), the registry (products,
 devices, groups, packages, tasks), the package files (streamed a chunk at a time) and the
-transports' sessions. Stop the server that uses the source first.
+transports' sessions (with the node that holds each), and the secrets the nodes of a
+cluster share (API token, download token key, self-signed download certificate): from a
+PostgreSQL source's store, or from a Pebble source's data folder (--from-data-dir), into a
+PostgreSQL target. Stop the server that uses the source first.
 
 Device secrets and PSKs are opened with the source's seal key (a Pebble store's own key, or
 --from-seal-key-file if it was sealed with a key file; required for a PostgreSQL source) and
@@ -53,7 +57,7 @@ target and the key.`,
 			if keyFile == "" {
 				keyFile = os.Getenv(envSealKeyFile)
 			}
-			return runStoreCopy(cmd.Context(), storeCopyConfig{from: from, to: to, keyFile: keyFile, fromKeyFile: fromKeyFile, fromPasswordFile: fromPasswordFile, toPasswordFile: toPasswordFile}, stdout, stderr)
+			return runStoreCopy(cmd.Context(), storeCopyConfig{from: from, to: to, keyFile: keyFile, fromKeyFile: fromKeyFile, fromPasswordFile: fromPasswordFile, toPasswordFile: toPasswordFile, fromDataDir: fromDataDir}, stdout, stderr)
 		},
 	}
 	f := cmd.Flags()
@@ -62,6 +66,7 @@ target and the key.`,
 	f.StringVar(&keyFile, "seal-key-file", "", "the key file the copy's device secrets and PSKs are sealed under, as for serve (default $"+envSealKeyFile+"); required for a PostgreSQL target")
 	f.StringVar(&fromKeyFile, "from-seal-key-file", "", "the key file the source is sealed with: needed for a PostgreSQL source, and for a Pebble store that serve ran with --seal-key-file")
 	f.StringVar(&fromPasswordFile, "from-password-file", "", "with a postgres:// --from: a file (mode 0600) whose first line is the database user's password, as serve's --store-password-file")
+	f.StringVar(&fromDataDir, "from-data-dir", "", "with a pebble: --from: the serve data folder whose api-token, download-key and self-signed download certificate a postgres:// --to takes as the cluster's shared secrets; default: the folder holding --from when --from is its store/ folder")
 	f.StringVar(&toPasswordFile, "to-password-file", "", "with a postgres:// --to: a file (mode 0600) whose first line is the database user's password")
 	_ = cmd.MarkFlagRequired("from")
 	_ = cmd.MarkFlagRequired("to")
@@ -72,6 +77,7 @@ target and the key.`,
 type storeCopyConfig struct {
 	from, to, keyFile, fromKeyFile   string
 	fromPasswordFile, toPasswordFile string
+	fromDataDir                      string
 }
 
 func runStoreCopy(ctx context.Context, cfg storeCopyConfig, stdout, stderr io.Writer) error {
@@ -128,6 +134,10 @@ func runStoreCopy(ctx context.Context, cfg storeCopyConfig, stdout, stderr io.Wr
 	if err := copyWhole(ctx, src, dst); err != nil {
 		return fmt.Errorf("copying %s to %s: %s", srcName, dstName, oneLine(err))
 	}
+	secretsNote, err := copySharedSecrets(ctx, src, from, cfg.fromDataDir, dst)
+	if err != nil {
+		return fmt.Errorf("copying the shared secrets of %s to %s: %s", srcName, dstName, oneLine(err))
+	}
 	want, err := countStore(ctx, src)
 	if err != nil {
 		return fmt.Errorf("verifying: reading the source %s: %s", srcName, oneLine(err))
@@ -140,6 +150,9 @@ func runStoreCopy(ctx context.Context, cfg storeCopyConfig, stdout, stderr io.Wr
 		return fmt.Errorf("verifying the copy in %s: %s", dstName, diff)
 	}
 	fmt.Fprintf(stdout, "copied %s to %s and verified: %s\n", srcName, dstName, got)
+	if secretsNote != "" {
+		fmt.Fprintln(stdout, secretsNote)
+	}
 	if key != nil {
 		fmt.Fprintf(stdout, "device secrets and PSKs are sealed under %s: start serve with --store %s --seal-key-file %s\n", cfg.keyFile, storeArg(to), cfg.keyFile)
 	} else {
@@ -312,6 +325,61 @@ func copyWhole(ctx context.Context, src, dst copyStore) error {
 	return nil
 }
 
+// copySharedSecrets carries the secrets a cluster's nodes share into a
+// target that keeps them (PostgreSQL), sealed under its key, and reads them
+// back to check them: from a source that keeps them, or from the data
+// folder of a Pebble source (fromDataDir, or the folder holding
+// pebble:DIR/store), which has them as files. It returns a line for the
+// summary ("" when there are none).
+func copySharedSecrets(ctx context.Context, src copyStore, from storeSpec, fromDataDir string, dst copyStore) (string, error) {
+	want := map[string][]byte{}
+	whence := "the source"
+	if ss, ok := src.(persistence.SharedSecrets); ok {
+		err := ss.ListSharedSecrets(ctx, func(name string, v []byte) error {
+			want[name] = bytes.Clone(v)
+			return nil
+		})
+		if err != nil {
+			return "", err
+		}
+	} else {
+		dir := fromDataDir
+		if clean := filepath.Clean(from.pebbleDir); dir == "" && from.pebbleDir != "" && filepath.Base(clean) == "store" {
+			dir = filepath.Dir(clean)
+		}
+		if dir == "" {
+			return "", nil
+		}
+		whence = "the data folder " + dir
+		for _, name := range sharedSecretNames {
+			if v, ok := dataDirSecret(dir, name); ok {
+				want[name] = v
+			}
+		}
+	}
+	names := slices.Sorted(maps.Keys(want))
+	if len(names) == 0 {
+		return "", nil
+	}
+	ds, ok := dst.(persistence.SharedSecrets)
+	if !ok {
+		return fmt.Sprintf("the shared secrets of %s (%s) are not copied: a Pebble store's node keeps its own in its data folder", whence, strings.Join(names, ", ")), nil
+	}
+	for _, name := range names {
+		if err := ds.PutSharedSecret(ctx, name, want[name]); err != nil {
+			return "", err
+		}
+	}
+	got := map[string][]byte{}
+	if err := ds.ListSharedSecrets(ctx, func(name string, v []byte) error { got[name] = bytes.Clone(v); return nil }); err != nil {
+		return "", err
+	}
+	if !maps.EqualFunc(want, got, bytes.Equal) {
+		return "", fmt.Errorf("the target's shared secrets (%s) are not the ones copied (%s)", strings.Join(slices.Sorted(maps.Keys(got)), ", "), strings.Join(names, ", "))
+	}
+	return fmt.Sprintf("shared secrets copied from %s and verified, sealed under the target's key: %s (every node of a cluster on the target serves with them)", whence, strings.Join(names, ", ")), nil
+}
+
 // pages calls fn with each page a List* call returns, until the last.
 func pages[T any](ctx context.Context, list func(ctx context.Context, after string, limit int) ([]T, error), id func(T) string, fn func([]T) error) error {
 	after := ""
@@ -397,12 +465,47 @@ func copyPackages(ctx context.Context, src, dst copyStore) error {
 	})
 }
 
+// copySessions copies every session with the node that holds it; into a
+// store of one node (Pebble), every node's become that node's.
 func copySessions(ctx context.Context, src, dst copyStore) error {
-	return src.SessionTransports(ctx, func(transport string) error {
-		return src.ListSessions(ctx, transport, func(id string, value []byte) error {
-			return dst.PutSession(ctx, transport, id, value)
-		})
+	return eachSession(ctx, src, func(node, transport, id string, value []byte) error {
+		to, err := persistence.SessionsOf(dst, node)
+		if errors.Is(err, persistence.ErrInvalid) {
+			to = dst
+		} else if err != nil {
+			return err
+		}
+		return to.PutSession(ctx, transport, id, value)
 	})
+}
+
+// eachSession calls fn with every session of s and the node that holds it
+// ("" for a store of one node, and for the sessions every node shares).
+func eachSession(ctx context.Context, s copyStore, fn func(node, transport, id string, value []byte) error) error {
+	nodes := []string{""}
+	if ns, ok := s.(persistence.NodeSessions); ok {
+		nodes = nodes[:0]
+		if err := ns.SessionNodes(ctx, func(n string) error { nodes = append(nodes, n); return nil }); err != nil {
+			return err
+		}
+	}
+	var transports []string
+	if err := s.SessionTransports(ctx, func(t string) error { transports = append(transports, t); return nil }); err != nil {
+		return err
+	}
+	slices.Sort(transports)
+	for _, node := range nodes {
+		of, err := persistence.SessionsOf(s, node)
+		if err != nil {
+			return err
+		}
+		for _, t := range transports {
+			if err := of.ListSessions(ctx, t, func(id string, v []byte) error { return fn(node, t, id, v) }); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // copyBlobs streams each blob from src into dst (the stores read and write
@@ -722,15 +825,8 @@ func countStore(ctx context.Context, s copyStore) (storeCounts, error) {
 			return c, err
 		}
 	}
-	var transports []string
-	if err := s.SessionTransports(ctx, func(t string) error { transports = append(transports, t); return nil }); err != nil {
+	if err := eachSession(ctx, s, func(string, string, string, []byte) error { c.sessions++; return nil }); err != nil {
 		return c, err
-	}
-	slices.Sort(transports)
-	for _, t := range transports {
-		if err := s.ListSessions(ctx, t, func(string, []byte) error { c.sessions++; return nil }); err != nil {
-			return c, err
-		}
 	}
 	return c, nil
 }

@@ -5,9 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/otafleet/otafleet/persistence/memstore"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
 	"github.com/otafleet/otafleet/persistence/pgstore"
+	"github.com/otafleet/otafleet/transport/download"
 )
 
 // fillStore writes a bit of everything into s: products, devices with
@@ -243,6 +246,20 @@ func TestStoreCopy(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	keyHex := strings.Repeat("7a", 32)
 	key := writeKey(t, "seal.key", keyHex+"\n", 0o600)
+	// The secrets of the node that served the source, in its data folder:
+	// a cluster on the target takes them.
+	dataDir := filepath.Dir(srcDir)
+	token := strings.Repeat("5e", 32)
+	dlKey := strings.Repeat("d1", 32)
+	for name, v := range map[string]string{"api-token": token + "\n", "download-key": dlKey + "\n"} {
+		if err := os.WriteFile(filepath.Join(dataDir, name), []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := download.LoadOrCreateCert(dataDir, nil); err != nil {
+		t.Fatal(err)
+	}
+	tlsPair, _ := dataDirSecret(dataDir, secretDownloadTLS)
 
 	code, out, errs := runCLI("store", "copy", "--from", "pebble:"+srcDir, "--to", dsn, "--seal-key-file", key)
 	if code != 0 {
@@ -250,7 +267,8 @@ func TestStoreCopy(t *testing.T) {
 	}
 	t.Log(strings.TrimSpace(out))
 	for _, want := range []string{"and verified", "2 products", "1200 devices (600 secrets and 600 PSKs re-sealed)", "1 package files (390000 bytes, SHA-256 checked)",
-		"31 journal streams (1699 events, 1 snapshots, 703 records, 11 active)", "2 sessions", "--seal-key-file " + key} {
+		"31 journal streams (1699 events, 1 snapshots, 703 records, 11 active)", "2 sessions", "--seal-key-file " + key,
+		"shared secrets copied from the data folder " + dataDir + " and verified, sealed under the target's key: api-token, download-key, download-tls"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("store copy's summary lacks %q:\n%s", want, out)
 		}
@@ -266,6 +284,18 @@ func TestStoreCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameStores(t, src, pg)
+	wantSecrets := map[string][]byte{"api-token": []byte(token), "download-key": bytes.Repeat([]byte{0xd1}, 32), "download-tls": tlsPair}
+	secretsOf := func(s persistence.SharedSecrets) map[string][]byte {
+		t.Helper()
+		got := map[string][]byte{}
+		if err := s.ListSharedSecrets(ctx, func(name string, v []byte) error { got[name] = bytes.Clone(v); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := secretsOf(pg); !maps.EqualFunc(got, wantSecrets, bytes.Equal) {
+		t.Fatalf("the target's shared secrets: %q, want the source data folder's", slices.Sorted(maps.Keys(got)))
+	}
 	pg.Close()
 
 	// PostgreSQL back to a new Pebble store under another key.
@@ -282,6 +312,36 @@ func TestStoreCopy(t *testing.T) {
 	sameStores(t, src, back)
 	back.Close()
 	src.Close()
+	if !strings.Contains(out, "are not copied: a Pebble store's node keeps its own in its data folder") {
+		t.Errorf("store copy to Pebble says nothing of the shared secrets it leaves:\n%s", out)
+	}
+
+	// PostgreSQL to PostgreSQL under another key: the shared secrets are
+	// re-sealed, and each session stays with the node that holds it.
+	pg, err = pgstore.Open(ctx, dsn, pgstore.Options{SealKey: rawKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.NodeSessions("10.0.0.1:7001").PutSession(ctx, "lwm2m", "n-0003", []byte("reg")); err != nil {
+		t.Fatal(err)
+	}
+	pg.Close()
+	dsn2 := pgtest.NewDatabase(t)
+	code, out, errs = runCLI("store", "copy", "--from", dsn, "--from-seal-key-file", key, "--to", dsn2, "--seal-key-file", key2)
+	if code != 0 || !strings.Contains(out, "3 sessions") || !strings.Contains(out, "shared secrets copied from the source and verified") {
+		t.Fatalf("store copy from PostgreSQL to PostgreSQL: exit %d\n%s%s", code, out, errs)
+	}
+	pg2, err := pgstore.Open(ctx, dsn2, pgstore.Options{SealKey: bytes.Repeat([]byte{0x2b}, 32)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := secretsOf(pg2); !maps.EqualFunc(got, wantSecrets, bytes.Equal) {
+		t.Fatalf("the shared secrets re-sealed: %q, want the source's", slices.Sorted(maps.Keys(got)))
+	}
+	if v, err := pg2.NodeSessions("10.0.0.1:7001").GetSession(ctx, "lwm2m", "n-0003"); err != nil || string(v) != "reg" {
+		t.Fatalf("node 10.0.0.1:7001's session in the copy: %q, %v", v, err)
+	}
+	pg2.Close()
 
 	failServe(t, "it keeps its own seal key: copy it without --from-seal-key-file", "store", "copy", "--from", "pebble:"+srcDir, "--from-seal-key-file", key, "--to", newPebble(t))
 

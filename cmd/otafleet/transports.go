@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,24 +75,14 @@ func (t *deviceTransports) start() error {
 }
 
 // newDeviceTransports opens the listeners of --mqtt-addr, --mqtts-addr and
-// --download-addr (each "" is off); start serves them. The engine receives
+// --download-addr (each "" is off); start serves them. In a cluster, node
+// (the node's advertised address; "" alone) holds the LwM2M registrations
+// kept in the store; the download handles are every node's. The engine receives
 // what devices send. Close stops them.
-func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
+func newDeviceTransports(cfg serveConfig, reg persistence.Store, sec secrets, node string, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
 	t := &deviceTransports{addrs: map[string]string{}, log: logger}
-	var cert *tls.Certificate
-	needCert := (cfg.DownloadAddr != "" && cfg.DownloadTLS) || cfg.MQTTSAddr != ""
-	if needCert {
-		c, err := loadCert(cfg)
-		if err != nil {
-			return nil, err
-		}
-		cert = &c
-	}
-
-	key, err := download.LoadOrCreateKey(filepath.Join(cfg.DataDir, "download-key"))
-	if err != nil {
-		return nil, fmt.Errorf("download token key: %w", err)
-	}
+	cert, key := sec.cert, sec.downloadKey
+	var err error
 	// One set of package images for every download path. The engine's
 	// RevokeToken effects reach the download server's Revoke (router), so
 	// it keeps the grants it authorized.
@@ -130,7 +119,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 	if cfg.CoAPAddr != "" || cfg.CoAPSAddr != "" {
 		t.lwm2m, err = lwm2m.New(lwm2m.Config{
 			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, DTLSPublicAddr: cfg.CoAPSPublic, Devices: reg, Packages: reg, Tokens: t.dl, Images: images, Sessions: reg,
-			Uplinks: engine, Clock: clk, Logger: logger,
+			Node: node, Uplinks: engine, Clock: clk, Logger: logger,
 		})
 		if err != nil {
 			t.Close()
@@ -205,23 +194,6 @@ func noLimitIfZero[N int | float64](n N) N {
 		return -1
 	}
 	return n
-}
-
-// loadCert is --tls-cert/--tls-key, or a self-signed certificate kept in the
-// data dir.
-func loadCert(cfg serveConfig) (tls.Certificate, error) {
-	if cfg.TLSCert != "" {
-		c, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			return c, fmt.Errorf("--tls-cert/--tls-key: %w", err)
-		}
-		return c, nil
-	}
-	c, err := download.LoadOrCreateCert(cfg.DataDir, nil)
-	if err != nil {
-		return c, fmt.Errorf("self-signed certificate: %w", err)
-	}
-	return c, nil
 }
 
 // Close stops the broker and the download server.

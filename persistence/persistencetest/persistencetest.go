@@ -8,7 +8,9 @@
 // closed stores, invalid IDs, appends marked NoSync, state records written
 // with an append's events, all or none) and the registry (CRUD, paging, all-or-nothing
 // CreateDevices, references, credentials, blobs), sessions and, for a store
-// that implements persistence.Lister, its listings. Each subtest opens its own
+// that implements persistence.Lister, its listings; for one that implements
+// persistence.NodeSessions, which node holds each session, and for one that
+// implements persistence.SharedSecrets, the secrets of a cluster. Each subtest opens its own
 // store; the suite closes it. It is for tests only.
 package persistencetest
 
@@ -68,6 +70,8 @@ func Run(t *testing.T, open Open) {
 		{"BlobReaderFails", testBlobReaderFails},
 		{"BlobDeleteWhileOpen", testBlobDeleteWhileOpen},
 		{"Sessions", testSessions},
+		{"NodeSessions", testNodeSessions},
+		{"SharedSecrets", testSharedSecrets},
 		{"Lister", testLister},
 		{"Closed", testClosed},
 	} {
@@ -1121,7 +1125,7 @@ func testBlobDeleteWhileOpen(t *testing.T, s persistence.Store) {
 	}
 }
 
-func sessions(t *testing.T, s persistence.Store, transport string) map[string]string {
+func sessions(t *testing.T, s persistence.Sessions, transport string) map[string]string {
 	t.Helper()
 	got := map[string]string{}
 	ok(t, "ListSessions", s.ListSessions(context.Background(), transport, func(id string, v []byte) error {
@@ -1175,6 +1179,128 @@ func testSessions(t *testing.T, s persistence.Store) {
 	if err := s.PutSession(cctx, "lwm2m", "z", nil); err == nil {
 		t.Fatal("PutSession with a cancelled context succeeded")
 	}
+}
+
+// testNodeSessions: a store of one node (not a persistence.NodeSessions)
+// is the sessions of node "" and refuses another node's. A store shared
+// by nodes keeps each session with its holder: a node lists, reads and
+// deletes only its own, a put through another node moves the session
+// there, and DropNodeSessions deletes one node's and no other's.
+func testNodeSessions(t *testing.T, s persistence.Store) {
+	ctx := context.Background()
+	own, err := persistence.SessionsOf(s, "")
+	if err != nil || own != persistence.Sessions(s) {
+		t.Fatalf("SessionsOf(s, \"\") = %v, %v; want the store itself", own, err)
+	}
+	ns, shared := s.(persistence.NodeSessions)
+	if !shared {
+		_, err := persistence.SessionsOf(s, "10.0.0.1:7001")
+		isErr(t, "SessionsOf(a store of one node, another node)", err, persistence.ErrInvalid)
+		return
+	}
+	_, err = persistence.SessionsOf(s, "a/b")
+	isErr(t, "SessionsOf an invalid node", err, persistence.ErrInvalid)
+	a, err := persistence.SessionsOf(s, "10.0.0.1:7001")
+	ok(t, "SessionsOf node a", err)
+	b := ns.NodeSessions("10.0.0.2:7001")
+	ok(t, "a puts d1", a.PutSession(ctx, "lwm2m", "d1", []byte("a1")))
+	ok(t, "a puts d2", a.PutSession(ctx, "lwm2m", "d2", []byte("a2")))
+	ok(t, "b puts d3", b.PutSession(ctx, "lwm2m", "d3", []byte("b3")))
+	ok(t, "every node's handle", s.PutSession(ctx, "download-handle", "h", []byte("x")))
+	if got, want := sessions(t, a, "lwm2m"), map[string]string{"d1": "a1", "d2": "a2"}; !maps.Equal(got, want) {
+		t.Fatalf("node a's sessions = %v, want %v", got, want)
+	}
+	if got, want := sessions(t, b, "lwm2m"), map[string]string{"d3": "b3"}; !maps.Equal(got, want) {
+		t.Fatalf("node b's sessions = %v, want %v", got, want)
+	}
+	if got := sessions(t, s, "lwm2m"); len(got) != 0 {
+		t.Fatalf("the store's own (node \"\") lwm2m sessions = %v, want none: every one is a node's", got)
+	}
+	if got := sessions(t, a, "download-handle"); len(got) != 0 {
+		t.Fatalf("node a lists %v of node \"\"'s sessions, want none", got)
+	}
+	if _, err := b.GetSession(ctx, "lwm2m", "d1"); !errors.Is(err, persistence.ErrNotFound) {
+		t.Fatalf("node b reads node a's session: %v, want ErrNotFound", err)
+	}
+	// d2 registers again with node b: b holds it, a no longer sees it, and
+	// a forgetting its old registration leaves b's alone.
+	ok(t, "b puts d2", b.PutSession(ctx, "lwm2m", "d2", []byte("b2")))
+	ok(t, "a deletes d2 (no longer its own)", a.DeleteSession(ctx, "lwm2m", "d2"))
+	if v, err := b.GetSession(ctx, "lwm2m", "d2"); err != nil || string(v) != "b2" {
+		t.Fatalf("node b's d2 after node a deleted its own = %q, %v; want b2", v, err)
+	}
+	if got, want := sessions(t, a, "lwm2m"), map[string]string{"d1": "a1"}; !maps.Equal(got, want) {
+		t.Fatalf("node a's sessions after d2 moved = %v, want %v", got, want)
+	}
+	var nodes []string
+	ok(t, "SessionNodes", ns.SessionNodes(ctx, func(n string) error { nodes = append(nodes, n); return nil }))
+	if want := []string{"", "10.0.0.1:7001", "10.0.0.2:7001"}; !slices.Equal(nodes, want) {
+		t.Fatalf("SessionNodes = %q, want %q", nodes, want)
+	}
+	// Node b is gone: its sessions are dropped, the others stay.
+	n, err := ns.DropNodeSessions(ctx, "10.0.0.2:7001")
+	if err != nil || n != 2 {
+		t.Fatalf("DropNodeSessions(b) = %d, %v; want 2", n, err)
+	}
+	if got := sessions(t, b, "lwm2m"); len(got) != 0 {
+		t.Fatalf("node b's sessions after the drop = %v, want none", got)
+	}
+	if got := sessions(t, a, "lwm2m"); len(got) != 1 {
+		t.Fatalf("node a's sessions after b's drop = %v, want d1", got)
+	}
+	if got := sessions(t, s, "download-handle"); len(got) != 1 {
+		t.Fatalf("every node's sessions after b's drop = %v, want h", got)
+	}
+	if n, err := ns.DropNodeSessions(ctx, "10.0.0.2:7001"); err != nil || n != 0 {
+		t.Fatalf("DropNodeSessions of a node with none = %d, %v; want 0", n, err)
+	}
+	_, err = ns.DropNodeSessions(ctx, "")
+	isErr(t, "DropNodeSessions of node \"\"", err, persistence.ErrInvalid)
+	isErr(t, "a node's PutSession with an invalid ID", a.PutSession(ctx, "lwm2m", "a/b", nil), persistence.ErrInvalid)
+}
+
+// testSharedSecrets: a store that implements persistence.SharedSecrets
+// creates each secret once, whoever asks first, and every caller gets
+// that value; PutSharedSecret replaces it.
+func testSharedSecrets(t *testing.T, s persistence.Store) {
+	ss, ok2 := s.(persistence.SharedSecrets)
+	if !ok2 {
+		t.Skip("the store keeps no shared secrets")
+	}
+	ctx := context.Background()
+	const callers = 8
+	var wg sync.WaitGroup
+	got := make([][]byte, callers)
+	errs := make([]error, callers)
+	for i := range callers {
+		wg.Go(func() {
+			got[i], errs[i] = ss.SharedSecret(ctx, "api-token", func() ([]byte, error) { return []byte(fmt.Sprintf("token-%d", i)), nil })
+		})
+	}
+	wg.Wait()
+	for i := range callers {
+		if errs[i] != nil || !bytes.Equal(got[i], got[0]) || !strings.HasPrefix(string(got[0]), "token-") {
+			t.Fatalf("SharedSecret caller %d: %q, %v; want every caller the same token (caller 0 got %q)", i, got[i], errs[i], got[0])
+		}
+	}
+	v, err := ss.SharedSecret(ctx, "api-token", func() ([]byte, error) { t.Error("create called for a secret that exists"); return nil, nil })
+	if err != nil || !bytes.Equal(v, got[0]) {
+		t.Fatalf("SharedSecret again = %q, %v; want %q", v, err, got[0])
+	}
+	boom := errors.New("boom")
+	if _, err := ss.SharedSecret(ctx, "other", func() ([]byte, error) { return nil, boom }); !errors.Is(err, boom) {
+		t.Fatalf("SharedSecret whose create fails: %v, want %v", err, boom)
+	}
+	ok(t, "PutSharedSecret", ss.PutSharedSecret(ctx, "download-key", []byte{0, 1, 2}))
+	ok(t, "PutSharedSecret replaces", ss.PutSharedSecret(ctx, "api-token", []byte("replaced")))
+	all := map[string]string{}
+	ok(t, "ListSharedSecrets", ss.ListSharedSecrets(ctx, func(name string, v []byte) error { all[name] = string(v); return nil }))
+	if want := map[string]string{"api-token": "replaced", "download-key": "\x00\x01\x02"}; !maps.Equal(all, want) {
+		t.Fatalf("ListSharedSecrets = %q, want %q", all, want)
+	}
+	_, err = ss.SharedSecret(ctx, "a/b", func() ([]byte, error) { return []byte("x"), nil })
+	isErr(t, "SharedSecret with an invalid name", err, persistence.ErrInvalid)
+	isErr(t, "PutSharedSecret of an empty value", ss.PutSharedSecret(ctx, "e", nil), persistence.ErrInvalid)
 }
 
 // testLister: a store that implements persistence.Lister lists each stream

@@ -26,7 +26,8 @@
 //	products, devices, groups, packages, tasks   the registry, a column per field; devices and
 //	                                     packages reference their product (foreign keys)
 //	blobs(id, gen, size, sha256, chunk_size), blob_chunks(gen, n, crc, data)   package files
-//	sessions(transport, id, value)       the transports' sessions
+//	sessions(transport, id, value, node) the transports' sessions, each held by a node ('' for every node's)
+//	secrets(name, sealed)                the secrets every node shares (persistence.SharedSecrets), sealed
 //	meta(name, value)                    the seal key's check value
 //
 // # Appends: fencing and group commit
@@ -80,7 +81,12 @@
 // ErrSealKey). Options.PreviousSealKey with Options.SealKey rotates the
 // key: Open re-seals every credential in one transaction, under a lock on
 // the check value's row (so nodes starting together re-seal once), and a
-// crash leaves all under the old key or all under the new one. Sessions are written with synchronous_commit off, like
+// crash leaves all under the old key or all under the new one; the shared
+// secrets (persistence.SharedSecrets: the API token, the download token key,
+// the download TLS certificate of a cluster) are sealed and re-sealed with
+// them. Sessions are written with synchronous_commit off, like
 // pebblestore's unsynced session writes: they survive a crash of otafleet,
-// not necessarily one of PostgreSQL.
+// not necessarily one of PostgreSQL. Each session belongs to the node that
+// holds it (persistence.NodeSessions): a node lists only its own, and
+// DropNodeSessions deletes those of a node that is gone.
 package pgstore

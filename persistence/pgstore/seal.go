@@ -15,7 +15,7 @@ import (
 // statement.
 const resealPage = 1000
 
-// reseal re-seals every device's credentials, sealed under oldKey, under
+// reseal re-seals every device's credentials and the shared secrets, sealed under oldKey, under
 // newKey, and records newKey's check value: one transaction, so that a
 // crash (of otafleet or of PostgreSQL) leaves the database all under the
 // old key or all under the new one, and Open with the same keys starts
@@ -91,6 +91,9 @@ func (s *Store) reseal(ctx context.Context, oldKey, newKey []byte) error {
 			}
 			after = ids[len(ids)-1]
 		}
+		if err := resealSecrets(ctx, tx, from, to); err != nil {
+			return err
+		}
 		_, err := tx.Exec(ctx, `UPDATE meta SET value = $1 WHERE name = 'seal_check'`, persistence.SealCheck(newKey))
 		return err
 	})
@@ -102,5 +105,39 @@ func (s *Store) reseal(ctx context.Context, oldKey, newKey []byte) error {
 		return s.dbErr("re-sealing the credentials under the new seal key", err)
 	}
 	s.log.Info("device credentials re-sealed under the new seal key", "devices", n, "from", "the previous key")
+	return nil
+}
+
+// resealSecrets re-seals the shared secrets (a handful) in tx, which holds
+// the seal check's row lock.
+func resealSecrets(ctx context.Context, tx pgx.Tx, from, to persistence.Sealer) error {
+	rows, err := tx.Query(ctx, `SELECT name, sealed FROM secrets ORDER BY name FOR UPDATE`)
+	if err != nil {
+		return fmt.Errorf("pgstore: reading the shared secrets to re-seal: %w", err)
+	}
+	var names []string
+	var sealed [][]byte
+	var name string
+	var v []byte
+	_, err = pgx.ForEachRow(rows, []any{&name, &v}, func() error {
+		plain, err := from.Open(v, persistence.SharedSecretLabel(name))
+		if err != nil {
+			return &persistence.CorruptError{Key: []byte("secrets/" + name), Reason: err.Error() + " (the previous key)"}
+		}
+		n, err := to.Seal(plain, persistence.SharedSecretLabel(name))
+		if err != nil {
+			return err
+		}
+		names, sealed = append(names, name), append(sealed, n)
+		return nil
+	})
+	if err != nil || len(names) == 0 {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `
+		UPDATE secrets SET sealed = n.sealed
+		FROM unnest($1::text[], $2::bytea[]) AS n(name, sealed) WHERE secrets.name = n.name`, names, sealed); err != nil {
+		return fmt.Errorf("pgstore: re-sealing the shared secrets: %w", err)
+	}
 	return nil
 }

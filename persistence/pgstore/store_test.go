@@ -177,6 +177,58 @@ func TestReadOnlyUser(t *testing.T) {
 	t.Log(err)
 }
 
+// TestSharedSecretsTwoStores: two stores on one database, opened at once
+// as two nodes starting together, create the shared secrets once and read
+// the same values; a value sealed under another key is corrupt, not
+// replaced.
+func TestSharedSecretsTwoStores(t *testing.T) {
+	ctx := context.Background()
+	dsn := migratedDatabase(t)
+	stores := make([]*pgstore.Store, 2)
+	errs := make([]error, 2)
+	got := make([][]byte, 2)
+	var wg sync.WaitGroup
+	for i := range stores {
+		wg.Go(func() {
+			if stores[i], errs[i] = pgstore.Open(ctx, dsn, pgstore.Options{SealKey: testKey, Logger: testLogger(t)}); errs[i] != nil {
+				return
+			}
+			got[i], errs[i] = stores[i].SharedSecret(ctx, "download-key", func() ([]byte, error) { return []byte(fmt.Sprintf("key-of-%d", i)), nil })
+		})
+	}
+	wg.Wait()
+	for i, s := range stores {
+		if s != nil {
+			t.Cleanup(func() { _ = s.Close() })
+		}
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+	}
+	if !bytes.Equal(got[0], got[1]) {
+		t.Fatalf("two nodes got the download keys %q and %q, want one", got[0], got[1])
+	}
+	var sealed []byte
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := conn.QueryRow(ctx, `SELECT sealed FROM secrets WHERE name = 'download-key'`).Scan(&sealed); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(sealed, got[0]) {
+		t.Fatalf("the database holds the secret in the clear: %q", sealed)
+	}
+	// Moved to another name, a sealed value does not open (the label).
+	if _, err := conn.Exec(ctx, `INSERT INTO secrets (name, sealed) VALUES ('api-token', $1)`, sealed); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stores[1].SharedSecret(ctx, "api-token", func() ([]byte, error) { return []byte("new"), nil }); !errors.Is(err, persistence.ErrCorrupt) {
+		t.Fatalf("a secret sealed for another name: %v, want ErrCorrupt", err)
+	}
+}
+
 // TestSealKeyRotation: SealKey with PreviousSealKey re-seals a database
 // sealed under the previous key, in one transaction: a re-seal that fails
 // midway leaves everything under the old key; afterwards only the new key
@@ -213,9 +265,16 @@ func TestSealKeyRotation(t *testing.T) {
 	if err := s.CreateDevices(ctx, ds); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.PutSharedSecret(ctx, "api-token", []byte("the-token")); err != nil {
+		t.Fatal(err)
+	}
 	_ = s.Close()
 	want := func(s *pgstore.Store) {
 		t.Helper()
+		tok, err := s.SharedSecret(ctx, "api-token", func() ([]byte, error) { return []byte("another"), nil })
+		if err != nil || string(tok) != "the-token" {
+			t.Fatalf("the shared secret api-token = %q, %v; want the-token, re-sealed with the credentials", tok, err)
+		}
 		for _, d := range ds {
 			c, err := s.DeviceCredentials(ctx, d.ID)
 			if err != nil || c.Secret != d.Secret || !bytes.Equal(c.PSK, d.PSK) {

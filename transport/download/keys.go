@@ -67,7 +67,7 @@ const certValidity = 10 * 365 * 24 * time.Hour
 // trusting that certificate itself. A loaded certificate is returned as it
 // is, whatever its hosts: to change them, delete the two files.
 func LoadOrCreateCert(dir string, hosts []string) (tls.Certificate, error) {
-	certPath, keyPath := filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
+	certPath, keyPath := CertFiles(dir)
 	_, certErr := os.Stat(certPath)
 	_, keyErr := os.Stat(keyPath)
 	switch {
@@ -100,6 +100,21 @@ func LoadOrCreateCert(dir string, hosts []string) (tls.Certificate, error) {
 		return tls.Certificate{}, fmt.Errorf("download: %w", err)
 	}
 	return cert, nil
+}
+
+// CertFiles are the paths of the certificate and key LoadOrCreateCert
+// keeps in dir.
+func CertFiles(dir string) (cert, key string) {
+	return filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
+}
+
+// NewSelfSigned creates a self-signed server certificate as
+// LoadOrCreateCert does (for hosts; 127.0.0.1, ::1 and localhost when
+// empty; valid from an hour before now), and returns it and its key in
+// PEM, without writing them anywhere: for a certificate kept elsewhere
+// (the store of a cluster, which every node serves alike).
+func NewSelfSigned(hosts []string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	return selfSigned(hosts, now)
 }
 
 // selfSigned creates a self-signed server certificate for hosts, valid from

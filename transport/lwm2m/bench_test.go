@@ -28,6 +28,7 @@ import (
 
 	"github.com/otafleet/otafleet/bench/sim/lwm2msim"
 	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
@@ -199,7 +200,7 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(pcpFleetEnv); spec != "" {
 		os.Exit(runPCPFleet(spec))
 	}
-	os.Exit(m.Run())
+	pgtest.Main(m) // the node-held sessions' test runs on PostgreSQL
 }
 
 // runFleet is the child: devices prefix0..prefix(n-1) in good coverage over

@@ -115,8 +115,16 @@ type Config struct {
 	// each device is reachable again only once it registers anew (at its
 	// next registration update, which the server answers 4.04).
 	Sessions persistence.Sessions
-	Clock    clock.Clock  // nil: clock.Real()
-	Logger   *slog.Logger // nil: discard
+	// Node names this server's node in a cluster (its advertised address,
+	// clusterconfig.Config.Node); "" for a node alone. The registrations
+	// it keeps in Sessions are held by Node (persistence.NodeSessions):
+	// it restores only its own, and those of a node that is gone are
+	// dropped, not restored here. With Sessions, a Node needs a store
+	// that keeps the nodes apart (a shared PostgreSQL store); New fails
+	// otherwise.
+	Node   string
+	Clock  clock.Clock  // nil: clock.Real()
+	Logger *slog.Logger // nil: discard
 }
 
 // Server is the LwM2M server. It implements transport.Downlinks for LwM2M
@@ -232,6 +240,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Addr == "" && cfg.DTLSAddr == "" {
 		return nil, errors.New("lwm2m: Config needs Addr or DTLSAddr")
+	}
+	if cfg.Sessions != nil {
+		own, err := persistence.SessionsOf(cfg.Sessions, cfg.Node)
+		if err != nil {
+			return nil, fmt.Errorf("lwm2m: the registrations of node %q: %w", cfg.Node, err)
+		}
+		cfg.Sessions = own
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "lwm2m"),

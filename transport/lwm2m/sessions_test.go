@@ -1,7 +1,9 @@
 package lwm2m_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -10,9 +12,11 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
+	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
+	"github.com/otafleet/otafleet/persistence/pgstore"
 	"github.com/otafleet/otafleet/transport/lwm2m"
 )
 
@@ -118,3 +122,80 @@ func TestRegistrationsSurviveRestart(t *testing.T) {
 }
 
 var _ persistence.Sessions = (*pebblestore.Store)(nil)
+
+// TestRegistrationsHeldByNode: on a store the nodes of a cluster share,
+// each server keeps its registrations as its node's (Config.Node): another
+// node starting restores none of them, the node itself restarting restores
+// its own, and once a node's sessions are dropped (it left the cluster)
+// nobody restores them. A store of one node refuses a Node.
+func TestRegistrationsHeldByNode(t *testing.T) {
+	ctx := context.Background()
+	ps, err := pgstore.Open(ctx, pgtest.NewDatabase(t), pgstore.Options{SealKey: bytes.Repeat([]byte{7}, 32), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	onNode := func(node string) func(*lwm2m.Config) {
+		return func(c *lwm2m.Config) { c.Sessions, c.Node = ps, node }
+	}
+	const n1, n2 = "10.0.0.1:7001", "10.0.0.2:7001"
+	e1 := newEnv(t, onNode(n1))
+	d1 := dial(t, e1)
+	if res, err := d1.register(t, "ep=d1&lt=600&b=UQ", links); err != nil || res.Code() != codes.Created {
+		t.Fatalf("register d1: %v %v", res, err)
+	}
+	e1.rec.next(t)
+	held := func(node string) int {
+		n := 0
+		if err := ps.NodeSessions(node).ListSessions(ctx, "lwm2m", func(string, []byte) error { n++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if held(n1) != 1 || held(n2) != 0 || held("") != 0 {
+		t.Fatalf("registrations held by n1, n2, every node: %d %d %d; want 1 0 0", held(n1), held(n2), held(""))
+	}
+	if err := e1.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	read := &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/3/0/3"}}}
+
+	// Another node does not restore n1's registration, nor drop it.
+	e2 := newEnv(t, onNode(n2))
+	if err := e2.srv.Send(ctx, read); err == nil || !strings.Contains(err.Error(), "not registered") {
+		t.Fatalf("node n2 sends to n1's device: %v, want not registered", err)
+	}
+	if err := e2.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if held(n1) != 1 {
+		t.Fatal("node n2's start dropped n1's registration")
+	}
+	// n1 restarting restores it (a queue-mode device, taken as asleep).
+	e3 := newEnv(t, onNode(n1))
+	if got := e3.rec.next(t); got != "d1 asleep:{}" {
+		t.Fatalf("n1's restored registration: %q", got)
+	}
+	if err := e3.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// n1 is gone: its sessions are dropped, and nobody restores them.
+	if n, err := ps.DropNodeSessions(ctx, n1); err != nil || n != 1 {
+		t.Fatalf("DropNodeSessions(n1) = %d, %v; want 1", n, err)
+	}
+	e4 := newEnv(t, onNode(n1))
+	if err := e4.srv.Send(ctx, read); err == nil || !strings.Contains(err.Error(), "not registered") {
+		t.Fatalf("send after n1's sessions were dropped: %v, want not registered", err)
+	}
+
+	// Pebble keeps one node's sessions: a Node is refused.
+	pb, err := pebblestore.Open(t.TempDir(), pebblestore.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pb.Close()
+	_, err = lwm2m.New(lwm2m.Config{Addr: "127.0.0.1:0", Devices: pb, Packages: pb, Tokens: e4.dl, Uplinks: e4.rec, Sessions: pb, Node: n1})
+	if !errors.Is(err, persistence.ErrInvalid) {
+		t.Fatalf("New with a Node over Pebble: %v, want ErrInvalid", err)
+	}
+}
