@@ -123,7 +123,10 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		defer sim.Close()
 		route.sim = sim.tr
 	}
-	devs, err := newDeviceTransports(cfg, store, engine, reg, clk, logger)
+	// The devices with a session, counted by the transports for the
+	// fleet summary (GetFleetSummary) and GetDevice's online.
+	presence := transport.NewPresence()
+	devs, err := newDeviceTransports(cfg, store, engine, presence, reg, clk, logger)
 	if err != nil {
 		return err
 	}
@@ -172,7 +175,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		lis.Close()
 		return err
 	}
-	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Console: console, Done: ctx.Done(), Logger: logger, Clock: clk})
+	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Console: console, Done: ctx.Done(), Logger: logger, Clock: clk, Presence: presence})
 	if err != nil {
 		lis.Close()
 		return err

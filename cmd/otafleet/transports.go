@@ -78,7 +78,7 @@ func (t *deviceTransports) start() error {
 // newDeviceTransports opens the listeners of --mqtt-addr, --mqtts-addr and
 // --download-addr (each "" is off); start serves them. The engine receives
 // what devices send. Close stops them.
-func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
+func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.Engine, presence *transport.Presence, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
 	t := &deviceTransports{addrs: map[string]string{}, log: logger}
 	var cert *tls.Certificate
 	needCert := (cfg.DownloadAddr != "" && cfg.DownloadTLS) || cfg.MQTTSAddr != ""
@@ -130,7 +130,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 	if cfg.CoAPAddr != "" || cfg.CoAPSAddr != "" {
 		t.lwm2m, err = lwm2m.New(lwm2m.Config{
 			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, DTLSPublicAddr: cfg.CoAPSPublic, Devices: reg, Packages: reg, Tokens: t.dl, Images: images, Sessions: reg,
-			Uplinks: engine, Clock: clk, Logger: logger,
+			Uplinks: engine, Presence: presence, Clock: clk, Logger: logger,
 		})
 		if err != nil {
 			t.Close()
@@ -167,7 +167,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, engine *actors.
 			return nil, errors.New("MQTT devices need a package download server: set --download-addr or --download-url")
 		}
 		bc := cfg.brokerConfig()
-		bc.Credentials, bc.Uplinks, bc.Downloads = reg, engine, mintURL{s: t.dl, base: base}
+		bc.Credentials, bc.Uplinks, bc.Downloads, bc.Presence = reg, engine, mintURL{s: t.dl, base: base}, presence
 		bc.Metrics, bc.Clock, bc.Logger = metrics, clk, logger
 		if cfg.MQTTSAddr != "" {
 			bc.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
