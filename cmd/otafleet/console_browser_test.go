@@ -424,7 +424,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	// The fleet page's counts are the simulated fleet's: 5 meters (2 of
 	// them idle, offline) and 9 trackers, all connected or registered by
 	// the sim processes, which were ready before the page was opened.
-	b.waitJS("the device counts", `document.querySelector("#device-stats")?.textContent.replace(/\s+/g, " ").trim() === "16 registered 14 online 2 offline"`, 10*time.Second)
+	b.waitJS("the device counts", `[...document.querySelectorAll("#device-stats li")].map(l => l.textContent).join(", ") === "16 registered, 14 online, 2 offline"`, 10*time.Second)
 	perProduct := eval[map[string]string](b, `Object.fromEntries([...document.querySelectorAll("main table tbody tr")].filter(r => r.querySelector("code")).map(r => [r.querySelector("code").textContent, r.lastElementChild.textContent]))`)
 	if perProduct[mqID] != "5 of 7" || perProduct[lwID] != "9 of 9" {
 		t.Fatalf("devices online per product %v, want %s: 5 of 7, %s: 9 of 9", perProduct, mqID, lwID)
