@@ -133,6 +133,7 @@ func (s *deviceServer) CreateDevices(ctx context.Context, req *connect.Request[v
 		return nil, toConnect(s.log, "CreateDevices", err)
 	}
 	s.registered.add(p.ID, int64(len(ds)))
+	s.presence.Registered(p.ID, ids)
 	return connect.NewResponse(&v1.CreateDevicesResponse{DeviceIds: ids}), nil
 }
 

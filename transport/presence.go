@@ -12,6 +12,7 @@ type Via uint8
 const (
 	ViaMQTT  Via = 1 << iota // an MQTT connection (any of the device's)
 	ViaLwM2M                 // an LwM2M registration (plain CoAP or DTLS)
+	ViaSim                   // serve --simulate's in-process devices
 )
 
 // Presence counts the devices that have a session with this process, per
@@ -88,6 +89,29 @@ func (p *Presence) Down(via Via, id string) {
 		return
 	}
 	p.dropLocked(id, e.product)
+}
+
+// Registered sets the product of the online devices among ids: they were
+// just created in it. It is for sessions that start before their device is
+// registered (the in-process simulator's devices; the real adapters admit
+// registered devices only), which are counted under the product "" until
+// then.
+func (p *Presence) Registered(product string, ids []string) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, id := range ids {
+		e, ok := p.online[id]
+		if !ok || e.product == product {
+			continue
+		}
+		p.dropLocked(id, e.product)
+		e.product = product
+		p.online[id] = e
+		p.counts[product]++
+	}
 }
 
 // Forget takes device id offline whatever its sessions: it was deleted.

@@ -78,3 +78,24 @@ func TestPresenceNil(t *testing.T) {
 		t.Fatal("a nil Presence counts")
 	}
 }
+
+// TestPresenceRegistered: a session that started before its device was
+// registered is counted under its product once the device is created.
+func TestPresenceRegistered(t *testing.T) {
+	p := transport.NewPresence()
+	p.Up(transport.ViaSim, "s1", "")
+	p.Up(transport.ViaSim, "s2", "")
+	p.Up(transport.ViaMQTT, "m1", "a")
+	p.Registered("b", []string{"s1", "m1", "offline"})
+	if got, want := p.Counts(), map[string]int{"": 1, "b": 2}; !maps.Equal(got, want) {
+		t.Fatalf("Counts() = %v, want %v", got, want)
+	}
+	if p.Online("offline") {
+		t.Fatal("Registered brought an offline device online")
+	}
+	p.Down(transport.ViaSim, "s1")
+	p.Down(transport.ViaMQTT, "m1")
+	if got, want := p.Counts(), map[string]int{"": 1}; !maps.Equal(got, want) {
+		t.Fatalf("after Down: Counts() = %v, want %v", got, want)
+	}
+}

@@ -115,17 +115,17 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	// The devices' transports exist before recovery, so that resumed actors
 	// reach them; the listeners accept devices after it.
 	route := &router{}
+	// The devices with a session, counted by the transports for the
+	// fleet summary (GetFleetSummary) and GetDevice's online.
+	presence := transport.NewPresence()
 	var sim *simulation
 	if cfg.Simulate > 0 {
-		if sim, err = startSimulation(cfg, engine, clk, logger); err != nil {
+		if sim, err = startSimulation(cfg, engine, store, presence, clk, logger); err != nil {
 			return err
 		}
 		defer sim.Close()
 		route.sim = sim.tr
 	}
-	// The devices with a session, counted by the transports for the
-	// fleet summary (GetFleetSummary) and GetDevice's online.
-	presence := transport.NewPresence()
 	devs, err := newDeviceTransports(cfg, store, engine, presence, reg, clk, logger)
 	if err != nil {
 		return err
