@@ -103,13 +103,13 @@ func (c *committer) run() {
 				default:
 				}
 			}
-			c.commit(batch)
+			queued := c.commit(batch)
 			c.mu.Lock()
 			for _, r := range batch {
 				delete(c.inFlight, r.a.Stream)
 			}
 			c.mu.Unlock()
-			c.rejoin(len(batch))
+			c.rejoin(queued, len(batch))
 		}
 	}
 }
@@ -123,36 +123,30 @@ const (
 )
 
 // rejoin lets the appenders that a commit just answered append again
-// before the next batch is taken: it yields the processor
-// (runtime.Gosched) until answered appends more have queued than were
-// queued when it started, or until the queue has not grown for rejoinIdle
-// yields in a row, or rejoinMaxYields yields in all. An actor appends its
-// step, runs its effects and appends its next step at once when its
-// mailbox holds more; a batch taken the moment a commit returns holds
-// only the appends that queued during that commit, and the appenders just
-// answered then wait for its whole commit before theirs starts: the
-// writers split into two halves whose batches alternate, each with a WAL
-// flush of its own. Waiting the few microseconds they take to come back
-// lets one flush carry most of them (BenchmarkAppendSynced, 64 writers:
-// 32 appends per commit without it, 51 to 54 with it; 256 writers: about
-// 135 and 220 to 235). It waits for nobody when nobody comes back: a lone
-// appender costs a few idle yields, never a timer. PostgreSQL's
-// commit_delay is the server's version of this wait, but it only delays a
-// commit while other sessions have transactions open, and one group commit
-// is one session's transaction.
-func (c *committer) rejoin(answered int) {
-	c.mu.Lock()
-	start := len(c.queue)
-	c.mu.Unlock()
-	last, idle := start, 0
+// before the next batch is taken. An actor appends its step, runs its
+// effects and, when its mailbox holds more, appends its next step at
+// once; a batch taken the moment a commit returns holds only the appends
+// that queued during that commit, and the appenders just answered then
+// wait for its whole commit before theirs starts: the writers split into
+// two halves whose batches alternate, a WAL flush each. rejoin yields the
+// processor (runtime.Gosched) until answered more appends are queued than
+// when the commit began to answer (queued), or until the queue has not
+// grown for rejoinIdle yields in a row, or rejoinMaxYields yields in all:
+// the few microseconds the appenders take to come back, so that one flush
+// carries most of them (BenchmarkAppendSynced: with 64 writers, 32 appends
+// per commit without it and 51 to 56 with it; with 256, about 135 and 210
+// to 235). When nobody comes back it costs a few idle yields, never a
+// timer. PostgreSQL's commit_delay is the server's version of this wait,
+// but it only delays a commit while other sessions have transactions
+// open, and a group commit is one session's transaction.
+func (c *committer) rejoin(queued, answered int) {
+	last, idle := c.queued(), 0
 	for range rejoinMaxYields {
-		runtime.Gosched()
-		c.mu.Lock()
-		n := len(c.queue)
-		c.mu.Unlock()
-		if n-start >= answered {
+		if last-queued >= answered {
 			return
 		}
+		runtime.Gosched()
+		n := c.queued()
 		if n == last {
 			if idle++; idle >= rejoinIdle {
 				return
@@ -162,6 +156,13 @@ func (c *committer) rejoin(answered int) {
 		}
 		last = n
 	}
+}
+
+// queued returns how many appends wait in the queue.
+func (c *committer) queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue)
 }
 
 // take removes up to max appends of distinct streams from the queue, in
@@ -262,8 +263,9 @@ var appendStatements = func() (v [8]string) {
 	return v
 }()
 
-// commit writes batch and answers its appends.
-func (c *committer) commit(batch []*appendReq) {
+// commit writes batch and answers its appends; it returns how many appends
+// were queued when it began to answer (see rejoin).
+func (c *committer) commit(batch []*appendReq) (queued int) {
 	var (
 		kinds, ids     []string
 		expected, last []int64
@@ -358,13 +360,15 @@ func (c *committer) commit(batch []*appendReq) {
 			err = fmt.Errorf("%w: %w", persistence.ErrConflict, err)
 		}
 		err = c.s.callErr(ctx, "group commit", err)
+		queued = c.queued()
 		for _, r := range batch {
 			r.res <- fmt.Errorf("append to %s: %w", r.a.Stream, err)
 		}
-		return
+		return queued
 	}
 	c.s.markUp()
 	c.s.groupCommits.Add(1)
+	queued = c.queued()
 	for _, r := range batch {
 		if !won[r.a.Stream] {
 			r.res <- fmt.Errorf("%w: stream %s does not end at %d, the writer's Expected", persistence.ErrConflict, r.a.Stream, r.a.Expected)
@@ -377,6 +381,7 @@ func (c *committer) commit(batch []*appendReq) {
 		}
 		r.res <- nil
 	}
+	return queued
 }
 
 // Append implements persistence.EventStore: the append joins the next
