@@ -8,9 +8,11 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/persistence"
 )
 
@@ -30,8 +32,9 @@ type appendReq struct {
 // After a commit, a pipeline lets the appenders it answered append again
 // before it takes the next batch (see rejoin).
 type committer struct {
-	s   *Store
-	max int
+	s     *Store
+	max   int
+	clock clock.Clock // bounds rejoin
 
 	mu       sync.Mutex
 	queue    []*appendReq
@@ -43,7 +46,7 @@ type committer struct {
 
 func newCommitter(s *Store, max, pipelines int) *committer {
 	c := &committer{
-		s: s, max: max, inFlight: map[persistence.Stream]bool{},
+		s: s, max: max, clock: clock.Real(), inFlight: map[persistence.Stream]bool{},
 		wake: make(chan struct{}, pipelines), quit: make(chan struct{}),
 	}
 	for range pipelines {
@@ -114,12 +117,16 @@ func (c *committer) run() {
 	}
 }
 
-// Bounds of rejoin, in scheduler yields (each a fraction of a
-// microsecond when nothing else is runnable, against a WAL flush of a
-// millisecond or so).
+// Bounds of rejoin: scheduler yields (each a fraction of a microsecond
+// when nothing else is runnable) and time, against a WAL flush of half a
+// millisecond or more.
 const (
 	rejoinIdle      = 8   // yields without a new append that end the wait
 	rejoinMaxYields = 256 // yields at most
+	// rejoinMaxWait bounds the wait when yields are slow (other
+	// goroutines run in them) and the queue grows without reaching its
+	// mark.
+	rejoinMaxWait = 100 * time.Microsecond
 )
 
 // rejoin lets the appenders that a commit just answered append again
@@ -131,7 +138,8 @@ const (
 // two halves whose batches alternate, a WAL flush each. rejoin yields the
 // processor (runtime.Gosched) until answered more appends are queued than
 // when the commit began to answer (queued), or until the queue has not
-// grown for rejoinIdle yields in a row, or rejoinMaxYields yields in all:
+// grown for rejoinIdle yields in a row, or rejoinMaxYields yields or
+// rejoinMaxWait in all:
 // the few microseconds the appenders take to come back, so that one flush
 // carries most of them (BenchmarkAppendSynced: with 64 writers, 32 appends
 // per commit without it and 51 to 56 with it; with 256, about 135 and 210
@@ -141,8 +149,9 @@ const (
 // open, and a group commit is one session's transaction.
 func (c *committer) rejoin(queued, answered int) {
 	last, idle := c.queued(), 0
+	start := c.clock.Now()
 	for range rejoinMaxYields {
-		if last-queued >= answered {
+		if last-queued >= answered || c.clock.Since(start) >= rejoinMaxWait {
 			return
 		}
 		runtime.Gosched()
