@@ -137,14 +137,13 @@ const (
 // wait for its whole commit before theirs starts: the writers split into
 // two halves whose batches alternate, a WAL flush each. rejoin yields the
 // processor (runtime.Gosched) until answered more appends are queued than
-// when the commit began to answer (queued), or until the queue has not
-// grown for rejoinIdle yields in a row, or rejoinMaxYields yields or
-// rejoinMaxWait in all:
-// the few microseconds the appenders take to come back, so that one flush
-// carries most of them (BenchmarkAppendSynced: with 64 writers, 32 appends
-// per commit without it and 51 to 56 with it; with 256, about 135 and 210
-// to 235). When nobody comes back it costs a few idle yields, never a
-// timer. PostgreSQL's commit_delay is the server's version of this wait,
+// when the commit began to answer (queued), until the queue has not grown
+// for rejoinIdle yields in a row, or for at most rejoinMaxYields yields
+// and rejoinMaxWait: the few microseconds the appenders take to come
+// back, so that one flush carries most of them (BenchmarkAppendSynced:
+// with 64 writers, 32 appends per commit without it and 51 to 56 with it;
+// with 256, about 135 and 205 to 235). When nobody comes back it costs a
+// few idle yields; it arms no timer. PostgreSQL's commit_delay is the server's version of this wait,
 // but it only delays a commit while other sessions have transactions
 // open, and a group commit is one session's transaction.
 func (c *committer) rejoin(queued, answered int) {
