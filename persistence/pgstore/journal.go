@@ -141,8 +141,8 @@ const (
 // for rejoinIdle yields in a row, or for at most rejoinMaxYields yields
 // and rejoinMaxWait: the few microseconds the appenders take to come
 // back, so that one flush carries most of them (BenchmarkAppendSynced:
-// with 64 writers, 32 appends per commit without it and 51 to 56 with it;
-// with 256, about 135 and 205 to 235). When nobody comes back it costs a
+// with 64 writers, 32 appends per commit without it and 50 to 54 with it;
+// with 256, about 135 and 190 to 205). When nobody comes back it costs a
 // few idle yields; it arms no timer. PostgreSQL's commit_delay is the server's version of this wait,
 // but it only delays a commit while other sessions have transactions
 // open, and a group commit is one session's transaction.
