@@ -74,3 +74,8 @@ func (e *Engine) JobCount() int { return e.jobs.len() }
 // CellViewOf is the view a cell's actor publishes of s: tests compare it,
 // built from the state the actor answers, with the published one.
 func CellViewOf(s cellfsm.State, budget uint32) *CellView { return cellViewOf(s, budget) }
+
+// SendCell delivers in to cell cellID's actor, as a device's effect does.
+func (e *Engine) SendCell(cellID string, in *messages.CellInput) {
+	e.dir.send(Address{Kind: persistence.KindCell, ID: cellID}, in)
+}

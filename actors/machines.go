@@ -145,6 +145,14 @@ func (m *deviceMachine) refused(in proto.Message, err error) []proto.Message {
 type cellMachine struct {
 	e *Engine
 	s cellfsm.State
+	// drafted, when set, is the state the next step starts from: that of
+	// the shell's batch, not committed yet (see drafter).
+	drafted *cellfsm.State
+}
+
+func (m *cellMachine) draft(next any) {
+	s := next.(cellfsm.State)
+	m.drafted = &s
 }
 
 func (m *cellMachine) eventType() uint32 { return persistence.EventTypeCell }
@@ -172,7 +180,7 @@ func (m *cellMachine) commit(next any) {
 	s := next.(cellfsm.State)
 	m.e.metrics.setUsed(s.Cell, s.Used())
 	m.e.metrics.waiting.Add(float64(s.Waiting() - m.s.Waiting()))
-	m.s = s
+	m.s, m.drafted = s, nil
 	m.e.cellModels.publish(s, m.e.cfg.Cell.Budget)
 	m.e.metrics.raisePeak(s.Used())
 	if err := s.Check(m.e.cfg.Cell); err != nil {
@@ -189,7 +197,11 @@ func (m *cellMachine) step(in proto.Message) (any, []proto.Message, []proto.Mess
 	if !ok {
 		return nil, nil, nil, fmt.Errorf("actors: a cell takes CellInput, not %T", in)
 	}
-	next, res, err := cellfsm.Step(m.e.cfg.Cell, m.s, ci)
+	cur := m.s
+	if m.drafted != nil {
+		cur = *m.drafted
+	}
+	next, res, err := cellfsm.Step(m.e.cfg.Cell, cur, ci)
 	if err != nil {
 		return nil, nil, nil, err
 	}
