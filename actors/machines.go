@@ -243,6 +243,15 @@ type taskMachine struct {
 	// header is the task's header as last written (nil before the task
 	// exists): a step writes it again only when it changed.
 	header *messages.TaskHeader
+	// drafted, when set, is the state the next step starts from: that of
+	// the shell's batch, not committed yet (see drafter); events then holds
+	// the events of every step of the batch.
+	drafted *taskfsm.State
+}
+
+func (m *taskMachine) draft(next any) {
+	s := next.(taskfsm.State)
+	m.drafted = &s
 }
 
 func (m *taskMachine) eventType() uint32 { return persistence.EventTypeTask }
@@ -310,7 +319,7 @@ func (m *taskMachine) commit(next any) {
 	s := next.(taskfsm.State)
 	m.e.metrics.addProgress(m.s.Progress(), -1)
 	m.e.metrics.addProgress(s.Progress(), +1)
-	m.s = s
+	m.s, m.drafted = s, nil
 	events := m.events
 	m.events = nil
 	switch {
@@ -326,12 +335,21 @@ func (m *taskMachine) step(in proto.Message) (any, []proto.Message, []proto.Mess
 	if !ok {
 		return nil, nil, nil, fmt.Errorf("actors: a task takes TaskInput, not %T", in)
 	}
-	next, res, err := taskfsm.Step(m.e.cfg.Task, m.s, ti)
+	cur := m.s
+	if m.drafted != nil {
+		cur = *m.drafted
+	}
+	next, res, err := taskfsm.Step(m.e.cfg.Task, cur, ti)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	m.events = protos(res.Events)
-	return next, m.events, protos(res.Effects), nil
+	events := protos(res.Events)
+	if m.drafted != nil {
+		m.events = append(m.events, events...) // commit publishes the batch's
+	} else {
+		m.events = events
+	}
+	return next, events, protos(res.Effects), nil
 }
 
 func (m *taskMachine) resume() (any, []proto.Message, []proto.Message, error) {
