@@ -55,7 +55,8 @@ type unrecoverer interface{ unrecovered() }
 
 // shell is the protoactor actor around a machine: recover, then for each
 // input step, persist (one append, synced unless nothing waits on it: see
-// persist), commit, run effects.
+// persist), commit, run effects; a drafter's inputs from other actors share
+// one append (see receiveInput).
 type shell struct {
 	e       *Engine
 	addr    Address
