@@ -79,3 +79,8 @@ func CellViewOf(s cellfsm.State, budget uint32) *CellView { return cellViewOf(s,
 func (e *Engine) SendCell(cellID string, in *messages.CellInput) {
 	e.dir.send(Address{Kind: persistence.KindCell, ID: cellID}, in)
 }
+
+// SendTask delivers in to task taskID's actor, as a device's effect does.
+func (e *Engine) SendTask(taskID string, in *messages.TaskInput) {
+	e.dir.send(Address{Kind: persistence.KindTask, ID: taskID}, in)
+}
