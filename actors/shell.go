@@ -319,7 +319,8 @@ func (sh *shell) batchInput(d drafter, msg proto.Message) {
 // flush appends the batch's events in one append (unsynced unless one of
 // them must be durable first), then commits the last step's state and runs
 // the steps' effects in order. If the store fails the append, the batch's
-// inputs wait in stash for the recovery, as a single input's would.
+// inputs wait in stash for the recovery, as a single input's would; if the
+// write fails otherwise, they are refused.
 func (sh *shell) flush() {
 	b := sh.batch
 	if b.next == nil {
@@ -333,6 +334,10 @@ func (sh *shell) flush() {
 		if err := sh.persist(b.next, b.events, false); err != nil {
 			if sh.down != nil {
 				sh.stash = append(sh.stash, anys(b.inputs)...)
+				return
+			}
+			for _, in := range b.inputs { // refused, as receiveInput's would be
+				sh.machine.run(sh, sh.machine.refused(in, err))
 			}
 			return
 		}
