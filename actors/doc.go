@@ -15,7 +15,12 @@
 // durable, a report marked no_ack: the answer to a request of the server's
 // own, ...) are written unsynced and become durable with the next synced
 // append of any actor, so a crash can only take an actor back a few
-// re-derivable steps. The effects are downlinks through the transport
+// re-derivable steps. A cell or a task steps the inputs of other actors that
+// its mailbox already holds one after the other and appends all their events
+// in one batch (synced if one of them must be), then keeps the last state
+// and runs their effects in order: a burst of permit requests or sub-task
+// outcomes costs one write, and no effect runs before its events are
+// written (issue 21). The effects are downlinks through the transport
 // seam (transport.Downlinks), messages to other actors by address, and
 // deadlines as timers of the injected clock that deliver DeadlineFired with
 // the step and generation they were armed for (a stale one is ignored by the

@@ -174,3 +174,13 @@ func (e *Engine) Partition() (heal func()) {
 	c.(*severable).sever()
 	return c.(*severable).heal
 }
+
+// SendCell delivers in to cell cellID's actor, as a device's effect does.
+func (e *Engine) SendCell(cellID string, in *messages.CellInput) {
+	e.dir.send(Address{Kind: persistence.KindCell, ID: cellID}, in)
+}
+
+// SendTask delivers in to task taskID's actor, as a device's effect does.
+func (e *Engine) SendTask(taskID string, in *messages.TaskInput) {
+	e.dir.send(Address{Kind: persistence.KindTask, ID: taskID}, in)
+}

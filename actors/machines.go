@@ -163,6 +163,14 @@ func (m *deviceMachine) refused(in proto.Message, err error) []proto.Message {
 type cellMachine struct {
 	e *Engine
 	s cellfsm.State
+	// drafted, when set, is the state the next step starts from: that of
+	// the shell's batch, not committed yet (see drafter).
+	drafted *cellfsm.State
+}
+
+func (m *cellMachine) draft(next any) {
+	s := next.(cellfsm.State)
+	m.drafted = &s
 }
 
 func (m *cellMachine) eventType() uint32 { return persistence.EventTypeCell }
@@ -190,7 +198,7 @@ func (m *cellMachine) commit(next any) {
 	s := next.(cellfsm.State)
 	m.e.metrics.setUsed(s.Cell, s.Used())
 	m.e.metrics.waiting.Add(float64(s.Waiting() - m.s.Waiting()))
-	m.s = s
+	m.s, m.drafted = s, nil
 	m.e.cellModels.publish(s, m.e.cfg.Cell.Budget)
 	m.e.metrics.raisePeak(s.Used())
 	if err := s.Check(m.e.cfg.Cell); err != nil {
@@ -207,7 +215,11 @@ func (m *cellMachine) step(in proto.Message) (any, []proto.Message, []proto.Mess
 	if !ok {
 		return nil, nil, nil, fmt.Errorf("actors: a cell takes CellInput, not %T", in)
 	}
-	next, res, err := cellfsm.Step(m.e.cfg.Cell, m.s, ci)
+	cur := m.s
+	if m.drafted != nil {
+		cur = *m.drafted
+	}
+	next, res, err := cellfsm.Step(m.e.cfg.Cell, cur, ci)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -249,6 +261,15 @@ type taskMachine struct {
 	// header is the task's header as last written (nil before the task
 	// exists): a step writes it again only when it changed.
 	header *messages.TaskHeader
+	// drafted, when set, is the state the next step starts from: that of
+	// the shell's batch, not committed yet (see drafter); events then holds
+	// the events of every step of the batch.
+	drafted *taskfsm.State
+}
+
+func (m *taskMachine) draft(next any) {
+	s := next.(taskfsm.State)
+	m.drafted = &s
 }
 
 func (m *taskMachine) eventType() uint32 { return persistence.EventTypeTask }
@@ -316,7 +337,7 @@ func (m *taskMachine) commit(next any) {
 	s := next.(taskfsm.State)
 	m.e.metrics.addProgress(m.s.Progress(), -1)
 	m.e.metrics.addProgress(s.Progress(), +1)
-	m.s = s
+	m.s, m.drafted = s, nil
 	events := m.events
 	m.events = nil
 	switch {
@@ -332,12 +353,21 @@ func (m *taskMachine) step(in proto.Message) (any, []proto.Message, []proto.Mess
 	if !ok {
 		return nil, nil, nil, fmt.Errorf("actors: a task takes TaskInput, not %T", in)
 	}
-	next, res, err := taskfsm.Step(m.e.cfg.Task, m.s, ti)
+	cur := m.s
+	if m.drafted != nil {
+		cur = *m.drafted
+	}
+	next, res, err := taskfsm.Step(m.e.cfg.Task, cur, ti)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	m.events = protos(res.Events)
-	return next, m.events, protos(res.Effects), nil
+	events := protos(res.Events)
+	if m.drafted != nil {
+		m.events = append(m.events, events...) // commit publishes the batch's
+	} else {
+		m.events = events
+	}
+	return next, events, protos(res.Effects), nil
 }
 
 func (m *taskMachine) resume() (any, []proto.Message, []proto.Message, error) {

@@ -55,7 +55,8 @@ type unrecoverer interface{ unrecovered() }
 
 // shell is the protoactor actor around a machine: recover, then for each
 // input step, persist (one append, synced unless nothing waits on it: see
-// persist), commit, run effects.
+// persist), commit, run effects; a drafter's inputs from other actors share
+// one append (see receiveInput).
 type shell struct {
 	e       *Engine
 	addr    Address
@@ -102,6 +103,13 @@ type shell struct {
 	// for: whether this node owns the actor.
 	ownTopo uint64
 	owns    bool
+
+	// batch holds the steps of inputs of other actors that a drafter
+	// machine took and whose events are not journaled yet (see
+	// receiveInput): they are appended together, in one batch, when the
+	// actor's mailbox reaches the flushBatch it sent itself, or before it
+	// handles any other message. Their effects wait for that append.
+	batch batch
 }
 
 // ownedHere reports whether this node owns the actor (always on a single
@@ -117,6 +125,24 @@ func (sh *shell) ownedHere() bool {
 	}
 	return sh.owns
 }
+
+// batch is a shell's run of steps awaiting their one append.
+type batch struct {
+	inputs  []proto.Message // stashed again if the store fails the append
+	events  []proto.Message
+	effects []proto.Message
+	next    any  // the state after the last step
+	queued  bool // a flushBatch is on its way (counted in flight)
+}
+
+// drafter is a machine whose inputs from other actors may share one append
+// (issue 21: a cell's queue-and-grant of many devices is one write, not one
+// each). draft makes its next step start from next, a state not committed
+// yet; commit ends the draft.
+type drafter interface{ draft(next any) }
+
+// flushBatch tells an actor to append the steps it batched and act on them.
+type flushBatch struct{}
 
 // retryRecovery asks an actor whose store was unavailable to recover again.
 type retryRecovery struct{}
@@ -160,6 +186,23 @@ func (sh *shell) Receive(ctx actor.Context) {
 	switch ctx.Message().(type) {
 	case activation, command, report, query, taskQuery, retryRecovery, proto.Message:
 		defer sh.e.dir.done()
+	}
+	switch ctx.Message().(type) {
+	case flushBatch:
+		if sh.batch.queued {
+			sh.batch.queued = false
+			defer sh.e.dir.done()
+		}
+		sh.flush()
+		return
+	case *messages.CellInput, *messages.DeviceInput, *messages.TaskInput:
+		// Batched with the steps before it (see receiveInput).
+	default:
+		if sh.batch.queued {
+			sh.batch.queued = false
+			sh.e.dir.done() // the flushBatch on its way finds nothing
+		}
+		sh.flush()
 	}
 	if sh.down != nil && sh.whileDown(ctx) {
 		return
@@ -281,7 +324,18 @@ func (sh *shell) Receive(ctx actor.Context) {
 // actor is broken or the machine refuses it (its effects tell the sender,
 // see machine.refused), or stashed to be stepped again when the store
 // failed its write (down).
+//
+// A drafter machine's steps are batched: each step continues from the state
+// of the one before, and all their events are appended in one batch (see
+// flush), once the inputs already in the mailbox are stepped; only then
+// does the state commit and the effects run, in order. So the rule holds
+// (events journaled before their effects run), and a burst of inputs costs
+// one write.
 func (sh *shell) receiveInput(msg proto.Message) {
+	if d, ok := sh.machine.(drafter); ok && sh.broken == nil && sh.down == nil {
+		sh.batchInput(d, msg)
+		return
+	}
 	if err := sh.input(msg); err != nil {
 		if sh.fenced != nil {
 			return // the caller requeues it
@@ -293,6 +347,80 @@ func (sh *shell) receiveInput(msg proto.Message) {
 		sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
 		sh.machine.run(sh, sh.machine.refused(msg, err))
 	}
+}
+
+// batchInput steps msg on the drafted state and adds the step to the batch.
+func (sh *shell) batchInput(d drafter, msg proto.Message) {
+	stamp(msg, sh.e.deps.Clock.Now())
+	next, events, effects, err := sh.machine.step(msg)
+	if err != nil {
+		// Refused: what it tells its sender comes after the batch's effects.
+		sh.flush()
+		sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
+		sh.machine.run(sh, sh.machine.refused(msg, err))
+		return
+	}
+	b := &sh.batch
+	b.inputs = append(b.inputs, msg)
+	b.events = append(b.events, events...)
+	b.effects = append(b.effects, effects...)
+	b.next = next
+	d.draft(next)
+	if !b.queued {
+		b.queued = true
+		sh.e.dir.inflight.Add(1) // settle waits for the flush too
+		sh.e.dir.root.Send(sh.self, flushBatch{})
+	}
+}
+
+// flush appends the batch's events in one append (unsynced unless one of
+// them must be durable first), then commits the last step's state and runs
+// the steps' effects in order. If the store fails the append, the batch's
+// inputs wait in stash for the recovery, as a single input's would; if
+// another activation wrote the stream (fenced), they go to the successor;
+// if the write fails otherwise, they are refused.
+func (sh *shell) flush() {
+	b := sh.batch
+	if b.next == nil {
+		return
+	}
+	sh.batch = batch{queued: b.queued}
+	if sh.broken != nil || sh.down != nil {
+		return // cannot happen: a failure ends the batch
+	}
+	if len(b.events) > 0 {
+		if err := sh.persist(b.next, b.events, false); err != nil {
+			if sh.down != nil {
+				sh.stash = append(sh.stash, anys(b.inputs)...)
+				return
+			}
+			if sh.fenced != nil {
+				// Another activation wrote the stream: the batch's inputs
+				// go to the successor, in order, before the message at hand
+				// (which the caller requeues), as receiveInput's would.
+				for _, in := range b.inputs {
+					sh.e.dir.requeue(sh.addr, sh.self, in)
+				}
+				return
+			}
+			for _, in := range b.inputs { // refused, as receiveInput's would be
+				sh.machine.run(sh, sh.machine.refused(in, err))
+			}
+			return
+		}
+	}
+	sh.machine.commit(b.next)
+	sh.maybeSnapshot()
+	sh.machine.run(sh, b.effects)
+	sh.schedulePassivation()
+}
+
+func anys(ms []proto.Message) []any {
+	out := make([]any, len(ms))
+	for i, m := range ms {
+		out[i] = m
+	}
+	return out
 }
 
 // whileDown handles a message while the actor cannot recover because the
