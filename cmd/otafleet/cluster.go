@@ -5,15 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
+	"strconv"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
 
 	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/internal/clusterconfig"
 	"github.com/otafleet/otafleet/persistence"
+	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 )
 
 // clusterConfig is the node's cluster settings (--cluster, --cluster-name,
@@ -157,4 +162,49 @@ func metricsRegistry(cc clusterconfig.Config) (*prometheus.Registry, prometheus.
 		return reg, reg
 	}
 	return reg, prometheus.WrapRegistererWith(prometheus.Labels{"node": cc.Node()}, reg)
+}
+
+// clusterStatusHeader is `otafleet cluster status`'s table header.
+var clusterStatusHeader = []string{"NODE", "SELF", "DEVICES", "CELLS", "TASKS", "SESSIONS", "ERROR"}
+
+// clusterStatusRows is the table of `otafleet cluster status`: one row
+// per member, then one per node that left with sessions not yet dropped.
+func clusterStatusRows(res *v1.GetClusterStatusResponse) [][]string {
+	var rows [][]string
+	for _, n := range res.GetNodes() {
+		addr := n.GetAddress()
+		if !res.GetClustered() {
+			addr = "(alone)"
+		}
+		self := ""
+		if n.GetSelf() {
+			self = "*"
+		}
+		live := func(k string) string {
+			if n.GetError() != "" {
+				return "-"
+			}
+			return strconv.FormatUint(uint64(n.GetLive()[k]), 10)
+		}
+		rows = append(rows, []string{addr, self, live("device"), live("cell"), live("task"),
+			strconv.FormatUint(n.GetSessions(), 10), orDash(n.GetError())})
+	}
+	orphans := slices.Sorted(maps.Keys(res.GetOrphanSessions()))
+	for _, h := range orphans {
+		rows = append(rows, []string{h, "", "-", "-", "-", strconv.FormatUint(res.GetOrphanSessions()[h], 10), "left the cluster"})
+	}
+	return rows
+}
+
+func clusterStatus(o *clientOpts) *cobra.Command {
+	return &cobra.Command{
+		Use: "status", Short: "List the members, their live actors by kind and the device sessions each holds", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.GetClusterStatusResponse], error) {
+				return c.cluster.GetClusterStatus(ctx, connect.NewRequest(&v1.GetClusterStatusRequest{}))
+			}, func(res *v1.GetClusterStatusResponse) error {
+				return o.table(clusterStatusHeader, clusterStatusRows(res))
+			})
+		},
+	}
 }

@@ -187,7 +187,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		lis.Close()
 		return err
 	}
-	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Console: console, Done: ctx.Done(), Logger: logger, Clock: clk})
+	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Sessions: store, Engine: engine, Token: token, Console: console, Done: ctx.Done(), Logger: logger, Clock: clk})
 	if err != nil {
 		lis.Close()
 		return err
