@@ -6,9 +6,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/otafleet/otafleet/bench/sim/memtransport"
 	"github.com/otafleet/otafleet/rpc/otafleetv1"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
-	"github.com/otafleet/otafleet/bench/sim/memtransport"
 )
 
 // TestGetClusterStatusAlone: a server without a cluster answers with
