@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,10 +22,14 @@ type SimConfig struct {
 	Fleet     Fleet
 	FwVersion string // every device's firmware version at start
 	SwVersion string // and software version
-	MQTT      string // the broker: tcp://host:port (or ssl://)
-	CoAP      string // the LwM2M server, host:port
-	CoAPS     string // its DTLS address, used with DTLS
-	DTLS      bool
+	// MQTT, CoAP and CoAPS may each list several servers, comma-separated
+	// (the nodes of a cluster): device i starts with server i mod k of the
+	// list and fails over to the next ones, in order, when its server goes
+	// away (see mqttsim.Config.Fallbacks, lwm2msim.Config.Fallbacks).
+	MQTT  string // the broker: tcp://host:port (or ssl://)
+	CoAP  string // the LwM2M server, host:port
+	CoAPS string // its DTLS address, used with DTLS
+	DTLS  bool
 	// HTTPClient downloads MQTT devices' packages (it must trust the
 	// server's certificate).
 	HTTPClient *http.Client
@@ -34,7 +39,10 @@ type SimConfig struct {
 	// ThinkTime and BytesPerSecond apply to every device: the pause before
 	// acting on an upgrade command (each device thinks 0.5 to 1.5 times
 	// ThinkTime, see Device.Think) and the download bandwidth cap.
-	ThinkTime      time.Duration
+	ThinkTime time.Duration
+	// Lifetime is the LwM2M devices' registration lifetime (0: lwm2msim's
+	// default); they update it every half.
+	Lifetime       time.Duration
 	BytesPerSecond int64
 	// DropRate is the share, 0 to 1, of the datagrams each LwM2M device
 	// receives that it loses (lwm2msim.Behaviour.DropRate).
@@ -220,8 +228,10 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 			b.FailWith = spec.Code
 			b.FailAfterDownload = spec.Code == 10
 		}
+		brokers := ServerList(cfg.MQTT, i)
 		d, err := mqttsim.Start(sctx, mqttsim.Config{
-			Broker: cfg.MQTT, DeviceID: spec.ID, Secret: spec.Secret,
+			Broker: brokers[0], Fallbacks: brokers[1:],
+			DeviceID: spec.ID, Secret: spec.Secret,
 			FwVersion: cfg.FwVersion, SwVersion: cfg.SwVersion,
 			HTTPClient: cfg.HTTPClient, Behaviour: b, LocalAddr: s.localAddr(i),
 			Logger:  s.log.With("device", spec.ID),
@@ -242,7 +252,7 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 	}
 	rsrp, sinr := spec.RSRP, spec.SINR
 	lc := lwm2msim.Config{
-		Server: cfg.CoAP, Endpoint: spec.ID,
+		Endpoint:  spec.ID,
 		FwVersion: cfg.FwVersion, SwVersion: cfg.SwVersion,
 		RSRP: &rsrp, SINR: &sinr, CellID: spec.Cell,
 		ObjectsPCP: spec.Protocol == ProtoPCP, VerifyCheckCode: true,
@@ -250,9 +260,11 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 		Logger:  s.log.With("device", spec.ID),
 		OnEvent: func(ev lwm2msim.Event) { s.count(ev.Kind) },
 	}
+	servers := ServerList(cfg.CoAP, i)
 	if cfg.DTLS {
-		lc.Server, lc.PSK = cfg.CoAPS, spec.PSK
+		servers, lc.PSK = ServerList(cfg.CoAPS, i), spec.PSK
 	}
+	lc.Server, lc.Fallbacks = servers[0], servers[1:]
 	if cfg.API != nil {
 		api := cfg.API
 		log := s.log
@@ -351,4 +363,21 @@ func LoopbackAddrs(server string, n int) []string {
 		out[i] = LoopbackIP(i + 1)
 	}
 	return out
+}
+
+// ServerList splits a comma-separated list of server addresses and
+// rotates it to start at element i mod its length: device i's server and,
+// after it, those it fails over to. A list without a comma is itself.
+func ServerList(list string, i int) []string {
+	var out []string
+	for a := range strings.SplitSeq(list, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		return []string{""}
+	}
+	k := i % len(out)
+	return append(out[k:], out[:k]...)
 }
