@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,9 +24,11 @@ type SimConfig struct {
 	FwVersion string // every device's firmware version at start
 	SwVersion string // and software version
 	// MQTT, CoAP and CoAPS may each list several servers, comma-separated
-	// (the nodes of a cluster): device i starts with server i mod k of the
-	// list and fails over to the next ones, in order, when its server goes
-	// away (see mqttsim.Config.Fallbacks, lwm2msim.Config.Fallbacks).
+	// (the nodes of a cluster): a device starts with the server of the list
+	// its ID hashes to (so that every protocol of a mixed fleet reaches
+	// every server) and fails over to the next ones, in order, when its
+	// server goes away (see mqttsim.Config.Fallbacks,
+	// lwm2msim.Config.Fallbacks).
 	MQTT  string // the broker: tcp://host:port (or ssl://)
 	CoAP  string // the LwM2M server, host:port
 	CoAPS string // its DTLS address, used with DTLS
@@ -228,7 +231,7 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 			b.FailWith = spec.Code
 			b.FailAfterDownload = spec.Code == 10
 		}
-		brokers := ServerList(cfg.MQTT, i)
+		brokers := ServerList(cfg.MQTT, spread(spec.ID))
 		d, err := mqttsim.Start(sctx, mqttsim.Config{
 			Broker: brokers[0], Fallbacks: brokers[1:],
 			DeviceID: spec.ID, Secret: spec.Secret,
@@ -260,9 +263,9 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 		Logger:  s.log.With("device", spec.ID),
 		OnEvent: func(ev lwm2msim.Event) { s.count(ev.Kind) },
 	}
-	servers := ServerList(cfg.CoAP, i)
+	servers := ServerList(cfg.CoAP, spread(spec.ID))
 	if cfg.DTLS {
-		servers, lc.PSK = ServerList(cfg.CoAPS, i), spec.PSK
+		servers, lc.PSK = ServerList(cfg.CoAPS, spread(spec.ID)), spec.PSK
 	}
 	lc.Server, lc.Fallbacks = servers[0], servers[1:]
 	if cfg.API != nil {
@@ -380,4 +383,11 @@ func ServerList(list string, i int) []string {
 	}
 	k := i % len(out)
 	return append(out[k:], out[:k]...)
+}
+
+// spread is where in a server list a device starts: a hash of its ID.
+func spread(id string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return int(h.Sum32() & 0x7fffffff)
 }

@@ -87,7 +87,7 @@ devices de-register) and writes --report.`,
 	fs.StringVar(&o.dataDir, "data-dir", "", "the server's data folder, for addrs.json, api-token and download-cert.pem; default: $"+envDataDir+", else otafleet-data")
 	fs.StringVar(&o.api, "api", "", "API address (default: addrs.json's api); needed by --register and by FOTA devices")
 	fs.StringVar(&o.token, "token", "", "API bearer token; default: $"+envToken+", else DATA-DIR/api-token")
-	fs.StringVar(&o.mqtt, "mqtt", "", "MQTT broker, host:port or tcp://, ssl:// URL (default: addrs.json's mqtt); a comma-separated list (a cluster's nodes): device i starts with the (i mod k)-th and fails over to the next ones when its broker goes away")
+	fs.StringVar(&o.mqtt, "mqtt", "", "MQTT broker, host:port or tcp://, ssl:// URL (default: addrs.json's mqtt); a comma-separated list (a cluster's nodes): each device starts with the one its ID hashes to and fails over to the next ones when its broker goes away")
 	fs.StringVar(&o.coap, "coap", "", "LwM2M server, host:port (default: addrs.json's coap); a comma-separated list fails over as --mqtt's")
 	fs.StringVar(&o.coaps, "coaps", "", "LwM2M DTLS server, host:port (default: addrs.json's coaps); used with --dtls; a comma-separated list fails over as --mqtt's")
 	fs.BoolVar(&o.dtls, "dtls", false, "LwM2M devices talk DTLS 1.2 with a PSK (registered with it by --register)")
