@@ -70,6 +70,28 @@ func TestProcessClusterNodeLost(t *testing.T) {
 	if st := healthStatus(t, n.api); st != "SERVING_STATUS_SERVING" {
 		t.Fatalf("health of a member: %s", st)
 	}
+	// otafleet cluster status: a one-node cluster lists itself.
+	tok := readToken(t, n.dir)
+	code, out, errOut := runCLI("cluster", "status", "--api", n.api, "--token", tok, "--json")
+	var st struct {
+		Clustered bool
+		Nodes     []struct {
+			Address string
+			Self    bool
+			Live    map[string]int
+		}
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || !st.Clustered || len(st.Nodes) != 1 || st.Nodes[0].Address != n.addr || !st.Nodes[0].Self {
+		t.Fatalf("cluster status --json: exit %d, %s %s", code, out, errOut)
+	}
+	code, out, errOut = runCLI("cluster", "status", "--api", n.api, "--token", tok)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 2 || !strings.HasPrefix(lines[0], "NODE") ||
+		!strings.HasPrefix(lines[1], n.addr) || !strings.Contains(lines[1], "*") {
+		t.Fatalf("cluster status: exit %d, %q %s", code, out, errOut)
+	}
+	if code, _, errOut := runCLI("cluster", "status", "extra", "--api", n.api, "--token", tok); code != exitUsage {
+		t.Errorf("cluster status extra: exit %d (%s), want %d", code, errOut, exitUsage)
+	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.URL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +108,7 @@ func TestProcessClusterNodeLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	err, lines := n.wait(ctx)
-	code := -1
+	code = -1
 	if n.cmd.ProcessState != nil {
 		code = n.cmd.ProcessState.ExitCode()
 	}
