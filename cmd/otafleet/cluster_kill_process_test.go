@@ -19,6 +19,7 @@ import (
 
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
 	"github.com/otafleet/otafleet/bench"
+	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/internal/etcdtest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
@@ -160,7 +161,7 @@ func TestProcessClusterKillNode(t *testing.T) {
 	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	killed := time.Now()
+	killed := clock.Real().Now()
 	t.Logf("node %s killed with %d of %d devices final", victim.addr, final, clusterKillDevices)
 
 	// It leaves the membership when its lease expires (3 s); from then on,
@@ -370,7 +371,7 @@ func awaitMembers(ctx context.Context, t *testing.T, api, token string, n int) t
 	for {
 		st := getClusterStatus(ctx, t, api, token)
 		if len(st.GetNodes()) == n {
-			return time.Now()
+			return clock.Real().Now()
 		}
 		select {
 		case <-tick.C:
