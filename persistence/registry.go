@@ -134,8 +134,9 @@ type Device struct {
 
 // Credentials are a device's secrets, as DeviceCredentials returns them.
 type Credentials struct {
-	Secret string // empty when the device has none
-	PSK    []byte // nil when the device has none
+	Secret    string // empty when the device has none
+	PSK       []byte // nil when the device has none
+	ProductID string // the device's product (the adapters count presence by it)
 }
 
 // Group is a named set of devices. Its device IDs are not checked against the

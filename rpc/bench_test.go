@@ -19,6 +19,7 @@ import (
 	"github.com/otafleet/otafleet/rpc"
 	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+	"github.com/otafleet/otafleet/transport"
 )
 
 // The API benchmarks run the handler over a real h2c socket on a Pebble
@@ -34,6 +35,8 @@ func (silentDownlinks) Send(context.Context, *messages.Downlink) error          
 func (silentDownlinks) RevokeToken(context.Context, *messages.RevokeToken) error { return nil }
 
 type benchAPI struct {
+	st       *pebblestore.Store
+	presence *transport.Presence
 	eng      *actors.Engine
 	products otafleetv1connect.ProductServiceClient
 	devices  otafleetv1connect.DeviceServiceClient
@@ -57,7 +60,8 @@ func newBenchAPI(b *testing.B) *benchAPI {
 		b.Fatal(err)
 	}
 	b.Cleanup(eng.Stop)
-	h, err := rpc.NewHandler(rpc.Deps{Registry: st, Store: st, Engine: eng, Token: testToken, Clock: clk})
+	presence := transport.NewPresence()
+	h, err := rpc.NewHandler(rpc.Deps{Registry: st, Store: st, Engine: eng, Token: testToken, Clock: clk, Presence: presence})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -69,6 +73,8 @@ func newBenchAPI(b *testing.B) *benchAPI {
 	b.Cleanup(srv.Close)
 	hc := (&env{}).client(testToken)
 	return &benchAPI{
+		st:       st,
+		presence: presence,
 		eng:      eng,
 		products: otafleetv1connect.NewProductServiceClient(hc, srv.URL),
 		devices:  otafleetv1connect.NewDeviceServiceClient(hc, srv.URL),
@@ -215,4 +221,50 @@ func BenchmarkListTaskDevices(b *testing.B) {
 	if ds := page.GetDevices(); len(ds) != 100 || ds[0].GetStatus() != v1.SubtaskStatus_SUBTASK_STATUS_PROCESSING || ds[0].GetStage() == "" {
 		b.Fatalf("page: %d devices, first %v", len(ds), ds[0])
 	}
+}
+
+// BenchmarkFleetSummary measures GetFleetSummary over 1,000 and 100,000
+// registered devices of two products, half of them online: one op is one
+// call. The ratio of the two is the cost of the fleet's size (none is
+// expected: the answer is read from counters).
+func BenchmarkFleetSummary(b *testing.B) {
+	for _, devices := range []int{1000, 100_000} {
+		b.Run(fmt.Sprintf("devices=%d", devices), func(b *testing.B) {
+			a := newBenchAPI(b)
+			ctx := context.Background()
+			products := []string{a.product(b), a.product(b)}
+			for i, p := range products {
+				a.createDevices(b, p, fmt.Sprintf("p%d-", i), devices/2)
+				for j := 0; j < devices/2; j += 2 {
+					a.presence.Up(transport.ViaMQTT, fmt.Sprintf("p%d-%d", i, j), p)
+				}
+			}
+			var res *connect.Response[v1.GetFleetSummaryResponse]
+			for b.Loop() {
+				var err error
+				res, err = a.devices.GetFleetSummary(ctx, connect.NewRequest(&v1.GetFleetSummaryRequest{}))
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			if got := res.Msg.GetTotal(); got.GetRegistered() != int64(devices) || got.GetOnline() != int64(devices/2) {
+				b.Fatalf("summary %v, want %d registered, %d online", got, devices, devices/2)
+			}
+		})
+	}
+}
+
+// BenchmarkFleetCountAtStart measures what the fleet summary costs once,
+// when the API handler is built: counting the registry's devices (a walk
+// of 100,000 device records in Pebble). One op is one NewHandler.
+func BenchmarkFleetCountAtStart(b *testing.B) {
+	const devices = 100_000
+	a := newBenchAPI(b)
+	a.createDevices(b, a.product(b), "d-", devices)
+	for b.Loop() {
+		if _, err := rpc.NewHandler(rpc.Deps{Registry: a.st, Token: testToken}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(devices)/(b.Elapsed().Seconds()/float64(b.N)), "devices/s")
 }

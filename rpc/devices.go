@@ -132,6 +132,8 @@ func (s *deviceServer) CreateDevices(ctx context.Context, req *connect.Request[v
 	if err := s.reg.CreateDevices(ctx, ds); err != nil {
 		return nil, toConnect(s.log, "CreateDevices", err)
 	}
+	s.registered.add(p.ID, int64(len(ds)))
+	s.presence.Registered(p.ID, ids)
 	return connect.NewResponse(&v1.CreateDevicesResponse{DeviceIds: ids}), nil
 }
 
@@ -166,6 +168,11 @@ func (s *deviceServer) GetDevice(ctx context.Context, req *connect.Request[v1.Ge
 			out.Sinr = &st.Radio.SINR
 		}
 	}
+	if s.presence != nil {
+		// The transports' sessions: the machine's journaled presence
+		// outlives a restart that ended them.
+		out.Online = s.presence.Online(id)
+	}
 	return connect.NewResponse(&v1.GetDeviceResponse{Device: out}), nil
 }
 
@@ -190,8 +197,16 @@ func (s *deviceServer) DeleteDevice(ctx context.Context, req *connect.Request[v1
 	if err := checkID("device_id", id); err != nil {
 		return nil, err
 	}
+	d, err := s.reg.GetDevice(ctx, id)
+	if err != nil {
+		return nil, toConnect(s.log, "DeleteDevice", err)
+	}
 	if err := s.reg.DeleteDevice(ctx, id); err != nil {
 		return nil, toConnect(s.log, "DeleteDevice", err)
 	}
+	// Counted only by the call that deleted it (another one that read it
+	// too fails with not_found).
+	s.registered.add(d.ProductID, -1)
+	s.presence.Forget(id)
 	return connect.NewResponse(&v1.DeleteDeviceResponse{}), nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+	"github.com/otafleet/otafleet/transport"
 )
 
 // Size limits of the API.
@@ -66,22 +67,32 @@ type Deps struct {
 	// Sessions is the store's device sessions, counted by GetClusterStatus
 	// (per node with a persistence.NodeSessions). It may be nil: no counts.
 	Sessions persistence.Sessions
+	// Presence is the transports' count of the devices with a session
+	// (transport.Presence). When set, it is what GetDevice's online and
+	// GetFleetSummary report, and DeleteDevice takes the deleted device
+	// out of it; when nil, GetDevice reports the device machine's presence
+	// and GetFleetSummary counts no device online.
+	Presence *transport.Presence
 }
 
 // server holds what every service shares.
 type server struct {
-	reg    persistence.Registry
-	engine *actors.Engine
-	store  persistence.EventStore
-	log    *slog.Logger
-	clock  clock.Clock
+	reg        persistence.Registry
+	engine     *actors.Engine
+	store      persistence.EventStore
+	log        *slog.Logger
+	clock      clock.Clock
+	presence   *transport.Presence
+	registered *registered
 }
 
 // NewHandler returns the API handler: the Connect (and gRPC, gRPC-Web)
 // handlers of ProductService, DeviceService, GroupService, PackageService
 // and, when Deps.Engine is set, TaskService and ClusterService on one mux, with gRPC server
 // reflection, all behind the bearer-token check of RequireToken (or, with
-// Deps.Console, ConsoleAuth.Require).
+// Deps.Console, ConsoleAuth.Require). It counts the registry's devices
+// once, for GetFleetSummary (a walk of the registry: its one cost that
+// grows with the fleet).
 func NewHandler(d Deps) (http.Handler, error) {
 	if d.Registry == nil {
 		return nil, errors.New("rpc: Deps.Registry is nil")
@@ -93,6 +104,10 @@ func NewHandler(d Deps) (http.Handler, error) {
 		return nil, errors.New("rpc: Deps.Console checks another token than Deps.Token")
 	}
 	s := newServer(d)
+	var err error
+	if s.registered, err = countRegistered(context.Background(), d.Registry); err != nil {
+		return nil, err
+	}
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(MaxRequestBytes),
 		connect.WithRecover(func(_ context.Context, spec connect.Spec, _ http.Header, p any) error {
@@ -135,7 +150,7 @@ func NewHandler(d Deps) (http.Handler, error) {
 }
 
 func newServer(d Deps) *server {
-	s := &server{reg: d.Registry, engine: d.Engine, store: d.Store, log: d.Logger, clock: d.Clock}
+	s := &server{reg: d.Registry, engine: d.Engine, store: d.Store, log: d.Logger, clock: d.Clock, presence: d.Presence, registered: &registered{n: map[string]int64{}}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -125,6 +125,12 @@ func TestTaskDeviceStage(t *testing.T) {
 	id := res.Msg.GetTask().GetTaskId()
 	stages := map[string]bool{}
 	end := te.clk.Now().Add(24 * time.Hour)
+	// CreateTask returns once the task has journaled its creation; the
+	// StartJobs it sent may still wait in the devices' mailboxes, so a row
+	// may say PROCESSING before its device has a job. Every comparison
+	// below is made with nothing in flight (the fake clock moves nothing
+	// else): settle now, and te.step settles after each advance.
+	te.eng.Settle()
 	for !taskDone(te.getTask(t, id).GetStatus()) {
 		l, err := te.tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id}))
 		if err != nil {

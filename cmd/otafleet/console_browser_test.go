@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -409,10 +410,30 @@ func TestConsoleInBrowser(t *testing.T) {
 	// cells 2 and 3 to themselves.
 	startSimProcess(t, ctx, s, "--protocol", "lwm2m", "--product", lwID, "--id-prefix", "g-", "--devices", "6", "--cells", "3", "--coverage", "good", "--think-time", "3s")
 
+	// Two meters registered that never connect: offline.
+	deviceSvc := otafleetv1connect.NewDeviceServiceClient(hc, s.api)
+	secret := "idle-secret-1"
+	if _, err := deviceSvc.CreateDevices(ctx, connect.NewRequest(&v1.CreateDevicesRequest{ProductId: mqID,
+		Devices: []*v1.NewDevice{{DeviceId: "idle-0", Secret: &secret}, {DeviceId: "idle-1", Secret: &secret}}})); err != nil {
+		t.Fatal(err)
+	}
+
 	b := newBrowser(t, ctx)
 	consoleLogin(t, b, s)
 	b.open(s.api, "/", "Fleet")
-	b.waitJS("the devices online", `document.querySelector("#device-stats")?.textContent.includes("14 online")`, 10*time.Second)
+	// The fleet page's counts are the simulated fleet's: 5 meters (2 of
+	// them idle, offline) and 9 trackers, all connected or registered by
+	// the sim processes, which were ready before the page was opened.
+	b.waitJS("the device counts", `[...document.querySelectorAll("#device-stats li")].map(l => l.textContent).join(", ") === "16 registered, 14 online, 2 offline"`, 10*time.Second)
+	perProduct := eval[map[string]string](b, `Object.fromEntries([...document.querySelectorAll("main table tbody tr")].filter(r => r.querySelector("code")).map(r => [r.querySelector("code").textContent, r.lastElementChild.textContent]))`)
+	if perProduct[mqID] != "5 of 7" || perProduct[lwID] != "9 of 9" {
+		t.Fatalf("devices online per product %v, want %s: 5 of 7, %s: 9 of 9", perProduct, mqID, lwID)
+	}
+	// One GetFleetSummary call, no per-device ones.
+	devCalls := eval[[]string](b, `performance.getEntriesByType("resource").map(e => e.name).filter(n => n.includes("/otafleet.v1.DeviceService/")).map(n => n.slice(n.lastIndexOf("/") + 1))`)
+	if !slices.Contains(devCalls, "GetFleetSummary") || slices.Contains(devCalls, "GetDevice") || slices.Contains(devCalls, "ListDevices") {
+		t.Fatalf("the fleet page called DeviceService %v, want GetFleetSummary and no per-device call", devCalls)
+	}
 	b.shot("overview")
 
 	// Upload a package of three chunks through the form.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -370,8 +371,26 @@ func TestEndToEndCLI(t *testing.T) {
 		t.Fatalf("device timeline: %d\n%s", code, out)
 	}
 	out, _, code = e.cli("device", "get", "sim-6")
-	if code != 0 || !strings.Contains(out, "2.0") {
+	if code != 0 || !strings.Contains(out, "2.0") || !regexp.MustCompile(`(?m)^online: +true$`).MatchString(out) {
 		t.Fatalf("device get: %d\n%s", code, out)
+	}
+	// The fleet summary: the 12 simulated devices connected before they
+	// were registered, and count online in their product once they are.
+	var sum struct {
+		Total    struct{ Registered, Online, Offline string }
+		Products []struct {
+			ProductID string
+			Devices   struct{ Registered, Online, Offline string }
+		}
+	}
+	e.cliJSON(&sum, "device", "summary")
+	if sum.Total.Registered != "12" || sum.Total.Online != "12" || sum.Total.Offline != "" || len(sum.Products) != 1 ||
+		sum.Products[0].ProductID != pid || sum.Products[0].Devices.Online != "12" {
+		t.Fatalf("device summary --json: %+v, want 12 registered and online in %s", sum, pid)
+	}
+	out, _, code = e.cli("device", "summary", "--product", pid)
+	if code != 0 || strings.Join(strings.Fields(out), " ") != "PRODUCT REGISTERED ONLINE OFFLINE "+pid+" 12 12 0" {
+		t.Fatalf("device summary --product: %d\n%s", code, out)
 	}
 
 	// Errors: the server's message, in the user's words, and a non-zero exit.

@@ -124,15 +124,18 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	// The devices' transports exist before recovery, so that resumed actors
 	// reach them; the listeners accept devices after it.
 	route := &router{}
+	// The devices with a session, counted by the transports for the
+	// fleet summary (GetFleetSummary) and GetDevice's online.
+	presence := transport.NewPresence()
 	var sim *simulation
 	if cfg.Simulate > 0 {
-		if sim, err = startSimulation(cfg, engine, clk, logger); err != nil {
+		if sim, err = startSimulation(cfg, engine, store, presence, clk, logger); err != nil {
 			return err
 		}
 		defer sim.Close()
 		route.sim = sim.tr
 	}
-	devs, err := newDeviceTransports(cfg, store, sec, cluster.Node(), engine, metrics, clk, logger)
+	devs, err := newDeviceTransports(cfg, store, sec, cluster.Node(), engine, presence, metrics, clk, logger)
 	if err != nil {
 		return err
 	}
@@ -187,7 +190,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		lis.Close()
 		return err
 	}
-	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Sessions: store, Engine: engine, Token: token, Console: console, Done: ctx.Done(), Logger: logger, Clock: clk})
+	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Sessions: store, Engine: engine, Token: token, Console: console, Done: ctx.Done(), Logger: logger, Clock: clk, Presence: presence})
 	if err != nil {
 		lis.Close()
 		return err

@@ -14,6 +14,7 @@ import (
 	"github.com/otafleet/otafleet/internal/clock"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
+	"github.com/otafleet/otafleet/transport"
 )
 
 // simProtocols maps --simulate-protocol to the devices' flows.
@@ -35,14 +36,15 @@ func simProtocol(kind string, i int) messages.Protocol {
 // durable facts live in DIR/sim-state so that a restarted server meets the
 // same devices. With --simulate-campaign it creates, once, one task per
 // protocol upgrading them to version 2.0, and logs the campaign's progress
-// until it ends.
-func startSimulation(cfg serveConfig, engine *actors.Engine, clk clock.Clock, logger *slog.Logger) (*simulation, error) {
+// until it ends. The devices' sessions are counted in presence, as the
+// real transports count theirs.
+func startSimulation(cfg serveConfig, engine *actors.Engine, reg persistence.Registry, presence *transport.Presence, clk clock.Clock, logger *slog.Logger) (*simulation, error) {
 	d := cfg.SimulateDelay
 	tr, err := memtransport.New(memtransport.Config{
 		Delays:    memtransport.Delays{Network: d / 5, Response: d, Download: 4 * d, Segment: d / 4, Install: 2 * d, Reconnect: 4 * d},
 		StateFile: filepath.Join(cfg.DataDir, "sim-state"),
 		OnUpgrade: func(id, version string) { logger.Info("simulated device upgraded", "device", id, "version", version) },
-	}, clk, engine, logger)
+	}, clk, simPresence{next: engine, reg: reg, presence: presence}, logger)
 	if err != nil {
 		return nil, fmt.Errorf("simulation: %w", err)
 	}
@@ -76,6 +78,30 @@ func startSimulation(cfg serveConfig, engine *actors.Engine, clk clock.Clock, lo
 // simPackageID names the campaign's package. The simulated devices do not
 // download it, so it has no registry entry.
 const simPackageID = "sim-package"
+
+// simPresence counts the simulated devices' sessions in a Presence on
+// their way to the engine: Up at Connected (with the device's product when
+// it is registered already; CreateDevices sets it otherwise), Down at
+// Disconnected. A simulated device's uplinks come one at a time, in order.
+type simPresence struct {
+	next     transport.Uplinks
+	reg      persistence.Registry
+	presence *transport.Presence
+}
+
+func (s simPresence) Deliver(ctx context.Context, id string, in *messages.DeviceInput) error {
+	switch in.GetKind().(type) {
+	case *messages.DeviceInput_Connected:
+		product := ""
+		if d, err := s.reg.GetDevice(ctx, id); err == nil {
+			product = d.ProductID
+		}
+		s.presence.Up(transport.ViaSim, id, product)
+	case *messages.DeviceInput_Disconnected:
+		s.presence.Down(transport.ViaSim, id)
+	}
+	return s.next.Deliver(ctx, id, in)
+}
 
 // simulation is the running --simulate fleet.
 type simulation struct {

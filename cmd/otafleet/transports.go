@@ -79,7 +79,7 @@ func (t *deviceTransports) start() error {
 // (the node's advertised address; "" alone) holds the LwM2M registrations
 // kept in the store; the download handles are every node's. The engine receives
 // what devices send. Close stops them.
-func newDeviceTransports(cfg serveConfig, reg persistence.Store, sec secrets, node string, engine *actors.Engine, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
+func newDeviceTransports(cfg serveConfig, reg persistence.Store, sec secrets, node string, engine *actors.Engine, presence *transport.Presence, metrics prometheus.Registerer, clk clock.Clock, logger *slog.Logger) (*deviceTransports, error) {
 	t := &deviceTransports{addrs: map[string]string{}, log: logger}
 	cert, key := sec.cert, sec.downloadKey
 	var err error
@@ -119,7 +119,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, sec secrets, no
 	if cfg.CoAPAddr != "" || cfg.CoAPSAddr != "" {
 		t.lwm2m, err = lwm2m.New(lwm2m.Config{
 			Addr: cfg.CoAPAddr, DTLSAddr: cfg.CoAPSAddr, PublicAddr: cfg.CoAPPublic, DTLSPublicAddr: cfg.CoAPSPublic, Devices: reg, Packages: reg, Tokens: t.dl, Images: images, Sessions: reg,
-			Node: node, Uplinks: engine, Clock: clk, Logger: logger,
+			Node: node, Uplinks: engine, Presence: presence, Clock: clk, Logger: logger,
 		})
 		if err != nil {
 			t.Close()
@@ -156,7 +156,7 @@ func newDeviceTransports(cfg serveConfig, reg persistence.Store, sec secrets, no
 			return nil, errors.New("MQTT devices need a package download server: set --download-addr or --download-url")
 		}
 		bc := cfg.brokerConfig()
-		bc.Credentials, bc.Uplinks, bc.Downloads = reg, engine, mintURL{s: t.dl, base: base}
+		bc.Credentials, bc.Uplinks, bc.Downloads, bc.Presence = reg, engine, mintURL{s: t.dl, base: base}, presence
 		bc.Metrics, bc.Clock, bc.Logger = metrics, clk, logger
 		if cfg.MQTTSAddr != "" {
 			bc.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}

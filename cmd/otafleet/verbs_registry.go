@@ -39,8 +39,8 @@ func clientCommands(stdout, stderr io.Writer) []*cobra.Command {
 	return []*cobra.Command{
 		resourceCommand("product", "Create, read, list and delete products (device models)", o,
 			productCreate, productGet, productList, productDelete),
-		resourceCommand("device", "Register, read, list and delete devices; read a device's timeline", o,
-			deviceCreate, deviceGet, deviceList, deviceDelete, deviceTimeline),
+		resourceCommand("device", "Register, read, list and delete devices; read a device's timeline; count the fleet", o,
+			deviceCreate, deviceGet, deviceList, deviceDelete, deviceTimeline, deviceSummary),
 		resourceCommand("group", "Create and edit device groups", o,
 			groupCreate, groupAdd, groupRemove, groupGet, groupList, groupDelete),
 		resourceCommand("package", "Upload, read, list and delete upgrade packages", o,
@@ -355,6 +355,46 @@ func deviceDelete(o *clientOpts) *cobra.Command {
 			})
 		},
 	}
+}
+
+var fleetSummaryHeader = []string{"PRODUCT", "REGISTERED", "ONLINE", "OFFLINE"}
+
+// fleetSummaryRows are the rows of `device summary`: one per product, then
+// the total (withTotal).
+func fleetSummaryRows(res *v1.GetFleetSummaryResponse, withTotal bool) [][]string {
+	row := func(name string, n *v1.DeviceCounts) []string {
+		return []string{name, strconv.FormatInt(n.GetRegistered(), 10), strconv.FormatInt(n.GetOnline(), 10), strconv.FormatInt(n.GetOffline(), 10)}
+	}
+	rows := make([][]string, 0, len(res.GetProducts())+1)
+	for _, p := range res.GetProducts() {
+		rows = append(rows, row(p.GetProductId(), p.GetDevices()))
+	}
+	if withTotal {
+		rows = append(rows, row("total", res.GetTotal()))
+	}
+	return rows
+}
+
+func deviceSummary(o *clientOpts) *cobra.Command {
+	var product string
+	cmd := &cobra.Command{
+		Use:   "summary",
+		Short: "Count the devices registered, online and offline, per product and in total",
+		Long: `Count the devices registered, online and offline, per product and in total
+(GetFleetSummary). Online means a session with the server: an MQTT connection or
+an LwM2M registration. The server keeps the counts as devices come and go, so
+this costs the same for ten devices as for a million.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return callShow(o, cmd, func(ctx context.Context, c *client) (*connect.Response[v1.GetFleetSummaryResponse], error) {
+				return c.devices.GetFleetSummary(ctx, connect.NewRequest(&v1.GetFleetSummaryRequest{ProductId: product}))
+			}, func(res *v1.GetFleetSummaryResponse) error {
+				return o.table(fleetSummaryHeader, fleetSummaryRows(res, product == ""))
+			})
+		},
+	}
+	cmd.Flags().StringVar(&product, "product", "", "count only this product's devices")
+	return cmd
 }
 
 func deviceTimeline(o *clientOpts) *cobra.Command {

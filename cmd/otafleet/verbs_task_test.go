@@ -85,3 +85,38 @@ func TestTaskCellRows(t *testing.T) {
 		t.Errorf("rows\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestFleetSummaryRows: `device summary` shows a row per product, then the
+// total unless one product was asked for.
+func TestFleetSummaryRows(t *testing.T) {
+	res := &v1.GetFleetSummaryResponse{
+		Total: &v1.DeviceCounts{Registered: 1_000_005, Online: 700_001, Offline: 300_004},
+		Products: []*v1.ProductDeviceCounts{
+			{ProductId: "meter", Devices: &v1.DeviceCounts{Registered: 1_000_000, Online: 700_000, Offline: 300_000}},
+			{ProductId: "tracker", Devices: &v1.DeviceCounts{Registered: 5, Online: 1, Offline: 4}},
+		},
+	}
+	one := &v1.GetFleetSummaryResponse{
+		Total:    &v1.DeviceCounts{Registered: 5, Online: 1, Offline: 4},
+		Products: []*v1.ProductDeviceCounts{{ProductId: "tracker", Devices: &v1.DeviceCounts{Registered: 5, Online: 1, Offline: 4}}},
+	}
+	for _, tc := range []struct {
+		name      string
+		res       *v1.GetFleetSummaryResponse
+		withTotal bool
+		want      []string
+	}{
+		{"fleet", res, true, []string{"meter 1000000 700000 300000", "tracker 5 1 4", "total 1000005 700001 300004"}},
+		{"one product", one, false, []string{"tracker 5 1 4"}},
+		{"empty fleet", &v1.GetFleetSummaryResponse{Total: &v1.DeviceCounts{}}, true, []string{"total 0 0 0"}},
+		{"missing counts", &v1.GetFleetSummaryResponse{Products: []*v1.ProductDeviceCounts{{ProductId: "p"}}}, true, []string{"p 0 0 0", "total 0 0 0"}},
+	} {
+		var got []string
+		for _, r := range fleetSummaryRows(tc.res, tc.withTotal) {
+			got = append(got, strings.Join(r, " "))
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: rows\n%s\nwant\n%s", tc.name, strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+		}
+	}
+}

@@ -225,7 +225,7 @@ func (s *Store) DeviceCredentials(ctx context.Context, id string) (persistence.C
 	if err != nil {
 		return persistence.Credentials{}, err
 	}
-	return persistence.Credentials{Secret: d.Secret, PSK: slices.Clone(d.PSK)}, nil
+	return persistence.Credentials{Secret: d.Secret, PSK: slices.Clone(d.PSK), ProductID: d.ProductID}, nil
 }
 
 // PutGroup implements persistence.Registry.

@@ -425,7 +425,7 @@ func (s *Store) DeviceCredentials(ctx context.Context, id string) (persistence.C
 	if err != nil {
 		return persistence.Credentials{}, &persistence.CorruptError{Key: join(prefixDevice, id), Reason: err.Error()}
 	}
-	return persistence.Credentials{Secret: string(secret), PSK: psk}, nil
+	return persistence.Credentials{Secret: string(secret), PSK: psk, ProductID: r.ProductId}, nil
 }
 
 // Groups.

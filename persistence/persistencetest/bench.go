@@ -21,7 +21,9 @@ import (
 type OpenB func(b *testing.B) persistence.Store
 
 // BenchAppendSynced appends one small event per synced append, from 1
-// goroutine and from 64 (each on its own stream, so their syncs group).
+// goroutine, from 64 and from 256 (each on its own stream, so their syncs
+// group). A store that counts its group commits (a GroupCommits method,
+// as pgstore's) also reports the appends each commit carried.
 func BenchAppendSynced(b *testing.B, open OpenB) { benchAppend(b, open, false) }
 
 // BenchAppendUnsynced is BenchAppendSynced with Append.NoSync: the
@@ -30,9 +32,14 @@ func BenchAppendSynced(b *testing.B, open OpenB) { benchAppend(b, open, false) }
 func BenchAppendUnsynced(b *testing.B, open OpenB) { benchAppend(b, open, true) }
 
 func benchAppend(b *testing.B, open OpenB, noSync bool) {
-	for _, goroutines := range []int{1, 64} {
+	for _, goroutines := range []int{1, 64, 256} {
 		b.Run(fmt.Sprintf("goroutines=%d", goroutines), func(b *testing.B) {
 			s := open(b)
+			counter, _ := s.(groupCommitter)
+			var commits0 uint64
+			if counter != nil {
+				commits0 = counter.GroupCommits()
+			}
 			payload := make([]byte, 64)
 			var issued atomic.Int64
 			var wg sync.WaitGroup
@@ -57,9 +64,18 @@ func benchAppend(b *testing.B, open OpenB, noSync bool) {
 			wg.Wait()
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+			if counter != nil {
+				if n := counter.GroupCommits() - commits0; n > 0 {
+					b.ReportMetric(float64(b.N)/float64(n), "appends/commit")
+				}
+			}
 		})
 	}
 }
+
+// groupCommitter is a store that counts the group commits that wrote its
+// appends (pgstore.Store.GroupCommits).
+type groupCommitter interface{ GroupCommits() uint64 }
 
 // BenchLoad replays a stream of 1,000 events of 64 bytes.
 func BenchLoad(b *testing.B, open OpenB) {

@@ -722,12 +722,12 @@ func testDevices(t *testing.T, s persistence.Store) {
 	}
 	creds, err := s.DeviceCredentials(ctx, "d1")
 	ok(t, "DeviceCredentials", err)
-	if creds.Secret != "12345678" || !bytes.Equal(creds.PSK, []byte{1, 2, 3}) {
+	if creds.Secret != "12345678" || !bytes.Equal(creds.PSK, []byte{1, 2, 3}) || creds.ProductID != "p1" {
 		t.Fatalf("DeviceCredentials = %+v", creds)
 	}
 	// A device put again without credentials keeps them; new ones replace.
 	ok(t, "PutDevice (move to p2)", s.PutDevice(ctx, persistence.Device{ID: "d1", ProductID: "p2"}))
-	if creds, _ := s.DeviceCredentials(ctx, "d1"); creds.Secret != "12345678" || !bytes.Equal(creds.PSK, []byte{1, 2, 3}) {
+	if creds, _ := s.DeviceCredentials(ctx, "d1"); creds.Secret != "12345678" || !bytes.Equal(creds.PSK, []byte{1, 2, 3}) || creds.ProductID != "p2" {
 		t.Fatalf("credentials after a put without them = %+v", creds)
 	}
 	ok(t, "PutDevice (new secret)", s.PutDevice(ctx, persistence.Device{ID: "d1", ProductID: "p2", Secret: "s2"}))

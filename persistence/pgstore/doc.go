@@ -49,7 +49,12 @@
 // per stream (a stream is never in two batches at once), and write them
 // with one statement (arrays unnested into data-modifying common table
 // expressions), which is one transaction. A batch is synced (its commit
-// waits for the WAL flush) when one of its appends is. A batch of NoSync
+// waits for the WAL flush) when one of its appends is. After a commit, the
+// goroutine yields for a few microseconds to the appenders it answered, so
+// that those that append again at once (an actor with more input) join
+// the next batch instead of waiting behind it: the writers then share one
+// WAL flush rather than splitting into two halves whose batches alternate,
+// a flush each (GroupCommits counts the commits). A batch of NoSync
 // appends only goes through connections with synchronous_commit off: it
 // is visible at once, and its commit record is in the WAL before Append
 // returns, but not flushed. This keeps the rule the engine relies on, that

@@ -320,8 +320,9 @@ func (s *Store) DeleteDevice(ctx context.Context, id string) error {
 // does not open is a *persistence.CorruptError.
 func (s *Store) DeviceCredentials(ctx context.Context, id string) (persistence.Credentials, error) {
 	var secret, psk []byte
-	err := s.get(ctx, "device", id, `SELECT sealed_secret, sealed_psk FROM devices WHERE id = $1`, func(row pgx.Row) error {
-		return row.Scan(&secret, &psk)
+	var product string
+	err := s.get(ctx, "device", id, `SELECT sealed_secret, sealed_psk, product_id FROM devices WHERE id = $1`, func(row pgx.Row) error {
+		return row.Scan(&secret, &psk, &product)
 	})
 	if err != nil {
 		return persistence.Credentials{}, err
@@ -335,7 +336,7 @@ func (s *Store) DeviceCredentials(ctx context.Context, id string) (persistence.C
 	if err != nil {
 		return persistence.Credentials{}, &persistence.CorruptError{Key: key, Reason: err.Error()}
 	}
-	return persistence.Credentials{Secret: string(plainSecret), PSK: plainPSK}, nil
+	return persistence.Credentials{Secret: string(plainSecret), PSK: plainPSK, ProductID: product}, nil
 }
 
 // Groups.

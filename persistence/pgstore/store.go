@@ -124,6 +124,7 @@ type Store struct {
 
 	syncedAppends   atomic.Uint64
 	unsyncedAppends atomic.Uint64
+	groupCommits    atomic.Uint64 // see GroupCommits
 
 	// timeout is Options.Timeout (see bound).
 	timeout time.Duration
@@ -380,6 +381,11 @@ func (s *Store) exit() { s.inflight.Done() }
 func (s *Store) Appends() (synced, unsynced uint64) {
 	return s.syncedAppends.Load(), s.unsyncedAppends.Load()
 }
+
+// GroupCommits returns how many group commits (each one statement in one
+// transaction) have written appends since the store was opened: with
+// Appends, the appends each commit carried on average.
+func (s *Store) GroupCommits() uint64 { return s.groupCommits.Load() }
 
 // Postgres error codes the store maps.
 const (

@@ -625,6 +625,228 @@ func (*DeleteDeviceResponse) Descriptor() ([]byte, []int) {
 	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{9}
 }
 
+// GetFleetSummaryRequest optionally names one product.
+type GetFleetSummaryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this product's devices (not_found when the product does not
+	// exist); every product's when empty.
+	ProductId     string `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFleetSummaryRequest) Reset() {
+	*x = GetFleetSummaryRequest{}
+	mi := &file_otafleet_v1_device_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFleetSummaryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFleetSummaryRequest) ProtoMessage() {}
+
+func (x *GetFleetSummaryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_device_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFleetSummaryRequest.ProtoReflect.Descriptor instead.
+func (*GetFleetSummaryRequest) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GetFleetSummaryRequest) GetProductId() string {
+	if x != nil {
+		return x.ProductId
+	}
+	return ""
+}
+
+// DeviceCounts are counts of devices.
+type DeviceCounts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Devices in the registry.
+	Registered int64 `protobuf:"varint,1,opt,name=registered,proto3" json:"registered,omitempty"`
+	// Registered devices with a session (Device.online).
+	Online int64 `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
+	// Registered devices without one: registered - online.
+	Offline       int64 `protobuf:"varint,3,opt,name=offline,proto3" json:"offline,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceCounts) Reset() {
+	*x = DeviceCounts{}
+	mi := &file_otafleet_v1_device_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceCounts) ProtoMessage() {}
+
+func (x *DeviceCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_device_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceCounts.ProtoReflect.Descriptor instead.
+func (*DeviceCounts) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeviceCounts) GetRegistered() int64 {
+	if x != nil {
+		return x.Registered
+	}
+	return 0
+}
+
+func (x *DeviceCounts) GetOnline() int64 {
+	if x != nil {
+		return x.Online
+	}
+	return 0
+}
+
+func (x *DeviceCounts) GetOffline() int64 {
+	if x != nil {
+		return x.Offline
+	}
+	return 0
+}
+
+// ProductDeviceCounts are one product's device counts.
+type ProductDeviceCounts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The product's ID.
+	ProductId string `protobuf:"bytes,1,opt,name=product_id,json=productId,proto3" json:"product_id,omitempty"`
+	// Its devices.
+	Devices       *DeviceCounts `protobuf:"bytes,2,opt,name=devices,proto3" json:"devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProductDeviceCounts) Reset() {
+	*x = ProductDeviceCounts{}
+	mi := &file_otafleet_v1_device_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProductDeviceCounts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProductDeviceCounts) ProtoMessage() {}
+
+func (x *ProductDeviceCounts) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_device_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProductDeviceCounts.ProtoReflect.Descriptor instead.
+func (*ProductDeviceCounts) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ProductDeviceCounts) GetProductId() string {
+	if x != nil {
+		return x.ProductId
+	}
+	return ""
+}
+
+func (x *ProductDeviceCounts) GetDevices() *DeviceCounts {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+// GetFleetSummaryResponse is the fleet's device counts.
+type GetFleetSummaryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every device (with product_id: the product's).
+	Total *DeviceCounts `protobuf:"bytes,1,opt,name=total,proto3" json:"total,omitempty"`
+	// Each product that has a device registered, in product ID order (with
+	// product_id: that product, even without devices).
+	Products      []*ProductDeviceCounts `protobuf:"bytes,2,rep,name=products,proto3" json:"products,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFleetSummaryResponse) Reset() {
+	*x = GetFleetSummaryResponse{}
+	mi := &file_otafleet_v1_device_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFleetSummaryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFleetSummaryResponse) ProtoMessage() {}
+
+func (x *GetFleetSummaryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_otafleet_v1_device_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFleetSummaryResponse.ProtoReflect.Descriptor instead.
+func (*GetFleetSummaryResponse) Descriptor() ([]byte, []int) {
+	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetFleetSummaryResponse) GetTotal() *DeviceCounts {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+func (x *GetFleetSummaryResponse) GetProducts() []*ProductDeviceCounts {
+	if x != nil {
+		return x.Products
+	}
+	return nil
+}
+
 // TimelineEntry is one thing that happened to a device.
 type TimelineEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -646,7 +868,7 @@ type TimelineEntry struct {
 
 func (x *TimelineEntry) Reset() {
 	*x = TimelineEntry{}
-	mi := &file_otafleet_v1_device_proto_msgTypes[10]
+	mi := &file_otafleet_v1_device_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +880,7 @@ func (x *TimelineEntry) String() string {
 func (*TimelineEntry) ProtoMessage() {}
 
 func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_otafleet_v1_device_proto_msgTypes[10]
+	mi := &file_otafleet_v1_device_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +893,7 @@ func (x *TimelineEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimelineEntry.ProtoReflect.Descriptor instead.
 func (*TimelineEntry) Descriptor() ([]byte, []int) {
-	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{10}
+	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TimelineEntry) GetTime() *timestamppb.Timestamp {
@@ -723,7 +945,7 @@ type GetDeviceTimelineRequest struct {
 
 func (x *GetDeviceTimelineRequest) Reset() {
 	*x = GetDeviceTimelineRequest{}
-	mi := &file_otafleet_v1_device_proto_msgTypes[11]
+	mi := &file_otafleet_v1_device_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +957,7 @@ func (x *GetDeviceTimelineRequest) String() string {
 func (*GetDeviceTimelineRequest) ProtoMessage() {}
 
 func (x *GetDeviceTimelineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_otafleet_v1_device_proto_msgTypes[11]
+	mi := &file_otafleet_v1_device_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +970,7 @@ func (x *GetDeviceTimelineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceTimelineRequest.ProtoReflect.Descriptor instead.
 func (*GetDeviceTimelineRequest) Descriptor() ([]byte, []int) {
-	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{11}
+	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetDeviceTimelineRequest) GetDeviceId() string {
@@ -799,7 +1021,7 @@ type GetDeviceTimelineResponse struct {
 
 func (x *GetDeviceTimelineResponse) Reset() {
 	*x = GetDeviceTimelineResponse{}
-	mi := &file_otafleet_v1_device_proto_msgTypes[12]
+	mi := &file_otafleet_v1_device_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +1033,7 @@ func (x *GetDeviceTimelineResponse) String() string {
 func (*GetDeviceTimelineResponse) ProtoMessage() {}
 
 func (x *GetDeviceTimelineResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_otafleet_v1_device_proto_msgTypes[12]
+	mi := &file_otafleet_v1_device_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +1046,7 @@ func (x *GetDeviceTimelineResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDeviceTimelineResponse.ProtoReflect.Descriptor instead.
 func (*GetDeviceTimelineResponse) Descriptor() ([]byte, []int) {
-	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{12}
+	return file_otafleet_v1_device_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetDeviceTimelineResponse) GetEntries() []*TimelineEntry {
@@ -893,7 +1115,23 @@ const file_otafleet_v1_device_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n" +
 	"\x13DeleteDeviceRequest\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\"\x16\n" +
-	"\x14DeleteDeviceResponse\"\x84\x01\n" +
+	"\x14DeleteDeviceResponse\"7\n" +
+	"\x16GetFleetSummaryRequest\x12\x1d\n" +
+	"\n" +
+	"product_id\x18\x01 \x01(\tR\tproductId\"`\n" +
+	"\fDeviceCounts\x12\x1e\n" +
+	"\n" +
+	"registered\x18\x01 \x01(\x03R\n" +
+	"registered\x12\x16\n" +
+	"\x06online\x18\x02 \x01(\x03R\x06online\x12\x18\n" +
+	"\aoffline\x18\x03 \x01(\x03R\aoffline\"i\n" +
+	"\x13ProductDeviceCounts\x12\x1d\n" +
+	"\n" +
+	"product_id\x18\x01 \x01(\tR\tproductId\x123\n" +
+	"\adevices\x18\x02 \x01(\v2\x19.otafleet.v1.DeviceCountsR\adevices\"\x88\x01\n" +
+	"\x17GetFleetSummaryResponse\x12/\n" +
+	"\x05total\x18\x01 \x01(\v2\x19.otafleet.v1.DeviceCountsR\x05total\x12<\n" +
+	"\bproducts\x18\x02 \x03(\v2 .otafleet.v1.ProductDeviceCountsR\bproducts\"\x84\x01\n" +
 	"\rTimelineEntry\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x12\n" +
@@ -910,13 +1148,14 @@ const file_otafleet_v1_device_proto_rawDesc = "" +
 	"\b_task_id\"y\n" +
 	"\x19GetDeviceTimelineResponse\x124\n" +
 	"\aentries\x18\x01 \x03(\v2\x1a.otafleet.v1.TimelineEntryR\aentries\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xbe\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x9c\x04\n" +
 	"\rDeviceService\x12V\n" +
 	"\rCreateDevices\x12!.otafleet.v1.CreateDevicesRequest\x1a\".otafleet.v1.CreateDevicesResponse\x12J\n" +
 	"\tGetDevice\x12\x1d.otafleet.v1.GetDeviceRequest\x1a\x1e.otafleet.v1.GetDeviceResponse\x12P\n" +
 	"\vListDevices\x12\x1f.otafleet.v1.ListDevicesRequest\x1a .otafleet.v1.ListDevicesResponse\x12S\n" +
 	"\fDeleteDevice\x12 .otafleet.v1.DeleteDeviceRequest\x1a!.otafleet.v1.DeleteDeviceResponse\x12b\n" +
-	"\x11GetDeviceTimeline\x12%.otafleet.v1.GetDeviceTimelineRequest\x1a&.otafleet.v1.GetDeviceTimelineResponseB8Z6github.com/otafleet/otafleet/rpc/otafleetv1;otafleetv1b\x06proto3"
+	"\x11GetDeviceTimeline\x12%.otafleet.v1.GetDeviceTimelineRequest\x1a&.otafleet.v1.GetDeviceTimelineResponse\x12\\\n" +
+	"\x0fGetFleetSummary\x12#.otafleet.v1.GetFleetSummaryRequest\x1a$.otafleet.v1.GetFleetSummaryResponseB8Z6github.com/otafleet/otafleet/rpc/otafleetv1;otafleetv1b\x06proto3"
 
 var (
 	file_otafleet_v1_device_proto_rawDescOnce sync.Once
@@ -930,7 +1169,7 @@ func file_otafleet_v1_device_proto_rawDescGZIP() []byte {
 	return file_otafleet_v1_device_proto_rawDescData
 }
 
-var file_otafleet_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_otafleet_v1_device_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_otafleet_v1_device_proto_goTypes = []any{
 	(*Device)(nil),                    // 0: otafleet.v1.Device
 	(*NewDevice)(nil),                 // 1: otafleet.v1.NewDevice
@@ -942,34 +1181,43 @@ var file_otafleet_v1_device_proto_goTypes = []any{
 	(*ListDevicesResponse)(nil),       // 7: otafleet.v1.ListDevicesResponse
 	(*DeleteDeviceRequest)(nil),       // 8: otafleet.v1.DeleteDeviceRequest
 	(*DeleteDeviceResponse)(nil),      // 9: otafleet.v1.DeleteDeviceResponse
-	(*TimelineEntry)(nil),             // 10: otafleet.v1.TimelineEntry
-	(*GetDeviceTimelineRequest)(nil),  // 11: otafleet.v1.GetDeviceTimelineRequest
-	(*GetDeviceTimelineResponse)(nil), // 12: otafleet.v1.GetDeviceTimelineResponse
-	(*timestamppb.Timestamp)(nil),     // 13: google.protobuf.Timestamp
+	(*GetFleetSummaryRequest)(nil),    // 10: otafleet.v1.GetFleetSummaryRequest
+	(*DeviceCounts)(nil),              // 11: otafleet.v1.DeviceCounts
+	(*ProductDeviceCounts)(nil),       // 12: otafleet.v1.ProductDeviceCounts
+	(*GetFleetSummaryResponse)(nil),   // 13: otafleet.v1.GetFleetSummaryResponse
+	(*TimelineEntry)(nil),             // 14: otafleet.v1.TimelineEntry
+	(*GetDeviceTimelineRequest)(nil),  // 15: otafleet.v1.GetDeviceTimelineRequest
+	(*GetDeviceTimelineResponse)(nil), // 16: otafleet.v1.GetDeviceTimelineResponse
+	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
 }
 var file_otafleet_v1_device_proto_depIdxs = []int32{
-	13, // 0: otafleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
-	13, // 1: otafleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
+	17, // 0: otafleet.v1.Device.create_time:type_name -> google.protobuf.Timestamp
+	17, // 1: otafleet.v1.Device.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 2: otafleet.v1.CreateDevicesRequest.devices:type_name -> otafleet.v1.NewDevice
 	0,  // 3: otafleet.v1.GetDeviceResponse.device:type_name -> otafleet.v1.Device
 	0,  // 4: otafleet.v1.ListDevicesResponse.devices:type_name -> otafleet.v1.Device
-	13, // 5: otafleet.v1.TimelineEntry.time:type_name -> google.protobuf.Timestamp
-	10, // 6: otafleet.v1.GetDeviceTimelineResponse.entries:type_name -> otafleet.v1.TimelineEntry
-	2,  // 7: otafleet.v1.DeviceService.CreateDevices:input_type -> otafleet.v1.CreateDevicesRequest
-	4,  // 8: otafleet.v1.DeviceService.GetDevice:input_type -> otafleet.v1.GetDeviceRequest
-	6,  // 9: otafleet.v1.DeviceService.ListDevices:input_type -> otafleet.v1.ListDevicesRequest
-	8,  // 10: otafleet.v1.DeviceService.DeleteDevice:input_type -> otafleet.v1.DeleteDeviceRequest
-	11, // 11: otafleet.v1.DeviceService.GetDeviceTimeline:input_type -> otafleet.v1.GetDeviceTimelineRequest
-	3,  // 12: otafleet.v1.DeviceService.CreateDevices:output_type -> otafleet.v1.CreateDevicesResponse
-	5,  // 13: otafleet.v1.DeviceService.GetDevice:output_type -> otafleet.v1.GetDeviceResponse
-	7,  // 14: otafleet.v1.DeviceService.ListDevices:output_type -> otafleet.v1.ListDevicesResponse
-	9,  // 15: otafleet.v1.DeviceService.DeleteDevice:output_type -> otafleet.v1.DeleteDeviceResponse
-	12, // 16: otafleet.v1.DeviceService.GetDeviceTimeline:output_type -> otafleet.v1.GetDeviceTimelineResponse
-	12, // [12:17] is the sub-list for method output_type
-	7,  // [7:12] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	11, // 5: otafleet.v1.ProductDeviceCounts.devices:type_name -> otafleet.v1.DeviceCounts
+	11, // 6: otafleet.v1.GetFleetSummaryResponse.total:type_name -> otafleet.v1.DeviceCounts
+	12, // 7: otafleet.v1.GetFleetSummaryResponse.products:type_name -> otafleet.v1.ProductDeviceCounts
+	17, // 8: otafleet.v1.TimelineEntry.time:type_name -> google.protobuf.Timestamp
+	14, // 9: otafleet.v1.GetDeviceTimelineResponse.entries:type_name -> otafleet.v1.TimelineEntry
+	2,  // 10: otafleet.v1.DeviceService.CreateDevices:input_type -> otafleet.v1.CreateDevicesRequest
+	4,  // 11: otafleet.v1.DeviceService.GetDevice:input_type -> otafleet.v1.GetDeviceRequest
+	6,  // 12: otafleet.v1.DeviceService.ListDevices:input_type -> otafleet.v1.ListDevicesRequest
+	8,  // 13: otafleet.v1.DeviceService.DeleteDevice:input_type -> otafleet.v1.DeleteDeviceRequest
+	15, // 14: otafleet.v1.DeviceService.GetDeviceTimeline:input_type -> otafleet.v1.GetDeviceTimelineRequest
+	10, // 15: otafleet.v1.DeviceService.GetFleetSummary:input_type -> otafleet.v1.GetFleetSummaryRequest
+	3,  // 16: otafleet.v1.DeviceService.CreateDevices:output_type -> otafleet.v1.CreateDevicesResponse
+	5,  // 17: otafleet.v1.DeviceService.GetDevice:output_type -> otafleet.v1.GetDeviceResponse
+	7,  // 18: otafleet.v1.DeviceService.ListDevices:output_type -> otafleet.v1.ListDevicesResponse
+	9,  // 19: otafleet.v1.DeviceService.DeleteDevice:output_type -> otafleet.v1.DeleteDeviceResponse
+	16, // 20: otafleet.v1.DeviceService.GetDeviceTimeline:output_type -> otafleet.v1.GetDeviceTimelineResponse
+	13, // 21: otafleet.v1.DeviceService.GetFleetSummary:output_type -> otafleet.v1.GetFleetSummaryResponse
+	16, // [16:22] is the sub-list for method output_type
+	10, // [10:16] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_otafleet_v1_device_proto_init() }
@@ -979,14 +1227,14 @@ func file_otafleet_v1_device_proto_init() {
 	}
 	file_otafleet_v1_device_proto_msgTypes[0].OneofWrappers = []any{}
 	file_otafleet_v1_device_proto_msgTypes[1].OneofWrappers = []any{}
-	file_otafleet_v1_device_proto_msgTypes[11].OneofWrappers = []any{}
+	file_otafleet_v1_device_proto_msgTypes[15].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_otafleet_v1_device_proto_rawDesc), len(file_otafleet_v1_device_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

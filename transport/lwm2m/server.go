@@ -87,6 +87,11 @@ type Config struct {
 	Packages Packages
 	Tokens   Tokens
 	Uplinks  transport.Uplinks
+	// Presence, when set, counts the registered devices (the fleet
+	// summary): Up when a device registers (or its kept registration is
+	// restored), Down when its registration is dropped (de-registered,
+	// expired); a re-registration keeps it up.
+	Presence *transport.Presence
 	// Images serves the package files of Block2 downloads and PCP
 	// segments from memory (share the download server's: serve's
 	// --package-cache-bytes bounds them all); nil:
@@ -665,7 +670,7 @@ func (s *Server) register(rq *request, body []byte, ack []message.Option) {
 // admitRegistration authorizes and records registration p on conversation
 // c and answers it with reply.
 func (s *Server) admitRegistration(ctx context.Context, c conv, reply replyFunc, p regParams, ack []message.Option) {
-	secure, refused, err := s.authorize(ctx, c, p.endpoint)
+	secure, product, refused, err := s.authorize(ctx, c, p.endpoint)
 	switch {
 	case err != nil:
 		s.log.Error("lwm2m: registration: looking the device up", "endpoint", p.endpoint, "error", err)
@@ -676,7 +681,7 @@ func (s *Server) admitRegistration(ctx context.Context, c conv, reply replyFunc,
 		replyText(reply, codes.Forbidden, refused)
 		return
 	}
-	reg, old := s.record(ctx, c, p, secure)
+	reg, old := s.record(ctx, c, p, secure, product)
 	replyText(reply, codes.Created, "", append(ack, message.Option{ID: message.LocationPath, Value: []byte("rd")},
 		message.Option{ID: message.LocationPath, Value: []byte(reg.id)})...)
 	if old != nil {
@@ -710,30 +715,32 @@ func (s *Server) refuseRegistration(rq *request, why string) {
 // DTLS only as its own PSK identity, and only as admit lets it. refused is
 // the reason of a refusal (4.03); err is the registry's failure (5.03);
 // secure tells whether c is a DTLS session.
-func (s *Server) authorize(ctx context.Context, c conv, ep string) (secure bool, refused string, err error) {
+func (s *Server) authorize(ctx context.Context, c conv, ep string) (secure bool, product, refused string, err error) {
 	identity, secure := c.identity()
 	if secure && identity != ep {
-		return secure, fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity), nil
+		return secure, "", fmt.Sprintf("endpoint %q registers over a DTLS session of %q", ep, identity), nil
 	}
-	if err := s.admit(ctx, ep, secure); errors.Is(err, errRefused) {
-		return secure, err.Error(), nil
+	product, err = s.admit(ctx, ep, secure)
+	if errors.Is(err, errRefused) {
+		return secure, "", err.Error(), nil
 	} else if err != nil {
-		return secure, "", err
+		return secure, "", "", err
 	}
-	return secure, "", nil
+	return secure, product, "", nil
 }
 
 // record makes p's registration of a device on conversation c: kept in
 // Sessions, found by ID, device and peer, expiring after its lifetime,
 // with its worker running. It replaces the device's previous registration,
 // old, which the caller drops once it has answered.
-func (s *Server) record(ctx context.Context, c conv, p regParams, secure bool) (reg, old *registration) {
+func (s *Server) record(ctx context.Context, c conv, p regParams, secure bool, product string) (reg, old *registration) {
 	reg = newRegistration(newRegID(), p.endpoint, c.addr(), p.lifetime, p.queue())
 	reg.conn, reg.secure = c, secure
 	s.save(ctx, reg)
 	s.mu.Lock()
 	old = s.byDev[reg.device]
 	s.byID[reg.id], s.byDev[reg.device], s.byPeer[reg.peer] = reg, reg, reg
+	s.cfg.Presence.Up(transport.ViaLwM2M, reg.device, product)
 	s.mu.Unlock()
 	reg.expiry = s.cfg.Clock.AfterFunc(p.lifetime, func() { s.expire(reg) })
 	s.ready(reg)
@@ -886,31 +893,32 @@ var errRefused = errors.New("lwm2m: registration refused")
 // or over plain CoAP: it must be a device of an LwM2M product, and over
 // plain CoAP neither have a PSK nor belong to a product in security mode
 // PSK. A refusal wraps errRefused; any other error is the registry's.
-func (s *Server) admit(ctx context.Context, id string, secure bool) error {
+// It returns the device's product.
+func (s *Server) admit(ctx context.Context, id string, secure bool) (product string, err error) {
 	d, err := s.cfg.Devices.GetDevice(ctx, id)
 	if errors.Is(err, persistence.ErrNotFound) || errors.Is(err, persistence.ErrInvalid) {
-		return fmt.Errorf("%w: unknown endpoint", errRefused)
+		return "", fmt.Errorf("%w: unknown endpoint", errRefused)
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
 	p, err := s.cfg.Devices.GetProduct(ctx, d.ProductID)
 	if errors.Is(err, persistence.ErrNotFound) {
-		return fmt.Errorf("%w: unknown endpoint", errRefused)
+		return "", fmt.Errorf("%w: unknown endpoint", errRefused)
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
 	switch {
 	case p.Protocol != persistence.ProtocolLWM2M:
 		// As for an unknown endpoint: the device exists, but not for LwM2M.
-		return fmt.Errorf("%w: unknown endpoint (a device of a %v product)", errRefused, p.Protocol)
+		return "", fmt.Errorf("%w: unknown endpoint (a device of a %v product)", errRefused, p.Protocol)
 	case !secure && d.HasPSK:
-		return fmt.Errorf("%w: this device has a PSK: it registers over DTLS", errRefused)
+		return "", fmt.Errorf("%w: this device has a PSK: it registers over DTLS", errRefused)
 	case !secure && p.LwM2MSecurity == persistence.LwM2MPSK:
-		return fmt.Errorf("%w: the device's product is in security mode PSK: it registers over DTLS", errRefused)
+		return "", fmt.Errorf("%w: the device's product is in security mode PSK: it registers over DTLS", errRefused)
 	}
-	return nil
+	return d.ProductID, nil
 }
 
 // sameSecurity tells whether a request on conversation c may act on reg (an
@@ -955,6 +963,7 @@ func (s *Server) drop(reg *registration, offline bool) {
 	current := s.byDev[reg.device] == reg
 	if current {
 		delete(s.byDev, reg.device)
+		s.cfg.Presence.Down(transport.ViaLwM2M, reg.device)
 	}
 	s.mu.Unlock()
 	reg.mu.Lock()

@@ -32,6 +32,7 @@ import (
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/memstore"
+	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/download"
 	"github.com/otafleet/otafleet/transport/lwm2m"
 	"github.com/otafleet/otafleet/transport/lwm2m/lwm2mcodec"
@@ -271,8 +272,17 @@ func (d *device) register(t *testing.T, query string, links string) (*pool.Messa
 
 const links = `</>;rt="oma.lwm2m";ct=11543,</1/0>,</3/0>,</4/0>,</5/0>,</19/0>,</19/1>`
 
+// TestRegistrationInterface: registration, update, expiry, re-registration
+// and de-registration, as the engine hears them and as Presence counts them.
 func TestRegistrationInterface(t *testing.T) {
-	e := newEnv(t)
+	presence := transport.NewPresence()
+	e := newEnv(t, func(c *lwm2m.Config) { c.Presence = presence })
+	online := func(want int) {
+		t.Helper()
+		if got := presence.Counts()["p"]; got != want || presence.Online("d1") != (want == 1) {
+			t.Fatalf("presence of product p: %d online (d1: %v), want %d", got, presence.Online("d1"), want)
+		}
+	}
 	d := dial(t, e)
 	for _, c := range []struct {
 		query string
@@ -298,6 +308,7 @@ func TestRegistrationInterface(t *testing.T) {
 	if got := e.rec.next(t); got != "d1 connected:{}" {
 		t.Fatalf("got %q", got)
 	}
+	online(1) // refused registrations (ghost) counted nothing
 	ctx := context.Background()
 	res, err = d.conn.Post(ctx, d.loc, message.TextPlain, nil)
 	if err != nil || res.Code() != codes.Changed {
@@ -308,6 +319,7 @@ func TestRegistrationInterface(t *testing.T) {
 	if got := e.rec.next(t); got != "d1 uplink:{registration_update:true}" {
 		t.Fatalf("after the update: %q", got)
 	}
+	online(1)
 	if res, _ := d.conn.Post(ctx, "/rd/nope", message.TextPlain, nil); res.Code() != codes.NotFound {
 		t.Errorf("update of an unknown registration: %v", res.Code())
 	}
@@ -316,6 +328,7 @@ func TestRegistrationInterface(t *testing.T) {
 	if got := e.rec.next(t); got != "d1 disconnected:{}" {
 		t.Fatalf("after the lifetime: %q", got)
 	}
+	online(0)
 	// Register again, then de-register.
 	if res, err := d.register(t, "ep=d1&lt=60&b=UQ", links); err != nil || res.Code() != codes.Created {
 		t.Fatalf("register: %v %v", res, err)
@@ -328,6 +341,18 @@ func TestRegistrationInterface(t *testing.T) {
 	if got := e.rec.next(t); got != "d1 asleep:{}" {
 		t.Fatalf("queue mode: %q", got)
 	}
+	online(1) // asleep is still registered
+	// A re-registration (a reboot) replaces the registration: still one
+	// device online (dropping the old one, aside, takes nothing off: it is
+	// no longer the device's current registration).
+	oldLoc := d.loc
+	if res, err := d.register(t, "ep=d1&lt=60&b=U", links); err != nil || res.Code() != codes.Created || d.loc == oldLoc {
+		t.Fatalf("register again: %v %v (location %q, was %q)", res, err, d.loc, oldLoc)
+	}
+	if got := e.rec.next(t); got != "d1 connected:{}" {
+		t.Fatalf("re-registered: %q", got)
+	}
+	online(1)
 	res, err = d.conn.Delete(ctx, d.loc)
 	if err != nil || res.Code() != codes.Deleted {
 		t.Fatalf("de-register: %v %v", res, err)
@@ -335,6 +360,7 @@ func TestRegistrationInterface(t *testing.T) {
 	if got := e.rec.next(t); got != "d1 disconnected:{}" {
 		t.Fatalf("after de-registering: %q", got)
 	}
+	online(0)
 }
 
 func TestDeviceManagement(t *testing.T) {

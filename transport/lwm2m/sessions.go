@@ -12,6 +12,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 
 	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/transport"
 )
 
 // Registrations kept across restarts (Config.Sessions).
@@ -105,13 +106,14 @@ func (s *Server) restore(ctx context.Context) error {
 	}
 	var drop []string
 	err := s.cfg.Sessions.ListSessions(ctx, sessionTransport, func(device string, v []byte) error {
-		reg, why := s.decodeSaved(ctx, device, v)
+		reg, product, why := s.decodeSaved(ctx, device, v)
 		if reg == nil {
 			s.log.Warn("lwm2m: kept registration dropped", "device", device, "reason", why)
 			drop = append(drop, device)
 			return nil
 		}
 		s.byID[reg.id], s.byDev[device], s.byPeer[reg.peer] = reg, reg, reg
+		s.cfg.Presence.Up(transport.ViaLwM2M, device, product)
 		s.restored = append(s.restored, reg)
 		return nil
 	})
@@ -129,35 +131,36 @@ func (s *Server) restore(ctx context.Context) error {
 	return nil
 }
 
-// decodeSaved checks one kept registration; nil and the reason when it is
-// not usable.
-func (s *Server) decodeSaved(ctx context.Context, device string, v []byte) (*registration, string) {
+// decodeSaved checks one kept registration and returns it with its
+// device's product; nil and the reason when it is not usable.
+func (s *Server) decodeSaved(ctx context.Context, device string, v []byte) (reg *registration, product, why string) {
 	var r savedRegistration
 	if err := json.Unmarshal(v, &r); err != nil {
-		return nil, "does not decode: " + err.Error()
+		return nil, "", "does not decode: " + err.Error()
 	}
 	peer, perr := netip.ParseAddrPort(r.Peer)
 	switch {
 	case r.ID == "" || strings.ContainsAny(r.ID, "/?"):
-		return nil, fmt.Sprintf("invalid registration ID %q", r.ID)
+		return nil, "", fmt.Sprintf("invalid registration ID %q", r.ID)
 	case perr != nil || peer.Port() == 0 || peer.String() != r.Peer:
-		return nil, fmt.Sprintf("invalid address %q", r.Peer)
+		return nil, "", fmt.Sprintf("invalid address %q", r.Peer)
 	case r.Lifetime <= 0:
-		return nil, fmt.Sprintf("invalid lifetime %d s", r.Lifetime)
+		return nil, "", fmt.Sprintf("invalid lifetime %d s", r.Lifetime)
 	case s.byPeer[r.Peer] != nil:
-		return nil, fmt.Sprintf("address %s is kept for device %q too", r.Peer, s.byPeer[r.Peer].device)
+		return nil, "", fmt.Sprintf("address %s is kept for device %q too", r.Peer, s.byPeer[r.Peer].device)
 	case s.byID[r.ID] != nil:
-		return nil, fmt.Sprintf("registration ID %q is kept for device %q too", r.ID, s.byID[r.ID].device)
+		return nil, "", fmt.Sprintf("registration ID %q is kept for device %q too", r.ID, s.byID[r.ID].device)
 	}
-	switch err := s.admit(ctx, device, false); {
+	product, err := s.admit(ctx, device, false)
+	switch {
 	case errors.Is(err, errRefused):
-		return nil, err.Error()
+		return nil, "", err.Error()
 	case err != nil:
-		return nil, "looking the device up: " + err.Error()
+		return nil, "", "looking the device up: " + err.Error()
 	}
-	reg := newRegistration(r.ID, device, r.Peer, time.Duration(r.Lifetime)*time.Second, r.Queue)
+	reg = newRegistration(r.ID, device, r.Peer, time.Duration(r.Lifetime)*time.Second, r.Queue)
 	reg.conn = udpConv{s.udp, peer}
-	return reg, ""
+	return reg, product, ""
 }
 
 // resume (Start) arms each restored registration's lifetime and starts

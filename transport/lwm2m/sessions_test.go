@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pebblestore"
 	"github.com/otafleet/otafleet/persistence/pgstore"
+	"github.com/otafleet/otafleet/transport"
 	"github.com/otafleet/otafleet/transport/lwm2m"
 )
 
@@ -33,15 +35,18 @@ func TestRegistrationsSurviveRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ps.Close()
-	withSessions := func(addr string) func(*lwm2m.Config) {
+	// Each server counts its devices online in a Presence of its own, as a
+	// restarted process starts with an empty one.
+	p1, p2 := transport.NewPresence(), transport.NewPresence()
+	withSessions := func(addr string, p *transport.Presence) func(*lwm2m.Config) {
 		return func(c *lwm2m.Config) {
-			c.Sessions = ps
+			c.Sessions, c.Presence = ps, p
 			if addr != "" {
 				c.Addr = addr
 			}
 		}
 	}
-	e1 := newEnv(t, withSessions(""))
+	e1 := newEnv(t, withSessions("", p1))
 	d1, d2 := dial(t, e1), dial(t, e1)
 	d1.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})
 	if res, err := d1.register(t, "ep=d1&lt=600&b=UQ", links); err != nil || res.Code() != codes.Created {
@@ -62,6 +67,9 @@ func TestRegistrationsSurviveRestart(t *testing.T) {
 	if got := kept(); len(got) != 2 {
 		t.Fatalf("kept registrations: %v, want d1 and d2", got)
 	}
+	if got := p1.Counts(); !maps.Equal(got, map[string]int{"p": 2}) {
+		t.Fatalf("online: %v, want d1 and d2", got)
+	}
 	// d2's lifetime runs out: it is no longer kept.
 	e1.clk.Advance(61 * time.Second)
 	for got := e1.rec.next(t); got != "d2 disconnected:{}"; got = e1.rec.next(t) {
@@ -71,6 +79,9 @@ func TestRegistrationsSurviveRestart(t *testing.T) {
 	}
 	if got := kept(); len(got) != 1 || got["d1"] == "" {
 		t.Fatalf("kept after d2 expired: %v, want d1", got)
+	}
+	if got := p1.Counts(); !maps.Equal(got, map[string]int{"p": 1}) || !p1.Online("d1") {
+		t.Fatalf("online after d2 expired: %v, want d1", got)
 	}
 	// Records that cannot be used.
 	for id, v := range map[string]string{
@@ -86,9 +97,14 @@ func TestRegistrationsSurviveRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	e2 := newEnv(t, withSessions(addr))
+	e2 := newEnv(t, withSessions(addr, p2))
 	if got := kept(); len(got) != 1 || got["d1"] == "" {
 		t.Fatalf("kept after the restart: %v, want only d1 (the bad records dropped)", got)
+	}
+	// The restored registration is online from the start; the dropped
+	// records are not.
+	if got := p2.Counts(); !maps.Equal(got, map[string]int{"p": 1}) || !p2.Online("d1") {
+		t.Fatalf("online after the restart: %v, want d1", got)
 	}
 	// A queue-mode device is taken as asleep until it sends something.
 	if got := e2.rec.next(t); got != "d1 asleep:{}" {
@@ -118,6 +134,9 @@ func TestRegistrationsSurviveRestart(t *testing.T) {
 	e2.rec.next(t)
 	if got := kept(); len(got) != 0 {
 		t.Fatalf("kept after de-registering: %v", got)
+	}
+	if got := p2.Counts(); len(got) != 0 {
+		t.Fatalf("online after de-registering: %v", got)
 	}
 }
 

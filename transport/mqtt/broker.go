@@ -48,6 +48,10 @@ type BrokerConfig struct {
 	Credentials Credentials
 	Uplinks     transport.Uplinks
 	Downloads   Downloads
+	// Presence, when set, counts the devices with a connection (the
+	// fleet summary): Up at a device's first connection, Down when its
+	// last one ends.
+	Presence *transport.Presence
 	// TimestampSkew is how far a sign-type-1 client ID's hour may be from
 	// the clock; 0 means one hour.
 	TimestampSkew time.Duration
@@ -464,6 +468,12 @@ func connackCode(code packets.Code, v byte) packets.Code {
 // used up its allowance (loginThrottle), logins are refused with 0x05
 // before the password is checked.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	_, err := h.logIn(cl, pk)
+	return err
+}
+
+// logIn is OnConnect, returning the product of the device logged in.
+func (h *hook) logIn(cl *mqtt.Client, pk packets.Packet) (product string, err error) {
 	src := sourceOf(cl.Net.Conn.RemoteAddr())
 	now := h.b.cfg.Clock.Now()
 	refuse := func(r *refusal, device string) error {
@@ -478,10 +488,10 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	c, r := checkConnect(pk, now, h.b.cfg.TimestampSkew, h.b.cfg.RequireTimestamp)
 	if r != nil && r.code != packets.ErrBadUsernameOrPassword {
-		return refuse(r, c.DeviceID)
+		return "", refuse(r, c.DeviceID)
 	}
 	if h.b.throttle.blocked(c.DeviceID, src, now) {
-		return refuse(&refusal{packets.ErrNotAuthorized, loginThrottled, "too many failed logins of the device or from its address"}, c.DeviceID)
+		return "", refuse(&refusal{packets.ErrNotAuthorized, loginThrottled, "too many failed logins of the device or from its address"}, c.DeviceID)
 	}
 	fail := func(r *refusal, known bool) error {
 		device := ""
@@ -495,15 +505,15 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	known := err == nil
 	switch {
 	case r != nil:
-		return fail(r, known)
+		return "", fail(r, known)
 	case !known:
-		return fail(&refusal{packets.ErrBadUsernameOrPassword, loginUnknown, fmt.Sprintf("device: %v", err)}, false)
+		return "", fail(&refusal{packets.ErrBadUsernameOrPassword, loginUnknown, fmt.Sprintf("device: %v", err)}, false)
 	case creds.Secret == "":
-		return fail(&refusal{packets.ErrBadUsernameOrPassword, loginNoSecret, "the device has no secret"}, true)
+		return "", fail(&refusal{packets.ErrBadUsernameOrPassword, loginNoSecret, "the device has no secret"}, true)
 	case !iotda.CheckPassword(creds.Secret, c.Timestamp, pk.Connect.Password):
-		return fail(&refusal{packets.ErrBadUsernameOrPassword, loginPassword, "wrong password"}, true)
+		return "", fail(&refusal{packets.ErrBadUsernameOrPassword, loginPassword, "wrong password"}, true)
 	}
-	return nil
+	return creds.ProductID, nil
 }
 
 // deviceOf is the device ID a connection logged in as (its username, checked
@@ -551,6 +561,7 @@ func (b *Broker) established(c *conn) {
 		b.sessions[id] = s
 	}
 	s.conns = append(s.conns, c)
+	b.cfg.Presence.Up(transport.ViaMQTT, id, c.product)
 	b.mu.Unlock()
 	b.deliver(id, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{}}})
 }
@@ -572,6 +583,7 @@ func (b *Broker) ended(c *conn) {
 	last := len(s.conns) == 0
 	if last {
 		delete(b.sessions, id)
+		b.cfg.Presence.Down(transport.ViaMQTT, id)
 	}
 	b.mu.Unlock()
 	if last {

@@ -359,8 +359,19 @@ func TestTopicACL(t *testing.T) {
 // TestConnectionsOfOneDevice: a second connection with another client ID
 // joins the first (both get downlinks); the same client ID takes the old
 // connection over; the device is offline when the last one ends.
+// TestConnectionsOfOneDevice: a device may have several connections (other
+// client IDs); it is online (delivered and counted in Presence once) until
+// the last one ends, and a take-over of one client ID keeps it online.
 func TestConnectionsOfOneDevice(t *testing.T) {
-	e := newEnv(t)
+	presence := transport.NewPresence()
+	e := newEnvWith(t, func(c *BrokerConfig) { c.Presence = presence })
+	online := func(want int) {
+		t.Helper()
+		if got := presence.Counts()["p"]; got != want || presence.Online("d1") != (want == 1) {
+			t.Fatalf("presence of product p: %d online (d1: %v), want %d", got, presence.Online("d1"), want)
+		}
+	}
+	online(0)
 	ts := iotda.NewClientID("d1", epoch).Timestamp
 	dial := func(clientID string, lost chan error, down chan paho.Message) paho.Client {
 		t.Helper()
@@ -378,10 +389,12 @@ func TestConnectionsOfOneDevice(t *testing.T) {
 	down1, down2, down3 := make(chan paho.Message, 4), make(chan paho.Message, 4), make(chan paho.Message, 4)
 	dial("d1_0_1_"+ts, lost1, down1)
 	e.rec.next(t)
+	online(1)
 	second := dial("d1_0_0_"+ts, lost2, down2)
 	if got := e.rec.next(t); got != "d1 connected:{}" {
 		t.Fatalf("second connection: %q", got)
 	}
+	online(1)
 	// Both listen.
 	if err := e.b.Send(context.Background(), &messages.Downlink{DeviceId: "d1", Kind: &messages.Downlink_MqttVersionQuery{MqttVersionQuery: &messages.MqttVersionQuery{}}}); err != nil {
 		t.Fatal(err)
@@ -398,11 +411,13 @@ func TestConnectionsOfOneDevice(t *testing.T) {
 		t.Fatal("the taken-over connection was not closed")
 	}
 	e.rec.next(t) // connected (the third)
+	online(1)
 	second.Disconnect(0)
 	third.Disconnect(0)
 	if got := e.rec.next(t); got != "d1 disconnected:{}" {
 		t.Fatalf("after the last disconnect: %q", got)
 	}
+	online(0)
 	e.rec.mu.Lock()
 	defer e.rec.mu.Unlock()
 	if n := strings.Count(strings.Join(e.rec.got, "\n"), "disconnected"); n != 1 {

@@ -61,7 +61,8 @@ type conn struct {
 	done chan error // the worker's answer to the reader
 	err  error      // why the connection ended (the end step)
 
-	device string // the device ID it logged in as (deviceOf); set by the login
+	device  string // the device ID it logged in as (deviceOf); set by the login
+	product string // its product, read at the login (Presence)
 
 	// Guarded by Broker.mu.
 	queue     []packets.Packet // downlinks, oldest first; at most maxWritesPending
@@ -366,10 +367,11 @@ func (b *Broker) login(c *conn, pk packets.Packet) error {
 		}
 		return code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
 	}
-	if err := b.hook.OnConnect(cl, pk); err != nil {
+	product, err := b.hook.logIn(cl, pk)
+	if err != nil {
 		return err
 	}
-	c.device = deviceOf(cl)
+	c.device, c.product = deviceOf(cl), product
 	refreshDeadline(c)
 	b.mu.Lock()
 	c.loggedIn = true

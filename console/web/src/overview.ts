@@ -8,50 +8,22 @@ import { TaskStatus } from "./gen/otafleet/v1/common_pb.js";
 import { packageTypeName, protocolName, statusClass, taskStatusName } from "./labels.js";
 import { focusHeading, go } from "./nav.js";
 
-/** maxDevices bounds the devices the overview counts (10 pages). */
-const maxDevices = 10_000;
-/** maxLive bounds the devices whose live state (online) the overview asks
- * for, one GetDevice each: ListDevices returns registry records only. */
-const maxLive = 500;
-/** parallel bounds the GetDevice calls in flight. */
-const parallel = 16;
-
-/** liveOnline asks for the live state of ids and returns the online ones. */
-async function liveOnline(ids: string[], signal: AbortSignal): Promise<Set<string>> {
-  const online = new Set<string>();
-  let next = 0;
-  const worker = async () => {
-    while (next < ids.length) {
-      const id = ids[next++];
-      const r = await devices.getDevice({ deviceId: id }, { signal });
-      if (r.device?.online) online.add(id);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(parallel, ids.length) }, worker));
-  return online;
-}
-
 export async function overviewPage(main: HTMLElement, signal: AbortSignal): Promise<void> {
   const opt = { signal };
-  const [prods, devs, tsk, pkgs] = await Promise.all([
+  // The device counts come from GetFleetSummary, which reads counters the
+  // server keeps: one call whatever the fleet's size, no device read.
+  const [prods, summary, tsk, pkgs] = await Promise.all([
     listAll(async (t) => { const r = await products.listProducts({ pageSize: 1000, pageToken: t }, opt); return { items: r.products, next: r.nextPageToken }; }),
-    listAll(async (t) => { const r = await devices.listDevices({ pageSize: 1000, pageToken: t }, opt); return { items: r.devices, next: r.nextPageToken }; }, maxDevices),
+    devices.getFleetSummary({}, opt),
     listAll(async (t) => { const r = await tasks.listTasks({ pageSize: 1000, pageToken: t }, opt); return { items: r.tasks, next: r.nextPageToken }; }),
     listAll(async (t) => { const r = await packages.listPackages({ pageSize: 1000, pageToken: t }, opt); return { items: r.packages, next: r.nextPageToken }; }),
   ]);
-  const sampled = devs.items.slice(0, maxLive);
-  const onlineIDs = await liveOnline(sampled.map((d) => d.deviceId), signal);
-  const online = onlineIDs.size;
-  const more = devs.truncated ? "+" : "";
-  const liveNote = devs.items.length > maxLive ? `Online and offline counted among the first ${maxLive} devices.` : "";
+  const total = summary.total;
   const byStatus = new Map<TaskStatus, number>();
   for (const t of tsk.items) byStatus.set(t.status, (byStatus.get(t.status) ?? 0) + 1);
-  const perProduct = new Map<string, { on: number; all: number }>();
-  for (const d of sampled) {
-    const c = perProduct.get(d.productId) ?? { on: 0, all: 0 };
-    c.all++;
-    if (onlineIDs.has(d.deviceId)) c.on++;
-    perProduct.set(d.productId, c);
+  const perProduct = new Map<string, { online: bigint; registered: bigint }>();
+  for (const p of summary.products) {
+    perProduct.set(p.productId, { online: p.devices?.online ?? 0n, registered: p.devices?.registered ?? 0n });
   }
   const newest = [...tsk.items].sort((a, b) => Number((b.createTime?.seconds ?? 0n) - (a.createTime?.seconds ?? 0n)));
 
@@ -64,10 +36,9 @@ export async function overviewPage(main: HTMLElement, signal: AbortSignal): Prom
     h("section", { "aria-labelledby": "h-devices" },
       h("h2", { id: "h-devices" }, "Devices"),
       h("ul", { class: "stats", id: "device-stats" },
-        h("li", {}, h("strong", {}, `${devs.items.length}${more}`), " registered"),
-        h("li", { class: "s-online" }, h("strong", {}, `${online}`), " online"),
-        h("li", { class: "s-offline" }, h("strong", {}, `${sampled.length - online}`), " offline")),
-      liveNote ? h("p", { class: "muted" }, liveNote) : null,
+        h("li", {}, h("strong", {}, `${total?.registered ?? 0n}`), " registered"),
+        h("li", { class: "s-online" }, h("strong", {}, `${total?.online ?? 0n}`), " online"),
+        h("li", { class: "s-offline" }, h("strong", {}, `${total?.offline ?? 0n}`), " offline")),
       findForm),
     h("section", { "aria-labelledby": "h-tasks" },
       h("h2", { id: "h-tasks" }, "Tasks"),
@@ -85,8 +56,8 @@ export async function overviewPage(main: HTMLElement, signal: AbortSignal): Prom
     h("section", { "aria-labelledby": "h-products" },
       h("h2", { id: "h-products" }, "Products"),
       table("Products", ["Product", "ID", "Protocol", "Devices online"], prods.items.map((p) => {
-        const c = perProduct.get(p.productId) ?? { on: 0, all: 0 };
-        return [p.name, h("code", {}, p.productId), protocolName[p.protocol], `${c.on} of ${c.all}`];
+        const c = perProduct.get(p.productId) ?? { online: 0n, registered: 0n };
+        return [p.name, h("code", {}, p.productId), protocolName[p.protocol], `${c.online} of ${c.registered}`];
       }))),
     h("section", { "aria-labelledby": "h-packages" },
       h("h2", { id: "h-packages" }, "Packages"),

@@ -50,6 +50,9 @@ const (
 	// DeviceServiceGetDeviceTimelineProcedure is the fully-qualified name of the DeviceService's
 	// GetDeviceTimeline RPC.
 	DeviceServiceGetDeviceTimelineProcedure = "/otafleet.v1.DeviceService/GetDeviceTimeline"
+	// DeviceServiceGetFleetSummaryProcedure is the fully-qualified name of the DeviceService's
+	// GetFleetSummary RPC.
+	DeviceServiceGetFleetSummaryProcedure = "/otafleet.v1.DeviceService/GetFleetSummary"
 )
 
 // DeviceServiceClient is a client for the otafleet.v1.DeviceService service.
@@ -70,6 +73,13 @@ type DeviceServiceClient interface {
 	// and every report it sent (versions, radio values, result codes), each
 	// with its time and task.
 	GetDeviceTimeline(context.Context, *connect.Request[otafleetv1.GetDeviceTimelineRequest]) (*connect.Response[otafleetv1.GetDeviceTimelineResponse], error)
+	// GetFleetSummary counts the devices registered, online and offline, per
+	// product and in total. It reads counters the server keeps as devices are
+	// created and deleted and as sessions start and end, so its cost does not
+	// grow with the fleet: no device is read or woken. Online is as in
+	// Device.online: an MQTT connection or an LwM2M registration held by this
+	// server.
+	GetFleetSummary(context.Context, *connect.Request[otafleetv1.GetFleetSummaryRequest]) (*connect.Response[otafleetv1.GetFleetSummaryResponse], error)
 }
 
 // NewDeviceServiceClient constructs a client for the otafleet.v1.DeviceService service. By default,
@@ -113,6 +123,12 @@ func NewDeviceServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(deviceServiceMethods.ByName("GetDeviceTimeline")),
 			connect.WithClientOptions(opts...),
 		),
+		getFleetSummary: connect.NewClient[otafleetv1.GetFleetSummaryRequest, otafleetv1.GetFleetSummaryResponse](
+			httpClient,
+			baseURL+DeviceServiceGetFleetSummaryProcedure,
+			connect.WithSchema(deviceServiceMethods.ByName("GetFleetSummary")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -123,6 +139,7 @@ type deviceServiceClient struct {
 	listDevices       *connect.Client[otafleetv1.ListDevicesRequest, otafleetv1.ListDevicesResponse]
 	deleteDevice      *connect.Client[otafleetv1.DeleteDeviceRequest, otafleetv1.DeleteDeviceResponse]
 	getDeviceTimeline *connect.Client[otafleetv1.GetDeviceTimelineRequest, otafleetv1.GetDeviceTimelineResponse]
+	getFleetSummary   *connect.Client[otafleetv1.GetFleetSummaryRequest, otafleetv1.GetFleetSummaryResponse]
 }
 
 // CreateDevices calls otafleet.v1.DeviceService.CreateDevices.
@@ -150,6 +167,11 @@ func (c *deviceServiceClient) GetDeviceTimeline(ctx context.Context, req *connec
 	return c.getDeviceTimeline.CallUnary(ctx, req)
 }
 
+// GetFleetSummary calls otafleet.v1.DeviceService.GetFleetSummary.
+func (c *deviceServiceClient) GetFleetSummary(ctx context.Context, req *connect.Request[otafleetv1.GetFleetSummaryRequest]) (*connect.Response[otafleetv1.GetFleetSummaryResponse], error) {
+	return c.getFleetSummary.CallUnary(ctx, req)
+}
+
 // DeviceServiceHandler is an implementation of the otafleet.v1.DeviceService service.
 type DeviceServiceHandler interface {
 	// CreateDevices registers up to 10,000 devices of one product, all or
@@ -168,6 +190,13 @@ type DeviceServiceHandler interface {
 	// and every report it sent (versions, radio values, result codes), each
 	// with its time and task.
 	GetDeviceTimeline(context.Context, *connect.Request[otafleetv1.GetDeviceTimelineRequest]) (*connect.Response[otafleetv1.GetDeviceTimelineResponse], error)
+	// GetFleetSummary counts the devices registered, online and offline, per
+	// product and in total. It reads counters the server keeps as devices are
+	// created and deleted and as sessions start and end, so its cost does not
+	// grow with the fleet: no device is read or woken. Online is as in
+	// Device.online: an MQTT connection or an LwM2M registration held by this
+	// server.
+	GetFleetSummary(context.Context, *connect.Request[otafleetv1.GetFleetSummaryRequest]) (*connect.Response[otafleetv1.GetFleetSummaryResponse], error)
 }
 
 // NewDeviceServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -207,6 +236,12 @@ func NewDeviceServiceHandler(svc DeviceServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(deviceServiceMethods.ByName("GetDeviceTimeline")),
 		connect.WithHandlerOptions(opts...),
 	)
+	deviceServiceGetFleetSummaryHandler := connect.NewUnaryHandler(
+		DeviceServiceGetFleetSummaryProcedure,
+		svc.GetFleetSummary,
+		connect.WithSchema(deviceServiceMethods.ByName("GetFleetSummary")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/otafleet.v1.DeviceService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case DeviceServiceCreateDevicesProcedure:
@@ -219,6 +254,8 @@ func NewDeviceServiceHandler(svc DeviceServiceHandler, opts ...connect.HandlerOp
 			deviceServiceDeleteDeviceHandler.ServeHTTP(w, r)
 		case DeviceServiceGetDeviceTimelineProcedure:
 			deviceServiceGetDeviceTimelineHandler.ServeHTTP(w, r)
+		case DeviceServiceGetFleetSummaryProcedure:
+			deviceServiceGetFleetSummaryHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -246,4 +283,8 @@ func (UnimplementedDeviceServiceHandler) DeleteDevice(context.Context, *connect.
 
 func (UnimplementedDeviceServiceHandler) GetDeviceTimeline(context.Context, *connect.Request[otafleetv1.GetDeviceTimelineRequest]) (*connect.Response[otafleetv1.GetDeviceTimelineResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("otafleet.v1.DeviceService.GetDeviceTimeline is not implemented"))
+}
+
+func (UnimplementedDeviceServiceHandler) GetFleetSummary(context.Context, *connect.Request[otafleetv1.GetFleetSummaryRequest]) (*connect.Response[otafleetv1.GetFleetSummaryResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("otafleet.v1.DeviceService.GetFleetSummary is not implemented"))
 }

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file otafleet/v1/device.proto.
  */
 export const file_otafleet_v1_device: GenFile = /*@__PURE__*/
-  fileDesc("ChhvdGFmbGVldC92MS9kZXZpY2UucHJvdG8SC290YWZsZWV0LnYxIroCCgZEZXZpY2USEQoJZGV2aWNlX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSDgoGb25saW5lGAMgASgIEhIKCmZ3X3ZlcnNpb24YBCABKAkSEgoKc3dfdmVyc2lvbhgFIAEoCRIPCgdjZWxsX2lkGAYgASgJEhEKBHJzcnAYByABKBFIAIgBARIRCgRzaW5yGAggASgRSAGIAQESEgoKaGFzX3NlY3JldBgJIAEoCBIPCgdoYXNfcHNrGAogASgIEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBwoFX3JzcnBCBwoFX3NpbnIiWAoJTmV3RGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCRITCgZzZWNyZXQYAiABKAlIAIgBARIQCgNwc2sYAyABKAxIAYgBAUIJCgdfc2VjcmV0QgYKBF9wc2siUwoUQ3JlYXRlRGV2aWNlc1JlcXVlc3QSEgoKcHJvZHVjdF9pZBgBIAEoCRInCgdkZXZpY2VzGAIgAygLMhYub3RhZmxlZXQudjEuTmV3RGV2aWNlIisKFUNyZWF0ZURldmljZXNSZXNwb25zZRISCgpkZXZpY2VfaWRzGAEgAygJIiUKEEdldERldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIjgKEUdldERldmljZVJlc3BvbnNlEiMKBmRldmljZRgBIAEoCzITLm90YWZsZWV0LnYxLkRldmljZSI7ChJMaXN0RGV2aWNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiVAoTTGlzdERldmljZXNSZXNwb25zZRIkCgdkZXZpY2VzGAEgAygLMhMub3RhZmxlZXQudjEuRGV2aWNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIoChNEZWxldGVEZXZpY2VSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCSIWChREZWxldGVEZXZpY2VSZXNwb25zZSJoCg1UaW1lbGluZUVudHJ5EigKBHRpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Rhc2tfaWQYAiABKAkSDAoEa2luZBgDIAEoCRIOCgZkZXRhaWwYBCABKAkijQEKGEdldERldmljZVRpbWVsaW5lUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkSFAoHdGFza19pZBgCIAEoCUgAiAEBEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhUKDXJldmVhbF90b2tlbnMYBSABKAhCCgoIX3Rhc2tfaWQiYQoZR2V0RGV2aWNlVGltZWxpbmVSZXNwb25zZRIrCgdlbnRyaWVzGAEgAygLMhoub3RhZmxlZXQudjEuVGltZWxpbmVFbnRyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkyvgMKDURldmljZVNlcnZpY2USVgoNQ3JlYXRlRGV2aWNlcxIhLm90YWZsZWV0LnYxLkNyZWF0ZURldmljZXNSZXF1ZXN0GiIub3RhZmxlZXQudjEuQ3JlYXRlRGV2aWNlc1Jlc3BvbnNlEkoKCUdldERldmljZRIdLm90YWZsZWV0LnYxLkdldERldmljZVJlcXVlc3QaHi5vdGFmbGVldC52MS5HZXREZXZpY2VSZXNwb25zZRJQCgtMaXN0RGV2aWNlcxIfLm90YWZsZWV0LnYxLkxpc3REZXZpY2VzUmVxdWVzdBogLm90YWZsZWV0LnYxLkxpc3REZXZpY2VzUmVzcG9uc2USUwoMRGVsZXRlRGV2aWNlEiAub3RhZmxlZXQudjEuRGVsZXRlRGV2aWNlUmVxdWVzdBohLm90YWZsZWV0LnYxLkRlbGV0ZURldmljZVJlc3BvbnNlEmIKEUdldERldmljZVRpbWVsaW5lEiUub3RhZmxlZXQudjEuR2V0RGV2aWNlVGltZWxpbmVSZXF1ZXN0GiYub3RhZmxlZXQudjEuR2V0RGV2aWNlVGltZWxpbmVSZXNwb25zZUI4WjZnaXRodWIuY29tL290YWZsZWV0L290YWZsZWV0L3JwYy9vdGFmbGVldHYxO290YWZsZWV0djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChhvdGFmbGVldC92MS9kZXZpY2UucHJvdG8SC290YWZsZWV0LnYxIroCCgZEZXZpY2USEQoJZGV2aWNlX2lkGAEgASgJEhIKCnByb2R1Y3RfaWQYAiABKAkSDgoGb25saW5lGAMgASgIEhIKCmZ3X3ZlcnNpb24YBCABKAkSEgoKc3dfdmVyc2lvbhgFIAEoCRIPCgdjZWxsX2lkGAYgASgJEhEKBHJzcnAYByABKBFIAIgBARIRCgRzaW5yGAggASgRSAGIAQESEgoKaGFzX3NlY3JldBgJIAEoCBIPCgdoYXNfcHNrGAogASgIEi8KC2NyZWF0ZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBwoFX3JzcnBCBwoFX3NpbnIiWAoJTmV3RGV2aWNlEhEKCWRldmljZV9pZBgBIAEoCRITCgZzZWNyZXQYAiABKAlIAIgBARIQCgNwc2sYAyABKAxIAYgBAUIJCgdfc2VjcmV0QgYKBF9wc2siUwoUQ3JlYXRlRGV2aWNlc1JlcXVlc3QSEgoKcHJvZHVjdF9pZBgBIAEoCRInCgdkZXZpY2VzGAIgAygLMhYub3RhZmxlZXQudjEuTmV3RGV2aWNlIisKFUNyZWF0ZURldmljZXNSZXNwb25zZRISCgpkZXZpY2VfaWRzGAEgAygJIiUKEEdldERldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIjgKEUdldERldmljZVJlc3BvbnNlEiMKBmRldmljZRgBIAEoCzITLm90YWZsZWV0LnYxLkRldmljZSI7ChJMaXN0RGV2aWNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiVAoTTGlzdERldmljZXNSZXNwb25zZRIkCgdkZXZpY2VzGAEgAygLMhMub3RhZmxlZXQudjEuRGV2aWNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIoChNEZWxldGVEZXZpY2VSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCSIWChREZWxldGVEZXZpY2VSZXNwb25zZSIsChZHZXRGbGVldFN1bW1hcnlSZXF1ZXN0EhIKCnByb2R1Y3RfaWQYASABKAkiQwoMRGV2aWNlQ291bnRzEhIKCnJlZ2lzdGVyZWQYASABKAMSDgoGb25saW5lGAIgASgDEg8KB29mZmxpbmUYAyABKAMiVQoTUHJvZHVjdERldmljZUNvdW50cxISCgpwcm9kdWN0X2lkGAEgASgJEioKB2RldmljZXMYAiABKAsyGS5vdGFmbGVldC52MS5EZXZpY2VDb3VudHMidwoXR2V0RmxlZXRTdW1tYXJ5UmVzcG9uc2USKAoFdG90YWwYASABKAsyGS5vdGFmbGVldC52MS5EZXZpY2VDb3VudHMSMgoIcHJvZHVjdHMYAiADKAsyIC5vdGFmbGVldC52MS5Qcm9kdWN0RGV2aWNlQ291bnRzImgKDVRpbWVsaW5lRW50cnkSKAoEdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdGFza19pZBgCIAEoCRIMCgRraW5kGAMgASgJEg4KBmRldGFpbBgEIAEoCSKNAQoYR2V0RGV2aWNlVGltZWxpbmVSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIUCgd0YXNrX2lkGAIgASgJSACIAQESEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSFQoNcmV2ZWFsX3Rva2VucxgFIAEoCEIKCghfdGFza19pZCJhChlHZXREZXZpY2VUaW1lbGluZVJlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5vdGFmbGVldC52MS5UaW1lbGluZUVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKcBAoNRGV2aWNlU2VydmljZRJWCg1DcmVhdGVEZXZpY2VzEiEub3RhZmxlZXQudjEuQ3JlYXRlRGV2aWNlc1JlcXVlc3QaIi5vdGFmbGVldC52MS5DcmVhdGVEZXZpY2VzUmVzcG9uc2USSgoJR2V0RGV2aWNlEh0ub3RhZmxlZXQudjEuR2V0RGV2aWNlUmVxdWVzdBoeLm90YWZsZWV0LnYxLkdldERldmljZVJlc3BvbnNlElAKC0xpc3REZXZpY2VzEh8ub3RhZmxlZXQudjEuTGlzdERldmljZXNSZXF1ZXN0GiAub3RhZmxlZXQudjEuTGlzdERldmljZXNSZXNwb25zZRJTCgxEZWxldGVEZXZpY2USIC5vdGFmbGVldC52MS5EZWxldGVEZXZpY2VSZXF1ZXN0GiEub3RhZmxlZXQudjEuRGVsZXRlRGV2aWNlUmVzcG9uc2USYgoRR2V0RGV2aWNlVGltZWxpbmUSJS5vdGFmbGVldC52MS5HZXREZXZpY2VUaW1lbGluZVJlcXVlc3QaJi5vdGFmbGVldC52MS5HZXREZXZpY2VUaW1lbGluZVJlc3BvbnNlElwKD0dldEZsZWV0U3VtbWFyeRIjLm90YWZsZWV0LnYxLkdldEZsZWV0U3VtbWFyeVJlcXVlc3QaJC5vdGFmbGVldC52MS5HZXRGbGVldFN1bW1hcnlSZXNwb25zZUI4WjZnaXRodWIuY29tL290YWZsZWV0L290YWZsZWV0L3JwYy9vdGFmbGVldHYxO290YWZsZWV0djFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Device is a registered device and what the server last heard from it.
@@ -339,6 +339,120 @@ export const DeleteDeviceResponseSchema: GenMessage<DeleteDeviceResponse> = /*@_
   messageDesc(file_otafleet_v1_device, 9);
 
 /**
+ * GetFleetSummaryRequest optionally names one product.
+ *
+ * @generated from message otafleet.v1.GetFleetSummaryRequest
+ */
+export type GetFleetSummaryRequest = Message<"otafleet.v1.GetFleetSummaryRequest"> & {
+  /**
+   * Only this product's devices (not_found when the product does not
+   * exist); every product's when empty.
+   *
+   * @generated from field: string product_id = 1;
+   */
+  productId: string;
+};
+
+/**
+ * Describes the message otafleet.v1.GetFleetSummaryRequest.
+ * Use `create(GetFleetSummaryRequestSchema)` to create a new message.
+ */
+export const GetFleetSummaryRequestSchema: GenMessage<GetFleetSummaryRequest> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_device, 10);
+
+/**
+ * DeviceCounts are counts of devices.
+ *
+ * @generated from message otafleet.v1.DeviceCounts
+ */
+export type DeviceCounts = Message<"otafleet.v1.DeviceCounts"> & {
+  /**
+   * Devices in the registry.
+   *
+   * @generated from field: int64 registered = 1;
+   */
+  registered: bigint;
+
+  /**
+   * Registered devices with a session (Device.online).
+   *
+   * @generated from field: int64 online = 2;
+   */
+  online: bigint;
+
+  /**
+   * Registered devices without one: registered - online.
+   *
+   * @generated from field: int64 offline = 3;
+   */
+  offline: bigint;
+};
+
+/**
+ * Describes the message otafleet.v1.DeviceCounts.
+ * Use `create(DeviceCountsSchema)` to create a new message.
+ */
+export const DeviceCountsSchema: GenMessage<DeviceCounts> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_device, 11);
+
+/**
+ * ProductDeviceCounts are one product's device counts.
+ *
+ * @generated from message otafleet.v1.ProductDeviceCounts
+ */
+export type ProductDeviceCounts = Message<"otafleet.v1.ProductDeviceCounts"> & {
+  /**
+   * The product's ID.
+   *
+   * @generated from field: string product_id = 1;
+   */
+  productId: string;
+
+  /**
+   * Its devices.
+   *
+   * @generated from field: otafleet.v1.DeviceCounts devices = 2;
+   */
+  devices?: DeviceCounts | undefined;
+};
+
+/**
+ * Describes the message otafleet.v1.ProductDeviceCounts.
+ * Use `create(ProductDeviceCountsSchema)` to create a new message.
+ */
+export const ProductDeviceCountsSchema: GenMessage<ProductDeviceCounts> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_device, 12);
+
+/**
+ * GetFleetSummaryResponse is the fleet's device counts.
+ *
+ * @generated from message otafleet.v1.GetFleetSummaryResponse
+ */
+export type GetFleetSummaryResponse = Message<"otafleet.v1.GetFleetSummaryResponse"> & {
+  /**
+   * Every device (with product_id: the product's).
+   *
+   * @generated from field: otafleet.v1.DeviceCounts total = 1;
+   */
+  total?: DeviceCounts | undefined;
+
+  /**
+   * Each product that has a device registered, in product ID order (with
+   * product_id: that product, even without devices).
+   *
+   * @generated from field: repeated otafleet.v1.ProductDeviceCounts products = 2;
+   */
+  products: ProductDeviceCounts[];
+};
+
+/**
+ * Describes the message otafleet.v1.GetFleetSummaryResponse.
+ * Use `create(GetFleetSummaryResponseSchema)` to create a new message.
+ */
+export const GetFleetSummaryResponseSchema: GenMessage<GetFleetSummaryResponse> = /*@__PURE__*/
+  messageDesc(file_otafleet_v1_device, 13);
+
+/**
  * TimelineEntry is one thing that happened to a device.
  *
  * @generated from message otafleet.v1.TimelineEntry
@@ -382,7 +496,7 @@ export type TimelineEntry = Message<"otafleet.v1.TimelineEntry"> & {
  * Use `create(TimelineEntrySchema)` to create a new message.
  */
 export const TimelineEntrySchema: GenMessage<TimelineEntry> = /*@__PURE__*/
-  messageDesc(file_otafleet_v1_device, 10);
+  messageDesc(file_otafleet_v1_device, 14);
 
 /**
  * GetDeviceTimelineRequest asks for one page of a device's timeline.
@@ -433,7 +547,7 @@ export type GetDeviceTimelineRequest = Message<"otafleet.v1.GetDeviceTimelineReq
  * Use `create(GetDeviceTimelineRequestSchema)` to create a new message.
  */
 export const GetDeviceTimelineRequestSchema: GenMessage<GetDeviceTimelineRequest> = /*@__PURE__*/
-  messageDesc(file_otafleet_v1_device, 11);
+  messageDesc(file_otafleet_v1_device, 15);
 
 /**
  * GetDeviceTimelineResponse is one page of a device's timeline.
@@ -461,7 +575,7 @@ export type GetDeviceTimelineResponse = Message<"otafleet.v1.GetDeviceTimelineRe
  * Use `create(GetDeviceTimelineResponseSchema)` to create a new message.
  */
 export const GetDeviceTimelineResponseSchema: GenMessage<GetDeviceTimelineResponse> = /*@__PURE__*/
-  messageDesc(file_otafleet_v1_device, 12);
+  messageDesc(file_otafleet_v1_device, 16);
 
 /**
  * DeviceService manages devices. Every method needs the bearer token.
@@ -524,6 +638,21 @@ export const DeviceService: GenService<{
     methodKind: "unary";
     input: typeof GetDeviceTimelineRequestSchema;
     output: typeof GetDeviceTimelineResponseSchema;
+  },
+  /**
+   * GetFleetSummary counts the devices registered, online and offline, per
+   * product and in total. It reads counters the server keeps as devices are
+   * created and deleted and as sessions start and end, so its cost does not
+   * grow with the fleet: no device is read or woken. Online is as in
+   * Device.online: an MQTT connection or an LwM2M registration held by this
+   * server.
+   *
+   * @generated from rpc otafleet.v1.DeviceService.GetFleetSummary
+   */
+  getFleetSummary: {
+    methodKind: "unary";
+    input: typeof GetFleetSummaryRequestSchema;
+    output: typeof GetFleetSummaryResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_otafleet_v1_device, 0);
