@@ -262,6 +262,21 @@ func TestProcessClusterKillNode(t *testing.T) {
 	if counts["success"] < clusterKillDevices/2 {
 		t.Errorf("only %d of %d devices upgraded", counts["success"], clusterKillDevices)
 	}
+	// The dead node's sessions are not left in the store: its devices moved
+	// theirs by registering elsewhere, and a survivor drops the rest some
+	// seconds after it left (sessionDropGrace).
+	for {
+		st := getClusterStatus(ctx, t, api.api, token)
+		if _, held := st.GetOrphanSessions()[victim.addr]; !held {
+			t.Logf("no session of the dead node in the store %.1fs after it left", time.Since(left).Seconds())
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("the dead node's sessions are still in the store: %v", st.GetOrphanSessions())
+		}
+	}
 	for _, n := range nodes[1:] {
 		_ = n.cmd.Process.Signal(syscall.SIGTERM)
 		if err, _ := n.wait(ctx); err != nil {
