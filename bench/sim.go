@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,10 +23,16 @@ type SimConfig struct {
 	Fleet     Fleet
 	FwVersion string // every device's firmware version at start
 	SwVersion string // and software version
-	MQTT      string // the broker: tcp://host:port (or ssl://)
-	CoAP      string // the LwM2M server, host:port
-	CoAPS     string // its DTLS address, used with DTLS
-	DTLS      bool
+	// MQTT, CoAP and CoAPS may each list several servers, comma-separated
+	// (the nodes of a cluster): a device starts with the server of the list
+	// its ID hashes to (so that every protocol of a mixed fleet reaches
+	// every server) and fails over to the next ones, in order, when its
+	// server goes away (see mqttsim.Config.Fallbacks,
+	// lwm2msim.Config.Fallbacks).
+	MQTT  string // the broker: tcp://host:port (or ssl://)
+	CoAP  string // the LwM2M server, host:port
+	CoAPS string // its DTLS address, used with DTLS
+	DTLS  bool
 	// HTTPClient downloads MQTT devices' packages (it must trust the
 	// server's certificate).
 	HTTPClient *http.Client
@@ -34,7 +42,10 @@ type SimConfig struct {
 	// ThinkTime and BytesPerSecond apply to every device: the pause before
 	// acting on an upgrade command (each device thinks 0.5 to 1.5 times
 	// ThinkTime, see Device.Think) and the download bandwidth cap.
-	ThinkTime      time.Duration
+	ThinkTime time.Duration
+	// Lifetime is the LwM2M devices' registration lifetime (0: lwm2msim's
+	// default); they update it every half.
+	Lifetime       time.Duration
 	BytesPerSecond int64
 	// DropRate is the share, 0 to 1, of the datagrams each LwM2M device
 	// receives that it loses (lwm2msim.Behaviour.DropRate).
@@ -220,8 +231,10 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 			b.FailWith = spec.Code
 			b.FailAfterDownload = spec.Code == 10
 		}
+		brokers := ServerList(cfg.MQTT, spread(spec.ID))
 		d, err := mqttsim.Start(sctx, mqttsim.Config{
-			Broker: cfg.MQTT, DeviceID: spec.ID, Secret: spec.Secret,
+			Broker: brokers[0], Fallbacks: brokers[1:],
+			DeviceID: spec.ID, Secret: spec.Secret,
 			FwVersion: cfg.FwVersion, SwVersion: cfg.SwVersion,
 			HTTPClient: cfg.HTTPClient, Behaviour: b, LocalAddr: s.localAddr(i),
 			Logger:  s.log.With("device", spec.ID),
@@ -242,7 +255,7 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 	}
 	rsrp, sinr := spec.RSRP, spec.SINR
 	lc := lwm2msim.Config{
-		Server: cfg.CoAP, Endpoint: spec.ID,
+		Endpoint:  spec.ID,
 		FwVersion: cfg.FwVersion, SwVersion: cfg.SwVersion,
 		RSRP: &rsrp, SINR: &sinr, CellID: spec.Cell,
 		ObjectsPCP: spec.Protocol == ProtoPCP, VerifyCheckCode: true,
@@ -250,9 +263,11 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 		Logger:  s.log.With("device", spec.ID),
 		OnEvent: func(ev lwm2msim.Event) { s.count(ev.Kind) },
 	}
+	servers := ServerList(cfg.CoAP, spread(spec.ID))
 	if cfg.DTLS {
-		lc.Server, lc.PSK = cfg.CoAPS, spec.PSK
+		servers, lc.PSK = ServerList(cfg.CoAPS, spread(spec.ID)), spec.PSK
 	}
+	lc.Server, lc.Fallbacks = servers[0], servers[1:]
 	if cfg.API != nil {
 		api := cfg.API
 		log := s.log
@@ -351,4 +366,28 @@ func LoopbackAddrs(server string, n int) []string {
 		out[i] = LoopbackIP(i + 1)
 	}
 	return out
+}
+
+// ServerList splits a comma-separated list of server addresses and
+// rotates it to start at element i mod its length: device i's server and,
+// after it, those it fails over to. A list without a comma is itself.
+func ServerList(list string, i int) []string {
+	var out []string
+	for a := range strings.SplitSeq(list, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		return []string{""}
+	}
+	k := i % len(out)
+	return append(out[k:], out[:k]...)
+}
+
+// spread is where in a server list a device starts: a hash of its ID.
+func spread(id string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return int(h.Sum32() & 0x7fffffff)
 }

@@ -64,6 +64,9 @@ type Deps struct {
 	// creation times). It may be nil: GetDeviceTimeline then answers
 	// unavailable.
 	Store persistence.EventStore
+	// Sessions is the store's device sessions, counted by GetClusterStatus
+	// (per node with a persistence.NodeSessions). It may be nil: no counts.
+	Sessions persistence.Sessions
 	// Presence is the transports' count of the devices with a session
 	// (transport.Presence). When set, it is what GetDevice's online and
 	// GetFleetSummary report, and DeleteDevice takes the deleted device
@@ -85,7 +88,7 @@ type server struct {
 
 // NewHandler returns the API handler: the Connect (and gRPC, gRPC-Web)
 // handlers of ProductService, DeviceService, GroupService, PackageService
-// and, when Deps.Engine is set, TaskService on one mux, with gRPC server
+// and, when Deps.Engine is set, TaskService and ClusterService on one mux, with gRPC server
 // reflection, all behind the bearer-token check of RequireToken (or, with
 // Deps.Console, ConsoleAuth.Require). It counts the registry's devices
 // once, for GetFleetSummary (a walk of the registry: its one cost that
@@ -131,7 +134,8 @@ func NewHandler(d Deps) (http.Handler, error) {
 	}
 	if d.Engine != nil {
 		mux.Handle(otafleetv1connect.NewTaskServiceHandler(&taskServer{server: s}, opts...))
-		services = append(services, otafleetv1connect.TaskServiceName)
+		mux.Handle(otafleetv1connect.NewClusterServiceHandler(&clusterServer{server: s, sessions: d.Sessions}, opts...))
+		services = append(services, otafleetv1connect.TaskServiceName, otafleetv1connect.ClusterServiceName)
 	}
 	// gRPC server reflection (grpcurl, buf curl), behind the same token. It
 	// describes the health service too, which the caller serves.

@@ -62,7 +62,7 @@ func newTaskEnv(t *testing.T, specs []memtransport.DeviceSpec) *taskEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(eng.Stop)
-	e := serve(t, st, rpc.Deps{Registry: st, Engine: eng, Store: st, Token: testToken, Clock: clk})
+	e := serve(t, st, rpc.Deps{Registry: st, Engine: eng, Store: st, Sessions: st, Token: testToken, Clock: clk})
 	te := &taskEnv{env: e, clk: clk, eng: eng, tr: tr, tasks: otafleetv1connect.NewTaskServiceClient(e.http, e.url)}
 	if err := tr.ConnectAll(ctx); err != nil {
 		t.Fatal(err)
@@ -659,7 +659,7 @@ func TestReflection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"grpc.health.v1.Health", "otafleet.v1.DeviceService", "otafleet.v1.GroupService", "otafleet.v1.PackageService", "otafleet.v1.ProductService", "otafleet.v1.TaskService"}
+	want := []string{"grpc.health.v1.Health", "otafleet.v1.ClusterService", "otafleet.v1.DeviceService", "otafleet.v1.GroupService", "otafleet.v1.PackageService", "otafleet.v1.ProductService", "otafleet.v1.TaskService"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("services %v, want %v", got, want)
 	}

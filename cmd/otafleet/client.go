@@ -69,6 +69,7 @@ type client struct {
 	groups   otafleetv1connect.GroupServiceClient
 	packages otafleetv1connect.PackageServiceClient
 	tasks    otafleetv1connect.TaskServiceClient
+	cluster  otafleetv1connect.ClusterServiceClient
 }
 
 // bearerTransport adds the token to every request.
@@ -170,6 +171,7 @@ func (o *clientOpts) connect() (*client, error) {
 		groups:   otafleetv1connect.NewGroupServiceClient(hc, base, opts...),
 		packages: otafleetv1connect.NewPackageServiceClient(hc, base, opts...),
 		tasks:    otafleetv1connect.NewTaskServiceClient(hc, base, opts...),
+		cluster:  otafleetv1connect.NewClusterServiceClient(hc, base, opts...),
 	}, nil
 }
 

@@ -3,14 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
-	"os"
-	"os/exec"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"connectrpc.com/grpchealth"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/otafleet/otafleet/actors"
 	"github.com/otafleet/otafleet/internal/clusterconfig"
 )
 
@@ -48,22 +49,70 @@ func TestClusterUsage(t *testing.T) {
 	}
 }
 
-// TestClusterNotInThisBuild: a valid --cluster command line stops serve
-// with exit 1 and one line saying the engine cannot join a cluster, before
-// anything is opened (the database named does not exist); the process's
-// exit code is checked on the real binary.
-func TestClusterNotInThisBuild(t *testing.T) {
-	key := writeKey(t, "k", strings.Repeat("ab", 32)+"\n", 0o600)
-	args := serveArgs(t.TempDir(), "--store", "postgres://u@db.invalid/otafleet", "--seal-key-file", key,
-		"--cluster", "etcd://127.0.0.1:2379,127.0.0.2:2379", "--cluster-name", "blue", "--node-addr", "0.0.0.0:7001", "--advertise-addr", "10.1.2.3:7001")
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "OTAFLEET_TEST_MAIN=1", envSealKeyFile+"=")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), "the cluster engine is not in this build") {
-		t.Fatalf("serve --cluster: %v, stderr %q; want exit 1 and the cluster engine named", err, stderr.String())
+// TestSessionSweeper: a node's sessions are dropped once it has been out
+// of the membership for the grace period, by the first member only, never
+// those of "" or of a member, and the count restarts when a node comes
+// back.
+func TestSessionSweeper(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	sw := &sessionSweeper{grace: 10 * time.Second}
+	members := []string{"b:1", "a:1"}
+	holders := []string{"", "a:1", "c:1", "d:1"}
+	if got := sw.due(t0, "a:1", members, holders); len(got) != 0 {
+		t.Fatalf("first sight: %v, want none (grace)", got)
+	}
+	if got := sw.due(t0.Add(9*time.Second), "a:1", members, holders); len(got) != 0 {
+		t.Fatalf("within grace: %v", got)
+	}
+	// d:1 comes back as a member: its absence is forgotten.
+	if got := sw.due(t0.Add(10*time.Second), "a:1", append(members, "d:1"), holders); !slices.Equal(got, []string{"c:1"}) {
+		t.Fatalf("after grace: %v, want [c:1]", got)
+	}
+	if got := sw.due(t0.Add(15*time.Second), "a:1", members, holders); !slices.Equal(got, []string{"c:1"}) {
+		t.Fatalf("d:1 left again: %v, want [c:1] (d:1's grace restarts)", got)
+	}
+	if got := sw.due(t0.Add(25*time.Second), "a:1", members, holders); !slices.Equal(got, []string{"c:1", "d:1"}) {
+		t.Fatalf("later: %v, want [c:1 d:1]", got)
+	}
+	// Not the first member: b:1 never drops.
+	other := &sessionSweeper{grace: time.Second}
+	for i := range 5 {
+		if got := other.due(t0.Add(time.Duration(i)*time.Minute), "b:1", members, holders); len(got) != 0 {
+			t.Fatalf("b:1 dropped %v", got)
+		}
+	}
+}
+
+// fakeMember is a clusterMember for isMember.
+type fakeMember struct {
+	st      actors.ClusterStatus
+	cluster bool
+	lost    chan struct{}
+}
+
+func (f fakeMember) Cluster() (actors.ClusterStatus, bool) { return f.st, f.cluster }
+func (f fakeMember) Lost() <-chan struct{}                 { return f.lost }
+
+// TestHealthMembership: health is NOT_SERVING while the node is not in its
+// own member list or is lost; a node alone is always a member.
+func TestHealthMembership(t *testing.T) {
+	closed := make(chan struct{})
+	close(closed)
+	for _, tc := range []struct {
+		name string
+		f    fakeMember
+		want grpchealth.Status
+	}{
+		{"alone", fakeMember{}, grpchealth.StatusServing},
+		{"member", fakeMember{st: actors.ClusterStatus{Self: "a:1", Members: []string{"a:1", "b:1"}}, cluster: true, lost: make(chan struct{})}, grpchealth.StatusServing},
+		{"not yet seen", fakeMember{st: actors.ClusterStatus{Self: "a:1", Members: []string{"b:1"}}, cluster: true, lost: make(chan struct{})}, grpchealth.StatusNotServing},
+		{"lost", fakeMember{st: actors.ClusterStatus{Self: "a:1", Members: []string{"a:1"}}, cluster: true, lost: closed}, grpchealth.StatusNotServing},
+	} {
+		h := newStoreHealth(struct{}{}, tc.f)
+		res, err := h.Check(context.Background(), &grpchealth.CheckRequest{})
+		if err != nil || res.Status != tc.want {
+			t.Errorf("%s: %v %v, want %v", tc.name, res, err, tc.want)
+		}
 	}
 }
 

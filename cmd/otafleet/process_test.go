@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/otafleet/otafleet/actors/device/devicefsm"
+	"github.com/otafleet/otafleet/internal/etcdtest"
 	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
@@ -45,7 +46,9 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	pgtest.Main(m) // a private PostgreSQL, started by the first test that needs it
+	// A private PostgreSQL and a private etcd, each started by the first
+	// test that needs it.
+	os.Exit(pgtest.Wrap(func() int { return etcdtest.Wrap(m.Run) }))
 }
 
 // server is a child `otafleet serve` process whose JSON log lines are read.

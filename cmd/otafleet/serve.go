@@ -69,9 +69,6 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if err != nil {
 		return usageError(err)
 	}
-	if cluster.Enabled() {
-		return errNoClusterEngine // removed when the engine takes cluster (actors.Deps)
-	}
 	raiseFileLimit() // one socket per MQTT device
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -106,6 +103,9 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	engCfg, err := cfg.engineConfig()
 	if err != nil {
 		return err
+	}
+	if cluster.Enabled() {
+		engCfg.Cluster = &actors.ClusterConfig{Etcd: cluster.Etcd, Name: cluster.Name, BindAddr: cluster.NodeAddr, AdvertiseAddr: cluster.AdvertiseAddr}
 	}
 	clk := clock.Real()
 	downlinks := &transport.LateDownlinks{}
@@ -157,6 +157,12 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if err := devs.start(); err != nil {
 		return err
 	}
+	if cluster.Enabled() {
+		if ns, ok := store.(persistence.NodeSessions); ok {
+			stopSweep := startSessionSweeper(ctx, engine, ns, clk, logger)
+			defer stopSweep()
+		}
+	}
 	if sim != nil {
 		if err := sim.run(ctx, cfg, engine, store, clk, logger); err != nil {
 			return err
@@ -184,7 +190,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		lis.Close()
 		return err
 	}
-	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Engine: engine, Token: token, Console: console, Done: ctx.Done(), Logger: logger, Clock: clk, Presence: presence})
+	api, err := rpc.NewHandler(rpc.Deps{Registry: store, Store: store, Sessions: store, Engine: engine, Token: token, Console: console, Done: ctx.Done(), Logger: logger, Clock: clk, Presence: presence})
 	if err != nil {
 		lis.Close()
 		return err
@@ -192,7 +198,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	mux := http.NewServeMux()
 	console.Mount(mux)   // /ui/login, /ui/logout, /ui/session
 	mux.Handle("/", api) // behind the bearer token, checked before a body is read
-	mux.Handle(grpchealth.NewHandler(newStoreHealth(store)))
+	mux.Handle(grpchealth.NewHandler(newStoreHealth(store, engine)))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/debug/pprof/", rpc.RequireToken(token, pprofHandler()))
 	mux.Handle("/ui/", webconsole.Handler("/ui/")) // the web console's page, public; its calls need a session
@@ -213,10 +219,17 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	logger.Info("serving", "api", addrs["api"], "mqtt", addrs["mqtt"], "mqtts", addrs["mqtts"], "coap", addrs["coap"], "coaps", addrs["coaps"], "download", addrs["download"],
 		"data_dir", cfg.DataDir, "simulated_devices", cfg.Simulate)
 
+	var exit error
 	select {
 	case err := <-errc:
 		return fmt.Errorf("api server: %w", err)
 	case <-ctx.Done():
+	case <-engine.Lost(): // nil (never) when the node runs alone
+		// Out of the membership: its actors have stopped and it takes no
+		// more work; exit non-zero so that a supervisor restarts it and it
+		// joins again under a new registration.
+		logger.Error("this node is no longer a member of its cluster: it has stopped its actors and exits; restart it to join again", "node", cluster.Node(), "cluster", cluster.Name)
+		exit = errNodeLost
 	}
 	logger.Info("shutting down")
 	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -224,7 +237,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		logger.Warn("api shutdown", "error", err)
 	}
-	return nil
+	return exit
 }
 
 // newLogger is serve's logger: --log-format text (durations as 1m30s) or

@@ -40,6 +40,7 @@ type simOpts struct {
 	failRate    float64
 	register    bool
 	thinkTime   time.Duration
+	lifetime    time.Duration
 	bandwidth   int64
 	dropRate    float64
 	seed        string
@@ -86,9 +87,9 @@ devices de-register) and writes --report.`,
 	fs.StringVar(&o.dataDir, "data-dir", "", "the server's data folder, for addrs.json, api-token and download-cert.pem; default: $"+envDataDir+", else otafleet-data")
 	fs.StringVar(&o.api, "api", "", "API address (default: addrs.json's api); needed by --register and by FOTA devices")
 	fs.StringVar(&o.token, "token", "", "API bearer token; default: $"+envToken+", else DATA-DIR/api-token")
-	fs.StringVar(&o.mqtt, "mqtt", "", "MQTT broker, host:port or tcp://, ssl:// URL (default: addrs.json's mqtt)")
-	fs.StringVar(&o.coap, "coap", "", "LwM2M server, host:port (default: addrs.json's coap)")
-	fs.StringVar(&o.coaps, "coaps", "", "LwM2M DTLS server, host:port (default: addrs.json's coaps); used with --dtls")
+	fs.StringVar(&o.mqtt, "mqtt", "", "MQTT broker, host:port or tcp://, ssl:// URL (default: addrs.json's mqtt); a comma-separated list (a cluster's nodes): each device starts with the one its ID hashes to and fails over to the next ones when its broker goes away")
+	fs.StringVar(&o.coap, "coap", "", "LwM2M server, host:port (default: addrs.json's coap); a comma-separated list fails over as --mqtt's")
+	fs.StringVar(&o.coaps, "coaps", "", "LwM2M DTLS server, host:port (default: addrs.json's coaps); used with --dtls; a comma-separated list fails over as --mqtt's")
 	fs.BoolVar(&o.dtls, "dtls", false, "LwM2M devices talk DTLS 1.2 with a PSK (registered with it by --register)")
 	fs.StringVar(&o.protocol, "protocol", "lwm2m", "mqtt, lwm2m (FOTA), pcp (software over PCP) or mixed (the three in turn)")
 	fs.IntVar(&o.devices, "devices", 10, "how many devices")
@@ -101,6 +102,7 @@ devices de-register) and writes --report.`,
 	fs.StringVar(&o.coverage, "coverage", "good", "radio coverage: good, medium, poor or mixed (75% good, 20% medium, 5% poor)")
 	fs.Float64Var(&o.failRate, "fail-rate", 0, "share of devices, 0 to 1, that fail their upgrade")
 	fs.BoolVar(&o.register, "register", false, "create the devices through the API first")
+	fs.DurationVar(&o.lifetime, "lwm2m-lifetime", 0, "LwM2M devices' registration lifetime; they update it every half (0: 300s). A short one makes them notice sooner that their server went away")
 	fs.DurationVar(&o.thinkTime, "think-time", 0, "each device's pause before acting on an upgrade command and before installing (0.5 to 1.5 times this, by device)")
 	fs.Int64Var(&o.bandwidth, "bandwidth", 0, "each device's download bandwidth in bytes per second (0: unlimited)")
 	fs.Float64Var(&o.dropRate, "drop-rate", 0, "share, 0 to 1, of the datagrams each LwM2M device receives that it loses at random (loss tests)")
@@ -137,6 +139,9 @@ func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {
 		Coverage: o.coverage, FailRate: o.failRate, SecretSeed: o.seed}
 	if err := fleet.Validate(); err != nil {
 		return usage("%v", err)
+	}
+	if o.lifetime != 0 && o.lifetime < 2*time.Second {
+		return usage("--lwm2m-lifetime %v: want at least 2s (or 0 for the default)", o.lifetime)
 	}
 	if o.bandwidth < 0 || o.thinkTime < 0 {
 		return usage("--bandwidth and --think-time cannot be negative")
@@ -180,12 +185,15 @@ func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	cfg := bench.SimConfig{Fleet: fleet, FwVersion: o.fw, SwVersion: o.sw, CoAP: pick(o.coap, "coap"), CoAPS: pick(o.coaps, "coaps"),
-		DTLS: o.dtls, ThinkTime: o.thinkTime, BytesPerSecond: o.bandwidth, DropRate: o.dropRate, Concurrency: o.concurrency, Logger: logger}
+		DTLS: o.dtls, Lifetime: o.lifetime, ThinkTime: o.thinkTime, BytesPerSecond: o.bandwidth, DropRate: o.dropRate, Concurrency: o.concurrency, Logger: logger}
 	if m := pick(o.mqtt, "mqtt"); m != "" {
-		if !strings.Contains(m, "://") {
-			m = "tcp://" + m
+		brokers := bench.ServerList(m, 0)
+		for i, b := range brokers {
+			if !strings.Contains(b, "://") {
+				brokers[i] = "tcp://" + b
+			}
 		}
-		cfg.MQTT = m
+		cfg.MQTT = strings.Join(brokers, ",")
 	}
 	if cfg.HTTPClient, err = downloadClient(o.caFile, dir); err != nil {
 		return err
@@ -218,9 +226,9 @@ func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {
 	if len(o.localAddrs) > 0 {
 		cfg.LocalAddrs = o.localAddrs
 	} else if o.devices > bench.DevicesPerLocalAddr {
-		server := cfg.CoAP
+		server := bench.ServerList(cfg.CoAP, 0)[0]
 		if protos[0] == bench.ProtoMQTT {
-			server = strings.TrimPrefix(cfg.MQTT, "tcp://")
+			server = strings.TrimPrefix(bench.ServerList(cfg.MQTT, 0)[0], "tcp://")
 		}
 		cfg.LocalAddrs = bench.LoopbackAddrs(server, (o.devices+bench.DevicesPerLocalAddr-1)/bench.DevicesPerLocalAddr)
 	}

@@ -47,6 +47,8 @@ func clientCommands(stdout, stderr io.Writer) []*cobra.Command {
 			packageCreate, packageUpload, packageGet, packageList, packageDelete),
 		resourceCommand("task", "Create, watch, stop and retry upgrade tasks", o,
 			taskCreate, taskGet, taskList, taskStop, taskRetry, taskDevices, taskCells, taskWatch),
+		resourceCommand("cluster", "Show the cluster's members, their actors and sessions", o,
+			clusterStatus),
 	}
 }
 

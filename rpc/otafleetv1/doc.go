@@ -17,4 +17,4 @@
 // protoc-gen-connect-go on PATH (see the README).
 package otafleetv1
 
-//go:generate sh -c "cd ../.. && protoc -I rpc/proto --go_out=. --go_opt=module=github.com/otafleet/otafleet --connect-go_out=. --connect-go_opt=module=github.com/otafleet/otafleet rpc/proto/otafleet/v1/common.proto rpc/proto/otafleet/v1/device.proto rpc/proto/otafleet/v1/group.proto rpc/proto/otafleet/v1/package.proto rpc/proto/otafleet/v1/product.proto rpc/proto/otafleet/v1/task.proto"
+//go:generate sh -c "cd ../.. && protoc -I rpc/proto --go_out=. --go_opt=module=github.com/otafleet/otafleet --connect-go_out=. --connect-go_opt=module=github.com/otafleet/otafleet rpc/proto/otafleet/v1/cluster.proto rpc/proto/otafleet/v1/common.proto rpc/proto/otafleet/v1/device.proto rpc/proto/otafleet/v1/group.proto rpc/proto/otafleet/v1/package.proto rpc/proto/otafleet/v1/product.proto rpc/proto/otafleet/v1/task.proto"

@@ -105,8 +105,13 @@ type Behaviour struct {
 
 // Config describes a simulated device.
 type Config struct {
-	Server   string // "127.0.0.1:5683"
-	Endpoint string // the device ID, sent as ep
+	Server string // "127.0.0.1:5683"
+	// Fallbacks are more servers (of one cluster), tried in order after
+	// Server: when the first registration fails, and when a registered
+	// session's connection is lost (the server went away) or registering
+	// again after that fails; after the last comes Server again.
+	Fallbacks []string
+	Endpoint  string // the device ID, sent as ep
 	// PSK, when set, makes the device talk DTLS 1.2 (TLS_PSK_WITH_AES_128_CCM_8)
 	// to Server (the server's DTLS address), with Endpoint as PSK identity.
 	PSK      []byte
@@ -228,6 +233,9 @@ type Device struct {
 	cfg Config
 	clk clock.Clock
 	log *slog.Logger
+
+	servers []string // Server, then Fallbacks
+	srv     int      // the index in servers of the server connect dials; under mu
 
 	ctx    context.Context // cancelled by Stop
 	cancel context.CancelFunc
@@ -373,13 +381,40 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 	d.log = d.log.With("endpoint", cfg.Endpoint)
 	d.ctx, d.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	d.runner = periodic.New(d.ctx.Done(), coapTick)
-	if _, err := d.connect(ctx); err != nil {
+	d.servers = append([]string{cfg.Server}, cfg.Fallbacks...)
+	var err error
+	for range d.servers {
+		if _, err = d.connect(ctx); err == nil || ctx.Err() != nil {
+			break
+		}
+		d.log.Info("lwm2msim: registration failed, trying the next server", "server", d.server(), "err", err)
+		d.mu.Lock()
+		d.nextServerLocked()
+		d.mu.Unlock()
+	}
+	if err != nil {
 		d.Stop()
 		return nil, fmt.Errorf("lwm2msim: device %s: %w", cfg.Endpoint, err)
 	}
-	d.log.Info("lwm2msim: registered", "server", cfg.Server)
+	d.log.Info("lwm2msim: registered", "server", d.server())
 	return d, nil
 }
+
+// server is the address connect dials now.
+func (d *Device) server() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.servers[d.srv]
+}
+
+// nextServerLocked moves to the next server of the list (failover). d.mu
+// is held.
+func (d *Device) nextServerLocked() {
+	d.srv = (d.srv + 1) % len(d.servers)
+}
+
+// Server returns the address of the server the device registers with now.
+func (d *Device) Server() string { return d.server() }
 
 // szxOf returns the SZX of a block size.
 func szxOf(size int) (blockwise.SZX, bool) {
@@ -668,13 +703,14 @@ func (d *Device) connect(ctx context.Context) (*session, error) {
 	router := mux.NewRouter()
 	router.SetErrorHandler(func(err error) { d.log.Debug("lwm2msim: router", "err", err) })
 	router.DefaultHandle(mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) { d.serve(s, w, r) }))
-	dial := func(opts ...udp.Option) (*client.Conn, error) { return udp.Dial(d.cfg.Server, opts...) }
+	server := d.server()
+	dial := func(opts ...udp.Option) (*client.Conn, error) { return udp.Dial(server, opts...) }
 	var laddr *net.UDPAddr // nil: the system's choice
 	if d.localIP != nil {
 		laddr = &net.UDPAddr{IP: d.localIP}
 		dialer := &net.Dialer{Timeout: udpDialTimeout, LocalAddr: laddr}
 		dial = func(opts ...udp.Option) (*client.Conn, error) {
-			return udp.Dial(d.cfg.Server, append(opts, options.WithDialer(dialer))...)
+			return udp.Dial(server, append(opts, options.WithDialer(dialer))...)
 		}
 	}
 	if psk := d.cfg.PSK; psk != nil {
@@ -687,7 +723,7 @@ func (d *Device) connect(ctx context.Context) (*session, error) {
 			// The handshake runs here, bounded by RequestTimeout: left to
 			// go-coap it starts lazily without a deadline, and a server
 			// that drops a wrong PSK's handshake would hang the device.
-			raddr, err := net.ResolveUDPAddr("udp", d.cfg.Server)
+			raddr, err := net.ResolveUDPAddr("udp", server)
 			if err != nil {
 				return nil, err
 			}
@@ -969,6 +1005,7 @@ func (d *Device) lostLocked(s *session) {
 	if d.backoff == 0 {
 		d.backoff = 1
 	}
+	d.nextServerLocked() // the server went away: try another (the same one without fallbacks)
 	d.log.Info("lwm2msim: connection lost, registering again", "in", d.restartDelayLocked())
 	d.armRestartLocked()
 }
@@ -1007,6 +1044,7 @@ func (d *Device) reconnect() {
 		d.mu.Lock()
 		if !d.stopped {
 			d.backoff++
+			d.nextServerLocked()
 			d.log.Info("lwm2msim: registration after restart failed, retrying", "err", err, "in", d.restartDelayLocked())
 			d.armRestartLocked()
 		}

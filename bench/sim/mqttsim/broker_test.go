@@ -38,7 +38,13 @@ type testBroker struct {
 	gone      map[string]chan struct{} // device ID → one value per disconnection
 	clientIDs []string
 	remotes   map[string][]string // device ID → the remote address of each session
+
+	stopOnce sync.Once
+	stopFn   func()
 }
+
+// stop closes the broker (once; the test's cleanup does it too).
+func (b *testBroker) stop() { b.stopOnce.Do(b.stopFn) }
 
 func newBroker(t *testing.T, implicit bool) *testBroker {
 	t.Helper()
@@ -64,21 +70,23 @@ func newBroker(t *testing.T, implicit bool) *testBroker {
 	if err := b.srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
+	b.stopFn = func() {
 		// mochi's Close lists the listener's clients with a nested read
 		// lock (Clients.GetByListener calls Len), which deadlocks when a
 		// client is added or deleted in between (a device connecting or
 		// going away). Closing the listener first, with one read lock,
-		// leaves Close nothing to list.
-		l.Close(func(id string) {
-			for _, cl := range b.srv.Clients.GetAll() {
-				if cl.Net.Listener == id && !cl.Closed() {
-					_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
-				}
+		// leaves Close nothing to list. The listening socket closes before
+		// the clients are disconnected (mochi's own Close disconnects them
+		// first), so that none reconnects to a broker on its way out.
+		l.Close(func(string) {})
+		for _, cl := range b.srv.Clients.GetAll() {
+			if cl.Net.Listener == "t" && !cl.Closed() {
+				_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 			}
-		})
+		}
 		_ = b.srv.Close()
-	})
+	}
+	t.Cleanup(b.stop)
 	err := b.srv.Subscribe(iotda.UpTopic("+"), 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
 		id, _, ok := iotda.ParseTopic(pk.TopicName)
 		if !ok {

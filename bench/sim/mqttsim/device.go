@@ -56,7 +56,12 @@ type Behaviour struct {
 
 // Config describes a simulated device.
 type Config struct {
-	Broker    string // e.g. "tcp://127.0.0.1:1883"; also ssl://, tls://, mqtts://
+	Broker string // e.g. "tcp://127.0.0.1:1883"; also ssl://, tls://, mqtts://
+	// Fallbacks are more brokers (the nodes of one cluster), tried in order
+	// after Broker on each connection and reconnection (paho's server
+	// list): a device whose broker went away connects to the next that
+	// answers.
+	Fallbacks []string
 	DeviceID  string
 	Secret    string // password = iotda.Password(secret, timestamp); client ID sign type 1
 	FwVersion string // current versions; a successful upgrade replaces the one of its kind
@@ -240,6 +245,9 @@ func Start(ctx context.Context, cfg Config) (*Device, error) {
 		SetReconnectingHandler(d.onReconnecting).
 		SetCustomOpenConnectionFn(d.openConnection).
 		SetStore(copyStore{paho.NewMemoryStore()})
+	for _, b := range cfg.Fallbacks {
+		opts.AddBroker(b)
+	}
 	d.client = paho.NewClient(opts)
 
 	tok := d.client.Connect()

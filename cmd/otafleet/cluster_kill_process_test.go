@@ -1,0 +1,511 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/otafleet/otafleet/actors/cell/cellfsm"
+	"github.com/otafleet/otafleet/bench"
+	"github.com/otafleet/otafleet/internal/clock"
+	"github.com/otafleet/otafleet/internal/etcdtest"
+	"github.com/otafleet/otafleet/messages"
+	"github.com/otafleet/otafleet/persistence"
+	v1 "github.com/otafleet/otafleet/rpc/otafleetv1"
+	"github.com/otafleet/otafleet/rpc/otafleetv1/otafleetv1connect"
+)
+
+// clusterKillDevices is the fleet of TestProcessClusterKillNode: 300
+// devices keep it well under a minute on two cores; the issue's 3,000 are
+// for `otafleet bench --nodes 3`.
+const clusterKillDevices = 300
+
+// TestProcessClusterKillNode is the cluster's crash test with real
+// processes: etcd, PostgreSQL and three `serve --cluster` nodes; three
+// `otafleet sim` processes whose mixed devices (MQTT, LwM2M FOTA, PCP)
+// connect to all three nodes, each given every node's address to fail
+// over to; one task per protocol. When half the devices are final, one
+// node is killed with SIGKILL. Its grains serve again on the others
+// within 10 s of its leaving the membership (its etcd lease expiring),
+// its devices reconnect to the others, and the campaign ends with every
+// device in exactly one final state, none upgraded twice (the simulators
+// count what they installed), and no cell over its budget after any event
+// of its journal, whichever node wrote it.
+func TestProcessClusterKillNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	etcd := etcdtest.Shared(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	store := newProcessStore(t, t.TempDir(), true)
+	name := etcd.NewCluster("kill")
+	// Short step timeouts, as in TestProcessKillNine: a downlink lost with
+	// the node times out quickly (the devices of the dead node whose step
+	// times out before they registered with another node fail).
+	short := "3s"
+	nodeArgs := []string{"--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0",
+		"--timeout-version-report", short, "--timeout-radio-query", short, "--timeout-cell-query", short,
+		"--timeout-download-start", short, "--timeout-update-start", short, "--timeout-version-check", short}
+	var nodes []*clusterNode
+	for range 3 {
+		nodes = append(nodes, startClusterNode(ctx, t, etcd, name, store, nodeArgs...))
+	}
+	victim, api := nodes[0], nodes[1] // the clients talk to a node that survives
+	token := readToken(t, api.dir)
+	var mqttAddrs, coapAddrs []string
+	for _, n := range nodes {
+		a := readAddrsJSON(t, n.dir)
+		mqttAddrs = append(mqttAddrs, "tcp://"+a["mqtt"])
+		coapAddrs = append(coapAddrs, a["coap"])
+	}
+	awaitMembers(ctx, t, api.api, token, 3)
+
+	cli := bench.NewAPI(api.api, token)
+	protos := []string{bench.ProtoMQTT, bench.ProtoLwM2M, bench.ProtoPCP}
+	products := map[string]string{}
+	for _, p := range protos {
+		req := &v1.CreateProductRequest{Name: "cluster " + p, Protocol: v1.Protocol_PROTOCOL_LWM2M}
+		switch p {
+		case bench.ProtoMQTT:
+			req.Protocol = v1.Protocol_PROTOCOL_MQTT
+		case bench.ProtoPCP:
+			sp := v1.SoftwareProtocol_SOFTWARE_PROTOCOL_PCP
+			req.SoftwareProtocol = &sp
+		}
+		res, err := cli.Products.CreateProduct(ctx, connect.NewRequest(req))
+		if err != nil {
+			t.Fatal(err)
+		}
+		products[p] = res.Msg.GetProduct().GetProductId()
+	}
+
+	// Three simulators of 100 devices; each device starts on one node (by
+	// its index) and fails over to the next ones.
+	per := clusterKillDevices / 3
+	var sims []*simProc
+	for k := range 3 {
+		sims = append(sims, startSimProc(t, api.dir,
+			"--protocol", "mixed", "--devices", strconv.Itoa(per), "--first", strconv.Itoa(k*per),
+			"--product", products[bench.ProtoMQTT]+","+products[bench.ProtoLwM2M]+","+products[bench.ProtoPCP],
+			"--fw-version", "1.0", "--sw-version", "1.0", "--cells", "12", "--coverage", "mixed", "--register",
+			"--api", api.api, "--mqtt", strings.Join(rotate(mqttAddrs, k), ","), "--coap", strings.Join(rotate(coapAddrs, k), ","),
+			"--lwm2m-lifetime", "6s", "--log-level", "warn"))
+	}
+	for _, s := range sims {
+		s.awaitReady(ctx)
+	}
+	// Every node holds LwM2M devices' sessions, and knows its own.
+	st := getClusterStatus(ctx, t, api.api, token)
+	sessions := 0
+	for _, n := range st.GetNodes() {
+		sessions += int(n.GetSessions())
+		if n.GetSessions() == 0 || n.GetSelf() != (n.GetAddress() == api.addr) || n.GetError() != "" {
+			t.Errorf("cluster status: %v", n)
+		}
+	}
+	if want := 2 * clusterKillDevices / 3; sessions != want {
+		t.Errorf("%d sessions in the store, want the LwM2M devices' %d", sessions, want)
+	}
+
+	content := make([]byte, 8<<10)
+	for i := range content {
+		content[i] = byte(i * 7)
+	}
+	fleet := bench.Fleet{Protocols: protos, Devices: clusterKillDevices, Prefix: simIDPrefix, Cells: 12}
+	var tasks []string
+	for _, p := range protos {
+		typ, ttyp := v1.PackageType_PACKAGE_TYPE_FIRMWARE, v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE
+		if p == bench.ProtoPCP {
+			typ, ttyp = v1.PackageType_PACKAGE_TYPE_SOFTWARE, v1.TaskType_TASK_TYPE_SOFTWARE_UPGRADE
+		}
+		pkg, err := cli.Packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
+			ProductId: products[p], PackageType: typ, Version: "2.0", SourceVersions: []string{"1.0"},
+			FileName: "cluster-" + p + ".bin", Content: content,
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		task, err := cli.Tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
+			Name: "cluster_" + p, TaskType: ttyp, PackageId: pkg.Msg.GetPackage().GetPackageId(), DeviceIds: fleet.IDs(p),
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tasks = append(tasks, task.Msg.GetTask().GetTaskId())
+	}
+
+	// Kill a node at about half the campaign (polled: the count read can lag).
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for final, _ := progress(ctx, t, cli, tasks); final < clusterKillDevices*45/100; final, _ = progress(ctx, t, cli, tasks) {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("half the devices not final: %d", final)
+		}
+	}
+	final, _ := progress(ctx, t, cli, tasks)
+	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := clock.Real().Now()
+	t.Logf("node %s killed with %d of %d devices final", victim.addr, final, clusterKillDevices)
+
+	// It leaves the membership when its lease expires (3 s); from then on,
+	// its grains serve again on the others within 10 s: every task and
+	// every device answers on both survivors.
+	left := awaitMembers(ctx, t, api.api, token, 2)
+	t.Logf("node left the membership %.1fs after the kill", left.Sub(killed).Seconds())
+	ids := fleet.IDs(bench.ProtoMQTT)
+	ids = append(append(ids, fleet.IDs(bench.ProtoLwM2M)...), fleet.IDs(bench.ProtoPCP)...)
+	for _, n := range nodes[1:] {
+		c := bench.NewAPI(n.api, token)
+		for _, id := range tasks {
+			callWithin(ctx, t, left, func(ctx context.Context) error {
+				_, err := c.Tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: id}))
+				return err
+			})
+		}
+		for _, id := range ids {
+			callWithin(ctx, t, left, func(ctx context.Context) error {
+				_, err := c.Devices.GetDevice(ctx, connect.NewRequest(&v1.GetDeviceRequest{DeviceId: id}))
+				return err
+			})
+		}
+	}
+	t.Logf("every grain answered again %.1fs after the node left", time.Since(left).Seconds())
+	if d := time.Since(left); d > 10*time.Second {
+		t.Errorf("the dead node's grains took %v to serve again, want at most 10s", d)
+	}
+
+	// The campaign finishes.
+	var counts map[string]int
+	for {
+		var done bool
+		if _, counts = progress(ctx, t, cli, tasks); counts["done"] == len(tasks) {
+			done = true
+		}
+		if done {
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			for _, n := range nodes[1:] {
+				_ = n.cmd.Process.Signal(syscall.SIGKILL)
+			}
+			dumpInFlight(t, store)
+			t.Fatalf("campaign not finished: %v", counts)
+		}
+	}
+	t.Logf("campaign: %v", counts)
+	// Every device in exactly one final state.
+	seen := map[string]string{}
+	reasons := map[string]int{}
+	for _, id := range tasks {
+		for page := ""; ; {
+			res, err := cli.Tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id, PageSize: 1000, PageToken: page}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range res.Msg.GetDevices() {
+				if prev, dup := seen[d.GetDeviceId()]; dup {
+					t.Errorf("device %s listed twice: %s and %s", d.GetDeviceId(), prev, d.GetStatus())
+				}
+				seen[d.GetDeviceId()] = d.GetStatus().String()
+				if r := d.GetFailureReason(); r != "" {
+					reasons[r]++
+				}
+				switch d.GetStatus() {
+				case v1.SubtaskStatus_SUBTASK_STATUS_SUCCESS, v1.SubtaskStatus_SUBTASK_STATUS_FAIL, v1.SubtaskStatus_SUBTASK_STATUS_STOPPED:
+				default:
+					t.Errorf("device %s ends %s", d.GetDeviceId(), d.GetStatus())
+				}
+			}
+			if page = res.Msg.GetNextPageToken(); page == "" {
+				break
+			}
+		}
+	}
+	if len(seen) != clusterKillDevices {
+		t.Errorf("%d devices in the tasks, want %d", len(seen), clusterKillDevices)
+	}
+	// None upgraded twice, by the simulators' count.
+	upgrades := 0
+	for _, s := range sims {
+		rep := s.stop()
+		upgrades += rep.Upgrades
+		if rep.UpgradedTwice != 0 {
+			t.Errorf("devices upgraded twice: %v", rep.TwiceIDs)
+		}
+	}
+	// A device may install and its task still count it failed (its
+	// final report went to the dead node, or came after a step's
+	// deadline): never the other way round.
+	if upgrades < counts["success"] || upgrades > counts["success"]+counts["fail"] {
+		t.Errorf("the simulators installed %d upgrades, the tasks count %d successes and %d failures", upgrades, counts["success"], counts["fail"])
+	}
+	t.Logf("failure reasons: %v", reasons)
+	if counts["success"] < clusterKillDevices/2 {
+		t.Errorf("only %d of %d devices upgraded", counts["success"], clusterKillDevices)
+	}
+	// The dead node's sessions are not left in the store: its devices moved
+	// theirs by registering elsewhere, and a survivor drops the rest some
+	// seconds after it left (sessionDropGrace).
+	for {
+		st := getClusterStatus(ctx, t, api.api, token)
+		if _, held := st.GetOrphanSessions()[victim.addr]; !held {
+			t.Logf("no session of the dead node in the store %.1fs after it left", time.Since(left).Seconds())
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("the dead node's sessions are still in the store: %v", st.GetOrphanSessions())
+		}
+	}
+	for _, n := range nodes[1:] {
+		_ = n.cmd.Process.Signal(syscall.SIGTERM)
+		if err, _ := n.wait(ctx); err != nil {
+			t.Errorf("node %s, SIGTERM: %v", n.addr, err)
+		}
+	}
+	checkCellJournals(t, store, ids)
+}
+
+// checkCellJournals folds the journal of every cell the devices asked a
+// slot of, as a cell actor's recovery does, and checks the budget after
+// each event, whichever node wrote it (as the actors' cluster tests do).
+func checkCellJournals(t *testing.T, store processStore, devices []string) {
+	t.Helper()
+	st, err := store.open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	cells := map[string]bool{}
+	for _, id := range devices {
+		err := st.Load(ctx, persistence.Stream{Kind: persistence.KindDevice, ID: id}, 0, func(e persistence.Event) error {
+			ev := &messages.DeviceEvent{}
+			if err := proto.Unmarshal(e.Payload, ev); err != nil {
+				return err
+			}
+			if c := ev.GetPermitRequested().GetCellId(); c != "" {
+				cells[c] = true
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := cellfsm.DefaultConfig()
+	most := uint32(0)
+	for id := range cells {
+		s := cellfsm.New(id)
+		err := st.Load(ctx, persistence.Stream{Kind: persistence.KindCell, ID: id}, 0, func(ev persistence.Event) error {
+			e := &messages.CellEvent{}
+			if err := proto.Unmarshal(ev.Payload, e); err != nil {
+				return err
+			}
+			s = cellfsm.Evolve(s, e)
+			if err := s.Check(cfg); err != nil || s.Used() > cfg.Budget {
+				return fmt.Errorf("cell %s over budget after event %d: used %d: %v", id, ev.Seq, s.Used(), err)
+			}
+			most = max(most, s.Used())
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if len(cells) == 0 || most == 0 {
+		t.Errorf("%d cells asked, most units held %d: no grant journaled", len(cells), most)
+	}
+	t.Logf("%d cells, at most %d of %d units held", len(cells), most, cfg.Budget)
+}
+
+// rotate is s starting at its k-th element.
+func rotate(s []string, k int) []string {
+	k %= len(s)
+	return append(append([]string(nil), s[k:]...), s[:k]...)
+}
+
+func readAddrsJSON(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "addrs.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// getClusterStatus asks api for GetClusterStatus.
+func getClusterStatus(ctx context.Context, t *testing.T, api, token string) *v1.GetClusterStatusResponse {
+	t.Helper()
+	res, err := clusterClient(api, token).GetClusterStatus(ctx, connect.NewRequest(&v1.GetClusterStatusRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Msg
+}
+
+func clusterClient(api, token string) otafleetv1connect.ClusterServiceClient {
+	o := clientOpts{api: api, token: token}
+	c, err := o.connect()
+	if err != nil {
+		panic(err)
+	}
+	return c.cluster
+}
+
+// awaitMembers polls api's cluster status until it lists n members, and
+// returns when it did.
+func awaitMembers(ctx context.Context, t *testing.T, api, token string, n int) time.Time {
+	t.Helper()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := getClusterStatus(ctx, t, api, token)
+		if len(st.GetNodes()) == n {
+			return clock.Real().Now()
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("cluster status never listed %d members: %v", n, st)
+		}
+	}
+}
+
+// callWithin retries call (each try bounded by 2 s) until it succeeds;
+// it fails t when 10 s have passed since from.
+func callWithin(ctx context.Context, t *testing.T, from time.Time, call func(context.Context) error) {
+	t.Helper()
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := call(cctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Since(from) > 10*time.Second {
+			t.Fatalf("not answering 10s after the node left: %v", err)
+		}
+		tick := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+	}
+}
+
+// progress sums the tasks' final devices; counts holds success, fail,
+// stopped and done (tasks finished).
+func progress(ctx context.Context, t *testing.T, cli *bench.API, tasks []string) (final int, counts map[string]int) {
+	t.Helper()
+	counts = map[string]int{}
+	for _, id := range tasks {
+		res, err := cli.Tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: id}))
+		if err != nil {
+			t.Logf("GetTask %s: %v", id, err)
+			continue
+		}
+		p := res.Msg.GetTask().GetProgress()
+		counts["success"] += int(p.GetSuccess())
+		counts["fail"] += int(p.GetFail())
+		counts["stopped"] += int(p.GetStopped())
+		if messages.TaskStatus(res.Msg.GetTask().GetStatus()).Final() {
+			counts["done"]++
+		}
+	}
+	return counts["success"] + counts["fail"] + counts["stopped"], counts
+}
+
+// simProc is a child `otafleet sim`.
+type simProc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	lines  chan string
+	report string
+}
+
+func startSimProc(t *testing.T, dir string, args ...string) *simProc {
+	t.Helper()
+	s := &simProc{t: t, lines: make(chan string, 64), report: filepath.Join(t.TempDir(), "sim.json")}
+	s.cmd = exec.Command(os.Args[0], append([]string{"sim", "--data-dir", dir, "--report", s.report}, args...)...)
+	s.cmd.Env = append(os.Environ(), "OTAFLEET_TEST_MAIN=1")
+	out, err := s.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cmd.Stderr = os.Stderr
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			s.lines <- sc.Text()
+		}
+		close(s.lines)
+	}()
+	t.Cleanup(func() { _ = s.cmd.Process.Kill(); _ = s.cmd.Wait() })
+	return s
+}
+
+func (s *simProc) awaitReady(ctx context.Context) {
+	s.t.Helper()
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				s.t.Fatal("sim exited before its devices were up")
+			}
+			if strings.HasPrefix(l, "ready ") {
+				return
+			}
+		case <-ctx.Done():
+			s.t.Fatal("sim: devices not up")
+		}
+	}
+}
+
+// stop interrupts the simulator and reads its report.
+func (s *simProc) stop() bench.SimReport {
+	s.t.Helper()
+	_ = s.cmd.Process.Signal(os.Interrupt)
+	for range s.lines {
+	}
+	if err := s.cmd.Wait(); err != nil {
+		s.t.Errorf("sim: %v", err)
+	}
+	var rep bench.SimReport
+	b, err := os.ReadFile(s.report)
+	if err == nil {
+		err = json.Unmarshal(b, &rep)
+	}
+	if err != nil {
+		s.t.Fatalf("sim report: %v", err)
+	}
+	return rep
+}
