@@ -146,6 +146,11 @@ func TestProcessPostgresCrash(t *testing.T) {
 		t.Logf("log lines counted: %v, last progress %v", counts, lastProgress)
 	})
 	if fin["succeeded"] != 300.0 || fin["devices"] != 300.0 || fin["devices_upgraded_twice"] != 0.0 || fin["upgrades"] != 300.0 {
+		ids, _ := fin["twice_ids"].([]any)
+		for _, id := range ids { // their timelines, to read a failure
+			code, body := apiPost(t, api, token, "DeviceService/GetDeviceTimeline", `{"deviceId":"`+fmt.Sprint(id)+`","pageSize":1000}`)
+			t.Logf("timeline of %v: HTTP %d %s", id, code, body)
+		}
 		t.Fatalf("campaign after the PostgreSQL crash: %v", fin)
 	}
 	t.Logf("log lines counted: %v", counts)
