@@ -254,6 +254,7 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 	// with both values) may have left the device before the server's last
 	// request reached it: in DOWNLOADED, the State 2 of the download's end,
 	// which crossed the Execute on the way.
+	//
 	// An answer says nothing of the requests that reached the device after
 	// it left: only the answer to a read sent after the last Execute (its
 	// tag is the generation that Execute started, see readFotaObject) may
