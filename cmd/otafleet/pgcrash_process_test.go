@@ -80,8 +80,11 @@ func TestProcessPostgresCrash(t *testing.T) {
 	// per-actor line the outage caused.
 	counts := map[string]int{}
 	var lastProgress float64
+	done := map[string]bool{} // the simulated devices that upgraded
 	note := func(m map[string]any) {
 		switch msg, _ := m["msg"].(string); msg {
+		case "simulated device upgraded":
+			done[fmt.Sprint(m["device"])] = true
 		case msgStoreDown, msgStoreUp, "journal write failed; the actor restarts from its journal", "actor cannot recover; it refuses all input", "input refused", "campaign progress":
 			counts[msg]++
 		case "simulated campaign progress":
@@ -148,6 +151,15 @@ func TestProcessPostgresCrash(t *testing.T) {
 	awaitNoting("the store back", msg(msgStoreUp))
 	fin := s.awaitOr(ctx, "campaign end", func(m map[string]any) bool { note(m); return m["msg"] == "simulated campaign finished" }, func() {
 		t.Logf("log lines counted: %v, last progress %v", counts, lastProgress)
+		jctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		logged := 0
+		for i := 0; i < 300 && logged < 5; i++ { // the journals of devices that never upgraded
+			if id := fmt.Sprintf("sim-%d", i); !done[id] {
+				logJournal(jctx, t, dsn, mustHex(t, sealHex), id)
+				logged++
+			}
+		}
 	})
 	if fin["succeeded"] != 300.0 || fin["devices"] != 300.0 || fin["devices_upgraded_twice"] != 0.0 || fin["upgrades"] != 300.0 {
 		ids, _ := fin["twice_ids"].([]any)
