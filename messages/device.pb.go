@@ -126,7 +126,14 @@ type DeviceInput struct {
 	// engine of that node; "" on a single node and for inputs of other
 	// actors and timers. The device actor keeps the last one in memory and
 	// sends its downlinks there. It is never journaled.
-	Route         string `protobuf:"bytes,51,opt,name=route,proto3" json:"route,omitempty"`
+	Route string `protobuf:"bytes,51,opt,name=route,proto3" json:"route,omitempty"`
+	// request_tag is the tag of the server's request this report answers
+	// (Lwm2mRead.tag), echoed by the transport; 0 for any other report. It
+	// tells the device machine which of its reads an answer is, so that an
+	// answer that left the device before a later request reached it is not
+	// taken for the device's state after that request (issue 22: a read of
+	// object 5 answered before an Execute arrived).
+	RequestTag    uint64 `protobuf:"varint,52,opt,name=request_tag,json=requestTag,proto3" json:"request_tag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -385,6 +392,13 @@ func (x *DeviceInput) GetRoute() string {
 		return x.Route
 	}
 	return ""
+}
+
+func (x *DeviceInput) GetRequestTag() uint64 {
+	if x != nil {
+		return x.RequestTag
+	}
+	return 0
 }
 
 type isDeviceInput_Kind interface {
@@ -3287,8 +3301,12 @@ func (x *MqttUpgrade) GetJob() *Job {
 }
 
 type Lwm2MRead struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// tag, when not 0, is echoed in the answer's DeviceInput.request_tag. The
+	// device machine tags its reads of object 5 with the generation of the
+	// stage that sent them.
+	Tag           uint64 `protobuf:"varint,2,opt,name=tag,proto3" json:"tag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3328,6 +3346,13 @@ func (x *Lwm2MRead) GetPath() string {
 		return x.Path
 	}
 	return ""
+}
+
+func (x *Lwm2MRead) GetTag() uint64 {
+	if x != nil {
+		return x.Tag
+	}
+	return 0
 }
 
 type Lwm2MObserve struct {
@@ -4331,7 +4356,7 @@ var File_messages_device_proto protoreflect.FileDescriptor
 
 const file_messages_device_proto_rawDesc = "" +
 	"\n" +
-	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\xef\r\n" +
+	"\x15messages/device.proto\x12\x14otafleet.messages.v1\x1a\x15messages/common.proto\"\x90\x0e\n" +
 	"\vDeviceInput\x12 \n" +
 	"\fat_unix_nano\x18\x01 \x01(\x03R\n" +
 	"atUnixNano\x12=\n" +
@@ -4361,7 +4386,9 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x0fdownload_served\x18( \x01(\v2$.otafleet.messages.v1.DownloadServedH\x00R\x0edownloadServed\x12R\n" +
 	"\x10download_offered\x18) \x01(\v2%.otafleet.messages.v1.DownloadOfferedH\x00R\x0fdownloadOffered\x12\x15\n" +
 	"\x06no_ack\x182 \x01(\bR\x05noAck\x12\x14\n" +
-	"\x05route\x183 \x01(\tR\x05routeB\x06\n" +
+	"\x05route\x183 \x01(\tR\x05route\x12\x1f\n" +
+	"\vrequest_tag\x184 \x01(\x04R\n" +
+	"requestTagB\x06\n" +
 	"\x04kind\"\x85\x01\n" +
 	"\x0eDownloadServed\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
@@ -4551,9 +4578,10 @@ const file_messages_device_proto_rawDesc = "" +
 	"\x04kind\"\x12\n" +
 	"\x10MqttVersionQuery\":\n" +
 	"\vMqttUpgrade\x12+\n" +
-	"\x03job\x18\x01 \x01(\v2\x19.otafleet.messages.v1.JobR\x03job\"\x1f\n" +
+	"\x03job\x18\x01 \x01(\v2\x19.otafleet.messages.v1.JobR\x03job\"1\n" +
 	"\tLwm2mRead\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\"\"\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x10\n" +
+	"\x03tag\x18\x02 \x01(\x04R\x03tag\"\"\n" +
 	"\fLwm2mObserve\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\"(\n" +
 	"\x12Lwm2mCancelObserve\x12\x12\n" +

@@ -14,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/prototext"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/otafleet/otafleet/internal/pgtest"
+	"github.com/otafleet/otafleet/messages"
 	"github.com/otafleet/otafleet/persistence"
 	"github.com/otafleet/otafleet/persistence/pgstore"
 )
@@ -76,8 +80,11 @@ func TestProcessPostgresCrash(t *testing.T) {
 	// per-actor line the outage caused.
 	counts := map[string]int{}
 	var lastProgress float64
+	done := map[string]bool{} // the simulated devices that upgraded
 	note := func(m map[string]any) {
 		switch msg, _ := m["msg"].(string); msg {
+		case "simulated device upgraded":
+			done[fmt.Sprint(m["device"])] = true
 		case msgStoreDown, msgStoreUp, "journal write failed; the actor restarts from its journal", "actor cannot recover; it refuses all input", "input refused", "campaign progress":
 			counts[msg]++
 		case "simulated campaign progress":
@@ -144,8 +151,21 @@ func TestProcessPostgresCrash(t *testing.T) {
 	awaitNoting("the store back", msg(msgStoreUp))
 	fin := s.awaitOr(ctx, "campaign end", func(m map[string]any) bool { note(m); return m["msg"] == "simulated campaign finished" }, func() {
 		t.Logf("log lines counted: %v, last progress %v", counts, lastProgress)
+		jctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		logged := 0
+		for i := 0; i < 300 && logged < 5; i++ { // the journals of devices that never upgraded
+			if id := fmt.Sprintf("sim-%d", i); !done[id] {
+				logJournal(jctx, t, dsn, mustHex(t, sealHex), id)
+				logged++
+			}
+		}
 	})
 	if fin["succeeded"] != 300.0 || fin["devices"] != 300.0 || fin["devices_upgraded_twice"] != 0.0 || fin["upgrades"] != 300.0 {
+		ids, _ := fin["twice_ids"].([]any)
+		for _, id := range ids { // their journals, to read a failure
+			logJournal(ctx, t, dsn, mustHex(t, sealHex), fmt.Sprint(id))
+		}
 		t.Fatalf("campaign after the PostgreSQL crash: %v", fin)
 	}
 	t.Logf("log lines counted: %v", counts)
@@ -185,6 +205,28 @@ func TestProcessPostgresCrash(t *testing.T) {
 	if err := st.Active(ctx, persistence.KindDevice, func(id string) error { inFlight = append(inFlight, id); return nil }); err != nil || len(inFlight) != 0 {
 		t.Errorf("devices with a job left in the journal: %v %v", inFlight, err)
 	}
+}
+
+// logJournal logs the journal of device id (a simulated device has no
+// registry entry, so no timeline through the API).
+func logJournal(ctx context.Context, t *testing.T, dsn string, seal []byte, id string) {
+	t.Helper()
+	st, err := pgstore.Open(ctx, dsn, pgstore.Options{SealKey: seal})
+	if err != nil {
+		t.Logf("journal of %s: %v", id, err)
+		return
+	}
+	defer st.Close()
+	var b strings.Builder
+	err = st.Load(ctx, persistence.Stream{Kind: persistence.KindDevice, ID: id}, 0, func(e persistence.Event) error {
+		var ev messages.DeviceEvent
+		if err := proto.Unmarshal(e.Payload, &ev); err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "\n  %d %s %s", e.Seq, time.Unix(0, e.At).UTC().Format("15:04:05.000"), prototext.MarshalOptions{}.Format(&ev))
+		return nil
+	})
+	t.Logf("journal of %s (%v):%s", id, err, b.String())
 }
 
 // readAPIAddr reads the API address serve wrote to addrs.json.

@@ -51,6 +51,10 @@ func TestMain(m *testing.M) {
 	os.Exit(pgtest.Wrap(func() int { return etcdtest.Wrap(m.Run) }))
 }
 
+// envServerLogDir names a folder where each child serve's log is kept
+// (one file per child), to read the timeline of a failing run.
+const envServerLogDir = "OTAFLEET_TEST_SERVER_LOGS"
+
 // server is a child `otafleet serve` process whose JSON log lines are read.
 type server struct {
 	t     *testing.T
@@ -78,8 +82,18 @@ func startServerEnv(t *testing.T, env []string, args ...string) *server {
 		t.Fatal(err)
 	}
 	s := &server{t: t, cmd: cmd, lines: make(chan map[string]any, 4096), exit: make(chan error, 1)}
+	var out io.Reader = stderr
+	if dir := os.Getenv(envServerLogDir); dir != "" { // keep the child's log for a failing run
+		f, err := os.CreateTemp(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-*.log")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = f.Close() })
+		t.Logf("server log: %s", f.Name())
+		out = io.TeeReader(stderr, f)
+	}
 	go func() {
-		sc := bufio.NewScanner(stderr)
+		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			var m map[string]any

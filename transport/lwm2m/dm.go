@@ -44,7 +44,7 @@ func (s *Server) do(reg *registration, dl *messages.Downlink) {
 	defer cancel()
 	switch k := dl.GetKind().(type) {
 	case *messages.Downlink_Lwm2MRead:
-		s.read(ctx, reg, k.Lwm2MRead.GetPath())
+		s.read(ctx, reg, k.Lwm2MRead.GetPath(), k.Lwm2MRead.GetTag())
 	case *messages.Downlink_Lwm2MObserve:
 		s.observe(ctx, reg, k.Lwm2MObserve.GetPath())
 	case *messages.Downlink_Lwm2MCancelObserve:
@@ -109,7 +109,8 @@ func (s *Server) answered(reg *registration, op messages.Lwm2MOp, path string, r
 
 // read reads path; a single resource is asked as text/plain first and
 // again without Accept if the device will not give it (project decision 7).
-func (s *Server) read(ctx context.Context, reg *registration, path string) {
+// The answer carries the read's tag (DeviceInput.request_tag).
+func (s *Server) read(ctx context.Context, reg *registration, path string, tag uint64) {
 	var opts []message.Option
 	if singleResource(path) {
 		opts = append(opts, uintOpt(message.Accept, uint32(message.TextPlain)))
@@ -122,7 +123,7 @@ func (s *Server) read(ctx context.Context, reg *registration, path string) {
 		s.log.Debug("lwm2m: read unanswered", "device", reg.device, "path", path, "error", err)
 		return
 	}
-	s.value(reg, messages.Lwm2MOp_LWM2M_OP_READ, path, res, true)
+	s.value(reg, messages.Lwm2MOp_LWM2M_OP_READ, path, res, true, tag)
 }
 
 // observe starts observing path: the first answer and every notification
@@ -212,7 +213,7 @@ func (s *Server) notified(reg *registration, path string, st *observed, n *messa
 	}
 	noAck := !st.gotOne || n.Type != message.Confirmable
 	st.gotOne = true
-	deliver := s.prepareValue(reg, op, path, n, noAck)
+	deliver := s.prepareValue(reg, op, path, n, noAck, 0)
 	if strings.HasPrefix(path, "/5/") && reg.holdOrRun(func() { _ = deliver() }) {
 		ack(true)
 		return
@@ -292,21 +293,21 @@ func (reg *registration) holdOrRun(f func()) bool {
 	return true
 }
 
-// value delivers a read's or notification's answer as the inputs the device
-// machine expects. noAck marks them no_ack: an answer to the server's
-// request or a non-confirmable notification, not one the device expects
-// acknowledged.
-func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, noAck bool) {
-	_ = s.prepareValue(reg, op, path, res, noAck)() // logged; the stage's deadline covers a lost answer
+// value delivers a read's answer as the inputs the device machine expects,
+// marked no_ack (an answer to the server's request, not one the device
+// expects acknowledged) and carrying the read's tag (request_tag).
+func (s *Server) value(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, noAck bool, tag uint64) {
+	_ = s.prepareValue(reg, op, path, res, noAck, tag)() // logged; the stage's deadline covers a lost answer
 }
 
 // prepareValue decodes an answer now (a notification's message is reused
 // after the call) and returns the delivery of its inputs (marked as value
-// marks them), which fails when the engine did not take them.
-func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, noAck bool) func() error {
+// marks them), which fails when the engine did not take them. tag is the
+// tag of the read answered (DeviceInput.request_tag); 0 for a notification.
+func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path string, res *message.Message, noAck bool, tag uint64) func() error {
 	s.awake(reg)
 	fail := func(code string) func() error {
-		in := &messages.DeviceInput{NoAck: noAck, Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
+		in := &messages.DeviceInput{NoAck: noAck, RequestTag: tag, Kind: &messages.DeviceInput_Lwm2MResponse{Lwm2MResponse: &messages.Lwm2MResponse{
 			Op: op, Path: path, Success: false, Code: code,
 		}}}
 		return func() error { return s.deliver(reg.device, in) }
@@ -339,7 +340,7 @@ func (s *Server) prepareValue(reg *registration, op messages.Lwm2MOp, path strin
 			Op: op, Path: path, Success: true, Code: codeText(res.Code),
 		}}}
 	}
-	in.NoAck = noAck
+	in.NoAck, in.RequestTag = noAck, tag
 	return func() error { return s.deliver(reg.device, in) }
 }
 

@@ -377,6 +377,14 @@ func TestDeviceManagement(t *testing.T) {
 	d.set("/3/0/3", resource{message.TextPlain, []byte("1.0")})
 	d.set("/4/0", resource{message.AppLwm2mTLV, tlv})
 	d.set("/5/0/3", resource{message.TextPlain, []byte("0")})
+	fota, err := lwm2mcodec.EncodeTLV([]lwm2mcodec.Value{
+		lwm2mcodec.IntValue(lwm2mcodec.ResourcePath(5, 0, 3), 2),
+		lwm2mcodec.IntValue(lwm2mcodec.ResourcePath(5, 0, 5), 0),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.set("/5/0", resource{message.AppLwm2mTLV, fota})
 	if _, err := d.register(t, "ep=d1&lt=600", links); err != nil {
 		t.Fatal(err)
 	}
@@ -417,6 +425,16 @@ func TestDeviceManagement(t *testing.T) {
 	read("/4/0/8")
 	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_READ path:"/4/0/8" code:"4.04"} no_ack:true` {
 		t.Fatalf("read of a missing resource: %q", got)
+	}
+	// A read's tag comes back in its answer (issue 22: the device machine
+	// tells the answer of a read sent after an Execute from an older one's).
+	send(&messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/5/0", Tag: 7}})
+	if got := e.rec.next(t); got != `d1 fota_status:{state:2 update_result:0} no_ack:true request_tag:7` {
+		t.Fatalf("tagged read of object 5: %q", got)
+	}
+	send(&messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: "/4/0/9", Tag: 8}})
+	if got := e.rec.next(t); got != `d1 lwm2m_response:{op:LWM2M_OP_READ path:"/4/0/9" code:"4.04"} no_ack:true request_tag:8` {
+		t.Fatalf("tagged read of a missing resource: %q", got)
 	}
 	send(&messages.Downlink_Lwm2MObserve{Lwm2MObserve: &messages.Lwm2MObserve{Path: "/5/0/3"}})
 	if got := e.rec.next(t); got != `d1 fota_status:{state:0} no_ack:true` {

@@ -115,7 +115,16 @@
 //     again and T8 counts anew. A notification the device expects
 //     acknowledged decides nothing here, even with both values: it may have
 //     left the device before the Execute reached it
-//     (stale_fota_notifications.txt). A new registration in DOWNLOADED reads object 5 the
+//     (stale_fota_notifications.txt). Nor does the answer to a read sent
+//     before the last Execute (issue 22, crossed_object_reads.txt): a
+//     probe's read in DOWNLOADING, or the read of an earlier recovery
+//     while the store failed writes, may have been answered before that
+//     Execute arrived. A read of object 5 carries the generation of the
+//     stage that sent it (Lwm2mRead.tag), the transport echoes it
+//     (DeviceInput.request_tag), and every Execute enters DOWNLOADED with
+//     a new generation: only an answer tagged with the current one sends
+//     the Execute again, so at most one per Execute sent. A new
+//     registration in DOWNLOADED reads object 5 the
 //     same way: the Execute may have gone to the old session, or Resume's
 //     read to the address the device had before the restart. A PCP device has no such state to read: it answers a
 //     0x13 with its old version before a 0x17 and after taking one until

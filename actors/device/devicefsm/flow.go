@@ -224,6 +224,18 @@ func read(path string) *messages.Downlink {
 	return &messages.Downlink{Kind: &messages.Downlink_Lwm2MRead{Lwm2MRead: &messages.Lwm2MRead{Path: path}}}
 }
 
+// readFotaObject is the read of object 5's instance (State and Update
+// Result in one answer), tagged with the generation of s's stage: the
+// transport echoes the tag in the answer (DeviceInput.request_tag), so that
+// decider.executeAgain can tell an answer to a read sent after the last
+// Execute (every Execute enters DOWNLOADED with a new generation) from one
+// that may have left the device before that Execute reached it.
+func readFotaObject(s State) *messages.Downlink {
+	dl := read(messages.PathFotaObject)
+	dl.GetLwm2MRead().Tag = s.Generation
+	return dl
+}
+
 func mqttUpgrade(j *messages.Job) *messages.Downlink {
 	return &messages.Downlink{Kind: &messages.Downlink_MqttUpgrade{MqttUpgrade: &messages.MqttUpgrade{Job: j}}}
 }

@@ -387,7 +387,8 @@ func (h *harness) dispatch(d *datadriven.TestData, a map[string]string) string {
 	case "fota":
 		// noack: an answer to the server's request (a read, an
 		// observation's first value), as the transports mark it.
-		return h.step(&messages.DeviceInput{NoAck: has(a, "noack"), Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32(t, a, "state"), UpdateResult: i32(t, a, "result")}}})
+		// tag=N: the tag of the read it answers, as the transports echo it.
+		return h.step(&messages.DeviceInput{NoAck: has(a, "noack"), RequestTag: uint64(u32(t, a, "tag")), Kind: &messages.DeviceInput_FotaStatus{FotaStatus: &messages.FotaStatus{State: i32(t, a, "state"), UpdateResult: i32(t, a, "result")}}})
 	case "progress":
 		c := i32(t, a, "code")
 		if c == nil {

@@ -79,7 +79,7 @@ func owed(s State, on occasion) []*messages.Downlink {
 	p, st := j.GetProtocol(), s.Stage
 	if on == updated {
 		if p == protoFOTA && (st == stDownloaded || st == stUpgrading) {
-			return []*messages.Downlink{read(messages.PathFotaObject)}
+			return []*messages.Downlink{readFotaObject(s)}
 		}
 		return nil
 	}
@@ -92,11 +92,11 @@ func owed(s State, on occasion) []*messages.Downlink {
 		case due && !s.UriAcked:
 			out = append(out, packageURIWrites(s)...)
 		case due && on == reconnected:
-			out = append(out, read(messages.PathFotaObject))
+			out = append(out, readFotaObject(s))
 		}
 		out = append(out, observe(messages.PathFotaState), observe(messages.PathUpdateResult))
 		if st == stDownloaded {
-			out = append(out, read(messages.PathFotaObject))
+			out = append(out, readFotaObject(s))
 		}
 	}
 	switch st {

@@ -254,8 +254,16 @@ func (d *decider) fotaStatus(f *messages.FotaStatus) {
 	// with both values) may have left the device before the server's last
 	// request reached it: in DOWNLOADED, the State 2 of the download's end,
 	// which crossed the Execute on the way.
+	//
+	// An answer says nothing of the requests that reached the device after
+	// it left: only the answer to a read sent after the last Execute (its
+	// tag is the generation that Execute started, see readFotaObject) may
+	// send the Execute again. A read sent before it (a probe's in
+	// DOWNLOADING, or an earlier recovery's while the store failed writes)
+	// may have been answered before the Execute arrived (issue 22,
+	// crossed_object_reads.txt).
 	objectRead := f.State != nil && f.UpdateResult != nil && d.in.GetNoAck()
-	if st == stDownloaded && objectRead &&
+	if st == stDownloaded && objectRead && d.in.GetRequestTag() == d.s.Generation && d.s.Generation != 0 &&
 		f.GetState() == messages.FotaStateDownloaded && f.GetUpdateResult() == messages.UpdateResultInitial {
 		d.executeAgain()
 		return
@@ -364,7 +372,7 @@ func (d *decider) probeDownload() {
 	switch {
 	case d.s.UriAcked:
 		d.note(fmt.Sprintf("%s for %v: object 5 read and observed again", shortStage(st), since))
-		d.sendOnce(read(messages.PathFotaObject))
+		d.sendOnce(readFotaObject(d.s))
 		d.sendOnce(observe(messages.PathFotaState)) // once: a queue-mode device may sleep through several probes
 		d.sendOnce(observe(messages.PathUpdateResult))
 	case st == stNotified:
@@ -389,7 +397,11 @@ func (d *decider) probeDownload() {
 // a failed or deferred update carries Update Result 8 or 11), so this one
 // never took the first Execute, and a second one cannot install twice. The
 // Execute of a process that died reaches the device before the new
-// process's read, if ever. T8 counts again from the new Execute.
+// process's read, if ever. Only the answer to a read sent after the last
+// Execute counts (its tag is the current generation; fotaStatus checks
+// it), and this Execute starts a new generation, so the answers of reads
+// sent before it, which may show State 2 still, send nothing. T8 counts
+// again from the new Execute.
 func (d *decider) executeAgain() {
 	d.note("the device shows State 2, Update Result 0: it never took the Execute; sent again")
 	d.send(&messages.Downlink{Kind: &messages.Downlink_Lwm2MExecute{Lwm2MExecute: &messages.Lwm2MExecute{Path: messages.PathUpdate}}})

@@ -763,8 +763,12 @@ func (d *device) lwm2mDownlink(dl *messages.Downlink) {
 	switch k := dl.Kind.(type) {
 	case *messages.Downlink_Lwm2MRead:
 		if !d.b.Silent {
-			path := k.Lwm2MRead.GetPath()
-			d.reply(func() *messages.DeviceInput { return answer(d.read(path)) })
+			path, tag := k.Lwm2MRead.GetPath(), k.Lwm2MRead.GetTag()
+			d.reply(func() *messages.DeviceInput {
+				in := answer(d.read(path))
+				in.RequestTag = tag // echoed, as the LwM2M transport does
+				return in
+			})
 		}
 	case *messages.Downlink_Lwm2MObserve:
 		if !d.b.Silent {

@@ -61,7 +61,9 @@
 //     value, write and execute answers, the PCP answers to 0x13, 0x14 and
 //     0x17) are marked no_ack, as the LwM2M transport marks them: nothing is
 //     acknowledged to the device on them. Notifications, the device's own
-//     PCP requests (0x15, 0x16, 0x18) and MQTT reports are not.
+//     PCP requests (0x15, 0x16, 0x18) and MQTT reports are not. A read's
+//     answer carries the read's tag (DeviceInput.request_tag), as the LwM2M
+//     transport echoes it.
 //
 // DeviceSpec.Behaviour injects faults: failed downloads with a given code,
 // silence, ignored upgrade requests, a connection lost mid-download, refused

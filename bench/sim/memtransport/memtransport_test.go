@@ -550,3 +550,32 @@ func TestReportWakesAsleepDevice(t *testing.T) {
 		t.Fatalf("after the install: %+v", ds)
 	}
 }
+
+// TestReadAnswerCarriesTag (issue 22): a read's answer carries the read's
+// tag (request_tag), as the LwM2M transport echoes it, so the device
+// machine can tell the answer of a read sent after an Execute from one
+// sent before it; other reports carry none.
+func TestReadAnswerCarriesTag(t *testing.T) {
+	rec, tr, clk := newRecorded(t)
+	if err := tr.Add(spec("f", messages.Protocol_PROTOCOL_LWM2M_FOTA)); err != nil {
+		t.Fatal(err)
+	}
+	connect(t, tr, "f")
+	tagged := read("f", "/5/0")
+	tagged.GetLwm2MRead().Tag = 9
+	send(t, tr, tagged)
+	send(t, tr, read("f", "/3/0/3"))
+	clk.Advance(time.Second)
+	rec.mu.Lock()
+	got := rec.got["f"]
+	rec.mu.Unlock()
+	if len(got) != 3 {
+		t.Fatalf("uplinks %v", got)
+	}
+	if f := got[1].GetFotaStatus(); f == nil || f.State == nil || f.UpdateResult == nil || got[1].GetRequestTag() != 9 || !got[1].GetNoAck() {
+		t.Fatalf("answer of the tagged read of /5/0: %v", got[1])
+	}
+	if got[2].GetVersionReported() == nil || got[2].GetRequestTag() != 0 {
+		t.Fatalf("answer of the untagged read of /3/0/3: %v", got[2])
+	}
+}
