@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/otafleet/otafleet/bench"
+	"github.com/otafleet/otafleet/internal/etcdserver"
 	"github.com/otafleet/otafleet/internal/pgserver"
 )
 
@@ -52,6 +54,7 @@ func benchCommand(stdout, stderr io.Writer) *cobra.Command {
 		scale, killAt, store string
 		asJSON               bool
 		serveArgs            []string
+		nodes                int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -136,20 +139,42 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 			} else {
 				o.ServeArgs = serveArgs
 			}
-			switch store {
-			case "", "pebble":
-			case "postgres":
-				stop, err := benchPostgres(&o, stderr)
-				if err != nil {
-					return err
+			if cmd.Flags().Changed("nodes") {
+				if nodes < 1 {
+					return usage("--nodes %d: want at least 1", nodes)
 				}
-				defer stop()
+				if cmd.Flags().Changed("store") && store != "postgres" {
+					return usage("--nodes runs the cluster on PostgreSQL: --store %q cannot go with it", store)
+				}
+				if o.KillAt > 0 {
+					return usage("--kill-at restarts a single server: not with --nodes")
+				}
+				store = "postgres" // implied
+			}
+			switch store {
+			case "", "pebble", "postgres":
 			default:
 				return usage("--store %q: want pebble or postgres", store)
 			}
 			o.Command = "otafleet " + strings.Join(os.Args[1:], " ")
 			o.Progress = stderr // progress lines; the report goes to stdout
-			rep, err := bench.Run(cmd.Context(), o)
+			var rep *bench.Report
+			switch {
+			case nodes > 0:
+				rep, err = benchCluster(cmd.Context(), o, nodes, stderr)
+			case store == "postgres":
+				pg, perr := startBenchPostgres(stderr)
+				if perr != nil {
+					return perr
+				}
+				defer pg.stop()
+				if perr := pg.use(&o, "otafleet_bench"); perr != nil {
+					return perr
+				}
+				rep, err = bench.Run(cmd.Context(), o)
+			default:
+				rep, err = bench.Run(cmd.Context(), o)
+			}
 			if rep != nil {
 				if asJSON {
 					b, jerr := json.MarshalIndent(rep, "", "  ")
@@ -173,6 +198,7 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 	fs := cmd.Flags()
 	fs.StringVar(&scale, "scale", "", "profile: small (1,000 devices) or large (100,000)")
 	fs.StringVar(&store, "store", "pebble", "the server's store: pebble (in its data folder) or postgres (bench starts a private PostgreSQL, initdb and pg_ctl from pg_config --bindir)")
+	fs.IntVar(&nodes, "nodes", 0, "run the workload on one plain server, then on a cluster of this many `serve --cluster` nodes (bench starts etcd; implies --store postgres), and compare their CPU per upgrade")
 	fs.IntVar(&o.Devices, "devices", o.Devices, "devices in the fleet")
 	fs.StringVar(&o.Protocol, "protocol", o.Protocol, "mqtt, lwm2m, pcp or mixed")
 	fs.IntVar(&o.Cells, "cells", o.Cells, "radio cells the LwM2M devices are spread over")
@@ -199,46 +225,117 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 	return cmd
 }
 
-// benchPostgres starts a private PostgreSQL for a bench run and points the
-// server at it (--store, and a seal key file of its own); stop stops it
-// and removes its folder and the key.
-func benchPostgres(o *bench.Options, progress io.Writer) (stop func(), err error) {
+// benchPG is the private PostgreSQL of a bench run and the seal key file
+// its servers use.
+type benchPG struct {
+	srv      *pgserver.Server
+	keyDir   string
+	keyFile  string
+	progress io.Writer
+}
+
+// startBenchPostgres starts a private PostgreSQL for a bench run and writes
+// a seal key file of its own; stop stops it and removes its folder and the
+// key.
+func startBenchPostgres(progress io.Writer) (*benchPG, error) {
 	srv, err := pgserver.Start("otafleet-bench-pg-")
 	if err != nil {
 		return nil, err
 	}
-	keyDir, err := os.MkdirTemp("", "otafleet-bench-key-")
-	if err != nil {
-		_ = srv.Stop()
-		return nil, err
-	}
-	stop = func() {
-		if err := srv.Stop(); err != nil {
-			fmt.Fprintln(progress, "bench: stopping PostgreSQL:", err)
-		}
-		_ = os.RemoveAll(keyDir)
-	}
-	dsn, err := srv.CreateDatabase("otafleet_bench", "")
-	if err != nil {
-		stop()
+	pg := &benchPG{srv: srv, progress: progress}
+	if pg.keyDir, err = os.MkdirTemp("", "otafleet-bench-key-"); err != nil {
+		pg.stop()
 		return nil, err
 	}
 	key := make([]byte, sealKeySize)
 	if _, err := rand.Read(key); err != nil {
-		stop()
+		pg.stop()
 		return nil, err
 	}
-	keyFile := filepath.Join(keyDir, "seal.key")
-	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
-		stop()
+	pg.keyFile = filepath.Join(pg.keyDir, "seal.key")
+	if err := os.WriteFile(pg.keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+		pg.stop()
 		return nil, err
 	}
-	if o.StorePID, err = srv.PID(); err != nil {
-		stop()
-		return nil, err
+	return pg, nil
+}
+
+func (pg *benchPG) stop() {
+	if err := pg.srv.Stop(); err != nil {
+		fmt.Fprintln(pg.progress, "bench: stopping PostgreSQL:", err)
 	}
-	o.ServeArgs = append(o.ServeArgs, "--store="+dsn, "--seal-key-file="+keyFile)
+	if pg.keyDir != "" {
+		_ = os.RemoveAll(pg.keyDir)
+	}
+}
+
+// use creates the database name and points the server(s) of o at it
+// (--store, --seal-key-file), and the report at the PostgreSQL server.
+func (pg *benchPG) use(o *bench.Options, name string) error {
+	dsn, err := pg.srv.CreateDatabase(name, "")
+	if err != nil {
+		return err
+	}
+	if o.StorePID, err = pg.srv.PID(); err != nil {
+		return err
+	}
+	o.ServeArgs = append(slices.Clone(o.ServeArgs), "--store="+dsn, "--seal-key-file="+pg.keyFile)
 	o.StoreDSN = dsn
-	fmt.Fprintln(progress, "bench: the server's store is a private PostgreSQL:", redactedDSN(dsn))
-	return stop, nil
+	fmt.Fprintln(pg.progress, "bench: the server's store is a private PostgreSQL:", redactedDSN(dsn))
+	return nil
+}
+
+// benchCluster runs the workload of o twice on one private PostgreSQL
+// server: first on one plain server (no --cluster) over a fresh database,
+// then on a cluster of n nodes over another, with a private etcd; it
+// returns the cluster run's report with the single node's figures and the
+// ratio of their engine CPU per finished device.
+func benchCluster(ctx context.Context, o bench.Options, n int, progress io.Writer) (*bench.Report, error) {
+	pg, err := startBenchPostgres(progress)
+	if err != nil {
+		return nil, err
+	}
+	defer pg.stop()
+	etcd, err := etcdserver.Start("otafleet-bench-etcd-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := etcd.Stop(); err != nil {
+			fmt.Fprintln(progress, "bench: stopping etcd:", err)
+		}
+	}()
+	single, cluster := o, o
+	if o.DataDir != "" {
+		single.DataDir = filepath.Join(o.DataDir, "single")
+		cluster.DataDir = filepath.Join(o.DataDir, "cluster")
+	}
+	single.CPUProfile, single.SimCPUProfile = "", "" // the cluster run's
+	if err := pg.use(&single, "otafleet_bench_single"); err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(progress, "bench: the workload on one plain server first")
+	srep, err := bench.Run(ctx, single)
+	if err != nil {
+		return srep, fmt.Errorf("the single-node run: %w", err)
+	}
+	if err := pg.use(&cluster, "otafleet_bench_cluster"); err != nil {
+		return nil, err
+	}
+	cluster.Nodes = n
+	cluster.Etcd = strings.TrimPrefix(etcd.URL(), "http://")
+	cluster.ClusterName = "bench"
+	cluster.EtcdPID = etcd.PID()
+	fmt.Fprintf(progress, "bench: the workload on a cluster of %d nodes (etcd %s)\n", n, etcd.URL())
+	rep, err := bench.Run(ctx, cluster)
+	if rep != nil {
+		rep.SingleNode = srep.Single()
+		if srep.EngineCPUPerUpgradeMs > 0 {
+			rep.ClusterCPURatio = rep.EngineCPUPerUpgradeMs / srep.EngineCPUPerUpgradeMs
+		}
+		for _, p := range srep.Problems {
+			rep.Problems = append(rep.Problems, "single node: "+p)
+		}
+	}
+	return rep, err
 }
