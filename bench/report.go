@@ -99,15 +99,18 @@ type Report struct {
 	IdleRSSBytesPerDevice  float64           `json:"idle_rss_bytes_per_device"`
 	// IdleGoroutinesPerDevice is the server's goroutines the idle fleet
 	// added, per device.
-	IdleGoroutinesPerDevice  float64 `json:"idle_goroutines_per_device"`
-	RegisterConnectSeconds   float64 `json:"register_connect_seconds"`
-	SimCPUSeconds            float64 `json:"sim_cpu_seconds"`
-	SimPeakRSSBytes          int64   `json:"sim_peak_rss_bytes"`
-	SimProcesses             int     `json:"sim_processes"`
-	Restarts                 int     `json:"restarts"`
-	KilledAtFinal            int     `json:"killed_at_final,omitempty"`
-	EveryDeviceOneFinalState bool    `json:"every_device_one_final_state"`
-	DevicesUpgradedTwice     int     `json:"devices_upgraded_twice"`
+	IdleGoroutinesPerDevice float64 `json:"idle_goroutines_per_device"`
+	RegisterConnectSeconds  float64 `json:"register_connect_seconds"`
+	SimCPUSeconds           float64 `json:"sim_cpu_seconds"`
+	SimPeakRSSBytes         int64   `json:"sim_peak_rss_bytes"`
+	SimProcesses            int     `json:"sim_processes"`
+	Restarts                int     `json:"restarts"`
+	KilledAtFinal           int     `json:"killed_at_final,omitempty"`
+	// KilledNode is the node --kill-node killed with SIGKILL (its node
+	// address), at KilledAtFinal devices final.
+	KilledNode               string `json:"killed_node,omitempty"`
+	EveryDeviceOneFinalState bool   `json:"every_device_one_final_state"`
+	DevicesUpgradedTwice     int    `json:"devices_upgraded_twice"`
 	// Problems lists what went wrong (a device missing from the tasks, in
 	// two final states, upgraded twice, a budget violation): empty on a
 	// clean run.
@@ -128,6 +131,8 @@ type NodeReport struct {
 	CPUPerUpgradeMs float64 `json:"cpu_ms_per_upgrade"`
 	CPUSeconds      float64 `json:"cpu_seconds"`
 	PeakRSSBytes    int64   `json:"peak_rss_bytes"`
+	// Killed: --kill-node killed this node (its figures end there).
+	Killed bool `json:"killed,omitempty"`
 }
 
 // SingleNodeReport is the single-node run's figures beside a cluster run.
@@ -252,8 +257,12 @@ func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 	}
 	p("engine RSS", "peak %s", mib(r.EnginePeakRSSBytes))
 	for k, n := range r.Nodes {
-		p(fmt.Sprintf("  node %d", k), "%s (API %s): %.2f s CPU during the task (%.2f ms per finished device), %.2f s in all, peak RSS %s",
-			n.NodeAddr, n.API, n.TaskCPUSeconds, n.CPUPerUpgradeMs, n.CPUSeconds, mib(n.PeakRSSBytes))
+		killed := ""
+		if n.Killed {
+			killed = " (killed)"
+		}
+		p(fmt.Sprintf("  node %d", k), "%s (API %s)%s: %.2f s CPU during the task (%.2f ms per finished device), %.2f s in all, peak RSS %s",
+			n.NodeAddr, n.API, killed, n.TaskCPUSeconds, n.CPUPerUpgradeMs, n.CPUSeconds, mib(n.PeakRSSBytes))
 	}
 	if s := r.SingleNode; s != nil {
 		p("single node", "same workload, one plain server on the same PostgreSQL first: %d succeeded, %d failed in %.2f s (%.1f upgrades/s); engine %.2f ms per finished device, PostgreSQL %.2f ms, peak RSS %s",
@@ -262,6 +271,9 @@ func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 	}
 	p("journal", "%d events (%.1f per finished device); %d synced commits (%.1f per finished device)", r.EventsJournaled, r.EventsPerUpgrade, r.SyncedCommits, r.SyncedCommitsPerUpgrade)
 	r.writeFleet(p)
+	if r.KilledNode != "" {
+		p("node killed", "%s with SIGKILL at %d devices final; the others went on", r.KilledNode, r.KilledAtFinal)
+	}
 	if r.Restarts > 0 {
 		p("restarts", "%d (SIGKILL at %d devices final)", r.Restarts, r.KilledAtFinal)
 	}

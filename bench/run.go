@@ -103,6 +103,10 @@ type Options struct {
 	// EtcdPID is the process whose tree is etcd (etcdserver.Server.PID):
 	// the report adds etcd's CPU during the task apart. 0: none.
 	EtcdPID int
+	// KillNode in (0, 1), with Nodes >= 2: when this share of the devices
+	// reached a final state the last node (never the first, which the API
+	// client uses) is killed with SIGKILL; the run goes on with the others.
+	KillNode float64
 	// CPUProfile, when set, is the file the server's CPU profile of the
 	// tasks' run is written to (pprof format, from the first task's creation
 	// until the tasks end; with KillAt, of both server processes).
@@ -142,6 +146,12 @@ func (o *Options) validate() error {
 	}
 	if o.Nodes > 0 && (o.StoreDSN == "" || o.Etcd == "" || o.ClusterName == "") {
 		errs = append(errs, errors.New("a cluster run needs a PostgreSQL store, etcd and a cluster name"))
+	}
+	if o.KillNode < 0 || o.KillNode >= 1 {
+		errs = append(errs, fmt.Errorf("--kill-node %v: want a share below 100%%", o.KillNode))
+	}
+	if o.KillNode > 0 && o.Nodes < 2 {
+		errs = append(errs, errors.New("--kill-node needs --nodes 2 or more: a node must survive"))
 	}
 	if o.Nodes > 0 && o.KillAt > 0 {
 		errs = append(errs, errors.New("--kill-at restarts a single server: not with --nodes"))
@@ -348,6 +358,32 @@ type peer struct {
 	addrs map[string]string
 	c     *child
 	cpu0  time.Duration // its CPU at the first task's creation
+	// taskCPU is its CPU during the task, once it ended or was killed.
+	taskCPU time.Duration
+}
+
+// killPeer kills the cluster's last node with SIGKILL, done devices being
+// final, and notes its figures; the run goes on with the others.
+func (r *benchRun) killPeer(done int) error {
+	k := len(r.peers) - 1
+	p := r.peers[k]
+	cpu, err := cpuOf(p.c.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	p.taskCPU = cpu - p.cpu0
+	r.noteCells(context.Background())
+	n := &r.rep.Nodes[k+1]
+	r.progress("%d/%d final: killing node %s with SIGKILL", done, r.o.Devices, n.NodeAddr)
+	_ = p.c.cmd.Process.Kill()
+	<-p.c.done
+	r.addUsage(p.c)
+	cpuAll, rss := usageOf(p.c.cmd)
+	n.CPUSeconds, n.PeakRSSBytes, n.Killed = cpuAll.Seconds(), rss, true
+	p.c = nil
+	r.rep.KilledNode = n.NodeAddr
+	r.rep.KilledAtFinal = done
+	return nil
 }
 
 // nodeRef is one server process of the run, as the report reads it.
@@ -1020,6 +1056,7 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 	var taskCPU time.Duration
 	lastLine := start
 	killAt := int(math.Ceil(r.o.KillAt * float64(r.o.Devices)))
+	killNodeAt := int(math.Ceil(r.o.KillNode * float64(r.o.Devices)))
 	var end time.Time
 	bo := &Backoff{Clock: r.clk}
 	for {
@@ -1048,6 +1085,11 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 		if r.clk.Since(lastLine) >= 5*time.Second {
 			lastLine = r.clk.Now()
 			r.progress("%.0f s: %d/%d final (%d succeeded, %d failed), %d running; peak %d cell units", r.clk.Since(start).Seconds(), done, r.o.Devices, ok, fail, running, r.rep.PeakCellUnits)
+		}
+		if killNodeAt > 0 && r.rep.KilledNode == "" && done >= killNodeAt {
+			if err := r.killPeer(done); err != nil {
+				return err
+			}
 		}
 		if killAt > 0 && r.rep.Restarts == 0 && done >= killAt {
 			cpu, err := cpuOf(r.server.cmd.Process.Pid)
@@ -1083,12 +1125,15 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 		r.rep.Nodes[0].TaskCPUSeconds = taskCPU.Seconds()
 	}
 	for k, p := range r.peers {
-		cpu, err := cpuOf(p.c.cmd.Process.Pid)
-		if err != nil {
-			return err
+		if p.c != nil { // a killed node's was taken at the kill
+			cpu, err := cpuOf(p.c.cmd.Process.Pid)
+			if err != nil {
+				return err
+			}
+			p.taskCPU = cpu - p.cpu0
 		}
-		r.rep.Nodes[k+1].TaskCPUSeconds = (cpu - p.cpu0).Seconds()
-		taskCPU += cpu - p.cpu0
+		r.rep.Nodes[k+1].TaskCPUSeconds = p.taskCPU.Seconds()
+		taskCPU += p.taskCPU
 	}
 	r.rep.EngineTaskCPUSeconds = taskCPU.Seconds()
 	if r.o.EtcdPID != 0 {
@@ -1106,6 +1151,11 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 		r.rep.StoreTaskCPUSeconds = (storeCPU - r.storeCPU0).Seconds()
 	}
 	r.rep.WallSeconds = end.Sub(start).Seconds()
+	if killNodeAt > 0 && r.rep.KilledNode == "" {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf(
+			"--kill-node %.0f%%: the devices became final faster than the progress was polled; no node was killed (spread them with --think-time or --bandwidth)",
+			r.o.KillNode*100))
+	}
 	if killAt > 0 && r.rep.Restarts == 0 {
 		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf(
 			"--kill-at %.0f%%: the devices became final faster than the progress was polled; the server was never killed (spread them with --think-time or --bandwidth)",
@@ -1213,7 +1263,10 @@ func (r *benchRun) collect(ctx context.Context, tasks []string) error {
 	if r.rep.Restarts > 0 {
 		r.rep.LostPCPExecutes = r.rep.FailuresByProtocol[ProtoPCP][messages.ReasonText(messages.Reason_REASON_UPDATE_START_TIMEOUT)]
 	}
-	if failed := r.rep.Failed - r.rep.LostPCPExecutes; r.o.FailRate == 0 && failed > 0 {
+	// With a node killed, a device whose step's downlink or report died
+	// with the node may fail (or its retry runs it again): reported, no
+	// problem of the run.
+	if failed := r.rep.Failed - r.rep.LostPCPExecutes; r.o.FailRate == 0 && failed > 0 && r.rep.KilledNode == "" {
 		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices failed although --fail-rate is 0", failed))
 	}
 	r.rep.EveryDeviceOneFinalState = missing == 0 && twice == 0 && r.rep.Succeeded+r.rep.Failed+r.rep.Stopped == r.o.Devices

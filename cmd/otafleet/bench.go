@@ -52,6 +52,7 @@ func benchCommand(stdout, stderr io.Writer) *cobra.Command {
 	o := bench.Options{Devices: 1000, Protocol: bench.ProtoMixed, Cells: 20, Coverage: bench.CoverageMixed, PackageBytes: 16 << 10, Timeout: 30 * time.Minute}
 	var (
 		scale, killAt, store string
+		killNode             string
 		asJSON               bool
 		serveArgs            []string
 		nodes                int
@@ -71,6 +72,24 @@ object instead.
 --store postgres runs the server on a private PostgreSQL that bench starts
 (and removes) for the run; the report adds that server's CPU during the task
 (store_cpu_ms_per_upgrade), as the store's work is no longer in the engine's.
+
+--nodes N runs the workload twice on one private PostgreSQL server (implied:
+--store postgres; --store pebble is refused) and a private etcd that bench
+starts: first on one plain server (no --cluster) over a fresh database, then
+on a cluster of N ` + "`serve --cluster`" + ` nodes over another; the simulators get
+every node's addresses (each device starts on the node its ID hashes to and
+fails over to the others) and bench's API client talks to the first node. The
+report is the cluster run's, its engine figures summed over the nodes, plus
+each node's CPU during the task and peak RSS (nodes), etcd's CPU apart
+(etcd_cpu_ms_per_upgrade, as PostgreSQL's), the single node's figures
+(single_node) and cluster_cpu_ratio: the cluster's engine CPU per finished
+device over the single node's (PostgreSQL's and etcd's not included).
+--kill-node 50% (with --nodes 2 or more) kills the last node with SIGKILL
+once half the devices are final; the others go on, and the report checks
+that every device ends in exactly one final state and none upgraded twice.
+Devices whose step died with the node may fail: they are counted, not a
+problem of the run, and their tasks get one retry (--retries 1) unless
+--retries says otherwise.
 
 --kill-at 50% kills the server with SIGKILL once half the devices reached a
 final state, starts it again on the same data and ports, and checks that every
@@ -128,7 +147,13 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 			if o.KillAt, err = parseShare(killAt); err != nil || o.KillAt < 0 || o.KillAt >= 1 {
 				return usage("--kill-at %q: want a share such as 50%% or 0.5, below 100%%", killAt)
 			}
-			if o.KillAt > 0 && !cmd.Flags().Changed("retries") {
+			if o.KillNode, err = parseShare(killNode); err != nil || o.KillNode < 0 || o.KillNode >= 1 {
+				return usage("--kill-node %q: want a share such as 50%% or 0.5, below 100%%", killNode)
+			}
+			if o.KillNode > 0 && nodes < 2 {
+				return usage("--kill-node needs --nodes 2 or more: a node must survive")
+			}
+			if (o.KillAt > 0 || o.KillNode > 0) && !cmd.Flags().Changed("retries") {
 				o.Retries = 1
 			}
 			if o.Exe, err = os.Executable(); err != nil {
@@ -210,7 +235,8 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 	fs.IntVar(&o.PackageBytes, "package-size", o.PackageBytes, "package size in bytes (at most 8 MiB)")
 	fs.BoolVar(&o.DTLS, "dtls", false, "LwM2M devices use DTLS with a PSK")
 	fs.StringVar(&killAt, "kill-at", "", "kill the server with SIGKILL when this share of devices is final (e.g. 50%), then restart it")
-	fs.IntVar(&o.Retries, "retries", 0, "each task's retry_count (0 to 5): a failed device runs again a minute later; default 1 with --kill-at")
+	fs.StringVar(&killNode, "kill-node", "", "with --nodes 2 or more: kill one node (not the one bench's API client uses) with SIGKILL when this share of devices is final (e.g. 50%); the others go on")
+	fs.IntVar(&o.Retries, "retries", 0, "each task's retry_count (0 to 5): a failed device runs again a minute later; default 1 with --kill-at or --kill-node")
 	fs.IntVar(&o.SimProcs, "sim-procs", 0, "simulator processes (default: one per 5,000 devices)")
 	fs.BoolVar(&o.IdleOnly, "idle-only", false, "stop after measuring the registered, connected, idle fleet")
 	fs.DurationVar(&o.IdleSettle, "idle-settle", 0, "wait this long with the fleet idle before measuring its memory (e.g. past --serve-arg=--passivate-after=10s)")
@@ -311,6 +337,7 @@ func benchCluster(ctx context.Context, o bench.Options, n int, progress io.Write
 		cluster.DataDir = filepath.Join(o.DataDir, "cluster")
 	}
 	single.CPUProfile, single.SimCPUProfile = "", "" // the cluster run's
+	single.KillNode = 0
 	if err := pg.use(&single, "otafleet_bench_single"); err != nil {
 		return nil, err
 	}
