@@ -191,3 +191,55 @@ func TestBenchNodesUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchKillNode: `otafleet bench --nodes 2 --kill-node 50%` kills the
+// second node with SIGKILL once half of 60 MQTT devices are final; the
+// first goes on with every device (the simulator fails them over), and
+// the report shows the kill, every device in exactly one final state and
+// none upgraded twice. Short step timeouts (as in
+// TestProcessClusterKillNode; 10 s for the download and the result) and
+// no retry keep it fast: a device whose
+// step died with the node fails within seconds, which is counted and no
+// problem of the run.
+func TestBenchKillNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	t.Setenv("OTAFLEET_TEST_MAIN", "1") // the children run main()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	args := []string{"bench", "--nodes", "2", "--devices", "60", "--protocol", "mqtt", "--think-time", "2s",
+		"--kill-node", "50%", "--retries", "0", "--json", "--timeout", "2m"}
+	for _, f := range []string{"version-report", "download-start", "update-start", "version-check"} {
+		args = append(args, "--serve-arg=--timeout-"+f+"=3s")
+	}
+	for _, f := range []string{"download", "mqtt-result", "update-result"} {
+		args = append(args, "--serve-arg=--timeout-"+f+"=10s")
+	}
+	var out, errb bytes.Buffer
+	code := run(ctx, args, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
+	}
+	var rep struct {
+		Devices, Succeeded, Failed int
+		OneFinal                   bool   `json:"every_device_one_final_state"`
+		Twice                      int    `json:"devices_upgraded_twice"`
+		KilledNode                 string `json:"killed_node"`
+		KilledAt                   int    `json:"killed_at_final"`
+		Nodes                      []struct {
+			NodeAddr string  `json:"node_addr"`
+			CPU      float64 `json:"cpu_seconds"`
+			Killed   bool    `json:"killed"`
+		}
+		Problems []string
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if rep.Devices != 60 || rep.Succeeded+rep.Failed != 60 || !rep.OneFinal || rep.Twice != 0 || len(rep.Problems) != 0 ||
+		rep.KilledAt < 30 || rep.KilledAt >= 60 || len(rep.Nodes) != 2 || rep.Nodes[0].Killed || !rep.Nodes[1].Killed ||
+		rep.KilledNode != rep.Nodes[1].NodeAddr || rep.Nodes[1].CPU <= 0 || rep.Succeeded < 30 {
+		t.Fatalf("report: %+v\n%s", rep, out.String())
+	}
+}
