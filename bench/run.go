@@ -292,6 +292,13 @@ func (r *benchRun) setup() error {
 		defer c.Close()
 		return c.LocalAddr().String(), nil
 	}
+	if r.o.Nodes > 0 {
+		// A cluster's nodes are never restarted: they listen on ports the
+		// kernel picks (no race with other programs for a port picked and
+		// released) and bench reads them from addrs.json once they serve.
+		tcp = func() (string, error) { return "127.0.0.1:0", nil }
+		udp = tcp
+	}
 	var errs [5]error
 	a := map[string]string{}
 	a["api"], errs[0] = tcp()
@@ -315,7 +322,7 @@ func (r *benchRun) setup() error {
 	// folder (node 0's is dir, where the simulators read addrs.json) and
 	// ports.
 	clusterArgs := func() ([]string, error) {
-		nodeAddr, err := tcp()
+		nodeAddr, err := freeTCP()
 		return []string{"--cluster", "etcd://" + r.o.Etcd, "--cluster-name", r.o.ClusterName, "--node-addr", nodeAddr}, err
 	}
 	ca, err := clusterArgs()
@@ -348,6 +355,30 @@ func (r *benchRun) setup() error {
 		r.rep.Nodes = append(r.rep.Nodes, NodeReport{API: p.addrs["api"], NodeAddr: ca[len(ca)-1]})
 	}
 	return nil
+}
+
+// freeTCP picks a free TCP port of 127.0.0.1 (a cluster node's protoactor
+// remote address, which it advertises as given).
+func freeTCP() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// readAddrs reads the addresses a server listens on from DIR/addrs.json.
+func readAddrs(dir string) (map[string]string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "addrs.json"))
+	if err != nil {
+		return nil, err
+	}
+	var a map[string]string
+	if err := json.Unmarshal(b, &a); err != nil {
+		return nil, fmt.Errorf("%s/addrs.json: %w", dir, err)
+	}
+	return a, nil
 }
 
 // peer is a cluster node after the first.
@@ -410,16 +441,17 @@ func (r *benchRun) nodes() []nodeRef {
 // startPeers starts the cluster's nodes after the first, one after the
 // other, each waited for until it serves.
 func (r *benchRun) startPeers(ctx context.Context) error {
-	for _, p := range r.peers {
+	for k, p := range r.peers {
 		os.Remove(filepath.Join(p.dir, "addrs.json"))
 		c, err := r.startChild(p.name, p.args...)
 		if err != nil {
 			return err
 		}
 		p.c = c
-		if err := r.awaitServing(ctx, c, p.dir, p.addrs["api"]); err != nil {
+		if err := r.awaitServing(ctx, c, p.dir, p.addrs); err != nil {
 			return err
 		}
+		r.rep.Nodes[k+1].API = p.addrs["api"]
 	}
 	if len(r.peers) > 0 {
 		r.progress("%d cluster nodes serving", r.o.Nodes)
@@ -637,8 +669,11 @@ func (r *benchRun) startServer(ctx context.Context) error {
 		return err
 	}
 	r.server = c
-	if err := r.awaitServing(ctx, c, r.dir, r.addrs["api"]); err != nil {
+	if err := r.awaitServing(ctx, c, r.dir, r.addrs); err != nil {
 		return err
+	}
+	if len(r.rep.Nodes) > 0 {
+		r.rep.Nodes[0].API = r.addrs["api"]
 	}
 	tok, err := os.ReadFile(filepath.Join(r.dir, "api-token"))
 	if err != nil {
@@ -650,8 +685,10 @@ func (r *benchRun) startServer(ctx context.Context) error {
 }
 
 // awaitServing waits until the server c, with data folder dir and API
-// address api, wrote its API token and addresses and reports SERVING.
-func (r *benchRun) awaitServing(ctx context.Context, c *child, dir, api string) error {
+// address api, wrote its API token and addresses and reports SERVING; a
+// cluster node's addresses (a, listened on port 0) are updated to the ones
+// of its addrs.json.
+func (r *benchRun) awaitServing(ctx context.Context, c *child, dir string, a map[string]string) error {
 	deadline := r.clk.Now().Add(2 * time.Minute)
 	for {
 		select {
@@ -662,7 +699,14 @@ func (r *benchRun) awaitServing(ctx context.Context, c *child, dir, api string) 
 		if r.clk.Now().After(deadline) {
 			return fmt.Errorf("%s did not answer within 2 minutes (log %s)", c.name, c.log)
 		}
-		if _, err := os.Stat(filepath.Join(dir, "api-token")); err == nil && r.healthy(ctx, dir, api) {
+		if r.o.Nodes > 0 {
+			if got, err := readAddrs(dir); err == nil {
+				for _, k := range []string{"api", "mqtt", "coap", "coaps", "download"} {
+					a[k] = got[k]
+				}
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dir, "api-token")); err == nil && a["api"] != "127.0.0.1:0" && r.healthy(ctx, dir, a["api"]) {
 			return nil
 		}
 		if err := r.sleep(ctx, 100*time.Millisecond); err != nil {

@@ -1,7 +1,8 @@
 // Package etcdtest gives tests a private, throw-away etcd server, one per
 // test package: the first test that asks for it (Shared) starts Debian's
 // etcd (`etcd` on PATH, package etcd-server) on two free ports of
-// 127.0.0.1 with a temporary data folder and waits until it answers its
+// 127.0.0.1 with a temporary data folder (internal/etcdserver, which
+// `otafleet bench --nodes` uses too) and waits until it answers its
 // health check; Main, called from the package's TestMain, stops it after
 // the tests. A test binary that is killed (go test's timeout, SIGKILL)
 // takes its server with it: etcd runs under a watchdog shell that kills it
