@@ -81,21 +81,36 @@ type Report struct {
 	// The PostgreSQL server's CPU during the task (its postmaster and
 	// backends), when bench started it (--store postgres); absent with
 	// Pebble, whose work is in the engine's figures.
-	StoreTaskCPUSeconds    float64 `json:"store_task_cpu_seconds,omitempty"`
-	StoreCPUPerUpgradeMs   float64 `json:"store_cpu_ms_per_upgrade,omitempty"`
-	IdleHeapBytesPerDevice float64 `json:"idle_heap_bytes_per_device"`
-	IdleRSSBytesPerDevice  float64 `json:"idle_rss_bytes_per_device"`
+	StoreTaskCPUSeconds  float64 `json:"store_task_cpu_seconds,omitempty"`
+	StoreCPUPerUpgradeMs float64 `json:"store_cpu_ms_per_upgrade,omitempty"`
+	// A cluster run (--nodes): each node's figures (the engine's above are
+	// their sums; its peak RSS the highest), and etcd's CPU during the task
+	// apart, as PostgreSQL's.
+	Nodes               []NodeReport `json:"nodes,omitempty"`
+	EtcdTaskCPUSeconds  float64      `json:"etcd_task_cpu_seconds,omitempty"`
+	EtcdCPUPerUpgradeMs float64      `json:"etcd_cpu_ms_per_upgrade,omitempty"`
+	// SingleNode is the same workload run first on one plain server (no
+	// --cluster) over the same PostgreSQL server (a fresh database), and
+	// ClusterCPURatio the cluster's engine CPU per upgrade over the single
+	// node's (PostgreSQL's and etcd's CPU not included).
+	SingleNode             *SingleNodeReport `json:"single_node,omitempty"`
+	ClusterCPURatio        float64           `json:"cluster_cpu_ratio,omitempty"`
+	IdleHeapBytesPerDevice float64           `json:"idle_heap_bytes_per_device"`
+	IdleRSSBytesPerDevice  float64           `json:"idle_rss_bytes_per_device"`
 	// IdleGoroutinesPerDevice is the server's goroutines the idle fleet
 	// added, per device.
-	IdleGoroutinesPerDevice  float64 `json:"idle_goroutines_per_device"`
-	RegisterConnectSeconds   float64 `json:"register_connect_seconds"`
-	SimCPUSeconds            float64 `json:"sim_cpu_seconds"`
-	SimPeakRSSBytes          int64   `json:"sim_peak_rss_bytes"`
-	SimProcesses             int     `json:"sim_processes"`
-	Restarts                 int     `json:"restarts"`
-	KilledAtFinal            int     `json:"killed_at_final,omitempty"`
-	EveryDeviceOneFinalState bool    `json:"every_device_one_final_state"`
-	DevicesUpgradedTwice     int     `json:"devices_upgraded_twice"`
+	IdleGoroutinesPerDevice float64 `json:"idle_goroutines_per_device"`
+	RegisterConnectSeconds  float64 `json:"register_connect_seconds"`
+	SimCPUSeconds           float64 `json:"sim_cpu_seconds"`
+	SimPeakRSSBytes         int64   `json:"sim_peak_rss_bytes"`
+	SimProcesses            int     `json:"sim_processes"`
+	Restarts                int     `json:"restarts"`
+	KilledAtFinal           int     `json:"killed_at_final,omitempty"`
+	// KilledNode is the node --kill-node killed with SIGKILL (its node
+	// address), at KilledAtFinal devices final.
+	KilledNode               string `json:"killed_node,omitempty"`
+	EveryDeviceOneFinalState bool   `json:"every_device_one_final_state"`
+	DevicesUpgradedTwice     int    `json:"devices_upgraded_twice"`
 	// Problems lists what went wrong (a device missing from the tasks, in
 	// two final states, upgraded twice, a budget violation): empty on a
 	// clean run.
@@ -104,6 +119,42 @@ type Report struct {
 	Machine Machine `json:"machine"`
 	Command string  `json:"command"`
 	DataDir string  `json:"data_dir,omitempty"`
+}
+
+// NodeReport is one cluster node's figures: its API and node (cluster)
+// addresses, its CPU during the task and per finished device of the
+// whole fleet, its CPU over its whole life and its peak RSS.
+type NodeReport struct {
+	API             string  `json:"api"`
+	NodeAddr        string  `json:"node_addr"`
+	TaskCPUSeconds  float64 `json:"task_cpu_seconds"`
+	CPUPerUpgradeMs float64 `json:"cpu_ms_per_upgrade"`
+	CPUSeconds      float64 `json:"cpu_seconds"`
+	PeakRSSBytes    int64   `json:"peak_rss_bytes"`
+	// Killed: --kill-node killed this node (its figures end there).
+	Killed bool `json:"killed,omitempty"`
+}
+
+// SingleNodeReport is the single-node run's figures beside a cluster run.
+type SingleNodeReport struct {
+	Succeeded             int     `json:"succeeded"`
+	Failed                int     `json:"failed"`
+	WallSeconds           float64 `json:"wall_seconds"`
+	UpgradesPerSecond     float64 `json:"upgrades_per_second"`
+	EngineTaskCPUSeconds  float64 `json:"engine_task_cpu_seconds"`
+	EngineCPUPerUpgradeMs float64 `json:"engine_cpu_ms_per_upgrade"`
+	EnginePeakRSSBytes    int64   `json:"engine_peak_rss_bytes"`
+	StoreCPUPerUpgradeMs  float64 `json:"store_cpu_ms_per_upgrade"`
+}
+
+// Single returns the figures of r, a single-node run, for a cluster run's
+// report.
+func (r *Report) Single() *SingleNodeReport {
+	return &SingleNodeReport{
+		Succeeded: r.Succeeded, Failed: r.Failed, WallSeconds: r.WallSeconds, UpgradesPerSecond: r.UpgradesPerSecond,
+		EngineTaskCPUSeconds: r.EngineTaskCPUSeconds, EngineCPUPerUpgradeMs: r.EngineCPUPerUpgradeMs,
+		EnginePeakRSSBytes: r.EnginePeakRSSBytes, StoreCPUPerUpgradeMs: r.StoreCPUPerUpgradeMs,
+	}
 }
 
 // Machine describes where the run happened.
@@ -201,9 +252,28 @@ func (r *Report) writeTasks(p func(k, format string, a ...any)) {
 	if r.StoreTaskCPUSeconds > 0 {
 		p("PostgreSQL CPU", "%.2f s during the task: %.2f ms per finished device", r.StoreTaskCPUSeconds, r.StoreCPUPerUpgradeMs)
 	}
+	if r.EtcdTaskCPUSeconds > 0 {
+		p("etcd CPU", "%.2f s during the task: %.2f ms per finished device", r.EtcdTaskCPUSeconds, r.EtcdCPUPerUpgradeMs)
+	}
 	p("engine RSS", "peak %s", mib(r.EnginePeakRSSBytes))
+	for k, n := range r.Nodes {
+		killed := ""
+		if n.Killed {
+			killed = " (killed)"
+		}
+		p(fmt.Sprintf("  node %d", k), "%s (API %s)%s: %.2f s CPU during the task (%.2f ms per finished device), %.2f s in all, peak RSS %s",
+			n.NodeAddr, n.API, killed, n.TaskCPUSeconds, n.CPUPerUpgradeMs, n.CPUSeconds, mib(n.PeakRSSBytes))
+	}
+	if s := r.SingleNode; s != nil {
+		p("single node", "same workload, one plain server on the same PostgreSQL first: %d succeeded, %d failed in %.2f s (%.1f upgrades/s); engine %.2f ms per finished device, PostgreSQL %.2f ms, peak RSS %s",
+			s.Succeeded, s.Failed, s.WallSeconds, s.UpgradesPerSecond, s.EngineCPUPerUpgradeMs, s.StoreCPUPerUpgradeMs, mib(s.EnginePeakRSSBytes))
+		p("cluster/single", "%.2f× the engine CPU per finished device (%d nodes' sum over one node's)", r.ClusterCPURatio, len(r.Nodes))
+	}
 	p("journal", "%d events (%.1f per finished device); %d synced commits (%.1f per finished device)", r.EventsJournaled, r.EventsPerUpgrade, r.SyncedCommits, r.SyncedCommitsPerUpgrade)
 	r.writeFleet(p)
+	if r.KilledNode != "" {
+		p("node killed", "%s with SIGKILL at %d devices final; the others went on", r.KilledNode, r.KilledAtFinal)
+	}
 	if r.Restarts > 0 {
 		p("restarts", "%d (SIGKILL at %d devices final)", r.Restarts, r.KilledAtFinal)
 	}

@@ -92,6 +92,21 @@ type Options struct {
 	// during the task (StoreTaskCPUSeconds), so that the CPU per upgrade
 	// compares with Pebble's, which is in the engine's process. 0: none.
 	StorePID int
+	// Nodes > 0 runs the server as a cluster of that many `serve --cluster`
+	// nodes on Etcd (host:port) under ClusterName, on the PostgreSQL store
+	// of ServeArgs (StoreDSN): the simulators get every node's addresses,
+	// the API client talks to the first node, and the report adds each
+	// node's figures (Report.Nodes) and sums their CPU. 0: one plain server.
+	Nodes       int
+	Etcd        string
+	ClusterName string
+	// EtcdPID is the process whose tree is etcd (etcdserver.Server.PID):
+	// the report adds etcd's CPU during the task apart. 0: none.
+	EtcdPID int
+	// KillNode in (0, 1), with Nodes >= 2: when this share of the devices
+	// reached a final state the last node (never the first, which the API
+	// client uses) is killed with SIGKILL; the run goes on with the others.
+	KillNode float64
 	// CPUProfile, when set, is the file the server's CPU profile of the
 	// tasks' run is written to (pprof format, from the first task's creation
 	// until the tasks end; with KillAt, of both server processes).
@@ -126,6 +141,21 @@ func (o *Options) validate() error {
 	if maxRetries := taskfsm.DefaultConfig().MaxRetryCount; o.Retries < 0 || o.Retries > maxRetries {
 		errs = append(errs, fmt.Errorf("--retries %d: want 0 to %d", o.Retries, maxRetries))
 	}
+	if o.Nodes < 0 {
+		errs = append(errs, fmt.Errorf("--nodes %d: want at least 1", o.Nodes))
+	}
+	if o.Nodes > 0 && (o.StoreDSN == "" || o.Etcd == "" || o.ClusterName == "") {
+		errs = append(errs, errors.New("a cluster run needs a PostgreSQL store, etcd and a cluster name"))
+	}
+	if o.KillNode < 0 || o.KillNode >= 1 {
+		errs = append(errs, fmt.Errorf("--kill-node %v: want a share below 100%%", o.KillNode))
+	}
+	if o.KillNode > 0 && o.Nodes < 2 {
+		errs = append(errs, errors.New("--kill-node needs --nodes 2 or more: a node must survive"))
+	}
+	if o.Nodes > 0 && o.KillAt > 0 {
+		errs = append(errs, errors.New("--kill-at restarts a single server: not with --nodes"))
+	}
 	if o.Exe == "" {
 		errs = append(errs, errors.New("no otafleet binary to run"))
 	}
@@ -147,10 +177,15 @@ type benchRun struct {
 	protos  []string
 	rep     *Report
 	metrics http.Client
-	// violSeen is the current server's violation counter as last read,
-	// syncedSeen its synced appends.
-	violSeen   int
-	syncedSeen int
+	// peers are the cluster's nodes after the first (r.server), with
+	// Options.Nodes.
+	peers []*peer
+	// violSeen is each node's violation counter as last read (by API
+	// address), syncedSeen its synced appends.
+	violSeen   map[string]int
+	syncedSeen map[string]int
+	// etcdCPU0 is etcd's CPU (Options.EtcdPID) at the first task's creation.
+	etcdCPU0 time.Duration
 	// storeCPU0 is the PostgreSQL server's CPU (Options.StorePID) at the
 	// first task's creation.
 	storeCPU0 time.Duration
@@ -170,7 +205,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	r := &benchRun{o: o, clk: clock.Real()}
+	r := &benchRun{o: o, clk: clock.Real(), violSeen: map[string]int{}, syncedSeen: map[string]int{}}
 	r.protos, _ = Protocols(o.Protocol)
 	r.rep = &Report{
 		Devices: o.Devices, Mix: map[string]int{}, Cells: o.Cells, Coverage: o.Coverage, Coverages: map[string]int{},
@@ -200,6 +235,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if r.server != nil {
 		r.stopServer()
 	}
+	r.stopPeers()
 	count := func() (int64, error) { return countEvents(filepath.Join(r.dir, "store")) }
 	if o.StoreDSN != "" {
 		count = func() (int64, error) { return countEventsPostgres(ctx, o.StoreDSN) }
@@ -256,6 +292,13 @@ func (r *benchRun) setup() error {
 		defer c.Close()
 		return c.LocalAddr().String(), nil
 	}
+	if r.o.Nodes > 0 {
+		// A cluster's nodes are never restarted: they listen on ports the
+		// kernel picks (no race with other programs for a port picked and
+		// released) and bench reads them from addrs.json once they serve.
+		tcp = func() (string, error) { return "127.0.0.1:0", nil }
+		udp = tcp
+	}
 	var errs [5]error
 	a := map[string]string{}
 	a["api"], errs[0] = tcp()
@@ -272,7 +315,164 @@ func (r *benchRun) setup() error {
 	r.args = append([]string{"serve", "--data-dir", dir, "--api-addr", a["api"], "--mqtt-addr", a["mqtt"],
 		"--download-addr", a["download"], "--coap-addr", a["coap"], "--coaps-addr", a["coaps"],
 		"--log-format", "json", "--log-level", "warn"}, r.o.ServeArgs...)
+	if r.o.Nodes == 0 {
+		return nil
+	}
+	// A cluster: every node on etcd under one name, each with its own data
+	// folder (node 0's is dir, where the simulators read addrs.json) and
+	// ports.
+	clusterArgs := func() ([]string, error) {
+		nodeAddr, err := freeTCP()
+		return []string{"--cluster", "etcd://" + r.o.Etcd, "--cluster-name", r.o.ClusterName, "--node-addr", nodeAddr}, err
+	}
+	ca, err := clusterArgs()
+	if err != nil {
+		return fmt.Errorf("picking ports: %w", err)
+	}
+	r.args = append(r.args, ca...)
+	r.rep.Nodes = []NodeReport{{API: a["api"], NodeAddr: ca[len(ca)-1]}}
+	for k := 1; k < r.o.Nodes; k++ {
+		p := &peer{name: fmt.Sprintf("serve-node-%d", k), dir: filepath.Join(dir, fmt.Sprintf("node-%d", k)), addrs: map[string]string{}}
+		if err := os.MkdirAll(p.dir, 0o700); err != nil {
+			return err
+		}
+		var errs [6]error
+		p.addrs["api"], errs[0] = tcp()
+		p.addrs["mqtt"], errs[1] = tcp()
+		p.addrs["download"], errs[2] = tcp()
+		p.addrs["coap"], errs[3] = udp()
+		if r.o.DTLS {
+			p.addrs["coaps"], errs[4] = udp()
+		}
+		ca, errs[5] = clusterArgs()
+		if err := errors.Join(errs[:]...); err != nil {
+			return fmt.Errorf("picking ports: %w", err)
+		}
+		p.args = append(append([]string{"serve", "--data-dir", p.dir, "--api-addr", p.addrs["api"], "--mqtt-addr", p.addrs["mqtt"],
+			"--download-addr", p.addrs["download"], "--coap-addr", p.addrs["coap"], "--coaps-addr", p.addrs["coaps"],
+			"--log-format", "json", "--log-level", "warn"}, r.o.ServeArgs...), ca...)
+		r.peers = append(r.peers, p)
+		r.rep.Nodes = append(r.rep.Nodes, NodeReport{API: p.addrs["api"], NodeAddr: ca[len(ca)-1]})
+	}
 	return nil
+}
+
+// freeTCP picks a free TCP port of 127.0.0.1 (a cluster node's protoactor
+// remote address, which it advertises as given).
+func freeTCP() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// readAddrs reads the addresses a server listens on from DIR/addrs.json.
+func readAddrs(dir string) (map[string]string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "addrs.json"))
+	if err != nil {
+		return nil, err
+	}
+	var a map[string]string
+	if err := json.Unmarshal(b, &a); err != nil {
+		return nil, fmt.Errorf("%s/addrs.json: %w", dir, err)
+	}
+	return a, nil
+}
+
+// peer is a cluster node after the first.
+type peer struct {
+	name  string
+	dir   string
+	args  []string
+	addrs map[string]string
+	c     *child
+	cpu0  time.Duration // its CPU at the first task's creation
+	// taskCPU is its CPU during the task, once it ended or was killed.
+	taskCPU time.Duration
+}
+
+// killPeer kills the cluster's last node with SIGKILL, done devices being
+// final, and notes its figures; the run goes on with the others.
+func (r *benchRun) killPeer(done int) error {
+	k := len(r.peers) - 1
+	p := r.peers[k]
+	cpu, err := cpuOf(p.c.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	p.taskCPU = cpu - p.cpu0
+	r.noteCells(context.Background())
+	n := &r.rep.Nodes[k+1]
+	r.progress("%d/%d final: killing node %s with SIGKILL", done, r.o.Devices, n.NodeAddr)
+	_ = p.c.cmd.Process.Kill()
+	<-p.c.done
+	r.addUsage(p.c)
+	cpuAll, rss := usageOf(p.c.cmd)
+	n.CPUSeconds, n.PeakRSSBytes, n.Killed = cpuAll.Seconds(), rss, true
+	p.c = nil
+	r.rep.KilledNode = n.NodeAddr
+	r.rep.KilledAtFinal = done
+	return nil
+}
+
+// nodeRef is one server process of the run, as the report reads it.
+type nodeRef struct {
+	api string
+	pid int
+}
+
+// nodes lists the running server processes: the first (r.server), then
+// the cluster's other nodes.
+func (r *benchRun) nodes() []nodeRef {
+	var out []nodeRef
+	if r.server != nil {
+		out = append(out, nodeRef{r.addrs["api"], r.server.cmd.Process.Pid})
+	}
+	for _, p := range r.peers {
+		if p.c != nil {
+			out = append(out, nodeRef{p.addrs["api"], p.c.cmd.Process.Pid})
+		}
+	}
+	return out
+}
+
+// startPeers starts the cluster's nodes after the first, one after the
+// other, each waited for until it serves.
+func (r *benchRun) startPeers(ctx context.Context) error {
+	for k, p := range r.peers {
+		os.Remove(filepath.Join(p.dir, "addrs.json"))
+		c, err := r.startChild(p.name, p.args...)
+		if err != nil {
+			return err
+		}
+		p.c = c
+		if err := r.awaitServing(ctx, c, p.dir, p.addrs); err != nil {
+			return err
+		}
+		r.rep.Nodes[k+1].API = p.addrs["api"]
+	}
+	if len(r.peers) > 0 {
+		r.progress("%d cluster nodes serving", r.o.Nodes)
+	}
+	return nil
+}
+
+// stopPeers ends the cluster's other nodes as stopServer ends the first.
+func (r *benchRun) stopPeers() {
+	for k, p := range r.peers {
+		if p.c == nil {
+			continue
+		}
+		c := p.c
+		p.c = nil
+		r.stop(c)
+		r.addUsage(c)
+		cpu, rss := usageOf(c.cmd)
+		r.rep.Nodes[k+1].CPUSeconds = cpu.Seconds()
+		r.rep.Nodes[k+1].PeakRSSBytes = rss
+	}
 }
 
 func (r *benchRun) cleanup() {
@@ -304,6 +504,9 @@ func (r *benchRun) sleep(ctx context.Context, d time.Duration) error {
 // sets the run up before and counts the journal after.
 func (r *benchRun) execute(ctx context.Context) error {
 	if err := r.startServer(ctx); err != nil {
+		return err
+	}
+	if err := r.startPeers(ctx); err != nil {
 		return err
 	}
 	products, err := r.createProducts(ctx)
@@ -374,9 +577,19 @@ func (r *benchRun) execute(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	for _, p := range r.peers {
+		if p.cpu0, err = cpuOf(p.c.cmd.Process.Pid); err != nil {
+			return err
+		}
+	}
 	if r.o.StorePID != 0 {
 		if r.storeCPU0, err = treeCPUOf(r.o.StorePID); err != nil {
 			return fmt.Errorf("the PostgreSQL server's CPU: %w", err)
+		}
+	}
+	if r.o.EtcdPID != 0 {
+		if r.etcdCPU0, err = treeCPUOf(r.o.EtcdPID); err != nil {
+			return fmt.Errorf("etcd's CPU: %w", err)
 		}
 	}
 	var prof *cpuProfiler
@@ -456,19 +669,44 @@ func (r *benchRun) startServer(ctx context.Context) error {
 		return err
 	}
 	r.server = c
+	if err := r.awaitServing(ctx, c, r.dir, r.addrs); err != nil {
+		return err
+	}
+	if len(r.rep.Nodes) > 0 {
+		r.rep.Nodes[0].API = r.addrs["api"]
+	}
+	tok, err := os.ReadFile(filepath.Join(r.dir, "api-token"))
+	if err != nil {
+		return err
+	}
+	r.token = strings.TrimSpace(string(tok))
+	r.api = NewAPI(r.addrs["api"], r.token)
+	return nil
+}
+
+// awaitServing waits until the server c, with data folder dir and API
+// address api, wrote its API token and addresses and reports SERVING; a
+// cluster node's addresses (a, listened on port 0) are updated to the ones
+// of its addrs.json.
+func (r *benchRun) awaitServing(ctx context.Context, c *child, dir string, a map[string]string) error {
 	deadline := r.clk.Now().Add(2 * time.Minute)
 	for {
 		select {
 		case <-c.done:
-			return fmt.Errorf("the server exited: %v\n%s", c.err, c.tail())
+			return fmt.Errorf("%s exited: %v\n%s", c.name, c.err, c.tail())
 		default:
 		}
 		if r.clk.Now().After(deadline) {
-			return fmt.Errorf("the server did not answer within 2 minutes (log %s)", c.log)
+			return fmt.Errorf("%s did not answer within 2 minutes (log %s)", c.name, c.log)
 		}
-		if tok, err := os.ReadFile(filepath.Join(r.dir, "api-token")); err == nil && r.healthy(ctx) {
-			r.token = strings.TrimSpace(string(tok))
-			r.api = NewAPI(r.addrs["api"], r.token)
+		if r.o.Nodes > 0 {
+			if got, err := readAddrs(dir); err == nil {
+				for _, k := range []string{"api", "mqtt", "coap", "coaps", "download"} {
+					a[k] = got[k]
+				}
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dir, "api-token")); err == nil && a["api"] != "127.0.0.1:0" && r.healthy(ctx, dir, a["api"]) {
 			return nil
 		}
 		if err := r.sleep(ctx, 100*time.Millisecond); err != nil {
@@ -477,13 +715,13 @@ func (r *benchRun) startServer(ctx context.Context) error {
 	}
 }
 
-func (r *benchRun) healthy(ctx context.Context) bool {
-	if _, err := os.Stat(filepath.Join(r.dir, "addrs.json")); err != nil {
+func (r *benchRun) healthy(ctx context.Context, dir, api string) bool {
+	if _, err := os.Stat(filepath.Join(dir, "addrs.json")); err != nil {
 		return false
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(hctx, "POST", "http://"+r.addrs["api"]+"/grpc.health.v1.Health/Check", strings.NewReader("{}"))
+	req, _ := http.NewRequestWithContext(hctx, "POST", "http://"+api+"/grpc.health.v1.Health/Check", strings.NewReader("{}"))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := r.metrics.Do(req)
 	if err != nil {
@@ -499,6 +737,17 @@ func (r *benchRun) healthy(ctx context.Context) bool {
 func (r *benchRun) stopServer() {
 	c := r.server
 	r.server = nil
+	r.stop(c)
+	r.addUsage(c)
+	if len(r.rep.Nodes) > 0 {
+		cpu, rss := usageOf(c.cmd)
+		r.rep.Nodes[0].CPUSeconds = cpu.Seconds()
+		r.rep.Nodes[0].PeakRSSBytes = rss
+	}
+}
+
+// stop ends a server with SIGTERM (SIGKILL after a minute).
+func (r *benchRun) stop(c *child) {
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	t := r.clk.NewTimer(time.Minute)
 	defer t.Stop()
@@ -507,9 +756,8 @@ func (r *benchRun) stopServer() {
 	case <-t.C():
 		_ = c.cmd.Process.Kill()
 		<-c.done
-		r.rep.Problems = append(r.rep.Problems, "the server did not stop within a minute of SIGTERM")
+		r.rep.Problems = append(r.rep.Problems, c.name+" did not stop within a minute of SIGTERM")
 	}
-	r.addUsage(c)
 }
 
 func (r *benchRun) addUsage(c *child) {
@@ -538,12 +786,25 @@ func (r *benchRun) createProducts(ctx context.Context) (map[string]string, error
 	return out, nil
 }
 
-// idleMemory returns the server's heap after a garbage collection and its
-// RSS.
+// idleMemory returns the servers' heap after a garbage collection and
+// their RSS, summed over the cluster's nodes.
 func (r *benchRun) idleMemory(ctx context.Context) (heap, rss int64, err error) {
+	for _, n := range r.nodes() {
+		h, s, err := r.idleMemoryOf(ctx, n)
+		if err != nil {
+			return 0, 0, err
+		}
+		heap, rss = heap+h, rss+s
+	}
+	return heap, rss, nil
+}
+
+// idleMemoryOf returns one server's heap after a garbage collection and
+// its RSS.
+func (r *benchRun) idleMemoryOf(ctx context.Context, n nodeRef) (heap, rss int64, err error) {
 	hctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(hctx, "GET", "http://"+r.addrs["api"]+"/debug/pprof/heap?gc=1&debug=1", nil)
+	req, _ := http.NewRequestWithContext(hctx, "GET", "http://"+n.api+"/debug/pprof/heap?gc=1&debug=1", nil)
 	req.Header.Set("Authorization", "Bearer "+r.token)
 	resp, err := r.metrics.Do(req)
 	if err != nil {
@@ -563,15 +824,29 @@ func (r *benchRun) idleMemory(ctx context.Context) (heap, rss int64, err error) 
 	if heap == 0 {
 		return 0, 0, errors.New("the server's heap profile carries no HeapAlloc")
 	}
-	rss, _, err = memOf(r.server.cmd.Process.Pid)
+	rss, _, err = memOf(n.pid)
 	return heap, rss, err
 }
 
-// goroutines returns the number of the server's goroutines.
+// goroutines returns the number of the servers' goroutines, summed over
+// the cluster's nodes.
 func (r *benchRun) goroutines(ctx context.Context) (int, error) {
+	total := 0
+	for _, n := range r.nodes() {
+		g, err := r.goroutinesOf(ctx, n.api)
+		if err != nil {
+			return 0, err
+		}
+		total += g
+	}
+	return total, nil
+}
+
+// goroutinesOf returns the number of one server's goroutines.
+func (r *benchRun) goroutinesOf(ctx context.Context, api string) (int, error) {
 	gctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(gctx, "GET", "http://"+r.addrs["api"]+"/debug/pprof/goroutine?debug=1", nil)
+	req, _ := http.NewRequestWithContext(gctx, "GET", "http://"+api+"/debug/pprof/goroutine?debug=1", nil)
 	req.Header.Set("Authorization", "Bearer "+r.token)
 	resp, err := r.metrics.Do(req)
 	if err != nil {
@@ -618,6 +893,21 @@ func (r *benchRun) startSims(ctx context.Context, products map[string]string) ([
 			"--report", filepath.Join(r.dir, fmt.Sprintf("sim-%d.json", k)), "--log-level", cmp.Or(r.o.SimLogLevel, "warn")}
 		if r.o.DTLS {
 			args = append(args, "--dtls")
+		}
+		if len(r.peers) > 0 {
+			// Every node's addresses: each device starts on the one its ID
+			// hashes to and fails over to the next ones.
+			list := func(key, scheme string) string {
+				l := []string{scheme + r.addrs[key]}
+				for _, p := range r.peers {
+					l = append(l, scheme+p.addrs[key])
+				}
+				return strings.Join(l, ",")
+			}
+			args = append(args, "--mqtt", list("mqtt", "tcp://"), "--coap", list("coap", ""))
+			if r.o.DTLS {
+				args = append(args, "--coaps", list("coaps", ""))
+			}
 		}
 		if k == 0 && r.o.SimCPUProfile != "" {
 			args = append(args, "--cpu-profile", r.o.SimCPUProfile)
@@ -745,11 +1035,11 @@ func (r *benchRun) createTasks(ctx context.Context, products map[string]string) 
 }
 
 // serverFigures reads the budget metrics and the synced journal appends from
-// the server.
-func (r *benchRun) serverFigures(ctx context.Context) (peak, budget, violations, synced int, err error) {
+// the server whose API address is api.
+func (r *benchRun) serverFigures(ctx context.Context, api string) (peak, budget, violations, synced int, err error) {
 	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(mctx, "GET", "http://"+r.addrs["api"]+"/metrics", nil)
+	req, _ := http.NewRequestWithContext(mctx, "GET", "http://"+api+"/metrics", nil)
 	resp, err := r.metrics.Do(req)
 	if err != nil {
 		return 0, 0, 0, 0, err
@@ -782,22 +1072,25 @@ func (r *benchRun) serverFigures(ctx context.Context) (peak, budget, violations,
 	return peak, budget, violations, synced, errors.Join(errs[:]...)
 }
 
-// noteCells reads the server's figures (the cell budget's and the synced
-// journal appends) into the report.
+// noteCells reads each server's figures (the cell budget's and the synced
+// journal appends) into the report: the peak is the highest of any node's,
+// violations and synced appends are summed.
 func (r *benchRun) noteCells(ctx context.Context) {
-	peak, budget, violations, synced, err := r.serverFigures(ctx)
-	if err != nil {
-		return // the next poll reads them
-	}
-	if synced > r.syncedSeen {
-		r.rep.SyncedCommits += int64(synced - r.syncedSeen)
-		r.syncedSeen = synced
-	}
-	r.rep.PeakCellUnits = max(r.rep.PeakCellUnits, peak)
-	r.rep.CellBudgetUnits = budget
-	if violations > r.violSeen {
-		r.rep.CellBudgetViolations += violations - r.violSeen
-		r.violSeen = violations
+	for _, n := range r.nodes() {
+		peak, budget, violations, synced, err := r.serverFigures(ctx, n.api)
+		if err != nil {
+			continue // the next poll reads them
+		}
+		if seen := r.syncedSeen[n.api]; synced > seen {
+			r.rep.SyncedCommits += int64(synced - seen)
+			r.syncedSeen[n.api] = synced
+		}
+		r.rep.PeakCellUnits = max(r.rep.PeakCellUnits, peak)
+		r.rep.CellBudgetUnits = budget
+		if seen := r.violSeen[n.api]; violations > seen {
+			r.rep.CellBudgetViolations += violations - seen
+			r.violSeen[n.api] = violations
+		}
 	}
 }
 
@@ -807,6 +1100,7 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 	var taskCPU time.Duration
 	lastLine := start
 	killAt := int(math.Ceil(r.o.KillAt * float64(r.o.Devices)))
+	killNodeAt := int(math.Ceil(r.o.KillNode * float64(r.o.Devices)))
 	var end time.Time
 	bo := &Backoff{Clock: r.clk}
 	for {
@@ -836,6 +1130,11 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 			lastLine = r.clk.Now()
 			r.progress("%.0f s: %d/%d final (%d succeeded, %d failed), %d running; peak %d cell units", r.clk.Since(start).Seconds(), done, r.o.Devices, ok, fail, running, r.rep.PeakCellUnits)
 		}
+		if killNodeAt > 0 && r.rep.KilledNode == "" && done >= killNodeAt {
+			if err := r.killPeer(done); err != nil {
+				return err
+			}
+		}
 		if killAt > 0 && r.rep.Restarts == 0 && done >= killAt {
 			cpu, err := cpuOf(r.server.cmd.Process.Pid)
 			if err != nil {
@@ -849,7 +1148,8 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 			r.addUsage(r.server)
 			r.rep.Restarts++
 			r.rep.KilledAtFinal = done
-			r.violSeen, r.syncedSeen = 0, 0
+			clear(r.violSeen)
+			clear(r.syncedSeen)
 			if err := r.startServer(ctx); err != nil {
 				return fmt.Errorf("restarting the server: %w", err)
 			}
@@ -865,7 +1165,28 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 		return err
 	}
 	taskCPU += cpu - cpu0
+	if len(r.rep.Nodes) > 0 {
+		r.rep.Nodes[0].TaskCPUSeconds = taskCPU.Seconds()
+	}
+	for k, p := range r.peers {
+		if p.c != nil { // a killed node's was taken at the kill
+			cpu, err := cpuOf(p.c.cmd.Process.Pid)
+			if err != nil {
+				return err
+			}
+			p.taskCPU = cpu - p.cpu0
+		}
+		r.rep.Nodes[k+1].TaskCPUSeconds = p.taskCPU.Seconds()
+		taskCPU += p.taskCPU
+	}
 	r.rep.EngineTaskCPUSeconds = taskCPU.Seconds()
+	if r.o.EtcdPID != 0 {
+		etcdCPU, err := treeCPUOf(r.o.EtcdPID)
+		if err != nil {
+			return fmt.Errorf("etcd's CPU: %w", err)
+		}
+		r.rep.EtcdTaskCPUSeconds = (etcdCPU - r.etcdCPU0).Seconds()
+	}
 	if r.o.StorePID != 0 {
 		storeCPU, err := treeCPUOf(r.o.StorePID)
 		if err != nil {
@@ -874,6 +1195,11 @@ func (r *benchRun) watch(ctx context.Context, tasks []string, start time.Time, c
 		r.rep.StoreTaskCPUSeconds = (storeCPU - r.storeCPU0).Seconds()
 	}
 	r.rep.WallSeconds = end.Sub(start).Seconds()
+	if killNodeAt > 0 && r.rep.KilledNode == "" {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf(
+			"--kill-node %.0f%%: the devices became final faster than the progress was polled; no node was killed (spread them with --think-time or --bandwidth)",
+			r.o.KillNode*100))
+	}
 	if killAt > 0 && r.rep.Restarts == 0 {
 		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf(
 			"--kill-at %.0f%%: the devices became final faster than the progress was polled; the server was never killed (spread them with --think-time or --bandwidth)",
@@ -981,7 +1307,10 @@ func (r *benchRun) collect(ctx context.Context, tasks []string) error {
 	if r.rep.Restarts > 0 {
 		r.rep.LostPCPExecutes = r.rep.FailuresByProtocol[ProtoPCP][messages.ReasonText(messages.Reason_REASON_UPDATE_START_TIMEOUT)]
 	}
-	if failed := r.rep.Failed - r.rep.LostPCPExecutes; r.o.FailRate == 0 && failed > 0 {
+	// With a node killed, a device whose step's downlink or report died
+	// with the node may fail (or its retry runs it again): reported, no
+	// problem of the run.
+	if failed := r.rep.Failed - r.rep.LostPCPExecutes; r.o.FailRate == 0 && failed > 0 && r.rep.KilledNode == "" {
 		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf("%d devices failed although --fail-rate is 0", failed))
 	}
 	r.rep.EveryDeviceOneFinalState = missing == 0 && twice == 0 && r.rep.Succeeded+r.rep.Failed+r.rep.Stopped == r.o.Devices
@@ -992,6 +1321,10 @@ func (r *benchRun) collect(ctx context.Context, tasks []string) error {
 	if done := r.rep.Succeeded + r.rep.Failed; done > 0 {
 		r.rep.EngineCPUPerUpgradeMs = r.rep.EngineTaskCPUSeconds * 1000 / float64(done)
 		r.rep.StoreCPUPerUpgradeMs = r.rep.StoreTaskCPUSeconds * 1000 / float64(done)
+		r.rep.EtcdCPUPerUpgradeMs = r.rep.EtcdTaskCPUSeconds * 1000 / float64(done)
+		for k := range r.rep.Nodes {
+			r.rep.Nodes[k].CPUPerUpgradeMs = r.rep.Nodes[k].TaskCPUSeconds * 1000 / float64(done)
+		}
 		r.rep.SyncedCommitsPerUpgrade = float64(r.rep.SyncedCommits) / float64(done)
 	}
 	r.rep.CellBudgetExceeded = r.rep.CellBudgetViolations > 0 || r.rep.PeakCellUnits > r.rep.CellBudgetUnits

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/otafleet/otafleet/bench"
+	"github.com/otafleet/otafleet/internal/etcdserver"
 	"github.com/otafleet/otafleet/internal/pgserver"
 )
 
@@ -50,8 +52,10 @@ func benchCommand(stdout, stderr io.Writer) *cobra.Command {
 	o := bench.Options{Devices: 1000, Protocol: bench.ProtoMixed, Cells: 20, Coverage: bench.CoverageMixed, PackageBytes: 16 << 10, Timeout: 30 * time.Minute}
 	var (
 		scale, killAt, store string
+		killNode             string
 		asJSON               bool
 		serveArgs            []string
+		nodes                int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -68,6 +72,24 @@ object instead.
 --store postgres runs the server on a private PostgreSQL that bench starts
 (and removes) for the run; the report adds that server's CPU during the task
 (store_cpu_ms_per_upgrade), as the store's work is no longer in the engine's.
+
+--nodes N runs the workload twice on one private PostgreSQL server (implied:
+--store postgres; --store pebble is refused) and a private etcd that bench
+starts: first on one plain server (no --cluster) over a fresh database, then
+on a cluster of N ` + "`serve --cluster`" + ` nodes over another; the simulators get
+every node's addresses (each device starts on the node its ID hashes to and
+fails over to the others) and bench's API client talks to the first node. The
+report is the cluster run's, its engine figures summed over the nodes, plus
+each node's CPU during the task and peak RSS (nodes), etcd's CPU apart
+(etcd_cpu_ms_per_upgrade, as PostgreSQL's), the single node's figures
+(single_node) and cluster_cpu_ratio: the cluster's engine CPU per finished
+device over the single node's (PostgreSQL's and etcd's not included).
+--kill-node 50% (with --nodes 2 or more) kills the last node with SIGKILL
+once half the devices are final; the others go on, and the report checks
+that every device ends in exactly one final state and none upgraded twice.
+Devices whose step died with the node may fail: they are counted, not a
+problem of the run, and their tasks get one retry (--retries 1) unless
+--retries says otherwise.
 
 --kill-at 50% kills the server with SIGKILL once half the devices reached a
 final state, starts it again on the same data and ports, and checks that every
@@ -125,7 +147,13 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 			if o.KillAt, err = parseShare(killAt); err != nil || o.KillAt < 0 || o.KillAt >= 1 {
 				return usage("--kill-at %q: want a share such as 50%% or 0.5, below 100%%", killAt)
 			}
-			if o.KillAt > 0 && !cmd.Flags().Changed("retries") {
+			if o.KillNode, err = parseShare(killNode); err != nil || o.KillNode < 0 || o.KillNode >= 1 {
+				return usage("--kill-node %q: want a share such as 50%% or 0.5, below 100%%", killNode)
+			}
+			if o.KillNode > 0 && nodes < 2 {
+				return usage("--kill-node needs --nodes 2 or more: a node must survive")
+			}
+			if (o.KillAt > 0 || o.KillNode > 0) && !cmd.Flags().Changed("retries") {
 				o.Retries = 1
 			}
 			if o.Exe, err = os.Executable(); err != nil {
@@ -136,20 +164,42 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 			} else {
 				o.ServeArgs = serveArgs
 			}
-			switch store {
-			case "", "pebble":
-			case "postgres":
-				stop, err := benchPostgres(&o, stderr)
-				if err != nil {
-					return err
+			if cmd.Flags().Changed("nodes") {
+				if nodes < 1 {
+					return usage("--nodes %d: want at least 1", nodes)
 				}
-				defer stop()
+				if cmd.Flags().Changed("store") && store != "postgres" {
+					return usage("--nodes runs the cluster on PostgreSQL: --store %q cannot go with it", store)
+				}
+				if o.KillAt > 0 {
+					return usage("--kill-at restarts a single server: not with --nodes")
+				}
+				store = "postgres" // implied
+			}
+			switch store {
+			case "", "pebble", "postgres":
 			default:
 				return usage("--store %q: want pebble or postgres", store)
 			}
 			o.Command = "otafleet " + strings.Join(os.Args[1:], " ")
 			o.Progress = stderr // progress lines; the report goes to stdout
-			rep, err := bench.Run(cmd.Context(), o)
+			var rep *bench.Report
+			switch {
+			case nodes > 0:
+				rep, err = benchCluster(cmd.Context(), o, nodes, stderr)
+			case store == "postgres":
+				pg, perr := startBenchPostgres(stderr)
+				if perr != nil {
+					return perr
+				}
+				defer pg.stop()
+				if perr := pg.use(&o, "otafleet_bench"); perr != nil {
+					return perr
+				}
+				rep, err = bench.Run(cmd.Context(), o)
+			default:
+				rep, err = bench.Run(cmd.Context(), o)
+			}
 			if rep != nil {
 				if asJSON {
 					b, jerr := json.MarshalIndent(rep, "", "  ")
@@ -173,6 +223,7 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 	fs := cmd.Flags()
 	fs.StringVar(&scale, "scale", "", "profile: small (1,000 devices) or large (100,000)")
 	fs.StringVar(&store, "store", "pebble", "the server's store: pebble (in its data folder) or postgres (bench starts a private PostgreSQL, initdb and pg_ctl from pg_config --bindir)")
+	fs.IntVar(&nodes, "nodes", 0, "run the workload on one plain server, then on a cluster of this many `serve --cluster` nodes (bench starts etcd; implies --store postgres), and compare their CPU per upgrade")
 	fs.IntVar(&o.Devices, "devices", o.Devices, "devices in the fleet")
 	fs.StringVar(&o.Protocol, "protocol", o.Protocol, "mqtt, lwm2m, pcp or mixed")
 	fs.IntVar(&o.Cells, "cells", o.Cells, "radio cells the LwM2M devices are spread over")
@@ -184,7 +235,8 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 	fs.IntVar(&o.PackageBytes, "package-size", o.PackageBytes, "package size in bytes (at most 8 MiB)")
 	fs.BoolVar(&o.DTLS, "dtls", false, "LwM2M devices use DTLS with a PSK")
 	fs.StringVar(&killAt, "kill-at", "", "kill the server with SIGKILL when this share of devices is final (e.g. 50%), then restart it")
-	fs.IntVar(&o.Retries, "retries", 0, "each task's retry_count (0 to 5): a failed device runs again a minute later; default 1 with --kill-at")
+	fs.StringVar(&killNode, "kill-node", "", "with --nodes 2 or more: kill one node (not the one bench's API client uses) with SIGKILL when this share of devices is final (e.g. 50%); the others go on")
+	fs.IntVar(&o.Retries, "retries", 0, "each task's retry_count (0 to 5): a failed device runs again a minute later; default 1 with --kill-at or --kill-node")
 	fs.IntVar(&o.SimProcs, "sim-procs", 0, "simulator processes (default: one per 5,000 devices)")
 	fs.BoolVar(&o.IdleOnly, "idle-only", false, "stop after measuring the registered, connected, idle fleet")
 	fs.DurationVar(&o.IdleSettle, "idle-settle", 0, "wait this long with the fleet idle before measuring its memory (e.g. past --serve-arg=--passivate-after=10s)")
@@ -199,46 +251,118 @@ reports otafleet-cpu-µs/upgrade, bare-cpu-µs/upgrade and their difference
 	return cmd
 }
 
-// benchPostgres starts a private PostgreSQL for a bench run and points the
-// server at it (--store, and a seal key file of its own); stop stops it
-// and removes its folder and the key.
-func benchPostgres(o *bench.Options, progress io.Writer) (stop func(), err error) {
+// benchPG is the private PostgreSQL of a bench run and the seal key file
+// its servers use.
+type benchPG struct {
+	srv      *pgserver.Server
+	keyDir   string
+	keyFile  string
+	progress io.Writer
+}
+
+// startBenchPostgres starts a private PostgreSQL for a bench run and writes
+// a seal key file of its own; stop stops it and removes its folder and the
+// key.
+func startBenchPostgres(progress io.Writer) (*benchPG, error) {
 	srv, err := pgserver.Start("otafleet-bench-pg-")
 	if err != nil {
 		return nil, err
 	}
-	keyDir, err := os.MkdirTemp("", "otafleet-bench-key-")
-	if err != nil {
-		_ = srv.Stop()
-		return nil, err
-	}
-	stop = func() {
-		if err := srv.Stop(); err != nil {
-			fmt.Fprintln(progress, "bench: stopping PostgreSQL:", err)
-		}
-		_ = os.RemoveAll(keyDir)
-	}
-	dsn, err := srv.CreateDatabase("otafleet_bench", "")
-	if err != nil {
-		stop()
+	pg := &benchPG{srv: srv, progress: progress}
+	if pg.keyDir, err = os.MkdirTemp("", "otafleet-bench-key-"); err != nil {
+		pg.stop()
 		return nil, err
 	}
 	key := make([]byte, sealKeySize)
 	if _, err := rand.Read(key); err != nil {
-		stop()
+		pg.stop()
 		return nil, err
 	}
-	keyFile := filepath.Join(keyDir, "seal.key")
-	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
-		stop()
+	pg.keyFile = filepath.Join(pg.keyDir, "seal.key")
+	if err := os.WriteFile(pg.keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+		pg.stop()
 		return nil, err
 	}
-	if o.StorePID, err = srv.PID(); err != nil {
-		stop()
-		return nil, err
+	return pg, nil
+}
+
+func (pg *benchPG) stop() {
+	if err := pg.srv.Stop(); err != nil {
+		fmt.Fprintln(pg.progress, "bench: stopping PostgreSQL:", err)
 	}
-	o.ServeArgs = append(o.ServeArgs, "--store="+dsn, "--seal-key-file="+keyFile)
+	if pg.keyDir != "" {
+		_ = os.RemoveAll(pg.keyDir)
+	}
+}
+
+// use creates the database name and points the server(s) of o at it
+// (--store, --seal-key-file), and the report at the PostgreSQL server.
+func (pg *benchPG) use(o *bench.Options, name string) error {
+	dsn, err := pg.srv.CreateDatabase(name, "")
+	if err != nil {
+		return err
+	}
+	if o.StorePID, err = pg.srv.PID(); err != nil {
+		return err
+	}
+	o.ServeArgs = append(slices.Clone(o.ServeArgs), "--store="+dsn, "--seal-key-file="+pg.keyFile)
 	o.StoreDSN = dsn
-	fmt.Fprintln(progress, "bench: the server's store is a private PostgreSQL:", redactedDSN(dsn))
-	return stop, nil
+	fmt.Fprintln(pg.progress, "bench: the server's store is a private PostgreSQL:", redactedDSN(dsn))
+	return nil
+}
+
+// benchCluster runs the workload of o twice on one private PostgreSQL
+// server: first on one plain server (no --cluster) over a fresh database,
+// then on a cluster of n nodes over another, with a private etcd; it
+// returns the cluster run's report with the single node's figures and the
+// ratio of their engine CPU per finished device.
+func benchCluster(ctx context.Context, o bench.Options, n int, progress io.Writer) (*bench.Report, error) {
+	pg, err := startBenchPostgres(progress)
+	if err != nil {
+		return nil, err
+	}
+	defer pg.stop()
+	etcd, err := etcdserver.Start("otafleet-bench-etcd-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := etcd.Stop(); err != nil {
+			fmt.Fprintln(progress, "bench: stopping etcd:", err)
+		}
+	}()
+	single, cluster := o, o
+	if o.DataDir != "" {
+		single.DataDir = filepath.Join(o.DataDir, "single")
+		cluster.DataDir = filepath.Join(o.DataDir, "cluster")
+	}
+	single.CPUProfile, single.SimCPUProfile = "", "" // the cluster run's
+	single.KillNode = 0
+	if err := pg.use(&single, "otafleet_bench_single"); err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(progress, "bench: the workload on one plain server first")
+	srep, err := bench.Run(ctx, single)
+	if err != nil {
+		return srep, fmt.Errorf("the single-node run: %w", err)
+	}
+	if err := pg.use(&cluster, "otafleet_bench_cluster"); err != nil {
+		return nil, err
+	}
+	cluster.Nodes = n
+	cluster.Etcd = strings.TrimPrefix(etcd.URL(), "http://")
+	cluster.ClusterName = "bench"
+	cluster.EtcdPID = etcd.PID()
+	fmt.Fprintf(progress, "bench: the workload on a cluster of %d nodes (etcd %s)\n", n, etcd.URL())
+	rep, err := bench.Run(ctx, cluster)
+	if rep != nil {
+		rep.SingleNode = srep.Single()
+		if srep.EngineCPUPerUpgradeMs > 0 {
+			rep.ClusterCPURatio = rep.EngineCPUPerUpgradeMs / srep.EngineCPUPerUpgradeMs
+		}
+		for _, p := range srep.Problems {
+			rep.Problems = append(rep.Problems, "single node: "+p)
+		}
+	}
+	return rep, err
 }
