@@ -312,7 +312,8 @@ func (n *node) update(t *cluster.ClusterTopology) {
 			set[m.Address()] = true
 		}
 	}
-	n.rv.UpdateMembers(ms)
+	// The member set first, then the placement: an owner the placement
+	// names is then always in the set (node.awaitReply relies on it).
 	n.mu.Lock()
 	n.members = set
 	self := n.me()
@@ -325,6 +326,7 @@ func (n *node) update(t *cluster.ClusterTopology) {
 		}
 	}
 	n.mu.Unlock()
+	n.rv.UpdateMembers(ms)
 	if lost {
 		n.markLost("its own member list no longer has it (its etcd lease expired)")
 	}
@@ -643,9 +645,11 @@ func (n *node) serve(a Address, req *messages.ClusterRequest, sender *actor.PID)
 // request asks the owner of a and waits for its reply.
 func (n *node) request(ctx context.Context, owner string, req *messages.ClusterRequest) (*messages.ClusterReply, error) {
 	f := n.e.system.Root.RequestFuture(actor.NewPID(owner, directoryActor), req, requestTimeout)
-	res, err := waitFuture(ctx, f)
+	res, err := n.awaitReply(ctx, f, owner)
 	a := Address{Kind: persistence.Kind(req.GetKind()), ID: req.GetId()}
 	switch {
+	case errors.Is(err, errOwnerLeft):
+		return nil, fmt.Errorf("%w: %s: node %s left the cluster before it answered", ErrTimeout, a, owner)
 	case errors.Is(err, actor.ErrTimeout):
 		return nil, fmt.Errorf("%w: %s on node %s", ErrTimeout, a, owner)
 	case errors.Is(err, actor.ErrDeadLetter):
@@ -658,6 +662,39 @@ func (n *node) request(ctx context.Context, owner string, req *messages.ClusterR
 		return nil, fmt.Errorf("actors: cluster: node %s answered %T", owner, res)
 	}
 	return r, nil
+}
+
+// errOwnerLeft: the node a request went to left the membership before it
+// answered.
+var errOwnerLeft = errors.New("actors: cluster: the node left before it answered")
+
+// awaitReply waits for f, for ctx, or until owner leaves the membership: a
+// node killed with the request in hand never answers, and the transport
+// delivering a device's report would otherwise hold that device's next
+// exchanges for requestTimeout (a killed node leaves when its lease
+// expires, seconds later). The caller then fails as on a timeout, as it
+// did before, only sooner: its retry goes to the new owner.
+func (n *node) awaitReply(ctx context.Context, f *actor.Future, owner string) (any, error) {
+	done := make(chan struct{})
+	var res any
+	var err error
+	go func() {
+		res, err = f.Result()
+		close(done)
+	}()
+	for {
+		_, tick := n.settled() // before the check: a change after it closes tick
+		if owner != n.me() && !n.isMember(owner) {
+			return nil, errOwnerLeft
+		}
+		select {
+		case <-done:
+			return res, err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-tick:
+		}
+	}
 }
 
 // waitFuture waits for f or ctx.

@@ -245,6 +245,17 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 		}
 		return &simDevice{spec: spec, mqtt: d}, nil
 	}
+	lc := s.lwm2mConfig(cfg, spec, i)
+	d, err := lwm2msim.Start(sctx, lc)
+	if err != nil {
+		return nil, err
+	}
+	return &simDevice{spec: spec, lw: d}, nil
+}
+
+// lwm2mConfig is the configuration of the LwM2M device spec (the i-th of
+// the fleet), from cfg: the simulator's, with the device's think time.
+func (s *Sim) lwm2mConfig(cfg SimConfig, spec Device, i int) lwm2msim.Config {
 	b := lwm2msim.Behaviour{ThinkTime: cfg.ThinkTime, BytesPerSecond: cfg.BytesPerSecond, DropRate: cfg.DropRate}
 	if spec.Fail {
 		if spec.Protocol == ProtoPCP {
@@ -259,7 +270,7 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 		FwVersion: cfg.FwVersion, SwVersion: cfg.SwVersion,
 		RSRP: &rsrp, SINR: &sinr, CellID: spec.Cell,
 		ObjectsPCP: spec.Protocol == ProtoPCP, VerifyCheckCode: true,
-		Behaviour: b, LocalAddr: s.localAddr(i),
+		Behaviour: b, LocalAddr: s.localAddr(i), Lifetime: cfg.Lifetime,
 		Logger:  s.log.With("device", spec.ID),
 		OnEvent: func(ev lwm2msim.Event) { s.count(ev.Kind) },
 	}
@@ -281,11 +292,7 @@ func (s *Sim) dial(ctx context.Context, spec Device, i int) (*simDevice, error) 
 			return v
 		}
 	}
-	d, err := lwm2msim.Start(sctx, lc)
-	if err != nil {
-		return nil, err
-	}
-	return &simDevice{spec: spec, lw: d}, nil
+	return lc
 }
 
 func (s *Sim) count(kind string) {

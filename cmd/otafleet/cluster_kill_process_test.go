@@ -52,10 +52,15 @@ func TestProcessClusterKillNode(t *testing.T) {
 	defer cancel()
 	store := newProcessStore(t, t.TempDir(), true)
 	name := etcd.NewCluster("kill")
-	// Short step timeouts, as in TestProcessKillNine: a downlink lost with
-	// the node times out quickly (the devices of the dead node whose step
-	// times out before they registered with another node fail).
-	short := "3s"
+	// Step timeouts short enough for a quick test, yet longer than the
+	// outage a device of the dead node sees: the node leaves the
+	// membership 5 s after the kill (its lease), its grains serve again
+	// within a second on the survivors, and its LwM2M devices notice it is
+	// gone at their next registration update (lifetime 6 s: every 3 s) and
+	// register with the next node. With 3 s, a step whose deadline passes
+	// during that outage fails (its grain's deadline fires as it resumes):
+	// that residue is inherent to a timeout shorter than the outage.
+	short := "10s"
 	nodeArgs := []string{"--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0",
 		"--timeout-version-report", short, "--timeout-radio-query", short, "--timeout-cell-query", short,
 		"--timeout-download-start", short, "--timeout-update-start", short, "--timeout-version-check", short}
@@ -215,6 +220,8 @@ func TestProcessClusterKillNode(t *testing.T) {
 	// Every device in exactly one final state.
 	seen := map[string]string{}
 	reasons := map[string]int{}
+	var failed []string
+	failReason := map[string]string{}
 	for _, id := range tasks {
 		for page := ""; ; {
 			res, err := cli.Tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id, PageSize: 1000, PageToken: page}))
@@ -228,6 +235,8 @@ func TestProcessClusterKillNode(t *testing.T) {
 				seen[d.GetDeviceId()] = d.GetStatus().String()
 				if r := d.GetFailureReason(); r != "" {
 					reasons[r]++
+					failed = append(failed, d.GetDeviceId())
+					failReason[d.GetDeviceId()] = r
 				}
 				switch d.GetStatus() {
 				case v1.SubtaskStatus_SUBTASK_STATUS_SUCCESS, v1.SubtaskStatus_SUBTASK_STATUS_FAIL, v1.SubtaskStatus_SUBTASK_STATUS_STOPPED:
@@ -259,8 +268,27 @@ func TestProcessClusterKillNode(t *testing.T) {
 		t.Errorf("the simulators installed %d upgrades, the tasks count %d successes and %d failures", upgrades, counts["success"], counts["fail"])
 	}
 	t.Logf("failure reasons: %v", reasons)
-	if counts["success"] < clusterKillDevices/2 {
-		t.Errorf("only %d of %d devices upgraded", counts["success"], clusterKillDevices)
+	// Every command lost with the dead node is sent again, by its grain's
+	// resumption on a survivor or on the device's registration with
+	// another node, within the step's timeout. One is not, by design: a
+	// PCP 0x17 that went out through the dead node at the kill (or whose
+	// answer died with it) is never sent again, since nothing the device
+	// answers tells a lost 0x17 from one it took (devicefsm.Resume), and
+	// T8 ends the job. That residue, a few devices at most, is the only
+	// failure allowed.
+	pcp := map[string]bool{}
+	for _, id := range fleet.IDs(bench.ProtoPCP) {
+		pcp[id] = true
+	}
+	var unexpected []string
+	for _, id := range failed {
+		if !pcp[id] || failReason[id] != messages.ReasonText(messages.Reason_REASON_UPDATE_START_TIMEOUT) {
+			unexpected = append(unexpected, id)
+		}
+	}
+	if len(unexpected) > 0 || len(failed) > clusterKillDevices/50 {
+		t.Errorf("%d devices failed (%d not a PCP 0x17 lost with the node): %v", len(failed), len(unexpected), failed)
+		dumpJournals(t, store, append(unexpected, failed...)[:min(len(failed), 4)])
 	}
 	// The dead node's sessions are not left in the store: its devices moved
 	// theirs by registering elsewhere, and a survivor drops the rest some
