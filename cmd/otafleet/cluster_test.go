@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -153,5 +154,34 @@ func TestMetricsNodeLabel(t *testing.T) {
 		if n != 2 {
 			t.Errorf("%d metrics gathered, want 2", n)
 		}
+	}
+}
+
+// TestThirdPartyRacesOnly: a child's exit 66 is excused only when every
+// race report's accesses are inside protoactor-go.
+func TestThirdPartyRacesOnly(t *testing.T) {
+	exit66 := exec.Command("sh", "-c", "exit 66").Run()
+	report := func(frames ...string) []map[string]any {
+		lines := []string{"==================", "WARNING: DATA RACE", "Write at 0x1 by goroutine 1:", "  " + frames[0] + "()", "      /x.go:1", "",
+			"Previous read at 0x1 by goroutine 2:", "  " + frames[1] + "()", "      /y.go:2", "", "=================="}
+		var out []map[string]any
+		for _, l := range lines {
+			out = append(out, map[string]any{"msg": "raw", "text": l})
+		}
+		return out
+	}
+	theirs := report("github.com/asynkron/protoactor-go/remote.(*BlockList).Block", "github.com/asynkron/protoactor-go/remote.(*BlockList).BlockedMembers")
+	ours := report("github.com/asynkron/protoactor-go/remote.(*BlockList).Block", "github.com/otafleet/otafleet/actors.(*node).update")
+	if !thirdPartyRacesOnly(t, exit66, theirs) {
+		t.Error("a race inside protoactor-go is not excused")
+	}
+	if thirdPartyRacesOnly(t, exit66, append(theirs, ours...)) {
+		t.Error("a race with an access in otafleet's code is excused")
+	}
+	if thirdPartyRacesOnly(t, exec.Command("sh", "-c", "exit 1").Run(), theirs) {
+		t.Error("exit 1 is excused")
+	}
+	if thirdPartyRacesOnly(t, exit66, nil) {
+		t.Error("exit 66 without a race report is excused")
 	}
 }

@@ -20,19 +20,9 @@ const sealKeySize = 32
 // `(umask 077; openssl rand -hex 32 > FILE)`. A file that group or others
 // may access is refused: the key opens every device's secret and PSK.
 func readSealKey(flag, path string) ([]byte, error) {
-	st, err := os.Stat(path)
+	b, err := readSecretFile(flag, path, "a seal key")
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", flag, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: %s is not a regular file", flag, path)
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%s: %s has mode %04o: group and others must have no access to a seal key (chmod 600 %s)", flag, path, perm, path)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", flag, err)
+		return nil, err
 	}
 	key, err := hex.DecodeString(strings.TrimSpace(string(b)))
 	if err != nil || len(key) != sealKeySize {

@@ -80,7 +80,7 @@ func loadAPIToken(ctx context.Context, cfg serveConfig, shared persistence.Share
 	var tok string
 	switch {
 	case cfg.APITokenFile != "":
-		b, err := readSecretFile("--api-token-file", cfg.APITokenFile)
+		b, err := readSecretFile("--api-token-file", cfg.APITokenFile, "it")
 		if err != nil {
 			return "", err
 		}
@@ -136,9 +136,10 @@ func newToken() string {
 	return hex.EncodeToString(raw)
 }
 
-// readSecretFile reads a file holding a secret, named by flag: a regular
-// file that group and others cannot access, as for the seal key.
-func readSecretFile(flag, path string) ([]byte, error) {
+// readSecretFile reads a file holding a secret (what names it in the error
+// for a file others may read), named by flag: a regular file that group and
+// others cannot access.
+func readSecretFile(flag, path, what string) ([]byte, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", flag, err)
@@ -147,7 +148,7 @@ func readSecretFile(flag, path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %s is not a regular file", flag, path)
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%s: %s has mode %04o: group and others must have no access to it (chmod 600 %s)", flag, path, perm, path)
+		return nil, fmt.Errorf("%s: %s has mode %04o: group and others must have no access to %s (chmod 600 %s)", flag, path, perm, what, path)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
