@@ -127,7 +127,8 @@ func TestProcessClusterNodeLost(t *testing.T) {
 
 // thirdPartyRacesOnly reports whether err is the race detector's exit
 // status (66) of a child whose every race report (in its log lines) has
-// both accesses inside protoactor-go, whose pinned version races with
+// both accesses inside protoactor-go (or its github.com/asynkron/gofun
+// sets), whose pinned version races with
 // itself in its cluster code (remote.BlockList is unlocked: README
 // "Cluster"); a race with an access in any other code is not excused.
 func thirdPartyRacesOnly(t *testing.T, err error, lines []map[string]any) bool {
@@ -155,7 +156,7 @@ func thirdPartyRacesOnly(t *testing.T, err error, lines []map[string]any) bool {
 			wantFrame = true
 		case wantFrame && strings.TrimSpace(text) != "":
 			wantFrame = false
-			if !strings.HasPrefix(strings.TrimSpace(text), "github.com/asynkron/protoactor-go/") {
+			if !strings.HasPrefix(strings.TrimSpace(text), "github.com/asynkron/") { // protoactor-go and its gofun
 				ok = false
 			}
 		}
