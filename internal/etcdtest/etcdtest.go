@@ -16,11 +16,11 @@ package etcdtest
 import (
 	"fmt"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/otafleet/otafleet/internal/etcdserver"
+	"github.com/otafleet/otafleet/internal/sharedserver"
 )
 
 // EnvURL names the environment variable that points the tests at an
@@ -68,55 +68,21 @@ func (s *Server) Stop() error {
 
 // The package's shared server (see pgtest: started by the first Shared,
 // stopped by Main).
-var (
-	sharedMu  sync.Mutex
-	sharedRun bool
-	shared    *Server
-	sharedErr error
-)
+var shared = sharedserver.New("etcdtest", Start)
 
 // Main runs the tests, then stops the shared server if a test started it,
-// and exits with the tests' status. Call it from TestMain (after or inside
-// pgtest.Main's run: see Wrap).
+// and exits with the tests' status. Call it from TestMain.
 func Main(m *testing.M) { os.Exit(Wrap(m.Run)) }
 
-// Wrap runs run (the tests, or another package's Main-like wrapper), then
-// stops the shared server; it returns run's status, or 1 if stopping
-// failed.
-func Wrap(run func() int) int {
-	sharedMu.Lock()
-	sharedRun = true
-	sharedMu.Unlock()
-	code := run()
-	sharedMu.Lock()
-	s := shared
-	sharedMu.Unlock()
-	if s != nil {
-		if err := s.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			if code == 0 {
-				code = 1
-			}
-		}
-	}
-	return code
-}
+// Wrap is Main for a TestMain that stops other servers too: it runs run
+// (the tests, or another package's wrapper around them), then stops the
+// shared server; it returns run's status, or 1 if stopping failed.
+func Wrap(run func() int) int { return shared.Wrap(run) }
 
 // Shared returns the package's server, starting it on the first call; it
 // fails t when the server cannot start or when TestMain does not call Main
 // or Wrap (which stop it).
 func Shared(t testing.TB) *Server {
 	t.Helper()
-	sharedMu.Lock()
-	defer sharedMu.Unlock()
-	if !sharedRun {
-		t.Fatal("etcdtest: the test package's TestMain must call etcdtest.Main(m) or etcdtest.Wrap, which stop the server")
-	}
-	if shared == nil && sharedErr == nil {
-		shared, sharedErr = Start()
-	}
-	if sharedErr != nil {
-		t.Fatal(sharedErr)
-	}
-	return shared
+	return shared.Get(t)
 }

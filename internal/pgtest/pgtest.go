@@ -22,6 +22,7 @@ import (
 	"testing"
 
 	"github.com/otafleet/otafleet/internal/pgserver"
+	"github.com/otafleet/otafleet/internal/sharedserver"
 )
 
 // EnvDSN names the environment variable that points the tests at an
@@ -68,12 +69,7 @@ func Start() (*Server, error) {
 // The package's shared server: started by the first Shared (so that a
 // test package of which few tests need PostgreSQL starts it only when one
 // runs), stopped by Main.
-var (
-	sharedMu  sync.Mutex
-	sharedRun bool // Main runs
-	shared    *Server
-	sharedErr error
-)
+var shared = sharedserver.New("pgtest", Start)
 
 // Main runs the tests, then stops the shared server if a test started it,
 // and exits with the tests' status. Call it from TestMain.
@@ -82,42 +78,14 @@ func Main(m *testing.M) { os.Exit(Wrap(m.Run)) }
 // Wrap is Main for a TestMain that stops other servers too: it runs run
 // (the tests, or another package's wrapper around them), then stops the
 // shared server; it returns run's status, or 1 if stopping failed.
-func Wrap(run func() int) int {
-	sharedMu.Lock()
-	sharedRun = true
-	sharedMu.Unlock()
-	code := run()
-	sharedMu.Lock()
-	s := shared
-	sharedMu.Unlock()
-	if s != nil {
-		if err := s.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			if code == 0 {
-				code = 1
-			}
-		}
-	}
-	return code
-}
+func Wrap(run func() int) int { return shared.Wrap(run) }
 
 // Shared returns the package's server, starting it on the first call; it
-// fails t when the server cannot start (PostgreSQL missing, say) or when
-// TestMain does not call Main or Wrap (which stop it).
+// fails t when the server cannot start or when TestMain does not call Main
+// or Wrap (which stop it).
 func Shared(t testing.TB) *Server {
 	t.Helper()
-	sharedMu.Lock()
-	defer sharedMu.Unlock()
-	if !sharedRun {
-		t.Fatal("pgtest: the test package's TestMain must call pgtest.Main(m) or pgtest.Wrap, which stop the server")
-	}
-	if shared == nil && sharedErr == nil {
-		shared, sharedErr = Start()
-	}
-	if sharedErr != nil {
-		t.Fatal(sharedErr)
-	}
-	return shared
+	return shared.Get(t)
 }
 
 // NewDatabase creates a fresh database on the shared server and returns
