@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/otafleet/otafleet/internal/pgtest"
 	"github.com/otafleet/otafleet/persistence/pgstore"
@@ -133,7 +135,7 @@ func TestServePostgres(t *testing.T) {
 // store (exit 2).
 func TestStoreMigrate(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
-	for _, want := range []string{"schema version 0 -> 2", "schema version 2: up to date"} {
+	for _, want := range []string{"schema version 0 -> 3", "schema version 3: up to date"} {
 		var out, errb bytes.Buffer
 		if code := run(context.Background(), []string{"store", "migrate", "--store", dsn}, &out, &errb); code != 0 || !strings.Contains(out.String(), want) {
 			t.Fatalf("store migrate: exit %d, stdout %q, stderr %q; want %q", code, out.String(), errb.String(), want)
@@ -152,6 +154,37 @@ func TestStoreMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	failServe(t, "schema version 7", "store", "migrate", "--store", dsn)
+}
+
+// TestStoreMigrateFromVersion2: `otafleet store migrate` upgrades a
+// database that a build of schema version 2 wrote (streams with their head,
+// last_seq) and keeps its journal: its streams, events and marks.
+func TestStoreMigrateFromVersion2(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pgstore.MigrateTo(ctx, pool, slog.New(slog.DiscardHandler), 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO streams (kind, id, last_seq, active) VALUES ('d', 'a', 1, true);
+		INSERT INTO events (kind, id, seq, body) VALUES ('d', 'a', 1, '\x00')`); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run(ctx, []string{"store", "migrate", "--store", dsn}, &out, &errb); code != 0 || !strings.Contains(out.String(), "schema version 2 -> 3") {
+		t.Fatalf("store migrate: exit %d, stdout %q, stderr %q; want 2 -> 3", code, out.String(), errb.String())
+	}
+	var streams, active, events int
+	if err := pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM streams), (SELECT count(*) FROM streams WHERE active), (SELECT count(*) FROM events)`).Scan(&streams, &active, &events); err != nil {
+		t.Fatal(err)
+	}
+	if streams != 1 || active != 1 || events != 1 {
+		t.Fatalf("after the migration: %d streams (%d active), %d events; want 1 (1), 1", streams, active, events)
+	}
 }
 
 // TestWithPasswordFile: --store-password-file puts the file's first line in

@@ -19,7 +19,7 @@
 // IDs are text in the C collation, so that listings come in byte order as
 // with Pebble.
 //
-//	streams(kind, id, last_seq, active)  the head of each stream: its last sequence number and active mark
+//	streams(kind, id, active)            a row per stream ever written, with its active mark
 //	events(kind, id, seq, body)          the journal; body is a persistence.EncodeEvent envelope
 //	snapshots(kind, id, body)            persistence.EncodeSnapshot envelope
 //	records(kind, id, key, body)         a stream's state area; persistence.EncodeRecord envelope
@@ -32,23 +32,31 @@
 //
 // # Appends: fencing and group commit
 //
-// An append names the sequence number it expects (Append.Expected). It
-// moves its stream's head from Expected to Expected+len(Events) with
-// `UPDATE streams ... WHERE last_seq = Expected` (or inserts the head of a
-// new stream), and writes its events, records and mark only if the head
-// moved. A second writer of the same stream, in this process or another,
-// finds the head moved (PostgreSQL makes the UPDATE wait for the first
-// writer's row lock, then checks again) and fails with
-// persistence.ErrConflict; the events' primary key (kind, id, seq) is a
-// second fence should a writer ever get past the head. Two writers can
-// never both win.
+// An append names the sequence number it expects (Append.Expected). The
+// fence is the events' primary key (kind, id, seq): an append writes
+// Expected+1, ... and fails with persistence.ErrConflict when another
+// writer, in this process or another, wrote one of them, or is writing it
+// (PostgreSQL makes the insert wait for the other transaction, and fails
+// it if that commits). A stream's last sequence number is its last
+// event's; each Store also keeps the heads it wrote or read lately (a
+// lower bound of each stream's, since events are never deleted), so that
+// an append expecting less than the known head conflicts at once and one
+// expecting more, or of a stream not known, is checked against the head
+// read from the events table first: no append can leave a gap. An append
+// without events (records or a mark only) inserts a placeholder event at
+// Expected+1 and deletes it in the same transaction, so that the same key
+// fences it; no reader ever sees the placeholder. Two writers can never
+// both win. (Up to schema version 2 every append also moved a head row in
+// streams, which doubled the time of a group commit.)
 //
 // Appends are grouped: goroutines of a committer (Options.Pipelines of
 // them, so that one batch is sent while another waits for its WAL flush)
 // each take the appends waiting, at most Options.MaxBatch and at most one
 // per stream (a stream is never in two batches at once), and write them
-// with one statement (arrays unnested into data-modifying common table
-// expressions), which is one transaction. A batch is synced (its commit
+// with one statement (arrays unnested into a multi-row INSERT of the
+// events, with data-modifying common table expressions for the records,
+// the marks and the rows of new streams when the batch has some), which is
+// one transaction. A batch is synced (its commit
 // waits for the WAL flush) when one of its appends is. After a commit, the
 // goroutine yields for a few microseconds to the appenders it answered, so
 // that those that append again at once (an actor with more input) join

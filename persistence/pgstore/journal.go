@@ -198,112 +198,249 @@ func (c *committer) take() (batch []*appendReq, more bool) {
 	return batch, len(rest) > 0
 }
 
-// appendSQL returns the statement that writes a batch of appends: it moves
-// the head of every stream whose last sequence number is the append's
-// Expected (u, an existing head; i, a new stream), and writes the events,
-// records and marks of those appends only (w). A head that another writer
-// moved, even one committing at the same time (the UPDATE waits for its
-// row lock and checks again), fails its append; the events' primary key
-// (kind, id, seq) is the second fence. The statement returns the streams
-// that were written. Its parts for events, records to set and records to
-// delete are there only when the batch has some (appendStatements holds
-// the 8 variants), so that PostgreSQL plans no more than it runs.
-func appendSQL(events, sets, deletes bool) string {
-	var b strings.Builder
+// The statement of a group commit is a set of data-modifying parts, each
+// an INSERT or DELETE over arrays that are unnested (one array parameter a
+// column, whatever the batch's size, so that one prepared statement serves
+// every batch); a part is there only when the batch has rows for it, and
+// the last part present is the main statement, the others in WITH.
+const (
+	partEvents   = 1 << iota // the events
+	partNewHeads             // the streams' rows of first appends without a mark
+	partMarks                // the streams' active marks (a row with its mark)
+	partSets                 // records to set
+	partDeletes              // records to delete
+	partUnplace              // the placeholders of appends without events
+	partsAll                 // the number of variants
+)
+
+// appendParts are the parts, in the order of partEvents...partUnplace, with
+// the types of their array parameters; %s stands for the parameters.
+var appendParts = [...]struct{ sql, types string }{
+	{`INSERT INTO events (kind, id, seq, body) SELECT * FROM unnest(%s)`, "text[] text[] bigint[] bytea[]"},
+	{`INSERT INTO streams (kind, id) SELECT * FROM unnest(%s) ON CONFLICT (kind, id) DO NOTHING`, "text[] text[]"},
+	{`INSERT INTO streams (kind, id, active) SELECT * FROM unnest(%s)
+	ON CONFLICT (kind, id) DO UPDATE SET active = excluded.active`, "text[] text[] boolean[]"},
+	{`INSERT INTO records (kind, id, key, body) SELECT * FROM unnest(%s)
+	ON CONFLICT (kind, id, key) DO UPDATE SET body = excluded.body`, "text[] text[] bytea[] bytea[]"},
+	{`DELETE FROM records d USING unnest(%s) AS x(kind, id, key)
+	WHERE d.kind = x.kind AND d.id = x.id AND d.key = x.key`, "text[] text[] bytea[]"},
+	{`DELETE FROM events d USING unnest(%s) AS x(kind, id, seq)
+	WHERE d.kind = x.kind AND d.id = x.id AND d.seq = x.seq`, "text[] text[] bigint[]"},
+}
+
+// appendSQL returns the statement of the parts set in mask.
+func appendSQL(mask int) string {
+	var parts []string
 	n := 0
-	params := func(types ...string) string {
+	for i, p := range appendParts {
+		if mask&(1<<i) == 0 {
+			continue
+		}
 		var ps []string
-		for _, t := range types {
+		for _, t := range strings.Fields(p.types) {
 			n++
 			ps = append(ps, fmt.Sprintf("$%d::%s", n, t))
 		}
-		return strings.Join(ps, ", ")
+		parts = append(parts, fmt.Sprintf(p.sql, strings.Join(ps, ", ")))
 	}
-	b.WriteString(`WITH r AS (
-	SELECT * FROM unnest(` + params("text[]", "text[]", "bigint[]", "bigint[]", "smallint[]") + `) AS r(kind, id, expected, last, active)
-), u AS (
-	UPDATE streams s SET last_seq = r.last,
-		active = CASE r.active WHEN 1 THEN true WHEN 0 THEN false ELSE s.active END
-	FROM r WHERE s.kind = r.kind AND s.id = r.id AND s.last_seq = r.expected
-	RETURNING s.kind, s.id
-), i AS (
-	INSERT INTO streams (kind, id, last_seq, active)
-	SELECT kind, id, last, active = 1 FROM r WHERE expected = 0
-	ON CONFLICT (kind, id) DO NOTHING
-	RETURNING kind, id
-), w AS (
-	SELECT kind, id FROM u UNION ALL SELECT kind, id FROM i
-)`)
-	if events {
-		b.WriteString(`, e AS (
-	INSERT INTO events (kind, id, seq, body)
-	SELECT x.kind, x.id, x.seq, x.body
-	FROM unnest(` + params("text[]", "text[]", "bigint[]", "bytea[]") + `) AS x(kind, id, seq, body)
-	JOIN w ON w.kind = x.kind AND w.id = x.id
-)`)
+	if len(parts) == 0 {
+		return ""
 	}
-	if sets {
-		b.WriteString(`, rs AS (
-	INSERT INTO records (kind, id, key, body)
-	SELECT x.kind, x.id, x.key, x.body
-	FROM unnest(` + params("text[]", "text[]", "bytea[]", "bytea[]") + `) AS x(kind, id, key, body)
-	JOIN w ON w.kind = x.kind AND w.id = x.id
-	ON CONFLICT (kind, id, key) DO UPDATE SET body = excluded.body
-)`)
+	var b strings.Builder
+	for i, p := range parts[:len(parts)-1] {
+		if i == 0 {
+			b.WriteString("WITH ")
+		} else {
+			b.WriteString(",\n")
+		}
+		fmt.Fprintf(&b, "p%d AS (%s)", i, p)
 	}
-	if deletes {
-		b.WriteString(`, rd AS (
-	DELETE FROM records d
-	USING unnest(` + params("text[]", "text[]", "bytea[]") + `) AS x(kind, id, key), w
-	WHERE w.kind = x.kind AND w.id = x.id AND d.kind = x.kind AND d.id = x.id AND d.key = x.key
-)`)
+	if len(parts) > 1 {
+		b.WriteString("\n")
 	}
-	b.WriteString("\nSELECT kind, id FROM w")
+	b.WriteString(parts[len(parts)-1])
 	return b.String()
 }
 
-// appendStatements are appendSQL's variants, indexed by events | sets<<1 |
-// deletes<<2.
-var appendStatements = func() (v [8]string) {
+// appendStatements are appendSQL's variants, indexed by their mask.
+var appendStatements = func() (v [partsAll]string) {
 	for i := range v {
-		v[i] = appendSQL(i&1 != 0, i&2 != 0, i&4 != 0)
+		v[i] = appendSQL(i)
 	}
 	return v
 }()
 
+// placeSQL inserts the placeholders of appends without events (see write).
+const placeSQL = `INSERT INTO events (kind, id, seq, body) SELECT kind, id, seq, '\x'::bytea FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(kind, id, seq)`
+
+// headsSQL reads the last sequence number of each of a list of streams,
+// in the list's order.
+const headsSQL = `SELECT (SELECT coalesce(max(e.seq), 0) FROM events e WHERE e.kind = x.kind AND e.id = x.id)
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(kind, id, n) ORDER BY n`
+
+// conflictRounds bounds how often a group commit that failed on the
+// events' unique key re-reads its streams' heads and tries again without
+// the appends that conflict: each round drops the appends whose writer
+// was behind, so more than one round means another writer was appending
+// to the same streams at that moment, again and again.
+const conflictRounds = 4
+
 // commit writes batch and answers its appends; it returns how many appends
 // were queued when it began to answer (see rejoin).
+//
+// The fence is the events' unique key (kind, id, seq) with the heads this
+// process knows (Store.heads, a lower bound of each stream's last sequence
+// number: events are never deleted, so it only grows). An append whose
+// Expected is below the known head conflicts at once; one above it, or of
+// a stream not known, is checked against the head read from the events
+// table first (one query for the batch); the rest are written as they
+// are. An append whose Expected is behind the stream's real head then
+// writes a sequence number that exists, or that a concurrent writer is
+// writing: the events' unique key fails the whole statement (PostgreSQL
+// waits for the other transaction's outcome first), and the batch's heads
+// are read again: the appends that are behind fail with
+// persistence.ErrConflict and the others are written in a new round.
 func (c *committer) commit(batch []*appendReq) (queued int) {
+	s := c.s
+	// The commit is bounded (Options.Timeout): a server that hangs fails
+	// the batch rather than holding every append behind it.
+	ctx, cancel := s.bound(context.Background())
+	defer cancel()
+	conflict := func(r *appendReq, last uint64) {
+		r.res <- fmt.Errorf("%w: stream %s ends at %d, writer expected %d", persistence.ErrConflict, r.a.Stream, last, r.a.Expected)
+	}
+	var todo, check []*appendReq
+	for _, r := range batch {
+		last, known := s.heads.get(r.a.Stream)
+		switch {
+		case known && r.a.Expected < last:
+			conflict(r, last)
+		case r.a.Expected > 0 && (!known || r.a.Expected > last):
+			check = append(check, r)
+			todo = append(todo, r)
+		default:
+			// Expected is the known head, or 0: the events' key
+			// checks that nothing follows it.
+			todo = append(todo, r)
+		}
+	}
+	for round := 1; ; round++ {
+		if len(check) > 0 {
+			lasts, err := s.readHeads(ctx, check)
+			if err != nil {
+				// Nothing was written: the heads known stay.
+				err = s.callErr(ctx, "group commit: reading the heads", err)
+				queued = c.queued()
+				for _, r := range todo {
+					r.res <- fmt.Errorf("append to %s: %w", r.a.Stream, err)
+				}
+				return queued
+			}
+			behind := map[*appendReq]uint64{}
+			for i, r := range check {
+				s.heads.raise(r.a.Stream, lasts[i])
+				if lasts[i] != r.a.Expected {
+					behind[r] = lasts[i]
+				}
+			}
+			rest := todo[:0]
+			for _, r := range todo {
+				if last, ok := behind[r]; ok {
+					conflict(r, last)
+				} else {
+					rest = append(rest, r)
+				}
+			}
+			todo, check = rest, nil
+		}
+		if len(todo) == 0 {
+			return c.queued()
+		}
+		err := c.write(ctx, todo)
+		if err == nil {
+			break
+		}
+		if pgCode(err) == codeUniqueViolation && round < conflictRounds {
+			check = todo // nothing was written: read the heads, try again
+			continue
+		}
+		if pgCode(err) == codeUniqueViolation {
+			err = fmt.Errorf("%w: %w", persistence.ErrConflict, err)
+		}
+		err = s.callErr(ctx, "group commit", err)
+		queued = c.queued()
+		for _, r := range todo {
+			// The outcome may be unknown (the connection was lost
+			// at the commit): read the head again next time.
+			s.heads.forget(r.a.Stream)
+			r.res <- fmt.Errorf("append to %s: %w", r.a.Stream, err)
+		}
+		return queued
+	}
+	s.markUp()
+	s.groupCommits.Add(1)
+	queued = c.queued()
+	for _, r := range todo {
+		s.heads.raise(r.a.Stream, r.last)
+		if r.a.NoSync {
+			s.unsyncedAppends.Add(1)
+		} else {
+			s.syncedAppends.Add(1)
+		}
+		r.res <- nil
+	}
+	return queued
+}
+
+// write writes the appends of a group commit in one transaction (a batch
+// of NoSync appends through the connections with synchronous_commit off:
+// the commit returns before its WAL record is flushed; the next synced
+// commit flushes the WAL past it). A duplicate sequence number fails it
+// whole (codeUniqueViolation).
+//
+// An append without events (records or a mark only) must also fail when
+// its stream has moved past Expected, or when another writer is moving it:
+// it inserts a placeholder event at Expected+1, which the events' key
+// fences as it fences an event, and deletes it in the same transaction.
+// No reader ever sees it (it is never committed), and a concurrent writer
+// of that sequence number waits for the transaction and then writes it.
+// Such appends (an actor converting its state to records, a copy marking a
+// stream active) are rare; the others take one statement.
+func (c *committer) write(ctx context.Context, todo []*appendReq) error {
 	var (
-		kinds, ids     []string
-		expected, last []int64
-		active         []int16
 		eKinds, eIDs   []string
 		eSeqs          []int64
 		eBodies        [][]byte
+		hKinds, hIDs   []string
+		mKinds, mIDs   []string
+		marks          []bool
 		sKinds, sIDs   []string
 		sKeys, sBodies [][]byte
 		dKinds, dIDs   []string
 		dKeys          [][]byte
+		pKinds, pIDs   []string
+		pSeqs          []int64
 		synced         bool
 	)
-	for _, r := range batch {
+	for _, r := range todo {
 		a := r.a
 		kind := string(a.Stream.Kind)
-		kinds, ids = append(kinds, kind), append(ids, a.Stream.ID)
-		expected, last = append(expected, int64(a.Expected)), append(last, int64(r.last))
-		switch {
-		case a.Active == nil:
-			active = append(active, -1)
-		case *a.Active:
-			active = append(active, 1)
-		default:
-			active = append(active, 0)
-		}
 		for i, e := range a.Events {
 			eKinds, eIDs = append(eKinds, kind), append(eIDs, a.Stream.ID)
 			eSeqs = append(eSeqs, int64(a.Expected)+int64(i)+1)
 			eBodies = append(eBodies, persistence.EncodeEvent(e))
+		}
+		if len(a.Events) == 0 {
+			pKinds, pIDs, pSeqs = append(pKinds, kind), append(pIDs, a.Stream.ID), append(pSeqs, int64(a.Expected)+1)
+		}
+		// Every stream has a row in streams (the lister's and the active
+		// mark's), written by its first append (Expected 0: a later
+		// append has one) or with its mark.
+		switch {
+		case a.Active != nil:
+			mKinds, mIDs, marks = append(mKinds, kind), append(mIDs, a.Stream.ID), append(marks, *a.Active)
+		case a.Expected == 0:
+			hKinds, hIDs = append(hKinds, kind), append(hIDs, a.Stream.ID)
 		}
 		// The last operation on a key wins (an append may delete a key
 		// and set it again); the statement may touch a row only once.
@@ -324,72 +461,103 @@ func (c *committer) commit(batch []*appendReq) (queued int) {
 		}
 		synced = synced || !a.NoSync
 	}
-	won := map[persistence.Stream]bool{}
-	// The commit is bounded (Options.Timeout): a server that hangs fails
-	// the batch rather than holding every append behind it.
-	ctx, cancel := c.s.bound(context.Background())
-	defer cancel()
-	err := func() error {
-		// A batch of NoSync appends only goes through the connections
-		// with synchronous_commit off: the commit returns before its WAL
-		// record is flushed; the next synced commit flushes the WAL past
-		// it.
-		pool := c.s.pool
-		if !synced {
-			pool = c.s.lazy
+	var args []any
+	mask := 0
+	add := func(part int, n int, cols ...any) {
+		if n > 0 {
+			mask |= part
+			args = append(args, cols...)
 		}
-		args := []any{kinds, ids, expected, last, active}
-		variant := 0
-		if len(eSeqs) > 0 {
-			variant |= 1
-			args = append(args, eKinds, eIDs, eSeqs, eBodies)
-		}
-		if len(sKeys) > 0 {
-			variant |= 2
-			args = append(args, sKinds, sIDs, sKeys, sBodies)
-		}
-		if len(dKeys) > 0 {
-			variant |= 4
-			args = append(args, dKinds, dIDs, dKeys)
-		}
-		rows, err := pool.Query(ctx, appendStatements[variant], args...)
-		if err != nil {
+	}
+	add(partEvents, len(eSeqs), eKinds, eIDs, eSeqs, eBodies)
+	add(partNewHeads, len(hIDs), hKinds, hIDs)
+	add(partMarks, len(mIDs), mKinds, mIDs, marks)
+	add(partSets, len(sKeys), sKinds, sIDs, sKeys, sBodies)
+	add(partDeletes, len(dKeys), dKinds, dIDs, dKeys)
+	add(partUnplace, len(pSeqs), pKinds, pIDs, pSeqs)
+	pool := c.s.pool
+	if !synced {
+		pool = c.s.lazy
+	}
+	if len(pSeqs) == 0 {
+		_, err := pool.Exec(ctx, appendStatements[mask], args...)
+		return err
+	}
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, placeSQL, pKinds, pIDs, pSeqs); err != nil {
 			return err
 		}
-		var kind, id string
-		_, err = pgx.ForEachRow(rows, []any{&kind, &id}, func() error {
-			won[persistence.Stream{Kind: persistence.Kind(kind), ID: id}] = true
-			return nil
-		})
+		_, err := tx.Exec(ctx, appendStatements[mask], args...)
 		return err
-	}()
+	})
+}
+
+// readHeads reads the last sequence numbers of the streams of appends.
+func (s *Store) readHeads(ctx context.Context, appends []*appendReq) ([]uint64, error) {
+	kinds, ids := make([]string, len(appends)), make([]string, len(appends))
+	for i, r := range appends {
+		kinds[i], ids[i] = string(r.a.Stream.Kind), r.a.Stream.ID
+	}
+	rows, err := s.pool.Query(ctx, headsSQL, kinds, ids)
 	if err != nil {
-		if pgCode(err) == codeUniqueViolation {
-			err = fmt.Errorf("%w: %w", persistence.ErrConflict, err)
-		}
-		err = c.s.callErr(ctx, "group commit", err)
-		queued = c.queued()
-		for _, r := range batch {
-			r.res <- fmt.Errorf("append to %s: %w", r.a.Stream, err)
-		}
-		return queued
+		return nil, err
 	}
-	c.s.markUp()
-	c.s.groupCommits.Add(1)
-	queued = c.queued()
-	for _, r := range batch {
-		if !won[r.a.Stream] {
-			r.res <- fmt.Errorf("%w: stream %s does not end at %d, the writer's Expected", persistence.ErrConflict, r.a.Stream, r.a.Expected)
-			continue
-		}
-		if r.a.NoSync {
-			c.s.unsyncedAppends.Add(1)
-		} else {
-			c.s.syncedAppends.Add(1)
-		}
-		r.res <- nil
+	lasts, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, err
 	}
-	return queued
+	if len(lasts) != len(appends) {
+		return nil, fmt.Errorf("pgstore: %d heads read for %d streams", len(lasts), len(appends))
+	}
+	out := make([]uint64, len(lasts))
+	for i, l := range lasts {
+		out[i] = uint64(l)
+	}
+	return out, nil
+}
+
+// headStreams bounds the heads a Store keeps (some 100 bytes each).
+const headStreams = 1 << 18
+
+// heads holds the last sequence number of streams this process wrote or
+// read lately: a lower bound of each stream's, since a stream's last
+// sequence number only grows (events are never deleted) and every value
+// put here was the stream's at some moment. An entry is dropped when a
+// commit's outcome is unknown, and one at random when the cache holds
+// headStreams entries; a miss reads the head from the events table.
+type heads struct {
+	mu   sync.Mutex
+	last map[persistence.Stream]uint64
+}
+
+func (h *heads) get(st persistence.Stream) (uint64, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	last, ok := h.last[st]
+	return last, ok
+}
+
+// raise records that st's last sequence number is at least last.
+func (h *heads) raise(st persistence.Stream, last uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.last == nil {
+		h.last = map[persistence.Stream]uint64{}
+	}
+	old, ok := h.last[st]
+	if !ok && len(h.last) >= headStreams {
+		for k := range h.last {
+			delete(h.last, k)
+			break
+		}
+	}
+	h.last[st] = max(old, last)
+}
+
+func (h *heads) forget(st persistence.Stream) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.last, st)
 }
 
 // Append implements persistence.EventStore: the append joins the next
@@ -422,20 +590,17 @@ func (s *Store) Append(ctx context.Context, a persistence.Append) (uint64, error
 	return r.last, nil
 }
 
-// lastSeq reads st's head.
+// lastSeq reads st's head: its last event's sequence number (0 if none).
 func (s *Store) lastSeq(ctx context.Context, st persistence.Stream) (uint64, error) {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
 	var last int64
-	err := s.pool.QueryRow(ctx, `SELECT last_seq FROM streams WHERE kind = $1 AND id = $2`, string(st.Kind), st.ID).Scan(&last)
-	if errors.Is(err, pgx.ErrNoRows) {
-		s.markUp()
-		return 0, nil
-	}
+	err := s.pool.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM events WHERE kind = $1 AND id = $2`, string(st.Kind), st.ID).Scan(&last)
 	if err != nil {
 		return 0, s.callErr(ctx, "reading the head of "+st.String(), err)
 	}
 	s.markUp()
+	s.heads.raise(st, uint64(last))
 	return uint64(last), nil
 }
 
@@ -480,6 +645,9 @@ func (s *Store) Load(ctx context.Context, st persistence.Stream, after uint64, f
 			}
 		}
 		if len(page) < pageRows {
+			if len(page) > 0 { // the stream's last event, as of the query
+				s.heads.raise(st, page[len(page)-1].Seq)
+			}
 			return nil
 		}
 		next += uint64(len(page))
@@ -544,7 +712,7 @@ func (s *Store) SaveSnapshot(ctx context.Context, st persistence.Stream, snap pe
 	defer s.exit()
 	tag, err := s.pool.Exec(ctx, `
 		INSERT INTO snapshots (kind, id, body)
-		SELECT $1, $2, $3 WHERE $4 <= coalesce((SELECT last_seq FROM streams WHERE kind = $1 AND id = $2), 0)
+		SELECT $1, $2, $3 WHERE $4 = 0 OR EXISTS (SELECT FROM events WHERE kind = $1 AND id = $2 AND seq = $4)
 		ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body`,
 		string(st.Kind), st.ID, persistence.EncodeSnapshot(snap), int64(snap.Seq))
 	if err != nil {

@@ -10,9 +10,9 @@ import (
 
 var _ persistence.Lister = (*Store)(nil)
 
-// Streams implements persistence.Lister: every stream head (an append,
-// even one of records only, writes one) and every snapshot, by kind and
-// ID, a page at a time.
+// Streams implements persistence.Lister: every stream's row (its first
+// append, even one of records only, writes one) and every snapshot, by
+// kind and ID, a page at a time.
 func (s *Store) Streams(ctx context.Context, fn func(persistence.Stream) error) error {
 	if err := s.enter(ctx); err != nil {
 		return err

@@ -121,6 +121,7 @@ type Store struct {
 	// readers, or finds no header.
 	blobMu  sync.Mutex
 	commits *committer
+	heads   heads // the streams' last sequence numbers known (see commit)
 
 	syncedAppends   atomic.Uint64
 	unsyncedAppends atomic.Uint64
@@ -271,6 +272,12 @@ type SchemaVersions struct {
 // and returns the versions. A database of a newer schema than this build
 // knows fails with ErrSchema and is left as it is.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (SchemaVersions, error) {
+	return MigrateTo(ctx, pool, log, 0)
+}
+
+// MigrateTo is Migrate up to version only (0: the newest), as an older
+// build would leave the database: the tests of upgrades start from it.
+func MigrateTo(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, version int64) (SchemaVersions, error) {
 	var v SchemaVersions
 	sub, err := fs.Sub(migrations, "migrations")
 	if err != nil {
@@ -304,10 +311,14 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (SchemaV
 		return v, fmt.Errorf("%w: the database is at schema version %d, this build knows versions up to %d (upgrade otafleet)", ErrSchema, v.Before, v.Latest)
 	}
 	v.After = v.Before
-	if v.Before == v.Latest {
+	target := v.Latest
+	if version > 0 {
+		target = min(version, v.Latest)
+	}
+	if v.Before >= target {
 		return v, nil
 	}
-	res, err := p.Up(ctx)
+	res, err := p.UpTo(ctx, target)
 	for _, r := range res {
 		if r.Error == nil {
 			log.Info("pgstore: schema migrated", "version", r.Source.Version, "file", r.Source.Path)
