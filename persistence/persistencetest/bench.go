@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/otafleet/otafleet/persistence"
 )
@@ -23,7 +25,11 @@ type OpenB func(b *testing.B) persistence.Store
 // BenchAppendSynced appends one small event per synced append, from 1
 // goroutine, from 64 and from 256 (each on its own stream, so their syncs
 // group). A store that counts its group commits (a GroupCommits method,
-// as pgstore's) also reports the appends each commit carried.
+// as pgstore's) also reports the appends each commit carried. Each run
+// reports the CPU time of this process per append (cpu-us/append, user
+// and system: the store's own goroutines included) and, for a store with
+// a server (a ServerCPU method, as pgstore's benchmark store has), the
+// server's too (server-cpu-us/append).
 func BenchAppendSynced(b *testing.B, open OpenB) { benchAppend(b, open, false) }
 
 // BenchAppendUnsynced is BenchAppendSynced with Append.NoSync: the
@@ -43,6 +49,15 @@ func benchAppend(b *testing.B, open OpenB, noSync bool) {
 			payload := make([]byte, 64)
 			var issued atomic.Int64
 			var wg sync.WaitGroup
+			server, _ := s.(serverCPU)
+			var server0 time.Duration
+			if server != nil {
+				var err error
+				if server0, err = server.ServerCPU(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			cpu0 := processCPU(b)
 			b.ResetTimer()
 			for w := range goroutines {
 				wg.Go(func() {
@@ -64,6 +79,14 @@ func benchAppend(b *testing.B, open OpenB, noSync bool) {
 			wg.Wait()
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+			b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(b.N), "cpu-us/append")
+			if server != nil {
+				server1, err := server.ServerCPU()
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64((server1-server0).Microseconds())/float64(b.N), "server-cpu-us/append")
+			}
 			if counter != nil {
 				if n := counter.GroupCommits() - commits0; n > 0 {
 					b.ReportMetric(float64(b.N)/float64(n), "appends/commit")
@@ -71,6 +94,19 @@ func benchAppend(b *testing.B, open OpenB, noSync bool) {
 			}
 		})
 	}
+}
+
+// serverCPU is a store whose server's processes report the CPU time they
+// used (user and system, since they started).
+type serverCPU interface{ ServerCPU() (time.Duration, error) }
+
+// processCPU returns the CPU time (user and system) this process used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // groupCommitter is a store that counts the group commits that wrote its
