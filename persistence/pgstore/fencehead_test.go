@@ -285,3 +285,36 @@ func TestMigrateFromVersion2(t *testing.T) {
 		t.Fatalf("Streams = %v, %v; want [%s %s]", streams, err, a, b)
 	}
 }
+
+// TestHeadsAfterServerLoss: a crash of PostgreSQL may lose unsynced
+// appends whose writer saw them acknowledged; the heads a store knows
+// must then not let the writer append after a sequence number that is
+// gone (a gap). The test loses stream b's last event behind the store's
+// back and ends every connection (as a crash does); once the store writes
+// again (to stream a), b's writer, who still expects its lost event,
+// conflicts.
+func TestHeadsAfterServerLoss(t *testing.T) {
+	s, dsn := openStore(t)
+	ctx := context.Background()
+	a := persistence.Stream{Kind: persistence.KindDevice, ID: "a"}
+	b := persistence.Stream{Kind: persistence.KindDevice, ID: "b"}
+	appendTo(t, s, persistence.Append{Stream: a, Events: event("1")}, 1)
+	appendTo(t, s, persistence.Append{Stream: b, Events: event("1")}, 1)
+	appendTo(t, s, persistence.Append{Stream: b, Expected: 1, Events: event("2"), NoSync: true}, 2)
+	execSQL(t, dsn, `DELETE FROM events WHERE kind = 'd' AND id = 'b' AND seq = 2;
+		SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)
+	for try := 1; ; try++ {
+		seq, err := s.Append(ctx, persistence.Append{Stream: a, Expected: 1, Events: event("2")})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, persistence.ErrUnavailable) || try == 20 {
+			t.Fatalf("Append(a) after the connections ended (try %d): %d, %v", try, seq, err)
+		}
+	}
+	appendTo(t, s, persistence.Append{Stream: b, Expected: 2, Events: event("3")}, 0)
+	if last, err := s.LastSeq(ctx, b); err != nil || last != 1 {
+		t.Fatalf("LastSeq(b) = %d, %v; want 1", last, err)
+	}
+	appendTo(t, s, persistence.Append{Stream: b, Expected: 1, Events: event("2 again")}, 2)
+}

@@ -285,6 +285,10 @@ FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(kind, id, n) ORDER BY n
 // to the same streams at that moment, again and again.
 const conflictRounds = 4
 
+// epochRounds bounds the rounds of a group commit that new connections
+// interrupt (errEpoch): the pools growing to their size, at worst.
+const epochRounds = 2 * DefaultMaxConns
+
 // commit writes batch and answers its appends; it returns how many appends
 // were queued when it began to answer (see rejoin).
 //
@@ -310,12 +314,13 @@ func (c *committer) commit(batch []*appendReq) (queued int) {
 		r.res <- fmt.Errorf("%w: stream %s ends at %d, writer expected %d", persistence.ErrConflict, r.a.Stream, last, r.a.Expected)
 	}
 	var todo, check []*appendReq
+	known, epoch := s.heads.lookup(batch)
 	for _, r := range batch {
-		last, known := s.heads.get(r.a.Stream)
+		last, ok := known[r]
 		switch {
-		case known && r.a.Expected < last:
+		case ok && r.a.Expected < last:
 			conflict(r, last)
-		case r.a.Expected > 0 && (!known || r.a.Expected > last):
+		case r.a.Expected > 0 && (!ok || r.a.Expected > last):
 			check = append(check, r)
 			todo = append(todo, r)
 		default:
@@ -338,7 +343,7 @@ func (c *committer) commit(batch []*appendReq) (queued int) {
 			}
 			behind := map[*appendReq]uint64{}
 			for i, r := range check {
-				s.heads.raise(r.a.Stream, lasts[i])
+				s.heads.raise(r.a.Stream, lasts[i], epoch)
 				if lasts[i] != r.a.Expected {
 					behind[r] = lasts[i]
 				}
@@ -356,13 +361,17 @@ func (c *committer) commit(batch []*appendReq) (queued int) {
 		if len(todo) == 0 {
 			return c.queued()
 		}
-		err := c.write(ctx, todo)
+		err := c.write(ctx, todo, epoch)
 		if err == nil {
 			break
 		}
-		if pgCode(err) == codeUniqueViolation && round < conflictRounds {
-			check = todo // nothing was written: read the heads, try again
+		if pgCode(err) == codeUniqueViolation && round < conflictRounds || errors.Is(err, errEpoch) && round < epochRounds {
+			// Nothing was written: read the heads, try again.
+			check, epoch = todo, s.heads.now()
 			continue
+		}
+		if errors.Is(err, errEpoch) {
+			err = fmt.Errorf("%w: %w", persistence.ErrUnavailable, err)
 		}
 		if pgCode(err) == codeUniqueViolation {
 			err = fmt.Errorf("%w: %w", persistence.ErrConflict, err)
@@ -381,7 +390,7 @@ func (c *committer) commit(batch []*appendReq) (queued int) {
 	s.groupCommits.Add(1)
 	queued = c.queued()
 	for _, r := range todo {
-		s.heads.raise(r.a.Stream, r.last)
+		s.heads.raise(r.a.Stream, r.last, epoch)
 		if r.a.NoSync {
 			s.unsyncedAppends.Add(1)
 		} else {
@@ -406,7 +415,7 @@ func (c *committer) commit(batch []*appendReq) (queued int) {
 // of that sequence number waits for the transaction and then writes it.
 // Such appends (an actor converting its state to records, a copy marking a
 // stream active) are rare; the others take one statement.
-func (c *committer) write(ctx context.Context, todo []*appendReq) error {
+func (c *committer) write(ctx context.Context, todo []*appendReq, epoch uint64) error {
 	var (
 		eKinds, eIDs   []string
 		eSeqs          []int64
@@ -479,11 +488,22 @@ func (c *committer) write(ctx context.Context, todo []*appendReq) error {
 	if !synced {
 		pool = c.s.lazy
 	}
-	if len(pSeqs) == 0 {
-		_, err := pool.Exec(ctx, appendStatements[mask], args...)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
 		return err
 	}
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	defer conn.Release()
+	// The heads that decided which appends to check are of epoch: if a
+	// connection was made since, the server may have lost appends they
+	// count (see heads).
+	if c.s.heads.now() != epoch {
+		return errEpoch
+	}
+	if len(pSeqs) == 0 {
+		_, err := conn.Exec(ctx, appendStatements[mask], args...)
+		return err
+	}
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, placeSQL, pKinds, pIDs, pSeqs); err != nil {
 			return err
 		}
@@ -491,6 +511,10 @@ func (c *committer) write(ctx context.Context, todo []*appendReq) error {
 		return err
 	})
 }
+
+// errEpoch fails a group commit whose heads were reset before its
+// statement was sent (see heads); nothing was written.
+var errEpoch = errors.New("pgstore: a new connection to PostgreSQL was made while the group commit was prepared")
 
 // readHeads reads the last sequence numbers of the streams of appends.
 func (s *Store) readHeads(ctx context.Context, appends []*appendReq) ([]uint64, error) {
@@ -522,25 +546,51 @@ const headStreams = 1 << 18
 // heads holds the last sequence number of streams this process wrote or
 // read lately: a lower bound of each stream's, since a stream's last
 // sequence number only grows (events are never deleted) and every value
-// put here was the stream's at some moment. An entry is dropped when a
-// commit's outcome is unknown, and one at random when the cache holds
-// headStreams entries; a miss reads the head from the events table.
+// put here was the stream's at some moment, on a server that has not lost
+// it since. The one way a stream's last sequence number goes down is a
+// crash of PostgreSQL that loses unsynced appends (synchronous_commit off:
+// NoSync appends, whose writer has seen them acknowledged). A crash ends
+// every connection, so every new connection resets the heads (AfterConnect)
+// and starts an epoch; a value read or written in an earlier epoch is
+// not kept, and a group commit whose epoch ends before its statement is
+// sent on a connection decides again (see write). An entry is also
+// dropped when a commit's outcome is unknown, and one at random when the
+// cache holds headStreams entries; a miss reads the head from the events
+// table.
 type heads struct {
-	mu   sync.Mutex
-	last map[persistence.Stream]uint64
+	mu    sync.Mutex
+	epoch uint64
+	last  map[persistence.Stream]uint64
 }
 
-func (h *heads) get(st persistence.Stream) (uint64, bool) {
+// lookup returns the heads known of the streams of batch, and the epoch.
+func (h *heads) lookup(batch []*appendReq) (map[*appendReq]uint64, uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	last, ok := h.last[st]
-	return last, ok
+	known := make(map[*appendReq]uint64, len(batch))
+	for _, r := range batch {
+		if last, ok := h.last[r.a.Stream]; ok {
+			known[r] = last
+		}
+	}
+	return known, h.epoch
 }
 
-// raise records that st's last sequence number is at least last.
-func (h *heads) raise(st persistence.Stream, last uint64) {
+// now returns the epoch.
+func (h *heads) now() uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	return h.epoch
+}
+
+// raise records that st's last sequence number is at least last, as read
+// or written in epoch (nothing if that ended).
+func (h *heads) raise(st persistence.Stream, last, epoch uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if epoch != h.epoch {
+		return
+	}
 	if h.last == nil {
 		h.last = map[persistence.Stream]uint64{}
 	}
@@ -558,6 +608,14 @@ func (h *heads) forget(st persistence.Stream) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.last, st)
+}
+
+// reset forgets every head and starts a new epoch.
+func (h *heads) reset() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	clear(h.last)
+	h.epoch++
 }
 
 // Append implements persistence.EventStore: the append joins the next
@@ -595,12 +653,13 @@ func (s *Store) lastSeq(ctx context.Context, st persistence.Stream) (uint64, err
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
 	var last int64
+	epoch := s.heads.now()
 	err := s.pool.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM events WHERE kind = $1 AND id = $2`, string(st.Kind), st.ID).Scan(&last)
 	if err != nil {
 		return 0, s.callErr(ctx, "reading the head of "+st.String(), err)
 	}
 	s.markUp()
-	s.heads.raise(st, uint64(last))
+	s.heads.raise(st, uint64(last), epoch)
 	return uint64(last), nil
 }
 
@@ -635,6 +694,7 @@ func (s *Store) Load(ctx context.Context, st persistence.Stream, after uint64, f
 	}
 	next := after + 1
 	for {
+		epoch := s.heads.now()
 		page, err := s.loadPage(ctx, st, next)
 		if err != nil {
 			return err
@@ -646,7 +706,7 @@ func (s *Store) Load(ctx context.Context, st persistence.Stream, after uint64, f
 		}
 		if len(page) < pageRows {
 			if len(page) > 0 { // the stream's last event, as of the query
-				s.heads.raise(st, page[len(page)-1].Seq)
+				s.heads.raise(st, page[len(page)-1].Seq, epoch)
 			}
 			return nil
 		}

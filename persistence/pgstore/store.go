@@ -191,6 +191,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	// arguments (keys looked up in primary keys, arrays unnested): plan
 	// each once per connection rather than at every group commit.
 	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		// A new connection may be to a server that crashed, or was
+		// restarted, since the heads were read: the unsynced appends
+		// they count may be lost (see heads).
+		s.heads.reset()
 		if _, err := c.Exec(ctx, "SET plan_cache_mode = force_generic_plan"); err != nil && pgCode(err) == "" {
 			return err // a server that lacks the setting plans as it likes
 		}
