@@ -37,8 +37,8 @@ type clusterCampaign struct {
 // startClusterCampaign registers devices devices (spread evenly over
 // nodes: the k-th simulator's devices start on nodes[k] and fail over to
 // the next ones), checks that every node holds LwM2M sessions, and creates
-// a task per protocol through api.
-func startClusterCampaign(ctx context.Context, t *testing.T, api *clusterNode, token string, nodes []*clusterNode, devices int) *clusterCampaign {
+// a task per protocol through api. simArgs go to every simulator.
+func startClusterCampaign(ctx context.Context, t *testing.T, api *clusterNode, token string, nodes []*clusterNode, devices int, simArgs ...string) *clusterCampaign {
 	t.Helper()
 	c := &clusterCampaign{t: t, cli: bench.NewAPI(api.api, token)}
 	var mqttAddrs, coapAddrs []string
@@ -67,12 +67,12 @@ func startClusterCampaign(ctx context.Context, t *testing.T, api *clusterNode, t
 
 	per := devices / len(nodes)
 	for k := range nodes {
-		c.sims = append(c.sims, startSimProc(t, api.dir,
-			"--protocol", "mixed", "--devices", strconv.Itoa(per), "--first", strconv.Itoa(k*per),
-			"--product", products[bench.ProtoMQTT]+","+products[bench.ProtoLwM2M]+","+products[bench.ProtoPCP],
+		c.sims = append(c.sims, startSimProc(t, api.dir, append([]string{
+			"--protocol", "mixed", "--devices", strconv.Itoa(per), "--first", strconv.Itoa(k * per),
+			"--product", products[bench.ProtoMQTT] + "," + products[bench.ProtoLwM2M] + "," + products[bench.ProtoPCP],
 			"--fw-version", "1.0", "--sw-version", "1.0", "--cells", "12", "--coverage", "mixed", "--register",
 			"--api", api.api, "--mqtt", strings.Join(rotate(mqttAddrs, k), ","), "--coap", strings.Join(rotate(coapAddrs, k), ","),
-			"--lwm2m-lifetime", "6s", "--log-level", "warn"))
+			"--lwm2m-lifetime", "6s", "--log-level", "warn"}, simArgs...)...))
 	}
 	for _, s := range c.sims {
 		s.awaitReady(ctx)

@@ -52,7 +52,10 @@ func TestProcessClusterNodeAdded(t *testing.T) {
 	api := nodes[0]
 	token := readToken(t, api.dir)
 	awaitMembers(ctx, t, api.api, token, 2)
-	c := startClusterCampaign(ctx, t, api, token, nodes, clusterAddDevices)
+	// Each device pauses (0.5 to 1.5 times) 2 s before it acts on its
+	// upgrade and before it installs, so that the campaign outlasts the
+	// third node's start (2 to 4 s here): it joins mid-campaign.
+	c := startClusterCampaign(ctx, t, api, token, nodes, clusterAddDevices, "--think-time", "2s")
 
 	final := c.awaitFinal(ctx, clusterAddDevices/3)
 	started := clock.Real().Now()
