@@ -147,22 +147,41 @@ func (c *clusterCampaign) awaitFinal(ctx context.Context, n int) int {
 }
 
 // awaitDone polls the tasks until every one is finished and returns the
-// devices' counts (progress); on timeout it runs onTimeout (diagnostics)
-// and fails.
-func (c *clusterCampaign) awaitDone(ctx context.Context, onTimeout func()) map[string]int {
+// devices' counts (progress). On timeout it lists the devices the tasks
+// still count PROCESSING, hands them to onTimeout (diagnostics) and fails.
+func (c *clusterCampaign) awaitDone(ctx context.Context, onTimeout func(processing []string)) map[string]int {
 	c.t.Helper()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	var last map[string]int
 	for {
 		_, counts := progress(ctx, c.t, c.cli, c.tasks)
 		if counts["done"] == len(c.tasks) {
 			return counts
 		}
+		if ctx.Err() == nil {
+			last = counts
+		}
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
-			onTimeout()
-			c.t.Fatalf("campaign not finished: %v", counts)
+			lctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			var processing []string
+			st := v1.SubtaskStatus_SUBTASK_STATUS_PROCESSING
+			for _, id := range c.tasks {
+				res, err := c.cli.Tasks.ListTaskDevices(lctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id, Status: &st, PageSize: 1000}))
+				if err != nil {
+					c.t.Logf("ListTaskDevices %s: %v", id, err)
+					continue
+				}
+				for _, d := range res.Msg.GetDevices() {
+					processing = append(processing, d.GetDeviceId())
+				}
+			}
+			cancel()
+			c.t.Logf("the tasks count %d devices PROCESSING: %v", len(processing), processing[:min(len(processing), 20)])
+			onTimeout(processing)
+			c.t.Fatalf("campaign not finished: %v", last)
 		}
 	}
 }

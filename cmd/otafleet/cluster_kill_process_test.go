@@ -117,11 +117,12 @@ func TestProcessClusterKillNode(t *testing.T) {
 
 	// The campaign finishes, every device in exactly one final state, none
 	// upgraded twice (by the simulators' count).
-	counts := c.awaitDone(ctx, func() {
+	counts := c.awaitDone(ctx, func(processing []string) {
 		for _, n := range nodes[1:] {
 			_ = n.cmd.Process.Signal(syscall.SIGKILL)
 		}
 		dumpInFlight(t, store)
+		dumpJournals(t, store, processing[:min(len(processing), 4)])
 	})
 	t.Logf("campaign: %v", counts)
 	failed, failReason := c.checkDevices(ctx)

@@ -95,11 +95,12 @@ func TestProcessClusterNodeAdded(t *testing.T) {
 		}
 	}
 
-	counts := c.awaitDone(ctx, func() {
+	counts := c.awaitDone(ctx, func(processing []string) {
 		for _, n := range nodes {
 			_ = n.cmd.Process.Signal(syscall.SIGKILL)
 		}
 		dumpInFlight(t, store)
+		dumpJournals(t, store, processing[:min(len(processing), 4)])
 	})
 	t.Logf("campaign: %v", counts)
 	failed, reason := c.checkDevices(ctx)
