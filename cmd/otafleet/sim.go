@@ -228,14 +228,9 @@ func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {
 	if need := uint64(o.devices)*5/4 + 256; limit > 0 && need > limit {
 		return fmt.Errorf("%d devices need about %d open files, the limit is %d: raise it (ulimit -n) or split the fleet over several sims with --first", o.devices, need, limit)
 	}
-	if len(o.localAddrs) > 0 {
-		cfg.LocalAddrs = o.localAddrs
-	} else {
-		server := bench.ServerList(cfg.CoAP, 0)[0]
-		if protos[0] == bench.ProtoMQTT {
-			server = strings.TrimPrefix(bench.ServerList(cfg.MQTT, 0)[0], "tcp://")
-		}
-		cfg.LocalAddrs = bench.LoopbackAddrs(server, (o.devices+bench.DevicesPerLocalAddr-1)/bench.DevicesPerLocalAddr)
+	cfg.LocalAddrs = o.localAddrs
+	if len(cfg.LocalAddrs) == 0 {
+		cfg.LocalAddrs = defaultLocalAddrs(cfg.MQTT, cfg.CoAP, protos[0], o.devices)
 	}
 
 	if o.register {
@@ -320,4 +315,16 @@ func downloadClient(caFile, dir string) (*http.Client, error) {
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}}
 	tr.MaxIdleConnsPerHost = 4
 	return &http.Client{Transport: tr, Timeout: 10 * time.Minute}, nil
+}
+
+// defaultLocalAddrs is what a sim's devices bind to without --local-addr:
+// against a loopback server (the first of the first protocol's list), one
+// loopback address per bench.DevicesPerLocalAddr devices from 127.0.0.1;
+// otherwise nil (the system's choice).
+func defaultLocalAddrs(mqtt, coap, firstProto string, devices int) []string {
+	server := bench.ServerList(coap, 0)[0]
+	if firstProto == bench.ProtoMQTT {
+		server = strings.TrimPrefix(bench.ServerList(mqtt, 0)[0], "tcp://")
+	}
+	return bench.LoopbackAddrs(server, (devices+bench.DevicesPerLocalAddr-1)/bench.DevicesPerLocalAddr)
 }
