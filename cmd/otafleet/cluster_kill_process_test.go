@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -71,109 +70,19 @@ func TestProcessClusterKillNode(t *testing.T) {
 	// register with the next node. With 3 s, a step whose deadline passes
 	// during that outage fails (its grain's deadline fires as it resumes):
 	// that residue is inherent to a timeout shorter than the outage.
-	short := "10s"
-	nodeArgs := []string{"--mqtt-addr", "127.0.0.1:0", "--coap-addr", "127.0.0.1:0", "--download-addr", "127.0.0.1:0",
-		"--timeout-version-report", short, "--timeout-radio-query", short, "--timeout-cell-query", short,
-		"--timeout-download-start", short, "--timeout-update-start", short, "--timeout-version-check", short}
 	var nodes []*clusterNode
 	for range 3 {
-		nodes = append(nodes, startClusterNode(ctx, t, etcd, name, store, nodeArgs...))
+		nodes = append(nodes, startClusterNode(ctx, t, etcd, name, store, clusterStepArgs("10s")...))
 	}
 	victim, api := nodes[0], nodes[1] // the clients talk to a node that survives
 	token := readToken(t, api.dir)
-	var mqttAddrs, coapAddrs []string
-	for _, n := range nodes {
-		a := readAddrsJSON(t, n.dir)
-		mqttAddrs = append(mqttAddrs, "tcp://"+a["mqtt"])
-		coapAddrs = append(coapAddrs, a["coap"])
-	}
 	awaitMembers(ctx, t, api.api, token, 3)
-
-	cli := bench.NewAPI(api.api, token)
-	protos := []string{bench.ProtoMQTT, bench.ProtoLwM2M, bench.ProtoPCP}
-	products := map[string]string{}
-	for _, p := range protos {
-		req := &v1.CreateProductRequest{Name: "cluster " + p, Protocol: v1.Protocol_PROTOCOL_LWM2M}
-		switch p {
-		case bench.ProtoMQTT:
-			req.Protocol = v1.Protocol_PROTOCOL_MQTT
-		case bench.ProtoPCP:
-			sp := v1.SoftwareProtocol_SOFTWARE_PROTOCOL_PCP
-			req.SoftwareProtocol = &sp
-		}
-		res, err := cli.Products.CreateProduct(ctx, connect.NewRequest(req))
-		if err != nil {
-			t.Fatal(err)
-		}
-		products[p] = res.Msg.GetProduct().GetProductId()
-	}
-
 	// Three simulators of 100 devices; each device starts on one node (by
 	// its index) and fails over to the next ones.
-	per := clusterKillDevices / 3
-	var sims []*simProc
-	for k := range 3 {
-		sims = append(sims, startSimProc(t, api.dir,
-			"--protocol", "mixed", "--devices", strconv.Itoa(per), "--first", strconv.Itoa(k*per),
-			"--product", products[bench.ProtoMQTT]+","+products[bench.ProtoLwM2M]+","+products[bench.ProtoPCP],
-			"--fw-version", "1.0", "--sw-version", "1.0", "--cells", "12", "--coverage", "mixed", "--register",
-			"--api", api.api, "--mqtt", strings.Join(rotate(mqttAddrs, k), ","), "--coap", strings.Join(rotate(coapAddrs, k), ","),
-			"--lwm2m-lifetime", "6s", "--log-level", "warn"))
-	}
-	for _, s := range sims {
-		s.awaitReady(ctx)
-	}
-	// Every node holds LwM2M devices' sessions, and knows its own.
-	st := getClusterStatus(ctx, t, api.api, token)
-	sessions := 0
-	for _, n := range st.GetNodes() {
-		sessions += int(n.GetSessions())
-		if n.GetSessions() == 0 || n.GetSelf() != (n.GetAddress() == api.addr) || n.GetError() != "" {
-			t.Errorf("cluster status: %v", n)
-		}
-	}
-	if want := 2 * clusterKillDevices / 3; sessions != want {
-		t.Errorf("%d sessions in the store, want the LwM2M devices' %d", sessions, want)
-	}
+	c := startClusterCampaign(ctx, t, api, token, nodes, clusterKillDevices)
 
-	content := make([]byte, 8<<10)
-	for i := range content {
-		content[i] = byte(i * 7)
-	}
-	fleet := bench.Fleet{Protocols: protos, Devices: clusterKillDevices, Prefix: simIDPrefix, Cells: 12}
-	var tasks []string
-	for _, p := range protos {
-		typ, ttyp := v1.PackageType_PACKAGE_TYPE_FIRMWARE, v1.TaskType_TASK_TYPE_FIRMWARE_UPGRADE
-		if p == bench.ProtoPCP {
-			typ, ttyp = v1.PackageType_PACKAGE_TYPE_SOFTWARE, v1.TaskType_TASK_TYPE_SOFTWARE_UPGRADE
-		}
-		pkg, err := cli.Packages.CreatePackage(ctx, connect.NewRequest(&v1.CreatePackageRequest{
-			ProductId: products[p], PackageType: typ, Version: "2.0", SourceVersions: []string{"1.0"},
-			FileName: "cluster-" + p + ".bin", Content: content,
-		}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		task, err := cli.Tasks.CreateTask(ctx, connect.NewRequest(&v1.CreateTaskRequest{
-			Name: "cluster_" + p, TaskType: ttyp, PackageId: pkg.Msg.GetPackage().GetPackageId(), DeviceIds: fleet.IDs(p),
-		}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tasks = append(tasks, task.Msg.GetTask().GetTaskId())
-	}
-
-	// Kill a node at about half the campaign (polled: the count read can lag).
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for final, _ := progress(ctx, t, cli, tasks); final < clusterKillDevices*45/100; final, _ = progress(ctx, t, cli, tasks) {
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			t.Fatalf("half the devices not final: %d", final)
-		}
-	}
-	final, _ := progress(ctx, t, cli, tasks)
+	// Kill a node at about half the campaign.
+	final := c.awaitFinal(ctx, clusterKillDevices*45/100)
 	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -185,19 +94,18 @@ func TestProcessClusterKillNode(t *testing.T) {
 	// every device answers on both survivors.
 	left := awaitMembers(ctx, t, api.api, token, 2)
 	t.Logf("node left the membership %.1fs after the kill", left.Sub(killed).Seconds())
-	ids := fleet.IDs(bench.ProtoMQTT)
-	ids = append(append(ids, fleet.IDs(bench.ProtoLwM2M)...), fleet.IDs(bench.ProtoPCP)...)
+	ids := c.ids()
 	for _, n := range nodes[1:] {
-		c := bench.NewAPI(n.api, token)
-		for _, id := range tasks {
+		cli := bench.NewAPI(n.api, token)
+		for _, id := range c.tasks {
 			callWithin(ctx, t, left, func(ctx context.Context) error {
-				_, err := c.Tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: id}))
+				_, err := cli.Tasks.GetTask(ctx, connect.NewRequest(&v1.GetTaskRequest{TaskId: id}))
 				return err
 			})
 		}
 		for _, id := range ids {
 			callWithin(ctx, t, left, func(ctx context.Context) error {
-				_, err := c.Devices.GetDevice(ctx, connect.NewRequest(&v1.GetDeviceRequest{DeviceId: id}))
+				_, err := cli.Devices.GetDevice(ctx, connect.NewRequest(&v1.GetDeviceRequest{DeviceId: id}))
 				return err
 			})
 		}
@@ -207,76 +115,27 @@ func TestProcessClusterKillNode(t *testing.T) {
 		t.Errorf("the dead node's grains took %v to serve again, want at most 10s", d)
 	}
 
-	// The campaign finishes.
-	var counts map[string]int
-	for {
-		var done bool
-		if _, counts = progress(ctx, t, cli, tasks); counts["done"] == len(tasks) {
-			done = true
+	// The campaign finishes, every device in exactly one final state, none
+	// upgraded twice (by the simulators' count).
+	counts := c.awaitDone(ctx, func(processing []string) {
+		for _, n := range nodes[1:] {
+			_ = n.cmd.Process.Signal(syscall.SIGKILL)
 		}
-		if done {
-			break
-		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			for _, n := range nodes[1:] {
-				_ = n.cmd.Process.Signal(syscall.SIGKILL)
-			}
-			dumpInFlight(t, store)
-			t.Fatalf("campaign not finished: %v", counts)
-		}
-	}
+		dumpInFlight(t, store)
+		dumpJournals(t, store, processing[:min(len(processing), 4)])
+	})
 	t.Logf("campaign: %v", counts)
-	// Every device in exactly one final state.
-	seen := map[string]string{}
-	reasons := map[string]int{}
-	var failed []string
-	failReason := map[string]string{}
-	for _, id := range tasks {
-		for page := ""; ; {
-			res, err := cli.Tasks.ListTaskDevices(ctx, connect.NewRequest(&v1.ListTaskDevicesRequest{TaskId: id, PageSize: 1000, PageToken: page}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, d := range res.Msg.GetDevices() {
-				if prev, dup := seen[d.GetDeviceId()]; dup {
-					t.Errorf("device %s listed twice: %s and %s", d.GetDeviceId(), prev, d.GetStatus())
-				}
-				seen[d.GetDeviceId()] = d.GetStatus().String()
-				if r := d.GetFailureReason(); r != "" {
-					reasons[r]++
-					failed = append(failed, d.GetDeviceId())
-					failReason[d.GetDeviceId()] = r
-				}
-				switch d.GetStatus() {
-				case v1.SubtaskStatus_SUBTASK_STATUS_SUCCESS, v1.SubtaskStatus_SUBTASK_STATUS_FAIL, v1.SubtaskStatus_SUBTASK_STATUS_STOPPED:
-				default:
-					t.Errorf("device %s ends %s", d.GetDeviceId(), d.GetStatus())
-				}
-			}
-			if page = res.Msg.GetNextPageToken(); page == "" {
-				break
-			}
-		}
-	}
-	if len(seen) != clusterKillDevices {
-		t.Errorf("%d devices in the tasks, want %d", len(seen), clusterKillDevices)
-	}
-	// None upgraded twice, by the simulators' count.
-	upgrades := 0
-	for _, s := range sims {
-		rep := s.stop()
-		upgrades += rep.Upgrades
-		if rep.UpgradedTwice != 0 {
-			t.Errorf("devices upgraded twice: %v", rep.TwiceIDs)
-		}
-	}
+	failed, failReason := c.checkDevices(ctx)
+	upgrades := c.stopSims()
 	// A device may install and its task still count it failed (its
 	// final report went to the dead node, or came after a step's
 	// deadline): never the other way round.
 	if upgrades < counts["success"] || upgrades > counts["success"]+counts["fail"] {
 		t.Errorf("the simulators installed %d upgrades, the tasks count %d successes and %d failures", upgrades, counts["success"], counts["fail"])
+	}
+	reasons := map[string]int{}
+	for _, r := range failReason {
+		reasons[r]++
 	}
 	t.Logf("failure reasons: %v", reasons)
 	// Every command lost with the dead node is sent again, by its grain's
@@ -288,7 +147,7 @@ func TestProcessClusterKillNode(t *testing.T) {
 	// T8 ends the job. That residue, a few devices at most, is the only
 	// failure allowed.
 	pcp := map[string]bool{}
-	for _, id := range fleet.IDs(bench.ProtoPCP) {
+	for _, id := range c.fleet.IDs(bench.ProtoPCP) {
 		pcp[id] = true
 	}
 	var unexpected []string
@@ -304,6 +163,8 @@ func TestProcessClusterKillNode(t *testing.T) {
 	// The dead node's sessions are not left in the store: its devices moved
 	// theirs by registering elsewhere, and a survivor drops the rest some
 	// seconds after it left (sessionDropGrace).
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		st := getClusterStatus(ctx, t, api.api, token)
 		if _, held := st.GetOrphanSessions()[victim.addr]; !held {

@@ -112,7 +112,7 @@ devices de-register) and writes --report.`,
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.IntVar(&o.concurrency, "concurrency", 64, "devices connecting at once")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write the simulator's CPU profile to this file, from start to stop")
-	fs.StringSliceVar(&o.localAddrs, "local-addr", nil, "local IPs the devices' sockets bind to, 16,000 devices each in turn (default: the system's choice; beyond 16,000 devices against a loopback server, 127.0.0.1, 127.0.0.2, ...)")
+	fs.StringSliceVar(&o.localAddrs, "local-addr", nil, "local IPs the devices' sockets bind to, 16,000 devices each in turn (default: against a loopback server, 127.0.0.1, then 127.0.0.2, ... beyond 16,000 devices; otherwise the system's choice)")
 	return cmd
 }
 
@@ -217,20 +217,20 @@ func runSim(ctx context.Context, o *simOpts, stdout, stderr io.Writer) error {
 		}
 		cfg.API = bench.NewAPI(base, token)
 	}
-	// Sockets: one per device (plus its downloads); spread over loopback
-	// addresses when the fleet would run out of one address's ports.
+	// Sockets: one per device (plus its downloads); against a loopback
+	// server, bound to 127.0.0.1 (and 127.0.0.2 and on beyond 16,000
+	// devices, one address's share of ports). Always bound, not the wildcard
+	// choice: an unbound UDP socket's port must be free on every address,
+	// so another process holding most of the ephemeral range on other
+	// loopback addresses (a second, large sim) leaves it none ("connect:
+	// resource temporarily unavailable"), while 127.0.0.1's ports are free.
 	limit := raiseFileLimit()
 	if need := uint64(o.devices)*5/4 + 256; limit > 0 && need > limit {
 		return fmt.Errorf("%d devices need about %d open files, the limit is %d: raise it (ulimit -n) or split the fleet over several sims with --first", o.devices, need, limit)
 	}
-	if len(o.localAddrs) > 0 {
-		cfg.LocalAddrs = o.localAddrs
-	} else if o.devices > bench.DevicesPerLocalAddr {
-		server := bench.ServerList(cfg.CoAP, 0)[0]
-		if protos[0] == bench.ProtoMQTT {
-			server = strings.TrimPrefix(bench.ServerList(cfg.MQTT, 0)[0], "tcp://")
-		}
-		cfg.LocalAddrs = bench.LoopbackAddrs(server, (o.devices+bench.DevicesPerLocalAddr-1)/bench.DevicesPerLocalAddr)
+	cfg.LocalAddrs = o.localAddrs
+	if len(cfg.LocalAddrs) == 0 {
+		cfg.LocalAddrs = defaultLocalAddrs(cfg.MQTT, cfg.CoAP, protos[0], o.devices)
 	}
 
 	if o.register {
@@ -315,4 +315,16 @@ func downloadClient(caFile, dir string) (*http.Client, error) {
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}}
 	tr.MaxIdleConnsPerHost = 4
 	return &http.Client{Transport: tr, Timeout: 10 * time.Minute}, nil
+}
+
+// defaultLocalAddrs is what a sim's devices bind to without --local-addr:
+// against a loopback server (the first of the first protocol's list), one
+// loopback address per bench.DevicesPerLocalAddr devices from 127.0.0.1;
+// otherwise nil (the system's choice).
+func defaultLocalAddrs(mqtt, coap, firstProto string, devices int) []string {
+	server := bench.ServerList(coap, 0)[0]
+	if firstProto == bench.ProtoMQTT {
+		server = strings.TrimPrefix(bench.ServerList(mqtt, 0)[0], "tcp://")
+	}
+	return bench.LoopbackAddrs(server, (devices+bench.DevicesPerLocalAddr-1)/bench.DevicesPerLocalAddr)
 }

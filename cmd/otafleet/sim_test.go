@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -111,5 +112,27 @@ func TestSimRegisterProducts(t *testing.T) {
 	f.Prefix = "sim-"
 	if _, err := bench.Register(ctx, bench.NewAPI(e.api, e.token), f, map[string]string{bench.ProtoLwM2M: lw}, false); !errors.Is(err, bench.ErrOtherProduct) {
 		t.Fatalf("Register over another product's devices: %v, want ErrOtherProduct", err)
+	}
+}
+
+// TestSimDefaultLocalAddrs: against a loopback server a sim's devices bind
+// to 127.0.0.1 (never the wildcard, whose UDP ports must be free on every
+// address), and to one more loopback address per 16,000 devices; against
+// another server the system chooses.
+func TestSimDefaultLocalAddrs(t *testing.T) {
+	for _, c := range []struct {
+		mqtt, coap, proto string
+		devices           int
+		want              []string
+	}{
+		{"", "127.0.0.1:5683", bench.ProtoLwM2M, 10, []string{"127.0.0.1"}},
+		{"tcp://127.0.0.1:1883,tcp://127.0.0.1:1884", "127.0.0.1:5683", bench.ProtoMQTT, 300, []string{"127.0.0.1"}},
+		{"", "127.0.0.1:5683,127.0.0.1:5684", bench.ProtoPCP, 16001, []string{"127.0.0.1", "127.0.0.2"}},
+		{"", "10.0.0.5:5683", bench.ProtoLwM2M, 10, nil},
+		{"tcp://broker.example:1883", "127.0.0.1:5683", bench.ProtoMQTT, 10, nil},
+	} {
+		if got := defaultLocalAddrs(c.mqtt, c.coap, c.proto, c.devices); !slices.Equal(got, c.want) {
+			t.Errorf("defaultLocalAddrs(%q, %q, %s, %d) = %v, want %v", c.mqtt, c.coap, c.proto, c.devices, got, c.want)
+		}
 	}
 }

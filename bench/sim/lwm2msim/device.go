@@ -659,7 +659,21 @@ func (s *session) location() string {
 // response): the handler runs, then go-coap writes the answer. The
 // notifications that the handler queues wait until that answer is out, so
 // that the first answer of an observation precedes its notifications.
+//
+// A Reset is never answered (RFC 7252 4.2, 4.3: rejecting a Reset is
+// silently ignoring it). go-coap hands every received Reset to the handler
+// here, the one that matched a message of the device's (already seen by
+// that message's waiter) as well as one that matched nothing, and the
+// router answers its empty code with a CON 4.05 under a new Message ID; a
+// server that rejects that unexpected response with a Reset, as
+// otafleet's does, then gets another 4.05 at once, for ever: a datagram
+// storm between the two that one stray Reset starts (after a node of a
+// cluster died, it burned both the survivors' CPU and the simulator's).
 func (s *session) process(req *pool.Message, cc *client.Conn, handler config.HandlerFunc[*client.Conn]) {
+	if req.Type() == message.Reset {
+		cc.ReleaseMessage(req)
+		return
+	}
 	d := s.d
 	d.mu.Lock()
 	s.hold++
