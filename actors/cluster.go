@@ -108,6 +108,7 @@ type node struct {
 
 	mu       sync.RWMutex
 	members  map[string]bool // addresses of the current members
+	ms       cluster.Members // the current members (of the engine's kind)
 	seenSelf bool
 	leaving  bool // leave ran: the node's absence from the members is its own doing
 
@@ -118,6 +119,11 @@ type node struct {
 
 	// etcdDial, when set (tests), dials etcd for the provider's client.
 	etcdDial func(ctx context.Context, addr string) (net.Conn, error)
+	// dropTo, when set (tests), names a node whose inputs tell drops, as
+	// the network loses what is in flight to a node that dies (dropped
+	// counts them).
+	dropTo  atomic.Pointer[string]
+	dropped atomic.Int64
 
 	// traffic counts RoutedInputs by peer: sent to, received from (tests
 	// settle a cluster on them).
@@ -132,6 +138,10 @@ type node struct {
 	tick      chan struct{}
 	// topo is gen, read without the lock (shell.owned caches by it).
 	topo atomic.Uint64
+
+	// prev is the members the last reconcile followed (only reconcile
+	// reads and writes it): a reconcile tells what left since.
+	prev cluster.Members
 }
 
 func newNode(e *Engine, cfg ClusterConfig) *node {
@@ -315,7 +325,7 @@ func (n *node) update(t *cluster.ClusterTopology) {
 	// The member set first, then the placement: an owner the placement
 	// names is then always in the set (node.awaitReply relies on it).
 	n.mu.Lock()
-	n.members = set
+	n.members, n.ms = set, ms
 	self := n.me()
 	lost := false
 	if self != "" {
@@ -466,14 +476,19 @@ func (n *node) watch() {
 }
 
 // reconcile passivates the live actors this node no longer owns (their
-// successors start on their owners, from the store) and activates the
-// active streams it now owns, as Start does at boot.
+// successors start on their owners, from the store), has the others send
+// again what may have been lost with a node that left (resendLost), and
+// activates the active streams it now owns, as Start does at boot.
 func (n *node) reconcile() {
 	n.tickMu.Lock()
 	gen := n.gen
 	n.tickMu.Unlock()
 	defer n.bump(func() { n.done = gen })
+	n.mu.RLock()
+	cur := n.ms
+	n.mu.RUnlock()
 	moved := n.e.dir.passivateWhere(func(a Address) bool { _, local := n.owner(a); return !local })
+	nudged := n.resendLost(cur)
 	woke := 0
 	for _, kind := range []persistence.Kind{persistence.KindTask, persistence.KindCell, persistence.KindDevice} {
 		err := n.e.deps.Store.Active(context.Background(), kind, func(id string) error {
@@ -488,8 +503,53 @@ func (n *node) reconcile() {
 			n.e.log.Warn("cluster: listing active streams after a membership change", "kind", kindName(kind), "error", err)
 		}
 	}
-	n.e.log.Info("cluster membership changed", "node", n.me(), "members", n.memberCount(), "passivated", moved, "activated", woke)
+	n.e.log.Info("cluster membership changed", "node", n.me(), "members", n.memberCount(), "passivated", moved, "activated", woke, "resent_by", nudged)
 }
+
+// resendLost follows the members from prev to cur: when some left, every
+// live actor of this node (those that stay here) sends again, to the
+// actors that a departed member owned, the idempotent requests and
+// answers it may still owe them (peerLeft; what Resume would send after a
+// restart). The inputs in flight to a node that dies are lost, and so is
+// what a sender sent there before it saw the node leave (seconds, until
+// its etcd lease expires); the actors that the node ran recover from the
+// store on the survivors, but what they never received they cannot know
+// of. It returns the number of actors told.
+//
+// An actor that moved here from the departed node is not live yet: it
+// recovers (from reconcile's activation or its first input) and its own
+// Resume sends what it owes.
+func (n *node) resendLost(cur cluster.Members) int {
+	prev := n.prev
+	n.prev = cur
+	if prev == nil {
+		return 0
+	}
+	now := map[string]bool{}
+	for _, m := range cur {
+		now[m.Address()] = true
+	}
+	departed := map[string]bool{}
+	for _, m := range prev {
+		if !now[m.Address()] {
+			departed[m.Address()] = true
+		}
+	}
+	if len(departed) == 0 {
+		return 0
+	}
+	old := cluster.NewRendezvous()
+	old.UpdateMembers(prev)
+	lost := func(a Address) bool {
+		return departed[old.GetByClusterIdentity(&cluster.ClusterIdentity{Kind: clusterKind, Identity: a.String()})]
+	}
+	return n.e.dir.broadcast(peerLeft{lost: lost})
+}
+
+// peerLeft tells a live actor that members left the cluster: it sends
+// again what it may still owe the actors for which lost holds (those the
+// departed members owned), see machine.resend.
+type peerLeft struct{ lost func(Address) bool }
 
 // tell sends an input to the actor a on node owner.
 func (n *node) tell(owner string, a Address, msg proto.Message, ifLive bool, hops uint32) bool {
@@ -506,6 +566,10 @@ func (n *node) tell(owner string, a Address, msg proto.Message, ifLive bool, hop
 		return false
 	}
 	r.From = n.me()
+	if d := n.dropTo.Load(); d != nil && *d == owner {
+		n.dropped.Add(1)
+		return true
+	}
 	n.trafficMu.Lock()
 	n.sentTo[owner]++
 	n.trafficMu.Unlock()

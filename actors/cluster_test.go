@@ -763,3 +763,74 @@ func TestClusterNodePartitioned(t *testing.T) {
 		t.Errorf("Deliver on a lost node = %v, want ErrClosed", err)
 	}
 }
+
+// TestClusterInputsLostWithANode: what was in flight to a node that dies is
+// lost, and the survivors send it again. Every input the two survivors
+// send to the third node is dropped (as the network loses what is in
+// flight to a node that dies, and a sender goes on sending there until it
+// sees the node leave, seconds later); then that node crashes. Lost: the
+// permit requests of devices living on the survivors to cells the dead
+// node owned (they wait in STAGE_WAIT_PERMIT, with no deadline), and the
+// task's StartJobs to the devices the dead node owned (their actors
+// journaled nothing; the task waits for their outcomes). The recovered
+// cells' and devices' Resume cannot repeat what they never journaled: the
+// live senders must. The task still ends with every device upgraded once
+// and no cell over its budget.
+func TestClusterInputsLostWithANode(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(72, 24, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	ns := c.addNodes(nodeSpec{devices: specs}, nodeSpec{}, nodeSpec{crashable: true})
+	a, b, dies := ns[0], ns[1], ns[2]
+	c.awaitMembers()
+	c.settle()
+	trs := map[string]*memtransport.Transport{}
+	for _, s := range specs {
+		trs[s.ID] = a.tr
+	}
+	task := ""
+	for i := 0; task == ""; i++ {
+		if id := fmt.Sprintf("lost-%d", i); a.e.Owner(persistence.KindTask, id) != dies.addr {
+			task = id
+		}
+	}
+	// waiting: devices on a survivor whose cell is on the node that dies.
+	var waiting []string
+	onDies := 0
+	for _, s := range specs {
+		switch {
+		case a.e.Owner(persistence.KindDevice, s.ID) == dies.addr:
+			onDies++
+		case a.e.Owner(persistence.KindCell, s.CellID) == dies.addr:
+			waiting = append(waiting, s.ID)
+		}
+	}
+	if len(waiting) == 0 || onDies == 0 {
+		t.Fatalf("placement: %d devices wait for a cell of the dying node, %d devices live there; want both", len(waiting), onDies)
+	}
+	droppedA, droppedB := a.e.DropRoutedTo(dies.addr), b.e.DropRoutedTo(dies.addr)
+	if err := a.e.CreateTask(context.Background(), createTask(task, messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	inWaitPermit := func() bool {
+		for _, id := range waiting {
+			j, ok := a.e.DeviceJob(id)
+			if !ok {
+				j, ok = b.e.DeviceJob(id)
+			}
+			if !ok || j.Stage != messages.Stage_STAGE_WAIT_PERMIT {
+				return false
+			}
+		}
+		return true
+	}
+	c.runUntil(inWaitPermit, 24*time.Hour)
+	if droppedA()+droppedB() == 0 {
+		t.Fatal("no input to the dying node was dropped")
+	}
+	t.Logf("%d devices wait for a permit request that was lost; %d StartJobs and others lost with them (%d devices on the dying node)",
+		len(waiting), droppedA()+droppedB(), onDies)
+	c.crash(dies)
+	c.awaitMembers()
+	c.runUntil(func() bool { return c.task(a, task).Status.Final() }, 24*time.Hour)
+	c.check(task, specs, trs)
+}

@@ -184,3 +184,18 @@ func (e *Engine) SendCell(cellID string, in *messages.CellInput) {
 func (e *Engine) SendTask(taskID string, in *messages.TaskInput) {
 	e.dir.send(Address{Kind: persistence.KindTask, ID: taskID}, in)
 }
+
+// Owner is the cluster address of the node that owns actor (kind, id) by
+// this node's view of the members.
+func (e *Engine) Owner(kind persistence.Kind, id string) string {
+	o, _ := e.node.owner(Address{Kind: kind, ID: id})
+	return o
+}
+
+// DropRoutedTo makes the node drop every input it sends to node addr from
+// now on, as the network does to what is in flight to a node that dies;
+// it returns how many it dropped so far.
+func (e *Engine) DropRoutedTo(addr string) (dropped func() int64) {
+	e.node.dropTo.Store(&addr)
+	return e.node.dropped.Load
+}
