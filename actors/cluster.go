@@ -124,6 +124,14 @@ type node struct {
 	// counts them).
 	dropTo  atomic.Pointer[string]
 	dropped atomic.Int64
+	// holding (tests) keeps the topologies protoactor publishes from the
+	// node (the last in held) until released: its view of the members
+	// stays behind the others'.
+	holdMu  sync.Mutex
+	holding bool
+	held    *cluster.ClusterTopology
+	// passedAgain counts the inputs redeliverPassed sent again.
+	passedAgain atomic.Int64
 
 	// traffic counts RoutedInputs by peer: sent to, received from (tests
 	// settle a cluster on them).
@@ -142,7 +150,24 @@ type node struct {
 	// prev is the members the last reconcile followed (only reconcile
 	// reads and writes it): a reconcile tells what left since.
 	prev cluster.Members
+
+	// passedMu guards passed: the inputs between actors that this node's
+	// directory actor passed on to the owner of its view since the last
+	// reconcile (see receiveDirectory, redeliverPassed).
+	passedMu sync.Mutex
+	passed   []passedInput
 }
+
+// passedInput is an input the directory actor passed on to owner.
+type passedInput struct {
+	owner string
+	a     Address
+	msg   proto.Message
+}
+
+// maxPassed bounds node.passed: the directory passes inputs on only while
+// the members' views differ, a moment after each change.
+const maxPassed = 1 << 14
 
 func newNode(e *Engine, cfg ClusterConfig) *node {
 	return &node{e: e, cfg: cfg, rv: cluster.NewRendezvous(), members: map[string]bool{},
@@ -262,6 +287,13 @@ func (n *node) join() (err error) {
 	}
 	sys.EventStream.Subscribe(func(evt any) {
 		if t, ok := evt.(*cluster.ClusterTopology); ok {
+			n.holdMu.Lock()
+			if n.holding {
+				n.held = t
+				n.holdMu.Unlock()
+				return
+			}
+			n.holdMu.Unlock()
 			n.update(t)
 		}
 	})
@@ -489,6 +521,7 @@ func (n *node) reconcile() {
 	n.mu.RUnlock()
 	moved := n.e.dir.passivateWhere(func(a Address) bool { _, local := n.owner(a); return !local })
 	nudged := n.resendLost(cur)
+	again := n.redeliverPassed()
 	woke := 0
 	for _, kind := range []persistence.Kind{persistence.KindTask, persistence.KindCell, persistence.KindDevice} {
 		err := n.e.deps.Store.Active(context.Background(), kind, func(id string) error {
@@ -503,7 +536,7 @@ func (n *node) reconcile() {
 			n.e.log.Warn("cluster: listing active streams after a membership change", "kind", kindName(kind), "error", err)
 		}
 	}
-	n.e.log.Info("cluster membership changed", "node", n.me(), "members", n.memberCount(), "passivated", moved, "activated", woke, "resent_by", nudged)
+	n.e.log.Info("cluster membership changed", "node", n.me(), "members", n.memberCount(), "passivated", moved, "activated", woke, "resent_by", nudged, "passed_again", again)
 }
 
 // resendLost follows the members from prev to cur: when some left, every
@@ -618,6 +651,7 @@ func (n *node) receiveDirectory(ctx actor.Context) {
 		}
 		if owner, local := n.owner(a); !local && m.GetHops() == 0 {
 			n.tell(owner, a, msg, m.GetIfLive(), 1)
+			n.notePassed(owner, a, msg)
 			return
 		}
 		if m.GetIfLive() {
@@ -659,6 +693,59 @@ func (n *node) receiveDirectory(ctx actor.Context) {
 		}
 		go n.serve(a, m, sender)
 	}
+}
+
+// notePassed keeps an input between actors that the directory actor
+// passed on to owner, the owner by this node's view, which differed from
+// the sender's: this node may be the one behind, the sender having seen
+// owner leave (it died) and this node not yet. Such an input is lost
+// with owner; the next reconcile delivers it again if owner has left
+// (redeliverPassed). Only inputs that their receivers take again as a
+// no-op are kept (a permit request, release or grant, an outcome, a
+// StartJob or StopJob): owner may have taken it before it died.
+func (n *node) notePassed(owner string, a Address, msg proto.Message) {
+	if !resendable(msg) {
+		return
+	}
+	n.passedMu.Lock()
+	defer n.passedMu.Unlock()
+	if len(n.passed) >= maxPassed {
+		n.passed = n.passed[1:]
+	}
+	n.passed = append(n.passed, passedInput{owner: owner, a: a, msg: msg})
+}
+
+// resendable reports whether msg is an input between actors that its
+// receiver takes again as a no-op.
+func resendable(msg proto.Message) bool {
+	switch m := msg.(type) {
+	case *messages.CellInput:
+		return m.GetRequestPermit() != nil || m.GetReleasePermit() != nil
+	case *messages.TaskInput:
+		return m.GetOutcome() != nil
+	case *messages.DeviceInput:
+		return m.GetStartJob() != nil || m.GetStopJob() != nil || m.GetPermitGranted() != nil
+	}
+	return false
+}
+
+// redeliverPassed sends again, to their owners now, the inputs passed on
+// since the last reconcile to a node that is no longer a member, and
+// forgets the others (their owner had them). It returns how many.
+func (n *node) redeliverPassed() int {
+	n.passedMu.Lock()
+	passed := n.passed
+	n.passed = nil
+	n.passedMu.Unlock()
+	k := 0
+	for _, p := range passed {
+		if !n.isMember(p.owner) {
+			n.e.dir.send(p.a, p.msg)
+			k++
+			n.passedAgain.Add(1)
+		}
+	}
+	return k
 }
 
 func senderAddr(ctx actor.Context) string {

@@ -834,3 +834,101 @@ func TestClusterInputsLostWithANode(t *testing.T) {
 	c.runUntil(func() bool { return c.task(a, task).Status.Final() }, 24*time.Hour)
 	c.check(task, specs, trs)
 }
+
+// TestClusterInputsPassedToADeadNode: a survivor that sees a node leave
+// later than another passes what it gets for that node's former actors on
+// to it (by its view, it still owns them), and that is lost too. Here node
+// x's view of the members is held back: node a sees the dying node go,
+// and a's devices and task send again what was lost (as in
+// TestClusterInputsLostWithANode), partly to x, the new owner; x passes it
+// on to the dead node, where it is dropped. Once x sees the node leave, it
+// delivers again what it passed on there, and the task ends.
+func TestClusterInputsPassedToADeadNode(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(72, 24, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	ns := c.addNodes(nodeSpec{devices: specs}, nodeSpec{}, nodeSpec{crashable: true})
+	a, x, dies := ns[0], ns[1], ns[2]
+	c.awaitMembers()
+	c.settle()
+	trs := map[string]*memtransport.Transport{}
+	for _, s := range specs {
+		trs[s.ID] = a.tr
+	}
+	task := ""
+	for i := 0; task == ""; i++ {
+		if id := fmt.Sprintf("passed-%d", i); a.e.Owner(persistence.KindTask, id) == a.addr {
+			task = id
+		}
+	}
+	var waiting, onDies []string
+	for _, s := range specs {
+		switch a.e.Owner(persistence.KindDevice, s.ID) {
+		case dies.addr:
+			onDies = append(onDies, s.ID)
+		case a.addr:
+			if a.e.Owner(persistence.KindCell, s.CellID) == dies.addr {
+				waiting = append(waiting, s.ID)
+			}
+		}
+	}
+	a.e.DropRoutedTo(dies.addr)
+	droppedX := x.e.DropRoutedTo(dies.addr)
+	if err := a.e.CreateTask(context.Background(), createTask(task, messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	c.runUntil(func() bool {
+		for _, id := range waiting {
+			if j, ok := a.e.DeviceJob(id); !ok || j.Stage != messages.Stage_STAGE_WAIT_PERMIT {
+				return false
+			}
+		}
+		return true
+	}, 24*time.Hour)
+	release := x.e.HoldTopology()
+	before := droppedX()
+	c.crash(dies)
+	limit := clock.Real().NewTimer(20 * time.Second)
+	defer limit.Stop()
+	for {
+		ok, tick := a.e.ClusterSettled(2)
+		if ok {
+			break
+		}
+		select {
+		case <-tick:
+		case <-limit.C():
+			t.Fatal("node a did not see the crashed node go in 20 s")
+		}
+	}
+	// Through x: the cells of a's waiting devices and the devices of the
+	// dead node that x owns now.
+	through := 0
+	for _, id := range onDies {
+		if a.e.Owner(persistence.KindDevice, id) == x.addr {
+			through++
+		}
+	}
+	for _, s := range specs {
+		if slices.Contains(waiting, s.ID) && a.e.Owner(persistence.KindCell, s.CellID) == x.addr {
+			through++
+		}
+	}
+	if through == 0 {
+		t.Fatalf("placement: nothing that was lost moves to node x (%d waiting, %d on the dead node)", len(waiting), len(onDies))
+	}
+	c.settle()
+	if ok, _ := x.e.ClusterSettled(3); !ok {
+		t.Fatal("node x saw the crashed node go while its view was held")
+	}
+	if droppedX() == before {
+		t.Fatal("node x passed nothing on to the dead node")
+	}
+	t.Logf("node x passed %d inputs on to the dead node before it saw it go (%d waiting devices and devices of the dead node now on x)", droppedX()-before, through)
+	release()
+	c.awaitMembers()
+	c.runUntil(func() bool { return c.task(a, task).Status.Final() }, 24*time.Hour)
+	c.check(task, specs, trs)
+	if x.e.PassedAgain() == 0 {
+		t.Error("node x delivered nothing again")
+	}
+}

@@ -199,3 +199,27 @@ func (e *Engine) DropRoutedTo(addr string) (dropped func() int64) {
 	e.node.dropTo.Store(&addr)
 	return e.node.dropped.Load
 }
+
+// HoldTopology keeps the node's view of the members as it is (the
+// topologies protoactor publishes wait) until release, which applies the
+// last one held.
+func (e *Engine) HoldTopology() (release func()) {
+	n := e.node
+	n.holdMu.Lock()
+	n.holding = true
+	n.holdMu.Unlock()
+	return func() {
+		n.holdMu.Lock()
+		n.holding = false
+		t := n.held
+		n.held = nil
+		n.holdMu.Unlock()
+		if t != nil {
+			n.update(t)
+		}
+	}
+}
+
+// PassedAgain counts the inputs the node's directory had passed on to a
+// node that then left, and sent again to their new owners.
+func (e *Engine) PassedAgain() int64 { return e.node.passedAgain.Load() }
