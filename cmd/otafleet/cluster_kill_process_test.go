@@ -32,9 +32,6 @@ import (
 // for `otafleet bench --nodes 3`.
 const clusterKillDevices = 300
 
-// envClusterKill runs TestProcessClusterKillNode (see its skip).
-const envClusterKill = "OTAFLEET_TEST_CLUSTER_KILL"
-
 // TestProcessClusterKillNode is the cluster's crash test with real
 // processes: etcd, PostgreSQL and three `serve --cluster` nodes; three
 // `otafleet sim` processes whose mixed devices (MQTT, LwM2M FOTA, PCP)
@@ -49,14 +46,6 @@ const envClusterKill = "OTAFLEET_TEST_CLUSTER_KILL"
 func TestProcessClusterKillNode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
-	}
-	if os.Getenv(envClusterKill) == "" {
-		// Known open bug (issue 23): a device waiting for a permit from a
-		// cell whose node dies can wait forever (its permit request or the
-		// grant died with the node; nothing re-sends it after the cell
-		// moves), so this test fails in about half the runs. It runs when
-		// asked, and is the test that must pass once the fix lands.
-		t.Skip("known failure after a node dies (devices left in WAIT_PERMIT); set " + envClusterKill + "=1 to run it")
 	}
 	etcd := etcdtest.Shared(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
