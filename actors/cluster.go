@@ -132,6 +132,8 @@ type node struct {
 	held    *cluster.ClusterTopology
 	// passedAgain counts the inputs redeliverPassed sent again.
 	passedAgain atomic.Int64
+	// awaiting counts the requests waiting for their reply (awaitReply).
+	awaiting atomic.Int64
 
 	// traffic counts RoutedInputs by peer: sent to, received from (tests
 	// settle a cluster on them).
@@ -826,6 +828,8 @@ var errOwnerLeft = errors.New("actors: cluster: the node left before it answered
 // expires, seconds later). The caller then fails as on a timeout, as it
 // did before, only sooner: its retry goes to the new owner.
 func (n *node) awaitReply(ctx context.Context, f *actor.Future, owner string) (any, error) {
+	n.awaiting.Add(1)
+	defer n.awaiting.Add(-1)
 	done := make(chan struct{})
 	var res any
 	var err error

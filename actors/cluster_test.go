@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -930,5 +931,53 @@ func TestClusterInputsPassedToADeadNode(t *testing.T) {
 	c.check(task, specs, trs)
 	if x.e.PassedAgain() == 0 {
 		t.Error("node x delivered nothing again")
+	}
+}
+
+// TestClusterReadAskedAgainWhenOwnerDies: a download server's
+// authorization (a read of the device's job) that went to the node owning
+// the device just as that node died is asked again of the device's new
+// owner once the node is seen to leave, and holds: the device still runs
+// that job. (It failed with "the node left before it answered", and the
+// download server refused a live download: the device's job failed.)
+func TestClusterReadAskedAgainWhenOwnerDies(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(24, 2, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	ns := c.addNodes(nodeSpec{devices: specs}, nodeSpec{crashable: true})
+	a, dies := ns[0], ns[1]
+	c.awaitMembers()
+	c.settle()
+	if err := a.e.CreateTask(context.Background(), createTask("read", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	// A device of the dying node with its job running.
+	var grant transport.DownloadGrant
+	c.runUntil(func() bool {
+		for _, s := range specs {
+			if a.e.Owner(persistence.KindDevice, s.ID) != dies.addr {
+				continue
+			}
+			if j, ok := dies.e.DeviceJob(s.ID); ok {
+				grant = transport.DownloadGrant{DeviceID: s.ID, TaskID: j.TaskID, Attempt: j.Attempt}
+				return true
+			}
+		}
+		return false
+	}, 24*time.Hour)
+	release := a.e.HoldTopology()
+	c.crash(dies)
+	done := make(chan error, 1)
+	go func() { done <- a.e.AuthorizeDownload(context.Background(), grant) }()
+	for a.e.AwaitingReplies() == 0 { // the request is on its way to the dead node
+		select {
+		case err := <-done:
+			t.Fatalf("answered before the node was seen to leave: %v", err)
+		default:
+			runtime.Gosched()
+		}
+	}
+	release()
+	if err := <-done; err != nil {
+		t.Fatalf("AuthorizeDownload of %s's running job: %v", grant.DeviceID, err)
 	}
 }

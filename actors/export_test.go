@@ -223,3 +223,7 @@ func (e *Engine) HoldTopology() (release func()) {
 // PassedAgain counts the inputs the node's directory had passed on to a
 // node that then left, and sent again to their new owners.
 func (e *Engine) PassedAgain() int64 { return e.node.passedAgain.Load() }
+
+// AwaitingReplies is the number of requests to other nodes waiting for
+// their reply.
+func (e *Engine) AwaitingReplies() int64 { return e.node.awaiting.Load() }
