@@ -108,6 +108,7 @@ type node struct {
 
 	mu       sync.RWMutex
 	members  map[string]bool // addresses of the current members
+	ms       cluster.Members // the current members (of the engine's kind)
 	seenSelf bool
 	leaving  bool // leave ran: the node's absence from the members is its own doing
 
@@ -118,6 +119,21 @@ type node struct {
 
 	// etcdDial, when set (tests), dials etcd for the provider's client.
 	etcdDial func(ctx context.Context, addr string) (net.Conn, error)
+	// dropTo, when set (tests), names a node whose inputs tell drops, as
+	// the network loses what is in flight to a node that dies (dropped
+	// counts them).
+	dropTo  atomic.Pointer[string]
+	dropped atomic.Int64
+	// holding (tests) keeps the topologies protoactor publishes from the
+	// node (the last in held) until released: its view of the members
+	// stays behind the others'.
+	holdMu  sync.Mutex
+	holding bool
+	held    *cluster.ClusterTopology
+	// passedAgain counts the inputs redeliverPassed sent again.
+	passedAgain atomic.Int64
+	// awaiting counts the requests waiting for their reply (awaitReply).
+	awaiting atomic.Int64
 
 	// traffic counts RoutedInputs by peer: sent to, received from (tests
 	// settle a cluster on them).
@@ -132,7 +148,28 @@ type node struct {
 	tick      chan struct{}
 	// topo is gen, read without the lock (shell.owned caches by it).
 	topo atomic.Uint64
+
+	// prev is the members the last reconcile followed (only reconcile
+	// reads and writes it): a reconcile tells what left since.
+	prev cluster.Members
+
+	// passedMu guards passed: the inputs between actors that this node's
+	// directory actor passed on to the owner of its view since the last
+	// reconcile (see receiveDirectory, redeliverPassed).
+	passedMu sync.Mutex
+	passed   []passedInput
 }
+
+// passedInput is an input the directory actor passed on to owner.
+type passedInput struct {
+	owner string
+	a     Address
+	msg   proto.Message
+}
+
+// maxPassed bounds node.passed: the directory passes inputs on only while
+// the members' views differ, a moment after each change.
+const maxPassed = 1 << 14
 
 func newNode(e *Engine, cfg ClusterConfig) *node {
 	return &node{e: e, cfg: cfg, rv: cluster.NewRendezvous(), members: map[string]bool{},
@@ -252,6 +289,13 @@ func (n *node) join() (err error) {
 	}
 	sys.EventStream.Subscribe(func(evt any) {
 		if t, ok := evt.(*cluster.ClusterTopology); ok {
+			n.holdMu.Lock()
+			if n.holding {
+				n.held = t
+				n.holdMu.Unlock()
+				return
+			}
+			n.holdMu.Unlock()
 			n.update(t)
 		}
 	})
@@ -315,7 +359,7 @@ func (n *node) update(t *cluster.ClusterTopology) {
 	// The member set first, then the placement: an owner the placement
 	// names is then always in the set (node.awaitReply relies on it).
 	n.mu.Lock()
-	n.members = set
+	n.members, n.ms = set, ms
 	self := n.me()
 	lost := false
 	if self != "" {
@@ -466,14 +510,20 @@ func (n *node) watch() {
 }
 
 // reconcile passivates the live actors this node no longer owns (their
-// successors start on their owners, from the store) and activates the
-// active streams it now owns, as Start does at boot.
+// successors start on their owners, from the store), has the others send
+// again what may have been lost with a node that left (resendLost), and
+// activates the active streams it now owns, as Start does at boot.
 func (n *node) reconcile() {
 	n.tickMu.Lock()
 	gen := n.gen
 	n.tickMu.Unlock()
 	defer n.bump(func() { n.done = gen })
+	n.mu.RLock()
+	cur := n.ms
+	n.mu.RUnlock()
 	moved := n.e.dir.passivateWhere(func(a Address) bool { _, local := n.owner(a); return !local })
+	nudged := n.resendLost(cur)
+	again := n.redeliverPassed()
 	woke := 0
 	for _, kind := range []persistence.Kind{persistence.KindTask, persistence.KindCell, persistence.KindDevice} {
 		err := n.e.deps.Store.Active(context.Background(), kind, func(id string) error {
@@ -488,8 +538,53 @@ func (n *node) reconcile() {
 			n.e.log.Warn("cluster: listing active streams after a membership change", "kind", kindName(kind), "error", err)
 		}
 	}
-	n.e.log.Info("cluster membership changed", "node", n.me(), "members", n.memberCount(), "passivated", moved, "activated", woke)
+	n.e.log.Info("cluster membership changed", "node", n.me(), "members", n.memberCount(), "passivated", moved, "activated", woke, "resent_by", nudged, "passed_again", again)
 }
+
+// resendLost follows the members from prev to cur: when some left, every
+// live actor of this node (those that stay here) sends again, to the
+// actors that a departed member owned, the idempotent requests and
+// answers it may still owe them (peerLeft; what Resume would send after a
+// restart). The inputs in flight to a node that dies are lost, and so is
+// what a sender sent there before it saw the node leave (seconds, until
+// its etcd lease expires); the actors that the node ran recover from the
+// store on the survivors, but what they never received they cannot know
+// of. It returns the number of actors told.
+//
+// An actor that moved here from the departed node is not live yet: it
+// recovers (from reconcile's activation or its first input) and its own
+// Resume sends what it owes.
+func (n *node) resendLost(cur cluster.Members) int {
+	prev := n.prev
+	n.prev = cur
+	if prev == nil {
+		return 0
+	}
+	now := map[string]bool{}
+	for _, m := range cur {
+		now[m.Address()] = true
+	}
+	departed := map[string]bool{}
+	for _, m := range prev {
+		if !now[m.Address()] {
+			departed[m.Address()] = true
+		}
+	}
+	if len(departed) == 0 {
+		return 0
+	}
+	old := cluster.NewRendezvous()
+	old.UpdateMembers(prev)
+	lost := func(a Address) bool {
+		return departed[old.GetByClusterIdentity(&cluster.ClusterIdentity{Kind: clusterKind, Identity: a.String()})]
+	}
+	return n.e.dir.broadcast(peerLeft{lost: lost})
+}
+
+// peerLeft tells a live actor that members left the cluster: it sends
+// again what it may still owe the actors for which lost holds (those the
+// departed members owned), see machine.resend.
+type peerLeft struct{ lost func(Address) bool }
 
 // tell sends an input to the actor a on node owner.
 func (n *node) tell(owner string, a Address, msg proto.Message, ifLive bool, hops uint32) bool {
@@ -506,6 +601,10 @@ func (n *node) tell(owner string, a Address, msg proto.Message, ifLive bool, hop
 		return false
 	}
 	r.From = n.me()
+	if d := n.dropTo.Load(); d != nil && *d == owner {
+		n.dropped.Add(1)
+		return true
+	}
 	n.trafficMu.Lock()
 	n.sentTo[owner]++
 	n.trafficMu.Unlock()
@@ -554,6 +653,7 @@ func (n *node) receiveDirectory(ctx actor.Context) {
 		}
 		if owner, local := n.owner(a); !local && m.GetHops() == 0 {
 			n.tell(owner, a, msg, m.GetIfLive(), 1)
+			n.notePassed(owner, a, msg)
 			return
 		}
 		if m.GetIfLive() {
@@ -595,6 +695,59 @@ func (n *node) receiveDirectory(ctx actor.Context) {
 		}
 		go n.serve(a, m, sender)
 	}
+}
+
+// notePassed keeps an input between actors that the directory actor
+// passed on to owner, the owner by this node's view, which differed from
+// the sender's: this node may be the one behind, the sender having seen
+// owner leave (it died) and this node not yet. Such an input is lost
+// with owner; the next reconcile delivers it again if owner has left
+// (redeliverPassed). Only inputs that their receivers take again as a
+// no-op are kept (a permit request, release or grant, an outcome, a
+// StartJob or StopJob): owner may have taken it before it died.
+func (n *node) notePassed(owner string, a Address, msg proto.Message) {
+	if !resendable(msg) {
+		return
+	}
+	n.passedMu.Lock()
+	defer n.passedMu.Unlock()
+	if len(n.passed) >= maxPassed {
+		n.passed = n.passed[1:]
+	}
+	n.passed = append(n.passed, passedInput{owner: owner, a: a, msg: msg})
+}
+
+// resendable reports whether msg is an input between actors that its
+// receiver takes again as a no-op.
+func resendable(msg proto.Message) bool {
+	switch m := msg.(type) {
+	case *messages.CellInput:
+		return m.GetRequestPermit() != nil || m.GetReleasePermit() != nil
+	case *messages.TaskInput:
+		return m.GetOutcome() != nil
+	case *messages.DeviceInput:
+		return m.GetStartJob() != nil || m.GetStopJob() != nil || m.GetPermitGranted() != nil
+	}
+	return false
+}
+
+// redeliverPassed sends again, to their owners now, the inputs passed on
+// since the last reconcile to a node that is no longer a member, and
+// forgets the others (their owner had them). It returns how many.
+func (n *node) redeliverPassed() int {
+	n.passedMu.Lock()
+	passed := n.passed
+	n.passed = nil
+	n.passedMu.Unlock()
+	k := 0
+	for _, p := range passed {
+		if !n.isMember(p.owner) {
+			n.e.dir.send(p.a, p.msg)
+			k++
+			n.passedAgain.Add(1)
+		}
+	}
+	return k
 }
 
 func senderAddr(ctx actor.Context) string {
@@ -675,6 +828,8 @@ var errOwnerLeft = errors.New("actors: cluster: the node left before it answered
 // expires, seconds later). The caller then fails as on a timeout, as it
 // did before, only sooner: its retry goes to the new owner.
 func (n *node) awaitReply(ctx context.Context, f *actor.Future, owner string) (any, error) {
+	n.awaiting.Add(1)
+	defer n.awaiting.Add(-1)
 	done := make(chan struct{})
 	var res any
 	var err error

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -761,5 +762,222 @@ func TestClusterNodePartitioned(t *testing.T) {
 	err := cut.e.Deliver(context.Background(), specs[0].ID, &messages.DeviceInput{Kind: &messages.DeviceInput_Connected{Connected: &messages.Connected{}}})
 	if !errors.Is(err, actors.ErrClosed) {
 		t.Errorf("Deliver on a lost node = %v, want ErrClosed", err)
+	}
+}
+
+// TestClusterInputsLostWithANode: what was in flight to a node that dies is
+// lost, and the survivors send it again. Every input the two survivors
+// send to the third node is dropped (as the network loses what is in
+// flight to a node that dies, and a sender goes on sending there until it
+// sees the node leave, seconds later); then that node crashes. Lost: the
+// permit requests of devices living on the survivors to cells the dead
+// node owned (they wait in STAGE_WAIT_PERMIT, with no deadline), and the
+// task's StartJobs to the devices the dead node owned (their actors
+// journaled nothing; the task waits for their outcomes). The recovered
+// cells' and devices' Resume cannot repeat what they never journaled: the
+// live senders must. The task still ends with every device upgraded once
+// and no cell over its budget.
+func TestClusterInputsLostWithANode(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(72, 24, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	ns := c.addNodes(nodeSpec{devices: specs}, nodeSpec{}, nodeSpec{crashable: true})
+	a, b, dies := ns[0], ns[1], ns[2]
+	c.awaitMembers()
+	c.settle()
+	trs := map[string]*memtransport.Transport{}
+	for _, s := range specs {
+		trs[s.ID] = a.tr
+	}
+	task := ""
+	for i := 0; task == ""; i++ {
+		if id := fmt.Sprintf("lost-%d", i); a.e.Owner(persistence.KindTask, id) != dies.addr {
+			task = id
+		}
+	}
+	// waiting: devices on a survivor whose cell is on the node that dies.
+	var waiting []string
+	onDies := 0
+	for _, s := range specs {
+		switch {
+		case a.e.Owner(persistence.KindDevice, s.ID) == dies.addr:
+			onDies++
+		case a.e.Owner(persistence.KindCell, s.CellID) == dies.addr:
+			waiting = append(waiting, s.ID)
+		}
+	}
+	if len(waiting) == 0 || onDies == 0 {
+		t.Fatalf("placement: %d devices wait for a cell of the dying node, %d devices live there; want both", len(waiting), onDies)
+	}
+	droppedA, droppedB := a.e.DropRoutedTo(dies.addr), b.e.DropRoutedTo(dies.addr)
+	if err := a.e.CreateTask(context.Background(), createTask(task, messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	inWaitPermit := func() bool {
+		for _, id := range waiting {
+			j, ok := a.e.DeviceJob(id)
+			if !ok {
+				j, ok = b.e.DeviceJob(id)
+			}
+			if !ok || j.Stage != messages.Stage_STAGE_WAIT_PERMIT {
+				return false
+			}
+		}
+		return true
+	}
+	c.runUntil(inWaitPermit, 24*time.Hour)
+	if droppedA()+droppedB() == 0 {
+		t.Fatal("no input to the dying node was dropped")
+	}
+	t.Logf("%d devices wait for a permit request that was lost; %d StartJobs and others lost with them (%d devices on the dying node)",
+		len(waiting), droppedA()+droppedB(), onDies)
+	c.crash(dies)
+	c.awaitMembers()
+	c.runUntil(func() bool { return c.task(a, task).Status.Final() }, 24*time.Hour)
+	c.check(task, specs, trs)
+}
+
+// TestClusterInputsPassedToADeadNode: a survivor that sees a node leave
+// later than another passes what it gets for that node's former actors on
+// to it (by its view, it still owns them), and that is lost too. Here node
+// x's view of the members is held back: node a sees the dying node go,
+// and a's devices and task send again what was lost (as in
+// TestClusterInputsLostWithANode), partly to x, the new owner; x passes it
+// on to the dead node, where it is dropped. Once x sees the node leave, it
+// delivers again what it passed on there, and the task ends.
+func TestClusterInputsPassedToADeadNode(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(72, 24, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	ns := c.addNodes(nodeSpec{devices: specs}, nodeSpec{}, nodeSpec{crashable: true})
+	a, x, dies := ns[0], ns[1], ns[2]
+	c.awaitMembers()
+	c.settle()
+	trs := map[string]*memtransport.Transport{}
+	for _, s := range specs {
+		trs[s.ID] = a.tr
+	}
+	task := ""
+	for i := 0; task == ""; i++ {
+		if id := fmt.Sprintf("passed-%d", i); a.e.Owner(persistence.KindTask, id) == a.addr {
+			task = id
+		}
+	}
+	var waiting, onDies []string
+	for _, s := range specs {
+		switch a.e.Owner(persistence.KindDevice, s.ID) {
+		case dies.addr:
+			onDies = append(onDies, s.ID)
+		case a.addr:
+			if a.e.Owner(persistence.KindCell, s.CellID) == dies.addr {
+				waiting = append(waiting, s.ID)
+			}
+		}
+	}
+	a.e.DropRoutedTo(dies.addr)
+	droppedX := x.e.DropRoutedTo(dies.addr)
+	if err := a.e.CreateTask(context.Background(), createTask(task, messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	c.runUntil(func() bool {
+		for _, id := range waiting {
+			if j, ok := a.e.DeviceJob(id); !ok || j.Stage != messages.Stage_STAGE_WAIT_PERMIT {
+				return false
+			}
+		}
+		return true
+	}, 24*time.Hour)
+	release := x.e.HoldTopology()
+	before := droppedX()
+	c.crash(dies)
+	limit := clock.Real().NewTimer(20 * time.Second)
+	defer limit.Stop()
+	for {
+		ok, tick := a.e.ClusterSettled(2)
+		if ok {
+			break
+		}
+		select {
+		case <-tick:
+		case <-limit.C():
+			t.Fatal("node a did not see the crashed node go in 20 s")
+		}
+	}
+	// Through x: the cells of a's waiting devices and the devices of the
+	// dead node that x owns now.
+	through := 0
+	for _, id := range onDies {
+		if a.e.Owner(persistence.KindDevice, id) == x.addr {
+			through++
+		}
+	}
+	for _, s := range specs {
+		if slices.Contains(waiting, s.ID) && a.e.Owner(persistence.KindCell, s.CellID) == x.addr {
+			through++
+		}
+	}
+	if through == 0 {
+		t.Fatalf("placement: nothing that was lost moves to node x (%d waiting, %d on the dead node)", len(waiting), len(onDies))
+	}
+	c.settle()
+	if ok, _ := x.e.ClusterSettled(3); !ok {
+		t.Fatal("node x saw the crashed node go while its view was held")
+	}
+	if droppedX() == before {
+		t.Fatal("node x passed nothing on to the dead node")
+	}
+	t.Logf("node x passed %d inputs on to the dead node before it saw it go (%d waiting devices and devices of the dead node now on x)", droppedX()-before, through)
+	release()
+	c.awaitMembers()
+	c.runUntil(func() bool { return c.task(a, task).Status.Final() }, 24*time.Hour)
+	c.check(task, specs, trs)
+	if x.e.PassedAgain() == 0 {
+		t.Error("node x delivered nothing again")
+	}
+}
+
+// TestClusterReadAskedAgainWhenOwnerDies: a download server's
+// authorization (a read of the device's job) that went to the node owning
+// the device just as that node died is asked again of the device's new
+// owner once the node is seen to leave, and holds: the device still runs
+// that job. (It failed with "the node left before it answered", and the
+// download server refused a live download: the device's job failed.)
+func TestClusterReadAskedAgainWhenOwnerDies(t *testing.T) {
+	c := newClusterRig(t)
+	specs := fleet(24, 2, messages.Protocol_PROTOCOL_LWM2M_FOTA)
+	ns := c.addNodes(nodeSpec{devices: specs}, nodeSpec{crashable: true})
+	a, dies := ns[0], ns[1]
+	c.awaitMembers()
+	c.settle()
+	if err := a.e.CreateTask(context.Background(), createTask("read", messages.Protocol_PROTOCOL_LWM2M_FOTA, ids(specs), nil)); err != nil {
+		t.Fatal(err)
+	}
+	// A device of the dying node with its job running.
+	var grant transport.DownloadGrant
+	c.runUntil(func() bool {
+		for _, s := range specs {
+			if a.e.Owner(persistence.KindDevice, s.ID) != dies.addr {
+				continue
+			}
+			if j, ok := dies.e.DeviceJob(s.ID); ok {
+				grant = transport.DownloadGrant{DeviceID: s.ID, TaskID: j.TaskID, Attempt: j.Attempt}
+				return true
+			}
+		}
+		return false
+	}, 24*time.Hour)
+	release := a.e.HoldTopology()
+	c.crash(dies)
+	done := make(chan error, 1)
+	go func() { done <- a.e.AuthorizeDownload(context.Background(), grant) }()
+	for a.e.AwaitingReplies() == 0 { // the request is on its way to the dead node
+		select {
+		case err := <-done:
+			t.Fatalf("answered before the node was seen to leave: %v", err)
+		default:
+			runtime.Gosched()
+		}
+	}
+	release()
+	if err := <-done; err != nil {
+		t.Fatalf("AuthorizeDownload of %s's running job: %v", grant.DeviceID, err)
 	}
 }

@@ -288,6 +288,29 @@ func (d *directory) passivateWhere(moves func(Address) bool) int {
 	return n
 }
 
+// broadcast sends msg to every live actor that is not stopping (a
+// stopping one's successor recovers, and its Resume does the work); it
+// returns how many.
+func (d *directory) broadcast(msg any) int {
+	if d.closed.Load() {
+		return 0
+	}
+	n := 0
+	for i := range d.shards {
+		s := &d.shards[i]
+		s.mu.Lock()
+		for _, e := range s.live {
+			if !e.stopping {
+				d.inflight.Add(1)
+				d.root.Send(e.pid, msg)
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
 // isLive reports whether an actor runs (or stops) at a.
 func (d *directory) isLive(a Address) bool {
 	s := d.shard(a)

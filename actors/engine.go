@@ -421,19 +421,44 @@ func (e *Engine) ask(ctx context.Context, a Address, msg any) (any, error) {
 		return nil, ErrClosed
 	}
 	if n := e.node; n != nil {
-		if owner, local := n.owner(a); !local {
+		for attempt := 1; ; attempt++ {
+			owner, local := n.owner(a)
+			if local {
+				break
+			}
 			req, ok := wireRequest(a, msg)
 			if !ok {
 				return nil, fmt.Errorf("actors: cluster: no wire form for %T", msg)
 			}
 			r, err := n.request(ctx, owner, req)
 			if err != nil {
+				if readOnly(msg) && attempt < maxAskAttempts && ctx.Err() == nil && errors.Is(err, ErrTimeout) && !n.isMember(owner) {
+					// The owner left before it answered (it died): a
+					// read is asked again of the actor's new owner
+					// (a download's authorization, a view), where the
+					// actor recovers from the store. A command is not:
+					// the dead node may have carried it out.
+					continue
+				}
 				return nil, err
 			}
 			return decodeReply(a, r)
 		}
 	}
 	return e.askLocal(ctx, a, msg)
+}
+
+// maxAskAttempts bounds the owners a read is asked of when they leave
+// before they answer (ask).
+const maxAskAttempts = 3
+
+// readOnly reports whether msg only reads an actor's state.
+func readOnly(msg any) bool {
+	switch msg.(type) {
+	case query, taskQuery:
+		return true
+	}
+	return false
 }
 
 // askLocal asks this node's actor at a.

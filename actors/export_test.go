@@ -184,3 +184,46 @@ func (e *Engine) SendCell(cellID string, in *messages.CellInput) {
 func (e *Engine) SendTask(taskID string, in *messages.TaskInput) {
 	e.dir.send(Address{Kind: persistence.KindTask, ID: taskID}, in)
 }
+
+// Owner is the cluster address of the node that owns actor (kind, id) by
+// this node's view of the members.
+func (e *Engine) Owner(kind persistence.Kind, id string) string {
+	o, _ := e.node.owner(Address{Kind: kind, ID: id})
+	return o
+}
+
+// DropRoutedTo makes the node drop every input it sends to node addr from
+// now on, as the network does to what is in flight to a node that dies;
+// it returns how many it dropped so far.
+func (e *Engine) DropRoutedTo(addr string) (dropped func() int64) {
+	e.node.dropTo.Store(&addr)
+	return e.node.dropped.Load
+}
+
+// HoldTopology keeps the node's view of the members as it is (the
+// topologies protoactor publishes wait) until release, which applies the
+// last one held.
+func (e *Engine) HoldTopology() (release func()) {
+	n := e.node
+	n.holdMu.Lock()
+	n.holding = true
+	n.holdMu.Unlock()
+	return func() {
+		n.holdMu.Lock()
+		n.holding = false
+		t := n.held
+		n.held = nil
+		n.holdMu.Unlock()
+		if t != nil {
+			n.update(t)
+		}
+	}
+}
+
+// PassedAgain counts the inputs the node's directory had passed on to a
+// node that then left, and sent again to their new owners.
+func (e *Engine) PassedAgain() int64 { return e.node.passedAgain.Load() }
+
+// AwaitingReplies is the number of requests to other nodes waiting for
+// their reply.
+func (e *Engine) AwaitingReplies() int64 { return e.node.awaiting.Load() }

@@ -111,6 +111,31 @@ func (m *deviceMachine) resume() (any, []proto.Message, []proto.Message, error) 
 	return nil, nil, protos(devicefsm.Resume(m.s)), nil
 }
 
+// resend repeats the device's requests and answers to cells and tasks
+// (devicefsm.Resume's, the idle device's last release and outcome too):
+// a permit request, a release, an outcome; cells and tasks take a repeat
+// as a no-op or, for a lost grant, by granting again.
+func (m *deviceMachine) resend(lost func(Address) bool) []proto.Message {
+	var out []proto.Message
+	for _, eff := range devicefsm.Resume(m.s) {
+		var to Address
+		switch k := eff.Kind.(type) {
+		case *messages.DeviceEffect_RequestPermit:
+			to = Address{Kind: persistence.KindCell, ID: k.RequestPermit.GetCellId()}
+		case *messages.DeviceEffect_ReleasePermit:
+			to = Address{Kind: persistence.KindCell, ID: k.ReleasePermit.GetCellId()}
+		case *messages.DeviceEffect_ReportOutcome:
+			to = Address{Kind: persistence.KindTask, ID: k.ReportOutcome.GetTaskId()}
+		default:
+			continue
+		}
+		if lost(to) {
+			out = append(out, eff)
+		}
+	}
+	return out
+}
+
 func (m *deviceMachine) run(sh *shell, effects []proto.Message) {
 	ctx := context.Background()
 	for _, eff := range effects {
@@ -238,6 +263,19 @@ func (m *cellMachine) resume() (any, []proto.Message, []proto.Message, error) {
 }
 
 func (m *cellMachine) refused(proto.Message, error) []proto.Message { return nil }
+
+// resend repeats the grants of the holders (cellfsm.Resume): a device
+// that holds its slot ignores a repeat, one that no longer wants it hands
+// it back (so a release lost on its way here is made good).
+func (m *cellMachine) resend(lost func(Address) bool) []proto.Message {
+	var out []proto.Message
+	for _, eff := range cellfsm.Resume(m.s) {
+		if g := eff.GetGrant(); g != nil && lost(Address{Kind: persistence.KindDevice, ID: g.GetDeviceId()}) {
+			out = append(out, eff)
+		}
+	}
+	return out
+}
 
 func (m *cellMachine) run(_ *shell, effects []proto.Message) {
 	for _, eff := range effects {
@@ -464,6 +502,29 @@ func (m *taskMachine) view(q any) any {
 }
 
 func (m *taskMachine) refused(proto.Message, error) []proto.Message { return nil }
+
+// resend repeats the StartJob (or StopJob) of every sub-task in progress
+// (taskfsm.Resume's, without its deadline): a device that runs the job
+// ignores it, one that finished it answers with its outcome again, one
+// that never got it starts it.
+func (m *taskMachine) resend(lost func(Address) bool) []proto.Message {
+	var out []proto.Message
+	for _, eff := range taskfsm.Resume(m.s) {
+		var dev string
+		switch k := eff.Kind.(type) {
+		case *messages.TaskEffect_StartJob:
+			dev = k.StartJob.GetDeviceId()
+		case *messages.TaskEffect_StopJob:
+			dev = k.StopJob.GetDeviceId()
+		default:
+			continue
+		}
+		if lost(Address{Kind: persistence.KindDevice, ID: dev}) {
+			out = append(out, eff)
+		}
+	}
+	return out
+}
 
 func (m *taskMachine) run(sh *shell, effects []proto.Message) {
 	for _, eff := range effects {

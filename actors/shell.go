@@ -46,6 +46,13 @@ type machine interface {
 	// activated runs once the state is recovered; deactivated when the actor stops.
 	activated()
 	deactivated()
+	// resend lists the effects that carry again, to the actors for which
+	// lost holds, the idempotent requests and answers that the committed
+	// state may still owe them: those of Resume that go to other actors
+	// (never a deadline or a downlink). The shell runs them when members
+	// left the cluster (peerLeft): what was in flight to a departed node
+	// is lost.
+	resend(lost func(Address) bool) []proto.Message
 }
 
 // unrecoverer is a machine that publishes state outside its actor (the
@@ -172,7 +179,8 @@ func (sh *shell) requeue(ctx actor.Context) bool {
 		sh.e.dir.requeue(sh.addr, sh.self, forwardRequest{msg: msg, reply: ctx.Sender()})
 	case report, activation, proto.Message:
 		sh.e.dir.requeue(sh.addr, sh.self, msg)
-	case passivateCheck, retryRecovery:
+	case passivateCheck, retryRecovery, peerLeft:
+		// A peerLeft: the successor recovers, and its Resume sends.
 	default:
 		return false
 	}
@@ -184,7 +192,7 @@ type passivateCheck struct{ gen uint64 }
 
 func (sh *shell) Receive(ctx actor.Context) {
 	switch ctx.Message().(type) {
-	case activation, command, report, query, taskQuery, retryRecovery, proto.Message:
+	case activation, command, report, query, taskQuery, retryRecovery, peerLeft, proto.Message:
 		defer sh.e.dir.done()
 	}
 	switch ctx.Message().(type) {
@@ -302,6 +310,13 @@ func (sh *shell) Receive(ctx actor.Context) {
 		return
 	case retryRecovery:
 		return // recovered meanwhile
+	case peerLeft:
+		// Sends only: nothing is journaled, so the journal's order holds
+		// (what it repeats was journaled before it was first sent).
+		if sh.broken == nil {
+			sh.machine.run(sh, sh.machine.resend(msg.lost))
+		}
+		return
 	case proto.Message:
 		sh.receiveInput(msg)
 		if sh.fenced != nil {
@@ -441,6 +456,8 @@ func (sh *shell) whileDown(ctx actor.Context) bool {
 		sh.stash = append(sh.stash, msg)
 	case retryRecovery:
 		sh.recoverAgain()
+	case peerLeft:
+		// The recovery that ends this resumes, and sends what is owed.
 	case passivateCheck:
 		// A down actor does not passivate: its stash would be lost.
 	default:

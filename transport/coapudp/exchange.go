@@ -234,6 +234,14 @@ func (s *Server) response(r *reader, peer netip.AddrPort, b []byte, m *message.M
 		o.fn(m, ack)
 		order.Unlock()
 		return
+	case len(m.Token) == 0:
+		// A response without a token answers nothing this server sent
+		// (its requests and observations always carry one): acknowledged
+		// and dropped, never reset. A Reset is an empty message, and a
+		// peer that answers it as a request (go-coap's client does, with
+		// a 4.05 in a new CON message) would answer our Reset of that
+		// 4.05 again, and so on: a device and a node exchanged some 3,000
+		// datagrams a second that way after a cluster node died.
 	case s.cfg.Unmatched != nil:
 		order := s.lockOrder(peer)
 		accepted = s.cfg.Unmatched(peer, m)

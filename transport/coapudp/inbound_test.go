@@ -2,6 +2,7 @@ package coapudp
 
 import (
 	"bytes"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -127,6 +128,28 @@ func TestPingAndStrayMessages(t *testing.T) {
 		t.Fatalf("a response with an unknown token answered %v, want RST", m)
 	}
 	d.none()
+}
+
+// TestTokenlessResponseIsAcknowledged: a CON response without a token
+// (what go-coap's client sends when it takes a Reset for a request: a 4.05
+// in a new CON) is acknowledged and dropped, not reset: a Reset would be
+// answered by another such 4.05, without end. Unmatched does not see it.
+func TestTokenlessResponseIsAcknowledged(t *testing.T) {
+	var unmatched atomic.Int32
+	s, _ := newServer(t, Config{Unmatched: func(netip.AddrPort, *message.Message) bool { unmatched.Add(1); return false }})
+	d := newDevice(t, s.Addr())
+	for mid := int32(20); mid < 23; mid++ {
+		d.send(message.Message{Type: message.Confirmable, Code: codes.MethodNotAllowed, MessageID: mid})
+		if m := d.recv(); m.Type != message.Acknowledgement || m.Code != codes.Empty || m.MessageID != mid {
+			t.Fatalf("a tokenless 4.05 (MID %d) answered %v, want an empty ACK", mid, m)
+		}
+	}
+	// A NON one: nothing.
+	d.send(message.Message{Type: message.NonConfirmable, Code: codes.MethodNotAllowed, MessageID: 30})
+	d.none()
+	if n := unmatched.Load(); n != 0 {
+		t.Fatalf("Unmatched saw %d tokenless responses", n)
+	}
 }
 
 func TestHandlerWithoutResponse(t *testing.T) {
