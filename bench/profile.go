@@ -70,9 +70,10 @@ func (p *cpuProfiler) fetch(ctx context.Context) (*profile.Profile, error) {
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), profileChunk*time.Second+30*time.Second)
 	defer cancel()
-	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.r.addrs["api"], profileChunk)
+	addr, token := p.r.apiAuth()
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, profileChunk)
 	req, _ := http.NewRequestWithContext(fctx, "GET", url, nil)
-	req.Header.Set("Authorization", "Bearer "+p.r.token)
+	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := p.r.metrics.Do(req)
 	if err != nil {
 		return nil, err

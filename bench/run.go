@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -165,6 +167,8 @@ func (o *Options) validate() error {
 // benchRun is the state of one bench run; [Run] builds it and calls its
 // execute.
 type benchRun struct {
+	// authMu guards addrs and token while the server restarts (apiAuth).
+	authMu sync.Mutex
 	o       Options
 	clk     clock.Clock
 	dir     string
@@ -669,19 +673,33 @@ func (r *benchRun) startServer(ctx context.Context) error {
 		return err
 	}
 	r.server = c
-	if err := r.awaitServing(ctx, c, r.dir, r.addrs); err != nil {
+	addrs := maps.Clone(r.addrs)
+	if err := r.awaitServing(ctx, c, r.dir, addrs); err != nil {
 		return err
-	}
-	if len(r.rep.Nodes) > 0 {
-		r.rep.Nodes[0].API = r.addrs["api"]
 	}
 	tok, err := os.ReadFile(filepath.Join(r.dir, "api-token"))
 	if err != nil {
 		return err
 	}
+	// The CPU profiler reads the address and token while a killed server
+	// restarts (--kill-at).
+	r.authMu.Lock()
+	defer r.authMu.Unlock()
+	r.addrs = addrs
+	if len(r.rep.Nodes) > 0 {
+		r.rep.Nodes[0].API = r.addrs["api"]
+	}
 	r.token = strings.TrimSpace(string(tok))
 	r.api = NewAPI(r.addrs["api"], r.token)
 	return nil
+}
+
+// apiAuth is the server's API address and token, for a goroutine that
+// runs while the server restarts.
+func (r *benchRun) apiAuth() (addr, token string) {
+	r.authMu.Lock()
+	defer r.authMu.Unlock()
+	return r.addrs["api"], r.token
 }
 
 // awaitServing waits until the server c, with data folder dir and API

@@ -9,6 +9,8 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/udp/coder"
+
+	"github.com/otafleet/otafleet/internal/clock"
 )
 
 // rawServer is a server socket the test writes CoAP messages to the device
@@ -34,7 +36,7 @@ func (r *rawServer) send(m message.Message) {
 func (r *rawServer) recv() message.Message {
 	r.t.Helper()
 	b := make([]byte, 2048)
-	if err := r.conn.SetReadDeadline(time.Now().Add(waitFor)); err != nil {
+	if err := r.conn.SetReadDeadline(clock.Real().Now().Add(waitFor)); err != nil {
 		r.t.Fatal(err)
 	}
 	n, from, err := r.conn.ReadFromUDP(b)
