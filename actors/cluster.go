@@ -17,6 +17,7 @@ import (
 	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 	"github.com/asynkron/protoactor-go/remote"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -54,7 +55,19 @@ type ClusterConfig struct {
 	// JoinTimeout bounds the node's first read from etcd in Start (real
 	// time; 0: 10 s): a node whose etcd does not answer fails to start.
 	JoinTimeout time.Duration
+	// Lease is the TTL of the node's etcd lease (0: DefaultLease): a node
+	// whose keep-alives stop (it died, or stalled that long) leaves the
+	// membership when it expires. Whole seconds (etcd's unit), rounded up.
+	Lease time.Duration
 }
+
+// DefaultLease is the etcd lease of a node (ClusterConfig.Lease), the TTL
+// protoactor's etcd provider asks for.
+const DefaultLease = 3 * time.Second
+
+// MaxLease bounds ClusterConfig.Lease: past it a dead node's actors wait
+// too long for their new owner.
+const MaxLease = time.Minute
 
 // Validate checks the cluster section.
 func (c *ClusterConfig) Validate() error {
@@ -66,6 +79,9 @@ func (c *ClusterConfig) Validate() error {
 	}
 	if _, _, err := splitAddr(c.BindAddr); err != nil {
 		return fmt.Errorf("actors: cluster: node address: %w", err)
+	}
+	if c.Lease != 0 && (c.Lease < time.Second || c.Lease > MaxLease) {
+		return fmt.Errorf("actors: cluster: lease %v: want 1s to %v", c.Lease, MaxLease)
 	}
 	if c.AdvertiseAddr != "" {
 		if _, p, err := splitAddr(c.AdvertiseAddr); err != nil || p == 0 {
@@ -209,6 +225,21 @@ type etcdProvider struct {
 	cancel context.CancelFunc
 }
 
+// leaseTTL sets the TTL of the leases the etcd client grants to d (whole
+// seconds, rounded up). The pinned provider asks for a fixed 3 s
+// (etcd.Provider.keepAliveTTL, not configurable); its only lease is the
+// member's, and the client's keep-alives follow the TTL etcd granted, so
+// changing the request is all it takes.
+func leaseTTL(d time.Duration) grpc.UnaryClientInterceptor {
+	secs := int64((d + time.Second - 1) / time.Second)
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if r, ok := req.(*etcdserverpb.LeaseGrantRequest); ok && r.TTL != secs {
+			req = &etcdserverpb.LeaseGrantRequest{TTL: secs, ID: r.ID}
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
 func (l *etcdProvider) start(c *cluster.Cluster, member bool) error {
 	if err := l.probe(); err != nil {
 		return err
@@ -274,6 +305,9 @@ func (n *node) join() (err error) {
 	ecfg := clientv3.Config{Endpoints: n.cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
 	if n.etcdDial != nil {
 		ecfg.DialOptions = append(ecfg.DialOptions, grpc.WithContextDialer(n.etcdDial))
+	}
+	if n.cfg.Lease != 0 && n.cfg.Lease != DefaultLease {
+		ecfg.DialOptions = append(ecfg.DialOptions, grpc.WithChainUnaryInterceptor(leaseTTL(n.cfg.Lease)))
 	}
 	n.prov = &etcdProvider{cfg: ecfg, join: cmp.Or(n.cfg.JoinTimeout, 10*time.Second)}
 	kind := cluster.NewKind(clusterKind, actor.PropsFromFunc(func(actor.Context) {}))

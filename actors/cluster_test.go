@@ -981,3 +981,53 @@ func TestClusterReadAskedAgainWhenOwnerDies(t *testing.T) {
 		t.Fatalf("AuthorizeDownload of %s's running job: %v", grant.DeviceID, err)
 	}
 }
+
+// TestClusterLease: a node's etcd key lives under a lease of
+// ClusterConfig.Lease (protoactor's provider asks for a fixed 3 s), or of
+// DefaultLease without one.
+func TestClusterLease(t *testing.T) {
+	srv := etcdtest.Shared(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.URL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	for _, tc := range []struct {
+		lease time.Duration
+		want  int64
+	}{{0, 3}, {7 * time.Second, 7}, {2500 * time.Millisecond, 3}} {
+		name := srv.NewCluster("lease")
+		e, err := actors.New(actors.Config{Cluster: &actors.ClusterConfig{Etcd: []string{srv.URL()}, Name: name, BindAddr: "127.0.0.1:0", Lease: tc.lease}},
+			actors.Deps{Store: memstore.New(), Clock: clocktest.New(epoch), Transport: dropAll{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := cli.Get(ctx, "/otafleet/"+name+"/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		leased := 0
+		for _, kv := range resp.Kvs {
+			if kv.Lease == 0 {
+				continue
+			}
+			leased++
+			ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(kv.Lease))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ttl.GrantedTTL != tc.want {
+				t.Errorf("lease %v: key %s has a lease of %d s, want %d", tc.lease, kv.Key, ttl.GrantedTTL, tc.want)
+			}
+		}
+		cancel()
+		e.Stop()
+		if leased == 0 {
+			t.Errorf("lease %v: no leased key under /otafleet/%s/ (%d keys)", tc.lease, name, len(resp.Kvs))
+		}
+	}
+}

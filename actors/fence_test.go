@@ -114,6 +114,8 @@ func TestClusterConfigChecked(t *testing.T) {
 		{Etcd: []string{"127.0.0.1:2379"}, BindAddr: "127.0.0.1:0"},
 		{Etcd: []string{"127.0.0.1:2379"}, Name: "x", BindAddr: "nohostport"},
 		{Etcd: []string{"127.0.0.1:2379"}, Name: "x", BindAddr: "127.0.0.1:0", AdvertiseAddr: "10.0.0.1:0"},
+		{Etcd: []string{"127.0.0.1:2379"}, Name: "x", BindAddr: "127.0.0.1:0", Lease: 500 * time.Millisecond},
+		{Etcd: []string{"127.0.0.1:2379"}, Name: "x", BindAddr: "127.0.0.1:0", Lease: 2 * time.Minute},
 	} {
 		if _, err := actors.New(actors.Config{Cluster: &bad}, deps); err == nil {
 			t.Errorf("%+v accepted", bad)

@@ -31,8 +31,14 @@ func (c serveConfig) clusterConfig() (clusterconfig.Config, error) {
 // others.
 func (c serveConfig) checkCluster() error {
 	cc, err := c.clusterConfig()
-	if err != nil || !cc.Enabled() {
+	if err != nil {
 		return err
+	}
+	if !cc.Enabled() {
+		if c.ClusterLease != actors.DefaultLease {
+			return errors.New("--cluster-lease goes with --cluster")
+		}
+		return nil
 	}
 	spec, err := parseStore(c.Store)
 	if err != nil {

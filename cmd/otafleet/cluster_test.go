@@ -40,6 +40,9 @@ func TestClusterUsage(t *testing.T) {
 		{[]string{"--node-addr", "127.0.0.1:7001"}, "--node-addr goes with --cluster"},
 		{[]string{"--advertise-addr", "10.0.0.1:7001"}, "--advertise-addr goes with --cluster"},
 		{[]string{"--cluster-name", "blue"}, "--cluster-name goes with --cluster"},
+		{[]string{"--cluster-lease", "10s"}, "--cluster-lease goes with --cluster"},
+		{append([]string{"--cluster", "etcd://127.0.0.1:2379", "--node-addr", "127.0.0.1:7001", "--cluster-lease", "500ms"}, pg...), "--cluster-lease must be from 1s to 1m0s, not 500ms"},
+		{append([]string{"--cluster", "etcd://127.0.0.1:2379", "--node-addr", "127.0.0.1:7001", "--cluster-lease", "5m"}, pg...), "must be from 1s to 1m0s, not 5m0s"},
 		{[]string{"--config", writeKey(t, "c.yaml", "cluster: etcd://e:2379\nnode-addr: \":7001\"\n", 0o600)}, "give --advertise-addr"},
 	} {
 		var out, errb bytes.Buffer

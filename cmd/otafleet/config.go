@@ -103,11 +103,12 @@ type serveConfig struct {
 	MinTransferWindow time.Duration
 
 	// The cluster (see clusterConfig): --cluster, --cluster-name,
-	// --node-addr and --advertise-addr.
+	// --node-addr, --advertise-addr and --cluster-lease.
 	Cluster       string
 	ClusterName   string
 	NodeAddr      string
 	AdvertiseAddr string
+	ClusterLease  time.Duration
 
 	VerifyStore bool
 	// The key sealing device secrets and PSKs in the store, and the one it
@@ -130,6 +131,7 @@ func defaultServeConfig() serveConfig {
 		DataDir:           "otafleet-data",
 		StoreTimeout:      pgstore.DefaultTimeout,
 		ClusterName:       clusterconfig.DefaultName,
+		ClusterLease:      actors.DefaultLease,
 		APIAddr:           "127.0.0.1:8080",
 		LogFormat:         "text",
 		LogLevel:          "info",
@@ -385,6 +387,8 @@ func settings() []setting {
 			"with --cluster: HOST:PORT this node's actors listen on for the other nodes (a fixed port; an empty host or 0.0.0.0 listens on every interface)"),
 		opt("advertise-addr", func(c *serveConfig) *string { return &c.AdvertiseAddr },
 			"with --cluster: HOST:PORT the other nodes dial to reach this one, when it is not --node-addr (behind NAT, or --node-addr listens on every interface); not a wildcard address. It names the node: the node label of its metrics, the owner of its devices' sessions"),
+		opt("cluster-lease", func(c *serveConfig) *time.Duration { return &c.ClusterLease },
+			"with --cluster: the TTL of this node's etcd lease, whole seconds (1s to 1m): when this node dies the others take over its devices, cells and tasks this long after its last keep-alive; a node whose keep-alives are late by this much (a stalled or starved process) drops out of the cluster and exits. Longer rides out stalls, shorter fails over sooner", leaseRange),
 		// Simulation: in-process simulated devices, for demos and tests.
 		opt("simulate", func(c *serveConfig) *int { return &c.Simulate },
 			"run N scripted devices inside the server, for demos and tests: sim-0 ... sim-N-1, firmware and software 1.0, over --simulate-cells cells; they use no socket (devices over real MQTT or CoAP: otafleet sim). Register them (device create --prefix sim- --count N) to target them in tasks, or see --simulate-campaign", notNegative),
@@ -403,6 +407,14 @@ func settings() []setting {
 // name.
 type number interface {
 	int | int64 | float64 | time.Duration
+}
+
+// leaseRange checks --cluster-lease.
+func leaseRange(d time.Duration) error {
+	if d < time.Second || d > actors.MaxLease {
+		return fmt.Errorf("must be from 1s to %v, not %v", actors.MaxLease, d)
+	}
+	return nil
 }
 
 func positive[T number](v T) error {

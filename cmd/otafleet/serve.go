@@ -105,7 +105,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) error
 		return err
 	}
 	if cluster.Enabled() {
-		engCfg.Cluster = &actors.ClusterConfig{Etcd: cluster.Etcd, Name: cluster.Name, BindAddr: cluster.NodeAddr, AdvertiseAddr: cluster.AdvertiseAddr}
+		engCfg.Cluster = &actors.ClusterConfig{Etcd: cluster.Etcd, Name: cluster.Name, BindAddr: cluster.NodeAddr, AdvertiseAddr: cluster.AdvertiseAddr, Lease: cfg.ClusterLease}
 	}
 	clk := clock.Real()
 	downlinks := &transport.LateDownlinks{}
