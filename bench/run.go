@@ -168,7 +168,7 @@ func (o *Options) validate() error {
 // execute.
 type benchRun struct {
 	// authMu guards addrs and token while the server restarts (apiAuth).
-	authMu sync.Mutex
+	authMu  sync.Mutex
 	o       Options
 	clk     clock.Clock
 	dir     string
