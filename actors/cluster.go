@@ -20,6 +20,7 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/otafleet/otafleet/internal/clock"
@@ -297,7 +298,7 @@ func (l *etcdProvider) Shutdown(graceful bool) error {
 // member and knows the others.
 func (n *node) join() (err error) {
 	host, port, _ := splitAddr(n.cfg.BindAddr)
-	var ropts []remote.ConfigOption
+	ropts := remoteOptions()
 	if n.cfg.AdvertiseAddr != "" {
 		ropts = append(ropts, remote.WithAdvertisedHost(n.cfg.AdvertiseAddr))
 	}
@@ -351,6 +352,30 @@ func (n *node) join() (err error) {
 	// The etcd provider's key of this member (etcd.Provider.getEtcdKey).
 	n.guard("/otafleet/" + n.cfg.Name + "/" + n.cfg.Name + "@" + sys.ID)
 	return nil
+}
+
+// remoteWindow is the HTTP/2 flow-control window (per stream and per
+// connection) of the gRPC connections between nodes. A fixed window turns
+// off gRPC's bandwidth-delay estimation, which otherwise answers nearly
+// every data frame of the nodes' sparse messages with a window update and a
+// ping (and the sender with a ping ack): three writes for one message.
+const remoteWindow = 1 << 20
+
+// remoteQueue is the initial size of the queue of protoactor remote's
+// writer to each peer (it grows when it must). remote's default, a million
+// slots, is 16 MB of pointers per peer that the garbage collector scans at
+// every cycle, for a queue that holds a few messages.
+const remoteQueue = 1024
+
+// remoteOptions configures protoactor remote's gRPC for the nodes' traffic
+// (the dial options replace remote's default, which is insecure too).
+func remoteOptions() []remote.ConfigOption {
+	return []remote.ConfigOption{
+		remote.WithEndpointWriterQueueSize(remoteQueue),
+		remote.WithDialOptions(grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithInitialWindowSize(remoteWindow), grpc.WithInitialConnWindowSize(remoteWindow)),
+		remote.WithServerOptions(grpc.InitialWindowSize(remoteWindow), grpc.InitialConnWindowSize(remoteWindow)),
+	}
 }
 
 // leave deregisters the node (the others see it go at once) and stops the
