@@ -170,6 +170,13 @@ type node struct {
 	// reads and writes it): a reconcile tells what left since.
 	prev cluster.Members
 
+	// noAckMu guards noAckTold (no_ack reports told to each peer and not
+	// yet credited) and noAckOwed (those each peer told this node, stepped
+	// and not yet credited); see noack.go.
+	noAckMu   sync.Mutex
+	noAckTold map[string]*noAckPeer
+	noAckOwed map[string]int
+
 	// passedMu guards passed: the inputs between actors that this node's
 	// directory actor passed on to the owner of its view since the last
 	// reconcile (see receiveDirectory, redeliverPassed).
@@ -191,7 +198,8 @@ const maxPassed = 1 << 14
 func newNode(e *Engine, cfg ClusterConfig) *node {
 	return &node{e: e, cfg: cfg, rv: cluster.NewRendezvous(), members: map[string]bool{},
 		changed: make(chan struct{}, 1), lost: make(chan struct{}),
-		sentTo: map[string]int64{}, recvFrom: map[string]int64{}, tick: make(chan struct{})}
+		sentTo: map[string]int64{}, recvFrom: map[string]int64{}, tick: make(chan struct{}),
+		noAckTold: map[string]*noAckPeer{}, noAckOwed: map[string]int{}}
 }
 
 // bump moves gen (update) or done (reconcile) and wakes the waiters.
@@ -409,12 +417,15 @@ func (n *node) shutdown() {
 func (n *node) update(t *cluster.ClusterTopology) {
 	var ms cluster.Members
 	set := map[string]bool{}
+	ids := map[string]string{}
 	for _, m := range t.GetMembers() {
 		if m.HasKind(clusterKind) {
 			ms = append(ms, m)
 			set[m.Address()] = true
+			ids[m.Address()] = m.GetId()
 		}
 	}
+	n.forgetNoAck(ids)
 	// The member set first, then the placement: an owner the placement
 	// names is then always in the set (node.awaitReply relies on it).
 	n.mu.Lock()
@@ -520,6 +531,18 @@ func (n *node) memberCount() int {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	return len(n.members)
+}
+
+// memberID returns the ID of the member at addr ("" when none).
+func (n *node) memberID(addr string) string {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	for _, m := range n.ms {
+		if m.Address() == addr {
+			return m.GetId()
+		}
+	}
+	return ""
 }
 
 func (n *node) isMember(addr string) bool {
@@ -664,10 +687,7 @@ func (n *node) tell(owner string, a Address, msg proto.Message, ifLive bool, hop
 		n.dropped.Add(1)
 		return true
 	}
-	n.trafficMu.Lock()
-	n.sentTo[owner]++
-	n.trafficMu.Unlock()
-	n.e.metrics.routed.WithLabelValues("sent").Inc()
+	n.noteSent(owner, true)
 	n.e.system.Root.Send(actor.NewPID(owner, directoryActor), r)
 	return true
 }
@@ -704,15 +724,31 @@ func routedInput(r *messages.RoutedInput) (Address, proto.Message, error) {
 func (n *node) receiveDirectory(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *messages.RoutedInput:
-		defer n.noteReceived(m.GetFrom())
+		defer n.noteReceived(m.GetFrom(), true)
 		a, msg, err := routedInput(m)
 		if err != nil {
 			n.e.log.Warn("cluster: routed input refused", "from", senderAddr(ctx), "error", err)
 			return
 		}
+		in, noAck := isNoAckReport(msg)
 		if owner, local := n.owner(a); !local && m.GetHops() == 0 {
+			if noAck {
+				// Counted for the owner as told by this node; its sender
+				// gets its credit back from here.
+				n.noAckMu.Lock()
+				if p := n.noAckTold[owner]; p != nil {
+					p.told++
+				}
+				n.noAckMu.Unlock()
+				n.stepped(m.GetFrom())
+			}
 			n.tell(owner, a, msg, m.GetIfLive(), 1)
 			n.notePassed(owner, a, msg)
+			return
+		}
+		if noAck {
+			from := m.GetFrom()
+			n.e.dir.deliverLocal(a, report{in: in, then: func() { n.stepped(from) }})
 			return
 		}
 		if m.GetIfLive() {
@@ -722,6 +758,9 @@ func (n *node) receiveDirectory(ctx actor.Context) {
 			return
 		}
 		n.e.dir.deliverLocal(a, msg)
+	case *messages.NoAckCredit:
+		n.credited(m.GetFrom(), int(m.GetReports()))
+		n.noteReceived(m.GetFrom(), false)
 	case *messages.ClusterRequest:
 		a := Address{Kind: persistence.Kind(m.GetKind()), ID: m.GetId()}
 		sender := ctx.Sender()
@@ -825,11 +864,25 @@ func checkKind(a Address) error {
 	return persistence.ValidateID(a.ID)
 }
 
-func (n *node) noteReceived(from string) {
+// noteSent counts a message sent to a peer (an input, or a credit) for the
+// tests' settling, and an input in the metrics.
+func (n *node) noteSent(peer string, input bool) {
+	n.trafficMu.Lock()
+	n.sentTo[peer]++
+	n.trafficMu.Unlock()
+	if input {
+		n.e.metrics.routed.WithLabelValues("sent").Inc()
+	}
+}
+
+// noteReceived is noteSent's other end.
+func (n *node) noteReceived(from string, input bool) {
 	n.trafficMu.Lock()
 	n.recvFrom[from]++
 	n.trafficMu.Unlock()
-	n.e.metrics.routed.WithLabelValues("received").Inc()
+	if input {
+		n.e.metrics.routed.WithLabelValues("received").Inc()
+	}
 	if f := n.e.deps.ClusterReceived; f != nil {
 		f()
 	}

@@ -77,6 +77,7 @@ type clusterNode struct {
 	e       *actors.Engine
 	reg     *prometheus.Registry
 	tr      *memtransport.Transport // nil: a node no device connects to
+	store   persistence.EventStore
 	addr    string
 	stopped bool
 }
@@ -167,6 +168,7 @@ func (c *clusterRig) newNode(specs []memtransport.DeviceSpec, crashable bool) *c
 	t.Helper()
 	n := &clusterNode{reg: prometheus.NewRegistry()}
 	store := c.openStore()
+	n.store = store
 	cellCfg := cellfsm.DefaultConfig()
 	var tr transport.Downlinks = dropAll{}
 	var up *transport.LateUplinks
@@ -1029,5 +1031,82 @@ func TestClusterLease(t *testing.T) {
 		if leased == 0 {
 			t.Errorf("lease %v: no leased key under /otafleet/%s/ (%d keys)", tc.lease, name, len(resp.Kvs))
 		}
+	}
+}
+
+// TestClusterNoAckReportsTold: a report marked no_ack for a device another
+// node owns crosses as a tell (Deliver does not wait for it), and its owner
+// credits the sender as its actor steps them. A sender whose tells are lost
+// (dropped here) spends its credit, maxNoAckTold, and then sends no_ack
+// reports as requests, waited for (a device's flood is held back); once
+// nothing was told nor credited for noAckQuiet, what was outstanding is
+// taken for lost, and the reports cross as tells again.
+func TestClusterNoAckReportsTold(t *testing.T) {
+	c := newClusterRig(t)
+	ns := c.addNodes(nodeSpec{}, nodeSpec{})
+	a, b := ns[0], ns[1]
+	c.awaitMembers()
+	c.settle()
+	dev := ""
+	for i := 0; dev == ""; i++ {
+		if id := fmt.Sprintf("noack-%d", i); a.e.Owner(persistence.KindDevice, id) == b.addr {
+			dev = id
+		}
+	}
+	maxTold, every, quiet := actors.NoAckLimits()
+	ctx := context.Background()
+	r := 0
+	report := func() {
+		t.Helper()
+		r++
+		v := fmt.Sprintf("v%d", r)
+		in := &messages.DeviceInput{NoAck: true, Kind: &messages.DeviceInput_VersionReported{VersionReported: &messages.VersionReported{FwVersion: &v}}}
+		if err := a.e.Deliver(ctx, dev, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version := func() string {
+		t.Helper()
+		v, err := a.e.Device(ctx, dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.State.FwVersion
+	}
+
+	// Told and credited.
+	for range 2 * every {
+		report()
+	}
+	c.settle()
+	if v, want := version(), fmt.Sprintf("v%d", r); v != want {
+		t.Fatalf("version %q after %d reports, want %q", v, r, want)
+	}
+	if told, waited := a.e.NoAckTold(b.addr), a.e.NoAckWaited(); told != 0 || waited != 0 {
+		t.Fatalf("after %d reports stepped: %d not credited, %d waited for; want 0, 0", r, told, waited)
+	}
+
+	// Lost: the credit runs out, and the next reports are waited for.
+	dropped := a.e.DropRoutedTo(b.addr)
+	for range maxTold + 5 {
+		report()
+	}
+	if d, w := dropped(), a.e.NoAckWaited(); d != int64(maxTold) || w != 5 {
+		t.Fatalf("%d reports dropped, %d waited for; want %d, 5", d, w, maxTold)
+	}
+	if v, want := version(), fmt.Sprintf("v%d", r); v != want {
+		t.Fatalf("version %q after the waited reports, want %q", v, want)
+	}
+
+	// After noAckQuiet without a tell or a credit, the lost are forgotten.
+	a.e.DropRoutedTo("")
+	c.clk.Advance(quiet)
+	report()
+	c.settle()
+	if v, want := version(), fmt.Sprintf("v%d", r); v != want || a.e.NoAckWaited() != 5 {
+		t.Fatalf("version %q, %d waited for; want %q told, 5 waited for", v, a.e.NoAckWaited(), want)
+	}
+	if told := a.e.NoAckTold(b.addr); told != 1 {
+		t.Fatalf("%d told and not credited, want 1", told)
 	}
 }

@@ -247,6 +247,13 @@ func (d *directory) forward(owner string, a Address, m any) {
 	case proto.Message:
 		n.tell(owner, a, m, false, 0)
 	case report:
+		if m.done == nil {
+			// A no_ack report another node told: told on, and counted
+			// stepped for its sender (the new owner counts it for this node).
+			n.tellNoAck(owner, a, m.in, true)
+			m.answer(nil)
+			return
+		}
 		in, done := m.in, m.done
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)

@@ -284,7 +284,12 @@ func (e *Engine) Settle() { e.dir.settle() }
 // become durable with the next synced append. The device is acknowledged
 // nothing on its strength and never sends it again; a crash that loses it
 // takes the device back to the step before, whose deadline and Resume ask
-// again. A transport marks no_ack only such reports.
+// again. A transport marks no_ack only such reports. In a cluster, such a
+// report for an actor another node owns is told to that node, and Deliver
+// returns once it is sent (nothing is waited for on its strength; a node's
+// death loses it as a crash would); a node that has told a peer
+// maxNoAckTold of them not yet stepped there waits for the next as for any
+// report, so a device's flood of them is held back as on one node.
 //
 // Every other input (presence, DownloadServed notes) is queued in the
 // actor's mailbox and Deliver returns at once: nothing is acknowledged on
@@ -337,6 +342,9 @@ func (e *Engine) Deliver(ctx context.Context, deviceID string, in *messages.Devi
 	}
 	if n := e.node; n != nil {
 		if owner, local := n.owner(a); !local {
+			if in.GetNoAck() && n.tellNoAck(owner, a, in, false) {
+				return nil
+			}
 			r, err := n.request(ctx, owner, &messages.ClusterRequest{Kind: string(a.Kind), Id: a.ID,
 				Request: &messages.ClusterRequest_Report{Report: in}})
 			if err != nil {
@@ -370,9 +378,23 @@ func (e *Engine) deliverReport(ctx context.Context, a Address, in *messages.Devi
 // it is journaled (or was a duplicate or invalid), or with the actor's error.
 // (A channel rather than a protoactor future: one report per device message
 // is the engine's hottest path.)
+//
+// A report marked no_ack that another node told this one (node.tellNoAck)
+// has no done: no one waits for it; then runs once it was stepped instead.
 type report struct {
 	in   *messages.DeviceInput
 	done chan<- error // buffered: the actor never waits on it
+	then func()
+}
+
+// answer answers the report: err on done, or then.
+func (r report) answer(err error) {
+	if r.done != nil {
+		r.done <- err
+	}
+	if r.then != nil {
+		r.then()
+	}
 }
 
 // CreateTask creates a batch task. The task's validation errors come back

@@ -7,7 +7,9 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/otafleet/otafleet/actors/cell/cellfsm"
@@ -227,3 +229,30 @@ func (e *Engine) PassedAgain() int64 { return e.node.passedAgain.Load() }
 // AwaitingReplies is the number of requests to other nodes waiting for
 // their reply.
 func (e *Engine) AwaitingReplies() int64 { return e.node.awaiting.Load() }
+
+// NoAckTold is the number of no_ack reports the node told the node at addr
+// and has not had credited yet.
+func (e *Engine) NoAckTold(addr string) int {
+	n := e.node
+	n.noAckMu.Lock()
+	defer n.noAckMu.Unlock()
+	if p := n.noAckTold[addr]; p != nil {
+		return p.told
+	}
+	return 0
+}
+
+// NoAckWaited counts the no_ack reports the node sent as requests because
+// their owner's credit was spent.
+func (e *Engine) NoAckWaited() int {
+	var m dto.Metric
+	if err := e.metrics.noAckWaited.Write(&m); err != nil {
+		panic(err)
+	}
+	return int(m.GetCounter().GetValue())
+}
+
+// NoAckLimits are maxNoAckTold, creditEvery and noAckQuiet.
+func NoAckLimits() (told, every int, quiet time.Duration) {
+	return maxNoAckTold, creditEvery, noAckQuiet
+}

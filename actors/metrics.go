@@ -48,6 +48,9 @@ type metrics struct {
 	// stream first (by kind).
 	fenced             *prometheus.CounterVec
 	downlinksNoSession prometheus.Counter
+	// noAckWaited counts no_ack reports for another node's actor sent as
+	// requests because that node had maxNoAckTold of them not yet stepped.
+	noAckWaited prometheus.Counter
 }
 
 // newMetrics builds the collectors, registers them with reg (a private
@@ -92,6 +95,10 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 			Name: "otafleet_cluster_downlinks_no_session_total",
 			Help: "Downlinks a node was handed for a device it holds no session for (a device actor that just moved sends to every node; one holds the session).",
 		}),
+		noAckWaited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "otafleet_cluster_noack_reports_waited_total",
+			Help: "Device reports marked no_ack sent to another node as requests, waited for, because that node had 1024 of them from this one not yet stepped (a device that floods, or a node that lags).",
+		}),
 		violations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "otafleet_cell_budget_violations_total",
 			Help: "Cell steps whose new state broke the cell budget invariant (more units in use than the budget, or inconsistent holders).",
@@ -107,7 +114,7 @@ func newMetrics(reg prometheus.Registerer, cellBudget uint32) (*metrics, error) 
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	for _, c := range []prometheus.Collector{m.alive, m.appended, m.duplicates, m.updatesSkipped, m.commit, m.subtasks, m.inUse, m.waiting, m.cellBudget, m.cellPeak, m.violations, m.routed, m.fenced, m.downlinksNoSession} {
+	for _, c := range []prometheus.Collector{m.alive, m.appended, m.duplicates, m.updatesSkipped, m.commit, m.subtasks, m.inUse, m.waiting, m.cellBudget, m.cellPeak, m.violations, m.routed, m.fenced, m.downlinksNoSession, m.noAckWaited} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

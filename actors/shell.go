@@ -286,7 +286,7 @@ func (sh *shell) Receive(ctx actor.Context) {
 		answered := false
 		err := sh.step(msg.in, !msg.in.GetNoAck(), func() {
 			sh.schedulePassivation()
-			msg.done <- nil
+			msg.answer(nil)
 			answered = true
 		})
 		if answered || (sh.fenced != nil && sh.requeue(ctx)) {
@@ -294,11 +294,11 @@ func (sh *shell) Receive(ctx actor.Context) {
 		}
 		sh.schedulePassivation()
 		if fail := cmp.Or(sh.broken, sh.down); fail != nil {
-			msg.done <- fail
+			msg.answer(fail)
 			return
 		}
 		sh.e.log.Warn("input refused", "actor", sh.addr.String(), "error", err)
-		msg.done <- nil
+		msg.answer(nil)
 		return
 	case query, taskQuery:
 		sh.schedulePassivation()
@@ -449,7 +449,7 @@ func (sh *shell) whileDown(ctx actor.Context) bool {
 	case command, query, taskQuery:
 		ctx.Respond(sh.down)
 	case report:
-		msg.done <- sh.down
+		msg.answer(sh.down)
 	case activation:
 		sh.stash = append(sh.stash, msg)
 	case proto.Message:

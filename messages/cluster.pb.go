@@ -109,7 +109,9 @@ func (ClusterReply_ErrorCode) EnumDescriptor() ([]byte, []int) {
 
 // RoutedInput is an input for the actor (kind, id) that another node's
 // directory sent to its owner, which delivers it to its local actor
-// (activating it). Nothing answers it.
+// (activating it). Nothing answers it. A device report marked no_ack sent
+// this way is counted: its owner tells the sender, in NoAckCredit, how many
+// such reports from it its actors have stepped.
 type RoutedInput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kind  string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"` // persistence.Kind ("d", "c", "t")
@@ -861,6 +863,61 @@ func (x *TaskViewWire) GetSubtasks() []*TaskViewWire_Row {
 	return nil
 }
 
+// NoAckCredit tells the node from which reports marked no_ack arrive as
+// RoutedInputs that the actors of the node from have stepped that many of
+// them: the sender may tell that many more before it waits (Engine.Deliver).
+type NoAckCredit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"` // the sending node's cluster address
+	Reports       uint32                 `protobuf:"varint,2,opt,name=reports,proto3" json:"reports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NoAckCredit) Reset() {
+	*x = NoAckCredit{}
+	mi := &file_messages_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NoAckCredit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NoAckCredit) ProtoMessage() {}
+
+func (x *NoAckCredit) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NoAckCredit.ProtoReflect.Descriptor instead.
+func (*NoAckCredit) Descriptor() ([]byte, []int) {
+	return file_messages_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *NoAckCredit) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *NoAckCredit) GetReports() uint32 {
+	if x != nil {
+		return x.Reports
+	}
+	return 0
+}
+
 // EdgeDownlink is a device actor's downlink or token revocation for the
 // node that holds (or may hold) the device's session; that node hands it to
 // its transport, and drops it quietly when it has no session for the device.
@@ -877,7 +934,7 @@ type EdgeDownlink struct {
 
 func (x *EdgeDownlink) Reset() {
 	*x = EdgeDownlink{}
-	mi := &file_messages_cluster_proto_msgTypes[7]
+	mi := &file_messages_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +946,7 @@ func (x *EdgeDownlink) String() string {
 func (*EdgeDownlink) ProtoMessage() {}
 
 func (x *EdgeDownlink) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[7]
+	mi := &file_messages_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +959,7 @@ func (x *EdgeDownlink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeDownlink.ProtoReflect.Descriptor instead.
 func (*EdgeDownlink) Descriptor() ([]byte, []int) {
-	return file_messages_cluster_proto_rawDescGZIP(), []int{7}
+	return file_messages_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EdgeDownlink) GetKind() isEdgeDownlink_Kind {
@@ -958,7 +1015,7 @@ type CellViewWire_Holder struct {
 
 func (x *CellViewWire_Holder) Reset() {
 	*x = CellViewWire_Holder{}
-	mi := &file_messages_cluster_proto_msgTypes[10]
+	mi := &file_messages_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1027,7 @@ func (x *CellViewWire_Holder) String() string {
 func (*CellViewWire_Holder) ProtoMessage() {}
 
 func (x *CellViewWire_Holder) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[10]
+	mi := &file_messages_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1083,7 @@ type CellViewWire_Mix struct {
 
 func (x *CellViewWire_Mix) Reset() {
 	*x = CellViewWire_Mix{}
-	mi := &file_messages_cluster_proto_msgTypes[11]
+	mi := &file_messages_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1095,7 @@ func (x *CellViewWire_Mix) String() string {
 func (*CellViewWire_Mix) ProtoMessage() {}
 
 func (x *CellViewWire_Mix) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[11]
+	mi := &file_messages_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1149,7 @@ type TaskViewWire_Row struct {
 
 func (x *TaskViewWire_Row) Reset() {
 	*x = TaskViewWire_Row{}
-	mi := &file_messages_cluster_proto_msgTypes[13]
+	mi := &file_messages_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1161,7 @@ func (x *TaskViewWire_Row) String() string {
 func (*TaskViewWire_Row) ProtoMessage() {}
 
 func (x *TaskViewWire_Row) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_cluster_proto_msgTypes[13]
+	mi := &file_messages_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1291,10 @@ const file_messages_cluster_proto_rawDesc = "" +
 	"\bsubtasks\x18\x06 \x03(\v2&.otafleet.messages.v1.TaskViewWire.RowR\bsubtasks\x1ah\n" +
 	"\x03Row\x12\x1b\n" +
 	"\tdevice_id\x18\x01 \x01(\tR\bdeviceId\x12D\n" +
-	"\asubtask\x18\x02 \x01(\v2*.otafleet.messages.v1.TaskSnapshot.SubtaskR\asubtask\"\x9c\x01\n" +
+	"\asubtask\x18\x02 \x01(\v2*.otafleet.messages.v1.TaskSnapshot.SubtaskR\asubtask\";\n" +
+	"\vNoAckCredit\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x18\n" +
+	"\areports\x18\x02 \x01(\rR\areports\"\x9c\x01\n" +
 	"\fEdgeDownlink\x12<\n" +
 	"\bdownlink\x18\x01 \x01(\v2\x1e.otafleet.messages.v1.DownlinkH\x00R\bdownlink\x12F\n" +
 	"\frevoke_token\x18\x02 \x01(\v2!.otafleet.messages.v1.RevokeTokenH\x00R\vrevokeTokenB\x06\n" +
@@ -1253,7 +1313,7 @@ func file_messages_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_messages_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_messages_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_messages_cluster_proto_goTypes = []any{
 	(ClusterReply_ErrorCode)(0),   // 0: otafleet.messages.v1.ClusterReply.ErrorCode
 	(*RoutedInput)(nil),           // 1: otafleet.messages.v1.RoutedInput
@@ -1263,55 +1323,56 @@ var file_messages_cluster_proto_goTypes = []any{
 	(*CellViewWire)(nil),          // 5: otafleet.messages.v1.CellViewWire
 	(*ClusterReply)(nil),          // 6: otafleet.messages.v1.ClusterReply
 	(*TaskViewWire)(nil),          // 7: otafleet.messages.v1.TaskViewWire
-	(*EdgeDownlink)(nil),          // 8: otafleet.messages.v1.EdgeDownlink
-	nil,                           // 9: otafleet.messages.v1.CellViewWire.TaskHoldingEntry
-	nil,                           // 10: otafleet.messages.v1.CellViewWire.TaskWaitingEntry
-	(*CellViewWire_Holder)(nil),   // 11: otafleet.messages.v1.CellViewWire.Holder
-	(*CellViewWire_Mix)(nil),      // 12: otafleet.messages.v1.CellViewWire.Mix
-	nil,                           // 13: otafleet.messages.v1.ClusterReply.LiveEntry
-	(*TaskViewWire_Row)(nil),      // 14: otafleet.messages.v1.TaskViewWire.Row
-	(*DeviceInput)(nil),           // 15: otafleet.messages.v1.DeviceInput
-	(*CellInput)(nil),             // 16: otafleet.messages.v1.CellInput
-	(*TaskInput)(nil),             // 17: otafleet.messages.v1.TaskInput
-	(SubtaskStatus)(0),            // 18: otafleet.messages.v1.SubtaskStatus
-	(*DeviceSnapshot)(nil),        // 19: otafleet.messages.v1.DeviceSnapshot
-	(*CellSnapshot)(nil),          // 20: otafleet.messages.v1.CellSnapshot
-	(*TaskCreated)(nil),           // 21: otafleet.messages.v1.TaskCreated
-	(TaskStatus)(0),               // 22: otafleet.messages.v1.TaskStatus
-	(*TaskSnapshot_Progress)(nil), // 23: otafleet.messages.v1.TaskSnapshot.Progress
-	(*Downlink)(nil),              // 24: otafleet.messages.v1.Downlink
-	(*RevokeToken)(nil),           // 25: otafleet.messages.v1.RevokeToken
-	(CoverageLevel)(0),            // 26: otafleet.messages.v1.CoverageLevel
-	(*TaskSnapshot_Subtask)(nil),  // 27: otafleet.messages.v1.TaskSnapshot.Subtask
+	(*NoAckCredit)(nil),           // 8: otafleet.messages.v1.NoAckCredit
+	(*EdgeDownlink)(nil),          // 9: otafleet.messages.v1.EdgeDownlink
+	nil,                           // 10: otafleet.messages.v1.CellViewWire.TaskHoldingEntry
+	nil,                           // 11: otafleet.messages.v1.CellViewWire.TaskWaitingEntry
+	(*CellViewWire_Holder)(nil),   // 12: otafleet.messages.v1.CellViewWire.Holder
+	(*CellViewWire_Mix)(nil),      // 13: otafleet.messages.v1.CellViewWire.Mix
+	nil,                           // 14: otafleet.messages.v1.ClusterReply.LiveEntry
+	(*TaskViewWire_Row)(nil),      // 15: otafleet.messages.v1.TaskViewWire.Row
+	(*DeviceInput)(nil),           // 16: otafleet.messages.v1.DeviceInput
+	(*CellInput)(nil),             // 17: otafleet.messages.v1.CellInput
+	(*TaskInput)(nil),             // 18: otafleet.messages.v1.TaskInput
+	(SubtaskStatus)(0),            // 19: otafleet.messages.v1.SubtaskStatus
+	(*DeviceSnapshot)(nil),        // 20: otafleet.messages.v1.DeviceSnapshot
+	(*CellSnapshot)(nil),          // 21: otafleet.messages.v1.CellSnapshot
+	(*TaskCreated)(nil),           // 22: otafleet.messages.v1.TaskCreated
+	(TaskStatus)(0),               // 23: otafleet.messages.v1.TaskStatus
+	(*TaskSnapshot_Progress)(nil), // 24: otafleet.messages.v1.TaskSnapshot.Progress
+	(*Downlink)(nil),              // 25: otafleet.messages.v1.Downlink
+	(*RevokeToken)(nil),           // 26: otafleet.messages.v1.RevokeToken
+	(CoverageLevel)(0),            // 27: otafleet.messages.v1.CoverageLevel
+	(*TaskSnapshot_Subtask)(nil),  // 28: otafleet.messages.v1.TaskSnapshot.Subtask
 }
 var file_messages_cluster_proto_depIdxs = []int32{
-	15, // 0: otafleet.messages.v1.RoutedInput.device:type_name -> otafleet.messages.v1.DeviceInput
-	16, // 1: otafleet.messages.v1.RoutedInput.cell:type_name -> otafleet.messages.v1.CellInput
-	17, // 2: otafleet.messages.v1.RoutedInput.task:type_name -> otafleet.messages.v1.TaskInput
-	15, // 3: otafleet.messages.v1.ClusterRequest.report:type_name -> otafleet.messages.v1.DeviceInput
-	17, // 4: otafleet.messages.v1.ClusterRequest.task_command:type_name -> otafleet.messages.v1.TaskInput
+	16, // 0: otafleet.messages.v1.RoutedInput.device:type_name -> otafleet.messages.v1.DeviceInput
+	17, // 1: otafleet.messages.v1.RoutedInput.cell:type_name -> otafleet.messages.v1.CellInput
+	18, // 2: otafleet.messages.v1.RoutedInput.task:type_name -> otafleet.messages.v1.TaskInput
+	16, // 3: otafleet.messages.v1.ClusterRequest.report:type_name -> otafleet.messages.v1.DeviceInput
+	18, // 4: otafleet.messages.v1.ClusterRequest.task_command:type_name -> otafleet.messages.v1.TaskInput
 	3,  // 5: otafleet.messages.v1.ClusterRequest.view:type_name -> otafleet.messages.v1.ViewQuery
 	4,  // 6: otafleet.messages.v1.ClusterRequest.node:type_name -> otafleet.messages.v1.NodeQuery
-	18, // 7: otafleet.messages.v1.ViewQuery.status:type_name -> otafleet.messages.v1.SubtaskStatus
-	11, // 8: otafleet.messages.v1.CellViewWire.holders:type_name -> otafleet.messages.v1.CellViewWire.Holder
-	12, // 9: otafleet.messages.v1.CellViewWire.holding_mix:type_name -> otafleet.messages.v1.CellViewWire.Mix
-	12, // 10: otafleet.messages.v1.CellViewWire.waiting_mix:type_name -> otafleet.messages.v1.CellViewWire.Mix
-	9,  // 11: otafleet.messages.v1.CellViewWire.task_holding:type_name -> otafleet.messages.v1.CellViewWire.TaskHoldingEntry
-	10, // 12: otafleet.messages.v1.CellViewWire.task_waiting:type_name -> otafleet.messages.v1.CellViewWire.TaskWaitingEntry
+	19, // 7: otafleet.messages.v1.ViewQuery.status:type_name -> otafleet.messages.v1.SubtaskStatus
+	12, // 8: otafleet.messages.v1.CellViewWire.holders:type_name -> otafleet.messages.v1.CellViewWire.Holder
+	13, // 9: otafleet.messages.v1.CellViewWire.holding_mix:type_name -> otafleet.messages.v1.CellViewWire.Mix
+	13, // 10: otafleet.messages.v1.CellViewWire.waiting_mix:type_name -> otafleet.messages.v1.CellViewWire.Mix
+	10, // 11: otafleet.messages.v1.CellViewWire.task_holding:type_name -> otafleet.messages.v1.CellViewWire.TaskHoldingEntry
+	11, // 12: otafleet.messages.v1.CellViewWire.task_waiting:type_name -> otafleet.messages.v1.CellViewWire.TaskWaitingEntry
 	0,  // 13: otafleet.messages.v1.ClusterReply.code:type_name -> otafleet.messages.v1.ClusterReply.ErrorCode
-	19, // 14: otafleet.messages.v1.ClusterReply.device:type_name -> otafleet.messages.v1.DeviceSnapshot
-	20, // 15: otafleet.messages.v1.ClusterReply.cell:type_name -> otafleet.messages.v1.CellSnapshot
+	20, // 14: otafleet.messages.v1.ClusterReply.device:type_name -> otafleet.messages.v1.DeviceSnapshot
+	21, // 15: otafleet.messages.v1.ClusterReply.cell:type_name -> otafleet.messages.v1.CellSnapshot
 	7,  // 16: otafleet.messages.v1.ClusterReply.task:type_name -> otafleet.messages.v1.TaskViewWire
-	13, // 17: otafleet.messages.v1.ClusterReply.live:type_name -> otafleet.messages.v1.ClusterReply.LiveEntry
+	14, // 17: otafleet.messages.v1.ClusterReply.live:type_name -> otafleet.messages.v1.ClusterReply.LiveEntry
 	5,  // 18: otafleet.messages.v1.ClusterReply.cells:type_name -> otafleet.messages.v1.CellViewWire
-	21, // 19: otafleet.messages.v1.TaskViewWire.task:type_name -> otafleet.messages.v1.TaskCreated
-	22, // 20: otafleet.messages.v1.TaskViewWire.status:type_name -> otafleet.messages.v1.TaskStatus
-	23, // 21: otafleet.messages.v1.TaskViewWire.progress:type_name -> otafleet.messages.v1.TaskSnapshot.Progress
-	14, // 22: otafleet.messages.v1.TaskViewWire.subtasks:type_name -> otafleet.messages.v1.TaskViewWire.Row
-	24, // 23: otafleet.messages.v1.EdgeDownlink.downlink:type_name -> otafleet.messages.v1.Downlink
-	25, // 24: otafleet.messages.v1.EdgeDownlink.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
-	26, // 25: otafleet.messages.v1.CellViewWire.Holder.level:type_name -> otafleet.messages.v1.CoverageLevel
-	27, // 26: otafleet.messages.v1.TaskViewWire.Row.subtask:type_name -> otafleet.messages.v1.TaskSnapshot.Subtask
+	22, // 19: otafleet.messages.v1.TaskViewWire.task:type_name -> otafleet.messages.v1.TaskCreated
+	23, // 20: otafleet.messages.v1.TaskViewWire.status:type_name -> otafleet.messages.v1.TaskStatus
+	24, // 21: otafleet.messages.v1.TaskViewWire.progress:type_name -> otafleet.messages.v1.TaskSnapshot.Progress
+	15, // 22: otafleet.messages.v1.TaskViewWire.subtasks:type_name -> otafleet.messages.v1.TaskViewWire.Row
+	25, // 23: otafleet.messages.v1.EdgeDownlink.downlink:type_name -> otafleet.messages.v1.Downlink
+	26, // 24: otafleet.messages.v1.EdgeDownlink.revoke_token:type_name -> otafleet.messages.v1.RevokeToken
+	27, // 25: otafleet.messages.v1.CellViewWire.Holder.level:type_name -> otafleet.messages.v1.CoverageLevel
+	28, // 26: otafleet.messages.v1.TaskViewWire.Row.subtask:type_name -> otafleet.messages.v1.TaskSnapshot.Subtask
 	27, // [27:27] is the sub-list for method output_type
 	27, // [27:27] is the sub-list for method input_type
 	27, // [27:27] is the sub-list for extension type_name
@@ -1345,7 +1406,7 @@ func file_messages_cluster_proto_init() {
 		(*ClusterReply_Cell)(nil),
 		(*ClusterReply_Task)(nil),
 	}
-	file_messages_cluster_proto_msgTypes[7].OneofWrappers = []any{
+	file_messages_cluster_proto_msgTypes[8].OneofWrappers = []any{
 		(*EdgeDownlink_Downlink)(nil),
 		(*EdgeDownlink_RevokeToken)(nil),
 	}
@@ -1355,7 +1416,7 @@ func file_messages_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_cluster_proto_rawDesc), len(file_messages_cluster_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
