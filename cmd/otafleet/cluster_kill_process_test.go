@@ -206,7 +206,7 @@ func TestProcessClusterKillNode(t *testing.T) {
 	}
 	for _, n := range nodes[1:] {
 		_ = n.cmd.Process.Signal(syscall.SIGTERM)
-		if err, lines := n.wait(ctx); err != nil && !thirdPartyRacesOnly(t, err, lines) {
+		if err, lines := n.waitRaw(ctx); err != nil && !thirdPartyRacesOnly(t, err, lines) {
 			t.Errorf("node %s, SIGTERM: %v", n.addr, err)
 		}
 	}

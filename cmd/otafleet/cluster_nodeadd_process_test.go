@@ -128,7 +128,7 @@ func TestProcessClusterNodeAdded(t *testing.T) {
 	}
 	for _, n := range nodes {
 		_ = n.cmd.Process.Signal(syscall.SIGTERM)
-		if err, lines := n.wait(ctx); err != nil && !thirdPartyRacesOnly(t, err, lines) {
+		if err, lines := n.waitRaw(ctx); err != nil && !thirdPartyRacesOnly(t, err, lines) {
 			t.Errorf("node %s, SIGTERM: %v", n.addr, err)
 		}
 	}

@@ -14,8 +14,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -61,7 +63,16 @@ type server struct {
 	cmd   *exec.Cmd
 	lines chan map[string]any
 	exit  chan error
+
+	// raw keeps every line of the child's that is not JSON (a race
+	// report's, a panic's), whoever read it from lines: await drops the
+	// lines it does not match.
+	rawMu sync.Mutex
+	raw   []map[string]any
 }
+
+// maxRaw bounds server.raw.
+const maxRaw = 1 << 16
 
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
@@ -99,6 +110,11 @@ func startServerEnv(t *testing.T, env []string, args ...string) *server {
 			var m map[string]any
 			if json.Unmarshal(sc.Bytes(), &m) != nil {
 				m = map[string]any{"msg": "raw", "text": sc.Text()}
+				s.rawMu.Lock()
+				if len(s.raw) < maxRaw {
+					s.raw = append(s.raw, m)
+				}
+				s.rawMu.Unlock()
 			}
 			s.lines <- m
 		}
@@ -254,6 +270,15 @@ func (s *server) wait(ctx context.Context) (error, []map[string]any) {
 			s.t.Fatal("server did not exit")
 		}
 	}
+}
+
+// waitRaw is wait returning every line the child wrote that was not JSON,
+// from its start (thirdPartyRacesOnly reads race reports from them).
+func (s *server) waitRaw(ctx context.Context) (error, []map[string]any) {
+	err, _ := s.wait(ctx)
+	s.rawMu.Lock()
+	defer s.rawMu.Unlock()
+	return err, slices.Clone(s.raw)
 }
 
 func msg(name string) func(map[string]any) bool {
