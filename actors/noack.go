@@ -11,8 +11,8 @@ import (
 // Reports marked no_ack (answers to the server's own requests,
 // non-confirmable notifications) for an actor another node owns cross as
 // RoutedInputs, with no reply: the transport delivering one need not wait
-// for its journal write (Engine.Deliver), so a request and its reply, two
-// thirds of the cross-node traffic of an LwM2M upgrade, become one message.
+// for its journal write (Engine.Deliver), so a request and its reply (most
+// of the requests of an LwM2M FOTA upgrade) become one message.
 // What bounds them is credit: a node tells a peer at most maxNoAckTold of
 // them that the peer has not yet reported stepped (NoAckCredit, sent for
 // every creditEvery reports its actors stepped); past that, Deliver sends
