@@ -735,11 +735,7 @@ func (n *node) receiveDirectory(ctx actor.Context) {
 			if noAck {
 				// Counted for the owner as told by this node; its sender
 				// gets its credit back from here.
-				n.noAckMu.Lock()
-				if p := n.noAckTold[owner]; p != nil {
-					p.told++
-				}
-				n.noAckMu.Unlock()
+				n.takeCredit(owner, true)
 				n.stepped(m.GetFrom())
 			}
 			n.tell(owner, a, msg, m.GetIfLive(), 1)

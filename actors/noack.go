@@ -43,8 +43,15 @@ type noAckPeer struct {
 // (force takes one anyway: a report passed on or forwarded, whose original
 // sender got its credit back from this node).
 func (n *node) tellNoAck(owner string, a Address, in *messages.DeviceInput, force bool) bool {
+	return n.takeCredit(owner, force) && n.tell(owner, a, in, false, 0)
+}
+
+// takeCredit counts one no_ack report told to owner; without force, only
+// while owner has credit left (else it counts a wait and reports false).
+func (n *node) takeCredit(owner string, force bool) bool {
 	id := n.memberID(owner)
 	n.noAckMu.Lock()
+	defer n.noAckMu.Unlock()
 	p := n.noAckTold[owner]
 	if p == nil || p.id != id {
 		p = &noAckPeer{id: id}
@@ -53,7 +60,6 @@ func (n *node) tellNoAck(owner string, a Address, in *messages.DeviceInput, forc
 	now := n.e.deps.Clock.Now()
 	if p.told >= maxNoAckTold && !force {
 		if now.Sub(p.last) < noAckQuiet {
-			n.noAckMu.Unlock()
 			n.e.metrics.noAckWaited.Inc()
 			return false
 		}
@@ -61,8 +67,7 @@ func (n *node) tellNoAck(owner string, a Address, in *messages.DeviceInput, forc
 	}
 	p.told++
 	p.last = now
-	n.noAckMu.Unlock()
-	return n.tell(owner, a, in, false, 0)
+	return true
 }
 
 // credited takes k credits back from peer (its NoAckCredit).
